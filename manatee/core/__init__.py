@@ -1,0 +1,1 @@
+"""Library shared by the three daemons (sitter, snapshotter, backupserver) and the CLIs."""

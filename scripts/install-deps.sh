@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what manatee's tests and sandbox need on Debian 12, skipping what is already there.
+#   system: zookeeper, zfs-fuse, postgresql-15, nftables, iproute2 (apt)
+#   python: a virtualenv at $MANATEE_VENV (default .venv) with manatee and its test extras
+# Idempotent: a second run installs nothing.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${MANATEE_VENV:-$here/.venv}"
+
+need=()
+[ -x /usr/share/zookeeper/bin/zkServer.sh ] || need+=(zookeeper)
+command -v zfs-fuse >/dev/null 2>&1 || need+=(zfs-fuse)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+/usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "install-deps: apt-get install ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # policy-rc.d 101: packages must not start their own services (a Debian
+    # postgresql cluster or zfs-fuse daemon would collide with ours).
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+id postgres >/dev/null 2>&1 || useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "install-deps: creating virtualenv $venv" >&2
+    python3 -m venv "$venv"
+fi
+stamp="$venv/.manatee-installed"
+if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+    "$venv/bin/pip" install -q --upgrade pip >/dev/null
+    "$venv/bin/pip" install -q -e "$here[test]"
+    touch "$stamp"
+fi

@@ -1,0 +1,22 @@
+"""Shared pytest set-up.
+
+Integration fixtures live in tests/fixtures_*.py, one file per real component, and are
+loaded as plugins here. Integration tests need root and the system packages that
+scripts/install-deps.sh installs; they are marked `integration`.
+"""
+
+import os
+
+import pytest
+
+pytest_plugins = [
+    p
+    for p in ("tests.fixtures_zk", "tests.fixtures_zfs", "tests.fixtures_pg")
+    if os.path.exists(os.path.join(os.path.dirname(__file__), p.split(".")[1] + ".py"))
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
