@@ -1,0 +1,95 @@
+"""Configuration files: load JSON (or YAML), validate every key, fail with one clear message.
+
+Every daemon describes its file as a pydantic model derived from `ConfigModel`. Unknown keys,
+wrong types, out-of-range values and missing required keys are all errors, reported as
+``config FILE: key 'a.b': what is wrong`` so an operator can fix the file without reading code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+
+class ConfigModel(BaseModel):
+    """Base of every config section: unknown keys are errors, loaded configs are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used. `key` is dotted ('postgresMgrCfg.dataDir') or None."""
+
+    def __init__(self, file: str, key: str | None, problem: str):
+        self.file = file
+        self.key = key
+        self.problem = problem
+        where = f"key '{key}': " if key else ""
+        super().__init__(f"config {file}: {where}{problem}")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_text(text: str, file: str) -> Any:
+    """JSON first (the original's format); YAML for .yaml/.yml files or when JSON fails."""
+    is_yaml = file.endswith((".yaml", ".yml"))
+    if not is_yaml:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            if file.endswith(".json"):
+                raise ConfigError(file, None, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(file, None, f"not valid JSON or YAML: {getattr(e, 'problem', e)}{at}") from None
+
+
+def _describe(err: dict) -> tuple[str | None, str]:
+    key = ".".join(str(p) for p in err.get("loc", ())) or None
+    kind = err.get("type", "")
+    got = err.get("input")
+    if kind == "missing":
+        return key, "is required but missing"
+    if kind == "extra_forbidden":
+        return key, "is not a known key (check its spelling; docs/configuration.md lists every key)"
+    msg = err.get("msg", "is invalid")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    shown = json.dumps(got) if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
+    return key, f"{msg[0].lower() + msg[1:] if msg else msg} (got {shown})"
+
+
+def validate(data: Any, model: type[M], file: str = "<config>") -> M:
+    """Validate parsed data against `model`; the first problem becomes a ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(file, None, f"must be a JSON object at the top level, not {type(data).__name__}")
+    try:
+        return model.model_validate(data, strict=False)
+    except pydantic.ValidationError as e:
+        errors = e.errors(include_url=False)
+        key, problem = _describe(errors[0])
+        if len(errors) > 1:
+            problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        raise ConfigError(file, key, problem) from None
+
+
+def load_config(path: str | os.PathLike, model: type[M]) -> M:
+    """Read, parse and validate a config file; every failure is a ConfigError naming the file."""
+    file = str(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(file, None, "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(file, None, f"cannot be read: {e}") from None
+    return validate(parse_text(text, file), model, file)

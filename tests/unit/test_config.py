@@ -1,0 +1,73 @@
+import json
+
+import pytest
+from pydantic import Field
+
+from manatee.core.config import ConfigError, ConfigModel, load_config
+
+
+class Inner(ConfigModel):
+    port: int = Field(10002, ge=1, le=65535)
+
+
+class Sample(ConfigModel):
+    dataset: str
+    pollInterval: int = Field(1000, ge=1000)
+    inner: Inner = Inner()
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_valid_json_fills_defaults(tmp_path):
+    c = load_config(write(tmp_path, "a.json", '{"dataset": "p/d"}'), Sample)
+    assert c.dataset == "p/d" and c.pollInterval == 1000 and c.inner.port == 10002
+
+
+def test_yaml_accepted(tmp_path):
+    c = load_config(write(tmp_path, "a.yaml", "dataset: p/d\ninner:\n  port: 7\n"), Sample)
+    assert c.inner.port == 7
+
+
+@pytest.mark.parametrize(
+    "body, key, words",
+    [
+        ({}, "dataset", "required"),
+        ({"dataset": "x", "pollIntervall": 5}, "pollIntervall", "not a known key"),
+        ({"dataset": "x", "pollInterval": "abc"}, "pollInterval", "integer"),
+        ({"dataset": "x", "pollInterval": 5}, "pollInterval", "greater than or equal to 1000"),
+        ({"dataset": "x", "inner": {"port": 70000}}, "inner.port", "less than or equal to 65535"),
+    ],
+)
+def test_bad_key_named(tmp_path, body, key, words):
+    p = write(tmp_path, "c.json", json.dumps(body))
+    with pytest.raises(ConfigError) as e:
+        load_config(p, Sample)
+    assert e.value.key == key
+    assert words in str(e.value)
+    assert str(p) in str(e.value)
+
+
+def test_malformed_json_names_line(tmp_path):
+    p = write(tmp_path, "c.json", '{"dataset": "x",\n  oops}')
+    with pytest.raises(ConfigError, match="not valid JSON: .* line 2"):
+        load_config(p, Sample)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.json", Sample)
+
+
+def test_top_level_must_be_object(tmp_path):
+    with pytest.raises(ConfigError, match="JSON object"):
+        load_config(write(tmp_path, "c.json", "[1, 2]"), Sample)
+
+
+def test_frozen(tmp_path):
+    c = load_config(write(tmp_path, "a.json", '{"dataset": "p/d"}'), Sample)
+    with pytest.raises(Exception):
+        c.dataset = "other"
