@@ -1,0 +1,174 @@
+"""A plain PostgreSQL node for tests and the sandbox.
+
+In the product the sitter owns PostgreSQL; a :class:`PgNode` is for tests that need a
+real instance on its own 127.0.0.x address without a sitter. Its directories:
+``data_dir`` (the cluster; may be a ZFS mountpoint) and ``work_dir`` (socket dir
+``s/`` and ``postgres.log``). Both parents must be traversable by the postgres user.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from manatee.core import pgconfig
+from manatee.core.pg import DEFAULT_BINDIR, PgClient, PgError, PostgresProcess, ensure_private_dir, initdb, run_as
+from manatee.core.pgconfig import ConfigChange, RoleConfig
+
+#: The operator-editable base configuration shipped with manatee.
+BASE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "postgresql.conf"
+
+
+def pg_url(ip: str, port: int) -> str:
+    """The original's node identity, also used as application_name."""
+    return f"tcp://postgres@{ip}:{port}/postgres"
+
+
+class PgNode:
+    def __init__(
+        self,
+        name: str,
+        ip: str,
+        port: int,
+        data_dir: Path,
+        work_dir: Path,
+        *,
+        user: str = "postgres",
+        bindir: Path = DEFAULT_BINDIR,
+        members: tuple[str, ...] = ("127.0.0.1",),
+    ):
+        self.name = name
+        self.ip = ip
+        self.port = int(port)
+        self.data_dir = Path(data_dir)
+        self.work_dir = Path(work_dir)
+        self.user = user
+        self.bindir = Path(bindir)
+        #: Addresses replication connections come from. On loopback every
+        #: connection's source is 127.0.0.1 (whatever the destination address).
+        self.members = tuple(members)
+        self.socket_dir = self.work_dir / "s"
+        self.log_file = self.work_dir / "postgres.log"
+        self.proc = PostgresProcess(
+            self.data_dir,
+            user=user,
+            bindir=bindir,
+            log_file=self.log_file,
+            socket_dir=self.socket_dir,
+            host=ip,
+            port=self.port,
+        )
+
+    def __repr__(self) -> str:
+        return f"PgNode({self.name} {self.ip}:{self.port} {self.data_dir})"
+
+    @property
+    def url(self) -> str:
+        return pg_url(self.ip, self.port)
+
+    @property
+    def client(self) -> PgClient:
+        """Over the private unix socket."""
+        return self.proc.client()
+
+    def tcp_client(self, **kw: Any) -> PgClient:
+        return PgClient(self.ip, self.port, user=self.user, **kw)
+
+    @property
+    def running(self) -> bool:
+        return self.proc.running
+
+    # -- configuration
+
+    def role_config(self, role: str = "primary", **overrides: Any) -> RoleConfig:
+        """This node's RoleConfig; defaults: read-write primary, application_name = url."""
+        base = dict(
+            role=role,
+            listen_address=self.ip,
+            port=self.port,
+            socket_dir=str(self.socket_dir),
+            application_name=self.url,
+            read_only=False,
+            members=self.members,
+            cluster_name=self.name,
+        )
+        base.update(overrides)
+        return RoleConfig(**base)
+
+    def configure(self, rc: RoleConfig) -> ConfigChange:
+        return pgconfig.write_role_config(self.data_dir, rc, user=self.user)
+
+    async def apply(self, rc: RoleConfig) -> ConfigChange:
+        """Write `rc` and make it take effect (restart or reload) if running."""
+        change = self.configure(rc)
+        if self.running and change.restart_needed:
+            await self.stop()
+            await self.start()
+        elif self.running and change.reload_needed:
+            await self.client.reload()
+        return change
+
+    # -- lifecycle
+
+    def _prepare_dirs(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.work_dir, 0o755)
+
+    async def init(self, *, sync: bool = False, **role_overrides: Any) -> None:
+        """initdb, the base postgresql.conf, and a read-write primary configuration."""
+        self._prepare_dirs()
+        await initdb(self.data_dir, user=self.user, bindir=self.bindir, sync=sync)
+        pgconfig.install_base_config(self.data_dir, BASE_CONFIG, user=self.user)
+        self.configure(self.role_config("primary", **role_overrides))
+
+    async def clone_from(self, upstream: PgNode, **role_overrides: Any) -> None:
+        """Test-only bootstrap by pg_basebackup (the product bootstraps with zfs send/recv),
+        then a standby configuration streaming from `upstream`."""
+        self._prepare_dirs()
+        ensure_private_dir(self.data_dir, self.user)
+        await run_as(
+            [
+                self.bindir / "pg_basebackup",
+                "-d", upstream.tcp_client().dsn(),
+                "-D", self.data_dir,
+                "-X", "stream",
+                "-c", "fast",
+                "--no-sync",
+            ],
+            user=self.user,
+            timeout=120,
+        )
+        rc = self.role_config("standby", upstream=(upstream.ip, upstream.port), **role_overrides)
+        self.configure(rc)
+
+    async def start(self, *, wait: bool = True, timeout: float = 30.0) -> None:
+        await self.proc.start()
+        if wait:
+            await self.proc.wait_ready(timeout)
+
+    async def stop(self, mode: str = "fast", timeout: float = 10.0) -> None:
+        await self.proc.stop(mode=mode, timeout=timeout)  # type: ignore[arg-type]
+
+    async def kill(self) -> None:
+        await self.proc.kill()
+
+    # -- queries
+
+    async def psql(self, sql: str, params: Any = None, **kw: Any) -> list[dict[str, Any]]:
+        """Rows of `sql` over the socket (named after the tool; it does not run psql)."""
+        return await self.client.query(sql, params, **kw)
+
+    async def execute(self, sql: str, params: Any = None, **kw: Any) -> None:
+        await self.client.execute(sql, params, **kw)
+
+    def connect_dsn(self, *, tcp: bool = False, **extra: Any) -> str:
+        """A libpq DSN for psycopg2.connect (unix socket unless tcp)."""
+        c = self.tcp_client() if tcp else self.client
+        dsn = c.dsn()
+        for k, v in extra.items():
+            dsn += f" {k}={pgconfig.conninfo_quote(str(v))}"
+        return dsn
+
+
+__all__ = ["PgNode", "PgError", "pg_url", "BASE_CONFIG"]

@@ -1,0 +1,78 @@
+"""pytest plugin: real PostgreSQL nodes on private temp dirs and random 127/8 addresses.
+
+`pg_node` is one started, read-write primary. `pg_node_factory(name)` makes more
+(not initialised: call init()/clone_from() yourself). Every node is killed and its
+directories removed at teardown, also when the test fails; teardown fails the test
+if any postgres process of those data dirs survives.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from manatee.core.procs import free_port
+from manatee.harness.postgres import PgNode
+
+
+def random_loopback_ip() -> str:
+    """A 127/8 address unlikely to be used by a parallel test run (127.0.0.x is left to others)."""
+    return f"127.{random.randint(10, 250)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
+
+
+def _base_dir() -> Path:
+    # pytest's tmp_path is under a 0700 root-owned dir the postgres user cannot traverse,
+    # and socket paths must stay short (108 bytes): use our own dir under /tmp.
+    d = Path(tempfile.mkdtemp(prefix=f"mpg-{uuid.uuid4().hex[:6]}-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    return d
+
+
+@pytest.fixture
+async def pg_node_factory():
+    nodes: list[PgNode] = []
+    base = _base_dir()
+
+    def make(name: str | None = None, *, ip: str | None = None, port: int | None = None) -> PgNode:
+        name = name or f"pg{len(nodes)}"
+        ip = ip or random_loopback_ip()
+        node = PgNode(
+            name,
+            ip,
+            port or free_port(ip),
+            data_dir=base / name / "data",
+            work_dir=base / name,
+        )
+        nodes.append(node)
+        return node
+
+    try:
+        yield make
+    finally:
+        errors = []
+        for node in nodes:
+            try:
+                await node.kill()
+            except Exception as e:  # noqa: BLE001 - report all, clean up the rest
+                errors.append(f"{node}: {e}")
+        left = {n.name: n.proc.processes() for n in nodes if n.proc.processes()}
+        shutil.rmtree(base, ignore_errors=True)
+        if errors or left:
+            pytest.fail(f"postgres teardown left processes: {left} errors: {errors}")
+
+
+@pytest.fixture
+async def pg_node(pg_node_factory) -> PgNode:
+    node = pg_node_factory("pg")
+    await node.init()
+    await node.start()
+    return node
+
+
+__all__ = ["pg_node", "pg_node_factory", "random_loopback_ip"]

@@ -1,0 +1,298 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from manatee.core import pgconfig
+from manatee.core.pgconfig import (
+    INCLUDE_LINE,
+    RoleConfig,
+    conf_quote,
+    conninfo_quote,
+    ident_quote,
+    parse_settings,
+    render_manatee_conf,
+    render_pg_hba,
+    write_role_config,
+)
+
+P_URL = "tcp://postgres@10.0.0.1:5432/postgres"
+S_URL = "tcp://postgres@10.0.0.2:5432/postgres"
+
+
+def primary(**kw) -> RoleConfig:
+    base = dict(
+        role="primary",
+        listen_address="10.0.0.1",
+        port=5432,
+        socket_dir="/var/run/manatee",
+        application_name=P_URL,
+        members=("10.0.0.2", "10.0.0.3"),
+    )
+    base.update(kw)
+    return RoleConfig(**base)
+
+
+def standby(**kw) -> RoleConfig:
+    base = dict(
+        role="standby",
+        listen_address="10.0.0.2",
+        port=5432,
+        socket_dir="/var/run/manatee",
+        application_name=S_URL,
+        upstream=("10.0.0.1", 5432),
+        members=("10.0.0.1", "10.0.0.3"),
+    )
+    base.update(kw)
+    return RoleConfig(**base)
+
+
+def lines(text: str) -> list[str]:
+    return [l for l in text.splitlines() if l and not l.startswith("#")]
+
+
+def test_primary_with_sync_read_only_until_caught_up():
+    assert lines(render_manatee_conf(primary(sync_standby=S_URL))) == [
+        "listen_addresses = '10.0.0.1'",
+        "port = 5432",
+        "unix_socket_directories = '/var/run/manatee'",
+        "wal_level = replica",
+        "max_wal_senders = 15",
+        "wal_keep_size = '1GB'",
+        "wal_log_hints = on",
+        "full_page_writes = on",
+        "hot_standby = on",
+        "hot_standby_feedback = off",
+        "synchronous_commit = on",
+        """synchronous_standby_names = '"tcp://postgres@10.0.0.2:5432/postgres"'""",
+        "default_transaction_read_only = on",
+        "primary_conninfo = ''",
+        "recovery_target_timeline = 'latest'",
+    ]
+
+
+def test_primary_read_write_without_sync_and_options():
+    s = parse_settings(
+        render_manatee_conf(
+            primary(read_only=False, synchronous_commit="remote_write", cluster_name="shard 1", hot_standby_feedback=True)
+        )
+    )
+    assert s["default_transaction_read_only"] == "off"
+    assert s["synchronous_standby_names"] == "''"
+    assert s["synchronous_commit"] == "remote_write"
+    assert s["cluster_name"] == "'shard 1'"
+    assert s["hot_standby_feedback"] == "on"
+
+
+def test_standby_streams_from_upstream_and_is_read_only():
+    s = parse_settings(render_manatee_conf(standby(read_only=False)))
+    assert s["primary_conninfo"] == (
+        "'host=10.0.0.1 port=5432 user=postgres application_name=tcp://postgres@10.0.0.2:5432/postgres connect_timeout=5'"
+    )
+    assert s["recovery_target_timeline"] == "'latest'"
+    assert s["synchronous_standby_names"] == "''"
+    # a promoted standby stays read-only until its primary config is written
+    assert s["default_transaction_read_only"] == "on"
+
+
+def test_sync_names_quoting():
+    assert ident_quote(S_URL) == '"tcp://postgres@10.0.0.2:5432/postgres"'
+    assert ident_quote('a"b') == '"a""b"'
+    s = parse_settings(render_manatee_conf(primary(sync_standby="it's \"odd\"")))
+    # identifier quoting inside, then postgresql.conf string quoting outside
+    assert s["synchronous_standby_names"] == "'\"it''s \"\"odd\"\"\"'"
+
+
+def test_conninfo_quoting():
+    assert conninfo_quote("plain") == "plain"
+    assert conninfo_quote("") == "''"
+    assert conninfo_quote("a b") == "'a b'"
+    assert conninfo_quote("it's") == r"'it\'s'"
+    assert conninfo_quote("back\\slash") == r"'back\\slash'"
+    assert conf_quote(r"it's \ x") == r"'it''s \\ x'"
+    s = parse_settings(render_manatee_conf(standby(replication_password="it's a \\ secret", replication_user="repl")))
+    assert s["primary_conninfo"] == (
+        r"'host=10.0.0.1 port=5432 user=repl password=''it\\''s a \\\\ secret'' "
+        r"application_name=tcp://postgres@10.0.0.2:5432/postgres connect_timeout=5'"
+    )
+
+
+def test_extra_settings_rendered_last_and_quoted_when_needed():
+    text = render_manatee_conf(primary(extra_settings={"fsync": "off", "work_mem": "64MB", "search_path": "a, b"}))
+    assert lines(text)[-3:] == ["fsync = off", "work_mem = '64MB'", "search_path = 'a, b'"]
+    with pytest.raises(ValueError, match="extra_settings"):
+        primary(extra_settings={"bad name": "x"})
+
+
+def test_hba_members_and_clients():
+    assert lines(render_pg_hba(primary(auth_method="scram-sha-256"))) == [
+        "local   all          all                               trust",
+        "local   replication  all                               trust",
+        "host    replication  postgres     10.0.0.2/32          scram-sha-256",
+        "host    replication  postgres     10.0.0.3/32          scram-sha-256",
+        "host    all          all          127.0.0.1/32         scram-sha-256",
+        "host    all          all          10.0.0.2/32          scram-sha-256",
+        "host    all          all          10.0.0.3/32          scram-sha-256",
+    ]
+
+
+def test_hba_explicit_clients_cidrs_ipv6_and_no_world():
+    text = render_pg_hba(primary(members=("10.0.0.2", "10.0.0.2", "fd00::2"), client_cidrs=("192.168.0.0/16",)))
+    assert lines(text) == [
+        "local   all          all                               trust",
+        "local   replication  all                               trust",
+        "host    replication  postgres     10.0.0.2/32          trust",
+        "host    replication  postgres     fd00::2/128          trust",
+        "host    all          all          192.168.0.0/16       trust",
+    ]
+    assert "0.0.0.0/0" not in text
+    assert "0.0.0.0/0" in render_pg_hba(primary(client_cidrs=("0.0.0.0/0",)))
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(role="none"), "role"),
+        (dict(port=0), "port"),
+        (dict(socket_dir="relative"), "socket_dir"),
+        (dict(application_name="x" * 64), "truncates"),
+        (dict(application_name="caf\u00e9"), "ASCII"),
+        (dict(sync_standby=""), "sync_standby"),
+        (dict(members=("not-an-ip",)), "not-an-ip"),
+        (dict(upstream=("h", 1)), "upstream"),
+        (dict(auth_method="password"), "auth_method"),
+    ],
+)
+def test_invalid_primary_config_names_the_field(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        primary(**kw)
+
+
+def test_detached_standby_has_empty_conninfo():
+    # A sync detaches before it takes over: nothing more may stream into it.
+    settings = parse_settings(render_manatee_conf(standby(upstream=None)))
+    assert settings["primary_conninfo"] == "''"
+    assert settings["default_transaction_read_only"] == "on"
+
+
+def test_invalid_standby_config():
+    with pytest.raises(ValueError, match="sync_standby"):
+        standby(sync_standby=P_URL)
+
+
+def test_config_is_hashable_and_normalised():
+    a = primary(members=["10.0.0.2"], extra_settings={"fsync": "off"})
+    b = primary(members=("10.0.0.2",), extra_settings=(("fsync", "off"),))
+    assert a == b and hash(a) == hash(b)
+
+
+# --------------------------------------------------------------------------- files
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "postgresql.conf").write_text("shared_buffers = 64MB\n")
+    return d
+
+
+def write(d: Path, rc: RoleConfig):
+    return write_role_config(d, rc, user=None)
+
+
+def test_first_write_needs_restart_and_keeps_operator_settings(data_dir: Path):
+    ch = write(data_dir, primary())
+    assert ch.restart_needed and not ch.reload_needed
+    conf = (data_dir / "postgresql.conf").read_text()
+    assert conf.startswith("shared_buffers = 64MB\n")
+    assert conf.rstrip().endswith(INCLUDE_LINE)
+    assert (data_dir / "manatee.conf").read_text() == render_manatee_conf(primary())
+    assert (data_dir / "pg_hba.conf").read_text() == render_pg_hba(primary())
+    assert not (data_dir / "standby.signal").exists()
+    assert oct((data_dir / "manatee.conf").stat().st_mode & 0o777) == "0o600"
+
+
+def test_unchanged_config_needs_nothing(data_dir: Path):
+    write(data_dir, primary())
+    ch = write(data_dir, primary())
+    assert not ch.any and ch.changed == ()
+    assert (data_dir / "postgresql.conf").read_text().count(INCLUDE_LINE) == 1
+
+
+def test_read_only_and_sync_changes_are_reloads(data_dir: Path):
+    write(data_dir, primary())
+    ch = write(data_dir, primary(sync_standby=S_URL))
+    assert ch.reload_needed and not ch.restart_needed
+    assert ch.changed == ("synchronous_standby_names",)
+    ch = write(data_dir, primary(sync_standby=S_URL, read_only=False))
+    assert ch.reload_needed and not ch.restart_needed
+    assert ch.changed == ("default_transaction_read_only",)
+
+
+def test_hba_change_is_a_reload(data_dir: Path):
+    write(data_dir, primary())
+    ch = write(data_dir, primary(members=("10.0.0.2", "10.0.0.4")))
+    assert ch.reload_needed and not ch.restart_needed
+    assert "pg_hba.conf" in ch.changed
+
+
+def test_port_or_listen_change_is_a_restart(data_dir: Path):
+    write(data_dir, primary())
+    assert write(data_dir, primary(port=5433)).restart_needed
+    assert write(data_dir, primary(port=5433, listen_address="10.0.0.9")).restart_needed
+
+
+def test_primary_to_standby_needs_restart_and_signal(data_dir: Path):
+    write(data_dir, primary())
+    ch = write(data_dir, standby(listen_address="10.0.0.1", application_name=P_URL, members=("10.0.0.2", "10.0.0.3")))
+    assert ch.restart_needed
+    assert "standby.signal" in ch.changed and "primary_conninfo" in ch.changed
+    assert (data_dir / "standby.signal").exists()
+
+
+def test_promoted_standby_to_primary_is_a_reload(data_dir: Path):
+    """pg_promote removes standby.signal itself; the primary config then only needs a reload."""
+    sb = standby()
+    write(data_dir, sb)
+    (data_dir / "standby.signal").unlink()  # what promotion does
+    ch = write(
+        data_dir,
+        primary(listen_address=sb.listen_address, application_name=S_URL, members=sb.members, sync_standby=P_URL),
+    )
+    assert ch.reload_needed and not ch.restart_needed, ch
+    assert set(ch.changed) == {"primary_conninfo", "synchronous_standby_names"}
+
+
+def test_upstream_change_is_a_reload_on_pg15(data_dir: Path):
+    write(data_dir, standby())
+    ch = write(data_dir, standby(upstream=("10.0.0.3", 5432)))
+    assert ch.reload_needed and not ch.restart_needed
+    assert ch.changed == ("primary_conninfo",)
+
+
+def test_unknown_extra_setting_change_is_conservatively_a_restart(data_dir: Path):
+    write(data_dir, primary())
+    assert write(data_dir, primary(extra_settings={"some_ext.thing": "1"})).restart_needed
+    assert write(data_dir, primary(extra_settings={"some_ext.thing": "1", "fsync": "off"})).reload_needed
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        write(tmp_path / "nope", primary())
+
+
+def test_install_base_config(tmp_path: Path, data_dir: Path):
+    tpl = tmp_path / "tpl.conf"
+    tpl.write_text("max_connections = 50")
+    pgconfig.install_base_config(data_dir, tpl, user=None)
+    text = (data_dir / "postgresql.conf").read_text()
+    assert text.startswith("max_connections = 50\n") and text.count(INCLUDE_LINE) == 1
+    assert not os.path.exists(data_dir / ".postgresql.conf.tmp")
+
+
+def test_shipped_base_template_has_no_role_settings():
+    tpl = Path(__file__).resolve().parents[2] / "etc" / "postgresql.conf"
+    s = parse_settings(tpl.read_text())
+    managed = set(parse_settings(render_manatee_conf(primary(cluster_name="x"))))
+    assert s and not (set(s) & managed), set(s) & managed
