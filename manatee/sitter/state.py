@@ -1,0 +1,295 @@
+"""The shard's persisted topology and the sitter's target role, as plain data.
+
+Why persisted state at all: v1 took the topology from the order in which nodes joined the
+ZooKeeper election, so after simultaneous restarts a stale async could lead (the guide's
+safe-mode scenario). Here the authoritative topology is `<shardPath>/state`, written only
+by compare-and-set on its znode version, and the election only says who is alive.
+
+Everything in this module is pure: parsing, validation and (de)serialisation, no I/O.
+JSON keys are the original v2's (`generation, primary, sync, async, deposed, initWal,
+freeze, oneNodeWriteMode`; each peer `{id, zoneId, ip, pgUrl, backupUrl, statusUrl}`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from manatee.core.lsn import format_lsn, parse_lsn
+
+__all__ = [
+    "CONNECTED", "SUSPENDED", "LOST", "ZK_STATES",
+    "UNASSIGNED", "PRIMARY", "STANDBY", "DEPOSED", "FENCED", "SAFE_MODE", "REBUILD", "ROLES",
+    "StateError", "Peer", "Freeze", "ClusterState", "Target",
+    "parse_election_name", "election_order", "dedupe_peers", "error_record",
+    "format_lsn", "parse_lsn",
+]
+
+# ZooKeeper session as the sitter sees it.
+CONNECTED = "connected"  # session alive and the link up
+SUSPENDED = "suspended"  # link lost; the session may still be alive on the server
+LOST = "lost"            # the server expired the session: our ephemeral nodes are gone
+ZK_STATES = (CONNECTED, SUSPENDED, LOST)
+
+# Local target roles (what this node's PostgreSQL should be doing).
+UNASSIGNED = "unassigned"  # wait: PG stopped, or left running as a (read-only) standby
+PRIMARY = "primary"        # the head of the chain
+STANDBY = "standby"        # streams from `upstream` (sync or async: the state says which)
+DEPOSED = "deposed"        # a former primary: PG stopped until it rejoins at the tail
+FENCED = "fenced"          # a primary whose ZooKeeper session expired: PG killed at once
+SAFE_MODE = "safe_mode"    # the shard's error node exists: read-only, change nothing
+REBUILD = "rebuild"        # WAL diverged or data missing: restore from `upstream`
+ROLES = (UNASSIGNED, PRIMARY, STANDBY, DEPOSED, FENCED, SAFE_MODE, REBUILD)
+
+
+class StateError(ValueError):
+    """Malformed persisted state; the message names the field."""
+
+
+def _req(d: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(d, Mapping):
+        raise StateError(f"{where}: expected a JSON object, got {type(d).__name__}")
+    if key not in d:
+        raise StateError(f"{where}.{key}: missing")
+    v = d[key]
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise StateError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {v!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One sitter of the shard. `id` is its election name prefix `ip:pgPort:backupPort:statusPort`."""
+
+    id: str
+    zone_id: str
+    ip: str
+    pg_url: str
+    backup_url: str
+    status_url: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "zoneId": self.zone_id, "ip": self.ip, "pgUrl": self.pg_url,
+                "backupUrl": self.backup_url, "statusUrl": self.status_url}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str = "peer") -> Peer:
+        return cls(
+            id=_req(d, "id", where, str),
+            zone_id=_req(d, "zoneId", where, str),
+            ip=_req(d, "ip", where, str),
+            pg_url=_req(d, "pgUrl", where, str),
+            backup_url=_req(d, "backupUrl", where, str),
+            status_url=d.get("statusUrl", "") if isinstance(d.get("statusUrl", ""), str) else "",
+        )
+
+    @classmethod
+    def from_election(cls, peer_id: str, data: Mapping[str, Any]) -> Peer:
+        """From an election znode: its name gives the id, its data the rest."""
+        return cls.from_json({**data, "id": peer_id}, where=f"election/{peer_id}")
+
+    def __str__(self) -> str:
+        return self.ip or self.id
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """An operator's freeze: while set, nobody writes the state."""
+
+    reason: str
+    by: str = ""
+    time: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"reason": self.reason, "by": self.by, "time": self.time}
+
+    @classmethod
+    def from_json(cls, d: Any) -> Freeze | None:
+        if d is None:
+            return None
+        if not isinstance(d, Mapping):
+            raise StateError(f"state.freeze: expected null or an object, got {d!r}")
+        return cls(reason=str(d.get("reason", "")), by=str(d.get("by", "")), time=str(d.get("time", "")))
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """The authoritative topology: primary → sync → async..., plus deposed former primaries.
+
+    `init_wal` is the WAL position the primary had when it named the current sync: the sync
+    may take over only once it has received at least that much (S2, S3). `generation` goes
+    up by one whenever the primary or the sync changes.
+    """
+
+    generation: int
+    primary: Peer
+    sync: Peer | None = None
+    async_: tuple[Peer, ...] = ()
+    deposed: tuple[Peer, ...] = ()
+    init_wal: int = 0
+    freeze: Freeze | None = None
+    one_node_write_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.generation, int) or self.generation < 1:
+            raise StateError(f"state.generation: must be an integer >= 1, got {self.generation!r}")
+        if not isinstance(self.init_wal, int) or self.init_wal < 0:
+            raise StateError(f"state.initWal: must be a WAL position, got {self.init_wal!r}")
+        seen: dict[str, str] = {}
+        for place, peers in (("primary", (self.primary,)), ("sync", (self.sync,) if self.sync else ()),
+                             ("async", self.async_), ("deposed", self.deposed)):
+            for p in peers:
+                if p.id in seen:
+                    raise StateError(f"state.{place}: peer {p.id} is also listed as {seen[p.id]}")
+                seen[p.id] = place
+
+    # -- queries ---------------------------------------------------------------------------
+    def chain(self) -> tuple[Peer, ...]:
+        """primary, sync (if any), asyncs: the daisy chain in replication order."""
+        return (self.primary, *((self.sync,) if self.sync else ()), *self.async_)
+
+    def place_of(self, peer_id: str) -> str | None:
+        """'primary' | 'sync' | 'async' | 'deposed' | None."""
+        if self.primary.id == peer_id:
+            return "primary"
+        if self.sync is not None and self.sync.id == peer_id:
+            return "sync"
+        if any(p.id == peer_id for p in self.async_):
+            return "async"
+        if any(p.id == peer_id for p in self.deposed):
+            return "deposed"
+        return None
+
+    def members(self) -> tuple[Peer, ...]:
+        return (*self.chain(), *self.deposed)
+
+    @property
+    def frozen(self) -> bool:
+        return self.freeze is not None
+
+    def evolve(self, **changes: Any) -> ClusterState:
+        return replace(self, **changes)
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "primary": self.primary.to_json(),
+            "sync": self.sync.to_json() if self.sync else None,
+            "async": [p.to_json() for p in self.async_],
+            "deposed": [p.to_json() for p in self.deposed],
+            "initWal": format_lsn(self.init_wal),
+            "freeze": self.freeze.to_json() if self.freeze else None,
+            "oneNodeWriteMode": self.one_node_write_mode,
+        }
+
+    def dumps(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=False).encode()
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ClusterState:
+        gen = _req(d, "generation", "state", int)
+        primary = Peer.from_json(_req(d, "primary", "state", dict), "state.primary")
+        sync_raw = d.get("sync")
+        sync = Peer.from_json(sync_raw, "state.sync") if sync_raw is not None else None
+        asyncs = d.get("async", [])
+        deposed = d.get("deposed", [])  # absent in some v2 states (MANATEE-389)
+        for key, v in (("async", asyncs), ("deposed", deposed)):
+            if not isinstance(v, list):
+                raise StateError(f"state.{key}: expected a list, got {v!r}")
+        init_raw = d.get("initWal", "0/0")
+        try:
+            init_wal = parse_lsn(init_raw)
+        except ValueError as e:
+            raise StateError(f"state.initWal: {e}") from None
+        onwm = d.get("oneNodeWriteMode", False)
+        if not isinstance(onwm, bool):
+            raise StateError(f"state.oneNodeWriteMode: expected true/false, got {onwm!r}")
+        return cls(
+            generation=gen, primary=primary, sync=sync,
+            async_=tuple(Peer.from_json(p, f"state.async[{i}]") for i, p in enumerate(asyncs)),
+            deposed=tuple(Peer.from_json(p, f"state.deposed[{i}]") for i, p in enumerate(deposed)),
+            init_wal=init_wal, freeze=Freeze.from_json(d.get("freeze")), one_node_write_mode=onwm,
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> ClusterState:
+        try:
+            d = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise StateError(f"state: not JSON ({e})") from None
+        return cls.from_json(d)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What this node's PostgreSQL should be doing.
+
+    upstream: whom a standby (or rebuild) streams / restores from; None for a standby means
+      "detached" (no primary_conninfo: nothing more can arrive).
+    sync: the primary's synchronous standby (synchronous_standby_names), None otherwise.
+    downstream: the next live node behind me in the chain (heartbeats and history).
+    read_only: default_transaction_read_only on a primary; always True for other roles.
+    """
+
+    role: str
+    upstream: Peer | None = None
+    sync: Peer | None = None
+    downstream: Peer | None = None
+    read_only: bool = True
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r}; one of {', '.join(ROLES)}")
+        if self.role != PRIMARY and not self.read_only:
+            raise ValueError(f"only a primary may be read-write, not {self.role}")
+
+    def describe(self) -> str:
+        if self.role == PRIMARY:
+            mode = "read-only" if self.read_only else "read-write"
+            return f"primary ({mode}, sync {self.sync or 'none'})"
+        if self.role in (STANDBY, REBUILD):
+            return f"{self.role} of {self.upstream or 'nobody (detached)'}"
+        return self.role
+
+
+# -- election helpers (pure: the shell lists the children, these order them) ---------------
+_SEQ = re.compile(r"^(?P<id>.+)-(?P<seq>\d{10})$")
+
+
+def parse_election_name(name: str) -> tuple[str, int]:
+    """'10.0.0.1:5432:10002:5433-0000000007' → ('10.0.0.1:5432:10002:5433', 7)."""
+    m = _SEQ.match(name)
+    if not m:
+        raise StateError(f"election node {name!r}: expected '<ip:pgPort:backupPort:statusPort>-<10-digit seq>'")
+    return m.group("id"), int(m.group("seq"))
+
+
+def dedupe_peers(peers: Iterable[Peer]) -> tuple[Peer, ...]:
+    """Peers in join order, one per id: a peer listed twice (a sitter that restarted before
+    its old ephemeral node expired) keeps only its latest (last) entry and position."""
+    last: dict[str, int] = {}
+    plist = list(peers)
+    for i, p in enumerate(plist):
+        last[p.id] = i
+    return tuple(p for i, p in enumerate(plist) if last[p.id] == i)
+
+
+def election_order(children: Mapping[str, Mapping[str, Any]]) -> tuple[Peer, ...]:
+    """Election znodes {name: data} → live peers in join order (sequence), deduped by id."""
+    parsed = sorted((parse_election_name(n)[1], parse_election_name(n)[0], d) for n, d in children.items())
+    return dedupe_peers(Peer.from_election(pid, data) for _seq, pid, data in parsed)
+
+
+def error_record(state: ClusterState | None, me: Peer, reason: str) -> dict[str, str]:
+    """The safe-mode node's data, as the guide shows it plus a reason: {primary, zoneId, standby, reason}."""
+    return {
+        "primary": state.primary.ip if state else "",
+        "zoneId": state.primary.zone_id if state else "",
+        "standby": me.ip,
+        "reason": reason,
+    }
+

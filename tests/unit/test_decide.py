@@ -1,0 +1,383 @@
+"""The decision core, rule by rule, then every combination of the inputs that matter."""
+
+import itertools
+
+import pytest
+
+from manatee.core.lsn import parse_lsn
+from manatee.sitter.decide import Observation, decide
+from manatee.sitter.state import (
+    CONNECTED, DEPOSED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED,
+    ClusterState, Freeze, Peer,
+)
+
+
+def peer(n: int) -> Peer:
+    ip = f"10.0.0.{n}"
+    return Peer(id=f"{ip}:5432:10002:5433", zone_id=f"zone-{n}", ip=ip, pg_url=f"tcp://postgres@{ip}:5432/postgres",
+                backup_url=f"http://{ip}:10002", status_url=f"http://{ip}:5433")
+
+
+A, B, C, D, E = (peer(i) for i in range(1, 6))
+INIT = parse_lsn("0/5000")
+STATE = ClusterState(generation=3, primary=A, sync=B, async_=(C,), init_wal=INIT)
+
+
+def obs(me, *, election=(A, B, C), state=STATE, **kw) -> Observation:
+    defaults = dict(zk=CONNECTED, state_version=7, running=True, has_data=True)
+    if state is not None and state.primary.id == me.id:
+        defaults.update(in_recovery=False, wal=0x9000, read_only=True)
+    else:
+        defaults.update(in_recovery=True, wal=0x6000, streaming=True, upstream_id=A.id)
+    defaults.update(kw)
+    return Observation(me=me, election=tuple(election), state=state, **defaults)
+
+
+# ---------------------------------------------------------------- rule 1: safe mode
+@pytest.mark.parametrize("me", [A, B, C, D])
+def test_error_node_means_safe_mode_whatever_my_place(me):
+    d = decide(obs(me, error={"primary": "10.0.0.1", "reason": "sync diverged"}))
+    assert d.target.role == SAFE_MODE and d.target.read_only
+    assert d.write_state is None and d.write_error is None
+    assert "sync diverged" in d.reason
+
+
+# ---------------------------------------------------------------- rule 2: ZooKeeper session
+def test_primary_whose_session_expired_is_fenced():
+    d = decide(obs(A, zk=LOST, sync_caught_up=True))
+    assert d.target.role == FENCED and d.write_state is None
+    assert "expired" in d.reason
+
+
+def test_primary_suspended_keeps_serving_and_writes_nothing():
+    d = decide(obs(A, zk=SUSPENDED, sync_caught_up=True, election=(A, C)))  # even with the sync gone
+    assert d.target.role == PRIMARY and d.target.sync == B
+    assert d.write_state is None
+
+
+def test_primary_suspended_past_expiry_fences_once_its_sync_stops_streaming():
+    d = decide(obs(A, zk=SUSPENDED, sync_caught_up=True, expiry_passed=True, sync_streaming=True))
+    assert d.target.role == PRIMARY  # F10: all of ZooKeeper down, the sync still follows me
+    d = decide(obs(A, zk=SUSPENDED, sync_caught_up=True, expiry_passed=True, sync_streaming=False))
+    assert d.target.role == FENCED and d.rule == "primary.fence_suspended"
+
+
+def test_primary_suspended_in_one_node_write_mode_without_sync_is_fenced():
+    st = ClusterState(generation=1, primary=A, one_node_write_mode=True)
+    d = decide(obs(A, state=st, zk=SUSPENDED, one_node_write_mode=True, election=(A,)))
+    assert d.target.role == FENCED
+
+
+@pytest.mark.parametrize("zk", [SUSPENDED, LOST])
+def test_standbys_keep_following_without_zookeeper(zk):
+    assert decide(obs(B, zk=zk)).target == decide(obs(B)).target
+    assert decide(obs(C, zk=zk)).target == decide(obs(C)).target
+
+
+@pytest.mark.parametrize("zk", [SUSPENDED, LOST])
+def test_sync_never_takes_over_without_zookeeper(zk):
+    d = decide(obs(B, zk=zk, election=(B, C), streaming=False, upstream_id=None))
+    assert d.target.role == STANDBY and d.write_state is None and zk in d.reason
+
+
+# ---------------------------------------------------------------- rule 3: no state yet
+def test_head_of_election_declares_generation_1():
+    d = decide(obs(A, state=None, state_version=-1, wal=0x1000, election=(A, B, C)))
+    st = d.write_state
+    assert st == ClusterState(generation=1, primary=A, sync=B, async_=(C,), init_wal=0x1000)
+    assert d.target.role == PRIMARY and d.target.read_only and d.target.sync == B
+
+
+def test_others_wait_for_the_head():
+    d = decide(obs(B, state=None, state_version=-1, election=(A, B, C)))
+    assert d.target.role == UNASSIGNED and d.write_state is None and "10.0.0.1 heads" in d.reason
+
+
+def test_a_lone_head_waits_for_a_second_peer():
+    d = decide(obs(A, state=None, state_version=-1, election=(A,)))
+    assert d.target.role == UNASSIGNED and d.write_state is None
+
+
+def test_a_lone_head_in_one_node_write_mode_declares_and_writes():
+    d = decide(obs(A, state=None, state_version=-1, election=(A,), one_node_write_mode=True))
+    assert d.write_state.sync is None and d.write_state.one_node_write_mode
+    assert d.target.role == PRIMARY and not d.target.read_only
+
+
+def test_no_declaration_while_disconnected():
+    d = decide(obs(A, state=None, state_version=-1, zk=SUSPENDED))
+    assert d.target.role == UNASSIGNED and d.write_state is None
+
+
+def test_duplicate_election_entries_keep_the_latest():
+    d = decide(obs(B, state=None, state_version=-1, election=(A, B, A)))
+    assert d.write_state is not None and d.write_state.primary == B and d.write_state.sync == A
+
+
+# ---------------------------------------------------------------- rule 4: the primary
+def test_primary_waits_read_only_until_its_sync_catches_up():
+    d = decide(obs(A))
+    assert d.target == decide(obs(A)).target and d.target.read_only and d.target.sync == B
+    assert d.write_state is None and d.rule == "primary.wait_sync"
+
+
+def test_primary_takes_writes_once_its_sync_caught_up():
+    d = decide(obs(A, sync_caught_up=True))
+    assert not d.target.read_only and d.write_state is None and d.rule == "primary.steady"
+
+
+def test_primary_goes_read_only_before_naming_a_new_sync():
+    d = decide(obs(A, election=(A, C), read_only=False, sync_caught_up=True))
+    assert d.write_state is None and d.target.read_only and d.target.sync == B
+    assert d.rule == "primary.replace_sync_read_only_first"
+
+
+def test_primary_names_the_first_live_async_as_sync_once_read_only():
+    d = decide(obs(A, election=(A, C, D), read_only=True, wal=0x9000))
+    st = d.write_state
+    assert st.generation == 4 and st.primary == A and st.sync == C and st.async_ == (D,) and st.init_wal == 0x9000
+    assert d.target.sync == C and d.target.read_only
+    assert "0/9000" in d.reason and "10.0.0.3" in d.reason
+
+
+def test_sync_with_stale_heartbeats_is_replaced_and_rejoins_at_the_tail():
+    d = decide(obs(A, heartbeats={B.id: False}, read_only=True))
+    assert d.write_state.sync == C and d.write_state.async_ == (B,)
+    assert "heartbeats" in d.reason
+
+
+def test_fresh_or_unknown_heartbeats_keep_the_sync():
+    for hb in ({B.id: True}, {}):
+        assert decide(obs(A, heartbeats=hb, read_only=True)).write_state is None
+
+
+def test_primary_without_any_standby_stays_read_only():
+    d = decide(obs(A, election=(A,), read_only=False, sync_caught_up=False))
+    assert d.target.role == PRIMARY and d.target.read_only and d.write_state.async_ == ()
+    d = decide(obs(A, election=(A,), state=STATE.evolve(async_=()), sync_caught_up=True))
+    assert d.write_state is None and d.rule == "primary.sync_gone_no_candidate"
+
+
+def test_primary_without_wal_position_does_not_name_a_sync():
+    d = decide(obs(A, election=(A, C), wal=None))
+    assert d.write_state is None and d.target.read_only
+
+
+def test_newcomer_is_appended_without_a_generation_bump():
+    d = decide(obs(A, election=(D, A, B, C), sync_caught_up=True))
+    assert d.write_state.generation == 3 and d.write_state.async_ == (C, D)
+    assert not d.target.read_only
+
+
+def test_dead_async_is_dropped_without_a_generation_bump():
+    d = decide(obs(A, election=(A, B), sync_caught_up=True))
+    assert d.write_state.generation == 3 and d.write_state.async_ == ()
+
+
+def test_live_deposed_peer_moves_to_the_tail_and_dead_ones_stay_deposed():
+    st = STATE.evolve(deposed=(D, E))
+    d = decide(obs(A, state=st, election=(A, B, C, D), sync_caught_up=True))
+    assert d.write_state.async_ == (C, D) and d.write_state.deposed == (E,)
+
+
+def test_nothing_changed_means_no_write():
+    assert decide(obs(A, sync_caught_up=True)).write_state is None
+
+
+def test_frozen_primary_changes_nothing():
+    st = STATE.evolve(freeze=Freeze(reason="upgrade"))
+    d = decide(obs(A, state=st, election=(A, C, D), read_only=True))
+    assert d.write_state is None and d.target.sync == B and "frozen" in d.reason
+
+
+def test_primary_with_empty_data_dir_after_generation_1_refuses():
+    d = decide(obs(A, has_data=False, running=False, wal=None))
+    assert d.target.role == UNASSIGNED and "empty" in d.reason
+    d = decide(obs(A, state=STATE.evolve(generation=1), has_data=False, running=False, wal=None))
+    assert d.target.role == PRIMARY  # a new shard: the shell creates the database
+
+
+def test_one_node_write_mode_primary_drops_its_gone_sync_and_takes_writes():
+    st = STATE.evolve(async_=(), one_node_write_mode=True)
+    d = decide(obs(A, state=st, election=(A,), one_node_write_mode=True, read_only=True))
+    assert d.write_state.sync is None and not d.target.read_only and d.write_state.generation == 4
+
+
+# ---------------------------------------------------------------- rule 5: the sync
+def test_sync_follows_a_live_primary():
+    d = decide(obs(B))
+    assert d.target.role == STANDBY and d.target.upstream == A and d.target.downstream == C
+
+
+def test_diverged_sync_with_live_primary_rebuilds():
+    assert decide(obs(B, diverged=True)).target.role == REBUILD
+    assert decide(obs(B, has_data=False)).target.role == REBUILD
+    forked = decide(obs(B, in_recovery=False))  # running as a primary it is not: forked
+    assert forked.target.role == REBUILD and forked.target.upstream == A
+
+
+def test_sync_detaches_before_taking_over():
+    d = decide(obs(B, election=(B, C)))
+    assert d.target.role == STANDBY and d.target.upstream is None and d.write_state is None
+    assert d.rule == "sync.detach"
+
+
+def test_sync_takes_over_when_detached():
+    d = decide(obs(B, election=(B, C, D), streaming=False, upstream_id=None, wal=0x6000))
+    st = d.write_state
+    assert st.generation == 4 and st.primary == B and st.sync == C and st.async_ == (D,)
+    assert st.deposed == (A,) and st.init_wal == 0x6000
+    assert d.target.role == PRIMARY and d.target.read_only and d.target.sync == C
+
+
+def test_sync_behind_init_wal_may_not_take_over():
+    d = decide(obs(B, election=(B, C), streaming=False, upstream_id=None, wal=0x3000))
+    assert d.target.role == STANDBY and d.write_state is None
+    assert d.reason == ("the primary 10.0.0.1 is gone but my WAL 0/3000 is behind 0/5000 that the primary had "
+                        "when I became sync, so I may not take over")
+
+
+def test_sync_that_has_not_streamed_may_not_take_over():
+    d = decide(obs(B, election=(B, C), streaming=False, upstream_id=None, wal=None))
+    assert d.write_state is None and d.rule == "sync.no_wal"
+
+
+def test_sync_without_another_standby_waits_unless_one_node_write_mode():
+    d = decide(obs(B, election=(B,), streaming=False, upstream_id=None))
+    assert d.write_state is None and d.rule == "sync.no_candidate"
+    d = decide(obs(B, election=(B,), streaming=False, upstream_id=None, one_node_write_mode=True))
+    assert d.write_state.primary == B and d.write_state.sync is None and not d.target.read_only
+
+
+def test_diverged_sync_with_the_primary_gone_enters_safe_mode():
+    d = decide(obs(B, election=(B, C), diverged=True))
+    assert d.target.role == SAFE_MODE and d.write_state is None
+    assert d.write_error["standby"] == B.ip and d.write_error["primary"] == A.ip
+    assert d.write_error["reason"] == d.reason and "diverged" in d.reason
+
+
+def test_frozen_sync_does_not_take_over():
+    st = STATE.evolve(freeze=Freeze(reason="upgrade"))
+    d = decide(obs(B, state=st, election=(B, C), streaming=False, upstream_id=None))
+    assert d.write_state is None and "frozen" in d.reason
+
+
+def test_sync_not_registered_in_the_election_does_not_take_over():
+    d = decide(obs(B, election=(C,), streaming=False, upstream_id=None))
+    assert d.write_state is None and "not registered" in d.reason
+
+
+# ---------------------------------------------------------------- rule 6: asyncs
+def test_async_follows_its_nearest_live_predecessor():
+    st = STATE.evolve(async_=(C, D))
+    assert decide(obs(C, state=st, election=(A, B, C, D))).target.upstream == B
+    assert decide(obs(D, state=st, election=(A, B, C, D))).target.upstream == C
+    assert decide(obs(D, state=st, election=(A, D))).target.upstream == A
+    assert decide(obs(C, state=st, election=(A, B, C, D))).target.downstream == D
+
+
+def test_async_with_nobody_ahead_waits_and_never_takes_over():
+    d = decide(obs(C, election=(C,), streaming=False, upstream_id=None, wal=0x99999))
+    assert d.target.role == UNASSIGNED and d.write_state is None
+
+
+def test_diverged_async_rebuilds_from_its_upstream():
+    d = decide(obs(C, diverged=True))
+    assert d.target.role == REBUILD and d.target.upstream == B
+
+
+# ---------------------------------------------------------------- rules 7, 8
+def test_deposed_stays_stopped():
+    d = decide(obs(D, state=STATE.evolve(deposed=(D,)), election=(A, B, C, D)))
+    assert d.target.role == DEPOSED and d.write_state is None
+
+
+def test_stranger_waits_to_be_appended():
+    d = decide(obs(D, election=(A, B, C, D)))
+    assert d.target.role == UNASSIGNED and "appends me" in d.reason
+
+
+# =============================================================== every combination
+PLACES = ("primary", "sync", "async", "deposed", "none")
+ME_FOR = {"primary": A, "sync": B, "async": C, "deposed": D, "none": E}
+WALS = {"none": None, "below": INIT - 1, "at": INIT}
+
+
+def _combo_obs(place, zk, p_live, s_live, a_live, wal, diverged, frozen, error, read_only, streaming, onwm):
+    st = ClusterState(generation=5, primary=A, sync=B, async_=(C,), deposed=(D,), init_wal=INIT,
+                      freeze=Freeze(reason="ops") if frozen else None, one_node_write_mode=onwm)
+    me = ME_FOR[place]
+    live = [p for p, up in ((A, p_live), (B, s_live), (C, a_live)) if up]
+    election = tuple(dict.fromkeys([*live, me]))
+    return Observation(
+        me=me, zk=zk, election=election, state=st, state_version=11,
+        error={"reason": "operator test"} if error else None,
+        running=True, in_recovery=place != "primary", wal=WALS[wal], streaming=streaming,
+        upstream_id=A.id if streaming else None, read_only=read_only, diverged=diverged,
+        sync_caught_up=True, has_data=True, one_node_write_mode=onwm,
+        expiry_passed=zk == SUSPENDED and not streaming, sync_streaming=s_live and streaming)
+
+
+COMBOS = list(itertools.product(PLACES, (CONNECTED, SUSPENDED, LOST), (True, False), (True, False), (True, False),
+                                tuple(WALS), (False, True), (False, True), (False, True), (True, False),
+                                (True, False), (False, True)))
+
+
+def test_combination_count():
+    assert len(COMBOS) == 5 * 3 * 2 ** 3 * 3 * 2 ** 6
+
+
+@pytest.mark.parametrize("chunk", range(8))
+def test_every_combination_respects_the_invariants(chunk):
+    for combo in COMBOS[chunk::8]:
+        (place, zk, p_live, s_live, a_live, wal, diverged, frozen, error, read_only, streaming, onwm) = combo
+        o = _combo_obs(*combo)
+        d = decide(o)
+        ctx = f"{combo} -> {d}"
+        # one plain sentence, always
+        assert d.reason and "\n" not in d.reason and ". " not in d.reason and d.rule, ctx
+        writes = d.write_state is not None or d.write_error is not None
+        assert not (d.write_state is not None and d.write_error is not None), ctx
+        if error:
+            assert d.target.role == SAFE_MODE and not writes, ctx
+            continue
+        if writes:  # only a connected, registered, unfrozen primary or sync writes
+            assert zk == CONNECTED and not frozen and place in ("primary", "sync"), ctx
+        if d.target.role == FENCED:
+            assert place == "primary" and (zk == LOST or (zk == SUSPENDED and (onwm or o.expiry_passed))), ctx
+            if zk == SUSPENDED and not onwm:
+                assert not o.sync_streaming, ctx
+        if place == "primary" and zk == LOST:
+            assert d.target.role == FENCED, ctx
+        if place == "primary" and zk == SUSPENDED and not onwm and (o.sync_streaming or not o.expiry_passed):
+            assert d.target.role == PRIMARY, ctx  # F10: keeps serving while its sync follows it
+        if d.target.role == PRIMARY:
+            assert place == "primary" or (place == "sync" and d.write_state is not None), ctx
+            if not d.target.read_only:
+                assert onwm or (place == "primary" and d.target.sync is not None), ctx
+        if place in ("async", "deposed", "none"):
+            assert d.target.role != PRIMARY and not writes, ctx  # S3: never an async
+        if place == "deposed":
+            assert d.target.role == DEPOSED, ctx
+        if d.target.role in (STANDBY, REBUILD) and d.target.upstream is not None:
+            waits_for_primary = place == "sync" and d.target.upstream.id == A.id  # resumes if it returns
+            assert d.target.upstream.id in {p.id for p in o.election} or waits_for_primary, ctx
+            assert d.target.upstream.id != o.me.id, ctx
+            assert d.target.upstream.id not in {p.id for p in o.state.deposed}, ctx
+        if d.write_error is not None:
+            assert place == "sync" and diverged and not p_live, ctx
+        new = d.write_state
+        if new is not None:
+            old = o.state
+            changed = new.primary.id != old.primary.id or getattr(new.sync, "id", None) != getattr(old.sync, "id", None)
+            assert new.generation == old.generation + (1 if changed else 0), ctx
+            if new.primary.id != old.primary.id:  # a takeover: S2, S3, S4
+                assert place == "sync" and new.primary.id == B.id and not p_live, ctx
+                assert o.wal is not None and o.wal >= old.init_wal and not diverged, ctx
+                assert not streaming and o.upstream_id is None, ctx  # detached first
+                assert new.init_wal == o.wal and A in new.deposed, ctx
+            elif changed:  # the primary named a new sync: it went read-only first
+                assert place == "primary" and read_only is True and new.init_wal == o.wal, ctx
+            members = [p.id for p in new.members()]
+            assert len(members) == len(set(members)), ctx
+            assert all(p.id in {q.id for q in o.election} for p in new.async_), ctx
