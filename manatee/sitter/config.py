@@ -59,8 +59,9 @@ class ReplicationAuth(ConfigModel):
     user: str = "postgres"
     password: str | None = Field(None, description="replication password (needed unless method is trust or cert)")
     clientCidrs: list[str] = Field(default_factory=list, description="extra networks allowed to connect as clients (CIDR)")
+    replicationCidrs: list[str] = Field(default_factory=list, description="extra networks allowed to replicate besides the shard's members (CIDR; a shard on one host's loopback needs 127.0.0.1/32)")
 
-    @field_validator("clientCidrs")
+    @field_validator("clientCidrs", "replicationCidrs")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
         for c in v:
@@ -72,6 +73,8 @@ class ReplicationAuth(ConfigModel):
 
 
 class PostgresMgrCfg(ConfigModel):
+    """PostgreSQL as the sitter runs it."""
+
     dataDir: str = Field("/var/manatee/data", description="PostgreSQL data directory (inside the dataset's mountpoint)")
     dbUser: str = Field("postgres", description="OS user PostgreSQL runs as")
     pgBinDir: str = Field("/usr/lib/postgresql/15/bin", description="directory with postgres, initdb, pg_controldata")
@@ -86,6 +89,15 @@ class PostgresMgrCfg(ConfigModel):
         "on", description="synchronous_commit on the primary: 'on' waits for the sync's flush")
     replicationAuth: ReplicationAuth = ReplicationAuth()
     zfsClientCfg: ZfsClientCfg
+
+    @model_validator(mode="after")
+    def _auth(self):
+        a = self.replicationAuth
+        if a.user != self.dbUser:
+            raise ValueError(f"replicationAuth.user must be the database superuser '{self.dbUser}' for now")
+        if a.method in ("md5", "scram-sha-256") and not a.password:
+            raise ValueError(f"replicationAuth.password is required with method '{a.method}'")
+        return self
 
 
 class SitterConfig(ConfigModel):

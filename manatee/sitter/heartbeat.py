@@ -1,0 +1,116 @@
+"""Daisy-chain heartbeats: a standby tells its upstream's sitter it is alive, over HTTP.
+
+The upstream learns who follows it and whether that standby still reaches it: a sync whose
+heartbeats stop is lost even when its ZooKeeper node lingers (a partition between peers only).
+A heartbeat counts only from a node registered in the shard's election: a forged one cannot
+make a stranger the sync that acknowledges writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import aiohttp
+
+
+@dataclass
+class Heartbeat:
+    peer_id: str
+    pg_url: str
+    wal: str | None
+    streaming: bool
+    received: float  # time.monotonic()
+
+
+@dataclass
+class HeartbeatTable:
+    """What this node has heard from its standbys. Time is passed in so the logic is testable."""
+
+    expiration_s: float
+    beats: dict[str, Heartbeat] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def record(self, hb: Heartbeat) -> None:
+        self.beats[hb.peer_id] = hb
+
+    def fresh(self, peer_id: str, now: float | None = None) -> bool:
+        """True if heard within the expiration time. Right after start-up nobody has had the
+        chance to heartbeat us yet, so every peer counts as fresh for one expiration period."""
+        now = time.monotonic() if now is None else now
+        hb = self.beats.get(peer_id)
+        if hb is not None:
+            return now - hb.received <= self.expiration_s
+        return now - self.started <= self.expiration_s
+
+    def freshness(self, peer_ids, now: float | None = None) -> dict[str, bool]:
+        return {p: self.fresh(p, now) for p in peer_ids}
+
+    def reset(self, now: float | None = None) -> None:
+        """Forget everything (our role changed): standbys get one period to find us again."""
+        self.beats.clear()
+        self.started = time.monotonic() if now is None else now
+
+
+def parse_heartbeat(body: object, is_member: Callable[[str], bool], now: float) -> Heartbeat:
+    """Validate a POST /heartbeat body; raises ValueError with what is wrong."""
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    peer_id, pg_url = body.get("id"), body.get("pgUrl")
+    if not isinstance(peer_id, str) or not peer_id:
+        raise ValueError("'id' (the sender's election id ip:pgPort:backupPort:statusPort) is required")
+    if not isinstance(pg_url, str) or not pg_url:
+        raise ValueError("'pgUrl' is required")
+    wal = body.get("wal")
+    if wal is not None and not isinstance(wal, str):
+        raise ValueError("'wal' must be an LSN string or null")
+    streaming = body.get("streaming", False)
+    if not isinstance(streaming, bool):
+        raise ValueError("'streaming' must be true or false")
+    if not is_member(peer_id):
+        raise PermissionError(f"{peer_id} is not registered in this shard's election")
+    return Heartbeat(peer_id, pg_url, wal, streaming, now)
+
+
+class HeartbeatSender:
+    """Posts a heartbeat to the current upstream every interval. Errors are logged, never fatal."""
+
+    def __init__(self, *, me_id: str, pg_url: str, interval_s: float, timeout_s: float,
+                 status: Callable[[], dict], log):
+        self.me_id, self.pg_url = me_id, pg_url
+        self.interval_s, self.timeout_s = interval_s, timeout_s
+        self.status = status  # -> {"wal": str|None, "streaming": bool}
+        self.log = log
+        self.upstream_url: str | None = None
+        self.last_ok: float | None = None
+        self._failures = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while not stop.is_set():
+                url = self.upstream_url
+                if url:
+                    await self._beat(session, url)
+                try:
+                    await asyncio.wait_for(stop.wait(), self.interval_s)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _beat(self, session: aiohttp.ClientSession, url: str) -> None:
+        body = {"id": self.me_id, "pgUrl": self.pg_url, **self.status()}
+        try:
+            async with session.post(f"{url}/heartbeat", json=body) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+            self.last_ok = time.monotonic()
+            if self._failures:
+                self.log.info("heartbeat_restored", upstream=url, after_failures=self._failures)
+            self._failures = 0
+        except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError) as e:
+            self._failures += 1
+            if self._failures in (1, 10) or self._failures % 60 == 0:
+                self.log.warning("heartbeat_failed", upstream=url, error=str(e) or type(e).__name__,
+                                 failures=self._failures)

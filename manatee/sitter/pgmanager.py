@@ -1,0 +1,240 @@
+"""The sitter's PostgreSQL: one child process, configured for the role the decision core chose.
+
+It knows nothing of ZooKeeper or topology: it is told "be a primary (read-only or not) with this
+sync" or "be a standby of that upstream", and it reports what PostgreSQL is doing (WAL position,
+streaming or not, diverged from its upstream, sync caught up) for the next decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from manatee.core import pg as pgmod
+from manatee.core.lsn import Lsn
+from manatee.core.pgconfig import RoleConfig, install_base_config, write_role_config
+
+# What PostgreSQL's walreceiver or startup process says when this node cannot follow its
+# upstream because their histories forked (S4: such a node must be rebuilt, never used).
+DIVERGENCE_PATTERNS = re.compile(
+    r"is not in this server's history"
+    r"|is not a child of this server's timeline"
+    r"|forked off current database system timeline"
+    r"|is ahead of the WAL flush position of this server"
+    r"|highest timeline \d+ of the primary is behind recovery timeline"
+    r"|requested timeline \d+ does not contain minimum recovery point"
+)
+
+
+@dataclass(frozen=True)
+class PgStatus:
+    running: bool
+    healthy: bool
+    in_recovery: bool | None
+    wal: Lsn | None          # primary: current WAL; standby: received by streaming (None if not streamed)
+    streaming: bool
+    diverged: bool
+    sync_flush: Lsn | None   # primary: its sync's flush position (None: sync not streaming from me)
+    timeline: int | None
+    read_only: bool | None = None            # default_transaction_read_only as PG reports it
+    sender: tuple[str, int] | None = None    # standby: whom the walreceiver streams from
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """What the sitter wants PostgreSQL to be."""
+
+    role: str                       # "primary" | "standby"
+    read_only: bool = True
+    sync_app_name: str | None = None
+    upstream: tuple[str, int] | None = None
+
+
+class PgManager:
+    def __init__(self, cfg, log):
+        """cfg: SitterConfig."""
+        p = cfg.postgresMgrCfg
+        self.cfg, self.log = cfg, log
+        self.user = p.dbUser
+        self.bindir = Path(p.pgBinDir)
+        self.data_dir = Path(p.dataDir)
+        self.socket_dir = Path(p.socketDir or f"/tmp/manatee-{cfg.ip}-{cfg.postgresPort}")
+        self.log_file = self.data_dir.parent / "postgresql.log"
+        self.app_name = cfg.pg_url
+        self.ops_timeout = p.opsTimeout / 1000
+        self.proc: pgmod.PostgresProcess | None = None
+        self.client = pgmod.PgClient(str(self.socket_dir), cfg.postgresPort, user=p.dbUser,
+                                     connect_timeout=max(1, int(p.healthChkTimeout / 1000)))
+        self.spec: RoleSpec | None = None
+        self.members: tuple[str, ...] = ()
+        self._started_at: float | None = None
+        self._log_offset = 0
+        self._restart_pending = False
+        self._reload_pending = False
+
+    # ------------------------------------------------------------------ data directory
+
+    def has_data(self) -> bool:
+        """A usable data directory: initdb finished (pg_control is written last)."""
+        return (self.data_dir / "PG_VERSION").exists() and (self.data_dir / "global" / "pg_control").exists()
+
+    async def initdb(self) -> None:
+        self.log.info("pg_initdb", data_dir=str(self.data_dir))
+        await pgmod.initdb(self.data_dir, user=self.user, bindir=self.bindir,
+                           password=self.cfg.postgresMgrCfg.replicationAuth.password)
+        tmpl = self.cfg.postgresMgrCfg.postgresConf
+        if tmpl and Path(tmpl).exists():
+            install_base_config(self.data_dir, Path(tmpl), user=self.user)
+
+    # ------------------------------------------------------------------ role
+
+    def role_config(self, spec: RoleSpec) -> RoleConfig:
+        p = self.cfg.postgresMgrCfg
+        auth = p.replicationAuth
+        return RoleConfig(
+            role=spec.role,
+            listen_address=self.cfg.ip,
+            port=self.cfg.postgresPort,
+            socket_dir=str(self.socket_dir),
+            application_name=self.app_name,
+            sync_standby=spec.sync_app_name if spec.role == "primary" else None,
+            read_only=spec.read_only,
+            upstream=spec.upstream if spec.role == "standby" else None,
+            replication_user=auth.user,
+            replication_password=auth.password,
+            members=tuple([*(f"{m}/32" for m in self.members), *auth.replicationCidrs]),
+            client_cidrs=(tuple(["127.0.0.1/32", *(f"{m}/32" for m in self.members), *auth.clientCidrs])),
+            auth_method=auth.method,
+            synchronous_commit=p.synchronousCommit,
+            cluster_name=self.cfg.zoneId[:40],
+        )
+
+    async def configure(self, spec: RoleSpec, members: tuple[str, ...]) -> None:
+        """Write PG's files for `spec`; what it takes to apply them waits for apply_pending()
+        (or the next start, which reads them anyway)."""
+        self.members = tuple(sorted(set(members) | {self.cfg.ip}))
+        change = write_role_config(self.data_dir, self.role_config(spec), user=self.user)
+        self.spec = spec
+        if self.running:
+            self._restart_pending |= change.restart_needed
+            self._reload_pending |= change.reload_needed
+        if change.changed:
+            self.log.info("pg_configured", role=spec.role, read_only=spec.read_only,
+                          sync=spec.sync_app_name, upstream=spec.upstream, changed=list(change.changed))
+
+    async def apply_pending(self) -> str:
+        """Make written settings take effect: restart if they need it, else reload."""
+        if not self.running:
+            self._restart_pending = self._reload_pending = False
+            return "not running"
+        if self._restart_pending:
+            await self.stop(mode="fast")
+            await self.start()
+            return "restarted"
+        if self._reload_pending:
+            self._reload_pending = False
+            await self.client.reload()
+            return "reloaded"
+        return "unchanged"
+
+    async def promote(self) -> None:
+        """Standby → primary, in place (no restart: the promoted node keeps its connections)."""
+        await self.client.promote(wait=True, timeout=self.ops_timeout)
+
+    # ------------------------------------------------------------------ process
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.running
+
+    async def start(self) -> None:
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        self.proc = pgmod.PostgresProcess(self.data_dir, user=self.user, bindir=self.bindir,
+                                          log_file=self.log_file, socket_dir=self.socket_dir,
+                                          host=self.cfg.ip, port=self.cfg.postgresPort)
+        await self.proc.start()
+        self._restart_pending = self._reload_pending = False
+        self._started_at = time.monotonic()
+        await self.proc.wait_ready(self.ops_timeout)
+        self.log.info("pg_started", pid=self.proc.pid, role=self.spec.role if self.spec else None)
+
+    async def stop(self, mode: str = "fast") -> None:
+        if self.proc is not None:
+            await self.proc.stop(mode=mode, timeout=min(self.ops_timeout, 10))
+            self.log.info("pg_stopped", mode=mode)
+        self.proc = None
+        self._started_at = None
+
+    async def kill(self) -> None:
+        """Stop at once with no shutdown checkpoint: a fenced primary must not write anything more."""
+        if self.proc is not None:
+            await self.proc.kill()
+            self.log.warning("pg_killed")
+        self.proc = None
+        self._started_at = None
+
+    # ------------------------------------------------------------------ observation
+
+    async def status(self, sync_app_name: str | None = None) -> PgStatus:
+        if not self.running:
+            return PgStatus(False, False, None, None, False, self._diverged_in_log(), None, None)
+        try:
+            rows = await self.client.query(
+                "select pg_is_in_recovery() as rec,"
+                " case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end as cur,"
+                " pg_last_wal_receive_lsn()::text as recv,"
+                " (select status from pg_stat_wal_receiver limit 1) as wr_status,"
+                " (select sender_host from pg_stat_wal_receiver limit 1) as wr_host,"
+                " (select sender_port from pg_stat_wal_receiver limit 1) as wr_port,"
+                " current_setting('default_transaction_read_only') = 'on' as ro,"
+                " (select timeline_id from pg_control_checkpoint()) as tli")
+        except pgmod.PgError as e:
+            self.log.debug("pg_status_failed", error=str(e))
+            return PgStatus(True, False, None, None, False, self._diverged_in_log(), None, None)
+        r = rows[0]
+        in_rec = bool(r["rec"])
+        streaming = in_rec and r["wr_status"] == "streaming"
+        wal_text = r["recv"] if in_rec else r["cur"]
+        wal = Lsn.parse(wal_text) if wal_text else None
+        sync_flush = None
+        if not in_rec and sync_app_name:
+            try:
+                rep = await self.client.query(
+                    "select flush_lsn::text as flush from pg_stat_replication"
+                    " where application_name = %s and state = 'streaming'", (sync_app_name,))
+                if rep and rep[0]["flush"]:
+                    sync_flush = Lsn.parse(rep[0]["flush"])
+            except pgmod.PgError:
+                pass
+        sender = (r["wr_host"], int(r["wr_port"])) if streaming and r["wr_host"] else None
+        return PgStatus(True, True, in_rec, wal, streaming, in_rec and self._diverged_in_log(),
+                        sync_flush, r["tli"], bool(r["ro"]), sender)
+
+    def _diverged_in_log(self) -> bool:
+        """True if PostgreSQL has said, since it was last started, that it cannot follow its upstream."""
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(self._log_offset)
+                text = f.read(4 << 20).decode("utf-8", "replace")
+        except OSError:
+            return False
+        return bool(DIVERGENCE_PATTERNS.search(text))
+
+    async def offline_wal(self) -> Lsn | None:
+        """Where this data directory's WAL ends while PG is stopped (pg_controldata)."""
+        if not self.has_data():
+            return None
+        try:
+            cd = await pgmod.controldata(self.data_dir, user=self.user, bindir=self.bindir)
+        except pgmod.PgError:
+            return None
+        for key in ("Minimum recovery ending location", "Latest checkpoint's REDO location",
+                    "Latest checkpoint location"):
+            v = cd.get(key)
+            if v and v != "0/0":
+                return Lsn.parse(v)
+        return None

@@ -1,0 +1,142 @@
+"""The sitter's ZooKeeper I/O for one shard: election membership, the persisted state
+(compare-and-set only), the safe-mode error node, history records and the registrar.
+
+Layout under shardPath (see docs/design.md):
+  election/<ip:pgPort:backupPort:statusPort>-<seq>  ephemeral-sequential, {zoneId, ip, pgUrl, backupUrl, statusUrl}
+  state                                             persistent JSON, written by CAS on its version
+  history/<time>-<ip>-<action>-...-<seq>            persistent-sequential records
+  error                                             safe mode: {primary, zoneId, standby, reason}
+and the registrar record at the original's binder path (ephemeral, written by the primary).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manatee.core import zk as zkmod
+from manatee.sitter import history
+from manatee.sitter.state import ClusterState, Peer, election_order, parse_election_name
+
+
+class ShardStore:
+    def __init__(self, zk: zkmod.ZKClient, shard_path: str, registrar_path: str, log):
+        self.zk, self.log = zk, log
+        self.path = shard_path.rstrip("/")
+        self.election_path = f"{self.path}/election"
+        self.history_path = f"{self.path}/history"
+        self.state_path = f"{self.path}/state"
+        self.error_path = f"{self.path}/error"
+        self.registrar_path = registrar_path
+        self.my_node: str | None = None
+
+    async def ensure_paths(self) -> None:
+        for p in (self.election_path, self.history_path):
+            await self.zk.ensure_path(p)
+
+    # ------------------------------------------------------------------ election
+
+    async def join(self, me: Peer) -> str:
+        """Register in the election. A node of ours left by a previous run (same id, the
+        session not yet expired) is deleted first, so the shard never sees us twice."""
+        for name in await self.zk.get_children(self.election_path):
+            try:
+                pid, _ = parse_election_name(name)
+            except ValueError:
+                continue
+            if pid == me.id:
+                try:
+                    await self.zk.delete(f"{self.election_path}/{name}")
+                    self.log.info("election_stale_node_removed", node=name)
+                except zkmod.NoNodeError:
+                    pass
+        data = {"zoneId": me.zone_id, "ip": me.ip, "pgUrl": me.pg_url,
+                "backupUrl": me.backup_url, "statusUrl": me.status_url}
+        self.my_node = await self.zk.create(f"{self.election_path}/{me.id}-", data,
+                                            ephemeral=True, sequence=True)
+        self.log.info("election_joined", node=self.my_node)
+        return self.my_node
+
+    async def leave(self) -> None:
+        """Leave the election at once (graceful stop: the sync need not wait for session expiry)."""
+        if self.my_node:
+            try:
+                await self.zk.delete(self.my_node)
+            except zkmod.NoNodeError:
+                pass
+            self.log.info("election_left", node=self.my_node)
+            self.my_node = None
+
+    async def election(self) -> tuple[Peer, ...]:
+        children: dict[str, Any] = {}
+        for name in await self.zk.get_children(self.election_path):
+            try:
+                parse_election_name(name)
+                data, _ = await self.zk.get_json(f"{self.election_path}/{name}")
+            except (ValueError, zkmod.NoNodeError, zkmod.ZKDataError):
+                continue
+            if isinstance(data, dict):
+                children[name] = data
+        return election_order(children)
+
+    # ------------------------------------------------------------------ state
+
+    async def read_state(self) -> tuple[ClusterState | None, int]:
+        try:
+            raw, stat = await self.zk.get(self.state_path)
+        except zkmod.NoNodeError:
+            return None, -1
+        if not raw:
+            return None, stat.version
+        return ClusterState.loads(raw), stat.version
+
+    async def cas_state(self, new: ClusterState, version: int) -> bool:
+        """Write the state only if nobody changed it since we read `version` (-1: create)."""
+        try:
+            if version < 0:
+                await self.zk.create(self.state_path, new.dumps())
+            else:
+                await self.zk.set(self.state_path, new.dumps(), version=version)
+            return True
+        except (zkmod.BadVersionError, zkmod.NodeExistsError):
+            self.log.info("state_write_lost_race", generation=new.generation, version=version)
+            return False
+
+    # ------------------------------------------------------------------ safe mode
+
+    async def read_error(self) -> dict | None:
+        try:
+            data, _ = await self.zk.get_json(self.error_path)
+        except zkmod.NoNodeError:
+            return None
+        return data if isinstance(data, dict) else {"reason": str(data)}
+
+    async def write_error(self, record: dict) -> None:
+        try:
+            await self.zk.create(self.error_path, record)
+            self.log.error("safe_mode_entered", **record)
+        except zkmod.NodeExistsError:
+            pass
+
+    # ------------------------------------------------------------------ history, registrar
+
+    async def record(self, event: history.HistoryEvent) -> None:
+        await self.zk.create(f"{self.history_path}/{history.znode_prefix(event)}",
+                             history.record_data(event), sequence=True)
+
+    async def publish_registrar(self, pg_url: str, ttl: int) -> None:
+        rec = {"type": "database", "database": {"primary": pg_url, "ttl": ttl}}
+        try:
+            await self.zk.create(self.registrar_path, rec, ephemeral=True, makepath=True)
+        except zkmod.NodeExistsError:
+            data, _ = await self.zk.get_json(self.registrar_path)
+            if data != rec:
+                await self.zk.delete(self.registrar_path)
+                await self.zk.create(self.registrar_path, rec, ephemeral=True, makepath=True)
+
+    async def remove_registrar(self, pg_url: str) -> None:
+        try:
+            data, _ = await self.zk.get_json(self.registrar_path)
+            if isinstance(data, dict) and data.get("database", {}).get("primary") == pg_url:
+                await self.zk.delete(self.registrar_path)
+        except zkmod.NoNodeError:
+            pass

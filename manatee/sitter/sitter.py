@@ -1,0 +1,394 @@
+"""The sitter's imperative shell: observe, ask the pure core, carry out its answer.
+
+Each cycle: gather an Observation (ZooKeeper session, election, persisted state, error node,
+PostgreSQL status, heartbeats) → `decide()` → write the state by compare-and-set (on a lost
+race, observe again) → `plan()` the local transition from the declarative table → run its
+steps → record history. Every cycle that changes something logs one plain sentence of what
+was decided and why (the decision's `reason`) and the transition's comment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+from manatee.core import zk as zkmod
+from manatee.core.lsn import Lsn
+from manatee.core.restore import restore as restore_dataset
+from manatee.core.zfs import Zfs, ZfsError
+from manatee.sitter import history, transitions as T
+from manatee.sitter.decide import Decision, Observation, decide
+from manatee.sitter.heartbeat import HeartbeatSender, HeartbeatTable
+from manatee.sitter.pgmanager import PgManager, PgStatus, RoleSpec
+from manatee.sitter.shardstore import ShardStore
+from manatee.sitter.state import (
+    CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, SUSPENDED, UNASSIGNED, ClusterState, Peer, Target,
+)
+
+
+class Sitter:
+    def __init__(self, cfg, log):
+        self.cfg, self.log = cfg, log
+        p = cfg.postgresMgrCfg
+        self.me = Peer(id=cfg.peer_id, zone_id=cfg.zoneId, ip=cfg.ip, pg_url=cfg.pg_url,
+                       backup_url=cfg.backup_url, status_url=cfg.status_url)
+        self.session_timeout = cfg.zkCfg.sessionTimeout / 1000
+        self.zk = zkmod.ZKClient(cfg.zkCfg.connStr, self.session_timeout,
+                                 connect_timeout=cfg.zkCfg.connectTimeout / 1000, logger=log)
+        self.store = ShardStore(self.zk, cfg.shardPath, cfg.registrar_path, log)
+        self.pg = PgManager(cfg, log)
+        self.zfs = Zfs(zfs_path=p.zfsClientCfg.zfsPath, logger=log)
+        self.heartbeats = HeartbeatTable(expiration_s=cfg.heartbeatCfg.expirationTime / 1000)
+        self.hb_sender = HeartbeatSender(
+            me_id=self.me.id, pg_url=self.me.pg_url, interval_s=cfg.heartbeatCfg.heartbeatInterval / 1000,
+            timeout_s=cfg.heartbeatCfg.requestTimeout / 1000, status=self._hb_status, log=log)
+        self.interval = p.healthChkInterval / 1000
+        self.wake = asyncio.Event()
+        self.role = UNASSIGNED
+        self.target: Target | None = None
+        self.last: Decision | None = None
+        self.last_obs: Observation | None = None
+        self.last_pg: PgStatus | None = None
+        self.election: tuple[Peer, ...] = ()
+        self.state: ClusterState | None = None
+        self.state_version = -1
+        self.error: dict | None = None
+        self.zk_state = LOST
+        self.need_join = True
+        self.caught_up_for: tuple[int, str] | None = None  # latch: (generation, sync id)
+        self.restore_progress: dict | None = None
+        self.diverged = False
+        self.configured_upstream: Peer | None = None  # what primary_conninfo names now
+        self.wal_from: str | None = None  # the upstream my received WAL was seen streaming from
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------ ZooKeeper plumbing
+
+    def _on_zk_state(self, state) -> None:
+        s = str(state).upper()
+        self.zk_state = {"CONNECTED": CONNECTED, "SUSPENDED": SUSPENDED}.get(s, LOST)
+        if self.zk_state == LOST:
+            self.need_join = True
+        self.log.info("zk_session", state=self.zk_state)
+        self.wake.set()
+
+    def _poke(self, *_a) -> None:
+        self.wake.set()
+
+    async def _connect(self, stop: asyncio.Event) -> bool:
+        self.zk.add_state_listener(self._on_zk_state)
+        while not stop.is_set():
+            try:
+                await self.zk.start()
+                self.zk_state = CONNECTED
+                return True
+            except zkmod.ZKError as e:
+                self.log.warning("zk_unreachable", error=str(e))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2)
+        return False
+
+    async def _refresh_zk(self) -> None:
+        """Re-read what the decision needs from ZooKeeper (only while connected)."""
+        if self.zk_state != CONNECTED:
+            return
+        try:
+            if self.need_join:
+                await self.store.ensure_paths()
+                await self.store.join(self.me)
+                self.need_join = False
+            self.election = await self.store.election()
+            self.state, self.state_version = await self.store.read_state()
+            self.error = await self.store.read_error()
+        except (zkmod.ZKError, zkmod.ConnectionLoss, zkmod.SessionExpiredError, asyncio.TimeoutError) as e:
+            self.log.warning("zk_read_failed", error=str(e) or type(e).__name__)
+
+    # ------------------------------------------------------------------ observation
+
+    def _hb_status(self) -> dict:
+        st = self.last_pg
+        return {"wal": str(st.wal) if st and st.wal else None, "streaming": bool(st and st.streaming)}
+
+    async def observe(self) -> Observation:
+        await self._refresh_zk()
+        st = self.state
+        i_am_primary = st is not None and st.primary.id == self.me.id
+        sync = st.sync if st else None
+        pgs = await self.pg.status(sync.pg_url if sync and i_am_primary else None)
+        self.last_pg = pgs
+        # diverged is latched until a restore succeeds (PG says it only once per attempt).
+        self.diverged = self.diverged or pgs.diverged
+        # sync_caught_up is latched from the sync's first catch-up until it disconnects, so a
+        # busy primary does not flap read-only.
+        caught_up = False
+        if i_am_primary and sync and pgs.running and not pgs.in_recovery:
+            key = (st.generation, sync.id)
+            if pgs.sync_flush is None:
+                self.caught_up_for = None
+            elif self.caught_up_for == key:
+                caught_up = True
+            elif pgs.wal is not None and pgs.sync_flush >= pgs.wal and pgs.sync_flush.value >= st.init_wal:
+                self.caught_up_for, caught_up = key, True
+                self.log.info("sync_caught_up", sync=sync.id, flush=str(pgs.sync_flush))
+        # A standby's WAL counts only once it has streamed from the upstream it is configured
+        # for: pg_last_wal_receive_lsn survives a change of primary_conninfo.
+        wal = pgs.wal.value if pgs.wal else None
+        if pgs.in_recovery:
+            if pgs.streaming and pgs.sender and self.configured_upstream is not None \
+                    and pgs.sender[0] == self.configured_upstream.ip:
+                self.wal_from = self.configured_upstream.id
+            valid = self.wal_from is not None and (
+                self.configured_upstream is None or self.wal_from == self.configured_upstream.id)
+            wal = wal if valid else None
+        others = [p.id for p in self.election if p.id != self.me.id]
+        deadline = self.zk.session_expiry_deadline() if self.zk_state == SUSPENDED else None
+        return Observation(
+            me=self.me, zk=self.zk_state, election=self.election, state=st,
+            state_version=self.state_version, error=self.error, running=pgs.running,
+            in_recovery=bool(pgs.in_recovery), wal=wal, streaming=pgs.streaming,
+            upstream_id=(self.configured_upstream.id if pgs.in_recovery and self.configured_upstream else None),
+            read_only=pgs.read_only if pgs.running and not pgs.in_recovery else None,
+            diverged=self.diverged, sync_caught_up=caught_up, has_data=self.pg.has_data(),
+            heartbeats=self.heartbeats.freshness(others),
+            one_node_write_mode=self.cfg.postgresMgrCfg.oneNodeWriteMode,
+            expiry_passed=deadline is not None and time.monotonic() >= deadline,
+            sync_streaming=pgs.sync_flush is not None)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, stop: asyncio.Event) -> int:
+        from manatee.sitter.status import StatusServer
+
+        status = StatusServer(self, self.log)
+        await status.start()
+        if not await self._connect(stop):
+            await status.stop()
+            return 0
+        self.zk.watch_children(self.store.election_path, self._poke)
+        self.zk.watch_data(self.store.state_path, self._poke)
+        self.zk.watch_data(self.store.error_path, self._poke)
+        hb_task = asyncio.create_task(self.hb_sender.run(stop))
+        try:
+            while not stop.is_set():
+                try:
+                    await self.cycle()
+                except asyncio.CancelledError:
+                    raise
+                except UpstreamNotReady as e:
+                    self.log.info("waiting_for_upstream", reason=str(e))
+                except Exception as e:  # never crash-loop with PG in an unknown role: log, retry
+                    self.log.exception("cycle_failed", error=str(e))
+                self.wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(_first(stop.wait(), self.wake.wait()), self.interval)
+        finally:
+            await self.shutdown()
+            hb_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hb_task
+            await status.stop()
+        return 0
+
+    async def cycle(self) -> None:
+        obs = await self.observe()
+        self.last_obs = obs
+        dec = decide(obs)
+        if dec.write_error is not None and obs.zk == CONNECTED:
+            await self.store.write_error(dec.write_error)
+        if dec.write_state is not None:
+            if obs.zk != CONNECTED or not await self.store.cas_state(dec.write_state, obs.state_version):
+                self.wake.set()  # lost the race or the link: look again before acting
+                return
+            self.log.info("state_written", generation=dec.write_state.generation,
+                          primary=dec.write_state.primary.id,
+                          sync=dec.write_state.sync.id if dec.write_state.sync else None,
+                          reason=dec.reason)
+            self.state, self.state_version = await self.store.read_state()
+        changed = self.last is None or dec.target != self.target or dec.rule != self.last.rule
+        if changed:
+            self.log.info("decision", rule=dec.rule, target=dec.target.describe(), reason=dec.reason)
+        else:
+            self.log.debug("decision", rule=dec.rule, target=dec.target.describe(), reason=dec.reason)
+        current = self.role
+        if current in (PRIMARY, STANDBY) and not obs.running:
+            current = UNASSIGNED  # PG died (or was never started by us): start it again
+            self.log.warning("pg_not_running", role=self.role)
+        tr = T.plan(current, self.target if current == self.role else None, dec.target)
+        if tr.steps:
+            self.log.info("transition", frm=tr.frm, to=tr.to, change=tr.change, why=tr.comment,
+                          steps=list(tr.steps))
+            await self.execute(tr, dec.target)
+        old = self.target
+        if old is None or old.role != dec.target.role:
+            self.heartbeats.reset()  # standbys get one expiry period to find our new role
+        self.role, self.target, self.last = dec.target.role, dec.target, dec
+        self.hb_sender.upstream_url = (dec.target.upstream.status_url
+                                       if dec.target.role == STANDBY and dec.target.upstream else None)
+        if old is None or old != dec.target:
+            await self._record_history(old, dec.target)
+
+    async def _record_history(self, old: Target | None, new: Target) -> None:
+        gen = self.state.generation if self.state else None
+        for ev in history.events_for(self.me, old, new, gen, int(time.time() * 1000)):
+            try:
+                await self.store.record(ev)
+            except Exception as e:  # history must not block failover; it is retried never
+                self.log.warning("history_write_failed", action=ev.action, error=str(e))
+
+    # ------------------------------------------------------------------ steps
+
+    async def execute(self, tr: T.Transition, target: Target) -> None:
+        members = tuple(sorted({p.ip for p in self.election} | ({p.ip for p in self.state.members()}
+                                                                  if self.state else set())))
+        for step in tr.steps:
+            await self._step(step, target, members)
+
+    def _primary_spec(self, target: Target) -> RoleSpec:
+        return RoleSpec("primary", read_only=target.read_only,
+                        sync_app_name=target.sync.pg_url if target.sync else None)
+
+    async def _step(self, step: str, target: Target, members: tuple[str, ...]) -> None:
+        pg = self.pg
+        if step == T.STOP_PG:
+            await pg.kill()
+            self.configured_upstream = None
+        elif step == T.INITDB_IF_EMPTY:
+            await self._ensure_dataset()
+            if not pg.has_data():
+                await pg.initdb()
+        elif step in (T.RESTORE_IF_EMPTY, T.RESTORE_FROM_UPSTREAM):
+            if step == T.RESTORE_FROM_UPSTREAM or not pg.has_data():
+                await self._restore(target.upstream)
+        elif step == T.CONFIGURE_PRIMARY:
+            # A standby becomes primary by pg_promote (a new timeline, so that PostgreSQL
+            # itself refuses to let a forked node follow us), never by a plain restart.
+            if not pg.running and (pg.data_dir / "standby.signal").exists():
+                await pg.start()
+            if pg.running:
+                st = await pg.status()
+                if st.in_recovery:
+                    await pg.promote()
+            await pg.configure(self._primary_spec(target), members)
+        elif step in (T.SET_SYNC, T.SET_READ_ONLY, T.SET_READ_WRITE):
+            await pg.configure(self._primary_spec(target), members)
+        elif step == T.CONFIGURE_STANDBY:
+            up = target.upstream
+            await pg.configure(RoleSpec("standby", upstream=(up.ip, _port(up.pg_url)) if up else None),
+                               members)
+            self.configured_upstream = up
+        elif step == T.START_PG:
+            if not pg.running:
+                await pg.start()
+        elif step == T.RELOAD_PG:
+            await pg.apply_pending()
+        elif step == T.PROMOTE:
+            if pg.running and (await pg.status()).in_recovery:
+                await pg.promote()
+        elif step == T.WRITE_REGISTRAR:
+            await self.store.publish_registrar(self.me.pg_url, self.cfg.ttl)
+        elif step == T.REMOVE_REGISTRAR:
+            with contextlib.suppress(Exception):
+                await self.store.remove_registrar(self.me.pg_url)
+        else:
+            raise ValueError(f"unknown step {step!r}")
+
+    async def _ensure_dataset(self) -> None:
+        z = self.cfg.postgresMgrCfg.zfsClientCfg
+        if not await self.zfs.exists(z.dataset):
+            await self.zfs.create(z.dataset, props={"mountpoint": z.mountpoint}, parents=True)
+        Path(self.pg.data_dir).parent.mkdir(parents=True, exist_ok=True)
+
+    async def _restore(self, upstream: Peer | None) -> None:
+        if upstream is None:
+            raise RuntimeError("a restore needs an upstream to restore from")
+        z = self.cfg.postgresMgrCfg.zfsClientCfg
+        await self._check_upstream_ready(upstream)
+        await self.pg.kill()
+        self.log.info("restore_starting", source=upstream.backup_url, dataset=z.dataset)
+
+        def progress(p):
+            self.restore_progress = {"phase": p.phase, "completed": p.completed, "size": p.size,
+                                     "source": upstream.backup_url}
+
+        res = await restore_dataset(
+            self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=upstream.backup_url,
+            listen_host=z.zfsHost or self.cfg.ip, listen_port=z.zfsPort,
+            owner=self.cfg.postgresMgrCfg.dbUser, secret=self.cfg.backupSecret,
+            poll_interval=z.pollInterval / 1000, progress=progress, logger=self.log)
+        self.restore_progress = {"phase": "done", "completed": res.bytes, "size": res.bytes,
+                                 "source": upstream.backup_url}
+        self.diverged = False
+        self.wal_from = None
+        self.log.info("restore_done", bytes=res.bytes, seconds=round(res.seconds, 2))
+
+    async def _check_upstream_ready(self, upstream: Peer) -> None:
+        """Restore only from an upstream whose PostgreSQL runs and answers: a snapshot taken
+        while it is still being created (initdb) or restored is not a database."""
+        import aiohttp
+
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
+                async with http.get(f"{upstream.status_url}/state") as resp:
+                    body = await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            raise UpstreamNotReady(f"cannot ask {upstream.status_url} whether it can be restored from: {e}") from None
+        pg = body.get("pg") or {}
+        if not (pg.get("running") and pg.get("healthy")):
+            raise UpstreamNotReady(f"upstream {upstream.id} has no running, healthy PostgreSQL yet: "
+                                   "waiting before restoring from it")
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def shutdown(self) -> None:
+        """SIGTERM/SIGINT: a primary hands over fast. Leaving the election at once lets the sync
+        see us gone now instead of after the session timeout (F2); PG is stopped with a fast
+        shutdown only after that, so nothing is acknowledged that the sync lacks (its commits
+        wait for the sync) and the sync is already taking over."""
+        was_primary = self.role == PRIMARY
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.store.leave(), 3)
+        if was_primary:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.store.remove_registrar(self.me.pg_url), 2)
+        with contextlib.suppress(Exception):
+            await self.pg.kill() if was_primary else await self.pg.stop(mode="fast")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.zk.close(), 5)
+
+    def debug_state(self) -> dict:
+        st, d, pgs = self.state, self.last, self.last_pg
+        place = st.place_of(self.me.id) if st else None
+        return {
+            "id": self.me.id, "zoneId": self.me.zone_id, "ip": self.me.ip, "pgUrl": self.me.pg_url,
+            "role": place or self.role, "target": self.target.describe() if self.target else None,
+            "localRole": self.role, "generation": st.generation if st else None,
+            "zk": self.zk_state, "reason": d.reason if d else None, "rule": d.rule if d else None,
+            "pg": None if pgs is None else {
+                "running": pgs.running, "healthy": pgs.healthy, "inRecovery": pgs.in_recovery,
+                "wal": str(pgs.wal) if pgs.wal else None, "streaming": pgs.streaming,
+                "diverged": pgs.diverged, "syncFlush": str(pgs.sync_flush) if pgs.sync_flush else None},
+            "readOnly": self.target.read_only if self.target else True,
+            "state": st.to_json() if st else None, "error": self.error,
+            "restore": self.restore_progress,
+            "election": [p.id for p in self.election],
+        }
+
+
+class UpstreamNotReady(RuntimeError):
+    """The node to restore from cannot serve a usable copy yet; the next cycle tries again."""
+
+
+def _port(pg_url: str) -> int:
+    hostport = pg_url.split("@", 1)[-1].split("/", 1)[0]
+    return int(hostport.rsplit(":", 1)[1])
+
+
+async def _first(*aws) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
