@@ -246,8 +246,16 @@ class Sitter:
             await self._step(step, target, members)
 
     def _primary_spec(self, target: Target) -> RoleSpec:
-        return RoleSpec("primary", read_only=target.read_only,
-                        sync_app_name=target.sync.pg_url if target.sync else None)
+        """read-only is only a default a client can override (SET, BEGIN READ WRITE), so a
+        primary without a sync also names a sync that never connects: a commit that slips
+        past read-only then waits instead of being acknowledged without a sync (S5)."""
+        if target.sync is not None:
+            sync = target.sync.pg_url
+        elif self.cfg.postgresMgrCfg.oneNodeWriteMode:
+            sync = None
+        else:
+            sync = NO_SYNC_PLACEHOLDER
+        return RoleSpec("primary", read_only=target.read_only, sync_app_name=sync)
 
     async def _step(self, step: str, target: Target, members: tuple[str, ...]) -> None:
         pg = self.pg
@@ -374,6 +382,9 @@ class Sitter:
             "restore": self.restore_progress,
             "election": [p.id for p in self.election],
         }
+
+
+NO_SYNC_PLACEHOLDER = "manatee-no-sync-standby"
 
 
 class UpstreamNotReady(RuntimeError):
