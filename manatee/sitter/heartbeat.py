@@ -54,8 +54,10 @@ class HeartbeatTable:
         self.started = time.monotonic() if now is None else now
 
 
-def parse_heartbeat(body: object, is_member: Callable[[str], bool], now: float) -> Heartbeat:
-    """Validate a POST /heartbeat body; raises ValueError with what is wrong."""
+def parse_heartbeat(body: object, is_member: Callable[[str], bool], now: float,
+                    remote: str | None = None) -> Heartbeat:
+    """Validate a POST /heartbeat body; raises ValueError with what is wrong, PermissionError
+    when the sender is not a registered member or sends from another address than its own."""
     if not isinstance(body, dict):
         raise ValueError("body must be a JSON object")
     peer_id, pg_url = body.get("id"), body.get("pgUrl")
@@ -71,6 +73,9 @@ def parse_heartbeat(body: object, is_member: Callable[[str], bool], now: float) 
         raise ValueError("'streaming' must be true or false")
     if not is_member(peer_id):
         raise PermissionError(f"{peer_id} is not registered in this shard's election")
+    claimed_ip = peer_id.split(":", 1)[0]
+    if remote is not None and remote != claimed_ip:
+        raise PermissionError(f"heartbeat for {peer_id} came from {remote}, not from {claimed_ip}")
     return Heartbeat(peer_id, pg_url, wal, streaming, now)
 
 
@@ -78,8 +83,9 @@ class HeartbeatSender:
     """Posts a heartbeat to the current upstream every interval. Errors are logged, never fatal."""
 
     def __init__(self, *, me_id: str, pg_url: str, interval_s: float, timeout_s: float,
-                 status: Callable[[], dict], log):
+                 status: Callable[[], dict], log, source_ip: str | None = None):
         self.me_id, self.pg_url = me_id, pg_url
+        self.source_ip = source_ip  # bind to our own address: the upstream checks it
         self.interval_s, self.timeout_s = interval_s, timeout_s
         self.status = status  # -> {"wal": str|None, "streaming": bool}
         self.log = log
@@ -89,7 +95,9 @@ class HeartbeatSender:
 
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(local_addr=(self.source_ip, 0) if self.source_ip else None,
+                                         force_close=True)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while not stop.is_set():
                 url = self.upstream_url
                 if url:

@@ -43,7 +43,8 @@ class Sitter:
         self.heartbeats = HeartbeatTable(expiration_s=cfg.heartbeatCfg.expirationTime / 1000)
         self.hb_sender = HeartbeatSender(
             me_id=self.me.id, pg_url=self.me.pg_url, interval_s=cfg.heartbeatCfg.heartbeatInterval / 1000,
-            timeout_s=cfg.heartbeatCfg.requestTimeout / 1000, status=self._hb_status, log=log)
+            timeout_s=cfg.heartbeatCfg.requestTimeout / 1000, status=self._hb_status, log=log,
+            source_ip=cfg.ip)
         self.interval = p.healthChkInterval / 1000
         self.wake = asyncio.Event()
         self.role = UNASSIGNED

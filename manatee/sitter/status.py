@@ -90,7 +90,7 @@ class StatusServer:
             return _json(413, {"code": "TooLarge", "message": f"body over {MAX_BODY} bytes"})
         members = {p.id for p in self.sitter.election}
         try:
-            hb = parse_heartbeat(body, members.__contains__, time.monotonic())
+            hb = parse_heartbeat(body, members.__contains__, time.monotonic(), remote=req.remote)
         except PermissionError as e:
             self.log.warning("heartbeat_refused", error=str(e), remote=req.remote)
             return _json(403, {"code": "NotAMember", "message": str(e)})

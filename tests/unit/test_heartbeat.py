@@ -42,3 +42,10 @@ def test_freshness_and_grace_period():
     assert t.freshness(["b", "c"], now=115) == {"b": True, "c": False}
     t.reset(now=200)
     assert t.fresh("b", now=205) and not t.fresh("b", now=211)
+
+
+def test_source_address_must_match_claimed_peer():
+    body = {"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x"}
+    assert parse_heartbeat(body, member, 0, remote="127.0.0.12").peer_id == body["id"]
+    with pytest.raises(PermissionError, match="came from 127.0.0.99"):
+        parse_heartbeat(body, member, 0, remote="127.0.0.99")
