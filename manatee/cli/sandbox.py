@@ -1,0 +1,175 @@
+"""`manatee-sandbox`: bring up a real local shard and drive faults on it.
+
+    manatee-sandbox up [--nodes 3] [--session-timeout 6000] [--dir .sandbox] [--shard 1]
+    manatee-sandbox status [--json]
+    manatee-sandbox kill|stop|start|partition|heal|hang|resume NODE
+    manatee-sandbox psql [NODE] [-- PSQL-ARGS...]
+    manatee-sandbox down [--keep]
+
+Exit status: 0 done, 1 the command failed (one line says why), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from manatee.harness.sandbox import (
+    DEFAULT_FIRST_IP,
+    DEFAULT_SESSION_TIMEOUT_MS,
+    Sandbox,
+    SandboxError,
+)
+
+PROG = "manatee-sandbox"
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    dir_help = "sandbox directory (default: ./.sandbox, or $MANATEE_SANDBOX_DIR)"
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("--dir", default=os.environ.get("MANATEE_SANDBOX_DIR", ".sandbox"), help=dir_help)
+    # after the command too; SUPPRESS so that a sub-command does not reset a --dir given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", default=argparse.SUPPRESS, help=dir_help)
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="A real local manatee shard (ZooKeeper, a file-backed ZFS pool, N nodes each with "
+                    "sitter, snapshotter and backupserver on its own 127.0.0.x address) and faults to drive on it.",
+        parents=[top],
+        epilog="Example: manatee-sandbox up; manatee-sandbox status; manatee-sandbox kill a; manatee-sandbox down",
+    )
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+
+    up = sub.add_parser("up", parents=[common], help="start a shard and wait until it is healthy and writable")
+    up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    up.add_argument("--session-timeout", type=int, default=DEFAULT_SESSION_TIMEOUT_MS, metavar="MS",
+                    help=f"ZooKeeper session timeout in ms (default {DEFAULT_SESSION_TIMEOUT_MS}; "
+                         "failover takes about this long)")
+    up.add_argument("--shard", default="1", help="shard name: ZooKeeper path /manatee/NAME (default 1)")
+    up.add_argument("--first-ip", default=DEFAULT_FIRST_IP,
+                    help=f"address of node a; ZooKeeper gets the one below (default {DEFAULT_FIRST_IP})")
+    up.add_argument("--timeout", type=float, default=240.0, metavar="S",
+                    help="how long to wait for a healthy shard (default 240)")
+    up.add_argument("--auth", choices=["scram-sha-256", "md5", "trust"], default="scram-sha-256",
+                    help="PostgreSQL auth for replication between nodes (default scram-sha-256)")
+
+    st = sub.add_parser("status", parents=[common], help="each node's address, role, pgUrl and processes")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for name, helptext in [
+        ("kill", "host death: SIGKILL the node's daemons and its PostgreSQL"),
+        ("stop", "graceful stop of the node's daemons (SIGTERM, wait)"),
+        ("start", "start the node's daemons that are not running"),
+        ("partition", "drop the node's packets to and from ZooKeeper and the other nodes"),
+        ("heal", "undo `partition`"),
+        ("hang", "SIGSTOP every process of the node (a hung host)"),
+        ("resume", "SIGCONT every process of the node"),
+    ]:
+        c = sub.add_parser(name, parents=[common], help=helptext)
+        c.add_argument("node", help="node name (a, b, c, ...)")
+
+    ps = sub.add_parser("psql", parents=[common], help="psql to the primary, or to NODE",
+                        usage=f"{PROG} psql [--dir DIR] [NODE] [-- PSQL-ARGS...]")
+    ps.add_argument("node", nargs="?", help="node name (default: the current primary)")
+
+    dn = sub.add_parser("down", parents=[common], help="stop and remove everything the sandbox made")
+    dn.add_argument("--keep", action="store_true", help="keep DIR (configs and logs) for inspection")
+    return p
+
+
+def _print_overview(info: dict[str, Any], out=print) -> None:
+    zk = info["zookeeper"]
+    out(f"shard {info['shard']}: ZooKeeper {zk['connect']} "
+        f"({'running' if zk['alive'] else 'NOT RUNNING'}, pid {zk['pid']}), "
+        f"session timeout {info['sessionTimeoutMs']} ms, pool {info['pool']['name']}")
+    out(f"{'NODE':<5} {'ADDRESS':<14} {'ROLE':<12} {'PGURL':<40} {'PROCESSES'}")
+    for n in info["nodes"]:
+        procs = " ".join(f"{d}={p['pid'] or '-'}{'' if p['alive'] else '(dead)'}" for d, p in n["processes"].items())
+        flags = (" [partitioned]" if n["partitioned"] else "") + (" [hung]" if n["hung"] else "")
+        out(f"{n['name']:<5} {n['address']:<14} {n['role']:<12} {n['pgUrl']:<40} {procs}{flags}")
+
+
+def _print_up(info: dict[str, Any], args) -> None:
+    print(f"\nsandbox up in {info['seconds']}s, in {info['dir']}")
+    _print_overview(info)
+    print()
+    for n in info["nodes"]:
+        print(f"node {n['name']}: status {n['statusUrl']}  logs {n['logDir']}/*.log  socket {n['socketDir']}")
+    print(f"ZooKeeper log: {info['zookeeper']['log']}")
+    d = "" if args.dir == ".sandbox" else f" --dir {args.dir}"
+    print(f"\npsql to the primary:  {PROG} psql{d}")
+    print(f"shard state:          manatee-stat -s {info['shard'].split('/', 2)[2]} {info['zookeeper']['connect']}")
+    print(f"fail the primary:     {PROG} kill{d} NODE     then: {PROG} status{d}")
+    print(f"remove everything:    {PROG} down{d}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    psql_args: list[str] = []
+    if "--" in argv:  # psql [NODE] -- ARGS: everything after -- goes to psql untouched
+        i = argv.index("--")
+        argv, psql_args = argv[:i], argv[i + 1:]
+    args = parser.parse_args(argv)
+    if psql_args and args.cmd != "psql":
+        parser.error(f"arguments after -- are for psql only, not {args.cmd}")
+    sb = Sandbox(args.dir)
+    try:
+        if args.cmd == "up":
+            info = sb.up(nodes=args.nodes, session_timeout_ms=args.session_timeout, shard=args.shard,
+                         first_ip=args.first_ip, timeout=args.timeout, auth_method=args.auth)
+            _print_up(info, args)
+        elif args.cmd == "status":
+            info = sb.status()
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                _print_overview(info)
+        elif args.cmd == "kill":
+            pids = sb.kill(args.node)
+            print(f"node {args.node}: killed {len(pids)} process(es): {' '.join(map(str, pids)) or 'none running'}")
+        elif args.cmd == "stop":
+            stopped = sb.stop(args.node)
+            print(f"node {args.node}: stopped {', '.join(stopped) or 'nothing (not running)'}")
+        elif args.cmd == "start":
+            sb.start(args.node)
+        elif args.cmd == "partition":
+            table = sb.partition(args.node)
+            print(f"node {args.node}: partitioned (nftables table inet {table})")
+        elif args.cmd == "heal":
+            print(f"node {args.node}: {'healed' if sb.heal(args.node) else 'was not partitioned'}")
+        elif args.cmd == "hang":
+            print(f"node {args.node}: stopped {len(sb.hang(args.node))} process(es) (SIGSTOP)")
+        elif args.cmd == "resume":
+            print(f"node {args.node}: resumed {len(sb.resume(args.node))} process(es) (SIGCONT)")
+        elif args.cmd == "psql":
+            argv_psql = sb.psql_argv(args.node, psql_args)
+            sys.stdout.flush()
+            os.execv(argv_psql[0], argv_psql)
+        elif args.cmd == "down":
+            if not sb.exists():
+                print(f"no sandbox in {sb.dir}: nothing to do")
+                return 0
+            problems = sb.down(keep=args.keep)
+            if problems:
+                for p in problems:
+                    print(f"{PROG}: down: {p}", file=sys.stderr)
+                return EXIT_FAIL
+            print(f"sandbox in {sb.dir} is down: processes stopped, pool destroyed, partitions healed"
+                  + ("" if not args.keep else " (directory kept)"))
+    except SandboxError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; `{PROG} down` removes what was started", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

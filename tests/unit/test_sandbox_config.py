@@ -1,0 +1,151 @@
+"""The sandbox's generated configs pass the daemons' own models; addresses, ports and
+state round-trip; bad input is refused with a clear message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from manatee.backupserver.config import BackupServerConfig
+from manatee.core.config import validate
+from manatee.harness import sandbox as sbx
+from manatee.harness.sandbox import NodeState, SandboxError, SandboxState
+from manatee.sitter.config import SitterConfig
+from manatee.snapshotter.config import SnapshotterConfig
+
+
+def make_state(tmp_path, n=3, session=6000, auth="scram-sha-256") -> SandboxState:
+    st = SandboxState(id="ab12cd34", dir=str(tmp_path), shard="1", session_timeout_ms=session,
+                      zk_host="127.0.0.10", zk_port=2181, pool="msandboxab12cd34",
+                      pool_file=str(tmp_path / "zpool" / "msandboxab12cd34.img"),
+                      secret="s3cret-s3cret-s3cret", repl_password="pw-123456", auth_method=auth,
+                      cgroup="manatee-sandbox-ab12cd34")
+    _, ips = sbx.node_addresses("127.0.0.11", n)
+    for name, ip in zip(sbx.node_names(n), ips):
+        st.nodes.append(NodeState(name=name, ip=ip, pg_port=5432, status_port=5433, backup_port=10002,
+                                  zfs_port=10001, dataset=f"{st.pool}/{name}/pg",
+                                  mountpoint=str(tmp_path / "nodes" / name / "pg"),
+                                  dir=str(tmp_path / "nodes" / name), cgroup=f"{st.cgroup}/{name}",
+                                  pids={"sitter": 123}))
+    return st
+
+
+def test_generated_configs_validate_with_the_daemons_models(tmp_path):
+    st = make_state(tmp_path)
+    b = st.node("b")
+    cfgs = sbx.node_configs(st, b)
+    sitter = validate(cfgs["sitter"], SitterConfig)
+    snap = validate(cfgs["snapshotter"], SnapshotterConfig)
+    backup = validate(cfgs["backupserver"], BackupServerConfig)
+    assert sitter.ip == "127.0.0.12" and sitter.shardPath == "/manatee/1"
+    assert sitter.zkCfg.connStr == "127.0.0.10:2181" and sitter.zkCfg.sessionTimeout == 6000
+    assert sitter.pg_url == b.pg_url and sitter.status_url == b.status_url
+    assert sitter.postgresMgrCfg.dataDir == b.data_dir
+    assert sitter.postgresMgrCfg.socketDir == b.socket_dir
+    assert sitter.postgresMgrCfg.zfsClientCfg.dataset == b.dataset == snap.dataset == backup.backupSenderCfg.dataset
+    assert sitter.postgresMgrCfg.replicationAuth.password == "pw-123456"
+    assert not sitter.postgresMgrCfg.oneNodeWriteMode
+    assert sitter.backupSecret == backup.backupServerCfg.secret == st.secret
+    assert sitter.backupPort == backup.backupServerCfg.port and backup.backupServerCfg.host == b.ip
+    assert snap.healthUrl == f"{b.status_url}/ping"
+    assert backup.shardPath == sitter.shardPath and backup.zkCfg.connStr == sitter.zkCfg.connStr
+    assert sitter.heartbeatCfg.expirationTime >= sitter.heartbeatCfg.heartbeatInterval * 2
+
+
+def test_one_node_sandbox_writes_without_a_sync(tmp_path):
+    st = make_state(tmp_path, n=1)
+    assert sbx.node_configs(st, st.nodes[0])["sitter"]["postgresMgrCfg"]["oneNodeWriteMode"] is True
+
+
+def test_trust_auth_has_no_password(tmp_path):
+    st = make_state(tmp_path, auth="trust")
+    auth = sbx.node_configs(st, st.nodes[0])["sitter"]["postgresMgrCfg"]["replicationAuth"]
+    assert auth["method"] == "trust" and "password" not in auth
+
+
+@pytest.mark.parametrize("session", [2000, 4000, 6000, 30000, 120000])
+def test_timings_fit_the_session_timeout(tmp_path, session):
+    st = make_state(tmp_path, session=session)
+    for node in st.nodes:
+        cfg = validate(sbx.node_configs(st, node)["sitter"], SitterConfig)
+        hb = cfg.heartbeatCfg
+        assert hb.heartbeatInterval <= session / 4
+        assert hb.requestTimeout < hb.expirationTime
+
+
+def test_a_drift_from_the_models_is_caught(tmp_path, monkeypatch):
+    st = make_state(tmp_path)
+    real = sbx.snapshotter_config
+    monkeypatch.setattr(sbx, "snapshotter_config", lambda s, n: {**real(s, n), "pollIntervall": 5})
+    with pytest.raises(SandboxError, match=r"snapshotter's model: .*pollIntervall"):
+        sbx.node_configs(st, st.nodes[0])
+
+
+def test_written_configs_are_private_and_loadable(tmp_path):
+    st = make_state(tmp_path)
+    node = st.nodes[0]
+    sbx.write_node_configs(st, node)
+    for daemon in sbx.DAEMONS:
+        p = node.config_path(daemon)
+        assert p.stat().st_mode & 0o077 == 0
+        assert json.loads(p.read_text()) == sbx.node_configs(st, node)[daemon]
+
+
+def test_state_round_trip(tmp_path):
+    st = make_state(tmp_path)
+    sbx.save_state(st)
+    back = sbx.load_state(tmp_path)
+    assert back == st
+    assert back.node("c").pids == {"sitter": 123}
+    assert back.zk_connect == "127.0.0.10:2181" and back.shard_path == "/manatee/1"
+
+
+def test_missing_and_bad_state_are_clear_errors(tmp_path):
+    with pytest.raises(SandboxError, match="no sandbox in"):
+        sbx.load_state(tmp_path)
+    sbx.state_path(tmp_path).write_text("{not json")
+    with pytest.raises(SandboxError, match="cannot read"):
+        sbx.load_state(tmp_path)
+    sbx.state_path(tmp_path).write_text(json.dumps({"version": 99}))
+    with pytest.raises(SandboxError, match="version"):
+        sbx.load_state(tmp_path)
+
+
+def test_unknown_node_names_the_known_ones(tmp_path):
+    st = make_state(tmp_path)
+    with pytest.raises(SandboxError, match=r"no node named 'x' .*nodes: a, b, c"):
+        st.node("x")
+
+
+def test_addresses():
+    assert sbx.node_addresses("127.0.0.11", 3) == ("127.0.0.10", ["127.0.0.11", "127.0.0.12", "127.0.0.13"])
+    assert sbx.node_names(4) == ["a", "b", "c", "d"]
+    for bad in ("10.0.0.1", "127.0.0.1", "127.0.0.254", "nonsense", "::1"):
+        with pytest.raises(SandboxError, match="--first-ip"):
+            sbx.node_addresses(bad, 3)
+    for n in (0, 27):
+        with pytest.raises(SandboxError, match="--nodes"):
+            sbx.node_names(n)
+
+
+def test_postgres_reachability(tmp_path):
+    import pwd
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no postgres user")
+    closed = tmp_path / "closed"
+    (closed / "inner").mkdir(parents=True)
+    closed.chmod(0o700)
+    assert not sbx.postgres_can_reach(closed / "inner")
+    assert sbx.postgres_can_reach(Path("/tmp"))
+    assert sbx.postgres_can_reach(Path("/"))
+
+
+def test_daemon_command_uses_the_venv(tmp_path):
+    cmd = sbx.daemon_command("snapshotter", tmp_path / "snapshotter.json")
+    assert cmd[-4:] == ["-f", str(tmp_path / "snapshotter.json"), "--log-format", "text"]
+    assert cmd[0].endswith("manatee-snapshotter") or cmd[:3][-1] == "manatee.snapshotter.main"
