@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from manatee.core.config import ConfigModel
+from manatee.core.layout import registrar_path
 
 _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
 _SHARD_PATH = re.compile(r"^(/[A-Za-z0-9_.:-]+)+$")
@@ -167,5 +168,4 @@ class SitterConfig(ConfigModel):
         """The original's binder path: '/manatee/1.moray.us-sw-1.joyent.com' → '/com/joyent/us-sw-1/moray/1/pg'."""
         if self.registrarPath:
             return self.registrarPath
-        name = self.shardPath.strip("/").split("/", 1)[-1]
-        return "/" + "/".join(reversed(name.split("."))) + "/pg"
+        return registrar_path(self.shardPath.strip("/").split("/", 1)[-1])

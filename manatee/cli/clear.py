@@ -1,0 +1,62 @@
+"""manatee-clear: take a shard out of safe mode by removing its `error` znode.
+
+    manatee-clear [-t SECONDS] SHARD ZK
+
+Prints what it removed as JSON: {"shard", "removed": path, "error": the node's data}.
+Refuses (exit 1, one line) when the shard does not exist or is not in safe mode. The
+delete is conditional on the version that was read, so an error node rewritten in the
+meantime is not removed unseen. Follow the safe-mode runbook first: clearing only lets
+the sitters act again, it does not decide which node's data is right.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Sequence
+
+from manatee.cli.common import (
+    ArgParser, CliError, ZkReader, add_common_args, check_shard_name, decode, dump_json,
+    parse_zk_hosts, run_cli, shard_path,
+)
+
+TOOL = "manatee-clear"
+
+__all__ = ["clear_error", "main"]
+
+
+def clear_error(zk: ZkReader, shard: str) -> dict[str, Any]:
+    base = shard_path(shard)
+    path = f"{base}/error"
+    got = zk.get(path)
+    if got is None:
+        if not zk.exists(base):
+            raise CliError(f"shard {shard!r} not found: no {base} in ZooKeeper at {zk.hosts}")
+        raise CliError(f"shard {shard!r} is not in safe mode (no {path} node): nothing to clear")
+    raw, stat = got
+    zk.delete(path, version=stat.version)
+    return {"shard": shard, "removed": path, "error": decode(raw)}
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog=TOOL, description="Clear a shard's safe mode (remove its error node).")
+    add_common_args(p)
+    p.add_argument("shard", metavar="SHARD", help="shard name under /manatee (e.g. 1)")
+    p.add_argument("zk", metavar="ZK", help="ZooKeeper: host[:port][,host[:port]...][/chroot]")
+    return p
+
+
+def _run(args: argparse.Namespace, deadline: float) -> int:
+    hosts = parse_zk_hosts(args.zk)
+    shard = check_shard_name(args.shard)
+    with ZkReader(hosts, deadline) as zk:
+        removed = clear_error(zk, shard)
+    print(dump_json(removed))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(TOOL, build_parser(), _run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

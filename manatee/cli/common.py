@@ -1,0 +1,307 @@
+"""What the operator CLIs (manatee-stat, manatee-history, manatee-clear) share.
+
+Why a module of its own: each tool is short-lived and must fail the same way. Whatever
+goes wrong (ZooKeeper unreachable or hung, an unknown shard, bad arguments) the operator
+gets exactly one line on stderr, `<tool>: <message>`, and an exit status (1: could not do
+it, 2: usage), never a traceback and never an unbounded wait: every ZooKeeper read is
+bounded by one overall deadline (`--timeout`), and a watchdog ends the process should a
+library call ignore it.
+
+ZooKeeper is read with a plain kazoo client. Reads of many znodes are issued together
+(kazoo's *_async calls are pipelined on the one connection) and then collected, so the
+time of a 100-shard `manatee-stat` is a few round trips, not hundreds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
+
+from manatee.core.layout import registrar_path  # noqa: F401  (re-exported for the CLIs)
+
+__all__ = [
+    "DEFAULT_PORT", "DEFAULT_TIMEOUT", "MANATEE_ROOT", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE",
+    "CliError", "UsageError", "ArgParser", "parse_zk_hosts", "check_shard_name",
+    "registrar_path", "shard_path", "ZkReader", "run_cli", "dump_json", "decode",
+    "add_common_args", "check_timeout",
+]
+
+DEFAULT_PORT = 2181
+DEFAULT_TIMEOUT = 10.0
+MANATEE_ROOT = "/manatee"
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+_HOST = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SHARD = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_CHROOT = re.compile(r"^(/[A-Za-z0-9_.:-]+)+$")
+
+
+class CliError(Exception):
+    """The command could not be done; the message is the whole story (exit 1)."""
+
+    exit_code = EXIT_FAIL
+
+
+class UsageError(CliError):
+    """Bad arguments (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (`tool: message (see --help)`)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
+
+
+def parse_zk_hosts(spec: str) -> str:
+    """'host', 'host:port', 'h1,h2:2182' or any of these plus '/chroot' → the kazoo
+    connect string with every port explicit ('h1:2181,h2:2182/chroot').
+
+    Raises UsageError naming the bad part."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise UsageError("ZooKeeper address is empty: expected host[:port][,host[:port]...]")
+    hosts, slash, chroot = spec.partition("/")
+    chroot = slash + chroot
+    if chroot and chroot != "/" and not _CHROOT.match(chroot):
+        raise UsageError(f"ZooKeeper address {spec!r}: bad chroot {chroot!r} (expected /name[/name...])")
+    chroot = "" if chroot == "/" else chroot
+    out = []
+    for part in hosts.split(","):
+        part = part.strip()
+        if part.startswith("["):  # [v6addr]:port
+            addr, close, rest = part[1:].partition("]")
+            if not close or not addr or (rest and not rest.startswith(":")):
+                raise UsageError(f"ZooKeeper address {spec!r}: bad host {part!r}")
+            host, port = f"[{addr}]", rest[1:] if rest else ""
+        else:
+            host, colon, port = part.partition(":")
+            if colon and not port:
+                raise UsageError(f"ZooKeeper address {spec!r}: missing port after {host!r}:")
+            if not host or not _HOST.match(host):
+                raise UsageError(f"ZooKeeper address {spec!r}: bad host {part!r} "
+                                 "(expected host[:port][,host[:port]...])")
+        if port == "":
+            port = str(DEFAULT_PORT)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"ZooKeeper address {spec!r}: bad port {port!r} in {part!r}")
+        out.append(f"{host}:{int(port)}")
+    return ",".join(out) + chroot
+
+
+def check_shard_name(name: str) -> str:
+    """A shard is one znode under /manatee ('1', '1.moray.us-sw-1.joyent.com')."""
+    if not name or not _SHARD.match(name) or name in (".", ".."):
+        raise UsageError(f"bad shard name {name!r}: expected one name like '1' or "
+                         "'1.moray.us-sw-1.joyent.com' (letters, digits, '.', '_', ':', '-')")
+    return name
+
+
+def shard_path(shard: str) -> str:
+    return f"{MANATEE_ROOT}/{shard}"
+
+
+
+
+def dump_json(obj: Any, *, compact: bool = False) -> str:
+    if compact:
+        return json.dumps(obj, separators=(",", ":"))
+    return json.dumps(obj, indent=4)
+
+
+def _decode(raw: bytes | None) -> Any:
+    """Znode data → JSON value; undecodable data comes back as a string (shown, not fatal)."""
+    if raw is None or raw == b"":
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return raw.decode("utf-8", "replace")
+
+
+class ZkReader:
+    """A kazoo session for one CLI run; every call honours the run's deadline.
+
+    Methods return None (not raise) for a missing znode; other failures raise CliError
+    naming the path and the ZooKeeper address."""
+
+    def __init__(self, hosts: str, deadline: float):
+        self.hosts = hosts
+        self.deadline = deadline
+        self._kz = None
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def __enter__(self) -> "ZkReader":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        from kazoo.client import KazooClient
+        from kazoo.retry import KazooRetry
+
+        budget = self.remaining()
+        kz = KazooClient(
+            hosts=self.hosts,
+            timeout=max(2.0, min(10.0, budget)),
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1.0, deadline=budget),
+            command_retry=None,
+            read_only=False,
+        )
+        self._kz = kz
+        try:
+            ev = kz.start_async()
+        except Exception as e:  # noqa: BLE001 - e.g. an unresolvable host name
+            self.close()
+            raise CliError(f"cannot connect to ZooKeeper at {self.hosts}: {e}") from None
+        ev.wait(timeout=budget)
+        if not kz.connected:
+            self.close()
+            raise CliError(f"cannot connect to ZooKeeper at {self.hosts} within {budget:.0f}s "
+                           "(is it running and reachable?)")
+
+    def close(self) -> None:
+        kz, self._kz = self._kz, None
+        if kz is not None:
+            try:
+                kz.stop()
+                kz.close()
+            except Exception:  # noqa: BLE001 - closing a dead session must not fail the run
+                pass
+
+    # -- the reads -----------------------------------------------------------------------
+
+    def _wait(self, what: str, result: Any) -> Any:
+        from kazoo.exceptions import NoNodeError
+
+        try:
+            return result.get(timeout=self.remaining())
+        except NoNodeError:
+            return None
+        except Exception as e:  # noqa: BLE001 - every ZooKeeper failure becomes one line
+            reason = str(e) or type(e).__name__
+            if type(e).__name__ in ("KazooTimeoutError", "TimeoutError"):
+                reason = "no answer before the deadline"
+            raise CliError(f"ZooKeeper at {self.hosts}: {what}: {reason}") from None
+
+    def get_many(self, paths: Iterable[str]) -> dict[str, tuple[bytes, Any] | None]:
+        """path → (data, stat), or None where the znode does not exist. All at once."""
+        pending = [(p, self._kz.get_async(p)) for p in paths]
+        return {p: self._wait(f"reading {p}", r) for p, r in pending}
+
+    def children_many(self, paths: Iterable[str]) -> dict[str, list[str] | None]:
+        pending = [(p, self._kz.get_children_async(p)) for p in paths]
+        return {p: self._wait(f"listing {p}", r) for p, r in pending}
+
+    def get(self, path: str) -> tuple[bytes, Any] | None:
+        return self.get_many([path])[path]
+
+    def get_json(self, path: str) -> Any:
+        got = self.get(path)
+        return None if got is None else _decode(got[0])
+
+    def children(self, path: str) -> list[str] | None:
+        return self.children_many([path])[path]
+
+    def exists(self, path: str) -> bool:
+        return self._wait(f"checking {path}", self._kz.exists_async(path)) is not None
+
+    def delete(self, path: str, version: int = -1) -> None:
+        from kazoo.exceptions import BadVersionError, NoNodeError
+
+        try:
+            self._kz.delete_async(path, version=version).get(timeout=self.remaining())
+        except NoNodeError:
+            raise CliError(f"{path} disappeared before it could be removed") from None
+        except BadVersionError:
+            raise CliError(f"{path} changed while being removed; look again and retry") from None
+        except Exception as e:  # noqa: BLE001
+            raise CliError(f"ZooKeeper at {self.hosts}: deleting {path}: {e or type(e).__name__}") from None
+
+
+def decode(raw: bytes | None) -> Any:
+    return _decode(raw)
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"give up after this long in all (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("-v", "--verbose", action="store_true", help="log ZooKeeper client messages to stderr")
+
+
+def check_timeout(t: float) -> float:
+    if not t > 0 or t > 3600:
+        raise UsageError(f"--timeout {t:g}: must be between 0 and 3600 seconds")
+    return t
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """kazoo logs each failed connection attempt; without -v those lines would bury ours."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.CRITICAL + 1,
+                        format="%(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:
+        logging.getLogger("kazoo").setLevel(logging.CRITICAL + 1)
+        import warnings
+
+        warnings.simplefilter("ignore")
+
+
+def _start_watchdog(tool: str, seconds: float) -> threading.Timer:
+    """Last resort for a call that ignores our deadline: one line, exit 1, no hang."""
+
+    def fire() -> None:
+        try:
+            sys.stderr.write(f"{tool}: gave up after {seconds:.0f}s (no answer; see --timeout)\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(EXIT_FAIL)
+
+    t = threading.Timer(seconds, fire)
+    t.daemon = True
+    t.start()
+    return t
+
+
+def run_cli(tool: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace, float], int],
+            argv: Sequence[str] | None = None) -> int:
+    """Parse, run body(args, deadline), and turn every failure into one stderr line + status."""
+    watchdog = None
+    try:
+        args = parser.parse_args(argv)
+        timeout = check_timeout(args.timeout)
+        _quiet_libraries(getattr(args, "verbose", False))
+        watchdog = _start_watchdog(tool, timeout + 3.0)
+        return body(args, time.monotonic() + timeout)
+    except CliError as e:
+        print(f"{tool}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{tool}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (| head): nothing more to say
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+    except Exception as e:  # noqa: BLE001 - the promise is: never a traceback
+        print(f"{tool}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()

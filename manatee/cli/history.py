@@ -1,0 +1,74 @@
+"""manatee-history: every recorded flip of a shard, one JSON object per line.
+
+    manatee-history [-t SECONDS] SHARD ZK
+
+Lines are the guide's records — {time, date, ip, action, role, master, slave, zkSeq} —
+plus `generation` (the state generation of the flip, this port's addition), in the order
+ZooKeeper created them (zkSeq), which is the order the sitters recorded them.
+A history znode that cannot be parsed is skipped with a note on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Mapping, Sequence
+
+from manatee.cli.common import (
+    ArgParser, CliError, ZkReader, add_common_args, check_shard_name, dump_json, parse_zk_hosts,
+    run_cli, shard_path,
+)
+from manatee.sitter.history import parse_record, sort_records
+
+TOOL = "manatee-history"
+
+__all__ = ["records", "read_history", "main"]
+
+
+def records(nodes: Mapping[str, bytes | None]) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """History znodes {name: data} → (records sorted by zkSeq, problems with the rest)."""
+    good, bad = [], []
+    for name, data in nodes.items():
+        try:
+            good.append(parse_record(name, data))
+        except ValueError as e:
+            bad.append(str(e))
+    return sort_records(good), bad
+
+
+def read_history(zk: ZkReader, shard: str) -> dict[str, bytes | None]:
+    base = shard_path(shard)
+    if not zk.exists(base):
+        raise CliError(f"shard {shard!r} not found: no {base} in ZooKeeper at {zk.hosts}")
+    names = zk.children(f"{base}/history") or []
+    got = zk.get_many(f"{base}/history/{n}" for n in names)
+    return {n: got[f"{base}/history/{n}"][0] for n in names if got[f"{base}/history/{n}"] is not None}
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog=TOOL, description="Print a shard's history of topology changes, one JSON object per line.")
+    add_common_args(p)
+    p.add_argument("shard", metavar="SHARD", help="shard name under /manatee (e.g. 1)")
+    p.add_argument("zk", metavar="ZK", help="ZooKeeper: host[:port][,host[:port]...][/chroot]")
+    return p
+
+
+def _run(args: argparse.Namespace, deadline: float) -> int:
+    hosts = parse_zk_hosts(args.zk)
+    shard = check_shard_name(args.shard)
+    with ZkReader(hosts, deadline) as zk:
+        nodes = read_history(zk, shard)
+    recs, bad = records(nodes)
+    for problem in bad:
+        print(f"{TOOL}: skipped: {problem}", file=sys.stderr)
+    for r in recs:
+        print(dump_json(r, compact=True))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(TOOL, build_parser(), _run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
