@@ -1,0 +1,160 @@
+"""manatee-backupserver: serve `zfs send` streams of this node's dataset to shard peers.
+
+    manatee-backupserver -f etc/backupserver.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Optional
+
+from aiohttp import web
+
+from manatee.backupserver.config import BackupServerConfig
+from manatee.backupserver.jobs import JobQueue
+from manatee.backupserver.membership import MembershipUnavailable, ShardMembership
+from manatee.backupserver.sender import ZfsSender
+from manatee.backupserver.server import make_app
+from manatee.core.daemon import daemon_main
+from manatee.core.zfs import Zfs, ZfsError
+
+NAME = "manatee-backupserver"
+
+
+class ZkHolder:
+    """ZooKeeper for membership checks, connected in the background.
+
+    The backupserver serves even while ZooKeeper is unreachable, but until a session
+    exists every backup request gets 503 (membership cannot be checked), never a pass.
+    """
+
+    def __init__(self, config: BackupServerConfig, log: Any) -> None:
+        assert config.zkCfg is not None
+        self.cfg = config.zkCfg
+        self.log = log
+        self.zk: Optional[Any] = None
+        self._task: Optional[asyncio.Task[None]] = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._connect_loop())
+
+    async def _connect_loop(self) -> None:
+        from manatee.core.zk import ZKClient, ZKError
+
+        delay = 1.0
+        while True:
+            zk = ZKClient(
+                self.cfg.connStr,
+                session_timeout=self.cfg.sessionTimeout / 1000.0,
+                connect_timeout=self.cfg.connectTimeout / 1000.0,
+                logger=self.log,
+            )
+            try:
+                await zk.start()
+            except ZKError as e:
+                self.log.warning("backupserver_zk_unreachable", error=str(e), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self.zk = zk
+            self.log.info("backupserver_zk_connected", hosts=self.cfg.connStr)
+            return
+
+    async def get_children(self, path: str) -> list[str]:
+        if self.zk is None:
+            raise MembershipUnavailable(f"not connected to ZooKeeper at {self.cfg.connStr} yet")
+        return await self.zk.get_children(path)
+
+    async def get(self, path: str) -> Any:
+        if self.zk is None:
+            raise MembershipUnavailable(f"not connected to ZooKeeper at {self.cfg.connStr} yet")
+        return await self.zk.get(path)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self.zk is not None:
+            with contextlib.suppress(Exception):
+                await self.zk.close()
+
+
+async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
+    sender_cfg = config.backupSenderCfg
+    server_cfg = config.backupServerCfg
+    zfs = Zfs(zfs_path=sender_cfg.zfsPath, logger=log)
+    dataset_ok = False
+    try:
+        dataset_ok = await zfs.exists(sender_cfg.dataset)
+        if not dataset_ok:
+            log.warning("backup_dataset_missing", dataset=sender_cfg.dataset)
+    except (ZfsError, OSError) as e:
+        log.warning("backup_dataset_check_failed", dataset=sender_cfg.dataset, error=str(e))
+
+    zk: Optional[ZkHolder] = None
+    membership: Optional[ShardMembership] = None
+    if config.zkCfg is not None and config.shardPath is not None:
+        zk = ZkHolder(config, log)
+        zk.start()
+        membership = ShardMembership(zk, config.shardPath)
+    sender = ZfsSender(
+        zfs,
+        sender_cfg.dataset,
+        connect_timeout=sender_cfg.connectTimeout,
+        stall_timeout=sender_cfg.stallTimeout,
+        source_address=server_cfg.host,
+        logger=log,
+    )
+    if dataset_ok:
+        await sender.release_stale_holds()
+    queue = JobQueue(
+        sender,
+        max_concurrent=server_cfg.maxConcurrentSends,
+        max_queued=server_cfg.maxQueuedJobs,
+        keep_finished=server_cfg.keepFinishedJobs,
+        logger=log,
+    )
+    app = make_app(
+        queue=queue,
+        membership=membership,
+        secret=server_cfg.secret,
+        max_body_bytes=server_cfg.maxBodyBytes,
+        logger=log,
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, server_cfg.host, server_cfg.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            log.error(
+                "backupserver_listen_failed", host=server_cfg.host, port=server_cfg.port, error=str(e)
+            )
+            return 1
+        log.info(
+            "backupserver_listening",
+            host=server_cfg.host,
+            port=server_cfg.port,
+            dataset=sender_cfg.dataset,
+            membership=config.shardPath or "any",
+            secret=bool(server_cfg.secret),
+        )
+        await stop.wait()
+        return 0
+    finally:
+        # Sends first: cancelling kills each zfs send and releases its hold.
+        await queue.close()
+        await runner.cleanup()
+        if zk is not None:
+            await zk.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return daemon_main(NAME, BackupServerConfig, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Who may ask this backupserver for the database: the shard's members.
+
+A backup request makes this node stream its whole dataset to an address, so when
+the shard is known (ZooKeeper configured and `<shardPath>/election` exists) both
+the requester and the target host must be peers in the election. Election
+children are named `IP:pgPort:backupPort:statusPort-SEQ` (the original's
+`ip:pgPort:backupPort:hbPort-seq`); their data is JSON with an "ip" key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any, Optional
+
+
+class MembershipUnavailable(Exception):
+    """The shard's membership could not be read (e.g. ZooKeeper unreachable)."""
+
+
+def _canonical(ip: str) -> str:
+    try:
+        addr = ipaddress.ip_address(ip.strip().strip("[]").split("%", 1)[0])
+    except ValueError:
+        return ip.strip()
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def ip_from_election_name(name: str) -> Optional[str]:
+    """The IP of an election child name (the part before the first ':'), or None."""
+    ip, sep, _ = name.partition(":")
+    if not sep or not ip:
+        return None
+    return _canonical(ip)
+
+
+def _is_no_node(exc: BaseException) -> bool:
+    # Works with kazoo's NoNodeError and with a wrapper's own "no node" error.
+    return type(exc).__name__ in ("NoNodeError", "NoNode", "NoNodeException")
+
+
+class ShardMembership:
+    """Answers `is_member(ip)` from the live election children in ZooKeeper.
+
+    `zk` is an asyncio ZooKeeper client with `get_children(path)` and `get(path)`
+    coroutines (manatee.core.zk.ZKClient). Reads are done per question: requests
+    are rare and membership must be current (a deposed peer leaves the election).
+    """
+
+    def __init__(self, zk: Any, shard_path: str, *, read_data: bool = True) -> None:
+        self.zk = zk
+        self.election_path = shard_path.rstrip("/") + "/election"
+        self.read_data = read_data
+
+    async def members(self) -> Optional[set[str]]:
+        """The member IPs, or None if the shard has no election node (shard unknown)."""
+        try:
+            children = await self.zk.get_children(self.election_path)
+        except Exception as e:  # noqa: BLE001 - classify below
+            if _is_no_node(e):
+                return None
+            raise MembershipUnavailable(f"reading {self.election_path}: {type(e).__name__}: {e}") from e
+        ips: set[str] = set()
+        for child in children:
+            ip = ip_from_election_name(child)
+            if ip:
+                ips.add(ip)
+            if not self.read_data:
+                continue
+            try:
+                data = await self.zk.get(f"{self.election_path}/{child}")
+            except Exception as e:  # noqa: BLE001
+                if _is_no_node(e):
+                    continue  # the peer left between the two reads
+                raise MembershipUnavailable(
+                    f"reading {self.election_path}/{child}: {type(e).__name__}: {e}"
+                ) from e
+            raw = data[0] if isinstance(data, tuple) else data
+            try:
+                doc = json.loads(raw or b"{}")
+            except (ValueError, TypeError):
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("ip"), str):
+                ips.add(_canonical(doc["ip"]))
+        return ips
+
+    async def is_member(self, ip: str) -> Optional[bool]:
+        """True/False if the shard is known, None if not (no election node yet)."""
+        members = await self.members()
+        if members is None:
+            return None
+        return _canonical(ip) in members
+
+
+class StaticMembership:
+    """A fixed member list (None = allow everyone); for tests and ZK-less setups."""
+
+    def __init__(self, ips: Optional[set[str]]) -> None:
+        self.ips = None if ips is None else {_canonical(i) for i in ips}
+
+    async def is_member(self, ip: str) -> Optional[bool]:
+        if self.ips is None:
+            return None
+        return _canonical(ip) in self.ips

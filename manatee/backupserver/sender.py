@@ -1,0 +1,182 @@
+"""Streams a fresh snapshot of this node's dataset to a restoring peer over TCP.
+
+Per job: take `dataset@<epoch ms>` now (the receiver gets current data and needs
+little WAL catch-up; the 13-digit name is the snapshotter's format, so its
+retention prunes these later), `zfs hold` it for the duration of the send so the
+snapshotter cannot destroy it mid-stream, connect to the receiver, and hand the
+socket to `zfs send` as its stdout (manatee.core.zfsstream: no copies through
+Python). The hold is released on every exit path; on failure or cancellation zfs
+send is killed and the socket shut down, which also stops zfs-fuse's daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import time
+from typing import Any, Optional
+
+from manatee.backupserver.jobs import BackupJob
+from manatee.core.zfs import Snapshot, Zfs, ZfsError
+from manatee.core.zfsstream import StreamError, send_to_socket
+
+# One fixed tag: every job holds its own fresh snapshot, and a fixed tag lets a
+# restarted backupserver find and release holds left by a crashed one (zfs-fuse
+# cannot list hold tags).
+HOLD_TAG = "manatee-backupserver"
+
+
+class SendError(Exception):
+    """A send that could not complete; the message is what the job's `error` shows."""
+
+
+class ZfsSender:
+    def __init__(
+        self,
+        zfs: Zfs,
+        dataset: str,
+        *,
+        connect_timeout: float = 10.0,
+        stall_timeout: float = 300.0,
+        source_address: Optional[str] = None,
+        logger: Any = None,
+    ) -> None:
+        self.zfs = zfs
+        self.source_address = source_address
+        self.dataset = dataset
+        self.connect_timeout = connect_timeout
+        self.stall_timeout = stall_timeout
+        if logger is None:
+            import structlog
+
+            logger = structlog.get_logger("manatee.backupserver.sender")
+        self.log = logger
+
+    async def fresh_snapshot(self) -> Snapshot:
+        """`dataset@<epoch ms>`; retried with a later name if that ms is already taken."""
+        last: Optional[Exception] = None
+        for _ in range(20):
+            name = str(int(time.time() * 1000))
+            try:
+                return await self.zfs.snapshot(self.dataset, name)
+            except ZfsError as e:
+                if "exists" not in e.stderr:
+                    raise SendError(f"cannot snapshot {self.dataset}: {e}") from e
+                last = e
+                await asyncio.sleep(0.002)
+        raise SendError(f"cannot snapshot {self.dataset}: {last}")
+
+    async def release_stale_holds(self) -> list[str]:
+        """Release holds a previous (crashed) backupserver left on `dataset`'s snapshots.
+
+        Call at start-up, before any job runs. Snapshots held by someone else keep
+        their holds: releasing a tag that is not there is a harmless error.
+        """
+        released = []
+        try:
+            held = await self.zfs.held_snapshots(self.dataset)
+        except ZfsError as e:
+            self.log.warning("backup_stale_holds_check_failed", dataset=self.dataset, error=str(e))
+            return released
+        for snap in sorted(held):
+            try:
+                await self.zfs.release(HOLD_TAG, snap)
+            except ZfsError:
+                continue
+            released.append(snap)
+        if released:
+            self.log.info("backup_stale_holds_released", snapshots=released)
+        return released
+
+    async def __call__(self, job: BackupJob) -> None:
+        snap = await self.fresh_snapshot()
+        job.snapshot = snap.full
+        await self.zfs.hold(HOLD_TAG, snap.full)
+        sock: Optional[socket.socket] = None
+        try:
+            with contextlib.suppress(ZfsError, ValueError):
+                job.size = await self.zfs.estimate_send_size(snap.full)
+            self.log.info(
+                "backup_send_connecting",
+                jobid=job.jobid,
+                snapshot=snap.full,
+                address=job.address,
+                port=job.port,
+                size=job.size,
+            )
+            sock = await self._connect(job.address, job.port)
+
+            def progress(sent: int) -> None:
+                job.completed = sent
+                if job.size is None or job.size < sent:
+                    job.size = sent
+
+            try:
+                sent = await send_to_socket(
+                    self.zfs, snap.full, sock, progress=progress, stall_timeout=self.stall_timeout
+                )
+            except (ZfsError, StreamError) as e:
+                raise SendError(f"sending {snap.full} to {job.address}:{job.port} failed: {e}") from e
+            job.completed = sent
+            if job.size is None or job.size != sent:
+                job.size = sent
+        finally:
+            if sock is not None:
+                sock.close()
+            await self._release(HOLD_TAG, snap.full)
+
+    async def _connect(self, address: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            local = self._local_addr(address)
+            if local is not None:
+                sock.bind(local)
+            await asyncio.wait_for(
+                asyncio.get_running_loop().sock_connect(sock, (address, port)), self.connect_timeout
+            )
+        except asyncio.TimeoutError:
+            sock.close()
+            raise SendError(
+                f"connect to {address}:{port} timed out after {self.connect_timeout:g}s"
+            ) from None
+        except OSError as e:
+            sock.close()
+            raise SendError(f"cannot connect to {address}:{port}: {e}") from e
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _local_addr(self, dest: str) -> Optional[tuple[str, int]]:
+        """Connect from our own listen address (so peers see this node's IP), same family only."""
+        if not self.source_address:
+            return None
+        try:
+            src = ipaddress.ip_address(self.source_address)
+            dst = ipaddress.ip_address(dest)
+        except ValueError:
+            return None
+        if src.is_unspecified or src.version != dst.version:
+            return None
+        return (self.source_address, 0)
+
+    async def _release(self, tag: str, snapshot: str) -> None:
+        """Release the hold even while being cancelled; a failure is logged, not raised."""
+        task = asyncio.ensure_future(self.zfs.release(tag, snapshot))
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                cancelled = True
+            except Exception:  # noqa: BLE001 - examined below
+                break
+        exc = task.exception() if task.done() and not task.cancelled() else None
+        if exc is not None:
+            self.log.error("backup_hold_release_failed", snapshot=snapshot, tag=tag, error=str(exc))
+        if cancelled:
+            raise asyncio.CancelledError()

@@ -1,0 +1,151 @@
+"""Validation of `POST /backup` bodies.
+
+Every rejection says exactly which field is wrong and why, so an operator (or a
+sitter's log) can act on it without reading this code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+REQUIRED_FIELDS = ("host", "port", "dataset")
+
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# ZFS accepts alphanumerics, '_', '-', '.', ':' (and space, which we refuse: the name is
+# logged and may end up on a command line). The pool name must start with a letter.
+_ZFS_COMPONENT = re.compile(r"^[A-Za-z0-9_.:-]+$")
+ZFS_MAX_NAME = 255
+
+
+class ValidationError(Exception):
+    """A 400 with a machine code and a human message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    host: str
+    port: int
+    dataset: str
+
+
+def is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def hostname_problem(host: str) -> str | None:
+    """None if `host` is an IP address or an RFC 1123 hostname, else what is wrong."""
+    if is_ip_address(host):
+        return None
+    if len(host) > 253:
+        return "is longer than 253 characters"
+    name = host[:-1] if host.endswith(".") else host
+    if not name:
+        return "is empty"
+    for label in name.split("."):
+        if not _HOST_LABEL.match(label):
+            return (
+                f"is neither an IP address nor a valid hostname (bad label {label!r}: "
+                "labels are 1-63 letters, digits or '-', not starting or ending with '-')"
+            )
+    return None
+
+
+def dataset_problem(name: str) -> str | None:
+    """None if `name` is a valid ZFS filesystem name (pool[/child...]), else what is wrong."""
+    if not name:
+        return "is empty"
+    if len(name) > ZFS_MAX_NAME:
+        return f"is longer than {ZFS_MAX_NAME} characters"
+    if "@" in name or "#" in name:
+        return "must name a filesystem, not a snapshot or bookmark ('@' and '#' are not allowed)"
+    if name.startswith("/") or name.endswith("/"):
+        return "must not start or end with '/'"
+    parts = name.split("/")
+    for part in parts:
+        if not part:
+            return "has an empty component ('//')"
+        if part in (".", ".."):
+            return f"has a {part!r} component"
+        if not _ZFS_COMPONENT.match(part):
+            return (
+                f"component {part!r} has characters ZFS does not allow "
+                "(allowed: letters, digits, '_', '-', '.', ':')"
+            )
+    if not parts[0][0].isalpha():
+        return f"pool name {parts[0]!r} must start with a letter"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def validate_backup_request(body: Any) -> BackupRequest:
+    """Check a decoded JSON body; raise ValidationError naming the first problem."""
+    if not isinstance(body, dict):
+        raise ValidationError(
+            "InvalidBody", f"request body must be a JSON object, got {_type_name(body)}"
+        )
+    unknown = sorted(k for k in body if k not in REQUIRED_FIELDS)
+    if unknown:
+        raise ValidationError(
+            "UnknownParameter",
+            f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(REQUIRED_FIELDS)}",
+        )
+    missing = [k for k in REQUIRED_FIELDS if k not in body]
+    if missing:
+        raise ValidationError(
+            "MissingParameter", f"missing required field(s): {', '.join(missing)}"
+        )
+
+    host = body["host"]
+    if not isinstance(host, str):
+        raise ValidationError(
+            "InvalidArgument", f"host must be a string, got {_type_name(host)}"
+        )
+    problem = hostname_problem(host)
+    if problem:
+        raise ValidationError("InvalidArgument", f"host {host[:100]!r} {problem}")
+
+    port = body["port"]
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise ValidationError(
+            "InvalidArgument", f"port must be an integer, got {_type_name(port)}"
+        )
+    if not 1 <= port <= 65535:
+        raise ValidationError("InvalidArgument", f"port must be in 1-65535, got {port}")
+
+    dataset = body["dataset"]
+    if not isinstance(dataset, str):
+        raise ValidationError(
+            "InvalidArgument", f"dataset must be a string, got {_type_name(dataset)}"
+        )
+    problem = dataset_problem(dataset)
+    if problem:
+        raise ValidationError("InvalidArgument", f"dataset {dataset[:100]!r} {problem}")
+
+    return BackupRequest(host=host, port=port, dataset=dataset)

@@ -1,0 +1,553 @@
+"""Backupserver + restore client on real ZFS (zfs-fuse), PostgreSQL and ZooKeeper.
+
+The acceptance test: node A runs PostgreSQL on a ZFS dataset; the real
+`manatee-backupserver` console script serves A's dataset; `restore()` rebuilds node
+B's dataset from it; PostgreSQL started on B sees every row. The fault tests kill
+the backupserver mid-stream and cancel a restore, and check that B is left exactly
+as it was (old dataset back, mounted, same content; no zfs recv; port closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from manatee.backupserver.config import BackupServerConfig
+from manatee.backupserver.main import run as backupserver_run
+from manatee.core.procs import free_port, pid_alive, port_open, terminate, wait_port_async
+from manatee.core.restore import RestoreError, RestoreProgress, restore
+from manatee.core.zfs import Zfs
+from manatee.core.zk import ZKClient
+from manatee.harness.postgres import PgNode
+from manatee.harness.zfspool import ZfsPool, mounts_of_pool, zfs_processes_on
+from tests.fixtures_pg import random_loopback_ip
+
+BACKUPSERVER = str(Path(sys.executable).with_name("manatee-backupserver"))
+ROWS = 10_000
+
+
+def _zfs_recv_pids() -> list[int]:
+    """Every live `zfs recv` on the machine (read from /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and os.path.basename(argv[0]) == b"zfs" and argv[1] in (b"recv", b"receive"):
+            if pid_alive(int(entry)):
+                pids.append(int(entry))
+    return pids
+
+
+class Env:
+    """One test's pool, directories, PostgreSQL nodes and backupservers; all removed after."""
+
+    def __init__(self, base: Path, pool: ZfsPool) -> None:
+        self.base = base
+        self.pool = pool
+        self.zfs = Zfs()
+        self.pg_nodes: list[PgNode] = []
+        self.servers: list[subprocess.Popen] = []
+
+    def dataset(self, rel: str, mounted: bool = True) -> tuple[str, Path]:
+        mnt = self.base / rel
+        name = self.pool.create_dataset(rel, mnt if mounted else None)
+        return name, mnt
+
+    def pg_node(self, name: str, ip: str, data_dir: Path) -> PgNode:
+        node = PgNode(name, ip, free_port(ip), data_dir=data_dir, work_dir=self.base / f"{name}-work")
+        self.pg_nodes.append(node)
+        return node
+
+    async def backupserver(self, dataset: str, ip: str, **extra) -> tuple[subprocess.Popen, str]:
+        port = free_port(ip)
+        cfg = {
+            "backupSenderCfg": extra.pop("backupSenderCfg", {"dataset": dataset}),
+            "backupServerCfg": {"host": ip, "port": port, **extra.pop("server", {})},
+            **extra,
+        }
+        path = self.base / f"backupserver-{port}.json"
+        path.write_text(json.dumps(cfg))
+        log = open(self.base / f"backupserver-{port}.log", "ab")
+        proc = subprocess.Popen(
+            [BACKUPSERVER, "-f", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.servers.append(proc)
+        await wait_port_async(ip, port, timeout=20)
+        return proc, f"http://{ip}:{port}"
+
+    def server_log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.base.glob("backupserver-*.log"))
+
+    async def cleanup(self) -> None:
+        for proc in self.servers:
+            terminate(proc.pid, timeout=10)
+            proc.wait(5)
+        for node in self.pg_nodes:
+            await node.kill()
+        self.pool.destroy()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+async def env(zfs_fuse):
+    base = Path(tempfile.mkdtemp(prefix=f"mbr-{uuid.uuid4().hex[:6]}-", dir="/tmp"))
+    os.chmod(base, 0o755)  # PostgreSQL runs as postgres and must reach its data dir
+    pool = ZfsPool(base / "pool", size="2G")
+    pool.create()
+    e = Env(base, pool)
+    try:
+        yield e
+    finally:
+        await e.cleanup()
+        assert not pool.exists(), f"pool {pool.name} survived"
+        assert not mounts_of_pool(pool.name)
+        assert not any(p.processes() for p in (n.proc for n in e.pg_nodes))
+
+
+async def _election(zk_hosts: str, shard: str, *ips: str) -> ZKClient:
+    zk = ZKClient(zk_hosts, session_timeout=10)
+    await zk.start()
+    for i, ip in enumerate(ips):
+        await zk.create(
+            f"{shard}/election/{ip}:5432:10002:5433-",
+            {"ip": ip, "zoneId": f"node-{i}"},
+            ephemeral=True,
+            sequence=True,
+            makepath=True,
+        )
+    return zk
+
+
+def _assert_invariant_after_failure(env: Env, dataset: str, mnt: Path, listen: tuple[str, int]) -> None:
+    listing = subprocess.run(
+        ["zfs", "list", "-H", "-t", "filesystem", "-r", "-o", "name,mounted,mountpoint", env.pool.name],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [line.split("\t") for line in listing.splitlines()]
+    names = [r[0] for r in rows]
+    assert not [n for n in names if "-restore-" in n], listing
+    row = next(r for r in rows if r[0] == dataset)
+    assert row[1:] == ["yes", str(mnt)], listing
+    assert (mnt / "marker").read_text() == "the old copy"
+    assert sorted(os.listdir(mnt)) == ["marker"]
+    # No zfs recv left (the sender's zfs send, in the backupserver, stops on its own).
+    assert not [p for p in _zfs_recv_pids() if env.pool.name in open(f"/proc/{p}/cmdline").read()]
+    assert not port_open(*listen), f"{listen} still listening"
+
+
+# ------------------------------------------------------------------------ acceptance
+
+
+async def test_restore_postgres_through_backupserver(env, zk_hosts):
+    """Node A's PostgreSQL (on ZFS) is rebuilt onto node B's dataset via the real daemon."""
+    ip_a, ip_b = random_loopback_ip(), random_loopback_ip()
+    shard = "/manatee/test"
+    zk = await _election(zk_hosts, shard, ip_a, ip_b)
+    try:
+        ds_a, mnt_a = env.dataset("a")
+        a = env.pg_node("a", ip_a, mnt_a)
+        await a.init()
+        await a.start()
+        await a.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        await a.execute(f"INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, {ROWS}) i")
+        expected = (await a.psql("SELECT count(*) AS n, sum(id) AS s FROM t"))[0]
+        assert expected["n"] == ROWS
+
+        ds_b, mnt_b = env.dataset("b")
+        (mnt_b / "marker").write_text("the old copy")
+
+        _, url = await env.backupserver(ds_a, ip_a, zkCfg={"connStr": zk_hosts, "sessionTimeout": 10000},
+                                        shardPath=shard)
+        listen_port = free_port(ip_b)
+        seen: list[RestoreProgress] = []
+        result = await restore(
+            env.zfs,
+            dataset=ds_b,
+            mountpoint=mnt_b,
+            backup_url=url,
+            listen_host=ip_b,
+            listen_port=listen_port,
+            owner="postgres",
+            poll_interval=0.1,
+            timeout=120,
+            progress=seen.append,
+        )
+        # The stream: a fresh epoch-ms snapshot of A, fully received; hold released.
+        assert re.fullmatch(rf"{re.escape(ds_a)}@\d{{13}}", result.source_snapshot)
+        snap_name = result.source_snapshot.split("@")[1]
+        assert result.snapshot == f"{ds_b}@{snap_name}"
+        assert result.bytes > 10_000_000 and result.seconds > 0
+        assert int(await env.zfs.get(result.source_snapshot, "userrefs")) == 0
+        phases = [p.phase for p in seen]
+        assert phases[0] == "listening" and phases[-1] == "done"
+        assert "setting_aside" in phases and "receiving" in phases and "mounting" in phases
+        assert max(p.completed for p in seen) == result.bytes
+        assert all(p.size is None or p.size > 0 for p in seen)
+
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/backup/{result.jobid}") as r:
+                job = await r.json()
+        assert job["done"] is True and job["completed"] == result.bytes
+        assert job["host"] == ip_b and job["port"] == listen_port and job["dataset"] == ds_b
+
+        # B: the new copy mounted in place of the old one, which is gone.
+        assert not (mnt_b / "marker").exists()
+        assert not (mnt_b / "postmaster.pid").exists()
+        st = os.stat(mnt_b)
+        assert (st.st_uid, oct(st.st_mode & 0o777)) == (pwd.getpwnam("postgres").pw_uid, "0o700")
+        names = (await env.zfs.run("list", "-H", "-o", "name", "-r", env.pool.name)).split()
+        assert sorted(names) == sorted([env.pool.name, ds_a, ds_b])
+        assert await env.zfs.get(ds_b, "mountpoint") == str(mnt_b)
+        assert not port_open(ip_b, listen_port)
+
+        # PostgreSQL on B (its own address, port and socket dir) sees every row.
+        b = env.pg_node("b", ip_b, mnt_b)
+        b.configure(b.role_config("primary"))
+        await b.start()
+        got = (await b.psql("SELECT count(*) AS n, sum(id) AS s FROM t"))[0]
+        assert got == expected
+        assert (await b.psql("SELECT v FROM t WHERE id = 4242"))[0]["v"] == (
+            await a.psql("SELECT v FROM t WHERE id = 4242")
+        )[0]["v"]
+    finally:
+        await zk.close()
+
+
+async def test_restore_onto_new_dataset(env):
+    """A node with no dataset yet (F14: a fourth node joining) is bootstrapped."""
+    ip_a, ip_b = random_loopback_ip(), random_loopback_ip()
+    ds_a, mnt_a = env.dataset("a")
+    (mnt_a / "data").mkdir()
+    (mnt_a / "data" / "file").write_bytes(os.urandom(3_000_000))
+    (mnt_a / "data" / "postmaster.pid").write_text("12345\n")
+    _, url = await env.backupserver(ds_a, ip_a)
+    ds_c = f"{env.pool.name}/c"
+    mnt_c = env.base / "c"
+    result = await restore(
+        env.zfs, dataset=ds_c, mountpoint=mnt_c, backup_url=url, listen_host=ip_b,
+        listen_port=free_port(ip_b), owner="postgres", poll_interval=0.1, timeout=60,
+    )
+    assert (mnt_c / "data" / "file").read_bytes() == (mnt_a / "data" / "file").read_bytes()
+    assert not (mnt_c / "data" / "postmaster.pid").exists()
+    assert (mnt_a / "data" / "postmaster.pid").exists()  # the source is untouched
+    assert os.stat(mnt_c / "data" / "file").st_uid == pwd.getpwnam("postgres").pw_uid
+    assert await env.zfs.get(ds_c, "mounted") == "yes"
+    assert result.bytes >= 3_000_000
+
+
+# ------------------------------------------------------------------------ faults
+
+
+async def _big_source(env: Env, ip: str, mb: int = 150) -> tuple[str, str, subprocess.Popen]:
+    ds_a, mnt_a = env.dataset("a")
+    with open(mnt_a / "random.bin", "wb") as f:  # incompressible, so the stream is long
+        for _ in range(mb):
+            f.write(os.urandom(1 << 20))
+    proc, url = await env.backupserver(ds_a, ip)
+    return ds_a, url, proc
+
+
+async def _old_b(env: Env) -> tuple[str, Path]:
+    ds_b, mnt_b = env.dataset("b")
+    (mnt_b / "marker").write_text("the old copy")
+    return ds_b, mnt_b
+
+
+async def test_backupserver_killed_mid_stream(env):
+    ip_a, ip_b = random_loopback_ip(), random_loopback_ip()
+    ds_a, url, server = await _big_source(env, ip_a)
+    ds_b, mnt_b = await _old_b(env)
+    listen = (ip_b, free_port(ip_b))
+    killed_at: list[int] = []
+
+    def kill_when_streaming(p: RestoreProgress) -> None:
+        if p.phase == "receiving" and p.completed > 0 and not killed_at:
+            os.killpg(server.pid, signal.SIGKILL)  # the whole host's daemon dies, zfs send too
+            killed_at.append(p.completed)
+
+    started = time.monotonic()
+    with pytest.raises(RestoreError) as err:
+        await restore(
+            env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
+            listen_port=listen[1], poll_interval=0.05, timeout=60, progress=kill_when_streaming,
+        )
+    assert killed_at and killed_at[0] < 150 << 20
+    assert time.monotonic() - started < 30
+    msg = str(err.value)
+    assert "zfs recv" in msg or "stopped answering" in msg, msg
+    assert err.value.rollback_errors == []
+    server.wait(5)
+    _assert_invariant_after_failure(env, ds_b, mnt_b, listen)
+    assert not zfs_processes_on(env.pool.name)  # its zfs send died with it
+
+    # The killed daemon left its hold on the snapshot; a restarted one releases it, so
+    # the snapshotter's retention can prune the snapshot again.
+    snaps = [s.full for s in await env.zfs.list_snapshots(ds_a)]
+    assert len(snaps) == 1 and int(await env.zfs.get(snaps[0], "userrefs")) == 1
+    await env.backupserver(ds_a, ip_a)
+    assert int(await env.zfs.get(snaps[0], "userrefs")) == 0
+
+
+async def test_restore_cancelled_mid_stream(env):
+    ip_a, ip_b = random_loopback_ip(), random_loopback_ip()
+    ds_a, url, _server = await _big_source(env, ip_a)
+    ds_b, mnt_b = await _old_b(env)
+    listen = (ip_b, free_port(ip_b))
+    streaming = asyncio.Event()
+
+    def note(p: RestoreProgress) -> None:
+        if p.phase == "receiving" and p.completed > 0:
+            streaming.set()
+
+    task = asyncio.ensure_future(
+        restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
+                listen_port=listen[1], poll_interval=0.05, timeout=60, progress=note)
+    )
+    await asyncio.wait_for(streaming.wait(), 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    _assert_invariant_after_failure(env, ds_b, mnt_b, listen)
+    # The sender notices the receiver went away and fails the job (and drops its hold).
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            async with http.get(f"{url}/ping") as r:
+                ping = await r.json()
+            if ping["running"] == 0:
+                break
+            await asyncio.sleep(0.1)
+    assert ping["running"] == 0, env.server_log()
+    assert not zfs_processes_on(env.pool.name)
+    snaps = await env.zfs.list_snapshots(ds_a)
+    assert int(await env.zfs.get(snaps[0].full, "userrefs")) == 0, env.server_log()
+
+
+async def test_restore_refused_rolls_back(env):
+    """Wrong secret: the request is refused (401) and B is left as it was."""
+    ip_a, ip_b = random_loopback_ip(), random_loopback_ip()
+    ds_a, _ = env.dataset("a")
+    _, url = await env.backupserver(ds_a, ip_a, server={"secret": "right-secret-123"})
+    # B's mountpoint is inherited from its parent: the rollback must restore that too.
+    env.dataset("nodes")
+    ds_b, mnt_b = f"{env.pool.name}/nodes/b", env.base / "nodes" / "b"
+    await env.zfs.create(ds_b)
+    (mnt_b / "marker").write_text("the old copy")
+    assert (await env.zfs.run("get", "-H", "-o", "source", "mountpoint", ds_b)).startswith("inherited")
+    listen = (ip_b, free_port(ip_b))
+    with pytest.raises(RestoreError, match="HTTP 401"):
+        await restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
+                      listen_port=listen[1], secret="wrong-secret-456", poll_interval=0.1, timeout=30)
+    _assert_invariant_after_failure(env, ds_b, mnt_b, listen)
+    assert (await env.zfs.run("get", "-H", "-o", "source", "mountpoint", ds_b)).startswith("inherited")
+    # ... and the right secret works.
+    await restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
+                  listen_port=listen[1], secret="right-secret-123", poll_interval=0.1, timeout=30)
+    assert not (mnt_b / "marker").exists()
+
+
+async def test_restore_with_listen_port_taken_touches_nothing(env):
+    ip_b = random_loopback_ip()
+    ds_b, mnt_b = await _old_b(env)
+    blocker = await asyncio.start_server(lambda r, w: w.close(), ip_b, 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(RestoreError, match=f"cannot listen on {re.escape(ip_b)}:{port}"):
+            await restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url="http://127.0.0.1:9",
+                          listen_host=ip_b, listen_port=port, timeout=10)
+    finally:
+        blocker.close()
+        await blocker.wait_closed()
+    _assert_invariant_after_failure(env, ds_b, mnt_b, (ip_b, port))
+
+
+# ------------------------------------------------------------------------ membership
+
+
+async def test_only_shard_members_may_ask(zk_hosts):
+    """Real ZooKeeper election children decide who may request and receive a backup."""
+    member, other, target_ok, target_bad = (random_loopback_ip() for _ in range(4))
+    shard = f"/manatee/{uuid.uuid4().hex[:6]}"
+    port = free_port(member)
+    config = BackupServerConfig.model_validate(
+        {
+            "backupSenderCfg": {"dataset": f"nopool{uuid.uuid4().hex[:6]}/ds"},
+            "backupServerCfg": {"host": "0.0.0.0", "port": port},
+            "zkCfg": {"connStr": zk_hosts, "sessionTimeout": 10000},
+            "shardPath": shard,
+        }
+    )
+    import structlog
+
+    stop = asyncio.Event()
+    server = asyncio.ensure_future(backupserver_run(config, structlog.get_logger("test"), stop))
+    zk = None
+    try:
+        await wait_port_async("127.0.0.1", port, 20)
+
+        async def post(source: str, host: str) -> tuple[int, dict]:
+            conn = aiohttp.TCPConnector(local_addr=(source, 0))
+            async with aiohttp.ClientSession(connector=conn) as http:
+                async with http.post(f"http://127.0.0.1:{port}/backup",
+                                     json={"host": host, "port": 10001, "dataset": "p/d"}) as r:
+                    return r.status, await r.json()
+
+        # No election node yet: the shard is unknown, anyone may ask.
+        status, body = await post(other, target_bad)
+        assert status == 200, body
+
+        zk = await _election(zk_hosts, shard, member, target_ok)
+        status, body = await post(other, target_ok)
+        assert status == 403 and f"requester {other} is not a member" in body["message"]
+        status, body = await post(member, target_bad)
+        assert status == 403 and f"host {target_bad} is not a member" in body["message"]
+        status, body = await post(member, target_ok)
+        assert status == 200, body
+
+        # The job runs (and fails: the configured dataset does not exist), visibly.
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                async with http.get(f"http://127.0.0.1:{port}{body['jobPath']}") as r:
+                    job = await r.json()
+                if job["done"] is not False:
+                    break
+                await asyncio.sleep(0.05)
+        assert job["done"] == "failed" and "nopool" in job["error"]
+        assert job["host"] == target_ok
+
+        # A member that leaves the election loses access at once.
+        await zk.close()
+        zk = None
+        status, body = await post(member, target_ok)
+        assert status == 403
+    finally:
+        if zk is not None:
+            await zk.close()
+        stop.set()
+        assert await asyncio.wait_for(server, 20) == 0
+    assert not port_open("127.0.0.1", port)
+
+
+async def test_unreachable_zookeeper_fails_closed():
+    dead = free_port("127.0.0.1")
+    port = free_port("127.0.0.1")
+    config = BackupServerConfig.model_validate(
+        {
+            "backupSenderCfg": {"dataset": "nopool/ds"},
+            "backupServerCfg": {"host": "127.0.0.1", "port": port},
+            "zkCfg": {"connStr": f"127.0.0.1:{dead}", "sessionTimeout": 4000, "connectTimeout": 500},
+            "shardPath": "/manatee/x",
+        }
+    )
+    import structlog
+
+    stop = asyncio.Event()
+    server = asyncio.ensure_future(backupserver_run(config, structlog.get_logger("test"), stop))
+    try:
+        await wait_port_async("127.0.0.1", port, 20)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{port}/backup",
+                                 json={"host": "127.0.0.1", "port": 1, "dataset": "p"}) as r:
+                assert r.status == 503
+                assert "ZooKeeper" in (await r.json())["message"]
+            async with http.get(f"http://127.0.0.1:{port}/ping") as r:
+                assert r.status == 200
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(server, 20) == 0
+
+
+# ------------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    "cfg, key",
+    [
+        ({"backupServerCfg": {"port": 10002}}, "backupSenderCfg"),
+        ({"backupSenderCfg": {"dataset": "pool/ds@snap"}}, "backupSenderCfg.dataset"),
+        ({"backupSenderCfg": {"dataset": "pool/ds"}, "backupServerCfg": {"port": "ten"}},
+         "backupServerCfg.port"),
+        ({"backupSenderCfg": {"dataset": "pool/ds"}, "backupServerCfg": {"port": 70000}},
+         "backupServerCfg.port"),
+        ({"backupSenderCfg": {"dataset": "pool/ds"}, "backupServerCfg": {"maxConcurrentSends": 0}},
+         "backupServerCfg.maxConcurrentSends"),
+        ({"backupSenderCfg": {"dataset": "pool/ds", "zfspath": "/x"}}, "backupSenderCfg.zfspath"),
+        ({"backupSenderCfg": {"dataset": "pool/ds"}, "zkCfg": {"connStr": "127.0.0.1:2181"}}, "shardPath"),
+        ({"backupSenderCfg": {"dataset": "pool/ds"}, "zkCfg": {"connStr": "nohostport"},
+          "shardPath": "/manatee/1"}, "zkCfg.connStr"),
+    ],
+)
+def test_invalid_config_exits_nonzero(tmp_path, cfg, key):
+    path = tmp_path / "backupserver.json"
+    path.write_text(json.dumps(cfg))
+    cp = subprocess.run([BACKUPSERVER, "-f", str(path)], capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 2, cp
+    assert str(path) in cp.stderr and key in cp.stderr, cp.stderr
+
+
+def test_malformed_config_file(tmp_path):
+    path = tmp_path / "backupserver.json"
+    path.write_text('{"backupSenderCfg": {')
+    cp = subprocess.run([BACKUPSERVER, "-f", str(path)], capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 2 and "not valid JSON" in cp.stderr
+    cp = subprocess.run([BACKUPSERVER, "-f", str(tmp_path / "missing.json")], capture_output=True,
+                        text=True, timeout=30)
+    assert cp.returncode == 2 and "file not found" in cp.stderr
+
+
+async def test_hung_receiver_fails_the_job_and_frees_everything(env):
+    """A receiver that accepts and never reads: the send stalls, is killed, the hold released."""
+    ip_a, ip_r = random_loopback_ip(), random_loopback_ip()
+    ds_a, mnt_a = env.dataset("a")
+    with open(mnt_a / "random.bin", "wb") as f:
+        for _ in range(60):
+            f.write(os.urandom(1 << 20))
+    _, url = await env.backupserver(ds_a, ip_a, backupSenderCfg={"dataset": ds_a, "stallTimeout": 1.5})
+    # The kernel completes the handshake for a listening socket nobody accept()s, and
+    # then buffers a few MB: exactly a peer that connected and stopped reading.
+    hung = socket.socket()
+    hung.bind((ip_r, 0))
+    hung.listen(1)
+    hung_port = hung.getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/backup", json={"host": ip_r, "port": hung_port, "dataset": "x/y"}) as r:
+                assert r.status == 200
+                jobpath = (await r.json())["jobPath"]
+            for _ in range(200):
+                async with http.get(url + jobpath) as r:
+                    job = await r.json()
+                if job["done"] is not False:
+                    break
+                await asyncio.sleep(0.1)
+        assert job["done"] == "failed", job
+        assert "stalled" in job["error"] and 0 < job["completed"] < 60 << 20, job
+        assert re.fullmatch(r"\d{13}", job["snapshot"].split("@")[1])
+        assert int(await env.zfs.get(job["snapshot"], "userrefs")) == 0
+        assert not zfs_processes_on(env.pool.name)
+    finally:
+        hung.close()
