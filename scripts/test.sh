@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The README's test command: install whatever is missing, then run the test suite.
+# The README's test command: install whatever is missing, then run the test suite, then
+# check that the tests left no process, pool, mount or firewall table behind.
 #   scripts/test.sh                  # everything (unit + integration + slow fault tests)
 #   scripts/test.sh -m 'not slow'    # the fast set
 # Extra arguments go to pytest. Needs root (zfs-fuse, PostgreSQL as user postgres, nftables).
-set -euo pipefail
+set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$here/scripts/install-deps.sh"
+"$here/scripts/install-deps.sh" || exit $?
 cd "$here"
-exec "${MANATEE_VENV:-$here/.venv}/bin/python" -m pytest "$@"
+"${MANATEE_VENV:-$here/.venv}/bin/python" -m pytest "$@"
+status=$?
+sleep 1  # let killed processes be reaped before looking
+"$here/scripts/check-leftovers.sh" || { [ $status -eq 0 ] && status=1; }
+exit $status
