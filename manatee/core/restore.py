@@ -644,8 +644,11 @@ async def _destroy(zfs: Zfs, name: str) -> None:
             if e.not_found:
                 return
             if e.busy:
+                # Never force: on zfs-fuse a forced unmount of a filesystem still in use
+                # wedges the daemon and every mount on the machine. A plain unmount fails
+                # while something uses it, and _retry tries again.
                 with contextlib.suppress(ZfsError):
-                    await zfs.unmount(name, force=True)
+                    await zfs.unmount(name)
             raise
 
     await _retry(go)

@@ -1,0 +1,57 @@
+"""The snapshotter's config file (etc/snapshotter.json), validated.
+
+Keys are the original's: `dataset`, `pollInterval` (ms), `snapshotNumber`; plus
+`zfsPath` (as in the backupserver's config) and the optional `healthUrl` of the
+original's HEAD: when set, a snapshot is taken only while GET healthUrl returns 200.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+
+from manatee.core.config import ConfigModel
+
+# pool/fs/fs: components of letters, digits, _ . : -; the pool starts with a letter
+DATASET_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*$")
+MAX_DATASET_LEN = 255
+
+
+def validate_dataset_name(value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a ZFS dataset name such as 'zones/manatee/pg'")
+    if "@" in value:
+        raise ValueError("must be a dataset, not a snapshot (no '@')")
+    if len(value) > MAX_DATASET_LEN or not DATASET_RE.match(value):
+        raise ValueError(
+            "must be a ZFS dataset name: pool/fs/..., letters, digits, '_', '.', ':', '-', "
+            "the pool name starting with a letter"
+        )
+    if any(part in (".", "..") for part in value.split("/")):
+        raise ValueError("must not contain '.' or '..' components")
+    return value
+
+
+class SnapshotterConfig(ConfigModel):
+    dataset: str = Field(description="ZFS dataset holding PostgreSQL's data, snapshotted as DATASET@<epoch-ms>")
+    pollInterval: int = Field(3_600_000, ge=1000, description="milliseconds between snapshots")
+    snapshotNumber: int = Field(50, ge=1, description="how many epoch-ms snapshots to keep")
+    zfsPath: str = Field("/usr/sbin/zfs", min_length=1, description="the zfs binary")
+    healthUrl: str | None = Field(None, description="if set, snapshot only while GET healthUrl answers 200")
+
+    @field_validator("dataset")
+    @classmethod
+    def _check_dataset(cls, v: str) -> str:
+        return validate_dataset_name(v)
+
+    @field_validator("healthUrl")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        u = urlparse(v)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise ValueError("must be an http:// or https:// URL such as 'http://127.0.0.1:5433/ping'")
+        return v

@@ -1,0 +1,174 @@
+"""Periodic ZFS snapshots of a node's PostgreSQL dataset, with retention.
+
+The backupserver sends the newest snapshot to a node that is being rebuilt, so a
+recent snapshot must always exist. Every poll the snapshotter takes
+`DATASET@<epoch-ms>` and then prunes: only snapshots named by 13 digits (its own, as
+in the original since MANATEE-214) are ever destroyed, so an operator's snapshots are
+safe; the newest `keep` stay; held snapshots (a send is using them) are skipped.
+Any failure (missing dataset during a rebuild, busy snapshot, dependent clone, ZFS
+down) is logged and retried at the next poll: the snapshotter never dies of it
+(MANATEE-307/332/400/405).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Collection, Iterable
+
+from manatee.core.zfs import Snapshot, Zfs, ZfsError, newest_first
+
+MANAGED_NAME = re.compile(r"[0-9]{13}")  # fullmatch: no trailing newline, ASCII only
+
+HealthCheck = Callable[[], Awaitable[bool]]
+
+
+def is_managed(name: str) -> bool:
+    """True for snapshot names the snapshotter owns (epoch milliseconds, 13 digits)."""
+    return MANAGED_NAME.fullmatch(name) is not None
+
+
+def _retention_split(
+    snapshots: Iterable[Snapshot], keep: int, held: Collection[str]
+) -> tuple[list[Snapshot], list[Snapshot]]:
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, not {keep}")
+    managed = newest_first([s for s in snapshots if is_managed(s.name)])
+    old = managed[keep:]
+    held = set(held)
+    return [s for s in old if s.full not in held], [s for s in old if s.full in held]
+
+
+def choose_snapshots_to_destroy(snapshots: Iterable[Snapshot], keep: int, held: Collection[str]) -> list[Snapshot]:
+    """Which snapshots to destroy, oldest first.
+
+    Only epoch-ms names count; the newest `keep` of them stay; of the older ones those
+    whose full name is in `held` are skipped (they stay until released).
+    """
+    destroy, _ = _retention_split(snapshots, keep, held)
+    return destroy[::-1]
+
+
+def held_beyond_retention(snapshots: Iterable[Snapshot], keep: int, held: Collection[str]) -> list[Snapshot]:
+    """The old managed snapshots that would be destroyed but are held."""
+    _, skipped = _retention_split(snapshots, keep, held)
+    return skipped[::-1]
+
+
+@dataclass
+class RunResult:
+    """What one poll did."""
+
+    snapshot: Snapshot | None = None
+    destroyed: list[str] = field(default_factory=list)
+    skipped_held: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    unhealthy: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.unhealthy
+
+
+class Snapshotter:
+    def __init__(
+        self,
+        zfs: Zfs,
+        dataset: str,
+        *,
+        interval_s: float,
+        keep: int,
+        logger,
+        health_check: HealthCheck | None = None,
+    ):
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, not {keep}")
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, not {interval_s}")
+        self.zfs = zfs
+        self.dataset = dataset
+        self.interval_s = interval_s
+        self.keep = keep
+        self.log = logger.bind(dataset=dataset) if hasattr(logger, "bind") else logger
+        self.health_check = health_check
+        self.runs = 0
+        self.last_result: RunResult | None = None
+
+    async def run_once(self) -> RunResult:
+        """Snapshot (if healthy), then prune. Never raises except on cancellation."""
+        result = RunResult()
+        self.runs += 1
+        if await self._healthy():
+            await self._take_snapshot(result)
+        else:
+            result.unhealthy = True
+        await self._prune(result)
+        self.last_result = result
+        return result
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll every interval_s (first poll at once) until `stop` is set."""
+        self.log.info("snapshotter_started", interval_s=self.interval_s, keep=self.keep)
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a poll must never kill the daemon
+                self.log.exception("snapshot_poll_crashed", error=repr(e))
+            delay = max(0.0, self.interval_s - (time.monotonic() - started))
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+        self.log.info("snapshotter_stopped", runs=self.runs)
+
+    async def _healthy(self) -> bool:
+        if self.health_check is None:
+            return True
+        try:
+            healthy = bool(await self.health_check())
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            self.log.warning("health_check_failed", error=repr(e))
+            return False
+        if not healthy:
+            self.log.info("snapshot_skipped_unhealthy")
+        return healthy
+
+    async def _take_snapshot(self, result: RunResult) -> None:
+        try:
+            snap = await self.zfs.snapshot(self.dataset)
+        except ZfsError as e:
+            result.errors.append(str(e))
+            event = "snapshot_dataset_missing" if e.not_found else "snapshot_failed"
+            self.log.warning(event, error=str(e))
+            return
+        result.snapshot = snap
+        self.log.info("snapshot_taken", snapshot=snap.full)
+
+    async def _prune(self, result: RunResult) -> None:
+        try:
+            snapshots = await self.zfs.list_snapshots(self.dataset)
+            held = await self.zfs.held_snapshots(self.dataset)
+        except ZfsError as e:
+            if not result.errors:  # the snapshot error already says it
+                result.errors.append(str(e))
+                self.log.warning("snapshot_list_failed", error=str(e))
+            return
+        for snap in held_beyond_retention(snapshots, self.keep, held):
+            result.skipped_held.append(snap.full)
+            self.log.info("snapshot_prune_skipped_held", snapshot=snap.full)
+        for snap in choose_snapshots_to_destroy(snapshots, self.keep, held):
+            try:
+                await self.zfs.destroy(snap.full)
+            except ZfsError as e:
+                result.errors.append(str(e))
+                self.log.warning("snapshot_destroy_failed", snapshot=snap.full, busy=e.busy, error=str(e))
+                continue
+            result.destroyed.append(snap.full)
+            self.log.info("snapshot_destroyed", snapshot=snap.full)

@@ -1,0 +1,153 @@
+"""Pure parts of manatee.core.zfs: errors, argument lists, output parsing."""
+
+import asyncio
+
+import pytest
+
+from manatee.core.zfs import (
+    Snapshot,
+    Zfs,
+    ZfsError,
+    create_args,
+    default_snapshot_name,
+    newest_first,
+    parse_holds,
+    parse_name_value,
+    parse_snapshot_creations,
+    recv_args,
+    send_args,
+)
+
+
+def test_zfs_error_shows_command_status_and_stderr():
+    e = ZfsError(["/usr/sbin/zfs", "destroy", "pool/my ds@1"], 1, "cannot destroy 'pool/ds@1': dataset is busy\n")
+    s = str(e)
+    assert s.startswith("/usr/sbin/zfs destroy 'pool/my ds@1': exit 1")
+    assert "stderr: cannot destroy 'pool/ds@1': dataset is busy" in s
+    assert e.cmd == ["/usr/sbin/zfs", "destroy", "pool/my ds@1"]
+    assert e.returncode == 1
+    assert e.busy and not e.not_found
+
+
+def test_zfs_error_joins_multiline_stderr_and_names_signal():
+    e = ZfsError(["zfs", "recv", "p/x"], -9, "line one\n\n  line two  \n", "after 10 bytes")
+    assert str(e) == "zfs recv p/x: killed by SIGKILL; after 10 bytes; stderr: line one | line two"
+
+
+def test_zfs_error_without_stderr_and_truncates_long_stderr():
+    assert str(ZfsError(["zfs", "list"], 2, "")).endswith("exit 2; no stderr")
+    long = ZfsError(["zfs"], 1, "x" * 2000)
+    assert len(str(long)) < 600 and str(long).endswith("...")
+
+
+def test_zfs_error_not_found():
+    e = ZfsError(["zfs", "snapshot", "p/x@1"], 1, "cannot open 'p/x': dataset does not exist")
+    assert e.not_found and not e.busy
+    assert isinstance(e, Exception)
+
+
+def test_snapshot_full_and_parse():
+    s = Snapshot("pool/a/b", "1700000000000", 1700000000)
+    assert s.full == "pool/a/b@1700000000000"
+    assert Snapshot.parse("pool/a@x", 5) == Snapshot("pool/a", "x", 5)
+    for bad in ("pool/a", "@x", "pool/a@"):
+        with pytest.raises(ValueError):
+            Snapshot.parse(bad)
+    with pytest.raises(Exception):
+        s.name = "y"  # frozen
+
+
+def test_default_snapshot_name_is_13_digit_epoch_ms():
+    import time
+
+    before = int(time.time() * 1000)
+    name = default_snapshot_name()
+    after = int(time.time() * 1000)
+    assert len(name) == 13 and name.isdigit()
+    assert before <= int(name) <= after
+
+
+def test_send_and_recv_args():
+    assert send_args("p/a@2") == ["send", "p/a@2"]
+    assert send_args("p/a@2", "p/a@1") == ["send", "-i", "p/a@1", "p/a@2"]
+    assert recv_args("p/b") == ["recv", "-u", "p/b"]
+    assert recv_args("p/b", force=True) == ["recv", "-F", "-u", "p/b"]
+    assert recv_args("p/b", force=True, no_mount=False) == ["recv", "-F", "p/b"]
+
+
+def test_create_args():
+    assert create_args("p/a") == ["create", "p/a"]
+    assert create_args("p/a/b", {"mountpoint": "/m", "atime": False, "canmount": "noauto"}, parents=True) == [
+        "create", "-p", "-o", "mountpoint=/m", "-o", "atime=off", "-o", "canmount=noauto", "p/a/b",
+    ]
+
+
+def test_parse_snapshot_creations_keeps_only_own_snapshots():
+    out = (
+        "p/a\t1000\n"
+        "p/a@1700000000001\t1700000000\n"
+        "p/a@op\t1700000005\n"
+        "p/a/child\t1000\n"
+        "p/a/child@1700000000002\t1700000001\n"
+        "p/ab@x\t1\n"
+        "\n"
+    )
+    snaps = parse_snapshot_creations(out, "p/a")
+    assert snaps == [Snapshot("p/a", "1700000000001", 1700000000), Snapshot("p/a", "op", 1700000005)]
+
+
+def test_newest_first_orders_by_creation_then_name():
+    a = Snapshot("p", "1700000000001", 10)
+    b = Snapshot("p", "1700000000002", 10)
+    c = Snapshot("p", "0000000000000", 11)
+    assert newest_first([a, c, b]) == [c, b, a]
+
+
+def test_parse_name_value_and_holds():
+    assert parse_name_value("p@1\t3\np@2\t0\n") == [("p@1", "3"), ("p@2", "0")]
+    assert parse_holds("p@1\tbackup\tThu Nov 26 2026\np@1\tsend-x\tThu\n") == {"backup", "send-x"}
+    assert parse_holds("") == set()
+
+
+async def test_run_missing_binary_raises_oserror_not_hang():
+    z = Zfs(zfs_path="/nonexistent/zfs")
+    with pytest.raises(FileNotFoundError):
+        await z.run("list")
+
+
+async def test_send_rejects_bad_output_type():
+    z = Zfs(zfs_path="/bin/cat")
+    with pytest.raises(TypeError):
+        await z.send("x", 42)  # type: ignore[arg-type]
+
+
+async def test_run_error_from_real_process_carries_stderr():
+    # /bin/sh stands in for zfs: the error plumbing is the same for any binary
+    z = Zfs(zfs_path="/bin/sh")
+    with pytest.raises(ZfsError) as ei:
+        await z.run("-c", "echo boom >&2; exit 3")
+    assert ei.value.returncode == 3
+    assert ei.value.stderr.strip() == "boom"
+    assert ei.value.cmd == ["/bin/sh", "-c", "echo boom >&2; exit 3"]
+
+
+async def test_run_cancelled_leaves_no_child():
+    import os
+
+    z = Zfs(zfs_path="/bin/sh")
+    task = asyncio.ensure_future(z.run("-c", "echo $$ > /dev/stderr; exec sleep 30"))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # no sleep 30 child of ours is left
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            assert not (int(fields[1]) == os.getpid() and cmd.startswith(b"sleep")), "child left running"
