@@ -316,7 +316,10 @@ class ZfsPool:
         if self.exists():
             self._release_mounts()
             last: ZfsError | None = None
-            for _ in range(20):
+            # "pool is busy" outlives a killed `zfs send` for a while: zfs-fuse's daemon does the
+            # sending itself and finishes the aborted stream on its own time (seconds on a
+            # loaded machine), so wait up to ~30 s before giving up.
+            for _ in range(120):
                 cp = _run([ZPOOL, "destroy", self.name], check=False)
                 if cp.returncode == 0 or not self.exists():
                     last = None
