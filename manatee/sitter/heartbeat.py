@@ -96,7 +96,7 @@ class HeartbeatSender:
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         connector = aiohttp.TCPConnector(local_addr=(self.source_ip, 0) if self.source_ip else None,
-                                         force_close=True)
+                                         limit=1, keepalive_timeout=30)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while not stop.is_set():
                 url = self.upstream_url

@@ -47,6 +47,9 @@ class Sitter:
             source_ip=cfg.ip)
         self.interval = p.healthChkInterval / 1000
         self.wake = asyncio.Event()
+        self.zk_dirty = True
+        self.zk_read_at = 0.0
+        self.next_delay = self.interval
         self.role = UNASSIGNED
         self.target: Target | None = None
         self.last: Decision | None = None
@@ -73,9 +76,12 @@ class Sitter:
         if self.zk_state == LOST:
             self.need_join = True
         self.log.info("zk_session", state=self.zk_state)
+        self.zk_dirty = True
         self.wake.set()
 
     def _poke(self, *_a) -> None:
+        """A watch fired: the election, state or error node changed."""
+        self.zk_dirty = True
         self.wake.set()
 
     async def _connect(self, stop: asyncio.Event) -> bool:
@@ -92,9 +98,16 @@ class Sitter:
         return False
 
     async def _refresh_zk(self) -> None:
-        """Re-read what the decision needs from ZooKeeper (only while connected)."""
+        """Re-read what the decision needs from ZooKeeper (only while connected): when a watch
+        fired, and every ZK_SAFETY_REFRESH_S anyway (watches are re-armed after reconnects,
+        but a periodic read costs little and bounds the damage of a missed one)."""
         if self.zk_state != CONNECTED:
             return
+        now = time.monotonic()
+        if not self.zk_dirty and not self.need_join and now - self.zk_read_at < ZK_SAFETY_REFRESH_S:
+            return
+        self.zk_dirty = False  # cleared before reading: a change during the read marks it again
+        self.zk_read_at = now
         try:
             if self.need_join:
                 await self.store.ensure_paths()
@@ -104,6 +117,7 @@ class Sitter:
             self.state, self.state_version = await self.store.read_state()
             self.error = await self.store.read_error()
         except (zkmod.ZKError, zkmod.ConnectionLoss, zkmod.SessionExpiredError, asyncio.TimeoutError) as e:
+            self.zk_dirty = True
             self.log.warning("zk_read_failed", error=str(e) or type(e).__name__)
 
     # ------------------------------------------------------------------ observation
@@ -173,6 +187,8 @@ class Sitter:
         hb_task = asyncio.create_task(self.hb_sender.run(stop))
         try:
             while not stop.is_set():
+                self.wake.clear()  # before the cycle: a watch firing during it is not lost
+                self.next_delay = self.interval
                 try:
                     await self.cycle()
                 except asyncio.CancelledError:
@@ -181,9 +197,8 @@ class Sitter:
                     self.log.info("waiting_for_upstream", reason=str(e))
                 except Exception as e:  # never crash-loop with PG in an unknown role: log, retry
                     self.log.exception("cycle_failed", error=str(e))
-                self.wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(_first(stop.wait(), self.wake.wait()), self.interval)
+                    await asyncio.wait_for(_first(stop.wait(), self.wake.wait()), self.next_delay)
         finally:
             await self.shutdown()
             hb_task.cancel()
@@ -207,6 +222,7 @@ class Sitter:
                           sync=dec.write_state.sync.id if dec.write_state.sync else None,
                           reason=dec.reason)
             self.state, self.state_version = await self.store.read_state()
+            self.next_delay = FOLLOW_UP_S  # e.g. detach → takeover: the next step is due now
         changed = self.last is None or dec.target != self.target or dec.rule != self.last.rule
         if changed:
             self.log.info("decision", rule=dec.rule, target=dec.target.describe(), reason=dec.reason)
@@ -221,6 +237,9 @@ class Sitter:
             self.log.info("transition", frm=tr.frm, to=tr.to, change=tr.change, why=tr.comment,
                           steps=list(tr.steps))
             await self.execute(tr, dec.target)
+            self.next_delay = FOLLOW_UP_S  # look at the result at once, not an interval later
+        elif dec.target.role == PRIMARY and dec.target.read_only and dec.target.sync is not None:
+            self.next_delay = min(self.next_delay, CATCH_UP_POLL_S)  # writes wait on this check
         old = self.target
         if old is None or old.role != dec.target.role:
             self.heartbeats.reset()  # standbys get one expiry period to find our new role
@@ -386,6 +405,9 @@ class Sitter:
 
 
 NO_SYNC_PLACEHOLDER = "manatee-no-sync-standby"
+FOLLOW_UP_S = 0.05        # after a state write or a transition: look again almost at once
+CATCH_UP_POLL_S = 0.1     # a read-only primary waiting for its sync polls this often
+ZK_SAFETY_REFRESH_S = 5.0  # re-read ZooKeeper at least this often even without a watch
 
 
 class UpstreamNotReady(RuntimeError):
