@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from manatee.backupserver.jobs import BackupJob
 from manatee.core.zfs import Snapshot, Zfs, ZfsError
-from manatee.core.zfsstream import StreamError, send_to_socket
+from manatee.core.zfsstream import StreamError
 
 # One fixed tag: every job holds its own fresh snapshot, and a fixed tag lets a
 # restarted backupserver find and release holds left by a crashed one (zfs-fuse
@@ -114,8 +114,8 @@ class ZfsSender:
                     job.size = sent
 
             try:
-                sent = await send_to_socket(
-                    self.zfs, snap.full, sock, progress=progress, stall_timeout=self.stall_timeout
+                sent = await self.zfs.send_to_socket(
+                    snap.full, sock, progress=progress, stall_timeout=self.stall_timeout
                 )
             except (ZfsError, StreamError) as e:
                 raise SendError(f"sending {snap.full} to {job.address}:{job.port} failed: {e}") from e

@@ -31,7 +31,6 @@ from typing import Any, Awaitable, Callable, Optional
 import aiohttp
 
 from manatee.core.zfs import Zfs, ZfsError
-from manatee.core.zfsstream import recv_from_socket
 
 try:
     from manatee.core.log import get_logger
@@ -409,7 +408,7 @@ class _Restore:
             self.received = n
 
         self.recv_task = asyncio.ensure_future(
-            recv_from_socket(self.zfs, self.dataset, self.conn, progress=on_bytes)
+            self.zfs.recv_from_socket(self.dataset, self.conn, progress=on_bytes)
         )
         self._phase("receiving")
 
@@ -582,7 +581,7 @@ class _Restore:
         self._phase("rolling_back")
         errors: list[str] = []
         if self.recv_task is not None and not self.recv_task.done():
-            self.recv_task.cancel()  # recv_from_socket SIGKILLs and reaps zfs recv
+            self.recv_task.cancel()  # Zfs.recv_from_socket SIGKILLs and reaps zfs recv
         if self.recv_task is not None:
             with contextlib.suppress(BaseException):
                 await self.recv_task

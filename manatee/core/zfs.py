@@ -14,8 +14,9 @@ differ it detects the difference at run time:
   * `zfs send -nP` (size estimate) is absent from zfs-fuse, so the estimate falls back
     to the snapshot's `referenced` property.
 
-`send()` and `recv()` stream through large buffers and are cancellation-safe: when
-the coroutine fails or is cancelled the zfs child is SIGKILLed and reaped, so no
+Streaming (`send_to_socket()`, `recv_from_socket()`) hands a TCP socket to the zfs
+process itself; the implementation is manatee.core.zfsstream. It is cancellation-safe:
+on failure or cancellation the zfs child is SIGKILLed and reaped, so no
 `zfs send`/`zfs recv` outlives its caller (the original leaked them, MANATEE-415).
 """
 
@@ -23,17 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import inspect
-import os
 import re
-import select
 import shlex
 import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Union
+from typing import Any, Callable
 
 try:  # the lead's logging helper; structlog directly until it exists
     from manatee.core.log import get_logger
@@ -44,22 +41,9 @@ except ImportError:  # pragma: no cover - fallback only during bootstrap
         return structlog.get_logger(name)
 
 
-# Reads take everything buffered (up to READ_MAX): a StreamReader read of less than
-# its buffer memmoves the rest, which costs more than the copy itself at these sizes.
-READ_MAX = 16 << 20
-PIPE_LIMIT = 1 << 20  # StreamReader buffer limit for zfs stdout (reading pauses at 2x)
-SPLICE_MAX = 1 << 20  # bytes per splice(2) call
-PIPE_SIZE = 1 << 20  # kernel pipe buffer (F_SETPIPE_SZ; the default pipe-max-size)
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-WRITE_HIGH_WATER = 8 << 20  # write-buffer high-water mark for zfs stdin
-STDERR_KEEP = 64 * 1024  # bytes of stderr kept for error messages
-RECV_ABORT_GRACE_S = 3.0  # after EOF, how long zfs recv may take to abort before SIGKILL
 BUSY_SETTLE_S = 3.0  # how long a filesystem may stay "busy" after an unmount (zfs-fuse)
 
 SNAPSHOT_NAME_RE = re.compile(r"[A-Za-z0-9_.:-]+")
-
-Output = Union[asyncio.StreamWriter, Callable[[bytes], Any]]
-Progress = Callable[[int, int], None]
 
 
 class ZfsError(Exception):
@@ -419,404 +403,47 @@ class Zfs:
         base = await self.get_int(incremental_from, "referenced")
         return max(referenced - base, 0)
 
-    async def send(
+    async def send_to_socket(
         self,
         snapshot: str,
-        out: Output,
+        sock: socket.socket,
         *,
         incremental_from: str | None = None,
-        progress: Progress | None = None,
+        progress: Callable[[int], None] | None = None,
+        stall_timeout: float | None = None,
     ) -> int:
-        """Stream `zfs send [-i FROM] SNAPSHOT` into `out`; return the bytes sent.
+        """`zfs send [-i FROM] SNAPSHOT` with `sock` as its stdout; the bytes the peer acknowledged.
 
-        `out` is an asyncio.StreamWriter (written and drained, so a slow peer applies
-        backpressure) or a callable taking each chunk (may be async). `progress(sent,
-        total)` is called after each chunk; total is the estimate, never below sent.
-        On any failure the zfs process is killed and reaped and ZfsError is raised
-        (CancelledError propagates as is).
+        See manatee.core.zfsstream.send_to_socket (the one streaming implementation):
+        raises ZfsError if zfs send fails, zfsstream.StreamError if the receiver fails
+        after the stream or nothing moves for `stall_timeout` s (default there).
         """
-        total = 0
-        if progress is not None:
-            try:
-                total = await self.estimate_send_size(snapshot, incremental_from)
-            except (ZfsError, ValueError) as e:
-                self.log.warning("zfs_send_estimate_failed", snapshot=snapshot, error=str(e))
-        write = _writer_for(out)
-        sock_fd = await _spliceable_socket(out)
-        argv = [self.zfs_path, *send_args(snapshot, incremental_from)]
-        # Our own pipe, not asyncio's PIPE: closing its read end on failure stops the
-        # sender at once (zfs-fuse's daemon writes the stream itself and would go on),
-        # and Process.wait() does not wait for a stdout nobody reads any more.
-        r, child_fd = _pipe()
-        stream = transport = None
-        try:
-            if sock_fd is None:
-                stream, transport = await _connect_read(r)
-            else:
-                os.set_blocking(r, False)
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=child_fd, stderr=asyncio.subprocess.PIPE
-            )
-        except BaseException:
-            _close_read(r, transport)
-            raise
-        finally:
-            os.close(child_fd)
-        stderr_task = asyncio.ensure_future(_read_capped(proc.stderr))
-        sent = 0
+        from manatee.core import zfsstream  # zfsstream builds on this module
 
-        def count(n: int) -> None:
-            nonlocal sent
-            sent += n
-            if progress is not None:
-                progress(sent, max(total, sent))
+        extra = {} if stall_timeout is None else {"stall_timeout": stall_timeout}
+        return await zfsstream.send_to_socket(
+            self, snapshot, sock, incremental_from=incremental_from, progress=progress, **extra
+        )
 
-        self.log.debug("zfs_send_start", snapshot=snapshot, incremental_from=incremental_from, pid=proc.pid,
-                       splice=sock_fd is not None)
-        try:
-            try:
-                if sock_fd is not None:
-                    await _splice_loop(r, sock_fd, count)
-                else:
-                    while True:
-                        chunk = await stream.read(READ_MAX)
-                        if not chunk:
-                            break
-                        await write(chunk)
-                        count(len(chunk))
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                _close_read(r, transport)
-                await _kill_and_reap(proc)
-                err = await _finish(stderr_task)
-                raise ZfsError(argv, proc.returncode, err, f"output failed after {sent} bytes: {e!r}") from e
-            rc = await proc.wait()
-            err = await _finish(stderr_task)
-            if rc != 0:
-                raise ZfsError(argv, rc, err, f"after {sent} bytes")
-        finally:
-            _close_read(r, transport)
-            await _kill_and_reap(proc)
-            stderr_task.cancel()
-        self.log.debug("zfs_send_done", snapshot=snapshot, bytes=sent)
-        return sent
-
-    async def recv(
+    async def recv_from_socket(
         self,
         dataset: str,
-        source: asyncio.StreamReader,
+        sock: socket.socket,
         *,
         force: bool = False,
-        no_mount: bool = True,
+        progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Pipe `source` into `zfs recv [-F] [-u] DATASET` until EOF; return the bytes received.
+        """`zfs recv [-F] -u DATASET` with `sock` as its stdin; the bytes received.
 
-        On failure or cancellation the receive is aborted and zfs recv reaped before the
-        error (ZfsError, with stderr) or the CancelledError propagates: its input pipe is
-        closed first, so ZFS sees a truncated stream and cleans up, and it is SIGKILLed if
-        it has not exited within RECV_ABORT_GRACE_S. A target that did not exist before and
-        is left behind half-received is destroyed, so a retry starts clean.
+        See manatee.core.zfsstream.recv_from_socket: raises ZfsError if zfs recv fails;
+        on cancellation zfs recv is killed and reaped before CancelledError propagates.
         """
-        argv = [self.zfs_path, *recv_args(dataset, force=force, no_mount=no_mount)]
-        existed = await self.exists(dataset)
-        pipe, child_fd = await _write_pipe()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=child_fd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                pipe.transport.abort()
-            raise
-        finally:
-            os.close(child_fd)
-        stderr_task = asyncio.ensure_future(_read_capped(proc.stderr))
-        received = 0
-        ok = False
+        from manatee.core import zfsstream
 
-        def count(n: int) -> None:
-            nonlocal received
-            received += n
-
-        taken = _take_socket(source)
-        self.log.debug("zfs_recv_start", dataset=dataset, pid=proc.pid, splice=taken is not None)
-        try:
-            try:
-                if taken is not None:
-                    sock_fd, buffered = taken
-                    if buffered:  # what the reader held already goes first, and fully
-                        pipe.transport.set_write_buffer_limits(high=0)
-                        pipe.write(buffered)
-                        count(len(buffered))
-                        await pipe.drain()
-                        if pipe.transport.get_write_buffer_size():
-                            raise RuntimeError("zfs recv input buffer did not drain before splicing")
-                    await _splice_loop(sock_fd, _pipe_fd(pipe), count)
-                else:
-                    while True:
-                        chunk = await source.read(READ_MAX)
-                        if not chunk:
-                            break
-                        pipe.write(chunk)
-                        count(len(chunk))
-                        await pipe.drain()
-                pipe.close()
-                await pipe.wait_closed()
-            except asyncio.CancelledError:
-                raise
-            except (ConnectionError, BrokenPipeError) as e:
-                # zfs recv quit early (bad stream, dataset exists ...) or the peer went away
-                rc = await _abort_recv(proc, pipe)
-                err = await _finish(stderr_task)
-                raise ZfsError(argv, rc, err, f"stream broken after {received} bytes: {e!r}") from e
-            except Exception as e:
-                rc = await _abort_recv(proc, pipe)
-                err = await _finish(stderr_task)
-                raise ZfsError(argv, rc, err, f"input failed after {received} bytes: {e!r}") from e
-            rc = await proc.wait()
-            err = await _finish(stderr_task)
-            if rc != 0:
-                raise ZfsError(argv, rc, err, f"after {received} bytes")
-            ok = True
-        finally:
-            if not ok:
-                await _shielded(self._abort_cleanup(proc, pipe, dataset, existed))
-            stderr_task.cancel()
-        self.log.debug("zfs_recv_done", dataset=dataset, bytes=received)
-        return received
-
-    async def _abort_cleanup(self, proc, pipe: asyncio.StreamWriter, dataset: str, existed: bool) -> None:
-        await _abort_recv(proc, pipe)
-        if existed:
-            return
-        try:
-            if await self.exists(dataset):
-                self.log.warning("zfs_recv_partial_destroyed", dataset=dataset)
-                await self.destroy(dataset, recursive=True)
-        except (ZfsError, OSError) as e:
-            self.log.warning("zfs_recv_partial_destroy_failed", dataset=dataset, error=str(e))
+        return await zfsstream.recv_from_socket(self, dataset, sock, progress=progress, force=force)
 
 
 # -------------------------------------------------------------------- helpers
-
-
-def _writer_for(out: Output) -> Callable[[bytes], Awaitable[None]]:
-    if isinstance(out, asyncio.StreamWriter):
-        with contextlib.suppress(AttributeError):
-            out.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-
-        async def write_stream(chunk: bytes) -> None:
-            out.write(chunk)
-            await out.drain()
-
-        return write_stream
-    if not callable(out):
-        raise TypeError(f"send output must be a StreamWriter or a callable, not {type(out).__name__}")
-
-    async def write_callable(chunk: bytes) -> None:
-        result = out(chunk)
-        if inspect.isawaitable(result):
-            await result
-
-    return write_callable
-
-
-def _pipe() -> tuple[int, int]:
-    r, w = os.pipe()  # close-on-exec; the child gets its end by dup2
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)  # fewer, larger transfers
-    return r, w
-
-
-async def _connect_read(r: int) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
-    """A StreamReader on pipe fd `r` (the transport owns and closes it)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=PIPE_LIMIT, loop=loop)
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(r, "rb", buffering=0, closefd=True)
-    )
-    return reader, transport
-
-
-def _close_read(r: int, transport: asyncio.ReadTransport | None) -> None:
-    """Close the read end of a send pipe once (directly, or through its transport)."""
-    if transport is not None:
-        transport.close()
-        return
-    with contextlib.suppress(OSError):
-        os.close(r)
-
-
-def _pipe_fd(pipe: asyncio.StreamWriter) -> int:
-    return pipe.transport.get_extra_info("pipe").fileno()
-
-
-# ---- zero-copy relay with splice(2) between a socket and a zfs pipe
-#
-# A restore streams the whole dataset through Python (backupserver: zfs send -> TCP;
-# sitter: TCP -> zfs recv). Copying it through StreamReader buffers costs several
-# memory copies per byte and much CPU on a busy host; splice moves it inside the kernel.
-
-
-def _splice_supported() -> bool:
-    return hasattr(os, "splice")
-
-
-async def _spliceable_socket(out) -> int | None:
-    """The socket fd behind a plain (non-TLS) StreamWriter, drained; None if not usable."""
-    if not _splice_supported() or not isinstance(out, asyncio.StreamWriter):
-        return None
-    transport = out.transport
-    if transport.is_closing() or transport.get_extra_info("sslcontext") is not None:
-        return None
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.type != socket.SOCK_STREAM:
-        return None
-    await out.drain()
-    if transport.get_write_buffer_size() != 0:
-        return None
-    return sock.fileno()
-
-
-def _take_socket(source) -> tuple[int, bytes] | None:
-    """Take over the socket behind a StreamReader for splicing: (fd, bytes already buffered).
-
-    Only for a plain socket StreamReader that is not at EOF; its transport is paused for
-    good (the caller owns the connection and closes it after the receive).
-    """
-    if not _splice_supported() or not isinstance(source, asyncio.StreamReader):
-        return None
-    transport = getattr(source, "_transport", None)
-    buffer = getattr(source, "_buffer", None)
-    if transport is None or not isinstance(buffer, bytearray) or getattr(source, "_eof", True):
-        return None
-    if source.exception() is not None or transport.is_closing():
-        return None
-    if transport.get_extra_info("sslcontext") is not None or not hasattr(transport, "pause_reading"):
-        return None
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.type != socket.SOCK_STREAM:
-        return None
-    transport.pause_reading()
-    data = bytes(buffer)
-    buffer.clear()
-    return sock.fileno(), data
-
-
-async def _splice_loop(src_fd: int, dst_fd: int, count: Callable[[int], None]) -> None:
-    """Move bytes from fd `src_fd` to fd `dst_fd` until EOF on `src_fd` (both non-blocking).
-
-    Works on duplicates: the event loop refuses to watch an fd that a transport owns.
-    """
-    src, dst = os.dup(src_fd), os.dup(dst_fd)
-    try:
-        await _splice_fds(src, dst, count)
-    finally:
-        os.close(src)
-        os.close(dst)
-
-
-async def _splice_fds(src: int, dst: int, count: Callable[[int], None]) -> None:
-    loop = asyncio.get_running_loop()
-    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-    poller = select.poll()
-    poller.register(src, select.POLLIN)
-    poller.register(dst, select.POLLOUT)
-    while True:
-        try:
-            n = os.splice(src, dst, SPLICE_MAX, flags=flags)
-        except BlockingIOError:
-            ready = dict(poller.poll(0))
-            if not ready.get(src, 0) & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                await _fd_ready(loop, src, read=True)
-            elif not ready.get(dst, 0) & (select.POLLOUT | select.POLLERR | select.POLLHUP):
-                await _fd_ready(loop, dst, read=False)
-            continue
-        if n == 0:
-            return
-        count(n)
-
-
-async def _fd_ready(loop: asyncio.AbstractEventLoop, fd: int, *, read: bool) -> None:
-    fut = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    (loop.add_reader if read else loop.add_writer)(fd, ready)
-    try:
-        await fut
-    finally:
-        (loop.remove_reader if read else loop.remove_writer)(fd)
-
-
-async def _write_pipe() -> tuple[asyncio.StreamWriter, int]:
-    """(writer with drain(), read fd for the child)."""
-    loop = asyncio.get_running_loop()
-    r, w = _pipe()
-    os.set_blocking(w, False)
-    try:
-        protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), loop=loop)
-        transport, _ = await loop.connect_write_pipe(lambda: protocol, os.fdopen(w, "wb", buffering=0))
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-    except BaseException:
-        os.close(r)
-        raise
-    return asyncio.StreamWriter(transport, protocol, None, loop), r
-
-
-async def _read_capped(stream: asyncio.StreamReader | None) -> str:
-    """Read a stream to EOF, keeping the last STDERR_KEEP bytes."""
-    if stream is None:
-        return ""
-    buf = bytearray()
-    while True:
-        data = await stream.read(65536)
-        if not data:
-            break
-        buf += data
-        if len(buf) > STDERR_KEEP:
-            del buf[: len(buf) - STDERR_KEEP]
-    return buf.decode(errors="replace")
-
-
-async def _finish(task: "asyncio.Future[str]", timeout: float = 2.0) -> str:
-    """The stderr collected by `task`; what we have if the pipe stays open too long."""
-    try:
-        return await asyncio.wait_for(asyncio.shield(task), timeout)
-    except asyncio.TimeoutError:
-        return ""
-    except Exception:  # noqa: BLE001 - stderr is best effort
-        return ""
-
-
-async def _abort_recv(proc: asyncio.subprocess.Process, pipe: asyncio.StreamWriter) -> int:
-    """End a zfs recv: EOF on its input (ZFS aborts the receive cleanly), SIGKILL after a grace."""
-    with contextlib.suppress(Exception):  # abort() of an already closed pipe raises
-        pipe.transport.abort()  # drop anything unsent: the stream is truncated either way
-    if proc.returncode is None:
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), RECV_ABORT_GRACE_S)
-        except asyncio.TimeoutError:
-            pass
-    await _kill_and_reap(proc)
-    return proc.returncode if proc.returncode is not None else -signal.SIGKILL
-
-
-async def _shielded(coro) -> None:
-    """Run `coro` to completion even if the caller is cancelled meanwhile; re-raise that after."""
-    task = asyncio.ensure_future(coro)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    task.result()
-    if cancelled:
-        raise asyncio.CancelledError()
 
 
 async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:

@@ -1,11 +1,12 @@
 """`zfs send` straight into a TCP socket and `zfs recv` straight out of one.
 
-Why not pipe the stream through Python (Zfs.send/Zfs.recv with a StreamWriter):
-on a 2-core host the zfs work itself (zfs-fuse's daemon, or the kernel) needs both
-cores at full speed, and copying every byte through two Python processes halved
-the rebuild rate (126 vs 267 MB/s measured, bench/restore_throughput.py). Handing
-the socket to zfs as its stdout/stdin costs no copies at all; progress comes from
-the kernel's TCP counters (TCP_INFO bytes_acked / bytes_received).
+The one streaming implementation: Zfs.send_to_socket/recv_from_socket delegate here.
+Why not pipe the stream through Python: on a 2-core host the zfs work itself
+(zfs-fuse's daemon, or the kernel) needs both cores at full speed, and copying every
+byte through two Python processes halved the rebuild rate (126 vs 267 MB/s
+measured, bench/restore_throughput.py). Handing the socket to zfs as its
+stdout/stdin costs no copies at all; progress comes from the kernel's TCP counters
+(TCP_INFO bytes_acked / bytes_received).
 
 Failure handling is the point of these helpers. Under zfs-fuse the `zfs` command
 passes its stdin/stdout to the zfs-fuse daemon, which does the reading/writing, so
@@ -28,10 +29,14 @@ from typing import Callable, Optional
 
 from manatee.core.zfs import Zfs, ZfsError, recv_args, send_args
 
-# struct tcp_info (linux/tcp.h): __u64 tcpi_bytes_acked at 120, tcpi_bytes_received at 128.
+# struct tcp_info (linux/tcp.h): __u8 tcpi_state at 0, __u64 tcpi_bytes_acked at 120,
+# tcpi_bytes_received at 128. Both counters count sequence space, so they include a SYN
+# (bytes_acked of an actively opened socket starts at 1) and a FIN.
 _TCP_INFO_LEN = 232
 _BYTES_ACKED_OFF = 120
 _BYTES_RECEIVED_OFF = 128
+# States after the peer's FIN arrived (and before our own socket is closed).
+_PEER_FIN_STATES = {6, 8, 9, 11}  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
 STDERR_KEEP = 64 * 1024
 POLL = 0.25
 
@@ -61,6 +66,20 @@ def _acked(sock: socket.socket) -> int:
 def _received(sock: socket.socket) -> int:
     c = tcp_counters(sock)
     return c[1] if c else 0
+
+
+def _payload_received(sock: socket.socket, base: int) -> int:
+    """Stream bytes received since bytes_received was `base`, without the peer's FIN."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except (OSError, AttributeError):
+        return 0
+    if len(info) < _BYTES_RECEIVED_OFF + 8:
+        return 0
+    n = struct.unpack_from("=Q", info, _BYTES_RECEIVED_OFF)[0] - base
+    if info[0] in _PEER_FIN_STATES:  # the FIN counts as one received byte
+        n -= 1
+    return max(n, 0)
 
 
 class _ZfsChild:
@@ -135,10 +154,11 @@ async def send_to_socket(
     snapshot: str,
     sock: socket.socket,
     *,
+    incremental_from: Optional[str] = None,
     progress: Optional[Progress] = None,
     stall_timeout: float = 300.0,
 ) -> int:
-    """Run `zfs send SNAPSHOT` with `sock` as its stdout; return the bytes the peer acknowledged.
+    """Run `zfs send [-i FROM] SNAPSHOT` with `sock` as its stdout; return the bytes the peer acknowledged.
 
     After zfs send exits, the write side is shut down and we wait for the peer to
     close its side (the restore client closes after `zfs recv` has finished), so a
@@ -146,12 +166,13 @@ async def send_to_socket(
     send failed (also when the peer went away mid-stream: its write fails), StreamError
     if the receiver failed after the stream or nothing moved for `stall_timeout` s.
     """
-    argv = [zfs.zfs_path, *send_args(snapshot)]
+    argv = [zfs.zfs_path, *send_args(snapshot, incremental_from)]
     sock.setblocking(True)  # the zfs side does blocking writes on this descriptor
+    base = _acked(sock)  # an actively opened socket counts its SYN as one acked byte
     child = await _ZfsChild.spawn(argv, stdout=sock.fileno())
     ok = False
     try:
-        watch = _Stall(sock, _acked, progress, stall_timeout)
+        watch = _Stall(sock, lambda sk: _acked(sk) - base, progress, stall_timeout)
         while True:
             rc = await child.wait(POLL)
             if rc is not None:
@@ -164,7 +185,7 @@ async def send_to_socket(
         sent_all = watch.sample()
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
-        watch.counter = lambda sk: max(sent_all, _acked(sk) - 1)
+        watch.counter = lambda sk: max(sent_all, _acked(sk) - base - 1)
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         while True:
@@ -195,7 +216,7 @@ async def recv_from_socket(
     progress: Optional[Progress] = None,
     force: bool = False,
 ) -> int:
-    """Run `zfs recv -u DATASET` with `sock` as its stdin; return the bytes received.
+    """Run `zfs recv [-F] -u DATASET` with `sock` as its stdin; return the bytes received.
 
     Raises ZfsError when zfs recv fails (a stream cut short ends that way). On
     cancellation zfs recv is killed and the socket shut down before CancelledError
@@ -203,16 +224,17 @@ async def recv_from_socket(
     """
     argv = [zfs.zfs_path, *recv_args(dataset, force=force, no_mount=True)]
     sock.setblocking(True)
+    base = _received(sock)
     child = await _ZfsChild.spawn(argv, stdin=sock.fileno())
     ok = False
     try:
         while True:
             rc = await child.wait(POLL)
             if progress is not None:
-                progress(_received(sock))
+                progress(_payload_received(sock, base))
             if rc is not None:
                 break
-        received = _received(sock)
+        received = _payload_received(sock, base)
         if rc != 0:
             raise ZfsError(argv, rc, await child.stderr(), f"after {received} bytes")
         ok = True

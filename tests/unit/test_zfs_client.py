@@ -1,6 +1,9 @@
-"""Pure parts of manatee.core.zfs: errors, argument lists, output parsing."""
+"""manatee.core.zfs without ZFS: errors, argument lists, output parsing, and the streaming
+methods run against stand-in binaries (/bin/sh, small scripts) over loopback TCP."""
 
 import asyncio
+import os
+import socket
 
 import pytest
 
@@ -17,6 +20,7 @@ from manatee.core.zfs import (
     recv_args,
     send_args,
 )
+from manatee.core.zfsstream import StreamError
 
 
 def test_zfs_error_shows_command_status_and_stderr():
@@ -115,10 +119,128 @@ async def test_run_missing_binary_raises_oserror_not_hang():
         await z.run("list")
 
 
-async def test_send_rejects_bad_output_type():
-    z = Zfs(zfs_path="/bin/cat")
-    with pytest.raises(TypeError):
-        await z.send("x", 42)  # type: ignore[arg-type]
+async def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """(actively opened, accepted) non-blocking TCP sockets on loopback, as sender and restore use."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        a = socket.socket()
+        a.setblocking(False)
+        (b, _), _ = await asyncio.gather(loop.sock_accept(listener), loop.sock_connect(a, listener.getsockname()))
+    b.setblocking(False)
+    return a, b
+
+
+def fake_zfs(tmp_path, name: str, body: str) -> Zfs:
+    """A Zfs client whose `zfs` binary is a shell script (ignores its arguments)."""
+    script = tmp_path / name
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    return Zfs(zfs_path=str(script))
+
+
+def children_named(name: bytes) -> list[int]:
+    """PIDs of this process's children whose command line starts with `name`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid() and cmd.startswith(name):
+                found.append(int(entry))
+    return found
+
+
+async def test_send_to_socket_passes_incremental_args_and_surfaces_stderr():
+    # /bin/sh stands in for zfs: `sh send -i A B` fails (no script named "send") with stderr
+    z = Zfs(zfs_path="/bin/sh")
+    a, b = await tcp_pair()
+    try:
+        with pytest.raises(ZfsError) as ei:
+            await z.send_to_socket("p/a@2", a, incremental_from="p/a@1")
+    finally:
+        a.close()
+        b.close()
+    assert ei.value.cmd == ["/bin/sh", "send", "-i", "p/a@1", "p/a@2"]
+    assert ei.value.returncode != 0 and "send" in ei.value.stderr
+
+
+async def test_recv_from_socket_passes_force_and_surfaces_stderr():
+    z = Zfs(zfs_path="/bin/sh")
+    a, b = await tcp_pair()
+    try:
+        with pytest.raises(ZfsError) as ei:
+            await z.recv_from_socket("p/b", b, force=True)
+    finally:
+        a.close()
+        b.close()
+    assert ei.value.cmd == ["/bin/sh", "recv", "-F", "-u", "p/b"]
+    assert ei.value.returncode != 0 and "recv" in ei.value.stderr
+
+
+async def test_send_and_recv_count_exactly_the_stream_bytes(tmp_path):
+    """TCP_INFO counts SYN and FIN as one byte each; the returned counts must not."""
+    payload = os.urandom(300_000)
+    (tmp_path / "in").write_bytes(payload)
+    sender = fake_zfs(tmp_path, "zfs-send", f"exec cat {tmp_path / 'in'}")
+    receiver = fake_zfs(tmp_path, "zfs-recv", f"exec cat > {tmp_path / 'out'}")
+    a, b = await tcp_pair()  # a: connected (the backupserver side), b: accepted (the restore side)
+    sent_progress: list[int] = []
+    recv_progress: list[int] = []
+
+    async def receive() -> int:
+        try:
+            return await receiver.recv_from_socket("p/x", b, progress=recv_progress.append)
+        finally:
+            b.close()
+
+    try:
+        sent, received = await asyncio.gather(
+            sender.send_to_socket("p/x@1", a, progress=sent_progress.append, stall_timeout=10), receive()
+        )
+    finally:
+        a.close()
+        b.close()
+    assert sent == received == len(payload)
+    assert sent_progress[-1] == sent and sent_progress == sorted(sent_progress)
+    assert recv_progress[-1] == received and max(recv_progress) == received
+    assert (tmp_path / "out").read_bytes() == payload
+
+
+async def test_send_stall_kills_zfs_and_raises_stream_error(tmp_path):
+    z = fake_zfs(tmp_path, "zfs", "exec sleep 30")  # a zfs send that never writes
+    a, b = await tcp_pair()
+    try:
+        with pytest.raises(StreamError) as ei:
+            await asyncio.wait_for(z.send_to_socket("p/x@1", a, stall_timeout=0.5), 10)
+    finally:
+        a.close()
+        b.close()
+    assert "stalled" in str(ei.value) and "after 0 bytes" in str(ei.value)
+    assert children_named(b"sleep") == []  # killed and reaped before the error returned
+
+
+async def test_recv_cancelled_kills_zfs_recv(tmp_path):
+    z = fake_zfs(tmp_path, "zfs", "exec sleep 30")  # a zfs recv waiting for input
+    a, b = await tcp_pair()
+    try:
+        task = asyncio.ensure_future(z.recv_from_socket("p/x", b))
+        await asyncio.sleep(0.3)
+        assert children_named(b"sleep")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert children_named(b"sleep") == []
+    finally:
+        a.close()
+        b.close()
 
 
 async def test_run_error_from_real_process_carries_stderr():
@@ -132,22 +254,10 @@ async def test_run_error_from_real_process_carries_stderr():
 
 
 async def test_run_cancelled_leaves_no_child():
-    import os
-
     z = Zfs(zfs_path="/bin/sh")
     task = asyncio.ensure_future(z.run("-c", "echo $$ > /dev/stderr; exec sleep 30"))
     await asyncio.sleep(0.3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    # no sleep 30 child of ours is left
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmd = f.read()
-            except OSError:
-                continue
-            assert not (int(fields[1]) == os.getpid() and cmd.startswith(b"sleep")), "child left running"
+    assert children_named(b"sleep") == [], "child left running"
