@@ -238,6 +238,8 @@ class Sitter:
                           steps=list(tr.steps))
             await self.execute(tr, dec.target)
             self.next_delay = FOLLOW_UP_S  # look at the result at once, not an interval later
+        elif dec.target.role in (PRIMARY, STANDBY):
+            await self._refresh_members()
         elif dec.target.role == PRIMARY and dec.target.read_only and dec.target.sync is not None:
             self.next_delay = min(self.next_delay, CATCH_UP_POLL_S)  # writes wait on this check
         old = self.target
@@ -259,11 +261,23 @@ class Sitter:
 
     # ------------------------------------------------------------------ steps
 
+    def _members(self) -> tuple[str, ...]:
+        """Addresses pg_hba admits for replication: everyone in the election or the state."""
+        ips = {p.ip for p in self.election} | ({p.ip for p in self.state.members()} if self.state else set())
+        return tuple(sorted(ips | {self.cfg.ip}))
+
     async def execute(self, tr: T.Transition, target: Target) -> None:
-        members = tuple(sorted({p.ip for p in self.election} | ({p.ip for p in self.state.members()}
-                                                                  if self.state else set())))
+        members = self._members()
         for step in tr.steps:
             await self._step(step, target, members)
+
+    async def _refresh_members(self) -> None:
+        """A node that joins behind us changes no role of ours, but pg_hba must admit it:
+        rewrite it (a reload) whenever the shard's members change."""
+        members = self._members()
+        if self.pg.spec is not None and self.pg.running and members != self.pg.members:
+            await self.pg.configure(self.pg.spec, members)
+            await self.pg.apply_pending()
 
     def _primary_spec(self, target: Target) -> RoleSpec:
         """read-only is only a default a client can override (SET, BEGIN READ WRITE), so a

@@ -1,0 +1,375 @@
+"""A real shard for fault tests: a manatee Sandbox plus what the tests ask of it.
+
+Why a wrapper: every fault test needs the same few things around the Sandbox's public
+API — a writable primary's DSN for the RecordingWriter (asked of the sitters' /primary
+endpoints, so the writer follows failovers as a client would), the roles the sitters
+report, the topology and history from ZooKeeper, bounded waits that say what they were
+waiting for, and the data checks of ACCEPTANCE S1–S4/S7 in one call.
+
+Clients connect over TCP with the replication password: the sitter's pg_hba admits
+clients from 127.0.0.1 with it, and over TCP the writer's `node` column names the node
+that executed each insert (over the unix socket every node would be "local:5432",
+and S1 could not tell writers apart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import random
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from manatee.core.procs import pid_alive
+from manatee.harness import cgroups, network
+from manatee.harness.checks import (
+    check_data,
+    history_one_primary_per_generation,
+    promoted_from,
+    summarise,
+)
+from manatee.harness.sandbox import (
+    DEFAULT_PORTS,
+    NodeState,
+    Sandbox,
+    SandboxError,
+    dir_lock,
+    pick_port,
+    postmaster_pid,
+    tail,
+    write_node_configs,
+)
+from manatee.harness.writer import RecordingWriter
+from manatee.sitter.history import parse_record
+
+
+def _get(url: str, timeout: float = 1.0) -> tuple[int, Any]:
+    """(HTTP status, parsed JSON or None); (0, None) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            status, body = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    except (OSError, ValueError):
+        return 0, None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+class WaitTimeout(AssertionError):
+    pass
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
+             detail: Callable[[], str] | None = None) -> Any:
+    """Poll `pred` until it returns something truthy (returned); AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            extra = f"\n{detail()}" if detail else ""
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+class Shard:
+    """A Sandbox shard on a random 127.x.y.0/24 (so parallel runs do not collide)."""
+
+    def __init__(self, base_dir: Path, session_timeout_ms: int = 5000, nodes: int = 3):
+        self.session_timeout_ms = session_timeout_ms
+        self.n = nodes
+        self.base_dir = Path(base_dir)
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self.dir = self.base_dir / f"sb-{uuid.uuid4().hex[:6]}"
+        self.shard = f"t{uuid.uuid4().hex[:8]}"
+        self.first_ip = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}.11"
+        self.lines: list[str] = []
+        self.sb = Sandbox(self.dir, out=self._out)
+        self._zk = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def _out(self, line: str) -> None:
+        self.lines.append(f"{time.strftime('%T')} {line}")
+        print(line)
+
+    @property
+    def session_s(self) -> float:
+        return self.session_timeout_ms / 1000
+
+    def up(self, timeout: float = 300) -> "Shard":
+        self.sb.up(nodes=self.n, session_timeout_ms=self.session_timeout_ms, shard=self.shard,
+                   first_ip=self.first_ip, timeout=timeout)
+        return self
+
+    def reset(self, timeout: float = 300) -> "Shard":
+        """A broken shared shard is replaced by a new one (so one failed test does not
+        fail every later one); what the old one left is reported, not hidden."""
+        problems = self.down()
+        if problems:
+            raise AssertionError("the broken shard could not be removed: " + "; ".join(problems))
+        self._fresh()
+        return self.up(timeout)
+
+    def down(self) -> list[str]:
+        if self._zk is not None:
+            with contextlib.suppress(Exception):
+                self._zk.stop()
+                self._zk.close()
+            self._zk = None
+        if not self.sb.exists():
+            return []
+        problems = self.sb.down()
+        if problems:
+            self._out(f"down of {self.dir} left: {problems}")
+        return problems
+
+    # ------------------------------------------------------------------ nodes
+    @property
+    def nodes(self) -> list[NodeState]:
+        return list(self.sb.st.nodes)
+
+    def node(self, name: str) -> NodeState:
+        return self.sb.st.node(name)
+
+    def by_ip(self, ip: str) -> NodeState:
+        for n in self.nodes:
+            if n.ip == ip:
+                return n
+        raise KeyError(f"no node with address {ip}")
+
+    def by_peer(self, peer: dict | None) -> NodeState | None:
+        return None if not peer else self.by_ip(peer["ip"])
+
+    def dsn(self, node: NodeState) -> str:
+        """TCP DSN; the password comes from a passfile so that it is not in logged DSNs."""
+        st = self.sb.st
+        pw = ""
+        if st.auth_method != "trust":
+            pf = self.dir / "test.pgpass"
+            if not pf.exists():
+                pf.touch(mode=0o600)
+                pf.write_text(f"*:*:*:postgres:{st.repl_password}\n")
+            pw = f" passfile={pf}"
+        return f"host={node.ip} port={node.pg_port} user=postgres dbname=postgres{pw} connect_timeout=3"
+
+    def state_of(self, node: NodeState, timeout: float = 1.0) -> dict | None:
+        _code, body = _get(f"{node.status_url}/state", timeout)
+        return body if isinstance(body, dict) else None
+
+    def roles(self) -> dict[str, str]:
+        """name → role as each sitter reports it ('down' when nothing answers)."""
+        out = {}
+        for n in self.nodes:
+            s = self.state_of(n)
+            out[n.name] = str(s.get("role")) if s else "down"
+        return out
+
+    def writable(self, node: NodeState) -> bool:
+        return _get(f"{node.status_url}/primary", 0.7)[0] == 200
+
+    def streaming(self, node: NodeState) -> bool:
+        return _get(f"{node.status_url}/replica", 0.7)[0] == 200
+
+    def find_primary(self) -> str | None:
+        """For the writer: the DSN of the one node whose sitter says it is the writable
+        primary (None if none or — which S1 forbids — more than one)."""
+        ok = [n for n in self.nodes if self.writable(n)]
+        if len(ok) > 1:
+            self._out(f"S1?: several nodes answer /primary 200: {[n.name for n in ok]}")
+        return self.dsn(ok[0]) if len(ok) == 1 else None
+
+    def writer(self, name: str, **kw: Any) -> RecordingWriter:
+        kw.setdefault("table", f"w_{name}_{uuid.uuid4().hex[:6]}")
+        kw.setdefault("interval", 0.02)
+        kw.setdefault("commit_timeout", 8.0)
+        kw.setdefault("connect_timeout", 2.0)
+        return RecordingWriter(self.find_primary, name=name, **kw)
+
+    def postmaster(self, node: NodeState) -> int | None:
+        """The postmaster pid from DATA/postmaster.pid (first line), else found in /proc."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((Path(node.data_dir) / "postmaster.pid").read_text().splitlines()[0])
+            if pid_alive(pid) and Path(f"/proc/{pid}/exe").resolve().name == "postgres":
+                return pid
+        return postmaster_pid(node.data_dir)
+
+    # ------------------------------------------------------------------ ZooKeeper
+    @property
+    def zk(self):
+        if self._zk is None:
+            from kazoo.client import KazooClient
+
+            zk = KazooClient(hosts=self.sb.st.zk_connect, timeout=5)
+            zk.start(timeout=15)
+            self._zk = zk
+        return self._zk
+
+    def zk_state(self) -> dict | None:
+        """/manatee/<shard>/state (the authoritative topology)."""
+        try:
+            data, _ = self.zk.get(f"{self.sb.st.shard_path}/state")
+        except Exception:  # noqa: BLE001 - absent, or ZK reconnecting: "not known now"
+            return None
+        return json.loads(data) if data else None
+
+    def history(self) -> list[dict]:
+        path = f"{self.sb.st.shard_path}/history"
+        out = []
+        for c in self.zk.get_children(path):
+            data, _ = self.zk.get(f"{path}/{c}")
+            out.append(parse_record(c, data))
+        return sorted(out, key=lambda r: int(r["zkSeq"]))
+
+    def leader_ips(self) -> list[str]:
+        """ips of the AssumeLeader records in order: the shard's primaries by tenure."""
+        return [r["ip"] for r in self.history() if r["action"] == "AssumeLeader"]
+
+    def topology(self) -> dict[str, Any]:
+        """The ZK state as node names: {generation, primary, sync, async: [...]}."""
+        s = self.zk_state() or {}
+        name = lambda p: self.by_ip(p["ip"]).name if p else None  # noqa: E731
+        return {"generation": s.get("generation"), "primary": name(s.get("primary")),
+                "sync": name(s.get("sync")), "async": [name(a) for a in s.get("async") or []],
+                "deposed": [name(a) for a in s.get("deposed") or []]}
+
+    # ------------------------------------------------------------------ waits
+    def describe(self) -> str:
+        lines = [f"roles: {self.roles()}", f"zk state: {self.topology()}"]
+        for n in self.nodes:
+            lines.append(f"--- {n.name} ({n.ip}) sitter log tail:\n{tail(n.log_path('sitter'), 12)}")
+        return "\n".join(lines)
+
+    def wait(self, pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+        return wait_for(pred, timeout, what, interval, detail=self.describe)
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        """primary + sync + asyncs, by the sitters and ZK, and a write commits."""
+        try:
+            self.sb.wait_healthy(timeout)
+        except SandboxError as e:
+            raise AssertionError(f"shard not healthy: {e}") from None
+        self.wait(lambda: all(self.streaming(n) for n in self.standbys()), 60,
+                  "every standby streaming (/replica 200)")
+
+    def standbys(self) -> list[NodeState]:
+        t = self.topology()
+        return [self.node(x) for x in [t["sync"], *t["async"]] if x]
+
+    def ensure_healthy(self, timeout: float = 150) -> None:
+        """Start any node that is down, then wait for a healthy shard (tests restore it)."""
+        for n in self.nodes:
+            if not n.pids or not all(pid_alive(p) for p in n.pids.values()):
+                self.sb.start(n.name)
+        self.wait_healthy(timeout)
+
+    # ------------------------------------------------------------------ checks
+    def check(self, writer: RecordingWriter, prev: dict | None = None, *,
+              expect_leader: str | None = None, since_gen: int | None = None) -> list[str]:
+        """S1/S2/S4/S5 on the data (check_data on the current primary and every running
+        standby), S3 (promoted_from the previous ZK state `prev`), S7 (history: one primary
+        per generation; an AssumeLeader for the current primary in the current generation).
+        Returns the problems (empty: all good)."""
+        st = self.zk_state()
+        assert st, "no shard state in ZooKeeper"
+        primary = self.by_peer(st["primary"])
+        standbys = {}
+        for p in [st.get("sync"), *(st.get("async") or [])]:
+            if p:
+                n = self.by_peer(p)
+                if self.state_of(n) and self.sb.node_pids(n):
+                    standbys[n.name] = self.dsn(n)
+        # give standbys a moment to replay what the primary committed last
+        time.sleep(1.0)
+        leaders = self.leader_ips()
+        problems = check_data(writer.acked, (primary.name, self.dsn(primary)), standbys,
+                              table=writer.table, warned=writer.warned, primaries=leaders)
+        if prev is not None:
+            problems += promoted_from(prev, st["primary"])
+        hist = self.history()
+        problems += history_one_primary_per_generation(hist)
+        if expect_leader is not None:
+            gen = st["generation"]
+            ok = [r for r in hist if r["action"] == "AssumeLeader" and r["ip"] == self.node(expect_leader).ip
+                  and (since_gen is None or (isinstance(r.get("generation"), int) and r["generation"] > since_gen))]
+            if not ok:
+                problems.append(f"S7: no AssumeLeader record for {expect_leader} ({self.node(expect_leader).ip}) "
+                                f"after generation {since_gen} (state generation {gen}); history: "
+                                f"{[(r['ip'], r['action'], r.get('generation')) for r in hist]}")
+        return problems
+
+    def assert_checks(self, writer: RecordingWriter, prev: dict | None = None, **kw: Any) -> None:
+        problems = self.check(writer, prev, **kw)
+        assert not problems, summarise(problems) + f"\nwriter: {writer.stats()}\n{self.describe()}"
+
+    # ------------------------------------------------------------------ F14
+    def add_node(self) -> NodeState:
+        """A further node (next letter, next address) created and started the way `up`
+        creates nodes: ports, dataset, configs, cgroup and source address, then its daemons.
+        (The Sandbox has no add_node yet; this uses its own config functions.)"""
+        sb, st = self.sb, self.sb.st
+        with dir_lock(sb.dir):
+            name = chr(ord(st.nodes[-1].name) + 1)
+            ip = str(ipaddress.IPv4Address(st.nodes[-1].ip) + 1)
+            if int(ipaddress.IPv4Address(ip)) & 0xFF in (0, 255):
+                raise SandboxError(f"no address left after {st.nodes[-1].ip}")
+            taken = {(n.ip, p) for n in st.nodes for p in (n.pg_port, n.status_port, n.backup_port, n.zfs_port)}
+            node_dir = sb.dir / "nodes" / name
+            base = Path(st.data_root) / name if st.data_root else node_dir
+            node = NodeState(
+                name=name, ip=ip,
+                pg_port=pick_port(ip, DEFAULT_PORTS["pg"], taken),
+                status_port=pick_port(ip, DEFAULT_PORTS["status"], taken),
+                backup_port=pick_port(ip, DEFAULT_PORTS["backup"], taken),
+                zfs_port=pick_port(ip, DEFAULT_PORTS["zfs"], taken),
+                dataset=f"{st.pool}/{name}/pg", mountpoint=str(base / "pg"), dir=str(node_dir),
+                cgroup=f"{st.cgroup}/{name}" if st.cgroup else None,
+            )
+            st.nodes.append(node)
+            write_node_configs(st, node)
+            sb.save()  # from here on `down` knows the node
+            from manatee.harness.zfspool import ZfsPool
+
+            Path(node.mountpoint).parent.mkdir(parents=True, exist_ok=True)
+            ZfsPool(Path(st.pool_file).parent, st.pool).create_dataset(f"{name}/pg", Path(node.mountpoint))
+            if node.cgroup:
+                cgroups.create(node.cgroup)
+                network.source_nat(node.ip, node.cgroup)
+            sb._start_node(node)
+            sb.save()
+        return node
+
+    def sitter_log(self, node: NodeState) -> str:
+        try:
+            return node.log_path("sitter").read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def acks_on(writer: RecordingWriter, node: NodeState, after: float) -> list[float]:
+    """Finish times of acked commits that went to `node` and finished after `after`."""
+    return sorted(a.finished for a in writer.attempts()
+                  if a.outcome == "acked" and f"host={node.ip} " in a.dsn and a.finished >= after)
+
+
+def first_ack_on(writer: RecordingWriter, node: NodeState, after: float) -> float | None:
+    t = acks_on(writer, node, after)
+    return t[0] if t else None
+
+
+def wall_to_mono(wall_ms: int | str) -> float:
+    """A wall-clock ms timestamp (history records) on the monotonic clock (the writer's)."""
+    return time.monotonic() - (time.time() - int(wall_ms) / 1000)
+
+
+__all__ = ["Shard", "wait_for", "WaitTimeout", "acks_on", "first_ack_on", "wall_to_mono"]
