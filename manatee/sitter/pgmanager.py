@@ -181,7 +181,7 @@ class PgManager:
 
     async def status(self, sync_app_name: str | None = None) -> PgStatus:
         if not self.running:
-            return PgStatus(False, False, None, None, False, self._diverged_in_log(), None, None)
+            return PgStatus(False, False, None, None, False, await self._diverged(), None, None)
         try:
             rows = await self.client.query(
                 "select pg_is_in_recovery() as rec,"
@@ -194,7 +194,7 @@ class PgManager:
                 " (select timeline_id from pg_control_checkpoint()) as tli")
         except pgmod.PgError as e:
             self.log.debug("pg_status_failed", error=str(e))
-            return PgStatus(True, False, None, None, False, self._diverged_in_log(), None, None)
+            return PgStatus(True, False, None, None, False, await self._diverged(), None, None)
         r = rows[0]
         in_rec = bool(r["rec"])
         streaming = in_rec and r["wr_status"] == "streaming"
@@ -211,8 +211,13 @@ class PgManager:
             except pgmod.PgError:
                 pass
         sender = (r["wr_host"], int(r["wr_port"])) if streaming and r["wr_host"] else None
-        return PgStatus(True, True, in_rec, wal, streaming, in_rec and self._diverged_in_log(),
+        return PgStatus(True, True, in_rec, wal, streaming, in_rec and await self._diverged(),
                         sync_flush, r["tli"], bool(r["ro"]), sender)
+
+    async def _diverged(self) -> bool:
+        # File reads go to a thread: if storage hangs, the event loop (and with it the status
+        # server, which then reports unhealthy) keeps running.
+        return await asyncio.to_thread(self._diverged_in_log)
 
     def _diverged_in_log(self) -> bool:
         """True if PostgreSQL has said, since it was last started, that it cannot follow its upstream."""
