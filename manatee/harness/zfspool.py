@@ -143,6 +143,31 @@ def _no_other_users() -> bool:
         os.close(fd)
 
 
+def abort_daemon_streams() -> list[str]:
+    """Destroy the TCP connections the zfs-fuse daemon itself holds (test teardown only).
+
+    With both ends of a send|recv in one zfs-fuse daemon (one test machine), an aborted
+    receive can deadlock against its sender: the send thread, holding the daemon's lock,
+    blocks writing into a zero window that the receive thread would drain after taking the
+    same lock. Only TCP's persist timeout (many minutes) ends it, and the pool stays "busy".
+    On real hosts each end has its own ZFS. `ss -K` aborts the socket, the blocked write
+    fails, and the daemon lets go. Returns the connections it aborted.
+    """
+    out = subprocess.run(["ss", "-tnpH"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    aborted = []
+    for line in out.stdout.splitlines():
+        if '"zfs-fuse"' not in line:
+            continue
+        cols = line.split()
+        local, peer = cols[3], cols[4]
+        lip, lport = local.rsplit(":", 1)
+        pip, pport = peer.rsplit(":", 1)
+        subprocess.run(["ss", "-K", "-tn", "src", lip, "sport", "=", lport, "dst", pip, "dport", "=", pport],
+                       capture_output=True, stdin=subprocess.DEVNULL)
+        aborted.append(f"{local}->{peer}")
+    return aborted
+
+
 def ensure_zfs_fuse(log_path: Path | None = None, timeout: float = 30.0) -> ZfsFuseHandle:
     """Make sure a zfs-fuse daemon serves `zpool`/`zfs`; start one if none runs."""
     with _flock(START_LOCK):
@@ -319,12 +344,14 @@ class ZfsPool:
             # "pool is busy" outlives a killed `zfs send` for a while: zfs-fuse's daemon does the
             # sending itself and finishes the aborted stream on its own time (seconds on a
             # loaded machine), so wait up to ~30 s before giving up.
-            for _ in range(120):
+            for attempt in range(120):
                 cp = _run([ZPOOL, "destroy", self.name], check=False)
                 if cp.returncode == 0 or not self.exists():
                     last = None
                     break
                 last = ZfsError(cp.args, cp.returncode, cp.stderr)
+                if attempt == 8:
+                    abort_daemon_streams()
                 time.sleep(0.25)
                 self._release_mounts()
             if last is not None:
