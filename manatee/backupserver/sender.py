@@ -19,6 +19,7 @@ import time
 from typing import Any, Optional
 
 from manatee.backupserver.jobs import BackupJob
+from manatee.core.aio import finish_even_if_cancelled
 from manatee.core.zfs import Snapshot, Zfs, ZfsError
 from manatee.core.zfsstream import StreamError
 
@@ -166,17 +167,7 @@ class ZfsSender:
 
     async def _release(self, tag: str, snapshot: str) -> None:
         """Release the hold even while being cancelled; a failure is logged, not raised."""
-        task = asyncio.ensure_future(self.zfs.release(tag, snapshot))
-        cancelled = False
-        while not task.done():
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                cancelled = True
-            except Exception:  # noqa: BLE001 - examined below
-                break
-        exc = task.exception() if task.done() and not task.cancelled() else None
-        if exc is not None:
-            self.log.error("backup_hold_release_failed", snapshot=snapshot, tag=tag, error=str(exc))
-        if cancelled:
-            raise asyncio.CancelledError()
+        try:
+            await finish_even_if_cancelled(self.zfs.release(tag, snapshot))
+        except Exception as e:  # noqa: BLE001 - logged: a leftover hold is released at next start
+            self.log.error("backup_hold_release_failed", snapshot=snapshot, tag=tag, error=str(e))

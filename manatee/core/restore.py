@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 import aiohttp
 
+from manatee.core.aio import finish_even_if_cancelled
 from manatee.core.zfs import Zfs, ZfsError
 
 try:
@@ -205,7 +206,7 @@ class _Restore:
         except BaseException as e:
             phase = self.state.phase
             try:
-                rollback_errors = await _uncancellable(self._rollback())
+                rollback_errors = await finish_even_if_cancelled(self._rollback())
             except asyncio.CancelledError:
                 raise
             except Exception as rb:  # noqa: BLE001 - report it with the original cause
@@ -225,7 +226,7 @@ class _Restore:
                 raise
             raise RestoreError(msg, phase=phase, rollback_errors=rollback_errors) from e
         finally:
-            await _uncancellable(self._close_network())
+            await finish_even_if_cancelled(self._close_network())
 
         await self._drop_old()
         seconds = time.monotonic() - self.t0
@@ -606,22 +607,6 @@ class _Restore:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-async def _uncancellable(coro: Awaitable[Any]) -> Any:
-    """Finish `coro` even if we are cancelled meanwhile; re-raise the cancel after."""
-    task = asyncio.ensure_future(coro)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-        except Exception:  # noqa: BLE001 - returned below
-            break
-    if cancelled:
-        raise asyncio.CancelledError()
-    return task.result()
 
 
 async def _retry(fn: Callable[[], Awaitable[Any]], attempts: int = 10, delay: float = 0.3) -> Any:

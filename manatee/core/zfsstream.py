@@ -27,6 +27,7 @@ import struct
 import time
 from typing import Callable, Optional
 
+from manatee.core.aio import finish_even_if_cancelled
 from manatee.core.zfs import Zfs, ZfsError, recv_args, send_args
 
 # struct tcp_info (linux/tcp.h): __u8 tcpi_state at 0, __u64 tcpi_bytes_acked at 120,
@@ -133,16 +134,10 @@ class _ZfsChild:
                 self.proc.kill()
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        waiter = asyncio.ensure_future(self.proc.wait())
-        cancelled = False
-        while not waiter.done():
-            try:
-                await asyncio.shield(waiter)
-            except asyncio.CancelledError:
-                cancelled = True
-        self.close()
-        if cancelled:
-            raise asyncio.CancelledError()
+        try:
+            await finish_even_if_cancelled(self.proc.wait())
+        finally:
+            self.close()
 
     def close(self) -> None:
         self.err_transport.close()
