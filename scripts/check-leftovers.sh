@@ -14,7 +14,9 @@ if command -v nft >/dev/null 2>&1; then
     tables=$(nft list tables 2>/dev/null | awk '{print $3}' | grep -E '^manatee' || true)
     [ -n "$tables" ] && problems+=("nft tables: $(echo $tables)")
 fi
-procs=$(ps -eo pid=,args= | grep -E 'manatee-(sitter|snapshotter|backupserver)|org\.apache\.zookeeper|zfs recv|postgres -D /tmp/|postgres: ' \
+# Zombies (state Z) are not running: they wait for PID 1, which reaps orphans lazily here.
+procs=$(ps -eo pid=,stat=,args= | awk '$2 !~ /^Z/' \
+        | grep -E 'manatee-(sitter|snapshotter|backupserver)|org\.apache\.zookeeper|zfs recv|postgres -D /tmp/|postgres: ' \
         | grep -v -E 'grep|check-leftovers' || true)
 [ -n "$procs" ] && problems+=("processes:
 $procs")

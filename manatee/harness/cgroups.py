@@ -19,6 +19,7 @@ import errno
 import os
 import signal
 import time
+from typing import Callable
 from pathlib import Path
 
 from manatee.core.procs import pid_alive
@@ -89,13 +90,14 @@ def pids(rel: str) -> list[int]:
     return found
 
 
-def kill_all(rel: str, timeout: float = 10.0) -> list[int]:
-    """SIGSTOP then SIGKILL every process in the group (no one gets to react, like a
-    power cut); wait until none is alive. Returns the pids killed."""
+def power_cut(list_pids: Callable[[], list[int]], what: str, timeout: float = 10.0) -> list[int]:
+    """SIGSTOP then SIGKILL every process `list_pids()` names (no one gets to react, like a
+    power cut), again until it names none alive. Returns the pids killed; TimeoutError
+    naming `what` if some survive."""
     killed: list[int] = []
     deadline = time.monotonic() + timeout
     while True:
-        live = pids(rel)
+        live = list_pids()
         if not live:
             return killed
         for pid in live:
@@ -107,8 +109,13 @@ def kill_all(rel: str, timeout: float = 10.0) -> list[int]:
             if pid not in killed:
                 killed.append(pid)
         if time.monotonic() > deadline:
-            raise TimeoutError(f"cgroup {rel}: processes {pids(rel)} survive SIGKILL")
+            raise TimeoutError(f"{what}: processes {list_pids()} survive SIGKILL")
         time.sleep(0.05)
+
+
+def kill_all(rel: str, timeout: float = 10.0) -> list[int]:
+    """Power-cut every process in the group; wait until none is alive. Returns the pids killed."""
+    return power_cut(lambda: pids(rel), f"cgroup {rel}", timeout)
 
 
 def remove(rel: str, timeout: float = 10.0) -> bool:

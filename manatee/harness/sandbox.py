@@ -934,24 +934,10 @@ class Sandbox:
             return self._kill_node(node)
 
     def _kill_node(self, node: NodeState, timeout: float = 10.0) -> list[int]:
-        killed: list[int] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            pids = self.node_pids(node)
-            if not pids:
-                break
-            for p in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGSTOP)
-            for p in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
-                if p not in killed:
-                    killed.append(p)
-            if time.monotonic() > deadline:
-                raise SandboxError(f"node {node.name}: processes {pids} survive SIGKILL")
-            time.sleep(0.05)
-        return killed
+        try:
+            return cgroups.power_cut(lambda: self.node_pids(node), f"node {node.name}", timeout)
+        except TimeoutError as e:
+            raise SandboxError(str(e)) from None
 
     def stop(self, name: str, timeout: float = 90.0) -> list[str]:
         """Graceful: SIGTERM the daemons (the sitter stops PostgreSQL and hands over), wait;
