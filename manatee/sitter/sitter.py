@@ -18,7 +18,7 @@ from manatee.core import zk as zkmod
 from manatee.core.lsn import Lsn
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.zfs import Zfs, ZfsError
-from manatee.sitter import history, transitions as T
+from manatee.sitter import history, latches, transitions as T
 from manatee.sitter.decide import Decision, Observation, decide
 from manatee.sitter.heartbeat import HeartbeatSender, HeartbeatTable
 from manatee.sitter.pgmanager import PgManager, PgStatus, RoleSpec
@@ -135,28 +135,19 @@ class Sitter:
         self.last_pg = pgs
         # diverged is latched until a restore succeeds (PG says it only once per attempt).
         self.diverged = self.diverged or pgs.diverged
-        # sync_caught_up is latched from the sync's first catch-up until it disconnects, so a
-        # busy primary does not flap read-only.
         caught_up = False
         if i_am_primary and sync and pgs.running and not pgs.in_recovery:
-            key = (st.generation, sync.id)
-            if pgs.sync_flush is None:
-                self.caught_up_for = None
-            elif self.caught_up_for == key:
-                caught_up = True
-            elif pgs.wal is not None and pgs.sync_flush >= pgs.wal and pgs.sync_flush.value >= st.init_wal:
-                self.caught_up_for, caught_up = key, True
+            was = self.caught_up_for
+            caught_up, self.caught_up_for = latches.sync_caught_up(
+                was, (st.generation, sync.id), pgs.sync_flush.value if pgs.sync_flush else None,
+                pgs.wal.value if pgs.wal else None, st.init_wal)
+            if caught_up and was != self.caught_up_for:
                 self.log.info("sync_caught_up", sync=sync.id, flush=str(pgs.sync_flush))
-        # A standby's WAL counts only once it has streamed from the upstream it is configured
-        # for: pg_last_wal_receive_lsn survives a change of primary_conninfo.
         wal = pgs.wal.value if pgs.wal else None
         if pgs.in_recovery:
-            if pgs.streaming and pgs.sender and self.configured_upstream is not None \
-                    and pgs.sender[0] == self.configured_upstream.ip:
-                self.wal_from = self.configured_upstream.id
-            valid = self.wal_from is not None and (
-                self.configured_upstream is None or self.wal_from == self.configured_upstream.id)
-            wal = wal if valid else None
+            wal, self.wal_from = latches.standby_wal(
+                wal, streaming=pgs.streaming, sender_ip=pgs.sender[0] if pgs.sender else None,
+                upstream=self.configured_upstream, wal_from=self.wal_from)
         others = [p.id for p in self.election if p.id != self.me.id]
         deadline = self.zk.session_expiry_deadline() if self.zk_state == SUSPENDED else None
         return Observation(
