@@ -15,8 +15,8 @@ import argparse
 from typing import Any, Sequence
 
 from manatee.cli.common import (
-    ArgParser, CliError, ZkReader, add_common_args, check_shard_name, decode, dump_json,
-    parse_zk_hosts, run_cli, shard_path,
+    ArgParser, CliError, ZkReader, check_shard_name, decode, dump_json,
+    parse_zk_hosts, run_cli, shard_path, shard_zk_parser,
 )
 
 TOOL = "manatee-clear"
@@ -38,11 +38,7 @@ def clear_error(zk: ZkReader, shard: str) -> dict[str, Any]:
 
 
 def build_parser() -> ArgParser:
-    p = ArgParser(prog=TOOL, description="Clear a shard's safe mode (remove its error node).")
-    add_common_args(p)
-    p.add_argument("shard", metavar="SHARD", help="shard name under /manatee (e.g. 1)")
-    p.add_argument("zk", metavar="ZK", help="ZooKeeper: host[:port][,host[:port]...][/chroot]")
-    return p
+    return shard_zk_parser(TOOL, "Clear a shard's safe mode (remove its error node).")
 
 
 def _run(args: argparse.Namespace, deadline: float) -> int:

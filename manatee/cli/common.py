@@ -31,7 +31,7 @@ __all__ = [
     "DEFAULT_PORT", "DEFAULT_TIMEOUT", "MANATEE_ROOT", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE",
     "CliError", "UsageError", "ArgParser", "parse_zk_hosts", "check_shard_name",
     "registrar_path", "shard_path", "ZkReader", "run_cli", "dump_json", "decode",
-    "add_common_args", "check_timeout",
+    "add_common_args", "check_timeout", "shard_zk_parser",
 ]
 
 DEFAULT_PORT = 2181
@@ -305,3 +305,12 @@ def run_cli(tool: str, parser: argparse.ArgumentParser, body: Callable[[argparse
     finally:
         if watchdog is not None:
             watchdog.cancel()
+
+
+def shard_zk_parser(prog: str, description: str) -> "ArgParser":
+    """The parser of the tools that take `SHARD ZK` (manatee-history, manatee-clear)."""
+    p = ArgParser(prog=prog, description=description)
+    add_common_args(p)
+    p.add_argument("shard", metavar="SHARD", help="shard name under /manatee (e.g. 1)")
+    p.add_argument("zk", metavar="ZK", help="ZooKeeper: host[:port][,host[:port]...][/chroot]")
+    return p

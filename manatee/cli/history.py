@@ -15,8 +15,8 @@ import sys
 from typing import Any, Mapping, Sequence
 
 from manatee.cli.common import (
-    ArgParser, CliError, ZkReader, add_common_args, check_shard_name, dump_json, parse_zk_hosts,
-    run_cli, shard_path,
+    ArgParser, CliError, ZkReader, check_shard_name, dump_json, parse_zk_hosts,
+    run_cli, shard_path, shard_zk_parser,
 )
 from manatee.sitter.history import parse_record, sort_records
 
@@ -46,11 +46,7 @@ def read_history(zk: ZkReader, shard: str) -> dict[str, bytes | None]:
 
 
 def build_parser() -> ArgParser:
-    p = ArgParser(prog=TOOL, description="Print a shard's history of topology changes, one JSON object per line.")
-    add_common_args(p)
-    p.add_argument("shard", metavar="SHARD", help="shard name under /manatee (e.g. 1)")
-    p.add_argument("zk", metavar="ZK", help="ZooKeeper: host[:port][,host[:port]...][/chroot]")
-    return p
+    return shard_zk_parser(TOOL, "Print a shard's history of topology changes, one JSON object per line.")
 
 
 def _run(args: argparse.Namespace, deadline: float) -> int:
