@@ -281,7 +281,9 @@ async def test_suspended_then_connected_when_server_restarts(zk_server_factory):
         threads.add(threading.get_ident())
         states.append(state)
 
-    c = ZKClient(server.connect_string, session_timeout=4, connect_timeout=10)
+    # A generous timeout: the property is "same session after a restart", and a restart
+    # on a loaded 2-core CI machine can take longer than a short session timeout.
+    c = ZKClient(server.connect_string, session_timeout=12, connect_timeout=10)
     c.add_state_listener(listener)
     await c.start()
     try:
