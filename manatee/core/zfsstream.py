@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import socket
 import struct
+import termios
 import time
 from typing import Callable, Optional
 
@@ -64,9 +66,15 @@ def _acked(sock: socket.socket) -> int:
     return c[0] if c else 0
 
 
-def _received(sock: socket.socket) -> int:
-    c = tcp_counters(sock)
-    return c[1] if c else 0
+def _consumed(sock: socket.socket) -> int:
+    """Bytes this process has already read from `sock`: received by TCP minus those still
+    waiting in the receive queue. (The sender may start streaming before zfs recv is
+    spawned; bytes queued by then are part of the stream and must be counted.)"""
+    try:
+        unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        unread = 0
+    return max(_payload_received(sock, 0) - unread, 0)
 
 
 def _payload_received(sock: socket.socket, base: int) -> int:
@@ -219,7 +227,7 @@ async def recv_from_socket(
     """
     argv = [zfs.zfs_path, *recv_args(dataset, force=force, no_mount=True)]
     sock.setblocking(True)
-    base = _received(sock)
+    base = _consumed(sock)
     child = await _ZfsChild.spawn(argv, stdin=sock.fileno())
     ok = False
     try:
