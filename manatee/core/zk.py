@@ -313,6 +313,13 @@ class ZKClient:
         self._last_connected: float | None = None
         self._disconnected_since: float | None = None
         self._last_heard: float | None = None
+        # How long to wait for the server's reply to a session (re)connect. kazoo waits the
+        # whole session timeout; a server that accepted the TCP connection while still
+        # starting up may never answer (ZooKeeper 3.8 leaves such a socket open), and by
+        # the time kazoo gives up the restarted server has expired the session we came to
+        # resume (F10: a sync lost its place after a ZooKeeper restart). A live server
+        # answers in milliseconds: give up early and let the connection retry try again.
+        self.connect_reply_timeout = max(1.0, self.session_timeout / 4)
         self._hook_connection()
         self._kz.add_listener(self._on_kazoo_state)
 
@@ -327,6 +334,8 @@ class ZKClient:
         if orig_invoke is not None:
 
             def _invoke(timeout, request, xid=None):
+                if isinstance(request, Connect):
+                    timeout = min(timeout, self.connect_reply_timeout)
                 result = orig_invoke(timeout, request, xid)
                 if isinstance(request, Connect) and result:
                     self._negotiated_ms = int(result[0].time_out)

@@ -1,0 +1,33 @@
+"""ZKClient waits only briefly for the reply to a session (re)connect: a ZooKeeper that
+accepted the TCP connection while starting up may never answer, and waiting kazoo's whole
+session timeout for it let the restarted server expire the session the client came to
+resume (found by F10: ZooKeeper stopped and started again; a sitter lost its place)."""
+
+from __future__ import annotations
+
+from kazoo.protocol.connection import ConnectionHandler
+from kazoo.protocol.serialization import Connect, GetData
+
+from manatee.core.zk import ZKClient
+
+
+def test_connect_reply_wait_is_capped_other_requests_untouched(monkeypatch):
+    seen: list[tuple[str, float]] = []
+
+    def fake_invoke(self, timeout, request, xid=None):
+        seen.append((type(request).__name__, timeout))
+        return None
+
+    monkeypatch.setattr(ConnectionHandler, "_invoke", fake_invoke)
+    c = ZKClient("127.0.0.1:1", session_timeout=5)
+    assert c.connect_reply_timeout == 1.25
+    connect = Connect(0, 0, 5000, 0, b"\x00" * 16, False)
+    c._kz._connection._invoke(5.0, connect)          # kazoo asks for session_timeout / hosts
+    c._kz._connection._invoke(0.5, connect)          # a shorter wait stays as it is
+    c._kz._connection._invoke(5.0, GetData("/x", None))
+    assert seen == [("Connect", 1.25), ("Connect", 0.5), ("GetData", 5.0)]
+
+
+def test_connect_reply_wait_has_a_floor_and_scales_with_the_session():
+    assert ZKClient("127.0.0.1:1", session_timeout=2).connect_reply_timeout == 1.0
+    assert ZKClient("127.0.0.1:1", session_timeout=60).connect_reply_timeout == 15.0
