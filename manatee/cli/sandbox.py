@@ -3,6 +3,7 @@
     manatee-sandbox up [--nodes 3] [--session-timeout 6000] [--dir .sandbox] [--shard 1]
     manatee-sandbox status [--json]
     manatee-sandbox kill|stop|start|partition|heal|hang|resume NODE
+    manatee-sandbox zk-stop|zk-start
     manatee-sandbox psql [NODE] [-- PSQL-ARGS...]
     manatee-sandbox down [--keep]
 
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         c = sub.add_parser(name, parents=[common], help=helptext)
         c.add_argument("node", help="node name (a, b, c, ...)")
+
+    sub.add_parser("zk-stop", parents=[common],
+                   help="stop the shard's ZooKeeper (all of it: an outage), keeping its data")
+    zs = sub.add_parser("zk-start", parents=[common],
+                        help="start the shard's ZooKeeper again (same address and data) and wait until it serves")
+    zs.add_argument("--timeout", type=float, default=60.0, metavar="S", help="how long to wait (default 60)")
 
     ps = sub.add_parser("psql", parents=[common], help="psql to the primary, or to NODE",
                         usage=f"{PROG} psql [--dir DIR] [NODE] [-- PSQL-ARGS...]")
@@ -147,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"node {args.node}: stopped {len(sb.hang(args.node))} process(es) (SIGSTOP)")
         elif args.cmd == "resume":
             print(f"node {args.node}: resumed {len(sb.resume(args.node))} process(es) (SIGCONT)")
+        elif args.cmd == "zk-stop":
+            was = sb.zk_stop()
+            print(f"ZooKeeper {sb.st.zk_connect}: {'stopped (data kept)' if was else 'was not running'}")
+        elif args.cmd == "zk-start":
+            pid = sb.zk_start(timeout=args.timeout)
+            print(f"ZooKeeper {sb.st.zk_connect}: serving (pid {pid})")
         elif args.cmd == "psql":
             argv_psql = sb.psql_argv(args.node, psql_args)
             sys.stdout.flush()

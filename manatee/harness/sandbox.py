@@ -975,6 +975,48 @@ class Sandbox:
             self.save()
             return started
 
+    def add_node(self, start: bool = True) -> NodeState:
+        """A further node (next letter, next address) made the way `create` makes nodes —
+        ports, empty dataset, configs, cgroup and source address — and, with start=True,
+        its daemons started: its sitter joins the election and restores from its leader."""
+        with dir_lock(self.dir):
+            st = self.st
+            if not st.nodes or not st.pool or not st.pool_file:
+                raise SandboxError("add_node needs a created sandbox (run `up` first)")
+            last = st.nodes[-1]
+            if last.name >= "z":
+                raise SandboxError(f"no node name left after {last.name!r}")
+            name = chr(ord(last.name) + 1)
+            ip = str(ipaddress.IPv4Address(last.ip) + 1)
+            if int(ipaddress.IPv4Address(ip)) & 0xFF in (0, 255):
+                raise SandboxError(f"no address left after {last.ip}")
+            taken = {(n.ip, p) for n in st.nodes for p in (n.pg_port, n.status_port, n.backup_port, n.zfs_port)}
+            node_dir = self.dir / "nodes" / name
+            base = Path(st.data_root) / name if st.data_root else node_dir
+            node = NodeState(
+                name=name, ip=ip,
+                pg_port=pick_port(ip, DEFAULT_PORTS["pg"], taken),
+                status_port=pick_port(ip, DEFAULT_PORTS["status"], taken),
+                backup_port=pick_port(ip, DEFAULT_PORTS["backup"], taken),
+                zfs_port=pick_port(ip, DEFAULT_PORTS["zfs"], taken),
+                dataset=f"{st.pool}/{name}/pg", mountpoint=str(base / "pg"), dir=str(node_dir),
+                cgroup=f"{st.cgroup}/{name}" if st.cgroup else None,
+            )
+            st.nodes.append(node)
+            write_node_configs(st, node)
+            self.save()  # from here on `down` knows the node
+            from manatee.harness.zfspool import ZfsPool
+
+            Path(node.mountpoint).parent.mkdir(parents=True, exist_ok=True)
+            ZfsPool(Path(st.pool_file).parent, st.pool).create_dataset(f"{name}/pg", Path(node.mountpoint))
+            if node.cgroup:
+                cgroups.create(node.cgroup)
+                self._source_nat(node)
+            if start:
+                self._start_node(node)
+            self.save()
+        return node
+
     def peers_of(self, node: NodeState) -> list[str]:
         return [self.st.zk_host] + [n.ip for n in self.st.nodes if n.name != node.name]
 
@@ -1009,6 +1051,64 @@ class Sandbox:
         pids = self.node_pids(node)
         _resume_pids(pids)
         return pids
+
+    # -- ZooKeeper outages (F10, F11, the nemesis) ---------------------------------------
+    def _zk_server(self):
+        """A handle on the sandbox's ZooKeeper with the config `up` gave it (same address,
+        port, tick and data dir), so a restart serves the same znodes and sessions."""
+        from manatee.harness import zookeeper as zkmod
+
+        st = self.st
+        return zkmod.ZooKeeperServer(
+            self.dir / "zookeeper", host=st.zk_host, port=st.zk_port, tick_ms=st.zk_tick_ms,
+            max_session_ms=max(60000, 2 * st.session_timeout_ms),
+        )
+
+    def zk_running(self) -> bool:
+        """True if the sandbox's ZooKeeper process is alive (not whether it serves yet)."""
+        pid = self.st.zk_pid
+        return bool(pid and pid_alive(pid) and self._is_our_zk(pid))
+
+    def zk_stop(self, timeout: float = 10.0) -> bool:
+        """All of ZooKeeper down: SIGTERM the server (SIGKILL after `timeout`), data kept.
+        Every client loses its connection; sessions survive in the data dir, and a
+        restarted server gives each one a fresh timeout. False if it was not running."""
+        with dir_lock(self.dir):
+            st = self.st
+            pid = st.zk_pid
+            if not (pid and pid_alive(pid) and self._is_our_zk(pid)):
+                return False
+            terminate(pid, timeout=timeout, group=True)
+            if pid_alive(pid):
+                raise SandboxError(f"ZooKeeper pid {pid} survives SIGTERM and SIGKILL")
+            st.zk_pid = None
+            self.save()
+        self.out(f"ZooKeeper {st.zk_connect} stopped (pid {pid}); data kept in {self.dir / 'zookeeper'}")
+        return True
+
+    def zk_start(self, timeout: float = 60.0) -> int:
+        """Start the sandbox's ZooKeeper again (same address, port and data) and wait until
+        it serves; returns its pid (the running one's if it was not stopped)."""
+        from manatee.harness import zookeeper as zkmod
+
+        with dir_lock(self.dir):
+            st = self.st
+            if st.zk_pid and pid_alive(st.zk_pid) and self._is_our_zk(st.zk_pid):
+                return st.zk_pid
+            if not st.zk_port:
+                raise SandboxError("this sandbox has no ZooKeeper address recorded (was `up` interrupted?)")
+            server = self._zk_server()
+            try:
+                server.start(timeout=timeout)
+            except zkmod.ZooKeeperStartError as e:
+                raise SandboxError(f"ZooKeeper {st.zk_connect} did not start again: {e}") from None
+            zkmod._LIVE.discard(server)  # outlives this command, like the one `up` started
+            if server._proc is not None:
+                _CHILDREN.append(server._proc)  # reaped here while this process lives
+            st.zk_pid = server.pid
+            self.save()
+        self.out(f"ZooKeeper {st.zk_connect} started again (pid {st.zk_pid})")
+        return st.zk_pid
 
     def psql_argv(self, name: str | None, extra: list[str]) -> list[str]:
         node = self.st.node(name) if name else self.primary()
