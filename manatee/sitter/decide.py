@@ -20,7 +20,7 @@ The safety argument for every rule is in docs/design.md; in short:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from manatee.sitter.state import (
@@ -57,6 +57,14 @@ class Observation:
     expiry_passed: (suspended) the session-expiry deadline has passed (last heard from the
       server + negotiated timeout, ZKClient.session_expiry_deadline): it may have expired.
     sync_streaming: (primary) the state's sync is connected to me as a walreceiver now.
+    sync_flush: (primary) the flush position the state's sync reports to me now (None: not
+      connected). A switchover stops PostgreSQL only once it has reached my WAL.
+    switchover_stopped_wal: (primary) the shell stopped my PostgreSQL for the state's
+      switchover request (rule primary.switchover_stop) at this WAL position, which my sync
+      had flushed; None otherwise (and once PostgreSQL runs again).
+    switchover_expired: (primary) the state's switchover request has been pending longer than
+      the shell's limit: it is withdrawn, so that a takeover that cannot finish (the sync
+      restarted, the operator's CLI died) never leaves the shard without a primary.
     """
 
     me: Peer
@@ -78,6 +86,9 @@ class Observation:
     one_node_write_mode: bool = False
     expiry_passed: bool = False
     sync_streaming: bool = False
+    sync_flush: int | None = None
+    switchover_stopped_wal: int | None = None
+    switchover_expired: bool = False
 
     def __post_init__(self) -> None:
         if self.zk not in ZK_STATES:
@@ -222,10 +233,14 @@ def _as_primary(v: _View) -> Decision:
             Target(FENCED), rule="primary.fence_lost",
             reason="my ZooKeeper session expired, so another node may already have been promoted: "
                    "I stop PostgreSQL at once so that I acknowledge nothing more")
-    if obs.zk == SUSPENDED and obs.expiry_passed and not obs.sync_streaming:
+    # The sync's heartbeats stop at once when it is cut off from me or detaches to take
+    # over; PostgreSQL notices a silent walreceiver only after wal_sender_timeout (F7).
+    sync_silent = st.sync is not None and obs.heartbeats.get(st.sync.id) is False
+    if obs.zk == SUSPENDED and obs.expiry_passed and (not obs.sync_streaming or sync_silent):
+        why = "no longer streams from me" if not obs.sync_streaming else "stopped heartbeating me"
         return Decision(
             Target(FENCED), rule="primary.fence_suspended",
-            reason="my ZooKeeper session may have expired and my sync no longer streams from me, so it may "
+            reason=f"my ZooKeeper session may have expired and my sync {why}, so it may "
                    "have been promoted: I stop PostgreSQL at once so that not even a cancelled commit succeeds")
     if obs.zk == SUSPENDED and v.onwm and st.sync is None:
         return Decision(
@@ -251,6 +266,10 @@ def _as_primary(v: _View) -> Decision:
     def tgt(s: Peer | None, read_only: bool) -> Target:
         return Target(PRIMARY, sync=s, downstream=s, read_only=read_only)
 
+    sw_dec, sw_wait = _primary_switchover(v, sync, sync_gone, block, tgt)
+    if sw_dec is not None:
+        return sw_dec
+
     # A new sync is needed: mine is gone and someone can replace it (or ONWM lets me drop it).
     wants_new_sync = sync_gone and (bool(cands) or (v.onwm and sync is not None))
     if wants_new_sync and block is None:
@@ -269,7 +288,8 @@ def _as_primary(v: _View) -> Decision:
         if sync is not None and v.alive(sync):
             rest = [*rest, sync]  # still registered: it rejoins at the tail
         new = st.evolve(generation=st.generation + 1, sync=new_sync, async_=tuple(rest),
-                        deposed=deposed_left, init_wal=obs.wal, one_node_write_mode=v.onwm)
+                        deposed=deposed_left, init_wal=obs.wal, one_node_write_mode=v.onwm,
+                        switchover=None)
         what = (f"name {new_sync} my new sync" if new_sync else "continue without a sync")
         return Decision(
             tgt(new_sync, ro(new_sync, False)), write_state=new, rule="primary.replace_sync",
@@ -313,11 +333,87 @@ def _as_primary(v: _View) -> Decision:
     if block is not None and st.frozen:
         return Decision(tgt(sync, read_only), rule="primary.frozen",
                         reason=f"I am the primary and {block}, so I change nothing")
+    if sw_wait is not None:
+        return Decision(tgt(sync, read_only), rule="primary.switchover_waiting",
+                        reason=f"a switchover to {sync} is requested but {sw_wait}, so I keep serving as "
+                               f"primary until it is")
     if read_only:
         return Decision(tgt(sync, True), rule="primary.wait_sync",
                         reason=f"I am the primary and stay read-only until my sync {sync} has caught up with my WAL")
     return Decision(tgt(sync, False), rule="primary.steady",
                     reason=f"I am the primary and my sync {sync} has caught up, so I take writes")
+
+
+def _primary_switchover(v: _View, sync: Peer | None, sync_gone: bool, block: str | None,
+                        tgt) -> tuple[Decision | None, str | None]:
+    """A planned takeover by the sync (state.switchover), from the primary's side.
+
+    (a) go read-only; (b) once my sync has flushed my whole WAL, stop PostgreSQL at once (no
+    shutdown checkpoint: the sync then holds every WAL record I wrote, so I can rejoin as its
+    standby); (c) with PostgreSQL stopped, write `released` (and the WAL position), which lets
+    the sync take over by the usual takeover rule. Not ready (sync not streaming or not caught
+    up, frozen, not connected) → change nothing and say why. A release whose sync is gone
+    before it took over is withdrawn and I run PostgreSQL as the primary again.
+
+    Returns (decision, None) when the switchover decides, else (None, why-it-waits or None)."""
+    obs, st = v.obs, v.st
+    sw = st.switchover
+    if sw is None:
+        return None, None
+    if obs.switchover_expired and block is None:
+        return Decision(tgt(sync, True), write_state=st.evolve(switchover=None), rule="primary.switchover_expired",
+                        reason=f"the switchover to {sw.to} did not complete in time, so I withdraw it and "
+                               f"stay the primary"), None
+    if sw.released:
+        if sync is not None and sw.to == sync.id and not sync_gone:
+            return Decision(Target(UNASSIGNED), rule="primary.switchover_released",
+                            reason=f"I stopped PostgreSQL for the switchover to {sync} and wait for it to "
+                                   f"take over"), None
+        if block is None:
+            new = st.evolve(switchover=None)
+            return Decision(tgt(sync, True), write_state=new, rule="primary.switchover_withdraw",
+                            reason=f"my sync {sync or 'slot'} went away before it took over from my released "
+                                   f"switchover, so I withdraw the release and run PostgreSQL as the primary "
+                                   f"again"), None
+        return None, None  # blocked: the usual rules keep me primary (the shell restarts PG)
+    if sync is None or sw.to != sync.id:
+        if block is None:
+            return Decision(tgt(sync, not obs.sync_caught_up and not v.onwm), write_state=st.evolve(switchover=None),
+                            rule="primary.switchover_invalid",
+                            reason=f"a switchover to {sw.to} is requested but my sync is "
+                                   f"{sync.id if sync else 'none'}: only the sync may take over, so I drop "
+                                   f"the request"), None
+        return None, None
+    if obs.switchover_stopped_wal is not None and not obs.running:
+        if block is not None:
+            return None, None  # e.g. frozen meanwhile: the usual rules start PostgreSQL again
+        new = st.evolve(switchover=replace(sw, released=True, released_wal=obs.switchover_stopped_wal))
+        return Decision(Target(UNASSIGNED), write_state=new, rule="primary.switchover_release",
+                        reason=f"I stopped PostgreSQL at WAL {_lsn(obs.switchover_stopped_wal)}, which my sync "
+                               f"{sync} has flushed, so I release the primary role to it"), None
+    why = None
+    if block is not None:
+        why = block
+    elif sync_gone:
+        why = f"my sync {sync} is gone"
+    elif not obs.running:
+        why = "my PostgreSQL is not running"
+    elif not obs.sync_streaming or not obs.sync_caught_up:
+        why = f"my sync {sync} has not caught up with me"
+    if why is not None:
+        return None, why
+    if obs.read_only is not True:
+        return Decision(tgt(sync, True), rule="primary.switchover_read_only",
+                        reason=f"a switchover to {sync} is requested, so I go read-only first: my WAL must "
+                               f"stop growing before it takes over"), None
+    if obs.wal is None or obs.sync_flush is None or obs.sync_flush < obs.wal:
+        return Decision(tgt(sync, True), rule="primary.switchover_wait_flush",
+                        reason=f"a switchover to {sync} is requested and I am read-only: I wait until it has "
+                               f"flushed my WAL {_lsn(obs.wal)} (it has {_lsn(obs.sync_flush)})"), None
+    return Decision(Target(UNASSIGNED), rule="primary.switchover_stop",
+                    reason=f"my sync {sync} has flushed my whole WAL {_lsn(obs.wal)} for the switchover, so I "
+                           f"stop PostgreSQL at once (no shutdown checkpoint) before I release the primary "
+                           f"role to it"), None
 
 
 # -- rule 5: I am the sync ---------------------------------------------------------------
@@ -328,7 +424,9 @@ def _as_sync(v: _View) -> Decision:
     chain = st.chain()
     down = v.next_live_after(obs.me.id, chain)
     diverged = obs.diverged or v.forked
-    if v.alive(primary):
+    sw = st.switchover
+    released = sw is not None and sw.released and sw.to == obs.me.id
+    if v.alive(primary) and not released:
         if diverged or not obs.has_data:
             why = "my WAL has diverged from" if diverged else "I have no data to follow"
             return Decision(Target(REBUILD, upstream=primary, downstream=down), rule="sync.rebuild",
@@ -336,9 +434,12 @@ def _as_sync(v: _View) -> Decision:
         return Decision(Target(STANDBY, upstream=primary, downstream=down), rule="sync.follow",
                         reason=f"I am the sync and follow the primary {primary}")
 
+    gone = (f"the primary {primary} released its role to me for a switchover" if released
+            else f"the primary {primary} is gone")
+
     def stay(rule: str, why: str) -> Decision:
         return Decision(Target(STANDBY, upstream=primary, downstream=down), rule=rule,
-                        reason=f"the primary {primary} is gone but {why}, so I may not take over")
+                        reason=f"{gone} but {why}, so I may not take over")
 
     block = v.write_block()
     if diverged:
@@ -356,24 +457,33 @@ def _as_sync(v: _View) -> Decision:
     if obs.wal < st.init_wal:
         return stay("sync.behind", f"my WAL {_lsn(obs.wal)} is behind {_lsn(st.init_wal)} that the primary "
                                    f"had when I became sync")
+    if released and obs.wal < sw.released_wal:
+        return stay("sync.behind_release", f"my WAL {_lsn(obs.wal)} is behind {_lsn(sw.released_wal)} at which "
+                                           f"the primary stopped")
     cands = v.candidates(exclude={primary.id, obs.me.id})
+    if released and v.alive(primary):
+        # the old primary stopped cleanly behind my WAL: it rejoins the chain (as my sync when
+        # nobody else can be), not the deposed list; if its WAL forked after all, it rebuilds
+        cands = [*cands, primary]
     if not cands and not v.onwm:
         return stay("sync.no_candidate", "no other standby is live to become my sync and I would take "
                                          "writes without one")
     if obs.streaming or obs.upstream_id is not None:
         return Decision(Target(STANDBY, upstream=None, downstream=down), rule="sync.detach",
-                        reason=f"the primary {primary} is gone and I hold every acknowledged write, so I stop "
+                        reason=f"{gone} and I hold every acknowledged write, so I stop "
                                f"replicating first to make my WAL position final before I take over")
     me = next((p for p in v.election if p.id == obs.me.id), obs.me)
     new_sync = cands[0] if cands else None
     known_dep = {p.id for p in cands}
+    deposed = tuple(p for p in st.deposed if p.id not in known_dep)
+    if primary.id not in known_dep:
+        deposed = (*deposed, primary)
     new = st.evolve(generation=st.generation + 1, primary=me, sync=new_sync, async_=tuple(cands[1:]),
-                    deposed=(*(p for p in st.deposed if p.id not in known_dep), primary),
-                    init_wal=obs.wal, one_node_write_mode=v.onwm)
+                    deposed=deposed, init_wal=obs.wal, one_node_write_mode=v.onwm, switchover=None)
     return Decision(
         Target(PRIMARY, sync=new_sync, downstream=new_sync, read_only=not v.onwm),
-        write_state=new, rule="sync.takeover",
-        reason=f"the primary {primary} is gone and I hold every acknowledged write (WAL {_lsn(obs.wal)}, needed "
+        write_state=new, rule="sync.switchover" if released else "sync.takeover",
+        reason=f"{gone} and I hold every acknowledged write (WAL {_lsn(obs.wal)}, needed "
                f"{_lsn(st.init_wal)}), so I take over in generation {new.generation} with "
                f"{new_sync or 'no'} sync" + ("" if v.onwm else ", read-only until it catches up"))
 

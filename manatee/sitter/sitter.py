@@ -55,18 +55,26 @@ class Sitter:
         self.last: Decision | None = None
         self.last_obs: Observation | None = None
         self.last_pg: PgStatus | None = None
+        self.last_pg_at = 0.0  # monotonic time of last_pg (a hung and resumed sitter's is old)
         self.election: tuple[Peer, ...] = ()
         self.state: ClusterState | None = None
         self.state_version = -1
         self.error: dict | None = None
         self.zk_state = LOST
         self.need_join = True
+        # My ZK view (election, state, error) predates my current session: set on LOST (and at
+        # start), cleared by a complete read; until then decide() is told the session is LOST.
+        self.view_stale = True
         self.caught_up_for: tuple[int, str] | None = None  # latch: (generation, sync id)
         self.restore_progress: dict | None = None
+        # latch: (generation, switchover target, WAL) once PG was stopped for a switchover
+        self.switchover_stopped: tuple[int, str, int] | None = None
+        self.switchover_seen: tuple[tuple, float] | None = None  # (request key, first seen, monotonic)
         self.diverged = False
         self.configured_upstream: Peer | None = None  # what primary_conninfo names now
         self.wal_from: str | None = None  # the upstream my received WAL was seen streaming from
         self.started = time.monotonic()
+        self.transitions: dict[str, int] = dict.fromkeys(history.ACTIONS, 0)  # /metrics counter
 
     # ------------------------------------------------------------------ ZooKeeper plumbing
 
@@ -75,6 +83,7 @@ class Sitter:
         self.zk_state = {"CONNECTED": CONNECTED, "SUSPENDED": SUSPENDED}.get(s, LOST)
         if self.zk_state == LOST:
             self.need_join = True
+            self.view_stale = True
         self.log.info("zk_session", state=self.zk_state)
         self.zk_dirty = True
         self.wake.set()
@@ -116,6 +125,7 @@ class Sitter:
             self.election = await self.store.election()
             self.state, self.state_version = await self.store.read_state()
             self.error = await self.store.read_error()
+            self.view_stale = False
         except (zkmod.ZKError, zkmod.ConnectionLoss, zkmod.SessionExpiredError, asyncio.TimeoutError) as e:
             self.zk_dirty = True
             self.log.warning("zk_read_failed", error=str(e) or type(e).__name__)
@@ -127,12 +137,14 @@ class Sitter:
         return {"wal": str(st.wal) if st and st.wal else None, "streaming": bool(st and st.streaming)}
 
     async def observe(self) -> Observation:
+        zk_at_read = self.zk_state
         await self._refresh_zk()
         st = self.state
         i_am_primary = st is not None and st.primary.id == self.me.id
         sync = st.sync if st else None
         pgs = await self.pg.status(sync.pg_url if sync and i_am_primary else None)
         self.last_pg = pgs
+        self.last_pg_at = time.monotonic()
         # diverged is latched until a restore succeeds (PG says it only once per attempt).
         self.diverged = self.diverged or pgs.diverged
         caught_up = False
@@ -148,10 +160,26 @@ class Sitter:
             wal, self.wal_from = latches.standby_wal(
                 wal, streaming=pgs.streaming, sender_ip=pgs.sender[0] if pgs.sender else None,
                 upstream=self.configured_upstream, wal_from=self.wal_from)
+        if pgs.running:
+            self.switchover_stopped = None
+        sw = st.switchover if st else None
+        stopped_wal = (self.switchover_stopped[2] if self.switchover_stopped and sw is not None
+                       and self.switchover_stopped[:2] == (st.generation, sw.to) else None)
+        sw_key = (st.generation, sw.to, sw.requested) if sw is not None and i_am_primary else None
+        if sw_key is None:
+            self.switchover_seen = None
+        elif self.switchover_seen is None or self.switchover_seen[0] != sw_key:
+            self.switchover_seen = (sw_key, time.monotonic())
+        sw_expired = (self.switchover_seen is not None
+                      and time.monotonic() - self.switchover_seen[1] > SWITCHOVER_LIMIT_S)
         others = [p.id for p in self.election if p.id != self.me.id]
         deadline = self.zk.session_expiry_deadline() if self.zk_state == SUSPENDED else None
+        # The session state that goes with the view read above: a reconnect while PG was being
+        # asked (e.g. right after SIGCONT: LOST, then a new session) must not make a view from
+        # the expired session look current (a deposed primary would start PG as primary again).
+        zk = LOST if self.view_stale else max(zk_at_read, self.zk_state, key=_ZK_BADNESS.index)
         return Observation(
-            me=self.me, zk=self.zk_state, election=self.election, state=st,
+            me=self.me, zk=zk, election=self.election, state=st,
             state_version=self.state_version, error=self.error, running=pgs.running,
             in_recovery=bool(pgs.in_recovery), wal=wal, streaming=pgs.streaming,
             upstream_id=(self.configured_upstream.id if pgs.in_recovery and self.configured_upstream else None),
@@ -161,7 +189,9 @@ class Sitter:
             heartbeats=self.heartbeats.freshness(others),
             one_node_write_mode=self.cfg.postgresMgrCfg.oneNodeWriteMode,
             expiry_passed=deadline is not None and time.monotonic() >= deadline,
-            sync_streaming=pgs.sync_flush is not None)
+            sync_streaming=pgs.sync_flush is not None,
+            sync_flush=pgs.sync_flush.value if pgs.sync_flush and i_am_primary else None,
+            switchover_stopped_wal=stopped_wal, switchover_expired=sw_expired)
 
     # ------------------------------------------------------------------ the loop
 
@@ -230,9 +260,12 @@ class Sitter:
                           steps=list(tr.steps))
             await self.execute(tr, dec.target)
             self.next_delay = FOLLOW_UP_S  # look at the result at once, not an interval later
+            if dec.rule == "primary.switchover_stop" and obs.wal is not None and obs.state is not None \
+                    and obs.state.switchover is not None:
+                self.switchover_stopped = (obs.state.generation, obs.state.switchover.to, obs.wal)
         elif dec.target.role in (PRIMARY, STANDBY):
             await self._refresh_members()
-        elif dec.target.role == PRIMARY and dec.target.read_only and dec.target.sync is not None:
+        if not tr.steps and dec.target.role == PRIMARY and dec.target.read_only and dec.target.sync is not None:
             self.next_delay = min(self.next_delay, CATCH_UP_POLL_S)  # writes wait on this check
         old = self.target
         if old is None or old.role != dec.target.role:
@@ -246,6 +279,7 @@ class Sitter:
     async def _record_history(self, old: Target | None, new: Target) -> None:
         gen = self.state.generation if self.state else None
         for ev in history.events_for(self.me, old, new, gen, int(time.time() * 1000)):
+            self.transitions[ev.action] = self.transitions.get(ev.action, 0) + 1
             try:
                 await self.store.record(ev)
             except Exception as e:  # history must not block failover; it is retried never
@@ -391,6 +425,31 @@ class Sitter:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.zk.close(), 5)
 
+    def request_rebuild(self, force: bool = False) -> tuple[int, dict]:
+        """An operator asks this node to restore its data from its upstream (manatee-adm
+        rebuild). It is marked as diverged, so the core rebuilds it from its upstream (a
+        deposed node: once the primary moved it back into the chain); the restore clears the
+        mark. Refused for the primary, for a node not in the state, and for the sync unless
+        forced (the primary cannot take writes while its sync rebuilds)."""
+        st = self.state
+        place = st.place_of(self.me.id) if st else None
+        if place is None:
+            return 409, {"code": "NotAMember", "message": f"{self.me.id} is not in the shard state"}
+        if place == "primary":
+            return 409, {"code": "IsPrimary",
+                         "message": f"{self.me.id} is the primary: switch over first (manatee-adm switchover)"}
+        if place == "sync" and not force:
+            return 409, {"code": "IsSync",
+                         "message": f"{self.me.id} is the sync: the primary cannot take writes until it names "
+                                    f"another sync; use --force to rebuild it anyway"}
+        if self.role == REBUILD:
+            return 202, {"rebuild": "running", "restore": self.restore_progress}
+        self.diverged = True
+        self.restore_progress = {"phase": "requested", "completed": 0, "size": 0, "source": None}
+        self.log.info("rebuild_requested", place=place)
+        self.wake.set()
+        return 202, {"rebuild": "requested", "place": place}
+
     def debug_state(self) -> dict:
         st, d, pgs = self.state, self.last, self.last_pg
         place = st.place_of(self.me.id) if st else None
@@ -413,7 +472,9 @@ class Sitter:
 NO_SYNC_PLACEHOLDER = "manatee-no-sync-standby"
 FOLLOW_UP_S = 0.05        # after a state write or a transition: look again almost at once
 CATCH_UP_POLL_S = 0.1     # a read-only primary waiting for its sync polls this often
+SWITCHOVER_LIMIT_S = 20.0  # a switchover request not completed by then is withdrawn by the primary
 ZK_SAFETY_REFRESH_S = 5.0  # re-read ZooKeeper at least this often even without a watch
+_ZK_BADNESS = (CONNECTED, SUSPENDED, LOST)  # order for "the worse of two session states"
 
 
 class UpstreamNotReady(RuntimeError):

@@ -23,7 +23,7 @@ from manatee.core.lsn import format_lsn, parse_lsn
 __all__ = [
     "CONNECTED", "SUSPENDED", "LOST", "ZK_STATES",
     "UNASSIGNED", "PRIMARY", "STANDBY", "DEPOSED", "FENCED", "SAFE_MODE", "REBUILD", "ROLES",
-    "StateError", "Peer", "Freeze", "ClusterState", "Target",
+    "StateError", "Peer", "Freeze", "Switchover", "ClusterState", "Target",
     "parse_election_name", "election_order", "dedupe_peers", "error_record",
     "format_lsn", "parse_lsn",
 ]
@@ -116,6 +116,39 @@ class Freeze:
 
 
 @dataclass(frozen=True)
+class Switchover:
+    """An operator's request for a planned takeover by the sync (`manatee-adm switchover`).
+
+    `to` is the sync's peer id. The primary goes read-only, waits until the sync has flushed
+    its WAL, stops its PostgreSQL and then sets `released` with the WAL position the sync had
+    flushed (`releasedWal`); only then may the sync take over, by the usual takeover rule.
+    Absent (None) in states written before this existed: no request."""
+
+    to: str
+    requested: str = ""
+    by: str = ""
+    released: bool = False
+    released_wal: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"to": self.to, "requested": self.requested, "by": self.by, "released": self.released,
+                "releasedWal": format_lsn(self.released_wal)}
+
+    @classmethod
+    def from_json(cls, d: Any) -> Switchover | None:
+        if d is None:
+            return None
+        if not isinstance(d, Mapping) or not isinstance(d.get("to"), str) or not d.get("to"):
+            raise StateError(f"state.switchover: expected null or an object with a peer id 'to', got {d!r}")
+        try:
+            wal = parse_lsn(d.get("releasedWal", "0/0"))
+        except ValueError as e:
+            raise StateError(f"state.switchover.releasedWal: {e}") from None
+        return cls(to=d["to"], requested=str(d.get("requested", "")), by=str(d.get("by", "")),
+                   released=d.get("released") is True, released_wal=wal)
+
+
+@dataclass(frozen=True)
 class ClusterState:
     """The authoritative topology: primary → sync → async..., plus deposed former primaries.
 
@@ -132,6 +165,7 @@ class ClusterState:
     init_wal: int = 0
     freeze: Freeze | None = None
     one_node_write_mode: bool = False
+    switchover: Switchover | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.generation, int) or self.generation < 1:
@@ -184,6 +218,8 @@ class ClusterState:
             "initWal": format_lsn(self.init_wal),
             "freeze": self.freeze.to_json() if self.freeze else None,
             "oneNodeWriteMode": self.one_node_write_mode,
+            # written only while a request is pending, so older readers see the v2 shape
+            **({"switchover": self.switchover.to_json()} if self.switchover else {}),
         }
 
     def dumps(self) -> bytes:
@@ -213,6 +249,7 @@ class ClusterState:
             async_=tuple(Peer.from_json(p, f"state.async[{i}]") for i, p in enumerate(asyncs)),
             deposed=tuple(Peer.from_json(p, f"state.deposed[{i}]") for i, p in enumerate(deposed)),
             init_wal=init_wal, freeze=Freeze.from_json(d.get("freeze")), one_node_write_mode=onwm,
+            switchover=Switchover.from_json(d.get("switchover")),
         )
 
     @classmethod

@@ -6,6 +6,7 @@ sitter's state, and the daisy-chain heartbeat endpoint standbys post to.
   GET  /primary    200 only on the writable primary, else 503
   GET  /replica    200 only on a standby that is streaming, else 503
   GET  /restore    progress of the last restore
+  GET  /metrics    Prometheus text format 0.0.4 (see manatee/sitter/metrics.py)
   POST /heartbeat  {id, pgUrl, wal, streaming}: accepted only from election members
 """
 
@@ -17,7 +18,8 @@ import time
 from aiohttp import web
 
 from manatee.sitter.heartbeat import parse_heartbeat
-from manatee.sitter.state import CONNECTED, PRIMARY, STANDBY
+from manatee.sitter.metrics import CONTENT_TYPE, MetricsCollector, streaming_replica, writable_primary
+from manatee.sitter.state import CONNECTED
 
 MAX_BODY = 4096
 
@@ -34,9 +36,11 @@ class StatusServer:
             web.get("/ping", self.ping), web.get("/state", self.state),
             web.get("/primary", self.primary), web.get("/replica", self.replica),
             web.get("/restore", self.restore), web.post("/heartbeat", self.heartbeat),
+            web.get("/metrics", self.metrics), web.post("/rebuild", self.rebuild),
             web.get("/", self.index),
         ])
         self.runner: web.AppRunner | None = None
+        self.collector = MetricsCollector(sitter, log)
 
     async def start(self) -> None:
         cfg = self.sitter.cfg
@@ -51,7 +55,8 @@ class StatusServer:
 
     async def index(self, _req):
         return _json(200, {"routes": ["GET /ping", "GET /state", "GET /primary", "GET /replica",
-                                      "GET /restore", "POST /heartbeat"]})
+                                      "GET /restore", "GET /metrics", "POST /heartbeat",
+                                      "POST /rebuild"]})
 
     async def ping(self, _req):
         s = self.sitter
@@ -66,20 +71,43 @@ class StatusServer:
 
     async def primary(self, _req):
         s = self.sitter
-        t, pgs = s.target, s.last_pg
-        ok = (t is not None and t.role == PRIMARY and not t.read_only and pgs is not None
-              and pgs.running and pgs.healthy and not pgs.in_recovery)
+        ok = writable_primary(s)
         return _json(200 if ok else 503, {"primary": ok, "role": s.role})
 
     async def replica(self, _req):
         s = self.sitter
-        t, pgs = s.target, s.last_pg
-        ok = t is not None and t.role == STANDBY and pgs is not None and pgs.streaming
+        t = s.target
+        ok = streaming_replica(s)
         return _json(200 if ok else 503, {"replica": ok, "role": s.role,
                                           "upstream": t.upstream.id if t and t.upstream else None})
 
+    async def metrics(self, _req):
+        text = await self.collector.render()
+        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
     async def restore(self, _req):
         return _json(200, {"restore": self.sitter.restore_progress})
+
+    async def rebuild(self, req: web.Request):
+        """manatee-adm rebuild: restore this node from its upstream. It destroys the node's
+        data (kept aside until the new copy streams), so only this host, loopback and the
+        shard's members may ask. Body: optional {"force": bool}."""
+        members = {p.ip for p in self.sitter.election} | {self.sitter.cfg.ip}
+        if req.remote not in members and not (req.remote or "").startswith("127."):
+            self.log.warning("rebuild_refused", remote=req.remote)
+            return _json(403, {"code": "Forbidden",
+                               "message": f"{req.remote} is neither this host nor a member of the shard"})
+        try:
+            body = await req.json() if req.can_read_body else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _json(400, {"code": "BadRequest", "message": "body must be JSON"})
+        except web.HTTPRequestEntityTooLarge:
+            return _json(413, {"code": "TooLarge", "message": f"body over {MAX_BODY} bytes"})
+        if not isinstance(body, dict) or not isinstance(body.get("force", False), bool) \
+                or set(body) - {"force"}:
+            return _json(400, {"code": "BadRequest", "message": 'body must be {} or {"force": true|false}'})
+        code, out = self.sitter.request_rebuild(body.get("force", False))
+        return _json(code, out)
 
     async def heartbeat(self, req: web.Request):
         try:

@@ -62,6 +62,19 @@ def test_primary_suspended_past_expiry_fences_once_its_sync_stops_streaming():
     assert d.target.role == FENCED and d.rule == "primary.fence_suspended"
 
 
+def test_primary_suspended_past_expiry_fences_when_its_sync_stops_heartbeating():
+    # F7: a partition hides from PostgreSQL that the sync is gone until wal_sender_timeout;
+    # the sync's heartbeats tell at once. Not before the session may have expired (F10).
+    stale = {B.id: False, C.id: True}
+    d = decide(obs(A, zk=SUSPENDED, sync_caught_up=True, expiry_passed=True, sync_streaming=True, heartbeats=stale))
+    assert d.target.role == FENCED and d.rule == "primary.fence_suspended" and "heartbeat" in d.reason
+    d = decide(obs(A, zk=SUSPENDED, sync_caught_up=True, expiry_passed=False, sync_streaming=True, heartbeats=stale))
+    assert d.target.role == PRIMARY
+    d = decide(obs(A, zk=SUSPENDED, sync_caught_up=True, expiry_passed=True, sync_streaming=True,
+                   heartbeats={B.id: True, C.id: False}))
+    assert d.target.role == PRIMARY  # only the async is silent: the sync still follows me
+
+
 def test_primary_suspended_in_one_node_write_mode_without_sync_is_fenced():
     st = ClusterState(generation=1, primary=A, one_node_write_mode=True)
     d = decide(obs(A, state=st, zk=SUSPENDED, one_node_write_mode=True, election=(A,)))

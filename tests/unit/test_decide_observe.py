@@ -1,0 +1,81 @@
+"""What the sitter's shell tells decide() about its ZooKeeper session (Sitter.observe).
+
+Found by F6 (SIGSTOP the primary past its session timeout, then SIGCONT): right after
+SIGCONT the old primary's session is LOST and a new one CONNECTED while observe() awaits
+PostgreSQL; the view it read (election, state) is still the expired session's, in which
+it is the primary. Reported as CONNECTED, decide() made it primary again: PostgreSQL was
+restarted as a (read-only) primary and an AssumeLeader with the old generation recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from manatee.core.lsn import Lsn
+from manatee.sitter.decide import decide
+from manatee.sitter.heartbeat import HeartbeatTable
+from manatee.sitter.pgmanager import PgStatus
+from manatee.sitter.sitter import Sitter
+from manatee.sitter.state import CONNECTED, FENCED, LOST, PRIMARY, SUSPENDED, ClusterState, Peer
+
+
+def _peer(n: int) -> Peer:
+    ip = f"10.0.0.{n}"
+    return Peer(id=f"{ip}:5432:10002:5433", zone_id=f"zone-{n}", ip=ip, pg_url=f"tcp://postgres@{ip}:5432/postgres",
+                backup_url=f"http://{ip}:10002", status_url=f"http://{ip}:5433")
+
+
+A, B, C = _peer(1), _peer(2), _peer(3)
+STATE = ClusterState(generation=1, primary=A, sync=B, async_=(C,), init_wal=0x5000)
+
+
+def _sitter(zk_before: str, zk_after: str, *, view_stale: bool) -> Sitter:
+    """A Sitter whose ZK session changes from zk_before to zk_after while PG is asked."""
+    s = Sitter.__new__(Sitter)
+
+    async def status(_sync_app):
+        s.zk_state = zk_after  # the kazoo thread's news arrives during the await
+        return PgStatus(True, True, False, Lsn(0x9000), False, False, None, 1, False)
+
+    async def no_refresh():
+        return None
+
+    s.me, s.zk_state, s.view_stale = A, zk_before, view_stale
+    s.state, s.state_version, s.election, s.error = STATE, 3, (A, B, C), None
+    s.pg = SimpleNamespace(status=status, has_data=lambda: True)
+    s.zk = SimpleNamespace(session_expiry_deadline=lambda: None)
+    s.cfg = SimpleNamespace(postgresMgrCfg=SimpleNamespace(oneNodeWriteMode=False))
+    s.heartbeats = HeartbeatTable(expiration_s=5)
+    s.log = SimpleNamespace(info=lambda *a, **k: None)
+    s.diverged, s.caught_up_for, s.configured_upstream, s.wal_from = False, None, None, None
+    s.switchover_stopped = s.switchover_seen = None
+    s._refresh_zk = no_refresh
+    return s
+
+
+def test_a_view_from_an_expired_session_is_reported_lost_until_reread():
+    s = _sitter(LOST, CONNECTED, view_stale=True)
+    obs = asyncio.run(s.observe())
+    assert obs.zk == LOST
+    assert decide(obs).target.role == FENCED  # not primary again on the old state
+
+
+def test_reconnect_during_observe_reports_the_worse_state():
+    s = _sitter(SUSPENDED, CONNECTED, view_stale=False)  # same session back: still alive
+    assert asyncio.run(s.observe()).zk == SUSPENDED
+    s = _sitter(CONNECTED, SUSPENDED, view_stale=False)
+    assert asyncio.run(s.observe()).zk == SUSPENDED
+
+
+def test_a_fresh_view_while_connected_is_connected():
+    s = _sitter(CONNECTED, CONNECTED, view_stale=False)
+    obs = asyncio.run(s.observe())
+    assert obs.zk == CONNECTED and decide(obs).target.role == PRIMARY
+
+
+def test_session_loss_marks_the_view_stale():
+    s = _sitter(CONNECTED, CONNECTED, view_stale=False)
+    s.wake = asyncio.Event()
+    s._on_zk_state("LOST")
+    assert s.view_stale and s.need_join
