@@ -1,0 +1,236 @@
+"""The pure half of manatee-adm: what the operator sees, from data already gathered.
+
+Why separate: the problem list is what `verify` exits on and what `show` prints, so it is
+a function of plain dicts (the shard state, the error node, the election, each sitter's
+/state and each PostgreSQL's answers) that unit tests can feed any situation, and the
+tables are rendered the same way whatever gathered the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+__all__ = ["NodeView", "ShardView", "chain_nodes", "problems", "render_table", "render_show",
+           "render_pg_status", "render_history", "fmt_bytes", "fmt_seconds", "iso_now"]
+
+
+@dataclass
+class NodeView:
+    """One node of the shard as manatee-adm sees it.
+
+    role: primary | sync | async | deposed | unknown (live, not in the state).
+    peer: the state's peer record {id, zoneId, ip, pgUrl, backupUrl, statusUrl}.
+    live: registered in the election. upstream: the peer id it should stream from.
+    sitter: the body of its sitter's GET /state (None: no answer).
+    pg: {"up", "recovery", "readOnly", "wal", "error"} from its PostgreSQL (None: not asked).
+    repl: its upstream's pg_stat_replication row for it, with `lag_bytes` and `lag_s`
+      (None: the upstream has no row for it, or was not asked).
+    """
+
+    role: str
+    peer: Mapping[str, Any]
+    live: bool = True
+    upstream: str | None = None
+    sitter: Mapping[str, Any] | None = None
+    pg: Mapping[str, Any] | None = None
+    repl: Mapping[str, Any] | None = None
+
+    @property
+    def ip(self) -> str:
+        return str(self.peer.get("ip", "?"))
+
+    @property
+    def id(self) -> str:
+        return str(self.peer.get("id", self.ip))
+
+
+@dataclass
+class ShardView:
+    shard: str
+    state: Mapping[str, Any] | None
+    error: Mapping[str, Any] | None = None
+    nodes: list[NodeView] = field(default_factory=list)
+    state_error: str | None = None
+
+    @property
+    def generation(self) -> Any:
+        return (self.state or {}).get("generation")
+
+
+def chain_nodes(state: Mapping[str, Any] | None, live_ids: Sequence[str],
+                election: Sequence[Mapping[str, Any]] = ()) -> list[NodeView]:
+    """The state's primary, sync, asyncs and deposed (in that order) as NodeViews, each with
+    the upstream it should stream from, plus live peers the state does not list yet."""
+    out: list[NodeView] = []
+    live = set(live_ids)
+    if state:
+        chain = [("primary", state.get("primary")), ("sync", state.get("sync"))]
+        chain += [("async", p) for p in state.get("async") or []]
+        prev = None
+        for role, p in chain:
+            if not p:
+                continue
+            out.append(NodeView(role, p, p.get("id") in live, prev))
+            prev = p.get("id")
+        for p in state.get("deposed") or []:
+            out.append(NodeView("deposed", p, p.get("id") in live, None))
+    known = {n.id for n in out}
+    for p in election:
+        if p.get("id") not in known:
+            out.append(NodeView("unknown", p, True, None))
+    return out
+
+
+def problems(v: ShardView) -> list[str]:
+    """Everything an operator should look at, one line each; empty when healthy."""
+    out: list[str] = []
+    if v.state_error:
+        out.append(f"the shard state cannot be read: {v.state_error}")
+    if v.error is not None:
+        why = v.error.get("reason") if isinstance(v.error, Mapping) else v.error
+        out.append(f"safe mode: {why or 'no reason recorded'} (follow the runbook, then manatee-clear)")
+    st = v.state
+    if not st:
+        if not v.state_error:
+            out.append("no shard state in ZooKeeper yet: the shard has not been set up")
+        return out
+    fr = st.get("freeze")
+    if fr:
+        out.append(f"frozen: {fr.get('reason') or 'no reason'} (by {fr.get('by') or '?'} at "
+                   f"{fr.get('time') or '?'}): no automatic failover until unfreeze")
+    sw = st.get("switchover")
+    if sw:
+        out.append(f"switchover to {sw.get('to')} pending since {sw.get('requested') or '?'}"
+                   + (" (primary released)" if sw.get("released") else ""))
+    if not st.get("sync") and not st.get("oneNodeWriteMode"):
+        out.append("no sync: the primary takes no writes until a standby becomes its sync")
+    by_id = {n.id: n for n in v.nodes}
+    for n in v.nodes:
+        what = f"{n.role} {n.ip}"
+        if n.role == "unknown":
+            out.append(f"{n.ip} is live but not in the shard state yet (joining?)")
+            continue
+        if n.role == "deposed":
+            out.append(f"deposed {n.ip}: a former primary "
+                       + ("waiting to rejoin the chain (rebuild it if it does not)" if n.live
+                          else "that is down"))
+            continue
+        if not n.live:
+            out.append(f"{what} is not in the election (its sitter is down or cut off)")
+        if n.sitter is None and n.live:
+            out.append(f"{what}: its sitter's status server does not answer")
+        if n.pg is not None and not n.pg.get("up"):
+            out.append(f"{what}: PostgreSQL does not answer ({n.pg.get('error') or 'down'})")
+            continue
+        if n.role == "primary":
+            if n.pg and n.pg.get("recovery"):
+                out.append(f"{what}: PostgreSQL is still in recovery (not promoted)")
+            elif n.pg and n.pg.get("readOnly") and st.get("sync") and not sw:
+                out.append(f"{what} is read-only (waiting for its sync to catch up?)")
+            continue
+        up = by_id.get(n.upstream or "")
+        up_ip = up.ip if up else n.upstream
+        if n.pg is not None and n.pg.get("up") and not n.pg.get("recovery"):
+            out.append(f"{what}: PostgreSQL runs as a primary, not as a standby of {up_ip}")
+        elif n.repl is None or n.repl.get("state") != "streaming":
+            if up is not None and up.pg is not None:  # only when the upstream was asked
+                state = (n.repl or {}).get("state") or "not connected"
+                out.append(f"{what} is not streaming from {up_ip} ({state})")
+        elif n.role == "sync" and n.repl.get("sync_state") not in (None, "sync"):
+            out.append(f"{what} streams but is not the synchronous standby (sync_state "
+                       f"{n.repl.get('sync_state')})")
+    return out
+
+
+# --------------------------------------------------------------------------- formatting
+
+def iso_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def fmt_bytes(n: Any) -> str:
+    if n is None:
+        return "-"
+    n = int(n)
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def fmt_seconds(s: Any) -> str:
+    return "-" if s is None else f"{float(s):.3f}"
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns, two spaces apart; None shows as '-'."""
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def _pg_col(n: NodeView) -> tuple[str, str]:
+    if n.pg is None:
+        return "?", "-"
+    if not n.pg.get("up"):
+        return "down", "-"
+    if n.pg.get("recovery"):
+        return "up", "standby"
+    return "up", "read-only" if n.pg.get("readOnly") else "read-write"
+
+
+def _lag(n: NodeView) -> tuple[str, str]:
+    if n.role in ("primary", "deposed", "unknown") or n.repl is None:
+        return "-", "-"
+    return fmt_bytes(n.repl.get("lag_bytes")), fmt_seconds(n.repl.get("lag_s"))
+
+
+def render_show(v: ShardView, probs: Sequence[str] | None = None) -> str:
+    st = v.state or {}
+    fr = st.get("freeze")
+    head = [f"shard:       {v.shard}",
+            f"generation:  {v.generation if v.generation is not None else '-'}",
+            f"freeze:      " + (f"frozen: {fr.get('reason')} (by {fr.get('by') or '?'} at {fr.get('time') or '?'})"
+                                if fr else "not frozen"),
+            f"initWal:     {st.get('initWal', '-')}"]
+    if st.get("oneNodeWriteMode"):
+        head.append("mode:        one-node-write mode")
+    if st.get("switchover"):
+        sw = st["switchover"]
+        head.append(f"switchover:  to {sw.get('to')} requested {sw.get('requested')}"
+                    + (" (released)" if sw.get("released") else ""))
+    rows = []
+    for n in v.nodes:
+        pg, mode = _pg_col(n)
+        lag_b, lag_s = _lag(n)
+        sitter = "-" if n.sitter is None else str(n.sitter.get("localRole") or n.sitter.get("role") or "?")
+        rows.append([n.role, n.ip, n.peer.get("pgUrl", "-"), "yes" if n.live else "no", sitter, pg, mode,
+                     lag_b, lag_s])
+    table = render_table(["ROLE", "ADDRESS", "PGURL", "LIVE", "SITTER", "PG", "MODE", "LAG", "LAG(S)"], rows)
+    probs = problems(v) if probs is None else probs
+    tail = ["problems:"] + ([f"  - {p}" for p in probs] if probs else ["  none"])
+    return "\n".join(head) + "\n\n" + table + "\n\n" + "\n".join(tail)
+
+
+def render_pg_status(v: ShardView, stamp: str | None = None) -> str:
+    rows = []
+    for n in v.nodes:
+        if n.role in ("deposed", "unknown"):
+            continue
+        pg, mode = _pg_col(n)
+        r = n.repl or {}
+        lag_b, lag_s = _lag(n)
+        wal = (n.pg or {}).get("wal") or "-"
+        rows.append([n.role, n.ip, pg, mode, wal,
+                     "-" if n.role == "primary" else (r.get("state") or "none"),
+                     r.get("replay_lsn") or "-", lag_b, lag_s])
+    out = render_table(["ROLE", "ADDRESS", "PG", "MODE", "WAL", "REPL", "REPLAY", "LAG", "LAG(S)"], rows)
+    return (f"{stamp}  shard {v.shard} generation {v.generation}\n" if stamp else "") + out
+
+
+def render_history(records: Sequence[Mapping[str, Any]]) -> str:
+    rows = [[r.get("date") or r.get("time"), r.get("action"), r.get("ip"), r.get("role"),
+             r.get("master") or "-", r.get("slave") or "-", r.get("generation", "-")] for r in records]
+    return render_table(["TIME", "ACTION", "IP", "ROLE", "MASTER", "SLAVE", "GEN"], rows)

@@ -1,0 +1,149 @@
+"""manatee-adm's pure parts: the problem list (what verify exits on), the tables, and the
+argument errors (one line, exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import pytest
+
+from manatee.cli import adm
+from manatee.cli.adm_view import (
+    NodeView, ShardView, chain_nodes, fmt_bytes, problems, render_history, render_pg_status, render_show,
+    render_table,
+)
+from manatee.sitter.state import ClusterState, Freeze, Switchover
+from tests.unit.test_decide import A, B, C, D
+
+STATE = ClusterState(generation=4, primary=A, sync=B, async_=(C,), init_wal=0x5000)
+LIVE = [A.id, B.id, C.id]
+
+
+def healthy(state: ClusterState = STATE, live=LIVE, election=()) -> ShardView:
+    st = state.to_json()
+    nodes = chain_nodes(st, live, [p.to_json() for p in election])
+    for n in nodes:
+        n.sitter = {"localRole": "primary" if n.role == "primary" else "standby"}
+        if n.role in ("deposed", "unknown"):
+            continue
+        n.pg = {"up": True, "recovery": n.role != "primary", "readOnly": n.role != "primary", "wal": "0/9000"}
+        if n.role != "primary":
+            n.repl = {"state": "streaming", "sync_state": "sync" if n.role == "sync" else "async",
+                      "lag_bytes": 0, "lag_s": 0.0, "replay_lsn": "0/9000"}
+    return ShardView("1", st, None, nodes)
+
+
+def test_healthy_shard_has_no_problems_and_show_says_none():
+    v = healthy()
+    assert problems(v) == []
+    out = render_show(v)
+    assert "generation:  4" in out and "not frozen" in out and out.rstrip().endswith("none")
+    for role, p in (("primary", A), ("sync", B), ("async", C)):
+        line = next(ln for ln in out.splitlines() if ln.startswith(role))
+        assert p.ip in line and p.pg_url in line
+    assert "read-write" in out and "standby" in out
+
+
+def test_chain_nodes_know_their_upstream_and_list_unknown_live_peers():
+    nodes = chain_nodes(STATE.evolve(deposed=(D,), async_=()).to_json(), [A.id, B.id], [C.to_json()])
+    assert [(n.role, n.ip, n.upstream) for n in nodes] == [
+        ("primary", A.ip, None), ("sync", B.ip, A.id), ("deposed", D.ip, None), ("unknown", C.ip, None)]
+    assert [n.live for n in nodes] == [True, True, False, True]
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda v: v.state.update(freeze={"reason": "upgrade", "by": "op", "time": "t"}), "frozen: upgrade"),
+    (lambda v: setattr(v, "error", {"reason": "sync diverged"}), "safe mode: sync diverged"),
+    (lambda v: v.state.update(sync=None), "no sync"),
+    (lambda v: setattr(v.nodes[2], "repl", None), f"async {C.ip} is not streaming from {B.ip}"),
+    (lambda v: v.nodes[1].repl.update(state="catchup"), "(catchup)"),
+    (lambda v: v.nodes[1].repl.update(sync_state="potential"), "not the synchronous standby"),
+    (lambda v: setattr(v.nodes[1], "pg", {"up": False, "error": "connection refused"}), "connection refused"),
+    (lambda v: setattr(v.nodes[2], "live", False), f"async {C.ip} is not in the election"),
+    (lambda v: setattr(v.nodes[0], "sitter", None), "status server does not answer"),
+    (lambda v: v.nodes[0].pg.update(readOnly=True), f"primary {A.ip} is read-only"),
+    (lambda v: v.nodes[2].pg.update(recovery=False), "runs as a primary"),
+    (lambda v: v.state.update(switchover={"to": B.id, "requested": "t"}), "switchover to"),
+])
+def test_each_problem_is_detected(mutate, needle):
+    v = healthy()
+    mutate(v)
+    probs = problems(v)
+    assert any(needle in p for p in probs), probs
+    assert all(isinstance(p, str) and "\n" not in p for p in probs)
+
+
+def test_deposed_and_unknown_nodes_are_problems():
+    v = healthy(STATE.evolve(deposed=(D,)), live=[*LIVE, D.id])
+    assert any(p.startswith(f"deposed {D.ip}") and "rejoin" in p for p in problems(v))
+    st = ClusterState(generation=4, primary=A, sync=B, init_wal=0)
+    v = healthy(st, live=[A.id, B.id, C.id], election=[C])
+    assert any("not in the shard state" in p for p in problems(v))
+
+
+def test_no_state_and_unreadable_state():
+    assert "not been set up" in problems(ShardView("1", None))[0]
+    assert "cannot be read" in problems(ShardView("1", None, state_error="state.generation: missing"))[0]
+
+
+def test_frozen_shard_show_names_the_freeze():
+    v = healthy(STATE.evolve(freeze=Freeze(reason="upgrade", by="op@h", time="2024-01-01T00:00:00Z")))
+    out = render_show(v)
+    assert "freeze:      frozen: upgrade (by op@h at 2024-01-01T00:00:00Z)" in out
+    assert "frozen: upgrade" in out.split("problems:")[1]
+
+
+def test_switchover_shown_while_pending():
+    v = healthy(STATE.evolve(switchover=Switchover(to=B.id, requested="t1", released=True)))
+    assert "switchover:  to " + B.id + " requested t1 (released)" in render_show(v)
+
+
+def test_pg_status_table_shows_lag_per_standby():
+    v = healthy()
+    v.nodes[2].repl.update(lag_bytes=3 * 1024 * 1024, lag_s=1.25)
+    out = render_pg_status(v, "2024-01-01T00:00:00Z")
+    lines = out.splitlines()
+    assert lines[0].startswith("2024-01-01T00:00:00Z  shard 1 generation 4")
+    assert lines[1].split()[:4] == ["ROLE", "ADDRESS", "PG", "MODE"]
+    a_line = next(ln for ln in lines if ln.startswith("async"))
+    assert "3.0 MB" in a_line and "1.250" in a_line and "streaming" in a_line
+    p_line = next(ln for ln in lines if ln.startswith("primary"))
+    assert "read-write" in p_line and p_line.rstrip().endswith("-")
+
+
+def test_history_table_columns():
+    recs = [{"time": "1", "date": "2024-01-01T00:00:00.000Z", "ip": A.ip, "action": "AssumeLeader",
+             "role": "primary", "master": "", "slave": B.ip, "zkSeq": "0000000001", "generation": 3}]
+    out = render_history(recs).splitlines()
+    assert out[0].split() == ["TIME", "ACTION", "IP", "ROLE", "MASTER", "SLAVE", "GEN"]
+    assert out[1].split() == ["2024-01-01T00:00:00.000Z", "AssumeLeader", A.ip, "primary", "-", B.ip, "3"]
+
+
+def test_table_and_byte_formatting():
+    assert render_table(["A", "BB"], [["x", None], ["yyy", 2]]).splitlines() == ["A    BB", "x    -", "yyy  2"]
+    assert [fmt_bytes(x) for x in (None, 0, 2048, 5 << 20)] == ["-", "0 B", "2.0 kB", "5.0 MB"]
+
+
+def test_find_peer_by_ip_or_id_and_unknown_node():
+    assert adm.find_peer(STATE, B.ip) == B and adm.find_peer(STATE, C.id) == C
+    with pytest.raises(adm.CliError, match="no node '10.9.9.9'.*members: 10.0.0.1 \\(primary\\)"):
+        adm.find_peer(STATE, "10.9.9.9")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    ([], "COMMAND"),
+    (["show"], "SHARD, ZK"),
+    (["bogus", "1", "zk"], "invalid choice"),
+    (["freeze", "1", "localhost"], "--reason"),
+    (["freeze", "1", "localhost", "-r", "  "], "must say why"),
+    (["pg-status", "1", "localhost", "abc"], "PERIOD must be a number"),
+    (["pg-status", "1", "localhost", "-5"], "PERIOD"),
+    (["show", "a/b", "localhost"], "bad shard name"),
+    (["show", "1", "host:notaport"], "bad port"),
+    (["switchover", "1", "localhost", "--wait", "0"], "--wait"),
+    (["rebuild", "1", "localhost"], "--node"),
+    (["show", "1", "localhost", "-t", "0"], "--timeout"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(argv, needle, capsys):
+    assert adm.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("manatee-adm: ") and needle in err, err
