@@ -13,6 +13,7 @@ command -v zfs-fuse >/dev/null 2>&1 || need+=(zfs-fuse)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)  # the sample load-balancer config is tested
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
