@@ -15,52 +15,32 @@ and S1 could not tell writers apart).
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import random
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 from manatee.core.procs import pid_alive
-from manatee.harness import cgroups, network
 from manatee.harness.checks import (
     check_data,
     history_one_primary_per_generation,
     promoted_from,
     summarise,
 )
+from manatee.harness.nemesis import client_dsn, http_get, read_history
 from manatee.harness.sandbox import (
-    DEFAULT_PORTS,
     NodeState,
     Sandbox,
     SandboxError,
-    dir_lock,
-    pick_port,
     postmaster_pid,
     tail,
-    write_node_configs,
 )
 from manatee.harness.writer import RecordingWriter
-from manatee.sitter.history import parse_record
 
 
-def _get(url: str, timeout: float = 1.0) -> tuple[int, Any]:
-    """(HTTP status, parsed JSON or None); (0, None) when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            status, body = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, body = e.code, e.read()
-    except (OSError, ValueError):
-        return 0, None
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, None
+_get = http_get  # (HTTP status, parsed JSON or None); (0, None) when nothing answers
 
 
 class WaitTimeout(AssertionError):
@@ -153,15 +133,7 @@ class Shard:
 
     def dsn(self, node: NodeState) -> str:
         """TCP DSN; the password comes from a passfile so that it is not in logged DSNs."""
-        st = self.sb.st
-        pw = ""
-        if st.auth_method != "trust":
-            pf = self.dir / "test.pgpass"
-            if not pf.exists():
-                pf.touch(mode=0o600)
-                pf.write_text(f"*:*:*:postgres:{st.repl_password}\n")
-            pw = f" passfile={pf}"
-        return f"host={node.ip} port={node.pg_port} user=postgres dbname=postgres{pw} connect_timeout=3"
+        return client_dsn(self.sb, node, self.dir / "test.pgpass")
 
     def state_of(self, node: NodeState, timeout: float = 1.0) -> dict | None:
         _code, body = _get(f"{node.status_url}/state", timeout)
@@ -224,12 +196,7 @@ class Shard:
         return json.loads(data) if data else None
 
     def history(self) -> list[dict]:
-        path = f"{self.sb.st.shard_path}/history"
-        out = []
-        for c in self.zk.get_children(path):
-            data, _ = self.zk.get(f"{path}/{c}")
-            out.append(parse_record(c, data))
-        return sorted(out, key=lambda r: int(r["zkSeq"]))
+        return read_history(self.sb.st.zk_connect, self.sb.st.shard_path)
 
     def leader_ips(self) -> list[str]:
         """ips of the AssumeLeader records in order: the shard's primaries by tenure."""
@@ -314,40 +281,8 @@ class Shard:
 
     # ------------------------------------------------------------------ F14
     def add_node(self) -> NodeState:
-        """A further node (next letter, next address) created and started the way `up`
-        creates nodes: ports, dataset, configs, cgroup and source address, then its daemons.
-        (The Sandbox has no add_node yet; this uses its own config functions.)"""
-        sb, st = self.sb, self.sb.st
-        with dir_lock(sb.dir):
-            name = chr(ord(st.nodes[-1].name) + 1)
-            ip = str(ipaddress.IPv4Address(st.nodes[-1].ip) + 1)
-            if int(ipaddress.IPv4Address(ip)) & 0xFF in (0, 255):
-                raise SandboxError(f"no address left after {st.nodes[-1].ip}")
-            taken = {(n.ip, p) for n in st.nodes for p in (n.pg_port, n.status_port, n.backup_port, n.zfs_port)}
-            node_dir = sb.dir / "nodes" / name
-            base = Path(st.data_root) / name if st.data_root else node_dir
-            node = NodeState(
-                name=name, ip=ip,
-                pg_port=pick_port(ip, DEFAULT_PORTS["pg"], taken),
-                status_port=pick_port(ip, DEFAULT_PORTS["status"], taken),
-                backup_port=pick_port(ip, DEFAULT_PORTS["backup"], taken),
-                zfs_port=pick_port(ip, DEFAULT_PORTS["zfs"], taken),
-                dataset=f"{st.pool}/{name}/pg", mountpoint=str(base / "pg"), dir=str(node_dir),
-                cgroup=f"{st.cgroup}/{name}" if st.cgroup else None,
-            )
-            st.nodes.append(node)
-            write_node_configs(st, node)
-            sb.save()  # from here on `down` knows the node
-            from manatee.harness.zfspool import ZfsPool
-
-            Path(node.mountpoint).parent.mkdir(parents=True, exist_ok=True)
-            ZfsPool(Path(st.pool_file).parent, st.pool).create_dataset(f"{name}/pg", Path(node.mountpoint))
-            if node.cgroup:
-                cgroups.create(node.cgroup)
-                network.source_nat(node.ip, node.cgroup)
-            sb._start_node(node)
-            sb.save()
-        return node
+        """A further node (next letter, next address), created and started by the Sandbox."""
+        return self.sb.add_node()
 
     def sitter_log(self, node: NodeState) -> str:
         try:

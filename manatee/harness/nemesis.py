@@ -1,0 +1,762 @@
+"""The fault soak ("nemesis"): R rounds of randomly chosen faults against a sandbox shard
+under continuous writes, then the data checks of ACCEPTANCE S1–S4/S7 over the whole run.
+
+Why a soak: each fault test (tests/integration/test_sitter_faults.py) starts from a
+healthy shard and breaks it once. Production shards see faults one after another, on
+whatever node happens to hold a role, with the shard still recovering from the last one.
+The soak repeats that with a seeded RNG, so a failing sequence can be replayed.
+
+Each round: pick a fault (kill, graceful stop, hang past the session timeout, partition,
+ZooKeeper restart, back-to-back failover) and, where it has one, a role (primary, sync,
+async); apply it; wait until the shard reacts (the node leaves the topology) or a bound
+passes; undo it (start, resume, heal, restart ZooKeeper); wait, with a bound, for a
+healthy shard (primary + sync + async, every standby streaming, a write commits). A round
+that does not heal within the bound is an "operator round": its reason (and whether the
+shard is in safe mode) is recorded, and the runner recovers it the way an operator would
+(undo everything, start what is down, then restart the nodes).
+
+At the end the writer stops and the data is checked: every acknowledged id on the final
+primary (S2), every other node's rows a subset of the primary's with identical payloads
+(S4, no fork), one writer at a time (S1), and the history's AssumeLeader records name one
+primary per generation (S7).
+
+The helpers at the top (``http_get``, ``client_dsn``, ``ShardView``) are what any test
+driving a sandbox shard as a client needs; tests/shard_fixture.py uses them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from manatee.core.procs import pid_alive
+from manatee.harness import network
+from manatee.harness.checks import (
+    check_data,
+    fetch_rows,
+    history_one_primary_per_generation,
+    not_a_prefix,
+    promoted_from,
+    summarise,
+)
+from manatee.harness.sandbox import NodeState, Sandbox, SandboxError, tail
+from manatee.harness.writer import RecordingWriter
+from manatee.sitter.history import parse_record
+
+#: Every fault kind, in the order the summary lists them.
+FAULT_KINDS = ("kill", "stop", "hang", "partition", "zk_restart", "double_failover")
+#: Faults aimed at one node, chosen by the role it holds when the round starts.
+TARGETED = ("kill", "stop", "hang", "partition")
+ROLES = ("primary", "sync", "async")
+
+
+# ------------------------------------------------------------------ client-side helpers
+
+
+def http_get(url: str, timeout: float = 1.0) -> tuple[int, Any]:
+    """(HTTP status, parsed JSON or None); (0, None) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            status, body = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    except (OSError, ValueError):
+        return 0, None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+def client_dsn(sb: Sandbox, node: NodeState, passfile: Path | str) -> str:
+    """A client's TCP DSN for `node`. Over TCP the writer's `node` column names the node
+    that executed each insert (S1 needs that); the password sits in `passfile` (created
+    on first use) so that it never appears in logged DSNs."""
+    st = sb.st
+    pw = ""
+    if st.auth_method != "trust":
+        pf = Path(passfile)
+        if not pf.exists():
+            pf.touch(mode=0o600)
+            pf.write_text(f"*:*:*:postgres:{st.repl_password}\n")
+        pw = f" passfile={pf}"
+    return f"host={node.ip} port={node.pg_port} user=postgres dbname=postgres{pw} connect_timeout=3"
+
+
+def _zk_read(connect: str, fn: Callable[[Any], Any], timeout: float = 5.0) -> Any:
+    """Run fn(client) on a short-lived ZooKeeper client (one per read: a soak restarts
+    ZooKeeper, and a long-lived client would only add its own reconnects to the picture)."""
+    from kazoo.client import KazooClient
+
+    zk = KazooClient(hosts=connect, timeout=timeout)
+    try:
+        zk.start(timeout=timeout)
+        return fn(zk)
+    finally:
+        with contextlib.suppress(Exception):
+            zk.stop()
+            zk.close()
+
+
+def read_history(connect: str, shard_path: str) -> list[dict]:
+    """<shard_path>/history as the guide's records, in zkSeq order."""
+    def get(zk: Any) -> list[dict]:
+        path = f"{shard_path}/history"
+        out = []
+        for c in zk.get_children(path):
+            data, _ = zk.get(f"{path}/{c}")
+            out.append(parse_record(c, data))
+        return sorted(out, key=lambda r: int(r["zkSeq"]))
+
+    return _zk_read(connect, get)
+
+
+class ShardView:
+    """A sandbox shard seen as a client sees it: the sitters' status endpoints and the
+    shard's znodes. Nothing here changes the shard."""
+
+    def __init__(self, sb: Sandbox, passfile: Path | str | None = None):
+        self.sb = sb
+        self.passfile = Path(passfile) if passfile else sb.dir / "client.pgpass"
+
+    @property
+    def nodes(self) -> list[NodeState]:
+        return list(self.sb.st.nodes)
+
+    def by_ip(self, ip: str) -> NodeState:
+        for n in self.nodes:
+            if n.ip == ip:
+                return n
+        raise KeyError(f"no node with address {ip}")
+
+    def dsn(self, node: NodeState) -> str:
+        return client_dsn(self.sb, node, self.passfile)
+
+    def state_of(self, node: NodeState, timeout: float = 1.0) -> dict | None:
+        _code, body = http_get(f"{node.status_url}/state", timeout)
+        return body if isinstance(body, dict) else None
+
+    def roles(self) -> dict[str, str]:
+        """name → role as each sitter reports it ('down' when nothing answers)."""
+        out = {}
+        for n in self.nodes:
+            s = self.state_of(n)
+            out[n.name] = str(s.get("role")) if s else "down"
+        return out
+
+    def writable(self, node: NodeState) -> bool:
+        return http_get(f"{node.status_url}/primary", 0.7)[0] == 200
+
+    def streaming(self, node: NodeState) -> bool:
+        return http_get(f"{node.status_url}/replica", 0.7)[0] == 200
+
+    def find_primary(self) -> str | None:
+        """For a writer: the DSN of the one node whose sitter says it is the writable
+        primary (None if none or — which S1 forbids — several)."""
+        ok = [n for n in self.nodes if self.writable(n)]
+        return self.dsn(ok[0]) if len(ok) == 1 else None
+
+    # ZooKeeper ---------------------------------------------------------------------------
+    def zk_state(self) -> dict | None:
+        """/manatee/<shard>/state (None when absent or ZooKeeper does not answer)."""
+        st = self.sb.st
+
+        def get(zk: Any) -> dict | None:
+            data, _ = zk.get(f"{st.shard_path}/state")
+            return json.loads(data) if data else None
+
+        try:
+            return _zk_read(st.zk_connect, get, timeout=3.0)
+        except Exception:  # noqa: BLE001 - absent, or ZooKeeper down: "not known now"
+            return None
+
+    def safe_mode(self) -> dict | None:
+        """The shard's error (safe-mode) node, or None (also when ZooKeeper is down)."""
+        st = self.sb.st
+
+        def get(zk: Any) -> dict | None:
+            if not zk.exists(f"{st.shard_path}/error"):
+                return None
+            data, _ = zk.get(f"{st.shard_path}/error")
+            try:
+                v = json.loads(data) if data else {}
+            except ValueError:
+                v = {"raw": data.decode(errors="replace")}
+            return v if isinstance(v, dict) else {"reason": str(v)}
+
+        try:
+            return _zk_read(st.zk_connect, get, timeout=3.0)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def history(self) -> list[dict]:
+        return read_history(self.sb.st.zk_connect, self.sb.st.shard_path)
+
+    def topology(self) -> dict[str, Any]:
+        """The ZK state as node names: {generation, primary, sync, async: [...], deposed: [...]}."""
+        s = self.zk_state() or {}
+
+        def name(p: dict | None) -> str | None:
+            if not p:
+                return None
+            try:
+                return self.by_ip(p["ip"]).name
+            except KeyError:
+                return p.get("ip")
+
+        return {"generation": s.get("generation"), "primary": name(s.get("primary")),
+                "sync": name(s.get("sync")), "async": [name(a) for a in s.get("async") or []],
+                "deposed": [name(a) for a in s.get("deposed") or []]}
+
+    def healthy(self) -> tuple[bool, str]:
+        """(healthy, why not): the Sandbox's health (one primary, one sync, the rest async,
+        by the sitters and ZooKeeper; every PostgreSQL up; a write commits) and every
+        standby's /replica answering 200."""
+        try:
+            ok, why, nodes = self.sb.health()
+        except Exception as e:  # noqa: BLE001 - a half-broken shard must not stop the soak
+            return False, f"health check failed: {type(e).__name__}: {e}"
+        roles = ", ".join(f"{n['name']}={n['role']}" for n in nodes)
+        if not ok:
+            return False, f"{why} ({roles})"
+        for n in nodes:
+            if n["role"] in ("sync", "async") and not self.streaming(self.sb.st.node(n["name"])):
+                return False, f"{n['name']} ({n['role']}) not streaming: /replica not 200 ({roles})"
+        return True, roles
+
+    def describe(self) -> str:
+        lines = [f"roles: {self.roles()}", f"zk state: {self.topology()}"]
+        for n in self.nodes:
+            lines.append(f"--- {n.name} ({n.ip}) sitter log tail:\n{tail(n.log_path('sitter'), 12)}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def parse_faults(text: str | None) -> tuple[str, ...]:
+    """'kill,partition' → ('kill', 'partition'); None/'' → every kind. '-' and '_' are
+    the same ('zk-restart'). ValueError names an unknown kind."""
+    if not text:
+        return FAULT_KINDS
+    out: list[str] = []
+    for part in text.split(","):
+        k = part.strip().replace("-", "_")
+        if not k:
+            continue
+        if k not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {part.strip()!r} (known: {', '.join(FAULT_KINDS)})")
+        if k not in out:
+            out.append(k)
+    if not out:
+        raise ValueError(f"no fault kinds in {text!r} (known: {', '.join(FAULT_KINDS)})")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One round's fault as scheduled: the role it aims at (None: no single target)."""
+
+    kind: str
+    role: str | None = None
+
+
+def schedule(rounds: int, kinds: Sequence[str], rng: random.Random) -> list[Planned]:
+    """The rounds' faults: the kinds in shuffled blocks (every kind once per block, so a
+    short soak covers each kind when rounds >= len(kinds)), a random role for targeted
+    ones. Deterministic for a given rng seed."""
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, not {rounds}")
+    if not kinds:
+        raise ValueError("no fault kinds to schedule")
+    plan: list[Planned] = []
+    while len(plan) < rounds:
+        block = list(kinds)
+        rng.shuffle(block)
+        for k in block:
+            if len(plan) == rounds:
+                break
+            plan.append(Planned(k, rng.choice(ROLES) if k in TARGETED else None))
+    return plan
+
+
+def round_outage(outages: Iterable[Any], t0: float, t1: float) -> float:
+    """Longest write outage overlapping [t0, t1] (monotonic seconds), clipped to it.
+    `outages`: objects with start and end (end None: still open at t1)."""
+    best = 0.0
+    for o in outages:
+        end = t1 if o.end is None else o.end
+        if end < t0 or o.start > t1:
+            continue
+        best = max(best, min(end, t1) - max(o.start, t0))
+    return best
+
+
+def longest_gap(success_times: Sequence[float], t0: float, t1: float) -> float:
+    """Longest time without a successful commit within [t0, t1], clipped to it: the write
+    outage a client saw (a commit that hangs until a new sync is found is no failure, but
+    it is an outage). `success_times`: when commits returned success, ascending."""
+    edges = [t0] + [t for t in success_times if t0 <= t <= t1] + [t1]
+    return max((b - a for a, b in zip(edges, edges[1:])), default=0.0)
+
+
+@dataclass
+class RoundResult:
+    index: int
+    kind: str
+    target: str = ""                  # "b(sync)", "a(primary)->b(sync)", "" for zk_restart
+    before: str = ""                  # topology at the start: "p=a s=b as=c g=3"
+    after: str = ""                   # topology once healthy
+    heal_s: float = 0.0               # fault applied → healthy again
+    outage_s: float = 0.0             # longest write outage within the round
+    operator: str | None = None       # why an operator was needed (None: healed by itself)
+    safe_mode: dict | None = None     # the error node, if the shard entered safe mode
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def line(self, total: int) -> str:
+        parts = [f"round {self.index}/{total}", f"fault={self.kind}"]
+        if self.target:
+            parts.append(f"target={self.target}")
+        parts += [f"before=[{self.before}]", f"after=[{self.after}]",
+                  f"heal_s={self.heal_s:.1f}", f"outage_s={self.outage_s:.1f}"]
+        if self.operator:
+            parts.append(f"OPERATOR({self.operator})")
+        if self.safe_mode:
+            parts.append(f"SAFE_MODE({self.safe_mode.get('reason', self.safe_mode)})")
+        if self.problems:
+            parts.append(f"PROBLEMS({'; '.join(self.problems)})")
+        if self.notes:
+            parts.append(f"notes: {'; '.join(self.notes)}")
+        return " ".join(parts)
+
+
+@dataclass
+class Summary:
+    rounds: int
+    seed: int
+    session_timeout_ms: int
+    faults: dict[str, int] = field(default_factory=dict)
+    rounds_run: int = 0
+    acked: int = 0
+    warned: int = 0
+    lost: int = 0
+    forks: int = 0
+    history_ok: bool = False
+    problems: list[str] = field(default_factory=list)   # every check problem, S1–S7
+    longest_outage_s: float = 0.0
+    operator_rounds: int = 0
+    safe_mode_rounds: int = 0
+    error: str | None = None          # the soak could not run to the end (why)
+    duration_s: float = 0.0
+    dir: str = ""
+    round_results: list[dict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return (self.error is None and self.rounds_run == self.rounds and self.lost == 0 and self.forks == 0
+                and self.history_ok and self.operator_rounds == 0 and not self.problems)
+
+    @property
+    def result(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["result"] = self.result
+        return d
+
+
+def format_faults(faults: dict[str, int]) -> str:
+    """{'kill': 2, 'stop': 1} → '{kill:2,stop:1}' in FAULT_KINDS order (kinds never run omitted)."""
+    order = [k for k in FAULT_KINDS if faults.get(k)] + sorted(k for k in faults if k not in FAULT_KINDS and faults[k])
+    return "{" + ",".join(f"{k}:{faults[k]}" for k in order) + "}"
+
+
+def format_summary(s: Summary) -> str:
+    """The one summary line."""
+    parts = [
+        f"nemesis: rounds={s.rounds_run}" + ("" if s.rounds_run == s.rounds else f"/{s.rounds}"),
+        f"seed={s.seed}",
+        f"session_timeout_ms={s.session_timeout_ms}",
+        f"faults={format_faults(s.faults)}",
+        f"acked={s.acked}",
+        f"lost={s.lost}",
+        f"forks={s.forks}",
+        f"history={'ok' if s.history_ok else 'BAD'}",
+        f"problems={len(s.problems)}",
+        f"longest_outage_s={s.longest_outage_s:.1f}",
+        f"operator_rounds={s.operator_rounds}",
+    ]
+    if s.safe_mode_rounds:
+        parts.append(f"safe_mode_rounds={s.safe_mode_rounds}")
+    if s.error:
+        parts.append(f"error={json.dumps(s.error.splitlines()[0] if s.error else '')}")
+    parts.append(f"result={s.result}")
+    return " ".join(parts)
+
+
+def topo_line(t: dict[str, Any]) -> str:
+    return (f"p={t.get('primary') or '-'} s={t.get('sync') or '-'} "
+            f"as={','.join(x or '?' for x in t.get('async') or []) or '-'} g={t.get('generation')}")
+
+
+# ------------------------------------------------------------------ the runner
+
+
+class SoakAborted(Exception):
+    """The shard could not be brought back even by the operator's steps."""
+
+
+class Nemesis:
+    """One soak. `out` receives the per-round lines and progress."""
+
+    def __init__(
+        self,
+        rounds: int = 5,
+        seed: int | None = None,
+        session_timeout_ms: int = 5000,
+        faults: Sequence[str] = FAULT_KINDS,
+        dir: Path | str | None = None,
+        keep: bool = False,
+        heal_timeout: float = 180.0,
+        write_interval: float = 0.02,
+        out: Callable[[str], None] = print,
+        verbose: bool = False,
+    ):
+        self.rounds = rounds
+        self.seed = seed if seed is not None else random.SystemRandom().randrange(1, 2**31)
+        self.session_timeout_ms = session_timeout_ms
+        self.kinds = tuple(faults)
+        self.keep = keep
+        self.heal_timeout = heal_timeout
+        self.write_interval = write_interval
+        self._print = out
+        self.verbose = verbose
+        self._tmp: str | None = None
+        if dir is None:
+            self._tmp = tempfile.mkdtemp(prefix="manatee-nemesis-")
+            dir = Path(self._tmp) / "sandbox"
+        self.dir = Path(dir).resolve()
+        self.rng = random.Random(self.seed)
+        self.plan = schedule(rounds, self.kinds, self.rng)
+        self.sb = Sandbox(self.dir, out=self._sandbox_out)
+        self.view = ShardView(self.sb)
+        self.writer: RecordingWriter | None = None
+        self.t_start = time.monotonic()
+
+    # output --------------------------------------------------------------------------------
+    def say(self, line: str) -> None:
+        self._print(f"[{time.strftime('%T')} +{time.monotonic() - self.t_start:6.1f}s] {line}")
+
+    def _sandbox_out(self, line: str) -> None:
+        if self.verbose:
+            self.say(f"  sandbox: {line}")
+
+    @property
+    def session_s(self) -> float:
+        return self.session_timeout_ms / 1000
+
+    # waits ---------------------------------------------------------------------------------
+    def _wait(self, pred: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            v = pred()
+            if v or time.monotonic() > deadline:
+                return v
+            time.sleep(interval)
+
+    def wait_healthy(self, timeout: float) -> tuple[bool, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            ok, why = self.view.healthy()
+            if ok or time.monotonic() > deadline:
+                return ok, why
+            time.sleep(0.5)
+
+    def _left_topology(self, name: str) -> bool:
+        """True once ZooKeeper's state no longer names `name` as primary, sync or async."""
+        t = self.view.topology()
+        if t.get("generation") is None:
+            return False
+        return name not in [t["primary"], t["sync"], *t["async"]]
+
+    def _await_reaction(self, name: str, at_least: float = 0.0) -> str | None:
+        """After a fault on `name`: until the shard drops it from the topology (bounded),
+        and at least `at_least` seconds. A note if it never did."""
+        t0 = time.monotonic()
+        bound = 3 * self.session_s + 30
+        reacted = self._wait(lambda: self._left_topology(name), bound)
+        left = at_least - (time.monotonic() - t0)
+        if left > 0:
+            time.sleep(left)
+        if not reacted:
+            return f"{name} still in the topology {bound:.0f}s after the fault"
+        return None
+
+    # faults --------------------------------------------------------------------------------
+    def _node_for(self, role: str, t: dict[str, Any]) -> str:
+        if role == "async":
+            return t["async"][-1]
+        return t[role]
+
+    def apply(self, p: Planned, r: RoundResult, t: dict[str, Any]) -> None:
+        """Apply the fault and undo it (start, resume, heal, restart ZooKeeper)."""
+        if p.kind in TARGETED:
+            name = self._node_for(p.role or "primary", t)
+            r.target = f"{name}({p.role})"
+            if p.kind == "kill":
+                self.sb.kill(name)
+                note = self._await_reaction(name)
+                self.sb.start(name)
+            elif p.kind == "stop":
+                self.sb.stop(name)
+                note = self._await_reaction(name)
+                self.sb.start(name)
+            elif p.kind == "hang":
+                self.sb.hang(name)
+                try:
+                    note = self._await_reaction(name, at_least=self.session_s + 1)
+                finally:
+                    self.sb.resume(name)
+            else:  # partition
+                self.sb.partition(name)
+                try:
+                    note = self._await_reaction(name, at_least=self.session_s + 1)
+                finally:
+                    self.sb.heal(name)
+            if note:
+                r.notes.append(note)
+        elif p.kind == "zk_restart":
+            down_s = round(self.rng.uniform(0.5, 2.0) * self.session_s, 1)
+            r.target = f"zookeeper({down_s}s)"
+            self.sb.zk_stop()
+            try:
+                time.sleep(down_s)
+            finally:
+                self.sb.zk_start()
+        elif p.kind == "double_failover":
+            first, second = t["primary"], t["sync"]
+            r.target = f"{first}(primary)->{second}(sync)"
+            self.sb.kill(first)
+            bound = 3 * self.session_s + 60
+            promoted = self._wait(lambda: self.view.writable(self.sb.st.node(second)), bound, interval=0.1)
+            if not promoted:
+                r.notes.append(f"{second} not writable {bound:.0f}s after {first} was killed; killed it anyway")
+            self.sb.kill(second)
+            time.sleep(self.session_s + 2)  # the third node's turn: promoted, but without a sync
+            r.notes.append(f"with {first} and {second} down: {topo_line(self.view.topology())} "
+                           f"roles {self.view.roles()}")
+            order = [first, second]
+            self.rng.shuffle(order)
+            for n in order:
+                self.sb.start(n)
+        else:
+            raise ValueError(f"unknown fault {p.kind!r}")
+
+    # operator ------------------------------------------------------------------------------
+    def undo_everything(self) -> list[str]:
+        """What an operator does first: ZooKeeper up, partitions healed, hung nodes resumed,
+        nodes whose daemons died started. Returns what was done."""
+        done = []
+        if not self.sb.zk_running():
+            self.sb.zk_start()
+            done.append("started ZooKeeper")
+        for n in self.sb.st.nodes:
+            with contextlib.suppress(network.NftError, OSError, SandboxError):
+                if self.sb.heal(n.name):
+                    done.append(f"healed {n.name}")
+            with contextlib.suppress(SandboxError):
+                self.sb.resume(n.name)
+            if not n.pids or not all(pid_alive(p) for p in n.pids.values()):
+                with contextlib.suppress(SandboxError):
+                    self.sb.kill(n.name)  # a postgres left without its sitter
+                self.sb.start(n.name)
+                done.append(f"started {n.name}")
+        return done
+
+    def operator_recover(self, r: RoundResult, why: str) -> None:
+        r.operator = why
+        r.safe_mode = self.view.safe_mode()
+        roles = self.view.roles()
+        if any(v == "safe_mode" for v in roles.values()) and not r.safe_mode:
+            r.safe_mode = {"reason": f"sitters report safe_mode: {roles}"}
+        self.say(f"round {r.index}: not healthy within {self.heal_timeout:.0f}s: {why}")
+        self.say(f"round {r.index}: {self.view.describe()}")
+        if r.safe_mode:
+            raise SoakAborted(f"safe mode ({r.safe_mode}): needs the runbook and manatee-clear")
+        done = self.undo_everything()
+        r.notes.append(f"operator: {', '.join(done) or 'nothing to undo'}")
+        ok, why2 = self.wait_healthy(self.heal_timeout)
+        if ok:
+            return
+        # restart every node, one at a time (the guide's "restart the sitters")
+        for n in self.sb.st.nodes:
+            self.sb.stop(n.name, timeout=60)
+        for n in self.sb.st.nodes:
+            self.sb.start(n.name)
+        r.notes.append("operator: restarted every node")
+        ok, why3 = self.wait_healthy(self.heal_timeout)
+        if not ok:
+            raise SoakAborted(f"still not healthy after the operator's steps: {why3}")
+
+    # a round -------------------------------------------------------------------------------
+    def run_round(self, r: RoundResult, p: Planned) -> None:
+        """Fault, undo, heal (or operator), then what the round shows. Raises SoakAborted
+        when not even the operator's steps bring the shard back (r says why)."""
+        prev_state = self.view.zk_state()
+        t = self.view.topology()
+        r.before = topo_line(t)
+        t0 = time.monotonic()
+        try:
+            self.apply(p, r, t)
+        except Exception as e:  # noqa: BLE001 - whatever broke, heal and go on
+            r.notes.append(f"applying the fault failed: {type(e).__name__}: {e}")
+        ok, why = self.wait_healthy(self.heal_timeout)
+        r.heal_s = time.monotonic() - t0
+        if not ok:
+            self.operator_recover(r, why)
+        t1 = time.monotonic()
+        if self.writer is not None:
+            r.outage_s = longest_gap(self._success_times(), t0, t1)
+        after = self.view.topology()
+        r.after = topo_line(after)
+        new_state = self.view.zk_state() or {}
+        if p.kind == "zk_restart" and prev_state and new_state.get("generation") != prev_state.get("generation"):
+            r.notes.append(f"topology changed across the ZooKeeper restart "
+                           f"(generation {prev_state.get('generation')} -> {new_state.get('generation')})")
+        if p.kind != "double_failover" and prev_state and new_state.get("primary") and r.operator is None:
+            r.problems += promoted_from(prev_state, new_state["primary"])
+
+    def _success_times(self) -> list[float]:
+        assert self.writer is not None
+        return sorted(a.finished for a in self.writer.attempts() if a.outcome != "failed")
+
+    # the soak ------------------------------------------------------------------------------
+    def run(self) -> Summary:
+        s = Summary(rounds=self.rounds, seed=self.seed, session_timeout_ms=self.session_timeout_ms,
+                    dir=str(self.dir))
+        self.say(f"nemesis: seed={self.seed} rounds={self.rounds} faults={','.join(self.kinds)} "
+                 f"session_timeout_ms={self.session_timeout_ms} dir={self.dir}")
+        self.say("plan: " + " ".join(f"{k + 1}:{p.kind}{'/' + p.role if p.role else ''}"
+                                     for k, p in enumerate(self.plan)))
+        results: list[RoundResult] = []
+        failed = True
+        try:
+            try:
+                self._up()
+                self.writer = RecordingWriter(self.view.find_primary, name="nemesis",
+                                              table=f"nemesis_{uuid.uuid4().hex[:8]}",
+                                              interval=self.write_interval, commit_timeout=8.0,
+                                              connect_timeout=2.0).start()
+                self.writer.wait_for_acks(20, 60)
+                for i, p in enumerate(self.plan, 1):
+                    r = RoundResult(index=i, kind=p.kind)
+                    results.append(r)
+                    s.faults[p.kind] = s.faults.get(p.kind, 0) + 1
+                    try:
+                        self.run_round(r, p)
+                    except SoakAborted:
+                        r.operator = r.operator or "not recovered"
+                        raise
+                    except Exception as e:  # noqa: BLE001
+                        r.operator = r.operator or f"the round raised {type(e).__name__}: {e}"
+                        raise
+                    finally:
+                        self.say(r.line(self.rounds))
+                    s.rounds_run = i
+                self.writer.wait_for_acks(20, 60)
+            except SoakAborted as e:
+                s.error = f"aborted: {e}"
+            except Exception as e:  # noqa: BLE001 - the summary must still be printed
+                s.error = f"{type(e).__name__}: {e}"
+                self.say(f"error: {s.error}")
+            finally:
+                if self.writer is not None:
+                    self.writer.stop()
+            for r in results:
+                s.problems += [f"round {r.index}: {x}" for x in r.problems]
+            s.operator_rounds = sum(1 for r in results if r.operator)
+            s.safe_mode_rounds = sum(1 for r in results if r.safe_mode)
+            if self.writer is not None:
+                self.final_checks(s)
+            s.round_results = [asdict(r) for r in results]
+            failed = not s.passed
+        finally:
+            s.duration_s = round(time.monotonic() - self.t_start, 1)
+            self._down(failed)
+        return s
+
+    def _up(self) -> None:
+        shard = f"n{uuid.uuid4().hex[:8]}"
+        ipr = random.Random()  # addresses: not from the seed (parallel soaks with one seed)
+        first_ip = f"127.{ipr.randint(100, 250)}.{ipr.randint(1, 250)}.11"
+        self.say(f"bringing up a 3-node shard /manatee/{shard} on {first_ip}.. in {self.dir}")
+        info = self.sb.up(nodes=3, session_timeout_ms=self.session_timeout_ms, shard=shard,
+                          first_ip=first_ip, timeout=300)
+        ok, why = self.wait_healthy(120)
+        if not ok:
+            raise SoakAborted(f"the new shard is not healthy: {why}")
+        self.say(f"shard up in {info.get('seconds')}s: {topo_line(self.view.topology())}")
+
+    def final_checks(self, s: Summary) -> None:
+        w = self.writer
+        assert w is not None
+        s.acked = len(w.acked)
+        s.warned = len(w.warned)
+        s.longest_outage_s = round(max(w.longest_outage(), w.longest_ack_gap()), 2)
+        try:
+            state = self.view.zk_state()
+            if not state or not state.get("primary"):
+                raise SoakAborted("no primary in ZooKeeper's state at the end")
+            primary = self.view.by_ip(state["primary"]["ip"])
+            others = {n.name: self.view.dsn(n) for n in self.view.nodes
+                      if n.name != primary.name and self.view.state_of(n)}
+            time.sleep(1.0)  # let the standbys replay the last commits
+            p_dsn = self.view.dsn(primary)
+            hist = self.view.history()
+            leaders = [r["ip"] for r in hist if r["action"] == "AssumeLeader"]
+            s.problems += check_data(w.acked, (primary.name, p_dsn), others, table=w.table,
+                                     warned=w.warned, primaries=leaders)
+            p_rows = fetch_rows(p_dsn, w.table)
+            s.lost = len(w.acked - {r.id for r in p_rows})
+            s.forks = sum(1 for name, dsn in others.items() if not_a_prefix(p_rows, fetch_rows(dsn, w.table), name))
+            hp = history_one_primary_per_generation(hist)
+            s.history_ok = not hp
+            s.problems += [x for x in hp if x not in s.problems]
+            self.say(f"checks on the final primary {primary.name} and {', '.join(others) or 'no other node'}: "
+                     + summarise(s.problems))
+        except Exception as e:  # noqa: BLE001
+            msg = f"final checks failed: {type(e).__name__}: {e}"
+            s.error = s.error or msg
+            s.problems.append(msg)
+            self.say(msg)
+
+    def _down(self, failed: bool) -> None:
+        if not self.sb.exists():
+            return
+        if failed and self.keep:
+            self.say(f"sandbox kept for inspection: {self.dir} "
+                     f"(remove it with `manatee-sandbox down --dir {self.dir}`)")
+            return
+        problems = self.sb.down()
+        if problems:
+            self.say(f"down left: {problems}")
+        elif self._tmp:
+            with contextlib.suppress(OSError):
+                Path(self._tmp).rmdir()
+
+
+__all__ = ["FAULT_KINDS", "TARGETED", "ROLES", "Nemesis", "Planned", "RoundResult", "ShardView", "Summary",
+           "SoakAborted", "client_dsn", "format_faults", "format_summary", "http_get", "parse_faults",
+           "longest_gap", "read_history", "round_outage", "schedule", "topo_line"]
