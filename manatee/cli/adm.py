@@ -10,6 +10,8 @@
                                                  planned takeover by the sync (write gap well under 1 s)
     manatee-adm rebuild    SHARD ZK --node NODE [--force] [--wait S]
                                                  restore a node from its upstream, with progress
+    manatee-adm set-primary SHARD ZK NODE [--force]
+                                                 safe-mode runbook step 3 (all sitters stopped)
 
 Every subcommand also takes -t/--timeout (ZooKeeper and PostgreSQL answers) and -v. Failures
 are one line on stderr and a non-zero exit (1: could not do it, 2: usage), never a
@@ -266,6 +268,29 @@ def find_peer(state: ClusterState, key: str):
     raise CliError(f"no node {key!r} in the shard state (members: {names})")
 
 
+def set_primary(zk: ZkReader, shard: str, node: str, error: Any, live: list[dict],
+                force: bool = False) -> tuple[ClusterState, ClusterState]:
+    """The safe-mode runbook's step 3: make `node` the primary of a new generation with no
+    sync and nobody else in the chain (they rejoin at the tail and are rebuilt if they
+    forked). Only in safe mode, and only while no sitter runs (a running sitter could act
+    on the old generation meanwhile); --force skips the safe-mode check, never the other."""
+    if live:
+        raise CliError("stop every sitter first (runbook step 2); still in the election: "
+                       + ", ".join(str(p.get("ip") or p.get("id")) for p in live))
+    if error is None and not force:
+        raise CliError(f"shard {shard!r} is not in safe mode: the sitters choose the primary themselves "
+                       "(use switchover for a planned change; --force only if you know why)")
+
+    def change(st: ClusterState) -> ClusterState:
+        p = find_peer(st, node)
+        return st.evolve(generation=st.generation + 1, primary=p, sync=None, async_=(), deposed=(),
+                         switchover=None)
+
+    old, new = cas_state(zk, shard, change)
+    assert new is not None
+    return old, new
+
+
 def request_switchover(zk: ZkReader, shard: str, to: str | None, error: Any,
                        live: set[str]) -> ClusterState:
     from manatee.sitter.state import Switchover
@@ -350,6 +375,15 @@ def cmd_unfreeze(args, zk: ZkReader) -> int:
     old, new = set_freeze(zk, args.shard, None)
     _say(f"shard {args.shard} was not frozen: nothing to do" if new is None
          else f"shard {args.shard} unfrozen (was: {old.freeze.reason})")
+    return EXIT_OK
+
+
+def cmd_set_primary(args, zk: ZkReader) -> int:
+    _state, _v, error, election, _e = read_shard(zk, args.shard)
+    old, new = set_primary(zk, args.shard, args.node, error, election, args.force)
+    _say(f"generation {new.generation}: primary {new.primary.ip} ({new.primary.id}), no sync; was primary "
+         f"{old.primary.ip} in generation {old.generation}. Next: manatee-clear, then start "
+         f"{new.primary.ip}'s sitter first (runbook steps 4-5)")
     return EXIT_OK
 
 
@@ -520,6 +554,10 @@ def build_parser() -> ArgParser:
     sp.add_argument("--wait", type=_positive("--wait"), default=30.0, metavar="SECONDS",
                     help="give up (and withdraw the request) after this long (default 30)")
     sp.add_argument("--cancel", action="store_true", help="withdraw a pending switchover request")
+    sp = add("set-primary", "safe-mode runbook step 3: NODE is the primary of a new generation, no sync, "
+                            "nobody else in the chain (all sitters must be stopped)")
+    sp.add_argument("node", metavar="NODE", help="the node with the most WAL: its ip, id or zoneId")
+    sp.add_argument("--force", action="store_true", help="also when the shard is not in safe mode")
     sp = add("rebuild", "restore a node's data from its upstream (its sitter does it), showing progress")
     sp.add_argument("--node", required=True, metavar="NODE", help="the node's ip, id or zoneId")
     sp.add_argument("--force", action="store_true", help="also rebuild the sync (the primary blocks writes "
@@ -532,6 +570,7 @@ def build_parser() -> ArgParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace, ZkReader], int]] = {
     "show": cmd_show, "verify": cmd_verify, "pg-status": cmd_pg_status, "history": cmd_history,
     "freeze": cmd_freeze, "unfreeze": cmd_unfreeze, "switchover": cmd_switchover, "rebuild": cmd_rebuild,
+    "set-primary": cmd_set_primary,
 }
 
 
@@ -557,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if budget is not None:
             watchdog = _start_watchdog(TOOL, budget)
         with ZkReader(hosts, time.monotonic() + args.timeout) as zk:
-            if args.cmd not in ("switchover", "rebuild", "freeze", "unfreeze"):
+            if args.cmd not in ("switchover", "rebuild", "freeze", "unfreeze", "set-primary"):
                 if not zk.exists(shard_path(args.shard)):
                     raise CliError(f"shard {args.shard!r} not found: no {shard_path(args.shard)} in "
                                    f"ZooKeeper at {zk.hosts}")

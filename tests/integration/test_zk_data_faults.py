@@ -35,7 +35,7 @@ import pytest
 from manatee.backupserver.sender import HOLD_TAG
 from manatee.core.lsn import Lsn
 from manatee.core.procs import pid_alive
-from manatee.harness.sandbox import PG_BIN, ZFS_BIN
+from manatee.harness.sandbox import PG_BIN, ZFS_BIN, tail
 from manatee.harness.zookeeper import ZK_SERVER_SH
 from tests.shard_fixture import Shard, acks_on, first_ack_on, wall_to_mono
 
@@ -396,26 +396,29 @@ def _wal_position_by_hand(node) -> tuple[int, int]:
     if not sig.exists():
         sig.touch()
         shutil.chown(sig, "postgres", "postgres")
+    log_path = Path(node.dir) / "runbook-postgres.log"
+    log = open(log_path, "ab")
     proc = subprocess.Popen(
         ["runuser", "-u", "postgres", "--", f"{PG_BIN}/postgres", "-D", str(data),
          "-c", "primary_conninfo=", "-c", "listen_addresses=", "-c", "hot_standby=on"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
     try:
-        last, stable_since, deadline = None, None, time.monotonic() + 60
+        last, stable_since, deadline, err = None, None, time.monotonic() + 60, None
         while time.monotonic() < deadline:
             try:
                 (lsn, tli), = _sql(node, "select pg_last_wal_replay_lsn()::text, "
                                          "(select timeline_id from pg_control_checkpoint())")
-            except psycopg2.Error:
-                lsn, tli = None, None
+            except psycopg2.Error as e:
+                lsn, tli, err = None, None, str(e).strip()
             if lsn is not None and lsn == last:
                 if time.monotonic() - (stable_since or 0) > 1.5:
                     return Lsn.parse(lsn).value, int(tli)
             else:
                 last, stable_since = lsn, time.monotonic()
             time.sleep(0.3)
-        raise AssertionError(f"{node.name}: no stable WAL replay position within 60s")
+        raise AssertionError(f"{node.name}: no stable WAL replay position within 60s (last error: {err}); "
+                             f"postgres exit status {proc.poll()}, its log {log_path}:\n{tail(log_path, 25)}")
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # fast shutdown
         try:
@@ -510,13 +513,13 @@ def test_f16_safe_mode_runbook_end_to_end(shard: Shard):
         best = max(live, key=lambda n: (pos[n.name][0], n is S))  # tie: the previous sync
         _say(f"F16 runbook: WAL positions {({k: (str(Lsn(v[0])), v[1]) for k, v in pos.items()})}; "
              f"new primary {best.name}")
-        # 3. Make it the primary in the state (what the runbook does with zkCli.sh set).
-        data, zst = sh.zk.get(f"{st0.shard_path}/state")
-        state = json.loads(data)
-        peer = next(x for x in [state.get("sync"), *(state.get("async") or [])] if x and x["ip"] == best.ip)
-        state["primary"], state["sync"], state["async"], state["deposed"] = peer, None, [], []
-        state["generation"] = state["generation"] + 1
-        sh.zk.set(f"{st0.shard_path}/state", json.dumps(state).encode(), version=zst.version)
+        # 3. Make it the primary in the state: manatee-adm set-primary.
+        gen_before = json.loads(sh.zk.get(f"{st0.shard_path}/state")[0])["generation"]
+        cp = _tool("adm", "set-primary", st0.shard, st0.zk_connect, best.ip)
+        assert cp.returncode == 0, cp.stderr
+        state = json.loads(sh.zk.get(f"{st0.shard_path}/state")[0])
+        assert state["primary"]["ip"] == best.ip and state["sync"] is None and state["async"] == [], state
+        assert state["generation"] == gen_before + 1, state
         # 4. Clear safe mode.
         cp = _tool("clear", st0.shard, st0.zk_connect)
         assert cp.returncode == 0, cp.stderr

@@ -147,3 +147,15 @@ def test_bad_arguments_are_one_line_and_exit_2(argv, needle, capsys):
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("manatee-adm: ") and needle in err, err
+
+
+def test_set_primary_refuses_while_sitters_run_or_outside_safe_mode():
+    """Runbook step 3 rewrites the topology: never under a running sitter, and only in safe
+    mode unless forced (checked before ZooKeeper is touched)."""
+    from manatee.cli.adm import set_primary
+    from manatee.cli.common import CliError
+
+    with pytest.raises(CliError, match="stop every sitter first.*127.0.0.12"):
+        set_primary(None, "1", "127.0.0.11", {"reason": "x"}, [{"ip": "127.0.0.12", "id": "b"}])
+    with pytest.raises(CliError, match="not in safe mode"):
+        set_primary(None, "1", "127.0.0.11", None, [])
