@@ -470,8 +470,8 @@ class Sitter:
 
 
 NO_SYNC_PLACEHOLDER = "manatee-no-sync-standby"
-FOLLOW_UP_S = 0.05        # after a state write or a transition: look again almost at once
-CATCH_UP_POLL_S = 0.1     # a read-only primary waiting for its sync polls this often
+FOLLOW_UP_S = 0.01        # after a state write or a transition: look again at once (failures wait an interval)
+CATCH_UP_POLL_S = 0.05    # a read-only primary waiting for its sync polls this often
 SWITCHOVER_LIMIT_S = 20.0  # a switchover request not completed by then is withdrawn by the primary
 ZK_SAFETY_REFRESH_S = 5.0  # re-read ZooKeeper at least this often even without a watch
 _ZK_BADNESS = (CONNECTED, SUSPENDED, LOST)  # order for "the worse of two session states"
