@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import pytest
 
 from manatee.core.procs import pid_alive
 from manatee.harness.checks import (
@@ -29,18 +33,34 @@ from manatee.harness.checks import (
     promoted_from,
     summarise,
 )
-from manatee.harness.nemesis import client_dsn, http_get, read_history
 from manatee.harness.sandbox import (
     NodeState,
     Sandbox,
     SandboxError,
     postmaster_pid,
-    tail,
 )
+from manatee.harness.shardview import ShardView
 from manatee.harness.writer import RecordingWriter
+from manatee.harness.zookeeper import ZK_SERVER_SH
+
+#: pytestmark for modules that bring up a sandbox shard: slow, and only where it can run.
+NEEDS_SHARD = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None or not ZK_SERVER_SH.exists()
+                       or not os.path.exists("/usr/lib/postgresql/15/bin/postgres"),
+                       reason="needs root, nftables, ZooKeeper and PostgreSQL 15"),
+]
 
 
-_get = http_get  # (HTTP status, parsed JSON or None); (0, None) when nothing answers
+def say(msg: str) -> None:
+    """A timestamped progress line (shown with pytest -s; measured figures go here)."""
+    print(f"[{time.strftime('%T')}] {msg}", flush=True)
+
+
+def names(top: dict) -> tuple[str, str, str]:
+    """(primary, sync, last async) of a Shard.topology(); fails unless all three exist."""
+    assert top["primary"] and top["sync"] and len(top["async"]) >= 1, f"not primary+sync+async: {top}"
+    return top["primary"], top["sync"], top["async"][-1]
 
 
 class WaitTimeout(AssertionError):
@@ -61,8 +81,9 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
         time.sleep(interval)
 
 
-class Shard:
-    """A Sandbox shard on a random 127.x.y.0/24 (so parallel runs do not collide)."""
+class Shard(ShardView):
+    """A Sandbox shard on a random 127.x.y.0/24 (so parallel runs do not collide), with
+    the client's view of it (ShardView) and what the fault tests do to it."""
 
     def __init__(self, base_dir: Path, session_timeout_ms: int = 5000, nodes: int = 3):
         self.session_timeout_ms = session_timeout_ms
@@ -76,6 +97,7 @@ class Shard:
         self.first_ip = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}.11"
         self.lines: list[str] = []
         self.sb = Sandbox(self.dir, out=self._out)
+        self.passfile = self.dir / "test.pgpass"
         self._zk = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -115,43 +137,11 @@ class Shard:
         return problems
 
     # ------------------------------------------------------------------ nodes
-    @property
-    def nodes(self) -> list[NodeState]:
-        return list(self.sb.st.nodes)
-
     def node(self, name: str) -> NodeState:
         return self.sb.st.node(name)
 
-    def by_ip(self, ip: str) -> NodeState:
-        for n in self.nodes:
-            if n.ip == ip:
-                return n
-        raise KeyError(f"no node with address {ip}")
-
     def by_peer(self, peer: dict | None) -> NodeState | None:
         return None if not peer else self.by_ip(peer["ip"])
-
-    def dsn(self, node: NodeState) -> str:
-        """TCP DSN; the password comes from a passfile so that it is not in logged DSNs."""
-        return client_dsn(self.sb, node, self.dir / "test.pgpass")
-
-    def state_of(self, node: NodeState, timeout: float = 1.0) -> dict | None:
-        _code, body = _get(f"{node.status_url}/state", timeout)
-        return body if isinstance(body, dict) else None
-
-    def roles(self) -> dict[str, str]:
-        """name → role as each sitter reports it ('down' when nothing answers)."""
-        out = {}
-        for n in self.nodes:
-            s = self.state_of(n)
-            out[n.name] = str(s.get("role")) if s else "down"
-        return out
-
-    def writable(self, node: NodeState) -> bool:
-        return _get(f"{node.status_url}/primary", 0.7)[0] == 200
-
-    def streaming(self, node: NodeState) -> bool:
-        return _get(f"{node.status_url}/replica", 0.7)[0] == 200
 
     def find_primary(self) -> str | None:
         """For the writer: the DSN of the one node whose sitter says it is the writable
@@ -195,28 +185,11 @@ class Shard:
             return None
         return json.loads(data) if data else None
 
-    def history(self) -> list[dict]:
-        return read_history(self.sb.st.zk_connect, self.sb.st.shard_path)
-
     def leader_ips(self) -> list[str]:
         """ips of the AssumeLeader records in order: the shard's primaries by tenure."""
         return [r["ip"] for r in self.history() if r["action"] == "AssumeLeader"]
 
-    def topology(self) -> dict[str, Any]:
-        """The ZK state as node names: {generation, primary, sync, async: [...]}."""
-        s = self.zk_state() or {}
-        name = lambda p: self.by_ip(p["ip"]).name if p else None  # noqa: E731
-        return {"generation": s.get("generation"), "primary": name(s.get("primary")),
-                "sync": name(s.get("sync")), "async": [name(a) for a in s.get("async") or []],
-                "deposed": [name(a) for a in s.get("deposed") or []]}
-
     # ------------------------------------------------------------------ waits
-    def describe(self) -> str:
-        lines = [f"roles: {self.roles()}", f"zk state: {self.topology()}"]
-        for n in self.nodes:
-            lines.append(f"--- {n.name} ({n.ip}) sitter log tail:\n{tail(n.log_path('sitter'), 12)}")
-        return "\n".join(lines)
-
     def wait(self, pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
         return wait_for(pred, timeout, what, interval, detail=self.describe)
 
@@ -291,6 +264,37 @@ class Shard:
             return ""
 
 
+def shared_shard(tmp_path_factory, name: str, session_timeout_ms: int = 5000,
+                 before_down: Callable[[Shard], None] | None = None) -> Iterator[Shard]:
+    """Body of a module-scoped fixture: one shard for the module's tests, removed at the
+    end (`before_down` first, e.g. to undo a fault or keep logs); what `down` could not
+    remove fails the module."""
+    sh = Shard(tmp_path_factory.mktemp(name), session_timeout_ms=session_timeout_ms)
+    try:
+        sh.up()
+        yield sh
+    finally:
+        if before_down is not None and sh.sb.exists():
+            with contextlib.suppress(Exception):
+                before_down(sh)
+        problems = sh.down()
+    assert not problems, f"down left things behind: {problems}"
+
+
+def healthy(shared: Shard, prepare: Callable[[Shard], None] | None = None) -> Shard:
+    """Body of a per-test fixture: the shared shard, healthy (primary + sync + async) at
+    the start of the test (`prepare` first undoes what an earlier failed test left); a
+    shard that cannot be made healthy is replaced by a new one."""
+    try:
+        if prepare is not None:
+            prepare(shared)
+        shared.ensure_healthy()
+    except AssertionError as e:
+        say(f"shared shard not healthy, replacing it: {e}")
+        shared.reset()
+    return shared
+
+
 def acks_on(writer: RecordingWriter, node: NodeState, after: float) -> list[float]:
     """Finish times of acked commits that went to `node` and finished after `after`."""
     return sorted(a.finished for a in writer.attempts()
@@ -307,4 +311,5 @@ def wall_to_mono(wall_ms: int | str) -> float:
     return time.monotonic() - (time.time() - int(wall_ms) / 1000)
 
 
-__all__ = ["Shard", "wait_for", "WaitTimeout", "acks_on", "first_ack_on", "wall_to_mono"]
+__all__ = ["Shard", "wait_for", "WaitTimeout", "acks_on", "first_ack_on", "wall_to_mono", "NEEDS_SHARD",
+           "say", "names", "shared_shard", "healthy"]

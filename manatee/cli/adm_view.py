@@ -192,7 +192,7 @@ def render_show(v: ShardView, probs: Sequence[str] | None = None) -> str:
     fr = st.get("freeze")
     head = [f"shard:       {v.shard}",
             f"generation:  {v.generation if v.generation is not None else '-'}",
-            f"freeze:      " + (f"frozen: {fr.get('reason')} (by {fr.get('by') or '?'} at {fr.get('time') or '?'})"
+            "freeze:      " + (f"frozen: {fr.get('reason')} (by {fr.get('by') or '?'} at {fr.get('time') or '?'})"
                                 if fr else "not frozen"),
             f"initWal:     {st.get('initWal', '-')}"]
     if st.get("oneNodeWriteMode"):

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 from manatee.core import zk as zkmod
-from manatee.core.lsn import Lsn
 from manatee.core.restore import restore as restore_dataset
-from manatee.core.zfs import Zfs, ZfsError
+from manatee.core.zfs import Zfs
 from manatee.sitter import history, latches, transitions as T
 from manatee.sitter.decide import Decision, Observation, decide
 from manatee.sitter.heartbeat import HeartbeatSender, HeartbeatTable

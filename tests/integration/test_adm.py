@@ -16,51 +16,28 @@ module in a subprocess.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
-from manatee.harness.zookeeper import ZK_SERVER_SH
-from tests.shard_fixture import Shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(1200),
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None or not ZK_SERVER_SH.exists()
-                       or not os.path.exists("/usr/lib/postgresql/15/bin/postgres"),
-                       reason="needs root, nftables, ZooKeeper and PostgreSQL 15"),
-]
+pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(1200)]
 
 SESSION_MS = 5000
 GAP_BOUND_S = 3.0  # P2 is ≤ 1 s median (benchmark); a loaded 2-core box gets slack, the figure is printed
 
 
-def _say(msg: str) -> None:
-    print(f"[{time.strftime('%T')}] {msg}", flush=True)
-
-
 @pytest.fixture(scope="module")
 def shared(zfs_fuse, tmp_path_factory):
-    sh = Shard(tmp_path_factory.mktemp("adm"), session_timeout_ms=SESSION_MS)
-    try:
-        sh.up()
-        yield sh
-    finally:
-        problems = sh.down()
-    assert not problems, f"down left things behind: {problems}"
+    yield from shared_shard(tmp_path_factory, "adm", SESSION_MS)
 
 
 @pytest.fixture
 def shard(shared: Shard) -> Shard:
-    try:
-        shared.ensure_healthy()
-    except AssertionError as e:
-        _say(f"shared shard not healthy, replacing it: {e}")
-        shared.reset()
-    return shared
+    return healthy(shared)
 
 
 def adm(sh: Shard | None, *args: str, limit: float = 60.0, zk: str | None = None,
@@ -75,7 +52,7 @@ def adm(sh: Shard | None, *args: str, limit: float = 60.0, zk: str | None = None
     r = subprocess.run([sys.executable, "-m", "manatee.cli.adm", cmd, *pos, *rest], env=env,
                        capture_output=True, text=True, timeout=limit)
     r.secs = time.monotonic() - t0  # type: ignore[attr-defined]
-    _say(f"$ manatee-adm {cmd} {' '.join(rest)} -> {r.returncode} ({r.secs:.2f}s)\n{r.stdout}{r.stderr}")
+    say(f"$ manatee-adm {cmd} {' '.join(rest)} -> {r.returncode} ({r.secs:.2f}s)\n{r.stdout}{r.stderr}")
     return r
 
 
@@ -83,16 +60,10 @@ def _row(out: str, role: str) -> list[str]:
     return next(ln.split() for ln in out.splitlines() if ln.startswith(role + " "))
 
 
-def _names(sh: Shard) -> tuple[str, str, str]:
-    t = sh.topology()
-    assert t["primary"] and t["sync"] and t["async"], t
-    return t["primary"], t["sync"], t["async"][-1]
-
-
 # ---------------------------------------------------------------------------------- show / verify
 def test_show_verify_and_pg_status_on_a_healthy_shard(shard: Shard):
     sh = shard
-    p, s, a = _names(sh)
+    p, s, a = names(sh.topology())
     gen = sh.topology()["generation"]
     r = adm(sh, "show")
     assert r.returncode == 0, r.stderr
@@ -135,7 +106,7 @@ def test_show_verify_and_pg_status_on_a_healthy_shard(shard: Shard):
 def test_freeze_stops_failover_until_unfreeze(shard: Shard):
     sh = shard
     prev = sh.zk_state()
-    p, s, a = _names(sh)
+    p, s, a = names(sh.topology())
     w = sh.writer("freeze").start()
     try:
         w.wait_for_acks(20, 60)
@@ -149,7 +120,7 @@ def test_freeze_stops_failover_until_unfreeze(shard: Shard):
 
         frozen_state = sh.zk_state()
         sh.sb.kill(p)
-        _say(f"freeze: killed the primary {p}; waiting 3 session timeouts")
+        say(f"freeze: killed the primary {p}; waiting 3 session timeouts")
         t_end = time.monotonic() + 3 * sh.session_s
         while time.monotonic() < t_end:
             assert not sh.writable(sh.node(s)), f"the sync {s} became a writable primary while frozen"
@@ -164,7 +135,7 @@ def test_freeze_stops_failover_until_unfreeze(shard: Shard):
         assert r.returncode == 0 and "unfrozen" in r.stdout
         sh.wait(lambda: sh.topology()["primary"] == s and sh.writable(sh.node(s)), 60,
                 f"the sync {s} to take over after unfreeze")
-        _say(f"freeze: {s} writable {time.monotonic() - t0:.2f}s after unfreeze")
+        say(f"freeze: {s} writable {time.monotonic() - t0:.2f}s after unfreeze")
         w.wait_for_acks(20, 60)
         sh.sb.start(p)
         sh.wait(lambda: p in sh.topology()["async"] and sh.streaming(sh.node(p)), 150,
@@ -184,7 +155,7 @@ def test_switchover_moves_the_primary_with_no_acknowledged_write_lost(shard: Sha
     for run in range(3):
         sh.ensure_healthy()
         prev = sh.zk_state()
-        p, s, a = _names(sh)
+        p, s, a = names(sh.topology())
         w = sh.writer(f"sw{run}").start()
         try:
             w.wait_for_acks(30, 60)
@@ -198,20 +169,20 @@ def test_switchover_moves_the_primary_with_no_acknowledged_write_lost(shard: Sha
             gap = max((o.gap or 0.0) for o in outs) if outs else 0.0
             gaps.append(gap)
             top = sh.topology()
-            _say(f"switchover run {run}: {p} -> {s}; write gap {gap:.3f}s; CLI {r.secs:.2f}s; topology {top}")
+            say(f"switchover run {run}: {p} -> {s}; write gap {gap:.3f}s; CLI {r.secs:.2f}s; topology {top}")
             assert top["primary"] == s and top["generation"] == prev["generation"] + 1, top
             # the old primary rejoins as a standby (without a rebuild when its WAL did not fork)
             sh.wait(lambda: p in sh.topology()["async"] + [sh.topology()["sync"]] and sh.streaming(sh.node(p)),
                     150, f"the old primary {p} to stream as a standby")
             rebuilt = "restore_starting" in sh.sitter_log(sh.node(p))[log0:]
-            _say(f"switchover run {run}: old primary {p} streams again ({'rebuilt' if rebuilt else 'no rebuild'})")
+            say(f"switchover run {run}: old primary {p} streams again ({'rebuilt' if rebuilt else 'no rebuild'})")
             w.wait_for_acks(20, 60)
         finally:
             w.stop()
         sh.assert_checks(w, prev, expect_leader=s, since_gen=prev["generation"])
         assert gap <= GAP_BOUND_S, f"switchover write gap {gap:.2f}s"
     gaps.sort()
-    _say(f"switchover write gaps: {[round(g, 3) for g in gaps]}; median {gaps[len(gaps) // 2]:.3f}s (P2: <= 1 s)")
+    say(f"switchover write gaps: {[round(g, 3) for g in gaps]}; median {gaps[len(gaps) // 2]:.3f}s (P2: <= 1 s)")
 
     r = adm(sh, "history")
     assert r.returncode == 0
@@ -225,7 +196,7 @@ def test_switchover_moves_the_primary_with_no_acknowledged_write_lost(shard: Sha
 
 def test_switchover_refused_with_a_clear_message(shard: Shard):
     sh = shard
-    p, s, a = _names(sh)
+    p, s, a = names(sh.topology())
     gen = sh.topology()["generation"]
     r = adm(sh, "switchover", "--to", sh.node(a).ip)
     assert r.returncode == 1 and "not the sync" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -243,7 +214,7 @@ def test_switchover_refused_with_a_clear_message(shard: Shard):
 # ---------------------------------------------------------------------------------- rebuild
 def test_rebuild_restores_an_async_from_its_upstream(shard: Shard):
     sh = shard
-    p, s, a = _names(sh)
+    p, s, a = names(sh.topology())
     r = adm(sh, "rebuild", "--node", sh.node(p).ip)
     assert r.returncode == 1 and "primary" in r.stderr
     r = adm(sh, "rebuild", "--node", sh.node(s).ip)

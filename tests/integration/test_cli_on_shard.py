@@ -9,23 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
-from manatee.harness.zookeeper import ZK_SERVER_SH
-from tests.shard_fixture import Shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, shared_shard
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None or not ZK_SERVER_SH.exists()
-                       or not os.path.exists("/usr/lib/postgresql/15/bin/postgres"),
-                       reason="needs root, nftables, ZooKeeper and PostgreSQL 15"),
-]
+pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
 
 def tool(name: str, *args: str, env: dict | None = None, limit: float = 30) -> subprocess.CompletedProcess:
@@ -37,13 +28,7 @@ def tool(name: str, *args: str, env: dict | None = None, limit: float = 30) -> s
 
 @pytest.fixture(scope="module")
 def shard(zfs_fuse, tmp_path_factory):
-    sh = Shard(tmp_path_factory.mktemp("clishard"), session_timeout_ms=5000)
-    try:
-        sh.up()
-        yield sh
-    finally:
-        problems = sh.down()
-    assert not problems, f"down left things behind: {problems}"
+    yield from shared_shard(tmp_path_factory, "clishard")
 
 
 def _addr(sh: Shard, name: str | None) -> dict | None:

@@ -19,7 +19,6 @@ async (restarting what an earlier test left down, healing what it left partition
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from pathlib import Path
@@ -27,16 +26,9 @@ from pathlib import Path
 import pytest
 
 from manatee.harness.writer import RecordingWriter
-from manatee.harness.zookeeper import ZK_SERVER_SH
-from tests.shard_fixture import Shard, acks_on, first_ack_on
+from tests.shard_fixture import NEEDS_SHARD, Shard, acks_on, first_ack_on, healthy, names, say, shared_shard
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None or not ZK_SERVER_SH.exists()
-                       or not os.path.exists("/usr/lib/postgresql/15/bin/postgres"),
-                       reason="needs root, nftables, ZooKeeper and PostgreSQL 15"),
-]
+pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 SESSION_MS = 5000
 #: Failover must finish within session timeout + this (loaded shared cores: generous;
@@ -50,10 +42,6 @@ COMMIT_TIMEOUT_S = 3.0
 REJOIN_S = 180
 
 
-def _say(msg: str) -> None:
-    print(f"[{time.strftime('%T')}] {msg}", flush=True)
-
-
 def _keep_logs(sh: Shard, dest: Path) -> None:
     """Copy the nodes' daemon logs out of the sandbox (which `down` removes)."""
     for n in sh.nodes:
@@ -63,43 +51,30 @@ def _keep_logs(sh: Shard, dest: Path) -> None:
                 shutil.copy(log, dest / n.name / log.name)
 
 
+def _undo_faults(sh: Shard) -> None:
+    """Heal and resume every node (an earlier failed test may have left a fault)."""
+    for n in sh.nodes:
+        with contextlib.suppress(Exception):
+            sh.sb.heal(n.name)
+        with contextlib.suppress(Exception):
+            sh.sb.resume(n.name)
+
+
 @pytest.fixture(scope="module")
 def shared(zfs_fuse, tmp_path_factory):
-    sh = Shard(tmp_path_factory.mktemp("hard"), session_timeout_ms=SESSION_MS)
-    try:
-        sh.up()
-        yield sh
-    finally:
-        for n in sh.nodes if sh.sb.exists() else []:
-            with contextlib.suppress(Exception):
-                sh.sb.heal(n.name)
-            with contextlib.suppress(Exception):
-                sh.sb.resume(n.name)
-        if sh.sb.exists():
-            keep = tmp_path_factory.mktemp("hard-logs")
-            _keep_logs(sh, keep)
-            _say(f"node logs kept in {keep}")
-        problems = sh.down()
-    assert not problems, f"down left things behind: {problems}"
+    def before_down(sh: Shard) -> None:
+        _undo_faults(sh)
+        keep = tmp_path_factory.mktemp("hard-logs")
+        _keep_logs(sh, keep)
+        say(f"node logs kept in {keep}")
+
+    yield from shared_shard(tmp_path_factory, "hard", SESSION_MS, before_down=before_down)
 
 
 @pytest.fixture
 def shard(shared: Shard) -> Shard:
     """The shared shard, healthy (primary + sync + async) at the start of the test."""
-    for n in shared.nodes:  # an earlier failed test may have left a fault in place
-        shared.sb.heal(n.name)
-        shared.sb.resume(n.name)
-    try:
-        shared.ensure_healthy()
-    except AssertionError as e:
-        _say(f"shared shard not healthy, replacing it: {e}")
-        shared.reset()
-    return shared
-
-
-def _names(top: dict) -> tuple[str, str, str]:
-    assert top["primary"] and top["sync"] and len(top["async"]) >= 1, f"not primary+sync+async: {top}"
-    return top["primary"], top["sync"], top["async"][-1]
+    return healthy(shared, prepare=_undo_faults)
 
 
 def _standby_streaming(sh: Shard, name: str, role: str | None = None) -> bool:
@@ -140,7 +115,7 @@ def _assert_old_primary_silent(w: RecordingWriter, sh: Shard, old: str, since: f
 
 
 def _outage_line(fault: str, gap: float, sh: Shard, extra: str = "") -> None:
-    _say(f"{fault} outage: {gap:.1f} s (session timeout {sh.session_s:.0f} s){extra}")
+    say(f"{fault} outage: {gap:.1f} s (session timeout {sh.session_s:.0f} s){extra}")
 
 
 # ---------------------------------------------------------------------------------- F6
@@ -148,18 +123,18 @@ def test_f6_hung_primary_fails_over_and_resumed_node_never_commits(shard: Shard)
     sh = shard
     prev = sh.zk_state()
     gen0 = prev["generation"]
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     w = sh.writer("f6", commit_timeout=COMMIT_TIMEOUT_S).start()
     rogue = _rogue(sh, p, w)
     try:
         w.wait_for_acks(30, 60)
         t0 = time.monotonic()
         sh.sb.hang(p)
-        _say(f"F6: SIGSTOP every process of the primary {p}; sync {s}, async {a}")
+        say(f"F6: SIGSTOP every process of the primary {p}; sync {s}, async {a}")
         first = sh.wait(lambda: first_ack_on(w, sh.node(s), t0), sh.session_s + FAILOVER_SLACK_S,
                         f"a committed write on the sync {s} while {p} hangs")
         took = first - t0
-        _say(f"F6: first commit on the new primary {s} {took:.2f}s after the hang")
+        say(f"F6: first commit on the new primary {s} {took:.2f}s after the hang")
         assert sh.topology()["primary"] == s, f"F6: {s} takes writes but the state says {sh.topology()}"
         # keep it hung past the session timeout and while the new primary takes writes
         w.wait_for_acks(20, 60)
@@ -167,10 +142,10 @@ def test_f6_hung_primary_fails_over_and_resumed_node_never_commits(shard: Shard)
         t_resume = time.monotonic()
         rogue.start()
         sh.sb.resume(p)
-        _say(f"F6: SIGCONT {p} {t_resume - t0:.1f}s after the hang; a client pinned to it writes on")
+        say(f"F6: SIGCONT {p} {t_resume - t0:.1f}s after the hang; a client pinned to it writes on")
         # the resumed node must find out it is no longer primary, and commit nothing meanwhile
         sh.wait(lambda: _standby_streaming(sh, p), REJOIN_S, f"the resumed old primary {p} to rejoin as a standby")
-        _say(f"F6: {p} streams as {sh.roles()[p]} {time.monotonic() - t_resume:.1f}s after SIGCONT")
+        say(f"F6: {p} streams as {sh.roles()[p]} {time.monotonic() - t_resume:.1f}s after SIGCONT")
         rogue.stop()
         _assert_no_rogue_acks(rogue, p, t0)
         assert sh.topology()["primary"] == s, f"F6: the primary changed again: {sh.topology()}"
@@ -189,7 +164,7 @@ def test_f7_partitioned_primary_sync_promoted_old_primary_commits_nothing(shard:
     sh = shard
     prev = sh.zk_state()
     gen0 = prev["generation"]
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     w = sh.writer("f7", commit_timeout=COMMIT_TIMEOUT_S).start()
     rogue = _rogue(sh, p, w)
     healed = False
@@ -198,12 +173,12 @@ def test_f7_partitioned_primary_sync_promoted_old_primary_commits_nothing(shard:
         t0 = time.monotonic()
         sh.sb.partition(p)
         rogue.start()
-        _say(f"F7: partitioned the primary {p} from ZooKeeper and its peers; sync {s}, async {a}; "
+        say(f"F7: partitioned the primary {p} from ZooKeeper and its peers; sync {s}, async {a}; "
              f"a client pinned to {p} writes on")
         first = sh.wait(lambda: first_ack_on(w, sh.node(s), t0), sh.session_s + FAILOVER_SLACK_S,
                         f"a committed write on the sync {s} while {p} is cut off")
         took = first - t0
-        _say(f"F7: first commit on the new primary {s} {took:.2f}s after the partition")
+        say(f"F7: first commit on the new primary {s} {took:.2f}s after the partition")
         assert took >= sh.session_s * 0.8, (f"F7: {s} took writes {took:.2f}s after the partition, before "
                                             f"{p}'s session ({sh.session_s}s) could have expired")
         assert sh.topology()["primary"] == s, f"F7: {s} takes writes but the state says {sh.topology()}"
@@ -215,9 +190,9 @@ def test_f7_partitioned_primary_sync_promoted_old_primary_commits_nothing(shard:
         t_heal = time.monotonic()
         sh.sb.heal(p)
         healed = True
-        _say(f"F7: healed {p} {t_heal - t0:.1f}s after the partition")
+        say(f"F7: healed {p} {t_heal - t0:.1f}s after the partition")
         sh.wait(lambda: _standby_streaming(sh, p), REJOIN_S, f"the old primary {p} to rejoin as a standby")
-        _say(f"F7: {p} streams as {sh.roles()[p]} {time.monotonic() - t_heal:.1f}s after the heal")
+        say(f"F7: {p} streams as {sh.roles()[p]} {time.monotonic() - t_heal:.1f}s after the heal")
         rogue.stop()
         _assert_no_rogue_acks(rogue, p, t0 + 0.5)
         assert sh.topology()["primary"] == s, f"F7: the primary changed again: {sh.topology()}"
@@ -238,26 +213,26 @@ def test_f8_partitioned_sync_replaced_by_async_rejoins_as_async(shard: Shard):
     sh = shard
     prev = sh.zk_state()
     gen0 = prev["generation"]
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     w = sh.writer("f8", commit_timeout=COMMIT_TIMEOUT_S).start()
     healed = False
     try:
         w.wait_for_acks(30, 60)
         t0 = time.monotonic()
         sh.sb.partition(s)
-        _say(f"F8: partitioned the sync {s}; primary {p}, async {a}")
+        say(f"F8: partitioned the sync {s}; primary {p}, async {a}")
         sh.wait(lambda: sh.topology()["sync"] == a, sh.session_s + FAILOVER_SLACK_S + 30,
                 f"the async {a} to become sync")
         first = sh.wait(lambda: first_ack_on(w, sh.node(p), t0 + 0.5), 90,
                         f"writes to resume on {p} with the new sync {a}")
-        _say(f"F8: {a} is sync; writes resume {first - t0:.2f}s after the partition")
+        say(f"F8: {a} is sync; writes resume {first - t0:.2f}s after the partition")
         assert sh.topology()["primary"] == p, "F8: the primary changed although only the sync was cut off"
         w.wait_for_acks(20, 60)
         t_heal = time.monotonic()
         sh.sb.heal(s)
         healed = True
         sh.wait(lambda: _standby_streaming(sh, s, "async"), REJOIN_S, f"the old sync {s} to rejoin as async")
-        _say(f"F8: {s} streams as async {time.monotonic() - t_heal:.1f}s after the heal")
+        say(f"F8: {s} streams as async {time.monotonic() - t_heal:.1f}s after the heal")
         w.wait_for_acks(20, 60)
         t1 = time.monotonic()
     finally:
@@ -276,24 +251,23 @@ def test_f8_partitioned_sync_replaced_by_async_rejoins_as_async(shard: Shard):
 def test_f9_partitioned_async_dropped_and_rejoins(shard: Shard):
     sh = shard
     prev = sh.zk_state()
-    gen0 = prev["generation"]
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     w = sh.writer("f9", commit_timeout=COMMIT_TIMEOUT_S).start()
     healed = False
     try:
         w.wait_for_acks(30, 60)
         t0 = time.monotonic()
         sh.sb.partition(a)
-        _say(f"F9: partitioned the async {a}; primary {p}, sync {s}")
+        say(f"F9: partitioned the async {a}; primary {p}, sync {s}")
         sh.wait(lambda: a not in sh.topology()["async"], sh.session_s + FAILOVER_SLACK_S + 30,
                 f"the async {a} dropped from the chain")
-        _say(f"F9: {a} dropped {time.monotonic() - t0:.1f}s after the partition")
+        say(f"F9: {a} dropped {time.monotonic() - t0:.1f}s after the partition")
         w.wait_for_acks(30, 60)
         t_heal = time.monotonic()
         sh.sb.heal(a)
         healed = True
         sh.wait(lambda: _standby_streaming(sh, a, "async"), REJOIN_S, f"{a} to rejoin as async and stream")
-        _say(f"F9: {a} streams as async {time.monotonic() - t_heal:.1f}s after the heal")
+        say(f"F9: {a} streams as async {time.monotonic() - t_heal:.1f}s after the heal")
         w.wait_for_acks(20, 60)
         t1 = time.monotonic()
     finally:

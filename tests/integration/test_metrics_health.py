@@ -25,25 +25,14 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from manatee.harness.zookeeper import ZK_SERVER_SH
-from tests.shard_fixture import Shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, say, shared_shard
 
 parser = pytest.importorskip("prometheus_client.parser")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None or not ZK_SERVER_SH.exists()
-                       or not os.path.exists("/usr/lib/postgresql/15/bin/postgres"),
-                       reason="needs root, nftables, ZooKeeper and PostgreSQL 15"),
-]
+pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "psycopg2_failover.py"
-
-
-def _say(msg: str) -> None:
-    print(f"[{time.strftime('%T')}] {msg}", flush=True)
 
 
 def http(url: str, timeout: float = 2.0) -> tuple[int, bytes, str]:
@@ -112,14 +101,7 @@ def check_endpoints(sh: Shard, live: list[str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def shard(zfs_fuse, tmp_path_factory):
-    sh = Shard(tmp_path_factory.mktemp("metrics"), session_timeout_ms=5000)
-    try:
-        sh.up()
-        sh.wait_healthy()
-        yield sh
-    finally:
-        problems = sh.down()
-    assert not problems, f"down left things behind: {problems}"
+    yield from shared_shard(tmp_path_factory, "metrics")
 
 
 def test_metrics_and_health_endpoints_on_a_healthy_shard(shard: Shard):
@@ -127,7 +109,7 @@ def test_metrics_and_health_endpoints_on_a_healthy_shard(shard: Shard):
     roles = check_endpoints(sh, [n.name for n in sh.nodes])
     assert sorted(roles.values()) == ["async", "primary", "sync"], roles
     top = sh.topology()
-    _say("primary's /metrics:\n" + http(f"{sh.node(top['primary']).status_url}/metrics")[1].decode())
+    say("primary's /metrics:\n" + http(f"{sh.node(top['primary']).status_url}/metrics")[1].decode())
     # the daisy chain: the sync's pg_stat_replication shows the async streaming from it
     fams = metrics(sh.node(top["sync"]))
     assert one(fams, "manatee_replication_lag_bytes", application_name=sh.node(top["async"][0]).pg_url) >= 0
@@ -168,7 +150,7 @@ def test_client_example_keeps_writing_across_failover_and_endpoints_follow(shard
         on_old = {h for _i, h in _acked(acked_file)}
         assert on_old == {f"{P.ip}:{P.pg_port}"}, on_old
 
-        _say(f"killing the primary {p}; sync {s}")
+        say(f"killing the primary {p}; sync {s}")
         t0 = time.monotonic()
         sh.sb.kill(p)
         sh.wait(lambda: sh.topology()["primary"] == s and sh.writable(S), 60,
@@ -176,7 +158,7 @@ def test_client_example_keeps_writing_across_failover_and_endpoints_follow(shard
         new_host = f"{S.ip}:{S.pg_port}"
         sh.wait(lambda: sum(1 for _i, h in _acked(acked_file) if h == new_host) >= 30, 60,
                 f"the example to commit 30 rows on the new primary {s}")
-        _say(f"example writing on {s} {time.monotonic() - t0:.1f}s after the kill")
+        say(f"example writing on {s} {time.monotonic() - t0:.1f}s after the kill")
 
         # while the old primary is down: the two live nodes answer for their new roles
         sh.wait(lambda: sh.topology()["sync"] == a and sh.streaming(sh.node(a)), 60,
@@ -195,7 +177,7 @@ def test_client_example_keeps_writing_across_failover_and_endpoints_follow(shard
             proc.kill()
             out, _ = proc.communicate()
     assert proc.returncode == 0, f"example exit {proc.returncode}: {(tmp_path / 'example.err').read_text()[-2000:]}"
-    _say(f"example summary: {out.strip()}")
+    say(f"example summary: {out.strip()}")
     acked = [i for i, _h in _acked(acked_file)]
     with psycopg2.connect(sh.dsn(S)) as conn, conn.cursor() as cur:
         cur.execute(f"select id from {table}")
@@ -203,7 +185,7 @@ def test_client_example_keeps_writing_across_failover_and_endpoints_follow(shard
     conn.close()
     missing = sorted(set(acked) - have)
     assert not missing, f"{len(missing)} acknowledged rows missing on the new primary {s}: {missing[:20]}"
-    _say(f"all {len(acked)} acknowledged rows on {s}")
+    say(f"all {len(acked)} acknowledged rows on {s}")
 
     # the old primary comes back, rejoins at the tail; every node answers for its role
     sh.sb.start(p)
@@ -278,12 +260,12 @@ def test_haproxy_sample_config_routes_writes_to_the_primary_across_failover(shar
         read = sh.wait(lambda: _server_addr(sh, rport), 30, "a read connection through HAProxy")
         assert read[1] is True and read[0] != P.ip, f"reads went to {read}, not a standby"
 
-        _say(f"HAProxy: killing the primary {p}")
+        say(f"HAProxy: killing the primary {p}")
         t0 = time.monotonic()
         sh.sb.kill(p)
         sh.wait(lambda: _server_addr(sh, wport) == (S.ip, False), 60,
                 f"writes through HAProxy to reach the new primary {s}")
-        _say(f"HAProxy sends writes to {s} {time.monotonic() - t0:.1f}s after the kill")
+        say(f"HAProxy sends writes to {s} {time.monotonic() - t0:.1f}s after the kill")
         # reads: the remaining standby once it streams from the new primary
         sh.wait(lambda: (r := _server_addr(sh, rport)) is not None and r[1] and r[0] not in (P.ip, S.ip), 60,
                 "reads through HAProxy to reach the remaining standby")

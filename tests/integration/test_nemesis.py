@@ -10,24 +10,16 @@ is gone afterwards.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from manatee.harness.zookeeper import ZK_SERVER_SH
+from tests.shard_fixture import NEEDS_SHARD
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(1200),
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None or not ZK_SERVER_SH.exists()
-                       or not os.path.exists("/usr/lib/postgresql/15/bin/postgres"),
-                       reason="needs root, nftables, ZooKeeper and PostgreSQL 15"),
-]
+pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(1200)]
 
 SEED = 4242
 FAULTS = "kill,partition,zk_restart"

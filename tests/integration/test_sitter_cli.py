@@ -1,7 +1,6 @@
 """F17 for the sitter: a bad config or an unreachable ZooKeeper never leaves PG in an unknown role."""
 
 import json
-import os
 import subprocess
 import sys
 import time

@@ -20,7 +20,6 @@ session timeout, so it brings up its own shard, first, before the shared one exi
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
@@ -28,16 +27,9 @@ from itertools import permutations
 
 import pytest
 
-from manatee.harness.zookeeper import ZK_SERVER_SH
-from tests.shard_fixture import Shard, acks_on, first_ack_on, wall_to_mono
+from tests.shard_fixture import NEEDS_SHARD, Shard, acks_on, first_ack_on, healthy, names, say, shared_shard, wall_to_mono
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None or not ZK_SERVER_SH.exists()
-                       or not os.path.exists("/usr/lib/postgresql/15/bin/postgres"),
-                       reason="needs root, nftables, ZooKeeper and PostgreSQL 15"),
-]
+pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 SESSION_MS = 5000
 #: F1 bound: ACCEPTANCE says session timeout + 5 s; on two loaded cores (other test runs
@@ -47,35 +39,15 @@ F2_SESSION_MS = 10000
 F2_BOUND_S = 5.0
 
 
-def _say(msg: str) -> None:
-    print(f"[{time.strftime('%T')}] {msg}", flush=True)
-
-
 @pytest.fixture(scope="module")
 def shared(zfs_fuse, tmp_path_factory):
-    sh = Shard(tmp_path_factory.mktemp("faults"), session_timeout_ms=SESSION_MS)
-    try:
-        sh.up()
-        yield sh
-    finally:
-        problems = sh.down()
-    assert not problems, f"down left things behind: {problems}"
+    yield from shared_shard(tmp_path_factory, "faults", SESSION_MS)
 
 
 @pytest.fixture
 def shard(shared: Shard) -> Shard:
     """The shared shard, healthy (primary + sync + async) at the start of the test."""
-    try:
-        shared.ensure_healthy()
-    except AssertionError as e:
-        _say(f"shared shard not healthy, replacing it: {e}")
-        shared.reset()
-    return shared
-
-
-def _names(top: dict) -> tuple[str, str, str]:
-    assert top["primary"] and top["sync"] and len(top["async"]) >= 1, f"not primary+sync+async: {top}"
-    return top["primary"], top["sync"], top["async"][-1]
+    return healthy(shared)
 
 
 def _rejoined_at_tail(sh: Shard, name: str) -> bool:
@@ -99,20 +71,20 @@ def test_f2_graceful_stop_of_primary_sitter_fails_over_before_session_expiry(zfs
     try:
         sh.up()
         prev = sh.zk_state()
-        p, s, a = _names(sh.topology())
+        p, s, a = names(sh.topology())
         w = sh.writer("f2").start()
         w.wait_for_acks(30, 60)
 
         sitter_pid = sh.node(p).pids["sitter"]
         t0 = time.monotonic()
         os.kill(sitter_pid, signal.SIGTERM)
-        _say(f"F2: SIGTERM to {p}'s sitter (pid {sitter_pid}); sync {s}")
+        say(f"F2: SIGTERM to {p}'s sitter (pid {sitter_pid}); sync {s}")
         # wait well past the bound, so that a failure says how long it really took
         first = sh.wait(lambda: first_ack_on(w, sh.node(s), t0), sh.session_s + FAILOVER_SLACK_S,
                         f"a committed write on the sync {s} after SIGTERM of {p}'s sitter")
         took = first - t0
         gap = max((o.gap or 0.0) for o in w.outages() if o.start >= t0 - 1) if w.outages() else 0.0
-        _say(f"F2: first commit on {s} {took:.2f}s after SIGTERM (session timeout {sh.session_s:.0f}s); "
+        say(f"F2: first commit on {s} {took:.2f}s after SIGTERM (session timeout {sh.session_s:.0f}s); "
              f"write gap {gap:.2f}s")
         assert took < F2_BOUND_S, (f"F2: graceful stop took {took:.2f}s to a writable new primary (bound "
                                    f"{F2_BOUND_S}s, session timeout {sh.session_s}s): the sync waited for "
@@ -136,18 +108,18 @@ def test_f2_graceful_stop_of_primary_sitter_fails_over_before_session_expiry(zfs
 def test_f1_primary_host_death_sync_promoted_old_primary_rejoins(shard: Shard):
     sh = shard
     prev = sh.zk_state()
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     w = sh.writer("f1").start()
     try:
         w.wait_for_acks(30, 60)
         t0 = time.monotonic()
         sh.sb.kill(p)
-        _say(f"F1: killed {p} (sitter, snapshotter, backupserver, postgres); sync {s}, async {a}")
+        say(f"F1: killed {p} (sitter, snapshotter, backupserver, postgres); sync {s}, async {a}")
         bound = sh.session_s + FAILOVER_SLACK_S
         first = sh.wait(lambda: first_ack_on(w, sh.node(s), t0), bound + 30,
                         f"a committed write on the sync {s} after kill -9 of {p}")
         took = first - t0
-        _say(f"F1: first commit on the new primary {s} {took:.2f}s after kill -9 (session timeout {sh.session_s}s)")
+        say(f"F1: first commit on the new primary {s} {took:.2f}s after kill -9 (session timeout {sh.session_s}s)")
         assert took <= bound, f"F1: failover took {took:.1f}s (> session timeout + {FAILOVER_SLACK_S}s)"
 
         sh.wait(lambda: sh.topology()["sync"] == a, 60, f"the async {a} to become sync")
@@ -156,7 +128,7 @@ def test_f1_primary_host_death_sync_promoted_old_primary_rejoins(shard: Shard):
         sh.sb.start(p)
         t1 = time.monotonic()
         sh.wait(lambda: _rejoined_at_tail(sh, p), 150, f"old primary {p} to rejoin at the tail and stream")
-        _say(f"F1: {p} streaming as async {time.monotonic() - t1:.1f}s after its start")
+        say(f"F1: {p} streaming as async {time.monotonic() - t1:.1f}s after its start")
         assert sh.topology()["primary"] == s
         w.wait_for_acks(20, 60)
     finally:
@@ -169,17 +141,17 @@ def test_f3_sync_death_async_becomes_sync_old_sync_rejoins(shard: Shard):
     sh = shard
     prev = sh.zk_state()
     gen0 = prev["generation"]
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     w = sh.writer("f3").start()
     try:
         w.wait_for_acks(30, 60)
         t0 = time.monotonic()
         sh.sb.kill(s)
-        _say(f"F3: killed the sync {s}; primary {p}, async {a}")
+        say(f"F3: killed the sync {s}; primary {p}, async {a}")
         sh.wait(lambda: sh.topology()["sync"] == a, sh.session_s + 60, f"the async {a} to become sync")
         first = sh.wait(lambda: first_ack_on(w, sh.node(p), t0 + 0.5), 90,
                         f"writes to resume on {p} with the new sync {a}")
-        _say(f"F3: {a} is sync; first commit after the kill {first - t0:.2f}s after it")
+        say(f"F3: {a} is sync; first commit after the kill {first - t0:.2f}s after it")
         assert sh.topology()["primary"] == p, "F3: the primary changed although only the sync died"
 
         # S5: between the sync's death and the primary naming its new sync, no standby was
@@ -208,13 +180,13 @@ def test_f3_sync_death_async_becomes_sync_old_sync_rejoins(shard: Shard):
 def test_f4_async_death_never_blocks_the_primary(shard: Shard):
     sh = shard
     prev = sh.zk_state()
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     w = sh.writer("f4").start()
     try:
         w.wait_for_acks(30, 60)
         t0 = time.monotonic()
         sh.sb.kill(a)
-        _say(f"F4: killed the async {a}; primary {p}, sync {s}")
+        say(f"F4: killed the async {a}; primary {p}, sync {s}")
         sh.wait(lambda: a not in sh.topology()["async"], sh.session_s + 60, f"the async {a} dropped from the chain")
         w.wait_for_acks(50, 60)
         sh.sb.start(a)
@@ -228,7 +200,7 @@ def test_f4_async_death_never_blocks_the_primary(shard: Shard):
     ok = sorted(x.finished for x in w.attempts() if x.outcome == "acked" and t0 - 1 <= x.finished <= t1)
     gap = max((b - a_ for a_, b in zip(ok, ok[1:])), default=0.0)
     longest = max((o.duration() for o in outs), default=0.0)
-    _say(f"F4: from the kill to the rejoin: {len(ok)} commits, {len(failed)} failed, longest outage "
+    say(f"F4: from the kill to the rejoin: {len(ok)} commits, {len(failed)} failed, longest outage "
          f"{longest:.2f}s, longest gap between commits {gap:.2f}s")
     assert longest <= 1.0, f"F4: the primary blocked: writer outage {longest:.2f}s: {outs}"
     assert not failed, f"F4: {len(failed)} commit(s) failed while only the async was down: {failed[:3]}"
@@ -241,7 +213,7 @@ def test_f5_postgres_killed_on_primary_restarted_or_failed_over(shard: Shard):
     sh = shard
     prev = sh.zk_state()
     gen0 = prev["generation"]
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     w = sh.writer("f5").start()
     try:
         w.wait_for_acks(30, 60)
@@ -249,10 +221,10 @@ def test_f5_postgres_killed_on_primary_restarted_or_failed_over(shard: Shard):
         assert pm, f"no postmaster found for {p}"
         t0 = time.monotonic()
         os.kill(pm, signal.SIGKILL)
-        _say(f"F5: SIGKILL to {p}'s postmaster (pid {pm})")
+        say(f"F5: SIGKILL to {p}'s postmaster (pid {pm})")
         first = sh.wait(lambda: w.first_ack_after(t0 + 0.5), sh.session_s + 90, "writes to resume")
         new_p = sh.topology()["primary"]
-        _say(f"F5: writes resume {first - t0:.2f}s after the kill, primary now {new_p} "
+        say(f"F5: writes resume {first - t0:.2f}s after the kill, primary now {new_p} "
              f"({'restarted' if new_p == p else 'failed over'})")
         assert sh.postmaster(sh.node(p)) != pm
         sh.ensure_healthy()
@@ -295,9 +267,9 @@ def test_f12_all_nodes_restart_in_every_order_async_never_leads(shard: Shard):
         sh.ensure_healthy()
         prev = sh.zk_state()
         gen0 = prev["generation"]
-        p, s, a = _names(sh.topology())
+        p, s, a = names(sh.topology())
         by_role = {"primary": p, "sync": s, "async": a}
-        names = [by_role[r] for r in order]
+        start_order = [by_role[r] for r in order]
         w = sh.writer("f12").start()
         t_start = time.monotonic()
         try:
@@ -307,9 +279,9 @@ def test_f12_all_nodes_restart_in_every_order_async_never_leads(shard: Shard):
                 sh.sb.hang(n)
             for n in (p, s, a):
                 sh.sb.kill(n)
-            _say(f"F12: killed all; restarting {' then '.join(f'{n} ({r})' for n, r in zip(names, order))}")
+            say(f"F12: killed all; restarting {' then '.join(f'{n} ({r})' for n, r in zip(start_order, order))}")
             with _PrimaryWatch(sh) as watch:
-                for i, n in enumerate(names):
+                for i, n in enumerate(start_order):
                     sh.sb.start(n)
                     node = sh.node(n)
                     sh.wait(lambda: (st := sh.state_of(node)) and st.get("id") in (st.get("election") or []),
@@ -326,7 +298,7 @@ def test_f12_all_nodes_restart_in_every_order_async_never_leads(shard: Shard):
         finally:
             w.stop()
         took = time.monotonic() - t_start
-        _say(f"F12 order {order}: leader {new_p} (was primary {p}, sync {s}, async {a}); "
+        say(f"F12 order {order}: leader {new_p} (was primary {p}, sync {s}, async {a}); "
              f"ever writable: {sorted(watch.seen)}; {took:.0f}s")
         results.append((order, new_p, took))
         assert new_p in (p, s), f"F12 {order}: {new_p} leads but was the async (primary {p}, sync {s})"
@@ -334,22 +306,22 @@ def test_f12_all_nodes_restart_in_every_order_async_never_leads(shard: Shard):
         wrong = [r for r in _history_after(sh, gen0) if r["ip"] == sh.node(a).ip]
         assert not wrong, f"F12 {order}: the async {a} assumed leadership: {wrong}"
         sh.assert_checks(w, prev, expect_leader=None if new_p == p else new_p, since_gen=gen0)
-    _say("F12: " + "; ".join(f"{'/'.join(o)} -> {n} ({t:.0f}s)" for o, n, t in results))
+    say("F12: " + "; ".join(f"{'/'.join(o)} -> {n} ({t:.0f}s)" for o, n, t in results))
 
 
 # ---------------------------------------------------------------------------------- F14
 def test_f14_fourth_node_bootstrapped_by_zfs_and_appended(shard: Shard):
     sh = shard
     prev = sh.zk_state()
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     w = sh.writer("f14").start()
     try:
         w.wait_for_acks(30, 60)
         t0 = time.monotonic()
         d = sh.add_node()
-        _say(f"F14: added node {d.name} ({d.ip}); chain {p} -> {s} -> {a}")
+        say(f"F14: added node {d.name} ({d.ip}); chain {p} -> {s} -> {a}")
         sh.wait(lambda: _rejoined_at_tail(sh, d.name), 240, f"the new node {d.name} appended as async and streaming")
-        _say(f"F14: {d.name} streams {time.monotonic() - t0:.1f}s after it was started")
+        say(f"F14: {d.name} streams {time.monotonic() - t0:.1f}s after it was started")
         top = sh.topology()
         assert top["async"] == [a, d.name], f"F14: chain is {top}"
         st = sh.state_of(d)

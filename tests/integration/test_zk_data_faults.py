@@ -36,36 +36,26 @@ from manatee.backupserver.sender import HOLD_TAG
 from manatee.core.lsn import Lsn
 from manatee.core.procs import pid_alive
 from manatee.harness.sandbox import PG_BIN, ZFS_BIN, tail
-from manatee.harness.zookeeper import ZK_SERVER_SH
-from tests.shard_fixture import Shard, acks_on, first_ack_on, wall_to_mono
+from tests.shard_fixture import NEEDS_SHARD, Shard, acks_on, first_ack_on, healthy, names, say, shared_shard
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None or not ZK_SERVER_SH.exists()
-                       or not os.path.exists("/usr/lib/postgresql/15/bin/postgres"),
-                       reason="needs root, nftables, ZooKeeper and PostgreSQL 15"),
-]
+pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 SESSION_MS = 5000
 
 
-def _say(msg: str) -> None:
-    print(f"[{time.strftime('%T')}] {msg}", flush=True)
+def _zk_back(sh: Shard) -> None:
+    """A test that failed mid-outage leaves ZooKeeper stopped: `down` and the next test want it."""
+    if sh.sb.exists() and not sh.sb.zk_running():
+        sh.sb.zk_start()
 
 
 @pytest.fixture(scope="module")
 def shared(zfs_fuse, tmp_path_factory):
-    sh = Shard(tmp_path_factory.mktemp("zkdata"), session_timeout_ms=SESSION_MS)
-    try:
-        sh.up()
-        yield sh
-    finally:
-        if sh.sb.exists() and not sh.sb.zk_running():
-            sh.sb.zk_start()  # a test that failed mid-outage: `down` wants to see ZooKeeper
+    def before_down(sh: Shard) -> None:
+        _zk_back(sh)
         _keep_logs(sh)
-        problems = sh.down()
-    assert not problems, f"down left things behind: {problems}"
+
+    yield from shared_shard(tmp_path_factory, "zkdata", SESSION_MS, before_down=before_down)
 
 
 def _keep_logs(sh: Shard) -> None:
@@ -80,19 +70,7 @@ def _keep_logs(sh: Shard) -> None:
 @pytest.fixture
 def shard(shared: Shard) -> Shard:
     """The shared shard, healthy (primary + sync + async) at the start of the test."""
-    try:
-        if not shared.sb.zk_running():
-            shared.sb.zk_start()
-        shared.ensure_healthy()
-    except AssertionError as e:
-        _say(f"shared shard not healthy, replacing it: {e}")
-        shared.reset()
-    return shared
-
-
-def _names(top: dict) -> tuple[str, str, str]:
-    assert top["primary"] and top["sync"] and len(top["async"]) >= 1, f"not primary+sync+async: {top}"
-    return top["primary"], top["sync"], top["async"][-1]
+    return healthy(shared, prepare=_zk_back)
 
 
 def _rejoined_at_tail(sh: Shard, name: str) -> bool:
@@ -142,14 +120,14 @@ def test_f10_zookeeper_down_twice_session_timeout_no_topology_change(shard: Shar
     sh = shard
     prev = sh.zk_state()
     gen0 = prev["generation"]
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     w = sh.writer("f10").start()
     try:
         w.wait_for_acks(30, 60)
         t0 = time.monotonic()
         sh.sb.zk_stop()
         down_for = 2 * sh.session_s
-        _say(f"F10: ZooKeeper stopped for {down_for:.0f}s; primary {p}, sync {s}, async {a}")
+        say(f"F10: ZooKeeper stopped for {down_for:.0f}s; primary {p}, sync {s}, async {a}")
         seen_roles: list[dict] = []
         writable: set[str] = set()
         while time.monotonic() - t0 < down_for:
@@ -163,9 +141,9 @@ def test_f10_zookeeper_down_twice_session_timeout_no_topology_change(shard: Shar
         during = [x for x in acks_on(w, sh.node(p), t0) if x <= t1]
         ok = sorted(x.finished for x in w.attempts() if x.outcome == "acked" and t0 - 1 <= x.finished <= t2)
         gap = max((b - a_ for a_, b in zip(ok, ok[1:])), default=t2 - t0)
-        _say(f"F10: {len(during)} commits on {p} while ZooKeeper was down ({t1 - t0:.1f}s); "
+        say(f"F10: {len(during)} commits on {p} while ZooKeeper was down ({t1 - t0:.1f}s); "
              f"longest gap between commits {gap:.2f}s; ZooKeeper back after {t2 - t1:.1f}s")
-        _say(f"F10 outage: {gap:.2f} s (longest gap between acknowledged writes; ZooKeeper down {t1 - t0:.1f} s)")
+        say(f"F10 outage: {gap:.2f} s (longest gap between acknowledged writes; ZooKeeper down {t1 - t0:.1f} s)")
         assert len(during) >= 20, f"F10: only {len(during)} commits while ZooKeeper was down"
         # acks continued through the outage: in its last third too, not just at its start
         assert [x for x in during if x >= t0 + 2 * (t1 - t0) / 3], "F10: writes stopped during the outage"
@@ -177,7 +155,7 @@ def test_f10_zookeeper_down_twice_session_timeout_no_topology_change(shard: Shar
         # every sitter reconnects with its session (no expiry, so no election change)
         sh.wait(lambda: all((st := sh.state_of(n)) and st.get("zk") == "connected" for n in sh.nodes),
                 30, "every sitter reconnected to ZooKeeper")
-        _say(f"F10: all sitters reconnected {time.monotonic() - t2:.1f}s after ZooKeeper was back")
+        say(f"F10: all sitters reconnected {time.monotonic() - t2:.1f}s after ZooKeeper was back")
         time.sleep(sh.session_s + 2)  # a late expiry would show up now
         top = sh.topology()
         assert (top["generation"], top["primary"], top["sync"], top["async"]) == (gen0, p, s, [a]), \
@@ -196,7 +174,7 @@ def test_f11_zookeeper_down_primary_killed_sync_promoted_only_after_zk_returns(s
     sh = shard
     prev = sh.zk_state()
     gen0 = prev["generation"]
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     S, A = sh.node(s), sh.node(a)
     w = sh.writer("f11").start()
     try:
@@ -205,7 +183,7 @@ def test_f11_zookeeper_down_primary_killed_sync_promoted_only_after_zk_returns(s
         time.sleep(1.0)
         t0 = time.monotonic()
         sh.sb.kill(p)
-        _say(f"F11: ZooKeeper down, then killed the primary {p}; sync {s}, async {a}")
+        say(f"F11: ZooKeeper down, then killed the primary {p}; sync {s}, async {a}")
         bad: list[str] = []
         while time.monotonic() - t0 < 2 * sh.session_s:
             for n in (S, A):
@@ -227,9 +205,9 @@ def test_f11_zookeeper_down_primary_killed_sync_promoted_only_after_zk_returns(s
         first = sh.wait(lambda: first_ack_on(w, S, t1), sh.session_s + 60,
                         f"a committed write on the sync {s} after ZooKeeper came back")
         outage = _outage_from(w, t0, first)
-        _say(f"F11: first commit on {s} {first - t1:.2f}s after ZooKeeper was back "
+        say(f"F11: first commit on {s} {first - t1:.2f}s after ZooKeeper was back "
              f"({first - t0:.2f}s after the kill)")
-        _say(f"F11 outage: {outage:.1f} s (ZooKeeper down {t1 - t0 + 1:.0f} s, session timeout {sh.session_s:.0f} s)")
+        say(f"F11 outage: {outage:.1f} s (ZooKeeper down {t1 - t0 + 1:.0f} s, session timeout {sh.session_s:.0f} s)")
         rec = _leaders_after(sh, gen0)
         assert rec and rec[0]["ip"] == S.ip, f"F11: leaders after generation {gen0}: {rec}"
         assert int(rec[0]["time"]) >= zk_back_wall_ms - 500, "F11: the sync assumed leadership before ZooKeeper was back"
@@ -248,19 +226,19 @@ def test_f13_back_to_back_failovers_kill_the_newly_promoted_primary(shard: Shard
     sh = shard
     prev = sh.zk_state()
     gen0 = prev["generation"]
-    p, s, a = _names(sh.topology())
-    S, A = sh.node(s), sh.node(a)
+    p, s, a = names(sh.topology())
+    A = sh.node(a)
     w = sh.writer("f13").start()
     try:
         w.wait_for_acks(30, 60)
         t0 = time.monotonic()
         sh.sb.kill(p)
-        _say(f"F13: killed the primary {p}; waiting for the sync {s} to be promoted")
+        say(f"F13: killed the primary {p}; waiting for the sync {s} to be promoted")
         sh.wait(lambda: sh.topology()["primary"] == s, sh.session_s + 60, f"the sync {s} promoted in ZooKeeper")
         prev2 = sh.zk_state()
         t1 = time.monotonic()
         sh.sb.kill(s)
-        _say(f"F13: {s} promoted {t1 - t0:.1f}s after the kill (generation {prev2['generation']}, "
+        say(f"F13: {s} promoted {t1 - t0:.1f}s after the kill (generation {prev2['generation']}, "
              f"sync {sh.topology()['sync']}); killed it at once")
         # the remaining node alone: it may lead only by the rules (it is the new state's sync and
         # holds every acknowledged write), and it needs a sync to take writes
@@ -269,7 +247,7 @@ def test_f13_back_to_back_failovers_kill_the_newly_promoted_primary(shard: Shard
         while time.monotonic() < t_end:
             alone_writable |= sh.writable(A)
             time.sleep(0.3)
-        _say(f"F13: {a} alone for {sh.session_s + 10:.0f}s: roles {sh.roles()}, writable {alone_writable}, "
+        say(f"F13: {a} alone for {sh.session_s + 10:.0f}s: roles {sh.roles()}, writable {alone_writable}, "
              f"state {sh.topology()}")
         assert not alone_writable, f"F13: {a} took writes alone (no sync to acknowledge them)"
         t2 = time.monotonic()
@@ -279,9 +257,9 @@ def test_f13_back_to_back_failovers_kill_the_newly_promoted_primary(shard: Shard
         first = sh.wait(lambda: w.first_ack_after(t2), 90, "writes to resume")
         w.wait_for_acks(20, 90)
         new_p = sh.topology()["primary"]
-        _say(f"F13: converged with primary {new_p} {first - t2:.1f}s after the restarts")
+        say(f"F13: converged with primary {new_p} {first - t2:.1f}s after the restarts")
         longest = max((o.duration() for o in w.outages() if o.start >= t0 - 1), default=0.0)
-        _say(f"F13 outage: {longest:.1f} s (longest write outage from the first kill on; both killed "
+        say(f"F13 outage: {longest:.1f} s (longest write outage from the first kill on; both killed "
              f"nodes restarted {t2 - t0:.1f} s after it, writes {first - t2:.1f} s after the restart)")
         assert new_p in (s, a), f"F13: {new_p} leads; only {s} (primary) or {a} (its sync) may"
     finally:
@@ -318,7 +296,7 @@ def _destroy_dataset(dataset: str) -> None:
 def test_f15_standby_dataset_destroyed_restored_from_leader(shard: Shard):
     sh = shard
     prev = sh.zk_state()
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     A, S = sh.node(a), sh.node(s)
     w = sh.writer("f15").start()
     try:
@@ -330,7 +308,7 @@ def test_f15_standby_dataset_destroyed_restored_from_leader(shard: Shard):
         _destroy_dataset(A.dataset)
         gone = subprocess.run([ZFS_BIN, "list", A.dataset], capture_output=True, text=True)
         assert gone.returncode != 0, f"{A.dataset} still exists"
-        _say(f"F15: destroyed {A.dataset} of the async {a} (killed first); primary {p}, sync {s}")
+        say(f"F15: destroyed {A.dataset} of the async {a} (killed first); primary {p}, sync {s}")
         sh.sb.start(a)
         sh.wait(lambda: _rejoined_at_tail(sh, a), 240, f"{a} restored, at the tail and streaming")
         took = time.monotonic() - t0
@@ -352,10 +330,10 @@ def test_f15_standby_dataset_destroyed_restored_from_leader(shard: Shard):
                 return False
 
         sh.wait(has_target, 30, f"the restored {a} to replay write {target}")
-        _say(f"F15: {a} restored from {s}, streaming and caught up {took:.1f}s after the destroy")
+        say(f"F15: {a} restored from {s}, streaming and caught up {took:.1f}s after the destroy")
         outs = [o for o in w.outages() if o.start >= t0 - 0.5]
         longest = max((o.duration() for o in outs), default=0.0)
-        _say(f"F15 outage: {longest:.2f} s (writes on the primary while the async was rebuilt)")
+        say(f"F15 outage: {longest:.2f} s (writes on the primary while the async was rebuilt)")
         assert longest <= 1.0, f"F15: the primary blocked while the async was rebuilt: {outs}"
         assert sh.topology()["primary"] == p and sh.topology()["sync"] == s
     finally:
@@ -434,7 +412,7 @@ def test_f16_safe_mode_runbook_end_to_end(shard: Shard):
     env = {"PGPASSWORD": st0.repl_password}
     prev = sh.zk_state()
     gen0 = prev["generation"]
-    p, s, a = _names(sh.topology())
+    p, s, a = names(sh.topology())
     P, S, A = sh.node(p), sh.node(s), sh.node(a)
     error_path = f"{st0.shard_path}/error"
     w = sh.writer("f16").start()
@@ -455,17 +433,17 @@ def test_f16_safe_mode_runbook_end_to_end(shard: Shard):
         finally:
             os.kill(S.pids["sitter"], signal.SIGCONT)
         t_fork = time.monotonic()
-        _say(f"F16: {s}'s PostgreSQL promoted by hand and written to; {p}'s backupserver killed")
+        say(f"F16: {s}'s PostgreSQL promoted by hand and written to; {p}'s backupserver killed")
         # (3) the sync's sitter learns from PostgreSQL that it cannot follow the primary
         sh.wait(lambda: (st := sh.state_of(S)) and (st.get("pg") or {}).get("diverged"), 90,
                 f"{s}'s PostgreSQL to report that it cannot follow {p}", interval=0.1)
         # (4) the primary dies: the only candidate has a forked WAL
         t0 = time.monotonic()
         sh.sb.kill(p)
-        _say(f"F16: killed the primary {p} ({t0 - t_fork:.1f}s after the fork)")
+        say(f"F16: killed the primary {p} ({t0 - t_fork:.1f}s after the fork)")
         err = sh.wait(lambda: sh.zk.exists(error_path) and json.loads(sh.zk.get(error_path)[0]),
                       sh.session_s + 60, "the error node (safe mode)")
-        _say(f"F16: safe mode {time.monotonic() - t0:.1f}s after the kill: {err}")
+        say(f"F16: safe mode {time.monotonic() - t0:.1f}s after the kill: {err}")
         assert err.get("reason") and "diverged" in err["reason"], f"F16: error without a reason: {err}"
         assert err["standby"] in (S.ip, A.ip) and err["primary"] == P.ip, err
         sh.wait(lambda: all((st := sh.state_of(n)) and st.get("localRole") == "safe_mode" for n in (S, A)),
@@ -489,7 +467,7 @@ def test_f16_safe_mode_runbook_end_to_end(shard: Shard):
             except psycopg2.Error as e:
                 assert "read-only" in str(e) or "recovery" in str(e), f"F16: insert on {n.name} failed oddly: {e}"
         assert readable, "F16: no node serves reads in safe mode"
-        _say(f"F16: reads in safe mode: {readable}")
+        say(f"F16: reads in safe mode: {readable}")
         acked_in_safe_mode = [x for x in w.attempts() if x.outcome == "acked" and x.finished > t0 + 0.5]
         assert not acked_in_safe_mode, f"F16: writes acknowledged after the kill: {acked_in_safe_mode[:3]}"
 
@@ -511,7 +489,7 @@ def test_f16_safe_mode_runbook_end_to_end(shard: Shard):
             _stop_sitter(n)
         pos = {n.name: _wal_position_by_hand(n) for n in live}
         best = max(live, key=lambda n: (pos[n.name][0], n is S))  # tie: the previous sync
-        _say(f"F16 runbook: WAL positions {({k: (str(Lsn(v[0])), v[1]) for k, v in pos.items()})}; "
+        say(f"F16 runbook: WAL positions {({k: (str(Lsn(v[0])), v[1]) for k, v in pos.items()})}; "
              f"new primary {best.name}")
         # 3. Make it the primary in the state: manatee-adm set-primary.
         gen_before = json.loads(sh.zk.get(f"{st0.shard_path}/state")[0])["generation"]
@@ -544,7 +522,7 @@ def test_f16_safe_mode_runbook_end_to_end(shard: Shard):
         doc = json.loads(cp.stdout)[st0.shard]
         assert doc["primary"]["ip"] == best.ip and "error" not in doc, doc
         assert doc["primary"]["repl"].get("sync_state") == "sync", doc["primary"]
-        _say(f"F16 outage: {_outage_from(w, t0, first):.1f} s (kill → safe mode → runbook by a test "
+        say(f"F16 outage: {_outage_from(w, t0, first):.1f} s (kill → safe mode → runbook by a test "
              f"→ first commit; healthy {t_ok - t0:.1f} s after the kill)")
         cp = _tool("clear", st0.shard, st0.zk_connect)
         assert cp.returncode != 0 and "not in safe mode" in cp.stderr, (cp.returncode, cp.stderr)

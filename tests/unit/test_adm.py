@@ -7,7 +7,7 @@ import pytest
 
 from manatee.cli import adm
 from manatee.cli.adm_view import (
-    NodeView, ShardView, chain_nodes, fmt_bytes, problems, render_history, render_pg_status, render_show,
+    ShardView, chain_nodes, fmt_bytes, problems, render_history, render_pg_status, render_show,
     render_table,
 )
 from manatee.sitter.state import ClusterState, Freeze, Switchover
