@@ -644,20 +644,7 @@ class Sandbox:
             self._create_pool()
             taken: set[tuple[str, int]] = set()
             for name, ip in zip(names, ips):
-                node_dir = self.dir / "nodes" / name
-                mnt_base = Path(data_root) / name if data_root else node_dir
-                node = NodeState(
-                    name=name, ip=ip,
-                    pg_port=pick_port(ip, DEFAULT_PORTS["pg"], taken),
-                    status_port=pick_port(ip, DEFAULT_PORTS["status"], taken),
-                    backup_port=pick_port(ip, DEFAULT_PORTS["backup"], taken),
-                    zfs_port=pick_port(ip, DEFAULT_PORTS["zfs"], taken),
-                    dataset=f"{st.pool}/{name}/pg",
-                    mountpoint=str(mnt_base / "pg"),
-                    dir=str(node_dir),
-                    cgroup=f"{st.cgroup}/{name}" if st.cgroup else None,
-                )
-                st.nodes.append(node)
+                st.nodes.append(self._new_node(name, ip, taken))
             for node in st.nodes:
                 write_node_configs(st, node)
             self.save()
@@ -674,6 +661,21 @@ class Sandbox:
                 self.out("note: no writable cgroup2 hierarchy: node traffic leaves from 127.0.0.1 "
                          "and partitions only cut sockets bound to a node's address")
         return st
+
+    def _new_node(self, name: str, ip: str, taken: set[tuple[str, int]]) -> NodeState:
+        """A node's ports (free on its address, not in `taken`), dataset, mountpoint, dirs."""
+        st = self.st
+        node_dir = self.dir / "nodes" / name
+        base = Path(st.data_root) / name if st.data_root else node_dir
+        return NodeState(
+            name=name, ip=ip,
+            pg_port=pick_port(ip, DEFAULT_PORTS["pg"], taken),
+            status_port=pick_port(ip, DEFAULT_PORTS["status"], taken),
+            backup_port=pick_port(ip, DEFAULT_PORTS["backup"], taken),
+            zfs_port=pick_port(ip, DEFAULT_PORTS["zfs"], taken),
+            dataset=f"{st.pool}/{name}/pg", mountpoint=str(base / "pg"), dir=str(node_dir),
+            cgroup=f"{st.cgroup}/{name}" if st.cgroup else None,
+        )
 
     def _source_nat(self, node: NodeState) -> None:
         try:
@@ -991,17 +993,7 @@ class Sandbox:
             if int(ipaddress.IPv4Address(ip)) & 0xFF in (0, 255):
                 raise SandboxError(f"no address left after {last.ip}")
             taken = {(n.ip, p) for n in st.nodes for p in (n.pg_port, n.status_port, n.backup_port, n.zfs_port)}
-            node_dir = self.dir / "nodes" / name
-            base = Path(st.data_root) / name if st.data_root else node_dir
-            node = NodeState(
-                name=name, ip=ip,
-                pg_port=pick_port(ip, DEFAULT_PORTS["pg"], taken),
-                status_port=pick_port(ip, DEFAULT_PORTS["status"], taken),
-                backup_port=pick_port(ip, DEFAULT_PORTS["backup"], taken),
-                zfs_port=pick_port(ip, DEFAULT_PORTS["zfs"], taken),
-                dataset=f"{st.pool}/{name}/pg", mountpoint=str(base / "pg"), dir=str(node_dir),
-                cgroup=f"{st.cgroup}/{name}" if st.cgroup else None,
-            )
+            node = self._new_node(name, ip, taken)
             st.nodes.append(node)
             write_node_configs(st, node)
             self.save()  # from here on `down` knows the node
