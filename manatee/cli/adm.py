@@ -99,7 +99,9 @@ def _parallel(jobs: Mapping[str, Callable[[], Any]], deadline: float) -> dict[st
 
 _NODE_SQL = ("select pg_is_in_recovery() as recovery,"
              " current_setting('default_transaction_read_only') = 'on' as ro,"
-             " (case when pg_is_in_recovery() then pg_last_wal_receive_lsn()"
+             # a standby: how far its WAL goes, received or (not streaming, e.g. in safe
+             # mode or after a restart) replayed; greatest() skips the NULL one
+             " (case when pg_is_in_recovery() then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
              "  else pg_current_wal_lsn() end)::text as wal")
 _REPL_SQL = ("select application_name, client_addr::text as client_addr, state, sync_state,"
              " sent_lsn::text as sent_lsn, flush_lsn::text as flush_lsn, replay_lsn::text as replay_lsn,"

@@ -482,12 +482,26 @@ def test_f16_safe_mode_runbook_end_to_end(shard: Shard):
         hist = [json.loads(line) for line in cp.stdout.splitlines() if line.strip()]
         leaders = [r for r in hist if r.get("action") == "AssumeLeader"]
         assert leaders and leaders[-1]["ip"] == P.ip, f"manatee-history: last AssumeLeader {leaders[-1:]}"
-        # 2. Find the node with the most WAL: sitters stopped, each PostgreSQL run by hand as
-        #    a standby that follows nobody.
+        # 2. Find the node with the most WAL: manatee-adm pg-status while the sitters still
+        #    run (safe mode keeps PostgreSQL up where it can run); a node whose PostgreSQL is
+        #    down is read by hand, its sitter stopped, as a standby that follows nobody.
         live = [S, A]
+        cp = _tool("adm", "pg-status", st0.shard, st0.zk_connect, env=env)
+        assert cp.returncode == 0, cp.stderr
+        lines = [ln.split() for ln in cp.stdout.splitlines() if ln.strip()]
+        col = {h: i for i, h in enumerate(lines[0])}
+        seen = {r[col["ADDRESS"]]: r for r in lines[1:]}
+        pos: dict[str, tuple[int, int | None]] = {}
+        for n in live:
+            r = seen.get(n.ip)
+            if r is not None and r[col["PG"]] == "up" and r[col["WAL"]] != "-":
+                pos[n.name] = (Lsn.parse(r[col["WAL"]]).value, None)
         for n in live:
             _stop_sitter(n)
-        pos = {n.name: _wal_position_by_hand(n) for n in live}
+        for n in live:
+            if n.name not in pos:
+                pos[n.name] = _wal_position_by_hand(n)
+        say(f"F16 runbook: pg-status said {sorted(pos)}; read by hand: {[n.name for n in live if pos[n.name][1] is not None]}")
         best = max(live, key=lambda n: (pos[n.name][0], n is S))  # tie: the previous sync
         say(f"F16 runbook: WAL positions {({k: (str(Lsn(v[0])), v[1]) for k, v in pos.items()})}; "
              f"new primary {best.name}")
