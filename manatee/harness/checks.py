@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+import time
 from typing import Any, NamedTuple
 
 import psycopg2
@@ -38,15 +39,32 @@ class Row(NamedTuple):
 # ------------------------------------------------------------------ fetching
 
 
-def fetch_rows(dsn: str, table: str = "manatee_writes", *, connect_timeout: int = 2, timeout: float = 30.0) -> list[Row]:
+#: What PostgreSQL says while it restarts (a standby repointed at a new upstream, or
+#: rebuilt): worth waiting for, not a verdict.
+_STARTING = ("the database system is starting up", "the database system is shutting down",
+             "the database system is not yet accepting connections", "Connection refused")
+
+
+def _connect_waiting(dsn: str, connect_timeout: int, options: str, wait: float):
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return psycopg2.connect(dsn, connect_timeout=connect_timeout, options=options,
+                                    application_name="manatee-checks")
+        except psycopg2.OperationalError as e:
+            if time.monotonic() > deadline or not any(m in str(e) for m in _STARTING):
+                raise
+            time.sleep(0.5)
+
+
+def fetch_rows(dsn: str, table: str = "manatee_writes", *, connect_timeout: int = 2, timeout: float = 30.0,
+               wait_start: float = 30.0) -> list[Row]:
     """All rows of `table` on the node at `dsn`, by id. A node without the table has no
-    rows (a standby that has not replayed its creation yet). Works on standbys (reads only)."""
-    conn = psycopg2.connect(
-        dsn,
-        connect_timeout=connect_timeout,
-        options=f"-c statement_timeout={int(timeout * 1000)} -c default_transaction_read_only=on",
-        application_name="manatee-checks",
-    )
+    rows (a standby that has not replayed its creation yet). Works on standbys (reads only).
+    A PostgreSQL that is (re)starting is waited for up to `wait_start` seconds."""
+    conn = _connect_waiting(
+        dsn, connect_timeout,
+        f"-c statement_timeout={int(timeout * 1000)} -c default_transaction_read_only=on", wait_start)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
