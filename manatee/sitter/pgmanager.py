@@ -26,6 +26,11 @@ DIVERGENCE_PATTERNS = re.compile(
     r"|is ahead of the WAL flush position of this server"
     r"|highest timeline \d+ of the primary is behind recovery timeline"
     r"|requested timeline \d+ does not contain minimum recovery point"
+    # ...or cannot start at all because the checkpoint its pg_control names is not in its
+    # WAL (seen on an old primary rejoining after a safe-mode recovery). Either way the data
+    # is of no use to a standby; the core rebuilds it from its upstream, never a primary.
+    r"|invalid primary checkpoint record"
+    r"|could not locate a valid checkpoint record"
 )
 
 
