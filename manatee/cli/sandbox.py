@@ -1,6 +1,6 @@
 """`manatee-sandbox`: bring up a real local shard and drive faults on it.
 
-    manatee-sandbox up [--nodes 3] [--session-timeout 6000] [--dir .sandbox] [--shard 1]
+    manatee-sandbox up [--nodes 3] [--session-timeout 6000] [--dir .sandbox] [--shard 1] [--zk-servers 1|3]
     manatee-sandbox status [--json]
     manatee-sandbox kill|stop|start|partition|heal|hang|resume NODE
     manatee-sandbox zk-stop|zk-start
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how long to wait for a healthy shard (default 240)")
     up.add_argument("--auth", choices=["scram-sha-256", "md5", "trust"], default="scram-sha-256",
                     help="PostgreSQL auth for replication between nodes (default scram-sha-256)")
+    up.add_argument("--zk-servers", type=int, choices=[1, 3], default=1, metavar="{1,3}",
+                    help="ZooKeeper servers: 1 standalone (default) or a 3-server ensemble on ZooKeeper's address")
 
     st = sub.add_parser("status", parents=[common], help="each node's address, role, pgUrl and processes")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -92,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_overview(info: dict[str, Any], out=print) -> None:
     zk = info["zookeeper"]
     out(f"shard {info['shard']}: ZooKeeper {zk['connect']} "
-        f"({'running' if zk['alive'] else 'NOT RUNNING'}, pid {zk['pid']}), "
+        f"({'running' if zk['alive'] else 'NOT RUNNING'}, "
+        f"{str(len(zk['servers'])) + ' servers' if zk.get('servers') else 'pid ' + str(zk['pid'])}), "
         f"session timeout {info['sessionTimeoutMs']} ms, pool {info['pool']['name']}")
+    for s in zk.get("servers", []):
+        out(f"  ZooKeeper server {s['myid']} {s['connect']}: {s['mode'] or '-'}, pid {s['pid'] or '-'}"
+            f"{'' if s['alive'] else ' (NOT RUNNING)'}")
     out(f"{'NODE':<5} {'ADDRESS':<14} {'ROLE':<12} {'PGURL':<40} {'PROCESSES'}")
     for n in info["nodes"]:
         procs = " ".join(f"{d}={p['pid'] or '-'}{'' if p['alive'] else '(dead)'}" for d, p in n["processes"].items())
@@ -129,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             info = sb.up(nodes=args.nodes, session_timeout_ms=args.session_timeout, shard=args.shard,
-                         first_ip=args.first_ip, timeout=args.timeout, auth_method=args.auth)
+                         first_ip=args.first_ip, timeout=args.timeout, auth_method=args.auth,
+                         zk_servers=args.zk_servers)
             _print_up(info, args)
         elif args.cmd == "status":
             info = sb.status()
@@ -159,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ZooKeeper {sb.st.zk_connect}: {'stopped (data kept)' if was else 'was not running'}")
         elif args.cmd == "zk-start":
             pid = sb.zk_start(timeout=args.timeout)
-            print(f"ZooKeeper {sb.st.zk_connect}: serving (pid {pid})")
+            pids = " ".join(str(p) for p in sb.zk_pids()) if sb.st.zk_servers else pid
+            print(f"ZooKeeper {sb.st.zk_connect}: serving (pid {pids})")
         elif args.cmd == "psql":
             argv_psql = sb.psql_argv(args.node, psql_args)
             sys.stdout.flush()

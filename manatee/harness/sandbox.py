@@ -117,6 +117,20 @@ class NodeState:
 
 
 @dataclass
+class ZkServerState:
+    """One member of the sandbox's ZooKeeper ensemble (all on SandboxState.zk_host)."""
+
+    myid: int
+    client_port: int
+    quorum_port: int
+    election_port: int
+    pid: int | None = None
+
+
+ZK_SERVER_COUNTS = (1, 3)
+
+
+@dataclass
 class SandboxState:
     id: str
     dir: str
@@ -127,6 +141,10 @@ class SandboxState:
     zk_port: int = 0
     zk_pid: int | None = None
     zk_tick_ms: int = 200
+    # An ensemble's servers (empty: the standalone server of zk_port/zk_pid; an older
+    # sandbox.json has no such key). With an ensemble, zk_port is server 0's client port
+    # and zk_pid stays None.
+    zk_servers: list[ZkServerState] = field(default_factory=list)
     pool: str | None = None
     pool_file: str | None = None
     zfs_fuse_pid: int | None = None  # set only when this sandbox started the daemon
@@ -144,7 +162,13 @@ class SandboxState:
         return f"/manatee/{self.shard}"
 
     @property
+    def zk_ensemble(self) -> bool:
+        return bool(self.zk_servers)
+
+    @property
     def zk_connect(self) -> str:
+        if self.zk_servers:
+            return ",".join(f"{self.zk_host}:{s.client_port}" for s in self.zk_servers)
         return f"{self.zk_host}:{self.zk_port}"
 
     def node(self, name: str) -> NodeState:
@@ -163,6 +187,7 @@ class SandboxState:
             raise SandboxError(f"sandbox state version {data.get('version')!r} is not {STATE_VERSION}")
         data = dict(data)
         data["nodes"] = [NodeState(**n) for n in data.get("nodes", [])]
+        data["zk_servers"] = [ZkServerState(**z) for z in data.get("zk_servers") or []]
         return cls(**data)
 
 
@@ -580,10 +605,12 @@ class Sandbox:
         first_ip: str = DEFAULT_FIRST_IP,
         timeout: float = 240.0,
         auth_method: str = "scram-sha-256",
+        zk_servers: int = 1,
     ) -> dict[str, Any]:
-        """create(), start every node, wait until healthy and writable; what `status` says."""
+        """create(), start every node, wait until healthy and writable; what `status` says.
+        zk_servers=3: a ZooKeeper ensemble of three servers instead of one standalone."""
         t0 = time.monotonic()
-        self.create(nodes, session_timeout_ms, shard, first_ip, auth_method)
+        self.create(nodes, session_timeout_ms, shard, first_ip, auth_method, zk_servers=zk_servers)
         began = time.monotonic()
         with dir_lock(self.dir):
             # One at a time, each once the previous one has its place in the election: the
@@ -610,8 +637,12 @@ class Sandbox:
         auth_method: str = "scram-sha-256",
         *,
         require_daemons: tuple[str, ...] = DAEMONS,
+        zk_servers: int = 1,
     ) -> SandboxState:
-        """Everything but the daemons: ZooKeeper running, pool, datasets, configs, cgroups."""
+        """Everything but the daemons: ZooKeeper running (one standalone server, or with
+        zk_servers=3 an ensemble on the same address), pool, datasets, configs, cgroups."""
+        if zk_servers not in ZK_SERVER_COUNTS:
+            raise SandboxError(f"--zk-servers {zk_servers}: must be one of {', '.join(map(str, ZK_SERVER_COUNTS))}")
         if session_timeout_ms < 2000:
             raise SandboxError(f"--session-timeout {session_timeout_ms} ms: must be at least 2000")
         if not shard.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -640,7 +671,10 @@ class Sandbox:
             self.save()
             if data_root:
                 self.out(f"note: postgres cannot reach {self.dir}; data goes to {data_root}")
-            self._start_zookeeper(zk_ip)
+            if zk_servers == 1:
+                self._start_zookeeper(zk_ip)
+            else:
+                self._start_zk_ensemble(zk_ip, zk_servers)
             self._create_pool()
             taken: set[tuple[str, int]] = set()
             for name, ip in zip(names, ips):
@@ -711,6 +745,51 @@ class Sandbox:
         zkmod._LIVE.discard(server)
         st.zk_host, st.zk_port, st.zk_pid = zk_ip, server.port, server.pid
         self.save()
+
+    def _start_zk_ensemble(self, zk_ip: str, size: int) -> None:
+        """`size` servers on the ZooKeeper address (base dirs zookeeper/zk1..zkN), with the
+        standalone's tick and max session; ports and pids are recorded as soon as they exist."""
+        from manatee.harness import zookeeper as zkmod
+
+        st = self.st
+        ens = zkmod.ZooKeeperEnsemble(
+            self.dir / "zookeeper", size=size, tick_ms=st.zk_tick_ms, host=zk_ip,
+            max_session_ms=max(60000, 2 * st.session_timeout_ms),
+        )
+        quorum = {sid: (q, e) for sid, _h, q, e in ens.servers[0].peers}
+        st.zk_host = zk_ip
+        st.zk_servers = [ZkServerState(myid=s.myid, client_port=s.port, quorum_port=quorum[s.myid][0],
+                                       election_port=quorum[s.myid][1]) for s in ens.servers]
+        st.zk_port = st.zk_servers[0].client_port
+        self.save()
+        self.out(f"starting a ZooKeeper ensemble of {size} on {st.zk_connect}")
+        try:
+            for server, rec in zip(ens.servers, st.zk_servers):
+                server.spawn()
+                rec.pid = server.pid
+            self.save()
+            deadline = time.monotonic() + 60
+            for server in ens.servers:
+                server.wait_serving(max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            ens.stop()
+            for rec in st.zk_servers:
+                rec.pid = None
+            self.save()
+            raise
+        for server in ens.servers:
+            self._outlive(server)
+        self.save()
+
+    @staticmethod
+    def _outlive(server) -> None:
+        """A server this command started keeps running after it (the harness would kill it
+        at interpreter exit); reaped here while this process lives."""
+        from manatee.harness import zookeeper as zkmod
+
+        zkmod._LIVE.discard(server)
+        if server._proc is not None:
+            _CHILDREN.append(server._proc)
 
     def _create_pool(self) -> None:
         from manatee.harness.zfspool import ZfsPool, ensure_zfs_fuse
@@ -826,13 +905,25 @@ class Sandbox:
 
     def status(self) -> dict[str, Any]:
         st = self.st
+        zk: dict[str, Any] = {"connect": st.zk_connect, "pid": st.zk_pid,
+                              "alive": bool(st.zk_pid and pid_alive(st.zk_pid)),
+                              "log": str(self.dir / "zookeeper" / "zookeeper.log")}
+        if st.zk_servers:
+            modes = self.zk_modes()
+            zk["servers"] = [
+                {"index": i, "myid": r.myid, "connect": f"{st.zk_host}:{r.client_port}",
+                 "quorumPort": r.quorum_port, "electionPort": r.election_port, "pid": r.pid,
+                 "alive": self._zk_rec_running(r), "mode": modes[i],
+                 "log": str(self.dir / "zookeeper" / f"zk{r.myid}" / "zookeeper.log")}
+                for i, r in enumerate(st.zk_servers)
+            ]
+            zk["alive"] = all(s["alive"] for s in zk["servers"])
+            zk["log"] = str(self.dir / "zookeeper" / "zk*" / "zookeeper.log")
         return {
             "dir": st.dir,
             "shard": st.shard_path,
             "sessionTimeoutMs": st.session_timeout_ms,
-            "zookeeper": {"connect": st.zk_connect, "pid": st.zk_pid,
-                          "alive": bool(st.zk_pid and pid_alive(st.zk_pid)),
-                          "log": str(self.dir / "zookeeper" / "zookeeper.log")},
+            "zookeeper": zk,
             "pool": {"name": st.pool, "file": st.pool_file},
             "nodes": [self.node_status(n) for n in st.nodes],
         }
@@ -1056,15 +1147,76 @@ class Sandbox:
             max_session_ms=max(60000, 2 * st.session_timeout_ms),
         )
 
+    def _zk_member(self, i: int):
+        """A handle on ensemble server `i` (0-based; base dir zookeeper/zk<myid>) with the
+        config `up` gave it, so that it rejoins with the same ports, myid and data."""
+        from manatee.harness import zookeeper as zkmod
+
+        st = self.st
+        rec = self._zk_rec(i)
+        peers = [(z.myid, st.zk_host, z.quorum_port, z.election_port) for z in st.zk_servers]
+        return zkmod.ZooKeeperServer(
+            self.dir / "zookeeper" / f"zk{rec.myid}", host=st.zk_host, port=rec.client_port,
+            tick_ms=st.zk_tick_ms, max_session_ms=max(60000, 2 * st.session_timeout_ms),
+            heap_mb=128, myid=rec.myid, peers=peers,
+        )
+
+    def _zk_rec(self, i: int) -> ZkServerState:
+        servers = self.st.zk_servers
+        if not servers:
+            raise SandboxError("this sandbox runs one standalone ZooKeeper, not an ensemble (`up --zk-servers 3`)")
+        if not 0 <= i < len(servers):
+            raise SandboxError(f"no ZooKeeper server {i}: servers are 0..{len(servers) - 1}")
+        return servers[i]
+
+    def _zk_rec_running(self, rec: ZkServerState) -> bool:
+        return bool(rec.pid and pid_alive(rec.pid) and self._is_our_zk(rec.pid, rec.myid))
+
+    def zk_pids(self) -> list[int | None]:
+        """The live pid of every ZooKeeper server (one entry for a standalone; None: down)."""
+        st = self.st
+        if st.zk_servers:
+            return [r.pid if self._zk_rec_running(r) else None for r in st.zk_servers]
+        return [st.zk_pid if self.zk_running() else None]
+
+    def zk_modes(self) -> list[str | None]:
+        """Each server's `srvr` mode: 'standalone', 'leader', 'follower'; None when it does
+        not serve (down, or a member without a quorum)."""
+        from manatee.harness.zookeeper import four_letter_word
+
+        st = self.st
+        ports = [r.client_port for r in st.zk_servers] if st.zk_servers else [st.zk_port]
+        modes: list[str | None] = []
+        for port in ports:
+            mode = None
+            for line in four_letter_word(st.zk_host, port, "srvr").splitlines():
+                if line.startswith("Mode:"):
+                    mode = line.split(":", 1)[1].strip()
+            modes.append(mode)
+        return modes
+
+    def zk_leader(self) -> int | None:
+        """Index (0-based) of the ensemble's leader now; None if none (or a standalone)."""
+        if not self.st.zk_servers:
+            return None
+        modes = self.zk_modes()
+        return modes.index("leader") if "leader" in modes else None
+
     def zk_running(self) -> bool:
-        """True if the sandbox's ZooKeeper process is alive (not whether it serves yet)."""
+        """True if the sandbox's ZooKeeper process is alive (not whether it serves yet);
+        with an ensemble, every server's."""
+        if self.st.zk_servers:
+            return all(self._zk_rec_running(r) for r in self.st.zk_servers)
         pid = self.st.zk_pid
         return bool(pid and pid_alive(pid) and self._is_our_zk(pid))
 
     def zk_stop(self, timeout: float = 10.0) -> bool:
         """All of ZooKeeper down: SIGTERM the server (SIGKILL after `timeout`), data kept.
         Every client loses its connection; sessions survive in the data dir, and a
-        restarted server gives each one a fresh timeout. False if it was not running."""
+        restarted server gives each one a fresh timeout. False if it was not running.
+        With an ensemble, every server at once."""
+        if self.st.zk_servers:
+            return self._zk_stop_ensemble(None, timeout, kill=False)
         with dir_lock(self.dir):
             st = self.st
             pid = st.zk_pid
@@ -1078,11 +1230,91 @@ class Sandbox:
         self.out(f"ZooKeeper {st.zk_connect} stopped (pid {pid}); data kept in {self.dir / 'zookeeper'}")
         return True
 
-    def zk_start(self, timeout: float = 60.0) -> int:
-        """Start the sandbox's ZooKeeper again (same address, port and data) and wait until
-        it serves; returns its pid (the running one's if it was not stopped)."""
+    def zk_stop_server(self, i: int, timeout: float = 10.0, *, kill: bool = False) -> bool:
+        """One ensemble server down (index 0-based; e.g. zk_leader()), data kept: SIGTERM,
+        or with kill=True SIGKILL (a crash). False if it was not running."""
+        self._zk_rec(i)
+        return self._zk_stop_ensemble(i, timeout, kill=kill)
+
+    def _zk_stop_ensemble(self, only: int | None, timeout: float, kill: bool) -> bool:
+        from manatee.core.procs import kill_tree
+
+        with dir_lock(self.dir):
+            st = self.st
+            recs = [r for i, r in enumerate(st.zk_servers) if only is None or i == only]
+            live = [r for r in recs if self._zk_rec_running(r)]
+            for r in live:  # every one at once: an outage, not a rolling restart
+                kill_tree(r.pid, signal.SIGKILL if kill else signal.SIGTERM, group=True)
+            for r in live:
+                terminate(r.pid, timeout=timeout, group=True)
+                if pid_alive(r.pid):
+                    raise SandboxError(f"ZooKeeper server {r.myid} pid {r.pid} survives SIGTERM and SIGKILL")
+            stopped = {r.myid: r.pid for r in live}
+            for r in recs:
+                r.pid = None
+            self.save()
+        if stopped:
+            which = ", ".join(f"{st.zk_host}:{r.client_port} (myid {r.myid}, pid {stopped[r.myid]})"
+                              for r in recs if r.myid in stopped)
+            self.out(f"ZooKeeper {which} {'killed' if kill else 'stopped'}; data kept in {self.dir / 'zookeeper'}")
+        return bool(stopped)
+
+    def zk_start_server(self, i: int, timeout: float = 60.0, *, wait: bool = True) -> int:
+        """Start ensemble server `i` again (same ports, myid and data); with wait=True until
+        it serves, which needs a quorum. Returns its pid."""
+        self._zk_rec(i)
+        return self._zk_start_ensemble(i, timeout, wait)[i]
+
+    def _zk_start_ensemble(self, only: int | None, timeout: float, wait: bool = True) -> list[int | None]:
         from manatee.harness import zookeeper as zkmod
 
+        with dir_lock(self.dir):
+            st = self.st
+            idx = [i for i in range(len(st.zk_servers)) if only is None or i == only]
+            started = []
+            for i in idx:
+                rec = st.zk_servers[i]
+                if self._zk_rec_running(rec):
+                    continue
+                server = self._zk_member(i)
+                try:
+                    server.spawn()
+                except zkmod.ZooKeeperStartError as e:
+                    for s in started:
+                        s.stop()
+                    raise SandboxError(f"ZooKeeper server {rec.myid} did not start again: {e}") from None
+                rec.pid = server.pid
+                started.append(server)
+            self.save()
+            if wait:
+                deadline = time.monotonic() + timeout
+                try:
+                    for server in started:
+                        server.wait_serving(max(1.0, deadline - time.monotonic()))
+                except zkmod.ZooKeeperStartError as e:
+                    for server in started:
+                        server.stop()
+                    for i in idx:
+                        if not self._zk_rec_running(st.zk_servers[i]):
+                            st.zk_servers[i].pid = None
+                    self.save()
+                    raise SandboxError(f"ZooKeeper ensemble {st.zk_connect} did not serve again: {e}") from None
+            for server in started:
+                self._outlive(server)
+            pids = [r.pid for r in st.zk_servers]
+        if started:
+            self.out(f"ZooKeeper {', '.join(s.connect_string for s in started)} started again "
+                     f"(pids {' '.join(str(s.pid) for s in started)})")
+        return pids
+
+    def zk_start(self, timeout: float = 60.0) -> int:
+        """Start the sandbox's ZooKeeper again (same address, port and data) and wait until
+        it serves; returns its pid (the running one's if it was not stopped). With an
+        ensemble: every stopped server, all serving; returns server 0's pid (zk_pids())."""
+        from manatee.harness import zookeeper as zkmod
+
+        if self.st.zk_servers:
+            return self._zk_start_ensemble(None, timeout)[0]
         with dir_lock(self.dir):
             st = self.st
             if st.zk_pid and pid_alive(st.zk_pid) and self._is_our_zk(st.zk_pid):
@@ -1146,6 +1378,15 @@ class Sandbox:
                 terminate(st.zk_pid, timeout=10, group=True)
                 if pid_alive(st.zk_pid):
                     problems.append(f"ZooKeeper pid {st.zk_pid} survives")
+            zk_live = [r for r in st.zk_servers if self._zk_rec_running(r)]
+            for r in zk_live:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(r.pid, signal.SIGTERM)
+                    os.killpg(r.pid, signal.SIGCONT)  # a hung (stopped) server handles it now
+            for r in zk_live:
+                terminate(r.pid, timeout=10, group=True)
+                if pid_alive(r.pid):
+                    problems.append(f"ZooKeeper server {r.myid} pid {r.pid} survives")
             if st.pool:
                 from manatee.harness.zfspool import ZfsPool, pool_names
 
@@ -1184,11 +1425,15 @@ class Sandbox:
         self._st = None
         return problems
 
-    def _is_our_zk(self, pid: int) -> bool:
+    def _is_our_zk(self, pid: int, myid: int | None = None) -> bool:
+        """`pid` runs this sandbox's ZooKeeper (its zoo.cfg on the command line); with
+        `myid`, that ensemble server's (zookeeper/zk<myid>/zoo.cfg)."""
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             return False
+        if myid is not None:
+            return str(self.dir / "zookeeper" / f"zk{myid}" / "zoo.cfg") in cmdline
         return str(self.dir / "zookeeper") in cmdline
 
     @staticmethod
