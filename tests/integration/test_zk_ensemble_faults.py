@@ -1,0 +1,189 @@
+"""ZooKeeper faults on a shard whose ZooKeeper is a three-server ensemble (manatee-sandbox
+`up --zk-servers 3`: three servers on ZooKeeper's loopback address, each with its own
+client, quorum and election port), in the style of test_zk_data_faults.py: one shared shard
+(session timeout 5 s), healthy at the start of each test, a RecordingWriter throughout, and
+Shard.assert_checks (S1–S4, S7) at the end. Each test prints its measured write outage.
+
+- F10 on the ensemble: every server stopped (Sandbox.zk_stop) for twice the session timeout
+  and started again on the same ports and data: the ensemble elects a leader, restores the
+  sessions with a fresh timeout, and no topology change follows.
+- The ensemble's leader killed (SIGKILL, Sandbox.zk_stop_server(zk_leader(), kill=True)):
+  the other two elect a new leader, the sitters' sessions move to them, and nothing about
+  the shard changes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.shard_fixture import NEEDS_SHARD, Shard, acks_on, healthy, names, say, shared_shard
+
+pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
+
+SESSION_MS = 5000
+
+
+def _zk_back(sh: Shard) -> None:
+    """A test that failed mid-fault leaves servers stopped: `down` and the next test want all."""
+    if sh.sb.exists() and not sh.sb.zk_running():
+        sh.sb.zk_start()
+
+
+@pytest.fixture(scope="module")
+def shared(zfs_fuse, tmp_path_factory):
+    yield from shared_shard(tmp_path_factory, "zkens", SESSION_MS, before_down=_zk_back, zk_servers=3)
+
+
+@pytest.fixture
+def shard(shared: Shard) -> Shard:
+    sh = healthy(shared, prepare=_zk_back)
+    assert len(sh.sb.st.zk_servers) == 3 and sh.sb.st.zk_connect.count(",") == 2, sh.sb.st.zk_connect
+    return sh
+
+
+def _fresh_zk_client(sh: Shard) -> None:
+    """Drop the test's own ZooKeeper client after a fault (the next use reconnects)."""
+    if sh._zk is not None:
+        try:
+            sh._zk.stop()
+            sh._zk.close()
+        except Exception:  # noqa: BLE001 - it is being thrown away
+            pass
+        sh._zk = None
+
+
+def _leaders_after(sh: Shard, gen: int) -> list[dict]:
+    return [r for r in sh.history()
+            if r["action"] == "AssumeLeader" and isinstance(r.get("generation"), int) and r["generation"] > gen]
+
+
+def _longest_gap(w, t_from: float, t_to: float) -> float:
+    ok = sorted(x.finished for x in w.attempts() if x.outcome == "acked" and t_from - 1 <= x.finished <= t_to)
+    return max((b - a for a, b in zip(ok, ok[1:])), default=t_to - t_from)
+
+
+def _watch(sh: Shard, seconds: float, seen_roles: list[dict], writable: set[str]) -> list[tuple[float, list[str]]]:
+    """Sample roles, /primary and each sitter's ZooKeeper connection for `seconds`;
+    returns (time, sitters not connected to ZooKeeper) per sample."""
+    t_end = time.monotonic() + seconds
+    off: list[tuple[float, list[str]]] = []
+    while time.monotonic() < t_end:
+        t = time.monotonic()
+        states = {n.name: sh.state_of(n) for n in sh.nodes}
+        seen_roles.append({k: str(v.get("role")) if v else "down" for k, v in states.items()})
+        off.append((t, sorted(k for k, v in states.items() if not v or v.get("zk") != "connected")))
+        writable |= {n.name for n in sh.nodes if sh.writable(n)}
+        time.sleep(0.5)
+    return off
+
+
+def _no_topology_change(sh: Shard, what: str, gen0: int, p: str, s: str, a: str, t_back: float) -> None:
+    """Every sitter reconnected with its session, no late expiry, the same topology."""
+    sh.wait(lambda: all((st := sh.state_of(n)) and st.get("zk") == "connected" for n in sh.nodes),
+            30, "every sitter reconnected to ZooKeeper")
+    say(f"{what}: all sitters connected {time.monotonic() - t_back:.1f}s after ZooKeeper was whole again")
+    time.sleep(sh.session_s + 2)  # a late expiry would show up now
+    top = sh.topology()
+    assert (top["generation"], top["primary"], top["sync"], top["async"]) == (gen0, p, s, [a]), \
+        f"{what}: topology changed: {top} (was generation {gen0}: {p}, {s}, [{a}])\n{sh.describe()}"
+    assert all(len(st.get("election") or []) == 3 for st in map(sh.state_of, sh.nodes) if st), \
+        f"{what}: a node left the election (its session expired)"
+
+
+# ---------------------------------------------------------------------------------- F10
+def test_f10_ensemble_all_servers_down_twice_session_timeout_no_topology_change(shard: Shard):
+    sh = shard
+    prev = sh.zk_state()
+    gen0 = prev["generation"]
+    p, s, a = names(sh.topology())
+    w = sh.writer("f10e").start()
+    try:
+        w.wait_for_acks(30, 60)
+        t0 = time.monotonic()
+        assert sh.sb.zk_stop() is True
+        assert sh.sb.zk_pids() == [None, None, None]
+        down_for = 2 * sh.session_s
+        say(f"F10 ensemble: all 3 ZooKeeper servers stopped for {down_for:.0f}s; primary {p}, sync {s}, async {a}")
+        seen_roles: list[dict] = []
+        writable: set[str] = set()
+        _watch(sh, down_for, seen_roles, writable)
+        t1 = time.monotonic()
+        sh.sb.zk_start()
+        t2 = time.monotonic()
+        assert sh.sb.zk_running() and sh.sb.zk_leader() is not None
+        _fresh_zk_client(sh)
+        during = [x for x in acks_on(w, sh.node(p), t0) if x <= t1]
+        gap = _longest_gap(w, t0, t2)
+        say(f"F10 ensemble: {len(during)} commits on {p} while ZooKeeper was down ({t1 - t0:.1f}s); "
+            f"ensemble serving again {t2 - t1:.1f}s after the start")
+        say(f"F10 ensemble outage: {gap:.2f} s (longest gap between acknowledged writes; all of ZooKeeper "
+            f"down {t1 - t0:.1f} s)")
+        assert len(during) >= 20, f"F10 ensemble: only {len(during)} commits while ZooKeeper was down"
+        assert [x for x in during if x >= t0 + 2 * (t1 - t0) / 3], "F10 ensemble: writes stopped during the outage"
+        assert gap < 3.0, f"F10 ensemble: the primary stalled for {gap:.2f}s while ZooKeeper was down"
+        assert writable == {p}, f"F10 ensemble: /primary 200 seen on {sorted(writable)} (want only {p})"
+        bad = [r for r in seen_roles if r[p] != "primary" or r[s] != "sync" or r[a] != "async"]
+        assert not bad, f"F10 ensemble: roles changed during the outage: {bad[:3]}"
+        _no_topology_change(sh, "F10 ensemble", gen0, p, s, a, t2)
+        w.wait_for_acks(20, 60)
+    finally:
+        w.stop()
+    assert not _leaders_after(sh, gen0), "F10 ensemble: a new primary was assumed"
+    sh.assert_checks(w, prev)
+
+
+# ---------------------------------------------------------------------- ensemble leader
+def test_ensemble_leader_killed_no_topology_change_writes_continue(shard: Shard):
+    sh = shard
+    prev = sh.zk_state()
+    gen0 = prev["generation"]
+    p, s, a = names(sh.topology())
+    lead = sh.wait(lambda: (i := sh.sb.zk_leader()) is not None and str(i), 30, "the ensemble's leader")
+    lead = int(lead)
+    w = sh.writer("zkl").start()
+    try:
+        w.wait_for_acks(30, 60)
+        t0 = time.monotonic()
+        assert sh.sb.zk_stop_server(lead, kill=True) is True
+        say(f"ZK leader: killed ensemble server {lead} (the leader); primary {p}, sync {s}, async {a}")
+
+        def other_leader() -> str | None:
+            i = sh.sb.zk_leader()
+            return None if i is None or i == lead else str(i)
+
+        new_lead = int(sh.wait(other_leader, 30, "a new leader among the other two servers", interval=0.05))
+        t_elected = time.monotonic()
+        say(f"ZK leader: server {new_lead} leads {t_elected - t0:.2f}s after the kill")
+        seen_roles: list[dict] = []
+        writable: set[str] = set()
+        off = _watch(sh, max(3.0, 2 * sh.session_s - (time.monotonic() - t0)), seen_roles, writable)
+        t1 = time.monotonic()
+        lost = sorted({x for _t, xs in off for x in xs})
+        last_off = max((t for t, xs in off if xs), default=None)
+        say(f"ZK leader: sitters seen without ZooKeeper after the kill: {lost or 'none'}"
+            + (f" (last seen {last_off - t0:.1f}s after the kill)" if last_off else ""))
+        assert not off[-1][1], f"ZK leader: sitters still not connected {t1 - t0:.0f}s after the kill: {off[-1][1]}"
+        pid = sh.sb.zk_start_server(lead, timeout=60)
+        assert sh.sb.zk_running() and sh.sb.zk_pids()[lead] == pid
+        sh.wait(lambda: sh.sb.zk_modes()[lead] == "follower", 30, f"server {lead} to rejoin as a follower")
+        t2 = time.monotonic()
+        _fresh_zk_client(sh)
+        gap = _longest_gap(w, t0, t1)
+        during = [x for x in acks_on(w, sh.node(p), t0) if x <= t1]
+        say(f"ZK leader: {len(during)} commits on {p} in the {t1 - t0:.1f}s with two servers; "
+            f"old leader back as a follower {t2 - t1:.1f}s after its start")
+        say(f"ZK leader outage: {gap:.2f} s (longest gap between acknowledged writes; new ZooKeeper leader "
+            f"after {t_elected - t0:.2f} s)")
+        assert len(during) >= 20, f"ZK leader: only {len(during)} commits after the leader was killed"
+        assert gap < 3.0, f"ZK leader: the primary stalled for {gap:.2f}s"
+        assert writable == {p}, f"ZK leader: /primary 200 seen on {sorted(writable)} (want only {p})"
+        bad = [r for r in seen_roles if r[p] != "primary" or r[s] != "sync" or r[a] != "async"]
+        assert not bad, f"ZK leader: roles changed: {bad[:3]}"
+        _no_topology_change(sh, "ZK leader", gen0, p, s, a, t2)
+        w.wait_for_acks(20, 60)
+    finally:
+        w.stop()
+    assert not _leaders_after(sh, gen0), "ZK leader: a new primary was assumed"
+    sh.assert_checks(w, prev)
