@@ -32,18 +32,27 @@ class HeartbeatTable:
     expiration_s: float
     beats: dict[str, Heartbeat] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    expected: dict[str, float] = field(default_factory=dict)  # peer → since when it is my downstream
 
     def record(self, hb: Heartbeat) -> None:
         self.beats[hb.peer_id] = hb
 
+    def expect(self, peer_id: str, now: float | None = None) -> None:
+        """`peer_id` has just become my downstream (e.g. my new sync): what I heard from it
+        before does not count, and it gets one expiration period to find me (it may still
+        be waiting on a request to its old upstream)."""
+        self.expected[peer_id] = time.monotonic() if now is None else now
+
     def fresh(self, peer_id: str, now: float | None = None) -> bool:
         """True if heard within the expiration time. Right after start-up nobody has had the
-        chance to heartbeat us yet, so every peer counts as fresh for one expiration period."""
+        chance to heartbeat us yet, so every peer counts as fresh for one expiration period;
+        so does a peer for one period after it became my downstream."""
         now = time.monotonic() if now is None else now
+        since = max(self.started, self.expected.get(peer_id, self.started))
         hb = self.beats.get(peer_id)
-        if hb is not None:
+        if hb is not None and hb.received >= since:
             return now - hb.received <= self.expiration_s
-        return now - self.started <= self.expiration_s
+        return now - since <= self.expiration_s
 
     def freshness(self, peer_ids, now: float | None = None) -> dict[str, bool]:
         return {p: self.fresh(p, now) for p in peer_ids}
@@ -51,6 +60,7 @@ class HeartbeatTable:
     def reset(self, now: float | None = None) -> None:
         """Forget everything (our role changed): standbys get one period to find us again."""
         self.beats.clear()
+        self.expected.clear()
         self.started = time.monotonic() if now is None else now
 
 

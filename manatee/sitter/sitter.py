@@ -269,6 +269,9 @@ class Sitter:
         old = self.target
         if old is None or old.role != dec.target.role:
             self.heartbeats.reset()  # standbys get one expiry period to find our new role
+        elif dec.target.downstream is not None and (old.downstream is None
+                                                    or old.downstream.id != dec.target.downstream.id):
+            self.heartbeats.expect(dec.target.downstream.id)  # e.g. a new sync: one period to find me
         self.role, self.target, self.last = dec.target.role, dec.target, dec
         self.hb_sender.upstream_url = (dec.target.upstream.status_url
                                        if dec.target.role == STANDBY and dec.target.upstream else None)

@@ -49,3 +49,19 @@ def test_source_address_must_match_claimed_peer():
     assert parse_heartbeat(body, member, 0, remote="127.0.0.12").peer_id == body["id"]
     with pytest.raises(PermissionError, match="came from 127.0.0.99"):
         parse_heartbeat(body, member, 0, remote="127.0.0.99")
+
+
+def test_a_new_downstream_gets_a_period_and_old_beats_do_not_count():
+    """F8: the primary names b its sync; b's last heartbeat to it is from long ago (an
+    earlier role) and b is still stuck on a request to its old, cut-off upstream. b must
+    get one period from being named, not be judged by the old beat."""
+    t = HeartbeatTable(expiration_s=10, started=0.0)
+    t.record(Heartbeat("b", "u", None, False, 50.0))
+    assert not t.fresh("b", now=100)      # stale: b is not my downstream, nothing expected
+    t.expect("b", now=100)
+    assert t.fresh("b", now=105)          # one period from being named
+    assert not t.fresh("b", now=111)      # and no more, if it never comes
+    t.record(Heartbeat("b", "u", None, False, 108))
+    assert t.fresh("b", now=117) and not t.fresh("b", now=119)
+    t.reset(now=200)
+    assert t.expected == {}
