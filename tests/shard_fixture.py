@@ -282,6 +282,13 @@ def shared_shard(tmp_path_factory, name: str, session_timeout_ms: int = 5000,
     assert not problems, f"down left things behind: {problems}"
 
 
+def zk_back(sh: Shard) -> None:
+    """A test that failed mid-outage leaves ZooKeeper (or some of its servers) stopped:
+    `down` and the next test want it all running."""
+    if sh.sb.exists() and not sh.sb.zk_running():
+        sh.sb.zk_start()
+
+
 def healthy(shared: Shard, prepare: Callable[[Shard], None] | None = None) -> Shard:
     """Body of a per-test fixture: the shared shard, healthy (primary + sync + async) at
     the start of the test (`prepare` first undoes what an earlier failed test left); a
@@ -313,4 +320,4 @@ def wall_to_mono(wall_ms: int | str) -> float:
 
 
 __all__ = ["Shard", "wait_for", "WaitTimeout", "acks_on", "first_ack_on", "wall_to_mono", "NEEDS_SHARD",
-           "say", "names", "shared_shard", "healthy"]
+           "say", "names", "shared_shard", "healthy", "zk_back"]

@@ -36,23 +36,17 @@ from manatee.backupserver.sender import HOLD_TAG
 from manatee.core.lsn import Lsn
 from manatee.core.procs import pid_alive
 from manatee.harness.sandbox import PG_BIN, ZFS_BIN, tail
-from tests.shard_fixture import NEEDS_SHARD, Shard, acks_on, first_ack_on, healthy, names, say, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, acks_on, first_ack_on, healthy, names, say, shared_shard, zk_back
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 SESSION_MS = 5000
 
 
-def _zk_back(sh: Shard) -> None:
-    """A test that failed mid-outage leaves ZooKeeper stopped: `down` and the next test want it."""
-    if sh.sb.exists() and not sh.sb.zk_running():
-        sh.sb.zk_start()
-
-
 @pytest.fixture(scope="module")
 def shared(zfs_fuse, tmp_path_factory):
     def before_down(sh: Shard) -> None:
-        _zk_back(sh)
+        zk_back(sh)
         _keep_logs(sh)
 
     yield from shared_shard(tmp_path_factory, "zkdata", SESSION_MS, before_down=before_down)
@@ -70,7 +64,7 @@ def _keep_logs(sh: Shard) -> None:
 @pytest.fixture
 def shard(shared: Shard) -> Shard:
     """The shared shard, healthy (primary + sync + async) at the start of the test."""
-    return healthy(shared, prepare=_zk_back)
+    return healthy(shared, prepare=zk_back)
 
 
 def _rejoined_at_tail(sh: Shard, name: str) -> bool:

@@ -18,27 +18,21 @@ import time
 
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, acks_on, healthy, names, say, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, acks_on, healthy, names, say, shared_shard, zk_back
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 SESSION_MS = 5000
 
 
-def _zk_back(sh: Shard) -> None:
-    """A test that failed mid-fault leaves servers stopped: `down` and the next test want all."""
-    if sh.sb.exists() and not sh.sb.zk_running():
-        sh.sb.zk_start()
-
-
 @pytest.fixture(scope="module")
 def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "zkens", SESSION_MS, before_down=_zk_back, zk_servers=3)
+    yield from shared_shard(tmp_path_factory, "zkens", SESSION_MS, before_down=zk_back, zk_servers=3)
 
 
 @pytest.fixture
 def shard(shared: Shard) -> Shard:
-    sh = healthy(shared, prepare=_zk_back)
+    sh = healthy(shared, prepare=zk_back)
     assert len(sh.sb.st.zk_servers) == 3 and sh.sb.st.zk_connect.count(",") == 2, sh.sb.st.zk_connect
     return sh
 
