@@ -25,11 +25,11 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 
 from manatee.core.log import get_logger
+from manatee.core.zk import resuming_kazoo
 
 __all__ = ["ShardWatcher", "Topology", "libpq_url", "shard_path", "ShardWatcherError"]
 
@@ -114,7 +114,8 @@ class ShardWatcher:
         self._primary: str | None = None
         self._seen = False
         self._closed = False
-        self._zk = KazooClient(hosts=hosts, timeout=session_timeout)
+        # resumes its session after a ZooKeeper restart, as the sitters' client does
+        self._zk = resuming_kazoo(hosts, session_timeout)
         self._zk.add_listener(self._on_state)
         try:
             self._zk.start(timeout=connect_timeout)

@@ -171,9 +171,9 @@ class Shard(ShardView):
     @property
     def zk(self):
         if self._zk is None:
-            from kazoo.client import KazooClient
+            from manatee.core.zk import resuming_kazoo
 
-            zk = KazooClient(hosts=self.sb.st.zk_connect, timeout=5)
+            zk = resuming_kazoo(self.sb.st.zk_connect, 5)
             zk.start(timeout=15)
             self._zk = zk
         return self._zk

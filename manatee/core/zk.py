@@ -76,6 +76,8 @@ __all__ = [
     "decode_json",
     "encode_json",
     "encode_value",
+    "connect_reply_timeout",
+    "resuming_kazoo",
 ]
 
 CONNECTED = KazooState.CONNECTED
@@ -91,6 +93,48 @@ class ZKError(Exception):
 
 class ZKDataError(ZKError, ValueError):
     """A znode's content is not what it should be (e.g. not JSON)."""
+
+
+# --- a kazoo client that keeps its session across a ZooKeeper restart ------------------------
+
+
+def connect_reply_timeout(session_timeout: float) -> float:
+    """How long to wait for the server's reply to a session (re)connect.
+
+    kazoo waits the whole session timeout; a server that accepted the TCP connection while
+    still starting up may never answer (ZooKeeper 3.8 leaves such a socket open), and by the
+    time kazoo gives up the restarted server has expired the session we came to resume (F10:
+    a sync lost its place after a ZooKeeper restart). A live server answers in
+    milliseconds: give up early and let the connection retry try again."""
+    return max(1.0, float(session_timeout) / 4)
+
+
+def resuming_kazoo(hosts: str, session_timeout: float, **kw: Any) -> KazooClient:
+    """A KazooClient that resumes its session after ZooKeeper comes back.
+
+    A restarted ZooKeeper restores the sessions in its data dir, each with a fresh timeout
+    counted from the server's start: a client must be back within that timeout. kazoo's
+    default reconnect backoff grows to a minute, and it waits a whole session timeout for a
+    connect reply; either makes it miss the window. Here reconnect attempts are at most a
+    third of the session timeout apart and a connect reply is awaited for at most
+    `connect_reply_timeout()`. Used by the daemons (ZKClient), manatee.client and the tests.
+    Extra keyword arguments go to KazooClient."""
+    session_timeout = float(session_timeout)
+    kw.setdefault("connection_retry", KazooRetry(
+        max_tries=-1, delay=0.05, backoff=2, max_jitter=0.1, max_delay=max(0.2, session_timeout / 3.0)))
+    kz = KazooClient(hosts=hosts, timeout=session_timeout, **kw)
+    cap = connect_reply_timeout(session_timeout)
+    conn = kz._connection
+    orig_invoke = getattr(conn, "_invoke", None)
+    if orig_invoke is not None:
+
+        def _invoke(timeout, request, xid=None):
+            if isinstance(request, Connect):
+                timeout = min(timeout, cap)
+            return orig_invoke(timeout, request, xid)
+
+        conn._invoke = _invoke
+    return kz
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -286,16 +330,8 @@ class ZKClient:
         self.connect_timeout = float(connect_timeout)
         self.op_timeout = float(op_timeout) if op_timeout else self.session_timeout
         self._log = logger or get_logger("zk")
-        max_delay = max(0.2, self.session_timeout / 3.0)
         try:
-            self._kz = KazooClient(
-                hosts=hosts,
-                timeout=self.session_timeout,
-                connection_retry=KazooRetry(
-                    max_tries=-1, delay=0.05, backoff=2, max_jitter=0.1, max_delay=max_delay
-                ),
-                read_only=read_only,
-            )
+            self._kz = resuming_kazoo(hosts, self.session_timeout, read_only=read_only)
         except (ValueError, KazooException) as e:
             raise ZKError(f"invalid ZooKeeper connect string {hosts!r}: {e}") from e
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -313,13 +349,7 @@ class ZKClient:
         self._last_connected: float | None = None
         self._disconnected_since: float | None = None
         self._last_heard: float | None = None
-        # How long to wait for the server's reply to a session (re)connect. kazoo waits the
-        # whole session timeout; a server that accepted the TCP connection while still
-        # starting up may never answer (ZooKeeper 3.8 leaves such a socket open), and by
-        # the time kazoo gives up the restarted server has expired the session we came to
-        # resume (F10: a sync lost its place after a ZooKeeper restart). A live server
-        # answers in milliseconds: give up early and let the connection retry try again.
-        self.connect_reply_timeout = max(1.0, self.session_timeout / 4)
+        self.connect_reply_timeout = connect_reply_timeout(self.session_timeout)
         self._hook_connection()
         self._kz.add_listener(self._on_kazoo_state)
 
@@ -334,8 +364,6 @@ class ZKClient:
         if orig_invoke is not None:
 
             def _invoke(timeout, request, xid=None):
-                if isinstance(request, Connect):
-                    timeout = min(timeout, self.connect_reply_timeout)
                 result = orig_invoke(timeout, request, xid)
                 if isinstance(request, Connect) and result:
                     self._negotiated_ms = int(result[0].time_out)

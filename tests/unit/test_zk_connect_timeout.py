@@ -31,3 +31,25 @@ def test_connect_reply_wait_is_capped_other_requests_untouched(monkeypatch):
 def test_connect_reply_wait_has_a_floor_and_scales_with_the_session():
     assert ZKClient("127.0.0.1:1", session_timeout=2).connect_reply_timeout == 1.0
     assert ZKClient("127.0.0.1:1", session_timeout=60).connect_reply_timeout == 15.0
+
+
+def test_resuming_kazoo_caps_connect_wait_and_reconnect_backoff(monkeypatch):
+    """The plain-kazoo users (manatee.client, tests) get the same reconnect behaviour as
+    ZKClient: the CI failure this pins down was a test's own default KazooClient losing its
+    session across a ZooKeeper restart (backoff grown past the restored session's timeout)."""
+    from manatee.core.zk import resuming_kazoo
+
+    seen: list[tuple[str, float]] = []
+
+    def fake_invoke(self, timeout, request, xid=None):
+        seen.append((type(request).__name__, timeout))
+        return None
+
+    monkeypatch.setattr(ConnectionHandler, "_invoke", fake_invoke)
+    kz = resuming_kazoo("127.0.0.1:1", 6)
+    connect = Connect(0, 0, 6000, 0, b"\x00" * 16, False)
+    kz._connection._invoke(6.0, connect)
+    kz._connection._invoke(6.0, GetData("/x", None))
+    assert seen == [("Connect", 1.5), ("GetData", 6.0)]
+    assert kz._conn_retry.max_delay == 2.0
+    assert kz._conn_retry.max_tries == -1
