@@ -124,12 +124,17 @@ class Shard(ShardView):
         self._fresh()
         return self.up(timeout)
 
-    def down(self) -> list[str]:
+    def drop_zk_client(self) -> None:
+        """Throw the test's own ZooKeeper client away (after a ZooKeeper fault, or at the
+        end); the next use of `zk` connects a new one."""
         if self._zk is not None:
             with contextlib.suppress(Exception):
                 self._zk.stop()
                 self._zk.close()
             self._zk = None
+
+    def down(self) -> list[str]:
+        self.drop_zk_client()
         if not self.sb.exists():
             return []
         problems = self.sb.down()
@@ -185,6 +190,11 @@ class Shard(ShardView):
         except Exception:  # noqa: BLE001 - absent, or ZK reconnecting: "not known now"
             return None
         return json.loads(data) if data else None
+
+    def leaders_after(self, gen: int) -> list[dict]:
+        """AssumeLeader records of generations after `gen` (a new primary was assumed)."""
+        return [r for r in self.history()
+                if r["action"] == "AssumeLeader" and isinstance(r.get("generation"), int) and r["generation"] > gen]
 
     def leader_ips(self) -> list[str]:
         """ips of the AssumeLeader records in order: the shard's primaries by tenure."""
@@ -314,10 +324,39 @@ def first_ack_on(writer: RecordingWriter, node: NodeState, after: float) -> floa
     return t[0] if t else None
 
 
+def longest_ack_gap(writer: RecordingWriter, t_from: float, t_to: float) -> float:
+    """The longest time between two acknowledged commits from t_from - 1 s to t_to (the
+    outage a client saw); the whole span if there were fewer than two."""
+    ok = sorted(a.finished for a in writer.attempts() if a.outcome == "acked" and t_from - 1 <= a.finished <= t_to)
+    return max((b - a for a, b in zip(ok, ok[1:])), default=t_to - t_from)
+
+
+def assert_roles_held(what: str, seen_roles: list[dict], writable: set[str], p: str, s: str, a: str) -> None:
+    """Through a ZooKeeper fault, only the primary answered /primary 200 and no role changed."""
+    assert writable == {p}, f"{what}: /primary 200 seen on {sorted(writable)} (want only {p})"
+    bad = [r for r in seen_roles if r[p] != "primary" or r[s] != "sync" or r[a] != "async"]
+    assert not bad, f"{what}: roles changed: {bad[:3]}"
+
+
+def assert_topology_unchanged(sh: Shard, what: str, gen0: int, p: str, s: str, a: str, t_back: float) -> None:
+    """After ZooKeeper is whole again: every sitter reconnected with its session, no late
+    expiry, the same topology and generation."""
+    sh.wait(lambda: all((st := sh.state_of(n)) and st.get("zk") == "connected" for n in sh.nodes),
+            30, "every sitter reconnected to ZooKeeper")
+    say(f"{what}: all sitters connected {time.monotonic() - t_back:.1f}s after ZooKeeper was whole again")
+    time.sleep(sh.session_s + 2)  # a late expiry would show up now
+    top = sh.topology()
+    assert (top["generation"], top["primary"], top["sync"], top["async"]) == (gen0, p, s, [a]), \
+        f"{what}: topology changed: {top} (was generation {gen0}: {p}, {s}, [{a}])\n{sh.describe()}"
+    assert all(len(st.get("election") or []) == 3 for st in map(sh.state_of, sh.nodes) if st), \
+        f"{what}: a node left the election (its session expired)"
+
+
 def wall_to_mono(wall_ms: int | str) -> float:
     """A wall-clock ms timestamp (history records) on the monotonic clock (the writer's)."""
     return time.monotonic() - (time.time() - int(wall_ms) / 1000)
 
 
 __all__ = ["Shard", "wait_for", "WaitTimeout", "acks_on", "first_ack_on", "wall_to_mono", "NEEDS_SHARD",
-           "say", "names", "shared_shard", "healthy", "zk_back"]
+           "say", "names", "shared_shard", "healthy", "zk_back", "longest_ack_gap", "assert_roles_held",
+           "assert_topology_unchanged"]

@@ -92,11 +92,7 @@ def test_zk_stop_start_keeps_data_and_sessions(zfs_fuse, tmp_path, capsys):
         assert sb.zk_running()
         assert four_letter_word(st.zk_host, st.zk_port, "ruok") == "imok"
     finally:
-        if zk is not None:
-            zk.stop()
-            zk.close()
-        sb._st = None
-        problems = sb.down()
+        problems = _close_and_down(sb, zk)
     assert not problems, problems
     assert not (tmp_path / "sb").exists()
 
@@ -104,6 +100,15 @@ def test_zk_stop_start_keeps_data_and_sessions(zfs_fuse, tmp_path, capsys):
 def test_zk_start_without_sandbox_is_a_clear_error(tmp_path):
     with pytest.raises(SandboxError, match="no sandbox"):
         Sandbox(tmp_path / "none").zk_start()
+
+
+def _close_and_down(sb: Sandbox, zk) -> list[str]:
+    """End the test's ZooKeeper client, then take the whole sandbox down (what it left)."""
+    if zk is not None:
+        zk.stop()
+        zk.close()
+    sb._st = None  # re-read the state the CLI may have written
+    return sb.down()
 
 
 def _wait(pred, timeout: float, what: str):
@@ -264,11 +269,7 @@ def test_zk_ensemble_outage_and_leader_loss_keep_the_session(zfs_fuse, tmp_path,
         _wait(lambda: zk.state == KazooState.CONNECTED, 20, "the client to reconnect after the CLI restart")
         assert zk.get("/zkens/eph")[1].ephemeralOwner == session
     finally:
-        if zk is not None:
-            zk.stop()
-            zk.close()
-        sb._st = None
-        problems = sb.down()
+        problems = _close_and_down(sb, zk)
     assert not problems, problems
     assert not (tmp_path / "sb").exists()
     assert not [p for p in seen_pids if p and pid_alive(p)], "a ZooKeeper server survived down"

@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, acks_on, healthy, names, say, shared_shard, zk_back
+from tests.shard_fixture import (NEEDS_SHARD, Shard, acks_on, assert_roles_held, assert_topology_unchanged, healthy,
+                                 longest_ack_gap, names, say, shared_shard, zk_back)
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
@@ -37,27 +38,6 @@ def shard(shared: Shard) -> Shard:
     return sh
 
 
-def _fresh_zk_client(sh: Shard) -> None:
-    """Drop the test's own ZooKeeper client after a fault (the next use reconnects)."""
-    if sh._zk is not None:
-        try:
-            sh._zk.stop()
-            sh._zk.close()
-        except Exception:  # noqa: BLE001 - it is being thrown away
-            pass
-        sh._zk = None
-
-
-def _leaders_after(sh: Shard, gen: int) -> list[dict]:
-    return [r for r in sh.history()
-            if r["action"] == "AssumeLeader" and isinstance(r.get("generation"), int) and r["generation"] > gen]
-
-
-def _longest_gap(w, t_from: float, t_to: float) -> float:
-    ok = sorted(x.finished for x in w.attempts() if x.outcome == "acked" and t_from - 1 <= x.finished <= t_to)
-    return max((b - a for a, b in zip(ok, ok[1:])), default=t_to - t_from)
-
-
 def _watch(sh: Shard, seconds: float, seen_roles: list[dict], writable: set[str]) -> list[tuple[float, list[str]]]:
     """Sample roles, /primary and each sitter's ZooKeeper connection for `seconds`;
     returns (time, sitters not connected to ZooKeeper) per sample."""
@@ -73,20 +53,6 @@ def _watch(sh: Shard, seconds: float, seen_roles: list[dict], writable: set[str]
     return off
 
 
-def _no_topology_change(sh: Shard, what: str, gen0: int, p: str, s: str, a: str, t_back: float) -> None:
-    """Every sitter reconnected with its session, no late expiry, the same topology."""
-    sh.wait(lambda: all((st := sh.state_of(n)) and st.get("zk") == "connected" for n in sh.nodes),
-            30, "every sitter reconnected to ZooKeeper")
-    say(f"{what}: all sitters connected {time.monotonic() - t_back:.1f}s after ZooKeeper was whole again")
-    time.sleep(sh.session_s + 2)  # a late expiry would show up now
-    top = sh.topology()
-    assert (top["generation"], top["primary"], top["sync"], top["async"]) == (gen0, p, s, [a]), \
-        f"{what}: topology changed: {top} (was generation {gen0}: {p}, {s}, [{a}])\n{sh.describe()}"
-    assert all(len(st.get("election") or []) == 3 for st in map(sh.state_of, sh.nodes) if st), \
-        f"{what}: a node left the election (its session expired)"
-
-
-# ---------------------------------------------------------------------------------- F10
 def test_f10_ensemble_all_servers_down_twice_session_timeout_no_topology_change(shard: Shard):
     sh = shard
     prev = sh.zk_state()
@@ -107,9 +73,9 @@ def test_f10_ensemble_all_servers_down_twice_session_timeout_no_topology_change(
         sh.sb.zk_start()
         t2 = time.monotonic()
         assert sh.sb.zk_running() and sh.sb.zk_leader() is not None
-        _fresh_zk_client(sh)
+        sh.drop_zk_client()
         during = [x for x in acks_on(w, sh.node(p), t0) if x <= t1]
-        gap = _longest_gap(w, t0, t2)
+        gap = longest_ack_gap(w, t0, t2)
         say(f"F10 ensemble: {len(during)} commits on {p} while ZooKeeper was down ({t1 - t0:.1f}s); "
             f"ensemble serving again {t2 - t1:.1f}s after the start")
         say(f"F10 ensemble outage: {gap:.2f} s (longest gap between acknowledged writes; all of ZooKeeper "
@@ -117,14 +83,12 @@ def test_f10_ensemble_all_servers_down_twice_session_timeout_no_topology_change(
         assert len(during) >= 20, f"F10 ensemble: only {len(during)} commits while ZooKeeper was down"
         assert [x for x in during if x >= t0 + 2 * (t1 - t0) / 3], "F10 ensemble: writes stopped during the outage"
         assert gap < 3.0, f"F10 ensemble: the primary stalled for {gap:.2f}s while ZooKeeper was down"
-        assert writable == {p}, f"F10 ensemble: /primary 200 seen on {sorted(writable)} (want only {p})"
-        bad = [r for r in seen_roles if r[p] != "primary" or r[s] != "sync" or r[a] != "async"]
-        assert not bad, f"F10 ensemble: roles changed during the outage: {bad[:3]}"
-        _no_topology_change(sh, "F10 ensemble", gen0, p, s, a, t2)
+        assert_roles_held("F10 ensemble", seen_roles, writable, p, s, a)
+        assert_topology_unchanged(sh, "F10 ensemble", gen0, p, s, a, t2)
         w.wait_for_acks(20, 60)
     finally:
         w.stop()
-    assert not _leaders_after(sh, gen0), "F10 ensemble: a new primary was assumed"
+    assert not sh.leaders_after(gen0), "F10 ensemble: a new primary was assumed"
     sh.assert_checks(w, prev)
 
 
@@ -163,8 +127,8 @@ def test_ensemble_leader_killed_no_topology_change_writes_continue(shard: Shard)
         assert sh.sb.zk_running() and sh.sb.zk_pids()[lead] == pid
         sh.wait(lambda: sh.sb.zk_modes()[lead] == "follower", 30, f"server {lead} to rejoin as a follower")
         t2 = time.monotonic()
-        _fresh_zk_client(sh)
-        gap = _longest_gap(w, t0, t1)
+        sh.drop_zk_client()
+        gap = longest_ack_gap(w, t0, t1)
         during = [x for x in acks_on(w, sh.node(p), t0) if x <= t1]
         say(f"ZK leader: {len(during)} commits on {p} in the {t1 - t0:.1f}s with two servers; "
             f"old leader back as a follower {t2 - t1:.1f}s after its start")
@@ -172,12 +136,10 @@ def test_ensemble_leader_killed_no_topology_change_writes_continue(shard: Shard)
             f"after {t_elected - t0:.2f} s)")
         assert len(during) >= 20, f"ZK leader: only {len(during)} commits after the leader was killed"
         assert gap < 3.0, f"ZK leader: the primary stalled for {gap:.2f}s"
-        assert writable == {p}, f"ZK leader: /primary 200 seen on {sorted(writable)} (want only {p})"
-        bad = [r for r in seen_roles if r[p] != "primary" or r[s] != "sync" or r[a] != "async"]
-        assert not bad, f"ZK leader: roles changed: {bad[:3]}"
-        _no_topology_change(sh, "ZK leader", gen0, p, s, a, t2)
+        assert_roles_held("ZK leader", seen_roles, writable, p, s, a)
+        assert_topology_unchanged(sh, "ZK leader", gen0, p, s, a, t2)
         w.wait_for_acks(20, 60)
     finally:
         w.stop()
-    assert not _leaders_after(sh, gen0), "ZK leader: a new primary was assumed"
+    assert not sh.leaders_after(gen0), "ZK leader: a new primary was assumed"
     sh.assert_checks(w, prev)
