@@ -2,7 +2,9 @@
 
 Keys are the original's: `dataset`, `pollInterval` (ms), `snapshotNumber`; plus
 `zfsPath` (as in the backupserver's config) and the optional `healthUrl` of the
-original's HEAD: when set, a snapshot is taken only while GET healthUrl returns 200.
+original's HEAD: when set, a snapshot is taken only while GET healthUrl returns 200;
+and `minFreePercent`: below that share of free space (ZFS `available`, which respects
+the dataset's quota) no new snapshot is taken and old ones are pruned.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class SnapshotterConfig(ConfigModel):
     snapshotNumber: int = Field(50, ge=1, description="how many epoch-ms snapshots to keep")
     zfsPath: str = Field("/usr/sbin/zfs", min_length=1, description="the zfs binary")
     healthUrl: str | None = Field(None, description="if set, snapshot only while GET healthUrl answers 200")
+    minFreePercent: float = Field(
+        10.0, ge=0, le=90,
+        description="disk pressure: while the dataset's free space (ZFS `available`, quota included) is below "
+                    "this percent of used + available, take no snapshot and prune all but the newest; 0 turns it off")
 
     @field_validator("dataset")
     @classmethod

@@ -36,6 +36,7 @@ async def run(config: SnapshotterConfig, log, stop: asyncio.Event) -> int:
             keep=config.snapshotNumber,
             logger=log,
             health_check=http_health_check(config.healthUrl, session) if session else None,
+            min_free_pct=config.minFreePercent,
         )
         await snapshotter.run(stop)
     finally:

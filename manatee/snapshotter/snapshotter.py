@@ -8,6 +8,13 @@ safe; the newest `keep` stay; held snapshots (a send is using them) are skipped.
 Any failure (missing dataset during a rebuild, busy snapshot, dependent clone, ZFS
 down) is logged and retried at the next poll: the snapshotter never dies of it
 (MANATEE-307/332/400/405).
+
+Disk pressure: snapshots pin old blocks, so on a busy dataset they eat the space
+PostgreSQL needs. Before each snapshot the snapshotter reads the dataset's `used` and
+`available` (which respects its quota); when free space is below `min_free_pct` percent
+of the two it takes no snapshot and prunes every unheld managed snapshot but the newest
+(a rebuild still has one to send), logging why (`disk_pressure`). A failed read is
+unknown, not pressure: the poll goes on as usual.
 """
 
 from __future__ import annotations
@@ -51,6 +58,36 @@ def choose_snapshots_to_destroy(snapshots: Iterable[Snapshot], keep: int, held: 
     return destroy[::-1]
 
 
+@dataclass(frozen=True)
+class SpacePlan:
+    """What a poll does about disk space: take a snapshot or not, and how many managed
+    snapshots to keep; `reason` says why (None: no pressure)."""
+
+    take_snapshot: bool
+    keep: int
+    reason: str | None = None
+
+
+#: Snapshots kept under disk pressure: the newest, so that a rebuild has one to send.
+KEEP_UNDER_PRESSURE = 1
+
+
+def plan_for_space(used: int | None, available: int | None, min_free_pct: float, keep: int) -> SpacePlan:
+    """The disk-pressure decision. used/available in bytes (None: could not be read, which
+    is no evidence of pressure); min_free_pct 0 turns the check off."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, not {keep}")
+    if min_free_pct <= 0 or used is None or available is None or used < 0 or available < 0:
+        return SpacePlan(True, keep)
+    total = used + available
+    free_pct = 100.0 * available / total if total else 0.0
+    if free_pct >= min_free_pct:
+        return SpacePlan(True, keep)
+    return SpacePlan(False, min(keep, KEEP_UNDER_PRESSURE),
+                     f"{free_pct:.1f}% free ({available} of {total} bytes) is below minFreePercent "
+                     f"{min_free_pct:g}%: no new snapshot, pruning all but the newest {KEEP_UNDER_PRESSURE}")
+
+
 def held_beyond_retention(snapshots: Iterable[Snapshot], keep: int, held: Collection[str]) -> list[Snapshot]:
     """The old managed snapshots that would be destroyed but are held."""
     _, skipped = _retention_split(snapshots, keep, held)
@@ -66,6 +103,7 @@ class RunResult:
     skipped_held: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     unhealthy: bool = False
+    pressure: str | None = None       # why no snapshot was taken for lack of space
 
     @property
     def ok(self) -> bool:
@@ -82,6 +120,7 @@ class Snapshotter:
         keep: int,
         logger,
         health_check: HealthCheck | None = None,
+        min_free_pct: float = 0.0,
     ):
         if keep < 1:
             raise ValueError(f"keep must be at least 1, not {keep}")
@@ -93,6 +132,7 @@ class Snapshotter:
         self.keep = keep
         self.log = logger.bind(dataset=dataset) if hasattr(logger, "bind") else logger
         self.health_check = health_check
+        self.min_free_pct = min_free_pct
         self.runs = 0
         self.last_result: RunResult | None = None
 
@@ -100,11 +140,15 @@ class Snapshotter:
         """Snapshot (if healthy), then prune. Never raises except on cancellation."""
         result = RunResult()
         self.runs += 1
-        if await self._healthy():
+        plan = await self._space_plan()
+        if plan.reason:
+            result.pressure = plan.reason
+            self.log.warning("disk_pressure", reason=plan.reason)
+        if plan.take_snapshot and await self._healthy():
             await self._take_snapshot(result)
-        else:
+        elif plan.take_snapshot:
             result.unhealthy = True
-        await self._prune(result)
+        await self._prune(result, plan.keep)
         self.last_result = result
         return result
 
@@ -140,6 +184,16 @@ class Snapshotter:
             self.log.info("snapshot_skipped_unhealthy")
         return healthy
 
+    async def _space_plan(self) -> SpacePlan:
+        used = available = None
+        if self.min_free_pct > 0:
+            try:
+                used = await self.zfs.get_int(self.dataset, "used")
+                available = await self.zfs.get_int(self.dataset, "available")
+            except (ZfsError, ValueError) as e:
+                self.log.info("free_space_unknown", error=str(e))
+        return plan_for_space(used, available, self.min_free_pct, self.keep)
+
     async def _take_snapshot(self, result: RunResult) -> None:
         try:
             snap = await self.zfs.snapshot(self.dataset)
@@ -151,7 +205,8 @@ class Snapshotter:
         result.snapshot = snap
         self.log.info("snapshot_taken", snapshot=snap.full)
 
-    async def _prune(self, result: RunResult) -> None:
+    async def _prune(self, result: RunResult, keep: int | None = None) -> None:
+        keep = self.keep if keep is None else keep
         try:
             snapshots = await self.zfs.list_snapshots(self.dataset)
             held = await self.zfs.held_snapshots(self.dataset)
@@ -160,10 +215,10 @@ class Snapshotter:
                 result.errors.append(str(e))
                 self.log.warning("snapshot_list_failed", error=str(e))
             return
-        for snap in held_beyond_retention(snapshots, self.keep, held):
+        for snap in held_beyond_retention(snapshots, keep, held):
             result.skipped_held.append(snap.full)
             self.log.info("snapshot_prune_skipped_held", snapshot=snap.full)
-        for snap in choose_snapshots_to_destroy(snapshots, self.keep, held):
+        for snap in choose_snapshots_to_destroy(snapshots, keep, held):
             try:
                 await self.zfs.destroy(snap.full)
             except ZfsError as e:
