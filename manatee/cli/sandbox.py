@@ -5,6 +5,7 @@
     manatee-sandbox kill|stop|start|partition|heal|hang|resume NODE
     manatee-sandbox zk-stop|zk-start
     manatee-sandbox psql [NODE] [-- PSQL-ARGS...]
+    manatee-sandbox pg-hang|disk-full|storm|crash-loop|flaky NODE ... (gray faults; see `--help`)
     manatee-sandbox down [--keep]
 
 Exit status: 0 done, 1 the command failed (one line says why), 2 bad usage.
@@ -24,6 +25,7 @@ from manatee.harness.sandbox import (
     Sandbox,
     SandboxError,
 )
+from manatee.cli import sandbox_faults
 
 PROG = "manatee-sandbox"
 EXIT_FAIL = 1
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     zs = sub.add_parser("zk-start", parents=[common],
                         help="start the shard's ZooKeeper again (same address and data) and wait until it serves")
     zs.add_argument("--timeout", type=float, default=60.0, metavar="S", help="how long to wait (default 60)")
+
+    sandbox_faults.add_parsers(sub, common)
 
     ps = sub.add_parser("psql", parents=[common], help="psql to the primary, or to NODE",
                         usage=f"{PROG} psql [--dir DIR] [NODE] [-- PSQL-ARGS...]")
@@ -168,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             pid = sb.zk_start(timeout=args.timeout)
             pids = " ".join(str(p) for p in sb.zk_pids()) if sb.st.zk_servers else pid
             print(f"ZooKeeper {sb.st.zk_connect}: serving (pid {pids})")
+        elif args.cmd in sandbox_faults.COMMANDS:
+            sandbox_faults.run(sb, args)
         elif args.cmd == "psql":
             argv_psql = sb.psql_argv(args.node, psql_args)
             sys.stdout.flush()

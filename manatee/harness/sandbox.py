@@ -1347,6 +1347,10 @@ class Sandbox:
         Returns problems that could not be fixed (empty when all is gone)."""
         problems: list[str] = []
         st = self.st
+        from manatee.harness import grayfaults  # its helpers and tables (it imports this module)
+
+        with contextlib.suppress(Exception):
+            grayfaults.undo_all(self, zk=False)
         with dir_lock(self.dir):
             for n in st.nodes:
                 for prefix in (st.nft_prefix, network.SNAT_PREFIX):

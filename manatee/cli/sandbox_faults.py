@@ -1,0 +1,99 @@
+"""`manatee-sandbox`'s gray-failure sub-commands (manatee/harness/grayfaults.py): each fault
+and the command that undoes it; `down` undoes them all.
+
+    pg-hang|pg-resume NODE           PostgreSQL only stopped (SIGSTOP) / continued
+    disk-full|disk-lift NODE         dataset quota just above its use / no quota
+    storm NODE [--for S]             every connection slot of NODE's PostgreSQL held
+    storm-release NODE
+    crash-loop NODE [--for S] [--every S]   NODE's postmaster killed every second
+    crash-stop NODE
+    rogue-election [--ip IP]         a malformed election node; rogue-remove removes it
+    bad-state                        the state znode made unparsable; bad-state-undo restores it
+    flaky NODE [--loss PCT] [--delay-ms MS] [--for S]   packet loss and latency; steady NODE
+    faults                           the gray faults in force
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from manatee.harness import grayfaults as gf
+from manatee.harness.sandbox import Sandbox
+
+COMMANDS = ("pg-hang", "pg-resume", "disk-full", "disk-lift", "storm", "storm-release", "crash-loop",
+            "crash-stop", "rogue-election", "rogue-remove", "bad-state", "bad-state-undo", "flaky", "steady",
+            "faults")
+
+
+def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    def node_cmd(name: str, helptext: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, parents=[common], help=helptext)
+        c.add_argument("node", help="node name (a, b, c, ...)")
+        return c
+
+    node_cmd("pg-hang", "SIGSTOP the node's PostgreSQL only (postmaster and children; the sitter runs on)")
+    node_cmd("pg-resume", "undo `pg-hang` (SIGCONT)")
+    node_cmd("disk-full", "set the node's dataset quota just above its use, so PostgreSQL's writes fill it")
+    node_cmd("disk-lift", "undo `disk-full` (quota=none)")
+    c = node_cmd("storm", "open and hold every connection slot of the node's PostgreSQL (superuser ones too)")
+    c.add_argument("--for", dest="for_s", type=float, default=300.0, metavar="S",
+                   help="release them by themselves after S seconds (default 300)")
+    node_cmd("storm-release", "undo `storm`")
+    c = node_cmd("crash-loop", "SIGKILL the node's postmaster every second for a while")
+    c.add_argument("--for", dest="for_s", type=float, default=60.0, metavar="S", help="how long (default 60)")
+    c.add_argument("--every", type=float, default=1.0, metavar="S", help="seconds between kills (default 1)")
+    node_cmd("crash-stop", "undo `crash-loop`")
+    c = sub.add_parser("rogue-election", parents=[common],
+                       help=f"create a malformed election node IP:5432:10002:5433-<seq> (data only {{\"ip\"}})")
+    c.add_argument("--ip", default=gf.ROGUE_IP, help=f"its address (default {gf.ROGUE_IP})")
+    sub.add_parser("rogue-remove", parents=[common], help="undo `rogue-election`")
+    sub.add_parser("bad-state", parents=[common], help="overwrite the shard's state znode with unparsable bytes")
+    sub.add_parser("bad-state-undo", parents=[common],
+                   help="put the saved state back (unless a sitter wrote a new one meanwhile)")
+    c = node_cmd("flaky", "drop a share of the node's packets to/from ZooKeeper and its peers, and delay them")
+    c.add_argument("--loss", type=int, default=30, metavar="PCT", help="packets dropped, percent (default 30)")
+    c.add_argument("--delay-ms", type=int, default=200, metavar="MS",
+                   help="latency added to new connections to ZooKeeper and from the peers (default 200; 0: none)")
+    c.add_argument("--for", dest="for_s", type=float, default=300.0, metavar="S",
+                   help="the latency proxy ends by itself after S seconds (default 300)")
+    node_cmd("steady", "undo `flaky`")
+    sub.add_parser("faults", parents=[common], help="the gray faults in force (JSON)")
+
+
+def run(sb: Sandbox, args) -> None:
+    """Carry out one of COMMANDS (SandboxError when it cannot be done)."""
+    cmd, node = args.cmd, getattr(args, "node", None)
+    if cmd == "pg-hang":
+        print(f"node {node}: stopped {len(gf.pg_hang(sb, node))} PostgreSQL process(es) (SIGSTOP)")
+    elif cmd == "pg-resume":
+        print(f"node {node}: continued {len(gf.pg_resume(sb, node))} PostgreSQL process(es) (SIGCONT)")
+    elif cmd == "disk-full":
+        print(f"node {node}: quota {gf.disk_full(sb, node)} bytes on {sb.st.node(node).dataset}")
+    elif cmd == "disk-lift":
+        print(f"node {node}: {'quota lifted' if gf.disk_lift(sb, node) else 'had no quota from disk-full'}")
+    elif cmd == "storm":
+        pid = gf.storm(sb, node, hold_s=args.for_s)
+        print(f"node {node}: connection storm held by pid {pid} for up to {args.for_s:.0f}s")
+    elif cmd == "storm-release":
+        print(f"node {node}: {'released' if gf.storm_release(sb, node) else 'no storm'}")
+    elif cmd == "crash-loop":
+        pid = gf.crash_loop(sb, node, for_s=args.for_s, every_s=args.every)
+        print(f"node {node}: PostgreSQL killed every {args.every}s for {args.for_s:.0f}s (pid {pid})")
+    elif cmd == "crash-stop":
+        print(f"node {node}: {'crash loop stopped' if gf.crash_stop(sb, node) else 'no crash loop'}")
+    elif cmd == "rogue-election":
+        print(f"created {gf.rogue_election_node(sb, args.ip)}")
+    elif cmd == "rogue-remove":
+        print(f"removed {', '.join(gf.remove_rogue_election_node(sb)) or 'nothing'}")
+    elif cmd == "bad-state":
+        print(f"{gf.corrupt_state(sb)['path']}: now unparsable (the good state is saved)")
+    elif cmd == "bad-state-undo":
+        print(gf.restore_state(sb))
+    elif cmd == "flaky":
+        info = gf.flaky(sb, node, loss_pct=args.loss, delay_ms=args.delay_ms, for_s=args.for_s)
+        print(f"node {node}: {info['lossPct']}% packet loss, {info['delayMs']} ms latency")
+    elif cmd == "steady":
+        print(f"node {node}: {'network steady again' if gf.unflaky(sb, node) else 'was not flaky'}")
+    elif cmd == "faults":
+        print(json.dumps(gf.active(sb), indent=2))
