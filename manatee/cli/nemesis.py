@@ -2,7 +2,8 @@
 under continuous writes, then the data checks; one summary line at the end.
 
     manatee-nemesis [--rounds 5] [--seed N] [--session-timeout 5000]
-                    [--faults kill,stop,hang,partition,zk_restart,double_failover]
+                    [--faults kill,stop,hang,partition,zk_restart,double_failover,
+                              pg_hang,disk_full,storm,bad_znode,flaky_net]
                     [--dir DIR] [--keep] [--json FILE]
 
 Exit status: 0 PASS (lost=0, forks=0, history ok, no operator round, no other check

@@ -441,18 +441,28 @@ def _cg_match(cg: str) -> str:
     return f'socket cgroupv2 level {cgroups.level_of(cg)} "{cg.strip("/")}"'
 
 
-def _kill_sockets(conns: list[tuple[str, str, int]]) -> None:
-    """Close the established TCP connections of a cgroup to an address and port, so that
-    they reconnect (through the delaying proxy): (cgroup, destination, port). Best effort
-    (`ss -K` needs the kernel's INET_DIAG_DESTROY)."""
-    root = cgroups.cgroup2_root()
-    for cg, dst, port in conns:
-        argv = ["ss", "-K", "-t", "dst", f"{dst}:{port}", "cgroup", "/" + cg.strip("/")]
-        if root is not None and root != Path("/sys/fs/cgroup"):
-            argv = ["unshare", "-m", "--", "sh", "-c",
-                    'mount --bind "$1" /sys/fs/cgroup && shift && exec "$@"', "sh", str(root), *argv]
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(argv, capture_output=True, timeout=10)
+def _kill_sockets(conns: list[tuple[list[int], str, int]]) -> int:
+    """Close the established TCP connections that processes `pids` hold to an address and
+    port, so that they reconnect (through the delaying proxy): (pids, destination, port).
+    Best effort (`ss -K` needs the kernel's INET_DIAG_DESTROY). Returns how many."""
+    killed = 0
+    for pids, dst, port in conns:
+        want = set(pids)
+        try:
+            out = subprocess.run(["ss", "-tnpH", "state", "established", "dst", f"{dst}:{port}"],
+                                 capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        for line in out.splitlines():
+            f = line.split()
+            if len(f) < 5 or not any(f"pid={p}," in line for p in want):
+                continue
+            local = f[2]
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(["ss", "-K", "-tnH", "src", local, "dst", f"{dst}:{port}"],
+                               capture_output=True, timeout=10)
+                killed += 1
+    return killed
 
 
 def flaky(sb: Sandbox, name: str, loss_pct: int = 30, delay_ms: int = 200, for_s: float = 300.0) -> dict:
@@ -499,8 +509,10 @@ def flaky(sb: Sandbox, name: str, loss_pct: int = 30, delay_ms: int = 200, for_s
         raise SandboxError(f"packet loss for node {name} failed: {e}") from None
     if delay_ms > 0:
         # established connections go on unproxied: close them, they reconnect through the proxy
-        _kill_sockets([(node.cgroup, h, int(p)) for h, p in zk_hostports if node.cgroup]
-                      + [(o.cgroup, node.ip, node.pg_port) for o in others if o.cgroup])
+        mine = sb.node_pids(node)
+        theirs = [p for o in others for p in sb.node_pids(o)]
+        info["reconnected"] = _kill_sockets([(mine, h, int(p)) for h, p in zk_hostports]
+                                            + [(theirs, node.ip, node.pg_port)])
     _update(sb, f"net:{name}", info)
     return info
 

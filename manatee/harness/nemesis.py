@@ -7,8 +7,10 @@ whatever node happens to hold a role, with the shard still recovering from the l
 The soak repeats that with a seeded RNG, so a failing sequence can be replayed.
 
 Each round: pick a fault (kill, graceful stop, hang past the session timeout, partition,
-ZooKeeper restart, back-to-back failover) and, where it has one, a role (primary, sync,
-async); apply it; wait until the shard reacts (the node leaves the topology) or a bound
+ZooKeeper restart, back-to-back failover, and the gray failures of
+manatee/harness/grayfaults.py: PostgreSQL alone hung, disk full, connection storm,
+malformed znode, flaky network) and, where it has one, a role (primary, sync, async);
+apply it; wait until the shard reacts (the node leaves the topology) or a bound
 passes; undo it (start, resume, heal, restart ZooKeeper); wait, with a bound, for a
 healthy shard (primary + sync + async, every standby streaming, a write commits). A round
 that does not heal within the bound is an "operator round": its reason (and whether the
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from manatee.core.procs import pid_alive
-from manatee.harness import network
+from manatee.harness import grayfaults, network
 from manatee.harness.checks import (
     check_data,
     fetch_rows,
@@ -51,9 +53,12 @@ from manatee.harness.shardview import ShardView
 from manatee.harness.writer import RecordingWriter
 
 #: Every fault kind, in the order the summary lists them.
-FAULT_KINDS = ("kill", "stop", "hang", "partition", "zk_restart", "double_failover")
+FAULT_KINDS = ("kill", "stop", "hang", "partition", "zk_restart", "double_failover",
+               "pg_hang", "disk_full", "storm", "bad_znode", "flaky_net")
 #: Faults aimed at one node, chosen by the role it holds when the round starts.
-TARGETED = ("kill", "stop", "hang", "partition")
+TARGETED = ("kill", "stop", "hang", "partition", "pg_hang", "disk_full", "storm", "flaky_net")
+#: The gray failures among them: the node lives on, sick (manatee/harness/grayfaults.py).
+GRAY = ("pg_hang", "disk_full", "storm", "flaky_net")
 ROLES = ("primary", "sync", "async")
 
 
@@ -345,12 +350,14 @@ class Nemesis:
                     note = self._await_reaction(name, at_least=self.session_s + 1)
                 finally:
                     self.sb.resume(name)
-            else:  # partition
+            elif p.kind == "partition":
                 self.sb.partition(name)
                 try:
                     note = self._await_reaction(name, at_least=self.session_s + 1)
                 finally:
                     self.sb.heal(name)
+            else:
+                note = self._apply_gray(p.kind, name, p.role or "primary")
             if note:
                 r.notes.append(note)
         elif p.kind == "zk_restart":
@@ -361,6 +368,22 @@ class Nemesis:
                 time.sleep(down_s)
             finally:
                 self.sb.zk_start()
+        elif p.kind == "bad_znode":
+            hold = 2 * self.session_s
+            if self.rng.random() < 0.5:
+                r.target = f"rogue-election-node({hold:.0f}s)"
+                grayfaults.rogue_election_node(self.sb)
+                try:
+                    time.sleep(hold)
+                finally:
+                    grayfaults.remove_rogue_election_node(self.sb)
+            else:
+                r.target = f"unparsable-state({hold:.0f}s)"
+                grayfaults.corrupt_state(self.sb)
+                try:
+                    time.sleep(hold)
+                finally:
+                    r.notes.append(f"state znode: {grayfaults.restore_state(self.sb)}")
         elif p.kind == "double_failover":
             first, second = t["primary"], t["sync"]
             r.target = f"{first}(primary)->{second}(sync)"
@@ -380,6 +403,40 @@ class Nemesis:
         else:
             raise ValueError(f"unknown fault {p.kind!r}")
 
+    def _apply_gray(self, kind: str, name: str, role: str) -> str | None:
+        """A gray failure on `name`, held for a while, then undone. A primary that cannot
+        serve (PostgreSQL hung, disk full) is held until the shard moves away from it (or a
+        bound); a sick standby, a storm or a flaky network for a few session timeouts."""
+        hold = 2 * self.session_s + 1
+        note = None
+        if kind == "pg_hang":
+            grayfaults.pg_hang(self.sb, name)
+            try:
+                note = self._await_reaction(name, at_least=hold) if role == "primary" else time.sleep(hold)
+            finally:
+                grayfaults.pg_resume(self.sb, name)
+        elif kind == "disk_full":
+            grayfaults.disk_full(self.sb, name)
+            try:
+                note = self._await_reaction(name, at_least=hold) if role == "primary" else time.sleep(hold)
+            finally:
+                grayfaults.disk_lift(self.sb, name)
+        elif kind == "storm":
+            grayfaults.storm(self.sb, name, hold_s=hold + 60)
+            try:
+                time.sleep(hold)
+            finally:
+                grayfaults.storm_release(self.sb, name)
+        elif kind == "flaky_net":
+            grayfaults.flaky(self.sb, name, loss_pct=30, delay_ms=200, for_s=2 * hold + 60)
+            try:
+                time.sleep(2 * hold)
+            finally:
+                grayfaults.unflaky(self.sb, name)
+        else:
+            raise ValueError(f"unknown gray fault {kind!r}")
+        return note
+
     # operator ------------------------------------------------------------------------------
     def undo_everything(self) -> list[str]:
         """What an operator does first: ZooKeeper up, partitions healed, hung nodes resumed,
@@ -388,6 +445,8 @@ class Nemesis:
         if not self.sb.zk_running():
             self.sb.zk_start()
             done.append("started ZooKeeper")
+        with contextlib.suppress(Exception):
+            done += grayfaults.undo_all(self.sb)
         for n in self.sb.st.nodes:
             with contextlib.suppress(network.NftError, OSError, SandboxError):
                 if self.sb.heal(n.name):
@@ -573,6 +632,6 @@ class Nemesis:
                 Path(self._tmp).rmdir()
 
 
-__all__ = ["FAULT_KINDS", "TARGETED", "ROLES", "Nemesis", "Planned", "RoundResult", "Summary",
+__all__ = ["FAULT_KINDS", "TARGETED", "GRAY", "ROLES", "Nemesis", "Planned", "RoundResult", "Summary",
            "SoakAborted", "format_faults", "format_summary", "parse_faults",
            "longest_gap", "round_outage", "schedule", "topo_line"]

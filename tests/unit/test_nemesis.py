@@ -11,6 +11,7 @@ import pytest
 from manatee.cli.nemesis import build_parser, main
 from manatee.harness.nemesis import (
     FAULT_KINDS,
+    GRAY,
     TARGETED,
     Planned,
     RoundResult,
@@ -55,13 +56,21 @@ def test_schedule_covers_every_kind_in_each_block():
     kinds = ("kill", "partition", "zk_restart")
     plan = schedule(3, kinds, random.Random(7))
     assert sorted(p.kind for p in plan) == sorted(kinds)
-    plan = schedule(30, FAULT_KINDS, random.Random(1))
-    assert len(plan) == 30
+    n = len(FAULT_KINDS)
+    plan = schedule(5 * n, FAULT_KINDS, random.Random(1))
+    assert len(plan) == 5 * n
     counts = Counter(p.kind for p in plan)
     assert set(counts) == set(FAULT_KINDS)
-    assert all(counts[k] == 5 for k in FAULT_KINDS)  # 30 rounds = 5 full blocks of 6
-    for k in range(0, 30, 6):
-        assert {p.kind for p in plan[k:k + 6]} == set(FAULT_KINDS)
+    assert all(counts[k] == 5 for k in FAULT_KINDS)  # 5 full blocks of every kind
+    for k in range(0, 5 * n, n):
+        assert {p.kind for p in plan[k:k + n]} == set(FAULT_KINDS)
+
+
+def test_the_gray_failures_are_fault_kinds_and_targeted_but_bad_znode():
+    assert set(GRAY) <= set(FAULT_KINDS) and set(GRAY) <= set(TARGETED)
+    assert "bad_znode" in FAULT_KINDS and "bad_znode" not in TARGETED
+    assert parse_faults("pg-hang,disk-full,storm,bad-znode,flaky-net") == (
+        "pg_hang", "disk_full", "storm", "bad_znode", "flaky_net")
 
 
 def test_schedule_roles_only_for_targeted_faults():
