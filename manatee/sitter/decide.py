@@ -25,10 +25,14 @@ from typing import Any, Mapping
 
 from manatee.sitter.state import (
     CONNECTED, DEPOSED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED,
-    ZK_STATES, ClusterState, Peer, Target, dedupe_peers, error_record, format_lsn,
+    ZK_STATES, ClusterState, Peer, Switchover, Target, dedupe_peers, error_record, format_lsn,
 )
 
-__all__ = ["Observation", "Decision", "decide"]
+__all__ = ["Observation", "Decision", "decide", "STEP_DOWN_BY"]
+
+#: `Switchover.by` of a release the primary wrote itself because it could not serve (S9).
+STEP_DOWN_BY = "step-down"
+PG_UNKNOWN = "my PostgreSQL did not answer its status query"
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,14 @@ class Observation:
     election: live peers in join order (duplicates by id allowed: the latest entry wins).
     state / state_version: the persisted topology and its znode version (-1: absent).
     error: the shard's error (safe-mode) node's data, or None.
-    running / in_recovery: my PostgreSQL is up / is a standby.
+    running / in_recovery: my PostgreSQL's process is up / it is a standby (None: unknown).
+    pg_known: my running PostgreSQL answered its status query this cycle. False ("unknown is
+      not a fact"): in_recovery, wal and read_only are None and no rule treats the silence
+      as evidence of anything (running as a primary, divergence, a lost WAL position): no
+      kill, rebuild, safe mode or takeover is decided on it.
+    cannot_serve: (primary) why my PostgreSQL has not been healthy and writable for longer
+      than primaryStartTimeout (hung, crash-looping, cannot start, cannot write its config),
+      as the shell measured it; None while it serves or has not failed for that long.
     wal: primary: its current WAL position. Standby: the WAL received by streaming from its
       upstream since PG started (pg_last_wal_receive_lsn), None if it has not streamed —
       so a node whose WAL forked can never look caught up.
@@ -74,7 +85,8 @@ class Observation:
     state_version: int = -1
     error: Mapping[str, Any] | None = None
     running: bool = False
-    in_recovery: bool = False
+    in_recovery: bool | None = False
+    pg_known: bool = True
     wal: int | None = None
     streaming: bool = False
     upstream_id: str | None = None
@@ -89,6 +101,7 @@ class Observation:
     sync_flush: int | None = None
     switchover_stopped_wal: int | None = None
     switchover_expired: bool = False
+    cannot_serve: str | None = None
 
     def __post_init__(self) -> None:
         if self.zk not in ZK_STATES:
@@ -122,8 +135,10 @@ class _View:
         self.live = {p.id for p in self.election}
         self.st = obs.state
         self.onwm = obs.one_node_write_mode
-        # A node that runs PG as a primary without being the state's primary has forked.
-        self.forked = obs.running and not obs.in_recovery
+        # A node that runs PG as a primary without being the state's primary has forked;
+        # that needs PG's own word (in_recovery False), never a query that went unanswered.
+        self.pg_unknown = obs.running and not obs.pg_known
+        self.forked = obs.running and obs.pg_known and obs.in_recovery is False
         self.in_election = obs.me.id in self.live
 
     def alive(self, p: Peer | None) -> bool:
@@ -266,6 +281,10 @@ def _as_primary(v: _View) -> Decision:
     def tgt(s: Peer | None, read_only: bool) -> Target:
         return Target(PRIMARY, sync=s, downstream=s, read_only=read_only)
 
+    sd_dec, sd_wait = _primary_step_down(v, sync, hb, block, tgt)
+    if sd_dec is not None:
+        return sd_dec
+
     sw_dec, sw_wait = _primary_switchover(v, sync, sync_gone, block, tgt)
     if sw_dec is not None:
         return sw_dec
@@ -322,6 +341,13 @@ def _as_primary(v: _View) -> Decision:
     if wants_new_sync:  # blocked from writing
         return Decision(tgt(sync, read_only), rule="primary.sync_gone_cannot_write",
                         reason=f"my sync {sync or 'slot'} needs replacing but {block}, so I keep the topology as it is")
+    if sd_wait is not None:
+        return Decision(tgt(sync, read_only), rule="primary.cannot_serve",
+                        reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) but {sd_wait}, so I "
+                               f"keep trying to serve as primary")
+    if v.pg_unknown:
+        return Decision(tgt(sync, read_only), rule="primary.pg_unknown",
+                        reason=f"{PG_UNKNOWN}, so I change nothing this cycle")
     if sync is None:
         return Decision(tgt(None, read_only), rule="primary.no_sync",
                         reason="I am the primary with no sync and no standby to name, so I stay "
@@ -342,6 +368,48 @@ def _as_primary(v: _View) -> Decision:
                         reason=f"I am the primary and stay read-only until my sync {sync} has caught up with my WAL")
     return Decision(tgt(sync, False), rule="primary.steady",
                     reason=f"I am the primary and my sync {sync} has caught up, so I take writes")
+
+
+def _primary_step_down(v: _View, sync: Peer | None, hb: bool | None, block: str | None,
+                       tgt) -> tuple[Decision | None, str | None]:
+    """S9: a primary whose PostgreSQL cannot serve (obs.cannot_serve: unhealthy for longer than
+    primaryStartTimeout, measured by the shell) hands the role to its sync.
+
+    (a) kill PostgreSQL first, so that nothing more is acknowledged (S1); (b) with it stopped,
+    write a released switchover (`by` STEP_DOWN_BY) by compare-and-set: the sync then takes
+    over by the usual takeover rule, after detaching so its WAL — which holds every
+    acknowledged write, since each needed its flush — is final and at least initWal. Only
+    with a healthy sync (live, heartbeating me now) and a write to ZooKeeper allowed; else I
+    keep trying to serve and say why. A failed ZooKeeper read is not a cause: the shell
+    derives cannot_serve from PostgreSQL and its config files alone. Once released, the
+    switchover rules keep me stopped (or withdraw the release if the sync goes away).
+
+    Returns (decision, None), or (None, why-I-cannot-step-down) or (None, None)."""
+    obs, st = v.obs, v.st
+    if obs.cannot_serve is None or (st.switchover is not None and st.switchover.released):
+        return None, None
+    why = None
+    if block is not None:
+        why = block
+    elif sync is None:
+        why = "I have no sync to take over"
+    elif not v.alive(sync):
+        why = f"my sync {sync} is not in the election"
+    elif hb is not True:
+        why = f"my sync {sync} is not heartbeating me"
+    if why is not None:
+        return None, why
+    assert sync is not None
+    if obs.running:
+        return Decision(Target(UNASSIGNED), rule="primary.step_down_stop",
+                        reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) and my sync {sync} is healthy, "
+                               f"so I stop PostgreSQL at once before I step down in its favour"), None
+    new = st.evolve(switchover=Switchover(to=sync.id, requested=f"generation {st.generation}", by=STEP_DOWN_BY,
+                                          released=True, released_wal=st.init_wal))
+    return Decision(Target(UNASSIGNED), write_state=new, rule="primary.step_down",
+                    reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) and is stopped, so I step down: "
+                           f"I release the primary role to my sync {sync}, which holds every acknowledged "
+                           f"write"), None
 
 
 def _primary_switchover(v: _View, sync: Peer | None, sync_gone: bool, block: str | None,
@@ -431,17 +499,26 @@ def _as_sync(v: _View) -> Decision:
             why = "my WAL has diverged from" if diverged else "I have no data to follow"
             return Decision(Target(REBUILD, upstream=primary, downstream=down), rule="sync.rebuild",
                             reason=f"I am the sync but {why} the primary {primary}, so I rebuild from it")
+        if v.pg_unknown:
+            return Decision(Target(STANDBY, upstream=primary, downstream=down), rule="sync.pg_unknown",
+                            reason=f"I am the sync of {primary} but {PG_UNKNOWN}, so I change nothing this cycle")
         return Decision(Target(STANDBY, upstream=primary, downstream=down), rule="sync.follow",
                         reason=f"I am the sync and follow the primary {primary}")
 
-    gone = (f"the primary {primary} released its role to me for a switchover" if released
-            else f"the primary {primary} is gone")
+    if released and sw.by == STEP_DOWN_BY:
+        gone = f"the primary {primary} stepped down in my favour (its PostgreSQL could not serve)"
+    elif released:
+        gone = f"the primary {primary} released its role to me for a switchover"
+    else:
+        gone = f"the primary {primary} is gone"
 
     def stay(rule: str, why: str) -> Decision:
         return Decision(Target(STANDBY, upstream=primary, downstream=down), rule=rule,
                         reason=f"{gone} but {why}, so I may not take over")
 
     block = v.write_block()
+    if v.pg_unknown and not diverged:
+        return stay("sync.pg_unknown", f"{PG_UNKNOWN} and I cannot show that I hold every acknowledged write")
     if diverged:
         if block is None:
             reason = (f"the primary {primary} is gone and my WAL has diverged from it, so no node can "
@@ -504,6 +581,10 @@ def _as_async(v: _View) -> Decision:
         why = "my WAL has diverged from" if (obs.diverged or v.forked) else "I have no data to follow"
         return Decision(Target(REBUILD, upstream=upstream, downstream=down), rule="async.rebuild",
                         reason=f"I am an async standby but {why} {upstream}, so I rebuild from it")
+    if v.pg_unknown:
+        return Decision(Target(STANDBY, upstream=upstream, downstream=down), rule="async.pg_unknown",
+                        reason=f"I am an async standby of {upstream} but {PG_UNKNOWN}, so I change nothing "
+                               f"this cycle")
     return Decision(Target(STANDBY, upstream=upstream, downstream=down), rule="async.follow",
                     reason=f"I am an async standby and follow {upstream}, the nearest live node ahead of me")
 

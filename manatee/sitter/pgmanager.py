@@ -46,6 +46,13 @@ class PgStatus:
     timeline: int | None
     read_only: bool | None = None            # default_transaction_read_only as PG reports it
     sender: tuple[str, int] | None = None    # standby: whom the walreceiver streams from
+    error: str | None = None                 # running but the status query failed: why (unknown)
+    timed_out: bool = False                  # ...and it failed because PG did not answer in time
+
+    @property
+    def known(self) -> bool:
+        """Not running, or running and it answered: what it says is a fact."""
+        return not self.running or self.healthy
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,11 @@ class RoleSpec:
     read_only: bool = True
     sync_app_name: str | None = None
     upstream: tuple[str, int] | None = None
+
+
+class PgConfigError(RuntimeError):
+    """PostgreSQL's config files could not be written (e.g. ENOSPC/EDQUOT): an observation
+    ("I cannot configure my PostgreSQL"), not a crash."""
 
 
 class PgManager:
@@ -70,9 +82,18 @@ class PgManager:
         self.log_file = self.data_dir.parent / "postgresql.log"
         self.app_name = cfg.pg_url
         self.ops_timeout = p.opsTimeout / 1000
+        # Every status query has this deadline; PostgreSQL not answering for healthChkTimeout
+        # is hung (the shell kills and restarts it).
+        self.health_timeout = p.healthChkTimeout / 1000
+        self.status_timeout = max(0.5, min(self.health_timeout / 2, 2.0))
         self.proc: pgmod.PostgresProcess | None = None
+        # The sitter's way into its own PostgreSQL: one persistent connection over the local
+        # socket, opened at start, shared (serialized) by status, reload, promote and metrics.
         self.client = pgmod.PgClient(str(self.socket_dir), cfg.postgresPort, user=p.dbUser,
-                                     connect_timeout=max(1, int(p.healthChkTimeout / 1000)))
+                                     connect_timeout=max(1, int(p.healthChkTimeout / 1000)),
+                                     query_timeout=self.health_timeout, persistent=True,
+                                     application_name="manatee-sitter")
+        self.config_error: str | None = None  # the last config write failed: why
         self.spec: RoleSpec | None = None
         self.members: tuple[str, ...] = ()
         self._started_at: float | None = None
@@ -121,7 +142,17 @@ class PgManager:
         """Write PG's files for `spec`; what it takes to apply them waits for apply_pending()
         (or the next start, which reads them anyway)."""
         self.members = tuple(sorted(set(members) | {self.cfg.ip}))
-        change = write_role_config(self.data_dir, self.role_config(spec), user=self.user)
+        try:
+            change = write_role_config(self.data_dir, self.role_config(spec), user=self.user)
+        except OSError as e:
+            first = self.config_error != str(e)
+            self.config_error = str(e)
+            if first:  # logged once per change, not every cycle
+                self.log.error("pg_config_write_failed", role=spec.role, error=str(e))
+            raise PgConfigError(f"cannot write PostgreSQL's config for the {spec.role} role: {e}") from e
+        if self.config_error is not None:
+            self.log.info("pg_config_write_restored", role=spec.role)
+            self.config_error = None
         self.spec = spec
         if self.running:
             self._restart_pending |= change.restart_needed
@@ -141,7 +172,7 @@ class PgManager:
             return "restarted"
         if self._reload_pending:
             self._reload_pending = False
-            await self.client.reload()
+            await self.client.query("select pg_reload_conf()", timeout=self.health_timeout)
             return "reloaded"
         return "unchanged"
 
@@ -161,13 +192,19 @@ class PgManager:
         self.proc = pgmod.PostgresProcess(self.data_dir, user=self.user, bindir=self.bindir,
                                           log_file=self.log_file, socket_dir=self.socket_dir,
                                           host=self.cfg.ip, port=self.cfg.postgresPort)
+        self.client.close()
         await self.proc.start()
         self._restart_pending = self._reload_pending = False
         self._started_at = time.monotonic()
         await self.proc.wait_ready(self.ops_timeout)
+        try:  # at once, before clients can take every connection slot
+            await self.client.connect(timeout=self.health_timeout)
+        except pgmod.PgError as e:
+            self.log.warning("pg_monitoring_connection_failed", error=str(e))
         self.log.info("pg_started", pid=self.proc.pid, role=self.spec.role if self.spec else None)
 
     async def stop(self, mode: str = "fast") -> None:
+        self.client.close()
         if self.proc is not None:
             await self.proc.stop(mode=mode, timeout=min(self.ops_timeout, 10))
             self.log.info("pg_stopped", mode=mode)
@@ -175,7 +212,10 @@ class PgManager:
         self._started_at = None
 
     async def kill(self) -> None:
-        """Stop at once with no shutdown checkpoint: a fenced primary must not write anything more."""
+        """Stop at once with no shutdown checkpoint: a fenced primary must not write anything more.
+        SIGKILL, to the postmaster and every process of the data directory: it works on a
+        hung (SIGSTOPped) PostgreSQL too."""
+        self.client.close()
         if self.proc is not None:
             await self.proc.kill()
             self.log.warning("pg_killed")
@@ -196,10 +236,12 @@ class PgManager:
                 " (select sender_host from pg_stat_wal_receiver limit 1) as wr_host,"
                 " (select sender_port from pg_stat_wal_receiver limit 1) as wr_port,"
                 " current_setting('default_transaction_read_only') = 'on' as ro,"
-                " (select timeline_id from pg_control_checkpoint()) as tli")
+                " (select timeline_id from pg_control_checkpoint()) as tli", timeout=self.status_timeout)
         except pgmod.PgError as e:
-            self.log.debug("pg_status_failed", error=str(e))
-            return PgStatus(True, False, None, None, False, await self._diverged(), None, None)
+            # Unknown, not "running as a primary": in_recovery, wal, read_only stay None.
+            self.log.debug("pg_status_failed", error=str(e), timed_out=e.timed_out)
+            return PgStatus(True, False, None, None, False, await self._diverged(), None, None,
+                            error=str(e), timed_out=e.timed_out)
         r = rows[0]
         in_rec = bool(r["rec"])
         streaming = in_rec and r["wr_status"] == "streaming"
@@ -210,7 +252,8 @@ class PgManager:
             try:
                 rep = await self.client.query(
                     "select flush_lsn::text as flush from pg_stat_replication"
-                    " where application_name = %s and state = 'streaming'", (sync_app_name,))
+                    " where application_name = %s and state = 'streaming'", (sync_app_name,),
+                    timeout=self.status_timeout)
                 if rep and rep[0]["flush"]:
                     sync_flush = Lsn.parse(rep[0]["flush"])
             except pgmod.PgError:

@@ -316,7 +316,8 @@ ME_FOR = {"primary": A, "sync": B, "async": C, "deposed": D, "none": E}
 WALS = {"none": None, "below": INIT - 1, "at": INIT}
 
 
-def _combo_obs(place, zk, p_live, s_live, a_live, wal, diverged, frozen, error, read_only, streaming, onwm):
+def _combo_obs(place, zk, p_live, s_live, a_live, wal, diverged, frozen, error, read_only, streaming, onwm,
+               pg_known=True):
     st = ClusterState(generation=5, primary=A, sync=B, async_=(C,), deposed=(D,), init_wal=INIT,
                       freeze=Freeze(reason="ops") if frozen else None, one_node_write_mode=onwm)
     me = ME_FOR[place]
@@ -325,25 +326,27 @@ def _combo_obs(place, zk, p_live, s_live, a_live, wal, diverged, frozen, error, 
     return Observation(
         me=me, zk=zk, election=election, state=st, state_version=11,
         error={"reason": "operator test"} if error else None,
-        running=True, in_recovery=place != "primary", wal=WALS[wal], streaming=streaming,
-        upstream_id=A.id if streaming else None, read_only=read_only, diverged=diverged,
+        running=True, in_recovery=(place != "primary") if pg_known else None, pg_known=pg_known,
+        wal=WALS[wal] if pg_known else None, streaming=streaming and pg_known,
+        upstream_id=A.id if streaming else None, read_only=read_only if pg_known else None, diverged=diverged,
         sync_caught_up=True, has_data=True, one_node_write_mode=onwm,
         expiry_passed=zk == SUSPENDED and not streaming, sync_streaming=s_live and streaming)
 
 
 COMBOS = list(itertools.product(PLACES, (CONNECTED, SUSPENDED, LOST), (True, False), (True, False), (True, False),
                                 tuple(WALS), (False, True), (False, True), (False, True), (True, False),
-                                (True, False), (False, True)))
+                                (True, False), (False, True), (True, False)))
 
 
 def test_combination_count():
-    assert len(COMBOS) == 5 * 3 * 2 ** 3 * 3 * 2 ** 6
+    assert len(COMBOS) == 5 * 3 * 2 ** 3 * 3 * 2 ** 7
 
 
 @pytest.mark.parametrize("chunk", range(8))
 def test_every_combination_respects_the_invariants(chunk):
     for combo in COMBOS[chunk::8]:
-        (place, zk, p_live, s_live, a_live, wal, diverged, frozen, error, read_only, streaming, onwm) = combo
+        (place, zk, p_live, s_live, a_live, wal, diverged, frozen, error, read_only, streaming, onwm,
+         pg_known) = combo
         o = _combo_obs(*combo)
         d = decide(o)
         ctx = f"{combo} -> {d}"
@@ -379,6 +382,13 @@ def test_every_combination_respects_the_invariants(chunk):
             assert d.target.upstream.id not in {p.id for p in o.state.deposed}, ctx
         if d.write_error is not None:
             assert place == "sync" and diverged and not p_live, ctx
+        if not pg_known:  # unknown is not a fact: only PG's own word or its log justify these
+            assert d.target.role != REBUILD or diverged, ctx
+            assert (d.target.role != SAFE_MODE and d.write_error is None) or diverged, ctx
+            assert not (place == "sync" and d.target.role == PRIMARY), ctx
+            if place != "primary" and not diverged:
+                assert d.target.role in (STANDBY, UNASSIGNED, DEPOSED), ctx
+                assert "did not answer" in d.reason or d.target.role != STANDBY or place == "none", ctx
         new = d.write_state
         if new is not None:
             old = o.state
@@ -394,3 +404,84 @@ def test_every_combination_respects_the_invariants(chunk):
             members = [p.id for p in new.members()]
             assert len(members) == len(set(members)), ctx
             assert all(p.id in {q.id for q in o.election} for p in new.async_), ctx
+
+
+# =============================================================== unknown is not a fact (issue 8)
+UNKNOWN_PG = dict(running=True, pg_known=False, in_recovery=None, wal=None, read_only=None, streaming=False)
+
+
+def test_unknown_pg_status_on_an_async_is_not_divergence():
+    d = decide(obs(C, **UNKNOWN_PG))
+    assert d.target.role == STANDBY and d.rule == "async.pg_unknown" and "did not answer" in d.reason
+
+
+def test_unknown_pg_status_on_a_sync_with_its_primary_gone_is_not_safe_mode():
+    d = decide(obs(B, election=(B, C), **UNKNOWN_PG))
+    assert d.target.role == STANDBY and d.rule == "sync.pg_unknown"
+    assert d.write_error is None and d.write_state is None
+
+
+def test_unknown_pg_status_on_a_sync_with_its_primary_alive_keeps_following():
+    d = decide(obs(B, **UNKNOWN_PG))
+    assert d.target.role == STANDBY and d.target.upstream == A and d.rule == "sync.pg_unknown"
+
+
+def test_unknown_pg_status_on_the_primary_changes_nothing():
+    d = decide(obs(A, sync_caught_up=True, heartbeats={B.id: True}, **UNKNOWN_PG))
+    assert d.target.role == PRIMARY and d.write_state is None and d.rule == "primary.pg_unknown"
+
+
+def test_a_standby_whose_pg_says_it_is_a_primary_has_forked():
+    d = decide(obs(C, in_recovery=False))
+    assert d.target.role == REBUILD
+
+
+# =============================================================== S9: a primary that cannot serve steps down
+SICK = "its status query has not been answered for 8.0s"
+
+
+def test_primary_that_cannot_serve_kills_postgres_first():
+    d = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, **UNKNOWN_PG))
+    assert d.rule == "primary.step_down_stop" and d.target.role == UNASSIGNED and d.write_state is None
+
+
+def test_primary_that_cannot_serve_releases_to_its_sync_once_postgres_is_stopped():
+    d = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, running=False, in_recovery=None, wal=None))
+    assert d.rule == "primary.step_down" and d.target.role == UNASSIGNED
+    sw = d.write_state.switchover
+    assert sw.to == B.id and sw.released and sw.released_wal == INIT and sw.by == "step-down"
+    assert d.write_state.generation == STATE.generation and d.write_state.primary == A
+
+
+@pytest.mark.parametrize("why,kw", [
+    ("sync not heartbeating", dict(heartbeats={})),
+    ("sync silent", dict(heartbeats={B.id: False})),
+    ("sync not live", dict(heartbeats={B.id: True}, election=(A, C))),
+    ("suspended", dict(heartbeats={B.id: True}, zk=SUSPENDED)),
+    ("frozen", dict(heartbeats={B.id: True}, state=STATE.evolve(freeze=Freeze(reason="ops")))),
+])
+def test_primary_that_cannot_serve_keeps_trying_without_a_healthy_sync(why, kw):
+    d = decide(obs(A, cannot_serve=SICK, running=False, in_recovery=None, wal=None, **kw))
+    assert d.target.role == PRIMARY, why
+    assert d.write_state is None or d.write_state.switchover is None, why
+
+
+def test_primary_after_its_step_down_stays_stopped_while_its_sync_takes_over():
+    st = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, running=False, wal=None)).write_state
+    d = decide(obs(A, state=st, cannot_serve=SICK, heartbeats={B.id: True}, running=False, wal=None))
+    assert d.target.role == UNASSIGNED and d.write_state is None
+
+
+def test_sync_takes_over_from_a_stepped_down_primary_after_detaching():
+    st = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, running=False, wal=None)).write_state
+    d = decide(obs(B, state=st))
+    assert d.rule == "sync.detach" and "stepped down" in d.reason
+    d = decide(obs(B, state=st, streaming=False, upstream_id=None))
+    assert d.rule == "sync.switchover" and d.write_state.primary == B and d.write_state.generation == 4
+    assert d.write_state.switchover is None
+
+
+def test_sync_behind_init_wal_does_not_take_over_from_a_stepped_down_primary():
+    st = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, running=False, wal=None)).write_state
+    d = decide(obs(B, state=st, streaming=False, upstream_id=None, wal=INIT - 1))
+    assert d.target.role == STANDBY and d.write_state is None

@@ -1,0 +1,124 @@
+"""The sitter's way into its own PostgreSQL (issue 8, F18/F20) on real PostgreSQL 15.
+
+The sitter's PgClient is persistent: one connection opened at PostgreSQL's start and reused
+by every status query, so clients holding every connection slot (the superuser's reserved
+ones too: PostgreSQL 15 has no `reserved_connections`) cannot lock it out; and every call
+has a deadline, so a hung (SIGSTOPped) PostgreSQL makes a call fail in time as "timed out"
+instead of blocking the sitter's cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import psycopg2
+import pytest
+
+from manatee.core.pg import PgClient, PgError
+from manatee.harness.postgres import PgNode
+
+MAX_CONNECTIONS = 6
+
+
+@pytest.fixture
+async def small_pg(pg_node_factory) -> PgNode:
+    node = pg_node_factory("mon")
+    await node.init()
+    with open(node.data_dir / "postgresql.auto.conf", "a") as f:
+        f.write(f"max_connections = {MAX_CONNECTIONS}\nsuperuser_reserved_connections = 2\n")
+    await node.start()
+    return node
+
+
+def _monitor(node: PgNode) -> PgClient:
+    return PgClient(str(node.proc.socket_dir), node.port, user="postgres", persistent=True,
+                    application_name="manatee-sitter")
+
+
+def _hog_every_slot(node: PgNode) -> list:
+    """Superuser connections over the local socket until PostgreSQL refuses any more."""
+    hogs = []
+    while len(hogs) < MAX_CONNECTIONS + 5:
+        try:
+            hogs.append(psycopg2.connect(host=str(node.proc.socket_dir), port=node.port, user="postgres",
+                                         dbname="postgres", connect_timeout=3))
+        except psycopg2.OperationalError as e:
+            assert "too many clients" in str(e) or "connection slots" in str(e), e
+            return hogs
+    raise AssertionError("PostgreSQL never refused a connection")
+
+
+async def test_monitoring_connection_keeps_working_when_clients_take_every_slot(small_pg: PgNode):
+    mon = _monitor(small_pg)
+    await mon.connect(timeout=5)
+    hogs = _hog_every_slot(small_pg)
+    try:
+        assert len(hogs) == MAX_CONNECTIONS - 1  # every slot, the superuser's included, but ours
+        with pytest.raises(PgError, match="too many clients|connection slots") as e:
+            await PgClient(str(small_pg.proc.socket_dir), small_pg.port).query("select 1", timeout=3)
+        assert not e.value.timed_out  # a refusal is an answer, not a hang
+        for _ in range(5):  # status queries and a metrics-style call, all on the one connection
+            rows = await mon.query("select pg_is_in_recovery() as rec, pg_backend_pid() as pid", timeout=2)
+            assert rows[0]["rec"] is False
+        pids = {(await mon.query("select pg_backend_pid() as pid", timeout=2))[0]["pid"] for _ in range(3)}
+        assert len(pids) == 1
+        rows = await mon.query("select count(*) as n from pg_stat_activity where application_name = 'manatee-sitter'",
+                               timeout=2)
+        assert rows[0]["n"] == 1
+        shown = (await mon.query("show statement_timeout", timeout=1.5))[0]["statement_timeout"]
+        assert shown.endswith("ms") and 1000 < int(shown[:-2]) <= 1500  # the call's remaining deadline
+    finally:
+        for h in hogs:
+            h.close()
+        mon.close()
+
+
+async def test_concurrent_calls_share_the_connection_one_at_a_time(small_pg: PgNode):
+    mon = _monitor(small_pg)
+    try:
+        rows = await asyncio.gather(*(mon.query("select pg_backend_pid() as pid, pg_sleep(0.05)", timeout=5)
+                                      for _ in range(6)))
+        assert len({r[0]["pid"] for r in rows}) == 1
+    finally:
+        mon.close()
+
+
+async def test_a_hung_postgres_times_out_within_the_deadline_and_the_connection_comes_back(small_pg: PgNode):
+    mon = _monitor(small_pg)
+    await mon.connect(timeout=5)
+    small_pg.proc.signal_all(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PgError) as e:
+            await mon.query("select pg_is_in_recovery() as rec", timeout=1.0)
+        assert e.value.timed_out and time.monotonic() - t0 < 2.0
+        t0 = time.monotonic()  # the next call reconnects, which a hung server also cannot answer
+        with pytest.raises(PgError) as e:
+            await mon.query("select 1", timeout=1.0)
+        assert e.value.timed_out and time.monotonic() - t0 < 2.0
+    finally:
+        small_pg.proc.signal_all(signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert (await mon.query("select 1 as one", timeout=2))[0]["one"] == 1
+            break
+        except PgError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    mon.close()
+
+
+async def test_the_connection_is_replaced_after_a_restart(small_pg: PgNode):
+    mon = _monitor(small_pg)
+    try:
+        before = (await mon.query("select pg_backend_pid() as pid", timeout=2))[0]["pid"]
+        await small_pg.stop(mode="fast")
+        await small_pg.start()
+        after = (await mon.query("select pg_backend_pid() as pid", timeout=5))[0]["pid"]
+        assert after != before
+    finally:
+        mon.close()
