@@ -8,20 +8,20 @@ only shard members may ask for the database.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from manatee.backupserver.validation import dataset_problem, hostname_problem
-from manatee.core.config import ConfigModel
+from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode
 
 
 class BackupSenderCfg(ConfigModel):
     dataset: str = Field(description="the ZFS dataset holding this node's PostgreSQL data")
     zfsPath: str = Field("/usr/sbin/zfs", description="the zfs command")
-    connectTimeout: float = Field(10.0, gt=0, description="seconds to connect to the receiver")
+    connectTimeout: float = Field(10.0, gt=0, le=600, description="seconds to connect to the receiver")
     stallTimeout: float = Field(
-        300.0, gt=0, description="seconds without progress before a send is abandoned"
+        300.0, gt=0, le=86400, description="seconds without progress before a send is abandoned"
     )
 
     @field_validator("dataset")
@@ -36,13 +36,20 @@ class BackupSenderCfg(ConfigModel):
 class BackupServerCfg(ConfigModel):
     port: int = Field(10002, ge=1, le=65535, description="HTTP port of the REST API")
     host: str = Field("0.0.0.0", description="listen address (use the node's IP); sends also leave from it")
-    secret: Optional[str] = Field(
-        None, min_length=8, description="if set, requests need 'Authorization: Bearer <secret>' (else 401)"
-    )
     maxConcurrentSends: int = Field(2, ge=1, le=64, description="sends running at once; more jobs wait")
     maxQueuedJobs: int = Field(8, ge=0, le=1000, description="jobs allowed to wait; beyond that POST gets 503")
     maxBodyBytes: int = Field(16 * 1024, ge=256, le=1 << 20, description="larger request bodies get 413")
     keepFinishedJobs: int = Field(100, ge=1, le=100000, description="finished jobs kept for GET /backup/<id>")
+    maxConnections: int = HttpServerCfg.model_fields["maxConnections"]
+    idleTimeout: int = HttpServerCfg.model_fields["idleTimeout"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "secret" in data:
+            raise ValueError("'secret' was replaced by the top-level secretFile, a root-only file holding "
+                             "the shard secret (docs/security.md)")
+        return data
 
     @field_validator("host")
     @classmethod
@@ -55,8 +62,8 @@ class BackupServerCfg(ConfigModel):
 
 class ZkCfg(ConfigModel):
     connStr: str = Field(description="host:port[,host:port...] of the ZooKeeper ensemble")
-    sessionTimeout: int = Field(60000, ge=1000, description="ZooKeeper session timeout, ms")
-    connectTimeout: int = Field(10000, ge=100, description="ZooKeeper connect timeout, ms")
+    sessionTimeout: int = Field(60000, ge=1000, le=600000, description="ZooKeeper session timeout, ms")
+    connectTimeout: int = Field(10000, ge=100, le=600000, description="ZooKeeper connect timeout, ms")
 
     @field_validator("connStr")
     @classmethod
@@ -74,8 +81,14 @@ class ZkCfg(ConfigModel):
 class BackupServerConfig(ConfigModel):
     backupSenderCfg: BackupSenderCfg
     backupServerCfg: BackupServerCfg = BackupServerCfg()
+    secretFile: Optional[str] = Field(
+        None, description="root-only file holding the shard secret (required unless insecure); see docs/security.md"
+    )
+    insecure: bool = Field(
+        False, description="run without the shard secret and membership checks (a warning at start; not for production)"
+    )
     zkCfg: Optional[ZkCfg] = Field(
-        None, description="ZooKeeper, to admit only shard members (with shardPath; neither = admit all)"
+        None, description="ZooKeeper, to admit only shard members (with shardPath; required unless insecure)"
     )
     shardPath: Optional[str] = Field(
         None, description="the shard's ZooKeeper path, e.g. /manatee/1; members are its election children"
@@ -88,6 +101,8 @@ class BackupServerConfig(ConfigModel):
             raise ValueError("must be an absolute ZooKeeper path like /manatee/1")
         return v
 
+    _secret_file = field_validator("secretFile")(classmethod(lambda cls, v: check_secret_file(v)))
+
     @model_validator(mode="after")
     def _zk_and_shard_together(self) -> "BackupServerConfig":
         if (self.zkCfg is None) != (self.shardPath is None):
@@ -95,4 +110,8 @@ class BackupServerConfig(ConfigModel):
             raise ValueError(
                 f"zkCfg and shardPath go together (membership checks need both); {missing} is missing"
             )
+        check_secret_mode(self.secretFile, self.insecure)
+        if self.zkCfg is None and self.shardPath is None and not self.insecure:
+            raise ValueError("zkCfg and shardPath are required: only the shard's members may ask for its data "
+                             "(or insecure: true)")
         return self

@@ -49,6 +49,7 @@ class BackupJob:
     dataset: str
     address: str
     requester: Optional[str] = None
+    stream_token: str = field(default="", repr=False)  # never shown: it is what the stream header proves
     jobid: str = field(default_factory=lambda: str(uuid.uuid4()))
     state: JobState = JobState.QUEUED
     snapshot: Optional[str] = None

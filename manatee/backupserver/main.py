@@ -16,7 +16,9 @@ from manatee.backupserver.jobs import JobQueue
 from manatee.backupserver.membership import MembershipUnavailable, ShardMembership
 from manatee.backupserver.sender import ZfsSender
 from manatee.backupserver.server import make_app
+from manatee.core.auth import RequestVerifier, daemon_secret
 from manatee.core.daemon import daemon_main
+from manatee.core.httpserver import BoundedTCPSite, runner_kwargs
 from manatee.core.zfs import Zfs, ZfsError
 
 NAME = "manatee-backupserver"
@@ -84,6 +86,7 @@ class ZkHolder:
 async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
     sender_cfg = config.backupSenderCfg
     server_cfg = config.backupServerCfg
+    secret = daemon_secret(config.secretFile, config.insecure, log, NAME)
     zfs = Zfs(zfs_path=sender_cfg.zfsPath, logger=log)
     dataset_ok = False
     try:
@@ -105,6 +108,7 @@ async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
         connect_timeout=sender_cfg.connectTimeout,
         stall_timeout=sender_cfg.stallTimeout,
         source_address=server_cfg.host,
+        secret=secret,
         logger=log,
     )
     if dataset_ok:
@@ -119,14 +123,16 @@ async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
     app = make_app(
         queue=queue,
         membership=membership,
-        secret=server_cfg.secret,
+        verifier=None if secret is None else RequestVerifier(secret),
         max_body_bytes=server_cfg.maxBodyBytes,
         logger=log,
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    idle = server_cfg.idleTimeout / 1000
+    runner = web.AppRunner(app, handle_signals=False, **runner_kwargs(idle))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, server_cfg.host, server_cfg.port, reuse_address=True)
+        site = BoundedTCPSite(runner, server_cfg.host, server_cfg.port, reuse_address=True,
+                              max_connections=server_cfg.maxConnections, idle_timeout=idle, log=log)
         try:
             await site.start()
         except OSError as e:
@@ -140,7 +146,8 @@ async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
             port=server_cfg.port,
             dataset=sender_cfg.dataset,
             membership=config.shardPath or "any",
-            secret=bool(server_cfg.secret),
+            secret=secret is not None,
+            insecure=config.insecure,
         )
         await stop.wait()
         return 0

@@ -1,8 +1,9 @@
 """Who may ask this backupserver for the database: the shard's members.
 
-A backup request makes this node stream its whole dataset to an address, so when
-the shard is known (ZooKeeper configured and `<shardPath>/election` exists) both
-the requester and the target host must be peers in the election. Election
+A backup request makes this node stream its whole dataset to an address, so both
+the requester and the target host must be peers in the shard's election. It fails
+closed: no `<shardPath>/election` node means no members, and a ZooKeeper error
+means the request is refused (503). Election
 children are named `IP:pgPort:backupPort:statusPort-SEQ` (the original's
 `ip:pgPort:backupPort:hbPort-seq`); their data is JSON with an "ip" key.
 """
@@ -86,21 +87,19 @@ class ShardMembership:
                 ips.add(_canonical(doc["ip"]))
         return ips
 
-    async def is_member(self, ip: str) -> Optional[bool]:
-        """True/False if the shard is known, None if not (no election node yet)."""
+    async def is_member(self, ip: str) -> bool:
+        """True only for a peer in the election; no election node means no members (fail closed)."""
         members = await self.members()
         if members is None:
-            return None
+            return False
         return _canonical(ip) in members
 
 
 class StaticMembership:
-    """A fixed member list (None = allow everyone); for tests and ZK-less setups."""
+    """A fixed member list; for tests."""
 
-    def __init__(self, ips: Optional[set[str]]) -> None:
-        self.ips = None if ips is None else {_canonical(i) for i in ips}
+    def __init__(self, ips: set[str]) -> None:
+        self.ips = {_canonical(i) for i in ips}
 
-    async def is_member(self, ip: str) -> Optional[bool]:
-        if self.ips is None:
-            return None
+    async def is_member(self, ip: str) -> bool:
         return _canonical(ip) in self.ips

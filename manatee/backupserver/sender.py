@@ -5,7 +5,8 @@ little WAL catch-up; the 13-digit name is the snapshotter's format, so its
 retention prunes these later), `zfs hold` it for the duration of the send so the
 snapshotter cannot destroy it mid-stream, connect to the receiver, and hand the
 socket to `zfs send` as its stdout (manatee.core.zfsstream: no copies through
-Python). The hold is released on every exit path; on failure or cancellation zfs
+Python). The stream starts with a 40-byte header proving the shard secret for the
+job's one-time token (manatee.core.auth.stream_header). The hold is released on every exit path; on failure or cancellation zfs
 send is killed and the socket shut down, which also stops zfs-fuse's daemon.
 """
 
@@ -20,8 +21,9 @@ from typing import Any, Optional
 
 from manatee.backupserver.jobs import BackupJob
 from manatee.core.aio import finish_even_if_cancelled
+from manatee.core.auth import STREAM_HEADER_LEN, ShardSecret, stream_header
 from manatee.core.zfs import Snapshot, Zfs, ZfsError
-from manatee.core.zfsstream import StreamError
+from manatee.core.zfsstream import StreamError, tcp_counters
 
 # One fixed tag: every job holds its own fresh snapshot, and a fixed tag lets a
 # restarted backupserver find and release holds left by a crashed one (zfs-fuse
@@ -42,9 +44,11 @@ class ZfsSender:
         connect_timeout: float = 10.0,
         stall_timeout: float = 300.0,
         source_address: Optional[str] = None,
+        secret: Optional[ShardSecret] = None,
         logger: Any = None,
     ) -> None:
         self.zfs = zfs
+        self.secret = secret
         self.source_address = source_address
         self.dataset = dataset
         self.connect_timeout = connect_timeout
@@ -108,6 +112,16 @@ class ZfsSender:
                 size=job.size,
             )
             sock = await self._connect(job.address, job.port)
+            # Prove the shard secret before the first byte of the stream: the receiver
+            # checks this header before anything reaches its zfs recv.
+            try:
+                await asyncio.wait_for(
+                    asyncio.get_running_loop().sock_sendall(sock, stream_header(self.secret, job.stream_token)),
+                    self.connect_timeout,
+                )
+            except (OSError, asyncio.TimeoutError) as e:
+                raise SendError(f"cannot send the stream header to {job.address}:{job.port}: {e!r}") from e
+            await _header_acked(sock)
 
             def progress(sent: int) -> None:
                 job.completed = sent
@@ -171,3 +185,14 @@ class ZfsSender:
             await finish_even_if_cancelled(self.zfs.release(tag, snapshot))
         except Exception as e:  # noqa: BLE001 - logged: a leftover hold is released at next start
             self.log.error("backup_hold_release_failed", snapshot=snapshot, tag=tag, error=str(e))
+
+
+async def _header_acked(sock: socket.socket, timeout: float = 2.0) -> None:
+    """Wait (briefly) until the peer acknowledged the header, so that the stream's progress
+    counter (TCP bytes acked) counts zfs send's bytes only."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        c = tcp_counters(sock)
+        if c is None or c[0] >= 1 + STREAM_HEADER_LEN:  # +1: the SYN
+            return
+        await asyncio.sleep(0.005)

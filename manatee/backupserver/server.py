@@ -6,15 +6,16 @@
 
 Every answer, error or not, is JSON; errors are {"code", "message"}. A request
 can only make this server stream the whole database to an address, so the
-order of checks is: shared secret (401), requester is a shard member (403),
-content type (415), body size (413), body shape (400), target host is a shard
-member (403), queue room (503).
+order of checks is: body size (413), proof of the shard secret (401: an HMAC of
+the request, manatee.core.auth), requester is a shard member (403), content type
+(415), body shape (400), target host is a shard member (403), queue room (503).
+Membership fails closed: no election node, or ZooKeeper not answering, refuses.
+The body carries a one-time `streamToken`; the stream starts with its HMAC.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import json
 import socket
@@ -30,6 +31,7 @@ from manatee.backupserver.validation import (
     is_ip_address,
     validate_backup_request,
 )
+from manatee.core.auth import SCHEME, RequestVerifier, authorization_ok
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024
 
@@ -38,8 +40,8 @@ API_KEY: web.AppKey["BackupApi"] = web.AppKey("api", object)
 
 
 class Membership(Protocol):
-    async def is_member(self, ip: str) -> Optional[bool]:
-        """True/False when the shard is known; None when it is not (allow)."""
+    async def is_member(self, ip: str) -> bool:
+        """True/False; raises MembershipUnavailable when it cannot be known (refuse)."""
 
 
 Resolver = Callable[[str], Awaitable[str]]
@@ -115,54 +117,40 @@ class BackupApi:
         *,
         queue: JobQueue,
         membership: Optional[Membership],
-        secret: Optional[str],
+        verifier: Optional[RequestVerifier],
         max_body_bytes: int,
         resolver: Resolver,
         logger: Any,
     ) -> None:
         self.queue = queue
         self.membership = membership
-        self.secret = secret
+        self.verifier = verifier
         self.max_body_bytes = max_body_bytes
         self.resolver = resolver
         self.log = logger
 
     # --- checks ------------------------------------------------------------------
 
-    def _check_secret(self, request: web.Request) -> Optional[web.Response]:
-        if not self.secret:
+    def _check_proof(self, request: web.Request, body: bytes) -> Optional[web.Response]:
+        why = authorization_ok(self.verifier, request.method, request.path, body,
+                               request.headers.get("Authorization"))
+        if why is None:
             return None
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if not header:
-            return _error(
-                401,
-                "NotAuthorized",
-                "missing Authorization header (expected 'Bearer <backupServerCfg.secret>')",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self.secret.encode()
-        ):
-            return _error(
-                401,
-                "NotAuthorized",
-                "bad credentials in Authorization header",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return None
+        return _error(401, "NotAuthorized", why, headers={"WWW-Authenticate": SCHEME})
 
     async def _member(self, ip: str, what: str) -> Optional[web.Response]:
-        """None if `ip` may take part, else the 403/503 response."""
+        """None if `ip` may take part, else the 403/503 response (fails closed)."""
         if self.membership is None:
-            return None
+            if self.verifier is None:
+                return None  # insecure mode without ZooKeeper: the operator chose to admit anyone
+            return _error(403, "Forbidden", "shard membership is not configured (zkCfg, shardPath): refusing")
         try:
             ok = await self.membership.is_member(ip)
         except MembershipUnavailable as e:
             return _error(
                 503, "ServiceUnavailable", f"cannot check shard membership of {what} {ip}: {e}"
             )
-        if ok is None or ok:
+        if ok is True:
             return None
         return _error(403, "Forbidden", f"{what} {ip} is not a member of this shard")
 
@@ -175,21 +163,6 @@ class BackupApi:
 
     async def post_backup(self, request: web.Request) -> web.Response:
         requester = normalize_ip(request.remote or "")
-        denied = self._check_secret(request)
-        if denied is not None:
-            self.log.warning("backup_request_unauthorized", requester=requester)
-            return denied
-        denied = await self._member(requester, "requester")
-        if denied is not None:
-            self.log.warning("backup_request_denied", requester=requester, reason="requester")
-            return denied
-
-        if request.content_type != "application/json":
-            return _error(
-                415,
-                "UnsupportedMediaType",
-                f"Content-Type must be application/json, got {request.content_type or 'none'}",
-            )
         length = request.content_length
         if length is not None and length > self.max_body_bytes:
             return _error(
@@ -203,6 +176,21 @@ class BackupApi:
                 413,
                 "PayloadTooLarge",
                 f"body exceeds the limit of {self.max_body_bytes} bytes",
+            )
+        denied = self._check_proof(request, raw)
+        if denied is not None:
+            self.log.warning("backup_request_unauthorized", requester=requester)
+            return denied
+        denied = await self._member(requester, "requester")
+        if denied is not None:
+            self.log.warning("backup_request_denied", requester=requester, reason="requester")
+            return denied
+
+        if request.content_type != "application/json":
+            return _error(
+                415,
+                "UnsupportedMediaType",
+                f"Content-Type must be application/json, got {request.content_type or 'none'}",
             )
         try:
             body = json.loads(raw.decode("utf-8"))
@@ -233,6 +221,7 @@ class BackupApi:
             dataset=req.dataset,
             address=address,
             requester=requester,
+            stream_token=req.stream_token,
         )
         try:
             self.queue.submit(job)
@@ -268,7 +257,7 @@ def make_app(
     *,
     queue: JobQueue,
     membership: Optional[Membership] = None,
-    secret: Optional[str] = None,
+    verifier: Optional[RequestVerifier] = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     resolver: Resolver = resolve_host,
     logger: Any = None,
@@ -280,7 +269,7 @@ def make_app(
     api = BackupApi(
         queue=queue,
         membership=membership,
-        secret=secret,
+        verifier=verifier,
         max_body_bytes=max_body_bytes,
         resolver=resolver,
         logger=logger,

@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-REQUIRED_FIELDS = ("host", "port", "dataset")
+from manatee.core.auth import valid_stream_token
+
+REQUIRED_FIELDS = ("host", "port", "dataset", "streamToken")
 
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 # ZFS accepts alphanumerics, '_', '-', '.', ':' (and space, which we refuse: the name is
@@ -34,6 +36,7 @@ class BackupRequest:
     host: str
     port: int
     dataset: str
+    stream_token: str = ""
 
 
 def is_ip_address(value: str) -> bool:
@@ -148,4 +151,11 @@ def validate_backup_request(body: Any) -> BackupRequest:
     if problem:
         raise ValidationError("InvalidArgument", f"dataset {dataset[:100]!r} {problem}")
 
-    return BackupRequest(host=host, port=port, dataset=dataset)
+    token = body["streamToken"]
+    if not valid_stream_token(token):
+        raise ValidationError(
+            "InvalidArgument",
+            "streamToken must be 64 lowercase hex digits (the one-time token the stream header proves)",
+        )
+
+    return BackupRequest(host=host, port=port, dataset=dataset, stream_token=token)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import signal
 import socket
 import sys
@@ -57,11 +58,13 @@ __all__ = ["gather", "set_freeze", "request_switchover", "withdraw_switchover", 
 
 # --------------------------------------------------------------------------- small I/O helpers
 
-def http_json(url: str, body: Any = None, timeout: float = HTTP_TIMEOUT) -> tuple[int, Any]:
+def http_json(url: str, body: Any = None, timeout: float = HTTP_TIMEOUT,
+              headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
     """(status, JSON body) of a GET (or a POST when body is given); (0, error text) on no answer."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"} if data else {})
+                                 headers={**({"Content-Type": "application/json"} if data else {}),
+                                          **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             status, raw = r.status, r.read()
@@ -461,12 +464,22 @@ def cmd_rebuild(args, zk: ZkReader) -> int:
     p = find_peer(st, args.node)
     if not p.status_url:
         raise CliError(f"{p.ip} has no statusUrl in the state: cannot reach its sitter")
-    code, body = http_json(f"{p.status_url}/rebuild", {"force": args.force}, timeout=args.timeout)
+    from manatee.core.auth import SecretError, load_secret_file, sign_request
+
+    secret_file = args.secret_file or os.environ.get("MANATEE_SECRET_FILE")
+    try:
+        secret = load_secret_file(secret_file) if secret_file else None
+    except SecretError as e:
+        raise CliError(f"--secret-file: {e}") from None
+    req = {"force": args.force}
+    signed = sign_request(secret, "POST", "/rebuild", json.dumps(req).encode())
+    code, body = http_json(f"{p.status_url}/rebuild", req, timeout=args.timeout, headers=signed)
     if code == 0:
         raise CliError(f"the sitter of {p.ip} does not answer at {p.status_url}: {body}")
     if code >= 400:
         msg = body.get("message") if isinstance(body, dict) else body
-        raise CliError(f"{p.ip} refused the rebuild: {msg}")
+        hint = "" if code != 401 or secret else " (pass --secret-file, or set MANATEE_SECRET_FILE, to the shard secret)"
+        raise CliError(f"{p.ip} refused the rebuild: {msg}{hint}")
     _say(f"rebuild of {p.ip} ({st.place_of(p.id)}) requested")
     t0 = time.monotonic()
     last = None
@@ -566,6 +579,8 @@ def build_parser() -> ArgParser:
                                                          "until it names another)")
     sp.add_argument("--wait", type=_positive("--wait"), default=600.0, metavar="SECONDS",
                     help="stop watching after this long (default 600)")
+    sp.add_argument("--secret-file", metavar="FILE", default=None,
+                    help="the shard secret's file, to sign the request (default: $MANATEE_SECRET_FILE)")
     return p
 
 

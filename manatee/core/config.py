@@ -9,18 +9,49 @@ from __future__ import annotations
 
 import json
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+
+def _types_in(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (int | None -> {int, NoneType})."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_types_in(a) for a in typing.get_args(annotation)))
+    if origin is typing.Literal:
+        return {type(a) for a in typing.get_args(annotation)}
+    return {annotation}
 
 
 class ConfigModel(BaseModel):
     """Base of every config section: unknown keys are errors, loaded configs are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, v: Any, info: ValidationInfo) -> Any:
+        """JSON true/false is not a number: `"postgresPort": true` must not become port 1."""
+        if isinstance(v, bool) and info.field_name:
+            admitted = _types_in(cls.model_fields[info.field_name].annotation)
+            if bool not in admitted and admitted & {int, float}:
+                raise ValueError("must be a number, not true/false")
+        return v
+
+
+# Keys whose values are never shown in an error message (a typo'd secret must not reach a log).
+SECRET_KEY_WORDS = ("secret", "password", "token", "key")
+
+
+def _is_secret_key(key: str | None) -> bool:
+    last = (key or "").rsplit(".", 1)[-1].lower()
+    return any(w in last for w in SECRET_KEY_WORDS) and not last.endswith(("file", "path"))
 
 
 class ConfigError(Exception):
@@ -65,8 +96,13 @@ def _describe(err: dict) -> tuple[str | None, str]:
     msg = err.get("msg", "is invalid")
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
+    msg = msg[0].lower() + msg[1:] if msg else msg
+    if _is_secret_key(key):
+        return key, f"{msg} (value not shown: it is a secret)"
+    if isinstance(got, (dict, list)):  # a whole section: the message says what is wrong with it
+        return key, msg
     shown = json.dumps(got) if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
-    return key, f"{msg[0].lower() + msg[1:] if msg else msg} (got {shown})"
+    return key, f"{msg} (got {shown})"
 
 
 def validate(data: Any, model: type[M], file: str = "<config>") -> M:
@@ -93,3 +129,28 @@ def load_config(path: str | os.PathLike, model: type[M]) -> M:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(file, None, f"cannot be read: {e}") from None
     return validate(parse_text(text, file), model, file)
+
+
+# ---------------------------------------------------------------------- shared security keys
+
+
+class HttpServerCfg(ConfigModel):
+    """Bounds of a daemon's HTTP server (see manatee.core.httpserver)."""
+
+    maxConnections: int = Field(256, ge=8, le=100000, description="open connections at most; beyond it the oldest idle one is closed")
+    idleTimeout: int = Field(10000, ge=500, le=3600000, description="a connection with no request in progress is closed after this long without data (ms)")
+
+
+def check_secret_file(v: Optional[str]) -> Optional[str]:
+    if v is not None and not v.startswith("/"):
+        raise ValueError("must be an absolute path to a root-only file holding the shard secret")
+    return v
+
+
+def check_secret_mode(secret_file: Optional[str], insecure: bool) -> None:
+    """The one rule every daemon shares: a shard secret, or an explicit insecure mode."""
+    if insecure and secret_file:
+        raise ValueError("secretFile and insecure: true contradict each other (remove one)")
+    if not insecure and not secret_file:
+        raise ValueError("secretFile is required: a root-only file holding the shard secret "
+                         "(docs/security.md); or insecure: true to run without authentication (not for production)")

@@ -52,6 +52,9 @@ def daemon_main(
         return asyncio.run(_run(name, config, run, log)) or 0
     except KeyboardInterrupt:
         return 130
+    except ConfigError as e:  # raised by `run` for what only start-up can check (e.g. the secret file)
+        print(f"{name}: {ConfigError(args.file, e.key, e.problem) if not e.file else e}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 async def _run(name, config, run, log) -> int:
@@ -62,6 +65,8 @@ async def _run(name, config, run, log) -> int:
     log.info("starting", daemon=name, version=__version__)
     try:
         status = await run(config, log, stop)
+    except ConfigError:
+        raise
     except Exception:
         log.exception("fatal_error", daemon=name)
         return 1

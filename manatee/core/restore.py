@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import json
 import ipaddress
 import os
 import pwd
@@ -29,9 +30,12 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
 import aiohttp
+from yarl import URL
 
 from manatee.core.aio import finish_even_if_cancelled
+from manatee.core.auth import STREAM_HEADER_LEN, ShardSecret, new_stream_token, sign_request, stream_header_ok
 from manatee.core.zfs import Zfs, ZfsError
+from manatee.core.zfsstream import accept_stream
 
 try:
     from manatee.core.log import get_logger
@@ -104,7 +108,7 @@ async def restore(
     listen_host: str,
     listen_port: int,
     owner: Optional[str] = "postgres",
-    secret: Optional[str] = None,
+    secret: Optional[ShardSecret | str] = None,
     poll_interval: float = 1.0,
     timeout: float = 6 * 3600.0,
     stall_timeout: float = 120.0,
@@ -114,8 +118,11 @@ async def restore(
     """Replace `dataset` with a fresh copy streamed by the backupserver at `backup_url`.
 
     Raises RestoreError after rolling back; on cancellation rolls back too and lets
-    CancelledError propagate.
+    CancelledError propagate. `secret` (the shard secret; None in insecure mode) signs the
+    backup request and checks the stream's header before anything reaches zfs recv.
     """
+    if isinstance(secret, str):
+        secret = ShardSecret.of(secret)
     job = _Restore(
         zfs,
         dataset=dataset,
@@ -143,7 +150,8 @@ class _Restore:
         self.listen_host: str = kw["listen_host"]
         self.listen_port: int = kw["listen_port"]
         self.owner: Optional[str] = kw["owner"]
-        self.secret: Optional[str] = kw["secret"]
+        self.secret: Optional[ShardSecret] = kw["secret"]
+        self.stream_token = new_stream_token()  # one-time: the sender's header proves it with the secret
         self.poll_interval: float = kw["poll_interval"]
         self.timeout: float = kw["timeout"]
         self.stall_timeout: float = kw["stall_timeout"]
@@ -259,14 +267,16 @@ class _Restore:
             raise RestoreError(
                 f"cannot listen on {self.listen_host}:{self.listen_port}: {e}", phase="listening"
             ) from e
-        self.accept_task = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(self.listener))
+        self.accept_task = asyncio.ensure_future(accept_stream(
+            self.listener, STREAM_HEADER_LEN,
+            lambda header: stream_header_ok(self.secret, self.stream_token, header),
+            on_reject=lambda peer, why: self.log.warning("restore_stream_rejected", peer=str(peer), reason=why),
+        ))
 
         if await self.zfs.exists(self.dataset):
             await self._set_aside()
 
         headers = {"Content-Type": "application/json"}
-        if self.secret:
-            headers["Authorization"] = f"Bearer {self.secret}"
         timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
         # Ask from our own address: the backupserver admits only shard members.
         local = (self.listen_host, 0) if _is_ip(self.listen_host) else None
@@ -278,9 +288,11 @@ class _Restore:
     async def _request_backup(self, http: aiohttp.ClientSession) -> str:
         self._phase("requesting")
         url = f"{self.backup_url}/backup"
-        body = {"host": self.listen_host, "port": self.listen_port, "dataset": self.dataset}
+        body = {"host": self.listen_host, "port": self.listen_port, "dataset": self.dataset,
+                "streamToken": self.stream_token}
+        data = json.dumps(body).encode()
         try:
-            async with http.post(url, json=body) as resp:
+            async with http.post(url, data=data, headers=sign_request(self.secret, "POST", URL(url).path, data)) as resp:
                 text = await resp.text()
                 if resp.status != 200:
                     raise RestoreError(
@@ -678,13 +690,14 @@ def _remove_pid_files(root: Path) -> list[str]:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """A non-blocking listening socket with a backlog of one: the stream is one connection."""
+    """A non-blocking listening socket. The stream is one connection, but strangers may connect
+    too (accept_stream closes them), so the backlog leaves room for the real sender."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(1)
+        sock.listen(16)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -700,8 +713,6 @@ def _is_ip(host: str) -> bool:
 
 
 def _json(text: str) -> dict[str, Any]:
-    import json
-
     doc = json.loads(text)
     if not isinstance(doc, dict):
         raise ValueError(f"expected a JSON object, got {_brief(text)}")

@@ -287,3 +287,92 @@ async def _read_capped(reader: asyncio.StreamReader) -> str:
         if len(buf) > STDERR_KEEP:
             del buf[: len(buf) - STDERR_KEEP]
     return buf.decode(errors="replace")
+
+
+# ---------------------------------------------------------------------- authenticated accept
+
+HEADER_TIMEOUT = 10.0
+MAX_PENDING_HEADERS = 32
+
+
+async def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    buf = b""
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, n - len(buf))  # never more than the header
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+async def accept_stream(
+    listener: socket.socket,
+    header_len: int,
+    header_ok: Callable[[bytes], bool],
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    on_reject: Optional[Callable[[object, str], None]] = None,
+) -> tuple[socket.socket, object]:
+    """The first connection on `listener` whose first `header_len` bytes pass `header_ok`.
+
+    Every other connection is closed and listening goes on: a stranger who connects first,
+    sends garbage, or sends nothing (for `header_timeout` s) never reaches the caller, and
+    headers are checked concurrently so a slow stranger does not delay the real sender.
+    Exactly the header is read, so the returned socket is positioned at the stream's first byte.
+    """
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task] = set()
+    accept: Optional[asyncio.Future] = None
+
+    async def check(conn: socket.socket, peer: object) -> Optional[tuple[socket.socket, object]]:
+        why = "bad header"
+        try:
+            header = await asyncio.wait_for(_read_exactly(conn, header_len), header_timeout)
+            if len(header) == header_len and header_ok(header):
+                return conn, peer
+            if len(header) < header_len:
+                why = f"closed after {len(header)} of {header_len} header bytes"
+        except asyncio.TimeoutError:
+            why = f"no header within {header_timeout:g}s"
+        except OSError as e:
+            why = f"{type(e).__name__}: {e}"
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        conn.close()
+        if on_reject is not None:
+            on_reject(peer, why)
+        return None
+
+    try:
+        while True:
+            if accept is None:
+                accept = asyncio.ensure_future(loop.sock_accept(listener))
+            done, _ = await asyncio.wait({accept, *pending}, return_when=asyncio.FIRST_COMPLETED)
+            if accept in done:
+                conn, peer = accept.result()
+                accept = None
+                conn.setblocking(False)
+                if len(pending) >= MAX_PENDING_HEADERS:
+                    conn.close()
+                    if on_reject is not None:
+                        on_reject(peer, "too many connections waiting for their header")
+                else:
+                    pending.add(asyncio.ensure_future(check(conn, peer)))
+            for t in [t for t in done if t in pending]:
+                pending.discard(t)
+                got = t.result()
+                if got is not None:
+                    return got
+    finally:
+        if accept is not None:
+            accept.cancel()
+            with contextlib.suppress(BaseException):
+                conn_peer = await accept
+                conn_peer[0].close()
+        for t in pending:
+            t.cancel()
+        for t in pending:
+            with contextlib.suppress(BaseException):
+                await t

@@ -158,6 +158,11 @@ class SandboxState:
     version: int = STATE_VERSION
 
     @property
+    def secret_file(self) -> str:
+        """The shard secret's file (0600), read by every node's sitter and backupserver."""
+        return os.path.join(os.path.abspath(self.dir), "shard.secret")
+
+    @property
     def shard_path(self) -> str:
         return f"/manatee/{self.shard}"
 
@@ -283,7 +288,7 @@ def sitter_config(st: SandboxState, node: NodeState, nodes_total: int) -> dict[s
         "backupPort": node.backup_port,
         "statusPort": node.status_port,
         "ttl": 60,
-        "backupSecret": st.secret,
+        "secretFile": st.secret_file,
         "zkCfg": {
             "connStr": st.zk_connect,
             "sessionTimeout": st.session_timeout_ms,
@@ -334,9 +339,9 @@ def backupserver_config(st: SandboxState, node: NodeState) -> dict[str, Any]:
         "backupServerCfg": {
             "port": node.backup_port,
             "host": node.ip,
-            "secret": st.secret,
             "maxConcurrentSends": 2,
         },
+        "secretFile": st.secret_file,
         "zkCfg": {"connStr": st.zk_connect, "sessionTimeout": st.session_timeout_ms},
         "shardPath": st.shard_path,
     }
@@ -369,6 +374,10 @@ def node_configs(st: SandboxState, node: NodeState) -> dict[str, dict[str, Any]]
 
 def write_node_configs(st: SandboxState, node: NodeState) -> None:
     Path(node.dir).mkdir(parents=True, exist_ok=True)
+    if not os.path.exists(st.secret_file):  # the one shard secret every daemon reads
+        from manatee.core.auth import write_secret_file
+
+        write_secret_file(st.secret_file, st.secret)
     for daemon, cfg in node_configs(st, node).items():
         p = node.config_path(daemon)
         p.write_text(json.dumps(cfg, indent=2) + "\n")
@@ -663,7 +672,7 @@ class Sandbox:
             data_root = None if postgres_can_reach(self.dir) else f"/var/tmp/manatee-sandbox-{sid}"
             st = SandboxState(
                 id=sid, dir=str(self.dir), shard=shard, session_timeout_ms=session_timeout_ms,
-                secret=secrets.token_urlsafe(18), repl_password=secrets.token_urlsafe(12),
+                secret=secrets.token_urlsafe(32), repl_password=secrets.token_urlsafe(12),
                 auth_method=auth_method, data_root=data_root,
                 cgroup=f"{CGROUP_PREFIX}-{sid}" if cgroups.available() else None,
             )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from manatee.core.config import ConfigModel
+from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode
 from manatee.core.layout import registrar_path
 
 _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
@@ -110,7 +110,9 @@ class SitterConfig(ConfigModel):
     statusPort: int | None = Field(None, ge=1, le=65535, description="status/heartbeat HTTP port (default postgresPort+1)")
     ttl: int = Field(60, ge=1, le=86400, description="registrar record TTL (s)")
     registrarPath: str | None = Field(None, description="ZooKeeper path of the registrar record (default: derived from shardPath as the original)")
-    backupSecret: str | None = Field(None, description="shared secret sent to peers' backupservers")
+    secretFile: str | None = Field(None, description="root-only file holding the shard secret, shared by every member's sitter and backupserver (required unless insecure; docs/security.md)")
+    insecure: bool = Field(False, description="run without the shard secret: POST /heartbeat and /rebuild unauthenticated (a warning at start, shown in /state; not for production)")
+    statusServerCfg: HttpServerCfg = HttpServerCfg()
     zkCfg: ZkCfg
     heartbeatCfg: HeartbeatCfg = HeartbeatCfg()
     postgresMgrCfg: PostgresMgrCfg
@@ -130,6 +132,21 @@ class SitterConfig(ConfigModel):
         if not _SHARD_PATH.match(v):
             raise ValueError("must be a ZooKeeper path like '/manatee/1'")
         return v
+
+    _secret_file = field_validator("secretFile")(classmethod(lambda cls, v: check_secret_file(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "backupSecret" in data:
+            raise ValueError("backupSecret was replaced by secretFile, a root-only file holding the shard "
+                             "secret (docs/security.md)")
+        return data
+
+    @model_validator(mode="after")
+    def _secret(self):
+        check_secret_mode(self.secretFile, self.insecure)
+        return self
 
     @model_validator(mode="after")
     def _ports(self):

@@ -2,18 +2,22 @@
 
 The upstream learns who follows it and whether that standby still reaches it: a sync whose
 heartbeats stop is lost even when its ZooKeeper node lingers (a partition between peers only).
-A heartbeat counts only from a node registered in the shard's election: a forged one cannot
-make a stranger the sync that acknowledges writes.
+A heartbeat counts only when signed with the shard secret (manatee.core.auth) and from a node
+registered in the shard's election: a forged one cannot make a stranger the sync that
+acknowledges writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import aiohttp
+
+from manatee.core.auth import sign_request
 
 
 @dataclass
@@ -93,8 +97,9 @@ class HeartbeatSender:
     """Posts a heartbeat to the current upstream every interval. Errors are logged, never fatal."""
 
     def __init__(self, *, me_id: str, pg_url: str, interval_s: float, timeout_s: float,
-                 status: Callable[[], dict], log, source_ip: str | None = None):
+                 status: Callable[[], dict], log, source_ip: str | None = None, secret=None):
         self.me_id, self.pg_url = me_id, pg_url
+        self.secret = secret  # signs each heartbeat; None: insecure mode
         self.source_ip = source_ip  # bind to our own address: the upstream checks it
         self.interval_s, self.timeout_s = interval_s, timeout_s
         self.status = status  # -> {"wal": str|None, "streaming": bool}
@@ -119,8 +124,10 @@ class HeartbeatSender:
 
     async def _beat(self, session: aiohttp.ClientSession, url: str) -> None:
         body = {"id": self.me_id, "pgUrl": self.pg_url, **self.status()}
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **sign_request(self.secret, "POST", "/heartbeat", data)}
         try:
-            async with session.post(f"{url}/heartbeat", json=body) as resp:
+            async with session.post(f"{url}/heartbeat", data=data, headers=headers) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
             self.last_ok = time.monotonic()

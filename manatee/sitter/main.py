@@ -8,11 +8,13 @@ from manatee.sitter.config import SitterConfig
 
 
 async def run(config: SitterConfig, log, stop) -> int:
+    from manatee.core.auth import daemon_secret
     from manatee.sitter.sitter import Sitter
 
-    become_subreaper()
     log = log.bind(node=config.zoneId)
-    return await Sitter(config, log).run(stop)
+    secret = daemon_secret(config.secretFile, config.insecure, log, "manatee-sitter")
+    become_subreaper()
+    return await Sitter(config, log, secret=secret).run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,8 +28,9 @@ from manatee.sitter.state import (
 
 
 class Sitter:
-    def __init__(self, cfg, log):
+    def __init__(self, cfg, log, secret=None):
         self.cfg, self.log = cfg, log
+        self.secret = secret  # the shard secret (manatee.core.auth.ShardSecret); None: insecure mode
         p = cfg.postgresMgrCfg
         self.me = Peer(id=cfg.peer_id, zone_id=cfg.zoneId, ip=cfg.ip, pg_url=cfg.pg_url,
                        backup_url=cfg.backup_url, status_url=cfg.status_url)
@@ -43,7 +44,7 @@ class Sitter:
         self.hb_sender = HeartbeatSender(
             me_id=self.me.id, pg_url=self.me.pg_url, interval_s=cfg.heartbeatCfg.heartbeatInterval / 1000,
             timeout_s=cfg.heartbeatCfg.requestTimeout / 1000, status=self._hb_status, log=log,
-            source_ip=cfg.ip)
+            source_ip=cfg.ip, secret=secret)
         self.interval = p.healthChkInterval / 1000
         self.wake = asyncio.Event()
         self.zk_dirty = True
@@ -385,7 +386,7 @@ class Sitter:
         res = await restore_dataset(
             self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=upstream.backup_url,
             listen_host=z.zfsHost or self.cfg.ip, listen_port=z.zfsPort,
-            owner=self.cfg.postgresMgrCfg.dbUser, secret=self.cfg.backupSecret,
+            owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret,
             poll_interval=z.pollInterval / 1000, progress=progress, logger=self.log)
         self.restore_progress = {"phase": "done", "completed": res.bytes, "size": res.bytes,
                                  "source": upstream.backup_url}
@@ -468,6 +469,7 @@ class Sitter:
             "state": st.to_json() if st else None, "error": self.error,
             "restore": self.restore_progress,
             "election": [p.id for p in self.election],
+            "insecure": self.cfg.insecure,
         }
 
 

@@ -7,7 +7,12 @@ sitter's state, and the daisy-chain heartbeat endpoint standbys post to.
   GET  /replica    200 only on a standby that is streaming, else 503
   GET  /restore    progress of the last restore
   GET  /metrics    Prometheus text format 0.0.4 (see manatee/sitter/metrics.py)
-  POST /heartbeat  {id, pgUrl, wal, streaming}: accepted only from election members
+  POST /heartbeat  {id, pgUrl, wal, streaming}: signed with the shard secret, from election members
+  POST /rebuild    {force}: signed with the shard secret (manatee-adm rebuild), from members/this host
+
+POST requests without a valid proof of the shard secret get 401 and change nothing
+(manatee.core.auth). The server is bounded (manatee.core.httpserver): at most
+statusServerCfg.maxConnections connections, idle ones closed after idleTimeout.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import time
 
 from aiohttp import web
 
+from manatee.core.auth import SCHEME, RequestVerifier, authorization_ok
+from manatee.core.httpserver import BoundedTCPSite, runner_kwargs
 from manatee.sitter.heartbeat import parse_heartbeat
 from manatee.sitter.metrics import CONTENT_TYPE, MetricsCollector, streaming_replica, writable_primary
 from manatee.sitter.state import CONNECTED
@@ -41,13 +48,38 @@ class StatusServer:
         ])
         self.runner: web.AppRunner | None = None
         self.collector = MetricsCollector(sitter, log)
+        secret = getattr(sitter, "secret", None)
+        self.verifier = RequestVerifier(secret) if secret is not None else None
+        self.open_posts = secret is None and bool(getattr(sitter.cfg, "insecure", False))
+        self.site: BoundedTCPSite | None = None
 
     async def start(self) -> None:
         cfg = self.sitter.cfg
-        self.runner = web.AppRunner(self.app, access_log=None)
+        bounds = cfg.statusServerCfg
+        idle = bounds.idleTimeout / 1000
+        self.runner = web.AppRunner(self.app, **runner_kwargs(idle))
         await self.runner.setup()
-        await web.TCPSite(self.runner, cfg.ip, cfg.status_port, reuse_address=True).start()
-        self.log.info("status_server_listening", url=cfg.status_url)
+        self.site = BoundedTCPSite(self.runner, cfg.ip, cfg.status_port, reuse_address=True,
+                                   max_connections=bounds.maxConnections, idle_timeout=idle, log=self.log)
+        await self.site.start()
+        self.log.info("status_server_listening", url=cfg.status_url, max_connections=bounds.maxConnections,
+                      authenticated=not self.open_posts)
+
+    async def _signed_body(self, req: web.Request) -> tuple[bytes | None, web.Response | None]:
+        """(raw body, None) when the request proves the shard secret, else (None, the 401/413)."""
+        try:
+            raw = await req.read()
+        except web.HTTPRequestEntityTooLarge:
+            return None, _json(413, {"code": "TooLarge", "message": f"body over {MAX_BODY} bytes"})
+        if self.open_posts:
+            return raw, None
+        why = "this sitter has no shard secret loaded: refusing" if self.verifier is None else \
+            authorization_ok(self.verifier, req.method, req.path, raw, req.headers.get("Authorization"))
+        if why is None:
+            return raw, None
+        self.log.warning("request_unauthorized", path=req.path, remote=req.remote, error=why)
+        return None, web.json_response({"code": "NotAuthorized", "message": why}, status=401,
+                                       headers={"WWW-Authenticate": SCHEME})
 
     async def stop(self) -> None:
         if self.runner:
@@ -91,18 +123,19 @@ class StatusServer:
     async def rebuild(self, req: web.Request):
         """manatee-adm rebuild: restore this node from its upstream. It destroys the node's
         data (kept aside until the new copy streams), so only this host, loopback and the
-        shard's members may ask. Body: optional {"force": bool}."""
+        shard's members may ask, with the shard secret's proof. Body: optional {"force": bool}."""
+        raw, denied = await self._signed_body(req)
+        if denied is not None:
+            return denied
         members = {p.ip for p in self.sitter.election} | {self.sitter.cfg.ip}
         if req.remote not in members and not (req.remote or "").startswith("127."):
             self.log.warning("rebuild_refused", remote=req.remote)
             return _json(403, {"code": "Forbidden",
                                "message": f"{req.remote} is neither this host nor a member of the shard"})
         try:
-            body = await req.json() if req.can_read_body else {}
+            body = json.loads(raw) if raw else {}
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _json(400, {"code": "BadRequest", "message": "body must be JSON"})
-        except web.HTTPRequestEntityTooLarge:
-            return _json(413, {"code": "TooLarge", "message": f"body over {MAX_BODY} bytes"})
         if not isinstance(body, dict) or not isinstance(body.get("force", False), bool) \
                 or set(body) - {"force"}:
             return _json(400, {"code": "BadRequest", "message": 'body must be {} or {"force": true|false}'})
@@ -110,12 +143,13 @@ class StatusServer:
         return _json(code, out)
 
     async def heartbeat(self, req: web.Request):
+        raw, denied = await self._signed_body(req)
+        if denied is not None:
+            return denied
         try:
-            body = await req.json()
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _json(400, {"code": "BadRequest", "message": "body must be JSON"})
-        except web.HTTPRequestEntityTooLarge:
-            return _json(413, {"code": "TooLarge", "message": f"body over {MAX_BODY} bytes"})
         members = {p.id for p in self.sitter.election}
         try:
             hb = parse_heartbeat(body, members.__contains__, time.monotonic(), remote=req.remote)

@@ -10,6 +10,7 @@ as it was (old dataset back, mounted, same content; no zfs recv; port closed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -29,6 +30,7 @@ import pytest
 
 from manatee.backupserver.config import BackupServerConfig
 from manatee.backupserver.main import run as backupserver_run
+from manatee.core.auth import ShardSecret, load_secret_file, new_secret, sign_request, write_secret_file
 from manatee.core.procs import free_port, pid_alive, port_open, terminate, wait_port_async
 from manatee.core.restore import RestoreError, RestoreProgress, restore
 from manatee.core.zfs import Zfs
@@ -58,15 +60,57 @@ def _zfs_recv_pids() -> list[int]:
     return pids
 
 
-class Env:
-    """One test's pool, directories, PostgreSQL nodes and backupservers; all removed after."""
+def make_secret_file(directory: Path) -> tuple[str, ShardSecret]:
+    path = str(directory / "shard.secret")
+    write_secret_file(path, new_secret())
+    return path, load_secret_file(path)
 
-    def __init__(self, base: Path, pool: ZfsPool) -> None:
+
+async def signed_post(url: str, body: dict, secret: ShardSecret | None, source: str | None = None,
+                      ) -> tuple[int, dict]:
+    """POST JSON to a backupserver as a shard member would (signed, from `source`)."""
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **sign_request(secret, "POST", "/backup", data)}
+    conn = aiohttp.TCPConnector(local_addr=(source, 0) if source else None)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        async with http.post(f"{url}/backup", data=data, headers=headers) as r:
+            return r.status, await r.json()
+
+
+class Env:
+    """One test's pool, directories, PostgreSQL nodes and backupservers; all removed after.
+
+    Every backupserver is secure as in production: the shard secret (one file) and
+    membership from a real ZooKeeper election, in which the server's address and every
+    restoring address (env.restore) are registered."""
+
+    def __init__(self, base: Path, pool: ZfsPool, zk_hosts: str) -> None:
         self.base = base
         self.pool = pool
         self.zfs = Zfs()
         self.pg_nodes: list[PgNode] = []
         self.servers: list[subprocess.Popen] = []
+        self.zk_hosts = zk_hosts
+        self.shard = f"/manatee/{uuid.uuid4().hex[:8]}"
+        self.secret_file, self.secret = make_secret_file(base)
+        self.zk: ZKClient | None = None
+        self.registered: set[str] = set()
+
+    async def member(self, ip: str) -> None:
+        """Register `ip` in the shard's election (as its sitter would)."""
+        if ip in self.registered:
+            return
+        if self.zk is None:
+            self.zk = ZKClient(self.zk_hosts, session_timeout=10)
+            await self.zk.start()
+        await self.zk.create(f"{self.shard}/election/{ip}:5432:10002:5433-", {"ip": ip},
+                             ephemeral=True, sequence=True, makepath=True)
+        self.registered.add(ip)
+
+    async def restore(self, zfs, **kw):
+        await self.member(kw["listen_host"])
+        kw.setdefault("secret", self.secret)
+        return await restore(zfs, **kw)
 
     def dataset(self, rel: str, mounted: bool = True) -> tuple[str, Path]:
         mnt = self.base / rel
@@ -80,9 +124,13 @@ class Env:
 
     async def backupserver(self, dataset: str, ip: str, **extra) -> tuple[subprocess.Popen, str]:
         port = free_port(ip)
+        await self.member(ip)
         cfg = {
             "backupSenderCfg": extra.pop("backupSenderCfg", {"dataset": dataset}),
             "backupServerCfg": {"host": ip, "port": port, **extra.pop("server", {})},
+            "secretFile": self.secret_file,
+            "zkCfg": {"connStr": self.zk_hosts, "sessionTimeout": 10000},
+            "shardPath": self.shard,
             **extra,
         }
         path = self.base / f"backupserver-{port}.json"
@@ -107,6 +155,8 @@ class Env:
         for proc in self.servers:
             terminate(proc.pid, timeout=10)
             proc.wait(5)
+        if self.zk is not None:
+            await self.zk.close()
         for node in self.pg_nodes:
             await node.kill()
         self.pool.destroy()
@@ -114,12 +164,12 @@ class Env:
 
 
 @pytest.fixture
-async def env(zfs_fuse):
+async def env(zfs_fuse, zk_hosts):
     base = Path(tempfile.mkdtemp(prefix=f"mbr-{uuid.uuid4().hex[:6]}-", dir="/tmp"))
     os.chmod(base, 0o755)  # PostgreSQL runs as postgres and must reach its data dir
     pool = ZfsPool(base / "pool", size="2G")
     pool.create()
-    e = Env(base, pool)
+    e = Env(base, pool, zk_hosts)
     try:
         yield e
     finally:
@@ -185,7 +235,7 @@ async def test_restore_postgres_through_backupserver(env, zk_hosts):
                                         shardPath=shard)
         listen_port = free_port(ip_b)
         seen: list[RestoreProgress] = []
-        result = await restore(
+        result = await env.restore(
             env.zfs,
             dataset=ds_b,
             mountpoint=mnt_b,
@@ -248,7 +298,7 @@ async def test_restore_onto_new_dataset(env):
     _, url = await env.backupserver(ds_a, ip_a)
     ds_c = f"{env.pool.name}/c"
     mnt_c = env.base / "c"
-    result = await restore(
+    result = await env.restore(
         env.zfs, dataset=ds_c, mountpoint=mnt_c, backup_url=url, listen_host=ip_b,
         listen_port=free_port(ip_b), owner="postgres", poll_interval=0.1, timeout=60,
     )
@@ -296,7 +346,7 @@ async def test_backupserver_killed_mid_stream(env):
 
     started = time.monotonic()
     with pytest.raises(RestoreError) as err:
-        await restore(
+        await env.restore(
             env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
             listen_port=listen[1], poll_interval=0.05, timeout=60, progress=kill_when_streaming,
         )
@@ -329,7 +379,7 @@ async def test_restore_cancelled_mid_stream(env):
             streaming.set()
 
     task = asyncio.ensure_future(
-        restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
+        env.restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
                 listen_port=listen[1], poll_interval=0.05, timeout=60, progress=note)
     )
     await asyncio.wait_for(streaming.wait(), 30)
@@ -355,7 +405,7 @@ async def test_restore_refused_rolls_back(env):
     """Wrong secret: the request is refused (401) and B is left as it was."""
     ip_a, ip_b = random_loopback_ip(), random_loopback_ip()
     ds_a, _ = env.dataset("a")
-    _, url = await env.backupserver(ds_a, ip_a, server={"secret": "right-secret-123"})
+    _, url = await env.backupserver(ds_a, ip_a)
     # B's mountpoint is inherited from its parent: the rollback must restore that too.
     env.dataset("nodes")
     ds_b, mnt_b = f"{env.pool.name}/nodes/b", env.base / "nodes" / "b"
@@ -364,13 +414,13 @@ async def test_restore_refused_rolls_back(env):
     assert (await env.zfs.run("get", "-H", "-o", "source", "mountpoint", ds_b)).startswith("inherited")
     listen = (ip_b, free_port(ip_b))
     with pytest.raises(RestoreError, match="HTTP 401"):
-        await restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
-                      listen_port=listen[1], secret="wrong-secret-456", poll_interval=0.1, timeout=30)
+        await env.restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
+                      listen_port=listen[1], secret="another-shards-secret-456", poll_interval=0.1, timeout=30)
     _assert_invariant_after_failure(env, ds_b, mnt_b, listen)
     assert (await env.zfs.run("get", "-H", "-o", "source", "mountpoint", ds_b)).startswith("inherited")
     # ... and the right secret works.
-    await restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
-                  listen_port=listen[1], secret="right-secret-123", poll_interval=0.1, timeout=30)
+    await env.restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
+                  listen_port=listen[1], poll_interval=0.1, timeout=30)
     assert not (mnt_b / "marker").exists()
 
 
@@ -381,7 +431,7 @@ async def test_restore_with_listen_port_taken_touches_nothing(env):
     port = blocker.sockets[0].getsockname()[1]
     try:
         with pytest.raises(RestoreError, match=f"cannot listen on {re.escape(ip_b)}:{port}"):
-            await restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url="http://127.0.0.1:9",
+            await env.restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url="http://127.0.0.1:9",
                           listen_host=ip_b, listen_port=port, timeout=10)
     finally:
         blocker.close()
@@ -392,17 +442,19 @@ async def test_restore_with_listen_port_taken_touches_nothing(env):
 # ------------------------------------------------------------------------ membership
 
 
-async def test_only_shard_members_may_ask(zk_hosts):
+async def test_only_shard_members_may_ask(zk_hosts, tmp_path):
     """Real ZooKeeper election children decide who may request and receive a backup."""
     member, other, target_ok, target_bad = (random_loopback_ip() for _ in range(4))
     shard = f"/manatee/{uuid.uuid4().hex[:6]}"
     port = free_port(member)
+    secret_file, secret = make_secret_file(tmp_path)
     config = BackupServerConfig.model_validate(
         {
             "backupSenderCfg": {"dataset": f"nopool{uuid.uuid4().hex[:6]}/ds"},
             "backupServerCfg": {"host": "0.0.0.0", "port": port},
             "zkCfg": {"connStr": zk_hosts, "sessionTimeout": 10000},
             "shardPath": shard,
+            "secretFile": secret_file,
         }
     )
     import structlog
@@ -414,15 +466,12 @@ async def test_only_shard_members_may_ask(zk_hosts):
         await wait_port_async("127.0.0.1", port, 20)
 
         async def post(source: str, host: str) -> tuple[int, dict]:
-            conn = aiohttp.TCPConnector(local_addr=(source, 0))
-            async with aiohttp.ClientSession(connector=conn) as http:
-                async with http.post(f"http://127.0.0.1:{port}/backup",
-                                     json={"host": host, "port": 10001, "dataset": "p/d"}) as r:
-                    return r.status, await r.json()
+            return await signed_post(f"http://127.0.0.1:{port}", {"host": host, "port": 10001, "dataset": "p/d",
+                                                                  "streamToken": "ab" * 32}, secret, source)
 
-        # No election node yet: the shard is unknown, anyone may ask.
+        # No election node (yet, or a typo in shardPath): nobody is a member (fail closed).
         status, body = await post(other, target_bad)
-        assert status == 200, body
+        assert status == 403, body
 
         zk = await _election(zk_hosts, shard, member, target_ok)
         status, body = await post(other, target_ok)
@@ -456,11 +505,13 @@ async def test_only_shard_members_may_ask(zk_hosts):
     assert not port_open("127.0.0.1", port)
 
 
-async def test_unreachable_zookeeper_fails_closed():
+async def test_unreachable_zookeeper_fails_closed(tmp_path):
     dead = free_port("127.0.0.1")
     port = free_port("127.0.0.1")
+    secret_file, secret = make_secret_file(tmp_path)
     config = BackupServerConfig.model_validate(
         {
+            "secretFile": secret_file,
             "backupSenderCfg": {"dataset": "nopool/ds"},
             "backupServerCfg": {"host": "127.0.0.1", "port": port},
             "zkCfg": {"connStr": f"127.0.0.1:{dead}", "sessionTimeout": 4000, "connectTimeout": 500},
@@ -473,11 +524,10 @@ async def test_unreachable_zookeeper_fails_closed():
     server = asyncio.ensure_future(backupserver_run(config, structlog.get_logger("test"), stop))
     try:
         await wait_port_async("127.0.0.1", port, 20)
+        status, body = await signed_post(f"http://127.0.0.1:{port}", {"host": "127.0.0.1", "port": 1,
+                                         "dataset": "p", "streamToken": "ab" * 32}, secret)
+        assert status == 503 and "ZooKeeper" in body["message"]
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"http://127.0.0.1:{port}/backup",
-                                 json={"host": "127.0.0.1", "port": 1, "dataset": "p"}) as r:
-                assert r.status == 503
-                assert "ZooKeeper" in (await r.json())["message"]
             async with http.get(f"http://127.0.0.1:{port}/ping") as r:
                 assert r.status == 200
     finally:
@@ -537,11 +587,13 @@ async def test_hung_receiver_fails_the_job_and_frees_everything(env):
     hung.bind((ip_r, 0))
     hung.listen(1)
     hung_port = hung.getsockname()[1]
+    await env.member(ip_r)
     try:
+        status, body = await signed_post(url, {"host": ip_r, "port": hung_port, "dataset": "x/y",
+                                               "streamToken": "00" * 32}, env.secret, source=ip_r)
+        assert status == 200, body
+        jobpath = body["jobPath"]
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/backup", json={"host": ip_r, "port": hung_port, "dataset": "x/y"}) as r:
-                assert r.status == 200
-                jobpath = (await r.json())["jobPath"]
             for _ in range(200):
                 async with http.get(url + jobpath) as r:
                     job = await r.json()
@@ -555,3 +607,150 @@ async def test_hung_receiver_fails_the_job_and_frees_everything(env):
         assert not zfs_processes_on(env.pool.name)
     finally:
         hung.close()
+
+
+# ------------------------------------------------------------------------ authentication (issue 9)
+
+
+class _Recorder:
+    """A logger that keeps (event, fields)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def _rec(self, event, **kw):
+        self.events.append((event, kw))
+
+    info = warning = error = debug = exception = _rec
+
+
+async def _strangers(ip: str, port: int, stop: asyncio.Event, log: list[str]) -> list[socket.socket]:
+    """Knock on the restoring node's zfs port as soon as it listens: one connection sends a
+    (fake) zfs stream, one says nothing; both connect before the real sender can."""
+    loop = asyncio.get_running_loop()
+    held: list[socket.socket] = []
+    for payload in (b"\x00\x00\x00\x00\xac\xcb\xba\xf5" + os.urandom(4096), None):
+        while not stop.is_set():
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                await loop.sock_connect(s, (ip, port))
+            except OSError:
+                s.close()
+                await asyncio.sleep(0.005)
+                continue
+            log.append("connected" + (" and sent a stream" if payload else " silently"))
+            if payload:
+                with contextlib.suppress(OSError):
+                    await loop.sock_sendall(s, payload)
+            held.append(s)
+            break
+    return held
+
+
+async def test_a_strangers_connection_never_reaches_zfs_recv(env):
+    """Strangers connect to the restoring node's zfs port first (one sends a fake stream, one
+    stays silent): neither reaches zfs recv, and the restore completes from the real upstream."""
+    ip_a, ip_b, ip_x = random_loopback_ip(), random_loopback_ip(), random_loopback_ip()
+    ds_a, mnt_a = env.dataset("a")
+    (mnt_a / "marker").write_text("from the real upstream")
+    with open(mnt_a / "random.bin", "wb") as f:
+        f.write(os.urandom(8 << 20))
+    _, url = await env.backupserver(ds_a, ip_a)
+    ds_b, mnt_b = env.dataset("b")
+    (mnt_b / "marker").write_text("the old copy")
+    listen = (ip_b, free_port(ip_b))
+    stop, knocks, log = asyncio.Event(), [], _Recorder()
+    strangers = asyncio.ensure_future(_strangers(ip_b, listen[1], stop, knocks))
+    try:
+        result = await env.restore(env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url,
+                                   listen_host=listen[0], listen_port=listen[1], owner="postgres",
+                                   poll_interval=0.1, timeout=60, logger=log)
+    finally:
+        stop.set()
+        held = await strangers
+        for s in held:
+            s.close()
+    assert knocks == ["connected and sent a stream", "connected silently"], knocks
+    rejected = [kw for ev, kw in log.events if ev == "restore_stream_rejected"]
+    assert rejected and all("bad header" in r["reason"] or "no header" in r["reason"] for r in rejected), rejected
+    connected = [kw for ev, kw in log.events if ev == "restore_stream_connected"]
+    assert len(connected) == 1 and ip_a in connected[0]["peer"], connected
+    assert (mnt_b / "marker").read_text() == "from the real upstream"
+    assert (mnt_b / "random.bin").stat().st_size == 8 << 20
+    assert result.bytes > 8 << 20
+    assert not port_open(*listen)
+    del ip_x
+
+
+async def test_backup_requests_without_proof_change_nothing(env):
+    """POST /backup without the shard secret's proof → 401, from a non-member or naming one → 403,
+    and with the shard's election node missing → 403: no job, no snapshot, no connection."""
+    ip_a, ip_b, ip_x = random_loopback_ip(), random_loopback_ip(), random_loopback_ip()
+    ds_a, _ = env.dataset("a")
+    _, url = await env.backupserver(ds_a, ip_a)
+    await env.member(ip_b)
+    catcher = socket.socket()  # where a leaked stream would go
+    catcher.bind((ip_b, 0))
+    catcher.listen(8)
+    catcher.setblocking(False)
+    body = {"host": ip_b, "port": catcher.getsockname()[1], "dataset": "x/y", "streamToken": "ab" * 32}
+    try:
+        # 401: no proof, the old Bearer scheme, another shard's secret, a replayed request.
+        assert (await signed_post(url, body, None, ip_b))[0] == 401
+        data = json.dumps(body).encode()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(ip_b, 0))) as http:
+            async with http.post(f"{url}/backup", data=data, headers={
+                    "Content-Type": "application/json", "Authorization": "Bearer " + env.secret.keys[0].decode()}) as r:
+                assert r.status == 401 and "Bearer" in (await r.json())["message"]
+            signed = {"Content-Type": "application/json", **sign_request(env.secret, "POST", "/backup",
+                                                                         json.dumps({**body, "port": 1}).encode())}
+            async with http.post(f"{url}/backup", data=data, headers=signed) as r:  # body swapped
+                assert r.status == 401
+        assert (await signed_post(url, body, ShardSecret.of("another-shards-secret-xyz"), ip_b))[0] == 401
+        # 403: a signed request from a stranger's address, or naming a stranger's address.
+        status, err = await signed_post(url, body, env.secret, ip_x)
+        assert status == 403 and f"requester {ip_x}" in err["message"]
+        status, err = await signed_post(url, {**body, "host": ip_x}, env.secret, ip_b)
+        assert status == 403 and f"host {ip_x}" in err["message"]
+        # 403: the shard's election node is gone (e.g. a typo in shardPath): fail closed.
+        await env.zk.close()
+        env.zk = None
+        zk = ZKClient(env.zk_hosts, session_timeout=10)
+        await zk.start()
+        try:
+            await zk.delete(f"{env.shard}/election", recursive=True)
+        finally:
+            await zk.close()
+        status, err = await signed_post(url, body, env.secret, ip_b)
+        assert status == 403, err
+        # Nothing happened: no job ran, no snapshot was taken, nobody connected.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/ping") as r:
+                ping = await r.json()
+        assert ping["running"] == 0 and ping["queued"] == 0
+        snaps = (await env.zfs.run("list", "-H", "-t", "snapshot", "-o", "name", "-r", ds_a)).split()
+        assert snaps == []
+        with pytest.raises(BlockingIOError):
+            catcher.accept()
+    finally:
+        catcher.close()
+
+
+def test_backupserver_refuses_to_start_without_a_usable_secret(tmp_path):
+    secret = tmp_path / "shard.secret"
+    secret.write_text("a-long-enough-shard-secret-123\n")
+    os.chmod(secret, 0o644)
+    base = {"backupSenderCfg": {"dataset": "pool/ds"}, "zkCfg": {"connStr": "127.0.0.1:9"}, "shardPath": "/m/1"}
+    for cfg, words in [
+        (base, "secretFile is required"),
+        ({**base, "secretFile": str(secret)}, "chmod 600"),
+        ({**base, "secretFile": str(tmp_path / "missing")}, "does not exist"),
+    ]:
+        path = tmp_path / "backupserver.json"
+        path.write_text(json.dumps(cfg))
+        cp = subprocess.run([BACKUPSERVER, "-f", str(path)], capture_output=True, text=True, timeout=30)
+        assert cp.returncode == 2, cp
+        last = cp.stderr.strip().splitlines()[-1]  # one clear line (after the "starting" log record)
+        assert words in last and "secretFile" in last and "Traceback" not in cp.stderr, cp.stderr
+        assert "a-long-enough" not in cp.stderr

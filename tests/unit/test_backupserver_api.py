@@ -17,8 +17,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from manatee.backupserver.jobs import BackupJob, JobQueue
 from manatee.backupserver.membership import MembershipUnavailable, StaticMembership
 from manatee.backupserver.server import make_app
+from manatee.core.auth import RequestVerifier, ShardSecret, sign_request
 
-GOOD = {"host": "127.0.0.1", "port": 10001, "dataset": "zones/manatee/data"}
+TOKEN = "ab" * 32
+GOOD = {"host": "127.0.0.1", "port": 10001, "dataset": "zones/manatee/data", "streamToken": TOKEN}
+SECRET = ShardSecret.of("the-shard-secret-0123456789")
+MEMBERS = {"127.0.0.1", "127.0.0.2", "::1"}
 
 
 class FakeSender:
@@ -55,6 +59,8 @@ async def _client(sender, **kw) -> tuple[TestClient, JobQueue]:
             return host
         raise OSError(f"unknown host {host}")
 
+    kw.setdefault("verifier", RequestVerifier(SECRET))
+    kw.setdefault("membership", StaticMembership(MEMBERS))
     app = make_app(queue=queue, resolver=resolver, **kw)
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
@@ -76,9 +82,10 @@ async def api(sender):
     await client.close()
 
 
-async def _post(client, body, *, raw: bytes | None = None, headers=None):
+async def _post(client, body, *, raw: bytes | None = None, headers=None, secret=SECRET, **sign):
     data = raw if raw is not None else json.dumps(body).encode()
     h = {"Content-Type": "application/json"}
+    h.update(sign_request(secret, "POST", "/backup", data, **sign))
     h.update(headers or {})
     return await client.post("/backup", data=data, headers=h)
 
@@ -177,6 +184,10 @@ async def test_failed_job_reports_failed_and_error(sender):
         ({**GOOD, "dataset": "1pool/ds"}, "InvalidArgument", ["dataset", "start with a letter"]),
         ({**GOOD, "dataset": "p/" + "x" * 300}, "InvalidArgument", ["dataset", "255"]),
         ({**GOOD, "host": "node-x.example"}, "InvalidArgument", ["host", "resolve"]),
+        ({k: v for k, v in GOOD.items() if k != "streamToken"}, "MissingParameter", ["streamToken"]),
+        ({**GOOD, "streamToken": "AB" * 32}, "InvalidArgument", ["streamToken", "hex"]),
+        ({**GOOD, "streamToken": "ab"}, "InvalidArgument", ["streamToken"]),
+        ({**GOOD, "streamToken": 7}, "InvalidArgument", ["streamToken"]),
     ],
 )
 async def test_validation_rejects(api, body, code, words):
@@ -192,9 +203,9 @@ async def test_validation_rejects(api, body, code, words):
 @pytest.mark.parametrize(
     "body",
     [
-        {"host": "::1", "port": 1, "dataset": "p"},
-        {"host": "node-a.example", "port": 65535, "dataset": "zones/a-b_c.d:e"},
-        {"host": "127.0.0.1", "port": 10001, "dataset": "tank/manatee"},
+        {"host": "::1", "port": 1, "dataset": "p", "streamToken": TOKEN},
+        {"host": "node-a.example", "port": 65535, "dataset": "zones/a-b_c.d:e", "streamToken": TOKEN},
+        {"host": "127.0.0.1", "port": 10001, "dataset": "tank/manatee", "streamToken": "0f" * 32},
     ],
 )
 async def test_validation_accepts(api, body):
@@ -245,7 +256,7 @@ async def test_oversized_chunked_body_413(api):
 
 
 async def test_wrong_content_type_415(api):
-    r = await api.post("/backup", data=json.dumps(GOOD), headers={"Content-Type": "text/plain"})
+    r = await _post(api, GOOD, headers={"Content-Type": "text/plain"})
     assert r.status == 415
     err = await r.json()
     assert err["code"] == "UnsupportedMediaType"
@@ -276,22 +287,51 @@ async def test_unknown_route_and_method(api):
     await _assert_ping(api)
 
 
-async def test_secret_required(sender):
-    client, queue = await _client(sender, secret="s3cret-token")
+@pytest.mark.parametrize(
+    "how, words",
+    [
+        (dict(secret=None), ["missing Authorization"]),
+        (dict(secret=None, headers={"Authorization": "Bearer the-shard-secret-0123456789"}), ["Bearer", "upgraded"]),
+        (dict(secret=ShardSecret.of("another-shards-secret-xyz")), ["bad signature"]),
+        (dict(now=1_000_000_000), ["clock", "NTP"]),
+        (dict(headers={"Authorization": "Manatee-HMAC-SHA256 ts=1, nonce=zz, sig=00"}), ["nonce"]),
+        (dict(raw=json.dumps({**GOOD, "port": 10002}).encode(),
+              headers={"Authorization": sign_request(SECRET, "POST", "/backup", json.dumps(GOOD).encode())
+                       ["Authorization"]}), ["bad signature"]),  # the body is not what was signed
+    ],
+)
+async def test_without_valid_proof_401_and_no_job(sender, how, words):
+    client, queue = await _client(sender)
     try:
-        r = await _post(client, GOOD)
-        assert r.status == 401
+        how = dict(how)
+        raw = how.pop("raw", None)
+        r = await _post(client, GOOD, raw=raw, **how)
+        assert r.status == 401, await r.text()
         err = await r.json()
-        assert err["code"] == "NotAuthorized" and "Authorization" in err["message"]
-        r = await _post(client, GOOD, headers={"Authorization": "Bearer wrong"})
-        assert r.status == 401
-        assert "bad credentials" in (await r.json())["message"]
-        r = await _post(client, GOOD, headers={"Authorization": "Basic s3cret-token"})
-        assert r.status == 401
+        assert err["code"] == "NotAuthorized" and r.headers["WWW-Authenticate"] == "Manatee-HMAC-SHA256"
+        for w in words:
+            assert w in err["message"], (w, err["message"])
+        assert queue.jobs() == [] and sender.jobs == []
         await _assert_ping(client)
-        r = await _post(client, GOOD, headers={"Authorization": "Bearer s3cret-token"})
+    finally:
+        await queue.close()
+        await client.close()
+
+
+async def test_signed_request_works_once_and_previous_secret_is_accepted(sender):
+    rotated = ShardSecret.of("the-new-shard-secret-0123", "the-shard-secret-0123456789")
+    client, queue = await _client(sender, verifier=RequestVerifier(rotated))
+    try:
+        data = json.dumps(GOOD).encode()
+        signed = sign_request(SECRET, "POST", "/backup", data)  # the previous secret still signs
+        r = await _post(client, None, raw=data, headers=signed)
         assert r.status == 200, await r.text()
-        assert len(sender.jobs) <= 1
+        job = queue.get((await r.json())["jobid"])
+        assert job.stream_token == TOKEN
+        assert TOKEN not in json.dumps(job.to_json())  # the token is never shown
+        r = await _post(client, None, raw=data, headers=signed)  # the same request again: a replay
+        assert r.status == 401 and "replayed" in (await r.json())["message"]
+        assert len(queue.jobs()) == 1
     finally:
         await queue.close()
         await client.close()
@@ -334,11 +374,14 @@ async def test_non_member_host_403(sender):
         await client.close()
 
 
-async def test_unknown_shard_allows(sender):
-    client, queue = await _client(sender, membership=StaticMembership(None))
+@pytest.mark.parametrize("membership", [None, StaticMembership(set())], ids=["not-configured", "no-election"])
+async def test_unknown_shard_refuses(sender, membership):
+    """Fail closed: no membership configured, or a shard without election node, admits nobody."""
+    client, queue = await _client(sender, membership=membership)
     try:
-        r = await _post(client, {**GOOD, "host": "127.0.0.9"})
-        assert r.status == 200
+        r = await _post(client, {**GOOD, "host": "127.0.0.1"})
+        assert r.status == 403, await r.text()
+        assert queue.jobs() == []
     finally:
         await queue.close()
         await client.close()

@@ -26,17 +26,26 @@ def test_shipped_config_is_valid():
     assert cfg.shardPath and cfg.zkCfg
 
 
+SECURE = {"secretFile": "/etc/manatee/shard.secret", "zkCfg": {"connStr": "10.0.0.1:2181"}, "shardPath": "/manatee/1"}
+
+
 def test_defaults(tmp_path):
-    cfg = _load(tmp_path, {"backupSenderCfg": {"dataset": "zones/manatee/pg"}})
+    cfg = _load(tmp_path, {"backupSenderCfg": {"dataset": "zones/manatee/pg"}, **SECURE})
     assert cfg.backupSenderCfg.zfsPath == "/usr/sbin/zfs"
     s = cfg.backupServerCfg
-    assert (s.port, s.host, s.secret) == (10002, "0.0.0.0", None)
+    assert (s.port, s.host) == (10002, "0.0.0.0")
     assert (s.maxConcurrentSends, s.maxQueuedJobs, s.maxBodyBytes) == (2, 8, 16384)
-    assert cfg.zkCfg is None and cfg.shardPath is None
+    assert (s.maxConnections, s.idleTimeout) == (256, 10000)
+    assert cfg.insecure is False
+
+
+def test_insecure_mode_needs_neither_secret_nor_zookeeper(tmp_path):
+    cfg = _load(tmp_path, {"backupSenderCfg": {"dataset": "p/d"}, "insecure": True})
+    assert cfg.secretFile is None and cfg.zkCfg is None
 
 
 def test_zk_settings(tmp_path):
-    cfg = _load(tmp_path, {"backupSenderCfg": {"dataset": "p/d"},
+    cfg = _load(tmp_path, {"backupSenderCfg": {"dataset": "p/d"}, "secretFile": "/s",
                            "zkCfg": {"connStr": "10.0.0.1:2181,10.0.0.2:2181/chroot"},
                            "shardPath": "/manatee/1"})
     assert cfg.zkCfg.sessionTimeout == 60000
@@ -47,13 +56,25 @@ def test_zk_settings(tmp_path):
     [
         ({}, "backupSenderCfg", "required"),
         ({"backupSenderCfg": {"dataset": ""}}, "backupSenderCfg.dataset", "empty"),
-        ({"backupSenderCfg": {"dataset": "p/d"}, "backupServerCfg": {"secret": "short"}},
-         "backupServerCfg.secret", "at least 8"),
+        ({"backupSenderCfg": {"dataset": "p/d"}, "backupServerCfg": {"secret": "short-secret"}},
+         "backupServerCfg", "replaced by the top-level secretFile"),
+        ({"backupSenderCfg": {"dataset": "p/d"}}, None, "secretFile is required"),
+        ({"backupSenderCfg": {"dataset": "p/d"}, "secretFile": "/s"}, None, "zkCfg and shardPath are required"),
+        ({"backupSenderCfg": {"dataset": "p/d"}, "secretFile": "/s", "insecure": True}, None, "contradict"),
+        ({"backupSenderCfg": {"dataset": "p/d"}, "secretFile": "rel/path", "insecure": False}, "secretFile",
+         "absolute"),
+        ({"backupSenderCfg": {"dataset": "p/d"}, "backupServerCfg": {"port": True}, **SECURE},
+         "backupServerCfg.port", "not true/false"),
+        ({"backupSenderCfg": {"dataset": "p/d", "stallTimeout": 1e9}, **SECURE},
+         "backupSenderCfg.stallTimeout", "less than or equal"),
+        ({"backupSenderCfg": {"dataset": "p/d"}, "zkCfg": {"connStr": "h:1", "sessionTimeout": 10**9},
+          "shardPath": "/m", "secretFile": "/s"}, "zkCfg.sessionTimeout", "less than or equal"),
         ({"backupSenderCfg": {"dataset": "p/d"}, "backupServerCfg": {"host": "bad host"}},
          "backupServerCfg.host", "listen address"),
         ({"backupSenderCfg": {"dataset": "p/d"}, "backupServerCfg": {"maxBodyBytes": 10}},
          "backupServerCfg.maxBodyBytes", "greater than"),
-        ({"backupSenderCfg": {"dataset": "p/d"}, "shardPath": "/manatee/1"}, None, "zkCfg is missing"),
+        ({"backupSenderCfg": {"dataset": "p/d"}, "shardPath": "/manatee/1", "secretFile": "/s"}, None,
+         "zkCfg is missing"),
         ({"backupSenderCfg": {"dataset": "p/d"}, "zkCfg": {"connStr": "h:1"}, "shardPath": "manatee"},
          "shardPath", "absolute"),
         ({"backupSenderCfg": {"dataset": "p/d"}, "zkCfg": {"connStr": "h:99999"}, "shardPath": "/m"},
@@ -86,4 +107,4 @@ async def test_static_membership_canonicalises_addresses():
     assert await m.is_member("::ffff:127.0.0.1") is True
     assert await m.is_member("0:0:0:0:0:0:0:1") is True
     assert await m.is_member("127.0.0.2") is False
-    assert await StaticMembership(None).is_member("1.2.3.4") is None
+    assert await StaticMembership(set()).is_member("1.2.3.4") is False

@@ -71,3 +71,50 @@ def test_frozen(tmp_path):
     c = load_config(write(tmp_path, "a.json", '{"dataset": "p/d"}'), Sample)
     with pytest.raises(Exception):
         c.dataset = "other"
+
+
+# ---------------------------------------------------------------- strictness shared by every daemon
+
+def _sitter(**over):
+    from manatee.sitter.config import SitterConfig
+    from manatee.core.config import validate
+
+    cfg = json.loads(open("etc/sitter.json").read())
+    for k, v in over.items():
+        d, *path = k.split(".")
+        tgt = cfg
+        for p in [d, *path][:-1]:
+            tgt = tgt[p]
+        tgt[[d, *path][-1]] = v
+    return validate(cfg, SitterConfig, "sitter.json")
+
+
+@pytest.mark.parametrize("key", ["postgresPort", "statusPort", "ttl", "heartbeatCfg.heartbeatInterval",
+                                 "postgresMgrCfg.zfsClientCfg.zfsPort", "statusServerCfg.maxConnections"])
+def test_a_bool_is_never_a_number(key):
+    with pytest.raises(ConfigError) as e:
+        _sitter(**{key: True})
+    assert e.value.key == key and "not true/false" in str(e.value)
+
+
+def test_bool_fields_still_take_bools():
+    assert _sitter(**{"postgresMgrCfg.oneNodeWriteMode": True}).postgresMgrCfg.oneNodeWriteMode is True
+
+
+@pytest.mark.parametrize("key, value", [
+    ("postgresMgrCfg.replicationAuth.password", 12345678901),
+    ("postgresMgrCfg.replicationAuth.password", ["hunter2-hunter2"]),
+])
+def test_secrets_are_never_echoed(key, value):
+    with pytest.raises(ConfigError) as e:
+        _sitter(**{key: value})
+    assert "12345678901" not in str(e.value) and "hunter2" not in str(e.value)
+    assert "not shown" in str(e.value)
+
+
+def test_sitter_needs_the_shard_secret_or_insecure():
+    with pytest.raises(ConfigError, match="secretFile is required"):
+        _sitter(secretFile=None)
+    assert _sitter(secretFile=None, insecure=True).insecure is True
+    with pytest.raises(ConfigError, match="backupSecret was replaced by secretFile"):
+        _sitter(backupSecret="x" * 20)

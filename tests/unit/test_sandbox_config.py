@@ -47,7 +47,8 @@ def test_generated_configs_validate_with_the_daemons_models(tmp_path):
     assert sitter.postgresMgrCfg.zfsClientCfg.dataset == b.dataset == snap.dataset == backup.backupSenderCfg.dataset
     assert sitter.postgresMgrCfg.replicationAuth.password == "pw-123456"
     assert not sitter.postgresMgrCfg.oneNodeWriteMode
-    assert sitter.backupSecret == backup.backupServerCfg.secret == st.secret
+    assert sitter.secretFile == backup.secretFile == st.secret_file  # one shard secret for every daemon
+    assert not sitter.insecure and not backup.insecure
     assert sitter.backupPort == backup.backupServerCfg.port and backup.backupServerCfg.host == b.ip
     assert snap.healthUrl == f"{b.status_url}/ping"
     assert backup.shardPath == sitter.shardPath and backup.zkCfg.connStr == sitter.zkCfg.connStr
