@@ -132,3 +132,26 @@ def test_unreadable_state_never_writes_promotes_or_rebuilds_in_any_combination(m
         place = state.place_of(me.id) if state else None
         if d.target.role == PRIMARY:  # only the last-known primary keeps (never gains) the role
             assert place == "primary", o
+
+
+# ---------------------------------------------------------------- backupserver membership
+def test_backupserver_membership_counts_only_well_formed_election_nodes():
+    import asyncio
+    import json
+
+    from manatee.backupserver.membership import ShardMembership
+
+    nodes = {f"{A.id}-0000000001": json.dumps(_data(A)).encode(), ROGUE: b'{"ip": "127.0.0.99"}',
+             "10.9.9.9:1:2:3-0000000002": b"not json"}
+
+    class FakeZk:  # the two reads ShardMembership makes
+        async def get_children(self, path):
+            assert path == "/manatee/1/election"
+            return list(nodes)
+
+        async def get(self, path):
+            return nodes[path.rsplit("/", 1)[1]], None
+
+    m = ShardMembership(FakeZk(), "/manatee/1")
+    assert asyncio.run(m.members()) == {A.ip}
+    assert asyncio.run(m.is_member("127.0.0.99")) is False
