@@ -37,7 +37,7 @@ import psycopg2.extensions
 
 from manatee.core import nofollow
 from manatee.core.lsn import Lsn
-from manatee.core.pgconfig import render_conninfo
+from manatee.core.pgconfig import create_role_sql, render_conninfo
 from manatee.core.procs import pid_alive
 
 try:
@@ -499,6 +499,35 @@ class PostgresProcess:
             if time.monotonic() >= deadline:
                 raise PgError(f"postgres processes of {self.data_dir} still alive after SIGKILL: {left}")
             await asyncio.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- roles
+
+
+async def ensure_role(client: PgClient, name: str, password: str | None, *,
+                      replication: bool = False, superuser: bool = False) -> bool:
+    """Create login role `name` on a primary if it does not exist; True if created.
+
+    An existing role is left as it is (its password included: rotation is an operator's
+    ALTER ROLE, see docs/security-postgres.md). The statement runs in its own read-write
+    transaction with ``synchronous_commit = local``: a primary kept read-only, or waiting
+    for a sync that is not there yet, still creates it at once (it reaches the standbys
+    with the WAL). The password travels as a SCRAM verifier, never in clear.
+    """
+    rows = await client.query("select rolsuper, rolreplication from pg_roles where rolname = %s", (name,))
+    if rows:
+        if replication and rows[0]["rolsuper"]:
+            log.warning("pg_replication_role_is_superuser", role=name)
+        return False
+    sql = create_role_sql(name, password, replication=replication, superuser=superuser)
+    try:
+        await client.execute(f"begin read write; set local synchronous_commit = local; {sql}; commit")
+    except PgError as e:
+        if e.pgcode == "42710":  # duplicate_object: created meanwhile
+            return False
+        raise
+    log.info("pg_role_created", role=name, replication=replication, superuser=superuser)
+    return True
 
 
 # --------------------------------------------------------------------------- queries
