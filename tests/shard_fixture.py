@@ -6,8 +6,8 @@ endpoints, so the writer follows failovers as a client would), the roles the sit
 report, the topology and history from ZooKeeper, bounded waits that say what they were
 waiting for, and the data checks of ACCEPTANCE S1–S4/S7 in one call.
 
-Clients connect over TCP with the replication password: the sitter's pg_hba admits
-clients from 127.0.0.1 with it, and over TCP the writer's `node` column names the node
+Clients connect over TCP as the superuser with the admin password (the sandbox's
+adminAuth admits it from 127.0.0.0/8; the replication password opens no database), and over TCP the writer's `node` column names the node
 that executed each insert (over the unix socket every node would be "local:5432",
 and S1 could not tell writers apart).
 """

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"address of node a; ZooKeeper gets the one below (default {DEFAULT_FIRST_IP})")
     up.add_argument("--timeout", type=float, default=240.0, metavar="S",
                     help="how long to wait for a healthy shard (default 240)")
-    up.add_argument("--auth", choices=["scram-sha-256", "md5", "trust"], default="scram-sha-256",
+    up.add_argument("--auth", choices=["scram-sha-256", "md5"], default="scram-sha-256",
                     help="PostgreSQL auth for replication between nodes (default scram-sha-256)")
     up.add_argument("--zk-servers", type=int, choices=[1, 3], default=1, metavar="{1,3}",
                     help="ZooKeeper servers: 1 standalone (default) or a 3-server ensemble on ZooKeeper's address")

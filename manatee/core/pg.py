@@ -40,8 +40,9 @@ from typing import Any, Literal
 import psycopg2
 import psycopg2.extensions
 
+from manatee.core import nofollow
 from manatee.core.lsn import Lsn
-from manatee.core.pgconfig import render_conninfo
+from manatee.core.pgconfig import create_role_sql, render_conninfo
 from manatee.core.procs import pid_alive
 
 try:
@@ -93,19 +94,13 @@ def _as_user(user: str) -> dict[str, Any]:
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": os.getgrouplist(user, pw.pw_gid)}
 
 
-def _chown(path: Path, user: str, mode: int | None = None) -> None:
-    pw = pwd.getpwnam(user)
-    if os.geteuid() == 0:
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-    if mode is not None:
-        os.chmod(path, mode)
-
-
 def ensure_private_dir(path: Path, user: str = "postgres") -> None:
-    """`path` exists, owned by `user`, mode 0700 (data and socket directories)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    _chown(path, user, 0o700)
+    """`path` exists, owned by `user`, mode 0700 (data and socket directories), set through
+    a descriptor of the directory itself: a link at `path` is refused, never followed."""
+    try:
+        nofollow.ensure_private_dir(path, user)
+    except nofollow.UnsafePath as e:
+        raise PgError(f"refusing to use {path}: {e.strerror}") from None
 
 
 async def run_as(
@@ -183,17 +178,19 @@ async def initdb(
         cmd.append("--no-sync")
     pwfile = None
     if password is not None:
+        # Inside the new (private, empty) data directory's parent would be reachable by the
+        # PostgreSQL user's links; create it fresh (O_EXCL|O_NOFOLLOW) through a directory
+        # descriptor, whatever was planted at that name is replaced, not written through.
         pwfile = data_dir.parent / f".{data_dir.name}.pwfile"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(password + "\n")
-        _chown(pwfile, user, 0o600)
+        with nofollow.open_dir(pwfile.parent) as dfd:
+            nofollow.create_new(dfd, pwfile.name, (password + "\n").encode(), mode=0o600, user=user)
         cmd += ["--pwfile", pwfile]
     try:
         await run_as(cmd, user=user, timeout=timeout)
     finally:
         if pwfile is not None:
-            pwfile.unlink(missing_ok=True)
+            with nofollow.open_dir(pwfile.parent) as dfd, contextlib.suppress(FileNotFoundError):
+                os.unlink(pwfile.name, dir_fd=dfd)
     log.info("pg_initdb", data_dir=str(data_dir), checksums=data_checksums)
 
 
@@ -342,7 +339,11 @@ class PostgresProcess:
             "-p", str(self.port),
             "-k", str(self.socket_dir),
         ]
-        with open(self.log_file, "ab") as logf:
+        try:
+            log_fd = nofollow.open_append(self.log_file, mode=0o640, user=self.user)
+        except OSError as e:
+            raise PgError(f"cannot open the PostgreSQL log {self.log_file}: {e}") from None
+        with os.fdopen(log_fd, "ab") as logf:
             try:
                 self._proc = await asyncio.create_subprocess_exec(
                     *argv,
@@ -386,7 +387,7 @@ class PostgresProcess:
 
     def log_tail(self, nbytes: int = 3000) -> str:
         try:
-            with open(self.log_file, "rb") as f:
+            with os.fdopen(nofollow.open_read(self.log_file), "rb") as f:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - nbytes))
                 return f.read().decode(errors="replace")
@@ -507,6 +508,35 @@ class PostgresProcess:
             if time.monotonic() >= deadline:
                 raise PgError(f"postgres processes of {self.data_dir} still alive after SIGKILL: {left}")
             await asyncio.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- roles
+
+
+async def ensure_role(client: PgClient, name: str, password: str | None, *,
+                      replication: bool = False, superuser: bool = False) -> bool:
+    """Create login role `name` on a primary if it does not exist; True if created.
+
+    An existing role is left as it is (its password included: rotation is an operator's
+    ALTER ROLE, see docs/security-postgres.md). The statement runs in its own read-write
+    transaction with ``synchronous_commit = local``: a primary kept read-only, or waiting
+    for a sync that is not there yet, still creates it at once (it reaches the standbys
+    with the WAL). The password travels as a SCRAM verifier, never in clear.
+    """
+    rows = await client.query("select rolsuper, rolreplication from pg_roles where rolname = %s", (name,))
+    if rows:
+        if replication and rows[0]["rolsuper"]:
+            log.warning("pg_replication_role_is_superuser", role=name)
+        return False
+    sql = create_role_sql(name, password, replication=replication, superuser=superuser)
+    try:
+        await client.execute(f"begin read write; set local synchronous_commit = local; {sql}; commit")
+    except PgError as e:
+        if e.pgcode == "42710":  # duplicate_object: created meanwhile
+            return False
+        raise
+    log.info("pg_role_created", role=name, replication=replication, superuser=superuser)
+    return True
 
 
 # --------------------------------------------------------------------------- queries

@@ -35,7 +35,9 @@ Choices that differ from the original Manatee (§1.6), and why:
   primary without a caught-up sync (S5) but is not the fence for S1 — that is
   synchronous replication (a commit cannot complete without the sync) plus the
   sitter stopping PostgreSQL when it loses its place.
-* pg_hba allows replication only from shard members and client access only from
+* pg_hba allows replication only to the replication role and only from shard
+  members, TCP sessions of the superuser and of the replication role are rejected
+  (unless the superuser is the configured admin role), and client access only from
   configured networks; the unix socket is ``trust`` because its directory is
   private (mode 0700, owned by the PostgreSQL user).
 """
@@ -44,12 +46,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import pwd
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from manatee.core import nofollow
 
 MANATEE_CONF = "manatee.conf"
 INCLUDE_LINE = f"include_if_exists = '{MANATEE_CONF}'"
@@ -127,14 +130,28 @@ class RoleConfig:
     #: primary_conninfo: nothing more arrives — a sync does this before it takes over, so
     #: that a cut-off old primary cannot stream commits into it beyond what it recorded).
     upstream: tuple[str, int] | None = None
+    #: The role standbys stream as (REPLICATION, not a superuser; see docs/security-postgres.md).
     replication_user: str = "postgres"
     replication_password: str | None = None
+    #: Further roles accepted for replication from members (while a shard migrates from
+    #: one replication role to another).
+    extra_replication_users: tuple[str, ...] = ()
+    #: sslmode/sslrootcert/sslcert/sslkey of the standby's replication connection (None: libpq default).
+    replication_ssl: tuple[tuple[str, str], ...] = ()
     #: Addresses (IPs or CIDRs) of shard members allowed to replicate from this node.
     members: tuple[str, ...] = ()
     #: Networks allowed ordinary client connections; None = 127.0.0.1/32 and the members.
     client_cidrs: tuple[str, ...] | None = None
-    #: pg_hba method for TCP connections (the unix socket is always trust).
-    auth_method: AuthMethod = "trust"
+    #: pg_hba method for TCP connections (the unix socket is always trust). ``trust`` is
+    #: accepted only when every network it would open is loopback.
+    auth_method: AuthMethod = "scram-sha-256"
+    #: The database superuser: over TCP only as admin_user from admin_cidrs (else socket only).
+    superuser: str = "postgres"
+    #: A role allowed ordinary sessions over TCP from admin_cidrs with admin_method (the
+    #: superuser's TCP access, when an operator asks for it); None: nobody.
+    admin_user: str | None = None
+    admin_cidrs: tuple[str, ...] = ()
+    admin_method: AuthMethod = "scram-sha-256"
     synchronous_commit: SyncCommit = "on"
     max_wal_senders: int = 15
     wal_keep_size: str = "1GB"
@@ -147,6 +164,9 @@ class RoleConfig:
     def __post_init__(self) -> None:
         # Normalise containers so the frozen config stays hashable and comparable.
         object.__setattr__(self, "members", tuple(self.members))
+        object.__setattr__(self, "extra_replication_users", tuple(self.extra_replication_users))
+        object.__setattr__(self, "admin_cidrs", tuple(self.admin_cidrs))
+        object.__setattr__(self, "replication_ssl", tuple(_items(self.replication_ssl)))
         if self.client_cidrs is not None:
             object.__setattr__(self, "client_cidrs", tuple(self.client_cidrs))
         object.__setattr__(self, "extra_settings", tuple(_items(self.extra_settings)))
@@ -165,10 +185,24 @@ class RoleConfig:
             _check_app_name("sync_standby", self.sync_standby)
         if self.role == "primary" and self.upstream is not None:
             raise ValueError("RoleConfig.upstream: a primary has no upstream")
-        for cidr in (*self.members, *(self.client_cidrs or ())):
+        for cidr in (*self.members, *(self.client_cidrs or ()), *self.admin_cidrs):
             _cidr(cidr)
-        if self.auth_method not in ("trust", "md5", "scram-sha-256", "cert"):
-            raise ValueError(f"RoleConfig.auth_method: unsupported: {self.auth_method!r}")
+        for name, method, nets in (("auth_method", self.auth_method, (*self.members, *self.effective_client_cidrs)),
+                                   ("admin_method", self.admin_method, self.admin_cidrs)):
+            if method not in ("trust", "md5", "scram-sha-256", "cert"):
+                raise ValueError(f"RoleConfig.{name}: unsupported: {method!r}")
+            wide = [c for c in nets if not ipaddress.ip_network(_cidr(c)).is_loopback]
+            if method == "trust" and wide:
+                raise ValueError(f"RoleConfig.{name}: 'trust' would let anyone on {wide[0]} in "
+                                 "without a password; use scram-sha-256 or cert")
+        for role in (self.replication_user, *self.extra_replication_users, self.superuser,
+                     *([self.admin_user] if self.admin_user is not None else [])):
+            _check_role("role name", role)
+        if self.admin_user is not None and not self.admin_cidrs:
+            raise ValueError("RoleConfig.admin_cidrs: admin_user needs the networks it may connect from")
+        for k, _ in self.replication_ssl:
+            if k not in ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl"):
+                raise ValueError(f"RoleConfig.replication_ssl: not an SSL connection parameter: {k!r}")
         for k, _ in _items(self.extra_settings):
             if not _SETTING_NAME.match(k):
                 raise ValueError(f"RoleConfig.extra_settings: bad setting name {k!r}")
@@ -266,6 +300,7 @@ def primary_conninfo(rc: RoleConfig) -> str:
             ("password", rc.replication_password),
             ("application_name", rc.application_name),
             ("connect_timeout", 5),
+            *rc.replication_ssl,
         ]
     )
 
@@ -280,22 +315,76 @@ def render_manatee_conf(rc: RoleConfig) -> str:
 
 
 def render_pg_hba(rc: RoleConfig) -> str:
-    method = rc.auth_method
-    rows = [
+    """pg_hba.conf: first matching line wins.
+
+    * the unix socket: trust (its directory is private to the database user);
+    * replication: only the replication role(s), only from members;
+    * the admin role (if any) from its own networks;
+    * the superuser and the replication role(s) are rejected for every other TCP session
+      (so the replication password opens no database, and the superuser is socket-only);
+    * everyone else: ordinary sessions from the client networks.
+
+    ``cert`` needs TLS, so its lines are ``hostssl`` (PostgreSQL refuses ``host ... cert``).
+    """
+    rows: list[tuple[str, str, str, str, str]] = [
         ("local", "all", "all", "", "trust"),
         ("local", "replication", "all", "", "trust"),
     ]
+    repl_users = ",".join(_dedup([rc.replication_user, *rc.extra_replication_users]))
     for m in _dedup(_cidr(m) for m in rc.members):
-        rows.append(("host", "replication", rc.replication_user, m, method))
+        rows.append((_host(rc.auth_method), "replication", repl_users, m, rc.auth_method))
+    if rc.admin_user is not None:
+        for c in _dedup(_cidr(c) for c in rc.admin_cidrs):
+            rows.append((_host(rc.admin_method), "all", rc.admin_user, c, rc.admin_method))
+    for user in _dedup([rc.superuser, rc.replication_user, *rc.extra_replication_users]):
+        if user != rc.admin_user:
+            rows.append(("host", "all", user, "all", "reject"))
+    rows.append(("host", "replication", "all", "all", "reject"))
     for c in rc.effective_client_cidrs:
-        rows.append(("host", "all", "all", c, method))
+        rows.append((_host(rc.auth_method), "all", "all", c, rc.auth_method))
     out = [
         "# Written by manatee. Do not edit: it is rewritten on every role change.",
-        "# unix socket: trust (its directory is private); replication: shard members only.",
+        "# unix socket: trust (its directory is private); replication: its role, shard members only;",
+        "# superuser and replication role: no other TCP session (see docs/security-postgres.md).",
         "# TYPE  DATABASE     USER         ADDRESS              METHOD",
     ]
     out += [f"{t:<7} {db:<12} {user:<12} {addr:<20} {meth}" for t, db, user, addr, meth in rows]
     return "\n".join(out) + "\n"
+
+
+def _host(method: str) -> str:
+    return "hostssl" if method == "cert" else "host"
+
+
+# --------------------------------------------------------------------------- roles
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677), so
+    that ``CREATE ROLE ... PASSWORD`` never carries the password itself (it would show in
+    the server log of a failed statement). ASCII passwords only (no SASLprep here)."""
+    import base64
+    import hashlib
+    import hmac
+
+    if not password.isascii():
+        raise ValueError("scram_verifier: non-ASCII passwords need SASLprep; use an ASCII password")
+    salt = os.urandom(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def create_role_sql(name: str, password: str | None, *, replication: bool = False, superuser: bool = False) -> str:
+    """One CREATE ROLE statement (no parameters: names and the verifier are quoted here)."""
+    _check_role("role name", name)
+    attrs = ["LOGIN", "SUPERUSER" if superuser else "NOSUPERUSER", "REPLICATION" if replication else "NOREPLICATION",
+             "NOCREATEDB", "NOCREATEROLE", "NOINHERIT"]
+    pw = f" PASSWORD '{scram_verifier(password)}'" if password else ""
+    return f"CREATE ROLE {ident_quote(name)} {' '.join(attrs)}{pw}"
 
 
 # --------------------------------------------------------------------------- files
@@ -314,15 +403,18 @@ def parse_settings(text: str) -> dict[str, str]:
 
 
 def ensure_include(data_dir: Path, *, user: str | None = "postgres") -> bool:
-    """Make postgresql.conf include manatee.conf (once, at the end). True if it was added."""
-    conf = Path(data_dir) / "postgresql.conf"
-    text = conf.read_text() if conf.exists() else ""
+    """Make postgresql.conf include manatee.conf (once, at the end). True if it was added.
+
+    A postgresql.conf that is a symbolic link (or not a plain file) is an error: manatee
+    neither follows it nor silently replaces the operator's settings."""
+    raw = nofollow.read_file(data_dir, "postgresql.conf")
+    text = raw.decode() if raw is not None else ""
     if any(line.strip() == INCLUDE_LINE for line in text.splitlines()):
         return False
     if text and not text.endswith("\n"):
         text += "\n"
     text += "\n# Role settings written by manatee (must stay last).\n" + INCLUDE_LINE + "\n"
-    _write(conf, text, user)
+    _write(Path(data_dir) / "postgresql.conf", text, user)
     return True
 
 
@@ -335,7 +427,9 @@ def install_base_config(data_dir: Path, template: Path, *, user: str | None = "p
 def write_role_config(data_dir: Path, rc: RoleConfig, *, user: str | None = "postgres") -> ConfigChange:
     """Write manatee.conf, pg_hba.conf and standby.signal for `rc`; say what applying needs.
 
-    Files are written atomically (temp + rename) and owned by `user` (None: leave owner).
+    Files are written atomically (temp + rename) and owned by `user` (None: leave owner),
+    through a descriptor of the data directory: no link planted there is followed
+    (see :mod:`manatee.core.nofollow`).
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -348,7 +442,8 @@ def write_role_config(data_dir: Path, rc: RoleConfig, *, user: str | None = "pos
         restart = True
 
     conf = data_dir / MANATEE_CONF
-    old = parse_settings(conf.read_text()) if conf.exists() else {}
+    old_raw = nofollow.read_generated(data_dir, MANATEE_CONF)
+    old = parse_settings(old_raw.decode()) if old_raw is not None else {}
     new_text = render_manatee_conf(rc)
     new = parse_settings(new_text)
     for k in _dedup([*new, *old]):
@@ -358,23 +453,23 @@ def write_role_config(data_dir: Path, rc: RoleConfig, *, user: str | None = "pos
                 reload = True
             else:
                 restart = True
-    if not conf.exists() or conf.read_text() != new_text:
+    if old_raw != new_text.encode():
         _write(conf, new_text, user)
 
     hba = data_dir / "pg_hba.conf"
     hba_text = render_pg_hba(rc)
-    if not hba.exists() or hba.read_text() != hba_text:
+    if nofollow.read_generated(data_dir, hba.name) != hba_text.encode():
         _write(hba, hba_text, user)
         changed.append("pg_hba.conf")
         reload = True
 
     signal = data_dir / STANDBY_SIGNAL
     want_signal = rc.role == "standby"
-    if signal.exists() != want_signal:
+    if os.path.lexists(signal) != want_signal or (want_signal and not _is_plain_file(signal)):
         if want_signal:
             _write(signal, "", user)
         else:
-            signal.unlink()
+            signal.unlink()  # unlink removes a link itself, never its target
         changed.append(STANDBY_SIGNAL)
         restart = True
 
@@ -385,16 +480,16 @@ def write_role_config(data_dir: Path, rc: RoleConfig, *, user: str | None = "pos
 
 
 def _write(path: Path, text: str, user: str | None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    if user is not None and os.geteuid() == 0:
-        pw = pwd.getpwnam(user)
-        os.chown(tmp, pw.pw_uid, pw.pw_gid)
-    os.replace(tmp, path)
+    nofollow.replace_file(path.parent, path.name, text.encode(), mode=0o600, user=user)
+
+
+def _is_plain_file(path: Path) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _check_app_name(field_name: str, value: str) -> None:
@@ -405,6 +500,15 @@ def _check_app_name(field_name: str, value: str) -> None:
             f"RoleConfig.{field_name}: {len(value)} characters; PostgreSQL truncates "
             f"application_name to {MAX_APPLICATION_NAME}: {value!r}"
         )
+
+
+_ROLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def _check_role(what: str, name: str) -> None:
+    if not _ROLE.match(name) or name.lower() in ("all", "public", "replication", "samerole", "samegroup"):
+        raise ValueError(f"RoleConfig: {what} {name!r}: letters, digits and '_' (not a pg_hba keyword), "
+                         "at most 63 characters")
 
 
 def _cidr(addr: str) -> str:

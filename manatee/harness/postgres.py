@@ -92,6 +92,12 @@ class PgNode:
             read_only=False,
             members=self.members,
             cluster_name=self.name,
+            # Test instances on loopback only: no passwords, and the superuser over TCP
+            # (tests connect as it) from 127.0.0.1, which every loopback connection comes from.
+            auth_method="trust",
+            admin_user=self.user,
+            admin_cidrs=("127.0.0.1/32",),
+            admin_method="trust",
         )
         base.update(overrides)
         return RoleConfig(**base)

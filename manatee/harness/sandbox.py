@@ -47,6 +47,8 @@ from manatee.harness.hang import stopped
 
 STATE_FILE = "sandbox.json"
 STATE_VERSION = 1
+#: The role sandbox standbys replicate as (REPLICATION, not a superuser).
+REPLICATION_USER = "replicator"
 DAEMONS = ("sitter", "snapshotter", "backupserver")
 MODULES = {
     "sitter": "manatee.sitter.main",
@@ -99,7 +101,8 @@ class NodeState:
 
     @property
     def socket_dir(self) -> str:
-        return f"/tmp/manatee-{self.ip}-{self.pg_port}"
+        # The sitter's default place (0700 under root's /run/manatee), not a guessable /tmp name.
+        return f"/run/manatee/{self.ip}-{self.pg_port}"
 
     @property
     def pg_url(self) -> str:
@@ -153,6 +156,9 @@ class SandboxState:
     data_root: str | None = None  # where mountpoints live when DIR is not reachable by postgres
     secret: str = ""
     repl_password: str = ""
+    #: The superuser's password over TCP (adminAuth): the harness's clients use it; the
+    #: replication password opens no database session.
+    admin_password: str = ""
     auth_method: str = "scram-sha-256"
     created: float = field(default_factory=time.time)
     version: int = STATE_VERSION
@@ -277,9 +283,11 @@ def timing(session_timeout_ms: int) -> dict[str, int]:
 
 def sitter_config(st: SandboxState, node: NodeState, nodes_total: int) -> dict[str, Any]:
     t = timing(st.session_timeout_ms)
-    auth: dict[str, Any] = {"method": st.auth_method, "user": "postgres", "clientCidrs": []}
+    auth: dict[str, Any] = {"method": st.auth_method, "user": REPLICATION_USER, "clientCidrs": []}
+    admin: dict[str, Any] = {"user": "postgres", "method": st.auth_method, "cidrs": ["127.0.0.0/8"]}
     if st.auth_method in ("md5", "scram-sha-256"):
         auth["password"] = st.repl_password
+        admin["password"] = st.admin_password
     return {
         "ip": node.ip,
         "zoneId": f"sandbox-{st.id}-{node.name}",
@@ -311,6 +319,7 @@ def sitter_config(st: SandboxState, node: NodeState, nodes_total: int) -> dict[s
             "oneNodeWriteMode": nodes_total == 1,
             "synchronousCommit": "on",
             "replicationAuth": auth,
+            "adminAuth": admin,
             "zfsClientCfg": {
                 "dataset": node.dataset,
                 "mountpoint": node.mountpoint,
@@ -673,6 +682,7 @@ class Sandbox:
             st = SandboxState(
                 id=sid, dir=str(self.dir), shard=shard, session_timeout_ms=session_timeout_ms,
                 secret=secrets.token_urlsafe(32), repl_password=secrets.token_urlsafe(12),
+                admin_password=secrets.token_urlsafe(12),
                 auth_method=auth_method, data_root=data_root,
                 cgroup=f"{CGROUP_PREFIX}-{sid}" if cgroups.available() else None,
             )

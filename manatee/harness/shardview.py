@@ -38,16 +38,17 @@ def http_get(url: str, timeout: float = 1.0) -> tuple[int, Any]:
 
 
 def client_dsn(sb: Sandbox, node: NodeState, passfile: Path | str) -> str:
-    """A client's TCP DSN for `node`. Over TCP the writer's `node` column names the node
-    that executed each insert (S1 needs that); the password sits in `passfile` (created
-    on first use) so that it never appears in logged DSNs."""
+    """A client's TCP DSN for `node`, as the superuser with the admin password (adminAuth;
+    the replication password opens no database session). Over TCP the writer's `node`
+    column names the node that executed each insert (S1 needs that); the password sits
+    in `passfile` (created on first use) so that it never appears in logged DSNs."""
     st = sb.st
     pw = ""
     if st.auth_method != "trust":
         pf = Path(passfile)
         if not pf.exists():
             pf.touch(mode=0o600)
-            pf.write_text(f"*:*:*:postgres:{st.repl_password}\n")
+            pf.write_text(f"*:*:*:postgres:{st.admin_password}\n")
         pw = f" passfile={pf}"
     return f"host={node.ip} port={node.pg_port} user=postgres dbname=postgres{pw} connect_timeout=3"
 

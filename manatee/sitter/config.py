@@ -54,23 +54,83 @@ class ZfsClientCfg(ConfigModel):
     _ds = field_validator("dataset")(classmethod(lambda cls, v: _check_dataset(v)))
 
 
+_ROLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_HBA_KEYWORDS = ("all", "public", "replication", "samerole", "samegroup", "sameuser")
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+NetworkAuthMethod = Literal["trust", "md5", "scram-sha-256", "cert"]
+
+
+def _check_role(v: str) -> str:
+    if not _ROLE.match(v) or v.lower() in _HBA_KEYWORDS:
+        raise ValueError("must be a PostgreSQL role name: letters, digits and '_', at most 63 characters")
+    return v
+
+
+def _check_cidrs(v: list[str]) -> list[str]:
+    for c in v:
+        try:
+            ipaddress.ip_network(c, strict=False)
+        except ValueError:
+            raise ValueError(f"{c!r} is not a CIDR network like '10.0.0.0/8'") from None
+    return v
+
+
+def _no_trust(v: str) -> str:
+    if v == "trust":
+        raise ValueError("'trust' lets anyone on those networks in without a password; "
+                         "use 'scram-sha-256' (or 'cert')")
+    return v
+
+
 class ReplicationAuth(ConfigModel):
-    method: Literal["trust", "md5", "scram-sha-256", "cert"] = Field(
-        "scram-sha-256", description="pg_hba method for replication and client connections from the network")
-    user: str = "postgres"
-    password: str | None = Field(None, description="replication password (needed unless method is trust or cert)")
-    clientCidrs: list[str] = Field(default_factory=list, description="extra networks allowed to connect as clients (CIDR)")
+    method: NetworkAuthMethod = Field(
+        "scram-sha-256", description="pg_hba method for replication and client connections from the network ('cert' renders hostssl; 'trust' is refused)")
+    user: str = Field("replicator", description="role the standbys replicate as: REPLICATION, not a superuser; the primary creates it if missing. The database superuser (the old default) still works, but its password then opens every database: see docs/security-postgres.md")
+    password: str | None = Field(None, description="the replication role's password (needed unless method is cert)")
+    migrationUsers: list[str] = Field(default_factory=list, description="further roles still accepted for replication while a shard moves from one replication role to another (remove when done)")
+    sslmode: SslMode | None = Field(None, description="sslmode of the standbys' replication connections (default: libpq's 'prefer')")
+    sslrootcert: str | None = Field(None, description="CA certificate a standby verifies its upstream with (sslmode verify-ca/verify-full)")
+    sslcert: str | None = Field(None, description="client certificate of the replication connection (method cert)")
+    sslkey: str | None = Field(None, description="its private key (method cert)")
+    clientCidrs: list[str] = Field(default_factory=list, description="extra networks allowed to connect as clients (CIDR); never as the superuser or the replication role")
     replicationCidrs: list[str] = Field(default_factory=list, description="extra networks allowed to replicate besides the shard's members (CIDR; a shard on one host's loopback needs 127.0.0.1/32)")
 
-    @field_validator("clientCidrs", "replicationCidrs")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        for c in v:
-            try:
-                ipaddress.ip_network(c, strict=False)
-            except ValueError:
-                raise ValueError(f"{c!r} is not a CIDR network like '10.0.0.0/8'") from None
-        return v
+    _cidrs = field_validator("clientCidrs", "replicationCidrs")(classmethod(lambda cls, v: _check_cidrs(v)))
+    _method = field_validator("method")(classmethod(lambda cls, v: _no_trust(v)))
+    _user = field_validator("user")(classmethod(lambda cls, v: _check_role(v)))
+    _users = field_validator("migrationUsers")(classmethod(lambda cls, v: [_check_role(u) for u in v]))
+
+    @model_validator(mode="after")
+    def _creds(self):
+        if self.method in ("md5", "scram-sha-256") and not self.password:
+            raise ValueError(f"replicationAuth.password is required with method '{self.method}'")
+        if self.method == "cert" and not (self.sslcert and self.sslkey):
+            raise ValueError("replicationAuth.sslcert and sslkey are required with method 'cert'")
+        if self.password is not None and not self.password.isascii():
+            raise ValueError("replicationAuth.password: use ASCII characters only")
+        return self
+
+
+class AdminAuth(ConfigModel):
+    """TCP sessions of an administrative role (the superuser by default). Without this
+    section the superuser is reachable by the local socket only."""
+
+    user: str | None = Field(None, description="role allowed ordinary sessions over TCP (default: dbUser, the superuser); another name is created by the primary as a superuser if missing")
+    password: str | None = Field(None, description="its password (needed unless method is cert); for dbUser it is set at initdb")
+    method: NetworkAuthMethod = Field("scram-sha-256", description="pg_hba method ('cert' renders hostssl; 'trust' is refused)")
+    cidrs: list[str] = Field(min_length=1, description="networks it may connect from (CIDR), e.g. the operators' hosts")
+
+    _cidrs = field_validator("cidrs")(classmethod(lambda cls, v: _check_cidrs(v)))
+    _method = field_validator("method")(classmethod(lambda cls, v: _no_trust(v)))
+    _user = field_validator("user")(classmethod(lambda cls, v: v if v is None else _check_role(v)))
+
+    @model_validator(mode="after")
+    def _creds(self):
+        if self.method in ("md5", "scram-sha-256") and not self.password:
+            raise ValueError(f"adminAuth.password is required with method '{self.method}'")
+        if self.password is not None and not self.password.isascii():
+            raise ValueError("adminAuth.password: use ASCII characters only")
+        return self
 
 
 class PostgresMgrCfg(ConfigModel):
@@ -80,7 +140,7 @@ class PostgresMgrCfg(ConfigModel):
     dbUser: str = Field("postgres", description="OS user PostgreSQL runs as")
     pgBinDir: str = Field("/usr/lib/postgresql/15/bin", description="directory with postgres, initdb, pg_controldata")
     postgresConf: str | None = Field(None, description="template postgresql.conf copied in at initdb (operator tuning)")
-    socketDir: str | None = Field(None, description="unix socket directory (default: /tmp/manatee-<port>)")
+    socketDir: str | None = Field(None, description="unix socket directory (default: /run/manatee/<ip>-<postgresPort>, made 0700 for dbUser)")
     healthChkInterval: int = Field(1000, ge=100, le=60000, description="PG health check period (ms)")
     healthChkTimeout: int = Field(5000, ge=500, le=600000, description="PG unhealthy after this long without a good check (ms)")
     opsTimeout: int = Field(60000, ge=1000, le=3600000, description="timeout of PG start/stop/promote (ms)")
@@ -88,17 +148,20 @@ class PostgresMgrCfg(ConfigModel):
     oneNodeWriteMode: bool = Field(False, description="let a primary without a sync take writes (no durability guarantee)")
     synchronousCommit: Literal["on", "remote_write", "remote_apply"] = Field(
         "on", description="synchronous_commit on the primary: 'on' waits for the sync's flush")
-    replicationAuth: ReplicationAuth = ReplicationAuth()
+    replicationAuth: ReplicationAuth
+    adminAuth: AdminAuth | None = Field(None, description="TCP access for an administrative role (absent: the superuser only by the local socket)")
     zfsClientCfg: ZfsClientCfg
 
     @model_validator(mode="after")
     def _auth(self):
-        a = self.replicationAuth
-        if a.user != self.dbUser:
-            raise ValueError(f"replicationAuth.user must be the database superuser '{self.dbUser}' for now")
-        if a.method in ("md5", "scram-sha-256") and not a.password:
-            raise ValueError(f"replicationAuth.password is required with method '{a.method}'")
+        a, adm = self.replicationAuth, self.adminAuth
+        if adm is not None and (adm.user or self.dbUser) in (a.user, *a.migrationUsers):
+            raise ValueError("adminAuth.user and replicationAuth.user must be different roles")
         return self
+
+    @property
+    def admin_user(self) -> str | None:
+        return None if self.adminAuth is None else (self.adminAuth.user or self.dbUser)
 
 
 class SitterConfig(ConfigModel):

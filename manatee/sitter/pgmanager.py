@@ -78,7 +78,8 @@ class PgManager:
         self.user = p.dbUser
         self.bindir = Path(p.pgBinDir)
         self.data_dir = Path(p.dataDir)
-        self.socket_dir = Path(p.socketDir or f"/tmp/manatee-{cfg.ip}-{cfg.postgresPort}")
+        # Default: private (0700, dbUser) under root's /run/manatee, not a guessable /tmp name.
+        self.socket_dir = Path(p.socketDir or f"/run/manatee/{cfg.ip}-{cfg.postgresPort}")
         self.log_file = self.data_dir.parent / "postgresql.log"
         self.app_name = cfg.pg_url
         self.ops_timeout = p.opsTimeout / 1000
@@ -100,6 +101,10 @@ class PgManager:
         self._log_offset = 0
         self._restart_pending = False
         self._reload_pending = False
+        self._roles_ok = False
+        if p.replicationAuth.user == p.dbUser:
+            log.warning("pg_replication_as_superuser", user=p.dbUser,
+                        hint="its password opens every database: see docs/security-postgres.md")
 
     # ------------------------------------------------------------------ data directory
 
@@ -109,17 +114,48 @@ class PgManager:
 
     async def initdb(self) -> None:
         self.log.info("pg_initdb", data_dir=str(self.data_dir))
-        await pgmod.initdb(self.data_dir, user=self.user, bindir=self.bindir,
-                           password=self.cfg.postgresMgrCfg.replicationAuth.password)
+        await pgmod.initdb(self.data_dir, user=self.user, bindir=self.bindir, password=self._superuser_password())
         tmpl = self.cfg.postgresMgrCfg.postgresConf
         if tmpl and Path(tmpl).exists():
             install_base_config(self.data_dir, Path(tmpl), user=self.user)
+
+    def _superuser_password(self) -> str | None:
+        """The superuser's password set at initdb: the admin password if the admin role is
+        the superuser; the replication password if the superuser still replicates (an old
+        config); else none (the superuser is reachable by the local socket only)."""
+        p = self.cfg.postgresMgrCfg
+        if p.admin_user == p.dbUser:
+            return p.adminAuth.password
+        if p.replicationAuth.user == p.dbUser:
+            return p.replicationAuth.password
+        return None
+
+    async def ensure_roles(self) -> None:
+        """On a running primary: create the replication role (and a separate admin role)
+        if missing. Never fatal: a failure is logged and tried again at the next configure."""
+        p = self.cfg.postgresMgrCfg
+        if self._roles_ok or not self.running:
+            return
+        wanted = []
+        if p.replicationAuth.user != p.dbUser:
+            wanted.append((p.replicationAuth.user, p.replicationAuth.password, True, False))
+        if p.admin_user not in (None, p.dbUser):
+            wanted.append((p.admin_user, p.adminAuth.password, False, True))
+        try:
+            if wanted and await self.client.in_recovery():
+                return
+            for name, password, replication, superuser in wanted:
+                await pgmod.ensure_role(self.client, name, password, replication=replication, superuser=superuser)
+            self._roles_ok = True
+        except pgmod.PgError as e:
+            self.log.warning("pg_ensure_roles_failed", error=str(e))
 
     # ------------------------------------------------------------------ role
 
     def role_config(self, spec: RoleSpec) -> RoleConfig:
         p = self.cfg.postgresMgrCfg
-        auth = p.replicationAuth
+        auth, admin = p.replicationAuth, p.adminAuth
+        ssl = {"sslmode": auth.sslmode, "sslrootcert": auth.sslrootcert, "sslcert": auth.sslcert, "sslkey": auth.sslkey}
         return RoleConfig(
             role=spec.role,
             listen_address=self.cfg.ip,
@@ -131,9 +167,16 @@ class PgManager:
             upstream=spec.upstream if spec.role == "standby" else None,
             replication_user=auth.user,
             replication_password=auth.password,
-            members=tuple([*(f"{m}/32" for m in self.members), *auth.replicationCidrs]),
-            client_cidrs=(tuple(["127.0.0.1/32", *(f"{m}/32" for m in self.members), *auth.clientCidrs])),
+            extra_replication_users=tuple(auth.migrationUsers),
+            replication_ssl=tuple((k, v) for k, v in ssl.items() if v is not None),
+            # bare addresses: one host each, /32 for IPv4 and /128 for IPv6
+            members=tuple([*self.members, *auth.replicationCidrs]),
+            client_cidrs=(tuple(["127.0.0.1/32", *self.members, *auth.clientCidrs])),
             auth_method=auth.method,
+            superuser=p.dbUser,
+            admin_user=p.admin_user,
+            admin_cidrs=tuple(admin.cidrs) if admin else (),
+            admin_method=admin.method if admin else "scram-sha-256",
             synchronous_commit=p.synchronousCommit,
             cluster_name=self.cfg.zoneId[:40],
         )
@@ -157,6 +200,8 @@ class PgManager:
         if self.running:
             self._restart_pending |= change.restart_needed
             self._reload_pending |= change.reload_needed
+        if spec.role == "primary":
+            await self.ensure_roles()
         if change.changed:
             self.log.info("pg_configured", role=spec.role, read_only=spec.read_only,
                           sync=spec.sync_app_name, upstream=spec.upstream, changed=list(change.changed))
@@ -202,6 +247,9 @@ class PgManager:
         except pgmod.PgError as e:
             self.log.warning("pg_monitoring_connection_failed", error=str(e))
         self.log.info("pg_started", pid=self.proc.pid, role=self.spec.role if self.spec else None)
+        self._roles_ok = False
+        if self.spec is not None and self.spec.role == "primary":
+            await self.ensure_roles()
 
     async def stop(self, mode: str = "fast") -> None:
         self.client.close()

@@ -40,7 +40,7 @@ def _addr(sh: Shard, name: str | None) -> dict | None:
 
 def _stat(sh: Shard, *extra: str) -> dict:
     st = sh.sb.st
-    cp = tool("stat", *extra, "-s", st.shard, st.zk_connect, env={"PGPASSWORD": st.repl_password})
+    cp = tool("stat", *extra, "-s", st.shard, st.zk_connect, env={"PGPASSWORD": st.admin_password})
     assert cp.returncode == 0, cp.stderr
     doc = json.loads(cp.stdout)
     assert list(doc) == [st.shard], doc

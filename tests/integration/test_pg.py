@@ -67,6 +67,8 @@ async def test_initdb_start_health_and_query(pg_node: PgNode):
         ("local", ["all"], ["all"], None, "trust", None),
         ("local", ["replication"], ["all"], None, "trust", None),
         ("host", ["replication"], ["postgres"], "127.0.0.1", "trust", None),
+        ("host", ["all"], ["postgres"], "127.0.0.1", "trust", None),
+        ("host", ["replication"], ["all"], "all", "reject", None),
         ("host", ["all"], ["all"], "127.0.0.1", "trust", None),
     ]
 
@@ -229,22 +231,39 @@ async def test_hba_limits_replication_to_members_and_clients_to_cidrs(pg_node: P
     row = await asyncio.to_thread(replication_connect)
     assert int(row[1]) == 1  # timeline
 
-    await pg_node.apply(pg_node.role_config(members=("10.1.2.3",), client_cidrs=("127.0.0.1/32",)))
-    await eventually(lambda: _hba_addresses_are(pg_node, {"10.1.2.3", "127.0.0.1"}), what="hba reload")
-    with pytest.raises(psycopg2.OperationalError, match="no pg_hba.conf entry for replication connection"):
+    # members elsewhere: replication from here is rejected; trust is refused for such networks
+    with pytest.raises(ValueError, match="trust"):
+        pg_node.role_config(members=("10.1.2.3",))
+    await pg_node.apply(pg_node.role_config(members=("10.1.2.3",), client_cidrs=("127.0.0.1/32",),
+                                            auth_method="scram-sha-256"))
+    await eventually(lambda: _hba_addresses_are(pg_node, {"10.1.2.3", "127.0.0.1", "all"}), what="hba reload")
+    with pytest.raises(psycopg2.OperationalError, match="replication connection"):
         await asyncio.to_thread(replication_connect)
-    assert await pg_node.tcp_client().health()
+    assert await pg_node.tcp_client().health()  # the admin role (trust on loopback here)
 
-    await pg_node.apply(pg_node.role_config(members=("10.1.2.3",), client_cidrs=("10.0.0.0/8",)))
-    await eventually(lambda: _hba_addresses_are(pg_node, {"10.1.2.3", "10.0.0.0"}), what="hba reload")
-    with pytest.raises(PgError, match="no pg_hba.conf entry for host"):
+    # no admin role: the superuser is refused over TCP whatever the client networks say
+    await pg_node.apply(pg_node.role_config(members=("10.1.2.3",), client_cidrs=("127.0.0.1/32",),
+                                            auth_method="scram-sha-256", admin_user=None))
+    await eventually(lambda: _hba_addresses_are(pg_node, {"10.1.2.3", "127.0.0.1", "all"}, admin=False),
+                     what="hba reload")
+    with pytest.raises(PgError, match="rejects connection for host"):
+        await pg_node.tcp_client().query("select 1")
+
+    await pg_node.apply(pg_node.role_config(members=("10.1.2.3",), client_cidrs=("10.0.0.0/8",),
+                                            auth_method="scram-sha-256", admin_user=None))
+    await eventually(lambda: _hba_addresses_are(pg_node, {"10.1.2.3", "10.0.0.0", "all"}, admin=False),
+                     what="hba reload")
+    with pytest.raises(PgError, match="rejects connection for host"):
         await pg_node.tcp_client().query("select 1")
     assert await pg_node.client.health()  # the private socket always works
 
 
-async def _hba_addresses_are(node: PgNode, addrs: set[str]) -> bool:
-    rows = await node.psql("select address from pg_hba_file_rules where address is not null")
-    return {r["address"] for r in rows} == addrs
+async def _hba_addresses_are(node: PgNode, addrs: set[str], admin: bool = True) -> bool:
+    rows = await node.psql("select address, database, user_name, auth_method from pg_hba_file_rules"
+                           " where address is not null")
+    has_admin = any(r["user_name"] == [node.user] and r["database"] == ["all"] and r["auth_method"] != "reject"
+                    for r in rows)
+    return {r["address"] for r in rows} == addrs and has_admin == admin
 
 
 # --------------------------------------------------------------------------- primary + standby

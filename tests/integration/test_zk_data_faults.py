@@ -376,7 +376,7 @@ def _wal_position_by_hand(node) -> tuple[int, int]:
 def test_f16_safe_mode_runbook_end_to_end(shard: Shard):
     sh = shard
     st0 = sh.sb.st
-    env = {"PGPASSWORD": st0.repl_password}
+    env = {"PGPASSWORD": st0.admin_password}
     prev = sh.zk_state()
     gen0 = prev["generation"]
     p, s, a = names(sh.topology())

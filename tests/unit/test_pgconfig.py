@@ -125,11 +125,14 @@ def test_extra_settings_rendered_last_and_quoted_when_needed():
 
 
 def test_hba_members_and_clients():
-    assert lines(render_pg_hba(primary(auth_method="scram-sha-256"))) == [
+    assert lines(render_pg_hba(primary(auth_method="scram-sha-256", replication_user="replicator"))) == [
         "local   all          all                               trust",
         "local   replication  all                               trust",
-        "host    replication  postgres     10.0.0.2/32          scram-sha-256",
-        "host    replication  postgres     10.0.0.3/32          scram-sha-256",
+        "host    replication  replicator   10.0.0.2/32          scram-sha-256",
+        "host    replication  replicator   10.0.0.3/32          scram-sha-256",
+        "host    all          postgres     all                  reject",
+        "host    all          replicator   all                  reject",
+        "host    replication  all          all                  reject",
         "host    all          all          127.0.0.1/32         scram-sha-256",
         "host    all          all          10.0.0.2/32          scram-sha-256",
         "host    all          all          10.0.0.3/32          scram-sha-256",
@@ -137,16 +140,102 @@ def test_hba_members_and_clients():
 
 
 def test_hba_explicit_clients_cidrs_ipv6_and_no_world():
-    text = render_pg_hba(primary(members=("10.0.0.2", "10.0.0.2", "fd00::2"), client_cidrs=("192.168.0.0/16",)))
+    text = render_pg_hba(primary(members=("10.0.0.2", "10.0.0.2", "fd00::2"), client_cidrs=("192.168.0.0/16",),
+                                 replication_user="replicator", auth_method="md5"))
     assert lines(text) == [
         "local   all          all                               trust",
         "local   replication  all                               trust",
-        "host    replication  postgres     10.0.0.2/32          trust",
-        "host    replication  postgres     fd00::2/128          trust",
-        "host    all          all          192.168.0.0/16       trust",
+        "host    replication  replicator   10.0.0.2/32          md5",
+        "host    replication  replicator   fd00::2/128          md5",
+        "host    all          postgres     all                  reject",
+        "host    all          replicator   all                  reject",
+        "host    replication  all          all                  reject",
+        "host    all          all          192.168.0.0/16       md5",
     ]
     assert "0.0.0.0/0" not in text
     assert "0.0.0.0/0" in render_pg_hba(primary(client_cidrs=("0.0.0.0/0",)))
+
+
+def test_hba_ipv6_member_is_a_single_address():
+    # A bare IPv6 member is one host (/128), never the /32 block of a whole provider.
+    text = render_pg_hba(primary(members=("fd00::2", "2001:db8::7")))
+    assert "fd00::2/128" in text and "2001:db8::7/128" in text
+    assert "/32 " not in text.replace("127.0.0.1/32 ", "")
+
+
+def test_hba_cert_is_hostssl():
+    rows = lines(render_pg_hba(primary(auth_method="cert", replication_user="replicator")))
+    assert "hostssl replication  replicator   10.0.0.2/32          cert" in rows
+    assert "hostssl all          all          127.0.0.1/32         cert" in rows
+    assert not [r for r in rows if r.startswith("host ") and r.endswith("cert")]
+    # reject lines stay "host": they must match with and without TLS
+    assert "host    all          replicator   all                  reject" in rows
+
+
+def test_hba_trust_only_on_loopback():
+    with pytest.raises(ValueError, match="auth_method.*trust.*10.0.0.2"):
+        primary(auth_method="trust")
+    with pytest.raises(ValueError, match="admin_method.*trust"):
+        primary(admin_user="postgres", admin_cidrs=("10.0.0.0/8",), admin_method="trust")
+    rc = primary(auth_method="trust", members=("127.0.0.2",), client_cidrs=("127.0.0.0/8",))
+    assert "127.0.0.2/32         trust" in render_pg_hba(rc)
+
+
+def test_hba_admin_role_comes_before_the_rejects():
+    rows = lines(render_pg_hba(primary(replication_user="replicator", admin_user="postgres",
+                                       admin_cidrs=("10.9.0.0/16", "fd00::9"))))
+    assert rows[4:8] == [
+        "host    all          postgres     10.9.0.0/16          scram-sha-256",
+        "host    all          postgres     fd00::9/128          scram-sha-256",
+        "host    all          replicator   all                  reject",
+        "host    replication  all          all                  reject",
+    ]
+    with pytest.raises(ValueError, match="admin_cidrs"):
+        primary(admin_user="postgres")
+
+
+def test_hba_migration_accepts_both_replication_roles():
+    rows = lines(render_pg_hba(primary(replication_user="replicator", extra_replication_users=("postgres",))))
+    assert rows[2] == "host    replication  replicator,postgres 10.0.0.2/32          scram-sha-256"
+    assert "host    all          postgres     all                  reject" in rows
+    assert "host    all          replicator   all                  reject" in rows
+
+
+def test_legacy_superuser_replication_still_renders():
+    # An existing shard configured with replicationAuth.user = postgres keeps streaming.
+    rows = lines(render_pg_hba(primary()))
+    assert rows[2] == "host    replication  postgres     10.0.0.2/32          scram-sha-256"
+    assert "host    all          postgres     all                  reject" in rows
+
+
+def test_replication_ssl_in_conninfo():
+    rc = standby(replication_user="replicator", replication_password="pw",
+                 replication_ssl={"sslmode": "verify-full", "sslrootcert": "/etc/manatee/ca.pem"})
+    conninfo = parse_settings(render_manatee_conf(rc))["primary_conninfo"]
+    assert "user=replicator" in conninfo and "sslmode=verify-full" in conninfo
+    assert "sslrootcert=/etc/manatee/ca.pem" in conninfo
+    with pytest.raises(ValueError, match="replication_ssl"):
+        standby(replication_ssl={"host": "x"})
+
+
+@pytest.mark.parametrize("name", ["all", "Robert'); drop", "x" * 64, "", "a b"])
+def test_bad_role_names_are_refused(name):
+    with pytest.raises(ValueError, match="role name"):
+        primary(replication_user=name)
+
+
+def test_scram_verifier_matches_postgresql_format():
+    # RFC 7677 test vector: user "user", password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, 4096.
+    import base64
+
+    v = pgconfig.scram_verifier("pencil", salt=base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="))
+    assert v.startswith("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$")
+    stored, server = v.split("$")[2].split(":")
+    assert len(base64.b64decode(stored)) == 32 and len(base64.b64decode(server)) == 32
+    assert server == "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+    sql = pgconfig.create_role_sql("replicator", "pencil", replication=True)
+    assert sql.startswith('CREATE ROLE "replicator" LOGIN NOSUPERUSER REPLICATION ')
+    assert "pencil" not in sql
 
 
 @pytest.mark.parametrize(

@@ -75,5 +75,5 @@ def test_psql_argv_targets_the_named_node(tmp_path):
     sbx.save_state(make_state(tmp_path))
     sb = sbx.Sandbox(tmp_path)
     argv = sb.psql_argv("b", ["-c", "select 1"])
-    assert argv[1:] == ["-h", "/tmp/manatee-127.0.0.12-5432", "-p", "5432", "-U", "postgres", "-d", "postgres",
+    assert argv[1:] == ["-h", "/run/manatee/127.0.0.12-5432", "-p", "5432", "-U", "postgres", "-d", "postgres",
                         "-c", "select 1"]

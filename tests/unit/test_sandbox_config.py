@@ -20,7 +20,7 @@ def make_state(tmp_path, n=3, session=6000, auth="scram-sha-256") -> SandboxStat
     st = SandboxState(id="ab12cd34", dir=str(tmp_path), shard="1", session_timeout_ms=session,
                       zk_host="127.0.0.10", zk_port=2181, pool="msandboxab12cd34",
                       pool_file=str(tmp_path / "zpool" / "msandboxab12cd34.img"),
-                      secret="s3cret-s3cret-s3cret", repl_password="pw-123456", auth_method=auth,
+                      secret="s3cret-s3cret-s3cret", repl_password="pw-123456", admin_password="admin-pw-654321", auth_method=auth,
                       cgroup="manatee-sandbox-ab12cd34")
     _, ips = sbx.node_addresses("127.0.0.11", n)
     for name, ip in zip(sbx.node_names(n), ips):
@@ -60,10 +60,19 @@ def test_one_node_sandbox_writes_without_a_sync(tmp_path):
     assert sbx.node_configs(st, st.nodes[0])["sitter"]["postgresMgrCfg"]["oneNodeWriteMode"] is True
 
 
-def test_trust_auth_has_no_password(tmp_path):
+def test_trust_auth_is_refused_naming_the_key(tmp_path):
     st = make_state(tmp_path, auth="trust")
-    auth = sbx.node_configs(st, st.nodes[0])["sitter"]["postgresMgrCfg"]["replicationAuth"]
-    assert auth["method"] == "trust" and "password" not in auth
+    with pytest.raises(sbx.SandboxError, match="replicationAuth.method.*trust"):
+        sbx.node_configs(st, st.nodes[0])
+
+
+def test_clients_use_the_admin_credential_not_the_replication_one(tmp_path):
+    st = make_state(tmp_path)
+    cfg = validate(sbx.node_configs(st, st.nodes[0])["sitter"], SitterConfig).postgresMgrCfg
+    assert cfg.replicationAuth.user == "replicator" != cfg.dbUser
+    assert cfg.adminAuth.password == st.admin_password and cfg.admin_user == "postgres"
+    assert cfg.adminAuth.password != cfg.replicationAuth.password
+    assert cfg.socketDir.startswith("/run/manatee/")
 
 
 @pytest.mark.parametrize("session", [2000, 4000, 6000, 30000, 120000])

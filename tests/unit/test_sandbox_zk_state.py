@@ -17,7 +17,7 @@ from manatee.harness.sandbox import Sandbox, SandboxError, SandboxState, ZkServe
 def _state(tmp_path, servers=()) -> SandboxState:
     return SandboxState(id="ab12cd34", dir=str(tmp_path), shard="1", session_timeout_ms=5000,
                         zk_host="127.0.0.10", zk_port=2181, zk_pid=4242, zk_servers=list(servers),
-                        secret="s3cret-s3cret-s3cret", repl_password="pw-123456")
+                        secret="s3cret-s3cret-s3cret", repl_password="pw-123456", admin_password="admin-pw-654321")
 
 
 def test_old_state_without_zk_servers_is_a_standalone(tmp_path):
