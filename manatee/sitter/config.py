@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import Literal
 
@@ -90,6 +91,15 @@ class PostgresMgrCfg(ConfigModel):
         "on", description="synchronous_commit on the primary: 'on' waits for the sync's flush")
     replicationAuth: ReplicationAuth = ReplicationAuth()
     zfsClientCfg: ZfsClientCfg
+
+    @field_validator("postgresConf")
+    @classmethod
+    def _conf_exists(cls, v):
+        # checked at start, not at initdb: a typo must not silently become PostgreSQL's defaults
+        if v is not None and not os.path.isfile(v):
+            raise ValueError(f"file not found: {v}" + ("" if os.path.isabs(v) else
+                             f" (a relative path is taken from the working directory, {os.getcwd()})"))
+        return v
 
     @model_validator(mode="after")
     def _auth(self):
