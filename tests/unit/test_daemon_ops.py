@@ -123,6 +123,8 @@ def test_log_level_key_is_checked_like_any_other(tmp_path, capsys):
 
 def test_stdlib_loggers_come_out_in_the_same_json_format():
     buf = io.StringIO()
+    for name in ("kazoo", "aiohttp"):  # other tests (the CLIs) quieten these
+        logging.getLogger(name).setLevel(logging.NOTSET)
     logmod.configure(0, json=True, stream=buf)
     logmod.get_logger("manatee.t").info("ours", k=1)
     logging.getLogger("kazoo.client").warning("Connection dropped: %s", "socket closed")
