@@ -1,22 +1,28 @@
 """manatee-adm: the operator's tool beyond the guide's three (what patronictl gives Patroni users).
 
-    manatee-adm show       SHARD ZK              the shard as a table, its generation and problems
-    manatee-adm verify     SHARD ZK              exit 1 listing the problems; "ok" and exit 0 when healthy
-    manatee-adm pg-status  SHARD ZK [PERIOD]     each node's WAL and lag (bytes, seconds), every PERIOD s
-    manatee-adm history    SHARD ZK              the history as a table
-    manatee-adm freeze     SHARD ZK -r REASON    no automatic transitions (no failover) until unfreeze
-    manatee-adm unfreeze   SHARD ZK
-    manatee-adm switchover SHARD ZK [--to NODE] [--wait S] [--cancel]
+    manatee-adm show       [--json]              the shard as a table, its generation and problems
+    manatee-adm verify     [--json]              "ok" and exit 0 when healthy; else the problems, exit 1
+                                                 when only warnings (a freeze...), exit 2 when critical
+    manatee-adm pg-status  [--json] [PERIOD]     each node's WAL and lag (bytes, seconds), every PERIOD s
+    manatee-adm history    [--json]              the history as a table
+    manatee-adm freeze     -r REASON             no automatic transitions (no failover) until unfreeze
+    manatee-adm unfreeze
+    manatee-adm switchover [--node NODE] [--wait S] [--cancel]
                                                  planned takeover by the sync (write gap well under 1 s)
-    manatee-adm rebuild    SHARD ZK --node NODE [--force] [--wait S]
+    manatee-adm rebuild    --node NODE [--force] [--wait S]
                                                  restore a node from its upstream, with progress
-    manatee-adm set-primary SHARD ZK NODE [--force]
+    manatee-adm set-primary --node NODE [--force]
                                                  safe-mode runbook step 3 (all sitters stopped)
 
-Every subcommand also takes -t/--timeout (ZooKeeper and PostgreSQL answers) and -v. Failures
+The shard and ZooKeeper, as for every tool: -z/--zk ZK -s/--shard SHARD, -c sitter.json, or
+$MANATEE_ZK / $MANATEE_SHARD; the original's positional `COMMAND SHARD ZK` still works. A node
+is always `--node` (its ip, id or zoneId; `--to` and set-primary's positional NODE remain as
+hidden aliases). Every subcommand also takes -t/--timeout (ZooKeeper and PostgreSQL answers),
+-v and --version. Failures
 are one line on stderr and a non-zero exit (1: could not do it, 2: usage), never a
 traceback; see manatee/cli/common.py. PostgreSQL is asked over each node's pgUrl; a password
-comes from the URL, PGPASSWORD or PGPASSFILE.
+comes from the URL, PGPASSWORD or PGPASSFILE (a refused password shows as "auth failed", not
+"down").
 
 State changes (freeze, unfreeze, a switchover request) are compare-and-set writes on the
 state znode's version, retried when a sitter wrote in between. The switchover itself is
@@ -39,10 +45,12 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable, Mapping, Sequence
 
+from manatee import __version__ as VERSION
 from manatee.cli import adm_view as V
 from manatee.cli.common import (
-    EXIT_FAIL, EXIT_OK, ArgParser, CliError, UsageError, ZkReader, _quiet_libraries, _start_watchdog,
-    add_common_args, check_shard_name, check_timeout, decode, parse_zk_hosts, shard_path,
+    EXIT_FAIL, EXIT_OK, ArgParser, CliError, UsageError, ZkReader, _quiet_libraries,
+    _start_watchdog, add_common_args, add_target_args, check_timeout, decode, dump_json, pg_failure,
+    resolve_target, shard_path,
 )
 from manatee.cli.history import read_history, records
 from manatee.cli.stat import _conn_params
@@ -125,7 +133,7 @@ def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
         params["options"] = f"-c statement_timeout={PG_STATEMENT_MS}"
         conn = psycopg2.connect(**params)
     except (psycopg2.Error, ValueError) as e:
-        return {"up": False, "error": (str(e).strip().splitlines() or [type(e).__name__])[0]}
+        return {"up": False, **pg_failure(e)}
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -135,7 +143,7 @@ def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
             cols = [c.name for c in cur.description]
             rows = [dict(zip(cols, r)) for r in cur.fetchall()]
     except psycopg2.Error as e:
-        return {"up": False, "error": (str(e).strip().splitlines() or [type(e).__name__])[0]}
+        return {"up": False, **pg_failure(e)}
     finally:
         conn.close()
     return {"up": True, "recovery": bool(recovery), "readOnly": bool(ro), "wal": wal, "rows": rows}
@@ -344,26 +352,34 @@ def _say(msg: str) -> None:
 
 def cmd_show(args, zk: ZkReader) -> int:
     v = gather(zk, args.shard, args.timeout)
-    print(V.render_show(v))
+    print(dump_json(V.show_json(v)) if args.json else V.render_show(v))
     return EXIT_OK
+
+
+#: verify's exit status by verdict (Nagios-style): ok 0, warning 1, critical 2
+VERIFY_EXIT = {V.OK: EXIT_OK, V.WARNING: 1, V.CRITICAL: 2}
 
 
 def cmd_verify(args, zk: ZkReader) -> int:
     v = gather(zk, args.shard, args.timeout)
-    probs = V.problems(v)
-    if not probs:
+    found = V.assess(v)
+    verdict = V.verdict(found)
+    if args.json:
+        print(dump_json({"shard": v.shard, "generation": v.generation, "status": verdict,
+                         "problems": [{"severity": s, "message": m} for s, m in found]}))
+    elif not found:
         print("ok")
-        return EXIT_OK
-    for p in probs:
-        print(p)
-    return EXIT_FAIL
+    else:
+        for sev, msg in found:
+            print(f"{sev}: {msg}")
+    return VERIFY_EXIT[verdict]
 
 
 def cmd_history(args, zk: ZkReader) -> int:
     recs, bad = records(read_history(zk, args.shard))
     for b in bad:
         print(f"{TOOL}: skipped: {b}", file=sys.stderr)
-    print(V.render_history(recs))
+    print(dump_json(list(recs)) if args.json else V.render_history(recs))
     return EXIT_OK
 
 
@@ -403,7 +419,7 @@ def cmd_switchover(args, zk: ZkReader) -> int:
         _say("no switchover pending: nothing to cancel" if new is None else "switchover request withdrawn")
         return EXIT_OK
     _state, _v, error, election, _e = read_shard(zk, args.shard)
-    req = request_switchover(zk, args.shard, args.to, error, {p["id"] for p in election})
+    req = request_switchover(zk, args.shard, args.node, error, {p["id"] for p in election})
     old_primary, target, gen0 = req.primary, req.sync, req.generation
     t0 = time.monotonic()
     _say(f"switchover requested: {old_primary.ip} -> {target.ip} (generation {gen0})")
@@ -509,9 +525,15 @@ def cmd_rebuild(args, zk: ZkReader) -> int:
 
 
 def cmd_pg_status(args, zk: ZkReader) -> int:
+    def show(v: V.ShardView, stamp: str | None) -> None:
+        if args.json:  # one JSON document per line, so that a repeating run is JSON lines
+            print(dump_json(V.pg_status_json(v, stamp), compact=True), flush=True)
+        else:
+            print(V.render_pg_status(v, stamp), flush=True)
+
     if not args.period:
         zk.deadline = time.monotonic() + args.timeout
-        print(V.render_pg_status(gather(zk, args.shard, args.timeout, sitters=False), None), flush=True)
+        show(gather(zk, args.shard, args.timeout, sitters=False), None)
         return EXIT_OK
     # Repeating: Ctrl-C (or SIGTERM) is how it ends. The signal only sets a flag, so that it
     # never lands inside a ZooKeeper or PostgreSQL call (a KeyboardInterrupt raised there can
@@ -522,8 +544,9 @@ def cmd_pg_status(args, zk: ZkReader) -> int:
     while not stop.is_set():
         zk.deadline = time.monotonic() + args.timeout
         v = gather(zk, args.shard, args.timeout, sitters=False)
-        print(V.render_pg_status(v, V.iso_now()), flush=True)
-        print(flush=True)
+        show(v, V.iso_now())
+        if not args.json:
+            print(flush=True)
         stop.wait(args.period)
     return EXIT_OK
 
@@ -545,33 +568,39 @@ def _positive(name: str) -> Callable[[str], float]:
 def build_parser() -> ArgParser:
     p = ArgParser(prog=TOOL, description="Operate a manatee shard: show, verify, pg-status, history, "
                                          "freeze/unfreeze, switchover, rebuild.")
+    p.add_argument("--version", action="version", version=f"%(prog)s (manatee) {VERSION}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=ArgParser)
     sub.required = True
 
-    def add(name: str, help_: str) -> ArgParser:
+    def add(name: str, help_: str, extra: str = "", json_: bool = False) -> ArgParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         add_common_args(sp)
-        sp.add_argument("shard", metavar="SHARD", help="shard name under /manatee (e.g. 1)")
-        sp.add_argument("zk", metavar="ZK", help="ZooKeeper: host[:port][,host[:port]...][/chroot]")
+        add_target_args(sp, "SHARD ZK", extra)
+        if json_:
+            sp.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
         return sp
 
-    add("show", "the shard as a table: generation, freeze, each node's role, PostgreSQL and lag; problems")
-    add("verify", "exit 0 and print ok when healthy, else exit 1 listing the problems")
-    sp = add("pg-status", "each node's WAL position and replication lag (bytes, seconds)")
-    sp.add_argument("period", metavar="PERIOD", nargs="?", type=_positive("PERIOD"),
-                    help="repeat every PERIOD seconds until Ctrl-C")
-    add("history", "the shard's history of topology changes as a table")
+    add("show", "the shard as a table: generation, freeze, each node's role, PostgreSQL, lag and disk; "
+                "problems", json_=True)
+    add("verify", "print ok and exit 0 when healthy; else each problem with its severity, exit 1 when "
+                  "only warnings (e.g. a planned freeze), 2 when any is critical", json_=True)
+    add("pg-status", "each node's WAL position and replication lag (bytes, seconds); with PERIOD, "
+                     "repeat every PERIOD seconds until Ctrl-C", "[PERIOD]", json_=True)
+    add("history", "the shard's history of topology changes as a table", json_=True)
     sp = add("freeze", "stop all automatic transitions (no failover) until unfreeze")
     sp.add_argument("-r", "--reason", required=True, help="why (shown by show and in the state)")
     add("unfreeze", "let the sitters act again")
     sp = add("switchover", "planned takeover by the sync: the primary goes read-only, the sync takes over")
-    sp.add_argument("--to", metavar="NODE", help="the sync's ip or id (a check: only the sync may take over)")
+    sp.add_argument("--node", metavar="NODE", help="the sync's ip, id or zoneId (a check: only the sync may "
+                                                   "take over)")
+    sp.add_argument("--to", dest="node", metavar="NODE", help=argparse.SUPPRESS)  # the old spelling
     sp.add_argument("--wait", type=_positive("--wait"), default=30.0, metavar="SECONDS",
                     help="give up (and withdraw the request) after this long (default 30)")
     sp.add_argument("--cancel", action="store_true", help="withdraw a pending switchover request")
     sp = add("set-primary", "safe-mode runbook step 3: NODE is the primary of a new generation, no sync, "
                             "nobody else in the chain (all sitters must be stopped)")
-    sp.add_argument("node", metavar="NODE", help="the node with the most WAL: its ip, id or zoneId")
+    sp.add_argument("--node", metavar="NODE", help="the node with the most WAL: its ip, id or zoneId "
+                                                   "(also accepted as the last positional word)")
     sp.add_argument("--force", action="store_true", help="also when the shard is not in safe mode")
     sp = add("rebuild", "restore a node's data from its upstream (its sitter does it), showing progress")
     sp.add_argument("--node", required=True, metavar="NODE", help="the node's ip, id or zoneId")
@@ -599,6 +628,29 @@ def _budget(args: argparse.Namespace) -> float | None:
     return args.timeout * 2 + extra + 5
 
 
+#: the positional words each subcommand takes after the legacy SHARD ZK: (min, max)
+EXTRAS = {"pg-status": (0, 1), "set-primary": (0, 1)}
+
+
+def _resolve(args: argparse.Namespace) -> str:
+    """Fill args.shard (and the subcommand's own positional words) by the common convention;
+    returns the ZooKeeper connect string."""
+    t = resolve_target(args, extras=EXTRAS.get(args.cmd, (0, 0)))
+    args.shard = t.shard
+    if args.cmd == "pg-status":
+        try:
+            args.period = _positive("PERIOD")(t.extra[0]) if t.extra else None
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(str(e)) from None
+    elif args.cmd == "set-primary":
+        if t.extra and args.node is not None and t.extra[0] != args.node:
+            raise UsageError(f"set-primary: NODE given twice ({t.extra[0]!r} and --node {args.node!r})")
+        args.node = args.node or (t.extra[0] if t.extra else None)
+        if not args.node:
+            raise UsageError("set-primary: the following arguments are required: --node NODE")
+    return t.zk
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     watchdog = None
     try:
@@ -607,8 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "freeze" and not args.reason.strip():
             raise UsageError("freeze: --reason must say why (it is shown to every operator)")
         _quiet_libraries(args.verbose)
-        hosts = parse_zk_hosts(args.zk)
-        args.shard = check_shard_name(args.shard)
+        hosts = _resolve(args)
         budget = _budget(args)
         if budget is not None:
             watchdog = _start_watchdog(TOOL, budget)

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
-__all__ = ["NodeView", "ShardView", "chain_nodes", "problems", "render_table", "render_show",
+OK, WARNING, CRITICAL = "ok", "warning", "critical"
+
+__all__ = ["NodeView", "ShardView", "chain_nodes", "problems", "assess", "verdict", "OK", "WARNING", "CRITICAL", "render_table", "render_show",
            "render_pg_status", "render_history", "fmt_bytes", "fmt_seconds", "iso_now"]
 
 
@@ -83,65 +85,88 @@ def chain_nodes(state: Mapping[str, Any] | None, live_ids: Sequence[str],
     return out
 
 
-def problems(v: ShardView) -> list[str]:
-    """Everything an operator should look at, one line each; empty when healthy."""
-    out: list[str] = []
+def assess(v: ShardView) -> list[tuple[str, str]]:
+    """Everything an operator should look at, one (severity, line) each; empty when healthy.
+
+    critical: the shard cannot take writes, or a node that should replicate does not (or its
+    state cannot be known: unknown is not healthy). warning: planned or transient conditions
+    (a freeze, a pending switchover, a deposed primary, a joining node, a sitter that does
+    not answer its status port while it holds its place in the election) and any trouble of
+    an async (the shard still takes writes without it)."""
+    out: list[tuple[str, str]] = []
+    C, W = CRITICAL, WARNING
     if v.state_error:
-        out.append(f"the shard state cannot be read: {v.state_error}")
+        out.append((C, f"the shard state cannot be read: {v.state_error}"))
     if v.error is not None:
         why = v.error.get("reason") if isinstance(v.error, Mapping) else v.error
-        out.append(f"safe mode: {why or 'no reason recorded'} (follow the runbook, then manatee-clear)")
+        out.append((C, f"safe mode: {why or 'no reason recorded'} (follow the runbook, then manatee-clear)"))
     st = v.state
     if not st:
         if not v.state_error:
-            out.append("no shard state in ZooKeeper yet: the shard has not been set up")
+            out.append((C, "no shard state in ZooKeeper yet: the shard has not been set up"))
         return out
     fr = st.get("freeze")
     if fr:
-        out.append(f"frozen: {fr.get('reason') or 'no reason'} (by {fr.get('by') or '?'} at "
-                   f"{fr.get('time') or '?'}): no automatic failover until unfreeze")
+        out.append((W, f"frozen: {fr.get('reason') or 'no reason'} (by {fr.get('by') or '?'} at "
+                   f"{fr.get('time') or '?'}): no automatic failover until unfreeze"))
     sw = st.get("switchover")
     if sw:
-        out.append(f"switchover to {sw.get('to')} pending since {sw.get('requested') or '?'}"
-                   + (" (primary released)" if sw.get("released") else ""))
+        out.append((W, f"switchover to {sw.get('to')} pending since {sw.get('requested') or '?'}"
+                   + (" (primary released)" if sw.get("released") else "")))
     if not st.get("sync") and not st.get("oneNodeWriteMode"):
-        out.append("no sync: the primary takes no writes until a standby becomes its sync")
+        out.append((C, "no sync: the primary takes no writes until a standby becomes its sync"))
     by_id = {n.id: n for n in v.nodes}
     for n in v.nodes:
         what = f"{n.role} {n.ip}"
+        crit = C if n.role in ("primary", "sync") else W  # an async's trouble is no outage
         if n.role == "unknown":
-            out.append(f"{n.ip} is live but not in the shard state yet (joining?)")
+            out.append((W, f"{n.ip} is live but not in the shard state yet (joining?)"))
             continue
         if n.role == "deposed":
-            out.append(f"deposed {n.ip}: a former primary "
+            out.append((W, f"deposed {n.ip}: a former primary "
                        + ("waiting to rejoin the chain (rebuild it if it does not)" if n.live
-                          else "that is down"))
+                          else "that is down")))
             continue
         if not n.live:
-            out.append(f"{what} is not in the election (its sitter is down or cut off)")
+            out.append((crit, f"{what} is not in the election (its sitter is down or cut off)"))
         if n.sitter is None and n.live:
-            out.append(f"{what}: its sitter's status server does not answer")
+            out.append((W, f"{what}: its sitter's status server does not answer"))
         if n.pg is not None and not n.pg.get("up"):
-            out.append(f"{what}: PostgreSQL does not answer ({n.pg.get('error') or 'down'})")
+            if n.pg.get("auth") == "failed":
+                out.append((crit, f"{what}: auth failed: PostgreSQL refused the credentials, its state is "
+                                  f"unknown ({n.pg.get('error')}; set PGPASSFILE or PGPASSWORD)"))
+            else:
+                out.append((crit, f"{what}: PostgreSQL does not answer ({n.pg.get('error') or 'down'})"))
             continue
         if n.role == "primary":
             if n.pg and n.pg.get("recovery"):
-                out.append(f"{what}: PostgreSQL is still in recovery (not promoted)")
+                out.append((crit, f"{what}: PostgreSQL is still in recovery (not promoted)"))
             elif n.pg and n.pg.get("readOnly") and st.get("sync") and not sw:
-                out.append(f"{what} is read-only (waiting for its sync to catch up?)")
+                out.append((crit, f"{what} is read-only (waiting for its sync to catch up?)"))
             continue
         up = by_id.get(n.upstream or "")
         up_ip = up.ip if up else n.upstream
         if n.pg is not None and n.pg.get("up") and not n.pg.get("recovery"):
-            out.append(f"{what}: PostgreSQL runs as a primary, not as a standby of {up_ip}")
+            out.append((crit, f"{what}: PostgreSQL runs as a primary, not as a standby of {up_ip}"))
         elif n.repl is None or n.repl.get("state") != "streaming":
             if up is not None and up.pg is not None:  # only when the upstream was asked
                 state = (n.repl or {}).get("state") or "not connected"
-                out.append(f"{what} is not streaming from {up_ip} ({state})")
+                out.append((crit, f"{what} is not streaming from {up_ip} ({state})"))
         elif n.role == "sync" and n.repl.get("sync_state") not in (None, "sync"):
-            out.append(f"{what} streams but is not the synchronous standby (sync_state "
-                       f"{n.repl.get('sync_state')})")
+            out.append((crit, f"{what} streams but is not the synchronous standby (sync_state "
+                       f"{n.repl.get('sync_state')})"))
     return out
+
+
+def problems(v: ShardView) -> list[str]:
+    """assess() without the severities: one line per problem; empty when healthy."""
+    return [msg for _sev, msg in assess(v)]
+
+
+def verdict(found: Sequence[tuple[str, str]]) -> str:
+    """ok | warning | critical: the worst severity found."""
+    sevs = {s for s, _ in found}
+    return CRITICAL if CRITICAL in sevs else WARNING if sevs else OK
 
 
 # --------------------------------------------------------------------------- formatting
@@ -175,7 +200,7 @@ def _pg_col(n: NodeView) -> tuple[str, str]:
     if n.pg is None:
         return "?", "-"
     if not n.pg.get("up"):
-        return "down", "-"
+        return ("auth failed" if n.pg.get("auth") == "failed" else "down"), "-"
     if n.pg.get("recovery"):
         return "up", "standby"
     return "up", "read-only" if n.pg.get("readOnly") else "read-write"
@@ -234,3 +259,37 @@ def render_history(records: Sequence[Mapping[str, Any]]) -> str:
     rows = [[r.get("date") or r.get("time"), r.get("action"), r.get("ip"), r.get("role"),
              r.get("master") or "-", r.get("slave") or "-", r.get("generation", "-")] for r in records]
     return render_table(["TIME", "ACTION", "IP", "ROLE", "MASTER", "SLAVE", "GEN"], rows)
+
+
+# --------------------------------------------------------------------------- JSON (for scripts)
+
+def node_json(n: NodeView) -> dict[str, Any]:
+    pg, mode = _pg_col(n)
+    r = n.repl or {}
+    return {"role": n.role, "id": n.id, "ip": n.ip, "zoneId": n.peer.get("zoneId"),
+            "pgUrl": n.peer.get("pgUrl"), "live": n.live, "upstream": n.upstream,
+            "sitter": None if n.sitter is None else (n.sitter.get("localRole") or n.sitter.get("role")),
+            "pg": pg, "mode": None if mode == "-" else mode, "wal": (n.pg or {}).get("wal"),
+            "pgError": (n.pg or {}).get("error"),
+            "repl": None if n.repl is None else r.get("state"), "replayLsn": r.get("replay_lsn"),
+            "lagBytes": None if n.repl is None or n.role == "primary" else r.get("lag_bytes"),
+            "lagSeconds": None if n.repl is None or n.role == "primary" else r.get("lag_s"),
+            "dataset": (n.sitter or {}).get("dataset")}
+
+
+def show_json(v: ShardView) -> dict[str, Any]:
+    """`manatee-adm show --json`: what the table shows, as data, with each problem's severity."""
+    st = v.state or {}
+    found = assess(v)
+    return {"shard": v.shard, "generation": v.generation, "freeze": st.get("freeze"),
+            "switchover": st.get("switchover"), "initWal": st.get("initWal"),
+            "oneNodeWriteMode": bool(st.get("oneNodeWriteMode")), "safeMode": v.error,
+            "nodes": [node_json(n) for n in v.nodes],
+            "status": verdict(found), "problems": [{"severity": s, "message": m} for s, m in found]}
+
+
+def pg_status_json(v: ShardView, stamp: str | None = None) -> dict[str, Any]:
+    keys = ("role", "ip", "pg", "mode", "wal", "repl", "replayLsn", "lagBytes", "lagSeconds")
+    return {"time": stamp or iso_now(), "shard": v.shard, "generation": v.generation,
+            "nodes": [{k: node_json(n)[k] for k in keys} for n in v.nodes
+                      if n.role not in ("deposed", "unknown")]}

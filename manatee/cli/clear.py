@@ -1,6 +1,6 @@
 """manatee-clear: take a shard out of safe mode by removing its `error` znode.
 
-    manatee-clear [-t SECONDS] SHARD ZK
+    manatee-clear [-t SECONDS] [-z ZK] [-s SHARD] [-c sitter.json] | SHARD ZK
 
 Prints what it removed as JSON: {"shard", "removed": path, "error": the node's data}.
 Refuses (exit 1, one line) when the shard does not exist or is not in safe mode. The
@@ -15,8 +15,8 @@ import argparse
 from typing import Any, Sequence
 
 from manatee.cli.common import (
-    ArgParser, CliError, ZkReader, check_shard_name, decode, dump_json,
-    parse_zk_hosts, run_cli, shard_path, shard_zk_parser,
+    ArgParser, CliError, ZkReader, decode, dump_json,
+    resolve_target, run_cli, shard_path, shard_zk_parser,
 )
 
 TOOL = "manatee-clear"
@@ -42,8 +42,8 @@ def build_parser() -> ArgParser:
 
 
 def _run(args: argparse.Namespace, deadline: float) -> int:
-    hosts = parse_zk_hosts(args.zk)
-    shard = check_shard_name(args.shard)
+    t = resolve_target(args)
+    hosts, shard = t.zk, t.shard
     with ZkReader(hosts, deadline) as zk:
         removed = clear_error(zk, shard)
     print(dump_json(removed))

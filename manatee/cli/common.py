@@ -22,16 +22,19 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from manatee import __version__ as VERSION
 from manatee.core.layout import registrar_path  # noqa: F401  (re-exported for the CLIs)
 
 __all__ = [
     "DEFAULT_PORT", "DEFAULT_TIMEOUT", "MANATEE_ROOT", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE",
     "CliError", "UsageError", "ArgParser", "parse_zk_hosts", "check_shard_name",
     "registrar_path", "shard_path", "ZkReader", "run_cli", "dump_json", "decode",
-    "add_common_args", "check_timeout", "shard_zk_parser",
+    "add_common_args", "check_timeout", "shard_zk_parser", "add_target_args", "resolve_target", "Target",
+    "ENV_ZK", "ENV_SHARD", "ENV_CONFIG", "VERSION", "pg_failure",
 ]
 
 DEFAULT_PORT = 2181
@@ -57,10 +60,22 @@ class UsageError(CliError):
 
 
 class ArgParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (`tool: message (see --help)`)."""
+    """argparse that reports a usage error as one line (`tool: message (see --help)`).
+
+    Positional words left over after options (`show 1 -t 3 ZK`) join the `args` list of a
+    parser that has one (see add_target_args) instead of being refused."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, rest = self.parse_known_args(args, namespace)
+        if rest:
+            if hasattr(ns, "args") and not any(r.startswith("-") and r != "-" for r in rest):
+                ns.args = list(ns.args or []) + list(rest)
+            else:
+                self.error(f"unrecognized arguments: {' '.join(rest)}")
+        return ns
 
 
 def parse_zk_hosts(spec: str) -> str:
@@ -233,11 +248,26 @@ class ZkReader:
             raise CliError(f"ZooKeeper at {self.hosts}: deleting {path}: {e or type(e).__name__}") from None
 
 
+#: how libpq words a refused login (password or pg_hba): "auth failed", not "down"
+_AUTH_FAILED = ("password authentication failed", "no password supplied", "authentication failed",
+                "no pg_hba.conf entry", "role \"", "peer authentication failed")
+
+
+def pg_failure(e: BaseException) -> dict[str, Any]:
+    """A failed PostgreSQL connect or query → {"error": first line[, "auth": "failed"]}."""
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    out: dict[str, Any] = {"error": msg}
+    if getattr(e, "pgcode", None) in ("28P01", "28000") or any(a in msg for a in _AUTH_FAILED):
+        out["auth"] = "failed"
+    return out
+
+
 def decode(raw: bytes | None) -> Any:
     return _decode(raw)
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"%(prog)s (manatee) {VERSION}")
     p.add_argument("-t", "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"give up after this long in all (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("-v", "--verbose", action="store_true", help="log ZooKeeper client messages to stderr")
@@ -308,9 +338,108 @@ def run_cli(tool: str, parser: argparse.ArgumentParser, body: Callable[[argparse
 
 
 def shard_zk_parser(prog: str, description: str) -> "ArgParser":
-    """The parser of the tools that take `SHARD ZK` (manatee-history, manatee-clear)."""
+    """The parser of the tools that take a shard and ZooKeeper (manatee-history, manatee-clear):
+    -z/-s/-c or the guide's `SHARD ZK`."""
     p = ArgParser(prog=prog, description=description)
     add_common_args(p)
-    p.add_argument("shard", metavar="SHARD", help="shard name under /manatee (e.g. 1)")
-    p.add_argument("zk", metavar="ZK", help="ZooKeeper: host[:port][,host[:port]...][/chroot]")
+    add_target_args(p, "SHARD ZK")
     return p
+
+
+# --------------------------------------------------------------------------- shard and ZooKeeper
+
+ENV_ZK, ENV_SHARD, ENV_CONFIG = "MANATEE_ZK", "MANATEE_SHARD", "MANATEE_CONFIG"
+
+
+def add_target_args(p: argparse.ArgumentParser, legacy: str = "SHARD ZK", extra: str = "") -> None:
+    """The one convention of every tool for naming the shard and ZooKeeper:
+
+        -z/--zk ZK  -s/--shard SHARD  -c/--config sitter.json
+
+    then the guide's positional forms (`SHARD ZK`, manatee-stat's `ZK`), then the config
+    file, then $MANATEE_ZK / $MANATEE_SHARD ($MANATEE_CONFIG names a default config file).
+    resolve_target() applies that order."""
+    p.add_argument("-z", "--zk", metavar="ZK",
+                   help=f"ZooKeeper: host[:port][,host[:port]...][/chroot] (default ${ENV_ZK})")
+    p.add_argument("-s", "--shard", metavar="SHARD",
+                   help=f"shard name under /manatee, e.g. 1 (default ${ENV_SHARD})")
+    p.add_argument("-c", "--config", metavar="SITTER_CONFIG",
+                   help=f"take ZooKeeper (zkCfg.connStr) and the shard (shardPath) from a sitter "
+                        f"config file (default ${ENV_CONFIG})")
+    p.add_argument("args", nargs="*", metavar=(legacy + (" " + extra if extra else "")).strip(),
+                   help=f"the guide's positional form ({legacy}), still accepted"
+                        + (f"; then {extra}" if extra else ""))
+
+
+@dataclass
+class Target:
+    zk: str | None
+    shard: str | None
+    extra: list[str]
+
+
+def _read_sitter_config(path: str) -> tuple[str | None, str | None]:
+    """(zkCfg.connStr, the shard name from shardPath) of a sitter config file, unvalidated:
+    the tools need two keys of it, not a config this host could run."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise UsageError(f"--config {path}: {e.strerror or e}") from None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        try:
+            import yaml
+
+            doc = yaml.safe_load(text)
+        except Exception as e:  # noqa: BLE001 - any parse error is the same one line
+            raise UsageError(f"--config {path}: neither JSON nor YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"--config {path}: expected a sitter config object")
+    zk_cfg = doc.get("zkCfg")
+    conn = zk_cfg.get("connStr") if isinstance(zk_cfg, dict) else None
+    if conn is not None and not isinstance(conn, str):
+        raise UsageError(f"--config {path}: zkCfg.connStr must be a string")
+    shard_path_ = doc.get("shardPath", "/manatee/1")
+    if not isinstance(shard_path_, str) or not shard_path_.startswith(MANATEE_ROOT + "/"):
+        raise UsageError(f"--config {path}: shardPath {shard_path_!r} is not under {MANATEE_ROOT}/")
+    return conn, shard_path_[len(MANATEE_ROOT) + 1:]
+
+
+def resolve_target(args: argparse.Namespace, *, order: Sequence[str] = ("shard", "zk"),
+                   extras: tuple[int, int] = (0, 0), need_shard: bool = True,
+                   env: Mapping[str, str] | None = None) -> Target:
+    """Where the shard and ZooKeeper come from, first that gives it: the -z/-s options, the
+    positional words (in `order`, for what the options did not give), -c sitter.json,
+    $MANATEE_CONFIG, $MANATEE_ZK/$MANATEE_SHARD. The positional words are the legacy form
+    when there are enough of them; otherwise they are the command's own (`extras`: how many
+    it takes, min and max). The ZooKeeper address and shard name come back checked."""
+    env = os.environ if env is None else env
+    pos = list(getattr(args, "args", None) or [])
+    got: dict[str, str | None] = {"zk": args.zk, "shard": getattr(args, "shard", None)}
+    missing = [k for k in order if got[k] is None]
+    lo, hi = extras
+    if missing and lo <= len(pos) - len(missing) <= hi:
+        for k, v in zip(missing, pos):
+            got[k] = v
+        pos = pos[len(missing):]
+    elif len(pos) > hi + len(missing):
+        raise UsageError(f"unrecognized arguments: {' '.join(pos[hi + len(missing):])}")
+    cfg = args.config or env.get(ENV_CONFIG)
+    if cfg and (got["zk"] is None or got["shard"] is None):
+        c_zk, c_shard = _read_sitter_config(cfg)
+        got["zk"] = got["zk"] if got["zk"] is not None else c_zk
+        got["shard"] = got["shard"] if got["shard"] is not None else c_shard
+    got["zk"] = got["zk"] if got["zk"] is not None else (env.get(ENV_ZK) or None)
+    got["shard"] = got["shard"] if got["shard"] is not None else (env.get(ENV_SHARD) or None)
+    need = [name for key, name in (("shard", "SHARD"), ("zk", "ZK"))
+            if got[key] is None and (key == "zk" or need_shard)]
+    if need:
+        raise UsageError(f"the following arguments are required: {', '.join(need)} (-z/--zk ZK, -s/--shard "
+                         f"SHARD, the positional form, -c sitter.json, or ${ENV_ZK}/${ENV_SHARD})")
+    if len(pos) > hi:
+        raise UsageError(f"unrecognized arguments: {' '.join(pos[hi:])}")
+    if len(pos) < lo:
+        raise UsageError("too few arguments (see --help)")
+    return Target(parse_zk_hosts(got["zk"]),
+                  None if got["shard"] is None else check_shard_name(got["shard"]), pos)

@@ -1,6 +1,6 @@
 """manatee-history: every recorded flip of a shard, one JSON object per line.
 
-    manatee-history [-t SECONDS] SHARD ZK
+    manatee-history [-t SECONDS] [-z ZK] [-s SHARD] [-c sitter.json] | SHARD ZK
 
 Lines are the guide's records — {time, date, ip, action, role, master, slave, zkSeq} —
 plus `generation` (the state generation of the flip, this port's addition), in the order
@@ -15,8 +15,8 @@ import sys
 from typing import Any, Mapping, Sequence
 
 from manatee.cli.common import (
-    ArgParser, CliError, ZkReader, check_shard_name, dump_json, parse_zk_hosts,
-    run_cli, shard_path, shard_zk_parser,
+    ArgParser, CliError, ZkReader, dump_json,
+    resolve_target, run_cli, shard_path, shard_zk_parser,
 )
 from manatee.sitter.history import parse_record, sort_records
 
@@ -50,8 +50,8 @@ def build_parser() -> ArgParser:
 
 
 def _run(args: argparse.Namespace, deadline: float) -> int:
-    hosts = parse_zk_hosts(args.zk)
-    shard = check_shard_name(args.shard)
+    t = resolve_target(args)
+    hosts, shard = t.zk, t.shard
     with ZkReader(hosts, deadline) as zk:
         nodes = read_history(zk, shard)
     recs, bad = records(nodes)

@@ -1,6 +1,9 @@
 """manatee-stat: the topology of every shard (or one) as the guide's JSON.
 
-    manatee-stat [-p] [-s SHARD] [-t SECONDS] ZK
+    manatee-stat [-p] [-z ZK] [-s SHARD] [-c sitter.json] [-t SECONDS] [ZK]
+
+ZooKeeper and the shard as every tool takes them (manatee/cli/common.py add_target_args):
+-z/-s, the guide's positional ZK, -c sitter.json, $MANATEE_ZK / $MANATEE_SHARD.
 
 Roles come from each shard's persisted `state` (the authoritative topology of this port),
 not from the election order as in the original; the election order is used only for a
@@ -12,7 +15,9 @@ With -p every node in the chain is asked, over its pgUrl, for `repl`: the row of
 pg_stat_replication (the standby streaming from it, PostgreSQL's column names; `{}` when
 none), and each async also for `lag.time_lag` (now() - pg_last_xact_replay_timestamp()).
 A node that cannot be asked within the short connect timeout gets `repl: {}` and an
-`error` saying why. The password, if any, comes from PGPASSWORD.
+`error` saying why, and `auth: "failed"` when PostgreSQL refused the credentials (not the
+same as down). The password comes from the pgUrl, PGPASSWORD or a pgpass file (PGPASSFILE;
+`manatee-sandbox up` writes one).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 from manatee.cli.common import (
-    MANATEE_ROOT, ArgParser, CliError, ZkReader, add_common_args, check_shard_name, decode,
-    dump_json, parse_zk_hosts, registrar_path, run_cli, shard_path,
+    MANATEE_ROOT, ArgParser, CliError, ZkReader, add_common_args, add_target_args, decode,
+    dump_json, pg_failure, registrar_path, resolve_target, run_cli, shard_path,
 )
 from manatee.sitter.state import ClusterState, Peer, StateError, election_order
 
@@ -111,6 +116,8 @@ def shard_status(data: ShardData, pg: Mapping[str, Mapping[str, Any]] | None = N
                 node["lag"] = probe.get("lag", {"time_lag": None})
             if probe.get("error"):
                 node["error"] = probe["error"]
+            if probe.get("auth"):
+                node["auth"] = probe["auth"]
         out[key] = node
     if deposed:
         out["deposed"] = [_node(p) for p in deposed]
@@ -232,9 +239,9 @@ def probe_node(pg_url: str, downstream: str | None = None, want_lag: bool = Fals
     try:
         conn = psycopg2.connect(**_conn_params(pg_url))
     except (psycopg2.Error, ValueError) as e:
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        out: dict[str, Any] = {"repl": {}, "error": f"cannot connect to {pg_url}: {msg}"}
-        return out
+        f = pg_failure(e)
+        what = "auth failed on" if f.get("auth") else "cannot connect to"
+        return {"repl": {}, "error": f"{what} {pg_url}: {f['error']}", **({"auth": "failed"} if f.get("auth") else {})}
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -246,8 +253,7 @@ def probe_node(pg_url: str, downstream: str | None = None, want_lag: bool = Fals
                 cur.execute("select now() - pg_last_xact_replay_timestamp() as time_lag")
                 lag = cur.fetchone()[0]
     except psycopg2.Error as e:
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return {"repl": {}, "error": f"query on {pg_url} failed: {msg}"}
+        return {"repl": {}, "error": f"query on {pg_url} failed: {pg_failure(e)['error']}"}
     finally:
         conn.close()
     row = next((r for r in rows if downstream and r.get("application_name") == downstream), None)
@@ -291,15 +297,15 @@ def build_parser() -> ArgParser:
     p = ArgParser(prog=TOOL, description="Show the topology of manatee shards as JSON.")
     p.add_argument("-p", "--postgres", action="store_true",
                    help="also ask each node's PostgreSQL for its replication row (repl) and lag")
-    p.add_argument("-s", "--shard", help="only this shard (a name under /manatee)")
     add_common_args(p)
-    p.add_argument("zk", metavar="ZK", help="ZooKeeper: host[:port][,host[:port]...][/chroot]")
+    add_target_args(p, "ZK")
+    p.add_argument("--json", action="store_true", help="JSON output (always: accepted for symmetry)")
     return p
 
 
 def _run(args: argparse.Namespace, deadline: float) -> int:
-    hosts = parse_zk_hosts(args.zk)
-    shard = check_shard_name(args.shard) if args.shard is not None else None
+    t = resolve_target(args, order=("zk",), need_shard=False)
+    hosts, shard = t.zk, t.shard
     with ZkReader(hosts, deadline) as zk:
         shards = collect(zk, shard)
     pg = None

@@ -1,27 +1,51 @@
-"""Common start-up for the daemons: `-f FILE`, `-v`, config validation, signals, exit codes.
+"""Common start-up for the daemons: `-f FILE`, `-v`, config validation, signals, exit codes,
+systemd notification.
 
     main = lambda argv=None: daemon_main("manatee-snapshotter", SnapshotterConfig, run, argv)
 
 `run(config, log, stop)` is a coroutine that works until `stop` (an asyncio.Event) is set by
 SIGTERM or SIGINT and returns an exit status. A bad config never starts anything: one line on
-stderr naming the file and the key, exit status 2.
+stderr naming the file and the key, exit status 2. A failure while starting or running (a
+taken port, say) is one line too (`fatal_error`, with the traceback only under -v), exit 1.
+
+Signals:
+  SIGTERM, SIGINT  orderly stop (exit 0)
+  SIGHUP           reload: re-read and validate the config file, apply what can change at run
+                   time — the log level (`logLevel`) — and log `reloaded` with the keys that
+                   changed and `reload_needs_restart` naming those that only a restart applies.
+                   A file that no longer validates is logged (`reload_failed`) and ignored: the
+                   daemon keeps running on the config it has. SIGHUP never stops a daemon.
+
+`logLevel` (debug | info | warning | error) is a top-level key every daemon's config may
+carry; it is taken out before the daemon's own model validates the rest. -v on the command
+line sets the level only while the file does not.
+
+systemd (Type=notify, see smf/systemd/): READY=1 once `run` has been up for
+READY_AFTER_S without failing (start-up errors such as a taken port happen before that),
+RELOADING=1 then READY=1 around a SIGHUP reload, STOPPING=1 on stop, and WATCHDOG=1 every
+half WatchdogSec from the event loop itself, so a blocked loop is restarted by systemd.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
-from typing import Awaitable, Callable, TypeVar
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
 
 from manatee import __version__
 from manatee.core import log as logmod
-from manatee.core.config import ConfigError, ConfigModel, load_config
+from manatee.core import sdnotify
+from manatee.core.config import ConfigError, ConfigModel, parse_text, validate
 
 C = TypeVar("C", bound=ConfigModel)
 
 EXIT_CONFIG = 2
+READY_AFTER_S = 1.0
+LOG_LEVEL_KEY = "logLevel"
 
 
 def parse_args(name: str, argv: list[str] | None) -> argparse.Namespace:
@@ -30,8 +54,40 @@ def parse_args(name: str, argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v debug, -vv library debug)")
     p.add_argument("--log-format", choices=["json", "text"], default=None,
                    help="log format (default: json, or text on a terminal)")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--version", action="version", version=f"%(prog)s (manatee) {__version__}")
     return p.parse_args(argv)
+
+
+def load(path: str, model: type[C]) -> tuple[C, str | None]:
+    """(the validated config, its logLevel or None). ConfigError on any problem."""
+    file = str(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(file, None, "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(file, None, f"cannot be read: {e}") from None
+    data = parse_text(text, file)
+    level = None
+    if isinstance(data, dict) and LOG_LEVEL_KEY in data:
+        data = dict(data)
+        level = data.pop(LOG_LEVEL_KEY)
+        if level not in logmod.LEVEL_NAMES:
+            raise ConfigError(file, LOG_LEVEL_KEY, f"must be one of {', '.join(logmod.LEVEL_NAMES)} "
+                                                   f"(got {level!r})")
+    return validate(data, model, file), level
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (pydantic models or dicts)."""
+    a = old.model_dump() if hasattr(old, "model_dump") else old
+    b = new.model_dump() if hasattr(new, "model_dump") else new
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return [prefix.rstrip(".")] if a != b else []
+    out: list[str] = []
+    for k in sorted(set(a) | set(b), key=str):
+        out += changed_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    return out
 
 
 def daemon_main(
@@ -42,14 +98,16 @@ def daemon_main(
 ) -> int:
     args = parse_args(name, argv)
     try:
-        config = load_config(args.file, model)
+        config, level = load(args.file, model)
     except ConfigError as e:
         print(f"{name}: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    logmod.configure(args.verbose, json=None if args.log_format is None else args.log_format == "json")
+    logmod.configure(args.verbose, json=None if args.log_format is None else args.log_format == "json",
+                     level=level)
     log = logmod.get_logger(name)
+    d = _Daemon(name, model, args, config, level, log)
     try:
-        return asyncio.run(_run(name, config, run, log)) or 0
+        return asyncio.run(d.main(run)) or 0
     except KeyboardInterrupt:
         return 130
     except ConfigError as e:  # raised by `run` for what only start-up can check (e.g. the secret file)
@@ -57,23 +115,88 @@ def daemon_main(
         return EXIT_CONFIG
 
 
-async def _run(name, config, run, log) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, log, sig, stop)
-    log.info("starting", daemon=name, version=__version__)
-    try:
-        status = await run(config, log, stop)
-    except ConfigError:
-        raise
-    except Exception:
-        log.exception("fatal_error", daemon=name)
-        return 1
-    log.info("stopped", daemon=name, status=status or 0)
-    return status or 0
+class _Daemon:
+    def __init__(self, name, model, args, config, level, log):
+        self.name, self.model, self.args = name, model, args
+        self.config, self.level, self.log = config, level, log
+        self.stop = asyncio.Event()
+
+    async def main(self, run) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        log = self.log
+        log.info("starting", daemon=self.name, version=__version__, pid=_pid(), log_level=logmod.set_level(
+            self.args.verbose, self.level)[0])
+        task = asyncio.create_task(run(self.config, log, self.stop))
+        helpers = [asyncio.create_task(self._ready_when_up(task)), asyncio.create_task(self._watchdog())]
+        try:
+            status = await task
+        except ConfigError:
+            raise  # what only start-up can check (e.g. the secret file): exit 2 naming the key
+        except Exception as e:  # one line; the traceback only when asked for (-v)
+            log.error("fatal_error", daemon=self.name, error=f"{type(e).__name__}: {e}",
+                      exc_info=self.args.verbose > 0)
+            return 1
+        finally:
+            sdnotify.stopping()
+            for h in helpers:
+                h.cancel()
+            for h in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await h
+        log.info("stopped", daemon=self.name, status=status or 0)
+        return status or 0
+
+    async def _ready_when_up(self, task: asyncio.Task) -> None:
+        done, _ = await asyncio.wait({task}, timeout=READY_AFTER_S)
+        if done:
+            return  # finished (or failed) within the grace: never ready
+        sdnotify.ready(f"{self.name} running")
+        self.log.debug("ready_notified")
+
+    async def _watchdog(self) -> None:
+        every = sdnotify.watchdog_interval()
+        if every is None:
+            return
+        while True:
+            sdnotify.watchdog()
+            await asyncio.sleep(every)
+
+    def _on_stop_signal(self, sig) -> None:
+        self.log.info("signal_received", signal=signal.Signals(sig).name)
+        self.stop.set()
+
+    def _on_hup(self) -> None:
+        """Reload: never raises, never stops the daemon."""
+        sdnotify.reloading()
+        try:
+            self.reload()
+        except Exception as e:  # noqa: BLE001 - a reload must not take the daemon down
+            self.log.error("reload_failed", file=self.args.file, error=f"{type(e).__name__}: {e}")
+        finally:
+            sdnotify.ready(f"{self.name} running")
+
+    def reload(self) -> None:
+        log = self.log
+        log.info("signal_received", signal="SIGHUP", action="reload", file=self.args.file)
+        try:
+            new, level = load(self.args.file, self.model)
+        except ConfigError as e:
+            log.error("reload_failed", error=str(e), keeping="the running config")
+            return
+        ours, libs = logmod.set_level(self.args.verbose, level)
+        changed = changed_keys(self.config, new)
+        log.info("reloaded", file=self.args.file, log_level=ours, library_log_level=libs,
+                 changed=changed or None)
+        if changed:
+            log.warning("reload_needs_restart", keys=changed,
+                        hint="only logLevel changes at run time; restart the daemon for these")
+        self.level = level
 
 
-def _on_signal(log, sig, stop: asyncio.Event) -> None:
-    log.info("signal_received", signal=signal.Signals(sig).name)
-    stop.set()
+def _pid() -> int:
+    import os
+
+    return os.getpid()

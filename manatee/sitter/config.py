@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import Any, Literal
 
@@ -151,6 +152,15 @@ class PostgresMgrCfg(ConfigModel):
     replicationAuth: ReplicationAuth
     adminAuth: AdminAuth | None = Field(None, description="TCP access for an administrative role (absent: the superuser only by the local socket)")
     zfsClientCfg: ZfsClientCfg
+
+    @field_validator("postgresConf")
+    @classmethod
+    def _conf_exists(cls, v):
+        # checked at start, not at initdb: a typo must not silently become PostgreSQL's defaults
+        if v is not None and not os.path.isfile(v):
+            raise ValueError(f"file not found: {v}" + ("" if os.path.isabs(v) else
+                             f" (a relative path is taken from the working directory, {os.getcwd()})"))
+        return v
 
     @model_validator(mode="after")
     def _auth(self):

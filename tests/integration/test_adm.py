@@ -116,7 +116,7 @@ def test_freeze_stops_failover_until_unfreeze(shard: Shard):
         r = adm(sh, "show")
         assert "freeze:      frozen: adm test: planned maintenance" in r.stdout
         r = adm(sh, "verify")
-        assert r.returncode == 1 and any(ln.startswith("frozen: adm test") for ln in r.stdout.splitlines())
+        assert r.returncode == 1 and any(ln.startswith("warning: frozen: adm test") for ln in r.stdout.splitlines())
 
         frozen_state = sh.zk_state()
         sh.sb.kill(p)
