@@ -233,6 +233,7 @@ class BackupApi:
             dataset=req.dataset,
             address=address,
             requester=requester,
+            offered=req.snapshots,
         )
         try:
             self.queue.submit(job)
