@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Optional
 
+from manatee.core.incremental import SnapshotRef
+
 
 class JobState(str, enum.Enum):
     QUEUED = "queued"
@@ -59,6 +61,9 @@ class BackupJob:
     queued_at: float = field(default_factory=time.time)
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
+    offered: tuple[SnapshotRef, ...] = ()  # the requester's snapshots (it asks for an increment)
+    incremental: Optional[dict[str, str]] = None  # {"from": snapshot, "guid": ...}; None: a full stream
+    path_reason: Optional[str] = None  # why this kind of stream
 
     @property
     def done(self) -> bool | str:
@@ -87,6 +92,8 @@ class BackupJob:
             "queued": _iso(self.queued_at),
             "started": _iso(self.started_at),
             "finished": _iso(self.finished_at),
+            "incremental": self.incremental,
+            "pathReason": self.path_reason,
         }
         if self.error is not None:
             out["error"] = self.error

@@ -8,6 +8,10 @@ socket to `zfs send` as its stdout (manatee.core.zfsstream: no copies through
 Python). The stream starts with a 40-byte header proving the shard secret for the
 job's one-time token (manatee.core.auth.stream_header). The hold is released on every exit path; on failure or cancellation zfs
 send is killed and the socket shut down, which also stops zfs-fuse's daemon.
+
+When the request offers the requester's snapshots (manatee.core.incremental), the
+newest one this dataset also has is held too and the stream is `zfs send -i` from
+it: only the blocks written since then travel.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Optional
 from manatee.backupserver.jobs import BackupJob
 from manatee.core.aio import finish_even_if_cancelled
 from manatee.core.auth import STREAM_HEADER_LEN, ShardSecret, stream_header
+from manatee.core.incremental import newest_common
 from manatee.core.zfs import Snapshot, Zfs, ZfsError
 from manatee.core.zfsstream import StreamError, tcp_counters
 
@@ -29,6 +34,9 @@ from manatee.core.zfsstream import StreamError, tcp_counters
 # restarted backupserver find and release holds left by a crashed one (zfs-fuse
 # cannot list hold tags).
 HOLD_TAG = "manatee-backupserver"
+# The base of an incremental send may serve several jobs at once: one hold per base
+# (this tag), counted in-process, released by the last job using it.
+BASE_HOLD_TAG = "manatee-backupserver-base"
 
 
 class SendError(Exception):
@@ -58,6 +66,8 @@ class ZfsSender:
 
             logger = structlog.get_logger("manatee.backupserver.sender")
         self.log = logger
+        self._base_users: dict[str, int] = {}
+        self._base_lock = asyncio.Lock()
 
     async def fresh_snapshot(self) -> Snapshot:
         """`dataset@<epoch ms>`; retried with a later name if that ms is already taken."""
@@ -86,23 +96,66 @@ class ZfsSender:
             self.log.warning("backup_stale_holds_check_failed", dataset=self.dataset, error=str(e))
             return released
         for snap in sorted(held):
-            try:
-                await self.zfs.release(HOLD_TAG, snap)
-            except ZfsError:
-                continue
-            released.append(snap)
+            for tag in (HOLD_TAG, BASE_HOLD_TAG):
+                try:
+                    await self.zfs.release(tag, snap)
+                except ZfsError:
+                    continue
+                released.append(snap)
         if released:
             self.log.info("backup_stale_holds_released", snapshots=released)
         return released
 
     async def __call__(self, job: BackupJob) -> None:
+        base = await self.incremental_base(job)
+        try:
+            await self._send(job, base)
+        finally:
+            if base is not None:
+                async with self._base_lock:
+                    self._base_users[base] -= 1
+                    if not self._base_users[base]:
+                        del self._base_users[base]
+                        await self._release(BASE_HOLD_TAG, base)
+
+    async def incremental_base(self, job: BackupJob) -> Optional[str]:
+        """The newest snapshot the requester also has, held for the send; None: send in full.
+
+        Sets `job.incremental` and `job.path_reason`. Any doubt (the listing fails, the
+        snapshot vanished before the hold) means a full stream, which is always correct.
+        """
+        if not job.offered:
+            job.path_reason = "the request offered no snapshots"
+            return None
+        try:
+            common = newest_common(await self.zfs.list_snapshot_guids(self.dataset), job.offered)
+        except ZfsError as e:
+            job.path_reason = f"cannot list the snapshots of {self.dataset}: {e}"
+            return None
+        if common is None:
+            job.path_reason = f"none of the {len(job.offered)} offered snapshots exists here"
+            return None
+        snap, guid = common
+        async with self._base_lock:
+            if not self._base_users.get(snap.full):
+                try:
+                    await self.zfs.hold(BASE_HOLD_TAG, snap.full)
+                except ZfsError as e:
+                    job.path_reason = f"cannot hold the common snapshot {snap.full}: {e}"
+                    return None
+            self._base_users[snap.full] = self._base_users.get(snap.full, 0) + 1
+        job.incremental = {"from": snap.full, "guid": guid}
+        job.path_reason = f"newest common snapshot {snap.name}"
+        return snap.full
+
+    async def _send(self, job: BackupJob, base: Optional[str]) -> None:
         snap = await self.fresh_snapshot()
         job.snapshot = snap.full
         await self.zfs.hold(HOLD_TAG, snap.full)
         sock: Optional[socket.socket] = None
         try:
             with contextlib.suppress(ZfsError, ValueError):
-                job.size = await self.zfs.estimate_send_size(snap.full)
+                job.size = await self.zfs.estimate_send_size(snap.full, base)
             self.log.info(
                 "backup_send_connecting",
                 jobid=job.jobid,
@@ -110,6 +163,8 @@ class ZfsSender:
                 address=job.address,
                 port=job.port,
                 size=job.size,
+                incremental_from=base,
+                why=job.path_reason,
             )
             sock = await self._connect(job.address, job.port)
             # Prove the shard secret before the first byte of the stream: the receiver
@@ -130,7 +185,7 @@ class ZfsSender:
 
             try:
                 sent = await self.zfs.send_to_socket(
-                    snap.full, sock, progress=progress, stall_timeout=self.stall_timeout
+                    snap.full, sock, incremental_from=base, progress=progress, stall_timeout=self.stall_timeout
                 )
             except (ZfsError, StreamError) as e:
                 raise SendError(f"sending {snap.full} to {job.address}:{job.port} failed: {e}") from e

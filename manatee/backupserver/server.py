@@ -222,6 +222,7 @@ class BackupApi:
             address=address,
             requester=requester,
             stream_token=req.stream_token,
+            offered=req.snapshots,
         )
         try:
             self.queue.submit(job)

@@ -13,7 +13,11 @@ from typing import Any
 
 from manatee.core.auth import valid_stream_token
 
+from manatee.core.incremental import GUID_MAX, GUID_RE, MAX_ACCEPTED, SnapshotRef
+from manatee.core.zfs import SNAPSHOT_NAME_RE
+
 REQUIRED_FIELDS = ("host", "port", "dataset", "streamToken")
+OPTIONAL_FIELDS = ("snapshots",)  # the requester's snapshots: ask for an incremental stream
 
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 # ZFS accepts alphanumerics, '_', '-', '.', ':' (and space, which we refuse: the name is
@@ -37,6 +41,7 @@ class BackupRequest:
     port: int
     dataset: str
     stream_token: str = ""
+    snapshots: tuple[SnapshotRef, ...] = ()
 
 
 def is_ip_address(value: str) -> bool:
@@ -113,11 +118,11 @@ def validate_backup_request(body: Any) -> BackupRequest:
         raise ValidationError(
             "InvalidBody", f"request body must be a JSON object, got {_type_name(body)}"
         )
-    unknown = sorted(k for k in body if k not in REQUIRED_FIELDS)
+    unknown = sorted(k for k in body if k not in REQUIRED_FIELDS + OPTIONAL_FIELDS)
     if unknown:
         raise ValidationError(
             "UnknownParameter",
-            f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(REQUIRED_FIELDS)}",
+            f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}",
         )
     missing = [k for k in REQUIRED_FIELDS if k not in body]
     if missing:
@@ -158,4 +163,39 @@ def validate_backup_request(body: Any) -> BackupRequest:
             "streamToken must be 64 lowercase hex digits (the one-time token the stream header proves)",
         )
 
-    return BackupRequest(host=host, port=port, dataset=dataset, stream_token=token)
+    snapshots = validate_snapshots(body["snapshots"]) if "snapshots" in body else ()
+    return BackupRequest(host=host, port=port, dataset=dataset, stream_token=token, snapshots=snapshots)
+
+
+def validate_snapshots(value: Any) -> tuple[SnapshotRef, ...]:
+    """The optional `snapshots` field: [{"name": "<snapshot name>", "guid": "<decimal u64>"}, ...]."""
+    if not isinstance(value, list):
+        raise ValidationError("InvalidArgument", f"snapshots must be an array, got {_type_name(value)}")
+    if len(value) > MAX_ACCEPTED:
+        raise ValidationError(
+            "InvalidArgument", f"snapshots has {len(value)} entries; at most {MAX_ACCEPTED} are accepted"
+        )
+    refs = []
+    for i, item in enumerate(value):
+        where = f"snapshots[{i}]"
+        if not isinstance(item, dict):
+            raise ValidationError("InvalidArgument", f"{where} must be an object, got {_type_name(item)}")
+        extra = sorted(k for k in item if k not in ("name", "guid"))
+        if extra:
+            raise ValidationError(
+                "UnknownParameter", f"{where} has unknown field(s) {', '.join(extra)}; allowed: name, guid"
+            )
+        name, guid = item.get("name"), item.get("guid")
+        if not isinstance(name, str) or not SNAPSHOT_NAME_RE.fullmatch(name) or len(name) > ZFS_MAX_NAME:
+            raise ValidationError(
+                "InvalidArgument",
+                f"{where}.name must be a snapshot name (letters, digits, '_', '.', ':', '-'; without "
+                f"the dataset), got {str(name)[:100]!r}",
+            )
+        if not isinstance(guid, str) or not GUID_RE.fullmatch(guid) or int(guid) > GUID_MAX:
+            raise ValidationError(
+                "InvalidArgument",
+                f"{where}.guid must be a decimal string of an unsigned 64-bit integer, got {str(guid)[:40]!r}",
+            )
+        refs.append(SnapshotRef(name, guid))
+    return tuple(refs)

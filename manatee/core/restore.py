@@ -9,6 +9,13 @@ is killed, the listener is closed, and the old dataset is renamed back with its
 mountpoint/canmount restored and mounted again, so afterwards exactly the old
 dataset is in place. The sitter calls this; its status server shows the progress.
 
+Incremental: the request offers our snapshots (name + guid); if the sender shares
+one it sends only the blocks written since (`zfs send -i`). The stream's own header
+says which kind arrived. For an increment, `dataset` is a clone of the set-aside
+copy's base snapshot, promoted, into which the increment is received; the old data
+stays whole in the aside copy until the end, as for a full stream
+(manatee.core.incremental; docs/design.md "Incremental rebuilds").
+
     result = await restore(zfs, dataset="zones/pg", mountpoint=Path("/var/manatee"),
                            backup_url="http://10.0.0.1:10002", listen_host="10.0.0.2",
                            listen_port=10001, logger=log)
@@ -34,8 +41,9 @@ from yarl import URL
 
 from manatee.core.aio import finish_even_if_cancelled
 from manatee.core.auth import STREAM_HEADER_LEN, ShardSecret, new_stream_token, sign_request, stream_header_ok
-from manatee.core.zfs import Zfs, ZfsError
 from manatee.core.zfsstream import accept_stream
+from manatee.core import incremental as inc
+from manatee.core.zfs import Snapshot, Zfs, ZfsError
 
 try:
     from manatee.core.log import get_logger
@@ -61,6 +69,8 @@ class RestoreProgress:
     jobid: Optional[str] = None
     snapshot: Optional[str] = None
     error: Optional[str] = None
+    path: Optional[str] = None  # "full" or "incremental from <snapshot>", once the stream says
+    reason: Optional[str] = None  # why that path
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +83,12 @@ class RestoreResult:
     snapshot: Optional[str]  # the received snapshot, `<dataset>@<name>`
     source_snapshot: Optional[str] = None  # the sender's snapshot
     jobid: Optional[str] = None
+    incremental_from: Optional[str] = None  # our base snapshot; None: a full stream
+    reason: Optional[str] = None  # why this path ran
+
+    @property
+    def path(self) -> str:
+        return inc.describe_path(self.incremental_from)
 
     @property
     def mb_per_s(self) -> float:
@@ -85,6 +101,7 @@ class RestoreError(Exception):
     def __init__(self, message: str, *, phase: str = "", rollback_errors: list[str] | None = None):
         self.phase = phase
         self.rollback_errors = list(rollback_errors or [])
+        self.full_would_fix = False  # an incremental failed in a way a full stream avoids
         super().__init__(message)
 
 
@@ -114,8 +131,14 @@ async def restore(
     stall_timeout: float = 120.0,
     progress: Optional[Callable[[RestoreProgress], None]] = None,
     logger: Any = None,
+    incremental: bool = True,
 ) -> RestoreResult:
     """Replace `dataset` with a fresh copy streamed by the backupserver at `backup_url`.
+
+    With `incremental`, offers the sender our snapshots so that it can send only what
+    changed since the newest one we share (manatee.core.incremental). If an increment
+    fails in a way a full stream avoids (no usable base here, zfs recv refuses it) and
+    the rollback was complete, tries once more with a full stream.
 
     Raises RestoreError after rolling back; on cancellation rolls back too and lets
     CancelledError propagate. `secret` (the shard secret; None in insecure mode) signs the
@@ -123,22 +146,22 @@ async def restore(
     """
     if isinstance(secret, str):
         secret = ShardSecret.of(secret)
-    job = _Restore(
-        zfs,
-        dataset=dataset,
-        mountpoint=Path(mountpoint),
-        backup_url=backup_url.rstrip("/"),
-        listen_host=listen_host,
-        listen_port=listen_port,
-        owner=owner,
-        secret=secret,
-        poll_interval=poll_interval,
-        timeout=timeout,
-        stall_timeout=stall_timeout,
-        progress=progress,
-        logger=logger if logger is not None else get_logger("manatee.restore"),
+    log = logger if logger is not None else get_logger("manatee.restore")
+    kw: dict[str, Any] = dict(
+        dataset=dataset, mountpoint=Path(mountpoint), backup_url=backup_url.rstrip("/"),
+        listen_host=listen_host, listen_port=listen_port, owner=owner, secret=secret,
+        poll_interval=poll_interval, timeout=timeout, stall_timeout=stall_timeout,
+        progress=progress, logger=log,
     )
-    return await job.run()
+    try:
+        return await _Restore(zfs, incremental=incremental, **kw).run()
+    except RestoreError as e:
+        if not (incremental and e.full_would_fix and not e.rollback_errors):
+            raise
+        log.warning("restore_incremental_failed_retrying_full", error=str(e))
+        return await _Restore(
+            zfs, incremental=False, why_full=f"the incremental restore failed: {e}", **kw
+        ).run()
 
 
 class _Restore:
@@ -156,6 +179,11 @@ class _Restore:
         self.timeout: float = kw["timeout"]
         self.stall_timeout: float = kw["stall_timeout"]
         self.on_progress = kw["progress"]
+        self.offer: bool = kw.get("incremental", True)
+        self.why_full: Optional[str] = kw.get("why_full")
+        self.ours: list[tuple[Snapshot, str]] = []  # our snapshots with guids (before set-aside)
+        self.incremental_from: Optional[str] = None  # the base we cloned (its name before set-aside)
+        self.full_would_fix = False
         self.log = kw["logger"].bind(dataset=self.dataset) if hasattr(kw["logger"], "bind") else kw["logger"]
 
         self.state = RestoreProgress(phase="preparing")
@@ -213,6 +241,8 @@ class _Restore:
                 ) from None
         except BaseException as e:
             phase = self.state.phase
+            if isinstance(e, RestoreError):
+                e.full_would_fix = e.full_would_fix or self.full_would_fix
             try:
                 rollback_errors = await finish_even_if_cancelled(self._rollback())
             except asyncio.CancelledError:
@@ -232,7 +262,9 @@ class _Restore:
                 e.rollback_errors = rollback_errors
                 e.phase = e.phase or phase
                 raise
-            raise RestoreError(msg, phase=phase, rollback_errors=rollback_errors) from e
+            err = RestoreError(msg, phase=phase, rollback_errors=rollback_errors)
+            err.full_would_fix = self.full_would_fix
+            raise err from e
         finally:
             await finish_even_if_cancelled(self._close_network())
 
@@ -245,6 +277,8 @@ class _Restore:
             snapshot=f"{self.dataset}@{snap_name}" if snap_name else None,
             source_snapshot=source_snap,
             jobid=self.state.jobid,
+            incremental_from=self.incremental_from,
+            reason=self.state.reason,
         )
         self.state.completed = received
         self._phase("done")
@@ -254,6 +288,8 @@ class _Restore:
             seconds=round(seconds, 3),
             mb_per_s=round(result.mb_per_s, 1),
             snapshot=result.snapshot,
+            path=result.path,
+            why=result.reason,
         )
         return result
 
@@ -274,6 +310,7 @@ class _Restore:
         ))
 
         if await self.zfs.exists(self.dataset):
+            await self._list_ours()
             await self._set_aside()
 
         headers = {"Content-Type": "application/json"}
@@ -288,18 +325,29 @@ class _Restore:
     async def _request_backup(self, http: aiohttp.ClientSession) -> str:
         self._phase("requesting")
         url = f"{self.backup_url}/backup"
-        body = {"host": self.listen_host, "port": self.listen_port, "dataset": self.dataset,
-                "streamToken": self.stream_token}
+        body: dict[str, Any] = {"host": self.listen_host, "port": self.listen_port, "dataset": self.dataset,
+                                "streamToken": self.stream_token}
+        if self.ours:
+            body["snapshots"] = [r.to_json() for r in inc.offered(self.ours)]
         data = json.dumps(body).encode()
         try:
             async with http.post(url, data=data, headers=sign_request(self.secret, "POST", URL(url).path, data)) as resp:
                 text = await resp.text()
-                if resp.status != 200:
-                    raise RestoreError(
-                        f"backupserver {url} refused the backup request: HTTP {resp.status}: {_brief(text)}",
-                        phase="requesting",
-                    )
-                doc = _json(text)
+            if resp.status == 400 and "snapshots" in body and "UnknownParameter" in text:
+                # A backupserver from before incremental rebuilds: ask it the old way.
+                self.log.info("restore_server_without_incremental", answer=_brief(text))
+                self.why_full = "the backupserver does not know incremental requests"
+                del body["snapshots"]
+                data = json.dumps(body).encode()
+                async with http.post(url, data=data,
+                                     headers=sign_request(self.secret, "POST", URL(url).path, data)) as resp:
+                    text = await resp.text()
+            if resp.status != 200:
+                raise RestoreError(
+                    f"backupserver {url} refused the backup request: HTTP {resp.status}: {_brief(text)}",
+                    phase="requesting",
+                )
+            doc = _json(text)
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise RestoreError(f"POST {url} failed: {type(e).__name__}: {e}", phase="requesting") from e
         jobid, jobpath = doc.get("jobid"), doc.get("jobPath")
@@ -330,6 +378,8 @@ class _Restore:
 
             if self.recv_task is not None and self.recv_task.done():
                 exc = self.recv_task.exception()
+                if isinstance(exc, RestoreError):  # preparing for an increment failed
+                    raise exc
                 if exc is not None:
                     detail = await self._job_error(http, jobpath)
                     raise RestoreError(
@@ -344,6 +394,7 @@ class _Restore:
                 job = await self._final_job(http, jobpath)
                 if job is not None:
                     source_snap = job.get("snapshot") or source_snap
+                    self._note_sender_reason(job)
                 return received, source_snap
 
             try:
@@ -364,6 +415,7 @@ class _Restore:
 
             source_snap = job.get("snapshot") or source_snap
             self.state.snapshot = source_snap
+            self._note_sender_reason(job)
             if isinstance(job.get("size"), int):
                 self.state.size = job["size"]
             count = self.received
@@ -420,10 +472,88 @@ class _Restore:
         def on_bytes(n: int) -> None:
             self.received = n
 
-        self.recv_task = asyncio.ensure_future(
-            self.zfs.recv_from_socket(self.dataset, self.conn, progress=on_bytes)
-        )
+        self.recv_task = asyncio.ensure_future(self._recv_stream(self.conn, on_bytes))
         self._phase("receiving")
+
+    async def _list_ours(self) -> None:
+        """Our snapshots with guids, to offer the sender (a failure only costs a full stream)."""
+        if not self.offer:
+            return
+        try:
+            self.ours = await self.zfs.list_snapshot_guids(self.dataset)
+        except ZfsError as e:
+            self.log.warning("restore_snapshot_listing_failed", error=str(e))
+            self.why_full = f"cannot list this node's snapshots: {e}"
+
+    async def _recv_stream(self, conn: socket.socket, on_bytes: Callable[[int], None]) -> int:
+        """Read the stream's header; for an increment, clone our copy of its base first; zfs recv.
+
+        The clone (`dataset`, from `<aside>@<base>`) is promoted before the receive, so
+        that `zfs recv` accepts the increment (zfs-fuse refuses it into an unpromoted
+        clone) and the old dataset can later be destroyed on its own. The old data stays
+        whole in the set-aside dataset (now a clone of `dataset@<base>`); rollback
+        promotes it back before destroying `dataset`.
+        """
+        header = await self._peek_header(conn)
+        base = None
+        if header.incremental:
+            base = inc.find_guid(self.ours, header.fromguid)
+            if base is None or self.old is None or "renamed" not in self.old.steps:
+                self.full_would_fix = True
+                raise RestoreError(
+                    f"the sender sent an increment from guid {header.fromguid}, which this node does not have",
+                    phase="receiving",
+                )
+            self.incremental_from = base.full
+            origin = f"{self.old.aside}@{base.name}"
+            try:
+                await self.zfs.clone(origin, self.dataset, props={"mountpoint": "none"})
+                await self.zfs.promote(self.dataset)
+                self.old.steps.append("promoted")
+            except ZfsError as e:
+                self.full_would_fix = True
+                raise RestoreError(f"cannot prepare {self.dataset} from {origin}: {e}", phase="receiving") from e
+            reason = f"newest common snapshot {base.name}"
+        else:
+            reason = self.why_full or (
+                "this node has no snapshots to offer" if not self.ours else "the backupserver sent a full stream"
+            )
+        self.state.path = inc.describe_path(self.incremental_from)
+        self.state.reason = reason
+        self.log.info("restore_path", path=self.state.path, why=reason, stream_to=header.toname)
+        try:
+            return await self.zfs.recv_from_socket(self.dataset, conn, progress=on_bytes)
+        except ZfsError as e:
+            if base is not None and any(m in e.stderr for m in _INCREMENT_REFUSED):
+                self.full_would_fix = True
+            raise
+
+    def _note_sender_reason(self, job: dict[str, Any]) -> None:
+        """A full stream we offered snapshots for: the sender's job says why (e.g. none in common)."""
+        why = job.get("pathReason")
+        if self.state.path == "full" and self.ours and not self.why_full and isinstance(why, str):
+            self.state.reason = f"the backupserver sent a full stream: {why}"
+
+    async def _peek_header(self, conn: socket.socket) -> inc.StreamHeader:
+        """The stream's BEGIN record, read without consuming it (zfs recv reads it again)."""
+        deadline = time.monotonic() + self.stall_timeout
+        while True:
+            try:
+                data = conn.recv(inc.STREAM_HEADER_LEN + inc.TONAME_LEN, socket.MSG_PEEK)
+                if len(data) >= inc.STREAM_HEADER_LEN:
+                    try:
+                        return inc.parse_stream_header(data)
+                    except inc.NotAStream as e:
+                        raise RestoreError(f"the sender's stream is not a zfs stream: {e}", phase="receiving")
+                if not data:
+                    raise RestoreError("the sender closed the stream before its header", phase="receiving")
+            except (BlockingIOError, InterruptedError):
+                pass
+            if time.monotonic() > deadline:
+                raise RestoreError(
+                    f"no stream header within {self.stall_timeout:g}s of the sender connecting", phase="receiving"
+                )
+            await asyncio.sleep(0.02)
 
     async def _job_error(self, http: aiohttp.ClientSession, jobpath: str) -> str:
         """The sender's view of a failed stream, if it can still be asked (best effort)."""
@@ -600,6 +730,12 @@ class _Restore:
                 await self.recv_task
         await self._close_network()
         name_is_ours = self.old is None or "renamed" in self.old.steps
+        if self.old is not None and "promoted" in self.old.steps:
+            try:  # give the old data its snapshots back, so that `dataset` can be destroyed
+                await _retry(lambda: self.zfs.promote(self.old.aside))
+                self.old.steps.remove("promoted")
+            except ZfsError as e:
+                errors.append(f"promoting the old {self.old.aside} back failed: {e}")
         if name_is_ours and (self.received_new or self.old is not None):
             try:
                 if await self.zfs.exists(self.dataset):
@@ -619,6 +755,16 @@ class _Restore:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+# zfs recv's complaints about an increment that a full stream would not have.
+_INCREMENT_REFUSED = (
+    "does not match incremental source",
+    "destination has been modified",
+    "most recent snapshot",
+    "invalid backup stream",
+    "destination already exists",
+)
 
 
 async def _retry(fn: Callable[[], Awaitable[Any]], attempts: int = 10, delay: float = 0.3) -> Any:

@@ -169,6 +169,24 @@ def parse_snapshot_creations(text: str, dataset: str) -> list[Snapshot]:
     return out
 
 
+def parse_snapshot_guids(text: str, dataset: str) -> list[tuple[Snapshot, str]]:
+    """(snapshot, guid) of exactly `dataset`'s snapshots from
+    `zfs get -Hp -o name,property,value -r -d 1 creation,guid`, newest first."""
+    prefix = dataset + "@"
+    props: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        cols = line.split("\t")
+        if len(cols) >= 3 and cols[0].startswith(prefix):
+            props.setdefault(cols[0], {})[cols[1]] = cols[2].strip()
+    out = []
+    for full, p in props.items():
+        creation = p.get("creation", "")
+        guid = p.get("guid", "")
+        snap = Snapshot(dataset, full[len(prefix):], int(creation) if creation.isdigit() else 0)
+        out.append((snap, guid if guid.isdigit() else ""))
+    return sorted(out, key=lambda sg: (sg[0].creation, sg[0].name), reverse=True)
+
+
 def parse_holds(text: str) -> set[str]:
     """Tags from `zfs holds -H SNAP` (columns: name, tag, timestamp)."""
     tags = set()
@@ -312,6 +330,23 @@ class Zfs:
         """Snapshots of `dataset` (not of its children), newest first."""
         out = await self.run("get", "-H", "-p", "-o", "name,value", "-r", "-d", "1", "creation", dataset)
         return newest_first(parse_snapshot_creations(out, dataset))
+
+    async def list_snapshot_guids(self, dataset: str) -> list[tuple[Snapshot, str]]:
+        """Snapshots of `dataset` with their guids (kept by send/recv), newest first."""
+        out = await self.run(
+            "get", "-H", "-p", "-o", "name,property,value", "-r", "-d", "1", "creation,guid", dataset
+        )
+        return parse_snapshot_guids(out, dataset)
+
+    async def clone(self, snapshot: str, dataset: str, *, props: dict[str, Any] | None = None) -> None:
+        args = ["clone"]
+        for key, value in (props or {}).items():
+            args += ["-o", f"{key}={_prop_value(value)}"]
+        await self.run(*args, snapshot, dataset)
+
+    async def promote(self, clone: str) -> None:
+        """Make `clone` independent of its origin (the origin's older snapshots move to it)."""
+        await self._run_settling("promote", clone, name=clone)
 
     async def latest_snapshot(self, dataset: str, pattern: re.Pattern[str] | None = None) -> Snapshot | None:
         """Newest snapshot of `dataset` whose name matches `pattern` (all if None)."""

@@ -410,7 +410,7 @@ class Sitter:
 
         def progress(p):
             self.restore_progress = {"phase": p.phase, "completed": p.completed, "size": p.size,
-                                     "source": upstream.backup_url}
+                                     "source": upstream.backup_url, "path": p.path, "reason": p.reason}
 
         res = await restore_dataset(
             self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=upstream.backup_url,
@@ -418,10 +418,10 @@ class Sitter:
             owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret,
             poll_interval=z.pollInterval / 1000, progress=progress, logger=self.log)
         self.restore_progress = {"phase": "done", "completed": res.bytes, "size": res.bytes,
-                                 "source": upstream.backup_url}
+                                 "source": upstream.backup_url, "path": res.path, "reason": res.reason}
         self.diverged = False
         self.wal_from = None
-        self.log.info("restore_done", bytes=res.bytes, seconds=round(res.seconds, 2))
+        self.log.info("restore_done", bytes=res.bytes, seconds=round(res.seconds, 2), path=res.path, why=res.reason)
 
     async def _check_upstream_ready(self, upstream: Peer) -> None:
         """Restore only from an upstream whose PostgreSQL runs and answers: a snapshot taken

@@ -1,0 +1,127 @@
+"""Incremental rebuilds: which snapshot two copies of a dataset share, and what a stream is.
+
+A node that must be rebuilt usually shares a snapshot with its upstream: after its
+first rebuild its dataset carries the upstream's (received) snapshots, and an old
+primary's own snapshots were received by the standby it fed. ZFS keeps a snapshot's
+`guid` through `zfs send | zfs recv`, so two snapshots with the same guid hold the
+same bytes whatever they are called on either side. Then only the blocks written
+since that snapshot need to travel: `zfs send -i <common> <fresh>`.
+
+The protocol (backward compatible both ways):
+  * the requester lists its snapshots (name + guid) in the backup request's optional
+    `snapshots` field (newest first, at most MAX_OFFERED);
+  * the backupserver picks the newest of its own snapshots whose guid is offered
+    (newest_common), holds it, and sends an increment from it; the job's JSON says
+    `incremental: {"from": ..., "guid": ...}` (null for a full stream);
+  * the requester does not trust either: it reads the stream's own header
+    (parse_stream_header: DRR_BEGIN's fromguid, 0 for a full stream) and prepares
+    its side from that. An old server that ignores the field sends a full stream, and
+    the header says so.
+
+Everything here is pure (no I/O): the shell is manatee.core.restore (receiver) and
+manatee.backupserver.sender (sender).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+from manatee.core.zfs import Snapshot
+
+MAX_OFFERED = 500  # snapshots a requester offers (newest first); the server accepts up to MAX_ACCEPTED
+MAX_ACCEPTED = 1000
+GUID_RE = re.compile(r"[0-9]{1,20}")
+GUID_MAX = 2**64 - 1
+
+# dmu_replay_record: u32 drr_type, u32 drr_payloadlen, then drr_begin: u64 magic,
+# u64 versioninfo, u64 creation_time, u32 objset type, u32 flags, u64 toguid, u64 fromguid,
+# char toname[]. Byte order is the sender's; the magic tells which.
+DMU_BACKUP_MAGIC = 0x2F5BACBAC
+DRR_BEGIN = 0
+STREAM_HEADER_LEN = 56
+TONAME_LEN = 256
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    """A snapshot as offered in a backup request: its short name and its guid (decimal string)."""
+
+    name: str
+    guid: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "guid": self.guid}
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """What the first record of a `zfs send` stream says."""
+
+    toguid: int
+    fromguid: int
+    toname: str = ""
+
+    @property
+    def incremental(self) -> bool:
+        return self.fromguid != 0
+
+
+class NotAStream(ValueError):
+    """The bytes do not start with a zfs send stream's BEGIN record."""
+
+
+def offered(snapshots: Sequence[tuple[Snapshot, str]], limit: int = MAX_OFFERED) -> list[SnapshotRef]:
+    """What a requester offers: its snapshots with a guid, newest first, at most `limit`."""
+    return [SnapshotRef(s.name, guid) for s, guid in snapshots[:limit] if guid]
+
+
+def newest_common(
+    ours: Iterable[tuple[Snapshot, str]], theirs: Iterable[SnapshotRef]
+) -> Optional[tuple[Snapshot, str]]:
+    """Our newest snapshot whose guid the peer also has, or None.
+
+    Matching is by guid only: names differ when a snapshot was renamed, and two nodes'
+    snapshotters may pick the same epoch-ms name for different data. Newest is by our
+    creation time (a received snapshot keeps the sender's), ties broken by name.
+    """
+    wanted = {r.guid for r in theirs}
+    best: Optional[tuple[Snapshot, str]] = None
+    for snap, guid in ours:
+        if guid and guid in wanted:
+            if best is None or (snap.creation, snap.name) > (best[0].creation, best[0].name):
+                best = (snap, guid)
+    return best
+
+
+def find_guid(snapshots: Iterable[tuple[Snapshot, str]], guid: int) -> Optional[Snapshot]:
+    """The snapshot with this guid (the base an incremental stream needs), or None."""
+    want = str(guid)
+    for snap, g in snapshots:
+        if g == want:
+            return snap
+    return None
+
+
+def parse_stream_header(data: bytes) -> StreamHeader:
+    """Decode DRR_BEGIN from the first bytes of a stream (at least STREAM_HEADER_LEN)."""
+    if len(data) < STREAM_HEADER_LEN:
+        raise NotAStream(f"stream header needs {STREAM_HEADER_LEN} bytes, got {len(data)}")
+    for order in ("<", ">"):
+        drr_type, _payload, magic = struct.unpack_from(order + "IIQ", data, 0)
+        if magic == DMU_BACKUP_MAGIC:
+            break
+    else:
+        raise NotAStream(f"no zfs send stream magic in {data[:16].hex()}")
+    if drr_type != DRR_BEGIN:
+        raise NotAStream(f"first record is of type {drr_type}, not BEGIN")
+    toguid, fromguid = struct.unpack_from(order + "QQ", data, 40)
+    toname = data[56 : 56 + TONAME_LEN].split(b"\0", 1)[0].decode(errors="replace")
+    return StreamHeader(toguid=toguid, fromguid=fromguid, toname=toname)
+
+
+def describe_path(incremental_from: Optional[str]) -> str:
+    """`full` or `incremental from <snapshot>`: what /state and the history show."""
+    return f"incremental from {incremental_from}" if incremental_from else "full"

@@ -1,0 +1,218 @@
+"""Incremental rebuilds on real ZFS (zfs-fuse) through the real backupserver daemon.
+
+B is rebuilt from A once (a full stream: B then carries A's snapshot, same guid); A
+gets more data and B takes a snapshot of its own; B's second rebuild receives only
+what A wrote since the snapshot they share, and ends up with exactly A's files. With
+no snapshot in common the stream is full. A failure or cancellation in the middle of
+an increment leaves B's old dataset back, mounted, with its content and snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from manatee.core.procs import free_port, port_open
+from manatee.core.restore import RestoreError, RestoreProgress, restore
+from manatee.core.zfs import ZfsError
+from manatee.harness.zfspool import zfs_processes_on
+from tests.fixtures_pg import random_loopback_ip
+from tests.integration.test_backup_restore import Env, _zfs_recv_pids, env  # noqa: F401 - env is a fixture
+
+BASE_MB = 40
+
+
+def _write_random(path: Path, mb: int) -> None:
+    with open(path, "wb") as f:  # incompressible: the stream is as big as the data
+        for _ in range(mb):
+            f.write(os.urandom(1 << 20))
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every regular file under `root`."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".zfs"]
+        for name in filenames:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+async def _rebuild(env: Env, ds: str, mnt: Path, url: str, ip: str, **kw) -> object:
+    return await restore(env.zfs, dataset=ds, mountpoint=mnt, backup_url=url, listen_host=ip,
+                         listen_port=kw.pop("port", None) or free_port(ip), owner=None,
+                         poll_interval=0.05, timeout=120, **kw)
+
+
+async def _a_and_b(env: Env, *, stall_timeout: float | None = None):
+    """A with BASE_MB of data and a backupserver; B rebuilt from it once (full)."""
+    ip_a, ip_b = random_loopback_ip(), random_loopback_ip()
+    ds_a, mnt_a = env.dataset("a")
+    _write_random(mnt_a / "base.bin", BASE_MB)
+    sender = {"dataset": ds_a} if stall_timeout is None else {"dataset": ds_a, "stallTimeout": stall_timeout}
+    server, url = await env.backupserver(ds_a, ip_a, backupSenderCfg=sender)
+    ds_b, mnt_b = env.dataset("b")
+    (mnt_b / "marker").write_text("before the first rebuild")
+    first = await _rebuild(env, ds_b, mnt_b, url, ip_b)
+    assert first.path == "full" and first.bytes > BASE_MB << 20
+    assert "no snapshots" in first.reason or "none of the" in first.reason, first.reason
+    return ip_b, ds_a, mnt_a, url, server, ds_b, mnt_b, first
+
+
+async def _snapshots(env: Env, ds: str) -> list[str]:
+    return sorted(s.name for s in await env.zfs.list_snapshots(ds))
+
+
+async def test_incremental_rebuild_sends_only_what_changed(env):
+    ip_b, ds_a, mnt_a, url, _server, ds_b, mnt_b, first = await _a_and_b(env)
+    common = first.snapshot.split("@")[1]
+
+    # A moves on; B takes a snapshot of its own after the common one and writes more.
+    _write_random(mnt_a / "more.bin", 2)
+    (mnt_a / "base.bin").open("r+b").write(b"changed at the start of the file")
+    (mnt_b / "b-only").write_text("diverged")
+    await env.zfs.snapshot(ds_b, "9999999999999")
+    (mnt_b / "b-only-after-snap").write_text("diverged more")
+
+    seen: list[RestoreProgress] = []
+    second = await _rebuild(env, ds_b, mnt_b, url, ip_b, progress=seen.append)
+
+    assert second.incremental_from == f"{ds_b}@{common}", second
+    assert second.path == f"incremental from {ds_b}@{common}"
+    assert second.reason == f"newest common snapshot {common}"
+    size = int(await env.zfs.get(ds_a, "referenced"))
+    assert second.bytes < size / 10, (second.bytes, size)  # ~2 MB of ~42 MB
+    assert second.bytes > 2 << 20
+    assert any(p.path == second.path for p in seen)  # /state's `restore` shows the path while it runs
+
+    assert _tree(mnt_b) == _tree(mnt_a)  # every byte of A; B's own files are gone
+    names = (await env.zfs.run("list", "-H", "-t", "filesystem", "-o", "name,origin,mounted", "-r",
+                               env.pool.name)).splitlines()
+    assert sorted(names) == sorted([f"{env.pool.name}\t-\tno", f"{ds_a}\t-\tyes", f"{ds_b}\t-\tyes"]), names
+    assert await env.zfs.get(ds_b, "mountpoint") == str(mnt_b)
+    # B keeps the common base and the new one (same guid as A's): the next rebuild is incremental too.
+    assert await _snapshots(env, ds_b) == sorted([common, second.snapshot.split("@")[1]])
+    # Every hold the sender placed (fresh snapshot and base) is released.
+    for snap in await env.zfs.list_snapshots(ds_a):
+        assert await env.zfs.userrefs(snap.full) == 0, snap.full
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/backup/{second.jobid}") as r:
+            job = await r.json()
+    assert job["incremental"]["from"] == f"{ds_a}@{common}", job
+    assert job["pathReason"] == f"newest common snapshot {common}"
+
+    # A third rebuild goes from the second's snapshot.
+    _write_random(mnt_a / "even-more.bin", 1)
+    third = await _rebuild(env, ds_b, mnt_b, url, ip_b)
+    assert third.incremental_from == second.snapshot
+    assert third.bytes < 3 << 20
+    assert _tree(mnt_b) == _tree(mnt_a)
+
+
+async def test_no_common_snapshot_means_a_full_stream(env):
+    ip_a, ip_b = random_loopback_ip(), random_loopback_ip()
+    ds_a, mnt_a = env.dataset("a")
+    _write_random(mnt_a / "a.bin", 5)
+    _, url = await env.backupserver(ds_a, ip_a)
+    ds_b, mnt_b = env.dataset("b")
+    (mnt_b / "own").write_text("B's own history")
+    await env.zfs.snapshot(ds_b, "1000000000000")  # B's own snapshot: A has no snapshot with its guid
+    result = await _rebuild(env, ds_b, mnt_b, url, ip_b)
+    assert result.path == "full" and result.incremental_from is None
+    assert result.reason == "the backupserver sent a full stream: none of the 1 offered snapshots exists here"
+    assert result.bytes > 5 << 20
+    assert _tree(mnt_b) == _tree(mnt_a)
+
+    # An old-style request (no snapshots offered) still gets a full stream.
+    again = await _rebuild(env, ds_b, mnt_b, url, ip_b, incremental=False)
+    assert again.path == "full" and again.bytes > 5 << 20
+    assert _tree(mnt_b) == _tree(mnt_a)
+
+
+async def test_increment_that_cannot_be_prepared_falls_back_to_full(env, monkeypatch):
+    """If our side cannot take the increment (here: the clone of the base fails), the
+    restore rolls back and asks again for a full stream, and says why."""
+    ip_b, ds_a, mnt_a, url, _server, ds_b, mnt_b, _first = await _a_and_b(env)
+    _write_random(mnt_a / "more.bin", 1)
+    real_clone = env.zfs.clone
+
+    async def failing_clone(snapshot, dataset, **kw):
+        env.zfs.clone = real_clone
+        raise ZfsError(["zfs", "clone", snapshot, dataset], 1, "injected: cannot clone")
+
+    env.zfs.clone = failing_clone
+    result = await _rebuild(env, ds_b, mnt_b, url, ip_b)
+    assert result.path == "full" and result.bytes > BASE_MB << 20
+    assert result.reason.startswith("the incremental restore failed: cannot prepare"), result.reason
+    assert _tree(mnt_b) == _tree(mnt_a)
+
+
+def _assert_old_b_back(env: Env, ds_b: str, mnt_b: Path, before: dict[str, str], snaps_before: list[str],
+                       listen: tuple[str, int]) -> None:
+    listing = subprocess.run(
+        ["zfs", "list", "-H", "-t", "filesystem", "-r", "-o", "name,origin,mounted,mountpoint", env.pool.name],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = {r.split("\t")[0]: r.split("\t")[1:] for r in listing.splitlines()}
+    assert not [n for n in rows if "-restore-" in n], listing
+    assert rows[ds_b] == ["-", "yes", str(mnt_b)], listing  # not a clone: the promotion was undone
+    assert _tree(mnt_b) == before
+    snaps = subprocess.run(["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-r", ds_b],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(s.split("@")[1] for s in snaps) == snaps_before
+    assert not [p for p in _zfs_recv_pids() if env.pool.name in open(f"/proc/{p}/cmdline").read()]
+    assert not port_open(*listen), f"{listen} still listening"
+
+
+async def _b_diverged_with_big_increment(env: Env, stall_timeout: float = 3):
+    ip_b, ds_a, mnt_a, url, server, ds_b, mnt_b, _first = await _a_and_b(env, stall_timeout=stall_timeout)
+    _write_random(mnt_a / "big-increment.bin", 150)  # long enough to interrupt
+    (mnt_b / "b-only").write_text("the old copy")
+    await env.zfs.snapshot(ds_b, "9999999999999")
+    return ip_b, url, server, ds_b, mnt_b, _tree(mnt_b), await _snapshots(env, ds_b)
+
+
+async def test_backupserver_killed_mid_increment_leaves_old_data(env):
+    ip_b, url, server, ds_b, mnt_b, before, snaps_before = await _b_diverged_with_big_increment(env)
+    listen = (ip_b, free_port(ip_b))
+    killed: list[int] = []
+
+    def kill_when_streaming(p: RestoreProgress) -> None:
+        if p.phase == "receiving" and p.completed > 0 and p.path and not killed:
+            assert p.path.startswith("incremental from ")
+            os.killpg(server.pid, signal.SIGKILL)
+            killed.append(p.completed)
+
+    with pytest.raises(RestoreError) as err:
+        await _rebuild(env, ds_b, mnt_b, url, listen[0], port=listen[1], progress=kill_when_streaming)
+    assert killed and killed[0] < 150 << 20
+    assert err.value.rollback_errors == [], str(err.value)
+    server.wait(5)
+    _assert_old_b_back(env, ds_b, mnt_b, before, snaps_before, listen)
+    assert not zfs_processes_on(env.pool.name)
+
+
+async def test_cancelled_mid_increment_leaves_old_data(env):
+    ip_b, url, _server, ds_b, mnt_b, before, snaps_before = await _b_diverged_with_big_increment(env)
+    listen = (ip_b, free_port(ip_b))
+    streaming = asyncio.Event()
+
+    def note(p: RestoreProgress) -> None:
+        if p.phase == "receiving" and p.completed > 0 and p.path:
+            streaming.set()
+
+    task = asyncio.ensure_future(_rebuild(env, ds_b, mnt_b, url, listen[0], port=listen[1], progress=note))
+    await asyncio.wait_for(streaming.wait(), 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    _assert_old_b_back(env, ds_b, mnt_b, before, snaps_before, listen)
