@@ -18,9 +18,9 @@ from manatee.core import zk as zkmod
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.zfs import Zfs
 from manatee.sitter import history, latches, transitions as T
-from manatee.sitter.decide import Decision, Observation, decide
+from manatee.sitter.decide import STEP_DOWN_BY, Decision, Observation, decide
 from manatee.sitter.heartbeat import HeartbeatSender, HeartbeatTable
-from manatee.sitter.pgmanager import PgManager, PgStatus, RoleSpec
+from manatee.sitter.pgmanager import PgConfigError, PgManager, PgStatus, RoleSpec
 from manatee.sitter.shardstore import ShardStore
 from manatee.sitter.state import (
     CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, SUSPENDED, UNASSIGNED, ClusterState, Peer, Target,
@@ -52,6 +52,7 @@ class Sitter:
         self.role = UNASSIGNED
         self.target: Target | None = None
         self.last: Decision | None = None
+        self.last_decided: Decision | None = None  # set before its steps run (they may fail)
         self.last_obs: Observation | None = None
         self.last_pg: PgStatus | None = None
         self.last_pg_at = 0.0  # monotonic time of last_pg (a hung and resumed sitter's is old)
@@ -74,6 +75,15 @@ class Sitter:
         self.wal_from: str | None = None  # the upstream my received WAL was seen streaming from
         self.started = time.monotonic()
         self.transitions: dict[str, int] = dict.fromkeys(history.ACTIONS, 0)  # /metrics counter
+        # Gray failures (issue 8): since when my running PG has not answered in time (a hang),
+        # since when it has failed to serve / been healthy (latches.failing_since), and why.
+        self.pg_unanswered_since: float | None = None
+        self.pg_hung_kills = 0
+        self.sick_since: float | None = None
+        self.healthy_since: float | None = None
+        self.sick_why: str | None = None
+        self.cannot_serve: str | None = None
+        self.hb_withheld = False
 
     # ------------------------------------------------------------------ ZooKeeper plumbing
 
@@ -141,13 +151,17 @@ class Sitter:
         st = self.state
         i_am_primary = st is not None and st.primary.id == self.me.id
         sync = st.sync if st else None
-        pgs = await self.pg.status(sync.pg_url if sync and i_am_primary else None)
+        sync_app = sync.pg_url if sync and i_am_primary else None
+        pgs = await self.pg.status(sync_app)
+        pgs = await self._kill_if_hung(pgs, sync_app)
         self.last_pg = pgs
         self.last_pg_at = time.monotonic()
         # diverged is latched until a restore succeeds (PG says it only once per attempt).
         self.diverged = self.diverged or pgs.diverged
         caught_up = False
-        if i_am_primary and sync and pgs.running and not pgs.in_recovery:
+        if i_am_primary and sync and not pgs.known:  # unknown: the latch holds as it was
+            caught_up = self.caught_up_for == (st.generation, sync.id)
+        elif i_am_primary and sync and pgs.running and pgs.in_recovery is False:
             was = self.caught_up_for
             caught_up, self.caught_up_for = latches.sync_caught_up(
                 was, (st.generation, sync.id), pgs.sync_flush.value if pgs.sync_flush else None,
@@ -177,10 +191,15 @@ class Sitter:
         # asked (e.g. right after SIGCONT: LOST, then a new session) must not make a view from
         # the expired session look current (a deposed primary would start PG as primary again).
         zk = LOST if self.view_stale else max(zk_at_read, self.zk_state, key=_ZK_BADNESS.index)
+        # The primary's clock runs only while I try to serve (not in safe mode, fenced, ...).
+        d = self.last_decided
+        trying = d is not None and (d.target.role == PRIMARY or d.rule == "primary.step_down_stop")
+        self._track_health(pgs, i_am_primary and trying and not (sw is not None and sw.released))
         return Observation(
             me=self.me, zk=zk, election=self.election, state=st,
             state_version=self.state_version, error=self.error, running=pgs.running,
-            in_recovery=bool(pgs.in_recovery), wal=wal, streaming=pgs.streaming,
+            in_recovery=(pgs.in_recovery if pgs.known else None) if pgs.running else False,
+            pg_known=pgs.known, wal=wal, streaming=pgs.streaming,
             upstream_id=(self.configured_upstream.id if pgs.in_recovery and self.configured_upstream else None),
             read_only=pgs.read_only if pgs.running and not pgs.in_recovery else None,
             diverged=self.diverged, sync_caught_up=caught_up,
@@ -190,7 +209,74 @@ class Sitter:
             expiry_passed=deadline is not None and time.monotonic() >= deadline,
             sync_streaming=pgs.sync_flush is not None,
             sync_flush=pgs.sync_flush.value if pgs.sync_flush and i_am_primary else None,
-            switchover_stopped_wal=stopped_wal, switchover_expired=sw_expired)
+            switchover_stopped_wal=stopped_wal, switchover_expired=sw_expired,
+            cannot_serve=self.cannot_serve)
+
+    @property
+    def primary_start_timeout(self) -> float:
+        """primaryStartTimeout (s); by default twice the session timeout."""
+        ms = getattr(self.cfg, "primaryStartTimeout", None)
+        return ms / 1000 if ms else 2 * self.session_timeout
+
+    async def _kill_if_hung(self, pgs: PgStatus, sync_app: str | None) -> PgStatus:
+        """A running PostgreSQL that has not answered its status query for healthChkTimeout
+        (timeouts only: a refusal is an answer) is hung: SIGKILL it (works on a stopped
+        process) so that the usual rules restart it in its role. Returns the status to use."""
+        now = time.monotonic()
+        self.pg_unanswered_since = latches.unanswered_since(
+            self.pg_unanswered_since, running=pgs.running, answered=pgs.healthy, timed_out=pgs.timed_out, now=now)
+        since = self.pg_unanswered_since
+        if since is None or now - since < self.pg.health_timeout:
+            return pgs
+        self.log.error("pg_hung", seconds=round(now - since, 1), error=pgs.error, role=self.role,
+                       reason=f"my PostgreSQL has not answered its status query for {now - since:.1f}s, "
+                              f"so I kill it and start it again in its role")
+        self.pg_hung_kills += 1
+        self.pg_unanswered_since = None
+        await self.pg.kill()
+        self.configured_upstream = None
+        return await self.pg.status(sync_app)
+
+    def _track_health(self, pgs: PgStatus, as_primary: bool) -> None:
+        """Whether my PostgreSQL serves its role (running, answering, its config writable, and
+        out of recovery if I am the primary); for the primary, cannot_serve once it has failed
+        for primaryStartTimeout (the core's step-down rule, S9)."""
+        now = time.monotonic()
+        why = None
+        if self.pg.config_error is not None:
+            why = f"I cannot write its config: {self.pg.config_error}"
+        elif not pgs.running:
+            why = "it is not running"
+        elif not pgs.known:
+            why = f"it did not answer its status query ({pgs.error})"
+        elif as_primary and pgs.in_recovery:
+            why = "it is still in recovery"
+        tracked = as_primary or self.role == STANDBY
+        if not tracked:
+            self.sick_since = self.healthy_since = self.cannot_serve = self.sick_why = None
+            return
+        was = self.sick_since
+        self.sick_since, self.healthy_since = latches.failing_since(
+            self.sick_since, self.healthy_since, healthy=why is None, now=now,
+            stable_s=max(self.primary_start_timeout / 2, 2 * self.interval))
+        if why is not None:
+            self.sick_why = why
+        if was is None and self.sick_since is not None:
+            self.log.warning("pg_unhealthy", why=why, role=self.role)
+        elif was is not None and self.sick_since is None:
+            self.log.info("pg_healthy_again", after_s=round(now - was, 1))
+            self.sick_why = None
+        # failing: sick now, and without stable health since primaryStartTimeout ago (a crash loop)
+        failing = (why is not None and self.sick_since is not None
+                   and now - self.sick_since >= self.primary_start_timeout)
+        self.cannot_serve = (f"not healthy for {now - self.sick_since:.1f}s: {self.sick_why}"
+                             if failing and as_primary else None)
+        # A standby whose PostgreSQL has been sick that long stops heartbeating its upstream,
+        # so that a primary replaces a sync that cannot acknowledge (and never steps down to it).
+        withhold = failing and not as_primary
+        if withhold != self.hb_withheld:
+            self.log.warning("heartbeats_withheld" if withhold else "heartbeats_resumed", why=self.sick_why)
+            self.hb_withheld = withhold
 
     # ------------------------------------------------------------------ the loop
 
@@ -216,6 +302,8 @@ class Sitter:
                     raise
                 except UpstreamNotReady as e:
                     self.log.info("waiting_for_upstream", reason=str(e))
+                except PgConfigError as e:  # an observation (logged once per change), not a crash loop
+                    self.log.debug("pg_config_write_failed", error=str(e))
                 except Exception as e:  # never crash-loop with PG in an unknown role: log, retry
                     self.log.exception("cycle_failed", error=str(e))
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -232,6 +320,7 @@ class Sitter:
         obs = await self.observe()
         self.last_obs = obs
         dec = decide(obs)
+        self.last_decided = dec
         if dec.write_error is not None and obs.zk == CONNECTED:
             await self.store.write_error(dec.write_error)
         if dec.write_state is not None:
@@ -244,6 +333,12 @@ class Sitter:
                           reason=dec.reason)
             self.state, self.state_version = await self.store.read_state()
             self.next_delay = FOLLOW_UP_S  # e.g. detach → takeover: the next step is due now
+            sw = dec.write_state.switchover
+            if dec.rule == "primary.step_down" and sw is not None and sw.by == STEP_DOWN_BY:
+                self.log.warning("stepped_down", to=sw.to, reason=dec.reason)
+                sync = dec.write_state.sync or self.me
+                await self._record_events([history.step_down_event(
+                    self.me, sync, dec.write_state.generation, int(time.time() * 1000))])
         changed = self.last is None or dec.target != self.target or dec.rule != self.last.rule
         if changed:
             self.log.info("decision", rule=dec.rule, target=dec.target.describe(), reason=dec.reason)
@@ -274,13 +369,17 @@ class Sitter:
             self.heartbeats.expect(dec.target.downstream.id)  # e.g. a new sync: one period to find me
         self.role, self.target, self.last = dec.target.role, dec.target, dec
         self.hb_sender.upstream_url = (dec.target.upstream.status_url
-                                       if dec.target.role == STANDBY and dec.target.upstream else None)
+                                       if dec.target.role == STANDBY and dec.target.upstream
+                                       and not self.hb_withheld else None)
         if old is None or old != dec.target:
             await self._record_history(old, dec.target)
 
     async def _record_history(self, old: Target | None, new: Target) -> None:
         gen = self.state.generation if self.state else None
-        for ev in history.events_for(self.me, old, new, gen, int(time.time() * 1000)):
+        await self._record_events(history.events_for(self.me, old, new, gen, int(time.time() * 1000)))
+
+    async def _record_events(self, events) -> None:
+        for ev in events:
             self.transitions[ev.action] = self.transitions.get(ev.action, 0) + 1
             try:
                 await self.store.record(ev)
@@ -338,6 +437,9 @@ class Sitter:
                 await pg.start()
             if pg.running:
                 st = await pg.status()
+                if not st.known:
+                    raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): "
+                                       "not configuring it as the primary this cycle")
                 if st.in_recovery:
                     await pg.promote()
             await pg.configure(self._primary_spec(target), members)
@@ -354,7 +456,11 @@ class Sitter:
         elif step == T.RELOAD_PG:
             await pg.apply_pending()
         elif step == T.PROMOTE:
-            if pg.running and (await pg.status()).in_recovery:
+            st = await pg.status() if pg.running else None
+            if st is not None and not st.known:
+                raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): not promoting "
+                                   "it this cycle")
+            if st is not None and st.in_recovery:
                 await pg.promote()
         elif step == T.WRITE_REGISTRAR:
             await self.store.publish_registrar(self.me.pg_url, self.cfg.ttl)
@@ -463,7 +569,11 @@ class Sitter:
             "pg": None if pgs is None else {
                 "running": pgs.running, "healthy": pgs.healthy, "inRecovery": pgs.in_recovery,
                 "wal": str(pgs.wal) if pgs.wal else None, "streaming": pgs.streaming,
-                "diverged": pgs.diverged, "syncFlush": str(pgs.sync_flush) if pgs.sync_flush else None},
+                "diverged": pgs.diverged, "syncFlush": str(pgs.sync_flush) if pgs.sync_flush else None,
+                "known": pgs.known, "error": pgs.error, "configError": self.pg.config_error,
+                "unhealthyFor": round(time.monotonic() - self.sick_since, 1) if self.sick_since else None,
+                "unhealthyWhy": self.sick_why, "cannotServe": self.cannot_serve,
+                "hungKills": self.pg_hung_kills, "heartbeatsWithheld": self.hb_withheld},
             "readOnly": self.target.read_only if self.target else True,
             "state": st.to_json() if st else None, "error": self.error,
             "restore": self.restore_progress,
