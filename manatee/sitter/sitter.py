@@ -14,6 +14,7 @@ import contextlib
 import time
 from pathlib import Path
 
+from manatee.core import pg as pgmod
 from manatee.core import zk as zkmod
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.zfs import Zfs
@@ -233,7 +234,11 @@ class Sitter:
                               f"so I kill it and start it again in its role")
         self.pg_hung_kills += 1
         self.pg_unanswered_since = None
-        await self.pg.kill()
+        try:
+            await self.pg.kill()
+        except pgmod.PgError as e:  # e.g. a process stuck in the kernel: still unknown, decide anyway
+            self.log.error("pg_kill_failed", error=str(e))
+            return pgs
         self.configured_upstream = None
         return await self.pg.status(sync_app)
 
@@ -336,9 +341,9 @@ class Sitter:
             sw = dec.write_state.switchover
             if dec.rule == "primary.step_down" and sw is not None and sw.by == STEP_DOWN_BY:
                 self.log.warning("stepped_down", to=sw.to, reason=dec.reason)
-                sync = dec.write_state.sync or self.me
-                await self._record_events([history.step_down_event(
-                    self.me, sync, dec.write_state.generation, int(time.time() * 1000))])
+                if dec.write_state.sync is not None:
+                    await self._record_events([history.step_down_event(
+                        self.me, dec.write_state.sync, dec.write_state.generation, int(time.time() * 1000))])
         changed = self.last is None or dec.target != self.target or dec.rule != self.last.rule
         if changed:
             self.log.info("decision", rule=dec.rule, target=dec.target.describe(), reason=dec.reason)
