@@ -85,6 +85,8 @@ class Sitter:
         self.sick_why: str | None = None
         self.cannot_serve: str | None = None
         self.hb_withheld = False
+        self.failures, self.failure_msg = 0, None  # consecutive failed cycles, the last error
+        self.last_has_data: bool | None = None
 
     # ------------------------------------------------------------------ ZooKeeper plumbing
 
@@ -204,7 +206,7 @@ class Sitter:
             upstream_id=(self.configured_upstream.id if pgs.in_recovery and self.configured_upstream else None),
             read_only=pgs.read_only if pgs.running and not pgs.in_recovery else None,
             diverged=self.diverged, sync_caught_up=caught_up,
-            has_data=await asyncio.to_thread(self.pg.has_data),
+            has_data=await self._has_data(),
             heartbeats=self.heartbeats.freshness(others),
             one_node_write_mode=self.cfg.postgresMgrCfg.oneNodeWriteMode,
             expiry_passed=deadline is not None and time.monotonic() >= deadline,
@@ -212,6 +214,19 @@ class Sitter:
             sync_flush=pgs.sync_flush.value if pgs.sync_flush and i_am_primary else None,
             switchover_stopped_wal=stopped_wal, switchover_expired=sw_expired,
             cannot_serve=self.cannot_serve)
+
+    async def _has_data(self) -> bool:
+        """Whether my data directory is initialised, read off the event loop with a deadline.
+        Hung storage is no evidence of missing data (which would mean a rebuild): on a
+        timeout the last answer stands, and with none the cycle fails."""
+        try:
+            self.last_has_data = await asyncio.wait_for(asyncio.to_thread(self.pg.has_data), FILE_CHECK_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            if getattr(self, "last_has_data", None) is None:
+                raise RuntimeError(f"cannot tell within {FILE_CHECK_TIMEOUT_S}s whether my data directory "
+                                   f"{self.pg.data_dir} holds a database") from None
+            self.log.warning("data_dir_check_timed_out", using=self.last_has_data)
+        return self.last_has_data
 
     @property
     def primary_start_timeout(self) -> float:
@@ -303,14 +318,19 @@ class Sitter:
                 self.next_delay = self.interval
                 try:
                     await self.cycle()
+                    self._cycle_ok()
                 except asyncio.CancelledError:
                     raise
                 except UpstreamNotReady as e:
                     self.log.info("waiting_for_upstream", reason=str(e))
                 except PgConfigError as e:  # an observation (logged once per change), not a crash loop
                     self.log.debug("pg_config_write_failed", error=str(e))
+                    self._cycle_failed()
                 except Exception as e:  # never crash-loop with PG in an unknown role: log, retry
-                    self.log.exception("cycle_failed", error=str(e))
+                    if self._cycle_failed(str(e)):
+                        self.log.exception("cycle_failed", error=str(e), failures=self.failures)
+                    else:
+                        self.log.debug("cycle_failed", error=str(e), failures=self.failures)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(_first(stop.wait(), self.wake.wait()), self.next_delay)
         finally:
@@ -320,6 +340,22 @@ class Sitter:
                 await hb_task
             await status.stop()
         return 0
+
+    def _cycle_ok(self) -> None:
+        if self.failures:
+            self.log.info("cycle_ok_again", after_failures=self.failures)
+        self.failures, self.failure_msg = 0, None
+
+    def _cycle_failed(self, msg: str | None = None) -> bool:
+        """Count a failed cycle and back off (bounded: well within the session timeout, so
+        a step-down or a fence is never delayed much). True if `msg` is worth an error log:
+        a new error, or the 10th, 100th, ... time in a row."""
+        self.failures += 1
+        cap = max(self.interval, min(MAX_FAILURE_BACKOFF_S, self.session_timeout / 4))
+        self.next_delay = min(cap, self.interval * 2 ** min(self.failures - 1, 10))
+        new = msg != self.failure_msg
+        self.failure_msg = msg
+        return new or self.failures in (10, 100) or self.failures % 1000 == 0
 
     async def cycle(self) -> None:
         obs = await self.observe()
@@ -352,7 +388,7 @@ class Sitter:
         current = self.role
         if current in (PRIMARY, STANDBY) and not obs.running:
             current = UNASSIGNED  # PG died (or was never started by us): start it again
-            self.log.warning("pg_not_running", role=self.role)
+            (self.log.warning if not self.failures else self.log.debug)("pg_not_running", role=self.role)
         tr = T.plan(current, self.target if current == self.role else None, dec.target)
         if tr.steps:
             self.log.info("transition", frm=tr.frm, to=tr.to, change=tr.change, why=tr.comment,
@@ -477,8 +513,10 @@ class Sitter:
 
     async def _ensure_dataset(self) -> None:
         z = self.cfg.postgresMgrCfg.zfsClientCfg
-        if not await self.zfs.exists(z.dataset):
-            await self.zfs.create(z.dataset, props={"mountpoint": z.mountpoint}, parents=True)
+        # ZFS calls get a deadline too (a cancelled zfs child is killed and reaped)
+        if not await asyncio.wait_for(self.zfs.exists(z.dataset), ZFS_TIMEOUT_S):
+            await asyncio.wait_for(self.zfs.create(z.dataset, props={"mountpoint": z.mountpoint}, parents=True),
+                                   ZFS_TIMEOUT_S)
         Path(self.pg.data_dir).parent.mkdir(parents=True, exist_ok=True)
 
     async def _restore(self, upstream: Peer | None) -> None:
@@ -591,6 +629,9 @@ FOLLOW_UP_S = 0.01        # after a state write or a transition: look again at o
 CATCH_UP_POLL_S = 0.05    # a read-only primary waiting for its sync polls this often
 SWITCHOVER_LIMIT_S = 20.0  # a switchover request not completed by then is withdrawn by the primary
 ZK_SAFETY_REFRESH_S = 5.0  # re-read ZooKeeper at least this often even without a watch
+ZFS_TIMEOUT_S = 30.0  # a zfs list/create in the cycle
+FILE_CHECK_TIMEOUT_S = 2.0  # a stat of the data directory in the cycle
+MAX_FAILURE_BACKOFF_S = 5.0  # repeated cycle failures back off up to this (and half the session timeout)
 _ZK_BADNESS = (CONNECTED, SUSPENDED, LOST)  # order for "the worse of two session states"
 
 
