@@ -353,8 +353,9 @@ class Sitter:
         self.failures += 1
         cap = max(self.interval, min(MAX_FAILURE_BACKOFF_S, self.session_timeout / 4))
         self.next_delay = min(cap, self.interval * 2 ** min(self.failures - 1, 10))
-        new = msg != self.failure_msg
-        self.failure_msg = msg
+        key = msg.split("; log tail", 1)[0].split("\n", 1)[0] if msg else None  # the same error, new log lines
+        new = key != self.failure_msg
+        self.failure_msg = key
         return new or self.failures in (10, 100) or self.failures % 1000 == 0
 
     async def cycle(self) -> None:

@@ -37,3 +37,10 @@ def test_a_good_cycle_resets_the_count():
     s._cycle_ok()
     assert s.failures == 0 and s._cycle_failed("x")
     assert s.next_delay == 0.5
+
+
+def test_a_changing_log_tail_is_still_the_same_error():
+    s = _sitter()
+    msg = "postgres on /d exited with status -9 before accepting connections; log tail:\n{}"
+    loud = [s._cycle_failed(msg.format(i)) for i in range(5)]
+    assert loud == [True, False, False, False, False]
