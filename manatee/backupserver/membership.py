@@ -13,6 +13,8 @@ import ipaddress
 import json
 from typing import Any, Optional
 
+from manatee.sitter.state import parse_election
+
 
 class MembershipUnavailable(Exception):
     """The shard's membership could not be read (e.g. ZooKeeper unreachable)."""
@@ -65,9 +67,9 @@ class ShardMembership:
         ips: set[str] = set()
         for child in children:
             ip = ip_from_election_name(child)
-            if ip:
-                ips.add(ip)
             if not self.read_data:
+                if ip:
+                    ips.add(ip)
                 continue
             try:
                 data = await self.zk.get(f"{self.election_path}/{child}")
@@ -82,8 +84,13 @@ class ShardMembership:
                 doc = json.loads(raw or b"{}")
             except (ValueError, TypeError):
                 continue
-            if isinstance(doc, dict) and isinstance(doc.get("ip"), str):
-                ips.add(_canonical(doc["ip"]))
+            # only a well-formed election node is a member, as for the sitters (a malformed
+            # one, e.g. {"ip": ...} alone, is quarantined there and ignored here)
+            peers, _bad = parse_election({child: doc})
+            for peer in peers:
+                ips.add(_canonical(peer.ip))
+                if ip:
+                    ips.add(ip)
         return ips
 
     async def is_member(self, ip: str) -> Optional[bool]:

@@ -330,10 +330,8 @@ class ZKClient:
         self.connect_timeout = float(connect_timeout)
         self.op_timeout = float(op_timeout) if op_timeout else self.session_timeout
         self._log = logger or get_logger("zk")
-        try:
-            self._kz = resuming_kazoo(hosts, self.session_timeout, read_only=read_only)
-        except (ValueError, KazooException) as e:
-            raise ZKError(f"invalid ZooKeeper connect string {hosts!r}: {e}") from e
+        self._read_only = read_only
+        self._kz = self._new_kazoo()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected_evt: asyncio.Event | None = None
         self._listeners: list[Callable[[str], Any]] = []
@@ -350,22 +348,37 @@ class ZKClient:
         self._disconnected_since: float | None = None
         self._last_heard: float | None = None
         self.connect_reply_timeout = connect_reply_timeout(self.session_timeout)
-        self._hook_connection()
-        self._kz.add_listener(self._on_kazoo_state)
+
+    def _new_kazoo(self) -> KazooClient:
+        """A fresh kazoo client, hooked and listened to. start() makes one per attempt: a
+        kazoo client that was stopped after a failed attempt cannot be started again
+        (issue 8: a sitter started before ZooKeeper never connected)."""
+        try:
+            kz = resuming_kazoo(self.hosts, self.session_timeout, read_only=self._read_only)
+        except (ValueError, KazooException) as e:
+            raise ZKError(f"invalid ZooKeeper connect string {self.hosts!r}: {e}") from e
+        self._hook_connection(kz)
+
+        def listener(state: str) -> None:
+            if kz is self._kz:  # a discarded attempt's client reports nothing
+                self._on_kazoo_state(state)
+
+        kz.add_listener(listener)
+        return kz
 
     # -- kazoo thread side ------------------------------------------------------------
-    def _hook_connection(self) -> None:
+    def _hook_connection(self, kz: KazooClient) -> None:
         """Record the negotiated session timeout and the time of the last packet from the
         server. kazoo keeps neither, so wrap two ConnectionHandler methods on this
         instance (checked by tests/unit/test_zk_hooks.py against the installed kazoo)."""
-        conn = self._kz._connection
+        conn = kz._connection
         orig_invoke = getattr(conn, "_invoke", None)
         orig_read = getattr(conn, "_read_socket", None)
         if orig_invoke is not None:
 
             def _invoke(timeout, request, xid=None):
                 result = orig_invoke(timeout, request, xid)
-                if isinstance(request, Connect) and result:
+                if isinstance(request, Connect) and result and kz is self._kz:
                     self._negotiated_ms = int(result[0].time_out)
                     self._last_heard = time.monotonic()
                 return result
@@ -374,7 +387,8 @@ class ZKClient:
         if orig_read is not None:
 
             def _read_socket(read_timeout):
-                self._last_heard = time.monotonic()
+                if kz is self._kz:
+                    self._last_heard = time.monotonic()
                 return orig_read(read_timeout)
 
             conn._read_socket = _read_socket
@@ -482,7 +496,14 @@ class ZKClient:
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
-        """Connect; ZKError if no server answers within connect_timeout."""
+        """Connect; ZKError if no server answers within connect_timeout.
+
+        After a ZKError, start() may be called again (the caller's retry loop): each attempt
+        uses a fresh kazoo client, so the client connects whenever ZooKeeper comes up,
+        whatever the start order. Calling it again once started (or after close()) is an
+        error."""
+        if self._closed:
+            raise ZKError("ZKClient.start() after close()")
         if self._started:
             raise ZKError("ZKClient.start() called twice")
         self._loop = asyncio.get_running_loop()
@@ -493,8 +514,7 @@ class ZKClient:
         try:
             await asyncio.wait_for(self._connected_evt.wait(), self.connect_timeout)
         except asyncio.TimeoutError:
-            await self._shutdown_kazoo()
-            self._closed = True
+            await self._reset_attempt()
             raise ZKError(
                 f"cannot reach ZooKeeper at {self.hosts} within {self.connect_timeout:g}s"
             ) from None
@@ -506,6 +526,16 @@ class ZKClient:
             with contextlib.suppress(KazooException):
                 if await self.exists("/") is None:
                     self._log.warning("zk_chroot_missing", hosts=self.hosts, chroot=self._kz.chroot)
+
+    async def _reset_attempt(self) -> None:
+        """A failed connect attempt: stop its kazoo client (no threads left) and prepare a
+        fresh one for the next start()."""
+        old = self._kz
+        self._kz = self._new_kazoo()  # first: the old client's last state reports are ignored
+        await self._shutdown_kazoo(old)
+        self._started = False
+        self._state = LOST
+        self._negotiated_ms = None
 
     async def close(self) -> None:
         """Close the session (its ephemeral nodes go at once) and stop kazoo's threads."""
@@ -523,12 +553,14 @@ class ZKClient:
         if self._connected_evt is not None:
             self._connected_evt.clear()
 
-    async def _shutdown_kazoo(self) -> None:
+    async def _shutdown_kazoo(self, kz: KazooClient | None = None) -> None:
+        kz = self._kz if kz is None else kz
+
         def stop_and_close():
             with contextlib.suppress(Exception):
-                self._kz.stop()
+                kz.stop()
             with contextlib.suppress(Exception):
-                self._kz.close()
+                kz.close()
 
         await asyncio.to_thread(stop_and_close)
 
@@ -553,8 +585,8 @@ class ZKClient:
 
     async def retry(self, fn: Callable[..., Awaitable[Any]], *args, timeout: float | None = None, **kw):
         """Call `await fn(*args, **kw)`, waiting for the connection and trying again after
-        ConnectionLoss until `timeout` (default: the session timeout) has passed."""
-        timeout = self.session_timeout if timeout is None else timeout
+        ConnectionLoss until `timeout` (default: the negotiated session timeout) has passed."""
+        timeout = (self.negotiated_session_timeout or self.session_timeout) if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -76,6 +76,9 @@ class Observation:
     switchover_expired: (primary) the state's switchover request has been pending longer than
       the shell's limit: it is withdrawn, so that a takeover that cannot finish (the sync
       restarted, the operator's CLI died) never leaves the shard without a primary.
+    state_unreadable: the state znode exists but cannot be parsed (quarantined by the
+      shell). Not "no state": `state` is then the last state the shell could read (None if
+      it never read one). Nobody writes the state, promotes or rebuilds until it is fixed.
     """
 
     me: Peer
@@ -102,6 +105,7 @@ class Observation:
     switchover_stopped_wal: int | None = None
     switchover_expired: bool = False
     cannot_serve: str | None = None
+    state_unreadable: bool = False
 
     def __post_init__(self) -> None:
         if self.zk not in ZK_STATES:
@@ -146,6 +150,8 @@ class _View:
 
     def write_block(self) -> str | None:
         """Why I may not write the state now, or None if I may."""
+        if self.obs.state_unreadable:
+            return "the shard state znode cannot be parsed"
         if self.obs.zk != CONNECTED:
             return f"my ZooKeeper session is {self.obs.zk}"
         if not self.in_election:
@@ -181,6 +187,8 @@ def decide(obs: Observation) -> Decision:
     v = _View(obs)
     if obs.error is not None:
         return _safe_mode(v)
+    if obs.state_unreadable:
+        return _state_unreadable(v)
     if v.st is None:
         return _bootstrap(v)
     place = v.st.place_of(obs.me.id)
@@ -208,6 +216,33 @@ def _safe_mode(v: _View) -> Decision:
         Target(SAFE_MODE), rule="safe_mode",
         reason=f"the shard is in safe mode ({why}), so I take no writes and change nothing "
                f"until an operator clears the error node")
+
+
+# -- rule 2: the state znode cannot be parsed ---------------------------------------------
+def _state_unreadable(v: _View) -> Decision:
+    """Hold. A malformed state is not "no state" (the election head would declare a new
+    generation 1: a fork), and it says nothing about who may lead: nobody writes the state
+    (write_block says so), promotes or rebuilds. A primary keeps its role by the usual
+    primary rules, which cannot write the state either (and still fence it when its
+    session is gone); a standby keeps following its upstream; everyone else waits."""
+    obs, st = v.obs, v.st
+    why = "the shard state znode cannot be parsed (an operator must fix it)"
+    place = st.place_of(obs.me.id) if st is not None else None
+    if place == "primary":
+        d = _as_primary(v)
+        return replace(d, rule=f"state_unreadable.{d.rule}", reason=f"{why}; {d.reason}")
+    if place in ("sync", "async") and obs.has_data:
+        chain = st.chain()
+        ids = [p.id for p in chain]
+        ahead = chain[:ids.index(obs.me.id)]
+        up = st.primary if place == "sync" else next((p for p in reversed(ahead) if v.alive(p)), None)
+        if up is not None:
+            return Decision(Target(STANDBY, upstream=up, downstream=v.next_live_after(obs.me.id, chain)),
+                            rule="state_unreadable.follow",
+                            reason=f"{why}, so I keep following {up} as its {place} and take over, "
+                                   f"rebuild or write nothing until it is fixed")
+    return Decision(Target(UNASSIGNED), rule="state_unreadable.wait",
+                    reason=f"{why}, so I wait and change nothing until it is fixed")
 
 
 # -- rule 3: no state yet ----------------------------------------------------------------

@@ -11,11 +11,43 @@ and the registrar record at the original's binder path (ephemeral, written by th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from manatee.core import zk as zkmod
 from manatee.sitter import history
-from manatee.sitter.state import ClusterState, Peer, election_order, parse_election_name
+from manatee.sitter.state import ClusterState, Peer, StateError, parse_election, parse_election_name
+
+
+class StateUnreadable(zkmod.ZKDataError):
+    """The state znode exists but is not a valid shard state. It is *not* "no state": the
+    sitter holds (nobody writes the state, promotes or rebuilds) until an operator fixes it."""
+
+    def __init__(self, msg: str, version: int):
+        super().__init__(msg)
+        self.version = version
+
+
+class Quarantine:
+    """Znodes whose content the sitter ignores because it cannot parse them, by kind
+    ("election", "state", "error", "registrar"): {path: why}. Each is logged once when it
+    appears (or its reason changes) and once when it is gone, not every cycle."""
+
+    def __init__(self, log):
+        self.log = log
+        self._by_kind: dict[str, dict[str, str]] = {}
+
+    def update(self, kind: str, found: Mapping[str, str]) -> None:
+        old = self._by_kind.get(kind, {})
+        for path, why in found.items():
+            if old.get(path) != why:
+                self.log.warning("zk_data_quarantined", node=path, why=why)
+        for path in old.keys() - found.keys():
+            self.log.info("zk_data_quarantine_cleared", node=path)
+        self._by_kind[kind] = dict(found)
+
+    def items(self) -> tuple[str, ...]:
+        """"<path>: <why>" for every quarantined znode, sorted."""
+        return tuple(sorted(f"{p}: {w}" for nodes in self._by_kind.values() for p, w in nodes.items()))
 
 
 class ShardStore:
@@ -28,6 +60,7 @@ class ShardStore:
         self.error_path = f"{self.path}/error"
         self.registrar_path = registrar_path
         self.my_node: str | None = None
+        self.quarantine = Quarantine(log)
 
     async def ensure_paths(self) -> None:
         for p in (self.election_path, self.history_path):
@@ -67,27 +100,43 @@ class ShardStore:
             self.my_node = None
 
     async def election(self) -> tuple[Peer, ...]:
+        """The live peers in join order. Malformed nodes are left out and quarantined."""
         children: dict[str, Any] = {}
+        bad: dict[str, str] = {}
         for name in await self.zk.get_children(self.election_path):
+            path = f"{self.election_path}/{name}"
             try:
-                parse_election_name(name)
-                data, _ = await self.zk.get_json(f"{self.election_path}/{name}")
-            except (ValueError, zkmod.NoNodeError, zkmod.ZKDataError):
+                data, _ = await self.zk.get_json(path)
+            except zkmod.NoNodeError:
+                continue  # gone since the listing
+            except zkmod.ZKDataError as e:
+                bad[path] = str(e)
                 continue
-            if isinstance(data, dict):
-                children[name] = data
-        return election_order(children)
+            children[name] = data
+        peers, rejected = parse_election(children)
+        bad.update({f"{self.election_path}/{name}": why for name, why in rejected})
+        self.quarantine.update("election", bad)
+        return peers
 
     # ------------------------------------------------------------------ state
 
     async def read_state(self) -> tuple[ClusterState | None, int]:
+        """(state, znode version); (None, -1) when there is no state znode. A state znode
+        that cannot be parsed raises StateUnreadable (and is quarantined): never None."""
         try:
             raw, stat = await self.zk.get(self.state_path)
         except zkmod.NoNodeError:
+            self.quarantine.update("state", {})
             return None, -1
-        if not raw:
-            return None, stat.version
-        return ClusterState.loads(raw), stat.version
+        try:
+            if not raw:
+                raise StateError("state: the znode is empty")
+            st = ClusterState.loads(raw)
+        except StateError as e:
+            self.quarantine.update("state", {self.state_path: str(e)})
+            raise StateUnreadable(f"{self.state_path}: {e}", stat.version) from None
+        self.quarantine.update("state", {})
+        return st, stat.version
 
     async def cas_state(self, new: ClusterState, version: int) -> bool:
         """Write the state only if nobody changed it since we read `version` (-1: create)."""
@@ -104,10 +153,17 @@ class ShardStore:
     # ------------------------------------------------------------------ safe mode
 
     async def read_error(self) -> dict | None:
+        """The safe-mode node's data, None if there is none. An error node that exists is
+        safe mode even when its content cannot be parsed (quarantined, reason says so)."""
         try:
             data, _ = await self.zk.get_json(self.error_path)
         except zkmod.NoNodeError:
+            self.quarantine.update("error", {})
             return None
+        except zkmod.ZKDataError as e:
+            self.quarantine.update("error", {self.error_path: str(e)})
+            return {"reason": f"the error node exists but cannot be parsed: {e}"}
+        self.quarantine.update("error", {})
         return data if isinstance(data, dict) else {"reason": str(data)}
 
     async def write_error(self, record: dict) -> None:
@@ -128,7 +184,11 @@ class ShardStore:
         try:
             await self.zk.create(self.registrar_path, rec, ephemeral=True, makepath=True)
         except zkmod.NodeExistsError:
-            data, _ = await self.zk.get_json(self.registrar_path)
+            try:
+                data, _ = await self.zk.get_json(self.registrar_path)
+            except zkmod.ZKDataError as e:  # not ours to keep: the primary's record replaces it
+                self.log.warning("registrar_unparsable_replaced", node=self.registrar_path, why=str(e))
+                data = None
             if data != rec:
                 await self.zk.delete(self.registrar_path)
                 await self.zk.create(self.registrar_path, rec, ephemeral=True, makepath=True)
@@ -140,3 +200,5 @@ class ShardStore:
                 await self.zk.delete(self.registrar_path)
         except zkmod.NoNodeError:
             pass
+        except zkmod.ZKDataError as e:  # not a record of mine: leave it
+            self.log.warning("registrar_unparsable_kept", node=self.registrar_path, why=str(e))

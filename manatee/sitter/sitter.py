@@ -21,13 +21,16 @@ from manatee.sitter import history, latches, transitions as T
 from manatee.sitter.decide import Decision, Observation, decide
 from manatee.sitter.heartbeat import HeartbeatSender, HeartbeatTable
 from manatee.sitter.pgmanager import PgManager, PgStatus, RoleSpec
-from manatee.sitter.shardstore import ShardStore
+from manatee.sitter.shardstore import ShardStore, StateUnreadable
 from manatee.sitter.state import (
     CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, SUSPENDED, UNASSIGNED, ClusterState, Peer, Target,
 )
 
 
 class Sitter:
+    # Why the state znode cannot be used (quarantined), or None: decide() then holds.
+    state_unreadable: str | None = None
+
     def __init__(self, cfg, log):
         self.cfg, self.log = cfg, log
         p = cfg.postgresMgrCfg
@@ -96,8 +99,9 @@ class Sitter:
         self.zk.add_state_listener(self._on_zk_state)
         while not stop.is_set():
             try:
-                await self.zk.start()
+                await self.zk.start()  # a fresh kazoo client per attempt: retrying is fine
                 self.zk_state = CONNECTED
+                self._note_session_timeout()
                 return True
             except zkmod.ZKError as e:
                 self.log.warning("zk_unreachable", error=str(e))
@@ -105,12 +109,32 @@ class Sitter:
                     await asyncio.wait_for(stop.wait(), 2)
         return False
 
+    @property
+    def quarantined(self) -> tuple[str, ...]:
+        """"<znode>: <why>" for each znode ignored because it cannot be parsed."""
+        return self.store.quarantine.items()
+
+    def _note_session_timeout(self) -> None:
+        """ZooKeeper grants a session timeout within its [min, max]SessionTimeout, whatever
+        we asked: every deadline derived from it must use the granted one (the fencing
+        deadline does: ZKClient.session_expiry_deadline). Logged when it changes."""
+        got = self.zk.negotiated_session_timeout
+        if got is None or got == self.session_timeout:
+            return
+        configured = self.cfg.zkCfg.sessionTimeout / 1000
+        self.session_timeout = got
+        (self.log.warning if got != configured else self.log.info)(
+            "zk_session_timeout_negotiated", configured_s=configured, negotiated_s=got,
+            note="ZooKeeper's min/maxSessionTimeout changed the session timeout; the sitter uses the "
+                 "negotiated one" if got != configured else "as configured")
+
     async def _refresh_zk(self) -> None:
         """Re-read what the decision needs from ZooKeeper (only while connected): when a watch
         fired, and every ZK_SAFETY_REFRESH_S anyway (watches are re-armed after reconnects,
         but a periodic read costs little and bounds the damage of a missed one)."""
         if self.zk_state != CONNECTED:
             return
+        self._note_session_timeout()  # a reconnect (to another server) may grant another one
         now = time.monotonic()
         if not self.zk_dirty and not self.need_join and now - self.zk_read_at < ZK_SAFETY_REFRESH_S:
             return
@@ -122,7 +146,11 @@ class Sitter:
                 await self.store.join(self.me)
                 self.need_join = False
             self.election = await self.store.election()
-            self.state, self.state_version = await self.store.read_state()
+            try:
+                self.state, self.state_version = await self.store.read_state()
+                self.state_unreadable = None
+            except StateUnreadable as e:  # never "no state": keep the last one read, and hold
+                self.state_unreadable = str(e)
             self.error = await self.store.read_error()
             self.view_stale = False
         except (zkmod.ZKError, zkmod.ConnectionLoss, zkmod.SessionExpiredError, asyncio.TimeoutError) as e:
@@ -190,7 +218,8 @@ class Sitter:
             expiry_passed=deadline is not None and time.monotonic() >= deadline,
             sync_streaming=pgs.sync_flush is not None,
             sync_flush=pgs.sync_flush.value if pgs.sync_flush and i_am_primary else None,
-            switchover_stopped_wal=stopped_wal, switchover_expired=sw_expired)
+            switchover_stopped_wal=stopped_wal, switchover_expired=sw_expired,
+            state_unreadable=self.state_unreadable is not None)
 
     # ------------------------------------------------------------------ the loop
 
@@ -468,6 +497,9 @@ class Sitter:
             "state": st.to_json() if st else None, "error": self.error,
             "restore": self.restore_progress,
             "election": [p.id for p in self.election],
+            "quarantined": list(self.quarantined), "stateUnreadable": self.state_unreadable,
+            "zkSessionTimeout": {"configured": self.cfg.zkCfg.sessionTimeout / 1000,
+                                 "negotiated": self.zk.negotiated_session_timeout},
         }
 
 

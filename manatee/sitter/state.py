@@ -24,7 +24,7 @@ __all__ = [
     "CONNECTED", "SUSPENDED", "LOST", "ZK_STATES",
     "UNASSIGNED", "PRIMARY", "STANDBY", "DEPOSED", "FENCED", "SAFE_MODE", "REBUILD", "ROLES",
     "StateError", "Peer", "Freeze", "Switchover", "ClusterState", "Target",
-    "parse_election_name", "election_order", "dedupe_peers", "error_record",
+    "parse_election_name", "election_order", "parse_election", "dedupe_peers", "error_record",
     "format_lsn", "parse_lsn",
 ]
 
@@ -319,6 +319,28 @@ def election_order(children: Mapping[str, Mapping[str, Any]]) -> tuple[Peer, ...
     """Election znodes {name: data} → live peers in join order (sequence), deduped by id."""
     parsed = sorted((parse_election_name(n)[1], parse_election_name(n)[0], d) for n, d in children.items())
     return dedupe_peers(Peer.from_election(pid, data) for _seq, pid, data in parsed)
+
+
+def parse_election(children: Mapping[str, Any]) -> tuple[tuple[Peer, ...], tuple[tuple[str, str], ...]]:
+    """Election znodes {name: data} → (live peers in join order, quarantined).
+
+    Unlike `election_order`, a malformed node (bad name, data not a JSON object, a field
+    missing or of the wrong type) does not spoil the rest: it is left out and listed in
+    `quarantined` as (name, why), sorted by name. Any ZooKeeper client can create such a
+    node; one of them must not stop every sitter's cycle (and with it every failover)."""
+    good: list[tuple[int, Peer]] = []
+    bad: list[tuple[str, str]] = []
+    for name, data in children.items():
+        try:
+            pid, seq = parse_election_name(name)
+            if not isinstance(data, Mapping):
+                raise StateError(f"election/{name}: expected a JSON object, got "
+                                 f"{'nothing' if data is None else type(data).__name__}")
+            good.append((seq, Peer.from_json({**data, "id": pid}, where=f"election/{name}")))
+        except StateError as e:
+            bad.append((name, str(e)))
+    good.sort(key=lambda sp: sp[0])
+    return dedupe_peers(p for _seq, p in good), tuple(sorted(bad))
 
 
 def error_record(state: ClusterState | None, me: Peer, reason: str) -> dict[str, str]:
