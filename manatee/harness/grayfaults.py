@@ -155,8 +155,14 @@ def dataset_used(node: NodeState) -> int:
 def disk_full(sb: Sandbox, name: str, margin: int = QUOTA_MARGIN) -> int:
     """Set the node's dataset quota to `used` + margin; returns the quota (bytes)."""
     node = sb.st.node(name)
-    quota = dataset_used(node) + margin
-    _zfs("set", f"quota={quota}", node.dataset)
+    for attempt in range(5):  # `used` may grow between the read and the set (a standby replaying)
+        quota = dataset_used(node) + margin
+        try:
+            _zfs("set", f"quota={quota}", node.dataset)
+            break
+        except SandboxError:
+            if attempt == 4:
+                raise
     _update(sb, f"quota:{name}", {"dataset": node.dataset, "quota": quota})
     return quota
 

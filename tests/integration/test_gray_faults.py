@@ -67,19 +67,26 @@ def primary_start_timeout_s(sh: Shard) -> float:
     return 3 * sh.session_s
 
 
-def _marks(sh: Shard) -> dict[str, int]:
-    """Per node: how many transitions to rebuild or safe mode its sitter has logged so far."""
+def _marks(sh: Shard) -> dict[str, list[str]]:
+    """Per node: the transitions to rebuild or safe mode its sitter has logged so far, each
+    with the decision that led to it."""
     out = {}
     for n in sh.nodes:
         lines = sh.sitter_log(n).splitlines()
-        out[n.name] = sum(1 for ln in lines if " transition " in ln and (" to=rebuild" in ln or " to=safe_mode" in ln))
+        marks = []
+        for i, ln in enumerate(lines):
+            if " transition " in ln and (" to=rebuild" in ln or " to=safe_mode" in ln):
+                why = next((x for x in reversed(lines[max(0, i - 3):i]) if " decision " in x), "")
+                marks.append(f"{ln[:30]} {why[why.find('reason='):][:300]}")
+        out[n.name] = marks
     return out
 
 
-def _assert_no_rebuild_or_safe_mode(sh: Shard, before: dict[str, int], what: str) -> None:
+def _assert_no_rebuild_or_safe_mode(sh: Shard, before: dict[str, list[str]], what: str) -> None:
     after = _marks(sh)
-    grew = [n for n in after if after[n] > before.get(n, 0)]
-    assert not grew, f"{what}: rebuild or safe mode logged by {grew} although the data is intact"
+    new = {n: after[n][len(before.get(n, [])):] for n in after}
+    grew = {n: v for n, v in new.items() if v}
+    assert not grew, f"{what}: rebuild or safe mode although the data is intact: {grew}"
     assert not sh.safe_mode(), f"{what}: the shard is in safe mode: {sh.safe_mode()}"
 
 
@@ -182,7 +189,7 @@ def test_f18_pg_hung_on_standby_no_rebuild_writes_go_on(shard: Shard, role: str)
     # the primary gives the sync role away; a hung async blocks nothing
     max_gap = sh.session_s + 2 + LOADED_SLACK_S if role == "sync" else 3.0
     _standby_fault(sh, f"F18-{role}", role, lambda n: gf.pg_hang(sh.sb, n), lambda n: gf.pg_resume(sh.sb, n),
-                   hold_s=3 * sh.session_s, max_gap=max_gap)
+                   hold_s=2 * sh.session_s + 1, max_gap=max_gap)
 
 
 # ---------------------------------------------------------------------------------- F19
@@ -201,7 +208,7 @@ def test_f19_disk_full_on_primary_sync_takes_over(shard: Shard):
 def test_f19_disk_full_on_sync_writes_go_on(shard: Shard):
     sh = shard
     _standby_fault(sh, "F19-sync", "sync", lambda n: _disk_full_and_fill(sh, n), lambda n: gf.disk_lift(sh.sb, n),
-                   hold_s=3 * sh.session_s, max_gap=sh.session_s + 2 + LOADED_SLACK_S)
+                   hold_s=2 * sh.session_s + 1, max_gap=sh.session_s + 2 + LOADED_SLACK_S)
 
 
 # ---------------------------------------------------------------------------------- F20
@@ -209,7 +216,7 @@ def test_f19_disk_full_on_sync_writes_go_on(shard: Shard):
 def test_f20_connection_storm_on_standby_no_rebuild(shard: Shard, role: str):
     sh = shard
     _standby_fault(sh, f"F20-{role}", role, lambda n: gf.storm(sh.sb, n, hold_s=60),
-                   lambda n: gf.storm_release(sh.sb, n), hold_s=3 * sh.session_s, max_gap=3.0)
+                   lambda n: gf.storm_release(sh.sb, n), hold_s=2 * sh.session_s + 1, max_gap=3.0)
 
 
 def test_f20_connection_storm_on_primary_no_failover(shard: Shard):

@@ -1,0 +1,100 @@
+"""The gray-failure harness's pure parts: the nftables scripts it loads, the proxy's route
+spec, and the manatee-sandbox sub-commands' parsing (no shard: those are in
+tests/integration/test_gray_faults.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from manatee.cli.sandbox import build_parser
+from manatee.harness import grayfaults as gf
+
+
+def test_flaky_rules_drop_a_random_share_both_ways_and_by_cgroup():
+    script = gf.flaky_rules("127.0.0.12", ["127.0.0.10", "127.0.0.11", "127.0.0.12"], 30,
+                            cgroup="manatee-sandbox-x/b", peer_cgroups=["manatee-sandbox-x/a"],
+                            table="manatee_flaky_127_0_0_12")
+    assert "ip saddr 127.0.0.12 ip daddr { 127.0.0.10, 127.0.0.11 } numgen random mod 100 < 30 drop" in script
+    assert "ip saddr { 127.0.0.10, 127.0.0.11 } ip daddr 127.0.0.12 numgen random mod 100 < 30 drop" in script
+    assert 'socket cgroupv2 level 2 "manatee-sandbox-x/b" ip daddr { 127.0.0.10, 127.0.0.11 } numgen' in script
+    assert 'socket cgroupv2 level 2 "manatee-sandbox-x/a" ip daddr 127.0.0.12 numgen' in script
+    # atomic replacement of an older table of the node
+    assert script.startswith("add table inet manatee_flaky_127_0_0_12\ndelete table inet manatee_flaky_127_0_0_12\n")
+
+
+@pytest.mark.parametrize("pct", [0, 100, -5])
+def test_flaky_rules_reject_a_loss_that_is_no_loss_or_a_partition(pct):
+    with pytest.raises(ValueError, match="loss_pct"):
+        gf.flaky_rules("127.0.0.12", ["127.0.0.10"], pct, cgroup=None, peer_cgroups=[], table="t")
+
+
+def test_delay_rules_dnat_new_connections_to_the_proxy_in_the_output_hook():
+    script = gf.delay_rules("manatee_delay_x", [('socket cgroupv2 level 1 "g"', "127.0.0.10", 2181, "127.0.0.1", 4000)])
+    assert "type nat hook output priority -100" in script
+    assert 'socket cgroupv2 level 1 "g" ip daddr 127.0.0.10 tcp dport 2181 dnat ip to 127.0.0.1:4000' in script
+
+
+def test_route_spec_round_trip():
+    assert gf._parse_routes("4000=127.0.0.10:2181@127.0.0.12,4001=127.0.0.12:5432@127.0.0.11") == [
+        (4000, "127.0.0.10", 2181, "127.0.0.12"), (4001, "127.0.0.12", 5432, "127.0.0.11")]
+
+
+def test_delay_proxy_delays_each_chunk_and_keeps_order():
+    """A real echo server behind the proxy on loopback: the round trip takes two delays."""
+
+    async def run() -> tuple[bytes, float]:
+        async def echo(r, w):
+            while data := await r.read(100):
+                w.write(data)
+                await w.drain()
+            w.close()
+
+        srv = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            lp = s.getsockname()[1]
+        proxy = gf.DelayProxy([(lp, "127.0.0.1", port, "127.0.0.1")], 0.1)
+        task = asyncio.ensure_future(proxy.serve(5, None))
+        await asyncio.sleep(0.1)
+        r, w = await asyncio.open_connection("127.0.0.1", lp)
+        t0 = time.monotonic()
+        w.write(b"one")
+        w.write(b"two")
+        await w.drain()
+        got = b""
+        while len(got) < 6:
+            got += await r.read(100)
+        took = time.monotonic() - t0
+        w.close()
+        task.cancel()
+        srv.close()
+        return got, took
+
+    got, took = asyncio.run(run())
+    assert got == b"onetwo"
+    assert 0.2 <= took < 1.5
+
+
+@pytest.mark.parametrize("argv,cmd", [
+    (["pg-hang", "a"], "pg-hang"), (["pg-resume", "a"], "pg-resume"), (["disk-full", "b"], "disk-full"),
+    (["disk-lift", "b"], "disk-lift"), (["storm", "c", "--for", "30"], "storm"), (["storm-release", "c"], "storm-release"),
+    (["crash-loop", "a", "--for", "10", "--every", "0.5"], "crash-loop"), (["crash-stop", "a"], "crash-stop"),
+    (["rogue-election"], "rogue-election"), (["rogue-remove"], "rogue-remove"), (["bad-state"], "bad-state"),
+    (["bad-state-undo"], "bad-state-undo"), (["flaky", "a", "--loss", "20", "--delay-ms", "100"], "flaky"),
+    (["steady", "a"], "steady"), (["faults"], "faults"),
+])
+def test_sandbox_cli_parses_every_gray_fault_command(argv, cmd):
+    args = build_parser().parse_args(argv)
+    assert args.cmd == cmd
+
+
+def test_sandbox_cli_gray_fault_defaults():
+    a = build_parser().parse_args(["flaky", "a"])
+    assert (a.loss, a.delay_ms, a.for_s) == (30, 200, 300.0)
+    a = build_parser().parse_args(["crash-loop", "a"])
+    assert (a.for_s, a.every) == (60.0, 1.0)
