@@ -470,6 +470,7 @@ class Sitter:
             "restore": self.restore_progress,
             "election": [p.id for p in self.election],
             "insecure": self.cfg.insecure,
+            "pgObservedAgo": round(time.monotonic() - self.last_pg_at, 3) if self.last_pg else None,
         }
 
 
