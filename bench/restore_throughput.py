@@ -91,7 +91,9 @@ class Bench:
 
         port = free_port(IP_A)
         cfg = self.base / "backupserver.json"
-        cfg.write_text(json.dumps({"backupSenderCfg": {"dataset": self.ds_a},
+        # insecure: no ZooKeeper here for membership. The data path is the production one: the
+        # stream still starts with the (token-bound) header that restore() checks before zfs recv.
+        cfg.write_text(json.dumps({"backupSenderCfg": {"dataset": self.ds_a}, "insecure": True,
                                    "backupServerCfg": {"host": IP_A, "port": port}}))
         self.server_log = open(self.base / "backupserver.log", "ab")
         self.server = subprocess.Popen([BACKUPSERVER, "-f", str(cfg)], stdin=subprocess.DEVNULL,

@@ -99,6 +99,7 @@ def daemon_main(
     args = parse_args(name, argv)
     try:
         config, level = load(args.file, model)
+        _check_secret_file(config, args.file)
     except ConfigError as e:
         print(f"{name}: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -113,6 +114,18 @@ def daemon_main(
     except ConfigError as e:  # raised by `run` for what only start-up can check (e.g. the secret file)
         print(f"{name}: {ConfigError(args.file, e.key, e.problem) if not e.file else e}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _check_secret_file(config: ConfigModel, file: str) -> None:
+    """A daemon with a `secretFile` key refuses an unusable shard secret file before it starts."""
+    path = getattr(config, "secretFile", None)
+    if path:
+        from manatee.core.auth import SecretError, load_secret_file
+
+        try:
+            load_secret_file(path)
+        except SecretError as e:
+            raise ConfigError(file, "secretFile", str(e)) from None
 
 
 class _Daemon:

@@ -130,7 +130,10 @@ class BoundedTCPSite(web.TCPSite):
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, max_connections: int,
                  idle_timeout: float, log: Any = None, **kw: Any) -> None:
-        kw.setdefault("backlog", min(1024, max(16, max_connections)))
+        # asyncio accepts up to `backlog` connections per loop iteration, before it reads from
+        # any of them: a batch as large as the pool would evict a fresh request's connection
+        # (accepted, its bytes not read yet) together with the flood's.
+        kw.setdefault("backlog", max(8, min(1024, max_connections // 4)))
         super().__init__(runner, host, port, **kw)
         self.pool = ConnectionPool(max_connections, idle_timeout, log)
 

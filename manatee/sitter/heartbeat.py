@@ -110,8 +110,10 @@ class HeartbeatSender:
 
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        # A fresh connection per beat: the upstream's status server closes idle connections
+        # (and, when flooded, the oldest idle ones first), so a kept-alive one may be gone.
         connector = aiohttp.TCPConnector(local_addr=(self.source_ip, 0) if self.source_ip else None,
-                                         limit=1, keepalive_timeout=30)
+                                         limit=1, force_close=True)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while not stop.is_set():
                 url = self.upstream_url

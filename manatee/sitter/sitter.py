@@ -660,6 +660,7 @@ class Sitter:
             "quarantined": list(self.quarantined), "stateUnreadable": self.state_unreadable,
             "zkSessionTimeout": {"configured": self.cfg.zkCfg.sessionTimeout / 1000,
                                  "negotiated": self.zk.negotiated_session_timeout},
+            "pgObservedAgo": round(time.monotonic() - self.last_pg_at, 3) if self.last_pg else None,
         }
 
 

@@ -45,6 +45,9 @@ def test_bad_dataset_names_name_the_key(ds):
     [
         ({"pollInterval": 999}, "pollInterval"),
         ({"pollInterval": "soon"}, "pollInterval"),
+        ({"pollInterval": 10**12}, "pollInterval"),  # every duration has an upper bound
+        ({"pollInterval": True}, "pollInterval"),  # a bool is not a number
+        ({"snapshotNumber": True}, "snapshotNumber"),
         ({"snapshotNumber": 0}, "snapshotNumber"),
         ({"snapshotNumber": "abc"}, "snapshotNumber"),
         ({"zfsPath": ""}, "zfsPath"),
