@@ -234,7 +234,14 @@ class PostgresMgrCfg(ConfigModel):
     @model_validator(mode="after")
     def _auth(self):
         a, adm = self.replicationAuth, self.adminAuth
-        if adm is not None and (adm.user or self.dbUser) in (a.user, *a.migrationUsers):
+        if adm is None:
+            return self
+        admin = adm.user or self.dbUser
+        if admin == a.user == self.dbUser:  # an old config: the superuser still replicates
+            if adm.password != a.password:
+                raise ValueError("while the superuser replicates (replicationAuth.user = dbUser) it has one "
+                                 "password: adminAuth.password must equal replicationAuth.password")
+        elif admin == a.user:
             raise ValueError("adminAuth.user and replicationAuth.user must be different roles")
         return self
 

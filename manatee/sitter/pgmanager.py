@@ -8,11 +8,13 @@ streaming or not, diverged from its upstream, sync caught up) for the next decis
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from manatee.core import nofollow
 from manatee.core import pg as pgmod
 from manatee.core.lsn import Lsn
 from manatee.core.pgconfig import RoleConfig, install_base_config, write_role_config
@@ -323,7 +325,7 @@ class PgManager:
     def _diverged_in_log(self) -> bool:
         """True if PostgreSQL has said, since it was last started, that it cannot follow its upstream."""
         try:
-            with open(self.log_file, "rb") as f:
+            with os.fdopen(nofollow.open_read(self.log_file), "rb") as f:  # a link: not followed
                 f.seek(self._log_offset)
                 text = f.read(4 << 20).decode("utf-8", "replace")
         except OSError:

@@ -158,3 +158,73 @@ async def _count(node: PgNode, n: int) -> bool:
 
 async def _setting(node: PgNode, name: str, value: str) -> bool:
     return await node.client.setting(name) == value
+
+
+OLD = "old-superuser-pw-42"
+
+
+async def _repl_users(p: PgNode) -> dict[str, str]:
+    rows = await p.psql("select application_name, usename from pg_stat_replication where state = 'streaming'")
+    return {r["application_name"]: r["usename"] for r in rows}
+
+
+async def test_migration_from_superuser_replication_never_stops_streaming(pg_node_factory):
+    """docs/security-postgres.md "Migration", on real PostgreSQL: a primary and two standbys
+    streaming as the superuser (a config from before the replication role) move to the
+    replication role one node at a time; every intermediate state streams."""
+    p: PgNode = pg_node_factory("p")
+    s1: PgNode = pg_node_factory("s1")
+    s2: PgNode = pg_node_factory("s2")
+    await p.init()
+    await p.start()
+    await p.execute("create table t (id int primary key)")
+    base = dict(auth_method="scram-sha-256", client_cidrs=("127.0.0.1/32",))
+    old = dict(base, replication_user="postgres", replication_password=OLD)
+    await s1.clone_from(p, **old)
+    await s2.clone_from(p, **old)
+    await p.execute(f"alter role postgres password '{OLD}'")
+    await p.apply(p.role_config(**old))
+    await s1.start()
+    await s2.start()
+
+    async def streaming_as(want: dict[str, str]):
+        return await _repl_users(p) == want or None
+
+    async def rows_reach_both(n: int):
+        await p.execute(f"insert into t values ({n})")
+        for s in (s1, s2):
+            await _eventually(lambda s=s: _has(s, n), f"row {n} on {s.name}")
+
+    await _eventually(lambda: streaming_as({s1.url: "postgres", s2.url: "postgres"}), "old config streaming")
+    await rows_reach_both(1)
+
+    # 1: the role exists (with its new password) and every node admits both roles
+    assert await ensure_role(p.client, "replicator", PW, replication=True)
+    await p.apply(p.role_config(**old, extra_replication_users=("replicator",)))
+    for s in (s1, s2):
+        await s.apply(s.role_config("standby", upstream=(p.ip, p.port), application_name=s.url, **old,
+                                    extra_replication_users=("replicator",)))
+    await rows_reach_both(2)
+
+    # 2: one standby moves first (its walreceiver reconnects as replicator), then the rest
+    new = dict(base, replication_user="replicator", replication_password=PW, extra_replication_users=("postgres",))
+    await s1.apply(s1.role_config("standby", upstream=(p.ip, p.port), application_name=s1.url, **new))
+    await _eventually(lambda: streaming_as({s1.url: "replicator", s2.url: "postgres"}), "s1 moved, s2 not yet")
+    await rows_reach_both(3)
+    await p.apply(p.role_config(**new))
+    await s2.apply(s2.role_config("standby", upstream=(p.ip, p.port), application_name=s2.url, **new))
+    await _eventually(lambda: streaming_as({s1.url: "replicator", s2.url: "replicator"}), "both moved")
+    await rows_reach_both(4)
+
+    # 3: the superuser no longer replicates
+    final = dict(base, replication_user="replicator", replication_password=PW)
+    await p.apply(p.role_config(**final))
+    await _eventually(lambda: _hba_replication_users(p, ["replicator"]), "hba reload")
+    with pytest.raises(psycopg2.OperationalError, match="rejects replication connection"):
+        await asyncio.to_thread(_connect, p, "postgres", OLD, replication=True)
+    await rows_reach_both(5)
+    assert await _repl_users(p) == {s1.url: "replicator", s2.url: "replicator"}
+
+
+async def _has(node: PgNode, n: int) -> bool:
+    return bool(await node.psql("select 1 from t where id = %s", (n,)))

@@ -115,6 +115,17 @@ def test_old_config_with_the_superuser_replicating_keeps_working():
     assert manager(c, ())._superuser_password() == "old-secret"
 
 
+def test_old_config_may_keep_tcp_superuser_access_with_the_same_password():
+    c = cfg(replicationAuth=repl(user="postgres", password="old-secret"),
+            adminAuth={"password": "old-secret", "cidrs": ["10.9.0.0/16"]})
+    rows = hba(c, ("10.0.0.2",))
+    assert ["host", "all", "postgres", "10.9.0.0/16", "scram-sha-256"] in rows
+    assert ["host", "all", "postgres", "all", "reject"] not in rows
+    with pytest.raises(ConfigError, match="one password"):
+        cfg(replicationAuth=repl(user="postgres", password="old-secret"),
+            adminAuth={"password": "other", "cidrs": ["10.9.0.0/16"]})
+
+
 def test_migration_users_accepted_for_replication():
     c = cfg(replicationAuth=repl(migrationUsers=["postgres"]))
     assert ["host", "replication", "replicator,postgres", "10.0.0.2/32", "scram-sha-256"] in hba(c, ("10.0.0.2",))
