@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[top],
         epilog="Example: manatee-sandbox up; manatee-sandbox status; manatee-sandbox kill a; manatee-sandbox down",
     )
+    from manatee import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s (manatee) {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
     up = sub.add_parser("up", parents=[common], help="start a shard and wait until it is healthy and writable")
