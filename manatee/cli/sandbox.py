@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from manatee.harness.sandbox import (
@@ -119,9 +120,46 @@ def _print_up(info: dict[str, Any], args) -> None:
     print(f"ZooKeeper log: {info['zookeeper']['log']}")
     d = "" if args.dir == ".sandbox" else f" --dir {args.dir}"
     print(f"\npsql to the primary:  {PROG} psql{d}")
-    print(f"shard state:          manatee-stat -s {info['shard'].split('/', 2)[2]} {info['zookeeper']['connect']}")
     print(f"fail the primary:     {PROG} kill{d} NODE     then: {PROG} status{d}")
     print(f"remove everything:    {PROG} down{d}")
+
+
+PGPASS = "pgpass"
+ENV_FILE = "manatee.env"
+
+
+def write_tool_files(sb: Sandbox) -> tuple[Path, Path]:
+    """DIR/pgpass (libpq's password file: each node's address and port, the socket, user
+    postgres) and DIR/manatee.env (MANATEE_ZK, MANATEE_SHARD, PGPASSFILE as shell exports),
+    so that manatee-stat -p and manatee-adm authenticate as the sandbox's sitters do.
+    Both 0600: they hold the superuser's password."""
+    st = sb.st
+    d = Path(sb.dir).resolve()
+    lines = []
+    for n in st.nodes:
+        for host in (n.ip, "localhost"):  # localhost: libpq's name for a unix-socket connection
+            lines.append(f"{host}:{n.pg_port}:*:postgres:{st.repl_password or '*'}")
+    pgpass, env = d / PGPASS, d / ENV_FILE
+    for path, text in ((pgpass, "\n".join(lines) + "\n"),
+                       (env, f"# source me: . {env}\nexport MANATEE_ZK={st.zk_connect}\n"
+                             f"export MANATEE_SHARD={st.shard}\nexport PGPASSFILE={pgpass}\n")):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o600)
+    return pgpass, env
+
+
+def tool_commands(zk: str, shard: str, pgpass: Path, env: Path) -> list[tuple[str, str]]:
+    """(what, command) lines `up` prints: each works as printed, from any directory."""
+    pre = f"PGPASSFILE={pgpass}"
+    return [
+        ("the tools' settings", f". {env}   (then: manatee-stat -p, manatee-adm show, ...)"),
+        ("shard state + lag", f"{pre} manatee-stat -p -z {zk} -s {shard}"),
+        ("the shard as a table", f"{pre} manatee-adm show -z {zk} -s {shard}"),
+        ("health (exit 0/1/2)", f"{pre} manatee-adm verify -z {zk} -s {shard}"),
+        ("history", f"manatee-adm history -z {zk} -s {shard}"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             info = sb.up(nodes=args.nodes, session_timeout_ms=args.session_timeout, shard=args.shard,
                          first_ip=args.first_ip, timeout=args.timeout, auth_method=args.auth,
                          zk_servers=args.zk_servers)
+            pgpass, env = write_tool_files(sb)
             _print_up(info, args)
+            print("\nmanatee tools (PostgreSQL password in " + str(pgpass) + "):")
+            for what, cmd in tool_commands(sb.st.zk_connect, sb.st.shard, pgpass, env):
+                print(f"  {what + ':':<22}{cmd}")
         elif args.cmd == "status":
             info = sb.status()
             if args.json:

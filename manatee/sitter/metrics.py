@@ -402,6 +402,12 @@ class MetricsCollector:
                 self.log.debug("metrics_query_failed", error=str(e))
             return None
 
+    def refresh_slow_soon(self) -> None:
+        """Start refreshing the zfs observations in the background if they are stale."""
+        if time.monotonic() - self._snap_at >= self.snapshot_cache_s and not self._snap_lock.locked():
+            task = asyncio.ensure_future(self._last_snapshot_ms())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
     async def _last_snapshot_ms(self) -> int | None:
         """Newest epoch-ms snapshot of the sitter's dataset and its space, from one `zfs`
         round per cache period (a failure is cached too, so a broken zfs is not asked on

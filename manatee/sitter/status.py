@@ -108,7 +108,10 @@ class StatusServer:
 
     async def state(self, _req):
         body = self.sitter.debug_state()
-        body["dataset"] = self.collector.space  # {available, used, quota} bytes, cached (None: unknown)
+        # {available, used, quota} bytes from the metrics' cached `zfs get` (None: not known yet);
+        # a stale cache is refreshed in the background, never on this request's time
+        body["dataset"] = self.collector.space
+        self.collector.refresh_slow_soon()
         return _json(200, body)
 
     async def primary(self, _req):
