@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -150,15 +151,26 @@ def write_tool_files(sb: Sandbox) -> tuple[Path, Path]:
     return pgpass, env
 
 
+def _tool(name: str) -> str:
+    """The tool as the user can run it: its bare name when PATH finds this installation's,
+    else its full path (scripts/sandbox.sh runs from a virtualenv that is not on PATH)."""
+    here = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if not here.exists() or (found and Path(found).resolve() == here.resolve()):
+        return name
+    return str(here)
+
+
 def tool_commands(zk: str, shard: str, pgpass: Path, env: Path) -> list[tuple[str, str]]:
     """(what, command) lines `up` prints: each works as printed, from any directory."""
     pre = f"PGPASSFILE={pgpass}"
+    stat, adm = _tool("manatee-stat"), _tool("manatee-adm")
     return [
-        ("the tools' settings", f". {env}   (then: manatee-stat -p, manatee-adm show, ...)"),
-        ("shard state + lag", f"{pre} manatee-stat -p -z {zk} -s {shard}"),
-        ("the shard as a table", f"{pre} manatee-adm show -z {zk} -s {shard}"),
-        ("health (exit 0/1/2)", f"{pre} manatee-adm verify -z {zk} -s {shard}"),
-        ("history", f"manatee-adm history -z {zk} -s {shard}"),
+        ("the tools' settings", f". {env}   (then: {stat} -p, {adm} show, ...)"),
+        ("shard state + lag", f"{pre} {stat} -p -z {zk} -s {shard}"),
+        ("the shard as a table", f"{pre} {adm} show -z {zk} -s {shard}"),
+        ("health (exit 0/1/2)", f"{pre} {adm} verify -z {zk} -s {shard}"),
+        ("history", f"{adm} history -z {zk} -s {shard}"),
     ]
 
 
