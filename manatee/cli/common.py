@@ -443,6 +443,12 @@ def resolve_target(args: argparse.Namespace, *, order: Sequence[str] = ("shard",
         pos = pos[len(missing):]
     elif len(pos) > hi + len(missing):
         raise UsageError(f"unrecognized arguments: {' '.join(pos[hi + len(missing):])}")
+    elif hi == 0 and 0 < len(pos) < len(missing):
+        # fewer words than the positional form: they fill it from the left, as argparse
+        # would (`manatee-history 1` with $MANATEE_ZK set; else "required: ZK")
+        for k, v in zip(missing, pos):
+            got[k] = v
+        pos = []
     cfg = args.config or env.get(ENV_CONFIG)
     if cfg and (got["zk"] is None or got["shard"] is None):
         c_zk, c_shard = _read_sitter_config(cfg)

@@ -27,6 +27,7 @@ def _args(tool, argv):
     ([], {"MANATEE_ZK": "zk9", "MANATEE_SHARD": "3"}, ("zk9:2181", "3", [])),   # environment
     (["-s", "4"], {"MANATEE_ZK": "zk9", "MANATEE_SHARD": "3"}, ("zk9:2181", "4", [])),  # option wins
     (["5", "zk5"], {"MANATEE_ZK": "zk9", "MANATEE_SHARD": "3"}, ("zk5:2181", "5", [])),  # positional wins
+    (["6"], {"MANATEE_ZK": "zk9"}, ("zk9:2181", "6", [])),                      # SHARD, ZK from env
 ])
 def test_history_and_clear_take_the_shard_and_zk_every_way(argv, env, want):
     for tool in (history, clear):
@@ -53,7 +54,7 @@ def test_a_sitter_config_gives_zk_and_shard_and_options_override_it(tmp_path):
 
 @pytest.mark.parametrize("argv, env, says", [
     ([], {}, "required: SHARD, ZK"),
-    (["zk1"], {}, "required: SHARD, ZK"),
+    (["zk1"], {}, "required: ZK"),
     (["1", "zk1", "more"], {}, "unrecognized arguments: more"),
     (["-z", "zk1", "-s", "1", "x"], {}, "unrecognized arguments: x"),
     (["-s", "a/b", "-z", "zk1"], {}, "bad shard name"),
