@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what manatee's tests and sandbox need on Debian 12, skipping what is already there.
 #   system: zookeeper, zfs-fuse, postgresql-15, nftables, iproute2 (apt)
+#   build:  libpq-dev, gcc, python3-dev: psycopg2 is built against the system libpq (not -binary)
 #   python: a virtualenv at $MANATEE_VENV (default .venv) with manatee and its test extras
 # Idempotent: a second run installs nothing.
 set -euo pipefail
@@ -16,6 +17,12 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)  # the sample load-balancer config is tested
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# psycopg2 from source, linked to the system's libpq: pg_config, a C compiler, Python's headers
+command -v pg_config >/dev/null 2>&1 || need+=(libpq-dev)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    >/dev/null 2>&1 || need+=(python3-dev)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # the units are checked with it
 if [ ${#need[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -35,6 +42,10 @@ fi
 stamp="$venv/.manatee-installed"
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
     "$venv/bin/pip" install -q --upgrade pip >/dev/null
-    "$venv/bin/pip" install -q -e "$here[test]"
+    # an older venv has psycopg2-binary: both install the same module, keep only the built one
+    if "$venv/bin/pip" show -q psycopg2-binary >/dev/null 2>&1; then
+        "$venv/bin/pip" uninstall -q -y psycopg2-binary >/dev/null
+    fi
+    "$venv/bin/pip" install -q --no-binary psycopg2 -e "$here[test]"
     touch "$stamp"
 fi

@@ -187,6 +187,14 @@ def fmt_bytes(n: Any) -> str:
     return f"{n} B"
 
 
+def fmt_disk(space: Any) -> str:
+    """The dataset's free space (and quota) from its sitter's /state: '12.0 GB', '1.0 GB of 5.0 GB quota'."""
+    if not isinstance(space, Mapping) or space.get("available") is None:
+        return "-"
+    quota = space.get("quota")
+    return fmt_bytes(space["available"]) + (f" (quota {fmt_bytes(quota)})" if quota else "")
+
+
 def fmt_seconds(s: Any) -> str:
     return "-" if s is None else f"{float(s):.3f}"
 
@@ -234,8 +242,9 @@ def render_show(v: ShardView, probs: Sequence[str] | None = None) -> str:
         lag_b, lag_s = _lag(n)
         sitter = "-" if n.sitter is None else str(n.sitter.get("localRole") or n.sitter.get("role") or "?")
         rows.append([n.role, n.ip, n.peer.get("pgUrl", "-"), "yes" if n.live else "no", sitter, pg, mode,
-                     lag_b, lag_s])
-    table = render_table(["ROLE", "ADDRESS", "PGURL", "LIVE", "SITTER", "PG", "MODE", "LAG", "LAG(S)"], rows)
+                     lag_b, lag_s, fmt_disk((n.sitter or {}).get("dataset"))])
+    table = render_table(["ROLE", "ADDRESS", "PGURL", "LIVE", "SITTER", "PG", "MODE", "LAG", "LAG(S)", "DISK FREE"],
+                         rows)
     probs = problems(v) if probs is None else probs
     tail = ["problems:"] + ([f"  - {p}" for p in probs] if probs else ["  none"])
     return "\n".join(head) + "\n\n" + table + "\n\n" + "\n".join(tail)
@@ -276,7 +285,7 @@ def node_json(n: NodeView) -> dict[str, Any]:
             "repl": None if n.repl is None else r.get("state"), "replayLsn": r.get("replay_lsn"),
             "lagBytes": None if n.repl is None or n.role == "primary" else r.get("lag_bytes"),
             "lagSeconds": None if n.repl is None or n.role == "primary" else r.get("lag_s"),
-            "dataset": (n.sitter or {}).get("dataset")}
+            "dataset": (n.sitter or {}).get("dataset")}  # {available, used, quota} bytes
 
 
 def show_json(v: ShardView) -> dict[str, Any]:

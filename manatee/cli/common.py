@@ -414,12 +414,30 @@ def _read_sitter_config(path: str) -> tuple[str | None, str | None]:
     return conn, shard_path_[len(MANATEE_ROOT) + 1:]
 
 
+ENV_SANDBOX = "MANATEE_SANDBOX_DIR"
+
+
+def _sandbox_env(box: str) -> dict[str, str]:
+    """The exports of a sandbox's manatee.env (written by `manatee-sandbox up`); {} if none."""
+    out: dict[str, str] = {}
+    try:
+        text = open(os.path.join(box, "manatee.env"), encoding="utf-8").read()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        k, eq, v = line.removeprefix("export ").partition("=")
+        if eq and not line.startswith("#"):
+            out[k.strip()] = v.strip()
+    return out
+
+
 def resolve_target(args: argparse.Namespace, *, order: Sequence[str] = ("shard", "zk"),
                    extras: tuple[int, int] = (0, 0), need_shard: bool = True,
                    env: Mapping[str, str] | None = None) -> Target:
     """Where the shard and ZooKeeper come from, first that gives it: the -z/-s options, the
     positional words (in `order`, for what the options did not give), -c sitter.json,
-    $MANATEE_CONFIG, $MANATEE_ZK/$MANATEE_SHARD. The positional words are the legacy form
+    $MANATEE_CONFIG, $MANATEE_ZK/$MANATEE_SHARD, and last a sandbox's manatee.env in
+    $MANATEE_SANDBOX_DIR (which also gives PGPASSFILE). The positional words are the legacy form
     when there are enough of them; otherwise they are the command's own (`extras`: how many
     it takes, min and max). The ZooKeeper address and shard name come back checked."""
     env = os.environ if env is None else env
@@ -433,6 +451,12 @@ def resolve_target(args: argparse.Namespace, *, order: Sequence[str] = ("shard",
         pos = pos[len(missing):]
     elif len(pos) > hi + len(missing):
         raise UsageError(f"unrecognized arguments: {' '.join(pos[hi + len(missing):])}")
+    elif hi == 0 and 0 < len(pos) < len(missing):
+        # fewer words than the positional form: they fill it from the left, as argparse
+        # would (`manatee-history 1` with $MANATEE_ZK set; else "required: ZK")
+        for k, v in zip(missing, pos):
+            got[k] = v
+        pos = []
     cfg = args.config or env.get(ENV_CONFIG)
     if cfg and (got["zk"] is None or got["shard"] is None):
         c_zk, c_shard = _read_sitter_config(cfg)
@@ -440,6 +464,13 @@ def resolve_target(args: argparse.Namespace, *, order: Sequence[str] = ("shard",
         got["shard"] = got["shard"] if got["shard"] is not None else c_shard
     got["zk"] = got["zk"] if got["zk"] is not None else (env.get(ENV_ZK) or None)
     got["shard"] = got["shard"] if got["shard"] is not None else (env.get(ENV_SHARD) or None)
+    box = env.get(ENV_SANDBOX)
+    if box and (got["zk"] is None or got["shard"] is None or "PGPASSFILE" not in env):
+        sb = _sandbox_env(box)
+        got["zk"] = got["zk"] if got["zk"] is not None else sb.get(ENV_ZK)
+        got["shard"] = got["shard"] if got["shard"] is not None else sb.get(ENV_SHARD)
+        if "PGPASSFILE" not in os.environ and sb.get("PGPASSFILE"):
+            os.environ["PGPASSFILE"] = sb["PGPASSFILE"]  # libpq reads it when the tool connects
     need = [name for key, name in (("shard", "SHARD"), ("zk", "ZK"))
             if got[key] is None and (key == "zk" or need_shard)]
     if need:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 from manatee.harness.sandbox import (
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[top],
         epilog="Example: manatee-sandbox up; manatee-sandbox status; manatee-sandbox kill a; manatee-sandbox down",
     )
+    from manatee import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s (manatee) {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
     up = sub.add_parser("up", parents=[common], help="start a shard and wait until it is healthy and writable")
@@ -120,9 +125,57 @@ def _print_up(info: dict[str, Any], args) -> None:
     print(f"ZooKeeper log: {info['zookeeper']['log']}")
     d = "" if args.dir == ".sandbox" else f" --dir {args.dir}"
     print(f"\npsql to the primary:  {PROG} psql{d}")
-    print(f"shard state:          manatee-stat -s {info['shard'].split('/', 2)[2]} {info['zookeeper']['connect']}")
     print(f"fail the primary:     {PROG} kill{d} NODE     then: {PROG} status{d}")
     print(f"remove everything:    {PROG} down{d}")
+
+
+PGPASS = "pgpass"
+ENV_FILE = "manatee.env"
+
+
+def write_tool_files(sb: Sandbox) -> tuple[Path, Path]:
+    """DIR/pgpass (libpq's password file: each node's address and port, the socket, user
+    postgres) and DIR/manatee.env (MANATEE_ZK, MANATEE_SHARD, PGPASSFILE as shell exports),
+    so that manatee-stat -p and manatee-adm authenticate as the sandbox's sitters do.
+    Both 0600: they hold the superuser's password."""
+    st = sb.st
+    d = Path(sb.dir).resolve()
+    lines = []
+    for n in st.nodes:
+        for host in (n.ip, "localhost"):  # localhost: libpq's name for a unix-socket connection
+            lines.append(f"{host}:{n.pg_port}:*:postgres:{st.repl_password or '*'}")
+    pgpass, env = d / PGPASS, d / ENV_FILE
+    for path, text in ((pgpass, "\n".join(lines) + "\n"),
+                       (env, f"# source me: . {env}\nexport MANATEE_ZK={st.zk_connect}\n"
+                             f"export MANATEE_SHARD={st.shard}\nexport PGPASSFILE={pgpass}\n")):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o600)
+    return pgpass, env
+
+
+def _tool(name: str) -> str:
+    """The tool as the user can run it: its bare name when PATH finds this installation's,
+    else its full path (scripts/sandbox.sh runs from a virtualenv that is not on PATH)."""
+    here = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if not here.exists() or (found and Path(found).resolve() == here.resolve()):
+        return name
+    return str(here)
+
+
+def tool_commands(zk: str, shard: str, pgpass: Path, env: Path) -> list[tuple[str, str]]:
+    """(what, command) lines `up` prints: each works as printed, from any directory."""
+    pre = f"PGPASSFILE={pgpass}"
+    stat, adm = _tool("manatee-stat"), _tool("manatee-adm")
+    return [
+        ("the tools' settings", f". {env}   (then: {stat} -p, {adm} show, ...)"),
+        ("shard state + lag", f"{pre} {stat} -p -z {zk} -s {shard}"),
+        ("the shard as a table", f"{pre} {adm} show -z {zk} -s {shard}"),
+        ("health (exit 0/1/2)", f"{pre} {adm} verify -z {zk} -s {shard}"),
+        ("history", f"{adm} history -z {zk} -s {shard}"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             info = sb.up(nodes=args.nodes, session_timeout_ms=args.session_timeout, shard=args.shard,
                          first_ip=args.first_ip, timeout=args.timeout, auth_method=args.auth,
                          zk_servers=args.zk_servers)
+            pgpass, env = write_tool_files(sb)
             _print_up(info, args)
+            print("\nmanatee tools (PostgreSQL password in " + str(pgpass) + "):")
+            for what, cmd in tool_commands(sb.st.zk_connect, sb.st.shard, pgpass, env):
+                print(f"  {what + ':':<22}{cmd}")
         elif args.cmd == "status":
             info = sb.status()
             if args.json:

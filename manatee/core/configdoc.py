@@ -76,6 +76,10 @@ def render() -> str:
         "an unknown key, a wrong type, a value out of range or a missing required key stops the daemon",
         "with one line naming the file and the key, exit status 2. Times are milliseconds unless",
         "the description says otherwise.",
+        "",
+        "Every daemon's file may also carry a top-level `logLevel` (`debug`, `info`, `warning`,",
+        "`error`; default: `info`, or `-v`): the only key applied again on SIGHUP without a restart",
+        "(manatee/core/daemon.py, docs/observability.md).",
     ]
     for daemon, sample, mod, cls in DAEMONS:
         try:

@@ -1,33 +1,49 @@
-"""The sitter's Prometheus metrics (`GET /metrics`, text exposition format 0.0.4).
+"""The sitter's Prometheus metrics (`GET /metrics`) and the health predicates the status
+server answers from.
 
-Why hand-rendered: a dozen gauges read from what the sitter already knows at scrape time
-need no registry, and the format is small (HELP/TYPE lines, samples, escaped label values).
-Two layers: `collect()` gathers a `MetricsView` (plain data; the few extra reads — lag
-queries with a short deadline, the newest snapshot from a cached `zfs get` — happen here),
-and the pure `render()` turns a view into text, so rendering is tested without a sitter.
+Exposition is prometheus_client's: a custom collector over the sitter's own registry (no
+global state; `process_*` from prometheus_client's ProcessCollector), names and units per the
+Prometheus conventions (counters end in `_total`, bytes in `_bytes`, seconds in `_seconds`),
+and `shard` and `node` labels on every series, process_* included.
+
+Scrapes never query anything themselves. `MetricsCollector.observe()` gathers a
+`MetricsView` (plain data) at most once per CACHE_S whatever the scrape rate; concurrent
+scrapes share the one collection in flight. The PostgreSQL part is one query over the
+sitter's own client (`pg.client.query`), the ZFS part (newest snapshot, the dataset's
+available/used/quota) one cached `zfs` call per SLOW_CACHE_S with a deadline. The pure
+`families()` turns a view into metric families, so rendering is tested without a sitter.
 
 The health predicates `writable_primary` / `streaming_replica` live here too, so that
-`/primary`, `/replica` and `manatee_writable` / `manatee_replica_streaming` cannot disagree.
+`/primary`, `/replica` and `manatee_writable` / `manatee_replica_streaming` cannot disagree;
+`lag_within()` is what `/replica?lag=` and friends compare (docs/observability.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+
 from manatee.sitter.history import ACTIONS
 from manatee.sitter.state import CONNECTED, PRIMARY, ROLES, STANDBY
 
+#: the text format generate_latest writes (classic names, so 0.0.4 for every Prometheus)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: the shard-level role label values: a node's place in the persisted state, else its local role
 PLACES = ("primary", "sync", "async", "deposed")
 ROLE_LABELS = PLACES + tuple(r for r in ROLES if r not in PLACES)
 RESTORE_FINISHED = ("done", "failed")
-SNAPSHOT_CACHE_S = 30.0     # one `zfs get` per this many seconds at most, whatever the scrape rate
+CACHE_S = 1.0               # PostgreSQL is asked at most once per this, however many scrapes
+SLOW_CACHE_S = 30.0         # zfs (snapshots, space) at most once per this
+SNAPSHOT_CACHE_S = SLOW_CACHE_S
 ZFS_TIMEOUT_S = 5.0         # a hung zfs-fuse must not hang the scrape
 LAG_QUERY_TIMEOUT_S = 2.0
 
@@ -95,129 +111,168 @@ class MetricsView:
     transitions: Mapping[str, int] = field(default_factory=dict)
     uptime_s: float = 0.0
     zk_quarantined: int = 0  # znodes the sitter ignores as malformed (its /state "quarantined")
+    dataset_space: Mapping[str, int | None] | None = None  # {available, used, quota} bytes (quota 0: none)
+    pg_observed_age_s: float | None = None                 # age of the cached PostgreSQL answers
 
 
-# ---------------------------------------------------------------------------- rendering
+# ---------------------------------------------------------------------------- metric families
 
-@dataclass
-class Family:
-    name: str
-    type: str  # gauge | counter
-    help: str
-    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
-
-    def add(self, value: float, labels: Mapping[str, str] | None = None, suffix: str = "") -> "Family":
-        self.samples.append((suffix, dict(labels or {}), value))
-        return self
+def shard_name(shard_path: str) -> str:
+    """'/manatee/1' → '1' (the name every CLI takes); another path is kept whole."""
+    return shard_path[len("/manatee/"):] if shard_path.startswith("/manatee/") else shard_path
 
 
-def _escape_label(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def families(v: MetricsView, now_ms: int) -> list[Metric]:
+    """The view as metric families (pure: time comes in as `now_ms`). Every series carries
+    `shard` and `node` (the zoneId)."""
+    base = {"shard": shard_name(v.shard), "node": v.zone_id}
+    fs: list[Metric] = []
 
+    def g(name: str, help_: str, value: float | None = None, **labels: str) -> GaugeMetricFamily:
+        m = GaugeMetricFamily(name, help_, labels=[*base, *labels])
+        if value is not None:
+            m.add_metric([*base.values(), *labels.values()], value)
+        fs.append(m)
+        return m
 
-def _escape_help(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n")
+    def add(m: Metric, value: float, **labels: str) -> None:
+        m.add_metric([*base.values(), *labels.values()], value)
 
-
-def _value(v: float) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, int):
-        return str(v)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
-
-
-def render(families: Iterable[Family]) -> str:
-    """Families → text format 0.0.4 (HELP, TYPE, then one line per sample)."""
-    out: list[str] = []
-    for f in families:
-        out.append(f"# HELP {f.name} {_escape_help(f.help)}")
-        out.append(f"# TYPE {f.name} {f.type}")
-        for suffix, labels, value in f.samples:
-            lab = ",".join(f'{k}="{_escape_label(str(v))}"' for k, v in labels.items())
-            out.append(f"{f.name}{suffix}{{{lab}}} {_value(value)}" if lab else f"{f.name}{suffix} {_value(value)}")
-    return "\n".join(out) + "\n"
-
-
-def families(v: MetricsView, now_ms: int) -> list[Family]:
-    """The view as metric families (pure: time comes in as `now_ms`)."""
-    g = lambda name, help: Family(name, "gauge", help)  # noqa: E731
-    fs = [
-        g("manatee_sitter_info", "Constant 1, labelled with this sitter's identity.").add(
-            1, {"peer_id": v.peer_id, "zone_id": v.zone_id, "shard": v.shard}),
-        g("manatee_sitter_uptime_seconds", "Seconds since this sitter started.").add(round(v.uptime_s, 3)),
-    ]
+    g("manatee_sitter_info", "Constant 1, labelled with this sitter's identity.", 1, peer_id=v.peer_id)
+    g("manatee_sitter_uptime_seconds", "Seconds since this sitter started.", round(v.uptime_s, 3))
     role = g("manatee_role", "1 for this node's place in the shard (primary, sync, async, deposed) "
-                             "or, outside the topology, its local role; 0 for the others.")
+                             "or, outside the topology, its local role; 0 for the others.", None, role="")
     for r in ROLE_LABELS:
-        role.add(int(v.role == r), {"role": r})
+        add(role, int(v.role == r), role=r)
     local = g("manatee_local_role", "1 for what the sitter makes this node's PostgreSQL do now "
-                                    "(primary, standby, rebuild, ...); 0 for the others.")
+                                    "(primary, standby, rebuild, ...); 0 for the others.", None, role="")
     for r in ROLES:
-        local.add(int(v.local_role == r), {"role": r})
-    fs += [role, local]
+        add(local, int(v.local_role == r), role=r)
     if v.generation is not None:
-        fs.append(g("manatee_generation", "Generation of the shard's persisted state.").add(v.generation))
-    fs += [
-        g("manatee_pg_up", "1 if PostgreSQL runs and answers queries.").add(int(v.pg_up)),
-        g("manatee_zk_connected", "1 if the sitter's ZooKeeper session is connected.").add(int(v.zk_connected)),
-        g("manatee_writable", "1 on the primary accepting writes (GET /primary answers 200).").add(int(v.writable)),
-        g("manatee_replica_streaming", "1 on a standby streaming from its upstream (GET /replica answers 200).")
-        .add(int(v.replica_streaming)),
-        g("manatee_safe_mode", "1 while the shard's error node exists (safe mode).").add(int(v.safe_mode)),
-        g("manatee_frozen", "1 while the shard is frozen (no automatic transitions).").add(int(v.frozen)),
-        g("manatee_zk_quarantined_znodes", "ZooKeeper znodes this sitter ignores as malformed (listed in "
-                                           "GET /state, quarantined).").add(v.zk_quarantined),
-    ]
+        g("manatee_generation", "Generation of the shard's persisted state.", v.generation)
+    g("manatee_pg_up", "1 if PostgreSQL runs and answers queries.", int(v.pg_up))
+    g("manatee_zk_connected", "1 if the sitter's ZooKeeper session is connected.", int(v.zk_connected))
+    g("manatee_writable", "1 on the primary accepting writes (GET /primary answers 200).", int(v.writable))
+    g("manatee_replica_streaming", "1 on a standby streaming from its upstream (GET /replica answers 200).",
+      int(v.replica_streaming))
+    g("manatee_safe_mode", "1 while the shard's error node exists (safe mode).", int(v.safe_mode))
+    g("manatee_frozen", "1 while the shard is frozen (no automatic transitions).", int(v.frozen))
+    g("manatee_zk_quarantined_znodes", "ZooKeeper znodes this sitter ignores as malformed (listed in "
+                                       "GET /state, quarantined).", v.zk_quarantined)
     if v.standby_lag_bytes is not None:
-        fs.append(g("manatee_standby_lag_bytes", "This standby: bytes of WAL its upstream has that it "
-                                                 "has not replayed.").add(v.standby_lag_bytes))
+        g("manatee_standby_lag_bytes", "This standby: bytes of WAL its upstream has that it has not replayed.",
+          v.standby_lag_bytes)
     if v.standby_lag_seconds is not None:
-        fs.append(g("manatee_standby_lag_seconds", "This standby: age of the last replayed transaction "
-                                                   "while WAL is pending replay (0 when caught up).")
-                  .add(v.standby_lag_seconds))
-    if v.replication:
+        g("manatee_standby_lag_seconds", "This standby: age of the last replayed transaction while WAL is "
+                                         "pending replay (0 when caught up).", v.standby_lag_seconds)
+    rows_b = [r for r in v.replication if r.lag_bytes is not None]
+    rows_s = [r for r in v.replication if r.lag_seconds is not None]
+    if rows_b:
         b = g("manatee_replication_lag_bytes", "Each standby streaming from this node (pg_stat_replication): "
-                                               "bytes of WAL this node has that it has not replayed.")
-        s = g("manatee_replication_lag_seconds", "Each standby streaming from this node: its replay_lag "
-                                                 "(pg_stat_replication).")
-        for row in v.replication:
-            lab = {"application_name": row.application_name, "sync_state": row.sync_state}
-            if row.lag_bytes is not None:
-                b.add(row.lag_bytes, lab)
-            if row.lag_seconds is not None:
-                s.add(row.lag_seconds, lab)
-        fs += [f for f in (b, s) if f.samples]
+                                               "bytes of WAL this node has that it has not replayed.",
+              None, application_name="", sync_state="")
+        for row in rows_b:
+            add(b, row.lag_bytes, application_name=row.application_name, sync_state=row.sync_state)
+    if rows_s:
+        sm = g("manatee_replication_lag_seconds", "Each standby streaming from this node: its replay_lag "
+                                                  "(pg_stat_replication).", None, application_name="", sync_state="")
+        for row in rows_s:
+            add(sm, row.lag_seconds, application_name=row.application_name, sync_state=row.sync_state)
     if v.last_snapshot_ms is not None:
-        fs.append(g("manatee_last_snapshot_timestamp_seconds", "Time of the newest <dataset>@<epoch-ms> snapshot.")
-                  .add(v.last_snapshot_ms / 1000))
-        fs.append(g("manatee_last_snapshot_age_seconds", "Age of the newest <dataset>@<epoch-ms> snapshot.")
-                  .add(max(0.0, (now_ms - v.last_snapshot_ms) / 1000)))
+        g("manatee_last_snapshot_timestamp_seconds", "Time of the newest <dataset>@<epoch-ms> snapshot.",
+          v.last_snapshot_ms / 1000)
+        g("manatee_last_snapshot_age_seconds", "Age of the newest <dataset>@<epoch-ms> snapshot.",
+          max(0.0, (now_ms - v.last_snapshot_ms) / 1000))
+    sp = v.dataset_space or {}
+    for key, help_ in (("available", "Bytes the dataset can still grow by (zfs get available)."),
+                       ("used", "Bytes the dataset and its snapshots use (zfs get used)."),
+                       ("quota", "The dataset's quota in bytes; 0 when it has none (zfs get quota).")):
+        if sp.get(key) is not None:
+            g(f"manatee_dataset_{key}_bytes", help_, sp[key])
     r = v.restore or {}
     in_progress = bool(r) and r.get("phase") not in RESTORE_FINISHED
-    fs.append(g("manatee_restore_in_progress", "1 while this node restores its dataset from its upstream.")
-              .add(int(in_progress)))
+    g("manatee_restore_in_progress", "1 while this node restores its dataset from its upstream.", int(in_progress))
     if r:
-        fs.append(g("manatee_restore_bytes_done", "Bytes received by the current (or last) restore.")
-                  .add(int(r.get("completed") or 0)))
+        g("manatee_restore_received_bytes", "Bytes received by the current (or last) restore.",
+          int(r.get("completed") or 0))
         if r.get("size") is not None:
-            fs.append(g("manatee_restore_bytes_total", "The sender's size estimate of the current (or last) restore.")
-                      .add(int(r["size"])))
-    # 0.0.4 names a counter's HELP/TYPE with its sample name, _total included
-    tr = Family("manatee_transitions_total", "counter", "Topology changes this sitter recorded in the shard's "
-                                                  "history, by action.")
+            g("manatee_restore_size_bytes", "The sender's size estimate of the current (or last) restore.",
+              int(r["size"]))
+    if v.pg_observed_age_s is not None:
+        g("manatee_pg_observation_age_seconds", "Age of the PostgreSQL answers these metrics show "
+                                                "(they are cached; see docs/observability.md).",
+          round(v.pg_observed_age_s, 3))
+    tr = CounterMetricFamily("manatee_transitions", "Topology changes this sitter recorded in the shard's "
+                                                    "history, by action.", labels=[*base, "action"])
     for a in (*ACTIONS, *sorted(set(v.transitions) - set(ACTIONS))):
-        tr.add(int(v.transitions.get(a, 0)), {"action": a})
+        tr.add_metric([*base.values(), a], int(v.transitions.get(a, 0)))
     fs.append(tr)
     return fs
 
 
-def render_view(v: MetricsView, now_ms: int | None = None) -> str:
-    return render(families(v, int(time.time() * 1000) if now_ms is None else now_ms))
+class _ViewCollector:
+    """A prometheus_client collector over a function returning the current families."""
+
+    def __init__(self, fams):
+        self._fams = fams
+
+    def collect(self):
+        return iter(self._fams())
+
+
+class _Labelled:
+    """Another collector's families with extra labels on every sample (process_* get shard/node)."""
+
+    def __init__(self, inner, labels: Mapping[str, str]):
+        self.inner, self.labels = inner, dict(labels)
+
+    def collect(self):
+        for m in self.inner.collect():
+            m.samples = [s._replace(labels={**self.labels, **s.labels}) for s in m.samples]
+            yield m
+
+
+def make_registry(fams, labels: Mapping[str, str], process: bool = True) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_ViewCollector(fams))
+    if process:
+        reg.register(_Labelled(ProcessCollector(registry=None), labels))
+    return reg
+
+
+def render_view(v: MetricsView, now_ms: int | None = None, *, process: bool = False) -> str:
+    """The exposition text of one view (what GET /metrics serves, without process_* by default)."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    reg = make_registry(lambda: families(v, now), {"shard": shard_name(v.shard), "node": v.zone_id}, process)
+    return generate_latest(reg).decode()
+
+
+# ---------------------------------------------------------------------------- lag thresholds
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
+_LAG = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_lag(text: str) -> tuple[str, float]:
+    """`?lag=` → ("bytes", n) or ("seconds", s). Sizes as PostgreSQL writes them (1024-based:
+    16kB, 1MB, 2GB; a bare number is bytes), durations us/ms/s/min/h. ValueError naming it."""
+    m = _LAG.match(text or "")
+    if not m:
+        raise ValueError(f"lag={text!r}: expected bytes (e.g. 16kB, 1MB) or a duration (e.g. 500ms, 10s)")
+    num, unit = float(m.group(1)), m.group(2)
+    if unit.lower() in _SIZE_UNITS and unit not in ("m",):
+        return "bytes", num * _SIZE_UNITS[unit.lower()]
+    if unit in _TIME_UNITS:
+        return "seconds", num * _TIME_UNITS[unit]
+    raise ValueError(f"lag={text!r}: unknown unit {unit!r} (bytes: B, kB, MB, GB, TB; time: us, ms, s, min, h)")
+
+
+def lag_within(v: MetricsView, kind: str, limit: float) -> bool | None:
+    """This standby's lag against `limit`; None when the lag is not known (treated as too far
+    by the endpoints: unknown is not healthy)."""
+    have = v.standby_lag_bytes if kind == "bytes" else v.standby_lag_seconds
+    return None if have is None else have <= limit
 
 
 # ---------------------------------------------------------------------------- collection
@@ -241,27 +296,67 @@ PRIMARY_LAG_SQL = (
     " from pg_stat_replication order by application_name")
 
 
-class MetricsCollector:
-    """Builds a MetricsView from a running Sitter (its attributes, plus cheap extra reads)."""
+PG_SQL = (
+    # one statement, so one round trip per observation: this node's own lag as a standby,
+    # and the standbys streaming from it (a daisy chain: a standby has its own downstream)
+    "select case when pg_is_in_recovery() then greatest(0, pg_wal_lsn_diff("
+    " (select latest_end_lsn from pg_stat_wal_receiver limit 1), pg_last_wal_replay_lsn()))::bigint end"
+    " as standby_bytes,"
+    " case when not pg_is_in_recovery() then null"
+    " when pg_last_wal_receive_lsn() is not distinct from pg_last_wal_replay_lsn() then 0::float8"
+    " else extract(epoch from now() - pg_last_xact_replay_timestamp())::float8 end as standby_seconds,"
+    " coalesce((select json_agg(json_build_object('application_name', application_name,"
+    "  'sync_state', coalesce(sync_state, ''),"
+    "  'bytes', pg_wal_lsn_diff(case when pg_is_in_recovery() then pg_last_wal_receive_lsn()"
+    "   else pg_current_wal_lsn() end, replay_lsn)::bigint,"
+    "  'seconds', coalesce(extract(epoch from replay_lag), 0)::float8) order by application_name)"
+    "  from pg_stat_replication), '[]'::json) as replication")
 
-    def __init__(self, sitter, log=None, *, snapshot_cache_s: float = SNAPSHOT_CACHE_S):
+
+class MetricsCollector:
+    """Builds MetricsViews from a running Sitter: its attributes, plus one PostgreSQL query per
+    CACHE_S and one zfs call per SLOW_CACHE_S, shared by every scrape and endpoint."""
+
+    def __init__(self, sitter, log=None, *, snapshot_cache_s: float = SLOW_CACHE_S, cache_s: float = CACHE_S):
         self.sitter, self.log = sitter, log
         self.snapshot_cache_s = snapshot_cache_s
+        self.cache_s = cache_s
         self._snap_at = -math.inf
         self._snap_ms: int | None = None
+        self.space: dict[str, int | None] | None = None
         self._snap_lock = asyncio.Lock()
+        self._pg_at = -math.inf
+        self._pg: tuple[int | None, float | None, tuple[ReplicationRow, ...]] = (None, None, ())
+        self._inflight: asyncio.Task | None = None
+        self.pg_queries = 0  # how many PostgreSQL queries the metrics made (tests, /state)
+        self.registry = make_registry(self._families, {}, process=False)
+        self._process = None
+
+    def _families(self):
+        v = self._last_view
+        return families(v, int(time.time() * 1000)) if v is not None else []
+
+    _last_view: MetricsView | None = None
+
+    async def observe(self) -> MetricsView:
+        """A view no older than CACHE_S in its PostgreSQL part (shared by concurrent callers)."""
+        if time.monotonic() - self._pg_at >= self.cache_s:
+            if self._inflight is None or self._inflight.done():
+                self._inflight = asyncio.ensure_future(self._refresh_pg())
+            await asyncio.shield(self._inflight)
+        v = await self.collect()
+        self._last_view = v
+        return v
 
     async def collect(self) -> MetricsView:
+        """The view from the cached observations and the sitter's attributes (no query here)."""
         s = self.sitter
         st, pgs = s.state, s.last_pg
         place = st.place_of(s.me.id) if st else None
-        standby_bytes = standby_secs = None
-        rows: tuple[ReplicationRow, ...] = ()
         pg_up = bool(pgs and pgs.running and pgs.healthy)
-        if pg_up and pgs.in_recovery:
-            standby_bytes, standby_secs = await self._standby_lag()
-        if pg_up and pgs.in_recovery is not None:  # a standby's own downstream (daisy chain) too
-            rows = await self._replication()
+        standby_bytes, standby_secs, rows = self._pg if pg_up else (None, None, ())
+        if not (pg_up and pgs.in_recovery):
+            standby_bytes = standby_secs = None
         return MetricsView(
             peer_id=s.me.id, zone_id=s.me.zone_id, shard=s.cfg.shardPath,
             role=place or s.role, local_role=s.role,
@@ -271,13 +366,39 @@ class MetricsCollector:
             frozen=bool(st and st.frozen), standby_lag_bytes=standby_bytes, standby_lag_seconds=standby_secs,
             replication=rows, last_snapshot_ms=await self._last_snapshot_ms(),
             restore=s.restore_progress, transitions=dict(getattr(s, "transitions", {}) or {}),
-            uptime_s=time.monotonic() - s.started, zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
+            uptime_s=time.monotonic() - s.started, dataset_space=self.space,
+            zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
+            pg_observed_age_s=None if self._pg_at == -math.inf else time.monotonic() - self._pg_at,
         )
 
-    async def render(self) -> str:
-        return render_view(await self.collect())
+    async def render(self) -> bytes:
+        await self.observe()
+        if self._process is None:
+            s = self.sitter
+            labels = {"shard": shard_name(s.cfg.shardPath), "node": s.me.zone_id}
+            self.registry.register(_Labelled(ProcessCollector(registry=None), labels))
+            self._process = True
+        return generate_latest(self.registry)
+
+    async def _refresh_pg(self) -> None:
+        pgs = self.sitter.last_pg
+        result: tuple[int | None, float | None, tuple[ReplicationRow, ...]] = (None, None, ())
+        if pgs and pgs.running and pgs.healthy:
+            rows = await self._query(PG_SQL)
+            if rows:
+                r = rows[0]
+                repl = tuple(ReplicationRow(str(x["application_name"]), str(x["sync_state"]),
+                                            None if x["bytes"] is None else max(0, int(x["bytes"])),
+                                            None if x["seconds"] is None else float(x["seconds"]))
+                             for x in (r["replication"] or []))
+                result = (None if r["standby_bytes"] is None else int(r["standby_bytes"]),
+                          None if r["standby_seconds"] is None else max(0.0, float(r["standby_seconds"])),
+                          repl)
+        self._pg = result
+        self._pg_at = time.monotonic()
 
     async def _query(self, sql: str) -> list[dict[str, Any]] | None:
+        self.pg_queries += 1
         try:
             return await self.sitter.pg.client.query(sql, timeout=LAG_QUERY_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - a scrape reports what it can; lag is then absent
@@ -285,24 +406,16 @@ class MetricsCollector:
                 self.log.debug("metrics_query_failed", error=str(e))
             return None
 
-    async def _standby_lag(self) -> tuple[int | None, float | None]:
-        rows = await self._query(STANDBY_LAG_SQL)
-        if not rows:
-            return None, None
-        r = rows[0]
-        return (None if r["bytes"] is None else int(r["bytes"]),
-                None if r["seconds"] is None else max(0.0, float(r["seconds"])))
-
-    async def _replication(self) -> tuple[ReplicationRow, ...]:
-        rows = await self._query(PRIMARY_LAG_SQL) or []
-        return tuple(ReplicationRow(str(r["application_name"]), str(r["sync_state"]),
-                                    None if r["bytes"] is None else max(0, int(r["bytes"])),
-                                    None if r["seconds"] is None else float(r["seconds"]))
-                     for r in rows)
+    def refresh_slow_soon(self) -> None:
+        """Start refreshing the zfs observations in the background if they are stale."""
+        if time.monotonic() - self._snap_at >= self.snapshot_cache_s and not self._snap_lock.locked():
+            task = asyncio.ensure_future(self._last_snapshot_ms())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _last_snapshot_ms(self) -> int | None:
-        """Newest epoch-ms snapshot of the sitter's dataset, from one `zfs get` per cache period
-        (a failure is cached too, so a broken zfs is not asked on every scrape)."""
+        """Newest epoch-ms snapshot of the sitter's dataset and its space, from one `zfs`
+        round per cache period (a failure is cached too, so a broken zfs is not asked on
+        every scrape)."""
         async with self._snap_lock:
             if time.monotonic() - self._snap_at < self.snapshot_cache_s:
                 return self._snap_ms
@@ -314,5 +427,25 @@ class MetricsCollector:
                 self._snap_ms = None
                 if self.log:
                     self.log.debug("metrics_snapshot_list_failed", dataset=dataset, error=str(e) or type(e).__name__)
+            try:
+                out = await asyncio.wait_for(
+                    self.sitter.zfs.run("get", "-Hp", "-o", "property,value", "available,used,quota", dataset),
+                    ZFS_TIMEOUT_S)
+                self.space = parse_space(out)
+            except Exception as e:  # noqa: BLE001
+                self.space = None
+                if self.log:
+                    self.log.debug("metrics_space_failed", dataset=dataset, error=str(e) or type(e).__name__)
             self._snap_at = time.monotonic()
             return self._snap_ms
+
+
+def parse_space(text: str) -> dict[str, int | None]:
+    """`zfs get -Hp -o property,value available,used,quota` → bytes ('-' or 'none' → None;
+    a quota of 0 means none)."""
+    out: dict[str, int | None] = {}
+    for line in text.splitlines():
+        parts = line.split("\t") if "\t" in line else line.split()
+        if len(parts) >= 2:
+            out[parts[0]] = int(parts[1]) if parts[1].isdigit() else None
+    return out

@@ -1,18 +1,29 @@
 """The sitter's HTTP server on statusPort: health for operators and load balancers, the
 sitter's state, and the daisy-chain heartbeat endpoint standbys post to.
 
-  GET  /ping       200 if this sitter is connected and its PostgreSQL is healthy, else 503
+  GET  /liveness   200 while the sitter's loop runs (no ZooKeeper, no PostgreSQL needed)
+  GET  /readiness  200 when the node serves its role: ZooKeeper connected, PostgreSQL healthy,
+                   and it is the writable primary or a streaming standby; else 503
+  GET  /ping       200 when PostgreSQL runs, answers and holds a database (not restoring), else
+                   503; ZooKeeper is not needed (a snapshotter's healthUrl)
   GET  /state      what the sitter knows and decided (JSON)
   GET  /primary    200 only on the writable primary, else 503
-  GET  /replica    200 only on a standby that is streaming, else 503
+  GET  /replica    200 only on a streaming standby [within ?lag=<bytes|duration>], else 503
+  GET  /sync       the same, only on the shard's sync
+  GET  /async      the same, only on an async
+  GET  /read-only  200 on any node serving reads: the writable primary or a streaming standby
+                   [within ?lag=]
   GET  /restore    progress of the last restore
-  GET  /metrics    Prometheus text format 0.0.4 (see manatee/sitter/metrics.py)
+  GET  /metrics    Prometheus exposition (see manatee/sitter/metrics.py), from cached observations
   POST /heartbeat  {id, pgUrl, wal, streaming}: signed with the shard secret, from election members
   POST /rebuild    {force}: signed with the shard secret (manatee-adm rebuild), from members/this host
 
 POST requests without a valid proof of the shard secret get 401 and change nothing
 (manatee.core.auth). The server is bounded (manatee.core.httpserver): at most
 statusServerCfg.maxConnections connections, idle ones closed after idleTimeout.
+Status codes and bodies are documented in docs/observability.md. `?lag=` is 16kB, 1MB, 500ms,
+10s...: a standby further behind answers 503, and so does one whose lag is not known; a bad
+value is 400 naming it.
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ from aiohttp import web
 from manatee.core.auth import SCHEME, RequestVerifier, authorization_ok
 from manatee.core.httpserver import BoundedTCPSite, runner_kwargs
 from manatee.sitter.heartbeat import parse_heartbeat
-from manatee.sitter.metrics import CONTENT_TYPE, MetricsCollector, streaming_replica, writable_primary
+from manatee.sitter.metrics import (
+    CONTENT_TYPE, MetricsCollector, lag_within, parse_lag, streaming_replica, writable_primary,
+)
 from manatee.sitter.state import CONNECTED
 
 MAX_BODY = 4096
@@ -42,6 +55,8 @@ class StatusServer:
         self.app.add_routes([
             web.get("/ping", self.ping), web.get("/state", self.state),
             web.get("/primary", self.primary), web.get("/replica", self.replica),
+            web.get("/sync", self.sync), web.get("/async", self.async_), web.get("/read-only", self.read_only),
+            web.get("/liveness", self.liveness), web.get("/readiness", self.readiness),
             web.get("/restore", self.restore), web.post("/heartbeat", self.heartbeat),
             web.get("/metrics", self.metrics), web.post("/rebuild", self.rebuild),
             web.get("/", self.index),
@@ -86,36 +101,94 @@ class StatusServer:
             await self.runner.cleanup()
 
     async def index(self, _req):
-        return _json(200, {"routes": ["GET /ping", "GET /state", "GET /primary", "GET /replica",
-                                      "GET /restore", "GET /metrics", "POST /heartbeat",
-                                      "POST /rebuild"]})
+        return _json(200, {"routes": ["GET /liveness", "GET /readiness", "GET /ping", "GET /state",
+                                      "GET /primary", "GET /replica", "GET /sync", "GET /async",
+                                      "GET /read-only", "GET /restore", "GET /metrics",
+                                      "POST /heartbeat", "POST /rebuild"]})
+
+    # -- health ---------------------------------------------------------------------------
+
+    async def liveness(self, _req):
+        """Answering at all proves the event loop runs; the sitter's loop must not have ended."""
+        s = self.sitter
+        at = getattr(s, "last_pg_at", 0.0)
+        return _json(200, {"alive": True, "role": s.role, "zk": s.zk_state,
+                           "uptimeSeconds": round(time.monotonic() - s.started, 3),
+                           "lastObservationAgoSeconds": round(time.monotonic() - at, 3) if at else None})
+
+    def _pg_serving(self) -> tuple[bool, dict]:
+        s = self.sitter
+        pgs = s.last_pg
+        restoring = bool(s.restore_progress) and (s.restore_progress or {}).get("phase") not in ("done", "failed")
+        ok = bool(pgs and pgs.running and pgs.healthy) and not restoring and s.role != "rebuild"
+        return ok, {"running": bool(pgs and pgs.running), "healthy": bool(pgs and pgs.healthy),
+                    "restoring": restoring}
 
     async def ping(self, _req):
         s = self.sitter
-        pgs = s.last_pg
-        healthy = s.zk_state == CONNECTED and (pgs is None or not pgs.running or pgs.healthy)
-        body = {"healthy": healthy, "zk": s.zk_state, "role": s.role,
-                "pg": None if pgs is None else {"running": pgs.running, "healthy": pgs.healthy}}
-        return _json(200 if healthy else 503, body)
+        ok, pg = self._pg_serving()
+        return _json(200 if ok else 503, {"healthy": ok, "zk": s.zk_state, "role": s.role, "pg": pg})
+
+    async def readiness(self, _req):
+        s = self.sitter
+        pg_ok, pg = self._pg_serving()
+        serving = writable_primary(s) or streaming_replica(s)
+        ok = pg_ok and s.zk_state == CONNECTED and serving
+        return _json(200 if ok else 503, {"ready": ok, "zk": s.zk_state, "role": s.role, "pg": pg,
+                                          "serving": serving})
 
     async def state(self, _req):
-        return _json(200, self.sitter.debug_state())
+        body = self.sitter.debug_state()
+        # {available, used, quota} bytes from the metrics' cached `zfs get` (None: not known yet);
+        # a stale cache is refreshed in the background, never on this request's time
+        body["dataset"] = self.collector.space
+        self.collector.refresh_slow_soon()
+        return _json(200, body)
 
     async def primary(self, _req):
         s = self.sitter
         ok = writable_primary(s)
         return _json(200 if ok else 503, {"primary": ok, "role": s.role})
 
-    async def replica(self, _req):
+    async def _standby_check(self, req, name: str, place_ok) -> web.Response:
+        """/replica, /sync, /async, /read-only: a streaming standby whose place qualifies, within
+        ?lag= when given (the writable primary too for /read-only: it has no lag)."""
         s = self.sitter
+        lag = req.query.get("lag")
+        try:
+            limit = parse_lag(lag) if lag is not None else None
+        except ValueError as e:
+            return _json(400, {"code": "BadRequest", "message": str(e)})
         t = s.target
-        ok = streaming_replica(s)
-        return _json(200 if ok else 503, {"replica": ok, "role": s.role,
-                                          "upstream": t.upstream.id if t and t.upstream else None})
+        place = s.state.place_of(s.me.id) if s.state else None
+        body = {"role": s.role, "place": place, "upstream": t.upstream.id if t and t.upstream else None}
+        if name == "read-only" and writable_primary(s):
+            return _json(200, {name: True, **body, "lag": None})
+        ok = streaming_replica(s) and place_ok(place)
+        if ok and limit is not None:
+            v = await self.collector.observe()
+            kind, bound = limit
+            within = lag_within(v, kind, bound)
+            body["lag"] = {"bytes": v.standby_lag_bytes, "seconds": v.standby_lag_seconds,
+                           "limit": {kind: bound}}
+            ok = within is True
+        return _json(200 if ok else 503, {name: ok, **body})
+
+    async def replica(self, req):
+        return await self._standby_check(req, "replica", lambda place: True)
+
+    async def sync(self, req):
+        return await self._standby_check(req, "sync", lambda place: place == "sync")
+
+    async def async_(self, req):
+        return await self._standby_check(req, "async", lambda place: place == "async")
+
+    async def read_only(self, req):
+        return await self._standby_check(req, "read-only", lambda place: True)
 
     async def metrics(self, _req):
-        text = await self.collector.render()
-        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+        body = await self.collector.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def restore(self, _req):
         return _json(200, {"restore": self.sitter.restore_progress})

@@ -27,6 +27,7 @@ def _args(tool, argv):
     ([], {"MANATEE_ZK": "zk9", "MANATEE_SHARD": "3"}, ("zk9:2181", "3", [])),   # environment
     (["-s", "4"], {"MANATEE_ZK": "zk9", "MANATEE_SHARD": "3"}, ("zk9:2181", "4", [])),  # option wins
     (["5", "zk5"], {"MANATEE_ZK": "zk9", "MANATEE_SHARD": "3"}, ("zk5:2181", "5", [])),  # positional wins
+    (["6"], {"MANATEE_ZK": "zk9"}, ("zk9:2181", "6", [])),                      # SHARD, ZK from env
 ])
 def test_history_and_clear_take_the_shard_and_zk_every_way(argv, env, want):
     for tool in (history, clear):
@@ -53,7 +54,7 @@ def test_a_sitter_config_gives_zk_and_shard_and_options_override_it(tmp_path):
 
 @pytest.mark.parametrize("argv, env, says", [
     ([], {}, "required: SHARD, ZK"),
-    (["zk1"], {}, "required: SHARD, ZK"),
+    (["zk1"], {}, "required: ZK"),
     (["1", "zk1", "more"], {}, "unrecognized arguments: more"),
     (["-z", "zk1", "-s", "1", "x"], {}, "unrecognized arguments: x"),
     (["-s", "a/b", "-z", "zk1"], {}, "bad shard name"),
@@ -140,3 +141,40 @@ def test_show_json_is_the_table_as_data():
     assert doc["status"] == "ok" and doc["problems"] == []
     assert [n["role"] for n in doc["nodes"]] == ["primary", "sync", "async"]
     assert doc["nodes"][1]["repl"] == "streaming" and doc["nodes"][1]["lagBytes"] == 0
+
+
+def test_a_sandbox_dir_gives_zk_shard_and_the_pgpass(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from manatee.cli.sandbox import tool_commands, write_tool_files
+
+    nodes = [SimpleNamespace(ip=f"127.0.0.{i}", pg_port=5432) for i in (2, 3)]
+    sb = SimpleNamespace(dir=str(tmp_path), st=SimpleNamespace(nodes=nodes, repl_password="pw-1", shard="1",
+                                                              zk_connect="127.0.0.1:2181"))
+    pgpass, env = write_tool_files(sb)
+    assert pgpass.read_text().splitlines()[:2] == ["127.0.0.2:5432:*:postgres:pw-1", "localhost:5432:*:postgres:pw-1"]
+    assert oct(pgpass.stat().st_mode & 0o777) == "0o600" and oct(env.stat().st_mode & 0o777) == "0o600"
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    t = resolve_target(_args(history, []), env={"MANATEE_SANDBOX_DIR": str(tmp_path)})
+    assert (t.zk, t.shard) == ("127.0.0.1:2181", "1")
+    import os
+
+    assert os.environ["PGPASSFILE"] == str(pgpass)
+    cmds = dict(tool_commands("127.0.0.1:2181", "1", pgpass, env))
+    assert cmds["health (exit 0/1/2)"].startswith(f"PGPASSFILE={pgpass} ")
+    assert cmds["health (exit 0/1/2)"].endswith("manatee-adm verify -z 127.0.0.1:2181 -s 1")
+
+
+def test_show_has_each_datasets_free_space():
+    from manatee.cli.adm_view import render_show
+
+    v = healthy()
+    v.nodes[0].sitter = {"localRole": "primary", "dataset": {"available": 5 << 30, "used": 1, "quota": 0}}
+    v.nodes[1].sitter = {"localRole": "standby", "dataset": {"available": 1 << 30, "used": 1, "quota": 8 << 30}}
+    out = render_show(v)
+    assert "DISK FREE" in out
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.split() and ln.split()[0] in ("primary", "sync", "async")}
+    assert lines["primary"].rstrip().endswith("5.0 GB")
+    assert lines["sync"].rstrip().endswith("1.0 GB (quota 8.0 GB)")
+    assert lines["async"].rstrip().endswith("-")
+    assert show_json(v)["nodes"][0]["dataset"]["available"] == 5 << 30

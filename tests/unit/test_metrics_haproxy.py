@@ -20,5 +20,5 @@ def test_sample_haproxy_config_is_valid():
 def test_sample_haproxy_config_checks_the_sitters_health_endpoints():
     text = CFG.read_text()
     assert "http-check send meth GET uri /primary" in text
-    assert "http-check send meth GET uri /replica" in text
+    assert "http-check send meth GET uri /replica?lag=1MB" in text  # reads never go to a far-behind standby
     assert "on-marked-down shutdown-sessions" in text
