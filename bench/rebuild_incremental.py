@@ -83,7 +83,8 @@ class Bench:
     async def setup(self) -> None:
         self.fuse = ensure_zfs_fuse()
         self.pool.create()
-        self.ds_a = self.pool.create_dataset("a", self.base / "a")
+        props = {"recordsize": self.args.recordsize} if self.args.recordsize else None
+        self.ds_a = self.pool.create_dataset("a", self.base / "a", props)
         self.pg = PgNode("a", IP_A, free_port(IP_A), data_dir=self.base / "a", work_dir=self.base / "a-work")
         await self.pg.init()
         await self.pg.start()
@@ -184,7 +185,8 @@ def report(m: dict, bench: Bench, args: argparse.Namespace) -> str:
         f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {os.cpu_count()} cores, "
         f"{platform.system()} {platform.release()}, zfs-fuse file-backed pool, load average {load:.1f}; "
         f"database: pgbench scale {args.scale}, {bench.db_bytes / 1e6:.0f} MB (dataset {med['size'] / 1e6:.0f} MB); "
-        f"between rebuilds pgbench -c 4 for {args.work}s; median of {len(runs)}",
+        f"recordsize {args.recordsize or '128K (default)'}; between rebuilds pgbench -c 4 for {args.work}s; "
+        f"median of {len(runs)}",
         "",
         "| rebuild | seconds (median) | MB streamed (median) | runs (s) |",
         "|---|---:|---:|---|",
@@ -216,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="measured rounds (median reported)")
     p.add_argument("--work", type=int, default=30, help="seconds of pgbench on A before each rebuild")
     p.add_argument("--pool-size", default="12G", help="sparse pool file size")
+    p.add_argument("--recordsize", default=None,
+                   help="recordsize of A's dataset (default: the pool's 128K; 8k matches PostgreSQL's pages)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (zfs-fuse, PostgreSQL as postgres)", file=sys.stderr)
