@@ -201,3 +201,77 @@ async def test_api_passes_the_offer_to_the_sender_and_reports_the_path():
         sender.release.set()
         await queue.close()
         await client.close()
+
+
+# ------------------------------------------------------------------ backward compatibility
+
+
+async def _request_against(handler, ours):
+    """Run the restore client's request step against a local aiohttp app (no ZFS involved)."""
+    import aiohttp
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from manatee.core.restore import _Restore
+
+    app = web.Application()
+    app.router.add_post("/backup", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        import structlog
+
+        job = _Restore(None, dataset="p/b", mountpoint="/nonexistent", backup_url=str(server.make_url("")).rstrip("/"),
+                       listen_host="127.0.0.1", listen_port=1, owner=None, secret=None, poll_interval=0.1,
+                       timeout=5, stall_timeout=5, progress=None, logger=structlog.get_logger("test"))
+        job.ours = ours
+        async with aiohttp.ClientSession() as http:
+            return job, await job._request_backup(http)
+    finally:
+        await server.close()
+
+
+async def test_old_backupserver_that_refuses_the_field_is_asked_again_without_it():
+    from aiohttp import web
+
+    bodies = []
+
+    async def old_server(request):  # the pre-incremental validation: unknown fields are a 400
+        body = await request.json()
+        bodies.append(body)
+        if "snapshots" in body:
+            return web.json_response({"code": "UnknownParameter", "message": "unknown field(s) snapshots; "
+                                      "allowed: host, port, dataset"}, status=400)
+        return web.json_response({"jobid": "j1", "jobPath": "/backup/j1"})
+
+    job, path = await _request_against(old_server, [_s("1", 1, "11")])
+    assert path == "/backup/j1"
+    assert bodies[0]["snapshots"] == [{"name": "1", "guid": "11"}]
+    assert "snapshots" not in bodies[1] and len(bodies) == 2
+    assert job.why_full == "the backupserver does not know incremental requests"
+
+
+async def test_new_backupserver_gets_the_offer_once_and_other_400s_are_errors():
+    from aiohttp import web
+
+    from manatee.core.restore import RestoreError
+
+    bodies = []
+
+    async def new_server(request):
+        bodies.append(await request.json())
+        return web.json_response({"jobid": "j2", "jobPath": "/backup/j2"})
+
+    job, path = await _request_against(new_server, [_s("2", 2, "22"), _s("1", 1, "")])
+    assert path == "/backup/j2" and len(bodies) == 1
+    assert bodies[0]["snapshots"] == [{"name": "2", "guid": "22"}] and job.why_full is None
+
+    async def refusing(request):
+        return web.json_response({"code": "InvalidArgument", "message": "snapshots[0].guid bad"}, status=400)
+
+    with pytest.raises(RestoreError, match="HTTP 400"):
+        await _request_against(refusing, [_s("2", 2, "22")])
+
+    bodies.clear()
+    job, _ = await _request_against(new_server, [])  # nothing to offer: an old-style body
+    assert "snapshots" not in bodies[0]
