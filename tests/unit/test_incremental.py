@@ -13,7 +13,7 @@ from manatee.core import incremental as inc
 from manatee.core.incremental import SnapshotRef
 from manatee.core.zfs import Snapshot, parse_snapshot_guids
 
-GOOD = {"host": "127.0.0.1", "port": 10001, "dataset": "zones/manatee/data"}
+GOOD = {"host": "127.0.0.1", "port": 10001, "dataset": "zones/manatee/data", "streamToken": "ab" * 32}
 
 
 def _s(name: str, creation: int, guid: str, ds: str = "p/a") -> tuple[Snapshot, str]:
@@ -166,7 +166,7 @@ def test_request_snapshots_rejected_naming_the_key(snapshots, code, words):
 
 
 def test_unknown_field_lists_the_optional_one():
-    with pytest.raises(ValidationError, match="allowed: host, port, dataset, snapshots"):
+    with pytest.raises(ValidationError, match="allowed: host, port, dataset, streamToken, snapshots"):
         validate_backup_request({**GOOD, "extra": 1})
 
 
