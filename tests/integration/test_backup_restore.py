@@ -103,7 +103,7 @@ class Env:
         if self.zk is None:
             self.zk = ZKClient(self.zk_hosts, session_timeout=10)
             await self.zk.start()
-        await self.zk.create(f"{self.shard}/election/{ip}:5432:10002:5433-", {"ip": ip},
+        await self.zk.create(f"{self.shard}/election/{ip}:5432:10002:5433-", _election_record(ip, f"zone-{ip}"),
                              ephemeral=True, sequence=True, makepath=True)
         self.registered.add(ip)
 
@@ -179,13 +179,19 @@ async def env(zfs_fuse, zk_hosts):
         assert not any(p.processes() for p in (n.proc for n in e.pg_nodes))
 
 
+def _election_record(ip: str, zone: str) -> dict:
+    """What a sitter writes in its election node (a partial record is quarantined, not a member)."""
+    return {"ip": ip, "zoneId": zone, "pgUrl": f"tcp://postgres@{ip}:5432/postgres",
+            "backupUrl": f"http://{ip}:10002", "statusUrl": f"http://{ip}:5433"}
+
+
 async def _election(zk_hosts: str, shard: str, *ips: str) -> ZKClient:
     zk = ZKClient(zk_hosts, session_timeout=10)
     await zk.start()
     for i, ip in enumerate(ips):
         await zk.create(
             f"{shard}/election/{ip}:5432:10002:5433-",
-            {"ip": ip, "zoneId": f"node-{i}"},
+            _election_record(ip, f"node-{i}"),
             ephemeral=True,
             sequence=True,
             makepath=True,
