@@ -45,7 +45,18 @@ def sitter_cfg(tmp_path: Path, status_port: int) -> dict:
     cfg["zkCfg"] = {"connStr": f"127.0.0.1:{free_port()}", "sessionTimeout": 4000, "connectTimeout": 1000}
     cfg["postgresMgrCfg"]["dataDir"] = str(tmp_path / "data")
     cfg["postgresMgrCfg"]["postgresConf"] = str(ROOT / "etc" / "postgresql.conf")
+    cfg["secretFile"] = _secret_file(tmp_path)
     return cfg
+
+
+def _secret_file(tmp_path: Path) -> str:
+    """The shard secret the sample configs name lives in /etc; these daemons get their own."""
+    from manatee.core.auth import new_secret, write_secret_file
+
+    path = tmp_path / "shard.secret"
+    if not path.exists():
+        write_secret_file(str(path), new_secret())
+    return str(path)
 
 
 def http(url: str) -> int:
@@ -67,6 +78,7 @@ def _daemon_configs(tmp_path: Path) -> dict[str, tuple[dict, dict]]:
     b = json.loads((ROOT / "etc" / "backupserver.json").read_text())
     b["backupServerCfg"].update(host="127.0.0.1", port=free_port())
     b["zkCfg"] = {"connStr": f"127.0.0.1:{free_port()}", "sessionTimeout": 4000}
+    b["secretFile"] = _secret_file(tmp_path)
     sn = json.loads((ROOT / "etc" / "snapshotter.json").read_text())
     return {name: (c, {**c, "logLevel": "debug"}) for name, c in
             (("sitter", s), ("backupserver", b), ("snapshotter", sn))}

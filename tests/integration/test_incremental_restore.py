@@ -47,6 +47,8 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 async def _rebuild(env: Env, ds: str, mnt: Path, url: str, ip: str, **kw) -> object:
+    await env.member(ip)
+    kw.setdefault("secret", env.secret)
     return await restore(env.zfs, dataset=ds, mountpoint=mnt, backup_url=url, listen_host=ip,
                          listen_port=kw.pop("port", None) or free_port(ip), owner=None,
                          poll_interval=0.05, timeout=120, **kw)
