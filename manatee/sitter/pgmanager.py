@@ -189,9 +189,7 @@ class PgManager:
     async def start(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        self.proc = pgmod.PostgresProcess(self.data_dir, user=self.user, bindir=self.bindir,
-                                          log_file=self.log_file, socket_dir=self.socket_dir,
-                                          host=self.cfg.ip, port=self.cfg.postgresPort)
+        self.proc = self._new_process()
         self.client.close()
         await self.proc.start()
         self._restart_pending = self._reload_pending = False
@@ -202,6 +200,11 @@ class PgManager:
         except pgmod.PgError as e:
             self.log.warning("pg_monitoring_connection_failed", error=str(e))
         self.log.info("pg_started", pid=self.proc.pid, role=self.spec.role if self.spec else None)
+
+    def _new_process(self) -> pgmod.PostgresProcess:
+        return pgmod.PostgresProcess(self.data_dir, user=self.user, bindir=self.bindir,
+                                     log_file=self.log_file, socket_dir=self.socket_dir,
+                                     host=self.cfg.ip, port=self.cfg.postgresPort)
 
     async def stop(self, mode: str = "fast") -> None:
         self.client.close()
@@ -219,6 +222,8 @@ class PgManager:
         if self.proc is not None:
             await self.proc.kill()
             self.log.warning("pg_killed")
+        else:  # not my child (e.g. left by a sitter that died): every process of the data dir
+            await self._new_process().kill()
         self.proc = None
         self._started_at = None
 

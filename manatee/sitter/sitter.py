@@ -157,6 +157,10 @@ class Sitter:
         sync_app = sync.pg_url if sync and i_am_primary else None
         pgs = await self.pg.status(sync_app)
         pgs = await self._kill_if_hung(pgs, sync_app)
+        if self.cannot_serve is not None and not pgs.running:
+            # about to release the primary role: no process of my data directory may be left,
+            # not even one this sitter did not start (S1)
+            await self.pg.kill()
         self.last_pg = pgs
         self.last_pg_at = time.monotonic()
         # diverged is latched until a restore succeeds (PG says it only once per attempt).
