@@ -34,6 +34,10 @@ DIVERGENCE_PATTERNS = re.compile(
 )
 
 
+# PostgreSQL refused a connection because clients hold every slot (F20): it is busy, not sick.
+CROWDED = re.compile(r"too many clients already|remaining connection slots are reserved")
+
+
 @dataclass(frozen=True)
 class PgStatus:
     running: bool
@@ -48,6 +52,7 @@ class PgStatus:
     sender: tuple[str, int] | None = None    # standby: whom the walreceiver streams from
     error: str | None = None                 # running but the status query failed: why (unknown)
     timed_out: bool = False                  # ...and it failed because PG did not answer in time
+    crowded: bool = False                    # ...or because clients hold every connection slot
 
     @property
     def known(self) -> bool:
@@ -246,7 +251,7 @@ class PgManager:
             # Unknown, not "running as a primary": in_recovery, wal, read_only stay None.
             self.log.debug("pg_status_failed", error=str(e), timed_out=e.timed_out)
             return PgStatus(True, False, None, None, False, await self._diverged(), None, None,
-                            error=str(e), timed_out=e.timed_out)
+                            error=str(e), timed_out=e.timed_out, crowded=bool(CROWDED.search(str(e))))
         r = rows[0]
         in_rec = bool(r["rec"])
         streaming = in_rec and r["wr_status"] == "streaming"

@@ -279,6 +279,11 @@ class Sitter:
         if not tracked:
             self.sick_since = self.healthy_since = self.cannot_serve = self.sick_why = None
             return
+        if why is not None and pgs.crowded and self.pg.config_error is None:
+            # clients hold every slot (F20): busy, not sick — neither clock moves, and no
+            # step-down or replacement is ever decided on a connection storm
+            self.cannot_serve = None
+            return
         was = self.sick_since
         self.sick_since, self.healthy_since = latches.failing_since(
             self.sick_since, self.healthy_since, healthy=why is None, now=now,

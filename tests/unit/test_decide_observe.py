@@ -94,7 +94,10 @@ def test_session_loss_marks_the_view_stale():
 
 # -- issue 8: what observe() makes of a PostgreSQL that does not answer ------------------------
 UNANSWERED = PgStatus(True, False, None, None, False, False, None, None, error="query timed out", timed_out=True)
-REFUSED = PgStatus(True, False, None, None, False, False, None, None, error="too many clients already")
+REFUSED = PgStatus(True, False, None, None, False, False, None, None, error="FATAL:  sorry, too many clients already",
+                   crowded=True)
+STARTING = PgStatus(True, False, None, None, False, False, None, None,
+                    error="FATAL:  the database system is in recovery mode")
 
 
 def _sitter_with_pg(statuses, place=A):
@@ -137,8 +140,16 @@ def test_a_pg_that_does_not_answer_for_health_chk_timeout_is_killed_but_a_refusi
     assert not killed and s.pg_unanswered_since is None
 
 
-def test_a_primary_unhealthy_past_primary_start_timeout_reports_cannot_serve():
+def test_a_crowded_pg_is_busy_not_sick_and_never_makes_the_primary_step_down():
     s, _ = _sitter_with_pg([REFUSED] * 3)
+    asyncio.run(s.observe())
+    assert s.sick_since is None
+    s.sick_since = 0.0  # even with an old failure on record
+    assert asyncio.run(s.observe()).cannot_serve is None
+
+
+def test_a_primary_unhealthy_past_primary_start_timeout_reports_cannot_serve():
+    s, _ = _sitter_with_pg([STARTING] * 3)
     obs = asyncio.run(s.observe())
     assert obs.cannot_serve is None and s.sick_since is not None
     s.sick_since -= 8.5  # primaryStartTimeout: 2 x the 4 s session timeout
