@@ -268,11 +268,11 @@ class Sitter:
         now = time.monotonic()
         why = None
         if self.pg.config_error is not None:
-            why = f"I cannot write its config: {self.pg.config_error}"
+            why = f"I cannot write its config: {_first_line(self.pg.config_error)}"
         elif not pgs.running:
             why = "it is not running"
         elif not pgs.known:
-            why = f"it did not answer its status query ({pgs.error})"
+            why = f"it did not answer its status query ({_first_line(pgs.error)})"
         elif as_primary and pgs.in_recovery:
             why = "it is still in recovery"
         tracked = as_primary or self.role == STANDBY
@@ -647,6 +647,12 @@ _ZK_BADNESS = (CONNECTED, SUSPENDED, LOST)  # order for "the worse of two sessio
 
 class UpstreamNotReady(RuntimeError):
     """The node to restore from cannot serve a usable copy yet; the next cycle tries again."""
+
+
+def _first_line(text: str | None, limit: int = 200) -> str:
+    """An error message fit for a one-sentence reason: its first line, at most `limit` characters."""
+    line = (text or "no error").strip().split("\n", 1)[0].strip()
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _port(pg_url: str) -> int:
