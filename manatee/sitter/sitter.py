@@ -275,6 +275,11 @@ class Sitter:
             why = f"it did not answer its status query ({_first_line(pgs.error)})"
         elif as_primary and pgs.in_recovery:
             why = "it is still in recovery"
+        hard = why is not None
+        t = self.target
+        if (not hard and not as_primary and t is not None and t.role == STANDBY and t.upstream is not None
+                and not pgs.streaming):
+            why = f"it does not stream from {t.upstream}"  # e.g. its walreceiver cannot write (full disk)
         tracked = as_primary or self.role == STANDBY
         if not tracked:
             self.sick_since = self.healthy_since = self.cannot_serve = self.sick_why = None
@@ -291,7 +296,7 @@ class Sitter:
         if why is not None:
             self.sick_why = why
         if was is None and self.sick_since is not None:
-            self.log.warning("pg_unhealthy", why=why, role=self.role)
+            (self.log.warning if hard else self.log.info)("pg_unhealthy", why=why, role=self.role)
         elif was is not None and self.sick_since is None:
             self.log.info("pg_healthy_again", after_s=round(now - was, 1))
             self.sick_why = None
@@ -300,9 +305,12 @@ class Sitter:
                    and now - self.sick_since >= self.primary_start_timeout)
         self.cannot_serve = (f"not healthy for {now - self.sick_since:.1f}s: {self.sick_why}"
                              if failing and as_primary else None)
-        # A standby whose PostgreSQL has been sick that long stops heartbeating its upstream,
-        # so that a primary replaces a sync that cannot acknowledge (and never steps down to it).
-        withhold = failing and not as_primary
+        # A standby whose PostgreSQL is down, hung or unconfigurable for healthChkTimeout (or
+        # has not streamed for primaryStartTimeout: an upstream's restart takes less) stops
+        # heartbeating its upstream, so that a primary replaces a sync that cannot acknowledge
+        # (and never steps down to it).
+        sick_for = now - self.sick_since if self.sick_since is not None and why is not None else 0.0
+        withhold = not as_primary and (failing or (hard and sick_for >= self.pg.health_timeout))
         if withhold != self.hb_withheld:
             self.log.warning("heartbeats_withheld" if withhold else "heartbeats_resumed", why=self.sick_why)
             self.hb_withheld = withhold
