@@ -111,6 +111,10 @@ class SitterConfig(ConfigModel):
     ttl: int = Field(60, ge=1, le=86400, description="registrar record TTL (s)")
     registrarPath: str | None = Field(None, description="ZooKeeper path of the registrar record (default: derived from shardPath as the original)")
     backupSecret: str | None = Field(None, description="shared secret sent to peers' backupservers")
+    primaryStartTimeout: int | None = Field(
+        None, ge=1000, le=3600000,
+        description="a primary whose PostgreSQL is not healthy for this long (hung, crash-looping, cannot start, "
+                    "cannot write its config) steps down to a healthy sync (ms; default 2 x zkCfg.sessionTimeout)")
     zkCfg: ZkCfg
     heartbeatCfg: HeartbeatCfg = HeartbeatCfg()
     postgresMgrCfg: PostgresMgrCfg
@@ -141,6 +145,19 @@ class SitterConfig(ConfigModel):
                 raise ValueError(f"{k} and {seen[p]} are both {p}: each needs its own port")
             seen[p] = k
         return self
+
+    @model_validator(mode="after")
+    def _primary_start_timeout(self):
+        pst, hct = self.primaryStartTimeout, self.postgresMgrCfg.healthChkTimeout
+        if pst is not None and pst < hct:
+            raise ValueError(f"primaryStartTimeout ({pst} ms) must be at least postgresMgrCfg.healthChkTimeout "
+                             f"({hct} ms): a primary cannot be judged unable to serve before it is judged hung")
+        return self
+
+    @property
+    def primary_start_timeout_s(self) -> float:
+        """primaryStartTimeout in seconds; its default is twice the session timeout."""
+        return (self.primaryStartTimeout or 2 * self.zkCfg.sessionTimeout) / 1000
 
     @property
     def status_port(self) -> int:

@@ -369,6 +369,10 @@ def _as_primary(v: _View) -> Decision:
         return Decision(tgt(sync, read_only), write_state=new, rule="primary.update_asyncs",
                         reason=f"I am the primary and {' and '.join(parts)}, keeping generation {st.generation}")
 
+    if sd_wait is not None:
+        return Decision(tgt(sync, read_only), rule="primary.cannot_serve",
+                        reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) but {sd_wait}, so I "
+                               f"keep trying to serve as primary")
     if sync_gone and sync is not None and not wants_new_sync:
         return Decision(tgt(sync, read_only), rule="primary.sync_gone_no_candidate",
                         reason=f"my sync {sync} is gone and no other standby is live to replace it, so I stay "
@@ -376,10 +380,6 @@ def _as_primary(v: _View) -> Decision:
     if wants_new_sync:  # blocked from writing
         return Decision(tgt(sync, read_only), rule="primary.sync_gone_cannot_write",
                         reason=f"my sync {sync or 'slot'} needs replacing but {block}, so I keep the topology as it is")
-    if sd_wait is not None:
-        return Decision(tgt(sync, read_only), rule="primary.cannot_serve",
-                        reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) but {sd_wait}, so I "
-                               f"keep trying to serve as primary")
     if v.pg_unknown:
         return Decision(tgt(sync, read_only), rule="primary.pg_unknown",
                         reason=f"{PG_UNKNOWN}, so I change nothing this cycle")

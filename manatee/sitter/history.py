@@ -18,8 +18,8 @@ from typing import Any, Iterable, Mapping
 from manatee.sitter.state import PRIMARY, REBUILD, STANDBY, Peer, Target
 
 __all__ = [
-    "ASSUME_LEADER", "NEW_LEADER", "NEW_STANDBY", "EXPIRED_STANDBY", "ACTIONS", "LEADER", "STANDBY_ROLE",
-    "HistoryEvent", "events_for", "record_json", "record_data", "znode_prefix", "parse_record",
+    "ASSUME_LEADER", "NEW_LEADER", "NEW_STANDBY", "EXPIRED_STANDBY", "STEP_DOWN", "ACTIONS", "LEADER",
+    "STANDBY_ROLE", "HistoryEvent", "events_for", "step_down_event", "record_json", "record_data", "znode_prefix", "parse_record",
     "sort_records", "FIELDS",
 ]
 
@@ -27,7 +27,8 @@ ASSUME_LEADER = "AssumeLeader"
 NEW_LEADER = "NewLeader"
 NEW_STANDBY = "NewStandby"
 EXPIRED_STANDBY = "ExpiredStandby"
-ACTIONS = (ASSUME_LEADER, NEW_LEADER, NEW_STANDBY, EXPIRED_STANDBY)
+STEP_DOWN = "StepDown"  # this port's addition (S9): a primary that could not serve released its role
+ACTIONS = (ASSUME_LEADER, NEW_LEADER, NEW_STANDBY, EXPIRED_STANDBY, STEP_DOWN)
 LEADER = "Leader"
 STANDBY_ROLE = "Standby"
 FIELDS = ("time", "date", "ip", "action", "role", "master", "slave", "zkSeq")
@@ -103,6 +104,13 @@ def events_for(me: Peer, old: Target | None, new: Target, generation: int | None
     if new_down is not None and _id(new_down) != _id(old_down):
         out.append(ev(NEW_STANDBY, new_down.ip))
     return out
+
+
+def step_down_event(me: Peer, sync: Peer, generation: int | None, now_ms: int) -> HistoryEvent:
+    """StepDown: I, the primary, released my role to my sync `sync` (slave = its ip) because my
+    PostgreSQL could not serve (decide's rule primary.step_down)."""
+    return HistoryEvent(time=now_ms, ip=me.ip, action=STEP_DOWN, role=LEADER, slave=sync.ip,
+                        generation=generation)
 
 
 def _date(ms: int) -> str:

@@ -44,3 +44,34 @@ def standby_wal(wal: int | None, *, streaming: bool, sender_ip: str | None,
         wal_from = upstream.id
     valid = wal_from is not None and (upstream is None or wal_from == upstream.id)
     return (wal if valid else None), wal_from
+
+
+def unanswered_since(since: float | None, *, running: bool, answered: bool, timed_out: bool,
+                     now: float) -> float | None:
+    """Since when my running PostgreSQL has not answered its status query in time, or None.
+
+    Only a timeout counts (a hang: SIGSTOP, stuck I/O); a refusal such as "too many clients"
+    is an answer, and so is PostgreSQL not running. The shell declares it hung once this is
+    healthChkTimeout old, and kills and restarts it in its role.
+    """
+    if not running or answered or not timed_out:
+        return None
+    return now if since is None else since
+
+
+def failing_since(bad_since: float | None, good_since: float | None, *, healthy: bool, now: float,
+                  stable_s: float) -> tuple[float | None, float | None]:
+    """(bad_since, good_since): since when my PostgreSQL has failed to serve, and since when it
+    has been healthy without a break.
+
+    It counts as recovered only after `stable_s` of uninterrupted health, so a crash loop
+    (killed every second, restarted by the sitter in between) keeps failing instead of
+    resetting the clock with every restart; a single crash that is restarted at once is
+    forgotten after stable_s.
+    """
+    if not healthy:
+        return (now if bad_since is None else bad_since), None
+    good_since = now if good_since is None else good_since
+    if bad_since is not None and now - good_since >= stable_s:
+        bad_since = None
+    return bad_since, good_since

@@ -264,8 +264,13 @@ class PgManager:
 
     async def _diverged(self) -> bool:
         # File reads go to a thread: if storage hangs, the event loop (and with it the status
-        # server, which then reports unhealthy) keeps running.
-        return await asyncio.to_thread(self._diverged_in_log)
+        # server, which then reports unhealthy) keeps running, and the cycle waits at most
+        # the status deadline: a log that cannot be read is no evidence of divergence.
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._diverged_in_log), self.status_timeout)
+        except asyncio.TimeoutError:
+            self.log.warning("pg_log_read_timed_out", path=str(self.log_file))
+            return False
 
     def _diverged_in_log(self) -> bool:
         """True if PostgreSQL has said, since it was last started, that it cannot follow its upstream."""

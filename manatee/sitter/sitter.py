@@ -14,13 +14,14 @@ import contextlib
 import time
 from pathlib import Path
 
+from manatee.core import pg as pgmod
 from manatee.core import zk as zkmod
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.zfs import Zfs
 from manatee.sitter import history, latches, transitions as T
-from manatee.sitter.decide import Decision, Observation, decide
+from manatee.sitter.decide import STEP_DOWN_BY, Decision, Observation, decide
 from manatee.sitter.heartbeat import HeartbeatSender, HeartbeatTable
-from manatee.sitter.pgmanager import PgManager, PgStatus, RoleSpec
+from manatee.sitter.pgmanager import PgConfigError, PgManager, PgStatus, RoleSpec
 from manatee.sitter.shardstore import ShardStore, StateUnreadable
 from manatee.sitter.state import (
     CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, SUSPENDED, UNASSIGNED, ClusterState, Peer, Target,
@@ -55,6 +56,7 @@ class Sitter:
         self.role = UNASSIGNED
         self.target: Target | None = None
         self.last: Decision | None = None
+        self.last_decided: Decision | None = None  # set before its steps run (they may fail)
         self.last_obs: Observation | None = None
         self.last_pg: PgStatus | None = None
         self.last_pg_at = 0.0  # monotonic time of last_pg (a hung and resumed sitter's is old)
@@ -77,6 +79,17 @@ class Sitter:
         self.wal_from: str | None = None  # the upstream my received WAL was seen streaming from
         self.started = time.monotonic()
         self.transitions: dict[str, int] = dict.fromkeys(history.ACTIONS, 0)  # /metrics counter
+        # Gray failures (issue 8): since when my running PG has not answered in time (a hang),
+        # since when it has failed to serve / been healthy (latches.failing_since), and why.
+        self.pg_unanswered_since: float | None = None
+        self.pg_hung_kills = 0
+        self.sick_since: float | None = None
+        self.healthy_since: float | None = None
+        self.sick_why: str | None = None
+        self.cannot_serve: str | None = None
+        self.hb_withheld = False
+        self.failures, self.failure_msg = 0, None  # consecutive failed cycles, the last error
+        self.last_has_data: bool | None = None
 
     # ------------------------------------------------------------------ ZooKeeper plumbing
 
@@ -169,13 +182,17 @@ class Sitter:
         st = self.state
         i_am_primary = st is not None and st.primary.id == self.me.id
         sync = st.sync if st else None
-        pgs = await self.pg.status(sync.pg_url if sync and i_am_primary else None)
+        sync_app = sync.pg_url if sync and i_am_primary else None
+        pgs = await self.pg.status(sync_app)
+        pgs = await self._kill_if_hung(pgs, sync_app)
         self.last_pg = pgs
         self.last_pg_at = time.monotonic()
         # diverged is latched until a restore succeeds (PG says it only once per attempt).
         self.diverged = self.diverged or pgs.diverged
         caught_up = False
-        if i_am_primary and sync and pgs.running and not pgs.in_recovery:
+        if i_am_primary and sync and not pgs.known:  # unknown: the latch holds as it was
+            caught_up = self.caught_up_for == (st.generation, sync.id)
+        elif i_am_primary and sync and pgs.running and pgs.in_recovery is False:
             was = self.caught_up_for
             caught_up, self.caught_up_for = latches.sync_caught_up(
                 was, (st.generation, sync.id), pgs.sync_flush.value if pgs.sync_flush else None,
@@ -205,21 +222,110 @@ class Sitter:
         # asked (e.g. right after SIGCONT: LOST, then a new session) must not make a view from
         # the expired session look current (a deposed primary would start PG as primary again).
         zk = LOST if self.view_stale else max(zk_at_read, self.zk_state, key=_ZK_BADNESS.index)
+        # The primary's clock runs only while I try to serve (not in safe mode, fenced, ...).
+        d = self.last_decided
+        trying = d is not None and (d.target.role == PRIMARY or d.rule == "primary.step_down_stop")
+        self._track_health(pgs, i_am_primary and trying and not (sw is not None and sw.released))
         return Observation(
             me=self.me, zk=zk, election=self.election, state=st,
             state_version=self.state_version, error=self.error, running=pgs.running,
-            in_recovery=bool(pgs.in_recovery), wal=wal, streaming=pgs.streaming,
+            in_recovery=(pgs.in_recovery if pgs.known else None) if pgs.running else False,
+            pg_known=pgs.known, wal=wal, streaming=pgs.streaming,
             upstream_id=(self.configured_upstream.id if pgs.in_recovery and self.configured_upstream else None),
             read_only=pgs.read_only if pgs.running and not pgs.in_recovery else None,
             diverged=self.diverged, sync_caught_up=caught_up,
-            has_data=await asyncio.to_thread(self.pg.has_data),
+            has_data=await self._has_data(),
             heartbeats=self.heartbeats.freshness(others),
             one_node_write_mode=self.cfg.postgresMgrCfg.oneNodeWriteMode,
             expiry_passed=deadline is not None and time.monotonic() >= deadline,
             sync_streaming=pgs.sync_flush is not None,
             sync_flush=pgs.sync_flush.value if pgs.sync_flush and i_am_primary else None,
             switchover_stopped_wal=stopped_wal, switchover_expired=sw_expired,
-            state_unreadable=self.state_unreadable is not None)
+            state_unreadable=self.state_unreadable is not None,
+            cannot_serve=self.cannot_serve)
+
+    async def _has_data(self) -> bool:
+        """Whether my data directory is initialised, read off the event loop with a deadline.
+        Hung storage is no evidence of missing data (which would mean a rebuild): on a
+        timeout the last answer stands, and with none the cycle fails."""
+        try:
+            self.last_has_data = await asyncio.wait_for(asyncio.to_thread(self.pg.has_data), FILE_CHECK_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            if getattr(self, "last_has_data", None) is None:
+                raise RuntimeError(f"cannot tell within {FILE_CHECK_TIMEOUT_S}s whether my data directory "
+                                   f"{self.pg.data_dir} holds a database") from None
+            self.log.warning("data_dir_check_timed_out", using=self.last_has_data)
+        return self.last_has_data
+
+    @property
+    def primary_start_timeout(self) -> float:
+        """primaryStartTimeout (s); by default twice the session timeout."""
+        ms = getattr(self.cfg, "primaryStartTimeout", None)
+        return ms / 1000 if ms else 2 * self.session_timeout
+
+    async def _kill_if_hung(self, pgs: PgStatus, sync_app: str | None) -> PgStatus:
+        """A running PostgreSQL that has not answered its status query for healthChkTimeout
+        (timeouts only: a refusal is an answer) is hung: SIGKILL it (works on a stopped
+        process) so that the usual rules restart it in its role. Returns the status to use."""
+        now = time.monotonic()
+        self.pg_unanswered_since = latches.unanswered_since(
+            self.pg_unanswered_since, running=pgs.running, answered=pgs.healthy, timed_out=pgs.timed_out, now=now)
+        since = self.pg_unanswered_since
+        if since is None or now - since < self.pg.health_timeout:
+            return pgs
+        self.log.error("pg_hung", seconds=round(now - since, 1), error=pgs.error, role=self.role,
+                       reason=f"my PostgreSQL has not answered its status query for {now - since:.1f}s, "
+                              f"so I kill it and start it again in its role")
+        self.pg_hung_kills += 1
+        self.pg_unanswered_since = None
+        try:
+            await self.pg.kill()
+        except pgmod.PgError as e:  # e.g. a process stuck in the kernel: still unknown, decide anyway
+            self.log.error("pg_kill_failed", error=str(e))
+            return pgs
+        self.configured_upstream = None
+        return await self.pg.status(sync_app)
+
+    def _track_health(self, pgs: PgStatus, as_primary: bool) -> None:
+        """Whether my PostgreSQL serves its role (running, answering, its config writable, and
+        out of recovery if I am the primary); for the primary, cannot_serve once it has failed
+        for primaryStartTimeout (the core's step-down rule, S9)."""
+        now = time.monotonic()
+        why = None
+        if self.pg.config_error is not None:
+            why = f"I cannot write its config: {self.pg.config_error}"
+        elif not pgs.running:
+            why = "it is not running"
+        elif not pgs.known:
+            why = f"it did not answer its status query ({pgs.error})"
+        elif as_primary and pgs.in_recovery:
+            why = "it is still in recovery"
+        tracked = as_primary or self.role == STANDBY
+        if not tracked:
+            self.sick_since = self.healthy_since = self.cannot_serve = self.sick_why = None
+            return
+        was = self.sick_since
+        self.sick_since, self.healthy_since = latches.failing_since(
+            self.sick_since, self.healthy_since, healthy=why is None, now=now,
+            stable_s=max(self.primary_start_timeout / 2, 2 * self.interval))
+        if why is not None:
+            self.sick_why = why
+        if was is None and self.sick_since is not None:
+            self.log.warning("pg_unhealthy", why=why, role=self.role)
+        elif was is not None and self.sick_since is None:
+            self.log.info("pg_healthy_again", after_s=round(now - was, 1))
+            self.sick_why = None
+        # failing: sick now, and without stable health since primaryStartTimeout ago (a crash loop)
+        failing = (why is not None and self.sick_since is not None
+                   and now - self.sick_since >= self.primary_start_timeout)
+        self.cannot_serve = (f"not healthy for {now - self.sick_since:.1f}s: {self.sick_why}"
+                             if failing and as_primary else None)
+        # A standby whose PostgreSQL has been sick that long stops heartbeating its upstream,
+        # so that a primary replaces a sync that cannot acknowledge (and never steps down to it).
+        withhold = failing and not as_primary
+        if withhold != self.hb_withheld:
+            self.log.warning("heartbeats_withheld" if withhold else "heartbeats_resumed", why=self.sick_why)
+            self.hb_withheld = withhold
 
     # ------------------------------------------------------------------ the loop
 
@@ -241,12 +347,19 @@ class Sitter:
                 self.next_delay = self.interval
                 try:
                     await self.cycle()
+                    self._cycle_ok()
                 except asyncio.CancelledError:
                     raise
                 except UpstreamNotReady as e:
                     self.log.info("waiting_for_upstream", reason=str(e))
+                except PgConfigError as e:  # an observation (logged once per change), not a crash loop
+                    self.log.debug("pg_config_write_failed", error=str(e))
+                    self._cycle_failed()
                 except Exception as e:  # never crash-loop with PG in an unknown role: log, retry
-                    self.log.exception("cycle_failed", error=str(e))
+                    if self._cycle_failed(str(e)):
+                        self.log.exception("cycle_failed", error=str(e), failures=self.failures)
+                    else:
+                        self.log.debug("cycle_failed", error=str(e), failures=self.failures)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(_first(stop.wait(), self.wake.wait()), self.next_delay)
         finally:
@@ -257,10 +370,28 @@ class Sitter:
             await status.stop()
         return 0
 
+    def _cycle_ok(self) -> None:
+        if self.failures:
+            self.log.info("cycle_ok_again", after_failures=self.failures)
+        self.failures, self.failure_msg = 0, None
+
+    def _cycle_failed(self, msg: str | None = None) -> bool:
+        """Count a failed cycle and back off (bounded: well within the session timeout, so
+        a step-down or a fence is never delayed much). True if `msg` is worth an error log:
+        a new error, or the 10th, 100th, ... time in a row."""
+        self.failures += 1
+        cap = max(self.interval, min(MAX_FAILURE_BACKOFF_S, self.session_timeout / 4))
+        self.next_delay = min(cap, self.interval * 2 ** min(self.failures - 1, 10))
+        key = msg.split("; log tail", 1)[0].split("\n", 1)[0] if msg else None  # the same error, new log lines
+        new = key != self.failure_msg
+        self.failure_msg = key
+        return new or self.failures in (10, 100) or self.failures % 1000 == 0
+
     async def cycle(self) -> None:
         obs = await self.observe()
         self.last_obs = obs
         dec = decide(obs)
+        self.last_decided = dec
         if dec.write_error is not None and obs.zk == CONNECTED:
             await self.store.write_error(dec.write_error)
         if dec.write_state is not None:
@@ -273,6 +404,12 @@ class Sitter:
                           reason=dec.reason)
             self.state, self.state_version = await self.store.read_state()
             self.next_delay = FOLLOW_UP_S  # e.g. detach → takeover: the next step is due now
+            sw = dec.write_state.switchover
+            if dec.rule == "primary.step_down" and sw is not None and sw.by == STEP_DOWN_BY:
+                self.log.warning("stepped_down", to=sw.to, reason=dec.reason)
+                if dec.write_state.sync is not None:
+                    await self._record_events([history.step_down_event(
+                        self.me, dec.write_state.sync, dec.write_state.generation, int(time.time() * 1000))])
         changed = self.last is None or dec.target != self.target or dec.rule != self.last.rule
         if changed:
             self.log.info("decision", rule=dec.rule, target=dec.target.describe(), reason=dec.reason)
@@ -281,7 +418,7 @@ class Sitter:
         current = self.role
         if current in (PRIMARY, STANDBY) and not obs.running:
             current = UNASSIGNED  # PG died (or was never started by us): start it again
-            self.log.warning("pg_not_running", role=self.role)
+            (self.log.warning if not self.failures else self.log.debug)("pg_not_running", role=self.role)
         tr = T.plan(current, self.target if current == self.role else None, dec.target)
         if tr.steps:
             self.log.info("transition", frm=tr.frm, to=tr.to, change=tr.change, why=tr.comment,
@@ -303,13 +440,17 @@ class Sitter:
             self.heartbeats.expect(dec.target.downstream.id)  # e.g. a new sync: one period to find me
         self.role, self.target, self.last = dec.target.role, dec.target, dec
         self.hb_sender.upstream_url = (dec.target.upstream.status_url
-                                       if dec.target.role == STANDBY and dec.target.upstream else None)
+                                       if dec.target.role == STANDBY and dec.target.upstream
+                                       and not self.hb_withheld else None)
         if old is None or old != dec.target:
             await self._record_history(old, dec.target)
 
     async def _record_history(self, old: Target | None, new: Target) -> None:
         gen = self.state.generation if self.state else None
-        for ev in history.events_for(self.me, old, new, gen, int(time.time() * 1000)):
+        await self._record_events(history.events_for(self.me, old, new, gen, int(time.time() * 1000)))
+
+    async def _record_events(self, events) -> None:
+        for ev in events:
             self.transitions[ev.action] = self.transitions.get(ev.action, 0) + 1
             try:
                 await self.store.record(ev)
@@ -367,6 +508,9 @@ class Sitter:
                 await pg.start()
             if pg.running:
                 st = await pg.status()
+                if not st.known:
+                    raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): "
+                                       "not configuring it as the primary this cycle")
                 if st.in_recovery:
                     await pg.promote()
             await pg.configure(self._primary_spec(target), members)
@@ -383,7 +527,11 @@ class Sitter:
         elif step == T.RELOAD_PG:
             await pg.apply_pending()
         elif step == T.PROMOTE:
-            if pg.running and (await pg.status()).in_recovery:
+            st = await pg.status() if pg.running else None
+            if st is not None and not st.known:
+                raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): not promoting "
+                                   "it this cycle")
+            if st is not None and st.in_recovery:
                 await pg.promote()
         elif step == T.WRITE_REGISTRAR:
             await self.store.publish_registrar(self.me.pg_url, self.cfg.ttl)
@@ -395,8 +543,10 @@ class Sitter:
 
     async def _ensure_dataset(self) -> None:
         z = self.cfg.postgresMgrCfg.zfsClientCfg
-        if not await self.zfs.exists(z.dataset):
-            await self.zfs.create(z.dataset, props={"mountpoint": z.mountpoint}, parents=True)
+        # ZFS calls get a deadline too (a cancelled zfs child is killed and reaped)
+        if not await asyncio.wait_for(self.zfs.exists(z.dataset), ZFS_TIMEOUT_S):
+            await asyncio.wait_for(self.zfs.create(z.dataset, props={"mountpoint": z.mountpoint}, parents=True),
+                                   ZFS_TIMEOUT_S)
         Path(self.pg.data_dir).parent.mkdir(parents=True, exist_ok=True)
 
     async def _restore(self, upstream: Peer | None) -> None:
@@ -492,7 +642,11 @@ class Sitter:
             "pg": None if pgs is None else {
                 "running": pgs.running, "healthy": pgs.healthy, "inRecovery": pgs.in_recovery,
                 "wal": str(pgs.wal) if pgs.wal else None, "streaming": pgs.streaming,
-                "diverged": pgs.diverged, "syncFlush": str(pgs.sync_flush) if pgs.sync_flush else None},
+                "diverged": pgs.diverged, "syncFlush": str(pgs.sync_flush) if pgs.sync_flush else None,
+                "known": pgs.known, "error": pgs.error, "configError": self.pg.config_error,
+                "unhealthyFor": round(time.monotonic() - self.sick_since, 1) if self.sick_since else None,
+                "unhealthyWhy": self.sick_why, "cannotServe": self.cannot_serve,
+                "hungKills": self.pg_hung_kills, "heartbeatsWithheld": self.hb_withheld},
             "readOnly": self.target.read_only if self.target else True,
             "state": st.to_json() if st else None, "error": self.error,
             "restore": self.restore_progress,
@@ -508,6 +662,9 @@ FOLLOW_UP_S = 0.01        # after a state write or a transition: look again at o
 CATCH_UP_POLL_S = 0.05    # a read-only primary waiting for its sync polls this often
 SWITCHOVER_LIMIT_S = 20.0  # a switchover request not completed by then is withdrawn by the primary
 ZK_SAFETY_REFRESH_S = 5.0  # re-read ZooKeeper at least this often even without a watch
+ZFS_TIMEOUT_S = 30.0  # a zfs list/create in the cycle
+FILE_CHECK_TIMEOUT_S = 2.0  # a stat of the data directory in the cycle
+MAX_FAILURE_BACKOFF_S = 5.0  # repeated cycle failures back off up to this (and half the session timeout)
 _ZK_BADNESS = (CONNECTED, SUSPENDED, LOST)  # order for "the worse of two session states"
 
 

@@ -30,6 +30,12 @@ A, B, C = _peer(1), _peer(2), _peer(3)
 STATE = ClusterState(generation=1, primary=A, sync=B, async_=(C,), init_wal=0x5000)
 
 
+def obs_for_primary():
+    from manatee.sitter.decide import Observation
+    return Observation(me=A, election=(A, B, C), state=STATE, state_version=3, running=True, in_recovery=False,
+                       wal=0x9000, read_only=False, has_data=True, sync_caught_up=True)
+
+
 def _sitter(zk_before: str, zk_after: str, *, view_stale: bool) -> Sitter:
     """A Sitter whose ZK session changes from zk_before to zk_after while PG is asked."""
     s = Sitter.__new__(Sitter)
@@ -51,6 +57,11 @@ def _sitter(zk_before: str, zk_after: str, *, view_stale: bool) -> Sitter:
     s.diverged, s.caught_up_for, s.configured_upstream, s.wal_from = False, None, None, None
     s.switchover_stopped = s.switchover_seen = None
     s._refresh_zk = no_refresh
+    s.pg_unanswered_since = s.sick_since = s.healthy_since = s.sick_why = s.cannot_serve = None
+    s.pg_hung_kills, s.hb_withheld, s.interval, s.session_timeout, s.role = 0, False, 1.0, 4.0, PRIMARY
+    s.pg.health_timeout, s.pg.config_error = 2.0, None
+    s.last_decided = decide(obs_for_primary())
+    s.log.warning = s.log.error = s.log.info
     return s
 
 
@@ -79,3 +90,59 @@ def test_session_loss_marks_the_view_stale():
     s.wake = asyncio.Event()
     s._on_zk_state("LOST")
     assert s.view_stale and s.need_join
+
+
+# -- issue 8: what observe() makes of a PostgreSQL that does not answer ------------------------
+UNANSWERED = PgStatus(True, False, None, None, False, False, None, None, error="query timed out", timed_out=True)
+REFUSED = PgStatus(True, False, None, None, False, False, None, None, error="too many clients already")
+
+
+def _sitter_with_pg(statuses, place=A):
+    s = _sitter(CONNECTED, CONNECTED, view_stale=False)
+    s.me = place
+    seq = iter(statuses)
+    killed = []
+
+    async def status(_sync_app):
+        return next(seq)
+
+    async def kill():
+        killed.append(True)
+
+    s.pg.status, s.pg.kill = status, kill
+    return s, killed
+
+
+def test_an_unanswered_status_query_is_unknown_not_a_primary():
+    s, killed = _sitter_with_pg([REFUSED], place=C)
+    s.role = "standby"
+    obs = asyncio.run(s.observe())
+    assert obs.running and not obs.pg_known and obs.in_recovery is None and obs.wal is None
+    d = decide(obs)
+    assert d.target.role == "standby" and d.rule == "async.pg_unknown" and not killed
+
+
+def test_a_pg_that_does_not_answer_for_health_chk_timeout_is_killed_but_a_refusing_one_is_not():
+    down = PgStatus(False, False, None, None, False, False, None, None)
+    s, killed = _sitter_with_pg([UNANSWERED, UNANSWERED, down], place=C)
+    s.role = "standby"
+    asyncio.run(s.observe())
+    assert not killed
+    s.pg_unanswered_since -= 2.5  # healthChkTimeout (2 s) has passed since the first timeout
+    obs = asyncio.run(s.observe())
+    assert killed and not obs.running and s.pg_hung_kills == 1
+    s, killed = _sitter_with_pg([REFUSED] * 3, place=C)
+    for _ in range(3):
+        asyncio.run(s.observe())
+    assert not killed and s.pg_unanswered_since is None
+
+
+def test_a_primary_unhealthy_past_primary_start_timeout_reports_cannot_serve():
+    s, _ = _sitter_with_pg([REFUSED] * 3)
+    obs = asyncio.run(s.observe())
+    assert obs.cannot_serve is None and s.sick_since is not None
+    s.sick_since -= 8.5  # primaryStartTimeout: 2 x the 4 s session timeout
+    obs = asyncio.run(s.observe())
+    assert obs.cannot_serve and "did not answer" in obs.cannot_serve
+    s.cfg.primaryStartTimeout = 20000
+    assert asyncio.run(s.observe()).cannot_serve is None

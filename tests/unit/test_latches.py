@@ -41,3 +41,29 @@ def test_standby_wal_void_after_repointing_until_new_upstream_streams():
 def test_detaching_keeps_the_last_upstream_position():
     assert standby_wal(500, streaming=False, sender_ip=None, upstream=None, wal_from=A.id) == (500, A.id)
     assert standby_wal(500, streaming=False, sender_ip=None, upstream=None, wal_from=None) == (None, None)
+
+
+# -- issue 8: hung and failing PostgreSQL ----------------------------------------------------
+from manatee.sitter.latches import failing_since, unanswered_since  # noqa: E402
+
+
+def test_only_timeouts_of_a_running_pg_count_as_unanswered():
+    assert unanswered_since(None, running=True, answered=False, timed_out=True, now=5) == 5
+    assert unanswered_since(3, running=True, answered=False, timed_out=True, now=5) == 3
+    assert unanswered_since(3, running=True, answered=False, timed_out=False, now=5) is None  # refused
+    assert unanswered_since(3, running=True, answered=True, timed_out=False, now=5) is None
+    assert unanswered_since(3, running=False, answered=False, timed_out=False, now=5) is None
+
+
+def test_failing_since_survives_a_crash_loop_but_forgets_one_crash():
+    bad = good = None
+    t = 0.0
+    for _ in range(20):  # killed every second, healthy for half a second in between
+        bad, good = failing_since(bad, good, healthy=False, now=t, stable_s=2)
+        bad, good = failing_since(bad, good, healthy=True, now=t + 0.5, stable_s=2)
+        t += 1
+    assert bad == 0.0
+    bad, good = failing_since(bad, good, healthy=True, now=t + 1.0, stable_s=2)
+    assert bad == 0.0
+    bad, good = failing_since(bad, good, healthy=True, now=t + 1.6, stable_s=2)
+    assert bad is None and good is not None

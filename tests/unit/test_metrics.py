@@ -80,7 +80,7 @@ def test_primary_metrics_parse_and_carry_the_values():
     assert "manatee_restore_bytes_done" not in fams
     # counter: family name without _total, samples with it, every action present
     tr = {lab["action"]: v for (n, lab, v) in fams["manatee_transitions"] if n == "manatee_transitions_total"}
-    assert tr == {"AssumeLeader": 1, "NewLeader": 0, "NewStandby": 2, "ExpiredStandby": 0}
+    assert tr == {"AssumeLeader": 1, "NewLeader": 0, "NewStandby": 2, "ExpiredStandby": 0, "StepDown": 0}
     assert value(fams, "manatee_sitter_info", zone_id="zone-a") == 1
 
 

@@ -29,6 +29,7 @@ import pytest
 
 from manatee.sitter.decide import Observation, decide
 from manatee.sitter.history import events_for
+from manatee.sitter.latches import failing_since
 from manatee.sitter.state import (
     CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, SUSPENDED, UNASSIGNED, ClusterState, Freeze, Peer, Target,
 )
@@ -37,6 +38,9 @@ from manatee.sitter import transitions as T
 SESSION_TIMEOUT = 6
 HB_TIMEOUT = 4
 SETTLE = 120  # ticks allowed to converge after faults heal
+HUNG_TICKS = 2  # healthChkTimeout: a PG unanswered this long is killed and restarted
+PST_TICKS = 2 * SESSION_TIMEOUT  # primaryStartTimeout: a primary failing this long steps down
+SW_LIMIT_TICKS = 3 * SESSION_TIMEOUT  # the shell's SWITCHOVER_LIMIT_S: a pending switchover is withdrawn
 
 
 class Violation(AssertionError):
@@ -142,6 +146,14 @@ class Node:
     peer: Peer
     alive: bool = True
     hung: bool = False
+    # PostgreSQL alone (issue 8): None | "hang" (this process hangs; a kill cures it) |
+    # "hang_sticky" (every new process hangs too: stuck storage) | "no_start" (crash loop, full disk)
+    pg_fault: str | None = None
+    pg_hung: bool = False
+    unanswered_since: int | None = None
+    sick_since: int | None = None
+    good_since: int | None = None
+    sw_seen: tuple | None = None
     zk_cut: bool = False
     peers_cut: bool = False
     # shell
@@ -189,6 +201,7 @@ class Shard:
         self.acked_set: set = set()
         self.ackers: list[str] = []
         self.promotions: list[tuple[int, str]] = []
+        self.restores: list[tuple[int, str]] = []
         self.trace: list[str] = []
 
     # -- lookups --------------------------------------------------------------------------
@@ -229,6 +242,14 @@ class Shard:
 
     def kill_pg(self, k) -> None:
         self._pg_stop(self.node(k))
+
+    def pg_fault(self, k, fault: str | None) -> None:
+        """F18/F19/F22: the node's sitter runs on, its PostgreSQL is sick (None: cured)."""
+        n = self.node(k)
+        n.pg_fault = fault
+        n.pg_hung = n.running and fault in ("hang", "hang_sticky")
+        if fault == "no_start":  # it crashes (a full disk makes PostgreSQL PANIC) and cannot start again
+            self._pg_stop(n)
 
     def hang(self, k) -> None:
         self.node(k).hung = True
@@ -271,10 +292,11 @@ class Shard:
             self.heal(n)
             self.resume(n)
             self.start(n)
+            self.pg_fault(n, None)
 
     # -- postgres -------------------------------------------------------------------------
     def _pg_stop(self, n: Node) -> None:
-        n.running = False
+        n.running = n.pg_hung = False
         n.streaming = False
         n.streamed = n.streamed_from = None
         n.pending = []
@@ -297,6 +319,7 @@ class Shard:
             if not n.has_data:
                 self._restore(n, t.upstream)
         elif step == T.RESTORE_FROM_UPSTREAM:
+            self.restores.append((self.now, n.id))
             self._restore(n, t.upstream)
         elif step == T.CONFIGURE_PRIMARY:
             c.sync, c.read_only = (t.sync.id if t.sync else None), t.read_only
@@ -306,6 +329,9 @@ class Shard:
             if not n.running:
                 if not n.has_data:
                     raise StepFailed("no data directory")
+                if n.pg_fault == "no_start":
+                    raise StepFailed("PostgreSQL exited before accepting connections")
+                n.pg_hung = n.pg_fault == "hang_sticky"
                 n.running, n.mode = True, ("standby" if c.standby_signal else "primary")
                 n.applied = Conf(**vars(c))
                 n.streamed = n.streamed_from = None
@@ -348,14 +374,14 @@ class Shard:
 
     # -- the tick -------------------------------------------------------------------------
     def writable(self, n: Node) -> bool:
-        return n.up() and n.running and n.mode == "primary" and not n.applied.read_only
+        return n.up() and n.running and not n.pg_hung and n.mode == "primary" and not n.applied.read_only
 
     def sync_connected(self, n: Node) -> Node | None:
         """The node named in n's synchronous_standby_names if it is streaming from n now."""
         if n.applied.sync is None:
             return None
         s = self.node(n.applied.sync)
-        if (s.running and s.mode == "standby" and s.applied.upstream == n.id and s.streaming
+        if (s.running and not s.pg_hung and s.mode == "standby" and s.applied.upstream == n.id and s.streaming
                 and self.reach(n, s)):
             return s
         return None
@@ -375,7 +401,7 @@ class Shard:
         # acknowledgements
         ackers = set()
         for n in self.nodes:
-            if not (n.up() and n.running and n.mode == "primary" and n.pending):
+            if not (n.up() and n.running and not n.pg_hung and n.mode == "primary" and n.pending):
                 continue
             s = self.sync_connected(n)
             keep = []
@@ -406,11 +432,11 @@ class Shard:
                 self._sitter(n)
 
     def _stream(self, n: Node) -> None:
-        if not (n.up() and n.running and n.mode == "standby" and n.applied.upstream):
+        if not (n.up() and n.running and not n.pg_hung and n.mode == "standby" and n.applied.upstream):
             n.streaming = False
             return
         u = self.node(n.applied.upstream)
-        if not (self.reach(n, u) and u.running and u.has_data):
+        if not (self.reach(n, u) and u.running and not u.pg_hung and u.has_data):
             n.streaming = False
             return
         mine, theirs = n.log, u.log
@@ -439,35 +465,70 @@ class Shard:
                 zk = CONNECTED
                 n.cache = (self.zk.state(), self.zk.version, self.zk.peers(), self.zk.error)
         st, ver, election, error = n.cache
-        if n.running and n.mode == "primary" and (st is None or st.primary.id != n.id):
+        # the shell's hang detection: unanswered for HUNG_TICKS → killed (restarted by the rules)
+        if n.running and n.pg_hung:
+            n.unanswered_since = self.now if n.unanswered_since is None else n.unanswered_since
+            if self.now - n.unanswered_since >= HUNG_TICKS:
+                self.trace.append(f"{self.now} {n.peer.ip} hung PostgreSQL killed")
+                self._pg_stop(n)
+        if not (n.running and n.pg_hung):
+            n.unanswered_since = None
+        known = not (n.running and n.pg_hung)
+        if known and n.running and n.mode == "primary" and (st is None or st.primary.id != n.id):
             n.diverged = True  # the shell latches it: a PG out of recovery that is not the primary forked
         # the primary's latched "sync caught up" and heartbeat freshness for its state sync
         caught, hbs = False, {}
         if st is not None and st.primary.id == n.id and st.sync is not None:
             sid = st.sync.id
             s = self.sync_connected(n) if n.running and n.mode == "primary" else None
-            if s is None or s.id != sid:
+            if n.running and n.pg_hung:
+                pass  # unknown: the shell's latch holds as it was
+            elif s is None or s.id != sid:
                 n.caught_up.pop(sid, None)
             elif s.log == n.log:
                 n.caught_up[sid] = True
             caught = n.caught_up.get(sid, False)
             since = n.sync_since.setdefault((st.generation, sid), self.now)
             hbs = {sid: self.now - max(n.hb_last.get(sid, -10**9), since) <= HB_TIMEOUT}
-        if n.running and n.mode == "primary":
+        if not known:
+            wal = None
+        elif n.running and n.mode == "primary":
             wal = len(n.log)
         elif n.running:
             wal = n.streamed
         else:
             wal = None
+        # the shell's serve tracking (latches.failing_since): cannot_serve after PST_TICKS
+        last = n.last_decision  # the clock runs only while I try to serve (not in safe mode, fenced ...)
+        trying = last is not None and (last.target.role == PRIMARY or last.rule == "primary.step_down_stop")
+        as_primary = (st is not None and st.primary.id == n.id and trying
+                      and not (st.switchover is not None and st.switchover.released))
+        cannot_serve = None
+        if as_primary:
+            healthy = n.running and known and n.mode == "primary"
+            n.sick_since, n.good_since = failing_since(n.sick_since, n.good_since, healthy=healthy,
+                                                       now=self.now, stable_s=PST_TICKS / 2)
+            if not healthy and n.sick_since is not None and self.now - n.sick_since >= PST_TICKS:
+                cannot_serve = f"not healthy for {self.now - n.sick_since} ticks"
+        else:
+            n.sick_since = n.good_since = None
+        sw = st.switchover if st is not None else None
+        key = (st.generation, sw.to, sw.requested) if sw is not None and st.primary.id == n.id else None
+        if key is None:
+            n.sw_seen = None
+        elif n.sw_seen is None or n.sw_seen[0] != key:
+            n.sw_seen = (key, self.now)
         return Observation(
+            switchover_expired=n.sw_seen is not None and self.now - n.sw_seen[1] > SW_LIMIT_TICKS,
             me=n.peer, zk=zk, election=election, state=st, state_version=ver, error=error,
-            running=n.running, in_recovery=n.running and n.mode == "standby", wal=wal,
-            streaming=n.streaming, upstream_id=n.conf.upstream if n.conf.standby_signal else None,
-            read_only=n.applied.read_only if (n.running and n.mode == "primary") else None,
+            running=n.running, in_recovery=(n.running and n.mode == "standby") if known else None,
+            pg_known=known, wal=wal, cannot_serve=cannot_serve,
+            streaming=n.streaming and known, upstream_id=n.conf.upstream if n.conf.standby_signal else None,
+            read_only=n.applied.read_only if (known and n.running and n.mode == "primary") else None,
             diverged=n.diverged, sync_caught_up=caught, has_data=n.has_data, heartbeats=hbs,
             one_node_write_mode=self.onwm,
             expiry_passed=zk == SUSPENDED and self.now - n.last_connected > SESSION_TIMEOUT,
-            sync_streaming=st is not None and st.sync is not None and n.running and n.mode == "primary"
+            sync_streaming=st is not None and st.sync is not None and n.running and known and n.mode == "primary"
             and getattr(self.sync_connected(n), "id", None) == st.sync.id)
 
     def _sitter(self, n: Node) -> None:
@@ -666,6 +727,85 @@ def test_F5_kill_postgres_alone_on_primary_is_restarted_in_place():
     sh.settle()
     assert sh.zk.state().primary.id == p.id and sh.zk.state().generation == 1
     assert acked_count_grows(sh)
+
+
+def test_F18_hung_postgres_on_the_primary_is_killed_and_restarted_in_place():
+    sh = new_shard()
+    p = sh.nodes[0]
+    sh.pg_fault(p, "hang")
+    sh.run(HUNG_TICKS + 2)
+    assert any("hung PostgreSQL killed" in t for t in sh.trace)
+    sh.settle()
+    assert sh.zk.state().primary.id == p.id and sh.zk.state().generation == 1 and not sh.promotions
+    assert acked_count_grows(sh)
+
+
+@pytest.mark.parametrize("fault", ["hang_sticky", "no_start"])
+def test_F18_F19_F22_primary_that_cannot_serve_steps_down_to_its_sync(fault):
+    sh = new_shard()
+    p, s, a = sh.nodes
+    acked = len(sh.acked)
+    sh.pg_fault(p, fault)
+    t0 = sh.now
+    for _ in range(PST_TICKS + 3 * SESSION_TIMEOUT):
+        sh.tick()
+        if sh.zk.state().primary.id == s.id:
+            break
+    st = sh.zk.state()
+    assert st.primary.id == s.id, sh.describe()
+    # within the bound: primaryStartTimeout, plus a few ticks to kill, release, detach and take over
+    assert sh.now - t0 <= PST_TICKS + HUNG_TICKS + 8, sh.describe()
+    assert [pid for _, pid in sh.promotions] == [s.id]  # nothing promoted twice
+    assert any(e.action == "AssumeLeader" and e.ip == s.peer.ip for e in sh.zk.history)
+    assert p.id not in {q.id for q in st.deposed}  # it stopped cleanly for the release: it rejoins
+    sh.run(PST_TICKS)
+    assert [pid for _, pid in sh.promotions] == [s.id]  # no flapping while it is still sick
+    sh.pg_fault(p, None)
+    sh.settle()
+    st = sh.zk.state()
+    assert st.primary.id == s.id and p.id in {q.id for q in st.chain()}
+    assert acked_count_grows(sh) and len(sh.acked) > acked
+
+
+def test_primary_that_cannot_serve_without_a_healthy_sync_keeps_trying():
+    sh = new_shard(2)
+    p, s = sh.nodes
+    sh.kill(s)
+    sh.pg_fault(p, "no_start")
+    sh.run(PST_TICKS + 3 * SESSION_TIMEOUT)
+    st = sh.zk.state()
+    assert st.primary.id == p.id and st.switchover is None and not sh.promotions
+    assert p.last_decision.rule == "primary.cannot_serve" and "keep trying" in p.last_decision.reason
+    sh.pg_fault(p, None)
+    sh.start(s)
+    sh.settle()
+    assert sh.zk.state().primary.id == p.id
+
+
+@pytest.mark.parametrize("place", [1, 2])
+@pytest.mark.parametrize("fault", ["hang", "hang_sticky"])
+def test_F18_hung_postgres_on_a_standby_is_never_rebuilt_and_never_safe_mode(place, fault):
+    sh = new_shard()
+    n = sh.nodes[place]
+    restores = len(sh.restores)  # the bootstrap's
+    sh.pg_fault(n, fault)
+    sh.run(3 * SESSION_TIMEOUT)
+    assert len(sh.restores) == restores and sh.zk.error is None and not sh.promotions
+    assert sh.zk.state().primary.id == sh.nodes[0].id
+    sh.pg_fault(n, None)
+    sh.settle()
+    assert len(sh.restores) == restores and sh.zk.error is None
+
+
+def test_F18_unknown_pg_on_the_sync_when_its_primary_dies_is_not_safe_mode():
+    sh = new_shard()
+    p, s, a = sh.nodes
+    restores = len(sh.restores)
+    sh.pg_fault(s, "hang")
+    sh.tick()
+    sh.kill(p)
+    sh.run(SESSION_TIMEOUT + 6)
+    assert sh.zk.error is None and len(sh.restores) == restores
 
 
 @pytest.mark.parametrize("zk_only", [False, True])
@@ -913,7 +1053,8 @@ def test_one_node_write_mode_single_node():
 # =======================================================================================
 
 FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "partition_peers", "heal",
-          "zk_down", "zk_up", "kill_pg", "destroy_standby", "fork_standby")
+          "zk_down", "zk_up", "kill_pg", "pg_hang", "pg_hang_sticky", "pg_no_start", "pg_cure",
+          "destroy_standby", "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
@@ -941,6 +1082,10 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         sh.zk_up()
     elif f == "kill_pg":
         sh.kill_pg(n)
+    elif f in ("pg_hang", "pg_hang_sticky", "pg_no_start"):
+        sh.pg_fault(n, f[3:])
+    elif f == "pg_cure":
+        sh.pg_fault(n, None)
     elif f == "destroy_standby":
         st = sh.zk.state()
         if st is not None and st.primary.id != n.id and n.role != PRIMARY:
