@@ -88,6 +88,8 @@ def problems(v: ShardView) -> list[str]:
     out: list[str] = []
     if v.state_error:
         out.append(f"the shard state cannot be read: {v.state_error}")
+    bad = {q for n in v.nodes if isinstance(n.sitter, Mapping) for q in n.sitter.get("quarantined") or ()}
+    out += [f"malformed znode ignored by the sitters (quarantined): {q}" for q in sorted(bad)]
     if v.error is not None:
         why = v.error.get("reason") if isinstance(v.error, Mapping) else v.error
         out.append(f"safe mode: {why or 'no reason recorded'} (follow the runbook, then manatee-clear)")

@@ -154,6 +154,12 @@ class ZkReader:
         from kazoo.client import KazooClient
         from kazoo.retry import KazooRetry
 
+        from manatee.core.zk import auth_from_env
+
+        try:
+            auth = auth_from_env()  # the shard's credential, for the CLIs that write (ACLs)
+        except ValueError as e:
+            raise CliError(str(e)) from None
         budget = self.remaining()
         kz = KazooClient(
             hosts=self.hosts,
@@ -161,6 +167,8 @@ class ZkReader:
             connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1.0, deadline=budget),
             command_retry=None,
             read_only=False,
+            auth_data=auth.auth_data() if auth else None,
+            default_acl=auth.acl() if auth else None,
         )
         self._kz = kz
         try:

@@ -26,7 +26,7 @@ import contextlib
 import inspect
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Union
 
 from kazoo.client import KazooClient
@@ -35,6 +35,7 @@ from kazoo.exceptions import (  # re-exported for callers
     ConnectionClosedError,
     ConnectionLoss,
     KazooException,
+    NoAuthError,
     NoNodeError,
     NodeExistsError,
     NotEmptyError,
@@ -44,6 +45,7 @@ from kazoo.exceptions import (  # re-exported for callers
 from kazoo.protocol.serialization import Connect
 from kazoo.protocol.states import KazooState, ZnodeStat
 from kazoo.retry import KazooRetry
+from kazoo.security import ACL, OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
 try:
     from manatee.core.log import get_logger
@@ -62,6 +64,7 @@ __all__ = [
     "Create",
     "Delete",
     "KazooException",
+    "NoAuthError",
     "NoNodeError",
     "NodeExistsError",
     "NotEmptyError",
@@ -78,6 +81,11 @@ __all__ = [
     "encode_value",
     "connect_reply_timeout",
     "resuming_kazoo",
+    "OPEN_ACL_UNSAFE",
+    "ZKAuth",
+    "shard_acl",
+    "same_acl",
+    "auth_from_env",
 ]
 
 CONNECTED = KazooState.CONNECTED
@@ -135,6 +143,67 @@ def resuming_kazoo(hosts: str, session_timeout: float, **kw: Any) -> KazooClient
 
         conn._invoke = _invoke
     return kz
+
+
+# --- auth and ACLs -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ZKAuth:
+    """Digest auth for a shard: `credential` is "user:password". Its repr hides the password."""
+
+    credential: str = field(repr=False)
+    scheme: str = "digest"
+
+    def __post_init__(self) -> None:
+        if self.scheme != "digest":
+            raise ValueError(f"ZooKeeper auth scheme must be 'digest', not {self.scheme!r}")
+        user, sep, pw = self.credential.partition(":")
+        if not sep or not user or not pw:
+            raise ValueError("ZooKeeper credential must be 'user:password' (both non-empty)")
+
+    @property
+    def user(self) -> str:
+        return self.credential.partition(":")[0]
+
+    def auth_data(self) -> list[tuple[str, str]]:
+        return [(self.scheme, self.credential)]
+
+    def acl(self) -> list[ACL]:
+        return shard_acl(self)
+
+
+def shard_acl(auth: ZKAuth) -> list[ACL]:
+    """The shard's znodes: readable by anyone (tools, manatee-stat, clients), created,
+    changed, deleted and re-ACLed only by the holder of the shard's credential."""
+    user, _, pw = auth.credential.partition(":")
+    return [make_acl("world", "anyone", read=True), make_digest_acl(user, pw, all=True)]
+
+
+def same_acl(a: Iterable[ACL], b: Iterable[ACL]) -> bool:
+    key = lambda acl: (acl.perms, acl.id.scheme, acl.id.id)  # noqa: E731
+    return sorted(map(key, a)) == sorted(map(key, b))
+
+
+AUTH_FILE_ENV = "MANATEE_ZK_AUTH_FILE"
+
+
+def auth_from_env() -> ZKAuth | None:
+    """The CLIs' credential: $MANATEE_ZK_AUTH_FILE names a file holding "user:password"
+    (None when unset). ValueError (naming the file, never its content) if it is unusable."""
+    import os
+
+    path = os.environ.get(AUTH_FILE_ENV)
+    if not path:
+        return None
+    try:
+        text = open(path, encoding="utf-8").read().strip()
+    except OSError as e:
+        raise ValueError(f"{AUTH_FILE_ENV}={path}: cannot read it: {e.strerror}") from None
+    try:
+        return ZKAuth(text)
+    except ValueError as e:
+        raise ValueError(f"{AUTH_FILE_ENV}={path}: {e}") from None
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -322,6 +391,8 @@ class ZKClient:
         op_timeout: float | None = None,
         logger=None,
         read_only: bool = False,
+        auth: ZKAuth | None = None,
+        tls: dict[str, Any] | None = None,
     ):
         if session_timeout <= 0:
             raise ValueError(f"session_timeout must be > 0 seconds, got {session_timeout!r}")
@@ -331,6 +402,14 @@ class ZKClient:
         self.op_timeout = float(op_timeout) if op_timeout else self.session_timeout
         self._log = logger or get_logger("zk")
         self._read_only = read_only
+        # With auth, every znode this client creates gets the shard's ACL (readable by all,
+        # writable only with the credential). tls: KazooClient's use_ssl/ca/certfile/keyfile/
+        # keyfile_password/verify_certs/check_hostname.
+        self.auth = auth
+        self.acl = auth.acl() if auth is not None else None
+        self._kazoo_kw: dict[str, Any] = dict(tls or {})
+        if auth is not None:
+            self._kazoo_kw.update(auth_data=auth.auth_data(), default_acl=self.acl)
         self._kz = self._new_kazoo()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected_evt: asyncio.Event | None = None
@@ -354,7 +433,7 @@ class ZKClient:
         kazoo client that was stopped after a failed attempt cannot be started again
         (issue 8: a sitter started before ZooKeeper never connected)."""
         try:
-            kz = resuming_kazoo(self.hosts, self.session_timeout, read_only=self._read_only)
+            kz = resuming_kazoo(self.hosts, self.session_timeout, read_only=self._read_only, **self._kazoo_kw)
         except (ValueError, KazooException) as e:
             raise ZKError(f"invalid ZooKeeper connect string {self.hosts!r}: {e}") from e
         self._hook_connection(kz)
@@ -674,8 +753,15 @@ class ZKClient:
     async def get_children(self, path: str) -> list[str]:
         return await self._op(self._kz.get_children_async, path)
 
-    async def ensure_path(self, path: str) -> None:
-        await self._op(self._kz.ensure_path_async, path)
+    async def ensure_path(self, path: str, acl: list[ACL] | None = None) -> None:
+        """Create path and missing parents (with `acl`, default: this client's)."""
+        await self._op(self._kz.ensure_path_async, path, acl)
+
+    async def get_acls(self, path: str) -> tuple[list[ACL], ZnodeStat]:
+        return await self._op(self._kz.get_acls_async, path)
+
+    async def set_acls(self, path: str, acls: list[ACL], version: int = -1) -> ZnodeStat:
+        return await self._op(self._kz.set_acls_async, path, acls, version)
 
     async def delete(self, path: str, version: int = -1, recursive: bool = False) -> None:
         """Delete a znode; recursive=True deletes its subtree first (a vanished node is fine

@@ -94,6 +94,7 @@ class MetricsView:
     restore: Mapping[str, Any] | None = None
     transitions: Mapping[str, int] = field(default_factory=dict)
     uptime_s: float = 0.0
+    zk_quarantined: int = 0  # znodes the sitter ignores as malformed (its /state "quarantined")
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -169,6 +170,8 @@ def families(v: MetricsView, now_ms: int) -> list[Family]:
         .add(int(v.replica_streaming)),
         g("manatee_safe_mode", "1 while the shard's error node exists (safe mode).").add(int(v.safe_mode)),
         g("manatee_frozen", "1 while the shard is frozen (no automatic transitions).").add(int(v.frozen)),
+        g("manatee_zk_quarantined_znodes", "ZooKeeper znodes this sitter ignores as malformed (listed in "
+                                           "GET /state, quarantined).").add(v.zk_quarantined),
     ]
     if v.standby_lag_bytes is not None:
         fs.append(g("manatee_standby_lag_bytes", "This standby: bytes of WAL its upstream has that it "
@@ -268,7 +271,7 @@ class MetricsCollector:
             frozen=bool(st and st.frozen), standby_lag_bytes=standby_bytes, standby_lag_seconds=standby_secs,
             replication=rows, last_snapshot_ms=await self._last_snapshot_ms(),
             restore=s.restore_progress, transitions=dict(getattr(s, "transitions", {}) or {}),
-            uptime_s=time.monotonic() - s.started,
+            uptime_s=time.monotonic() - s.started, zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
         )
 
     async def render(self) -> str:

@@ -63,8 +63,38 @@ class ShardStore:
         self.quarantine = Quarantine(log)
 
     async def ensure_paths(self) -> None:
+        """Create the shard's persistent znodes. With ZooKeeper auth (zkCfg.auth) they carry
+        the shard's ACL — readable by anyone, changed only with the shard's credential — and
+        one created before auth was switched on is given it (needs the ADMIN right, which an
+        open node grants everyone). Ancestors above the shard path (e.g. /manatee, shared by
+        every shard) are created open, and left as they are."""
+        acl = self.zk.acl
+        if acl is None:
+            for p in (self.election_path, self.history_path):
+                await self.zk.ensure_path(p)
+            return
+        parts = self.path.strip("/").split("/")
+        if len(parts) > 1:
+            await self.zk.ensure_path("/" + "/".join(parts[:-1]), acl=zkmod.OPEN_ACL_UNSAFE)
         for p in (self.election_path, self.history_path):
             await self.zk.ensure_path(p)
+        for p in (self.path, self.election_path, self.history_path, self.state_path, self.error_path):
+            await self._keep_acl(p, acl)
+
+    async def _keep_acl(self, path: str, acl) -> None:
+        try:
+            have, stat = await self.zk.get_acls(path)
+            if zkmod.same_acl(have, acl):
+                return
+            await self.zk.set_acls(path, acl, version=stat.aversion)
+            self.log.warning("zk_acl_set", node=path, was=[f"{a.id.scheme}:{a.id.id}:{a.perms}" for a in have],
+                             note="the shard's znodes are now writable only with its credential")
+        except zkmod.NoNodeError:
+            pass
+        except (zkmod.NoAuthError, zkmod.BadVersionError) as e:
+            # another credential owns it (or it changed meanwhile): say so, do not fight
+            self.log.error("zk_acl_not_ours", node=path, error=type(e).__name__,
+                           note="this node's ACL does not admit the shard's credential; fix it by hand")
 
     # ------------------------------------------------------------------ election
 

@@ -39,7 +39,8 @@ class Sitter:
                        backup_url=cfg.backup_url, status_url=cfg.status_url)
         self.session_timeout = cfg.zkCfg.sessionTimeout / 1000
         self.zk = zkmod.ZKClient(cfg.zkCfg.connStr, self.session_timeout,
-                                 connect_timeout=cfg.zkCfg.connectTimeout / 1000, logger=log)
+                                 connect_timeout=cfg.zkCfg.connectTimeout / 1000, logger=log,
+                                 **cfg.zkCfg.client_options())
         self.store = ShardStore(self.zk, cfg.shardPath, cfg.registrar_path, log)
         self.pg = PgManager(cfg, log)
         self.zfs = Zfs(zfs_path=p.zfsClientCfg.zfsPath, logger=log)
@@ -110,6 +111,9 @@ class Sitter:
 
     async def _connect(self, stop: asyncio.Event) -> bool:
         self.zk.add_state_listener(self._on_zk_state)
+        if self.zk.auth is None:
+            self.log.warning("zk_auth_off", note="no zkCfg.auth: anyone who reaches ZooKeeper can change this "
+                                                 "shard's znodes (docs/security-zookeeper.md)")
         while not stop.is_set():
             try:
                 await self.zk.start()  # a fresh kazoo client per attempt: retrying is fine

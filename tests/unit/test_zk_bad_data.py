@@ -155,3 +155,35 @@ def test_backupserver_membership_counts_only_well_formed_election_nodes():
     m = ShardMembership(FakeZk(), "/manatee/1")
     assert asyncio.run(m.members()) == {A.ip}
     assert asyncio.run(m.is_member("127.0.0.99")) is False
+
+
+# ---------------------------------------------------------------- negotiated session timeout
+def test_the_sitter_adopts_and_logs_the_negotiated_session_timeout():
+    from types import SimpleNamespace
+
+    from manatee.sitter.sitter import Sitter
+
+    log = _Log()
+    s = SimpleNamespace(zk=SimpleNamespace(negotiated_session_timeout=None), session_timeout=60.0,
+                        cfg=SimpleNamespace(zkCfg=SimpleNamespace(sessionTimeout=60000)), log=log)
+    Sitter._note_session_timeout(s)  # not connected yet: nothing known, nothing said
+    assert s.session_timeout == 60.0 and log.lines == []
+    s.zk.negotiated_session_timeout = 40.0  # a stock server (tickTime 2000) caps it at 40 s
+    Sitter._note_session_timeout(s)
+    Sitter._note_session_timeout(s)  # every refresh asks again: said once
+    assert s.session_timeout == 40.0
+    assert [(lv, ev, kw["configured_s"], kw["negotiated_s"]) for lv, ev, kw in log.lines] == \
+        [("warning", "zk_session_timeout_negotiated", 60.0, 40.0)]
+    s.zk.negotiated_session_timeout = 60.0  # reconnected to a server that grants it
+    Sitter._note_session_timeout(s)
+    assert s.session_timeout == 60.0 and log.lines[-1][0] == "info"
+
+
+def test_manatee_adm_names_what_the_sitters_quarantined():
+    from manatee.cli.adm_view import NodeView, ShardView, problems
+
+    q = f"/manatee/1/election/{ROGUE}: election/{ROGUE}.zoneId: missing"
+    nodes = [NodeView("primary", A.to_json(), sitter={"quarantined": [q]}),
+             NodeView("sync", B.to_json(), sitter={"quarantined": [q]}), NodeView("async", C.to_json())]
+    out = problems(ShardView("1", STATE.to_json(), None, nodes))
+    assert out.count(f"malformed znode ignored by the sitters (quarantined): {q}") == 1

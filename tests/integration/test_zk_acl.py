@@ -1,0 +1,186 @@
+"""ZooKeeper digest auth and ACLs on the shard's znodes, on a real ZooKeeper (issue 9): with
+zkCfg.auth the sitter's ShardStore creates (and re-ACLs) the shard's znodes so that anyone can
+read them but only the shard's credential can change them. A client without it — none, or
+another one — cannot change the state, the election, the error node or the history."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+
+from manatee.core.zk import OPEN_ACL_UNSAFE, ZKAuth, ZKClient, same_acl, shard_acl
+from manatee.sitter.shardstore import ShardStore
+from manatee.sitter import history
+from manatee.sitter.state import PRIMARY, ClusterState, Peer, Target
+
+pytestmark = pytest.mark.timeout(60)
+
+AUTH = ZKAuth("manatee:correct-horse")
+
+
+class _Log:
+    def __init__(self):
+        self.events: list[str] = []
+
+    def __getattr__(self, level):
+        return lambda ev, **kw: self.events.append(ev)
+
+
+def _peer(n: int) -> Peer:
+    ip = f"127.0.0.{n}"
+    return Peer(id=f"{ip}:5432:10002:5433", zone_id=f"z{n}", ip=ip, pg_url=f"tcp://postgres@{ip}:5432/postgres",
+                backup_url=f"http://{ip}:10002", status_url=f"http://{ip}:5433")
+
+
+def _kazoo(hosts: str, auth: ZKAuth | None = None) -> KazooClient:
+    kz = KazooClient(hosts=hosts, timeout=5, auth_data=auth.auth_data() if auth else None)
+    kz.start(timeout=10)
+    return kz
+
+
+async def _shard(hosts: str, shard: str, log) -> tuple[ZKClient, ShardStore]:
+    zk = ZKClient(hosts, session_timeout=5, connect_timeout=10, auth=AUTH)
+    await zk.start()
+    store = ShardStore(zk, shard, f"{shard}-registrar", log)
+    await store.ensure_paths()
+    me = _peer(1)
+    await store.join(me)
+    assert await store.cas_state(ClusterState(generation=1, primary=me), -1)
+    for ev in history.events_for(me, None, Target(PRIMARY), 1, 1):
+        await store.record(ev)
+    return zk, store
+
+
+def _refused(fn, *a, **kw) -> None:
+    with pytest.raises(NoAuthError):
+        fn(*a, **kw)
+
+
+def test_only_the_shards_credential_changes_its_znodes(zk_server):
+    hosts = zk_server.connect_string
+    shard = f"/manatee/acl{uuid.uuid4().hex[:6]}"
+
+    async def setup():
+        log = _Log()
+        zk, store = await _shard(hosts, shard, log)
+        await store.write_error({"reason": "test"})
+        return zk, store
+
+    loop = asyncio.new_event_loop()
+    zk, store = loop.run_until_complete(setup())
+    strangers = [_kazoo(hosts), _kazoo(hosts, ZKAuth("manatee:wrong-password"))]
+    try:
+        me_node = store.my_node
+        hist = store.history_path + "/" + _kazoo_children(strangers[0], store.history_path)[0]
+        for kz in strangers:
+            # reading is open to everyone (tools, manatee-stat, clients)
+            assert b'"generation": 1' in kz.get(store.state_path)[0]
+            assert kz.get_children(store.election_path)
+            # changing is not
+            _refused(kz.set, store.state_path, b'{"generation": 99}')
+            _refused(kz.delete, store.state_path)
+            _refused(kz.create, store.election_path + "/127.0.0.99:5432:10002:5433-", b"{}",
+                     ephemeral=True, sequence=True)
+            _refused(kz.delete, me_node)
+            _refused(kz.set, me_node, b"{}")
+            _refused(kz.delete, store.error_path)
+            _refused(kz.set, store.error_path, b"{}")
+            _refused(kz.create, store.history_path + "/x-", b"{}", sequence=True)
+            _refused(kz.delete, hist)
+            _refused(kz.set_acls, store.state_path, OPEN_ACL_UNSAFE)
+            _refused(kz.delete, shard, recursive=True)
+        # the /manatee parent stays open: another shard (another credential) can live there
+        other = _kazoo(hosts, ZKAuth("other:pw"))
+        other.ensure_path("/manatee/other-" + uuid.uuid4().hex[:6])
+        other.stop()
+        other.close()
+        # with the credential, the sitter's writes work
+        async def owner_writes():
+            st, v = await store.read_state()
+            assert await store.cas_state(st.evolve(generation=2), v)
+            await store.zk.delete(store.error_path)
+            await store.leave()
+        loop.run_until_complete(owner_writes())
+    finally:
+        for kz in strangers:
+            kz.stop()
+            kz.close()
+        loop.run_until_complete(zk.close())
+        loop.close()
+
+
+def _kazoo_children(kz: KazooClient, path: str) -> list[str]:
+    return sorted(kz.get_children(path))
+
+
+def test_an_open_shard_gets_the_acl_when_auth_is_switched_on(zk_server):
+    hosts = zk_server.connect_string
+    shard = f"/manatee/up{uuid.uuid4().hex[:6]}"
+    kz = _kazoo(hosts)  # the shard as it was before auth: open znodes
+    for p in ("election", "history", "state"):
+        kz.create(f"{shard}/{p}", b"" if p != "state" else ClusterState(generation=3, primary=_peer(1)).dumps(),
+                  makepath=True)
+    log = _Log()
+
+    async def upgrade():
+        zk = ZKClient(hosts, session_timeout=5, connect_timeout=10, auth=AUTH)
+        await zk.start()
+        try:
+            await ShardStore(zk, shard, f"{shard}-reg", log).ensure_paths()
+        finally:
+            await zk.close()
+
+    try:
+        asyncio.run(upgrade())
+        owner = _kazoo(hosts, AUTH)  # ZooKeeper shows a digest's hash only to who may ADMIN the node
+        try:
+            for p in (shard, f"{shard}/election", f"{shard}/history", f"{shard}/state"):
+                assert same_acl(owner.get_acls(p)[0], shard_acl(AUTH)), (p, owner.get_acls(p)[0])
+        finally:
+            owner.stop()
+            owner.close()
+        assert log.events.count("zk_acl_set") == 4
+        _refused(kz.set, f"{shard}/state", b"{}")
+    finally:
+        kz.stop()
+        kz.close()
+
+
+def test_a_writing_cli_needs_the_credential_file(zk_server, tmp_path):
+    """manatee-adm freeze (a CAS write of the state) is refused without the credential and
+    works with $MANATEE_ZK_AUTH_FILE naming a file that holds it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hosts = zk_server.connect_string
+    name = f"cli{uuid.uuid4().hex[:6]}"
+
+    async def setup():
+        zk = ZKClient(hosts, session_timeout=5, connect_timeout=10, auth=AUTH)
+        await zk.start()
+        try:
+            store = ShardStore(zk, f"/manatee/{name}", f"/manatee/{name}-reg", _Log())
+            await store.ensure_paths()
+            assert await store.cas_state(ClusterState(generation=1, primary=_peer(1)), -1)
+        finally:
+            await zk.close()
+
+    asyncio.run(setup())
+    cred = tmp_path / "zk.cred"
+    cred.write_text(f"{AUTH.credential}\n")
+    adm = Path(sys.executable).parent / "manatee-adm"
+    runs = {}
+    for label, extra in (("without", {}), ("with", {"MANATEE_ZK_AUTH_FILE": str(cred)})):
+        env = {k: v for k, v in os.environ.items() if k != "MANATEE_ZK_AUTH_FILE"} | extra
+        runs[label] = subprocess.run([str(adm), "freeze", name, hosts, "-r", "acl test"], env=env,
+                                     capture_output=True, text=True, timeout=60)
+    assert runs["without"].returncode != 0 and "writing" in runs["without"].stderr
+    assert runs["with"].returncode == 0, runs["with"].stderr
+    assert "frozen" in runs["with"].stdout
+    assert "correct-horse" not in runs["without"].stderr + runs["with"].stderr

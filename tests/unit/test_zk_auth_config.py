@@ -1,0 +1,84 @@
+"""zkCfg.auth / zkCfg.tls: validated, the error names the key, the secret is never echoed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from manatee.core.config import ConfigError, load_config
+from manatee.core.zk import ZKAuth, auth_from_env, shard_acl
+from manatee.sitter.config import SitterConfig, ZkCfg
+
+SECRET = "s3cr3t-Passw0rd"
+
+
+def _cfg(tmp_path, zk: dict):
+    base = json.loads(open("etc/sitter.json").read())
+    base["zkCfg"] = {"connStr": "127.0.0.1:2181", **zk}
+    p = tmp_path / "sitter.json"
+    p.write_text(json.dumps(base))
+    return p
+
+
+@pytest.mark.parametrize("auth", [
+    {"credential": SECRET},                                  # no ':'
+    {"credential": f":{SECRET}"},                            # no user
+    {"credential": f"manatee:{SECRET}", "credentialFile": "/x"},  # both
+    {"scheme": "digest"},                                     # neither
+    {"credential": ["manatee", SECRET]},                      # not a string
+    {"credentialFile": f"relative/{SECRET}"},
+])
+def test_bad_auth_is_named_and_never_echoes_the_secret(tmp_path, auth):
+    with pytest.raises(ConfigError) as e:
+        load_config(_cfg(tmp_path, {"auth": auth}), SitterConfig)
+    assert e.value.key == "zkCfg.auth"
+    assert SECRET not in str(e.value)
+
+
+def test_scheme_other_than_digest_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(_cfg(tmp_path, {"auth": {"scheme": "sasl", "credential": f"u:{SECRET}"}}), SitterConfig)
+    assert e.value.key == "zkCfg.auth.scheme" and SECRET not in str(e.value)
+
+
+def test_credential_file_is_read_and_a_bad_one_is_a_config_error(tmp_path):
+    f = tmp_path / "zk.cred"
+    f.write_text(f"manatee:{SECRET}\n")
+    c = load_config(_cfg(tmp_path, {"auth": {"credentialFile": str(f)}}), SitterConfig)
+    opts = c.zkCfg.client_options()
+    assert opts["auth"] == ZKAuth(f"manatee:{SECRET}") and opts["tls"] is None
+    assert SECRET not in repr(c) and SECRET not in repr(opts)
+    f.write_text(SECRET)
+    with pytest.raises(ConfigError) as e:
+        load_config(_cfg(tmp_path, {"auth": {"credentialFile": str(f)}}), SitterConfig)
+    assert e.value.key == "zkCfg.auth" and SECRET not in str(e.value) and str(f) in str(e.value)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(_cfg(tmp_path, {"auth": {"credentialFile": str(tmp_path / "missing")}}), SitterConfig)
+
+
+def test_inline_credential_is_hidden_from_repr_and_acl_is_read_all_write_credential(tmp_path):
+    c = load_config(_cfg(tmp_path, {"auth": {"credential": f"manatee:{SECRET}"}}), SitterConfig)
+    assert SECRET not in repr(c)
+    acl = shard_acl(c.zkCfg.client_options()["auth"])
+    assert [(a.id.scheme, a.perms) for a in acl] == [("world", 1), ("digest", 31)]
+    assert acl[1].id.id.startswith("manatee:") and SECRET not in acl[1].id.id
+
+
+def test_tls_keys_pass_through_to_kazoo():
+    z = ZkCfg(connStr="127.0.0.1:2281", tls={"ca": "/etc/ca.pem", "certfile": "/c.pem", "keyfile": "/k.pem"})
+    assert z.client_options()["tls"] == {"use_ssl": True, "ca": "/etc/ca.pem", "certfile": "/c.pem",
+                                         "keyfile": "/k.pem", "verify_certs": True, "check_hostname": False}
+
+
+def test_cli_credential_from_env_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("MANATEE_ZK_AUTH_FILE", raising=False)
+    assert auth_from_env() is None
+    f = tmp_path / "cred"
+    f.write_text(f"adm:{SECRET}\n")
+    monkeypatch.setenv("MANATEE_ZK_AUTH_FILE", str(f))
+    assert auth_from_env() == ZKAuth(f"adm:{SECRET}")
+    f.write_text(SECRET)
+    with pytest.raises(ValueError) as e:
+        auth_from_env()
+    assert SECRET not in str(e.value) and str(f) in str(e.value)
