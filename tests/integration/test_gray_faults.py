@@ -58,13 +58,13 @@ def shard(shared: Shard) -> Shard:
 
 
 def primary_start_timeout_s(sh: Shard) -> float:
-    """The sitter's primaryStartTimeout (ms in its config) if it has one, else the
-    issue's "small multiple of the session timeout" (3 T)."""
+    """The sitter's primaryStartTimeout (ms in its config) if it has one, else its
+    default: twice the session timeout."""
     cfg = json.loads(sh.node("a").config_path("sitter").read_text())
     for where in (cfg, cfg.get("postgresMgrCfg") or {}):
         if isinstance(where.get("primaryStartTimeout"), (int, float)):
             return where["primaryStartTimeout"] / 1000
-    return 3 * sh.session_s
+    return 2 * sh.session_s
 
 
 def _marks(sh: Shard) -> dict[str, list[str]]:
