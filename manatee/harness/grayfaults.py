@@ -167,7 +167,7 @@ def disk_full(sb: Sandbox, name: str, margin: int = QUOTA_MARGIN) -> int:
     return quota
 
 
-def fill_wal(dsn: str, mbytes: int = 24, timeout_s: float = 60.0) -> str:
+def fill_wal(dsn: str, mbytes: int = 12, timeout_s: float = 60.0) -> str:
     """Write about `mbytes` of table and WAL through `dsn` (the primary), committed locally
     (synchronous_commit=local: a standby that cannot take it does not block the filler), so
     that a quota set by `disk_full` on the primary or a standby fills now rather than after
