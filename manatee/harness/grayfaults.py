@@ -53,6 +53,7 @@ from manatee.harness.sandbox import (
     postgres_pids,
     postmaster_pid,
 )
+from manatee.harness.hang import stopped as _stopped
 from manatee.harness.shardview import ShardView
 
 FAULTS_FILE = "grayfaults.json"
@@ -167,7 +168,7 @@ def disk_full(sb: Sandbox, name: str, margin: int = QUOTA_MARGIN) -> int:
     return quota
 
 
-def fill_wal(dsn: str, mbytes: int = 24, timeout_s: float = 60.0) -> str:
+def fill_wal(dsn: str, mbytes: int = 12, timeout_s: float = 60.0) -> str:
     """Write about `mbytes` of table and WAL through `dsn` (the primary), committed locally
     (synchronous_commit=local: a standby that cannot take it does not block the filler), so
     that a quota set by `disk_full` on the primary or a standby fills now rather than after
@@ -303,21 +304,33 @@ def _hold_storm(dir: str, key: str, dsn: str, for_s: float, max_conns: int) -> i
 # ------------------------------------------------------------------ crash loop
 
 
-def crash_loop(sb: Sandbox, name: str, for_s: float = 60.0, every_s: float = 1.0) -> int:
-    """SIGKILL the node's postmaster every `every_s` for at most `for_s` (a helper)."""
+def crash_loop(sb: Sandbox, name: str, for_s: float = 60.0, every_s: float = 1.0, sig: str = "KILL") -> int:
+    """SIGKILL the node's postmaster every `every_s` for at most `for_s` (a helper).
+    sig="STOP": a sticky hang instead: every process of the node's PostgreSQL, each new one
+    too, is SIGSTOPped (a restart does not cure it; `crash_stop` then `pg_resume` end it)."""
+    if sig not in ("KILL", "STOP"):
+        raise ValueError(f"sig must be KILL or STOP, not {sig!r}")
     node = sb.st.node(name)
     key = f"crashloop:{name}"
     return _spawn_helper(sb, key, ["crashloop", "--data-dir", node.data_dir, "--for", str(for_s),
-                                   "--every", str(every_s)])
+                                   "--every", str(every_s), "--signal", sig])
 
 
 def crash_stop(sb: Sandbox, name: str) -> bool:
     return _stop_helper(sb, f"crashloop:{name}")
 
 
-def _run_crash_loop(data_dir: str, for_s: float, every_s: float) -> int:
+def _run_crash_loop(data_dir: str, for_s: float, every_s: float, sig: str = "KILL") -> int:
     deadline = time.monotonic() + for_s
     kills = 0
+    while time.monotonic() < deadline and sig == "STOP":
+        roots = postgres_pids(data_dir)
+        for p in roots + descendants(roots):
+            if not _stopped(p):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGSTOP)
+                    kills += 1
+        time.sleep(every_s)
     while time.monotonic() < deadline:
         pm = postmaster_pid(data_dir)
         if pm is not None:
@@ -658,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--data-dir", required=True)
     c.add_argument("--for", dest="for_s", type=float, required=True)
     c.add_argument("--every", type=float, default=1.0)
+    c.add_argument("--signal", choices=["KILL", "STOP"], default="KILL")
     d = sub.add_parser("delay")
     d.add_argument("--dir", required=True)
     d.add_argument("--key", required=True)
@@ -669,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "storm":
         return _hold_storm(a.dir, a.key, a.dsn, a.for_s, a.max)
     if a.cmd == "crashloop":
-        return _run_crash_loop(a.data_dir, a.for_s, a.every)
+        return _run_crash_loop(a.data_dir, a.for_s, a.every, a.signal)
     proxy = DelayProxy(_parse_routes(a.routes), a.delay_ms / 1000)
     asyncio.run(proxy.serve(a.for_s, _ready_file(a.dir, a.key)))
     return 0

@@ -32,6 +32,7 @@ import contextlib
 import json
 import random
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -417,6 +418,9 @@ class Nemesis:
                 grayfaults.pg_resume(self.sb, name)
         elif kind == "disk_full":
             grayfaults.disk_full(self.sb, name)
+            dsn = self.view.find_primary()
+            if dsn:  # a WAL burst uses the margin up now (small commits take minutes to)
+                threading.Thread(target=grayfaults.fill_wal, args=(dsn,), daemon=True).start()
             try:
                 note = self._await_reaction(name, at_least=hold) if role == "primary" else time.sleep(hold)
             finally:

@@ -2,7 +2,8 @@
 ZooKeeper session, and is sick (manatee/harness/grayfaults.py injects them).
 
 - F18 PostgreSQL hung (SIGSTOP of PostgreSQL only; the sitter runs on) on the primary, the
-  sync, the async.
+  sync, the async; and on the primary a sticky hang (every new postgres process stopped
+  too, so that restarting PostgreSQL does not cure it).
 - F19 disk full (dataset quota just above its use) on the primary and on the sync.
 - F20 connection exhaustion (every slot, superuser ones too) on each role.
 - F21 a malformed election node; an unparsable state znode.
@@ -30,6 +31,7 @@ import time
 import pytest
 
 from manatee.harness import grayfaults as gf
+from manatee.harness.writer import WriterError
 from tests.shard_fixture import (NEEDS_SHARD, Shard, first_ack_on, healthy, longest_ack_gap, names, say,
                                  shared_shard)
 
@@ -58,13 +60,13 @@ def shard(shared: Shard) -> Shard:
 
 
 def primary_start_timeout_s(sh: Shard) -> float:
-    """The sitter's primaryStartTimeout (ms in its config) if it has one, else the
-    issue's "small multiple of the session timeout" (3 T)."""
+    """The sitter's primaryStartTimeout (ms in its config) if it has one, else its
+    default: twice the session timeout."""
     cfg = json.loads(sh.node("a").config_path("sitter").read_text())
     for where in (cfg, cfg.get("postgresMgrCfg") or {}):
         if isinstance(where.get("primaryStartTimeout"), (int, float)):
             return where["primaryStartTimeout"] / 1000
-    return 3 * sh.session_s
+    return 2 * sh.session_s
 
 
 def _marks(sh: Shard) -> dict[str, list[str]]:
@@ -98,9 +100,12 @@ def _standby_streaming(sh: Shard, name: str) -> bool:
     return bool(s and s.get("role") in ("sync", "async") and sh.streaming(sh.node(name)))
 
 
-def _primary_gives_way(sh: Shard, tag: str, apply, undo) -> None:
+def _primary_gives_way(sh: Shard, tag: str, apply, undo, *, may_heal_in_place: bool = False) -> None:
     """Common body for a primary that cannot serve: the sync takes writes within the bound;
-    the old primary, once the fault is undone, rejoins as a standby; the data checks."""
+    the old primary, once the fault is undone, rejoins as a standby; the data checks.
+    may_heal_in_place: a fault that a restart of PostgreSQL cures (a single SIGSTOP: the
+    sitter kills the hung processes and starts PostgreSQL again in its role) may instead
+    end with the same primary taking writes again within the bound."""
     prev = sh.zk_state()
     gen0 = prev["generation"]
     p, s, a = names(sh.topology())
@@ -114,10 +119,28 @@ def _primary_gives_way(sh: Shard, tag: str, apply, undo) -> None:
         apply(p)
         say(f"{tag}: fault on the primary {p}; sync {s}, async {a}; bound {bound:.0f}s "
             f"(primaryStartTimeout {pst:.0f}s + T + 2s)")
-        first = sh.wait(lambda: first_ack_on(w, sh.node(s), t0), bound + LOADED_SLACK_S,
-                        f"a committed write on the sync {s} after the fault on {p}")
+        def resumed() -> tuple[str, float] | None:
+            for n in ([s, p] if may_heal_in_place else [s]):
+                t = first_ack_on(w, sh.node(n), t0 + 0.5)
+                if t is not None and (n == s or sh.topology()["primary"] == p):
+                    return n, t
+            return None
+
+        # wait past the bound, so that a late recovery is measured, not just failed
+        who, first = sh.wait(resumed, bound + LOADED_SLACK_S + 40, f"a committed write on the sync {s} after "
+                             f"the fault on {p}" + (f" (or on {p} again)" if may_heal_in_place else ""))
         took = first - t0
-        say(f"{tag} outage: {took:.1f} s (first commit on the new primary {s}; bound {bound:.0f} s)")
+        say(f"{tag} outage: {took:.1f} s (first commit on {'the new primary' if who == s else 'the same primary'} "
+            f"{who}; bound {bound:.0f} s)")
+        assert took <= bound + LOADED_SLACK_S, f"{tag}: writes resumed {took:.1f}s after the fault (bound {bound:.0f}s)"
+        if who == p:
+            w.wait_for_acks(20, 60)
+            undo(p)
+            undone = True
+            w.stop()
+            assert not sh.leaders_after(gen0), f"{tag}: healed in place yet a new primary: {sh.leaders_after(gen0)}"
+            sh.assert_checks(w, prev)
+            return
         assert sh.topology()["primary"] == s, f"{tag}: {s} takes writes but the state says {sh.topology()}"
         w.wait_for_acks(20, 60)
         undo(p)
@@ -155,7 +178,8 @@ def _standby_fault(sh: Shard, tag: str, role: str, apply, undo, hold_s: float, m
         apply(victim)
         say(f"{tag}: fault on the {role} {victim} for {hold_s:.0f}s; primary {p}")
         time.sleep(hold_s)
-        w.wait_for_acks(10, 30)
+        with contextlib.suppress(WriterError):  # a stall shows as the gap below, with its length
+            w.wait_for_acks(10, 60)
         t1 = time.monotonic()
         undo(victim)
         undone = True
@@ -178,8 +202,21 @@ def _standby_fault(sh: Shard, tag: str, role: str, apply, undo, hold_s: float, m
 
 
 # ---------------------------------------------------------------------------------- F18
-def test_f18_pg_hung_on_primary_sync_takes_over(shard: Shard):
-    _primary_gives_way(shard, "F18-primary", lambda n: gf.pg_hang(shard.sb, n), lambda n: gf.pg_resume(shard.sb, n))
+def test_f18_pg_hung_on_primary_writes_resume_within_bound(shard: Shard):
+    """One SIGSTOP of the primary's PostgreSQL: killing the hung processes and starting
+    PostgreSQL again cures it, so writes may resume on the same primary or on the sync."""
+    _primary_gives_way(shard, "F18-primary", lambda n: gf.pg_hang(shard.sb, n),
+                       lambda n: gf.pg_resume(shard.sb, n), may_heal_in_place=True)
+
+
+def test_f18_pg_stays_hung_on_primary_sync_takes_over(shard: Shard):
+    """The primary's PostgreSQL hangs again whenever it is started (every new postgres
+    process SIGSTOPped, as under a stuck disk): only a step-down restores writes."""
+    sh = shard
+    pst = primary_start_timeout_s(sh)
+    _primary_gives_way(sh, "F18-primary-sticky",
+                       lambda n: gf.crash_loop(sh.sb, n, for_s=pst + 3 * sh.session_s + 30, every_s=0.2, sig="STOP"),
+                       lambda n: (gf.crash_stop(sh.sb, n), gf.pg_resume(sh.sb, n)))
 
 
 @pytest.mark.parametrize("role", ["sync", "async"])
