@@ -55,6 +55,10 @@ async def _shard(hosts: str, shard: str, log) -> tuple[ZKClient, ShardStore]:
     return zk, store
 
 
+def _kazoo_children(kz: KazooClient, path: str) -> list[str]:
+    return sorted(kz.get_children(path))
+
+
 def _refused(fn, *a, **kw) -> None:
     with pytest.raises(NoAuthError):
         fn(*a, **kw)
@@ -111,10 +115,6 @@ def test_only_the_shards_credential_changes_its_znodes(zk_server):
             kz.close()
         loop.run_until_complete(zk.close())
         loop.close()
-
-
-def _kazoo_children(kz: KazooClient, path: str) -> list[str]:
-    return sorted(kz.get_children(path))
 
 
 def test_an_open_shard_gets_the_acl_when_auth_is_switched_on(zk_server):
