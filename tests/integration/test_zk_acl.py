@@ -68,10 +68,15 @@ def test_only_the_shards_credential_changes_its_znodes(zk_server):
     hosts = zk_server.connect_string
     shard = f"/manatee/acl{uuid.uuid4().hex[:6]}"
 
+    tag = uuid.uuid4().hex[:6]
+    binder = f"/com/joyent/dc-{tag}/moray"
+
     async def setup():
         log = _Log()
         zk, store = await _shard(hosts, shard, log)
+        store.registrar_path = f"{binder}/{tag}/pg"
         await store.write_error({"reason": "test"})
+        await store.publish_registrar("tcp://postgres@127.0.0.1:5432/postgres", 60)
         return zk, store
 
     loop = asyncio.new_event_loop()
@@ -97,9 +102,11 @@ def test_only_the_shards_credential_changes_its_znodes(zk_server):
             _refused(kz.delete, hist)
             _refused(kz.set_acls, store.state_path, OPEN_ACL_UNSAFE)
             _refused(kz.delete, shard, recursive=True)
-        # the /manatee parent stays open: another shard (another credential) can live there
+        # the shared parents stay open: another shard (another credential) can live there
         other = _kazoo(hosts, ZKAuth("other:pw"))
         other.ensure_path("/manatee/other-" + uuid.uuid4().hex[:6])
+        other.ensure_path(f"{binder}/other-shard")
+        _refused(other.set, f"{binder}/{tag}/pg", b"{}")
         other.stop()
         other.close()
         # with the credential, the sitter's writes work
