@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
-import json
 import ipaddress
+import json
 import os
 import pwd
 import socket

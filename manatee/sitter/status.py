@@ -67,6 +67,7 @@ class StatusServer:
         self.verifier = RequestVerifier(secret) if secret is not None else None
         self.open_posts = secret is None and bool(getattr(sitter.cfg, "insecure", False))
         self.site: BoundedTCPSite | None = None
+        self._refused_logged: dict[tuple[str, str | None], float] = {}  # (path, remote) -> last warning
 
     async def start(self) -> None:
         cfg = self.sitter.cfg
@@ -92,7 +93,12 @@ class StatusServer:
             authorization_ok(self.verifier, req.method, req.path, raw, req.headers.get("Authorization"))
         if why is None:
             return raw, None
-        self.log.warning("request_unauthorized", path=req.path, remote=req.remote, error=why)
+        key, now = (req.path, req.remote), time.monotonic()
+        if now - self._refused_logged.get(key, -60.0) >= 60.0:  # a misconfigured peer retries every second
+            if len(self._refused_logged) > 1000:
+                self._refused_logged.clear()
+            self._refused_logged[key] = now
+            self.log.warning("request_unauthorized", path=req.path, remote=req.remote, error=why)
         return None, web.json_response({"code": "NotAuthorized", "message": why}, status=401,
                                        headers={"WWW-Authenticate": SCHEME})
 

@@ -43,8 +43,9 @@ def http(url: str, body: bytes | None = None, headers: dict | None = None, timeo
          source: str | None = None) -> tuple[int, dict | str]:
     req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
                                  headers={"Content-Type": "application/json", **(headers or {})})
+    opener = urllib.request.build_opener(_SourceHandler(source)) if source else urllib.request.build_opener()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with opener.open(req, timeout=timeout) as r:
             status, raw = r.status, r.read()
     except urllib.error.HTTPError as e:
         status, raw = e.code, e.read()
@@ -56,6 +57,20 @@ def http(url: str, body: bytes | None = None, headers: dict | None = None, timeo
         return status, raw.decode(errors="replace")
 
 
+class _SourceHandler(urllib.request.HTTPHandler):
+    """Connect from `source` (a member's address, so that only the proof is missing)."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def http_open(self, req):
+        import http.client
+
+        return self.do_open(lambda host, **kw: http.client.HTTPConnection(
+            host, source_address=(self.source, 0), **kw), req)
+
+
 def state(node) -> dict:
     code, body = http(f"{node.status_url}/state")
     assert code == 200, body
@@ -63,10 +78,13 @@ def state(node) -> dict:
 
 
 def test_posts_without_the_shard_secret_are_refused_and_change_nothing(shard: Shard):
+    """POST /rebuild, /heartbeat (sitters) and /backup (backupserver) without a valid proof of
+    the shard secret, from members' addresses: 401, and nothing happens."""
     p, s, a = names(shard.topology())
     P, S, A = shard.node(p), shard.node(s), shard.node(a)
     gen0 = shard.zk_state()["generation"]
     before = {n.name: state(n) for n in (P, S, A)}
+    jobs0 = P.log_path("backupserver").read_text(errors="replace").count("backup_job_queued")
     strangers = ShardSecret.of("another-shards-secret-xyz")
     rebuild = json.dumps({"force": True}).encode()
     # A forged heartbeat claiming to be the sync, from the sync's own address.
@@ -84,9 +102,16 @@ def test_posts_without_the_shard_secret_are_refused_and_change_nothing(shard: Sh
             assert code == 401, (what, node.name, code, body)
         code, body = http(f"{P.status_url}/heartbeat", beat, headers)
         assert code == 401, (what, code, body)
-        say(f"{what}: POST /rebuild and /heartbeat -> 401")
+        # The primary's backupserver, asked (from the async's address) to send the database
+        # to the async's zfs port.
+        backup = json.dumps({"host": A.ip, "port": A.zfs_port, "dataset": "x/y", "streamToken": "ab" * 32})
+        code, body = http(f"http://{P.ip}:{P.backup_port}/backup", backup.encode(), headers, source=A.ip)
+        assert code == 401, (what, code, body)
+        say(f"{what}: POST /rebuild, /heartbeat and /backup -> 401")
     time.sleep(2 * shard.session_s)
     after = {n.name: state(n) for n in (P, S, A)}
+    # No send was queued by the primary's backupserver.
+    assert P.log_path("backupserver").read_text(errors="replace").count("backup_job_queued") == jobs0
     for n in (P, S, A):
         assert after[n.name]["localRole"] != "rebuild" and after[n.name]["restore"] == before[n.name]["restore"]
         assert after[n.name]["insecure"] is False
@@ -137,7 +162,7 @@ def test_idle_flood_and_scrape_storm_do_not_stop_observation(shard: Shard):
             scrapes.append((time.monotonic() - t, code))
             time.sleep(max(0.0, SCRAPERS / SCRAPES_PER_S - (time.monotonic() - t)))
 
-    SCRAPERS = 8  # each at SCRAPES_PER_S / SCRAPERS: one slow answer does not lower the rate
+    SCRAPERS = 12  # each at SCRAPES_PER_S / SCRAPERS: one slow answer does not lower the rate
     scrapers = [threading.Thread(target=scrape, daemon=True) for _ in range(SCRAPERS)]
     sitter_pid = P.pids["sitter"]
     fds: list[int] = []
