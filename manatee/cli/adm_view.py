@@ -97,6 +97,8 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
     C, W = CRITICAL, WARNING
     if v.state_error:
         out.append((C, f"the shard state cannot be read: {v.state_error}"))
+    bad = {q for n in v.nodes if isinstance(n.sitter, Mapping) for q in n.sitter.get("quarantined") or ()}
+    out += [(W, f"malformed znode ignored by the sitters (quarantined): {q}") for q in sorted(bad)]
     if v.error is not None:
         why = v.error.get("reason") if isinstance(v.error, Mapping) else v.error
         out.append((C, f"safe mode: {why or 'no reason recorded'} (follow the runbook, then manatee-clear)"))

@@ -110,6 +110,9 @@ def daemon_main(
         return asyncio.run(d.main(run)) or 0
     except KeyboardInterrupt:
         return 130
+    except ConfigError as e:  # raised by `run` for what only start-up can check: a config error too
+        print(f"{name}: {ConfigError(args.file, e.key, e.problem) if not e.file else e}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 class _Daemon:
@@ -130,6 +133,8 @@ class _Daemon:
         helpers = [asyncio.create_task(self._ready_when_up(task)), asyncio.create_task(self._watchdog())]
         try:
             status = await task
+        except ConfigError:
+            raise
         except Exception as e:  # one line; the traceback only when asked for (-v)
             log.error("fatal_error", daemon=self.name, error=f"{type(e).__name__}: {e}",
                       exc_info=self.args.verbose > 0)

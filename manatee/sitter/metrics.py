@@ -112,6 +112,7 @@ class MetricsView:
     uptime_s: float = 0.0
     dataset_space: Mapping[str, int | None] | None = None  # {available, used, quota} bytes (quota 0: none)
     pg_observed_age_s: float | None = None                 # age of the cached PostgreSQL answers
+    zk_quarantined: int = 0  # znodes the sitter ignores as malformed (its /state "quarantined")
 
 
 # ---------------------------------------------------------------------------- metric families
@@ -156,6 +157,8 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
       int(v.replica_streaming))
     g("manatee_safe_mode", "1 while the shard's error node exists (safe mode).", int(v.safe_mode))
     g("manatee_frozen", "1 while the shard is frozen (no automatic transitions).", int(v.frozen))
+    g("manatee_zk_quarantined_znodes", "ZooKeeper znodes this sitter ignores as malformed (listed in "
+                                       "GET /state, quarantined).", v.zk_quarantined)
     if v.standby_lag_bytes is not None:
         g("manatee_standby_lag_bytes", "This standby: bytes of WAL its upstream has that it has not replayed.",
           v.standby_lag_bytes)
@@ -365,6 +368,7 @@ class MetricsCollector:
             restore=s.restore_progress, transitions=dict(getattr(s, "transitions", {}) or {}),
             uptime_s=time.monotonic() - s.started, dataset_space=self.space,
             pg_observed_age_s=None if self._pg_at == -math.inf else time.monotonic() - self._pg_at,
+            zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
         )
 
     async def render(self) -> bytes:
