@@ -140,10 +140,13 @@ def write_tool_files(sb: Sandbox) -> tuple[Path, Path]:
     Both 0600: they hold the superuser's password."""
     st = sb.st
     d = Path(sb.dir).resolve()
+    # the superuser's TCP password: adminAuth's where the sandbox has one (branch secpg), else
+    # the replication password, which is the superuser's while the superuser replicates
+    password = getattr(st, "admin_password", "") or st.repl_password or "*"
     lines = []
     for n in st.nodes:
         for host in (n.ip, "localhost"):  # localhost: libpq's name for a unix-socket connection
-            lines.append(f"{host}:{n.pg_port}:*:postgres:{st.repl_password or '*'}")
+            lines.append(f"{host}:{n.pg_port}:*:postgres:{password}")
     pgpass, env = d / PGPASS, d / ENV_FILE
     for path, text in ((pgpass, "\n".join(lines) + "\n"),
                        (env, f"# source me: . {env}\nexport MANATEE_ZK={st.zk_connect}\n"

@@ -113,6 +113,7 @@ class MetricsView:
     zk_quarantined: int = 0  # znodes the sitter ignores as malformed (its /state "quarantined")
     dataset_space: Mapping[str, int | None] | None = None  # {available, used, quota} bytes (quota 0: none)
     pg_observed_age_s: float | None = None                 # age of the cached PostgreSQL answers
+    zk_quarantined: int = 0  # znodes the sitter ignores as malformed (its /state "quarantined")
 
 
 # ---------------------------------------------------------------------------- metric families
@@ -283,24 +284,12 @@ def newest_epoch_ms(names: Iterable[str]) -> int | None:
     return max(ms) if ms else None
 
 
-STANDBY_LAG_SQL = (
-    "select greatest(0, pg_wal_lsn_diff((select latest_end_lsn from pg_stat_wal_receiver limit 1),"
-    " pg_last_wal_replay_lsn()))::bigint as bytes,"
-    " case when pg_last_wal_receive_lsn() is not distinct from pg_last_wal_replay_lsn() then 0::float8"
-    " else extract(epoch from now() - pg_last_xact_replay_timestamp())::float8 end as seconds")
-PRIMARY_LAG_SQL = (
-    "select application_name, coalesce(sync_state, '') as sync_state,"
-    " pg_wal_lsn_diff(case when pg_is_in_recovery() then pg_last_wal_receive_lsn()"
-    " else pg_current_wal_lsn() end, replay_lsn)::bigint as bytes,"
-    " coalesce(extract(epoch from replay_lag), 0)::float8 as seconds"
-    " from pg_stat_replication order by application_name")
-
-
 PG_SQL = (
     # one statement, so one round trip per observation: this node's own lag as a standby,
     # and the standbys streaming from it (a daisy chain: a standby has its own downstream)
-    "select case when pg_is_in_recovery() then greatest(0, pg_wal_lsn_diff("
-    " (select latest_end_lsn from pg_stat_wal_receiver limit 1), pg_last_wal_replay_lsn()))::bigint end"
+    # (no greatest(0, ...) here: it would turn "no walreceiver" (NULL) into 0 bytes behind)
+    "select case when pg_is_in_recovery() then pg_wal_lsn_diff("
+    " (select latest_end_lsn from pg_stat_wal_receiver limit 1), pg_last_wal_replay_lsn())::bigint end"
     " as standby_bytes,"
     " case when not pg_is_in_recovery() then null"
     " when pg_last_wal_receive_lsn() is not distinct from pg_last_wal_replay_lsn() then 0::float8"
@@ -369,6 +358,7 @@ class MetricsCollector:
             uptime_s=time.monotonic() - s.started, dataset_space=self.space,
             zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
             pg_observed_age_s=None if self._pg_at == -math.inf else time.monotonic() - self._pg_at,
+            zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
         )
 
     async def render(self) -> bytes:
@@ -391,7 +381,7 @@ class MetricsCollector:
                                             None if x["bytes"] is None else max(0, int(x["bytes"])),
                                             None if x["seconds"] is None else float(x["seconds"]))
                              for x in (r["replication"] or []))
-                result = (None if r["standby_bytes"] is None else int(r["standby_bytes"]),
+                result = (None if r["standby_bytes"] is None else max(0, int(r["standby_bytes"])),
                           None if r["standby_seconds"] is None else max(0.0, float(r["standby_seconds"])),
                           repl)
         self._pg = result

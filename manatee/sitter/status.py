@@ -1,7 +1,8 @@
 """The sitter's HTTP server on statusPort: health for operators and load balancers, the
 sitter's state, and the daisy-chain heartbeat endpoint standbys post to.
 
-  GET  /liveness   200 while the sitter's loop runs (no ZooKeeper, no PostgreSQL needed)
+  GET  /liveness   200 while the sitter's loop runs (no ZooKeeper, no PostgreSQL needed); 503
+                   when it has gone without an observation for longer than any step may take
   GET  /readiness  200 when the node serves its role: ZooKeeper connected, PostgreSQL healthy,
                    and it is the writable primary or a streaming standby; else 503
   GET  /ping       200 when PostgreSQL runs, answers and holds a database (not restoring), else
@@ -42,6 +43,7 @@ from manatee.sitter.metrics import (
 from manatee.sitter.state import CONNECTED
 
 MAX_BODY = 4096
+LIVENESS_MIN_S = 120.0  # /liveness: the least time without an observation that counts as stuck
 
 
 def _json(status: int, body) -> web.Response:
@@ -114,13 +116,26 @@ class StatusServer:
 
     # -- health ---------------------------------------------------------------------------
 
+    def _stuck_after(self) -> float:
+        """How long the loop may go without a new observation before it counts as stuck: longer
+        than any bounded step (PostgreSQL start/stop/promote, opsTimeout) can take, twice, plus
+        two session timeouts. A restore is exempt (it runs for as long as the copy takes)."""
+        ops = getattr(getattr(self.sitter.cfg, "postgresMgrCfg", None), "opsTimeout", 60000) / 1000
+        return max(LIVENESS_MIN_S, 2 * ops + 2 * float(getattr(self.sitter, "session_timeout", 60)))
+
     async def liveness(self, _req):
-        """Answering at all proves the event loop runs; the sitter's loop must not have ended."""
+        """The event loop answers (this handler runs) and the sitter's loop is not stuck: its last
+        observation is recent, or it is restoring, or it has not observed yet (waiting for
+        ZooKeeper is alive). Needs neither ZooKeeper nor PostgreSQL."""
         s = self.sitter
         at = getattr(s, "last_pg_at", 0.0)
-        return _json(200, {"alive": True, "role": s.role, "zk": s.zk_state,
-                           "uptimeSeconds": round(time.monotonic() - s.started, 3),
-                           "lastObservationAgoSeconds": round(time.monotonic() - at, 3) if at else None})
+        ago = time.monotonic() - at if at else None
+        restoring = bool(s.restore_progress) and (s.restore_progress or {}).get("phase") not in ("done", "failed")
+        alive = ago is None or restoring or ago <= self._stuck_after()
+        return _json(200 if alive else 503, {"alive": alive, "role": s.role, "zk": s.zk_state,
+                                             "uptimeSeconds": round(time.monotonic() - s.started, 3),
+                                             "lastObservationAgoSeconds": None if ago is None else round(ago, 3),
+                                             "stuckAfterSeconds": self._stuck_after()})
 
     def _pg_serving(self) -> tuple[bool, dict]:
         s = self.sitter

@@ -172,8 +172,27 @@ def test_fresh_sandbox_tools_health_endpoints_and_metrics(zfs_fuse, tmp_path):
             ages.append(fam["manatee_pg_observation_age_seconds"].samples[0].value)
         assert min(ages) >= 0 and max(ages) < 3, ages
 
-        # -- /replica?lag=1MB: 503 on a standby more than 1 MB behind, 200 once caught up ------
+        # -- scrapes open no PostgreSQL sessions of their own: sessions on the async over 3 s
+        # idle vs 3 s of 150 scrapes (each psql here is a session too: counted in both)
         a = async_node["name"]
+
+        def sessions() -> int:
+            return int(psql(d, a, "select sum(sessions) from pg_stat_database"))
+
+        s0 = sessions()
+        time.sleep(3)
+        s1 = sessions()
+        t_end = time.monotonic() + 3
+        scrapes = 0
+        while time.monotonic() < t_end:
+            assert http(st["async"] + "/metrics")[0] == 200
+            scrapes += 1
+        s2 = sessions()
+        idle, busy = s1 - s0, s2 - s1
+        say(f"PostgreSQL sessions on the async: {idle} in 3 s idle, {busy} in 3 s with {scrapes} scrapes")
+        assert scrapes >= 50 and busy <= idle + 6, (idle, busy, scrapes)
+
+        # -- /replica?lag=1MB: 503 on a standby more than 1 MB behind, 200 once caught up ------
         psql(d, a, "select pg_wal_replay_pause()")
         try:
             primary = next(n for n, r in roles.items() if r == "primary")

@@ -178,3 +178,14 @@ def test_show_has_each_datasets_free_space():
     assert lines["sync"].rstrip().endswith("1.0 GB (quota 8.0 GB)")
     assert lines["async"].rstrip().endswith("-")
     assert show_json(v)["nodes"][0]["dataset"]["available"] == 5 << 30
+
+
+def test_pg_status_json_is_one_document(monkeypatch, capsys):
+    import argparse
+
+    monkeypatch.setattr(adm, "gather", lambda zk, shard, timeout, **kw: healthy())
+    args = argparse.Namespace(period=None, json=True, timeout=2.0, shard="1")
+    assert adm.cmd_pg_status(args, type("Z", (), {"deadline": 0})()) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["shard"] == "1" and [n["role"] for n in doc["nodes"]] == ["primary", "sync", "async"]
+    assert doc["nodes"][1]["repl"] == "streaming"

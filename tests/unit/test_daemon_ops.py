@@ -149,3 +149,16 @@ def test_sdnotify_is_a_no_op_without_systemd(monkeypatch):
 
 def test_changed_keys_are_dotted():
     assert D.changed_keys({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 1, "c": 5}, "d": 4}) == ["a.c", "d"]
+
+
+def test_a_config_error_found_while_starting_exits_2(tmp_path, capsys):
+    from manatee.core.config import ConfigError
+
+    p = tmp_path / "c.json"
+    p.write_text('{"n": 3}')
+
+    async def run(config, log, stop):
+        raise ConfigError("", "secretFile", "not readable")
+
+    assert D.daemon_main("manatee-x", Cfg, run, ["-f", str(p)]) == D.EXIT_CONFIG
+    assert f"manatee-x: config {p}: key 'secretFile': not readable" in capsys.readouterr().err

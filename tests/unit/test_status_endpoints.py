@@ -167,3 +167,15 @@ async def test_metrics_are_cached_and_one_query_serves_concurrent_scrapes():
 
 def test_parse_space():
     assert parse_space("available\t1000\nused\t20\nquota\t-\n") == {"available": 1000, "used": 20, "quota": None}
+
+
+async def test_liveness_fails_only_when_the_loop_is_stuck():
+    s = sitter(B, STANDBY, last_pg_at=time.monotonic() - 10_000)  # no observation for hours
+    assert await codes(s, "/liveness") == [503]
+    s = sitter(B, "rebuild", last_pg_at=time.monotonic() - 10_000,
+               restore={"phase": "receiving", "completed": 1, "size": 9})  # a long restore is alive
+    assert await codes(s, "/liveness") == [200]
+    s = sitter(B, STANDBY, last_pg_at=0.0)  # never observed yet (waiting for ZooKeeper): alive
+    assert await codes(s, "/liveness") == [200]
+    s = sitter(B, STANDBY, last_pg_at=time.monotonic() - 100)  # under 2 opsTimeout + 2 T (120 s min)
+    assert await codes(s, "/liveness") == [200]
