@@ -56,9 +56,16 @@ class _QuietLog:
     def bind(self, **_):
         return self
 
+    verbose = False
+    t0 = 0.0
+
     def info(self, event, **kw):
         if event == "restore_path":
             print(f"    {kw.get('path')} ({kw.get('why')})", flush=True)
+        elif self.verbose and event in ("restore_start", "restore_phase", "restore_old_dataset_destroyed"):
+            if event == "restore_start":
+                _QuietLog.t0 = time.monotonic()
+            print(f"      {time.monotonic() - _QuietLog.t0:6.2f}s {event} {kw.get('phase', '')}", flush=True)
 
     def debug(self, *a, **k):
         pass
@@ -146,6 +153,7 @@ class Bench:
             subprocess.run(["sync"], check=False)
             inc_s, inc = await self._restore(self.ds_b, self.base / "b", incremental=True)
             assert inc.incremental_from, f"expected an incremental rebuild, got {inc.path}: {inc.reason}"
+            print(f"  incremental: {inc_s:.2f}s, {inc.bytes / 1e6:.1f} MB", flush=True)
             ds_c = f"{self.pool.name}/c"
             await self._destroy(ds_c)
             subprocess.run(["sync"], check=False)
@@ -217,10 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=int, default=150, help="pgbench scale (x ~15 MB; default 150 ≈ 2.2 GB)")
     p.add_argument("--repeat", type=int, default=3, help="measured rounds (median reported)")
     p.add_argument("--work", type=int, default=30, help="seconds of pgbench on A before each rebuild")
-    p.add_argument("--pool-size", default="12G", help="sparse pool file size")
+    p.add_argument("--pool-size", default="24G", help="sparse pool file size")
     p.add_argument("--recordsize", default=None,
                    help="recordsize of A's dataset (default: the pool's 128K; 8k matches PostgreSQL's pages)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print when each restore phase began")
     args = p.parse_args(argv)
+    _QuietLog.verbose = args.verbose
     if os.geteuid() != 0:
         print("needs root (zfs-fuse, PostgreSQL as postgres)", file=sys.stderr)
         return 2

@@ -101,7 +101,8 @@ class ZfsSender:
                     await self.zfs.release(tag, snap)
                 except ZfsError:
                     continue
-                released.append(snap)
+                if snap not in released:
+                    released.append(snap)
         if released:
             self.log.info("backup_stale_holds_released", snapshots=released)
         return released
@@ -112,11 +113,14 @@ class ZfsSender:
             await self._send(job, base)
         finally:
             if base is not None:
-                async with self._base_lock:
-                    self._base_users[base] -= 1
-                    if not self._base_users[base]:
-                        del self._base_users[base]
-                        await self._release(BASE_HOLD_TAG, base)
+                await finish_even_if_cancelled(self._drop_base(base))
+
+    async def _drop_base(self, base: str) -> None:
+        async with self._base_lock:
+            self._base_users[base] -= 1
+            if not self._base_users[base]:
+                del self._base_users[base]
+                await self._release(BASE_HOLD_TAG, base)
 
     async def incremental_base(self, job: BackupJob) -> Optional[str]:
         """The newest snapshot the requester also has, held for the send; None: send in full.

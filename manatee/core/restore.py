@@ -180,7 +180,7 @@ class _Restore:
         self.stall_timeout: float = kw["stall_timeout"]
         self.on_progress = kw["progress"]
         self.offer: bool = kw.get("incremental", True)
-        self.why_full: Optional[str] = kw.get("why_full")
+        self.why_full: Optional[str] = kw.get("why_full") or (None if self.offer else "an incremental was not asked for")
         self.ours: list[tuple[Snapshot, str]] = []  # our snapshots with guids (before set-aside)
         self.incremental_from: Optional[str] = None  # the base we cloned (its name before set-aside)
         self.full_would_fix = False
@@ -509,7 +509,6 @@ class _Restore:
             try:
                 await self.zfs.clone(origin, self.dataset, props={"mountpoint": "none"})
                 await self.zfs.promote(self.dataset)
-                self.old.steps.append("promoted")
             except ZfsError as e:
                 self.full_would_fix = True
                 raise RestoreError(f"cannot prepare {self.dataset} from {origin}: {e}", phase="receiving") from e
@@ -730,10 +729,13 @@ class _Restore:
                 await self.recv_task
         await self._close_network()
         name_is_ours = self.old is None or "renamed" in self.old.steps
-        if self.old is not None and "promoted" in self.old.steps:
-            try:  # give the old data its snapshots back, so that `dataset` can be destroyed
-                await _retry(lambda: self.zfs.promote(self.old.aside))
-                self.old.steps.remove("promoted")
+        if self.old is not None and self.incremental_from is not None:
+            # Give the old data its snapshots back, so that `dataset` can be destroyed. Asked
+            # of zfs, not of our steps: a cancelled `zfs promote` may still have happened.
+            try:
+                origin = await self.zfs.get(self.old.aside, "origin")
+                if origin.startswith(self.dataset + "@"):
+                    await _retry(lambda: self.zfs.promote(self.old.aside))
             except ZfsError as e:
                 errors.append(f"promoting the old {self.old.aside} back failed: {e}")
         if name_is_ours and (self.received_new or self.old is not None):
@@ -768,12 +770,17 @@ _INCREMENT_REFUSED = (
 
 
 async def _retry(fn: Callable[[], Awaitable[Any]], attempts: int = 10, delay: float = 0.3) -> Any:
-    """Retry a zfs call that fails with 'busy' (zfs-fuse needs a moment after a killed recv)."""
+    """Retry a zfs call that fails with 'busy' (zfs-fuse needs a moment after a killed recv).
+
+    After a killed incremental receive into an existing filesystem, zfs-fuse's daemon is
+    still cleaning up its hidden `%recv` clone for a moment: a destroy then says "dataset
+    already exists"; that is retried too.
+    """
     for i in range(attempts):
         try:
             return await fn()
         except ZfsError as e:
-            if i == attempts - 1 or not (e.busy or "mounted" in e.stderr):
+            if i == attempts - 1 or not (e.busy or "mounted" in e.stderr or "already exists" in e.stderr):
                 raise
             await asyncio.sleep(delay)
 

@@ -136,7 +136,7 @@ async def test_no_common_snapshot_means_a_full_stream(env):
 
     # An old-style request (no snapshots offered) still gets a full stream.
     again = await _rebuild(env, ds_b, mnt_b, url, ip_b, incremental=False)
-    assert again.path == "full" and again.bytes > 5 << 20
+    assert again.path == "full" and again.bytes > 5 << 20 and again.reason == "an incremental was not asked for"
     assert _tree(mnt_b) == _tree(mnt_a)
 
 
