@@ -16,6 +16,11 @@ Signals:
                    A file that no longer validates is logged (`reload_failed`) and ignored: the
                    daemon keeps running on the config it has. SIGHUP never stops a daemon.
 
+A daemon applies more of its config at run time with `register_reload(handler)`: on every
+reload `handler(new_config)` is called with the newly validated config and returns the dotted
+config keys it applied (a key covers the keys under it); those are not reported as needing a
+restart. `request_reload()` reloads as SIGHUP does (the sitter's POST /reload).
+
 `logLevel` (debug | info | warning | error) is a top-level key every daemon's config may
 carry; it is taken out before the daemon's own model validates the rest. -v on the command
 line sets the level only while the file does not.
@@ -46,6 +51,24 @@ C = TypeVar("C", bound=ConfigModel)
 EXIT_CONFIG = 2
 READY_AFTER_S = 1.0
 LOG_LEVEL_KEY = "logLevel"
+
+
+_current: "_Daemon | None" = None  # the daemon running in this process (for the reload hooks)
+
+
+def register_reload(handler: Callable[[Any], Any]) -> None:
+    """Call `handler(new_config)` on every successful reload; it returns the config keys it
+    applied. Outside a daemon (tests) this does nothing."""
+    if _current is not None:
+        _current.reload_handlers.append(handler)
+
+
+def request_reload() -> bool:
+    """Reload now, as SIGHUP does. False outside a daemon."""
+    if _current is None:
+        return False
+    _current._on_hup()
+    return True
 
 
 def parse_args(name: str, argv: list[str] | None) -> argparse.Namespace:
@@ -133,8 +156,17 @@ class _Daemon:
         self.name, self.model, self.args = name, model, args
         self.config, self.level, self.log = config, level, log
         self.stop = asyncio.Event()
+        self.reload_handlers: list[Callable[[Any], Any]] = []
 
     async def main(self, run) -> int:
+        global _current
+        _current = self
+        try:
+            return await self._main(run)
+        finally:
+            _current = None
+
+    async def _main(self, run) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
@@ -201,11 +233,18 @@ class _Daemon:
             return
         ours, libs = logmod.set_level(self.args.verbose, level)
         changed = changed_keys(self.config, new)
+        applied: list[str] = []
+        for handler in self.reload_handlers:
+            try:
+                applied += list(handler(new) or ())
+            except Exception as e:  # noqa: BLE001 - one failing hook must not stop the reload
+                log.error("reload_hook_failed", error=f"{type(e).__name__}: {e}")
+        rest = [k for k in changed if not any(k == a or k.startswith(a + ".") for a in applied)]
         log.info("reloaded", file=self.args.file, log_level=ours, library_log_level=libs,
-                 changed=changed or None)
-        if changed:
-            log.warning("reload_needs_restart", keys=changed,
-                        hint="only logLevel changes at run time; restart the daemon for these")
+                 changed=changed or None, applied=[k for k in changed if k not in rest] or None)
+        if rest:
+            log.warning("reload_needs_restart", keys=rest,
+                        hint="these change only when the daemon restarts")
         self.level = level
 
 

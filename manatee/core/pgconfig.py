@@ -104,6 +104,65 @@ MAX_APPLICATION_NAME = 63
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]+$")
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
+#: Settings manatee decides (per role, or because failover depends on them): refused in
+#: postgresMgrCfg.parameters, each with why (or which config key sets it instead).
+OWNED_SETTINGS: dict[str, str] = {
+    "listen_addresses": "manatee listens on the sitter's ip",
+    "port": "set postgresPort",
+    "unix_socket_directories": "set postgresMgrCfg.socketDir",
+    "cluster_name": "manatee names the cluster after zoneId",
+    "wal_level": "replication needs 'replica'",
+    "hot_standby": "standbys must answer queries (the sitter watches them)",
+    "wal_log_hints": "pg_rewind needs it",
+    "synchronous_standby_names": "the sitter names the sync",
+    "synchronous_commit": "set postgresMgrCfg.synchronousCommit",
+    "default_transaction_read_only": "the sitter decides when the primary takes writes",
+    "primary_conninfo": "the sitter points each standby at its upstream",
+    "primary_slot_name": "the sitter names each standby's replication slot",
+    "recovery_target_timeline": "standbys must follow the newest timeline",
+    "recovery_target": "a standby must not stop replaying",
+    "recovery_target_lsn": "a standby must not stop replaying",
+    "recovery_target_name": "a standby must not stop replaying",
+    "recovery_target_time": "a standby must not stop replaying",
+    "recovery_target_xid": "a standby must not stop replaying",
+    "recovery_target_action": "a standby must not stop replaying",
+    "promote_trigger_file": "only the sitter promotes",
+    "data_directory": "set postgresMgrCfg.dataDir",
+    "config_file": "manatee writes the configuration",
+    "hba_file": "manatee writes pg_hba.conf",
+    "ident_file": "manatee writes the configuration",
+    "include": "not a parameter",
+    "include_if_exists": "not a parameter",
+    "include_dir": "not a parameter",
+}
+#: A PostgreSQL parameter name: an identifier, or class.name for an extension's.
+_PARAMETER_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+PARAMETERS_MARKER = "# postgresMgrCfg.parameters (the operator's; reloaded, never restarted for):"
+
+
+def parameter_problem(name: str, value: object) -> str | None:
+    """Why `name` = `value` cannot be an operator parameter, or None. Pure."""
+    if not isinstance(name, str) or not _PARAMETER_NAME.match(name) or len(name) > 63:
+        return (f"{name!r} is not a PostgreSQL parameter name (lower-case letters, digits and '_', "
+                "or class.name for an extension's)")
+    if name in OWNED_SETTINGS:
+        return f"{name} is set by manatee and cannot be overridden ({OWNED_SETTINGS[name]})"
+    if not isinstance(value, (str, int, float)):  # bool is an int
+        return f"{name}: the value must be a string, a number or a boolean (got {type(value).__name__})"
+    if isinstance(value, str) and not _PRINTABLE_VALUE.match(value):
+        return f"{name}: the value must be printable text on one line"
+    return None
+
+
+_PRINTABLE_VALUE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+
+
+def parameter_value(value: str | int | float) -> str:
+    """A config value as PostgreSQL's text: booleans on/off, numbers as written."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
 AuthMethod = Literal["trust", "md5", "scram-sha-256", "cert"]
 SyncCommit = Literal["on", "remote_write", "remote_apply", "local", "off"]
 
@@ -160,6 +219,10 @@ class RoleConfig:
     cluster_name: str | None = None
     #: Extra settings rendered last (e.g. fsync=off for throwaway test instances).
     extra_settings: Mapping[str, str] | tuple[tuple[str, str], ...] = field(default=())
+    #: The operator's PostgreSQL parameters (postgresMgrCfg.parameters), rendered after
+    #: everything else under PARAMETERS_MARKER. A change to them is only ever *reloaded*:
+    #: one that needs a restart shows as pending_restart, never restarts PostgreSQL.
+    parameters: Mapping[str, str] | tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
         # Normalise containers so the frozen config stays hashable and comparable.
@@ -170,6 +233,7 @@ class RoleConfig:
         if self.client_cidrs is not None:
             object.__setattr__(self, "client_cidrs", tuple(self.client_cidrs))
         object.__setattr__(self, "extra_settings", tuple(_items(self.extra_settings)))
+        object.__setattr__(self, "parameters", tuple(_items(self.parameters)))
         if self.upstream is not None:
             object.__setattr__(self, "upstream", (str(self.upstream[0]), int(self.upstream[1])))
         if self.role not in ("primary", "standby"):
@@ -206,6 +270,10 @@ class RoleConfig:
         for k, _ in _items(self.extra_settings):
             if not _SETTING_NAME.match(k):
                 raise ValueError(f"RoleConfig.extra_settings: bad setting name {k!r}")
+        for k, v in self.parameters:
+            problem = parameter_problem(k, v)
+            if problem:
+                raise ValueError(f"RoleConfig.parameters: {problem}")
 
     @property
     def effective_client_cidrs(self) -> tuple[str, ...]:
@@ -285,7 +353,14 @@ def role_settings(rc: RoleConfig) -> dict[str, str]:
     )
     for k, v in _items(rc.extra_settings):
         s[k] = v if _is_bare(v) else conf_quote(v)
+    for k, _ in rc.parameters:  # the operator's value replaces manatee's default (rendered below)
+        s.pop(k, None)
     return s
+
+
+def parameter_settings(rc: RoleConfig) -> dict[str, str]:
+    """The operator's parameters as name → quoted value, rendered after PARAMETERS_MARKER."""
+    return {k: v if _is_bare(v) else conf_quote(v) for k, v in rc.parameters}
 
 
 def primary_conninfo(rc: RoleConfig) -> str:
@@ -311,6 +386,10 @@ def render_manatee_conf(rc: RoleConfig) -> str:
         "# role change. Put your own tuning in postgresql.conf (included before this file).",
     ]
     lines += [f"{k} = {v}" for k, v in role_settings(rc).items()]
+    params = parameter_settings(rc)
+    if params:
+        lines.append(PARAMETERS_MARKER)
+        lines += [f"{k} = {v}" for k, v in params.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -402,6 +481,14 @@ def parse_settings(text: str) -> dict[str, str]:
     return out
 
 
+def parameter_names(text: str) -> list[str]:
+    """The names set under PARAMETERS_MARKER in a manatee.conf (the operator's parameters)."""
+    lines = text.splitlines()
+    if PARAMETERS_MARKER not in lines:
+        return []
+    return list(parse_settings("\n".join(lines[lines.index(PARAMETERS_MARKER) + 1:])))
+
+
 def ensure_include(data_dir: Path, *, user: str | None = "postgres") -> bool:
     """Make postgresql.conf include manatee.conf (once, at the end). True if it was added.
 
@@ -446,10 +533,13 @@ def write_role_config(data_dir: Path, rc: RoleConfig, *, user: str | None = "pos
     old = parse_settings(old_raw.decode()) if old_raw is not None else {}
     new_text = render_manatee_conf(rc)
     new = parse_settings(new_text)
+    # The operator's parameters (now or before) are reloaded only: PostgreSQL itself marks
+    # what needs a restart as pending_restart, and a restart is the operator's to ask for.
+    operators = set(parameter_names(old_raw.decode() if old_raw is not None else "")) | {k for k, _ in rc.parameters}
     for k in _dedup([*new, *old]):
         if old.get(k) != new.get(k):
             changed.append(k)
-            if k in RELOADABLE_SETTINGS:
+            if k in RELOADABLE_SETTINGS or k in operators:
                 reload = True
             else:
                 restart = True

@@ -218,6 +218,14 @@ class PostgresMgrCfg(ConfigModel):
     oneNodeWriteMode: bool = Field(False, description="let a primary without a sync take writes (no durability guarantee)")
     synchronousCommit: Literal["on", "remote_write", "remote_apply"] = Field(
         "on", description="synchronous_commit on the primary: 'on' waits for the sync's flush")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="PostgreSQL parameters (name: value) written into manatee.conf, after manatee's own; "
+                    "re-read on SIGHUP / manatee-adm reload and applied with pg_reload_conf(). One that only "
+                    "a restart applies shows as pending restart (manatee-adm restart --pending). Also overrides "
+                    "manatee's defaults (wal_keep_size, max_wal_senders, full_page_writes, hot_standby_feedback); the "
+                    "settings manatee decides (port, listen_addresses, primary_conninfo, "
+                    "synchronous_standby_names, default_transaction_read_only, hot_standby, ...) are refused")
     replicationAuth: ReplicationAuth
     adminAuth: AdminAuth | None = Field(None, description="TCP access for an administrative role (absent: the superuser only by the local socket)")
     zfsClientCfg: ZfsClientCfg
@@ -230,6 +238,17 @@ class PostgresMgrCfg(ConfigModel):
             raise ValueError(f"file not found: {v}" + ("" if os.path.isabs(v) else
                              f" (a relative path is taken from the working directory, {os.getcwd()})"))
         return v
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, v: dict) -> dict:
+        from manatee.core.pgconfig import parameter_problem, parameter_value
+
+        for name, value in v.items():
+            problem = parameter_problem(name, value)
+            if problem:
+                raise ValueError(problem)
+        return {name: parameter_value(value) for name, value in v.items()}
 
     @model_validator(mode="after")
     def _auth(self):

@@ -9,12 +9,15 @@ from manatee.sitter.config import SitterConfig
 
 async def run(config: SitterConfig, log, stop) -> int:
     from manatee.core.auth import daemon_secret
+    from manatee.core.daemon import register_reload
     from manatee.sitter.sitter import Sitter
 
     log = log.bind(node=config.zoneId)
     secret = daemon_secret(config.secretFile, config.insecure, log, "manatee-sitter")
     become_subreaper()
-    return await Sitter(config, log, secret=secret).run(stop)
+    sitter = Sitter(config, log, secret=secret)
+    register_reload(sitter.reload_config)
+    return await sitter.run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,6 +114,7 @@ class MetricsView:
     dataset_space: Mapping[str, int | None] | None = None  # {available, used, quota} bytes (quota 0: none)
     pg_observed_age_s: float | None = None                 # age of the cached PostgreSQL answers
     zk_quarantined: int = 0  # znodes the sitter ignores as malformed (its /state "quarantined")
+    pg_pending_restart: int | None = None                  # settings only a restart applies (None: unknown)
 
 
 # ---------------------------------------------------------------------------- metric families
@@ -199,6 +200,10 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
         if r.get("size") is not None:
             g("manatee_restore_size_bytes", "The sender's size estimate of the current (or last) restore.",
               int(r["size"]))
+    if v.pg_pending_restart is not None:
+        g("manatee_pg_pending_restart", "Settings PostgreSQL has read but only a restart applies "
+                                        "(pg_settings.pending_restart; manatee-adm restart --pending).",
+          v.pg_pending_restart)
     if v.pg_observed_age_s is not None:
         g("manatee_pg_observation_age_seconds", "Age of the PostgreSQL answers these metrics show "
                                                 "(they are cached; see docs/observability.md).",
@@ -359,6 +364,7 @@ class MetricsCollector:
             zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
             pg_observed_age_s=None if self._pg_at == -math.inf else time.monotonic() - self._pg_at,
             zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
+            pg_pending_restart=len(pgs.pending_restart) if pg_up else None,
         )
 
     async def render(self) -> bytes:

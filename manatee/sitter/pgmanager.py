@@ -55,6 +55,7 @@ class PgStatus:
     error: str | None = None                 # running but the status query failed: why (unknown)
     timed_out: bool = False                  # ...and it failed because PG did not answer in time
     crowded: bool = False                    # ...or because clients hold every connection slot
+    pending_restart: tuple[str, ...] = ()    # settings changed that only a restart applies (pg_settings)
 
     @property
     def known(self) -> bool:
@@ -109,6 +110,9 @@ class PgManager:
         self._restart_pending = False
         self._reload_pending = False
         self._roles_ok = False
+        # postgresMgrCfg.parameters: replaced at run time by set_parameters() (SIGHUP / POST /reload)
+        self.parameters: dict[str, str] = dict(p.parameters)
+        self.parameters_dirty = False  # set_parameters() changed them; configure() writes them
         if p.replicationAuth.user == p.dbUser:
             log.warning("pg_replication_as_superuser", user=p.dbUser,
                         hint="its password opens every database: see docs/security-postgres.md")
@@ -186,7 +190,18 @@ class PgManager:
             admin_method=admin.method if admin else "scram-sha-256",
             synchronous_commit=p.synchronousCommit,
             cluster_name=self.cfg.zoneId[:40],
+            parameters=tuple(self.parameters.items()),
         )
+
+    def set_parameters(self, parameters: dict[str, str]) -> bool:
+        """New operator parameters (a reload); True if they differ. The sitter's next cycle
+        writes them (configure) and reloads PostgreSQL (apply_pending): never a restart."""
+        if dict(parameters) == self.parameters:
+            return False
+        self.log.info("pg_parameters_changed", old=self.parameters, new=dict(parameters))
+        self.parameters = dict(parameters)
+        self.parameters_dirty = True
+        return True
 
     async def configure(self, spec: RoleSpec, members: tuple[str, ...]) -> None:
         """Write PG's files for `spec`; what it takes to apply them waits for apply_pending()
@@ -204,6 +219,7 @@ class PgManager:
             self.log.info("pg_config_write_restored", role=spec.role)
             self.config_error = None
         self.spec = spec
+        self.parameters_dirty = False
         if self.running:
             self._restart_pending |= change.restart_needed
             self._reload_pending |= change.reload_needed
@@ -296,7 +312,9 @@ class PgManager:
                 " (select sender_host from pg_stat_wal_receiver limit 1) as wr_host,"
                 " (select sender_port from pg_stat_wal_receiver limit 1) as wr_port,"
                 " current_setting('default_transaction_read_only') = 'on' as ro,"
-                " (select timeline_id from pg_control_checkpoint()) as tli", timeout=self.status_timeout)
+                " (select timeline_id from pg_control_checkpoint()) as tli,"
+                " (select string_agg(name, ',' order by name) from pg_settings where pending_restart) as pending",
+                timeout=self.status_timeout)
         except pgmod.PgError as e:
             # Unknown, not "running as a primary": in_recovery, wal, read_only stay None.
             self.log.debug("pg_status_failed", error=str(e), timed_out=e.timed_out)
@@ -320,7 +338,8 @@ class PgManager:
                 pass
         sender = (r["wr_host"], int(r["wr_port"])) if streaming and r["wr_host"] else None
         return PgStatus(True, True, in_rec, wal, streaming, in_rec and await self._diverged(),
-                        sync_flush, r["tli"], bool(r["ro"]), sender)
+                        sync_flush, r["tli"], bool(r["ro"]), sender,
+                        pending_restart=tuple(r["pending"].split(",")) if r.get("pending") else ())
 
     async def _diverged(self) -> bool:
         # File reads go to a thread: if storage hangs, the event loop (and with it the status

@@ -495,7 +495,7 @@ class Sitter:
         """A node that joins behind us changes no role of ours, but pg_hba must admit it:
         rewrite it (a reload) whenever the shard's members change."""
         members = self._members()
-        if self.pg.spec is not None and self.pg.running and members != self.pg.members:
+        if self.pg.spec is not None and self.pg.running and (members != self.pg.members or self.pg.parameters_dirty):
             await self.pg.configure(self.pg.spec, members)
             await self.pg.apply_pending()
 
@@ -653,6 +653,14 @@ class Sitter:
         self.wake.set()
         return 202, {"rebuild": "requested", "place": place}
 
+    def reload_config(self, new) -> tuple[str, ...]:
+        """The daemon's reload hook (SIGHUP, POST /reload): apply what can change at run time
+        — postgresMgrCfg.parameters, written and reloaded by the next cycle — and say which
+        config keys were applied (the rest need a sitter restart)."""
+        if self.pg.set_parameters(new.postgresMgrCfg.parameters):
+            self.wake.set()
+        return ("postgresMgrCfg.parameters",)
+
     def debug_state(self) -> dict:
         st, d, pgs = self.state, self.last, self.last_pg
         place = st.place_of(self.me.id) if st else None
@@ -668,7 +676,8 @@ class Sitter:
                 "known": pgs.known, "error": pgs.error, "configError": self.pg.config_error,
                 "unhealthyFor": round(time.monotonic() - self.sick_since, 1) if self.sick_since else None,
                 "unhealthyWhy": self.sick_why, "cannotServe": self.cannot_serve,
-                "hungKills": self.pg_hung_kills, "heartbeatsWithheld": self.hb_withheld},
+                "hungKills": self.pg_hung_kills, "heartbeatsWithheld": self.hb_withheld,
+                "pendingRestart": list(pgs.pending_restart)},
             "readOnly": self.target.read_only if self.target else True,
             "state": st.to_json() if st else None, "error": self.error,
             "restore": self.restore_progress,

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 
 import pytest
@@ -162,3 +163,30 @@ def test_a_config_error_found_while_starting_exits_2(tmp_path, capsys):
 
     assert D.daemon_main("manatee-x", Cfg, run, ["-f", str(p)]) == D.EXIT_CONFIG
     assert f"manatee-x: config {p}: key 'secretFile': not readable" in capsys.readouterr().err
+def test_a_reload_hook_applies_its_keys_and_only_the_rest_need_a_restart(tmp_path, capfd):
+    class Two(ConfigModel):
+        n: int = 1
+        m: int = 1
+
+    p = tmp_path / "c.json"
+    p.write_text('{"n": 1, "m": 1}')
+    got = []
+
+    async def run(config, log, stop):
+        D.register_reload(lambda new: (got.append((new.n, new.m)), ("n",))[1])
+        D.register_reload(lambda new: 1 / 0)  # a failing hook is logged; the reload goes on
+        p.write_text('{"n": 2, "m": 3}')
+        assert D.request_reload()
+        return 0
+
+    try:
+        assert D.daemon_main("manatee-x", Two, run, ["-f", str(p), "--log-format", "json"]) == 0
+    finally:
+        err = capfd.readouterr().err
+        logmod.configure(0, stream=sys.__stderr__)  # not the captured stderr pytest closes
+    assert got == [(2, 3)] and D.request_reload() is False  # no daemon any more
+    events = [json.loads(ln) for ln in err.splitlines() if ln.startswith("{")]
+    reloaded = next(e for e in events if e["event"] == "reloaded")
+    assert reloaded["changed"] == ["m", "n"] and reloaded["applied"] == ["n"]
+    assert next(e for e in events if e["event"] == "reload_needs_restart")["keys"] == ["m"]
+    assert "ZeroDivisionError" in next(e for e in events if e["event"] == "reload_hook_failed")["error"]
