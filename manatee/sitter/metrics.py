@@ -113,7 +113,6 @@ class MetricsView:
     zk_quarantined: int = 0  # znodes the sitter ignores as malformed (its /state "quarantined")
     dataset_space: Mapping[str, int | None] | None = None  # {available, used, quota} bytes (quota 0: none)
     pg_observed_age_s: float | None = None                 # age of the cached PostgreSQL answers
-    zk_quarantined: int = 0  # znodes the sitter ignores as malformed (its /state "quarantined")
     pg_pending_restart: int | None = None                  # settings only a restart applies (None: unknown)
 
 
@@ -363,7 +362,6 @@ class MetricsCollector:
             uptime_s=time.monotonic() - s.started, dataset_space=self.space,
             zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
             pg_observed_age_s=None if self._pg_at == -math.inf else time.monotonic() - self._pg_at,
-            zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
             pg_pending_restart=len(pgs.pending_restart) if pg_up else None,
         )
 
