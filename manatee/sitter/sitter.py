@@ -188,8 +188,9 @@ class Sitter:
         i_am_primary = st is not None and st.primary.id == self.me.id
         sync = st.sync if st else None
         sync_app = sync.pg_url if sync and i_am_primary else None
+        asked_at = time.monotonic()
         pgs = await self.pg.status(sync_app)
-        pgs = await self._kill_if_hung(pgs, sync_app)
+        pgs = await self._kill_if_hung(pgs, sync_app, asked_at)
         if self.cannot_serve is not None and not pgs.running:
             # about to release the primary role: no process of my data directory may be left,
             # not even one this sitter did not start (S1)
@@ -272,13 +273,15 @@ class Sitter:
         ms = getattr(self.cfg, "primaryStartTimeout", None)
         return ms / 1000 if ms else 2 * self.session_timeout
 
-    async def _kill_if_hung(self, pgs: PgStatus, sync_app: str | None) -> PgStatus:
-        """A running PostgreSQL that has not answered its status query for healthChkTimeout
-        (timeouts only: a refusal is an answer) is hung: SIGKILL it (works on a stopped
-        process) so that the usual rules restart it in its role. Returns the status to use."""
+    async def _kill_if_hung(self, pgs: PgStatus, sync_app: str | None, asked_at: float) -> PgStatus:
+        """A running PostgreSQL that has not answered its status queries for healthChkTimeout
+        (counted from when the first unanswered one was asked; timeouts only: a refusal is an
+        answer) is hung: SIGKILL it (works on a stopped process) so that the usual rules
+        restart it in its role. Returns the status to use."""
         now = time.monotonic()
         self.pg_unanswered_since = latches.unanswered_since(
-            self.pg_unanswered_since, running=pgs.running, answered=pgs.healthy, timed_out=pgs.timed_out, now=now)
+            self.pg_unanswered_since, running=pgs.running, answered=pgs.healthy, timed_out=pgs.timed_out,
+            now=asked_at)
         since = self.pg_unanswered_since
         if since is None or now - since < self.pg.health_timeout:
             return pgs
