@@ -7,7 +7,9 @@ connection's protocol to
 
 - close a connection with no request in progress once nothing has arrived on it for
   `idle_timeout` seconds (a connection that never sends a request, a slow-loris header,
-  or a kept-alive one after its last answer);
+  or a kept-alive one after its last answer), and one whose request has been in progress
+  for more than `request_timeout` (120 s: a body trickled in byte by byte; every handler
+  of these servers answers within seconds);
 - hold at most `max_connections`: a new connection beyond the cap closes the oldest idle
   one (the flood's, not the operator's fresh request), or is itself closed when every
   connection has a request in progress.
@@ -32,13 +34,14 @@ SWEEP_INTERVAL = 0.5
 class _Guard(asyncio.Protocol):
     """Delegates to aiohttp's request handler, recording activity for the pool."""
 
-    __slots__ = ("inner", "pool", "transport", "last_rx", "opened")
+    __slots__ = ("inner", "pool", "transport", "last_rx", "opened", "busy_since")
 
     def __init__(self, inner: Any, pool: "ConnectionPool") -> None:
         self.inner = inner
         self.pool = pool
         self.transport: Optional[asyncio.BaseTransport] = None
         self.last_rx = self.opened = time.monotonic()
+        self.busy_since: Optional[float] = None  # when the sweep first saw the current request
 
     @property
     def busy(self) -> bool:
@@ -71,10 +74,15 @@ class _Guard(asyncio.Protocol):
         self.inner.resume_writing()
 
 
+REQUEST_TIMEOUT = 120.0
+
+
 class ConnectionPool:
-    def __init__(self, max_connections: int, idle_timeout: float, log: Any = None) -> None:
+    def __init__(self, max_connections: int, idle_timeout: float, log: Any = None,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
         self.log = log
         self.conns: OrderedDict[_Guard, None] = OrderedDict()
         self.evicted = 0
@@ -99,7 +107,17 @@ class ConnectionPool:
 
     def sweep(self, now: Optional[float] = None) -> int:
         now = time.monotonic() if now is None else now
-        stale = [c for c in self.conns if not c.busy and now - c.last_rx > self.idle_timeout]
+        stale = []
+        for c in self.conns:
+            if c.busy:  # a request in progress: bounded too (a body trickled in byte by byte)
+                if c.busy_since is None:
+                    c.busy_since = now
+                elif now - c.busy_since > self.request_timeout:
+                    stale.append(c)
+            else:
+                c.busy_since = None
+                if now - c.last_rx > self.idle_timeout:
+                    stale.append(c)
         for c in stale:
             self.conns.pop(c, None)
             c.close()

@@ -322,7 +322,7 @@ async def accept_stream(
     Exactly the header is read, so the returned socket is positioned at the stream's first byte.
     """
     loop = asyncio.get_running_loop()
-    pending: set[asyncio.Task] = set()
+    pending: dict[asyncio.Task, None] = {}  # header checks, oldest first
     accept: Optional[asyncio.Future] = None
 
     async def check(conn: socket.socket, peer: object) -> Optional[tuple[socket.socket, object]]:
@@ -355,13 +355,16 @@ async def accept_stream(
                 accept = None
                 conn.setblocking(False)
                 if len(pending) >= MAX_PENDING_HEADERS:
-                    conn.close()
+                    # Drop the connection that has waited longest for its header (the real
+                    # sender writes its header at once), never the newcomer.
+                    oldest = next(iter(pending))
+                    del pending[oldest]
+                    oldest.cancel()
                     if on_reject is not None:
-                        on_reject(peer, "too many connections waiting for their header")
-                else:
-                    pending.add(asyncio.ensure_future(check(conn, peer)))
+                        on_reject(None, "too many connections waiting for their header: dropped the oldest")
+                pending[asyncio.ensure_future(check(conn, peer))] = None
             for t in [t for t in done if t in pending]:
-                pending.discard(t)
+                del pending[t]
                 got = t.result()
                 if got is not None:
                     return got

@@ -8,7 +8,7 @@ from manatee.core.httpserver import ConnectionPool
 
 class Conn:
     def __init__(self, busy=False, last_rx=0.0):
-        self.busy, self.last_rx, self.closed = busy, last_rx, False
+        self.busy, self.last_rx, self.closed, self.busy_since = busy, last_rx, False, None
 
     def close(self):
         self.closed = True
@@ -40,3 +40,15 @@ def test_sweep_closes_idle_only():
         pool.add(x)
     assert pool.sweep(now=10) == 1
     assert old_idle.closed and not old_busy.closed and not fresh.closed
+
+
+def test_sweep_bounds_a_request_in_progress():
+    pool = ConnectionPool(max_connections=10, idle_timeout=5, request_timeout=60)
+    slow = Conn(busy=True, last_rx=0)
+    pool.add(slow)
+    for now in (1, 30, 60):  # first seen busy at 1
+        pool.sweep(now=now)
+        assert not slow.closed
+    slow.last_rx = 61  # still trickling bytes: does not matter
+    pool.sweep(now=62)
+    assert slow.closed

@@ -72,3 +72,23 @@ async def test_stranger_hanging_up_mid_header_does_not_end_the_wait():
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     lst.close()
+
+
+async def test_a_crowd_of_silent_strangers_does_not_lock_out_the_sender(monkeypatch):
+    import manatee.core.zfsstream as zs
+
+    monkeypatch.setattr(zs, "MAX_PENDING_HEADERS", 4)
+    token = new_stream_token()
+    lst = _listener()
+    port = lst.getsockname()[1]
+    task = asyncio.ensure_future(accept_stream(lst, STREAM_HEADER_LEN, lambda h: stream_header_ok(S, token, h),
+                                               header_timeout=30))
+    crowd = [await _connect(port, None) for _ in range(10)]  # more than the pending cap, all silent
+    await asyncio.sleep(0.2)
+    real = await _connect(port, stream_header(S, token) + b"X")
+    conn, _ = await asyncio.wait_for(task, 5)
+    conn.close()
+    real.close()
+    for s in crowd:
+        s.close()
+    lst.close()
