@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import time
 import urllib.error
@@ -206,7 +207,25 @@ def test_fresh_sandbox_tools_health_endpoints_and_metrics(zfs_fuse, tmp_path):
         finally:
             psql(d, a, "select pg_wal_replay_resume()")
         wait(lambda: http(st["async"] + "/replica?lag=1MB")[0] == 200, 60, "/replica?lag=1MB back to 200")
-        assert roles == {n["name"]: n["role"] for n in info["nodes"]}
+
+        # -- SIGHUP to every daemon of every node: all keep running, the shard stays healthy -----
+        pids = {f"{n['name']}/{dmn}": pr["pid"] for n in info["nodes"] for dmn, pr in n["processes"].items()
+                if dmn in ("sitter", "snapshotter", "backupserver")}
+        assert len(pids) == 9, pids
+        for pid in pids.values():
+            os.kill(pid, signal.SIGHUP)
+        time.sleep(3)
+        for who, pid in pids.items():
+            assert Path(f"/proc/{pid}").exists(), f"{who} (pid {pid}) died of SIGHUP"
+        for n in info["nodes"]:
+            log = Path(n["logDir"]) / "sitter.log"
+            assert "reloaded" in log.read_text(), f"no 'reloaded' line in {log}"
+        v = wait(verified, 30, "verify to exit 0 after the SIGHUPs", every=2)
+        assert v.stdout.strip() == "ok"
+        info2 = json.loads(subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "manatee.cli.sandbox",
+                                           "status", "--json", "--dir", str(d)], capture_output=True, text=True,
+                                          timeout=60).stdout)
+        assert roles == {n["name"]: n["role"] for n in info2["nodes"]}, "a SIGHUP moved a role"
     finally:
         down = sandbox(d, "down", timeout=300)
         assert down.returncode == 0, down.stderr
