@@ -10,6 +10,7 @@
     manatee-adm switchover [--node NODE] [--wait S] [--cancel]
                                                  planned takeover by the sync (write gap well under 1 s)
     manatee-adm rebuild    --node NODE [--force] [--wait S]
+    manatee-adm reload     [--wait S]        every sitter re-reads its config (PostgreSQL parameters)
                                                  restore a node from its upstream, with progress
     manatee-adm set-primary --node NODE [--force]
                                                  safe-mode runbook step 3 (all sitters stopped)
@@ -46,6 +47,7 @@ import urllib.request
 from typing import Any, Callable, Mapping, Sequence
 
 from manatee import __version__ as VERSION
+from manatee.cli import adm_pgconf
 from manatee.cli import adm_view as V
 from manatee.cli.common import (
     EXIT_FAIL, EXIT_OK, ArgParser, CliError, UsageError, ZkReader, _quiet_libraries,
@@ -610,13 +612,14 @@ def build_parser() -> ArgParser:
                     help="stop watching after this long (default 600)")
     sp.add_argument("--secret-file", metavar="FILE", default=None,
                     help="the shard secret's file, to sign the request (default: $MANATEE_SECRET_FILE)")
+    adm_pgconf.add_parsers(add, _positive)
     return p
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, ZkReader], int]] = {
     "show": cmd_show, "verify": cmd_verify, "pg-status": cmd_pg_status, "history": cmd_history,
     "freeze": cmd_freeze, "unfreeze": cmd_unfreeze, "switchover": cmd_switchover, "rebuild": cmd_rebuild,
-    "set-primary": cmd_set_primary,
+    "set-primary": cmd_set_primary, **adm_pgconf.COMMANDS,
 }
 
 
@@ -624,7 +627,8 @@ def _budget(args: argparse.Namespace) -> float | None:
     """How long the whole run may take (the watchdog's limit); None: until Ctrl-C."""
     if args.cmd == "pg-status" and args.period:
         return None
-    extra = {"switchover": getattr(args, "wait", 0), "rebuild": getattr(args, "wait", 0)}.get(args.cmd, 0)
+    extra = {"switchover": getattr(args, "wait", 0), "rebuild": getattr(args, "wait", 0),
+             "reload": getattr(args, "wait", 0)}.get(args.cmd, 0)
     return args.timeout * 2 + extra + 5
 
 

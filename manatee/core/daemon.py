@@ -63,12 +63,12 @@ def register_reload(handler: Callable[[Any], Any]) -> None:
         _current.reload_handlers.append(handler)
 
 
-def request_reload() -> bool:
-    """Reload now, as SIGHUP does. False outside a daemon."""
+def request_reload() -> dict | None:
+    """Reload now, as SIGHUP does; what happened ({ok, error | changed, applied, needsRestart}).
+    None outside a daemon."""
     if _current is None:
-        return False
-    _current._on_hup()
-    return True
+        return None
+    return _current._on_hup()
 
 
 def parse_args(name: str, argv: list[str] | None) -> argparse.Namespace:
@@ -213,24 +213,25 @@ class _Daemon:
         self.log.info("signal_received", signal=signal.Signals(sig).name)
         self.stop.set()
 
-    def _on_hup(self) -> None:
+    def _on_hup(self) -> dict:
         """Reload: never raises, never stops the daemon."""
         sdnotify.reloading()
         try:
-            self.reload()
+            return self.reload()
         except Exception as e:  # noqa: BLE001 - a reload must not take the daemon down
             self.log.error("reload_failed", file=self.args.file, error=f"{type(e).__name__}: {e}")
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
         finally:
             sdnotify.ready(f"{self.name} running")
 
-    def reload(self) -> None:
+    def reload(self) -> dict:
         log = self.log
         log.info("signal_received", signal="SIGHUP", action="reload", file=self.args.file)
         try:
             new, level = load(self.args.file, self.model)
         except ConfigError as e:
             log.error("reload_failed", error=str(e), keeping="the running config")
-            return
+            return {"ok": False, "error": str(e)}
         ours, libs = logmod.set_level(self.args.verbose, level)
         changed = changed_keys(self.config, new)
         applied: list[str] = []
@@ -246,6 +247,7 @@ class _Daemon:
             log.warning("reload_needs_restart", keys=rest,
                         hint="these change only when the daemon restarts")
         self.level = level
+        return {"ok": True, "changed": changed, "applied": [k for k in changed if k not in rest], "needsRestart": rest}
 
 
 def _pid() -> int:

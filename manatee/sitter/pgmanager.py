@@ -56,6 +56,7 @@ class PgStatus:
     timed_out: bool = False                  # ...and it failed because PG did not answer in time
     crowded: bool = False                    # ...or because clients hold every connection slot
     pending_restart: tuple[str, ...] = ()    # settings changed that only a restart applies (pg_settings)
+    parameters_gen: int = 0                  # PgManager.parameters_gen PG had been reloaded with
 
     @property
     def known(self) -> bool:
@@ -112,7 +113,9 @@ class PgManager:
         self._roles_ok = False
         # postgresMgrCfg.parameters: replaced at run time by set_parameters() (SIGHUP / POST /reload)
         self.parameters: dict[str, str] = dict(p.parameters)
-        self.parameters_dirty = False  # set_parameters() changed them; configure() writes them
+        # Generations of the parameters: set (set_parameters), written (configure), applied
+        # (apply_pending reloaded PG with them); a PgStatus carries the applied one it saw.
+        self.parameters_gen = self._written_gen = self._applied_gen = 0
         if p.replicationAuth.user == p.dbUser:
             log.warning("pg_replication_as_superuser", user=p.dbUser,
                         hint="its password opens every database: see docs/security-postgres.md")
@@ -200,8 +203,13 @@ class PgManager:
             return False
         self.log.info("pg_parameters_changed", old=self.parameters, new=dict(parameters))
         self.parameters = dict(parameters)
-        self.parameters_dirty = True
+        self.parameters_gen += 1
         return True
+
+    @property
+    def parameters_dirty(self) -> bool:
+        """Parameters set but not yet written into manatee.conf."""
+        return self._written_gen != self.parameters_gen
 
     async def configure(self, spec: RoleSpec, members: tuple[str, ...]) -> None:
         """Write PG's files for `spec`; what it takes to apply them waits for apply_pending()
@@ -219,7 +227,7 @@ class PgManager:
             self.log.info("pg_config_write_restored", role=spec.role)
             self.config_error = None
         self.spec = spec
-        self.parameters_dirty = False
+        self._written_gen = self.parameters_gen
         if self.running:
             self._restart_pending |= change.restart_needed
             self._reload_pending |= change.reload_needed
@@ -231,6 +239,7 @@ class PgManager:
 
     async def apply_pending(self) -> str:
         """Make written settings take effect: restart if they need it, else reload."""
+        self._applied_gen = self._written_gen  # PG reads them at its next start in any case
         if not self.running:
             self._restart_pending = self._reload_pending = False
             return "not running"
@@ -303,6 +312,7 @@ class PgManager:
     async def status(self, sync_app_name: str | None = None) -> PgStatus:
         if not self.running:
             return PgStatus(False, False, None, None, False, await self._diverged(), None, None)
+        gen = self._applied_gen
         try:
             rows = await self.client.query(
                 "select pg_is_in_recovery() as rec,"
@@ -339,7 +349,8 @@ class PgManager:
         sender = (r["wr_host"], int(r["wr_port"])) if streaming and r["wr_host"] else None
         return PgStatus(True, True, in_rec, wal, streaming, in_rec and await self._diverged(),
                         sync_flush, r["tli"], bool(r["ro"]), sender,
-                        pending_restart=tuple(r["pending"].split(",")) if r.get("pending") else ())
+                        pending_restart=tuple(r["pending"].split(",")) if r.get("pending") else (),
+                        parameters_gen=gen)
 
     async def _diverged(self) -> bool:
         # File reads go to a thread: if storage hangs, the event loop (and with it the status

@@ -680,7 +680,7 @@ class Sitter:
                 "unhealthyFor": round(time.monotonic() - self.sick_since, 1) if self.sick_since else None,
                 "unhealthyWhy": self.sick_why, "cannotServe": self.cannot_serve,
                 "hungKills": self.pg_hung_kills, "heartbeatsWithheld": self.hb_withheld,
-                "pendingRestart": list(pgs.pending_restart)},
+                "pendingRestart": list(pgs.pending_restart), "parametersPending": pgs.parameters_gen != self.pg.parameters_gen},
             "readOnly": self.target.read_only if self.target else True,
             "state": st.to_json() if st else None, "error": self.error,
             "restore": self.restore_progress,

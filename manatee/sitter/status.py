@@ -18,6 +18,7 @@ sitter's state, and the daisy-chain heartbeat endpoint standbys post to.
   GET  /metrics    Prometheus exposition (see manatee/sitter/metrics.py), from cached observations
   POST /heartbeat  {id, pgUrl, wal, streaming}: signed with the shard secret, from election members
   POST /rebuild    {force}: signed with the shard secret (manatee-adm rebuild), from members/this host
+  POST /reload     {}: signed; re-read the config file as SIGHUP does (manatee-adm reload)
 
 POST requests without a valid proof of the shard secret get 401 and change nothing
 (manatee.core.auth). The server is bounded (manatee.core.httpserver): at most
@@ -61,6 +62,7 @@ class StatusServer:
             web.get("/liveness", self.liveness), web.get("/readiness", self.readiness),
             web.get("/restore", self.restore), web.post("/heartbeat", self.heartbeat),
             web.get("/metrics", self.metrics), web.post("/rebuild", self.rebuild),
+            web.post("/reload", self.reload),
             web.get("/", self.index),
         ])
         self.runner: web.AppRunner | None = None
@@ -112,7 +114,7 @@ class StatusServer:
         return _json(200, {"routes": ["GET /liveness", "GET /readiness", "GET /ping", "GET /state",
                                       "GET /primary", "GET /replica", "GET /sync", "GET /async",
                                       "GET /read-only", "GET /restore", "GET /metrics",
-                                      "POST /heartbeat", "POST /rebuild"]})
+                                      "POST /heartbeat", "POST /rebuild", "POST /reload"]})
 
     # -- health ---------------------------------------------------------------------------
 
@@ -235,6 +237,20 @@ class StatusServer:
             return _json(400, {"code": "BadRequest", "message": 'body must be {} or {"force": true|false}'})
         code, out = self.sitter.request_rebuild(body.get("force", False))
         return _json(code, out)
+
+    async def reload(self, req: web.Request):
+        """manatee-adm reload: re-read the config file as SIGHUP does (the PostgreSQL parameters
+        apply in the next cycle, by pg_reload_conf()). Signed with the shard secret; body {}."""
+        raw, denied = await self._signed_body(req)
+        if denied is not None:
+            return denied
+        from manatee.core.daemon import request_reload
+
+        out = request_reload()
+        if out is None:
+            return _json(503, {"code": "NotADaemon", "message": "this sitter does not run under manatee-sitter"})
+        self.log.info("reload_requested", remote=req.remote, ok=out.get("ok"))
+        return _json(200 if out.get("ok") else 400, out)
 
     async def heartbeat(self, req: web.Request):
         raw, denied = await self._signed_body(req)

@@ -170,13 +170,15 @@ def test_a_reload_hook_applies_its_keys_and_only_the_rest_need_a_restart(tmp_pat
 
     p = tmp_path / "c.json"
     p.write_text('{"n": 1, "m": 1}')
-    got = []
+    got, out = [], {}
 
     async def run(config, log, stop):
         D.register_reload(lambda new: (got.append((new.n, new.m)), ("n",))[1])
         D.register_reload(lambda new: 1 / 0)  # a failing hook is logged; the reload goes on
         p.write_text('{"n": 2, "m": 3}')
-        assert D.request_reload()
+        out["reload"] = D.request_reload()
+        p.write_text('{"n": "x"}')
+        out["bad"] = D.request_reload()
         return 0
 
     try:
@@ -184,7 +186,9 @@ def test_a_reload_hook_applies_its_keys_and_only_the_rest_need_a_restart(tmp_pat
     finally:
         err = capfd.readouterr().err
         logmod.configure(0, stream=sys.__stderr__)  # not the captured stderr pytest closes
-    assert got == [(2, 3)] and D.request_reload() is False  # no daemon any more
+    assert got == [(2, 3)] and D.request_reload() is None  # no daemon any more
+    assert out["reload"] == {"ok": True, "changed": ["m", "n"], "applied": ["n"], "needsRestart": ["m"]}
+    assert out["bad"]["ok"] is False and "key 'n'" in out["bad"]["error"]
     events = [json.loads(ln) for ln in err.splitlines() if ln.startswith("{")]
     reloaded = next(e for e in events if e["event"] == "reloaded")
     assert reloaded["changed"] == ["m", "n"] and reloaded["applied"] == ["n"]

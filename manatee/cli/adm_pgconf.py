@@ -1,0 +1,100 @@
+"""manatee-adm reload: every sitter of the shard re-reads its config file (as SIGHUP does) and
+applies its postgresMgrCfg.parameters with pg_reload_conf(); then each node's settings that
+only a PostgreSQL restart applies (pg_settings.pending_restart) are listed.
+
+The request is POST /reload on each sitter's status server, signed with the shard secret
+(docs/security.md) as POST /rebuild is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from manatee.cli.common import CliError
+from manatee.sitter.state import ClusterState
+
+POLL_S = 0.2
+
+
+def _secret(args):
+    from manatee.core.auth import SecretError, load_secret_file
+
+    path = args.secret_file or os.environ.get("MANATEE_SECRET_FILE")
+    try:
+        return load_secret_file(path) if path else None
+    except SecretError as e:
+        raise CliError(f"--secret-file: {e}") from None
+
+
+def signed_post(secret, url_base: str, path: str, body: dict, timeout: float):
+    """(status, JSON) of a POST signed with the shard secret (unsigned without one)."""
+    from manatee.cli.adm import http_json
+    from manatee.core.auth import sign_request
+
+    headers = sign_request(secret, "POST", path, json.dumps(body).encode())
+    return http_json(f"{url_base}{path}", body, timeout=timeout, headers=headers)
+
+
+def cmd_reload(args, zk) -> int:
+    from manatee.cli.adm import _say, http_json, read_shard, shard_path
+
+    got = zk.get(f"{shard_path(args.shard)}/state")
+    if got is None:
+        read_shard(zk, args.shard)  # raises "not found" for an unknown shard
+        raise CliError(f"shard {args.shard!r} has no state yet: nothing to reload")
+    st = ClusterState.loads(got[0])
+    secret = _secret(args)
+    failed = []
+    nodes = [p for p in st.chain() if p.status_url]
+    for p in nodes:
+        code, body = signed_post(secret, p.status_url, "/reload", {}, args.timeout)
+        if code == 200:
+            needs = body.get("needsRestart") or []
+            _say(f"{p.ip} ({st.place_of(p.id)}): config re-read"
+                 + (f"; only a sitter restart applies: {', '.join(needs)}" if needs else ""))
+            continue
+        msg = body.get("message") or body.get("error") if isinstance(body, dict) else body
+        hint = " (pass --secret-file, or set MANATEE_SECRET_FILE, to the shard secret)" \
+            if code == 401 and secret is None else ""
+        failed.append(p.ip)
+        print(f"{p.ip} ({st.place_of(p.id)}): reload failed: {code or 'no answer'} {msg}{hint}")
+    # the sitters write and reload PostgreSQL's settings in their next cycle: wait for that
+    deadline = time.monotonic() + args.wait
+    pending: dict[str, object] = {}
+    for p in nodes:
+        if p.ip in failed:
+            continue
+        while True:
+            code, s = http_json(f"{p.status_url}/state", timeout=args.timeout)
+            pg = s.get("pg") if code == 200 and isinstance(s, dict) else None
+            if pg is not None and not pg.get("parametersPending"):
+                pending[p.ip] = pg.get("pendingRestart") or []
+                break
+            if time.monotonic() > deadline:
+                pending[p.ip] = None
+                break
+            time.sleep(POLL_S)
+    for ip, names in pending.items():
+        if names is None:
+            print(f"{ip}: PostgreSQL's settings not confirmed applied within {args.wait:g}s")
+            failed.append(ip)
+        elif names:
+            print(f"{ip}: pending restart: {', '.join(names)} (manatee-adm restart --pending)")
+        else:
+            _say(f"{ip}: PostgreSQL settings applied")
+    return 1 if failed else 0
+
+
+def add_parsers(add, positive) -> None:
+    """The sub-commands of this module, on manatee-adm's parser (`add` is its helper)."""
+    sp = add("reload", "every sitter re-reads its config and applies postgresMgrCfg.parameters "
+                       "(pg_reload_conf); lists the settings only a restart applies")
+    sp.add_argument("--wait", type=positive("--wait"), default=15.0, metavar="SECONDS",
+                    help="how long to wait for every node to apply them (default 15)")
+    sp.add_argument("--secret-file", metavar="FILE", default=None,
+                    help="the shard secret's file, to sign the requests (default: $MANATEE_SECRET_FILE)")
+
+
+COMMANDS = {"reload": cmd_reload}
