@@ -27,6 +27,7 @@ def _manager(monkeypatch, outcomes):
     m.cfg, m.log, m.user, m.data_dir = SimpleNamespace(ip="127.0.0.1"), Log(), "postgres", "/nonexistent"
     m.proc, m.spec, m.config_error = None, None, None
     m._restart_pending = m._reload_pending = False
+    m.parameters_gen = m._written_gen = m._applied_gen = 0
     m.role_config = lambda spec: None
     seq = iter(outcomes)
 
