@@ -231,8 +231,8 @@ class PgManager:
         if self.running:
             self._restart_pending |= change.restart_needed
             self._reload_pending |= change.reload_needed
-        if spec.role == "primary":
-            await self.ensure_roles()
+        if spec.role == "primary" and self.running:
+            await self.ensure_roles()  # (a stopped PostgreSQL gets its roles at start)
         if change.changed:
             self.log.info("pg_configured", role=spec.role, read_only=spec.read_only,
                           sync=spec.sync_app_name, upstream=spec.upstream, changed=list(change.changed))
