@@ -15,6 +15,12 @@ The safety argument for every rule is in docs/design.md; in short:
   received at least `initWal` and its position is final (detached from the old primary);
   the primary records `initWal` for a new sync only after it went read-only.
 - S4: a node that diverged never takes over: it is rebuilt, or the shard enters safe mode.
+- S8: unknown is not a fact. A status query PostgreSQL did not answer (`pg_known` False)
+  is never read as "running as a primary" (forked), divergence or a WAL position: no kill,
+  rebuild, safe mode or takeover is decided on it; the node holds and says why.
+- S9: a primary whose PostgreSQL cannot serve for primaryStartTimeout (`cannot_serve`)
+  steps down to a live, heartbeating sync: PostgreSQL killed first, then a released
+  switchover by CAS, which the sync takes over by the usual rule.
 - Nobody writes the state unless connected, present in the election, and not frozen.
 """
 

@@ -19,8 +19,8 @@ from manatee.sitter.state import PRIMARY, REBUILD, STANDBY, Peer, Target
 
 __all__ = [
     "ASSUME_LEADER", "NEW_LEADER", "NEW_STANDBY", "EXPIRED_STANDBY", "STEP_DOWN", "ACTIONS", "LEADER",
-    "STANDBY_ROLE", "HistoryEvent", "events_for", "step_down_event", "record_json", "record_data", "znode_prefix", "parse_record",
-    "sort_records", "FIELDS",
+    "STANDBY_ROLE", "HistoryEvent", "events_for", "step_down_event", "record_json", "record_data",
+    "znode_prefix", "parse_record", "sort_records", "FIELDS",
 ]
 
 ASSUME_LEADER = "AssumeLeader"

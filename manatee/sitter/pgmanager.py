@@ -34,6 +34,10 @@ DIVERGENCE_PATTERNS = re.compile(
 )
 
 
+# PostgreSQL refused a connection because clients hold every slot (F20): it is busy, not sick.
+CROWDED = re.compile(r"too many clients already|remaining connection slots are reserved")
+
+
 @dataclass(frozen=True)
 class PgStatus:
     running: bool
@@ -48,6 +52,7 @@ class PgStatus:
     sender: tuple[str, int] | None = None    # standby: whom the walreceiver streams from
     error: str | None = None                 # running but the status query failed: why (unknown)
     timed_out: bool = False                  # ...and it failed because PG did not answer in time
+    crowded: bool = False                    # ...or because clients hold every connection slot
 
     @property
     def known(self) -> bool:
@@ -189,9 +194,7 @@ class PgManager:
     async def start(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        self.proc = pgmod.PostgresProcess(self.data_dir, user=self.user, bindir=self.bindir,
-                                          log_file=self.log_file, socket_dir=self.socket_dir,
-                                          host=self.cfg.ip, port=self.cfg.postgresPort)
+        self.proc = self._new_process()
         self.client.close()
         await self.proc.start()
         self._restart_pending = self._reload_pending = False
@@ -202,6 +205,11 @@ class PgManager:
         except pgmod.PgError as e:
             self.log.warning("pg_monitoring_connection_failed", error=str(e))
         self.log.info("pg_started", pid=self.proc.pid, role=self.spec.role if self.spec else None)
+
+    def _new_process(self) -> pgmod.PostgresProcess:
+        return pgmod.PostgresProcess(self.data_dir, user=self.user, bindir=self.bindir,
+                                     log_file=self.log_file, socket_dir=self.socket_dir,
+                                     host=self.cfg.ip, port=self.cfg.postgresPort)
 
     async def stop(self, mode: str = "fast") -> None:
         self.client.close()
@@ -219,6 +227,8 @@ class PgManager:
         if self.proc is not None:
             await self.proc.kill()
             self.log.warning("pg_killed")
+        else:  # not my child (e.g. left by a sitter that died): every process of the data dir
+            await self._new_process().kill()
         self.proc = None
         self._started_at = None
 
@@ -241,7 +251,7 @@ class PgManager:
             # Unknown, not "running as a primary": in_recovery, wal, read_only stay None.
             self.log.debug("pg_status_failed", error=str(e), timed_out=e.timed_out)
             return PgStatus(True, False, None, None, False, await self._diverged(), None, None,
-                            error=str(e), timed_out=e.timed_out)
+                            error=str(e), timed_out=e.timed_out, crowded=bool(CROWDED.search(str(e))))
         r = rows[0]
         in_rec = bool(r["rec"])
         streaming = in_rec and r["wr_status"] == "streaming"

@@ -187,8 +187,13 @@ class Sitter:
         i_am_primary = st is not None and st.primary.id == self.me.id
         sync = st.sync if st else None
         sync_app = sync.pg_url if sync and i_am_primary else None
+        asked_at = time.monotonic()
         pgs = await self.pg.status(sync_app)
-        pgs = await self._kill_if_hung(pgs, sync_app)
+        pgs = await self._kill_if_hung(pgs, sync_app, asked_at)
+        if self.cannot_serve is not None and not pgs.running:
+            # about to release the primary role: no process of my data directory may be left,
+            # not even one this sitter did not start (S1)
+            await self.pg.kill()
         self.last_pg = pgs
         self.last_pg_at = time.monotonic()
         # diverged is latched until a restore succeeds (PG says it only once per attempt).
@@ -267,13 +272,15 @@ class Sitter:
         ms = getattr(self.cfg, "primaryStartTimeout", None)
         return ms / 1000 if ms else 2 * self.session_timeout
 
-    async def _kill_if_hung(self, pgs: PgStatus, sync_app: str | None) -> PgStatus:
-        """A running PostgreSQL that has not answered its status query for healthChkTimeout
-        (timeouts only: a refusal is an answer) is hung: SIGKILL it (works on a stopped
-        process) so that the usual rules restart it in its role. Returns the status to use."""
+    async def _kill_if_hung(self, pgs: PgStatus, sync_app: str | None, asked_at: float) -> PgStatus:
+        """A running PostgreSQL that has not answered its status queries for healthChkTimeout
+        (counted from when the first unanswered one was asked; timeouts only: a refusal is an
+        answer) is hung: SIGKILL it (works on a stopped process) so that the usual rules
+        restart it in its role. Returns the status to use."""
         now = time.monotonic()
         self.pg_unanswered_since = latches.unanswered_since(
-            self.pg_unanswered_since, running=pgs.running, answered=pgs.healthy, timed_out=pgs.timed_out, now=now)
+            self.pg_unanswered_since, running=pgs.running, answered=pgs.healthy, timed_out=pgs.timed_out,
+            now=asked_at)
         since = self.pg_unanswered_since
         if since is None or now - since < self.pg.health_timeout:
             return pgs
@@ -297,16 +304,26 @@ class Sitter:
         now = time.monotonic()
         why = None
         if self.pg.config_error is not None:
-            why = f"I cannot write its config: {self.pg.config_error}"
+            why = f"I cannot write its config: {_first_line(self.pg.config_error)}"
         elif not pgs.running:
             why = "it is not running"
         elif not pgs.known:
-            why = f"it did not answer its status query ({pgs.error})"
+            why = f"it did not answer its status query ({_first_line(pgs.error)})"
         elif as_primary and pgs.in_recovery:
             why = "it is still in recovery"
+        hard = why is not None
+        t = self.target
+        if (not hard and not as_primary and t is not None and t.role == STANDBY and t.upstream is not None
+                and not pgs.streaming):
+            why = f"it does not stream from {t.upstream}"  # e.g. its walreceiver cannot write (full disk)
         tracked = as_primary or self.role == STANDBY
         if not tracked:
             self.sick_since = self.healthy_since = self.cannot_serve = self.sick_why = None
+            return
+        if why is not None and pgs.crowded and self.pg.config_error is None:
+            # clients hold every slot (F20): busy, not sick — neither clock moves, and no
+            # step-down or replacement is ever decided on a connection storm
+            self.cannot_serve = None
             return
         was = self.sick_since
         self.sick_since, self.healthy_since = latches.failing_since(
@@ -315,7 +332,7 @@ class Sitter:
         if why is not None:
             self.sick_why = why
         if was is None and self.sick_since is not None:
-            self.log.warning("pg_unhealthy", why=why, role=self.role)
+            (self.log.warning if hard else self.log.info)("pg_unhealthy", why=why, role=self.role)
         elif was is not None and self.sick_since is None:
             self.log.info("pg_healthy_again", after_s=round(now - was, 1))
             self.sick_why = None
@@ -324,9 +341,12 @@ class Sitter:
                    and now - self.sick_since >= self.primary_start_timeout)
         self.cannot_serve = (f"not healthy for {now - self.sick_since:.1f}s: {self.sick_why}"
                              if failing and as_primary else None)
-        # A standby whose PostgreSQL has been sick that long stops heartbeating its upstream,
-        # so that a primary replaces a sync that cannot acknowledge (and never steps down to it).
-        withhold = failing and not as_primary
+        # A standby whose PostgreSQL is down, hung or unconfigurable for healthChkTimeout (or
+        # has not streamed for primaryStartTimeout: an upstream's restart takes less) stops
+        # heartbeating its upstream, so that a primary replaces a sync that cannot acknowledge
+        # (and never steps down to it).
+        sick_for = now - self.sick_since if self.sick_since is not None and why is not None else 0.0
+        withhold = not as_primary and (failing or (hard and sick_for >= self.pg.health_timeout))
         if withhold != self.hb_withheld:
             self.log.warning("heartbeats_withheld" if withhold else "heartbeats_resumed", why=self.sick_why)
             self.hb_withheld = withhold
@@ -674,6 +694,12 @@ _ZK_BADNESS = (CONNECTED, SUSPENDED, LOST)  # order for "the worse of two sessio
 
 class UpstreamNotReady(RuntimeError):
     """The node to restore from cannot serve a usable copy yet; the next cycle tries again."""
+
+
+def _first_line(text: str | None, limit: int = 200) -> str:
+    """An error message fit for a one-sentence reason: its first line, at most `limit` characters."""
+    line = (text or "no error").strip().split("\n", 1)[0].strip()
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _port(pg_url: str) -> int:

@@ -122,3 +122,58 @@ async def test_the_connection_is_replaced_after_a_restart(small_pg: PgNode):
         assert after != before
     finally:
         mon.close()
+
+
+# --------------------------------------------------------------------------- the sitter's PgManager
+
+
+def _manager(node: PgNode, health_chk_timeout_ms: int = 2000):
+    from manatee.core.log import get_logger
+    from manatee.sitter.config import SitterConfig
+    from manatee.sitter.pgmanager import PgManager
+
+    cfg = SitterConfig.model_validate({
+        "ip": node.ip, "zoneId": "monitoring-test", "postgresPort": node.port,
+        "zkCfg": {"connStr": "127.0.0.1:2181"},
+        "postgresMgrCfg": {"dataDir": str(node.data_dir), "socketDir": str(node.socket_dir),
+                           "healthChkTimeout": health_chk_timeout_ms,
+                           "replicationAuth": {"method": "trust"},
+                           "zfsClientCfg": {"dataset": "unused/ds"}}})
+    pm = PgManager(cfg, get_logger("test"))
+    pm.proc = node.proc  # the running postmaster is this manager's child for the test
+    return pm
+
+
+async def test_pgmanager_status_of_a_hung_postgres_is_unknown_within_its_deadline(small_pg: PgNode):
+    pm = _manager(small_pg)
+    st = await pm.status()
+    assert st.known and st.healthy and st.in_recovery is False and st.wal is not None
+    small_pg.proc.signal_all(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        st = await pm.status()
+        took = time.monotonic() - t0
+        assert st.running and not st.known and st.timed_out and not st.crowded
+        assert st.in_recovery is None and st.wal is None and st.read_only is None  # unknown, not a primary
+        assert took < pm.status_timeout + 1.0, took
+    finally:
+        small_pg.proc.signal_all(signal.SIGCONT)
+        pm.client.close()
+
+
+async def test_pgmanager_status_works_and_a_crowd_is_told_apart_when_clients_take_every_slot(small_pg: PgNode):
+    pm = _manager(small_pg)
+    await pm.client.connect(timeout=5)
+    hogs = _hog_every_slot(small_pg)
+    try:
+        st = await pm.status()
+        assert st.known and st.in_recovery is False  # through the monitoring connection
+        pm.client.close()  # lose it, and let a client take its slot: now the server can only refuse us
+        await asyncio.sleep(0.3)
+        hogs += _hog_every_slot(small_pg)
+        st = await pm.status()
+        assert not st.known and st.crowded and not st.timed_out
+    finally:
+        for h in hogs:
+            h.close()
+        pm.client.close()

@@ -485,3 +485,36 @@ def test_sync_behind_init_wal_does_not_take_over_from_a_stepped_down_primary():
     st = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, running=False, wal=None)).write_state
     d = decide(obs(B, state=st, streaming=False, upstream_id=None, wal=INIT - 1))
     assert d.target.role == STANDBY and d.write_state is None
+
+
+STEP_DOWN_COMBOS = list(itertools.product((CONNECTED, SUSPENDED, LOST), (True, False), (True, False),
+                                          (None, True, False), (True, False), (True, False), (True, False),
+                                          (True, False)))
+
+
+def test_every_step_down_combination_is_safe():
+    """place primary, cannot_serve set: × zk × sync live × async live × sync heartbeat
+    (none/fresh/stale) × PG running × PG known × frozen × ONWM."""
+    for combo in STEP_DOWN_COMBOS:
+        zk, s_live, a_live, hb, running, known, frozen, onwm = combo
+        st = STATE.evolve(freeze=Freeze(reason="ops") if frozen else None, one_node_write_mode=onwm)
+        election = tuple(p for p, up in ((A, True), (B, s_live), (C, a_live)) if up)
+        o = obs(A, election=election, state=st, zk=zk, cannot_serve="not healthy for 9.0s: it is not running",
+                heartbeats={} if hb is None else {B.id: hb}, running=running, pg_known=known,
+                in_recovery=False if known else None, wal=0x9000 if known and running else None,
+                read_only=True if known and running else None, one_node_write_mode=onwm)
+        d = decide(o)
+        ctx = f"{combo} -> {d}"
+        assert d.reason and "\n" not in d.reason and ". " not in d.reason, ctx
+        if d.rule.startswith("primary.step_down"):
+            assert zk == CONNECTED and not frozen and s_live and hb is True, ctx
+            assert d.target.role == UNASSIGNED, ctx
+        if d.write_state is not None and d.write_state.switchover is not None:
+            sw = d.write_state.switchover
+            assert d.rule == "primary.step_down" and not running, ctx  # PostgreSQL killed first (S1)
+            assert sw.released and sw.to == B.id and sw.released_wal == st.init_wal, ctx
+            assert d.write_state.primary == A and d.write_state.generation == st.generation, ctx
+        if zk == LOST:
+            assert d.target.role == FENCED, ctx
+        if d.write_state is not None or d.write_error is not None:
+            assert zk == CONNECTED and not frozen, ctx

@@ -59,6 +59,7 @@ def _sitter(zk_before: str, zk_after: str, *, view_stale: bool) -> Sitter:
     s._refresh_zk = no_refresh
     s.pg_unanswered_since = s.sick_since = s.healthy_since = s.sick_why = s.cannot_serve = None
     s.pg_hung_kills, s.hb_withheld, s.interval, s.session_timeout, s.role = 0, False, 1.0, 4.0, PRIMARY
+    s.target = None
     s.pg.health_timeout, s.pg.config_error = 2.0, None
     s.last_decided = decide(obs_for_primary())
     s.log.warning = s.log.error = s.log.info
@@ -94,7 +95,10 @@ def test_session_loss_marks_the_view_stale():
 
 # -- issue 8: what observe() makes of a PostgreSQL that does not answer ------------------------
 UNANSWERED = PgStatus(True, False, None, None, False, False, None, None, error="query timed out", timed_out=True)
-REFUSED = PgStatus(True, False, None, None, False, False, None, None, error="too many clients already")
+REFUSED = PgStatus(True, False, None, None, False, False, None, None, error="FATAL:  sorry, too many clients already",
+                   crowded=True)
+STARTING = PgStatus(True, False, None, None, False, False, None, None,
+                    error="FATAL:  the database system is in recovery mode")
 
 
 def _sitter_with_pg(statuses, place=A):
@@ -137,8 +141,16 @@ def test_a_pg_that_does_not_answer_for_health_chk_timeout_is_killed_but_a_refusi
     assert not killed and s.pg_unanswered_since is None
 
 
-def test_a_primary_unhealthy_past_primary_start_timeout_reports_cannot_serve():
+def test_a_crowded_pg_is_busy_not_sick_and_never_makes_the_primary_step_down():
     s, _ = _sitter_with_pg([REFUSED] * 3)
+    asyncio.run(s.observe())
+    assert s.sick_since is None
+    s.sick_since = 0.0  # even with an old failure on record
+    assert asyncio.run(s.observe()).cannot_serve is None
+
+
+def test_a_primary_unhealthy_past_primary_start_timeout_reports_cannot_serve():
+    s, _ = _sitter_with_pg([STARTING] * 3)
     obs = asyncio.run(s.observe())
     assert obs.cannot_serve is None and s.sick_since is not None
     s.sick_since -= 8.5  # primaryStartTimeout: 2 x the 4 s session timeout
@@ -146,3 +158,29 @@ def test_a_primary_unhealthy_past_primary_start_timeout_reports_cannot_serve():
     assert obs.cannot_serve and "did not answer" in obs.cannot_serve
     s.cfg.primaryStartTimeout = 20000
     assert asyncio.run(s.observe()).cannot_serve is None
+
+
+
+def test_a_standby_that_is_down_for_health_chk_timeout_withholds_its_heartbeats():
+    down = PgStatus(False, False, None, None, False, False, None, None)
+    s, _ = _sitter_with_pg([down] * 3, place=C)
+    s.role, s.target = "standby", decide(obs_for_primary()).target  # any target
+    asyncio.run(s.observe())
+    assert not s.hb_withheld
+    s.sick_since -= 2.5  # healthChkTimeout is 2 s
+    asyncio.run(s.observe())
+    assert s.hb_withheld and s.cannot_serve is None
+
+
+def test_a_standby_that_does_not_stream_withholds_only_after_primary_start_timeout():
+    from manatee.sitter.state import STANDBY, Target
+    idle = PgStatus(True, True, True, None, False, False, None, 1, True)
+    s, _ = _sitter_with_pg([idle] * 3, place=B)
+    s.role, s.target = STANDBY, Target(STANDBY, upstream=A)
+    asyncio.run(s.observe())
+    s.sick_since -= 2.5
+    asyncio.run(s.observe())
+    assert not s.hb_withheld  # an upstream restarting takes longer than healthChkTimeout
+    s.sick_since -= 6.0  # past primaryStartTimeout (8 s)
+    asyncio.run(s.observe())
+    assert s.hb_withheld and "does not stream" in s.sick_why
