@@ -211,6 +211,11 @@ class ShardStore:
 
     async def publish_registrar(self, pg_url: str, ttl: int) -> None:
         rec = {"type": "database", "database": {"primary": pg_url, "ttl": ttl}}
+        parts = self.registrar_path.strip("/").split("/")
+        if self.zk.acl is not None and len(parts) > 2:
+            # the binder tree above the shard's own node (e.g. /com/joyent/<dc>/moray) is shared
+            # by every shard: created open, as /manatee is, so that each shard's ACL is its own
+            await self.zk.ensure_path("/" + "/".join(parts[:-2]), acl=zkmod.OPEN_ACL_UNSAFE)
         try:
             await self.zk.create(self.registrar_path, rec, ephemeral=True, makepath=True)
         except zkmod.NodeExistsError:

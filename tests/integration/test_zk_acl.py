@@ -55,6 +55,10 @@ async def _shard(hosts: str, shard: str, log) -> tuple[ZKClient, ShardStore]:
     return zk, store
 
 
+def _kazoo_children(kz: KazooClient, path: str) -> list[str]:
+    return sorted(kz.get_children(path))
+
+
 def _refused(fn, *a, **kw) -> None:
     with pytest.raises(NoAuthError):
         fn(*a, **kw)
@@ -64,10 +68,15 @@ def test_only_the_shards_credential_changes_its_znodes(zk_server):
     hosts = zk_server.connect_string
     shard = f"/manatee/acl{uuid.uuid4().hex[:6]}"
 
+    tag = uuid.uuid4().hex[:6]
+    binder = f"/com/joyent/dc-{tag}/moray"
+
     async def setup():
         log = _Log()
         zk, store = await _shard(hosts, shard, log)
+        store.registrar_path = f"{binder}/{tag}/pg"
         await store.write_error({"reason": "test"})
+        await store.publish_registrar("tcp://postgres@127.0.0.1:5432/postgres", 60)
         return zk, store
 
     loop = asyncio.new_event_loop()
@@ -93,9 +102,11 @@ def test_only_the_shards_credential_changes_its_znodes(zk_server):
             _refused(kz.delete, hist)
             _refused(kz.set_acls, store.state_path, OPEN_ACL_UNSAFE)
             _refused(kz.delete, shard, recursive=True)
-        # the /manatee parent stays open: another shard (another credential) can live there
+        # the shared parents stay open: another shard (another credential) can live there
         other = _kazoo(hosts, ZKAuth("other:pw"))
         other.ensure_path("/manatee/other-" + uuid.uuid4().hex[:6])
+        other.ensure_path(f"{binder}/other-shard")
+        _refused(other.set, f"{binder}/{tag}/pg", b"{}")
         other.stop()
         other.close()
         # with the credential, the sitter's writes work
@@ -111,10 +122,6 @@ def test_only_the_shards_credential_changes_its_znodes(zk_server):
             kz.close()
         loop.run_until_complete(zk.close())
         loop.close()
-
-
-def _kazoo_children(kz: KazooClient, path: str) -> list[str]:
-    return sorted(kz.get_children(path))
 
 
 def test_an_open_shard_gets_the_acl_when_auth_is_switched_on(zk_server):

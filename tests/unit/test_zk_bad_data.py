@@ -12,7 +12,7 @@ import pytest
 from manatee.sitter.decide import Observation, decide
 from manatee.sitter.shardstore import Quarantine
 from manatee.sitter.state import (
-    CONNECTED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED, ClusterState, Peer,
+    CONNECTED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED, Peer,
     StateError, election_order, parse_election,
 )
 from tests.unit.test_decide import A, B, C, D, STATE, obs
