@@ -5,7 +5,8 @@ and the command that undoes it; `down` undoes them all.
     disk-full|disk-lift NODE         dataset quota just above its use / no quota
     storm NODE [--for S]             every connection slot of NODE's PostgreSQL held
     storm-release NODE
-    crash-loop NODE [--for S] [--every S]   NODE's postmaster killed every second
+    crash-loop NODE [--for S] [--every S] [--signal KILL|STOP]   NODE's postmaster killed every
+                                     second (STOP: a sticky hang)
     crash-stop NODE
     rogue-election [--ip IP]         a malformed election node; rogue-remove removes it
     bad-state                        the state znode made unparsable; bad-state-undo restores it
@@ -43,6 +44,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     c = node_cmd("crash-loop", "SIGKILL the node's postmaster every second for a while")
     c.add_argument("--for", dest="for_s", type=float, default=60.0, metavar="S", help="how long (default 60)")
     c.add_argument("--every", type=float, default=1.0, metavar="S", help="seconds between kills (default 1)")
+    c.add_argument("--signal", choices=["KILL", "STOP"], default="KILL",
+                   help="KILL (default): a crash loop; STOP: a sticky hang (every new postgres process stopped too)")
     node_cmd("crash-stop", "undo `crash-loop`")
     c = sub.add_parser("rogue-election", parents=[common],
                        help=f"create a malformed election node IP:5432:10002:5433-<seq> (data only {{\"ip\"}})")
@@ -78,10 +81,12 @@ def run(sb: Sandbox, args) -> None:
     elif cmd == "storm-release":
         print(f"node {node}: {'released' if gf.storm_release(sb, node) else 'no storm'}")
     elif cmd == "crash-loop":
-        pid = gf.crash_loop(sb, node, for_s=args.for_s, every_s=args.every)
-        print(f"node {node}: PostgreSQL killed every {args.every}s for {args.for_s:.0f}s (pid {pid})")
+        pid = gf.crash_loop(sb, node, for_s=args.for_s, every_s=args.every, sig=args.signal)
+        what = "killed" if args.signal == "KILL" else "stopped (SIGSTOP, new processes too)"
+        print(f"node {node}: PostgreSQL {what} every {args.every}s for {args.for_s:.0f}s (pid {pid})")
     elif cmd == "crash-stop":
         print(f"node {node}: {'crash loop stopped' if gf.crash_stop(sb, node) else 'no crash loop'}")
+        gf.pg_resume(sb, node)  # what a sticky hang left stopped
     elif cmd == "rogue-election":
         print(f"created {gf.rogue_election_node(sb, args.ip)}")
     elif cmd == "rogue-remove":

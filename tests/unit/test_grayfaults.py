@@ -97,4 +97,5 @@ def test_sandbox_cli_gray_fault_defaults():
     a = build_parser().parse_args(["flaky", "a"])
     assert (a.loss, a.delay_ms, a.for_s) == (30, 200, 300.0)
     a = build_parser().parse_args(["crash-loop", "a"])
-    assert (a.for_s, a.every) == (60.0, 1.0)
+    assert (a.for_s, a.every, a.signal) == (60.0, 1.0, "KILL")
+    assert build_parser().parse_args(["crash-loop", "a", "--signal", "STOP"]).signal == "STOP"
