@@ -37,7 +37,8 @@ class Sitter:
         self.secret = secret  # the shard secret (manatee.core.auth.ShardSecret); None: insecure mode
         p = cfg.postgresMgrCfg
         self.me = Peer(id=cfg.peer_id, zone_id=cfg.zoneId, ip=cfg.ip, pg_url=cfg.pg_url,
-                       backup_url=cfg.backup_url, status_url=cfg.status_url)
+                       backup_url=cfg.backup_url, status_url=cfg.status_url,
+                       nofailover=cfg.tags.nofailover, nosync=cfg.tags.nosync, priority=cfg.tags.priority)
         self.session_timeout = cfg.zkCfg.sessionTimeout / 1000
         self.zk = zkmod.ZKClient(cfg.zkCfg.connStr, self.session_timeout,
                                  connect_timeout=cfg.zkCfg.connectTimeout / 1000, logger=log,
