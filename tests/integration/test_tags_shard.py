@@ -78,3 +78,40 @@ def test_nofailover_node_is_never_sync_or_primary_across_a_failover(shard: Shard
     st = sh.state_of(d)
     assert st and st["role"] == "async"
     say(f"tags: {len(seen)} topology samples, {d.name} never sync or primary")
+
+
+def test_role_change_hook_runs_on_every_role_change_in_a_failover(shard: Shard):
+    sh = shard
+    logs = {}
+    for n in sh.nodes:  # a hook per node (its own log), restarting each sitter to load it
+        log = sh.dir / f"hook-{n.name}.log"
+        hook = sh.dir / f"hook-{n.name}.sh"
+        hook.write_text(f'#!/bin/sh\necho "$1 $2 $3" >> {log}\n')
+        hook.chmod(0o755)
+        logs[n.name] = log
+        cfg_path = n.config_path("sitter")
+        cfg = json.loads(cfg_path.read_text())
+        cfg["hooks"] = {"onRoleChange": str(hook), "timeout": 5000}
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+    top = sh.topology()
+    for name in [*reversed(top["async"]), top["sync"], top["primary"]]:  # the primary last (a handover)
+        sh.sb.stop(name)
+        sh.sb.start(name)
+        sh.wait_healthy()
+    p, s, a = names(sh.topology())
+    say(f"hooks loaded; topology {sh.topology()}")
+    sh.wait(lambda: logs[s].exists() and logs[s].read_text().strip(), 10, f"{s}'s hook at its start")
+    seen = {k: (v.read_text() if v.exists() else "") for k, v in logs.items()}
+    t0 = time.monotonic()
+    sh.sb.kill(p)
+    sh.wait(lambda: sh.topology()["primary"] == s and sh.topology()["sync"] is not None, 60, f"{s} to take over")
+    new_sync = sh.topology()["sync"]
+    shard_path = sh.sb.st.shard_path
+    sh.wait(lambda: f"on_role_change primary {shard_path}" in logs[s].read_text()[len(seen[s]):], 15,
+            f"the hook of {s} to run as primary")
+    sh.wait(lambda: f"on_role_change sync {shard_path}" in logs[new_sync].read_text()[len(seen[new_sync]):], 15,
+            f"the hook of {new_sync} to run as sync")
+    say(f"hooks: {s} primary and {new_sync} sync hooks ran within {time.monotonic() - t0:.1f}s of the kill")
+    sh.sb.start(p)
+    sh.wait(lambda: "on_role_change " in logs[p].read_text()[len(seen[p]):], 60, f"the hook of the restarted {p}")
+    say(f"hooks: {p} rejoined: {logs[p].read_text()[len(seen[p]):].strip()}")
