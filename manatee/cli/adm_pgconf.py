@@ -81,7 +81,7 @@ def cmd_reload(args, zk) -> int:
             print(f"{ip}: PostgreSQL's settings not confirmed applied within {args.wait:g}s")
             failed.append(ip)
         elif names:
-            print(f"{ip}: pending restart: {', '.join(names)} (manatee-adm restart --pending)")
+            print(f"{ip}: pending restart: {', '.join(names)} (applies at its next PostgreSQL restart)")
         else:
             _say(f"{ip}: PostgreSQL settings applied")
     return 1 if failed else 0

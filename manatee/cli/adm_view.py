@@ -245,9 +245,31 @@ def render_show(v: ShardView, probs: Sequence[str] | None = None) -> str:
                      lag_b, lag_s, fmt_disk((n.sitter or {}).get("dataset"))])
     table = render_table(["ROLE", "ADDRESS", "PGURL", "LIVE", "SITTER", "PG", "MODE", "LAG", "LAG(S)", "DISK FREE"],
                          rows)
+    # tags and pending restarts: a line per node that has any (below the table, whose columns scripts read)
+    notes = [f"  {n.ip}: tags {fmt_tags(n.peer.get('tags'))}" for n in v.nodes if fmt_tags(n.peer.get("tags")) != "-"]
+    notes += [f"  {n.ip}: pending restart: {', '.join(pending_restart(n))} (applies at its next PostgreSQL restart)"
+              for n in v.nodes if pending_restart(n)]
+    if notes:
+        table += "\n\nnodes:\n" + "\n".join(notes)
     probs = problems(v) if probs is None else probs
     tail = ["problems:"] + ([f"  - {p}" for p in probs] if probs else ["  none"])
     return "\n".join(head) + "\n\n" + table + "\n\n" + "\n".join(tail)
+
+
+def fmt_tags(tags: Any) -> str:
+    """A peer's tags ({nofailover, nosync, priority}) as 'nofailover,priority=2'; '-' for none."""
+    if not isinstance(tags, Mapping) or not tags:
+        return "-"
+    out = [k for k in ("nofailover", "nosync") if tags.get(k) is True]
+    if tags.get("priority"):
+        out.append(f"priority={tags['priority']}")
+    return ",".join(out) or "-"
+
+
+def pending_restart(n: NodeView) -> list[str]:
+    """PostgreSQL settings of the node that only a restart applies (its sitter's /state)."""
+    names = ((n.sitter or {}).get("pg") or {}).get("pendingRestart") or []
+    return [str(x) for x in names] if isinstance(names, list) else []
 
 
 def render_pg_status(v: ShardView, stamp: str | None = None) -> str:
@@ -285,7 +307,8 @@ def node_json(n: NodeView) -> dict[str, Any]:
             "repl": None if n.repl is None else r.get("state"), "replayLsn": r.get("replay_lsn"),
             "lagBytes": None if n.repl is None or n.role == "primary" else r.get("lag_bytes"),
             "lagSeconds": None if n.repl is None or n.role == "primary" else r.get("lag_s"),
-            "dataset": (n.sitter or {}).get("dataset")}  # {available, used, quota} bytes
+            "dataset": (n.sitter or {}).get("dataset"),  # {available, used, quota} bytes
+            "tags": dict(n.peer.get("tags") or {}), "pendingRestart": pending_restart(n)}
 
 
 def show_json(v: ShardView) -> dict[str, Any]:

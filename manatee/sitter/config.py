@@ -222,7 +222,7 @@ class PostgresMgrCfg(ConfigModel):
         default_factory=dict,
         description="PostgreSQL parameters (name: value) written into manatee.conf, after manatee's own; "
                     "re-read on SIGHUP / manatee-adm reload and applied with pg_reload_conf(). One that only "
-                    "a restart applies shows as pending restart (manatee-adm restart --pending). Also overrides "
+                    "a restart applies shows as pending restart until PostgreSQL next restarts. Also overrides "
                     "manatee's defaults (wal_keep_size, max_wal_senders, full_page_writes, hot_standby_feedback); the "
                     "settings manatee decides (port, listen_addresses, primary_conninfo, "
                     "synchronous_standby_names, default_transaction_read_only, hot_standby, ...) are refused")
@@ -269,6 +269,32 @@ class PostgresMgrCfg(ConfigModel):
         return None if self.adminAuth is None else (self.adminAuth.user or self.dbUser)
 
 
+class TagsCfg(ConfigModel):
+    """This node's tags, published in its election node and honoured by every sitter's choice
+    of the next sync (and so of the next primary)."""
+
+    nofailover: bool = Field(False, description="never sync, never primary (a DR or backup host): it stays an async")
+    nosync: bool = Field(False, description="never the sync (so it becomes primary only when it declares a new shard)")
+    priority: int = Field(0, ge=-1000, le=1000, description="among the nodes eligible as the next sync, a higher priority is chosen first (ties: election order)")
+
+
+class HooksCfg(ConfigModel):
+    """An executable run on every change of this node's role: HOOK on_role_change ROLE SHARD."""
+
+    onRoleChange: str = Field(description="absolute path of an executable run as `HOOK on_role_change ROLE SHARD` "
+                                          "(ROLE: primary, sync, async, deposed or the local role) in the background")
+    timeout: int = Field(30000, ge=100, le=3600000, description="a hook still running after this long is killed (ms)")
+
+    @field_validator("onRoleChange")
+    @classmethod
+    def _exe(cls, v: str) -> str:
+        if not os.path.isabs(v):
+            raise ValueError(f"must be an absolute path: {v}")
+        if not os.path.isfile(v) or not os.access(v, os.X_OK):
+            raise ValueError(f"not an executable file: {v}")
+        return v
+
+
 class SitterConfig(ConfigModel):
     ip: str = Field(description="this node's address: PostgreSQL, backupserver and status server listen here")
     zoneId: str = Field(description="this node's unique name (zone UUID or host name)")
@@ -281,6 +307,8 @@ class SitterConfig(ConfigModel):
     secretFile: str | None = Field(None, description="root-only file holding the shard secret, shared by every member's sitter and backupserver (required unless insecure; docs/security.md)")
     insecure: bool = Field(False, description="run without the shard secret: POST /heartbeat and /rebuild unauthenticated (a warning at start, shown in /state; not for production)")
     statusServerCfg: HttpServerCfg = HttpServerCfg()
+    hooks: HooksCfg | None = Field(None, description="role-change hook (VIP, pgbouncer, DNS); never blocks failover")
+    tags: TagsCfg = Field(default_factory=TagsCfg, description="node tags: nofailover, nosync, priority (a sitter restart applies a change)")
     primaryStartTimeout: int | None = Field(
         None, ge=1000, le=3600000,
         description="a primary whose PostgreSQL is not healthy for this long (hung, crash-looping, cannot start, "

@@ -173,10 +173,22 @@ class _View:
         assert st is not None
         known = {p.id for p in st.members()}
         dep = {p.id for p in st.deposed}
-        out = [p for p in st.async_ if self.alive(p)]
+        by_id = {p.id: p for p in self.election}  # the election's copy carries current tags
+        out = [by_id[p.id] for p in st.async_ if self.alive(p)]
         out += [p for p in self.election if p.id not in known]
         out += [p for p in self.election if p.id in dep]
         return [p for p in out if p.id not in exclude]
+
+    @staticmethod
+    def pick_sync(cands: list[Peer]) -> tuple[Peer | None, list[Peer]]:
+        """(the next sync, the others in their order): the eligible candidate (tags: not
+        nofailover, not nosync) of the highest priority, the first listed on a tie; None
+        when nobody is eligible."""
+        eligible = [p for p in cands if p.can_sync]
+        if not eligible:
+            return None, list(cands)
+        best = max(eligible, key=lambda p: p.priority)  # max keeps the first of equals
+        return best, [p for p in cands if p.id != best.id]
 
     def next_live_after(self, peer_id: str, chain: tuple[Peer, ...]) -> Peer | None:
         ids = [p.id for p in chain]
@@ -257,8 +269,10 @@ def _bootstrap(v: _View) -> Decision:
     if obs.zk != CONNECTED:
         return Decision(Target(UNASSIGNED), rule="bootstrap.wait_zk",
                         reason=f"no shard state exists and my ZooKeeper session is {obs.zk}, so I wait")
-    if not v.election or v.election[0].id != obs.me.id:
-        head = v.election[0] if v.election else None
+    # The head of the election, skipping nofailover nodes (never primary).
+    heads = [p for p in v.election if not p.nofailover]
+    if not heads or heads[0].id != obs.me.id:
+        head = heads[0] if heads else None
         why = (f"{head} heads the election and will declare the first generation" if head
                else "the election is empty")
         return Decision(Target(UNASSIGNED), rule="bootstrap.not_head",
@@ -268,9 +282,13 @@ def _bootstrap(v: _View) -> Decision:
         return Decision(Target(UNASSIGNED), rule="bootstrap.alone",
                         reason="no shard state exists and I am the only live peer, so I wait for a "
                                "second one to be my sync before declaring the first generation")
-    me = v.election[0]
-    sync = v.election[1] if len(v.election) > 1 else None
-    new = ClusterState(generation=1, primary=me, sync=sync, async_=tuple(v.election[2:]),
+    me = heads[0]
+    sync, rest = v.pick_sync([p for p in v.election if p.id != me.id])
+    if sync is None and not v.onwm:
+        return Decision(Target(UNASSIGNED), rule="bootstrap.no_sync_candidate",
+                        reason="no shard state exists and no other live peer may be a sync (tags "
+                               "nofailover/nosync), so I wait for one before declaring the first generation")
+    new = ClusterState(generation=1, primary=me, sync=sync, async_=tuple(rest),
                        init_wal=obs.wal or 0, one_node_write_mode=v.onwm)
     return Decision(
         Target(PRIMARY, sync=sync, downstream=sync, read_only=not v.onwm),
@@ -312,7 +330,9 @@ def _as_primary(v: _View) -> Decision:
     block = v.write_block()
     sync = st.sync
     hb = obs.heartbeats.get(sync.id) if sync else None
-    sync_gone = sync is None or not v.alive(sync) or hb is False
+    # a sync whose election node now says it may not be one (tags) is replaced like a gone one
+    tagged_out = sync is not None and any(p.id == sync.id and not p.can_sync for p in v.election)
+    sync_gone = sync is None or not v.alive(sync) or hb is False or tagged_out
     cands = v.candidates(exclude={st.primary.id, *([sync.id] if sync else [])})
     deposed_left = tuple(p for p in st.deposed if not v.alive(p))
 
@@ -331,9 +351,10 @@ def _as_primary(v: _View) -> Decision:
         return sw_dec
 
     # A new sync is needed: mine is gone and someone can replace it (or ONWM lets me drop it).
-    wants_new_sync = sync_gone and (bool(cands) or (v.onwm and sync is not None))
+    wants_new_sync = sync_gone and (any(p.can_sync for p in cands) or (v.onwm and sync is not None))
     if wants_new_sync and block is None:
-        gone = (f"my sync {sync} is gone" + (" (its heartbeats stopped)" if v.alive(sync) else "")
+        gone = ((f"my sync {sync} is tagged nofailover/nosync" if tagged_out else
+                 f"my sync {sync} is gone" + (" (its heartbeats stopped)" if v.alive(sync) else ""))
                 if sync else "I have no sync")
         if obs.wal is None:
             return Decision(tgt(sync, True), rule="primary.replace_sync_wait_pg",
@@ -343,8 +364,7 @@ def _as_primary(v: _View) -> Decision:
             return Decision(tgt(sync, True), rule="primary.replace_sync_read_only_first",
                             reason=f"{gone}, so I go read-only first: no commit may be acknowledged "
                                    f"beyond the WAL position I will record for the new sync")
-        new_sync = cands[0] if cands else None
-        rest = cands[1:]
+        new_sync, rest = v.pick_sync(cands)
         if sync is not None and v.alive(sync):
             rest = [*rest, sync]  # still registered: it rejoins at the tail
         new = st.evolve(generation=st.generation + 1, sync=new_sync, async_=tuple(rest),
@@ -583,20 +603,21 @@ def _as_sync(v: _View) -> Decision:
         # the old primary stopped cleanly behind my WAL: it rejoins the chain (as my sync when
         # nobody else can be), not the deposed list; if its WAL forked after all, it rebuilds
         cands = [*cands, primary]
-    if not cands and not v.onwm:
+    if not any(p.can_sync for p in cands) and not v.onwm:
         return stay("sync.no_candidate", "no other standby is live to become my sync and I would take "
-                                         "writes without one")
+                                         "writes without one" + (" (the live ones are tagged nofailover/nosync)"
+                                                                 if cands else ""))
     if obs.streaming or obs.upstream_id is not None:
         return Decision(Target(STANDBY, upstream=None, downstream=down), rule="sync.detach",
                         reason=f"{gone} and I hold every acknowledged write, so I stop "
                                f"replicating first to make my WAL position final before I take over")
     me = next((p for p in v.election if p.id == obs.me.id), obs.me)
-    new_sync = cands[0] if cands else None
+    new_sync, rest = v.pick_sync(cands)
     known_dep = {p.id for p in cands}
     deposed = tuple(p for p in st.deposed if p.id not in known_dep)
     if primary.id not in known_dep:
         deposed = (*deposed, primary)
-    new = st.evolve(generation=st.generation + 1, primary=me, sync=new_sync, async_=tuple(cands[1:]),
+    new = st.evolve(generation=st.generation + 1, primary=me, sync=new_sync, async_=tuple(rest),
                     deposed=deposed, init_wal=obs.wal, one_node_write_mode=v.onwm, switchover=None)
     return Decision(
         Target(PRIMARY, sync=new_sync, downstream=new_sync, read_only=not v.onwm),

@@ -201,7 +201,7 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
               int(r["size"]))
     if v.pg_pending_restart is not None:
         g("manatee_pg_pending_restart", "Settings PostgreSQL has read but only a restart applies "
-                                        "(pg_settings.pending_restart; manatee-adm restart --pending).",
+                                        "(pg_settings.pending_restart; they apply at its next restart).",
           v.pg_pending_restart)
     if v.pg_observed_age_s is not None:
         g("manatee_pg_observation_age_seconds", "Age of the PostgreSQL answers these metrics show "

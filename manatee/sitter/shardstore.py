@@ -114,6 +114,8 @@ class ShardStore:
                     pass
         data = {"zoneId": me.zone_id, "ip": me.ip, "pgUrl": me.pg_url,
                 "backupUrl": me.backup_url, "statusUrl": me.status_url}
+        if me.tags_json():
+            data["tags"] = me.tags_json()  # nofailover / nosync / priority
         self.my_node = await self.zk.create(f"{self.election_path}/{me.id}-", data,
                                             ephemeral=True, sequence=True)
         self.log.info("election_joined", node=self.my_node)

@@ -21,6 +21,7 @@ from manatee.core.zfs import Zfs
 from manatee.sitter import history, latches, transitions as T
 from manatee.sitter.decide import STEP_DOWN_BY, Decision, Observation, decide
 from manatee.sitter.heartbeat import HeartbeatSender, HeartbeatTable
+from manatee.sitter.hooks import RoleHooks
 from manatee.sitter.pgmanager import PgConfigError, PgManager, PgStatus, RoleSpec
 from manatee.sitter.shardstore import ShardStore, StateUnreadable
 from manatee.sitter.state import (
@@ -37,7 +38,8 @@ class Sitter:
         self.secret = secret  # the shard secret (manatee.core.auth.ShardSecret); None: insecure mode
         p = cfg.postgresMgrCfg
         self.me = Peer(id=cfg.peer_id, zone_id=cfg.zoneId, ip=cfg.ip, pg_url=cfg.pg_url,
-                       backup_url=cfg.backup_url, status_url=cfg.status_url)
+                       backup_url=cfg.backup_url, status_url=cfg.status_url,
+                       nofailover=cfg.tags.nofailover, nosync=cfg.tags.nosync, priority=cfg.tags.priority)
         self.session_timeout = cfg.zkCfg.sessionTimeout / 1000
         self.zk = zkmod.ZKClient(cfg.zkCfg.connStr, self.session_timeout,
                                  connect_timeout=cfg.zkCfg.connectTimeout / 1000, logger=log,
@@ -92,6 +94,8 @@ class Sitter:
         self.hb_withheld = False
         self.failures, self.failure_msg = 0, None  # consecutive failed cycles, the last error
         self.last_has_data: bool | None = None
+        h = cfg.hooks
+        self.hooks = RoleHooks(h.onRoleChange if h else None, (h.timeout if h else 30000) / 1000, cfg.shardPath, log)
 
     # ------------------------------------------------------------------ ZooKeeper plumbing
 
@@ -389,6 +393,7 @@ class Sitter:
                     await asyncio.wait_for(_first(stop.wait(), self.wake.wait()), self.next_delay)
         finally:
             await self.shutdown()
+            await self.hooks.close()
             hb_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await hb_task
@@ -464,6 +469,8 @@ class Sitter:
                                                     or old.downstream.id != dec.target.downstream.id):
             self.heartbeats.expect(dec.target.downstream.id)  # e.g. a new sync: one period to find me
         self.role, self.target, self.last = dec.target.role, dec.target, dec
+        # role-change hook (in the background: never delays this cycle): my place, else my local role
+        self.hooks.fire((self.state.place_of(self.me.id) if self.state else None) or self.role)
         self.hb_sender.upstream_url = (dec.target.upstream.status_url
                                        if dec.target.role == STANDBY and dec.target.upstream
                                        and not self.hb_withheld else None)

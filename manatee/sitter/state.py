@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -49,6 +49,26 @@ class StateError(ValueError):
     """Malformed persisted state; the message names the field."""
 
 
+def _tags(t: Any, where: str) -> dict[str, Any]:
+    """A peer's tags; malformed tags are an error (unknown is not a fact: a node whose tags
+    cannot be read is not treated as untagged)."""
+    if t is None:
+        return {}
+    if not isinstance(t, Mapping) or set(t) - {"nofailover", "nosync", "priority"}:
+        raise StateError(f"{where}.tags: expected an object of nofailover, nosync, priority, got {t!r}")
+    out: dict[str, Any] = {}
+    for k in ("nofailover", "nosync"):
+        if k in t:
+            if not isinstance(t[k], bool):
+                raise StateError(f"{where}.tags.{k}: expected a boolean, got {t[k]!r}")
+            out[k] = t[k]
+    if "priority" in t:
+        if not isinstance(t["priority"], int) or isinstance(t["priority"], bool):
+            raise StateError(f"{where}.tags.priority: expected an integer, got {t['priority']!r}")
+        out["priority"] = t["priority"]
+    return out
+
+
 def _req(d: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(d, Mapping):
         raise StateError(f"{where}: expected a JSON object, got {type(d).__name__}")
@@ -70,10 +90,27 @@ class Peer:
     pg_url: str
     backup_url: str
     status_url: str = ""
+    # Node tags (the sitter config's `tags`, published in the election node; not part of a
+    # peer's identity): nofailover = never sync, never primary; nosync = never sync;
+    # priority orders the nodes eligible as the next sync (higher first).
+    nofailover: bool = field(default=False, compare=False)
+    nosync: bool = field(default=False, compare=False)
+    priority: int = field(default=0, compare=False)
 
-    def to_json(self) -> dict[str, str]:
-        return {"id": self.id, "zoneId": self.zone_id, "ip": self.ip, "pgUrl": self.pg_url,
-                "backupUrl": self.backup_url, "statusUrl": self.status_url}
+    @property
+    def can_sync(self) -> bool:
+        """May be named sync (and so, later, take over as primary)."""
+        return not (self.nofailover or self.nosync)
+
+    def tags_json(self) -> dict[str, Any]:
+        return {k: v for k, v in (("nofailover", self.nofailover), ("nosync", self.nosync),
+                                  ("priority", self.priority)) if v}
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"id": self.id, "zoneId": self.zone_id, "ip": self.ip, "pgUrl": self.pg_url,
+             "backupUrl": self.backup_url, "statusUrl": self.status_url}
+        tags = self.tags_json()
+        return {**d, "tags": tags} if tags else d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "peer") -> Peer:
@@ -84,6 +121,7 @@ class Peer:
             pg_url=_req(d, "pgUrl", where, str),
             backup_url=_req(d, "backupUrl", where, str),
             status_url=d.get("statusUrl", "") if isinstance(d.get("statusUrl", ""), str) else "",
+            **_tags(d.get("tags"), where),
         )
 
     @classmethod
