@@ -534,7 +534,7 @@ class Sitter:
                     raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): "
                                        "not configuring it as the primary this cycle")
                 if st.in_recovery:
-                    await pg.promote()
+                    await self._promote_if_still_primary()
             await pg.configure(self._primary_spec(target), members)
         elif step in (T.SET_SYNC, T.SET_READ_ONLY, T.SET_READ_WRITE):
             await pg.configure(self._primary_spec(target), members)
@@ -554,7 +554,7 @@ class Sitter:
                 raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): not promoting "
                                    "it this cycle")
             if st is not None and st.in_recovery:
-                await pg.promote()
+                await self._promote_if_still_primary()
         elif step == T.WRITE_REGISTRAR:
             await self.store.publish_registrar(self.me.pg_url, self.cfg.ttl)
         elif step == T.REMOVE_REGISTRAR:
@@ -562,6 +562,15 @@ class Sitter:
                 await self.store.remove_registrar(self.me.pg_url)
         else:
             raise ValueError(f"unknown step {step!r}")
+
+    async def _promote_if_still_primary(self) -> None:
+        """Promote only if the state in ZooKeeper still names me primary: a sitter that was
+        paused between writing its takeover and promoting (SIGSTOP, a stalled host) may find
+        that another node took over meanwhile. A read that fails is unknown: no promotion."""
+        st, _ver = await self.store.read_state()
+        if st is None or st.primary.id != self.me.id:
+            raise RuntimeError(f"not promoting: the state now names {st.primary.id if st else 'no'} primary")
+        await self.pg.promote()
 
     async def _ensure_dataset(self) -> None:
         z = self.cfg.postgresMgrCfg.zfsClientCfg
