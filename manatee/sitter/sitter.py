@@ -701,7 +701,7 @@ class Sitter:
 
 NO_SYNC_PLACEHOLDER = "manatee-no-sync-standby"
 FOLLOW_UP_S = 0.01        # after a state write or a transition: look again at once (failures wait an interval)
-CATCH_UP_POLL_S = 0.05    # a read-only primary waiting for its sync polls this often
+CATCH_UP_POLL_S = 0.02    # a read-only primary waiting for its sync polls this often (writes wait on it)
 SWITCHOVER_LIMIT_S = 20.0  # a switchover request not completed by then is withdrawn by the primary
 ZK_SAFETY_REFRESH_S = 5.0  # re-read ZooKeeper at least this often even without a watch
 ZFS_TIMEOUT_S = 30.0  # a zfs list/create in the cycle
