@@ -175,7 +175,7 @@ class PgManager:
             port=self.cfg.postgresPort,
             socket_dir=str(self.socket_dir),
             application_name=self.app_name,
-            sync_standby=spec.sync_app_name if spec.role == "primary" else None,
+            sync_standby=spec.sync_app_name if spec.role == "primary" or spec.upstream is None else None,
             read_only=spec.read_only,
             upstream=spec.upstream if spec.role == "standby" else None,
             replication_user=auth.user,
