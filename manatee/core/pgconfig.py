@@ -178,7 +178,8 @@ class RoleConfig:
     #: This node's identity in replication (the original uses its pgUrl): the primary
     #: names its sync in synchronous_standby_names by it.
     application_name: str
-    #: Primary only: application_name of the sync standby (None: no sync).
+    #: application_name of the sync standby (None: no sync). A primary's, or that of a
+    #: detached standby that is about to be promoted (PostgreSQL ignores it until then).
     sync_standby: str | None = None
     #: default_transaction_read_only. The sitter keeps a primary read-only until its
     #: sync has caught up (and while it has none, unless one-node-write mode).
@@ -244,8 +245,9 @@ class RoleConfig:
             raise ValueError(f"RoleConfig.socket_dir: must be absolute: {self.socket_dir}")
         _check_app_name("application_name", self.application_name)
         if self.sync_standby is not None:
-            if self.role != "primary":
-                raise ValueError("RoleConfig.sync_standby: only a primary has a sync standby")
+            if self.role != "primary" and self.upstream is not None:
+                raise ValueError("RoleConfig.sync_standby: only a primary (or a detached standby "
+                                 "about to be promoted) has a sync standby")
             _check_app_name("sync_standby", self.sync_standby)
         if self.role == "primary" and self.upstream is not None:
             raise ValueError("RoleConfig.upstream: a primary has no upstream")
@@ -343,7 +345,9 @@ def role_settings(rc: RoleConfig) -> dict[str, str]:
             "hot_standby_feedback": _onoff(rc.hot_standby_feedback),
             "synchronous_commit": rc.synchronous_commit,
             "synchronous_standby_names": conf_quote(
-                ident_quote(rc.sync_standby) if rc.role == "primary" and rc.sync_standby else ""
+                # a detached standby about to be promoted names its sync already (ignored
+                # until it is promoted): its first commit as primary needs no reload
+                ident_quote(rc.sync_standby) if rc.sync_standby else ""
             ),
             "default_transaction_read_only": _onoff(rc.read_only or rc.role == "standby"),
             "primary_conninfo": conf_quote(primary_conninfo(rc) if rc.role == "standby" and rc.upstream else ""),

@@ -477,10 +477,12 @@ def _primary_switchover(v: _View, sync: Peer | None, sync_gone: bool, block: str
                         tgt) -> tuple[Decision | None, str | None]:
     """A planned takeover by the sync (state.switchover), from the primary's side.
 
-    (a) go read-only; (b) once my sync has flushed my whole WAL, stop PostgreSQL at once (no
-    shutdown checkpoint: the sync then holds every WAL record I wrote, so I can rejoin as its
-    standby); (c) with PostgreSQL stopped, write `released` (and the WAL position), which lets
-    the sync take over by the usual takeover rule. Not ready (sync not streaming or not caught
+    (a) go read-only; (b) once my sync has flushed my whole WAL, write `released` (and that
+    WAL position) and stop PostgreSQL at once — the state first, so the sync's takeover does
+    not wait for the stop; no shutdown checkpoint: the sync then holds every WAL record I
+    wrote, so I can rejoin as its standby. The sync takes over by the usual takeover rule,
+    after it has detached from me. (A primary that had already stopped for the switchover
+    without releasing — the shell's latch, switchover_stopped_wal — releases then.) Not ready (sync not streaming or not caught
     up, frozen, not connected) → change nothing and say why. A release whose sync is gone
     before it took over is withdrawn and I run PostgreSQL as the primary again.
 
@@ -539,10 +541,15 @@ def _primary_switchover(v: _View, sync: Peer | None, sync_gone: bool, block: str
         return Decision(tgt(sync, True), rule="primary.switchover_wait_flush",
                         reason=f"a switchover to {sync} is requested and I am read-only: I wait until it has "
                                f"flushed my WAL {_lsn(obs.wal)} (it has {_lsn(obs.sync_flush)})"), None
-    return Decision(Target(UNASSIGNED), rule="primary.switchover_stop",
+    # Release and stop in one step (the shell writes the state, then kills PostgreSQL): the
+    # sync may take over while my PostgreSQL still runs for a few milliseconds, which is safe
+    # because it was my only synchronous standby — once it has detached, no commit of mine can
+    # be acknowledged (S1), and everything acknowledged before was flushed by it (S2).
+    new = st.evolve(switchover=replace(sw, released=True, released_wal=obs.wal))
+    return Decision(Target(UNASSIGNED), write_state=new, rule="primary.switchover_stop",
                     reason=f"my sync {sync} has flushed my whole WAL {_lsn(obs.wal)} for the switchover, so I "
-                           f"stop PostgreSQL at once (no shutdown checkpoint) before I release the primary "
-                           f"role to it"), None
+                           f"release the primary role to it and stop PostgreSQL at once (no shutdown "
+                           f"checkpoint)"), None
 
 
 # -- rule 5: I am the sync ---------------------------------------------------------------

@@ -36,6 +36,8 @@ DIVERGENCE_PATTERNS = re.compile(
 )
 
 
+PROMOTE_POLL_S = 0.01  # a promoting node is asked this often whether it has left recovery
+
 # PostgreSQL refused a connection because clients hold every slot (F20): it is busy, not sick.
 CROWDED = re.compile(r"too many clients already|remaining connection slots are reserved")
 
@@ -176,7 +178,7 @@ class PgManager:
             port=self.cfg.postgresPort,
             socket_dir=str(self.socket_dir),
             application_name=self.app_name,
-            sync_standby=spec.sync_app_name if spec.role == "primary" else None,
+            sync_standby=spec.sync_app_name if spec.role == "primary" or spec.upstream is None else None,
             read_only=spec.read_only,
             upstream=spec.upstream if spec.role == "standby" else None,
             replication_user=auth.user,
@@ -254,8 +256,19 @@ class PgManager:
         return "unchanged"
 
     async def promote(self) -> None:
-        """Standby → primary, in place (no restart: the promoted node keeps its connections)."""
-        await self.client.promote(wait=True, timeout=self.ops_timeout)
+        """Standby → primary, in place (no restart: the promoted node keeps its connections).
+        pg_promote(wait => true) checks only every 100 ms whether recovery has ended, which a
+        switchover's write gap would pay in full: ask without waiting, then look every
+        PROMOTE_POLL_S (the same deadline, ops_timeout)."""
+        deadline = time.monotonic() + self.ops_timeout
+        await self.client.promote(wait=False, timeout=self.ops_timeout)
+        while True:
+            rows = await self.client.query("select pg_is_in_recovery() as r", timeout=self.health_timeout)
+            if not rows[0]["r"]:
+                return
+            if time.monotonic() >= deadline:
+                raise pgmod.PgError(f"promotion did not finish within {self.ops_timeout}s")
+            await asyncio.sleep(PROMOTE_POLL_S)
 
     # ------------------------------------------------------------------ process
 

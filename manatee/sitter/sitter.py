@@ -544,7 +544,7 @@ class Sitter:
                     raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): "
                                        "not configuring it as the primary this cycle")
                 if st.in_recovery:
-                    await pg.promote()
+                    await self._promote_if_still_primary(target, members)
             await pg.configure(self._primary_spec(target), members)
         elif step in (T.SET_SYNC, T.SET_READ_ONLY, T.SET_READ_WRITE):
             await pg.configure(self._primary_spec(target), members)
@@ -564,7 +564,7 @@ class Sitter:
                 raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): not promoting "
                                    "it this cycle")
             if st is not None and st.in_recovery:
-                await pg.promote()
+                await self._promote_if_still_primary(target, members)
         elif step == T.WRITE_REGISTRAR:
             await self.store.publish_registrar(self.me.pg_url, self.cfg.ttl)
         elif step == T.REMOVE_REGISTRAR:
@@ -572,6 +572,24 @@ class Sitter:
                 await self.store.remove_registrar(self.me.pg_url)
         else:
             raise ValueError(f"unknown step {step!r}")
+
+    async def _promote_if_still_primary(self, target: Target, members: tuple[str, ...]) -> None:
+        """Promote only if the state in ZooKeeper still names me primary: a sitter that was
+        paused between writing its takeover and promoting (SIGSTOP, a stalled host) may find
+        that another node took over meanwhile. A read that fails is unknown: no promotion.
+
+        The detached standby names its new sync first (a reload; PostgreSQL ignores it until
+        the promotion ends, and stays read-only): the promoted node then waits for that sync
+        from its first moment, with no reload between the promotion and the first commit."""
+        st, _ver = await self.store.read_state()
+        if st is None or st.primary.id != self.me.id:
+            raise RuntimeError(f"not promoting: the state now names {st.primary.id if st else 'no'} primary")
+        pg = self.pg
+        if pg.spec is not None and pg.spec.role == "standby" and pg.spec.upstream is None:
+            sync = self._primary_spec(target).sync_app_name
+            await pg.configure(RoleSpec("standby", upstream=None, sync_app_name=sync), members)
+            await pg.apply_pending()  # a reload: only synchronous_standby_names changed
+        await pg.promote()
 
     async def _ensure_dataset(self) -> None:
         z = self.cfg.postgresMgrCfg.zfsClientCfg
@@ -702,7 +720,7 @@ class Sitter:
 
 NO_SYNC_PLACEHOLDER = "manatee-no-sync-standby"
 FOLLOW_UP_S = 0.01        # after a state write or a transition: look again at once (failures wait an interval)
-CATCH_UP_POLL_S = 0.05    # a read-only primary waiting for its sync polls this often
+CATCH_UP_POLL_S = 0.02    # a read-only primary waiting for its sync polls this often (writes wait on it)
 SWITCHOVER_LIMIT_S = 20.0  # a switchover request not completed by then is withdrawn by the primary
 ZK_SAFETY_REFRESH_S = 5.0  # re-read ZooKeeper at least this often even without a watch
 ZFS_TIMEOUT_S = 30.0  # a zfs list/create in the cycle

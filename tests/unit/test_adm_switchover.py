@@ -54,12 +54,30 @@ def test_primary_waits_for_the_sync_to_flush_its_whole_wal():
     assert "0/8F00" in d.reason
 
 
-def test_primary_stops_postgres_once_the_sync_has_its_wal_then_releases():
+def test_primary_releases_and_stops_postgres_in_one_step_once_the_sync_has_its_wal():
     d = decide(obs(A, state=SW, **{**READY, "read_only": True}))
-    assert d.rule == "primary.switchover_stop" and d.write_state is None
-    assert d.target.role == UNASSIGNED
+    assert d.rule == "primary.switchover_stop" and d.target.role == UNASSIGNED
+    # the state first (the shell CASes it before it applies the target): the sync's takeover
+    # does not wait for the stop, and the release names the WAL the sync has flushed
+    assert d.write_state.switchover.released and d.write_state.switchover.released_wal == 0x9000
+    assert d.write_state.generation == STATE.generation and d.write_state.primary == A
     tr = T.plan(PRIMARY, None, d.target)
     assert tr.steps[0] == T.STOP_PG  # immediate: no shutdown checkpoint the sync lacks
+
+
+@pytest.mark.parametrize("flush", [None, 0x8fff])
+def test_primary_never_releases_before_the_sync_has_flushed_its_whole_wal(flush):
+    d = decide(obs(A, state=SW, **{**READY, "read_only": True, "sync_flush": flush}))
+    assert d.write_state is None and d.target.role == PRIMARY and d.target.read_only
+
+
+def test_primary_never_releases_while_it_may_still_take_writes():
+    for ro in (False, None):
+        d = decide(obs(A, state=SW, **{**READY, "read_only": ro}))
+        assert d.write_state is None and d.target.role == PRIMARY and d.target.read_only
+
+
+def test_primary_already_stopped_for_the_switchover_releases():
     d = decide(obs(A, state=SW, running=False, wal=None, read_only=None, switchover_stopped_wal=0x9000))
     assert d.rule == "primary.switchover_release" and d.target.role == UNASSIGNED
     assert d.write_state.switchover.released and d.write_state.switchover.released_wal == 0x9000

@@ -266,7 +266,25 @@ def test_detached_standby_has_empty_conninfo():
 
 def test_invalid_standby_config():
     with pytest.raises(ValueError, match="sync_standby"):
-        standby(sync_standby=P_URL)
+        standby(sync_standby=P_URL)  # a standby that streams has no sync
+
+
+def test_detached_standby_about_to_be_promoted_names_its_sync_and_stays_read_only():
+    settings = parse_settings(render_manatee_conf(standby(upstream=None, sync_standby=P_URL, read_only=False)))
+    assert P_URL in settings["synchronous_standby_names"]
+    assert settings["default_transaction_read_only"] == "on" and settings["primary_conninfo"] == "''"
+
+
+def test_a_promoted_standby_that_named_its_sync_needs_no_reload(data_dir: Path):
+    write(data_dir, standby(upstream=None))
+    ch = write(data_dir, standby(upstream=None, sync_standby=P_URL))
+    assert ch.reload_needed and not ch.restart_needed and ch.changed == ("synchronous_standby_names",)
+    assert (data_dir / "standby.signal").exists()
+    (data_dir / "standby.signal").unlink()  # PostgreSQL removes it when promotion ends
+    promoted = primary(listen_address="10.0.0.2", application_name=S_URL, members=("10.0.0.1", "10.0.0.3"),
+                       sync_standby=P_URL)
+    ch = write(data_dir, promoted)
+    assert not ch.any, ch.changed
 
 
 def test_config_is_hashable_and_normalised():

@@ -344,8 +344,8 @@ class Shard:
         elif step == T.PROMOTE:
             if n.running and n.mode == "standby":
                 st = self.zk.state()
-                if st is None or st.primary.id != n.id:
-                    raise Violation(f"{n.id} promoted but the state names {st and st.primary.id}")
+                if st is None or st.primary.id != n.id:  # the shell reads the state before it promotes
+                    raise StepFailed(f"not promoting: the state names {st and st.primary.id}")
                 if n.diverged:
                     raise Violation(f"S4: diverged {n.id} promoted")
                 missing = self.acked_set - set(n.log)
