@@ -689,6 +689,7 @@ class Sitter:
             "restore": self.restore_progress,
             "election": [p.id for p in self.election],
             "insecure": self.cfg.insecure,
+            "zkAuth": self.cfg.zkCfg.auth is not None, "tls": getattr(self.cfg, "tls", None) is not None,
             "quarantined": list(self.quarantined), "stateUnreadable": self.state_unreadable,
             "zkSessionTimeout": {"configured": self.cfg.zkCfg.sessionTimeout / 1000,
                                  "negotiated": self.zk.negotiated_session_timeout},
