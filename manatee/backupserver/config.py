@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from manatee.backupserver.validation import dataset_problem, hostname_problem
 from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode
+from manatee.core.tls import TlsCfg
 
 
 class BackupSenderCfg(ConfigModel):
@@ -92,6 +93,9 @@ class BackupServerConfig(ConfigModel):
     )
     shardPath: Optional[str] = Field(
         None, description="the shard's ZooKeeper path, e.g. /manatee/1; members are its election children"
+    )
+    tls: Optional[TlsCfg] = Field(
+        None, description="serve HTTPS (the sitter of this node then needs its tls section too: it advertises https://)"
     )
 
     @field_validator("shardPath")

@@ -132,7 +132,8 @@ async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
     await runner.setup()
     try:
         site = BoundedTCPSite(runner, server_cfg.host, server_cfg.port, reuse_address=True,
-                              max_connections=server_cfg.maxConnections, idle_timeout=idle, log=log)
+                              max_connections=server_cfg.maxConnections, idle_timeout=idle, log=log,
+                              ssl_context=config.tls.server_context() if config.tls else None)
         try:
             await site.start()
         except OSError as e:
@@ -148,6 +149,7 @@ async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
             membership=config.shardPath or "any",
             secret=secret is not None,
             insecure=config.insecure,
+            tls=config.tls is not None,
         )
         await stop.wait()
         return 0

@@ -55,6 +55,7 @@ from manatee.cli.common import (
     resolve_target, shard_path,
 )
 from manatee.cli.history import read_history, records
+from manatee.core.tls import client_context_from_env
 from manatee.cli.stat import _conn_params
 from manatee.sitter.state import ClusterState, StateError, election_order
 
@@ -76,7 +77,11 @@ def http_json(url: str, body: Any = None, timeout: float = HTTP_TIMEOUT,
                                  headers={**({"Content-Type": "application/json"} if data else {}),
                                           **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        ctx = client_context_from_env() if url.startswith("https:") else None
+    except ValueError as e:  # an unusable $MANATEE_TLS_* file: named, not a traceback
+        return 0, str(e)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
             status, raw = r.status, r.read()
     except urllib.error.HTTPError as e:
         status, raw = e.code, e.read()

@@ -133,6 +133,7 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             out.append((crit, f"{what} is not in the election (its sitter is down or cut off)"))
         if n.sitter is None and n.live:
             out.append((W, f"{what}: its sitter's status server does not answer"))
+        out += [(W, f"{what}: {why}") for why in insecurities(n.sitter)]
         if n.pg is not None and not n.pg.get("up"):
             if n.pg.get("auth") == "failed":
                 out.append((crit, f"{what}: auth failed: PostgreSQL refused the credentials, its state is "
@@ -157,6 +158,20 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
         elif n.role == "sync" and n.repl.get("sync_state") not in (None, "sync"):
             out.append((crit, f"{what} streams but is not the synchronous standby (sync_state "
                        f"{n.repl.get('sync_state')})"))
+    return out
+
+
+def insecurities(sitter: Any) -> list[str]:
+    """What a sitter's /state says it runs without (insecure mode, ZooKeeper auth); [] when
+    it is secure or did not answer (a sitter from before these keys says nothing)."""
+    if not isinstance(sitter, Mapping):
+        return []
+    out = []
+    if sitter.get("insecure") is True:
+        out.append("its sitter runs insecure (no shard secret: POST /heartbeat and /rebuild are unauthenticated)")
+    if sitter.get("zkAuth") is False:
+        out.append("its sitter runs without ZooKeeper auth (no zkCfg.auth: anyone who reaches ZooKeeper can "
+                   "change the shard)")
     return out
 
 
@@ -241,6 +256,8 @@ def render_show(v: ShardView, probs: Sequence[str] | None = None) -> str:
         pg, mode = _pg_col(n)
         lag_b, lag_s = _lag(n)
         sitter = "-" if n.sitter is None else str(n.sitter.get("localRole") or n.sitter.get("role") or "?")
+        if n.sitter is not None and insecurities(n.sitter):
+            sitter += " (insecure)"
         rows.append([n.role, n.ip, n.peer.get("pgUrl", "-"), "yes" if n.live else "no", sitter, pg, mode,
                      lag_b, lag_s, fmt_disk((n.sitter or {}).get("dataset"))])
     table = render_table(["ROLE", "ADDRESS", "PGURL", "LIVE", "SITTER", "PG", "MODE", "LAG", "LAG(S)", "DISK FREE"],

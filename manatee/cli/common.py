@@ -415,6 +415,9 @@ def _read_sitter_config(path: str) -> tuple[str | None, str | None]:
 
 
 ENV_SANDBOX = "MANATEE_SANDBOX_DIR"
+#: what a sandbox's manatee.env gives the tools besides the shard and ZooKeeper
+SANDBOX_TOOL_VARS = ("PGPASSFILE", "MANATEE_ZK_AUTH_FILE", "MANATEE_SECRET_FILE",
+                     "MANATEE_TLS_CA", "MANATEE_TLS_CERT", "MANATEE_TLS_KEY")
 
 
 def _sandbox_env(box: str) -> dict[str, str]:
@@ -469,8 +472,9 @@ def resolve_target(args: argparse.Namespace, *, order: Sequence[str] = ("shard",
         sb = _sandbox_env(box)
         got["zk"] = got["zk"] if got["zk"] is not None else sb.get(ENV_ZK)
         got["shard"] = got["shard"] if got["shard"] is not None else sb.get(ENV_SHARD)
-        if "PGPASSFILE" not in os.environ and sb.get("PGPASSFILE"):
-            os.environ["PGPASSFILE"] = sb["PGPASSFILE"]  # libpq reads it when the tool connects
+        for var in SANDBOX_TOOL_VARS:  # libpq, the ZooKeeper credential, the HTTPS files
+            if var not in os.environ and sb.get(var):
+                os.environ[var] = sb[var]
     need = [name for key, name in (("shard", "SHARD"), ("zk", "ZK"))
             if got[key] is None and (key == "zk" or need_shard)]
     if need:

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="PostgreSQL auth for replication between nodes (default scram-sha-256)")
     up.add_argument("--zk-servers", type=int, choices=[1, 3], default=1, metavar="{1,3}",
                     help="ZooKeeper servers: 1 standalone (default) or a 3-server ensemble on ZooKeeper's address")
+    up.add_argument("--tls", action="store_true",
+                    help="HTTPS with client certificates for every status server and backupserver: a throwaway "
+                         "CA and per-node certificates (openssl) in DIR/tls")
+    up.add_argument("--zk-auth", action="store_true",
+                    help="ZooKeeper digest auth: a generated shard credential (DIR/zk.auth); the shard's znodes "
+                         "get ACLs (writable only with it)")
 
     st = sub.add_parser("status", parents=[common], help="each node's address, role, pgUrl and processes")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -148,14 +154,29 @@ def write_tool_files(sb: Sandbox) -> tuple[Path, Path]:
         for host in (n.ip, "localhost"):  # localhost: libpq's name for a unix-socket connection
             lines.append(f"{host}:{n.pg_port}:*:postgres:{password}")
     pgpass, env = d / PGPASS, d / ENV_FILE
+    exports = "".join(f"export {k}={v}\n" for k, v in tool_vars(st).items())
     for path, text in ((pgpass, "\n".join(lines) + "\n"),
                        (env, f"# source me: . {env}\nexport MANATEE_ZK={st.zk_connect}\n"
-                             f"export MANATEE_SHARD={st.shard}\nexport PGPASSFILE={pgpass}\n")):
+                             f"export MANATEE_SHARD={st.shard}\nexport PGPASSFILE={pgpass}\n{exports}")):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.chmod(path, 0o600)
     return pgpass, env
+
+
+def tool_vars(st) -> dict[str, str]:
+    """The sandbox's credentials for the tools: the shard secret (manatee-adm rebuild), and
+    with --zk-auth the ZooKeeper credential, with --tls the CA and a client certificate."""
+    secret = getattr(st, "secret_file", None)
+    out = {"MANATEE_SECRET_FILE": secret} if secret else {}
+    if getattr(st, "zk_auth", ""):
+        out["MANATEE_ZK_AUTH_FILE"] = st.zk_auth_file
+    if getattr(st, "tls", False):
+        out.update(MANATEE_TLS_CA=os.path.join(st.tls_dir, "ca.pem"),
+                   MANATEE_TLS_CERT=os.path.join(st.tls_dir, "tools.pem"),
+                   MANATEE_TLS_KEY=os.path.join(st.tls_dir, "tools.key"))
+    return out
 
 
 def _tool(name: str) -> str:
@@ -168,9 +189,11 @@ def _tool(name: str) -> str:
     return str(here)
 
 
-def tool_commands(zk: str, shard: str, pgpass: Path, env: Path) -> list[tuple[str, str]]:
-    """(what, command) lines `up` prints: each works as printed, from any directory."""
-    pre = f"PGPASSFILE={pgpass}"
+def tool_commands(zk: str, shard: str, pgpass: Path, env: Path,
+                  extra: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(what, command) lines `up` prints: each works as printed, from any directory.
+    `extra`: further variables the tools need (tool_vars: credentials, TLS files)."""
+    pre = " ".join([f"PGPASSFILE={pgpass}", *(f"{k}={v}" for k, v in (extra or {}).items())])
     stat, adm = _tool("manatee-stat"), _tool("manatee-adm")
     return [
         ("the tools' settings", f". {env}   (then: {stat} -p, {adm} show, ...)"),
@@ -196,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "up":
             info = sb.up(nodes=args.nodes, session_timeout_ms=args.session_timeout, shard=args.shard,
                          first_ip=args.first_ip, timeout=args.timeout, auth_method=args.auth,
-                         zk_servers=args.zk_servers)
+                         zk_servers=args.zk_servers, tls=args.tls, zk_auth=args.zk_auth)
             pgpass, env = write_tool_files(sb)
             _print_up(info, args)
             print("\nmanatee tools (PostgreSQL password in " + str(pgpass) + "):")
-            for what, cmd in tool_commands(sb.st.zk_connect, sb.st.shard, pgpass, env):
+            for what, cmd in tool_commands(sb.st.zk_connect, sb.st.shard, pgpass, env, tool_vars(sb.st)):
                 print(f"  {what + ':':<22}{cmd}")
         elif args.cmd == "status":
             info = sb.status()

@@ -132,6 +132,7 @@ async def restore(
     progress: Optional[Callable[[RestoreProgress], None]] = None,
     logger: Any = None,
     incremental: bool = True,
+    ssl_context: Any = None,
 ) -> RestoreResult:
     """Replace `dataset` with a fresh copy streamed by the backupserver at `backup_url`.
 
@@ -143,6 +144,7 @@ async def restore(
     Raises RestoreError after rolling back; on cancellation rolls back too and lets
     CancelledError propagate. `secret` (the shard secret; None in insecure mode) signs the
     backup request and checks the stream's header before anything reaches zfs recv.
+    `ssl_context` verifies an https:// backupserver and presents our client certificate.
     """
     if isinstance(secret, str):
         secret = ShardSecret.of(secret)
@@ -151,7 +153,7 @@ async def restore(
         dataset=dataset, mountpoint=Path(mountpoint), backup_url=backup_url.rstrip("/"),
         listen_host=listen_host, listen_port=listen_port, owner=owner, secret=secret,
         poll_interval=poll_interval, timeout=timeout, stall_timeout=stall_timeout,
-        progress=progress, logger=log,
+        progress=progress, logger=log, ssl_context=ssl_context,
     )
     try:
         return await _Restore(zfs, incremental=incremental, **kw).run()
@@ -179,6 +181,7 @@ class _Restore:
         self.timeout: float = kw["timeout"]
         self.stall_timeout: float = kw["stall_timeout"]
         self.on_progress = kw["progress"]
+        self.ssl_context = kw.get("ssl_context")
         self.offer: bool = kw.get("incremental", True)
         self.why_full: Optional[str] = kw.get("why_full") or (None if self.offer else "an incremental was not asked for")
         self.ours: list[tuple[Snapshot, str]] = []  # our snapshots with guids (before set-aside)
@@ -317,7 +320,7 @@ class _Restore:
         timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
         # Ask from our own address: the backupserver admits only shard members.
         local = (self.listen_host, 0) if _is_ip(self.listen_host) else None
-        connector = aiohttp.TCPConnector(local_addr=local, force_close=True)
+        connector = aiohttp.TCPConnector(local_addr=local, force_close=True, ssl=self.ssl_context or True)
         async with aiohttp.ClientSession(timeout=timeout, headers=headers, connector=connector) as http:
             jobpath = await self._request_backup(http)
             return await self._stream(http, jobpath)

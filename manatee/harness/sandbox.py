@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -94,6 +95,10 @@ class NodeState:
     dir: str
     cgroup: str | None = None
     pids: dict[str, int] = field(default_factory=dict)
+    #: TLS (manatee-sandbox up --tls): the node's certificate/key and the sandbox CA ("": none)
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
 
     @property
     def data_dir(self) -> str:
@@ -110,13 +115,30 @@ class NodeState:
 
     @property
     def status_url(self) -> str:
-        return f"http://{self.ip}:{self.status_port}"
+        return f"{'https' if self.cert_file else 'http'}://{self.ip}:{self.status_port}"
+
+    def tls_cfg(self, **over: Any) -> dict[str, Any] | None:
+        """The `tls` section of this node's daemons (None without TLS)."""
+        if not self.cert_file:
+            return None
+        return {"certFile": self.cert_file, "keyFile": self.key_file, "caFile": self.ca_file, **over}
+
+    def client_ctx(self) -> Any:
+        """An SSL context that verifies this node's servers and presents its certificate (None without TLS)."""
+        return _client_ctx(self.ca_file, self.cert_file, self.key_file) if self.cert_file else None
 
     def config_path(self, daemon: str) -> Path:
         return Path(self.dir) / f"{daemon}.json"
 
     def log_path(self, daemon: str) -> Path:
         return Path(self.dir) / f"{daemon}.log"
+
+
+@functools.lru_cache(maxsize=64)
+def _client_ctx(ca: str, cert: str, key: str) -> Any:
+    from manatee.core.tls import client_context
+
+    return client_context(ca, cert, key)
 
 
 @dataclass
@@ -160,6 +182,10 @@ class SandboxState:
     #: replication password opens no database session.
     admin_password: str = ""
     auth_method: str = "scram-sha-256"
+    #: `up --tls`: a throwaway CA in DIR/tls and a certificate per node for every HTTP surface
+    tls: bool = False
+    #: `up --zk-auth`: the shard's ZooKeeper digest credential 'user:password' ("": none)
+    zk_auth: str = ""
     created: float = field(default_factory=time.time)
     version: int = STATE_VERSION
 
@@ -171,6 +197,15 @@ class SandboxState:
     @property
     def shard_path(self) -> str:
         return f"/manatee/{self.shard}"
+
+    @property
+    def tls_dir(self) -> str:
+        return os.path.join(os.path.abspath(self.dir), "tls")
+
+    @property
+    def zk_auth_file(self) -> str:
+        """The ZooKeeper credential's file (0600), read by the sitters and the tools."""
+        return os.path.join(os.path.abspath(self.dir), "zk.auth")
 
     @property
     def zk_ensemble(self) -> bool:
@@ -301,7 +336,9 @@ def sitter_config(st: SandboxState, node: NodeState, nodes_total: int) -> dict[s
             "connStr": st.zk_connect,
             "sessionTimeout": st.session_timeout_ms,
             "connectTimeout": 10000,
+            **({"auth": {"credentialFile": st.zk_auth_file}} if st.zk_auth else {}),
         },
+        **({"tls": node.tls_cfg(requireClientCert=True)} if node.cert_file else {}),
         "heartbeatCfg": {
             "heartbeatInterval": t["heartbeatInterval"],
             "expirationTime": t["expirationTime"],
@@ -339,6 +376,7 @@ def snapshotter_config(st: SandboxState, node: NodeState) -> dict[str, Any]:
         "snapshotNumber": 20,
         "zfsPath": ZFS_BIN,
         "healthUrl": f"{node.status_url}/ping",
+        **({"tls": node.tls_cfg()} if node.cert_file else {}),
     }
 
 
@@ -353,6 +391,7 @@ def backupserver_config(st: SandboxState, node: NodeState) -> dict[str, Any]:
         "secretFile": st.secret_file,
         "zkCfg": {"connStr": st.zk_connect, "sessionTimeout": st.session_timeout_ms},
         "shardPath": st.shard_path,
+        **({"tls": node.tls_cfg(requireClientCert=True)} if node.cert_file else {}),
     }
 
 
@@ -379,6 +418,29 @@ def node_configs(st: SandboxState, node: NodeState) -> dict[str, dict[str, Any]]
         except ConfigError as e:
             raise SandboxError(f"generated config is rejected by {daemon}'s model: {e}") from None
     return cfgs
+
+
+def write_security_files(st: SandboxState) -> None:
+    """`up --tls`: the CA, a certificate per node and one for the tools (DIR/tls, 0700, keys
+    0600); `up --zk-auth`: the ZooKeeper credential's file (0600). Before the configs: the
+    daemons' models check that the files exist."""
+    if st.zk_auth and not os.path.exists(st.zk_auth_file):
+        fd = os.open(st.zk_auth_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(st.zk_auth + "\n")
+    if not st.tls:
+        return
+    from manatee.harness.certs import CertPair, make_ca, make_node_cert
+
+    ca = CertPair(os.path.join(st.tls_dir, "ca.pem"), os.path.join(st.tls_dir, "ca.key"))
+    if not os.path.exists(ca.key):
+        ca = make_ca(st.tls_dir)
+    for n in st.nodes:
+        if not n.cert_file:
+            pair = make_node_cert(st.tls_dir, ca, n.name, n.ip)
+            n.cert_file, n.key_file, n.ca_file = pair.cert, pair.key, ca.cert
+    if not os.path.exists(os.path.join(st.tls_dir, "tools.pem")):
+        make_node_cert(st.tls_dir, ca, "tools", "127.0.0.1")
 
 
 def write_node_configs(st: SandboxState, node: NodeState) -> None:
@@ -574,10 +636,11 @@ def mounts_under(path: Path | str) -> list[str]:
     return out
 
 
-def http_json(url: str, timeout: float = 1.0) -> tuple[int, Any]:
-    """(status, parsed body or None); (0, error text) when nothing answers."""
+def http_json(url: str, timeout: float = 1.0, ctx: Any = None) -> tuple[int, Any]:
+    """(status, parsed body or None); (0, error text) when nothing answers. `ctx`: the SSL
+    context of an https:// URL (NodeState.client_ctx())."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
             body = r.read()
             status = r.status
     except urllib.error.HTTPError as e:
@@ -624,11 +687,15 @@ class Sandbox:
         timeout: float = 240.0,
         auth_method: str = "scram-sha-256",
         zk_servers: int = 1,
+        tls: bool = False,
+        zk_auth: bool = False,
     ) -> dict[str, Any]:
         """create(), start every node, wait until healthy and writable; what `status` says.
-        zk_servers=3: a ZooKeeper ensemble of three servers instead of one standalone."""
+        zk_servers=3: a ZooKeeper ensemble of three servers instead of one standalone.
+        tls: HTTPS with client certificates everywhere; zk_auth: ZooKeeper digest auth + ACLs."""
         t0 = time.monotonic()
-        self.create(nodes, session_timeout_ms, shard, first_ip, auth_method, zk_servers=zk_servers)
+        self.create(nodes, session_timeout_ms, shard, first_ip, auth_method, zk_servers=zk_servers,
+                    tls=tls, zk_auth=zk_auth)
         began = time.monotonic()
         with dir_lock(self.dir):
             # One at a time, each once the previous one has its place in the election: the
@@ -656,6 +723,8 @@ class Sandbox:
         *,
         require_daemons: tuple[str, ...] = DAEMONS,
         zk_servers: int = 1,
+        tls: bool = False,
+        zk_auth: bool = False,
     ) -> SandboxState:
         """Everything but the daemons: ZooKeeper running (one standalone server, or with
         zk_servers=3 an ensemble on the same address), pool, datasets, configs, cgroups."""
@@ -683,7 +752,8 @@ class Sandbox:
                 id=sid, dir=str(self.dir), shard=shard, session_timeout_ms=session_timeout_ms,
                 secret=secrets.token_urlsafe(32), repl_password=secrets.token_urlsafe(12),
                 admin_password=secrets.token_urlsafe(12),
-                auth_method=auth_method, data_root=data_root,
+                auth_method=auth_method, data_root=data_root, tls=tls,
+                zk_auth=f"manatee-{sid}:{secrets.token_urlsafe(18)}" if zk_auth else "",
                 cgroup=f"{CGROUP_PREFIX}-{sid}" if cgroups.available() else None,
             )
             self._st = st
@@ -698,6 +768,7 @@ class Sandbox:
             taken: set[tuple[str, int]] = set()
             for name, ip in zip(names, ips):
                 st.nodes.append(self._new_node(name, ip, taken))
+            write_security_files(st)
             for node in st.nodes:
                 write_node_configs(st, node)
             self.save()
@@ -740,7 +811,7 @@ class Sandbox:
         """Until the node's sitter reports itself in the election (its /state lists it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            _code, body = http_json(f"{node.status_url}/state", timeout=1.0)
+            _code, body = http_json(f"{node.status_url}/state", timeout=1.0, ctx=node.client_ctx())
             if isinstance(body, dict) and body.get("id") and body.get("id") in (body.get("election") or []):
                 return True
             if not pid_alive(node.pids.get("sitter", 0) or 0):
@@ -877,7 +948,7 @@ class Sandbox:
             part = network.partitioned(node.ip, self.st.nft_prefix)
         except (network.NftError, OSError):
             part = None
-        code, body = (0, None) if hung else http_json(f"{node.status_url}/state", timeout=1.0)
+        code, body = (0, None) if hung else http_json(f"{node.status_url}/state", timeout=1.0, ctx=node.client_ctx())
         if isinstance(body, dict):
             role = str(body.get("role") or "unknown")
         elif hung:
@@ -952,7 +1023,7 @@ class Sandbox:
 
     def primary(self) -> NodeState | None:
         for n in self.st.nodes:
-            code, body = http_json(f"{n.status_url}/state", timeout=1.0)
+            code, body = http_json(f"{n.status_url}/state", timeout=1.0, ctx=n.client_ctx())
             if isinstance(body, dict) and body.get("role") == "primary":
                 return n
         return None
@@ -1105,6 +1176,7 @@ class Sandbox:
             taken = {(n.ip, p) for n in st.nodes for p in (n.pg_port, n.status_port, n.backup_port, n.zfs_port)}
             node = self._new_node(name, ip, taken)
             st.nodes.append(node)
+            write_security_files(st)
             write_node_configs(st, node)
             self.save()  # from here on `down` knows the node
             from manatee.harness.zfspool import ZfsPool

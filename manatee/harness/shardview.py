@@ -22,10 +22,11 @@ from manatee.sitter.history import parse_record
 __all__ = ["http_get", "client_dsn", "read_history", "ShardView"]
 
 
-def http_get(url: str, timeout: float = 1.0) -> tuple[int, Any]:
-    """(HTTP status, parsed JSON or None); (0, None) when nothing answers."""
+def http_get(url: str, timeout: float = 1.0, ctx: Any = None) -> tuple[int, Any]:
+    """(HTTP status, parsed JSON or None); (0, None) when nothing answers. `ctx`: the SSL
+    context of an https:// URL (NodeState.client_ctx())."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
             status, body = r.status, r.read()
     except urllib.error.HTTPError as e:
         status, body = e.code, e.read()
@@ -103,7 +104,7 @@ class ShardView:
         return client_dsn(self.sb, node, self.passfile)
 
     def state_of(self, node: NodeState, timeout: float = 1.0) -> dict | None:
-        _code, body = http_get(f"{node.status_url}/state", timeout)
+        _code, body = http_get(f"{node.status_url}/state", timeout, node.client_ctx())
         return body if isinstance(body, dict) else None
 
     def roles(self) -> dict[str, str]:
@@ -115,10 +116,10 @@ class ShardView:
         return out
 
     def writable(self, node: NodeState) -> bool:
-        return http_get(f"{node.status_url}/primary", 0.7)[0] == 200
+        return http_get(f"{node.status_url}/primary", 0.7, node.client_ctx())[0] == 200
 
     def streaming(self, node: NodeState) -> bool:
-        return http_get(f"{node.status_url}/replica", 0.7)[0] == 200
+        return http_get(f"{node.status_url}/replica", 0.7, node.client_ctx())[0] == 200
 
     def find_primary(self) -> str | None:
         """For a writer: the DSN of the one node whose sitter says it is the writable

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode
 from manatee.core.layout import registrar_path
+from manatee.core.tls import TlsCfg, scheme
 
 _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
 _SHARD_PATH = re.compile(r"^(/[A-Za-z0-9_.:-]+)+$")
@@ -309,6 +310,7 @@ class SitterConfig(ConfigModel):
     statusServerCfg: HttpServerCfg = HttpServerCfg()
     hooks: HooksCfg | None = Field(None, description="role-change hook (VIP, pgbouncer, DNS); never blocks failover")
     tags: TagsCfg = Field(default_factory=TagsCfg, description="node tags: nofailover, nosync, priority (a sitter restart applies a change)")
+    tls: TlsCfg | None = Field(None, description="HTTPS for the status server and the sitter's HTTP clients (heartbeat, restore, upstream /state); this node's backupserver must have TLS too (its backupUrl becomes https://)")
     primaryStartTimeout: int | None = Field(
         None, ge=1000, le=3600000,
         description="a primary whose PostgreSQL is not healthy for this long (hung, crash-looping, cannot start, "
@@ -387,11 +389,11 @@ class SitterConfig(ConfigModel):
 
     @property
     def backup_url(self) -> str:
-        return f"http://{self.ip}:{self.backupPort}"
+        return f"{scheme(self.tls)}://{self.ip}:{self.backupPort}"
 
     @property
     def status_url(self) -> str:
-        return f"http://{self.ip}:{self.status_port}"
+        return f"{scheme(self.tls)}://{self.ip}:{self.status_port}"
 
     @property
     def registrar_path(self) -> str:

@@ -97,9 +97,11 @@ class HeartbeatSender:
     """Posts a heartbeat to the current upstream every interval. Errors are logged, never fatal."""
 
     def __init__(self, *, me_id: str, pg_url: str, interval_s: float, timeout_s: float,
-                 status: Callable[[], dict], log, source_ip: str | None = None, secret=None):
+                 status: Callable[[], dict], log, source_ip: str | None = None, secret=None,
+                 ssl_context=None):
         self.me_id, self.pg_url = me_id, pg_url
         self.secret = secret  # signs each heartbeat; None: insecure mode
+        self.ssl_context = ssl_context  # verifies an https:// upstream, presents our certificate
         self.source_ip = source_ip  # bind to our own address: the upstream checks it
         self.interval_s, self.timeout_s = interval_s, timeout_s
         self.status = status  # -> {"wal": str|None, "streaming": bool}
@@ -113,7 +115,7 @@ class HeartbeatSender:
         # A fresh connection per beat: the upstream's status server closes idle connections
         # (and, when flooded, the oldest idle ones first), so a kept-alive one may be gone.
         connector = aiohttp.TCPConnector(local_addr=(self.source_ip, 0) if self.source_ip else None,
-                                         limit=1, force_close=True)
+                                         limit=1, force_close=True, ssl=self.ssl_context or True)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while not stop.is_set():
                 url = self.upstream_url

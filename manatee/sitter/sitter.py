@@ -48,10 +48,13 @@ class Sitter:
         self.pg = PgManager(cfg, log)
         self.zfs = Zfs(zfs_path=p.zfsClientCfg.zfsPath, logger=log)
         self.heartbeats = HeartbeatTable(expiration_s=cfg.heartbeatCfg.expirationTime / 1000)
+        # verifies https:// peers against tls.caFile and presents our certificate (None: no TLS)
+        tls = getattr(cfg, "tls", None)
+        self.tls_client = tls.client_context() if tls else None
         self.hb_sender = HeartbeatSender(
             me_id=self.me.id, pg_url=self.me.pg_url, interval_s=cfg.heartbeatCfg.heartbeatInterval / 1000,
             timeout_s=cfg.heartbeatCfg.requestTimeout / 1000, status=self._hb_status, log=log,
-            source_ip=cfg.ip, secret=secret)
+            source_ip=cfg.ip, secret=secret, ssl_context=self.tls_client)
         self.interval = p.healthChkInterval / 1000
         self.wake = asyncio.Event()
         self.zk_dirty = True
@@ -614,7 +617,7 @@ class Sitter:
         res = await restore_dataset(
             self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=upstream.backup_url,
             listen_host=z.zfsHost or self.cfg.ip, listen_port=z.zfsPort,
-            owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret,
+            owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret, ssl_context=self.tls_client,
             poll_interval=z.pollInterval / 1000, progress=progress, logger=self.log)
         self.restore_progress = {"phase": "done", "completed": res.bytes, "size": res.bytes,
                                  "source": upstream.backup_url, "path": res.path, "reason": res.reason}
@@ -629,7 +632,7 @@ class Sitter:
 
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
-                async with http.get(f"{upstream.status_url}/state") as resp:
+                async with http.get(f"{upstream.status_url}/state", ssl=self.tls_client or True) as resp:
                     body = await resp.json()
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
             raise UpstreamNotReady(f"cannot ask {upstream.status_url} whether it can be restored from: {e}") from None
@@ -711,6 +714,7 @@ class Sitter:
             "restore": self.restore_progress,
             "election": [p.id for p in self.election],
             "insecure": self.cfg.insecure,
+            "zkAuth": self.cfg.zkCfg.auth is not None, "tls": getattr(self.cfg, "tls", None) is not None,
             "quarantined": list(self.quarantined), "stateUnreadable": self.state_unreadable,
             "zkSessionTimeout": {"configured": self.cfg.zkCfg.sessionTimeout / 1000,
                                  "negotiated": self.zk.negotiated_session_timeout},

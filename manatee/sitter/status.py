@@ -79,11 +79,13 @@ class StatusServer:
         idle = bounds.idleTimeout / 1000
         self.runner = web.AppRunner(self.app, **runner_kwargs(idle))
         await self.runner.setup()
+        tls = getattr(cfg, "tls", None)
         self.site = BoundedTCPSite(self.runner, cfg.ip, cfg.status_port, reuse_address=True,
-                                   max_connections=bounds.maxConnections, idle_timeout=idle, log=self.log)
+                                   max_connections=bounds.maxConnections, idle_timeout=idle, log=self.log,
+                                   ssl_context=tls.server_context() if tls else None)
         await self.site.start()
         self.log.info("status_server_listening", url=cfg.status_url, max_connections=bounds.maxConnections,
-                      authenticated=not self.open_posts)
+                      authenticated=not self.open_posts, tls=bool(tls))
 
     async def _signed_body(self, req: web.Request) -> tuple[bytes | None, web.Response | None]:
         """(raw body, None) when the request proves the shard secret, else (None, the 401/413)."""

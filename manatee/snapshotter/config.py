@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from pydantic import Field, field_validator
 
 from manatee.core.config import ConfigModel
+from manatee.core.tls import TlsCfg
 
 # pool/fs/fs: components of letters, digits, _ . : -; the pool starts with a letter
 DATASET_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*$")
@@ -42,6 +43,7 @@ class SnapshotterConfig(ConfigModel):
     snapshotNumber: int = Field(50, ge=1, description="how many epoch-ms snapshots to keep")
     zfsPath: str = Field("/usr/sbin/zfs", min_length=1, description="the zfs binary")
     healthUrl: str | None = Field(None, description="if set, snapshot only while GET healthUrl answers 200")
+    tls: TlsCfg | None = Field(None, description="for an https:// healthUrl: the CA to verify the sitter with and the client certificate to present (the sitter's tls section)")
     minFreePercent: float = Field(
         10.0, ge=0, le=90,
         description="disk pressure: while the dataset's free space (ZFS `available`, quota included) is below "

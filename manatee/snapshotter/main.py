@@ -27,7 +27,8 @@ def http_health_check(url: str, session: aiohttp.ClientSession):
 
 async def run(config: SnapshotterConfig, log, stop: asyncio.Event) -> int:
     zfs = Zfs(zfs_path=config.zfsPath, logger=log)
-    session = aiohttp.ClientSession() if config.healthUrl else None
+    ssl = config.tls.client_context() if config.tls else True
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl)) if config.healthUrl else None
     try:
         snapshotter = Snapshotter(
             zfs,

@@ -159,3 +159,22 @@ def test_set_primary_refuses_while_sitters_run_or_outside_safe_mode():
         set_primary(None, "1", "127.0.0.11", {"reason": "x"}, [{"ip": "127.0.0.12", "id": "b"}])
     with pytest.raises(CliError, match="not in safe mode"):
         set_primary(None, "1", "127.0.0.11", None, [])
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("insecure", True, "runs insecure"),
+    ("zkAuth", False, "without ZooKeeper auth"),
+])
+def test_verify_warns_about_an_insecure_sitter_and_show_marks_it(key, value, needle):
+    from manatee.cli.adm_view import WARNING, assess, verdict
+
+    v = healthy()
+    for n in v.nodes:
+        n.sitter.update(insecure=False, zkAuth=True)
+    assert problems(v) == []
+    v.nodes[1].sitter[key] = value
+    found = assess(v)
+    assert [(s, needle in m and B.ip in m) for s, m in found] == [(WARNING, True)]
+    assert verdict(found) == WARNING  # a warning: verify exits 1, not 2
+    sync_line = next(ln for ln in render_show(v).splitlines() if ln.startswith("sync"))
+    assert "(insecure)" in sync_line

@@ -159,3 +159,42 @@ def test_daemon_command_uses_the_venv(tmp_path):
     cmd = sbx.daemon_command("snapshotter", tmp_path / "snapshotter.json")
     assert cmd[-4:] == ["-f", str(tmp_path / "snapshotter.json"), "--log-format", "text"]
     assert cmd[0].endswith("manatee-snapshotter") or cmd[:3][-1] == "manatee.snapshotter.main"
+
+
+@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="needs openssl")
+def test_tls_and_zk_auth_sandbox_configures_every_daemon(tmp_path):
+    import os
+    import stat
+
+    from manatee.cli.sandbox import tool_commands, tool_vars
+
+    st = make_state(tmp_path)
+    st.tls, st.zk_auth = True, "manatee-ab12cd34:pw-zk-0123456789"
+    sbx.write_security_files(st)
+    assert stat.S_IMODE(os.stat(st.tls_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(st.zk_auth_file).st_mode) == 0o600
+    b = st.node("b")
+    assert stat.S_IMODE(os.stat(b.key_file).st_mode) == 0o600
+    cfgs = sbx.node_configs(st, b)
+    sitter = validate(cfgs["sitter"], SitterConfig)
+    backup = validate(cfgs["backupserver"], BackupServerConfig)
+    snap = validate(cfgs["snapshotter"], SnapshotterConfig)
+    assert b.status_url.startswith("https://") and sitter.status_url == b.status_url
+    assert sitter.backup_url.startswith("https://") and snap.healthUrl.startswith("https://")
+    assert sitter.tls.requireClientCert and backup.tls.requireClientCert and snap.tls.certFile == b.cert_file
+    assert sitter.zkCfg.auth.zk_auth().auth_data()  # the credential file is usable
+    # the state round-trips (an older sandbox.json without the keys loads too)
+    again = SandboxState.from_json(json.loads(json.dumps(st.to_json())))
+    assert again.tls and again.node("b").cert_file == b.cert_file
+    old = st.to_json()
+    for k in ("tls", "zk_auth"):
+        old.pop(k)
+    for n in old["nodes"]:
+        for k in ("cert_file", "key_file", "ca_file"):
+            n.pop(k)
+    assert not SandboxState.from_json(old).node("b").status_url.startswith("https")
+    # the tools get the credential and the TLS files, in manatee.env and in the printed commands
+    v = tool_vars(st)
+    assert v["MANATEE_ZK_AUTH_FILE"] == st.zk_auth_file and os.path.exists(v["MANATEE_TLS_CERT"])
+    show = dict(tool_commands(st.zk_connect, st.shard, tmp_path / "pgpass", tmp_path / "manatee.env", v))
+    assert "MANATEE_TLS_CA=" in show["the shard as a table"]
