@@ -119,8 +119,9 @@ def validate(data: Any, model: type[M], file: str = "<config>") -> M:
         raise ConfigError(file, key, problem) from None
 
 
-def load_config(path: str | os.PathLike, model: type[M]) -> M:
-    """Read, parse and validate a config file; every failure is a ConfigError naming the file."""
+def read_config_data(path: str | os.PathLike) -> Any:
+    """Read and parse a config file (JSON or YAML) without validating it; ConfigError naming
+    the file when it is missing, unreadable or not parseable."""
     file = str(path)
     try:
         text = Path(file).read_text(encoding="utf-8")
@@ -128,7 +129,12 @@ def load_config(path: str | os.PathLike, model: type[M]) -> M:
         raise ConfigError(file, None, "file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(file, None, f"cannot be read: {e}") from None
-    return validate(parse_text(text, file), model, file)
+    return parse_text(text, file)
+
+
+def load_config(path: str | os.PathLike, model: type[M]) -> M:
+    """Read, parse and validate a config file; every failure is a ConfigError naming the file."""
+    return validate(read_config_data(path), model, str(path))
 
 
 # ---------------------------------------------------------------------- shared security keys

@@ -38,13 +38,12 @@ import asyncio
 import contextlib
 import signal
 import sys
-from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 from manatee import __version__
 from manatee.core import log as logmod
 from manatee.core import sdnotify
-from manatee.core.config import ConfigError, ConfigModel, parse_text, validate
+from manatee.core.config import ConfigError, ConfigModel, read_config_data, validate
 
 C = TypeVar("C", bound=ConfigModel)
 
@@ -84,13 +83,7 @@ def parse_args(name: str, argv: list[str] | None) -> argparse.Namespace:
 def load(path: str, model: type[C]) -> tuple[C, str | None]:
     """(the validated config, its logLevel or None). ConfigError on any problem."""
     file = str(path)
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(file, None, "file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(file, None, f"cannot be read: {e}") from None
-    data = parse_text(text, file)
+    data = read_config_data(file)
     level = None
     if isinstance(data, dict) and LOG_LEVEL_KEY in data:
         data = dict(data)
