@@ -32,7 +32,6 @@ import contextlib
 import json
 import random
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -417,10 +416,9 @@ class Nemesis:
             finally:
                 grayfaults.pg_resume(self.sb, name)
         elif kind == "disk_full":
+            # no WAL burst here: a burst into a full quota has crashed the machine's shared
+            # zfs-fuse daemon (2 of 7 runs); the F19 tests that use one are opt-in
             grayfaults.disk_full(self.sb, name)
-            dsn = self.view.find_primary()
-            if dsn:  # a WAL burst uses the margin up now (small commits take minutes to)
-                threading.Thread(target=grayfaults.fill_wal, args=(dsn,), daemon=True).start()
             try:
                 note = self._await_reaction(name, at_least=hold) if role == "primary" else time.sleep(hold)
             finally:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 
@@ -230,6 +231,13 @@ def test_f18_pg_hung_on_standby_no_rebuild_writes_go_on(shard: Shard, role: str)
 
 
 # ---------------------------------------------------------------------------------- F19
+#: A WAL burst into a full quota has crashed the machine's shared zfs-fuse daemon (2 of 7
+#: runs, 2026-12-03: every shard on the machine lost its mounts), so the F19 tests run only
+#: when asked: MANATEE_DISK_FULL_TESTS=1.
+DISK_FULL_OPT_IN = pytest.mark.skipif(os.environ.get("MANATEE_DISK_FULL_TESTS") != "1",
+                                      reason="F19 can crash the shared zfs-fuse daemon; set MANATEE_DISK_FULL_TESTS=1")
+
+
 def _disk_full_and_fill(sh: Shard, name: str) -> None:
     """Quota just above the node's use, then a burst of WAL through the primary fills it."""
     gf.disk_full(sh.sb, name)
@@ -237,11 +245,13 @@ def _disk_full_and_fill(sh: Shard, name: str) -> None:
     threading.Thread(target=lambda: say(f"filler: {gf.fill_wal(sh.dsn(sh.node(primary)))}"), daemon=True).start()
 
 
+@DISK_FULL_OPT_IN
 def test_f19_disk_full_on_primary_sync_takes_over(shard: Shard):
     _primary_gives_way(shard, "F19-primary", lambda n: _disk_full_and_fill(shard, n),
                        lambda n: gf.disk_lift(shard.sb, n))
 
 
+@DISK_FULL_OPT_IN
 def test_f19_disk_full_on_sync_writes_go_on(shard: Shard):
     sh = shard
     _standby_fault(sh, "F19-sync", "sync", lambda n: _disk_full_and_fill(sh, n), lambda n: gf.disk_lift(sh.sb, n),
