@@ -276,7 +276,10 @@ class PgManager:
     def running(self) -> bool:
         return self.proc is not None and self.proc.running
 
-    async def start(self) -> None:
+    async def start(self, ready_timeout: float | None = None) -> None:
+        """Start PostgreSQL and wait until it accepts connections: at most `ready_timeout`
+        seconds (default opsTimeout), after which PgError is raised and the process is left to
+        the next cycle's health check (a primary's step-down budget bounds this wait)."""
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         self.proc = self._new_process()
@@ -284,7 +287,7 @@ class PgManager:
         await self.proc.start()
         self._restart_pending = self._reload_pending = False
         self._started_at = time.monotonic()
-        await self.proc.wait_ready(self.ops_timeout)
+        await self.proc.wait_ready(self.ops_timeout if ready_timeout is None else ready_timeout)
         try:  # at once, before clients can take every connection slot
             await self.client.connect(timeout=self.health_timeout)
         except pgmod.PgError as e:

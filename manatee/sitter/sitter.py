@@ -274,6 +274,16 @@ class Sitter:
             self.log.warning("data_dir_check_timed_out", using=self.last_has_data)
         return self.last_has_data
 
+    def _start_budget(self, target: Target) -> float | None:
+        """How long a start of my PostgreSQL may wait for it to accept connections. A primary
+        that has been sick already waits only for what is left of primaryStartTimeout (at least
+        a few health checks), so that a PostgreSQL that hangs again at every start (F18, sticky)
+        still lets the step-down rule run within its bound instead of after opsTimeout."""
+        if target.role != PRIMARY or self.sick_since is None:
+            return None
+        left = self.primary_start_timeout - (time.monotonic() - self.sick_since)
+        return min(self.pg.ops_timeout, max(left, 2 * self.pg.health_timeout, 1.0))
+
     @property
     def primary_start_timeout(self) -> float:
         """primaryStartTimeout (s); by default twice the session timeout."""
@@ -558,7 +568,7 @@ class Sitter:
             self.configured_upstream = up
         elif step == T.START_PG:
             if not pg.running:
-                await pg.start()
+                await pg.start(ready_timeout=self._start_budget(target))
         elif step == T.RELOAD_PG:
             await pg.apply_pending()
         elif step == T.PROMOTE:

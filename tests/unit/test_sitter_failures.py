@@ -44,3 +44,24 @@ def test_a_changing_log_tail_is_still_the_same_error():
     msg = "postgres on /d exited with status -9 before accepting connections; log tail:\n{}"
     loud = [s._cycle_failed(msg.format(i)) for i in range(5)]
     assert loud == [True, False, False, False, False]
+
+
+def test_a_sick_primarys_start_waits_only_for_what_is_left_of_its_step_down_budget():
+    """F18 sticky hang: PostgreSQL hangs again at every start. The start's wait for it to
+    accept connections must end within primaryStartTimeout, else the step-down rule (which
+    runs between cycles) waits for opsTimeout instead."""
+    import time
+    from types import SimpleNamespace
+
+    from manatee.sitter.sitter import Sitter
+    from manatee.sitter.state import PRIMARY, STANDBY, Target
+
+    pg = SimpleNamespace(ops_timeout=60.0, health_timeout=1.0)
+    me = SimpleNamespace(pg=pg, primary_start_timeout=8.0, sick_since=None)
+    primary, standby = Target(PRIMARY, read_only=True), Target(STANDBY)
+    assert Sitter._start_budget(me, primary) is None  # healthy so far: opsTimeout
+    me.sick_since = time.monotonic() - 5.0
+    assert 2.5 <= Sitter._start_budget(me, primary) <= 3.0  # 8 s budget, 5 s spent
+    me.sick_since = time.monotonic() - 30.0
+    assert Sitter._start_budget(me, primary) == 2.0  # spent: still a couple of health checks
+    assert Sitter._start_budget(me, standby) is None  # standbys do not step down
