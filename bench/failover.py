@@ -207,6 +207,7 @@ class Shard:
         self.sb = Sandbox(self.dir, out=self._out)
         self._pgbench: subprocess.Popen | None = None
         self._zk: Any = None
+        self._watcher: Any = None
         self._election_log: list[tuple[float, frozenset[str]]] = []  # (monotonic, children)
         self._elog_lock = threading.Lock()
 
@@ -253,6 +254,10 @@ class Shard:
                 self._zk.stop()
                 self._zk.close()
             self._zk = None
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                self._watcher.close()
+            self._watcher = None
         if self._pgbench is not None and self._pgbench.poll() is None:
             self._pgbench.kill()
             self._pgbench.wait()
@@ -316,8 +321,23 @@ class Shard:
         self.sb.wait_healthy(self.args.healthy_timeout)
         return time.monotonic() - t0
 
+    def watched_primary_dsn(self) -> str | None:
+        """--client watch: the primary as manatee.client.ShardWatcher knows it (a ZooKeeper
+        watch on the state node, as an application would use it), mapped to its node's DSN."""
+        if self._watcher is None:
+            from manatee.client import ShardWatcher
+            self._watcher = ShardWatcher(self.sb.st.zk_connect, self.sb.st.shard, session_timeout=10.0)
+        url = self._watcher.primary_url
+        if url is None:
+            return None
+        hostport = url.split("@", 1)[-1].split("/", 1)[0]
+        host, _, port = hostport.rpartition(":")
+        n = next((n for n in self.sb.st.nodes if n.ip == host and str(n.pg_port) == port), None)
+        return dsn_of(n) if n else None
+
     def writer(self, interval: float) -> RecordingWriter:
-        return RecordingWriter(self.find_primary_dsn, table="bench_writes", interval=interval,
+        find = self.watched_primary_dsn if self.args.client == "watch" else self.find_primary_dsn
+        return RecordingWriter(find, table="bench_writes", interval=interval,
                                connect_timeout=1.0, commit_timeout=5.0, retry_interval=0.02,
                                follow_primary=0.5, name=f"bench-T{self.T}")
 
@@ -610,6 +630,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma list of p4, quiet, p1, p2, sw (switchover) (default all)")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="also write the results as JSON (to FILE, or to stdout after the summary)")
+    p.add_argument("--client", choices=("status", "watch"), default="status",
+                   help="how the writer finds the primary: poll each sitter's GET /primary (default), "
+                        "or manatee.client.ShardWatcher's ZooKeeper watch")
     p.add_argument("--keep-logs", metavar="DIR", help="copy the daemons' logs here before removing the shard")
     p.add_argument("--base-dir", default="/tmp", help="where the sandbox directory is made (default /tmp)")
     p.add_argument("--octet", type=int, help="third address octet for the nodes (default random 150-249)")
