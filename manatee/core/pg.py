@@ -146,8 +146,11 @@ async def initdb(
     sync: bool = True,
     timeout: float = 120.0,
     password: str | None = None,
+    wal_segsize_mb: int | None = None,
 ) -> None:
     """Create a new cluster in `data_dir` (created, 0700, owned by `user`).
+
+    `wal_segsize_mb`: initdb's --wal-segsize (a power of two, 1-1024; None: PostgreSQL's 16).
 
     `password` becomes the superuser's password (needed for md5/scram replication auth);
     it is passed through a private temporary file, never on a command line.
@@ -176,6 +179,8 @@ async def initdb(
         cmd.append("--data-checksums")
     if not sync:
         cmd.append("--no-sync")
+    if wal_segsize_mb is not None:
+        cmd += ["--wal-segsize", str(int(wal_segsize_mb))]
     pwfile = None
     if password is not None:
         # Inside the new (private, empty) data directory's parent would be reachable by the

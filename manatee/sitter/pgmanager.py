@@ -37,6 +37,11 @@ DIVERGENCE_PATTERNS = re.compile(
 
 
 PROMOTE_POLL_S = 0.01  # a promoting node is asked this often whether it has left recovery
+# WAL segment size of a new shard (initdb --wal-segsize). A promotion copies the whole last
+# segment to the new timeline and fsyncs it, and the standbys that follow the new timeline
+# stream that segment again from its start: both scale with the segment size (16 MB: 0.2-0.4 s
+# of a takeover on a loaded 2-core host with ZFS; see docs/benchmarks.md).
+WAL_SEGMENT_MB = 1
 
 # PostgreSQL refused a connection because clients hold every slot (F20): it is busy, not sick.
 CROWDED = re.compile(r"too many clients already|remaining connection slots are reserved")
@@ -130,7 +135,8 @@ class PgManager:
 
     async def initdb(self) -> None:
         self.log.info("pg_initdb", data_dir=str(self.data_dir))
-        await pgmod.initdb(self.data_dir, user=self.user, bindir=self.bindir, password=self._superuser_password())
+        await pgmod.initdb(self.data_dir, user=self.user, bindir=self.bindir, password=self._superuser_password(),
+                           wal_segsize_mb=WAL_SEGMENT_MB)
         tmpl = self.cfg.postgresMgrCfg.postgresConf
         if tmpl and Path(tmpl).exists():
             install_base_config(self.data_dir, Path(tmpl), user=self.user)
