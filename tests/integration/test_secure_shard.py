@@ -35,6 +35,10 @@ def test_the_secure_shard_serves_https_only_to_its_own_clients(secure: Shard):
     assert n.status_url.startswith("https://")
     peers = [p for p in [(sh.zk_state() or {}).get("primary")] if p]
     assert peers and peers[0]["statusUrl"].startswith("https://") and peers[0]["backupUrl"].startswith("https://")
+    # the standbys were restored from the primary's backupserver over HTTPS (client certificate,
+    # upstream /state check, POST /backup, job polling)
+    logs = [sh.sitter_log(x) for x in sh.nodes]
+    assert any("restore_starting" in t and "source=https://" in t and "restore_done" in t for t in logs)
     # no client certificate: the handshake is refused
     ctx = ssl.create_default_context(cafile=n.ca_file)
     with pytest.raises(OSError):
