@@ -32,7 +32,8 @@ GAP_BOUND_S = 3.0  # P2 is ≤ 1 s median (benchmark); a loaded 2-core box gets 
 
 @pytest.fixture(scope="module")
 def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "adm", SESSION_MS)
+    # ZooKeeper auth on: verify warns about a sitter without it (adm() passes the credential)
+    yield from shared_shard(tmp_path_factory, "adm", SESSION_MS, zk_auth=True)
 
 
 @pytest.fixture
