@@ -85,8 +85,11 @@ class Shard(ShardView):
     """A Sandbox shard on a random 127.x.y.0/24 (so parallel runs do not collide), with
     the client's view of it (ShardView) and what the fault tests do to it."""
 
-    def __init__(self, base_dir: Path, session_timeout_ms: int = 5000, nodes: int = 3, zk_servers: int = 1):
+    def __init__(self, base_dir: Path, session_timeout_ms: int = 5000, nodes: int = 3, zk_servers: int = 1,
+                 secure: bool = False, zk_auth: bool | None = None):
         self.session_timeout_ms = session_timeout_ms
+        self.secure = secure  # up --tls --zk-auth: HTTPS with client certificates, ZooKeeper ACLs
+        self.zk_auth = secure if zk_auth is None else zk_auth  # up --zk-auth alone
         self.n = nodes
         self.zk_servers = zk_servers  # 3: a ZooKeeper ensemble instead of one standalone server
         self.base_dir = Path(base_dir)
@@ -112,7 +115,8 @@ class Shard(ShardView):
 
     def up(self, timeout: float = 300) -> "Shard":
         self.sb.up(nodes=self.n, session_timeout_ms=self.session_timeout_ms, shard=self.shard,
-                   first_ip=self.first_ip, timeout=timeout, zk_servers=self.zk_servers)
+                   first_ip=self.first_ip, timeout=timeout, zk_servers=self.zk_servers,
+                   tls=self.secure, zk_auth=self.zk_auth)
         return self
 
     def reset(self, timeout: float = 300) -> "Shard":
@@ -276,11 +280,13 @@ class Shard(ShardView):
 
 
 def shared_shard(tmp_path_factory, name: str, session_timeout_ms: int = 5000,
-                 before_down: Callable[[Shard], None] | None = None, zk_servers: int = 1) -> Iterator[Shard]:
+                 before_down: Callable[[Shard], None] | None = None, zk_servers: int = 1,
+                 secure: bool = False, zk_auth: bool | None = None) -> Iterator[Shard]:
     """Body of a module-scoped fixture: one shard for the module's tests, removed at the
     end (`before_down` first, e.g. to undo a fault or keep logs); what `down` could not
     remove fails the module."""
-    sh = Shard(tmp_path_factory.mktemp(name), session_timeout_ms=session_timeout_ms, zk_servers=zk_servers)
+    sh = Shard(tmp_path_factory.mktemp(name), session_timeout_ms=session_timeout_ms, zk_servers=zk_servers,
+               secure=secure, zk_auth=zk_auth)
     try:
         sh.up()
         yield sh

@@ -523,7 +523,7 @@ async def ensure_role(client: PgClient, name: str, password: str | None, *,
     """Create login role `name` on a primary if it does not exist; True if created.
 
     An existing role is left as it is (its password included: rotation is an operator's
-    ALTER ROLE, see docs/security-postgres.md). The statement runs in its own read-write
+    ALTER ROLE, see docs/security.md). The statement runs in its own read-write
     transaction with ``synchronous_commit = local``: a primary kept read-only, or waiting
     for a sync that is not there yet, still creates it at once (it reaches the standbys
     with the WAL). The password travels as a SCRAM verifier, never in clear.

@@ -190,7 +190,7 @@ class RoleConfig:
     #: primary_conninfo: nothing more arrives — a sync does this before it takes over, so
     #: that a cut-off old primary cannot stream commits into it beyond what it recorded).
     upstream: tuple[str, int] | None = None
-    #: The role standbys stream as (REPLICATION, not a superuser; see docs/security-postgres.md).
+    #: The role standbys stream as (REPLICATION, not a superuser; see docs/security.md).
     replication_user: str = "postgres"
     replication_password: str | None = None
     #: Further roles accepted for replication from members (while a shard migrates from
@@ -428,7 +428,7 @@ def render_pg_hba(rc: RoleConfig) -> str:
     out = [
         "# Written by manatee. Do not edit: it is rewritten on every role change.",
         "# unix socket: trust (its directory is private); replication: its role, shard members only;",
-        "# superuser and replication role: no other TCP session (see docs/security-postgres.md).",
+        "# superuser and replication role: no other TCP session (see docs/security.md).",
         "# TYPE  DATABASE     USER         ADDRESS              METHOD",
     ]
     out += [f"{t:<7} {db:<12} {user:<12} {addr:<20} {meth}" for t, db, user, addr, meth in rows]

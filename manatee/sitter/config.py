@@ -24,7 +24,7 @@ def _check_dataset(v: str) -> str:
 
 
 class ZkAuthCfg(ConfigModel):
-    """ZooKeeper digest auth; the shard's znodes then get ACLs (docs/security-zookeeper.md)."""
+    """ZooKeeper digest auth; the shard's znodes then get ACLs (docs/security.md)."""
 
     scheme: Literal["digest"] = Field("digest", description="ZooKeeper auth scheme (only digest)")
     credential: str | None = Field(None, repr=False, description="'user:password' of the shard (never logged; prefer credentialFile)")
@@ -156,7 +156,7 @@ def _no_trust(v: str) -> str:
 class ReplicationAuth(ConfigModel):
     method: NetworkAuthMethod = Field(
         "scram-sha-256", description="pg_hba method for replication and client connections from the network ('cert' renders hostssl; 'trust' is refused)")
-    user: str = Field("replicator", description="role the standbys replicate as: REPLICATION, not a superuser; the primary creates it if missing. The database superuser (the old default) still works, but its password then opens every database: see docs/security-postgres.md")
+    user: str = Field("replicator", description="role the standbys replicate as: REPLICATION, not a superuser; the primary creates it if missing. The database superuser (the old default) still works, but its password then opens every database: see docs/security.md")
     password: str | None = Field(None, description="the replication role's password (needed unless method is cert)")
     migrationUsers: list[str] = Field(default_factory=list, description="further roles still accepted for replication while a shard moves from one replication role to another (remove when done)")
     sslmode: SslMode | None = Field(None, description="sslmode of the standbys' replication connections (default: libpq's 'prefer')")

@@ -125,7 +125,7 @@ class PgManager:
         self.parameters_gen = self._written_gen = self._applied_gen = 0
         if p.replicationAuth.user == p.dbUser:
             log.warning("pg_replication_as_superuser", user=p.dbUser,
-                        hint="its password opens every database: see docs/security-postgres.md")
+                        hint="its password opens every database: see docs/security.md")
 
     # ------------------------------------------------------------------ data directory
 

@@ -121,7 +121,7 @@ class Sitter:
         self.zk.add_state_listener(self._on_zk_state)
         if self.zk.auth is None:
             self.log.warning("zk_auth_off", note="no zkCfg.auth: anyone who reaches ZooKeeper can change this "
-                                                 "shard's znodes (docs/security-zookeeper.md)")
+                                                 "shard's znodes (docs/security.md)")
         while not stop.is_set():
             try:
                 await self.zk.start()  # a fresh kazoo client per attempt: retrying is fine

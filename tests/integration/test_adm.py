@@ -32,7 +32,8 @@ GAP_BOUND_S = 3.0  # P2 is ≤ 1 s median (benchmark); a loaded 2-core box gets 
 
 @pytest.fixture(scope="module")
 def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "adm", SESSION_MS)
+    # ZooKeeper auth on: verify warns about a sitter without it (adm() passes the credential)
+    yield from shared_shard(tmp_path_factory, "adm", SESSION_MS, zk_auth=True)
 
 
 @pytest.fixture
@@ -47,6 +48,9 @@ def adm(sh: Shard | None, *args: str, limit: float = 60.0, zk: str | None = None
         sh.dsn(sh.nodes[0])  # writes the passfile
         env["PGPASSFILE"] = str(sh.dir / "test.pgpass")
         env["MANATEE_SECRET_FILE"] = sh.sb.st.secret_file  # manatee-adm rebuild signs with it
+        from manatee.cli.sandbox import tool_vars
+
+        env.update(tool_vars(sh.sb.st))  # with --zk-auth/--tls: the ZooKeeper credential, the TLS files
     cmd, rest = args[0], args[1:]
     pos = [] if shard == "" else [shard or sh.shard, zk or sh.sb.st.zk_connect]
     t0 = time.monotonic()

@@ -93,8 +93,9 @@ def test_fresh_sandbox_tools_health_endpoints_and_metrics(zfs_fuse, tmp_path):
     first_ip = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}.11"
     shard = f"d{uuid.uuid4().hex[:6]}"
     try:
+        # --zk-auth: verify warns about sitters without it; the printed commands carry the credential
         up = sandbox(d, "up", "--session-timeout", "4000", "--first-ip", first_ip, "--shard", shard,
-                     "--timeout", "300")
+                     "--timeout", "300", "--zk-auth")
         assert up.returncode == 0, up.stderr
         cmds = printed_commands(up.stdout)
         assert {"shard state + lag", "the shard as a table", "health (exit 0/1/2)", "history"} <= set(cmds), cmds

@@ -169,7 +169,7 @@ async def _repl_users(p: PgNode) -> dict[str, str]:
 
 
 async def test_migration_from_superuser_replication_never_stops_streaming(pg_node_factory):
-    """docs/security-postgres.md "Migration", on real PostgreSQL: a primary and two standbys
+    """docs/security.md "Migration", on real PostgreSQL: a primary and two standbys
     streaming as the superuser (a config from before the replication role) move to the
     replication role one node at a time; every intermediate state streams."""
     p: PgNode = pg_node_factory("p")

@@ -156,3 +156,37 @@ def test_adm_http_json_uses_the_env_files(pki, monkeypatch):
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         t.join(5)
+
+
+@pytest.mark.parametrize("client_cert", [True, False])
+async def test_a_heartbeat_over_https_needs_the_client_certificate(pki, client_cert):
+    """The sitter's status server with `tls` and the real heartbeat client: with its
+    certificate the beat lands; without one (a stranger) the handshake fails, nothing lands."""
+    from manatee.sitter.heartbeat import HeartbeatSender
+    from manatee.sitter.status import StatusServer
+    from tests.unit.test_status_auth import S, FakeSitter, Log
+
+    cfg = validate(tls(pki, requireClientCert=True), TlsCfg)
+    sitter = FakeSitter(secret=S)
+    sitter.cfg.tls = cfg
+    sitter.cfg.status_url = sitter.cfg.status_url.replace("http://", "https://")
+    srv = StatusServer(sitter, Log())
+    await srv.start()
+    ctx = cfg.client_context() if client_cert else client_context_from_env({ENV_CA: pki["ca"].cert})
+    sender = HeartbeatSender(me_id=sitter.election[0].id, pg_url="tcp://postgres@127.0.0.1:5432/postgres",
+                             interval_s=0.05, timeout_s=2, status=lambda: {"wal": None, "streaming": True},
+                             log=Log(), source_ip="127.0.0.1", secret=S, ssl_context=ctx)
+    sender.upstream_url = sitter.cfg.status_url
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(sender.run(stop))
+    try:
+        for _ in range(40):
+            if sender.last_ok:
+                break
+            await asyncio.sleep(0.05)
+        assert bool(sender.last_ok) == client_cert
+        assert (sender._failures == 0) == client_cert
+    finally:
+        stop.set()
+        await task
+        await srv.stop()
