@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tls", action="store_true",
                     help="HTTPS with client certificates for every status server and backupserver: a throwaway "
                          "CA and per-node certificates (openssl) in DIR/tls")
-    up.add_argument("--zk-auth", action="store_true",
-                    help="ZooKeeper digest auth: a generated shard credential (DIR/zk.auth); the shard's znodes "
-                         "get ACLs (writable only with it)")
+    up.add_argument("--zk-auth", action=argparse.BooleanOptionalAction, default=True,
+                    help="ZooKeeper digest auth (default on; --no-zk-auth for an open ZooKeeper): a generated "
+                         "shard credential (DIR/zk.auth); the shard's znodes get ACLs (writable only with it)")
 
     st = sub.add_parser("status", parents=[common], help="each node's address, role, pgUrl and processes")
     st.add_argument("--json", action="store_true", help="machine-readable output")

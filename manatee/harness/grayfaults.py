@@ -349,7 +349,8 @@ def _run_crash_loop(data_dir: str, for_s: float, every_s: float, sig: str = "KIL
 def _zk(sb: Sandbox):
     from kazoo.client import KazooClient
 
-    zk = KazooClient(hosts=sb.st.zk_connect, timeout=5)
+    auth = [("digest", sb.st.zk_auth)] if getattr(sb.st, "zk_auth", "") else None  # a --zk-auth sandbox
+    zk = KazooClient(hosts=sb.st.zk_connect, timeout=5, auth_data=auth)
     zk.start(timeout=15)
     return zk
 
