@@ -48,24 +48,44 @@ def _pending(status_url: str, ip: str, timeout: float) -> list[str]:
     return list(pg.get("pendingRestart") or [])
 
 
-def _streams(status_url: str, timeout: float) -> bool:
+def _streams_since(status_url: str, since: float, timeout: float) -> bool:
+    """The node's sitter saw it streaming in an observation made after `since` (this process's
+    monotonic clock; the sitter says how old its observation is), and /replica agrees. An
+    older observation may predate the restart: it does not count."""
     from manatee.cli.adm import http_json
 
-    return http_json(f"{status_url}/replica", timeout=min(timeout, 2))[0] == 200
+    t = min(timeout, 2)
+    asked = time.monotonic()
+    code, s = http_json(f"{status_url}/state", timeout=t)
+    ago = s.get("pgObservedAgo") if code == 200 and isinstance(s, dict) else None
+    pg = (s.get("pg") or {}) if code == 200 and isinstance(s, dict) else {}
+    if ago is None or asked - ago <= since or not pg.get("streaming"):
+        return False
+    return http_json(f"{status_url}/replica", timeout=t)[0] == 200
 
 
-def _wait_streaming(p, args, t0: float) -> float:
-    """Wait (bounded by --wait) until `p` streams again; the seconds it took."""
+def _wait_streaming(peers, args, t0: float, since: float) -> float:
+    """Wait (bounded by --wait from t0) until every one of `peers` streams in an observation
+    made after `since`: the restarted node, and the standbys below it (their walreceiver
+    lost its upstream and retries only every wal_retrieve_retry_interval). The seconds it took."""
     limit = t0 + args.wait
+    waiting = list(peers)
     while time.monotonic() < limit:
-        if _streams(p.status_url, args.timeout):
+        waiting = [p for p in waiting if not _streams_since(p.status_url, since, args.timeout)]
+        if not waiting:
             return time.monotonic() - t0
         time.sleep(POLL_S)
-    raise CliError(f"{p.ip} does not stream again within {args.wait:g}s: stopping the rolling restart "
-                   f"here (see `manatee-adm show`)")
+    raise CliError(f"{', '.join(p.ip for p in waiting)} did not stream again within {args.wait:g}s: stopping "
+                   f"the rolling restart here (see `manatee-adm show`)")
 
 
-def restart_node(p, place: str, secret, args) -> float:
+def _below(st: ClusterState, p) -> list:
+    """p and the standbys below it in the chain (those that lose their upstream when it restarts)."""
+    chain = list(st.chain())
+    return chain[chain.index(p):] if p in chain else [p]
+
+
+def restart_node(p, place: str, secret, args, below) -> float:
     """Ask p's sitter to restart its PostgreSQL; wait until it did and p streams again."""
     from manatee.cli.adm import http_json
 
@@ -81,7 +101,7 @@ def restart_node(p, place: str, secret, args) -> float:
     while time.monotonic() < limit:  # the sitter restarts PostgreSQL in its next cycle
         code, s = http_json(f"{p.status_url}/state", timeout=args.timeout)
         if code == 200 and isinstance(s, dict) and (s.get("restartsDone") or 0) > before:
-            return _wait_streaming(p, args, t0)
+            return _wait_streaming(below, args, t0, time.monotonic())
         time.sleep(POLL_S)
     raise CliError(f"{p.ip} ({place}) did not restart PostgreSQL within {args.wait:g}s: stopping here")
 
@@ -140,7 +160,7 @@ def cmd_restart(args, zk) -> int:
                 st = ClusterState.loads(now[0]) if now else st
                 # the old primary rejoins as a standby (the switchover restarts it in that role)
                 say(f"{p.ip}: rejoined as the {st.place_of(p.id) or 'standby'}; waiting for it to stream")
-                _wait_streaming(p, args, time.monotonic())
+                _wait_streaming(st.chain()[1:], args, time.monotonic(), time.monotonic())
                 continue
             if args.pending:
                 names = _pending(p.status_url, p.ip, args.timeout)
@@ -149,7 +169,7 @@ def cmd_restart(args, zk) -> int:
                     record("skip", p, place, why="no restart pending")
                     continue
             say(f"{p.ip} ({place}): restarting PostgreSQL")
-            secs = restart_node(p, place, secret, args)
+            secs = restart_node(p, place, secret, args, _below(st, p))
             say(f"{p.ip} ({place}): restarted; streams again after {secs:.2f}s")
             record("restart", p, place, secs)
     except CliError as e:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from manatee.cli.adm_restart import plan
+from manatee.cli.adm_restart import _below, plan
 from manatee.sitter.sitter import Sitter
 from manatee.sitter.state import PRIMARY, STANDBY, ClusterState
 from manatee.sitter.status import StatusServer
@@ -22,6 +22,8 @@ A, B, C, D = (peer(n) for n in range(1, 5))
 def test_plan_restarts_asyncs_deepest_first_then_sync_then_switches_over_then_old_primary():
     st = ClusterState(generation=3, primary=A, sync=B, async_=(C, D))
     assert plan(st) == [("restart", D), ("restart", C), ("restart", B), ("switchover", A), ("restart", A)]
+    # a restart waits for the node and everyone below it (they lost their upstream) to stream
+    assert _below(st, B) == [B, C, D] and _below(st, D) == [D]
 
 
 class FakePg:
