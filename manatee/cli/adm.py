@@ -47,7 +47,7 @@ import urllib.request
 from typing import Any, Callable, Mapping, Sequence
 
 from manatee import __version__ as VERSION
-from manatee.cli import adm_pgconf
+from manatee.cli import adm_pgconf, adm_restart
 from manatee.cli import adm_view as V
 from manatee.cli.common import (
     EXIT_FAIL, EXIT_OK, ArgParser, CliError, UsageError, ZkReader, _quiet_libraries,
@@ -618,13 +618,14 @@ def build_parser() -> ArgParser:
     sp.add_argument("--secret-file", metavar="FILE", default=None,
                     help="the shard secret's file, to sign the request (default: $MANATEE_SECRET_FILE)")
     adm_pgconf.add_parsers(add, _positive)
+    adm_restart.add_parsers(add, _positive)
     return p
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, ZkReader], int]] = {
     "show": cmd_show, "verify": cmd_verify, "pg-status": cmd_pg_status, "history": cmd_history,
     "freeze": cmd_freeze, "unfreeze": cmd_unfreeze, "switchover": cmd_switchover, "rebuild": cmd_rebuild,
-    "set-primary": cmd_set_primary, **adm_pgconf.COMMANDS,
+    "set-primary": cmd_set_primary, **adm_pgconf.COMMANDS, **adm_restart.COMMANDS,
 }
 
 
@@ -633,7 +634,8 @@ def _budget(args: argparse.Namespace) -> float | None:
     if args.cmd == "pg-status" and args.period:
         return None
     extra = {"switchover": getattr(args, "wait", 0), "rebuild": getattr(args, "wait", 0),
-             "reload": getattr(args, "wait", 0)}.get(args.cmd, 0)
+             "reload": getattr(args, "wait", 0),
+             "restart": getattr(args, "wait", 0) * 8}.get(args.cmd, 0)  # --wait bounds each step
     return args.timeout * 2 + extra + 5
 
 

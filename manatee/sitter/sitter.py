@@ -82,6 +82,8 @@ class Sitter:
         self.switchover_stopped: tuple[int, str, int] | None = None
         self.switchover_seen: tuple[tuple, float] | None = None  # (request key, first seen, monotonic)
         self.diverged = False
+        self.restart_request: bool | None = None  # manatee-adm restart: None, or its force flag
+        self.pg_restarts = 0  # requested restarts done (/state: the CLI waits for it to move)
         self.configured_upstream: Peer | None = None  # what primary_conninfo names now
         self.wal_from: str | None = None  # the upstream my received WAL was seen streaming from
         self.started = time.monotonic()
@@ -473,6 +475,8 @@ class Sitter:
                 self.switchover_stopped = (obs.state.generation, obs.state.switchover.to, obs.wal)
         elif dec.target.role in (PRIMARY, STANDBY):
             await self._refresh_members()
+            if self.restart_request is not None and obs.running:
+                await self._restart_pg(dec.target)
         if not tr.steps and dec.target.role == PRIMARY and dec.target.read_only and dec.target.sync is not None:
             self.next_delay = min(self.next_delay, CATCH_UP_POLL_S)  # writes wait on this check
         old = self.target
@@ -694,6 +698,35 @@ class Sitter:
         self.wake.set()
         return 202, {"rebuild": "requested", "place": place}
 
+    def request_restart(self, force: bool = False) -> tuple[int, dict]:
+        """manatee-adm restart: restart PostgreSQL in this node's current role (its next cycle
+        does it, so it never races a transition). Refused for the primary unless forced (writes
+        stop while it restarts: switch over first) and for a node not in the shard state."""
+        st = self.state
+        place = st.place_of(self.me.id) if st else None
+        if place is None:
+            return 409, {"code": "NotAMember", "message": f"{self.me.id} is not in the shard state"}
+        if place == "primary" and not force:
+            return 409, {"code": "IsPrimary",
+                         "message": f"{self.me.id} is the primary: switch over first (manatee-adm switchover)"}
+        self.restart_request = force
+        self.wake.set()
+        return 202, {"restart": "requested", "place": place, "restartsDone": self.pg_restarts}
+
+    async def _restart_pg(self, target: Target) -> None:
+        """The requested restart, in a cycle with no transition to make: a fast stop, then a
+        start with the files of the role it has (standby.signal stays for a standby). A node
+        that became the primary since the request is not restarted unless it was forced."""
+        force, self.restart_request = self.restart_request, None  # once: a failure is not retried
+        if target.role == PRIMARY and not force:
+            self.log.warning("restart_dropped", reason="this node is the primary now")
+            return
+        t0 = time.monotonic()
+        await self.pg.stop(mode="fast")
+        await self.pg.start()
+        self.pg_restarts += 1
+        self.log.info("pg_restarted", role=target.role, seconds=round(time.monotonic() - t0, 3))
+
     def reload_config(self, new) -> tuple[str, ...]:
         """The daemon's reload hook (SIGHUP, POST /reload): apply what can change at run time
         — postgresMgrCfg.parameters, written and reloaded by the next cycle — and say which
@@ -721,7 +754,8 @@ class Sitter:
                 "pendingRestart": list(pgs.pending_restart), "parametersPending": pgs.parameters_gen != self.pg.parameters_gen},
             "readOnly": self.target.read_only if self.target else True,
             "state": st.to_json() if st else None, "error": self.error,
-            "restore": self.restore_progress,
+            "restore": self.restore_progress, "restartsDone": self.pg_restarts,
+            "restartRequested": self.restart_request is not None,
             "election": [p.id for p in self.election],
             "insecure": self.cfg.insecure,
             "zkAuth": self.cfg.zkCfg.auth is not None, "tls": getattr(self.cfg, "tls", None) is not None,

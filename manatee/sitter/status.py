@@ -19,6 +19,8 @@ sitter's state, and the daisy-chain heartbeat endpoint standbys post to.
   POST /heartbeat  {id, pgUrl, wal, streaming}: signed with the shard secret, from election members
   POST /rebuild    {force}: signed with the shard secret (manatee-adm rebuild), from members/this host
   POST /reload     {}: signed; re-read the config file as SIGHUP does (manatee-adm reload)
+  POST /restart    {force}: signed; the sitter restarts its PostgreSQL in its current role in its
+                   next cycle (manatee-adm restart); refused (409) on the primary unless forced
 
 POST requests without a valid proof of the shard secret get 401 and change nothing
 (manatee.core.auth). The server is bounded (manatee.core.httpserver): at most
@@ -51,6 +53,17 @@ def _json(status: int, body) -> web.Response:
     return web.json_response(body, status=status)
 
 
+def _force_of(raw: bytes) -> tuple[bool, web.Response | None]:
+    """(force, None) from a body {} or {"force": bool}; else (False, the 400)."""
+    try:
+        body = json.loads(raw) if raw else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False, _json(400, {"code": "BadRequest", "message": "body must be JSON"})
+    if not isinstance(body, dict) or not isinstance(body.get("force", False), bool) or set(body) - {"force"}:
+        return False, _json(400, {"code": "BadRequest", "message": 'body must be {} or {"force": true|false}'})
+    return body.get("force", False), None
+
+
 class StatusServer:
     def __init__(self, sitter, log):
         self.sitter, self.log = sitter, log
@@ -62,7 +75,7 @@ class StatusServer:
             web.get("/liveness", self.liveness), web.get("/readiness", self.readiness),
             web.get("/restore", self.restore), web.post("/heartbeat", self.heartbeat),
             web.get("/metrics", self.metrics), web.post("/rebuild", self.rebuild),
-            web.post("/reload", self.reload),
+            web.post("/reload", self.reload), web.post("/restart", self.restart),
             web.get("/", self.index),
         ])
         self.runner: web.AppRunner | None = None
@@ -116,7 +129,8 @@ class StatusServer:
         return _json(200, {"routes": ["GET /liveness", "GET /readiness", "GET /ping", "GET /state",
                                       "GET /primary", "GET /replica", "GET /sync", "GET /async",
                                       "GET /read-only", "GET /restore", "GET /metrics",
-                                      "POST /heartbeat", "POST /rebuild", "POST /reload"]})
+                                      "POST /heartbeat", "POST /rebuild", "POST /reload",
+                                      "POST /restart"]})
 
     # -- health ---------------------------------------------------------------------------
 
@@ -230,14 +244,24 @@ class StatusServer:
             self.log.warning("rebuild_refused", remote=req.remote)
             return _json(403, {"code": "Forbidden",
                                "message": f"{req.remote} is neither this host nor a member of the shard"})
-        try:
-            body = json.loads(raw) if raw else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _json(400, {"code": "BadRequest", "message": "body must be JSON"})
-        if not isinstance(body, dict) or not isinstance(body.get("force", False), bool) \
-                or set(body) - {"force"}:
-            return _json(400, {"code": "BadRequest", "message": 'body must be {} or {"force": true|false}'})
-        code, out = self.sitter.request_rebuild(body.get("force", False))
+        force, bad = _force_of(raw)
+        if bad is not None:
+            return bad
+        code, out = self.sitter.request_rebuild(force)
+        return _json(code, out)
+
+    async def restart(self, req: web.Request):
+        """manatee-adm restart: restart this node's PostgreSQL in its current role. The sitter
+        does it in its next cycle (a fast stop, then a start), never behind its back. Signed with
+        the shard secret; body {} or {"force": bool} (force: also on the primary)."""
+        raw, denied = await self._signed_body(req)
+        if denied is not None:
+            return denied
+        force, bad = _force_of(raw)
+        if bad is not None:
+            return bad
+        code, out = self.sitter.request_restart(force)
+        self.log.info("restart_requested", remote=req.remote, force=force, status=code)
         return _json(code, out)
 
     async def reload(self, req: web.Request):

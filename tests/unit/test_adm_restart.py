@@ -1,0 +1,100 @@
+"""manatee-adm restart without I/O: the rolling order; the sitter's restart request (refused on
+the primary unless forced, acted on once, in the current role, by the cycle); POST /restart
+needs the shard secret's proof and a well-formed body."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from manatee.cli.adm_restart import _below, plan
+from manatee.sitter.sitter import Sitter
+from manatee.sitter.state import PRIMARY, STANDBY, ClusterState
+from manatee.sitter.status import StatusServer
+from tests.unit.test_state import peer
+from tests.unit.test_status_auth import FakeSitter, Log, S, _post
+
+A, B, C, D = (peer(n) for n in range(1, 5))
+
+
+def test_plan_restarts_asyncs_deepest_first_then_sync_then_switches_over_then_old_primary():
+    st = ClusterState(generation=3, primary=A, sync=B, async_=(C, D))
+    assert plan(st) == [("restart", D), ("restart", C), ("restart", B), ("switchover", A), ("restart", A)]
+    # a restart waits for the node and everyone below it (they lost their upstream) to stream
+    assert _below(st, B) == [B, C, D] and _below(st, D) == [D]
+
+
+class FakePg:
+    def __init__(self):
+        self.calls: list[str] = []
+
+    async def stop(self, mode="fast"):
+        self.calls.append(f"stop:{mode}")
+
+    async def start(self):
+        self.calls.append("start")
+
+
+def _sitter(me) -> Sitter:
+    s = object.__new__(Sitter)  # only the restart request's state: no ZooKeeper, no PostgreSQL
+    s.state = ClusterState(generation=3, primary=A, sync=B, async_=(C,))
+    s.me, s.wake, s.log, s.pg = me, asyncio.Event(), Log(), FakePg()
+    s.restart_request, s.pg_restarts = None, 0
+    return s
+
+
+@pytest.mark.parametrize("me, force, code", [(A, False, 409), (A, True, 202), (B, False, 202), (C, False, 202),
+                                             (D, False, 409)])
+def test_restart_request_refused_on_the_primary_unless_forced_and_for_strangers(me, force, code):
+    s = _sitter(me)
+    got, body = s.request_restart(force)
+    assert got == code, body
+    assert (s.restart_request is not None) == (code == 202) and s.wake.is_set() == (code == 202)
+    if me == A and not force:
+        assert "switch over first" in body["message"]
+
+
+async def test_the_cycle_restarts_once_in_its_role_and_counts_it():
+    s = _sitter(B)
+    s.request_restart()
+    await s._restart_pg(SimpleNamespace(role=STANDBY))
+    assert s.pg.calls == ["stop:fast", "start"] and s.pg_restarts == 1 and s.restart_request is None
+
+
+async def test_a_node_that_became_primary_since_the_request_is_not_restarted():
+    s = _sitter(B)
+    s.request_restart()
+    await s._restart_pg(SimpleNamespace(role=PRIMARY))
+    assert s.pg.calls == [] and s.pg_restarts == 0 and s.restart_request is None
+
+
+class RestartSitter(FakeSitter):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.restarts: list[bool] = []
+
+    def request_restart(self, force=False):
+        self.restarts.append(force)
+        return 202, {"restart": "requested", "restartsDone": 0}
+
+
+@pytest.fixture
+async def restart_server():
+    sitter = RestartSitter(secret=S)
+    srv = StatusServer(sitter, Log())
+    await srv.start()
+    yield sitter
+    await srv.stop()
+
+
+async def test_post_restart_needs_the_secret_and_a_good_body(restart_server):
+    sitter = restart_server
+    assert (await _post(sitter, "/restart", {}, secret=None))[0] == 401
+    assert (await _post(sitter, "/restart", {"force": "yes"}))[0] == 400
+    assert (await _post(sitter, "/restart", {"now": True}))[0] == 400
+    assert sitter.restarts == []
+    assert (await _post(sitter, "/restart", {}))[0] == 202
+    assert (await _post(sitter, "/restart", {"force": True}))[0] == 202
+    assert sitter.restarts == [False, True]
