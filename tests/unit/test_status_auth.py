@@ -132,3 +132,13 @@ async def test_idle_connections_are_bounded_and_time_out(server):
     finally:
         for s in socks:
             s.close()
+
+
+@pytest.mark.parametrize("secret", [None, ShardSecret.of("someone-elses-secret-x")])
+async def test_reload_needs_the_shard_secret(server, secret):
+    sitter, _ = server
+    code, body = await _post(sitter, "/reload", {}, secret=secret)
+    assert code == 401 and body["code"] == "NotAuthorized"
+    # signed: it passes authentication (outside manatee-sitter there is no daemon to reload)
+    code, body = await _post(sitter, "/reload", {})
+    assert code == 503 and body["code"] == "NotADaemon"
