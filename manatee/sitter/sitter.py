@@ -487,9 +487,10 @@ class Sitter:
         if target.role not in (PRIMARY, STANDBY) or not self.pg.running or not (self.last_pg and self.last_pg.healthy):
             self.slots = None
             return
-        members = {p.pg_url for p in self.election} | ({p.pg_url for p in self.state.members()} if self.state else set())
+        st = self.state
         self.slots = await slots.reconcile(self.pg.client, target.downstream.pg_url if target.downstream else None,
-                                           members | {self.me.pg_url}, self.log)
+                                           self.me.pg_url, [p.pg_url for p in st.chain()] if st else [],
+                                           [p.pg_url for p in st.deposed] if st else [], self.log)
 
     async def _record_history(self, old: Target | None, new: Target) -> None:
         gen = self.state.generation if self.state else None

@@ -10,18 +10,21 @@ monitoring connection, with a deadline) and applies it. A failure is logged and 
 the next cycle: slots never block or fail a cycle.
 
 What is dropped (only slots named with SLOT_PREFIX, never an active one):
-* the slot of a node that is now known elsewhere in the shard (a member that is not my
-  downstream: it streams from someone else, or it is me — slots copied in by a rebuild);
+* the slot of a node the shard's state places behind another upstream (in the chain, but not
+  right behind me), of a deposed node (it is rebuilt before it streams again), and my own
+  (copied in by a rebuild from my upstream's dataset);
 * a slot PostgreSQL has already given up on (wal_status 'lost': past the cap).
-The slot of a node that has left the shard altogether (its sitter stopped, so the primary
-dropped it from the chain) is kept: that is the async stopped for a while, whose WAL the slot
-exists to keep; the cap bounds what it holds, and once past it the slot is lost and dropped.
+The slot of the node right behind me in the chain is kept even while it is down (it is not my
+live downstream then), and so is that of a node that has left the shard altogether (its sitter
+stopped, so the primary dropped it from the chain): that is the async stopped for a while,
+whose WAL the slot exists to keep; the cap bounds what it holds, and once past it the slot is
+lost and dropped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from manatee.core.pgconfig import SLOT_PREFIX, slot_name
 
@@ -48,14 +51,17 @@ class Slot:
     retained_bytes: int | None = None   # WAL held back for it (None: it reserves none yet)
 
 
-def plan(existing: Iterable[Slot], downstream_app: str | None,
-         members_app: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(slots to create, slots to drop). `downstream_app`: my downstream's application_name
-    (None: none); `members_app`: those of every node known in the shard (election and state,
-    me included)."""
+def plan(existing: Iterable[Slot], downstream_app: str | None, me_app: str,
+         chain_apps: Sequence[str] = (), deposed_apps: Iterable[str] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(slots to create, slots to drop). Nodes by application_name: `downstream_app` my live
+    downstream (None: none), `me_app` me, `chain_apps` the state's chain in replication order
+    (primary, sync, asyncs; empty: no state), `deposed_apps` its deposed nodes."""
     have = {s.name: s for s in existing if s.name.startswith(SLOT_PREFIX)}
     want = slot_name(downstream_app) if downstream_app else None
-    elsewhere = {slot_name(a) for a in members_app} - {want}
+    chain = list(chain_apps)
+    elsewhere = {slot_name(x) for i, x in enumerate(chain) if i == 0 or chain[i - 1] != me_app}
+    elsewhere |= {slot_name(x) for x in deposed_apps} | {slot_name(me_app)}
+    elsewhere.discard(want)
     create = (want,) if want and want not in have else ()
     drop = tuple(sorted(n for n, s in have.items()
                         if n != want and not s.active and (n in elsewhere or s.wal_status == "lost")))
@@ -69,12 +75,13 @@ async def list_slots(client) -> tuple[Slot, ...]:
                  for r in rows)
 
 
-async def reconcile(client, downstream_app: str | None, members_app: Iterable[str], log) -> tuple[Slot, ...] | None:
+async def reconcile(client, downstream_app: str | None, me_app: str, chain_apps: Sequence[str],
+                    deposed_apps: Iterable[str], log) -> tuple[Slot, ...] | None:
     """Create my downstream's slot, drop stale ones; the slots as observed (None: unknown).
     Never raises: an error is logged, and the next cycle tries again."""
     try:
         slots = await list_slots(client)
-        create, drop = plan(slots, downstream_app, members_app)
+        create, drop = plan(slots, downstream_app, me_app, chain_apps, deposed_apps)
         for name in create:
             await client.query(CREATE_SQL, (name,), timeout=SLOTS_TIMEOUT_S)
             log.info("replication_slot_created", slot=name)

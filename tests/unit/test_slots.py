@@ -74,29 +74,44 @@ def test_config_key_validated_and_owned():
 
 
 def test_plan_creates_my_downstreams_slot_once():
-    assert plan((), S, (P, S)) == ((slot_name(S),), ())
-    assert plan((Slot(slot_name(S), False),), S, (P, S)) == ((), ())
+    assert plan((), S, P, (P, S)) == ((slot_name(S),), ())
+    assert plan((Slot(slot_name(S), False),), S, P, (P, S)) == ((), ())
 
 
-def test_plan_drops_inactive_slots_of_members_streaming_elsewhere():
-    # I am the primary; the async (A) now streams from the sync: its slot here goes
+def test_plan_drops_inactive_slots_of_nodes_placed_behind_another_upstream():
+    # I am the primary; the async (A) is behind the sync in the chain: its slot here goes
     have = (Slot(slot_name(S), True), Slot(slot_name(A), False))
-    assert plan(have, S, (P, S, A)) == ((), (slot_name(A),))
+    assert plan(have, S, P, (P, S, A)) == ((), (slot_name(A),))
+
+
+def test_plan_keeps_the_slot_of_the_node_right_behind_me_while_it_is_down():
+    """The async stopped: it is no longer my live downstream but still behind me in the chain."""
+    assert plan((Slot(slot_name(A), False, "extended"),), None, S, (P, S, A)) == ((), ())
+    # ...and the sync's slot on the primary when the sync is down and the async is my live downstream
+    assert plan((Slot(slot_name(S), False),), A, P, (P, S, A)) == ((slot_name(A),), ())
 
 
 def test_plan_never_drops_an_active_slot_nor_one_not_manatees():
     have = (Slot(slot_name(A), True), Slot("pgbackrest", False), Slot("manatee", False))
-    assert plan(have, S, (P, S, A)) == ((slot_name(S),), ())
+    assert plan(have, S, P, (P, S, A)) == ((slot_name(S),), ())
 
 
 def test_plan_keeps_the_slot_of_a_node_that_left_the_shard_until_lost():
     """A stopped async leaves the election and the state: its slot keeps its WAL (capped)."""
-    assert plan((Slot(slot_name(A), False, "extended"),), None, (P, S)) == ((), ())
-    assert plan((Slot(slot_name(A), False, "lost"),), None, (P, S)) == ((), (slot_name(A),))
+    assert plan((Slot(slot_name(A), False, "extended"),), None, S, (P, S)) == ((), ())
+    assert plan((Slot(slot_name(A), False, "lost"),), None, S, (P, S)) == ((), (slot_name(A),))
 
 
-def test_plan_drops_my_own_slot_copied_in_by_a_rebuild():
-    assert plan((Slot(slot_name(S), False),), A, (P, S, A)) == ((slot_name(A),), (slot_name(S),))
+def test_plan_drops_my_own_slot_copied_in_by_a_rebuild_and_a_deposed_nodes():
+    assert plan((Slot(slot_name(S), False),), A, S, (P, S, A)) == ((slot_name(A),), (slot_name(S),))
+    # after a failover: S primary, A sync, P deposed; P's old slots went with it
+    assert plan((Slot(slot_name(A), False), Slot(slot_name(P), False)), A, S, (S, A), (P,)) == (
+        (), (slot_name(P),))
+
+
+def test_plan_without_a_state_drops_only_mine_and_lost():
+    have = (Slot(slot_name(A), False), Slot(slot_name(S), False), Slot(slot_name(P), False, "lost"))
+    assert plan(have, None, S) == ((), tuple(sorted((slot_name(S), slot_name(P)))))
 
 
 # ------------------------------------------------------------------ shell
@@ -137,14 +152,14 @@ class Log:
 
 def test_reconcile_applies_the_plan_and_returns_what_it_sees():
     c, log = FakeClient([Slot(slot_name(A), False, "extended", 5)]), Log()
-    got = asyncio.run(slots.reconcile(c, S, (P, S, A), log))
+    got = asyncio.run(slots.reconcile(c, S, P, (P, S, A), (), log))
     assert [s.name for s in got] == [slot_name(S)]
     assert log.events == ["replication_slot_created", "replication_slot_dropped"]
 
 
 def test_reconcile_failure_is_unknown_and_logged_not_raised():
     log = Log()
-    assert asyncio.run(slots.reconcile(FakeClient([], fail=TimeoutError()), S, (P, S), log)) is None
+    assert asyncio.run(slots.reconcile(FakeClient([], fail=TimeoutError()), S, P, (P, S), (), log)) is None
     assert log.events == ["replication_slots_failed"]
 
 
