@@ -44,6 +44,7 @@ Choices that differ from the original Manatee (§1.6), and why:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -85,7 +86,9 @@ RELOADABLE_SETTINGS = frozenset(
         "synchronous_standby_names",
         "default_transaction_read_only",
         "primary_conninfo",
+        "primary_slot_name",
         "wal_keep_size",
+        "max_slot_wal_keep_size",
         "full_page_writes",
         "hot_standby_feedback",
         "wal_receiver_status_interval",
@@ -103,6 +106,8 @@ RELOADABLE_SETTINGS = frozenset(
 MAX_APPLICATION_NAME = 63
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]+$")
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+#: A WAL size PostgreSQL takes: -1 (no limit), or a whole number with an optional unit (MB if none).
+WAL_SIZE = re.compile(r"^(-1|\d+\s*(kB|MB|GB|TB)?)$")
 
 #: Settings manatee decides (per role, or because failover depends on them): refused in
 #: postgresMgrCfg.parameters, each with why (or which config key sets it instead).
@@ -119,6 +124,7 @@ OWNED_SETTINGS: dict[str, str] = {
     "default_transaction_read_only": "the sitter decides when the primary takes writes",
     "primary_conninfo": "the sitter points each standby at its upstream",
     "primary_slot_name": "the sitter names each standby's replication slot",
+    "max_slot_wal_keep_size": "set postgresMgrCfg.maxSlotWalKeepSize",
     "recovery_target_timeline": "standbys must follow the newest timeline",
     "recovery_target": "a standby must not stop replaying",
     "recovery_target_lsn": "a standby must not stop replaying",
@@ -215,6 +221,8 @@ class RoleConfig:
     synchronous_commit: SyncCommit = "on"
     max_wal_senders: int = 15
     wal_keep_size: str = "1GB"
+    #: The most WAL a replication slot may hold back (-1: no cap); a slot past it is lost.
+    max_slot_wal_keep_size: str = "4GB"
     hot_standby_feedback: bool = False
     #: Shown in process titles ("postgres: NAME: checkpointer"); None = not set.
     cluster_name: str | None = None
@@ -272,6 +280,9 @@ class RoleConfig:
         for k, _ in _items(self.extra_settings):
             if not _SETTING_NAME.match(k):
                 raise ValueError(f"RoleConfig.extra_settings: bad setting name {k!r}")
+        if not WAL_SIZE.match(str(self.max_slot_wal_keep_size)):
+            raise ValueError("RoleConfig.max_slot_wal_keep_size: expected -1 or a size such as '4GB', "
+                             f"got {self.max_slot_wal_keep_size!r}")
         for k, v in self.parameters:
             problem = parameter_problem(k, v)
             if problem:
@@ -339,6 +350,7 @@ def role_settings(rc: RoleConfig) -> dict[str, str]:
             "wal_level": "replica",
             "max_wal_senders": str(rc.max_wal_senders),
             "wal_keep_size": conf_quote(rc.wal_keep_size),
+            "max_slot_wal_keep_size": conf_quote(rc.max_slot_wal_keep_size),
             "wal_log_hints": "on",
             "full_page_writes": "on",
             "hot_standby": "on",
@@ -351,6 +363,9 @@ def role_settings(rc: RoleConfig) -> dict[str, str]:
             ),
             "default_transaction_read_only": _onoff(rc.read_only or rc.role == "standby"),
             "primary_conninfo": conf_quote(primary_conninfo(rc) if rc.role == "standby" and rc.upstream else ""),
+            # the slot its upstream keeps for it (named from its application_name: see slot_name)
+            "primary_slot_name": conf_quote(slot_name(rc.application_name)
+                                            if rc.role == "standby" and rc.upstream else ""),
             # Constant in both roles (it is restart-only): follow the newest timeline.
             "recovery_target_timeline": conf_quote("latest"),
         }
@@ -365,6 +380,25 @@ def role_settings(rc: RoleConfig) -> dict[str, str]:
 def parameter_settings(rc: RoleConfig) -> dict[str, str]:
     """The operator's parameters as name → quoted value, rendered after PARAMETERS_MARKER."""
     return {k: v if _is_bare(v) else conf_quote(v) for k, v in rc.parameters}
+
+
+#: Every replication slot manatee creates is named with this prefix; others are never touched.
+SLOT_PREFIX = "manatee_"
+#: NAMEDATALEN - 1: PostgreSQL's longest slot name.
+MAX_SLOT_NAME = 63
+
+
+def slot_name(app_name: str) -> str:
+    """The physical replication slot a node streams through, named from its application_name
+    (its pg_url): lowercase [a-z0-9_] only, at most 63 characters, the same on the standby
+    (primary_slot_name) and on its upstream (which creates it). A name too long is cut and
+    made unique again with a hash of the whole."""
+    mangled = re.sub(r"[^a-z0-9]+", "_", app_name.lower()).strip("_")
+    name = SLOT_PREFIX + mangled
+    if len(name) <= MAX_SLOT_NAME:
+        return name
+    digest = hashlib.sha256(app_name.encode()).hexdigest()[:12]
+    return name[:MAX_SLOT_NAME - len(digest) - 1] + "_" + digest
 
 
 def primary_conninfo(rc: RoleConfig) -> str:

@@ -219,6 +219,10 @@ class PostgresMgrCfg(ConfigModel):
     oneNodeWriteMode: bool = Field(False, description="let a primary without a sync take writes (no durability guarantee)")
     synchronousCommit: Literal["on", "remote_write", "remote_apply"] = Field(
         "on", description="synchronous_commit on the primary: 'on' waits for the sync's flush")
+    maxSlotWalKeepSize: str = Field(
+        "4GB", description="max_slot_wal_keep_size: the most WAL the replication slot an upstream keeps for each "
+                           "downstream may hold back ('-1': no cap; units kB/MB/GB/TB). A standby that falls further "
+                           "behind loses its slot and needs a rebuild; one within it streams again without one")
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="PostgreSQL parameters (name: value) written into manatee.conf, after manatee's own; "
@@ -239,6 +243,15 @@ class PostgresMgrCfg(ConfigModel):
             raise ValueError(f"file not found: {v}" + ("" if os.path.isabs(v) else
                              f" (a relative path is taken from the working directory, {os.getcwd()})"))
         return v
+
+    @field_validator("maxSlotWalKeepSize")
+    @classmethod
+    def _max_slot_wal_keep_size(cls, v: str) -> str:
+        from manatee.core.pgconfig import WAL_SIZE
+
+        if not WAL_SIZE.match(v.strip()):
+            raise ValueError(f"expected -1 or a size with a unit such as '4GB' (kB, MB, GB, TB), got {v!r}")
+        return v.strip()
 
     @field_validator("parameters")
     @classmethod

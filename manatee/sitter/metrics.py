@@ -114,6 +114,7 @@ class MetricsView:
     dataset_space: Mapping[str, int | None] | None = None  # {available, used, quota} bytes (quota 0: none)
     pg_observed_age_s: float | None = None                 # age of the cached PostgreSQL answers
     pg_pending_restart: int | None = None                  # settings only a restart applies (None: unknown)
+    slots: tuple[Any, ...] = ()  # manatee's replication slots on this node (sitter.slots: slots.Slot)
 
 
 # ---------------------------------------------------------------------------- metric families
@@ -179,6 +180,15 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
                                                   "(pg_stat_replication).", None, application_name="", sync_state="")
         for row in rows_s:
             add(sm, row.lag_seconds, application_name=row.application_name, sync_state=row.sync_state)
+    if v.slots:
+        sb = g("manatee_replication_slot_retained_bytes", "Each replication slot manatee keeps on this node for a "
+                                                          "downstream: bytes of WAL it holds back (capped by "
+                                                          "postgresMgrCfg.maxSlotWalKeepSize).", None, slot="")
+        sa = g("manatee_replication_slot_active", "1 while the slot's standby streams through it.", None, slot="")
+        for sl in v.slots:
+            if sl.retained_bytes is not None:
+                add(sb, sl.retained_bytes, slot=sl.name)
+            add(sa, int(sl.active), slot=sl.name)
     if v.last_snapshot_ms is not None:
         g("manatee_last_snapshot_timestamp_seconds", "Time of the newest <dataset>@<epoch-ms> snapshot.",
           v.last_snapshot_ms / 1000)
@@ -363,6 +373,7 @@ class MetricsCollector:
             zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
             pg_observed_age_s=None if self._pg_at == -math.inf else time.monotonic() - self._pg_at,
             pg_pending_restart=len(pgs.pending_restart) if pg_up else None,
+            slots=tuple(getattr(s, "slots", None) or ()) if pg_up else (),
         )
 
     async def render(self) -> bytes:

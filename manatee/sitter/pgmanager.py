@@ -200,6 +200,7 @@ class PgManager:
             admin_cidrs=tuple(admin.cidrs) if admin else (),
             admin_method=admin.method if admin else "scram-sha-256",
             synchronous_commit=p.synchronousCommit,
+            max_slot_wal_keep_size=p.maxSlotWalKeepSize,
             cluster_name=self.cfg.zoneId[:40],
             parameters=tuple(self.parameters.items()),
         )

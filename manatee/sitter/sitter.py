@@ -18,7 +18,7 @@ from manatee.core import pg as pgmod
 from manatee.core import zk as zkmod
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.zfs import Zfs
-from manatee.sitter import history, latches, transitions as T
+from manatee.sitter import history, latches, slots, transitions as T
 from manatee.sitter.decide import STEP_DOWN_BY, Decision, Observation, decide
 from manatee.sitter.heartbeat import HeartbeatSender, HeartbeatTable
 from manatee.sitter.hooks import RoleHooks
@@ -88,6 +88,7 @@ class Sitter:
         self.wal_from: str | None = None  # the upstream my received WAL was seen streaming from
         self.started = time.monotonic()
         self.transitions: dict[str, int] = dict.fromkeys(history.ACTIONS, 0)  # /metrics counter
+        self.slots: tuple[slots.Slot, ...] | None = None  # replication slots as last observed (/metrics)
         # Gray failures (issue 8): since when my running PG has not answered in time (a hang),
         # since when it has failed to serve / been healthy (latches.failing_since), and why.
         self.pg_unanswered_since: float | None = None
@@ -486,6 +487,7 @@ class Sitter:
                                                     or old.downstream.id != dec.target.downstream.id):
             self.heartbeats.expect(dec.target.downstream.id)  # e.g. a new sync: one period to find me
         self.role, self.target, self.last = dec.target.role, dec.target, dec
+        await self._reconcile_slots(dec.target)
         # role-change hook (in the background: never delays this cycle): my place, else my local role
         self.hooks.fire((self.state.place_of(self.me.id) if self.state else None) or self.role)
         self.hb_sender.upstream_url = (dec.target.upstream.status_url
@@ -493,6 +495,16 @@ class Sitter:
                                        and not self.hb_withheld else None)
         if old is None or old != dec.target:
             await self._record_history(old, dec.target)
+
+    async def _reconcile_slots(self, target: Target) -> None:
+        """Keep the slot of my downstream on my PostgreSQL, drop stale ones (never fails a cycle)."""
+        if target.role not in (PRIMARY, STANDBY) or not self.pg.running or not (self.last_pg and self.last_pg.healthy):
+            self.slots = None
+            return
+        st = self.state
+        self.slots = await slots.reconcile(self.pg.client, target.downstream.pg_url if target.downstream else None,
+                                           self.me.pg_url, [p.pg_url for p in st.chain()] if st else [],
+                                           [p.pg_url for p in st.deposed] if st else [], self.log)
 
     async def _record_history(self, old: Target | None, new: Target) -> None:
         gen = self.state.generation if self.state else None

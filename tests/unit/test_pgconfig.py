@@ -59,6 +59,7 @@ def test_primary_with_sync_read_only_until_caught_up():
         "wal_level = replica",
         "max_wal_senders = 15",
         "wal_keep_size = '1GB'",
+        "max_slot_wal_keep_size = '4GB'",
         "wal_log_hints = on",
         "full_page_writes = on",
         "hot_standby = on",
@@ -67,6 +68,7 @@ def test_primary_with_sync_read_only_until_caught_up():
         """synchronous_standby_names = '"tcp://postgres@10.0.0.2:5432/postgres"'""",
         "default_transaction_read_only = on",
         "primary_conninfo = ''",
+        "primary_slot_name = ''",
         "recovery_target_timeline = 'latest'",
     ]
 
@@ -368,7 +370,7 @@ def test_promoted_standby_to_primary_is_a_reload(data_dir: Path):
         primary(listen_address=sb.listen_address, application_name=S_URL, members=sb.members, sync_standby=P_URL),
     )
     assert ch.reload_needed and not ch.restart_needed, ch
-    assert set(ch.changed) == {"primary_conninfo", "synchronous_standby_names"}
+    assert set(ch.changed) == {"primary_conninfo", "primary_slot_name", "synchronous_standby_names"}
 
 
 def test_upstream_change_is_a_reload_on_pg15(data_dir: Path):

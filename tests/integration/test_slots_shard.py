@@ -1,0 +1,100 @@
+"""Real shard: the replication slot an upstream keeps for its downstream (issue 11).
+
+With wal_keep_size 0 (postgresMgrCfg.parameters), the async is stopped while the primary
+writes and switches WAL segments and both upstreams checkpoint: without a slot the sync would
+recycle the segments the async still needs and the async could only come back by a rebuild.
+Its slot on the sync holds them (the slot gauge shows it), and the restarted async streams
+again without a restore."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import psycopg2
+import pytest
+
+from manatee.core.pgconfig import slot_name
+from tests.integration.test_pg_parameters_shard import _adm_reload, _set_parameters
+from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
+
+pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(400)]
+
+SEGMENT = 16 << 20
+
+
+@pytest.fixture(scope="module")
+def shared(zfs_fuse, tmp_path_factory):
+    yield from shared_shard(tmp_path_factory, "slots", 4000)
+
+
+@pytest.fixture
+def shard(shared: Shard) -> Shard:
+    return healthy(shared)
+
+
+def _sql(sh: Shard, node, sql: str, *, fetch: bool = True):
+    with psycopg2.connect(sh.dsn(node), connect_timeout=3) as c:
+        c.autocommit = True
+        with c.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall() if fetch else None
+
+
+def _slot(sh: Shard, node, name: str) -> tuple | None:
+    rows = _sql(sh, node, "select active, wal_status from pg_replication_slots where slot_name = '%s'" % name)
+    return rows[0] if rows else None
+
+
+def _retained_gauge(node, name: str) -> float | None:
+    text = subprocess.run(["curl", "-s", f"{node.status_url}/metrics"], capture_output=True, text=True,
+                          timeout=10).stdout
+    for ln in text.splitlines():
+        if ln.startswith("manatee_replication_slot_retained_bytes{") and f'slot="{name}"' in ln:
+            return float(ln.rsplit(" ", 1)[1])
+    return None
+
+
+def test_stopped_async_streams_again_without_rebuild_thanks_to_its_slot(shard: Shard):
+    sh = shard
+    p, s, a = (sh.node(x) for x in names(sh.topology()))
+    a_slot, s_slot = slot_name(a.pg_url), slot_name(s.pg_url)
+    # each upstream keeps its downstream's slot, in use
+    sh.wait(lambda: _slot(sh, p, s_slot) == (True, "reserved"), 30, f"{s_slot} active on the primary")
+    sh.wait(lambda: _slot(sh, s, a_slot) == (True, "reserved"), 30, f"{a_slot} active on the sync")
+    assert _sql(sh, a, "show primary_slot_name") == [(a_slot,)]
+    restores_before = sh.sitter_log(a).count("restore_starting")
+    try:
+        _set_parameters(sh, {"wal_keep_size": "0"})
+        assert _adm_reload(sh).returncode == 0
+        assert all(_sql(sh, n, "show wal_keep_size") == [("0",)] for n in sh.nodes)
+
+        t0 = time.monotonic()
+        sh.sb.stop(a.name)
+        _sql(sh, p, "create table slot_t (i int, pad text)", fetch=False)
+        for batch in range(6):  # ~6 segments of WAL the async has not seen, each switched out
+            _sql(sh, p, f"insert into slot_t select {batch}, repeat('x', 900) from generate_series(1, 12000)",
+                 fetch=False)
+            _sql(sh, p, "select pg_switch_wal()")
+        for n in (p, s):  # a checkpoint (restartpoint on the sync) removes what nothing keeps
+            _sql(sh, n, "checkpoint", fetch=False)
+        want = _sql(sh, p, "select count(*) from slot_t")[0][0]
+        sh.wait(lambda: _sql(sh, s, "select count(*) from slot_t")[0][0] == want, 30, "the sync caught up")
+        _sql(sh, s, "checkpoint", fetch=False)
+        held = _slot(sh, s, a_slot)
+        assert held is not None and held[0] is False and held[1] != "lost", held
+        retained = sh.wait(lambda: (_retained_gauge(s, a_slot) or 0) >= 4 * SEGMENT and _retained_gauge(s, a_slot),
+                           20, "the slot gauge showing the WAL held for the stopped async")
+        say(f"async stopped {time.monotonic() - t0:.1f}s; its slot on the sync holds {retained / 2**20:.0f} MiB")
+
+        sh.sb.start(a.name)
+        t1 = time.monotonic()
+        sh.wait(lambda: sh.streaming(a), 90, "the async streaming again")
+        sh.wait(lambda: _sql(sh, a, "select count(*) from slot_t")[0][0] == want, 30, "the async caught up")
+        say(f"async streaming and caught up {time.monotonic() - t1:.1f}s after its restart")
+        assert sh.sitter_log(a).count("restore_starting") == restores_before, "the async was rebuilt"
+        assert _slot(sh, s, a_slot) == (True, "reserved")
+    finally:
+        _set_parameters(sh, {})
+        _adm_reload(sh)
+        _sql(sh, p, "drop table if exists slot_t", fetch=False)
