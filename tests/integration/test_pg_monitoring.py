@@ -133,11 +133,11 @@ def _manager(node: PgNode, health_chk_timeout_ms: int = 2000):
     from manatee.sitter.pgmanager import PgManager
 
     cfg = SitterConfig.model_validate({
-        "ip": node.ip, "zoneId": "monitoring-test", "postgresPort": node.port,
+        "ip": node.ip, "zoneId": "monitoring-test", "postgresPort": node.port, "insecure": True,
         "zkCfg": {"connStr": "127.0.0.1:2181"},
         "postgresMgrCfg": {"dataDir": str(node.data_dir), "socketDir": str(node.socket_dir),
                            "healthChkTimeout": health_chk_timeout_ms,
-                           "replicationAuth": {"method": "trust"},
+                           "replicationAuth": {"password": "not-used-by-these-tests"},
                            "zfsClientCfg": {"dataset": "unused/ds"}}})
     pm = PgManager(cfg, get_logger("test"))
     pm.proc = node.proc  # the running postmaster is this manager's child for the test
