@@ -14,7 +14,7 @@ from typing import Any
 
 from manatee.core import pgconfig
 from manatee.core.pg import DEFAULT_BINDIR, PgClient, PgError, PostgresProcess, ensure_private_dir, initdb, run_as
-from manatee.core.pgconfig import ConfigChange, RoleConfig
+from manatee.core.pgconfig import ConfigChange, RoleConfig, slot_name
 
 #: The operator-editable base configuration shipped with manatee.
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "postgresql.conf"
@@ -147,6 +147,12 @@ class PgNode:
         )
         rc = self.role_config("standby", upstream=(upstream.ip, upstream.port), **role_overrides)
         self.configure(rc)
+        # The standby streams through the slot its upstream keeps for it (the sitter's upstream
+        # creates it; here the test bed does): without it the walreceiver is refused.
+        await upstream.execute(
+            "select pg_create_physical_replication_slot(%s, true) where not exists "
+            "(select 1 from pg_replication_slots where slot_name = %s)",
+            (slot_name(rc.application_name), slot_name(rc.application_name)))
 
     async def start(self, *, wait: bool = True, timeout: float = 30.0) -> None:
         await self.proc.start()
