@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -143,7 +144,8 @@ def test_by_hand_deployment_follows_the_guide(tmp_path):
               "A": ips[0], "B": ips[1], "C": ips[2], "PG_PORT": str(pg_port),
               "STATUS_PORT": str(status_port), "BACKUP_PORT": str(backup_port),
               "ZFS_PORT": str(zfs_port), "POOL": pool, "SHARD": f"byhand{uuid.uuid4().hex[:4]}",
-              "SESSION_MS": "6000"}
+              # above a stock ZooKeeper's maxSessionTimeout (40 s): the doc's zoo.cfg must grant it
+              "SESSION_MS": "45000"}
     variables = set_variables(blocks[0][1], values)
     setup = "\n".join([variables] + [b for h, b in blocks[1:] if h != "Stopping"])
     stop = "\n".join([variables] + [b for h, b in blocks if h == "Stopping"])
@@ -176,6 +178,10 @@ def test_by_hand_deployment_follows_the_guide(tmp_path):
         assert {n["ip"] for n in view["nodes"]} == set(ips)
         assert all(n["live"] and n["pgError"] is None and n["wal"] for n in view["nodes"]), view
         assert view["status"] == "ok", view["problems"]
+        for ip in ips:  # ZooKeeper granted the configured session timeout (zoo.cfg's bounds)
+            with urllib.request.urlopen(f"http://{ip}:{status_port}/state", timeout=5) as r:
+                zst = json.load(r)["zkSessionTimeout"]
+            assert zst["negotiated"] == zst["configured"] == 45.0, zst
 
         # A committed write on the primary, with the admin credential of the doc's pgpass file.
         import psycopg2
