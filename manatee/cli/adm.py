@@ -123,8 +123,11 @@ _NODE_SQL = ("select pg_is_in_recovery() as recovery,"
              "  else pg_current_wal_lsn() end)::text as wal")
 _REPL_SQL = ("select application_name, client_addr::text as client_addr, state, sync_state,"
              " sent_lsn::text as sent_lsn, flush_lsn::text as flush_lsn, replay_lsn::text as replay_lsn,"
-             " pg_wal_lsn_diff(case when pg_is_in_recovery() then pg_last_wal_receive_lsn()"
-             "  else pg_current_wal_lsn() end, replay_lsn)::bigint as lag_bytes,"
+             # a cascading standby sends what it has replayed, which can pass what its
+             # walreceiver last flushed: take the further of the two, and never a negative lag
+             " greatest(0, pg_wal_lsn_diff(case when pg_is_in_recovery() then"
+             "  greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
+             "  else pg_current_wal_lsn() end, replay_lsn))::bigint as lag_bytes,"
              " extract(epoch from replay_lag)::float8 as lag_s"
              " from pg_stat_replication order by pid")
 
