@@ -37,14 +37,21 @@ def signed_post(secret, url_base: str, path: str, body: dict, timeout: float):
     return http_json(f"{url_base}{path}", body, timeout=timeout, headers=headers)
 
 
-def cmd_reload(args, zk) -> int:
-    from manatee.cli.adm import _say, http_json, read_shard, shard_path
+def shard_state(zk, shard: str, doing: str) -> ClusterState:
+    """The shard's persisted state; CliError naming the shard when it is unknown or has none."""
+    from manatee.cli.adm import read_shard, shard_path
 
-    got = zk.get(f"{shard_path(args.shard)}/state")
+    got = zk.get(f"{shard_path(shard)}/state")
     if got is None:
-        read_shard(zk, args.shard)  # raises "not found" for an unknown shard
-        raise CliError(f"shard {args.shard!r} has no state yet: nothing to reload")
-    st = ClusterState.loads(got[0])
+        read_shard(zk, shard)  # raises "not found" for an unknown shard
+        raise CliError(f"shard {shard!r} has no state yet: nothing to {doing}")
+    return ClusterState.loads(got[0])
+
+
+def cmd_reload(args, zk) -> int:
+    from manatee.cli.adm import _say, http_json
+
+    st = shard_state(zk, args.shard, "reload")
     secret = _secret(args)
     failed = []
     nodes = [p for p in st.chain() if p.status_url]

@@ -19,7 +19,7 @@ import json
 import sys
 import time
 
-from manatee.cli.adm_pgconf import _secret, signed_post
+from manatee.cli.adm_pgconf import _secret, shard_state, signed_post
 from manatee.cli.common import CliError
 from manatee.sitter.state import ClusterState
 
@@ -117,13 +117,9 @@ def _switchover(args, zk) -> float:
 
 
 def cmd_restart(args, zk) -> int:
-    from manatee.cli.adm import _say, find_peer, read_shard, shard_path
+    from manatee.cli.adm import _say, find_peer
 
-    got = zk.get(f"{shard_path(args.shard)}/state")
-    if got is None:
-        read_shard(zk, args.shard)  # raises "not found" for an unknown shard
-        raise CliError(f"shard {args.shard!r} has no state yet: nothing to restart")
-    st = ClusterState.loads(got[0])
+    st = shard_state(zk, args.shard, "restart")
     if args.node is not None:
         p = find_peer(st, args.node)
         if st.place_of(p.id) == "primary":
@@ -156,8 +152,7 @@ def cmd_restart(args, zk) -> int:
                     secs = _switchover(args, zk)
                 record("switchover", p, place, secs)
                 zk.deadline = max(zk.deadline, time.monotonic() + args.timeout)
-                now = zk.get(f"{shard_path(args.shard)}/state")
-                st = ClusterState.loads(now[0]) if now else st
+                st = shard_state(zk, args.shard, "restart")
                 # the old primary rejoins as a standby (the switchover restarts it in that role)
                 say(f"{p.ip}: rejoined as the {st.place_of(p.id) or 'standby'}; waiting for it to stream")
                 _wait_streaming(st.chain()[1:], args, time.monotonic(), time.monotonic())
