@@ -36,7 +36,7 @@ from manatee.core.restore import RestoreError, RestoreProgress, restore
 from manatee.core.zfs import Zfs
 from manatee.core.zk import ZKClient
 from manatee.harness.postgres import PgNode
-from manatee.harness.zfspool import ZfsPool, mounts_of_pool, zfs_processes_on
+from manatee.harness.zfspool import ZfsPool, abort_daemon_streams, mounts_of_pool, zfs_processes_on
 from tests.fixtures_pg import random_loopback_ip
 
 BACKUPSERVER = str(Path(sys.executable).with_name("manatee-backupserver"))
@@ -338,16 +338,27 @@ async def _old_b(env: Env) -> tuple[str, Path]:
     return ds_b, mnt_b
 
 
+def kill_sender_host(server: subprocess.Popen) -> None:
+    """The sending host dies mid-stream: its backupserver and `zfs send` are SIGKILLed, and
+    so is the stream itself. Under zfs-fuse the daemon (shared by every "host" of this
+    machine) writes the stream and would finish it after `zfs send` died — on a real host
+    ZFS dies with the host — so the daemon's stream connections are cut (this test's are
+    the only ones: tests run one at a time)."""
+    os.killpg(server.pid, signal.SIGKILL)
+    abort_daemon_streams()
+
+
 async def test_backupserver_killed_mid_stream(env):
     ip_a, ip_b = random_loopback_ip(), random_loopback_ip()
-    ds_a, url, server = await _big_source(env, ip_a)
+    # 400 MB: on an idle machine a 150 MB stream could end before the kill took effect
+    ds_a, url, server = await _big_source(env, ip_a, mb=400)
     ds_b, mnt_b = await _old_b(env)
     listen = (ip_b, free_port(ip_b))
     killed_at: list[int] = []
 
     def kill_when_streaming(p: RestoreProgress) -> None:
         if p.phase == "receiving" and p.completed > 0 and not killed_at:
-            os.killpg(server.pid, signal.SIGKILL)  # the whole host's daemon dies, zfs send too
+            kill_sender_host(server)  # the whole host dies, zfs send and its stream too
             killed_at.append(p.completed)
 
     started = time.monotonic()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from manatee.core.restore import RestoreError, RestoreProgress, restore
 from manatee.core.zfs import ZfsError
 from manatee.harness.zfspool import zfs_processes_on
 from tests.fixtures_pg import random_loopback_ip
-from tests.integration.test_backup_restore import Env, _zfs_recv_pids, env  # noqa: F401 - env is a fixture
+from tests.integration.test_backup_restore import Env, _zfs_recv_pids, env, kill_sender_host  # noqa: F401 - env is a fixture
 
 BASE_MB = 40
 
@@ -175,23 +174,24 @@ def _assert_old_b_back(env: Env, ds_b: str, mnt_b: Path, before: dict[str, str],
     assert not port_open(*listen), f"{listen} still listening"
 
 
-async def _b_diverged_with_big_increment(env: Env, stall_timeout: float = 3):
+async def _b_diverged_with_big_increment(env: Env, stall_timeout: float = 3, mb: int = 150):
     ip_b, ds_a, mnt_a, url, server, ds_b, mnt_b, _first = await _a_and_b(env, stall_timeout=stall_timeout)
-    _write_random(mnt_a / "big-increment.bin", 150)  # long enough to interrupt
+    _write_random(mnt_a / "big-increment.bin", mb)  # long enough to interrupt
     (mnt_b / "b-only").write_text("the old copy")
     await env.zfs.snapshot(ds_b, "9999999999999")
     return ip_b, url, server, ds_b, mnt_b, _tree(mnt_b), await _snapshots(env, ds_b)
 
 
 async def test_backupserver_killed_mid_increment_leaves_old_data(env):
-    ip_b, url, server, ds_b, mnt_b, before, snaps_before = await _b_diverged_with_big_increment(env)
+    # 400 MB: on an idle machine a 150 MB increment could end before the kill took effect
+    ip_b, url, server, ds_b, mnt_b, before, snaps_before = await _b_diverged_with_big_increment(env, mb=400)
     listen = (ip_b, free_port(ip_b))
     killed: list[int] = []
 
     def kill_when_streaming(p: RestoreProgress) -> None:
         if p.phase == "receiving" and p.completed > 0 and p.path and not killed:
             assert p.path.startswith("incremental from ")
-            os.killpg(server.pid, signal.SIGKILL)
+            kill_sender_host(server)
             killed.append(p.completed)
 
     with pytest.raises(RestoreError) as err:
