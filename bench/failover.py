@@ -53,9 +53,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from manatee.harness.checks import fetch_ids, missing_acked
-from manatee.harness.sandbox import DAEMONS, NodeState, Sandbox, SandboxError, http_json
-from manatee.harness.writer import RecordingWriter, WriterError
+from manatee_testbed.checks import fetch_ids, missing_acked
+from manatee_testbed.sandbox import DAEMONS, NodeState, Sandbox, SandboxError, http_json
+from manatee_testbed.writer import RecordingWriter, WriterError
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 P2_TARGET_S = 1.0
@@ -667,9 +667,9 @@ def quiet_logs(verbose: bool) -> None:
         logging.INFO if verbose else logging.WARNING))
     # the writer bound its module logger at import, under the default (unfiltered) config
     from manatee.core.log import get_logger
-    from manatee.harness import writer as writer_mod
+    from manatee_testbed import writer as writer_mod
 
-    writer_mod.log = get_logger("manatee.harness.writer")
+    writer_mod.log = get_logger("manatee_testbed.writer")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,8 +40,8 @@ from manatee.core.pg import DEFAULT_BINDIR, run_as
 from manatee.core.procs import free_port, terminate, wait_port_async
 from manatee.core.restore import restore
 from manatee.core.zfs import Zfs
-from manatee.harness.postgres import PgNode
-from manatee.harness.zfspool import ZfsPool, ensure_zfs_fuse
+from manatee_testbed.postgres import PgNode
+from manatee_testbed.zfspool import ZfsPool, ensure_zfs_fuse
 
 BACKUPSERVER = str(Path(sys.executable).with_name("manatee-backupserver"))
 IP_A, IP_B = "127.0.0.61", "127.0.0.62"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """P5 scale: `manatee-stat` over 100 shards registered in one ZooKeeper, target ≤ 2 s.
 
-Starts its own ZooKeeper (manatee.harness.zookeeper.ZooKeeperServer) in a temporary
+Starts its own ZooKeeper (manatee_testbed.zookeeper.ZooKeeperServer) in a temporary
 directory and registers SHARDS shards the way their sitters leave them: three ephemeral
 election nodes, the persisted state (primary → sync → async, generation), the registrar
 record and HISTORY history records each, written with the sitter's own serialisers.
@@ -33,9 +33,9 @@ from pathlib import Path
 from kazoo.client import KazooClient
 
 from manatee.cli.common import registrar_path
-from manatee.harness.zookeeper import ZooKeeperServer
-from manatee.sitter.history import HistoryEvent, record_data, znode_prefix
-from manatee.sitter.state import ClusterState, Peer
+from manatee_testbed.zookeeper import ZooKeeperServer
+from manatee.shard.history import HistoryEvent, record_data, znode_prefix
+from manatee.shard.state import ClusterState, Peer
 
 TARGET_S = 2.0
 SECTION = "## P5 scale"

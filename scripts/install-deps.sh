@@ -40,12 +40,14 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 stamp="$venv/.manatee-installed"
-if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || [ "$here/testbed/pyproject.toml" -nt "$stamp" ]; then
     "$venv/bin/pip" install -q --upgrade pip >/dev/null
     # an older venv has psycopg2-binary: both install the same module, keep only the built one
     if "$venv/bin/pip" show -q psycopg2-binary >/dev/null 2>&1; then
         "$venv/bin/pip" uninstall -q -y psycopg2-binary >/dev/null
     fi
     "$venv/bin/pip" install -q --no-binary psycopg2 -e "$here[test]"
+    # the test bed (sandbox, fault injection, workload checks): not part of a database host's install
+    "$venv/bin/pip" install -q --no-deps -e "$here/testbed"
     touch "$stamp"
 fi

@@ -12,4 +12,4 @@ venv="${MANATEE_VENV:-$here/.venv}"
 if [ -x "$venv/bin/manatee-sandbox" ]; then
     exec "$venv/bin/manatee-sandbox" "$@"
 fi
-exec "$venv/bin/python" -m manatee.cli.sandbox "$@"
+exec "$venv/bin/python" -m manatee_testbed.cli.sandbox "$@"

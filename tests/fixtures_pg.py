@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from manatee.core.procs import free_port
-from manatee.harness.postgres import PgNode
+from manatee_testbed.postgres import PgNode
 
 
 def random_loopback_ip() -> str:

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from manatee.core.zfs import Zfs
-from manatee.harness.zfspool import ZFS_FUSE, ZfsPool, ensure_zfs_fuse, mounts_of_pool
+from manatee_testbed.zfspool import ZFS_FUSE, ZfsPool, ensure_zfs_fuse, mounts_of_pool
 
 
 @pytest.fixture(scope="session")

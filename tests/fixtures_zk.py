@@ -19,7 +19,7 @@ import uuid
 import pytest
 from kazoo.client import KazooClient
 
-from manatee.harness.zookeeper import TcpProxy, ZooKeeperEnsemble, ZooKeeperServer
+from manatee_testbed.zookeeper import TcpProxy, ZooKeeperEnsemble, ZooKeeperServer
 
 
 def _with_kazoo(connect: str, fn) -> None:

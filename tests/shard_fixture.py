@@ -27,21 +27,21 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from manatee.core.procs import pid_alive
-from manatee.harness.checks import (
+from manatee_testbed.checks import (
     check_data,
     history_one_primary_per_generation,
     promoted_from,
     summarise,
 )
-from manatee.harness.sandbox import (
+from manatee_testbed.sandbox import (
     NodeState,
     Sandbox,
     SandboxError,
     postmaster_pid,
 )
-from manatee.harness.shardview import ShardView
-from manatee.harness.writer import RecordingWriter
-from manatee.harness.zookeeper import ZK_SERVER_SH
+from manatee_testbed.shardview import ShardView
+from manatee_testbed.writer import RecordingWriter
+from manatee_testbed.zookeeper import ZK_SERVER_SH
 
 #: pytestmark for modules that bring up a sandbox shard: slow, and only where it can run.
 NEEDS_SHARD = [

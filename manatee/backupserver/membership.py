@@ -14,7 +14,7 @@ import ipaddress
 import json
 from typing import Any, Optional
 
-from manatee.sitter.state import parse_election
+from manatee.shard.state import parse_election
 
 
 class MembershipUnavailable(Exception):

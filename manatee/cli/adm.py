@@ -27,7 +27,7 @@ comes from the URL, PGPASSWORD or PGPASSFILE (a refused password shows as "auth 
 
 State changes (freeze, unfreeze, a switchover request) are compare-and-set writes on the
 state znode's version, retried when a sitter wrote in between. The switchover itself is
-carried out by the sitters (docs/adm.md, manatee/sitter/decide.py `_primary_switchover`):
+carried out by the sitters (docs/adm.md, manatee/shard/decide.py `_primary_switchover`):
 this tool only asks, then watches until the new primary takes writes.
 """
 
@@ -57,7 +57,7 @@ from manatee.cli.common import (
 from manatee.cli.history import read_history, records
 from manatee.core.tls import client_context_from_env
 from manatee.cli.stat import _conn_params
-from manatee.sitter.state import ClusterState, StateError, election_order
+from manatee.shard.state import ClusterState, StateError, election_order
 
 TOOL = "manatee-adm"
 HTTP_TIMEOUT = 1.5
@@ -270,7 +270,7 @@ def _who() -> str:
 
 def set_freeze(zk: ZkReader, shard: str, reason: str | None) -> tuple[ClusterState, ClusterState | None]:
     """Freeze (reason given) or unfreeze (None). Returns (old, new); new None = nothing to do."""
-    from manatee.sitter.state import Freeze
+    from manatee.shard.state import Freeze
 
     def change(st: ClusterState) -> ClusterState | None:
         if reason is None:
@@ -316,7 +316,7 @@ def set_primary(zk: ZkReader, shard: str, node: str, error: Any, live: list[dict
 
 def request_switchover(zk: ZkReader, shard: str, to: str | None, error: Any,
                        live: set[str]) -> ClusterState:
-    from manatee.sitter.state import Switchover
+    from manatee.shard.state import Switchover
 
     def change(st: ClusterState) -> ClusterState:
         if error is not None:

@@ -13,7 +13,7 @@ import os
 import time
 
 from manatee.cli.common import CliError
-from manatee.sitter.state import ClusterState
+from manatee.shard.state import ClusterState
 
 POLL_S = 0.2
 

@@ -21,7 +21,7 @@ import time
 
 from manatee.cli.adm_pgconf import _secret, shard_state, signed_post
 from manatee.cli.common import CliError
-from manatee.sitter.state import ClusterState
+from manatee.shard.state import ClusterState
 
 POLL_S = 0.2
 

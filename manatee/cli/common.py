@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from manatee import __version__ as VERSION
-from manatee.core.layout import registrar_path  # noqa: F401  (re-exported for the CLIs)
+from manatee.shard.layout import registrar_path  # noqa: F401  (re-exported for the CLIs)
 
 __all__ = [
     "DEFAULT_PORT", "DEFAULT_TIMEOUT", "MANATEE_ROOT", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE",

@@ -18,7 +18,7 @@ from manatee.cli.common import (
     ArgParser, CliError, ZkReader, dump_json,
     resolve_target, run_cli, shard_path, shard_zk_parser,
 )
-from manatee.sitter.history import parse_record, sort_records
+from manatee.shard.history import parse_record, sort_records
 
 TOOL = "manatee-history"
 

@@ -36,7 +36,7 @@ from manatee.cli.common import (
     MANATEE_ROOT, ArgParser, CliError, ZkReader, add_common_args, add_target_args, decode,
     dump_json, pg_failure, registrar_path, resolve_target, run_cli, shard_path,
 )
-from manatee.sitter.state import ClusterState, Peer, StateError, election_order
+from manatee.shard.state import ClusterState, Peer, StateError, election_order
 
 TOOL = "manatee-stat"
 PG_CONNECT_TIMEOUT = 2  # seconds; libpq's minimum

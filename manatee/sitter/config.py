@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode
-from manatee.core.layout import registrar_path
+from manatee.shard.layout import registrar_path
 from manatee.core.tls import TlsCfg, scheme
 
 _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")

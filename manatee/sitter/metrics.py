@@ -31,8 +31,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
-from manatee.sitter.history import ACTIONS
-from manatee.sitter.state import CONNECTED, PRIMARY, ROLES, STANDBY
+from manatee.shard.history import ACTIONS
+from manatee.shard.state import CONNECTED, PRIMARY, ROLES, STANDBY
 
 #: the text format generate_latest writes (classic names, so 0.0.4 for every Prometheus)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -18,13 +18,14 @@ from manatee.core import pg as pgmod
 from manatee.core import zk as zkmod
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.zfs import Zfs
-from manatee.sitter import history, latches, slots, transitions as T
-from manatee.sitter.decide import STEP_DOWN_BY, Decision, Observation, decide
+from manatee.sitter import slots
+from manatee.shard import history, latches, transitions as T
+from manatee.shard.decide import STEP_DOWN_BY, Decision, Observation, decide
 from manatee.sitter.heartbeat import HeartbeatSender, HeartbeatTable
 from manatee.sitter.hooks import RoleHooks
 from manatee.sitter.pgmanager import PgConfigError, PgManager, PgStatus, RoleSpec
-from manatee.sitter.shardstore import ShardStore, StateUnreadable
-from manatee.sitter.state import (
+from manatee.shard.shardstore import ShardStore, StateUnreadable
+from manatee.shard.state import (
     CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, SUSPENDED, UNASSIGNED, ClusterState, Peer, Target,
 )
 

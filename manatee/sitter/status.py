@@ -43,7 +43,7 @@ from manatee.sitter.heartbeat import parse_heartbeat
 from manatee.sitter.metrics import (
     CONTENT_TYPE, MetricsCollector, lag_within, parse_lag, streaming_replica, writable_primary,
 )
-from manatee.sitter.state import CONNECTED
+from manatee.shard.state import CONNECTED
 
 MAX_BODY = 4096
 LIVENESS_MIN_S = 120.0  # /liveness: the least time without an observation that counts as stuck

@@ -48,7 +48,7 @@ def adm(sh: Shard | None, *args: str, limit: float = 60.0, zk: str | None = None
         sh.dsn(sh.nodes[0])  # writes the passfile
         env["PGPASSFILE"] = str(sh.dir / "test.pgpass")
         env["MANATEE_SECRET_FILE"] = sh.sb.st.secret_file  # manatee-adm rebuild signs with it
-        from manatee.cli.sandbox import tool_vars
+        from manatee_testbed.cli.sandbox import tool_vars
 
         env.update(tool_vars(sh.sb.st))  # with --zk-auth/--tls: the ZooKeeper credential, the TLS files
     cmd, rest = args[0], args[1:]

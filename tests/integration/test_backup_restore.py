@@ -35,8 +35,8 @@ from manatee.core.procs import free_port, pid_alive, port_open, terminate, wait_
 from manatee.core.restore import RestoreError, RestoreProgress, restore
 from manatee.core.zfs import Zfs
 from manatee.core.zk import ZKClient
-from manatee.harness.postgres import PgNode
-from manatee.harness.zfspool import ZfsPool, abort_daemon_streams, mounts_of_pool, zfs_processes_on
+from manatee_testbed.postgres import PgNode
+from manatee_testbed.zfspool import ZfsPool, abort_daemon_streams, mounts_of_pool, zfs_processes_on
 from tests.fixtures_pg import random_loopback_ip
 
 BACKUPSERVER = str(Path(sys.executable).with_name("manatee-backupserver"))

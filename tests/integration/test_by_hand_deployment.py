@@ -32,8 +32,8 @@ from pathlib import Path
 import pytest
 
 from manatee.core.procs import pid_alive
-from manatee.harness.sandbox import postgres_pids
-from manatee.harness.zfspool import ZfsPool, ensure_zfs_fuse, pool_names
+from manatee_testbed.sandbox import postgres_pids
+from manatee_testbed.zfspool import ZfsPool, ensure_zfs_fuse, pool_names
 from tests.shard_fixture import NEEDS_SHARD, say
 
 pytestmark = [pytest.mark.integration, *NEEDS_SHARD]

@@ -17,10 +17,10 @@ from manatee.cli.common import registrar_path
 from manatee.core.log import get_logger
 from manatee.core.procs import free_port
 from manatee.core.zk import ZKClient
-from manatee.harness.postgres import PgNode
-from manatee.sitter.history import HistoryEvent
-from manatee.sitter.shardstore import ShardStore
-from manatee.sitter.state import ClusterState, Peer, error_record
+from manatee_testbed.postgres import PgNode
+from manatee.shard.history import HistoryEvent
+from manatee.shard.shardstore import ShardStore
+from manatee.shard.state import ClusterState, Peer, error_record
 
 
 @dataclass

@@ -72,7 +72,7 @@ def shell(cmd: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
 
 
 def psql(d: Path, node: str, sql: str) -> str:
-    r = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "manatee.cli.sandbox", "psql", "--dir", str(d),
+    r = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "manatee_testbed.cli.sandbox", "psql", "--dir", str(d),
                         node, "--", "-XAtc", sql], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
@@ -101,7 +101,7 @@ def test_fresh_sandbox_tools_health_endpoints_and_metrics(zfs_fuse, tmp_path):
         assert {"shard state + lag", "the shard as a table", "health (exit 0/1/2)", "history"} <= set(cmds), cmds
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
-        info = json.loads(subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "manatee.cli.sandbox",
+        info = json.loads(subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "manatee_testbed.cli.sandbox",
                                           "status", "--json", "--dir", str(d)], capture_output=True, text=True,
                                          timeout=60).stdout)
         roles = {n["name"]: n["role"] for n in info["nodes"]}
@@ -223,7 +223,7 @@ def test_fresh_sandbox_tools_health_endpoints_and_metrics(zfs_fuse, tmp_path):
             assert "reloaded" in log.read_text(), f"no 'reloaded' line in {log}"
         v = wait(verified, 30, "verify to exit 0 after the SIGHUPs", every=2)
         assert v.stdout.strip() == "ok"
-        info2 = json.loads(subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "manatee.cli.sandbox",
+        info2 = json.loads(subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "manatee_testbed.cli.sandbox",
                                            "status", "--json", "--dir", str(d)], capture_output=True, text=True,
                                           timeout=60).stdout)
         assert roles == {n["name"]: n["role"] for n in info2["nodes"]}, "a SIGHUP moved a role"

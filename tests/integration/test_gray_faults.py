@@ -1,5 +1,5 @@
 """ACCEPTANCE F18–F23 on a real shard: gray failures, where a node is alive, keeps its
-ZooKeeper session, and is sick (manatee/harness/grayfaults.py injects them).
+ZooKeeper session, and is sick (testbed/manatee_testbed/grayfaults.py injects them).
 
 - F18 PostgreSQL hung (SIGSTOP of PostgreSQL only; the sitter runs on) on the primary, the
   sync, the async; and on the primary a sticky hang (every new postgres process stopped
@@ -31,8 +31,8 @@ import time
 
 import pytest
 
-from manatee.harness import grayfaults as gf
-from manatee.harness.writer import WriterError
+from manatee_testbed import grayfaults as gf
+from manatee_testbed.writer import WriterError
 from tests.shard_fixture import (NEEDS_SHARD, Shard, first_ack_on, healthy, longest_ack_gap, names, say,
                                  shared_shard)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from manatee.harness.writer import RecordingWriter
+from manatee_testbed.writer import RecordingWriter
 from tests.shard_fixture import NEEDS_SHARD, Shard, acks_on, first_ack_on, healthy, names, say, shared_shard
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]

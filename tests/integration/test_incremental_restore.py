@@ -21,7 +21,7 @@ import pytest
 from manatee.core.procs import free_port, port_open
 from manatee.core.restore import RestoreError, RestoreProgress, restore
 from manatee.core.zfs import ZfsError
-from manatee.harness.zfspool import zfs_processes_on
+from manatee_testbed.zfspool import zfs_processes_on
 from tests.fixtures_pg import random_loopback_ip
 from tests.integration.test_backup_restore import Env, _zfs_recv_pids, env, kill_sender_host  # noqa: F401 - env is a fixture
 

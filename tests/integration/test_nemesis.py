@@ -27,7 +27,7 @@ FAULTS = "kill,partition,zk_restart"
 
 def _script() -> list[str]:
     exe = Path(sys.executable).parent / "manatee-nemesis"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "manatee.cli.nemesis"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "manatee_testbed.cli.nemesis"]
 
 
 def test_short_soak_kill_partition_zk_restart_passes(zfs_fuse, tmp_path):

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from manatee.harness import cgroups, network
+from manatee_testbed import cgroups, network
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and nft (nftables)"

@@ -15,7 +15,7 @@ import pytest
 
 from manatee.core.lsn import Lsn
 from manatee.core.pg import PgClient, PgError, PostgresProcess, controldata, controldata_checkpoint, controldata_timeline
-from manatee.harness.postgres import PgNode
+from manatee_testbed.postgres import PgNode
 
 PG_UID = pwd.getpwnam("postgres").pw_uid
 

@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 from manatee.core.pg import PgClient, PgError
-from manatee.harness.postgres import PgNode
+from manatee_testbed.postgres import PgNode
 
 MAX_CONNECTIONS = 6
 

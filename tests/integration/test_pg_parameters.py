@@ -8,7 +8,7 @@ import asyncio
 import time
 
 
-from manatee.harness.postgres import PgNode
+from manatee_testbed.postgres import PgNode
 
 
 PENDING = "select coalesce(string_agg(name, ',' order by name), '') as p from pg_settings where pending_restart"

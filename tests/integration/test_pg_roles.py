@@ -14,7 +14,7 @@ import pytest
 
 from manatee.core import pg as pgmod
 from manatee.core.pg import PgError, ensure_role
-from manatee.harness.postgres import PgNode
+from manatee_testbed.postgres import PgNode
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/usr/lib/postgresql/15/bin/postgres"),
@@ -134,7 +134,7 @@ async def test_initdb_password_file_does_not_follow_a_planted_link(pg_node_facto
 
 async def _start_and_query(node: PgNode, sql: str):
     from manatee.core import pgconfig
-    from manatee.harness.postgres import BASE_CONFIG
+    from manatee_testbed.postgres import BASE_CONFIG
 
     pgconfig.install_base_config(node.data_dir, BASE_CONFIG, user=node.user)
     node.configure(node.role_config("primary"))

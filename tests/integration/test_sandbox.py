@@ -16,10 +16,10 @@ import time
 import pytest
 
 from manatee.core.procs import pid_alive
-from manatee.harness import cgroups, network
-from manatee.harness.sandbox import Sandbox, load_state, postmaster_pid
-from manatee.harness.zfspool import ZfsPool, mounts_of_pool
-from manatee.harness.zookeeper import ZK_SERVER_SH
+from manatee_testbed import cgroups, network
+from manatee_testbed.sandbox import Sandbox, load_state, postmaster_pid
+from manatee_testbed.zfspool import ZfsPool, mounts_of_pool
+from manatee_testbed.zookeeper import ZK_SERVER_SH
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,7 +34,7 @@ FAILOVER_BOUND_S = 45  # generous for 2 loaded cores; the benchmark measures the
 
 
 def cli(d, *args, timeout=400, check=True) -> subprocess.CompletedProcess:
-    cp = subprocess.run([sys.executable, "-m", "manatee.cli.sandbox", *args, "--dir", str(d)],
+    cp = subprocess.run([sys.executable, "-m", "manatee_testbed.cli.sandbox", *args, "--dir", str(d)],
                         capture_output=True, text=True, timeout=timeout)
     if check and cp.returncode != 0:
         raise AssertionError(f"manatee-sandbox {' '.join(args)} exited {cp.returncode}:\n"

@@ -13,11 +13,11 @@ import time
 import pytest
 
 from manatee.core.procs import pid_alive, wait_port
-from manatee.harness import cgroups, network
-from manatee.harness.hang import stopped
-from manatee.harness.sandbox import Sandbox, load_state
-from manatee.harness.zfspool import ZfsPool, mounts_of_pool
-from manatee.harness.zookeeper import ZK_SERVER_SH, four_letter_word
+from manatee_testbed import cgroups, network
+from manatee_testbed.hang import stopped
+from manatee_testbed.sandbox import Sandbox, load_state
+from manatee_testbed.zfspool import ZfsPool, mounts_of_pool
+from manatee_testbed.zookeeper import ZK_SERVER_SH, four_letter_word
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("nft") is None or not ZK_SERVER_SH.exists(),

@@ -18,11 +18,11 @@ import time
 
 import pytest
 
-from manatee.cli.sandbox import main as sandbox_main
+from manatee_testbed.cli.sandbox import main as sandbox_main
 from manatee.core.procs import pid_alive
 from manatee.core.zk import resuming_kazoo
-from manatee.harness.sandbox import Sandbox, SandboxError, load_state
-from manatee.harness.zookeeper import ZK_SERVER_SH, four_letter_word
+from manatee_testbed.sandbox import Sandbox, SandboxError, load_state
+from manatee_testbed.zookeeper import ZK_SERVER_SH, four_letter_word
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("nft") is None or not ZK_SERVER_SH.exists(),

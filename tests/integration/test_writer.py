@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from manatee.harness.checks import check_data, fetch_ids, fetch_rows, missing_acked, two_writers, unconfirmed_commits
-from manatee.harness.writer import ACKED, FAILED, WARNED, RecordingWriter
+from manatee_testbed.checks import check_data, fetch_ids, fetch_rows, missing_acked, two_writers, unconfirmed_commits
+from manatee_testbed.writer import ACKED, FAILED, WARNED, RecordingWriter
 
 TABLE = "writes_test"
 

@@ -1,4 +1,4 @@
-"""manatee.core.zfs and manatee.harness.zfspool against real ZFS (zfs-fuse)."""
+"""manatee.core.zfs and manatee_testbed.zfspool against real ZFS (zfs-fuse)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from manatee.core.zfs import Zfs, ZfsError
 from manatee.core.zfsstream import StreamError
-from manatee.harness.zfspool import (
+from manatee_testbed.zfspool import (
     ZfsPool,
     ZfsPoolBusy,
     ensure_zfs_fuse,

@@ -13,9 +13,9 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
 from manatee.core.zk import OPEN_ACL_UNSAFE, ZKAuth, ZKClient, same_acl, shard_acl
-from manatee.sitter.shardstore import ShardStore
-from manatee.sitter import history
-from manatee.sitter.state import PRIMARY, ClusterState, Peer, Target
+from manatee.shard.shardstore import ShardStore
+from manatee.shard import history
+from manatee.shard.state import PRIMARY, ClusterState, Peer, Target
 
 pytestmark = pytest.mark.timeout(60)
 

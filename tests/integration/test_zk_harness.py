@@ -1,4 +1,4 @@
-"""manatee.harness.zookeeper: real ZooKeeper servers, an ensemble and the link-cutting proxy."""
+"""manatee_testbed.zookeeper: real ZooKeeper servers, an ensemble and the link-cutting proxy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from kazoo.client import KazooClient
 
 from manatee.core.procs import pid_alive
 from manatee.core.zk import ZKClient
-from manatee.harness.zookeeper import (
+from manatee_testbed.zookeeper import (
     TcpProxy,
     ZooKeeperEnsemble,
     ZooKeeperServer,

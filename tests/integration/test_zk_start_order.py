@@ -17,7 +17,7 @@ import time
 import pytest
 
 from manatee.core.zk import ZKClient, ZKError
-from manatee.harness.zookeeper import ZooKeeperServer
+from manatee_testbed.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,7 +10,7 @@ from manatee.cli.adm_view import (
     ShardView, chain_nodes, fmt_bytes, problems, render_history, render_pg_status, render_show,
     render_table,
 )
-from manatee.sitter.state import ClusterState, Freeze, Switchover
+from manatee.shard.state import ClusterState, Freeze, Switchover
 from tests.unit.test_decide import A, B, C, D
 
 STATE = ClusterState(generation=4, primary=A, sync=B, async_=(C,), init_wal=0x5000)

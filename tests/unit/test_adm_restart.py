@@ -11,7 +11,7 @@ import pytest
 
 from manatee.cli.adm_restart import _below, plan
 from manatee.sitter.sitter import Sitter
-from manatee.sitter.state import PRIMARY, STANDBY, ClusterState
+from manatee.shard.state import PRIMARY, STANDBY, ClusterState
 from manatee.sitter.status import StatusServer
 from tests.unit.test_state import peer
 from tests.unit.test_status_auth import FakeSitter, Log, S, _post

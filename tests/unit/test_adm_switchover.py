@@ -9,11 +9,11 @@ import dataclasses
 
 import pytest
 
-from manatee.sitter.decide import decide
-from manatee.sitter.state import (
+from manatee.shard.decide import decide
+from manatee.shard.state import (
     PRIMARY, STANDBY, UNASSIGNED, ClusterState, Freeze, Switchover,
 )
-from manatee.sitter import transitions as T
+from manatee.shard import transitions as T
 from tests.unit import test_shard_simulation as sim
 from tests.unit.test_decide import A, B, C, D, INIT, STATE, obs
 

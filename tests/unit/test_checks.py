@@ -2,7 +2,7 @@
 
 from datetime import datetime, timedelta, timezone
 
-from manatee.harness.checks import (
+from manatee_testbed.checks import (
     MAX_LINES,
     Row,
     _ranges,
@@ -15,7 +15,7 @@ from manatee.harness.checks import (
     two_writers,
     unconfirmed_commits,
 )
-from manatee.harness.writer import node_host
+from manatee_testbed.writer import node_host
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -146,7 +146,7 @@ def test_show_json_is_the_table_as_data():
 def test_a_sandbox_dir_gives_zk_shard_and_the_pgpass(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from manatee.cli.sandbox import tool_commands, write_tool_files
+    from manatee_testbed.cli.sandbox import tool_commands, write_tool_files
 
     nodes = [SimpleNamespace(ip=f"127.0.0.{i}", pg_port=5432) for i in (2, 3)]
     sb = SimpleNamespace(dir=str(tmp_path), st=SimpleNamespace(nodes=nodes, repl_password="pw-1", shard="1",

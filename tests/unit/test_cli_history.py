@@ -4,7 +4,7 @@ import json
 
 from manatee.cli.common import dump_json
 from manatee.cli.history import records
-from manatee.sitter.history import FIELDS, HistoryEvent, record_data, znode_prefix
+from manatee.shard.history import FIELDS, HistoryEvent, record_data, znode_prefix
 
 # The first three lines of the guide's example (v1 records: name only, no data).
 GUIDE_NAMES = {

@@ -7,7 +7,7 @@ from decimal import Decimal
 from manatee.cli.stat import (
     ShardData, chain_roles, interval_json, pg_value, probe_targets, shard_status, status_document,
 )
-from manatee.sitter.state import ClusterState, Peer
+from manatee.shard.state import ClusterState, Peer
 
 # The key sets of the guide's `manatee-stat -p` example ("Shard Status").
 GUIDE_NODE_KEYS = {"ip", "pgUrl", "zoneId"}

@@ -13,11 +13,11 @@ import asyncio
 from types import SimpleNamespace
 
 from manatee.core.lsn import Lsn
-from manatee.sitter.decide import decide
+from manatee.shard.decide import decide
 from manatee.sitter.heartbeat import HeartbeatTable
 from manatee.sitter.pgmanager import PgStatus
 from manatee.sitter.sitter import Sitter
-from manatee.sitter.state import CONNECTED, FENCED, LOST, PRIMARY, SUSPENDED, ClusterState, Peer
+from manatee.shard.state import CONNECTED, FENCED, LOST, PRIMARY, SUSPENDED, ClusterState, Peer
 
 
 def _peer(n: int) -> Peer:
@@ -31,7 +31,7 @@ STATE = ClusterState(generation=1, primary=A, sync=B, async_=(C,), init_wal=0x50
 
 
 def obs_for_primary():
-    from manatee.sitter.decide import Observation
+    from manatee.shard.decide import Observation
     return Observation(me=A, election=(A, B, C), state=STATE, state_version=3, running=True, in_recovery=False,
                        wal=0x9000, read_only=False, has_data=True, sync_caught_up=True)
 
@@ -173,7 +173,7 @@ def test_a_standby_that_is_down_for_health_chk_timeout_withholds_its_heartbeats(
 
 
 def test_a_standby_that_does_not_stream_withholds_only_after_primary_start_timeout():
-    from manatee.sitter.state import STANDBY, Target
+    from manatee.shard.state import STANDBY, Target
     idle = PgStatus(True, True, True, None, False, False, None, 1, True)
     s, _ = _sitter_with_pg([idle] * 3, place=B)
     s.role, s.target = STANDBY, Target(STANDBY, upstream=A)

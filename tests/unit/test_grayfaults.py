@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from manatee.cli.sandbox import build_parser
-from manatee.harness import grayfaults as gf
+from manatee_testbed.cli.sandbox import build_parser
+from manatee_testbed import grayfaults as gf
 
 
 def test_flaky_rules_drop_a_random_share_both_ways_and_by_cgroup():

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from manatee.sitter.history import (
+from manatee.shard.history import (
     HistoryEvent, events_for, parse_record, record_data, record_json, sort_records, znode_prefix,
 )
-from manatee.sitter.state import DEPOSED, FENCED, PRIMARY, REBUILD, SAFE_MODE, STANDBY, UNASSIGNED, Peer, Target
+from manatee.shard.state import DEPOSED, FENCED, PRIMARY, REBUILD, SAFE_MODE, STANDBY, UNASSIGNED, Peer, Target
 
 
 def peer(n: int) -> Peer:

@@ -1,5 +1,5 @@
-from manatee.sitter.latches import standby_wal, sync_caught_up
-from manatee.sitter.state import Peer
+from manatee.shard.latches import standby_wal, sync_caught_up
+from manatee.shard.state import Peer
 
 A = Peer(id="10.0.0.1:5432:10002:5433", zone_id="a", ip="10.0.0.1", pg_url="tcp://postgres@10.0.0.1:5432/postgres",
          backup_url="http://10.0.0.1:10002")
@@ -44,7 +44,7 @@ def test_detaching_keeps_the_last_upstream_position():
 
 
 # -- issue 8: hung and failing PostgreSQL ----------------------------------------------------
-from manatee.sitter.latches import failing_since, unanswered_since  # noqa: E402
+from manatee.shard.latches import failing_since, unanswered_since  # noqa: E402
 
 
 def test_only_timeouts_of_a_running_pg_count_as_unanswered():

@@ -17,7 +17,7 @@ from manatee.sitter.metrics import (
     writable_primary,
 )
 from manatee.sitter.pgmanager import PgStatus
-from manatee.sitter.state import PRIMARY, ROLES, STANDBY, Target
+from manatee.shard.state import PRIMARY, ROLES, STANDBY, Target
 
 parser = pytest.importorskip("prometheus_client.parser")
 

@@ -92,7 +92,7 @@ def test_launchers_run_every_tool_from_an_installed_prefix(tmp_path):
 
 
 def test_every_console_script_has_a_launcher():
-    text = (ROOT / "pyproject.toml").read_text()
+    text = (ROOT / "pyproject.toml").read_text() + (ROOT / "testbed" / "pyproject.toml").read_text()
     scripts = re.findall(r'^(manatee-[a-z]+) = "', text, re.M)
     assert sorted(scripts) == sorted(f"manatee-{t}" for t in TOOLS)
     for s in scripts:
@@ -105,3 +105,27 @@ def test_dependencies_have_upper_bounds_and_psycopg2_is_built():
     for d in re.findall(r'"([^"]+)"', deps):
         assert "<" in d, f"{d}: no upper bound"
     assert '"psycopg2>=' in deps and "psycopg2-binary" not in deps and "prometheus-client" in deps
+
+
+def test_the_product_install_carries_no_fault_injection():
+    """`pip install .` (no extras) is what a database host gets: the daemons and the operator
+    CLIs; the test bed (sandbox, nemesis, partitions, hangs, the workload checker) is a separate
+    distribution under testbed/. Checked with setuptools' own package discovery on the
+    top-level pyproject (what a build would put in the wheel) and its console scripts."""
+    import tomllib
+
+    import setuptools
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = cfg["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = setuptools.find_packages(where=str(ROOT), include=include)
+    assert {"manatee", "manatee.sitter", "manatee.shard", "manatee.cli", "manatee.core"} <= set(packages)
+    assert [p for p in packages if not p.startswith("manatee.") and p != "manatee"] == []
+    shipped = [f for p in packages for f in (ROOT / p.replace(".", "/")).glob("*.py")]
+    leaked = [str(f) for f in shipped if f.name in ("nemesis.py", "sandbox.py", "grayfaults.py", "hang.py", "network.py")]
+    assert leaked == []
+    assert not any("testbed" in p or "harness" in p for p in packages)
+    assert "manatee-sitter" in cfg["project"]["scripts"]
+    assert not {"manatee-sandbox", "manatee-nemesis"} & set(cfg["project"]["scripts"])
+    for f in shipped:  # nothing the product ships imports the test bed
+        assert "manatee_testbed" not in f.read_text(), f

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from manatee.cli import sandbox as cli
-from manatee.harness import sandbox as sbx
+from manatee_testbed.cli import sandbox as cli
+from manatee_testbed import sandbox as sbx
 from tests.unit.test_sandbox_config import make_state
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from manatee.backupserver.config import BackupServerConfig
 from manatee.core.config import validate
-from manatee.harness import sandbox as sbx
-from manatee.harness.sandbox import NodeState, SandboxError, SandboxState
+from manatee_testbed import sandbox as sbx
+from manatee_testbed.sandbox import NodeState, SandboxError, SandboxState
 from manatee.sitter.config import SitterConfig
 from manatee.snapshotter.config import SnapshotterConfig
 
@@ -166,7 +166,7 @@ def test_tls_and_zk_auth_sandbox_configures_every_daemon(tmp_path):
     import os
     import stat
 
-    from manatee.cli.sandbox import tool_commands, tool_vars
+    from manatee_testbed.cli.sandbox import tool_commands, tool_vars
 
     st = make_state(tmp_path)
     st.tls, st.zk_auth = True, "manatee-ab12cd34:pw-zk-0123456789"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from manatee.harness.hang import hang, resume, stopped
+from manatee_testbed.hang import hang, resume, stopped
 
 
 def _wait(cond, timeout=5.0):

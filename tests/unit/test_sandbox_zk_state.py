@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from manatee.cli.sandbox import build_parser
-from manatee.harness import sandbox as sbx
-from manatee.harness.sandbox import Sandbox, SandboxError, SandboxState, ZkServerState
+from manatee_testbed.cli.sandbox import build_parser
+from manatee_testbed import sandbox as sbx
+from manatee_testbed.sandbox import Sandbox, SandboxError, SandboxState, ZkServerState
 
 
 def _state(tmp_path, servers=()) -> SandboxState:
@@ -82,7 +82,7 @@ def test_cli_up_takes_zk_servers_1_or_3(capsys):
 
 
 def test_cli_up_passes_zk_servers_to_the_sandbox(monkeypatch, tmp_path, capsys):
-    from manatee.cli import sandbox as cli
+    from manatee_testbed.cli import sandbox as cli
 
     got = {}
 

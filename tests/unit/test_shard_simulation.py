@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from manatee.sitter.decide import Observation, decide
-from manatee.sitter.history import events_for
-from manatee.sitter.latches import failing_since
-from manatee.sitter.state import (
+from manatee.shard.decide import Observation, decide
+from manatee.shard.history import events_for
+from manatee.shard.latches import failing_since
+from manatee.shard.state import (
     CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, SUSPENDED, UNASSIGNED, ClusterState, Freeze, Peer, Target,
 )
-from manatee.sitter import transitions as T
+from manatee.shard import transitions as T
 
 SESSION_TIMEOUT = 6
 HB_TIMEOUT = 4

@@ -54,7 +54,7 @@ def test_a_sick_primarys_start_waits_only_for_what_is_left_of_its_step_down_budg
     from types import SimpleNamespace
 
     from manatee.sitter.sitter import Sitter
-    from manatee.sitter.state import PRIMARY, STANDBY, Target
+    from manatee.shard.state import PRIMARY, STANDBY, Target
 
     pg = SimpleNamespace(ops_timeout=60.0, health_timeout=1.0)
     me = SimpleNamespace(pg=pg, primary_start_timeout=8.0, sick_since=None)

@@ -11,7 +11,7 @@ import pytest
 
 from manatee.sitter.pgmanager import RoleSpec
 from manatee.sitter.sitter import Sitter
-from manatee.sitter.state import PRIMARY, Target
+from manatee.shard.state import PRIMARY, Target
 from tests.unit.test_decide import A, B, C, STATE
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from manatee.sitter.state import (
+from manatee.shard.state import (
     PRIMARY, STANDBY, ClusterState, Freeze, Peer, StateError, Target, dedupe_peers, election_order,
     error_record, parse_election_name,
 )

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from manatee.sitter.metrics import MetricsView, lag_within, parse_lag, parse_space
 from manatee.sitter.pgmanager import PgStatus
-from manatee.sitter.state import PRIMARY, STANDBY, ClusterState, Target
+from manatee.shard.state import PRIMARY, STANDBY, ClusterState, Target
 from manatee.sitter.status import StatusServer
 from tests.unit.test_decide import A, B, C
 

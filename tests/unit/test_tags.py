@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from manatee.sitter.decide import decide
-from manatee.sitter.state import PRIMARY, UNASSIGNED, Peer, StateError, election_order
+from manatee.shard.decide import decide
+from manatee.shard.state import PRIMARY, UNASSIGNED, Peer, StateError, election_order
 from tests.unit.test_decide import A, B, C, D, E, STATE, obs
 
 NOFAIL = dict(nofailover=True)

@@ -18,7 +18,7 @@ from aiohttp import web
 from manatee.core.config import ConfigError, validate
 from manatee.core.httpserver import BoundedTCPSite, runner_kwargs
 from manatee.core.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsCfg, client_context_from_env
-from manatee.harness.certs import make_ca, make_node_cert
+from manatee_testbed.certs import make_ca, make_node_cert
 from manatee.sitter.config import SitterConfig
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")

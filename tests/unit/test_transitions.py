@@ -4,8 +4,8 @@ import itertools
 
 import pytest
 
-from manatee.sitter import transitions as T
-from manatee.sitter.state import (
+from manatee.shard import transitions as T
+from manatee.shard.state import (
     DEPOSED, FENCED, PRIMARY, REBUILD, ROLES, SAFE_MODE, STANDBY, UNASSIGNED, Peer, Target,
 )
 

@@ -9,9 +9,9 @@ import itertools
 
 import pytest
 
-from manatee.sitter.decide import Observation, decide
-from manatee.sitter.shardstore import Quarantine
-from manatee.sitter.state import (
+from manatee.shard.decide import Observation, decide
+from manatee.shard.shardstore import Quarantine
+from manatee.shard.state import (
     CONNECTED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED, Peer,
     StateError, election_order, parse_election,
 )

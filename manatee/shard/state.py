@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,27 +23,45 @@ from manatee.core.lsn import format_lsn, parse_lsn
 
 __all__ = [
     "CONNECTED", "SUSPENDED", "LOST", "ZK_STATES",
-    "UNASSIGNED", "PRIMARY", "STANDBY", "DEPOSED", "FENCED", "SAFE_MODE", "REBUILD", "ROLES",
+    "ZkSession", "Role", "Place", "UNASSIGNED", "PRIMARY", "STANDBY", "DEPOSED", "FENCED", "SAFE_MODE", "REBUILD", "ROLES",
     "StateError", "Peer", "Freeze", "Switchover", "ClusterState", "Target",
     "parse_election_name", "election_order", "parse_election", "dedupe_peers", "error_record",
     "format_lsn", "parse_lsn",
 ]
 
 # ZooKeeper session as the sitter sees it.
-CONNECTED = "connected"  # session alive and the link up
-SUSPENDED = "suspended"  # link lost; the session may still be alive on the server
-LOST = "lost"            # the server expired the session: our ephemeral nodes are gone
-ZK_STATES = (CONNECTED, SUSPENDED, LOST)
+class ZkSession(StrEnum):
+    CONNECTED = "connected"  # session alive and the link up
+    SUSPENDED = "suspended"  # link lost; the session may still be alive on the server
+    LOST = "lost"            # the server expired the session: our ephemeral nodes are gone
 
-# Local target roles (what this node's PostgreSQL should be doing).
-UNASSIGNED = "unassigned"  # wait: PG stopped, or left running as a (read-only) standby
-PRIMARY = "primary"        # the head of the chain
-STANDBY = "standby"        # streams from `upstream` (sync or async: the state says which)
-DEPOSED = "deposed"        # a former primary: PG stopped until it rejoins at the tail
-FENCED = "fenced"          # a primary whose ZooKeeper session expired: PG killed at once
-SAFE_MODE = "safe_mode"    # the shard's error node exists: read-only, change nothing
-REBUILD = "rebuild"        # WAL diverged or data missing: restore from `upstream`
-ROLES = (UNASSIGNED, PRIMARY, STANDBY, DEPOSED, FENCED, SAFE_MODE, REBUILD)
+
+CONNECTED, SUSPENDED, LOST = ZkSession.CONNECTED, ZkSession.SUSPENDED, ZkSession.LOST
+ZK_STATES = tuple(ZkSession)
+
+
+class Role(StrEnum):
+    """Local target roles (what this node's PostgreSQL should be doing)."""
+    UNASSIGNED = "unassigned"  # wait: PG stopped, or left running as a (read-only) standby
+    PRIMARY = "primary"        # the head of the chain
+    STANDBY = "standby"        # streams from `upstream` (sync or async: the state says which)
+    DEPOSED = "deposed"        # a former primary: PG stopped until it rejoins at the tail
+    FENCED = "fenced"          # a primary whose ZooKeeper session expired: PG killed at once
+    SAFE_MODE = "safe_mode"    # the shard's error node exists: read-only, change nothing
+    REBUILD = "rebuild"        # WAL diverged or data missing: restore from `upstream`
+
+
+class Place(StrEnum):
+    """Where a peer sits in the persisted state."""
+    PRIMARY = "primary"
+    SYNC = "sync"
+    ASYNC = "async"
+    DEPOSED = "deposed"
+
+
+UNASSIGNED, PRIMARY, STANDBY, DEPOSED = Role.UNASSIGNED, Role.PRIMARY, Role.STANDBY, Role.DEPOSED
+FENCED, SAFE_MODE, REBUILD = Role.FENCED, Role.SAFE_MODE, Role.REBUILD
+ROLES = tuple(Role)
 
 
 class StateError(ValueError):
@@ -223,16 +242,16 @@ class ClusterState:
         """primary, sync (if any), asyncs: the daisy chain in replication order."""
         return (self.primary, *((self.sync,) if self.sync else ()), *self.async_)
 
-    def place_of(self, peer_id: str) -> str | None:
-        """'primary' | 'sync' | 'async' | 'deposed' | None."""
+    def place_of(self, peer_id: str) -> Place | None:
+        """Place.PRIMARY | SYNC | ASYNC | DEPOSED (each equal to its lower-case string) | None."""
         if self.primary.id == peer_id:
-            return "primary"
+            return Place.PRIMARY
         if self.sync is not None and self.sync.id == peer_id:
-            return "sync"
+            return Place.SYNC
         if any(p.id == peer_id for p in self.async_):
-            return "async"
+            return Place.ASYNC
         if any(p.id == peer_id for p in self.deposed):
-            return "deposed"
+            return Place.DEPOSED
         return None
 
     def members(self) -> tuple[Peer, ...]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from manatee.sitter.state import (
+from manatee.shard.state import (
     DEPOSED, FENCED, PRIMARY, REBUILD, ROLES, SAFE_MODE, STANDBY, UNASSIGNED, Peer, Target,
 )
 

@@ -21,7 +21,7 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
-from manatee.harness.writer import node_host, table_identifier
+from manatee_testbed.writer import node_host, table_identifier
 
 #: At most this many lines per kind of problem; the rest are counted.
 MAX_LINES = 20

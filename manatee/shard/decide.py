@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from manatee.sitter.state import (
+from manatee.shard.state import (
     CONNECTED, DEPOSED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED,
     ZK_STATES, ClusterState, Peer, Switchover, Target, dedupe_peers, error_record, format_lsn,
 )

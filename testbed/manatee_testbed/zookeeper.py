@@ -15,7 +15,7 @@ without stopping ZooKeeper, the way to make a session expire while the server st
 Everything here is synchronous (fixtures, CLI). Any server still running when the
 interpreter exits is killed by an atexit hook, so a crashed test run leaves no JVM.
 
-Manual use:  python -m manatee.harness.zookeeper DIR [--port N] [--ensemble]
+Manual use:  python -m manatee_testbed.zookeeper DIR [--port N] [--ensemble]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ The soak repeats that with a seeded RNG, so a failing sequence can be replayed.
 
 Each round: pick a fault (kill, graceful stop, hang past the session timeout, partition,
 ZooKeeper restart, back-to-back failover, and the gray failures of
-manatee/harness/grayfaults.py: PostgreSQL alone hung, disk full, connection storm,
+testbed/manatee_testbed/grayfaults.py: PostgreSQL alone hung, disk full, connection storm,
 malformed znode, flaky network) and, where it has one, a role (primary, sync, async);
 apply it; wait until the shard reacts (the node leaves the topology) or a bound
 passes; undo it (start, resume, heal, restart ZooKeeper); wait, with a bound, for a
@@ -22,7 +22,7 @@ primary (S2), every other node's rows a subset of the primary's with identical p
 (S4, no fork), one writer at a time (S1), and the history's AssumeLeader records name one
 primary per generation (S7).
 
-The shard is seen as a client sees it through manatee/harness/shardview.py (ShardView),
+The shard is seen as a client sees it through testbed/manatee_testbed/shardview.py (ShardView),
 which tests/shard_fixture.py's Shard extends.
 """
 
@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from manatee.core.procs import pid_alive
-from manatee.harness import grayfaults, network
-from manatee.harness.checks import (
+from manatee_testbed import grayfaults, network
+from manatee_testbed.checks import (
     check_data,
     fetch_rows,
     history_one_primary_per_generation,
@@ -48,16 +48,16 @@ from manatee.harness.checks import (
     promoted_from,
     summarise,
 )
-from manatee.harness.sandbox import Sandbox, SandboxError
-from manatee.harness.shardview import ShardView
-from manatee.harness.writer import RecordingWriter
+from manatee_testbed.sandbox import Sandbox, SandboxError
+from manatee_testbed.shardview import ShardView
+from manatee_testbed.writer import RecordingWriter
 
 #: Every fault kind, in the order the summary lists them.
 FAULT_KINDS = ("kill", "stop", "hang", "partition", "zk_restart", "double_failover",
                "pg_hang", "disk_full", "storm", "bad_znode", "flaky_net")
 #: Faults aimed at one node, chosen by the role it holds when the round starts.
 TARGETED = ("kill", "stop", "hang", "partition", "pg_hang", "disk_full", "storm", "flaky_net")
-#: The gray failures among them: the node lives on, sick (manatee/harness/grayfaults.py).
+#: The gray failures among them: the node lives on, sick (testbed/manatee_testbed/grayfaults.py).
 GRAY = ("pg_hang", "disk_full", "storm", "flaky_net")
 ROLES = ("primary", "sync", "async")
 

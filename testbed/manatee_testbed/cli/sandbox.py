@@ -21,13 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from manatee.harness.sandbox import (
+from manatee_testbed.sandbox import (
     DEFAULT_FIRST_IP,
     DEFAULT_SESSION_TIMEOUT_MS,
     Sandbox,
     SandboxError,
 )
-from manatee.cli import sandbox_faults
+from manatee_testbed.cli import sandbox_faults
 
 PROG = "manatee-sandbox"
 EXIT_FAIL = 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from manatee.sitter.state import PRIMARY, REBUILD, STANDBY, Peer, Target
+from manatee.shard.state import PRIMARY, REBUILD, STANDBY, Peer, Target
 
 __all__ = [
     "ASSUME_LEADER", "NEW_LEADER", "NEW_STANDBY", "EXPIRED_STANDBY", "STEP_DOWN", "ACTIONS", "LEADER",

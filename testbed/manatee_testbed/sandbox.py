@@ -41,10 +41,10 @@ from typing import Any, Callable
 
 from manatee.core.config import ConfigError, validate
 from manatee.core.procs import free_port, pid_alive, terminate
-from manatee.harness import cgroups, network
-from manatee.harness.hang import hang as _hang_pids
-from manatee.harness.hang import resume as _resume_pids
-from manatee.harness.hang import stopped
+from manatee_testbed import cgroups, network
+from manatee_testbed.hang import hang as _hang_pids
+from manatee_testbed.hang import resume as _resume_pids
+from manatee_testbed.hang import stopped
 
 STATE_FILE = "sandbox.json"
 STATE_VERSION = 1
@@ -430,7 +430,7 @@ def write_security_files(st: SandboxState) -> None:
             f.write(st.zk_auth + "\n")
     if not st.tls:
         return
-    from manatee.harness.certs import CertPair, make_ca, make_node_cert
+    from manatee_testbed.certs import CertPair, make_ca, make_node_cert
 
     ca = CertPair(os.path.join(st.tls_dir, "ca.pem"), os.path.join(st.tls_dir, "ca.key"))
     if not os.path.exists(ca.key):
@@ -772,7 +772,7 @@ class Sandbox:
             for node in st.nodes:
                 write_node_configs(st, node)
             self.save()
-            from manatee.harness.zfspool import ZfsPool
+            from manatee_testbed.zfspool import ZfsPool
 
             pool = ZfsPool(Path(st.pool_file).parent, st.pool)
             for node in st.nodes:
@@ -821,7 +821,7 @@ class Sandbox:
         return False
 
     def _start_zookeeper(self, zk_ip: str) -> None:
-        from manatee.harness import zookeeper as zkmod
+        from manatee_testbed import zookeeper as zkmod
 
         st = self.st
         port = 2181 if port_free(zk_ip, 2181) else None
@@ -839,7 +839,7 @@ class Sandbox:
     def _start_zk_ensemble(self, zk_ip: str, size: int) -> None:
         """`size` servers on the ZooKeeper address (base dirs zookeeper/zk1..zkN), with the
         standalone's tick and max session; ports and pids are recorded as soon as they exist."""
-        from manatee.harness import zookeeper as zkmod
+        from manatee_testbed import zookeeper as zkmod
 
         st = self.st
         ens = zkmod.ZooKeeperEnsemble(
@@ -875,14 +875,14 @@ class Sandbox:
     def _outlive(server) -> None:
         """A server this command started keeps running after it (the harness would kill it
         at interpreter exit); reaped here while this process lives."""
-        from manatee.harness import zookeeper as zkmod
+        from manatee_testbed import zookeeper as zkmod
 
         zkmod._LIVE.discard(server)
         if server._proc is not None:
             _CHILDREN.append(server._proc)
 
     def _create_pool(self) -> None:
-        from manatee.harness.zfspool import ZfsPool, ensure_zfs_fuse
+        from manatee_testbed.zfspool import ZfsPool, ensure_zfs_fuse
 
         st = self.st
         handle = ensure_zfs_fuse(log_path=self.dir / "zfs-fuse.log")
@@ -1179,7 +1179,7 @@ class Sandbox:
             write_security_files(st)
             write_node_configs(st, node)
             self.save()  # from here on `down` knows the node
-            from manatee.harness.zfspool import ZfsPool
+            from manatee_testbed.zfspool import ZfsPool
 
             Path(node.mountpoint).parent.mkdir(parents=True, exist_ok=True)
             ZfsPool(Path(st.pool_file).parent, st.pool).create_dataset(f"{name}/pg", Path(node.mountpoint))
@@ -1230,7 +1230,7 @@ class Sandbox:
     def _zk_server(self):
         """A handle on the sandbox's ZooKeeper with the config `up` gave it (same address,
         port, tick and data dir), so a restart serves the same znodes and sessions."""
-        from manatee.harness import zookeeper as zkmod
+        from manatee_testbed import zookeeper as zkmod
 
         st = self.st
         return zkmod.ZooKeeperServer(
@@ -1241,7 +1241,7 @@ class Sandbox:
     def _zk_member(self, i: int):
         """A handle on ensemble server `i` (0-based; base dir zookeeper/zk<myid>) with the
         config `up` gave it, so that it rejoins with the same ports, myid and data."""
-        from manatee.harness import zookeeper as zkmod
+        from manatee_testbed import zookeeper as zkmod
 
         st = self.st
         rec = self._zk_rec(i)
@@ -1273,7 +1273,7 @@ class Sandbox:
     def zk_modes(self) -> list[str | None]:
         """Each server's `srvr` mode: 'standalone', 'leader', 'follower'; None when it does
         not serve (down, or a member without a quorum)."""
-        from manatee.harness.zookeeper import four_letter_word
+        from manatee_testbed.zookeeper import four_letter_word
 
         st = self.st
         ports = [r.client_port for r in st.zk_servers] if st.zk_servers else [st.zk_port]
@@ -1357,7 +1357,7 @@ class Sandbox:
         return self._zk_start_ensemble(i, timeout, wait)[i]
 
     def _zk_start_ensemble(self, only: int | None, timeout: float, wait: bool = True) -> list[int | None]:
-        from manatee.harness import zookeeper as zkmod
+        from manatee_testbed import zookeeper as zkmod
 
         with dir_lock(self.dir):
             st = self.st
@@ -1402,7 +1402,7 @@ class Sandbox:
         """Start the sandbox's ZooKeeper again (same address, port and data) and wait until
         it serves; returns its pid (the running one's if it was not stopped). With an
         ensemble: every stopped server, all serving; returns server 0's pid (zk_pids())."""
-        from manatee.harness import zookeeper as zkmod
+        from manatee_testbed import zookeeper as zkmod
 
         if self.st.zk_servers:
             return self._zk_start_ensemble(None, timeout)[0]
@@ -1438,7 +1438,7 @@ class Sandbox:
         Returns problems that could not be fixed (empty when all is gone)."""
         problems: list[str] = []
         st = self.st
-        from manatee.harness import grayfaults  # its helpers and tables (it imports this module)
+        from manatee_testbed import grayfaults  # its helpers and tables (it imports this module)
 
         with contextlib.suppress(Exception):
             grayfaults.undo_all(self, zk=False)
@@ -1483,7 +1483,7 @@ class Sandbox:
                 if pid_alive(r.pid):
                     problems.append(f"ZooKeeper server {r.myid} pid {r.pid} survives")
             if st.pool:
-                from manatee.harness.zfspool import ZfsPool, pool_names
+                from manatee_testbed.zfspool import ZfsPool, pool_names
 
                 try:
                     ZfsPool(Path(st.pool_file or self.dir / "zpool").parent, st.pool).destroy()
@@ -1534,7 +1534,7 @@ class Sandbox:
     @staticmethod
     def _stop_zfs_fuse(pid: int, pool_names) -> None:
         """Stop the zfs-fuse daemon this sandbox started, unless anyone else uses it."""
-        from manatee.harness import zfspool
+        from manatee_testbed import zfspool
 
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()

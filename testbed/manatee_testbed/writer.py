@@ -1,7 +1,7 @@
 """A recording writer: sequential inserts into the shard's primary, and what happened to each.
 
 Every fault test (and the fault soak) runs one while it breaks things, then checks the
-data against what the writer saw (see manatee.harness.checks). Why it is built this way:
+data against what the writer saw (see manatee_testbed.checks). Why it is built this way:
 
 * It runs in its own thread with psycopg2 in *asynchronous* mode (non-blocking socket
   polled with select), so it never holds an event loop, and ``stop()`` returns promptly
@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - the lead's log module may not exist ye
 
     get_logger = structlog.get_logger
 
-log = get_logger("manatee.harness.writer")
+log = get_logger("manatee_testbed.writer")
 
 ACKED = "acked"
 WARNED = "warned"

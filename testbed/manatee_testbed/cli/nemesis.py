@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from manatee.harness.nemesis import FAULT_KINDS, Nemesis, format_summary, parse_faults
+from manatee_testbed.nemesis import FAULT_KINDS, Nemesis, format_summary, parse_faults
 
 PROG = "manatee-nemesis"
 
@@ -63,9 +63,9 @@ def _quiet_logs(verbose: bool) -> None:
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # reconnect noise while ZooKeeper is down
     # The writer bound its module logger at import, under the configuration of that moment.
     from manatee.core.log import get_logger
-    from manatee.harness import writer
+    from manatee_testbed import writer
 
-    writer.log = get_logger("manatee.harness.writer")
+    writer.log = get_logger("manatee_testbed.writer")
 
 
 def main(argv: list[str] | None = None) -> int:

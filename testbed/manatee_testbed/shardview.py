@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from manatee.harness.sandbox import NodeState, Sandbox, tail
-from manatee.sitter.history import parse_record
+from manatee_testbed.sandbox import NodeState, Sandbox, tail
+from manatee.shard.history import parse_record
 
 __all__ = ["http_get", "client_dsn", "read_history", "ShardView"]
 

@@ -1,4 +1,4 @@
-"""`manatee-sandbox`'s gray-failure sub-commands (manatee/harness/grayfaults.py): each fault
+"""`manatee-sandbox`'s gray-failure sub-commands (testbed/manatee_testbed/grayfaults.py): each fault
 and the command that undoes it; `down` undoes them all.
 
     pg-hang|pg-resume NODE           PostgreSQL only stopped (SIGSTOP) / continued
@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from manatee.harness import grayfaults as gf
-from manatee.harness.sandbox import Sandbox
+from manatee_testbed import grayfaults as gf
+from manatee_testbed.sandbox import Sandbox
 
 COMMANDS = ("pg-hang", "pg-resume", "disk-full", "disk-lift", "storm", "storm-release", "crash-loop",
             "crash-stop", "rogue-election", "rogue-remove", "bad-state", "bad-state-undo", "flaky", "steady",

@@ -9,7 +9,7 @@ table and traffic flows again (TCP retransmits what was lost).
 
 Address rules only see a node whose sockets send from its address. Sockets that are
 not bound send from 127.0.0.1 on loopback, so when the node's processes live in a
-cgroup (see manatee.harness.cgroups) the table also drops what the node's processes
+cgroup (see manatee_testbed.cgroups) the table also drops what the node's processes
 send to its peers (`socket cgroupv2`), and what the peers' processes (their
 `peer_cgroups`) send to the node's address.
 
@@ -29,7 +29,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from manatee.harness import cgroups
+from manatee_testbed import cgroups
 
 DEFAULT_PREFIX = "manatee_part"
 SNAT_PREFIX = "manatee_snat"

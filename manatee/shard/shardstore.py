@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from manatee.core import zk as zkmod
-from manatee.sitter import history
-from manatee.sitter.state import ClusterState, Peer, StateError, parse_election, parse_election_name
+from manatee.shard import history
+from manatee.shard.state import ClusterState, Peer, StateError, parse_election, parse_election_name
 
 
 class StateUnreadable(zkmod.ZKDataError):

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from manatee.core.procs import free_port, pid_alive, terminate
-from manatee.harness import cgroups, network
-from manatee.harness.sandbox import (
+from manatee_testbed import cgroups, network
+from manatee_testbed.sandbox import (
     ZFS_BIN,
     NodeState,
     Sandbox,
@@ -53,8 +53,8 @@ from manatee.harness.sandbox import (
     postgres_pids,
     postmaster_pid,
 )
-from manatee.harness.hang import stopped as _stopped
-from manatee.harness.shardview import ShardView
+from manatee_testbed.hang import stopped as _stopped
+from manatee_testbed.shardview import ShardView
 
 FAULTS_FILE = "grayfaults.json"
 FLAKY_PREFIX = "manatee_flaky"
@@ -207,19 +207,19 @@ def disk_lift(sb: Sandbox, name: str) -> bool:
 
 
 def _spawn_helper(sb: Sandbox, key: str, args: list[str]) -> int:
-    """Start `python -m manatee.harness.grayfaults ARGS` detached; recorded under `key`."""
+    """Start `python -m manatee_testbed.grayfaults ARGS` detached; recorded under `key`."""
     old = load(sb).get(key)
     if isinstance(old, dict) and old.get("pid") and pid_alive(old["pid"]):
         raise SandboxError(f"{key.replace(':', ' on node ')} is already in force (pid {old['pid']})")
     log = open(sb.dir / f"grayfault-{key.replace(':', '-')}.log", "ab")
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "manatee.harness.grayfaults", *args],
+        proc = subprocess.Popen([sys.executable, "-m", "manatee_testbed.grayfaults", *args],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     finally:
         log.close()
     _update(sb, key, {"pid": proc.pid, "args": args, "since": time.time()})
-    from manatee.harness.sandbox import _CHILDREN  # reaped with the sandbox's own children
+    from manatee_testbed.sandbox import _CHILDREN  # reaped with the sandbox's own children
 
     _CHILDREN.append(proc)
     return proc.pid
@@ -660,7 +660,7 @@ def undo_all(sb: Sandbox, zk: bool = True) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """The helpers' entry point (run by `_spawn_helper`, not by people)."""
-    ap = argparse.ArgumentParser(prog="python -m manatee.harness.grayfaults")
+    ap = argparse.ArgumentParser(prog="python -m manatee_testbed.grayfaults")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("storm")
     s.add_argument("--dir", required=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Hashable
 
-from manatee.sitter.state import Peer
+from manatee.shard.state import Peer
 
 
 def sync_caught_up(latched_for: Hashable | None, key: Hashable, sync_flush: int | None,

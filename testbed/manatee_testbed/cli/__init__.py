@@ -1,0 +1,1 @@
+"""Command-line front ends of the test bed: manatee-sandbox and manatee-nemesis."""
