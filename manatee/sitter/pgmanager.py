@@ -394,18 +394,3 @@ class PgManager:
         except OSError:
             return False
         return bool(DIVERGENCE_PATTERNS.search(text))
-
-    async def offline_wal(self) -> Lsn | None:
-        """Where this data directory's WAL ends while PG is stopped (pg_controldata)."""
-        if not self.has_data():
-            return None
-        try:
-            cd = await pgmod.controldata(self.data_dir, user=self.user, bindir=self.bindir)
-        except pgmod.PgError:
-            return None
-        for key in ("Minimum recovery ending location", "Latest checkpoint's REDO location",
-                    "Latest checkpoint location"):
-            v = cd.get(key)
-            if v and v != "0/0":
-                return Lsn.parse(v)
-        return None

@@ -8,12 +8,14 @@ real instance on its own 127.0.0.x address without a sitter. Its directories:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 from manatee.core import pgconfig
 from manatee.core.pg import DEFAULT_BINDIR, PgClient, PgError, PostgresProcess, ensure_private_dir, initdb, run_as
+from manatee.core.lsn import Lsn
 from manatee.core.pgconfig import ConfigChange, RoleConfig, slot_name
 
 #: The operator-editable base configuration shipped with manatee.
@@ -112,7 +114,7 @@ class PgNode:
             await self.stop()
             await self.start()
         elif self.running and change.reload_needed:
-            await self.client.reload()
+            await reload(self.client)
         return change
 
     # -- lifecycle
@@ -181,6 +183,106 @@ class PgNode:
         for k, v in extra.items():
             dsn += f" {k}={pgconfig.conninfo_quote(str(v))}"
         return dsn
+
+
+# --------------------------------------------------------------------------- probes tests use
+
+
+async def health(client: PgClient, timeout: float | None = None) -> bool:
+    """SELECT 1 answered within the timeout. Never raises."""
+    try:
+        await client.query("select 1", timeout=timeout if timeout is not None else client.connect_timeout + 1)
+        return True
+    except Exception:  # noqa: BLE001 - health is a yes/no answer
+        return False
+
+
+async def wal_position(client: PgClient) -> Lsn:
+    """Primary: pg_current_wal_lsn(). Standby: the greater of received and replayed LSN."""
+    row = (
+        await client.query(
+            "select pg_is_in_recovery() as rec,"
+            " case when pg_is_in_recovery() then null else pg_current_wal_lsn() end as cur,"
+            " pg_last_wal_receive_lsn() as recv, pg_last_wal_replay_lsn() as replay"
+        )
+    )[0]
+    if not row["rec"]:
+        return Lsn.parse(row["cur"])
+    known = [Lsn.parse(v) for v in (row["recv"], row["replay"]) if v is not None]
+    if not known:
+        raise PgError(f"standby at {client.where} reports neither a received nor a replayed WAL position")
+    return max(known)
+
+
+async def replication_rows(client: PgClient) -> list[dict[str, Any]]:
+    """pg_stat_replication, PostgreSQL's column names (``*_lsn`` as text)."""
+    return await client.query("select * from pg_stat_replication order by application_name, pid")
+
+
+async def wal_receiver(client: PgClient) -> dict[str, Any] | None:
+    rows = await client.query("select * from pg_stat_wal_receiver")
+    return rows[0] if rows else None
+
+
+async def timeline(client: PgClient) -> int:
+    """Current timeline: a primary's from its current WAL file name; a standby's from
+    the WAL receiver (last received timeline), else the last restartpoint."""
+    row = (
+        await client.query(
+            "select case when pg_is_in_recovery() then null"
+            " else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end as primary_tli,"
+            " (select received_tli from pg_stat_wal_receiver) as recv_tli,"
+            " (select timeline_id from pg_control_checkpoint()) as ckpt_tli"
+        )
+    )[0]
+    for key in ("primary_tli", "recv_tli", "ckpt_tli"):
+        if row[key]:
+            return int(row[key])
+    raise PgError(f"cannot tell the timeline of {client.where}: {row}")
+
+
+async def setting(client: PgClient, name: str) -> str:
+    return (await client.query("select current_setting(%s) as v", (name,)))[0]["v"]
+
+
+async def reload(client: PgClient) -> None:
+    """pg_reload_conf(): the postmaster re-reads its files (asynchronously)."""
+    await client.query("select pg_reload_conf()")
+
+
+def signal_all(proc: PostgresProcess, sig: int) -> list[int]:
+    """Send `sig` to the postmaster and every backend (e.g. SIGSTOP/SIGCONT to simulate a hang)."""
+    pids = set(proc.processes())
+    if proc.running and proc.pid is not None:
+        pids.add(proc.pid)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    return sorted(pids)
+
+
+async def controldata(data_dir: Path, *, user: str = "postgres", bindir: Path = DEFAULT_BINDIR) -> dict[str, str]:
+    """`pg_controldata` of a (preferably stopped) data dir as {"Latest checkpoint location": "0/16B3748", ...}."""
+    out = await run_as([Path(bindir) / "pg_controldata", "-D", data_dir], user=user, timeout=30)
+    result: dict[str, str] = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            result[key.strip()] = value.strip()
+    if "Database cluster state" not in result:
+        raise PgError(f"pg_controldata -D {data_dir}: unexpected output: {out[:200]!r}")
+    return result
+
+
+def controldata_timeline(cd: dict[str, str]) -> int:
+    """Timeline of the latest checkpoint (minimum recovery timeline if that is later)."""
+    tli = int(cd["Latest checkpoint's TimeLineID"])
+    min_tli = int(cd.get("Min recovery ending loc's timeline", "0") or 0)
+    return max(tli, min_tli)
+
+
+def controldata_checkpoint(cd: dict[str, str]) -> Lsn:
+    return Lsn.parse(cd["Latest checkpoint location"])
 
 
 __all__ = ["PgNode", "PgError", "pg_url", "BASE_CONFIG"]

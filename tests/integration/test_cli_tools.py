@@ -17,7 +17,7 @@ from manatee.cli.common import registrar_path
 from manatee.core.log import get_logger
 from manatee.core.procs import free_port
 from manatee.core.zk import ZKClient
-from manatee_testbed.postgres import PgNode
+from manatee_testbed.postgres import PgNode, replication_rows
 from manatee.shard.history import HistoryEvent
 from manatee.shard.shardstore import ShardStore
 from manatee.shard.state import ClusterState, Peer, error_record
@@ -260,7 +260,7 @@ async def test_stat_p_shows_each_nodes_replication_row_and_async_lag(zk_hosts, z
     await p.execute("insert into t values (1)")  # waits for the sync: the chain works
 
     async def streaming():
-        pr, sr = await p.client.replication_rows(), await s.client.replication_rows()
+        pr, sr = await replication_rows(p.client), await replication_rows(s.client)
         return pr and pr[0]["sync_state"] == "sync" and sr and sr[0]["state"] == "streaming"
 
     await eventually(streaming, what="chain streaming")

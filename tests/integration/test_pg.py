@@ -14,8 +14,20 @@ import psycopg2.extras
 import pytest
 
 from manatee.core.lsn import Lsn
-from manatee.core.pg import PgClient, PgError, PostgresProcess, controldata, controldata_checkpoint, controldata_timeline
-from manatee_testbed.postgres import PgNode
+from manatee.core.pg import PgClient, PgError, PostgresProcess
+from manatee_testbed.postgres import (
+    PgNode,
+    controldata,
+    controldata_checkpoint,
+    controldata_timeline,
+    health,
+    replication_rows,
+    setting,
+    signal_all,
+    timeline,
+    wal_position,
+    wal_receiver,
+)
 
 PG_UID = pwd.getpwnam("postgres").pw_uid
 
@@ -40,23 +52,23 @@ async def eventually(fn, timeout=15.0, interval=0.1, what="condition"):
 
 async def test_initdb_start_health_and_query(pg_node: PgNode):
     c = pg_node.client
-    assert await c.health()
+    assert await health(c)
     assert not await c.in_recovery()
     assert (await c.query("select 1 + %s as x", (41,))) == [{"x": 42}]
-    assert await c.setting("data_checksums") == "on"
-    assert await c.setting("unix_socket_directories") == str(pg_node.socket_dir)
-    assert await c.setting("listen_addresses") == pg_node.ip
-    assert await c.setting("cluster_name") == pg_node.name
-    assert await c.setting("wal_level") == "replica"
-    assert await c.setting("synchronous_commit") == "on"
-    assert await c.setting("default_transaction_read_only") == "off"
+    assert await setting(c, "data_checksums") == "on"
+    assert await setting(c, "unix_socket_directories") == str(pg_node.socket_dir)
+    assert await setting(c, "listen_addresses") == pg_node.ip
+    assert await setting(c, "cluster_name") == pg_node.name
+    assert await setting(c, "wal_level") == "replica"
+    assert await setting(c, "synchronous_commit") == "on"
+    assert await setting(c, "default_transaction_read_only") == "off"
     # the private socket dir and data dir belong to postgres, mode 0700
     for d in (pg_node.socket_dir, pg_node.data_dir):
         st = os.stat(d)
         assert st.st_uid == PG_UID and stat.S_IMODE(st.st_mode) == 0o700, d
     # it listens on its own address, and nowhere near the Debian socket
-    assert await pg_node.tcp_client().health()
-    assert await pg_node.proc.client().health()
+    assert await health(pg_node.tcp_client())
+    assert await health(pg_node.proc.client())
     assert not os.path.exists(f"/var/run/postgresql/.s.PGSQL.{pg_node.port}") or pg_node.port == 5432
     # postmaster is our direct child, in its own session
     assert os.getsid(pg_node.proc.pid) == pg_node.proc.pid
@@ -79,23 +91,23 @@ async def test_query_errors_carry_sql_and_pg_code(pg_node: PgNode):
     assert ei.value.pgcode == "42P01"
     with pytest.raises(PgError, match="connection|Connection|connect"):
         await PgClient("127.0.0.1", 1, connect_timeout=1).query("select 1")
-    assert not await PgClient("127.0.0.1", 1, connect_timeout=1).health()
+    assert not await health(PgClient("127.0.0.1", 1, connect_timeout=1))
 
 
 async def test_wal_position_advances_after_writes(pg_node: PgNode):
     c = pg_node.client
-    before = await c.wal_position()
+    before = await wal_position(c)
     await c.execute("create table t (id int primary key, pad text)")
     await c.execute("insert into t select g, repeat('x', 100) from generate_series(1, 1000) g")
-    after = await c.wal_position()
+    after = await wal_position(c)
     assert after > before
     assert after - before > 100_000
-    assert await c.timeline() == 1
+    assert await timeline(c) == 1
 
 
 async def test_health_of_a_hung_server_times_out_without_blocking(pg_node: PgNode):
     """A SIGSTOPped postgres: health() says False in time; the loop stays responsive."""
-    stopped = pg_node.proc.signal_all(signal.SIGSTOP)
+    stopped = signal_all(pg_node.proc, signal.SIGSTOP)
     assert pg_node.proc.pid in stopped
     try:
         ticks = 0
@@ -108,15 +120,15 @@ async def test_health_of_a_hung_server_times_out_without_blocking(pg_node: PgNod
 
         t = asyncio.create_task(ticker())
         t0 = time.monotonic()
-        ok = await pg_node.tcp_client(connect_timeout=1).health(timeout=1.5)
+        ok = await health(pg_node.tcp_client(connect_timeout=1), timeout=1.5)
         elapsed = time.monotonic() - t0
         t.cancel()
         assert not ok
         assert elapsed < 3
         assert ticks >= 10  # the event loop kept running meanwhile
     finally:
-        pg_node.proc.signal_all(signal.SIGCONT)
-    assert await eventually(pg_node.client.health, what="health after SIGCONT")
+        signal_all(pg_node.proc, signal.SIGCONT)
+    assert await eventually(lambda: health(pg_node.client), what="health after SIGCONT")
 
 
 @pytest.mark.parametrize("mode,state", [("fast", "shut down"), ("immediate", "in production")])
@@ -169,7 +181,7 @@ async def test_stale_lock_files_with_reused_pid_do_not_block_start(pg_node: PgNo
         lines[0] = me
         lock.write_text("\n".join(lines))
     await pg_node.start()
-    assert await pg_node.client.health()
+    assert await health(pg_node.client)
 
 
 async def test_second_start_on_same_data_dir_refused(pg_node: PgNode):
@@ -211,7 +223,7 @@ async def test_read_only_primary_rejects_writes(pg_node: PgNode):
 
 
 async def _setting_is(node: PgNode, name: str, value: str) -> bool:
-    return await node.client.setting(name) == value
+    return await setting(node.client, name) == value
 
 
 async def test_hba_limits_replication_to_members_and_clients_to_cidrs(pg_node: PgNode):
@@ -239,7 +251,7 @@ async def test_hba_limits_replication_to_members_and_clients_to_cidrs(pg_node: P
     await eventually(lambda: _hba_addresses_are(pg_node, {"10.1.2.3", "127.0.0.1", "all"}), what="hba reload")
     with pytest.raises(psycopg2.OperationalError, match="replication connection"):
         await asyncio.to_thread(replication_connect)
-    assert await pg_node.tcp_client().health()  # the admin role (trust on loopback here)
+    assert await health(pg_node.tcp_client())  # the admin role (trust on loopback here)
 
     # no admin role: the superuser is refused over TCP whatever the client networks say
     await pg_node.apply(pg_node.role_config(members=("10.1.2.3",), client_cidrs=("127.0.0.1/32",),
@@ -255,7 +267,7 @@ async def test_hba_limits_replication_to_members_and_clients_to_cidrs(pg_node: P
                      what="hba reload")
     with pytest.raises(PgError, match="rejects connection for host"):
         await pg_node.tcp_client().query("select 1")
-    assert await pg_node.client.health()  # the private socket always works
+    assert await health(pg_node.client)  # the private socket always works
 
 
 async def _hba_addresses_are(node: PgNode, addrs: set[str], admin: bool = True) -> bool:
@@ -283,25 +295,25 @@ async def test_primary_and_sync_standby(pg_node_factory):
     assert (s.data_dir / "standby.signal").exists()
     await s.start()
     assert await s.client.in_recovery()
-    assert await s.client.setting("default_transaction_read_only") == "on"
+    assert await setting(s.client, "default_transaction_read_only") == "on"
 
     # the primary names its sync by the standby's application_name
     change = await p.apply(p.role_config(sync_standby=ODD_NAME))
     assert change.reload_needed and change.changed == ("synchronous_standby_names",)
 
     async def sync_row():
-        rows = await p.client.replication_rows()
+        rows = await replication_rows(p.client)
         return rows if rows and rows[0]["sync_state"] == "sync" and rows[0]["state"] == "streaming" else None
 
     rows = await eventually(sync_row, what="sync standby streaming")
     assert len(rows) == 1 and rows[0]["application_name"] == ODD_NAME
-    assert Lsn.parse(rows[0]["flush_lsn"]) <= await p.client.wal_position()
-    wr = await s.client.wal_receiver()
+    assert Lsn.parse(rows[0]["flush_lsn"]) <= await wal_position(p.client)
+    wr = await wal_receiver(s.client)
     assert wr["status"] == "streaming" and f"host={p.ip}" in wr["conninfo"]
 
     # writes reach the standby; its wal position follows the primary's
     await p.execute("insert into t select generate_series(2, 1000)")
-    target = await p.client.wal_position()
+    target = await wal_position(p.client)
     await eventually(lambda: _caught_up(s, target), what="standby caught up")
     assert await s.psql("select count(*) as n from t") == [{"n": 1000}]
     with pytest.raises(PgError, match="read-only transaction"):
@@ -332,7 +344,7 @@ async def test_primary_and_sync_standby(pg_node_factory):
     await s.start()
     notices = await asyncio.wait_for(commit, 20)
     assert not any("canceling" in n for n in notices), notices
-    target = await p.client.wal_position()
+    target = await wal_position(p.client)
     await eventually(lambda: _caught_up(s, target), what="standby caught up after restart")
     assert await s.psql("select id from t where id = 5000") == [{"id": 5000}]
 
@@ -341,7 +353,7 @@ async def test_primary_and_sync_standby(pg_node_factory):
     await s.client.promote(wait=True, timeout=30)
     assert not await s.client.in_recovery()
     assert not (s.data_dir / "standby.signal").exists()
-    assert await s.client.timeline() == 2
+    assert await timeline(s.client) == 2
     # still read-only (standby config) until its primary config is written: then a reload suffices
     change = await s.apply(s.role_config(application_name=ODD_NAME))
     assert change.reload_needed and not change.restart_needed, change
@@ -354,7 +366,7 @@ async def test_primary_and_sync_standby(pg_node_factory):
 
 
 async def _caught_up(node: PgNode, target: Lsn) -> bool:
-    return (await node.client.wal_position()) >= target
+    return (await wal_position(node.client)) >= target
 
 
 async def test_query_timeout_abandons_the_blocked_thread(pg_node: PgNode):
@@ -372,4 +384,4 @@ async def test_query_timeout_abandons_the_blocked_thread(pg_node: PgNode):
     while pg_threads() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert pg_threads() == []
-    assert await pg_node.client.health()
+    assert await health(pg_node.client)

@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 from manatee.core.pg import PgClient, PgError
-from manatee_testbed.postgres import PgNode
+from manatee_testbed.postgres import PgNode, signal_all
 
 MAX_CONNECTIONS = 6
 
@@ -88,7 +88,7 @@ async def test_concurrent_calls_share_the_connection_one_at_a_time(small_pg: PgN
 async def test_a_hung_postgres_times_out_within_the_deadline_and_the_connection_comes_back(small_pg: PgNode):
     mon = _monitor(small_pg)
     await mon.connect(timeout=5)
-    small_pg.proc.signal_all(signal.SIGSTOP)
+    signal_all(small_pg.proc, signal.SIGSTOP)
     try:
         t0 = time.monotonic()
         with pytest.raises(PgError) as e:
@@ -99,7 +99,7 @@ async def test_a_hung_postgres_times_out_within_the_deadline_and_the_connection_
             await mon.query("select 1", timeout=1.0)
         assert e.value.timed_out and time.monotonic() - t0 < 2.0
     finally:
-        small_pg.proc.signal_all(signal.SIGCONT)
+        signal_all(small_pg.proc, signal.SIGCONT)
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -148,7 +148,7 @@ async def test_pgmanager_status_of_a_hung_postgres_is_unknown_within_its_deadlin
     pm = _manager(small_pg)
     st = await pm.status()
     assert st.known and st.healthy and st.in_recovery is False and st.wal is not None
-    small_pg.proc.signal_all(signal.SIGSTOP)
+    signal_all(small_pg.proc, signal.SIGSTOP)
     try:
         t0 = time.monotonic()
         st = await pm.status()
@@ -157,7 +157,7 @@ async def test_pgmanager_status_of_a_hung_postgres_is_unknown_within_its_deadlin
         assert st.in_recovery is None and st.wal is None and st.read_only is None  # unknown, not a primary
         assert took < pm.status_timeout + 1.0, took
     finally:
-        small_pg.proc.signal_all(signal.SIGCONT)
+        signal_all(small_pg.proc, signal.SIGCONT)
         pm.client.close()
 
 

@@ -8,7 +8,7 @@ import asyncio
 import time
 
 
-from manatee_testbed.postgres import PgNode
+from manatee_testbed.postgres import PgNode, setting
 
 
 PENDING = "select coalesce(string_agg(name, ',' order by name), '') as p from pg_settings where pending_restart"
@@ -29,13 +29,13 @@ async def test_parameters_reload_and_restart_only_ones_are_pending(pg_node: PgNo
                                                              "wal_keep_size": "64MB"}))
     assert ch.reload_needed and not ch.restart_needed
     await _until(lambda: _is(pg_node, "work_mem", "7MB"))
-    assert await pg_node.client.setting("wal_keep_size") == "64MB"     # manatee's default overridden
+    assert await setting(pg_node.client, "wal_keep_size") == "64MB"     # manatee's default overridden
     await _until(lambda: _pending(pg_node, "shared_buffers"))
     assert pg_node.proc.pid == pid                                      # never restarted behind one's back
     # the operator restarts: the pending parameter applies and nothing is pending any more
     await pg_node.stop()
     await pg_node.start()
-    assert await pg_node.client.setting("shared_buffers") == "48MB"
+    assert await setting(pg_node.client, "shared_buffers") == "48MB"
     assert await _pending(pg_node, "")
     # removing the parameters again: a reload back to the defaults; shared_buffers pending again
     ch = await pg_node.apply(pg_node.role_config())
@@ -45,7 +45,7 @@ async def test_parameters_reload_and_restart_only_ones_are_pending(pg_node: PgNo
 
 
 async def _is(node: PgNode, name: str, value: str) -> bool:
-    return await node.client.setting(name) == value
+    return await setting(node.client, name) == value
 
 
 async def _pending(node: PgNode, names: str) -> bool:

@@ -14,7 +14,7 @@ import pytest
 
 from manatee.core import pg as pgmod
 from manatee.core.pg import PgError, ensure_role
-from manatee_testbed.postgres import PgNode
+from manatee_testbed.postgres import PgNode, setting
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/usr/lib/postgresql/15/bin/postgres"),
@@ -157,7 +157,7 @@ async def _count(node: PgNode, n: int) -> bool:
 
 
 async def _setting(node: PgNode, name: str, value: str) -> bool:
-    return await node.client.setting(name) == value
+    return await setting(node.client, name) == value
 
 
 OLD = "old-superuser-pw-42"

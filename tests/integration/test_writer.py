@@ -10,6 +10,7 @@ import time
 import pytest
 
 from manatee_testbed.checks import check_data, fetch_ids, fetch_rows, missing_acked, two_writers, unconfirmed_commits
+from manatee_testbed.postgres import signal_all
 from manatee_testbed.writer import ACKED, FAILED, WARNED, RecordingWriter
 
 TABLE = "writes_test"
@@ -86,7 +87,7 @@ async def test_stop_is_prompt_while_server_is_hung(pg_node):
     stopped = False
     try:
         await writer.await_acks(10, timeout=10)
-        pg_node.proc.signal_all(signal.SIGSTOP)
+        signal_all(pg_node.proc, signal.SIGSTOP)
         stopped = True
         await wait_until(lambda: writer.failed, 4, "an abandoned commit")
         (a,) = [a for a in writer.attempts() if a.outcome == FAILED][:1]
@@ -100,7 +101,7 @@ async def test_stop_is_prompt_while_server_is_hung(pg_node):
     finally:
         writer.stop()
         if stopped:
-            pg_node.proc.signal_all(signal.SIGCONT)
+            signal_all(pg_node.proc, signal.SIGCONT)
 
 
 async def test_stop_is_prompt_with_nothing_listening():

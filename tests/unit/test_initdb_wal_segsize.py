@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from manatee.core import pg as pgmod
+from manatee.core.pg import tools as pgtools
 from manatee.sitter import pgmanager
 
 
@@ -17,9 +17,9 @@ def _initdb_cmd(monkeypatch, tmp_path, **kw) -> list[str]:
         seen.append([str(c) for c in cmd])
         return ""
 
-    monkeypatch.setattr(pgmod, "run_as", fake_run_as)
-    monkeypatch.setattr(pgmod, "ensure_private_dir", lambda *a, **k: None)
-    asyncio.run(pgmod.initdb(tmp_path / "data", user=os.environ.get("USER", "root"), **kw))
+    monkeypatch.setattr(pgtools, "run_as", fake_run_as)
+    monkeypatch.setattr(pgtools, "ensure_private_dir", lambda *a, **k: None)
+    asyncio.run(pgtools.initdb(tmp_path / "data", user=os.environ.get("USER", "root"), **kw))
     return seen[0]
 
 
