@@ -11,7 +11,9 @@ plus ``standby.signal`` (present on a standby; PG >= 12 has no recovery.conf).
 
 Rendering is pure (:func:`render_manatee_conf`, :func:`render_pg_hba`);
 :func:`write_role_config` writes the files and says whether PostgreSQL must be
-restarted or only reloaded for them to take effect.
+restarted or only reloaded for them to take effect. The operator's parameters and the
+restart/reload classes of settings are :mod:`manatee.core.pgparams`; quoting and the
+CREATE ROLE statement :mod:`manatee.core.pgquote`.
 
 Choices that differ from the original Manatee (§1.6), and why:
 
@@ -54,51 +56,19 @@ from pathlib import Path
 from typing import Literal
 
 from manatee.core import nofollow
+from manatee.core.pgparams import (
+    PARAMETERS_MARKER,
+    RELOADABLE_SETTINGS,
+    WAL_SIZE,
+    parameter_names,
+    parameter_problem,
+    parse_settings,
+)
+from manatee.core.pgquote import check_role, conf_quote, ident_quote, render_conninfo
 
 MANATEE_CONF = "manatee.conf"
 INCLUDE_LINE = f"include_if_exists = '{MANATEE_CONF}'"
 STANDBY_SIGNAL = "standby.signal"
-
-#: Settings whose change needs a postmaster restart in PostgreSQL 15
-#: (pg_settings.context = 'postmaster'). Anything not known to be reloadable
-#: (:data:`RELOADABLE_SETTINGS`) is treated as restart-only, to be safe.
-RESTART_SETTINGS = frozenset(
-    {
-        "listen_addresses",
-        "port",
-        "unix_socket_directories",
-        "cluster_name",
-        "wal_level",
-        "max_wal_senders",
-        "max_replication_slots",
-        "wal_log_hints",
-        "hot_standby",
-        "recovery_target_timeline",
-        "max_connections",
-        "shared_buffers",
-    }
-)
-#: Settings that take effect on SIGHUP (context sighup/user/superuser).
-#: primary_conninfo is reloadable since PostgreSQL 13.
-RELOADABLE_SETTINGS = frozenset(
-    {
-        "synchronous_commit",
-        "synchronous_standby_names",
-        "default_transaction_read_only",
-        "primary_conninfo",
-        "primary_slot_name",
-        "wal_keep_size",
-        "max_slot_wal_keep_size",
-        "full_page_writes",
-        "hot_standby_feedback",
-        "wal_receiver_status_interval",
-        "wal_receiver_timeout",
-        "wal_sender_timeout",
-        "fsync",
-        "log_min_messages",
-        "statement_timeout",
-    }
-)
 
 #: PostgreSQL truncates application_name to NAMEDATALEN-1 bytes and replaces
 #: non-printable-ASCII characters with '?': a longer or non-ASCII name would
@@ -106,68 +76,6 @@ RELOADABLE_SETTINGS = frozenset(
 MAX_APPLICATION_NAME = 63
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]+$")
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
-#: A WAL size PostgreSQL takes: -1 (no limit), or a whole number with an optional unit (MB if none).
-WAL_SIZE = re.compile(r"^(-1|\d+\s*(kB|MB|GB|TB)?)$")
-
-#: Settings manatee decides (per role, or because failover depends on them): refused in
-#: postgresMgrCfg.parameters, each with why (or which config key sets it instead).
-OWNED_SETTINGS: dict[str, str] = {
-    "listen_addresses": "manatee listens on the sitter's ip",
-    "port": "set postgresPort",
-    "unix_socket_directories": "set postgresMgrCfg.socketDir",
-    "cluster_name": "manatee names the cluster after zoneId",
-    "wal_level": "replication needs 'replica'",
-    "hot_standby": "standbys must answer queries (the sitter watches them)",
-    "wal_log_hints": "pg_rewind needs it",
-    "synchronous_standby_names": "the sitter names the sync",
-    "synchronous_commit": "set postgresMgrCfg.synchronousCommit",
-    "default_transaction_read_only": "the sitter decides when the primary takes writes",
-    "primary_conninfo": "the sitter points each standby at its upstream",
-    "primary_slot_name": "the sitter names each standby's replication slot",
-    "max_slot_wal_keep_size": "set postgresMgrCfg.maxSlotWalKeepSize",
-    "recovery_target_timeline": "standbys must follow the newest timeline",
-    "recovery_target": "a standby must not stop replaying",
-    "recovery_target_lsn": "a standby must not stop replaying",
-    "recovery_target_name": "a standby must not stop replaying",
-    "recovery_target_time": "a standby must not stop replaying",
-    "recovery_target_xid": "a standby must not stop replaying",
-    "recovery_target_action": "a standby must not stop replaying",
-    "promote_trigger_file": "only the sitter promotes",
-    "data_directory": "set postgresMgrCfg.dataDir",
-    "config_file": "manatee writes the configuration",
-    "hba_file": "manatee writes pg_hba.conf",
-    "ident_file": "manatee writes the configuration",
-    "include": "not a parameter",
-    "include_if_exists": "not a parameter",
-    "include_dir": "not a parameter",
-}
-#: A PostgreSQL parameter name: an identifier, or class.name for an extension's.
-_PARAMETER_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
-PARAMETERS_MARKER = "# postgresMgrCfg.parameters (the operator's; reloaded, never restarted for):"
-
-
-def parameter_problem(name: str, value: object) -> str | None:
-    """Why `name` = `value` cannot be an operator parameter, or None. Pure."""
-    if not isinstance(name, str) or not _PARAMETER_NAME.match(name) or len(name) > 63:
-        return (f"{name!r} is not a PostgreSQL parameter name (lower-case letters, digits and '_', "
-                "or class.name for an extension's)")
-    if name in OWNED_SETTINGS:
-        return f"{name} is set by manatee and cannot be overridden ({OWNED_SETTINGS[name]})"
-    if not isinstance(value, (str, int, float)):  # bool is an int
-        return f"{name}: the value must be a string, a number or a boolean (got {type(value).__name__})"
-    if isinstance(value, str) and not _PRINTABLE_VALUE.match(value):
-        return f"{name}: the value must be printable text on one line"
-    return None
-
-
-_PRINTABLE_VALUE = re.compile(r"^[^\x00-\x1f\x7f]*$")
-
-
-def parameter_value(value: str | int | float) -> str:
-    """A config value as PostgreSQL's text: booleans on/off, numbers as written."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
 
 AuthMethod = Literal["trust", "md5", "scram-sha-256", "cert"]
 SyncCommit = Literal["on", "remote_write", "remote_apply", "local", "off"]
@@ -271,7 +179,7 @@ class RoleConfig:
                                  "without a password; use scram-sha-256 or cert")
         for role in (self.replication_user, *self.extra_replication_users, self.superuser,
                      *([self.admin_user] if self.admin_user is not None else [])):
-            _check_role("role name", role)
+            check_role("role name", role)
         if self.admin_user is not None and not self.admin_cidrs:
             raise ValueError("RoleConfig.admin_cidrs: admin_user needs the networks it may connect from")
         for k, _ in self.replication_ssl:
@@ -307,30 +215,6 @@ class ConfigChange:
     @property
     def any(self) -> bool:
         return self.restart_needed or self.reload_needed
-
-
-# --------------------------------------------------------------------------- quoting
-
-
-def conf_quote(value: str) -> str:
-    """A postgresql.conf string literal: single quotes, '' and \\\\ escaped."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def conninfo_quote(value: str) -> str:
-    """A libpq key=value value: bare if safe, else '...' with \\' and \\\\ escaped."""
-    if value and not re.search(r"[\s'\\]", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def ident_quote(name: str) -> str:
-    """A double-quoted identifier for synchronous_standby_names (names hold ':' '/' '@')."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def render_conninfo(params: Iterable[tuple[str, str | int | None]]) -> str:
-    return " ".join(f"{k}={conninfo_quote(str(v))}" for k, v in params if v is not None)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -473,58 +357,7 @@ def _host(method: str) -> str:
     return "hostssl" if method == "cert" else "host"
 
 
-# --------------------------------------------------------------------------- roles
-
-
-def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = 4096) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677), so
-    that ``CREATE ROLE ... PASSWORD`` never carries the password itself (it would show in
-    the server log of a failed statement). ASCII passwords only (no SASLprep here)."""
-    import base64
-    import hashlib
-    import hmac
-
-    if not password.isascii():
-        raise ValueError("scram_verifier: non-ASCII passwords need SASLprep; use an ASCII password")
-    salt = os.urandom(16) if salt is None else salt
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
-
-
-def create_role_sql(name: str, password: str | None, *, replication: bool = False, superuser: bool = False) -> str:
-    """One CREATE ROLE statement (no parameters: names and the verifier are quoted here)."""
-    _check_role("role name", name)
-    attrs = ["LOGIN", "SUPERUSER" if superuser else "NOSUPERUSER", "REPLICATION" if replication else "NOREPLICATION",
-             "NOCREATEDB", "NOCREATEROLE", "NOINHERIT"]
-    pw = f" PASSWORD '{scram_verifier(password)}'" if password else ""
-    return f"CREATE ROLE {ident_quote(name)} {' '.join(attrs)}{pw}"
-
-
 # --------------------------------------------------------------------------- files
-
-
-def parse_settings(text: str) -> dict[str, str]:
-    """Our own manatee.conf back into name → raw value (for comparing old vs new)."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        k, v = line.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def parameter_names(text: str) -> list[str]:
-    """The names set under PARAMETERS_MARKER in a manatee.conf (the operator's parameters)."""
-    lines = text.splitlines()
-    if PARAMETERS_MARKER not in lines:
-        return []
-    return list(parse_settings("\n".join(lines[lines.index(PARAMETERS_MARKER) + 1:])))
 
 
 def ensure_include(data_dir: Path, *, user: str | None = "postgres") -> bool:
@@ -628,15 +461,6 @@ def _check_app_name(field_name: str, value: str) -> None:
             f"RoleConfig.{field_name}: {len(value)} characters; PostgreSQL truncates "
             f"application_name to {MAX_APPLICATION_NAME}: {value!r}"
         )
-
-
-_ROLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-
-def _check_role(what: str, name: str) -> None:
-    if not _ROLE.match(name) or name.lower() in ("all", "public", "replication", "samerole", "samegroup"):
-        raise ValueError(f"RoleConfig: {what} {name!r}: letters, digits and '_' (not a pg_hba keyword), "
-                         "at most 63 characters")
 
 
 def _cidr(addr: str) -> str:

@@ -247,7 +247,7 @@ class PostgresMgrCfg(ConfigModel):
     @field_validator("maxSlotWalKeepSize")
     @classmethod
     def _max_slot_wal_keep_size(cls, v: str) -> str:
-        from manatee.core.pgconfig import WAL_SIZE
+        from manatee.core.pgparams import WAL_SIZE
 
         if not WAL_SIZE.match(v.strip()):
             raise ValueError(f"expected -1 or a size with a unit such as '4GB' (kB, MB, GB, TB), got {v!r}")
@@ -256,7 +256,7 @@ class PostgresMgrCfg(ConfigModel):
     @field_validator("parameters")
     @classmethod
     def _parameters(cls, v: dict) -> dict:
-        from manatee.core.pgconfig import parameter_problem, parameter_value
+        from manatee.core.pgparams import parameter_problem, parameter_value
 
         for name, value in v.items():
             problem = parameter_problem(name, value)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from manatee.core import pgconfig
+from manatee.core import pgconfig, pgquote
 from manatee.core.pg import DEFAULT_BINDIR, PgClient, PgError, PostgresProcess, ensure_private_dir, initdb, run_as
 from manatee.core.lsn import Lsn
 from manatee.core.pgconfig import ConfigChange, RoleConfig, slot_name
@@ -181,7 +181,7 @@ class PgNode:
         c = self.tcp_client() if tcp else self.client
         dsn = c.dsn()
         for k, v in extra.items():
-            dsn += f" {k}={pgconfig.conninfo_quote(str(v))}"
+            dsn += f" {k}={pgquote.conninfo_quote(str(v))}"
         return dsn
 
 

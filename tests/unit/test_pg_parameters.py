@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 
 from manatee.core.config import ConfigError, validate
-from manatee.core.pgconfig import (
+from manatee.core.pgconfig import RoleConfig, render_manatee_conf, write_role_config
+from manatee.core.pgparams import (
     OWNED_SETTINGS,
     PARAMETERS_MARKER,
-    RoleConfig,
     parameter_names,
     parameter_problem,
     parse_settings,
-    render_manatee_conf,
-    write_role_config,
 )
 from manatee.sitter.config import SitterConfig
 

@@ -3,18 +3,16 @@ from pathlib import Path
 
 import pytest
 
-from manatee.core import pgconfig
+from manatee.core import pgconfig, pgquote
 from manatee.core.pgconfig import (
     INCLUDE_LINE,
     RoleConfig,
-    conf_quote,
-    conninfo_quote,
-    ident_quote,
-    parse_settings,
     render_manatee_conf,
     render_pg_hba,
     write_role_config,
 )
+from manatee.core.pgparams import parse_settings
+from manatee.core.pgquote import conf_quote, conninfo_quote, ident_quote
 
 P_URL = "tcp://postgres@10.0.0.1:5432/postgres"
 S_URL = "tcp://postgres@10.0.0.2:5432/postgres"
@@ -230,12 +228,12 @@ def test_scram_verifier_matches_postgresql_format():
     # RFC 7677 test vector: user "user", password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, 4096.
     import base64
 
-    v = pgconfig.scram_verifier("pencil", salt=base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="))
+    v = pgquote.scram_verifier("pencil", salt=base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="))
     assert v.startswith("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$")
     stored, server = v.split("$")[2].split(":")
     assert len(base64.b64decode(stored)) == 32 and len(base64.b64decode(server)) == 32
     assert server == "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
-    sql = pgconfig.create_role_sql("replicator", "pencil", replication=True)
+    sql = pgquote.create_role_sql("replicator", "pencil", replication=True)
     assert sql.startswith('CREATE ROLE "replicator" LOGIN NOSUPERUSER REPLICATION ')
     assert "pencil" not in sql
 

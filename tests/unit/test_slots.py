@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from manatee.core.pgconfig import MAX_SLOT_NAME, RoleConfig, parse_settings, render_manatee_conf, slot_name
+from manatee.core.pgconfig import MAX_SLOT_NAME, RoleConfig, render_manatee_conf, slot_name
+from manatee.core.pgparams import parse_settings
 from manatee.sitter import slots
 from manatee.sitter.metrics import MetricsView, render_view
 from manatee.sitter.slots import Slot, plan
@@ -61,7 +62,7 @@ def test_max_slot_wal_keep_size_refused(size):
 
 
 def test_config_key_validated_and_owned():
-    from manatee.core.pgconfig import parameter_problem
+    from manatee.core.pgparams import parameter_problem
     from manatee.sitter.config import PostgresMgrCfg
 
     assert "maxSlotWalKeepSize" in (parameter_problem("max_slot_wal_keep_size", "1GB") or "")

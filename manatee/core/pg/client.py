@@ -24,7 +24,7 @@ import psycopg2.extensions
 
 from manatee.core.log import get_logger
 from manatee.core.pg.runas import PgError
-from manatee.core.pgconfig import create_role_sql, render_conninfo
+from manatee.core.pgquote import create_role_sql, render_conninfo
 
 log = get_logger("manatee.pg")
 
