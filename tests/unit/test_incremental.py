@@ -212,7 +212,7 @@ async def _request_against(handler, ours):
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
-    from manatee.core.restore import _Restore
+    from manatee.core.restore.driver import _Restore
 
     app = web.Application()
     app.router.add_post("/backup", handler)
