@@ -32,13 +32,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-try:  # the lead's logging helper; structlog directly until it exists
-    from manatee.core.log import get_logger
-except ImportError:  # pragma: no cover - fallback only during bootstrap
-    import structlog
-
-    def get_logger(name: str):  # type: ignore[no-redef]
-        return structlog.get_logger(name)
+from manatee.core.aio import finish_even_if_cancelled
+from manatee.core.log import get_logger
 
 
 BUSY_SETTLE_S = 3.0  # how long a filesystem may stay "busy" after an unmount (zfs-fuse)
@@ -203,11 +198,10 @@ def default_snapshot_name() -> str:
 
 
 class Zfs:
-    """Runs `zfs`/`zpool` for the daemons. One instance may be shared by many tasks."""
+    """Runs `zfs` for the daemons. One instance may be shared by many tasks."""
 
-    def __init__(self, zfs_path: str = "/usr/sbin/zfs", zpool_path: str = "/usr/sbin/zpool", logger=None):
+    def __init__(self, zfs_path: str = "/usr/sbin/zfs", logger=None):
         self.zfs_path = zfs_path
-        self.zpool_path = zpool_path
         self.log = logger if logger is not None else get_logger("manatee.zfs")
         self._send_estimate_supported: bool | None = None
         self._holds_supported: bool | None = None
@@ -232,13 +226,6 @@ class Zfs:
     async def run(self, *args: str) -> str:
         """Run `zfs ARGS...`; return stdout, raise ZfsError on a non-zero exit."""
         argv = [self.zfs_path, *map(str, args)]
-        rc, out, err = await self._exec(argv)
-        if rc != 0:
-            raise ZfsError(argv, rc, err)
-        return out
-
-    async def run_zpool(self, *args: str) -> str:
-        argv = [self.zpool_path, *map(str, args)]
         rc, out, err = await self._exec(argv)
         if rc != 0:
             raise ZfsError(argv, rc, err)
@@ -491,12 +478,4 @@ async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
             with contextlib.suppress(Exception):
                 stream.close()
     if proc.returncode is None:
-        waiter = asyncio.ensure_future(proc.wait())
-        cancelled = False
-        while not waiter.done():
-            try:
-                await asyncio.shield(waiter)
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError()
+        await finish_even_if_cancelled(proc.wait())
