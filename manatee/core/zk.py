@@ -47,13 +47,7 @@ from kazoo.protocol.states import KazooState, ZnodeStat
 from kazoo.retry import KazooRetry
 from kazoo.security import ACL, OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
-try:
-    from manatee.core.log import get_logger
-except ImportError:  # pragma: no cover - bootstrap fallback
-    import structlog
-
-    def get_logger(name: str):  # type: ignore[no-redef]
-        return structlog.get_logger(name)
+from manatee.core.log import get_logger
 
 
 __all__ = [
@@ -449,7 +443,7 @@ class ZKClient:
     def _hook_connection(self, kz: KazooClient) -> None:
         """Record the negotiated session timeout and the time of the last packet from the
         server. kazoo keeps neither, so wrap two ConnectionHandler methods on this
-        instance (checked by tests/unit/test_zk_hooks.py against the installed kazoo)."""
+        instance (checked by tests/unit/test_zk_encoding.py against the installed kazoo)."""
         conn = kz._connection
         orig_invoke = getattr(conn, "_invoke", None)
         orig_read = getattr(conn, "_read_socket", None)

@@ -39,12 +39,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-try:
-    from manatee.core.log import get_logger
-except ImportError:  # pragma: no cover - the lead's log module may not exist yet
-    import structlog
-
-    get_logger = structlog.get_logger
+from manatee.core.log import get_logger
 
 log = get_logger("manatee_testbed.writer")
 

@@ -396,9 +396,6 @@ class ZooKeeperEnsemble:
     def stop_server(self, i: int) -> None:
         self.servers[i].stop()
 
-    def kill_server(self, i: int) -> None:
-        self.servers[i].kill()
-
     def wait_serving(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         for s in self.servers:
