@@ -12,9 +12,10 @@ from typing import Any, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from manatee.backupserver.validation import dataset_problem, hostname_problem
+from manatee.backupserver.validation import hostname_problem
 from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode
 from manatee.core.tls import TlsCfg
+from manatee.core.zfsname import check_dataset
 
 
 class BackupSenderCfg(ConfigModel):
@@ -25,13 +26,7 @@ class BackupSenderCfg(ConfigModel):
         300.0, gt=0, le=86400, description="seconds without progress before a send is abandoned"
     )
 
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        problem = dataset_problem(v)
-        if problem:
-            raise ValueError(f"not a valid ZFS dataset name: {problem}")
-        return v
+    _dataset = field_validator("dataset")(classmethod(lambda cls, v: check_dataset(v)))
 
 
 class BackupServerCfg(ConfigModel):

@@ -12,18 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from manatee.core.auth import valid_stream_token
-
 from manatee.core.incremental import GUID_MAX, GUID_RE, MAX_ACCEPTED, SnapshotRef
 from manatee.core.zfs import SNAPSHOT_NAME_RE
+from manatee.core.zfsname import ZFS_MAX_NAME, dataset_problem
 
 REQUIRED_FIELDS = ("host", "port", "dataset", "streamToken")
 OPTIONAL_FIELDS = ("snapshots",)  # the requester's snapshots: ask for an incremental stream
 
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-# ZFS accepts alphanumerics, '_', '-', '.', ':' (and space, which we refuse: the name is
-# logged and may end up on a command line). The pool name must start with a letter.
-_ZFS_COMPONENT = re.compile(r"^[A-Za-z0-9_.:-]+$")
-ZFS_MAX_NAME = 255
 
 
 class ValidationError(Exception):
@@ -67,32 +63,6 @@ def hostname_problem(host: str) -> str | None:
                 f"is neither an IP address nor a valid hostname (bad label {label!r}: "
                 "labels are 1-63 letters, digits or '-', not starting or ending with '-')"
             )
-    return None
-
-
-def dataset_problem(name: str) -> str | None:
-    """None if `name` is a valid ZFS filesystem name (pool[/child...]), else what is wrong."""
-    if not name:
-        return "is empty"
-    if len(name) > ZFS_MAX_NAME:
-        return f"is longer than {ZFS_MAX_NAME} characters"
-    if "@" in name or "#" in name:
-        return "must name a filesystem, not a snapshot or bookmark ('@' and '#' are not allowed)"
-    if name.startswith("/") or name.endswith("/"):
-        return "must not start or end with '/'"
-    parts = name.split("/")
-    for part in parts:
-        if not part:
-            return "has an empty component ('//')"
-        if part in (".", ".."):
-            return f"has a {part!r} component"
-        if not _ZFS_COMPONENT.match(part):
-            return (
-                f"component {part!r} has characters ZFS does not allow "
-                "(allowed: letters, digits, '_', '-', '.', ':')"
-            )
-    if not parts[0][0].isalpha():
-        return f"pool name {parts[0]!r} must start with a letter"
     return None
 
 

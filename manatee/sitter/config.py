@@ -12,15 +12,9 @@ from pydantic import Field, field_validator, model_validator
 from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode
 from manatee.shard.layout import registrar_path
 from manatee.core.tls import TlsCfg, scheme
+from manatee.core.zfsname import check_dataset
 
-_DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
 _SHARD_PATH = re.compile(r"^(/[A-Za-z0-9_.:-]+)+$")
-
-
-def _check_dataset(v: str) -> str:
-    if not _DATASET.match(v) or "//" in v or v.endswith("/") or "@" in v:
-        raise ValueError("must be a ZFS dataset name like 'zones/manatee/pg'")
-    return v
 
 
 class ZkAuthCfg(ConfigModel):
@@ -122,7 +116,7 @@ class ZfsClientCfg(ConfigModel):
     zfsPath: str = "/usr/sbin/zfs"
     pollInterval: int = Field(1000, ge=100, le=60000, description="restore job poll interval (ms)")
 
-    _ds = field_validator("dataset")(classmethod(lambda cls, v: _check_dataset(v)))
+    _ds = field_validator("dataset")(classmethod(lambda cls, v: check_dataset(v)))
 
 
 _ROLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")

@@ -9,33 +9,13 @@ the dataset's quota) no new snapshot is taken and old ones are pruned.
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
 
 from manatee.core.config import ConfigModel
 from manatee.core.tls import TlsCfg
-
-# pool/fs/fs: components of letters, digits, _ . : -; the pool starts with a letter
-DATASET_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*$")
-MAX_DATASET_LEN = 255
-
-
-def validate_dataset_name(value: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be a ZFS dataset name such as 'zones/manatee/pg'")
-    if "@" in value:
-        raise ValueError("must be a dataset, not a snapshot (no '@')")
-    if len(value) > MAX_DATASET_LEN or not DATASET_RE.match(value):
-        raise ValueError(
-            "must be a ZFS dataset name: pool/fs/..., letters, digits, '_', '.', ':', '-', "
-            "the pool name starting with a letter"
-        )
-    if any(part in (".", "..") for part in value.split("/")):
-        raise ValueError("must not contain '.' or '..' components")
-    return value
-
+from manatee.core.zfsname import check_dataset
 
 class SnapshotterConfig(ConfigModel):
     dataset: str = Field(description="ZFS dataset holding PostgreSQL's data, snapshotted as DATASET@<epoch-ms>")
@@ -49,10 +29,7 @@ class SnapshotterConfig(ConfigModel):
         description="disk pressure: while the dataset's free space (ZFS `available`, quota included) is below "
                     "this percent of used + available, take no snapshot and prune all but the newest; 0 turns it off")
 
-    @field_validator("dataset")
-    @classmethod
-    def _check_dataset(cls, v: str) -> str:
-        return validate_dataset_name(v)
+    _dataset = field_validator("dataset")(classmethod(lambda cls, v: check_dataset(v)))
 
     @field_validator("healthUrl")
     @classmethod
