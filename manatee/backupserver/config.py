@@ -13,7 +13,7 @@ from typing import Any, Optional
 from pydantic import Field, field_validator, model_validator
 
 from manatee.backupserver.validation import hostname_problem
-from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode
+from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode, seconds
 from manatee.core.tls import TlsCfg
 from manatee.core.zfsname import check_dataset
 
@@ -38,6 +38,7 @@ class BackupServerCfg(ConfigModel):
     keepFinishedJobs: int = Field(100, ge=1, le=100000, description="finished jobs kept for GET /backup/<id>")
     maxConnections: int = HttpServerCfg.model_fields["maxConnections"]
     idleTimeout: int = HttpServerCfg.model_fields["idleTimeout"]
+    idle_timeout_s = seconds("idleTimeout")
 
     @model_validator(mode="before")
     @classmethod

@@ -127,7 +127,7 @@ async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
         max_body_bytes=server_cfg.maxBodyBytes,
         logger=log,
     )
-    idle = server_cfg.idleTimeout / 1000
+    idle = server_cfg.idle_timeout_s
     runner = web.AppRunner(app, handle_signals=False, **runner_kwargs(idle))
     await runner.setup()
     try:

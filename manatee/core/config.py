@@ -137,6 +137,16 @@ def load_config(path: str | os.PathLike, model: type[M]) -> M:
     return validate(read_config_data(path), model, str(path))
 
 
+def seconds(ms_key: str) -> property:
+    """A read-only seconds view of the millisecond key `ms_key` of a config model.
+
+    Config files give durations in milliseconds (the original's keys); code reads them in
+    seconds through these views only (``heartbeat_interval_s = seconds("heartbeatInterval")``),
+    so the conversion is written once, here, and never by a caller.
+    """
+    return property(lambda self: getattr(self, ms_key) / 1000, doc=f"{ms_key}, in seconds")
+
+
 # ---------------------------------------------------------------------- shared security keys
 
 
@@ -145,6 +155,7 @@ class HttpServerCfg(ConfigModel):
 
     maxConnections: int = Field(256, ge=8, le=100000, description="open connections at most; beyond it the oldest idle one is closed")
     idleTimeout: int = Field(10000, ge=500, le=3600000, description="a connection with no request in progress is closed after this long without data (ms)")
+    idle_timeout_s = seconds("idleTimeout")
 
 
 def check_secret_file(v: Optional[str]) -> Optional[str]:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode
+from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode, seconds
 from manatee.shard.layout import registrar_path
 from manatee.core.tls import TlsCfg, scheme
 from manatee.core.zfsname import check_dataset
@@ -106,6 +106,9 @@ class HeartbeatCfg(ConfigModel):
     heartbeatInterval: int = Field(1000, ge=100, le=60000, description="a standby heartbeats its upstream this often (ms)")
     expirationTime: int = Field(10000, ge=500, le=600000, description="an upstream drops a standby not heard from for this long (ms)")
     requestTimeout: int = Field(2000, ge=100, le=60000, description="timeout of one heartbeat request (ms)")
+    interval_s = seconds("heartbeatInterval")
+    expiration_s = seconds("expirationTime")
+    request_timeout_s = seconds("requestTimeout")
 
 
 class ZfsClientCfg(ConfigModel):
@@ -115,6 +118,7 @@ class ZfsClientCfg(ConfigModel):
     zfsPort: int = Field(10001, ge=1, le=65535, description="TCP port to receive restores on")
     zfsPath: str = "/usr/sbin/zfs"
     pollInterval: int = Field(1000, ge=100, le=60000, description="restore job poll interval (ms)")
+    poll_interval_s = seconds("pollInterval")
 
     _ds = field_validator("dataset")(classmethod(lambda cls, v: check_dataset(v)))
 
@@ -210,6 +214,10 @@ class PostgresMgrCfg(ConfigModel):
     healthChkTimeout: int = Field(5000, ge=500, le=600000, description="PG unhealthy after this long without a good check (ms)")
     opsTimeout: int = Field(60000, ge=1000, le=3600000, description="timeout of PG start/stop/promote (ms)")
     replicationTimeout: int = Field(60000, ge=1000, le=3600000, description="how long a new sync may take to catch up before it is reported stuck (ms)")
+    health_interval_s = seconds("healthChkInterval")
+    health_timeout_s = seconds("healthChkTimeout")
+    ops_timeout_s = seconds("opsTimeout")
+    replication_timeout_s = seconds("replicationTimeout")
     oneNodeWriteMode: bool = Field(False, description="let a primary without a sync take writes (no durability guarantee)")
     synchronousCommit: Literal["on", "remote_write", "remote_apply"] = Field(
         "on", description="synchronous_commit on the primary: 'on' waits for the sync's flush")
@@ -292,6 +300,7 @@ class HooksCfg(ConfigModel):
     onRoleChange: str = Field(description="absolute path of an executable run as `HOOK on_role_change ROLE SHARD` "
                                           "(ROLE: primary, sync, async, deposed or the local role) in the background")
     timeout: int = Field(30000, ge=100, le=3600000, description="a hook still running after this long is killed (ms)")
+    timeout_s = seconds("timeout")
 
     @field_validator("onRoleChange")
     @classmethod

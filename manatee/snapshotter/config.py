@@ -13,13 +13,14 @@ from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
 
-from manatee.core.config import ConfigModel
+from manatee.core.config import ConfigModel, seconds
 from manatee.core.tls import TlsCfg
 from manatee.core.zfsname import check_dataset
 
 class SnapshotterConfig(ConfigModel):
     dataset: str = Field(description="ZFS dataset holding PostgreSQL's data, snapshotted as DATASET@<epoch-ms>")
     pollInterval: int = Field(3_600_000, ge=1000, le=2_592_000_000, description="milliseconds between snapshots (at most 30 days)")
+    poll_interval_s = seconds("pollInterval")
     snapshotNumber: int = Field(50, ge=1, description="how many epoch-ms snapshots to keep")
     zfsPath: str = Field("/usr/sbin/zfs", min_length=1, description="the zfs binary")
     healthUrl: str | None = Field(None, description="if set, snapshot only while GET healthUrl answers 200")

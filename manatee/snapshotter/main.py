@@ -33,7 +33,7 @@ async def run(config: SnapshotterConfig, log, stop: asyncio.Event) -> int:
         snapshotter = Snapshotter(
             zfs,
             config.dataset,
-            interval_s=config.pollInterval / 1000.0,
+            interval_s=config.poll_interval_s,
             keep=config.snapshotNumber,
             logger=log,
             health_check=http_health_check(config.healthUrl, session) if session else None,
