@@ -8,12 +8,12 @@ only shard members may ask for the database.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from manatee.backupserver.validation import hostname_problem
-from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode, seconds
+from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode, replaced_key, seconds
 from manatee.core.tls import TlsCfg
 from manatee.core.zfsname import check_dataset
 
@@ -40,13 +40,8 @@ class BackupServerCfg(ConfigModel):
     idleTimeout: int = HttpServerCfg.model_fields["idleTimeout"]
     idle_timeout_s = seconds("idleTimeout")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _old_secret(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "secret" in data:
-            raise ValueError("'secret' was replaced by the top-level secretFile, a root-only file holding "
-                             "the shard secret (docs/security.md)")
-        return data
+    _old_secret = replaced_key("secret", "'secret' was replaced by the top-level secretFile, a root-only file "
+                                         "holding the shard secret (docs/security.md)")
 
     @field_validator("host")
     @classmethod

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import socket
 import uuid
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Protocol
 
 from aiohttp import web
@@ -111,23 +112,16 @@ async def json_errors(request: web.Request, handler):
         return _error(500, "InternalError", f"{type(e).__name__}: {e}")
 
 
+@dataclass(kw_only=True)
 class BackupApi:
-    def __init__(
-        self,
-        *,
-        queue: JobQueue,
-        membership: Optional[Membership],
-        verifier: Optional[RequestVerifier],
-        max_body_bytes: int,
-        resolver: Resolver,
-        logger: Any,
-    ) -> None:
-        self.queue = queue
-        self.membership = membership
-        self.verifier = verifier
-        self.max_body_bytes = max_body_bytes
-        self.resolver = resolver
-        self.log = logger
+    """The REST API's handlers over the job queue, with the checks every request passes."""
+
+    queue: JobQueue
+    membership: Optional[Membership]
+    verifier: Optional[RequestVerifier]
+    max_body_bytes: int
+    resolver: Resolver
+    log: Any
 
     # --- checks ------------------------------------------------------------------
 
@@ -273,7 +267,7 @@ def make_app(
         verifier=verifier,
         max_body_bytes=max_body_bytes,
         resolver=resolver,
-        logger=logger,
+        log=logger,
     )
     # client_max_size is a second bound in case anything reads the body via aiohttp.
     app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes + 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from manatee.core.auth import valid_stream_token
 from manatee.core.incremental import GUID_MAX, GUID_RE, MAX_ACCEPTED, SnapshotRef
@@ -82,6 +82,23 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def _typed(body: dict[str, Any], key: str, kind: type, what: str) -> Any:
+    """body[key] if it is a `kind` (a boolean is no integer), else the error naming the key."""
+    value = body[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValidationError("InvalidArgument", f"{key} must be {what}, got {_type_name(value)}")
+    return value
+
+
+def _named(body: dict[str, Any], key: str, problem_of: Callable[[str], str | None]) -> str:
+    """body[key] if it is a string `problem_of` finds nothing wrong with, else the error."""
+    name = _typed(body, key, str, "a string")
+    problem = problem_of(name)
+    if problem:
+        raise ValidationError("InvalidArgument", f"{key} {name[:100]!r} {problem}")
+    return name
+
+
 def validate_backup_request(body: Any) -> BackupRequest:
     """Check a decoded JSON body; raise ValidationError naming the first problem."""
     if not isinstance(body, dict):
@@ -100,31 +117,11 @@ def validate_backup_request(body: Any) -> BackupRequest:
             "MissingParameter", f"missing required field(s): {', '.join(missing)}"
         )
 
-    host = body["host"]
-    if not isinstance(host, str):
-        raise ValidationError(
-            "InvalidArgument", f"host must be a string, got {_type_name(host)}"
-        )
-    problem = hostname_problem(host)
-    if problem:
-        raise ValidationError("InvalidArgument", f"host {host[:100]!r} {problem}")
-
-    port = body["port"]
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise ValidationError(
-            "InvalidArgument", f"port must be an integer, got {_type_name(port)}"
-        )
+    host = _named(body, "host", hostname_problem)
+    port = _typed(body, "port", int, "an integer")
     if not 1 <= port <= 65535:
         raise ValidationError("InvalidArgument", f"port must be in 1-65535, got {port}")
-
-    dataset = body["dataset"]
-    if not isinstance(dataset, str):
-        raise ValidationError(
-            "InvalidArgument", f"dataset must be a string, got {_type_name(dataset)}"
-        )
-    problem = dataset_problem(dataset)
-    if problem:
-        raise ValidationError("InvalidArgument", f"dataset {dataset[:100]!r} {problem}")
+    dataset = _named(body, "dataset", dataset_problem)
 
     token = body["streamToken"]
     if not valid_stream_token(token):

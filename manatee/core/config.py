@@ -16,7 +16,7 @@ from typing import Any, Optional, TypeVar
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 def _types_in(annotation: Any) -> set[Any]:
@@ -135,6 +135,16 @@ def read_config_data(path: str | os.PathLike) -> Any:
 def load_config(path: str | os.PathLike, model: type[M]) -> M:
     """Read, parse and validate a config file; every failure is a ConfigError naming the file."""
     return validate(read_config_data(path), model, str(path))
+
+
+def replaced_key(old: str, why: str) -> Any:
+    """A model validator refusing `old`, a key an earlier version took, with `why` (what replaced it)."""
+    def refuse(cls: type, data: Any) -> Any:
+        if isinstance(data, dict) and old in data:
+            raise ValueError(why)
+        return data
+
+    return model_validator(mode="before")(classmethod(refuse))
 
 
 def seconds(ms_key: str) -> property:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode, seconds
+from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode, replaced_key, seconds
 from manatee.shard.layout import registrar_path
 from manatee.core.tls import TlsCfg, scheme
 from manatee.core.zfsname import check_dataset
@@ -353,13 +353,8 @@ class SitterConfig(ConfigModel):
 
     _secret_file = field_validator("secretFile")(classmethod(lambda cls, v: check_secret_file(v)))
 
-    @model_validator(mode="before")
-    @classmethod
-    def _old_secret(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "backupSecret" in data:
-            raise ValueError("backupSecret was replaced by secretFile, a root-only file holding the shard "
-                             "secret (docs/security.md)")
-        return data
+    _old_secret = replaced_key("backupSecret", "backupSecret was replaced by secretFile, a root-only file holding "
+                                               "the shard secret (docs/security.md)")
 
     @model_validator(mode="after")
     def _secret(self):
