@@ -27,6 +27,7 @@ from manatee.backupserver.jobs import BackupJob
 from manatee.core.aio import finish_even_if_cancelled
 from manatee.core.auth import STREAM_HEADER_LEN, ShardSecret, stream_header
 from manatee.core.incremental import newest_common
+from manatee.core.log import get_logger
 from manatee.core.zfs import Snapshot, Zfs, ZfsError
 from manatee.core.zfsstream import StreamError, tcp_counters
 
@@ -61,11 +62,7 @@ class ZfsSender:
         self.dataset = dataset
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
-        if logger is None:
-            import structlog
-
-            logger = structlog.get_logger("manatee.backupserver.sender")
-        self.log = logger
+        self.log = logger if logger is not None else get_logger("manatee.backupserver.sender")
         self._base_users: dict[str, int] = {}
         self._base_lock = asyncio.Lock()
 

@@ -33,6 +33,7 @@ from manatee.backupserver.validation import (
     validate_backup_request,
 )
 from manatee.core.auth import SCHEME, RequestVerifier, authorization_ok
+from manatee.core.log import get_logger
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024
 
@@ -258,9 +259,7 @@ def make_app(
     logger: Any = None,
 ) -> web.Application:
     if logger is None:
-        import structlog
-
-        logger = structlog.get_logger("manatee.backupserver")
+        logger = get_logger("manatee.backupserver")
     api = BackupApi(
         queue=queue,
         membership=membership,
