@@ -25,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import os
 import select
-import socket
 import threading
 import time
 import uuid
@@ -40,6 +38,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from manatee.core.log import get_logger
+from manatee.core.pg import shut_socket
 
 log = get_logger("manatee_testbed.writer")
 
@@ -553,12 +552,7 @@ def _shut(conn: Any) -> None:
     """Shut the socket down, then close: no cancel request is ever sent."""
     with contextlib.suppress(Exception):
         if not conn.closed:
-            fd = os.dup(conn.fileno())
-            s = socket.socket(fileno=fd)
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            finally:
-                s.close()
+            shut_socket(conn)
     with contextlib.suppress(Exception):
         conn.close()
 

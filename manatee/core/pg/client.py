@@ -281,13 +281,19 @@ def _abandon(state: dict[str, Any]) -> None:
         conn = state.get("conn")
         if conn is None or conn.closed:
             return
-        with contextlib.suppress(OSError, psycopg2.Error):
-            fd = os.dup(conn.fileno())
-            s = socket.socket(fileno=fd)
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            finally:
-                s.close()
+        shut_socket(conn)
+
+
+def shut_socket(conn: Any) -> None:
+    """Shut down the socket of psycopg2 connection `conn` without closing it: whatever is
+    blocked on it returns at once, and no cancel request is sent to a (maybe hung) server."""
+    with contextlib.suppress(OSError, psycopg2.Error):
+        fd = os.dup(conn.fileno())
+        s = socket.socket(fileno=fd)
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        finally:
+            s.close()
 
 
 # --------------------------------------------------------------------------- roles
