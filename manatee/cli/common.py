@@ -27,19 +27,20 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from manatee import __version__ as VERSION
-from manatee.shard.layout import registrar_path  # noqa: F401  (re-exported for the CLIs)
+from manatee.shard.layout import ROOT, shard_name, shard_path
+from manatee.shard.pgurl import PgUrl
+from manatee.shard.syncstore import BadVersion, ShardStoreError
 
 __all__ = [
-    "DEFAULT_PORT", "DEFAULT_TIMEOUT", "MANATEE_ROOT", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE",
+    "DEFAULT_PORT", "DEFAULT_TIMEOUT", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE",
     "CliError", "UsageError", "ArgParser", "parse_zk_hosts", "check_shard_name",
-    "registrar_path", "shard_path", "ZkReader", "run_cli", "dump_json", "decode",
+    "ZkReader", "run_cli", "dump_json", "decode",
     "add_common_args", "check_timeout", "shard_zk_parser", "add_target_args", "resolve_target", "Target",
-    "ENV_ZK", "ENV_SHARD", "ENV_CONFIG", "VERSION", "pg_failure",
+    "ENV_ZK", "ENV_SHARD", "ENV_CONFIG", "VERSION", "pg_failure", "pg_conn_params",
 ]
 
 DEFAULT_PORT = 2181
 DEFAULT_TIMEOUT = 10.0
-MANATEE_ROOT = "/manatee"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 _HOST = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -120,12 +121,6 @@ def check_shard_name(name: str) -> str:
         raise UsageError(f"bad shard name {name!r}: expected one name like '1' or "
                          "'1.moray.us-sw-1.joyent.com' (letters, digits, '.', '_', ':', '-')")
     return name
-
-
-def shard_path(shard: str) -> str:
-    return f"{MANATEE_ROOT}/{shard}"
-
-
 
 
 def dump_json(obj: Any, *, compact: bool = False) -> str:
@@ -243,6 +238,17 @@ class ZkReader:
     def exists(self, path: str) -> bool:
         return self._wait(f"checking {path}", self._kz.exists_async(path)) is not None
 
+    def set(self, path: str, data: bytes, version: int) -> None:
+        """Write by compare-and-set on `version`; BadVersion when it changed meanwhile."""
+        from kazoo.exceptions import BadVersionError
+
+        try:
+            self._kz.set_async(path, data, version=version).get(timeout=self.remaining())
+        except BadVersionError:
+            raise BadVersion(path) from None
+        except Exception as e:  # noqa: BLE001
+            raise CliError(f"ZooKeeper at {self.hosts}: writing {path}: {e or type(e).__name__}") from None
+
     def delete(self, path: str, version: int = -1) -> None:
         from kazoo.exceptions import BadVersionError, NoNodeError
 
@@ -268,6 +274,16 @@ def pg_failure(e: BaseException) -> dict[str, Any]:
     if getattr(e, "pgcode", None) in ("28P01", "28000") or any(a in msg for a in _AUTH_FAILED):
         out["auth"] = "failed"
     return out
+
+
+def pg_conn_params(url: PgUrl, application_name: str, connect_timeout: int, statement_ms: int) -> dict[str, Any]:
+    """psycopg2.connect keywords for a tool's probe of `url`: bounded connect and statements,
+    named after the tool; the password from the URL, else $PGPASSWORD (else libpq's PGPASSFILE)."""
+    params = url.conn_params(connect_timeout=connect_timeout, application_name=application_name,
+                             options=f"-c statement_timeout={statement_ms}")
+    if "password" not in params and os.environ.get("PGPASSWORD"):
+        params["password"] = os.environ["PGPASSWORD"]
+    return params
 
 
 def decode(raw: bytes | None) -> Any:
@@ -324,9 +340,9 @@ def run_cli(tool: str, parser: argparse.ArgumentParser, body: Callable[[argparse
         _quiet_libraries(getattr(args, "verbose", False))
         watchdog = _start_watchdog(tool, timeout + 3.0)
         return body(args, time.monotonic() + timeout)
-    except CliError as e:
+    except (CliError, ShardStoreError) as e:
         print(f"{tool}: {e}", file=sys.stderr)
-        return e.exit_code
+        return getattr(e, "exit_code", EXIT_FAIL)
     except KeyboardInterrupt:
         print(f"{tool}: interrupted", file=sys.stderr)
         return 130
@@ -408,10 +424,10 @@ def _read_sitter_config(path: str) -> tuple[str | None, str | None]:
     conn = zk_cfg.get("connStr") if isinstance(zk_cfg, dict) else None
     if conn is not None and not isinstance(conn, str):
         raise UsageError(f"--config {path}: zkCfg.connStr must be a string")
-    shard_path_ = doc.get("shardPath", "/manatee/1")
-    if not isinstance(shard_path_, str) or not shard_path_.startswith(MANATEE_ROOT + "/"):
-        raise UsageError(f"--config {path}: shardPath {shard_path_!r} is not under {MANATEE_ROOT}/")
-    return conn, shard_path_[len(MANATEE_ROOT) + 1:]
+    shard_path_ = doc.get("shardPath", shard_path("1"))
+    if not isinstance(shard_path_, str) or not shard_path_.startswith(ROOT + "/"):
+        raise UsageError(f"--config {path}: shardPath {shard_path_!r} is not under {ROOT}/")
+    return conn, shard_name(shard_path_)
 
 
 ENV_SANDBOX = "MANATEE_SANDBOX_DIR"

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode
 from manatee.shard.layout import registrar_path
+from manatee.shard.pgurl import PgUrl
 from manatee.core.tls import TlsCfg, scheme
 
 _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
@@ -398,7 +399,7 @@ class SitterConfig(ConfigModel):
 
     @property
     def pg_url(self) -> str:
-        return f"tcp://{self.postgresMgrCfg.dbUser}@{self.ip}:{self.postgresPort}/postgres"
+        return str(PgUrl.for_node(self.ip, self.postgresPort, self.postgresMgrCfg.dbUser))
 
     @property
     def backup_url(self) -> str:

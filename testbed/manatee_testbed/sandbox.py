@@ -33,14 +33,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from manatee.core.config import ConfigError, validate
+from manatee.core.httpjson import http_json
 from manatee.core.procs import free_port, pid_alive, terminate
+from manatee.shard.layout import ShardLayout, shard_path
+from manatee.shard.state import parse_state
 from manatee_testbed import cgroups, network
 from manatee_testbed.hang import hang as _hang_pids
 from manatee_testbed.hang import resume as _resume_pids
@@ -196,7 +197,7 @@ class SandboxState:
 
     @property
     def shard_path(self) -> str:
-        return f"/manatee/{self.shard}"
+        return shard_path(self.shard)
 
     @property
     def tls_dir(self) -> str:
@@ -636,23 +637,6 @@ def mounts_under(path: Path | str) -> list[str]:
     return out
 
 
-def http_json(url: str, timeout: float = 1.0, ctx: Any = None) -> tuple[int, Any]:
-    """(status, parsed body or None); (0, error text) when nothing answers. `ctx`: the SSL
-    context of an https:// URL (NodeState.client_ctx())."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
-            body = r.read()
-            status = r.status
-    except urllib.error.HTTPError as e:
-        body, status = e.read(), e.code
-    except (OSError, ValueError) as e:
-        return 0, str(e)
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, None
-
-
 # ------------------------------------------------------------------------------ sandbox
 
 
@@ -984,8 +968,8 @@ class Sandbox:
         except KazooTimeoutError:
             return None
         try:
-            data, _ = zk.get(f"{self.st.shard_path}/state")
-            return json.loads(data) if data else None
+            data, _ = zk.get(ShardLayout(self.st.shard_path).state)
+            return parse_state(data).to_json()
         except Exception:  # noqa: BLE001 - absent node, bad JSON: "no state yet"
             return None
         finally:
