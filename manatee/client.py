@@ -28,7 +28,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 
 from manatee.core.log import get_logger
-from manatee.core.zk import resuming_kazoo
+from manatee.core.zksession import resuming_kazoo
 from manatee.shard.layout import ShardLayout, shard_path
 from manatee.shard.pgurl import PgUrl
 from manatee.shard.state import ClusterState

@@ -27,25 +27,23 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from manatee import __version__ as VERSION
+from manatee.core import zkconfig
 from manatee.shard.layout import ROOT, shard_name, shard_path
 from manatee.shard.pgurl import PgUrl
 from manatee.shard.syncstore import BadVersion, ShardStoreError
 
 __all__ = [
-    "DEFAULT_PORT", "DEFAULT_TIMEOUT", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE",
+    "DEFAULT_TIMEOUT", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE",
     "CliError", "UsageError", "ArgParser", "parse_zk_hosts", "check_shard_name",
     "ZkReader", "run_cli", "dump_json", "decode",
     "add_common_args", "check_timeout", "shard_zk_parser", "add_target_args", "resolve_target", "Target",
     "ENV_ZK", "ENV_SHARD", "ENV_CONFIG", "VERSION", "pg_failure", "pg_conn_params",
 ]
 
-DEFAULT_PORT = 2181
 DEFAULT_TIMEOUT = 10.0
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
-_HOST = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SHARD = re.compile(r"^[A-Za-z0-9_.:-]+$")
-_CHROOT = re.compile(r"^(/[A-Za-z0-9_.:-]+)+$")
 
 
 class CliError(Exception):
@@ -80,39 +78,11 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def parse_zk_hosts(spec: str) -> str:
-    """'host', 'host:port', 'h1,h2:2182' or any of these plus '/chroot' → the kazoo
-    connect string with every port explicit ('h1:2181,h2:2182/chroot').
-
-    Raises UsageError naming the bad part."""
-    spec = (spec or "").strip()
-    if not spec:
-        raise UsageError("ZooKeeper address is empty: expected host[:port][,host[:port]...]")
-    hosts, slash, chroot = spec.partition("/")
-    chroot = slash + chroot
-    if chroot and chroot != "/" and not _CHROOT.match(chroot):
-        raise UsageError(f"ZooKeeper address {spec!r}: bad chroot {chroot!r} (expected /name[/name...])")
-    chroot = "" if chroot == "/" else chroot
-    out = []
-    for part in hosts.split(","):
-        part = part.strip()
-        if part.startswith("["):  # [v6addr]:port
-            addr, close, rest = part[1:].partition("]")
-            if not close or not addr or (rest and not rest.startswith(":")):
-                raise UsageError(f"ZooKeeper address {spec!r}: bad host {part!r}")
-            host, port = f"[{addr}]", rest[1:] if rest else ""
-        else:
-            host, colon, port = part.partition(":")
-            if colon and not port:
-                raise UsageError(f"ZooKeeper address {spec!r}: missing port after {host!r}:")
-            if not host or not _HOST.match(host):
-                raise UsageError(f"ZooKeeper address {spec!r}: bad host {part!r} "
-                                 "(expected host[:port][,host[:port]...])")
-        if port == "":
-            port = str(DEFAULT_PORT)
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise UsageError(f"ZooKeeper address {spec!r}: bad port {port!r} in {part!r}")
-        out.append(f"{host}:{int(port)}")
-    return ",".join(out) + chroot
+    """The ZooKeeper address (core/zkconfig.py's parser, the daemons' too); UsageError naming the bad part."""
+    try:
+        return zkconfig.parse_zk_hosts(spec)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def check_shard_name(name: str) -> str:
@@ -164,7 +134,7 @@ class ZkReader:
         from kazoo.client import KazooClient
         from kazoo.retry import KazooRetry
 
-        from manatee.core.zk import auth_from_env
+        from manatee.core.zkauth import auth_from_env
 
         try:
             auth = auth_from_env()  # the shard's credential, for the CLIs that write (ACLs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from manatee.core import zk as zkmod
+from manatee.core.zkauth import OPEN_ACL_UNSAFE, same_acl
 from manatee.shard import history
 from manatee.shard.layout import ShardLayout
 from manatee.shard.state import (
@@ -79,7 +80,7 @@ class ShardStore:
             return
         parts = self.path.strip("/").split("/")
         if len(parts) > 1:
-            await self.zk.ensure_path("/" + "/".join(parts[:-1]), acl=zkmod.OPEN_ACL_UNSAFE)
+            await self.zk.ensure_path("/" + "/".join(parts[:-1]), acl=OPEN_ACL_UNSAFE)
         for p in (self.election_path, self.history_path):
             await self.zk.ensure_path(p)
         for p in (self.path, self.election_path, self.history_path, self.state_path, self.error_path):
@@ -88,7 +89,7 @@ class ShardStore:
     async def _keep_acl(self, path: str, acl) -> None:
         try:
             have, stat = await self.zk.get_acls(path)
-            if zkmod.same_acl(have, acl):
+            if same_acl(have, acl):
                 return
             await self.zk.set_acls(path, acl, version=stat.aversion)
             self.log.warning("zk_acl_set", node=path, was=[f"{a.id.scheme}:{a.id.id}:{a.perms}" for a in have],
@@ -211,7 +212,7 @@ class ShardStore:
         if self.zk.acl is not None and len(parts) > 2:
             # the binder tree above the shard's own node (e.g. /com/joyent/<dc>/moray) is shared
             # by every shard: created open, as /manatee is, so that each shard's ACL is its own
-            await self.zk.ensure_path("/" + "/".join(parts[:-2]), acl=zkmod.OPEN_ACL_UNSAFE)
+            await self.zk.ensure_path("/" + "/".join(parts[:-2]), acl=OPEN_ACL_UNSAFE)
         try:
             await self.zk.create(self.registrar_path, rec, ephemeral=True, makepath=True)
         except zkmod.NodeExistsError:
