@@ -377,9 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             watchdog = _start_watchdog(TOOL, budget)
         with ZkReader(hosts, time.monotonic() + args.timeout) as zk:
             if args.cmd not in ("switchover", "rebuild", "freeze", "unfreeze", "set-primary"):
-                if not zk.exists(shard_path(args.shard)):
-                    raise CliError(f"shard {args.shard!r} not found: no {shard_path(args.shard)} in "
-                                   f"ZooKeeper at {zk.hosts}")
+                SyncShardStore(zk, args.shard).require()
             zk.deadline = time.monotonic() + args.timeout + (getattr(args, "wait", 0) or 0)
             return COMMANDS[args.cmd](args, zk)
     except (CliError, ShardStoreError) as e:

@@ -95,17 +95,6 @@ def _repl_row(rows: Sequence[Mapping[str, Any]], peer: Mapping[str, Any]) -> dic
     return r
 
 
-def _repl_row(rows: Sequence[Mapping[str, Any]], peer: Mapping[str, Any]) -> dict[str, Any] | None:
-    match = [r for r in rows if r.get("application_name") == peer.get("pgUrl")]
-    match = match or [r for r in rows if r.get("client_addr") == peer.get("ip")]
-    if not match:
-        return None
-    r = dict(sorted(match, key=lambda r: r.get("state") != "streaming")[0])
-    if r.get("lag_s") is None and r.get("lag_bytes") == 0:
-        r["lag_s"] = 0.0  # PostgreSQL clears replay_lag once an idle standby has caught up
-    return r
-
-
 def gather(zk: ZkReader, shard: str, timeout: float, *, pg: bool = True, sitters: bool = True) -> V.ShardView:
     rec = SyncShardStore(zk, shard).read()
     state = rec.state.to_json() if rec.state is not None else None

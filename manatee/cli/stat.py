@@ -23,7 +23,6 @@ same as down). The password comes from the pgUrl, PGPASSWORD or a pgpass file (P
 from __future__ import annotations
 
 import argparse
-import os
 import threading
 import time
 from dataclasses import dataclass, field

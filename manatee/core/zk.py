@@ -40,14 +40,13 @@ from kazoo.exceptions import (  # re-exported for callers
     RolledBackError,
     SessionExpiredError,
 )
-from kazoo.protocol.serialization import Connect
 from kazoo.protocol.states import KazooState, ZnodeStat
 from kazoo.security import ACL
 
 from manatee.core.log import get_logger
 from manatee.core.zkauth import ZKAuth
 from manatee.core.zkdata import Check, Create, SetData, TxOp, Value, as_op, decode_json, encode_value
-from manatee.core.zksession import connect_reply_timeout, resuming_kazoo
+from manatee.core.zksession import connect_reply_timeout, hook_session_clock, resuming_kazoo
 from manatee.core.zkwatch import WatchCallback, WatchHandle
 
 __all__ = [
@@ -145,30 +144,17 @@ class ZKClient:
 
     # -- kazoo thread side ------------------------------------------------------------
     def _hook_connection(self, kz: KazooClient) -> None:
-        """Record the negotiated session timeout and the time of the last packet from the
-        server. kazoo keeps neither, so wrap two ConnectionHandler methods on this
-        instance (checked by tests/unit/test_zk_hooks.py against the installed kazoo)."""
-        conn = kz._connection
-        orig_invoke = getattr(conn, "_invoke", None)
-        orig_read = getattr(conn, "_read_socket", None)
-        if orig_invoke is not None:
+        """Keep the negotiated session timeout and the time of the last packet from the
+        server (what fencing is computed from); a discarded attempt's client records nothing."""
+        def connected(negotiated_ms: int) -> None:
+            if kz is self._kz:
+                self._negotiated_ms, self._last_heard = negotiated_ms, time.monotonic()
 
-            def _invoke(timeout, request, xid=None):
-                result = orig_invoke(timeout, request, xid)
-                if isinstance(request, Connect) and result and kz is self._kz:
-                    self._negotiated_ms = int(result[0].time_out)
-                    self._last_heard = time.monotonic()
-                return result
+        def heard() -> None:
+            if kz is self._kz:
+                self._last_heard = time.monotonic()
 
-            conn._invoke = _invoke
-        if orig_read is not None:
-
-            def _read_socket(read_timeout):
-                if kz is self._kz:
-                    self._last_heard = time.monotonic()
-                return orig_read(read_timeout)
-
-            conn._read_socket = _read_socket
+        hook_session_clock(kz, connected, heard)
 
     def _on_kazoo_state(self, state: str) -> None:  # kazoo connection thread: no blocking
         now = time.monotonic()

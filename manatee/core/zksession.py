@@ -4,13 +4,13 @@ the tests)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from kazoo.client import KazooClient
 from kazoo.protocol.serialization import Connect
 from kazoo.retry import KazooRetry
 
-__all__ = ["connect_reply_timeout", "resuming_kazoo"]
+__all__ = ["connect_reply_timeout", "resuming_kazoo", "hook_session_clock"]
 
 
 def connect_reply_timeout(session_timeout: float) -> float:
@@ -50,3 +50,29 @@ def resuming_kazoo(hosts: str, session_timeout: float, **kw: Any) -> KazooClient
 
         conn._invoke = _invoke
     return kz
+
+
+def hook_session_clock(kz: KazooClient, on_connected: Callable[[int], None], on_heard: Callable[[], None]) -> None:
+    """Call on_connected(negotiated session timeout, ms) when a session (re)connects and
+    on_heard() for every read from the server. kazoo keeps neither, so two ConnectionHandler
+    methods are wrapped on this instance (their signatures are checked against the installed
+    kazoo by tests/unit/test_zk_encoding.py)."""
+    conn = kz._connection
+    orig_invoke = getattr(conn, "_invoke", None)
+    orig_read = getattr(conn, "_read_socket", None)
+    if orig_invoke is not None:
+
+        def _invoke(timeout, request, xid=None):
+            result = orig_invoke(timeout, request, xid)
+            if isinstance(request, Connect) and result:
+                on_connected(int(result[0].time_out))
+            return result
+
+        conn._invoke = _invoke
+    if orig_read is not None:
+
+        def _read_socket(read_timeout):
+            on_heard()
+            return orig_read(read_timeout)
+
+        conn._read_socket = _read_socket

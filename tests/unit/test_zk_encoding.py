@@ -51,7 +51,7 @@ def test_kazoo_hook_points_exist():
     assert list(inspect.signature(ConnectionHandler._read_socket).parameters) == ["self", "read_timeout"]
     c = ZKClient("127.0.0.1:1", session_timeout=3)
     assert c._kz._connection._invoke.__name__ == "_invoke"
-    assert c._kz._connection._read_socket.__qualname__.startswith("ZKClient.")
+    assert c._kz._connection._read_socket.__qualname__.startswith("hook_session_clock.")
     assert c.state == "LOST" and not c.connected and c.session_id is None
     assert c.op_timeout == 3.0
 
