@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode
 from manatee.core.zkconfig import ZkCfg
-from manatee.shard.layout import registrar_path
+from manatee.shard.layout import registrar_path, shard_path
 from manatee.shard.pgurl import PgUrl
 from manatee.core.tls import TlsCfg, scheme
 
@@ -229,7 +229,7 @@ class HooksCfg(ConfigModel):
 class SitterConfig(ConfigModel):
     ip: str = Field(description="this node's address: PostgreSQL, backupserver and status server listen here")
     zoneId: str = Field(description="this node's unique name (zone UUID or host name)")
-    shardPath: str = Field("/manatee/1", description="ZooKeeper path of the shard")
+    shardPath: str = Field(shard_path("1"), description="ZooKeeper path of the shard")
     postgresPort: int = Field(5432, ge=1, le=65535)
     backupPort: int = Field(10002, ge=1, le=65535, description="port of this node's backupserver")
     statusPort: int | None = Field(None, ge=1, le=65535, description="status/heartbeat HTTP port (default postgresPort+1)")

@@ -41,6 +41,7 @@ from manatee.core.config import ConfigError, validate
 from manatee.core.httpjson import http_json
 from manatee.core.procs import free_port, pid_alive, terminate
 from manatee.shard.layout import ShardLayout, shard_path
+from manatee.shard.pgurl import PgUrl
 from manatee.shard.state import parse_state
 from manatee_testbed import cgroups, network
 from manatee_testbed.hang import hang as _hang_pids
@@ -112,7 +113,7 @@ class NodeState:
 
     @property
     def pg_url(self) -> str:
-        return f"tcp://postgres@{self.ip}:{self.pg_port}/postgres"
+        return str(PgUrl.for_node(self.ip, self.pg_port, "postgres"))
 
     @property
     def status_url(self) -> str:
@@ -958,7 +959,7 @@ class Sandbox:
         }
 
     def zk_state(self, timeout: float = 3.0) -> Any:
-        """/manatee/<shard>/state from ZooKeeper (None if absent or unreachable)."""
+        """The shard's state from ZooKeeper as JSON (None if absent, unreadable or unreachable)."""
         from kazoo.client import KazooClient
         from kazoo.handlers.threading import KazooTimeoutError
 
