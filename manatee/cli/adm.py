@@ -48,14 +48,14 @@ from manatee.cli import adm_view as V
 from manatee.cli.adm_ops import find_peer, request_switchover, set_freeze, set_primary, withdraw_switchover
 from manatee.cli.adm_probe import gather
 from manatee.cli.common import (
-    EXIT_FAIL, EXIT_OK, ArgParser, CliError, UsageError, ZkReader, _quiet_libraries,
-    _start_watchdog, add_common_args, add_target_args, check_timeout, dump_json, resolve_target,
+    EXIT_OK, ArgParser, CliError, UsageError, ZkReader, _quiet_libraries, _start_watchdog,
+    add_common_args, add_target_args, check_timeout, dump_json, one_line_failures, resolve_target,
 )
 from manatee.cli.history import read_history, records
 from manatee.core.httpjson import http_json
 from manatee.core.lsn import format_lsn
 from manatee.shard.state import ClusterState
-from manatee.shard.syncstore import ShardStoreError, SyncShardStore
+from manatee.shard.syncstore import SyncShardStore
 
 TOOL = "manatee-adm"
 HTTP_TIMEOUT = 1.5
@@ -363,37 +363,29 @@ def _resolve(args: argparse.Namespace) -> str:
     return t.zk
 
 
+def _run(args: argparse.Namespace, watchdogs: list[threading.Timer]) -> int:
+    check_timeout(args.timeout)
+    if args.cmd == "freeze" and not args.reason.strip():
+        raise UsageError("freeze: --reason must say why (it is shown to every operator)")
+    _quiet_libraries(args.verbose)
+    hosts = _resolve(args)
+    budget = _budget(args)
+    if budget is not None:
+        watchdogs.append(_start_watchdog(TOOL, budget))
+    with ZkReader(hosts, time.monotonic() + args.timeout) as zk:
+        if args.cmd not in ("switchover", "rebuild", "freeze", "unfreeze", "set-primary"):
+            SyncShardStore(zk, args.shard).require()
+        zk.deadline = time.monotonic() + args.timeout + (getattr(args, "wait", 0) or 0)
+        return COMMANDS[args.cmd](args, zk)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    watchdog = None
+    watchdogs: list[threading.Timer] = []
     try:
-        args = build_parser().parse_args(argv)
-        check_timeout(args.timeout)
-        if args.cmd == "freeze" and not args.reason.strip():
-            raise UsageError("freeze: --reason must say why (it is shown to every operator)")
-        _quiet_libraries(args.verbose)
-        hosts = _resolve(args)
-        budget = _budget(args)
-        if budget is not None:
-            watchdog = _start_watchdog(TOOL, budget)
-        with ZkReader(hosts, time.monotonic() + args.timeout) as zk:
-            if args.cmd not in ("switchover", "rebuild", "freeze", "unfreeze", "set-primary"):
-                SyncShardStore(zk, args.shard).require()
-            zk.deadline = time.monotonic() + args.timeout + (getattr(args, "wait", 0) or 0)
-            return COMMANDS[args.cmd](args, zk)
-    except (CliError, ShardStoreError) as e:
-        print(f"{TOOL}: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", EXIT_FAIL)
-    except KeyboardInterrupt:
-        print(f"{TOOL}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return EXIT_OK
-    except Exception as e:  # noqa: BLE001 - the promise is: never a traceback
-        print(f"{TOOL}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_FAIL
+        return one_line_failures(TOOL, lambda: _run(build_parser().parse_args(argv), watchdogs))
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
+        for w in watchdogs:
+            w.cancel()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 from typing import Any, Sequence
 
 from manatee.cli.common import (
-    ArgParser, ZkReader, decode, dump_json, resolve_target, run_cli, shard_zk_parser,
+    ArgParser, ZkReader, decode, dump_json, read_shard_target, run_cli, shard_zk_parser,
 )
 from manatee.shard.syncstore import SyncShardStore
 
@@ -34,11 +34,7 @@ def build_parser() -> ArgParser:
 
 
 def _run(args: argparse.Namespace, deadline: float) -> int:
-    t = resolve_target(args)
-    hosts, shard = t.zk, t.shard
-    with ZkReader(hosts, deadline) as zk:
-        removed = clear_error(zk, shard)
-    print(dump_json(removed))
+    print(dump_json(read_shard_target(args, deadline, clear_error)))
     return 0
 
 

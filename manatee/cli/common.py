@@ -37,7 +37,7 @@ __all__ = [
     "CliError", "UsageError", "ArgParser", "parse_zk_hosts", "check_shard_name",
     "ZkReader", "run_cli", "dump_json", "decode",
     "add_common_args", "check_timeout", "shard_zk_parser", "add_target_args", "resolve_target", "Target",
-    "ENV_ZK", "ENV_SHARD", "ENV_CONFIG", "VERSION", "pg_failure", "pg_conn_params",
+    "ENV_ZK", "ENV_SHARD", "ENV_CONFIG", "VERSION", "pg_failure", "pg_conn_params", "one_line_failures", "read_shard_target",
 ]
 
 DEFAULT_TIMEOUT = 10.0
@@ -300,16 +300,11 @@ def _start_watchdog(tool: str, seconds: float) -> threading.Timer:
     return t
 
 
-def run_cli(tool: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace, float], int],
-            argv: Sequence[str] | None = None) -> int:
-    """Parse, run body(args, deadline), and turn every failure into one stderr line + status."""
-    watchdog = None
+def one_line_failures(tool: str, run: Callable[[], int]) -> int:
+    """run(); every failure becomes one stderr line `<tool>: <message>` and an exit status
+    (1: could not do it, 2: usage, 130: interrupted), never a traceback."""
     try:
-        args = parser.parse_args(argv)
-        timeout = check_timeout(args.timeout)
-        _quiet_libraries(getattr(args, "verbose", False))
-        watchdog = _start_watchdog(tool, timeout + 3.0)
-        return body(args, time.monotonic() + timeout)
+        return run()
     except (CliError, ShardStoreError) as e:
         print(f"{tool}: {e}", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_FAIL)
@@ -326,9 +321,33 @@ def run_cli(tool: str, parser: argparse.ArgumentParser, body: Callable[[argparse
     except Exception as e:  # noqa: BLE001 - the promise is: never a traceback
         print(f"{tool}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAIL
+
+
+def run_cli(tool: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace, float], int],
+            argv: Sequence[str] | None = None) -> int:
+    """Parse, run body(args, deadline), and turn every failure into one stderr line + status."""
+    watchdogs: list[threading.Timer] = []
+
+    def run() -> int:
+        args = parser.parse_args(argv)
+        timeout = check_timeout(args.timeout)
+        _quiet_libraries(getattr(args, "verbose", False))
+        watchdogs.append(_start_watchdog(tool, timeout + 3.0))
+        return body(args, time.monotonic() + timeout)
+
+    try:
+        return one_line_failures(tool, run)
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
+        for w in watchdogs:
+            w.cancel()
+
+
+def read_shard_target(args: argparse.Namespace, deadline: float, read: Callable[[ZkReader, str], Any]) -> Any:
+    """read(zk, shard) on the shard and ZooKeeper the arguments name (resolve_target), with a
+    ZooKeeper session bounded by `deadline` and closed afterwards."""
+    t = resolve_target(args)
+    with ZkReader(t.zk, deadline) as zk:
+        return read(zk, t.shard)
 
 
 def shard_zk_parser(prog: str, description: str) -> "ArgParser":

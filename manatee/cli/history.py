@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any, Mapping, Sequence
 
-from manatee.cli.common import ArgParser, ZkReader, dump_json, resolve_target, run_cli, shard_zk_parser
+from manatee.cli.common import ArgParser, ZkReader, dump_json, read_shard_target, run_cli, shard_zk_parser
 from manatee.shard.history import parse_record, sort_records
 from manatee.shard.syncstore import SyncShardStore
 
@@ -43,11 +43,7 @@ def build_parser() -> ArgParser:
 
 
 def _run(args: argparse.Namespace, deadline: float) -> int:
-    t = resolve_target(args)
-    hosts, shard = t.zk, t.shard
-    with ZkReader(hosts, deadline) as zk:
-        nodes = read_history(zk, shard)
-    recs, bad = records(nodes)
+    recs, bad = records(read_shard_target(args, deadline, read_history))
     for problem in bad:
         print(f"{TOOL}: skipped: {problem}", file=sys.stderr)
     for r in recs:
