@@ -27,9 +27,12 @@ def http_json(url: str, body: Any = None, *, timeout: float, headers: Mapping[st
               ctx: ssl.SSLContext | None = None) -> tuple[int, Any]:
     """GET `url` (POST `body` as JSON when given); see the module doc for what comes back."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={**({"Content-Type": "application/json"} if data else {}),
-                                          **(headers or {})})
+    try:
+        req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                     headers={**({"Content-Type": "application/json"} if data else {}),
+                                              **(headers or {})})
+    except ValueError as e:  # not a URL
+        return 0, str(e)
     if ctx is None and url.startswith("https:"):
         try:
             ctx = client_context_from_env()

@@ -17,7 +17,7 @@ from manatee_testbed.sandbox import NodeState, Sandbox, tail
 from manatee.core.httpjson import http_json
 from manatee.shard.history import parse_record, sort_records
 from manatee.shard.layout import ShardLayout
-from manatee.shard.state import parse_error_node, parse_state
+from manatee.shard.state import parse_error_node
 
 __all__ = ["client_dsn", "read_history", "ShardView"]
 
@@ -114,16 +114,7 @@ class ShardView:
     # ZooKeeper ---------------------------------------------------------------------------
     def zk_state(self) -> dict | None:
         """The shard's state as JSON (None when absent, unreadable or ZooKeeper does not answer)."""
-        st = self.sb.st
-
-        def get(zk: Any) -> dict | None:
-            data, _ = zk.get(ShardLayout(st.shard_path).state)
-            return parse_state(data).to_json()
-
-        try:
-            return _zk_read(st.zk_connect, get, timeout=3.0)
-        except Exception:  # noqa: BLE001 - absent, or ZooKeeper down: "not known now"
-            return None
+        return self.sb.zk_state(timeout=3.0)
 
     def safe_mode(self) -> dict | None:
         """The shard's error (safe-mode) node, or None (also when ZooKeeper is down)."""
