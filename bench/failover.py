@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from manatee_testbed.checks import fetch_ids, missing_acked
-from manatee_testbed.sandbox import DAEMONS, NodeState, Sandbox, SandboxError, http_json
+from manatee.core.httpjson import http_json
+from manatee_testbed.sandbox import DAEMONS, NodeState, Sandbox, SandboxError
 from manatee_testbed.writer import RecordingWriter, WriterError
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 
-from manatee.cli.common import registrar_path
+from manatee.shard.layout import registrar_path
 from manatee_testbed.zookeeper import ZooKeeperServer
 from manatee.shard.history import HistoryEvent, record_data, znode_prefix
 from manatee.shard.state import ClusterState, Peer

@@ -20,7 +20,6 @@ retry a failed write, as examples/psycopg2_failover.py does.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -29,9 +28,12 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 
 from manatee.core.log import get_logger
-from manatee.core.zk import resuming_kazoo
+from manatee.core.zksession import resuming_kazoo
+from manatee.shard.layout import ShardLayout, shard_path
+from manatee.shard.pgurl import PgUrl
+from manatee.shard.state import ClusterState
 
-__all__ = ["ShardWatcher", "Topology", "libpq_url", "shard_path", "ShardWatcherError"]
+__all__ = ["ShardWatcher", "Topology", "libpq_url", "parse_topology", "shard_path", "ShardWatcherError"]
 
 log = get_logger("manatee.client")
 
@@ -50,48 +52,21 @@ class Topology:
     asyncs: tuple[str, ...] = ()
 
 
-def shard_path(shard: str) -> str:
-    """'1.moray.example.com' → '/manatee/1.moray.example.com'; a path ('/x/y') is kept."""
-    if not shard:
-        raise ValueError("shard name must not be empty")
-    return shard.rstrip("/") if shard.startswith("/") else f"/manatee/{shard}"
-
-
 def libpq_url(pg_url: str) -> str:
     """A sitter's pgUrl ('tcp://postgres@10.0.0.1:5432/postgres') as a URL libpq/psycopg2
-    accepts ('postgresql://postgres@10.0.0.1:5432/postgres')."""
-    scheme, sep, rest = pg_url.partition("://")
-    if not sep:
-        raise ValueError(f"not a URL: {pg_url!r}")
-    return f"postgresql://{rest}" if scheme in ("tcp", "postgres", "postgresql") else pg_url
+    accepts ('postgresql://postgres@10.0.0.1:5432/postgres'). ValueError for a non-URL."""
+    return PgUrl.parse(pg_url).libpq()
 
 
 def parse_topology(raw: bytes | None) -> Topology | None:
-    """The state node's data → Topology (None for an absent or empty node).
-    Raises ValueError naming the field for malformed data."""
+    """The state node's data → Topology (None for an absent or empty node): the shard's own
+    parser (ClusterState), viewed as pgUrls. Raises ValueError naming the field for malformed data."""
     if not raw:
         return None
-    try:
-        d = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"state: not JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ValueError("state: expected a JSON object")
-
-    def url(p, where: str) -> str:
-        if not isinstance(p, dict) or not isinstance(p.get("pgUrl"), str) or not p["pgUrl"]:
-            raise ValueError(f"state.{where}: expected an object with a pgUrl, got {p!r}")
-        return p["pgUrl"]
-
-    gen = d.get("generation")
-    if not isinstance(gen, int) or isinstance(gen, bool):
-        raise ValueError(f"state.generation: expected an integer, got {gen!r}")
-    asyncs = d.get("async") or []
-    if not isinstance(asyncs, list):
-        raise ValueError(f"state.async: expected a list, got {asyncs!r}")
-    return Topology(generation=gen, primary=url(d.get("primary"), "primary"),
-                    sync=url(d["sync"], "sync") if d.get("sync") is not None else None,
-                    asyncs=tuple(url(a, f"async[{i}]") for i, a in enumerate(asyncs)))
+    st = ClusterState.loads(raw)
+    return Topology(generation=st.generation, primary=st.primary.pg_url,
+                    sync=st.sync.pg_url if st.sync is not None else None,
+                    asyncs=tuple(p.pg_url for p in st.async_))
 
 
 class ShardWatcher:
@@ -107,7 +82,7 @@ class ShardWatcher:
                  on_change: Callable[[str | None], None] | None = None, *,
                  session_timeout: float = 10.0, connect_timeout: float = 10.0):
         hosts = zk_hosts if isinstance(zk_hosts, str) else ",".join(zk_hosts)
-        self.path = f"{shard_path(shard)}/state"
+        self.path = ShardLayout.of(shard).state
         self.on_change = on_change
         self._cond = threading.Condition()
         self._topology: Topology | None = None

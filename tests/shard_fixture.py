@@ -180,7 +180,7 @@ class Shard(ShardView):
     @property
     def zk(self):
         if self._zk is None:
-            from manatee.core.zk import resuming_kazoo
+            from manatee.core.zksession import resuming_kazoo
 
             zk = resuming_kazoo(self.sb.st.zk_connect, 5)
             zk.start(timeout=15)

@@ -16,6 +16,7 @@ from manatee.backupserver.validation import hostname_problem
 from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode, replaced_key, seconds
 from manatee.core.tls import TlsCfg
 from manatee.core.zfsname import check_dataset
+from manatee.core.zkconfig import ZkCfg
 
 
 class BackupSenderCfg(ConfigModel):
@@ -49,24 +50,6 @@ class BackupServerCfg(ConfigModel):
         problem = hostname_problem(v)
         if problem:
             raise ValueError(f"listen address {problem}")
-        return v
-
-
-class ZkCfg(ConfigModel):
-    connStr: str = Field(description="host:port[,host:port...] of the ZooKeeper ensemble")
-    sessionTimeout: int = Field(60000, ge=1000, le=600000, description="ZooKeeper session timeout, ms")
-    connectTimeout: int = Field(10000, ge=100, le=600000, description="ZooKeeper connect timeout, ms")
-
-    @field_validator("connStr")
-    @classmethod
-    def _conn_str(cls, v: str) -> str:
-        hosts = v.split("/", 1)[0]
-        if not hosts:
-            raise ValueError("must be host:port[,host:port...]")
-        for part in hosts.split(","):
-            host, sep, port = part.strip().rpartition(":")
-            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-                raise ValueError(f"{part!r} is not host:port")
         return v
 
 

@@ -51,6 +51,7 @@ class ZkHolder:
                 session_timeout=self.cfg.sessionTimeout / 1000.0,
                 connect_timeout=self.cfg.connectTimeout / 1000.0,
                 logger=self.log,
+                **self.cfg.client_options(),
             )
             try:
                 await zk.start()

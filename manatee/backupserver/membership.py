@@ -11,10 +11,10 @@ children are named `IP:pgPort:backupPort:statusPort-SEQ` (the original's
 from __future__ import annotations
 
 import ipaddress
-import json
 from typing import Any, Optional
 
-from manatee.shard.state import parse_election
+from manatee.shard.layout import ShardLayout
+from manatee.shard.state import parse_election_nodes
 
 
 class MembershipUnavailable(Exception):
@@ -52,45 +52,39 @@ class ShardMembership:
     are rare and membership must be current (a deposed peer leaves the election).
     """
 
-    def __init__(self, zk: Any, shard_path: str, *, read_data: bool = True) -> None:
+    def __init__(self, zk: Any, shard_path: str) -> None:
         self.zk = zk
-        self.election_path = shard_path.rstrip("/") + "/election"
-        self.read_data = read_data
+        self.layout = ShardLayout.of(shard_path)
 
     async def members(self) -> Optional[set[str]]:
         """The member IPs, or None if the shard has no election node (shard unknown)."""
+        election = self.layout.election
         try:
-            children = await self.zk.get_children(self.election_path)
+            children = await self.zk.get_children(election)
         except Exception as e:  # noqa: BLE001 - classify below
             if _is_no_node(e):
                 return None
-            raise MembershipUnavailable(f"reading {self.election_path}: {type(e).__name__}: {e}") from e
-        ips: set[str] = set()
+            raise MembershipUnavailable(f"reading {election}: {type(e).__name__}: {e}") from e
+        raws: dict[str, bytes | None] = {}
         for child in children:
-            ip = ip_from_election_name(child)
-            if not self.read_data:
-                if ip:
-                    ips.add(ip)
-                continue
+            path = self.layout.election_node(child)
             try:
-                data = await self.zk.get(f"{self.election_path}/{child}")
+                data = await self.zk.get(path)
             except Exception as e:  # noqa: BLE001
                 if _is_no_node(e):
                     continue  # the peer left between the two reads
-                raise MembershipUnavailable(
-                    f"reading {self.election_path}/{child}: {type(e).__name__}: {e}"
-                ) from e
-            raw = data[0] if isinstance(data, tuple) else data
-            try:
-                doc = json.loads(raw or b"{}")
-            except (ValueError, TypeError):
-                continue
-            # only a well-formed election node is a member, as for the sitters (a malformed
-            # one, e.g. {"ip": ...} alone, is quarantined there and ignored here)
-            peers, _bad = parse_election({child: doc})
-            for peer in peers:
+                raise MembershipUnavailable(f"reading {path}: {type(e).__name__}: {e}") from e
+            raws[child] = data[0] if isinstance(data, tuple) else data
+        # only a well-formed election node is a member, as for the sitters (a malformed
+        # one, e.g. {"ip": ...} alone, is quarantined there and ignored here)
+        peers, _bad = parse_election_nodes(raws)
+        by_id = {p.id: p for p in peers}
+        ips: set[str] = set()
+        for child in raws:
+            peer = by_id.get(child.rpartition("-")[0])
+            if peer is not None:
                 ips.add(_canonical(peer.ip))
-                if ip:
+                if (ip := ip_from_election_name(child)):
                     ips.add(ip)
         return ips
 

@@ -34,324 +34,33 @@ this tool only asks, then watches until the new primary takes writes.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 from manatee import __version__ as VERSION
 from manatee.cli import adm_pgconf, adm_restart
 from manatee.cli import adm_view as V
+from manatee.cli.adm_ops import find_peer, request_switchover, set_freeze, set_primary, withdraw_switchover
+from manatee.cli.adm_probe import gather
 from manatee.cli.common import (
-    EXIT_FAIL, EXIT_OK, ArgParser, CliError, UsageError, ZkReader, _quiet_libraries,
-    _start_watchdog, add_common_args, add_target_args, check_timeout, decode, dump_json, pg_failure,
-    resolve_target, shard_path,
+    EXIT_OK, ArgParser, CliError, UsageError, ZkReader, _quiet_libraries, _start_watchdog,
+    add_common_args, add_target_args, check_timeout, dump_json, one_line_failures, resolve_target,
 )
 from manatee.cli.history import read_history, records
-from manatee.core.tls import client_context_from_env
-from manatee.cli.stat import _conn_params
-from manatee.shard.state import ClusterState, StateError, election_order
+from manatee.core.httpjson import http_json
+from manatee.core.lsn import format_lsn
+from manatee.shard.state import ClusterState
+from manatee.shard.syncstore import SyncShardStore
 
 TOOL = "manatee-adm"
 HTTP_TIMEOUT = 1.5
-PG_STATEMENT_MS = 2000
 
-__all__ = ["gather", "set_freeze", "request_switchover", "withdraw_switchover", "find_peer", "main",
-           "build_parser"]
-
-
-# --------------------------------------------------------------------------- small I/O helpers
-
-def http_json(url: str, body: Any = None, timeout: float = HTTP_TIMEOUT,
-              headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
-    """(status, JSON body) of a GET (or a POST when body is given); (0, error text) on no answer."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={**({"Content-Type": "application/json"} if data else {}),
-                                          **(headers or {})})
-    try:
-        ctx = client_context_from_env() if url.startswith("https:") else None
-    except ValueError as e:  # an unusable $MANATEE_TLS_* file: named, not a traceback
-        return 0, str(e)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
-            status, raw = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, raw = e.code, e.read()
-    except (OSError, ValueError) as e:
-        return 0, str(getattr(e, "reason", e))
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, raw.decode("utf-8", "replace")
-
-
-def _parallel(jobs: Mapping[str, Callable[[], Any]], deadline: float) -> dict[str, Any]:
-    """Run each job in a daemon thread; a job that does not finish by `deadline` gives None."""
-    out: dict[str, Any] = {}
-    lock = threading.Lock()
-
-    def run(key: str, fn: Callable[[], Any]) -> None:
-        try:
-            r = fn()
-        except Exception as e:  # noqa: BLE001 - shown as data, never raised
-            r = {"error": f"{type(e).__name__}: {e}"}
-        with lock:
-            out[key] = r
-
-    threads = [threading.Thread(target=run, args=(k, f), daemon=True) for k, f in jobs.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    with lock:
-        return dict(out)
-
-
-_NODE_SQL = ("select pg_is_in_recovery() as recovery,"
-             " current_setting('default_transaction_read_only') = 'on' as ro,"
-             # a standby: how far its WAL goes, received or (not streaming, e.g. in safe
-             # mode or after a restart) replayed; greatest() skips the NULL one
-             " (case when pg_is_in_recovery() then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
-             "  else pg_current_wal_lsn() end)::text as wal")
-_REPL_SQL = ("select application_name, client_addr::text as client_addr, state, sync_state,"
-             " sent_lsn::text as sent_lsn, flush_lsn::text as flush_lsn, replay_lsn::text as replay_lsn,"
-             # a cascading standby sends what it has replayed, which can pass what its
-             # walreceiver last flushed: take the further of the two, and never a negative lag
-             " greatest(0, pg_wal_lsn_diff(case when pg_is_in_recovery() then"
-             "  greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
-             "  else pg_current_wal_lsn() end, replay_lsn))::bigint as lag_bytes,"
-             " extract(epoch from replay_lag)::float8 as lag_s"
-             " from pg_stat_replication order by pid")
-
-
-def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
-    """{up, recovery, readOnly, wal, rows: [pg_stat_replication rows]} or {up: False, error}."""
-    import psycopg2
-
-    try:
-        params = _conn_params(pg_url)
-        params["connect_timeout"] = max(2, int(timeout))
-        params["application_name"] = TOOL
-        params["options"] = f"-c statement_timeout={PG_STATEMENT_MS}"
-        conn = psycopg2.connect(**params)
-    except (psycopg2.Error, ValueError) as e:
-        return {"up": False, **pg_failure(e)}
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(_NODE_SQL)
-            recovery, ro, wal = cur.fetchone()
-            cur.execute(_REPL_SQL)
-            cols = [c.name for c in cur.description]
-            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-    except psycopg2.Error as e:
-        return {"up": False, **pg_failure(e)}
-    finally:
-        conn.close()
-    return {"up": True, "recovery": bool(recovery), "readOnly": bool(ro), "wal": wal, "rows": rows}
-
-
-def _repl_row(rows: Sequence[Mapping[str, Any]], peer: Mapping[str, Any]) -> dict[str, Any] | None:
-    match = [r for r in rows if r.get("application_name") == peer.get("pgUrl")]
-    match = match or [r for r in rows if r.get("client_addr") == peer.get("ip")]
-    if not match:
-        return None
-    r = dict(sorted(match, key=lambda r: r.get("state") != "streaming")[0])
-    if r.get("lag_s") is None and r.get("lag_bytes") == 0:
-        r["lag_s"] = 0.0  # PostgreSQL clears replay_lag once an idle standby has caught up
-    return r
-
-
-# --------------------------------------------------------------------------- gathering
-
-def read_shard(zk: ZkReader, shard: str) -> tuple[dict | None, int, Any, list[dict], str | None]:
-    """(state JSON, its version, error node, live election peers, state parse error)."""
-    base = shard_path(shard)
-    got = zk.get_many([base, f"{base}/state", f"{base}/error"])
-    if got[base] is None:
-        raise CliError(f"shard {shard!r} not found: no {base} in ZooKeeper at {zk.hosts}")
-    st_raw, version, state, err = got[f"{base}/state"], -1, None, None
-    if st_raw is not None:
-        version = st_raw[1].version
-        try:
-            state = ClusterState.loads(st_raw[0]).to_json()
-        except StateError as e:
-            err = str(e)
-    error = (decode(got[f"{base}/error"][0]) or {}) if got[f"{base}/error"] else None
-    names = zk.children(f"{base}/election") or []
-    datas = zk.get_many(f"{base}/election/{n}" for n in names)
-    good = {}
-    for n in names:
-        d = datas.get(f"{base}/election/{n}")
-        d = decode(d[0]) if d else None
-        if isinstance(d, dict):
-            try:
-                election_order({n: d})
-                good[n] = d
-            except (StateError, ValueError):
-                continue
-    election = [p.to_json() for p in election_order(good)]
-    return state, version, error, election, err
-
-
-def gather(zk: ZkReader, shard: str, timeout: float, *, pg: bool = True, sitters: bool = True) -> V.ShardView:
-    state, _version, error, election, state_err = read_shard(zk, shard)
-    nodes = V.chain_nodes(state, [p["id"] for p in election], election)
-    deadline = time.monotonic() + timeout
-    jobs: dict[str, Callable[[], Any]] = {}
-    for n in nodes:
-        if sitters and n.peer.get("statusUrl"):
-            jobs[f"s:{n.id}"] = (lambda u=n.peer["statusUrl"]: http_json(f"{u}/state", timeout=min(timeout, 2)))
-        if pg and n.role not in ("deposed", "unknown") and n.peer.get("pgUrl"):
-            jobs[f"p:{n.id}"] = (lambda u=n.peer["pgUrl"]: probe_pg(u, timeout))
-    res = _parallel(jobs, deadline)
-    for n in nodes:
-        s = res.get(f"s:{n.id}")
-        n.sitter = s[1] if isinstance(s, tuple) and s[0] == 200 and isinstance(s[1], dict) else None
-        if pg and n.role not in ("deposed", "unknown"):
-            n.pg = res.get(f"p:{n.id}") or {"up": False, "error": "no answer in time"}
-            n.pg.setdefault("up", False)
-    by_id = {n.id: n for n in nodes}
-    for n in nodes:
-        up = by_id.get(n.upstream or "")
-        if up is not None and up.pg and up.pg.get("up"):
-            n.repl = _repl_row(up.pg.get("rows") or [], n.peer)
-    return V.ShardView(shard, state, error, nodes, state_err)
-
-
-# --------------------------------------------------------------------------- state writes
-
-def cas_state(zk: ZkReader, shard: str, change: Callable[[ClusterState], ClusterState | None],
-              tries: int = 20) -> tuple[ClusterState, ClusterState | None]:
-    """Read the state, apply `change` (None: nothing to write) and write it by compare-and-set
-    on the version read; a sitter writing in between makes it read and try again."""
-    from kazoo.exceptions import BadVersionError
-
-    path = f"{shard_path(shard)}/state"
-    for _ in range(tries):
-        got = zk.get(path)
-        if got is None:
-            if not zk.exists(shard_path(shard)):
-                raise CliError(f"shard {shard!r} not found: no {shard_path(shard)} in ZooKeeper at {zk.hosts}")
-            raise CliError(f"shard {shard!r} has no state yet ({path}): nothing to change")
-        try:
-            old = ClusterState.loads(got[0])
-        except StateError as e:
-            raise CliError(f"{path}: {e}") from None
-        new = change(old)
-        if new is None:
-            return old, None
-        try:
-            zk._kz.set_async(path, new.dumps(), version=got[1].version).get(timeout=zk.remaining())
-            return old, new
-        except BadVersionError:
-            time.sleep(0.05)
-            continue
-        except Exception as e:  # noqa: BLE001
-            raise CliError(f"ZooKeeper at {zk.hosts}: writing {path}: {e or type(e).__name__}") from None
-    raise CliError(f"{path} kept changing under {tries} attempts to write it; try again")
-
-
-def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001
-        user = "?"
-    return f"{user}@{socket.gethostname()}"
-
-
-def set_freeze(zk: ZkReader, shard: str, reason: str | None) -> tuple[ClusterState, ClusterState | None]:
-    """Freeze (reason given) or unfreeze (None). Returns (old, new); new None = nothing to do."""
-    from manatee.shard.state import Freeze
-
-    def change(st: ClusterState) -> ClusterState | None:
-        if reason is None:
-            return st.evolve(freeze=None) if st.frozen else None
-        if st.frozen:
-            return None
-        return st.evolve(freeze=Freeze(reason=reason, by=_who(), time=V.iso_now()))
-
-    return cas_state(zk, shard, change)
-
-
-def find_peer(state: ClusterState, key: str):
-    """A member of the state by id, ip, zoneId or pgUrl."""
-    for p in state.members():
-        if key in (p.id, p.ip, p.zone_id, p.pg_url):
-            return p
-    names = ", ".join(f"{p.ip} ({state.place_of(p.id)})" for p in state.members())
-    raise CliError(f"no node {key!r} in the shard state (members: {names})")
-
-
-def set_primary(zk: ZkReader, shard: str, node: str, error: Any, live: list[dict],
-                force: bool = False) -> tuple[ClusterState, ClusterState]:
-    """The safe-mode runbook's step 3: make `node` the primary of a new generation with no
-    sync and nobody else in the chain (they rejoin at the tail and are rebuilt if they
-    forked). Only in safe mode, and only while no sitter runs (a running sitter could act
-    on the old generation meanwhile); --force skips the safe-mode check, never the other."""
-    if live:
-        raise CliError("stop every sitter first (runbook step 2); still in the election: "
-                       + ", ".join(str(p.get("ip") or p.get("id")) for p in live))
-    if error is None and not force:
-        raise CliError(f"shard {shard!r} is not in safe mode: the sitters choose the primary themselves "
-                       "(use switchover for a planned change; --force only if you know why)")
-
-    def change(st: ClusterState) -> ClusterState:
-        p = find_peer(st, node)
-        return st.evolve(generation=st.generation + 1, primary=p, sync=None, async_=(), deposed=(),
-                         switchover=None)
-
-    old, new = cas_state(zk, shard, change)
-    assert new is not None
-    return old, new
-
-
-def request_switchover(zk: ZkReader, shard: str, to: str | None, error: Any,
-                       live: set[str]) -> ClusterState:
-    from manatee.shard.state import Switchover
-
-    def change(st: ClusterState) -> ClusterState:
-        if error is not None:
-            raise CliError("the shard is in safe mode: clear it first (see the runbook); no switchover")
-        if st.frozen:
-            raise CliError(f"the shard is frozen ({st.freeze.reason}): unfreeze it first")
-        if st.switchover is not None:
-            raise CliError(f"a switchover to {st.switchover.to} is already pending since "
-                           f"{st.switchover.requested}; wait for it or run `switchover --cancel`")
-        if st.sync is None:
-            raise CliError("the shard has no sync: nobody can take over without losing writes")
-        if to is not None:
-            p = find_peer(st, to)
-            if p.id != st.sync.id:
-                raise CliError(f"{to} is the {st.place_of(p.id)}, not the sync ({st.sync.ip}): only the sync "
-                               f"holds every acknowledged write and may take over")
-        for who, p in (("primary", st.primary), ("sync", st.sync)):
-            if p.id not in live:
-                raise CliError(f"the {who} {p.ip} is not in the election (its sitter is down): no switchover")
-        return st.evolve(switchover=Switchover(to=st.sync.id, requested=V.iso_now(), by=_who()))
-
-    _old, new = cas_state(zk, shard, change)
-    assert new is not None
-    return new
-
-
-def withdraw_switchover(zk: ZkReader, shard: str, requested: str | None = None) -> ClusterState | None:
-    """Remove a pending switchover request (only ours when `requested` is given). Returns the
-    written state, or None when there was nothing to withdraw (it completed or went away)."""
-    def change(st: ClusterState) -> ClusterState | None:
-        if st.switchover is None or (requested is not None and st.switchover.requested != requested):
-            return None
-        return st.evolve(switchover=None)
-
-    return cas_state(zk, shard, change)[1]
+__all__ = ["main", "build_parser", "COMMANDS"]
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -410,8 +119,8 @@ def cmd_unfreeze(args, zk: ZkReader) -> int:
 
 
 def cmd_set_primary(args, zk: ZkReader) -> int:
-    _state, _v, error, election, _e = read_shard(zk, args.shard)
-    old, new = set_primary(zk, args.shard, args.node, error, election, args.force)
+    rec = SyncShardStore(zk, args.shard).read()
+    old, new = set_primary(zk, args.shard, args.node, rec.error, [p.to_json() for p in rec.election], args.force)
     _say(f"generation {new.generation}: primary {new.primary.ip} ({new.primary.id}), no sync; was primary "
          f"{old.primary.ip} in generation {old.generation}. Next: manatee-clear, then start "
          f"{new.primary.ip}'s sitter first (runbook steps 4-5)")
@@ -419,7 +128,7 @@ def cmd_set_primary(args, zk: ZkReader) -> int:
 
 
 def _primary_reason(st: ClusterState) -> str:
-    code, body = http_json(f"{st.primary.status_url}/state")
+    code, body = http_json(f"{st.primary.status_url}/state", timeout=HTTP_TIMEOUT)
     return body.get("reason") or "?" if code == 200 and isinstance(body, dict) else f"no answer ({body})"
 
 
@@ -428,19 +137,18 @@ def cmd_switchover(args, zk: ZkReader) -> int:
         new = withdraw_switchover(zk, args.shard)
         _say("no switchover pending: nothing to cancel" if new is None else "switchover request withdrawn")
         return EXIT_OK
-    _state, _v, error, election, _e = read_shard(zk, args.shard)
-    req = request_switchover(zk, args.shard, args.node, error, {p["id"] for p in election})
+    store = SyncShardStore(zk, args.shard)
+    rec = store.read()
+    req = request_switchover(zk, args.shard, args.node, rec.error, {p.id for p in rec.election})
     old_primary, target, gen0 = req.primary, req.sync, req.generation
     t0 = time.monotonic()
     _say(f"switchover requested: {old_primary.ip} -> {target.ip} (generation {gen0})")
     limit = t0 + args.wait
     seen_release = took = False
-    path = f"{shard_path(args.shard)}/state"
     try:
         while time.monotonic() < limit:
             zk.deadline = max(zk.deadline, time.monotonic() + args.timeout)
-            got = zk.get(path)
-            st = ClusterState.loads(got[0]) if got else None
+            st = store.state_or_none()
             if st is not None and not took:
                 if st.generation > gen0:
                     if st.primary.id != target.id:
@@ -454,7 +162,7 @@ def cmd_switchover(args, zk: ZkReader) -> int:
                                    f"{_primary_reason(st)})")
                 elif st.switchover.released and not seen_release:
                     seen_release = True
-                    _say(f"{old_primary.ip} stopped at WAL {V_lsn(st.switchover.released_wal)} and released "
+                    _say(f"{old_primary.ip} stopped at WAL {format_lsn(st.switchover.released_wal)} and released "
                          f"the primary role after {time.monotonic() - t0:.2f}s")
             if took and http_json(f"{target.status_url}/primary", timeout=0.5)[0] == 200:
                 _say(f"switchover done: {target.ip} is the writable primary "
@@ -475,18 +183,8 @@ def cmd_switchover(args, zk: ZkReader) -> int:
                    + f"; the primary says: {_primary_reason(req)}")
 
 
-def V_lsn(v: int) -> str:
-    from manatee.core.lsn import format_lsn
-
-    return format_lsn(v)
-
-
 def cmd_rebuild(args, zk: ZkReader) -> int:
-    got = zk.get(f"{shard_path(args.shard)}/state")
-    if got is None:
-        read_shard(zk, args.shard)  # raises "not found" for an unknown shard
-        raise CliError(f"shard {args.shard!r} has no state yet: nothing to rebuild")
-    st = ClusterState.loads(got[0])
+    st, _version = SyncShardStore(zk, args.shard).state("rebuild")
     p = find_peer(st, args.node)
     if not p.status_url:
         raise CliError(f"{p.ip} has no statusUrl in the state: cannot reach its sitter")
@@ -665,39 +363,29 @@ def _resolve(args: argparse.Namespace) -> str:
     return t.zk
 
 
+def _run(args: argparse.Namespace, watchdogs: list[threading.Timer]) -> int:
+    check_timeout(args.timeout)
+    if args.cmd == "freeze" and not args.reason.strip():
+        raise UsageError("freeze: --reason must say why (it is shown to every operator)")
+    _quiet_libraries(args.verbose)
+    hosts = _resolve(args)
+    budget = _budget(args)
+    if budget is not None:
+        watchdogs.append(_start_watchdog(TOOL, budget))
+    with ZkReader(hosts, time.monotonic() + args.timeout) as zk:
+        if args.cmd not in ("switchover", "rebuild", "freeze", "unfreeze", "set-primary"):
+            SyncShardStore(zk, args.shard).require()
+        zk.deadline = time.monotonic() + args.timeout + (getattr(args, "wait", 0) or 0)
+        return COMMANDS[args.cmd](args, zk)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    watchdog = None
+    watchdogs: list[threading.Timer] = []
     try:
-        args = build_parser().parse_args(argv)
-        check_timeout(args.timeout)
-        if args.cmd == "freeze" and not args.reason.strip():
-            raise UsageError("freeze: --reason must say why (it is shown to every operator)")
-        _quiet_libraries(args.verbose)
-        hosts = _resolve(args)
-        budget = _budget(args)
-        if budget is not None:
-            watchdog = _start_watchdog(TOOL, budget)
-        with ZkReader(hosts, time.monotonic() + args.timeout) as zk:
-            if args.cmd not in ("switchover", "rebuild", "freeze", "unfreeze", "set-primary"):
-                if not zk.exists(shard_path(args.shard)):
-                    raise CliError(f"shard {args.shard!r} not found: no {shard_path(args.shard)} in "
-                                   f"ZooKeeper at {zk.hosts}")
-            zk.deadline = time.monotonic() + args.timeout + (getattr(args, "wait", 0) or 0)
-            return COMMANDS[args.cmd](args, zk)
-    except CliError as e:
-        print(f"{TOOL}: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{TOOL}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return EXIT_OK
-    except Exception as e:  # noqa: BLE001 - the promise is: never a traceback
-        print(f"{TOOL}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_FAIL
+        return one_line_failures(TOOL, lambda: _run(build_parser().parse_args(argv), watchdogs))
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
+        for w in watchdogs:
+            w.cancel()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import os
 import time
 
 from manatee.cli.common import CliError
+from manatee.core.httpjson import http_json
 from manatee.shard.state import ClusterState
+from manatee.shard.syncstore import SyncShardStore
 
 POLL_S = 0.2
 
@@ -30,7 +32,6 @@ def _secret(args):
 
 def signed_post(secret, url_base: str, path: str, body: dict, timeout: float):
     """(status, JSON) of a POST signed with the shard secret (unsigned without one)."""
-    from manatee.cli.adm import http_json
     from manatee.core.auth import sign_request
 
     headers = sign_request(secret, "POST", path, json.dumps(body).encode())
@@ -38,18 +39,12 @@ def signed_post(secret, url_base: str, path: str, body: dict, timeout: float):
 
 
 def shard_state(zk, shard: str, doing: str) -> ClusterState:
-    """The shard's persisted state; CliError naming the shard when it is unknown or has none."""
-    from manatee.cli.adm import read_shard, shard_path
-
-    got = zk.get(f"{shard_path(shard)}/state")
-    if got is None:
-        read_shard(zk, shard)  # raises "not found" for an unknown shard
-        raise CliError(f"shard {shard!r} has no state yet: nothing to {doing}")
-    return ClusterState.loads(got[0])
+    """The shard's persisted state; ShardStoreError naming the shard when it is unknown or has none."""
+    return SyncShardStore(zk, shard).state(doing)[0]
 
 
 def cmd_reload(args, zk) -> int:
-    from manatee.cli.adm import _say, http_json
+    from manatee.cli.adm import _say
 
     st = shard_state(zk, args.shard, "reload")
     secret = _secret(args)

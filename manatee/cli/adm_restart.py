@@ -20,7 +20,9 @@ import sys
 import time
 
 from manatee.cli.adm_pgconf import _secret, shard_state, signed_post
+from manatee.cli.adm_ops import find_peer
 from manatee.cli.common import CliError
+from manatee.core.httpjson import http_json
 from manatee.shard.state import ClusterState
 
 POLL_S = 0.2
@@ -38,8 +40,6 @@ def plan(st: ClusterState) -> list[tuple[str, object]]:
 
 def _pending(status_url: str, ip: str, timeout: float) -> list[str]:
     """The node's settings waiting for a restart; an unanswered /state is unknown: an error."""
-    from manatee.cli.adm import http_json
-
     code, s = http_json(f"{status_url}/state", timeout=timeout)
     pg = s.get("pg") if code == 200 and isinstance(s, dict) else None
     if pg is None:
@@ -52,8 +52,6 @@ def _streams_since(status_url: str, since: float, timeout: float) -> bool:
     """The node's sitter saw it streaming in an observation made after `since` (this process's
     monotonic clock; the sitter says how old its observation is), and /replica agrees. An
     older observation may predate the restart: it does not count."""
-    from manatee.cli.adm import http_json
-
     t = min(timeout, 2)
     asked = time.monotonic()
     code, s = http_json(f"{status_url}/state", timeout=t)
@@ -87,8 +85,6 @@ def _below(st: ClusterState, p) -> list:
 
 def restart_node(p, place: str, secret, args, below) -> float:
     """Ask p's sitter to restart its PostgreSQL; wait until it did and p streams again."""
-    from manatee.cli.adm import http_json
-
     t0 = time.monotonic()
     code, body = signed_post(secret, p.status_url, "/restart", {}, args.timeout)
     if code != 202:
@@ -117,7 +113,7 @@ def _switchover(args, zk) -> float:
 
 
 def cmd_restart(args, zk) -> int:
-    from manatee.cli.adm import _say, find_peer
+    from manatee.cli.adm import _say
 
     st = shard_state(zk, args.shard, "restart")
     if args.node is not None:

@@ -15,9 +15,9 @@ import argparse
 from typing import Any, Sequence
 
 from manatee.cli.common import (
-    ArgParser, CliError, ZkReader, decode, dump_json,
-    resolve_target, run_cli, shard_path, shard_zk_parser,
+    ArgParser, ZkReader, decode, dump_json, read_shard_target, run_cli, shard_zk_parser,
 )
+from manatee.shard.syncstore import SyncShardStore
 
 TOOL = "manatee-clear"
 
@@ -25,15 +25,7 @@ __all__ = ["clear_error", "main"]
 
 
 def clear_error(zk: ZkReader, shard: str) -> dict[str, Any]:
-    base = shard_path(shard)
-    path = f"{base}/error"
-    got = zk.get(path)
-    if got is None:
-        if not zk.exists(base):
-            raise CliError(f"shard {shard!r} not found: no {base} in ZooKeeper at {zk.hosts}")
-        raise CliError(f"shard {shard!r} is not in safe mode (no {path} node): nothing to clear")
-    raw, stat = got
-    zk.delete(path, version=stat.version)
+    path, raw = SyncShardStore(zk, shard).clear_error()
     return {"shard": shard, "removed": path, "error": decode(raw)}
 
 
@@ -42,11 +34,7 @@ def build_parser() -> ArgParser:
 
 
 def _run(args: argparse.Namespace, deadline: float) -> int:
-    t = resolve_target(args)
-    hosts, shard = t.zk, t.shard
-    with ZkReader(hosts, deadline) as zk:
-        removed = clear_error(zk, shard)
-    print(dump_json(removed))
+    print(dump_json(read_shard_target(args, deadline, clear_error)))
     return 0
 
 

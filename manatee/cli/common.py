@@ -27,24 +27,23 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from manatee import __version__ as VERSION
-from manatee.shard.layout import registrar_path  # noqa: F401  (re-exported for the CLIs)
+from manatee.core import zkconfig
+from manatee.shard.layout import ROOT, shard_name, shard_path
+from manatee.shard.pgurl import PgUrl
+from manatee.shard.syncstore import BadVersion, ShardStoreError
 
 __all__ = [
-    "DEFAULT_PORT", "DEFAULT_TIMEOUT", "MANATEE_ROOT", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE",
+    "DEFAULT_TIMEOUT", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE",
     "CliError", "UsageError", "ArgParser", "parse_zk_hosts", "check_shard_name",
-    "registrar_path", "shard_path", "ZkReader", "run_cli", "dump_json", "decode",
+    "ZkReader", "run_cli", "dump_json", "decode",
     "add_common_args", "check_timeout", "shard_zk_parser", "add_target_args", "resolve_target", "Target",
-    "ENV_ZK", "ENV_SHARD", "ENV_CONFIG", "VERSION", "pg_failure",
+    "ENV_ZK", "ENV_SHARD", "ENV_CONFIG", "VERSION", "pg_failure", "pg_conn_params", "one_line_failures", "read_shard_target",
 ]
 
-DEFAULT_PORT = 2181
 DEFAULT_TIMEOUT = 10.0
-MANATEE_ROOT = "/manatee"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
-_HOST = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SHARD = re.compile(r"^[A-Za-z0-9_.:-]+$")
-_CHROOT = re.compile(r"^(/[A-Za-z0-9_.:-]+)+$")
 
 
 class CliError(Exception):
@@ -79,39 +78,11 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def parse_zk_hosts(spec: str) -> str:
-    """'host', 'host:port', 'h1,h2:2182' or any of these plus '/chroot' → the kazoo
-    connect string with every port explicit ('h1:2181,h2:2182/chroot').
-
-    Raises UsageError naming the bad part."""
-    spec = (spec or "").strip()
-    if not spec:
-        raise UsageError("ZooKeeper address is empty: expected host[:port][,host[:port]...]")
-    hosts, slash, chroot = spec.partition("/")
-    chroot = slash + chroot
-    if chroot and chroot != "/" and not _CHROOT.match(chroot):
-        raise UsageError(f"ZooKeeper address {spec!r}: bad chroot {chroot!r} (expected /name[/name...])")
-    chroot = "" if chroot == "/" else chroot
-    out = []
-    for part in hosts.split(","):
-        part = part.strip()
-        if part.startswith("["):  # [v6addr]:port
-            addr, close, rest = part[1:].partition("]")
-            if not close or not addr or (rest and not rest.startswith(":")):
-                raise UsageError(f"ZooKeeper address {spec!r}: bad host {part!r}")
-            host, port = f"[{addr}]", rest[1:] if rest else ""
-        else:
-            host, colon, port = part.partition(":")
-            if colon and not port:
-                raise UsageError(f"ZooKeeper address {spec!r}: missing port after {host!r}:")
-            if not host or not _HOST.match(host):
-                raise UsageError(f"ZooKeeper address {spec!r}: bad host {part!r} "
-                                 "(expected host[:port][,host[:port]...])")
-        if port == "":
-            port = str(DEFAULT_PORT)
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise UsageError(f"ZooKeeper address {spec!r}: bad port {port!r} in {part!r}")
-        out.append(f"{host}:{int(port)}")
-    return ",".join(out) + chroot
+    """The ZooKeeper address (core/zkconfig.py's parser, the daemons' too); UsageError naming the bad part."""
+    try:
+        return zkconfig.parse_zk_hosts(spec)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def check_shard_name(name: str) -> str:
@@ -120,12 +91,6 @@ def check_shard_name(name: str) -> str:
         raise UsageError(f"bad shard name {name!r}: expected one name like '1' or "
                          "'1.moray.us-sw-1.joyent.com' (letters, digits, '.', '_', ':', '-')")
     return name
-
-
-def shard_path(shard: str) -> str:
-    return f"{MANATEE_ROOT}/{shard}"
-
-
 
 
 def dump_json(obj: Any, *, compact: bool = False) -> str:
@@ -169,7 +134,7 @@ class ZkReader:
         from kazoo.client import KazooClient
         from kazoo.retry import KazooRetry
 
-        from manatee.core.zk import auth_from_env
+        from manatee.core.zkauth import auth_from_env
 
         try:
             auth = auth_from_env()  # the shard's credential, for the CLIs that write (ACLs)
@@ -243,6 +208,17 @@ class ZkReader:
     def exists(self, path: str) -> bool:
         return self._wait(f"checking {path}", self._kz.exists_async(path)) is not None
 
+    def set(self, path: str, data: bytes, version: int) -> None:
+        """Write by compare-and-set on `version`; BadVersion when it changed meanwhile."""
+        from kazoo.exceptions import BadVersionError
+
+        try:
+            self._kz.set_async(path, data, version=version).get(timeout=self.remaining())
+        except BadVersionError:
+            raise BadVersion(path) from None
+        except Exception as e:  # noqa: BLE001
+            raise CliError(f"ZooKeeper at {self.hosts}: writing {path}: {e or type(e).__name__}") from None
+
     def delete(self, path: str, version: int = -1) -> None:
         from kazoo.exceptions import BadVersionError, NoNodeError
 
@@ -268,6 +244,16 @@ def pg_failure(e: BaseException) -> dict[str, Any]:
     if getattr(e, "pgcode", None) in ("28P01", "28000") or any(a in msg for a in _AUTH_FAILED):
         out["auth"] = "failed"
     return out
+
+
+def pg_conn_params(url: PgUrl, application_name: str, connect_timeout: int, statement_ms: int) -> dict[str, Any]:
+    """psycopg2.connect keywords for a tool's probe of `url`: bounded connect and statements,
+    named after the tool; the password from the URL, else $PGPASSWORD (else libpq's PGPASSFILE)."""
+    params = url.conn_params(connect_timeout=connect_timeout, application_name=application_name,
+                             options=f"-c statement_timeout={statement_ms}")
+    if "password" not in params and os.environ.get("PGPASSWORD"):
+        params["password"] = os.environ["PGPASSWORD"]
+    return params
 
 
 def decode(raw: bytes | None) -> Any:
@@ -314,19 +300,14 @@ def _start_watchdog(tool: str, seconds: float) -> threading.Timer:
     return t
 
 
-def run_cli(tool: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace, float], int],
-            argv: Sequence[str] | None = None) -> int:
-    """Parse, run body(args, deadline), and turn every failure into one stderr line + status."""
-    watchdog = None
+def one_line_failures(tool: str, run: Callable[[], int]) -> int:
+    """run(); every failure becomes one stderr line `<tool>: <message>` and an exit status
+    (1: could not do it, 2: usage, 130: interrupted), never a traceback."""
     try:
-        args = parser.parse_args(argv)
-        timeout = check_timeout(args.timeout)
-        _quiet_libraries(getattr(args, "verbose", False))
-        watchdog = _start_watchdog(tool, timeout + 3.0)
-        return body(args, time.monotonic() + timeout)
-    except CliError as e:
+        return run()
+    except (CliError, ShardStoreError) as e:
         print(f"{tool}: {e}", file=sys.stderr)
-        return e.exit_code
+        return getattr(e, "exit_code", EXIT_FAIL)
     except KeyboardInterrupt:
         print(f"{tool}: interrupted", file=sys.stderr)
         return 130
@@ -340,9 +321,33 @@ def run_cli(tool: str, parser: argparse.ArgumentParser, body: Callable[[argparse
     except Exception as e:  # noqa: BLE001 - the promise is: never a traceback
         print(f"{tool}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAIL
+
+
+def run_cli(tool: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace, float], int],
+            argv: Sequence[str] | None = None) -> int:
+    """Parse, run body(args, deadline), and turn every failure into one stderr line + status."""
+    watchdogs: list[threading.Timer] = []
+
+    def run() -> int:
+        args = parser.parse_args(argv)
+        timeout = check_timeout(args.timeout)
+        _quiet_libraries(getattr(args, "verbose", False))
+        watchdogs.append(_start_watchdog(tool, timeout + 3.0))
+        return body(args, time.monotonic() + timeout)
+
+    try:
+        return one_line_failures(tool, run)
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
+        for w in watchdogs:
+            w.cancel()
+
+
+def read_shard_target(args: argparse.Namespace, deadline: float, read: Callable[[ZkReader, str], Any]) -> Any:
+    """read(zk, shard) on the shard and ZooKeeper the arguments name (resolve_target), with a
+    ZooKeeper session bounded by `deadline` and closed afterwards."""
+    t = resolve_target(args)
+    with ZkReader(t.zk, deadline) as zk:
+        return read(zk, t.shard)
 
 
 def shard_zk_parser(prog: str, description: str) -> "ArgParser":
@@ -408,10 +413,10 @@ def _read_sitter_config(path: str) -> tuple[str | None, str | None]:
     conn = zk_cfg.get("connStr") if isinstance(zk_cfg, dict) else None
     if conn is not None and not isinstance(conn, str):
         raise UsageError(f"--config {path}: zkCfg.connStr must be a string")
-    shard_path_ = doc.get("shardPath", "/manatee/1")
-    if not isinstance(shard_path_, str) or not shard_path_.startswith(MANATEE_ROOT + "/"):
-        raise UsageError(f"--config {path}: shardPath {shard_path_!r} is not under {MANATEE_ROOT}/")
-    return conn, shard_path_[len(MANATEE_ROOT) + 1:]
+    shard_path_ = doc.get("shardPath", shard_path("1"))
+    if not isinstance(shard_path_, str) or not shard_path_.startswith(ROOT + "/"):
+        raise UsageError(f"--config {path}: shardPath {shard_path_!r} is not under {ROOT}/")
+    return conn, shard_name(shard_path_)
 
 
 ENV_SANDBOX = "MANATEE_SANDBOX_DIR"

@@ -14,11 +14,9 @@ import argparse
 import sys
 from typing import Any, Mapping, Sequence
 
-from manatee.cli.common import (
-    ArgParser, CliError, ZkReader, dump_json,
-    resolve_target, run_cli, shard_path, shard_zk_parser,
-)
+from manatee.cli.common import ArgParser, ZkReader, dump_json, read_shard_target, run_cli, shard_zk_parser
 from manatee.shard.history import parse_record, sort_records
+from manatee.shard.syncstore import SyncShardStore
 
 TOOL = "manatee-history"
 
@@ -37,12 +35,7 @@ def records(nodes: Mapping[str, bytes | None]) -> tuple[list[Mapping[str, Any]],
 
 
 def read_history(zk: ZkReader, shard: str) -> dict[str, bytes | None]:
-    base = shard_path(shard)
-    if not zk.exists(base):
-        raise CliError(f"shard {shard!r} not found: no {base} in ZooKeeper at {zk.hosts}")
-    names = zk.children(f"{base}/history") or []
-    got = zk.get_many(f"{base}/history/{n}" for n in names)
-    return {n: got[f"{base}/history/{n}"][0] for n in names if got[f"{base}/history/{n}"] is not None}
+    return SyncShardStore(zk, shard).history()
 
 
 def build_parser() -> ArgParser:
@@ -50,11 +43,7 @@ def build_parser() -> ArgParser:
 
 
 def _run(args: argparse.Namespace, deadline: float) -> int:
-    t = resolve_target(args)
-    hosts, shard = t.zk, t.shard
-    with ZkReader(hosts, deadline) as zk:
-        nodes = read_history(zk, shard)
-    recs, bad = records(nodes)
+    recs, bad = records(read_shard_target(args, deadline, read_history))
     for problem in bad:
         print(f"{TOOL}: skipped: {problem}", file=sys.stderr)
     for r in recs:

@@ -23,20 +23,21 @@ same as down). The password comes from the pgUrl, PGPASSWORD or a pgpass file (P
 from __future__ import annotations
 
 import argparse
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
-from urllib.parse import unquote, urlsplit
 
 from manatee.cli.common import (
-    MANATEE_ROOT, ArgParser, CliError, ZkReader, add_common_args, add_target_args, decode,
-    dump_json, pg_failure, registrar_path, resolve_target, run_cli, shard_path,
+    ArgParser, CliError, ZkReader, add_common_args, add_target_args, decode,
+    dump_json, pg_conn_params, pg_failure, resolve_target, run_cli,
 )
-from manatee.shard.state import ClusterState, Peer, StateError, election_order
+from manatee.shard.layout import ROOT, ShardLayout
+from manatee.shard.pgurl import PgUrl
+from manatee.shard.state import ClusterState, Peer, StateError, parse_election, parse_error_node, parse_state
+from manatee.shard.syncstore import SyncShardStore
 
 TOOL = "manatee-stat"
 PG_CONNECT_TIMEOUT = 2  # seconds; libpq's minimum
@@ -63,22 +64,13 @@ def _state(data: ShardData) -> tuple[ClusterState | None, str | None]:
     if not data.state_raw:
         return None, None
     try:
-        return ClusterState.loads(data.state_raw), None
+        return parse_state(data.state_raw), None
     except StateError as e:
         return None, str(e)
 
 
 def _election_peers(data: ShardData) -> tuple[Peer, ...]:
-    good = {}
-    for name, d in data.election.items():
-        if not isinstance(d, Mapping):
-            continue
-        try:
-            election_order({name: d})  # validates the name and the data
-        except (StateError, ValueError):
-            continue
-        good[name] = d
-    return election_order(good)
+    return parse_election(data.election)[0]  # malformed nodes left out, as the sitters do
 
 
 def chain_roles(state: ClusterState | None, election: Sequence[Peer]) -> tuple[list[tuple[str, Peer]], list[Peer]]:
@@ -181,63 +173,43 @@ def pg_value(v: Any) -> Any:
 def collect(zk: ZkReader, shard: str | None = None) -> dict[str, ShardData]:
     """Read every shard (or one) in a few pipelined rounds."""
     if shard is not None:
-        if not zk.exists(shard_path(shard)):
-            raise CliError(f"shard {shard!r} not found: no {shard_path(shard)} in ZooKeeper at {zk.hosts}")
+        SyncShardStore(zk, shard).require()
         names = [shard]
     else:
-        names = zk.children(MANATEE_ROOT)
+        names = zk.children(ROOT)
         if names is None:
-            raise CliError(f"no shards: {MANATEE_ROOT} does not exist in ZooKeeper at {zk.hosts}")
-    paths = {}
-    for n in names:
-        base = shard_path(n)
-        paths[n] = (f"{base}/state", f"{base}/error", registrar_path(n))
-    got = zk.get_many(p for triple in paths.values() for p in triple)
+            raise CliError(f"no shards: {ROOT} does not exist in ZooKeeper at {zk.hosts}")
+    lays = {n: ShardLayout.of(n) for n in names}
+    got = zk.get_many(p for lay in lays.values() for p in (lay.state, lay.error, lay.registrar))
     shards: dict[str, ShardData] = {}
-    for n, (sp, ep, rp) in paths.items():
-        st = got[sp]
+    for n, lay in lays.items():
+        st, err, reg = got[lay.state], got[lay.error], got[lay.registrar]
         shards[n] = ShardData(
             name=n,
             state_raw=st[0] if st else None,
-            registrar=decode(got[rp][0]) if got[rp] else None,
-            error=(decode(got[ep][0]) or {}) if got[ep] else None,
+            registrar=decode(reg[0]) if reg else None,
+            error=parse_error_node(err[0])[0] if err else None,
         )
     # A shard without a state yet: fall back to its election order.
     need = [n for n, d in shards.items() if not d.state_raw]
     if need:
-        kids = zk.children_many(f"{shard_path(n)}/election" for n in need)
-        node_paths = [f"{shard_path(n)}/election/{c}" for n in need for c in (kids[f"{shard_path(n)}/election"] or [])]
-        datas = zk.get_many(node_paths)
+        kids = zk.children_many(lays[n].election for n in need)
+        datas = zk.get_many(lays[n].election_node(c) for n in need for c in (kids[lays[n].election] or []))
         for n in need:
-            prefix = f"{shard_path(n)}/election/"
-            shards[n].election = {p[len(prefix):]: decode(v[0]) for p, v in datas.items()
-                                  if p.startswith(prefix) and v is not None}
+            shards[n].election = {c: decode(v[0]) for c in (kids[lays[n].election] or [])
+                                  if (v := datas.get(lays[n].election_node(c))) is not None}
     return shards
 
 
 # --------------------------------------------------------------------------- I/O: PostgreSQL
-
-def _conn_params(pg_url: str) -> dict[str, Any]:
-    u = urlsplit(pg_url)
-    if not u.hostname:
-        raise ValueError(f"pgUrl {pg_url!r} has no host")
-    params: dict[str, Any] = {
-        "host": u.hostname, "port": u.port or 5432, "user": unquote(u.username or "postgres"),
-        "dbname": unquote(u.path.lstrip("/")) or "postgres", "connect_timeout": PG_CONNECT_TIMEOUT,
-        "application_name": TOOL, "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}",
-    }
-    password = unquote(u.password) if u.password else os.environ.get("PGPASSWORD")
-    if password:
-        params["password"] = password
-    return params
-
 
 def probe_node(pg_url: str, downstream: str | None = None, want_lag: bool = False) -> dict[str, Any]:
     """Ask one node for its pg_stat_replication row (and its replay lag). Never raises."""
     import psycopg2
 
     try:
-        conn = psycopg2.connect(**_conn_params(pg_url))
+        conn = psycopg2.connect(**pg_conn_params(PgUrl.parse(pg_url), TOOL, PG_CONNECT_TIMEOUT,
+                                                 PG_STATEMENT_TIMEOUT_MS))
     except (psycopg2.Error, ValueError) as e:
         f = pg_failure(e)
         what = "auth failed on" if f.get("auth") else "cannot connect to"

@@ -24,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import time
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Union
+from typing import Any, Awaitable, Callable, Iterable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (  # re-exported for callers
@@ -42,51 +40,24 @@ from kazoo.exceptions import (  # re-exported for callers
     RolledBackError,
     SessionExpiredError,
 )
-from kazoo.protocol.serialization import Connect
 from kazoo.protocol.states import KazooState, ZnodeStat
-from kazoo.retry import KazooRetry
-from kazoo.security import ACL, OPEN_ACL_UNSAFE, make_acl, make_digest_acl
+from kazoo.security import ACL
 
 from manatee.core.log import get_logger
-
+from manatee.core.zkauth import ZKAuth
+from manatee.core.zkdata import Check, Create, SetData, TxOp, Value, as_op, decode_json, encode_value
+from manatee.core.zksession import connect_reply_timeout, hook_session_clock, resuming_kazoo
+from manatee.core.zkwatch import WatchCallback, WatchHandle
 
 __all__ = [
-    "BadVersionError",
-    "Check",
-    "ConnectionClosedError",
-    "ConnectionLoss",
-    "Create",
-    "Delete",
-    "KazooException",
-    "NoAuthError",
-    "NoNodeError",
-    "NodeExistsError",
-    "NotEmptyError",
-    "RolledBackError",
-    "SessionExpiredError",
-    "SetData",
-    "WatchHandle",
-    "ZKClient",
-    "ZKDataError",
-    "ZKError",
-    "ZnodeStat",
-    "decode_json",
-    "encode_json",
-    "encode_value",
-    "connect_reply_timeout",
-    "resuming_kazoo",
-    "OPEN_ACL_UNSAFE",
-    "ZKAuth",
-    "shard_acl",
-    "same_acl",
-    "auth_from_env",
+    "BadVersionError", "ConnectionClosedError", "ConnectionLoss", "KazooException", "NoAuthError",
+    "NoNodeError", "NodeExistsError", "NotEmptyError", "RolledBackError", "SessionExpiredError",
+    "ZKClient", "ZKDataError", "ZKError", "ZnodeStat",
 ]
 
 CONNECTED = KazooState.CONNECTED
 SUSPENDED = KazooState.SUSPENDED
 LOST = KazooState.LOST
-
-Value = Union[bytes, str, dict, list, None]
 
 
 class ZKError(Exception):
@@ -95,274 +66,6 @@ class ZKError(Exception):
 
 class ZKDataError(ZKError, ValueError):
     """A znode's content is not what it should be (e.g. not JSON)."""
-
-
-# --- a kazoo client that keeps its session across a ZooKeeper restart ------------------------
-
-
-def connect_reply_timeout(session_timeout: float) -> float:
-    """How long to wait for the server's reply to a session (re)connect.
-
-    kazoo waits the whole session timeout; a server that accepted the TCP connection while
-    still starting up may never answer (ZooKeeper 3.8 leaves such a socket open), and by the
-    time kazoo gives up the restarted server has expired the session we came to resume (F10:
-    a sync lost its place after a ZooKeeper restart). A live server answers in
-    milliseconds: give up early and let the connection retry try again."""
-    return max(1.0, float(session_timeout) / 4)
-
-
-def resuming_kazoo(hosts: str, session_timeout: float, **kw: Any) -> KazooClient:
-    """A KazooClient that resumes its session after ZooKeeper comes back.
-
-    A restarted ZooKeeper restores the sessions in its data dir, each with a fresh timeout
-    counted from the server's start: a client must be back within that timeout. kazoo's
-    default reconnect backoff grows to a minute, and it waits a whole session timeout for a
-    connect reply; either makes it miss the window. Here reconnect attempts are at most a
-    third of the session timeout apart and a connect reply is awaited for at most
-    `connect_reply_timeout()`. Used by the daemons (ZKClient), manatee.client and the tests.
-    Extra keyword arguments go to KazooClient."""
-    session_timeout = float(session_timeout)
-    kw.setdefault("connection_retry", KazooRetry(
-        max_tries=-1, delay=0.05, backoff=2, max_jitter=0.1, max_delay=max(0.2, session_timeout / 3.0)))
-    kz = KazooClient(hosts=hosts, timeout=session_timeout, **kw)
-    cap = connect_reply_timeout(session_timeout)
-    conn = kz._connection
-    orig_invoke = getattr(conn, "_invoke", None)
-    if orig_invoke is not None:
-
-        def _invoke(timeout, request, xid=None):
-            if isinstance(request, Connect):
-                timeout = min(timeout, cap)
-            return orig_invoke(timeout, request, xid)
-
-        conn._invoke = _invoke
-    return kz
-
-
-# --- auth and ACLs -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ZKAuth:
-    """Digest auth for a shard: `credential` is "user:password". Its repr hides the password."""
-
-    credential: str = field(repr=False)
-    scheme: str = "digest"
-
-    def __post_init__(self) -> None:
-        if self.scheme != "digest":
-            raise ValueError(f"ZooKeeper auth scheme must be 'digest', not {self.scheme!r}")
-        user, sep, pw = self.credential.partition(":")
-        if not sep or not user or not pw:
-            raise ValueError("ZooKeeper credential must be 'user:password' (both non-empty)")
-
-    @property
-    def user(self) -> str:
-        return self.credential.partition(":")[0]
-
-    def auth_data(self) -> list[tuple[str, str]]:
-        return [(self.scheme, self.credential)]
-
-    def acl(self) -> list[ACL]:
-        return shard_acl(self)
-
-
-def shard_acl(auth: ZKAuth) -> list[ACL]:
-    """The shard's znodes: readable by anyone (tools, manatee-stat, clients), created,
-    changed, deleted and re-ACLed only by the holder of the shard's credential."""
-    user, _, pw = auth.credential.partition(":")
-    return [make_acl("world", "anyone", read=True), make_digest_acl(user, pw, all=True)]
-
-
-def same_acl(a: Iterable[ACL], b: Iterable[ACL]) -> bool:
-    key = lambda acl: (acl.perms, acl.id.scheme, acl.id.id)  # noqa: E731
-    return sorted(map(key, a)) == sorted(map(key, b))
-
-
-AUTH_FILE_ENV = "MANATEE_ZK_AUTH_FILE"
-
-
-def auth_from_env() -> ZKAuth | None:
-    """The CLIs' credential: $MANATEE_ZK_AUTH_FILE names a file holding "user:password"
-    (None when unset). ValueError (naming the file, never its content) if it is unusable."""
-    import os
-
-    path = os.environ.get(AUTH_FILE_ENV)
-    if not path:
-        return None
-    try:
-        text = open(path, encoding="utf-8").read().strip()
-    except OSError as e:
-        raise ValueError(f"{AUTH_FILE_ENV}={path}: cannot read it: {e.strerror}") from None
-    try:
-        return ZKAuth(text)
-    except ValueError as e:
-        raise ValueError(f"{AUTH_FILE_ENV}={path}: {e}") from None
-
-
-# --- encoding ------------------------------------------------------------------------------
-
-
-def encode_json(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
-
-
-def decode_json(data: bytes | None) -> Any:
-    """JSON from znode bytes; None for an empty node. Raises ValueError on garbage."""
-    if not data:
-        return None
-    return json.loads(data.decode("utf-8"))
-
-
-def encode_value(value: Value) -> bytes:
-    """bytes as is, str as UTF-8, dict/list as JSON, None as empty."""
-    if value is None:
-        return b""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (dict, list)):
-        return encode_json(value)
-    raise TypeError(f"znode value must be bytes, str, dict or list, not {type(value).__name__}")
-
-
-# --- transaction operations ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    path: str
-    version: int
-
-
-@dataclass(frozen=True)
-class Create:
-    path: str
-    value: Value = b""
-    ephemeral: bool = False
-    sequence: bool = False
-
-
-@dataclass(frozen=True)
-class SetData:
-    path: str
-    value: Value
-    version: int = -1
-
-
-@dataclass(frozen=True)
-class Delete:
-    path: str
-    version: int = -1
-
-
-TxOp = Union[Check, Create, SetData, Delete, tuple]
-
-_TUPLE_OPS = {"check": Check, "create": Create, "set": SetData, "delete": Delete}
-
-
-def _as_op(op: TxOp) -> Check | Create | SetData | Delete:
-    if isinstance(op, (Check, Create, SetData, Delete)):
-        return op
-    if isinstance(op, tuple) and op and op[0] in _TUPLE_OPS:
-        return _TUPLE_OPS[op[0]](*op[1:])
-    raise TypeError(
-        f"transaction op {op!r}: expected Check/Create/SetData/Delete or a tuple "
-        "('check', path, version) | ('create', path, value[, ephemeral[, sequence]]) | "
-        "('set', path, value[, version]) | ('delete', path[, version])"
-    )
-
-
-# --- watches -------------------------------------------------------------------------------
-
-_UNSET = object()
-
-WatchCallback = Callable[[Any], Union[None, Awaitable[None]]]
-
-
-class WatchHandle:
-    """A children or data watch that keeps itself registered across reconnects and
-    session loss. The callback runs on the loop, once at start with the current value
-    and then on every change (None while the node does not exist). `cancel()` stops it.
-    """
-
-    def __init__(self, client: "ZKClient", path: str, kind: str, cb: WatchCallback):
-        self.path = path
-        self.kind = kind  # "children" | "data"
-        self._client = client
-        self._cb = cb
-        self._loop = client._loop
-        self._trigger = asyncio.Event()
-        self._ready = asyncio.Event()
-        self._cancelled = False
-        # One object for every registration: kazoo keeps watchers in a set, so a path
-        # watched again before it fired is not registered twice.
-        self._kazoo_watcher = self._on_kazoo_event
-        self._task = self._loop.create_task(self._run(), name=f"zk-watch-{kind}:{path}")
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self._task.cancel()
-        self._client._watches.discard(self)
-
-    async def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until the callback has been called with the initial value."""
-        await asyncio.wait_for(self._ready.wait(), timeout)
-
-    def _on_kazoo_event(self, _event) -> None:  # kazoo callback thread
-        with contextlib.suppress(RuntimeError):  # loop already closed
-            self._loop.call_soon_threadsafe(self._trigger.set)
-
-    async def _read(self) -> tuple[Any, Any]:
-        """(value for the callback, key that changes iff the value changed)."""
-        c = self._client
-        while True:
-            try:
-                if self.kind == "children":
-                    kids = sorted(await c._op(c._kz.get_children_async, self.path, self._kazoo_watcher))
-                    return kids, tuple(kids)
-                data, stat = await c._op(c._kz.get_async, self.path, self._kazoo_watcher)
-                return (data, stat), (stat.czxid, stat.mzxid)
-            except NoNodeError:
-                stat = await c._op(c._kz.exists_async, self.path, self._kazoo_watcher)
-                if stat is None:
-                    return None, None
-                # created between the two calls: read it again
-
-    async def _run(self) -> None:
-        log = self._client._log
-        last: Any = _UNSET
-        while not self._cancelled:
-            await self._client._connected_evt.wait()
-            self._trigger.clear()
-            try:
-                value, key = await self._read()
-            except ConnectionClosedError:
-                return
-            except (ConnectionLoss, SessionExpiredError):
-                await asyncio.sleep(0.05)  # wait for the reconnect, then read again
-                continue
-            except Exception as e:  # noqa: BLE001 - keep watching; report it
-                log.warning("zk_watch_read_failed", path=self.path, kind=self.kind, error=repr(e))
-                await asyncio.sleep(0.5)
-                continue
-            if key != last or last is _UNSET:
-                last = key
-                try:
-                    res = self._cb(value)
-                    if inspect.isawaitable(res):
-                        await res
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:  # noqa: BLE001
-                    log.exception("zk_watch_callback_failed", path=self.path, kind=self.kind, error=repr(e))
-            self._ready.set()
-            await self._trigger.wait()
 
 
 # --- client --------------------------------------------------------------------------------
@@ -441,30 +144,17 @@ class ZKClient:
 
     # -- kazoo thread side ------------------------------------------------------------
     def _hook_connection(self, kz: KazooClient) -> None:
-        """Record the negotiated session timeout and the time of the last packet from the
-        server. kazoo keeps neither, so wrap two ConnectionHandler methods on this
-        instance (checked by tests/unit/test_zk_encoding.py against the installed kazoo)."""
-        conn = kz._connection
-        orig_invoke = getattr(conn, "_invoke", None)
-        orig_read = getattr(conn, "_read_socket", None)
-        if orig_invoke is not None:
+        """Keep the negotiated session timeout and the time of the last packet from the
+        server (what fencing is computed from); a discarded attempt's client records nothing."""
+        def connected(negotiated_ms: int) -> None:
+            if kz is self._kz:
+                self._negotiated_ms, self._last_heard = negotiated_ms, time.monotonic()
 
-            def _invoke(timeout, request, xid=None):
-                result = orig_invoke(timeout, request, xid)
-                if isinstance(request, Connect) and result and kz is self._kz:
-                    self._negotiated_ms = int(result[0].time_out)
-                    self._last_heard = time.monotonic()
-                return result
+        def heard() -> None:
+            if kz is self._kz:
+                self._last_heard = time.monotonic()
 
-            conn._invoke = _invoke
-        if orig_read is not None:
-
-            def _read_socket(read_timeout):
-                if kz is self._kz:
-                    self._last_heard = time.monotonic()
-                return orig_read(read_timeout)
-
-            conn._read_socket = _read_socket
+        hook_session_clock(kz, connected, heard)
 
     def _on_kazoo_state(self, state: str) -> None:  # kazoo connection thread: no blocking
         now = time.monotonic()
@@ -517,10 +207,6 @@ class ZKClient:
         cb may be a coroutine function (run as a task). Nothing is reported once close()
         has begun (no LOST for a deliberate close)."""
         self._listeners.append(cb)
-
-    def remove_state_listener(self, cb: Callable[[str], Any]) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(cb)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -778,7 +464,7 @@ class ZKClient:
     async def transaction(self, ops: Iterable[TxOp]) -> list[Any]:
         """Run ops atomically. Returns one result per op (created path, ZnodeStat, True).
         On failure raises the error of the op that failed (BadVersionError, ...)."""
-        ops = [_as_op(o) for o in ops]
+        ops = [as_op(o) for o in ops]
         self._check_open()
         tx = self._kz.transaction()
         for op in ops:

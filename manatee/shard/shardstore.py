@@ -11,11 +11,15 @@ and the registrar record at the original's binder path (ephemeral, written by th
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 from manatee.core import zk as zkmod
+from manatee.core.zkauth import OPEN_ACL_UNSAFE, same_acl
 from manatee.shard import history
-from manatee.shard.state import ClusterState, Peer, StateError, parse_election, parse_election_name
+from manatee.shard.layout import ShardLayout
+from manatee.shard.state import (
+    ClusterState, Peer, StateError, parse_election_name, parse_election_nodes, parse_error_node, parse_state,
+)
 
 
 class StateUnreadable(zkmod.ZKDataError):
@@ -53,11 +57,12 @@ class Quarantine:
 class ShardStore:
     def __init__(self, zk: zkmod.ZKClient, shard_path: str, registrar_path: str, log):
         self.zk, self.log = zk, log
-        self.path = shard_path.rstrip("/")
-        self.election_path = f"{self.path}/election"
-        self.history_path = f"{self.path}/history"
-        self.state_path = f"{self.path}/state"
-        self.error_path = f"{self.path}/error"
+        self.layout = ShardLayout.of(shard_path)
+        self.path = self.layout.root
+        self.election_path = self.layout.election
+        self.history_path = self.layout.history
+        self.state_path = self.layout.state
+        self.error_path = self.layout.error
         self.registrar_path = registrar_path
         self.my_node: str | None = None
         self.quarantine = Quarantine(log)
@@ -75,7 +80,7 @@ class ShardStore:
             return
         parts = self.path.strip("/").split("/")
         if len(parts) > 1:
-            await self.zk.ensure_path("/" + "/".join(parts[:-1]), acl=zkmod.OPEN_ACL_UNSAFE)
+            await self.zk.ensure_path("/" + "/".join(parts[:-1]), acl=OPEN_ACL_UNSAFE)
         for p in (self.election_path, self.history_path):
             await self.zk.ensure_path(p)
         for p in (self.path, self.election_path, self.history_path, self.state_path, self.error_path):
@@ -84,7 +89,7 @@ class ShardStore:
     async def _keep_acl(self, path: str, acl) -> None:
         try:
             have, stat = await self.zk.get_acls(path)
-            if zkmod.same_acl(have, acl):
+            if same_acl(have, acl):
                 return
             await self.zk.set_acls(path, acl, version=stat.aversion)
             self.log.warning("zk_acl_set", node=path, was=[f"{a.id.scheme}:{a.id.id}:{a.perms}" for a in have],
@@ -108,7 +113,7 @@ class ShardStore:
                 continue
             if pid == me.id:
                 try:
-                    await self.zk.delete(f"{self.election_path}/{name}")
+                    await self.zk.delete(self.layout.election_node(name))
                     self.log.info("election_stale_node_removed", node=name)
                 except zkmod.NoNodeError:
                     pass
@@ -133,20 +138,14 @@ class ShardStore:
 
     async def election(self) -> tuple[Peer, ...]:
         """The live peers in join order. Malformed nodes are left out and quarantined."""
-        children: dict[str, Any] = {}
-        bad: dict[str, str] = {}
+        raws: dict[str, bytes] = {}
         for name in await self.zk.get_children(self.election_path):
-            path = f"{self.election_path}/{name}"
             try:
-                data, _ = await self.zk.get_json(path)
+                raws[name], _ = await self.zk.get(self.layout.election_node(name))
             except zkmod.NoNodeError:
                 continue  # gone since the listing
-            except zkmod.ZKDataError as e:
-                bad[path] = str(e)
-                continue
-            children[name] = data
-        peers, rejected = parse_election(children)
-        bad.update({f"{self.election_path}/{name}": why for name, why in rejected})
+        peers, rejected = parse_election_nodes(raws)
+        bad = {self.layout.election_node(name): why for name, why in rejected}
         self.quarantine.update("election", bad)
         return peers
 
@@ -161,9 +160,7 @@ class ShardStore:
             self.quarantine.update("state", {})
             return None, -1
         try:
-            if not raw:
-                raise StateError("state: the znode is empty")
-            st = ClusterState.loads(raw)
+            st = parse_state(raw)
         except StateError as e:
             self.quarantine.update("state", {self.state_path: str(e)})
             raise StateUnreadable(f"{self.state_path}: {e}", stat.version) from None
@@ -188,15 +185,13 @@ class ShardStore:
         """The safe-mode node's data, None if there is none. An error node that exists is
         safe mode even when its content cannot be parsed (quarantined, reason says so)."""
         try:
-            data, _ = await self.zk.get_json(self.error_path)
+            raw, _ = await self.zk.get(self.error_path)
         except zkmod.NoNodeError:
             self.quarantine.update("error", {})
             return None
-        except zkmod.ZKDataError as e:
-            self.quarantine.update("error", {self.error_path: str(e)})
-            return {"reason": f"the error node exists but cannot be parsed: {e}"}
-        self.quarantine.update("error", {})
-        return data if isinstance(data, dict) else {"reason": str(data)}
+        record, why = parse_error_node(raw)
+        self.quarantine.update("error", {self.error_path: why} if why else {})
+        return record
 
     async def write_error(self, record: dict) -> None:
         try:
@@ -208,7 +203,7 @@ class ShardStore:
     # ------------------------------------------------------------------ history, registrar
 
     async def record(self, event: history.HistoryEvent) -> None:
-        await self.zk.create(f"{self.history_path}/{history.znode_prefix(event)}",
+        await self.zk.create(self.layout.history_node(history.znode_prefix(event)),
                              history.record_data(event), sequence=True)
 
     async def publish_registrar(self, pg_url: str, ttl: int) -> None:
@@ -217,7 +212,7 @@ class ShardStore:
         if self.zk.acl is not None and len(parts) > 2:
             # the binder tree above the shard's own node (e.g. /com/joyent/<dc>/moray) is shared
             # by every shard: created open, as /manatee is, so that each shard's ACL is its own
-            await self.zk.ensure_path("/" + "/".join(parts[:-2]), acl=zkmod.OPEN_ACL_UNSAFE)
+            await self.zk.ensure_path("/" + "/".join(parts[:-2]), acl=OPEN_ACL_UNSAFE)
         try:
             await self.zk.create(self.registrar_path, rec, ephemeral=True, makepath=True)
         except zkmod.NodeExistsError:

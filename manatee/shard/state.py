@@ -25,7 +25,8 @@ __all__ = [
     "CONNECTED", "SUSPENDED", "LOST", "ZK_STATES",
     "ZkSession", "Role", "Place", "UNASSIGNED", "PRIMARY", "STANDBY", "DEPOSED", "FENCED", "SAFE_MODE", "REBUILD", "ROLES",
     "StateError", "Peer", "Freeze", "Switchover", "ClusterState", "Target",
-    "parse_election_name", "election_order", "parse_election", "dedupe_peers", "error_record",
+    "parse_election_name", "election_order", "parse_election", "parse_election_nodes", "dedupe_peers",
+    "decode_node", "parse_state", "parse_error_node", "error_record",
     "format_lsn", "parse_lsn",
 ]
 
@@ -398,6 +399,53 @@ def parse_election(children: Mapping[str, Any]) -> tuple[tuple[Peer, ...], tuple
             bad.append((name, str(e)))
     good.sort(key=lambda sp: sp[0])
     return dedupe_peers(p for _seq, p in good), tuple(sorted(bad))
+
+
+def decode_node(raw: bytes | None, where: str) -> Any:
+    """A znode's data → its JSON value (None for an empty node). StateError naming `where`
+    for data that is not JSON: the one decoder of every shard record."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StateError(f"{where}: not JSON ({e})") from None
+
+
+def parse_state(raw: bytes | None) -> ClusterState:
+    """The state znode's data → ClusterState; StateError (naming the field) when it cannot be
+    read, an empty node included: a state node that exists is never "no state"."""
+    if not raw:
+        raise StateError("state: the znode is empty")
+    return ClusterState.loads(raw)
+
+
+def parse_election_nodes(raws: Mapping[str, bytes | None]) -> tuple[tuple[Peer, ...], tuple[tuple[str, str], ...]]:
+    """Election znodes {name: raw data} → (live peers in join order, quarantined (name, why)):
+    `parse_election` after decoding each node's JSON (undecodable data is quarantined too)."""
+    children: dict[str, Any] = {}
+    bad: list[tuple[str, str]] = []
+    for name, raw in raws.items():
+        try:
+            children[name] = decode_node(raw, f"election/{name}")
+        except StateError as e:
+            bad.append((name, str(e)))
+    peers, rejected = parse_election(children)
+    return peers, tuple(sorted((*bad, *rejected)))
+
+
+def parse_error_node(raw: bytes | None) -> tuple[dict[str, Any], str | None]:
+    """The safe-mode node's data → (its record, why it could not be read or None). A node
+    that exists is safe mode whatever it holds: unreadable data gives a record whose reason
+    says so ({} for an empty node)."""
+    try:
+        data = decode_node(raw, "error")
+    except StateError as e:
+        why = str(e)
+        return {"reason": f"the error node exists but cannot be parsed: {why}"}, why
+    if data is None:
+        return {}, None
+    return (data, None) if isinstance(data, dict) else ({"reason": str(data)}, None)
 
 
 def error_record(state: ClusterState | None, me: Peer, reason: str) -> dict[str, str]:

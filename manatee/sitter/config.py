@@ -10,96 +10,15 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode, replaced_key, seconds
-from manatee.shard.layout import registrar_path
+from manatee.core.zkconfig import ZkCfg
+from manatee.shard.layout import registrar_path, shard_path
+from manatee.shard.pgurl import PgUrl
 from manatee.core.tls import TlsCfg, scheme
 from manatee.core.zfsname import check_dataset
 
 _SHARD_PATH = re.compile(r"^(/[A-Za-z0-9_.:-]+)+$")
 
 
-class ZkAuthCfg(ConfigModel):
-    """ZooKeeper digest auth; the shard's znodes then get ACLs (docs/security.md)."""
-
-    scheme: Literal["digest"] = Field("digest", description="ZooKeeper auth scheme (only digest)")
-    credential: str | None = Field(None, repr=False, description="'user:password' of the shard (never logged; prefer credentialFile)")
-    credentialFile: str | None = Field(None, description="absolute path of a root-only file holding the shard's 'user:password'")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_credential(cls, data):
-        # checked on the raw input so that no error message can echo the secret
-        if not isinstance(data, dict):
-            raise ValueError("must be an object {scheme, credential | credentialFile}")
-        cred, path = data.get("credential"), data.get("credentialFile")
-        if (cred is None) == (path is None):
-            raise ValueError("needs exactly one of credential and credentialFile")
-        if cred is not None:
-            _zk_auth(cred, "credential")
-        elif not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError("credentialFile must be an absolute path")
-        return data
-
-    @model_validator(mode="after")
-    def _readable(self):
-        self.zk_auth()  # a credentialFile that cannot be used is a config error at start
-        return self
-
-    def zk_auth(self):
-        if self.credential is not None:
-            return _zk_auth(self.credential, "credential")
-        try:
-            text = open(self.credentialFile, encoding="utf-8").read().strip()  # noqa: SIM115
-        except OSError as e:
-            raise ValueError(f"credentialFile {self.credentialFile}: cannot read it ({e.strerror})") from None
-        return _zk_auth(text, f"credentialFile {self.credentialFile}")
-
-
-def _zk_auth(cred, what: str):
-    from manatee.core.zk import ZKAuth
-
-    if not isinstance(cred, str):
-        raise ValueError(f"{what} must be a string 'user:password'")
-    try:
-        return ZKAuth(cred)
-    except ValueError:
-        raise ValueError(f"{what} must be 'user:password' with both parts non-empty") from None
-
-
-class ZkTlsCfg(ConfigModel):
-    """TLS to ZooKeeper (its secureClientPort), passed to kazoo."""
-
-    ca: str | None = Field(None, description="CA certificate file (PEM) to verify ZooKeeper's certificate")
-    certfile: str | None = Field(None, description="client certificate file (PEM), if ZooKeeper asks for one")
-    keyfile: str | None = Field(None, description="client key file (PEM)")
-    verifyCerts: bool = Field(True, description="verify ZooKeeper's certificate")
-    checkHostname: bool = Field(False, description="also check that it names the host connected to")
-
-    def kazoo_kwargs(self) -> dict:
-        return {"use_ssl": True, "ca": self.ca, "certfile": self.certfile, "keyfile": self.keyfile,
-                "verify_certs": self.verifyCerts, "check_hostname": self.checkHostname}
-
-
-class ZkCfg(ConfigModel):
-    connStr: str = Field(description="ZooKeeper servers, 'host:port[,host:port...]'")
-    sessionTimeout: int = Field(60000, ge=2000, le=600000, description="ZooKeeper session timeout (ms): how long a dead node keeps its place")
-    connectTimeout: int = Field(10000, ge=500, le=600000, description="how long to wait for ZooKeeper at start-up (ms)")
-    auth: ZkAuthCfg | None = Field(None, description="digest auth and ACLs on the shard's znodes (readable by anyone, writable only with the credential); without it anyone who reaches ZooKeeper can change the shard")
-    tls: ZkTlsCfg | None = Field(None, description="connect to ZooKeeper over TLS")
-
-    def client_options(self) -> dict:
-        """ZKClient's auth= and tls= for this config."""
-        return {"auth": self.auth.zk_auth() if self.auth else None,
-                "tls": self.tls.kazoo_kwargs() if self.tls else None}
-
-    @field_validator("connStr")
-    @classmethod
-    def _conn(cls, v: str) -> str:
-        hosts = v.split("/", 1)[0]
-        for part in hosts.split(","):
-            host, _, port = part.strip().rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError("must be 'host:port[,host:port...]'")
-        return v
 
 
 class HeartbeatCfg(ConfigModel):
@@ -315,7 +234,7 @@ class HooksCfg(ConfigModel):
 class SitterConfig(ConfigModel):
     ip: str = Field(description="this node's address: PostgreSQL, backupserver and status server listen here")
     zoneId: str = Field(description="this node's unique name (zone UUID or host name)")
-    shardPath: str = Field("/manatee/1", description="ZooKeeper path of the shard")
+    shardPath: str = Field(shard_path("1"), description="ZooKeeper path of the shard")
     postgresPort: int = Field(5432, ge=1, le=65535)
     backupPort: int = Field(10002, ge=1, le=65535, description="port of this node's backupserver")
     statusPort: int | None = Field(None, ge=1, le=65535, description="status/heartbeat HTTP port (default postgresPort+1)")
@@ -396,7 +315,7 @@ class SitterConfig(ConfigModel):
 
     @property
     def pg_url(self) -> str:
-        return f"tcp://{self.postgresMgrCfg.dbUser}@{self.ip}:{self.postgresPort}/postgres"
+        return str(PgUrl.for_node(self.ip, self.postgresPort, self.postgresMgrCfg.dbUser))
 
     @property
     def backup_url(self) -> str:

@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 
 from manatee.shard.history import ACTIONS
+from manatee.shard.layout import shard_name
 from manatee.shard.state import CONNECTED, PRIMARY, ROLES, STANDBY
 
 #: the text format generate_latest writes (classic names, so 0.0.4 for every Prometheus)
@@ -118,11 +119,6 @@ class MetricsView:
 
 
 # ---------------------------------------------------------------------------- metric families
-
-def shard_name(shard_path: str) -> str:
-    """'/manatee/1' → '1' (the name every CLI takes); another path is kept whole."""
-    return shard_path[len("/manatee/"):] if shard_path.startswith("/manatee/") else shard_path
-
 
 def families(v: MetricsView, now_ms: int) -> list[Metric]:
     """The view as metric families (pure: time comes in as `now_ms`). Every series carries

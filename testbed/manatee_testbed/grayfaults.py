@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from manatee.core.procs import free_port, pid_alive, terminate
+from manatee.shard.layout import ShardLayout
 from manatee_testbed import cgroups, network
 from manatee_testbed.sandbox import (
     ZFS_BIN,
@@ -359,7 +360,7 @@ def rogue_election_node(sb: Sandbox, ip: str = ROGUE_IP) -> str:
     """A persistent sequential election node with data that lacks every key but `ip`."""
     zk = _zk(sb)
     try:
-        path = zk.create(f"{sb.st.shard_path}/election/{ip}:5432:10002:5433-",
+        path = zk.create(ShardLayout(sb.st.shard_path).election_node(f"{ip}:5432:10002:5433-"),
                          json.dumps({"ip": ip}).encode(), sequence=True)
     finally:
         zk.stop()
@@ -390,7 +391,7 @@ def corrupt_state(sb: Sandbox) -> dict[str, Any]:
         raise SandboxError("the state znode is already corrupted (bad-state-undo first)")
     zk = _zk(sb)
     try:
-        path = f"{sb.st.shard_path}/state"
+        path = ShardLayout(sb.st.shard_path).state
         data, _stat = zk.get(path)
         new = zk.set(path, BAD_STATE)
     finally:

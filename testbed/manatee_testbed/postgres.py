@@ -17,6 +17,7 @@ from manatee.core import pgconfig, pgquote
 from manatee.core.pg import DEFAULT_BINDIR, PgClient, PgError, PostgresProcess, ensure_private_dir, initdb, run_as
 from manatee.core.lsn import Lsn
 from manatee.core.pgconfig import ConfigChange, RoleConfig, slot_name
+from manatee.shard.pgurl import PgUrl
 
 #: The operator-editable base configuration shipped with manatee.
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "postgresql.conf"
@@ -24,7 +25,7 @@ BASE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "postgresql.conf"
 
 def pg_url(ip: str, port: int) -> str:
     """The original's node identity, also used as application_name."""
-    return f"tcp://postgres@{ip}:{port}/postgres"
+    return str(PgUrl.for_node(ip, port, "postgres"))
 
 
 class PgNode:

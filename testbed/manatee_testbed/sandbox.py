@@ -33,14 +33,16 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from manatee.core.config import ConfigError, validate
+from manatee.core.httpjson import http_json
 from manatee.core.procs import free_port, pid_alive, terminate
+from manatee.shard.layout import ShardLayout, shard_path
+from manatee.shard.pgurl import PgUrl
+from manatee.shard.state import parse_state
 from manatee_testbed import cgroups, network
 from manatee_testbed.hang import hang as _hang_pids
 from manatee_testbed.hang import resume as _resume_pids
@@ -111,7 +113,7 @@ class NodeState:
 
     @property
     def pg_url(self) -> str:
-        return f"tcp://postgres@{self.ip}:{self.pg_port}/postgres"
+        return str(PgUrl.for_node(self.ip, self.pg_port, "postgres"))
 
     @property
     def status_url(self) -> str:
@@ -196,7 +198,7 @@ class SandboxState:
 
     @property
     def shard_path(self) -> str:
-        return f"/manatee/{self.shard}"
+        return shard_path(self.shard)
 
     @property
     def tls_dir(self) -> str:
@@ -636,23 +638,6 @@ def mounts_under(path: Path | str) -> list[str]:
     return out
 
 
-def http_json(url: str, timeout: float = 1.0, ctx: Any = None) -> tuple[int, Any]:
-    """(status, parsed body or None); (0, error text) when nothing answers. `ctx`: the SSL
-    context of an https:// URL (NodeState.client_ctx())."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
-            body = r.read()
-            status = r.status
-    except urllib.error.HTTPError as e:
-        body, status = e.read(), e.code
-    except (OSError, ValueError) as e:
-        return 0, str(e)
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, None
-
-
 # ------------------------------------------------------------------------------ sandbox
 
 
@@ -974,7 +959,7 @@ class Sandbox:
         }
 
     def zk_state(self, timeout: float = 3.0) -> Any:
-        """/manatee/<shard>/state from ZooKeeper (None if absent or unreachable)."""
+        """The shard's state from ZooKeeper as JSON (None if absent, unreadable or unreachable)."""
         from kazoo.client import KazooClient
         from kazoo.handlers.threading import KazooTimeoutError
 
@@ -984,8 +969,8 @@ class Sandbox:
         except KazooTimeoutError:
             return None
         try:
-            data, _ = zk.get(f"{self.st.shard_path}/state")
-            return json.loads(data) if data else None
+            data, _ = zk.get(ShardLayout(self.st.shard_path).state)
+            return parse_state(data).to_json()
         except Exception:  # noqa: BLE001 - absent node, bad JSON: "no state yet"
             return None
         finally:

@@ -10,32 +10,16 @@ history — and it must be the same code, so that they all judge the shard the s
 from __future__ import annotations
 
 import contextlib
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 from manatee_testbed.sandbox import NodeState, Sandbox, tail
-from manatee.shard.history import parse_record
+from manatee.core.httpjson import http_json
+from manatee.shard.history import parse_record, sort_records
+from manatee.shard.layout import ShardLayout
+from manatee.shard.state import parse_error_node
 
-__all__ = ["http_get", "client_dsn", "read_history", "ShardView"]
-
-
-def http_get(url: str, timeout: float = 1.0, ctx: Any = None) -> tuple[int, Any]:
-    """(HTTP status, parsed JSON or None); (0, None) when nothing answers. `ctx`: the SSL
-    context of an https:// URL (NodeState.client_ctx())."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
-            status, body = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, body = e.code, e.read()
-    except (OSError, ValueError):
-        return 0, None
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, None
+__all__ = ["client_dsn", "read_history", "ShardView"]
 
 
 def client_dsn(sb: Sandbox, node: NodeState, passfile: Path | str) -> str:
@@ -72,12 +56,12 @@ def _zk_read(connect: str, fn: Callable[[Any], Any], timeout: float = 5.0) -> An
 def read_history(connect: str, shard_path: str) -> list[dict]:
     """<shard_path>/history as the guide's records, in zkSeq order."""
     def get(zk: Any) -> list[dict]:
-        path = f"{shard_path}/history"
+        lay = ShardLayout(shard_path)
         out = []
-        for c in zk.get_children(path):
-            data, _ = zk.get(f"{path}/{c}")
+        for c in zk.get_children(lay.history):
+            data, _ = zk.get(lay.history_node(c))
             out.append(parse_record(c, data))
-        return sorted(out, key=lambda r: int(r["zkSeq"]))
+        return sort_records(out)
 
     return _zk_read(connect, get)
 
@@ -104,7 +88,7 @@ class ShardView:
         return client_dsn(self.sb, node, self.passfile)
 
     def state_of(self, node: NodeState, timeout: float = 1.0) -> dict | None:
-        _code, body = http_get(f"{node.status_url}/state", timeout, node.client_ctx())
+        _code, body = http_json(f"{node.status_url}/state", timeout=timeout, ctx=node.client_ctx())
         return body if isinstance(body, dict) else None
 
     def roles(self) -> dict[str, str]:
@@ -116,10 +100,10 @@ class ShardView:
         return out
 
     def writable(self, node: NodeState) -> bool:
-        return http_get(f"{node.status_url}/primary", 0.7, node.client_ctx())[0] == 200
+        return http_json(f"{node.status_url}/primary", timeout=0.7, ctx=node.client_ctx())[0] == 200
 
     def streaming(self, node: NodeState) -> bool:
-        return http_get(f"{node.status_url}/replica", 0.7, node.client_ctx())[0] == 200
+        return http_json(f"{node.status_url}/replica", timeout=0.7, ctx=node.client_ctx())[0] == 200
 
     def find_primary(self) -> str | None:
         """For a writer: the DSN of the one node whose sitter says it is the writable
@@ -129,31 +113,19 @@ class ShardView:
 
     # ZooKeeper ---------------------------------------------------------------------------
     def zk_state(self) -> dict | None:
-        """/manatee/<shard>/state (None when absent or ZooKeeper does not answer)."""
-        st = self.sb.st
-
-        def get(zk: Any) -> dict | None:
-            data, _ = zk.get(f"{st.shard_path}/state")
-            return json.loads(data) if data else None
-
-        try:
-            return _zk_read(st.zk_connect, get, timeout=3.0)
-        except Exception:  # noqa: BLE001 - absent, or ZooKeeper down: "not known now"
-            return None
+        """The shard's state as JSON (None when absent, unreadable or ZooKeeper does not answer)."""
+        return self.sb.zk_state(timeout=3.0)
 
     def safe_mode(self) -> dict | None:
         """The shard's error (safe-mode) node, or None (also when ZooKeeper is down)."""
         st = self.sb.st
 
         def get(zk: Any) -> dict | None:
-            if not zk.exists(f"{st.shard_path}/error"):
+            path = ShardLayout(st.shard_path).error
+            if not zk.exists(path):
                 return None
-            data, _ = zk.get(f"{st.shard_path}/error")
-            try:
-                v = json.loads(data) if data else {}
-            except ValueError:
-                v = {"raw": data.decode(errors="replace")}
-            return v if isinstance(v, dict) else {"reason": str(v)}
+            data, _ = zk.get(path)
+            return parse_error_node(data)[0]
 
         try:
             return _zk_read(st.zk_connect, get, timeout=3.0)

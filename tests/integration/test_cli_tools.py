@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from manatee.cli.common import registrar_path
+from manatee.shard.layout import registrar_path
 from manatee.core.log import get_logger
 from manatee.core.procs import free_port
 from manatee.core.zk import ZKClient

@@ -20,7 +20,7 @@ import pytest
 
 from manatee_testbed.cli.sandbox import main as sandbox_main
 from manatee.core.procs import pid_alive
-from manatee.core.zk import resuming_kazoo
+from manatee.core.zksession import resuming_kazoo
 from manatee_testbed.sandbox import Sandbox, SandboxError, load_state
 from manatee_testbed.zookeeper import ZK_SERVER_SH, four_letter_word
 

@@ -11,18 +11,15 @@ import pytest
 from manatee.core.procs import free_port
 from manatee.core.zk import (
     BadVersionError,
-    Check,
     ConnectionLoss,
-    Create,
-    Delete,
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
-    SetData,
     ZKClient,
     ZKDataError,
     ZKError,
 )
+from manatee.core.zkdata import Check, Create, Delete, SetData
 
 
 async def eventually(pred, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):

@@ -12,7 +12,8 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
-from manatee.core.zk import OPEN_ACL_UNSAFE, ZKAuth, ZKClient, same_acl, shard_acl
+from manatee.core.zk import ZKClient
+from manatee.core.zkauth import OPEN_ACL_UNSAFE, ZKAuth, same_acl, shard_acl
 from manatee.shard.shardstore import ShardStore
 from manatee.shard import history
 from manatee.shard.state import PRIMARY, ClusterState, Peer, Target

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from manatee.cli.common import (
-    ArgParser, CliError, UsageError, add_common_args, check_shard_name, parse_zk_hosts,
-    registrar_path, run_cli,
+    ArgParser, CliError, UsageError, add_common_args, check_shard_name, parse_zk_hosts, run_cli,
 )
+from manatee.shard.layout import registrar_path
 from manatee.sitter.config import SitterConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -130,7 +130,7 @@ def test_https_with_client_certificates(pki):
 
 
 def test_adm_http_json_uses_the_env_files(pki, monkeypatch):
-    from manatee.cli.adm import http_json
+    from manatee.core.httpjson import http_json
 
     server = validate(tls(pki, requireClientCert=True), TlsCfg)
     loop = asyncio.new_event_loop()

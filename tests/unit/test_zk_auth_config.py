@@ -7,8 +7,9 @@ import json
 import pytest
 
 from manatee.core.config import ConfigError, load_config
-from manatee.core.zk import ZKAuth, auth_from_env, shard_acl
-from manatee.sitter.config import SitterConfig, ZkCfg
+from manatee.core.zkauth import ZKAuth, auth_from_env, shard_acl
+from manatee.core.zkconfig import ZkCfg
+from manatee.sitter.config import SitterConfig
 
 SECRET = "s3cr3t-Passw0rd"
 
@@ -82,3 +83,20 @@ def test_cli_credential_from_env_file(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as e:
         auth_from_env()
     assert SECRET not in str(e.value) and str(f) in str(e.value)
+
+
+def test_one_connection_string_parser_for_the_daemons_and_the_tools():
+    """zkCfg.connStr (sitter and backupserver) and the CLIs' -z take the same forms and
+    normalise them the same way; a bad one names its part."""
+    from manatee.backupserver.config import ZkCfg as BackupZkCfg
+    from manatee.cli.common import UsageError, parse_zk_hosts
+    from manatee.core.zkconfig import parse_zk_hosts as core_parse
+
+    assert BackupZkCfg is ZkCfg
+    for spec, want in (("zk1", "zk1:2181"), ("a:1,b/chroot", "a:1,b:2181/chroot"), ("[::1]:2", "[::1]:2")):
+        assert ZkCfg(connStr=spec).connStr == want == parse_zk_hosts(spec) == core_parse(spec)
+    for bad in ("", "h:0", "h:", "bad host:1", "h:1/bad//chroot"):
+        with pytest.raises(ValueError):
+            ZkCfg(connStr=bad)
+        with pytest.raises(UsageError):
+            parse_zk_hosts(bad)

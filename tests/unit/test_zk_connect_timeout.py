@@ -37,7 +37,7 @@ def test_resuming_kazoo_caps_connect_wait_and_reconnect_backoff(monkeypatch):
     """The plain-kazoo users (manatee.client, tests) get the same reconnect behaviour as
     ZKClient: the CI failure this pins down was a test's own default KazooClient losing its
     session across a ZooKeeper restart (backoff grown past the restored session's timeout)."""
-    from manatee.core.zk import resuming_kazoo
+    from manatee.core.zksession import resuming_kazoo
 
     seen: list[tuple[str, float]] = []
 

@@ -7,17 +7,8 @@ import inspect
 import pytest
 from kazoo.protocol.connection import ConnectionHandler
 
-from manatee.core.zk import (
-    Check,
-    Create,
-    Delete,
-    SetData,
-    ZKClient,
-    _as_op,
-    decode_json,
-    encode_json,
-    encode_value,
-)
+from manatee.core.zk import ZKClient
+from manatee.core.zkdata import Check, Create, Delete, SetData, as_op, decode_json, encode_json, encode_value
 
 
 def test_encode_value_kinds():
@@ -41,16 +32,16 @@ def test_json_roundtrip_and_empty():
 
 
 def test_transaction_op_forms():
-    assert _as_op(("check", "/a", 3)) == Check("/a", 3)
-    assert _as_op(("create", "/b", b"v", True, True)) == Create("/b", b"v", True, True)
-    assert _as_op(("set", "/c", {"x": 1})) == SetData("/c", {"x": 1}, -1)
-    assert _as_op(("delete", "/d")) == Delete("/d", -1)
+    assert as_op(("check", "/a", 3)) == Check("/a", 3)
+    assert as_op(("create", "/b", b"v", True, True)) == Create("/b", b"v", True, True)
+    assert as_op(("set", "/c", {"x": 1})) == SetData("/c", {"x": 1}, -1)
+    assert as_op(("delete", "/d")) == Delete("/d", -1)
     op = Create("/e")
-    assert _as_op(op) is op
+    assert as_op(op) is op
     with pytest.raises(TypeError, match="transaction op"):
-        _as_op(("bogus", "/x"))
+        as_op(("bogus", "/x"))
     with pytest.raises(TypeError):
-        _as_op("check")
+        as_op("check")
 
 
 def test_kazoo_hook_points_exist():
@@ -60,7 +51,7 @@ def test_kazoo_hook_points_exist():
     assert list(inspect.signature(ConnectionHandler._read_socket).parameters) == ["self", "read_timeout"]
     c = ZKClient("127.0.0.1:1", session_timeout=3)
     assert c._kz._connection._invoke.__name__ == "_invoke"
-    assert c._kz._connection._read_socket.__qualname__.startswith("ZKClient.")
+    assert c._kz._connection._read_socket.__qualname__.startswith("hook_session_clock.")
     assert c.state == "LOST" and not c.connected and c.session_id is None
     assert c.op_timeout == 3.0
 

@@ -1,0 +1,122 @@
+"""manatee-adm's probes: what the shard's znodes, each sitter's /state and each PostgreSQL
+say, asked in parallel under one deadline and gathered into an adm_view.ShardView.
+Nothing here writes; a node that does not answer in time is shown as such, never waited for.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from manatee.cli import adm_view as V
+from manatee.cli.common import ZkReader, pg_conn_params, pg_failure
+from manatee.core.httpjson import http_json
+from manatee.shard.pgurl import PgUrl
+from manatee.shard.syncstore import SyncShardStore
+
+TOOL = "manatee-adm"
+PG_STATEMENT_MS = 2000
+
+__all__ = ["gather", "probe_pg"]
+
+
+def _parallel(jobs: Mapping[str, Callable[[], Any]], deadline: float) -> dict[str, Any]:
+    """Run each job in a daemon thread; a job that does not finish by `deadline` gives None."""
+    out: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def run(key: str, fn: Callable[[], Any]) -> None:
+        try:
+            r = fn()
+        except Exception as e:  # noqa: BLE001 - shown as data, never raised
+            r = {"error": f"{type(e).__name__}: {e}"}
+        with lock:
+            out[key] = r
+
+    threads = [threading.Thread(target=run, args=(k, f), daemon=True) for k, f in jobs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    with lock:
+        return dict(out)
+
+
+_NODE_SQL = ("select pg_is_in_recovery() as recovery,"
+             " current_setting('default_transaction_read_only') = 'on' as ro,"
+             # a standby: how far its WAL goes, received or (not streaming, e.g. in safe
+             # mode or after a restart) replayed; greatest() skips the NULL one
+             " (case when pg_is_in_recovery() then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
+             "  else pg_current_wal_lsn() end)::text as wal")
+_REPL_SQL = ("select application_name, client_addr::text as client_addr, state, sync_state,"
+             " sent_lsn::text as sent_lsn, flush_lsn::text as flush_lsn, replay_lsn::text as replay_lsn,"
+             # a cascading standby sends what it has replayed, which can pass what its
+             # walreceiver last flushed: take the further of the two, and never a negative lag
+             " greatest(0, pg_wal_lsn_diff(case when pg_is_in_recovery() then"
+             "  greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
+             "  else pg_current_wal_lsn() end, replay_lsn))::bigint as lag_bytes,"
+             " extract(epoch from replay_lag)::float8 as lag_s"
+             " from pg_stat_replication order by pid")
+
+
+def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
+    """{up, recovery, readOnly, wal, rows: [pg_stat_replication rows]} or {up: False, error}."""
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(**pg_conn_params(PgUrl.parse(pg_url), TOOL, max(2, int(timeout)),
+                                                 PG_STATEMENT_MS))
+    except (psycopg2.Error, ValueError) as e:
+        return {"up": False, **pg_failure(e)}
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(_NODE_SQL)
+            recovery, ro, wal = cur.fetchone()
+            cur.execute(_REPL_SQL)
+            cols = [c.name for c in cur.description]
+            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    except psycopg2.Error as e:
+        return {"up": False, **pg_failure(e)}
+    finally:
+        conn.close()
+    return {"up": True, "recovery": bool(recovery), "readOnly": bool(ro), "wal": wal, "rows": rows}
+
+
+def _repl_row(rows: Sequence[Mapping[str, Any]], peer: Mapping[str, Any]) -> dict[str, Any] | None:
+    match = [r for r in rows if r.get("application_name") == peer.get("pgUrl")]
+    match = match or [r for r in rows if r.get("client_addr") == peer.get("ip")]
+    if not match:
+        return None
+    r = dict(sorted(match, key=lambda r: r.get("state") != "streaming")[0])
+    if r.get("lag_s") is None and r.get("lag_bytes") == 0:
+        r["lag_s"] = 0.0  # PostgreSQL clears replay_lag once an idle standby has caught up
+    return r
+
+
+def gather(zk: ZkReader, shard: str, timeout: float, *, pg: bool = True, sitters: bool = True) -> V.ShardView:
+    rec = SyncShardStore(zk, shard).read()
+    state = rec.state.to_json() if rec.state is not None else None
+    election = [p.to_json() for p in rec.election]
+    nodes = V.chain_nodes(state, [p["id"] for p in election], election)
+    deadline = time.monotonic() + timeout
+    jobs: dict[str, Callable[[], Any]] = {}
+    for n in nodes:
+        if sitters and n.peer.get("statusUrl"):
+            jobs[f"s:{n.id}"] = (lambda u=n.peer["statusUrl"]: http_json(f"{u}/state", timeout=min(timeout, 2)))
+        if pg and n.role not in ("deposed", "unknown") and n.peer.get("pgUrl"):
+            jobs[f"p:{n.id}"] = (lambda u=n.peer["pgUrl"]: probe_pg(u, timeout))
+    res = _parallel(jobs, deadline)
+    for n in nodes:
+        s = res.get(f"s:{n.id}")
+        n.sitter = s[1] if isinstance(s, tuple) and s[0] == 200 and isinstance(s[1], dict) else None
+        if pg and n.role not in ("deposed", "unknown"):
+            n.pg = res.get(f"p:{n.id}") or {"up": False, "error": "no answer in time"}
+            n.pg.setdefault("up", False)
+    by_id = {n.id: n for n in nodes}
+    for n in nodes:
+        up = by_id.get(n.upstream or "")
+        if up is not None and up.pg and up.pg.get("up"):
+            n.repl = _repl_row(up.pg.get("rows") or [], n.peer)
+    return V.ShardView(shard, state, rec.error, nodes, rec.state_error)
