@@ -27,6 +27,7 @@ The safety argument for every rule is in docs/design.md; in short:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, Mapping
 
 from manatee.shard.state import (
@@ -34,7 +35,7 @@ from manatee.shard.state import (
     ZK_STATES, ClusterState, Peer, Switchover, Target, dedupe_peers, error_record, format_lsn,
 )
 
-__all__ = ["Observation", "Decision", "decide", "STEP_DOWN_BY"]
+__all__ = ["Observation", "Decision", "Effect", "decide", "STEP_DOWN_BY"]
 
 #: `Switchover.by` of a release the primary wrote itself because it could not serve (S9).
 STEP_DOWN_BY = "step-down"
@@ -118,17 +119,32 @@ class Observation:
             raise ValueError(f"Observation.zk: {self.zk!r} is not one of {', '.join(ZK_STATES)}")
 
 
+class Effect(StrEnum):
+    """What the shell does besides writing the state and reaching the target: explicit, so
+    that it never matches on a rule's name."""
+
+    #: the written state releases the primary role for a switchover and the target stops
+    #: PostgreSQL: once stopped, latch the WAL it stopped at (Observation.switchover_stopped_wal)
+    RELEASE_THEN_STOP = "release_then_stop"
+    #: PostgreSQL is stopped so that I can step down (S9): my cannot-serve clock keeps running
+    STOP_TO_STEP_DOWN = "stop_to_step_down"
+    #: the written state is my step-down in favour of my sync: log it and record it in history
+    STEP_DOWN = "step_down"
+
+
 @dataclass(frozen=True)
 class Decision:
     """target: what my PostgreSQL should be. write_state: CAS it against obs.state_version
     before applying target (on failure, re-observe). write_error: create the error node.
-    reason: one plain sentence for the log. rule: a short stable name of the rule that fired."""
+    reason: one plain sentence for the log. rule: a short stable name of the rule that fired
+    (for logs and tests only: the shell acts on `effects`, never on `rule`)."""
 
     target: Target
     reason: str
     rule: str
     write_state: ClusterState | None = None
     write_error: dict[str, str] | None = None
+    effects: tuple[Effect, ...] = ()
 
 
 def _lsn(v: int | None) -> str:
@@ -462,12 +478,12 @@ def _primary_step_down(v: _View, sync: Peer | None, hb: bool | None, block: str 
         return None, why
     assert sync is not None
     if obs.running:
-        return Decision(Target(UNASSIGNED), rule="primary.step_down_stop",
+        return Decision(Target(UNASSIGNED), rule="primary.step_down_stop", effects=(Effect.STOP_TO_STEP_DOWN,),
                         reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) and my sync {sync} is healthy, "
                                f"so I stop PostgreSQL at once before I step down in its favour"), None
     new = st.evolve(switchover=Switchover(to=sync.id, requested=f"generation {st.generation}", by=STEP_DOWN_BY,
                                           released=True, released_wal=st.init_wal))
-    return Decision(Target(UNASSIGNED), write_state=new, rule="primary.step_down",
+    return Decision(Target(UNASSIGNED), write_state=new, rule="primary.step_down", effects=(Effect.STEP_DOWN,),
                     reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) and is stopped, so I step down: "
                            f"I release the primary role to my sync {sync}, which holds every acknowledged "
                            f"write"), None
@@ -547,6 +563,7 @@ def _primary_switchover(v: _View, sync: Peer | None, sync_gone: bool, block: str
     # be acknowledged (S1), and everything acknowledged before was flushed by it (S2).
     new = st.evolve(switchover=replace(sw, released=True, released_wal=obs.wal))
     return Decision(Target(UNASSIGNED), write_state=new, rule="primary.switchover_stop",
+                    effects=(Effect.RELEASE_THEN_STOP,),
                     reason=f"my sync {sync} has flushed my whole WAL {_lsn(obs.wal)} for the switchover, so I "
                            f"release the primary role to it and stop PostgreSQL at once (no shutdown "
                            f"checkpoint)"), None

@@ -50,30 +50,29 @@ LAG_QUERY_TIMEOUT_S = 2.0
 
 # ---------------------------------------------------------------------------- health predicates
 
-def writable_primary(sitter) -> bool:
+def writable_primary(snap) -> bool:
     """The primary accepting writes: the target is a read-write primary and PostgreSQL, as last
-    observed, runs healthy, out of recovery and not read-only."""
-    return _target_and_fresh_pg(sitter, PRIMARY) is not None and not sitter.target.read_only and (
-        sitter.last_pg.healthy and sitter.last_pg.in_recovery is False and not sitter.last_pg.read_only)
+    observed, runs healthy, out of recovery and not read-only. `snap`: a SitterSnapshot."""
+    return _target_and_fresh_pg(snap, PRIMARY) is not None and not snap.target.read_only and (
+        snap.last_pg.healthy and snap.last_pg.in_recovery is False and not snap.last_pg.read_only)
 
 
-def _target_and_fresh_pg(sitter, role: str):
+def _target_and_fresh_pg(snap, role: str):
     """The last PostgreSQL observation when the target has `role`, PG ran, and that
     observation is younger than the session timeout. A node resumed after a hang longer
     than that answers from its pre-hang view until its first cycle: not to be trusted
     (meanwhile another node may have been promoted)."""
-    t, pgs = sitter.target, sitter.last_pg
+    t, pgs = snap.target, snap.last_pg
     if t is None or t.role != role or pgs is None or not pgs.running:
         return None
-    at = getattr(sitter, "last_pg_at", None)
-    if at is not None and time.monotonic() - at > sitter.session_timeout:
+    if time.monotonic() - snap.last_pg_at > snap.session_timeout:
         return None
     return pgs
 
 
-def streaming_replica(sitter) -> bool:
+def streaming_replica(snap) -> bool:
     """A standby whose walreceiver is streaming from its upstream."""
-    pgs = _target_and_fresh_pg(sitter, STANDBY)
+    pgs = _target_and_fresh_pg(snap, STANDBY)
     return pgs is not None and bool(pgs.streaming)
 
 
@@ -317,8 +316,9 @@ PG_SQL = (
 
 
 class MetricsCollector:
-    """Builds MetricsViews from a running Sitter: its attributes, plus one PostgreSQL query per
-    CACHE_S and one zfs call per SLOW_CACHE_S, shared by every scrape and endpoint."""
+    """Builds MetricsViews from a running Sitter's published snapshot, plus one PostgreSQL
+    query per CACHE_S (over sitter.pg.client) and one zfs call per SLOW_CACHE_S (over
+    sitter.dataset), shared by every scrape and endpoint."""
 
     def __init__(self, sitter, log=None, *, snapshot_cache_s: float = SLOW_CACHE_S, cache_s: float = CACHE_S):
         self.sitter, self.log = sitter, log
@@ -352,41 +352,41 @@ class MetricsCollector:
         return v
 
     async def collect(self) -> MetricsView:
-        """The view from the cached observations and the sitter's attributes (no query here)."""
-        s = self.sitter
+        """The view from the cached observations and the sitter's snapshot (no query here)."""
+        s = self.sitter.snapshot
         st, pgs = s.state, s.last_pg
-        place = st.place_of(s.me.id) if st else None
+        place = s.place
         pg_up = bool(pgs and pgs.running and pgs.healthy)
         standby_bytes, standby_secs, rows = self._pg if pg_up else (None, None, ())
         if not (pg_up and pgs.in_recovery):
             standby_bytes = standby_secs = None
         return MetricsView(
-            peer_id=s.me.id, zone_id=s.me.zone_id, shard=s.cfg.shardPath,
+            peer_id=s.me.id, zone_id=s.me.zone_id, shard=self.sitter.cfg.shardPath,
             role=place or s.role, local_role=s.role,
             generation=st.generation if st else None, pg_up=pg_up,
             zk_connected=s.zk_state == CONNECTED, writable=writable_primary(s),
             replica_streaming=streaming_replica(s), safe_mode=s.error is not None,
             frozen=bool(st and st.frozen), standby_lag_bytes=standby_bytes, standby_lag_seconds=standby_secs,
             replication=rows, last_snapshot_ms=await self._last_snapshot_ms(),
-            restore=s.restore_progress, transitions=dict(getattr(s, "transitions", {}) or {}),
+            restore=s.restore_progress, transitions=dict(s.transitions),
             uptime_s=time.monotonic() - s.started, dataset_space=self.space,
-            zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
+            zk_quarantined=len(s.quarantined),
             pg_observed_age_s=None if self._pg_at == -math.inf else time.monotonic() - self._pg_at,
             pg_pending_restart=len(pgs.pending_restart) if pg_up else None,
-            slots=tuple(getattr(s, "slots", None) or ()) if pg_up else (),
+            slots=tuple(s.slots or ()) if pg_up else (),
         )
 
     async def render(self) -> bytes:
         await self.observe()
         if self._process is None:
             s = self.sitter
-            labels = {"shard": shard_name(s.cfg.shardPath), "node": s.me.zone_id}
+            labels = {"shard": shard_name(s.cfg.shardPath), "node": s.snapshot.me.zone_id}
             self.registry.register(_Labelled(ProcessCollector(registry=None), labels))
             self._process = True
         return generate_latest(self.registry)
 
     async def _refresh_pg(self) -> None:
-        pgs = self.sitter.last_pg
+        pgs = self.sitter.snapshot.last_pg
         result: tuple[int | None, float | None, tuple[ReplicationRow, ...]] = (None, None, ())
         if pgs and pgs.running and pgs.healthy:
             rows = await self._query(PG_SQL)
@@ -426,16 +426,14 @@ class MetricsCollector:
                 return self._snap_ms
             dataset = self.sitter.cfg.postgresMgrCfg.zfsClientCfg.dataset
             try:
-                snaps = await asyncio.wait_for(self.sitter.zfs.list_snapshots(dataset), ZFS_TIMEOUT_S)
+                snaps = await asyncio.wait_for(self.sitter.dataset.list_snapshots(), ZFS_TIMEOUT_S)
                 self._snap_ms = newest_epoch_ms(sn.name for sn in snaps)
             except Exception as e:  # noqa: BLE001 - no dataset yet, zfs hung: the metric is absent
                 self._snap_ms = None
                 if self.log:
                     self.log.debug("metrics_snapshot_list_failed", dataset=dataset, error=str(e) or type(e).__name__)
             try:
-                out = await asyncio.wait_for(
-                    self.sitter.zfs.run("get", "-Hp", "-o", "property,value", "available,used,quota", dataset),
-                    ZFS_TIMEOUT_S)
+                out = await asyncio.wait_for(self.sitter.dataset.space(), ZFS_TIMEOUT_S)
                 self.space = parse_space(out)
             except Exception as e:  # noqa: BLE001
                 self.space = None
