@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import replace
 
 from manatee.sitter import slots
 from manatee.shard import history, latches, transitions as T
-from manatee.shard.decide import Decision, Effect, Observation, decide
+from manatee.shard.decide import decide
+from manatee.shard.decision import Decision, Effect, Observation
 from manatee.sitter.health import PgHealth
 from manatee.sitter.heartbeat import Heartbeat, HeartbeatSender, HeartbeatTable
 from manatee.sitter.hooks import RoleHooks
 from manatee.sitter.pgmanager import PgConfigError, PgStatus
 from manatee.sitter.ports import Clock, Dataset, Postgres, Session, Store, SystemClock
-from manatee.sitter.snapshot import SitterSnapshot
+from manatee.sitter.snapshot import SitterSnapshot, snapshot_of
 from manatee.sitter.steps import StepRunner
 from manatee.sitter.dataset import UpstreamNotReady
 from manatee.sitter.zkview import ZkView, worse
@@ -94,18 +94,7 @@ class Sitter:
 
     def publish(self) -> SitterSnapshot:
         """Replace the snapshot the status server and the metrics read."""
-        v, h, d = self.view, self.health, self.last
-        self.snapshot = SitterSnapshot(
-            me=self.me, role=self.role, target=self.target, reason=d.reason if d else None,
-            rule=d.rule if d else None, state=v.state, error=v.error, election=v.election, zk_state=v.zk_state,
-            last_pg=self.last_pg, last_pg_at=self.last_pg_at, pg_config_error=self.pg.config_error,
-            pg_parameters_gen=self.pg.parameters_gen, restore_progress=self.steps.restore_progress,
-            restarts_done=self.pg_restarts, restart_requested=self.restart_request is not None,
-            transitions=dict(self.transitions), slots=self.slots, quarantined=v.quarantined,
-            state_unreadable=v.state_unreadable, session_timeout=v.session_timeout,
-            negotiated_session_timeout=self.session.negotiated_session_timeout, started=self.started,
-            sick_since=h.sick_since, sick_why=h.sick_why, cannot_serve=h.cannot_serve, hung_kills=h.hung_kills,
-            heartbeats_withheld=h.hb_withheld)
+        self.snapshot = snapshot_of(self)
         return self.snapshot
 
     @property
@@ -253,10 +242,11 @@ class Sitter:
 
         status = StatusServer(self, self.log)
         await status.start()
-        self.view.attach()
+        self.view.listen()
         if not await self.view.connect(stop):
             await status.stop()
             return 0
+        self.view.watch()
         hb_task = asyncio.create_task(self.hb_sender.run(stop))
         try:
             while not stop.is_set():

@@ -113,7 +113,7 @@ class MetricsView:
     dataset_space: Mapping[str, int | None] | None = None  # {available, used, quota} bytes (quota 0: none)
     pg_observed_age_s: float | None = None                 # age of the cached PostgreSQL answers
     pg_pending_restart: int | None = None                  # settings only a restart applies (None: unknown)
-    slots: tuple[Any, ...] = ()  # manatee's replication slots on this node (sitter.slots: slots.Slot)
+    slots: tuple[Any, ...] = ()  # manatee's replication slots on this node (snapshot.slots: slots.Slot)
 
 
 # ---------------------------------------------------------------------------- metric families
@@ -123,22 +123,42 @@ def shard_name(shard_path: str) -> str:
     return shard_path[len("/manatee/"):] if shard_path.startswith("/manatee/") else shard_path
 
 
+class _Families:
+    """Collects metric families; every series carries `shard` and `node`."""
+
+    def __init__(self, v: MetricsView):
+        self.base = {"shard": shard_name(v.shard), "node": v.zone_id}
+        self.fs: list[Metric] = []
+
+    def g(self, name: str, help_: str, value: float | None = None, **labels: str) -> GaugeMetricFamily:
+        m = GaugeMetricFamily(name, help_, labels=[*self.base, *labels])
+        if value is not None:
+            m.add_metric([*self.base.values(), *labels.values()], value)
+        self.fs.append(m)
+        return m
+
+    def add(self, m: Metric, value: float, **labels: str) -> None:
+        m.add_metric([*self.base.values(), *labels.values()], value)
+
+
 def families(v: MetricsView, now_ms: int) -> list[Metric]:
     """The view as metric families (pure: time comes in as `now_ms`). Every series carries
     `shard` and `node` (the zoneId)."""
-    base = {"shard": shard_name(v.shard), "node": v.zone_id}
-    fs: list[Metric] = []
+    f = _Families(v)
+    _node_families(f, v)
+    _replication_families(f, v)
+    _storage_families(f, v, now_ms)
+    _restore_and_pg_families(f, v)
+    tr = CounterMetricFamily("manatee_transitions", "Topology changes this sitter recorded in the shard's "
+                                                    "history, by action.", labels=[*f.base, "action"])
+    for a in (*ACTIONS, *sorted(set(v.transitions) - set(ACTIONS))):
+        tr.add_metric([*f.base.values(), a], int(v.transitions.get(a, 0)))
+    f.fs.append(tr)
+    return f.fs
 
-    def g(name: str, help_: str, value: float | None = None, **labels: str) -> GaugeMetricFamily:
-        m = GaugeMetricFamily(name, help_, labels=[*base, *labels])
-        if value is not None:
-            m.add_metric([*base.values(), *labels.values()], value)
-        fs.append(m)
-        return m
 
-    def add(m: Metric, value: float, **labels: str) -> None:
-        m.add_metric([*base.values(), *labels.values()], value)
-
+def _node_families(f: _Families, v: MetricsView) -> None:
+    g, add = f.g, f.add
     g("manatee_sitter_info", "Constant 1, labelled with this sitter's identity.", 1, peer_id=v.peer_id)
     g("manatee_sitter_uptime_seconds", "Seconds since this sitter started.", round(v.uptime_s, 3))
     role = g("manatee_role", "1 for this node's place in the shard (primary, sync, async, deposed) "
@@ -160,6 +180,10 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
     g("manatee_frozen", "1 while the shard is frozen (no automatic transitions).", int(v.frozen))
     g("manatee_zk_quarantined_znodes", "ZooKeeper znodes this sitter ignores as malformed (listed in "
                                        "GET /state, quarantined).", v.zk_quarantined)
+
+
+def _replication_families(f: _Families, v: MetricsView) -> None:
+    g, add = f.g, f.add
     if v.standby_lag_bytes is not None:
         g("manatee_standby_lag_bytes", "This standby: bytes of WAL its upstream has that it has not replayed.",
           v.standby_lag_bytes)
@@ -188,6 +212,10 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
             if sl.retained_bytes is not None:
                 add(sb, sl.retained_bytes, slot=sl.name)
             add(sa, int(sl.active), slot=sl.name)
+
+
+def _storage_families(f: _Families, v: MetricsView, now_ms: int) -> None:
+    g = f.g
     if v.last_snapshot_ms is not None:
         g("manatee_last_snapshot_timestamp_seconds", "Time of the newest <dataset>@<epoch-ms> snapshot.",
           v.last_snapshot_ms / 1000)
@@ -199,6 +227,10 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
                        ("quota", "The dataset's quota in bytes; 0 when it has none (zfs get quota).")):
         if sp.get(key) is not None:
             g(f"manatee_dataset_{key}_bytes", help_, sp[key])
+
+
+def _restore_and_pg_families(f: _Families, v: MetricsView) -> None:
+    g = f.g
     r = v.restore or {}
     in_progress = bool(r) and r.get("phase") not in RESTORE_FINISHED
     g("manatee_restore_in_progress", "1 while this node restores its dataset from its upstream.", int(in_progress))
@@ -216,12 +248,6 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
         g("manatee_pg_observation_age_seconds", "Age of the PostgreSQL answers these metrics show "
                                                 "(they are cached; see docs/observability.md).",
           round(v.pg_observed_age_s, 3))
-    tr = CounterMetricFamily("manatee_transitions", "Topology changes this sitter recorded in the shard's "
-                                                    "history, by action.", labels=[*base, "action"])
-    for a in (*ACTIONS, *sorted(set(v.transitions) - set(ACTIONS))):
-        tr.add_metric([*base.values(), a], int(v.transitions.get(a, 0)))
-    fs.append(tr)
-    return fs
 
 
 class _ViewCollector:

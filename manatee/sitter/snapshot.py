@@ -60,6 +60,22 @@ class SitterSnapshot:
         return bool(pgs and pgs.running and pgs.healthy) and not self.restoring and self.role != REBUILD
 
 
+def snapshot_of(sitter) -> SitterSnapshot:
+    """What the loop (manatee.sitter.loop.Sitter) publishes now."""
+    v, h, d = sitter.view, sitter.health, sitter.last
+    return SitterSnapshot(
+        me=sitter.me, role=sitter.role, target=sitter.target, reason=d.reason if d else None,
+        rule=d.rule if d else None, state=v.state, error=v.error, election=v.election, zk_state=v.zk_state,
+        last_pg=sitter.last_pg, last_pg_at=sitter.last_pg_at, pg_config_error=sitter.pg.config_error,
+        pg_parameters_gen=sitter.pg.parameters_gen, restore_progress=sitter.steps.restore_progress,
+        restarts_done=sitter.pg_restarts, restart_requested=sitter.restart_request is not None,
+        transitions=dict(sitter.transitions), slots=sitter.slots, quarantined=v.quarantined,
+        state_unreadable=v.state_unreadable, session_timeout=v.session_timeout,
+        negotiated_session_timeout=sitter.session.negotiated_session_timeout, started=sitter.started,
+        sick_since=h.sick_since, sick_why=h.sick_why, cannot_serve=h.cannot_serve, hung_kills=h.hung_kills,
+        heartbeats_withheld=h.hb_withheld)
+
+
 def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
     """GET /state: what the sitter knows and decided (docs/observability.md)."""
     st, pgs, t = s.state, s.last_pg, s.target

@@ -44,12 +44,15 @@ class ZkView:
         """"<znode>: <why>" for each znode ignored because it cannot be parsed."""
         return self.store.quarantine.items()
 
-    def attach(self) -> None:
-        """Listen to the session and watch the shard's znodes (before the session starts)."""
+    def listen(self) -> None:
+        """Listen to the session's state (before it starts)."""
         self.session.add_state_listener(self.on_state)
         if self.session.auth is None:
             self.log.warning("zk_auth_off", note="no zkCfg.auth: anyone who reaches ZooKeeper can change this "
                                                  "shard's znodes (docs/security.md)")
+
+    def watch(self) -> None:
+        """Watch the shard's znodes (once the session has started)."""
         self.session.watch_children(self.store.election_path, self.poke)
         self.session.watch_data(self.store.state_path, self.poke)
         self.session.watch_data(self.store.error_path, self.poke)

@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import weakref
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from manatee.shard.state import PRIMARY, REBUILD, STANDBY, UNASSIGNED, Peer
+from manatee.shard.state import UNASSIGNED, Peer
 from manatee.sitter.heartbeat import Heartbeat
 from manatee.sitter.loop import Sitter
 from tests.sim.clock import FakeClock, SimLog, format_record
@@ -113,6 +114,8 @@ class Node:
 
 
 class Shard:
+    open_shards: weakref.WeakSet = weakref.WeakSet()
+
     def __init__(self, n: int = 3, seed: int = 0, onwm: bool = False, commits_per_tick: int = 1) -> None:
         self.commits_per_tick = commits_per_tick
         self.rng = random.Random(seed)
@@ -132,6 +135,7 @@ class Shard:
         self.violations: list[Violation] = []
         for node in self.nodes:
             self._boot(node)
+        Shard.open_shards.add(self)
 
     def close(self) -> None:
         """Stop every sitter (a cycle may be parked until the next tick) and the event loop."""
@@ -140,9 +144,13 @@ class Shard:
         for n in self.nodes:
             self._halt(n)
         self.loop.close()
+        Shard.open_shards.discard(self)
 
-    def __del__(self):
-        self.close()
+    @classmethod
+    def close_all(cls) -> None:
+        """Close every shard still open (a test's fixture calls this after each test)."""
+        for sh in list(cls.open_shards):
+            sh.close()
 
     @property
     def trace(self) -> list[str]:
@@ -179,7 +187,8 @@ class Shard:
         n.sitter = Sitter(sitter_config(n.peer, self.onwm), log, store=FakeStore(self.zk, n.session, log),
                           session=n.session, pg=FakePg(n, self, float(HUNG_TICKS)), dataset=FakeDataset(n, self),
                           clock=self.clock)
-        n.sitter.view.attach()
+        n.sitter.view.listen()
+        n.sitter.view.watch()
 
     def _halt(self, n: Node) -> None:
         if n.task is not None:
@@ -412,6 +421,20 @@ class Shard:
             if not (c.running and c.mode == "standby" and c.applied.upstream == prev.id and c.streaming):
                 return False
         return True
+
+    def lost_acknowledged(self) -> list:
+        """Acknowledged writes the current primary's WAL lacks (S2: must stay empty); while the
+        state znode cannot be parsed, the primary of the last state written."""
+        try:
+            st = self.zk.state()
+        except ValueError:
+            st = self.zk.writes[-1] if self.zk.writes else None
+        return [] if st is None else sorted(set(self.acked) - set(self.node(st.primary.id).log), key=str)
+
+    def events(self, node, event: str) -> list[float]:
+        """When `node`'s sitter logged `event`."""
+        ip = self.node(node).peer.ip
+        return [t for t, who, _lv, ev, _kw in self.records if who == ip and ev == event]
 
     def settle(self, limit: int = SETTLE) -> int:
         for i in range(limit):

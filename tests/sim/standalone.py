@@ -102,7 +102,8 @@ def standalone_sitter(me: Peer, *, pg=None, state: ClusterState | None = None, e
     s = Sitter(sitter_config(me, False, **cfg), log, store=FakeStore(zk, session, log), session=session,
                pg=pg or ScriptedPg(), dataset=NoDataset(), clock=clock)
     s.records = records  # what it logged: (time, who, level, event, fields)
-    s.view.attach()
+    s.view.listen()
+    s.view.watch()
     session.poll(clock.now)
     if state is not None:
         zk.set_raw(state.dumps())

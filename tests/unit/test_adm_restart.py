@@ -4,7 +4,6 @@ needs the shard secret's proof and a well-formed body."""
 
 from __future__ import annotations
 
-import asyncio
 from types import SimpleNamespace
 
 import pytest

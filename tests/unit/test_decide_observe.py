@@ -31,7 +31,7 @@ STATE = ClusterState(generation=1, primary=A, sync=B, async_=(C,), init_wal=0x50
 
 
 def obs_for_primary():
-    from manatee.shard.decide import Observation
+    from manatee.shard.decision import Observation
     return Observation(me=A, election=(A, B, C), state=STATE, state_version=3, running=True, in_recovery=False,
                        wal=0x9000, read_only=False, has_data=True, sync_caught_up=True)
 
@@ -62,6 +62,18 @@ def test_a_view_from_an_expired_session_is_reported_lost_until_reread():
     obs = asyncio.run(s.observe())
     assert obs.zk == LOST
     assert decide(obs).target.role == FENCED  # not primary again on the old state
+
+
+def test_a_new_session_whose_first_read_fails_still_reports_lost():
+    """The session was lost and a new one is connected before the cycle starts, but the view
+    cannot be read again (ZooKeeper stops answering): the view is the expired session's."""
+    s = _sitter(CONNECTED, CONNECTED, view_stale=False)
+    s.session._fire(LOST)
+    s.session._fire(CONNECTED)
+    s.store.zk.up = False  # every read now fails (ConnectionLoss)
+    obs = asyncio.run(s.observe())
+    assert s.view.view_stale and obs.zk == LOST
+    assert decide(obs).target.role == FENCED
 
 
 def test_reconnect_during_observe_reports_the_worse_state():

@@ -9,7 +9,8 @@ import itertools
 
 import pytest
 
-from manatee.shard.decide import Observation, decide
+from manatee.shard.decide import decide
+from manatee.shard.decision import Observation
 from manatee.shard.shardstore import Quarantine
 from manatee.shard.state import (
     CONNECTED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED, Peer,
