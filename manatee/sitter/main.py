@@ -7,15 +7,35 @@ from manatee.core.procs import become_subreaper
 from manatee.sitter.config import SitterConfig
 
 
+def build_sitter(config: SitterConfig, log, secret=None):
+    """The sitter loop wired to the real ZooKeeper, PostgreSQL, ZFS dataset and clock."""
+    from manatee.core import zk as zkmod
+    from manatee.shard.shardstore import ShardStore
+    from manatee.sitter.dataset import ZfsDataset
+    from manatee.sitter.loop import Sitter
+    from manatee.sitter.pgmanager import PgManager
+    from manatee.sitter.ports import SystemClock
+
+    z = config.zkCfg
+    session = zkmod.ZKClient(z.connStr, z.sessionTimeout / 1000, connect_timeout=z.connectTimeout / 1000,
+                             logger=log, **z.client_options())
+    # verifies https:// peers against tls.caFile and presents our certificate (None: no TLS)
+    tls = getattr(config, "tls", None)
+    tls_client = tls.client_context() if tls else None
+    return Sitter(config, log, secret=secret, tls_client=tls_client, session=session,
+                  store=ShardStore(session, config.shardPath, config.registrar_path, log),
+                  pg=PgManager(config, log), clock=SystemClock(),
+                  dataset=ZfsDataset(config, log, secret=secret, ssl_context=tls_client))
+
+
 async def run(config: SitterConfig, log, stop) -> int:
     from manatee.core.auth import daemon_secret
     from manatee.core.daemon import register_reload
-    from manatee.sitter.sitter import Sitter
 
     log = log.bind(node=config.zoneId)
     secret = daemon_secret(config.secretFile, config.insecure, log, "manatee-sitter")
     become_subreaper()
-    sitter = Sitter(config, log, secret=secret)
+    sitter = build_sitter(config, log, secret=secret)
     register_reload(sitter.reload_config)
     return await sitter.run(stop)
 

@@ -51,30 +51,29 @@ LAG_QUERY_TIMEOUT_S = 2.0
 
 # ---------------------------------------------------------------------------- health predicates
 
-def writable_primary(sitter) -> bool:
+def writable_primary(snap) -> bool:
     """The primary accepting writes: the target is a read-write primary and PostgreSQL, as last
-    observed, runs healthy, out of recovery and not read-only."""
-    return _target_and_fresh_pg(sitter, PRIMARY) is not None and not sitter.target.read_only and (
-        sitter.last_pg.healthy and sitter.last_pg.in_recovery is False and not sitter.last_pg.read_only)
+    observed, runs healthy, out of recovery and not read-only. `snap`: a SitterSnapshot."""
+    return _target_and_fresh_pg(snap, PRIMARY) is not None and not snap.target.read_only and (
+        snap.last_pg.healthy and snap.last_pg.in_recovery is False and not snap.last_pg.read_only)
 
 
-def _target_and_fresh_pg(sitter, role: str):
+def _target_and_fresh_pg(snap, role: str):
     """The last PostgreSQL observation when the target has `role`, PG ran, and that
     observation is younger than the session timeout. A node resumed after a hang longer
     than that answers from its pre-hang view until its first cycle: not to be trusted
     (meanwhile another node may have been promoted)."""
-    t, pgs = sitter.target, sitter.last_pg
+    t, pgs = snap.target, snap.last_pg
     if t is None or t.role != role or pgs is None or not pgs.running:
         return None
-    at = getattr(sitter, "last_pg_at", None)
-    if at is not None and time.monotonic() - at > sitter.session_timeout:
+    if time.monotonic() - snap.last_pg_at > snap.session_timeout:
         return None
     return pgs
 
 
-def streaming_replica(sitter) -> bool:
+def streaming_replica(snap) -> bool:
     """A standby whose walreceiver is streaming from its upstream."""
-    pgs = _target_and_fresh_pg(sitter, STANDBY)
+    pgs = _target_and_fresh_pg(snap, STANDBY)
     return pgs is not None and bool(pgs.streaming)
 
 
@@ -115,27 +114,47 @@ class MetricsView:
     dataset_space: Mapping[str, int | None] | None = None  # {available, used, quota} bytes (quota 0: none)
     pg_observed_age_s: float | None = None                 # age of the cached PostgreSQL answers
     pg_pending_restart: int | None = None                  # settings only a restart applies (None: unknown)
-    slots: tuple[Any, ...] = ()  # manatee's replication slots on this node (sitter.slots: slots.Slot)
+    slots: tuple[Any, ...] = ()  # manatee's replication slots on this node (snapshot.slots: slots.Slot)
 
 
 # ---------------------------------------------------------------------------- metric families
 
+class _Families:
+    """Collects metric families; every series carries `shard` and `node`."""
+
+    def __init__(self, v: MetricsView):
+        self.base = {"shard": shard_name(v.shard), "node": v.zone_id}
+        self.fs: list[Metric] = []
+
+    def g(self, name: str, help_: str, value: float | None = None, **labels: str) -> GaugeMetricFamily:
+        m = GaugeMetricFamily(name, help_, labels=[*self.base, *labels])
+        if value is not None:
+            m.add_metric([*self.base.values(), *labels.values()], value)
+        self.fs.append(m)
+        return m
+
+    def add(self, m: Metric, value: float, **labels: str) -> None:
+        m.add_metric([*self.base.values(), *labels.values()], value)
+
+
 def families(v: MetricsView, now_ms: int) -> list[Metric]:
     """The view as metric families (pure: time comes in as `now_ms`). Every series carries
     `shard` and `node` (the zoneId)."""
-    base = {"shard": shard_name(v.shard), "node": v.zone_id}
-    fs: list[Metric] = []
+    f = _Families(v)
+    _node_families(f, v)
+    _replication_families(f, v)
+    _storage_families(f, v, now_ms)
+    _restore_and_pg_families(f, v)
+    tr = CounterMetricFamily("manatee_transitions", "Topology changes this sitter recorded in the shard's "
+                                                    "history, by action.", labels=[*f.base, "action"])
+    for a in (*ACTIONS, *sorted(set(v.transitions) - set(ACTIONS))):
+        tr.add_metric([*f.base.values(), a], int(v.transitions.get(a, 0)))
+    f.fs.append(tr)
+    return f.fs
 
-    def g(name: str, help_: str, value: float | None = None, **labels: str) -> GaugeMetricFamily:
-        m = GaugeMetricFamily(name, help_, labels=[*base, *labels])
-        if value is not None:
-            m.add_metric([*base.values(), *labels.values()], value)
-        fs.append(m)
-        return m
 
-    def add(m: Metric, value: float, **labels: str) -> None:
-        m.add_metric([*base.values(), *labels.values()], value)
-
+def _node_families(f: _Families, v: MetricsView) -> None:
+    g, add = f.g, f.add
     g("manatee_sitter_info", "Constant 1, labelled with this sitter's identity.", 1, peer_id=v.peer_id)
     g("manatee_sitter_uptime_seconds", "Seconds since this sitter started.", round(v.uptime_s, 3))
     role = g("manatee_role", "1 for this node's place in the shard (primary, sync, async, deposed) "
@@ -157,6 +176,10 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
     g("manatee_frozen", "1 while the shard is frozen (no automatic transitions).", int(v.frozen))
     g("manatee_zk_quarantined_znodes", "ZooKeeper znodes this sitter ignores as malformed (listed in "
                                        "GET /state, quarantined).", v.zk_quarantined)
+
+
+def _replication_families(f: _Families, v: MetricsView) -> None:
+    g, add = f.g, f.add
     if v.standby_lag_bytes is not None:
         g("manatee_standby_lag_bytes", "This standby: bytes of WAL its upstream has that it has not replayed.",
           v.standby_lag_bytes)
@@ -185,6 +208,10 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
             if sl.retained_bytes is not None:
                 add(sb, sl.retained_bytes, slot=sl.name)
             add(sa, int(sl.active), slot=sl.name)
+
+
+def _storage_families(f: _Families, v: MetricsView, now_ms: int) -> None:
+    g = f.g
     if v.last_snapshot_ms is not None:
         g("manatee_last_snapshot_timestamp_seconds", "Time of the newest <dataset>@<epoch-ms> snapshot.",
           v.last_snapshot_ms / 1000)
@@ -196,6 +223,10 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
                        ("quota", "The dataset's quota in bytes; 0 when it has none (zfs get quota).")):
         if sp.get(key) is not None:
             g(f"manatee_dataset_{key}_bytes", help_, sp[key])
+
+
+def _restore_and_pg_families(f: _Families, v: MetricsView) -> None:
+    g = f.g
     r = v.restore or {}
     in_progress = bool(r) and r.get("phase") not in RESTORE_FINISHED
     g("manatee_restore_in_progress", "1 while this node restores its dataset from its upstream.", int(in_progress))
@@ -213,12 +244,6 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
         g("manatee_pg_observation_age_seconds", "Age of the PostgreSQL answers these metrics show "
                                                 "(they are cached; see docs/observability.md).",
           round(v.pg_observed_age_s, 3))
-    tr = CounterMetricFamily("manatee_transitions", "Topology changes this sitter recorded in the shard's "
-                                                    "history, by action.", labels=[*base, "action"])
-    for a in (*ACTIONS, *sorted(set(v.transitions) - set(ACTIONS))):
-        tr.add_metric([*base.values(), a], int(v.transitions.get(a, 0)))
-    fs.append(tr)
-    return fs
 
 
 class _ViewCollector:
@@ -313,8 +338,9 @@ PG_SQL = (
 
 
 class MetricsCollector:
-    """Builds MetricsViews from a running Sitter: its attributes, plus one PostgreSQL query per
-    CACHE_S and one zfs call per SLOW_CACHE_S, shared by every scrape and endpoint."""
+    """Builds MetricsViews from a running Sitter's published snapshot, plus one PostgreSQL
+    query per CACHE_S (over sitter.pg.client) and one zfs call per SLOW_CACHE_S (over
+    sitter.dataset), shared by every scrape and endpoint."""
 
     def __init__(self, sitter, log=None, *, snapshot_cache_s: float = SLOW_CACHE_S, cache_s: float = CACHE_S):
         self.sitter, self.log = sitter, log
@@ -348,41 +374,41 @@ class MetricsCollector:
         return v
 
     async def collect(self) -> MetricsView:
-        """The view from the cached observations and the sitter's attributes (no query here)."""
-        s = self.sitter
+        """The view from the cached observations and the sitter's snapshot (no query here)."""
+        s = self.sitter.snapshot
         st, pgs = s.state, s.last_pg
-        place = st.place_of(s.me.id) if st else None
+        place = s.place
         pg_up = bool(pgs and pgs.running and pgs.healthy)
         standby_bytes, standby_secs, rows = self._pg if pg_up else (None, None, ())
         if not (pg_up and pgs.in_recovery):
             standby_bytes = standby_secs = None
         return MetricsView(
-            peer_id=s.me.id, zone_id=s.me.zone_id, shard=s.cfg.shardPath,
+            peer_id=s.me.id, zone_id=s.me.zone_id, shard=self.sitter.cfg.shardPath,
             role=place or s.role, local_role=s.role,
             generation=st.generation if st else None, pg_up=pg_up,
             zk_connected=s.zk_state == CONNECTED, writable=writable_primary(s),
             replica_streaming=streaming_replica(s), safe_mode=s.error is not None,
             frozen=bool(st and st.frozen), standby_lag_bytes=standby_bytes, standby_lag_seconds=standby_secs,
             replication=rows, last_snapshot_ms=await self._last_snapshot_ms(),
-            restore=s.restore_progress, transitions=dict(getattr(s, "transitions", {}) or {}),
+            restore=s.restore_progress, transitions=dict(s.transitions),
             uptime_s=time.monotonic() - s.started, dataset_space=self.space,
-            zk_quarantined=len(getattr(s, "quarantined", ()) or ()),
+            zk_quarantined=len(s.quarantined),
             pg_observed_age_s=None if self._pg_at == -math.inf else time.monotonic() - self._pg_at,
             pg_pending_restart=len(pgs.pending_restart) if pg_up else None,
-            slots=tuple(getattr(s, "slots", None) or ()) if pg_up else (),
+            slots=tuple(s.slots or ()) if pg_up else (),
         )
 
     async def render(self) -> bytes:
         await self.observe()
         if self._process is None:
             s = self.sitter
-            labels = {"shard": shard_name(s.cfg.shardPath), "node": s.me.zone_id}
+            labels = {"shard": shard_name(s.cfg.shardPath), "node": s.snapshot.me.zone_id}
             self.registry.register(_Labelled(ProcessCollector(registry=None), labels))
             self._process = True
         return generate_latest(self.registry)
 
     async def _refresh_pg(self) -> None:
-        pgs = self.sitter.last_pg
+        pgs = self.sitter.snapshot.last_pg
         result: tuple[int | None, float | None, tuple[ReplicationRow, ...]] = (None, None, ())
         if pgs and pgs.running and pgs.healthy:
             rows = await self._query(PG_SQL)
@@ -422,16 +448,14 @@ class MetricsCollector:
                 return self._snap_ms
             dataset = self.sitter.cfg.postgresMgrCfg.zfsClientCfg.dataset
             try:
-                snaps = await asyncio.wait_for(self.sitter.zfs.list_snapshots(dataset), ZFS_TIMEOUT_S)
+                snaps = await asyncio.wait_for(self.sitter.dataset.list_snapshots(), ZFS_TIMEOUT_S)
                 self._snap_ms = newest_epoch_ms(sn.name for sn in snaps)
             except Exception as e:  # noqa: BLE001 - no dataset yet, zfs hung: the metric is absent
                 self._snap_ms = None
                 if self.log:
                     self.log.debug("metrics_snapshot_list_failed", dataset=dataset, error=str(e) or type(e).__name__)
             try:
-                out = await asyncio.wait_for(
-                    self.sitter.zfs.run("get", "-Hp", "-o", "property,value", "available,used,quota", dataset),
-                    ZFS_TIMEOUT_S)
+                out = await asyncio.wait_for(self.sitter.dataset.space(), ZFS_TIMEOUT_S)
                 self.space = parse_space(out)
             except Exception as e:  # noqa: BLE001
                 self.space = None

@@ -133,6 +133,13 @@ class PgManager:
         """A usable data directory: initdb finished (pg_control is written last)."""
         return (self.data_dir / "PG_VERSION").exists() and (self.data_dir / "global" / "pg_control").exists()
 
+    async def check_data(self, timeout: float) -> bool:
+        """has_data() off the event loop, within `timeout` (asyncio.TimeoutError: hung storage)."""
+        return await asyncio.wait_for(asyncio.to_thread(self.has_data), timeout)
+
+    def has_standby_signal(self) -> bool:
+        return (self.data_dir / "standby.signal").exists()
+
     async def initdb(self) -> None:
         self.log.info("pg_initdb", data_dir=str(self.data_dir))
         await pgmod.initdb(self.data_dir, user=self.user, bindir=self.bindir, password=self._superuser_password(),

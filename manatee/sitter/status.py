@@ -43,6 +43,7 @@ from manatee.sitter.heartbeat import parse_heartbeat
 from manatee.sitter.metrics import (
     CONTENT_TYPE, MetricsCollector, lag_within, parse_lag, streaming_replica, writable_primary,
 )
+from manatee.sitter.snapshot import debug_state
 from manatee.shard.state import CONNECTED
 
 MAX_BODY = 4096
@@ -65,6 +66,9 @@ def _force_of(raw: bytes) -> tuple[bool, web.Response | None]:
 
 
 class StatusServer:
+    """The routes read the loop's published snapshot (`sitter.snapshot`, frozen) and ask it for
+    changes only through its methods (heartbeat_received, request_rebuild, request_restart)."""
+
     def __init__(self, sitter, log):
         self.sitter, self.log = sitter, log
         self.app = web.Application(client_max_size=MAX_BODY)
@@ -139,45 +143,42 @@ class StatusServer:
         than any bounded step (PostgreSQL start/stop/promote, opsTimeout) can take, twice, plus
         two session timeouts. A restore is exempt (it runs for as long as the copy takes)."""
         ops = getattr(getattr(self.sitter.cfg, "postgresMgrCfg", None), "opsTimeout", 60000) / 1000
-        return max(LIVENESS_MIN_S, 2 * ops + 2 * float(getattr(self.sitter, "session_timeout", 60)))
+        return max(LIVENESS_MIN_S, 2 * ops + 2 * float(self.sitter.snapshot.session_timeout))
 
     async def liveness(self, _req):
         """The event loop answers (this handler runs) and the sitter's loop is not stuck: its last
         observation is recent, or it is restoring, or it has not observed yet (waiting for
         ZooKeeper is alive). Needs neither ZooKeeper nor PostgreSQL."""
-        s = self.sitter
-        at = getattr(s, "last_pg_at", 0.0)
+        s = self.sitter.snapshot
+        at = s.last_pg_at
         ago = time.monotonic() - at if at else None
-        restoring = bool(s.restore_progress) and (s.restore_progress or {}).get("phase") not in ("done", "failed")
-        alive = ago is None or restoring or ago <= self._stuck_after()
+        alive = ago is None or s.restoring or ago <= self._stuck_after()
         return _json(200 if alive else 503, {"alive": alive, "role": s.role, "zk": s.zk_state,
                                              "uptimeSeconds": round(time.monotonic() - s.started, 3),
                                              "lastObservationAgoSeconds": None if ago is None else round(ago, 3),
                                              "stuckAfterSeconds": self._stuck_after()})
 
-    def _pg_serving(self) -> tuple[bool, dict]:
-        s = self.sitter
+    @staticmethod
+    def _pg_serving(s) -> tuple[bool, dict]:
         pgs = s.last_pg
-        restoring = bool(s.restore_progress) and (s.restore_progress or {}).get("phase") not in ("done", "failed")
-        ok = bool(pgs and pgs.running and pgs.healthy) and not restoring and s.role != "rebuild"
-        return ok, {"running": bool(pgs and pgs.running), "healthy": bool(pgs and pgs.healthy),
-                    "restoring": restoring}
+        return s.pg_serving, {"running": bool(pgs and pgs.running), "healthy": bool(pgs and pgs.healthy),
+                              "restoring": s.restoring}
 
     async def ping(self, _req):
-        s = self.sitter
-        ok, pg = self._pg_serving()
+        s = self.sitter.snapshot
+        ok, pg = self._pg_serving(s)
         return _json(200 if ok else 503, {"healthy": ok, "zk": s.zk_state, "role": s.role, "pg": pg})
 
     async def readiness(self, _req):
-        s = self.sitter
-        pg_ok, pg = self._pg_serving()
+        s = self.sitter.snapshot
+        pg_ok, pg = self._pg_serving(s)
         serving = writable_primary(s) or streaming_replica(s)
         ok = pg_ok and s.zk_state == CONNECTED and serving
         return _json(200 if ok else 503, {"ready": ok, "zk": s.zk_state, "role": s.role, "pg": pg,
                                           "serving": serving})
 
     async def state(self, _req):
-        body = self.sitter.debug_state()
+        body = debug_state(self.sitter.snapshot, self.sitter.cfg, time.monotonic())
         # {available, used, quota} bytes from the metrics' cached `zfs get` (None: not known yet);
         # a stale cache is refreshed in the background, never on this request's time
         body["dataset"] = self.collector.space
@@ -185,21 +186,21 @@ class StatusServer:
         return _json(200, body)
 
     async def primary(self, _req):
-        s = self.sitter
+        s = self.sitter.snapshot
         ok = writable_primary(s)
         return _json(200 if ok else 503, {"primary": ok, "role": s.role})
 
     async def _standby_check(self, req, name: str, place_ok) -> web.Response:
         """/replica, /sync, /async, /read-only: a streaming standby whose place qualifies, within
         ?lag= when given (the writable primary too for /read-only: it has no lag)."""
-        s = self.sitter
+        s = self.sitter.snapshot
         lag = req.query.get("lag")
         try:
             limit = parse_lag(lag) if lag is not None else None
         except ValueError as e:
             return _json(400, {"code": "BadRequest", "message": str(e)})
         t = s.target
-        place = s.state.place_of(s.me.id) if s.state else None
+        place = s.place
         body = {"role": s.role, "place": place, "upstream": t.upstream.id if t and t.upstream else None}
         if name == "read-only" and writable_primary(s):
             return _json(200, {name: True, **body, "lag": None})
@@ -230,7 +231,7 @@ class StatusServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def restore(self, _req):
-        return _json(200, {"restore": self.sitter.restore_progress})
+        return _json(200, {"restore": self.sitter.snapshot.restore_progress})
 
     async def rebuild(self, req: web.Request):
         """manatee-adm rebuild: restore this node from its upstream. It destroys the node's
@@ -239,7 +240,7 @@ class StatusServer:
         raw, denied = await self._signed_body(req)
         if denied is not None:
             return denied
-        members = {p.ip for p in self.sitter.election} | {self.sitter.cfg.ip}
+        members = {p.ip for p in self.sitter.snapshot.election} | {self.sitter.cfg.ip}
         if req.remote not in members and not (req.remote or "").startswith("127."):
             self.log.warning("rebuild_refused", remote=req.remote)
             return _json(403, {"code": "Forbidden",
@@ -286,7 +287,7 @@ class StatusServer:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _json(400, {"code": "BadRequest", "message": "body must be JSON"})
-        members = {p.id for p in self.sitter.election}
+        members = {p.id for p in self.sitter.snapshot.election}
         try:
             hb = parse_heartbeat(body, members.__contains__, time.monotonic(), remote=req.remote)
         except PermissionError as e:
@@ -294,9 +295,5 @@ class StatusServer:
             return _json(403, {"code": "NotAMember", "message": str(e)})
         except ValueError as e:
             return _json(400, {"code": "BadRequest", "message": str(e)})
-        first = hb.peer_id not in self.sitter.heartbeats.beats
-        self.sitter.heartbeats.record(hb)
-        if first:
-            self.log.info("heartbeat_new_standby", standby=hb.peer_id)
-            self.sitter.wake.set()
+        self.sitter.heartbeat_received(hb)
         return _json(200, {})

@@ -4,15 +4,14 @@ needs the shard secret's proof and a well-formed body."""
 
 from __future__ import annotations
 
-import asyncio
 from types import SimpleNamespace
 
 import pytest
 
 from manatee.cli.adm_restart import _below, plan
-from manatee.sitter.sitter import Sitter
 from manatee.shard.state import PRIMARY, STANDBY, ClusterState
 from manatee.sitter.status import StatusServer
+from tests.sim.standalone import ScriptedPg, standalone_sitter
 from tests.unit.test_state import peer
 from tests.unit.test_status_auth import FakeSitter, Log, S, _post
 
@@ -26,23 +25,9 @@ def test_plan_restarts_asyncs_deepest_first_then_sync_then_switches_over_then_ol
     assert _below(st, B) == [B, C, D] and _below(st, D) == [D]
 
 
-class FakePg:
-    def __init__(self):
-        self.calls: list[str] = []
-
-    async def stop(self, mode="fast"):
-        self.calls.append(f"stop:{mode}")
-
-    async def start(self):
-        self.calls.append("start")
-
-
-def _sitter(me) -> Sitter:
-    s = object.__new__(Sitter)  # only the restart request's state: no ZooKeeper, no PostgreSQL
-    s.state = ClusterState(generation=3, primary=A, sync=B, async_=(C,))
-    s.me, s.wake, s.log, s.pg = me, asyncio.Event(), Log(), FakePg()
-    s.restart_request, s.pg_restarts = None, 0
-    return s
+def _sitter(me):
+    """The production Sitter with fakes, in a shard whose state names A, B and C."""
+    return standalone_sitter(me, pg=ScriptedPg(), state=ClusterState(generation=3, primary=A, sync=B, async_=(C,)))
 
 
 @pytest.mark.parametrize("me, force, code", [(A, False, 409), (A, True, 202), (B, False, 202), (C, False, 202),
@@ -60,7 +45,7 @@ async def test_the_cycle_restarts_once_in_its_role_and_counts_it():
     s = _sitter(B)
     s.request_restart()
     await s._restart_pg(SimpleNamespace(role=STANDBY))
-    assert s.pg.calls == ["stop:fast", "start"] and s.pg_restarts == 1 and s.restart_request is None
+    assert s.pg.calls == [("stop:fast",), ("start",)] and s.pg_restarts == 1 and s.restart_request is None
 
 
 async def test_a_node_that_became_primary_since_the_request_is_not_restarted():

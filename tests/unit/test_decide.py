@@ -5,7 +5,8 @@ import itertools
 import pytest
 
 from manatee.core.lsn import parse_lsn
-from manatee.shard.decide import Observation, decide
+from manatee.shard.decide import decide
+from manatee.shard.decision import Observation
 from manatee.shard.state import (
     CONNECTED, DEPOSED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED,
     ClusterState, Freeze, Peer,

@@ -1,4 +1,5 @@
-"""What the sitter's shell tells decide() about its ZooKeeper session (Sitter.observe).
+"""What the sitter's shell tells decide() about its ZooKeeper session (Sitter.observe), run on
+the production Sitter built through its constructor with fakes (tests/sim).
 
 Found by F6 (SIGSTOP the primary past its session timeout, then SIGCONT): right after
 SIGCONT the old primary's session is LOST and a new one CONNECTED while observe() awaits
@@ -10,14 +11,13 @@ restarted as a (read-only) primary and an AssumeLeader with the old generation r
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 from manatee.core.lsn import Lsn
 from manatee.shard.decide import decide
-from manatee.sitter.heartbeat import HeartbeatTable
 from manatee.sitter.pgmanager import PgStatus
-from manatee.sitter.sitter import Sitter
 from manatee.shard.state import CONNECTED, FENCED, LOST, PRIMARY, SUSPENDED, ClusterState, Peer
+from tests.sim.clock import FakeClock
+from tests.sim.standalone import ScriptedPg, standalone_sitter
 
 
 def _peer(n: int) -> Peer:
@@ -31,38 +31,29 @@ STATE = ClusterState(generation=1, primary=A, sync=B, async_=(C,), init_wal=0x50
 
 
 def obs_for_primary():
-    from manatee.shard.decide import Observation
+    from manatee.shard.decision import Observation
     return Observation(me=A, election=(A, B, C), state=STATE, state_version=3, running=True, in_recovery=False,
                        wal=0x9000, read_only=False, has_data=True, sync_caught_up=True)
 
 
-def _sitter(zk_before: str, zk_after: str, *, view_stale: bool) -> Sitter:
-    """A Sitter whose ZK session changes from zk_before to zk_after while PG is asked."""
-    s = Sitter.__new__(Sitter)
+def _sitter(zk_before: str, zk_after: str, *, view_stale: bool, me: Peer = A, statuses=None):
+    """The production Sitter (built through its constructor with fakes), A primary in STATE,
+    whose ZooKeeper session goes from zk_before to zk_after while PostgreSQL is asked."""
+    clock = FakeClock(100.0)
+    s = None
 
-    async def status(_sync_app):
-        s.zk_state = zk_after  # the kazoo thread's news arrives during the await
+    def status(_sync_app):
+        s.session._fire(zk_after)  # the kazoo thread's news arrives during the await
         return PgStatus(True, True, False, Lsn(0x9000), False, False, None, 1, False)
 
-    async def no_refresh():
-        return None
-
-    s.me, s.zk_state, s.view_stale = A, zk_before, view_stale
-    s.state, s.state_version, s.election, s.error = STATE, 3, (A, B, C), None
-    s.pg = SimpleNamespace(status=status, has_data=lambda: True)
-    s.zk = SimpleNamespace(session_expiry_deadline=lambda: None)
-    s.cfg = SimpleNamespace(postgresMgrCfg=SimpleNamespace(oneNodeWriteMode=False))
-    s.heartbeats = HeartbeatTable(expiration_s=5)
-    s.log = SimpleNamespace(info=lambda *a, **k: None)
-    s.diverged, s.caught_up_for, s.configured_upstream, s.wal_from = False, None, None, None
-    s.switchover_stopped = s.switchover_seen = None
-    s._refresh_zk = no_refresh
-    s.pg_unanswered_since = s.sick_since = s.healthy_since = s.sick_why = s.cannot_serve = None
-    s.pg_hung_kills, s.hb_withheld, s.interval, s.session_timeout, s.role = 0, False, 1.0, 4.0, PRIMARY
-    s.target = None
-    s.pg.health_timeout, s.pg.config_error = 2.0, None
+    s = standalone_sitter(me, pg=ScriptedPg(statuses or status), state=STATE, election=(A, B, C), clock=clock,
+                          session_timeout=4.0, primary_start_timeout=None)
+    if view_stale:
+        s.session._fire(LOST)
+    if zk_before != s.session.state:
+        s.session._fire(zk_before)
+    s.clock = clock
     s.last_decided = decide(obs_for_primary())
-    s.log.warning = s.log.error = s.log.info
     return s
 
 
@@ -71,6 +62,18 @@ def test_a_view_from_an_expired_session_is_reported_lost_until_reread():
     obs = asyncio.run(s.observe())
     assert obs.zk == LOST
     assert decide(obs).target.role == FENCED  # not primary again on the old state
+
+
+def test_a_new_session_whose_first_read_fails_still_reports_lost():
+    """The session was lost and a new one is connected before the cycle starts, but the view
+    cannot be read again (ZooKeeper stops answering): the view is the expired session's."""
+    s = _sitter(CONNECTED, CONNECTED, view_stale=False)
+    s.session._fire(LOST)
+    s.session._fire(CONNECTED)
+    s.store.zk.up = False  # every read now fails (ConnectionLoss)
+    obs = asyncio.run(s.observe())
+    assert s.view.view_stale and obs.zk == LOST
+    assert decide(obs).target.role == FENCED
 
 
 def test_reconnect_during_observe_reports_the_worse_state():
@@ -88,9 +91,9 @@ def test_a_fresh_view_while_connected_is_connected():
 
 def test_session_loss_marks_the_view_stale():
     s = _sitter(CONNECTED, CONNECTED, view_stale=False)
-    s.wake = asyncio.Event()
-    s._on_zk_state("LOST")
-    assert s.view_stale and s.need_join
+    assert not s.view.view_stale and not s.view.need_join
+    s.view.on_state("LOST")
+    assert s.view.view_stale and s.view.need_join
 
 
 # -- issue 8: what observe() makes of a PostgreSQL that does not answer ------------------------
@@ -102,19 +105,17 @@ STARTING = PgStatus(True, False, None, None, False, False, None, None,
 
 
 def _sitter_with_pg(statuses, place=A):
-    s = _sitter(CONNECTED, CONNECTED, view_stale=False)
-    s.me = place
     seq = iter(statuses)
-    killed = []
+    s = _sitter(CONNECTED, CONNECTED, view_stale=False, me=place, statuses=lambda _app: next(seq))
+    return s, _kills(s)
 
-    async def status(_sync_app):
-        return next(seq)
 
-    async def kill():
-        killed.append(True)
-
-    s.pg.status, s.pg.kill = status, kill
-    return s, killed
+def _kills(s):
+    """Truthy once the sitter has killed its PostgreSQL."""
+    class Kills:
+        def __bool__(self):
+            return any(c == ("kill",) for c in s.pg.calls)
+    return Kills()
 
 
 def test_an_unanswered_status_query_is_unknown_not_a_primary():
@@ -132,28 +133,28 @@ def test_a_pg_that_does_not_answer_for_health_chk_timeout_is_killed_but_a_refusi
     s.role = "standby"
     asyncio.run(s.observe())
     assert not killed
-    s.pg_unanswered_since -= 2.5  # healthChkTimeout (2 s) has passed since the first timeout
+    s.clock.now += 2.5  # healthChkTimeout (2 s) has passed since the first timeout
     obs = asyncio.run(s.observe())
-    assert killed and not obs.running and s.pg_hung_kills == 1
+    assert killed and not obs.running and s.health.hung_kills == 1
     s, killed = _sitter_with_pg([REFUSED] * 3, place=C)
     for _ in range(3):
         asyncio.run(s.observe())
-    assert not killed and s.pg_unanswered_since is None
+    assert not killed and s.health.unanswered_since is None
 
 
 def test_a_crowded_pg_is_busy_not_sick_and_never_makes_the_primary_step_down():
     s, _ = _sitter_with_pg([REFUSED] * 3)
     asyncio.run(s.observe())
-    assert s.sick_since is None
-    s.sick_since = 0.0  # even with an old failure on record
+    assert s.health.sick_since is None
+    s.health.sick_since = 0.0  # even with an old failure on record
     assert asyncio.run(s.observe()).cannot_serve is None
 
 
 def test_a_primary_unhealthy_past_primary_start_timeout_reports_cannot_serve():
     s, _ = _sitter_with_pg([STARTING] * 3)
     obs = asyncio.run(s.observe())
-    assert obs.cannot_serve is None and s.sick_since is not None
-    s.sick_since -= 8.5  # primaryStartTimeout: 2 x the 4 s session timeout
+    assert obs.cannot_serve is None and s.health.sick_since is not None
+    s.clock.now += 8.5  # primaryStartTimeout: 2 x the 4 s session timeout
     obs = asyncio.run(s.observe())
     assert obs.cannot_serve and "did not answer" in obs.cannot_serve
     s.cfg.primaryStartTimeout = 20000
@@ -166,10 +167,10 @@ def test_a_standby_that_is_down_for_health_chk_timeout_withholds_its_heartbeats(
     s, _ = _sitter_with_pg([down] * 3, place=C)
     s.role, s.target = "standby", decide(obs_for_primary()).target  # any target
     asyncio.run(s.observe())
-    assert not s.hb_withheld
-    s.sick_since -= 2.5  # healthChkTimeout is 2 s
+    assert not s.health.hb_withheld
+    s.clock.now += 2.5  # healthChkTimeout is 2 s
     asyncio.run(s.observe())
-    assert s.hb_withheld and s.cannot_serve is None
+    assert s.health.hb_withheld and s.health.cannot_serve is None
 
 
 def test_a_standby_that_does_not_stream_withholds_only_after_primary_start_timeout():
@@ -178,9 +179,9 @@ def test_a_standby_that_does_not_stream_withholds_only_after_primary_start_timeo
     s, _ = _sitter_with_pg([idle] * 3, place=B)
     s.role, s.target = STANDBY, Target(STANDBY, upstream=A)
     asyncio.run(s.observe())
-    s.sick_since -= 2.5
+    s.clock.now += 2.5
     asyncio.run(s.observe())
-    assert not s.hb_withheld  # an upstream restarting takes longer than healthChkTimeout
-    s.sick_since -= 6.0  # past primaryStartTimeout (8 s)
+    assert not s.health.hb_withheld  # an upstream restarting takes longer than healthChkTimeout
+    s.clock.now += 6.0  # past primaryStartTimeout (8 s)
     asyncio.run(s.observe())
-    assert s.hb_withheld and "does not stream" in s.sick_why
+    assert s.health.hb_withheld and "does not stream" in s.health.sick_why

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import time
 import pytest
@@ -17,6 +16,7 @@ from manatee.sitter.metrics import (
     writable_primary,
 )
 from manatee.sitter.pgmanager import PgStatus
+from manatee.sitter.snapshot import SitterSnapshot
 from manatee.shard.state import PRIMARY, ROLES, STANDBY, Target
 
 parser = pytest.importorskip("prometheus_client.parser")
@@ -139,6 +139,13 @@ def test_newest_epoch_ms_ignores_other_snapshot_names():
     assert newest_epoch_ms([]) is None
 
 
+def _snap(**kw) -> SitterSnapshot:
+    """What the loop publishes (only the fields the predicates read matter)."""
+    from tests.unit.test_decide import A
+
+    return SitterSnapshot(me=A, **{"last_pg_at": time.monotonic(), "session_timeout": 60.0, **kw})
+
+
 def _pg(**kw) -> PgStatus:
     base = dict(running=True, healthy=True, in_recovery=False, wal=None, streaming=False, diverged=False,
                 sync_flush=None, timeline=1, read_only=False)
@@ -157,7 +164,7 @@ def _pg(**kw) -> PgStatus:
     (None, None, False),
 ])
 def test_writable_primary(target, pg, ok):
-    assert writable_primary(SimpleNamespace(target=target, last_pg=pg)) is ok
+    assert writable_primary(_snap(target=target, last_pg=pg)) is ok
 
 
 @pytest.mark.parametrize("target,pg,ok", [
@@ -168,7 +175,7 @@ def test_writable_primary(target, pg, ok):
     (Target("rebuild"), _pg(in_recovery=True, streaming=True), False),
 ])
 def test_streaming_replica(target, pg, ok):
-    assert streaming_replica(SimpleNamespace(target=target, last_pg=pg)) is ok
+    assert streaming_replica(_snap(target=target, last_pg=pg)) is ok
 
 
 def test_an_observation_older_than_the_session_timeout_is_not_trusted():
@@ -179,7 +186,7 @@ def test_an_observation_older_than_the_session_timeout_is_not_trusted():
     stale = dict(last_pg_at=now - 9.0, session_timeout=5.0)
     prim = dict(target=Target(PRIMARY, read_only=False), last_pg=_pg())
     repl = dict(target=Target(STANDBY), last_pg=_pg(in_recovery=True, streaming=True, read_only=True))
-    assert writable_primary(SimpleNamespace(**prim, **fresh)) is True
-    assert writable_primary(SimpleNamespace(**prim, **stale)) is False
-    assert streaming_replica(SimpleNamespace(**repl, **fresh)) is True
-    assert streaming_replica(SimpleNamespace(**repl, **stale)) is False
+    assert writable_primary(_snap(**prim, **fresh)) is True
+    assert writable_primary(_snap(**prim, **stale)) is False
+    assert streaming_replica(_snap(**repl, **fresh)) is True
+    assert streaming_replica(_snap(**repl, **stale)) is False

@@ -1,16 +1,20 @@
 """A cycle that keeps failing (e.g. F19: a full disk) backs off, bounded, and logs an error
-once per distinct error instead of every half second (issue 8)."""
+once per distinct error instead of every half second (issue 8). The production Sitter, built
+through its constructor with fakes (tests/sim)."""
 
 from __future__ import annotations
 
-from manatee.sitter.sitter import Sitter
+from types import SimpleNamespace
+
+from manatee.shard.state import PRIMARY, STANDBY, Target
+from manatee.sitter.health import PgHealth
+from tests.sim.clock import FakeClock, SimLog
+from tests.sim.standalone import standalone_sitter
+from tests.unit.test_decide import A
 
 
-def _sitter(interval=0.5, session_timeout=8.0) -> Sitter:
-    s = Sitter.__new__(Sitter)
-    s.interval, s.session_timeout, s.next_delay = interval, session_timeout, interval
-    s.failures, s.failure_msg = 0, None
-    return s
+def _sitter(interval=0.5, session_timeout=8.0):
+    return standalone_sitter(A, interval=interval, session_timeout=session_timeout)
 
 
 def test_repeated_failures_back_off_within_a_quarter_of_the_session_timeout():
@@ -31,7 +35,6 @@ def test_the_same_error_is_worth_an_error_log_once_then_at_10_and_100():
 
 def test_a_good_cycle_resets_the_count():
     s = _sitter()
-    s.log = type("L", (), {"info": lambda *a, **k: None})()
     s._cycle_failed("x")
     s._cycle_failed("x")
     s._cycle_ok()
@@ -46,22 +49,32 @@ def test_a_changing_log_tail_is_still_the_same_error():
     assert loud == [True, False, False, False, False]
 
 
+def test_a_failing_cycle_is_logged_and_backed_off_by_the_loop():
+    s = _sitter()
+
+    async def boom(_sync_app=None):
+        raise RuntimeError("disk full")
+
+    s.pg.status = boom
+    import asyncio
+
+    asyncio.run(s.cycle_once())
+    asyncio.run(s.cycle_once())
+    assert s.failures == 2 and s.next_delay == 1.0
+    assert [r[3] for r in s.records if r[2] == "exception"] == ["cycle_failed"]  # once per distinct error
+
+
 def test_a_sick_primarys_start_waits_only_for_what_is_left_of_its_step_down_budget():
     """F18 sticky hang: PostgreSQL hangs again at every start. The start's wait for it to
     accept connections must end within primaryStartTimeout, else the step-down rule (which
     runs between cycles) waits for opsTimeout instead."""
-    import time
-    from types import SimpleNamespace
-
-    from manatee.sitter.sitter import Sitter
-    from manatee.shard.state import PRIMARY, STANDBY, Target
-
+    clock = FakeClock(1000.0)
     pg = SimpleNamespace(ops_timeout=60.0, health_timeout=1.0)
-    me = SimpleNamespace(pg=pg, primary_start_timeout=8.0, sick_since=None)
+    h = PgHealth(pg, SimLog(clock, "me", []), clock, primary_start_timeout_s=8.0, interval_s=1.0)
     primary, standby = Target(PRIMARY, read_only=True), Target(STANDBY)
-    assert Sitter._start_budget(me, primary) is None  # healthy so far: opsTimeout
-    me.sick_since = time.monotonic() - 5.0
-    assert 2.5 <= Sitter._start_budget(me, primary) <= 3.0  # 8 s budget, 5 s spent
-    me.sick_since = time.monotonic() - 30.0
-    assert Sitter._start_budget(me, primary) == 2.0  # spent: still a couple of health checks
-    assert Sitter._start_budget(me, standby) is None  # standbys do not step down
+    assert h.start_budget(primary) is None  # healthy so far: opsTimeout
+    h.sick_since = clock.now - 5.0
+    assert h.start_budget(primary) == 3.0  # 8 s budget, 5 s spent
+    h.sick_since = clock.now - 30.0
+    assert h.start_budget(primary) == 2.0  # spent: still a couple of health checks
+    assert h.start_budget(standby) is None  # standbys do not step down

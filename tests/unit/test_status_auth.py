@@ -16,7 +16,9 @@ from manatee.core.auth import ShardSecret, sign_request
 from manatee.core.config import HttpServerCfg
 from manatee.core.procs import free_port
 from manatee.sitter.heartbeat import HeartbeatTable
+from manatee.sitter.snapshot import SitterSnapshot
 from manatee.sitter.status import StatusServer
+from tests.unit.test_decide import A
 
 S = ShardSecret.of("0123456789abcdef-current")
 IP = "127.0.0.1"
@@ -31,6 +33,7 @@ class FakeSitter:
     def __init__(self, *, secret, insecure=False, max_connections=256, idle_ms=10000):
         port = free_port(IP)
         self.cfg = SimpleNamespace(ip=IP, status_port=port, status_url=f"http://{IP}:{port}", insecure=insecure,
+                                   zkCfg=SimpleNamespace(auth=None, sessionTimeout=10000),
                                    statusServerCfg=HttpServerCfg(maxConnections=max_connections,
                                                                  idleTimeout=idle_ms))
         self.secret = secret
@@ -38,13 +41,15 @@ class FakeSitter:
         self.heartbeats = HeartbeatTable(expiration_s=10)
         self.wake = asyncio.Event()
         self.rebuilds: list[bool] = []
+        self.snapshot = SitterSnapshot(me=A, election=self.election)
+
+    def heartbeat_received(self, hb):
+        self.heartbeats.record(hb)
+        self.wake.set()
 
     def request_rebuild(self, force=False):
         self.rebuilds.append(force)
         return 200, {"ok": True}
-
-    def debug_state(self):
-        return {"insecure": self.cfg.insecure}
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from manatee.sitter.metrics import MetricsView, lag_within, parse_lag, parse_space
 from manatee.sitter.pgmanager import PgStatus
 from manatee.shard.state import PRIMARY, STANDBY, ClusterState, Target
+from manatee.sitter.snapshot import SitterSnapshot
 from manatee.sitter.status import StatusServer
 from tests.unit.test_decide import A, B, C
 
@@ -35,32 +37,32 @@ class FakeClient:
                  "replication": [{"application_name": "x", "sync_state": "async", "bytes": 5, "seconds": 0.1}]}]
 
 
-class FakeZfs:
+class FakeDataset:
     def __init__(self):
         self.calls = 0
 
-    async def list_snapshots(self, dataset):
+    async def list_snapshots(self):
         self.calls += 1
         return [SimpleNamespace(name="1700000000000")]
 
-    async def run(self, *args):
+    async def space(self):
         return "available\t1000\nused\t200\nquota\t0\n"
 
 
 def sitter(me=B, role=STANDBY, *, zk="connected", pg=None, restore=None, **kw):
+    """A stand-in for the loop: its config, its published snapshot, the I/O the metrics use."""
     pg = pg if pg is not None else PgStatus(True, True, role != PRIMARY, None, role != PRIMARY, False, None, 1,
                                             read_only=role != PRIMARY)
     up = A if me is B else B
-    s = SimpleNamespace(
-        cfg=SimpleNamespace(ip="127.0.0.1", status_port=0, status_url="http://127.0.0.1:0", shardPath="/manatee/1",
-                            postgresMgrCfg=SimpleNamespace(zfsClientCfg=SimpleNamespace(dataset="p/d"))),
+    snap = SitterSnapshot(
         me=me, state=STATE, last_pg=pg, last_pg_at=time.monotonic(), session_timeout=10.0,
         target=Target(role, upstream=None if role == PRIMARY else up, read_only=role != PRIMARY),
-        role=role, zk_state=zk, error=None, restore_progress=restore, transitions={}, started=time.monotonic(),
-        pg=SimpleNamespace(client=FakeClient()), zfs=FakeZfs(), election=[], debug_state=lambda: {"role": role},
-    )
-    s.__dict__.update(kw)
-    return s
+        role=role, zk_state=zk, restore_progress=restore, started=time.monotonic())
+    return SimpleNamespace(
+        cfg=SimpleNamespace(ip="127.0.0.1", status_port=0, status_url="http://127.0.0.1:0", shardPath="/manatee/1",
+                            insecure=False, zkCfg=SimpleNamespace(auth=None, sessionTimeout=10000),
+                            postgresMgrCfg=SimpleNamespace(zfsClientCfg=SimpleNamespace(dataset="p/d"))),
+        snapshot=replace(snap, **kw), pg=SimpleNamespace(client=FakeClient()), dataset=FakeDataset())
 
 
 async def client_for(s) -> TestClient:
@@ -147,7 +149,7 @@ async def test_metrics_are_cached_and_one_query_serves_concurrent_scrapes():
         await asyncio.sleep(1.05)
         await c.get("/metrics")
         assert s.pg.client.calls == 2
-        assert s.zfs.calls == 1, "zfs is asked once per 30 s"
+        assert s.dataset.calls == 1, "zfs is asked once per 30 s"
     finally:
         await c.close()
     fams = list(parser.text_string_to_metric_families(texts[0]))

@@ -9,7 +9,8 @@ import itertools
 
 import pytest
 
-from manatee.shard.decide import Observation, decide
+from manatee.shard.decide import decide
+from manatee.shard.decision import Observation
 from manatee.shard.shardstore import Quarantine
 from manatee.shard.state import (
     CONNECTED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED, Peer,
@@ -159,24 +160,25 @@ def test_backupserver_membership_counts_only_well_formed_election_nodes():
 
 # ---------------------------------------------------------------- negotiated session timeout
 def test_the_sitter_adopts_and_logs_the_negotiated_session_timeout():
+    import asyncio
     from types import SimpleNamespace
 
-    from manatee.sitter.sitter import Sitter
+    from manatee.sitter.zkview import ZkView
 
     log = _Log()
-    s = SimpleNamespace(zk=SimpleNamespace(negotiated_session_timeout=None), session_timeout=60.0,
-                        cfg=SimpleNamespace(zkCfg=SimpleNamespace(sessionTimeout=60000)), log=log)
-    Sitter._note_session_timeout(s)  # not connected yet: nothing known, nothing said
-    assert s.session_timeout == 60.0 and log.lines == []
-    s.zk.negotiated_session_timeout = 40.0  # a stock server (tickTime 2000) caps it at 40 s
-    Sitter._note_session_timeout(s)
-    Sitter._note_session_timeout(s)  # every refresh asks again: said once
-    assert s.session_timeout == 40.0
+    session = SimpleNamespace(negotiated_session_timeout=None)
+    v = ZkView(session, None, A, 60.0, log, SimpleNamespace(monotonic=lambda: 0.0), asyncio.Event())
+    v.note_session_timeout()  # not connected yet: nothing known, nothing said
+    assert v.session_timeout == 60.0 and log.lines == []
+    session.negotiated_session_timeout = 40.0  # a stock server (tickTime 2000) caps it at 40 s
+    v.note_session_timeout()
+    v.note_session_timeout()  # every refresh asks again: said once
+    assert v.session_timeout == 40.0
     assert [(lv, ev, kw["configured_s"], kw["negotiated_s"]) for lv, ev, kw in log.lines] == \
         [("warning", "zk_session_timeout_negotiated", 60.0, 40.0)]
-    s.zk.negotiated_session_timeout = 60.0  # reconnected to a server that grants it
-    Sitter._note_session_timeout(s)
-    assert s.session_timeout == 60.0 and log.lines[-1][0] == "info"
+    session.negotiated_session_timeout = 60.0  # reconnected to a server that grants it
+    v.note_session_timeout()
+    assert v.session_timeout == 60.0 and log.lines[-1][0] == "info"
 
 
 def test_manatee_adm_names_what_the_sitters_quarantined():

@@ -1,0 +1,299 @@
+"""Rule 4 of the decision core: the state names me primary (manatee.shard.decide). Fencing,
+the step-down of a primary that cannot serve (S9), a switchover from the primary's side, a
+new sync when mine is gone, the asyncs' bookkeeping, and why I keep serving as I do. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from manatee.shard.decision import PG_UNKNOWN, STEP_DOWN_BY, Decision, Effect, View, lsn_text
+from manatee.shard.state import CONNECTED, FENCED, LOST, PRIMARY, SUSPENDED, UNASSIGNED, Peer, Switchover, Target
+
+__all__ = ["as_primary"]
+
+
+def _fence(v: View) -> Decision | None:
+    """A primary that must stop at once (its session is gone or may be), or has no data."""
+    obs, st = v.obs, v.st
+    if obs.zk == LOST:
+        return Decision(
+            Target(FENCED), rule="primary.fence_lost",
+            reason="my ZooKeeper session expired, so another node may already have been promoted: "
+                   "I stop PostgreSQL at once so that I acknowledge nothing more")
+    # The sync's heartbeats stop at once when it is cut off from me or detaches to take
+    # over; PostgreSQL notices a silent walreceiver only after wal_sender_timeout (F7).
+    sync_silent = st.sync is not None and obs.heartbeats.get(st.sync.id) is False
+    if obs.zk == SUSPENDED and obs.expiry_passed and (not obs.sync_streaming or sync_silent):
+        why = "no longer streams from me" if not obs.sync_streaming else "stopped heartbeating me"
+        return Decision(
+            Target(FENCED), rule="primary.fence_suspended",
+            reason=f"my ZooKeeper session may have expired and my sync {why}, so it may "
+                   "have been promoted: I stop PostgreSQL at once so that not even a cancelled commit succeeds")
+    if obs.zk == SUSPENDED and v.onwm and st.sync is None:
+        return Decision(
+            Target(FENCED), rule="primary.fence_onwm",
+            reason="I lost ZooKeeper while taking writes in one-node-write mode with no sync to "
+                   "fence me, so I stop PostgreSQL at once")
+    if not obs.has_data and st.generation > 1:
+        return Decision(
+            Target(UNASSIGNED), rule="primary.no_data",
+            reason=f"the state of generation {st.generation} names me primary but my data directory "
+                   f"is empty, so I do not start an empty primary over the writes my standbys hold")
+    return None
+
+
+class _Primary:
+    """What the primary's rules share: my sync, whether it is gone, who may replace it."""
+
+    def __init__(self, v: View):
+        st = v.st
+        self.v, self.obs, self.st = v, v.obs, st
+        self.block = v.write_block()
+        self.sync = sync = st.sync
+        self.hb = v.obs.heartbeats.get(sync.id) if sync else None
+        # a sync whose election node now says it may not be one (tags) is replaced like a gone one
+        self.tagged_out = sync is not None and any(p.id == sync.id and not p.can_sync for p in v.election)
+        self.sync_gone = sync is None or not v.alive(sync) or self.hb is False or self.tagged_out
+        self.cands = v.candidates(exclude={st.primary.id, *([sync.id] if sync else [])})
+        self.deposed_left = tuple(p for p in st.deposed if not v.alive(p))
+        # A new sync is needed: mine is gone and someone can replace it (or ONWM lets me drop it).
+        self.wants_new_sync = self.sync_gone and (any(p.can_sync for p in self.cands)
+                                                  or (v.onwm and sync is not None))
+
+    def ro(self, s: Peer | None, caught_up: bool) -> bool:
+        return not self.v.onwm and not (s is not None and caught_up)
+
+    @staticmethod
+    def tgt(s: Peer | None, read_only: bool) -> Target:
+        return Target(PRIMARY, sync=s, downstream=s, read_only=read_only)
+
+
+def as_primary(v: View) -> Decision:
+    """Rule 4: the state names me primary."""
+    assert v.st is not None
+    fenced = _fence(v)
+    if fenced is not None:
+        return fenced
+    c = _Primary(v)
+    sd_dec, sd_wait = _primary_step_down(v, c.sync, c.hb, c.block, c.tgt)
+    if sd_dec is not None:
+        return sd_dec
+    sw_dec, sw_wait = _primary_switchover(v, c.sync, c.sync_gone, c.block, c.tgt)
+    if sw_dec is not None:
+        return sw_dec
+    if c.wants_new_sync and c.block is None:
+        return _replace_sync(c)
+    read_only = c.ro(c.sync, v.obs.sync_caught_up)
+    return _update_asyncs(c, read_only) or _hold(c, read_only, sd_wait, sw_wait)
+
+
+def _replace_sync(c: _Primary) -> Decision:
+    """My sync is gone and someone can replace it: read-only first, then a new generation."""
+    v, obs, st, sync, tgt = c.v, c.obs, c.st, c.sync, c.tgt
+    tagged_out = c.tagged_out
+    gone = ((f"my sync {sync} is tagged nofailover/nosync" if tagged_out else
+             f"my sync {sync} is gone" + (" (its heartbeats stopped)" if v.alive(sync) else ""))
+            if sync else "I have no sync")
+    if obs.wal is None:
+        return Decision(tgt(sync, True), rule="primary.replace_sync_wait_pg",
+                        reason=f"{gone} but my PostgreSQL reports no WAL position yet, so I stay "
+                               f"read-only and wait before naming a new sync")
+    if obs.read_only is not True:
+        return Decision(tgt(sync, True), rule="primary.replace_sync_read_only_first",
+                        reason=f"{gone}, so I go read-only first: no commit may be acknowledged "
+                               f"beyond the WAL position I will record for the new sync")
+    new_sync, rest = v.pick_sync(c.cands)
+    if sync is not None and v.alive(sync):
+        rest = [*rest, sync]  # still registered: it rejoins at the tail
+    new = st.evolve(generation=st.generation + 1, sync=new_sync, async_=tuple(rest),
+                    deposed=c.deposed_left, init_wal=obs.wal, one_node_write_mode=v.onwm,
+                    switchover=None)
+    what = (f"name {new_sync} my new sync" if new_sync else "continue without a sync")
+    return Decision(
+        tgt(new_sync, c.ro(new_sync, False)), write_state=new, rule="primary.replace_sync",
+        reason=f"{gone}, so I {what} in generation {new.generation}"
+               + (f" and stay read-only until it has my WAL up to {lsn_text(obs.wal)}" if new_sync and not v.onwm
+                  else ""))
+
+
+def _update_asyncs(c: _Primary, read_only: bool) -> Decision | None:
+    """Bookkeeping: asyncs that died leave the list, live newcomers and deposed peers join its tail."""
+    v, st, sync, tgt, deposed_left = c.v, c.st, c.sync, c.tgt, c.deposed_left
+    desired_async = tuple(c.cands)
+    if c.block is None and (desired_async != st.async_ or deposed_left != st.deposed
+                          or st.one_node_write_mode != v.onwm):
+        new = st.evolve(async_=desired_async, deposed=deposed_left, one_node_write_mode=v.onwm)
+        joined = [p for p in desired_async if p not in st.async_]
+        left = [p for p in st.async_ if p not in desired_async]
+        parts = []
+        if joined:
+            parts.append(f"append {', '.join(map(str, joined))} to the tail of the chain")
+        if left:
+            parts.append(f"drop {', '.join(map(str, left))} that left the election")
+        if not parts:
+            parts.append(f"record one-node-write mode {'on' if v.onwm else 'off'}")
+        return Decision(tgt(sync, read_only), write_state=new, rule="primary.update_asyncs",
+                        reason=f"I am the primary and {' and '.join(parts)}, keeping generation {st.generation}")
+    return None
+
+
+def _hold(c: _Primary, read_only: bool, sd_wait: str | None, sw_wait: str | None) -> Decision:
+    """No topology change: say why I keep serving as I do."""
+    v, obs, st, sync, tgt, block = c.v, c.obs, c.st, c.sync, c.tgt, c.block
+    sync_gone, wants_new_sync = c.sync_gone, c.wants_new_sync
+    if sd_wait is not None:
+        return Decision(tgt(sync, read_only), rule="primary.cannot_serve",
+                        reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) but {sd_wait}, so I "
+                               f"keep trying to serve as primary")
+    if sync_gone and sync is not None and not wants_new_sync:
+        return Decision(tgt(sync, read_only), rule="primary.sync_gone_no_candidate",
+                        reason=f"my sync {sync} is gone and no other standby is live to replace it, so I stay "
+                               f"primary" + (" and read-only: writes need a sync" if read_only else ""))
+    if wants_new_sync:  # blocked from writing
+        return Decision(tgt(sync, read_only), rule="primary.sync_gone_cannot_write",
+                        reason=f"my sync {sync or 'slot'} needs replacing but {block}, so I keep the topology as it is")
+    if v.pg_unknown:
+        return Decision(tgt(sync, read_only), rule="primary.pg_unknown",
+                        reason=f"{PG_UNKNOWN}, so I change nothing this cycle")
+    if sync is None:
+        return Decision(tgt(None, read_only), rule="primary.no_sync",
+                        reason="I am the primary with no sync and no standby to name, so I stay "
+                               + ("read-write in one-node-write mode" if not read_only else "read-only: writes need a sync"))
+    if obs.zk != CONNECTED:
+        return Decision(tgt(sync, read_only), rule="primary.suspended",
+                        reason=f"I lost my ZooKeeper connection but my session may still be alive and every commit "
+                               f"needs {sync}'s acknowledgement, so I keep serving as primary")
+    if block is not None and st.frozen:
+        return Decision(tgt(sync, read_only), rule="primary.frozen",
+                        reason=f"I am the primary and {block}, so I change nothing")
+    if sw_wait is not None:
+        return Decision(tgt(sync, read_only), rule="primary.switchover_waiting",
+                        reason=f"a switchover to {sync} is requested but {sw_wait}, so I keep serving as "
+                               f"primary until it is")
+    if read_only:
+        return Decision(tgt(sync, True), rule="primary.wait_sync",
+                        reason=f"I am the primary and stay read-only until my sync {sync} has caught up with my WAL")
+    return Decision(tgt(sync, False), rule="primary.steady",
+                    reason=f"I am the primary and my sync {sync} has caught up, so I take writes")
+
+
+def _primary_step_down(v: View, sync: Peer | None, hb: bool | None, block: str | None,
+                       tgt) -> tuple[Decision | None, str | None]:
+    """S9: a primary whose PostgreSQL cannot serve (obs.cannot_serve: unhealthy for longer than
+    primaryStartTimeout, measured by the shell) hands the role to its sync.
+
+    (a) kill PostgreSQL first, so that nothing more is acknowledged (S1); (b) with it stopped,
+    write a released switchover (`by` STEP_DOWN_BY) by compare-and-set: the sync then takes
+    over by the usual takeover rule, after detaching so its WAL — which holds every
+    acknowledged write, since each needed its flush — is final and at least initWal. Only
+    with a healthy sync (live, heartbeating me now) and a write to ZooKeeper allowed; else I
+    keep trying to serve and say why. A failed ZooKeeper read is not a cause: the shell
+    derives cannot_serve from PostgreSQL and its config files alone. Once released, the
+    switchover rules keep me stopped (or withdraw the release if the sync goes away).
+
+    Returns (decision, None), or (None, why-I-cannot-step-down) or (None, None)."""
+    obs, st = v.obs, v.st
+    if obs.cannot_serve is None or (st.switchover is not None and st.switchover.released):
+        return None, None
+    why = None
+    if block is not None:
+        why = block
+    elif sync is None:
+        why = "I have no sync to take over"
+    elif not v.alive(sync):
+        why = f"my sync {sync} is not in the election"
+    elif hb is not True:
+        why = f"my sync {sync} is not heartbeating me"
+    if why is not None:
+        return None, why
+    assert sync is not None
+    if obs.running:
+        return Decision(Target(UNASSIGNED), rule="primary.step_down_stop", effects=(Effect.STOP_TO_STEP_DOWN,),
+                        reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) and my sync {sync} is healthy, "
+                               f"so I stop PostgreSQL at once before I step down in its favour"), None
+    new = st.evolve(switchover=Switchover(to=sync.id, requested=f"generation {st.generation}", by=STEP_DOWN_BY,
+                                          released=True, released_wal=st.init_wal))
+    return Decision(Target(UNASSIGNED), write_state=new, rule="primary.step_down", effects=(Effect.STEP_DOWN,),
+                    reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) and is stopped, so I step down: "
+                           f"I release the primary role to my sync {sync}, which holds every acknowledged "
+                           f"write"), None
+
+
+def _primary_switchover(v: View, sync: Peer | None, sync_gone: bool, block: str | None,
+                        tgt) -> tuple[Decision | None, str | None]:
+    """A planned takeover by the sync (state.switchover), from the primary's side.
+
+    (a) go read-only; (b) once my sync has flushed my whole WAL, write `released` (and that
+    WAL position) and stop PostgreSQL at once — the state first, so the sync's takeover does
+    not wait for the stop; no shutdown checkpoint: the sync then holds every WAL record I
+    wrote, so I can rejoin as its standby. The sync takes over by the usual takeover rule,
+    after it has detached from me. (A primary that had already stopped for the switchover
+    without releasing — the shell's latch, switchover_stopped_wal — releases then.) Not ready (sync not streaming or not caught
+    up, frozen, not connected) → change nothing and say why. A release whose sync is gone
+    before it took over is withdrawn and I run PostgreSQL as the primary again.
+
+    Returns (decision, None) when the switchover decides, else (None, why-it-waits or None)."""
+    obs, st = v.obs, v.st
+    sw = st.switchover
+    if sw is None:
+        return None, None
+    if obs.switchover_expired and block is None:
+        return Decision(tgt(sync, True), write_state=st.evolve(switchover=None), rule="primary.switchover_expired",
+                        reason=f"the switchover to {sw.to} did not complete in time, so I withdraw it and "
+                               f"stay the primary"), None
+    if sw.released:
+        if sync is not None and sw.to == sync.id and not sync_gone:
+            return Decision(Target(UNASSIGNED), rule="primary.switchover_released",
+                            reason=f"I stopped PostgreSQL for the switchover to {sync} and wait for it to "
+                                   f"take over"), None
+        if block is None:
+            new = st.evolve(switchover=None)
+            return Decision(tgt(sync, True), write_state=new, rule="primary.switchover_withdraw",
+                            reason=f"my sync {sync or 'slot'} went away before it took over from my released "
+                                   f"switchover, so I withdraw the release and run PostgreSQL as the primary "
+                                   f"again"), None
+        return None, None  # blocked: the usual rules keep me primary (the shell restarts PG)
+    if sync is None or sw.to != sync.id:
+        if block is None:
+            return Decision(tgt(sync, not obs.sync_caught_up and not v.onwm), write_state=st.evolve(switchover=None),
+                            rule="primary.switchover_invalid",
+                            reason=f"a switchover to {sw.to} is requested but my sync is "
+                                   f"{sync.id if sync else 'none'}: only the sync may take over, so I drop "
+                                   f"the request"), None
+        return None, None
+    if obs.switchover_stopped_wal is not None and not obs.running:
+        if block is not None:
+            return None, None  # e.g. frozen meanwhile: the usual rules start PostgreSQL again
+        new = st.evolve(switchover=replace(sw, released=True, released_wal=obs.switchover_stopped_wal))
+        return Decision(Target(UNASSIGNED), write_state=new, rule="primary.switchover_release",
+                        reason=f"I stopped PostgreSQL at WAL {lsn_text(obs.switchover_stopped_wal)}, which my sync "
+                               f"{sync} has flushed, so I release the primary role to it"), None
+    why = None
+    if block is not None:
+        why = block
+    elif sync_gone:
+        why = f"my sync {sync} is gone"
+    elif not obs.running:
+        why = "my PostgreSQL is not running"
+    elif not obs.sync_streaming or not obs.sync_caught_up:
+        why = f"my sync {sync} has not caught up with me"
+    if why is not None:
+        return None, why
+    if obs.read_only is not True:
+        return Decision(tgt(sync, True), rule="primary.switchover_read_only",
+                        reason=f"a switchover to {sync} is requested, so I go read-only first: my WAL must "
+                               f"stop growing before it takes over"), None
+    if obs.wal is None or obs.sync_flush is None or obs.sync_flush < obs.wal:
+        return Decision(tgt(sync, True), rule="primary.switchover_wait_flush",
+                        reason=f"a switchover to {sync} is requested and I am read-only: I wait until it has "
+                               f"flushed my WAL {lsn_text(obs.wal)} (it has {lsn_text(obs.sync_flush)})"), None
+    # Release and stop in one step (the shell writes the state, then kills PostgreSQL): the
+    # sync may take over while my PostgreSQL still runs for a few milliseconds, which is safe
+    # because it was my only synchronous standby — once it has detached, no commit of mine can
+    # be acknowledged (S1), and everything acknowledged before was flushed by it (S2).
+    new = st.evolve(switchover=replace(sw, released=True, released_wal=obs.wal))
+    return Decision(Target(UNASSIGNED), write_state=new, rule="primary.switchover_stop",
+                    effects=(Effect.RELEASE_THEN_STOP,),
+                    reason=f"my sync {sync} has flushed my whole WAL {lsn_text(obs.wal)} for the switchover, so I "
+                           f"release the primary role to it and stop PostgreSQL at once (no shutdown "
+                           f"checkpoint)"), None

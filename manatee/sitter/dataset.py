@@ -1,0 +1,68 @@
+"""The sitter's ZFS dataset: create it, restore it from an upstream's backupserver, and what
+the metrics read of it (snapshots, space). Every zfs call has a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Callable
+
+from manatee.core.restore import restore as restore_dataset
+from manatee.core.zfs import Zfs
+from manatee.shard.state import Peer
+
+ZFS_TIMEOUT_S = 30.0  # a zfs list/create in the cycle
+
+
+class UpstreamNotReady(RuntimeError):
+    """The node to restore from cannot serve a usable copy yet; the next cycle tries again."""
+
+
+class ZfsDataset:
+    def __init__(self, cfg, log, *, secret=None, ssl_context=None):
+        """cfg: SitterConfig."""
+        self.cfg, self.log, self.secret, self.ssl_context = cfg, log, secret, ssl_context
+        z = cfg.postgresMgrCfg.zfsClientCfg
+        self.z = z
+        self.zfs = Zfs(zfs_path=z.zfsPath, logger=log)
+        self.data_dir = Path(cfg.postgresMgrCfg.dataDir)
+
+    async def ensure(self) -> None:
+        z = self.z
+        # ZFS calls get a deadline too (a cancelled zfs child is killed and reaped)
+        if not await asyncio.wait_for(self.zfs.exists(z.dataset), ZFS_TIMEOUT_S):
+            await asyncio.wait_for(self.zfs.create(z.dataset, props={"mountpoint": z.mountpoint}, parents=True),
+                                   ZFS_TIMEOUT_S)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    async def check_upstream(self, upstream: Peer) -> None:
+        """Restore only from an upstream whose PostgreSQL runs and answers: a snapshot taken
+        while it is still being created (initdb) or restored is not a database."""
+        import aiohttp
+
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
+                async with http.get(f"{upstream.status_url}/state", ssl=self.ssl_context or True) as resp:
+                    body = await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            raise UpstreamNotReady(f"cannot ask {upstream.status_url} whether it can be restored from: {e}") from None
+        pg = body.get("pg") or {}
+        if not (pg.get("running") and pg.get("healthy")):
+            raise UpstreamNotReady(f"upstream {upstream.id} has no running, healthy PostgreSQL yet: "
+                                   "waiting before restoring from it")
+
+    async def restore(self, upstream: Peer, progress: Callable) -> object:
+        """Receive the upstream's dataset (manatee.core.restore); returns its RestoreResult."""
+        z = self.z
+        return await restore_dataset(
+            self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=upstream.backup_url,
+            listen_host=z.zfsHost or self.cfg.ip, listen_port=z.zfsPort,
+            owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret, ssl_context=self.ssl_context,
+            poll_interval=z.pollInterval / 1000, progress=progress, logger=self.log)
+
+    def list_snapshots(self):
+        return self.zfs.list_snapshots(self.z.dataset)
+
+    def space(self):
+        """`zfs get -Hp -o property,value available,used,quota <dataset>` (the metrics parse it)."""
+        return self.zfs.run("get", "-Hp", "-o", "property,value", "available,used,quota", self.z.dataset)

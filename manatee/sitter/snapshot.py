@@ -1,0 +1,107 @@
+"""What the sitter's loop publishes for the status server and the metrics: a frozen snapshot,
+replaced (never changed) after every observation and cycle, and when a restore makes
+progress. Readers never touch the live loop; what they ask of it goes through the Sitter's
+request_* methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from manatee.shard.state import REBUILD, ClusterState, Peer, Target
+
+RESTORE_FINISHED = ("done", "failed")
+
+
+@dataclass(frozen=True)
+class SitterSnapshot:
+    me: Peer
+    role: str = "unassigned"                 # the local role (manatee.shard.state.ROLES)
+    target: Target | None = None
+    reason: str | None = None                # the last decision's reason and rule
+    rule: str | None = None
+    state: ClusterState | None = None
+    error: Mapping[str, Any] | None = None   # the shard's error node (safe mode)
+    election: tuple[Peer, ...] = ()
+    zk_state: str = "lost"
+    last_pg: Any = None                      # PgStatus as last observed, or None
+    last_pg_at: float = 0.0                  # clock.monotonic() of last_pg (0.0: never)
+    pg_config_error: str | None = None
+    pg_parameters_gen: int = 0
+    restore_progress: Mapping[str, Any] | None = None
+    restarts_done: int = 0
+    restart_requested: bool = False
+    transitions: Mapping[str, int] = field(default_factory=dict)
+    slots: tuple[Any, ...] | None = None     # replication slots as last reconciled (slots.Slot)
+    quarantined: tuple[str, ...] = ()
+    state_unreadable: str | None = None
+    session_timeout: float = 60.0            # negotiated (s)
+    negotiated_session_timeout: float | None = None
+    started: float = 0.0                     # clock.monotonic() at start
+    sick_since: float | None = None
+    sick_why: str | None = None
+    cannot_serve: str | None = None
+    hung_kills: int = 0
+    heartbeats_withheld: bool = False
+
+    @property
+    def place(self) -> str | None:
+        return self.state.place_of(self.me.id) if self.state else None
+
+    @property
+    def restoring(self) -> bool:
+        r = self.restore_progress
+        return bool(r) and r.get("phase") not in RESTORE_FINISHED
+
+    @property
+    def pg_serving(self) -> bool:
+        """PostgreSQL runs, answers and holds a database (not restoring, not rebuilding)."""
+        pgs = self.last_pg
+        return bool(pgs and pgs.running and pgs.healthy) and not self.restoring and self.role != REBUILD
+
+
+def snapshot_of(sitter) -> SitterSnapshot:
+    """What the loop (manatee.sitter.loop.Sitter) publishes now."""
+    v, h, d = sitter.view, sitter.health, sitter.last
+    return SitterSnapshot(
+        me=sitter.me, role=sitter.role, target=sitter.target, reason=d.reason if d else None,
+        rule=d.rule if d else None, state=v.state, error=v.error, election=v.election, zk_state=v.zk_state,
+        last_pg=sitter.last_pg, last_pg_at=sitter.last_pg_at, pg_config_error=sitter.pg.config_error,
+        pg_parameters_gen=sitter.pg.parameters_gen, restore_progress=sitter.steps.restore_progress,
+        restarts_done=sitter.pg_restarts, restart_requested=sitter.restart_request is not None,
+        transitions=dict(sitter.transitions), slots=sitter.slots, quarantined=v.quarantined,
+        state_unreadable=v.state_unreadable, session_timeout=v.session_timeout,
+        negotiated_session_timeout=sitter.session.negotiated_session_timeout, started=sitter.started,
+        sick_since=h.sick_since, sick_why=h.sick_why, cannot_serve=h.cannot_serve, hung_kills=h.hung_kills,
+        heartbeats_withheld=h.hb_withheld)
+
+
+def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
+    """GET /state: what the sitter knows and decided (docs/observability.md)."""
+    st, pgs, t = s.state, s.last_pg, s.target
+    return {
+        "id": s.me.id, "zoneId": s.me.zone_id, "ip": s.me.ip, "pgUrl": s.me.pg_url,
+        "role": s.place or s.role, "target": t.describe() if t else None,
+        "localRole": s.role, "generation": st.generation if st else None,
+        "zk": s.zk_state, "reason": s.reason, "rule": s.rule,
+        "pg": None if pgs is None else {
+            "running": pgs.running, "healthy": pgs.healthy, "inRecovery": pgs.in_recovery,
+            "wal": str(pgs.wal) if pgs.wal else None, "streaming": pgs.streaming,
+            "diverged": pgs.diverged, "syncFlush": str(pgs.sync_flush) if pgs.sync_flush else None,
+            "known": pgs.known, "error": pgs.error, "configError": s.pg_config_error,
+            "unhealthyFor": round(now - s.sick_since, 1) if s.sick_since else None,
+            "unhealthyWhy": s.sick_why, "cannotServe": s.cannot_serve,
+            "hungKills": s.hung_kills, "heartbeatsWithheld": s.heartbeats_withheld,
+            "pendingRestart": list(pgs.pending_restart), "parametersPending": pgs.parameters_gen != s.pg_parameters_gen},
+        "readOnly": t.read_only if t else True,
+        "state": st.to_json() if st else None, "error": s.error,
+        "restore": s.restore_progress, "restartsDone": s.restarts_done,
+        "restartRequested": s.restart_requested,
+        "election": [p.id for p in s.election],
+        "insecure": cfg.insecure,
+        "zkAuth": cfg.zkCfg.auth is not None, "tls": getattr(cfg, "tls", None) is not None,
+        "quarantined": list(s.quarantined), "stateUnreadable": s.state_unreadable,
+        "zkSessionTimeout": {"configured": cfg.zkCfg.sessionTimeout / 1000,
+                             "negotiated": s.negotiated_session_timeout},
+        "pgObservedAgo": round(now - s.last_pg_at, 3) if pgs else None,
+    }

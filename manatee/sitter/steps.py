@@ -1,0 +1,149 @@
+"""The steps of a local transition (manatee.shard.transitions), carried out on this node's
+PostgreSQL, dataset and the shard's registrar. Every step is idempotent: what is already
+true is skipped, so re-running a plan after a failure is safe."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+from manatee.shard import transitions as T
+from manatee.shard.pgurl import PgUrl
+from manatee.shard.state import PRIMARY, Peer, Target
+from manatee.sitter.pgmanager import RoleSpec
+from manatee.sitter.ports import Clock, Dataset, Postgres, Store
+
+NO_SYNC_PLACEHOLDER = "manatee-no-sync-standby"
+
+
+class StepRunner:
+    def __init__(self, *, me: Peer, pg: Postgres, store: Store, dataset: Dataset, log, clock: Clock,
+                 one_node_write_mode: bool, ttl: int, on_restored: Callable[[], None]):
+        self.me, self.pg, self.store, self.dataset, self.log, self.clock = me, pg, store, dataset, log, clock
+        self.one_node_write_mode, self.ttl = one_node_write_mode, ttl
+        self.on_restored = on_restored  # the observer's latches (diverged, wal_from) start over
+        self.configured_upstream: Peer | None = None  # what primary_conninfo names now
+        self.restore_progress: dict | None = None
+        self.start_budget: Callable[[Target], float | None] = lambda _t: None
+        self.on_progress: Callable[[], None] = lambda: None  # a restore moved on: publish it
+
+    async def run(self, tr: T.Transition, target: Target, members: tuple[str, ...]) -> None:
+        for step in tr.steps:
+            await self.step(step, target, members)
+
+    def primary_spec(self, target: Target) -> RoleSpec:
+        """read-only is only a default a client can override (SET, BEGIN READ WRITE), so a
+        primary without a sync also names a sync that never connects: a commit that slips
+        past read-only then waits instead of being acknowledged without a sync (S5)."""
+        if target.sync is not None:
+            sync = target.sync.pg_url
+        elif self.one_node_write_mode:
+            sync = None
+        else:
+            sync = NO_SYNC_PLACEHOLDER
+        return RoleSpec("primary", read_only=target.read_only, sync_app_name=sync)
+
+    async def step(self, step: str, target: Target, members: tuple[str, ...]) -> None:
+        pg = self.pg
+        if step == T.STOP_PG:
+            await pg.kill()
+            self.configured_upstream = None
+        elif step == T.INITDB_IF_EMPTY:
+            await self.dataset.ensure()
+            if not pg.has_data():
+                await pg.initdb()
+        elif step in (T.RESTORE_IF_EMPTY, T.RESTORE_FROM_UPSTREAM):
+            if step == T.RESTORE_FROM_UPSTREAM or not pg.has_data():
+                await self.restore(target.upstream)
+        elif step == T.CONFIGURE_PRIMARY:
+            await self._configure_primary(target, members)
+        elif step in (T.SET_SYNC, T.SET_READ_ONLY, T.SET_READ_WRITE):
+            await pg.configure(self.primary_spec(target), members)
+        elif step == T.CONFIGURE_STANDBY:
+            up = target.upstream
+            await pg.configure(RoleSpec("standby", upstream=(up.ip, PgUrl.parse(up.pg_url).port) if up else None),
+                               members)
+            self.configured_upstream = up
+        elif step == T.START_PG:
+            if not pg.running:
+                await pg.start(ready_timeout=self.start_budget(target))
+        elif step == T.RELOAD_PG:
+            await pg.apply_pending()
+        elif step == T.PROMOTE:
+            st = await pg.status() if pg.running else None
+            if st is not None and not st.known:
+                raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): not promoting "
+                                   "it this cycle")
+            if st is not None and st.in_recovery:
+                await self.promote_if_still_primary(target, members)
+        elif step == T.WRITE_REGISTRAR:
+            await self.store.publish_registrar(self.me.pg_url, self.ttl)
+        elif step == T.REMOVE_REGISTRAR:
+            with contextlib.suppress(Exception):
+                await self.store.remove_registrar(self.me.pg_url)
+        else:
+            raise ValueError(f"unknown step {step!r}")
+
+    async def _configure_primary(self, target: Target, members: tuple[str, ...]) -> None:
+        # A standby becomes primary by pg_promote (a new timeline, so that PostgreSQL
+        # itself refuses to let a forked node follow us), never by a plain restart.
+        pg = self.pg
+        if not pg.running and pg.has_standby_signal():
+            await pg.start()
+        if pg.running:
+            st = await pg.status()
+            if not st.known:
+                raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): "
+                                   "not configuring it as the primary this cycle")
+            if st.in_recovery:
+                await self.promote_if_still_primary(target, members)
+        await pg.configure(self.primary_spec(target), members)
+
+    async def promote_if_still_primary(self, target: Target, members: tuple[str, ...]) -> None:
+        """Promote only if the state in ZooKeeper still names me primary: a sitter that was
+        paused between writing its takeover and promoting (SIGSTOP, a stalled host) may find
+        that another node took over meanwhile. A read that fails is unknown: no promotion.
+
+        The detached standby names its new sync first (a reload; PostgreSQL ignores it until
+        the promotion ends, and stays read-only): the promoted node then waits for that sync
+        from its first moment, with no reload between the promotion and the first commit."""
+        st, _ver = await self.store.read_state()
+        if st is None or st.primary.id != self.me.id:
+            raise RuntimeError(f"not promoting: the state now names {st.primary.id if st else 'no'} primary")
+        pg = self.pg
+        if pg.spec is not None and pg.spec.role == "standby" and pg.spec.upstream is None:
+            sync = self.primary_spec(target).sync_app_name
+            await pg.configure(RoleSpec("standby", upstream=None, sync_app_name=sync), members)
+            await pg.apply_pending()  # a reload: only synchronous_standby_names changed
+        await pg.promote()
+
+    async def restore(self, upstream: Peer | None) -> None:
+        if upstream is None:
+            raise RuntimeError("a restore needs an upstream to restore from")
+        await self.dataset.check_upstream(upstream)
+        await self.pg.kill()
+        self.log.info("restore_starting", source=upstream.backup_url)
+
+        def progress(p):
+            self.restore_progress = {"phase": p.phase, "completed": p.completed, "size": p.size,
+                                     "source": upstream.backup_url, "path": p.path, "reason": p.reason}
+            self.on_progress()
+
+        res = await self.dataset.restore(upstream, progress)
+        self.restore_progress = {"phase": "done", "completed": res.bytes, "size": res.bytes,
+                                 "source": upstream.backup_url, "path": res.path, "reason": res.reason}
+        self.on_restored()
+        self.log.info("restore_done", bytes=res.bytes, seconds=round(res.seconds, 2), path=res.path, why=res.reason)
+
+    async def restart_in_role(self, target: Target, force: bool) -> bool:
+        """The requested restart (manatee-adm restart): a fast stop, then a start with the
+        files of the role it has (standby.signal stays for a standby). A node that became the
+        primary since the request is not restarted unless it was forced. True if restarted."""
+        if target.role == PRIMARY and not force:
+            self.log.warning("restart_dropped", reason="this node is the primary now")
+            return False
+        t0 = self.clock.monotonic()
+        await self.pg.stop(mode="fast")
+        await self.pg.start()
+        self.log.info("pg_restarted", role=target.role, seconds=round(self.clock.monotonic() - t0, 3))
+        return True

@@ -1,0 +1,139 @@
+"""The sitter's view of its shard in ZooKeeper: the session's state, and the election, state
+and error node as last read — re-read when a watch fires, after a reconnect, and every
+ZK_SAFETY_REFRESH_S anyway. The view is marked stale when the session is lost (and at
+start) until a complete read: decide() is then told the session is LOST."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from manatee.core import zk as zkmod
+from manatee.shard.shardstore import StateUnreadable
+from manatee.shard.state import CONNECTED, LOST, SUSPENDED, ClusterState, Peer
+from manatee.sitter.ports import Clock, Session, Store
+
+ZK_SAFETY_REFRESH_S = 5.0  # re-read ZooKeeper at least this often even without a watch
+_ZK_BADNESS = (CONNECTED, SUSPENDED, LOST)  # order for "the worse of two session states"
+
+
+def worse(a: str, b: str) -> str:
+    """The worse of two session states."""
+    return max(a, b, key=_ZK_BADNESS.index)
+
+
+class ZkView:
+    def __init__(self, session: Session, store: Store, me: Peer, configured_timeout_s: float, log, clock: Clock,
+                 wake: asyncio.Event):
+        self.session, self.store, self.me, self.log, self.clock, self.wake = session, store, me, log, clock, wake
+        self.configured_timeout = configured_timeout_s
+        self.session_timeout = configured_timeout_s
+        self.zk_state = LOST
+        self.need_join = True
+        self.view_stale = True  # my view predates my current session
+        self.dirty = True
+        self.read_at = 0.0
+        self.election: tuple[Peer, ...] = ()
+        self.state: ClusterState | None = None
+        self.state_version = -1
+        self.error: dict | None = None
+        self.state_unreadable: str | None = None  # why the state znode cannot be used, or None
+
+    @property
+    def quarantined(self) -> tuple[str, ...]:
+        """"<znode>: <why>" for each znode ignored because it cannot be parsed."""
+        return self.store.quarantine.items()
+
+    def listen(self) -> None:
+        """Listen to the session's state (before it starts)."""
+        self.session.add_state_listener(self.on_state)
+        if self.session.auth is None:
+            self.log.warning("zk_auth_off", note="no zkCfg.auth: anyone who reaches ZooKeeper can change this "
+                                                 "shard's znodes (docs/security.md)")
+
+    def watch(self) -> None:
+        """Watch the shard's znodes (once the session has started)."""
+        self.session.watch_children(self.store.election_path, self.poke)
+        self.session.watch_data(self.store.state_path, self.poke)
+        self.session.watch_data(self.store.error_path, self.poke)
+
+    def on_state(self, state) -> None:
+        s = str(state).upper()
+        self.zk_state = {"CONNECTED": CONNECTED, "SUSPENDED": SUSPENDED}.get(s, LOST)
+        if self.zk_state == LOST:
+            self.need_join = True
+            self.view_stale = True
+        self.log.info("zk_session", state=self.zk_state)
+        self.poke()
+
+    def poke(self, *_a) -> None:
+        """A watch fired (or the session changed): read again."""
+        self.dirty = True
+        self.wake.set()
+
+    async def connect(self, stop: asyncio.Event) -> bool:
+        """Start the session, retrying until it is up or `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self.session.start()  # a fresh kazoo client per attempt: retrying is fine
+                self.zk_state = CONNECTED
+                self.note_session_timeout()
+                return True
+            except zkmod.ZKError as e:
+                self.log.warning("zk_unreachable", error=str(e))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2)
+        return False
+
+    def note_session_timeout(self) -> None:
+        """ZooKeeper grants a session timeout within its [min, max]SessionTimeout, whatever
+        we asked: every deadline derived from it must use the granted one (the fencing
+        deadline does: ZKClient.session_expiry_deadline). Logged when it changes."""
+        got = self.session.negotiated_session_timeout
+        if got is None or got == self.session_timeout:
+            return
+        configured = self.configured_timeout
+        self.session_timeout = got
+        (self.log.warning if got != configured else self.log.info)(
+            "zk_session_timeout_negotiated", configured_s=configured, negotiated_s=got,
+            note="ZooKeeper's min/maxSessionTimeout changed the session timeout; the sitter uses the "
+                 "negotiated one" if got != configured else "as configured")
+
+    async def refresh(self) -> None:
+        """Re-read what the decision needs (only while connected): when a watch fired, and
+        every ZK_SAFETY_REFRESH_S anyway (watches are re-armed after reconnects, but a
+        periodic read costs little and bounds the damage of a missed one)."""
+        if self.zk_state != CONNECTED:
+            return
+        self.note_session_timeout()  # a reconnect (to another server) may grant another one
+        now = self.clock.monotonic()
+        if not self.dirty and not self.need_join and now - self.read_at < ZK_SAFETY_REFRESH_S:
+            return
+        self.dirty = False  # cleared before reading: a change during the read marks it again
+        self.read_at = now
+        try:
+            if self.need_join:
+                await self.store.ensure_paths()
+                await self.store.join(self.me)
+                self.need_join = False
+            self.election = await self.store.election()
+            try:
+                self.state, self.state_version = await self.store.read_state()
+                self.state_unreadable = None
+            except StateUnreadable as e:  # never "no state": keep the last one read, and hold
+                self.state_unreadable = str(e)
+            self.error = await self.store.read_error()
+            self.view_stale = False
+        except (zkmod.ZKError, zkmod.ConnectionLoss, zkmod.SessionExpiredError, asyncio.TimeoutError) as e:
+            self.dirty = True
+            self.log.warning("zk_read_failed", error=str(e) or type(e).__name__)
+
+    def expiry_passed(self) -> bool:
+        """Suspended, and the session-expiry deadline has passed: it may have expired."""
+        deadline = self.session.session_expiry_deadline() if self.zk_state == SUSPENDED else None
+        return deadline is not None and self.clock.monotonic() >= deadline
+
+    def members(self, my_ip: str) -> tuple[str, ...]:
+        """Addresses pg_hba admits for replication: everyone in the election or the state."""
+        ips = {p.ip for p in self.election} | ({p.ip for p in self.state.members()} if self.state else set())
+        return tuple(sorted(ips | {my_ip}))

@@ -1,0 +1,168 @@
+"""A simulated PostgreSQL per node (the PgManager port) and its dataset (the ZfsDataset port).
+
+The WAL is a list of record ids (a position is BASE + its length). A standby streams from
+its upstream only while its WAL is a prefix of the upstream's (the world does that, in
+tests/sim/shard.py); a promotion appends a timeline-switch record, so an old primary holding
+unreplicated WAL can no longer follow anyone. Faults: a process that hangs (its status query
+times out), one that hangs at every start, one that will not start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+
+from manatee.core.lsn import Lsn
+from manatee.core.pg import PgError
+from manatee.sitter.dataset import UpstreamNotReady
+from manatee.sitter.pgmanager import PgStatus
+
+BASE = 0x1000000  # the WAL position of an empty log
+
+
+@dataclass
+class Conf:
+    standby_signal: bool = False
+    upstream: str | None = None   # the upstream's peer id (primary_conninfo)
+    sync: str | None = None       # synchronous_standby_names (an application_name: a pgUrl)
+    read_only: bool = True
+
+
+class FakeClient:
+    """The sitter's own connection: replication slots are not simulated."""
+
+    async def query(self, _sql, _params=None, timeout=None):
+        return []
+
+
+class FakePg:
+    """What the sitter's loop calls on its PostgreSQL; the node holds the data and the process."""
+
+    config_error = None
+    parameters_gen = 0
+    parameters_dirty = False
+    ops_timeout = 10.0
+
+    def __init__(self, node, world, health_timeout: float):
+        self.node, self.world, self.health_timeout = node, world, health_timeout
+        self.spec = None
+        self.members: tuple[str, ...] = ()
+        self.client = FakeClient()
+
+    @property
+    def running(self) -> bool:
+        return self.node.running
+
+    def has_data(self) -> bool:
+        return self.node.has_data
+
+    async def check_data(self, timeout: float) -> bool:
+        return self.node.has_data
+
+    def has_standby_signal(self) -> bool:
+        return self.node.conf.standby_signal
+
+    def set_parameters(self, parameters) -> bool:
+        return False
+
+    async def status(self, sync_app_name: str | None = None) -> PgStatus:
+        n = self.node
+        if not n.running:
+            return PgStatus(False, False, None, None, False, n.diverged, None, None)
+        if n.pg_hung:
+            return PgStatus(True, False, None, None, False, n.diverged, None, None,
+                            error="canceling statement due to statement timeout", timed_out=True)
+        rec = n.mode == "standby"
+        if rec:
+            wal = None if n.streamed is None else Lsn(BASE + n.streamed)
+        else:
+            wal = Lsn(BASE + len(n.log))
+        flush = None
+        s = self.world.sync_connected(n) if not rec else None
+        if s is not None and s.peer.pg_url == sync_app_name:
+            flush = Lsn(BASE + len(s.log))
+        up = self.world.node(n.applied.upstream) if rec and n.streaming and n.applied.upstream else None
+        return PgStatus(True, True, rec, wal, n.streaming, rec and n.diverged, flush, 1, n.applied.read_only,
+                        (up.peer.ip, 5432) if up else None)
+
+    async def initdb(self) -> None:
+        await self.world.pause_point(self.node)
+        self.node.has_data, self.node.log = True, []
+
+    async def configure(self, spec, members) -> None:
+        await self.world.pause_point(self.node)
+        self.spec, self.members = spec, tuple(sorted(set(members)))
+        c = self.node.conf
+        if spec.role == "primary":
+            c.standby_signal, c.upstream, c.sync, c.read_only = False, None, spec.sync_app_name, spec.read_only
+        else:
+            up = self.world.node_at(spec.upstream[0]) if spec.upstream else None
+            c.standby_signal, c.upstream, c.read_only = True, (up.id if up else None), True
+            c.sync = spec.sync_app_name if spec.upstream is None else None
+
+    async def apply_pending(self) -> str:
+        await self.world.pause_point(self.node)
+        n = self.node
+        if not n.running:
+            return "not running"
+        if n.mode == "standby" and n.conf.upstream != n.applied.upstream:
+            n.streaming = False  # the walreceiver reconnects to the new upstream
+        n.applied = replace(n.conf)
+        return "reloaded"
+
+    async def start(self, ready_timeout: float | None = None) -> None:
+        await self.world.pause_point(self.node)
+        n = self.node
+        if n.running:
+            return
+        if not n.has_data:
+            raise PgError("no data directory")
+        if n.pg_fault == "no_start":
+            raise PgError("postgres exited with status 1 before accepting connections")
+        n.pg_hung = n.pg_fault == "hang_sticky"
+        n.running, n.mode = True, ("standby" if n.conf.standby_signal else "primary")
+        n.applied = replace(n.conf)
+        n.streamed, n.streaming, n.pending = None, False, []
+
+    async def stop(self, mode: str = "fast") -> None:
+        await self.world.pause_point(self.node)
+        self.world.pg_stop(self.node)
+
+    async def kill(self) -> None:
+        await self.world.pause_point(self.node)
+        self.world.pg_stop(self.node)
+
+    async def promote(self) -> None:
+        await self.world.pause_point(self.node)
+        self.world.promote(self.node)
+
+
+class FakeDataset:
+    """The node's dataset: a restore copies the upstream's WAL (it must be reachable and run
+    a healthy PostgreSQL, as the real check asks its status server)."""
+
+    def __init__(self, node, world):
+        self.node, self.world = node, world
+
+    async def ensure(self) -> None:
+        pass
+
+    async def check_upstream(self, upstream) -> None:
+        src = self.world.node(upstream.id)
+        if not (self.world.reach(self.node, src) and src.running and not src.pg_hung):
+            raise UpstreamNotReady(f"upstream {upstream.id} has no running, healthy PostgreSQL")
+
+    async def restore(self, upstream, progress):
+        await self.world.pause_point(self.node)
+        n, src = self.node, self.world.node(upstream.id)
+        if not (self.world.reach(n, src) and src.has_data):
+            raise RuntimeError(f"cannot restore from {upstream}")
+        self.world.pg_stop(n)
+        n.log, n.has_data, n.diverged = list(src.log), True, False
+        self.world.restores.append((self.world.now, n.id))
+        return SimpleNamespace(bytes=len(n.log), seconds=0.0, path="full", reason="simulated")
+
+    async def list_snapshots(self):
+        return []
+
+    async def space(self) -> str:
+        return ""

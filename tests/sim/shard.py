@@ -1,0 +1,478 @@
+"""A simulated shard running the production sitter loop on in-memory fakes.
+
+Each node has a simulated PostgreSQL (tests/sim/pg.py) and a real `Sitter` wired to a fake
+session and store over one simulated ZooKeeper (tests/sim/zk.py) and a fake clock; one tick
+is one second. Every tick: clients commit on every node that takes writes; standbys stream;
+a commit is acknowledged only when the primary's configured sync has received it (an empty
+synchronous_standby_names acknowledges at once, as PostgreSQL does); standbys heartbeat the
+upstream their sitter names; then each running sitter gets one slice of its loop. A cycle
+may stop at its first change to PostgreSQL and go on at the next tick (the world moves on
+between observing and acting, as it does for the real shell).
+
+Checked all along: S1 (at most one node acknowledges in a tick, and every node that
+acknowledges holds every write acknowledged before), S2/S4 (a promoted node holds every
+acknowledged write and is not diverged) and S3 (every state write that changes the primary
+names the previous primary or sync; generation bumps exactly when primary/sync change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import weakref
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from manatee.shard.state import UNASSIGNED, Peer
+from manatee.sitter.heartbeat import Heartbeat
+from manatee.sitter.loop import Sitter
+from tests.sim.clock import FakeClock, SimLog, format_record
+from tests.sim.pg import Conf, FakeDataset, FakePg
+from tests.sim.zk import FakeSession, FakeStore, SimZK, Violation
+
+SESSION_TIMEOUT = 6
+HB_TIMEOUT = 4
+SETTLE = 120  # ticks allowed to converge after faults heal
+HUNG_TICKS = 2  # healthChkTimeout: a PG unanswered this long is killed and restarted
+PST_TICKS = 2 * SESSION_TIMEOUT  # primaryStartTimeout: a primary failing this long steps down
+
+__all__ = ["Shard", "Node", "Violation", "new_shard", "acked_count_grows", "mkpeer", "SESSION_TIMEOUT",
+           "HB_TIMEOUT", "SETTLE", "HUNG_TICKS", "PST_TICKS"]
+
+
+def mkpeer(i: int) -> Peer:
+    ip = f"127.0.0.{10 + i}"
+    return Peer(id=f"{ip}:5432:10002:5433", zone_id=f"zone-{i}", ip=ip,
+                pg_url=f"tcp://postgres@{ip}:5432/postgres", backup_url=f"http://{ip}:10002",
+                status_url=f"http://{ip}:5433")
+
+
+def sitter_config(peer: Peer, onwm: bool, *, session_timeout: float = SESSION_TIMEOUT, interval: float = 1.0,
+                  primary_start_timeout: float | None = PST_TICKS) -> SimpleNamespace:
+    """The part of a SitterConfig the loop reads (durations in seconds here)."""
+    ns = SimpleNamespace
+    return ns(peer_id=peer.id, zoneId=peer.zone_id, ip=peer.ip, pg_url=peer.pg_url, backup_url=peer.backup_url,
+              status_url=peer.status_url, tags=ns(nofailover=False, nosync=False, priority=0),
+              postgresMgrCfg=ns(healthChkInterval=interval * 1000, oneNodeWriteMode=onwm, opsTimeout=10000),
+              zkCfg=ns(sessionTimeout=session_timeout * 1000, auth="sim"),
+              heartbeatCfg=ns(expirationTime=HB_TIMEOUT * 1000, heartbeatInterval=1000, requestTimeout=1000),
+              shardPath="/manatee/sim", ttl=60, hooks=None,
+              primaryStartTimeout=primary_start_timeout * 1000 if primary_start_timeout else None,
+              insecure=True, tls=None)
+
+
+@dataclass
+class Node:
+    i: int
+    peer: Peer
+    alive: bool = True
+    hung: bool = False
+    # PostgreSQL alone (issue 8): None | "hang" (this process hangs; a kill cures it) |
+    # "hang_sticky" (every new process hangs too: stuck storage) | "no_start" (crash loop, full disk)
+    pg_fault: str | None = None
+    pg_hung: bool = False
+    zk_cut: bool = False
+    peers_cut: bool = False
+    # the sitter process and its loop
+    sitter: Sitter | None = None
+    session: FakeSession | None = None
+    task: asyncio.Task | None = None
+    pause_wanted: bool = False
+    parked: asyncio.Future | None = None
+    resume: asyncio.Future | None = None
+    # postgres
+    has_data: bool = False
+    log: list = field(default_factory=list)
+    running: bool = False
+    mode: str = "standby"
+    conf: Conf = field(default_factory=Conf)
+    applied: Conf = field(default_factory=Conf)
+    streamed: int | None = None
+    streaming: bool = False
+    diverged: bool = False
+    pending: list = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.peer.id
+
+    @property
+    def role(self) -> str:
+        return self.sitter.role if self.sitter else UNASSIGNED
+
+    @property
+    def target(self):
+        return self.sitter.target if self.sitter else None
+
+    @property
+    def last_decision(self):
+        return self.sitter.last_decided if self.sitter else None
+
+    def up(self) -> bool:
+        return self.alive and not self.hung
+
+
+class Shard:
+    open_shards: weakref.WeakSet = weakref.WeakSet()
+
+    def __init__(self, n: int = 3, seed: int = 0, onwm: bool = False, commits_per_tick: int = 1) -> None:
+        self.commits_per_tick = commits_per_tick
+        self.rng = random.Random(seed)
+        self.clock = FakeClock()
+        self.loop = asyncio.new_event_loop()
+        self.zk = SimZK(SESSION_TIMEOUT)
+        self.records: list = []
+        self.nodes = [Node(i, mkpeer(i)) for i in range(n)]
+        self.now = 0
+        self.onwm = onwm
+        self.rec = itertools.count(1)
+        self.acked: list = []
+        self.acked_set: set = set()
+        self.ackers: list[str] = []
+        self.promotions: list[tuple[int, str]] = []
+        self.restores: list[tuple[int, str]] = []
+        self.violations: list[Violation] = []
+        for node in self.nodes:
+            self._boot(node)
+        Shard.open_shards.add(self)
+
+    def close(self) -> None:
+        """Stop every sitter (a cycle may be parked until the next tick) and the event loop."""
+        if self.loop.is_closed():
+            return
+        for n in self.nodes:
+            self._halt(n)
+        self.loop.close()
+        Shard.open_shards.discard(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Close every shard still open (a test's fixture calls this after each test)."""
+        for sh in list(cls.open_shards):
+            sh.close()
+
+    @property
+    def trace(self) -> list[str]:
+        return [format_record(r) for r in self.records]
+
+    # -- lookups --------------------------------------------------------------------------
+    def node(self, key) -> Node:
+        if isinstance(key, Node):
+            return key
+        if isinstance(key, int):
+            return self.nodes[key]
+        return next(n for n in self.nodes if n.id == key or n.peer.pg_url == key)
+
+    def node_at(self, ip: str) -> Node:
+        return next(n for n in self.nodes if n.peer.ip == ip)
+
+    def by_role(self, place: str) -> Node | None:
+        st = self.zk.state()
+        if st is None:
+            return None
+        p = {"primary": st.primary, "sync": st.sync}.get(place)
+        return self.node(p.id) if p else None
+
+    def reach(self, a: Node, b: Node) -> bool:
+        return a.up() and b.up() and not a.peers_cut and not b.peers_cut
+
+    def zk_ok(self, n: Node) -> bool:
+        return self.zk.up and not n.zk_cut and n.up()
+
+    # -- the sitter process ---------------------------------------------------------------
+    def _boot(self, n: Node) -> None:
+        log = SimLog(self.clock, n.peer.ip, self.records)
+        n.session = FakeSession(self.zk, lambda: self.zk_ok(n))
+        n.sitter = Sitter(sitter_config(n.peer, self.onwm), log, store=FakeStore(self.zk, n.session, log),
+                          session=n.session, pg=FakePg(n, self, float(HUNG_TICKS)), dataset=FakeDataset(n, self),
+                          clock=self.clock)
+        n.sitter.view.listen()
+        n.sitter.view.watch()
+
+    def _halt(self, n: Node) -> None:
+        if n.task is not None:
+            n.task.cancel()
+            self.loop.run_until_complete(asyncio.wait([n.task]))
+        if n.session is not None:
+            n.session.drop()
+        n.task = n.parked = n.resume = None
+        n.sitter = n.session = None
+
+    async def pause_point(self, n: Node) -> None:
+        """A cycle's first change to PostgreSQL may wait for the next tick."""
+        if n.pause_wanted and n.parked is not None:
+            n.pause_wanted = False
+            n.resume = self.loop.create_future()
+            n.parked.set_result(None)
+            await n.resume
+
+    def _run_sitter(self, n: Node) -> None:
+        n.session.poll(self.clock.now)
+        if n.task is None:
+            n.pause_wanted = self.rng.random() < 0.5
+            n.task = self.loop.create_task(n.sitter.cycle_once())
+        else:
+            fut, n.resume = n.resume, None
+            fut.set_result(None)
+        n.parked = self.loop.create_future()
+        self.loop.run_until_complete(asyncio.wait([n.task, n.parked], return_when=asyncio.FIRST_COMPLETED))
+        if n.task.done():
+            task, n.task = n.task, None
+            task.result()
+        if self.violations:
+            raise self.violations[0]
+
+    def violation(self, msg: str) -> Violation:
+        v = Violation(msg)
+        self.violations.append(v)
+        return v
+
+    # -- faults ---------------------------------------------------------------------------
+    def kill(self, k) -> None:
+        n = self.node(k)
+        n.alive = False
+        self.pg_stop(n)
+        self._halt(n)
+
+    def start(self, k) -> None:
+        n = self.node(k)
+        if n.alive:
+            return
+        n.alive, n.hung = True, False
+        self._boot(n)
+
+    def kill_pg(self, k) -> None:
+        self.pg_stop(self.node(k))
+
+    def pg_fault(self, k, fault: str | None) -> None:
+        """F18/F19/F22: the node's sitter runs on, its PostgreSQL is sick (None: cured)."""
+        n = self.node(k)
+        n.pg_fault = fault
+        n.pg_hung = n.running and fault in ("hang", "hang_sticky")
+        if fault == "no_start":  # it crashes (a full disk makes PostgreSQL PANIC) and cannot start again
+            self.pg_stop(n)
+
+    def hang(self, k) -> None:
+        self.node(k).hung = True
+
+    def resume(self, k) -> None:
+        self.node(k).hung = False
+
+    def partition(self, k, zk: bool = True, peers: bool = True) -> None:
+        n = self.node(k)
+        n.zk_cut, n.peers_cut = n.zk_cut or zk, n.peers_cut or peers
+
+    def heal(self, k) -> None:
+        n = self.node(k)
+        n.zk_cut = n.peers_cut = False
+
+    def zk_down(self) -> None:
+        self.zk.up = False
+
+    def zk_up(self) -> None:
+        if not self.zk.up:
+            self.zk.up = True
+            self.zk.restart_clock(self.now)
+
+    def fork(self, k) -> None:
+        """F16: a standby started without standby.signal: it runs as a primary of its own timeline."""
+        n = self.node(k)
+        assert n.running
+        n.mode = "primary"
+        n.log.append(("fork", next(self.rec)))
+        n.streaming = False
+
+    def destroy_data(self, k) -> None:
+        n = self.node(k)
+        self.pg_stop(n)
+        n.has_data, n.log = False, []
+
+    def heal_all(self) -> None:
+        self.zk_up()
+        for n in self.nodes:
+            self.heal(n)
+            self.resume(n)
+            self.start(n)
+            self.pg_fault(n, None)
+
+    # -- postgres -------------------------------------------------------------------------
+    def pg_stop(self, n: Node) -> None:
+        n.running = n.pg_hung = False
+        n.streaming = False
+        n.streamed = None
+        n.pending = []
+
+    def promote(self, n: Node) -> None:
+        if not (n.running and n.mode == "standby"):
+            return
+        if n.diverged:
+            raise self.violation(f"S4: diverged {n.id} promoted")
+        missing = self.acked_set - set(n.log)
+        if missing:
+            raise self.violation(f"S2: {n.id} promoted without acknowledged writes {sorted(missing)[:5]}")
+        n.mode = "primary"
+        n.log.append(("timeline", next(self.rec)))
+        n.conf.standby_signal = False
+        n.applied = Conf(**vars(n.conf))
+        n.streaming = False
+        self.promotions.append((self.now, n.id))
+
+    def writable(self, n: Node) -> bool:
+        return n.up() and n.running and not n.pg_hung and n.mode == "primary" and not n.applied.read_only
+
+    def sync_connected(self, n: Node) -> Node | None:
+        """The node named in n's synchronous_standby_names if it is streaming from n now."""
+        if n.applied.sync is None:
+            return None
+        s = next((x for x in self.nodes if x.peer.pg_url == n.applied.sync), None)
+        if (s is not None and s.running and not s.pg_hung and s.mode == "standby" and s.applied.upstream == n.id
+                and s.streaming and self.reach(n, s)):
+            return s
+        return None
+
+    # -- the tick -------------------------------------------------------------------------
+    def tick(self, order=None) -> None:
+        self.now += 1
+        self.clock.now = float(self.now)
+        self.zk.tick(self.now)
+        # clients commit on every node that takes writes (a stale primary included)
+        for n in self.nodes:
+            for _ in range(self.commits_per_tick if self.writable(n) else 0):
+                r = next(self.rec)
+                n.log.append(r)
+                n.pending.append((r, len(n.log)))
+        # streaming replication (random order: cascades take a few ticks)
+        for n in self.rng.sample(self.nodes, len(self.nodes)):
+            self._stream(n)
+        self._acknowledge()
+        self._heartbeats()
+        for n in order or self.rng.sample(self.nodes, len(self.nodes)):
+            if n.up():
+                self._run_sitter(n)
+
+    def _acknowledge(self) -> None:
+        ackers = set()
+        for n in self.nodes:
+            if not (n.up() and n.running and not n.pg_hung and n.mode == "primary" and n.pending):
+                continue
+            s = self.sync_connected(n)
+            keep = []
+            for r, pos in n.pending:
+                if n.applied.sync is None or (s is not None and len(s.log) >= pos and s.log[pos - 1] == r):
+                    missing = self.acked_set - set(n.log)
+                    if missing:
+                        raise Violation(f"S1/S2: {n.id} acknowledged {r} but lacks acknowledged {sorted(missing)[:5]}")
+                    self.acked.append(r)
+                    self.acked_set.add(r)
+                    ackers.add(n.id)
+                else:
+                    keep.append((r, pos))
+            n.pending = keep
+        if len(ackers) > 1:
+            raise Violation(f"S1: {sorted(ackers)} acknowledged writes in the same tick")
+        self.ackers.extend(ackers)
+
+    def _heartbeats(self) -> None:
+        """Standbys heartbeat the upstream their sitter names (HeartbeatSender.upstream_url)."""
+        for n in self.nodes:
+            url = n.sitter.hb_sender.upstream_url if n.sitter and n.up() else None
+            u = next((x for x in self.nodes if x.peer.status_url == url), None) if url else None
+            if u is not None and u.sitter is not None and self.reach(n, u):
+                u.sitter.heartbeat_received(Heartbeat(n.id, n.peer.pg_url, None, n.streaming, self.clock.now))
+
+    def _stream(self, n: Node) -> None:
+        if not (n.up() and n.running and not n.pg_hung and n.mode == "standby" and n.applied.upstream):
+            n.streaming = False
+            return
+        u = self.node(n.applied.upstream)
+        if not (self.reach(n, u) and u.running and not u.pg_hung and u.has_data):
+            n.streaming = False
+            return
+        mine, theirs = n.log, u.log
+        if theirs[:len(mine)] == mine:
+            n.log = list(theirs[:len(mine) + self.rng.choice((1, 2, 3, 5))])  # replication lag
+            n.streaming = True
+            n.streamed = len(n.log)
+        elif mine[:len(theirs)] == theirs and not any(isinstance(r, tuple) for r in mine[len(theirs):]):
+            n.streaming = False  # ahead on the same timeline: waits for the upstream to catch up
+        else:
+            n.streaming, n.diverged = False, True
+
+    # -- drivers and checks ---------------------------------------------------------------
+    def run(self, ticks: int) -> None:
+        for _ in range(ticks):
+            self.tick()
+
+    def healthy(self) -> bool:
+        st = self.zk.state()
+        if st is None or self.zk.error is not None:
+            return False
+        live = [n for n in self.nodes if n.up()]
+        chain = st.chain()
+        if {p.id for p in chain} != {n.id for n in live}:
+            return False
+        p = self.node(st.primary.id)
+        if not (self.writable(p) and st.sync is not None and p.applied.sync == st.sync.pg_url
+                and self.sync_connected(p) is not None):
+            return False
+        for prev, cur in zip(chain, chain[1:]):
+            c = self.node(cur.id)
+            if not (c.running and c.mode == "standby" and c.applied.upstream == prev.id and c.streaming):
+                return False
+        return True
+
+    def lost_acknowledged(self) -> list:
+        """Acknowledged writes the current primary's WAL lacks (S2: must stay empty); while the
+        state znode cannot be parsed, the primary of the last state written."""
+        try:
+            st = self.zk.state()
+        except ValueError:
+            st = self.zk.writes[-1] if self.zk.writes else None
+        return [] if st is None else sorted(set(self.acked) - set(self.node(st.primary.id).log), key=str)
+
+    def events(self, node, event: str) -> list[float]:
+        """When `node`'s sitter logged `event`."""
+        ip = self.node(node).peer.ip
+        return [t for t, who, _lv, ev, _kw in self.records if who == ip and ev == event]
+
+    def settle(self, limit: int = SETTLE) -> int:
+        for i in range(limit):
+            if self.healthy():
+                return i
+            self.tick()
+        if self.healthy():
+            return limit
+        raise Violation("did not converge to primary + sync + asyncs:\n" + self.describe())
+
+    def describe(self) -> str:
+        try:
+            st = self.zk.state()
+        except ValueError:
+            st = None
+        lines = [f"tick {self.now} zk_up={self.zk.up} error={self.zk.error}",
+                 f"state: {st and st.to_json()}"]
+        for n in self.nodes:
+            d = n.last_decision
+            lines.append(f"  {n.peer.ip} alive={n.alive} hung={n.hung} cut={n.zk_cut},{n.peers_cut} role={n.role} "
+                         f"pg={'up' if n.running else 'down'}/{n.mode} log={len(n.log)} streamed={n.streamed} "
+                         f"streaming={n.streaming} div={n.diverged} conf={vars(n.conf)} "
+                         f"rule={getattr(d, 'rule', None)} reason={getattr(d, 'reason', None)}")
+        lines += self.trace[-30:]
+        return "\n".join(lines)
+
+    def bootstrap(self) -> Shard:
+        """The first tick runs the sitters in index order, so node 0 joins first and leads."""
+        self.tick(order=self.nodes)
+        self.settle()
+        return self
+
+
+def new_shard(n: int = 3, seed: int = 0, onwm: bool = False) -> Shard:
+    return Shard(n, seed, onwm).bootstrap()
+
+
+def acked_count_grows(sh: Shard, ticks: int = 10) -> bool:
+    before = len(sh.acked)
+    sh.run(ticks)
+    return len(sh.acked) > before
