@@ -27,9 +27,10 @@ _HOST = re.compile(r"^[A-Za-z0-9_.-]+$")
 _CHROOT = re.compile(r"^(/[A-Za-z0-9_.:-]+)+$")
 
 
-def parse_zk_hosts(spec: str) -> str:
+def parse_zk_hosts(spec: str, default_port: int | None = DEFAULT_PORT) -> str:
     """'host', 'host:port', 'h1,h2:2182' or any of these plus '/chroot' → the kazoo
-    connect string with every port explicit ('h1:2181,h2:2182/chroot').
+    connect string with every port explicit ('h1:2181,h2:2182/chroot'). With
+    default_port=None (a daemon's config) every host must name its port.
 
     Raises ValueError naming the bad part."""
     spec = (spec or "").strip()
@@ -40,10 +41,10 @@ def parse_zk_hosts(spec: str) -> str:
     if chroot and chroot != "/" and not _CHROOT.match(chroot):
         raise ValueError(f"ZooKeeper address {spec!r}: bad chroot {chroot!r} (expected /name[/name...])")
     chroot = "" if chroot == "/" else chroot
-    return ",".join(_host_port(spec, part.strip()) for part in hosts.split(",")) + chroot
+    return ",".join(_host_port(spec, part.strip(), default_port) for part in hosts.split(",")) + chroot
 
 
-def _host_port(spec: str, part: str) -> str:
+def _host_port(spec: str, part: str, default_port: int | None) -> str:
     if part.startswith("["):  # [v6addr]:port
         addr, close, rest = part[1:].partition("]")
         if not close or not addr or (rest and not rest.startswith(":")):
@@ -56,8 +57,10 @@ def _host_port(spec: str, part: str) -> str:
         if not host or not _HOST.match(host):
             raise ValueError(f"ZooKeeper address {spec!r}: bad host {part!r} "
                              "(expected host[:port][,host[:port]...])")
+    if port == "" and default_port is None:
+        raise ValueError(f"ZooKeeper address {spec!r}: no port in {part!r}")
     if port == "":
-        port = str(DEFAULT_PORT)
+        port = str(default_port)
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"ZooKeeper address {spec!r}: bad port {port!r} in {part!r}")
     return f"{host}:{int(port)}"
@@ -124,7 +127,7 @@ class ZkTlsCfg(ConfigModel):
 
 
 class ZkCfg(ConfigModel):
-    connStr: str = Field(description="ZooKeeper servers, 'host[:port][,host[:port]...][/chroot]' (port 2181 if left out)")
+    connStr: str = Field(description="ZooKeeper servers, 'host:port[,host:port...][/chroot]'")
     sessionTimeout: int = Field(60000, ge=MIN_SESSION_TIMEOUT_MS, le=600000, description="ZooKeeper session timeout (ms): how long a dead node keeps its place")
     connectTimeout: int = Field(10000, ge=500, le=600000, description="how long to wait for ZooKeeper at start-up (ms)")
     session_timeout_s = seconds("sessionTimeout")
@@ -141,6 +144,6 @@ class ZkCfg(ConfigModel):
     @classmethod
     def _conn(cls, v: str) -> str:
         try:
-            return parse_zk_hosts(v)
+            return parse_zk_hosts(v, default_port=None)
         except ValueError as e:
             raise ValueError(f"must be host:port[,host:port...][/chroot]: {e}") from None

@@ -93,8 +93,12 @@ def test_one_connection_string_parser_for_the_daemons_and_the_tools():
     from manatee.core.zkconfig import parse_zk_hosts as core_parse
 
     assert BackupZkCfg is ZkCfg
-    for spec, want in (("zk1", "zk1:2181"), ("a:1,b/chroot", "a:1,b:2181/chroot"), ("[::1]:2", "[::1]:2")):
+    for spec, want in (("zk1:2181", "zk1:2181"), ("a:1, b:2/chroot", "a:1,b:2/chroot"), ("[::1]:2", "[::1]:2")):
         assert ZkCfg(connStr=spec).connStr == want == parse_zk_hosts(spec) == core_parse(spec)
+    # a tool's -z may leave the port out (2181); a daemon's config names it
+    assert parse_zk_hosts("zk1,zk2:2182") == "zk1:2181,zk2:2182"
+    with pytest.raises(ValueError, match="no port in 'zk1'"):
+        ZkCfg(connStr="zk1,zk2:2182")
     for bad in ("", "h:0", "h:", "bad host:1", "h:1/bad//chroot"):
         with pytest.raises(ValueError):
             ZkCfg(connStr=bad)
