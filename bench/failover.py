@@ -54,7 +54,10 @@ from pathlib import Path
 from typing import Any
 
 from manatee_testbed.checks import fetch_ids, missing_acked
-from manatee_testbed.sandbox import DAEMONS, NodeState, Sandbox, SandboxError, http_json
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_health import http_json
+from manatee_testbed.sandbox_nodes import DAEMONS
+from manatee_testbed.sandbox_state import NodeState, SandboxError
 from manatee_testbed.writer import RecordingWriter, WriterError
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -33,12 +33,9 @@ from manatee_testbed.checks import (
     promoted_from,
     summarise,
 )
-from manatee_testbed.sandbox import (
-    NodeState,
-    Sandbox,
-    SandboxError,
-    postmaster_pid,
-)
+from manatee_testbed.proctable import postmaster_pid
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_state import NodeState, SandboxError
 from manatee_testbed.shardview import ShardView
 from manatee_testbed.writer import RecordingWriter
 from manatee_testbed.zookeeper import ZK_SERVER_SH

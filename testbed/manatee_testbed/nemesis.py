@@ -48,7 +48,8 @@ from manatee_testbed.checks import (
     promoted_from,
     summarise,
 )
-from manatee_testbed.sandbox import Sandbox, SandboxError
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_state import SandboxError
 from manatee_testbed.shardview import ShardView
 from manatee_testbed.writer import RecordingWriter
 

@@ -16,7 +16,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from manatee_testbed.sandbox import NodeState, Sandbox, tail
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_health import tail
+from manatee_testbed.sandbox_state import NodeState
 from manatee.shard.history import parse_record
 
 __all__ = ["http_get", "client_dsn", "read_history", "ShardView"]

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from manatee_testbed.sandbox import ZFS_BIN
+from manatee_testbed.sandbox_config import ZFS_BIN
 from tests.integration.test_adm import adm
 from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
 

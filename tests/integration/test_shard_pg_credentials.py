@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from manatee_testbed.sandbox import REPLICATION_USER
+from manatee_testbed.sandbox_config import REPLICATION_USER
 from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]

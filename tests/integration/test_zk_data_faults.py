@@ -35,7 +35,8 @@ import pytest
 from manatee.backupserver.sender import HOLD_TAG
 from manatee.core.lsn import Lsn
 from manatee.core.procs import pid_alive
-from manatee_testbed.sandbox import PG_BIN, ZFS_BIN, tail
+from manatee_testbed.sandbox_config import PG_BIN, ZFS_BIN
+from manatee_testbed.sandbox_health import tail
 from tests.shard_fixture import (NEEDS_SHARD, Shard, acks_on, assert_roles_held, assert_topology_unchanged, first_ack_on,
                                  healthy, longest_ack_gap, names, say, shared_shard, zk_back)
 
