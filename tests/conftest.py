@@ -11,7 +11,7 @@ import pytest
 
 pytest_plugins = [
     p
-    for p in ("tests.fixtures_zk", "tests.fixtures_zfs", "tests.fixtures_pg")
+    for p in ("tests.fixtures_zk", "tests.fixtures_zfs", "tests.fixtures_pg", "tests.shard_fixture")
     if os.path.exists(os.path.join(os.path.dirname(__file__), p.split(".")[1] + ".py"))
 ]
 

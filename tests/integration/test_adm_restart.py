@@ -16,21 +16,15 @@ import time
 import psycopg2
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
+from tests.shard_ops import set_pg_parameters
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
 GAP_BOUND_S = 3.0  # as test_adm's switchover: a loaded 2-core box gets slack, the figures are printed
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "rolling", 4000)
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared)
+SHARD = SharedShard("rolling", 4000)
 
 
 def _adm(sh: Shard, *args: str, limit: float = 120) -> subprocess.CompletedProcess:
@@ -40,14 +34,6 @@ def _adm(sh: Shard, *args: str, limit: float = 120) -> subprocess.CompletedProce
                        env=env, capture_output=True, text=True, timeout=limit)
     say(f"$ manatee-adm {' '.join(args)} -> {r.returncode} ({time.monotonic() - t0:.2f}s)\n{r.stdout}{r.stderr}")
     return r
-
-
-def _set_parameters(sh: Shard, params: dict) -> None:
-    for n in sh.nodes:
-        p = n.config_path("sitter")
-        cfg = json.loads(p.read_text())
-        cfg["postgresMgrCfg"]["parameters"] = params
-        p.write_text(json.dumps(cfg, indent=2))
 
 
 def _show(sh: Shard, node, name: str) -> str:
@@ -63,7 +49,7 @@ def test_restart_pending_rolls_through_the_shard_with_one_switchover(shard: Shar
     r = _adm(sh, "restart", "--node", sh.node(p).ip)
     assert r.returncode == 1 and "is the primary: switch over first" in r.stderr, r.stderr
 
-    _set_parameters(sh, {"shared_buffers": "40MB"})
+    set_pg_parameters(sh, {"shared_buffers": "40MB"})
     assert _adm(sh, "reload").returncode == 0
     for n in sh.nodes:
         assert sh.state_of(n)["pg"]["pendingRestart"] == ["shared_buffers"], n.name

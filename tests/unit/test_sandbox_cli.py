@@ -8,7 +8,7 @@ import pytest
 from manatee_testbed.cli import sandbox as cli
 from manatee_testbed import sandbox as sbx
 from manatee_testbed import sandbox_state
-from tests.unit.test_sandbox_config import make_state
+from tests.factories import make_state
 
 
 def run(capsys, *argv):

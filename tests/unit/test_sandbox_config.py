@@ -11,25 +11,10 @@ import pytest
 from manatee.backupserver.config import BackupServerConfig
 from manatee.core.config import validate
 from manatee_testbed import sandbox_config, sandbox_nodes, sandbox_state
-from manatee_testbed.sandbox_state import NodeState, SandboxError, SandboxState
+from manatee_testbed.sandbox_state import SandboxError, SandboxState
 from manatee.sitter.config import SitterConfig
 from manatee.snapshotter.config import SnapshotterConfig
-
-
-def make_state(tmp_path, n=3, session=6000, auth="scram-sha-256") -> SandboxState:
-    st = SandboxState(id="ab12cd34", dir=str(tmp_path), shard="1", session_timeout_ms=session,
-                      zk_host="127.0.0.10", zk_port=2181, pool="msandboxab12cd34",
-                      pool_file=str(tmp_path / "zpool" / "msandboxab12cd34.img"),
-                      secret="s3cret-s3cret-s3cret", repl_password="pw-123456", admin_password="admin-pw-654321", auth_method=auth,
-                      cgroup="manatee-sandbox-ab12cd34")
-    _, ips = sandbox_config.node_addresses("127.0.0.11", n)
-    for name, ip in zip(sandbox_config.node_names(n), ips):
-        st.nodes.append(NodeState(name=name, ip=ip, pg_port=5432, status_port=5433, backup_port=10002,
-                                  zfs_port=10001, dataset=f"{st.pool}/{name}/pg",
-                                  mountpoint=str(tmp_path / "nodes" / name / "pg"),
-                                  dir=str(tmp_path / "nodes" / name), cgroup=f"{st.cgroup}/{name}",
-                                  pids={"sitter": 123}))
-    return st
+from tests.factories import make_state
 
 
 def test_generated_configs_validate_with_the_daemons_models(tmp_path):

@@ -34,6 +34,7 @@ from manatee.shard.state import (
     CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, SUSPENDED, UNASSIGNED, ClusterState, Freeze, Peer, Target,
 )
 from manatee.shard import transitions as T
+from tests.factories import peer
 
 SESSION_TIMEOUT = 6
 HB_TIMEOUT = 4
@@ -52,10 +53,7 @@ class StepFailed(Exception):
 
 
 def mkpeer(i: int) -> Peer:
-    ip = f"127.0.0.{10 + i}"
-    return Peer(id=f"{ip}:5432:10002:5433", zone_id=f"zone-{i}", ip=ip,
-                pg_url=f"tcp://postgres@{ip}:5432/postgres", backup_url=f"http://{ip}:10002",
-                status_url=f"http://{ip}:5433")
+    return peer(f"127.0.0.{10 + i}", f"zone-{i}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from manatee.sitter.pgmanager import RoleSpec
 from manatee.sitter.sitter import Sitter
 from manatee.shard.state import PRIMARY, Target
-from tests.unit.test_decide import A, B, C, STATE
+from tests.observations import A, B, C, STATE
 
 
 class FakeStore:
