@@ -1,7 +1,8 @@
 """Shared pytest set-up.
 
-Integration fixtures live in tests/fixtures_*.py, one file per real component, and are
-loaded as plugins here. Integration tests need root and the system packages that
+Integration fixtures live in tests/fixtures_*.py, one file per real component, and in
+tests/shard_fixture.py (`shared`/`shard`: the real shard a module declares as
+`SHARD = SharedShard(...)`); all are loaded as plugins here. Integration tests need root and the system packages that
 scripts/install-deps.sh installs; they are marked `integration`.
 """
 

@@ -48,6 +48,15 @@ def set_pg_parameters(sh: Shard, params: dict) -> None:
         p.write_text(json.dumps(cfg, indent=2))
 
 
+def pg_setting(sh: Shard, node, name: str) -> str:
+    """`SHOW name` on `node`'s PostgreSQL."""
+    import psycopg2
+
+    with psycopg2.connect(sh.dsn(node), connect_timeout=3) as c, c.cursor() as cur:
+        cur.execute(f"show {name}")
+        return cur.fetchone()[0]
+
+
 def f1_primary_host_death(sh: Shard) -> None:
     """F1: the primary's host dies; the sync takes over within the session timeout (+ slack),
     the async becomes sync, and the old primary, started again, rejoins at the tail."""

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import subprocess
 
-import psycopg2
 import pytest
 
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard
-from tests.shard_ops import adm, set_pg_parameters
+from tests.shard_ops import adm, pg_setting, set_pg_parameters
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
@@ -19,16 +18,10 @@ pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 SHARD = SharedShard("pgparams", 4000)
 
 
-def _show(sh: Shard, node, name: str) -> str:
-    with psycopg2.connect(sh.dsn(node), connect_timeout=3) as c, c.cursor() as cur:
-        cur.execute(f"show {name}")
-        return cur.fetchone()[0]
-
-
 def test_reload_applies_parameters_on_every_node_and_reports_pending_restart(shard: Shard):
     sh = shard
     pids = {n.name: sh.postmaster(n) for n in sh.nodes}
-    before = {n.name: _show(sh, n, "work_mem") for n in sh.nodes}
+    before = {n.name: pg_setting(sh, n, "work_mem") for n in sh.nodes}
     assert set(before.values()) == {"4MB"}
     try:
         set_pg_parameters(sh, {"work_mem": "5MB", "shared_buffers": "40MB"})
@@ -36,7 +29,7 @@ def test_reload_applies_parameters_on_every_node_and_reports_pending_restart(sha
         assert r.returncode == 0, r.stderr
         assert r.stdout.count("pending restart: shared_buffers") == len(sh.nodes)
         for n in sh.nodes:
-            assert _show(sh, n, "work_mem") == "5MB", n.name
+            assert pg_setting(sh, n, "work_mem") == "5MB", n.name
             st = sh.state_of(n)
             assert st["pg"]["pendingRestart"] == ["shared_buffers"]
             assert sh.postmaster(n) == pids[n.name], f"{n.name}: PostgreSQL was restarted"
@@ -48,10 +41,10 @@ def test_reload_applies_parameters_on_every_node_and_reports_pending_restart(sha
         set_pg_parameters(sh, {"port": 1})
         r = adm(sh, "reload")
         assert r.returncode == 1 and r.stdout.count("postgresMgrCfg.parameters") == len(sh.nodes)
-        assert all(_show(sh, n, "work_mem") == "5MB" for n in sh.nodes)
+        assert all(pg_setting(sh, n, "work_mem") == "5MB" for n in sh.nodes)
     finally:
         set_pg_parameters(sh, {})
         r = adm(sh, "reload")
     assert r.returncode == 0 and "pending restart" not in r.stdout  # shared_buffers back to the value it runs with
-    assert all(_show(sh, n, "work_mem") == "4MB" for n in sh.nodes)
+    assert all(pg_setting(sh, n, "work_mem") == "4MB" for n in sh.nodes)
     assert {n.name: sh.postmaster(n) for n in sh.nodes} == pids
