@@ -309,7 +309,9 @@ class SharedShard:
     """A real-shard test module's shard, declared once as `SHARD = SharedShard(...)`; the
     `shared` (module-scoped: up, then down) and `shard` (per test: healthy) fixtures below
     build it. `undo` clears what a failed test may leave behind (before every test and
-    before `down`); `before_down` runs after it at the end (e.g. to keep the logs)."""
+    before `down`); `before_down` runs after it at the end (e.g. to keep the logs).
+    heal_each_test=False: the tests share the shard as each left it (no undo, no health
+    check between them; the module's tests are one story)."""
 
     name: str
     session_timeout_ms: int = 5000
@@ -318,6 +320,7 @@ class SharedShard:
     zk_servers: int = 1
     secure: bool = False
     zk_auth: bool | None = None
+    heal_each_test: bool = True
 
     def finish(self, sh: Shard) -> None:
         for step in (self.undo, self.before_down):
@@ -336,7 +339,8 @@ def shared(request, zfs_fuse, tmp_path_factory) -> Iterator[Shard]:
 @pytest.fixture
 def shard(request, shared: Shard) -> Shard:
     """The module's shared shard, healthy (primary + sync + async) at the start of the test."""
-    return healthy(shared, prepare=request.module.SHARD.undo)
+    spec: SharedShard = request.module.SHARD
+    return healthy(shared, prepare=spec.undo) if spec.heal_each_test else shared
 
 
 def zk_back(sh: Shard) -> None:
