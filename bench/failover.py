@@ -55,8 +55,12 @@ from typing import Any
 
 from manatee_testbed.checks import fetch_ids, missing_acked
 from manatee.core.httpjson import http_json
-from manatee_testbed.sandbox import DAEMONS, NodeState, Sandbox, SandboxError
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_nodes import DAEMONS
+from manatee_testbed.sandbox_state import NodeState, SandboxError
 from manatee_testbed.writer import RecordingWriter, WriterError
+
+from common import require_root, sigterm_interrupts
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 P2_TARGET_S = 1.0
@@ -676,14 +680,10 @@ def quiet_logs(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logs(args.verbose)
-    if os.geteuid() != 0:
-        say("bench/failover.py needs root (the sandbox uses ZFS, nftables, PostgreSQL as user postgres)")
+    if not require_root("bench/failover.py needs root (the sandbox uses ZFS, nftables, PostgreSQL as user postgres)",
+                        out=say):
         return 2
-
-    def on_term(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+    on_term = sigterm_interrupts()
     started = datetime.now(timezone.utc)
     results: list[dict[str, Any]] = []
     status = 0

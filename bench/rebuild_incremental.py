@@ -25,38 +25,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import shutil
-import signal
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
-from manatee.core.pg import DEFAULT_BINDIR, run_as
-from manatee.core.procs import free_port, terminate, wait_port_async
+from manatee.core.procs import free_port
 from manatee.core.restore import restore
-from manatee.core.zfs import Zfs
-from manatee_testbed.postgres import PgNode
-from manatee_testbed.zfspool import ZfsPool, ensure_zfs_fuse
 
-BACKUPSERVER = str(Path(sys.executable).with_name("manatee-backupserver"))
+from common import QuietLog, SourceBench, measure_and_report, report_header, run_async, run_times
+
 IP_A, IP_B = "127.0.0.71", "127.0.0.72"
 
 
-class _QuietLog:
+class _QuietLog(QuietLog):
     """Restore's progress lines would drown the table; keep the path and errors."""
 
-    def bind(self, **_):
-        return self
-
-    verbose = False
     t0 = 0.0
 
     def info(self, event, **kw):
@@ -67,55 +52,17 @@ class _QuietLog:
                 _QuietLog.t0 = time.monotonic()
             print(f"      {time.monotonic() - _QuietLog.t0:6.2f}s {event} {kw.get('phase', '')}", flush=True)
 
-    def debug(self, *a, **k):
-        pass
 
-    def warning(self, event, **kw):
-        print(f"  warning: {event} {kw}", file=sys.stderr)
-
-    error = warning
-
-
-class Bench:
+class Bench(SourceBench):
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.base = Path(tempfile.mkdtemp(prefix=f"mincr-{uuid.uuid4().hex[:6]}-", dir="/tmp"))
-        os.chmod(self.base, 0o755)
-        self.pool = ZfsPool(self.base / "pool", size=args.pool_size)
-        self.zfs = Zfs()
-        self.pg: PgNode | None = None
-        self.server: subprocess.Popen | None = None
-        self.fuse = None
+        super().__init__(args, IP_A, "mincr")
 
     async def setup(self) -> None:
-        self.fuse = ensure_zfs_fuse()
-        self.pool.create()
         props = {"recordsize": self.args.recordsize} if self.args.recordsize else None
-        self.ds_a = self.pool.create_dataset("a", self.base / "a", props)
-        self.pg = PgNode("a", IP_A, free_port(IP_A), data_dir=self.base / "a", work_dir=self.base / "a-work")
-        await self.pg.init()
-        await self.pg.start()
-        print(f"building database: pgbench -i -s {self.args.scale} ...", flush=True)
-        t = time.monotonic()
-        await self._pgbench("-i", "-q", "-s", str(self.args.scale), timeout=7200)
-        await self.pg.execute("CHECKPOINT")
-        self.db_bytes = int((await self.pg.psql("SELECT pg_database_size('postgres') AS n"))[0]["n"])
-        print(f"  done in {time.monotonic() - t:.1f}s: database {self.db_bytes / 1e6:.0f} MB", flush=True)
-        port = free_port(IP_A)
-        cfg = self.base / "backupserver.json"
-        cfg.write_text(json.dumps({"backupSenderCfg": {"dataset": self.ds_a},
-                                   "backupServerCfg": {"host": IP_A, "port": port}}))
-        self.server_log = open(self.base / "backupserver.log", "ab")
-        self.server = subprocess.Popen([BACKUPSERVER, "-f", str(cfg)], stdin=subprocess.DEVNULL,
-                                       stdout=self.server_log, stderr=subprocess.STDOUT, start_new_session=True)
-        await wait_port_async(IP_A, port, 20)
-        self.url = f"http://{IP_A}:{port}"
+        await self.setup_source(props, init_timeout=7200)
+        print(f"  done in {time.monotonic() - self.t_build:.1f}s: database {self.db_bytes / 1e6:.0f} MB", flush=True)
+        await self.start_backupserver({"insecure": True})  # no ZooKeeper here for membership
         self.ds_b = self.pool.create_dataset("b", self.base / "b")
-
-    async def _pgbench(self, *args: str, timeout: float) -> None:
-        assert self.pg is not None
-        await run_as([DEFAULT_BINDIR / "pgbench", *args, "-h", str(self.pg.socket_dir), "-p", str(self.pg.port),
-                      "-U", "postgres", "postgres"], timeout=timeout)
 
     async def _restore(self, dataset: str, mnt: Path, incremental: bool):
         t = time.monotonic()
@@ -124,20 +71,6 @@ class Bench:
                             logger=_QuietLog(), incremental=incremental)
         return time.monotonic() - t, res
 
-    async def _destroy(self, name: str) -> None:
-        for attempt in range(40):
-            try:
-                if not await self.zfs.exists(name):
-                    return
-                if await self.zfs.get(name, "mounted") == "yes":
-                    await self.zfs.unmount(name)
-                await self.zfs.destroy(name, recursive=True)
-                return
-            except Exception as e:  # zfs-fuse: "busy" for a moment after unmount
-                if "busy" not in str(e) or attempt == 39:
-                    raise
-                await asyncio.sleep(0.25)
-
     async def measure(self) -> dict:
         print("first build of B (full) ...", flush=True)
         secs, res = await self._restore(self.ds_b, self.base / "b", incremental=True)
@@ -145,7 +78,7 @@ class Bench:
         runs = []
         for i in range(self.args.repeat):
             print(f"run {i + 1}: pgbench on A for {self.args.work}s ...", flush=True)
-            await self._pgbench("-c", "4", "-j", "2", "-T", str(self.args.work), "-n", timeout=self.args.work + 600)
+            await self.pgbench("-c", "4", "-j", "2", "-T", str(self.args.work), "-n", timeout=self.args.work + 600)
             await self.pg.execute("CHECKPOINT")
             (self.base / "b" / "diverged-on-b").write_text(f"run {i}")
             await self.zfs.snapshot(self.ds_b)
@@ -155,46 +88,31 @@ class Bench:
             assert inc.incremental_from, f"expected an incremental rebuild, got {inc.path}: {inc.reason}"
             print(f"  incremental: {inc_s:.2f}s, {inc.bytes / 1e6:.1f} MB", flush=True)
             ds_c = f"{self.pool.name}/c"
-            await self._destroy(ds_c)
+            await self.destroy(ds_c)
             subprocess.run(["sync"], check=False)
             await asyncio.sleep(1.0)
             full_s, full = await self._restore(ds_c, self.base / "c", incremental=True)
             assert full.path == "full", full.path
-            await self._destroy(ds_c)
+            await self.destroy(ds_c)
             runs.append(dict(size=size, inc_s=inc_s, inc_b=inc.bytes, full_s=full_s, full_b=full.bytes))
             print(f"  incremental {inc_s:.2f}s {inc.bytes / 1e6:.1f} MB | full {full_s:.2f}s "
                   f"{full.bytes / 1e6:.0f} MB | dataset {size / 1e6:.0f} MB | time ratio "
                   f"{inc_s / full_s * 100:.1f}%", flush=True)
         return dict(runs=runs)
 
-    async def cleanup(self) -> None:
-        if self.server is not None:
-            terminate(self.server.pid, timeout=10)
-            self.server.wait(5)
-            self.server_log.close()
-        if self.pg is not None:
-            await self.pg.kill()
-        try:
-            self.pool.destroy()
-        finally:
-            shutil.rmtree(self.base, ignore_errors=True)
-            if self.fuse is not None:
-                self.fuse.release()
-
 
 def report(m: dict, bench: Bench, args: argparse.Namespace) -> str:
     runs = m["runs"]
     med = {k: statistics.median(r[k] for r in runs) for k in ("size", "inc_s", "inc_b", "full_s", "full_b")}
     ratio = med["inc_s"] / med["full_s"]
-    inc_runs = ", ".join(f"{r['inc_s']:.2f}" for r in runs)
-    full_runs = ", ".join(f"{r['full_s']:.2f}" for r in runs)
+    inc_runs = run_times([r["inc_s"] for r in runs])
+    full_runs = run_times([r["full_s"] for r in runs])
     load = os.getloadavg()[0]
     lines = [
-        f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {os.cpu_count()} cores, "
-        f"{platform.system()} {platform.release()}, zfs-fuse file-backed pool, load average {load:.1f}; "
+        report_header(f", load average {load:.1f}; "
         f"database: pgbench scale {args.scale}, {bench.db_bytes / 1e6:.0f} MB (dataset {med['size'] / 1e6:.0f} MB); "
         f"recordsize {args.recordsize or '128K (default)'}; between rebuilds pgbench -c 4 for {args.work}s; "
-        f"median of {len(runs)}",
+        f"median of {len(runs)}"),
         "",
         "| rebuild | seconds (median) | MB streamed (median) | runs (s) |",
         "|---|---:|---:|---|",
@@ -208,18 +126,6 @@ def report(m: dict, bench: Bench, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-async def amain(args: argparse.Namespace) -> int:
-    bench = Bench(args)
-    try:
-        await bench.setup()
-        m = await bench.measure()
-        print()
-        print(report(m, bench, args))
-        return 0
-    finally:
-        await bench.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", type=int, default=150, help="pgbench scale (x ~15 MB; default 150 ≈ 2.2 GB)")
@@ -231,14 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="print when each restore phase began")
     args = p.parse_args(argv)
     _QuietLog.verbose = args.verbose
-    if os.geteuid() != 0:
-        print("needs root (zfs-fuse, PostgreSQL as postgres)", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        return asyncio.run(amain(args))
-    except KeyboardInterrupt:
-        return 130
+    return run_async(lambda a: measure_and_report(Bench(a), report, a), args)
 
 
 if __name__ == "__main__":

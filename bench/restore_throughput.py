@@ -22,28 +22,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 from manatee.core.pg import DEFAULT_BINDIR, run_as
-from manatee.core.procs import free_port, terminate, wait_port_async
+from manatee.core.procs import free_port
 from manatee.core.restore import restore
-from manatee.core.zfs import Zfs
-from manatee_testbed.postgres import PgNode
-from manatee_testbed.zfspool import ZfsPool, ensure_zfs_fuse
 
-BACKUPSERVER = str(Path(sys.executable).with_name("manatee-backupserver"))
+from common import QuietLog, SourceBench, measure_and_report, report_header, run_async, run_times
+
 IP_A, IP_B = "127.0.0.61", "127.0.0.62"
 
 
@@ -58,68 +49,23 @@ def du_bytes(path: Path) -> int:
     return total
 
 
-class Bench:
+class Bench(SourceBench):
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.base = Path(tempfile.mkdtemp(prefix=f"mbench-{uuid.uuid4().hex[:6]}-", dir="/tmp"))
-        os.chmod(self.base, 0o755)
-        self.pool = ZfsPool(self.base / "pool", size=args.pool_size)
-        self.zfs = Zfs()
-        self.pg: PgNode | None = None
-        self.server: subprocess.Popen | None = None
-        self.fuse = None
+        super().__init__(args, IP_A, "mbench")
 
     async def setup(self) -> None:
-        self.fuse = ensure_zfs_fuse()
-        self.pool.create()
-        self.ds_a = self.pool.create_dataset("a", self.base / "a")
-        self.pg = PgNode("a", IP_A, free_port(IP_A), data_dir=self.base / "a", work_dir=self.base / "a-work")
-        await self.pg.init()
-        await self.pg.start()
-        print(f"building database: pgbench -i -s {self.args.scale} ...", flush=True)
-        t = time.monotonic()
-        await run_as(
-            [DEFAULT_BINDIR / "pgbench", "-i", "-q", "-s", str(self.args.scale),
-             "-h", str(self.pg.socket_dir), "-p", str(self.pg.port), "-U", "postgres", "postgres"],
-            timeout=1800,
-        )
-        await self.pg.execute("CHECKPOINT")
-        self.db_bytes = int((await self.pg.psql("SELECT pg_database_size('postgres') AS n"))[0]["n"])
+        await self.setup_source(init_timeout=1800)
         self.dir_bytes = du_bytes(self.base / "a")
-        print(f"  done in {time.monotonic() - t:.1f}s: database {self.db_bytes / 1e6:.0f} MB, "
+        print(f"  done in {time.monotonic() - self.t_build:.1f}s: database {self.db_bytes / 1e6:.0f} MB, "
               f"data dir {self.dir_bytes / 1e6:.0f} MB", flush=True)
-
-        port = free_port(IP_A)
-        cfg = self.base / "backupserver.json"
         # insecure: no ZooKeeper here for membership. The data path is the production one: the
         # stream still starts with the (token-bound) header that restore() checks before zfs recv.
-        cfg.write_text(json.dumps({"backupSenderCfg": {"dataset": self.ds_a}, "insecure": True,
-                                   "backupServerCfg": {"host": IP_A, "port": port}}))
-        self.server_log = open(self.base / "backupserver.log", "ab")
-        self.server = subprocess.Popen([BACKUPSERVER, "-f", str(cfg)], stdin=subprocess.DEVNULL,
-                                       stdout=self.server_log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-        await wait_port_async(IP_A, port, 20)
-        self.url = f"http://{IP_A}:{port}"
+        await self.start_backupserver({"insecure": True})
         self.bb_ds = self.pool.create_dataset("bb", self.base / "bb")
-
-    async def _destroy(self, name: str) -> None:
-        if not await self.zfs.exists(name):
-            return
-        if await self.zfs.get(name, "mounted") == "yes":
-            await self.zfs.unmount(name)
-        for attempt in range(20):
-            try:
-                await self.zfs.destroy(name, recursive=True)
-                return
-            except Exception as e:  # zfs-fuse: "busy" for a moment after unmount
-                if "busy" not in str(e) or attempt == 19:
-                    raise
-                await asyncio.sleep(0.25)
 
     async def run_a(self) -> tuple[float, int, str]:
         target = f"{self.pool.name}/b"
-        await self._destroy(target)
+        await self.destroy(target)
         t = time.monotonic()
         phases: list[tuple[str, float]] = []
 
@@ -136,7 +82,7 @@ class Bench:
 
     async def run_b(self, snapshot: str) -> float:
         target = f"{self.pool.name}/raw"
-        await self._destroy(target)
+        await self.destroy(target)
         t = time.monotonic()
         cp = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", f"zfs send {snapshot} | zfs recv -u {target}",
@@ -163,8 +109,8 @@ class Bench:
 
     async def _settle(self) -> None:
         """Let the previous run's writes and frees finish so each run starts alike."""
-        await self._destroy(f"{self.pool.name}/b")
-        await self._destroy(f"{self.pool.name}/raw")
+        await self.destroy(f"{self.pool.name}/b")
+        await self.destroy(f"{self.pool.name}/raw")
         subprocess.run(["sync"], check=False)
         await asyncio.sleep(1.0)
 
@@ -194,40 +140,13 @@ class Bench:
         return dict(a=statistics.median(a_times), b=statistics.median(b_times), c=statistics.median(c_times),
                     a_all=a_times, b_all=b_times, c_all=c_times, stream_bytes=stream_bytes, bb_bytes=bb_bytes)
 
-    async def cleanup(self) -> None:
-        if self.server is not None:
-            terminate(self.server.pid, timeout=10)
-            self.server.wait(5)
-            self.server_log.close()
-        if self.pg is not None:
-            await self.pg.kill()
-        try:
-            self.pool.destroy()
-        finally:
-            shutil.rmtree(self.base, ignore_errors=True)
-            if self.fuse is not None:
-                self.fuse.release()
 
-
-class _QuietLog:
+class _QuietLog(QuietLog):
     """Restore's progress lines would drown the table; keep errors only."""
-
-    def bind(self, **_):
-        return self
-
-    verbose = False
 
     def info(self, event, **kw):
         if self.verbose and event == "restore_mounted":
             print(f"    {event} {kw}", flush=True)
-
-    def debug(self, *a, **k):
-        pass
-
-    def warning(self, event, **kw):
-        print(f"  warning: {event} {kw}", file=sys.stderr)
-
-    error = warning
 
 
 def report(m: dict, bench: Bench, args: argparse.Namespace) -> str:
@@ -235,16 +154,15 @@ def report(m: dict, bench: Bench, args: argparse.Namespace) -> str:
     thr_a, thr_b = mb / m["a"], mb / m["b"]
     thr_c = m["bb_bytes"] / 1e6 / m["c"]
     lines = [
-        f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {os.cpu_count()} cores, "
-        f"{platform.system()} {platform.release()}, zfs-fuse file-backed pool; "
+        report_header("; "
         f"database: pgbench scale {args.scale}, {bench.db_bytes / 1e6:.0f} MB "
-        f"(zfs stream {mb:.0f} MB, base backup {m['bb_bytes'] / 1e6:.0f} MB); median of {args.repeat}",
+        f"(zfs stream {mb:.0f} MB, base backup {m['bb_bytes'] / 1e6:.0f} MB); median of {args.repeat}"),
         "",
         "| method | seconds (median) | MB/s | runs (s) |",
         "|---|---:|---:|---|",
-        f"| (a) restore via backupserver | {m['a']:.2f} | {thr_a:.0f} | {', '.join(f'{x:.2f}' for x in m['a_all'])} |",
-        f"| (b) raw `zfs send \\| zfs recv` | {m['b']:.2f} | {thr_b:.0f} | {', '.join(f'{x:.2f}' for x in m['b_all'])} |",
-        f"| (c) `pg_basebackup -X stream` | {m['c']:.2f} | {thr_c:.0f} | {', '.join(f'{x:.2f}' for x in m['c_all'])} |",
+        f"| (a) restore via backupserver | {m['a']:.2f} | {thr_a:.0f} | {run_times(m['a_all'])} |",
+        f"| (b) raw `zfs send \\| zfs recv` | {m['b']:.2f} | {thr_b:.0f} | {run_times(m['b_all'])} |",
+        f"| (c) `pg_basebackup -X stream` | {m['c']:.2f} | {thr_c:.0f} | {run_times(m['c_all'])} |",
         "",
         f"a/b throughput: {thr_a / thr_b * 100:.0f}% (target >= 80%): {'PASS' if thr_a >= 0.8 * thr_b else 'FAIL'}"
         f"; per-run pairs b/a: {', '.join(f'{b / a * 100:.0f}%' for a, b in zip(m['a_all'], m['b_all']))} "
@@ -255,18 +173,6 @@ def report(m: dict, bench: Bench, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-async def amain(args: argparse.Namespace) -> int:
-    bench = Bench(args)
-    try:
-        await bench.setup()
-        m = await bench.measure()
-        print()
-        print(report(m, bench, args))
-        return 0
-    finally:
-        await bench.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", type=int, default=20, help="pgbench scale (x ~15 MB; default 20 ≈ 300 MB)")
@@ -275,14 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="print when each restore phase began")
     args = p.parse_args(argv)
     _QuietLog.verbose = args.verbose
-    if os.geteuid() != 0:
-        print("needs root (zfs-fuse, PostgreSQL as postgres)", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        return asyncio.run(amain(args))
-    except KeyboardInterrupt:
-        return 130
+    return run_async(lambda a: measure_and_report(Bench(a), report, a), args)
 
 
 if __name__ == "__main__":

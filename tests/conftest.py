@@ -1,7 +1,8 @@
 """Shared pytest set-up.
 
-Integration fixtures live in tests/fixtures_*.py, one file per real component, and are
-loaded as plugins here. Integration tests need root and the system packages that
+Integration fixtures live in tests/fixtures_*.py, one file per real component, and in
+tests/shard_fixture.py (`shared`/`shard`: the real shard a module declares as
+`SHARD = SharedShard(...)`); all are loaded as plugins here. Integration tests need root and the system packages that
 scripts/install-deps.sh installs; they are marked `integration`.
 """
 
@@ -11,7 +12,7 @@ import pytest
 
 pytest_plugins = [
     p
-    for p in ("tests.fixtures_zk", "tests.fixtures_zfs", "tests.fixtures_pg")
+    for p in ("tests.fixtures_zk", "tests.fixtures_zfs", "tests.fixtures_pg", "tests.shard_fixture")
     if os.path.exists(os.path.join(os.path.dirname(__file__), p.split(".")[1] + ".py"))
 ]
 

@@ -19,7 +19,8 @@ import uuid
 import pytest
 from kazoo.client import KazooClient
 
-from manatee_testbed.zookeeper import TcpProxy, ZooKeeperEnsemble, ZooKeeperServer
+from manatee_testbed.tcpproxy import TcpProxy
+from manatee_testbed.zookeeper import ZooKeeperEnsemble, ZooKeeperServer
 
 
 def _with_kazoo(connect: str, fn) -> None:

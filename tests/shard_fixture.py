@@ -21,6 +21,7 @@ import random
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -33,12 +34,9 @@ from manatee_testbed.checks import (
     promoted_from,
     summarise,
 )
-from manatee_testbed.sandbox import (
-    NodeState,
-    Sandbox,
-    SandboxError,
-    postmaster_pid,
-)
+from manatee_testbed.proctable import postmaster_pid
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_state import NodeState, SandboxError
 from manatee_testbed.shardview import ShardView
 from manatee_testbed.writer import RecordingWriter
 from manatee_testbed.zookeeper import ZK_SERVER_SH
@@ -208,6 +206,14 @@ class Shard(ShardView):
     def wait(self, pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
         return wait_for(pred, timeout, what, interval, detail=self.describe)
 
+    def rejoined_at_tail(self, name: str) -> bool:
+        """`name` is the last async of the ZK state, says async in /state, and streams."""
+        top = self.topology()
+        if not top["async"] or top["async"][-1] != name:
+            return False
+        s = self.state_of(self.node(name))
+        return bool(s and s.get("role") == "async" and self.streaming(self.node(name)))
+
     def wait_healthy(self, timeout: float = 120) -> None:
         """primary + sync + asyncs, by the sitters and ZK, and a write commits."""
         try:
@@ -296,6 +302,45 @@ def shared_shard(tmp_path_factory, name: str, session_timeout_ms: int = 5000,
                 before_down(sh)
         problems = sh.down()
     assert not problems, f"down left things behind: {problems}"
+
+
+@dataclass(frozen=True)
+class SharedShard:
+    """A real-shard test module's shard, declared once as `SHARD = SharedShard(...)`; the
+    `shared` (module-scoped: up, then down) and `shard` (per test: healthy) fixtures below
+    build it. `undo` clears what a failed test may leave behind (before every test and
+    before `down`); `before_down` runs after it at the end (e.g. to keep the logs).
+    heal_each_test=False: the tests share the shard as each left it (no undo, no health
+    check between them; the module's tests are one story)."""
+
+    name: str
+    session_timeout_ms: int = 5000
+    undo: Callable[[Shard], None] | None = None
+    before_down: Callable[[Shard], None] | None = None
+    zk_servers: int = 1
+    secure: bool = False
+    zk_auth: bool | None = None
+    heal_each_test: bool = True
+
+    def finish(self, sh: Shard) -> None:
+        for step in (self.undo, self.before_down):
+            if step is not None:
+                step(sh)
+
+
+@pytest.fixture(scope="module")
+def shared(request, zfs_fuse, tmp_path_factory) -> Iterator[Shard]:
+    """The module's shard as its `SHARD` says, for all of the module's tests."""
+    spec: SharedShard = request.module.SHARD
+    yield from shared_shard(tmp_path_factory, spec.name, spec.session_timeout_ms, before_down=spec.finish,
+                            zk_servers=spec.zk_servers, secure=spec.secure, zk_auth=spec.zk_auth)
+
+
+@pytest.fixture
+def shard(request, shared: Shard) -> Shard:
+    """The module's shared shard, healthy (primary + sync + async) at the start of the test."""
+    spec: SharedShard = request.module.SHARD
+    return healthy(shared, prepare=spec.undo) if spec.heal_each_test else shared
 
 
 def zk_back(sh: Shard) -> None:

@@ -45,15 +45,10 @@ from typing import Any
 from manatee.core.procs import free_port, pid_alive, terminate
 from manatee.shard.layout import ShardLayout
 from manatee_testbed import cgroups, network
-from manatee_testbed.sandbox import (
-    ZFS_BIN,
-    NodeState,
-    Sandbox,
-    SandboxError,
-    descendants,
-    postgres_pids,
-    postmaster_pid,
-)
+from manatee_testbed.proctable import descendants, postgres_pids, postmaster_pid
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_config import ZFS_BIN
+from manatee_testbed.sandbox_state import NodeState, SandboxError
 from manatee_testbed.hang import stopped as _stopped
 from manatee_testbed.shardview import ShardView
 
@@ -220,7 +215,7 @@ def _spawn_helper(sb: Sandbox, key: str, args: list[str]) -> int:
     finally:
         log.close()
     _update(sb, key, {"pid": proc.pid, "args": args, "since": time.time()})
-    from manatee_testbed.sandbox import _CHILDREN  # reaped with the sandbox's own children
+    from manatee_testbed.proctable import _CHILDREN  # reaped with the sandbox's own children
 
     _CHILDREN.append(proc)
     return proc.pid

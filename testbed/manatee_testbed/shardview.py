@@ -13,7 +13,9 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable
 
-from manatee_testbed.sandbox import NodeState, Sandbox, tail
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_health import tail
+from manatee_testbed.sandbox_state import NodeState
 from manatee.core.httpjson import http_json
 from manatee.shard.history import parse_record, sort_records
 from manatee.shard.layout import ShardLayout

@@ -22,7 +22,8 @@ import time
 
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
+from tests.shard_ops import adm
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(1200)]
 
@@ -30,35 +31,8 @@ SESSION_MS = 5000
 GAP_BOUND_S = 3.0  # P2 is ≤ 1 s median (benchmark); a loaded 2-core box gets slack, the figure is printed
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    # ZooKeeper auth on: verify warns about a sitter without it (adm() passes the credential)
-    yield from shared_shard(tmp_path_factory, "adm", SESSION_MS, zk_auth=True)
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared)
-
-
-def adm(sh: Shard | None, *args: str, limit: float = 60.0, zk: str | None = None,
-        shard: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if sh is not None:
-        sh.dsn(sh.nodes[0])  # writes the passfile
-        env["PGPASSFILE"] = str(sh.dir / "test.pgpass")
-        env["MANATEE_SECRET_FILE"] = sh.sb.st.secret_file  # manatee-adm rebuild signs with it
-        from manatee_testbed.cli.sandbox import tool_vars
-
-        env.update(tool_vars(sh.sb.st))  # with --zk-auth/--tls: the ZooKeeper credential, the TLS files
-    cmd, rest = args[0], args[1:]
-    pos = [] if shard == "" else [shard or sh.shard, zk or sh.sb.st.zk_connect]
-    t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "manatee.cli.adm", cmd, *pos, *rest], env=env,
-                       capture_output=True, text=True, timeout=limit)
-    r.secs = time.monotonic() - t0  # type: ignore[attr-defined]
-    say(f"$ manatee-adm {cmd} {' '.join(rest)} -> {r.returncode} ({r.secs:.2f}s)\n{r.stdout}{r.stderr}")
-    return r
+# ZooKeeper auth on: verify warns about a sitter without it (adm() passes the credential)
+SHARD = SharedShard("adm", SESSION_MS, zk_auth=True)
 
 
 def _row(out: str, role: str) -> list[str]:

@@ -8,63 +8,30 @@ the sync took over in one new generation, and a RecordingWriter lost no acknowle
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
-import psycopg2
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
+from tests.shard_ops import adm, pg_setting, set_pg_parameters
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
 GAP_BOUND_S = 3.0  # as test_adm's switchover: a loaded 2-core box gets slack, the figures are printed
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "rolling", 4000)
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared)
-
-
-def _adm(sh: Shard, *args: str, limit: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MANATEE_SECRET_FILE=sh.sb.st.secret_file)
-    t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "manatee.cli.adm", *args, "-s", sh.shard, "-z", sh.sb.st.zk_connect],
-                       env=env, capture_output=True, text=True, timeout=limit)
-    say(f"$ manatee-adm {' '.join(args)} -> {r.returncode} ({time.monotonic() - t0:.2f}s)\n{r.stdout}{r.stderr}")
-    return r
-
-
-def _set_parameters(sh: Shard, params: dict) -> None:
-    for n in sh.nodes:
-        p = n.config_path("sitter")
-        cfg = json.loads(p.read_text())
-        cfg["postgresMgrCfg"]["parameters"] = params
-        p.write_text(json.dumps(cfg, indent=2))
-
-
-def _show(sh: Shard, node, name: str) -> str:
-    with psycopg2.connect(sh.dsn(node), connect_timeout=3) as c, c.cursor() as cur:
-        cur.execute(f"show {name}")
-        return cur.fetchone()[0]
+SHARD = SharedShard("rolling", 4000)
 
 
 def test_restart_pending_rolls_through_the_shard_with_one_switchover(shard: Shard):
     sh = shard
     prev = sh.zk_state()
     p, s, a = names(sh.topology())
-    r = _adm(sh, "restart", "--node", sh.node(p).ip)
+    r = adm(sh, "restart", "--node", sh.node(p).ip, limit=120)
     assert r.returncode == 1 and "is the primary: switch over first" in r.stderr, r.stderr
 
-    _set_parameters(sh, {"shared_buffers": "40MB"})
-    assert _adm(sh, "reload").returncode == 0
+    set_pg_parameters(sh, {"shared_buffers": "40MB"})
+    assert adm(sh, "reload", limit=120).returncode == 0
     for n in sh.nodes:
         assert sh.state_of(n)["pg"]["pendingRestart"] == ["shared_buffers"], n.name
     pids = {n.name: sh.postmaster(n) for n in sh.nodes}
@@ -73,7 +40,7 @@ def test_restart_pending_rolls_through_the_shard_with_one_switchover(shard: Shar
     try:
         w.wait_for_acks(30, 60)
         t0 = time.monotonic()
-        r = _adm(sh, "restart", "--pending", "--wait", "60", limit=300)
+        r = adm(sh, "restart", "--pending", "--wait", "60", limit=300)
         took = time.monotonic() - t0
         assert r.returncode == 0, r.stderr
         out = r.stdout
@@ -91,14 +58,14 @@ def test_restart_pending_rolls_through_the_shard_with_one_switchover(shard: Shar
     sh.wait(lambda: all(sh.streaming(sh.node(x)) for x in (p, a)), 60, "the standbys to stream")
     for n in sh.nodes:
         assert sh.state_of(n)["pg"]["pendingRestart"] == [], n.name
-        assert _show(sh, n, "shared_buffers") == "40MB", n.name
+        assert pg_setting(sh, n, "shared_buffers") == "40MB", n.name
         assert sh.postmaster(n) != pids[n.name], f"{n.name}: PostgreSQL was not restarted"
     sh.assert_checks(w, prev, expect_leader=s, since_gen=prev["generation"])
     assert gaps and gaps[0] <= GAP_BOUND_S, gaps
     assert len([g for g in gaps if g > 1.0]) <= 1, f"more than one switchover's write gap: {gaps}"
 
     # nothing pending any more: --pending does nothing, not even a switchover
-    r = _adm(sh, "restart", "--pending", "--json")
+    r = adm(sh, "restart", "--pending", "--json", limit=120)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["ok"] and {st["action"] for st in summary["steps"]} == {"skip"}, summary

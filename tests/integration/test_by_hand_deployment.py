@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from manatee.core.procs import pid_alive
-from manatee_testbed.sandbox import postgres_pids
+from manatee_testbed.proctable import postgres_pids
 from manatee_testbed.zfspool import ZfsPool, ensure_zfs_fuse, pool_names
 from tests.shard_fixture import NEEDS_SHARD, say
 

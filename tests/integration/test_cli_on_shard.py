@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
@@ -26,9 +26,7 @@ def tool(name: str, *args: str, env: dict | None = None, limit: float = 30) -> s
     return cp
 
 
-@pytest.fixture(scope="module")
-def shard(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "clishard")
+SHARD = SharedShard("clishard", heal_each_test=False)
 
 
 def _addr(sh: Shard, name: str | None) -> dict | None:

@@ -21,6 +21,7 @@ from manatee_testbed.postgres import PgNode, replication_rows
 from manatee.shard.history import HistoryEvent
 from manatee.shard.shardstore import ShardStore
 from manatee.shard.state import ClusterState, Peer, error_record
+from tests.factories import peer
 
 
 @dataclass
@@ -56,12 +57,6 @@ def assert_one_line_error(r: Run, code: int, *needles: str) -> None:
     for n in needles:
         assert n in lines[0], lines[0]
     assert r.out == ""
-
-
-def peer(ip: str, port: int = 5432, zone: str | None = None) -> Peer:
-    return Peer(id=f"{ip}:{port}:10002:{port + 1}", zone_id=zone or f"zone-{ip}", ip=ip,
-                pg_url=f"tcp://postgres@{ip}:{port}/postgres", backup_url=f"http://{ip}:10002",
-                status_url=f"http://{ip}:{port + 1}")
 
 
 def node(p: Peer) -> dict:
@@ -264,7 +259,7 @@ async def test_stat_p_shows_each_nodes_replication_row_and_async_lag(zk_hosts, z
         return pr and pr[0]["sync_state"] == "sync" and sr and sr[0]["state"] == "streaming"
 
     await eventually(streaming, what="chain streaming")
-    down = peer("127.0.0.1", free_port("127.0.0.1"), zone="down")
+    down = peer("127.0.0.1", "down", port=free_port("127.0.0.1"))
     st = ClusterState(generation=3, primary=pg_peer(p), sync=pg_peer(s), async_=(pg_peer(a), down))
     await register(zkc, "1", state=st, members=[pg_peer(x) for x in (p, s, a)])
 

@@ -11,11 +11,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from manatee.client import ShardWatcher, ShardWatcherError
-
-
-def peer(ip: str) -> dict:
-    return {"id": f"{ip}:5432:10002:5433", "zoneId": f"z-{ip}", "ip": ip,
-            "pgUrl": f"tcp://postgres@{ip}:5432/postgres", "backupUrl": f"http://{ip}:10002"}
+from tests.factories import peer_record as peer
 
 
 def url(ip: str) -> str:

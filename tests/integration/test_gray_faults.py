@@ -33,8 +33,7 @@ import pytest
 
 from manatee_testbed import grayfaults as gf
 from manatee_testbed.writer import WriterError
-from tests.shard_fixture import (NEEDS_SHARD, Shard, first_ack_on, healthy, longest_ack_gap, names, say,
-                                 shared_shard)
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, first_ack_on, longest_ack_gap, names, say
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
@@ -50,14 +49,7 @@ def _undo(sh: Shard) -> None:
         say(f"undo: {line}")
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "gray", SESSION_MS, before_down=_undo)
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared, prepare=_undo)
+SHARD = SharedShard("gray", SESSION_MS, undo=_undo)
 
 
 def primary_start_timeout_s(sh: Shard) -> float:

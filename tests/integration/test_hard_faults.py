@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from manatee_testbed.writer import RecordingWriter
-from tests.shard_fixture import NEEDS_SHARD, Shard, acks_on, first_ack_on, healthy, names, say, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, acks_on, first_ack_on, names, say
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
@@ -60,21 +60,13 @@ def _undo_faults(sh: Shard) -> None:
             sh.sb.resume(n.name)
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    def before_down(sh: Shard) -> None:
-        _undo_faults(sh)
-        keep = tmp_path_factory.mktemp("hard-logs")
-        _keep_logs(sh, keep)
-        say(f"node logs kept in {keep}")
-
-    yield from shared_shard(tmp_path_factory, "hard", SESSION_MS, before_down=before_down)
+def _logs_kept(sh: Shard) -> None:
+    keep = sh.dir.with_name(f"{sh.dir.name}-logs")  # next to the sandbox, in pytest's tmp
+    _keep_logs(sh, keep)
+    say(f"node logs kept in {keep}")
 
 
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    """The shared shard, healthy (primary + sync + async) at the start of the test."""
-    return healthy(shared, prepare=_undo_faults)
+SHARD = SharedShard("hard", SESSION_MS, undo=_undo_faults, before_down=_logs_kept)
 
 
 def _standby_streaming(sh: Shard, name: str, role: str | None = None) -> bool:

@@ -15,21 +15,14 @@ import subprocess
 
 import pytest
 
-from manatee_testbed.sandbox import ZFS_BIN
-from tests.integration.test_adm import adm
-from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
+from manatee_testbed.sandbox_config import ZFS_BIN
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
+from tests.shard_ops import adm
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "incr", 5000)
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared)
+SHARD = SharedShard("incr", 5000)
 
 
 def _zfs(*args: str) -> str:

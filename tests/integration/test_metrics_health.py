@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, say, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, say
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -99,9 +99,7 @@ def check_endpoints(sh: Shard, live: list[str]) -> dict[str, str]:
     return roles
 
 
-@pytest.fixture(scope="module")
-def shard(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "metrics")
+SHARD = SharedShard("metrics", heal_each_test=False)
 
 
 def test_metrics_and_health_endpoints_on_a_healthy_shard(shard: Shard):

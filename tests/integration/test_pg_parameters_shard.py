@@ -5,65 +5,31 @@ manatee_pg_pending_restart) and PostgreSQL keeps running (the same postmaster)."
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
-import time
 
-import psycopg2
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, say, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard
+from tests.shard_ops import adm, pg_setting, set_pg_parameters
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "pgparams", 4000)
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared)
-
-
-def _set_parameters(sh: Shard, params: dict) -> None:
-    for n in sh.nodes:
-        p = n.config_path("sitter")
-        cfg = json.loads(p.read_text())
-        cfg["postgresMgrCfg"]["parameters"] = params
-        p.write_text(json.dumps(cfg, indent=2))
-
-
-def _adm_reload(sh: Shard) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MANATEE_SECRET_FILE=sh.sb.st.secret_file)
-    t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "manatee.cli.adm", "reload", "-s", sh.shard, "-z", sh.sb.st.zk_connect],
-                       env=env, capture_output=True, text=True, timeout=60)
-    say(f"$ manatee-adm reload -> {r.returncode} ({time.monotonic() - t0:.2f}s)\n{r.stdout}{r.stderr}")
-    return r
-
-
-def _show(sh: Shard, node, name: str) -> str:
-    with psycopg2.connect(sh.dsn(node), connect_timeout=3) as c, c.cursor() as cur:
-        cur.execute(f"show {name}")
-        return cur.fetchone()[0]
+SHARD = SharedShard("pgparams", 4000)
 
 
 def test_reload_applies_parameters_on_every_node_and_reports_pending_restart(shard: Shard):
     sh = shard
     pids = {n.name: sh.postmaster(n) for n in sh.nodes}
-    before = {n.name: _show(sh, n, "work_mem") for n in sh.nodes}
+    before = {n.name: pg_setting(sh, n, "work_mem") for n in sh.nodes}
     assert set(before.values()) == {"4MB"}
     try:
-        _set_parameters(sh, {"work_mem": "5MB", "shared_buffers": "40MB"})
-        r = _adm_reload(sh)
+        set_pg_parameters(sh, {"work_mem": "5MB", "shared_buffers": "40MB"})
+        r = adm(sh, "reload")
         assert r.returncode == 0, r.stderr
         assert r.stdout.count("pending restart: shared_buffers") == len(sh.nodes)
         for n in sh.nodes:
-            assert _show(sh, n, "work_mem") == "5MB", n.name
+            assert pg_setting(sh, n, "work_mem") == "5MB", n.name
             st = sh.state_of(n)
             assert st["pg"]["pendingRestart"] == ["shared_buffers"]
             assert sh.postmaster(n) == pids[n.name], f"{n.name}: PostgreSQL was restarted"
@@ -72,13 +38,13 @@ def test_reload_applies_parameters_on_every_node_and_reports_pending_restart(sha
             assert any(ln.startswith("manatee_pg_pending_restart{") and ln.endswith(" 1.0")
                        for ln in metrics.splitlines()), metrics[:2000]
         # a bad config is refused by every sitter, which keeps running on what it has
-        _set_parameters(sh, {"port": 1})
-        r = _adm_reload(sh)
+        set_pg_parameters(sh, {"port": 1})
+        r = adm(sh, "reload")
         assert r.returncode == 1 and r.stdout.count("postgresMgrCfg.parameters") == len(sh.nodes)
-        assert all(_show(sh, n, "work_mem") == "5MB" for n in sh.nodes)
+        assert all(pg_setting(sh, n, "work_mem") == "5MB" for n in sh.nodes)
     finally:
-        _set_parameters(sh, {})
-        r = _adm_reload(sh)
+        set_pg_parameters(sh, {})
+        r = adm(sh, "reload")
     assert r.returncode == 0 and "pending restart" not in r.stdout  # shared_buffers back to the value it runs with
-    assert all(_show(sh, n, "work_mem") == "4MB" for n in sh.nodes)
+    assert all(pg_setting(sh, n, "work_mem") == "4MB" for n in sh.nodes)
     assert {n.name: sh.postmaster(n) for n in sh.nodes} == pids

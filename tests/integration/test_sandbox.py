@@ -17,7 +17,9 @@ import pytest
 
 from manatee.core.procs import pid_alive
 from manatee_testbed import cgroups, network
-from manatee_testbed.sandbox import Sandbox, load_state, postmaster_pid
+from manatee_testbed.proctable import postmaster_pid
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_state import load_state
 from manatee_testbed.zfspool import ZfsPool, mounts_of_pool
 from manatee_testbed.zookeeper import ZK_SERVER_SH
 

@@ -15,7 +15,8 @@ import pytest
 from manatee.core.procs import pid_alive, wait_port
 from manatee_testbed import cgroups, network
 from manatee_testbed.hang import stopped
-from manatee_testbed.sandbox import Sandbox, load_state
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_state import load_state
 from manatee_testbed.zfspool import ZfsPool, mounts_of_pool
 from manatee_testbed.zookeeper import ZK_SERVER_SH, four_letter_word
 

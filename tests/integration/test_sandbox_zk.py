@@ -21,7 +21,8 @@ import pytest
 from manatee_testbed.cli.sandbox import main as sandbox_main
 from manatee.core.procs import pid_alive
 from manatee.core.zksession import resuming_kazoo
-from manatee_testbed.sandbox import Sandbox, SandboxError, load_state
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_state import SandboxError, load_state
 from manatee_testbed.zookeeper import ZK_SERVER_SH, four_letter_word
 
 pytestmark = pytest.mark.skipif(

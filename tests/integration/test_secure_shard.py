@@ -12,16 +12,15 @@ import urllib.request
 
 import pytest
 
-from tests.integration import test_sitter_faults as faults
-from tests.integration.test_adm import adm
 from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
+from tests.shard_ops import adm, f1_primary_host_death
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
 def secure_shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "secure", faults.SESSION_MS, secure=True)
+    yield from shared_shard(tmp_path_factory, "secure", 5000, secure=True)
 
 
 @pytest.fixture
@@ -57,7 +56,7 @@ def test_the_secure_shard_serves_https_only_to_its_own_clients(secure: Shard):
 
 
 def test_f1_on_a_secure_shard(secure: Shard):
-    faults.test_f1_primary_host_death_sync_promoted_old_primary_rejoins(secure)
+    f1_primary_host_death(secure)
 
 
 def test_switchover_on_a_secure_shard(secure: Shard):

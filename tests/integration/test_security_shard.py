@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 
 from manatee.core.auth import ShardSecret, sign_request
-from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
@@ -29,14 +29,7 @@ IDLE_CONNECTIONS = 10_000
 SCRAPES_PER_S = 50
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "security")
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared)
+SHARD = SharedShard("security")
 
 
 def http(url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 3.0,

@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from manatee_testbed.sandbox import REPLICATION_USER
-from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
+from manatee_testbed.sandbox_config import REPLICATION_USER
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
@@ -25,14 +25,7 @@ WRITTEN = ["manatee.conf", "pg_hba.conf", ".manatee.conf.tmp", ".pg_hba.conf.tmp
            ".standby.signal.tmp", ".postgresql.conf.tmp"]
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "pgcreds", 5000)
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared)
+SHARD = SharedShard("pgcreds", 5000)
 
 
 def _connect(node, user: str, password: str) -> str:

@@ -15,22 +15,15 @@ import psycopg2
 import pytest
 
 from manatee.core.pgconfig import slot_name
-from tests.integration.test_pg_parameters_shard import _adm_reload, _set_parameters
-from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
+from tests.shard_ops import adm, set_pg_parameters
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(400)]
 
 SEGMENT = 16 << 20
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "slots", 4000)
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared)
+SHARD = SharedShard("slots", 4000)
 
 
 def _sql(sh: Shard, node, sql: str, *, fetch: bool = True):
@@ -65,8 +58,8 @@ def test_stopped_async_streams_again_without_rebuild_thanks_to_its_slot(shard: S
     assert _sql(sh, a, "show primary_slot_name") == [(a_slot,)]
     restores_before = sh.sitter_log(a).count("restore_starting")
     try:
-        _set_parameters(sh, {"wal_keep_size": "0"})
-        assert _adm_reload(sh).returncode == 0
+        set_pg_parameters(sh, {"wal_keep_size": "0"})
+        assert adm(sh, "reload").returncode == 0
         assert all(_sql(sh, n, "show wal_keep_size") == [("0",)] for n in sh.nodes)
 
         t0 = time.monotonic()
@@ -95,6 +88,6 @@ def test_stopped_async_streams_again_without_rebuild_thanks_to_its_slot(shard: S
         assert sh.sitter_log(a).count("restore_starting") == restores_before, "the async was rebuilt"
         assert _slot(sh, s, a_slot) == (True, "reserved")
     finally:
-        _set_parameters(sh, {})
-        _adm_reload(sh)
+        set_pg_parameters(sh, {})
+        adm(sh, "reload")
         _sql(sh, p, "drop table if exists slot_t", fetch=False)

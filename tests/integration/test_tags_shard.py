@@ -11,19 +11,12 @@ import time
 
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "tags", 4000)
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared)
+SHARD = SharedShard("tags", 4000)
 
 
 def test_nofailover_node_is_never_sync_or_primary_across_a_failover(shard: Shard):

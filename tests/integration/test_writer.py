@@ -11,7 +11,8 @@ import pytest
 
 from manatee_testbed.checks import check_data, fetch_ids, fetch_rows, missing_acked, two_writers, unconfirmed_commits
 from manatee_testbed.postgres import signal_all
-from manatee_testbed.writer import ACKED, FAILED, WARNED, RecordingWriter
+from manatee_testbed.writer import RecordingWriter
+from manatee_testbed.writer_record import ACKED, FAILED, WARNED
 
 TABLE = "writes_test"
 

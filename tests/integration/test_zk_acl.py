@@ -17,6 +17,7 @@ from manatee.core.zkauth import OPEN_ACL_UNSAFE, ZKAuth, same_acl, shard_acl
 from manatee.shard.shardstore import ShardStore
 from manatee.shard import history
 from manatee.shard.state import PRIMARY, ClusterState, Peer, Target
+from tests.factories import peer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,9 +33,7 @@ class _Log:
 
 
 def _peer(n: int) -> Peer:
-    ip = f"127.0.0.{n}"
-    return Peer(id=f"{ip}:5432:10002:5433", zone_id=f"z{n}", ip=ip, pg_url=f"tcp://postgres@{ip}:5432/postgres",
-                backup_url=f"http://{ip}:10002", status_url=f"http://{ip}:5433")
+    return peer(f"127.0.0.{n}", f"z{n}")
 
 
 def _kazoo(hosts: str, auth: ZKAuth | None = None) -> KazooClient:

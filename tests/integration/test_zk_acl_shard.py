@@ -13,16 +13,14 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, names, say, shared_shard, zk_back
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say, zk_back
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 CREDENTIAL = "manatee-test:not-a-real-secret-0123"
 
 
-@pytest.fixture(scope="module")
-def shard(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "zkacl", 5000, before_down=zk_back)
+SHARD = SharedShard("zkacl", 5000, before_down=zk_back, heal_each_test=False)
 
 
 def _with_auth(sh: Shard, name: str) -> None:

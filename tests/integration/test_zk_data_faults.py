@@ -35,22 +35,15 @@ import pytest
 from manatee.backupserver.sender import HOLD_TAG
 from manatee.core.lsn import Lsn
 from manatee.core.procs import pid_alive
-from manatee_testbed.sandbox import PG_BIN, ZFS_BIN, tail
-from tests.shard_fixture import (NEEDS_SHARD, Shard, acks_on, assert_roles_held, assert_topology_unchanged, first_ack_on,
-                                 healthy, longest_ack_gap, names, say, shared_shard, zk_back)
+from manatee_testbed.sandbox_config import PG_BIN, ZFS_BIN
+from manatee_testbed.sandbox_health import tail
+from tests.shard_fixture import (NEEDS_SHARD, Shard, SharedShard, acks_on, assert_roles_held,
+                                 assert_topology_unchanged, first_ack_on, longest_ack_gap, names, say,
+                                 zk_back)
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 SESSION_MS = 5000
-
-
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    def before_down(sh: Shard) -> None:
-        zk_back(sh)
-        _keep_logs(sh)
-
-    yield from shared_shard(tmp_path_factory, "zkdata", SESSION_MS, before_down=before_down)
 
 
 def _keep_logs(sh: Shard) -> None:
@@ -62,18 +55,7 @@ def _keep_logs(sh: Shard) -> None:
                         dirs_exist_ok=True)
 
 
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    """The shared shard, healthy (primary + sync + async) at the start of the test."""
-    return healthy(shared, prepare=zk_back)
-
-
-def _rejoined_at_tail(sh: Shard, name: str) -> bool:
-    top = sh.topology()
-    if not top["async"] or top["async"][-1] != name:
-        return False
-    s = sh.state_of(sh.node(name))
-    return bool(s and s.get("role") == "async" and sh.streaming(sh.node(name)))
+SHARD = SharedShard("zkdata", SESSION_MS, undo=zk_back, before_down=_keep_logs)
 
 
 def _last_ack_before(w, t: float) -> float | None:
@@ -181,7 +163,7 @@ def test_f11_zookeeper_down_primary_killed_sync_promoted_only_after_zk_returns(s
         sh.wait(lambda: sh.topology()["sync"] == a, 60, f"the async {a} to become sync")
         w.wait_for_acks(20, 60)
         sh.sb.start(p)
-        sh.wait(lambda: _rejoined_at_tail(sh, p), 150, f"old primary {p} to rejoin at the tail and stream")
+        sh.wait(lambda: sh.rejoined_at_tail(p), 150, f"old primary {p} to rejoin at the tail and stream")
         w.wait_for_acks(20, 60)
     finally:
         w.stop()
@@ -277,7 +259,7 @@ def test_f15_standby_dataset_destroyed_restored_from_leader(shard: Shard):
         assert gone.returncode != 0, f"{A.dataset} still exists"
         say(f"F15: destroyed {A.dataset} of the async {a} (killed first); primary {p}, sync {s}")
         sh.sb.start(a)
-        sh.wait(lambda: _rejoined_at_tail(sh, a), 240, f"{a} restored, at the tail and streaming")
+        sh.wait(lambda: sh.rejoined_at_tail(a), 240, f"{a} restored, at the tail and streaming")
         took = time.monotonic() - t0
         st = sh.state_of(A)
         assert st["restore"] and st["restore"].get("phase") == "done", f"F15: restore: {st['restore']}"

@@ -18,24 +18,21 @@ import time
 
 import pytest
 
-from tests.shard_fixture import (NEEDS_SHARD, Shard, acks_on, assert_roles_held, assert_topology_unchanged, healthy,
-                                 longest_ack_gap, names, say, shared_shard, zk_back)
+from tests.shard_fixture import (NEEDS_SHARD, Shard, SharedShard, acks_on, assert_roles_held,
+                                 assert_topology_unchanged, longest_ack_gap, names, say, zk_back)
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 SESSION_MS = 5000
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "zkens", SESSION_MS, before_down=zk_back, zk_servers=3)
+SHARD = SharedShard("zkens", SESSION_MS, undo=zk_back, zk_servers=3)
 
 
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    sh = healthy(shared, prepare=zk_back)
+@pytest.fixture(autouse=True)
+def _an_ensemble(shard: Shard) -> None:
+    sh = shard
     assert len(sh.sb.st.zk_servers) == 3 and sh.sb.st.zk_connect.count(",") == 2, sh.sb.st.zk_connect
-    return sh
 
 
 def _watch(sh: Shard, seconds: float, seen_roles: list[dict], writable: set[str]) -> list[tuple[float, list[str]]]:

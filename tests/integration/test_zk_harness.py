@@ -10,8 +10,8 @@ from kazoo.client import KazooClient
 
 from manatee.core.procs import pid_alive
 from manatee.core.zk import ZKClient
+from manatee_testbed.tcpproxy import TcpProxy
 from manatee_testbed.zookeeper import (
-    TcpProxy,
     ZooKeeperEnsemble,
     ZooKeeperServer,
     ZooKeeperStartError,

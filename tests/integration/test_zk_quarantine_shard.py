@@ -11,19 +11,12 @@ import time
 
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard, zk_back
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say, zk_back
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "zkquar", 5000, before_down=zk_back)
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared, prepare=zk_back)
+SHARD = SharedShard("zkquar", 5000, undo=zk_back)
 
 
 def _quarantined(sh: Shard, what: str) -> bool:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, healthy, names, say, shared_shard, zk_back
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say, zk_back
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
@@ -23,14 +23,7 @@ SESSION_MS = 5000
 ZK_DOWN_S = 13.0  # > the sandbox's zkCfg.connectTimeout (10 s): the first attempt fails
 
 
-@pytest.fixture(scope="module")
-def shared(zfs_fuse, tmp_path_factory):
-    yield from shared_shard(tmp_path_factory, "zkorder", SESSION_MS, before_down=zk_back)
-
-
-@pytest.fixture
-def shard(shared: Shard) -> Shard:
-    return healthy(shared, prepare=zk_back)
+SHARD = SharedShard("zkorder", SESSION_MS, undo=zk_back)
 
 
 def _joined(sh: Shard, name: str) -> bool:

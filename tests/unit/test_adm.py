@@ -11,24 +11,9 @@ from manatee.cli.adm_view import (
     render_table,
 )
 from manatee.shard.state import ClusterState, Freeze, Switchover
-from tests.unit.test_decide import A, B, C, D
-
-STATE = ClusterState(generation=4, primary=A, sync=B, async_=(C,), init_wal=0x5000)
-LIVE = [A.id, B.id, C.id]
-
-
-def healthy(state: ClusterState = STATE, live=LIVE, election=()) -> ShardView:
-    st = state.to_json()
-    nodes = chain_nodes(st, live, [p.to_json() for p in election])
-    for n in nodes:
-        n.sitter = {"localRole": "primary" if n.role == "primary" else "standby"}
-        if n.role in ("deposed", "unknown"):
-            continue
-        n.pg = {"up": True, "recovery": n.role != "primary", "readOnly": n.role != "primary", "wal": "0/9000"}
-        if n.role != "primary":
-            n.repl = {"state": "streaming", "sync_state": "sync" if n.role == "sync" else "async",
-                      "lag_bytes": 0, "lag_s": 0.0, "replay_lsn": "0/9000"}
-    return ShardView("1", st, None, nodes)
+from tests.observations import ADM_LIVE as LIVE
+from tests.observations import ADM_STATE as STATE
+from tests.observations import A, B, C, D, healthy
 
 
 def test_healthy_shard_has_no_problems_and_show_says_none():

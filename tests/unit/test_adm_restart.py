@@ -12,10 +12,8 @@ from manatee.cli.adm_restart import _below, plan
 from manatee.shard.state import PRIMARY, STANDBY, ClusterState
 from manatee.sitter.status import StatusServer
 from tests.sim.standalone import ScriptedPg, standalone_sitter
-from tests.unit.test_state import peer
+from tests.observations import A, B, C, D
 from tests.unit.test_status_auth import FakeSitter, Log, S, _post
-
-A, B, C, D = (peer(n) for n in range(1, 5))
 
 
 def test_plan_restarts_asyncs_deepest_first_then_sync_then_switches_over_then_old_primary():

@@ -15,7 +15,7 @@ from manatee.shard.state import (
 )
 from manatee.shard import transitions as T
 from tests.unit import test_shard_simulation as sim
-from tests.unit.test_decide import A, B, C, D, INIT, STATE, obs
+from tests.observations import A, B, C, D, INIT, STATE, obs
 
 REQ = Switchover(to=B.id, requested="2024-01-01T00:00:00Z", by="test")
 SW = STATE.evolve(switchover=REQ)

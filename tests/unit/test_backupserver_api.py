@@ -12,59 +12,10 @@ import json
 import uuid
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from manatee.backupserver.jobs import BackupJob, JobQueue
 from manatee.backupserver.membership import MembershipUnavailable, StaticMembership
-from manatee.backupserver.server import make_app
 from manatee.core.auth import RequestVerifier, ShardSecret, sign_request
-
-TOKEN = "ab" * 32
-GOOD = {"host": "127.0.0.1", "port": 10001, "dataset": "zones/manatee/data", "streamToken": TOKEN}
-SECRET = ShardSecret.of("the-shard-secret-0123456789")
-MEMBERS = {"127.0.0.1", "127.0.0.2", "::1"}
-
-
-class FakeSender:
-    """Records jobs; each send waits until released (or fails if told to)."""
-
-    def __init__(self) -> None:
-        self.jobs: list[BackupJob] = []
-        self.release = asyncio.Event()
-        self.fail_with: str | None = None
-
-    async def __call__(self, job: BackupJob) -> None:
-        self.jobs.append(job)
-        job.snapshot = "pool/ds@1700000000000"
-        job.size = 1000
-        await self.release.wait()
-        if self.fail_with:
-            raise RuntimeError(self.fail_with)
-        job.completed = 1000
-
-
-async def _client(sender, **kw) -> tuple[TestClient, JobQueue]:
-    queue = JobQueue(
-        sender,
-        max_concurrent=kw.pop("max_concurrent", 2),
-        max_queued=kw.pop("max_queued", 8),
-        keep_finished=kw.pop("keep_finished", 100),
-    )
-
-    async def resolver(host: str) -> str:
-        table = {"node-a.example": "127.0.0.1", "node-b.example": "127.0.0.9"}
-        if host in table:
-            return table[host]
-        if host[0].isdigit() or ":" in host:
-            return host
-        raise OSError(f"unknown host {host}")
-
-    kw.setdefault("verifier", RequestVerifier(SECRET))
-    kw.setdefault("membership", StaticMembership(MEMBERS))
-    app = make_app(queue=queue, resolver=resolver, **kw)
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
-    return client, queue
+from tests.backupserver_fakes import GOOD, SECRET, TOKEN, FakeSender, api_client, post_backup
 
 
 @pytest.fixture
@@ -76,18 +27,10 @@ async def sender():
 
 @pytest.fixture
 async def api(sender):
-    client, queue = await _client(sender)
+    client, queue = await api_client(sender)
     yield client
     await queue.close()
     await client.close()
-
-
-async def _post(client, body, *, raw: bytes | None = None, headers=None, secret=SECRET, **sign):
-    data = raw if raw is not None else json.dumps(body).encode()
-    h = {"Content-Type": "application/json"}
-    h.update(sign_request(secret, "POST", "/backup", data, **sign))
-    h.update(headers or {})
-    return await client.post("/backup", data=data, headers=h)
 
 
 async def _assert_ping(client):
@@ -101,7 +44,7 @@ async def test_ping(api):
 
 
 async def test_post_and_get_job_lifecycle(api, sender):
-    r = await _post(api, GOOD)
+    r = await post_backup(api, GOOD)
     assert r.status == 200, await r.text()
     body = await r.json()
     jobid = body["jobid"]
@@ -132,11 +75,11 @@ async def test_post_and_get_job_lifecycle(api, sender):
 
 
 async def test_failed_job_reports_failed_and_error(sender):
-    client, queue = await _client(sender)
+    client, queue = await api_client(sender)
     try:
         sender.fail_with = "connection refused by 127.0.0.1:10001"
         sender.release.set()
-        r = await _post(client, GOOD)
+        r = await post_backup(client, GOOD)
         jobpath = (await r.json())["jobPath"]
         for _ in range(50):
             job = await (await client.get(jobpath)).json()
@@ -191,7 +134,7 @@ async def test_failed_job_reports_failed_and_error(sender):
     ],
 )
 async def test_validation_rejects(api, body, code, words):
-    r = await _post(api, body)
+    r = await post_backup(api, body)
     assert r.status == 400
     err = await r.json()
     assert err["code"] == code
@@ -209,7 +152,7 @@ async def test_validation_rejects(api, body, code, words):
     ],
 )
 async def test_validation_accepts(api, body):
-    r = await _post(api, body)
+    r = await post_backup(api, body)
     assert r.status == 200, await r.text()
 
 
@@ -226,7 +169,7 @@ async def test_validation_accepts(api, body):
     ],
 )
 async def test_malformed_bodies(api, raw, code, word):
-    r = await _post(api, None, raw=raw)
+    r = await post_backup(api, None, raw=raw)
     assert r.status == 400
     err = await r.json()
     assert err["code"] == code
@@ -236,7 +179,7 @@ async def test_malformed_bodies(api, raw, code, word):
 
 async def test_oversized_body_413(api):
     big = json.dumps({**GOOD, "pad": "x" * 20000}).encode()
-    r = await _post(api, None, raw=big)
+    r = await post_backup(api, None, raw=big)
     assert r.status == 413
     err = await r.json()
     assert err["code"] == "PayloadTooLarge"
@@ -256,7 +199,7 @@ async def test_oversized_chunked_body_413(api):
 
 
 async def test_wrong_content_type_415(api):
-    r = await _post(api, GOOD, headers={"Content-Type": "text/plain"})
+    r = await post_backup(api, GOOD, headers={"Content-Type": "text/plain"})
     assert r.status == 415
     err = await r.json()
     assert err["code"] == "UnsupportedMediaType"
@@ -303,13 +246,13 @@ async def test_unknown_route_and_method(api):
     ],
 )
 async def test_without_valid_proof_401_and_no_job(sender, how, words):
-    client, queue = await _client(sender)
+    client, queue = await api_client(sender)
     try:
         how = dict(how)
         if callable(how.get("headers")):
             how["headers"] = how["headers"]()
         raw = how.pop("raw", None)
-        r = await _post(client, GOOD, raw=raw, **how)
+        r = await post_backup(client, GOOD, raw=raw, **how)
         assert r.status == 401, await r.text()
         err = await r.json()
         assert err["code"] == "NotAuthorized" and r.headers["WWW-Authenticate"] == "Manatee-HMAC-SHA256"
@@ -324,16 +267,16 @@ async def test_without_valid_proof_401_and_no_job(sender, how, words):
 
 async def test_signed_request_works_once_and_previous_secret_is_accepted(sender):
     rotated = ShardSecret.of("the-new-shard-secret-0123", "the-shard-secret-0123456789")
-    client, queue = await _client(sender, verifier=RequestVerifier(rotated))
+    client, queue = await api_client(sender, verifier=RequestVerifier(rotated))
     try:
         data = json.dumps(GOOD).encode()
         signed = sign_request(SECRET, "POST", "/backup", data)  # the previous secret still signs
-        r = await _post(client, None, raw=data, headers=signed)
+        r = await post_backup(client, None, raw=data, headers=signed)
         assert r.status == 200, await r.text()
         job = queue.get((await r.json())["jobid"])
         assert job.stream_token == TOKEN
         assert TOKEN not in json.dumps(job.to_json())  # the token is never shown
-        r = await _post(client, None, raw=data, headers=signed)  # the same request again: a replay
+        r = await post_backup(client, None, raw=data, headers=signed)  # the same request again: a replay
         assert r.status == 401 and "replayed" in (await r.json())["message"]
         assert len(queue.jobs()) == 1
     finally:
@@ -343,9 +286,9 @@ async def test_signed_request_works_once_and_previous_secret_is_accepted(sender)
 
 async def test_non_member_requester_403(sender):
     # The test client connects from 127.0.0.1, which is not in the shard.
-    client, queue = await _client(sender, membership=StaticMembership({"127.0.0.2", "127.0.0.3"}))
+    client, queue = await api_client(sender, membership=StaticMembership({"127.0.0.2", "127.0.0.3"}))
     try:
-        r = await _post(client, {**GOOD, "host": "127.0.0.2"})
+        r = await post_backup(client, {**GOOD, "host": "127.0.0.2"})
         assert r.status == 403
         err = await r.json()
         assert err["code"] == "Forbidden"
@@ -358,19 +301,19 @@ async def test_non_member_requester_403(sender):
 
 
 async def test_non_member_host_403(sender):
-    client, queue = await _client(sender, membership=StaticMembership({"127.0.0.1", "127.0.0.2"}))
+    client, queue = await api_client(sender, membership=StaticMembership({"127.0.0.1", "127.0.0.2"}))
     try:
-        r = await _post(client, {**GOOD, "host": "127.0.0.9"})
+        r = await post_backup(client, {**GOOD, "host": "127.0.0.9"})
         assert r.status == 403
         err = await r.json()
         assert "host 127.0.0.9" in err["message"]
         # A hostname is checked by the address it resolves to.
-        r = await _post(client, {**GOOD, "host": "node-b.example"})
+        r = await post_backup(client, {**GOOD, "host": "node-b.example"})
         assert r.status == 403
         assert "127.0.0.9" in (await r.json())["message"]
         assert queue.jobs() == []
         # A member host is fine.
-        r = await _post(client, {**GOOD, "host": "127.0.0.2"})
+        r = await post_backup(client, {**GOOD, "host": "127.0.0.2"})
         assert r.status == 200
         await _assert_ping(client)
     finally:
@@ -381,9 +324,9 @@ async def test_non_member_host_403(sender):
 @pytest.mark.parametrize("membership", [None, StaticMembership(set())], ids=["not-configured", "no-election"])
 async def test_unknown_shard_refuses(sender, membership):
     """Fail closed: no membership configured, or a shard without election node, admits nobody."""
-    client, queue = await _client(sender, membership=membership)
+    client, queue = await api_client(sender, membership=membership)
     try:
-        r = await _post(client, {**GOOD, "host": "127.0.0.1"})
+        r = await post_backup(client, {**GOOD, "host": "127.0.0.1"})
         assert r.status == 403, await r.text()
         assert queue.jobs() == []
     finally:
@@ -396,9 +339,9 @@ async def test_membership_unreadable_503(sender):
         async def is_member(self, ip):
             raise MembershipUnavailable("ZooKeeper connection lost")
 
-    client, queue = await _client(sender, membership=Broken())
+    client, queue = await api_client(sender, membership=Broken())
     try:
-        r = await _post(client, GOOD)
+        r = await post_backup(client, GOOD)
         assert r.status == 503
         assert "ZooKeeper connection lost" in (await r.json())["message"]
         await _assert_ping(client)
@@ -408,17 +351,17 @@ async def test_membership_unreadable_503(sender):
 
 
 async def test_queue_full_503(sender):
-    client, queue = await _client(sender, max_concurrent=1, max_queued=1)
+    client, queue = await api_client(sender, max_concurrent=1, max_queued=1)
     try:
-        r1 = await _post(client, GOOD)
-        r2 = await _post(client, GOOD)
+        r1 = await post_backup(client, GOOD)
+        r2 = await post_backup(client, GOOD)
         assert r1.status == 200 and r2.status == 200
         await asyncio.sleep(0.05)
         j1 = await (await client.get((await r1.json())["jobPath"])).json()
         j2 = await (await client.get((await r2.json())["jobPath"])).json()
         assert j1["state"] == "sending"
         assert j2["state"] == "queued" and j2["done"] is False
-        r3 = await _post(client, GOOD)
+        r3 = await post_backup(client, GOOD)
         assert r3.status == 503
         err = await r3.json()
         assert err["code"] == "ServiceUnavailable"
@@ -429,7 +372,7 @@ async def test_queue_full_503(sender):
             if not queue.running and not queue.queued:
                 break
             await asyncio.sleep(0.02)
-        r4 = await _post(client, GOOD)
+        r4 = await post_backup(client, GOOD)
         assert r4.status == 200
     finally:
         await queue.close()
@@ -438,6 +381,6 @@ async def test_queue_full_503(sender):
 
 async def test_server_survives_a_burst_of_garbage(api):
     bads = [b"{", b"[]", b"{}", b'{"host": 1}', b"\x00" * 100, b'{"port": 1e400}']
-    results = await asyncio.gather(*[_post(api, None, raw=b) for b in bads * 5])
+    results = await asyncio.gather(*[post_backup(api, None, raw=b) for b in bads * 5])
     assert {r.status for r in results} == {400}
     await _assert_ping(api)

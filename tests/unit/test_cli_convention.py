@@ -12,7 +12,7 @@ from manatee import __version__
 from manatee.cli import adm, clear, history, stat
 from manatee.cli.adm_view import CRITICAL, OK, WARNING, assess, show_json, verdict
 from manatee.cli.common import UsageError, pg_failure, resolve_target
-from tests.unit.test_adm import healthy
+from tests.observations import healthy
 
 
 def _args(tool, argv):

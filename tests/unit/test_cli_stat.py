@@ -8,6 +8,7 @@ from manatee.cli.stat import (
     ShardData, chain_roles, interval_json, pg_value, probe_targets, shard_status, status_document,
 )
 from manatee.shard.state import ClusterState, Peer
+from tests import factories
 
 # The key sets of the guide's `manatee-stat -p` example ("Shard Status").
 GUIDE_NODE_KEYS = {"ip", "pgUrl", "zoneId"}
@@ -18,10 +19,7 @@ GUIDE_REGISTRAR = {"type": "database", "database": {"primary": "tcp://postgres@1
 
 
 def peer(n: int) -> Peer:
-    ip = f"172.27.{n}.{n + 4}"
-    return Peer(id=f"{ip}:5432:10002:5433", zone_id=f"zone-{n}", ip=ip,
-                pg_url=f"tcp://postgres@{ip}:5432/postgres", backup_url=f"http://{ip}:10002",
-                status_url=f"http://{ip}:5433")
+    return factories.peer(f"172.27.{n}.{n + 4}", f"zone-{n}")
 
 
 A, B, C, D, E = (peer(n) for n in range(1, 6))

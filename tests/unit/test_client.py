@@ -7,11 +7,7 @@ import json
 import pytest
 
 from manatee.client import Topology, libpq_url, parse_topology, shard_path
-
-
-def peer(ip: str) -> dict:
-    return {"id": f"{ip}:5432:10002:5433", "zoneId": f"z-{ip}", "ip": ip,
-            "pgUrl": f"tcp://postgres@{ip}:5432/postgres", "backupUrl": f"http://{ip}:10002"}
+from tests.factories import peer_record as peer
 
 
 def test_libpq_url_turns_a_sitter_pgurl_into_one_psycopg2_accepts():

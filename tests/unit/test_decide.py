@@ -4,34 +4,13 @@ import itertools
 
 import pytest
 
-from manatee.core.lsn import parse_lsn
 from manatee.shard.decide import decide
 from manatee.shard.decision import Observation
 from manatee.shard.state import (
     CONNECTED, DEPOSED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED,
-    ClusterState, Freeze, Peer,
+    ClusterState, Freeze,
 )
-
-
-def peer(n: int) -> Peer:
-    ip = f"10.0.0.{n}"
-    return Peer(id=f"{ip}:5432:10002:5433", zone_id=f"zone-{n}", ip=ip, pg_url=f"tcp://postgres@{ip}:5432/postgres",
-                backup_url=f"http://{ip}:10002", status_url=f"http://{ip}:5433")
-
-
-A, B, C, D, E = (peer(i) for i in range(1, 6))
-INIT = parse_lsn("0/5000")
-STATE = ClusterState(generation=3, primary=A, sync=B, async_=(C,), init_wal=INIT)
-
-
-def obs(me, *, election=(A, B, C), state=STATE, **kw) -> Observation:
-    defaults = dict(zk=CONNECTED, state_version=7, running=True, has_data=True)
-    if state is not None and state.primary.id == me.id:
-        defaults.update(in_recovery=False, wal=0x9000, read_only=True)
-    else:
-        defaults.update(in_recovery=True, wal=0x6000, streaming=True, upstream_id=A.id)
-    defaults.update(kw)
-    return Observation(me=me, election=tuple(election), state=state, **defaults)
+from tests.observations import A, B, C, D, E, INIT, STATE, obs
 
 
 # ---------------------------------------------------------------- rule 1: safe mode

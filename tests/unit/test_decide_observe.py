@@ -16,14 +16,13 @@ from manatee.core.lsn import Lsn
 from manatee.shard.decide import decide
 from manatee.sitter.pgmanager import PgStatus
 from manatee.shard.state import CONNECTED, FENCED, LOST, PRIMARY, SUSPENDED, ClusterState, Peer
+from tests.factories import peer
 from tests.sim.clock import FakeClock
 from tests.sim.standalone import ScriptedPg, standalone_sitter
 
 
 def _peer(n: int) -> Peer:
-    ip = f"10.0.0.{n}"
-    return Peer(id=f"{ip}:5432:10002:5433", zone_id=f"zone-{n}", ip=ip, pg_url=f"tcp://postgres@{ip}:5432/postgres",
-                backup_url=f"http://{ip}:10002", status_url=f"http://{ip}:5433")
+    return peer(f"10.0.0.{n}", f"zone-{n}")
 
 
 A, B, C = _peer(1), _peer(2), _peer(3)

@@ -8,12 +8,11 @@ from manatee.shard.history import (
     HistoryEvent, events_for, parse_record, record_data, record_json, sort_records, znode_prefix,
 )
 from manatee.shard.state import DEPOSED, FENCED, PRIMARY, REBUILD, SAFE_MODE, STANDBY, UNASSIGNED, Peer, Target
+from tests import factories
 
 
 def peer(n: int) -> Peer:
-    ip = f"172.27.3.{n}"
-    return Peer(id=f"{ip}:5432:10002:5433", zone_id=f"z{n}", ip=ip, pg_url=f"tcp://postgres@{ip}:5432/postgres",
-                backup_url=f"http://{ip}:10002")
+    return factories.peer(f"172.27.3.{n}", f"z{n}", status=False)
 
 
 ME, A, B, C = peer(8), peer(1), peer(2), peer(3)

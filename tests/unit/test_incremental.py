@@ -171,16 +171,16 @@ def test_unknown_field_lists_the_optional_one():
 
 
 async def test_api_passes_the_offer_to_the_sender_and_reports_the_path():
-    from tests.unit.test_backupserver_api import FakeSender, _client, _post
+    from tests.backupserver_fakes import FakeSender, api_client, post_backup
 
     sender = FakeSender()
-    client, queue = await _client(sender)
+    client, queue = await api_client(sender)
     try:
         offer = [{"name": "1700000000000", "guid": "42"}]
-        r = await _post(client, {**GOOD, "snapshots": offer})
+        r = await post_backup(client, {**GOOD, "snapshots": offer})
         assert r.status == 200, await r.text()
         path = (await r.json())["jobPath"]
-        r = await _post(client, dict(GOOD))  # an old requester
+        r = await post_backup(client, dict(GOOD))  # an old requester
         assert r.status == 200
         old_path = (await r.json())["jobPath"]
         for _ in range(50):

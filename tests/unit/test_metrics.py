@@ -141,7 +141,7 @@ def test_newest_epoch_ms_ignores_other_snapshot_names():
 
 def _snap(**kw) -> SitterSnapshot:
     """What the loop publishes (only the fields the predicates read matter)."""
-    from tests.unit.test_decide import A
+    from tests.observations import A
 
     return SitterSnapshot(me=A, **{"last_pg_at": time.monotonic(), "session_timeout": 60.0, **kw})
 

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from manatee_testbed.cli.nemesis import build_parser, main
-from manatee_testbed.nemesis import (
+from manatee_testbed.nemesis_plan import (
     FAULT_KINDS,
     GRAY,
     TARGETED,
@@ -23,7 +23,7 @@ from manatee_testbed.nemesis import (
     schedule,
     topo_line,
 )
-from manatee_testbed.writer import Outage
+from manatee_testbed.writer_record import Outage
 
 
 # ------------------------------------------------------------------ parse_faults
@@ -179,7 +179,7 @@ def test_planned_is_hashable_value():
 
 
 def test_longest_gap_is_the_client_visible_outage_within_the_round():
-    from manatee_testbed.nemesis import longest_gap
+    from manatee_testbed.nemesis_plan import longest_gap
 
     times = [0.5, 1.0, 1.1, 4.0, 4.1, 9.0]
     assert longest_gap(times, 0.0, 5.0) == pytest.approx(2.9)   # 1.1 → 4.0

@@ -7,7 +7,8 @@ import pytest
 
 from manatee_testbed.cli import sandbox as cli
 from manatee_testbed import sandbox as sbx
-from tests.unit.test_sandbox_config import make_state
+from manatee_testbed import sandbox_state
+from tests.factories import make_state
 
 
 def run(capsys, *argv):
@@ -48,7 +49,7 @@ def test_dir_before_or_after_the_command(capsys, tmp_path):
 
 
 def test_unknown_node(capsys, tmp_path):
-    sbx.save_state(make_state(tmp_path))
+    sandbox_state.save_state(make_state(tmp_path))
     for cmd in ("kill", "stop", "start", "partition", "heal", "hang", "resume"):
         code, _, err = run(capsys, cmd, "zz", "--dir", str(tmp_path))
         assert code == 1
@@ -64,7 +65,7 @@ def test_up_refuses_bad_values_before_starting_anything(capsys, tmp_path):
 
 
 def test_up_refuses_an_existing_sandbox(capsys, tmp_path, monkeypatch):
-    sbx.save_state(make_state(tmp_path))
+    sandbox_state.save_state(make_state(tmp_path))
     monkeypatch.setattr(sbx, "daemon_available", lambda d: True)
     monkeypatch.setattr(sbx.os, "geteuid", lambda: 0)
     code, _, err = run(capsys, "up", "--dir", str(tmp_path))
@@ -72,7 +73,7 @@ def test_up_refuses_an_existing_sandbox(capsys, tmp_path, monkeypatch):
 
 
 def test_psql_argv_targets_the_named_node(tmp_path):
-    sbx.save_state(make_state(tmp_path))
+    sandbox_state.save_state(make_state(tmp_path))
     sb = sbx.Sandbox(tmp_path)
     argv = sb.psql_argv("b", ["-c", "select 1"])
     assert argv[1:] == ["-h", "/run/manatee/127.0.0.12-5432", "-p", "5432", "-U", "postgres", "-d", "postgres",

@@ -10,8 +10,9 @@ import json
 import pytest
 
 from manatee_testbed.cli.sandbox import build_parser
-from manatee_testbed import sandbox as sbx
-from manatee_testbed.sandbox import Sandbox, SandboxError, SandboxState, ZkServerState
+from manatee_testbed import sandbox_config, sandbox_state
+from manatee_testbed.sandbox import Sandbox
+from manatee_testbed.sandbox_state import SandboxError, SandboxState, ZkServerState
 
 
 def _state(tmp_path, servers=()) -> SandboxState:
@@ -23,8 +24,8 @@ def _state(tmp_path, servers=()) -> SandboxState:
 def test_old_state_without_zk_servers_is_a_standalone(tmp_path):
     data = _state(tmp_path).to_json()
     del data["zk_servers"]  # written before ensembles existed
-    sbx.state_path(tmp_path).write_text(json.dumps(data))
-    st = sbx.load_state(tmp_path)
+    sandbox_state.state_path(tmp_path).write_text(json.dumps(data))
+    st = sandbox_state.load_state(tmp_path)
     assert st.zk_servers == [] and not st.zk_ensemble
     assert st.zk_connect == "127.0.0.10:2181" and st.zk_pid == 4242
 
@@ -33,17 +34,17 @@ def test_ensemble_round_trips_and_every_server_is_in_the_connect_string(tmp_path
     servers = [ZkServerState(myid=i + 1, client_port=30000 + i, quorum_port=31000 + i, election_port=32000 + i,
                              pid=100 + i if i != 1 else None) for i in range(3)]
     st = _state(tmp_path, servers)
-    sbx.save_state(st)
-    back = sbx.load_state(tmp_path)
+    sandbox_state.save_state(st)
+    back = sandbox_state.load_state(tmp_path)
     assert back == st and back.zk_ensemble
     assert back.zk_servers[1] == ZkServerState(2, 30001, 31001, 32001, None)
     assert back.zk_connect == "127.0.0.10:30000,127.0.0.10:30001,127.0.0.10:30002"
     # the daemons' configs carry the whole ensemble (and their models accept it)
-    node = sbx.NodeState(name="a", ip="127.0.0.11", pg_port=5432, status_port=5433, backup_port=10002,
+    node = sandbox_state.NodeState(name="a", ip="127.0.0.11", pg_port=5432, status_port=5433, backup_port=10002,
                          zfs_port=10001, dataset="p/a/pg", mountpoint=str(tmp_path / "a" / "pg"),
                          dir=str(tmp_path / "a"))
     back.nodes.append(node)
-    cfgs = sbx.node_configs(back, node)
+    cfgs = sandbox_config.node_configs(back, node)
     assert cfgs["sitter"]["zkCfg"]["connStr"] == back.zk_connect
     assert cfgs["backupserver"]["zkCfg"]["connStr"] == back.zk_connect
 
@@ -56,7 +57,7 @@ def test_only_one_or_three_zookeeper_servers(tmp_path, n):
 
 
 def test_single_server_faults_need_an_ensemble(tmp_path):
-    sbx.save_state(_state(tmp_path))
+    sandbox_state.save_state(_state(tmp_path))
     sb = Sandbox(tmp_path, out=lambda _l: None)
     with pytest.raises(SandboxError, match="standalone ZooKeeper, not an ensemble"):
         sb.zk_stop_server(0)
@@ -66,7 +67,7 @@ def test_single_server_faults_need_an_ensemble(tmp_path):
 
 
 def test_server_index_out_of_range_is_refused(tmp_path):
-    sbx.save_state(_state(tmp_path, [ZkServerState(i + 1, 30000 + i, 31000 + i, 32000 + i) for i in range(3)]))
+    sandbox_state.save_state(_state(tmp_path, [ZkServerState(i + 1, 30000 + i, 31000 + i, 32000 + i) for i in range(3)]))
     with pytest.raises(SandboxError, match="no ZooKeeper server 3: servers are 0..2"):
         Sandbox(tmp_path, out=lambda _l: None).zk_stop_server(3)
 

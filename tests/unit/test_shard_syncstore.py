@@ -13,7 +13,7 @@ from manatee.shard.state import (
     ClusterState, StateError, parse_election_nodes, parse_error_node, parse_state,
 )
 from manatee.shard.syncstore import BadVersion, ShardStoreError, SyncShardStore
-from tests.unit.test_decide import A, B, C
+from tests.observations import A, B, C
 
 STATE = ClusterState(generation=3, primary=A, sync=B, async_=(C,))
 

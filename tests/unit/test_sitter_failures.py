@@ -10,7 +10,7 @@ from manatee.shard.state import PRIMARY, STANDBY, Target
 from manatee.sitter.health import PgHealth
 from tests.sim.clock import FakeClock, SimLog
 from tests.sim.standalone import standalone_sitter
-from tests.unit.test_decide import A
+from tests.observations import A
 
 
 def _sitter(interval=0.5, session_timeout=8.0):

@@ -11,8 +11,8 @@ import pytest
 
 from manatee.sitter.pgmanager import RoleSpec
 from manatee.shard.state import PRIMARY, Target
+from tests.observations import A, B, C, STATE
 from tests.sim.standalone import ScriptedPg, standalone_sitter
-from tests.unit.test_decide import A, B, C, STATE
 
 
 def _sitter(me, state, spec):

@@ -8,15 +8,7 @@ from manatee.shard.state import (
     PRIMARY, STANDBY, ClusterState, Freeze, Peer, StateError, Target, dedupe_peers, election_order,
     error_record, parse_election_name,
 )
-
-
-def peer(n: int) -> Peer:
-    ip = f"10.0.0.{n}"
-    return Peer(id=f"{ip}:5432:10002:5433", zone_id=f"zone-{n}", ip=ip, pg_url=f"tcp://postgres@{ip}:5432/postgres",
-                backup_url=f"http://{ip}:10002", status_url=f"http://{ip}:5433")
-
-
-A, B, C, D = peer(1), peer(2), peer(3), peer(4)
+from tests.observations import A, B, C, D
 
 
 def full_state() -> ClusterState:

@@ -18,7 +18,7 @@ from manatee.core.procs import free_port
 from manatee.sitter.heartbeat import HeartbeatTable
 from manatee.sitter.snapshot import SitterSnapshot
 from manatee.sitter.status import StatusServer
-from tests.unit.test_decide import A
+from tests.observations import A
 
 S = ShardSecret.of("0123456789abcdef-current")
 IP = "127.0.0.1"

@@ -18,7 +18,7 @@ from manatee.sitter.pgmanager import PgStatus
 from manatee.shard.state import PRIMARY, STANDBY, ClusterState, Target
 from manatee.sitter.snapshot import SitterSnapshot
 from manatee.sitter.status import StatusServer
-from tests.unit.test_decide import A, B, C
+from tests.observations import A, B, C
 
 parser = pytest.importorskip("prometheus_client.parser")
 

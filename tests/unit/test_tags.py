@@ -7,7 +7,7 @@ import pytest
 
 from manatee.shard.decide import decide
 from manatee.shard.state import PRIMARY, UNASSIGNED, Peer, StateError, election_order
-from tests.unit.test_decide import A, B, C, D, E, STATE, obs
+from tests.observations import A, B, C, D, E, STATE, obs
 
 NOFAIL = dict(nofailover=True)
 
@@ -85,7 +85,7 @@ def test_bootstrap_skips_nofailover_heads_and_ineligible_syncs():
 
 def test_show_lists_tags_and_pending_restarts_below_the_table():
     from manatee.cli.adm_view import render_show, show_json
-    from tests.unit.test_cli_convention import healthy
+    from tests.observations import healthy
 
     v = healthy()
     v.nodes[2].peer = {**v.nodes[2].peer, "tags": {"nofailover": True, "priority": 2}}

@@ -8,10 +8,11 @@ from manatee.shard import transitions as T
 from manatee.shard.state import (
     DEPOSED, FENCED, PRIMARY, REBUILD, ROLES, SAFE_MODE, STANDBY, UNASSIGNED, Peer, Target,
 )
+from tests import factories
 
 
 def peer(n: int) -> Peer:
-    return Peer(id=f"10.0.0.{n}:5432:10002:5433", zone_id=f"z{n}", ip=f"10.0.0.{n}", pg_url="", backup_url="")
+    return factories.peer(f"10.0.0.{n}", f"z{n}")
 
 
 A, B = peer(1), peer(2)

@@ -16,7 +16,7 @@ from manatee.shard.state import (
     CONNECTED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED, Peer,
     StateError, election_order, parse_election,
 )
-from tests.unit.test_decide import A, B, C, D, STATE, obs
+from tests.observations import A, B, C, D, STATE, obs
 
 ROGUE = "127.0.0.99:5432:10002:5433-0000000001"
 

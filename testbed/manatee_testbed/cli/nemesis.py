@@ -19,7 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
-from manatee_testbed.nemesis import FAULT_KINDS, Nemesis, format_summary, parse_faults
+from manatee_testbed.nemesis import Nemesis
+from manatee_testbed.nemesis_plan import FAULT_KINDS, format_summary, parse_faults
 
 PROG = "manatee-nemesis"
 

@@ -25,8 +25,8 @@ from manatee_testbed.sandbox import (
     DEFAULT_FIRST_IP,
     DEFAULT_SESSION_TIMEOUT_MS,
     Sandbox,
-    SandboxError,
 )
+from manatee_testbed.sandbox_state import SandboxError
 from manatee_testbed.cli import sandbox_faults
 
 PROG = "manatee-sandbox"
