@@ -87,8 +87,7 @@ class Sitter:
         self.config_unknown = False  # the last transition failed half-way (see _reach)
         h = cfg.hooks
         self.hooks = RoleHooks(h.onRoleChange if h else None, (h.timeout if h else 30000) / 1000, cfg.shardPath, log)
-        self.snapshot = SitterSnapshot(me=self.me)
-        self.publish()
+        self.snapshot: SitterSnapshot = self.publish()
 
     # ------------------------------------------------------------------ what others see
 
