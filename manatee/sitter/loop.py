@@ -88,6 +88,7 @@ class Sitter:
         h = cfg.hooks
         self.hooks = RoleHooks(h.onRoleChange if h else None, (h.timeout if h else 30000) / 1000, cfg.shardPath, log)
         self.snapshot: SitterSnapshot = self.publish()
+        self.view.on_change = self.publish  # /readiness and /state see a session change at once
 
     # ------------------------------------------------------------------ what others see
 
@@ -486,6 +487,7 @@ class Sitter:
         — postgresMgrCfg.parameters, written and reloaded by the next cycle — and say which
         config keys were applied (the rest need a sitter restart)."""
         if self.pg.set_parameters(new.postgresMgrCfg.parameters):
+            self.publish()  # /state says "parametersPending" from now until a cycle has applied them
             self.wake.set()
         return ("postgresMgrCfg.parameters",)
 

@@ -204,3 +204,31 @@ async def test_the_status_server_reads_the_real_loops_snapshot_and_asks_it_by_it
         await c.close()
     with pytest.raises(Exception):
         snap.role = "primary"  # frozen: readers cannot change what the loop published
+
+
+def test_a_reload_is_published_at_once_as_parameters_pending():
+    """manatee-adm reload waits for /state's parametersPending to clear: right after the reload
+    it must be set, not a snapshot from before it (which would say "applied")."""
+    from types import SimpleNamespace as NS
+
+    from manatee.sitter.snapshot import debug_state
+    from tests.sim.standalone import standalone_sitter
+
+    s = standalone_sitter(B, state=STATE, election=(A, B, C))
+    s.last_pg = PgStatus(True, True, True, None, True, False, None, 1, read_only=True, parameters_gen=0)
+    s.publish()
+    s.pg.set_parameters = lambda params: True  # the new parameters differ
+    s.pg.parameters_gen = 1
+    s.reload_config(NS(postgresMgrCfg=NS(parameters={"work_mem": "5MB"})))
+    cfg = NS(insecure=True, zkCfg=NS(auth=None, sessionTimeout=6000))
+    assert debug_state(s.snapshot, cfg, time.monotonic())["pg"]["parametersPending"] is True
+
+
+def test_a_session_change_is_published_at_once():
+    """/readiness reads the snapshot: a lost ZooKeeper connection shows before the next cycle."""
+    from tests.sim.standalone import standalone_sitter
+
+    s = standalone_sitter(B, state=STATE, election=(A, B, C))
+    assert s.snapshot.zk_state == "connected"
+    s.session._fire("suspended")
+    assert s.snapshot.zk_state == "suspended"
