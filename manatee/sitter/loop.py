@@ -87,8 +87,8 @@ class Sitter:
         self.config_unknown = False  # the last transition failed half-way (see _reach)
         h = cfg.hooks
         self.hooks = RoleHooks(h.onRoleChange if h else None, (h.timeout if h else 30000) / 1000, cfg.shardPath, log)
-        self.snapshot = SitterSnapshot(me=self.me)
-        self.publish()
+        self.snapshot: SitterSnapshot = self.publish()
+        self.view.on_change = self.publish  # /readiness and /state see a session change at once
 
     # ------------------------------------------------------------------ what others see
 
@@ -103,7 +103,7 @@ class Sitter:
         ms = getattr(self.cfg, "primaryStartTimeout", None)
         return ms / 1000 if ms else 2 * self.view.session_timeout
 
-    def _hb_status(self) -> dict:
+    def _hb_status(self) -> dict:  # what my heartbeats tell my upstream
         st = self.last_pg
         return {"wal": str(st.wal) if st and st.wal else None, "streaming": bool(st and st.streaming)}
 
@@ -380,8 +380,7 @@ class Sitter:
             self.next_delay = min(self.next_delay, CATCH_UP_POLL_S)  # writes wait on this check
 
     async def _restart_pg(self, target: Target) -> None:
-        """The requested restart, in a cycle with no transition to make (once: a failure is
-        not retried)."""
+        """The requested restart, in a cycle with no transition to make (once: never retried)."""
         force, self.restart_request = self.restart_request, None
         if await self.steps.restart_in_role(target, force):
             self.pg_restarts += 1
@@ -487,6 +486,7 @@ class Sitter:
         — postgresMgrCfg.parameters, written and reloaded by the next cycle — and say which
         config keys were applied (the rest need a sitter restart)."""
         if self.pg.set_parameters(new.postgresMgrCfg.parameters):
+            self.publish()  # /state says "parametersPending" from now until a cycle has applied them
             self.wake.set()
         return ("postgresMgrCfg.parameters",)
 

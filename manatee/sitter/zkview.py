@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Callable
 
 from manatee.core import zk as zkmod
 from manatee.shard.shardstore import StateUnreadable
@@ -38,6 +39,7 @@ class ZkView:
         self.state_version = -1
         self.error: dict | None = None
         self.state_unreadable: str | None = None  # why the state znode cannot be used, or None
+        self.on_change: Callable[[], object] = lambda: None  # the session's state changed: publish it
 
     @property
     def quarantined(self) -> tuple[str, ...]:
@@ -64,6 +66,7 @@ class ZkView:
             self.need_join = True
             self.view_stale = True
         self.log.info("zk_session", state=self.zk_state)
+        self.on_change()
         self.poke()
 
     def poke(self, *_a) -> None:

@@ -17,12 +17,11 @@ names the previous primary or sync; generation bumps exactly when primary/sync c
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
-import weakref
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Coroutine
 
 from manatee.shard.state import UNASSIGNED, Peer
 from manatee.sitter.heartbeat import Heartbeat
@@ -77,10 +76,8 @@ class Node:
     # the sitter process and its loop
     sitter: Sitter | None = None
     session: FakeSession | None = None
-    task: asyncio.Task | None = None
+    cycle: Coroutine | None = None  # the sitter's cycle in progress (parked at a pause)
     pause_wanted: bool = False
-    parked: asyncio.Future | None = None
-    resume: asyncio.Future | None = None
     # postgres
     has_data: bool = False
     log: list = field(default_factory=list)
@@ -113,14 +110,18 @@ class Node:
         return self.alive and not self.hung
 
 
-class Shard:
-    open_shards: weakref.WeakSet = weakref.WeakSet()
+class _Park:
+    """What a parked cycle yields to the simulation (nothing else may suspend the loop)."""
 
+    def __await__(self):
+        yield self
+
+
+class Shard:
     def __init__(self, n: int = 3, seed: int = 0, onwm: bool = False, commits_per_tick: int = 1) -> None:
         self.commits_per_tick = commits_per_tick
         self.rng = random.Random(seed)
         self.clock = FakeClock()
-        self.loop = asyncio.new_event_loop()
         self.zk = SimZK(SESSION_TIMEOUT)
         self.records: list = []
         self.nodes = [Node(i, mkpeer(i)) for i in range(n)]
@@ -135,22 +136,7 @@ class Shard:
         self.violations: list[Violation] = []
         for node in self.nodes:
             self._boot(node)
-        Shard.open_shards.add(self)
 
-    def close(self) -> None:
-        """Stop every sitter (a cycle may be parked until the next tick) and the event loop."""
-        if self.loop.is_closed():
-            return
-        for n in self.nodes:
-            self._halt(n)
-        self.loop.close()
-        Shard.open_shards.discard(self)
-
-    @classmethod
-    def close_all(cls) -> None:
-        """Close every shard still open (a test's fixture calls this after each test)."""
-        for sh in list(cls.open_shards):
-            sh.close()
 
     @property
     def trace(self) -> list[str]:
@@ -191,35 +177,32 @@ class Shard:
         n.sitter.view.watch()
 
     def _halt(self, n: Node) -> None:
-        if n.task is not None:
-            n.task.cancel()
-            self.loop.run_until_complete(asyncio.wait([n.task]))
+        if n.cycle is not None:
+            n.cycle.close()  # the process dies in the middle of its cycle
         if n.session is not None:
             n.session.drop()
-        n.task = n.parked = n.resume = None
-        n.sitter = n.session = None
+        n.cycle = n.sitter = n.session = None
 
     async def pause_point(self, n: Node) -> None:
         """A cycle's first change to PostgreSQL may wait for the next tick."""
-        if n.pause_wanted and n.parked is not None:
+        if n.pause_wanted:
             n.pause_wanted = False
-            n.resume = self.loop.create_future()
-            n.parked.set_result(None)
-            await n.resume
+            await _Park()
 
     def _run_sitter(self, n: Node) -> None:
+        """One slice of the sitter's loop: a new cycle, or the rest of a parked one. The fakes
+        answer at once, so the coroutine is driven by hand (no event loop, no real time)."""
         n.session.poll(self.clock.now)
-        if n.task is None:
+        if n.cycle is None:
             n.pause_wanted = self.rng.random() < 0.5
-            n.task = self.loop.create_task(n.sitter.cycle_once())
+            n.cycle = n.sitter.cycle_once()
+        try:
+            got = n.cycle.send(None)
+        except StopIteration:
+            n.cycle = None
         else:
-            fut, n.resume = n.resume, None
-            fut.set_result(None)
-        n.parked = self.loop.create_future()
-        self.loop.run_until_complete(asyncio.wait([n.task, n.parked], return_when=asyncio.FIRST_COMPLETED))
-        if n.task.done():
-            task, n.task = n.task, None
-            task.result()
+            if not isinstance(got, _Park):
+                raise AssertionError(f"the loop waited for {got!r}: only the simulation's pause may suspend it")
         if self.violations:
             raise self.violations[0]
 

@@ -26,12 +26,6 @@ from tests.sim.shard import (
     new_shard,
 )
 
-
-@pytest.fixture(autouse=True)
-def _close_shards():
-    yield
-    Shard.close_all()
-
 # =======================================================================================
 # Scripted scenarios
 # =======================================================================================

@@ -181,3 +181,54 @@ async def test_liveness_fails_only_when_the_loop_is_stuck():
     assert await codes(s, "/liveness") == [200]
     s = sitter(B, STANDBY, last_pg_at=time.monotonic() - 100)  # under 2 opsTimeout + 2 T (120 s min)
     assert await codes(s, "/liveness") == [200]
+
+
+async def test_the_status_server_reads_the_real_loops_snapshot_and_asks_it_by_its_methods():
+    """The production Sitter (fakes behind it, tests/sim): the routes answer from the snapshot it
+    published, and a restart request reaches it only through request_restart."""
+    from tests.sim.standalone import standalone_sitter
+
+    s = standalone_sitter(B, state=STATE, election=(A, B, C))
+    await s.cycle_once()  # observe, decide (B is the sync: a standby of A), publish
+    snap = s.snapshot
+    c = await client_for(s)
+    try:
+        body = await (await c.get("/state")).json()
+        assert body["role"] == "sync" and body["localRole"] == snap.role and body["rule"] == snap.rule
+        assert body["restartRequested"] is False and sorted(body["election"]) == sorted([A.id, B.id, C.id])
+        r = await c.post("/restart", json={})
+        assert r.status == 202 and s.restart_request is False  # asked through the method, not forced
+        assert s.snapshot is not snap and s.snapshot.restart_requested  # and published again
+        assert (await (await c.get("/state")).json())["restartRequested"] is True
+    finally:
+        await c.close()
+    with pytest.raises(Exception):
+        snap.role = "primary"  # frozen: readers cannot change what the loop published
+
+
+def test_a_reload_is_published_at_once_as_parameters_pending():
+    """manatee-adm reload waits for /state's parametersPending to clear: right after the reload
+    it must be set, not a snapshot from before it (which would say "applied")."""
+    from types import SimpleNamespace as NS
+
+    from manatee.sitter.snapshot import debug_state
+    from tests.sim.standalone import standalone_sitter
+
+    s = standalone_sitter(B, state=STATE, election=(A, B, C))
+    s.last_pg = PgStatus(True, True, True, None, True, False, None, 1, read_only=True, parameters_gen=0)
+    s.publish()
+    s.pg.set_parameters = lambda params: True  # the new parameters differ
+    s.pg.parameters_gen = 1
+    s.reload_config(NS(postgresMgrCfg=NS(parameters={"work_mem": "5MB"})))
+    cfg = NS(insecure=True, zkCfg=NS(auth=None, sessionTimeout=6000))
+    assert debug_state(s.snapshot, cfg, time.monotonic())["pg"]["parametersPending"] is True
+
+
+def test_a_session_change_is_published_at_once():
+    """/readiness reads the snapshot: a lost ZooKeeper connection shows before the next cycle."""
+    from tests.sim.standalone import standalone_sitter
+
+    s = standalone_sitter(B, state=STATE, election=(A, B, C))
+    assert s.snapshot.zk_state == "connected"
+    s.session._fire("suspended")
+    assert s.snapshot.zk_state == "suspended"
