@@ -11,7 +11,7 @@ import time
 import pytest
 
 from manatee_testbed.cli.sandbox import build_parser
-from manatee_testbed import grayfaults as gf
+from manatee_testbed.grayfaults import flakynet as gf
 
 
 def test_flaky_rules_drop_a_random_share_both_ways_and_by_cgroup():
@@ -39,7 +39,7 @@ def test_delay_rules_dnat_new_connections_to_the_proxy_in_the_output_hook():
 
 
 def test_route_spec_round_trip():
-    assert gf._parse_routes("4000=127.0.0.10:2181@127.0.0.12,4001=127.0.0.12:5432@127.0.0.11") == [
+    assert gf.parse_routes("4000=127.0.0.10:2181@127.0.0.12,4001=127.0.0.12:5432@127.0.0.11") == [
         (4000, "127.0.0.10", 2181, "127.0.0.12"), (4001, "127.0.0.12", 5432, "127.0.0.11")]
 
 

@@ -1,4 +1,4 @@
-"""`manatee-sandbox`'s gray-failure sub-commands (testbed/manatee_testbed/grayfaults.py): each fault
+"""`manatee-sandbox`'s gray-failure sub-commands (testbed/manatee_testbed/grayfaults/): each fault
 and the command that undoes it; `down` undoes them all.
 
     pg-hang|pg-resume NODE           PostgreSQL only stopped (SIGSTOP) / continued

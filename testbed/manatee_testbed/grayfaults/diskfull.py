@@ -1,0 +1,78 @@
+"""Disk full on a node: its dataset's quota set just above its use, so PostgreSQL's next
+writes fail with EDQUOT (and the sitter's own config writes), then lifted."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+
+from manatee_testbed.grayfaults.record import load, update
+from manatee_testbed.sandbox import ZFS_BIN, NodeState, Sandbox, SandboxError
+
+#: Margin above `used` for the disk-full quota: a few WAL writes fill it.
+QUOTA_MARGIN = 4 * 1024 * 1024
+
+
+
+def _zfs(*args: str) -> str:
+    cp = subprocess.run([ZFS_BIN, *args], capture_output=True, text=True, timeout=30)
+    if cp.returncode != 0:
+        raise SandboxError(f"zfs {' '.join(args)} failed: {cp.stderr.strip()}")
+    return cp.stdout.strip()
+
+
+def dataset_used(node: NodeState) -> int:
+    return int(_zfs("get", "-Hpo", "value", "used", node.dataset))
+
+
+def disk_full(sb: Sandbox, name: str, margin: int = QUOTA_MARGIN) -> int:
+    """Set the node's dataset quota to `used` + margin; returns the quota (bytes)."""
+    node = sb.st.node(name)
+    for attempt in range(5):  # `used` may grow between the read and the set (a standby replaying)
+        quota = dataset_used(node) + margin
+        try:
+            _zfs("set", f"quota={quota}", node.dataset)
+            break
+        except SandboxError:
+            if attempt == 4:
+                raise
+    update(sb, f"quota:{name}", {"dataset": node.dataset, "quota": quota})
+    return quota
+
+
+def fill_wal(dsn: str, mbytes: int = 12, timeout_s: float = 60.0) -> str:
+    """Write about `mbytes` of table and WAL through `dsn` (the primary), committed locally
+    (synchronous_commit=local: a standby that cannot take it does not block the filler), so
+    that a quota set by `disk_full` on the primary or a standby fills now rather than after
+    minutes of small writes. Returns how it ended (a full disk makes it fail: expected)."""
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=5, options=f"-c statement_timeout={int(timeout_s * 1000)}")
+    except psycopg2.Error as e:
+        return f"no connection: {str(e).strip()}"
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("set synchronous_commit = local")
+            table = f"gray_fill_{os.getpid()}_{int(time.time() * 1000)}"
+            cur.execute(f"create table {table} as select g, repeat(md5(g::text), 32) as pad "
+                        f"from generate_series(1, %s) g", (mbytes * 1024 * 1024 // 1100,))
+            return f"wrote {mbytes} MB into {table}"
+    except psycopg2.Error as e:
+        return f"failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def disk_lift(sb: Sandbox, name: str) -> bool:
+    node = sb.st.node(name)
+    had = f"quota:{name}" in load(sb)
+    with contextlib.suppress(SandboxError):  # a dataset being rebuilt
+        _zfs("set", "quota=none", node.dataset)
+    update(sb, f"quota:{name}", None)
+    return had
+
