@@ -16,8 +16,7 @@ from manatee_testbed.grayfaults import flakynet as gf
 
 def test_flaky_rules_drop_a_random_share_both_ways_and_by_cgroup():
     script = gf.flaky_rules("127.0.0.12", ["127.0.0.10", "127.0.0.11", "127.0.0.12"], 30,
-                            cgroup="manatee-sandbox-x/b", peer_cgroups=["manatee-sandbox-x/a"],
-                            table="manatee_flaky_127_0_0_12")
+                            cgroup="manatee-sandbox-x/b", peer_cgroups=["manatee-sandbox-x/a"])
     assert "ip saddr 127.0.0.12 ip daddr { 127.0.0.10, 127.0.0.11 } numgen random mod 100 < 30 drop" in script
     assert "ip saddr { 127.0.0.10, 127.0.0.11 } ip daddr 127.0.0.12 numgen random mod 100 < 30 drop" in script
     assert 'socket cgroupv2 level 2 "manatee-sandbox-x/b" ip daddr { 127.0.0.10, 127.0.0.11 } numgen' in script
@@ -29,7 +28,7 @@ def test_flaky_rules_drop_a_random_share_both_ways_and_by_cgroup():
 @pytest.mark.parametrize("pct", [0, 100, -5])
 def test_flaky_rules_reject_a_loss_that_is_no_loss_or_a_partition(pct):
     with pytest.raises(ValueError, match="loss_pct"):
-        gf.flaky_rules("127.0.0.12", ["127.0.0.10"], pct, cgroup=None, peer_cgroups=[], table="t")
+        gf.flaky_rules("127.0.0.12", ["127.0.0.10"], pct, cgroup=None, peer_cgroups=[])
 
 
 def test_delay_rules_dnat_new_connections_to_the_proxy_in_the_output_hook():
@@ -99,3 +98,5 @@ def test_sandbox_cli_gray_fault_defaults():
     a = build_parser().parse_args(["crash-loop", "a"])
     assert (a.for_s, a.every, a.signal) == (60.0, 1.0, "KILL")
     assert build_parser().parse_args(["crash-loop", "a", "--signal", "STOP"]).signal == "STOP"
+    assert build_parser().parse_args(["disk-full", "a"]).fill_mb == 12
+    assert build_parser().parse_args(["disk-full", "a", "--fill-mb", "0"]).fill_mb == 0

@@ -22,27 +22,14 @@ FLAKY_PREFIX = "manatee_flaky"
 DELAY_PREFIX = "manatee_delay"
 
 
-def _addr_set(addrs: list[str]) -> str:
-    return addrs[0] if len(addrs) == 1 else "{ " + ", ".join(addrs) + " }"
-
-
 def flaky_rules(ip: str, peers: list[str], loss_pct: int, *, cgroup: str | None,
-                peer_cgroups: list[str], table: str) -> str:
-    """nft script: drop `loss_pct` % of the packets between `ip` and its peers (random)."""
+                peer_cgroups: list[str], table_prefix: str = FLAKY_PREFIX) -> str:
+    """nft script: drop `loss_pct` % of the packets between `ip` and its peers (random) —
+    a partition's rules (`network.rules_script`) with a random share as the verdict."""
     if not 0 < loss_pct < 100:
         raise ValueError(f"loss_pct must be between 1 and 99, not {loss_pct}")
-    others = _addr_set(sorted(set(peers) - {ip}))
-    drop = f"numgen random mod 100 < {loss_pct} drop"
-    rules = [f"ip saddr {ip} ip daddr {others} {drop}", f"ip saddr {others} ip daddr {ip} {drop}"]
-    if cgroup:
-        rules.append(f'socket cgroupv2 level {cgroups.level_of(cgroup)} "{cgroup.strip("/")}" '
-                     f"ip daddr {others} {drop}")
-    for pc in peer_cgroups:
-        rules.append(f'socket cgroupv2 level {cgroups.level_of(pc)} "{pc.strip("/")}" ip daddr {ip} {drop}')
-    body = "\n".join(f"    {r}" for r in rules)
-    return (f"add table inet {table}\ndelete table inet {table}\n"
-            f"table inet {table} {{\n  chain out {{\n    type filter hook output priority -10; policy accept;\n"
-            f"{body}\n  }}\n}}\n")
+    return network.rules_script(ip, peers, table_prefix, cgroup=cgroup, peer_cgroups=peer_cgroups,
+                                verdict=f"numgen random mod 100 < {loss_pct} drop")
 
 
 def delay_rules(table: str, redirects: list[tuple[str, str, int, str, int]]) -> str:
@@ -119,8 +106,7 @@ def flaky(sb: Sandbox, name: str, loss_pct: int = 30, delay_ms: int = 200, for_s
         info["proxyPid"] = pid
     try:
         network._nft(["-f", "-"], flaky_rules(node.ip, peers, loss_pct, cgroup=node.cgroup,
-                                              peer_cgroups=[o.cgroup for o in others if o.cgroup],
-                                              table=network.table_name(node.ip, FLAKY_PREFIX)),
+                                              peer_cgroups=[o.cgroup for o in others if o.cgroup]),
                      cgroup_ns=True)
     except network.NftError as e:
         unflaky(sb, name)
