@@ -100,3 +100,28 @@ def test_sandbox_cli_gray_fault_defaults():
     assert build_parser().parse_args(["crash-loop", "a", "--signal", "STOP"]).signal == "STOP"
     assert build_parser().parse_args(["disk-full", "a"]).fill_mb == 12
     assert build_parser().parse_args(["disk-full", "a", "--fill-mb", "0"]).fill_mb == 0
+
+
+@pytest.mark.parametrize("extra,safe", [([], False), (["-o", "default_permissions,max_write=4096"], True)])
+def test_disk_full_refuses_a_zfs_fuse_started_without_one_page_writes(monkeypatch, extra, safe):
+    """`full_dataset_unsafe` reads the daemon's command line: without max_write=4096 a write
+    into a full dataset can abort zfs-fuse (grayfaults/diskfull.py), and it says which pid."""
+    import subprocess
+    import sys
+
+    from manatee_testbed import zfspool
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", *extra])
+    try:
+        deadline = time.monotonic() + 10
+        while b"time.sleep" not in open(f"/proc/{proc.pid}/cmdline", "rb").read():  # until it has exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        monkeypatch.setattr(zfspool, "zfs_fuse_pids", lambda: [proc.pid])
+        why = zfspool.full_dataset_unsafe()
+        assert (why is None) == safe, why
+        if not safe:
+            assert f"pid {proc.pid}" in why and "max_write=4096" in why
+    finally:
+        proc.kill()
+        proc.wait()
