@@ -4,8 +4,8 @@ ZooKeeper session, and is sick (testbed/manatee_testbed/grayfaults.py injects th
 - F18 PostgreSQL hung (SIGSTOP of PostgreSQL only; the sitter runs on) on the primary, the
   sync, the async; and on the primary a sticky hang (every new postgres process stopped
   too, so that restarting PostgreSQL does not cure it).
-- F19 disk full (dataset quota just above its use, then a WAL burst fills it) on the primary
-  and on the sync; the run stops if zfs-fuse died (see the `shard` fixture).
+- F19 disk full (dataset quota set to its use: the next write fails) on the primary and on
+  the sync; the run stops if zfs-fuse died (see the `shard` fixture).
 - F20 connection exhaustion (every slot, superuser ones too) on each role.
 - F21 a malformed election node; an unparsable state znode.
 - F22 PostgreSQL crash loop on the primary (killed every second).
@@ -243,8 +243,8 @@ def test_f18_pg_hung_on_standby_no_rebuild_writes_go_on(shard: Shard, role: str)
 #: zfs-fuse aborts on a write into a full quota unless it runs with max_write=4096 (see
 #: grayfaults/diskfull.py); the harness starts it so. A daemon that another run started
 #: without it is not ours to restart: then these tests are skipped, saying why.
-def _disk_full_and_fill(sh: Shard, name: str) -> None:
-    """Quota just above the node's use, then a burst of WAL through the primary fills it."""
+def _disk_full(sh: Shard, name: str) -> None:
+    """The node's quota set to its use: its next write fails (EDQUOT), PostgreSQL's and the sitter's."""
     unsafe = zfspool.full_dataset_unsafe()
     if unsafe:
         pytest.skip(unsafe)
@@ -252,13 +252,13 @@ def _disk_full_and_fill(sh: Shard, name: str) -> None:
 
 
 def test_f19_disk_full_on_primary_sync_takes_over(shard: Shard):
-    _primary_gives_way(shard, "F19-primary", lambda n: _disk_full_and_fill(shard, n),
+    _primary_gives_way(shard, "F19-primary", lambda n: _disk_full(shard, n),
                        lambda n: gf.disk_lift(shard.sb, n))
 
 
 def test_f19_disk_full_on_sync_writes_go_on(shard: Shard):
     sh = shard
-    _standby_fault(sh, "F19-sync", "sync", lambda n: _disk_full_and_fill(sh, n), lambda n: gf.disk_lift(sh.sb, n),
+    _standby_fault(sh, "F19-sync", "sync", lambda n: _disk_full(sh, n), lambda n: gf.disk_lift(sh.sb, n),
                    hold_s=2 * sh.session_s + 1, max_gap=sh.session_s + 2 + LOADED_SLACK_S)
 
 

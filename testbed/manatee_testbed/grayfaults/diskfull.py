@@ -1,6 +1,9 @@
-"""Disk full on a node: its dataset's quota set just above its use, then a burst of WAL
-through the primary fills it now (PostgreSQL's next writes and the sitter's own config
-writes fail with EDQUOT, as on a real full disk); undone by lifting the quota.
+"""Disk full on a node: its dataset's quota set to what it uses now (`margin` 0), so
+PostgreSQL's next write — WAL, data, a new file — and the sitter's own config writes fail
+with EDQUOT, as on a real full disk; undone by lifting the quota. (A quota a few MB above
+the use, filled by a burst of WAL, did not always bite: a statement that fails on the quota
+gives its space back when it aborts, and rewriting WAL in place costs ZFS no net space, so
+the primary could go on committing small writes. `fill_mb` still writes such a burst.)
 
 Safe for the machine's one zfs-fuse daemon only when that daemon runs with
 `zfspool.FUSE_OPTIONS` (max_write=4096, as `ensure_zfs_fuse` starts it): zfs-fuse 0.7
@@ -23,10 +26,10 @@ from manatee_testbed.grayfaults.record import load, update
 from manatee_testbed.sandbox import ZFS_BIN, NodeState, Sandbox, SandboxError
 from manatee_testbed.shardview import ShardView
 
-#: Margin above `used` for the disk-full quota: the WAL burst fills it.
-QUOTA_MARGIN = 4 * 1024 * 1024
-#: The burst: three times the margin, so the quota is reached whichever node it is on.
-FILL_MB = 12
+#: Margin above `used` for the disk-full quota: none, the next write fails.
+QUOTA_MARGIN = 0
+#: MB of WAL written through the primary after the quota is set (0: none).
+FILL_MB = 0
 
 
 def _zfs(*args: str) -> str:
@@ -42,20 +45,21 @@ def dataset_used(node: NodeState) -> int:
 
 def disk_full(sb: Sandbox, name: str, margin: int = QUOTA_MARGIN, fill_mb: int = FILL_MB,
               wait: bool = True) -> int:
-    """Set the node's dataset quota to `used` + margin and write `fill_mb` MB of WAL through
+    """Set the node's dataset quota to `used` + margin, then write `fill_mb` MB of WAL through
     the primary (in the background unless `wait`); returns the quota (bytes)."""
     unsafe = zfspool.full_dataset_unsafe()
     if unsafe:
         raise SandboxError(f"disk-full refused: {unsafe}")
     node = sb.st.node(name)
-    for attempt in range(5):  # `used` may grow between the read and the set (a standby replaying)
+    for attempt in range(40):  # `used` grows between the read and the set on a busy node: again
         quota = dataset_used(node) + margin
         try:
             _zfs("set", f"quota={quota}", node.dataset)
             break
         except SandboxError:
-            if attempt == 4:
+            if attempt == 39:
                 raise
+            time.sleep(0.05)
     update(sb, f"quota:{name}", {"dataset": node.dataset, "quota": quota})
     dsn = ShardView(sb).find_primary() if fill_mb else None  # the writable primary's
     if dsn is not None:
