@@ -416,7 +416,7 @@ class Nemesis:
             finally:
                 grayfaults.pg_resume(self.sb, name)
         elif kind == "disk_full":
-            grayfaults.disk_full(self.sb, name)  # quota = its use: its next write fails (grayfaults/diskfull.py)
+            grayfaults.disk_full(self.sb, name)  # quota, then a burst fills it (grayfaults/diskfull.py)
             try:
                 note = self._await_reaction(name, at_least=hold) if role == "primary" else time.sleep(hold)
             finally:

@@ -4,8 +4,8 @@ ZooKeeper session, and is sick (testbed/manatee_testbed/grayfaults.py injects th
 - F18 PostgreSQL hung (SIGSTOP of PostgreSQL only; the sitter runs on) on the primary, the
   sync, the async; and on the primary a sticky hang (every new postgres process stopped
   too, so that restarting PostgreSQL does not cure it).
-- F19 disk full (dataset quota set to its use: the next write fails) on the primary and on
-  the sync; the run stops if zfs-fuse died (see the `shard` fixture).
+- F19 disk full (dataset quota just above its use, filled by a burst through the primary) on
+  the primary and on the sync; the run stops if zfs-fuse died (see the `shard` fixture).
 - F20 connection exhaustion (every slot, superuser ones too) on each role.
 - F21 a malformed election node; an unparsable state znode.
 - F22 PostgreSQL crash loop on the primary (killed every second).
@@ -244,7 +244,7 @@ def test_f18_pg_hung_on_standby_no_rebuild_writes_go_on(shard: Shard, role: str)
 #: grayfaults/diskfull.py); the harness starts it so. A daemon that another run started
 #: without it is not ours to restart: then these tests are skipped, saying why.
 def _disk_full(sh: Shard, name: str) -> None:
-    """The node's quota set to its use: its next write fails (EDQUOT), PostgreSQL's and the sitter's."""
+    """Quota just above the node's use, filled by a burst through the primary (committed MB by MB)."""
     unsafe = zfspool.full_dataset_unsafe()
     if unsafe:
         pytest.skip(unsafe)

@@ -98,8 +98,8 @@ def test_sandbox_cli_gray_fault_defaults():
     a = build_parser().parse_args(["crash-loop", "a"])
     assert (a.for_s, a.every, a.signal) == (60.0, 1.0, "KILL")
     assert build_parser().parse_args(["crash-loop", "a", "--signal", "STOP"]).signal == "STOP"
-    assert build_parser().parse_args(["disk-full", "a"]).fill_mb == 0
-    assert build_parser().parse_args(["disk-full", "a", "--fill-mb", "4"]).fill_mb == 4
+    assert build_parser().parse_args(["disk-full", "a"]).fill_mb == 12
+    assert build_parser().parse_args(["disk-full", "a", "--fill-mb", "0"]).fill_mb == 0
 
 
 @pytest.mark.parametrize("extra,safe", [([], False), (["-o", "default_permissions,max_write=4096"], True)])

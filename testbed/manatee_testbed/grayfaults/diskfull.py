@@ -1,9 +1,10 @@
-"""Disk full on a node: its dataset's quota set to what it uses now (`margin` 0), so
-PostgreSQL's next write — WAL, data, a new file — and the sitter's own config writes fail
-with EDQUOT, as on a real full disk; undone by lifting the quota. (A quota a few MB above
-the use, filled by a burst of WAL, did not always bite: a statement that fails on the quota
-gives its space back when it aborts, and rewriting WAL in place costs ZFS no net space, so
-the primary could go on committing small writes. `fill_mb` still writes such a burst.)
+"""Disk full on a node: its dataset's quota set 4 MB above its use, then a burst of WAL
+and table through the primary, committed a megabyte at a time, fills it: PostgreSQL's next
+writes and the sitter's own config writes fail with EDQUOT, as on a real full disk; undone
+by lifting the quota. (One statement for the whole burst did not always bite: when it
+failed on the quota its aborted table gave the space back, and rewriting WAL in place costs
+ZFS no net space, so the primary went on committing. A quota of exactly the use stalled
+every writer on the dataset, the sitter's cycle for 27 s: not how a disk fills.)
 
 Safe for the machine's one zfs-fuse daemon only when that daemon runs with
 `zfspool.FUSE_OPTIONS` (max_write=4096, as `ensure_zfs_fuse` starts it): zfs-fuse 0.7
@@ -26,10 +27,10 @@ from manatee_testbed.grayfaults.record import load, update
 from manatee_testbed.sandbox import ZFS_BIN, NodeState, Sandbox, SandboxError
 from manatee_testbed.shardview import ShardView
 
-#: Margin above `used` for the disk-full quota: none, the next write fails.
-QUOTA_MARGIN = 0
-#: MB of WAL written through the primary after the quota is set (0: none).
-FILL_MB = 0
+#: Margin above `used` for the disk-full quota: the burst fills it.
+QUOTA_MARGIN = 4 * 1024 * 1024
+#: The burst: three times the margin, so the quota is reached whichever node it is on.
+FILL_MB = 12
 
 
 def _zfs(*args: str) -> str:
@@ -45,21 +46,20 @@ def dataset_used(node: NodeState) -> int:
 
 def disk_full(sb: Sandbox, name: str, margin: int = QUOTA_MARGIN, fill_mb: int = FILL_MB,
               wait: bool = True) -> int:
-    """Set the node's dataset quota to `used` + margin, then write `fill_mb` MB of WAL through
-    the primary (in the background unless `wait`); returns the quota (bytes)."""
+    """Set the node's dataset quota to `used` + margin, then write `fill_mb` MB through the
+    primary (in the background unless `wait`); returns the quota (bytes)."""
     unsafe = zfspool.full_dataset_unsafe()
     if unsafe:
         raise SandboxError(f"disk-full refused: {unsafe}")
     node = sb.st.node(name)
-    for attempt in range(40):  # `used` grows between the read and the set on a busy node: again
+    for attempt in range(5):  # `used` may grow between the read and the set (a standby replaying)
         quota = dataset_used(node) + margin
         try:
             _zfs("set", f"quota={quota}", node.dataset)
             break
         except SandboxError:
-            if attempt == 39:
+            if attempt == 4:
                 raise
-            time.sleep(0.05)
     update(sb, f"quota:{name}", {"dataset": node.dataset, "quota": quota})
     dsn = ShardView(sb).find_primary() if fill_mb else None  # the writable primary's
     if dsn is not None:
@@ -72,26 +72,33 @@ def disk_full(sb: Sandbox, name: str, margin: int = QUOTA_MARGIN, fill_mb: int =
 
 
 def fill_wal(dsn: str, mbytes: int = FILL_MB, timeout_s: float = 60.0) -> str:
-    """Write about `mbytes` of table and WAL through `dsn` (the primary), committed locally
-    (synchronous_commit=local: a standby that cannot take it does not block the filler), so
-    that a quota set by `disk_full` on the primary or a standby fills now rather than after
-    minutes of small writes. Returns how it ended (a full disk makes it fail: expected)."""
+    """Write about `mbytes` of table and WAL through `dsn` (the primary), one committed MB at
+    a time and committed locally (synchronous_commit=local: a standby that cannot take it
+    does not block the filler), so that a quota set by `disk_full` on the primary or a
+    standby fills now and stays full (what was committed stays, and the pages a failed
+    insert added to the table stay too). Returns how it ended (a full disk makes it fail:
+    expected)."""
     import psycopg2
 
     try:
         conn = psycopg2.connect(dsn, connect_timeout=5, options=f"-c statement_timeout={int(timeout_s * 1000)}")
     except psycopg2.Error as e:
         return f"no connection: {str(e).strip()}"
+    written = 0
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("set synchronous_commit = local")
             table = f"gray_fill_{os.getpid()}_{int(time.time() * 1000)}"
-            cur.execute(f"create table {table} as select g, repeat(md5(g::text), 32) as pad "
-                        f"from generate_series(1, %s) g", (mbytes * 1024 * 1024 // 1100,))
-            return f"wrote {mbytes} MB into {table}"
+            cur.execute(f"create table {table} (g int, pad text)")
+            for _ in range(mbytes):
+                cur.execute(f"insert into {table} select g, repeat(md5(g::text), 32) "
+                            f"from generate_series(1, %s) g", (1024 * 1024 // 1100,))
+                written += 1
+            return f"wrote {written} MB into {table}"
     except psycopg2.Error as e:
-        return f"failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        return (f"failed after {written} MB: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
     finally:
         with contextlib.suppress(Exception):
             conn.close()
