@@ -1,5 +1,5 @@
 """ACCEPTANCE F18–F23 on a real shard: gray failures, where a node is alive, keeps its
-ZooKeeper session, and is sick (testbed/manatee_testbed/grayfaults.py injects them).
+ZooKeeper session, and is sick (testbed/manatee_testbed/grayfaults/ injects them).
 
 - F18 PostgreSQL hung (SIGSTOP of PostgreSQL only; the sitter runs on) on the primary, the
   sync, the async; and on the primary a sticky hang (every new postgres process stopped
