@@ -247,9 +247,7 @@ class Nemesis:
             finally:
                 grayfaults.pg_resume(self.sb, name)
         elif kind == "disk_full":
-            # no WAL burst here: a burst into a full quota has crashed the machine's shared
-            # zfs-fuse daemon (2 of 7 runs); the F19 tests that use one are opt-in
-            grayfaults.disk_full(self.sb, name)
+            grayfaults.disk_full(self.sb, name)  # quota, then a burst fills it (grayfaults/diskfull.py)
             try:
                 note = self._await_reaction(name, at_least=hold) if role == "primary" else time.sleep(hold)
             finally:

@@ -86,22 +86,24 @@ def rules_script(
     *,
     cgroup: str | None = None,
     peer_cgroups: list[str] = (),
+    verdict: str = "drop",
 ) -> str:
-    """The nft script `partition` loads (atomically: any old table of the node is replaced)."""
+    """The nft script `partition` loads (atomically: any old table of the node is replaced);
+    `verdict` for the packets between the node and its peers (a flaky network: a share dropped)."""
     ip = _check_ip(ip)
     others = sorted({_check_ip(p) for p in peers} - {ip}, key=ipaddress.ip_address)
     if not others:
         raise ValueError(f"partition of {ip}: no peer addresses to cut it from")
     name = table_name(ip, table_prefix)
     rules = [
-        f"ip saddr {ip} ip daddr {_set(others)} drop",
-        f"ip saddr {_set(others)} ip daddr {ip} drop",
+        f"ip saddr {ip} ip daddr {_set(others)} {verdict}",
+        f"ip saddr {_set(others)} ip daddr {ip} {verdict}",
     ]
     if cgroup:
         rules.append(f'socket cgroupv2 level {cgroups.level_of(cgroup)} "{cgroup.strip("/")}" '
-                     f"ip daddr {_set(others)} drop")
+                     f"ip daddr {_set(others)} {verdict}")
     for pc in peer_cgroups:
-        rules.append(f'socket cgroupv2 level {cgroups.level_of(pc)} "{pc.strip("/")}" ip daddr {ip} drop')
+        rules.append(f'socket cgroupv2 level {cgroups.level_of(pc)} "{pc.strip("/")}" ip daddr {ip} {verdict}')
     body = "\n".join(f"    {r}" for r in rules)
     return (
         f"add table inet {name}\n"

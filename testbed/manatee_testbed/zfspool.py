@@ -34,6 +34,15 @@ START_LOCK = LOCK_DIR / "manatee-zfs-fuse.start.lock"  # serialises check-and-st
 USERS_LOCK = LOCK_DIR / "manatee-zfs-fuse.users.lock"  # shared-locked by every live handle
 DEFAULT_LOG = LOCK_DIR / "manatee-zfs-fuse.log"
 
+#: FUSE options for every dataset the daemon mounts. max_write=4096: zfs-fuse 0.7 aborts
+#: (`zfsfuse_write: Assertion uio.uio_resid == 0`, zfs_operations.c) when ZFS writes only
+#: part of one FUSE write request, which happens when a request spans two records and the
+#: quota (or the pool) runs out between them: PostgreSQL's multi-page WAL writes into a
+#: full dataset did it within two tries. Requests of one page never span two records, so
+#: a full dataset fails them whole (EDQUOT/ENOSPC) and the daemon lives on.
+#: default_permissions is what /etc/zfs/zfsrc sets (the command line replaces it).
+FUSE_OPTIONS = "default_permissions,max_write=4096"
+
 
 def _run(argv: list[str], timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess:
     cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -43,8 +52,12 @@ def _run(argv: list[str], timeout: float = 60.0, check: bool = True) -> subproce
 
 
 def zfs_fuse_pids() -> list[int]:
-    """PIDs of live (non-zombie) processes named zfs-fuse."""
+    """PIDs of live (non-zombie) processes named zfs-fuse in this mount namespace (a daemon
+    in another one, e.g. a private one under `unshare -m`, serves none of our mounts)."""
     pids = []
+    mine = None
+    with contextlib.suppress(OSError):
+        mine = os.readlink("/proc/self/ns/mnt")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -53,9 +66,28 @@ def zfs_fuse_pids() -> list[int]:
                 comm = f.read().strip()
         except OSError:
             continue
-        if comm == "zfs-fuse" and pid_alive(int(entry)):
+        try:
+            same_ns = mine is None or os.readlink(f"/proc/{entry}/ns/mnt") == mine
+        except OSError:
+            same_ns = True  # not allowed to look: count it, as before
+        if comm == "zfs-fuse" and pid_alive(int(entry)) and same_ns:
             pids.append(int(entry))
     return pids
+
+
+def full_dataset_unsafe() -> str | None:
+    """Why filling a dataset to its quota could abort the running zfs-fuse (a daemon that
+    another run started without FUSE_OPTIONS' max_write), or None when it is safe."""
+    for pid in zfs_fuse_pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
+        except OSError:
+            continue
+        if not any("max_write=4096" in a for a in argv):
+            return (f"zfs-fuse (pid {pid}) runs without -o {FUSE_OPTIONS} (started by another run or by "
+                    f"hand): a write into a full dataset can abort it and every pool's mounts with it")
+    return None
 
 
 def zpool_answers(timeout: float = 10.0) -> bool:
@@ -185,7 +217,7 @@ def ensure_zfs_fuse(log_path: Path | None = None, timeout: float = 30.0) -> ZfsF
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen(
-                    [ZFS_FUSE, "--no-daemon"],
+                    [ZFS_FUSE, "--no-daemon", "-o", FUSE_OPTIONS],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

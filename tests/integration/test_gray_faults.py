@@ -1,10 +1,11 @@
 """ACCEPTANCE F18–F23 on a real shard: gray failures, where a node is alive, keeps its
-ZooKeeper session, and is sick (testbed/manatee_testbed/grayfaults.py injects them).
+ZooKeeper session, and is sick (testbed/manatee_testbed/grayfaults/ injects them).
 
 - F18 PostgreSQL hung (SIGSTOP of PostgreSQL only; the sitter runs on) on the primary, the
   sync, the async; and on the primary a sticky hang (every new postgres process stopped
   too, so that restarting PostgreSQL does not cure it).
-- F19 disk full (dataset quota just above its use) on the primary and on the sync.
+- F19 disk full (dataset quota just above its use, filled by a burst through the primary) on
+  the primary and on the sync; the run stops if zfs-fuse died (see the `shard` fixture).
 - F20 connection exhaustion (every slot, superuser ones too) on each role.
 - F21 a malformed election node; an unparsable state znode.
 - F22 PostgreSQL crash loop on the primary (killed every second).
@@ -25,13 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from manatee_testbed import grayfaults as gf
+from manatee_testbed import zfspool
 from manatee_testbed.writer import WriterError
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, first_ack_on, longest_ack_gap, names, say
 
@@ -50,6 +51,19 @@ def _undo(sh: Shard) -> None:
 
 
 SHARD = SharedShard("gray", SESSION_MS, undo=_undo)
+
+
+@pytest.fixture(autouse=True)
+def _zfs_fuse_survives(zfs_fuse, request) -> Iterator[None]:
+    """After each test the machine's zfs-fuse daemon must still be the one that served it,
+    answering: if it died (a fault drove it into a bug), every later test on the machine fails
+    on dead mounts, so the run stops here, saying so."""
+    daemons = set(zfspool.zfs_fuse_pids())
+    yield
+    if not daemons & set(zfspool.zfs_fuse_pids()) or not zfspool.zpool_answers():
+        pytest.exit(f"zfs-fuse (pid {sorted(daemons)}) died during {request.node.name}: every ZFS mount on the "
+                    f"machine is gone; restart it (manatee_testbed.zfspool.ensure_zfs_fuse) and see its log "
+                    f"{zfs_fuse.log_path or '(started by another run)'}", returncode=3)
 
 
 def primary_start_timeout_s(sh: Shard) -> float:
@@ -223,30 +237,25 @@ def test_f18_pg_hung_on_standby_no_rebuild_writes_go_on(shard: Shard, role: str)
 
 
 # ---------------------------------------------------------------------------------- F19
-#: A WAL burst into a full quota has crashed the machine's shared zfs-fuse daemon (2 of 7
-#: runs, 2026-12-03: every shard on the machine lost its mounts), so the F19 tests run only
-#: when asked: MANATEE_DISK_FULL_TESTS=1.
-DISK_FULL_OPT_IN = pytest.mark.skipif(os.environ.get("MANATEE_DISK_FULL_TESTS") != "1",
-                                      reason="F19 can crash the shared zfs-fuse daemon; set MANATEE_DISK_FULL_TESTS=1")
+#: zfs-fuse aborts on a write into a full quota unless it runs with max_write=4096 (see
+#: grayfaults/diskfull.py); the harness starts it so. A daemon that another run started
+#: without it is not ours to restart: then these tests are skipped, saying why.
+def _disk_full(sh: Shard, name: str) -> None:
+    """Quota just above the node's use, filled by a burst through the primary (committed MB by MB)."""
+    unsafe = zfspool.full_dataset_unsafe()
+    if unsafe:
+        pytest.skip(unsafe)
+    gf.disk_full(sh.sb, name, wait=False)
 
 
-def _disk_full_and_fill(sh: Shard, name: str) -> None:
-    """Quota just above the node's use, then a burst of WAL through the primary fills it."""
-    gf.disk_full(sh.sb, name)
-    primary = sh.topology()["primary"]
-    threading.Thread(target=lambda: say(f"filler: {gf.fill_wal(sh.dsn(sh.node(primary)))}"), daemon=True).start()
-
-
-@DISK_FULL_OPT_IN
 def test_f19_disk_full_on_primary_sync_takes_over(shard: Shard):
-    _primary_gives_way(shard, "F19-primary", lambda n: _disk_full_and_fill(shard, n),
+    _primary_gives_way(shard, "F19-primary", lambda n: _disk_full(shard, n),
                        lambda n: gf.disk_lift(shard.sb, n))
 
 
-@DISK_FULL_OPT_IN
 def test_f19_disk_full_on_sync_writes_go_on(shard: Shard):
     sh = shard
-    _standby_fault(sh, "F19-sync", "sync", lambda n: _disk_full_and_fill(sh, n), lambda n: gf.disk_lift(sh.sb, n),
+    _standby_fault(sh, "F19-sync", "sync", lambda n: _disk_full(sh, n), lambda n: gf.disk_lift(sh.sb, n),
                    hold_s=2 * sh.session_s + 1, max_gap=sh.session_s + 2 + LOADED_SLACK_S)
 
 

@@ -11,13 +11,12 @@ import time
 import pytest
 
 from manatee_testbed.cli.sandbox import build_parser
-from manatee_testbed import grayfaults as gf
+from manatee_testbed.grayfaults import flakynet as gf
 
 
 def test_flaky_rules_drop_a_random_share_both_ways_and_by_cgroup():
     script = gf.flaky_rules("127.0.0.12", ["127.0.0.10", "127.0.0.11", "127.0.0.12"], 30,
-                            cgroup="manatee-sandbox-x/b", peer_cgroups=["manatee-sandbox-x/a"],
-                            table="manatee_flaky_127_0_0_12")
+                            cgroup="manatee-sandbox-x/b", peer_cgroups=["manatee-sandbox-x/a"])
     assert "ip saddr 127.0.0.12 ip daddr { 127.0.0.10, 127.0.0.11 } numgen random mod 100 < 30 drop" in script
     assert "ip saddr { 127.0.0.10, 127.0.0.11 } ip daddr 127.0.0.12 numgen random mod 100 < 30 drop" in script
     assert 'socket cgroupv2 level 2 "manatee-sandbox-x/b" ip daddr { 127.0.0.10, 127.0.0.11 } numgen' in script
@@ -29,7 +28,7 @@ def test_flaky_rules_drop_a_random_share_both_ways_and_by_cgroup():
 @pytest.mark.parametrize("pct", [0, 100, -5])
 def test_flaky_rules_reject_a_loss_that_is_no_loss_or_a_partition(pct):
     with pytest.raises(ValueError, match="loss_pct"):
-        gf.flaky_rules("127.0.0.12", ["127.0.0.10"], pct, cgroup=None, peer_cgroups=[], table="t")
+        gf.flaky_rules("127.0.0.12", ["127.0.0.10"], pct, cgroup=None, peer_cgroups=[])
 
 
 def test_delay_rules_dnat_new_connections_to_the_proxy_in_the_output_hook():
@@ -39,7 +38,7 @@ def test_delay_rules_dnat_new_connections_to_the_proxy_in_the_output_hook():
 
 
 def test_route_spec_round_trip():
-    assert gf._parse_routes("4000=127.0.0.10:2181@127.0.0.12,4001=127.0.0.12:5432@127.0.0.11") == [
+    assert gf.parse_routes("4000=127.0.0.10:2181@127.0.0.12,4001=127.0.0.12:5432@127.0.0.11") == [
         (4000, "127.0.0.10", 2181, "127.0.0.12"), (4001, "127.0.0.12", 5432, "127.0.0.11")]
 
 
@@ -99,3 +98,30 @@ def test_sandbox_cli_gray_fault_defaults():
     a = build_parser().parse_args(["crash-loop", "a"])
     assert (a.for_s, a.every, a.signal) == (60.0, 1.0, "KILL")
     assert build_parser().parse_args(["crash-loop", "a", "--signal", "STOP"]).signal == "STOP"
+    assert build_parser().parse_args(["disk-full", "a"]).fill_mb == 12
+    assert build_parser().parse_args(["disk-full", "a", "--fill-mb", "0"]).fill_mb == 0
+
+
+@pytest.mark.parametrize("extra,safe", [([], False), (["-o", "default_permissions,max_write=4096"], True)])
+def test_disk_full_refuses_a_zfs_fuse_started_without_one_page_writes(monkeypatch, extra, safe):
+    """`full_dataset_unsafe` reads the daemon's command line: without max_write=4096 a write
+    into a full dataset can abort zfs-fuse (grayfaults/diskfull.py), and it says which pid."""
+    import subprocess
+    import sys
+
+    from manatee_testbed import zfspool
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", *extra])
+    try:
+        deadline = time.monotonic() + 10
+        while b"time.sleep" not in open(f"/proc/{proc.pid}/cmdline", "rb").read():  # until it has exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        monkeypatch.setattr(zfspool, "zfs_fuse_pids", lambda: [proc.pid])
+        why = zfspool.full_dataset_unsafe()
+        assert (why is None) == safe, why
+        if not safe:
+            assert f"pid {proc.pid}" in why and "max_write=4096" in why
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,8 +1,10 @@
-"""`manatee-sandbox`'s gray-failure sub-commands (testbed/manatee_testbed/grayfaults.py): each fault
+"""`manatee-sandbox`'s gray-failure sub-commands (testbed/manatee_testbed/grayfaults/): each fault
 and the command that undoes it; `down` undoes them all.
 
     pg-hang|pg-resume NODE           PostgreSQL only stopped (SIGSTOP) / continued
-    disk-full|disk-lift NODE         dataset quota just above its use / no quota
+    disk-full NODE [--fill-mb MB]    dataset quota 4 MB above its use, then MB (default 12) written
+                                     through the primary fill it (0: the quota alone)
+    disk-lift NODE                   no quota
     storm NODE [--for S]             every connection slot of NODE's PostgreSQL held
     storm-release NODE
     crash-loop NODE [--for S] [--every S] [--signal KILL|STOP]   NODE's postmaster killed every
@@ -35,7 +37,9 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
 
     node_cmd("pg-hang", "SIGSTOP the node's PostgreSQL only (postmaster and children; the sitter runs on)")
     node_cmd("pg-resume", "undo `pg-hang` (SIGCONT)")
-    node_cmd("disk-full", "set the node's dataset quota just above its use, so PostgreSQL's writes fill it")
+    c = node_cmd("disk-full", "set the node's dataset quota just above its use, then fill it through the primary")
+    c.add_argument("--fill-mb", type=int, default=12, metavar="MB",
+                   help="MB written through the primary to fill it now (default 12; 0: the quota alone)")
     node_cmd("disk-lift", "undo `disk-full` (quota=none)")
     c = node_cmd("storm", "open and hold every connection slot of the node's PostgreSQL (superuser ones too)")
     c.add_argument("--for", dest="for_s", type=float, default=300.0, metavar="S",
@@ -72,7 +76,8 @@ def run(sb: Sandbox, args) -> None:
     elif cmd == "pg-resume":
         print(f"node {node}: continued {len(gf.pg_resume(sb, node))} PostgreSQL process(es) (SIGCONT)")
     elif cmd == "disk-full":
-        print(f"node {node}: quota {gf.disk_full(sb, node)} bytes on {sb.st.node(node).dataset}")
+        quota = gf.disk_full(sb, node, fill_mb=args.fill_mb)
+        print(f"node {node}: quota {quota} bytes on {sb.st.node(node).dataset}")
     elif cmd == "disk-lift":
         print(f"node {node}: {'quota lifted' if gf.disk_lift(sb, node) else 'had no quota from disk-full'}")
     elif cmd == "storm":
