@@ -188,7 +188,7 @@ class Shard(ShardView):
     def zk_state(self) -> dict | None:
         """/manatee/<shard>/state (the authoritative topology)."""
         try:
-            data, _ = self.zk.get(f"{self.sb.st.shard_path}/state")
+            data, _ = self.zk.get(self.sb.st.layout.state)
         except Exception:  # noqa: BLE001 - absent, or ZK reconnecting: "not known now"
             return None
         return json.loads(data) if data else None

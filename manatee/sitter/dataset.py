@@ -58,7 +58,7 @@ class ZfsDataset:
             self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=upstream.backup_url,
             listen_host=z.zfsHost or self.cfg.ip, listen_port=z.zfsPort,
             owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret, ssl_context=self.ssl_context,
-            poll_interval=z.pollInterval / 1000, progress=progress, logger=self.log)
+            poll_interval=z.poll_interval_s, progress=progress, logger=self.log)
 
     def list_snapshots(self):
         return self.zfs.list_snapshots(self.z.dataset)

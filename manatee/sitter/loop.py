@@ -49,14 +49,14 @@ class Sitter:
         self.me = Peer(id=cfg.peer_id, zone_id=cfg.zoneId, ip=cfg.ip, pg_url=cfg.pg_url,
                        backup_url=cfg.backup_url, status_url=cfg.status_url,
                        nofailover=cfg.tags.nofailover, nosync=cfg.tags.nosync, priority=cfg.tags.priority)
-        self.interval = p.healthChkInterval / 1000
+        self.interval = p.health_interval_s
         self.wake = asyncio.Event()
-        self.view = ZkView(session, store, self.me, cfg.zkCfg.sessionTimeout / 1000, log, self.clock, self.wake)
-        self.heartbeats = HeartbeatTable(expiration_s=cfg.heartbeatCfg.expirationTime / 1000,
+        self.view = ZkView(session, store, self.me, cfg.zkCfg.session_timeout_s, log, self.clock, self.wake)
+        self.heartbeats = HeartbeatTable(expiration_s=cfg.heartbeatCfg.expiration_s,
                                          started=self.clock.monotonic())
         self.hb_sender = HeartbeatSender(
-            me_id=self.me.id, pg_url=self.me.pg_url, interval_s=cfg.heartbeatCfg.heartbeatInterval / 1000,
-            timeout_s=cfg.heartbeatCfg.requestTimeout / 1000, status=self._hb_status, log=log,
+            me_id=self.me.id, pg_url=self.me.pg_url, interval_s=cfg.heartbeatCfg.interval_s,
+            timeout_s=cfg.heartbeatCfg.request_timeout_s, status=self._hb_status, log=log,
             source_ip=cfg.ip, secret=secret, ssl_context=tls_client)
         self.health = PgHealth(pg, log, self.clock, primary_start_timeout_s=self.primary_start_timeout,
                                interval_s=self.interval)
@@ -86,7 +86,7 @@ class Sitter:
         self.last_has_data: bool | None = None
         self.config_unknown = False  # the last transition failed half-way (see _reach)
         h = cfg.hooks
-        self.hooks = RoleHooks(h.onRoleChange if h else None, (h.timeout if h else 30000) / 1000, cfg.shardPath, log)
+        self.hooks = RoleHooks(h.onRoleChange if h else None, h.timeout_s if h else 30.0, cfg.shardPath, log)
         self.snapshot: SitterSnapshot = self.publish()
         self.view.on_change = self.publish  # /readiness and /state see a session change at once
 
@@ -101,7 +101,7 @@ class Sitter:
     def primary_start_timeout(self) -> float:
         """primaryStartTimeout (s); by default twice the (negotiated) session timeout."""
         ms = getattr(self.cfg, "primaryStartTimeout", None)
-        return ms / 1000 if ms else 2 * self.view.session_timeout
+        return self.cfg.primary_start_timeout_s if ms else 2 * self.view.session_timeout
 
     def _hb_status(self) -> dict:  # what my heartbeats tell my upstream
         st = self.last_pg

@@ -17,7 +17,7 @@ def build_sitter(config: SitterConfig, log, secret=None):
     from manatee.sitter.ports import SystemClock
 
     z = config.zkCfg
-    session = zkmod.ZKClient(z.connStr, z.sessionTimeout / 1000, connect_timeout=z.connectTimeout / 1000,
+    session = zkmod.ZKClient(z.connStr, z.session_timeout_s, connect_timeout=z.connect_timeout_s,
                              logger=log, **z.client_options())
     # verifies https:// peers against tls.caFile and presents our certificate (None: no TLS)
     tls = getattr(config, "tls", None)

@@ -98,16 +98,16 @@ class PgManager:
         self.socket_dir = Path(p.socketDir or f"/run/manatee/{cfg.ip}-{cfg.postgresPort}")
         self.log_file = self.data_dir.parent / "postgresql.log"
         self.app_name = cfg.pg_url
-        self.ops_timeout = p.opsTimeout / 1000
+        self.ops_timeout = p.ops_timeout_s
         # Every status query has this deadline; PostgreSQL not answering for healthChkTimeout
         # is hung (the shell kills and restarts it).
-        self.health_timeout = p.healthChkTimeout / 1000
+        self.health_timeout = p.health_timeout_s
         self.status_timeout = max(0.5, min(self.health_timeout / 2, 2.0))
         self.proc: pgmod.PostgresProcess | None = None
         # The sitter's way into its own PostgreSQL: one persistent connection over the local
         # socket, opened at start, shared (serialized) by status, reload, promote and metrics.
         self.client = pgmod.PgClient(str(self.socket_dir), cfg.postgresPort, user=p.dbUser,
-                                     connect_timeout=max(1, int(p.healthChkTimeout / 1000)),
+                                     connect_timeout=max(1, int(p.health_timeout_s)),
                                      query_timeout=self.health_timeout, persistent=True,
                                      application_name="manatee-sitter")
         self.config_error: str | None = None  # the last config write failed: why

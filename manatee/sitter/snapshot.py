@@ -101,7 +101,7 @@ def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
         "insecure": cfg.insecure,
         "zkAuth": cfg.zkCfg.auth is not None, "tls": getattr(cfg, "tls", None) is not None,
         "quarantined": list(s.quarantined), "stateUnreadable": s.state_unreadable,
-        "zkSessionTimeout": {"configured": cfg.zkCfg.sessionTimeout / 1000,
+        "zkSessionTimeout": {"configured": cfg.zkCfg.session_timeout_s,
                              "negotiated": s.negotiated_session_timeout},
         "pgObservedAgo": round(now - s.last_pg_at, 3) if pgs else None,
     }

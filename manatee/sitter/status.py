@@ -93,7 +93,7 @@ class StatusServer:
     async def start(self) -> None:
         cfg = self.sitter.cfg
         bounds = cfg.statusServerCfg
-        idle = bounds.idleTimeout / 1000
+        idle = bounds.idle_timeout_s
         self.runner = web.AppRunner(self.app, **runner_kwargs(idle))
         await self.runner.setup()
         tls = getattr(cfg, "tls", None)
@@ -142,7 +142,7 @@ class StatusServer:
         """How long the loop may go without a new observation before it counts as stuck: longer
         than any bounded step (PostgreSQL start/stop/promote, opsTimeout) can take, twice, plus
         two session timeouts. A restore is exempt (it runs for as long as the copy takes)."""
-        ops = getattr(getattr(self.sitter.cfg, "postgresMgrCfg", None), "opsTimeout", 60000) / 1000
+        ops = getattr(getattr(self.sitter.cfg, "postgresMgrCfg", None), "ops_timeout_s", 60.0)
         return max(LIVENESS_MIN_S, 2 * ops + 2 * float(self.sitter.snapshot.session_timeout))
 
     async def liveness(self, _req):

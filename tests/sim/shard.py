@@ -51,13 +51,25 @@ def sitter_config(peer: Peer, onwm: bool, *, session_timeout: float = SESSION_TI
                   primary_start_timeout: float | None = PST_TICKS) -> SimpleNamespace:
     """The part of a SitterConfig the loop reads (durations in seconds here)."""
     ns = SimpleNamespace
+    return _SimConfig(**vars(_sim_config(peer, onwm, ns, session_timeout, interval, primary_start_timeout)))
+
+
+class _SimConfig(SimpleNamespace):
+    @property
+    def primary_start_timeout_s(self) -> float:  # as SitterConfig's: it follows a reload
+        return (self.primaryStartTimeout or 2 * self.zkCfg.sessionTimeout) / 1000
+
+
+def _sim_config(peer, onwm, ns, session_timeout, interval, primary_start_timeout) -> SimpleNamespace:
+    pst_ms = primary_start_timeout * 1000 if primary_start_timeout else None
     return ns(peer_id=peer.id, zoneId=peer.zone_id, ip=peer.ip, pg_url=peer.pg_url, backup_url=peer.backup_url,
               status_url=peer.status_url, tags=ns(nofailover=False, nosync=False, priority=0),
-              postgresMgrCfg=ns(healthChkInterval=interval * 1000, oneNodeWriteMode=onwm, opsTimeout=10000),
-              zkCfg=ns(sessionTimeout=session_timeout * 1000, auth="sim"),
-              heartbeatCfg=ns(expirationTime=HB_TIMEOUT * 1000, heartbeatInterval=1000, requestTimeout=1000),
-              shardPath="/manatee/sim", ttl=60, hooks=None,
-              primaryStartTimeout=primary_start_timeout * 1000 if primary_start_timeout else None,
+              postgresMgrCfg=ns(healthChkInterval=interval * 1000, health_interval_s=interval,
+                                oneNodeWriteMode=onwm, opsTimeout=10000, ops_timeout_s=10.0),
+              zkCfg=ns(sessionTimeout=session_timeout * 1000, session_timeout_s=session_timeout, auth="sim"),
+              heartbeatCfg=ns(expirationTime=HB_TIMEOUT * 1000, heartbeatInterval=1000, requestTimeout=1000,
+                              expiration_s=HB_TIMEOUT, interval_s=1.0, request_timeout_s=1.0),
+              shardPath="/manatee/sim", ttl=60, hooks=None, primaryStartTimeout=pst_ms,
               insecure=True, tls=None)
 
 

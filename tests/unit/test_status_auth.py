@@ -33,7 +33,7 @@ class FakeSitter:
     def __init__(self, *, secret, insecure=False, max_connections=256, idle_ms=10000):
         port = free_port(IP)
         self.cfg = SimpleNamespace(ip=IP, status_port=port, status_url=f"http://{IP}:{port}", insecure=insecure,
-                                   zkCfg=SimpleNamespace(auth=None, sessionTimeout=10000),
+                                   zkCfg=SimpleNamespace(auth=None, sessionTimeout=10000, session_timeout_s=10.0),
                                    statusServerCfg=HttpServerCfg(maxConnections=max_connections,
                                                                  idleTimeout=idle_ms))
         self.secret = secret

@@ -60,7 +60,7 @@ def sitter(me=B, role=STANDBY, *, zk="connected", pg=None, restore=None, **kw):
         role=role, zk_state=zk, restore_progress=restore, started=time.monotonic())
     return SimpleNamespace(
         cfg=SimpleNamespace(ip="127.0.0.1", status_port=0, status_url="http://127.0.0.1:0", shardPath="/manatee/1",
-                            insecure=False, zkCfg=SimpleNamespace(auth=None, sessionTimeout=10000),
+                            insecure=False, zkCfg=SimpleNamespace(auth=None, sessionTimeout=10000, session_timeout_s=10.0),
                             postgresMgrCfg=SimpleNamespace(zfsClientCfg=SimpleNamespace(dataset="p/d"))),
         snapshot=replace(snap, **kw), pg=SimpleNamespace(client=FakeClient()), dataset=FakeDataset())
 
@@ -220,7 +220,7 @@ def test_a_reload_is_published_at_once_as_parameters_pending():
     s.pg.set_parameters = lambda params: True  # the new parameters differ
     s.pg.parameters_gen = 1
     s.reload_config(NS(postgresMgrCfg=NS(parameters={"work_mem": "5MB"})))
-    cfg = NS(insecure=True, zkCfg=NS(auth=None, sessionTimeout=6000))
+    cfg = NS(insecure=True, zkCfg=NS(auth=None, sessionTimeout=6000, session_timeout_s=6.0))
     assert debug_state(s.snapshot, cfg, time.monotonic())["pg"]["parametersPending"] is True
 
 
