@@ -15,12 +15,8 @@ import json
 import os
 import pwd
 import re
-import shutil
-import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -30,159 +26,15 @@ import pytest
 
 from manatee.backupserver.config import BackupServerConfig
 from manatee.backupserver.main import run as backupserver_run
-from manatee.core.auth import ShardSecret, load_secret_file, new_secret, sign_request, write_secret_file
-from manatee.core.procs import free_port, pid_alive, port_open, terminate, wait_port_async
-from manatee.core.restore import RestoreError, RestoreProgress, restore
-from manatee.core.zfs import Zfs
+from manatee.core.auth import ShardSecret, sign_request
+from manatee.core.procs import free_port, port_open, wait_port_async
+from manatee.core.restore import RestoreError, RestoreProgress
 from manatee.core.zk import ZKClient
-from manatee_testbed.postgres import PgNode
-from manatee_testbed.zfspool import ZfsPool, abort_daemon_streams, mounts_of_pool, zfs_processes_on
+from manatee_testbed.zfspool import zfs_processes_on
 from tests.fixtures_pg import random_loopback_ip
 
-BACKUPSERVER = str(Path(sys.executable).with_name("manatee-backupserver"))
-ROWS = 10_000
-
-
-def _zfs_recv_pids() -> list[int]:
-    """Every live `zfs recv` on the machine (read from /proc)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) > 1 and os.path.basename(argv[0]) == b"zfs" and argv[1] in (b"recv", b"receive"):
-            if pid_alive(int(entry)):
-                pids.append(int(entry))
-    return pids
-
-
-def make_secret_file(directory: Path) -> tuple[str, ShardSecret]:
-    path = str(directory / "shard.secret")
-    write_secret_file(path, new_secret())
-    return path, load_secret_file(path)
-
-
-async def signed_post(url: str, body: dict, secret: ShardSecret | None, source: str | None = None,
-                      ) -> tuple[int, dict]:
-    """POST JSON to a backupserver as a shard member would (signed, from `source`)."""
-    data = json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", **sign_request(secret, "POST", "/backup", data)}
-    conn = aiohttp.TCPConnector(local_addr=(source, 0) if source else None)
-    async with aiohttp.ClientSession(connector=conn) as http:
-        async with http.post(f"{url}/backup", data=data, headers=headers) as r:
-            return r.status, await r.json()
-
-
-class Env:
-    """One test's pool, directories, PostgreSQL nodes and backupservers; all removed after.
-
-    Every backupserver is secure as in production: the shard secret (one file) and
-    membership from a real ZooKeeper election, in which the server's address and every
-    restoring address (env.restore) are registered."""
-
-    def __init__(self, base: Path, pool: ZfsPool, zk_hosts: str) -> None:
-        self.base = base
-        self.pool = pool
-        self.zfs = Zfs()
-        self.pg_nodes: list[PgNode] = []
-        self.servers: list[subprocess.Popen] = []
-        self.zk_hosts = zk_hosts
-        self.shard = f"/manatee/{uuid.uuid4().hex[:8]}"
-        self.secret_file, self.secret = make_secret_file(base)
-        self.zk: ZKClient | None = None
-        self.registered: set[str] = set()
-
-    async def member(self, ip: str) -> None:
-        """Register `ip` in the shard's election (as its sitter would)."""
-        if ip in self.registered:
-            return
-        if self.zk is None:
-            self.zk = ZKClient(self.zk_hosts, session_timeout=10)
-            await self.zk.start()
-        await self.zk.create(f"{self.shard}/election/{ip}:5432:10002:5433-", _election_record(ip, f"zone-{ip}"),
-                             ephemeral=True, sequence=True, makepath=True)
-        self.registered.add(ip)
-
-    async def restore(self, zfs, **kw):
-        await self.member(kw["listen_host"])
-        kw.setdefault("secret", self.secret)
-        return await restore(zfs, **kw)
-
-    def dataset(self, rel: str, mounted: bool = True) -> tuple[str, Path]:
-        mnt = self.base / rel
-        name = self.pool.create_dataset(rel, mnt if mounted else None)
-        return name, mnt
-
-    def pg_node(self, name: str, ip: str, data_dir: Path) -> PgNode:
-        node = PgNode(name, ip, free_port(ip), data_dir=data_dir, work_dir=self.base / f"{name}-work")
-        self.pg_nodes.append(node)
-        return node
-
-    async def backupserver(self, dataset: str, ip: str, **extra) -> tuple[subprocess.Popen, str]:
-        port = free_port(ip)
-        await self.member(ip)
-        cfg = {
-            "backupSenderCfg": extra.pop("backupSenderCfg", {"dataset": dataset}),
-            "backupServerCfg": {"host": ip, "port": port, **extra.pop("server", {})},
-            "secretFile": self.secret_file,
-            "zkCfg": {"connStr": self.zk_hosts, "sessionTimeout": 10000},
-            "shardPath": self.shard,
-            **extra,
-        }
-        path = self.base / f"backupserver-{port}.json"
-        path.write_text(json.dumps(cfg))
-        log = open(self.base / f"backupserver-{port}.log", "ab")
-        proc = subprocess.Popen(
-            [BACKUPSERVER, "-f", str(path)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self.servers.append(proc)
-        await wait_port_async(ip, port, timeout=20)
-        return proc, f"http://{ip}:{port}"
-
-    def server_log(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.base.glob("backupserver-*.log"))
-
-    async def cleanup(self) -> None:
-        for proc in self.servers:
-            terminate(proc.pid, timeout=10)
-            proc.wait(5)
-        if self.zk is not None:
-            await self.zk.close()
-        for node in self.pg_nodes:
-            await node.kill()
-        self.pool.destroy()
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
-@pytest.fixture
-async def env(zfs_fuse, zk_hosts):
-    base = Path(tempfile.mkdtemp(prefix=f"mbr-{uuid.uuid4().hex[:6]}-", dir="/tmp"))
-    os.chmod(base, 0o755)  # PostgreSQL runs as postgres and must reach its data dir
-    pool = ZfsPool(base / "pool", size="2G")
-    pool.create()
-    e = Env(base, pool, zk_hosts)
-    try:
-        yield e
-    finally:
-        await e.cleanup()
-        assert not pool.exists(), f"pool {pool.name} survived"
-        assert not mounts_of_pool(pool.name)
-        assert not any(p.processes() for p in (n.proc for n in e.pg_nodes))
-
-
-def _election_record(ip: str, zone: str) -> dict:
-    """What a sitter writes in its election node (a partial record is quarantined, not a member)."""
-    return {"ip": ip, "zoneId": zone, "pgUrl": f"tcp://postgres@{ip}:5432/postgres",
-            "backupUrl": f"http://{ip}:10002", "statusUrl": f"http://{ip}:5433"}
+from tests.backup_env import (BACKUPSERVER, ROWS, Env, _election_record, _zfs_recv_pids, env,  # noqa: F401 - env is a fixture
+                              kill_sender_host, make_secret_file, signed_post)
 
 
 async def _election(zk_hosts: str, shard: str, *ips: str) -> ZKClient:
@@ -336,16 +188,6 @@ async def _old_b(env: Env) -> tuple[str, Path]:
     ds_b, mnt_b = env.dataset("b")
     (mnt_b / "marker").write_text("the old copy")
     return ds_b, mnt_b
-
-
-def kill_sender_host(server: subprocess.Popen) -> None:
-    """The sending host dies mid-stream: its backupserver and `zfs send` are SIGKILLed, and
-    so is the stream itself. Under zfs-fuse the daemon (shared by every "host" of this
-    machine) writes the stream and would finish it after `zfs send` died — on a real host
-    ZFS dies with the host — so the daemon's stream connections are cut (this test's are
-    the only ones: tests run one at a time)."""
-    os.killpg(server.pid, signal.SIGKILL)
-    abort_daemon_streams()
 
 
 async def test_backupserver_killed_mid_stream(env):

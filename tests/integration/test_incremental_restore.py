@@ -23,7 +23,7 @@ from manatee.core.restore import RestoreError, RestoreProgress, restore
 from manatee.core.zfs import ZfsError
 from manatee_testbed.zfspool import zfs_processes_on
 from tests.fixtures_pg import random_loopback_ip
-from tests.integration.test_backup_restore import Env, _zfs_recv_pids, env, kill_sender_host  # noqa: F401 - env is a fixture
+from tests.backup_env import Env, _zfs_recv_pids, env, kill_sender_host  # noqa: F401 - env is a fixture
 
 BASE_MB = 40
 

@@ -13,7 +13,7 @@ from manatee.shard.state import PRIMARY, STANDBY, ClusterState
 from manatee.sitter.status import StatusServer
 from tests.sim.standalone import ScriptedPg, standalone_sitter
 from tests.observations import A, B, C, D
-from tests.unit.test_status_auth import FakeSitter, Log, S, _post
+from tests.status_fakes import FakeSitter, Log, S, _post
 
 
 def test_plan_restarts_asyncs_deepest_first_then_sync_then_switches_over_then_old_primary():

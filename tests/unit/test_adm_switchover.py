@@ -14,7 +14,7 @@ from manatee.shard.state import (
     PRIMARY, STANDBY, UNASSIGNED, ClusterState, Freeze, Switchover,
 )
 from manatee.shard import transitions as T
-from tests.unit import test_shard_simulation as sim
+from tests.sim import shard as sim
 from tests.observations import A, B, C, D, INIT, STATE, obs
 
 REQ = Switchover(to=B.id, requested="2024-01-01T00:00:00Z", by="test")

@@ -164,7 +164,7 @@ async def test_a_heartbeat_over_https_needs_the_client_certificate(pki, client_c
     certificate the beat lands; without one (a stranger) the handshake fails, nothing lands."""
     from manatee.sitter.heartbeat import HeartbeatSender
     from manatee.sitter.status import StatusServer
-    from tests.unit.test_status_auth import S, FakeSitter, Log
+    from tests.status_fakes import S, FakeSitter, Log
 
     cfg = validate(tls(pki, requireClientCert=True), TlsCfg)
     sitter = FakeSitter(secret=S)
