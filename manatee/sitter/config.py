@@ -19,8 +19,6 @@ from manatee.core.zfsname import check_dataset
 _SHARD_PATH = re.compile(r"^(/[A-Za-z0-9_.:-]+)+$")
 
 
-
-
 class HeartbeatCfg(ConfigModel):
     heartbeatInterval: int = Field(1000, ge=100, le=60000, description="a standby heartbeats its upstream this often (ms)")
     expirationTime: int = Field(10000, ge=500, le=600000, description="an upstream drops a standby not heard from for this long (ms)")
