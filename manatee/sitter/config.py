@@ -87,7 +87,7 @@ class ZkTlsCfg(ConfigModel):
 
 class ZkCfg(ConfigModel):
     connStr: str = Field(description="ZooKeeper servers, 'host:port[,host:port...]'")
-    sessionTimeout: int = Field(60000, ge=2000, le=600000, description="ZooKeeper session timeout (ms): how long a dead node keeps its place")
+    sessionTimeout: int = Field(60000, ge=1000, le=600000, description="ZooKeeper session timeout (ms): how long a dead node keeps its place")
     connectTimeout: int = Field(10000, ge=500, le=600000, description="how long to wait for ZooKeeper at start-up (ms)")
     auth: ZkAuthCfg | None = Field(None, description="digest auth and ACLs on the shard's znodes (readable by anyone, writable only with the credential); without it anyone who reaches ZooKeeper can change the shard")
     tls: ZkTlsCfg | None = Field(None, description="connect to ZooKeeper over TLS")
