@@ -45,6 +45,7 @@ from manatee_testbed.checks import fetch_ids, missing_acked
 from manatee_testbed.sandbox import NodeState, SandboxError
 from manatee_testbed.shardview import read_history
 from manatee_testbed.writer import WriterError
+from manatee_testbed.zfspool import ZPOOL
 
 #: sitter log events that show how close the shard came to a failover
 NEAR_MISS_EVENTS = ("zk_session", "state_written", "pg_hung", "pg_unhealthy", "heartbeats_withheld",
@@ -170,6 +171,20 @@ def pgbench_result(p: subprocess.Popen | None, timeout: float) -> dict[str, Any]
             "tail": "" if p.returncode == 0 else (out or "")[-400:]}
 
 
+def grow_pool(shard: Shard, gb: int) -> None:
+    """Add a sparse file of `gb` GB to the sandbox's pool. Its 4 GB hold three copies of the
+    database plus the snapshotter's snapshots (each pins the blocks pgbench rewrites since):
+    a 5-minute run at ~300 tps filled it (ENOSPC after ~4 min) and the full disk, not T,
+    made the shard change generations. The file goes with the sandbox's directory."""
+    if gb <= 0:
+        return
+    f = shard.sb.dir / "zpool" / "extra.img"
+    subprocess.run(["truncate", "-s", f"{gb}G", str(f)], check=True, timeout=30)
+    r = subprocess.run([ZPOOL, "add", "-f", shard.sb.st.pool, str(f)], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise BenchError(f"zpool add {shard.sb.st.pool} {f}: {r.stderr.strip()[-300:]}")
+
+
 def role_nodes(shard: Shard) -> tuple[NodeState, NodeState | None]:
     """(primary, first async) by the state in ZooKeeper."""
     st = shard.sb.zk_state()
@@ -188,6 +203,7 @@ def soak(shard: Shard, args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"session_timeout_ms": T, "minutes": args.minutes, "clients": args.clients,
                            "read_clients": args.read_clients, "scale": args.scale}
     res["up_s"] = round(shard.up(), 1)
+    grow_pool(shard, args.pool_extra_gb)
     prim, asyn = role_nodes(shard)
     say(f"  shard healthy in {res['up_s']}s; primary {prim.name}, async {asyn.name if asyn else '-'}; "
         f"load {loadavg()}")
@@ -312,6 +328,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=16, help="pgbench clients on the primary (default 16)")
     p.add_argument("--read-clients", type=int, default=4, help="pgbench -S clients on the async (default 4)")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
+    p.add_argument("--pool-extra-gb", type=int, default=24,
+                   help="grow the sandbox's 4 GB pool by a sparse file of this many GB (default 24; 0: no)")
     p.add_argument("--write-interval", type=float, default=0.005,
                    help="the committing writer's pause after each commit (default 0.005 s)")
     p.add_argument("--report-every", type=float, default=60.0, help="progress line every (s, default 60)")
@@ -330,18 +348,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    quiet_logs(args.verbose)
     if os.geteuid() != 0:
-        say("bench/loaded_soak.py needs root (the sandbox uses ZFS, nftables, PostgreSQL as user postgres)")
+        say("bench/loaded_soak.py needs root (it brings up a manatee-sandbox shard)")
         return 2
-
-    def on_term(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    shard = Shard(args, args.session_timeout_ms)
-    res: dict[str, Any] | None = None
-    status = 0
+    quiet_logs(args.verbose)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
+    shard, res, status = Shard(args, args.session_timeout_ms), None, 0
     try:
         res = soak(shard, args)
     except KeyboardInterrupt:
