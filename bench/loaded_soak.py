@@ -198,6 +198,23 @@ def role_nodes(shard: Shard) -> tuple[NodeState, NodeState | None]:
     return prim, next((a for a in asyncs if a is not None), None)
 
 
+def monitor(w: Any, watch: StateWatch, t0: float, secs: int, every: float) -> list[tuple[float, float]]:
+    """Until t0 + secs: the 1-minute load average every 5 s, (elapsed s, load); a progress
+    line every `every` s."""
+    loads: list[tuple[float, float]] = []
+    next_report = t0
+    while time.monotonic() - t0 < secs:
+        now = time.monotonic()
+        loads.append((round(now - t0, 1), os.getloadavg()[0]))
+        if now >= next_report:
+            changed, left = watch.changes_since(t0)
+            say(f"    +{now - t0:5.0f}s load {loadavg()}; writer acks {len(w.acked)}, outages "
+                f"{len(w.outages())}; state changes {len(changed)}, election nodes gone {len(left)}")
+            next_report += every
+        time.sleep(min(5.0, max(0.1, secs - (now - t0))))
+    return loads
+
+
 def soak(shard: Shard, args: argparse.Namespace) -> dict[str, Any]:
     T = shard.T
     res: dict[str, Any] = {"session_timeout_ms": T, "minutes": args.minutes, "clients": args.clients,
@@ -222,7 +239,7 @@ def soak(shard: Shard, args: argparse.Namespace) -> dict[str, Any]:
     hist0 = read_history(sb.st.zk_connect, sb.st.shard_path)
     w = shard.writer(interval=args.write_interval).start()
     writes = reads = None
-    loads: list[tuple[float, float]] = []  # (elapsed s, 1-min load average)
+    loads: list[tuple[float, float]] = []
     try:
         w.wait_for_acks(5, timeout=30)
         t0 = time.monotonic()
@@ -232,16 +249,7 @@ def soak(shard: Shard, args: argparse.Namespace) -> dict[str, Any]:
         writes = pgbench(prim, ["-c", str(args.clients), "-j", "2"], secs)
         if asyn is not None and args.read_clients:
             reads = pgbench(asyn, ["-S", "-c", str(args.read_clients), "-j", "1"], secs)
-        next_report = t0
-        while time.monotonic() - t0 < secs:
-            now = time.monotonic()
-            loads.append((round(now - t0, 1), os.getloadavg()[0]))
-            if now >= next_report:
-                changed, left = watch.changes_since(t0)
-                say(f"    +{now - t0:5.0f}s load {loadavg()}; writer acks {len(w.acked)}, outages "
-                    f"{len(w.outages())}; state changes {len(changed)}, election nodes gone {len(left)}")
-                next_report += args.report_every
-            time.sleep(min(5.0, max(0.1, secs - (now - t0))))
+        loads = monitor(w, watch, t0, secs, args.report_every)
         res["pgbench_rw"] = pgbench_result(writes, timeout=120)
         res["pgbench_ro"] = pgbench_result(reads, timeout=120)
         writes = reads = None
@@ -366,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # no signal may cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         shard.down()
+        for _ in range(6):  # zfs-fuse may still be writing out the run's data: "pool is busy"
+            if not shard.sb.exists():
+                break
+            time.sleep(10)
+            shard.down()
     if res is not None:
         report(res)
         if res["spurious_failovers"] or res["history_new"] or res["lost_acked"]:
