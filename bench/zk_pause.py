@@ -11,6 +11,8 @@ tick (200 ms), which stalls a session of T survives:
   client pause   the process holding the session is stopped (SIGSTOP: a GC pause, the host
                  descheduled, swapped) for d seconds, at a random moment between pings
   server pause   the ZooKeeper server is stopped for d seconds (its own GC, an fsync stall)
+  server restart ZooKeeper stopped and started again (F10); it restores the sessions from
+                 its data dir, each with a fresh timeout from its start
   loop blocked   the client's asyncio event loop runs pure-Python work for --block seconds of
                  every --block + 0.5 s for --load-seconds (the daemon busy with other work):
                  kazoo's thread must keep pinging
@@ -101,7 +103,7 @@ class Client:
 
 
 def node_alive(observer: Any, path: str) -> bool:
-    return observer.exists(path) is not None
+    return observer.retry(observer.exists, path) is not None
 
 
 def pause_trial(kind: str, zk: Any, observer: Any, T: float, d: float, n: int) -> dict[str, Any]:
@@ -113,10 +115,14 @@ def pause_trial(kind: str, zk: Any, observer: Any, T: float, d: float, n: int) -
             os.kill(c.proc.pid, signal.SIGSTOP)
             time.sleep(d)
             os.kill(c.proc.pid, signal.SIGCONT)
-        else:
+        elif kind == "server":
             zk.pause()
             time.sleep(d)
             zk.resume()
+        else:  # restart: sessions come back from the data dir, each with a fresh timeout
+            t = time.monotonic()
+            zk.restart()
+            d = round(time.monotonic() - t, 2)
         time.sleep(max(2 * T, 1.5))  # an expiry shows by then; a reconnect is done
         return {"kind": kind, "T": T, "pause_s": d, "survived": node_alive(observer, path),
                 "states": list(c.states)}
@@ -161,6 +167,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         susp = sum("SUSPENDED" in r["states"] for r in rs)
                         say(f"  {kind} pause {d_s:4.2f} s: survived {ok}/{len(rs)}, suspended {susp}/{len(rs)}; "
                             f"load {loadavg()}")
+                rs = [pause_trial("restart", zk, observer, T, 0.0, i) for i in range(args.restarts)]
+                results += rs
+                if rs:
+                    say(f"  server restart (stop + start, {min(r['pause_s'] for r in rs):.1f}–"
+                        f"{max(r['pause_s'] for r in rs):.1f} s): survived {sum(r['survived'] for r in rs)}/{len(rs)}; "
+                        f"load {loadavg()}")
                 if args.load_seconds:
                     r = loop_trial(zk, observer, T, args.block, args.load_seconds)
                     results.append(r)
@@ -182,9 +194,11 @@ def summarize(results: list[dict[str, Any]]) -> None:
     rows: dict[tuple, list[dict]] = {}
     for r in results:
         if r["kind"] != "loop":
-            rows.setdefault((r["T"], r["kind"], r["pause_s"]), []).append(r)
+            d = r["pause_s"] if r["kind"] != "restart" else 0.0  # a restart takes what it takes
+            rows.setdefault((r["T"], r["kind"], d), []).append(r)
     for (T, kind, d), rs in rows.items():
-        say(f"{T:>5g} {kind + ' pause':<14} {d:>6.2f} {sum(x['survived'] for x in rs):>5}/{len(rs):<3} "
+        label = "server restart" if kind == "restart" else kind + " pause"
+        say(f"{T:>5g} {label:<14} {d:>6.2f} {sum(x['survived'] for x in rs):>5}/{len(rs):<3} "
             f"{sum('SUSPENDED' in x['states'] for x in rs):>6}/{len(rs)}")
     for r in results:
         if r["kind"] == "loop":
@@ -200,6 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pauses", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9, 1.2], metavar="S",
                    help="stall lengths to try (s)")
     p.add_argument("--repeat", type=int, default=4, help="trials per stall length (default 4)")
+    p.add_argument("--restarts", type=int, default=3, help="ZooKeeper restart trials per T (default 3)")
     p.add_argument("--block", type=float, default=1.5, help="event-loop block per period (s, default 1.5)")
     p.add_argument("--load-seconds", type=float, default=20.0, help="loop-blocked trial length (s; 0: skip)")
     p.add_argument("--tick-ms", type=int, default=200, help="ZooKeeper tickTime (default 200, the test bed's)")
