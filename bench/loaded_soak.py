@@ -284,7 +284,10 @@ def soak(shard: Shard, args: argparse.Namespace) -> dict[str, Any]:
     ack_gap = w.longest_ack_gap()
     res["writer"] = {"acked": len(w.acked), "commits_per_s": round(len(w.acked) / elapsed, 1),
                      "outages": len(w.outages()), "longest_outage_s": round(w.longest_outage(), 3),
-                     "longest_ack_gap_s": round(ack_gap, 3)}
+                     "longest_ack_gap_s": round(ack_gap, 3),
+                     # when each outage began (s after the start; monotonic as the sitter logs are not)
+                     "outages_at": [{"t": round(o.start - t0, 2), "s": round(o.duration(), 2),
+                                     "failures": o.failures} for o in w.outages()]}
     lv = [x for _, x in loads] or [0.0]
     res["load"] = {"min": round(min(lv), 2), "median": round(sorted(lv)[len(lv) // 2], 2),
                    "max": round(max(lv), 2), "end": loadavg()}
@@ -306,6 +309,8 @@ def report(res: dict[str, Any]) -> None:
     wr = res["writer"]
     say(f"  writer: {wr['acked']} acked ({wr['commits_per_s']}/s), {wr['outages']} outage(s), longest "
         f"{wr['longest_outage_s']}s; longest gap between acks {wr['longest_ack_gap_s']}s")
+    for o in wr["outages_at"]:
+        say(f"    outage at +{o['t']}s for {o['s']}s ({o['failures']} failed attempt(s))")
     say(f"  SPURIOUS FAILOVERS (state generation/primary changes, no fault injected): {res['spurious_failovers']}")
     for c in res["state_changes"]:
         say(f"    +{c['t']}s generation {c['generation']} primary {c['primary']}")
