@@ -64,8 +64,8 @@ def check_create(nodes: int, session_timeout_ms: int, shard: str, first_ip: str,
     ZooKeeper's address, the nodes' addresses)."""
     if zk_servers not in ZK_SERVER_COUNTS:
         raise SandboxError(f"--zk-servers {zk_servers}: must be one of {', '.join(map(str, ZK_SERVER_COUNTS))}")
-    if session_timeout_ms < 2000:
-        raise SandboxError(f"--session-timeout {session_timeout_ms} ms: must be at least 2000")
+    if session_timeout_ms < 1000:
+        raise SandboxError(f"--session-timeout {session_timeout_ms} ms: must be at least 1000")
     if not shard.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise SandboxError(f"--shard {shard!r}: letters, digits, '.', '-' and '_' only")
     names = node_names(nodes)

@@ -52,10 +52,14 @@ def timing(session_timeout_ms: int) -> dict[str, int]:
     hb = max(200, min(1000, st // 8))
     return {
         "heartbeatInterval": hb,
-        "expirationTime": max(1000, st),
+        # not below 2 s: a new sync rebuilding its first copy sends no heartbeat (T = 1 s
+        # replaced it twice before it had finished: docs/benchmarks.md, P1 at T = 1 s)
+        "expirationTime": max(2000, st),
         "requestTimeout": max(200, min(2000, 2 * hb)),
         "healthChkInterval": max(200, min(1000, st // 8)),
-        "healthChkTimeout": max(1000, min(5000, st // 2)),
+        # not below 2 s: at 1 s a loaded async's status query (0.5 s limit) went unanswered
+        # for 1 s and the sitter killed PostgreSQL as hung (bench/loaded_soak.py, T = 1 s)
+        "healthChkTimeout": max(2000, min(5000, st // 2)),
     }
 
 

@@ -60,7 +60,7 @@ def test_clients_use_the_admin_credential_not_the_replication_one(tmp_path):
     assert cfg.socketDir.startswith("/run/manatee/")
 
 
-@pytest.mark.parametrize("session", [2000, 4000, 6000, 30000, 120000])
+@pytest.mark.parametrize("session", [1000, 2000, 4000, 6000, 30000, 120000])
 def test_timings_fit_the_session_timeout(tmp_path, session):
     st = make_state(tmp_path, session=session)
     for node in st.nodes:
