@@ -146,6 +146,8 @@ class Sitter:
         self.health.primary_start_timeout = self.primary_start_timeout
         self.health.track(pgs, as_primary=i_am_primary and trying and not (sw is not None and sw.released),
                           role=self.role, target=self.target)
+        if self.health.hb_withheld:  # now: a cycle that then fails (PG cannot start) must not keep them going
+            self.hb_sender.upstream_url = None
         return Observation(
             me=self.me, zk=zk, election=view.election, state=st,
             state_version=view.state_version, error=view.error, running=pgs.running,
