@@ -86,7 +86,7 @@ class PgHealth:
             why = f"it does not stream from {t.upstream}"  # e.g. its walreceiver cannot write (full disk)
         return why, hard
 
-    def track(self, pgs, *, as_primary: bool, role: str, target: Target | None) -> None:
+    def track(self, pgs, *, as_primary: bool, role: str, target: Target | None, sender=None) -> None:
         """Whether my PostgreSQL serves its role (running, answering, its config writable, and
         out of recovery if I am the primary); for the primary, cannot_serve once it has failed
         for primaryStartTimeout (the core's step-down rule, S9)."""
@@ -125,3 +125,5 @@ class PgHealth:
         if withhold != self.hb_withheld:
             self.log.warning("heartbeats_withheld" if withhold else "heartbeats_resumed", why=self.sick_why)
             self.hb_withheld = withhold
+        if withhold and sender is not None:  # at once: the cycle may then fail (PG cannot start) and
+            sender.upstream_url = None       # never reach the end that points the sender (F19-sync)

@@ -145,7 +145,7 @@ class Sitter:
         sw = st.switchover if st else None
         self.health.primary_start_timeout = self.primary_start_timeout
         self.health.track(pgs, as_primary=i_am_primary and trying and not (sw is not None and sw.released),
-                          role=self.role, target=self.target)
+                          role=self.role, target=self.target, sender=self.hb_sender)
         return Observation(
             me=self.me, zk=zk, election=view.election, state=st,
             state_version=view.state_version, error=view.error, running=pgs.running,

@@ -498,3 +498,38 @@ def test_every_step_down_combination_is_safe():
             assert d.target.role == FENCED, ctx
         if d.write_state is not None or d.write_error is not None:
             assert zk == CONNECTED and not frozen, ctx
+
+
+def test_F19_sync_that_withholds_heartbeats_is_replaced_by_the_async_that_followed_it():
+    """F19 on the sync after a failover (issue 8): the sync's disk is full, its PostgreSQL
+    down, its heartbeats expired; the async followed it and streams from nobody. The primary
+    still names the async (it then streams from me) and stays read-only until it has flushed
+    my whole WAL — so it holds every acknowledged commit before any new one (S1/S2)."""
+    sick = dict(heartbeats={B.id: False}, sync_streaming=False, sync_flush=None, sync_caught_up=False)
+    d = decide(obs(A, read_only=False, **sick))
+    assert d.rule == "primary.replace_sync_read_only_first" and d.write_state is None and d.target.read_only
+    d = decide(obs(A, read_only=True, wal=0xA000, **sick))
+    new = d.write_state
+    assert d.rule == "primary.replace_sync" and new.sync == C and new.async_ == (B,) and new.init_wal == 0xA000
+    assert d.target.read_only and d.target.sync == C
+    # the new generation: read-only until C has flushed my WAL (the shell's latch), then writes
+    d = decide(obs(A, state=new, read_only=True, wal=0xA000, sync_streaming=True, sync_flush=0x9000))
+    assert d.rule == "primary.wait_sync" and d.target.read_only and d.write_state is None
+    d = decide(obs(A, state=new, read_only=True, wal=0xA000, sync_streaming=True, sync_flush=0xA000,
+                   sync_caught_up=True))
+    assert d.rule == "primary.steady" and not d.target.read_only
+
+
+@pytest.mark.parametrize("hb", [True, None])
+def test_a_sync_that_heartbeats_or_has_no_verdict_is_not_replaced_even_when_not_streaming(hb):
+    """Not streaming alone is not "gone": a restarting sync reconnects within seconds, and its
+    own sitter withholds its heartbeats once it has been sick for healthChkTimeout."""
+    d = decide(obs(A, heartbeats={} if hb is None else {B.id: hb}, sync_streaming=False, sync_flush=None,
+                   read_only=True))
+    assert d.write_state is None and d.rule == "primary.wait_sync" and d.target.read_only
+
+
+def test_expired_heartbeats_with_unknown_pg_on_the_primary_change_nothing():
+    d = decide(obs(A, heartbeats={B.id: False}, running=True, pg_known=False, in_recovery=None, wal=None,
+                   read_only=None))
+    assert d.write_state is None and d.target.read_only and d.target.sync == B

@@ -590,3 +590,29 @@ def test_race_takeover_while_old_primary_still_streams(seed):
         sh.kill(p)
         sh.run(3 * SESSION_TIMEOUT)  # S2 is checked when a takes over
         assert sh.zk.state().primary.id in (s.id, a.id)
+
+
+def test_F19_sync_that_cannot_start_is_replaced_within_a_bounded_time():
+    """F19 on the sync (issue 8): its PostgreSQL crashes and cannot start again (a full disk)
+    while its sitter runs on, every cycle failing in start_pg. It withholds its heartbeats,
+    so the primary names the async its sync within heartbeat expiry + healthChkTimeout + a
+    few ticks — not after a minute — and stays read-only until that one has its whole WAL."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    sh.pg_fault(s, "no_start")
+    t0, t_new = sh.now, None
+    for _ in range(4 * SESSION_TIMEOUT):
+        sh.tick()
+        st = sh.zk.state()
+        if t_new is None and st.sync.id == a.id:
+            t_new = sh.now
+        if t_new is not None and sh.writable(p):
+            break
+    assert t_new is not None, sh.describe()
+    assert st.primary.id == p.id and not sh.promotions, sh.describe()
+    assert sh.now - t0 <= HUNG_TICKS + HB_TIMEOUT + 6, sh.describe()
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+    assert sh.zk.error is None
+    sh.pg_fault(s, None)
+    sh.settle()
+    assert s.id in {q.id for q in sh.zk.state().chain()} and not sh.lost_acknowledged()

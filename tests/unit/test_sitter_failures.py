@@ -78,3 +78,22 @@ def test_a_sick_primarys_start_waits_only_for_what_is_left_of_its_step_down_budg
     h.sick_since = clock.now - 30.0
     assert h.start_budget(primary) == 2.0  # spent: still a couple of health checks
     assert h.start_budget(standby) is None  # standbys do not step down
+
+
+def test_a_sick_standby_stops_its_heartbeats_in_the_cycle_that_decides_it():
+    """F19-sync (issue 8): a sync whose PostgreSQL cannot start fails every cycle in
+    start_pg, so withholding must clear the sender's upstream where it is decided — before,
+    the heartbeats flowed on for 40-70 s and the primary waited on a sync that could not ack."""
+    from manatee.sitter.pgmanager import PgStatus
+    clock = FakeClock(1000.0)
+    pg = SimpleNamespace(ops_timeout=60.0, health_timeout=2.0, config_error=None)
+    h = PgHealth(pg, SimLog(clock, "me", []), clock, primary_start_timeout_s=8.0, interval_s=1.0)
+    down = PgStatus(running=False, healthy=False, in_recovery=None, wal=None, streaming=False, diverged=False,
+                    sync_flush=None, timeline=None)
+    sender = SimpleNamespace(upstream_url="http://10.0.0.1:5433")
+    sync = Target(STANDBY, upstream=A)
+    h.track(down, as_primary=False, role=STANDBY, target=sync, sender=sender)
+    assert not h.hb_withheld and sender.upstream_url  # sick for less than healthChkTimeout: still beating
+    clock.now += 2.5
+    h.track(down, as_primary=False, role=STANDBY, target=sync, sender=sender)
+    assert h.hb_withheld and sender.upstream_url is None
