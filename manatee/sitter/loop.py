@@ -458,8 +458,10 @@ class Sitter:
         refused = self._member_refusal(place, force, sync_refused=True)
         if refused is not None:
             return 409, refused
-        if self.role == REBUILD:
+        if self.role == REBUILD and (self.steps.restore_progress or {}).get("phase") not in ("done", "failed"):
             return 202, {"rebuild": "running", "restore": self.steps.restore_progress}
+        # (a restore that has just finished, its node not yet out of the rebuild role, is not a
+        # rebuild running: this request asks for another one, not for the last one's result)
         self.diverged = True
         self.steps.restore_progress = {"phase": "requested", "completed": 0, "size": 0, "source": None}
         self.log.info("rebuild_requested", place=place)

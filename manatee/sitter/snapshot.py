@@ -43,6 +43,7 @@ class SitterSnapshot:
     cannot_serve: str | None = None
     hung_kills: int = 0
     heartbeats_withheld: bool = False
+    diverged: bool = False                   # latched until a restore succeeds: my WAL cannot follow
 
     @property
     def place(self) -> str | None:
@@ -73,7 +74,7 @@ def snapshot_of(sitter) -> SitterSnapshot:
         state_unreadable=v.state_unreadable, session_timeout=v.session_timeout,
         negotiated_session_timeout=sitter.session.negotiated_session_timeout, started=sitter.started,
         sick_since=h.sick_since, sick_why=h.sick_why, cannot_serve=h.cannot_serve, hung_kills=h.hung_kills,
-        heartbeats_withheld=h.hb_withheld)
+        heartbeats_withheld=h.hb_withheld, diverged=sitter.diverged)
 
 
 def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
@@ -87,7 +88,7 @@ def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
         "pg": None if pgs is None else {
             "running": pgs.running, "healthy": pgs.healthy, "inRecovery": pgs.in_recovery,
             "wal": str(pgs.wal) if pgs.wal else None, "streaming": pgs.streaming,
-            "diverged": pgs.diverged, "syncFlush": str(pgs.sync_flush) if pgs.sync_flush else None,
+            "diverged": pgs.diverged or s.diverged, "syncFlush": str(pgs.sync_flush) if pgs.sync_flush else None,
             "known": pgs.known, "error": pgs.error, "configError": s.pg_config_error,
             "unhealthyFor": round(now - s.sick_since, 1) if s.sick_since else None,
             "unhealthyWhy": s.sick_why, "cannotServe": s.cannot_serve,

@@ -375,8 +375,8 @@ class ZfsPool:
             last: ZfsError | None = None
             # "pool is busy" outlives a killed `zfs send` for a while: zfs-fuse's daemon does the
             # sending itself and finishes the aborted stream on its own time (seconds on a
-            # loaded machine), so wait up to ~30 s before giving up.
-            for attempt in range(120):
+            # loaded machine), so wait up to ~90 s before giving up.
+            for attempt in range(360):
                 cp = _run([ZPOOL, "destroy", self.name], check=False)
                 if cp.returncode == 0 or not self.exists():
                     last = None
