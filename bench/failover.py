@@ -51,7 +51,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from manatee_testbed.checks import fetch_ids, missing_acked
 from manatee.core.httpjson import http_json
@@ -677,36 +677,47 @@ def quiet_logs(verbose: bool) -> None:
     writer_mod.log = get_logger("manatee_testbed.writer")
 
 
+def run_on_shard(work: Callable[[], Any], cleanup: Callable[[], Any], what: str) -> tuple[Any, int]:
+    """work() → (its result, 0); Ctrl-C/SIGTERM → (None, 130), a benchmark, sandbox or writer
+    error → (None, 1), each said. cleanup() (the shard's removal) runs after it in any case,
+    with SIGINT and SIGTERM ignored so that no signal cuts it short; both are restored after."""
+    res, status = None, 0
+    try:
+        res = work()
+    except KeyboardInterrupt:
+        say("\ninterrupted: removing the shard")
+        status = 130
+    except (BenchError, SandboxError, WriterError) as e:
+        say(f"\n{what} failed: {e}")
+        status = 1
+    finally:
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            cleanup()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+    return res, status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logs(args.verbose)
     if not require_root("bench/failover.py needs root (the sandbox uses ZFS, nftables, PostgreSQL as user postgres)",
                         out=say):
         return 2
-    on_term = sigterm_interrupts()
+    sigterm_interrupts()
     started = datetime.now(timezone.utc)
     results: list[dict[str, Any]] = []
     status = 0
     for T in args.session_timeout_ms:
         shard = Shard(args, T)
-        try:
-            results.append(bench_one(args, T, shard))
-        except KeyboardInterrupt:
-            say("\ninterrupted: removing the shard")
-            status = 130
-        except (BenchError, SandboxError, WriterError) as e:
-            say(f"\nbenchmark at T={T} ms failed: {e}")
-            status = 1
-        finally:
-            # no signal may cut the cleanup short
-            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            try:
-                shard.down()
-            finally:
-                signal.signal(signal.SIGINT, old)
-                signal.signal(signal.SIGTERM, on_term)
-        if status == 130:
+        res, st = run_on_shard(lambda: bench_one(args, T, shard), shard.down, f"benchmark at T={T} ms")
+        if res is not None:
+            results.append(res)
+        status = status or st
+        if st == 130:
             break
     if results:
         summarize(results)

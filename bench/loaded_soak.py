@@ -40,11 +40,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from failover import LOG_LINE, BenchError, Shard, dsn_of, loadavg, quiet_logs, say
+from failover import LOG_LINE, BenchError, Shard, dsn_of, loadavg, quiet_logs, run_on_shard, say
 from manatee_testbed.checks import fetch_ids, missing_acked
-from manatee_testbed.sandbox_state import NodeState, SandboxError
+from manatee_testbed.sandbox_state import NodeState
 from manatee_testbed.shardview import read_history
-from manatee_testbed.writer import WriterError
 from manatee_testbed.zfspool import ZPOOL
 
 #: sitter log events that show how close the shard came to a failover
@@ -366,24 +365,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_logs(args.verbose)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
-    shard, res, status = Shard(args, args.session_timeout_ms), None, 0
-    try:
-        res = soak(shard, args)
-    except KeyboardInterrupt:
-        say("\ninterrupted: removing the shard")
-        status = 130
-    except (BenchError, SandboxError, WriterError) as e:
-        say(f"\nloaded soak at T={args.session_timeout_ms} ms failed: {e}")
-        status = 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # no signal may cut the cleanup short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    shard = Shard(args, args.session_timeout_ms)
+
+    def remove() -> None:
         shard.down()
         for _ in range(6):  # zfs-fuse may still be writing out the run's data: "pool is busy"
             if not shard.sb.exists():
                 break
             time.sleep(10)
             shard.down()
+
+    res, status = run_on_shard(lambda: soak(shard, args), remove, f"loaded soak at T={args.session_timeout_ms} ms")
     if res is not None:
         report(res)
         if res["spurious_failovers"] or res["history_new"] or res["lost_acked"]:

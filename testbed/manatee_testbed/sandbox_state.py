@@ -9,7 +9,6 @@ half-finished `up`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import os
@@ -20,6 +19,7 @@ from typing import Any, Callable
 
 from manatee.shard.layout import ShardLayout
 from manatee.shard.pgurl import PgUrl
+from manatee_testbed.zfspool import flock
 
 STATE_FILE = "sandbox.json"
 STATE_VERSION = 1
@@ -222,13 +222,8 @@ def load_state(dir: Path | str) -> SandboxState:
 def dir_lock(dir: Path | str):
     """One changing command at a time per sandbox directory."""
     Path(dir).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(dir) / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flock(Path(dir) / "lock", mode=0o644):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 class SandboxBase:

@@ -121,7 +121,7 @@ class ZfsFuseHandle:
     def release(self, timeout: float = 15.0) -> bool:
         """Drop this handle; stop the daemon only if we started it, no pool remains and
         no other handle is alive. Returns True if the daemon was stopped."""
-        with _flock(START_LOCK):
+        with flock(START_LOCK):
             if self._users_fd is not None:
                 fcntl.flock(self._users_fd, fcntl.LOCK_UN)
                 os.close(self._users_fd)
@@ -146,8 +146,9 @@ class ZfsFuseHandle:
 
 
 @contextlib.contextmanager
-def _flock(path: Path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+def flock(path: Path, mode: int = 0o666):
+    """An exclusive flock on `path` (created if missing) for the `with` block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -202,7 +203,7 @@ def abort_daemon_streams() -> list[str]:
 
 def ensure_zfs_fuse(log_path: Path | None = None, timeout: float = 30.0) -> ZfsFuseHandle:
     """Make sure a zfs-fuse daemon serves `zpool`/`zfs`; start one if none runs."""
-    with _flock(START_LOCK):
+    with flock(START_LOCK):
         users_fd = _take_user_lock()
         try:
             pids = zfs_fuse_pids()
