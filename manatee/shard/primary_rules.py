@@ -84,7 +84,7 @@ def as_primary(v: View) -> Decision:
     if c.wants_new_sync and c.block is None:
         return _replace_sync(c)
     read_only = c.ro(c.sync, v.obs.sync_caught_up)
-    return _update_asyncs(c, read_only) or _hold(c, read_only, sd_wait, sw_wait)
+    return _update_asyncs(c, read_only) or _trim_init_wal(c, read_only) or _hold(c, read_only, sd_wait, sw_wait)
 
 
 def _replace_sync(c: _Primary) -> Decision:
@@ -114,6 +114,29 @@ def _replace_sync(c: _Primary) -> Decision:
         reason=f"{gone}, so I {what} in generation {new.generation}"
                + (f" and stay read-only until it has my WAL up to {lsn_text(obs.wal)}" if new_sync and not v.onwm
                   else ""))
+
+
+def _trim_init_wal(c: _Primary, read_only: bool) -> Decision | None:
+    """initWal beyond my whole WAL: lower it to my WAL (same generation).
+
+    A sync takes over with initWal = the WAL it had *received*. When the old primary died
+    half-way through writing a record (F19: its disk filled), that position includes the
+    record's first part; PostgreSQL discards an incomplete record when it ends recovery, and
+    my new timeline starts before it. My WAL, read-only while my sync catches up, may then not
+    reach initWal for a minute or more, and neither my sync's flush (its catch-up needs both)
+    nor its own takeover check ever could. Safe: every write ever acknowledged in this shard
+    is in my WAL (I took over holding them all, and each of mine waits for my flush), so no
+    acknowledged write lies beyond it. Only on PostgreSQL's own answer (out of recovery)."""
+    v, obs, st = c.v, c.obs, c.st
+    if (c.block is not None or v.pg_unknown or not obs.running or obs.in_recovery is not False
+            or obs.wal is None or obs.wal >= st.init_wal):
+        return None
+    return Decision(c.tgt(c.sync, read_only), write_state=st.evolve(init_wal=obs.wal), rule="primary.trim_init_wal",
+                    reason=f"the state's initWal {lsn_text(st.init_wal)} lies beyond my whole WAL "
+                           f"{lsn_text(obs.wal)} (a record I had received only in part before I took over, "
+                           f"which PostgreSQL discarded), so no acknowledged write lies there: I record my WAL "
+                           f"as initWal so that {c.sync or 'a sync'} can catch up, keeping generation "
+                           f"{st.generation}")
 
 
 def _update_asyncs(c: _Primary, read_only: bool) -> Decision | None:

@@ -73,7 +73,7 @@ class FakePg:
                             error="canceling statement due to statement timeout", timed_out=True)
         rec = n.mode == "standby"
         if rec:
-            wal = None if n.streamed is None else Lsn(BASE + n.streamed)
+            wal = None if n.streamed is None else Lsn(BASE + n.streamed + n.torn)
         else:
             wal = Lsn(BASE + len(n.log))
         flush = None
@@ -157,7 +157,7 @@ class FakeDataset:
         if not (self.world.reach(n, src) and src.has_data):
             raise RuntimeError(f"cannot restore from {upstream}")
         self.world.pg_stop(n)
-        n.log, n.has_data, n.diverged = list(src.log), True, False
+        n.log, n.has_data, n.diverged, n.torn = list(src.log), True, False, 0
         self.world.restores.append((self.world.now, n.id))
         return SimpleNamespace(bytes=len(n.log), seconds=0.0, path="full", reason="simulated")
 

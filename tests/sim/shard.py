@@ -98,6 +98,9 @@ class Node:
     conf: Conf = field(default_factory=Conf)
     applied: Conf = field(default_factory=Conf)
     streamed: int | None = None
+    # received beyond the last whole record (positions): the first part of a record whose
+    # writer died half-way (F19); reported in the receive position, dropped by a promotion
+    torn: int = 0
     streaming: bool = False
     diverged: bool = False
     pending: list = field(default_factory=list)
@@ -248,6 +251,12 @@ class Shard:
         if fault == "no_start":  # it crashes (a full disk makes PostgreSQL PANIC) and cannot start again
             self.pg_stop(n)
 
+    def tear_wal(self, k, extra: int) -> None:
+        """F19 on the primary: its last WAL write failed half-way through a record after the
+        standby `k` had received the record's first part (`extra` positions past its last whole
+        record), which it reports as received but PostgreSQL drops when it ends recovery."""
+        self.node(k).torn = extra
+
     def hang(self, k) -> None:
         self.node(k).hung = True
 
@@ -307,6 +316,7 @@ class Shard:
         if missing:
             raise self.violation(f"S2: {n.id} promoted without acknowledged writes {sorted(missing)[:5]}")
         n.mode = "primary"
+        n.torn = 0  # an incomplete last record is not replayed: the new timeline starts before it
         n.log.append(("timeline", next(self.rec)))
         n.conf.standby_signal = False
         n.applied = Conf(**vars(n.conf))
@@ -388,7 +398,7 @@ class Shard:
         if theirs[:len(mine)] == mine:
             n.log = list(theirs[:len(mine) + self.rng.choice((1, 2, 3, 5))])  # replication lag
             n.streaming = True
-            n.streamed = len(n.log)
+            n.streamed, n.torn = len(n.log), 0
         elif mine[:len(theirs)] == theirs and not any(isinstance(r, tuple) for r in mine[len(theirs):]):
             n.streaming = False  # ahead on the same timeline: waits for the upstream to catch up
         else:

@@ -381,6 +381,9 @@ def test_every_combination_respects_the_invariants(chunk):
                 assert new.init_wal == o.wal and A in new.deposed, ctx
             elif changed:  # the primary named a new sync: it went read-only first
                 assert place == "primary" and read_only is True and new.init_wal == o.wal, ctx
+            elif new.init_wal != old.init_wal:  # only lowered to the primary's own WAL, on PG's word
+                assert place == "primary" and pg_known and o.wal is not None and new.init_wal == o.wal, ctx
+                assert o.wal < old.init_wal, ctx
             members = [p.id for p in new.members()]
             assert len(members) == len(set(members)), ctx
             assert all(p.id in {q.id for q in o.election} for p in new.async_), ctx
@@ -518,6 +521,40 @@ def test_F19_sync_that_withholds_heartbeats_is_replaced_by_the_async_that_follow
     d = decide(obs(A, state=new, read_only=True, wal=0xA000, sync_streaming=True, sync_flush=0xA000,
                    sync_caught_up=True))
     assert d.rule == "primary.steady" and not d.target.read_only
+
+
+def test_F19_new_primary_whose_wal_is_below_init_wal_records_its_own_wal():
+    """F19 on the primary (issue 8): it died half-way through writing a record, its sync had
+    received the first part and took over with that position as initWal; PostgreSQL dropped
+    the incomplete record when it ended recovery, so the new primary's WAL (read-only, barely
+    growing) lies below initWal, and its sync's flush could not reach initWal for a minute.
+    The primary lowers initWal to its own WAL, same generation; then its sync catches up."""
+    torn = ClusterState(generation=4, primary=B, sync=C, async_=(A,), init_wal=0x9CC000)
+    d = decide(obs(B, state=torn, wal=0x9CBEA8, sync_streaming=True, sync_flush=0x9CBEA8))
+    assert d.rule == "primary.trim_init_wal" and d.target.read_only and d.target.sync == C
+    new = d.write_state
+    assert new.init_wal == 0x9CBEA8 and new.generation == 4 and new.sync == C and new.async_ == (A,)
+    d = decide(obs(B, state=new, wal=0x9CBEA8, sync_streaming=True, sync_flush=0x9CBEA8))
+    assert d.rule == "primary.wait_sync" and d.write_state is None  # the shell's latch: caught up next
+    d = decide(obs(B, state=new, wal=0x9CBEA8, sync_streaming=True, sync_flush=0x9CBEA8, sync_caught_up=True))
+    assert d.rule == "primary.steady" and not d.target.read_only
+
+
+@pytest.mark.parametrize("why, kw", [
+    ("unknown", dict(pg_known=False, in_recovery=None, wal=None, read_only=None)),
+    ("still in recovery", dict(in_recovery=True)),
+    ("not running", dict(running=False, in_recovery=False, wal=None)),
+    ("suspended", dict(zk=SUSPENDED)),
+    ("frozen", dict(state=ClusterState(generation=4, primary=B, sync=C, async_=(A,), init_wal=0x9CC000,
+                                       freeze=Freeze(reason="ops")))),
+    ("at init_wal", dict(wal=0x9CC000)),
+])
+def test_init_wal_is_lowered_only_on_my_running_primary_s_own_word(why, kw):
+    torn = ClusterState(generation=4, primary=B, sync=C, async_=(A,), init_wal=0x9CC000)
+    o = dict(state=torn, wal=0x9CBEA8, sync_streaming=True, sync_flush=0x9CBEA8)
+    o.update(kw)
+    d = decide(obs(B, **o))
+    assert d.rule != "primary.trim_init_wal" and (d.write_state is None or d.write_state.init_wal == 0x9CC000), why
 
 
 @pytest.mark.parametrize("hb", [True, None])

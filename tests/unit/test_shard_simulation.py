@@ -151,6 +151,34 @@ def test_F18_F19_F22_primary_that_cannot_serve_steps_down_to_its_sync(fault):
     assert acked_count_grows(sh) and len(sh.acked) > acked and not sh.lost_acknowledged()
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_F19_primary_dies_mid_record_the_new_primary_takes_writes_within_a_bounded_time(seed):
+    """F19 on the primary (issue 8): its disk fills half-way through a WAL record, after its
+    sync received the record's first part, so the sync takes over with initWal past the last
+    whole record; promoting drops that part, and the new primary's WAL (read-only, not
+    growing) stays below initWal, which its new sync's flush had to reach: it never took
+    writes before the fix. Now it records its own WAL as initWal and takes writes a few
+    ticks after the takeover, nothing lost."""
+    sh = new_shard(seed=seed)
+    p, s, a = sh.nodes
+    acked = len(sh.acked)
+    sh.pg_fault(p, "no_start")
+    sh.tear_wal(s, 3)
+    t0, took_over, writable = sh.now, None, None
+    for _ in range(PST_TICKS + 6 * SESSION_TIMEOUT):
+        sh.tick()
+        if took_over is None and sh.zk.state().primary.id == s.id:
+            took_over = sh.now
+        if took_over is not None and sh.writable(s):
+            writable = sh.now
+            break
+    assert took_over is not None and writable is not None, sh.describe()
+    assert took_over - t0 <= PST_TICKS + HUNG_TICKS + 8 and writable - took_over <= 6, sh.describe()
+    st = sh.zk.state()
+    assert st.sync.id == a.id and st.generation == 2 and [pid for _, pid in sh.promotions] == [s.id]
+    assert acked_count_grows(sh) and len(sh.acked) > acked and not sh.lost_acknowledged()
+
+
 @pytest.mark.parametrize("then", ["primary_dies", "standby_loses_data", "nothing"])
 def test_unparsable_state_znode_no_destructive_step(then):
     """S8: a state znode that cannot be parsed is unknown, not "no state": nobody writes the
