@@ -34,6 +34,23 @@ DIVERGENCE_PATTERNS = re.compile(
     r"|invalid primary checkpoint record"
     r"|could not locate a valid checkpoint record"
 )
+# Two of those are a walsender's words ("requested starting point ..."): this node logs them
+# itself when it refuses one of ITS standbys (an old primary rejoining below it with a torn
+# or forked WAL), and that says nothing of its own WAL. They count only as quoted by my own
+# walreceiver ("could not start WAL streaming: ERROR: ...", "could not receive data from WAL
+# stream: ..."): read as mine, a sync rebuilt itself when the old primary rejoined (F19).
+WALSENDER_REFUSAL = re.compile(r"requested starting point")
+MY_WALRECEIVER = re.compile(r"WAL stream")
+
+
+def diverged_in(text: str) -> bool:
+    """Whether PostgreSQL's log `text` says that this node cannot follow its upstream."""
+    for m in DIVERGENCE_PATTERNS.finditer(text):
+        end = text.find("\n", m.end())
+        line = text[text.rfind("\n", 0, m.start()) + 1:end if end >= 0 else len(text)]
+        if not WALSENDER_REFUSAL.search(line) or MY_WALRECEIVER.search(line):
+            return True
+    return False
 
 
 PROMOTE_POLL_S = 0.01  # a promoting node is asked this often whether it has left recovery
@@ -400,4 +417,4 @@ class PgManager:
                 text = f.read(4 << 20).decode("utf-8", "replace")
         except OSError:
             return False
-        return bool(DIVERGENCE_PATTERNS.search(text))
+        return diverged_in(text)

@@ -6,7 +6,7 @@ line must not trigger that (a rebuild throws the node's data away)."""
 
 import pytest
 
-from manatee.sitter.pgmanager import DIVERGENCE_PATTERNS
+from manatee.sitter.pgmanager import DIVERGENCE_PATTERNS, diverged_in
 
 
 @pytest.mark.parametrize("line", [
@@ -30,3 +30,27 @@ def test_unusable_data_is_recognised(line):
 ])
 def test_ordinary_lines_are_not(line):
     assert not DIVERGENCE_PATTERNS.search(line)
+
+
+@pytest.mark.parametrize("line", [
+    "FATAL:  could not start WAL streaming: ERROR:  requested starting point 0/3000000 on timeline 1 is not in this server's history",
+    "FATAL:  could not start WAL streaming: ERROR:  requested starting point 0/A00000 is ahead of the WAL flush position of this server 0/9FFCB8",
+    "LOG:  new timeline 2 forked off current database system timeline 1 before current recovery point 0/30000A0",
+])
+def test_my_walreceiver_refused_by_my_upstream_is_divergence(line):
+    log = f"2026-12-03 16:52:13.255 UTC [4821] LOG:  started\n2026-12-03 16:52:13.256 UTC [4822] {line}\n"
+    assert diverged_in(log) and diverged_in(log.rstrip("\n"))
+
+
+def test_my_walsender_refusing_my_standby_is_not_my_divergence():
+    """F19 (issue 8): the old primary, its WAL torn at a segment's end, rejoined below the new
+    sync and asked it for WAL its history does not have; the sync's walsender logged the
+    refusal, and the sync read it as its own divergence and rebuilt itself."""
+    log = ("2026-12-03 16:53:05.560 UTC [5157] ERROR:  requested starting point 0/A00000 on timeline 1 is not "
+           "in this server's history\n"
+           "2026-12-03 16:53:05.560 UTC [5157] DETAIL:  This server's history forked from timeline 1 at 0/9FFCB8.\n"
+           "2026-12-03 16:53:05.560 UTC [5157] STATEMENT:  START_REPLICATION SLOT \"s\" 0/A00000 TIMELINE 1\n"
+           "2026-12-03 16:52:13.255 UTC [4821] ERROR:  requested starting point 0/A00000 is ahead of the WAL flush "
+           "position of this server 0/9FFCB8\n")
+    assert not diverged_in(log)
+    assert diverged_in(log + "2026-12-03 16:53:06.000 UTC [5200] LOG:  invalid primary checkpoint record\n")
