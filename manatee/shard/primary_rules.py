@@ -122,9 +122,9 @@ def _trim_init_wal(c: _Primary, read_only: bool) -> Decision | None:
     A sync takes over with initWal = the WAL it had *received*. When the old primary died
     half-way through writing a record (F19: its disk filled), that position includes the
     record's first part; PostgreSQL discards an incomplete record when it ends recovery, and
-    my new timeline starts before it. My WAL, read-only while my sync catches up, may then not
-    reach initWal for a minute or more, and neither my sync's flush (its catch-up needs both)
-    nor its own takeover check ever could. Safe: every write ever acknowledged in this shard
+    my new timeline starts before it. Read-only until my sync catches up, I write almost no
+    WAL, so my WAL may not reach initWal for a minute or more, and until it does neither my
+    sync's flush (its catch-up needs both) nor its own takeover check can. Safe: every write ever acknowledged in this shard
     is in my WAL (I took over holding them all, and each of mine waits for my flush), so no
     acknowledged write lies beyond it. Only on PostgreSQL's own answer (out of recovery)."""
     v, obs, st = c.v, c.obs, c.st
