@@ -12,6 +12,7 @@ from __future__ import annotations
 from manatee.core import pg as pgmod
 from manatee.shard import latches
 from manatee.shard.state import PRIMARY, STANDBY, Target
+from manatee.sitter.pgmanager import CROWDED
 from manatee.sitter.ports import Clock, Postgres
 
 # The write probe: a tiny transaction that must write and flush WAL locally to commit (a
@@ -184,6 +185,9 @@ class PgHealth:
         try:
             await self.pg.client.query(WRITE_PROBE_SQL, timeout=self.pg.status_timeout)
         except pgmod.PgError as e:
+            if CROWDED.search(str(e)):  # clients hold every slot (F20): busy, not unable to commit
+                self.probe_failures = latches.write_probe(self.probe_failures, ok=None)
+                return
             self.probe_failures = latches.write_probe(self.probe_failures, ok=False)
             self.probe_error = str(e)
             self.log.warning("pg_write_probe_failed", failures=self.probe_failures, error=first_line(str(e)))

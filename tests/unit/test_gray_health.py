@@ -79,6 +79,21 @@ def test_write_probe_runs_on_a_read_write_primary_only_and_two_failures_make_it_
     assert h.probe_failures == 0 and any(r[3] == "pg_write_probe_ok_again" for r in records)
 
 
+def test_a_probe_refused_by_a_connection_storm_is_no_evidence():
+    pg = ScriptedPg(health_timeout=2.0)
+    pg.client = ProbeClient()
+    h, clock, _, _ = _health(pg)
+    rw = replace(RUNNING_PRIMARY, read_only=False)
+
+    async def crowded(sql, _params=None, timeout=None):
+        raise PgError("FATAL:  sorry, too many clients already")
+    pg.client.query = crowded
+    for t in range(4):
+        clock.now = float(t)
+        asyncio.run(h.probe_writes(rw, as_primary=True))
+    assert h.probe_failures == 0
+
+
 def test_failed_starts_back_off_and_a_start_that_answers_ends_it():
     h, clock, records, _ = _health()
     down = replace(RUNNING_PRIMARY, running=False, healthy=False, in_recovery=None, wal=None)
