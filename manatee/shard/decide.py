@@ -139,12 +139,12 @@ def _bootstrap(v: View) -> Decision:
 def _as_sync(v: View) -> Decision:
     obs, st = v.obs, v.st
     assert st is not None
-    primary = st.primary
-    chain = st.chain()
-    down = v.next_live_after(obs.me.id, chain)
+    primary, down = st.primary, v.next_live_after(obs.me.id, st.chain())
     diverged = obs.diverged or v.forked
     sw = st.switchover
     released = sw is not None and sw.released and sw.to == obs.me.id
+    if (held := _start_held(v, "sync", diverged)) is not None:
+        return held
     if v.alive(primary) and not released:
         if diverged or not obs.has_data:
             why = "my WAL has diverged from" if diverged else "I have no data to follow"
@@ -233,9 +233,25 @@ def _as_async(v: View) -> Decision:
         why = "my WAL has diverged from" if (obs.diverged or v.forked) else "I have no data to follow"
         return Decision(Target(REBUILD, upstream=upstream, downstream=down), rule="async.rebuild",
                         reason=f"I am an async standby but {why} {upstream}, so I rebuild from it")
+    if (held := _start_held(v, "async", False)) is not None:
+        return held
     if v.pg_unknown:
         return Decision(Target(STANDBY, upstream=upstream, downstream=down), rule="async.pg_unknown",
                         reason=f"I am an async standby of {upstream} but {PG_UNKNOWN}, so I change nothing "
                                f"this cycle")
     return Decision(Target(STANDBY, upstream=upstream, downstream=down), rule="async.follow",
                     reason=f"I am an async standby and follow {upstream}, the nearest live node ahead of me")
+
+
+# -- a standby whose PostgreSQL keeps failing to start ---------------------------------------
+def _start_held(v: View, place: str, diverged: bool) -> Decision | None:
+    """My PostgreSQL failed to start several times in a row and its next start waits (the
+    shell's bounded back-off): stay out of the chain meanwhile — PostgreSQL stopped, no
+    heartbeats, so a primary replaces me as its sync — and try again later. A start that
+    fails is no evidence that my data is bad: never a rebuild on this alone."""
+    obs = v.obs
+    if obs.start_held is None or obs.running or diverged or not obs.has_data:
+        return None
+    return Decision(Target(UNASSIGNED), rule=f"{place}.start_backoff",
+                    reason=f"I am the {place} but my PostgreSQL {obs.start_held}, so I stay out of the "
+                           f"chain and send no heartbeats until then (no rebuild: my data may well be intact)")

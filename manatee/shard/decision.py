@@ -61,6 +61,13 @@ class Observation:
     state_unreadable: the state znode exists but cannot be parsed (quarantined by the
       shell). Not "no state": `state` is then the last state the shell could read (None if
       it never read one). Nobody writes the state, promotes or rebuilds until it is fixed.
+    sync_stalled_s: (primary) how long the state's sync has not flushed WAL I have, its
+      flush position not advancing (or it not streaming from me) — set only once that is at
+      least the bound (latches.sync_flush_stall / stalled_for); None otherwise, and whenever
+      my own PostgreSQL did not answer.
+    start_held: (standby) why my PostgreSQL is not started now: its starts failed
+      START_FAILURES_BEFORE_BACKOFF times or more in a row and the next one waits (the
+      shell's back-off, latches.start_outcome); None when a start may be attempted.
     """
 
     me: Peer
@@ -88,6 +95,8 @@ class Observation:
     switchover_expired: bool = False
     cannot_serve: str | None = None
     state_unreadable: bool = False
+    sync_stalled_s: float | None = None
+    start_held: str | None = None
 
     def __post_init__(self) -> None:
         if self.zk not in ZK_STATES:

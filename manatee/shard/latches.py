@@ -8,6 +8,7 @@ tested without PostgreSQL; the shell keeps the latched values between cycles.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Hashable
 
 from manatee.shard.state import Peer
@@ -75,3 +76,90 @@ def failing_since(bad_since: float | None, good_since: float | None, *, healthy:
     if bad_since is not None and now - good_since >= stable_s:
         bad_since = None
     return bad_since, good_since
+
+
+def sync_flush_stall(latch: tuple | None, key: Hashable, *, known: bool, wal: int | None,
+                     sync_flush: int | None, now: float) -> tuple | None:
+    """The primary's clock of a sync that does not flush: (key, best flush seen, since), or None.
+
+    It runs while my WAL is ahead of what the sync has flushed (or the sync is not streaming
+    from me at all) and its flush position has not gone past the best one seen since then;
+    any advance starts it again, so a sync that is merely slow never stalls. A reconnect that
+    reports an old position is no advance (a flapping connection does not reset it). Unknown
+    is not "not advancing": when my own PostgreSQL did not answer (known False, or no WAL
+    position) the clock is cleared, and so it is when the sync has everything (idle shard)
+    or the assignment changes (key: e.g. (generation, sync id)).
+    """
+    if not known or wal is None or (sync_flush is not None and sync_flush >= wal):
+        return None
+    if latch is None or latch[0] != key:
+        return key, sync_flush, now
+    best = latch[1]
+    if sync_flush is not None and (best is None or sync_flush > best):
+        return key, sync_flush, now
+    return latch
+
+
+def stalled_for(latch: tuple | None, now: float, bound_s: float) -> float | None:
+    """How long the sync's flush has been stuck behind my WAL, once that is at least `bound_s`."""
+    if latch is None or now - latch[2] < bound_s:
+        return None
+    return now - latch[2]
+
+
+#: consecutive failed write probes after which the primary counts as unable to commit
+WRITE_PROBE_FAILURES = 2
+
+
+def write_probe(failures: int, *, ok: bool | None) -> int:
+    """Consecutive failed write probes of my primary. ok None: no probe was made (not the
+    primary, read-only, my PostgreSQL unknown or not running): no evidence, so the count
+    starts over; a success resets it too."""
+    return failures + 1 if ok is False else 0
+
+
+#: consecutive failed starts of a standby's PostgreSQL before its sitter backs off
+START_FAILURES_BEFORE_BACKOFF = 3
+
+
+@dataclass(frozen=True)
+class StartTries:
+    """A standby's failed starts in a row. pending: a start was attempted and has not yet
+    proved itself (answered a status query); retry_at: before this (monotonic) time no
+    start is attempted."""
+
+    failures: int = 0
+    pending: bool = False
+    retry_at: float | None = None
+
+
+def start_attempted(t: StartTries) -> StartTries:
+    return replace(t, pending=True)
+
+
+def start_outcome(t: StartTries, *, running: bool, answered: bool, killed: bool, now: float,
+                  base_s: float, max_s: float) -> StartTries:
+    """What the observation after a start attempt says about it.
+
+    Answered: it started, the count starts over. Not running, or killed as hung before it
+    ever answered: one more failed start; from START_FAILURES_BEFORE_BACKOFF on, the next
+    attempt waits base_s, doubling with every further failure up to max_s. Running but not
+    answering yet (a long recovery refuses connections; a hang is not judged before
+    healthChkTimeout): no verdict yet."""
+    if not t.pending:
+        return t
+    if running and answered and not killed:
+        return StartTries()
+    if running and not killed:
+        return t
+    failures = t.failures + 1
+    over = failures - START_FAILURES_BEFORE_BACKOFF
+    retry_at = now + min(max_s, base_s * 2 ** min(over, 20)) if over >= 0 else None
+    return StartTries(failures, False, retry_at)
+
+
+def start_held_s(t: StartTries, now: float) -> float | None:
+    """Seconds until the next start may be attempted (None: it may be attempted now)."""
+    if t.retry_at is None or now >= t.retry_at:
+        return None
+    return t.retry_at - now

@@ -53,7 +53,11 @@ class _Primary:
         self.hb = v.obs.heartbeats.get(sync.id) if sync else None
         # a sync whose election node now says it may not be one (tags) is replaced like a gone one
         self.tagged_out = sync is not None and any(p.id == sync.id and not p.can_sync for p in v.election)
-        self.sync_gone = sync is None or not v.alive(sync) or self.hb is False or self.tagged_out
+        # a sync that heartbeats but has not flushed my WAL for the bound blocks every commit:
+        # replaced like a gone one (never on an unknown status of my own PostgreSQL)
+        self.stalled = (sync is not None and v.obs.sync_stalled_s is not None and not v.pg_unknown
+                        and v.obs.wal is not None)
+        self.sync_gone = sync is None or not v.alive(sync) or self.hb is False or self.tagged_out or self.stalled
         self.cands = v.candidates(exclude={st.primary.id, *([sync.id] if sync else [])})
         self.deposed_left = tuple(p for p in st.deposed if not v.alive(p))
         # A new sync is needed: mine is gone and someone can replace it (or ONWM lets me drop it).
@@ -90,10 +94,7 @@ def as_primary(v: View) -> Decision:
 def _replace_sync(c: _Primary) -> Decision:
     """My sync is gone and someone can replace it: read-only first, then a new generation."""
     v, obs, st, sync, tgt = c.v, c.obs, c.st, c.sync, c.tgt
-    tagged_out = c.tagged_out
-    gone = ((f"my sync {sync} is tagged nofailover/nosync" if tagged_out else
-             f"my sync {sync} is gone" + (" (its heartbeats stopped)" if v.alive(sync) else ""))
-            if sync else "I have no sync")
+    gone = _why_sync_gone(c) if sync else "I have no sync"
     if obs.wal is None:
         return Decision(tgt(sync, True), rule="primary.replace_sync_wait_pg",
                         reason=f"{gone} but my PostgreSQL reports no WAL position yet, so I stay "
@@ -139,6 +140,18 @@ def _trim_init_wal(c: _Primary, read_only: bool) -> Decision | None:
                            f"{st.generation}")
 
 
+def _why_sync_gone(c: _Primary) -> str:
+    sync, obs = c.sync, c.obs
+    if c.tagged_out:
+        return f"my sync {sync} is tagged nofailover/nosync"
+    if not c.v.alive(sync) or c.hb is False:
+        return f"my sync {sync} is gone" + (" (its heartbeats stopped)" if c.v.alive(sync) else "")
+    has = (f"its flush position stayed at {lsn_text(obs.sync_flush)}" if obs.sync_flush is not None
+           else "it does not stream from me")
+    return (f"my sync {sync} still heartbeats but has not flushed my WAL {lsn_text(obs.wal)} for "
+            f"{obs.sync_stalled_s:.0f}s ({has}), which blocks every commit")
+
+
 def _update_asyncs(c: _Primary, read_only: bool) -> Decision | None:
     """Bookkeeping: asyncs that died leave the list, live newcomers and deposed peers join its tail."""
     v, st, sync, tgt, deposed_left = c.v, c.st, c.sync, c.tgt, c.deposed_left
@@ -170,7 +183,7 @@ def _hold(c: _Primary, read_only: bool, sd_wait: str | None, sw_wait: str | None
                                f"keep trying to serve as primary")
     if sync_gone and sync is not None and not wants_new_sync:
         return Decision(tgt(sync, read_only), rule="primary.sync_gone_no_candidate",
-                        reason=f"my sync {sync} is gone and no other standby is live to replace it, so I stay "
+                        reason=f"{_why_sync_gone(c)} and no other standby is live to replace it, so I stay "
                                f"primary" + (" and read-only: writes need a sync" if read_only else ""))
     if wants_new_sync:  # blocked from writing
         return Decision(tgt(sync, read_only), rule="primary.sync_gone_cannot_write",

@@ -12,7 +12,15 @@ from __future__ import annotations
 from manatee.core import pg as pgmod
 from manatee.shard import latches
 from manatee.shard.state import PRIMARY, STANDBY, Target
+from manatee.sitter.pgmanager import CROWDED
 from manatee.sitter.ports import Clock, Postgres
+
+# The write probe: a tiny transaction that must write and flush WAL locally to commit (a
+# transactional logical-decoding message: no table in the operator's database, no dead
+# tuples, and it replicates as nothing but WAL). synchronous_commit is local for it alone,
+# so a missing or slow sync never makes it fail; statement_timeout is the call's deadline.
+WRITE_PROBE_SQL = ("select set_config('synchronous_commit', 'local', true) as sc,"
+                   " pg_logical_emit_message(true, 'manatee_write_probe', '')::text as lsn")
 
 
 def first_line(text: str | None, limit: int = 200) -> str:
@@ -22,10 +30,17 @@ def first_line(text: str | None, limit: int = 200) -> str:
 
 
 class PgHealth:
-    def __init__(self, pg: Postgres, log, clock: Clock, *, primary_start_timeout_s: float, interval_s: float):
+    def __init__(self, pg: Postgres, log, clock: Clock, *, primary_start_timeout_s: float, interval_s: float,
+                 hb_expiration_s: float = 0.0):
         self.pg, self.log, self.clock = pg, log, clock
         self.primary_start_timeout = primary_start_timeout_s
         self.interval = interval_s
+        self.hb_expiration = hb_expiration_s
+        self.stall: tuple | None = None  # latches.sync_flush_stall: my sync's flush, while it trails my WAL
+        self.probe_failures = 0  # consecutive failed write probes (latches.write_probe)
+        self.probe_error: str | None = None
+        self.probe_at: float | None = None  # monotonic time of the last probe
+        self.starts = latches.StartTries()
         self.unanswered_since: float | None = None
         self.hung_kills = 0
         self.sick_since: float | None = None
@@ -79,6 +94,9 @@ class PgHealth:
             why = f"it did not answer its status query ({first_line(pgs.error)})"
         elif as_primary and pgs.in_recovery:
             why = "it is still in recovery"
+        elif as_primary and self.probe_failures >= latches.WRITE_PROBE_FAILURES:
+            why = (f"it cannot commit: {self.probe_failures} write probes in a row failed "
+                   f"({first_line(self.probe_error)})")
         hard = why is not None
         t = target
         if (not hard and not as_primary and t is not None and t.role == STANDBY and t.upstream is not None
@@ -127,3 +145,81 @@ class PgHealth:
             self.hb_withheld = withhold
         if withhold and sender is not None:  # at once: the cycle may then fail (PG cannot start) and
             sender.upstream_url = None       # never reach the end that points the sender (F19-sync)
+
+    # -- issue 8: a sync that does not flush, a primary that cannot commit, starts that fail
+
+    @property
+    def sync_stall_bound(self) -> float:
+        """How long my sync may leave my WAL unflushed without advancing before I replace it:
+        primaryStartTimeout (writes are blocked either way, as by a primary that cannot serve),
+        and never less than its own sitter needs to judge its PostgreSQL sick and its
+        heartbeats to expire (healthChkTimeout + heartbeatCfg.expirationTime)."""
+        return max(self.primary_start_timeout, self.pg.health_timeout + self.hb_expiration)
+
+    def sync_stalled(self, pgs, key, *, i_am_primary: bool) -> float | None:
+        """Observation.sync_stalled_s: for how long my sync has not flushed WAL I have, once
+        that is at least sync_stall_bound (key: the assignment, (generation, sync id))."""
+        if not (i_am_primary and key is not None and pgs.running and pgs.in_recovery is False):
+            self.stall = None
+            return None
+        now = self.clock.monotonic()
+        was = self.stall
+        self.stall = latches.sync_flush_stall(
+            was, key, known=pgs.known and not pgs.sync_flush_failed, wal=pgs.wal.value if pgs.wal else None,
+            sync_flush=pgs.sync_flush.value if pgs.sync_flush else None, now=now)
+        return latches.stalled_for(self.stall, now, self.sync_stall_bound)
+
+    async def probe_writes(self, pgs, *, as_primary: bool) -> None:
+        """Prove that my primary can commit locally, at most once per healthChkInterval. Only a
+        read-write primary is probed: a read-only one (waiting for its sync, frozen, in safe
+        mode, stepping down or switching over) must not grow its WAL — the sync is compared
+        with it, and a step-down or switchover needs it to stop — and a commit would bypass
+        read-only, so it is not probed and counts as no evidence (the count starts over)."""
+        now = self.clock.monotonic()
+        if not (as_primary and pgs.running and pgs.known and pgs.in_recovery is False and pgs.read_only is False):
+            self.probe_failures = latches.write_probe(self.probe_failures, ok=None)
+            return
+        if self.probe_at is not None and now - self.probe_at < self.interval:
+            return
+        self.probe_at = now
+        try:
+            await self.pg.client.query(WRITE_PROBE_SQL, timeout=self.pg.status_timeout)
+        except pgmod.PgError as e:
+            if CROWDED.search(str(e)):  # clients hold every slot (F20): busy, not unable to commit
+                self.probe_failures = latches.write_probe(self.probe_failures, ok=None)
+                return
+            self.probe_failures = latches.write_probe(self.probe_failures, ok=False)
+            self.probe_error = str(e)
+            self.log.warning("pg_write_probe_failed", failures=self.probe_failures, error=first_line(str(e)))
+            return
+        if self.probe_failures:
+            self.log.info("pg_write_probe_ok_again", after_failures=self.probe_failures)
+        self.probe_failures = latches.write_probe(self.probe_failures, ok=True)
+
+    def start_attempted(self) -> None:
+        self.starts = latches.start_attempted(self.starts)
+
+    def start_result(self, pgs, killed: bool) -> None:
+        """What this observation says of the last start attempt (latches.start_outcome): the
+        back-off starts after a few failed starts in a row, from healthChkTimeout doubling up
+        to primaryStartTimeout."""
+        was = self.starts
+        now = self.clock.monotonic()
+        self.starts = latches.start_outcome(
+            was, running=pgs.running, answered=pgs.running and pgs.known, killed=killed, now=now,
+            base_s=self.pg.health_timeout, max_s=max(self.primary_start_timeout, self.pg.health_timeout))
+        if self.starts.failures > was.failures:
+            held = latches.start_held_s(self.starts, now)
+            self.log.warning("pg_start_failed", failures=self.starts.failures,
+                             reason=f"my PostgreSQL failed to start {self.starts.failures} time(s) in a row"
+                                    + (f", so I wait {held:.0f}s before the next start" if held else ""))
+        elif was.failures and self.starts.failures == 0:
+            self.log.info("pg_start_ok_again", after_failures=was.failures)
+
+    def start_held(self) -> str | None:
+        """Observation.start_held: why my PostgreSQL is not started now, or None."""
+        held = latches.start_held_s(self.starts, self.clock.monotonic())
+        if held is None:
+            return None
+        return (f"failed to start {self.starts.failures} times in a row, so its next start waits "
+                f"{held:.0f}s more (a bounded back-off)")

@@ -59,10 +59,11 @@ class Sitter:
             timeout_s=cfg.heartbeatCfg.request_timeout_s, status=self._hb_status, log=log,
             source_ip=cfg.ip, secret=secret, ssl_context=tls_client)
         self.health = PgHealth(pg, log, self.clock, primary_start_timeout_s=self.primary_start_timeout,
-                               interval_s=self.interval)
+                               interval_s=self.interval, hb_expiration_s=cfg.heartbeatCfg.expiration_s)
         self.steps = StepRunner(me=self.me, pg=pg, store=store, dataset=dataset, log=log, clock=self.clock,
                                 one_node_write_mode=p.oneNodeWriteMode, ttl=cfg.ttl, on_restored=self._restored)
         self.steps.start_budget = self.health.start_budget
+        self.steps.on_start = self.health.start_attempted
         self.steps.on_progress = self.publish
         self.next_delay = self.interval
         self.role = UNASSIGNED
@@ -143,9 +144,10 @@ class Sitter:
         d = self.last_decided
         trying = d is not None and (d.target.role == PRIMARY or Effect.STOP_TO_STEP_DOWN in d.effects)
         sw = st.switchover if st else None
+        serving = i_am_primary and trying and not (sw is not None and sw.released)
         self.health.primary_start_timeout = self.primary_start_timeout
-        self.health.track(pgs, as_primary=i_am_primary and trying and not (sw is not None and sw.released),
-                          role=self.role, target=self.target, sender=self.hb_sender)
+        await self.health.probe_writes(pgs, as_primary=serving)
+        self.health.track(pgs, as_primary=serving, role=self.role, target=self.target, sender=self.hb_sender)
         return Observation(
             me=self.me, zk=zk, election=view.election, state=st,
             state_version=view.state_version, error=view.error, running=pgs.running,
@@ -162,13 +164,16 @@ class Sitter:
             sync_flush=pgs.sync_flush.value if pgs.sync_flush and i_am_primary else None,
             switchover_stopped_wal=stopped_wal, switchover_expired=sw_expired,
             state_unreadable=view.state_unreadable is not None,
-            cannot_serve=self.health.cannot_serve)
+            cannot_serve=self.health.cannot_serve, start_held=self.health.start_held(),
+            sync_stalled_s=self.health.sync_stalled(pgs, (st.generation, sync.id) if sync else None,
+                                                    i_am_primary=i_am_primary))
 
     async def _observe_pg(self, sync_app: str | None, st) -> PgStatus:
         """My PostgreSQL's status (a hung one killed first), with the latches that follow it."""
         asked_at = self.clock.monotonic()
         pgs = await self.pg.status(sync_app)
         pgs, killed = await self.health.kill_if_hung(pgs, sync_app, asked_at, self.role)
+        self.health.start_result(pgs, killed)
         if killed:
             self.steps.configured_upstream = None
         if self.health.cannot_serve is not None and not pgs.running:

@@ -81,6 +81,7 @@ class PgStatus:
     crowded: bool = False                    # ...or because clients hold every connection slot
     pending_restart: tuple[str, ...] = ()    # settings changed that only a restart applies (pg_settings)
     parameters_gen: int = 0                  # PgManager.parameters_gen PG had been reloaded with
+    sync_flush_failed: bool = False          # primary: the sync's flush position could not be read (unknown)
 
     @property
     def known(self) -> bool:
@@ -382,7 +383,7 @@ class PgManager:
         streaming = in_rec and r["wr_status"] == "streaming"
         wal_text = r["recv"] if in_rec else r["cur"]
         wal = Lsn.parse(wal_text) if wal_text else None
-        sync_flush = None
+        sync_flush, flush_failed = None, False
         if not in_rec and sync_app_name:
             try:
                 rep = await self.client.query(
@@ -392,12 +393,12 @@ class PgManager:
                 if rep and rep[0]["flush"]:
                     sync_flush = Lsn.parse(rep[0]["flush"])
             except pgmod.PgError:
-                pass
+                flush_failed = True
         sender = (r["wr_host"], int(r["wr_port"])) if streaming and r["wr_host"] else None
         return PgStatus(True, True, in_rec, wal, streaming, in_rec and await self._diverged(),
                         sync_flush, r["tli"], bool(r["ro"]), sender,
                         pending_restart=tuple(r["pending"].split(",")) if r.get("pending") else (),
-                        parameters_gen=gen)
+                        parameters_gen=gen, sync_flush_failed=flush_failed)
 
     async def _diverged(self) -> bool:
         # File reads go to a thread: if storage hangs, the event loop (and with it the status

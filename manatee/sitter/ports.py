@@ -71,6 +71,7 @@ class Postgres(Protocol):
     parameters_gen: int
     ops_timeout: float
     health_timeout: float
+    status_timeout: float  # the deadline of one status query (and of the write probe)
     client: Any  # .query(sql, params, timeout=): the sitter's own connection (slots, metrics)
 
     @property

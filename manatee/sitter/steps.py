@@ -26,6 +26,7 @@ class StepRunner:
         self.restore_progress: dict | None = None
         self.start_budget: Callable[[Target], float | None] = lambda _t: None
         self.on_progress: Callable[[], None] = lambda: None  # a restore moved on: publish it
+        self.on_start: Callable[[], None] = lambda: None  # a start of PostgreSQL is attempted
 
     async def run(self, tr: T.Transition, target: Target, members: tuple[str, ...]) -> None:
         for step in tr.steps:
@@ -66,6 +67,7 @@ class StepRunner:
             self.configured_upstream = up
         elif step == T.START_PG:
             if not pg.running:
+                self.on_start()
                 await pg.start(ready_timeout=self.start_budget(target))
         elif step == T.RELOAD_PG:
             await pg.apply_pending()

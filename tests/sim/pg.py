@@ -4,7 +4,9 @@ The WAL is a list of record ids (a position is BASE + its length). A standby str
 its upstream only while its WAL is a prefix of the upstream's (the world does that, in
 tests/sim/shard.py); a promotion appends a timeline-switch record, so an old primary holding
 unreplicated WAL can no longer follow anyone. Faults: a process that hangs (its status query
-times out), one that hangs at every start, one that will not start."""
+times out), one that hangs at every start, one that will not start, one that answers but
+cannot commit (its write probe fails), a standby that streams but never flushes more, and one
+that flushes slowly (tests/sim/shard.py streams)."""
 
 from __future__ import annotations
 
@@ -28,9 +30,15 @@ class Conf:
 
 
 class FakeClient:
-    """The sitter's own connection: replication slots are not simulated."""
+    """The sitter's own connection: replication slots are not simulated; the write probe
+    fails while the node's PostgreSQL cannot commit (pg_fault "no_commit")."""
 
-    async def query(self, _sql, _params=None, timeout=None):
+    def __init__(self, node=None):
+        self.node = node
+
+    async def query(self, sql, _params=None, timeout=None):
+        if self.node is not None and self.node.pg_fault == "no_commit" and "manatee_write_probe" in sql:
+            raise PgError("canceling statement due to statement timeout", timed_out=True)
         return []
 
 
@@ -41,12 +49,13 @@ class FakePg:
     parameters_gen = 0
     parameters_dirty = False
     ops_timeout = 10.0
+    status_timeout = 0.5
 
     def __init__(self, node, world, health_timeout: float):
         self.node, self.world, self.health_timeout = node, world, health_timeout
         self.spec = None
         self.members: tuple[str, ...] = ()
-        self.client = FakeClient()
+        self.client = FakeClient(node)
 
     @property
     def running(self) -> bool:

@@ -80,7 +80,9 @@ class Node:
     alive: bool = True
     hung: bool = False
     # PostgreSQL alone (issue 8): None | "hang" (this process hangs; a kill cures it) |
-    # "hang_sticky" (every new process hangs too: stuck storage) | "no_start" (crash loop, full disk)
+    # "hang_sticky" (every new process hangs too: stuck storage) | "no_start" (crash loop, full disk) |
+    # "no_commit" (answers, but no commit succeeds) | "stall" (a standby streams but flushes nothing
+    # more) | "slow" (a standby flushes one record every third tick: slower than the writes)
     pg_fault: str | None = None
     pg_hung: bool = False
     zk_cut: bool = False
@@ -324,7 +326,8 @@ class Shard:
         self.promotions.append((self.now, n.id))
 
     def writable(self, n: Node) -> bool:
-        return n.up() and n.running and not n.pg_hung and n.mode == "primary" and not n.applied.read_only
+        return (n.up() and n.running and not n.pg_hung and n.mode == "primary" and not n.applied.read_only
+                and n.pg_fault != "no_commit")
 
     def sync_connected(self, n: Node) -> Node | None:
         """The node named in n's synchronous_standby_names if it is streaming from n now."""
@@ -396,7 +399,12 @@ class Shard:
             return
         mine, theirs = n.log, u.log
         if theirs[:len(mine)] == mine:
-            n.log = list(theirs[:len(mine) + self.rng.choice((1, 2, 3, 5))])  # replication lag
+            step = self.rng.choice((1, 2, 3, 5))  # replication lag
+            if n.pg_fault == "stall" or (n.pg_fault == "slow" and self.now % 3):
+                step = 0  # connected and streaming, but its flush position does not move
+            elif n.pg_fault == "slow":
+                step = 1
+            n.log = list(theirs[:len(mine) + step])
             n.streaming = True
             n.streamed, n.torn = len(n.log), 0
         elif mine[:len(theirs)] == theirs and not any(isinstance(r, tuple) for r in mine[len(theirs):]):

@@ -28,6 +28,7 @@ class ScriptedPg:
         self.statuses = statuses if callable(statuses) else iter(statuses)
         self.spec, self._running = spec, running
         self.health_timeout, self.ops_timeout = health_timeout, ops_timeout
+        self.status_timeout = max(0.5, min(health_timeout / 2, 2.0))
         self.members: tuple[str, ...] = ()
         self.client = FakeClient()
         self.calls: list[tuple] = []

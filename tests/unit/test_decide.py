@@ -1,6 +1,7 @@
 """The decision core, rule by rule, then every combination of the inputs that matter."""
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -297,12 +298,19 @@ WALS = {"none": None, "below": INIT - 1, "at": INIT}
 
 
 def _combo_obs(place, zk, p_live, s_live, a_live, wal, diverged, frozen, error, read_only, streaming, onwm,
-               pg_known=True):
+               pg_known=True, gray=False):
     st = ClusterState(generation=5, primary=A, sync=B, async_=(C,), deposed=(D,), init_wal=INIT,
                       freeze=Freeze(reason="ops") if frozen else None, one_node_write_mode=onwm)
     me = ME_FOR[place]
     live = [p for p, up in ((A, p_live), (B, s_live), (C, a_live)) if up]
     election = tuple(dict.fromkeys([*live, me]))
+    if gray:  # the primary's sync has stalled; a standby's PostgreSQL is stopped in start back-off
+        down = place != "primary"
+        return replace(_combo_obs(place, zk, p_live, s_live, a_live, wal, diverged, frozen, error, read_only,
+                                  streaming and not down, onwm, pg_known),
+                       sync_stalled_s=30.0, start_held="failed to start 3 times in a row and waits 4s",
+                       **(dict(running=False, in_recovery=False, pg_known=True, wal=None, read_only=None)
+                          if down else {}))
     return Observation(
         me=me, zk=zk, election=election, state=st, state_version=11,
         error={"reason": "operator test"} if error else None,
@@ -315,18 +323,18 @@ def _combo_obs(place, zk, p_live, s_live, a_live, wal, diverged, frozen, error, 
 
 COMBOS = list(itertools.product(PLACES, (CONNECTED, SUSPENDED, LOST), (True, False), (True, False), (True, False),
                                 tuple(WALS), (False, True), (False, True), (False, True), (True, False),
-                                (True, False), (False, True), (True, False)))
+                                (True, False), (False, True), (True, False), (False, True)))
 
 
 def test_combination_count():
-    assert len(COMBOS) == 5 * 3 * 2 ** 3 * 3 * 2 ** 7
+    assert len(COMBOS) == 5 * 3 * 2 ** 3 * 3 * 2 ** 8
 
 
 @pytest.mark.parametrize("chunk", range(8))
 def test_every_combination_respects_the_invariants(chunk):
     for combo in COMBOS[chunk::8]:
         (place, zk, p_live, s_live, a_live, wal, diverged, frozen, error, read_only, streaming, onwm,
-         pg_known) = combo
+         pg_known, gray) = combo
         o = _combo_obs(*combo)
         d = decide(o)
         ctx = f"{combo} -> {d}"
@@ -369,6 +377,9 @@ def test_every_combination_respects_the_invariants(chunk):
             if place != "primary" and not diverged:
                 assert d.target.role in (STANDBY, UNASSIGNED, DEPOSED), ctx
                 assert "did not answer" in d.reason or d.target.role != STANDBY or place == "none", ctx
+        if gray and place in ("sync", "async"):  # a standby whose starts fail: out of the chain, never rebuilt
+            assert d.target.role != PRIMARY and (d.target.role != REBUILD or diverged), ctx
+            assert d.target.role == UNASSIGNED or diverged, ctx
         new = d.write_state
         if new is not None:
             old = o.state
@@ -570,3 +581,51 @@ def test_expired_heartbeats_with_unknown_pg_on_the_primary_change_nothing():
     d = decide(obs(A, heartbeats={B.id: False}, running=True, pg_known=False, in_recovery=None, wal=None,
                    read_only=None))
     assert d.write_state is None and d.target.read_only and d.target.sync == B
+
+
+# =============================================================== issue 8: three more gray failures
+def test_sync_that_heartbeats_but_does_not_flush_is_replaced_by_the_async():
+    o = obs(A, heartbeats={B.id: True}, sync_stalled_s=9.0, sync_flush=0x7000, read_only=False,
+            sync_streaming=True, sync_caught_up=True)
+    d = decide(o)
+    assert d.write_state is None and d.target.read_only and d.rule == "primary.replace_sync_read_only_first"
+    d = decide(replace(o, read_only=True))
+    assert d.rule == "primary.replace_sync" and d.write_state.sync == C and d.write_state.async_ == (B,)
+    assert d.write_state.init_wal == 0x9000 and d.target.read_only
+    assert "still heartbeats" in d.reason and "0/7000" in d.reason and "0/9000" in d.reason
+
+
+def test_sync_that_does_not_stream_at_all_is_replaced_once_stalled():
+    d = decide(obs(A, heartbeats={B.id: True}, sync_stalled_s=9.0, sync_flush=None, read_only=True))
+    assert d.rule == "primary.replace_sync" and "does not stream from me" in d.reason
+
+
+def test_sync_not_stalled_or_unknown_pg_keeps_the_sync():
+    kept = [obs(A, heartbeats={B.id: True}, sync_flush=0x7000, sync_caught_up=True, read_only=False),
+            obs(A, heartbeats={B.id: True}, sync_stalled_s=9.0, **UNKNOWN_PG),
+            obs(A, heartbeats={B.id: True}, sync_stalled_s=9.0, wal=None)]
+    for o in kept:
+        d = decide(o)
+        assert d.write_state is None and d.target.sync == B, (o, d)
+    assert decide(kept[0]).rule == "primary.steady"
+
+
+def test_stalled_sync_without_a_candidate_stays_and_says_why():
+    d = decide(obs(A, election=(A, B), state=STATE.evolve(async_=()), heartbeats={B.id: True}, sync_stalled_s=9.0,
+                   sync_caught_up=True, read_only=False))
+    assert d.write_state is None and d.rule == "primary.sync_gone_no_candidate" and "still heartbeats" in d.reason
+
+
+@pytest.mark.parametrize("me", [B, C])
+def test_standby_in_start_backoff_stays_out_of_the_chain_and_is_never_rebuilt(me):
+    held = "failed to start 3 times in a row and its next start waits 4s"
+    down = dict(running=False, in_recovery=False, wal=None, streaming=False, start_held=held)
+    d = decide(obs(me, **down))
+    place = "sync" if me == B else "async"
+    assert d.target.role == UNASSIGNED and d.rule == f"{place}.start_backoff" and held in d.reason
+    assert d.write_state is None and d.write_error is None
+    assert decide(obs(me, **down, diverged=True)).target.role == REBUILD  # a real divergence still rebuilds
+    assert decide(obs(me, start_held=held)).target.role == STANDBY  # running (a start succeeded): follows
+    if me == B:  # the primary gone: still out, no safe mode, no takeover
+        d = decide(obs(me, election=(B, C), **down))
+        assert d.target.role == UNASSIGNED and d.write_state is None and d.write_error is None

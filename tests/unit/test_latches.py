@@ -67,3 +67,85 @@ def test_failing_since_survives_a_crash_loop_but_forgets_one_crash():
     assert bad == 0.0
     bad, good = failing_since(bad, good, healthy=True, now=t + 1.6, stable_s=2)
     assert bad is None and good is not None
+
+
+# -- issue 8: a sync that does not flush, a primary that cannot commit, a start that keeps failing --
+from manatee.shard.latches import (  # noqa: E402
+    START_FAILURES_BEFORE_BACKOFF, StartTries, start_attempted, start_held_s, start_outcome, stalled_for,
+    sync_flush_stall, write_probe,
+)
+
+
+def _stall(seq, key=K1, bound=5.0):
+    """Feed (now, wal, flush[, known]) observations; return stalled_for after each."""
+    latch, out = None, []
+    for now, wal, flush, *known in seq:
+        latch = sync_flush_stall(latch, key, known=known[0] if known else True, wal=wal, sync_flush=flush, now=now)
+        out.append(stalled_for(latch, now, bound))
+    return out
+
+
+def test_a_flush_stuck_behind_my_wal_stalls_after_the_bound():
+    assert _stall([(0, 200, 100), (3, 210, 100), (5, 220, 100), (9, 230, 100)]) == [None, None, 5, 9]
+
+
+def test_a_sync_that_does_not_stream_at_all_stalls_too():
+    assert _stall([(0, 200, None), (6, 200, None)]) == [None, 6]
+
+
+def test_a_slow_sync_that_keeps_advancing_never_stalls():
+    seq = [(t, 100 + 10 * t, 100 + 5 * t) for t in range(60)]  # half the primary's rate: it falls behind
+    assert _stall(seq) == [None] * 60
+
+
+def test_a_reconnect_at_an_old_position_is_no_advance():
+    assert _stall([(0, 200, 100), (2, 200, None), (4, 200, 100), (6, 200, None)]) == [None, None, None, 6]
+
+
+def test_caught_up_unknown_or_a_new_sync_starts_the_clock_again():
+    # the sync has everything (an idle shard): no clock
+    assert _stall([(0, 200, 200), (9, 200, 200)]) == [None, None]
+    # my PostgreSQL did not answer: unknown is not "not advancing"
+    assert _stall([(0, 200, 100), (4, 200, 100, False), (8, 200, 100), (12, 200, 100)]) == [None, None, None, None]
+    assert _stall([(0, None, 100), (9, 200, 100), (14, 200, 100)]) == [None, None, 5]
+    latch = sync_flush_stall(None, K1, known=True, wal=200, sync_flush=100, now=0)
+    assert sync_flush_stall(latch, K2, known=True, wal=200, sync_flush=100, now=9) == (K2, 100, 9)
+
+
+def test_write_probe_counts_consecutive_failures_only():
+    n = 0
+    for ok, want in ((False, 1), (False, 2), (True, 0), (False, 1), (None, 0)):
+        n = write_probe(n, ok=ok)
+        assert n == want
+
+
+def _start(t, now, **kw):
+    return start_outcome(start_attempted(t), now=now, base_s=2, max_s=10, **kw)
+
+
+def test_start_failures_back_off_exponentially_and_bounded_after_the_cap():
+    t, held = StartTries(), []
+    for i in range(8):
+        t = _start(t, float(i * 100), running=False, answered=False, killed=False)
+        held.append(start_held_s(t, float(i * 100)))
+    n = START_FAILURES_BEFORE_BACKOFF
+    assert held[:n - 1] == [None] * (n - 1)
+    assert held[n - 1:] == [2, 4, 8, 10, 10, 10][:8 - n + 1]
+    assert t.failures == 8 and start_held_s(t, 700 + 10) is None  # waited long enough: may try again
+
+
+def test_a_start_hung_and_killed_counts_a_start_still_recovering_does_not():
+    t = _start(StartTries(), 0, running=True, answered=False, killed=False)
+    assert t.pending and t.failures == 0  # no verdict yet
+    t = start_outcome(t, running=True, answered=False, killed=True, now=2, base_s=2, max_s=10)
+    assert not t.pending and t.failures == 1
+
+
+def test_a_start_that_answers_ends_the_back_off():
+    t = StartTries(failures=5, retry_at=50.0)
+    assert start_held_s(t, 10) == 40
+    t = _start(t, 60, running=True, answered=True, killed=False)
+    assert t == StartTries()
+    # an observation with no start pending changes nothing (a standby killed as hung after running fine)
+    assert start_outcome(StartTries(failures=1), running=False, answered=False, killed=True, now=1,
+                         base_s=2, max_s=10) == StartTries(failures=1)

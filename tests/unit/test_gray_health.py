@@ -1,0 +1,110 @@
+"""The shell's side of issue 8's three gray-failure rules (manatee.sitter.health.PgHealth):
+what it feeds the pure latches, with a fake clock and a scripted PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from manatee.core.lsn import Lsn
+from manatee.core.pg import PgError
+from manatee.sitter.health import WRITE_PROBE_SQL, PgHealth
+from tests.sim.clock import FakeClock, SimLog
+from tests.sim.standalone import RUNNING_PRIMARY, ScriptedPg
+
+KEY = (3, "sync")
+BEHIND = replace(RUNNING_PRIMARY, sync_flush=Lsn(0x8000))  # my WAL 0/9000
+
+
+class ProbeClient:
+    def __init__(self, fail: bool = False):
+        self.fail, self.calls = fail, []
+
+    async def query(self, sql, _params=None, timeout=None):
+        self.calls.append((sql, timeout))
+        if self.fail:
+            raise PgError("could not write to file \"pg_wal/xlogtemp\": No space left on device")
+        return [{"sc": "local", "lsn": "0/9100"}]
+
+
+def _health(pg=None, **kw):
+    clock, records = FakeClock(), []
+    pg = pg or ScriptedPg(health_timeout=2.0)
+    h = PgHealth(pg, SimLog(clock, "10.0.0.1", records), clock, primary_start_timeout_s=8.0, interval_s=1.0,
+                 hb_expiration_s=4.0, **kw)
+    return h, clock, records, pg
+
+
+def test_sync_stall_needs_the_bound_and_a_failed_flush_read_is_unknown():
+    h, clock, _, _ = _health()
+    assert h.sync_stall_bound == 8.0
+    for t in range(0, 8):
+        clock.now = float(t)
+        assert h.sync_stalled(BEHIND, KEY, i_am_primary=True) is None
+    clock.now = 8.0
+    assert h.sync_stalled(BEHIND, KEY, i_am_primary=True) == 8.0
+    # the sync's flush position could not be read: unknown, the clock starts over
+    clock.now = 9.0
+    assert h.sync_stalled(replace(BEHIND, sync_flush=None, sync_flush_failed=True), KEY, i_am_primary=True) is None
+    clock.now = 10.0
+    assert h.sync_stalled(BEHIND, KEY, i_am_primary=True) is None
+    # not the primary: nothing is measured
+    assert h.sync_stalled(BEHIND, KEY, i_am_primary=False) is None and h.stall is None
+
+
+def test_write_probe_runs_on_a_read_write_primary_only_and_two_failures_make_it_sick():
+    pg = ScriptedPg(health_timeout=2.0)
+    pg.client = ProbeClient(fail=True)
+    h, clock, records, _ = _health(pg)
+    rw = replace(RUNNING_PRIMARY, read_only=False)
+    asyncio.run(h.probe_writes(replace(rw, read_only=True), as_primary=True))
+    asyncio.run(h.probe_writes(rw, as_primary=False))
+    assert pg.client.calls == []  # read-only, or not serving as the primary: not probed
+    asyncio.run(h.probe_writes(rw, as_primary=True))
+    assert pg.client.calls == [(WRITE_PROBE_SQL, pg.status_timeout)] and h.probe_failures == 1
+    asyncio.run(h.probe_writes(rw, as_primary=True))
+    assert h.probe_failures == 1  # at most once per healthChkInterval
+    clock.now = 1.0
+    asyncio.run(h.probe_writes(rw, as_primary=True))
+    assert h.probe_failures == 2
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.sick_since == 1.0 and "cannot commit" in h.sick_why and "No space left" in h.sick_why
+    clock.now = 9.5
+    asyncio.run(h.probe_writes(rw, as_primary=True))
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is not None and "cannot commit" in h.cannot_serve
+    pg.client.fail = False
+    clock.now = 11.0
+    asyncio.run(h.probe_writes(rw, as_primary=True))
+    assert h.probe_failures == 0 and any(r[3] == "pg_write_probe_ok_again" for r in records)
+
+
+def test_a_probe_refused_by_a_connection_storm_is_no_evidence():
+    pg = ScriptedPg(health_timeout=2.0)
+    pg.client = ProbeClient()
+    h, clock, _, _ = _health(pg)
+    rw = replace(RUNNING_PRIMARY, read_only=False)
+
+    async def crowded(sql, _params=None, timeout=None):
+        raise PgError("FATAL:  sorry, too many clients already")
+    pg.client.query = crowded
+    for t in range(4):
+        clock.now = float(t)
+        asyncio.run(h.probe_writes(rw, as_primary=True))
+    assert h.probe_failures == 0
+
+
+def test_failed_starts_back_off_and_a_start_that_answers_ends_it():
+    h, clock, records, _ = _health()
+    down = replace(RUNNING_PRIMARY, running=False, healthy=False, in_recovery=None, wal=None)
+    for i in range(3):
+        h.start_attempted()
+        clock.now = float(i)
+        h.start_result(down, killed=False)
+    assert h.starts.failures == 3 and h.start_held() is not None and "3 times in a row" in h.start_held()
+    clock.now = 2.0 + 2.0  # healthChkTimeout after the third failure
+    assert h.start_held() is None
+    h.start_attempted()
+    h.start_result(RUNNING_PRIMARY, killed=False)
+    assert h.starts.failures == 0 and [r[3] for r in records].count("pg_start_failed") == 3
+    assert any(r[3] == "pg_start_ok_again" for r in records)
