@@ -29,9 +29,9 @@ def _zfs(*args: str) -> str:
     return subprocess.run([ZFS_BIN, *args], capture_output=True, text=True, check=True, timeout=60).stdout
 
 
-def _rebuild(sh: Shard, name: str) -> dict:
+def _rebuild(sh: Shard, name: str, force: bool = False) -> dict:
     node = sh.node(name)
-    r = adm(sh, "rebuild", "--node", node.ip, "--wait", "300", limit=330)
+    r = adm(sh, "rebuild", "--node", node.ip, "--wait", "300", *(("--force",) if force else ()), limit=330)
     assert r.returncode == 0, r.stderr
     sh.wait(lambda: sh.streaming(node), 90, f"{name} to stream after its rebuild")
     restore = (sh.state_of(node) or {}).get("restore")
