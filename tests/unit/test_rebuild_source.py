@@ -128,21 +128,15 @@ async def test_common_demands_the_secret_membership_and_a_valid_body(server):
     assert not holdings.asked
 
 
-async def test_common_refuses_a_non_member():
-    client, queue = await api_client(FakeSender(), common=Holdings([]), membership=StaticMembership({"127.0.0.9"}))
+@pytest.mark.parametrize("kw, status, says", [
+    ({"common": Holdings([]), "membership": StaticMembership({"127.0.0.9"})}, 403, "not a member"),
+    ({"common": Holdings([], fail=True)}, 503, "pool is suspended"),  # a failed listing is not "none"
+])
+async def test_common_refuses_a_non_member_and_says_when_it_cannot_list(kw, status, says):
+    client, queue = await api_client(FakeSender(), **kw)
     try:
         r = await _post(client, OFFER)
-        assert r.status == 403 and "not a member" in (await r.json())["message"]
-    finally:
-        await queue.close()
-        await client.close()
-
-
-async def test_a_failed_listing_is_503_not_none():
-    client, queue = await api_client(FakeSender(), common=Holdings([], fail=True))
-    try:
-        r = await _post(client, OFFER)
-        assert r.status == 503 and "pool is suspended" in (await r.json())["message"]
+        assert r.status == status and says in (await r.json())["message"]
     finally:
         await queue.close()
         await client.close()
