@@ -59,9 +59,11 @@ class ZfsDataset:
         upstream shares no snapshot with us (manatee.core.restore.source)."""
         z = self.z
         listen_host = z.zfsHost or self.cfg.ip
+        peers = (upstream, *also)
+        name = str if len({str(p) for p in peers}) == len(peers) else (lambda p: p.id)  # IPs, unless shared
         chosen = await choose_source(
-            self.zfs, z.dataset, Candidate(str(upstream), upstream.backup_url),
-            [Candidate(str(p), p.backup_url) for p in also],
+            self.zfs, z.dataset, Candidate(name(upstream), upstream.backup_url),
+            [Candidate(name(p), p.backup_url) for p in also],
             secret=self.secret, listen_host=listen_host, ssl_context=self.ssl_context, log=self.log)
         return await restore_dataset(
             self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=chosen.source.backup_url,
