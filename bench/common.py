@@ -131,15 +131,19 @@ class SourceBench:
         self.db_bytes = int((await self.pg.psql("SELECT pg_database_size('postgres') AS n"))[0]["n"])
 
     async def start_backupserver(self, extra_cfg: dict | None = None) -> None:
-        port = free_port(self.ip_a)
-        cfg = self.base / "backupserver.json"
-        cfg.write_text(json.dumps({"backupSenderCfg": {"dataset": self.ds_a}, **(extra_cfg or {}),
-                                   "backupServerCfg": {"host": self.ip_a, "port": port}}))
-        self.server_log = open(self.base / "backupserver.log", "ab")
-        self.server = subprocess.Popen([BACKUPSERVER, "-f", str(cfg)], stdin=subprocess.DEVNULL,
-                                       stdout=self.server_log, stderr=subprocess.STDOUT, start_new_session=True)
-        await wait_port_async(self.ip_a, port, 20)
-        self.url = f"http://{self.ip_a}:{port}"
+        self.server, self.server_log, self.url = await self.serve(self.ds_a, self.ip_a, "backupserver", extra_cfg)
+
+    async def serve(self, dataset: str, ip: str, name: str, extra_cfg: dict | None = None):
+        """A `manatee-backupserver` for `dataset` on `ip`: (process, its log file, its URL)."""
+        port = free_port(ip)
+        cfg = self.base / f"{name}.json"
+        cfg.write_text(json.dumps({"backupSenderCfg": {"dataset": dataset}, **(extra_cfg or {}),
+                                   "backupServerCfg": {"host": ip, "port": port}}))
+        log = open(self.base / f"{name}.log", "ab")
+        proc = subprocess.Popen([BACKUPSERVER, "-f", str(cfg)], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        await wait_port_async(ip, port, 20)
+        return proc, log, f"http://{ip}:{port}"
 
     async def pgbench(self, *args: str, timeout: float) -> None:
         assert self.pg is not None

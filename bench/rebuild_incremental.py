@@ -64,17 +64,29 @@ class Bench(SourceBench):
         await self.start_backupserver({"insecure": True})  # no ZooKeeper here for membership
         self.ds_b = self.pool.create_dataset("b", self.base / "b")
 
-    async def _restore(self, dataset: str, mnt: Path, incremental: bool):
+    async def _restore(self, dataset: str, mnt: Path, incremental: bool = True, url: str | None = None,
+                       source_reason: str | None = None):
         t = time.monotonic()
-        res = await restore(self.zfs, dataset=dataset, mountpoint=mnt, backup_url=self.url, listen_host=IP_B,
+        res = await restore(self.zfs, dataset=dataset, mountpoint=mnt, backup_url=url or self.url, listen_host=IP_B,
                             listen_port=free_port(IP_B), owner="postgres", poll_interval=0.2, timeout=7200,
-                            logger=_QuietLog(), incremental=incremental)
+                            logger=_QuietLog(), incremental=incremental, source_reason=source_reason)
         return time.monotonic() - t, res
 
-    async def measure(self) -> dict:
+    async def first_build(self) -> None:
         print("first build of B (full) ...", flush=True)
         secs, res = await self._restore(self.ds_b, self.base / "b", incremental=True)
         print(f"  {secs:.1f}s, {res.bytes / 1e6:.0f} MB ({res.path})", flush=True)
+
+    async def rebuild_b(self):
+        """(seconds, result) of B's incremental rebuild."""
+        secs, res = await self._restore(self.ds_b, self.base / "b", incremental=True)
+        assert res.incremental_from, f"expected an incremental rebuild, got {res.path}: {res.reason}"
+        return secs, res
+
+    full_url = None  # where the full stream for comparison comes from (None: A)
+
+    async def measure(self) -> dict:
+        await self.first_build()
         runs = []
         for i in range(self.args.repeat):
             print(f"run {i + 1}: pgbench on A for {self.args.work}s ...", flush=True)
@@ -84,14 +96,13 @@ class Bench(SourceBench):
             await self.zfs.snapshot(self.ds_b)
             size = int(await self.zfs.get(self.ds_a, "referenced"))
             subprocess.run(["sync"], check=False)
-            inc_s, inc = await self._restore(self.ds_b, self.base / "b", incremental=True)
-            assert inc.incremental_from, f"expected an incremental rebuild, got {inc.path}: {inc.reason}"
-            print(f"  incremental: {inc_s:.2f}s, {inc.bytes / 1e6:.1f} MB", flush=True)
+            inc_s, inc = await self.rebuild_b()
+            print(f"  incremental: {inc_s:.2f}s, {inc.bytes / 1e6:.1f} MB ({inc.reason})", flush=True)
             ds_c = f"{self.pool.name}/c"
             await self.destroy(ds_c)
             subprocess.run(["sync"], check=False)
             await asyncio.sleep(1.0)
-            full_s, full = await self._restore(ds_c, self.base / "c", incremental=True)
+            full_s, full = await self._restore(ds_c, self.base / "c", incremental=True, url=self.full_url)
             assert full.path == "full", full.path
             await self.destroy(ds_c)
             runs.append(dict(size=size, inc_s=inc_s, inc_b=inc.bytes, full_s=full_s, full_b=full.bytes))
@@ -126,18 +137,22 @@ def report(m: dict, bench: Bench, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cli(argv: list[str] | None, doc: str, bench: type, report_fn, work: int) -> int:
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--scale", type=int, default=150, help="pgbench scale (x ~15 MB; default 150 ≈ 2.2 GB)")
     p.add_argument("--repeat", type=int, default=3, help="measured rounds (median reported)")
-    p.add_argument("--work", type=int, default=30, help="seconds of pgbench on A before each rebuild")
+    p.add_argument("--work", type=int, default=work, help="seconds of pgbench on A before each rebuild")
     p.add_argument("--pool-size", default="24G", help="sparse pool file size")
     p.add_argument("--recordsize", default=None,
                    help="recordsize of A's dataset (default: the pool's 128K; 8k matches PostgreSQL's pages)")
     p.add_argument("-v", "--verbose", action="store_true", help="print when each restore phase began")
     args = p.parse_args(argv)
     _QuietLog.verbose = args.verbose
-    return run_async(lambda a: measure_and_report(Bench(a), report, a), args)
+    return run_async(lambda a: measure_and_report(bench(a), report_fn, a), args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(argv, __doc__, Bench, report, work=30)
 
 
 if __name__ == "__main__":

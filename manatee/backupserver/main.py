@@ -127,6 +127,7 @@ async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
         verifier=None if secret is None else RequestVerifier(secret),
         max_body_bytes=server_cfg.maxBodyBytes,
         logger=log,
+        common=sender.common_with,
     )
     idle = server_cfg.idle_timeout_s
     runner = web.AppRunner(app, handle_signals=False, **runner_kwargs(idle))

@@ -26,7 +26,7 @@ from typing import Any, Optional
 from manatee.backupserver.jobs import BackupJob
 from manatee.core.aio import finish_even_if_cancelled
 from manatee.core.auth import STREAM_HEADER_LEN, ShardSecret, stream_header
-from manatee.core.incremental import newest_common
+from manatee.core.incremental import SnapshotRef, common_to_json, newest_common
 from manatee.core.log import get_logger
 from manatee.core.zfs import Snapshot, Zfs, ZfsError
 from manatee.core.zfsstream import StreamError, tcp_counters
@@ -118,6 +118,11 @@ class ZfsSender:
             if not self._base_users[base]:
                 del self._base_users[base]
                 await self._release(BASE_HOLD_TAG, base)
+
+    async def common_with(self, offered: tuple[SnapshotRef, ...]) -> Optional[dict[str, object]]:
+        """The newest of our snapshots whose guid is offered, as `POST /snapshots/common` answers
+        it (ZfsError propagates: the requester then does not know, and asks its upstream)."""
+        return common_to_json(newest_common(await self.zfs.list_snapshot_guids(self.dataset), offered))
 
     async def incremental_base(self, job: BackupJob) -> Optional[str]:
         """The newest snapshot the requester also has, held for the send; None: send in full.

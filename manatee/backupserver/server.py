@@ -3,6 +3,11 @@
     POST /backup          {host, port, dataset} -> {jobid, jobPath}
     GET  /backup/<jobid>  -> the job
     GET  /ping            -> {"ok": true}
+    POST /snapshots/common {snapshots} -> {"common": {name, guid, creation} | null}
+
+`/snapshots/common` starts no send: it answers which of the offered snapshots (the
+requester's, by guid) this node has, the newest; a rebuilding node asks each member it
+could stream from (manatee.core.restore.source). It passes the same first checks.
 
 Every answer, error or not, is JSON; errors are {"code", "message"}. A request
 can only make this server stream the whole database to an address, so the
@@ -31,7 +36,9 @@ from manatee.backupserver.validation import (
     ValidationError,
     is_ip_address,
     validate_backup_request,
+    validate_common_request,
 )
+from manatee.core.incremental import SnapshotRef
 from manatee.core.auth import SCHEME, RequestVerifier, authorization_ok
 from manatee.core.log import get_logger
 
@@ -123,6 +130,8 @@ class BackupApi:
     max_body_bytes: int
     resolver: Resolver
     log: Any
+    # the newest snapshot shared with an offer (ZfsSender.common_with); None: not answered (404)
+    common: Optional[Callable[[tuple[SnapshotRef, ...]], Awaitable[Optional[dict]]]] = None
 
     # --- checks ------------------------------------------------------------------
 
@@ -156,7 +165,10 @@ class BackupApi:
             {"ok": True, "running": self.queue.running, "queued": self.queue.queued}
         )
 
-    async def post_backup(self, request: web.Request) -> web.Response:
+    async def _signed_json(self, request: web.Request, what: str) -> tuple[Optional[web.Response], Any]:
+        """The checks every POST passes, in order: body size (413), proof of the shard secret
+        (401), requester is a member (403/503), content type (415), JSON (400). Returns
+        (the refusal, None) or (None, the decoded body)."""
         requester = normalize_ip(request.remote or "")
         length = request.content_length
         if length is not None and length > self.max_body_bytes:
@@ -164,35 +176,59 @@ class BackupApi:
                 413,
                 "PayloadTooLarge",
                 f"body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes",
-            )
+            ), None
         raw = await request.content.read(self.max_body_bytes + 1)
         if len(raw) > self.max_body_bytes:
             return _error(
                 413,
                 "PayloadTooLarge",
                 f"body exceeds the limit of {self.max_body_bytes} bytes",
-            )
+            ), None
         denied = self._check_proof(request, raw)
         if denied is not None:
-            self.log.warning("backup_request_unauthorized", requester=requester)
-            return denied
+            self.log.warning(f"{what}_unauthorized", requester=requester)
+            return denied, None
         denied = await self._member(requester, "requester")
         if denied is not None:
-            self.log.warning("backup_request_denied", requester=requester, reason="requester")
-            return denied
+            self.log.warning(f"{what}_denied", requester=requester, reason="requester")
+            return denied, None
 
         if request.content_type != "application/json":
             return _error(
                 415,
                 "UnsupportedMediaType",
                 f"Content-Type must be application/json, got {request.content_type or 'none'}",
-            )
+            ), None
         try:
-            body = json.loads(raw.decode("utf-8"))
+            return None, json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            return _error(400, "MalformedJson", f"body is not UTF-8: {e}")
+            return _error(400, "MalformedJson", f"body is not UTF-8: {e}"), None
         except json.JSONDecodeError as e:
-            return _error(400, "MalformedJson", f"body is not valid JSON: {e}")
+            return _error(400, "MalformedJson", f"body is not valid JSON: {e}"), None
+
+    async def post_common(self, request: web.Request) -> web.Response:
+        """Which of the offered snapshots this node also has: the newest, or null. Starts no
+        send; a requester uses it to pick the member it takes an incremental stream from."""
+        denied, body = await self._signed_json(request, "common_request")
+        if denied is not None:
+            return denied
+        if self.common is None:
+            return _error(404, "ResourceNotFound", "this backupserver cannot compare snapshots")
+        try:
+            offered = validate_common_request(body)
+        except ValidationError as e:
+            return _error(400, e.code, e.message)
+        try:
+            common = await self.common(offered)
+        except Exception as e:  # noqa: BLE001 - e.g. zfs list failed: the requester treats it as unknown
+            return _error(503, "ServiceUnavailable", f"cannot list this node's snapshots: {e}")
+        return web.json_response({"common": common})
+
+    async def post_backup(self, request: web.Request) -> web.Response:
+        requester = normalize_ip(request.remote or "")
+        denied, body = await self._signed_json(request, "backup_request")
+        if denied is not None:
+            return denied
         try:
             req = validate_backup_request(body)
         except ValidationError as e:
@@ -257,6 +293,7 @@ def make_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     resolver: Resolver = resolve_host,
     logger: Any = None,
+    common: Optional[Callable[[tuple[SnapshotRef, ...]], Awaitable[Optional[dict]]]] = None,
 ) -> web.Application:
     if logger is None:
         logger = get_logger("manatee.backupserver")
@@ -267,6 +304,7 @@ def make_app(
         max_body_bytes=max_body_bytes,
         resolver=resolver,
         log=logger,
+        common=common,
     )
     # client_max_size is a second bound in case anything reads the body via aiohttp.
     app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes + 1)
@@ -276,4 +314,5 @@ def make_app(
     app.router.add_post("/backup", api.post_backup)
     app.router.add_post("/backup/", api.post_backup)
     app.router.add_get("/backup/{jobid}", api.get_backup)
+    app.router.add_post("/snapshots/common", api.post_common)
     return app

@@ -1,4 +1,4 @@
-"""Validation of `POST /backup` bodies.
+"""Validation of `POST /backup` and `POST /snapshots/common` bodies.
 
 Every rejection says exactly which field is wrong and why, so an operator (or a
 sitter's log) can act on it without reading this code.
@@ -132,6 +132,18 @@ def validate_backup_request(body: Any) -> BackupRequest:
 
     snapshots = validate_snapshots(body["snapshots"]) if "snapshots" in body else ()
     return BackupRequest(host=host, port=port, dataset=dataset, stream_token=token, snapshots=snapshots)
+
+
+def validate_common_request(body: Any) -> tuple[SnapshotRef, ...]:
+    """A `POST /snapshots/common` body: {"snapshots": [...]} (the same field as a backup request's)."""
+    if not isinstance(body, dict):
+        raise ValidationError("InvalidBody", f"request body must be a JSON object, got {_type_name(body)}")
+    unknown = sorted(k for k in body if k != "snapshots")
+    if unknown:
+        raise ValidationError("UnknownParameter", f"unknown field(s) {', '.join(unknown)}; allowed: snapshots")
+    if "snapshots" not in body:
+        raise ValidationError("MissingParameter", "missing required field(s): snapshots")
+    return validate_snapshots(body["snapshots"])
 
 
 def validate_snapshots(value: Any) -> tuple[SnapshotRef, ...]:

@@ -18,6 +18,11 @@ The protocol (backward compatible both ways):
     its side from that. An old server that ignores the field sends a full stream, and
     the header says so.
 
+Which member sends: a node whose upstream shares no snapshot with it (an old primary
+rejoining behind the former async) may take the increment from a member ahead of its
+upstream that does (choose_source; the questions are manatee.core.restore.source's,
+`POST /snapshots/common`; docs/design.md "Incremental rebuild from another member").
+
 Everything here is pure (no I/O): the shell is manatee.core.restore (receiver) and
 manatee.backupserver.sender (sender).
 """
@@ -125,3 +130,99 @@ def parse_stream_header(data: bytes) -> StreamHeader:
 def describe_path(incremental_from: Optional[str]) -> str:
     """`full` or `incremental from <snapshot>`: what /state and the history show."""
     return f"incremental from {incremental_from}" if incremental_from else "full"
+
+
+# ------------------------------------------------------------------ which member sends
+
+@dataclass(frozen=True)
+class CommonSnapshot:
+    """What a member's backupserver answers to an offer (POST /snapshots/common): the newest
+    of its snapshots whose guid we offered, with its creation time (seconds)."""
+
+    name: str
+    guid: str
+    creation: int
+
+
+@dataclass(frozen=True)
+class SourceOffer:
+    """One member that could send the stream, as learned by offering it our snapshots.
+
+    `known` False: we could not learn what it shares (an old backupserver without the
+    question, a timeout, an unparsable answer); `why_unknown` says which. `common` None
+    with `known` True: it shares no snapshot with us.
+    """
+
+    name: str
+    common: Optional[CommonSnapshot] = None
+    known: bool = True
+    why_unknown: str = ""
+
+
+@dataclass(frozen=True)
+class SourceChoice:
+    """The member to stream from (`name`, one of the offers) and why, for the history and /state."""
+
+    name: str
+    reason: str
+    expects_incremental: bool
+
+
+def choose_source(upstream: SourceOffer, others: Sequence[SourceOffer]) -> SourceChoice:
+    """Whom a node being rebuilt takes its stream from.
+
+    `others` are the members ahead of the upstream in the chain (normally the primary),
+    nearest first; only they can be used instead of the upstream, because their data is
+    at least as new as the upstream's (see docs/design.md, "Incremental rebuild from
+    another member"). The rules:
+      1. the upstream shares a snapshot, or what it shares is unknown → the upstream
+         (unknown is not a fact: an old backupserver is still asked, with the offer, and
+         may send an increment or a full stream as before);
+      2. the upstream shares none → the other member with the newest common snapshot
+         (ties: the nearest), for an increment from it;
+      3. nobody shares one → the upstream, in full.
+    """
+    if not upstream.known:
+        return SourceChoice(upstream.name, f"could not ask the upstream {upstream.name} which snapshots it "
+                                           f"shares ({upstream.why_unknown}): asking it for the stream",
+                            expects_incremental=False)
+    if upstream.common is not None:
+        return SourceChoice(upstream.name, f"the upstream {upstream.name} shares snapshot "
+                                           f"{upstream.common.name}", expects_incremental=True)
+    best: Optional[SourceOffer] = None
+    for o in others:
+        if o.known and o.common is not None and (best is None or o.common.creation > best.common.creation):
+            best = o
+    if best is not None:
+        assert best.common is not None
+        return SourceChoice(best.name, f"from {best.name} at {best.common.name}: the upstream "
+                                       f"{upstream.name} shares no snapshot", expects_incremental=True)
+    unknown = [o.name for o in others if not o.known]
+    tail = f" (not known for {', '.join(unknown)})" if unknown else ""
+    return SourceChoice(upstream.name, f"no member shares a snapshot with this node{tail}: "
+                                       f"a full stream from the upstream {upstream.name}",
+                        expects_incremental=False)
+
+
+def common_to_json(common: Optional[tuple[Snapshot, str]]) -> Optional[dict[str, object]]:
+    """The backupserver's answer to an offer: `{"name", "guid", "creation"}` or null."""
+    if common is None:
+        return None
+    snap, guid = common
+    return {"name": snap.name, "guid": guid, "creation": snap.creation}
+
+
+def common_from_json(doc: object) -> Optional[CommonSnapshot]:
+    """Parse that answer's `common`; ValueError naming what is wrong (the caller: unknown)."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise ValueError(f"common must be an object or null, got {type(doc).__name__}")
+    name, guid, creation = doc.get("name"), doc.get("guid"), doc.get("creation")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"common.name must be a snapshot name, got {name!r}"[:200])
+    if not isinstance(guid, str) or not GUID_RE.fullmatch(guid):
+        raise ValueError(f"common.guid must be a decimal string, got {guid!r}"[:200])
+    if not isinstance(creation, int) or isinstance(creation, bool):
+        raise ValueError(f"common.creation must be an integer, got {creation!r}"[:200])
+    return CommonSnapshot(name, guid, creation)

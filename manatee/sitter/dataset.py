@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from manatee.core.restore import restore as restore_dataset
+from manatee.core.restore.source import Candidate
+from manatee.core.restore.source import choose as choose_source
 from manatee.core.zfs import Zfs
 from manatee.shard.state import Peer
 
@@ -51,14 +53,23 @@ class ZfsDataset:
             raise UpstreamNotReady(f"upstream {upstream.id} has no running, healthy PostgreSQL yet: "
                                    "waiting before restoring from it")
 
-    async def restore(self, upstream: Peer, progress: Callable) -> object:
-        """Receive the upstream's dataset (manatee.core.restore); returns its RestoreResult."""
+    async def restore(self, upstream: Peer, progress: Callable, also: Sequence[Peer] = ()) -> object:
+        """Receive the upstream's dataset (manatee.core.restore); returns its RestoreResult.
+        `also`: members ahead of the upstream that may send an increment instead when the
+        upstream shares no snapshot with us (manatee.core.restore.source)."""
         z = self.z
+        listen_host = z.zfsHost or self.cfg.ip
+        peers = (upstream, *also)
+        name = str if len({str(p) for p in peers}) == len(peers) else (lambda p: p.id)  # IPs, unless shared
+        chosen = await choose_source(
+            self.zfs, z.dataset, Candidate(name(upstream), upstream.backup_url),
+            [Candidate(name(p), p.backup_url) for p in also],
+            secret=self.secret, listen_host=listen_host, ssl_context=self.ssl_context, log=self.log)
         return await restore_dataset(
-            self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=upstream.backup_url,
-            listen_host=z.zfsHost or self.cfg.ip, listen_port=z.zfsPort,
+            self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=chosen.source.backup_url,
+            listen_host=listen_host, listen_port=z.zfsPort,
             owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret, ssl_context=self.ssl_context,
-            poll_interval=z.poll_interval_s, progress=progress, logger=self.log)
+            poll_interval=z.poll_interval_s, progress=progress, logger=self.log, source_reason=chosen.reason)
 
     def list_snapshots(self):
         return self.zfs.list_snapshots(self.z.dataset)

@@ -9,7 +9,7 @@ production loop. The protocols name only what the loop calls.
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 from manatee.shard.state import ClusterState, Peer
 
@@ -97,6 +97,6 @@ class Dataset(Protocol):
 
     async def ensure(self) -> None: ...
     async def check_upstream(self, upstream: Peer) -> None: ...  # raises UpstreamNotReady
-    async def restore(self, upstream: Peer, progress: Callable[[Any], None]) -> Any: ...
+    async def restore(self, upstream: Peer, progress: Callable[[Any], None], also: Sequence[Peer] = ()) -> Any: ...
     def list_snapshots(self) -> Awaitable[Any]: ...
     def space(self) -> Awaitable[str]: ...

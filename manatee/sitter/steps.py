@@ -123,19 +123,42 @@ class StepRunner:
         if upstream is None:
             raise RuntimeError("a restore needs an upstream to restore from")
         await self.dataset.check_upstream(upstream)
+        also = await self._ahead_of(upstream)
         await self.pg.kill()
-        self.log.info("restore_starting", source=upstream.backup_url)
+        self.log.info("restore_starting", source=upstream.backup_url, also=[p.backup_url for p in also])
 
         def progress(p):
             self.restore_progress = {"phase": p.phase, "completed": p.completed, "size": p.size,
-                                     "source": upstream.backup_url, "path": p.path, "reason": p.reason}
+                                     "source": getattr(p, "source", None) or upstream.backup_url,
+                                     "path": p.path, "reason": p.reason}
             self.on_progress()
 
-        res = await self.dataset.restore(upstream, progress)
+        res = await self.dataset.restore(upstream, progress, also=also)
         self.restore_progress = {"phase": "done", "completed": res.bytes, "size": res.bytes,
-                                 "source": upstream.backup_url, "path": res.path, "reason": res.reason}
+                                 "source": getattr(res, "source", None) or upstream.backup_url,
+                                 "path": res.path, "reason": res.reason}
         self.on_restored()
         self.log.info("restore_done", bytes=res.bytes, seconds=round(res.seconds, 2), path=res.path, why=res.reason)
+
+    async def _ahead_of(self, upstream: Peer) -> list[Peer]:
+        """The members ahead of my upstream in the chain, nearest first, that run a healthy
+        PostgreSQL: they may send my rebuild when my upstream shares no snapshot with me
+        (manatee.core.restore.source; docs/design.md). A state that cannot be read: none."""
+        try:
+            st, _ver = await self.store.read_state()
+        except Exception as e:  # noqa: BLE001 - unknown: restore from the upstream alone, as before
+            self.log.warning("restore_sources_unknown", error=f"{type(e).__name__}: {e}")
+            return []
+        chain = [p.id for p in st.chain()] if st is not None else []
+        if upstream.id not in chain:
+            return []
+        ready = []
+        for p in reversed(st.chain()[: chain.index(upstream.id)]):
+            with contextlib.suppress(Exception):  # UpstreamNotReady: not a source now
+                if p.id != self.me.id:
+                    await self.dataset.check_upstream(p)
+                    ready.append(p)
+        return ready
 
     async def restart_in_role(self, target: Target, force: bool) -> bool:
         """The requested restart (manatee-adm restart): a fast stop, then a start with the

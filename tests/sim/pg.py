@@ -160,7 +160,7 @@ class FakeDataset:
         if not (self.world.reach(self.node, src) and src.running and not src.pg_hung):
             raise UpstreamNotReady(f"upstream {upstream.id} has no running, healthy PostgreSQL")
 
-    async def restore(self, upstream, progress):
+    async def restore(self, upstream, progress, also=()):
         await self.world.pause_point(self.node)
         n, src = self.node, self.world.node(upstream.id)
         if not (self.world.reach(n, src) and src.has_data):
@@ -168,6 +168,7 @@ class FakeDataset:
         self.world.pg_stop(n)
         n.log, n.has_data, n.diverged, n.torn = list(src.log), True, False, 0
         self.world.restores.append((self.world.now, n.id))
+        self.node.restore_sources = (upstream.id, tuple(p.id for p in also))  # (upstream, members ahead of it)
         return SimpleNamespace(bytes=len(n.log), seconds=0.0, path="full", reason="simulated")
 
     async def list_snapshots(self):

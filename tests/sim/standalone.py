@@ -88,7 +88,7 @@ class NoDataset:
     async def check_upstream(self, upstream):
         raise AssertionError("no restore expected")
 
-    async def restore(self, upstream, progress):
+    async def restore(self, upstream, progress, also=()):
         raise AssertionError("no restore expected")
 
 

@@ -23,8 +23,9 @@ stays whole in the aside copy until the end, as for a full stream
 The package by concern: ``driver`` (the steps in order, and the rollback), ``job`` (the
 backupserver's REST side: the signed request, polling the job), ``receive`` (the listener
 and the stream's header), ``swap`` (the zfs steps that set the old dataset aside, put it
-back or drop it, and mount the new one), ``outcome`` (progress, result, error). Callers
-import from here.
+back or drop it, and mount the new one), ``outcome`` (progress, result, error), ``source``
+(which member to stream from: the upstream, or one ahead of it that shares a snapshot when
+the upstream shares none). Callers import from here.
 """
 
 from manatee.core.restore.driver import restore

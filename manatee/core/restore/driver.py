@@ -52,6 +52,7 @@ async def restore(
     logger: Any = None,
     incremental: bool = True,
     ssl_context: Any = None,
+    source_reason: Optional[str] = None,
 ) -> RestoreResult:
     """Replace `dataset` with a fresh copy streamed by the backupserver at `backup_url`.
 
@@ -64,6 +65,8 @@ async def restore(
     CancelledError propagate. `secret` (the shard secret; None in insecure mode) signs the
     backup request and checks the stream's header before anything reaches zfs recv.
     `ssl_context` verifies an https:// backupserver and presents our client certificate.
+    `source_reason` says why `backup_url` was chosen (manatee.core.restore.source); the
+    result's reason carries it.
     """
     if isinstance(secret, str):
         secret = ShardSecret.of(secret)
@@ -72,7 +75,7 @@ async def restore(
         dataset=dataset, mountpoint=Path(mountpoint), backup_url=backup_url.rstrip("/"),
         listen_host=listen_host, listen_port=listen_port, owner=owner, secret=secret,
         poll_interval=poll_interval, timeout=timeout, stall_timeout=stall_timeout,
-        progress=progress, logger=log, ssl_context=ssl_context,
+        progress=progress, logger=log, ssl_context=ssl_context, source_reason=source_reason,
     )
     try:
         return await _Restore(zfs, incremental=incremental, **kw).run()
@@ -108,7 +111,8 @@ class _Restore:
         self.full_would_fix = False
         self.log = kw["logger"].bind(dataset=self.dataset) if hasattr(kw["logger"], "bind") else kw["logger"]
 
-        self.state = RestoreProgress(phase="preparing")
+        self.source_reason: Optional[str] = kw.get("source_reason")
+        self.state = RestoreProgress(phase="preparing", source=self.backup_url)
         self.t0 = time.monotonic()
         self.old: Optional[swap.OldDataset] = None
         self.listener: Optional[socket.socket] = None
@@ -202,6 +206,7 @@ class _Restore:
             jobid=self.state.jobid,
             incremental_from=self.incremental_from,
             reason=self.state.reason,
+            source=self.backup_url,
         )
         self.state.completed = received
         self._phase("done")
@@ -395,7 +400,7 @@ class _Restore:
                 "this node has no snapshots to offer" if not self.ours else "the backupserver sent a full stream"
             )
         self.state.path = inc.describe_path(self.incremental_from)
-        self.state.reason = reason
+        self.state.reason = self._with_source(reason)
         self.log.info("restore_path", path=self.state.path, why=reason, stream_to=header.toname)
         try:
             return await self.zfs.recv_from_socket(self.dataset, conn, progress=on_bytes)
@@ -408,7 +413,10 @@ class _Restore:
         """A full stream we offered snapshots for: the sender's job says why (e.g. none in common)."""
         why = job.get("pathReason")
         if self.state.path == "full" and self.ours and not self.why_full and isinstance(why, str):
-            self.state.reason = f"the backupserver sent a full stream: {why}"
+            self.state.reason = self._with_source(f"the backupserver sent a full stream: {why}")
+
+    def _with_source(self, reason: str) -> str:
+        return f"{reason}; {self.source_reason}" if self.source_reason else reason
 
     # ------------------------------------------------------------------ old dataset
 

@@ -27,6 +27,14 @@ def job_session(listen_host: str, ssl_context: Any) -> aiohttp.ClientSession:
                                  headers={"Content-Type": "application/json"}, connector=connector)
 
 
+async def signed_post(http: aiohttp.ClientSession, url: str, secret: Optional[ShardSecret],
+                      body: dict[str, Any]) -> tuple[int, str]:
+    """POST `body` as JSON with the shard secret's proof (manatee.core.auth): status and text."""
+    data = json.dumps(body).encode()
+    async with http.post(url, data=data, headers=sign_request(secret, "POST", URL(url).path, data)) as resp:
+        return resp.status, await resp.text()
+
+
 class BackupJob:
     """One backup job on the backupserver at `backup_url`."""
 
@@ -42,10 +50,7 @@ class BackupJob:
         self.poll_failures = 0
 
     async def _post(self, url: str, body: dict[str, Any]) -> tuple[int, str]:
-        data = json.dumps(body).encode()
-        async with self.http.post(url, data=data,
-                                  headers=sign_request(self.secret, "POST", URL(url).path, data)) as resp:
-            return resp.status, await resp.text()
+        return await signed_post(self.http, url, self.secret, body)
 
     async def request(self, body: dict[str, Any]) -> bool:
         """Ask for the job; True if the server did not know the snapshot offer and was asked without it."""
@@ -61,7 +66,7 @@ class BackupJob:
             if status != 200:
                 raise RestoreError(f"backupserver {url} refused the backup request: HTTP {status}: {brief(text)}",
                                    phase="requesting")
-            doc = _json(text)
+            doc = json_object(text)
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise RestoreError(f"POST {url} failed: {type(e).__name__}: {e}", phase="requesting") from e
         jobid, jobpath = doc.get("jobid"), doc.get("jobPath")
@@ -77,7 +82,7 @@ class BackupJob:
             text = await resp.text()
             if resp.status != 200:
                 raise RestoreError(f"GET {url}: HTTP {resp.status}: {brief(text)}", phase=phase)
-            return _json(text)
+            return json_object(text)
 
     async def poll(self, phase: str) -> Optional[dict[str, Any]]:
         """The job; None after a failed GET, RestoreError once too many failed in a row."""
@@ -139,7 +144,7 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def _json(text: str) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
     doc = json.loads(text)
     if not isinstance(doc, dict):
         raise ValueError(f"expected a JSON object, got {brief(text)}")

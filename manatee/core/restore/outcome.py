@@ -22,6 +22,7 @@ class RestoreProgress:
     error: Optional[str] = None
     path: Optional[str] = None  # "full" or "incremental from <snapshot>", once the stream says
     reason: Optional[str] = None  # why that path
+    source: Optional[str] = None  # the backupserver streaming to us (the upstream or a member ahead of it)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -35,7 +36,8 @@ class RestoreResult:
     source_snapshot: Optional[str] = None  # the sender's snapshot
     jobid: Optional[str] = None
     incremental_from: Optional[str] = None  # our base snapshot; None: a full stream
-    reason: Optional[str] = None  # why this path ran
+    reason: Optional[str] = None  # why this path ran (and why this source, if not the upstream)
+    source: Optional[str] = None  # the backupserver that sent it
 
     @property
     def path(self) -> str:
