@@ -11,7 +11,7 @@ import pytest
 
 from manatee.backupserver.membership import StaticMembership
 from manatee.core import incremental as inc
-from manatee.core.incremental import CommonSnapshot, SnapshotRef, SourceOffer
+from manatee.core.incremental import CommonSnapshot, SourceOffer
 from manatee.core.restore import source
 from manatee.core.zfs import Snapshot, ZfsError
 from tests.backupserver_fakes import SECRET, FakeSender, api_client
