@@ -118,6 +118,35 @@ def write_probe(failures: int, *, ok: bool | None) -> int:
     return failures + 1 if ok is False else 0
 
 
+def disk_full_crash(seen: str | None, at: float | None, *, line: str | None,
+                    now: float) -> tuple[str | None, float | None]:
+    """(the last disk-full PANIC line seen, when it was first seen). PostgreSQL's log since
+    the sitter last started it names its newest PANIC for lack of space (`line`: it writes
+    no WAL, so it crashed; the postmaster restarts it, and a restart that frees a little
+    space makes it look healthy until the next WAL segment). A line not seen before is a
+    new crash, dated now; the same line again, or none, keeps what was seen."""
+    if line is not None and line != seen:
+        return line, now
+    return seen, at
+
+
+#: a dataset with less room than this (bytes; a default WAL segment) is full: PostgreSQL
+#: cannot start a new WAL segment, so a primary that fails with so little room gives way
+DISK_FULL_BELOW = 16 << 20
+
+
+def disk_full(free: int | None) -> bool:
+    """Whether a dataset with `free` bytes available is full (None: unknown, so not full)."""
+    return free is not None and free < DISK_FULL_BELOW
+
+
+def disk_full_recent(at: float | None, now: float, window_s: float) -> bool:
+    """Whether my disk was found full (a disk-full crash, or little room while PostgreSQL
+    failed) less than `window_s` ago: a primary gives way to a healthy sync now rather than
+    wait to crash again (F19)."""
+    return at is not None and now - at < window_s
+
+
 #: consecutive failed starts of a standby's PostgreSQL before its sitter backs off
 START_FAILURES_BEFORE_BACKOFF = 3
 

@@ -74,6 +74,13 @@ class ZfsDataset:
     def list_snapshots(self):
         return self.zfs.list_snapshots(self.z.dataset)
 
+    async def available(self, timeout: float) -> int | None:
+        """Bytes free for my dataset (`zfs get -Hp -o value available`, within `timeout`
+        seconds; None if ZFS names no number)."""
+        out = (await asyncio.wait_for(self.zfs.run("get", "-Hp", "-o", "value", "available", self.z.dataset),
+                                      timeout)).strip()
+        return int(out) if out.isdigit() else None
+
     def space(self):
         """`zfs get -Hp -o property,value available,used,quota <dataset>` (the metrics parse it)."""
         return self.zfs.run("get", "-Hp", "-o", "property,value", "available,used,quota", self.z.dataset)

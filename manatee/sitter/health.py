@@ -41,6 +41,10 @@ class PgHealth:
         self.probe_error: str | None = None
         self.probe_at: float | None = None  # monotonic time of the last probe
         self.starts = latches.StartTries()
+        self.disk_full_line: str | None = None  # latches.disk_full_crash: the newest disk-full PANIC seen
+        self.disk_full_at: float | None = None  # when my disk was last found full while PG failed
+        self.disk_full_why: str | None = None
+        self.space_at: float | None = None      # monotonic time of the last free-space check
         self.unanswered_since: float | None = None
         self.hung_kills = 0
         self.sick_since: float | None = None
@@ -109,7 +113,11 @@ class PgHealth:
         out of recovery if I am the primary); for the primary, cannot_serve once it has failed
         for primaryStartTimeout (the core's step-down rule, S9)."""
         now = self.clock.monotonic()
+        full = self._disk_full(pgs, now, as_primary=as_primary)
         why, hard = self._why_sick(pgs, as_primary, target)
+        if full is not None:
+            self.cannot_serve = full
+            return
         if not (as_primary or role == STANDBY):
             self.sick_since = self.healthy_since = self.cannot_serve = self.sick_why = None
             return
@@ -145,6 +153,47 @@ class PgHealth:
             self.hb_withheld = withhold
         if withhold and sender is not None:  # at once: the cycle may then fail (PG cannot start) and
             sender.upstream_url = None       # never reach the end that points the sender (F19-sync)
+
+    def _disk_full(self, pgs, now: float, *, as_primary: bool) -> str | None:
+        """Why my primary cannot serve because its disk is full, or None: its PostgreSQL
+        PANICked for lack of space (its log says so) or failed while its dataset had less than
+        latches.DISK_FULL_BELOW free (check_space), less than primaryStartTimeout ago. That is a
+        fact, not a blip: the postmaster restarts it, and a restart that frees a little space
+        makes it look healthy until its next WAL segment, so the primary gives way to a
+        healthy sync at once (F19). A standby's is only logged (its walreceiver cannot write:
+        it stops streaming and withholds its heartbeats)."""
+        was = self.disk_full_line
+        self.disk_full_line, at = latches.disk_full_crash(was, None, line=pgs.disk_full, now=now)
+        if self.disk_full_line != was:
+            self.disk_full_at, self.disk_full_why = at, f"it crashed because its disk is full ({self.disk_full_line})"
+            self.log.warning("pg_disk_full_crash", line=first_line(self.disk_full_line, 300), role="primary" if
+                             as_primary else None, reason="my PostgreSQL crashed because its disk is full"
+                             + (", so I give way to my sync" if as_primary else ""))
+        if not (as_primary and latches.disk_full_recent(self.disk_full_at, now, self.primary_start_timeout)):
+            return None
+        return first_line(self.disk_full_why, 300)
+
+    async def check_space(self, dataset, pgs, *, as_primary: bool) -> None:
+        """When my primary's PostgreSQL fails (not running, a status query failed other than
+        for a connection storm, or a write probe failed), ask ZFS how much room its dataset
+        has (at most once per healthChkInterval, within the status deadline): less than
+        latches.DISK_FULL_BELOW is a full disk (_disk_full). A check that fails or times out
+        is no evidence."""
+        failing = not pgs.running or (not pgs.known and not pgs.crowded) or self.probe_failures > 0
+        now = self.clock.monotonic()
+        if not (as_primary and failing) or (self.space_at is not None and now - self.space_at < self.interval):
+            return
+        self.space_at = now
+        try:
+            free = await dataset.available(self.pg.status_timeout)
+        except Exception as e:  # noqa: BLE001 - zfs failed or hung: unknown, not full
+            self.log.debug("dataset_space_unknown", error=str(e) or type(e).__name__)
+            return
+        if latches.disk_full(free):
+            self.disk_full_at = now
+            self.disk_full_why = f"its disk is full: {free} bytes free on its dataset while it fails"
+            self.log.warning("pg_disk_full", free=free, reason=f"my PostgreSQL fails and its dataset has only "
+                                                               f"{free} bytes free, so I give way to my sync")
 
     # -- issue 8: a sync that does not flush, a primary that cannot commit, starts that fail
 

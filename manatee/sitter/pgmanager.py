@@ -43,6 +43,24 @@ WALSENDER_REFUSAL = re.compile(r"requested starting point")
 MY_WALRECEIVER = re.compile(r"WAL stream")
 
 
+# PostgreSQL crashed because it could not write (WAL or a data file) for lack of space: a
+# dataset quota reached (EDQUOT) or a full pool (ENOSPC). It PANICs (the postmaster then
+# restarts it, and a restart that frees a little space makes it look healthy until the next
+# WAL segment), so the primary's sitter gives way to its sync (F19).
+DISK_FULL_PANIC = re.compile(r"PANIC:.*(?:No space left on device|Disk quota exceeded)")
+
+
+def disk_full_in(text: str) -> str | None:
+    """The last line of PostgreSQL's log `text` that says it crashed for lack of space, or None."""
+    last = None
+    for last in DISK_FULL_PANIC.finditer(text):
+        pass
+    if last is None:
+        return None
+    end = text.find("\n", last.end())
+    return text[text.rfind("\n", 0, last.start()) + 1:end if end >= 0 else len(text)].strip()
+
+
 def diverged_in(text: str) -> bool:
     """Whether PostgreSQL's log `text` says that this node cannot follow its upstream."""
     for m in DIVERGENCE_PATTERNS.finditer(text):
@@ -59,6 +77,8 @@ PROMOTE_POLL_S = 0.01  # a promoting node is asked this often whether it has lef
 # stream that segment again from its start: both scale with the segment size (16 MB: 0.2-0.4 s
 # of a takeover on a loaded 2-core host with ZFS; see docs/benchmarks.md).
 WAL_SEGMENT_MB = 1
+
+LOG_READ_MAX = 4 << 20  # the newest part of PostgreSQL's log read each cycle (bytes)
 
 # PostgreSQL refused a connection because clients hold every slot (F20): it is busy, not sick.
 CROWDED = re.compile(r"too many clients already|remaining connection slots are reserved")
@@ -82,6 +102,7 @@ class PgStatus:
     pending_restart: tuple[str, ...] = ()    # settings changed that only a restart applies (pg_settings)
     parameters_gen: int = 0                  # PgManager.parameters_gen PG had been reloaded with
     sync_flush_failed: bool = False          # primary: the sync's flush position could not be read (unknown)
+    disk_full: str | None = None             # the newest PANIC for lack of space since the sitter started it
 
     @property
     def known(self) -> bool:
@@ -359,7 +380,8 @@ class PgManager:
 
     async def status(self, sync_app_name: str | None = None) -> PgStatus:
         if not self.running:
-            return PgStatus(False, False, None, None, False, await self._diverged(), None, None)
+            diverged, disk_full = await self._log_facts()
+            return PgStatus(False, False, None, None, False, diverged, None, None, disk_full=disk_full)
         gen = self._applied_gen
         try:
             rows = await self.client.query(
@@ -376,8 +398,9 @@ class PgManager:
         except pgmod.PgError as e:
             # Unknown, not "running as a primary": in_recovery, wal, read_only stay None.
             self.log.debug("pg_status_failed", error=str(e), timed_out=e.timed_out)
-            return PgStatus(True, False, None, None, False, await self._diverged(), None, None,
-                            error=str(e), timed_out=e.timed_out, crowded=bool(CROWDED.search(str(e))))
+            diverged, disk_full = await self._log_facts()
+            return PgStatus(True, False, None, None, False, diverged, None, None, error=str(e),
+                            timed_out=e.timed_out, crowded=bool(CROWDED.search(str(e))), disk_full=disk_full)
         r = rows[0]
         in_rec = bool(r["rec"])
         streaming = in_rec and r["wr_status"] == "streaming"
@@ -395,27 +418,33 @@ class PgManager:
             except pgmod.PgError:
                 flush_failed = True
         sender = (r["wr_host"], int(r["wr_port"])) if streaming and r["wr_host"] else None
-        return PgStatus(True, True, in_rec, wal, streaming, in_rec and await self._diverged(),
+        diverged, disk_full = await self._log_facts()
+        return PgStatus(True, True, in_rec, wal, streaming, in_rec and diverged,
                         sync_flush, r["tli"], bool(r["ro"]), sender,
                         pending_restart=tuple(r["pending"].split(",")) if r.get("pending") else (),
-                        parameters_gen=gen, sync_flush_failed=flush_failed)
+                        parameters_gen=gen, sync_flush_failed=flush_failed, disk_full=disk_full)
 
-    async def _diverged(self) -> bool:
+    async def _log_facts(self) -> tuple[bool, str | None]:
+        """What PostgreSQL's log says since it was last started: (it cannot follow its
+        upstream, its newest PANIC for lack of space or None). A disk-full line counts only
+        once this sitter has started PostgreSQL (before that the log is an earlier run's)."""
         # File reads go to a thread: if storage hangs, the event loop (and with it the status
         # server, which then reports unhealthy) keeps running, and the cycle waits at most
-        # the status deadline: a log that cannot be read is no evidence of divergence.
+        # the status deadline: a log that cannot be read is no evidence of either.
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self._diverged_in_log), self.status_timeout)
+            text = await asyncio.wait_for(asyncio.to_thread(self._log_since_start), self.status_timeout)
         except asyncio.TimeoutError:
             self.log.warning("pg_log_read_timed_out", path=str(self.log_file))
-            return False
+            return False, None
+        if text is None:
+            return False, None
+        return diverged_in(text), disk_full_in(text) if self._started_at is not None else None
 
-    def _diverged_in_log(self) -> bool:
-        """True if PostgreSQL has said, since it was last started, that it cannot follow its upstream."""
+    def _log_since_start(self) -> str | None:
+        """PostgreSQL's log since it was last started (its newest 4 MB), or None if unreadable."""
         try:
             with os.fdopen(nofollow.open_read(self.log_file), "rb") as f:  # a link: not followed
-                f.seek(self._log_offset)
-                text = f.read(4 << 20).decode("utf-8", "replace")
+                f.seek(max(self._log_offset, os.fstat(f.fileno()).st_size - LOG_READ_MAX))
+                return f.read(LOG_READ_MAX).decode("utf-8", "replace")
         except OSError:
-            return False
-        return diverged_in(text)
+            return None

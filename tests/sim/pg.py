@@ -91,7 +91,7 @@ class FakePg:
             flush = Lsn(BASE + len(s.log))
         up = self.world.node(n.applied.upstream) if rec and n.streaming and n.applied.upstream else None
         return PgStatus(True, True, rec, wal, n.streaming, rec and n.diverged, flush, 1, n.applied.read_only,
-                        (up.peer.ip, 5432) if up else None)
+                        (up.peer.ip, 5432) if up else None, disk_full=n.disk_full)
 
     async def initdb(self) -> None:
         await self.world.pause_point(self.node)
@@ -128,6 +128,7 @@ class FakePg:
         if n.pg_fault == "no_start":
             raise PgError("postgres exited with status 1 before accepting connections")
         n.pg_hung = n.pg_fault == "hang_sticky"
+        n.disk_full = None  # the sitter reads PostgreSQL's log from this start on
         n.running, n.mode = True, ("standby" if n.conf.standby_signal else "primary")
         n.applied = replace(n.conf)
         n.streamed, n.streaming, n.pending = None, False, []
@@ -176,3 +177,6 @@ class FakeDataset:
 
     async def space(self) -> str:
         return ""
+
+    async def available(self, timeout: float) -> int | None:
+        return self.node.free

@@ -82,8 +82,12 @@ class Node:
     # PostgreSQL alone (issue 8): None | "hang" (this process hangs; a kill cures it) |
     # "hang_sticky" (every new process hangs too: stuck storage) | "no_start" (crash loop, full disk) |
     # "no_commit" (answers, but no commit succeeds) | "stall" (a standby streams but flushes nothing
-    # more) | "slow" (a standby flushes one record every third tick: slower than the writes)
+    # more) | "slow" (a standby flushes one record every third tick: slower than the writes) |
+    # "panicked_full" (it PANICked for lack of space and the postmaster restarted it: it serves
+    # again, but its log since the sitter started it names the crash: `disk_full`)
     pg_fault: str | None = None
+    disk_full: str | None = None
+    free: int | None = None  # bytes free on its dataset (None: ZFS does not say)
     pg_hung: bool = False
     zk_cut: bool = False
     peers_cut: bool = False
@@ -252,6 +256,8 @@ class Shard:
         n.pg_hung = n.running and fault in ("hang", "hang_sticky")
         if fault == "no_start":  # it crashes (a full disk makes PostgreSQL PANIC) and cannot start again
             self.pg_stop(n)
+        if fault == "panicked_full" and n.running:
+            n.disk_full = f"PANIC:  could not write to file \"pg_wal/xlogtemp.{self.now}\": No space left on device"
 
     def tear_wal(self, k, extra: int) -> None:
         """F19 on the primary: its last WAL write failed half-way through a record after the

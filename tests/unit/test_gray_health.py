@@ -108,3 +108,75 @@ def test_failed_starts_back_off_and_a_start_that_answers_ends_it():
     h.start_result(RUNNING_PRIMARY, killed=False)
     assert h.starts.failures == 0 and [r[3] for r in records].count("pg_start_failed") == 3
     assert any(r[3] == "pg_start_ok_again" for r in records)
+
+
+PANIC = ('2026-12-03 22:07:58.684 UTC [11211] PANIC:  could not write to log file 000000010000000000000009 '
+         'at offset 917504, length 131072: Disk quota exceeded')
+
+
+def test_a_disk_full_crash_makes_the_primary_give_way_at_once_and_only_once():
+    """F19: PostgreSQL PANICked for lack of space and the postmaster restarted it; it answers
+    again, yet the primary gives way now (it will crash at its next WAL segment)."""
+    h, clock, records, _ = _health()
+    rw = replace(RUNNING_PRIMARY, read_only=False)
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is None
+    clock.now = 3.0
+    h.track(replace(rw, disk_full=PANIC), as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is not None and "disk is full" in h.cannot_serve and "Disk quota exceeded" in h.cannot_serve
+    assert [r[3] for r in records].count("pg_disk_full_crash") == 1
+    clock.now = 10.9  # the same line again, within primaryStartTimeout (8 s) of the first sight
+    h.track(replace(rw, disk_full=PANIC), as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is not None and [r[3] for r in records].count("pg_disk_full_crash") == 1
+    clock.now = 11.0  # the window has passed and the line is not new: serving again is allowed
+    h.track(replace(rw, disk_full=PANIC), as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is None
+    clock.now = 12.0  # a new crash (a new line) opens a new window
+    h.track(replace(rw, disk_full=PANIC.replace("22:07:58.684", "22:08:09.001")), as_primary=True,
+            role="primary", target=None)
+    assert h.cannot_serve is not None
+
+
+def test_a_disk_full_crash_on_a_standby_is_logged_but_never_cannot_serve():
+    h, clock, records, _ = _health()
+    standby = replace(RUNNING_PRIMARY, in_recovery=True, disk_full=PANIC)
+    h.track(standby, as_primary=False, role="standby", target=None)
+    assert h.cannot_serve is None and "pg_disk_full_crash" in [r[3] for r in records]
+
+
+class SpaceDataset:
+    def __init__(self, free=None, fail=False):
+        self.free, self.fail, self.calls = free, fail, 0
+
+    async def available(self, timeout):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("zfs get timed out")
+        return self.free
+
+
+def test_a_failing_primary_on_a_full_dataset_gives_way_and_a_failed_check_is_no_evidence():
+    h, clock, records, _ = _health()
+    rw = replace(RUNNING_PRIMARY, read_only=False)
+    down = replace(rw, running=False, healthy=False)
+    full = SpaceDataset(free=1 << 20)
+    asyncio.run(h.check_space(full, rw, as_primary=True))
+    assert full.calls == 0  # healthy: ZFS is not asked
+    asyncio.run(h.check_space(full, down, as_primary=False))
+    assert full.calls == 0  # not serving as the primary
+    broken = SpaceDataset(fail=True)
+    asyncio.run(h.check_space(broken, down, as_primary=True))
+    h.track(down, as_primary=True, role="primary", target=None)
+    assert broken.calls == 1 and h.cannot_serve is None  # unknown room: not full
+    clock.now = 1.0
+    roomy = SpaceDataset(free=1 << 30)
+    asyncio.run(h.check_space(roomy, down, as_primary=True))
+    h.track(down, as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is None  # a crash with room to spare waits for primaryStartTimeout as before
+    clock.now = 2.0
+    asyncio.run(h.check_space(full, down, as_primary=True))
+    asyncio.run(h.check_space(full, down, as_primary=True))
+    assert full.calls == 1  # at most once per healthChkInterval
+    h.track(rw, as_primary=True, role="primary", target=None)  # restarted and answering again
+    assert h.cannot_serve is not None and "disk is full" in h.cannot_serve and "1048576 bytes free" in h.cannot_serve
+    assert "pg_disk_full" in [r[3] for r in records]

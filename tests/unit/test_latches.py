@@ -1,3 +1,4 @@
+from manatee.shard import latches
 from manatee.shard.latches import standby_wal, sync_caught_up
 from manatee.shard.state import Peer
 
@@ -149,3 +150,13 @@ def test_a_start_that_answers_ends_the_back_off():
     # an observation with no start pending changes nothing (a standby killed as hung after running fine)
     assert start_outcome(StartTries(failures=1), running=False, answered=False, killed=True, now=1,
                          base_s=2, max_s=10) == StartTries(failures=1)
+
+
+def test_disk_full_crash_dates_a_new_line_and_keeps_an_old_one():
+    assert latches.disk_full_crash(None, None, line=None, now=5.0) == (None, None)
+    assert latches.disk_full_crash(None, None, line="PANIC a", now=5.0) == ("PANIC a", 5.0)
+    assert latches.disk_full_crash("PANIC a", 5.0, line="PANIC a", now=9.0) == ("PANIC a", 5.0)
+    assert latches.disk_full_crash("PANIC a", 5.0, line=None, now=9.0) == ("PANIC a", 5.0)  # PG restarted
+    assert latches.disk_full_crash("PANIC a", 5.0, line="PANIC b", now=9.0) == ("PANIC b", 9.0)
+    assert not latches.disk_full_recent(None, 9.0, 8.0)
+    assert latches.disk_full_recent(5.0, 12.9, 8.0) and not latches.disk_full_recent(5.0, 13.0, 8.0)

@@ -6,7 +6,7 @@ line must not trigger that (a rebuild throws the node's data away)."""
 
 import pytest
 
-from manatee.sitter.pgmanager import DIVERGENCE_PATTERNS, diverged_in
+from manatee.sitter.pgmanager import DIVERGENCE_PATTERNS, disk_full_in, diverged_in
 
 
 @pytest.mark.parametrize("line", [
@@ -54,3 +54,18 @@ def test_my_walsender_refusing_my_standby_is_not_my_divergence():
            "position of this server 0/9FFCB8\n")
     assert not diverged_in(log)
     assert diverged_in(log + "2026-12-03 16:53:06.000 UTC [5200] LOG:  invalid primary checkpoint record\n")
+
+
+def test_disk_full_in_finds_the_newest_panic_for_lack_of_space_only():
+    log = ("2026-12-03 22:07:58.100 UTC [11] ERROR:  could not extend file \"base/5/16384\": No space left on device\n"
+           "2026-12-03 22:07:58.684 UTC [12] PANIC:  could not write to log file 000000010000000000000009 at offset "
+           "917504, length 131072: Disk quota exceeded\n"
+           "2026-12-03 22:07:58.686 UTC [10] LOG:  WAL writer process (PID 12) was terminated by signal 6: Aborted\n"
+           "2026-12-03 22:08:01.002 UTC [13] PANIC:  could not write to file \"pg_wal/xlogtemp.13\": "
+           "No space left on device\n"
+           "2026-12-03 22:08:01.010 UTC [10] LOG:  all server processes terminated; reinitializing\n")
+    assert disk_full_in(log) == ("2026-12-03 22:08:01.002 UTC [13] PANIC:  could not write to file "
+                                 "\"pg_wal/xlogtemp.13\": No space left on device")
+    # an ERROR (a table that could not grow: the statement failed, PostgreSQL did not crash) is not one
+    assert disk_full_in(log.split("\n")[0]) is None
+    assert disk_full_in("PANIC:  could not locate a valid checkpoint record\n") is None

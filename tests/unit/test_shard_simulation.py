@@ -154,6 +154,57 @@ def test_F18_F19_F22_primary_that_cannot_serve_steps_down_to_its_sync(fault):
     assert acked_count_grows(sh) and len(sh.acked) > acked and not sh.lost_acknowledged()
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_F19_primary_that_panicked_for_lack_of_space_and_restarted_gives_way_at_once(seed):
+    """F19 on the primary (issue 8): its PostgreSQL PANICked for lack of space and the
+    postmaster restarted it; a restart that freed a little space makes it answer and commit
+    again (until its next WAL segment), so health alone would keep it. Its sitter reads the
+    crash in PostgreSQL's log and gives way to its sync at once, not after primaryStartTimeout;
+    nothing acknowledged is lost, and it rejoins as a standby once space returns."""
+    sh = new_shard(seed=seed)
+    p, s, a = sh.nodes
+    sh.pg_fault(p, "panicked_full")
+    t0 = sh.now
+    for _ in range(PST_TICKS + 3 * SESSION_TIMEOUT):
+        sh.tick()
+        if sh.zk.state().primary.id == s.id:
+            break
+    st = sh.zk.state()
+    assert st.primary.id == s.id, sh.describe()
+    assert sh.now - t0 <= HUNG_TICKS + 8 < PST_TICKS + HUNG_TICKS, sh.describe()  # at once
+    assert sh.events(p, "pg_disk_full_crash")
+    assert p.id not in {q.id for q in st.deposed}
+    sh.pg_fault(p, None)
+    sh.settle()
+    st = sh.zk.state()
+    assert st.primary.id == s.id and p.id in {q.id for q in st.chain()}
+    assert [pid for _, pid in sh.promotions] == [s.id]  # the old crash is not read again: no flapping
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
+@pytest.mark.parametrize("fault", ["no_start", "no_commit"])
+def test_F19_primary_failing_on_a_full_dataset_gives_way_without_waiting_for_the_bound(fault):
+    """Its PostgreSQL crashed and cannot start, or answers but cannot commit, and ZFS says its
+    dataset has almost no room: a full disk, so it gives way at once instead of after
+    primaryStartTimeout; with room to spare the same fault waits for the bound (above)."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    p.free = 1 << 20
+    sh.pg_fault(p, fault)
+    t0 = sh.now
+    for _ in range(PST_TICKS + 3 * SESSION_TIMEOUT):
+        sh.tick()
+        if sh.zk.state().primary.id == s.id:
+            break
+    assert sh.zk.state().primary.id == s.id and sh.now - t0 <= HUNG_TICKS + 8 < PST_TICKS, sh.describe()
+    assert sh.events(p, "pg_disk_full")
+    p.free = None
+    sh.pg_fault(p, None)
+    sh.settle()
+    assert [pid for _, pid in sh.promotions] == [s.id] and p.id in {q.id for q in sh.zk.state().chain()}
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_F19_primary_dies_mid_record_the_new_primary_takes_writes_within_a_bounded_time(seed):
     """F19 on the primary (issue 8): its disk fills half-way through a WAL record, after its
