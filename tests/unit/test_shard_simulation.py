@@ -124,6 +124,14 @@ def test_F18_hung_postgres_on_the_primary_is_killed_and_restarted_in_place():
     assert acked_count_grows(sh) and not sh.lost_acknowledged()
 
 
+def _tick_until_primary(sh, node, ticks: int = PST_TICKS + 3 * SESSION_TIMEOUT) -> None:
+    """Tick until the state names `node` primary (at most `ticks`)."""
+    for _ in range(ticks):
+        sh.tick()
+        if sh.zk.state().primary.id == node.id:
+            return
+
+
 @pytest.mark.parametrize("fault", ["hang_sticky", "no_start", "no_commit"])
 def test_F18_F19_F22_primary_that_cannot_serve_steps_down_to_its_sync(fault):
     """no_commit (issue 8): its status query works (SELECT 1 would), but no commit succeeds:
@@ -133,10 +141,7 @@ def test_F18_F19_F22_primary_that_cannot_serve_steps_down_to_its_sync(fault):
     acked = len(sh.acked)
     sh.pg_fault(p, fault)
     t0 = sh.now
-    for _ in range(PST_TICKS + 3 * SESSION_TIMEOUT):
-        sh.tick()
-        if sh.zk.state().primary.id == s.id:
-            break
+    _tick_until_primary(sh, s)
     st = sh.zk.state()
     assert st.primary.id == s.id, sh.describe()
     # within the bound: primaryStartTimeout, plus a few ticks to kill, release, detach and take over
@@ -165,10 +170,7 @@ def test_F19_primary_that_panicked_for_lack_of_space_and_restarted_gives_way_at_
     p, s, a = sh.nodes
     sh.pg_fault(p, "panicked_full")
     t0 = sh.now
-    for _ in range(PST_TICKS + 3 * SESSION_TIMEOUT):
-        sh.tick()
-        if sh.zk.state().primary.id == s.id:
-            break
+    _tick_until_primary(sh, s)
     st = sh.zk.state()
     assert st.primary.id == s.id, sh.describe()
     assert sh.now - t0 <= HUNG_TICKS + 8 < PST_TICKS + HUNG_TICKS, sh.describe()  # at once
@@ -192,10 +194,7 @@ def test_F19_primary_failing_on_a_full_dataset_gives_way_without_waiting_for_the
     p.free = 1 << 20
     sh.pg_fault(p, fault)
     t0 = sh.now
-    for _ in range(PST_TICKS + 3 * SESSION_TIMEOUT):
-        sh.tick()
-        if sh.zk.state().primary.id == s.id:
-            break
+    _tick_until_primary(sh, s)
     assert sh.zk.state().primary.id == s.id and sh.now - t0 <= HUNG_TICKS + 8 < PST_TICKS, sh.describe()
     assert sh.events(p, "pg_disk_full")
     p.free = None
