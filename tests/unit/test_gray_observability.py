@@ -174,3 +174,61 @@ async def test_state_waits_briefly_for_a_low_space_and_shows_the_freed_disk():
         assert second["writeProbe"]["failures"] == 0 and second["startBackoff"] == {"failures": 0, "nextTryIn": 0.0}
     finally:
         await c.close()
+
+
+# ---------------------------------------------------------------------------- the real loop publishes them
+
+def test_the_loop_publishes_a_failing_write_probe_and_the_decision_in_its_snapshot():
+    """The simulated shard drives the real Sitter loop: what /state and /metrics read is its
+    published snapshot, not the live PgHealth."""
+    from tests.sim.shard import new_shard
+
+    sh = new_shard()
+    p = sh.nodes[0]
+    assert p.sitter.snapshot.write_probe_failures == 0
+    sh.pg_fault(p, "no_commit")
+    for _ in range(20):
+        sh.tick()
+        if p.sitter.snapshot.write_probe_failures >= latches.WRITE_PROBE_FAILURES:
+            break
+    snap = p.sitter.snapshot
+    assert snap.write_probe_failures >= latches.WRITE_PROBE_FAILURES, sh.describe()
+    assert snap.write_probe_error and snap.rule is not None and snap.reason
+    body = gray_latches(snap, sh.clock.now)
+    assert body["writeProbe"]["failures"] == snap.write_probe_failures and body["writeProbe"]["lastError"]
+
+
+def test_the_loop_publishes_a_standbys_failed_starts_and_its_back_off():
+    from tests.sim.shard import PST_TICKS, new_shard
+
+    sh = new_shard()
+    n = sh.nodes[2]
+    sh.pg_fault(n, "hang_sticky")
+    held = None
+    for _ in range(20 * PST_TICKS):
+        sh.tick()
+        s = n.sitter.snapshot
+        if s.start_failures >= latches.START_FAILURES_BEFORE_BACKOFF and start_held_s(s, sh.clock.now) > 0:
+            held = s
+            break
+    assert held is not None, sh.describe()
+    assert gray_latches(held, sh.clock.now)["startBackoff"]["nextTryIn"] > 0
+
+
+def test_the_loop_publishes_the_primarys_sync_flush_stall_growing_towards_its_bound():
+    from tests.sim.shard import new_shard
+
+    sh = new_shard()
+    p, s, _ = sh.nodes
+    sh.pg_fault(s, "stall")
+    seen = []
+    for _ in range(40):
+        sh.tick()
+        snap = p.sitter.snapshot
+        seen.append(snap.sync_flush_stalled_s)
+        if sh.zk.state().sync.id != s.id:
+            break
+    assert snap.sync_flush_stall_bound == p.sitter.health.sync_stall_bound
+    assert max(seen) >= snap.sync_flush_stall_bound, (seen, sh.describe())  # replaced once at the bound
+    rising = seen[:seen.index(max(seen)) + 1]
+    assert rising == sorted(rising) and rising[0] == 0.0, seen  # from 0, growing to it

@@ -98,6 +98,8 @@ def set_quota_above_use(node: NodeState, margin: int, tries: int = QUOTA_TRIES,
         except SandboxError as e:
             err = e
             if attempt + 1 < tries:
+                print(f"disk-full: quota {m >> 20} MB above a used of {used} refused on {node.name} "
+                      f"(try {attempt + 1} of {tries}); again with a fresh used and {2 * m >> 20} MB", flush=True)
                 time.sleep(pause_s)
     raise FaultNotApplied(f"disk_full on {node.name}: no quota could be set in {tries} tries, the last "
                           f"{quota} bytes ({quota - used} above a fresh used of {used}): {err}")
