@@ -40,8 +40,10 @@ def space_low(space: Mapping[str, int | None] | None, snap) -> bool:
     """Whether the dataset's space is worth reading again sooner than SLOW_CACHE_S: less than
     LOW_SPACE_FRACTION of it free (available of available + used), or the first signs of a
     full disk in the sitter's snapshot (its primary's write probe failing, PostgreSQL's config
-    not writable). Unknown space is not low (a broken zfs is not asked more often)."""
-    if snap is not None and (snap.write_probe_failures or snap.pg_config_error is not None):
+    not writable, PostgreSQL not running or not serving its role). Unknown space is not low
+    (a broken zfs is not asked more often)."""
+    if snap is not None and (snap.write_probe_failures or snap.pg_config_error is not None
+                             or snap.sick_since is not None or (snap.last_pg is not None and not snap.last_pg.running)):
         return True
     avail, used = (space or {}).get("available"), (space or {}).get("used")
     return avail is not None and avail < LOW_SPACE_FRACTION * (avail + (used or 0))

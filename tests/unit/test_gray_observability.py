@@ -112,6 +112,9 @@ def test_start_held_is_never_negative(retry_at, now, held):
     ({"available": None, "used": 10}, None, False),
     ({"available": 500, "used": 500}, SitterSnapshot(me=A, write_probe_failures=1), True),
     ({"available": 500, "used": 500}, SitterSnapshot(me=A, pg_config_error="EDQUOT"), True),
+    ({"available": 500, "used": 500}, SitterSnapshot(me=A, sick_since=1.0), True),
+    ({"available": 500, "used": 500}, SitterSnapshot(me=A, last_pg=SimpleNamespace(running=False)), True),
+    ({"available": 500, "used": 500}, SitterSnapshot(me=A, last_pg=SimpleNamespace(running=True)), False),
 ])
 def test_space_low(space, snap, low):
     assert space_low(space, snap) is low
