@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from manatee.cli import adm_view as V
+from manatee.cli.adm_gray import pg_via_sitter, repl_via_sitter
 from manatee.cli.common import ZkReader, pg_conn_params, pg_failure
 from manatee.core.httpjson import http_json
 from manatee.shard.pgurl import PgUrl
@@ -114,9 +115,11 @@ def gather(zk: ZkReader, shard: str, timeout: float, *, pg: bool = True, sitters
         if pg and n.role not in ("deposed", "unknown"):
             n.pg = res.get(f"p:{n.id}") or {"up": False, "error": "no answer in time"}
             n.pg.setdefault("up", False)
+            n.pg = pg_via_sitter(n.pg, n.sitter)  # the CLI could not connect: what its sitter sees
     by_id = {n.id: n for n in nodes}
     for n in nodes:
         up = by_id.get(n.upstream or "")
         if up is not None and up.pg and up.pg.get("up"):
-            n.repl = _repl_row(up.pg.get("rows") or [], n.peer)
+            n.repl = (repl_via_sitter(n.sitter) if up.pg.get("via") == "sitter"
+                      else _repl_row(up.pg.get("rows") or [], n.peer))
     return V.ShardView(shard, state, rec.error, nodes, rec.state_error)

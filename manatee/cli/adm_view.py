@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
+from manatee.cli.adm_gray import gray_json, gray_notes, gray_problems
+
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 
 __all__ = ["NodeView", "ShardView", "chain_nodes", "problems", "assess", "verdict", "OK", "WARNING", "CRITICAL", "render_table", "render_show",
@@ -134,6 +136,10 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
         if n.sitter is None and n.live:
             out.append((W, f"{what}: its sitter's status server does not answer"))
         out += [(W, f"{what}: {why}") for why in insecurities(n.sitter)]
+        out += gray_problems(what, n.role, n.sitter, C, W)
+        if n.pg is not None and n.pg.get("via") == "sitter":
+            out.append((W, f"{what}: manatee-adm could not connect to its PostgreSQL ({n.pg.get('cliError')}); "
+                           f"its sitter observes it running and answering (all connection slots taken?)"))
         if n.pg is not None and not n.pg.get("up"):
             if n.pg.get("auth") == "failed":
                 out.append((crit, f"{what}: auth failed: PostgreSQL refused the credentials, its state is "
@@ -226,9 +232,10 @@ def _pg_col(n: NodeView) -> tuple[str, str]:
         return "?", "-"
     if not n.pg.get("up"):
         return ("auth failed" if n.pg.get("auth") == "failed" else "down"), "-"
+    up = "up*" if n.pg.get("via") == "sitter" else "up"  # as its sitter sees it (adm_gray.pg_via_sitter)
     if n.pg.get("recovery"):
-        return "up", "standby"
-    return "up", "read-only" if n.pg.get("readOnly") else "read-write"
+        return up, "standby"
+    return up, "read-only" if n.pg.get("readOnly") else "read-write"
 
 
 def _lag(n: NodeView) -> tuple[str, str]:
@@ -266,6 +273,7 @@ def render_show(v: ShardView, probs: Sequence[str] | None = None) -> str:
     notes = [f"  {n.ip}: tags {fmt_tags(n.peer.get('tags'))}" for n in v.nodes if fmt_tags(n.peer.get("tags")) != "-"]
     notes += [f"  {n.ip}: pending restart: {', '.join(pending_restart(n))} (applies at its next PostgreSQL restart)"
               for n in v.nodes if pending_restart(n)]
+    notes += [line for n in v.nodes for line in gray_notes(n.ip, n.pg, n.sitter)]
     if notes:
         table += "\n\nnodes:\n" + "\n".join(notes)
     probs = problems(v) if probs is None else probs
@@ -325,7 +333,8 @@ def node_json(n: NodeView) -> dict[str, Any]:
             "lagBytes": None if n.repl is None or n.role == "primary" else r.get("lag_bytes"),
             "lagSeconds": None if n.repl is None or n.role == "primary" else r.get("lag_s"),
             "dataset": (n.sitter or {}).get("dataset"),  # {available, used, quota} bytes
-            "tags": dict(n.peer.get("tags") or {}), "pendingRestart": pending_restart(n)}
+            "tags": dict(n.peer.get("tags") or {}), "pendingRestart": pending_restart(n),
+            "pgVia": None if n.pg is None else n.pg.get("via", "cli"), **gray_json(n.sitter)}
 
 
 def show_json(v: ShardView) -> dict[str, Any]:

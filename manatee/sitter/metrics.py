@@ -10,7 +10,7 @@ Scrapes never query anything themselves. `MetricsCollector.observe()` gathers a
 `MetricsView` (plain data) at most once per CACHE_S whatever the scrape rate; concurrent
 scrapes share the one collection in flight. The PostgreSQL part is one query over the
 sitter's own client (`pg.client.query`), the ZFS part (newest snapshot, the dataset's
-available/used/quota) one cached `zfs` call per SLOW_CACHE_S with a deadline. The pure
+available/used/quota) cached `zfs` calls with a deadline (manatee.sitter.zfsview). The pure
 `families()` turns a view into metric families, so rendering is tested without a sitter.
 
 The health predicates `writable_primary` / `streaming_replica` live here too, so that
@@ -25,7 +25,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -34,6 +34,8 @@ from prometheus_client.exposition import generate_latest
 from manatee.shard.history import ACTIONS
 from manatee.shard.layout import shard_name
 from manatee.shard.state import CONNECTED, PRIMARY, ROLES, STANDBY
+from manatee.sitter.snapshot import start_held_s
+from manatee.sitter.zfsview import SLOW_CACHE_S, DatasetCache, newest_epoch_ms, parse_space  # noqa: F401
 
 #: the text format generate_latest writes (classic names, so 0.0.4 for every Prometheus)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -43,9 +45,7 @@ PLACES = ("primary", "sync", "async", "deposed")
 ROLE_LABELS = PLACES + tuple(r for r in ROLES if r not in PLACES)
 RESTORE_FINISHED = ("done", "failed")
 CACHE_S = 1.0               # PostgreSQL is asked at most once per this, however many scrapes
-SLOW_CACHE_S = 30.0         # zfs (snapshots, space) at most once per this
 SNAPSHOT_CACHE_S = SLOW_CACHE_S
-ZFS_TIMEOUT_S = 5.0         # a hung zfs-fuse must not hang the scrape
 LAG_QUERY_TIMEOUT_S = 2.0
 
 
@@ -115,6 +115,13 @@ class MetricsView:
     pg_observed_age_s: float | None = None                 # age of the cached PostgreSQL answers
     pg_pending_restart: int | None = None                  # settings only a restart applies (None: unknown)
     slots: tuple[Any, ...] = ()  # manatee's replication slots on this node (snapshot.slots: slots.Slot)
+    # the gray-failure latches (snapshot.gray_latches; docs/operators-guide.md)
+    write_probe_failures: int = 0
+    sync_flush_stalled_s: float = 0.0
+    sync_flush_stall_bound_s: float | None = None
+    pg_start_failures: int = 0
+    pg_start_held_s: float = 0.0
+    rule: str | None = None      # the latest decision's rule (manatee/shard/decide.py)
 
 
 # ---------------------------------------------------------------------------- metric families
@@ -145,6 +152,7 @@ def families(v: MetricsView, now_ms: int) -> list[Metric]:
     _replication_families(f, v)
     _storage_families(f, v, now_ms)
     _restore_and_pg_families(f, v)
+    _gray_families(f, v)
     tr = CounterMetricFamily("manatee_transitions", "Topology changes this sitter recorded in the shard's "
                                                     "history, by action.", labels=[*f.base, "action"])
     for a in (*ACTIONS, *sorted(set(v.transitions) - set(ACTIONS))):
@@ -246,6 +254,26 @@ def _restore_and_pg_families(f: _Families, v: MetricsView) -> None:
           round(v.pg_observed_age_s, 3))
 
 
+def _gray_families(f: _Families, v: MetricsView) -> None:
+    g = f.g
+    g("manatee_write_probe_failures", "The primary's write probes that failed in a row (0 on other nodes); "
+                                      "from 2 on its PostgreSQL counts as unable to commit (step-down after "
+                                      "primaryStartTimeout).", v.write_probe_failures)
+    g("manatee_sync_flush_stalled_seconds", "On the primary: how long its sync's flush position has not advanced "
+                                            "while WAL waits for it (0: not stalled).",
+      round(v.sync_flush_stalled_s, 3))
+    if v.sync_flush_stall_bound_s is not None:
+        g("manatee_sync_flush_stall_bound_seconds", "How long the sync's flush may stall before the primary "
+                                                    "replaces its sync.", v.sync_flush_stall_bound_s)
+    g("manatee_pg_start_failures", "Failed starts of this node's PostgreSQL in a row (a back-off holds the next "
+                                   "start from 3 on).", v.pg_start_failures)
+    g("manatee_pg_start_held_seconds", "Seconds until the next start of PostgreSQL may be attempted "
+                                       "(0: not held back).", round(v.pg_start_held_s, 3))
+    if v.rule:
+        g("manatee_decision_info", "Constant 1, labelled with the rule of the sitter's latest decision "
+                                   "(its reason: GET /state).", 1, rule=v.rule)
+
+
 class _ViewCollector:
     """A prometheus_client collector over a function returning the current families."""
 
@@ -313,12 +341,6 @@ def lag_within(v: MetricsView, kind: str, limit: float) -> bool | None:
 
 # ---------------------------------------------------------------------------- collection
 
-def newest_epoch_ms(names: Iterable[str]) -> int | None:
-    """Newest of snapshot names that are epoch milliseconds (the snapshotter's); others ignored."""
-    ms = [int(n) for n in names if n.isdigit() and len(n) >= 12]
-    return max(ms) if ms else None
-
-
 PG_SQL = (
     # one statement, so one round trip per observation: this node's own lag as a standby,
     # and the standbys streaming from it (a daisy chain: a standby has its own downstream)
@@ -339,17 +361,13 @@ PG_SQL = (
 
 class MetricsCollector:
     """Builds MetricsViews from a running Sitter's published snapshot, plus one PostgreSQL
-    query per CACHE_S (over sitter.pg.client) and one zfs call per SLOW_CACHE_S (over
-    sitter.dataset), shared by every scrape and endpoint."""
+    query per CACHE_S (over sitter.pg.client) and the cached zfs calls of zfsview.DatasetCache
+    (over sitter.dataset), shared by every scrape and endpoint."""
 
     def __init__(self, sitter, log=None, *, snapshot_cache_s: float = SLOW_CACHE_S, cache_s: float = CACHE_S):
         self.sitter, self.log = sitter, log
-        self.snapshot_cache_s = snapshot_cache_s
         self.cache_s = cache_s
-        self._snap_at = -math.inf
-        self._snap_ms: int | None = None
-        self.space: dict[str, int | None] | None = None
-        self._snap_lock = asyncio.Lock()
+        self.zfs = DatasetCache(sitter, log, cache_s=snapshot_cache_s)  # snapshots and space
         self._pg_at = -math.inf
         self._pg: tuple[int | None, float | None, tuple[ReplicationRow, ...]] = (None, None, ())
         self._inflight: asyncio.Task | None = None
@@ -389,13 +407,16 @@ class MetricsCollector:
             zk_connected=s.zk_state == CONNECTED, writable=writable_primary(s),
             replica_streaming=streaming_replica(s), safe_mode=s.error is not None,
             frozen=bool(st and st.frozen), standby_lag_bytes=standby_bytes, standby_lag_seconds=standby_secs,
-            replication=rows, last_snapshot_ms=await self._last_snapshot_ms(),
+            replication=rows, last_snapshot_ms=await self.zfs.refresh(),
             restore=s.restore_progress, transitions=dict(s.transitions),
-            uptime_s=time.monotonic() - s.started, dataset_space=self.space,
+            uptime_s=time.monotonic() - s.started, dataset_space=self.zfs.space,
             zk_quarantined=len(s.quarantined),
             pg_observed_age_s=None if self._pg_at == -math.inf else time.monotonic() - self._pg_at,
             pg_pending_restart=len(pgs.pending_restart) if pg_up else None,
             slots=tuple(s.slots or ()) if pg_up else (),
+            write_probe_failures=s.write_probe_failures, sync_flush_stalled_s=s.sync_flush_stalled_s,
+            sync_flush_stall_bound_s=s.sync_flush_stall_bound, pg_start_failures=s.start_failures,
+            pg_start_held_s=start_held_s(s, time.monotonic()), rule=s.rule,
         )
 
     async def render(self) -> bytes:
@@ -433,44 +454,11 @@ class MetricsCollector:
                 self.log.debug("metrics_query_failed", error=str(e))
             return None
 
-    def refresh_slow_soon(self) -> None:
+    @property
+    def space(self) -> dict[str, int | None] | None:
+        """The dataset's {available, used, quota} bytes as last read (None: not known)."""
+        return self.zfs.space
+
+    def refresh_slow_soon(self) -> asyncio.Future | None:
         """Start refreshing the zfs observations in the background if they are stale."""
-        if time.monotonic() - self._snap_at >= self.snapshot_cache_s and not self._snap_lock.locked():
-            task = asyncio.ensure_future(self._last_snapshot_ms())
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _last_snapshot_ms(self) -> int | None:
-        """Newest epoch-ms snapshot of the sitter's dataset and its space, from one `zfs`
-        round per cache period (a failure is cached too, so a broken zfs is not asked on
-        every scrape)."""
-        async with self._snap_lock:
-            if time.monotonic() - self._snap_at < self.snapshot_cache_s:
-                return self._snap_ms
-            dataset = self.sitter.cfg.postgresMgrCfg.zfsClientCfg.dataset
-            try:
-                snaps = await asyncio.wait_for(self.sitter.dataset.list_snapshots(), ZFS_TIMEOUT_S)
-                self._snap_ms = newest_epoch_ms(sn.name for sn in snaps)
-            except Exception as e:  # noqa: BLE001 - no dataset yet, zfs hung: the metric is absent
-                self._snap_ms = None
-                if self.log:
-                    self.log.debug("metrics_snapshot_list_failed", dataset=dataset, error=str(e) or type(e).__name__)
-            try:
-                out = await asyncio.wait_for(self.sitter.dataset.space(), ZFS_TIMEOUT_S)
-                self.space = parse_space(out)
-            except Exception as e:  # noqa: BLE001
-                self.space = None
-                if self.log:
-                    self.log.debug("metrics_space_failed", dataset=dataset, error=str(e) or type(e).__name__)
-            self._snap_at = time.monotonic()
-            return self._snap_ms
-
-
-def parse_space(text: str) -> dict[str, int | None]:
-    """`zfs get -Hp -o property,value available,used,quota` → bytes ('-' or 'none' → None;
-    a quota of 0 means none)."""
-    out: dict[str, int | None] = {}
-    for line in text.splitlines():
-        parts = line.split("\t") if "\t" in line else line.split()
-        if len(parts) >= 2:
-            out[parts[0]] = int(parts[1]) if parts[1].isdigit() else None
-    return out
+        return self.zfs.refresh_soon()

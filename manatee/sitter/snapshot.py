@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from manatee.shard.latches import WRITE_PROBE_FAILURES
 from manatee.shard.state import REBUILD, ClusterState, Peer, Target
 
 RESTORE_FINISHED = ("done", "failed")
@@ -44,6 +45,13 @@ class SitterSnapshot:
     hung_kills: int = 0
     heartbeats_withheld: bool = False
     diverged: bool = False                   # latched until a restore succeeds: my WAL cannot follow
+    # the gray-failure latches (manatee.shard.latches, kept by sitter.health.PgHealth)
+    write_probe_failures: int = 0            # consecutive failed write probes of my primary
+    write_probe_error: str | None = None     # the last failed probe's error (kept after a success)
+    sync_flush_stalled_s: float = 0.0        # my sync's flush not advanced while my WAL waits, as of last_pg_at
+    sync_flush_stall_bound: float | None = None  # ... after which the primary replaces its sync
+    start_failures: int = 0                  # consecutive failed starts of my PostgreSQL
+    start_retry_at: float | None = None      # clock.monotonic() before which no start is attempted
 
     @property
     def place(self) -> str | None:
@@ -74,7 +82,11 @@ def snapshot_of(sitter) -> SitterSnapshot:
         state_unreadable=v.state_unreadable, session_timeout=v.session_timeout,
         negotiated_session_timeout=sitter.session.negotiated_session_timeout, started=sitter.started,
         sick_since=h.sick_since, sick_why=h.sick_why, cannot_serve=h.cannot_serve, hung_kills=h.hung_kills,
-        heartbeats_withheld=h.hb_withheld, diverged=sitter.diverged)
+        heartbeats_withheld=h.hb_withheld, diverged=sitter.diverged,
+        write_probe_failures=h.probe_failures, write_probe_error=h.probe_error,
+        sync_flush_stalled_s=max(0.0, sitter.last_pg_at - h.stall[2]) if h.stall else 0.0,
+        sync_flush_stall_bound=h.sync_stall_bound, start_failures=h.starts.failures,
+        start_retry_at=h.starts.retry_at)
 
 
 def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
@@ -105,4 +117,21 @@ def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
         "zkSessionTimeout": {"configured": cfg.zkCfg.session_timeout_s,
                              "negotiated": s.negotiated_session_timeout},
         "pgObservedAgo": round(now - s.last_pg_at, 3) if pgs else None,
+        **gray_latches(s, now),
     }
+
+
+def gray_latches(s: SitterSnapshot, now: float) -> dict:
+    """The gray-failure latches as /state shows them (docs/operators-guide.md): the primary's
+    write probe, its sync's flush stall, and the start back-off of my PostgreSQL."""
+    return {
+        "writeProbe": {"failures": s.write_probe_failures, "limit": WRITE_PROBE_FAILURES,
+                       "lastError": s.write_probe_error},
+        "syncFlushStall": {"seconds": round(s.sync_flush_stalled_s, 1), "bound": s.sync_flush_stall_bound},
+        "startBackoff": {"failures": s.start_failures, "nextTryIn": start_held_s(s, now)},
+    }
+
+
+def start_held_s(s: SitterSnapshot, now: float) -> float:
+    """Seconds until my PostgreSQL's next start may be attempted (0: now)."""
+    return round(max(0.0, s.start_retry_at - now), 1) if s.start_retry_at is not None else 0.0

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 from manatee.core.procs import pid_alive
 from manatee_testbed import grayfaults, network
+from manatee_testbed.grayfaults.diskfull import FaultNotApplied
 from manatee_testbed.checks import (
     check_data,
     fetch_rows,
@@ -64,6 +65,17 @@ from manatee_testbed.shardview import ShardView
 from manatee_testbed.writer import RecordingWriter
 
 # ------------------------------------------------------------------ the runner
+
+
+def inflict(what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """Put a fault in place: `fn(*args, **kw)`. If that fails the fault is not in place, and
+    the round is no round of its kind: FaultNotApplied, naming what could not be done."""
+    try:
+        return fn(*args, **kw)
+    except FaultNotApplied:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to break the node means it was not broken
+        raise FaultNotApplied(f"could not {what}: {type(e).__name__}: {e}") from e
 
 
 class SoakAborted(Exception):
@@ -168,22 +180,22 @@ class Nemesis:
             name = self._node_for(p.role or "primary", t)
             r.target = f"{name}({p.role})"
             if p.kind == "kill":
-                self.sb.kill(name)
+                inflict(f"kill {name}", self.sb.kill, name)
                 note = self._await_reaction(name)
                 self.sb.start(name)
             elif p.kind == "stop":
-                self.sb.stop(name)
+                inflict(f"stop {name}", self.sb.stop, name)
                 note = self._await_reaction(name)
                 self.sb.start(name)
             elif p.kind == "hang":
-                self.sb.hang(name)
                 try:
+                    inflict(f"hang {name}", self.sb.hang, name)
                     note = self._await_reaction(name, at_least=self.session_s + 1)
                 finally:
                     self.sb.resume(name)
             elif p.kind == "partition":
-                self.sb.partition(name)
                 try:
+                    inflict(f"partition {name}", self.sb.partition, name)
                     note = self._await_reaction(name, at_least=self.session_s + 1)
                 finally:
                     self.sb.heal(name)
@@ -194,8 +206,8 @@ class Nemesis:
         elif p.kind == "zk_restart":
             down_s = round(self.rng.uniform(0.5, 2.0) * self.session_s, 1)
             r.target = f"zookeeper({down_s}s)"
-            self.sb.zk_stop()
             try:
+                inflict("stop ZooKeeper", self.sb.zk_stop)
                 time.sleep(down_s)
             finally:
                 self.sb.zk_start()
@@ -203,22 +215,22 @@ class Nemesis:
             hold = 2 * self.session_s
             if self.rng.random() < 0.5:
                 r.target = f"rogue-election-node({hold:.0f}s)"
-                grayfaults.rogue_election_node(self.sb)
                 try:
+                    inflict("create a rogue election node", grayfaults.rogue_election_node, self.sb)
                     time.sleep(hold)
                 finally:
                     grayfaults.remove_rogue_election_node(self.sb)
             else:
                 r.target = f"unparsable-state({hold:.0f}s)"
-                grayfaults.corrupt_state(self.sb)
                 try:
+                    inflict("corrupt the state znode", grayfaults.corrupt_state, self.sb)
                     time.sleep(hold)
                 finally:
                     r.notes.append(f"state znode: {grayfaults.restore_state(self.sb)}")
         elif p.kind == "double_failover":
             first, second = t["primary"], t["sync"]
             r.target = f"{first}(primary)->{second}(sync)"
-            self.sb.kill(first)
+            inflict(f"kill {first}", self.sb.kill, first)
             bound = 3 * self.session_s + 60
             promoted = self._wait(lambda: self.view.writable(self.sb.st.node(second)), bound, interval=0.1)
             if not promoted:
@@ -241,26 +253,27 @@ class Nemesis:
         hold = 2 * self.session_s + 1
         note = None
         if kind == "pg_hang":
-            grayfaults.pg_hang(self.sb, name)
             try:
+                inflict(f"hang {name}'s PostgreSQL", grayfaults.pg_hang, self.sb, name)
                 note = self._await_reaction(name, at_least=hold) if role == "primary" else time.sleep(hold)
             finally:
                 grayfaults.pg_resume(self.sb, name)
-        elif kind == "disk_full":
-            grayfaults.disk_full(self.sb, name)  # quota, then a burst fills it (grayfaults/diskfull.py)
+        elif kind == "disk_full":  # quota, then a burst fills it (grayfaults/diskfull.py)
             try:
+                inflict(f"fill {name}'s disk", grayfaults.disk_full, self.sb, name)
                 note = self._await_reaction(name, at_least=hold) if role == "primary" else time.sleep(hold)
             finally:
                 grayfaults.disk_lift(self.sb, name)
         elif kind == "storm":
-            grayfaults.storm(self.sb, name, hold_s=hold + 60)
             try:
+                inflict(f"storm {name}'s PostgreSQL", grayfaults.storm, self.sb, name, hold_s=hold + 60)
                 time.sleep(hold)
             finally:
                 grayfaults.storm_release(self.sb, name)
         elif kind == "flaky_net":
-            grayfaults.flaky(self.sb, name, loss_pct=30, delay_ms=200, for_s=2 * hold + 60)
             try:
+                inflict(f"make {name}'s network flaky", grayfaults.flaky, self.sb, name, loss_pct=30, delay_ms=200,
+                        for_s=2 * hold + 60)
                 time.sleep(2 * hold)
             finally:
                 grayfaults.unflaky(self.sb, name)
@@ -326,6 +339,10 @@ class Nemesis:
         t0 = time.monotonic()
         try:
             self.apply(p, r, t)
+        except FaultNotApplied as e:  # the node was never sick: no round of this fault (Summary.count)
+            r.not_applied = str(e)
+            self.say(f"round {r.index}: the {p.kind} fault could not be applied, so this round does not count "
+                     f"as one: {e}")
         except Exception as e:  # noqa: BLE001 - whatever broke, heal and go on
             r.notes.append(f"applying the fault failed: {type(e).__name__}: {e}")
         ok, why = self.wait_healthy(self.heal_timeout)
@@ -369,7 +386,6 @@ class Nemesis:
                 for i, p in enumerate(self.plan, 1):
                     r = RoundResult(index=i, kind=p.kind)
                     results.append(r)
-                    s.faults[p.kind] = s.faults.get(p.kind, 0) + 1
                     try:
                         self.run_round(r, p)
                     except SoakAborted:
@@ -379,6 +395,7 @@ class Nemesis:
                         r.operator = r.operator or f"the round raised {type(e).__name__}: {e}"
                         raise
                     finally:
+                        s.count(r)
                         self.say(r.line(self.rounds))
                     s.rounds_run = i
                 self.writer.wait_for_acks(20, 60)

@@ -95,6 +95,7 @@ class RoundResult:
     heal_s: float = 0.0               # fault applied → healthy again
     outage_s: float = 0.0             # longest write outage within the round
     operator: str | None = None       # why an operator was needed (None: healed by itself)
+    not_applied: str | None = None    # why the fault could not be put in place (no round of that fault)
     safe_mode: dict | None = None     # the error node, if the shard entered safe mode
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -103,6 +104,8 @@ class RoundResult:
         parts = [f"round {self.index}/{total}", f"fault={self.kind}"]
         if self.target:
             parts.append(f"target={self.target}")
+        if self.not_applied:
+            parts.append(f"NOT_APPLIED({self.not_applied})")
         parts += [f"before=[{self.before}]", f"after=[{self.after}]",
                   f"heal_s={self.heal_s:.1f}", f"outage_s={self.outage_s:.1f}"]
         if self.operator:
@@ -121,7 +124,8 @@ class Summary:
     rounds: int
     seed: int
     session_timeout_ms: int
-    faults: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)       # rounds whose fault was put in place
+    not_applied: dict[str, int] = field(default_factory=dict)  # rounds whose fault could not be
     rounds_run: int = 0
     acked: int = 0
     warned: int = 0
@@ -137,14 +141,26 @@ class Summary:
     dir: str = ""
     round_results: list[dict] = field(default_factory=list)
 
+    def count(self, r: RoundResult) -> None:
+        """Count a round under its fault kind, or under not_applied when its fault could not be
+        put in place: such a round tested nothing of that fault."""
+        into = self.not_applied if r.not_applied else self.faults
+        into[r.kind] = into.get(r.kind, 0) + 1
+
+    @property
+    def failed(self) -> bool:
+        return not (self.error is None and self.rounds_run == self.rounds and self.lost == 0 and self.forks == 0
+                    and self.history_ok and self.operator_rounds == 0 and not self.problems)
+
     @property
     def passed(self) -> bool:
-        return (self.error is None and self.rounds_run == self.rounds and self.lost == 0 and self.forks == 0
-                and self.history_ok and self.operator_rounds == 0 and not self.problems)
+        return not self.failed and not self.not_applied
 
     @property
     def result(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        """PASS; FAIL (a check failed); INCOMPLETE (no check failed, but some round's fault
+        could not be applied, so the soak did not test what it was asked to)."""
+        return "FAIL" if self.failed else "INCOMPLETE" if self.not_applied else "PASS"
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -165,6 +181,7 @@ def format_summary(s: Summary) -> str:
         f"seed={s.seed}",
         f"session_timeout_ms={s.session_timeout_ms}",
         f"faults={format_faults(s.faults)}",
+        *([f"not_applied={format_faults(s.not_applied)}"] if s.not_applied else []),
         f"acked={s.acked}",
         f"lost={s.lost}",
         f"forks={s.forks}",

@@ -125,3 +125,54 @@ def test_disk_full_refuses_a_zfs_fuse_started_without_one_page_writes(monkeypatc
     finally:
         proc.kill()
         proc.wait()
+
+
+class _Zfs:
+    """`zfs` as set_quota_above_use sees it: `used` grows by `grow` per read, and a quota is
+    refused while it is less than used + `in_flight` (what ZFS counts that `zfs get` does not)."""
+
+    def __init__(self, used: int, grow: int, in_flight: int):
+        self.used, self.grow, self.in_flight = used, grow, in_flight
+        self.sets: list[int] = []
+
+    def read(self, node) -> int:
+        self.used += self.grow
+        return self.used
+
+    def zfs(self, *args: str) -> str:
+        from manatee_testbed.sandbox_state import SandboxError
+
+        quota = int(args[1].split("=", 1)[1])
+        self.sets.append(quota)
+        if quota < self.used + self.in_flight:
+            raise SandboxError("cannot set property: size is less than current used or reserved space")
+        return ""
+
+
+@pytest.mark.parametrize("in_flight, tries_needed", [(0, 1), (6 << 20, 2), (30 << 20, 4)])
+def test_disk_full_quota_retries_with_a_fresh_used_and_a_wider_margin(monkeypatch, in_flight, tries_needed):
+    from types import SimpleNamespace
+
+    from manatee_testbed.grayfaults import diskfull
+
+    z = _Zfs(used=100 << 20, grow=1 << 20, in_flight=in_flight)
+    monkeypatch.setattr(diskfull, "dataset_used", z.read)
+    monkeypatch.setattr(diskfull, "_zfs", z.zfs)
+    quota, margin = diskfull.set_quota_above_use(SimpleNamespace(name="c", dataset="p/c"), 4 << 20, pause_s=0)
+    assert len(z.sets) == tries_needed
+    assert margin == (4 << 20) * 2 ** (tries_needed - 1)
+    assert quota == z.used + margin, "relative to the read right before the successful try"
+
+
+def test_disk_full_that_cannot_set_its_quota_says_so_as_a_fault_not_applied(monkeypatch):
+    from types import SimpleNamespace
+
+    from manatee_testbed.grayfaults import diskfull
+
+    z = _Zfs(used=100 << 20, grow=0, in_flight=1 << 40)
+    monkeypatch.setattr(diskfull, "dataset_used", z.read)
+    monkeypatch.setattr(diskfull, "_zfs", z.zfs)
+    with pytest.raises(diskfull.FaultNotApplied, match=r"disk_full on c: no quota could be set in 5 tries.*"
+                                                       r"size is less than current used"):
+        diskfull.set_quota_above_use(SimpleNamespace(name="c", dataset="p/c"), 4 << 20, pause_s=0)
+    assert len(z.sets) == 5

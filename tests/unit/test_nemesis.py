@@ -187,3 +187,38 @@ def test_longest_gap_is_the_client_visible_outage_within_the_round():
     assert longest_gap(times, 4.05, 10.0) == pytest.approx(4.9)  # 4.1 → 9.0
     assert longest_gap(times, 8.0, 12.0) == pytest.approx(3.0)  # 9.0 → end of the round
     assert longest_gap([], 0.0, 2.0) == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------------ faults that could not be applied
+def test_a_round_whose_fault_was_not_applied_is_not_counted_as_one_of_that_fault():
+    s = _summary(faults={})
+    applied = RoundResult(index=1, kind="disk_full")
+    missed = RoundResult(index=2, kind="disk_full", not_applied="disk_full on c: no quota could be set")
+    for r in (applied, missed, RoundResult(index=3, kind="kill")):
+        s.count(r)
+    assert s.faults == {"disk_full": 1, "kill": 1}
+    assert s.not_applied == {"disk_full": 1}
+    assert not s.passed and s.result == "INCOMPLETE" and s.to_json()["result"] == "INCOMPLETE"
+    line = format_summary(s)
+    assert "faults={kill:1,disk_full:1} not_applied={disk_full:1}" in line and line.endswith("result=INCOMPLETE")
+    assert "NOT_APPLIED(disk_full on c: no quota could be set)" in missed.line(3)
+    assert "NOT_APPLIED" not in applied.line(3) and "not_applied" not in format_summary(_summary())
+
+
+def test_a_failed_check_is_a_fail_whatever_was_applied():
+    s = _summary(lost=1, not_applied={"storm": 1})
+    assert s.result == "FAIL" and not s.passed
+
+
+def test_inflict_turns_any_failure_to_break_a_node_into_fault_not_applied():
+    from manatee_testbed.grayfaults.diskfull import FaultNotApplied
+    from manatee_testbed.nemesis import inflict
+
+    def boom(name):
+        raise OSError(f"no such process for {name}")
+
+    assert inflict("kill a", lambda name: f"killed {name}", "a") == "killed a"
+    with pytest.raises(FaultNotApplied, match=r"could not kill a: OSError: no such process for a"):
+        inflict("kill a", boom, "a")
+    with pytest.raises(FaultNotApplied, match="^as it was$"):
+        inflict("x", lambda: (_ for _ in ()).throw(FaultNotApplied("as it was")))

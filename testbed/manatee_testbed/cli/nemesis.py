@@ -7,7 +7,8 @@ under continuous writes, then the data checks; one summary line at the end.
                     [--dir DIR] [--keep] [--json FILE]
 
 Exit status: 0 PASS (lost=0, forks=0, history ok, no operator round, no other check
-problem), 1 FAIL, 2 bad usage. Needs root (it brings up a real shard, see manatee-sandbox).
+problem, every round's fault applied), 1 FAIL or INCOMPLETE (no check failed, but some
+round's fault could not be applied: not_applied=), 2 bad usage. Needs root (it brings up a real shard, see manatee-sandbox).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Disk full on a node: its dataset's quota set 4 MB above its use, then a burst of WAL
+"""Disk full on a node: its dataset's quota set 4 MB above its use (more if ZFS refuses that:
+set_quota_above_use), then a burst of WAL
 and table through the primary, committed a megabyte at a time, fills it: PostgreSQL's next
 writes and the sitter's own config writes fail with EDQUOT, as on a real full disk; undone
 by lifting the quota. (One statement for the whole burst did not always bite: when it
@@ -33,6 +34,14 @@ from manatee_testbed.shardview import ShardView
 QUOTA_MARGIN = 4 * 1024 * 1024
 #: The burst: three times the margin, so the quota is reached whichever node it is on.
 FILL_MB = 12
+#: Tries at setting the quota (set_quota_above_use): each with a fresh `used` and twice the margin.
+QUOTA_TRIES = 5
+QUOTA_RETRY_PAUSE_S = 0.5
+
+
+class FaultNotApplied(SandboxError):
+    """A fault that could not be put in place: the node was never sick, so the nemesis does
+    not count the round as one of that fault (nemesis_plan.Summary.count)."""
 
 
 def _zfs(*args: str) -> str:
@@ -54,14 +63,8 @@ def disk_full(sb: Sandbox, name: str, margin: int = QUOTA_MARGIN, fill_mb: int =
     if unsafe:
         raise SandboxError(f"disk-full refused: {unsafe}")
     node = sb.st.node(name)
-    for attempt in range(5):  # `used` may grow between the read and the set (a standby replaying)
-        quota = dataset_used(node) + margin
-        try:
-            _zfs("set", f"quota={quota}", node.dataset)
-            break
-        except SandboxError:
-            if attempt == 4:
-                raise
+    quota, margin = set_quota_above_use(node, margin)
+    fill_mb = max(fill_mb, 3 * -(-margin // (1024 * 1024))) if fill_mb else 0  # a wider margin: a bigger burst
     update(sb, f"quota:{name}", {"dataset": node.dataset, "quota": quota})
     dsn = ShardView(sb).find_primary() if fill_mb else None  # the writable primary's
     if dsn is not None:
@@ -71,6 +74,35 @@ def disk_full(sb: Sandbox, name: str, margin: int = QUOTA_MARGIN, fill_mb: int =
         if wait:
             filler.join(90)
     return quota
+
+
+def set_quota_above_use(node: NodeState, margin: int, tries: int = QUOTA_TRIES,
+                        pause_s: float = QUOTA_RETRY_PAUSE_S) -> tuple[int, int]:
+    """Set the node's dataset quota `margin` above its use; returns (quota, the margin used).
+
+    ZFS refuses a quota below what the dataset uses *plus what is still being written to it*
+    ("size is less than current used or reserved space"): a standby replaying a burst, or
+    catching up after its own disk was full, has megabytes in flight that `zfs get used` does
+    not show yet, more than a 4 MB margin. So `used` is read afresh right before every try, and
+    every retry waits for the pending writes to land and doubles the margin (4, 8, 16, 32,
+    64 MB). FaultNotApplied after `tries`, saying so plainly."""
+    err: Exception | None = None
+    quota = used = 0
+    for attempt in range(tries):
+        m = margin * 2 ** attempt
+        used = dataset_used(node)
+        quota = used + m
+        try:
+            _zfs("set", f"quota={quota}", node.dataset)
+            return quota, m
+        except SandboxError as e:
+            err = e
+            if attempt + 1 < tries:
+                print(f"disk-full: quota {m >> 20} MB above a used of {used} refused on {node.name} "
+                      f"(try {attempt + 1} of {tries}); again with a fresh used and {2 * m >> 20} MB", flush=True)
+                time.sleep(pause_s)
+    raise FaultNotApplied(f"disk_full on {node.name}: no quota could be set in {tries} tries, the last "
+                          f"{quota} bytes ({quota - used} above a fresh used of {used}): {err}")
 
 
 def fill_wal(dsn: str, mbytes: int = FILL_MB, timeout_s: float = 60.0) -> str:

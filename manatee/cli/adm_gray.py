@@ -1,0 +1,101 @@
+"""What a sitter's GET /state tells manatee-adm beyond its own probes (pure, like adm_view).
+
+- Its view of its PostgreSQL, for when manatee-adm cannot connect itself (a connection
+  storm takes every slot the CLI could use, while the sitter keeps its own way in): the
+  node is then shown as its sitter observed it ("up*"), with the CLI's failure named,
+  instead of "down".
+- The gray-failure latches (docs/operators-guide.md): the primary's write probe, its sync's
+  flush stall, the start back-off of PostgreSQL, and the decision that goes with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+#: the sitter's observation of its PostgreSQL stands in for the CLI's own only when this fresh
+SITTER_PG_FRESH_S = 10.0
+
+
+def _section(sitter: Any, key: str) -> Mapping[str, Any]:
+    v = sitter.get(key) if isinstance(sitter, Mapping) else None
+    return v if isinstance(v, Mapping) else {}
+
+
+def pg_via_sitter(pg: Mapping[str, Any] | None, sitter: Any) -> Mapping[str, Any] | None:
+    """The CLI's probe of a node's PostgreSQL, or — when the CLI could not connect (not a
+    refused login: that is the operator's credentials) and the node's sitter observed its
+    PostgreSQL running and answering at most SITTER_PG_FRESH_S ago — what the sitter saw,
+    marked {"via": "sitter", "cliError": ..., "observedAgo": ...}."""
+    if pg is None or pg.get("up") or pg.get("auth") == "failed":
+        return pg
+    spg, ago = _section(sitter, "pg"), (sitter or {}).get("pgObservedAgo") if isinstance(sitter, Mapping) else None
+    if not (spg.get("running") and spg.get("healthy") and spg.get("known", True)
+            and isinstance(ago, (int, float)) and ago <= SITTER_PG_FRESH_S):
+        return pg
+    recovery = bool(spg.get("inRecovery"))
+    return {"up": True, "recovery": recovery, "readOnly": recovery or bool(sitter.get("readOnly")),
+            "wal": spg.get("wal"), "via": "sitter", "cliError": pg.get("error") or "no answer",
+            "observedAgo": ago}
+
+
+def repl_via_sitter(sitter: Any) -> dict[str, Any] | None:
+    """A standby's replication as its own sitter sees it (whether its walreceiver streams),
+    for when its upstream's pg_stat_replication could not be read; lag unknown."""
+    spg = _section(sitter, "pg")
+    if "streaming" not in spg:
+        return None
+    return {"state": "streaming" if spg.get("streaming") else None, "via": "sitter"}
+
+
+def gray_json(sitter: Any) -> dict[str, Any]:
+    """The latches and the latest decision from the sitter's /state (None where it said nothing)."""
+    s = sitter if isinstance(sitter, Mapping) else {}
+    return {"writeProbe": s.get("writeProbe"), "syncFlushStall": s.get("syncFlushStall"),
+            "startBackoff": s.get("startBackoff"),
+            "decision": {"rule": s.get("rule"), "reason": s.get("reason")} if s.get("rule") else None}
+
+
+def gray_notes(ip: str, pg: Mapping[str, Any] | None, sitter: Any) -> list[str]:
+    """show's lines under "nodes:" for one node: what its sitter's latches hold now, the decision
+    that goes with them, and whether PG/MODE came from its sitter."""
+    out = []
+    if pg is not None and pg.get("via") == "sitter":
+        out.append(f"  {ip}: manatee-adm could not connect to its PostgreSQL ({pg.get('cliError')}); "
+                   f"PG and MODE ('up*') as its sitter observed them {float(pg.get('observedAgo') or 0):.1f}s ago")
+    wp, st, sb = (_section(sitter, k) for k in ("writeProbe", "syncFlushStall", "startBackoff"))
+    latched = []
+    if wp.get("failures"):
+        latched.append(f"write probe failed {wp['failures']} time(s) in a row (limit {wp.get('limit', '?')}; "
+                       f"last: {wp.get('lastError') or '?'})")
+    if st.get("seconds"):
+        latched.append(f"its sync's flush has not advanced for {float(st['seconds']):.1f}s while WAL waits "
+                       f"(the sync is replaced after {_secs(st.get('bound'))})")
+    if sb.get("failures"):
+        latched.append(f"PostgreSQL failed to start {sb['failures']} time(s) in a row"
+                       + (f"; next try in {float(sb['nextTryIn']):.1f}s" if sb.get("nextTryIn") else ""))
+    out += [f"  {ip}: {x}" for x in latched]
+    if latched and isinstance(sitter, Mapping) and sitter.get("rule"):
+        out.append(f"  {ip}: decided {sitter['rule']}: {sitter.get('reason') or 'no reason given'}")
+    return out
+
+
+def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: str) -> list[tuple[str, str]]:
+    """(severity, line) for the latches that an operator should look at: a primary whose write
+    probe fails, a sync flush stalled for half its bound or more, PostgreSQL that fails to start."""
+    out = []
+    wp, st, sb = (_section(sitter, k) for k in ("writeProbe", "syncFlushStall", "startBackoff"))
+    if wp.get("failures") and role == "primary":
+        out.append((sev_crit, f"{what}: its write probe failed {wp['failures']} time(s) in a row "
+                              f"({wp.get('lastError') or 'no error recorded'}): it may not be able to commit"))
+    bound = st.get("bound")
+    if st.get("seconds") and isinstance(bound, (int, float)) and float(st["seconds"]) >= bound / 2:
+        out.append((sev_warn, f"{what}: its sync's flush has not advanced for {float(st['seconds']):.1f}s "
+                              f"(replaced after {_secs(bound)})"))
+    if sb.get("failures"):
+        out.append((sev_crit if role in ("primary", "sync") else sev_warn,
+                    f"{what}: PostgreSQL failed to start {sb['failures']} time(s) in a row"))
+    return out
+
+
+def _secs(v: Any) -> str:
+    return f"{float(v):.0f}s" if isinstance(v, (int, float)) else "its bound"

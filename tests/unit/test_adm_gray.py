@@ -1,0 +1,109 @@
+"""manatee-adm show/verify with what the sitters' /state adds (issue 8): the gray-failure
+latches, and a node the CLI cannot connect to (a connection storm) shown as its sitter sees
+it instead of "down"."""
+
+from __future__ import annotations
+
+import pytest
+
+from manatee.cli.adm_gray import SITTER_PG_FRESH_S, pg_via_sitter, repl_via_sitter
+from manatee.cli.adm_view import node_json, problems, render_pg_status, render_show, show_json
+from tests.observations import A, B, healthy
+
+STORM = {"up": False, "error": "FATAL:  sorry, too many clients already"}
+
+
+def sitter_state(role="primary", *, ago=0.4, running=True, healthy_=True, streaming=False, **kw):
+    """A sitter's GET /state, as much of it as manatee-adm reads."""
+    return {"localRole": role, "readOnly": False, "pgObservedAgo": ago,
+            "pg": {"running": running, "healthy": healthy_, "known": True, "inRecovery": role != "primary",
+                   "wal": "0/A000", "streaming": streaming},
+            "writeProbe": {"failures": 0, "limit": 2, "lastError": None},
+            "syncFlushStall": {"seconds": 0.0, "bound": 8.0},
+            "startBackoff": {"failures": 0, "nextTryIn": 0.0}, **kw}
+
+
+# ---------------------------------------------------------------------------- PG as the sitter sees it
+
+def test_a_storm_loaded_primary_shows_as_its_sitter_sees_it_not_down():
+    v = healthy()
+    p = v.nodes[0]
+    p.sitter = sitter_state()
+    p.pg = pg_via_sitter(STORM, p.sitter)
+    assert p.pg["up"] and p.pg["via"] == "sitter" and p.pg["readOnly"] is False
+    out = render_show(v)
+    row = next(ln for ln in out.splitlines() if ln.startswith("primary"))
+    assert " up* " in row and "read-write" in row and "down" not in row
+    assert f"{A.ip}: manatee-adm could not connect to its PostgreSQL (FATAL:  sorry, too many clients" in out
+    probs = problems(v)
+    assert not any("does not answer" in x for x in probs), probs
+    assert any("could not connect" in x and "its sitter observes it running" in x for x in probs), probs
+    assert node_json(p)["pg"] == "up*" and node_json(p)["pgVia"] == "sitter"
+    assert show_json(v)["status"] == "warning"
+    assert " up* " in render_pg_status(v)
+
+
+@pytest.mark.parametrize("pg, sitter", [
+    (STORM, None),                                                      # no sitter answer
+    (STORM, sitter_state(ago=SITTER_PG_FRESH_S + 1)),                   # its observation is old
+    (STORM, sitter_state(running=False, healthy_=False)),               # the sitter sees it down too
+    (STORM, sitter_state(healthy_=False)),
+    ({"up": False, "error": "password authentication failed", "auth": "failed"}, sitter_state()),
+    ({"up": True, "recovery": False, "readOnly": False, "wal": "0/1"}, sitter_state()),  # the CLI's own
+    (None, sitter_state()),
+])
+def test_the_cli_probe_stands_when_the_sitter_cannot_vouch_or_it_answered(pg, sitter):
+    assert pg_via_sitter(pg, sitter) is pg
+
+
+def test_a_storm_on_the_primary_does_not_make_its_sync_look_disconnected():
+    """The primary's pg_stat_replication could not be read: the sync's own sitter says whether it streams."""
+    assert repl_via_sitter(sitter_state("standby", streaming=True)) == {"state": "streaming", "via": "sitter"}
+    assert repl_via_sitter(sitter_state("standby", streaming=False))["state"] is None
+    assert repl_via_sitter(None) is None
+    v = healthy()
+    v.nodes[0].sitter = sitter_state()
+    v.nodes[0].pg = pg_via_sitter(STORM, v.nodes[0].sitter)
+    v.nodes[1].repl = repl_via_sitter(sitter_state("standby", streaming=True))
+    assert not any("not streaming" in x for x in problems(v)), problems(v)
+    v.nodes[1].repl = repl_via_sitter(sitter_state("standby", streaming=False))
+    assert any(f"sync {B.ip} is not streaming" in x for x in problems(v)), problems(v)
+
+
+# ---------------------------------------------------------------------------- the latches
+
+def test_a_healthy_sitters_latches_add_no_line_and_no_problem():
+    v = healthy()
+    for n in v.nodes:
+        n.sitter = sitter_state(n.role)
+    assert problems(v) == []
+    assert "nodes:" not in render_show(v)
+    assert show_json(v)["nodes"][0]["writeProbe"] == {"failures": 0, "limit": 2, "lastError": None}
+
+
+def test_show_and_verify_name_the_latches_and_the_decision():
+    v = healthy()
+    v.nodes[0].sitter = sitter_state(
+        writeProbe={"failures": 2, "limit": 2, "lastError": "could not extend file: No space left on device"},
+        syncFlushStall={"seconds": 6.0, "bound": 8.0}, rule="primary.step_down",
+        reason="my PostgreSQL cannot serve: it cannot commit")
+    v.nodes[1].sitter = sitter_state("standby", startBackoff={"failures": 4, "nextTryIn": 3.2})
+    out = render_show(v)
+    assert f"{A.ip}: write probe failed 2 time(s) in a row (limit 2; last: could not extend file" in out
+    assert f"{A.ip}: its sync's flush has not advanced for 6.0s while WAL waits (the sync is replaced after 8s)" in out
+    assert f"{A.ip}: decided primary.step_down: my PostgreSQL cannot serve: it cannot commit" in out
+    assert f"{B.ip}: PostgreSQL failed to start 4 time(s) in a row; next try in 3.2s" in out
+    found = show_json(v)
+    sev = {m: s for s, m in ((p["severity"], p["message"]) for p in found["problems"])}
+    assert any("write probe failed 2" in m and s == "critical" for m, s in sev.items()), sev
+    assert any("flush has not advanced for 6.0s" in m and s == "warning" for m, s in sev.items()), sev
+    assert any(f"sync {B.ip}: PostgreSQL failed to start 4" in m and s == "critical" for m, s in sev.items()), sev
+    assert found["nodes"][0]["decision"] == {"rule": "primary.step_down",
+                                             "reason": "my PostgreSQL cannot serve: it cannot commit"}
+
+
+def test_a_short_stall_is_shown_but_is_no_problem():
+    v = healthy()
+    v.nodes[0].sitter = sitter_state(syncFlushStall={"seconds": 1.0, "bound": 8.0})
+    assert problems(v) == []
+    assert "flush has not advanced for 1.0s" in render_show(v)

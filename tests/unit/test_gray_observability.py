@@ -1,0 +1,237 @@
+"""The gray-failure latches as operators see them (issue 8): what the loop publishes in its
+snapshot (write probe, sync flush stall, start back-off, the latest decision), how /state and
+/metrics render it, and the dataset's space read again soon while it is low."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from manatee.shard import latches
+from manatee.sitter.metrics import MetricsView, render_view
+from manatee.sitter.snapshot import SitterSnapshot, debug_state, gray_latches, snapshot_of, start_held_s
+from manatee.sitter.status import STATE_SPACE_WAIT_S, StatusServer
+from manatee.sitter.zfsview import LOW_SPACE_CACHE_S, SLOW_CACHE_S, DatasetCache, space_low
+from tests.observations import A
+from tests.unit.test_metrics import parse, value
+from tests.unit.test_status_endpoints import sitter
+
+GRAY_GAUGES = ("manatee_write_probe_failures", "manatee_sync_flush_stalled_seconds", "manatee_pg_start_failures",
+               "manatee_pg_start_held_seconds")
+
+
+def view(**kw) -> MetricsView:
+    return MetricsView(**{"peer_id": "p", "zone_id": "z", "shard": "/manatee/1", "role": "primary",
+                          "local_role": "primary", **kw})
+
+
+# ---------------------------------------------------------------------------- /metrics
+
+def test_the_gray_gauges_are_there_and_zero_on_a_healthy_node():
+    fams = parse(render_view(view(), 0))
+    assert {name: value(fams, name) for name in GRAY_GAUGES} == dict.fromkeys(GRAY_GAUGES, 0)
+    assert "manatee_sync_flush_stall_bound_seconds" not in fams  # no bound known: no series
+    assert "manatee_decision_info" not in fams  # nothing decided yet
+
+
+def test_the_gray_gauges_carry_the_latches_and_the_decision_rule():
+    v = view(write_probe_failures=3, sync_flush_stalled_s=7.25, sync_flush_stall_bound_s=8.0,
+             pg_start_failures=4, pg_start_held_s=3.5, rule="primary.step_down")
+    fams = parse(render_view(v, 0))
+    assert value(fams, "manatee_write_probe_failures") == 3
+    assert value(fams, "manatee_sync_flush_stalled_seconds") == 7.25
+    assert value(fams, "manatee_sync_flush_stall_bound_seconds") == 8.0
+    assert value(fams, "manatee_pg_start_failures") == 4
+    assert value(fams, "manatee_pg_start_held_seconds") == 3.5
+    assert value(fams, "manatee_decision_info", rule="primary.step_down") == 1
+
+
+# ---------------------------------------------------------------------------- the snapshot
+
+def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_at=100.0):
+    """A stand-in for the loop with the attributes snapshot_of reads."""
+    health = SimpleNamespace(probe_failures=probe[0], probe_error=probe[1], stall=stall, sync_stall_bound=8.0,
+                             starts=starts, sick_since=None, sick_why=None, cannot_serve=None, hung_kills=0,
+                             hb_withheld=False)
+    view_ = SimpleNamespace(state=None, error=None, election=(), zk_state="connected", quarantined=(),
+                            state_unreadable=None, session_timeout=4.0)
+    return SimpleNamespace(
+        view=view_, health=health, last=SimpleNamespace(reason="my sync has not flushed", rule="primary.replace_sync"),
+        me=A, role="primary", target=None, last_pg=None, last_pg_at=last_pg_at,
+        pg=SimpleNamespace(config_error=None, parameters_gen=0), steps=SimpleNamespace(restore_progress=None),
+        pg_restarts=0, restart_request=None, transitions={}, slots=None,
+        session=SimpleNamespace(negotiated_session_timeout=4.0), started=0.0, diverged=False)
+
+
+def test_snapshot_of_publishes_the_latches():
+    s = snapshot_of(_loop(stall=(("g", "sync"), 10, 93.5), probe=(2, "could not write: No space left"),
+                          starts=latches.StartTries(4, False, 130.0)))
+    assert (s.write_probe_failures, s.write_probe_error) == (2, "could not write: No space left")
+    assert s.sync_flush_stalled_s == 6.5  # as of the last observation of PostgreSQL (last_pg_at 100)
+    assert s.sync_flush_stall_bound == 8.0
+    assert (s.start_failures, s.start_retry_at) == (4, 130.0)
+    assert (s.rule, s.reason) == ("primary.replace_sync", "my sync has not flushed")
+
+
+def test_a_stall_started_after_the_last_observation_counts_zero_not_negative():
+    assert snapshot_of(_loop(stall=(("g", "sync"), 10, 100.2))).sync_flush_stalled_s == 0.0
+    assert snapshot_of(_loop(stall=None)).sync_flush_stalled_s == 0.0
+
+
+# ---------------------------------------------------------------------------- /state
+
+def test_state_shows_the_latches():
+    s = SitterSnapshot(me=A, write_probe_failures=2, write_probe_error="FATAL: could not write",
+                       sync_flush_stalled_s=5.04, sync_flush_stall_bound=8.0, start_failures=3,
+                       start_retry_at=112.0, rule="primary.step_down", reason="it cannot commit")
+    got = gray_latches(s, now=110.0)
+    assert got == {"writeProbe": {"failures": 2, "limit": latches.WRITE_PROBE_FAILURES,
+                                  "lastError": "FATAL: could not write"},
+                   "syncFlushStall": {"seconds": 5.0, "bound": 8.0},
+                   "startBackoff": {"failures": 3, "nextTryIn": 2.0}}
+    cfg = SimpleNamespace(insecure=False, zkCfg=SimpleNamespace(auth=None, session_timeout_s=4.0))
+    body = debug_state(s, cfg, 110.0)
+    assert body["writeProbe"] == got["writeProbe"] and body["startBackoff"]["nextTryIn"] == 2.0
+    assert (body["rule"], body["reason"]) == ("primary.step_down", "it cannot commit")
+
+
+@pytest.mark.parametrize("retry_at, now, held", [(None, 5.0, 0.0), (4.0, 5.0, 0.0), (7.25, 5.0, 2.2)])
+def test_start_held_is_never_negative(retry_at, now, held):
+    assert start_held_s(SitterSnapshot(me=A, start_retry_at=retry_at), now) == held
+
+
+# ---------------------------------------------------------------------------- the dataset's space
+
+@pytest.mark.parametrize("space, snap, low", [
+    ({"available": 50, "used": 950, "quota": 1000}, None, True),
+    ({"available": 500, "used": 500, "quota": 0}, None, False),
+    (None, None, False),                                                     # unknown is not low
+    ({"available": None, "used": 10}, None, False),
+    ({"available": 500, "used": 500}, SitterSnapshot(me=A, write_probe_failures=1), True),
+    ({"available": 500, "used": 500}, SitterSnapshot(me=A, pg_config_error="EDQUOT"), True),
+    ({"available": 500, "used": 500}, SitterSnapshot(me=A, sick_since=1.0), True),
+    ({"available": 500, "used": 500}, SitterSnapshot(me=A, last_pg=SimpleNamespace(running=False)), True),
+    ({"available": 500, "used": 500}, SitterSnapshot(me=A, last_pg=SimpleNamespace(running=True)), False),
+])
+def test_space_low(space, snap, low):
+    assert space_low(space, snap) is low
+
+
+class Dataset:
+    """zfs as the cache sees it: each space() answers the next of `answers`."""
+
+    def __init__(self, *answers: str):
+        self.answers, self.space_calls, self.list_calls = list(answers), 0, 0
+
+    async def list_snapshots(self):
+        self.list_calls += 1
+        return []
+
+    async def space(self):
+        self.space_calls += 1
+        return self.answers[min(self.space_calls, len(self.answers)) - 1]
+
+
+FULL = "available\t0\nused\t1000\nquota\t1000\n"
+FREED = "available\t1000000\nused\t1000\nquota\t0\n"
+
+
+async def test_a_low_space_is_read_again_within_seconds_and_a_healthy_one_every_slow_period():
+    ds = Dataset(FULL, FREED, FREED)
+    cache = DatasetCache(SimpleNamespace(snapshot=SitterSnapshot(me=A), dataset=ds,
+                                         cfg=SimpleNamespace(postgresMgrCfg=SimpleNamespace(
+                                             zfsClientCfg=SimpleNamespace(dataset="p/d")))))
+    await cache.refresh()
+    assert cache.space["available"] == 0 and cache.stale() == (False, False)
+    await cache.refresh()
+    assert ds.space_calls == 1, "bounded: not on every call"
+    cache._space_at -= LOW_SPACE_CACHE_S  # as if LOW_SPACE_CACHE_S passed
+    assert cache.stale() == (False, True)
+    await cache.refresh()
+    assert cache.space["available"] == 1000000 and (ds.space_calls, ds.list_calls) == (2, 1)
+    cache._space_at -= LOW_SPACE_CACHE_S  # no longer low: the slow period again
+    assert cache.stale() == (False, False)
+    cache._space_at -= SLOW_CACHE_S
+    assert cache.stale() == (False, True)
+
+
+async def test_state_waits_briefly_for_a_low_space_and_shows_the_freed_disk():
+    s = sitter()
+    s.dataset = Dataset(FULL, FREED)
+    srv = StatusServer(s, SimpleNamespace(info=lambda *a, **k: None, debug=lambda *a, **k: None,
+                                          warning=lambda *a, **k: None))
+    await srv.collector.zfs.refresh()  # the disk is full as last read
+    c = TestClient(TestServer(srv.app))
+    await c.start_server()
+    try:
+        first = await (await c.get("/state")).json()
+        assert first["dataset"]["available"] == 0 and s.dataset.space_calls == 1
+        srv.collector.zfs._space_at -= LOW_SPACE_CACHE_S  # the operator freed it since
+        t0 = time.monotonic()
+        second = await (await c.get("/state")).json()
+        assert second["dataset"]["available"] == 1000000, "shown on this request, not the next"
+        assert time.monotonic() - t0 < STATE_SPACE_WAIT_S + 0.5
+        assert second["writeProbe"]["failures"] == 0 and second["startBackoff"] == {"failures": 0, "nextTryIn": 0.0}
+    finally:
+        await c.close()
+
+
+# ---------------------------------------------------------------------------- the real loop publishes them
+
+def test_the_loop_publishes_a_failing_write_probe_and_the_decision_in_its_snapshot():
+    """The simulated shard drives the real Sitter loop: what /state and /metrics read is its
+    published snapshot, not the live PgHealth."""
+    from tests.sim.shard import new_shard
+
+    sh = new_shard()
+    p = sh.nodes[0]
+    assert p.sitter.snapshot.write_probe_failures == 0
+    sh.pg_fault(p, "no_commit")
+    for _ in range(20):
+        sh.tick()
+        if p.sitter.snapshot.write_probe_failures >= latches.WRITE_PROBE_FAILURES:
+            break
+    snap = p.sitter.snapshot
+    assert snap.write_probe_failures >= latches.WRITE_PROBE_FAILURES, sh.describe()
+    assert snap.write_probe_error and snap.rule is not None and snap.reason
+    body = gray_latches(snap, sh.clock.now)
+    assert body["writeProbe"]["failures"] == snap.write_probe_failures and body["writeProbe"]["lastError"]
+
+
+def test_the_loop_publishes_a_standbys_failed_starts_and_its_back_off():
+    from tests.sim.shard import PST_TICKS, new_shard
+
+    sh = new_shard()
+    n = sh.nodes[2]
+    sh.pg_fault(n, "hang_sticky")
+    held = None
+    for _ in range(20 * PST_TICKS):
+        sh.tick()
+        s = n.sitter.snapshot
+        if s.start_failures >= latches.START_FAILURES_BEFORE_BACKOFF and start_held_s(s, sh.clock.now) > 0:
+            held = s
+            break
+    assert held is not None, sh.describe()
+    assert gray_latches(held, sh.clock.now)["startBackoff"]["nextTryIn"] > 0
+
+
+def test_the_loop_publishes_the_primarys_sync_flush_stall_growing_towards_its_bound():
+    from tests.sim.shard import new_shard
+
+    sh = new_shard()
+    p, s, _ = sh.nodes
+    sh.pg_fault(s, "stall")
+    seen = []
+    for _ in range(40):
+        sh.tick()
+        snap = p.sitter.snapshot
+        seen.append(snap.sync_flush_stalled_s)
+        if sh.zk.state().sync.id != s.id:
+            break
+    assert snap.sync_flush_stall_bound == p.sitter.health.sync_stall_bound
+    assert max(seen) >= snap.sync_flush_stall_bound, (seen, sh.describe())  # replaced once at the bound
+    rising = seen[:seen.index(max(seen)) + 1]
+    assert rising == sorted(rising) and rising[0] == 0.0, seen  # from 0, growing to it
