@@ -2,7 +2,8 @@
 
 Integration fixtures live in tests/fixtures_*.py, one file per real component, and in
 tests/shard_fixture.py (`shared`/`shard`: the real shard a module declares as
-`SHARD = SharedShard(...)`); all are loaded as plugins here. Integration tests need root and the system packages that
+`SHARD = SharedShard(...)`) and tests/shard_pool.py (modules with compatible specs share one running
+shard, and run next to each other for it); all are loaded as plugins here. Integration tests need root and the system packages that
 scripts/install-deps.sh installs; they are marked `integration`.
 """
 
@@ -12,7 +13,8 @@ import pytest
 
 pytest_plugins = [
     p
-    for p in ("tests.fixtures_zk", "tests.fixtures_zfs", "tests.fixtures_pg", "tests.shard_fixture")
+    for p in ("tests.fixtures_zk", "tests.fixtures_zfs", "tests.fixtures_pg", "tests.shard_pool",
+              "tests.shard_fixture")
     if os.path.exists(os.path.join(os.path.dirname(__file__), p.split(".")[1] + ".py"))
 ]
 

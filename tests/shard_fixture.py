@@ -35,11 +35,13 @@ from manatee_testbed.checks import (
     summarise,
 )
 from manatee_testbed.proctable import postmaster_pid
+from manatee_testbed.sandbox_nodes import DAEMONS
 from manatee_testbed.sandbox import Sandbox
 from manatee_testbed.sandbox_state import NodeState, SandboxError
 from manatee_testbed.shardview import ShardView
 from manatee_testbed.writer import RecordingWriter
 from manatee_testbed.zookeeper import ZK_SERVER_SH
+from tests.shard_pool import pooled_shard
 
 #: pytestmark for modules that bring up a sandbox shard: slow, and only where it can run.
 NEEDS_SHARD = [
@@ -91,6 +93,7 @@ class Shard(ShardView):
         self.n = nodes
         self.zk_servers = zk_servers  # 3: a ZooKeeper ensemble instead of one standalone server
         self.base_dir = Path(base_dir)
+        self.user = ""  # the test module using it now (SharedShard.name)
         self._fresh()
 
     def _fresh(self) -> None:
@@ -101,6 +104,8 @@ class Shard(ShardView):
         self.sb = Sandbox(self.dir, out=self._out)
         self.passfile = self.dir / "test.pgpass"
         self._zk = None
+        self.logs_from: dict[str, int] = {}  # log path -> where the module using the shard began
+        self.pristine: list = []  # makeup() when it came up
 
     # ------------------------------------------------------------------ lifecycle
     def _out(self, line: str) -> None:
@@ -115,7 +120,30 @@ class Shard(ShardView):
         self.sb.up(nodes=self.n, session_timeout_ms=self.session_timeout_ms, shard=self.shard,
                    first_ip=self.first_ip, timeout=timeout, zk_servers=self.zk_servers,
                    tls=self.secure, zk_auth=self.zk_auth)
+        self.pristine = self.makeup()
         return self
+
+    def makeup(self) -> list:
+        """What a test module may change for good: the nodes and their daemons' configs (an
+        empty postgresMgrCfg.parameters is none). A shard whose makeup is not what it came up
+        with is not handed to another module (tests/shard_pool.py)."""
+        out = []
+        for n in self.nodes:
+            for daemon in DAEMONS:
+                try:
+                    cfg = json.loads(n.config_path(daemon).read_text())
+                except (OSError, ValueError):
+                    cfg = None
+                if isinstance(cfg, dict) and (cfg.get("postgresMgrCfg") or {}).get("parameters") == {}:
+                    del cfg["postgresMgrCfg"]["parameters"]
+                out.append((n.name, daemon, cfg))
+        return out
+
+    def handed_over(self) -> None:
+        """Another module takes this running shard: its own ZooKeeper client, and its sitter
+        logs read from here on (so its log assertions see only its own lines)."""
+        self.drop_zk_client()
+        self.logs_from = {str(n.log_path("sitter")): _size(n.log_path("sitter")) for n in self.nodes}
 
     def reset(self, timeout: float = 300) -> "Shard":
         """A broken shared shard is replaced by a new one (so one failed test does not
@@ -279,10 +307,22 @@ class Shard(ShardView):
         return self.sb.add_node()
 
     def sitter_log(self, node: NodeState) -> str:
+        """The node's sitter log since this module took the shard (all of it on a new shard)."""
+        path = node.log_path("sitter")
+        start = self.logs_from.get(str(path), 0)
         try:
-            return node.log_path("sitter").read_text(errors="replace")
+            with open(path, "rb") as f:
+                f.seek(start if start <= os.fstat(f.fileno()).st_size else 0)
+                return f.read().decode(errors="replace")
         except OSError:
             return ""
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def shared_shard(tmp_path_factory, name: str, session_timeout_ms: int = 5000,
@@ -311,7 +351,10 @@ class SharedShard:
     build it. `undo` clears what a failed test may leave behind (before every test and
     before `down`); `before_down` runs after it at the end (e.g. to keep the logs).
     heal_each_test=False: the tests share the shard as each left it (no undo, no health
-    check between them; the module's tests are one story)."""
+    check between them; the module's tests are one story) — and the module keeps its own.
+    With heal_each_test=True, modules whose specs have the same `pool_key` run one after the
+    other on one shard (tests/shard_pool.py); retire=True: the module changes the shard for
+    good (adds a node, changes configs), so it runs last of them and the shard goes down after it."""
 
     name: str
     session_timeout_ms: int = 5000
@@ -321,6 +364,14 @@ class SharedShard:
     secure: bool = False
     zk_auth: bool | None = None
     heal_each_test: bool = True
+    retire: bool = False
+
+    def pool_key(self) -> tuple | None:
+        """What a shard shared with other modules must agree on (None: the module keeps its own)."""
+        if not self.heal_each_test:
+            return None
+        return (self.session_timeout_ms, self.zk_servers, self.secure, self.secure if self.zk_auth is None
+                else self.zk_auth)
 
     def finish(self, sh: Shard) -> None:
         for step in (self.undo, self.before_down):
@@ -329,9 +380,18 @@ class SharedShard:
 
 
 @pytest.fixture(scope="module")
-def shared(request, zfs_fuse, tmp_path_factory) -> Iterator[Shard]:
-    """The module's shard as its `SHARD` says, for all of the module's tests."""
+def shared(request, zfs_fuse, tmp_path_factory, shard_pool) -> Iterator[Shard]:
+    """The module's shard as its `SHARD` says, for all of the module's tests (taken from and
+    handed back to the pool of shards shared between modules, see tests/shard_pool.py)."""
     spec: SharedShard = request.module.SHARD
+    key = spec.pool_key()
+    if key is not None:
+        def make() -> Shard:
+            return Shard(tmp_path_factory.mktemp(spec.name), session_timeout_ms=spec.session_timeout_ms,
+                         zk_servers=spec.zk_servers, secure=spec.secure, zk_auth=spec.zk_auth)
+
+        yield from pooled_shard(shard_pool, key, make, spec.name, spec.finish, spec.retire)
+        return
     yield from shared_shard(tmp_path_factory, spec.name, spec.session_timeout_ms, before_down=spec.finish,
                             zk_servers=spec.zk_servers, secure=spec.secure, zk_auth=spec.zk_auth)
 

@@ -20,7 +20,7 @@ pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 GAP_BOUND_S = 3.0  # as test_adm's switchover: a loaded 2-core box gets slack, the figures are printed
 
 
-SHARD = SharedShard("rolling", 4000)
+SHARD = SharedShard("rolling", 4000, retire=True)  # shared_buffers stays changed
 
 
 def test_restart_pending_rolls_through_the_shard_with_one_switchover(shard: Shard):

@@ -61,7 +61,7 @@ def _undo_faults(sh: Shard) -> None:
 
 
 def _logs_kept(sh: Shard) -> None:
-    keep = sh.dir.with_name(f"{sh.dir.name}-logs")  # next to the sandbox, in pytest's tmp
+    keep = sh.dir.with_name(f"{sh.dir.name}-{sh.user}-logs")  # next to the sandbox, in pytest's tmp
     _keep_logs(sh, keep)
     say(f"node logs kept in {keep}")
 

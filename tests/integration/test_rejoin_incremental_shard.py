@@ -23,12 +23,18 @@ import pytest
 import psycopg2
 
 from tests.integration.test_hard_faults import COMMIT_TIMEOUT_S, _logs_kept, _standby_streaming, _undo_faults
-from tests.integration.test_incremental_rebuild_shard import _fill, _rebuild, _zfs
+from tests.integration.test_incremental_rebuild_shard import _drop_tables, _fill, _rebuild, _zfs
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
-SHARD = SharedShard("rejoin", 5000, undo=_undo_faults, before_down=_logs_kept)
+
+def _finish(sh: Shard) -> None:
+    _logs_kept(sh)
+    _drop_tables(sh, "incr_bulk", "rejoin_fork")
+
+
+SHARD = SharedShard("rejoin", 5000, undo=_undo_faults, before_down=_finish)
 REJOIN_S = 300
 
 

@@ -16,7 +16,7 @@ from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
 
-SHARD = SharedShard("tags", 4000)
+SHARD = SharedShard("tags", 4000, retire=True)  # a tagged fourth node, hooks in the configs
 
 
 def test_nofailover_node_is_never_sync_or_primary_across_a_failover(shard: Shard):
