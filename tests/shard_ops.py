@@ -1,15 +1,21 @@
 """What real-shard tests do to a shard besides faults: run manatee-adm against it, change
-its sitters' PostgreSQL parameters, and the F1 scenario that more than one shard passes
-(test_sitter_faults on a plain shard, test_secure_shard with TLS and ZooKeeper ACLs)."""
+its sitters' PostgreSQL parameters, the F1 scenario that more than one shard passes
+(test_sitter_faults on a plain shard, test_secure_shard with TLS and ZooKeeper ACLs), and
+what more than one module uses: undo faults and keep the logs, wait for a standby to stream,
+fill the primary with bulk and drop it, rebuild a node with manatee-adm."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from manatee_testbed.sandbox_config import ZFS_BIN
 from tests.shard_fixture import Shard, first_ack_on, names, say
 
 #: F1 bound: ACCEPTANCE says session timeout + 5 s; on two loaded cores (other test runs
@@ -87,3 +93,90 @@ def f1_primary_host_death(sh: Shard) -> None:
     finally:
         w.stop()
     sh.assert_checks(w, prev, expect_leader=s, since_gen=prev["generation"])
+
+
+def keep_logs(sh: Shard, dest: Path) -> None:
+    """Copy the nodes' daemon logs out of the sandbox (which `down` removes)."""
+    for n in sh.nodes:
+        for log in Path(n.dir).glob("*.log"):
+            with contextlib.suppress(OSError):
+                (dest / n.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(log, dest / n.name / log.name)
+
+
+def undo_faults(sh: Shard) -> None:
+    """Heal and resume every node (an earlier failed test may have left a fault)."""
+    for n in sh.nodes:
+        with contextlib.suppress(Exception):
+            sh.sb.heal(n.name)
+        with contextlib.suppress(Exception):
+            sh.sb.resume(n.name)
+
+
+def logs_kept(sh: Shard) -> None:
+    keep = sh.dir.with_name(f"{sh.dir.name}-{sh.user}-logs")  # next to the sandbox, in pytest's tmp
+    keep_logs(sh, keep)
+    say(f"node logs kept in {keep}")
+
+
+def standby_streaming(sh: Shard, name: str, role: str | None = None) -> bool:
+    """`name` is a standby in the ZK state (as `role` if given), says so in /state, streams."""
+    top = sh.topology()
+    place = "sync" if top["sync"] == name else "async" if name in top["async"] else None
+    if place is None or (role is not None and place != role):
+        return False
+    s = sh.state_of(sh.node(name))
+    return bool(s and s.get("role") == place and sh.streaming(sh.node(name)))
+
+
+def drop_tables(sh: Shard, *tables: str) -> None:
+    """At the module's end: its bulk out of the shard that the next module may take over (a full
+    rebuild there would send it all again)."""
+    import psycopg2
+
+    dsn = sh.find_primary()
+    if dsn:
+        conn = psycopg2.connect(dsn, connect_timeout=5)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                for t in tables:
+                    cur.execute(f"DROP TABLE IF EXISTS {t}")
+        finally:
+            conn.close()
+
+
+def zfs(*args: str) -> str:
+    return subprocess.run([ZFS_BIN, *args], capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def rebuild(sh: Shard, name: str, force: bool = False) -> dict:
+    node = sh.node(name)
+    r = adm(sh, "rebuild", "--node", node.ip, "--wait", "300", *(("--force",) if force else ()), limit=330)
+    assert r.returncode == 0, r.stderr
+    sh.wait(lambda: sh.streaming(node), 90, f"{name} to stream after its rebuild")
+    restore = (sh.state_of(node) or {}).get("restore")
+    assert restore and restore["phase"] == "done", restore
+    return restore
+
+
+def fill(sh: Shard, mb: int) -> None:
+    """Some bulk on the primary, so that the dataset is clearly bigger than an increment."""
+    import psycopg2
+
+    dsn = sh.find_primary()
+    assert dsn, "no writable primary"
+    conn = psycopg2.connect(dsn, connect_timeout=5)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS incr_bulk (id serial PRIMARY KEY, pad text)")
+            # random text, roughly incompressible like real data
+            cur.execute("INSERT INTO incr_bulk (pad) SELECT string_agg(md5(random()::text), '') "
+                        "FROM generate_series(1, 32) g, generate_series(1, %s) i GROUP BY i", (mb * 1024,))
+            # Now, not between two rebuilds: autovacuum's first pass over the new rows (hint
+            # bits and the visibility map: with data checksums every page is rewritten and
+            # WAL-logged whole) would otherwise land in an increment at a random time.
+            cur.execute("VACUUM incr_bulk")
+    finally:
+        conn.close()

@@ -18,15 +18,13 @@ async (restarting what an earlier test left down, healing what it left partition
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 from manatee_testbed.writer import RecordingWriter
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, acks_on, first_ack_on, names, say
+from tests.shard_ops import logs_kept, standby_streaming, undo_faults
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
@@ -42,41 +40,7 @@ COMMIT_TIMEOUT_S = 3.0
 REJOIN_S = 180
 
 
-def _keep_logs(sh: Shard, dest: Path) -> None:
-    """Copy the nodes' daemon logs out of the sandbox (which `down` removes)."""
-    for n in sh.nodes:
-        for log in Path(n.dir).glob("*.log"):
-            with contextlib.suppress(OSError):
-                (dest / n.name).mkdir(parents=True, exist_ok=True)
-                shutil.copy(log, dest / n.name / log.name)
-
-
-def _undo_faults(sh: Shard) -> None:
-    """Heal and resume every node (an earlier failed test may have left a fault)."""
-    for n in sh.nodes:
-        with contextlib.suppress(Exception):
-            sh.sb.heal(n.name)
-        with contextlib.suppress(Exception):
-            sh.sb.resume(n.name)
-
-
-def _logs_kept(sh: Shard) -> None:
-    keep = sh.dir.with_name(f"{sh.dir.name}-{sh.user}-logs")  # next to the sandbox, in pytest's tmp
-    _keep_logs(sh, keep)
-    say(f"node logs kept in {keep}")
-
-
-SHARD = SharedShard("hard", SESSION_MS, undo=_undo_faults, before_down=_logs_kept)
-
-
-def _standby_streaming(sh: Shard, name: str, role: str | None = None) -> bool:
-    """`name` is a standby in the ZK state (as `role` if given), says so in /state, streams."""
-    top = sh.topology()
-    place = "sync" if top["sync"] == name else "async" if name in top["async"] else None
-    if place is None or (role is not None and place != role):
-        return False
-    s = sh.state_of(sh.node(name))
-    return bool(s and s.get("role") == place and sh.streaming(sh.node(name)))
+SHARD = SharedShard("hard", SESSION_MS, undo=undo_faults, before_down=logs_kept)
 
 
 def _gap(w: RecordingWriter, t0: float, t1: float) -> float:
@@ -136,7 +100,7 @@ def test_f6_hung_primary_fails_over_and_resumed_node_never_commits(shard: Shard)
         sh.sb.resume(p)
         say(f"F6: SIGCONT {p} {t_resume - t0:.1f}s after the hang; a client pinned to it writes on")
         # the resumed node must find out it is no longer primary, and commit nothing meanwhile
-        sh.wait(lambda: _standby_streaming(sh, p), REJOIN_S, f"the resumed old primary {p} to rejoin as a standby")
+        sh.wait(lambda: standby_streaming(sh, p), REJOIN_S, f"the resumed old primary {p} to rejoin as a standby")
         say(f"F6: {p} streams as {sh.roles()[p]} {time.monotonic() - t_resume:.1f}s after SIGCONT")
         rogue.stop()
         _assert_no_rogue_acks(rogue, p, t0)
@@ -183,7 +147,7 @@ def test_f7_partitioned_primary_sync_promoted_old_primary_commits_nothing(shard:
         sh.sb.heal(p)
         healed = True
         say(f"F7: healed {p} {t_heal - t0:.1f}s after the partition")
-        sh.wait(lambda: _standby_streaming(sh, p), REJOIN_S, f"the old primary {p} to rejoin as a standby")
+        sh.wait(lambda: standby_streaming(sh, p), REJOIN_S, f"the old primary {p} to rejoin as a standby")
         say(f"F7: {p} streams as {sh.roles()[p]} {time.monotonic() - t_heal:.1f}s after the heal")
         rogue.stop()
         _assert_no_rogue_acks(rogue, p, t0 + 0.5)
@@ -223,7 +187,7 @@ def test_f8_partitioned_sync_replaced_by_async_rejoins_as_async(shard: Shard):
         t_heal = time.monotonic()
         sh.sb.heal(s)
         healed = True
-        sh.wait(lambda: _standby_streaming(sh, s, "async"), REJOIN_S, f"the old sync {s} to rejoin as async")
+        sh.wait(lambda: standby_streaming(sh, s, "async"), REJOIN_S, f"the old sync {s} to rejoin as async")
         say(f"F8: {s} streams as async {time.monotonic() - t_heal:.1f}s after the heal")
         w.wait_for_acks(20, 60)
         t1 = time.monotonic()
@@ -258,7 +222,7 @@ def test_f9_partitioned_async_dropped_and_rejoins(shard: Shard):
         t_heal = time.monotonic()
         sh.sb.heal(a)
         healed = True
-        sh.wait(lambda: _standby_streaming(sh, a, "async"), REJOIN_S, f"{a} to rejoin as async and stream")
+        sh.wait(lambda: standby_streaming(sh, a, "async"), REJOIN_S, f"{a} to rejoin as async and stream")
         say(f"F9: {a} streams as async {time.monotonic() - t_heal:.1f}s after the heal")
         w.wait_for_acks(20, 60)
         t1 = time.monotonic()

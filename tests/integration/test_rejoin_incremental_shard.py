@@ -22,25 +22,25 @@ import pytest
 
 import psycopg2
 
-from tests.integration.test_hard_faults import COMMIT_TIMEOUT_S, _logs_kept, _standby_streaming, _undo_faults
-from tests.integration.test_incremental_rebuild_shard import _drop_tables, _fill, _rebuild, _zfs
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
+from tests.shard_ops import drop_tables, fill, logs_kept, rebuild, standby_streaming, undo_faults, zfs
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 
 def _finish(sh: Shard) -> None:
-    _logs_kept(sh)
-    _drop_tables(sh, "incr_bulk", "rejoin_fork")
+    logs_kept(sh)
+    drop_tables(sh, "incr_bulk", "rejoin_fork")
 
 
-SHARD = SharedShard("rejoin", 5000, undo=_undo_faults, before_down=_finish)
+SHARD = SharedShard("rejoin", 5000, undo=undo_faults, before_down=_finish)
+COMMIT_TIMEOUT_S = 3.0  # the writer abandons a commit to the killed primary after this long
 REJOIN_S = 300
 
 
 def _guids(dataset: str) -> dict[str, str]:
     """guid -> snapshot of `dataset`'s snapshots."""
-    out = _zfs("get", "-H", "-p", "-o", "name,value", "-r", "-d", "1", "guid", dataset)  # zfs-fuse: no -t
+    out = zfs("get", "-H", "-p", "-o", "name,value", "-r", "-d", "1", "guid", dataset)  # zfs-fuse: no -t
     return {guid: name for name, guid in (line.split("\t") for line in out.splitlines() if "@" in line)}
 
 
@@ -50,7 +50,7 @@ def _sync_shares_with_primary(sh: Shard) -> tuple[str, str, str]:
     for _ in range(3):
         p, s, a = names(sh.topology())
         before = set(_guids(sh.node(p).dataset))
-        r = _rebuild(sh, s, force=True)
+        r = rebuild(sh, s, force=True)
         say(f"rebuild of the sync {s}: {r['path']} ({r['reason']}), {r['completed']} bytes")
         sh.wait(lambda: sh.topology()["sync"] and sh.streaming(sh.node(sh.topology()["sync"])), 90,
                 "a streaming sync")
@@ -77,26 +77,36 @@ def _sql(dsn: str, *statements: str):
 def _fork_then_kill(sh: Shard, p: str, s: str) -> None:
     """P commits what its sync S never gets, then dies: S's walreceiver is stopped (SIGSTOP)
     while a client that does not wait for the sync (synchronous_commit=local; read-only is
-    only a default) writes more WAL on P than the TCP buffers between them hold (~80 MB),
-    then P's host is killed and S's walreceiver resumed. P's WAL has forked."""
+    only a default) commits, in one transaction, a few rows and then more WAL than the TCP
+    buffers between them hold (80 MB of WAL-only messages: the commit record lies beyond what
+    S can have buffered); then P's host is killed and S's walreceiver resumed. P's WAL has
+    forked. The padding is WAL alone (no heap, no md5 per row), so the fork takes a few
+    seconds even on a loaded machine: longer than primaryStartTimeout and P would replace the
+    stalled S by the async first (issue 8's stalled-sync rule), which is not this test."""
     (recv_pid,) = _sql(sh.dsn(sh.node(s)), "SELECT pid FROM pg_stat_wal_receiver")
     os.kill(recv_pid, signal.SIGSTOP)
+    t = time.monotonic()
     try:
         _sql(sh.dsn(sh.node(p)), "SET synchronous_commit = local", "SET default_transaction_read_only = off",
-             "INSERT INTO rejoin_fork SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 80000) g")
+             # one implicit transaction: the rows, then the padding, then one commit record
+             "INSERT INTO rejoin_fork SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 1000) g;"
+             " SELECT count(pg_logical_emit_message(true, 'rejoin_fork_pad', repeat('x', 8 << 20)))"
+             " FROM generate_series(1, 10)")
+        took = time.monotonic() - t
         sh.sb.kill(p)
     finally:
         os.kill(recv_pid, signal.SIGCONT)
-    say(f"{s}'s walreceiver stopped, 80 MB committed on the primary {p} alone, {p} killed")
+    say(f"{s}'s walreceiver stopped, 1,000 rows and 80 MB of WAL committed on the primary {p} alone "
+        f"in {took:.1f}s, {p} killed")
 
 
 def test_diverged_old_primary_rejoins_by_an_increment_from_the_primary(shard: Shard):
     sh = shard
-    _fill(sh, 60)
+    fill(sh, 60)
     p, s, a = _sync_shares_with_primary(sh)
     np_, ns, na = sh.node(p), sh.node(s), sh.node(a)
     for guid in set(_guids(np_.dataset)) & set(_guids(na.dataset)):
-        _zfs("destroy", _guids(na.dataset)[guid])  # A keeps nothing P has
+        zfs("destroy", _guids(na.dataset)[guid])  # A keeps nothing P has
     _sql(sh.wait(sh.find_primary, 60, "a writable primary"), "CREATE TABLE rejoin_fork (id int, pad text)")
 
     prev = sh.zk_state()
@@ -114,10 +124,10 @@ def test_diverged_old_primary_rejoins_by_an_increment_from_the_primary(shard: Sh
         sh.sb.start(p)
         killed = False
         t_heal = time.monotonic()
-        sh.wait(lambda: _standby_streaming(sh, p, "async"), REJOIN_S, f"the old primary {p} to rejoin")
+        sh.wait(lambda: standby_streaming(sh, p, "async"), REJOIN_S, f"the old primary {p} to rejoin")
         took = time.monotonic() - t_heal
         restore = (sh.state_of(np_) or {}).get("restore")
-        used = int(_zfs("get", "-H", "-p", "-o", "value", "used", np_.dataset).strip())
+        used = int(zfs("get", "-H", "-p", "-o", "value", "used", np_.dataset).strip())
         say(f"{p} streams as the async {took:.1f}s after its restart; its rebuild: {restore}; dataset used {used}")
         assert restore and restore["phase"] == "done", f"{p} rejoined without a rebuild: {restore}"
         assert restore["source"].endswith(f"{ns.ip}:{ns.backup_port}"), restore

@@ -29,6 +29,14 @@ def test_the_product_never_imports_the_test_bed():
     assert bad == []
 
 
+def test_no_test_module_imports_another():
+    """What tests share lives in tests/*.py helper modules (shard_ops, metrics_fakes, ...), not
+    in a test module another one imports (its tests and fixtures would go along)."""
+    bad = [f"{p.relative_to(ROOT)}: {m}" for p in _modules(ROOT / "tests") for m in _imports(p)
+           if m.split(".")[-1].startswith("test_") and m.startswith("tests.")]
+    assert bad == []
+
+
 def test_packages_import_only_downward():
     """core imports only core; shard imports core and shard; no library imports a daemon or a CLI."""
     allowed = {

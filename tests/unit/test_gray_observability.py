@@ -16,8 +16,7 @@ from manatee.sitter.snapshot import SitterSnapshot, debug_state, gray_latches, s
 from manatee.sitter.status import STATE_SPACE_WAIT_S, StatusServer
 from manatee.sitter.zfsview import LOW_SPACE_CACHE_S, SLOW_CACHE_S, DatasetCache, space_low
 from tests.observations import A
-from tests.unit.test_metrics import parse, value
-from tests.unit.test_status_endpoints import sitter
+from tests.metrics_fakes import parse, sitter, value
 
 GRAY_GAUGES = ("manatee_write_probe_failures", "manatee_sync_flush_stalled_seconds", "manatee_pg_start_failures",
                "manatee_pg_start_held_seconds")

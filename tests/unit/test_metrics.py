@@ -18,25 +18,10 @@ from manatee.sitter.metrics import (
 from manatee.sitter.pgmanager import PgStatus
 from manatee.sitter.snapshot import SitterSnapshot
 from manatee.shard.state import PRIMARY, ROLES, STANDBY, Target
+from tests.metrics_fakes import parse, parser, value
 
-parser = pytest.importorskip("prometheus_client.parser")
 
 NOW_MS = 1_700_000_100_000
-
-
-def parse(text: str) -> dict[str, list]:
-    """{family name: [(sample name, labels, value), ...]} via prometheus_client's parser."""
-    out: dict[str, list] = {}
-    for fam in parser.text_string_to_metric_families(text):
-        out[fam.name] = [(s.name, dict(s.labels), s.value) for s in fam.samples]
-        assert fam.documentation, f"{fam.name} has no HELP"
-    return out
-
-
-def value(fams, name, **labels):
-    hits = [v for (n, lab, v) in fams[name] if all(lab.get(k) == x for k, x in labels.items())]
-    assert len(hits) == 1, f"{name}{labels}: {fams.get(name)}"
-    return hits[0]
 
 
 def primary_view(**kw) -> MetricsView:

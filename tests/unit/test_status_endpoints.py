@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -15,55 +14,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from manatee.sitter.metrics import MetricsView, lag_within, parse_lag, parse_space
 from manatee.sitter.pgmanager import PgStatus
-from manatee.shard.state import PRIMARY, STANDBY, ClusterState, Target
-from manatee.sitter.snapshot import SitterSnapshot
+from manatee.shard.state import PRIMARY, STANDBY
 from manatee.sitter.status import StatusServer
+from tests.metrics_fakes import STATE, sitter
 from tests.observations import A, B, C
 
 parser = pytest.importorskip("prometheus_client.parser")
-
-STATE = ClusterState(generation=3, primary=A, sync=B, async_=(C,), init_wal=0)
-
-
-class FakeClient:
-    def __init__(self, lag_bytes=100, lag_s=0.5):
-        self.calls = 0
-        self.lag_bytes, self.lag_s = lag_bytes, lag_s
-
-    async def query(self, sql, params=None, *, timeout=None):
-        self.calls += 1
-        await asyncio.sleep(0.05)  # a real round trip: concurrent scrapes overlap it
-        return [{"standby_bytes": self.lag_bytes, "standby_seconds": self.lag_s,
-                 "replication": [{"application_name": "x", "sync_state": "async", "bytes": 5, "seconds": 0.1}]}]
-
-
-class FakeDataset:
-    def __init__(self):
-        self.calls = 0
-
-    async def list_snapshots(self):
-        self.calls += 1
-        return [SimpleNamespace(name="1700000000000")]
-
-    async def space(self):
-        return "available\t1000\nused\t200\nquota\t0\n"
-
-
-def sitter(me=B, role=STANDBY, *, zk="connected", pg=None, restore=None, **kw):
-    """A stand-in for the loop: its config, its published snapshot, the I/O the metrics use."""
-    pg = pg if pg is not None else PgStatus(True, True, role != PRIMARY, None, role != PRIMARY, False, None, 1,
-                                            read_only=role != PRIMARY)
-    up = A if me is B else B
-    snap = SitterSnapshot(
-        me=me, state=STATE, last_pg=pg, last_pg_at=time.monotonic(), session_timeout=10.0,
-        target=Target(role, upstream=None if role == PRIMARY else up, read_only=role != PRIMARY),
-        role=role, zk_state=zk, restore_progress=restore, started=time.monotonic())
-    return SimpleNamespace(
-        cfg=SimpleNamespace(ip="127.0.0.1", status_port=0, status_url="http://127.0.0.1:0", shardPath="/manatee/1",
-                            insecure=False, zkCfg=SimpleNamespace(auth=None, sessionTimeout=10000, session_timeout_s=10.0),
-                            postgresMgrCfg=SimpleNamespace(zfsClientCfg=SimpleNamespace(dataset="p/d"))),
-        snapshot=replace(snap, **kw), pg=SimpleNamespace(client=FakeClient()), dataset=FakeDataset())
-
 
 async def client_for(s) -> TestClient:
     srv = StatusServer(s, SimpleNamespace(info=lambda *a, **k: None, debug=lambda *a, **k: None,
