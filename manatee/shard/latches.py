@@ -118,16 +118,12 @@ def write_probe(failures: int, *, ok: bool | None) -> int:
     return failures + 1 if ok is False else 0
 
 
-def disk_full_crash(seen: str | None, at: float | None, *, line: str | None,
-                    now: float) -> tuple[str | None, float | None]:
-    """(the last disk-full PANIC line seen, when it was first seen). PostgreSQL's log since
-    the sitter last started it names its newest PANIC for lack of space (`line`: it writes
-    no WAL, so it crashed; the postmaster restarts it, and a restart that frees a little
-    space makes it look healthy until the next WAL segment). A line not seen before is a
-    new crash, dated now; the same line again, or none, keeps what was seen."""
-    if line is not None and line != seen:
-        return line, now
-    return seen, at
+def new_disk_full_crash(seen: str | None, line: str | None) -> bool:
+    """Whether `line`, the newest PANIC for lack of space in PostgreSQL's log since the sitter
+    last started it, is a crash not seen before (`seen`: the last one counted). It writes no
+    WAL, so it crashed; the postmaster restarts it, and a restart that frees a little space
+    makes it look healthy until the next WAL segment. The same line again, or none, is not."""
+    return line is not None and line != seen
 
 
 #: a dataset with less room than this (bytes; a default WAL segment) is full: PostgreSQL

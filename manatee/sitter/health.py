@@ -41,7 +41,7 @@ class PgHealth:
         self.probe_error: str | None = None
         self.probe_at: float | None = None  # monotonic time of the last probe
         self.starts = latches.StartTries()
-        self.disk_full_line: str | None = None  # latches.disk_full_crash: the newest disk-full PANIC seen
+        self.disk_full_line: str | None = None  # latches.new_disk_full_crash: the last disk-full PANIC counted
         self.disk_full_at: float | None = None  # when my disk was last found full while PG failed
         self.disk_full_why: str | None = None
         self.space_at: float | None = None      # monotonic time of the last free-space check
@@ -114,10 +114,10 @@ class PgHealth:
         for primaryStartTimeout (the core's step-down rule, S9)."""
         now = self.clock.monotonic()
         full = self._disk_full(pgs, now, as_primary=as_primary)
-        why, hard = self._why_sick(pgs, as_primary, target)
         if full is not None:
             self.cannot_serve = full
             return
+        why, hard = self._why_sick(pgs, as_primary, target)
         if not (as_primary or role == STANDBY):
             self.sick_since = self.healthy_since = self.cannot_serve = self.sick_why = None
             return
@@ -162,10 +162,9 @@ class PgHealth:
         makes it look healthy until its next WAL segment, so the primary gives way to a
         healthy sync at once (F19). A standby's is only logged (its walreceiver cannot write:
         it stops streaming and withholds its heartbeats)."""
-        was = self.disk_full_line
-        self.disk_full_line, at = latches.disk_full_crash(was, None, line=pgs.disk_full, now=now)
-        if self.disk_full_line != was:
-            self.disk_full_at, self.disk_full_why = at, f"it crashed because its disk is full ({self.disk_full_line})"
+        if latches.new_disk_full_crash(self.disk_full_line, pgs.disk_full):
+            self.disk_full_line, self.disk_full_at = pgs.disk_full, now
+            self.disk_full_why = f"it crashed because its disk is full ({pgs.disk_full})"
             self.log.warning("pg_disk_full_crash", line=first_line(self.disk_full_line, 300), role="primary" if
                              as_primary else None, reason="my PostgreSQL crashed because its disk is full"
                              + (", so I give way to my sync" if as_primary else ""))

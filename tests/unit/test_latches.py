@@ -152,11 +152,13 @@ def test_a_start_that_answers_ends_the_back_off():
                          base_s=2, max_s=10) == StartTries(failures=1)
 
 
-def test_disk_full_crash_dates_a_new_line_and_keeps_an_old_one():
-    assert latches.disk_full_crash(None, None, line=None, now=5.0) == (None, None)
-    assert latches.disk_full_crash(None, None, line="PANIC a", now=5.0) == ("PANIC a", 5.0)
-    assert latches.disk_full_crash("PANIC a", 5.0, line="PANIC a", now=9.0) == ("PANIC a", 5.0)
-    assert latches.disk_full_crash("PANIC a", 5.0, line=None, now=9.0) == ("PANIC a", 5.0)  # PG restarted
-    assert latches.disk_full_crash("PANIC a", 5.0, line="PANIC b", now=9.0) == ("PANIC b", 9.0)
+def test_a_disk_full_crash_counts_once_per_new_line():
+    assert not latches.new_disk_full_crash(None, None)
+    assert latches.new_disk_full_crash(None, "PANIC a")
+    assert not latches.new_disk_full_crash("PANIC a", "PANIC a")
+    assert not latches.new_disk_full_crash("PANIC a", None)  # PG restarted by the sitter: the log starts over
+    assert latches.new_disk_full_crash("PANIC a", "PANIC b")
     assert not latches.disk_full_recent(None, 9.0, 8.0)
     assert latches.disk_full_recent(5.0, 12.9, 8.0) and not latches.disk_full_recent(5.0, 13.0, 8.0)
+    assert latches.disk_full(0) and latches.disk_full((16 << 20) - 1)
+    assert not latches.disk_full(16 << 20) and not latches.disk_full(None)  # unknown is not full
