@@ -5,6 +5,8 @@ tests/integration/test_gray_faults.py)."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import time
 
@@ -176,3 +178,66 @@ def test_disk_full_that_cannot_set_its_quota_says_so_as_a_fault_not_applied(monk
                                                        r"size is less than current used"):
         diskfull.set_quota_above_use(SimpleNamespace(name="c", dataset="p/c"), 4 << 20, pause_s=0)
     assert len(z.sets) == 5
+
+
+class _Quota:
+    """os.pwrite into a dataset that takes `room` more bytes (refusing the rest with EDQUOT),
+    recording every write's offset and size; `free(n)` gives back n bytes."""
+
+    def __init__(self, room: int):
+        self.room = room
+        self.writes: list[tuple[int, int]] = []
+        self.real = os.pwrite
+
+    def pwrite(self, fd: int, data: bytes, off: int) -> int:
+        self.writes.append((off, len(data)))
+        if len(data) > self.room:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        self.room -= len(data)
+        return self.real(fd, data, off)
+
+
+def test_a_standby_disk_is_filled_one_aligned_page_at_a_time_up_to_the_quota(monkeypatch, tmp_path):
+    """Every write lies in one page at a page-aligned offset (so in one ZFS record: zfs-fuse
+    never sees a request it can only half-write), and the fill stops at the first refusal."""
+    from manatee_testbed.grayfaults import diskfull
+
+    q = _Quota(room=10 * diskfull.PAGE + 100)
+    monkeypatch.setattr(diskfull.os, "pwrite", q.pwrite)
+    path = tmp_path / diskfull.FILLER_NAME
+    path.write_bytes(b"x" * 1000)  # a filler left short of a page: the next page starts aligned
+    said = diskfull.fill_pages(str(path))
+    assert said == "40 kB written, 1 page(s) refused"
+    assert all(off % diskfull.PAGE == 0 and n == diskfull.PAGE for off, n in q.writes)
+    assert [off for off, _ in q.writes] == [i * diskfull.PAGE for i in range(11)]
+    assert path.stat().st_size == 10 * diskfull.PAGE
+
+
+def test_the_keeper_takes_back_freed_space_and_ends_when_stopped_or_its_file_is_gone(monkeypatch, tmp_path):
+    import threading
+
+    from manatee_testbed.grayfaults import diskfull
+
+    q = _Quota(room=2 * diskfull.PAGE)
+    monkeypatch.setattr(diskfull.os, "pwrite", q.pwrite)
+    monkeypatch.setattr(diskfull, "KEEP_PAUSE_S", 0.001)
+    path = tmp_path / diskfull.FILLER_NAME
+    stop = threading.Event()
+    out: list[str] = []
+    t = threading.Thread(target=lambda: out.append(diskfull.fill_pages(str(path), stop=stop, hold_s=30)))
+    t.start()
+    deadline = time.monotonic() + 10
+    while (path.stat().st_size if path.exists() else 0) < 2 * diskfull.PAGE:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    q.room += 3 * diskfull.PAGE  # ZFS frees some space: the keeper takes it
+    while path.stat().st_size < 5 * diskfull.PAGE:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    stop.set()
+    t.join(10)
+    assert out and out[0].startswith("20 kB written") and not t.is_alive()
+    # a keeper that may not create its file ends as soon as the file is gone (lifted, rebuilt)
+    path.unlink()
+    said = diskfull.fill_pages(str(path), create=False, hold_s=30)
+    assert "the filler went" in said and not path.exists()
