@@ -98,7 +98,8 @@ class RoleConfig:
     #: default_transaction_read_only. The sitter keeps a primary read-only until its
     #: sync has caught up (and while it has none, unless one-node-write mode).
     #: A standby is rendered read-only regardless, so a promoted standby stays
-    #: read-only until the sitter writes its primary configuration.
+    #: read-only until the sitter writes its primary configuration — except a detached
+    #: standby about to be promoted (sync_standby set): it renders this as the primary will.
     read_only: bool = True
     #: Standby only: (host, port) of the upstream it streams from; None = detached (an empty
     #: primary_conninfo: nothing more arrives — a sync does this before it takes over, so
@@ -245,7 +246,9 @@ def role_settings(rc: RoleConfig) -> dict[str, str]:
                 # until it is promoted): its first commit as primary needs no reload
                 ident_quote(rc.sync_standby) if rc.sync_standby else ""
             ),
-            "default_transaction_read_only": _onoff(rc.read_only or rc.role == "standby"),
+            # a standby is read-only anyway; a detached one about to be promoted (it names its
+            # sync) renders what it will be as primary, so no reload follows the promotion
+            "default_transaction_read_only": _onoff(rc.read_only or (rc.role == "standby" and not rc.sync_standby)),
             "primary_conninfo": conf_quote(primary_conninfo(rc) if rc.role == "standby" and rc.upstream else ""),
             # the slot its upstream keeps for it (named from its application_name: see slot_name)
             "primary_slot_name": conf_quote(slot_name(rc.application_name)

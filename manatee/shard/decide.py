@@ -209,12 +209,13 @@ def _as_sync(v: View) -> Decision:
         deposed = (*deposed, primary)
     new = st.evolve(generation=st.generation + 1, primary=me, sync=new_sync, async_=tuple(rest),
                     deposed=deposed, init_wal=obs.wal, one_node_write_mode=v.onwm, switchover=None)
+    read_only = not v.onwm and not (released and new_sync is not None)  # docs/design.md "Switchover"
     return Decision(
-        Target(PRIMARY, sync=new_sync, downstream=new_sync, read_only=not v.onwm),
+        Target(PRIMARY, sync=new_sync, downstream=new_sync, read_only=read_only),
         write_state=new, rule="sync.switchover" if released else "sync.takeover",
         reason=f"{gone} and I hold every acknowledged write (WAL {lsn_text(obs.wal)}, needed "
                f"{lsn_text(st.init_wal)}), so I take over in generation {new.generation} with "
-               f"{new_sync or 'no'} sync" + ("" if v.onwm else ", read-only until it catches up"))
+               f"{new_sync or 'no'} sync" + (", read-only until it catches up" if read_only else ""))
 
 
 # -- rule 6: I am an async ---------------------------------------------------------------

@@ -65,7 +65,13 @@ class _Primary:
                                                   or (v.onwm and sync is not None))
 
     def ro(self, s: Peer | None, caught_up: bool) -> bool:
-        return not self.v.onwm and not (s is not None and caught_up)
+        """Read-only unless ONWM, or my sync has caught up, or I already take writes and it
+        streams from me (a switchover's new primary takes writes from its promotion: commits
+        wait for the sync's flush); a sync that disconnects makes me read-only (S5). A sync is
+        never replaced under a read-write primary (_replace_sync goes read-only first)."""
+        obs = self.v.obs
+        keeps = obs.read_only is False and obs.sync_streaming and not self.sync_gone
+        return not self.v.onwm and not (s is not None and (caught_up or keeps))
 
     @staticmethod
     def tgt(s: Peer | None, read_only: bool) -> Target:

@@ -106,17 +106,19 @@ class StepRunner:
         paused between writing its takeover and promoting (SIGSTOP, a stalled host) may find
         that another node took over meanwhile. A read that fails is unknown: no promotion.
 
-        The detached standby names its new sync first (a reload; PostgreSQL ignores it until
-        the promotion ends, and stays read-only): the promoted node then waits for that sync
-        from its first moment, with no reload between the promotion and the first commit."""
+        The detached standby names its new sync first, and whether it will take writes (a
+        reload; PostgreSQL ignores both until the promotion ends): the promoted node then waits
+        for that sync from its first moment and, after a switchover, takes writes at once, with
+        no reload between the promotion and the first commit."""
         st, _ver = await self.store.read_state()
         if st is None or st.primary.id != self.me.id:
             raise RuntimeError(f"not promoting: the state now names {st.primary.id if st else 'no'} primary")
         pg = self.pg
         if pg.spec is not None and pg.spec.role == "standby" and pg.spec.upstream is None:
-            sync = self.primary_spec(target).sync_app_name
-            await pg.configure(RoleSpec("standby", upstream=None, sync_app_name=sync), members)
-            await pg.apply_pending()  # a reload: only synchronous_standby_names changed
+            spec = self.primary_spec(target)
+            await pg.configure(RoleSpec("standby", upstream=None, sync_app_name=spec.sync_app_name,
+                                        read_only=spec.read_only), members)
+            await pg.apply_pending()  # a reload: synchronous_standby_names, default_transaction_read_only
         await pg.promote()
 
     async def restore(self, upstream: Peer | None) -> None:

@@ -143,7 +143,28 @@ def test_sync_detaches_then_takes_over_after_the_release():
     new = d.write_state
     assert new.generation == STATE.generation + 1 and new.primary == B and new.sync == C
     assert new.async_ == (A,) and new.deposed == () and new.switchover is None and new.init_wal == 0x9000
-    assert d.target.role == PRIMARY and d.target.read_only
+    # read-write from the promotion: each commit waits for the new sync's flush (synchronous
+    # replication); no sitter cycle between the promotion and the first commit
+    assert d.target.role == PRIMARY and not d.target.read_only and d.target.sync == C
+    # a failover (no release) keeps the new primary read-only until its sync catches up
+    gone = decide(obs(B, state=STATE, election=(B, C), wal=0x9000, streaming=False, upstream_id=None))
+    assert gone.rule == "sync.takeover" and gone.target.read_only
+
+
+def test_a_switchovers_new_primary_stays_read_write_while_its_sync_catches_up():
+    """The primary rules do not turn a read-write primary read-only for a sync that has not
+    caught up yet (a switchover's); one that is still read-only stays so until it has."""
+    st = ClusterState(generation=3, primary=B, sync=C, async_=(A,), init_wal=0x9000)
+    d = decide(obs(B, state=st, wal=0x9100, read_only=False, sync_streaming=True, sync_caught_up=False))
+    assert d.target.role == PRIMARY and not d.target.read_only, d
+    d = decide(obs(B, state=st, wal=0x9100, read_only=False, sync_streaming=False, sync_caught_up=False))
+    assert d.target.read_only, "a sync that is not connected: read-only (S5)"
+    d = decide(obs(B, state=st, wal=0x9100, read_only=True, sync_streaming=True, sync_caught_up=False))
+    assert d.target.read_only, d
+    d = decide(obs(B, state=st, wal=0x9100, read_only=None, sync_streaming=True, sync_caught_up=False))
+    assert d.target.read_only, "unknown is not read-write"
+    d = decide(obs(B, state=st, wal=0x9100, read_only=True, sync_streaming=True, sync_caught_up=True))
+    assert not d.target.read_only, d
 
 
 def test_two_node_switchover_makes_the_old_primary_the_sync():

@@ -269,10 +269,14 @@ def test_invalid_standby_config():
         standby(sync_standby=P_URL)  # a standby that streams has no sync
 
 
-def test_detached_standby_about_to_be_promoted_names_its_sync_and_stays_read_only():
+def test_detached_standby_about_to_be_promoted_names_its_sync_and_renders_the_primarys_read_only():
+    """What it will be as primary (PostgreSQL ignores both in recovery), so that no reload
+    follows the promotion: read-write after a switchover, read-only after a failover."""
     settings = parse_settings(render_manatee_conf(standby(upstream=None, sync_standby=P_URL, read_only=False)))
     assert P_URL in settings["synchronous_standby_names"]
-    assert settings["default_transaction_read_only"] == "on" and settings["primary_conninfo"] == "''"
+    assert settings["default_transaction_read_only"] == "off" and settings["primary_conninfo"] == "''"
+    settings = parse_settings(render_manatee_conf(standby(upstream=None, sync_standby=P_URL)))
+    assert settings["default_transaction_read_only"] == "on"
 
 
 def test_a_promoted_standby_that_named_its_sync_needs_no_reload(data_dir: Path):
