@@ -136,6 +136,18 @@ def disk_full(free: int | None) -> bool:
     return free is not None and free < DISK_FULL_BELOW
 
 
+#: Below this many bytes free on a primary's dataset its write probe also proves that the
+#: dataset takes new blocks (health.SPACE_PROBE_SQL), and its free space is read every
+#: health check instead of every SPACE_WATCH_S.
+SPACE_PROBE_BELOW = 64 << 20
+SPACE_WATCH_S = 3.0
+
+
+def space_low(free: int | None) -> bool:
+    """Unknown room is not low (a broken zfs is no reason to probe harder)."""
+    return free is not None and free < SPACE_PROBE_BELOW
+
+
 def disk_full_recent(at: float | None, now: float, window_s: float) -> bool:
     """Whether my disk was found full (a disk-full crash, or little room while PostgreSQL
     failed) less than `window_s` ago: a primary gives way to a healthy sync now rather than

@@ -22,6 +22,17 @@ from manatee.sitter.ports import Clock, Postgres
 WRITE_PROBE_SQL = ("select set_config('synchronous_commit', 'local', true) as sc,"
                    " pg_logical_emit_message(true, 'manatee_write_probe', '')::text as lsn")
 
+# The space probe, added to the write probe while my dataset is nearly full (free below
+# latches.SPACE_PROBE_BELOW): a sort too big for a 64 kB work_mem, so PostgreSQL writes a
+# temporary file of a few hundred kB in its data directory. A dataset that cannot take new
+# blocks fails it ("could not write to file base/pgsql_tmp/...: Disk quota exceeded") even
+# while WAL, written into segments that exist already, still commits: the write probe alone
+# passed while every client insert that had to extend a table failed (a soak, 2026-12-04:
+# two primaries with full disks served no write for 29 and 40 s and never gave way).
+SPACE_PROBE_SQL = ("select count(*) as n from (select g from generate_series(1, 20000) g"
+                   " order by g desc) s")
+SPACE_PROBE_WORK_MEM_SQL = "select set_config('work_mem', '64kB', false) as wm"
+
 
 def first_line(text: str | None, limit: int = 200) -> str:
     """An error message fit for a one-sentence reason: its first line, at most `limit` characters."""
@@ -45,6 +56,7 @@ class PgHealth:
         self.disk_full_at: float | None = None  # when my disk was last found full while PG failed
         self.disk_full_why: str | None = None
         self.space_at: float | None = None      # monotonic time of the last free-space check
+        self.free: int | None = None            # bytes free on my dataset at that check (None: unknown)
         self.unanswered_since: float | None = None
         self.hung_kills = 0
         self.sick_since: float | None = None
@@ -173,22 +185,25 @@ class PgHealth:
         return first_line(self.disk_full_why, 300)
 
     async def check_space(self, dataset, pgs, *, as_primary: bool) -> None:
-        """When my primary's PostgreSQL fails (not running, a status query failed other than
-        for a connection storm, or a write probe failed), ask ZFS how much room its dataset
-        has (at most once per healthChkInterval, within the status deadline): less than
-        latches.DISK_FULL_BELOW is a full disk (_disk_full). A check that fails or times out
-        is no evidence."""
+        """Ask ZFS how much room my primary's dataset has (within the status deadline): at most
+        once per healthChkInterval when its PostgreSQL fails (not running, a status query
+        failed other than for a connection storm, or a write probe failed) or its dataset is
+        nearly full, else once per latches.SPACE_WATCH_S (the space probe needs to know).
+        Less than latches.DISK_FULL_BELOW while it fails is a full disk (_disk_full). A check
+        that fails or times out is no evidence (free unknown)."""
         failing = not pgs.running or (not pgs.known and not pgs.crowded) or self.probe_failures > 0
         now = self.clock.monotonic()
-        if not (as_primary and failing) or (self.space_at is not None and now - self.space_at < self.interval):
+        every = self.interval if failing or latches.space_low(self.free) else latches.SPACE_WATCH_S
+        if not as_primary or (self.space_at is not None and now - self.space_at < every):
             return
         self.space_at = now
         try:
-            free = await dataset.available(self.pg.status_timeout)
+            free = self.free = await dataset.available(self.pg.status_timeout)
         except Exception as e:  # noqa: BLE001 - zfs failed or hung: unknown, not full
+            self.free = None
             self.log.debug("dataset_space_unknown", error=str(e) or type(e).__name__)
             return
-        if latches.disk_full(free):
+        if failing and latches.disk_full(free):
             self.disk_full_at = now
             self.disk_full_why = f"its disk is full: {free} bytes free on its dataset while it fails"
             self.log.warning("pg_disk_full", free=free, reason=f"my PostgreSQL fails and its dataset has only "
@@ -232,6 +247,9 @@ class PgHealth:
         self.probe_at = now
         try:
             await self.pg.client.query(WRITE_PROBE_SQL, timeout=self.pg.status_timeout)
+            if latches.space_low(self.free):  # nearly full: can it still take new blocks?
+                await self.pg.client.query(SPACE_PROBE_WORK_MEM_SQL, timeout=self.pg.status_timeout)
+                await self.pg.client.query(SPACE_PROBE_SQL, timeout=self.pg.status_timeout)
         except pgmod.PgError as e:
             if CROWDED.search(str(e)):  # clients hold every slot (F20): busy, not unable to commit
                 self.probe_failures = latches.write_probe(self.probe_failures, ok=None)

@@ -161,9 +161,12 @@ def test_a_failing_primary_on_a_full_dataset_gives_way_and_a_failed_check_is_no_
     down = replace(rw, running=False, healthy=False)
     full = SpaceDataset(free=1 << 20)
     asyncio.run(h.check_space(full, rw, as_primary=True))
-    assert full.calls == 0  # healthy: ZFS is not asked
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert full.calls == 1 and h.free == 1 << 20  # watched (the space probe needs it), but healthy: no verdict
+    assert h.cannot_serve is None and "pg_disk_full" not in [r[3] for r in records]
+    h.space_at = None  # as if that check were long ago
     asyncio.run(h.check_space(full, down, as_primary=False))
-    assert full.calls == 0  # not serving as the primary
+    assert full.calls == 1  # not serving as the primary
     broken = SpaceDataset(fail=True)
     asyncio.run(h.check_space(broken, down, as_primary=True))
     h.track(down, as_primary=True, role="primary", target=None)
@@ -176,7 +179,46 @@ def test_a_failing_primary_on_a_full_dataset_gives_way_and_a_failed_check_is_no_
     clock.now = 2.0
     asyncio.run(h.check_space(full, down, as_primary=True))
     asyncio.run(h.check_space(full, down, as_primary=True))
-    assert full.calls == 1  # at most once per healthChkInterval
+    assert full.calls == 2  # at most once per healthChkInterval
     h.track(rw, as_primary=True, role="primary", target=None)  # restarted and answering again
     assert h.cannot_serve is not None and "disk is full" in h.cannot_serve and "1048576 bytes free" in h.cannot_serve
     assert "pg_disk_full" in [r[3] for r in records]
+
+
+def test_a_nearly_full_primary_proves_its_dataset_takes_new_blocks_and_a_refusal_makes_it_give_way():
+    """The WAL probe commits into WAL segments that exist already; below
+    latches.SPACE_PROBE_BELOW free the probe also spills a sort to a temporary file, which a
+    dataset at its quota refuses: a failed probe, then the full-disk check gives way at once."""
+    from manatee.shard import latches
+    from manatee.sitter.health import SPACE_PROBE_SQL
+
+    class SpillRefused(ProbeClient):
+        async def query(self, sql, _params=None, timeout=None):
+            self.calls.append((sql, timeout))
+            if sql == SPACE_PROBE_SQL:
+                raise PgError('could not write to file "base/pgsql_tmp/pgsql_tmp77.0": Disk quota exceeded')
+            return [{}]
+
+    pg = ScriptedPg(health_timeout=2.0)
+    pg.client = SpillRefused()
+    h, clock, records, _ = _health(pg)
+    rw = replace(RUNNING_PRIMARY, read_only=False)
+    roomy, full = SpaceDataset(free=1 << 30), SpaceDataset(free=1 << 20)
+    asyncio.run(h.check_space(roomy, rw, as_primary=True))
+    asyncio.run(h.probe_writes(rw, as_primary=True))
+    assert [c[0] for c in pg.client.calls] == [WRITE_PROBE_SQL] and h.probe_failures == 0  # room: no spill
+    clock.now = latches.SPACE_WATCH_S - 0.5
+    asyncio.run(h.check_space(full, rw, as_primary=True))
+    assert full.calls == 0  # healthy with room: read every SPACE_WATCH_S only
+    clock.now = latches.SPACE_WATCH_S
+    asyncio.run(h.check_space(full, rw, as_primary=True))
+    assert full.calls == 1 and h.free == 1 << 20
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is None  # nearly full but serving: no verdict on room alone
+    clock.now += 1.0
+    asyncio.run(h.probe_writes(rw, as_primary=True))
+    assert pg.client.calls[-1][0] == SPACE_PROBE_SQL and h.probe_failures == 1
+    clock.now += 1.0
+    asyncio.run(h.check_space(full, rw, as_primary=True))
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is not None and "disk is full" in h.cannot_serve
