@@ -74,11 +74,11 @@ class ZfsDataset:
             owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret, ssl_context=self.ssl_context,
             poll_interval=z.poll_interval_s, progress=progress, logger=self.log, source_reason=chosen.reason)
 
-    async def rewind(self, upstream: Peer, cause: str | None, progress: Callable) -> object:
+    async def rewind(self, upstream: Peer, cause: str | None, progress: Callable, ahead: Sequence[Peer] = ()) -> object:
         """pg_rewind my data to follow `upstream` if the facts and its dry run say so
         (manatee.sitter.rewinder): its RewindResult, or why not (a str; the data is then as
-        it was and the caller restores from a stream)."""
-        return await self.rewinder.run(upstream, cause, progress)
+        it was and the caller restores from a stream). `ahead`: the members ahead of it."""
+        return await self.rewinder.run(upstream, cause, progress, ahead)
 
     def list_snapshots(self):
         return self.zfs.list_snapshots(self.z.dataset)

@@ -14,10 +14,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from manatee.core.aio import finish_even_if_cancelled
 from manatee.core.pg import rewind as pgrewind
+from manatee.core.pg.client import PgClient
 from manatee.core.pg.runas import PgError
 from manatee.core.pgquote import render_conninfo
 from manatee.core.restore.outcome import RestoreProgress
@@ -28,6 +29,8 @@ from manatee.shard.state import Peer
 
 ZFS_TIMEOUT_S = 30.0  # one zfs snapshot/rollback/destroy
 CONTROL_TIMEOUT_S = 10.0  # pg_controldata
+CHECKPOINT_TIMEOUT_S = 60.0  # one CHECKPOINT on a source (it writes every dirty buffer)
+DRY_RUN_TRIES, DRY_RUN_PAUSE_S = 5, 1.0
 SNAPSHOT_PREFIX = "manatee-rewind-"  # never a snapshotter's name (13 digits): it leaves it alone
 MB = 1 << 20
 
@@ -73,11 +76,13 @@ class Rewinder:
         return rp.RewindFacts(enabled=self.enabled, cause=cause, has_credentials=self.password is not None,
                               cluster_state=state, checksums=checksums, wal_log_hints=hints)
 
-    async def run(self, upstream: Peer, cause: str | None,
-                  progress: Callable[[RestoreProgress], None]) -> RewindResult | str:
+    async def run(self, upstream: Peer, cause: str | None, progress: Callable[[RestoreProgress], None],
+                  ahead: Sequence[Peer] = ()) -> RewindResult | str:
         """Rewind my data to follow `upstream`; the result, or why it did not (the data is
-        then as it was: the caller streams instead)."""
-        why = rp.why_not_rewind(await self.facts(cause))
+        then as it was: the caller streams instead). `ahead`: the members ahead of the
+        upstream, nearest first (they checkpoint before it, see _measure)."""
+        facts = await self.facts(cause)
+        why = rp.why_not_rewind(facts)
         if why is not None:
             return why
         try:
@@ -88,7 +93,7 @@ class Rewinder:
         t0 = time.monotonic()
         src = self.source_conninfo(upstream)
         try:
-            outcome = await self._rewind(upstream, src, progress)
+            outcome = await self._rewind(upstream, ahead, src, facts.cluster_state, progress)
         except (PgError, OSError, asyncio.TimeoutError) as e:
             outcome = f"pg_rewind failed: {e}"
         except BaseException:  # cancelled: put the data back before going
@@ -101,13 +106,18 @@ class Rewinder:
         copied_mb, reason = outcome
         return RewindResult(bytes=copied_mb * MB, seconds=time.monotonic() - t0, reason=reason, source=upstream.pg_url)
 
-    async def _rewind(self, upstream: Peer, src: str, progress) -> tuple[int, str] | str:
-        """The dry run, the choice, the real run: (MB copied, why rewound), or why not rewound."""
+    async def _rewind(self, upstream: Peer, ahead: Sequence[Peer], src: str, state: str | None,
+                      progress) -> tuple[int, str] | str:
+        """The dry run, the choice, the real run: (MB copied, why rewound), or why not rewound.
+        `state`: the cluster's state before (pg_controldata)."""
         for name in ("standby.signal", "recovery.signal"):  # single-user recovery refuses standby mode
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.data_dir / name)
+        if state not in pgrewind.CLEAN_STATES:
+            await pgrewind.finish_crash_recovery(self.data_dir, user=self.user, bindir=self.bindir,
+                                                 timeout=self.timeout)
         kw = dict(user=self.user, bindir=self.bindir, password=self.password, timeout=self.timeout)
-        dry = await pgrewind.pg_rewind(self.data_dir, src, dry_run=True, **kw)
+        dry = await self._measure(upstream, ahead, src, kw)
         choice = rp.choose_by_cost(dry.copy_mb, dry.source_mb, dry.needed)
         self.log.info("rewind_measured", copy_mb=dry.copy_mb, source_mb=dry.source_mb, diverged_at=dry.diverged_at,
                       path=choice.path, why=choice.reason)
@@ -117,6 +127,33 @@ class Rewinder:
                                  source=upstream.pg_url))
         real = await pgrewind.pg_rewind(self.data_dir, src, **kw)
         return (real.copy_mb if real.copy_mb is not None else dry.copy_mb), choice.reason
+
+    async def _measure(self, upstream: Peer, ahead: Sequence[Peer], src: str, kw: dict) -> pgrewind.RewindReport:
+        """pg_rewind's dry run, after a checkpoint down the chain to my upstream: a source's
+        control file names its new timeline only after one (on a standby, a restartpoint at
+        a checkpoint record of its upstream's), and until then pg_rewind finds "no rewind
+        required". A standby may not have replayed that record yet: a few tries."""
+        dry = None
+        for attempt in range(DRY_RUN_TRIES):
+            if attempt:
+                await asyncio.sleep(DRY_RUN_PAUSE_S)
+            for peer in (*reversed(ahead), upstream):
+                await self._checkpoint(peer)
+            dry = await pgrewind.pg_rewind(self.data_dir, src, dry_run=True, **kw)
+            if dry.needed:
+                break
+        assert dry is not None
+        return dry
+
+    async def _checkpoint(self, peer: Peer) -> None:
+        """CHECKPOINT on `peer` as the rewind role; a failure is only logged (the dry run
+        then says what it finds)."""
+        client = PgClient(peer.ip, PgUrl.parse(peer.pg_url).port, user=pgrewind.REWIND_ROLE, password=self.password,
+                          query_timeout=CHECKPOINT_TIMEOUT_S, application_name="manatee-rewind", connect_timeout=5)
+        try:
+            await client.execute(pgrewind.CHECKPOINT_SQL)
+        except PgError as e:
+            self.log.warning("rewind_checkpoint_failed", peer=peer.id, error=str(e))
 
     async def _put_back(self, snap: Snapshot) -> None:
         """Roll my dataset back to the snapshot taken before pg_rewind, and drop it. If that

@@ -136,7 +136,7 @@ class StepRunner:
                                      "path": p.path, "reason": p.reason}
             self.on_progress()
 
-        res = await self.dataset.rewind(upstream, self.rebuild_cause, progress)
+        res = await self.dataset.rewind(upstream, self.rebuild_cause, progress, ahead=also)
         if isinstance(res, str):  # not rewound (the data is as it was): why, beside the stream's reason
             no_rewind = res
             self.log.info("rewind_not_used", why=no_rewind)

@@ -161,7 +161,7 @@ class FakeDataset:
         if not (self.world.reach(self.node, src) and src.running and not src.pg_hung):
             raise UpstreamNotReady(f"upstream {upstream.id} has no running, healthy PostgreSQL")
 
-    async def rewind(self, upstream, cause, progress):
+    async def rewind(self, upstream, cause, progress, ahead=()):
         return "the simulation streams every rebuild"
 
     async def restore(self, upstream, progress, also=()):

@@ -88,7 +88,7 @@ class NoDataset:
     async def check_upstream(self, upstream):
         raise AssertionError("no restore expected")
 
-    async def rewind(self, upstream, cause, progress):
+    async def rewind(self, upstream, cause, progress, ahead=()):
         raise AssertionError("no restore expected")
 
     async def restore(self, upstream, progress, also=()):

@@ -15,13 +15,14 @@ DRY = """pg_rewind: servers diverged at WAL location 0/5A000000 on timeline 2
 pg_rewind: rewinding from last common checkpoint at 0/59000060 on timeline 2
 pg_rewind: need to copy 133 MB (total source directory size is 2274 MB)
 """
-REAL = DRY + "pg_rewind: creating backup label and updating control file\npg_rewind: syncing target data directory\npg_rewind: Done!\n"
+PROGRESS = "\r0/136177 kB (0%) copied\r136177/136177 kB (100%) copied\n"
+REAL = DRY + PROGRESS + "pg_rewind: creating backup label and updating control file\npg_rewind: syncing target data directory\npg_rewind: Done!\n"
 
 
 def test_argv_names_the_target_and_the_source_and_never_a_password():
     argv = rewind.rewind_argv(Path("/d"), "host=10.0.0.1 port=5432 user=manatee_rewind", bindir=Path("/b"))
     assert argv == ["/b/pg_rewind", "--target-pgdata", "/d", "--source-server",
-                    "host=10.0.0.1 port=5432 user=manatee_rewind"]
+                    "host=10.0.0.1 port=5432 user=manatee_rewind", "--progress"]
     assert rewind.rewind_argv(Path("/d"), "x", bindir=Path("/b"), dry_run=True)[-1] == "--dry-run"
     assert "--no-sync" not in argv
 
@@ -58,8 +59,9 @@ def test_the_rewind_password_derives_from_the_shard_secret():
     assert "a" * 32 not in rewind.rewind_password(a)
 
 
-def test_grants_are_the_four_functions_pg_rewind_calls():
-    assert len(rewind.GRANTS) == 4 and all(g.endswith(f"TO {rewind.REWIND_ROLE}") for g in rewind.GRANTS)
+def test_grants_are_the_four_functions_pg_rewind_calls_and_checkpoint():
+    assert len(rewind.GRANTS) == 5 and all(g.endswith(f"TO {rewind.REWIND_ROLE}") for g in rewind.GRANTS)
+    assert sum("FUNCTION" in g for g in rewind.GRANTS) == 4 and "pg_checkpoint" in rewind.GRANTS[-1]
 
 
 def _rc(**kw):

@@ -38,7 +38,7 @@ class Dataset:
     async def check_upstream(self, upstream):
         pass
 
-    async def rewind(self, upstream, cause, progress):
+    async def rewind(self, upstream, cause, progress, ahead=()):
         self.calls.append(("rewind", cause))
         return self.rewound
 

@@ -15,6 +15,7 @@ from manatee.core.pg.runas import PgError
 from manatee.core.zfs import Snapshot, ZfsError
 from manatee.shard import rebuildpath as rp
 from manatee.sitter.config import SitterConfig
+from manatee.sitter import rewinder
 from manatee.sitter.rewinder import MB, SNAPSHOT_PREFIX, Rewinder
 from tests.factories import peer
 
@@ -62,7 +63,7 @@ def _rewinder(tmp_path, *, zfs=None, password="pw", enabled=True):
 @pytest.fixture
 def tools(monkeypatch):
     """pg_controldata and pg_rewind, scripted: runs[i] is what the i-th pg_rewind returns or raises."""
-    t = {"control": CONTROL, "runs": [], "argv": []}
+    t = {"control": CONTROL, "runs": [], "argv": [], "single": [], "checkpoints": []}
 
     async def controldata(data_dir, **kw):
         if isinstance(t["control"], Exception):
@@ -78,7 +79,16 @@ def tools(monkeypatch):
             await asyncio.sleep(3600)
         return r
 
+    async def finish_crash_recovery(data_dir, **kw):
+        t["single"].append(data_dir)
+
+    async def checkpoint(self, peer):
+        t["checkpoints"].append(peer.ip)
+
+    monkeypatch.setattr(Rewinder, "_checkpoint", checkpoint)
+    monkeypatch.setattr(rewinder, "DRY_RUN_PAUSE_S", 0.0)
     monkeypatch.setattr(pgrewind, "controldata", controldata)
+    monkeypatch.setattr(pgrewind, "finish_crash_recovery", finish_crash_recovery)
     monkeypatch.setattr(pgrewind, "pg_rewind", pg_rewind)
     return t
 
@@ -107,7 +117,7 @@ def test_no_rewind_on_the_facts_touches_nothing(tmp_path, tools):
         rw, _ = _rewinder(tmp_path / str(i), zfs=zfs, **kw)
         why, _ = run(rw, cause)
         assert isinstance(why, str) and why, (kw, cause)
-        assert zfs.calls == [] and tools["argv"] == []
+        assert zfs.calls == [] and tools["argv"] == [] and tools["single"] == []
         assert (rw.data_dir / "standby.signal").exists()
 
 
@@ -138,6 +148,15 @@ def test_a_rewind_runs_after_its_dry_run_and_drops_the_snapshot(tmp_path, tools)
     assert "user=manatee_rewind" in src and "host=10.0.0.1" in src and "dbname=postgres" in src
     assert [p.phase for p in seen] == ["rewinding"] and seen[0].size == 40 * MB
     assert not (rw.data_dir / "standby.signal").exists()  # single-user recovery refuses standby mode
+    assert tools["single"] == [rw.data_dir]  # "in production": crash recovery before the dry run
+
+
+def test_a_cleanly_stopped_cluster_needs_no_crash_recovery(tmp_path, tools):
+    tools["control"] = {**CONTROL, "Database cluster state": "shut down in recovery"}
+    rw, _ = _rewinder(tmp_path)
+    tools["runs"] = [_report(40), _report(41, done=True)]
+    res, _ = run(rw)
+    assert res.path == "rewind" and tools["single"] == []
 
 
 def test_a_failed_rewind_is_rolled_back(tmp_path, tools):
@@ -187,3 +206,24 @@ def test_no_snapshot_no_rewind(tmp_path, tools):
     rw, _ = _rewinder(tmp_path, zfs=NoSnap())
     why, _ = run(rw)
     assert "no snapshot" in why and tools["argv"] == []
+
+
+NOT_YET = pgrewind.RewindReport(copy_mb=None, source_mb=None, needed=False, diverged_at=None, done=False)
+
+
+def test_the_chain_checkpoints_down_to_the_upstream_until_the_dry_run_sees_the_new_timeline(tmp_path, tools):
+    rw, _ = _rewinder(tmp_path)
+    tools["runs"] = [NOT_YET, NOT_YET, _report(40), _report(40, done=True)]
+    res = asyncio.run(rw.run(UP, rp.CAUSE_DIVERGED, lambda p: None, ahead=(peer("10.0.0.5"), peer("10.0.0.9"))))
+    assert res.path == "rewind"
+    # primary first (the last of `ahead`), then towards the upstream; three dry runs
+    assert tools["checkpoints"] == ["10.0.0.9", "10.0.0.5", "10.0.0.1"] * 3
+
+
+def test_no_rewind_required_every_time_streams(tmp_path, tools):
+    zfs = FakeZfs()
+    rw, _ = _rewinder(tmp_path, zfs=zfs)
+    tools["runs"] = [NOT_YET] * rewinder.DRY_RUN_TRIES
+    why, _ = run(rw)
+    assert "source's history" in why and len(tools["argv"]) == rewinder.DRY_RUN_TRIES
+    assert [c[0] for c in zfs.calls] == ["snapshot", "rollback", "destroy"]

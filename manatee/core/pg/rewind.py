@@ -54,7 +54,7 @@ def rewind_argv(data_dir: Path, source_conninfo: str, *, bindir: Path = DEFAULT_
     """pg_rewind's command line: the target directory and the source server (a conninfo
     without its password). Never --no-sync: a rewound directory must survive a crash."""
     argv = [str(Path(bindir) / "pg_rewind"), "--target-pgdata", str(data_dir),
-            "--source-server", source_conninfo]
+            "--source-server", source_conninfo, "--progress"]  # --progress: "need to copy N MB"
     if dry_run:
         argv.append("--dry-run")
     return argv
@@ -72,6 +72,19 @@ async def pg_rewind(data_dir: Path, source_conninfo: str, *, user: str = "postgr
     if not dry_run and report.needed and not report.done:
         raise PgError(f"pg_rewind ended without saying it was done: {out.strip()[-500:]}")
     return report
+
+
+#: Control-file states of a cleanly stopped cluster: pg_rewind (its dry run too) needs one.
+CLEAN_STATES = frozenset({"shut down", "shut down in recovery"})
+
+
+async def finish_crash_recovery(data_dir: Path, *, user: str = "postgres", bindir: Path = DEFAULT_BINDIR,
+                                timeout: float = 600.0) -> None:
+    """Bring a cluster stopped while running to a clean shutdown, as pg_rewind itself does
+    before a real run (its --dry-run does not, and then refuses): PostgreSQL in single-user
+    mode replays its WAL, writes a shutdown checkpoint and exits (stdin is empty)."""
+    await run_as([os.fspath(Path(bindir) / "postgres"), "--single", "-F", "-D", os.fspath(data_dir), "template1"],
+                 user=user, timeout=timeout, merge_stderr=True)
 
 
 def parse_controldata(text: str) -> dict[str, str]:
@@ -95,9 +108,14 @@ async def controldata(data_dir: Path, *, user: str = "postgres", bindir: Path = 
 #: execute on the functions pg_rewind calls (GRANTS). Its password derives from the shard
 #: secret (rewind_password), so every member knows it and nobody else does.
 REWIND_ROLE = "manatee_rewind"
-GRANTS = tuple(f"GRANT EXECUTE ON FUNCTION pg_catalog.{fn} TO {REWIND_ROLE}" for fn in (
+GRANTS = (*(f"GRANT EXECUTE ON FUNCTION pg_catalog.{fn} TO {REWIND_ROLE}" for fn in (
     "pg_ls_dir(text, boolean, boolean)", "pg_stat_file(text, boolean)", "pg_read_binary_file(text)",
-    "pg_read_binary_file(text, bigint, bigint, boolean)"))
+    "pg_read_binary_file(text, bigint, bigint, boolean)")),
+    # CHECKPOINT (as SET ROLE pg_checkpoint: the role is NOINHERIT): a source's control file
+    # names its new timeline only after a checkpoint (a restartpoint on a standby); before
+    # it, pg_rewind sees one timeline and finds "no rewind required"
+    f"GRANT pg_checkpoint TO {REWIND_ROLE}")
+CHECKPOINT_SQL = "SET ROLE pg_checkpoint; CHECKPOINT; RESET ROLE"
 
 
 def rewind_password(secret, enabled: bool = True) -> str | None:
