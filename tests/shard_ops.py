@@ -212,6 +212,12 @@ def sql(dsn: str, *statements: str):
         conn.close()
 
 
+def finish_fork_story(sh: Shard) -> None:
+    """A fork_then_kill module's end: the logs kept, its bulk and fork tables dropped."""
+    logs_kept(sh)
+    drop_tables(sh, "incr_bulk", "rejoin_fork")
+
+
 def fork_then_kill(sh: Shard, p: str, s: str) -> None:
     """P commits what its sync S never gets, then dies: S's walreceiver is stopped (SIGSTOP)
     while a client that does not wait for the sync (synchronous_commit=local; read-only is
@@ -236,3 +242,12 @@ def fork_then_kill(sh: Shard, p: str, s: str) -> None:
         os.kill(recv_pid, signal.SIGCONT)
     say(f"{s}'s walreceiver stopped, 1,000 rows and 80 MB of WAL committed on the primary {p} alone "
         f"in {took:.1f}s, {p} killed")
+
+
+def fork_and_fail_over(sh: Shard, w, p: str, s: str) -> None:
+    """fork_then_kill, then S takes over and the writer `w` is acknowledged again. (The new
+    primary stays read-only until its new sync has caught up: 60 s in one run here, the slow
+    new sync of docs/faults.md F19.)"""
+    fork_then_kill(sh, p, s)
+    sh.wait(lambda: sh.topology()["primary"] == s, sh.session_s + 30, f"{s} to take over")
+    w.wait_for_acks(20, 180)

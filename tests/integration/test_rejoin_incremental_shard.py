@@ -21,18 +21,13 @@ import time
 import pytest
 
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
-from tests.shard_ops import (drop_tables, fill, fork_then_kill, logs_kept, rebuild, set_sitter_config, sql,
+from tests.shard_ops import (fill, finish_fork_story, fork_and_fail_over, rebuild, set_sitter_config, sql,
                              standby_streaming, undo_faults, zfs)
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 
-def _finish(sh: Shard) -> None:
-    logs_kept(sh)
-    drop_tables(sh, "incr_bulk", "rejoin_fork")
-
-
-SHARD = SharedShard("rejoin", 5000, undo=undo_faults, before_down=_finish)
+SHARD = SharedShard("rejoin", 5000, undo=undo_faults, before_down=finish_fork_story)
 COMMIT_TIMEOUT_S = 3.0  # the writer abandons a commit to the killed primary after this long
 REJOIN_S = 300
 
@@ -75,12 +70,8 @@ def test_diverged_old_primary_rejoins_by_an_increment_from_the_primary(shard: Sh
     killed = False
     try:
         w.wait_for_acks(30, 60)
-        fork_then_kill(sh, p, s)
         killed = True
-        sh.wait(lambda: sh.topology()["primary"] == s, sh.session_s + 30, f"{s} to take over")
-        # (the new primary stays read-only until its new sync A has caught up: 60 s in one run
-        # here, the slow new sync of docs/faults.md F19 — not what this test is about)
-        w.wait_for_acks(20, 180)
+        fork_and_fail_over(sh, w, p, s)
         set_sitter_config(sh, p, rebuildRewind=False)  # the ZFS increment, not pg_rewind (test_rewind_shard.py)
         sh.sb.start(p)
         killed = False

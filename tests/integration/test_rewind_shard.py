@@ -17,18 +17,13 @@ import time
 import pytest
 
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
-from tests.shard_ops import (adm, drop_tables, fill, fork_then_kill, logs_kept, set_pg_parameters, sql,
+from tests.shard_ops import (adm, fill, finish_fork_story, fork_and_fail_over, set_pg_parameters, sql,
                              standby_streaming, undo_faults, zfs)
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 
-def _finish(sh: Shard) -> None:
-    logs_kept(sh)
-    drop_tables(sh, "incr_bulk", "rejoin_fork")
-
-
-SHARD = SharedShard("rewind", 5000, undo=undo_faults, before_down=_finish)
+SHARD = SharedShard("rewind", 5000, undo=undo_faults, before_down=finish_fork_story)
 COMMIT_TIMEOUT_S = 3.0  # the writer abandons a commit to the killed primary after this long
 REJOIN_S = 300
 WAL_KEEP = "16MB"
@@ -54,10 +49,8 @@ def test_diverged_old_primary_rejoins_by_pg_rewind(shard: Shard):
     killed = False
     try:
         w.wait_for_acks(30, 60)
-        fork_then_kill(sh, p, s)
         killed = True
-        sh.wait(lambda: sh.topology()["primary"] == s, sh.session_s + 30, f"{s} to take over")
-        w.wait_for_acks(20, 180)
+        fork_and_fail_over(sh, w, p, s)
         log_from = len(sh.sitter_log(np_))
         sh.sb.start(p)
         killed = False
