@@ -73,7 +73,7 @@ class Bench(IncrementalBench):
 
     async def _rewind(self, p: PgNode, s: PgNode) -> tuple[float, rewind.RewindReport, rewind.RewindReport]:
         t = time.monotonic()
-        await s.execute("CHECKPOINT")  # the new timeline in its control file
+        await s.execute("CHECKPOINT", timeout=600)  # the new timeline in its control file
         await rewind.finish_crash_recovery(p.data_dir)
         src = s.tcp_client().dsn()
         dry = await rewind.pg_rewind(p.data_dir, src, dry_run=True, timeout=3600)
@@ -88,7 +88,7 @@ class Bench(IncrementalBench):
             print(f"run {i + 1}: pgbench on {p.name} for {self.args.work}s, promote {s.name}, "
                   f"{p.name} forks for {self.args.fork}s ...", flush=True)
             await self._pgbench(p, self.args.work)
-            await s.execute("select pg_promote(true, 120)")
+            await s.execute("select pg_promote(true, 120)", timeout=180)
             await s.apply(s.role_config("primary", wal_keep_size=self.args.wal_keep))  # read-write
             await self._pgbench(p, self.args.fork)
             await p.kill()

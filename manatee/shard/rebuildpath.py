@@ -8,8 +8,8 @@ on facts, never on unknowns ("unknown is not a fact"): the rebuild is for a WAL
 divergence (not missing data, not an operator's rebuild, which may be for damage), the
 control file is readable and says checksums or wal_log_hints were on (without them a
 rewind can miss changed blocks), there are credentials for the source, and pg_rewind's own
-dry run measured a copy well below a full stream (and below an increment, when its size is
-known). Every "no" says why; the history and the restore's result carry it.
+dry run measured a copy well below a full stream (at most rewindMaxPercent of it, and below
+an increment, when its size is known). Every "no" says why; the history and the restore's result carry it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from dataclasses import dataclass
 REWIND = "rewind"
 STREAM = "stream"  # a ZFS restore (it says itself whether incremental or full)
 
-#: pg_rewind runs only if it copies at most this share of what a full stream sends.
-REWIND_MAX_SHARE = 0.5
+#: pg_rewind runs only if it copies at most this share of what a full stream sends (the
+#: default of postgresMgrCfg.rewindMaxPercent): it copies through SQL functions and fsyncs
+#: the whole directory, about ten times slower per byte than a ZFS stream measured here
+#: (docs/benchmarks.md, P6c).
+REWIND_MAX_SHARE = 0.10
 
 #: Cluster states (pg_controldata) pg_rewind can start from: shut down, or stopped while
 #: running (pg_rewind then lets PostgreSQL finish crash recovery in single-user mode first).
@@ -83,10 +86,10 @@ def why_not_rewind(f: RewindFacts) -> str | None:
 
 
 def choose_by_cost(copy_mb: int | None, source_mb: int | None, needed: bool | None,
-                   increment_mb: int | None = None) -> Choice:
+                   increment_mb: int | None = None, max_share: float = REWIND_MAX_SHARE) -> Choice:
     """Rewind or stream, from pg_rewind's dry run (MB it would copy, the source's size,
     whether it found anything to rewind; None: it did not say) and, if known, the
-    increment a ZFS stream would send (MB)."""
+    increment a ZFS stream would send (MB). `max_share`: of the source's size."""
     if needed is None or copy_mb is None and needed:
         return Choice(STREAM, "pg_rewind's dry run did not say what it would copy")
     if not needed:
@@ -94,9 +97,9 @@ def choose_by_cost(copy_mb: int | None, source_mb: int | None, needed: bool | No
                               "diverged: a stream replaces it")
     if source_mb is None or source_mb <= 0:
         return Choice(STREAM, "pg_rewind's dry run did not say the source's size")
-    if copy_mb > REWIND_MAX_SHARE * source_mb:
+    if copy_mb > max_share * source_mb:
         return Choice(STREAM, f"pg_rewind would copy {copy_mb} MB of {source_mb} MB: more than "
-                              f"{REWIND_MAX_SHARE:.0%}, a stream is as cheap")
+                              f"{max_share:.0%}, a stream is cheaper")
     if increment_mb is not None and increment_mb < copy_mb:
         return Choice(STREAM, f"a ZFS increment ({increment_mb} MB) is smaller than pg_rewind's copy ({copy_mb} MB)")
     return Choice(REWIND, f"my WAL diverged and pg_rewind copies {copy_mb} MB of {source_mb} MB")

@@ -29,7 +29,6 @@ from manatee.shard.state import Peer
 
 ZFS_TIMEOUT_S = 30.0  # one zfs snapshot/rollback/destroy
 CONTROL_TIMEOUT_S = 10.0  # pg_controldata
-CHECKPOINT_TIMEOUT_S = 60.0  # one CHECKPOINT on a source (it writes every dirty buffer)
 DRY_RUN_TRIES, DRY_RUN_PAUSE_S = 5, 1.0
 SNAPSHOT_PREFIX = "manatee-rewind-"  # never a snapshotter's name (13 digits): it leaves it alone
 MB = 1 << 20
@@ -51,7 +50,7 @@ class Rewinder:
         """cfg: SitterConfig; password: the rewind role's (None: no rewind possible)."""
         p = cfg.postgresMgrCfg
         self.log, self.zfs, self.password = log, zfs, password
-        self.enabled, self.timeout = p.rebuildRewind, p.rewind_timeout_s
+        self.enabled, self.timeout, self.max_share = p.rebuildRewind, p.rewind_timeout_s, p.rewindMaxPercent / 100
         self.user, self.bindir, self.data_dir = p.dbUser, Path(p.pgBinDir), Path(p.dataDir)
         self.dataset = p.zfsClientCfg.dataset
         a = p.replicationAuth
@@ -118,7 +117,7 @@ class Rewinder:
                                                  timeout=self.timeout)
         kw = dict(user=self.user, bindir=self.bindir, password=self.password, timeout=self.timeout)
         dry = await self._measure(upstream, ahead, src, kw)
-        choice = rp.choose_by_cost(dry.copy_mb, dry.source_mb, dry.needed)
+        choice = rp.choose_by_cost(dry.copy_mb, dry.source_mb, dry.needed, max_share=self.max_share)
         self.log.info("rewind_measured", copy_mb=dry.copy_mb, source_mb=dry.source_mb, diverged_at=dry.diverged_at,
                       path=choice.path, why=choice.reason)
         if choice.path != rp.REWIND:
@@ -146,10 +145,11 @@ class Rewinder:
         return dry
 
     async def _checkpoint(self, peer: Peer) -> None:
-        """CHECKPOINT on `peer` as the rewind role; a failure is only logged (the dry run
+        """CHECKPOINT on `peer` as the rewind role, within rewindTimeout (it writes every dirty
+        buffer: tens of seconds after a bulk load here); a failure is only logged (the dry run
         then says what it finds)."""
         client = PgClient(peer.ip, PgUrl.parse(peer.pg_url).port, user=pgrewind.REWIND_ROLE, password=self.password,
-                          query_timeout=CHECKPOINT_TIMEOUT_S, application_name="manatee-rewind", connect_timeout=5)
+                          query_timeout=self.timeout, application_name="manatee-rewind", connect_timeout=5)
         try:
             await client.execute(pgrewind.CHECKPOINT_SQL)
         except PgError as e:

@@ -17,8 +17,8 @@ import time
 import pytest
 
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
-from tests.shard_ops import (adm, fill, finish_fork_story, fork_and_fail_over, set_pg_parameters, sql,
-                             standby_streaming, undo_faults, zfs)
+from tests.shard_ops import (adm, fill, finish_fork_story, fork_and_fail_over, set_pg_parameters,
+                             set_sitter_config, sql, standby_streaming, undo_faults, zfs)
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
@@ -51,6 +51,9 @@ def test_diverged_old_primary_rejoins_by_pg_rewind(shard: Shard):
         w.wait_for_acks(30, 60)
         killed = True
         fork_and_fail_over(sh, w, p, s)
+        # this database is small next to what pg_rewind copies besides the divergence (WAL,
+        # every non-relation file): let it copy up to half of a full stream
+        set_sitter_config(sh, p, rewindMaxPercent=50)
         log_from = len(sh.sitter_log(np_))
         sh.sb.start(p)
         killed = False
@@ -74,6 +77,7 @@ def test_diverged_old_primary_rejoins_by_pg_rewind(shard: Shard):
         w.wait_for_acks(20, 60)
     finally:
         w.stop()
+        set_sitter_config(sh, p, rewindMaxPercent=None)  # read at its next start
         if killed:
             sh.sb.start(p)
         set_pg_parameters(sh, {})

@@ -58,8 +58,8 @@ def test_facts_of_control():
 
 @pytest.mark.parametrize("copy_mb, source_mb, needed, increment_mb, path", [
     (10, 2000, True, None, rp.REWIND),
-    (1000, 2000, True, None, rp.REWIND),        # exactly the share: still a rewind
-    (1001, 2000, True, None, rp.STREAM),        # more than half of a full stream
+    (200, 2000, True, None, rp.REWIND),         # exactly the share (10 %): still a rewind
+    (201, 2000, True, None, rp.STREAM),         # more than the share of a full stream
     (10, 2000, True, 50, rp.REWIND),
     (10, 2000, True, 9, rp.STREAM),             # a known, smaller increment wins
     (None, 2000, True, None, rp.STREAM),        # the dry run said no size
@@ -76,3 +76,10 @@ def test_choose_by_cost(copy_mb, source_mb, needed, increment_mb, path):
     assert c.reason
     if path == rp.REWIND:
         assert f"{copy_mb} MB of {source_mb} MB" in c.reason
+
+
+def test_the_share_is_a_setting():
+    assert rp.choose_by_cost(1000, 2000, True, max_share=0.5).path == rp.REWIND
+    assert rp.choose_by_cost(1001, 2000, True, max_share=0.5).path == rp.STREAM
+    assert rp.choose_by_cost(1, 2000, True, max_share=0.0).path == rp.STREAM
+    assert rp.choose_by_cost(0, 2000, True, max_share=0.0).path == rp.REWIND

@@ -124,9 +124,9 @@ def test_no_rewind_on_the_facts_touches_nothing(tmp_path, tools):
 def test_a_costly_rewind_is_measured_then_rolled_back(tmp_path, tools):
     zfs = FakeZfs()
     rw, log = _rewinder(tmp_path, zfs=zfs)
-    tools["runs"] = [_report(1500)]
+    tools["runs"] = [_report(201)]
     why, seen = run(rw)
-    assert "1500 MB of 2000 MB" in why
+    assert "201 MB of 2000 MB" in why
     snap = zfs.calls[0][1]
     assert snap.startswith(f"{rw.dataset}@{SNAPSHOT_PREFIX}")
     assert zfs.calls == [("snapshot", snap), ("rollback", snap), ("destroy", snap)]
