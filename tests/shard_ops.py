@@ -47,9 +47,10 @@ def adm(sh: Shard | None, *args: str, limit: float = 60.0, zk: str | None = None
     return r
 
 
-def set_pg_parameters(sh: Shard, params: dict) -> None:
-    """Every sitter's config gets `postgresMgrCfg.parameters` = params (applied by `adm reload`)."""
-    for n in sh.nodes:
+def set_pg_parameters(sh: Shard, params: dict, nodes=None) -> None:
+    """Every sitter's config (or those of `nodes`) gets `postgresMgrCfg.parameters` = params
+    (applied by `adm reload`)."""
+    for n in nodes if nodes is not None else sh.nodes:
         p = n.config_path("sitter")
         cfg = json.loads(p.read_text())
         cfg["postgresMgrCfg"]["parameters"] = params
