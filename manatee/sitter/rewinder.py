@@ -125,7 +125,14 @@ class Rewinder:
         progress(RestoreProgress(phase="rewinding", size=dry.copy_mb * MB, path=rp.REWIND, reason=choice.reason,
                                  source=upstream.pg_url))
         real = await pgrewind.pg_rewind(self.data_dir, src, **kw)
+        missing = await asyncio.wait_for(asyncio.to_thread(self._missing_start_wal), CONTROL_TIMEOUT_S)
+        if missing is not None:  # rolled back by the caller: a stream instead
+            return f"after pg_rewind the WAL recovery starts from is not there ({missing}): the source recycled it"
         return (real.copy_mb if real.copy_mb is not None else dry.copy_mb), choice.reason
+
+    def _missing_start_wal(self) -> str | None:
+        return pgrewind.missing_start_wal((self.data_dir / "backup_label").read_text(errors="replace"),
+                                          os.listdir(self.data_dir / "pg_wal"))
 
     async def _measure(self, upstream: Peer, ahead: Sequence[Peer], src: str, kw: dict) -> pgrewind.RewindReport:
         """pg_rewind's dry run, after a checkpoint down the chain to my upstream: a source's

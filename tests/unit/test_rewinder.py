@@ -63,7 +63,7 @@ def _rewinder(tmp_path, *, zfs=None, password="pw", enabled=True):
 @pytest.fixture
 def tools(monkeypatch):
     """pg_controldata and pg_rewind, scripted: runs[i] is what the i-th pg_rewind returns or raises."""
-    t = {"control": CONTROL, "runs": [], "argv": [], "single": [], "checkpoints": []}
+    t = {"control": CONTROL, "runs": [], "argv": [], "single": [], "checkpoints": [], "wal_kept": True}
 
     async def controldata(data_dir, **kw):
         if isinstance(t["control"], Exception):
@@ -77,6 +77,12 @@ def tools(monkeypatch):
             raise r
         if r == "hang":
             await asyncio.sleep(3600)
+        if not kw.get("dry_run"):  # what a real run leaves: the label, and the WAL it names
+            (data_dir / "backup_label").write_text(
+                "START WAL LOCATION: 0/E000028 (file 00000002000000000000000E)\n")
+            (data_dir / "pg_wal").mkdir(exist_ok=True)
+            if t["wal_kept"]:
+                (data_dir / "pg_wal" / "00000001000000000000000E").write_text("")
         return r
 
     async def finish_crash_recovery(data_dir, **kw):
@@ -227,3 +233,21 @@ def test_no_rewind_required_every_time_streams(tmp_path, tools):
     why, _ = run(rw)
     assert "source's history" in why and len(tools["argv"]) == rewinder.DRY_RUN_TRIES
     assert [c[0] for c in zfs.calls] == ["snapshot", "rollback", "destroy"]
+
+
+def test_a_rewind_whose_start_wal_is_gone_is_rolled_back(tmp_path, tools):
+    zfs = FakeZfs()
+    rw, _ = _rewinder(tmp_path, zfs=zfs)
+    tools["runs"] = [_report(40), _report(41, done=True)]
+    tools["wal_kept"] = False
+    why, _ = run(rw)
+    assert "00000002000000000000000E" in why and "recycled" in why
+    assert [c[0] for c in zfs.calls] == ["snapshot", "rollback", "destroy"]
+
+
+def test_missing_start_wal():
+    label = "START WAL LOCATION: 0/E000028 (file 00000002000000000000000E)\nCHECKPOINT LOCATION: 0/E000060\n"
+    assert pgrewind.missing_start_wal(label, ["00000001000000000000000E", "00000002.history"]) is None
+    assert pgrewind.missing_start_wal(label, ["00000002000000000000000E"]) is None
+    assert pgrewind.missing_start_wal(label, ["00000002000000000000000F"]) == "00000002000000000000000E"
+    assert "no START WAL LOCATION" in pgrewind.missing_start_wal("garbage", [])

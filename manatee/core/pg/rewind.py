@@ -87,6 +87,20 @@ async def finish_crash_recovery(data_dir: Path, *, user: str = "postgres", bindi
                  user=user, timeout=timeout, merge_stderr=True)
 
 
+START_WAL_FILE = re.compile(r"^START WAL LOCATION: [0-9A-F]+/[0-9A-F]+ \(file ([0-9A-F]{24})\)", re.M)
+
+
+def missing_start_wal(backup_label: str, wal_files: list[str]) -> str | None:
+    """After a rewind: the WAL segment recovery starts from (backup_label's START WAL
+    LOCATION file) if pg_wal holds it under no timeline, else None. Without it the node
+    could never start streaming (the source recycled it); an unparsable label: its text."""
+    m = START_WAL_FILE.search(backup_label)
+    if m is None:
+        return f"no START WAL LOCATION in backup_label: {backup_label[:200]!r}"
+    segment = m.group(1)[8:]  # the segment number; the first 8 digits name the timeline
+    return None if any(len(f) == 24 and f[8:] == segment for f in wal_files) else m.group(1)
+
+
 def parse_controldata(text: str) -> dict[str, str]:
     """pg_controldata's "key: value" lines (C locale) as a dict."""
     out = {}
