@@ -2,7 +2,8 @@
 its sitters' PostgreSQL parameters, the F1 scenario that more than one shard passes
 (test_sitter_faults on a plain shard, test_secure_shard with TLS and ZooKeeper ACLs), and
 what more than one module uses: undo faults and keep the logs, wait for a standby to stream,
-fill the primary with bulk and drop it, rebuild a node with manatee-adm."""
+fill the primary with bulk and drop it, rebuild a node with manatee-adm, fork an old primary's
+WAL before its host dies."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -45,13 +47,27 @@ def adm(sh: Shard | None, *args: str, limit: float = 60.0, zk: str | None = None
     return r
 
 
-def set_pg_parameters(sh: Shard, params: dict) -> None:
-    """Every sitter's config gets `postgresMgrCfg.parameters` = params (applied by `adm reload`)."""
-    for n in sh.nodes:
+def set_pg_parameters(sh: Shard, params: dict, nodes=None) -> None:
+    """Every sitter's config (or those of `nodes`) gets `postgresMgrCfg.parameters` = params
+    (applied by `adm reload`)."""
+    for n in nodes if nodes is not None else sh.nodes:
         p = n.config_path("sitter")
         cfg = json.loads(p.read_text())
         cfg["postgresMgrCfg"]["parameters"] = params
         p.write_text(json.dumps(cfg, indent=2))
+
+
+def set_sitter_config(sh: Shard, name: str, **pg_keys) -> None:
+    """`name`'s sitter config gets these postgresMgrCfg keys (None: the key removed, its
+    default again); its sitter reads them when it next starts."""
+    p = sh.node(name).config_path("sitter")
+    cfg = json.loads(p.read_text())
+    for k, v in pg_keys.items():
+        if v is None:
+            cfg["postgresMgrCfg"].pop(k, None)
+        else:
+            cfg["postgresMgrCfg"][k] = v
+    p.write_text(json.dumps(cfg, indent=2))
 
 
 def pg_setting(sh: Shard, node, name: str) -> str:
@@ -180,3 +196,59 @@ def fill(sh: Shard, mb: int) -> None:
             cur.execute("VACUUM incr_bulk")
     finally:
         conn.close()
+
+
+def sql(dsn: str, *statements: str):
+    """Run `statements` in autocommit; the last one's first row (if it returns rows)."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn, connect_timeout=3)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for st in statements:
+                cur.execute(st)
+            return cur.fetchone() if cur.description else None
+    finally:
+        conn.close()
+
+
+def finish_fork_story(sh: Shard) -> None:
+    """A fork_then_kill module's end: the logs kept, its bulk and fork tables dropped."""
+    logs_kept(sh)
+    drop_tables(sh, "incr_bulk", "rejoin_fork")
+
+
+def fork_then_kill(sh: Shard, p: str, s: str) -> None:
+    """P commits what its sync S never gets, then dies: S's walreceiver is stopped (SIGSTOP)
+    while a client that does not wait for the sync (synchronous_commit=local; read-only is
+    only a default) commits, in one transaction, a few rows and then more WAL than the TCP
+    buffers between them hold (80 MB of WAL-only messages: the commit record lies beyond what
+    S can have buffered); then P's host is killed and S's walreceiver resumed. P's WAL has
+    forked. The padding is WAL alone (no heap, no md5 per row), so the fork takes a few
+    seconds even on a loaded machine: longer than primaryStartTimeout and P would replace the
+    stalled S by the async first (issue 8's stalled-sync rule), which is not this test."""
+    (recv_pid,) = sql(sh.dsn(sh.node(s)), "SELECT pid FROM pg_stat_wal_receiver")
+    os.kill(recv_pid, signal.SIGSTOP)
+    t = time.monotonic()
+    try:
+        sql(sh.dsn(sh.node(p)), "SET synchronous_commit = local", "SET default_transaction_read_only = off",
+             # one implicit transaction: the rows, then the padding, then one commit record
+             "INSERT INTO rejoin_fork SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 1000) g;"
+             " SELECT count(pg_logical_emit_message(true, 'rejoin_fork_pad', repeat('x', 8 << 20)))"
+             " FROM generate_series(1, 10)")
+        took = time.monotonic() - t
+        sh.sb.kill(p)
+    finally:
+        os.kill(recv_pid, signal.SIGCONT)
+    say(f"{s}'s walreceiver stopped, 1,000 rows and 80 MB of WAL committed on the primary {p} alone "
+        f"in {took:.1f}s, {p} killed")
+
+
+def fork_and_fail_over(sh: Shard, w, p: str, s: str) -> None:
+    """fork_then_kill, then S takes over and the writer `w` is acknowledged again. (The new
+    primary stays read-only until its new sync has caught up: 60 s in one run here, the slow
+    new sync of docs/faults.md F19.)"""
+    fork_then_kill(sh, p, s)
+    sh.wait(lambda: sh.topology()["primary"] == s, sh.session_s + 30, f"{s} to take over")
+    w.wait_for_acks(20, 180)

@@ -127,6 +127,10 @@ class RoleConfig:
     admin_user: str | None = None
     admin_cidrs: tuple[str, ...] = ()
     admin_method: AuthMethod = "scram-sha-256"
+    #: The role a rebuilding member's pg_rewind reads this node's files as (no superuser,
+    #: no replication: execute on four file functions); None: no such access. Only from
+    #: members, only to the ``postgres`` database, always with a password (scram-sha-256).
+    rewind_user: str | None = None
     synchronous_commit: SyncCommit = "on"
     max_wal_senders: int = 15
     wal_keep_size: str = "1GB"
@@ -179,7 +183,8 @@ class RoleConfig:
                 raise ValueError(f"RoleConfig.{name}: 'trust' would let anyone on {wide[0]} in "
                                  "without a password; use scram-sha-256 or cert")
         for role in (self.replication_user, *self.extra_replication_users, self.superuser,
-                     *([self.admin_user] if self.admin_user is not None else [])):
+                     *([self.admin_user] if self.admin_user is not None else []),
+                     *([self.rewind_user] if self.rewind_user is not None else [])):
             check_role("role name", role)
         if self.admin_user is not None and not self.admin_cidrs:
             raise ValueError("RoleConfig.admin_cidrs: admin_user needs the networks it may connect from")
@@ -337,10 +342,14 @@ def render_pg_hba(rc: RoleConfig) -> str:
     repl_users = ",".join(_dedup([rc.replication_user, *rc.extra_replication_users]))
     for m in _dedup(_cidr(m) for m in rc.members):
         rows.append((_host(rc.auth_method), "replication", repl_users, m, rc.auth_method))
+    if rc.rewind_user is not None:  # before the rejects below: first match wins
+        for m in _dedup(_cidr(m) for m in rc.members):
+            rows.append((_host(rc.auth_method), "postgres", rc.rewind_user, m, "scram-sha-256"))
     if rc.admin_user is not None:
         for c in _dedup(_cidr(c) for c in rc.admin_cidrs):
             rows.append((_host(rc.admin_method), "all", rc.admin_user, c, rc.admin_method))
-    for user in _dedup([rc.superuser, rc.replication_user, *rc.extra_replication_users]):
+    for user in _dedup([rc.superuser, rc.replication_user, *rc.extra_replication_users,
+                        *([rc.rewind_user] if rc.rewind_user else [])]):
         if user != rc.admin_user:
             rows.append(("host", "all", user, "all", "reject"))
     rows.append(("host", "replication", "all", "all", "reject"))

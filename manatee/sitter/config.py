@@ -150,6 +150,19 @@ class PostgresMgrCfg(ConfigModel):
                     "manatee's defaults (wal_keep_size, max_wal_senders, full_page_writes, hot_standby_feedback); the "
                     "settings manatee decides (port, listen_addresses, primary_conninfo, "
                     "synchronous_standby_names, default_transaction_read_only, hot_standby, ...) are refused")
+    rebuildRewind: bool = Field(
+        True, description="rebuild a node whose WAL diverged by pg_rewind when its dry run copies at most "
+                          "rewindMaxPercent of a full stream (else, or if it fails, a ZFS stream as before); needs "
+                          "the shard secret "
+                          "(the rewind role's password derives from it)")
+    rewindTimeout: int = Field(600000, ge=1000, le=86400000,
+                               description="the most one pg_rewind (its dry run, or the real run) may take (ms); "
+                                           "then it is killed and the rebuild streams instead")
+    rewind_timeout_s = seconds("rewindTimeout")
+    rewindMaxPercent: int = Field(10, ge=0, le=100,
+                                  description="pg_rewind runs only if its dry run copies at most this percent of a "
+                                              "full stream (it copies about ten times slower per byte than a ZFS "
+                                              "stream measured on one host: docs/benchmarks.md P6c)")
     replicationAuth: ReplicationAuth
     adminAuth: AdminAuth | None = Field(None, description="TCP access for an administrative role (absent: the superuser only by the local socket)")
     zfsClientCfg: ZfsClientCfg

@@ -7,11 +7,13 @@ import asyncio
 from pathlib import Path
 from typing import Callable, Sequence
 
+from manatee.core.pg.rewind import rewind_password
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.restore.source import Candidate
 from manatee.core.restore.source import choose as choose_source
 from manatee.core.zfs import Zfs
 from manatee.shard.state import Peer
+from manatee.sitter.rewinder import Rewinder
 
 ZFS_TIMEOUT_S = 30.0  # a zfs list/create in the cycle
 
@@ -28,6 +30,7 @@ class ZfsDataset:
         self.z = z
         self.zfs = Zfs(zfs_path=z.zfsPath, logger=log)
         self.data_dir = Path(cfg.postgresMgrCfg.dataDir)
+        self.rewinder = Rewinder(cfg, log, self.zfs, rewind_password(secret, cfg.postgresMgrCfg.rebuildRewind))
 
     async def ensure(self) -> None:
         z = self.z
@@ -70,6 +73,12 @@ class ZfsDataset:
             listen_host=listen_host, listen_port=z.zfsPort,
             owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret, ssl_context=self.ssl_context,
             poll_interval=z.poll_interval_s, progress=progress, logger=self.log, source_reason=chosen.reason)
+
+    async def rewind(self, upstream: Peer, cause: str | None, progress: Callable, ahead: Sequence[Peer] = ()) -> object:
+        """pg_rewind my data to follow `upstream` if the facts and its dry run say so
+        (manatee.sitter.rewinder): its RewindResult, or why not (a str; the data is then as
+        it was and the caller restores from a stream). `ahead`: the members ahead of it."""
+        return await self.rewinder.run(upstream, cause, progress, ahead)
 
     def list_snapshots(self):
         return self.zfs.list_snapshots(self.z.dataset)

@@ -26,6 +26,7 @@ from manatee.sitter.hooks import RoleHooks
 from manatee.sitter.pgmanager import PgConfigError, PgStatus
 from manatee.sitter.ports import Clock, Dataset, Postgres, Session, Store, SystemClock
 from manatee.sitter.snapshot import SitterSnapshot, snapshot_of
+from manatee.shard.rebuildpath import CAUSE_DIVERGED, CAUSE_REQUESTED
 from manatee.sitter.steps import StepRunner
 from manatee.sitter.dataset import UpstreamNotReady
 from manatee.sitter.zkview import ZkView, worse
@@ -190,6 +191,8 @@ class Sitter:
         forked = (pgs.known and pgs.running and pgs.in_recovery is False and st is not None
                   and st.place_of(self.me.id) in ("sync", "async"))
         self.diverged = self.diverged or pgs.diverged or forked
+        if (pgs.diverged or forked) and self.steps.rebuild_cause is None:  # a rewind may fix this one
+            self.steps.rebuild_cause = CAUSE_DIVERGED
         if pgs.running:
             self.switchover_stopped = None
         self.publish()
@@ -469,6 +472,7 @@ class Sitter:
         # (a restore that has just finished, its node not yet out of the rebuild role, is not a
         # rebuild running: this request asks for another one, not for the last one's result)
         self.diverged = True
+        self.steps.rebuild_cause = CAUSE_REQUESTED  # perhaps for damage: a stream, never a rewind
         self.steps.restore_progress = {"phase": "requested", "completed": 0, "size": 0, "source": None}
         self.log.info("rebuild_requested", place=place)
         self.publish()

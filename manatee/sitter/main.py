@@ -24,7 +24,7 @@ def build_sitter(config: SitterConfig, log, secret=None):
     tls_client = tls.client_context() if tls else None
     return Sitter(config, log, secret=secret, tls_client=tls_client, session=session,
                   store=ShardStore(session, config.shardPath, config.registrar_path, log),
-                  pg=PgManager(config, log), clock=SystemClock(),
+                  pg=PgManager(config, log, secret=secret), clock=SystemClock(),
                   dataset=ZfsDataset(config, log, secret=secret, ssl_context=tls_client))
 
 

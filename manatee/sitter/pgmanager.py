@@ -17,6 +17,7 @@ from pathlib import Path
 from manatee.core import nofollow
 from manatee.core import pg as pgmod
 from manatee.core.lsn import Lsn
+from manatee.core.pg import rewind
 from manatee.core.pgconfig import RoleConfig, install_base_config, write_role_config
 
 # What PostgreSQL's walreceiver or startup process says when this node cannot follow its
@@ -126,10 +127,11 @@ class PgConfigError(RuntimeError):
 
 
 class PgManager:
-    def __init__(self, cfg, log):
-        """cfg: SitterConfig."""
+    def __init__(self, cfg, log, secret=None):
+        """cfg: SitterConfig; secret: the shard secret (the rewind role's password derives from it)."""
         p = cfg.postgresMgrCfg
         self.cfg, self.log = cfg, log
+        self.rewind_password = rewind.rewind_password(secret, p.rebuildRewind)
         self.user = p.dbUser
         self.bindir = Path(p.pgBinDir)
         self.data_dir = Path(p.dataDir)
@@ -199,8 +201,8 @@ class PgManager:
         return None
 
     async def ensure_roles(self) -> None:
-        """On a running primary: create the replication role (and a separate admin role)
-        if missing. Never fatal: a failure is logged and tried again at the next configure."""
+        """On a running primary: create the replication role (and a separate admin role, and
+        the rewind role with its grants) if missing. Never fatal: a failure is logged and tried again at the next configure."""
         p = self.cfg.postgresMgrCfg
         if self._roles_ok or not self.running:
             return
@@ -210,10 +212,14 @@ class PgManager:
         if p.admin_user not in (None, p.dbUser):
             wanted.append((p.admin_user, p.adminAuth.password, False, True))
         try:
-            if wanted and await self.client.in_recovery():
+            if (wanted or self.rewind_password is not None) and await self.client.in_recovery():
                 return
             for name, password, replication, superuser in wanted:
                 await pgmod.ensure_role(self.client, name, password, replication=replication, superuser=superuser)
+            if self.rewind_password is not None:  # and its grants (idempotent)
+                await pgmod.ensure_role(self.client, rewind.REWIND_ROLE, self.rewind_password)
+                await self.client.execute(f"begin read write; set local synchronous_commit = local; "
+                                          f"{'; '.join(rewind.GRANTS)}; commit")
             self._roles_ok = True
         except pgmod.PgError as e:
             self.log.warning("pg_ensure_roles_failed", error=str(e))
@@ -245,6 +251,7 @@ class PgManager:
             admin_user=p.admin_user,
             admin_cidrs=tuple(admin.cidrs) if admin else (),
             admin_method=admin.method if admin else "scram-sha-256",
+            rewind_user=rewind.REWIND_ROLE if self.rewind_password is not None else None,
             synchronous_commit=p.synchronousCommit,
             max_slot_wal_keep_size=p.maxSlotWalKeepSize,
             cluster_name=self.cfg.zoneId[:40],

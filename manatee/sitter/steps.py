@@ -27,6 +27,9 @@ class StepRunner:
         self.start_budget: Callable[[Target], float | None] = lambda _t: None
         self.on_progress: Callable[[], None] = lambda: None  # a restore moved on: publish it
         self.on_start: Callable[[], None] = lambda: None  # a start of PostgreSQL is attempted
+        # why the next rebuild is needed (manatee.shard.rebuildpath CAUSE_*; None: missing data
+        # or not known): only a WAL divergence may be rewound. Set by the loop, cleared by a restore.
+        self.rebuild_cause: str | None = None
 
     async def run(self, tr: T.Transition, target: Target, members: tuple[str, ...]) -> None:
         for step in tr.steps:
@@ -135,12 +138,20 @@ class StepRunner:
                                      "path": p.path, "reason": p.reason}
             self.on_progress()
 
-        res = await self.dataset.restore(upstream, progress, also=also)
+        res = await self.dataset.rewind(upstream, self.rebuild_cause, progress, ahead=also)
+        if isinstance(res, str):  # not rewound (the data is as it was): why, beside the stream's reason
+            no_rewind = res
+            self.log.info("rewind_not_used", why=no_rewind)
+            res = await self.dataset.restore(upstream, progress, also=also)
+            reason = f"{res.reason} (no pg_rewind: {no_rewind})" if res.reason else f"no pg_rewind: {no_rewind}"
+        else:
+            reason = res.reason
         self.restore_progress = {"phase": "done", "completed": res.bytes, "size": res.bytes,
                                  "source": getattr(res, "source", None) or upstream.backup_url,
-                                 "path": res.path, "reason": res.reason}
+                                 "path": res.path, "reason": reason}
+        self.rebuild_cause = None
         self.on_restored()
-        self.log.info("restore_done", bytes=res.bytes, seconds=round(res.seconds, 2), path=res.path, why=res.reason)
+        self.log.info("restore_done", bytes=res.bytes, seconds=round(res.seconds, 2), path=res.path, why=reason)
 
     async def _ahead_of(self, upstream: Peer) -> list[Peer]:
         """The members ahead of my upstream in the chain, nearest first, that run a healthy

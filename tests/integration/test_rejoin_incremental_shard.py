@@ -1,6 +1,8 @@
 """A diverged old primary rejoins by an incremental stream, on a real shard (ZooKeeper,
 zfs-fuse, three nodes of sitter + snapshotter + backupserver, PostgreSQL 15).
 
+(pg_rewind is turned off on P here: test_rewind_shard.py rejoins by pg_rewind.)
+
 The story (issue 10): primary P, sync S, async A. S was (re)built from P, so P and S
 share a snapshot; A was built from S's earlier copy and shares none with P. P commits
 WAL S never receives (S's walreceiver stopped, a client not waiting for the sync), and
@@ -14,26 +16,18 @@ test_incremental_rebuild_shard.py's second test.)
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
 
-import psycopg2
-
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
-from tests.shard_ops import drop_tables, fill, logs_kept, rebuild, standby_streaming, undo_faults, zfs
+from tests.shard_ops import (fill, finish_fork_story, fork_and_fail_over, rebuild, set_sitter_config, sql,
+                             standby_streaming, undo_faults, zfs)
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
 
-def _finish(sh: Shard) -> None:
-    logs_kept(sh)
-    drop_tables(sh, "incr_bulk", "rejoin_fork")
-
-
-SHARD = SharedShard("rejoin", 5000, undo=undo_faults, before_down=_finish)
+SHARD = SharedShard("rejoin", 5000, undo=undo_faults, before_down=finish_fork_story)
 COMMIT_TIMEOUT_S = 3.0  # the writer abandons a commit to the killed primary after this long
 REJOIN_S = 300
 
@@ -61,45 +55,6 @@ def _sync_shares_with_primary(sh: Shard) -> tuple[str, str, str]:
     raise AssertionError(f"the sync shares no fresh snapshot with the primary: {sh.topology()}")
 
 
-def _sql(dsn: str, *statements: str):
-    """Run `statements` in autocommit; the last one's first row (if it returns rows)."""
-    conn = psycopg2.connect(dsn, connect_timeout=3)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for st in statements:
-                cur.execute(st)
-            return cur.fetchone() if cur.description else None
-    finally:
-        conn.close()
-
-
-def _fork_then_kill(sh: Shard, p: str, s: str) -> None:
-    """P commits what its sync S never gets, then dies: S's walreceiver is stopped (SIGSTOP)
-    while a client that does not wait for the sync (synchronous_commit=local; read-only is
-    only a default) commits, in one transaction, a few rows and then more WAL than the TCP
-    buffers between them hold (80 MB of WAL-only messages: the commit record lies beyond what
-    S can have buffered); then P's host is killed and S's walreceiver resumed. P's WAL has
-    forked. The padding is WAL alone (no heap, no md5 per row), so the fork takes a few
-    seconds even on a loaded machine: longer than primaryStartTimeout and P would replace the
-    stalled S by the async first (issue 8's stalled-sync rule), which is not this test."""
-    (recv_pid,) = _sql(sh.dsn(sh.node(s)), "SELECT pid FROM pg_stat_wal_receiver")
-    os.kill(recv_pid, signal.SIGSTOP)
-    t = time.monotonic()
-    try:
-        _sql(sh.dsn(sh.node(p)), "SET synchronous_commit = local", "SET default_transaction_read_only = off",
-             # one implicit transaction: the rows, then the padding, then one commit record
-             "INSERT INTO rejoin_fork SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 1000) g;"
-             " SELECT count(pg_logical_emit_message(true, 'rejoin_fork_pad', repeat('x', 8 << 20)))"
-             " FROM generate_series(1, 10)")
-        took = time.monotonic() - t
-        sh.sb.kill(p)
-    finally:
-        os.kill(recv_pid, signal.SIGCONT)
-    say(f"{s}'s walreceiver stopped, 1,000 rows and 80 MB of WAL committed on the primary {p} alone "
-        f"in {took:.1f}s, {p} killed")
-
-
 def test_diverged_old_primary_rejoins_by_an_increment_from_the_primary(shard: Shard):
     sh = shard
     fill(sh, 60)
@@ -107,7 +62,7 @@ def test_diverged_old_primary_rejoins_by_an_increment_from_the_primary(shard: Sh
     np_, ns, na = sh.node(p), sh.node(s), sh.node(a)
     for guid in set(_guids(np_.dataset)) & set(_guids(na.dataset)):
         zfs("destroy", _guids(na.dataset)[guid])  # A keeps nothing P has
-    _sql(sh.wait(sh.find_primary, 60, "a writable primary"), "CREATE TABLE rejoin_fork (id int, pad text)")
+    sql(sh.wait(sh.find_primary, 60, "a writable primary"), "CREATE TABLE rejoin_fork (id int, pad text)")
 
     prev = sh.zk_state()
     gen0 = prev["generation"]
@@ -115,12 +70,9 @@ def test_diverged_old_primary_rejoins_by_an_increment_from_the_primary(shard: Sh
     killed = False
     try:
         w.wait_for_acks(30, 60)
-        _fork_then_kill(sh, p, s)
         killed = True
-        sh.wait(lambda: sh.topology()["primary"] == s, sh.session_s + 30, f"{s} to take over")
-        # (the new primary stays read-only until its new sync A has caught up: 60 s in one run
-        # here, the slow new sync of docs/faults.md F19 — not what this test is about)
-        w.wait_for_acks(20, 180)
+        fork_and_fail_over(sh, w, p, s)
+        set_sitter_config(sh, p, rebuildRewind=False)  # the ZFS increment, not pg_rewind (test_rewind_shard.py)
         sh.sb.start(p)
         killed = False
         t_heal = time.monotonic()
@@ -136,10 +88,11 @@ def test_diverged_old_primary_rejoins_by_an_increment_from_the_primary(shard: Sh
         assert restore["completed"] < used / 5, (restore, used)
         assert sh.topology()["primary"] == s
         for n in (np_, ns):  # the forked commit is nowhere: P follows S's history
-            assert _sql(sh.dsn(n), "SELECT count(*) FROM rejoin_fork") == (0,), f"{n.name} has P's forked rows"
+            assert sql(sh.dsn(n), "SELECT count(*) FROM rejoin_fork") == (0,), f"{n.name} has P's forked rows"
         w.wait_for_acks(20, 60)
     finally:
         w.stop()
+        set_sitter_config(sh, p, rebuildRewind=None)  # read at its next start
         if killed:
             sh.sb.start(p)
     sh.assert_checks(w, prev, expect_leader=s, since_gen=gen0)

@@ -161,6 +161,9 @@ class FakeDataset:
         if not (self.world.reach(self.node, src) and src.running and not src.pg_hung):
             raise UpstreamNotReady(f"upstream {upstream.id} has no running, healthy PostgreSQL")
 
+    async def rewind(self, upstream, cause, progress, ahead=()):
+        return "the simulation streams every rebuild"
+
     async def restore(self, upstream, progress, also=()):
         await self.world.pause_point(self.node)
         n, src = self.node, self.world.node(upstream.id)

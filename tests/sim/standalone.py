@@ -88,6 +88,9 @@ class NoDataset:
     async def check_upstream(self, upstream):
         raise AssertionError("no restore expected")
 
+    async def rewind(self, upstream, cause, progress, ahead=()):
+        raise AssertionError("no restore expected")
+
     async def restore(self, upstream, progress, also=()):
         raise AssertionError("no restore expected")
 

@@ -64,18 +64,23 @@ def ensure_private_dir(path: Path, user: str = "postgres") -> None:
 
 
 async def run_as(
-    cmd: Sequence[str | os.PathLike], *, user: str = "postgres", timeout: float = 120.0, cwd: str = "/"
+    cmd: Sequence[str | os.PathLike], *, user: str = "postgres", timeout: float = 120.0, cwd: str = "/",
+    extra_env: dict[str, str] | None = None, merge_stderr: bool = False,
 ) -> str:
-    """Run a PostgreSQL tool as `user`; return stdout, raise PgError with stderr on failure."""
+    """Run a PostgreSQL tool as `user`; return stdout, raise PgError with stderr on failure.
+
+    `extra_env`: added to the minimal environment (e.g. PGPASSWORD: never on a command
+    line, which every user can read). `merge_stderr`: stderr is returned with stdout (tools
+    that report on stderr, like pg_rewind)."""
     argv = [str(c) for c in cmd]
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
             cwd=cwd,
-            env=pg_env(user),
+            env={**pg_env(user), **(extra_env or {})},
             **as_user(user),
         )
     except OSError as e:
