@@ -31,7 +31,7 @@ from dataclasses import replace
 from manatee.shard.decision import PG_UNKNOWN, STEP_DOWN_BY, Decision, Observation, View, lsn_text
 from manatee.shard.primary_rules import as_primary
 from manatee.shard.state import (
-    CONNECTED, DEPOSED, PRIMARY, REBUILD, SAFE_MODE, STANDBY, UNASSIGNED, ClusterState, Target, error_record,
+    CONNECTED, DEPOSED, PRIMARY, REBUILD, SAFE_MODE, STANDBY, UNASSIGNED, ClusterState, Peer, Target, error_record,
 )
 
 __all__ = ["decide"]
@@ -197,25 +197,35 @@ def _as_sync(v: View) -> Decision:
         return stay("sync.no_candidate", "no other standby is live to become my sync and I would take "
                                          "writes without one" + (" (the live ones are tagged nofailover/nosync)"
                                                                  if cands else ""))
+    new_sync, rest = v.pick_sync(cands)
+    read_only = not v.onwm and not (released and new_sync is not None)  # docs/design.md "Switchover"
+    then = Target(PRIMARY, sync=new_sync, downstream=new_sync, read_only=read_only)
     if obs.streaming or obs.upstream_id is not None:
-        return Decision(Target(STANDBY, upstream=None, downstream=down), rule="sync.detach",
+        # the takeover's sync and mode go into the detached standby's config now (PostgreSQL
+        # ignores both until it is promoted): the promotion then needs no reload of its own
+        return Decision(Target(STANDBY, upstream=None, downstream=down, then=then), rule="sync.detach",
                         reason=f"{gone} and I hold every acknowledged write, so I stop "
                                f"replicating first to make my WAL position final before I take over")
-    me = next((p for p in v.election if p.id == obs.me.id), obs.me)
-    new_sync, rest = v.pick_sync(cands)
-    known_dep = {p.id for p in cands}
-    deposed = tuple(p for p in st.deposed if p.id not in known_dep)
-    if primary.id not in known_dep:
-        deposed = (*deposed, primary)
-    new = st.evolve(generation=st.generation + 1, primary=me, sync=new_sync, async_=tuple(rest),
-                    deposed=deposed, init_wal=obs.wal, one_node_write_mode=v.onwm, switchover=None)
-    read_only = not v.onwm and not (released and new_sync is not None)  # docs/design.md "Switchover"
+    new = _takeover_state(v, cands, new_sync, rest)
     return Decision(
-        Target(PRIMARY, sync=new_sync, downstream=new_sync, read_only=read_only),
-        write_state=new, rule="sync.switchover" if released else "sync.takeover",
+        then, write_state=new, rule="sync.switchover" if released else "sync.takeover",
         reason=f"{gone} and I hold every acknowledged write (WAL {lsn_text(obs.wal)}, needed "
                f"{lsn_text(st.init_wal)}), so I take over in generation {new.generation} with "
                f"{new_sync or 'no'} sync" + (", read-only until it catches up" if read_only else ""))
+
+
+def _takeover_state(v: View, cands: list[Peer], new_sync: Peer | None, rest: list[Peer]) -> ClusterState:
+    """The next generation written by a sync that takes over: the candidates it did not pick
+    are the asyncs; the old primary is deposed unless it is one of them (a switchover)."""
+    obs, st = v.obs, v.st
+    assert st is not None and obs.wal is not None
+    me = next((p for p in v.election if p.id == obs.me.id), obs.me)
+    known_dep = {p.id for p in cands}
+    deposed = tuple(p for p in st.deposed if p.id not in known_dep)
+    if st.primary.id not in known_dep:
+        deposed = (*deposed, st.primary)
+    return st.evolve(generation=st.generation + 1, primary=me, sync=new_sync, async_=tuple(rest),
+                     deposed=deposed, init_wal=obs.wal, one_node_write_mode=v.onwm, switchover=None)
 
 
 # -- rule 6: I am an async ---------------------------------------------------------------

@@ -328,6 +328,8 @@ class Target:
     sync: the primary's synchronous standby (synchronous_standby_names), None otherwise.
     downstream: the next live node behind me in the chain (heartbeats and history).
     read_only: default_transaction_read_only on a primary; always True for other roles.
+    then: for a detached standby about to take over, the primary target it expects to take
+      (its sync and mode are configured ahead; PostgreSQL ignores them until the promotion).
     """
 
     role: str
@@ -335,12 +337,16 @@ class Target:
     sync: Peer | None = None
     downstream: Peer | None = None
     read_only: bool = True
+    then: Target | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"unknown role {self.role!r}; one of {', '.join(ROLES)}")
         if self.role != PRIMARY and not self.read_only:
             raise ValueError(f"only a primary may be read-write, not {self.role}")
+        if self.then is not None and not (self.role == STANDBY and self.upstream is None
+                                          and self.then.role == PRIMARY):
+            raise ValueError("only a detached standby may prepare a primary target")
 
     def describe(self) -> str:
         if self.role == PRIMARY:

@@ -9,7 +9,7 @@ from typing import Callable
 
 from manatee.shard import transitions as T
 from manatee.shard.pgurl import PgUrl
-from manatee.shard.state import PRIMARY, Peer, Target
+from manatee.shard.state import PRIMARY, STANDBY, Peer, Target
 from manatee.sitter.pgmanager import RoleSpec
 from manatee.sitter.ports import Clock, Dataset, Postgres, Store
 
@@ -47,6 +47,15 @@ class StepRunner:
             sync = NO_SYNC_PLACEHOLDER
         return RoleSpec("primary", read_only=target.read_only, sync_app_name=sync)
 
+    def standby_spec(self, target: Target) -> RoleSpec:
+        """A detached standby about to take over (target.then) also names its coming sync and
+        mode now, in the same reload as the detach: the promotion then needs none."""
+        up = target.upstream
+        if up is None and target.then is not None:
+            spec = self.primary_spec(target.then)
+            return RoleSpec("standby", upstream=None, sync_app_name=spec.sync_app_name, read_only=spec.read_only)
+        return RoleSpec("standby", upstream=(up.ip, PgUrl.parse(up.pg_url).port) if up else None)
+
     async def step(self, step: str, target: Target, members: tuple[str, ...]) -> None:
         pg = self.pg
         if step == T.STOP_PG:
@@ -65,8 +74,7 @@ class StepRunner:
             await pg.configure(self.primary_spec(target), members)
         elif step == T.CONFIGURE_STANDBY:
             up = target.upstream
-            await pg.configure(RoleSpec("standby", upstream=(up.ip, PgUrl.parse(up.pg_url).port) if up else None),
-                               members)
+            await pg.configure(self.standby_spec(target), members)
             self.configured_upstream = up
         elif step == T.START_PG:
             if not pg.running:
@@ -112,15 +120,14 @@ class StepRunner:
         The detached standby names its new sync first, and whether it will take writes (a
         reload; PostgreSQL ignores both until the promotion ends): the promoted node then waits
         for that sync from its first moment and, after a switchover, takes writes at once, with
-        no reload between the promotion and the first commit."""
+        no reload between the promotion and the first commit. Usually the detach already
+        configured both (target.then) and nothing is reloaded here."""
         st, _ver = await self.store.read_state()
         if st is None or st.primary.id != self.me.id:
             raise RuntimeError(f"not promoting: the state now names {st.primary.id if st else 'no'} primary")
         pg = self.pg
         if pg.spec is not None and pg.spec.role == "standby" and pg.spec.upstream is None:
-            spec = self.primary_spec(target)
-            await pg.configure(RoleSpec("standby", upstream=None, sync_app_name=spec.sync_app_name,
-                                        read_only=spec.read_only), members)
+            await pg.configure(self.standby_spec(Target(STANDBY, upstream=None, then=target)), members)
             await pg.apply_pending()  # a reload: synchronous_standby_names, default_transaction_read_only
         await pg.promote()
 

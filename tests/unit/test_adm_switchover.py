@@ -11,7 +11,7 @@ import pytest
 
 from manatee.shard.decide import decide
 from manatee.shard.state import (
-    PRIMARY, STANDBY, UNASSIGNED, ClusterState, Freeze, Switchover,
+    PRIMARY, STANDBY, UNASSIGNED, ClusterState, Freeze, Switchover, Target,
 )
 from manatee.shard import transitions as T
 from tests.sim import shard as sim
@@ -149,6 +149,21 @@ def test_sync_detaches_then_takes_over_after_the_release():
     # a failover (no release) keeps the new primary read-only until its sync catches up
     gone = decide(obs(B, state=STATE, election=(B, C), wal=0x9000, streaming=False, upstream_id=None))
     assert gone.rule == "sync.takeover" and gone.target.read_only
+
+
+def test_the_detach_prepares_the_takeover_it_leads_to():
+    """The detach names the primary target the next cycle takes (its sync, read-write after a
+    release, read-only after a failure), so the shell configures both in the detach's reload
+    and the promotion needs none; the target the takeover then decides is that one."""
+    for state, election, ro in ((REL, None, False), (STATE, (B, C), True)):
+        kw = {} if election is None else {"election": election}
+        d = decide(obs(B, state=state, wal=0x9000, streaming=False, **kw))
+        assert d.rule == "sync.detach" and d.target.then is not None
+        assert d.target.then.role == PRIMARY and d.target.then.sync == C and d.target.then.read_only is ro
+        t = decide(obs(B, state=state, wal=0x9000, streaming=False, upstream_id=None, **kw))
+        assert t.target == d.target.then
+    with pytest.raises(ValueError, match="detached standby"):
+        Target(STANDBY, upstream=A, then=Target(PRIMARY))
 
 
 def test_a_switchovers_new_primary_stays_read_write_while_its_sync_catches_up():
