@@ -378,6 +378,8 @@ class Sitter:
             await self.steps.run(tr, dec.target, self.view.members(self.cfg.ip))
             self.config_unknown = False
             self.next_delay = FOLLOW_UP_S  # look at the result at once, not an interval later
+            if T.PROMOTE in tr.steps and dec.target.role == PRIMARY and not dec.target.read_only:
+                await self._observe_promoted(dec.target)
             sw = obs.state.switchover if obs.state is not None else None
             if Effect.RELEASE_THEN_STOP in dec.effects and obs.wal is not None and sw is not None:
                 self.switchover_stopped = (obs.state.generation, sw.to, obs.wal)
@@ -387,6 +389,12 @@ class Sitter:
                 await self._restart_pg(dec.target)
         if not tr.steps and dec.target.role == PRIMARY and dec.target.read_only and dec.target.sync is not None:
             self.next_delay = min(self.next_delay, CATCH_UP_POLL_S)  # writes wait on this check
+
+    async def _observe_promoted(self, target: Target) -> None:
+        """After a read-write promotion /primary says so from this cycle's end, not a cycle later."""
+        pgs = await self.pg.status(target.sync.pg_url if target.sync else None)
+        if pgs.known:
+            self.last_pg, self.last_pg_at = pgs, self.clock.monotonic()
 
     async def _restart_pg(self, target: Target) -> None:
         """The requested restart, in a cycle with no transition to make (once: never retried)."""

@@ -105,8 +105,10 @@ class FakePg:
             c.standby_signal, c.upstream, c.sync, c.read_only = False, None, spec.sync_app_name, spec.read_only
         else:
             up = self.world.node_at(spec.upstream[0]) if spec.upstream else None
-            c.standby_signal, c.upstream, c.read_only = True, (up.id if up else None), True
+            c.standby_signal, c.upstream = True, (up.id if up else None)
+            # a detached standby about to take over already names its sync and mode (pgconfig)
             c.sync = spec.sync_app_name if spec.upstream is None else None
+            c.read_only = spec.read_only if c.sync is not None else True
 
     async def apply_pending(self) -> str:
         await self.world.pause_point(self.node)

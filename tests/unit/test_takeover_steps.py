@@ -5,6 +5,8 @@ starts at once: no second reload between them (one switchover's write gap paid ~
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 
 from manatee.shard import transitions as T
 from manatee.shard.state import PRIMARY, STANDBY, ClusterState, Target
@@ -81,3 +83,32 @@ def test_a_prepared_failover_takeover_stays_read_only_and_names_its_sync():
     events = _run(Target(PRIMARY, sync=NEXT, downstream=NEXT, read_only=True))
     assert [e[0] for e in events] == ["reload", "promote"]
     assert events[0][1].read_only is True and events[0][1].sync_app_name == NEXT.pg_url
+
+
+# -- the real sitter loop in the simulated shard ------------------------------------------
+def test_a_switchovers_new_primary_says_writable_at_the_end_of_its_promoting_cycle():
+    """/primary (writable_primary of the published snapshot) answers for the new primary as
+    soon as the cycle that promoted it read-write ends, not one cycle later; the detach's
+    reload already named its new sync."""
+    from manatee.shard.state import Switchover
+    from manatee.sitter.metrics import writable_primary
+    from tests.sim import shard as sim
+
+    for seed in range(8):
+        sh = sim.new_shard(3, seed=seed)
+        st = sh.zk.state()
+        s = sh.node(st.sync.id)
+        assert sh.zk.cas_state(st.evolve(switchover=Switchover(to=s.id)), sh.zk.version)
+        detached_conf = None
+        for _ in range(40):
+            sh.tick()
+            if s.conf.upstream is None and s.mode == "standby" and detached_conf is None:
+                detached_conf = (s.conf.sync, s.conf.standby_signal)
+            if s.mode == "primary" and s.cycle is None:
+                break
+        assert s.mode == "primary" and s.cycle is None, sh.describe()
+        assert s.sitter.target.role == PRIMARY and not s.sitter.target.read_only
+        # (the snapshot's freshness is on the real clock; the simulation's is fake)
+        snap = dataclasses.replace(s.sitter.snapshot, last_pg_at=time.monotonic())
+        assert writable_primary(snap), (seed, snap.last_pg)
+        assert detached_conf is not None and detached_conf[0] == sh.zk.state().sync.pg_url, (seed, detached_conf)
