@@ -145,9 +145,10 @@ class SourceBench:
         await wait_port_async(ip, port, 20)
         return proc, log, f"http://{ip}:{port}"
 
-    async def pgbench(self, *args: str, timeout: float) -> None:
+    async def pgbench(self, *args: str, timeout: float) -> str:
+        """pgbench against A; its output."""
         assert self.pg is not None
-        await run_as([DEFAULT_BINDIR / "pgbench", *args, "-h", str(self.pg.socket_dir), "-p", str(self.pg.port),
+        return await run_as([DEFAULT_BINDIR / "pgbench", *args, "-h", str(self.pg.socket_dir), "-p", str(self.pg.port),
                       "-U", "postgres", "postgres"], timeout=timeout)
 
     async def destroy(self, name: str, attempts: int = 40) -> None:

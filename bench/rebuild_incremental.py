@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import subprocess
 import time
@@ -85,13 +86,22 @@ class Bench(SourceBench):
 
     full_url = None  # where the full stream for comparison comes from (None: A)
 
+    async def _wal_lsn(self) -> int:
+        rows = await self.pg.psql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn AS n")
+        return int(rows[0]["n"])
+
     async def measure(self) -> dict:
         await self.first_build()
         runs = []
         for i in range(self.args.repeat):
             print(f"run {i + 1}: pgbench on A for {self.args.work}s ...", flush=True)
-            await self.pgbench("-c", "4", "-j", "2", "-T", str(self.args.work), "-n", timeout=self.args.work + 600)
+            lsn0 = await self._wal_lsn()
+            out = await self.pgbench("-c", "4", "-j", "2", "-T", str(self.args.work), "-n",
+                                     timeout=self.args.work + 600)
+            tps = next((float(m) for m in re.findall(r"tps = ([\d.]+)", out)), None)
             await self.pg.execute("CHECKPOINT")
+            wal_mb = (await self._wal_lsn() - lsn0) / 1e6
+            print(f"  pgbench {tps} tps; {wal_mb:.1f} MB of WAL", flush=True)
             (self.base / "b" / "diverged-on-b").write_text(f"run {i}")
             await self.zfs.snapshot(self.ds_b)
             size = int(await self.zfs.get(self.ds_a, "referenced"))
@@ -105,7 +115,8 @@ class Bench(SourceBench):
             full_s, full = await self._restore(ds_c, self.base / "c", incremental=True, url=self.full_url)
             assert full.path == "full", full.path
             await self.destroy(ds_c)
-            runs.append(dict(size=size, inc_s=inc_s, inc_b=inc.bytes, full_s=full_s, full_b=full.bytes))
+            runs.append(dict(size=size, inc_s=inc_s, inc_b=inc.bytes, full_s=full_s, full_b=full.bytes,
+                             tps=tps, wal_mb=wal_mb))
             print(f"  incremental {inc_s:.2f}s {inc.bytes / 1e6:.1f} MB | full {full_s:.2f}s "
                   f"{full.bytes / 1e6:.0f} MB | dataset {size / 1e6:.0f} MB | time ratio "
                   f"{inc_s / full_s * 100:.1f}%", flush=True)
@@ -131,6 +142,7 @@ def report(m: dict, bench: Bench, args: argparse.Namespace) -> str:
         f"{med['inc_b'] / 1e6:.1f} | {inc_runs} |",
         f"| full | {med['full_s']:.2f} | {med['full_b'] / 1e6:.0f} | {full_runs} |",
         "",
+        "pgbench before each rebuild: " + ", ".join(f"{r['tps']} tps, {r['wal_mb']:.0f} MB of WAL" for r in runs),
         f"incremental/full time: {ratio * 100:.1f}% (target <= 10%): {'PASS' if ratio <= 0.10 else 'FAIL'}; "
         f"bytes: {med['inc_b'] / med['full_b'] * 100:.1f}%",
     ]

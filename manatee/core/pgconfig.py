@@ -31,6 +31,12 @@ Choices that differ from the original Manatee (§1.6), and why:
   directories), and ``pg_basebackup``/``pg_rewind`` also rely on full-page images,
   so it stays on; an operator on ZFS may turn it off in ``extra_settings``.
 * ``wal_log_hints = on`` keeps ``pg_rewind`` possible for a diverged node.
+* ``wal_compression = lz4`` (full-page images compressed: with full_page_writes on,
+  they are most of the WAL after a checkpoint), ``wal_init_zero = off`` and
+  ``wal_recycle = off`` (PostgreSQL's settings for copy-on-write file systems: ZFS
+  gains nothing from pre-zeroed or recycled segments). All three are defaults an
+  operator may change in ``parameters`` (e.g. ``pglz`` for a PostgreSQL built
+  without lz4).
 * ``wal_keep_size`` (PG >= 13) replaces ``wal_keep_segments`` (1000 × 16 MB).
 * ``default_transaction_read_only`` is a *default*: a client can still
   ``SET default_transaction_read_only = off``. It keeps well-behaved clients off a
@@ -243,6 +249,13 @@ def role_settings(rc: RoleConfig) -> dict[str, str]:
             "max_slot_wal_keep_size": conf_quote(rc.max_slot_wal_keep_size),
             "wal_log_hints": "on",
             "full_page_writes": "on",
+            # full-page images compressed: less WAL to replicate, to keep and to resend in
+            # an incremental rebuild (pg_wal is part of the dataset's increment)
+            "wal_compression": "lz4",
+            # PostgreSQL's own settings for copy-on-write file systems (added for ZFS by
+            # Joyent): zero-filling or recycling a segment buys nothing there, only writes
+            "wal_init_zero": "off",
+            "wal_recycle": "off",
             "hot_standby": "on",
             "hot_standby_feedback": _onoff(rc.hot_standby_feedback),
             "synchronous_commit": rc.synchronous_commit,
