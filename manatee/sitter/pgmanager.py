@@ -164,6 +164,7 @@ class PgManager:
         # Generations of the parameters: set (set_parameters), written (configure), applied
         # (apply_pending reloaded PG with them); a PgStatus carries the applied one it saw.
         self.parameters_gen = self._written_gen = self._applied_gen = 0
+        self._reload_unseen: tuple[str, int] | None = None  # (load time before, gen before) a reload
         if p.replicationAuth.user == p.dbUser:
             log.warning("pg_replication_as_superuser", user=p.dbUser,
                         hint="its password opens every database: see docs/security.md")
@@ -301,6 +302,7 @@ class PgManager:
 
     async def apply_pending(self) -> str:
         """Make written settings take effect: restart if they need it, else reload."""
+        before = self._applied_gen
         self._applied_gen = self._written_gen  # PG reads them at its next start in any case
         if not self.running:
             self._restart_pending = self._reload_pending = False
@@ -311,7 +313,13 @@ class PgManager:
             return "restarted"
         if self._reload_pending:
             self._reload_pending = False
-            await self.client.query("select pg_reload_conf()", timeout=self.health_timeout)
+            # the backend answering our status queries reads the files at its next command
+            # after the SIGHUP reaches it: until its load time moves, a status is of the old
+            # settings (pending_restart not yet known), so it reports the generation before
+            rows = await self.client.query("select pg_conf_load_time()::text as t, pg_reload_conf()",
+                                           timeout=self.health_timeout)
+            t = rows[0].get("t") if rows else None
+            self._reload_unseen = (t, before) if t is not None else None
             return "reloaded"
         return "unchanged"
 
@@ -392,7 +400,7 @@ class PgManager:
         gen = self._applied_gen
         try:
             rows = await self.client.query(
-                "select pg_is_in_recovery() as rec,"
+                "select pg_conf_load_time()::text as conf_t, pg_is_in_recovery() as rec,"
                 " case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end as cur,"
                 " pg_last_wal_receive_lsn()::text as recv,"
                 " (select status from pg_stat_wal_receiver limit 1) as wr_status,"
@@ -409,6 +417,11 @@ class PgManager:
             return PgStatus(True, False, None, None, False, diverged, None, None, error=str(e),
                             timed_out=e.timed_out, crowded=bool(CROWDED.search(str(e))), disk_full=disk_full)
         r = rows[0]
+        if self._reload_unseen is not None:
+            if r.get("conf_t") == self._reload_unseen[0]:
+                gen = self._reload_unseen[1]
+            else:
+                self._reload_unseen = None
         in_rec = bool(r["rec"])
         streaming = in_rec and r["wr_status"] == "streaming"
         wal_text = r["recv"] if in_rec else r["cur"]

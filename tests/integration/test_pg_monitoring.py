@@ -133,7 +133,7 @@ def _manager(node: PgNode, health_chk_timeout_ms: int = 2000):
     from manatee.sitter.pgmanager import PgManager
 
     cfg = SitterConfig.model_validate({
-        "ip": node.ip, "zoneId": "monitoring-test", "postgresPort": node.port, "insecure": True,
+        "ip": node.ip, "zoneId": node.name, "postgresPort": node.port, "insecure": True,
         "zkCfg": {"connStr": "127.0.0.1:2181"},
         "postgresMgrCfg": {"dataDir": str(node.data_dir), "socketDir": str(node.socket_dir),
                            "healthChkTimeout": health_chk_timeout_ms,
@@ -176,4 +176,36 @@ async def test_pgmanager_status_works_and_a_crowd_is_told_apart_when_clients_tak
     finally:
         for h in hogs:
             h.close()
+        pm.client.close()
+
+
+async def test_pgmanager_confirms_new_parameters_only_once_its_backend_has_read_them(small_pg: PgNode):
+    """A reload is asynchronous: until the backend answering the sitter's status queries has
+    read the new files, a status is of the old settings (a restart-only one not yet pending),
+    so it must not report the new parameters as applied (manatee-adm reload would then say
+    "applied" where a restart is pending). Provoked by holding the postmaster, which
+    forwards the SIGHUP, stopped."""
+    import os
+
+    from manatee.sitter.pgmanager import RoleSpec
+
+    pm = _manager(small_pg)
+    try:
+        assert (await pm.status()).known
+        pm.set_parameters({"shared_buffers": "40MB", "work_mem": "5MB"})
+        await pm.configure(RoleSpec("primary", read_only=False), ())
+        os.kill(small_pg.proc.pid, signal.SIGSTOP)
+        try:
+            assert await pm.apply_pending() == "reloaded"
+            st = await pm.status()
+            assert st.known and st.parameters_gen != pm.parameters_gen, st
+            assert st.pending_restart == ()
+        finally:
+            os.kill(small_pg.proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while (st := await pm.status()).parameters_gen != pm.parameters_gen:
+            assert time.monotonic() < deadline, st
+            await asyncio.sleep(0.05)
+        assert "shared_buffers" in st.pending_restart, st
+    finally:
         pm.client.close()
