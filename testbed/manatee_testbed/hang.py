@@ -48,3 +48,22 @@ def stopped(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state in (b"T", b"t")
+
+
+def all_stopped(pid: int) -> bool:
+    """True if every thread of the process is stopped: SIGSTOP reaches a running thread of a
+    multi-threaded process (a JVM) a moment after kill() returns, and it may answer meanwhile."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # the thread ended
+        if state not in (b"T", b"t"):
+            return False
+    return bool(tids)
+

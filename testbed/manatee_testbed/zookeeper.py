@@ -35,6 +35,7 @@ import weakref
 from pathlib import Path
 
 from manatee.core.procs import free_port, kill_tree, pid_alive, terminate
+from manatee_testbed.hang import all_stopped
 
 ZK_SERVER_SH = Path("/usr/share/zookeeper/bin/zkServer.sh")
 ZK_JAR = Path("/usr/share/java/zookeeper.jar")
@@ -292,9 +293,13 @@ class ZooKeeperServer:
         self.stop(timeout=5)
 
     def pause(self) -> None:
-        """SIGSTOP the server (a hung host: connections stay open, nothing answers)."""
+        """SIGSTOP the server (a hung host: connections stay open, nothing answers); returns once
+        every thread of it is stopped (at most 2 s), so nothing it answers after this is news."""
         if self.pid is not None:
             kill_tree(self.pid, signal.SIGSTOP, group=True)
+            deadline = time.monotonic() + 2.0
+            while not all_stopped(self.pid) and time.monotonic() < deadline and pid_alive(self.pid):
+                time.sleep(0.005)
 
     def resume(self) -> None:
         if self.pid is not None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from manatee_testbed.hang import hang, resume, stopped
+from manatee_testbed.hang import all_stopped, hang, resume, stopped
 
 
 def _wait(cond, timeout=5.0):
@@ -55,3 +55,23 @@ def test_vanished_pids_are_skipped():
     assert hang([p.pid]) == []
     assert resume([p.pid]) == []
     assert not stopped(p.pid)
+
+
+def test_all_stopped_waits_for_every_thread_of_a_busy_process():
+    # a process whose second thread spins: stopped only when both threads are
+    busy = subprocess.Popen([sys.executable, "-c",
+                             "import threading\n"
+                             "def spin():\n    while True: pass\n"
+                             "threading.Thread(target=spin, daemon=True).start()\n"
+                             "import time; time.sleep(30)"])
+    try:
+        assert _wait(lambda: len(os.listdir(f"/proc/{busy.pid}/task")) == 2)
+        assert not all_stopped(busy.pid)
+        os.kill(busy.pid, signal.SIGSTOP)
+        assert _wait(lambda: all_stopped(busy.pid))
+        os.kill(busy.pid, signal.SIGCONT)
+        assert _wait(lambda: not all_stopped(busy.pid))
+    finally:
+        busy.kill()
+        busy.wait(5)
+    assert not all_stopped(busy.pid)  # gone: not "stopped"
