@@ -40,14 +40,18 @@ def resume(pids: Iterable[int]) -> list[int]:
     return _signal(pids, signal.SIGCONT)
 
 
+def _state(stat_path: str) -> bytes | None:
+    """The state letter of a /proc stat file; None if it is gone or unreadable."""
+    try:
+        with open(stat_path, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def stopped(pid: int) -> bool:
     """True if the process is in the stopped state (T)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state in (b"T", b"t")
+    return _state(f"/proc/{pid}/stat") in (b"T", b"t")
 
 
 def all_stopped(pid: int) -> bool:
@@ -57,13 +61,6 @@ def all_stopped(pid: int) -> bool:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue  # the thread ended
-        if state not in (b"T", b"t"):
-            return False
-    return bool(tids)
+    states = (_state(f"/proc/{pid}/task/{tid}/stat") for tid in tids)
+    return bool(tids) and all(s in (b"T", b"t", None) for s in states)  # None: the thread ended
 
