@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from manatee.core.pg.rewind import rewind_password
+from manatee.core.restore import drop_replaced, sweep_replaced
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.restore.source import Candidate
 from manatee.core.restore.source import choose as choose_source
@@ -31,6 +32,19 @@ class ZfsDataset:
         self.zfs = Zfs(zfs_path=z.zfsPath, logger=log)
         self.data_dir = Path(cfg.postgresMgrCfg.dataDir)
         self.rewinder = Rewinder(cfg, log, self.zfs, rewind_password(secret, cfg.postgresMgrCfg.rebuildRewind))
+        self.dropping: asyncio.Future | None = None  # destroying a replaced old copy, in the background
+
+    def sweep(self) -> None:
+        """At start: destroy, in the background, old copies a finished restore marked replaced
+        but whose destroy never ended (this sitter died); see manatee.core.restore.swap."""
+        self.dropping = asyncio.ensure_future(sweep_replaced(self.zfs, self.z.dataset, self.log))
+
+    async def settled(self) -> None:
+        """Wait for a background drop (bounded inside), so that no zfs step of a new rebuild
+        races it; a cancelled caller leaves it running."""
+        if self.dropping is not None:
+            await asyncio.shield(self.dropping)
+            self.dropping = None
 
     async def ensure(self) -> None:
         z = self.z
@@ -61,6 +75,7 @@ class ZfsDataset:
         `also`: members ahead of the upstream that may send an increment instead when the
         upstream shares no snapshot with us (manatee.core.restore.source)."""
         z = self.z
+        await self.settled()
         listen_host = z.zfsHost or self.cfg.ip
         peers = (upstream, *also)
         name = str if len({str(p) for p in peers}) == len(peers) else (lambda p: p.id)  # IPs, unless shared
@@ -68,16 +83,21 @@ class ZfsDataset:
             self.zfs, z.dataset, Candidate(name(upstream), upstream.backup_url),
             [Candidate(name(p), p.backup_url) for p in also],
             secret=self.secret, listen_host=listen_host, ssl_context=self.ssl_context, log=self.log)
-        return await restore_dataset(
+        res = await restore_dataset(
             self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=chosen.source.backup_url,
             listen_host=listen_host, listen_port=z.zfsPort,
             owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret, ssl_context=self.ssl_context,
-            poll_interval=z.poll_interval_s, progress=progress, logger=self.log, source_reason=chosen.reason)
+            poll_interval=z.poll_interval_s, progress=progress, logger=self.log, source_reason=chosen.reason,
+            drop_old=False)
+        if res.old_copy:  # destroyed while PostgreSQL starts on the new copy, not before
+            self.dropping = asyncio.ensure_future(drop_replaced(self.zfs, res.old_copy, self.log))
+        return res
 
     async def rewind(self, upstream: Peer, cause: str | None, progress: Callable, ahead: Sequence[Peer] = ()) -> object:
         """pg_rewind my data to follow `upstream` if the facts and its dry run say so
         (manatee.sitter.rewinder): its RewindResult, or why not (a str; the data is then as
         it was and the caller restores from a stream). `ahead`: the members ahead of it."""
+        await self.settled()
         return await self.rewinder.run(upstream, cause, progress, ahead)
 
     def list_snapshots(self):

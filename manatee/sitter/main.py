@@ -36,6 +36,7 @@ async def run(config: SitterConfig, log, stop) -> int:
     secret = daemon_secret(config.secretFile, config.insecure, log, "manatee-sitter")
     become_subreaper()
     sitter = build_sitter(config, log, secret=secret)
+    sitter.dataset.sweep()  # old copies a finished restore left when this sitter last died
     register_reload(sitter.reload_config)
     return await sitter.run(stop)
 

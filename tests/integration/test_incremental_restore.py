@@ -19,7 +19,8 @@ import aiohttp
 import pytest
 
 from manatee.core.procs import free_port, port_open
-from manatee.core.restore import RestoreError, RestoreProgress, restore
+from manatee.core.restore import RestoreError, RestoreProgress, drop_replaced, restore, sweep_replaced
+from manatee.core.restore.swap import REPLACED_PROP
 from manatee.core.zfs import ZfsError
 from manatee_testbed.zfspool import zfs_processes_on
 from tests.fixtures_pg import random_loopback_ip
@@ -218,3 +219,63 @@ async def test_cancelled_mid_increment_leaves_old_data(env):
     with pytest.raises(asyncio.CancelledError):
         await task
     _assert_old_b_back(env, ds_b, mnt_b, before, snaps_before, listen)
+
+
+class _Events:
+    """A logger that keeps (event, fields)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def bind(self, **_):
+        return self
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.events.append((event, kw))
+
+
+async def test_old_copy_left_for_later_is_marked_then_destroyed(env):
+    """restore(drop_old=False), as the sitter asks: the new copy is in place and the old one
+    waits, set aside and unmounted, until drop_replaced marks and destroys it."""
+    ip_b, ds_a, mnt_a, url, _server, ds_b, mnt_b, _first = await _a_and_b(env)
+    _write_random(mnt_a / "more.bin", 1)
+    (mnt_b / "b-only").write_text("diverged")
+    res = await _rebuild(env, ds_b, mnt_b, url, ip_b, drop_old=False)
+    assert res.incremental_from and res.old_copy and res.old_copy.startswith(f"{ds_b}-restore-"), res
+    assert _tree(mnt_b) == _tree(mnt_a)
+    assert await env.zfs.get(res.old_copy, "mounted") == "no"
+    assert await env.zfs.get(res.old_copy, "mountpoint") == "none"
+
+    log = _Events()
+    assert await drop_replaced(env.zfs, res.old_copy, log) is True
+    assert not await env.zfs.exists(res.old_copy)
+    assert [e for e, _ in log.events] == ["restore_old_dataset_destroyed"]
+    assert _tree(mnt_b) == _tree(mnt_a)
+    # the default still destroys it before returning
+    _write_random(mnt_a / "even-more.bin", 1)
+    again = await _rebuild(env, ds_b, mnt_b, url, ip_b)
+    assert again.old_copy is None
+    names = (await env.zfs.run("list", "-H", "-o", "name", "-t", "filesystem", "-r", env.pool.name)).split()
+    assert not [n for n in names if "-restore-" in n], names
+
+
+async def test_sweep_destroys_only_old_copies_marked_replaced(env):
+    """At start the sitter destroys the old copies a finished restore marked (it died before
+    the destroy ended); an unmarked one (an interrupted restore's) is kept and reported."""
+    ds_x, mnt_x = env.dataset("x")
+    (mnt_x / "live").write_text("the live copy")
+    marked, _ = env.dataset("x-restore-1000", mounted=False)
+    await env.zfs.snapshot(marked, "1")
+    await env.zfs.set(marked, REPLACED_PROP, "2026-12-04T15:00:00Z")
+    unmarked, _ = env.dataset("x-restore-2000", mounted=False)
+    other, _ = env.dataset("xy-restore-3000", mounted=False)
+    await env.zfs.set(other, REPLACED_PROP, "2026-12-04T15:00:00Z")  # another dataset's copy
+
+    log = _Events()
+    assert await sweep_replaced(env.zfs, ds_x, log) == [marked]
+    assert not await env.zfs.exists(marked)
+    for kept in (ds_x, unmarked, other):
+        assert await env.zfs.exists(kept), kept
+    assert (mnt_x / "live").read_text() == "the live copy"
+    assert ("restore_old_copy_kept", {"aside": unmarked, "why": "an interrupted restore set it aside; "
+                                      "it may hold the only copy of that data"}) in log.events

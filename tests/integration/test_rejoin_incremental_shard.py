@@ -38,6 +38,12 @@ def _guids(dataset: str) -> dict[str, str]:
     return {guid: name for name, guid in (line.split("\t") for line in out.splitlines() if "@" in line)}
 
 
+def _old_copies(dataset: str) -> list[str]:
+    """The old copies of `dataset` a rebuild set aside that are still there."""
+    out = zfs("list", "-H", "-o", "name", "-t", "filesystem", "-r", dataset.rpartition("/")[0])
+    return [n for n in out.split() if n.startswith(f"{dataset}-restore-")]
+
+
 def _sync_shares_with_primary(sh: Shard) -> tuple[str, str, str]:
     """Rebuild the sync (forced: the primary may name the async its sync meanwhile) until the
     sync holds a snapshot of the primary's taken after the bulk: (primary, sync, async)."""
@@ -89,6 +95,8 @@ def test_diverged_old_primary_rejoins_by_an_increment_from_the_primary(shard: Sh
         assert sh.topology()["primary"] == s
         for n in (np_, ns):  # the forked commit is nowhere: P follows S's history
             assert sql(sh.dsn(n), "SELECT count(*) FROM rejoin_fork") == (0,), f"{n.name} has P's forked rows"
+        # P's old copy, set aside by the rebuild, is destroyed after PostgreSQL started on the new one
+        sh.wait(lambda: not _old_copies(np_.dataset), 60, f"{p}'s replaced old copy to be destroyed")
         w.wait_for_acks(20, 60)
     finally:
         w.stop()

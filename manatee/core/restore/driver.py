@@ -53,6 +53,7 @@ async def restore(
     incremental: bool = True,
     ssl_context: Any = None,
     source_reason: Optional[str] = None,
+    drop_old: bool = True,
 ) -> RestoreResult:
     """Replace `dataset` with a fresh copy streamed by the backupserver at `backup_url`.
 
@@ -66,7 +67,9 @@ async def restore(
     backup request and checks the stream's header before anything reaches zfs recv.
     `ssl_context` verifies an https:// backupserver and presents our client certificate.
     `source_reason` says why `backup_url` was chosen (manatee.core.restore.source); the
-    result's reason carries it.
+    result's reason carries it. With `drop_old` False the old copy set aside is not
+    destroyed here: the result's `old_copy` names it, for swap.drop_replaced once the caller
+    has started PostgreSQL on the new copy (the sitter does).
     """
     if isinstance(secret, str):
         secret = ShardSecret.of(secret)
@@ -76,6 +79,7 @@ async def restore(
         listen_host=listen_host, listen_port=listen_port, owner=owner, secret=secret,
         poll_interval=poll_interval, timeout=timeout, stall_timeout=stall_timeout,
         progress=progress, logger=log, ssl_context=ssl_context, source_reason=source_reason,
+        drop_old=drop_old,
     )
     try:
         return await _Restore(zfs, incremental=incremental, **kw).run()
@@ -112,6 +116,7 @@ class _Restore:
         self.log = kw["logger"].bind(dataset=self.dataset) if hasattr(kw["logger"], "bind") else kw["logger"]
 
         self.source_reason: Optional[str] = kw.get("source_reason")
+        self.drop_old: bool = kw.get("drop_old", True)
         self.state = RestoreProgress(phase="preparing", source=self.backup_url)
         self.t0 = time.monotonic()
         self.old: Optional[swap.OldDataset] = None
@@ -195,7 +200,10 @@ class _Restore:
         finally:
             await finish_even_if_cancelled(self._close_network())
 
-        await self._drop_old()
+        old_copy = self.old.aside if self.old is not None and "renamed" in self.old.steps else None
+        if self.drop_old and old_copy:
+            await self._drop_old()
+            old_copy = None
         seconds = time.monotonic() - self.t0
         snap_name = source_snap.partition("@")[2] if source_snap else None
         result = RestoreResult(
@@ -207,6 +215,7 @@ class _Restore:
             incremental_from=self.incremental_from,
             reason=self.state.reason,
             source=self.backup_url,
+            old_copy=old_copy,
         )
         self.state.completed = received
         self._phase("done")
@@ -218,6 +227,7 @@ class _Restore:
             snapshot=result.snapshot,
             path=result.path,
             why=result.reason,
+            old_copy=old_copy,
         )
         return result
 
@@ -286,6 +296,7 @@ class _Restore:
                 phase="receiving",
             ) from exc
         received = self.recv_task.result()
+        self.log.info("restore_received", bytes=received)
         # Closing tells the sender the stream has landed; it then reports done.
         if self.conn is not None:
             self.conn.close()

@@ -38,6 +38,7 @@ class RestoreResult:
     incremental_from: Optional[str] = None  # our base snapshot; None: a full stream
     reason: Optional[str] = None  # why this path ran (and why this source, if not the upstream)
     source: Optional[str] = None  # the backupserver that sent it
+    old_copy: Optional[str] = None  # restore(drop_old=False): the replaced copy, for swap.drop_replaced
 
     @property
     def path(self) -> str:

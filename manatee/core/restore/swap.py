@@ -18,6 +18,14 @@ from typing import Any, Awaitable, Callable
 
 from manatee.core.zfs import Zfs, ZfsError
 
+#: The user property a finished restore sets on the old copy it replaced, before destroying
+#: it: a copy that carries it holds nothing anyone needs, so a sitter that died before the
+#: destroy ended may destroy it at its next start (:func:`sweep_replaced`). An old copy
+#: without it may be the only copy of the data (an interrupted restore): it is never
+#: destroyed automatically.
+REPLACED_PROP = "manatee:replaced"
+DROP_TIMEOUT_S = 600.0  # one old copy's destroy (a whole dataset after a full stream)
+
 
 @dataclass
 class OldDataset:
@@ -165,6 +173,51 @@ async def destroy(zfs: Zfs, name: str) -> None:
             raise
 
     await retry_busy(go)
+
+
+async def drop_replaced(zfs: Zfs, aside: str, log: Any) -> bool:
+    """Mark `aside` replaced, then destroy it (best effort, bounded); True if it is gone.
+
+    For an old copy that a finished restore left behind on purpose (restore(drop_old=False)):
+    its destroy then runs while PostgreSQL starts on the new copy instead of before.
+    """
+    import time
+
+    t0 = time.monotonic()
+    try:
+        async with asyncio.timeout(DROP_TIMEOUT_S):
+            await zfs.set(aside, REPLACED_PROP, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            await destroy(zfs, aside)
+    except Exception as e:  # noqa: BLE001 - best effort in the background: say so, keep going
+        why = str(e) or f"{type(e).__name__}: not done within {DROP_TIMEOUT_S:g}s"
+        log.error("restore_old_dataset_left", aside=aside, error=why)
+        return False
+    log.info("restore_old_dataset_destroyed", aside=aside, seconds=round(time.monotonic() - t0, 3))
+    return True
+
+
+async def sweep_replaced(zfs: Zfs, dataset: str, log: Any) -> list[str]:
+    """Destroy the old copies of `dataset` (`<dataset>-restore-*`) marked replaced: those a
+    restore finished with but whose destroy did not end (the sitter died). The unmarked ones
+    are reported and kept. Returns the names destroyed."""
+    parent = dataset.rpartition("/")[0] or dataset
+    try:
+        out = await asyncio.wait_for(
+            zfs.run("list", "-H", "-o", f"name,{REPLACED_PROP}", "-t", "filesystem", "-r", "-d", "1", parent), 60.0)
+    except Exception as e:  # noqa: BLE001 - unknown: destroy nothing
+        log.warning("restore_old_copies_unknown", error=str(e) or f"{type(e).__name__}: zfs list timed out")
+        return []
+    dropped = []
+    for line in out.splitlines():
+        name, _, mark = line.partition("\t")
+        if not name.startswith(f"{dataset}-restore-"):
+            continue
+        if mark.strip() in ("", "-"):
+            log.warning("restore_old_copy_kept", aside=name,
+                        why="an interrupted restore set it aside; it may hold the only copy of that data")
+        elif await drop_replaced(zfs, name, log):
+            dropped.append(name)
+    return dropped
 
 
 def chown_tree(root: Path, uid: int, gid: int) -> int:
