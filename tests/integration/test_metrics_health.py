@@ -71,6 +71,10 @@ def check_endpoints(sh: Shard, live: list[str]) -> dict[str, str]:
     roles = {}
     for name in live:
         n = sh.node(name)
+        if top["primary"] != name:
+            # a standby's lag is unknown (absent) until its walreceiver has heard its upstream's
+            # WAL end (the first WAL or keepalive after it connected): wait for that, bounded
+            sh.wait(lambda: "manatee_standby_lag_bytes" in metrics(n), 30, f"{name}'s lag to be known")
         st = sh.state_of(n)
         fams = metrics(n)
         role = metric_role(fams)
