@@ -136,6 +136,7 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
         if n.sitter is None and n.live:
             out.append((W, f"{what}: its sitter's status server does not answer"))
         out += [(W, f"{what}: {why}") for why in insecurities(n.sitter)]
+        out += [(W, f"{what}: {why}") for why in leftovers(n.sitter)]
         out += gray_problems(what, n.role, n.sitter, C, W)
         if n.pg is not None and n.pg.get("via") == "sitter":
             out.append((W, f"{what}: manatee-adm could not connect to its PostgreSQL ({n.pg.get('cliError')}); "
@@ -165,6 +166,16 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             out.append((crit, f"{what} streams but is not the synchronous standby (sync_state "
                        f"{n.repl.get('sync_state')})"))
     return out
+
+
+def leftovers(sitter: Any) -> list[str]:
+    """The old copies an interrupted rebuild left beside the node's dataset, from its sitter's
+    /state (kept: only an operator may destroy them); [] when none or not known."""
+    kept = sitter.get("oldCopiesKept") if isinstance(sitter, Mapping) else None
+    if not isinstance(kept, list) or not kept:
+        return []
+    return [f"an interrupted rebuild left its old copy {', '.join(map(str, kept))} aside (kept: it may hold the "
+            "only copy of that data; docs/operators-guide.md, 'Rebuilding a node')"]
 
 
 def insecurities(sitter: Any) -> list[str]:
@@ -333,6 +344,7 @@ def node_json(n: NodeView) -> dict[str, Any]:
             "lagBytes": None if n.repl is None or n.role == "primary" else r.get("lag_bytes"),
             "lagSeconds": None if n.repl is None or n.role == "primary" else r.get("lag_s"),
             "dataset": (n.sitter or {}).get("dataset"),  # {available, used, quota} bytes
+            "oldCopiesKept": (n.sitter or {}).get("oldCopiesKept"),  # an interrupted rebuild's, by name
             "tags": dict(n.peer.get("tags") or {}), "pendingRestart": pending_restart(n),
             "pgVia": None if n.pg is None else n.pg.get("via", "cli"), **gray_json(n.sitter)}
 

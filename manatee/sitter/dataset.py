@@ -4,11 +4,13 @@ the metrics read of it (snapshots, space). Every zfs call has a deadline."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from manatee.core.pg.rewind import rewind_password
 from manatee.core.restore import drop_replaced, sweep_replaced
+from manatee.core.restore.swap import old_copies
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.restore.source import Candidate
 from manatee.core.restore.source import choose as choose_source
@@ -17,6 +19,20 @@ from manatee.shard.state import Peer
 from manatee.sitter.rewinder import Rewinder
 
 ZFS_TIMEOUT_S = 30.0  # a zfs list/create in the cycle
+
+
+def interrupted(found: Sequence[tuple[str, bool]], *, restoring_since_ms: int | None = None,
+                dropping: str | None = None) -> list[str]:
+    """Of the old copies (name `<dataset>-restore-<epoch ms>`, marked replaced or not), those an
+    interrupted restore left: unmarked, not the one being dropped, and not the aside of a
+    restore running since `restoring_since_ms` (named after a later ms)."""
+    out = []
+    for name, marked in found:
+        ms = name.rpartition("-")[2]
+        ours = restoring_since_ms is not None and ms.isdigit() and int(ms) >= restoring_since_ms
+        if not (marked or name == dropping or ours):
+            out.append(name)
+    return out
 
 
 class UpstreamNotReady(RuntimeError):
@@ -33,6 +49,8 @@ class ZfsDataset:
         self.data_dir = Path(cfg.postgresMgrCfg.dataDir)
         self.rewinder = Rewinder(cfg, log, self.zfs, rewind_password(secret, cfg.postgresMgrCfg.rebuildRewind))
         self.dropping: asyncio.Future | None = None  # destroying a replaced old copy, in the background
+        self.dropping_name: str | None = None
+        self.restoring_since_ms: int | None = None  # a restore of ours runs: its aside is not a leftover
 
     def sweep(self) -> None:
         """At start: destroy, in the background, old copies a finished restore marked replaced
@@ -44,7 +62,15 @@ class ZfsDataset:
         races it; a cancelled caller leaves it running."""
         if self.dropping is not None:
             await asyncio.shield(self.dropping)
-            self.dropping = None
+            self.dropping = self.dropping_name = None
+
+    async def interrupted_copies(self) -> list[str]:
+        """Old copies an interrupted restore left aside (`<dataset>-restore-<ms>` without the
+        replaced mark), never destroyed automatically: /state and `manatee-adm show` report
+        them. Ours in flight (a restore running, a copy being dropped) are not. Raises when
+        zfs cannot tell."""
+        found = await old_copies(self.zfs, self.z.dataset, ZFS_TIMEOUT_S)
+        return interrupted(found, restoring_since_ms=self.restoring_since_ms, dropping=self.dropping_name)
 
     async def ensure(self) -> None:
         z = self.z
@@ -83,14 +109,19 @@ class ZfsDataset:
             self.zfs, z.dataset, Candidate(name(upstream), upstream.backup_url),
             [Candidate(name(p), p.backup_url) for p in also],
             secret=self.secret, listen_host=listen_host, ssl_context=self.ssl_context, log=self.log)
-        res = await restore_dataset(
-            self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=chosen.source.backup_url,
-            listen_host=listen_host, listen_port=z.zfsPort,
-            owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret, ssl_context=self.ssl_context,
-            poll_interval=z.poll_interval_s, progress=progress, logger=self.log, source_reason=chosen.reason,
-            drop_old=False)
-        if res.old_copy:  # destroyed while PostgreSQL starts on the new copy, not before
-            self.dropping = asyncio.ensure_future(drop_replaced(self.zfs, res.old_copy, self.log))
+        self.restoring_since_ms = int(time.time() * 1000) - 1000  # its aside is named after a later ms
+        try:
+            res = await restore_dataset(
+                self.zfs, dataset=z.dataset, mountpoint=Path(z.mountpoint), backup_url=chosen.source.backup_url,
+                listen_host=listen_host, listen_port=z.zfsPort,
+                owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret, ssl_context=self.ssl_context,
+                poll_interval=z.poll_interval_s, progress=progress, logger=self.log, source_reason=chosen.reason,
+                drop_old=False)
+            if res.old_copy:  # destroyed while PostgreSQL starts on the new copy, not before
+                self.dropping_name = res.old_copy
+                self.dropping = asyncio.ensure_future(drop_replaced(self.zfs, res.old_copy, self.log))
+        finally:
+            self.restoring_since_ms = None
         return res
 
     async def rewind(self, upstream: Peer, cause: str | None, progress: Callable, ahead: Sequence[Peer] = ()) -> object:

@@ -190,6 +190,9 @@ class StatusServer:
             with contextlib.suppress(Exception):  # not in time (or failed): the cached value, as before
                 await asyncio.wait_for(asyncio.shield(refresh), STATE_SPACE_WAIT_S)
         body["dataset"] = self.collector.space
+        # old copies an interrupted restore left beside the dataset (kept: they may hold the only
+        # copy of that data); None: unknown
+        body["oldCopiesKept"] = self.collector.zfs.interrupted_copies
         return _json(200, body)
 
     async def primary(self, _req):

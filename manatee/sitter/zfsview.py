@@ -1,6 +1,7 @@
-"""The sitter's dataset as /metrics and /state show it: its newest snapshot and its space
-(available, used, quota), each read by one bounded `zfs` call per cache period and shared by
-every scrape and request (manatee.sitter.metrics.MetricsCollector owns one).
+"""The sitter's dataset as /metrics and /state show it: its newest snapshot, its space
+(available, used, quota) and the old copies an interrupted restore left beside it, each read
+by one bounded `zfs` call per cache period and shared by every scrape and request
+(manatee.sitter.metrics.MetricsCollector owns one).
 
 The space is read again sooner while it is low (space_low), so that an operator who frees a
 full disk sees it in `manatee-adm show` within seconds, not after SLOW_CACHE_S.
@@ -57,6 +58,7 @@ class DatasetCache:
         self.cache_s = cache_s
         self.snap_ms: int | None = None
         self.space: dict[str, int | None] | None = None
+        self.interrupted_copies: list[str] | None = None  # None: unknown
         self._snap_at = self._space_at = -math.inf
         self._lock = asyncio.Lock()
 
@@ -93,6 +95,12 @@ class DatasetCache:
                 except Exception as e:  # noqa: BLE001 - no dataset yet, zfs hung: the metric is absent
                     self.snap_ms = None
                     self._debug("metrics_snapshot_list_failed", dataset, e)
+                try:  # with the snapshots' period: a leftover copy changes rarely
+                    self.interrupted_copies = await asyncio.wait_for(self.sitter.dataset.interrupted_copies(),
+                                                                     ZFS_TIMEOUT_S)
+                except Exception as e:  # noqa: BLE001
+                    self.interrupted_copies = None
+                    self._debug("metrics_old_copies_failed", dataset, e)
                 self._snap_at = time.monotonic()
             if space_stale:
                 try:

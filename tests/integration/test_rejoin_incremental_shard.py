@@ -16,10 +16,12 @@ test_incremental_rebuild_shard.py's second test.)
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
 
+from manatee.core.restore.swap import REPLACED_PROP
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
 from tests.shard_ops import (fill, finish_fork_story, fork_and_fail_over, rebuild, set_sitter_config, sql,
                              standby_streaming, undo_faults, zfs)
@@ -104,3 +106,36 @@ def test_diverged_old_primary_rejoins_by_an_increment_from_the_primary(shard: Sh
         if killed:
             sh.sb.start(p)
     sh.assert_checks(w, prev, expect_leader=s, since_gen=gen0)
+
+
+def test_sitter_start_destroys_only_old_copies_a_finished_rebuild_marked(shard: Shard):
+    """A sitter that died before a replaced old copy's destroy ended finishes it at its next
+    start; an unmarked old copy (an interrupted rebuild's) is kept and reported."""
+    sh = shard
+    sh.wait_healthy()
+    _p, _s, a = names(sh.topology())
+    node = sh.node(a)
+    marked, unmarked = f"{node.dataset}-restore-1000", f"{node.dataset}-restore-2000"
+    sh.sb.stop(a)
+    started = False
+    try:
+        for name in (marked, unmarked):
+            zfs("create", "-o", "mountpoint=none", name)
+        zfs("snapshot", f"{marked}@1")
+        zfs("set", f"{REPLACED_PROP}=2026-12-04T15:00:00Z", marked)
+        sh.sb.start(a)
+        started = True
+        sh.wait(lambda: marked not in _old_copies(node.dataset), 60, f"{a}'s sitter to destroy {marked}")
+        assert _old_copies(node.dataset) == [unmarked]
+        sh.wait(lambda: "restore_old_copy_kept" in sh.sitter_log(node), 10, f"{a}'s sitter to report {unmarked}")
+        sh.wait(lambda: standby_streaming(sh, a, "async"), 120, f"{a} streaming again")
+        # /state (and so manatee-adm show) names it until the operator destroys it
+        sh.wait(lambda: (sh.state_of(node) or {}).get("oldCopiesKept") == [unmarked], 10, f"/state to name {unmarked}")
+        zfs("destroy", "-r", unmarked)
+        sh.wait(lambda: (sh.state_of(node) or {}).get("oldCopiesKept") == [], 45, f"/state to forget {unmarked}")
+    finally:
+        for name in (marked, unmarked):
+            with contextlib.suppress(Exception):
+                zfs("destroy", "-r", name)
+        if not started:
+            sh.sb.start(a)

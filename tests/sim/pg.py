@@ -183,5 +183,8 @@ class FakeDataset:
     async def space(self) -> str:
         return ""
 
+    async def interrupted_copies(self) -> list[str]:
+        return []
+
     async def available(self, timeout: float) -> int | None:
         return self.node.free

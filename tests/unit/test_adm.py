@@ -163,3 +163,23 @@ def test_verify_warns_about_an_insecure_sitter_and_show_marks_it(key, value, nee
     assert verdict(found) == WARNING  # a warning: verify exits 1, not 2
     sync_line = next(ln for ln in render_show(v).splitlines() if ln.startswith("sync"))
     assert "(insecure)" in sync_line
+
+
+def test_show_reports_an_old_copy_an_interrupted_rebuild_left():
+    """A node's sitter reports the old copies of an interrupted rebuild it keeps: a warning
+    naming them (not critical: the node serves), and the JSON carries them."""
+    from manatee.cli.adm_view import WARNING, assess, node_json, verdict
+
+    v = healthy()
+    for n in v.nodes:
+        n.sitter.update(oldCopiesKept=[])
+    assert problems(v) == []
+    v.nodes[2].sitter["oldCopiesKept"] = ["zones/pg-restore-1796397776665"]
+    found = assess(v)
+    assert found == [(WARNING, f"async {v.nodes[2].ip}: an interrupted rebuild left its old copy "
+                                "zones/pg-restore-1796397776665 aside (kept: it may hold the only copy of that "
+                                "data; docs/operators-guide.md, 'Rebuilding a node')")]
+    assert verdict(found) == WARNING
+    assert node_json(v.nodes[2])["oldCopiesKept"] == ["zones/pg-restore-1796397776665"]
+    v.nodes[2].sitter["oldCopiesKept"] = None  # unknown (zfs did not answer): no problem claimed
+    assert problems(v) == []

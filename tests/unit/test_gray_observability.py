@@ -133,6 +133,9 @@ class Dataset:
         self.space_calls += 1
         return self.answers[min(self.space_calls, len(self.answers)) - 1]
 
+    async def interrupted_copies(self):
+        return ["p/d-restore-1000"]
+
 
 FULL = "available\t0\nused\t1000\nquota\t1000\n"
 FREED = "available\t1000000\nused\t1000\nquota\t0\n"
@@ -174,8 +177,21 @@ async def test_state_waits_briefly_for_a_low_space_and_shows_the_freed_disk():
         assert second["dataset"]["available"] == 1000000, "shown on this request, not the next"
         assert time.monotonic() - t0 < STATE_SPACE_WAIT_S + 0.5
         assert second["writeProbe"]["failures"] == 0 and second["startBackoff"] == {"failures": 0, "nextTryIn": 0.0}
+        assert second["oldCopiesKept"] == ["p/d-restore-1000"]  # read with the snapshots, shown by manatee-adm
     finally:
         await c.close()
+
+
+async def test_old_copies_unknown_when_zfs_cannot_tell():
+    class Broken(Dataset):
+        async def interrupted_copies(self):
+            raise TimeoutError()
+
+    cache = DatasetCache(SimpleNamespace(snapshot=SitterSnapshot(me=A), dataset=Broken(FREED),
+                                         cfg=SimpleNamespace(postgresMgrCfg=SimpleNamespace(
+                                             zfsClientCfg=SimpleNamespace(dataset="p/d")))))
+    await cache.refresh()
+    assert cache.interrupted_copies is None and cache.space["available"] == 1000000
 
 
 # ---------------------------------------------------------------------------- the real loop publishes them

@@ -25,6 +25,7 @@ from manatee.core.zfs import Zfs, ZfsError
 #: destroyed automatically.
 REPLACED_PROP = "manatee:replaced"
 DROP_TIMEOUT_S = 600.0  # one old copy's destroy (a whole dataset after a full stream)
+KEPT_WHY = "an interrupted restore set it aside; it may hold the only copy of that data"
 
 
 @dataclass
@@ -196,25 +197,33 @@ async def drop_replaced(zfs: Zfs, aside: str, log: Any) -> bool:
     return True
 
 
-async def sweep_replaced(zfs: Zfs, dataset: str, log: Any) -> list[str]:
-    """Destroy the old copies of `dataset` (`<dataset>-restore-*`) marked replaced: those a
-    restore finished with but whose destroy did not end (the sitter died). The unmarked ones
-    are reported and kept. Returns the names destroyed."""
+async def old_copies(zfs: Zfs, dataset: str, timeout: float = 60.0) -> list[tuple[str, bool]]:
+    """The old copies of `dataset` that restores set aside (`<dataset>-restore-*`), each with
+    whether a finished restore marked it replaced. Raises (ZfsError, TimeoutError): unknown."""
     parent = dataset.rpartition("/")[0] or dataset
+    out = await asyncio.wait_for(
+        zfs.run("list", "-H", "-o", f"name,{REPLACED_PROP}", "-t", "filesystem", "-r", "-d", "1", parent), timeout)
+    found = []
+    for line in out.splitlines():
+        name, _, mark = line.partition("\t")
+        if name.startswith(f"{dataset}-restore-"):
+            found.append((name, mark.strip() not in ("", "-")))
+    return found
+
+
+async def sweep_replaced(zfs: Zfs, dataset: str, log: Any) -> list[str]:
+    """Destroy the old copies of `dataset` marked replaced: those a restore finished with but
+    whose destroy did not end (the sitter died). The unmarked ones are reported and kept.
+    Returns the names destroyed."""
     try:
-        out = await asyncio.wait_for(
-            zfs.run("list", "-H", "-o", f"name,{REPLACED_PROP}", "-t", "filesystem", "-r", "-d", "1", parent), 60.0)
+        found = await old_copies(zfs, dataset)
     except Exception as e:  # noqa: BLE001 - unknown: destroy nothing
         log.warning("restore_old_copies_unknown", error=str(e) or f"{type(e).__name__}: zfs list timed out")
         return []
     dropped = []
-    for line in out.splitlines():
-        name, _, mark = line.partition("\t")
-        if not name.startswith(f"{dataset}-restore-"):
-            continue
-        if mark.strip() in ("", "-"):
-            log.warning("restore_old_copy_kept", aside=name,
-                        why="an interrupted restore set it aside; it may hold the only copy of that data")
+    for name, marked in found:
+        if not marked:
+            log.warning("restore_old_copy_kept", aside=name, why=KEPT_WHY)
         elif await drop_replaced(zfs, name, log):
             dropped.append(name)
     return dropped
