@@ -183,6 +183,20 @@ def cmd_switchover(args, zk: ZkReader) -> int:
                    + f"; the primary says: {_primary_reason(req)}")
 
 
+def restore_progress_line(r: dict) -> str:
+    """A rebuild's progress from /state's `restore`: phase, bytes of the sender's estimate, source.
+    An increment's estimate is a lower bound: once passed, the bytes so far are shown without it."""
+    line = f"{r.get('phase')}"
+    done, size = r.get("completed") or 0, r.get("size")
+    if size and done <= size:
+        line += f" {V.fmt_bytes(done)} of {V.fmt_bytes(size)} ({100.0 * done / size:.0f}%)"
+    elif size:
+        line += f" {V.fmt_bytes(done)} (more than the {V.fmt_bytes(size)} estimated)"
+    if r.get("source"):
+        line += f" from {r['source']}"
+    return line
+
+
 def cmd_rebuild(args, zk: ZkReader) -> int:
     st, _version = SyncShardStore(zk, args.shard).state("rebuild")
     p = find_peer(st, args.node)
@@ -213,13 +227,7 @@ def cmd_rebuild(args, zk: ZkReader) -> int:
         if code == 200 and isinstance(s, dict):
             r = s.get("restore") or {}
             phase = r.get("phase")
-            line = f"{phase}"
-            if r.get("size"):
-                pct = 100.0 * (r.get("completed") or 0) / r["size"]
-                line += f" {V.fmt_bytes(r.get('completed'))} of {V.fmt_bytes(r['size'])} ({pct:.0f}%)"
-            if r.get("source"):
-                line += f" from {r['source']}"
-            line += f"; sitter: {s.get('localRole')}"
+            line = f"{restore_progress_line(r)}; sitter: {s.get('localRole')}"
             if line != last:
                 _say(f"[{time.monotonic() - t0:6.1f}s] {line}")
                 last = line

@@ -183,3 +183,15 @@ def test_show_reports_an_old_copy_an_interrupted_rebuild_left():
     assert node_json(v.nodes[2])["oldCopiesKept"] == ["zones/pg-restore-1796397776665"]
     v.nodes[2].sitter["oldCopiesKept"] = None  # unknown (zfs did not answer): no problem claimed
     assert problems(v) == []
+
+
+def test_rebuild_progress_line_never_claims_more_than_100_percent():
+    """An increment's size is the sender's lower bound: once passed, bytes without a percentage."""
+    from manatee.cli.adm import restore_progress_line
+
+    src = "http://127.0.0.12:10002"
+    assert restore_progress_line({"phase": "receiving", "completed": 40 << 10, "size": 80 << 10,
+                                  "source": src}) == f"receiving 40.0 kB of 80.0 kB (50%) from {src}"
+    assert restore_progress_line({"phase": "receiving", "completed": 643 << 10, "size": 80 << 10,
+                                  "source": src}) == f"receiving 643.0 kB (more than the 80.0 kB estimated) from {src}"
+    assert restore_progress_line({"phase": "requested"}) == "requested"

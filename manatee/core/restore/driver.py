@@ -217,7 +217,7 @@ class _Restore:
             source=self.backup_url,
             old_copy=old_copy,
         )
-        self.state.completed = received
+        self.state.completed = self.state.size = received  # the estimate was one (a lower bound for an increment)
         self._phase("done")
         self.log.info(
             "restore_done",
