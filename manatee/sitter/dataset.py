@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from manatee.core.pg.rewind import rewind_password
-from manatee.core.restore import drop_replaced, sweep_replaced
-from manatee.core.restore.swap import old_copies
+from manatee.core.restore import drop_replaced, old_copies, sweep_replaced
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.restore.source import Candidate
 from manatee.core.restore.source import choose as choose_source

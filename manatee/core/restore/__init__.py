@@ -33,6 +33,7 @@ the upstream shares none). Callers import from here.
 
 from manatee.core.restore.driver import restore
 from manatee.core.restore.outcome import RestoreError, RestoreProgress, RestoreResult
-from manatee.core.restore.swap import drop_replaced, sweep_replaced
+from manatee.core.restore.swap import drop_replaced, old_copies, sweep_replaced
 
-__all__ = ["RestoreError", "RestoreProgress", "RestoreResult", "drop_replaced", "restore", "sweep_replaced"]
+__all__ = ["RestoreError", "RestoreProgress", "RestoreResult", "drop_replaced", "old_copies", "restore",
+           "sweep_replaced"]

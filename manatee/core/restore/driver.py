@@ -433,7 +433,7 @@ class _Restore:
 
     async def _set_aside(self) -> None:
         self._phase("setting_aside")
-        self.old = old = await swap.describe(self.zfs, self.dataset, f"{self.dataset}-restore-{int(time.time() * 1000)}")
+        self.old = old = await swap.describe(self.zfs, self.dataset, swap.aside_name(self.dataset, int(time.time() * 1000)))
         self.log.info("restore_old_dataset", **old.fields())
         try:
             await swap.set_aside(self.zfs, old)
@@ -443,13 +443,8 @@ class _Restore:
 
     async def _drop_old(self) -> None:
         """Destroy the set-aside old copy now that the new one is in place (best effort)."""
-        if self.old is None or "renamed" not in self.old.steps:
-            return
-        try:
-            await swap.destroy(self.zfs, self.old.aside)
-            self.log.info("restore_old_dataset_destroyed", aside=self.old.aside)
-        except ZfsError as e:
-            self.log.error("restore_old_dataset_left", aside=self.old.aside, error=str(e))
+        if self.old is not None and "renamed" in self.old.steps:
+            await swap.drop_replaced(self.zfs, self.old.aside, self.log)
 
     # ------------------------------------------------------------------ activate
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import glob
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -26,6 +27,11 @@ from manatee.core.zfs import Zfs, ZfsError
 REPLACED_PROP = "manatee:replaced"
 DROP_TIMEOUT_S = 600.0  # one old copy's destroy (a whole dataset after a full stream)
 KEPT_WHY = "an interrupted restore set it aside; it may hold the only copy of that data"
+ASIDE = "-restore-"  # an old copy set aside is named <dataset>-restore-<epoch ms>
+
+
+def aside_name(dataset: str, epoch_ms: int) -> str:
+    return f"{dataset}{ASIDE}{epoch_ms}"
 
 
 @dataclass
@@ -182,8 +188,6 @@ async def drop_replaced(zfs: Zfs, aside: str, log: Any) -> bool:
     For an old copy that a finished restore left behind on purpose (restore(drop_old=False)):
     its destroy then runs while PostgreSQL starts on the new copy instead of before.
     """
-    import time
-
     t0 = time.monotonic()
     try:
         async with asyncio.timeout(DROP_TIMEOUT_S):
@@ -206,7 +210,7 @@ async def old_copies(zfs: Zfs, dataset: str, timeout: float = 60.0) -> list[tupl
     found = []
     for line in out.splitlines():
         name, _, mark = line.partition("\t")
-        if name.startswith(f"{dataset}-restore-"):
+        if name.startswith(f"{dataset}{ASIDE}"):
             found.append((name, mark.strip() not in ("", "-")))
     return found
 
