@@ -2,27 +2,54 @@
 # After the test suite: fail if it left anything of its own behind — test zpools and their
 # mounts, partition tables, postgres/zookeeper/zfs recv/manatee daemons. Started by
 # scripts/test.sh; run it by hand after an interrupted run to see what to clean.
+#   scripts/check-leftovers.sh                 # everything of ours that is there now
+#   scripts/check-leftovers.sh --save FILE     # write what is there now to FILE (before a run)
+#   scripts/check-leftovers.sh --since FILE    # fail only on what is there now and not in FILE
+# With --since, what an earlier (killed) run left is reported as a note, not blamed on this run.
 set -u
-problems=()
-if command -v zpool >/dev/null 2>&1 && zpool list -H -o name >/dev/null 2>&1; then
-    pools=$(zpool list -H -o name 2>/dev/null | grep -E '^(mtest|msandbox|mbench)' || true)
-    [ -n "$pools" ] && problems+=("zpools: $(echo $pools)")
-fi
-mounts=$(awk '$3 ~ /zfs/ && $1 ~ /^(mtest|msandbox|mbench)/ {print $2}' /proc/mounts)
-[ -n "$mounts" ] && problems+=("zfs mounts: $(echo $mounts)")
-if command -v nft >/dev/null 2>&1; then
-    tables=$(nft list tables 2>/dev/null | awk '{print $3}' | grep -E '^manatee' || true)
-    [ -n "$tables" ] && problems+=("nft tables: $(echo $tables)")
-fi
-# Zombies (state Z) are not running: they wait for PID 1, which reaps orphans lazily here.
-procs=$(ps -eo pid=,stat=,args= | awk '$2 !~ /^Z/' \
+mode=all
+file=
+case "${1:-}" in
+    --save) mode=save; file=${2:?--save needs a file} ;;
+    --since) mode=since; file=${2:?--since needs a file} ;;
+    "") ;;
+    *) echo "usage: $0 [--save FILE | --since FILE]" >&2; exit 2 ;;
+esac
+
+# One line per thing of ours: "<kind>: <name>".
+current() {
+    if command -v zpool >/dev/null 2>&1 && zpool list -H -o name >/dev/null 2>&1; then
+        zpool list -H -o name 2>/dev/null | grep -E '^(mtest|msandbox|mbench)' | sed 's/^/zpool: /'
+    fi
+    awk '$3 ~ /zfs/ && $1 ~ /^(mtest|msandbox|mbench)/ {print "zfs mount: " $2}' /proc/mounts
+    if command -v nft >/dev/null 2>&1; then
+        nft list tables 2>/dev/null | awk '$3 ~ /^manatee/ {print "nft table: " $2 " " $3}'
+    fi
+    # Zombies (state Z) are not running: they wait for PID 1, which reaps orphans lazily here.
+    ps -eo pid=,stat=,args= | awk '$2 !~ /^Z/' \
         | grep -E 'manatee-(sitter|snapshotter|backupserver)|org\.apache\.zookeeper|zfs recv|postgres -D /tmp/|postgres: ' \
-        | grep -v -E 'grep|check-leftovers' || true)
-[ -n "$procs" ] && problems+=("processes:
-$procs")
-if [ ${#problems[@]} -gt 0 ]; then
+        | grep -v -E 'grep|check-leftovers' | awk '{pid=$1; $1=""; $2=""; sub(/^ +/, ""); print "process: " pid " " $0}'
+    return 0
+}
+
+now=$(current)
+if [ "$mode" = save ]; then
+    printf '%s\n' "$now" > "$file"
+    exit 0
+fi
+before=
+if [ "$mode" = since ] && [ -r "$file" ]; then
+    before=$(cat "$file")
+fi
+new=$(comm -23 <(printf '%s\n' "$now" | sed '/^$/d' | sort) <(printf '%s\n' "$before" | sed '/^$/d' | sort))
+old=$(comm -12 <(printf '%s\n' "$now" | sed '/^$/d' | sort) <(printf '%s\n' "$before" | sed '/^$/d' | sort))
+if [ -n "$old" ]; then
+    echo "check-leftovers: note: these were already there before the run (an earlier run's; clean them by hand):" >&2
+    printf '%s\n' "$old" | sed 's/^/  /' >&2
+fi
+if [ -n "$new" ]; then
     echo "check-leftovers: the test run left these behind:" >&2
-    printf '  %s\n' "${problems[@]}" >&2
+    printf '%s\n' "$new" | sed 's/^/  /' >&2
     exit 1
 fi
 echo "check-leftovers: nothing left behind"

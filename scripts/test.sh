@@ -8,8 +8,12 @@ set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$here/scripts/install-deps.sh" || exit $?
 cd "$here"
+# What an earlier, killed run left is not this run's fault: note it, fail only on what is new.
+before=$(mktemp)
+trap 'rm -f "$before"' EXIT
+"$here/scripts/check-leftovers.sh" --save "$before"
 "${MANATEE_VENV:-$here/.venv}/bin/python" -m pytest "$@"
 status=$?
 sleep 1  # let killed processes be reaped before looking
-"$here/scripts/check-leftovers.sh" || { [ $status -eq 0 ] && status=1; }
+"$here/scripts/check-leftovers.sh" --since "$before" || { [ $status -eq 0 ] && status=1; }
 exit $status
