@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
-from manatee.cli.adm_gray import gray_json, gray_notes, gray_problems
+from manatee.cli.adm_gray import disk_problems, gray_json, gray_notes, gray_problems
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 
@@ -138,6 +138,7 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
         out += [(W, f"{what}: {why}") for why in insecurities(n.sitter)]
         out += [(W, f"{what}: {why}") for why in leftovers(n.sitter)]
         out += gray_problems(what, n.role, n.sitter, C, W)
+        out += disk_problems(what, n.sitter, crit, W)
         if n.pg is not None and n.pg.get("via") == "sitter":
             out.append((W, f"{what}: manatee-adm could not connect to its PostgreSQL ({n.pg.get('cliError')}); "
                            f"its sitter observes it running and answering (all connection slots taken?)"))

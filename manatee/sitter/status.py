@@ -50,7 +50,7 @@ from manatee.shard.state import CONNECTED
 
 MAX_BODY = 4096
 LIVENESS_MIN_S = 120.0  # /liveness: the least time without an observation that counts as stuck
-STATE_SPACE_WAIT_S = 1.0  # /state waits at most this for a low dataset's space to be read again
+STATE_SPACE_WAIT_S = 1.0  # /state waits at most this for a stale dataset's space to be read again
 
 
 def _json(status: int, body) -> web.Response:
@@ -183,10 +183,11 @@ class StatusServer:
     async def state(self, _req):
         body = debug_state(self.sitter.snapshot, self.sitter.cfg, time.monotonic())
         # {available, used, quota} bytes from the metrics' cached `zfs get` (None: not known yet);
-        # a stale cache is refreshed in the background — but while the space is low this
-        # request waits for it a little, so that a disk just freed shows as such
+        # a stale space is read again and this request waits for it a little (the space is
+        # read first), so that a disk that just filled, or was just freed, shows as such
+        space_stale = self.collector.zfs.stale()[1]
         refresh = self.collector.refresh_slow_soon()
-        if refresh is not None and self.collector.zfs.space_is_low():
+        if refresh is not None and space_stale:
             with contextlib.suppress(Exception):  # not in time (or failed): the cached value, as before
                 await asyncio.wait_for(asyncio.shield(refresh), STATE_SPACE_WAIT_S)
         body["dataset"] = self.collector.space

@@ -3,8 +3,10 @@
 by one bounded `zfs` call per cache period and shared by every scrape and request
 (manatee.sitter.metrics.MetricsCollector owns one).
 
-The space is read again sooner while it is low (space_low), so that an operator who frees a
-full disk sees it in `manatee-adm show` within seconds, not after SLOW_CACHE_S.
+The space is cheap to read and changes fast (a disk fills in seconds), so it has its own
+short period, SPACE_CACHE_S, and is read before the snapshots: `/state` waits for a stale one
+briefly, and an operator sees a disk fill or be freed on the next `manatee-adm show`. The
+snapshot list and the old copies change rarely and cost more: SLOW_CACHE_S.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Iterable, Mapping
+from typing import Iterable
 
-SLOW_CACHE_S = 30.0         # zfs (snapshots, space) at most once per this
-LOW_SPACE_CACHE_S = 2.0     # the space, while it is low (space_low), at most once per this
-LOW_SPACE_FRACTION = 0.1    # low: less than this share of the dataset's space free
+SLOW_CACHE_S = 30.0         # the snapshot list and the old copies at most once per this
+SPACE_CACHE_S = 2.0         # the dataset's space at most once per this
 ZFS_TIMEOUT_S = 5.0         # a hung zfs-fuse must not hang the scrape
 
 
@@ -37,42 +38,23 @@ def parse_space(text: str) -> dict[str, int | None]:
     return out
 
 
-def space_low(space: Mapping[str, int | None] | None, snap) -> bool:
-    """Whether the dataset's space is worth reading again sooner than SLOW_CACHE_S: less than
-    LOW_SPACE_FRACTION of it free (available of available + used), or the first signs of a
-    full disk in the sitter's snapshot (its primary's write probe failing, PostgreSQL's config
-    not writable, PostgreSQL not running or not serving its role). Unknown space is not low
-    (a broken zfs is not asked more often)."""
-    if snap is not None and (snap.write_probe_failures or snap.pg_config_error is not None
-                             or snap.sick_since is not None or (snap.last_pg is not None and not snap.last_pg.running)):
-        return True
-    avail, used = (space or {}).get("available"), (space or {}).get("used")
-    return avail is not None and avail < LOW_SPACE_FRACTION * (avail + (used or 0))
-
-
 class DatasetCache:
-    """The newest snapshot (ms) and the space of `sitter.dataset`, cached (a failure too)."""
+    """The newest snapshot (ms), the old copies and the space of `sitter.dataset`, cached (a
+    failure too): the space for `space_s`, the rest for `cache_s`."""
 
-    def __init__(self, sitter, log=None, *, cache_s: float = SLOW_CACHE_S):
+    def __init__(self, sitter, log=None, *, cache_s: float = SLOW_CACHE_S, space_s: float = SPACE_CACHE_S):
         self.sitter, self.log = sitter, log
-        self.cache_s = cache_s
+        self.cache_s, self.space_s = cache_s, min(space_s, cache_s)
         self.snap_ms: int | None = None
         self.space: dict[str, int | None] | None = None
         self.interrupted_copies: list[str] | None = None  # None: unknown
         self._snap_at = self._space_at = -math.inf
         self._lock = asyncio.Lock()
 
-    def _space_cache_s(self) -> float:
-        low = space_low(self.space, self.sitter.snapshot)
-        return min(self.cache_s, LOW_SPACE_CACHE_S) if low else self.cache_s
-
     def stale(self) -> tuple[bool, bool]:
         """(the snapshot list is stale, the space is stale)."""
         now = time.monotonic()
-        return now - self._snap_at >= self.cache_s, now - self._space_at >= self._space_cache_s()
-
-    def space_is_low(self) -> bool:
-        return space_low(self.space, self.sitter.snapshot)
+        return now - self._snap_at >= self.cache_s, now - self._space_at >= self.space_s
 
     def refresh_soon(self) -> asyncio.Future | None:
         """Start refreshing in the background if anything is stale (the refresh, or None when
@@ -84,10 +66,18 @@ class DatasetCache:
         return None
 
     async def refresh(self) -> int | None:
-        """Read what is stale (each with a deadline); returns the newest snapshot's ms."""
+        """Read what is stale (each with a deadline), the space first; returns the newest
+        snapshot's ms."""
         async with self._lock:
             snaps_stale, space_stale = self.stale()
             dataset = self.sitter.cfg.postgresMgrCfg.zfsClientCfg.dataset
+            if space_stale:
+                try:
+                    self.space = parse_space(await asyncio.wait_for(self.sitter.dataset.space(), ZFS_TIMEOUT_S))
+                except Exception as e:  # noqa: BLE001
+                    self.space = None
+                    self._debug("metrics_space_failed", dataset, e)
+                self._space_at = time.monotonic()
             if snaps_stale:
                 try:
                     snaps = await asyncio.wait_for(self.sitter.dataset.list_snapshots(), ZFS_TIMEOUT_S)
@@ -102,13 +92,6 @@ class DatasetCache:
                     self.interrupted_copies = None
                     self._debug("metrics_old_copies_failed", dataset, e)
                 self._snap_at = time.monotonic()
-            if space_stale:
-                try:
-                    self.space = parse_space(await asyncio.wait_for(self.sitter.dataset.space(), ZFS_TIMEOUT_S))
-                except Exception as e:  # noqa: BLE001
-                    self.space = None
-                    self._debug("metrics_space_failed", dataset, e)
-                self._space_at = time.monotonic()
             return self.snap_ms
 
     def _debug(self, event: str, dataset: str, e: Exception) -> None:

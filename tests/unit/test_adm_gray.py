@@ -107,3 +107,40 @@ def test_a_short_stall_is_shown_but_is_no_problem():
     v.nodes[0].sitter = sitter_state(syncFlushStall={"seconds": 1.0, "bound": 8.0})
     assert problems(v) == []
     assert "flush has not advanced for 1.0s" in render_show(v)
+
+
+# ---------------------------------------------------------------------------- the dataset's space
+
+GB = 1 << 30
+
+
+@pytest.mark.parametrize("i, space, severity, words", [
+    (0, {"available": 1 << 20, "used": 4 * GB, "quota": 4 * GB}, "critical", "its dataset is full (1.0 MB free of a 4.0 GB quota)"),
+    (1, {"available": 0, "used": GB, "quota": 0}, "critical", "its dataset is full (0 B free)"),
+    (2, {"available": 4 << 20, "used": GB, "quota": None}, "warning", "its dataset is full (4.0 MB free)"),
+    (2, {"available": 300 << 20, "used": 4 * GB, "quota": None}, "warning", "nearly full (300.0 MB free, 7 % of its space)"),
+    (0, {"available": 300 << 20, "used": 4 * GB, "quota": 5 * GB}, "warning", "nearly full (300.0 MB free of a 5.0 GB quota"),
+])
+def test_a_full_or_nearly_full_dataset_is_named_with_its_free_space(i, space, severity, words):
+    """Full: less than a WAL segment free (critical on the primary and the sync, whose PostgreSQL
+    must write WAL to serve; a warning on an async). Nearly full: under 10 % free."""
+    v = healthy()
+    for n in v.nodes:
+        n.sitter = sitter_state(n.role)
+    v.nodes[i].sitter = sitter_state(v.nodes[i].role, dataset=space)
+    found = [(p["severity"], p["message"]) for p in show_json(v)["problems"]]
+    assert len(found) == 1 and found[0][0] == severity and words in found[0][1], found
+    assert found[0][1].startswith(f"{v.nodes[i].role} {v.nodes[i].ip}: ")
+    assert show_json(v)["status"] == severity
+
+
+@pytest.mark.parametrize("space", [
+    None, {}, {"available": None, "used": 10}, {"available": "12"},     # not known: nothing said
+    {"available": 2 * GB, "used": 2 * GB, "quota": 0},                 # half free
+    {"available": 64 << 20, "used": 100 << 20, "quota": 164 << 20},    # small but 39 % free
+])
+def test_a_dataset_with_room_or_unknown_space_is_no_problem(space):
+    v = healthy()
+    for n in v.nodes:
+        n.sitter = sitter_state(n.role, dataset=space)
+    assert problems(v) == []

@@ -4,6 +4,7 @@ snapshot (write probe, sync flush stall, start back-off, the latest decision), h
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ from manatee.shard import latches
 from manatee.sitter.metrics import MetricsView, render_view
 from manatee.sitter.snapshot import SitterSnapshot, debug_state, gray_latches, snapshot_of, start_held_s
 from manatee.sitter.status import STATE_SPACE_WAIT_S, StatusServer
-from manatee.sitter.zfsview import LOW_SPACE_CACHE_S, SLOW_CACHE_S, DatasetCache, space_low
+from manatee.sitter.zfsview import SLOW_CACHE_S, SPACE_CACHE_S, DatasetCache, parse_space
 from tests.observations import A
 from tests.metrics_fakes import parse, sitter, value
 
@@ -104,21 +105,6 @@ def test_start_held_is_never_negative(retry_at, now, held):
 
 # ---------------------------------------------------------------------------- the dataset's space
 
-@pytest.mark.parametrize("space, snap, low", [
-    ({"available": 50, "used": 950, "quota": 1000}, None, True),
-    ({"available": 500, "used": 500, "quota": 0}, None, False),
-    (None, None, False),                                                     # unknown is not low
-    ({"available": None, "used": 10}, None, False),
-    ({"available": 500, "used": 500}, SitterSnapshot(me=A, write_probe_failures=1), True),
-    ({"available": 500, "used": 500}, SitterSnapshot(me=A, pg_config_error="EDQUOT"), True),
-    ({"available": 500, "used": 500}, SitterSnapshot(me=A, sick_since=1.0), True),
-    ({"available": 500, "used": 500}, SitterSnapshot(me=A, last_pg=SimpleNamespace(running=False)), True),
-    ({"available": 500, "used": 500}, SitterSnapshot(me=A, last_pg=SimpleNamespace(running=True)), False),
-])
-def test_space_low(space, snap, low):
-    assert space_low(space, snap) is low
-
-
 class Dataset:
     """zfs as the cache sees it: each space() answers the next of `answers`."""
 
@@ -141,44 +127,77 @@ FULL = "available\t0\nused\t1000\nquota\t1000\n"
 FREED = "available\t1000000\nused\t1000\nquota\t0\n"
 
 
-async def test_a_low_space_is_read_again_within_seconds_and_a_healthy_one_every_slow_period():
-    ds = Dataset(FULL, FREED, FREED)
+async def test_the_space_is_read_every_few_seconds_and_the_snapshots_every_slow_period():
+    ds = Dataset(FREED, FULL, FREED)
     cache = DatasetCache(SimpleNamespace(snapshot=SitterSnapshot(me=A), dataset=ds,
                                          cfg=SimpleNamespace(postgresMgrCfg=SimpleNamespace(
                                              zfsClientCfg=SimpleNamespace(dataset="p/d")))))
     await cache.refresh()
-    assert cache.space["available"] == 0 and cache.stale() == (False, False)
+    assert cache.space["available"] == 1000000 and cache.stale() == (False, False)
     await cache.refresh()
     assert ds.space_calls == 1, "bounded: not on every call"
-    cache._space_at -= LOW_SPACE_CACHE_S  # as if LOW_SPACE_CACHE_S passed
+    cache._space_at -= SPACE_CACHE_S  # as if SPACE_CACHE_S passed: the disk filled meanwhile
     assert cache.stale() == (False, True)
     await cache.refresh()
-    assert cache.space["available"] == 1000000 and (ds.space_calls, ds.list_calls) == (2, 1)
-    cache._space_at -= LOW_SPACE_CACHE_S  # no longer low: the slow period again
-    assert cache.stale() == (False, False)
-    cache._space_at -= SLOW_CACHE_S
-    assert cache.stale() == (False, True)
+    assert cache.space["available"] == 0 and (ds.space_calls, ds.list_calls) == (2, 1)
+    cache._space_at -= SPACE_CACHE_S
+    cache._snap_at -= SLOW_CACHE_S
+    assert cache.stale() == (True, True)
+    await cache.refresh()
+    assert cache.space["available"] == 1000000 and (ds.space_calls, ds.list_calls) == (3, 2)
 
 
-async def test_state_waits_briefly_for_a_low_space_and_shows_the_freed_disk():
+@pytest.mark.parametrize("before, after", [(FULL, FREED), (FREED, FULL)], ids=["freed", "filled"])
+async def test_state_waits_briefly_for_a_stale_space_and_shows_the_disk_as_it_is_now(before, after):
     s = sitter()
-    s.dataset = Dataset(FULL, FREED)
+    s.dataset = Dataset(before, after)
     srv = StatusServer(s, SimpleNamespace(info=lambda *a, **k: None, debug=lambda *a, **k: None,
                                           warning=lambda *a, **k: None))
-    await srv.collector.zfs.refresh()  # the disk is full as last read
+    await srv.collector.zfs.refresh()  # the disk as last read
     c = TestClient(TestServer(srv.app))
     await c.start_server()
     try:
         first = await (await c.get("/state")).json()
-        assert first["dataset"]["available"] == 0 and s.dataset.space_calls == 1
-        srv.collector.zfs._space_at -= LOW_SPACE_CACHE_S  # the operator freed it since
+        assert first["dataset"] == parse_space(before) and s.dataset.space_calls == 1
+        srv.collector.zfs._space_at -= SPACE_CACHE_S  # the disk filled, or the operator freed it, since
         t0 = time.monotonic()
         second = await (await c.get("/state")).json()
-        assert second["dataset"]["available"] == 1000000, "shown on this request, not the next"
+        assert second["dataset"] == parse_space(after), "shown on this request, not the next"
         assert time.monotonic() - t0 < STATE_SPACE_WAIT_S + 0.5
         assert second["writeProbe"]["failures"] == 0 and second["startBackoff"] == {"failures": 0, "nextTryIn": 0.0}
         assert second["oldCopiesKept"] == ["p/d-restore-1000"]  # read with the snapshots, shown by manatee-adm
     finally:
+        await c.close()
+
+
+async def test_state_does_not_wait_past_its_bound_for_a_hung_zfs():
+    release = asyncio.Event()
+
+    class Hung(Dataset):
+        async def space(self):
+            self.space_calls += 1
+            if self.space_calls > 1:
+                await release.wait()
+            return FREED
+
+    s = sitter()
+    s.dataset = Hung()
+    srv = StatusServer(s, SimpleNamespace(info=lambda *a, **k: None, debug=lambda *a, **k: None,
+                                          warning=lambda *a, **k: None))
+    await srv.collector.zfs.refresh()
+    c = TestClient(TestServer(srv.app))
+    await c.start_server()
+    try:
+        srv.collector.zfs._space_at -= SPACE_CACHE_S
+        t0 = time.monotonic()
+        body = await (await c.get("/state")).json()
+        assert STATE_SPACE_WAIT_S - 0.1 <= time.monotonic() - t0 < STATE_SPACE_WAIT_S + 0.5
+        assert body["dataset"] == parse_space(FREED), "the value last read, while the new read hangs"
+        t0 = time.monotonic()
+        await c.get("/state")  # the read still in flight: no second wait
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        release.set()
         await c.close()
 
 
