@@ -40,6 +40,7 @@ from manatee_testbed.grayfaults.pgfaults import pg_pids
 from manatee_testbed.proctable import cmdline
 from manatee_testbed.writer import WriterError
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, first_ack_on, longest_ack_gap, names, say
+from tests.shard_ops import adm
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
@@ -182,9 +183,11 @@ def _primary_gives_way(sh: Shard, tag: str, apply, undo, *, may_heal_in_place: b
     sh.assert_checks(w, prev, expect_leader=s, since_gen=gen0)
 
 
-def _standby_fault(sh: Shard, tag: str, role: str, apply, undo, hold_s: float, max_gap: float) -> None:
+def _standby_fault(sh: Shard, tag: str, role: str, apply, undo, hold_s: float, max_gap: float,
+                   during=None) -> None:
     """Common body for a sick standby: no failover, no rebuild, no safe mode; the longest
-    write outage stays under `max_gap` (a sync that cannot ack may be replaced)."""
+    write outage stays under `max_gap` (a sync that cannot ack may be replaced). `during(victim)`,
+    if given, runs while the fault holds (within hold_s)."""
     prev = sh.zk_state()
     gen0 = prev["generation"]
     p, s, a = names(sh.topology())
@@ -197,7 +200,9 @@ def _standby_fault(sh: Shard, tag: str, role: str, apply, undo, hold_s: float, m
         t0 = time.monotonic()
         apply(victim)
         say(f"{tag}: fault on the {role} {victim} for {hold_s:.0f}s; primary {p}")
-        time.sleep(hold_s)
+        if during is not None:
+            during(victim)
+        time.sleep(max(0.0, hold_s - (time.monotonic() - t0)))
         with contextlib.suppress(WriterError):  # a stall shows as the gap below, with its length
             w.wait_for_acks(10, 60)
         t1 = time.monotonic()
@@ -273,8 +278,22 @@ def test_f19_disk_full_on_primary_sync_takes_over(shard: Shard):
 
 def test_f19_disk_full_on_sync_writes_go_on(shard: Shard):
     sh = shard
+
+    def named_full(victim: str) -> None:
+        """manatee-adm verify names the full disk within seconds, whatever the node's role by then."""
+        ip = sh.node(victim).ip
+        t0 = time.monotonic()
+
+        def found() -> str | None:
+            r = adm(sh, "verify", "--json")
+            msgs = [p["message"] for p in json.loads(r.stdout or "{}").get("problems", [])]
+            return next((m for m in msgs if f"{ip}: its dataset is full" in m), None)
+
+        msg = sh.wait(found, 20, f"manatee-adm verify to name {victim}'s full dataset")
+        say(f"F19-sync: manatee-adm verify named it {time.monotonic() - t0:.1f}s after the fill: {msg}")
+
     _standby_fault(sh, "F19-sync", "sync", lambda n: _disk_full(sh, n), lambda n: gf.disk_lift(sh.sb, n),
-                   hold_s=2 * sh.session_s + 1, max_gap=sh.session_s + 2 + LOADED_SLACK_S)
+                   hold_s=2 * sh.session_s + 1, max_gap=sh.session_s + 2 + LOADED_SLACK_S, during=named_full)
 
 
 # ---------------------------------------------------------------------------------- F20
