@@ -36,17 +36,17 @@ current() {
     return 0
 }
 
-now=$(current)
+now=$(current | sort -u)
 if [ "$mode" = save ]; then
     printf '%s\n' "$now" > "$file"
     exit 0
 fi
 before=
 if [ "$mode" = since ] && [ -r "$file" ]; then
-    before=$(cat "$file")
+    before=$(sort -u "$file")
 fi
-new=$(comm -23 <(printf '%s\n' "$now" | sed '/^$/d' | sort) <(printf '%s\n' "$before" | sed '/^$/d' | sort))
-old=$(comm -12 <(printf '%s\n' "$now" | sed '/^$/d' | sort) <(printf '%s\n' "$before" | sed '/^$/d' | sort))
+new=$(comm -23 <(printf '%s\n' "$now") <(printf '%s\n' "$before") | sed '/^$/d')
+old=$(comm -12 <(printf '%s\n' "$now") <(printf '%s\n' "$before") | sed '/^$/d')
 if [ -n "$old" ]; then
     echo "check-leftovers: note: these were already there before the run (an earlier run's; clean them by hand):" >&2
     printf '%s\n' "$old" | sed 's/^/  /' >&2

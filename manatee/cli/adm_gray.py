@@ -6,19 +6,14 @@
   instead of "down".
 - The gray-failure latches (docs/operators-guide.md): the primary's write probe, its sync's
   flush stall, the start back-off of PostgreSQL, and the decision that goes with them.
-- Its dataset's space: a disk that is full or nearly so, before PostgreSQL fails on it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from manatee.shard.latches import DISK_FULL_BELOW
-
 #: the sitter's observation of its PostgreSQL stands in for the CLI's own only when this fresh
 SITTER_PG_FRESH_S = 10.0
-#: a dataset with less than this share of its space free (available of available + used) is low
-LOW_DISK_FRACTION = 0.1
 
 
 def _section(sitter: Any, key: str) -> Mapping[str, Any]:
@@ -105,30 +100,3 @@ def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: st
 def _secs(v: Any) -> str:
     return f"{float(v):.0f}s" if isinstance(v, (int, float)) else "its bound"
 
-
-def disk_problems(what: str, sitter: Any, sev_crit: str, sev_warn: str) -> list[tuple[str, str]]:
-    """(severity, line) for a node's dataset from its sitter's /state `dataset` ({available,
-    used, quota} bytes): full (less than a WAL segment free: PostgreSQL cannot write WAL;
-    sev_crit), or low (less than LOW_DISK_FRACTION of its space free; a warning). Unknown
-    space says nothing."""
-    space = _section(sitter, "dataset")
-    avail, used, quota = space.get("available"), space.get("used"), space.get("quota")
-    if not isinstance(avail, int):
-        return []
-    used = used if isinstance(used, int) else 0
-    total = avail + used
-    of = f" of a {_bytes(quota)} quota" if isinstance(quota, int) and quota else ""
-    if avail < DISK_FULL_BELOW:
-        return [(sev_crit, f"{what}: its dataset is full ({_bytes(avail)} free{of}): PostgreSQL cannot write "
-                           f"WAL there (free space or raise the quota; docs/operators-guide.md, 'A sick node')")]
-    if total and avail < LOW_DISK_FRACTION * total:
-        return [(sev_warn, f"{what}: its dataset is nearly full ({_bytes(avail)} free{of}, "
-                           f"{100 * avail / total:.0f} % of its space)")]
-    return []
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"

@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
-from manatee.cli.adm_gray import disk_problems, gray_json, gray_notes, gray_problems
+from manatee.cli.adm_gray import gray_json, gray_notes, gray_problems
+from manatee.shard.latches import DISK_FULL_BELOW
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
+#: a dataset with less than this share of its space free (available of available + used) is low
+LOW_DISK_FRACTION = 0.1
 
 __all__ = ["NodeView", "ShardView", "chain_nodes", "problems", "assess", "verdict", "OK", "WARNING", "CRITICAL", "render_table", "render_show",
            "render_pg_status", "render_history", "fmt_bytes", "fmt_seconds", "iso_now"]
@@ -177,6 +180,29 @@ def leftovers(sitter: Any) -> list[str]:
         return []
     return [f"an interrupted rebuild left its old copy {', '.join(map(str, kept))} aside (kept: it may hold the "
             "only copy of that data; docs/operators-guide.md, 'Rebuilding a node')"]
+
+
+def disk_problems(what: str, sitter: Any, sev_crit: str, sev_warn: str) -> list[tuple[str, str]]:
+    """(severity, line) for a node's dataset from its sitter's /state `dataset` ({available,
+    used, quota} bytes): full (less than a WAL segment free: PostgreSQL cannot write WAL;
+    sev_crit), or low (less than LOW_DISK_FRACTION of its space free; a warning). Unknown
+    space says nothing."""
+    space = sitter.get("dataset") if isinstance(sitter, Mapping) else None
+    if not isinstance(space, Mapping):
+        return []
+    avail, used, quota = space.get("available"), space.get("used"), space.get("quota")
+    if not isinstance(avail, int):
+        return []
+    used = used if isinstance(used, int) else 0
+    total = avail + used
+    of = f" of a {fmt_bytes(quota)} quota" if isinstance(quota, int) and quota else ""
+    if avail < DISK_FULL_BELOW:
+        return [(sev_crit, f"{what}: its dataset is full ({fmt_bytes(avail)} free{of}): PostgreSQL cannot write "
+                           f"WAL there (free space or raise the quota; docs/operators-guide.md, 'A sick node')")]
+    if total and avail < LOW_DISK_FRACTION * total:
+        return [(sev_warn, f"{what}: its dataset is nearly full ({fmt_bytes(avail)} free{of}, "
+                           f"{100 * avail / total:.0f} % of its space)")]
+    return []
 
 
 def insecurities(sitter: Any) -> list[str]:
