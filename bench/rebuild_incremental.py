@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from manatee.core.procs import free_port
-from manatee.core.restore import drop_replaced, restore
+from manatee.core.restore import after_restore, restore
 
 from common import QuietLog, SourceBench, measure_and_report, report_header, run_async, run_times
 
@@ -76,10 +76,11 @@ class Bench(SourceBench):
                             logger=_QuietLog(), incremental=incremental, source_reason=source_reason,
                             drop_old=False)
         secs = time.monotonic() - t
-        if res.old_copy:  # as the sitter does: destroyed while PostgreSQL starts (not timed)
-            t = time.monotonic()
-            await drop_replaced(self.zfs, res.old_copy, _QuietLog())
-            print(f"    old copy destroyed after the rebuild in {time.monotonic() - t:.2f}s (not counted)", flush=True)
+        # As the sitter does while PostgreSQL starts (not timed): mark the base, destroy the old copy.
+        t = time.monotonic()
+        await after_restore(self.zfs, _QuietLog(), snapshot=res.snapshot, source=res.source, old_copy=res.old_copy)
+        print(f"    base marked and old copy destroyed after the rebuild in {time.monotonic() - t:.2f}s "
+              "(not counted)", flush=True)
         return secs, res
 
     async def first_build(self) -> None:

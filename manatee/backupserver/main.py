@@ -158,6 +158,8 @@ async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
     finally:
         # Sends first: cancelling kills each zfs send and releases its hold.
         await queue.close()
+        with contextlib.suppress(asyncio.TimeoutError):  # a base mark in flight: bounded by its own timeout
+            await asyncio.wait_for(sender.marks_settled(), 5)
         await runner.cleanup()
         if zk is not None:
             await zk.close()

@@ -12,6 +12,9 @@ send is killed and the socket shut down, which also stops zfs-fuse's daemon.
 When the request offers the requester's snapshots (manatee.core.incremental), the
 newest one this dataset also has is held too and the stream is `zfs send -i` from
 it: only the blocks written since then travel.
+
+After a stream completes, the snapshot sent is marked as the base this node shares with
+the receiver (manatee.core.bases), in the background: the job is done without waiting.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, Optional
 from manatee.backupserver.jobs import BackupJob
 from manatee.core.aio import finish_even_if_cancelled
 from manatee.core.auth import STREAM_HEADER_LEN, ShardSecret, stream_header
+from manatee.core.bases import mark_base
 from manatee.core.incremental import SnapshotRef, common_to_json, newest_common
 from manatee.core.log import get_logger
 from manatee.core.zfs import Snapshot, Zfs, ZfsError
@@ -65,6 +69,8 @@ class ZfsSender:
         self.log = logger if logger is not None else get_logger("manatee.backupserver.sender")
         self._base_users: dict[str, int] = {}
         self._base_lock = asyncio.Lock()
+        self._mark_lock = asyncio.Lock()  # one read-modify-write of the base marks at a time
+        self._marking: set[asyncio.Task] = set()
 
     async def fresh_snapshot(self) -> Snapshot:
         """`dataset@<epoch ms>`; retried with a later name if that ms is already taken."""
@@ -198,10 +204,26 @@ class ZfsSender:
             job.completed = sent
             if job.size is None or job.size != sent:
                 job.size = sent
+            self._mark_sent(snap.full, job.address)
         finally:
             if sock is not None:
                 sock.close()
             await self._release(HOLD_TAG, snap.full)
+
+    def _mark_sent(self, snapshot: str, receiver: str) -> None:
+        """Mark `snapshot` as the base shared with `receiver`, in the background."""
+        async def mark() -> None:
+            async with self._mark_lock:
+                await mark_base(self.zfs, self.dataset, snapshot, receiver, self.log)
+
+        task = asyncio.get_running_loop().create_task(mark(), name=f"mark-base-{snapshot}")
+        self._marking.add(task)
+        task.add_done_callback(self._marking.discard)
+
+    async def marks_settled(self) -> None:
+        """Wait for the base marks being written (tests, shutdown)."""
+        while self._marking:
+            await asyncio.gather(*self._marking, return_exceptions=True)
 
     async def _connect(self, address: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET

@@ -149,6 +149,19 @@ def parse_name_value(text: str) -> list[tuple[str, str]]:
     return rows
 
 
+def parse_local_values(text: str, dataset: str) -> dict[str, str]:
+    """Snapshots of exactly `dataset` -> value, from `zfs get -Hp -o name,value,source -r -d 1`;
+    a value that is not set on the snapshot itself (inherited, default) reads "-"."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3 or not parts[0].startswith(dataset + "@"):
+            continue
+        name, value, source = parts
+        out[name] = value if source == "local" else "-"
+    return out
+
+
 def parse_snapshot_creations(text: str, dataset: str) -> list[Snapshot]:
     """Snapshots of exactly `dataset` from `zfs get -Hp -o name,value -r -d 1 creation`."""
     out = []
@@ -286,6 +299,10 @@ class Zfs:
     async def set(self, name: str, prop: str, value: Any) -> None:
         await self.run("set", f"{prop}={_prop_value(value)}", name)
 
+    async def inherit(self, name: str, prop: str) -> None:
+        """Remove a local value (a user property is then unset on a snapshot)."""
+        await self.run("inherit", prop, name)
+
     async def mount(self, dataset: str) -> None:
         await self.run("mount", dataset)
 
@@ -324,6 +341,12 @@ class Zfs:
             "get", "-H", "-p", "-o", "name,property,value", "-r", "-d", "1", "creation,guid", dataset
         )
         return parse_snapshot_guids(out, dataset)
+
+    async def snapshot_bases(self, dataset: str) -> dict[str, str]:
+        """Each snapshot of `dataset` -> its local `manatee:bases` value ("-": unset);
+        manatee.core.bases says what the values mean. One zfs call."""
+        out = await self.run("get", "-H", "-p", "-o", "name,value,source", "-r", "-d", "1", "manatee:bases", dataset)
+        return parse_local_values(out, dataset)
 
     async def clone(self, snapshot: str, dataset: str, *, props: dict[str, Any] | None = None) -> None:
         args = ["clone"]

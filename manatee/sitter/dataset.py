@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from manatee.core.pg.rewind import rewind_password
-from manatee.core.restore import drop_replaced, old_copies, sweep_replaced
+from manatee.core.restore import after_restore, old_copies, sweep_replaced
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.restore.source import Candidate
 from manatee.core.restore.source import choose as choose_source
@@ -116,9 +116,10 @@ class ZfsDataset:
                 owner=self.cfg.postgresMgrCfg.dbUser, secret=self.secret, ssl_context=self.ssl_context,
                 poll_interval=z.poll_interval_s, progress=progress, logger=self.log, source_reason=chosen.reason,
                 drop_old=False)
-            if res.old_copy:  # destroyed while PostgreSQL starts on the new copy, not before
-                self.dropping_name = res.old_copy
-                self.dropping = asyncio.ensure_future(drop_replaced(self.zfs, res.old_copy, self.log))
+            # The base mark and the old copy's destroy run while PostgreSQL starts on the new copy.
+            self.dropping_name = res.old_copy
+            self.dropping = asyncio.ensure_future(after_restore(
+                self.zfs, self.log, snapshot=res.snapshot, source=res.source, old_copy=res.old_copy))
         finally:
             self.restoring_since_ms = None
         return res

@@ -142,7 +142,7 @@ class StepRunner:
         def progress(p):
             self.restore_progress = {"phase": p.phase, "completed": p.completed, "size": p.size,
                                      "source": getattr(p, "source", None) or upstream.backup_url,
-                                     "path": p.path, "reason": p.reason}
+                                     "path": p.path, "reason": p.reason, "snapshot": p.snapshot}
             self.on_progress()
 
         res = await self.dataset.rewind(upstream, self.rebuild_cause, progress, ahead=also)
@@ -155,7 +155,7 @@ class StepRunner:
             reason = res.reason
         self.restore_progress = {"phase": "done", "completed": res.bytes, "size": res.bytes,
                                  "source": getattr(res, "source", None) or upstream.backup_url,
-                                 "path": res.path, "reason": reason}
+                                 "path": res.path, "reason": reason, "snapshot": getattr(res, "snapshot", None)}
         self.rebuild_cause = None
         self.on_restored()
         self.log.info("restore_done", bytes=res.bytes, seconds=round(res.seconds, 2), path=res.path, why=reason)

@@ -21,7 +21,8 @@ class SnapshotterConfig(ConfigModel):
     dataset: str = Field(description="ZFS dataset holding PostgreSQL's data, snapshotted as DATASET@<epoch-ms>")
     pollInterval: int = Field(3_600_000, ge=1000, le=2_592_000_000, description="milliseconds between snapshots (at most 30 days)")
     poll_interval_s = seconds("pollInterval")
-    snapshotNumber: int = Field(50, ge=1, description="how many epoch-ms snapshots to keep")
+    snapshotNumber: int = Field(50, ge=1, description="how many epoch-ms snapshots to keep, besides the base snapshots "
+                                "shared with peers (`manatee:bases`, kept unless under disk pressure)")
     zfsPath: str = Field("/usr/sbin/zfs", min_length=1, description="the zfs binary")
     healthUrl: str | None = Field(None, description="if set, snapshot only while GET healthUrl answers 200")
     tls: TlsCfg | None = Field(None, description="for an https:// healthUrl: the CA to verify the sitter with and the client certificate to present (the sitter's tls section)")

@@ -4,7 +4,10 @@ The backupserver sends the newest snapshot to a node that is being rebuilt, so a
 recent snapshot must always exist. Every poll the snapshotter takes
 `DATASET@<epoch-ms>` and then prunes: only snapshots named by 13 digits (its own, as
 in the original since MANATEE-214) are ever destroyed, so an operator's snapshots are
-safe; the newest `keep` stay; held snapshots (a send is using them) are skipped.
+safe; the newest `keep` stay; held snapshots (a send is using them) are skipped, and so
+are base snapshots (the newest one this node shares with a peer, marked `manatee:bases`
+by the sender and the receiver of a rebuild: manatee.core.bases), so that the next
+rebuild of either can be an increment however long ago they last exchanged a stream.
 Any failure (missing dataset during a rebuild, busy snapshot, dependent clone, ZFS
 down) is logged and retried at the next poll: the snapshotter never dies of it
 (MANATEE-307/332/400/405).
@@ -13,8 +16,9 @@ Disk pressure: snapshots pin old blocks, so on a busy dataset they eat the space
 PostgreSQL needs. Before each snapshot the snapshotter reads the dataset's `used` and
 `available` (which respects its quota); when free space is below `min_free_pct` percent
 of the two it takes no snapshot and prunes every unheld managed snapshot but the newest
-(a rebuild still has one to send), logging why (`disk_pressure`). A failed read is
-unknown, not pressure: the poll goes on as usual.
+(a rebuild still has one to send), base snapshots included, logging why
+(`disk_pressure`). A failed read is unknown, not pressure: the poll goes on as usual.
+A failed read of the base marks is unknown too: that poll prunes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Collection, Iterable
 
+from manatee.core.bases import is_marked
 from manatee.core.zfs import Snapshot, Zfs, ZfsError, newest_first
 
 MANAGED_NAME = re.compile(r"[0-9]{13}")  # fullmatch: no trailing newline, ASCII only
@@ -38,23 +43,25 @@ def is_managed(name: str) -> bool:
 
 
 def _retention_split(
-    snapshots: Iterable[Snapshot], keep: int, held: Collection[str]
+    snapshots: Iterable[Snapshot], keep: int, held: Collection[str], bases: Collection[str] = ()
 ) -> tuple[list[Snapshot], list[Snapshot]]:
     if keep < 1:
         raise ValueError(f"keep must be at least 1, not {keep}")
     managed = newest_first([s for s in snapshots if is_managed(s.name)])
     old = managed[keep:]
-    held = set(held)
-    return [s for s in old if s.full not in held], [s for s in old if s.full in held]
+    spared = set(held) | set(bases)
+    return [s for s in old if s.full not in spared], [s for s in old if s.full in spared]
 
 
-def choose_snapshots_to_destroy(snapshots: Iterable[Snapshot], keep: int, held: Collection[str]) -> list[Snapshot]:
+def choose_snapshots_to_destroy(snapshots: Iterable[Snapshot], keep: int, held: Collection[str],
+                                bases: Collection[str] = ()) -> list[Snapshot]:
     """Which snapshots to destroy, oldest first.
 
     Only epoch-ms names count; the newest `keep` of them stay; of the older ones those
-    whose full name is in `held` are skipped (they stay until released).
+    whose full name is in `held` are skipped (they stay until released), and so are the
+    base snapshots in `bases` (they stay while marked).
     """
-    destroy, _ = _retention_split(snapshots, keep, held)
+    destroy, _ = _retention_split(snapshots, keep, held, bases)
     return destroy[::-1]
 
 
@@ -94,6 +101,14 @@ def held_beyond_retention(snapshots: Iterable[Snapshot], keep: int, held: Collec
     return skipped[::-1]
 
 
+def bases_beyond_retention(snapshots: Iterable[Snapshot], keep: int, held: Collection[str],
+                           bases: Collection[str]) -> list[Snapshot]:
+    """The old managed snapshots that would be destroyed but are kept as bases (and not held)."""
+    destroy_if_no_bases, _ = _retention_split(snapshots, keep, held)
+    bases = set(bases)
+    return [s for s in destroy_if_no_bases[::-1] if s.full in bases]
+
+
 @dataclass
 class RunResult:
     """What one poll did."""
@@ -101,6 +116,7 @@ class RunResult:
     snapshot: Snapshot | None = None
     destroyed: list[str] = field(default_factory=list)
     skipped_held: list[str] = field(default_factory=list)
+    kept_bases: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     unhealthy: bool = False
     pressure: str | None = None       # why no snapshot was taken for lack of space
@@ -148,7 +164,7 @@ class Snapshotter:
             await self._take_snapshot(result)
         elif plan.take_snapshot:
             result.unhealthy = True
-        await self._prune(result, plan.keep)
+        await self._prune(result, plan.keep, keep_bases=plan.reason is None)
         self.last_result = result
         return result
 
@@ -205,20 +221,27 @@ class Snapshotter:
         result.snapshot = snap
         self.log.info("snapshot_taken", snapshot=snap.full)
 
-    async def _prune(self, result: RunResult, keep: int | None = None) -> None:
+    async def _prune(self, result: RunResult, keep: int | None = None, *, keep_bases: bool = True) -> None:
+        """Destroy what retention lets go. Base snapshots stay unless `keep_bases` is
+        False (disk pressure: space for PostgreSQL comes before a cheaper rebuild)."""
         keep = self.keep if keep is None else keep
         try:
             snapshots = await self.zfs.list_snapshots(self.dataset)
             held = await self.zfs.held_snapshots(self.dataset)
+            marks = await self.zfs.snapshot_bases(self.dataset) if keep_bases else {}
         except ZfsError as e:
             if not result.errors:  # the snapshot error already says it
                 result.errors.append(str(e))
                 self.log.warning("snapshot_list_failed", error=str(e))
             return
+        bases = {name for name, value in marks.items() if is_marked(value)}
         for snap in held_beyond_retention(snapshots, keep, held):
             result.skipped_held.append(snap.full)
             self.log.info("snapshot_prune_skipped_held", snapshot=snap.full)
-        for snap in choose_snapshots_to_destroy(snapshots, keep, held):
+        for snap in bases_beyond_retention(snapshots, keep, held, bases):
+            result.kept_bases.append(snap.full)
+            self.log.info("snapshot_kept_as_base", snapshot=snap.full, peers=marks[snap.full])
+        for snap in choose_snapshots_to_destroy(snapshots, keep, held, bases):
             try:
                 await self.zfs.destroy(snap.full)
             except ZfsError as e:

@@ -14,6 +14,7 @@ import hashlib
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -22,6 +23,7 @@ from manatee.core.procs import free_port, port_open
 from manatee.core.restore import RestoreError, RestoreProgress, drop_replaced, restore, sweep_replaced
 from manatee.core.restore.swap import REPLACED_PROP
 from manatee.core.zfs import ZfsError
+from manatee.snapshotter.snapshotter import Snapshotter
 from manatee_testbed.zfspool import zfs_processes_on
 from tests.fixtures_pg import random_loopback_ip
 from tests.backup_env import Env, _zfs_recv_pids, env, kill_sender_host  # noqa: F401 - env is a fixture
@@ -279,3 +281,53 @@ async def test_sweep_destroys_only_old_copies_marked_replaced(env):
     assert (mnt_x / "live").read_text() == "the live copy"
     assert ("restore_old_copy_kept", {"aside": unmarked, "why": "an interrupted restore set it aside; "
                                       "it may hold the only copy of that data"}) in log.events
+
+
+async def _marks(env: Env, ds: str, want: dict[str, str], timeout: float = 10.0) -> dict[str, str]:
+    """The dataset's base marks once they include `want` (the sender writes its own in the
+    background after the job is done), or as they are at the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        marks = await env.zfs.snapshot_bases(ds)
+        if all(marks.get(k) == v for k, v in want.items()) or asyncio.get_running_loop().time() > deadline:
+            return marks
+        await asyncio.sleep(0.1)
+
+
+async def test_the_shared_base_outlives_retention_and_moves_with_each_exchange(env):
+    """Both ends of a rebuild mark the snapshot they now share (manatee.core.bases); a
+    snapshotter keeping one snapshot still keeps it, so a rebuild long after is an increment;
+    the next exchange moves the marks and the old base is pruned like any other."""
+    ip_b, ds_a, mnt_a, url, _server, ds_b, mnt_b, first = await _a_and_b(env)
+    ip_a = urlsplit(url).hostname
+    base = first.snapshot.split("@")[1]
+    a_marks = await _marks(env, ds_a, {f"{ds_a}@{base}": ip_b})
+    assert a_marks[f"{ds_a}@{base}"] == ip_b, a_marks  # the sender's: the receiver's address
+    assert (await env.zfs.snapshot_bases(ds_b)) == {f"{ds_b}@{base}": ip_a}  # the receiver's: the sender's
+
+    log = _Events()
+    for ds in (ds_a, ds_b):
+        snapper = Snapshotter(env.zfs, ds, interval_s=60, keep=1, logger=log)
+        for _ in range(3):
+            result = await snapper.run_once()
+            assert result.ok, result
+        assert result.kept_bases == [f"{ds}@{base}"]
+        names = await _snapshots(env, ds)
+        assert len(names) == 2 and base in names and result.snapshot.name in names, names
+    assert any(e == "snapshot_kept_as_base" for e, _ in log.events)
+
+    _write_random(mnt_a / "more.bin", 2)
+    (mnt_b / "b-only").write_text("diverged")
+    second = await _rebuild(env, ds_b, mnt_b, url, ip_b)
+    assert second.incremental_from == f"{ds_b}@{base}", second  # retention did not force a full stream
+    assert second.bytes < 4 << 20
+    assert _tree(mnt_b) == _tree(mnt_a)
+
+    new = second.snapshot.split("@")[1]
+    a_marks = await _marks(env, ds_a, {f"{ds_a}@{new}": ip_b, f"{ds_a}@{base}": "-"})
+    assert a_marks[f"{ds_a}@{new}"] == ip_b and a_marks[f"{ds_a}@{base}"] == "-", a_marks
+    b_marks = await env.zfs.snapshot_bases(ds_b)
+    assert b_marks[f"{ds_b}@{new}"] == ip_a and b_marks[f"{ds_b}@{base}"] == "-", b_marks
+
+    result = await Snapshotter(env.zfs, ds_b, interval_s=60, keep=1, logger=log).run_once()
+    assert f"{ds_b}@{base}" in result.destroyed and result.kept_bases == [f"{ds_b}@{new}"], result

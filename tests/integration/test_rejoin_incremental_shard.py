@@ -40,6 +40,12 @@ def _guids(dataset: str) -> dict[str, str]:
     return {guid: name for name, guid in (line.split("\t") for line in out.splitlines() if "@" in line)}
 
 
+def _bases(snapshot: str) -> str:
+    """The snapshot's local `manatee:bases` mark ("-": none)."""
+    name, value, source = zfs("get", "-H", "-p", "-o", "name,value,source", "manatee:bases", snapshot).strip().split("\t")
+    return value if source == "local" else "-"
+
+
 def _old_copies(dataset: str) -> list[str]:
     """The old copies of `dataset` a rebuild set aside that are still there."""
     out = zfs("list", "-H", "-o", "name", "-t", "filesystem", "-r", dataset.rpartition("/")[0])
@@ -97,6 +103,11 @@ def test_diverged_old_primary_rejoins_by_an_increment_from_the_primary(shard: Sh
         assert sh.topology()["primary"] == s
         for n in (np_, ns):  # the forked commit is nowhere: P follows S's history
             assert sql(sh.dsn(n), "SELECT count(*) FROM rejoin_fork") == (0,), f"{n.name} has P's forked rows"
+        # Both ends mark the snapshot they now share, so that their snapshotters keep it
+        # (manatee.core.bases): P's with S's address, S's with P's.
+        shared = restore["snapshot"].partition("@")[2]
+        sh.wait(lambda: (_bases(f"{np_.dataset}@{shared}"), _bases(f"{ns.dataset}@{shared}")) == (ns.ip, np_.ip),
+                30, f"{p} and {s} to mark {shared} as their base")
         # P's old copy, set aside by the rebuild, is destroyed after PostgreSQL started on the new one
         sh.wait(lambda: not _old_copies(np_.dataset), 60, f"{p}'s replaced old copy to be destroyed")
         w.wait_for_acks(20, 60)

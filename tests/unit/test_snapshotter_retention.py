@@ -7,6 +7,7 @@ import pytest
 
 from manatee.core.zfs import Snapshot
 from manatee.snapshotter.snapshotter import (
+    bases_beyond_retention,
     choose_snapshots_to_destroy,
     held_beyond_retention,
     is_managed,
@@ -66,6 +67,15 @@ def test_held_old_snapshots_are_skipped_and_reported():
     out = choose_snapshots_to_destroy(snaps, 3, held)
     assert out == [snaps[1], snaps[2]]
     assert held_beyond_retention(snaps, 3, held) == [snaps[0]]
+
+
+def test_base_snapshots_are_kept_and_reported_apart_from_held_ones():
+    snaps = managed(7)
+    held, bases = {snaps[0].full}, {snaps[0].full, snaps[1].full, snaps[6].full}  # one base among the newest
+    assert choose_snapshots_to_destroy(snaps, 3, held, bases) == [snaps[2], snaps[3]]
+    assert held_beyond_retention(snaps, 3, held) == [snaps[0]]
+    assert bases_beyond_retention(snaps, 3, held, bases) == [snaps[1]]  # held ones are reported as held
+    assert choose_snapshots_to_destroy(snaps, 3, held) == [snaps[1], snaps[2], snaps[3]]  # no bases: as before
 
 
 def test_held_snapshots_do_not_push_others_out():

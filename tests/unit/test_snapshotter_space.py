@@ -79,6 +79,7 @@ class _FakeZfs:
         self.snaps = list(snaps)
         self.taken = []
         self.destroyed = []
+        self.bases = {}  # snapshot full name -> manatee:bases value (or an exception to raise)
 
     async def get_int(self, name, prop):
         v = self.props[prop]
@@ -97,6 +98,11 @@ class _FakeZfs:
 
     async def held_snapshots(self, dataset):
         return set()
+
+    async def snapshot_bases(self, dataset):
+        if isinstance(self.bases, Exception):
+            raise self.bases
+        return {s.full: self.bases.get(s.full, "-") for s in self.snaps}
 
     async def destroy(self, full):
         self.destroyed.append(full)
@@ -126,3 +132,25 @@ def test_poll_with_unreadable_space_goes_on_as_usual():
     zfs = _FakeZfs(ZfsError(["zfs", "get"], 1, "boom"), 90 * MB, _snaps(2))
     r = asyncio.run(Snapshotter(zfs, "p/ds", interval_s=60, keep=3, logger=_Log(), min_free_pct=10).run_once())
     assert len(zfs.taken) == 1 and r.pressure is None and r.ok
+
+
+def test_base_snapshots_outlive_retention_but_not_disk_pressure():
+    snaps = _snaps(5)
+    zfs = _FakeZfs(10 * MB, 90 * MB, list(snaps))
+    zfs.bases = {snaps[0].full: "127.0.0.12", snaps[1].full: "not-an-address"}  # unreadable still counts
+    r = asyncio.run(Snapshotter(zfs, "p/ds", interval_s=60, keep=2, logger=_Log(), min_free_pct=10).run_once())
+    assert r.kept_bases == [snaps[0].full, snaps[1].full]
+    assert zfs.destroyed == [snaps[2].full, snaps[3].full]  # oldest first; the bases stay
+    assert [x.full for x in zfs.snaps] == [snaps[0].full, snaps[1].full, snaps[4].full, zfs.taken[0].full]
+
+    zfs.props.update(used=95 * MB, available=5 * MB)  # now under pressure: space for PostgreSQL comes first
+    r = asyncio.run(Snapshotter(zfs, "p/ds", interval_s=60, keep=2, logger=_Log(), min_free_pct=10).run_once())
+    assert r.pressure and r.kept_bases == []
+    assert [x.full for x in zfs.snaps] == [zfs.taken[0].full]
+
+
+def test_unreadable_base_marks_prune_nothing():
+    zfs = _FakeZfs(10 * MB, 90 * MB, _snaps(5))
+    zfs.bases = ZfsError(["zfs", "get"], 1, "cannot get manatee:bases")
+    r = asyncio.run(Snapshotter(zfs, "p/ds", interval_s=60, keep=2, logger=_Log(), min_free_pct=10).run_once())
+    assert zfs.destroyed == [] and len(zfs.taken) == 1 and not r.ok

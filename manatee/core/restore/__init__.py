@@ -9,8 +9,9 @@ is killed, the listener is closed, and the old dataset is renamed back with its
 mountpoint/canmount restored and mounted again, so afterwards exactly the old
 dataset is in place. The sitter calls this; its status server shows the progress.
 The sitter asks for `drop_old=False`: the old copy is then marked `manatee:replaced` and
-destroyed while PostgreSQL starts on the new one (`drop_replaced`); a sitter that died
-before that destroy ended finishes it at its next start (`sweep_replaced`).
+destroyed while PostgreSQL starts on the new one (`after_restore`, which first marks the
+received snapshot as the base shared with the sender: manatee.core.bases); a sitter that
+died before that destroy ended finishes it at its next start (`sweep_replaced`).
 
 Incremental: the request offers our snapshots (name + guid); if the sender shares
 one it sends only the blocks written since (`zfs send -i`). The stream's own header
@@ -31,9 +32,9 @@ back or drop it, and mount the new one), ``outcome`` (progress, result, error), 
 the upstream shares none). Callers import from here.
 """
 
-from manatee.core.restore.driver import restore
+from manatee.core.restore.driver import after_restore, restore
 from manatee.core.restore.outcome import RestoreError, RestoreProgress, RestoreResult
 from manatee.core.restore.swap import drop_replaced, old_copies, sweep_replaced
 
-__all__ = ["RestoreError", "RestoreProgress", "RestoreResult", "drop_replaced", "old_copies", "restore",
-           "sweep_replaced"]
+__all__ = ["RestoreError", "RestoreProgress", "RestoreResult", "after_restore", "drop_replaced", "old_copies",
+           "restore", "sweep_replaced"]

@@ -11,12 +11,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from manatee.core import incremental as inc
 from manatee.core.aio import finish_even_if_cancelled
 from manatee.core.auth import STREAM_HEADER_LEN, ShardSecret, new_stream_token, stream_header_ok
+from manatee.core.bases import mark_base
 from manatee.core.log import get_logger
 from manatee.core.restore import receive, swap
 from manatee.core.restore.job import BackupJob, job_session
@@ -68,7 +70,7 @@ async def restore(
     `ssl_context` verifies an https:// backupserver and presents our client certificate.
     `source_reason` says why `backup_url` was chosen (manatee.core.restore.source); the
     result's reason carries it. With `drop_old` False the old copy set aside is not
-    destroyed here: the result's `old_copy` names it, for swap.drop_replaced once the caller
+    destroyed here: the result's `old_copy` names it, for after_restore once the caller
     has started PostgreSQL on the new copy (the sitter does).
     """
     if isinstance(secret, str):
@@ -90,6 +92,20 @@ async def restore(
         return await _Restore(
             zfs, incremental=False, why_full=f"the incremental restore failed: {e}", **kw
         ).run()
+
+
+async def after_restore(zfs: Zfs, log: Any, *, snapshot: Optional[str], source: Optional[str],
+                        old_copy: Optional[str]) -> None:
+    """What follows a completed restore, off its critical path (the sitter runs it while
+    PostgreSQL starts; `restore(drop_old=True)` before it returns): mark the received
+    `snapshot` as the base this node shares with the `source` backupserver's host
+    (manatee.core.bases: the snapshotter keeps it, so the next rebuild can be an increment),
+    then destroy the replaced `old_copy`. Both best effort, both bounded."""
+    host = urlsplit(source).hostname if source else None
+    if snapshot and host:
+        await mark_base(zfs, snapshot.partition("@")[0], snapshot, host, log)
+    if old_copy:
+        await swap.drop_replaced(zfs, old_copy, log)
 
 
 class _Restore:
@@ -201,15 +217,16 @@ class _Restore:
             await finish_even_if_cancelled(self._close_network())
 
         old_copy = self.old.aside if self.old is not None and "renamed" in self.old.steps else None
-        if self.drop_old and old_copy:
-            await self._drop_old()
+        snap_name = source_snap.partition("@")[2] if source_snap else None
+        snapshot = f"{self.dataset}@{snap_name}" if snap_name else None
+        if self.drop_old:
+            await after_restore(self.zfs, self.log, snapshot=snapshot, source=self.backup_url, old_copy=old_copy)
             old_copy = None
         seconds = time.monotonic() - self.t0
-        snap_name = source_snap.partition("@")[2] if source_snap else None
         result = RestoreResult(
             bytes=received,
             seconds=seconds,
-            snapshot=f"{self.dataset}@{snap_name}" if snap_name else None,
+            snapshot=snapshot,
             source_snapshot=source_snap,
             jobid=self.state.jobid,
             incremental_from=self.incremental_from,
@@ -440,11 +457,6 @@ class _Restore:
         except ZfsError as e:
             hint = " (is PostgreSQL still running on it?)" if e.busy else ""
             raise RestoreError(f"cannot set {self.dataset} aside{hint}: {e}", phase="setting_aside") from e
-
-    async def _drop_old(self) -> None:
-        """Destroy the set-aside old copy now that the new one is in place (best effort)."""
-        if self.old is not None and "renamed" in self.old.steps:
-            await swap.drop_replaced(self.zfs, self.old.aside, self.log)
 
     # ------------------------------------------------------------------ activate
 
