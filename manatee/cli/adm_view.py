@@ -372,6 +372,7 @@ def node_json(n: NodeView) -> dict[str, Any]:
             "lagSeconds": None if n.repl is None or n.role == "primary" else r.get("lag_s"),
             "dataset": (n.sitter or {}).get("dataset"),  # {available, used, quota} bytes
             "oldCopiesKept": (n.sitter or {}).get("oldCopiesKept"),  # an interrupted rebuild's, by name
+            "bases": (n.sitter or {}).get("bases"),  # peer address -> the snapshot kept as shared with it
             "tags": dict(n.peer.get("tags") or {}), "pendingRestart": pending_restart(n),
             "pgVia": None if n.pg is None else n.pg.get("via", "cli"), **gray_json(n.sitter)}
 

@@ -59,6 +59,19 @@ def is_marked(value: str) -> bool:
     return value not in ("", "-")
 
 
+def bases_by_peer(marks: Mapping[str, str]) -> dict[str, str]:
+    """Peer address -> the snapshot's short name, from `Zfs.snapshot_bases`' {full name: value}
+    (what /state shows; a value that names no address shows under its raw text)."""
+    out: dict[str, str] = {}
+    for full, value in sorted(marks.items()):
+        if not is_marked(value):
+            continue
+        peers = parse_bases(value) or {value}
+        for peer in peers:
+            out[peer] = full.partition("@")[2]
+    return out
+
+
 def marks_for(current: Mapping[str, str], snapshot: str, peer: str) -> dict[str, str | None]:
     """The `manatee:bases` values to write so that `snapshot` (full name) is the base for
     `peer` and no other snapshot is: {snapshot full name: new value, None to clear}.

@@ -134,6 +134,10 @@ class ZfsDataset:
     def list_snapshots(self):
         return self.zfs.list_snapshots(self.z.dataset)
 
+    def snapshot_bases(self):
+        """Each snapshot -> its `manatee:bases` mark (manatee.core.bases)."""
+        return self.zfs.snapshot_bases(self.z.dataset)
+
     async def available(self, timeout: float) -> int | None:
         """Bytes free for my dataset (`zfs get -Hp -o value available`, within `timeout`
         seconds; None if ZFS names no number)."""

@@ -194,6 +194,8 @@ class StatusServer:
         # old copies an interrupted restore left beside the dataset (kept: they may hold the only
         # copy of that data); None: unknown
         body["oldCopiesKept"] = self.collector.zfs.interrupted_copies
+        # the snapshot shared with each peer, kept for its next incremental rebuild; None: unknown
+        body["bases"] = self.collector.zfs.bases
         return _json(200, body)
 
     async def primary(self, _req):

@@ -1,12 +1,13 @@
 """The sitter's dataset as /metrics and /state show it: its newest snapshot, its space
-(available, used, quota) and the old copies an interrupted restore left beside it, each read
+(available, used, quota), the old copies an interrupted restore left beside it and the base
+snapshots it keeps for its peers (manatee.core.bases), each read
 by one bounded `zfs` call per cache period and shared by every scrape and request
 (manatee.sitter.metrics.MetricsCollector owns one).
 
 The space is cheap to read and changes fast (a disk fills in seconds), so it has its own
 short period, SPACE_CACHE_S, and is read before the snapshots: `/state` waits for a stale one
 briefly, and an operator sees a disk fill or be freed on the next `manatee-adm show`. The
-snapshot list and the old copies change rarely and cost more: SLOW_CACHE_S.
+snapshot list, the old copies and the bases change rarely and cost more: SLOW_CACHE_S.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import asyncio
 import math
 import time
 from typing import Iterable
+
+from manatee.core.bases import bases_by_peer
 
 SLOW_CACHE_S = 30.0         # the snapshot list and the old copies at most once per this
 SPACE_CACHE_S = 2.0         # the dataset's space at most once per this
@@ -48,6 +51,7 @@ class DatasetCache:
         self.snap_ms: int | None = None
         self.space: dict[str, int | None] | None = None
         self.interrupted_copies: list[str] | None = None  # None: unknown
+        self.bases: dict[str, str] | None = None  # peer -> snapshot name; None: unknown
         self._snap_at = self._space_at = -math.inf
         self._lock = asyncio.Lock()
 
@@ -91,6 +95,12 @@ class DatasetCache:
                 except Exception as e:  # noqa: BLE001
                     self.interrupted_copies = None
                     self._debug("metrics_old_copies_failed", dataset, e)
+                try:
+                    self.bases = bases_by_peer(await asyncio.wait_for(self.sitter.dataset.snapshot_bases(),
+                                                                      ZFS_TIMEOUT_S))
+                except Exception as e:  # noqa: BLE001
+                    self.bases = None
+                    self._debug("metrics_bases_failed", dataset, e)
                 self._snap_at = time.monotonic()
             return self.snap_ms
 

@@ -186,5 +186,8 @@ class FakeDataset:
     async def interrupted_copies(self) -> list[str]:
         return []
 
+    async def snapshot_bases(self) -> dict[str, str]:
+        return {}
+
     async def available(self, timeout: float) -> int | None:
         return self.node.free

@@ -181,6 +181,8 @@ def test_show_reports_an_old_copy_an_interrupted_rebuild_left():
                                 "data; docs/operators-guide.md, 'Rebuilding a node')")]
     assert verdict(found) == WARNING
     assert node_json(v.nodes[2])["oldCopiesKept"] == ["zones/pg-restore-1796397776665"]
+    v.nodes[2].sitter["bases"] = {"127.0.0.11": "1796397776000"}
+    assert node_json(v.nodes[2])["bases"] == {"127.0.0.11": "1796397776000"}
     v.nodes[2].sitter["oldCopiesKept"] = None  # unknown (zfs did not answer): no problem claimed
     assert problems(v) == []
 

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from manatee.core.bases import BASES_PROP, is_marked, mark_base, marks_for, parse_bases, peer_key
+from manatee.core.bases import BASES_PROP, bases_by_peer, is_marked, mark_base, marks_for, parse_bases, peer_key
 from manatee.core.zfs import ZfsError, parse_local_values
 
 DS = "zones/pg"
@@ -31,6 +31,12 @@ def test_any_local_value_is_a_mark_even_unreadable():
 def test_peer_key_is_canonical_or_none():
     assert peer_key("[::1]") == "::1" and peer_key(" 127.0.0.1 ") == "127.0.0.1"
     assert peer_key("node-a") is None
+
+
+def test_bases_by_peer_is_what_state_shows():
+    assert bases_by_peer({S1: "127.0.0.12,127.0.0.13", S2: "-", S3: "junk"}) == {
+        "127.0.0.12": "1700000000001", "127.0.0.13": "1700000000001", "junk": "1700000000003"}
+    assert bases_by_peer({}) == {}
 
 
 def test_first_mark_for_a_peer():

@@ -122,6 +122,10 @@ class Dataset:
     async def interrupted_copies(self):
         return ["p/d-restore-1000"]
 
+    async def snapshot_bases(self):
+        return {"p/d@1796000000000": "127.0.0.12", "p/d@1796000000001": "127.0.0.13,127.0.0.14",
+                "p/d@1796000000002": "-"}
+
 
 FULL = "available\t0\nused\t1000\nquota\t1000\n"
 FREED = "available\t1000000\nused\t1000\nquota\t0\n"
@@ -166,6 +170,8 @@ async def test_state_waits_briefly_for_a_stale_space_and_shows_the_disk_as_it_is
         assert time.monotonic() - t0 < STATE_SPACE_WAIT_S + 0.5
         assert second["writeProbe"]["failures"] == 0 and second["startBackoff"] == {"failures": 0, "nextTryIn": 0.0}
         assert second["oldCopiesKept"] == ["p/d-restore-1000"]  # read with the snapshots, shown by manatee-adm
+        assert second["bases"] == {"127.0.0.12": "1796000000000", "127.0.0.13": "1796000000001",
+                                   "127.0.0.14": "1796000000001"}  # the snapshot kept for each peer
     finally:
         await c.close()
 
@@ -211,6 +217,19 @@ async def test_old_copies_unknown_when_zfs_cannot_tell():
                                              zfsClientCfg=SimpleNamespace(dataset="p/d")))))
     await cache.refresh()
     assert cache.interrupted_copies is None and cache.space["available"] == 1000000
+    assert cache.bases is not None  # each read stands alone
+
+
+async def test_bases_unknown_when_zfs_cannot_tell():
+    class Broken(Dataset):
+        async def snapshot_bases(self):
+            raise TimeoutError()
+
+    cache = DatasetCache(SimpleNamespace(snapshot=SitterSnapshot(me=A), dataset=Broken(FREED),
+                                         cfg=SimpleNamespace(postgresMgrCfg=SimpleNamespace(
+                                             zfsClientCfg=SimpleNamespace(dataset="p/d")))))
+    await cache.refresh()
+    assert cache.bases is None and cache.interrupted_copies == ["p/d-restore-1000"]
 
 
 # ---------------------------------------------------------------------------- the real loop publishes them
