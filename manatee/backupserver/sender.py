@@ -15,6 +15,7 @@ it: only the blocks written since then travel.
 
 After a stream completes, the snapshot sent is marked as the base this node shares with
 the receiver (manatee.core.bases), in the background: the job is done without waiting.
+An increment's base keeps its mark (the receiver may have failed and kept only that).
 """
 
 from __future__ import annotations
@@ -204,17 +205,18 @@ class ZfsSender:
             job.completed = sent
             if job.size is None or job.size != sent:
                 job.size = sent
-            self._mark_sent(snap.full, job.address)
+            self._mark_sent(snap.full, job.address, base)
         finally:
             if sock is not None:
                 sock.close()
             await self._release(HOLD_TAG, snap.full)
 
-    def _mark_sent(self, snapshot: str, receiver: str) -> None:
-        """Mark `snapshot` as the base shared with `receiver`, in the background."""
+    def _mark_sent(self, snapshot: str, receiver: str, base: Optional[str]) -> None:
+        """Mark `snapshot` as the base shared with `receiver`, in the background. The mark on
+        an increment's `base` stays: if the receiver's side failed, that is what it still has."""
         async def mark() -> None:
             async with self._mark_lock:
-                await mark_base(self.zfs, self.dataset, snapshot, receiver, self.log)
+                await mark_base(self.zfs, self.dataset, snapshot, receiver, self.log, keep=(base,) if base else ())
 
         task = asyncio.get_running_loop().create_task(mark(), name=f"mark-base-{snapshot}")
         self._marking.add(task)

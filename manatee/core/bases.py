@@ -9,8 +9,10 @@ primary rejoining after a failover, a standby whose disk was damaged) is a full 
 So each end of a completed stream records it on the snapshot itself, in the user
 property `manatee:bases` (a comma-separated list of peer addresses): the sender marks
 the snapshot it sent with the receiver's address, the receiver marks the snapshot it
-received with the sender's. A peer is on one snapshot at a time: a newer exchange with
-it moves its mark to the newer snapshot. The snapshotter keeps every marked snapshot
+received with the sender's. A newer exchange with a peer moves its mark to the newer
+snapshot; the sender of an increment also keeps the mark on the increment's base (the
+receiver proved it has that one by offering it; if its receive fails it still has only
+that one). The snapshotter keeps every marked snapshot
 past its retention count, except under disk pressure (then only the newest snapshot
 stays, as before: space for PostgreSQL comes first, and the next rebuild is full).
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 BASES_PROP = "manatee:bases"
 MARK_TIMEOUT_S = 30.0  # the whole marking, every zfs call included
@@ -72,9 +74,11 @@ def bases_by_peer(marks: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def marks_for(current: Mapping[str, str], snapshot: str, peer: str) -> dict[str, str | None]:
+def marks_for(current: Mapping[str, str], snapshot: str, peer: str,
+              keep: Collection[str] = ()) -> dict[str, str | None]:
     """The `manatee:bases` values to write so that `snapshot` (full name) is the base for
-    `peer` and no other snapshot is: {snapshot full name: new value, None to clear}.
+    `peer` and no other snapshot is, except those in `keep` that are already marked for it:
+    {snapshot full name: new value, None to clear}.
 
     `current` maps each snapshot of the dataset to its local value ("-" when unset).
     Snapshots whose value does not change are left out.
@@ -84,7 +88,7 @@ def marks_for(current: Mapping[str, str], snapshot: str, peer: str) -> dict[str,
         raise ValueError(f"not an IP address: {peer!r}")
     out: dict[str, str | None] = {}
     for name, value in current.items():
-        if name == snapshot:
+        if name == snapshot or name in keep:
             continue
         peers = parse_bases(value)
         if key in peers:
@@ -97,13 +101,14 @@ def marks_for(current: Mapping[str, str], snapshot: str, peer: str) -> dict[str,
 
 
 async def mark_base(zfs: Any, dataset: str, snapshot: str, peer: str, log: Any,
-                    timeout: float = MARK_TIMEOUT_S) -> bool:
-    """Record that `snapshot` is the newest snapshot `dataset` shares with `peer`.
-    Best effort, bounded by `timeout`: a failure is logged and returns False."""
+                    timeout: float = MARK_TIMEOUT_S, keep: Collection[str] = ()) -> bool:
+    """Record that `snapshot` is the newest snapshot `dataset` shares with `peer` (the marks
+    on `keep` stay too). Best effort, bounded by `timeout`: a failure is logged and
+    returns False."""
     try:
         async with asyncio.timeout(timeout):
             current = await zfs.snapshot_bases(dataset)
-            changes = marks_for(current, snapshot, peer)
+            changes = marks_for(current, snapshot, peer, keep)
             for name, value in sorted(changes.items(), key=lambda kv: kv[0] != snapshot):
                 if value is None:
                     await zfs.inherit(name, BASES_PROP)

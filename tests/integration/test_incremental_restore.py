@@ -324,10 +324,20 @@ async def test_the_shared_base_outlives_retention_and_moves_with_each_exchange(e
     assert _tree(mnt_b) == _tree(mnt_a)
 
     new = second.snapshot.split("@")[1]
-    a_marks = await _marks(env, ds_a, {f"{ds_a}@{new}": ip_b, f"{ds_a}@{base}": "-"})
-    assert a_marks[f"{ds_a}@{new}"] == ip_b and a_marks[f"{ds_a}@{base}"] == "-", a_marks
+    # A marks the new snapshot and keeps the increment's base marked (had B's receive failed,
+    # B would still have only that); B, which now has both, keeps only the new one.
+    a_marks = await _marks(env, ds_a, {f"{ds_a}@{new}": ip_b})
+    assert a_marks[f"{ds_a}@{new}"] == ip_b and a_marks[f"{ds_a}@{base}"] == ip_b, a_marks
     b_marks = await env.zfs.snapshot_bases(ds_b)
     assert b_marks[f"{ds_b}@{new}"] == ip_a and b_marks[f"{ds_b}@{base}"] == "-", b_marks
-
     result = await Snapshotter(env.zfs, ds_b, interval_s=60, keep=1, logger=log).run_once()
     assert f"{ds_b}@{base}" in result.destroyed and result.kept_bases == [f"{ds_b}@{new}"], result
+
+    # The next exchange, an increment from the new base, releases the old one on A too.
+    _write_random(mnt_a / "even-more.bin", 1)
+    third = await _rebuild(env, ds_b, mnt_b, url, ip_b)
+    assert third.incremental_from == f"{ds_b}@{new}", third
+    newest = third.snapshot.split("@")[1]
+    a_marks = await _marks(env, ds_a, {f"{ds_a}@{newest}": ip_b, f"{ds_a}@{base}": "-"})
+    assert (a_marks[f"{ds_a}@{base}"], a_marks[f"{ds_a}@{new}"], a_marks[f"{ds_a}@{newest}"]) == ("-", ip_b, ip_b)
+    assert _tree(mnt_b) == _tree(mnt_a)

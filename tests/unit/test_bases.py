@@ -48,6 +48,12 @@ def test_a_newer_exchange_moves_the_peers_mark_and_keeps_the_others():
     assert marks_for(current, S3, "127.0.0.12") == {S1: "127.0.0.13", S2: None, S3: "127.0.0.12"}
 
 
+def test_the_sender_of_an_increment_keeps_the_mark_on_its_base():
+    current = {S1: "127.0.0.12", S2: "127.0.0.12", S3: "-"}  # S2: an earlier send whose receive failed
+    assert marks_for(current, S3, "127.0.0.12", keep=(S1,)) == {S2: None, S3: "127.0.0.12"}
+    assert marks_for({S1: "-", S3: "-"}, S3, "127.0.0.12", keep=(S1,)) == {S3: "127.0.0.12"}  # adds none
+
+
 def test_marking_the_same_snapshot_again_changes_nothing():
     assert marks_for({S1: "127.0.0.13", S2: "127.0.0.12"}, S2, "127.0.0.12") == {}
 
