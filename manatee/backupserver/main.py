@@ -22,6 +22,7 @@ from manatee.core.httpserver import BoundedTCPSite, runner_kwargs
 from manatee.core.zfs import Zfs, ZfsError
 
 NAME = "manatee-backupserver"
+ZFS_CALL_TIMEOUT_S = 60.0  # each short zfs command (snapshot, hold, list, get); the stream has its stall timeout
 
 
 class ZkHolder:
@@ -88,7 +89,7 @@ async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
     sender_cfg = config.backupSenderCfg
     server_cfg = config.backupServerCfg
     secret = daemon_secret(config.secretFile, config.insecure, log, NAME)
-    zfs = Zfs(zfs_path=sender_cfg.zfsPath, logger=log)
+    zfs = Zfs(zfs_path=sender_cfg.zfsPath, logger=log, timeout=ZFS_CALL_TIMEOUT_S)
     dataset_ok = False
     try:
         dataset_ok = await zfs.exists(sender_cfg.dataset)

@@ -211,10 +211,16 @@ def default_snapshot_name() -> str:
 
 
 class Zfs:
-    """Runs `zfs` for the daemons. One instance may be shared by many tasks."""
+    """Runs `zfs` for the daemons. One instance may be shared by many tasks.
 
-    def __init__(self, zfs_path: str = "/usr/sbin/zfs", logger=None):
+    `timeout` (seconds; None: none here, the caller bounds its calls) is the deadline of each
+    short command (everything but the send and receive streams, which have their own stall
+    timeouts): past it the child is killed and the call fails with a ZfsError, so that a hung
+    zfs-fuse fails a call instead of hanging its caller."""
+
+    def __init__(self, zfs_path: str = "/usr/sbin/zfs", logger=None, timeout: float | None = None):
         self.zfs_path = zfs_path
+        self.timeout = timeout
         self.log = logger if logger is not None else get_logger("manatee.zfs")
         self._send_estimate_supported: bool | None = None
         self._holds_supported: bool | None = None
@@ -230,7 +236,10 @@ class Zfs:
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            out, err = await proc.communicate(stdin_data)
+            out, err = await asyncio.wait_for(proc.communicate(stdin_data), self.timeout)
+        except asyncio.TimeoutError:
+            await _kill_and_reap(proc)
+            raise ZfsError(argv, -9, "", detail=f"no answer within {self.timeout:g}s") from None
         except BaseException:
             await _kill_and_reap(proc)
             raise

@@ -19,6 +19,9 @@ of the two it takes no snapshot and prunes every unheld managed snapshot but the
 (a rebuild still has one to send), base snapshots included, logging why
 (`disk_pressure`). A failed read is unknown, not pressure: the poll goes on as usual.
 A failed read of the base marks is unknown too: that poll prunes nothing.
+
+Every zfs call has a deadline (`zfs_timeout`, ZFS_TIMEOUT_S): a hung zfs-fuse is killed
+and counts as a failed call, so a poll always ends and the next one tries again.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from manatee.core.zfs import Snapshot, Zfs, ZfsError, newest_first
 MANAGED_NAME = re.compile(r"[0-9]{13}")  # fullmatch: no trailing newline, ASCII only
 
 HealthCheck = Callable[[], Awaitable[bool]]
+ZFS_TIMEOUT_S = 60.0  # one zfs call of a poll (a destroy of a large snapshot included)
 
 
 def is_managed(name: str) -> bool:
@@ -137,6 +141,7 @@ class Snapshotter:
         logger,
         health_check: HealthCheck | None = None,
         min_free_pct: float = 0.0,
+        zfs_timeout: float = ZFS_TIMEOUT_S,
     ):
         if keep < 1:
             raise ValueError(f"keep must be at least 1, not {keep}")
@@ -149,6 +154,7 @@ class Snapshotter:
         self.log = logger.bind(dataset=dataset) if hasattr(logger, "bind") else logger
         self.health_check = health_check
         self.min_free_pct = min_free_pct
+        self.zfs_timeout = zfs_timeout
         self.runs = 0
         self.last_result: RunResult | None = None
 
@@ -186,6 +192,15 @@ class Snapshotter:
                 pass
         self.log.info("snapshotter_stopped", runs=self.runs)
 
+    async def _zfs(self, what: str, call: Awaitable):
+        """`call` within zfs_timeout; past it the call is cancelled (Zfs kills its child) and
+        counts as a failed one (ZfsError)."""
+        try:
+            return await asyncio.wait_for(call, self.zfs_timeout)
+        except asyncio.TimeoutError:
+            raise ZfsError(["zfs", what, self.dataset], -9, "",
+                           detail=f"no answer within {self.zfs_timeout:g}s") from None
+
     async def _healthy(self) -> bool:
         if self.health_check is None:
             return True
@@ -204,15 +219,15 @@ class Snapshotter:
         used = available = None
         if self.min_free_pct > 0:
             try:
-                used = await self.zfs.get_int(self.dataset, "used")
-                available = await self.zfs.get_int(self.dataset, "available")
+                used = await self._zfs("get used", self.zfs.get_int(self.dataset, "used"))
+                available = await self._zfs("get available", self.zfs.get_int(self.dataset, "available"))
             except (ZfsError, ValueError) as e:
                 self.log.info("free_space_unknown", error=str(e))
         return plan_for_space(used, available, self.min_free_pct, self.keep)
 
     async def _take_snapshot(self, result: RunResult) -> None:
         try:
-            snap = await self.zfs.snapshot(self.dataset)
+            snap = await self._zfs("snapshot", self.zfs.snapshot(self.dataset))
         except ZfsError as e:
             result.errors.append(str(e))
             event = "snapshot_dataset_missing" if e.not_found else "snapshot_failed"
@@ -226,9 +241,9 @@ class Snapshotter:
         False (disk pressure: space for PostgreSQL comes before a cheaper rebuild)."""
         keep = self.keep if keep is None else keep
         try:
-            snapshots = await self.zfs.list_snapshots(self.dataset)
-            held = await self.zfs.held_snapshots(self.dataset)
-            marks = await self.zfs.snapshot_bases(self.dataset) if keep_bases else {}
+            snapshots = await self._zfs("list", self.zfs.list_snapshots(self.dataset))
+            held = await self._zfs("get userrefs", self.zfs.held_snapshots(self.dataset))
+            marks = await self._zfs("get manatee:bases", self.zfs.snapshot_bases(self.dataset)) if keep_bases else {}
         except ZfsError as e:
             if not result.errors:  # the snapshot error already says it
                 result.errors.append(str(e))
@@ -243,7 +258,7 @@ class Snapshotter:
             self.log.info("snapshot_kept_as_base", snapshot=snap.full, peers=marks[snap.full])
         for snap in choose_snapshots_to_destroy(snapshots, keep, held, bases):
             try:
-                await self.zfs.destroy(snap.full)
+                await self._zfs("destroy", self.zfs.destroy(snap.full))
             except ZfsError as e:
                 result.errors.append(str(e))
                 self.log.warning("snapshot_destroy_failed", snapshot=snap.full, busy=e.busy, error=str(e))

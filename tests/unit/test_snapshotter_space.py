@@ -4,6 +4,7 @@ scripted ZFS: pure logic, no I/O)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -154,3 +155,25 @@ def test_unreadable_base_marks_prune_nothing():
     zfs.bases = ZfsError(["zfs", "get"], 1, "cannot get manatee:bases")
     r = asyncio.run(Snapshotter(zfs, "p/ds", interval_s=60, keep=2, logger=_Log(), min_free_pct=10).run_once())
     assert zfs.destroyed == [] and len(zfs.taken) == 1 and not r.ok
+
+
+@pytest.mark.parametrize("hung", ["snapshot", "list_snapshots", "snapshot_bases", "destroy", "get_int"])
+def test_a_hung_zfs_call_ends_the_poll_within_its_deadline(hung):
+    """Every zfs call of a poll has a deadline: a hung one fails like a zfs error (unknown:
+    nothing is destroyed on a listing that did not answer) and the poll ends."""
+    zfs = _FakeZfs(10 * MB, 90 * MB, _snaps(5))
+
+    async def never(*_a, **_k):
+        await asyncio.sleep(3600)
+
+    setattr(zfs, hung, never)
+    s = Snapshotter(zfs, "p/ds", interval_s=60, keep=2, logger=_Log(), min_free_pct=10, zfs_timeout=0.05)
+    t0 = time.monotonic()
+    r = asyncio.run(s.run_once())
+    assert time.monotonic() - t0 < 2
+    if hung == "get_int":  # unknown space is no pressure: the poll goes on as usual
+        assert r.ok and len(zfs.taken) == 1 and len(zfs.destroyed) == 4
+        return
+    assert not r.ok and any("no answer within 0.05s" in e for e in r.errors), r.errors
+    if hung in ("list_snapshots", "snapshot_bases"):
+        assert zfs.destroyed == []

@@ -261,3 +261,26 @@ async def test_run_cancelled_leaves_no_child():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert children_named(b"sleep") == [], "child left running"
+
+
+def test_a_zfs_that_does_not_answer_fails_the_call_at_its_deadline(tmp_path):
+    """Zfs(timeout=...): a hung zfs (here a stand-in that sleeps) is killed and the call fails
+    with a ZfsError that says so, instead of hanging its caller."""
+    pidfile = tmp_path / "pid"
+    hung = tmp_path / "zfs"
+    hung.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 30\n")
+    hung.chmod(0o755)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(ZfsError) as e:
+            await Zfs(zfs_path=str(hung), timeout=0.3).run("list")
+        return loop.time() - t0, e.value
+
+    took, err = asyncio.run(go())
+    assert took < 3, took
+    assert "no answer within 0.3s" in str(err) and "SIGKILL" in str(err)
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)
