@@ -10,7 +10,7 @@ import aiohttp
 from manatee.core.daemon import daemon_main
 from manatee.core.zfs import Zfs
 from manatee.snapshotter.config import SnapshotterConfig
-from manatee.snapshotter.snapshotter import ZFS_TIMEOUT_S, Snapshotter
+from manatee.snapshotter.snapshotter import Snapshotter
 
 HEALTH_TIMEOUT_S = 5.0
 
@@ -26,7 +26,7 @@ def http_health_check(url: str, session: aiohttp.ClientSession):
 
 
 async def run(config: SnapshotterConfig, log, stop: asyncio.Event) -> int:
-    zfs = Zfs(zfs_path=config.zfsPath, logger=log, timeout=ZFS_TIMEOUT_S)
+    zfs = Zfs(zfs_path=config.zfsPath, logger=log)  # the Snapshotter bounds each call (zfs_timeout)
     ssl = config.tls.client_context() if config.tls else True
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl)) if config.healthUrl else None
     try:
