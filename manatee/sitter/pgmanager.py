@@ -25,6 +25,9 @@ from manatee.core.pgconfig import RoleConfig, install_base_config, write_role_co
 DIVERGENCE_PATTERNS = re.compile(
     r"is not in this server's history"
     r"|is not a child of this server's timeline"
+    # the startup process of an old primary whose last checkpoint lies past the fork
+    # (PostgreSQL 15: "requested timeline 2 is not a child of this server's history")
+    r"|is not a child of this server's history"
     r"|forked off current database system timeline"
     r"|is ahead of the WAL flush position of this server"
     r"|highest timeline \d+ of the primary is behind recovery timeline"

@@ -36,6 +36,9 @@ def test_ordinary_lines_are_not(line):
     "FATAL:  could not start WAL streaming: ERROR:  requested starting point 0/3000000 on timeline 1 is not in this server's history",
     "FATAL:  could not start WAL streaming: ERROR:  requested starting point 0/A00000 is ahead of the WAL flush position of this server 0/9FFCB8",
     "LOG:  new timeline 2 forked off current database system timeline 1 before current recovery point 0/30000A0",
+    # seen in a sandbox trial: the old primary wrote a checkpoint past the fork before it
+    # stepped down for a full disk, and its startup process refused the new timeline
+    "FATAL:  requested timeline 2 is not a child of this server's history",
 ])
 def test_my_walreceiver_refused_by_my_upstream_is_divergence(line):
     log = f"2026-12-03 16:52:13.255 UTC [4821] LOG:  started\n2026-12-03 16:52:13.256 UTC [4822] {line}\n"
