@@ -46,6 +46,8 @@ class Observation:
       so that a busy primary does not flap read-only).
     has_data: my data directory is initialised.
     heartbeats: peer id -> fresh, for standbys that heartbeat me; absent = no verdict yet.
+    gave_way: peer id -> why, for standbys whose last heartbeat said they give way (their
+      PostgreSQL cannot serve); such a peer's heartbeats entry is False.
     one_node_write_mode: the operator allows a primary without a sync to take writes.
     expiry_passed: (suspended) the session-expiry deadline has passed (last heard from the
       server + negotiated timeout, ZKClient.session_expiry_deadline): it may have expired.
@@ -87,6 +89,7 @@ class Observation:
     sync_caught_up: bool = False
     has_data: bool = False
     heartbeats: Mapping[str, bool] = field(default_factory=dict)
+    gave_way: Mapping[str, str] = field(default_factory=dict)
     one_node_write_mode: bool = False
     expiry_passed: bool = False
     sync_streaming: bool = False

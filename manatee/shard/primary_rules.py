@@ -150,6 +150,8 @@ def _why_sync_gone(c: _Primary) -> str:
     sync, obs = c.sync, c.obs
     if c.tagged_out:
         return f"my sync {sync} is tagged nofailover/nosync"
+    if c.v.alive(sync) and c.hb is False and obs.gave_way.get(sync.id):
+        return f"my sync {sync} gave way ({obs.gave_way[sync.id]})"
     if not c.v.alive(sync) or c.hb is False:
         return f"my sync {sync} is gone" + (" (its heartbeats stopped)" if c.v.alive(sync) else "")
     has = (f"its flush position stayed at {lsn_text(obs.sync_flush)}" if obs.sync_flush is not None

@@ -159,10 +159,23 @@ class PgHealth:
         # heartbeating its upstream, so that a primary replaces a sync that cannot acknowledge
         # (and never steps down to it).
         sick_for = now - self.sick_since if self.sick_since is not None and why is not None else 0.0
-        withhold = not as_primary and (failing or (hard and sick_for >= self.pg.health_timeout))
+        # A standby whose disk is full cannot write the WAL it receives: no waiting, it is a fact
+        # (its sync flush would block every commit on the primary until the expiry).
+        if not as_primary and why is None:
+            self.disk_full_at = None  # a standby that serves again has room (and may be promoted)
+        full = (not as_primary and why is not None
+                and latches.disk_full_recent(self.disk_full_at, now, self.primary_start_timeout))
+        if full:
+            self.sick_why = f"{why}, and {self.disk_full_why}"
+        withhold = not as_primary and (failing or full or (hard and sick_for >= self.pg.health_timeout))
         if withhold != self.hb_withheld:
             self.log.warning("heartbeats_withheld" if withhold else "heartbeats_resumed", why=self.sick_why)
             self.hb_withheld = withhold
+            # The last word, for a fault of my own (down, hung, unconfigurable, full): my upstream
+            # counts me gone at once. Not for "does not stream": the fault may be the upstream's
+            # (a primary that hangs must still find its sync to step down to, S9).
+            if withhold and (hard or full) and sender is not None:
+                sender.leave(f"my PostgreSQL cannot serve: {self.sick_why}")
         if withhold and sender is not None:  # at once: the cycle may then fail (PG cannot start) and
             sender.upstream_url = None       # never reach the end that points the sender (F19-sync)
 
@@ -194,8 +207,8 @@ class PgHealth:
         failing = not pgs.running or (not pgs.known and not pgs.crowded) or self.probe_failures > 0
         now = self.clock.monotonic()
         every = self.interval if failing or latches.space_low(self.free) else latches.SPACE_WATCH_S
-        if not as_primary or (self.space_at is not None and now - self.space_at < every):
-            return
+        if not (as_primary or failing) or (self.space_at is not None and now - self.space_at < every):
+            return  # a standby's space matters only while its PostgreSQL fails (track: it gives way)
         self.space_at = now
         try:
             free = self.free = await dataset.available(self.pg.status_timeout)
@@ -204,10 +217,14 @@ class PgHealth:
             self.log.debug("dataset_space_unknown", error=str(e) or type(e).__name__)
             return
         if failing and latches.disk_full(free):
+            known = latches.disk_full_recent(self.disk_full_at, now, self.primary_start_timeout)
             self.disk_full_at = now
+            if known:  # still full: said already
+                return
             self.disk_full_why = f"its disk is full: {free} bytes free on its dataset while it fails"
-            self.log.warning("pg_disk_full", free=free, reason=f"my PostgreSQL fails and its dataset has only "
-                                                               f"{free} bytes free, so I give way to my sync")
+            gives = "I give way to my sync" if as_primary else "I stop heartbeating my upstream"
+            self.log.warning("pg_disk_full", free=free, role="primary" if as_primary else "standby",
+                             reason=f"my PostgreSQL fails and its dataset has only {free} bytes free, so {gives}")
 
     # -- issue 8: a sync that does not flush, a primary that cannot commit, starts that fail
 

@@ -5,6 +5,13 @@ heartbeats stop is lost even when its ZooKeeper node lingers (a partition betwee
 A heartbeat counts only when signed with the shard secret (manatee.core.auth) and from a node
 registered in the shard's election: a forged one cannot make a stranger the sync that
 acknowledges writes.
+
+A standby that gives way (its PostgreSQL cannot serve: its disk is full, it will not start)
+stops heartbeating, and first sends one last heartbeat that says so (`"leaving": why`): its
+upstream counts it as gone at once instead of after `expirationTime`, so a primary replaces
+a sync that cannot acknowledge within a cycle, not after the whole expiry (writes wait for
+the sync meanwhile). An upstream that does not know the field takes it as one more
+heartbeat, then sees the silence as before.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import aiohttp
 
 from manatee.core.auth import sign_request
 
+LEAVING_MAX = 300  # characters of a leaving heartbeat's reason kept
+
 
 @dataclass
 class Heartbeat:
@@ -27,6 +36,7 @@ class Heartbeat:
     wal: str | None
     streaming: bool
     received: float  # time.monotonic()
+    leaving: str | None = None  # the standby gives way (why): gone at once, not after the expiry
 
 
 @dataclass
@@ -38,8 +48,14 @@ class HeartbeatTable:
     started: float = field(default_factory=time.monotonic)
     expected: dict[str, float] = field(default_factory=dict)  # peer → since when it is my downstream
 
-    def record(self, hb: Heartbeat) -> None:
+    def record(self, hb: Heartbeat) -> str | None:
+        """Keep `hb`; returns what is news: "leaving" (it gives way, first said so), "new" (a
+        standby not heard from before), or None."""
+        prev = self.beats.get(hb.peer_id)
         self.beats[hb.peer_id] = hb
+        if hb.leaving is not None:
+            return "leaving" if prev is None or prev.leaving != hb.leaving else None
+        return "new" if prev is None else None
 
     def expect(self, peer_id: str, now: float | None = None) -> None:
         """`peer_id` has just become my downstream (e.g. my new sync): what I heard from it
@@ -55,8 +71,12 @@ class HeartbeatTable:
         since = max(self.started, self.expected.get(peer_id, self.started))
         hb = self.beats.get(peer_id)
         if hb is not None and hb.received >= since:
-            return now - hb.received <= self.expiration_s
+            return hb.leaving is None and now - hb.received <= self.expiration_s
         return now - since <= self.expiration_s
+
+    def gave_way(self, peer_ids) -> dict[str, str]:
+        """peer id -> why, for those whose last heartbeat said they give way."""
+        return {p: hb.leaving for p in peer_ids if (hb := self.beats.get(p)) is not None and hb.leaving}
 
     def freshness(self, peer_ids, now: float | None = None) -> dict[str, bool]:
         return {p: self.fresh(p, now) for p in peer_ids}
@@ -85,12 +105,20 @@ def parse_heartbeat(body: object, is_member: Callable[[str], bool], now: float,
     streaming = body.get("streaming", False)
     if not isinstance(streaming, bool):
         raise ValueError("'streaming' must be true or false")
+    leaving = body.get("leaving")
+    if leaving is not None and (not isinstance(leaving, str) or not leaving.strip()):
+        raise ValueError("'leaving' must be a non-empty string (why the standby gives way) or null")
     if not is_member(peer_id):
         raise PermissionError(f"{peer_id} is not registered in this shard's election")
     claimed_ip = peer_id.split(":", 1)[0]
     if remote is not None and remote != claimed_ip:
         raise PermissionError(f"heartbeat for {peer_id} came from {remote}, not from {claimed_ip}")
-    return Heartbeat(peer_id, pg_url, wal, streaming, now)
+    return Heartbeat(peer_id, pg_url, wal, streaming, now, leaving=leaving.strip()[:LEAVING_MAX] if leaving else None)
+
+
+def beat_status(st) -> dict:
+    """What my heartbeats tell my upstream, from my last PostgreSQL status (None: none yet)."""
+    return {"wal": str(st.wal) if st and st.wal else None, "streaming": bool(st and st.streaming)}
 
 
 class HeartbeatSender:
@@ -109,6 +137,21 @@ class HeartbeatSender:
         self.upstream_url: str | None = None
         self.last_ok: float | None = None
         self._failures = 0
+        self._leaving: tuple[str, str] | None = None  # (upstream url, why): the last word, not yet sent
+        self._wake = asyncio.Event()
+
+    def leave(self, why: str) -> None:
+        """Stop heartbeating my upstream now, and tell it once that I give way (why), so that
+        it counts me gone at once. Without an upstream there is nobody to tell."""
+        if self.upstream_url:
+            self._leaving = (self.upstream_url, why)
+            self._wake.set()
+        self.upstream_url = None
+
+    def take_leaving(self) -> tuple[str, str] | None:
+        """The last word not yet sent, (upstream url, why), handed over once."""
+        leaving, self._leaving = self._leaving, None
+        return leaving
 
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
@@ -118,27 +161,41 @@ class HeartbeatSender:
                                          limit=1, force_close=True, ssl=self.ssl_context or True)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while not stop.is_set():
+                self._wake.clear()
+                leaving = self.take_leaving()
+                if leaving is not None:
+                    await self._beat(session, leaving[0], leaving=leaving[1])
                 url = self.upstream_url
                 if url:
                     await self._beat(session, url)
+                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
                 try:
-                    await asyncio.wait_for(stop.wait(), self.interval_s)
-                except asyncio.TimeoutError:
-                    pass
+                    await asyncio.wait(waits, timeout=self.interval_s, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
 
-    async def _beat(self, session: aiohttp.ClientSession, url: str) -> None:
+    async def _beat(self, session: aiohttp.ClientSession, url: str, leaving: str | None = None) -> None:
         body = {"id": self.me_id, "pgUrl": self.pg_url, **self.status()}
+        if leaving is not None:
+            body["leaving"] = leaving[:LEAVING_MAX]
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json", **sign_request(self.secret, "POST", "/heartbeat", data)}
         try:
             async with session.post(f"{url}/heartbeat", data=data, headers=headers) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+            if leaving is not None:
+                self.log.info("heartbeat_leaving_sent", upstream=url, why=leaving)
+                return
             self.last_ok = time.monotonic()
             if self._failures:
                 self.log.info("heartbeat_restored", upstream=url, after_failures=self._failures)
             self._failures = 0
         except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError) as e:
+            if leaving is not None:  # not retried: the silence that follows says the same, later
+                self.log.warning("heartbeat_leaving_failed", upstream=url, why=leaving, error=str(e) or type(e).__name__)
+                return
             self._failures += 1
             if self._failures in (1, 10) or self._failures % 60 == 0:
                 self.log.warning("heartbeat_failed", upstream=url, error=str(e) or type(e).__name__,

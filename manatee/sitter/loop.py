@@ -21,7 +21,7 @@ from manatee.shard import history, latches, transitions as T
 from manatee.shard.decide import decide
 from manatee.shard.decision import Decision, Effect, Observation
 from manatee.sitter.health import PgHealth
-from manatee.sitter.heartbeat import Heartbeat, HeartbeatSender, HeartbeatTable
+from manatee.sitter.heartbeat import Heartbeat, HeartbeatSender, HeartbeatTable, beat_status
 from manatee.sitter.hooks import RoleHooks
 from manatee.sitter.pgmanager import PgConfigError, PgStatus
 from manatee.sitter.ports import Clock, Dataset, Postgres, Session, Store, SystemClock
@@ -57,7 +57,7 @@ class Sitter:
                                          started=self.clock.monotonic())
         self.hb_sender = HeartbeatSender(
             me_id=self.me.id, pg_url=self.me.pg_url, interval_s=cfg.heartbeatCfg.interval_s,
-            timeout_s=cfg.heartbeatCfg.request_timeout_s, status=self._hb_status, log=log,
+            timeout_s=cfg.heartbeatCfg.request_timeout_s, status=lambda: beat_status(self.last_pg), log=log,
             source_ip=cfg.ip, secret=secret, ssl_context=tls_client)
         self.health = PgHealth(pg, log, self.clock, primary_start_timeout_s=self.primary_start_timeout,
                                interval_s=self.interval, hb_expiration_s=cfg.heartbeatCfg.expiration_s)
@@ -105,16 +105,14 @@ class Sitter:
         ms = getattr(self.cfg, "primaryStartTimeout", None)
         return self.cfg.primary_start_timeout_s if ms else 2 * self.view.session_timeout
 
-    def _hb_status(self) -> dict:  # what my heartbeats tell my upstream
-        st = self.last_pg
-        return {"wal": str(st.wal) if st and st.wal else None, "streaming": bool(st and st.streaming)}
-
     def heartbeat_received(self, hb: Heartbeat) -> None:
         """POST /heartbeat: a standby's heartbeat (validated by the status server)."""
-        first = hb.peer_id not in self.heartbeats.beats
-        self.heartbeats.record(hb)
-        if first:
+        news = self.heartbeats.record(hb)
+        if news == "leaving":  # it counts as gone at once: decide now
+            self.log.warning("standby_gave_way", standby=hb.peer_id, why=hb.leaving)
+        elif news == "new":
             self.log.info("heartbeat_new_standby", standby=hb.peer_id)
+        if news:
             self.wake.set()
 
     # ------------------------------------------------------------------ observation
@@ -160,6 +158,7 @@ class Sitter:
             diverged=self.diverged, sync_caught_up=caught_up,
             has_data=await self._has_data(),
             heartbeats=self.heartbeats.freshness(others, self.clock.monotonic()),
+            gave_way=self.heartbeats.gave_way(others),
             one_node_write_mode=self.cfg.postgresMgrCfg.oneNodeWriteMode,
             expiry_passed=view.expiry_passed(),
             sync_streaming=pgs.sync_flush is not None,

@@ -292,8 +292,14 @@ def test_f19_disk_full_on_sync_writes_go_on(shard: Shard):
         msg = sh.wait(found, 20, f"manatee-adm verify to name {victim}'s full dataset")
         say(f"F19-sync: manatee-adm verify named it {time.monotonic() - t0:.1f}s after the fill: {msg}")
 
+    primary = names(sh.topology())[0]
+    log0 = len(sh.sitter_log(sh.node(primary)))
     _standby_fault(sh, "F19-sync", "sync", lambda n: _disk_full(sh, n), lambda n: gf.disk_lift(sh.sb, n),
                    hold_s=2 * sh.session_s + 1, max_gap=sh.session_s + 2 + LOADED_SLACK_S, during=named_full)
+    # the sync said why it gave way (its last heartbeat), so the primary did not wait for the expiry
+    gave = [ln for ln in sh.sitter_log(sh.node(primary))[log0:].splitlines() if "standby_gave_way" in ln]
+    assert gave and "disk is full" in gave[0], f"F19-sync: the primary never heard the sync give way: {gave}"
+    say(f"F19-sync: {gave[0][:300]}")
 
 
 # ---------------------------------------------------------------------------------- F20

@@ -390,10 +390,13 @@ class Shard:
     def _heartbeats(self) -> None:
         """Standbys heartbeat the upstream their sitter names (HeartbeatSender.upstream_url)."""
         for n in self.nodes:
-            url = n.sitter.hb_sender.upstream_url if n.sitter and n.up() else None
-            u = next((x for x in self.nodes if x.peer.status_url == url), None) if url else None
-            if u is not None and u.sitter is not None and self.reach(n, u):
-                u.sitter.heartbeat_received(Heartbeat(n.id, n.peer.pg_url, None, n.streaming, self.clock.now))
+            sender = n.sitter.hb_sender if n.sitter and n.up() else None
+            leaving = sender.take_leaving() if sender else None  # the last word of one that gives way
+            for url, why in ([leaving] if leaving else []) + ([(sender.upstream_url, None)] if sender else []):
+                u = next((x for x in self.nodes if x.peer.status_url == url), None) if url else None
+                if u is not None and u.sitter is not None and self.reach(n, u):
+                    u.sitter.heartbeat_received(Heartbeat(n.id, n.peer.pg_url, None, n.streaming, self.clock.now,
+                                                          leaving=why))
 
     def _stream(self, n: Node) -> None:
         if not (n.up() and n.running and not n.pg_hung and n.mode == "standby" and n.applied.upstream):

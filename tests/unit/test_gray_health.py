@@ -165,8 +165,8 @@ def test_a_failing_primary_on_a_full_dataset_gives_way_and_a_failed_check_is_no_
     assert full.calls == 1 and h.free == 1 << 20  # watched (the space probe needs it), but healthy: no verdict
     assert h.cannot_serve is None and "pg_disk_full" not in [r[3] for r in records]
     h.space_at = None  # as if that check were long ago
-    asyncio.run(h.check_space(full, down, as_primary=False))
-    assert full.calls == 1  # not serving as the primary
+    asyncio.run(h.check_space(full, rw, as_primary=False))
+    assert full.calls == 1  # a standby whose PostgreSQL serves: its room is not watched
     broken = SpaceDataset(fail=True)
     asyncio.run(h.check_space(broken, down, as_primary=True))
     h.track(down, as_primary=True, role="primary", target=None)
@@ -222,3 +222,68 @@ def test_a_nearly_full_primary_proves_its_dataset_takes_new_blocks_and_a_refusal
     asyncio.run(h.check_space(full, rw, as_primary=True))
     h.track(rw, as_primary=True, role="primary", target=None)
     assert h.cannot_serve is not None and "disk is full" in h.cannot_serve
+
+
+def test_a_standby_on_a_full_dataset_gives_way_at_once_and_tells_its_upstream_why():
+    """F19 on the sync, as the sandbox showed it: its disk fills, its PostgreSQL dies and cannot
+    start; the primary's commits wait on it. With ZFS saying the dataset is full, it stops
+    heartbeating at once (not after healthChkTimeout) and its last heartbeat says why; with
+    room to spare the same failure waits for healthChkTimeout as before."""
+    from manatee.shard.state import STANDBY, Target
+    from manatee.sitter.heartbeat import HeartbeatSender
+    from tests.observations import A
+
+    def sender():
+        s = HeartbeatSender(me_id="me", pg_url="u", interval_s=1.0, timeout_s=1.0, status=dict, log=None)
+        s.upstream_url = "http://127.0.0.11:5433"
+        return s
+
+    down = replace(RUNNING_PRIMARY, running=False, healthy=False, in_recovery=None, wal=None)
+    serving = replace(RUNNING_PRIMARY, in_recovery=True, streaming=True)
+    tgt = Target(STANDBY, upstream=A)
+    h, clock, records, _ = _health()
+    full, hb = SpaceDataset(free=1 << 20), sender()
+    asyncio.run(h.check_space(full, serving, as_primary=False))
+    assert full.calls == 0  # a standby that serves: its room is not read
+    asyncio.run(h.check_space(full, down, as_primary=False))
+    assert full.calls == 1 and "pg_disk_full" in [r[3] for r in records]
+    h.track(down, as_primary=False, role=STANDBY, target=tgt, sender=hb)
+    assert h.hb_withheld and hb.upstream_url is None and h.cannot_serve is None
+    url, why = hb.take_leaving()
+    assert url == "http://127.0.0.11:5433" and "not running" in why and "1048576 bytes free" in why
+    # cured (the quota lifted, PostgreSQL streams again): heartbeats resume, the full disk is forgotten
+    clock.now = 1.0
+    h.track(serving, as_primary=False, role=STANDBY, target=tgt, sender=hb)
+    assert not h.hb_withheld and h.disk_full_at is None
+    # with room to spare: no verdict before healthChkTimeout (2 s)
+    h, clock, _, _ = _health()
+    roomy, hb = SpaceDataset(free=1 << 30), sender()
+    asyncio.run(h.check_space(roomy, down, as_primary=False))
+    h.track(down, as_primary=False, role=STANDBY, target=tgt, sender=hb)
+    assert not h.hb_withheld and hb.take_leaving() is None
+    clock.now = 2.5
+    h.track(down, as_primary=False, role=STANDBY, target=tgt, sender=hb)
+    assert h.hb_withheld and "not running" in hb.take_leaving()[1]
+    # unknown room (zfs failed) is not full: no verdict either
+    h, clock, _, _ = _health()
+    broken, hb = SpaceDataset(fail=True), sender()
+    asyncio.run(h.check_space(broken, down, as_primary=False))
+    h.track(down, as_primary=False, role=STANDBY, target=tgt, sender=hb)
+    assert not h.hb_withheld and h.free is None
+
+
+def test_a_standby_that_stops_streaming_withholds_silently():
+    """"It does not stream" may be its upstream's fault (a hung primary must still find its
+    sync to step down to): withheld after primaryStartTimeout, without a leaving word."""
+    from manatee.shard.state import STANDBY, Target
+    from manatee.sitter.heartbeat import HeartbeatSender
+    from tests.observations import A
+
+    idle = replace(RUNNING_PRIMARY, in_recovery=True, streaming=False)
+    h, clock, _, _ = _health()
+    hb = HeartbeatSender(me_id="me", pg_url="u", interval_s=1.0, timeout_s=1.0, status=dict, log=None)
+    hb.upstream_url = "http://127.0.0.11:5433"
+    for t in (0.0, 3.0, 8.5):
+        clock.now = t
+        h.track(idle, as_primary=False, role=STANDBY, target=Target(STANDBY, upstream=A), sender=hb)
+    assert h.hb_withheld and hb.upstream_url is None and hb.take_leaving() is None

@@ -1,3 +1,5 @@
+import asyncio
+
 import pytest
 
 from manatee.sitter.heartbeat import Heartbeat, HeartbeatTable, parse_heartbeat
@@ -65,3 +67,81 @@ def test_a_new_downstream_gets_a_period_and_old_beats_do_not_count():
     assert t.fresh("b", now=117) and not t.fresh("b", now=119)
     t.reset(now=200)
     assert t.expected == {}
+
+
+def test_a_leaving_heartbeat_is_parsed_and_checked():
+    body = {"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x", "leaving": "  my PostgreSQL cannot serve: disk full  "}
+    hb = parse_heartbeat(body, member, 3.0)
+    assert hb.leaving == "my PostgreSQL cannot serve: disk full"
+    assert parse_heartbeat({**body, "leaving": "x" * 1000}, member, 3.0).leaving == "x" * 300
+    assert parse_heartbeat({**body, "leaving": None}, member, 3.0).leaving is None
+    for bad in (5, "", "   ", ["why"]):
+        with pytest.raises(ValueError, match="'leaving'"):
+            parse_heartbeat({**body, "leaving": bad}, member, 0)
+
+
+def test_a_standby_that_gives_way_is_gone_at_once_and_back_with_its_next_beat():
+    t = HeartbeatTable(expiration_s=10, started=0.0)
+    assert t.record(Heartbeat("b", "u", None, True, 20.0)) == "new"
+    assert t.record(Heartbeat("b", "u", None, True, 21.0)) is None
+    assert t.fresh("b", now=21.5) and t.gave_way(["b"]) == {}
+    assert t.record(Heartbeat("b", "u", None, False, 22.0, leaving="its disk is full")) == "leaving"
+    assert not t.fresh("b", now=22.0)  # not after the expiry (32 s): now
+    assert t.gave_way(["b", "c"]) == {"b": "its disk is full"}
+    assert t.record(Heartbeat("b", "u", None, False, 22.5, leaving="its disk is full")) is None  # no news
+    assert t.record(Heartbeat("b", "u", None, True, 40.0)) is None
+    assert t.fresh("b", now=41.0) and t.gave_way(["b"]) == {}  # healthy again: a plain beat counts
+    # the grace period of a new downstream does not make a leaving one fresh
+    t.record(Heartbeat("c", "u", None, False, 50.0, leaving="down"))
+    t.expect("c", now=49.0)
+    assert not t.fresh("c", now=50.5)
+
+
+async def test_the_sender_says_it_leaves_once_then_falls_silent():
+    """A real HeartbeatSender against a real HTTP server on loopback: leave() sends one signed
+    beat that says why at once (not after the interval), then nothing more."""
+    from aiohttp import web
+
+    from manatee.core.auth import SCHEME, ShardSecret
+    from manatee.sitter.heartbeat import HeartbeatSender
+    from tests.sim.clock import FakeClock, SimLog
+
+    got: list[dict] = []
+
+    async def heartbeat(req):
+        got.append({**await req.json(), "signed": req.headers.get("Authorization", "").startswith(SCHEME)})
+        return web.json_response({})
+
+    app = web.Application()
+    app.add_routes([web.post("/heartbeat", heartbeat)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    records: list = []
+    sender = HeartbeatSender(me_id="127.0.0.1:5432:10002:5433", pg_url="u", interval_s=30.0, timeout_s=2.0,
+                             status=lambda: {"wal": None, "streaming": True},
+                             log=SimLog(FakeClock(), "me", records), secret=ShardSecret.of("k" * 32))
+    sender.upstream_url = f"http://127.0.0.1:{port}"
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+        assert len(got) == 1 and "leaving" not in got[0] and got[0]["signed"]
+        sender.leave("my PostgreSQL cannot serve: it is not running")
+        for _ in range(100):  # the interval is 30 s: only the wake-up can send it now
+            if len(got) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert len(got) == 2 and got[1]["leaving"] == "my PostgreSQL cannot serve: it is not running"
+        assert sender.upstream_url is None and "heartbeat_leaving_sent" in [r[3] for r in records]
+        await asyncio.sleep(0.2)
+        assert len(got) == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await runner.cleanup()

@@ -699,6 +699,39 @@ def test_F19_sync_that_cannot_start_is_replaced_within_a_bounded_time():
     assert s.id in {q.id for q in sh.zk.state().chain()} and not sh.lost_acknowledged()
 
 
+@pytest.mark.parametrize("full", [True, False])
+def test_F19_sync_that_gives_way_is_replaced_without_waiting_for_the_heartbeat_expiry(full):
+    """Its PostgreSQL dies and cannot start. It stops heartbeating and its last heartbeat says
+    why (HeartbeatSender.leave), so the primary replaces it within a few ticks of the verdict,
+    not after the heartbeat expiry: at once when ZFS says its dataset is full, else once it has
+    been down for healthChkTimeout."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    if full:
+        s.free = 1 << 20
+    sh.pg_fault(s, "no_start")
+    t0, t_new = sh.now, None
+    for _ in range(4 * SESSION_TIMEOUT):
+        sh.tick()
+        if sh.zk.state().sync.id == a.id:
+            t_new = sh.now
+            break
+    assert t_new is not None, sh.describe()
+    took = t_new - t0
+    assert took <= (3 if full else HUNG_TICKS + 3) and took < HUNG_TICKS + HB_TIMEOUT, (took, sh.describe())
+    assert sh.events(p, "standby_gave_way") and not sh.promotions
+    reasons = [kw.get("reason", "") for _t, who, _lv, ev, kw in sh.records
+               if who == p.peer.ip and ev == "decision" and kw.get("rule") == "primary.replace_sync"]
+    assert reasons and f"my sync {s.peer} gave way (my PostgreSQL cannot serve" in reasons[-1], reasons
+    assert len(sh.events(s, "pg_disk_full")) == (1 if full else 0)  # said once, not every check
+    sh.run(2 * SESSION_TIMEOUT)
+    assert sh.writable(p) and acked_count_grows(sh) and not sh.lost_acknowledged()
+    s.free = None
+    sh.pg_fault(s, None)
+    sh.settle()
+    assert s.id in {q.id for q in sh.zk.state().chain()} and not sh.lost_acknowledged()
+
+
 # =======================================================================================
 # Issue 8: a sync that does not flush, a primary that cannot commit, a standby that hangs at
 # every start

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 from manatee.shard.state import PRIMARY, STANDBY, Target
 from manatee.sitter.health import PgHealth
+from manatee.sitter.heartbeat import HeartbeatSender
 from tests.sim.clock import FakeClock, SimLog
 from tests.sim.standalone import standalone_sitter
 from tests.observations import A
@@ -90,10 +91,17 @@ def test_a_sick_standby_stops_its_heartbeats_in_the_cycle_that_decides_it():
     h = PgHealth(pg, SimLog(clock, "me", []), clock, primary_start_timeout_s=8.0, interval_s=1.0)
     down = PgStatus(running=False, healthy=False, in_recovery=None, wal=None, streaming=False, diverged=False,
                     sync_flush=None, timeline=None)
-    sender = SimpleNamespace(upstream_url="http://10.0.0.1:5433")
+    sender = HeartbeatSender(me_id="me", pg_url="u", interval_s=1.0, timeout_s=1.0, status=dict, log=None)
+    sender.upstream_url = "http://10.0.0.1:5433"
     sync = Target(STANDBY, upstream=A)
     h.track(down, as_primary=False, role=STANDBY, target=sync, sender=sender)
     assert not h.hb_withheld and sender.upstream_url  # sick for less than healthChkTimeout: still beating
     clock.now += 2.5
     h.track(down, as_primary=False, role=STANDBY, target=sync, sender=sender)
     assert h.hb_withheld and sender.upstream_url is None
+    # and its last word tells that upstream why, once, so that it counts me gone at once
+    url, why = sender.take_leaving()
+    assert url == "http://10.0.0.1:5433" and "cannot serve: it is not running" in why
+    assert sender.take_leaving() is None
+    h.track(down, as_primary=False, role=STANDBY, target=sync, sender=sender)
+    assert sender.take_leaving() is None  # said once, not every cycle
