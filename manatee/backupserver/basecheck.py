@@ -23,6 +23,7 @@ from manatee.core.bases import BASES_PROP, MARK_TIMEOUT_S, Held, Mark, StaleChec
 from manatee.core.incremental import SnapshotRef, SourceOffer
 from manatee.core.restore.job import job_session
 from manatee.core.restore.source import ASK_TIMEOUT, Candidate, ask_common
+from manatee.core.zfs import ZfsError
 
 ZFS_TIMEOUT_S = 60.0  # each zfs call of a check (the daemon's own zfs deadline, for a zfs given without one)
 MEMBERS_TIMEOUT_S = 30.0  # reading the election from ZooKeeper
@@ -79,8 +80,13 @@ class BaseMarkCheck:
 
     async def check(self) -> Optional[StaleCheck]:
         """One check (raises on a zfs or membership failure: nothing was released then).
-        None when the dataset carries no mark (nobody is asked)."""
-        marks = await self._zfs(self.zfs.snapshot_bases(self.dataset))
+        None when the dataset carries no mark or does not exist (nobody is asked)."""
+        try:
+            marks = await self._zfs(self.zfs.snapshot_bases(self.dataset))
+        except ZfsError as e:
+            if not e.not_found:
+                raise
+            marks = {}  # no dataset (yet, or set aside by a restore): no marks, no warning
         if not any(is_marked(v) for v in marks.values()):
             self.absent = frozenset()
             self.log.debug("base_check", dataset=self.dataset, marks=0)

@@ -11,7 +11,7 @@ from manatee.backupserver.basecheck import BaseMarkCheck
 from manatee.backupserver.membership import ShardMembership, backup_urls
 from manatee.core.bases import BASES_PROP
 from manatee.core.incremental import CommonSnapshot, SourceOffer
-from manatee.core.zfs import Snapshot
+from manatee.core.zfs import Snapshot, ZfsError
 from manatee.shard.state import Peer
 
 DS = "zones/pg"
@@ -122,6 +122,19 @@ async def test_a_dataset_without_marks_asks_nobody():
     w = World({S1: "-", S2: "-"}, {})
     assert await w.check.check() is None
     assert w.calls == [("zfs get manatee:bases", False)]
+
+
+async def test_a_missing_dataset_has_no_marks_and_is_not_a_failure():
+    w = World({S1: B}, {B: set()})
+    await w.check.check()
+    assert w.check.absent == {(S1, B)}
+
+    async def missing(dataset):
+        raise ZfsError(["zfs", "get"], 1, f"cannot open '{dataset}': dataset does not exist")
+
+    w.zfs.snapshot_bases = missing
+    assert await w.check.check_logged() is None
+    assert not w.log.named("base_check_failed") and w.check.absent == frozenset()
 
 
 async def test_non_members_and_unreadable_values_are_not_asked_and_stay():
