@@ -25,13 +25,14 @@ Stale marks. A mark outlives the sharing when the peer no longer holds the snaps
 was rebuilt in full from another node since (its old dataset, with our common snapshot, is
 gone), or the mark is on an increment's base the receiver has since dropped. The
 backupserver asks each member named in a mark, one snapshot at a time, whether it still
-holds that snapshot (`POST /snapshots/common` offering exactly it; manatee.backupserver.
-basecheck), and releases the peer's mark when the peer itself answered "no" at two
-consecutive checks (`stale_marks`). Nothing else releases a mark: an unknown answer, an
-address that is not a member now, a value that is not a list of addresses all keep it.
+holds that snapshot (`POST /snapshots/common` offering exactly it), and releases the
+peer's mark when the peer itself answered "no" at two consecutive checks (`stale_marks`).
+Nothing else releases a mark: an unknown answer, an address that is not a member now
+(a peer gone for good: released by hand), a value that is not a list of addresses all
+keep it.
 
-The decisions here are pure; `mark_base` is the shell (two zfs calls and one per
-changed snapshot), and so is the backupserver's check for stale marks.
+The decisions here are pure; `mark_base` is the shell of marking (two zfs calls and one
+per changed snapshot), manatee.backupserver.basecheck that of the check.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ KEPT_WHY = {
     "holds": "the peer holds the snapshot",
     "absent_once": "the peer does not hold it; released if it says so again at the next check",
     "unknown": "the peer could not be asked (timeout, error, an old backupserver)",
-    "not_member": "the address is not a member of the shard now",
+    "not_member": "the address is not a member of the shard now (or its election node names no "
+                  "backupserver URL on that address)",
     "unreadable": "the value is not a list of addresses",
 }
 
