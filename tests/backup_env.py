@@ -62,10 +62,10 @@ async def signed_post(url: str, body: dict, secret: ShardSecret | None, source: 
             return r.status, await r.json()
 
 
-def _election_record(ip: str, zone: str) -> dict:
+def _election_record(ip: str, zone: str, backup_url: str | None = None) -> dict:
     """What a sitter writes in its election node (a partial record is quarantined, not a member)."""
     return {"ip": ip, "zoneId": zone, "pgUrl": f"tcp://postgres@{ip}:5432/postgres",
-            "backupUrl": f"http://{ip}:10002", "statusUrl": f"http://{ip}:5433"}
+            "backupUrl": backup_url or f"http://{ip}:10002", "statusUrl": f"http://{ip}:5433"}
 
 
 class Env:
@@ -87,14 +87,16 @@ class Env:
         self.zk: ZKClient | None = None
         self.registered: set[str] = set()
 
-    async def member(self, ip: str) -> None:
-        """Register `ip` in the shard's election (as its sitter would)."""
+    async def member(self, ip: str, backup_url: str | None = None) -> None:
+        """Register `ip` in the shard's election (as its sitter would), with the URL of its
+        backupserver when it runs one (the stale-mark check asks it there)."""
         if ip in self.registered:
             return
         if self.zk is None:
             self.zk = ZKClient(self.zk_hosts, session_timeout=10)
             await self.zk.start()
-        await self.zk.create(f"{self.shard}/election/{ip}:5432:10002:5433-", _election_record(ip, f"zone-{ip}"),
+        await self.zk.create(f"{self.shard}/election/{ip}:5432:10002:5433-",
+                             _election_record(ip, f"zone-{ip}", backup_url),
                              ephemeral=True, sequence=True, makepath=True)
         self.registered.add(ip)
 
@@ -115,7 +117,7 @@ class Env:
 
     async def backupserver(self, dataset: str, ip: str, **extra) -> tuple[subprocess.Popen, str]:
         port = free_port(ip)
-        await self.member(ip)
+        await self.member(ip, f"http://{ip}:{port}")
         cfg = {
             "backupSenderCfg": extra.pop("backupSenderCfg", {"dataset": dataset}),
             "backupServerCfg": {"host": ip, "port": port, **extra.pop("server", {})},

@@ -26,6 +26,11 @@ class BackupSenderCfg(ConfigModel):
     stallTimeout: float = Field(
         300.0, gt=0, le=86400, description="seconds without progress before a send is abandoned"
     )
+    baseCheckInterval: int = Field(
+        600_000, ge=1000, le=86_400_000,
+        description="how often the base marks (`manatee:bases`) are checked with the peers they name; a mark is "
+                    "released when its peer says at two checks in a row that it no longer holds the snapshot (ms)")
+    base_check_interval_s = seconds("baseCheckInterval")
 
     _dataset = field_validator("dataset")(classmethod(lambda cls, v: check_dataset(v)))
 

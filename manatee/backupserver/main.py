@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from aiohttp import web
 
+from manatee.backupserver.basecheck import BaseMarkCheck, http_asker
 from manatee.backupserver.config import BackupServerConfig
 from manatee.backupserver.jobs import JobQueue
 from manatee.backupserver.membership import MembershipUnavailable, ShardMembership
@@ -85,6 +86,32 @@ class ZkHolder:
                 await self.zk.close()
 
 
+def start_base_check(config: BackupServerConfig, zfs: Zfs, sender: ZfsSender,
+                     membership: Optional[ShardMembership], secret: Any, log: Any) -> Optional[asyncio.Task]:
+    """The periodic check for stale base marks (manatee.backupserver.basecheck); none without
+    ZooKeeper membership (insecure mode without zkCfg): the members cannot be known."""
+    if membership is None:
+        log.info("base_check_off", why="no zkCfg/shardPath: the members to ask are not known")
+        return None
+    server_cfg = config.backupServerCfg
+    check = BaseMarkCheck(
+        zfs, config.backupSenderCfg.dataset, peer_urls=membership.backup_urls,
+        ask=http_asker(server_cfg.host, secret, config.tls.client_context() if config.tls else None),
+        lock=sender.mark_lock, log=log)
+    return asyncio.get_running_loop().create_task(
+        check.run(config.backupSenderCfg.base_check_interval_s), name="base-check")
+
+
+async def stop_marking(sender: ZfsSender, base_check: Optional[asyncio.Task]) -> None:
+    """At shutdown: stop the stale-mark check; a base mark in flight is bounded by its own timeout."""
+    if base_check is not None:
+        base_check.cancel()
+        with contextlib.suppress(BaseException):
+            await base_check
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(sender.marks_settled(), 5)
+
+
 async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
     sender_cfg = config.backupSenderCfg
     server_cfg = config.backupServerCfg
@@ -115,6 +142,7 @@ async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
     )
     if dataset_ok:
         await sender.release_stale_holds()
+    base_check = start_base_check(config, zfs, sender, membership, secret, log)
     queue = JobQueue(
         sender,
         max_concurrent=server_cfg.maxConcurrentSends,
@@ -159,8 +187,7 @@ async def run(config: BackupServerConfig, log: Any, stop: asyncio.Event) -> int:
     finally:
         # Sends first: cancelling kills each zfs send and releases its hold.
         await queue.close()
-        with contextlib.suppress(asyncio.TimeoutError):  # a base mark in flight: bounded by its own timeout
-            await asyncio.wait_for(sender.marks_settled(), 5)
+        await stop_marking(sender, base_check)
         await runner.cleanup()
         if zk is not None:
             await zk.close()

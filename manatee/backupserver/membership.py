@@ -11,10 +11,11 @@ children are named `IP:pgPort:backupPort:statusPort-SEQ` (the original's
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
+from urllib.parse import urlsplit
 
 from manatee.shard.layout import ShardLayout
-from manatee.shard.state import parse_election_nodes
+from manatee.shard.state import Peer, parse_election_nodes
 
 
 class MembershipUnavailable(Exception):
@@ -56,8 +57,9 @@ class ShardMembership:
         self.zk = zk
         self.layout = ShardLayout.of(shard_path)
 
-    async def members(self) -> Optional[set[str]]:
-        """The member IPs, or None if the shard has no election node (shard unknown)."""
+    async def _election(self) -> Optional[tuple[dict[str, bytes | None], tuple[Peer, ...]]]:
+        """The election children's raw data and the well-formed peers among them, or None
+        if the shard has no election node (shard unknown)."""
         election = self.layout.election
         try:
             children = await self.zk.get_children(election)
@@ -78,6 +80,14 @@ class ShardMembership:
         # only a well-formed election node is a member, as for the sitters (a malformed
         # one, e.g. {"ip": ...} alone, is quarantined there and ignored here)
         peers, _bad = parse_election_nodes(raws)
+        return raws, peers
+
+    async def members(self) -> Optional[set[str]]:
+        """The member IPs, or None if the shard has no election node (shard unknown)."""
+        election = await self._election()
+        if election is None:
+            return None
+        raws, peers = election
         by_id = {p.id: p for p in peers}
         ips: set[str] = set()
         for child in raws:
@@ -88,12 +98,35 @@ class ShardMembership:
                     ips.add(ip)
         return ips
 
+    async def backup_urls(self) -> dict[str, str]:
+        """Each member's address -> the URL of its backupserver (`backup_urls`); no election
+        node: none."""
+        election = await self._election()
+        return {} if election is None else backup_urls(election[1])
+
     async def is_member(self, ip: str) -> bool:
         """True only for a peer in the election; no election node means no members (fail closed)."""
         members = await self.members()
         if members is None:
             return False
         return _canonical(ip) in members
+
+
+def backup_urls(peers: Iterable[Peer]) -> dict[str, str]:
+    """Address -> backupserver URL, from the members' election records (`backupUrl`, the one
+    a rebuilding sitter asks too). Only a URL whose host is the member's own address counts
+    (a record naming another host is not asked about this member's snapshots), and an
+    address with two different URLs is left out: which one holds the snapshot is not known."""
+    urls: dict[str, set[str]] = {}
+    for p in peers:
+        address = _canonical(p.ip)
+        try:
+            host = urlsplit(p.backup_url).hostname
+        except ValueError:
+            continue
+        if host and _canonical(host) == address:
+            urls.setdefault(address, set()).add(p.backup_url.rstrip("/"))
+    return {a: next(iter(u)) for a, u in urls.items() if len(u) == 1}
 
 
 class StaticMembership:

@@ -222,6 +222,11 @@ class ZfsSender:
         self._marking.add(task)
         task.add_done_callback(self._marking.discard)
 
+    @property
+    def mark_lock(self) -> asyncio.Lock:
+        """Held for each read-modify-write of the base marks (the stale-mark check takes it too)."""
+        return self._mark_lock
+
     async def marks_settled(self) -> None:
         """Wait for the base marks being written (tests, shutdown)."""
         while self._marking:

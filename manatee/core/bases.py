@@ -21,15 +21,29 @@ about the dataset's size; the increment it saves is the blocks written since, at
 full stream. Marks are best effort: a mark that cannot be written means a full stream
 later, never a wrong one (the stream's header decides what is received).
 
-The decisions here are pure; `mark_base` is the shell (two zfs calls and one per
-changed snapshot).
+Stale marks. A mark outlives the sharing when the peer no longer holds the snapshot: it
+was rebuilt in full from another node since (its old dataset, with our common snapshot, is
+gone), or the mark is on an increment's base the receiver has since dropped. The
+backupserver asks each member named in a mark, one snapshot at a time, whether it still
+holds that snapshot (`POST /snapshots/common` offering exactly it), and releases the
+peer's mark when the peer itself answered "no" at two consecutive checks (`stale_marks`).
+Nothing else releases a mark: an unknown answer, an address that is not a member now
+(a peer gone for good: released by hand), a value that is not a list of addresses all
+keep it.
+
+The decisions here are pure; `mark_base` is the shell of marking (two zfs calls and one
+per changed snapshot), manatee.backupserver.basecheck that of the check.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import ipaddress
-from typing import Any, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Collection, Mapping, Optional
+
+from manatee.core.incremental import SourceOffer
 
 BASES_PROP = "manatee:bases"
 MARK_TIMEOUT_S = 30.0  # the whole marking, every zfs call included
@@ -122,3 +136,110 @@ async def mark_base(zfs: Any, dataset: str, snapshot: str, peer: str, log: Any,
     log.info("base_marked", snapshot=snapshot, peer=peer,
              moved_from=sorted(n for n in changes if n != snapshot))
     return True
+
+
+# ------------------------------------------------------------------ stale marks
+
+Mark = tuple[str, str]  # (snapshot full name, peer address): one peer's mark on one snapshot
+
+
+class Held(enum.Enum):
+    """What a peer answered about one snapshot we offered it (by guid)."""
+
+    YES = "holds it"
+    NO = "does not hold it"
+    UNKNOWN = "could not be asked"
+
+
+def held(answer: SourceOffer, guid: str) -> Held:
+    """A peer's answer to an offer of exactly one snapshot (`guid`). Only a known answer of
+    null is NO; an answer naming another guid is not an answer to our question."""
+    if not answer.known:
+        return Held.UNKNOWN
+    if answer.common is None:
+        return Held.NO
+    return Held.YES if answer.common.guid == guid else Held.UNKNOWN
+
+
+def strict_peers(value: str) -> Optional[frozenset[str]]:
+    """The peers a value names if every entry is an IP address; None if any is not (such a
+    value is never rewritten by the check: we cannot say what the rest of it means)."""
+    if not is_marked(value):
+        return frozenset()
+    keys = [peer_key(p) for p in value.split(",")]
+    if any(k is None for k in keys):
+        return None
+    return frozenset(k for k in keys if k)
+
+
+def questions(marks: Mapping[str, str], askable: Collection[str]) -> list[Mark]:
+    """The (snapshot, peer) marks to ask about, oldest snapshot first: each mark of a value
+    made only of addresses whose peer we can ask (a member with a backupserver URL)."""
+    out = []
+    for snap, value in sorted(marks.items()):
+        for peer in sorted(strict_peers(value) or ()):
+            if peer in askable:
+                out.append((snap, peer))
+    return out
+
+
+@dataclass(frozen=True)
+class StaleCheck:
+    """One check's decision: the marks to release with why, the values to write for them
+    ({snapshot: new value, None to clear}), the marks found absent this time (the next
+    check releases those it finds absent again), and why every other mark stays
+    (mark or (snapshot, raw value) -> one of KEPT_WHY's keys)."""
+
+    released: tuple[tuple[str, str, str], ...] = ()
+    writes: dict[str, Optional[str]] = field(default_factory=dict)
+    absent: frozenset[Mark] = frozenset()
+    kept: dict[Mark, str] = field(default_factory=dict)
+
+
+KEPT_WHY = {
+    "holds": "the peer holds the snapshot",
+    "absent_once": "the peer does not hold it; released if it says so again at the next check",
+    "unknown": "the peer could not be asked (timeout, error, an old backupserver)",
+    "not_member": "the address is not a member of the shard now (or its election node names no "
+                  "backupserver URL on that address)",
+    "unreadable": "the value is not a list of addresses",
+}
+
+
+def stale_marks(marks: Mapping[str, str], members: Collection[str], answers: Mapping[Mark, Held],
+                absent_before: Collection[Mark]) -> StaleCheck:
+    """Which marks to release: those whose peer answered NO now and at the previous check
+    (`absent_before`, that check's `absent`). `marks` is `Zfs.snapshot_bases`' {snapshot:
+    value}, read again just before writing; `members` the addresses we could ask; a member's
+    mark without an answer counts as unknown. Anything but two NOs in a row keeps the mark,
+    and a YES or an unknown in between starts the count again."""
+    released: list[tuple[str, str, str]] = []
+    writes: dict[str, Optional[str]] = {}
+    absent: set[Mark] = set()
+    kept: dict[Mark, str] = {}
+    for snap, value in sorted(marks.items()):
+        peers = strict_peers(value)
+        if peers is None:
+            kept[(snap, value)] = "unreadable"
+            continue
+        gone: set[str] = set()
+        for peer in sorted(peers):
+            mark = (snap, peer)
+            answer = answers.get(mark, Held.UNKNOWN)
+            if peer not in members:
+                kept[mark] = "not_member"
+            elif answer is Held.YES:
+                kept[mark] = "holds"
+            elif answer is Held.UNKNOWN:
+                kept[mark] = "unknown"
+            elif mark in absent_before:
+                gone.add(peer)
+                released.append((snap, peer, "the peer said at two consecutive checks that it does not "
+                                             "hold this snapshot"))
+            else:
+                absent.add(mark)
+                kept[mark] = "absent_once"
+        if gone:
+            rest = peers - gone
+            writes[snap] = render_bases(rest) if rest else None
+    return StaleCheck(tuple(released), writes, frozenset(absent), kept)

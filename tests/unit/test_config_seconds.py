@@ -7,13 +7,13 @@ import re
 
 import pytest
 
-from manatee.backupserver.config import BackupServerCfg
+from manatee.backupserver.config import BackupSenderCfg, BackupServerCfg
 from manatee.core.config import HttpServerCfg
 from manatee.sitter.config import HeartbeatCfg, HooksCfg, PostgresMgrCfg, ZfsClientCfg
 from manatee.snapshotter.config import SnapshotterConfig
 
-MODELS = [HttpServerCfg, BackupServerCfg, HeartbeatCfg, HooksCfg, PostgresMgrCfg, ZfsClientCfg, SnapshotterConfig]
-REQUIRED = {HooksCfg: {"onRoleChange": "/bin/true"}, PostgresMgrCfg: {"replicationAuth": {"password": "x"}, "zfsClientCfg": {"dataset": "p/a"}},
+MODELS = [HttpServerCfg, BackupServerCfg, BackupSenderCfg, HeartbeatCfg, HooksCfg, PostgresMgrCfg, ZfsClientCfg, SnapshotterConfig]
+REQUIRED = {BackupSenderCfg: {"dataset": "p/a"}, HooksCfg: {"onRoleChange": "/bin/true"}, PostgresMgrCfg: {"replicationAuth": {"password": "x"}, "zfsClientCfg": {"dataset": "p/a"}},
             ZfsClientCfg: {"dataset": "p/a"}, SnapshotterConfig: {"dataset": "p/a"}}
 
 
