@@ -46,6 +46,7 @@ RELOADABLE_SETTINGS = frozenset(
         "hot_standby_feedback",
         "wal_receiver_status_interval",
         "wal_receiver_timeout",
+        "wal_retrieve_retry_interval",
         "wal_sender_timeout",
         "fsync",
         "log_min_messages",

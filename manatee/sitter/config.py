@@ -148,7 +148,7 @@ class PostgresMgrCfg(ConfigModel):
                     "re-read on SIGHUP / manatee-adm reload and applied with pg_reload_conf(). One that only "
                     "a restart applies shows as pending restart until PostgreSQL next restarts. Also overrides "
                     "manatee's defaults (wal_keep_size, max_wal_senders, full_page_writes, wal_compression (lz4; pglz "
-                    "for a PostgreSQL built without lz4), wal_init_zero, wal_recycle, hot_standby_feedback); the "
+                    "for a PostgreSQL built without lz4), wal_init_zero, wal_recycle, hot_standby_feedback, wal_retrieve_retry_interval); the "
                     "settings manatee decides (port, listen_addresses, primary_conninfo, "
                     "synchronous_standby_names, default_transaction_read_only, hot_standby, ...) are refused")
     rebuildRewind: bool = Field(

@@ -65,6 +65,7 @@ def test_primary_with_sync_read_only_until_caught_up():
         "wal_recycle = off",
         "hot_standby = on",
         "hot_standby_feedback = off",
+        "wal_retrieve_retry_interval = 1s",
         "synchronous_commit = on",
         """synchronous_standby_names = '"tcp://postgres@10.0.0.2:5432/postgres"'""",
         "default_transaction_read_only = on",
