@@ -52,6 +52,8 @@ class SitterSnapshot:
     sync_flush_stall_bound: float | None = None  # ... after which the primary replaces its sync
     start_failures: int = 0                  # consecutive failed starts of my PostgreSQL
     start_retry_at: float | None = None      # clock.monotonic() before which no start is attempted
+    standbys: tuple[Any, ...] = ()           # the last heartbeat of each standby (heartbeat.Heartbeat)
+    hb_expiration_s: float = 0.0             # heartbeatCfg.expirationTime (s)
 
     @property
     def place(self) -> str | None:
@@ -86,7 +88,8 @@ def snapshot_of(sitter) -> SitterSnapshot:
         write_probe_failures=h.probe_failures, write_probe_error=h.probe_error,
         sync_flush_stalled_s=max(0.0, sitter.last_pg_at - h.stall[2]) if h.stall else 0.0,
         sync_flush_stall_bound=h.sync_stall_bound, start_failures=h.starts.failures,
-        start_retry_at=h.starts.retry_at)
+        start_retry_at=h.starts.retry_at, standbys=tuple(sitter.heartbeats.beats.values()),
+        hb_expiration_s=sitter.heartbeats.expiration_s)
 
 
 def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
@@ -117,7 +120,21 @@ def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
         "zkSessionTimeout": {"configured": cfg.zkCfg.session_timeout_s,
                              "negotiated": s.negotiated_session_timeout},
         "pgObservedAgo": round(now - s.last_pg_at, 3) if pgs else None,
+        "standbys": standbys(s, now),
         **gray_latches(s, now),
+    }
+
+
+def standbys(s: SitterSnapshot, now: float) -> dict:
+    """GET /state `standbys`: each standby that heartbeats me, by election id: seconds since its
+    last heartbeat, what it said (its WAL, whether it streams), and `leaving` (why) if its last
+    heartbeat said it gives way. One silent for longer than `expirationS`, or leaving, counts
+    as gone."""
+    return {
+        "expirationS": s.hb_expiration_s,
+        "heard": {hb.peer_id: {"ageS": round(max(0.0, now - hb.received), 1), "wal": hb.wal,
+                               "streaming": hb.streaming, "leaving": hb.leaving}
+                  for hb in sorted(s.standbys, key=lambda b: b.peer_id)},
     }
 
 

@@ -63,7 +63,8 @@ def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_a
         me=A, role="primary", target=None, last_pg=None, last_pg_at=last_pg_at,
         pg=SimpleNamespace(config_error=None, parameters_gen=0), steps=SimpleNamespace(restore_progress=None),
         pg_restarts=0, restart_request=None, transitions={}, slots=None,
-        session=SimpleNamespace(negotiated_session_timeout=4.0), started=0.0, diverged=False)
+        session=SimpleNamespace(negotiated_session_timeout=4.0), started=0.0, diverged=False,
+        heartbeats=SimpleNamespace(beats={}, expiration_s=6.0))
 
 
 def test_snapshot_of_publishes_the_latches():
@@ -282,3 +283,38 @@ def test_the_loop_publishes_the_primarys_sync_flush_stall_growing_towards_its_bo
     assert max(seen) >= snap.sync_flush_stall_bound, (seen, sh.describe())  # replaced once at the bound
     rising = seen[:seen.index(max(seen)) + 1]
     assert rising == sorted(rising) and rising[0] == 0.0, seen  # from 0, growing to it
+
+
+def test_state_shows_who_heartbeats_me_and_who_gave_way():
+    """/state `standbys`: a primary's operator sees its sync heartbeating and the one that gave
+    way, with why (the last heartbeat of each standby, as the loop's table holds it)."""
+    from manatee.sitter.heartbeat import Heartbeat
+    from manatee.sitter.snapshot import standbys
+
+    s = SitterSnapshot(me=A, hb_expiration_s=6.0, standbys=(
+        Heartbeat("127.0.0.13:5432:10002:5433", "u3", None, False, 95.0, leaving="my PostgreSQL cannot serve: x"),
+        Heartbeat("127.0.0.12:5432:10002:5433", "u2", "0/3000060", True, 109.55),
+    ))
+    got = standbys(s, now=110.0)
+    assert got == {"expirationS": 6.0, "heard": {
+        "127.0.0.12:5432:10002:5433": {"ageS": 0.5, "wal": "0/3000060", "streaming": True, "leaving": None},
+        "127.0.0.13:5432:10002:5433": {"ageS": 15.0, "wal": None, "streaming": False,
+                                       "leaving": "my PostgreSQL cannot serve: x"}}}
+    cfg = SimpleNamespace(insecure=False, zkCfg=SimpleNamespace(auth=None, session_timeout_s=4.0))
+    assert debug_state(s, cfg, 110.0)["standbys"] == got
+    assert standbys(SitterSnapshot(me=A), now=1.0) == {"expirationS": 0.0, "heard": {}}
+
+
+def test_the_loop_publishes_the_standby_that_gave_way():
+    from tests.sim.shard import new_shard
+
+    sh = new_shard()
+    p, s, _a = sh.nodes
+    s.free = 1 << 20
+    sh.pg_fault(s, "no_start")
+    for _ in range(10):
+        sh.tick()
+        heard = {hb.peer_id: hb for hb in p.sitter.snapshot.standbys}
+        if s.id in heard and heard[s.id].leaving:
+            break
+    assert s.id in heard and "disk is full" in heard[s.id].leaving, sh.describe()
