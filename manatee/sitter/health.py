@@ -40,6 +40,9 @@ def first_line(text: str | None, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
+LEAVING_WHY_MAX = 200  # characters of the reason a standby's leaving heartbeat gives
+
+
 class PgHealth:
     def __init__(self, pg: Postgres, log, clock: Clock, *, primary_start_timeout_s: float, interval_s: float,
                  hb_expiration_s: float = 0.0):
@@ -174,8 +177,9 @@ class PgHealth:
             # The last word, for a fault of my own (down, hung, unconfigurable, full): my upstream
             # counts me gone at once. Not for "does not stream": the fault may be the upstream's
             # (a primary that hangs must still find its sync to step down to, S9).
-            if withhold and (hard or full) and sender is not None:
-                sender.leave(f"my PostgreSQL cannot serve: {self.sick_why}")
+            if withhold and (hard or full) and sender is not None:  # the disk first: it is the fault
+                sender.leave("my PostgreSQL cannot serve: "
+                             + first_line(self.disk_full_why if full else self.sick_why, LEAVING_WHY_MAX))
         if withhold and sender is not None:  # at once: the cycle may then fail (PG cannot start) and
             sender.upstream_url = None       # never reach the end that points the sender (F19-sync)
 

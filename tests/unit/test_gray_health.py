@@ -250,7 +250,9 @@ def test_a_standby_on_a_full_dataset_gives_way_at_once_and_tells_its_upstream_wh
     h.track(down, as_primary=False, role=STANDBY, target=tgt, sender=hb)
     assert h.hb_withheld and hb.upstream_url is None and h.cannot_serve is None
     url, why = hb.take_leaving()
-    assert url == "http://127.0.0.11:5433" and "not running" in why and "1048576 bytes free" in why
+    assert url == "http://127.0.0.11:5433"
+    assert why == "my PostgreSQL cannot serve: its disk is full: 1048576 bytes free on its dataset while it fails"
+    assert "not running" in h.sick_why and "disk is full" in h.sick_why  # /state and the log say both
     # cured (the quota lifted, PostgreSQL streams again): heartbeats resume, the full disk is forgotten
     clock.now = 1.0
     h.track(serving, as_primary=False, role=STANDBY, target=tgt, sender=hb)
