@@ -3,6 +3,8 @@ real manatee-backupserver, ZooKeeper membership; shared by the backup/restore te
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import os
 import shutil
@@ -139,6 +141,13 @@ class Env:
         log.close()
         self.servers.append(proc)
         await wait_port_async(ip, port, timeout=20)
+        # It serves before its ZooKeeper session exists (503 to every request until then, by
+        # design): a test must not race it (CI, 2026-12-05, a loaded machine).
+        log_path = self.base / f"backupserver-{port}.log"
+        for _ in range(200):
+            if "backupserver_zk_connected" in log_path.read_text(errors="replace") or proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
         return proc, f"http://{ip}:{port}"
 
     def server_log(self) -> str:

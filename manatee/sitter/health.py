@@ -67,6 +67,7 @@ class PgHealth:
         self.sick_why: str | None = None
         self.cannot_serve: str | None = None
         self.hb_withheld = False
+        self.judged_as_primary: bool | None = None  # the role the sickness clock above was kept for
 
     def start_budget(self, target: Target) -> float | None:
         """How long a start of my PostgreSQL may wait for it to accept connections. A primary
@@ -128,6 +129,12 @@ class PgHealth:
         out of recovery if I am the primary); for the primary, cannot_serve once it has failed
         for primaryStartTimeout (the core's step-down rule, S9)."""
         now = self.clock.monotonic()
+        if as_primary != self.judged_as_primary:
+            # A new role starts a new clock: a sync that took over must not carry its "does not
+            # stream from the dead primary" into its tenure (two slow write probes would then
+            # make it step down at once: a second failover, seen in CI under load).
+            self.sick_since = self.healthy_since = self.sick_why = None
+            self.judged_as_primary = as_primary
         full = self._disk_full(pgs, now, as_primary=as_primary)
         if full is not None:
             self.cannot_serve = full

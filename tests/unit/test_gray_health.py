@@ -289,3 +289,36 @@ def test_a_standby_that_stops_streaming_withholds_silently():
         clock.now = t
         h.track(idle, as_primary=False, role=STANDBY, target=Target(STANDBY, upstream=A), sender=hb)
     assert h.hb_withheld and hb.upstream_url is None and hb.take_leaving() is None
+
+
+def test_a_sync_that_takes_over_starts_a_new_sickness_clock():
+    """CI, 2026-12-05 (test_rewind_shard, a loaded machine): the sync did not stream from the
+    primary that had just died (a sickness, as a standby) and took over; 5 s later two write
+    probes timed out and it stepped down at once ("not healthy for 10.4s"): the clock it kept
+    as a standby counted towards primaryStartTimeout. A new role starts a new clock."""
+    from manatee.shard.state import STANDBY, Target
+    from tests.observations import A
+
+    pg = ScriptedPg(health_timeout=2.0)
+    pg.client = ProbeClient(fail=True)
+    h, clock, _, _ = _health(pg)
+    idle = replace(RUNNING_PRIMARY, in_recovery=True, streaming=False)
+    rw = replace(RUNNING_PRIMARY, read_only=False)
+    for t in (0.0, 1.5, 3.0):  # the sync: its primary is gone, it does not stream
+        clock.now = t
+        h.track(idle, as_primary=False, role=STANDBY, target=Target(STANDBY, upstream=A))
+    assert h.sick_since == 0.0
+    clock.now = 3.5  # it took over: a read-write primary, healthy
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.sick_since is None and h.cannot_serve is None
+    for t in (4.0, 5.0):  # two write probes time out on a loaded machine
+        clock.now = t
+        asyncio.run(h.probe_writes(rw, as_primary=True))
+        h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.probe_failures == 2 and h.sick_since == 5.0
+    clock.now = 9.0
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is None  # 4 s of its own sickness, not 9 s carried over
+    clock.now = 13.5
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is not None and "cannot commit" in h.cannot_serve  # its own bound still holds
