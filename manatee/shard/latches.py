@@ -148,6 +148,19 @@ def space_low(free: int | None) -> bool:
     return free is not None and free < SPACE_PROBE_BELOW
 
 
+def standby_gives_way(*, failing: bool, full: bool, hard: bool, sick_for: float,
+                      health_timeout: float) -> tuple[bool, bool]:
+    """(withhold my heartbeats, tell my upstream why) for a standby whose PostgreSQL is sick.
+
+    It withholds when it has failed for primaryStartTimeout (`failing`, e.g. no streaming), at
+    once when its disk is full (`full`: a fact), and after healthChkTimeout for a hard fault of
+    its own (`hard`: down, hung, unconfigurable). It tells its upstream only for a fault of its
+    own (hard or full): "does not stream" may be the upstream's fault, and a primary that hangs
+    must still find its sync to step down to (S9)."""
+    withhold = failing or full or (hard and sick_for >= health_timeout)
+    return withhold, withhold and (hard or full)
+
+
 def disk_full_recent(at: float | None, now: float, window_s: float) -> bool:
     """Whether my disk was found full (a disk-full crash, or little room while PostgreSQL
     failed) less than `window_s` ago: a primary gives way to a healthy sync now rather than

@@ -177,14 +177,12 @@ class PgHealth:
                 and latches.disk_full_recent(self.disk_full_at, now, self.primary_start_timeout))
         if full:
             self.sick_why = f"{why}, and {self.disk_full_why}"
-        withhold = not as_primary and (failing or full or (hard and sick_for >= self.pg.health_timeout))
+        withhold, tell = (False, False) if as_primary else latches.standby_gives_way(
+            failing=failing, full=full, hard=hard, sick_for=sick_for, health_timeout=self.pg.health_timeout)
         if withhold != self.hb_withheld:
             self.log.warning("heartbeats_withheld" if withhold else "heartbeats_resumed", why=self.sick_why)
             self.hb_withheld = withhold
-            # The last word, for a fault of my own (down, hung, unconfigurable, full): my upstream
-            # counts me gone at once. Not for "does not stream": the fault may be the upstream's
-            # (a primary that hangs must still find its sync to step down to, S9).
-            if withhold and (hard or full) and sender is not None:  # the disk first: it is the fault
+            if tell and sender is not None:  # the last word (the disk first: it is the fault)
                 sender.leave("my PostgreSQL cannot serve: "
                              + first_line(self.disk_full_why if full else self.sick_why, LEAVING_WHY_MAX))
         if withhold and sender is not None:  # at once: the cycle may then fail (PG cannot start) and

@@ -1,3 +1,5 @@
+import pytest
+
 from manatee.shard import latches
 from manatee.shard.latches import standby_wal, sync_caught_up
 from manatee.shard.state import Peer
@@ -162,3 +164,16 @@ def test_a_disk_full_crash_counts_once_per_new_line():
     assert latches.disk_full_recent(5.0, 12.9, 8.0) and not latches.disk_full_recent(5.0, 13.0, 8.0)
     assert latches.disk_full(0) and latches.disk_full((16 << 20) - 1)
     assert not latches.disk_full(16 << 20) and not latches.disk_full(None)  # unknown is not full
+
+
+@pytest.mark.parametrize("failing, full, hard, sick_for, expected", [
+    (False, False, False, 0.0, (False, False)),   # healthy
+    (False, False, True, 1.0, (False, False)),    # down for less than healthChkTimeout
+    (False, False, True, 2.0, (True, True)),      # down, hung, unconfigurable: withhold and say why
+    (False, True, True, 0.0, (True, True)),       # a full disk: at once
+    (True, False, False, 9.0, (True, False)),     # only "does not stream": withhold silently (S9)
+    (True, False, True, 9.0, (True, True)),
+])
+def test_a_sick_standby_gives_way_and_says_why_only_for_its_own_fault(failing, full, hard, sick_for, expected):
+    assert latches.standby_gives_way(failing=failing, full=full, hard=hard, sick_for=sick_for,
+                                     health_timeout=2.0) == expected
