@@ -41,6 +41,12 @@ class Observation:
       (None when detached or not a standby).
     read_only: default_transaction_read_only as my running primary reports it (None: unknown).
     diverged: PG refused to follow its upstream (timeline fork, "not a child" ...).
+    wal_gone: (standby, running, not streaming) the WAL segment my upstream (the one
+      upstream_id names) refused to send because it has removed it (no slot held it, or its
+      slot passed max_slot_wal_keep_size), as my walreceiver was told repeatedly since that
+      upstream was set: I can follow it again only after a rebuild. None otherwise. Not a
+      divergence: my WAL is a prefix of the upstream's, so a sync in this state may still
+      take over from a primary that is gone.
     sync_caught_up: (primary) the sync named in the state is connected and its flush
       position has reached my WAL at least once since it connected (latched by the shell
       so that a busy primary does not flap read-only).
@@ -86,6 +92,7 @@ class Observation:
     upstream_id: str | None = None
     read_only: bool | None = None
     diverged: bool = False
+    wal_gone: str | None = None
     sync_caught_up: bool = False
     has_data: bool = False
     heartbeats: Mapping[str, bool] = field(default_factory=dict)

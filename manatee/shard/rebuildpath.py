@@ -32,6 +32,7 @@ REWINDABLE_STATES = frozenset({"shut down", "shut down in recovery", "in product
 
 CAUSE_DIVERGED = "diverged"  # PostgreSQL said its WAL cannot follow the upstream's (or it forked)
 CAUSE_REQUESTED = "requested"  # manatee-adm rebuild
+CAUSE_WAL_GONE = "wal_gone"  # my upstream removed the WAL I need next (my WAL did not diverge)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class RewindFacts:
     """What is known before any dry run. None: unknown."""
 
     enabled: bool  # postgresMgrCfg.rebuildRewind
-    cause: str | None  # CAUSE_DIVERGED, CAUSE_REQUESTED, or None (missing data / not known)
+    cause: str | None  # CAUSE_DIVERGED, CAUSE_REQUESTED, CAUSE_WAL_GONE, or None (missing data / not known)
     has_credentials: bool  # a password for the rewind role (derived from the shard secret)
     cluster_state: str | None  # pg_controldata's "Database cluster state"; None: unreadable
     checksums: bool | None  # "Data page checksum version" != 0
@@ -70,6 +71,9 @@ def why_not_rewind(f: RewindFacts) -> str | None:
         return "pg_rewind is off (postgresMgrCfg.rebuildRewind)"
     if f.cause == CAUSE_REQUESTED:
         return "an operator asked for this rebuild (it may be for damaged data): a stream replaces it all"
+    if f.cause == CAUSE_WAL_GONE:
+        return ("my upstream no longer keeps the WAL I need, and my WAL did not diverge: pg_rewind "
+                "has nothing to rewind, a stream brings me up to date")
     if f.cause != CAUSE_DIVERGED:
         return "the rebuild is not for a WAL divergence (data missing or cause unknown)"
     if not f.has_credentials:
@@ -83,6 +87,19 @@ def why_not_rewind(f: RewindFacts) -> str | None:
         return ("neither data checksums nor wal_log_hints are on" if known
                 else "whether data checksums or wal_log_hints are on is unknown")
     return None
+
+
+def next_cause(cause: str | None, *, diverged: bool, wal_gone: bool, streaming: bool) -> str | None:
+    """Why the next rebuild will be needed, after one more observation of my PostgreSQL:
+    a divergence (a rewind may fix it) outranks a removed WAL segment; a removed segment is
+    forgotten once I stream again (no rebuild followed); an operator's request stands."""
+    if diverged and cause in (None, CAUSE_WAL_GONE):
+        return CAUSE_DIVERGED
+    if cause is None and wal_gone:
+        return CAUSE_WAL_GONE
+    if cause == CAUSE_WAL_GONE and streaming:
+        return None
+    return cause
 
 
 def choose_by_cost(copy_mb: int | None, source_mb: int | None, needed: bool | None,

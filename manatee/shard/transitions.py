@@ -150,8 +150,8 @@ TRANSITIONS: list[Transition] = [
     _T(_S, _S, NEW_DOWNSTREAM, "only the node behind me changed: nothing to do in PostgreSQL", ()),
     # ---- to rebuild ----
     _T(_U, _R, ANY, "my data is missing or my WAL diverged: restore my dataset from my upstream", _REBUILD),
-    _T(_S, _R, ANY, "my WAL diverged from my upstream's (or my data is missing): restore my dataset "
-                    "from my upstream", _REBUILD),
+    _T(_S, _R, ANY, "my WAL diverged from my upstream's, my upstream no longer keeps the WAL I need, or my "
+                    "data is missing: restore my dataset from my upstream", _REBUILD),
     _T(_P, _R, ANY, "the state makes me, running as a primary, a standby, so my WAL has forked: restore "
                     "my dataset from my upstream", (STOP_PG, REMOVE_REGISTRAR, *_REBUILD[1:])),
     _T(_D, _R, ANY, "I rejoin the chain after being deposed but my WAL diverged: restore my dataset from "

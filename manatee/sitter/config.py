@@ -141,7 +141,8 @@ class PostgresMgrCfg(ConfigModel):
     maxSlotWalKeepSize: str = Field(
         "4GB", description="max_slot_wal_keep_size: the most WAL the replication slot an upstream keeps for each "
                            "downstream may hold back ('-1': no cap; units kB/MB/GB/TB). A standby that falls further "
-                           "behind loses its slot and needs a rebuild; one within it streams again without one")
+                           "behind loses its slot and its sitter rebuilds it from its upstream; one within it "
+                           "streams again without one")
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="PostgreSQL parameters (name: value) written into manatee.conf, after manatee's own; "

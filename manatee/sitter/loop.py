@@ -26,7 +26,7 @@ from manatee.sitter.hooks import RoleHooks
 from manatee.sitter.pgmanager import PgConfigError, PgStatus
 from manatee.sitter.ports import Clock, Dataset, Postgres, Session, Store, SystemClock
 from manatee.sitter.snapshot import SitterSnapshot, snapshot_of
-from manatee.shard.rebuildpath import CAUSE_DIVERGED, CAUSE_REQUESTED
+from manatee.shard.rebuildpath import CAUSE_REQUESTED, next_cause
 from manatee.sitter.steps import StepRunner
 from manatee.sitter.dataset import UpstreamNotReady
 from manatee.sitter.zkview import ZkView, worse
@@ -155,7 +155,7 @@ class Sitter:
             pg_known=pgs.known, wal=wal, streaming=pgs.streaming,
             upstream_id=(up.id if pgs.in_recovery and up else None),
             read_only=pgs.read_only if pgs.running and not pgs.in_recovery else None,
-            diverged=self.diverged, sync_caught_up=caught_up,
+            diverged=self.diverged, wal_gone=pgs.wal_gone, sync_caught_up=caught_up,
             has_data=await self._has_data(),
             heartbeats=self.heartbeats.freshness(others, self.clock.monotonic()),
             gave_way=self.heartbeats.gave_way(others),
@@ -190,8 +190,8 @@ class Sitter:
         forked = (pgs.known and pgs.running and pgs.in_recovery is False and st is not None
                   and st.place_of(self.me.id) in ("sync", "async"))
         self.diverged = self.diverged or pgs.diverged or forked
-        if (pgs.diverged or forked) and self.steps.rebuild_cause is None:  # a rewind may fix this one
-            self.steps.rebuild_cause = CAUSE_DIVERGED
+        self.steps.rebuild_cause = next_cause(self.steps.rebuild_cause, diverged=pgs.diverged or forked,
+                                              wal_gone=pgs.wal_gone is not None, streaming=pgs.streaming)
         if pgs.running:
             self.switchover_stopped = None
         self.publish()

@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from manatee.core import nofollow
 from manatee.core import pg as pgmod
@@ -46,6 +47,15 @@ DIVERGENCE_PATTERNS = re.compile(
 WALSENDER_REFUSAL = re.compile(r"requested starting point")
 MY_WALRECEIVER = re.compile(r"WAL stream")
 
+# My upstream's walsender refused my walreceiver because the segment it asked for is no longer
+# in the upstream's pg_wal (no slot held it, or its slot passed max_slot_wal_keep_size). It
+# never comes back there: this standby can follow that upstream again only after a rebuild.
+# Counted only as quoted by my own walreceiver (the same line from my walsender is about one
+# of MY standbys), and only when it failed so WAL_GONE_MIN_LINES times since my upstream was
+# last set: a walreceiver of the previous upstream may log one more line after the change.
+WAL_GONE = re.compile(r"requested WAL segment (\S+) has already been removed")
+WAL_GONE_MIN_LINES = 3
+
 
 # PostgreSQL crashed because it could not write (WAL or a data file) for lack of space: a
 # dataset quota reached (EDQUOT) or a full pool (ENOSPC). It PANICs (the postmaster then
@@ -73,6 +83,17 @@ def diverged_in(text: str) -> bool:
         if not WALSENDER_REFUSAL.search(line) or MY_WALRECEIVER.search(line):
             return True
     return False
+
+
+def wal_gone_in(text: str) -> str | None:
+    """The WAL segment my upstream no longer has, if PostgreSQL's log `text` says at least
+    WAL_GONE_MIN_LINES times that my walreceiver asked for it and was refused; else None."""
+    seen, last = 0, None
+    for m in WAL_GONE.finditer(text):
+        end = text.find("\n", m.end())
+        if MY_WALRECEIVER.search(text[text.rfind("\n", 0, m.start()) + 1:end if end >= 0 else len(text)]):
+            seen, last = seen + 1, m.group(1)
+    return last if seen >= WAL_GONE_MIN_LINES else None
 
 
 PROMOTE_POLL_S = 0.01  # a promoting node is asked this often whether it has left recovery
@@ -107,11 +128,20 @@ class PgStatus:
     parameters_gen: int = 0                  # PgManager.parameters_gen PG had been reloaded with
     sync_flush_failed: bool = False          # primary: the sync's flush position could not be read (unknown)
     disk_full: str | None = None             # the newest PANIC for lack of space since the sitter started it
+    wal_gone: str | None = None              # standby, not streaming: the segment my upstream removed (wal_gone_in)
 
     @property
     def known(self) -> bool:
         """Not running, or running and it answered: what it says is a fact."""
         return not self.running or self.healthy
+
+
+class LogFacts(NamedTuple):
+    """What PostgreSQL's log says (PgManager._log_facts); the defaults: nothing known."""
+
+    diverged: bool = False
+    disk_full: str | None = None
+    wal_gone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +189,9 @@ class PgManager:
         self.members: tuple[str, ...] = ()
         self._started_at: float | None = None
         self._log_offset = 0
+        # where in PostgreSQL's log the lines about my current upstream start (wal_gone_in):
+        # None until the next read after primary_conninfo changed, which sets it to the log's end
+        self._upstream_log_from: int | None = 0
         self._restart_pending = False
         self._reload_pending = False
         self._roles_ok = False
@@ -292,6 +325,8 @@ class PgManager:
         if self.config_error is not None:
             self.log.info("pg_config_write_restored", role=spec.role)
             self.config_error = None
+        if self.spec is None or (self.spec.role, self.spec.upstream) != (spec.role, spec.upstream):
+            self._upstream_log_from = None
         self.spec = spec
         self._written_gen = self.parameters_gen
         if self.running:
@@ -353,6 +388,7 @@ class PgManager:
         the next cycle's health check (a primary's step-down budget bounds this wait)."""
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        self._upstream_log_from = 0
         self.proc = self._new_process()
         self.client.close()
         await self.proc.start()
@@ -398,8 +434,8 @@ class PgManager:
 
     async def status(self, sync_app_name: str | None = None) -> PgStatus:
         if not self.running:
-            diverged, disk_full = await self._log_facts()
-            return PgStatus(False, False, None, None, False, diverged, None, None, disk_full=disk_full)
+            facts = await self._log_facts()
+            return PgStatus(False, False, None, None, False, facts.diverged, None, None, disk_full=facts.disk_full)
         gen = self._applied_gen
         try:
             rows = await self.client.query(
@@ -416,9 +452,9 @@ class PgManager:
         except pgmod.PgError as e:
             # Unknown, not "running as a primary": in_recovery, wal, read_only stay None.
             self.log.debug("pg_status_failed", error=str(e), timed_out=e.timed_out)
-            diverged, disk_full = await self._log_facts()
-            return PgStatus(True, False, None, None, False, diverged, None, None, error=str(e),
-                            timed_out=e.timed_out, crowded=bool(CROWDED.search(str(e))), disk_full=disk_full)
+            facts = await self._log_facts()
+            return PgStatus(True, False, None, None, False, facts.diverged, None, None, error=str(e),
+                            timed_out=e.timed_out, crowded=bool(CROWDED.search(str(e))), disk_full=facts.disk_full)
         r = rows[0]
         if self._reload_unseen is not None:
             if r.get("conf_t") == self._reload_unseen[0]:
@@ -441,33 +477,42 @@ class PgManager:
             except pgmod.PgError:
                 flush_failed = True
         sender = (r["wr_host"], int(r["wr_port"])) if streaming and r["wr_host"] else None
-        diverged, disk_full = await self._log_facts()
-        return PgStatus(True, True, in_rec, wal, streaming, in_rec and diverged,
+        facts = await self._log_facts()
+        return PgStatus(True, True, in_rec, wal, streaming, in_rec and facts.diverged,
                         sync_flush, r["tli"], bool(r["ro"]), sender,
                         pending_restart=tuple(r["pending"].split(",")) if r.get("pending") else (),
-                        parameters_gen=gen, sync_flush_failed=flush_failed, disk_full=disk_full)
+                        parameters_gen=gen, sync_flush_failed=flush_failed, disk_full=facts.disk_full,
+                        wal_gone=facts.wal_gone if in_rec and not streaming else None)
 
-    async def _log_facts(self) -> tuple[bool, str | None]:
-        """What PostgreSQL's log says since it was last started: (it cannot follow its
-        upstream, its newest PANIC for lack of space or None). A disk-full line counts only
-        once this sitter has started PostgreSQL (before that the log is an earlier run's)."""
+    async def _log_facts(self) -> LogFacts:
+        """What PostgreSQL's log says since it was last started: it cannot follow its
+        upstream, its newest PANIC for lack of space, the segment its upstream removed (since
+        that upstream was set). A disk-full line counts only once this sitter has started
+        PostgreSQL (before that the log is an earlier run's)."""
         # File reads go to a thread: if storage hangs, the event loop (and with it the status
         # server, which then reports unhealthy) keeps running, and the cycle waits at most
         # the status deadline: a log that cannot be read is no evidence of either.
         try:
-            text = await asyncio.wait_for(asyncio.to_thread(self._log_since_start), self.status_timeout)
+            read = await asyncio.wait_for(asyncio.to_thread(self._log_since_start), self.status_timeout)
         except asyncio.TimeoutError:
             self.log.warning("pg_log_read_timed_out", path=str(self.log_file))
-            return False, None
-        if text is None:
-            return False, None
-        return diverged_in(text), disk_full_in(text) if self._started_at is not None else None
+            return LogFacts()
+        if read is None:
+            return LogFacts()
+        start, data = read
+        if self._upstream_log_from is None:  # primary_conninfo changed: count from here on
+            self._upstream_log_from = start + len(data)
+        text = data.decode("utf-8", "replace")
+        return LogFacts(diverged_in(text), disk_full_in(text) if self._started_at is not None else None,
+                        wal_gone_in(data[max(0, self._upstream_log_from - start):].decode("utf-8", "replace")))
 
-    def _log_since_start(self) -> str | None:
-        """PostgreSQL's log since it was last started (its newest 4 MB), or None if unreadable."""
+    def _log_since_start(self) -> tuple[int, bytes] | None:
+        """PostgreSQL's log since it was last started (its newest 4 MB) and the offset it
+        starts at, or None if unreadable."""
         try:
             with os.fdopen(nofollow.open_read(self.log_file), "rb") as f:  # a link: not followed
-                f.seek(max(self._log_offset, os.fstat(f.fileno()).st_size - LOG_READ_MAX))
-                return f.read(LOG_READ_MAX).decode("utf-8", "replace")
+                start = max(self._log_offset, os.fstat(f.fileno()).st_size - LOG_READ_MAX)
+                f.seek(start)
+                return start, f.read(LOG_READ_MAX)
         except OSError:
             return None

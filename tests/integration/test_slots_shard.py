@@ -91,3 +91,52 @@ def test_stopped_async_streams_again_without_rebuild_thanks_to_its_slot(shard: S
         set_pg_parameters(sh, {})
         adm(sh, "reload")
         _sql(sh, p, "drop table if exists slot_t", fetch=False)
+
+
+def test_async_whose_wal_is_gone_upstream_rebuilds_itself(shard: Shard):
+    """Past max_slot_wal_keep_size PostgreSQL marks the slot lost and the sitter drops it (here:
+    dropped by hand while the async is stopped, the same end). The sync then recycles the WAL
+    the async needs next, and the restarted async's walreceiver is refused every second
+    ("requested WAL segment ... has already been removed"). Its sitter reads that and
+    rebuilds the node from the sync by itself: before, it stayed out of the chain for good."""
+    sh = shard
+    p, s, a = (sh.node(x) for x in names(sh.topology()))
+    a_slot = slot_name(a.pg_url)
+    sh.wait(lambda: _slot(sh, s, a_slot) == (True, "reserved"), 30, f"{a_slot} active on the sync")
+    before = sh.sitter_log(a)
+    starts_before, done_before = before.count("restore_starting"), before.count("restore_done")
+    try:
+        set_pg_parameters(sh, {"wal_keep_size": "0"})
+        assert adm(sh, "reload").returncode == 0
+        sh.sb.stop(a.name)
+        sh.wait(lambda: _slot(sh, s, a_slot) is not None and _slot(sh, s, a_slot)[0] is False, 30,
+                "the async's slot inactive")
+        _sql(sh, s, f"select pg_drop_replication_slot('{a_slot}')")
+        _sql(sh, p, "create table gone_t (i int, pad text)", fetch=False)
+        for batch in range(6):
+            _sql(sh, p, f"insert into gone_t select {batch}, repeat('x', 900) from generate_series(1, 12000)",
+                 fetch=False)
+            _sql(sh, p, "select pg_switch_wal()")
+        want = _sql(sh, p, "select count(*) from gone_t")[0][0]
+        sh.wait(lambda: _sql(sh, s, "select count(*) from gone_t")[0][0] == want, 30, "the sync caught up")
+        for n in (p, s):
+            _sql(sh, n, "checkpoint", fetch=False)
+        assert _slot(sh, s, a_slot) is None, "the sync re-created the stopped async's slot"
+
+        sh.sb.start(a.name)
+        t1 = time.monotonic()
+        sh.wait(lambda: sh.sitter_log(a).count("restore_done") > done_before
+                and sh.sitter_log(a).count("restore_starting") > starts_before, 90, "the async rebuilding itself")
+        sh.wait(lambda: sh.streaming(a), 90, "the async streaming again")
+        sh.wait(lambda: _sql(sh, a, "select count(*) from gone_t")[0][0] == want, 30, "the async caught up")
+        log = sh.sitter_log(a)
+        assert "is no longer kept on" in log and "rule=async.rebuild" in log, "the decision did not say why"
+        assert "pg_rewind has nothing to rewind" in log
+        path = [ln for ln in log.splitlines() if "restore_done" in ln and "path=" in ln][-1]
+        say(f"async rebuilt and caught up {time.monotonic() - t1:.1f}s after its restart: "
+            f"{path[path.find('bytes='):][:160]}")
+        sh.wait(lambda: _slot(sh, s, a_slot) == (True, "reserved"), 30, "the async's slot back on the sync")
+    finally:
+        set_pg_parameters(sh, {})
+        adm(sh, "reload")
+        _sql(sh, p, "drop table if exists gone_t", fetch=False)

@@ -90,8 +90,11 @@ class FakePg:
         if s is not None and s.peer.pg_url == sync_app_name:
             flush = Lsn(BASE + len(s.log))
         up = self.world.node(n.applied.upstream) if rec and n.streaming and n.applied.upstream else None
+        gone = (rec and not n.streaming and n.applied.upstream is not None
+                and n.refused_by == self.world.node(n.applied.upstream).id)
         return PgStatus(True, True, rec, wal, n.streaming, rec and n.diverged, flush, 1, n.applied.read_only,
-                        (up.peer.ip, 5432) if up else None, disk_full=n.disk_full)
+                        (up.peer.ip, 5432) if up else None, disk_full=n.disk_full,
+                        wal_gone="000000010000000000000008" if gone else None)
 
     async def initdb(self) -> None:
         await self.world.pause_point(self.node)
@@ -173,6 +176,7 @@ class FakeDataset:
             raise RuntimeError(f"cannot restore from {upstream}")
         self.world.pg_stop(n)
         n.log, n.has_data, n.diverged, n.torn = list(src.log), True, False, 0
+        n.wal_gone_on, n.refused_by = set(), None
         self.world.restores.append((self.world.now, n.id))
         self.node.restore_sources = (upstream.id, tuple(p.id for p in also))  # (upstream, members ahead of it)
         return SimpleNamespace(bytes=len(n.log), seconds=0.0, path="full", reason="simulated")

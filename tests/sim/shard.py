@@ -109,6 +109,10 @@ class Node:
     torn: int = 0
     streaming: bool = False
     diverged: bool = False
+    # upstreams that recycled the WAL this node needs next (no slot kept it): they refuse to
+    # stream to it until it is rebuilt; `refused_by` is the last one that refused it
+    wal_gone_on: set = field(default_factory=set)
+    refused_by: str | None = None
     pending: list = field(default_factory=list)
 
     @property
@@ -295,6 +299,11 @@ class Shard:
         n.log.append(("fork", next(self.rec)))
         n.streaming = False
 
+    def recycle_wal_for(self, k, upstream) -> None:
+        """`upstream` no longer keeps the WAL node `k` needs next (its slot was lost): from
+        now on it refuses to stream to k, as PostgreSQL does, until k is rebuilt."""
+        self.node(k).wal_gone_on.add(self.node(upstream).id)
+
     def destroy_data(self, k) -> None:
         n = self.node(k)
         self.pg_stop(n)
@@ -407,6 +416,9 @@ class Shard:
             n.streaming = False
             return
         mine, theirs = n.log, u.log
+        if u.id in n.wal_gone_on and len(theirs) > len(mine):
+            n.streaming, n.refused_by = False, u.id  # "requested WAL segment ... has already been removed"
+            return
         if theirs[:len(mine)] == mine:
             step = self.rng.choice((1, 2, 3, 5))  # replication lag
             if n.pg_fault == "stall" or (n.pg_fault == "slow" and self.now % 3):

@@ -548,7 +548,7 @@ def test_one_node_write_mode_single_node():
 
 FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "partition_peers", "heal",
           "zk_down", "zk_up", "kill_pg", "pg_hang", "pg_hang_sticky", "pg_no_start", "pg_cure",
-          "destroy_standby", "fork_standby")
+          "destroy_standby", "recycle_wal", "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
@@ -584,6 +584,9 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         st = sh.zk.state()
         if st is not None and st.primary.id != n.id and n.role != PRIMARY:
             sh.destroy_data(n)
+    elif f == "recycle_wal":  # its upstream lost its slot and recycled the WAL it needs next
+        if n.mode == "standby" and n.applied.upstream:
+            sh.recycle_wal_for(n, n.applied.upstream)
     elif f == "fork_standby":
         if n.running and n.mode == "standby":
             sh.fork(n)
@@ -812,3 +815,44 @@ def test_standby_that_hangs_at_every_start_backs_off_and_recovers(place):
     sh.pg_fault(n, None)
     sh.settle(limit=PST_TICKS + SETTLE)
     assert len(sh.restores) == restores and sh.events(n, "pg_start_ok_again")
+
+
+# =======================================================================================
+# A standby whose upstream recycled the WAL it needs next (its slot lost)
+# =======================================================================================
+@pytest.mark.parametrize("place", ["sync", "async"])
+def test_standby_whose_upstream_recycled_its_wal_is_rebuilt_from_it(place):
+    """The upstream refuses to stream to it for good ("requested WAL segment ... has already
+    been removed"). Its sitter rebuilds it from that upstream within a few ticks, with no new
+    primary and nothing lost; before, it stayed out of the chain until an operator rebuilt it."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    n, up = (s, p) if place == "sync" else (a, s)
+    sh.run(3)
+    sh.recycle_wal_for(n, up)
+    t0 = sh.now
+    for _ in range(4 * SESSION_TIMEOUT):
+        sh.tick()
+        if any(who == n.id for _t, who in sh.restores):
+            break
+    assert [t for t, who in sh.restores if who == n.id], sh.describe()
+    assert sh.now - t0 <= 6, (sh.now - t0, sh.describe())
+    assert n.restore_sources[0] == up.id
+    reasons = [kw.get("reason", "") for _t, who, _lv, ev, kw in sh.records
+               if who == n.peer.ip and ev == "decision" and kw.get("rule") == f"{place}.rebuild"]
+    assert reasons and "is no longer kept on" in reasons[-1], reasons
+    sh.settle()
+    assert n.streaming and not sh.promotions and not sh.lost_acknowledged() and acked_count_grows(sh)
+
+
+def test_sync_refused_by_its_primary_still_takes_over_when_the_primary_dies():
+    """Not a divergence: the primary could not have acknowledged anything the sync lacks
+    (synchronous commit waits for it), so a sync in that state is still a takeover candidate."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    sh.run(3)
+    sh.recycle_wal_for(s, p)
+    sh.kill(p)
+    sh.run(SESSION_TIMEOUT + 8)
+    assert sh.zk.state().primary.id == s.id and not sh.zk.error, sh.describe()
+    assert not sh.lost_acknowledged() and acked_count_grows(sh)
