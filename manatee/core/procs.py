@@ -42,6 +42,18 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def pid_exists(pid: int) -> bool:
+    """True if `pid` exists at all, a zombie (dead, not yet reaped) included: what
+    kill(pid, 0) tells, and what PostgreSQL asks of the pid in its lock file."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on `host` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

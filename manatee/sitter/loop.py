@@ -255,6 +255,7 @@ class Sitter:
             await status.stop()
             return 0
         self.view.watch()
+        await self.pg.kill_orphan()  # once ZooKeeper answers: it says in which role to start it again
         hb_task = asyncio.create_task(self.hb_sender.run(stop))
         try:
             while not stop.is_set():

@@ -9,93 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from manatee.core import nofollow
 from manatee.core import pg as pgmod
 from manatee.core.lsn import Lsn
 from manatee.core.pg import rewind
 from manatee.core.pgconfig import RoleConfig, install_base_config, write_role_config
+from manatee.sitter.pglog import CROWDED, LogFacts, disk_full_in, diverged_in, wal_gone_in
 
-# What PostgreSQL's walreceiver or startup process says when this node cannot follow its
-# upstream because their histories forked (S4: such a node must be rebuilt, never used).
-DIVERGENCE_PATTERNS = re.compile(
-    r"is not in this server's history"
-    r"|is not a child of this server's timeline"
-    # the startup process of an old primary whose last checkpoint lies past the fork
-    # (PostgreSQL 15: "requested timeline 2 is not a child of this server's history")
-    r"|is not a child of this server's history"
-    r"|forked off current database system timeline"
-    r"|is ahead of the WAL flush position of this server"
-    r"|highest timeline \d+ of the primary is behind recovery timeline"
-    r"|requested timeline \d+ does not contain minimum recovery point"
-    # ...or cannot start at all because the checkpoint its pg_control names is not in its
-    # WAL (seen on an old primary rejoining after a safe-mode recovery). Either way the data
-    # is of no use to a standby; the core rebuilds it from its upstream, never a primary.
-    r"|invalid primary checkpoint record"
-    r"|could not locate a valid checkpoint record"
-)
-# Two of those are a walsender's words ("requested starting point ..."): this node logs them
-# itself when it refuses one of ITS standbys (an old primary rejoining below it with a torn
-# or forked WAL), and that says nothing of its own WAL. They count only as quoted by my own
-# walreceiver ("could not start WAL streaming: ERROR: ...", "could not receive data from WAL
-# stream: ..."): read as mine, a sync rebuilt itself when the old primary rejoined (F19).
-WALSENDER_REFUSAL = re.compile(r"requested starting point")
-MY_WALRECEIVER = re.compile(r"WAL stream")
-
-# My upstream's walsender refused my walreceiver because the segment it asked for is no longer
-# in the upstream's pg_wal (no slot held it, or its slot passed max_slot_wal_keep_size). It
-# never comes back there: this standby can follow that upstream again only after a rebuild.
-# Counted only as quoted by my own walreceiver (the same line from my walsender is about one
-# of MY standbys), and only when it failed so WAL_GONE_MIN_LINES times since my upstream was
-# last set: a walreceiver of the previous upstream may log one more line after the change.
-WAL_GONE = re.compile(r"requested WAL segment (\S+) has already been removed")
-WAL_GONE_MIN_LINES = 3
-
-
-# PostgreSQL crashed because it could not write (WAL or a data file) for lack of space: a
-# dataset quota reached (EDQUOT) or a full pool (ENOSPC). It PANICs (the postmaster then
-# restarts it, and a restart that frees a little space makes it look healthy until the next
-# WAL segment), so the primary's sitter gives way to its sync (F19).
-DISK_FULL_PANIC = re.compile(r"PANIC:.*(?:No space left on device|Disk quota exceeded)")
-
-
-def disk_full_in(text: str) -> str | None:
-    """The last line of PostgreSQL's log `text` that says it crashed for lack of space, or None."""
-    last = None
-    for last in DISK_FULL_PANIC.finditer(text):
-        pass
-    if last is None:
-        return None
-    end = text.find("\n", last.end())
-    return text[text.rfind("\n", 0, last.start()) + 1:end if end >= 0 else len(text)].strip()
-
-
-def diverged_in(text: str) -> bool:
-    """Whether PostgreSQL's log `text` says that this node cannot follow its upstream."""
-    for m in DIVERGENCE_PATTERNS.finditer(text):
-        end = text.find("\n", m.end())
-        line = text[text.rfind("\n", 0, m.start()) + 1:end if end >= 0 else len(text)]
-        if not WALSENDER_REFUSAL.search(line) or MY_WALRECEIVER.search(line):
-            return True
-    return False
-
-
-def wal_gone_in(text: str) -> str | None:
-    """The WAL segment my upstream no longer has, if PostgreSQL's log `text` says at least
-    WAL_GONE_MIN_LINES times that my walreceiver asked for it and was refused; else None."""
-    seen, last = 0, None
-    for m in WAL_GONE.finditer(text):
-        end = text.find("\n", m.end())
-        if MY_WALRECEIVER.search(text[text.rfind("\n", 0, m.start()) + 1:end if end >= 0 else len(text)]):
-            seen, last = seen + 1, m.group(1)
-    return last if seen >= WAL_GONE_MIN_LINES else None
-
-
+ORPHAN_SCAN_TIMEOUT_S = 5.0  # the /proc scan for a PostgreSQL left by a sitter that died
 PROMOTE_POLL_S = 0.01  # a promoting node is asked this often whether it has left recovery
 # WAL segment size of a new shard (initdb --wal-segsize). A promotion copies the whole last
 # segment to the new timeline and fsyncs it, and the standbys that follow the new timeline
@@ -105,8 +30,6 @@ WAL_SEGMENT_MB = 1
 
 LOG_READ_MAX = 4 << 20  # the newest part of PostgreSQL's log read each cycle (bytes)
 
-# PostgreSQL refused a connection because clients hold every slot (F20): it is busy, not sick.
-CROWDED = re.compile(r"too many clients already|remaining connection slots are reserved")
 
 
 @dataclass(frozen=True)
@@ -134,14 +57,6 @@ class PgStatus:
     def known(self) -> bool:
         """Not running, or running and it answered: what it says is a fact."""
         return not self.running or self.healthy
-
-
-class LogFacts(NamedTuple):
-    """What PostgreSQL's log says (PgManager._log_facts); the defaults: nothing known."""
-
-    diverged: bool = False
-    disk_full: str | None = None
-    wal_gone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -416,6 +331,25 @@ class PgManager:
             self.log.info("pg_stopped", mode=mode)
         self.proc = None
         self._started_at = None
+
+    async def kill_orphan(self, timeout: float = ORPHAN_SCAN_TIMEOUT_S) -> list[int]:
+        """Kill a PostgreSQL of my data directory that this sitter did not start (the pids; []
+        if none): its previous process died and left it running. It is not my child, so I
+        could neither watch nor stop it, and every start would fail on it ("already
+        running"); its role may be stale. SIGKILL, as for a fenced primary: no shutdown
+        checkpoint (a primary's would fork its WAL). The caller starts it again in its role."""
+        if self.proc is not None:
+            return []
+        try:
+            pids = await asyncio.wait_for(asyncio.to_thread(self._new_process().processes), timeout)
+            if pids:
+                self.log.warning("pg_orphan_killed", pids=pids, why="a PostgreSQL of my data directory ran that "
+                                 "this sitter did not start (its previous process died): I start it again myself")
+                await self._new_process().kill()
+        except (asyncio.TimeoutError, pgmod.PgError) as e:  # the cycle's own kill paths remain
+            self.log.error("pg_orphan_check_failed", error=str(e) or type(e).__name__)
+            return []
+        return pids
 
     async def kill(self) -> None:
         """Stop at once with no shutdown checkpoint: a fenced primary must not write anything more.

@@ -175,6 +175,24 @@ class NodeOps(SandboxBase):
             self.save()
             return started
 
+    def crash_sitter(self, name: str, restart_after_s: float = 0.5) -> tuple[int, int]:
+        """The sitter alone dies (SIGKILL) and a new one starts `restart_after_s` later, as a
+        supervisor restarts it (systemd's Restart=on-failure; KillMode=mixed leaves its
+        PostgreSQL running meanwhile). (old pid, new pid)."""
+        node = self.st.node(name)
+        with dir_lock(self.dir):
+            old = node.pids.get("sitter", 0) or 0
+            if not pid_alive(old):
+                raise SandboxError(f"node {name}: its sitter is not running")
+            os.kill(old, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while pid_alive(old) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(restart_after_s)
+            self._start_node(node, ("sitter",))
+            self.save()
+            return old, node.pids["sitter"]
+
     def add_node(self, start: bool = True) -> NodeState:
         """A further node (next letter, next address) made the way `create` makes nodes —
         ports, empty dataset, configs, cgroup and source address — and, with start=True,

@@ -500,3 +500,50 @@ def test_sync_that_heartbeats_but_does_not_flush_is_replaced_by_the_async(shard:
     assert gap <= STALL_BOUND_S + sh.session_s + 2 + LOADED_SLACK_S, f"writes stopped for {gap:.1f}s"
     assert not sh.safe_mode()
     sh.assert_checks(w, prev)
+
+
+# ------------------------------------------------------------------- a sitter that crashes
+def _orphans_killed(sh: Shard, name: str) -> int:
+    return sh.sitter_log(sh.node(name)).count("pg_orphan_killed")
+
+
+def test_sitter_crash_on_primary_restarted_no_failover(shard: Shard):
+    """The primary's sitter alone dies (SIGKILL) and its supervisor starts a new one 0.5 s
+    later; PostgreSQL ran on meanwhile, no longer anyone's child. The new sitter kills that
+    PostgreSQL and starts it again as the primary: a write pause of about a second, no
+    failover. Before (2026-12-05 sandbox trial) every start failed on it ("postgres already
+    running ... not starting another"): after primaryStartTimeout the primary stepped down
+    (13 s of outage, a new generation), and the node then backed off as a standby."""
+    sh = shard
+    prev = sh.zk_state()
+    gen0 = prev["generation"]
+    p, s, a = names(sh.topology())
+    marks, killed0 = _marks(sh), _orphans_killed(sh, p)
+    w = sh.writer("sitcrash", commit_timeout=COMMIT_TIMEOUT_S).start()
+    try:
+        w.wait_for_acks(30, 60)
+        t0 = time.monotonic()
+        old, new = sh.sb.crash_sitter(p, 0.5)
+        say(f"sitter crash: the primary {p}'s sitter {old} killed, {new} started 0.5 s later")
+        sh.wait(lambda: _orphans_killed(sh, p) > killed0, 30, f"{p}'s new sitter to kill its orphan PostgreSQL")
+        sh.wait(lambda: first_ack_on(w, sh.node(p), t0 + 1.0) is not None, 30, f"a commit on {p} again")
+        w.wait_for_acks(20, 60)
+        t2 = time.monotonic()
+    finally:
+        w.stop()
+    gap = longest_ack_gap(w, t0, t2)
+    say(f"sitter crash on the primary: outage {gap:.1f} s (longest gap between acknowledged writes)")
+    assert sh.topology()["primary"] == p and not sh.leaders_after(gen0), f"a failover: {sh.topology()}"
+    assert gap < sh.session_s, f"writes stopped for {gap:.1f}s, as long as a failover (T = {sh.session_s}s)"
+    _assert_no_rebuild_or_safe_mode(sh, marks, "sitter crash on the primary")
+    sh.assert_checks(w, prev)
+
+
+@pytest.mark.parametrize("role", ["sync", "async"])
+def test_sitter_crash_on_standby_restarted_streams_again(shard: Shard, role: str):
+    sh = shard
+    victim = names(sh.topology())[1 if role == "sync" else 2]
+    killed0 = _orphans_killed(sh, victim)
+    _standby_fault(sh, f"sitter-crash-{role}", role, lambda n: sh.sb.crash_sitter(n, 0.5), lambda n: None,
+                   hold_s=4.0, max_gap=3.0)
+    assert _orphans_killed(sh, victim) == killed0 + 1

@@ -7,6 +7,7 @@ import os
 import pwd
 import signal
 import stat
+import subprocess
 import time
 
 import psycopg2
@@ -182,6 +183,35 @@ async def test_stale_lock_files_with_reused_pid_do_not_block_start(pg_node: PgNo
         lock.write_text("\n".join(lines))
     await pg_node.start()
     assert await health(pg_node.client)
+
+
+async def test_lock_naming_an_unreaped_postmaster_does_not_block_start(pg_node: PgNode):
+    """A sitter that died left its PostgreSQL running; the new sitter killed it, but nobody
+    has reaped the dead postmaster yet (here PID 1 reaps lazily): a zombie, which
+    PostgreSQL's kill(pid, 0) takes for a live postmaster ("lock file already exists").
+    Seen in a sandbox trial, 2026-12-05: the first start after the kill failed."""
+    await pg_node.kill()
+    # exits at once, not waited for: a zombie, of PostgreSQL's user as the dead postmaster was
+    # (kill(pid, 0) on another user's process fails with EPERM, which PostgreSQL ignores)
+    zombie = subprocess.Popen(["true"], user=pg_node.user if os.geteuid() == 0 else None)
+
+    async def is_zombie() -> bool:
+        return _is_zombie(zombie.pid)
+
+    await eventually(is_zombie, what="a zombie process")
+    try:
+        for lock in (pg_node.data_dir / "postmaster.pid", pg_node.socket_dir / f".s.PGSQL.{pg_node.port}.lock"):
+            lines = lock.read_text().split("\n") if lock.exists() else ["0"]
+            lines[0] = str(zombie.pid)
+            lock.write_text("\n".join(lines))
+        await pg_node.start()
+        assert await health(pg_node.client)
+    finally:
+        zombie.wait()
+
+
+def _is_zombie(pid: int) -> bool:
+    return not _not_zombie(pid) and os.path.exists(f"/proc/{pid}")
 
 
 async def test_second_start_on_same_data_dir_refused(pg_node: PgNode):

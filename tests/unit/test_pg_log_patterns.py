@@ -6,7 +6,7 @@ line must not trigger that (a rebuild throws the node's data away)."""
 
 import pytest
 
-from manatee.sitter.pgmanager import DIVERGENCE_PATTERNS, disk_full_in, diverged_in
+from manatee.sitter.pglog import DIVERGENCE_PATTERNS, disk_full_in, diverged_in
 
 
 @pytest.mark.parametrize("line", [

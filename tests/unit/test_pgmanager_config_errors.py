@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from manatee.sitter import pgmanager
-from manatee.sitter.pgmanager import CROWDED, PgConfigError, PgManager, RoleSpec
+from manatee.sitter.pglog import CROWDED
+from manatee.sitter.pgmanager import PgConfigError, PgManager, RoleSpec
 
 
 class Log:

@@ -15,7 +15,8 @@ from manatee.shard import rebuildpath as rp
 from manatee.shard.decide import decide
 from manatee.shard.state import PRIMARY, REBUILD, STANDBY
 from manatee.sitter import pgmanager
-from manatee.sitter.pgmanager import WAL_GONE_MIN_LINES, PgManager, RoleSpec, wal_gone_in
+from manatee.sitter.pglog import WAL_GONE_MIN_LINES, LogFacts, wal_gone_in
+from manatee.sitter.pgmanager import PgManager, RoleSpec
 from tests.observations import A, B, C, D, obs
 
 SEG = "000000010000000000000008"
@@ -101,7 +102,7 @@ def test_only_lines_since_my_upstream_changed_count(monkeypatch, tmp_path):
 
 def test_a_log_that_cannot_be_read_says_nothing(monkeypatch, tmp_path):
     m = _manager(monkeypatch, tmp_path / "missing.log")
-    assert asyncio.run(m._log_facts()) == pgmanager.LogFacts()
+    assert asyncio.run(m._log_facts()) == LogFacts()
 
 
 # ---------------------------------------------------------------- the decision

@@ -25,7 +25,7 @@ from manatee.core import nofollow
 from manatee.core.log import get_logger
 from manatee.core.pg.client import PgClient
 from manatee.core.pg.runas import DEFAULT_BINDIR, PgError, as_user, ensure_private_dir, pg_env
-from manatee.core.procs import pid_alive
+from manatee.core.procs import pid_alive, pid_exists
 
 log = get_logger("manatee.pg")
 
@@ -182,12 +182,14 @@ class PostgresProcess:
             raise PgError(f"postgres already running on {self.data_dir} (pids {live}): not starting another")
         pidfile = self.data_dir / "postmaster.pid"
         pid = _lock_pid(pidfile)
-        if pid is not None and (pid == -1 or pid_alive(pid)):
+        # a pid that exists: reused by another process, or the killed postmaster not yet
+        # reaped (a zombie: PostgreSQL's kill(pid, 0) takes it for a live postmaster)
+        if pid is not None and (pid == -1 or pid_exists(pid)):
             log.warning("pg_stale_lock_removed", path=str(pidfile), pid=pid)
             pidfile.unlink(missing_ok=True)
         socklock = self.socket_dir / f".s.PGSQL.{self.port}.lock"
         pid = _lock_pid(socklock)
-        if pid is not None and (pid == -1 or pid_alive(pid)):
+        if pid is not None and (pid == -1 or pid_exists(pid)):
             if pid > 0 and _is_postgres(pid):
                 raise PgError(f"socket lock {socklock} is held by postgres pid {pid} (another instance?)")
             log.warning("pg_stale_lock_removed", path=str(socklock), pid=pid)

@@ -13,6 +13,8 @@ and the command that undoes it; `down` undoes them all.
     rogue-election [--ip IP]         a malformed election node; rogue-remove removes it
     bad-state                        the state znode made unparsable; bad-state-undo restores it
     flaky NODE [--loss PCT] [--delay-ms MS] [--for S]   packet loss and latency; steady NODE
+    sitter-crash NODE [--restart-after S]   the sitter alone SIGKILLed, a new one started S
+                                     (default 0.5) seconds later; PostgreSQL left running meanwhile
     faults                           the gray faults in force
 """
 
@@ -26,7 +28,7 @@ from manatee_testbed.sandbox import Sandbox
 
 COMMANDS = ("pg-hang", "pg-resume", "disk-full", "disk-lift", "storm", "storm-release", "crash-loop",
             "crash-stop", "rogue-election", "rogue-remove", "bad-state", "bad-state-undo", "flaky", "steady",
-            "faults")
+            "sitter-crash", "faults")
 
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
@@ -65,6 +67,10 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     c.add_argument("--for", dest="for_s", type=float, default=300.0, metavar="S",
                    help="the latency proxy ends by itself after S seconds (default 300)")
     node_cmd("steady", "undo `flaky`")
+    c = node_cmd("sitter-crash", "SIGKILL the node's sitter alone (PostgreSQL runs on) and start a new one, as "
+                                 "a supervisor would")
+    c.add_argument("--restart-after", type=float, default=0.5, metavar="S",
+                   help="seconds between the kill and the new sitter (default 0.5)")
     sub.add_parser("faults", parents=[common], help="the gray faults in force (JSON)")
 
 
@@ -105,5 +111,8 @@ def run(sb: Sandbox, args) -> None:
         print(f"node {node}: {info['lossPct']}% packet loss, {info['delayMs']} ms latency")
     elif cmd == "steady":
         print(f"node {node}: {'network steady again' if gf.unflaky(sb, node) else 'was not flaky'}")
+    elif cmd == "sitter-crash":
+        old, new = sb.crash_sitter(node, args.restart_after)
+        print(f"node {node}: sitter pid {old} killed, pid {new} started {args.restart_after}s later")
     elif cmd == "faults":
         print(json.dumps(gf.active(sb), indent=2))
