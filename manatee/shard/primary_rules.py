@@ -58,7 +58,9 @@ class _Primary:
         self.stalled = (sync is not None and v.obs.sync_stalled_s is not None and not v.pg_unknown
                         and v.obs.wal is not None)
         self.sync_gone = sync is None or not v.alive(sync) or self.hb is False or self.tagged_out or self.stalled
-        self.cands = v.candidates(exclude={st.primary.id, *([sync.id] if sync else [])})
+        # a standby that just told me it gives way (its PostgreSQL cannot serve) is no candidate:
+        # naming it flaps the sync between sick nodes (every disk of the shard full, 2026-12-05)
+        self.cands = v.candidates(exclude={st.primary.id, *([sync.id] if sync else []), *v.obs.gave_way})
         self.deposed_left = tuple(p for p in st.deposed if not v.alive(p))
         # A new sync is needed: mine is gone and someone can replace it (or ONWM lets me drop it).
         self.wants_new_sync = self.sync_gone and (any(p.can_sync for p in self.cands)

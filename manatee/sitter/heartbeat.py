@@ -47,6 +47,8 @@ class HeartbeatTable:
     beats: dict[str, Heartbeat] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     expected: dict[str, float] = field(default_factory=dict)  # peer → since when it is my downstream
+    _role: str | None = None  # the role and downstream of my last decided target (follow)
+    _downstream: str | None = None
 
     def record(self, hb: Heartbeat) -> str | None:
         """Keep `hb`; returns what is news: "leaving" (it gives way, first said so), "new" (a
@@ -56,6 +58,18 @@ class HeartbeatTable:
         if hb.leaving is not None:
             return "leaving" if prev is None or prev.leaving != hb.leaving else None
         return "new" if prev is None else None
+
+    def follow(self, role: str, downstream: str | None, now: float) -> None:
+        """My decided target is `role` with `downstream`, its state written: called each
+        cycle before the target is reached. A new role forgets everything (standbys get one
+        expiration period to find me); a new downstream gets one period. Only a change counts:
+        named at the write, so a cycle that then fails to reach its target (a full disk) does
+        not leave the new sync without its grace, nor extend it by deciding the same again."""
+        if role != self._role:
+            self.reset(now)
+        elif downstream is not None and downstream != self._downstream:
+            self.expect(downstream, now)
+        self._role, self._downstream = role, downstream
 
     def expect(self, peer_id: str, now: float | None = None) -> None:
         """`peer_id` has just become my downstream (e.g. my new sync): what I heard from it
@@ -74,9 +88,12 @@ class HeartbeatTable:
             return hb.leaving is None and now - hb.received <= self.expiration_s
         return now - since <= self.expiration_s
 
-    def gave_way(self, peer_ids) -> dict[str, str]:
-        """peer id -> why, for those whose last heartbeat said they give way."""
-        return {p: hb.leaving for p in peer_ids if (hb := self.beats.get(p)) is not None and hb.leaving}
+    def gave_way(self, peer_ids, now: float | None = None) -> dict[str, str]:
+        """peer id -> why, for those whose last heartbeat, within the expiration time, said
+        they give way (older news: one that moved behind another upstream heartbeats there)."""
+        now = time.monotonic() if now is None else now
+        return {p: hb.leaving for p in peer_ids if (hb := self.beats.get(p)) is not None and hb.leaving
+                and now - hb.received <= self.expiration_s}
 
     def freshness(self, peer_ids, now: float | None = None) -> dict[str, bool]:
         return {p: self.fresh(p, now) for p in peer_ids}

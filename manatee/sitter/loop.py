@@ -158,7 +158,7 @@ class Sitter:
             diverged=self.diverged, wal_gone=pgs.wal_gone, sync_caught_up=caught_up,
             has_data=await self._has_data(),
             heartbeats=self.heartbeats.freshness(others, self.clock.monotonic()),
-            gave_way=self.heartbeats.gave_way(others),
+            gave_way=self.heartbeats.gave_way(others, self.clock.monotonic()),
             one_node_write_mode=self.cfg.postgresMgrCfg.oneNodeWriteMode,
             expiry_passed=view.expiry_passed(),
             sync_streaming=pgs.sync_flush is not None,
@@ -321,13 +321,10 @@ class Sitter:
         changed = self.last is None or dec.target != self.target or dec.rule != self.last.rule
         (self.log.info if changed else self.log.debug)("decision", rule=dec.rule, target=dec.target.describe(),
                                                        reason=dec.reason)
+        self.heartbeats.follow(dec.target.role, dec.target.downstream.id if dec.target.downstream else None,
+                               self.clock.monotonic())
         await self._reach(obs, dec)
         old = self.target
-        if old is None or old.role != dec.target.role:
-            self.heartbeats.reset(self.clock.monotonic())  # standbys get one expiry period to find our new role
-        elif dec.target.downstream is not None and (old.downstream is None
-                                                    or old.downstream.id != dec.target.downstream.id):
-            self.heartbeats.expect(dec.target.downstream.id, self.clock.monotonic())  # a new sync: one period
         self.role, self.target, self.last = dec.target.role, dec.target, dec
         await self._reconcile_slots(dec.target)
         # role-change hook (in the background: never delays this cycle): my place, else my local role

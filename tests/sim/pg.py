@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from manatee.core.lsn import Lsn
 from manatee.core.pg import PgError
 from manatee.sitter.dataset import UpstreamNotReady
-from manatee.sitter.pgmanager import PgStatus
+from manatee.sitter.pgmanager import PgConfigError, PgStatus
 
 BASE = 0x1000000  # the WAL position of an empty log
 
@@ -102,6 +102,10 @@ class FakePg:
 
     async def configure(self, spec, members) -> None:
         await self.world.pause_point(self.node)
+        self.node.config_writes += 1
+        if self.node.config_full and self.node.config_writes % 2:
+            raise PgConfigError(f"cannot write PostgreSQL's config for the {spec.role} role: "
+                                "[Errno 28] No space left on device: '.manatee.conf.tmp'")
         self.spec, self.members = spec, tuple(sorted(set(members)))
         c = self.node.conf
         if spec.role == "primary":

@@ -88,6 +88,10 @@ class Node:
     pg_fault: str | None = None
     disk_full: str | None = None
     free: int | None = None  # bytes free on its dataset (None: ZFS does not say)
+    # PostgreSQL's config files cannot be written (ENOSPC) every other time, as on a real full
+    # dataset where ZFS frees a little now and then (the 2026-12-05 sandbox trial)
+    config_full: bool = False
+    config_writes: int = 0
     pg_hung: bool = False
     zk_cut: bool = False
     peers_cut: bool = False

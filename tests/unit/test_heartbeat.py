@@ -84,17 +84,37 @@ def test_a_standby_that_gives_way_is_gone_at_once_and_back_with_its_next_beat():
     t = HeartbeatTable(expiration_s=10, started=0.0)
     assert t.record(Heartbeat("b", "u", None, True, 20.0)) == "new"
     assert t.record(Heartbeat("b", "u", None, True, 21.0)) is None
-    assert t.fresh("b", now=21.5) and t.gave_way(["b"]) == {}
+    assert t.fresh("b", now=21.5) and t.gave_way(["b"], now=21.5) == {}
     assert t.record(Heartbeat("b", "u", None, False, 22.0, leaving="its disk is full")) == "leaving"
     assert not t.fresh("b", now=22.0)  # not after the expiry (32 s): now
-    assert t.gave_way(["b", "c"]) == {"b": "its disk is full"}
+    assert t.gave_way(["b", "c"], now=22.0) == {"b": "its disk is full"}
+    assert t.gave_way(["b"], now=32.1) == {}  # news for one expiration period (it may heartbeat another now)
     assert t.record(Heartbeat("b", "u", None, False, 22.5, leaving="its disk is full")) is None  # no news
     assert t.record(Heartbeat("b", "u", None, True, 40.0)) is None
-    assert t.fresh("b", now=41.0) and t.gave_way(["b"]) == {}  # healthy again: a plain beat counts
+    assert t.fresh("b", now=41.0) and t.gave_way(["b"], now=41.0) == {}  # healthy again: a plain beat counts
     # the grace period of a new downstream does not make a leaving one fresh
     t.record(Heartbeat("c", "u", None, False, 50.0, leaving="down"))
     t.expect("c", now=49.0)
     assert not t.fresh("c", now=50.5)
+
+
+def test_follow_starts_a_grace_once_per_new_downstream_and_forgets_on_a_new_role():
+    """Named at the state write: a primary that names a new sync and then fails to configure
+    its own PostgreSQL (a full disk) still gives it its grace period; deciding the same again
+    does not extend it (2026-12-05 sandbox trial: the sync flapped 20 times a second)."""
+    t = HeartbeatTable(expiration_s=6, started=0.0)
+    t.follow("primary", "b", now=1.0)  # a first target: a new role, everyone gets a period
+    t.record(Heartbeat("b", "u", None, True, 2.0))
+    assert not t.fresh("c", now=8.0)
+    t.follow("primary", "c", now=10.0)  # my new sync
+    assert t.fresh("c", now=15.9)
+    t.follow("primary", "c", now=15.0)  # decided again (the last cycle failed): no new period
+    assert not t.fresh("c", now=16.5)
+    t.follow("primary", None, now=17.0)  # no sync: nothing to expect
+    t.follow("primary", "b", now=20.0)
+    assert t.fresh("b", now=25.9) and not t.fresh("b", now=26.1)
+    t.follow("standby", None, now=30.0)  # a new role: what I heard before is forgotten
+    assert t.beats == {} and t.fresh("b", now=35.0)
 
 
 async def test_the_sender_says_it_leaves_once_then_falls_silent():

@@ -856,3 +856,31 @@ def test_sync_refused_by_its_primary_still_takes_over_when_the_primary_dies():
     sh.run(SESSION_TIMEOUT + 8)
     assert sh.zk.state().primary.id == s.id and not sh.zk.error, sh.describe()
     assert not sh.lost_acknowledged() and acked_count_grows(sh)
+
+
+def test_every_disk_of_the_shard_full_does_not_flap_the_sync():
+    """2026-12-05 sandbox trial: a bulk load filled every node's disk at once (they hold the
+    same data). Both standbys gave way; the primary named one, then the other, 20 times a
+    second (generation 5 → 739 in a minute): a standby that had just given way was named
+    again, and a new sync named by a cycle that then failed to write the primary's own
+    config (ENOSPC) never got its grace period. Now at most one new generation per
+    heartbeat expiry, and nothing lost."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    sh.run(3)
+    g0 = sh.zk.state().generation
+    p.config_full = True
+    for n in (s, a):
+        n.free = 1 << 20
+        sh.pg_fault(n, "no_start")
+    ticks = 60
+    sh.run(ticks)
+    made = sh.zk.state().generation - g0
+    assert made <= ticks // HB_TIMEOUT + 2, (made, sh.describe())
+    assert not sh.lost_acknowledged()
+    p.config_full = False
+    for n in (s, a):
+        n.free = None
+        sh.pg_fault(n, None)
+    sh.settle()
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
