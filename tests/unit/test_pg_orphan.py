@@ -10,14 +10,7 @@ from types import SimpleNamespace
 
 from manatee.core.pg import PgError
 from manatee.sitter.pgmanager import PgManager
-
-
-class _Log:
-    def __init__(self):
-        self.lines = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.lines.append((level, event, kw))
+from tests.pgmanager_fakes import RecordingLog
 
 
 class _Proc:
@@ -35,7 +28,7 @@ class _Proc:
 
 def _manager(proc: _Proc, mine=None) -> PgManager:
     m = PgManager.__new__(PgManager)
-    m.log, m.proc = _Log(), mine
+    m.log, m.proc = RecordingLog(), mine
     m._new_process = lambda: proc
     return m
 

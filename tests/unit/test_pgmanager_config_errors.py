@@ -10,26 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from manatee.sitter import pgmanager
 from manatee.sitter.pglog import CROWDED
-from manatee.sitter.pgmanager import PgConfigError, PgManager, RoleSpec
-
-
-class Log:
-    def __init__(self):
-        self.lines = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.lines.append((level, event))
+from manatee.sitter.pgmanager import PgConfigError, RoleSpec
+from tests.pgmanager_fakes import bare_pg_manager
 
 
 def _manager(monkeypatch, outcomes):
-    m = PgManager.__new__(PgManager)
-    m.cfg, m.log, m.user, m.data_dir = SimpleNamespace(ip="127.0.0.1"), Log(), "postgres", "/nonexistent"
-    m.proc, m.spec, m.config_error = None, None, None
-    m._restart_pending = m._reload_pending = False
-    m.parameters_gen = m._written_gen = m._applied_gen = 0
-    m.role_config = lambda spec: None
     seq = iter(outcomes)
 
     def write(*_a, **_k):
@@ -38,8 +24,7 @@ def _manager(monkeypatch, outcomes):
             raise o
         return SimpleNamespace(restart_needed=False, reload_needed=False, changed=[])
 
-    monkeypatch.setattr(pgmanager, "write_role_config", write)
-    return m
+    return bare_pg_manager(monkeypatch, write)
 
 
 def test_a_config_write_failure_is_reported_once_and_cleared_when_it_works(monkeypatch):
@@ -49,9 +34,9 @@ def test_a_config_write_failure_is_reported_once_and_cleared_when_it_works(monke
         with pytest.raises(PgConfigError, match="Disk quota exceeded"):
             asyncio.run(m.configure(RoleSpec("primary"), ()))
     assert "Disk quota exceeded" in m.config_error
-    assert [e for lvl, e in m.log.lines if lvl == "error"] == ["pg_config_write_failed"]
+    assert [e for lvl, e, _ in m.log.lines if lvl == "error"] == ["pg_config_write_failed"]
     asyncio.run(m.configure(RoleSpec("primary"), ()))
-    assert m.config_error is None and ("info", "pg_config_write_restored") in m.log.lines
+    assert m.config_error is None and ("info", "pg_config_write_restored") in [(lvl, e) for lvl, e, _ in m.log.lines]
 
 
 @pytest.mark.parametrize("msg,crowded", [

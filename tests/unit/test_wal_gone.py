@@ -14,10 +14,10 @@ import pytest
 from manatee.shard import rebuildpath as rp
 from manatee.shard.decide import decide
 from manatee.shard.state import PRIMARY, REBUILD, STANDBY
-from manatee.sitter import pgmanager
 from manatee.sitter.pglog import WAL_GONE_MIN_LINES, LogFacts, wal_gone_in
 from manatee.sitter.pgmanager import PgManager, RoleSpec
 from tests.observations import A, B, C, D, obs
+from tests.pgmanager_fakes import bare_pg_manager
 
 SEG = "000000010000000000000008"
 
@@ -53,22 +53,11 @@ def test_ordinary_lines_are_not():
     assert wal_gone_in("FATAL:  could not connect to the primary server: connection refused\n" * 5) is None
 
 
-class _Log:
-    def __getattr__(self, level):
-        return lambda event, **kw: None
-
-
 def _manager(monkeypatch, log_file) -> PgManager:
-    m = PgManager.__new__(PgManager)
-    m.cfg, m.log, m.user, m.data_dir = SimpleNamespace(ip="127.0.0.1"), _Log(), "postgres", "/nonexistent"
-    m.proc, m.spec, m.config_error = None, None, None
-    m._restart_pending = m._reload_pending = False
-    m.parameters_gen = m._written_gen = m._applied_gen = 0
-    m.role_config = lambda spec: None
+    m = bare_pg_manager(monkeypatch, lambda *_a, **_k: SimpleNamespace(
+        restart_needed=False, reload_needed=True, changed=["primary_conninfo"]))
     m.log_file, m.status_timeout = log_file, 2.0
     m._log_offset, m._upstream_log_from, m._started_at = 0, 0, 1.0
-    monkeypatch.setattr(pgmanager, "write_role_config", lambda *_a, **_k: SimpleNamespace(
-        restart_needed=False, reload_needed=True, changed=["primary_conninfo"]))
     return m
 
 

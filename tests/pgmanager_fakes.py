@@ -1,0 +1,29 @@
+"""A PgManager without its __init__ (no config, no PostgreSQL) for unit tests of its parts:
+the attributes configure() and the log reading use, a log that records (level, event, kw),
+and write_role_config replaced by `write` (a callable taking anything)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from manatee.sitter import pgmanager
+from manatee.sitter.pgmanager import PgManager
+
+
+class RecordingLog:
+    def __init__(self):
+        self.lines: list[tuple[str, str, dict]] = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.lines.append((level, event, kw))
+
+
+def bare_pg_manager(monkeypatch, write) -> PgManager:
+    m = PgManager.__new__(PgManager)
+    m.cfg, m.log, m.user, m.data_dir = SimpleNamespace(ip="127.0.0.1"), RecordingLog(), "postgres", "/nonexistent"
+    m.proc, m.spec, m.config_error = None, None, None
+    m._restart_pending = m._reload_pending = False
+    m.parameters_gen = m._written_gen = m._applied_gen = 0
+    m.role_config = lambda spec: None
+    monkeypatch.setattr(pgmanager, "write_role_config", write)
+    return m
