@@ -51,7 +51,7 @@ def gray_json(sitter: Any) -> dict[str, Any]:
     """The latches and the latest decision from the sitter's /state (None where it said nothing)."""
     s = sitter if isinstance(sitter, Mapping) else {}
     return {"writeProbe": s.get("writeProbe"), "syncFlushStall": s.get("syncFlushStall"),
-            "startBackoff": s.get("startBackoff"),
+            "startBackoff": s.get("startBackoff"), "restoreBackoff": s.get("restoreBackoff"),
             "decision": {"rule": s.get("rule"), "reason": s.get("reason")} if s.get("rule") else None}
 
 
@@ -73,6 +73,10 @@ def gray_notes(ip: str, pg: Mapping[str, Any] | None, sitter: Any) -> list[str]:
     if sb.get("failures"):
         latched.append(f"PostgreSQL failed to start {sb['failures']} time(s) in a row"
                        + (f"; next try in {float(sb['nextTryIn']):.1f}s" if sb.get("nextTryIn") else ""))
+    rb = _section(sitter, "restoreBackoff")
+    if rb.get("failures"):
+        latched.append(f"its last {rb['failures']} rebuild(s) failed in a row (last: {rb.get('lastError') or '?'})"
+                       + (f"; next try in {float(rb['nextTryIn']):.1f}s" if rb.get("nextTryIn") else ""))
     out += [f"  {ip}: {x}" for x in latched]
     if latched and isinstance(sitter, Mapping) and sitter.get("rule"):
         out.append(f"  {ip}: decided {sitter['rule']}: {sitter.get('reason') or 'no reason given'}")
@@ -81,7 +85,8 @@ def gray_notes(ip: str, pg: Mapping[str, Any] | None, sitter: Any) -> list[str]:
 
 def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: str) -> list[tuple[str, str]]:
     """(severity, line) for the latches that an operator should look at: a primary whose write
-    probe fails, a sync flush stalled for half its bound or more, PostgreSQL that fails to start."""
+    probe fails, a sync flush stalled for half its bound or more, PostgreSQL that fails to start,
+    rebuilds that keep failing."""
     out = []
     wp, st, sb = (_section(sitter, k) for k in ("writeProbe", "syncFlushStall", "startBackoff"))
     if wp.get("failures") and role == "primary":
@@ -94,6 +99,10 @@ def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: st
     if sb.get("failures"):
         out.append((sev_crit if role in ("primary", "sync") else sev_warn,
                     f"{what}: PostgreSQL failed to start {sb['failures']} time(s) in a row"))
+    rb = _section(sitter, "restoreBackoff")
+    if isinstance(rb.get("failures"), int) and rb["failures"] >= 2:  # one failure is retried at once
+        out.append((sev_warn, f"{what}: its last {rb['failures']} rebuilds failed in a row "
+                              f"({rb.get('lastError') or 'no error recorded'}); they are retried less and less often"))
     return out
 
 

@@ -213,3 +213,38 @@ def start_held_s(t: StartTries, now: float) -> float | None:
     if t.retry_at is None or now >= t.retry_at:
         return None
     return t.retry_at - now
+
+
+# -- rebuilds that fail in a row --------------------------------------------------------
+#: A rebuild that failed is tried again at once the first time (an upstream restarting, a
+#: stream cut); from the second failure in a row on, the next waits this long, doubling up to
+#: RESTORE_RETRY_MAX_S. Each attempt costs its upstream a snapshot and a stream (a full one
+#: when no snapshot is shared), so a rebuild that cannot succeed (its own disk too small) must
+#: not repeat every cycle: 2026-12-05 sandbox trial, every disk of the shard full, a node
+#: retried every 3 s.
+RESTORE_RETRY_BASE_S = 2.0
+RESTORE_RETRY_MAX_S = 120.0
+
+
+@dataclass(frozen=True)
+class RestoreTries:
+    """A node's failed rebuilds in a row: how many, the last one's error, and before which
+    (monotonic) time the next is not started (None: it may start now)."""
+
+    failures: int = 0
+    last_error: str | None = None
+    retry_at: float | None = None
+
+
+def restore_failed(t: RestoreTries, error: str, now: float, base_s: float = RESTORE_RETRY_BASE_S,
+                   max_s: float = RESTORE_RETRY_MAX_S) -> RestoreTries:
+    failures = t.failures + 1
+    wait = None if failures < 2 else min(max_s, base_s * 2 ** min(failures - 2, 20))
+    return RestoreTries(failures, error, None if wait is None else now + wait)
+
+
+def restore_held_s(t: RestoreTries, now: float) -> float | None:
+    """Seconds until the next rebuild may start (None: now)."""
+    if t.retry_at is None or now >= t.retry_at:
+        return None
+    return t.retry_at - now

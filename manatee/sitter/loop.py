@@ -27,7 +27,7 @@ from manatee.sitter.pgmanager import PgConfigError, PgStatus
 from manatee.sitter.ports import Clock, Dataset, Postgres, Session, Store, SystemClock
 from manatee.sitter.snapshot import SitterSnapshot, snapshot_of
 from manatee.shard.rebuildpath import CAUSE_REQUESTED, next_cause
-from manatee.sitter.steps import StepRunner
+from manatee.sitter.steps import RestoreHeld, StepRunner
 from manatee.sitter.dataset import UpstreamNotReady
 from manatee.sitter.zkview import ZkView, worse
 from manatee.shard.state import CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, UNASSIGNED, Peer, Target
@@ -281,6 +281,8 @@ class Sitter:
             self._cycle_ok()
         except asyncio.CancelledError:
             raise
+        except RestoreHeld:  # said once per failure by the step runner (restore_held)
+            pass
         except UpstreamNotReady as e:
             self.log.info("waiting_for_upstream", reason=str(e))
         except PgConfigError as e:  # an observation (logged once per change), not a crash loop
@@ -478,6 +480,7 @@ class Sitter:
         # rebuild running: this request asks for another one, not for the last one's result)
         self.diverged = True
         self.steps.rebuild_cause = CAUSE_REQUESTED  # perhaps for damage: a stream, never a rewind
+        self.steps.restore_tries = latches.RestoreTries()  # the operator's request waits for no back-off
         self.steps.restore_progress = {"phase": "requested", "completed": 0, "size": 0, "source": None}
         self.log.info("rebuild_requested", place=place)
         self.publish()

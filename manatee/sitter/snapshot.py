@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from manatee.shard import latches
 from manatee.shard.latches import WRITE_PROBE_FAILURES
 from manatee.shard.state import REBUILD, ClusterState, Peer, Target
 
@@ -52,6 +53,7 @@ class SitterSnapshot:
     sync_flush_stall_bound: float | None = None  # ... after which the primary replaces its sync
     start_failures: int = 0                  # consecutive failed starts of my PostgreSQL
     start_retry_at: float | None = None      # clock.monotonic() before which no start is attempted
+    restore_tries: Any = None                # failed rebuilds in a row (latches.RestoreTries)
     standbys: tuple[Any, ...] = ()           # the last heartbeat of each standby (heartbeat.Heartbeat)
     hb_expiration_s: float = 0.0             # heartbeatCfg.expirationTime (s)
 
@@ -88,7 +90,8 @@ def snapshot_of(sitter) -> SitterSnapshot:
         write_probe_failures=h.probe_failures, write_probe_error=h.probe_error,
         sync_flush_stalled_s=max(0.0, sitter.last_pg_at - h.stall[2]) if h.stall else 0.0,
         sync_flush_stall_bound=h.sync_stall_bound, start_failures=h.starts.failures,
-        start_retry_at=h.starts.retry_at, standbys=tuple(sitter.heartbeats.beats.values()),
+        start_retry_at=h.starts.retry_at, restore_tries=sitter.steps.restore_tries,
+        standbys=tuple(sitter.heartbeats.beats.values()),
         hb_expiration_s=sitter.heartbeats.expiration_s)
 
 
@@ -140,13 +143,23 @@ def standbys(s: SitterSnapshot, now: float) -> dict:
 
 def gray_latches(s: SitterSnapshot, now: float) -> dict:
     """The gray-failure latches as /state shows them (docs/operators-guide.md): the primary's
-    write probe, its sync's flush stall, and the start back-off of my PostgreSQL."""
+    write probe, its sync's flush stall, the start back-off of my PostgreSQL, and the back-off
+    of my failed rebuilds."""
     return {
         "writeProbe": {"failures": s.write_probe_failures, "limit": WRITE_PROBE_FAILURES,
                        "lastError": s.write_probe_error},
         "syncFlushStall": {"seconds": round(s.sync_flush_stalled_s, 1), "bound": s.sync_flush_stall_bound},
         "startBackoff": {"failures": s.start_failures, "nextTryIn": start_held_s(s, now)},
+        "restoreBackoff": restore_backoff(s.restore_tries, now),
     }
+
+
+def restore_backoff(t, now: float) -> dict:
+    """My rebuilds that failed in a row, the last one's error, seconds until the next (0: now)."""
+    if t is None:
+        return {"failures": 0, "nextTryIn": 0.0, "lastError": None}
+    return {"failures": t.failures, "nextTryIn": round(latches.restore_held_s(t, now) or 0.0, 1),
+            "lastError": t.last_error}
 
 
 def start_held_s(s: SitterSnapshot, now: float) -> float:

@@ -7,13 +7,20 @@ from __future__ import annotations
 import contextlib
 from typing import Callable
 
+from manatee.shard import latches
 from manatee.shard import transitions as T
 from manatee.shard.pgurl import PgUrl
 from manatee.shard.state import PRIMARY, STANDBY, Peer, Target
+from manatee.sitter.dataset import UpstreamNotReady
 from manatee.sitter.pgmanager import RoleSpec
 from manatee.sitter.ports import Clock, Dataset, Postgres, Store
 
 NO_SYNC_PLACEHOLDER = "manatee-no-sync-standby"
+
+
+class RestoreHeld(UpstreamNotReady):
+    """The next rebuild waits: the last ones failed in a row (latches.restore_failed). Said
+    once per failure (log `restore_held`), then the cycle goes on without it."""
 
 
 class StepRunner:
@@ -30,6 +37,7 @@ class StepRunner:
         # why the next rebuild is needed (manatee.shard.rebuildpath CAUSE_*; None: missing data
         # or not known): only a WAL divergence may be rewound. Set by the loop, cleared by a restore.
         self.rebuild_cause: str | None = None
+        self.restore_tries = latches.RestoreTries()  # failed rebuilds in a row (back-off)
 
     async def run(self, tr: T.Transition, target: Target, members: tuple[str, ...]) -> None:
         for step in tr.steps:
@@ -134,7 +142,24 @@ class StepRunner:
     async def restore(self, upstream: Peer | None) -> None:
         if upstream is None:
             raise RuntimeError("a restore needs an upstream to restore from")
-        await self.dataset.check_upstream(upstream)
+        t = self.restore_tries
+        held = latches.restore_held_s(t, self.clock.monotonic())
+        if held is not None:
+            raise RestoreHeld(f"my last {t.failures} rebuilds failed in a row (the last: {t.last_error}), "
+                              f"so the next one waits {held:.0f}s more")
+        await self.dataset.check_upstream(upstream)  # not ready yet: no attempt, no failure
+        try:
+            await self._restore(upstream)
+        except Exception as e:
+            self.restore_tries = t = latches.restore_failed(t, f"{type(e).__name__}: {e}"[:300],
+                                                            self.clock.monotonic())
+            if t.retry_at is not None:
+                self.log.warning("restore_held", failures=t.failures, wait_s=round(t.retry_at - self.clock.monotonic(), 1),
+                                 error=t.last_error)
+            raise
+        self.restore_tries = latches.RestoreTries()
+
+    async def _restore(self, upstream: Peer) -> None:
         also = await self._ahead_of(upstream)
         await self.pg.kill()
         self.log.info("restore_starting", source=upstream.backup_url, also=[p.backup_url for p in also])

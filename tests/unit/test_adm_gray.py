@@ -8,7 +8,7 @@ import pytest
 
 from manatee.cli.adm_gray import SITTER_PG_FRESH_S, pg_via_sitter, repl_via_sitter
 from manatee.cli.adm_view import node_json, problems, render_pg_status, render_show, show_json
-from tests.observations import A, B, healthy
+from tests.observations import A, B, C, healthy
 
 STORM = {"up": False, "error": "FATAL:  sorry, too many clients already"}
 
@@ -144,3 +144,17 @@ def test_a_dataset_with_room_or_unknown_space_is_no_problem(space):
     for n in v.nodes:
         n.sitter = sitter_state(n.role, dataset=space)
     assert problems(v) == []
+
+
+def test_show_and_verify_name_rebuilds_that_keep_failing():
+    v = healthy()
+    err = "RestoreError: zfs recv into z/c/pg failed after 24484223 bytes: cannot receive: out of space"
+    v.nodes[2].sitter = sitter_state("standby", restoreBackoff={"failures": 3, "nextTryIn": 3.5, "lastError": err})
+    out = render_show(v)
+    assert f"{C.ip}: its last 3 rebuild(s) failed in a row (last: {err}); next try in 3.5s" in out
+    sev = {p["message"]: p["severity"] for p in show_json(v)["problems"]}
+    assert any("its last 3 rebuilds failed in a row" in m and "out of space" in m and s == "warning"
+               for m, s in sev.items()), sev
+    assert show_json(v)["nodes"][2]["restoreBackoff"]["failures"] == 3
+    v.nodes[2].sitter = sitter_state("standby", restoreBackoff={"failures": 1, "nextTryIn": 0.0, "lastError": err})
+    assert not any("rebuilds failed" in p["message"] for p in show_json(v)["problems"])  # retried at once

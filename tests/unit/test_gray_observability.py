@@ -51,7 +51,8 @@ def test_the_gray_gauges_carry_the_latches_and_the_decision_rule():
 
 # ---------------------------------------------------------------------------- the snapshot
 
-def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_at=100.0):
+def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_at=100.0,
+          restores=latches.RestoreTries()):
     """A stand-in for the loop with the attributes snapshot_of reads."""
     health = SimpleNamespace(probe_failures=probe[0], probe_error=probe[1], stall=stall, sync_stall_bound=8.0,
                              starts=starts, sick_since=None, sick_why=None, cannot_serve=None, hung_kills=0,
@@ -61,7 +62,7 @@ def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_a
     return SimpleNamespace(
         view=view_, health=health, last=SimpleNamespace(reason="my sync has not flushed", rule="primary.replace_sync"),
         me=A, role="primary", target=None, last_pg=None, last_pg_at=last_pg_at,
-        pg=SimpleNamespace(config_error=None, parameters_gen=0), steps=SimpleNamespace(restore_progress=None),
+        pg=SimpleNamespace(config_error=None, parameters_gen=0), steps=SimpleNamespace(restore_progress=None, restore_tries=restores),
         pg_restarts=0, restart_request=None, transitions={}, slots=None,
         session=SimpleNamespace(negotiated_session_timeout=4.0), started=0.0, diverged=False,
         heartbeats=SimpleNamespace(beats={}, expiration_s=6.0))
@@ -69,11 +70,13 @@ def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_a
 
 def test_snapshot_of_publishes_the_latches():
     s = snapshot_of(_loop(stall=(("g", "sync"), 10, 93.5), probe=(2, "could not write: No space left"),
-                          starts=latches.StartTries(4, False, 130.0)))
+                          starts=latches.StartTries(4, False, 130.0),
+                          restores=latches.RestoreTries(3, "ZfsError: out of space", 140.0)))
     assert (s.write_probe_failures, s.write_probe_error) == (2, "could not write: No space left")
     assert s.sync_flush_stalled_s == 6.5  # as of the last observation of PostgreSQL (last_pg_at 100)
     assert s.sync_flush_stall_bound == 8.0
     assert (s.start_failures, s.start_retry_at) == (4, 130.0)
+    assert s.restore_tries == latches.RestoreTries(3, "ZfsError: out of space", 140.0)
     assert (s.rule, s.reason) == ("primary.replace_sync", "my sync has not flushed")
 
 
@@ -87,12 +90,14 @@ def test_a_stall_started_after_the_last_observation_counts_zero_not_negative():
 def test_state_shows_the_latches():
     s = SitterSnapshot(me=A, write_probe_failures=2, write_probe_error="FATAL: could not write",
                        sync_flush_stalled_s=5.04, sync_flush_stall_bound=8.0, start_failures=3,
-                       start_retry_at=112.0, rule="primary.step_down", reason="it cannot commit")
+                       start_retry_at=112.0, rule="primary.step_down", reason="it cannot commit",
+                       restore_tries=latches.RestoreTries(2, "ZfsError: out of space", 112.5))
     got = gray_latches(s, now=110.0)
     assert got == {"writeProbe": {"failures": 2, "limit": latches.WRITE_PROBE_FAILURES,
                                   "lastError": "FATAL: could not write"},
                    "syncFlushStall": {"seconds": 5.0, "bound": 8.0},
-                   "startBackoff": {"failures": 3, "nextTryIn": 2.0}}
+                   "startBackoff": {"failures": 3, "nextTryIn": 2.0},
+                   "restoreBackoff": {"failures": 2, "nextTryIn": 2.5, "lastError": "ZfsError: out of space"}}
     cfg = SimpleNamespace(insecure=False, zkCfg=SimpleNamespace(auth=None, session_timeout_s=4.0))
     body = debug_state(s, cfg, 110.0)
     assert body["writeProbe"] == got["writeProbe"] and body["startBackoff"]["nextTryIn"] == 2.0

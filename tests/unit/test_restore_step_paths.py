@@ -7,7 +7,10 @@ import asyncio
 from types import SimpleNamespace
 
 from manatee.shard import rebuildpath as rp
-from manatee.sitter.steps import StepRunner
+import pytest
+
+from manatee.shard import latches
+from manatee.sitter.steps import RestoreHeld, StepRunner
 from tests.factories import peer
 
 
@@ -17,6 +20,14 @@ class Log:
 
     def __getattr__(self, level):
         return lambda event, **kw: self.lines.append((event, kw))
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def monotonic(self):
+        return self.now
 
 
 class Pg:
@@ -50,7 +61,7 @@ class Dataset:
 def _runner(dataset):
     restored = []
     log = Log()
-    r = StepRunner(me=peer("10.0.0.2"), pg=Pg(), store=Store(), dataset=dataset, log=log, clock=None,
+    r = StepRunner(me=peer("10.0.0.2"), pg=Pg(), store=Store(), dataset=dataset, log=log, clock=Clock(),
                    one_node_write_mode=False, ttl=30, on_restored=lambda: restored.append(1))
     return r, log, restored
 
@@ -91,3 +102,48 @@ def test_a_failed_stream_keeps_the_cause():
     except RuntimeError:
         pass
     assert r.rebuild_cause == rp.CAUSE_DIVERGED and restored == []
+
+
+def test_failed_rebuilds_back_off_and_a_success_starts_over():
+    """Each attempt costs the upstream a snapshot and a stream: the first failure is retried
+    at once, then the waits double (latches.restore_failed); the wait itself starts nothing,
+    says why, and an upstream that is not ready yet is no failure."""
+    class Flaky(Dataset):
+        fail = True
+
+        async def restore(self, upstream, progress, also=()):
+            self.calls.append(("restore",))
+            if self.fail:
+                raise RuntimeError("cannot receive: out of space")
+            return await super().restore(upstream, progress, also)
+
+    ds = Flaky("no divergence")
+    r, log, restored = _runner(ds)
+    up = peer("10.0.0.1")
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="out of space"):
+            asyncio.run(r.restore(up))
+    assert r.restore_tries.failures == 2 and r.restore_tries.retry_at == 100.0 + latches.RESTORE_RETRY_BASE_S
+    assert [kw["failures"] for ev, kw in log.lines if ev == "restore_held"] == [2]
+    calls = len(ds.calls)
+    with pytest.raises(RestoreHeld, match="my last 2 rebuilds failed in a row .*out of space.* waits 2s more"):
+        asyncio.run(r.restore(up))
+    assert len(ds.calls) == calls  # nothing started while held
+    r.clock.now += latches.RESTORE_RETRY_BASE_S
+    with pytest.raises(RuntimeError):
+        asyncio.run(r.restore(up))
+    assert r.restore_tries.retry_at == r.clock.now + 2 * latches.RESTORE_RETRY_BASE_S
+    r.clock.now += 1000
+    ds.fail = False
+    asyncio.run(r.restore(up))
+    assert r.restore_tries == latches.RestoreTries() and restored == [1]
+
+
+@pytest.mark.parametrize("failures, wait", [(1, None), (2, 2.0), (3, 4.0), (6, 32.0), (7, 64.0), (8, 120.0),
+                                            (50, 120.0)])
+def test_restore_back_off_schedule(failures, wait):
+    t = latches.RestoreTries()
+    for _ in range(failures):
+        t = latches.restore_failed(t, "boom", now=10.0)
+    assert t.failures == failures and t.last_error == "boom"
+    assert latches.restore_held_s(t, 10.0) == wait and latches.restore_held_s(t, 10.0 + (wait or 0)) is None
