@@ -146,9 +146,7 @@ def _as_sync(v: View) -> Decision:
     if (held := _start_held(v, "sync", diverged)) is not None:
         return held
     if v.alive(primary) and not released:
-        if diverged or not obs.has_data or _wal_gone_from(obs, primary):
-            why = ("my WAL has diverged from" if diverged else "I have no data to follow" if not obs.has_data
-                   else f"{_WAL_GONE_WHY.format(obs.wal_gone)} on")
+        if (why := _cannot_follow(obs, diverged, primary)) is not None:
             return Decision(Target(REBUILD, upstream=primary, downstream=down), rule="sync.rebuild",
                             reason=f"I am the sync but {why} the primary {primary}, so I rebuild from it")
         if v.pg_unknown:
@@ -241,9 +239,7 @@ def _as_async(v: View) -> Decision:
     if upstream is None:
         return Decision(Target(UNASSIGNED, downstream=down), rule="async.no_upstream",
                         reason="I am an async standby but no node ahead of me in the chain is live, so I wait")
-    if obs.diverged or v.forked or not obs.has_data or _wal_gone_from(obs, upstream):
-        why = ("my WAL has diverged from" if (obs.diverged or v.forked) else
-               "I have no data to follow" if not obs.has_data else f"{_WAL_GONE_WHY.format(obs.wal_gone)} on")
+    if (why := _cannot_follow(obs, obs.diverged or v.forked, upstream)) is not None:
         return Decision(Target(REBUILD, upstream=upstream, downstream=down), rule="async.rebuild",
                         reason=f"I am an async standby but {why} {upstream}, so I rebuild from it")
     if (held := _start_held(v, "async", False)) is not None:
@@ -257,14 +253,18 @@ def _as_async(v: View) -> Decision:
 
 
 # -- a standby whose PostgreSQL keeps failing to start ---------------------------------------
-_WAL_GONE_WHY = "the WAL I need next ({}) is no longer kept"
-
-
-def _wal_gone_from(obs: Observation, upstream: Peer) -> bool:
-    """My walreceiver was told by `upstream` itself (the one my primary_conninfo names) that
-    the WAL I need is gone: streaming from it again needs a rebuild. About another upstream
-    (mine is about to change) it says nothing."""
-    return obs.wal_gone is not None and obs.upstream_id == upstream.id
+def _cannot_follow(obs: Observation, diverged: bool, upstream: Peer) -> str | None:
+    """Why I must rebuild from `upstream` instead of following it (the sentence's middle,
+    completed by "... {upstream}"), or None: my WAL diverged, I have no data, or the upstream
+    my primary_conninfo names told my walreceiver that the WAL I need is gone. About another
+    upstream (mine is about to change) the last says nothing."""
+    if diverged:
+        return "my WAL has diverged from"
+    if not obs.has_data:
+        return "I have no data to follow"
+    if obs.wal_gone is not None and obs.upstream_id == upstream.id:
+        return f"the WAL I need next ({obs.wal_gone}) is no longer kept on"
+    return None
 
 
 def _start_held(v: View, place: str, diverged: bool) -> Decision | None:
