@@ -50,10 +50,21 @@ class Observation:
     sync_caught_up: (primary) the sync named in the state is connected and its flush
       position has reached my WAL at least once since it connected (latched by the shell
       so that a busy primary does not flap read-only).
+    sync_holds_init_wal: (primary) the state's sync has flushed my WAL up to initWal in this
+      generation (seen by the shell while my PostgreSQL ran; kept while it is stopped, and
+      when the sync disconnects: its WAL does not go back). A step-down needs it (or the
+      sync's heartbeat saying as much, standby_wal): a sync without it could not take over.
     has_data: my data directory is initialised.
     heartbeats: peer id -> fresh, for standbys that heartbeat me; absent = no verdict yet.
     gave_way: peer id -> why, for standbys whose last heartbeat said they give way (their
       PostgreSQL cannot serve); such a peer's heartbeats entry is False.
+    standby_free: peer id -> bytes free on its dataset, as the standby's last heartbeat
+      within the expiration time said (absent: unknown). A primary that cannot serve does
+      not step down to a sync whose disk is full too (it would fail the same way).
+    standby_wal: peer id -> the WAL position the standby's last heartbeat within the
+      expiration time said it has received (absent: unknown). A primary that cannot serve
+      steps down only to a sync that holds its WAL up to initWal (this, or
+      sync_holds_init_wal): one that does not could not take over.
     one_node_write_mode: the operator allows a primary without a sync to take writes.
     expiry_passed: (suspended) the session-expiry deadline has passed (last heard from the
       server + negotiated timeout, ZKClient.session_expiry_deadline): it may have expired.
@@ -94,9 +105,12 @@ class Observation:
     diverged: bool = False
     wal_gone: str | None = None
     sync_caught_up: bool = False
+    sync_holds_init_wal: bool = False
     has_data: bool = False
     heartbeats: Mapping[str, bool] = field(default_factory=dict)
     gave_way: Mapping[str, str] = field(default_factory=dict)
+    standby_free: Mapping[str, int] = field(default_factory=dict)
+    standby_wal: Mapping[str, int] = field(default_factory=dict)
     one_node_write_mode: bool = False
     expiry_passed: bool = False
     sync_streaming: bool = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from manatee.shard import latches
 from manatee.shard.decision import PG_UNKNOWN, STEP_DOWN_BY, Decision, Effect, View, lsn_text
 from manatee.shard.state import CONNECTED, FENCED, LOST, PRIMARY, SUSPENDED, UNASSIGNED, Peer, Switchover, Target
 
@@ -232,8 +233,12 @@ def _primary_step_down(v: View, sync: Peer | None, hb: bool | None, block: str |
     write a released switchover (`by` STEP_DOWN_BY) by compare-and-set: the sync then takes
     over by the usual takeover rule, after detaching so its WAL — which holds every
     acknowledged write, since each needed its flush — is final and at least initWal. Only
-    with a healthy sync (live, heartbeating me now) and a write to ZooKeeper allowed; else I
-    keep trying to serve and say why. A failed ZooKeeper read is not a cause: the shell
+    with a healthy sync (live, heartbeating me now, its disk not full as its heartbeats say:
+    a full sync would fail the same way, and each handover is a new generation) that can take
+    over (it has flushed my WAL up to initWal in this generation, or its heartbeat says it
+    has received that much: a sync named a moment ago that has not, e.g. after the one
+    before it gave way, would refuse, and my stopped PostgreSQL could not send it the rest)
+    and a write to ZooKeeper allowed; else I keep trying to serve and say why. A failed ZooKeeper read is not a cause: the shell
     derives cannot_serve from PostgreSQL and its config files alone. Once released, the
     switchover rules keep me stopped (or withdraw the release if the sync goes away).
 
@@ -250,6 +255,11 @@ def _primary_step_down(v: View, sync: Peer | None, hb: bool | None, block: str |
         why = f"my sync {sync} is not in the election"
     elif hb is not True:
         why = f"my sync {sync} is not heartbeating me"
+    elif latches.disk_full(free := obs.standby_free.get(sync.id)):
+        why = f"my sync {sync}'s disk is full too ({free} bytes free): it could not serve either"
+    elif not (obs.sync_holds_init_wal or obs.standby_wal.get(sync.id, -1) >= st.init_wal):
+        why = (f"my sync {sync} has not shown that it holds my WAL up to {lsn_text(st.init_wal)}, "
+               f"so it could not take over")
     if why is not None:
         return None, why
     assert sync is not None

@@ -207,17 +207,20 @@ class PgHealth:
         return first_line(self.disk_full_why, 300)
 
     async def check_space(self, dataset, pgs, *, as_primary: bool) -> None:
-        """Ask ZFS how much room my primary's dataset has (within the status deadline): at most
-        once per healthChkInterval when its PostgreSQL fails (not running, a status query
-        failed other than for a connection storm, or a write probe failed) or its dataset is
-        nearly full, else once per latches.SPACE_WATCH_S (the space probe needs to know).
-        Less than latches.DISK_FULL_BELOW while it fails is a full disk (_disk_full). A check
-        that fails or times out is no evidence (free unknown)."""
+        """Ask ZFS how much room my dataset has (within the status deadline): at most once per
+        healthChkInterval when my PostgreSQL fails (not running, a status query failed other
+        than for a connection storm, or a write probe failed) or the dataset is nearly full,
+        else once per latches.SPACE_WATCH_S. The primary's space probe needs to know; a
+        standby tells its upstream in its heartbeats (a primary that cannot serve does not
+        step down to a sync whose disk is full too). Less than latches.DISK_FULL_BELOW while
+        PostgreSQL fails is a full disk (_disk_full; a standby gives way, track); at least
+        latches.SPACE_PROBE_BELOW ends it. A check that fails or times out is no evidence (free
+        unknown)."""
         failing = not pgs.running or (not pgs.known and not pgs.crowded) or self.probe_failures > 0
         now = self.clock.monotonic()
         every = self.interval if failing or latches.space_low(self.free) else latches.SPACE_WATCH_S
-        if not (as_primary or failing) or (self.space_at is not None and now - self.space_at < every):
-            return  # a standby's space matters only while its PostgreSQL fails (track: it gives way)
+        if self.space_at is not None and now - self.space_at < every:
+            return
         self.space_at = now
         try:
             free = self.free = await dataset.available(self.pg.status_timeout)
@@ -225,6 +228,11 @@ class PgHealth:
             self.free = None
             self.log.debug("dataset_space_unknown", error=str(e) or type(e).__name__)
             return
+        if self.disk_full_at is not None and free is not None and not latches.space_low(free):
+            # room again (the operator freed space or lifted a quota), measured, not a blip: a
+            # primary that serves again no longer gives way for the disk it had
+            self.disk_full_at = None
+            self.log.info("pg_disk_room_again", free=free, role="primary" if as_primary else "standby")
         if failing and latches.disk_full(free):
             known = latches.disk_full_recent(self.disk_full_at, now, self.primary_start_timeout)
             self.disk_full_at = now

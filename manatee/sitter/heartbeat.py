@@ -17,6 +17,7 @@ heartbeat, then sees the silence as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Callable
 import aiohttp
 
 from manatee.core.auth import sign_request
+from manatee.core.lsn import Lsn
 
 LEAVING_MAX = 300  # characters of a leaving heartbeat's reason kept
 
@@ -37,6 +39,7 @@ class Heartbeat:
     streaming: bool
     received: float  # time.monotonic()
     leaving: str | None = None  # the standby gives way (why): gone at once, not after the expiry
+    free: int | None = None  # bytes free on the standby's dataset as its sitter last saw (None: unknown)
 
 
 @dataclass
@@ -95,8 +98,33 @@ class HeartbeatTable:
         return {p: hb.leaving for p in peer_ids if (hb := self.beats.get(p)) is not None and hb.leaving
                 and now - hb.received <= self.expiration_s}
 
+    def room(self, peer_ids, now: float | None = None) -> dict[str, int]:
+        """peer id -> bytes free on its dataset, as its last heartbeat within the expiration
+        time said (absent: it did not say, or not lately: unknown)."""
+        now = time.monotonic() if now is None else now
+        return {p: hb.free for p in peer_ids if (hb := self.beats.get(p)) is not None and hb.free is not None
+                and now - hb.received <= self.expiration_s}
+
     def freshness(self, peer_ids, now: float | None = None) -> dict[str, bool]:
         return {p: self.fresh(p, now) for p in peer_ids}
+
+    def received_wal(self, peer_ids, now: float | None = None) -> dict[str, int]:
+        """peer id -> the WAL position its last heartbeat within the expiration time said it
+        has received (absent: none said, or not a WAL position: unknown)."""
+        now = time.monotonic() if now is None else now
+        out = {}
+        for p in peer_ids:
+            hb = self.beats.get(p)
+            if hb is not None and hb.wal and now - hb.received <= self.expiration_s:
+                with contextlib.suppress(ValueError):
+                    out[p] = Lsn.parse(hb.wal).value
+        return out
+
+    def observed(self, peer_ids, now: float) -> dict:
+        """What the decision core sees of my standbys' heartbeats (Observation.heartbeats,
+        gave_way, standby_free and standby_wal)."""
+        return {"heartbeats": self.freshness(peer_ids, now), "gave_way": self.gave_way(peer_ids, now),
+                "standby_free": self.room(peer_ids, now), "standby_wal": self.received_wal(peer_ids, now)}
 
     def reset(self, now: float | None = None) -> None:
         """Forget everything (our role changed): standbys get one period to find us again."""
@@ -125,17 +153,23 @@ def parse_heartbeat(body: object, is_member: Callable[[str], bool], now: float,
     leaving = body.get("leaving")
     if leaving is not None and (not isinstance(leaving, str) or not leaving.strip()):
         raise ValueError("'leaving' must be a non-empty string (why the standby gives way) or null")
+    free = body.get("free")
+    if free is not None and (isinstance(free, bool) or not isinstance(free, int) or free < 0):
+        raise ValueError("'free' must be a number of bytes (an integer >= 0) or null")
     if not is_member(peer_id):
         raise PermissionError(f"{peer_id} is not registered in this shard's election")
     claimed_ip = peer_id.split(":", 1)[0]
     if remote is not None and remote != claimed_ip:
         raise PermissionError(f"heartbeat for {peer_id} came from {remote}, not from {claimed_ip}")
-    return Heartbeat(peer_id, pg_url, wal, streaming, now, leaving=leaving.strip()[:LEAVING_MAX] if leaving else None)
+    return Heartbeat(peer_id, pg_url, wal, streaming, now, leaving=leaving.strip()[:LEAVING_MAX] if leaving else None,
+                     free=free)
 
 
-def beat_status(st) -> dict:
-    """What my heartbeats tell my upstream, from my last PostgreSQL status (None: none yet)."""
-    return {"wal": str(st.wal) if st and st.wal else None, "streaming": bool(st and st.streaming)}
+def beat_status(st, free: int | None = None) -> dict:
+    """What my heartbeats tell my upstream, from my last PostgreSQL status (None: none yet)
+    and the room on my dataset (None: unknown). The room lets a primary that cannot serve
+    see that stepping down to me would not help (my disk is full too)."""
+    return {"wal": str(st.wal) if st and st.wal else None, "streaming": bool(st and st.streaming), "free": free}
 
 
 class HeartbeatSender:

@@ -28,6 +28,7 @@ from manatee.sitter.ports import Clock, Dataset, Postgres, Session, Store, Syste
 from manatee.sitter.snapshot import SitterSnapshot, snapshot_of
 from manatee.shard.rebuildpath import CAUSE_REQUESTED, next_cause
 from manatee.sitter.steps import RestoreHeld, StepRunner
+from manatee.sitter.synclatch import SyncLatch
 from manatee.sitter.dataset import UpstreamNotReady
 from manatee.sitter.zkview import ZkView, worse
 from manatee.shard.state import CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, UNASSIGNED, Peer, Target
@@ -57,7 +58,7 @@ class Sitter:
                                          started=self.clock.monotonic())
         self.hb_sender = HeartbeatSender(
             me_id=self.me.id, pg_url=self.me.pg_url, interval_s=cfg.heartbeatCfg.interval_s,
-            timeout_s=cfg.heartbeatCfg.request_timeout_s, status=lambda: beat_status(self.last_pg), log=log,
+            timeout_s=cfg.heartbeatCfg.request_timeout_s, status=lambda: beat_status(self.last_pg, self.health.free), log=log,
             source_ip=cfg.ip, secret=secret, ssl_context=tls_client)
         self.health = PgHealth(pg, log, self.clock, primary_start_timeout_s=self.primary_start_timeout,
                                interval_s=self.interval, hb_expiration_s=cfg.heartbeatCfg.expiration_s)
@@ -73,9 +74,8 @@ class Sitter:
         self.last_decided: Decision | None = None  # set before its steps run (they may fail)
         self.last_pg: PgStatus | None = None
         self.last_pg_at = 0.0  # monotonic time of last_pg (a hung and resumed sitter's is old)
-        self.caught_up_for: tuple[int, str] | None = None  # latch: (generation, sync id)
-        # latch: (generation, switchover target, WAL) once PG was stopped for a switchover
-        self.switchover_stopped: tuple[int, str, int] | None = None
+        self.sync_latch = SyncLatch()  # has my sync caught up / flushed initWal (as the primary)
+        self.switchover_stopped: tuple[int, str, int] | None = None  # (generation, to, WAL) once PG stopped for it
         self.switchover_seen: tuple[tuple, float] | None = None  # (request key, first seen, monotonic)
         self.diverged = False
         self.restart_request: bool | None = None  # manatee-adm restart: None, or its force flag
@@ -126,7 +126,7 @@ class Sitter:
         sync = st.sync if st else None
         sync_app = sync.pg_url if sync and i_am_primary else None
         pgs = await self._observe_pg(sync_app, st)
-        caught_up = self._sync_caught_up(pgs, st, i_am_primary)
+        caught_up, holds_init_wal = self.sync_latch.observe(pgs, st, i_am_primary, self.log)
         wal = pgs.wal.value if pgs.wal else None
         up = self.steps.configured_upstream
         if pgs.in_recovery:
@@ -156,9 +156,9 @@ class Sitter:
             upstream_id=(up.id if pgs.in_recovery and up else None),
             read_only=pgs.read_only if pgs.running and not pgs.in_recovery else None,
             diverged=self.diverged, wal_gone=pgs.wal_gone, sync_caught_up=caught_up,
+            sync_holds_init_wal=holds_init_wal,
             has_data=await self._has_data(),
-            heartbeats=self.heartbeats.freshness(others, self.clock.monotonic()),
-            gave_way=self.heartbeats.gave_way(others, self.clock.monotonic()),
+            **self.heartbeats.observed(others, self.clock.monotonic()),
             one_node_write_mode=self.cfg.postgresMgrCfg.oneNodeWriteMode,
             expiry_passed=view.expiry_passed(),
             sync_streaming=pgs.sync_flush is not None,
@@ -196,20 +196,6 @@ class Sitter:
             self.switchover_stopped = None
         self.publish()
         return pgs
-
-    def _sync_caught_up(self, pgs: PgStatus, st, i_am_primary: bool) -> bool:
-        sync = st.sync if st else None
-        if i_am_primary and sync and not pgs.known:  # unknown: the latch holds as it was
-            return self.caught_up_for == (st.generation, sync.id)
-        if i_am_primary and sync and pgs.running and pgs.in_recovery is False:
-            was = self.caught_up_for
-            caught_up, self.caught_up_for = latches.sync_caught_up(
-                was, (st.generation, sync.id), pgs.sync_flush.value if pgs.sync_flush else None,
-                pgs.wal.value if pgs.wal else None, st.init_wal)
-            if caught_up and was != self.caught_up_for:
-                self.log.info("sync_caught_up", sync=sync.id, flush=str(pgs.sync_flush))
-            return caught_up
-        return False
 
     def _switchover_clock(self, pgs: PgStatus, st, i_am_primary: bool) -> tuple[int | None, bool]:
         """(the WAL my PG stopped at for the state's switchover, or None; whether the request

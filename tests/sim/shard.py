@@ -160,6 +160,7 @@ class Shard:
         self.acked: list = []
         self.acked_set: set = set()
         self.ackers: list[str] = []
+        self.heartbeat_wal = True  # False: heartbeats carry no WAL position (an older sitter's do not)
         self.promotions: list[tuple[int, str]] = []
         self.restores: list[tuple[int, str]] = []
         self.violations: list[Violation] = []
@@ -408,8 +409,10 @@ class Shard:
             for url, why in ([leaving] if leaving else []) + ([(sender.upstream_url, None)] if sender else []):
                 u = next((x for x in self.nodes if x.peer.status_url == url), None) if url else None
                 if u is not None and u.sitter is not None and self.reach(n, u):
-                    u.sitter.heartbeat_received(Heartbeat(n.id, n.peer.pg_url, None, n.streaming, self.clock.now,
-                                                          leaving=why))
+                    said = sender.status()
+                    wal = said["wal"] if self.heartbeat_wal else None
+                    u.sitter.heartbeat_received(Heartbeat(n.id, n.peer.pg_url, wal, n.streaming,
+                                                          self.clock.now, leaving=why, free=said["free"]))
 
     def _stream(self, n: Node) -> None:
         if not (n.up() and n.running and not n.pg_hung and n.mode == "standby" and n.applied.upstream):

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from manatee.shard.decide import decide
-from manatee.shard.decision import Observation
+from manatee.shard.decision import Observation, lsn_text
 from manatee.shard.state import (
     CONNECTED, DEPOSED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED,
     ClusterState, Freeze,
@@ -435,12 +435,12 @@ SICK = "its status query has not been answered for 8.0s"
 
 
 def test_primary_that_cannot_serve_kills_postgres_first():
-    d = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, **UNKNOWN_PG))
+    d = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, sync_holds_init_wal=True, **UNKNOWN_PG))
     assert d.rule == "primary.step_down_stop" and d.target.role == UNASSIGNED and d.write_state is None
 
 
 def test_primary_that_cannot_serve_releases_to_its_sync_once_postgres_is_stopped():
-    d = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, running=False, in_recovery=None, wal=None))
+    d = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, sync_holds_init_wal=True, running=False, in_recovery=None, wal=None))
     assert d.rule == "primary.step_down" and d.target.role == UNASSIGNED
     sw = d.write_state.switchover
     assert sw.to == B.id and sw.released and sw.released_wal == INIT and sw.by == "step-down"
@@ -460,14 +460,50 @@ def test_primary_that_cannot_serve_keeps_trying_without_a_healthy_sync(why, kw):
     assert d.write_state is None or d.write_state.switchover is None, why
 
 
+@pytest.mark.parametrize("free, steps_down", [(1 << 20, False), (0, False), (16 << 20, True), (None, True)])
+def test_primary_that_cannot_serve_does_not_step_down_to_a_sync_whose_disk_is_full_too(free, steps_down):
+    """The sync's heartbeats say how much room it has: below latches.DISK_FULL_BELOW it would
+    fail the same way (each handover a new generation, each old primary a rebuild). Unknown
+    room (an older sitter, a failed zfs check) is no reason to keep a primary that cannot serve."""
+    room = {} if free is None else {B.id: free}
+    for running in (True, False):
+        d = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, sync_holds_init_wal=True, standby_free=room, running=running,
+                       **({} if running else dict(in_recovery=None, wal=None))))
+        if steps_down:
+            assert d.rule.startswith("primary.step_down"), (free, running, d)
+        else:
+            assert d.rule == "primary.cannot_serve" and d.target.role == PRIMARY and d.write_state is None, d
+            assert f"my sync {B}'s disk is full too ({free} bytes free)" in d.reason, d.reason
+
+
+@pytest.mark.parametrize("caught_up, said, steps_down", [
+    (True, None, True), (False, None, False), (False, INIT - 1, False), (False, INIT, True), (False, INIT + 9, True),
+])
+def test_primary_that_cannot_serve_steps_down_only_to_a_sync_that_holds_its_wal_up_to_init_wal(caught_up, said,
+                                                                                             steps_down):
+    """2026-12-05 sandbox trial: the sync gave way (full disk), the primary named the async
+    its sync and, its own disk full, stepped down to it a moment later: the new sync had not
+    received the primary's WAL up to initWal, refused to take over (sync.behind), and the
+    stopped primary could not send it the rest: release, withdraw, release, 47 s and four
+    StepDown entries. The step-down now waits until the sync has caught up (the shell's
+    latch) or its heartbeat says it has received initWal."""
+    d = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, sync_holds_init_wal=caught_up,
+                   standby_wal={} if said is None else {B.id: said}, running=False, in_recovery=None, wal=None))
+    if steps_down:
+        assert d.rule == "primary.step_down", d
+    else:
+        assert d.rule == "primary.cannot_serve" and d.write_state is None, d
+        assert f"has not shown that it holds my WAL up to {lsn_text(INIT)}" in d.reason, d.reason
+
+
 def test_primary_after_its_step_down_stays_stopped_while_its_sync_takes_over():
-    st = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, running=False, wal=None)).write_state
-    d = decide(obs(A, state=st, cannot_serve=SICK, heartbeats={B.id: True}, running=False, wal=None))
+    st = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, sync_holds_init_wal=True, running=False, wal=None)).write_state
+    d = decide(obs(A, state=st, cannot_serve=SICK, heartbeats={B.id: True}, sync_holds_init_wal=True, running=False, wal=None))
     assert d.target.role == UNASSIGNED and d.write_state is None
 
 
 def test_sync_takes_over_from_a_stepped_down_primary_after_detaching():
-    st = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, running=False, wal=None)).write_state
+    st = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, sync_holds_init_wal=True, running=False, wal=None)).write_state
     d = decide(obs(B, state=st))
     assert d.rule == "sync.detach" and "stepped down" in d.reason
     d = decide(obs(B, state=st, streaming=False, upstream_id=None))
@@ -476,32 +512,34 @@ def test_sync_takes_over_from_a_stepped_down_primary_after_detaching():
 
 
 def test_sync_behind_init_wal_does_not_take_over_from_a_stepped_down_primary():
-    st = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, running=False, wal=None)).write_state
+    st = decide(obs(A, cannot_serve=SICK, heartbeats={B.id: True}, sync_holds_init_wal=True, running=False, wal=None)).write_state
     d = decide(obs(B, state=st, streaming=False, upstream_id=None, wal=INIT - 1))
     assert d.target.role == STANDBY and d.write_state is None
 
 
 STEP_DOWN_COMBOS = list(itertools.product((CONNECTED, SUSPENDED, LOST), (True, False), (True, False),
                                           (None, True, False), (True, False), (True, False), (True, False),
-                                          (True, False)))
+                                          (True, False), (None, 1 << 20, 1 << 30), (True, False)))
 
 
 def test_every_step_down_combination_is_safe():
     """place primary, cannot_serve set: × zk × sync live × async live × sync heartbeat
-    (none/fresh/stale) × PG running × PG known × frozen × ONWM."""
+    (none/fresh/stale) × PG running × PG known × frozen × ONWM × the sync's room (unknown,
+    full, plenty) × the sync caught up with initWal."""
     for combo in STEP_DOWN_COMBOS:
-        zk, s_live, a_live, hb, running, known, frozen, onwm = combo
+        zk, s_live, a_live, hb, running, known, frozen, onwm, room, caught_up = combo
         st = STATE.evolve(freeze=Freeze(reason="ops") if frozen else None, one_node_write_mode=onwm)
         election = tuple(p for p, up in ((A, True), (B, s_live), (C, a_live)) if up)
         o = obs(A, election=election, state=st, zk=zk, cannot_serve="not healthy for 9.0s: it is not running",
                 heartbeats={} if hb is None else {B.id: hb}, running=running, pg_known=known,
                 in_recovery=False if known else None, wal=0x9000 if known and running else None,
-                read_only=True if known and running else None, one_node_write_mode=onwm)
+                read_only=True if known and running else None, one_node_write_mode=onwm,
+                standby_free={} if room is None else {B.id: room}, sync_holds_init_wal=caught_up)
         d = decide(o)
         ctx = f"{combo} -> {d}"
         assert d.reason and "\n" not in d.reason and ". " not in d.reason, ctx
         if d.rule.startswith("primary.step_down"):
-            assert zk == CONNECTED and not frozen and s_live and hb is True, ctx
+            assert zk == CONNECTED and not frozen and s_live and hb is True and room != 1 << 20 and caught_up, ctx
             assert d.target.role == UNASSIGNED, ctx
         if d.write_state is not None and d.write_state.switchover is not None:
             sw = d.write_state.switchover

@@ -166,8 +166,11 @@ def test_a_failing_primary_on_a_full_dataset_gives_way_and_a_failed_check_is_no_
     assert h.cannot_serve is None and "pg_disk_full" not in [r[3] for r in records]
     h.space_at = None  # as if that check were long ago
     asyncio.run(h.check_space(full, rw, as_primary=False))
-    assert full.calls == 1  # a standby whose PostgreSQL serves: its room is not watched
+    h.track(rw, as_primary=False, role="standby", target=None)
+    assert full.calls == 2 and h.free == 1 << 20  # a standby's room is watched too (its heartbeats say it)
+    assert h.cannot_serve is None and "pg_disk_full" not in [r[3] for r in records]  # but it serves: no verdict
     broken = SpaceDataset(fail=True)
+    h.space_at = None
     asyncio.run(h.check_space(broken, down, as_primary=True))
     h.track(down, as_primary=True, role="primary", target=None)
     assert broken.calls == 1 and h.cannot_serve is None  # unknown room: not full
@@ -179,10 +182,39 @@ def test_a_failing_primary_on_a_full_dataset_gives_way_and_a_failed_check_is_no_
     clock.now = 2.0
     asyncio.run(h.check_space(full, down, as_primary=True))
     asyncio.run(h.check_space(full, down, as_primary=True))
-    assert full.calls == 2  # at most once per healthChkInterval
+    assert full.calls == 3  # at most once per healthChkInterval
     h.track(rw, as_primary=True, role="primary", target=None)  # restarted and answering again
     assert h.cannot_serve is not None and "disk is full" in h.cannot_serve and "1048576 bytes free" in h.cannot_serve
     assert "pg_disk_full" in [r[3] for r in records]
+
+
+def test_a_primary_whose_disk_has_room_again_no_longer_gives_way_for_it():
+    """The full disk is remembered for primaryStartTimeout (a restart that frees a little
+    makes PostgreSQL look healthy until its next WAL segment). Once ZFS says the dataset has
+    latches.SPACE_PROBE_BELOW or more free (the operator freed space), that memory ends: a
+    primary that serves again keeps its role instead of stepping down anyway."""
+    h, clock, records, _ = _health()
+    rw = replace(RUNNING_PRIMARY, read_only=False)
+    down = replace(rw, running=False, healthy=False)
+    asyncio.run(h.check_space(SpaceDataset(free=1 << 20), down, as_primary=True))
+    h.track(down, as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is not None and "disk is full" in h.cannot_serve
+    clock.now = 0.5
+    h.space_at = None  # each check is due
+    asyncio.run(h.check_space(SpaceDataset(free=None), rw, as_primary=True))  # ZFS does not say: no evidence
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is not None
+    clock.now = 1.5
+    h.space_at = None  # each check is due
+    asyncio.run(h.check_space(SpaceDataset(free=32 << 20), rw, as_primary=True))  # a little room: still low
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is not None
+    clock.now = 2.5
+    h.space_at = None  # each check is due
+    asyncio.run(h.check_space(SpaceDataset(free=1 << 30), rw, as_primary=True))
+    h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is None and h.disk_full_at is None and h.free == 1 << 30
+    assert [r[3] for r in records].count("pg_disk_room_again") == 1
 
 
 def test_a_nearly_full_primary_proves_its_dataset_takes_new_blocks_and_a_refusal_makes_it_give_way():
@@ -244,9 +276,11 @@ def test_a_standby_on_a_full_dataset_gives_way_at_once_and_tells_its_upstream_wh
     h, clock, records, _ = _health()
     full, hb = SpaceDataset(free=1 << 20), sender()
     asyncio.run(h.check_space(full, serving, as_primary=False))
-    assert full.calls == 0  # a standby that serves: its room is not read
+    assert full.calls == 1 and h.free == 1 << 20  # a standby that serves: its room is read (for its heartbeats)
+    assert "pg_disk_full" not in [r[3] for r in records]  # but no verdict while it serves
+    h.space_at = None  # as if that check were long ago
     asyncio.run(h.check_space(full, down, as_primary=False))
-    assert full.calls == 1 and "pg_disk_full" in [r[3] for r in records]
+    assert full.calls == 2 and "pg_disk_full" in [r[3] for r in records]
     h.track(down, as_primary=False, role=STANDBY, target=tgt, sender=hb)
     assert h.hb_withheld and hb.upstream_url is None and h.cannot_serve is None
     url, why = hb.take_leaving()

@@ -23,10 +23,30 @@ def test_parse_ok():
     ({"id": "127.0.0.12:5432:10002:5433"}, "'pgUrl'"),
     ({"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x", "wal": 5}, "'wal'"),
     ({"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x", "streaming": "yes"}, "'streaming'"),
+    ({"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x", "free": -1}, "'free'"),
+    ({"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x", "free": "1G"}, "'free'"),
+    ({"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x", "free": True}, "'free'"),
+    ({"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x", "free": 1.5}, "'free'"),
 ])
 def test_parse_rejects(body, words):
     with pytest.raises(ValueError, match=words):
         parse_heartbeat(body, member, 0)
+
+
+def test_a_standby_tells_the_room_on_its_dataset_and_it_counts_only_while_fresh():
+    """The room lets a primary that cannot serve see that its sync's disk is full too. A
+    heartbeat without the field (an older sitter) or with null says nothing: unknown."""
+    from manatee.sitter.heartbeat import beat_status
+    body = {"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x", **beat_status(None, 1 << 20)}
+    assert body["free"] == 1 << 20 and beat_status(None)["free"] is None
+    t = HeartbeatTable(expiration_s=10, started=0.0)
+    t.record(parse_heartbeat(body, member, 1.0))
+    t.record(parse_heartbeat({"id": "c", "pgUrl": "x"}, lambda _p: True, 1.0))
+    assert t.room(["127.0.0.12:5432:10002:5433", "c", "d"], now=5.0) == {"127.0.0.12:5432:10002:5433": 1 << 20}
+    assert t.room(["127.0.0.12:5432:10002:5433"], now=11.5) == {}  # old news: unknown
+    seen = t.observed(["127.0.0.12:5432:10002:5433"], now=5.0)
+    assert seen == {"heartbeats": {"127.0.0.12:5432:10002:5433": True}, "gave_way": {},
+                    "standby_free": {"127.0.0.12:5432:10002:5433": 1 << 20}, "standby_wal": {}}
 
 
 def test_forged_sender_refused():

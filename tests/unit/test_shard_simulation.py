@@ -20,6 +20,7 @@ import random
 
 import pytest
 
+from manatee.shard.latches import SPACE_WATCH_S
 from manatee.shard.state import PRIMARY, Freeze
 from tests.sim.shard import (
     HB_TIMEOUT, HUNG_TICKS, PST_TICKS, SESSION_TIMEOUT, SETTLE, Node, Shard, Violation, acked_count_grows,
@@ -884,3 +885,77 @@ def test_every_disk_of_the_shard_full_does_not_flap_the_sync():
         sh.pg_fault(n, None)
     sh.settle()
     assert acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
+def _full_primary_with_full_sync(ticks: int):
+    sh = new_shard()
+    p, s, a = sh.nodes
+    sh.run(3)
+    g0 = sh.zk.state().generation
+    s.free = a.free = 1 << 20  # every disk full: they hold the same data
+    sh.run(4)  # their heartbeats say so
+    p.free = 1 << 20
+    sh.pg_fault(p, "no_start")
+    sh.run(ticks)
+    st = sh.zk.state()
+    assert st.primary.id == p.id and st.generation == g0 and not sh.promotions, sh.describe()
+    reasons = [kw.get("reason", "") for _t, who, _lv, ev, kw in sh.records
+               if who == p.peer.ip and ev == "decision" and kw.get("rule") == "primary.cannot_serve"]
+    assert reasons and "disk is full too (1048576 bytes free)" in reasons[-1], reasons[-3:]
+    return sh, g0
+
+
+def test_a_primary_whose_disk_is_full_does_not_step_down_to_a_sync_whose_disk_is_full_too():
+    """2026-12-05 sandbox trial: every node's disk filled (they hold the same data). The
+    primary gave way to its sync, whose disk was full too; it failed the same way and gave
+    way back: the primary role went round the nodes, generation 1 → 8 in a minute, and each
+    old primary needed a rebuild that could not fit. The sync now says in its heartbeats how
+    much room it has, and the primary keeps trying to serve while its sync is full too; once
+    the sync has room again, it steps down to it at once."""
+    sh, _g0 = _full_primary_with_full_sync(HUNG_TICKS + 4)
+    p, s, a = sh.nodes
+    s.free = a.free = 10 << 30  # room again
+    t0 = sh.now
+    _tick_until_primary(sh, s)
+    assert sh.zk.state().primary.id == s.id and sh.now - t0 <= SPACE_WATCH_S + 4, sh.describe()
+    p.free = None
+    sh.pg_fault(p, None)
+    sh.settle()
+    assert [pid for _, pid in sh.promotions] == [s.id]
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
+def test_a_full_primary_whose_sync_is_full_too_serves_again_in_its_generation_once_freed():
+    """The operator frees the primary's disk (docs/operators-guide.md, 'A sick node'): it
+    starts again and takes writes in the same generation; nobody was promoted."""
+    sh, g0 = _full_primary_with_full_sync(PST_TICKS + 10)
+    p, s, a = sh.nodes
+    p.free = s.free = a.free = 10 << 30  # the operator frees space everywhere
+    sh.pg_fault(p, None)
+    sh.settle()
+    st = sh.zk.state()
+    assert st.primary.id == p.id and st.generation <= g0 + 1 and not sh.promotions, sh.describe()
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
+def test_a_primary_does_not_stop_postgres_to_step_down_again_and_again():
+    """2026-12-05 sandbox trial, second round: with every disk full the sync gave way, the
+    primary named the async, and its own disk being full it stopped PostgreSQL to step down
+    to it; once stopped, its view of the new sync said "not caught up" (that latch needs a
+    running PostgreSQL), so it found no sync to step down to and started PostgreSQL again:
+    eight rounds in five seconds, each an AssumeLeader entry. What the sync holds (initWal,
+    in this generation) is now kept while PostgreSQL is stopped: one stop, one step-down.
+    (The sync's heartbeats carry no WAL position here, as an older sitter's do not: the
+    primary's own memory must do.)"""
+    sh = new_shard()
+    sh.heartbeat_wal = False
+    p, s, a = sh.nodes
+    sh.run(3)
+    sh.pg_fault(p, "panicked_full")
+    _tick_until_primary(sh, s)
+    stops = [kw for _t, who, _lv, ev, kw in sh.records
+             if who == p.peer.ip and ev == "decision" and kw.get("rule") == "primary.step_down_stop"]
+    assert len(stops) == 1, [k.get("reason") for k in stops]
+    sh.pg_fault(p, None)
+    sh.settle()
+    assert [pid for _, pid in sh.promotions] == [s.id] and acked_count_grows(sh) and not sh.lost_acknowledged()
