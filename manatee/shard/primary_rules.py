@@ -238,9 +238,10 @@ def _primary_step_down(v: View, sync: Peer | None, hb: bool | None, block: str |
     over (it has flushed my WAL up to initWal in this generation, or its heartbeat says it
     has received that much: a sync named a moment ago that has not, e.g. after the one
     before it gave way, would refuse, and my stopped PostgreSQL could not send it the rest)
-    and a write to ZooKeeper allowed; else I keep trying to serve and say why. A failed ZooKeeper read is not a cause: the shell
-    derives cannot_serve from PostgreSQL and its config files alone. Once released, the
-    switchover rules keep me stopped (or withdraw the release if the sync goes away).
+    and a write to ZooKeeper allowed; else I keep trying to serve and say why. A failed
+    ZooKeeper read is not a cause: the shell derives cannot_serve from PostgreSQL and its
+    config files alone. Once released, the switchover rules keep me stopped (or withdraw the
+    release if the sync goes away).
 
     Returns (decision, None), or (None, why-I-cannot-step-down) or (None, None)."""
     obs, st = v.obs, v.st

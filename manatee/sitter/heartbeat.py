@@ -165,11 +165,13 @@ def parse_heartbeat(body: object, is_member: Callable[[str], bool], now: float,
                      free=free)
 
 
-def beat_status(st, free: int | None = None) -> dict:
-    """What my heartbeats tell my upstream, from my last PostgreSQL status (None: none yet)
-    and the room on my dataset (None: unknown). The room lets a primary that cannot serve
-    see that stepping down to me would not help (my disk is full too)."""
-    return {"wal": str(st.wal) if st and st.wal else None, "streaming": bool(st and st.streaming), "free": free}
+def beat_status(st, free: int | None = None, wal: int | None = None) -> dict:
+    """What my heartbeats tell my upstream: whether I stream (my last PostgreSQL status, None:
+    none yet), the WAL position I may claim (`wal`: streamed from my configured upstream since
+    my PostgreSQL started, latches.standby_wal; None: none), and the room on my dataset (None:
+    unknown). A primary that cannot serve steps down to me only if I hold its WAL up to
+    initWal and my disk is not full too."""
+    return {"wal": str(Lsn(wal)) if wal is not None else None, "streaming": bool(st and st.streaming), "free": free}
 
 
 class HeartbeatSender:

@@ -58,8 +58,8 @@ class Sitter:
                                          started=self.clock.monotonic())
         self.hb_sender = HeartbeatSender(
             me_id=self.me.id, pg_url=self.me.pg_url, interval_s=cfg.heartbeatCfg.interval_s,
-            timeout_s=cfg.heartbeatCfg.request_timeout_s, status=lambda: beat_status(self.last_pg, self.health.free), log=log,
-            source_ip=cfg.ip, secret=secret, ssl_context=tls_client)
+            timeout_s=cfg.heartbeatCfg.request_timeout_s, log=log, source_ip=cfg.ip, secret=secret,
+            status=lambda: beat_status(self.last_pg, self.health.free, self.claimed_wal), ssl_context=tls_client)
         self.health = PgHealth(pg, log, self.clock, primary_start_timeout_s=self.primary_start_timeout,
                                interval_s=self.interval, hb_expiration_s=cfg.heartbeatCfg.expiration_s)
         self.steps = StepRunner(me=self.me, pg=pg, store=store, dataset=dataset, log=log, clock=self.clock,
@@ -81,6 +81,7 @@ class Sitter:
         self.restart_request: bool | None = None  # manatee-adm restart: None, or its force flag
         self.pg_restarts = 0  # requested restarts done (/state: the CLI waits for it to move)
         self.wal_from: str | None = None  # the upstream my received WAL was seen streaming from
+        self.claimed_wal: int | None = None  # (standby) the WAL position I may claim: my heartbeats say it
         self.started = self.clock.monotonic()
         self.transitions: dict[str, int] = dict.fromkeys(history.ACTIONS, 0)  # /metrics counter
         self.slots: tuple[slots.Slot, ...] | None = None  # replication slots as last observed (/metrics)
@@ -133,6 +134,7 @@ class Sitter:
             wal, self.wal_from = latches.standby_wal(
                 wal, streaming=pgs.streaming, sender_ip=pgs.sender[0] if pgs.sender else None,
                 upstream=up, wal_from=self.wal_from)
+        self.claimed_wal = wal if pgs.in_recovery else None
         stopped_wal, sw_expired = self._switchover_clock(pgs, st, i_am_primary)
         others = [p.id for p in view.election if p.id != self.me.id]
         # The session state that goes with the view read above: a reconnect while PG was being

@@ -37,8 +37,9 @@ def test_a_standby_tells_the_room_on_its_dataset_and_it_counts_only_while_fresh(
     """The room lets a primary that cannot serve see that its sync's disk is full too. A
     heartbeat without the field (an older sitter) or with null says nothing: unknown."""
     from manatee.sitter.heartbeat import beat_status
-    body = {"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x", **beat_status(None, 1 << 20)}
-    assert body["free"] == 1 << 20 and beat_status(None)["free"] is None
+    body = {"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x", **beat_status(None, 1 << 20, 0x3000060)}
+    assert body["free"] == 1 << 20 and body["wal"] == "0/3000060"
+    assert beat_status(None) == {"wal": None, "streaming": False, "free": None}
     t = HeartbeatTable(expiration_s=10, started=0.0)
     t.record(parse_heartbeat(body, member, 1.0))
     t.record(parse_heartbeat({"id": "c", "pgUrl": "x"}, lambda _p: True, 1.0))
@@ -46,7 +47,10 @@ def test_a_standby_tells_the_room_on_its_dataset_and_it_counts_only_while_fresh(
     assert t.room(["127.0.0.12:5432:10002:5433"], now=11.5) == {}  # old news: unknown
     seen = t.observed(["127.0.0.12:5432:10002:5433"], now=5.0)
     assert seen == {"heartbeats": {"127.0.0.12:5432:10002:5433": True}, "gave_way": {},
-                    "standby_free": {"127.0.0.12:5432:10002:5433": 1 << 20}, "standby_wal": {}}
+                    "standby_free": {"127.0.0.12:5432:10002:5433": 1 << 20},
+                    "standby_wal": {"127.0.0.12:5432:10002:5433": 0x3000060}}
+    t.record(Heartbeat("c", "x", "not an LSN", True, 6.0))
+    assert t.received_wal(["c"], now=6.0) == {}  # unknown, not an error
 
 
 def test_forged_sender_refused():
