@@ -4,6 +4,7 @@ the metrics read of it (snapshots, space). Every zfs call has a deadline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -62,6 +63,20 @@ class ZfsDataset:
         if self.dropping is not None:
             await asyncio.shield(self.dropping)
             self.dropping = self.dropping_name = None
+
+    async def close(self, wait_s: float = 10.0) -> None:
+        """At exit: let a background drop or sweep end (at most `wait_s`; then it is cancelled,
+        which kills and reaps its zfs child, and the next start sweeps what it left), so that
+        no zfs child outlives the daemon's event loop."""
+        task = self.dropping
+        if task is None or task.done():
+            return
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def interrupted_copies(self) -> list[str]:
         """Old copies an interrupted restore left aside (`<dataset>-restore-<ms>` without the

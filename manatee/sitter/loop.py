@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Callable
 
 from manatee.sitter import slots
 from manatee.shard import history, latches, transitions as T
@@ -88,6 +89,7 @@ class Sitter:
         self.failures, self.failure_msg = 0, None  # consecutive failed cycles, the last error
         self.last_has_data: bool | None = None
         self.config_unknown = False  # the last transition failed half-way (see _reach)
+        self.on_listening: Callable[[], object] | None = None  # called once the status server listens
         h = cfg.hooks
         self.hooks = RoleHooks(h.onRoleChange if h else None, h.timeout_s if h else 30.0, cfg.shardPath, log)
         self.snapshot: SitterSnapshot = self.publish()
@@ -238,6 +240,8 @@ class Sitter:
 
         status = StatusServer(self, self.log)
         await status.start()
+        if self.on_listening is not None:
+            self.on_listening()
         self.view.listen()
         if not await self.view.connect(stop):
             await status.stop()

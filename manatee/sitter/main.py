@@ -36,9 +36,14 @@ async def run(config: SitterConfig, log, stop) -> int:
     secret = daemon_secret(config.secretFile, config.insecure, log, "manatee-sitter")
     become_subreaper()
     sitter = build_sitter(config, log, secret=secret)
-    sitter.dataset.sweep()  # old copies a finished restore left when this sitter last died
+    # old copies a finished restore left when this sitter last died; once it listens (a sitter
+    # that cannot, e.g. on a taken port, exits at once and leaves no zfs child behind)
+    sitter.on_listening = sitter.dataset.sweep
     register_reload(sitter.reload_config)
-    return await sitter.run(stop)
+    try:
+        return await sitter.run(stop)
+    finally:
+        await sitter.dataset.close()
 
 
 def main(argv: list[str] | None = None) -> int:
