@@ -321,6 +321,7 @@ class Shard:
             self.resume(n)
             self.start(n)
             self.pg_fault(n, None)
+            n.free = None  # the operator freed space
 
     # -- postgres -------------------------------------------------------------------------
     def pg_stop(self, n: Node) -> None:

@@ -549,7 +549,7 @@ def test_one_node_write_mode_single_node():
 
 FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "partition_peers", "heal",
           "zk_down", "zk_up", "kill_pg", "pg_hang", "pg_hang_sticky", "pg_no_start", "pg_cure",
-          "destroy_standby", "recycle_wal", "fork_standby")
+          "destroy_standby", "recycle_wal", "disk_low", "disk_room", "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
@@ -588,6 +588,10 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
     elif f == "recycle_wal":  # its upstream lost its slot and recycled the WAL it needs next
         if n.mode == "standby" and n.applied.upstream:
             sh.recycle_wal_for(n, n.applied.upstream)
+    elif f == "disk_low":  # ZFS says its dataset is (nearly) full: with a failing PostgreSQL, a full disk
+        n.free = rng.choice((0, 1 << 20, 20 << 20))
+    elif f == "disk_room":
+        n.free = None
     elif f == "fork_standby":
         if n.running and n.mode == "standby":
             sh.fork(n)
