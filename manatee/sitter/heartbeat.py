@@ -91,31 +91,31 @@ class HeartbeatTable:
             return hb.leaving is None and now - hb.received <= self.expiration_s
         return now - since <= self.expiration_s
 
-    def gave_way(self, peer_ids, now: float | None = None) -> dict[str, str]:
-        """peer id -> why, for those whose last heartbeat, within the expiration time, said
-        they give way (older news: one that moved behind another upstream heartbeats there)."""
+    def _recent(self, peer_ids, now: float | None) -> dict[str, Heartbeat]:
+        """peer id -> its last heartbeat, for those heard within the expiration time (older
+        news: one that moved behind another upstream heartbeats there)."""
         now = time.monotonic() if now is None else now
-        return {p: hb.leaving for p in peer_ids if (hb := self.beats.get(p)) is not None and hb.leaving
+        return {p: hb for p in peer_ids if (hb := self.beats.get(p)) is not None
                 and now - hb.received <= self.expiration_s}
 
+    def gave_way(self, peer_ids, now: float | None = None) -> dict[str, str]:
+        """peer id -> why, for those whose last recent heartbeat said they give way."""
+        return {p: hb.leaving for p, hb in self._recent(peer_ids, now).items() if hb.leaving}
+
     def room(self, peer_ids, now: float | None = None) -> dict[str, int]:
-        """peer id -> bytes free on its dataset, as its last heartbeat within the expiration
-        time said (absent: it did not say, or not lately: unknown)."""
-        now = time.monotonic() if now is None else now
-        return {p: hb.free for p in peer_ids if (hb := self.beats.get(p)) is not None and hb.free is not None
-                and now - hb.received <= self.expiration_s}
+        """peer id -> bytes free on its dataset, as its last recent heartbeat said (absent: it
+        did not say, or not lately: unknown)."""
+        return {p: hb.free for p, hb in self._recent(peer_ids, now).items() if hb.free is not None}
 
     def freshness(self, peer_ids, now: float | None = None) -> dict[str, bool]:
         return {p: self.fresh(p, now) for p in peer_ids}
 
     def received_wal(self, peer_ids, now: float | None = None) -> dict[str, int]:
-        """peer id -> the WAL position its last heartbeat within the expiration time said it
-        has received (absent: none said, or not a WAL position: unknown)."""
-        now = time.monotonic() if now is None else now
+        """peer id -> the WAL position its last recent heartbeat said it may claim (absent:
+        none said, or not a WAL position: unknown)."""
         out = {}
-        for p in peer_ids:
-            hb = self.beats.get(p)
-            if hb is not None and hb.wal and now - hb.received <= self.expiration_s:
+        for p, hb in self._recent(peer_ids, now).items():
+            if hb.wal:
                 with contextlib.suppress(ValueError):
                     out[p] = Lsn.parse(hb.wal).value
         return out
