@@ -34,9 +34,12 @@ class Observation:
     cannot_serve: (primary) why my PostgreSQL has not been healthy and writable for longer
       than primaryStartTimeout (hung, crash-looping, cannot start, cannot write its config),
       as the shell measured it; None while it serves or has not failed for that long.
-    wal: primary: its current WAL position. Standby: the WAL received by streaming from its
-      upstream since PG started (pg_last_wal_receive_lsn), None if it has not streamed —
-      so a node whose WAL forked can never look caught up.
+    wal: primary: its current WAL position. Standby: the WAL it holds from its upstream, the
+      greater of received and replayed (after a restart, pg_last_wal_receive_lsn reads the
+      segment start it asks to stream from, below what its disk holds), and None until it
+      has been seen streaming from the upstream it is configured for (latches.standby_wal;
+      forgotten while it runs as a primary) — so a node whose WAL forked can never look
+      caught up.
     streaming: my walreceiver is streaming. upstream_id: the peer my primary_conninfo names
       (None when detached or not a standby).
     read_only: default_transaction_read_only as my running primary reports it (None: unknown).

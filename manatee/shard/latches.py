@@ -36,8 +36,10 @@ def standby_wal(wal: int | None, *, streaming: bool, sender_ip: str | None,
                 upstream: Peer | None, wal_from: str | None) -> tuple[int | None, str | None]:
     """The WAL position a standby may claim, and the upstream it was streamed from.
 
-    pg_last_wal_receive_lsn survives a change of primary_conninfo, so a position counts only
-    once the walreceiver has been seen streaming from the configured upstream. Detaching
+    The received (and replayed) position survives a change of primary_conninfo, so a position
+    counts only once the walreceiver has been seen streaming from the configured upstream; a
+    restart of PostgreSQL keeps it (the WAL on disk came from that upstream), running as a
+    primary ends it (the shell then passes wal_from None). Detaching
     (upstream None, before a takeover) keeps the position from the last upstream: it is
     final, not void.
     """

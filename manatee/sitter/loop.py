@@ -136,6 +136,8 @@ class Sitter:
             wal, self.wal_from = latches.standby_wal(
                 wal, streaming=pgs.streaming, sender_ip=pgs.sender[0] if pgs.sender else None,
                 upstream=up, wal_from=self.wal_from)
+        elif pgs.known and pgs.running:  # a primary: WAL from here on is my own, perhaps to be forked
+            self.wal_from = None
         self.claimed_wal = wal if pgs.in_recovery else None
         stopped_wal, sw_expired = self._switchover_clock(pgs, st, i_am_primary)
         others = [p.id for p in view.election if p.id != self.me.id]

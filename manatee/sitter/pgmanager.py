@@ -37,7 +37,7 @@ class PgStatus:
     running: bool
     healthy: bool
     in_recovery: bool | None
-    wal: Lsn | None          # primary: current WAL; standby: received by streaming (None if not streamed)
+    wal: Lsn | None          # primary: current WAL; standby: the greater of received and replayed
     streaming: bool
     diverged: bool
     sync_flush: Lsn | None   # primary: its sync's flush position (None: sync not streaming from me)
@@ -375,7 +375,7 @@ class PgManager:
             rows = await self.client.query(
                 "select pg_conf_load_time()::text as conf_t, pg_is_in_recovery() as rec,"
                 " case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end as cur,"
-                " pg_last_wal_receive_lsn()::text as recv,"
+                " greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text as recv,"
                 " (select status from pg_stat_wal_receiver limit 1) as wr_status,"
                 " (select sender_host from pg_stat_wal_receiver limit 1) as wr_host,"
                 " (select sender_port from pg_stat_wal_receiver limit 1) as wr_port,"

@@ -37,7 +37,7 @@ import pytest
 from manatee_testbed import grayfaults as gf
 from manatee_testbed import zfspool
 from manatee_testbed.grayfaults.pgfaults import pg_pids
-from manatee_testbed.proctable import cmdline
+from manatee_testbed.proctable import cmdline, postmaster_pid
 from manatee_testbed.writer import WriterError
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, first_ack_on, longest_ack_gap, names, say
 from tests.shard_ops import adm
@@ -236,11 +236,22 @@ def test_f18_pg_hung_on_primary_writes_resume_within_bound(shard: Shard):
 
 def test_f18_pg_stays_hung_on_primary_sync_takes_over(shard: Shard):
     """The primary's PostgreSQL hangs again whenever it is started (every new postgres
-    process SIGSTOPped, as under a stuck disk): only a step-down restores writes."""
+    process SIGSTOPped, as under a stuck disk): only a step-down restores writes. The sync's
+    PostgreSQL is also killed once the primary hangs (as a busy machine's health check did
+    in CI): restarted by its sitter, it cannot stream from the hung primary, yet it still
+    holds every acknowledged write and must take over."""
     sh = shard
     pst = primary_start_timeout_s(sh)
-    _primary_gives_way(sh, "F18-primary-sticky",
-                       lambda n: gf.crash_loop(sh.sb, n, for_s=pst + 3 * sh.session_s + 30, every_s=0.2, sig="STOP"),
+
+    def apply(n: str) -> None:
+        sync = sh.topology()["sync"]
+        gf.crash_loop(sh.sb, n, for_s=pst + 3 * sh.session_s + 30, every_s=0.2, sig="STOP")
+        time.sleep(1.0)
+        pm = postmaster_pid(sh.sb.st.node(sync).data_dir)
+        assert pm is not None, f"the sync {sync}'s PostgreSQL is not running"
+        os.kill(pm, signal.SIGKILL)
+
+    _primary_gives_way(sh, "F18-primary-sticky", apply,
                        lambda n: (gf.crash_stop(sh.sb, n), gf.pg_resume(sh.sb, n)))
 
 

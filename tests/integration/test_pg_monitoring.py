@@ -209,3 +209,57 @@ async def test_pgmanager_confirms_new_parameters_only_once_its_backend_has_read_
         assert "shared_buffers" in st.pending_restart, st
     finally:
         pm.client.close()
+
+
+async def test_a_restarted_standby_claims_the_wal_it_holds_while_its_upstream_hangs(pg_node_factory):
+    """A sync whose PostgreSQL restarts while its primary hangs (SIGSTOP: the walreceiver
+    cannot stream) still holds every WAL record it flushed. pg_last_wal_receive_lsn then
+    reads the segment start it asks to stream from, below what it holds; the sitter must
+    report the WAL it replayed from its own disk, or the primary's step-down to it finds a
+    sync "behind" initWal again and again while the primary stays hung (found by CI on
+    test_f18_pg_stays_hung_on_primary_sync_takes_over)."""
+    from manatee.core.lsn import Lsn
+
+    p: PgNode = pg_node_factory("up")
+    s: PgNode = pg_node_factory("down")
+    await p.init()
+    await p.start()
+    await p.execute("create table t (id int primary key, pad text)")
+    await s.clone_from(p)
+    await s.start()
+    # past a segment boundary and well inside the next segment
+    await p.execute("insert into t select g, repeat('x', 200) from generate_series(1, 20000) g")
+    held = Lsn.parse((await p.psql("select pg_current_wal_flush_lsn()::text as l"))[0]["l"])
+
+    async def replayed():
+        r = await s.psql("select pg_last_wal_replay_lsn()::text as l")
+        return r[0]["l"] and Lsn.parse(r[0]["l"]) >= held
+    await _wait(replayed, "the standby to replay the primary's WAL")
+    signal_all(p.proc, signal.SIGSTOP)
+    try:
+        await s.stop()
+        await s.start()
+        pm = _manager(s)
+        try:
+            seen = []
+
+            async def claims_it():  # (replay of the local WAL may still run just after start)
+                st = await pm.status()
+                seen.append(st.wal)
+                assert st.known and st.in_recovery and not st.streaming, st
+                return st.wal is not None and st.wal >= held
+            try:
+                await _wait(claims_it, f"a claimed WAL of at least {held}", timeout=5)
+            except AssertionError as e:
+                raise AssertionError(f"{e}; the sitter claimed {seen[-1]}") from None
+        finally:
+            pm.client.close()
+    finally:
+        signal_all(p.proc, signal.SIGCONT)
+
+
+async def _wait(fn, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not await fn():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        await asyncio.sleep(0.1)
