@@ -353,7 +353,8 @@ PG_SQL = (
     " else extract(epoch from now() - pg_last_xact_replay_timestamp())::float8 end as standby_seconds,"
     " coalesce((select json_agg(json_build_object('application_name', application_name,"
     "  'sync_state', coalesce(sync_state, ''),"
-    "  'bytes', pg_wal_lsn_diff(case when pg_is_in_recovery() then pg_last_wal_receive_lsn()"
+    "  'bytes', pg_wal_lsn_diff(case when pg_is_in_recovery()"
+    "   then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
     "   else pg_current_wal_lsn() end, replay_lsn)::bigint,"
     "  'seconds', coalesce(extract(epoch from replay_lag), 0)::float8) order by application_name)"
     "  from pg_stat_replication), '[]'::json) as replication")

@@ -34,7 +34,7 @@ SLOTS_TIMEOUT_S = 2.0
 LIST_SQL = (
     "select slot_name, active, coalesce(wal_status, '') as wal_status,"
     " pg_wal_lsn_diff(case when pg_is_in_recovery()"
-    "  then coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) else pg_current_wal_lsn() end,"
+    "  then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) else pg_current_wal_lsn() end,"
     "  restart_lsn)::bigint as retained_bytes"
     " from pg_replication_slots where slot_type = 'physical' and slot_name like %s order by slot_name")
 CREATE_SQL = "select pg_create_physical_replication_slot(%s, true)"

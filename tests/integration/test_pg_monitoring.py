@@ -252,6 +252,12 @@ async def test_a_restarted_standby_claims_the_wal_it_holds_while_its_upstream_ha
                 await _wait(claims_it, f"a claimed WAL of at least {held}", timeout=5)
             except AssertionError as e:
                 raise AssertionError(f"{e}; the sitter claimed {seen[-1]}") from None
+            # the metrics and slot queries read the same position there (they run on it)
+            from manatee.sitter.metrics import PG_SQL
+            from manatee.sitter.slots import list_slots
+            row = (await s.psql(PG_SQL))[0]
+            assert row["standby_bytes"] is None and row["replication"] == [], row
+            assert await list_slots(s.client) == ()
         finally:
             pm.client.close()
     finally:
