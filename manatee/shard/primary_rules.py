@@ -330,6 +330,8 @@ def _primary_switchover(v: View, sync: Peer | None, sync_gone: bool, block: str 
         why = block
     elif sync_gone:
         why = f"my sync {sync} is gone"
+    elif latches.disk_full(free := obs.standby_free.get(sync.id)):
+        why = f"my sync {sync}'s disk is full ({free} bytes free): it could not serve as the primary"
     elif not obs.running:
         why = "my PostgreSQL is not running"
     elif not obs.sync_streaming or not obs.sync_caught_up:

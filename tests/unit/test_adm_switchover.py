@@ -96,10 +96,20 @@ def test_released_primary_waits_and_withdraws_if_its_sync_dies():
 @pytest.mark.parametrize("kw, why", [
     (dict(sync_caught_up=False), "has not caught up"),
     (dict(sync_streaming=False), "has not caught up"),
+    (dict(standby_free={B.id: 1 << 20}), "disk is full (1048576 bytes free): it could not serve"),
+    (dict(standby_free={B.id: 1 << 20}, read_only=True), "disk is full"),  # found full once read-only
 ])
 def test_primary_not_ready_keeps_serving_and_says_why(kw, why):
     d = decide(obs(A, state=SW, **{**READY, **kw}))
     assert d.rule == "primary.switchover_waiting" and d.write_state is None and why in d.reason
+
+
+@pytest.mark.parametrize("free", [None, 16 << 20, 10 << 30])
+def test_a_sync_with_room_or_of_unknown_room_may_take_a_switchover(free):
+    room = {} if free is None else {B.id: free}
+    assert decide(obs(A, state=SW, **READY, standby_free=room)).rule == "primary.switchover_read_only"
+    d = decide(obs(A, state=SW, **{**READY, "read_only": True}, standby_free=room))
+    assert d.rule == "primary.switchover_stop"
 
 
 def test_frozen_primary_ignores_the_request():
