@@ -106,6 +106,29 @@ def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: st
     return out
 
 
+def heartbeat_problems(what: str, node_id: str, sitter: Any, up_ip: str, up_sitter: Any,
+                       sev: str) -> list[tuple[str, str]]:
+    """(severity, line) when a live standby's upstream has not heard its heartbeat for longer
+    than its expiration time (its /state `standbys.heard`): the link between them is cut, or
+    the standby withholds its heartbeats to give way. PostgreSQL reports such a standby
+    "streaming" until wal_sender_timeout (30 s), so without this `show` says "none" meanwhile.
+    Nothing when the upstream has no record of it (it just joined, or an older sitter)."""
+    sb = _section(up_sitter, "standbys")
+    exp, heard = sb.get("expirationS"), sb.get("heard")
+    rec = heard.get(node_id) if isinstance(heard, Mapping) else None
+    age = rec.get("ageS") if isinstance(rec, Mapping) else None
+    if not isinstance(exp, (int, float)) or not isinstance(age, (int, float)) or age <= exp:
+        return []
+    spg = _section(sitter, "pg")
+    if spg.get("heartbeatsWithheld"):
+        why = "it withholds them to give way" + (f": {spg['unhealthyWhy']}" if spg.get("unhealthyWhy") else "")
+    else:
+        why = ("the link between them is cut, or its sitter is stuck (its PostgreSQL may still be "
+               "shown streaming until wal_sender_timeout)")
+    return [(sev, f"{what}: its upstream {up_ip} has not heard its heartbeat for {age:.0f}s "
+                  f"(expiration {exp:g}s): {why}")]
+
+
 def _secs(v: Any) -> str:
     return f"{float(v):.0f}s" if isinstance(v, (int, float)) else "its bound"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
-from manatee.cli.adm_gray import gray_json, gray_notes, gray_problems
+from manatee.cli.adm_gray import gray_json, gray_notes, gray_problems, heartbeat_problems
 from manatee.shard.latches import DISK_FULL_BELOW
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
@@ -160,6 +160,8 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             continue
         up = by_id.get(n.upstream or "")
         up_ip = up.ip if up else n.upstream
+        if n.live and up is not None:
+            out += heartbeat_problems(what, n.id, n.sitter, up.ip, up.sitter, crit)
         if n.pg is not None and n.pg.get("up") and not n.pg.get("recovery"):
             out.append((crit, f"{what}: PostgreSQL runs as a primary, not as a standby of {up_ip}"))
         elif n.repl is None or n.repl.get("state") != "streaming":

@@ -197,3 +197,46 @@ def test_rebuild_progress_line_never_claims_more_than_100_percent():
     assert restore_progress_line({"phase": "receiving", "completed": 643 << 10, "size": 80 << 10,
                                   "source": src}) == f"receiving 643.0 kB (more than the 80.0 kB estimated) from {src}"
     assert restore_progress_line({"phase": "requested"}) == "requested"
+
+
+def _heard(v, node, age, expiration=6.0):
+    """The upstream's /state record of `node`'s last heartbeat, `age` seconds old."""
+    up = next(n for n in v.nodes if n.id == node.upstream)
+    up.sitter["standbys"] = {"expirationS": expiration, "heard": {node.id: {"ageS": age, "streaming": True}}}
+
+
+def test_a_standby_whose_upstream_no_longer_hears_it_is_a_problem_before_postgres_notices():
+    """A link cut between the sync and the async: PostgreSQL still says "streaming" until
+    wal_sender_timeout, but the upstream's sitter has not heard the async's heartbeat for
+    longer than its expiration time (sandbox trial, stop 24: "problems: none" for ~60 s)."""
+    from manatee.cli.adm_view import CRITICAL, WARNING, assess
+
+    v = healthy()
+    _heard(v, v.nodes[2], 0.4)
+    _heard(v, v.nodes[1], 6.0)  # exactly the expiration time: still heard
+    assert problems(v) == []
+    _heard(v, v.nodes[2], 38.2)
+    assert assess(v) == [(WARNING, f"async {C.ip}: its upstream {B.ip} has not heard its heartbeat for 38s "
+                                   "(expiration 6s): the link between them is cut, or its sitter is stuck (its "
+                                   "PostgreSQL may still be shown streaming until wal_sender_timeout)")]
+    _heard(v, v.nodes[1], 7.0)  # the sync's: critical, writes wait for it
+    assert (CRITICAL, f"sync {B.ip}: its upstream {A.ip} has not heard its heartbeat for 7s (expiration 6s): "
+                      "the link between them is cut, or its sitter is stuck (its PostgreSQL may still be shown "
+                      "streaming until wal_sender_timeout)") in assess(v)
+
+
+def test_a_standby_that_withholds_its_heartbeats_says_why_and_a_down_one_is_reported_once():
+    v = healthy()
+    v.nodes[2].sitter.update(pg={"heartbeatsWithheld": True, "unhealthyWhy": f"it does not stream from {B.ip}"})
+    _heard(v, v.nodes[2], 20)
+    assert any(p.endswith(f"it withholds them to give way: it does not stream from {B.ip}") for p in problems(v))
+    v.nodes[2].live = False  # its sitter is down: "not in the election" says it, not this
+    assert not any("heard" in p for p in problems(v))
+
+
+@pytest.mark.parametrize("standbys", [None, {}, {"expirationS": 6.0}, {"expirationS": "6", "heard": {}},
+                                      {"expirationS": 6.0, "heard": {"x": {"ageS": 99}}}])
+def test_no_heartbeat_record_is_no_problem(standbys):
+    v = healthy()
+    v.nodes[1].sitter["standbys"] = standbys
+    assert problems(v) == []
