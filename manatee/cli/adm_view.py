@@ -158,19 +158,25 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             elif n.pg and n.pg.get("readOnly") and st.get("sync") and not sw:
                 out.append((crit, f"{what} is read-only (waiting for its sync to catch up?)"))
             continue
-        up = by_id.get(n.upstream or "")
-        up_ip = up.ip if up else n.upstream
-        if n.live and up is not None:
-            out += heartbeat_problems(what, n.id, n.sitter, up.ip, up.sitter, crit)
-        if n.pg is not None and n.pg.get("up") and not n.pg.get("recovery"):
-            out.append((crit, f"{what}: PostgreSQL runs as a primary, not as a standby of {up_ip}"))
-        elif n.repl is None or n.repl.get("state") != "streaming":
-            if up is not None and up.pg is not None:  # only when the upstream was asked
-                state = (n.repl or {}).get("state") or "not connected"
-                out.append((crit, f"{what} is not streaming from {up_ip} ({state})"))
-        elif n.role == "sync" and n.repl.get("sync_state") not in (None, "sync"):
-            out.append((crit, f"{what} streams but is not the synchronous standby (sync_state "
-                       f"{n.repl.get('sync_state')})"))
+        out += _standby_problems(n, by_id.get(n.upstream or ""), what, crit)
+    return out
+
+
+def _standby_problems(n: NodeView, up: NodeView | None, what: str, crit: str) -> list[tuple[str, str]]:
+    """A chain standby's replication from its upstream `up`: heard, streaming, synchronous."""
+    out: list[tuple[str, str]] = []
+    up_ip = up.ip if up else n.upstream
+    if n.live and up is not None:
+        out += heartbeat_problems(what, n.id, n.sitter, up.ip, up.sitter, crit)
+    if n.pg is not None and n.pg.get("up") and not n.pg.get("recovery"):
+        out.append((crit, f"{what}: PostgreSQL runs as a primary, not as a standby of {up_ip}"))
+    elif n.repl is None or n.repl.get("state") != "streaming":
+        if up is not None and up.pg is not None:  # only when the upstream was asked
+            state = (n.repl or {}).get("state") or "not connected"
+            out.append((crit, f"{what} is not streaming from {up_ip} ({state})"))
+    elif n.role == "sync" and n.repl.get("sync_state") not in (None, "sync"):
+        out.append((crit, f"{what} streams but is not the synchronous standby (sync_state "
+                   f"{n.repl.get('sync_state')})"))
     return out
 
 
