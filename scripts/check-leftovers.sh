@@ -19,13 +19,13 @@ esac
 # One line per thing of ours: "<kind>: <name>".
 current() {
     if command -v zpool >/dev/null 2>&1 && zpool list -H -o name >/dev/null 2>&1; then
-        zpool list -H -o name 2>/dev/null | grep -E '^(mtest|msandbox|mbench)' | sed 's/^/zpool: /'
+        zpool list -H -o name 2>/dev/null | grep -E '^(mtest|msandbox|mbench|mbyhand)' | sed 's/^/zpool: /'
     else  # no daemon: the pools its next start imports (a killed run's come back then)
         for cache in /var/lib/zfs/zpool.cache /etc/zfs/zpool.cache; do
-            [ -r "$cache" ] && grep -aoE '(mtest|msandbox|mbench)[0-9A-Za-z_]+' "$cache"
+            [ -r "$cache" ] && grep -aoE '(mtest|msandbox|mbench|mbyhand)[0-9A-Za-z_]+' "$cache"
         done | sort -u | sed 's/^/zpool: /'
     fi
-    awk '$3 ~ /zfs/ && $1 ~ /^(mtest|msandbox|mbench)/ {print "zfs mount: " $2}' /proc/mounts
+    awk '$3 ~ /zfs/ && $1 ~ /^(mtest|msandbox|mbench|mbyhand)/ {print "zfs mount: " $2}' /proc/mounts
     if command -v nft >/dev/null 2>&1; then
         nft list tables 2>/dev/null | awk '$3 ~ /^manatee/ {print "nft table: " $2 " " $3}'
     fi
