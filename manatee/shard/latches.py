@@ -33,16 +33,22 @@ def sync_caught_up(latched_for: Hashable | None, key: Hashable, sync_flush: int 
 
 
 def standby_wal(wal: int | None, *, streaming: bool, sender_ip: str | None,
-                upstream: Peer | None, wal_from: str | None) -> tuple[int | None, str | None]:
+                upstream: Peer | None, wal_from: str | None,
+                in_recovery: bool | None = True) -> tuple[int | None, str | None]:
     """The WAL position a standby may claim, and the upstream it was streamed from.
 
     The received (and replayed) position survives a change of primary_conninfo, so a position
     counts only once the walreceiver has been seen streaming from the configured upstream; a
     restart of PostgreSQL keeps it (the WAL on disk came from that upstream), running as a
-    primary ends it (the shell then passes wal_from None). Detaching
+    primary (in_recovery False) ends it: the WAL from then on is my own, perhaps to be forked.
+    in_recovery None (not running, or it did not answer) keeps what was known. Detaching
     (upstream None, before a takeover) keeps the position from the last upstream: it is
     final, not void.
     """
+    if in_recovery is False:
+        return None, None
+    if in_recovery is None:
+        return None, wal_from
     if streaming and sender_ip is not None and upstream is not None and sender_ip == upstream.ip:
         wal_from = upstream.id
     valid = wal_from is not None and (upstream is None or wal_from == upstream.id)

@@ -132,13 +132,12 @@ class Sitter:
         caught_up, holds_init_wal = self.sync_latch.observe(pgs, st, i_am_primary, self.log)
         wal = pgs.wal.value if pgs.wal else None
         up = self.steps.configured_upstream
+        claimed, self.wal_from = latches.standby_wal(
+            wal, streaming=pgs.streaming, sender_ip=pgs.sender[0] if pgs.sender else None,
+            upstream=up, wal_from=self.wal_from, in_recovery=pgs.in_recovery if pgs.running and pgs.known else None)
         if pgs.in_recovery:
-            wal, self.wal_from = latches.standby_wal(
-                wal, streaming=pgs.streaming, sender_ip=pgs.sender[0] if pgs.sender else None,
-                upstream=up, wal_from=self.wal_from)
-        elif pgs.known and pgs.running:  # a primary: WAL from here on is my own, perhaps to be forked
-            self.wal_from = None
-        self.claimed_wal = wal if pgs.in_recovery else None
+            wal = claimed
+        self.claimed_wal = claimed if pgs.in_recovery else None
         stopped_wal, sw_expired = self._switchover_clock(pgs, st, i_am_primary)
         others = [p.id for p in view.election if p.id != self.me.id]
         # The session state that goes with the view read above: a reconnect while PG was being

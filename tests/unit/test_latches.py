@@ -41,6 +41,13 @@ def test_standby_wal_void_after_repointing_until_new_upstream_streams():
     assert standby_wal(600, streaming=True, sender_ip=B.ip, upstream=B, wal_from=A.id) == (600, B.id)
 
 
+def test_running_as_a_primary_ends_the_claim_and_unknown_keeps_it():
+    assert standby_wal(900, streaming=False, sender_ip=None, upstream=A, wal_from=A.id, in_recovery=False) == (None, None)
+    # not running, or no answer: nothing claimed now, the upstream remembered (a restart keeps it)
+    assert standby_wal(None, streaming=False, sender_ip=None, upstream=A, wal_from=A.id, in_recovery=None) == (None, A.id)
+    assert standby_wal(700, streaming=False, sender_ip=None, upstream=A, wal_from=A.id) == (700, A.id)
+
+
 def test_detaching_keeps_the_last_upstream_position():
     assert standby_wal(500, streaming=False, sender_ip=None, upstream=None, wal_from=A.id) == (500, A.id)
     assert standby_wal(500, streaming=False, sender_ip=None, upstream=None, wal_from=None) == (None, None)
