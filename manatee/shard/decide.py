@@ -22,6 +22,9 @@ The safety argument for every rule is in docs/design.md; in short:
   steps down to a live, heartbeating sync: PostgreSQL killed first, then a released
   switchover by CAS, which the sync takes over by the usual rule.
 - Nobody writes the state unless connected, present in the election, and not frozen.
+- A missing state znode is "no state" only for a new shard: a sitter that remembers a
+  state (or whose dataset does), or that sees a live peer that does, never declares a new
+  generation 1 (which could make a lagging node lead and rebuild the others).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from dataclasses import replace
 from manatee.shard.decision import PG_UNKNOWN, STEP_DOWN_BY, Decision, Observation, View, lsn_text
 from manatee.shard.primary_rules import as_primary
 from manatee.shard.state import (
-    CONNECTED, DEPOSED, PRIMARY, REBUILD, SAFE_MODE, STANDBY, UNASSIGNED, ClusterState, Peer, Target, error_record,
+    CONNECTED, DEPOSED, PRIMARY, REBUILD, SAFE_MODE, STANDBY, UNASSIGNED, UNKNOWN_MEMORY, ClusterState, Peer,
+    Target, error_record,
 )
 
 __all__ = ["decide"]
@@ -42,7 +46,7 @@ def decide(obs: Observation) -> Decision:
     v = View(obs)
     if obs.error is not None:
         return _safe_mode(v)
-    if obs.state_unreadable:
+    if obs.state_unreadable or obs.state_lost:
         return _state_unreadable(v)
     if v.st is None:
         return _bootstrap(v)
@@ -73,19 +77,36 @@ def _safe_mode(v: View) -> Decision:
                f"until an operator clears the error node")
 
 
-# -- rule 2: the state znode cannot be parsed ---------------------------------------------
+# -- rule 2: the state znode cannot be parsed, or is gone while I know the shard had one ----
 def _state_unreadable(v: View) -> Decision:
     """Hold. A malformed state is not "no state" (the election head would declare a new
     generation 1: a fork), and it says nothing about who may lead: nobody writes the state
     (write_block says so), promotes or rebuilds. A primary keeps its role by the usual
     primary rules, which cannot write the state either (and still fence it when its
-    session is gone); a standby keeps following its upstream; everyone else waits."""
+    session is gone); a standby keeps following its upstream; everyone else waits.
+
+    The same holds when the znode is gone but I remember it (obs.state_lost: ZooKeeper lost
+    its data, or someone deleted it): a new generation 1 would let the election's head,
+    perhaps a lagging async, lead and rebuild the others from its older data. One write is
+    safe there: the remembered primary re-creating exactly the state it last read, when its
+    session has not been lost since — nobody can have replaced it without a write to that
+    znode, which this session would have seen (create fails if anyone re-created it)."""
     obs, st = v.obs, v.st
-    why = "the shard state znode cannot be parsed (an operator must fix it)"
+    lost = obs.state_lost and not obs.state_unreadable
+    rule = "state_lost" if lost else "state_unreadable"
+    why = (f"the shard state znode is missing ({obs.state_lost})" if lost
+           else "the shard state znode cannot be parsed (an operator must fix it)")
     place = st.place_of(obs.me.id) if st is not None else None
     if place == "primary":
         d = as_primary(v)
-        return replace(d, rule=f"state_unreadable.{d.rule}", reason=f"{why}; {d.reason}")
+        sw = st.switchover
+        if (lost and obs.session_unbroken and obs.zk == CONNECTED and v.in_election
+                and d.target.role == PRIMARY and d.write_state is None and not (sw is not None and sw.released)):
+            return replace(d, write_state=st, rule="state_lost.recreate",
+                           reason=f"{why}; I am its primary and my ZooKeeper session has not been lost "
+                                  f"since I read it, so nobody replaced me: I create it again as it was "
+                                  f"(generation {st.generation})")
+        return replace(d, rule=f"{rule}.{d.rule}", reason=f"{why}; {d.reason}")
     if place in ("sync", "async") and obs.has_data:
         chain = st.chain()
         ids = [p.id for p in chain]
@@ -93,11 +114,11 @@ def _state_unreadable(v: View) -> Decision:
         up = st.primary if place == "sync" else next((p for p in reversed(ahead) if v.alive(p)), None)
         if up is not None:
             return Decision(Target(STANDBY, upstream=up, downstream=v.next_live_after(obs.me.id, chain)),
-                            rule="state_unreadable.follow",
+                            rule=f"{rule}.follow",
                             reason=f"{why}, so I keep following {up} as its {place} and take over, "
-                                   f"rebuild or write nothing until it is fixed")
-    return Decision(Target(UNASSIGNED), rule="state_unreadable.wait",
-                    reason=f"{why}, so I wait and change nothing until it is fixed")
+                                   f"rebuild or write nothing until it is {'restored' if lost else 'fixed'}")
+    return Decision(Target(UNASSIGNED), rule=f"{rule}.wait",
+                    reason=f"{why}, so I wait and change nothing until it is {'restored' if lost else 'fixed'}")
 
 
 # -- rule 3: no state yet ----------------------------------------------------------------
@@ -106,6 +127,13 @@ def _bootstrap(v: View) -> Decision:
     if obs.zk != CONNECTED:
         return Decision(Target(UNASSIGNED), rule="bootstrap.wait_zk",
                         reason=f"no shard state exists and my ZooKeeper session is {obs.zk}, so I wait")
+    holders = [p for p in v.election if p.id != obs.me.id and p.remembers is not None]
+    if holders:
+        said = ", ".join(f"{p} {_memory_text(p.remembers)}" for p in holders)
+        return Decision(Target(UNASSIGNED), rule="bootstrap.peers_remember",
+                        reason=f"no shard state exists, but {said}: ZooKeeper lost the shard's state "
+                               f"(or it was deleted), so nobody declares a new generation 1 over that data; "
+                               f"I wait until it is restored (manatee-adm state-restore)")
     # The head of the election, skipping nofailover nodes (never primary).
     heads = [p for p in v.election if not p.nofailover]
     if not heads or heads[0].id != obs.me.id:
@@ -133,6 +161,12 @@ def _bootstrap(v: View) -> Decision:
         reason=f"no shard state exists and I head the election, so I declare generation 1 with "
                f"me as primary and {sync or 'no'} sync"
                + ("" if v.onwm else ", read-only until the sync catches up"))
+
+
+def _memory_text(remembers: int | str | None) -> str:
+    if remembers == UNKNOWN_MEMORY:
+        return "does not say whether it holds data of this shard (an older sitter?)"
+    return f"holds data of its generation {remembers}"
 
 
 # -- rule 5: I am the sync ---------------------------------------------------------------

@@ -83,6 +83,15 @@ class Observation:
     state_unreadable: the state znode exists but cannot be parsed (quarantined by the
       shell). Not "no state": `state` is then the last state the shell could read (None if
       it never read one). Nobody writes the state, promotes or rebuilds until it is fixed.
+    state_lost: the state znode does not exist, yet I know this shard had a state: the shell
+      remembers the last one it read (then `state` is that one, `state_version` -1), or my
+      dataset's memory names a generation (`state` None after a restart), or that memory
+      could not be read. The text says which. Not "no state": no new generation 1 is
+      declared; nobody writes, promotes or rebuilds, as with state_unreadable, except that
+      the remembered primary re-creates the znode when `session_unbroken`.
+    session_unbroken: my ZooKeeper session has not been lost since I read `state` (the
+      same session wrote or saw it, so nobody can have replaced it since without my
+      seeing the write: every takeover is a compare-and-set of that znode).
     sync_stalled_s: (primary) how long the state's sync has not flushed WAL I have, its
       flush position not advancing (or it not streaming from me) — set only once that is at
       least the bound (latches.sync_flush_stall / stalled_for); None otherwise, and whenever
@@ -122,6 +131,8 @@ class Observation:
     switchover_expired: bool = False
     cannot_serve: str | None = None
     state_unreadable: bool = False
+    state_lost: str | None = None
+    session_unbroken: bool = False
     sync_stalled_s: float | None = None
     start_held: str | None = None
 
@@ -186,6 +197,8 @@ class View:
         """Why I may not write the state now, or None if I may."""
         if self.obs.state_unreadable:
             return "the shard state znode cannot be parsed"
+        if self.obs.state_lost:
+            return "the shard state znode is missing"
         if self.obs.zk != CONNECTED:
             return f"my ZooKeeper session is {self.obs.zk}"
         if not self.in_election:

@@ -18,7 +18,8 @@ from manatee.core.zkauth import OPEN_ACL_UNSAFE, same_acl
 from manatee.shard import history
 from manatee.shard.layout import ShardLayout
 from manatee.shard.state import (
-    ClusterState, Peer, StateError, parse_election_name, parse_election_nodes, parse_error_node, parse_state,
+    UNKNOWN_MEMORY, ClusterState, Peer, StateError, parse_election_name, parse_election_nodes, parse_error_node,
+    parse_state,
 )
 
 
@@ -121,6 +122,8 @@ class ShardStore:
                 "backupUrl": me.backup_url, "statusUrl": me.status_url}
         if me.tags_json():
             data["tags"] = me.tags_json()  # nofailover / nosync / priority
+        if me.remembers != UNKNOWN_MEMORY:
+            data["remembers"] = me.remembers  # the generation my data belongs to (null: none)
         self.my_node = await self.zk.create(f"{self.election_path}/{me.id}-", data,
                                             ephemeral=True, sequence=True)
         self.log.info("election_joined", node=self.my_node)

@@ -89,6 +89,22 @@ def _tags(t: Any, where: str) -> dict[str, Any]:
     return out
 
 
+UNKNOWN_MEMORY = "unknown"  # Peer.remembers of an election node that does not say
+
+
+def _remembers(d: Mapping[str, Any], where: str) -> int | None | str:
+    """An election node's "remembers": a generation (>= 1), null (no data of the shard), or
+    absent (UNKNOWN_MEMORY). Anything else is malformed."""
+    if "remembers" not in d:
+        return UNKNOWN_MEMORY
+    v = d["remembers"]
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise StateError(f"{where}.remembers: expected a generation (an integer >= 1) or null, got {v!r}")
+    return v
+
+
 def _req(d: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(d, Mapping):
         raise StateError(f"{where}: expected a JSON object, got {type(d).__name__}")
@@ -116,6 +132,11 @@ class Peer:
     nofailover: bool = field(default=False, compare=False)
     nosync: bool = field(default=False, compare=False)
     priority: int = field(default=0, compare=False)
+    # What the peer's election node says its data belongs to (the shell's memory,
+    # manatee.sitter.statememory): the newest generation of this shard it knows, None when it
+    # holds no data of the shard, UNKNOWN_MEMORY when the node does not say (an older sitter).
+    # Not part of the state's JSON: only the election node carries it ("remembers").
+    remembers: int | None | str = field(default=None, compare=False)
 
     @property
     def can_sync(self) -> bool:
@@ -146,8 +167,11 @@ class Peer:
 
     @classmethod
     def from_election(cls, peer_id: str, data: Mapping[str, Any]) -> Peer:
-        """From an election znode: its name gives the id, its data the rest."""
-        return cls.from_json({**data, "id": peer_id}, where=f"election/{peer_id}")
+        """From an election znode: its name gives the id, its data the rest (and what it
+        remembers: absent is unknown, never "nothing")."""
+        where = f"election/{peer_id}"
+        peer = cls.from_json({**data, "id": peer_id}, where=where)
+        return replace(peer, remembers=_remembers(data, where))
 
     def __str__(self) -> str:
         return self.ip or self.id

@@ -14,9 +14,10 @@ from manatee.core.restore import after_restore, old_copies, sweep_replaced
 from manatee.core.restore import restore as restore_dataset
 from manatee.core.restore.source import Candidate
 from manatee.core.restore.source import choose as choose_source
-from manatee.core.zfs import Zfs
+from manatee.core.zfs import Zfs, ZfsError
 from manatee.shard.state import Peer
 from manatee.sitter.rewinder import Rewinder
+from manatee.sitter.statememory import MEMORY_PROP
 
 ZFS_TIMEOUT_S = 30.0  # a zfs list/create in the cycle
 
@@ -159,6 +160,19 @@ class ZfsDataset:
         out = (await asyncio.wait_for(self.zfs.run("get", "-Hp", "-o", "value", "available", self.z.dataset),
                                       timeout)).strip()
         return int(out) if out.isdigit() else None
+
+    async def read_memory(self, timeout: float) -> str | None:
+        """The dataset's `manatee:state-memory` (manatee.sitter.statememory): its raw value
+        ('-' when unset), None when the dataset does not exist (it holds no data)."""
+        try:
+            return await asyncio.wait_for(self.zfs.get(self.z.dataset, MEMORY_PROP), timeout)
+        except ZfsError as e:
+            if e.not_found:
+                return None
+            raise
+
+    async def write_memory(self, value: str, timeout: float) -> None:
+        await asyncio.wait_for(self.zfs.set(self.z.dataset, MEMORY_PROP, value), timeout)
 
     def space(self):
         """`zfs get -Hp -o property,value available,used,quota <dataset>` (the metrics parse it)."""

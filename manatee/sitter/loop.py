@@ -31,6 +31,7 @@ from manatee.shard.rebuildpath import CAUSE_REQUESTED, next_cause
 from manatee.sitter.steps import RestoreHeld, StepRunner
 from manatee.sitter.synclatch import SyncLatch
 from manatee.sitter.dataset import UpstreamNotReady
+from manatee.sitter.statememory import StateMemory
 from manatee.sitter.zkview import ZkView, worse
 from manatee.shard.state import CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, UNASSIGNED, Peer, Target
 
@@ -55,6 +56,7 @@ class Sitter:
         self.interval = p.health_interval_s
         self.wake = asyncio.Event()
         self.view = ZkView(session, store, self.me, cfg.zkCfg.session_timeout_s, log, self.clock, self.wake)
+        self.memory = self.view.memory = StateMemory(dataset, log, self.clock)  # what my data belongs to
         self.heartbeats = HeartbeatTable(expiration_s=cfg.heartbeatCfg.expiration_s,
                                          started=self.clock.monotonic())
         self.hb_sender = HeartbeatSender(
@@ -123,6 +125,7 @@ class Sitter:
     async def observe(self) -> Observation:
         view = self.view
         zk_at_read = view.zk_state
+        await self.memory.load()  # before my first election node, which says what I remember
         await view.refresh()
         st = view.state
         i_am_primary = st is not None and st.primary.id == self.me.id
@@ -170,6 +173,8 @@ class Sitter:
             sync_flush=pgs.sync_flush.value if pgs.sync_flush and i_am_primary else None,
             switchover_stopped_wal=stopped_wal, switchover_expired=sw_expired,
             state_unreadable=view.state_unreadable is not None,
+            state_lost=self.memory.lost(st) if view.state_missing else None,
+            session_unbroken=view.session_unbroken,
             cannot_serve=self.health.cannot_serve, start_held=self.health.start_held(),
             sync_stalled_s=self.health.sync_stalled(pgs, (st.generation, sync.id) if sync else None,
                                                     i_am_primary=i_am_primary))
@@ -233,6 +238,7 @@ class Sitter:
     def _restored(self) -> None:
         self.diverged = False
         self.wal_from = None
+        self.memory.dataset_replaced()
 
     # ------------------------------------------------------------------ the loop
 
@@ -322,6 +328,7 @@ class Sitter:
         old = self.target
         self.role, self.target, self.last = dec.target.role, dec.target, dec
         await self._reconcile_slots(dec.target)
+        await self.memory.keep(None if self.view.state_missing else self.view.state, has_data=obs.has_data)
         # role-change hook (in the background: never delays this cycle): my place, else my local role
         st = self.view.state
         self.hooks.fire((st.place_of(self.me.id) if st else None) or self.role)
@@ -342,7 +349,7 @@ class Sitter:
             return False
         self.log.info("state_written", generation=new.generation, primary=new.primary.id,
                       sync=new.sync.id if new.sync else None, reason=dec.reason)
-        self.view.state, self.view.state_version = await self.store.read_state()
+        self.view.note_state(*await self.store.read_state())
         self.next_delay = FOLLOW_UP_S  # e.g. detach → takeover: the next step is due now
         sw = new.switchover
         if Effect.STEP_DOWN in dec.effects and sw is not None:

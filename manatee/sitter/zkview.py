@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from typing import Callable
 
 from manatee.core import zk as zkmod
@@ -39,6 +40,10 @@ class ZkView:
         self.state_version = -1
         self.error: dict | None = None
         self.state_unreadable: str | None = None  # why the state znode cannot be used, or None
+        self.state_missing = False  # the state znode does not exist (`state` is then the last one read)
+        self.sessions = 0           # sessions lost so far: a new one starts after each
+        self.state_session = -1     # `sessions` when `state` was last read from the znode
+        self.memory = None  # the sitter's StateMemory: what my election node says I remember
         self.on_change: Callable[[], object] = lambda: None  # the session's state changed: publish it
 
     @property
@@ -65,6 +70,7 @@ class ZkView:
         if self.zk_state == LOST:
             self.need_join = True
             self.view_stale = True
+            self.sessions += 1
         self.log.info("zk_session", state=self.zk_state)
         self.on_change()
         self.poke()
@@ -117,11 +123,12 @@ class ZkView:
         try:
             if self.need_join:
                 await self.store.ensure_paths()
-                await self.store.join(self.me)
+                await self.store.join(replace(self.me, remembers=self.memory.remembers(self.state) if self.memory
+                                                else None))
                 self.need_join = False
             self.election = await self.store.election()
             try:
-                self.state, self.state_version = await self.store.read_state()
+                self.note_state(*await self.store.read_state())
                 self.state_unreadable = None
             except StateUnreadable as e:  # never "no state": keep the last one read, and hold
                 self.state_unreadable = str(e)
@@ -130,6 +137,20 @@ class ZkView:
         except (zkmod.ZKError, zkmod.ConnectionLoss, zkmod.SessionExpiredError, asyncio.TimeoutError) as e:
             self.dirty = True
             self.log.warning("zk_read_failed", error=str(e) or type(e).__name__)
+
+    def note_state(self, state: ClusterState | None, version: int) -> None:
+        """The state znode as just read (or written). A missing znode does not erase the
+        last state read: decide() must hear that the shard had one (Observation.state_lost)."""
+        self.state_missing = state is None
+        self.state_version = version
+        if state is not None:
+            self.state, self.state_session = state, self.sessions
+
+    @property
+    def session_unbroken(self) -> bool:
+        """My session has not been lost since I last read `state` from its znode."""
+        return (self.state is not None and self.state_session == self.sessions and not self.view_stale
+                and self.zk_state == CONNECTED)
 
     def expiry_passed(self) -> bool:
         """Suspended, and the session-expiry deadline has passed: it may have expired."""

@@ -180,6 +180,7 @@ class FakeDataset:
             raise RuntimeError(f"cannot restore from {upstream}")
         self.world.pg_stop(n)
         n.log, n.has_data, n.diverged, n.torn = list(src.log), True, False, 0
+        n.memory = "-"  # a received dataset carries no properties
         n.wal_gone_on, n.refused_by = set(), None
         self.world.restores.append((self.world.now, n.id))
         self.node.restore_sources = (upstream.id, tuple(p.id for p in also))  # (upstream, members ahead of it)
@@ -199,3 +200,9 @@ class FakeDataset:
 
     async def available(self, timeout: float) -> int | None:
         return self.node.free
+
+    async def read_memory(self, timeout: float) -> str | None:
+        return self.node.memory if self.node.has_data else None
+
+    async def write_memory(self, value: str, timeout: float) -> None:
+        self.node.memory = value

@@ -102,6 +102,7 @@ class Node:
     pause_wanted: bool = False
     # postgres
     has_data: bool = False
+    memory: str = "-"  # its dataset's manatee:state-memory ("-": unset)
     log: list = field(default_factory=list)
     running: bool = False
     mode: str = "standby"
@@ -312,7 +313,7 @@ class Shard:
     def destroy_data(self, k) -> None:
         n = self.node(k)
         self.pg_stop(n)
-        n.has_data, n.log = False, []
+        n.has_data, n.log, n.memory = False, [], "-"
 
     def heal_all(self) -> None:
         self.zk_up()

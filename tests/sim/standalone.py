@@ -94,6 +94,12 @@ class NoDataset:
     async def restore(self, upstream, progress, also=()):
         raise AssertionError("no restore expected")
 
+    async def read_memory(self, timeout):
+        return None  # no dataset: no data of any shard
+
+    async def write_memory(self, value, timeout):
+        pass
+
 
 def standalone_sitter(me: Peer, *, pg=None, state: ClusterState | None = None, election: tuple[Peer, ...] = (),
                       clock: FakeClock | None = None, **cfg) -> Sitter:

@@ -35,6 +35,7 @@ class SimZK:
         self.registrar: str | None = None
         self.watchers: dict[object, set[Callable]] = {}
         self._parsed: tuple = (None, None)
+        self.lost: ClusterState | None = None  # the state as it was when its znode was deleted
 
     def poke(self) -> None:
         for fns in list(self.watchers.values()):
@@ -97,6 +98,20 @@ class SimZK:
         self.version += 1
         self.poke()
 
+    def delete_state(self) -> None:
+        """The state znode is deleted (an operator's mistake, or ZooKeeper lost its data)."""
+        self.lost = self.state() or self.lost
+        self.state_raw, self.version = None, -1
+        self.poke()
+
+    def wipe(self) -> None:
+        """ZooKeeper comes back with no data: every znode and every session is gone."""
+        self.delete_state()
+        self.history, self.election, self._error, self.registrar = [], {}, None, None
+        self.expired.update(self.last_heard)
+        self.last_heard.clear()
+        self.poke()
+
     def cas_state(self, new: ClusterState, expected: int) -> bool:
         if expected != self.version:
             return False
@@ -109,6 +124,10 @@ class SimZK:
                     raise Violation(f"S3: {new.primary.id} made primary; previous primary/sync {allowed}")
             if new.generation != old.generation + (1 if changed else 0):
                 raise Violation(f"generation {old.generation} -> {new.generation} (primary/sync changed: {changed})")
+        elif self.lost is not None:
+            if new != self.lost:  # after a loss only the lost state itself may come back
+                raise Violation(f"the state was lost at generation {self.lost.generation}; "
+                                f"{new.primary.id} wrote generation {new.generation} instead of re-creating it")
         elif new.generation != 1:
             raise Violation("the first state must be generation 1")
         self.state_raw = new.dumps()

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from manatee.shard import latches
 from manatee.sitter.metrics import MetricsView, render_view
+from manatee.sitter.statememory import StateMemory
 from manatee.sitter.snapshot import SitterSnapshot, debug_state, gray_latches, snapshot_of, start_held_s
 from manatee.sitter.status import STATE_SPACE_WAIT_S, StatusServer
 from manatee.sitter.zfsview import SLOW_CACHE_S, SPACE_CACHE_S, DatasetCache, parse_space
@@ -58,8 +59,8 @@ def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_a
                              starts=starts, sick_since=None, sick_why=None, cannot_serve=None, hung_kills=0,
                              hb_withheld=False)
     view_ = SimpleNamespace(state=None, error=None, election=(), zk_state="connected", quarantined=(),
-                            state_unreadable=None, session_timeout=4.0)
-    return SimpleNamespace(
+                            state_unreadable=None, session_timeout=4.0, state_missing=False)
+    return SimpleNamespace(memory=StateMemory(None, None, None),
         view=view_, health=health, last=SimpleNamespace(reason="my sync has not flushed", rule="primary.replace_sync"),
         me=A, role="primary", target=None, last_pg=None, last_pg_at=last_pg_at,
         pg=SimpleNamespace(config_error=None, parameters_gen=0), steps=SimpleNamespace(restore_progress=None, restore_tries=restores),

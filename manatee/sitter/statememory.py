@@ -1,0 +1,144 @@
+"""What this node's data belongs to: the shard state's newest generation (and its primary)
+that the node acted on, kept with the data as the ZFS user property `manatee:state-memory`
+of its dataset.
+
+Why. The state znode is the shard's only record of who leads. If it vanishes (ZooKeeper
+reinstalled with empty data, an operator's `delete`), "no state" used to mean a new shard:
+the election's head declared generation 1 with itself as primary, even a lagging async,
+and the others, ahead of it, were rebuilt from its older data. A sitter that remembers the
+state (the last one it read, in memory) or whose dataset does (this property, after a
+restart) holds instead (decide's state_lost rules), and says so in its election node
+(`remembers`), so that a new node heading the election does not declare either.
+
+Why a ZFS property: only root can set it (the data directory and the mountpoint belong to
+the PostgreSQL user), it goes with the dataset (a destroyed dataset forgets, a restored
+one starts blank: `zfs send` without -p carries no properties) and it is tiny. Every zfs
+call has a deadline; one that fails leaves the memory unknown, which counts as remembering
+(unknown is not "this node holds no data of the shard"). Saving runs in the background:
+it never delays a takeover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+from manatee.core.zfs import ZfsError
+from manatee.shard.state import UNKNOWN_MEMORY, ClusterState
+
+MEMORY_PROP = "manatee:state-memory"
+MEMORY_TIMEOUT_S = 2.0  # one zfs get or set (in the cycle)
+RETRY_S = 60.0          # a failed read or save is tried again after this
+_FAILED = (asyncio.TimeoutError, OSError, ValueError, ZfsError)
+
+
+@dataclass(frozen=True)
+class Memory:
+    generation: int
+    primary: str  # the primary's election id
+
+    def dumps(self) -> str:
+        return json.dumps({"generation": self.generation, "primary": self.primary}, separators=(",", ":"))
+
+    def describe(self) -> str:
+        return f"generation {self.generation} (primary {self.primary.split(':', 1)[0]})"
+
+    @classmethod
+    def of(cls, st: ClusterState) -> Memory:
+        return cls(st.generation, st.primary.id)
+
+    @classmethod
+    def parse(cls, value: str) -> Memory | None:
+        """The property's value (`zfs get -H -o value`): '-' or empty is unset (None);
+        anything but {"generation": int >= 1, "primary": str} raises ValueError."""
+        value = value.strip()
+        if value in ("", "-"):
+            return None
+        try:
+            d = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{MEMORY_PROP} is not JSON: {e}") from None
+        g, p = (d.get("generation"), d.get("primary")) if isinstance(d, dict) else (None, None)
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1 or not isinstance(p, str) or not p:
+            raise ValueError(f"{MEMORY_PROP} is not {{generation, primary}}: {value[:200]!r}")
+        return cls(g, p)
+
+
+class StateMemory:
+    """The shell's side: read the dataset's memory, save a newer one at the end of a cycle
+    (after its steps: never before a takeover), and say what the node remembers (for
+    decide and the election node). Each zfs call is bounded by MEMORY_TIMEOUT_S and a
+    failed one is not tried again for RETRY_S, so a hung zfs costs a cycle little."""
+
+    def __init__(self, dataset, log, clock):
+        self.dataset, self.log, self.clock = dataset, log, clock
+        self.saved: Memory | None = None  # what the dataset holds, as last read or written
+        self.known = False                # `saved` was read (or written) successfully
+        self.error: str | None = "not read yet"
+        self.retry_at = 0.0
+        self.tried = False
+
+    async def load(self) -> None:
+        """Read the dataset's memory if it is not known yet (at most every RETRY_S); on
+        failure it stays unknown. A dataset that does not exist holds no data: None."""
+        if self.known or self.clock.monotonic() < self.retry_at:
+            return
+        self.tried = True
+        try:
+            value = await self.dataset.read_memory(MEMORY_TIMEOUT_S)
+            self.saved, self.known, self.error = Memory.parse(value) if value is not None else None, True, None
+            if self.saved is not None:
+                self.log.info("state_memory_read", remembers=self.saved.describe())
+        except _FAILED as e:
+            self.error = str(e) or type(e).__name__
+            self.retry_at = self.clock.monotonic() + RETRY_S
+            self.log.warning("state_memory_unreadable", error=self.error,
+                             note="until it is read, a missing state znode is not taken for a new shard")
+
+    async def keep(self, st: ClusterState | None, *, has_data: bool) -> None:
+        """Save `st`'s generation and primary if my data belongs to it and the dataset does
+        not hold them yet."""
+        if st is None or not has_data or not self.known or self.clock.monotonic() < self.retry_at:
+            return
+        new = Memory.of(st)
+        if self.saved == new or (self.saved is not None and self.saved.generation > new.generation):
+            return  # never moved back (a state re-created older is for an operator to sort out)
+        try:
+            await self.dataset.write_memory(new.dumps(), MEMORY_TIMEOUT_S)
+            self.saved, self.error = new, None
+            self.log.info("state_memory_saved", remembers=new.describe())
+        except _FAILED as e:
+            self.retry_at = self.clock.monotonic() + RETRY_S
+            self.log.warning("state_memory_not_saved", error=str(e) or type(e).__name__, remembers=new.describe())
+
+    def dataset_replaced(self) -> None:
+        """A restore put new data in place: it carries no memory until saved again."""
+        self.saved, self.known, self.error, self.retry_at = None, True, None, 0.0
+    def remembers(self, state: ClusterState | None) -> int | None | str:
+        """For my election node: the newest generation I know this shard had (the state
+        I last read, or my dataset's memory), None if neither, UNKNOWN_MEMORY if my
+        dataset's memory could not be read and I read no state."""
+        gens = [g for g in (state.generation if state else None, self.saved.generation if self.saved else None)
+                if g is not None]
+        if gens:
+            return max(gens)
+        return None if self.known else UNKNOWN_MEMORY
+
+    def lost(self, state: ClusterState | None) -> str | None:
+        """With the state znode missing: what says this shard had one (None: nothing, a
+        new shard). `state` is the last state the shell read (kept when the znode went)."""
+        if state is not None:
+            return f"I remember generation {state.generation} (primary {state.primary})"
+        if self.saved is not None:
+            return f"my dataset remembers {self.saved.describe()}"
+        if not self.known:
+            return f"I cannot tell whether my dataset holds data of this shard: {self.error}"
+        return None
+
+    def as_json(self, state: ClusterState | None) -> dict | None:
+        """GET /state `remembers`: the newer of the state I last read and my dataset's memory."""
+        m = Memory.of(state) if state is not None else None
+        if self.saved is not None and (m is None or self.saved.generation > m.generation):
+            m = self.saved
+        return None if m is None else {"generation": m.generation, "primary": m.primary}

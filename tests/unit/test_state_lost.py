@@ -1,0 +1,234 @@
+"""A missing state znode is "no state" only for a new shard.
+
+Trial (sandbox, 2026-12-05): after a failover and a switchover the election's head was the
+async; deleting /manatee/1/state made it declare generation 1 with itself as primary and
+the old primary as its sync ("problems: none"). Under writes, the old primary's
+acknowledged WAL beyond the async's would have forked and been rebuilt away. Now a sitter
+that remembers a state, or whose dataset does, holds; a new node does not declare while a
+live peer remembers the shard; and the remembered primary re-creates the znode when its
+session has not been lost since it read it. Pure rules, the shell's memory, and the
+simulated shard (whose ZooKeeper raises a Violation if anything but the lost state is
+written after the loss)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+
+from manatee.shard.decide import decide
+from manatee.shard.state import (
+    PRIMARY, STANDBY, UNASSIGNED, UNKNOWN_MEMORY, ClusterState, Peer, StateError, Switchover,
+)
+from manatee.sitter.statememory import MEMORY_PROP, Memory, StateMemory
+from tests.observations import A, B, C, D, STATE, obs
+from tests.sim.shard import SESSION_TIMEOUT, Shard, acked_count_grows
+
+LOST = "I remember generation 3 (primary 10.0.0.1)"
+
+
+# ------------------------------------------------------------------ the rules
+
+def test_the_remembered_primary_recreates_the_state_when_its_session_was_never_lost():
+    d = decide(obs(A, state_version=-1, state_lost=LOST, session_unbroken=True, sync_caught_up=True))
+    assert d.rule == "state_lost.recreate" and d.write_state == STATE
+    assert d.target.role == PRIMARY and "create it again" in d.reason
+
+
+def test_after_a_lost_session_the_primary_serves_but_writes_nothing():
+    d = decide(obs(A, state_version=-1, state_lost=LOST, session_unbroken=False, sync_caught_up=True))
+    assert d.write_state is None and d.rule.startswith("state_lost.primary")
+    assert d.target.role == PRIMARY and not d.target.read_only and "missing" in d.reason
+
+
+def test_a_primary_that_released_its_role_does_not_recreate_the_state():
+    st = replace(STATE, switchover=Switchover(to=B.id, requested="t", released=True))
+    d = decide(obs(A, state=st, state_version=-1, state_lost=LOST, session_unbroken=True))
+    assert d.write_state is None
+
+
+def test_a_primary_whose_sync_is_gone_cannot_replace_it_while_the_state_is_lost():
+    d = decide(obs(A, state_version=-1, state_lost=LOST, session_unbroken=False, election=(A, C), read_only=True))
+    assert d.write_state is None and d.target.role == PRIMARY and d.target.read_only
+
+
+@pytest.mark.parametrize("me", [B, C])
+def test_standbys_keep_following_and_never_take_over(me):
+    d = decide(obs(me, state_version=-1, state_lost=LOST, session_unbroken=True))
+    assert d.rule == "state_lost.follow" and d.target.role == STANDBY and d.write_state is None
+    d = decide(obs(B, state_version=-1, state_lost=LOST, election=(B, C), streaming=False, upstream_id=None))
+    assert d.write_state is None and d.target.role != PRIMARY
+
+
+def test_a_restarted_sitter_whose_dataset_remembers_waits():
+    d = decide(obs(C, state=None, state_version=-1, state_lost="my dataset remembers generation 3 (primary 10.0.0.1)",
+                   election=(C, A, B), running=False))
+    assert d.rule == "state_lost.wait" and d.target.role == UNASSIGNED and d.write_state is None
+    assert "until it is restored" in d.reason
+
+
+@pytest.mark.parametrize("remembers", [3, UNKNOWN_MEMORY])
+def test_a_new_head_does_not_declare_while_a_live_peer_remembers_the_shard(remembers):
+    peers = (D, replace(A, remembers=remembers), replace(B, remembers=None))
+    d = decide(obs(D, state=None, state_version=-1, election=peers, running=False, has_data=False))
+    assert d.rule == "bootstrap.peers_remember" and d.write_state is None and d.target.role == UNASSIGNED
+    assert "10.0.0.1" in d.reason and "state-restore" in d.reason
+
+
+def test_a_new_shard_still_declares_generation_1():
+    peers = (A, replace(B, remembers=None), replace(C, remembers=None))
+    d = decide(obs(A, state=None, state_version=-1, election=peers, wal=0x1000, running=False))
+    assert d.rule == "bootstrap.declare" and d.write_state.generation == 1
+
+
+# ------------------------------------------------------------------ the election node
+
+def test_the_election_node_says_what_the_peer_remembers():
+    data = {"zoneId": "z", "ip": "10.0.0.9", "pgUrl": "tcp://p@10.0.0.9:5432/postgres", "backupUrl": "http://b"}
+    assert Peer.from_election("10.0.0.9:5432:1:2", data).remembers == UNKNOWN_MEMORY  # an older sitter
+    assert Peer.from_election("10.0.0.9:5432:1:2", {**data, "remembers": None}).remembers is None
+    assert Peer.from_election("10.0.0.9:5432:1:2", {**data, "remembers": 4}).remembers == 4
+    for bad in (0, -1, True, "4", 2.5):
+        with pytest.raises(StateError, match="remembers"):
+            Peer.from_election("10.0.0.9:5432:1:2", {**data, "remembers": bad})
+    assert "remembers" not in replace(A, remembers=4).to_json()  # never in the state's JSON
+
+
+# ------------------------------------------------------------------ the dataset's memory
+
+class _Dataset:
+    def __init__(self, value="-", fail=None):
+        self.value, self.fail, self.writes = value, fail, []
+
+    async def read_memory(self, timeout):
+        if self.fail:
+            raise self.fail
+        return self.value
+
+    async def write_memory(self, value, timeout):
+        if self.fail:
+            raise self.fail
+        self.value = value
+        self.writes.append(value)
+
+
+def _memory(ds):
+    clock = SimpleNamespace(t=0.0)
+    clock.monotonic = lambda: clock.t
+    log = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None)
+    return StateMemory(ds, log, clock), clock
+
+
+def test_memory_parse():
+    assert Memory.parse("-") is None and Memory.parse("") is None
+    assert Memory.parse('{"generation":3,"primary":"10.0.0.1:5432:1:2"}') == Memory(3, "10.0.0.1:5432:1:2")
+    for bad in ("nope", "[]", '{"generation":0,"primary":"x"}', '{"generation":3}', '{"generation":true,"primary":"x"}'):
+        with pytest.raises(ValueError, match=MEMORY_PROP):
+            Memory.parse(bad)
+
+
+def test_the_memory_is_saved_once_per_generation_and_never_moves_back():
+    ds = _Dataset()
+    m, _ = _memory(ds)
+    run = asyncio.run
+    run(m.load())
+    assert m.known and m.saved is None and m.remembers(None) is None and m.lost(None) is None
+    run(m.keep(STATE, has_data=False))
+    assert ds.writes == []  # no data of the shard: nothing to remember
+    run(m.keep(STATE, has_data=True))
+    run(m.keep(STATE, has_data=True))
+    assert ds.writes == [Memory(3, A.id).dumps()]
+    run(m.keep(replace(STATE, generation=2), has_data=True))
+    assert len(ds.writes) == 1 and m.remembers(None) == 3
+    assert m.lost(None) == "my dataset remembers generation 3 (primary 10.0.0.1)"
+    assert m.lost(STATE).startswith("I remember generation 3")
+    m.dataset_replaced()  # a restore: the new dataset has no property
+    assert m.remembers(None) is None
+    run(m.keep(STATE, has_data=True))
+    assert len(ds.writes) == 2
+
+
+def test_an_unreadable_memory_counts_as_remembering_and_is_read_again_later():
+    ds = _Dataset(fail=OSError("zfs hung"))
+    m, clock = _memory(ds)
+    asyncio.run(m.load())
+    assert not m.known and m.remembers(None) == UNKNOWN_MEMORY and "cannot tell" in m.lost(None)
+    assert m.remembers(STATE) == 3
+    ds.fail = None
+    ds.value = '{"generation":5,"primary":"10.0.0.2:5432:1:2"}'
+    asyncio.run(m.load())
+    assert not m.known  # not before the retry time
+    clock.t += 61
+    asyncio.run(m.load())
+    assert m.known and m.remembers(None) == 5 and m.as_json(STATE) == {"generation": 5, "primary": "10.0.0.2:5432:1:2"}
+
+
+def test_a_malformed_memory_is_unknown_not_nothing():
+    m, _ = _memory(_Dataset(value="garbage"))
+    asyncio.run(m.load())
+    assert not m.known and m.remembers(None) == UNKNOWN_MEMORY
+
+
+# ------------------------------------------------------------------ the simulated shard
+
+def _shard() -> Shard:
+    return Shard(3, seed=1, commits_per_tick=2).bootstrap()
+
+
+def _head_is_the_async(sh: Shard) -> None:
+    """Restart the primary's and the sync's sitters (PostgreSQL runs on) so that the async
+    heads the election, as after the trial's failover and switchover."""
+    for role in ("primary", "sync"):
+        n = sh.by_role(role)
+        sh._halt(n)
+        sh._boot(n)
+        sh.run(3)
+        sh.settle()
+    assert sh.zk.peers()[0].id == sh.zk.state().async_[0].id
+
+
+def test_sim_deleted_state_znode_is_recreated_by_the_primary_with_nothing_lost():
+    sh = _shard()
+    _head_is_the_async(sh)
+    sh.run(5)
+    st, promotions = sh.zk.state(), list(sh.promotions)
+    sh.zk.delete_state()
+    sh.run(5)
+    assert sh.zk.state() == st and sh.promotions == promotions, sh.describe()
+    assert sh.events(sh.by_role("primary"), "state_written")
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
+def test_sim_zookeeper_wiped_nobody_declares_and_the_operator_restores():
+    sh = _shard()
+    _head_is_the_async(sh)
+    sh.run(5)
+    st, writes = sh.zk.state(), len(sh.zk.writes)
+    sh.zk.wipe()  # every session expires: nobody may re-create it by itself
+    sh.run(3 * SESSION_TIMEOUT)
+    assert sh.zk.state() is None and len(sh.zk.writes) == writes, sh.describe()
+    assert all(n.last_decision.rule.startswith("state_lost") for n in sh.nodes), sh.describe()
+    assert not sh.lost_acknowledged()
+    sh.zk.set_raw(st.dumps())  # manatee-adm state-restore
+    sh.settle()
+    assert sh.zk.state().primary.id == st.primary.id and acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
+def test_sim_zookeeper_wiped_and_every_sitter_restarted_the_datasets_remember():
+    sh = _shard()
+    sh.run(5)
+    st, writes = sh.zk.state(), len(sh.zk.writes)
+    for n in sh.nodes:
+        sh.kill(n)
+    sh.zk.wipe()
+    for n in reversed(sh.nodes):  # the async first: it heads the election
+        sh.start(n)
+    sh.run(3 * SESSION_TIMEOUT)
+    assert sh.zk.state() is None and len(sh.zk.writes) == writes, sh.describe()
+    assert all(n.last_decision.rule == "state_lost.wait" for n in sh.nodes), sh.describe()
+    assert "my dataset remembers generation" in sh.nodes[2].last_decision.reason
+    sh.zk.set_raw(st.dumps())
+    sh.settle()
+    assert sh.zk.state().primary.id == st.primary.id and not sh.lost_acknowledged() and acked_count_grows(sh)
