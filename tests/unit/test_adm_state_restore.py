@@ -1,4 +1,5 @@
-"""A lost state znode, the operator's side: `manatee-adm state-restore` re-creates it from the live sitters' /state,
+"""A lost state znode, the operator's side: `show`/`verify` name it (critical) from what the
+sitters remember, and `manatee-adm state-restore` re-creates it from the live sitters' /state,
 refusing whenever the state shown might not be the shard's newest. ZooKeeper is a dict
 (tests/zk_fakes.py), each sitter's /state a canned answer; nothing runs."""
 
@@ -9,6 +10,7 @@ import json
 import pytest
 
 from manatee.cli import adm, adm_probe, adm_staterestore
+from manatee.cli.adm_view import CRITICAL, assess, render_show, show_json, verdict
 from manatee.cli.common import CliError, ZkReader, one_line_failures
 from manatee.core.zkauth import ZKAuth, shard_acl
 from manatee.shard.history import STATE_RESTORED, parse_record
@@ -223,3 +225,44 @@ def test_the_cli_creates_with_the_shards_acl_and_reports_an_existing_node():
     assert calls[0][1]["acl"] == zk._acl and calls[0][1]["sequence"] is False
     with pytest.raises(NodeExists):
         zk.create("/exists", b"{}")
+
+
+# --------------------------------------------------------------------------- show / verify
+
+def _show(zk, capsys, cmd="show", *flags):
+    args = adm.build_parser().parse_args([cmd, "-s", "1", "-z", "zk1", *flags])
+    args.shard, args.timeout = "1", 2.0
+    code = adm.COMMANDS[cmd](args, zk)
+    return code, capsys.readouterr().out
+
+
+def test_show_and_verify_name_a_lost_state_the_sitters_remember(sitters, capsys):
+    sitters.update({A.ip: lost(), B.ip: lost(), C.ip: None})
+    zk = shard_zk()
+    code, out = _show(zk, capsys)
+    assert code == 0
+    want = (f"the shard state znode {PATH} is missing: no failover can happen and no new member can join. "
+            f"The sitters remember generation 3 (primary {A.ip}): restore it with 'manatee-adm state-restore'")
+    assert want in out and f"unknown what {C.ip} remembers" in out
+    assert f"{B.ip}: remembers generation 3 (primary {A.ip})" in out
+    assert f"{C.ip}: what it remembers is unknown: its sitter does not answer" in out
+    code, out = _show(zk, capsys, "verify")
+    assert code == adm.VERIFY_EXIT[CRITICAL] == 2 and f"critical: {want}" in out
+    code, out = _show(zk, capsys, "show", "--json")
+    doc = json.loads(out)
+    assert doc["status"] == CRITICAL and doc["nodes"][0]["remembers"] == {"generation": 3, "primary": A.id}
+
+
+def test_a_new_shard_nobody_remembers_is_not_a_lost_state(sitters, capsys):
+    sitters.update({A.ip: lost(None, remembers=None), B.ip: lost(None, remembers=None), C.ip: None})
+    code, out = _show(shard_zk(), capsys)
+    assert code == 0 and "not been set up" in out and "missing" not in out and "remembers" not in out
+
+
+def test_assess_without_state_or_sitters_keeps_todays_line():
+    from manatee.cli.adm_view import ShardView
+
+    v = ShardView("1", None)
+    assert [m for _s, m in assess(v)] == ["no shard state in ZooKeeper yet: the shard has not been set up"]
+    assert verdict(assess(v)) == CRITICAL and "not been set up" in render_show(v)
+    assert show_json(v)["status"] == CRITICAL
