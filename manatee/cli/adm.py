@@ -14,6 +14,9 @@
                                                  restore a node from its upstream, with progress
     manatee-adm set-primary --node NODE [--force]
                                                  safe-mode runbook step 3 (all sitters stopped)
+    manatee-adm state-restore [--dry-run] [--yes] [--ignore-unreachable]
+                                                 re-create a missing state znode from what the
+                                                 live sitters remember (adm_staterestore.py)
 
 The shard and ZooKeeper, as for every tool: -z/--zk ZK -s/--shard SHARD, -c sitter.json, or
 $MANATEE_ZK / $MANATEE_SHARD; the original's positional `COMMAND SHARD ZK` still works. A node
@@ -43,7 +46,7 @@ import time
 from typing import Callable, Sequence
 
 from manatee import __version__ as VERSION
-from manatee.cli import adm_pgconf, adm_restart
+from manatee.cli import adm_pgconf, adm_restart, adm_staterestore
 from manatee.cli import adm_view as V
 from manatee.cli.adm_ops import find_peer, request_switchover, set_freeze, set_primary, withdraw_switchover
 from manatee.cli.adm_probe import gather
@@ -283,7 +286,7 @@ def _positive(name: str) -> Callable[[str], float]:
 
 def build_parser() -> ArgParser:
     p = ArgParser(prog=TOOL, description="Operate a manatee shard: show, verify, pg-status, history, "
-                                         "freeze/unfreeze, switchover, rebuild.")
+                                         "freeze/unfreeze, switchover, rebuild, state-restore.")
     p.add_argument("--version", action="version", version=f"%(prog)s (manatee) {VERSION}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=ArgParser)
     sub.required = True
@@ -328,6 +331,7 @@ def build_parser() -> ArgParser:
                     help="the shard secret's file, to sign the request (default: $MANATEE_SECRET_FILE)")
     adm_pgconf.add_parsers(add, _positive)
     adm_restart.add_parsers(add, _positive)
+    adm_staterestore.add_parsers(add, _positive)
     return p
 
 
@@ -335,6 +339,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, ZkReader], int]] = {
     "show": cmd_show, "verify": cmd_verify, "pg-status": cmd_pg_status, "history": cmd_history,
     "freeze": cmd_freeze, "unfreeze": cmd_unfreeze, "switchover": cmd_switchover, "rebuild": cmd_rebuild,
     "set-primary": cmd_set_primary, **adm_pgconf.COMMANDS, **adm_restart.COMMANDS,
+    **adm_staterestore.COMMANDS,
 }
 
 
@@ -342,6 +347,8 @@ def _budget(args: argparse.Namespace) -> float | None:
     """How long the whole run may take (the watchdog's limit); None: until Ctrl-C."""
     if args.cmd == "pg-status" and args.period:
         return None
+    if args.cmd == "state-restore" and not (args.yes or args.dry_run) and sys.stdin.isatty():
+        return None  # it waits for the operator's answer
     extra = {"switchover": getattr(args, "wait", 0), "rebuild": getattr(args, "wait", 0),
              "reload": getattr(args, "wait", 0),
              "restart": getattr(args, "wait", 0) * 8}.get(args.cmd, 0)  # --wait bounds each step

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 from manatee.cli.adm_gray import gray_json, gray_notes, gray_problems, heartbeat_problems
+from manatee.cli.adm_lost import lost_notes, lost_state_problem
 from manatee.shard.latches import DISK_FULL_BELOW
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
@@ -109,8 +110,9 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
         out.append((C, f"safe mode: {why or 'no reason recorded'} (follow the runbook, then manatee-clear)"))
     st = v.state
     if not st:
-        if not v.state_error:
-            out.append((C, "no shard state in ZooKeeper yet: the shard has not been set up"))
+        if not v.state_error:  # gone while sitters remember it, or not declared yet
+            out.append(lost_state_problem(v.shard, v.nodes)
+                       or (C, "no shard state in ZooKeeper yet: the shard has not been set up"))
         return out
     fr = st.get("freeze")
     if fr:
@@ -320,6 +322,7 @@ def render_show(v: ShardView, probs: Sequence[str] | None = None) -> str:
     notes += [f"  {n.ip}: pending restart: {', '.join(pending_restart(n))} (applies at its next PostgreSQL restart)"
               for n in v.nodes if pending_restart(n)]
     notes += [line for n in v.nodes for line in gray_notes(n.ip, n.pg, n.sitter)]
+    notes += lost_notes(v.nodes) if v.state is None and not v.state_error else []
     if notes:
         table += "\n\nnodes:\n" + "\n".join(notes)
     probs = problems(v) if probs is None else probs
@@ -382,6 +385,8 @@ def node_json(n: NodeView) -> dict[str, Any]:
             "oldCopiesKept": (n.sitter or {}).get("oldCopiesKept"),  # an interrupted rebuild's, by name
             "bases": (n.sitter or {}).get("bases"),  # peer address -> the snapshot kept as shared with it
             "tags": dict(n.peer.get("tags") or {}), "pendingRestart": pending_restart(n),
+            # the newest generation its data belongs to; a lost state znode as it sees it
+            "remembers": (n.sitter or {}).get("remembers"), "stateLost": (n.sitter or {}).get("stateLost"),
             "pgVia": None if n.pg is None else n.pg.get("via", "cli"), **gray_json(n.sitter)}
 
 

@@ -30,7 +30,7 @@ from manatee import __version__ as VERSION
 from manatee.core import zkconfig
 from manatee.shard.layout import ROOT, shard_name, shard_path
 from manatee.shard.pgurl import PgUrl
-from manatee.shard.syncstore import BadVersion, ShardStoreError
+from manatee.shard.syncstore import BadVersion, NodeExists, ShardStoreError
 
 __all__ = [
     "DEFAULT_TIMEOUT", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE",
@@ -119,6 +119,7 @@ class ZkReader:
         self.hosts = hosts
         self.deadline = deadline
         self._kz = None
+        self._acl = None  # the shard's ACL for what this run creates (None: no auth configured)
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -140,6 +141,7 @@ class ZkReader:
             auth = auth_from_env()  # the shard's credential, for the CLIs that write (ACLs)
         except ValueError as e:
             raise CliError(str(e)) from None
+        self._acl = auth.acl() if auth else None
         budget = self.remaining()
         kz = KazooClient(
             hosts=self.hosts,
@@ -218,6 +220,19 @@ class ZkReader:
             raise BadVersion(path) from None
         except Exception as e:  # noqa: BLE001
             raise CliError(f"ZooKeeper at {self.hosts}: writing {path}: {e or type(e).__name__}") from None
+
+    def create(self, path: str, data: bytes, *, sequence: bool = False, makepath: bool = False) -> str:
+        """Create `path` (the shard's ACL when $MANATEE_ZK_AUTH_FILE gives a credential, else
+        ZooKeeper's open default); NodeExists when it exists already. The path created."""
+        from kazoo.exceptions import NodeExistsError
+
+        try:
+            return self._kz.create_async(path, data, acl=self._acl, sequence=sequence,
+                                         makepath=makepath).get(timeout=self.remaining())
+        except NodeExistsError:
+            raise NodeExists(path) from None
+        except Exception as e:  # noqa: BLE001
+            raise CliError(f"ZooKeeper at {self.hosts}: creating {path}: {e or type(e).__name__}") from None
 
     def delete(self, path: str, version: int = -1) -> None:
         from kazoo.exceptions import BadVersionError, NoNodeError

@@ -5,7 +5,8 @@ Pure: time comes in as `now_ms`. A record is a persistent-sequential znode under
 (the original's, so v1-era tools can still read it) and whose data is the record's JSON
 without `zkSeq` (ZooKeeper assigns the sequence only at create). `parse_record` gives the
 guide's manatee-history line: {time, date, ip, action, role, master, slave, zkSeq}, plus
-`generation` (this port's addition: the state generation the flip belongs to).
+`generation` (this port's addition: the state generation the flip belongs to) and, when
+recorded, `detail` (a line of text: who did an operator's action, and from what).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from manatee.shard.state import PRIMARY, REBUILD, STANDBY, Peer, Target
 
 __all__ = [
     "ASSUME_LEADER", "NEW_LEADER", "NEW_STANDBY", "EXPIRED_STANDBY", "STEP_DOWN", "ACTIONS", "LEADER",
+    "STATE_RESTORED", "OPERATOR_ACTIONS", "state_restored_event",
     "STANDBY_ROLE", "HistoryEvent", "events_for", "step_down_event", "record_json", "record_data",
     "znode_prefix", "parse_record", "sort_records", "FIELDS",
 ]
@@ -29,6 +31,10 @@ NEW_STANDBY = "NewStandby"
 EXPIRED_STANDBY = "ExpiredStandby"
 STEP_DOWN = "StepDown"  # this port's addition (S9): a primary that could not serve released its role
 ACTIONS = (ASSUME_LEADER, NEW_LEADER, NEW_STANDBY, EXPIRED_STANDBY, STEP_DOWN)
+#: what an operator's tool records (not a sitter's flip, so not among the sitters' ACTIONS):
+#: StateRestored: `manatee-adm state-restore` re-created a lost state znode
+STATE_RESTORED = "StateRestored"
+OPERATOR_ACTIONS = (STATE_RESTORED,)
 LEADER = "Leader"
 STANDBY_ROLE = "Standby"
 FIELDS = ("time", "date", "ip", "action", "role", "master", "slave", "zkSeq")
@@ -43,10 +49,11 @@ class HistoryEvent:
     master: str = ""
     slave: str = ""
     generation: int | None = None
+    detail: str | None = None
 
     def __post_init__(self) -> None:
-        if self.action not in ACTIONS:
-            raise ValueError(f"history action {self.action!r} is not one of {', '.join(ACTIONS)}")
+        if self.action not in ACTIONS + OPERATOR_ACTIONS:
+            raise ValueError(f"history action {self.action!r} is not one of {', '.join(ACTIONS + OPERATOR_ACTIONS)}")
         if self.role not in (LEADER, STANDBY_ROLE):
             raise ValueError(f"history role {self.role!r} is not Leader or Standby")
         for name in ("ip", "master", "slave"):
@@ -113,6 +120,14 @@ def step_down_event(me: Peer, sync: Peer, generation: int | None, now_ms: int) -
                         generation=generation)
 
 
+def state_restored_event(primary: Peer, sync: Peer | None, generation: int, detail: str,
+                         now_ms: int) -> HistoryEvent:
+    """StateRestored: an operator re-created the lost state znode (generation `generation`,
+    primary `primary`: ip, sync: slave); `detail` says who and from which sitters."""
+    return HistoryEvent(time=now_ms, ip=primary.ip, action=STATE_RESTORED, role=LEADER,
+                        slave=sync.ip if sync is not None else "", generation=generation, detail=detail)
+
+
 def _date(ms: int) -> str:
     d = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
     return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
@@ -128,6 +143,8 @@ def record_json(event: HistoryEvent, zk_seq: int | str | None = None) -> dict[st
         rec["zkSeq"] = f"{int(zk_seq):010d}"
     if event.generation is not None:
         rec["generation"] = event.generation
+    if event.detail is not None:
+        rec["detail"] = event.detail
     return rec
 
 
@@ -165,10 +182,13 @@ def parse_record(name: str, data: bytes | str | Mapping[str, Any] | None = None)
                 rec[k] = str(data[k])
         if isinstance(data.get("generation"), int):
             rec["generation"] = data["generation"]
+        if isinstance(data.get("detail"), str):
+            rec["detail"] = data["detail"]
     rec["zkSeq"] = f"{int(seq):010d}"
     out = {k: rec[k] for k in FIELDS}
-    if "generation" in rec:
-        out["generation"] = rec["generation"]
+    for k in ("generation", "detail"):
+        if k in rec:
+            out[k] = rec[k]
     return out
 
 

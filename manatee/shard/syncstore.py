@@ -4,7 +4,8 @@ sitter's asynchronous `ShardStore` (manatee/shard/shardstore.py).
 
 The ZooKeeper client is anything with the blocking calls of `manatee.cli.common.ZkReader`:
 `get_many(paths)` / `children_many(paths)` (None for a missing znode, pipelined),
-`get`, `children`, `exists`, `set(path, data, version)` and `delete(path, version)`; it
+`get`, `children`, `exists`, `set(path, data, version)`, `create(path, data, sequence=,
+makepath=)` and `delete(path, version)`; it
 bounds each call by its own deadline and raises its own error for a ZooKeeper failure.
 What the shard itself lacks (no such shard, no state yet, a state that cannot be read)
 raises `ShardStoreError`, whose message is the whole story for an operator.
@@ -16,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from manatee.shard import history
 from manatee.shard.layout import ShardLayout
 from manatee.shard.state import (
     ClusterState, Peer, StateError, parse_election_nodes, parse_error_node, parse_state,
 )
 
-__all__ = ["ShardStoreError", "BadVersion", "SyncZk", "ShardRecords", "SyncShardStore"]
+__all__ = ["ShardStoreError", "BadVersion", "NodeExists", "SyncZk", "ShardRecords", "SyncShardStore"]
 
 
 class ShardStoreError(Exception):
@@ -30,6 +32,10 @@ class ShardStoreError(Exception):
 
 class BadVersion(Exception):
     """A compare-and-set lost: the znode changed since it was read (the client raises it)."""
+
+
+class NodeExists(Exception):
+    """A create lost: the znode exists (someone created it since it was seen missing)."""
 
 
 class SyncZk(Protocol):
@@ -41,6 +47,7 @@ class SyncZk(Protocol):
     def children(self, path: str) -> list[str] | None: ...
     def exists(self, path: str) -> bool: ...
     def set(self, path: str, data: bytes, version: int) -> None: ...
+    def create(self, path: str, data: bytes, *, sequence: bool = False, makepath: bool = False) -> str: ...
     def delete(self, path: str, version: int = -1) -> None: ...
 
 
@@ -143,6 +150,16 @@ class SyncShardStore:
             except BadVersion:
                 time.sleep(0.05)
         raise ShardStoreError(f"{self.layout.state} kept changing under {tries} attempts to write it; try again")
+
+    def create_state(self, st: ClusterState) -> None:
+        """Create the state znode holding `st` (with the client's ACL: the shard's, under auth).
+        Never overwrites: NodeExists when a state appeared since it was seen missing."""
+        self.zk.create(self.layout.state, st.dumps())
+
+    def add_history(self, event: history.HistoryEvent) -> str:
+        """Record `event` as a history znode (its parent made if missing); the path created."""
+        return self.zk.create(self.layout.history_node(history.znode_prefix(event)), history.record_data(event),
+                              sequence=True, makepath=True)
 
     def clear_error(self) -> tuple[str, bytes]:
         """Remove the safe-mode node (only the version read). (its path, the data it held)."""

@@ -5,15 +5,15 @@ test_cli_tools.py runs the same store against a real ZooKeeper)."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
 from manatee.shard.state import (
     ClusterState, StateError, parse_election_nodes, parse_error_node, parse_state,
 )
-from manatee.shard.syncstore import BadVersion, ShardStoreError, SyncShardStore
+from manatee.shard.syncstore import ShardStoreError, SyncShardStore
 from tests.observations import A, B, C
+from tests.zk_fakes import DictZk
 
 STATE = ClusterState(generation=3, primary=A, sync=B, async_=(C,))
 
@@ -45,46 +45,6 @@ def test_parse_election_nodes_quarantines_undecodable_and_malformed_nodes():
     assert peers == (B, A)
     assert [n for n, _ in bad] == sorted([f"{C.id}-0000000003", "junk"])
     assert "not JSON" in dict(bad)[f"{C.id}-0000000003"]
-
-
-class DictZk:
-    """The blocking client's calls over a dict {path: (data, version)}; `races` makes the
-    next n writes lose their compare-and-set (a sitter writing in between)."""
-
-    hosts = "127.0.0.1:2181"
-
-    def __init__(self, nodes: dict[str, bytes], races: int = 0):
-        self.nodes = {p: (d, 0) for p, d in nodes.items()}
-        self.races = races
-
-    def _got(self, p):
-        return (self.nodes[p][0], SimpleNamespace(version=self.nodes[p][1])) if p in self.nodes else None
-
-    def get_many(self, paths):
-        return {p: self._got(p) for p in paths}
-
-    def get(self, p):
-        return self._got(p)
-
-    def children(self, path):
-        if path not in self.nodes:
-            return None
-        return [p[len(path) + 1:] for p in self.nodes if p.startswith(path + "/") and "/" not in p[len(path) + 1:]]
-
-    def exists(self, p):
-        return p in self.nodes
-
-    def set(self, p, data, version):
-        if self.races:
-            self.races -= 1
-            self.nodes[p] = (self.nodes[p][0], self.nodes[p][1] + 1)
-            raise BadVersion(p)
-        assert self.nodes[p][1] == version
-        self.nodes[p] = (data, version + 1)
-
-    def delete(self, p, version=-1):
-        assert version in (-1, self.nodes[p][1])
-        del self.nodes[p]
 
 
 def shard(**extra: bytes) -> dict[str, bytes]:
