@@ -43,6 +43,7 @@ from kazoo.exceptions import (  # re-exported for callers
 from kazoo.protocol.states import KazooState, ZnodeStat
 from kazoo.security import ACL
 
+from manatee.core import zkresume
 from manatee.core.log import get_logger
 from manatee.core.zkauth import ZKAuth
 from manatee.core.zkdata import Check, Create, SetData, TxOp, Value, as_op, decode_json, encode_value
@@ -281,20 +282,31 @@ class ZKClient:
             await asyncio.shield(self._shutdown_kazoo())
             self._closed = True
             raise
+        self._bg.add(asyncio.ensure_future(zkresume.watch(self)))  # cancelled by close()
         if self._kz.chroot:
             with contextlib.suppress(KazooException):
                 if await self.exists("/") is None:
                     self._log.warning("zk_chroot_missing", hosts=self.hosts, chroot=self._kz.chroot)
 
+    async def _abandon_session(self, why: str) -> None:
+        """Give up the session (LOST, as an expiry) and start a new one on a fresh client."""
+        self._log.warning("zk_session_abandoned", hosts=self.hosts, session_id=self.session_id_hex, why=why)
+        old = self._swap_kazoo()
+        self._on_kazoo_state(LOST)
+        await self._shutdown_kazoo(old)
+        if not self._closing:
+            self._kz.start_async()
+
+    def _swap_kazoo(self) -> KazooClient:
+        """Put a fresh kazoo client in place (the old one's reports are ignored); return the old."""
+        old, self._kz, self._negotiated_ms = self._kz, self._new_kazoo(), None
+        return old
+
     async def _reset_attempt(self) -> None:
         """A failed connect attempt: stop its kazoo client (no threads left) and prepare a
         fresh one for the next start()."""
-        old = self._kz
-        self._kz = self._new_kazoo()  # first: the old client's last state reports are ignored
-        await self._shutdown_kazoo(old)
-        self._started = False
-        self._state = LOST
-        self._negotiated_ms = None
+        await self._shutdown_kazoo(self._swap_kazoo())
+        self._started, self._state = False, LOST
 
     async def close(self) -> None:
         """Close the session (its ephemeral nodes go at once) and stop kazoo's threads."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import time
 
@@ -448,3 +449,30 @@ async def test_cancelled_start_leaves_no_threads():
         await task
     await eventually(lambda: _non_asyncio_threads() - before == set(), timeout=5,
                      what="kazoo threads gone")
+
+
+async def test_a_session_a_wiped_zookeeper_refuses_is_abandoned_for_a_new_one(zk_server_factory):
+    """ZooKeeper back with an empty data directory refuses to resume a session whose client
+    has seen a newer zxid than its own ("client must try another server"), for ever: kazoo
+    stays SUSPENDED. The client abandons it (LOST, as an expiry) once a new session is
+    accepted and ours has not come back (manatee.core.zkresume), and starts a new one."""
+    server = zk_server_factory()
+    states: list[str] = []
+    c = ZKClient(server.connect_string, session_timeout=1, connect_timeout=10)
+    c.add_state_listener(states.append)
+    await c.start()
+    try:
+        # our client sees a zxid far above a fresh server's (each probe's session adds two
+        # transactions there: these would take the probes over a minute to pass)
+        await asyncio.gather(*(c.create(f"/n{i}", b"x") for i in range(400)))
+        sid = c.session_id
+        server.stop()
+        shutil.rmtree(server.data_dir / "version-2")
+        server.start()
+        await eventually(lambda: states[-1] == "CONNECTED" and c.session_id != sid, timeout=20,
+                         what="a new session")
+        assert states[:2] == ["CONNECTED", "SUSPENDED"] and "LOST" in states
+        assert await c.exists("/n0") is None  # the server's data is gone
+        await c.create("/after", b"y", ephemeral=True)
+    finally:
+        await c.close()

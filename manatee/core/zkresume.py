@@ -1,0 +1,83 @@
+"""A ZooKeeper session that will never be resumed.
+
+A client that has seen transaction zxid Z is refused by any server whose own last zxid is
+below Z ("Refusing session request ... client must try another server"). For a lagging
+follower that is right, and brief. For a ZooKeeper that lost its data (reinstalled, its
+data directory wiped, a new ensemble at the old address) it is forever: kazoo retries,
+SUSPENDED, and never hears that its session is gone. Sandbox trial, 2026-12-05: after
+ZooKeeper was restarted with an empty data directory every sitter stayed suspended; the
+primary served on (its sync heartbeated, as in F10), but no failover could ever happen,
+no sitter joined the new ZooKeeper, and `manatee-adm` found no shard to show or restore.
+
+So while our client has been disconnected for PROBE_AFTER session timeouts, a probe opens
+a new session (a fresh client has seen nothing, so it is never refused for that). If the
+server accepts it and ours has still not come back GRACE session timeouts later, ours will
+not: it is abandoned — reported LOST, exactly as an expiry is — and a new one started.
+- ZooKeeper down (F10): the probe fails, nothing changes, the session is kept.
+- ZooKeeper back with its data: ours resumes within a second or two (reconnect attempts
+  are at most a third of the session timeout apart), long before the grace ends.
+`should_abandon` is the pure rule; `watch` the loop each ZKClient runs once started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from manatee.core.zksession import resuming_kazoo
+
+PROBE_AFTER = 2.0  # session timeouts disconnected before the first probe
+GRACE = 1.0        # session timeouts our client gets to resume after a probe was accepted
+
+
+def should_probe(now: float, disconnected_since: float | None, session_timeout: float) -> bool:
+    return disconnected_since is not None and now - disconnected_since >= PROBE_AFTER * session_timeout
+
+
+def should_abandon(now: float, disconnected_since: float | None, probe_ok_since: float | None,
+                   session_timeout: float) -> bool:
+    """Ours is still disconnected, and a new session has been accepted for GRACE session
+    timeouts (the probes since all accepted): ZooKeeper is up and will not resume ours."""
+    return (should_probe(now, disconnected_since, session_timeout) and probe_ok_since is not None
+            and now - probe_ok_since >= GRACE * session_timeout)
+
+
+async def probe(hosts: str, session_timeout: float, kazoo_kw: dict[str, Any], timeout: float) -> bool:
+    """Whether ZooKeeper accepts a new session within `timeout` (the probe's session is
+    closed at once; no kazoo thread is left behind)."""
+    kz = resuming_kazoo(hosts, session_timeout, **kazoo_kw)
+
+    def attempt() -> bool:
+        try:
+            kz.start(timeout=timeout)
+            return True
+        except Exception:  # noqa: BLE001 - any failure to connect is "not accepted"
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                kz.stop()
+            with contextlib.suppress(Exception):
+                kz.close()
+
+    return await asyncio.to_thread(attempt)
+
+
+async def watch(client) -> None:
+    """Probe while `client` (a manatee.core.zk.ZKClient) is disconnected, and abandon its
+    session when should_abandon says so. Runs until the client closes (it is cancelled)."""
+    accepted_since: float | None = None
+    t = client.session_timeout
+    while True:
+        await asyncio.sleep(t / 2)
+        since = client.disconnected_since
+        if not should_probe(time.monotonic(), since, t):
+            accepted_since = None
+            continue
+        ok = await probe(client.hosts, t, client._kazoo_kw, client.connect_reply_timeout)
+        accepted_since = (accepted_since or time.monotonic()) if ok else None
+        if should_abandon(time.monotonic(), client.disconnected_since, accepted_since, t):
+            await client._abandon_session(f"ZooKeeper accepts new sessions but has not resumed ours for "
+                                          f"{time.monotonic() - since:.1f}s: it lost its data or was replaced")
+            accepted_since = None
