@@ -1,0 +1,96 @@
+"""ZooKeeper loses the shard's state, on a real shard under writes (sandbox trial 2026-12-05).
+
+- The state znode deleted (an operator's mistake) while the election's head is not the
+  primary: before, the head declared a new generation 1 with itself as primary. Now the
+  primary, whose session was never lost, re-creates the znode as it was; same generation,
+  no new leader, writes go on.
+- ZooKeeper restarted with an empty data directory: before, every sitter stayed SUSPENDED
+  for good (the server refuses clients that saw newer zxids), and a restarted sitter at the
+  head would have declared generation 1. Now each sitter abandons the session ZooKeeper
+  will not resume, starts a new one and holds the state it remembers: the primary serves
+  again after a short outage, nobody writes a state, `manatee-adm show/verify` name the
+  lost state, and `manatee-adm state-restore` puts it back; no acknowledged write is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say, zk_back
+from tests.shard_ops import adm
+
+pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
+
+SHARD = SharedShard("zklost", 5000, undo=zk_back, heal_each_test=False)
+
+
+def _lost_everywhere(sh: Shard) -> bool:
+    states = [sh.state_of(n) or {} for n in sh.nodes]
+    return all(s.get("stateLost") and s.get("zk") == "connected" for s in states)
+
+
+def test_a_deleted_state_znode_is_recreated_by_the_primary(shard: Shard):
+    sh = shard
+    assert adm(sh, "switchover", "--wait", "60").returncode == 0  # the head (a) is no longer the primary
+    sh.wait_healthy(120)
+    prev = sh.zk_state()
+    p, s, a = names(sh.topology())
+    head = sh.zk.get_children(f"{sh.sb.st.shard_path}/election")
+    say(f"election {sorted(head, key=lambda x: x.rsplit('-', 1)[1])}, primary {p}")
+    w = sh.writer("deleted").start()
+    try:
+        w.wait_for_acks(20, 60)
+        sh.zk.delete(sh.sb.st.layout.state)
+        t0 = time.monotonic()
+        sh.wait(lambda: sh.zk_state() is not None, 20, "the state znode back")
+        back = sh.zk_state()
+        say(f"state znode re-created {time.monotonic() - t0:.2f}s after the delete")
+        assert back == prev, f"the state came back changed:\n{json.dumps(back)}\nwas\n{json.dumps(prev)}"
+        log = sh.sitter_log(sh.node(p))
+        assert "state_lost.recreate" in log, "the primary did not re-create it"
+        w.wait_for_acks(20, 60)
+    finally:
+        w.stop()
+    assert not sh.leaders_after(prev["generation"]) and sh.topology()["primary"] == p
+    sh.assert_checks(w, prev)
+
+
+def test_zookeeper_wiped_the_shard_holds_and_the_operator_restores_the_state(shard: Shard):
+    sh = shard
+    sh.wait_healthy(120)
+    prev = sh.zk_state()
+    p, _s, _a = names(sh.topology())
+    w = sh.writer("wiped").start()
+    try:
+        w.wait_for_acks(20, 60)
+        sh.sb.zk_stop()
+        shutil.rmtree(sh.sb.dir / "zookeeper" / "data" / "version-2")
+        sh.sb.zk_start()
+        sh.drop_zk_client()  # ours was refused too
+        t0 = time.monotonic()
+        sh.wait(lambda: _lost_everywhere(sh), 60, "every sitter in a new session, holding the lost state")
+        say(f"every sitter holds the remembered state {time.monotonic() - t0:.1f}s after ZooKeeper came back empty")
+        n0 = len(w.acked)
+        sh.wait(lambda: len(w.acked) > n0 + 20, 60, "the primary takes writes again")
+        assert sh.zk_state() is None, "a sitter wrote a state over the lost one"
+        rules = {n.name: (sh.state_of(n) or {}).get("rule") for n in sh.nodes}
+        assert all(r and r.startswith("state_lost.") for r in rules.values()), rules
+        r = adm(sh, "verify")
+        assert r.returncode == 2 and "state-restore" in r.stdout + r.stderr, r.stdout
+        r = adm(sh, "state-restore", "--yes")
+        assert r.returncode == 0, r.stdout + r.stderr
+        sh.wait_healthy(120)
+        w.wait_for_acks(20, 60)
+    finally:
+        w.stop()
+    st = sh.zk_state()
+    assert st["generation"] == prev["generation"] and st["primary"]["id"] == prev["primary"]["id"]
+    assert sh.topology()["primary"] == p
+    r = adm(sh, "verify")  # a warning may remain (this shard runs without ZooKeeper auth), not the lost state
+    assert r.returncode in (0, 1) and "state znode" not in r.stdout, r.stdout
+    say(f"ZooKeeper wiped: longest write outage {w.longest_outage():.2f}s, {len(w.acked)} acknowledged")
+    sh.assert_checks(w, prev)
