@@ -1,6 +1,6 @@
-"""What this node's data belongs to: the shard state's newest generation (and its primary)
-that the node acted on, kept with the data as the ZFS user property `manatee:state-memory`
-of its dataset.
+"""What this node's data belongs to: the shard state it last acted on (its generation, its
+primary and, when it fits, the whole state), kept with the data as the ZFS user property
+`manatee:state-memory` of its dataset.
 
 Why. The state znode is the shard's only record of who leads. If it vanishes (ZooKeeper
 reinstalled with empty data, an operator's `delete`), "no state" used to mean a new shard:
@@ -12,10 +12,11 @@ restart) holds instead (decide's state_lost rules), and says so in its election 
 
 Why a ZFS property: only root can set it (the data directory and the mountpoint belong to
 the PostgreSQL user), it goes with the dataset (a destroyed dataset forgets, a restored
-one starts blank: `zfs send` without -p carries no properties) and it is tiny. Every zfs
-call has a deadline; one that fails leaves the memory unknown, which counts as remembering
-(unknown is not "this node holds no data of the shard"). Saving runs in the background:
-it never delays a takeover.
+one starts blank: `zfs send` without -p carries no properties), and a state fits (values
+up to 8 KB; a bigger one keeps only the generation and the primary). Every zfs call has a
+deadline; a read that fails leaves the memory unknown, which counts as remembering
+(unknown is not "this node holds no data of the shard"). Saving runs after a cycle's
+steps: it never delays a takeover.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import json
 from dataclasses import dataclass
 
 from manatee.core.zfs import ZfsError
-from manatee.shard.state import UNKNOWN_MEMORY, ClusterState
+from manatee.shard.state import UNKNOWN_MEMORY, ClusterState, StateError
 
 MEMORY_PROP = "manatee:state-memory"
+MAX_VALUE = 8000  # bytes: ZFS user property values are limited to 8192
 MEMORY_TIMEOUT_S = 2.0  # one zfs get or set (in the cycle)
 RETRY_S = 60.0          # a failed read or save is tried again after this
 _FAILED = (asyncio.TimeoutError, OSError, ValueError, ZfsError)
@@ -37,16 +39,22 @@ _FAILED = (asyncio.TimeoutError, OSError, ValueError, ZfsError)
 class Memory:
     generation: int
     primary: str  # the primary's election id
+    state: ClusterState | None = None  # the whole state (None: too big for a property, or an older record)
 
     def dumps(self) -> str:
-        return json.dumps({"generation": self.generation, "primary": self.primary}, separators=(",", ":"))
+        d = {"generation": self.generation, "primary": self.primary}
+        if self.state is not None:
+            full = json.dumps({**d, "state": self.state.to_json()}, separators=(",", ":"))
+            if len(full.encode()) <= MAX_VALUE:
+                return full
+        return json.dumps(d, separators=(",", ":"))
 
     def describe(self) -> str:
         return f"generation {self.generation} (primary {self.primary.split(':', 1)[0]})"
 
     @classmethod
     def of(cls, st: ClusterState) -> Memory:
-        return cls(st.generation, st.primary.id)
+        return cls(st.generation, st.primary.id, st)
 
     @classmethod
     def parse(cls, value: str) -> Memory | None:
@@ -61,8 +69,17 @@ class Memory:
             raise ValueError(f"{MEMORY_PROP} is not JSON: {e}") from None
         g, p = (d.get("generation"), d.get("primary")) if isinstance(d, dict) else (None, None)
         if isinstance(g, bool) or not isinstance(g, int) or g < 1 or not isinstance(p, str) or not p:
-            raise ValueError(f"{MEMORY_PROP} is not {{generation, primary}}: {value[:200]!r}")
-        return cls(g, p)
+            raise ValueError(f"{MEMORY_PROP} is not {{generation, primary[, state]}}: {value[:200]!r}")
+        st = None
+        if d.get("state") is not None:
+            try:
+                st = ClusterState.from_json(d["state"])
+            except StateError as e:
+                raise ValueError(f"{MEMORY_PROP}: its state cannot be parsed: {e}") from None
+            if (st.generation, st.primary.id) != (g, p):
+                raise ValueError(f"{MEMORY_PROP}: its state is generation {st.generation} (primary "
+                                 f"{st.primary.id}), not {g} ({p})")
+        return cls(g, p, st)
 
 
 class StateMemory:
@@ -111,6 +128,10 @@ class StateMemory:
         except _FAILED as e:
             self.retry_at = self.clock.monotonic() + RETRY_S
             self.log.warning("state_memory_not_saved", error=str(e) or type(e).__name__, remembers=new.describe())
+
+    def remembered_state(self) -> ClusterState | None:
+        """The whole state my dataset remembers (after a restart, with the znode missing)."""
+        return self.saved.state if self.saved is not None else None
 
     def dataset_replaced(self) -> None:
         """A restore put new data in place: it carries no memory until saved again."""

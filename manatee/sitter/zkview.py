@@ -145,6 +145,8 @@ class ZkView:
         self.state_version = version
         if state is not None:
             self.state, self.state_session = state, self.sessions
+        elif self.state is None and self.memory is not None:  # restarted since: what my dataset
+            self.state = self.memory.remembered_state()       # remembers (never "unbroken")
 
     @property
     def session_unbroken(self) -> bool:
