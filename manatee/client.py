@@ -10,8 +10,8 @@ deliver the watch), so a plain threaded psycopg2 application can use it:
         url = w.wait_for_primary(timeout=30)          # 'tcp://postgres@10.0.0.1:5432/postgres'
         conn = psycopg2.connect(libpq_url(url))
 
-`on_change(primary_url)` runs whenever the primary's URL changes (None: the state node is
-gone): for the first primary seen within the constructor, later on kazoo's event thread;
+`on_change(primary_url)` runs whenever the primary's URL changes: for the first primary
+seen within the constructor, later on kazoo's event thread;
 keep it short (set a flag, notify a queue). A newly named
 primary may still be read-only for a moment (until its sync has caught up): applications
 retry a failed write, as examples/psycopg2_failover.py does.
@@ -28,6 +28,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 
 from manatee.core.log import get_logger
+from manatee.core.zkresume import keep_resumable
 from manatee.core.zksession import resuming_kazoo
 from manatee.shard.layout import ShardLayout, shard_path
 from manatee.shard.pgurl import PgUrl
@@ -75,7 +76,11 @@ class ShardWatcher:
     zk_hosts: 'host:port,host:port' (or a list of them). shard: the shard's name under
     /manatee, or its full ZooKeeper path. on_change(primary_url) is called on each change of
     the primary (also for the first one seen). While ZooKeeper is unreachable the last known
-    topology is kept (`.connected` says whether it is current).
+    topology is kept (`.connected` says whether it is current); so it is when the state node
+    vanishes once seen (ZooKeeper lost it: the sitters hold that state and its primary keeps
+    serving until an operator restores it) or cannot be parsed. A ZooKeeper that comes back
+    without its data never resumes the watcher's session: a new one is started
+    (manatee.core.zkresume).
     """
 
     def __init__(self, zk_hosts: str | Sequence[str], shard: str,
@@ -99,6 +104,9 @@ class ShardWatcher:
             self._zk.close()
             raise ShardWatcherError(f"cannot reach ZooKeeper at {hosts} within {connect_timeout:g}s") from None
         self._zk.DataWatch(self.path, self._on_data)
+        # a ZooKeeper that lost its data never resumes our session: start a new one then
+        threading.Thread(target=keep_resumable, args=(self._zk, hosts, session_timeout, lambda: self._closed, log),
+                         name="manatee-client-resume", daemon=True).start()
 
     # ------------------------------------------------------------------ watch callbacks
 
@@ -116,6 +124,10 @@ class ShardWatcher:
         except ValueError as e:
             log.warning("client_bad_state", path=self.path, error=str(e))
             return None  # keep what we knew
+        if top is None and self._topology is not None:
+            # the sitters hold a lost state (docs/design.md): the primary keeps serving
+            log.warning("client_state_node_gone", path=self.path, keeping=self._primary)
+            return None
         new = top.primary if top else None
         with self._cond:
             self._topology = top

@@ -81,3 +81,26 @@ async def watch(client) -> None:
             await client._abandon_session(f"ZooKeeper accepts new sessions but has not resumed ours for "
                                           f"{time.monotonic() - since:.1f}s: it lost its data or was replaced")
             accepted_since = None
+
+
+def keep_resumable(kz, hosts: str, session_timeout: float, closed, log, kazoo_kw: dict[str, Any] | None = None) -> None:
+    """`watch` for a plain kazoo client used from threads (manatee.client.ShardWatcher): run
+    in a daemon thread until `closed()`; abandoning is kazoo's restart() (a new session)."""
+    t, since, accepted_since = session_timeout, None, None
+    while not closed():
+        time.sleep(t / 2)
+        now = time.monotonic()
+        if str(kz.state) == "CONNECTED":
+            since = accepted_since = None
+            continue
+        since = since or now
+        if not should_probe(now, since, t):
+            continue
+        ok = asyncio.run(probe(hosts, t, kazoo_kw or {}, max(1.0, t / 4)))
+        accepted_since = (accepted_since or time.monotonic()) if ok else None
+        if should_abandon(time.monotonic(), since, accepted_since, t) and not closed():
+            log.warning("zk_session_abandoned", hosts=hosts, disconnected_s=round(time.monotonic() - since, 1),
+                        why="ZooKeeper accepts new sessions but has not resumed ours: it lost its data or was replaced")
+            with contextlib.suppress(Exception):
+                kz.restart()
+            since = accepted_since = None

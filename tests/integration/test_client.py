@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
 import threading
 import time
 
@@ -62,12 +63,14 @@ def test_watcher_follows_the_primary_and_calls_back_on_change(zk_hosts, kz):
         assert w.primary_url == url("10.0.0.2") and w.topology.generation == 2
         assert w.wait_for_change(url("10.0.0.1"), 1) == url("10.0.0.2")
 
-        # the state node removed: no primary known
+        # the state node removed (ZooKeeper lost it): the sitters hold that state and its
+        # primary keeps serving, so the last known primary stays, with no callback
         kz.delete(path)
-        assert seen.get(timeout=5) is None
-        assert w.primary_url is None
-        with pytest.raises(TimeoutError, match="no primary"):
-            w.wait_for_primary(0.3)
+        time.sleep(0.5)
+        assert seen.empty() and w.primary_url == url("10.0.0.2") and w.topology.generation == 2
+        kz.create(path, state(2, "10.0.0.2", "10.0.0.3"))  # manatee-adm state-restore
+        kz.set(path, state(3, "10.0.0.3"))
+        assert seen.get(timeout=5) == url("10.0.0.3")
     # the first primary is reported during construction, later changes on kazoo's thread
     assert any(name != threading.current_thread().name for name in threads)
 
@@ -137,3 +140,35 @@ def test_close_wakes_a_waiter(zk_hosts):
     t.join(5)
     assert not t.is_alive() and len(errs) == 1
     w.close()  # idempotent
+
+
+def test_watcher_starts_a_new_session_when_zookeeper_comes_back_without_its_data(zk_server_factory):
+    """A ZooKeeper restarted empty refuses the watcher's old session for good (it saw newer
+    zxids): the watcher starts a new one (manatee.core.zkresume), keeps the last known
+    primary meanwhile, and sees the state once an operator restores it."""
+    server = zk_server_factory()
+    kz = KazooClient(hosts=server.connect_string, timeout=10)
+    kz.start(timeout=15)
+    kz.create("/manatee/s9/state", state(4, "10.0.0.1", "10.0.0.2"), makepath=True)
+    for i in range(400):  # the watcher will see a zxid far above an empty server's
+        kz.create(f"/n{i}")
+    kz.stop()
+    kz.close()
+    with ShardWatcher(server.connect_string, "s9", session_timeout=1) as w:
+        assert w.wait_for_primary(5) == url("10.0.0.1")
+        server.stop()
+        shutil.rmtree(server.data_dir / "version-2")
+        server.start()
+        deadline = time.monotonic() + 20
+        while not w.connected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert w.connected, "the watcher never connected to the empty ZooKeeper"
+        assert w.primary_url == url("10.0.0.1")  # kept while the state is lost
+        kz = KazooClient(hosts=server.connect_string, timeout=10)
+        kz.start(timeout=15)
+        try:
+            kz.create("/manatee/s9/state", state(5, "10.0.0.2", "10.0.0.1"), makepath=True)
+            assert w.wait_for_change(url("10.0.0.1"), 10) == url("10.0.0.2")
+        finally:
+            kz.stop()
+            kz.close()
