@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
+from manatee.core.pg.walpos import NODE_WAL_SQL
 from manatee.shard.history import ACTIONS
 from manatee.shard.layout import shard_name
 from manatee.shard.state import CONNECTED, PRIMARY, ROLES, STANDBY
@@ -353,9 +354,7 @@ PG_SQL = (
     " else extract(epoch from now() - pg_last_xact_replay_timestamp())::float8 end as standby_seconds,"
     " coalesce((select json_agg(json_build_object('application_name', application_name,"
     "  'sync_state', coalesce(sync_state, ''),"
-    "  'bytes', pg_wal_lsn_diff(case when pg_is_in_recovery()"
-    "   then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
-    "   else pg_current_wal_lsn() end, replay_lsn)::bigint,"
+    f"  'bytes', pg_wal_lsn_diff({NODE_WAL_SQL}, replay_lsn)::bigint,"
     "  'seconds', coalesce(extract(epoch from replay_lag), 0)::float8) order by application_name)"
     "  from pg_stat_replication), '[]'::json) as replication")
 

@@ -17,6 +17,7 @@ from manatee.core import nofollow
 from manatee.core import pg as pgmod
 from manatee.core.lsn import Lsn
 from manatee.core.pg import rewind
+from manatee.core.pg.walpos import STANDBY_WAL_SQL
 from manatee.core.pgconfig import RoleConfig, install_base_config, write_role_config
 from manatee.sitter.pglog import CROWDED, LogFacts, disk_full_in, diverged_in, wal_gone_in
 
@@ -375,7 +376,7 @@ class PgManager:
             rows = await self.client.query(
                 "select pg_conf_load_time()::text as conf_t, pg_is_in_recovery() as rec,"
                 " case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end as cur,"
-                " greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text as recv,"
+                f" {STANDBY_WAL_SQL}::text as recv,"
                 " (select status from pg_stat_wal_receiver limit 1) as wr_status,"
                 " (select sender_host from pg_stat_wal_receiver limit 1) as wr_host,"
                 " (select sender_port from pg_stat_wal_receiver limit 1) as wr_port,"

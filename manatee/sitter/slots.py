@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from manatee.core.pg.walpos import NODE_WAL_SQL
 from manatee.core.pgconfig import SLOT_PREFIX, slot_name
 
 SLOTS_TIMEOUT_S = 2.0
@@ -33,9 +34,7 @@ SLOTS_TIMEOUT_S = 2.0
 # '_' is a LIKE wildcard: escaped, so only names that really start with the prefix match.
 LIST_SQL = (
     "select slot_name, active, coalesce(wal_status, '') as wal_status,"
-    " pg_wal_lsn_diff(case when pg_is_in_recovery()"
-    "  then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) else pg_current_wal_lsn() end,"
-    "  restart_lsn)::bigint as retained_bytes"
+    f" pg_wal_lsn_diff({NODE_WAL_SQL}, restart_lsn)::bigint as retained_bytes"
     " from pg_replication_slots where slot_type = 'physical' and slot_name like %s order by slot_name")
 CREATE_SQL = "select pg_create_physical_replication_slot(%s, true)"
 # dropped only if still inactive at the moment of the drop (a standby may just have connected)
