@@ -13,6 +13,7 @@ from manatee.cli import adm_view as V
 from manatee.cli.adm_gray import pg_via_sitter, repl_via_sitter
 from manatee.cli.common import ZkReader, pg_conn_params, pg_failure
 from manatee.core.httpjson import http_json
+from manatee.core.pg.walpos import NODE_WAL_SQL
 from manatee.shard.pgurl import PgUrl
 from manatee.shard.syncstore import SyncShardStore
 
@@ -47,16 +48,13 @@ def _parallel(jobs: Mapping[str, Callable[[], Any]], deadline: float) -> dict[st
 _NODE_SQL = ("select pg_is_in_recovery() as recovery,"
              " current_setting('default_transaction_read_only') = 'on' as ro,"
              # a standby: how far its WAL goes, received or (not streaming, e.g. in safe
-             # mode or after a restart) replayed; greatest() skips the NULL one
-             " (case when pg_is_in_recovery() then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
-             "  else pg_current_wal_lsn() end)::text as wal")
+             # mode or after a restart) replayed (manatee.core.pg.walpos)
+             f" ({NODE_WAL_SQL})::text as wal")
 _REPL_SQL = ("select application_name, client_addr::text as client_addr, state, sync_state,"
              " sent_lsn::text as sent_lsn, flush_lsn::text as flush_lsn, replay_lsn::text as replay_lsn,"
              # a cascading standby sends what it has replayed, which can pass what its
              # walreceiver last flushed: take the further of the two, and never a negative lag
-             " greatest(0, pg_wal_lsn_diff(case when pg_is_in_recovery() then"
-             "  greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
-             "  else pg_current_wal_lsn() end, replay_lsn))::bigint as lag_bytes,"
+             f" greatest(0, pg_wal_lsn_diff({NODE_WAL_SQL}, replay_lsn))::bigint as lag_bytes,"
              " extract(epoch from replay_lag)::float8 as lag_s"
              " from pg_stat_replication order by pid")
 
@@ -100,7 +98,31 @@ def gather(zk: ZkReader, shard: str, timeout: float, *, pg: bool = True, sitters
     rec = SyncShardStore(zk, shard).read()
     state = rec.state.to_json() if rec.state is not None else None
     election = [p.to_json() for p in rec.election]
-    nodes = V.chain_nodes(state, [p["id"] for p in election], election)
+    ids = [p["id"] for p in election]
+    nodes = _probe(V.chain_nodes(state, ids, election), timeout, pg=pg, sitters=sitters)
+    remembered = remembered_state(nodes) if state is None and not rec.state_error else None
+    if remembered is not None:  # the znode is lost: the places the sitters hold, probed again
+        said = {n.id: n.sitter for n in nodes}
+        nodes = _probe(V.chain_nodes(remembered, ids, election), timeout, pg=pg, sitters=False)
+        for n in nodes:
+            n.sitter = said.get(n.id)
+        _link_replication(nodes)
+    return V.ShardView(shard, state, rec.error, nodes, rec.state_error, remembered=remembered)
+
+
+def remembered_state(nodes: list[V.NodeView]) -> dict | None:
+    """While the state znode is missing: the highest-generation state the sitters' /state
+    show (what they hold), if those that show that generation agree; else None."""
+    shown = [n.sitter["state"] for n in nodes if isinstance(n.sitter, dict) and isinstance(n.sitter.get("state"), dict)]
+    gens = [s.get("generation") for s in shown if isinstance(s.get("generation"), int)]
+    if not gens:
+        return None
+    top = [s for s in shown if s.get("generation") == max(gens)]
+    return top[0] if all(s == top[0] for s in top) else None
+
+
+def _probe(nodes: list[V.NodeView], timeout: float, *, pg: bool, sitters: bool) -> list[V.NodeView]:
+    """Each node's sitter /state and PostgreSQL, in parallel within `timeout`."""
     deadline = time.monotonic() + timeout
     jobs: dict[str, Callable[[], Any]] = {}
     for n in nodes:
@@ -115,11 +137,19 @@ def gather(zk: ZkReader, shard: str, timeout: float, *, pg: bool = True, sitters
         if pg and n.role not in ("deposed", "unknown"):
             n.pg = res.get(f"p:{n.id}") or {"up": False, "error": "no answer in time"}
             n.pg.setdefault("up", False)
-            n.pg = pg_via_sitter(n.pg, n.sitter)  # the CLI could not connect: what its sitter sees
+    _link_replication(nodes)
+    return nodes
+
+
+def _link_replication(nodes: list[V.NodeView]) -> None:
+    """What each node's sitter sees of its PostgreSQL where the CLI could not connect, and
+    each standby's row in its upstream's pg_stat_replication."""
+    for n in nodes:
+        if n.pg is not None:
+            n.pg = pg_via_sitter(n.pg, n.sitter)
     by_id = {n.id: n for n in nodes}
     for n in nodes:
         up = by_id.get(n.upstream or "")
         if up is not None and up.pg and up.pg.get("up"):
             n.repl = (repl_via_sitter(n.sitter) if up.pg.get("via") == "sitter"
                       else _repl_row(up.pg.get("rows") or [], n.peer))
-    return V.ShardView(shard, state, rec.error, nodes, rec.state_error)

@@ -61,6 +61,7 @@ class ShardView:
     error: Mapping[str, Any] | None = None
     nodes: list[NodeView] = field(default_factory=list)
     state_error: str | None = None
+    remembered: Mapping[str, Any] | None = None  # the znode is missing: the state the sitters hold
 
     @property
     def generation(self) -> Any:
@@ -103,6 +104,9 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
     C, W = CRITICAL, WARNING
     if v.state_error:
         out.append((C, f"the shard state cannot be read: {v.state_error}"))
+    out += [(C, f"{n.ip}: {n.sitter['stateOlder']}: it holds that state and nobody can fail over; ZooKeeper was "
+                f"restored from an older copy, or an old state written back (docs/operators-guide.md)")
+            for n in v.nodes if isinstance(n.sitter, Mapping) and n.sitter.get("stateOlder")]
     bad = {q for n in v.nodes if isinstance(n.sitter, Mapping) for q in n.sitter.get("quarantined") or ()}
     out += [(W, f"malformed znode ignored by the sitters (quarantined): {q}") for q in sorted(bad)]
     if v.error is not None:
@@ -293,10 +297,12 @@ def _lag(n: NodeView) -> tuple[str, str]:
 
 
 def render_show(v: ShardView, probs: Sequence[str] | None = None) -> str:
-    st = v.state or {}
+    st = v.state or v.remembered or {}
     fr = st.get("freeze")
+    gen = st.get("generation")
     head = [f"shard:       {v.shard}",
-            f"generation:  {v.generation if v.generation is not None else '-'}",
+            f"generation:  {gen if gen is not None else '-'}"
+            + (" (as the sitters remember it: the state znode is missing)" if v.state is None and v.remembered else ""),
             "freeze:      " + (f"frozen: {fr.get('reason')} (by {fr.get('by') or '?'} at {fr.get('time') or '?'})"
                                 if fr else "not frozen"),
             f"initWal:     {st.get('initWal', '-')}"]

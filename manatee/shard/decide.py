@@ -46,7 +46,7 @@ def decide(obs: Observation) -> Decision:
     v = View(obs)
     if obs.error is not None:
         return _safe_mode(v)
-    if obs.state_unreadable or obs.state_lost:
+    if obs.state_unreadable or obs.state_lost or obs.state_older:
         return _state_unreadable(v)
     if v.st is None:
         return _bootstrap(v)
@@ -86,16 +86,20 @@ def _state_unreadable(v: View) -> Decision:
     session is gone); a standby keeps following its upstream; everyone else waits.
 
     The same holds when the znode is gone but I remember it (obs.state_lost: ZooKeeper lost
-    its data, or someone deleted it): a new generation 1 would let the election's head,
+    its data, or someone deleted it), or holds an older generation than I remember
+    (obs.state_older: ZooKeeper restored from an old copy): a new generation 1 would let the election's head,
     perhaps a lagging async, lead and rebuild the others from its older data. One write is
     safe there: the remembered primary re-creating exactly the state it last read, when its
     session has not been lost since — nobody can have replaced it without a write to that
     znode, which this session would have seen (create fails if anyone re-created it)."""
     obs, st = v.obs, v.st
-    lost = obs.state_lost and not obs.state_unreadable
-    rule = "state_lost" if lost else "state_unreadable"
-    why = (f"the shard state znode is missing ({obs.state_lost})" if lost
-           else "the shard state znode cannot be parsed (an operator must fix it)")
+    if obs.state_unreadable:
+        rule, why = "state_unreadable", "the shard state znode cannot be parsed (an operator must fix it)"
+    elif obs.state_lost:
+        rule, why = "state_lost", f"the shard state znode is missing ({obs.state_lost})"
+    else:
+        rule, why = "state_older", f"the shard state znode is older than the state I remember ({obs.state_older})"
+    lost = rule == "state_lost"
     place = st.place_of(obs.me.id) if st is not None else None
     if place == "primary":
         d = as_primary(v)

@@ -89,6 +89,11 @@ class Observation:
       could not be read. The text says which. Not "no state": no new generation 1 is
       declared; nobody writes, promotes or rebuilds, as with state_unreadable, except that
       the remembered primary re-creates the znode when `session_unbroken`.
+    state_older: the state znode holds an older generation than the one I remember (my last
+      state read, or my dataset's memory): ZooKeeper was restored from an older copy, or
+      someone wrote an old state back. `state` is then the remembered (newer) one, or None.
+      Held like state_lost, never re-created: following the older state could make a node
+      that lacks the newer generations' writes lead.
     session_unbroken: my ZooKeeper session has not been lost since I read `state` (the
       same session wrote or saw it, so nobody can have replaced it since without my
       seeing the write: every takeover is a compare-and-set of that znode).
@@ -132,6 +137,7 @@ class Observation:
     cannot_serve: str | None = None
     state_unreadable: bool = False
     state_lost: str | None = None
+    state_older: str | None = None
     session_unbroken: bool = False
     sync_stalled_s: float | None = None
     start_held: str | None = None
@@ -199,6 +205,8 @@ class View:
             return "the shard state znode cannot be parsed"
         if self.obs.state_lost:
             return "the shard state znode is missing"
+        if self.obs.state_older:
+            return "the shard state znode is older than the state I remember"
         if self.obs.zk != CONNECTED:
             return f"my ZooKeeper session is {self.obs.zk}"
         if not self.in_election:

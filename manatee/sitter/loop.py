@@ -173,7 +173,7 @@ class Sitter:
             sync_flush=pgs.sync_flush.value if pgs.sync_flush and i_am_primary else None,
             switchover_stopped_wal=stopped_wal, switchover_expired=sw_expired,
             state_unreadable=view.state_unreadable is not None,
-            state_lost=self.memory.lost(st) if view.state_missing else None,
+            state_lost=self.memory.lost(st) if view.state_missing else None, state_older=view.state_older,
             session_unbroken=view.session_unbroken,
             cannot_serve=self.health.cannot_serve, start_held=self.health.start_held(),
             sync_stalled_s=self.health.sync_stalled(pgs, (st.generation, sync.id) if sync else None,

@@ -38,6 +38,7 @@ class SitterSnapshot:
     quarantined: tuple[str, ...] = ()
     state_unreadable: str | None = None
     state_lost: str | None = None            # the state znode is missing, and what says the shard had one
+    state_older: str | None = None           # the state znode is older than I remember: why
     remembers: Mapping[str, Any] | None = None  # the newest generation (and primary) my data belongs to
     session_timeout: float = 60.0            # negotiated (s)
     negotiated_session_timeout: float | None = None
@@ -86,7 +87,7 @@ def snapshot_of(sitter) -> SitterSnapshot:
         restarts_done=sitter.pg_restarts, restart_requested=sitter.restart_request is not None,
         transitions=dict(sitter.transitions), slots=sitter.slots, quarantined=v.quarantined,
         state_unreadable=v.state_unreadable, session_timeout=v.session_timeout,
-        state_lost=sitter.memory.lost(v.state) if v.state_missing else None,
+        state_lost=sitter.memory.lost(v.state) if v.state_missing else None, state_older=v.state_older,
         remembers=sitter.memory.as_json(v.state),
         negotiated_session_timeout=sitter.session.negotiated_session_timeout, started=sitter.started,
         sick_since=h.sick_since, sick_why=h.sick_why, cannot_serve=h.cannot_serve, hung_kills=h.hung_kills,
@@ -125,6 +126,7 @@ def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
         "zkAuth": cfg.zkCfg.auth is not None, "tls": getattr(cfg, "tls", None) is not None,
         "quarantined": list(s.quarantined), "stateUnreadable": s.state_unreadable,
         "stateLost": f"the shard state znode is gone; {s.state_lost}" if s.state_lost else None,
+        "stateOlder": f"the shard state znode is older than I remember: {s.state_older}" if s.state_older else None,
         "remembers": s.remembers,
         "zkSessionTimeout": {"configured": cfg.zkCfg.session_timeout_s,
                              "negotiated": s.negotiated_session_timeout},

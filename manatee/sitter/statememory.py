@@ -129,6 +129,13 @@ class StateMemory:
             self.retry_at = self.clock.monotonic() + RETRY_S
             self.log.warning("state_memory_not_saved", error=str(e) or type(e).__name__, remembers=new.describe())
 
+    def newest(self, state: ClusterState | None) -> Memory | None:
+        """The newer of `state` (the last one read) and my dataset's memory."""
+        mine = Memory.of(state) if state is not None else None
+        if self.saved is not None and (mine is None or self.saved.generation > mine.generation):
+            return self.saved
+        return mine
+
     def remembered_state(self) -> ClusterState | None:
         """The whole state my dataset remembers (after a restart, with the znode missing)."""
         return self.saved.state if self.saved is not None else None
@@ -159,7 +166,5 @@ class StateMemory:
 
     def as_json(self, state: ClusterState | None) -> dict | None:
         """GET /state `remembers`: the newer of the state I last read and my dataset's memory."""
-        m = Memory.of(state) if state is not None else None
-        if self.saved is not None and (m is None or self.saved.generation > m.generation):
-            m = self.saved
+        m = self.newest(state)
         return None if m is None else {"generation": m.generation, "primary": m.primary}

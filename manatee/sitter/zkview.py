@@ -41,6 +41,7 @@ class ZkView:
         self.error: dict | None = None
         self.state_unreadable: str | None = None  # why the state znode cannot be used, or None
         self.state_missing = False  # the state znode does not exist (`state` is then the last one read)
+        self.state_older: str | None = None  # the znode's generation is older than I remember: why
         self.sessions = 0           # sessions lost so far: a new one starts after each
         self.state_session = -1     # `sessions` when `state` was last read from the znode
         self.memory = None  # the sitter's StateMemory: what my election node says I remember
@@ -143,7 +144,14 @@ class ZkView:
         last state read: decide() must hear that the shard had one (Observation.state_lost)."""
         self.state_missing = state is None
         self.state_version = version
-        if state is not None:
+        newest = self.memory.newest(self.state) if self.memory is not None else None
+        self.state_older = None
+        if state is not None and newest is not None and state.generation < newest.generation:
+            # an older generation than I know of: hold what I remember (never "unbroken")
+            self.state_older = (f"it holds generation {state.generation} (primary {state.primary}); "
+                                f"I remember {newest.describe()}")
+            self.state = newest.state
+        elif state is not None:
             self.state, self.state_session = state, self.sessions
         elif self.state is None and self.memory is not None:  # restarted since: what my dataset
             self.state = self.memory.remembered_state()       # remembers (never "unbroken")

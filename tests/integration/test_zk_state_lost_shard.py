@@ -59,41 +59,54 @@ def test_a_deleted_state_znode_is_recreated_by_the_primary(shard: Shard):
     sh.assert_checks(w, prev)
 
 
+def _wipe_zookeeper(sh: Shard) -> None:
+    """ZooKeeper back with an empty data directory (the test's own client is refused too)."""
+    sh.sb.zk_stop()
+    shutil.rmtree(sh.sb.dir / "zookeeper" / "data" / "version-2")
+    sh.sb.zk_start()
+    sh.drop_zk_client()
+
+
+def _held_then_restored(sh: Shard, w, what: str) -> None:
+    """Every sitter holds the lost state and the primary takes writes, nobody writes a state;
+    then `manatee-adm state-restore` and the shard is healthy again."""
+    t0 = time.monotonic()
+    sh.wait(lambda: _lost_everywhere(sh), 60, what)
+    say(f"{what}: {time.monotonic() - t0:.1f}s")
+    n0 = len(w.acked)
+    sh.wait(lambda: len(w.acked) > n0 + 20, 90, "the primary takes writes again")
+    assert sh.zk_state() is None, "a sitter wrote a state over the lost one"
+    rules = {n.name: (sh.state_of(n) or {}).get("rule") for n in sh.nodes}
+    assert all(r and r.startswith("state_lost.") for r in rules.values()), rules
+    r = adm(sh, "verify")
+    assert r.returncode == 2 and "state-restore" in r.stdout + r.stderr, r.stdout
+    r = adm(sh, "state-restore", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    sh.wait_healthy(120)
+    w.wait_for_acks(20, 60)
+
+
+def _back_as_before(sh: Shard, w, prev: dict, what: str) -> None:
+    st = sh.zk_state()
+    assert st["generation"] == prev["generation"] and st["primary"]["id"] == prev["primary"]["id"]
+    r = adm(sh, "verify")  # a warning may remain (this shard runs without ZooKeeper auth), not the lost state
+    assert r.returncode in (0, 1) and "state znode" not in r.stdout, r.stdout
+    say(f"{what}: longest write outage {w.longest_outage():.2f}s, {len(w.acked)} acknowledged")
+    sh.assert_checks(w, prev)
+
+
 def test_zookeeper_wiped_the_shard_holds_and_the_operator_restores_the_state(shard: Shard):
     sh = shard
     sh.wait_healthy(120)
     prev = sh.zk_state()
-    p, _s, _a = names(sh.topology())
     w = sh.writer("wiped").start()
     try:
         w.wait_for_acks(20, 60)
-        sh.sb.zk_stop()
-        shutil.rmtree(sh.sb.dir / "zookeeper" / "data" / "version-2")
-        sh.sb.zk_start()
-        sh.drop_zk_client()  # ours was refused too
-        t0 = time.monotonic()
-        sh.wait(lambda: _lost_everywhere(sh), 60, "every sitter in a new session, holding the lost state")
-        say(f"every sitter holds the remembered state {time.monotonic() - t0:.1f}s after ZooKeeper came back empty")
-        n0 = len(w.acked)
-        sh.wait(lambda: len(w.acked) > n0 + 20, 60, "the primary takes writes again")
-        assert sh.zk_state() is None, "a sitter wrote a state over the lost one"
-        rules = {n.name: (sh.state_of(n) or {}).get("rule") for n in sh.nodes}
-        assert all(r and r.startswith("state_lost.") for r in rules.values()), rules
-        r = adm(sh, "verify")
-        assert r.returncode == 2 and "state-restore" in r.stdout + r.stderr, r.stdout
-        r = adm(sh, "state-restore", "--yes")
-        assert r.returncode == 0, r.stdout + r.stderr
-        sh.wait_healthy(120)
-        w.wait_for_acks(20, 60)
+        _wipe_zookeeper(sh)
+        _held_then_restored(sh, w, "every sitter in a new session, holding the lost state")
     finally:
         w.stop()
-    st = sh.zk_state()
-    assert st["generation"] == prev["generation"] and st["primary"]["id"] == prev["primary"]["id"]
-    assert sh.topology()["primary"] == p
-    r = adm(sh, "verify")  # a warning may remain (this shard runs without ZooKeeper auth), not the lost state
-    assert r.returncode in (0, 1) and "state znode" not in r.stdout, r.stdout
-    say(f"ZooKeeper wiped: longest write outage {w.longest_outage():.2f}s, {len(w.acked)} acknowledged")
-    sh.assert_checks(w, prev)
+    _back_as_before(sh, w, prev, "ZooKeeper wiped")
 
 
 def test_power_cut_with_zookeeper_data_lost_the_datasets_remember(shard: Shard):
@@ -110,23 +123,10 @@ def test_power_cut_with_zookeeper_data_lost_the_datasets_remember(shard: Shard):
         w.wait_for_acks(20, 60)
         for n in (p, s, a):
             sh.sb.kill(n)
-        sh.sb.zk_stop()
-        shutil.rmtree(sh.sb.dir / "zookeeper" / "data" / "version-2")
-        sh.sb.zk_start()
-        sh.drop_zk_client()
+        _wipe_zookeeper(sh)
         for n in (a, s, p):
             sh.sb.start(n)
-        sh.wait(lambda: _lost_everywhere(sh), 60, "every sitter holding the state its dataset remembers")
-        n0 = len(w.acked)
-        sh.wait(lambda: len(w.acked) > n0 + 20, 90, "the primary takes writes again")
-        assert sh.zk_state() is None, "a sitter wrote a state over the lost one"
-        r = adm(sh, "state-restore", "--yes")
-        assert r.returncode == 0, r.stdout + r.stderr
-        sh.wait_healthy(120)
-        w.wait_for_acks(20, 60)
+        _held_then_restored(sh, w, "every restarted sitter holding the state its dataset remembers")
     finally:
         w.stop()
-    st = sh.zk_state()
-    assert st["generation"] == prev["generation"] and st["primary"]["id"] == prev["primary"]["id"]
-    say(f"power cut with ZooKeeper's data lost: longest write outage {w.longest_outage():.2f}s")
-    sh.assert_checks(w, prev)
+    _back_as_before(sh, w, prev, "power cut with ZooKeeper's data lost")

@@ -57,6 +57,14 @@ def sitters(monkeypatch):
 
     monkeypatch.setattr(adm_staterestore, "http_json", http_json)
     monkeypatch.setattr(adm_probe, "http_json", http_json)
+    probed: list[str] = []  # PostgreSQL is never reached from here: the URLs are recorded
+
+    def probe_pg(url, timeout):
+        probed.append(url)
+        return {"up": False, "error": "not probed in unit tests"}
+
+    monkeypatch.setattr(adm_probe, "probe_pg", probe_pg)
+    answers["_probed"] = probed
     return answers
 
 
@@ -251,6 +259,20 @@ def test_show_and_verify_name_a_lost_state_the_sitters_remember(sitters, capsys)
     code, out = _show(zk, capsys, "show", "--json")
     doc = json.loads(out)
     assert doc["status"] == CRITICAL and doc["nodes"][0]["remembers"] == {"generation": 3, "primary": A.id}
+
+
+def test_show_draws_the_chain_the_sitters_hold_while_the_znode_is_missing(sitters, capsys):
+    sitters.update({A.ip: lost(), B.ip: lost(), C.ip: lost()})
+    code, out = _show(shard_zk(), capsys)
+    assert "generation:  3 (as the sitters remember it: the state znode is missing)" in out
+    rows = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.split()[:1] in (["primary"], ["sync"], ["async"])}
+    assert rows == {"primary": A.ip, "sync": B.ip, "async": C.ip}, out
+    assert sorted(sitters["_probed"]) == sorted(p.pg_url for p in (A, B, C))  # each PostgreSQL asked once
+    other = ClusterState(generation=3, primary=A, sync=C, async_=(B,), init_wal=0x5000)
+    sitters.update({B.ip: lost(other)})  # they disagree about generation 3: no chain drawn
+    sitters["_probed"].clear()
+    code, out = _show(shard_zk(), capsys)
+    assert "generation:  3 (as the sitters" not in out and sitters["_probed"] == []
 
 
 def test_a_new_shard_nobody_remembers_is_not_a_lost_state(sitters, capsys):

@@ -59,7 +59,7 @@ def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_a
                              starts=starts, sick_since=None, sick_why=None, cannot_serve=None, hung_kills=0,
                              hb_withheld=False)
     view_ = SimpleNamespace(state=None, error=None, election=(), zk_state="connected", quarantined=(),
-                            state_unreadable=None, session_timeout=4.0, state_missing=False)
+                            state_unreadable=None, session_timeout=4.0, state_missing=False, state_older=None)
     return SimpleNamespace(memory=StateMemory(None, None, None),
         view=view_, health=health, last=SimpleNamespace(reason="my sync has not flushed", rule="primary.replace_sync"),
         me=A, role="primary", target=None, last_pg=None, last_pg_at=last_pg_at,

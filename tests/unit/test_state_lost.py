@@ -244,3 +244,36 @@ def test_sim_zookeeper_wiped_and_every_sitter_restarted_the_datasets_remember():
     sh.zk.set_raw(st.dumps())
     sh.settle()
     assert sh.zk.state().primary.id == st.primary.id and not sh.lost_acknowledged() and acked_count_grows(sh)
+
+
+# ------------------------------------------------------------------ an older state written back
+
+OLDER = "it holds generation 2 (primary 10.0.0.2); I remember generation 3 (primary 10.0.0.1)"
+
+
+@pytest.mark.parametrize("me", [A, B, C])
+def test_an_older_state_is_held_never_followed_and_never_recreated(me):
+    d = decide(obs(me, state_older=OLDER, session_unbroken=True, sync_caught_up=True))
+    assert d.write_state is None and d.rule.startswith("state_older."), d.rule
+    assert d.target.role == (PRIMARY if me == A else STANDBY) and "older than the state I remember" in d.reason
+
+
+def test_sim_zookeeper_restored_from_an_older_copy_is_not_followed():
+    """ZooKeeper's data restored from a backup taken before the last failover: its state
+    names the old primary, now behind. Following it would make that node lead without the
+    newer generations' writes; every sitter holds what it remembers instead."""
+    sh = _shard()
+    old = sh.zk.state_raw
+    sh.kill(sh.by_role("primary"))
+    sh.settle()
+    new, promotions = sh.zk.state(), list(sh.promotions)
+    sh.run(5)
+    sh.zk.set_raw(old)  # ZooKeeper back from its backup
+    sh.run(3 * SESSION_TIMEOUT)
+    assert sh.promotions == promotions and sh.zk.state_raw == old, sh.describe()
+    live = [n for n in sh.nodes if n.alive]
+    assert all(n.last_decision.rule.startswith("state_older.") for n in live), sh.describe()
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+    sh.zk.set_raw(new.dumps())  # the operator writes the newest state back
+    sh.settle()
+    assert sh.zk.state().primary.id == new.primary.id and not sh.lost_acknowledged()
