@@ -189,3 +189,60 @@ async def test_the_sender_says_it_leaves_once_then_falls_silent():
         stop.set()
         await asyncio.wait_for(task, 5)
         await runner.cleanup()
+
+
+async def test_a_last_word_the_upstream_did_not_take_is_sent_again_at_the_next_intervals():
+    """CI under load: the one leaving heartbeat failed, and the primary waited the whole
+    expiration time for a sync that had given way. It is now tried again, LEAVING_TRIES in
+    all, and never after the standby heartbeats again."""
+    from aiohttp import web
+
+    from manatee.core.auth import ShardSecret
+    from manatee.sitter.heartbeat import LEAVING_TRIES, HeartbeatSender
+    from tests.sim.clock import FakeClock, SimLog
+
+    got: list[dict] = []
+    refuse = {"n": 2}
+
+    async def heartbeat(req):
+        body = await req.json()
+        got.append(body)
+        if body.get("leaving") and refuse["n"] > 0:
+            refuse["n"] -= 1
+            return web.json_response({"error": "busy"}, status=503)
+        return web.json_response({})
+
+    app = web.Application()
+    app.add_routes([web.post("/heartbeat", heartbeat)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    sender = HeartbeatSender(me_id="127.0.0.1:5432:10002:5433", pg_url="u", interval_s=0.05, timeout_s=2.0,
+                             status=lambda: {"wal": None, "streaming": True},
+                             log=SimLog(FakeClock(), "me", []), secret=ShardSecret.of("k" * 32))
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        sender.upstream_url = url
+        sender.leave("my PostgreSQL cannot serve: its disk is full")
+        await asyncio.sleep(0.6)
+        leaving = [b for b in got if b.get("leaving")]
+        assert len(leaving) == 3  # refused twice, taken the third time, then silence
+        got.clear()
+        refuse["n"] = 100  # an upstream that never takes it: LEAVING_TRIES, no more
+        sender.upstream_url = url
+        sender.leave("my PostgreSQL cannot serve: it is not running")
+        await asyncio.sleep(0.6)
+        assert len([b for b in got if b.get("leaving")]) == LEAVING_TRIES
+        got.clear()
+        sender.upstream_url = url  # heartbeating again: a pending last word is dropped
+        sender.leave("x")
+        sender.upstream_url = url
+        await asyncio.sleep(0.3)
+        assert len([b for b in got if b.get("leaving")]) <= 1 and any(not b.get("leaving") for b in got)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await runner.cleanup()
