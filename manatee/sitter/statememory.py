@@ -15,8 +15,8 @@ the PostgreSQL user), it goes with the dataset (a destroyed dataset forgets, a r
 one starts blank: `zfs send` without -p carries no properties), and a state fits (values
 up to 8 KB; a bigger one keeps only the generation and the primary). Every zfs call has a
 deadline; a read that fails leaves the memory unknown, which counts as remembering
-(unknown is not "this node holds no data of the shard"). Saving runs after a cycle's
-steps: it never delays a takeover.
+(unknown is not "this node holds no data of the shard"). Saving runs in the background
+after a cycle's steps: it never delays a takeover or a switchover.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from manatee.shard.state import UNKNOWN_MEMORY, ClusterState, StateError
 
 MEMORY_PROP = "manatee:state-memory"
 MAX_VALUE = 8000  # bytes: ZFS user property values are limited to 8192
-MEMORY_TIMEOUT_S = 2.0  # one zfs get or set (in the cycle)
+MEMORY_TIMEOUT_S = 2.0  # the zfs get (in the cycle, before the first election node)
+SAVE_TIMEOUT_S = 10.0   # the zfs set (in the background)
 RETRY_S = 60.0          # a failed read or save is tried again after this
 _FAILED = (asyncio.TimeoutError, OSError, ValueError, ZfsError)
 
@@ -83,10 +84,10 @@ class Memory:
 
 
 class StateMemory:
-    """The shell's side: read the dataset's memory, save a newer one at the end of a cycle
-    (after its steps: never before a takeover), and say what the node remembers (for
-    decide and the election node). Each zfs call is bounded by MEMORY_TIMEOUT_S and a
-    failed one is not tried again for RETRY_S, so a hung zfs costs a cycle little."""
+    """The shell's side: read the dataset's memory, save a newer one in the background once
+    a cycle's steps are done, and say what the node remembers (for decide and the election
+    node). Each zfs call has a deadline (MEMORY_TIMEOUT_S, SAVE_TIMEOUT_S) and a failed one
+    is not tried again for RETRY_S, so a hung zfs costs a cycle little."""
 
     def __init__(self, dataset, log, clock):
         self.dataset, self.log, self.clock = dataset, log, clock
@@ -95,6 +96,8 @@ class StateMemory:
         self.error: str | None = "not read yet"
         self.retry_at = 0.0
         self.tried = False
+        self.task: asyncio.Task | None = None  # a save in the background
+        self.datasets = 0  # restores so far: a save that ends after one was for the old dataset
 
     async def load(self) -> None:
         """Read the dataset's memory if it is not known yet (at most every RETRY_S); on
@@ -114,17 +117,34 @@ class StateMemory:
                              note="until it is read, a missing state znode is not taken for a new shard")
 
     async def keep(self, st: ClusterState | None, *, has_data: bool) -> None:
-        """Save `st`'s generation and primary if my data belongs to it and the dataset does
-        not hold them yet."""
-        if st is None or not has_data or not self.known or self.clock.monotonic() < self.retry_at:
+        """Save `st` if my data belongs to it and the dataset does not hold it yet. In the
+        background when an event loop runs: a ZFS property write waits for a transaction
+        group to sync, and must not delay the cycle after a takeover or a switchover (the
+        simulation, which drives the loop by hand, saves inline)."""
+        if (st is None or not has_data or not self.known or self.busy
+                or self.clock.monotonic() < self.retry_at):
             return
         new = Memory.of(st)
         if self.saved == new or (self.saved is not None and self.saved.generation > new.generation):
             return  # never moved back (a state re-created older is for an operator to sort out)
         try:
-            await self.dataset.write_memory(new.dumps(), MEMORY_TIMEOUT_S)
-            self.saved, self.error = new, None
-            self.log.info("state_memory_saved", remembers=new.describe())
+            asyncio.get_running_loop()
+        except RuntimeError:
+            await self._save(new)
+            return
+        self.task = asyncio.ensure_future(self._save(new))
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    async def _save(self, new: Memory) -> None:
+        dataset = self.datasets
+        try:
+            await self.dataset.write_memory(new.dumps(), SAVE_TIMEOUT_S)
+            if dataset == self.datasets:
+                self.saved, self.error = new, None
+                self.log.info("state_memory_saved", remembers=new.describe())
         except _FAILED as e:
             self.retry_at = self.clock.monotonic() + RETRY_S
             self.log.warning("state_memory_not_saved", error=str(e) or type(e).__name__, remembers=new.describe())
@@ -143,6 +163,7 @@ class StateMemory:
     def dataset_replaced(self) -> None:
         """A restore put new data in place: it carries no memory until saved again."""
         self.saved, self.known, self.error, self.retry_at = None, True, None, 0.0
+        self.datasets += 1
     def remembers(self, state: ClusterState | None) -> int | None | str:
         """For my election node: the newest generation I know this shard had (the state
         I last read, or my dataset's memory), None if neither, UNKNOWN_MEMORY if my

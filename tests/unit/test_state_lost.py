@@ -139,24 +139,32 @@ def test_a_state_too_big_for_a_property_keeps_the_generation_and_primary():
     assert len(value) < 100 and Memory.parse(value) == Memory(3, A.id)
 
 
+def _kept(m: StateMemory):
+    async def keep(st, **kw):
+        await m.keep(st, **kw)
+        if m.task is not None:
+            await m.task  # saved in the background (an event loop runs here)
+    return lambda st, **kw: asyncio.run(keep(st, **kw))
+
+
 def test_the_memory_is_saved_once_per_generation_and_never_moves_back():
     ds = _Dataset()
     m, _ = _memory(ds)
-    run = asyncio.run
-    run(m.load())
+    asyncio.run(m.load())
+    keep = _kept(m)
     assert m.known and m.saved is None and m.remembers(None) is None and m.lost(None) is None
-    run(m.keep(STATE, has_data=False))
+    keep(STATE, has_data=False)
     assert ds.writes == []  # no data of the shard: nothing to remember
-    run(m.keep(STATE, has_data=True))
-    run(m.keep(STATE, has_data=True))
+    keep(STATE, has_data=True)
+    keep(STATE, has_data=True)
     assert ds.writes == [Memory.of(STATE).dumps()]
-    run(m.keep(replace(STATE, generation=2), has_data=True))
+    keep(replace(STATE, generation=2), has_data=True)
     assert len(ds.writes) == 1 and m.remembers(None) == 3
     assert m.lost(None) == "my dataset remembers generation 3 (primary 10.0.0.1)"
     assert m.lost(STATE).startswith("I remember generation 3")
     m.dataset_replaced()  # a restore: the new dataset has no property
     assert m.remembers(None) is None
-    run(m.keep(STATE, has_data=True))
+    keep(STATE, has_data=True)
     assert len(ds.writes) == 2
 
 
