@@ -141,14 +141,34 @@ def test_follow_starts_a_grace_once_per_new_downstream_and_forgets_on_a_new_role
     assert t.beats == {} and t.fresh("b", now=35.0)
 
 
+async def _upstream_and_sender(handler, interval_s: float, records: list):
+    """A real HTTP server on loopback taking POST /heartbeat with `handler`, and a real
+    HeartbeatSender pointed at it: (the server's runner, its URL, the sender)."""
+    from aiohttp import web
+
+    from manatee.core.auth import ShardSecret
+    from manatee.sitter.heartbeat import HeartbeatSender
+    from tests.sim.clock import FakeClock, SimLog
+
+    app = web.Application()
+    app.add_routes([web.post("/heartbeat", handler)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    sender = HeartbeatSender(me_id="127.0.0.1:5432:10002:5433", pg_url="u", interval_s=interval_s, timeout_s=2.0,
+                             status=lambda: {"wal": None, "streaming": True},
+                             log=SimLog(FakeClock(), "me", records), secret=ShardSecret.of("k" * 32))
+    return runner, url, sender
+
+
 async def test_the_sender_says_it_leaves_once_then_falls_silent():
     """A real HeartbeatSender against a real HTTP server on loopback: leave() sends one signed
     beat that says why at once (not after the interval), then nothing more."""
     from aiohttp import web
 
-    from manatee.core.auth import SCHEME, ShardSecret
-    from manatee.sitter.heartbeat import HeartbeatSender
-    from tests.sim.clock import FakeClock, SimLog
+    from manatee.core.auth import SCHEME
 
     got: list[dict] = []
 
@@ -156,18 +176,9 @@ async def test_the_sender_says_it_leaves_once_then_falls_silent():
         got.append({**await req.json(), "signed": req.headers.get("Authorization", "").startswith(SCHEME)})
         return web.json_response({})
 
-    app = web.Application()
-    app.add_routes([web.post("/heartbeat", heartbeat)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
     records: list = []
-    sender = HeartbeatSender(me_id="127.0.0.1:5432:10002:5433", pg_url="u", interval_s=30.0, timeout_s=2.0,
-                             status=lambda: {"wal": None, "streaming": True},
-                             log=SimLog(FakeClock(), "me", records), secret=ShardSecret.of("k" * 32))
-    sender.upstream_url = f"http://127.0.0.1:{port}"
+    runner, url, sender = await _upstream_and_sender(heartbeat, 30.0, records)
+    sender.upstream_url = url
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
     try:
@@ -197,9 +208,7 @@ async def test_a_last_word_the_upstream_did_not_take_is_sent_again_at_the_next_i
     all, and never after the standby heartbeats again."""
     from aiohttp import web
 
-    from manatee.core.auth import ShardSecret
-    from manatee.sitter.heartbeat import LEAVING_TRIES, HeartbeatSender
-    from tests.sim.clock import FakeClock, SimLog
+    from manatee.sitter.heartbeat import LEAVING_TRIES
 
     got: list[dict] = []
     refuse = {"n": 2}
@@ -212,16 +221,7 @@ async def test_a_last_word_the_upstream_did_not_take_is_sent_again_at_the_next_i
             return web.json_response({"error": "busy"}, status=503)
         return web.json_response({})
 
-    app = web.Application()
-    app.add_routes([web.post("/heartbeat", heartbeat)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    sender = HeartbeatSender(me_id="127.0.0.1:5432:10002:5433", pg_url="u", interval_s=0.05, timeout_s=2.0,
-                             status=lambda: {"wal": None, "streaming": True},
-                             log=SimLog(FakeClock(), "me", []), secret=ShardSecret.of("k" * 32))
+    runner, url, sender = await _upstream_and_sender(heartbeat, 0.05, [])
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
     try:
