@@ -130,3 +130,47 @@ def test_power_cut_with_zookeeper_data_lost_the_datasets_remember(shard: Shard):
     finally:
         w.stop()
     _back_as_before(sh, w, prev, "power cut with ZooKeeper's data lost")
+
+
+def test_an_older_state_written_back_is_held_not_followed(shard: Shard):
+    """ZooKeeper restored from a copy taken before the last failover: its state names the old
+    primary. Every sitter that knows the newer generation holds it (state_older.*): the new
+    primary keeps taking writes, nobody follows the old state; the runbook (delete the old
+    znode, state-restore) brings the newer one back."""
+    sh = shard
+    sh.wait_healthy(120)
+    old = sh.zk_state()
+    p, s, _a = names(sh.topology())
+    w = sh.writer("older").start()
+    try:
+        w.wait_for_acks(20, 60)
+        sh.sb.kill(p)
+        sh.wait(lambda: sh.topology()["primary"] == s, 60, f"{s} takes over")
+        sh.sb.start(p)
+        sh.wait_healthy(120)
+        prev = sh.zk_state()
+        assert prev["generation"] > old["generation"]
+        sh.zk.set(sh.sb.st.layout.state, json.dumps(old).encode())  # the older copy comes back
+        sh.wait(lambda: all((sh.state_of(n) or {}).get("stateOlder") for n in sh.nodes), 30,
+                "every sitter holds the newer state it remembers")
+        n0 = len(w.acked)
+        sh.wait(lambda: len(w.acked) > n0 + 20, 60, f"the new primary {s} keeps taking writes")
+        assert sh.zk_state() == old, "a sitter wrote over the older state"
+        rules = {n.name: (sh.state_of(n) or {}).get("rule") for n in sh.nodes}
+        assert all(r and r.startswith("state_older.") for r in rules.values()), rules
+        r = adm(sh, "verify")
+        assert r.returncode == 2 and "older than I remember" in r.stdout, r.stdout
+        sh.zk.delete(sh.sb.st.layout.state)  # the runbook: delete the old znode, then restore
+        sh.wait(lambda: _lost_everywhere(sh) or sh.zk_state() == prev, 30, "the sitters hold, or the primary re-created it")
+        if sh.zk_state() is None:
+            assert adm(sh, "state-restore", "--yes").returncode == 0
+        else:
+            say("the primary re-created the newer state itself (its session was never lost)")
+        sh.wait_healthy(120)
+        w.wait_for_acks(20, 60)
+    finally:
+        w.stop()
+    st = sh.zk_state()
+    assert st["generation"] == prev["generation"] and st["primary"]["id"] == prev["primary"]["id"]
+    say(f"older state written back: longest write outage {w.longest_outage():.2f}s (the failover's included)")
+    sh.assert_checks(w, prev)
