@@ -26,7 +26,7 @@ import contextlib
 import time
 from typing import Any
 
-from manatee.core.zksession import resuming_kazoo
+from manatee.core.zksession import connect_reply_timeout, resuming_kazoo
 
 PROBE_AFTER = 2.0  # session timeouts disconnected before the first probe
 GRACE = 1.0        # session timeouts our client gets to resume after a probe was accepted
@@ -44,24 +44,25 @@ def should_abandon(now: float, disconnected_since: float | None, probe_ok_since:
             and now - probe_ok_since >= GRACE * session_timeout)
 
 
-async def probe(hosts: str, session_timeout: float, kazoo_kw: dict[str, Any], timeout: float) -> bool:
-    """Whether ZooKeeper accepts a new session within `timeout` (the probe's session is
-    closed at once; no kazoo thread is left behind)."""
+def probe_sync(hosts: str, session_timeout: float, kazoo_kw: dict[str, Any]) -> bool:
+    """Whether ZooKeeper accepts a new session within connect_reply_timeout (blocking; the
+    probe's session is closed at once and no kazoo thread is left behind)."""
     kz = resuming_kazoo(hosts, session_timeout, **kazoo_kw)
+    try:
+        kz.start(timeout=connect_reply_timeout(session_timeout))
+        return True
+    except Exception:  # noqa: BLE001 - any failure to connect is "not accepted"
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            kz.stop()
+        with contextlib.suppress(Exception):
+            kz.close()
 
-    def attempt() -> bool:
-        try:
-            kz.start(timeout=timeout)
-            return True
-        except Exception:  # noqa: BLE001 - any failure to connect is "not accepted"
-            return False
-        finally:
-            with contextlib.suppress(Exception):
-                kz.stop()
-            with contextlib.suppress(Exception):
-                kz.close()
 
-    return await asyncio.to_thread(attempt)
+def accepted(since: float | None, ok: bool) -> float | None:
+    """Since when the probes have all been accepted, after one more probe."""
+    return (since or time.monotonic()) if ok else None
 
 
 async def watch(client) -> None:
@@ -75,8 +76,7 @@ async def watch(client) -> None:
         if not should_probe(time.monotonic(), since, t):
             accepted_since = None
             continue
-        ok = await probe(client.hosts, t, client._kazoo_kw, client.connect_reply_timeout)
-        accepted_since = (accepted_since or time.monotonic()) if ok else None
+        accepted_since = accepted(accepted_since, await asyncio.to_thread(probe_sync, client.hosts, t, client._kazoo_kw))
         if should_abandon(time.monotonic(), client.disconnected_since, accepted_since, t):
             await client._abandon_session(f"ZooKeeper accepts new sessions but has not resumed ours for "
                                           f"{time.monotonic() - since:.1f}s: it lost its data or was replaced")
@@ -96,8 +96,7 @@ def keep_resumable(kz, hosts: str, session_timeout: float, closed, log, kazoo_kw
         since = since or now
         if not should_probe(now, since, t):
             continue
-        ok = asyncio.run(probe(hosts, t, kazoo_kw or {}, max(1.0, t / 4)))
-        accepted_since = (accepted_since or time.monotonic()) if ok else None
+        accepted_since = accepted(accepted_since, probe_sync(hosts, t, kazoo_kw or {}))
         if should_abandon(time.monotonic(), since, accepted_since, t) and not closed():
             log.warning("zk_session_abandoned", hosts=hosts, disconnected_s=round(time.monotonic() - since, 1),
                         why="ZooKeeper accepts new sessions but has not resumed ours: it lost its data or was replaced")
