@@ -163,10 +163,21 @@ class Shard(ShardView):
                 self._zk.close()
             self._zk = None
 
+    def keep_logs(self, dest: Path) -> None:
+        """Copy the nodes' daemon logs out of the sandbox (which `down` removes)."""
+        for n in self.nodes:
+            for log in Path(n.dir).glob("*.log"):
+                with contextlib.suppress(OSError):
+                    (dest / n.name).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(log, dest / n.name / log.name)
+
     def down(self) -> list[str]:
         self.drop_zk_client()
         if not self.sb.exists():
             return []
+        keep = os.environ.get("MANATEE_KEEP_LOGS")  # the logs survive `down` in $MANATEE_KEEP_LOGS/<sandbox>
+        if keep:
+            self.keep_logs(Path(keep) / self.dir.name)
         problems = self.sb.down()
         if problems:
             self._out(f"down of {self.dir} left: {problems}")

@@ -10,12 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from manatee_testbed.sandbox_config import ZFS_BIN
 from tests.shard_fixture import Shard, first_ack_on, names, say
@@ -111,15 +109,6 @@ def f1_primary_host_death(sh: Shard) -> None:
     sh.assert_checks(w, prev, expect_leader=s, since_gen=prev["generation"])
 
 
-def keep_logs(sh: Shard, dest: Path) -> None:
-    """Copy the nodes' daemon logs out of the sandbox (which `down` removes)."""
-    for n in sh.nodes:
-        for log in Path(n.dir).glob("*.log"):
-            with contextlib.suppress(OSError):
-                (dest / n.name).mkdir(parents=True, exist_ok=True)
-                shutil.copy(log, dest / n.name / log.name)
-
-
 def undo_faults(sh: Shard) -> None:
     """Heal and resume every node (an earlier failed test may have left a fault)."""
     for n in sh.nodes:
@@ -131,7 +120,7 @@ def undo_faults(sh: Shard) -> None:
 
 def logs_kept(sh: Shard) -> None:
     keep = sh.dir.with_name(f"{sh.dir.name}-{sh.user}-logs")  # next to the sandbox, in pytest's tmp
-    keep_logs(sh, keep)
+    sh.keep_logs(keep)
     say(f"node logs kept in {keep}")
 
 

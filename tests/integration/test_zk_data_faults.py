@@ -46,16 +46,7 @@ pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 SESSION_MS = 5000
 
 
-def _keep_logs(sh: Shard) -> None:
-    """The daemons' logs survive `down` in $MANATEE_KEEP_LOGS/<sandbox> when that is set."""
-    keep = os.environ.get("MANATEE_KEEP_LOGS")
-    if keep and sh.dir.exists():
-        dest = Path(keep) / sh.dir.name
-        shutil.copytree(sh.dir, dest, ignore=shutil.ignore_patterns("zpool", "data", "version-2", "lock"),
-                        dirs_exist_ok=True)
-
-
-SHARD = SharedShard("zkdata", SESSION_MS, undo=zk_back, before_down=_keep_logs)
+SHARD = SharedShard("zkdata", SESSION_MS, undo=zk_back)
 
 
 def _last_ack_before(w, t: float) -> float | None:
