@@ -206,17 +206,22 @@ class PgHealth:
             return None
         return first_line(self.disk_full_why, 300)
 
-    async def check_space(self, dataset, pgs, *, as_primary: bool) -> None:
+    async def check_space(self, dataset, pgs, *, as_primary: bool, target: Target | None = None) -> None:
         """Ask ZFS how much room my dataset has (within the status deadline): at most once per
         healthChkInterval when my PostgreSQL fails (not running, a status query failed other
-        than for a connection storm, or a write probe failed) or the dataset is nearly full,
-        else once per latches.SPACE_WATCH_S. The primary's space probe needs to know; a
+        than for a connection storm, a write probe failed, its config could not be written, or — my
+        `target` a standby with an upstream — it does not stream: a walreceiver that cannot
+        write its WAL may fail again and again without PostgreSQL ever crashing) or the
+        dataset is nearly full, else once per latches.SPACE_WATCH_S. The primary's space probe needs to know; a
         standby tells its upstream in its heartbeats (a primary that cannot serve does not
         step down to a sync whose disk is full too). Less than latches.DISK_FULL_BELOW while
         PostgreSQL fails is a full disk (_disk_full; a standby gives way, track); at least
         latches.SPACE_PROBE_BELOW ends it. A check that fails or times out is no evidence (free
         unknown)."""
-        failing = not pgs.running or (not pgs.known and not pgs.crowded) or self.probe_failures > 0
+        stream_expected = (not as_primary and target is not None and target.role == STANDBY
+                           and target.upstream is not None)
+        failing = (not pgs.running or (not pgs.known and not pgs.crowded) or self.probe_failures > 0
+                   or self.pg.config_error is not None or (stream_expected and not pgs.streaming))
         now = self.clock.monotonic()
         every = self.interval if failing or latches.space_low(self.free) else latches.SPACE_WATCH_S
         if self.space_at is not None and now - self.space_at < every:

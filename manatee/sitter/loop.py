@@ -154,7 +154,7 @@ class Sitter:
         serving = i_am_primary and trying and not (sw is not None and sw.released)
         self.health.primary_start_timeout = self.primary_start_timeout
         await self.health.probe_writes(pgs, as_primary=serving)
-        await self.health.check_space(self.dataset, pgs, as_primary=serving)
+        await self.health.check_space(self.dataset, pgs, as_primary=serving, target=self.target)
         self.health.track(pgs, as_primary=serving, role=self.role, target=self.target, sender=self.hb_sender)
         return Observation(
             me=self.me, zk=zk, election=view.election, state=st,

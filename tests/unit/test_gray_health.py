@@ -308,6 +308,58 @@ def test_a_standby_on_a_full_dataset_gives_way_at_once_and_tells_its_upstream_wh
     assert not h.hb_withheld and h.free is None
 
 
+def test_a_standby_whose_walreceiver_cannot_write_gives_way_when_its_dataset_is_full():
+    """CI, 2026-12-05 (F19-sync): the sync's disk filled and its PostgreSQL did not crash: it
+    ran on, not streaming (its walreceiver failing to write), so the space was never read as a
+    failure's and the primary waited for the heartbeat expiry. A standby that has an upstream
+    and does not stream reads its room every interval: a full dataset is a fact, it gives way
+    at once and says why. Without an upstream (nothing to stream from) there is no verdict."""
+    from manatee.shard.state import STANDBY, Target
+    from manatee.sitter.heartbeat import HeartbeatSender
+    from tests.observations import A
+
+    idle = replace(RUNNING_PRIMARY, in_recovery=True, streaming=False)
+    tgt = Target(STANDBY, upstream=A)
+    for expected in (False, True):  # a target with an upstream, or none
+        h, clock, records, _ = _health()
+        hb = HeartbeatSender(me_id="me", pg_url="u", interval_s=1.0, timeout_s=1.0, status=dict, log=None)
+        hb.upstream_url = "http://127.0.0.11:5433"
+        full = SpaceDataset(free=1 << 20)
+        asyncio.run(h.check_space(full, idle, as_primary=False, target=tgt if expected else Target(STANDBY)))
+        h.track(idle, as_primary=False, role=STANDBY, target=tgt, sender=hb)
+        if not expected:
+            assert "pg_disk_full" not in [r[3] for r in records] and not h.hb_withheld
+            continue
+        assert "pg_disk_full" in [r[3] for r in records]
+        assert h.hb_withheld and hb.upstream_url is None
+        url, why = hb.take_leaving()
+        assert why == "my PostgreSQL cannot serve: its disk is full: 1048576 bytes free on its dataset while it fails"
+        clock.now = 0.5
+        asyncio.run(h.check_space(full, idle, as_primary=False, target=tgt))
+        assert full.calls == 1  # at most once per healthChkInterval
+        clock.now = 1.0
+        asyncio.run(h.check_space(full, idle, as_primary=False, target=tgt))
+        assert full.calls == 2
+
+
+def test_a_config_write_that_fails_reads_the_room_every_interval():
+    """A config write refused (EDQUOT) is a failure: the room is read at once, and a full
+    dataset is named as the reason, not only the refused write."""
+    from manatee.shard.state import STANDBY, Target
+    from manatee.sitter.heartbeat import HeartbeatSender
+    from tests.observations import A
+
+    serving = replace(RUNNING_PRIMARY, in_recovery=True, streaming=True)
+    h, clock, records, pg = _health()
+    pg.config_error = "[Errno 122] Disk quota exceeded: '.manatee.conf.tmp'"
+    hb = HeartbeatSender(me_id="me", pg_url="u", interval_s=1.0, timeout_s=1.0, status=dict, log=None)
+    hb.upstream_url = "http://127.0.0.11:5433"
+    asyncio.run(h.check_space(SpaceDataset(free=0), serving, as_primary=False))
+    h.track(serving, as_primary=False, role=STANDBY, target=Target(STANDBY, upstream=A), sender=hb)
+    assert h.hb_withheld and "its disk is full: 0 bytes free" in hb.take_leaving()[1]
+    assert "cannot write its config" in h.sick_why and "disk is full" in h.sick_why
+
+
 def test_a_standby_that_stops_streaming_withholds_silently():
     """"It does not stream" may be its upstream's fault (a hung primary must still find its
     sync to step down to): withheld after primaryStartTimeout, without a leaving word."""
