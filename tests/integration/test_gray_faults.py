@@ -303,8 +303,8 @@ def test_f19_disk_full_on_sync_writes_go_on(shard: Shard):
         msg = sh.wait(found, 20, f"manatee-adm verify to name {victim}'s full dataset")
         say(f"F19-sync: manatee-adm verify named it {time.monotonic() - t0:.1f}s after the fill: {msg}")
 
-    primary = names(sh.topology())[0]
-    log0 = len(sh.sitter_log(sh.node(primary)))
+    primary, sync = names(sh.topology())[:2]
+    log0, sync0 = len(sh.sitter_log(sh.node(primary))), len(sh.sitter_log(sh.node(sync)))
     _standby_fault(sh, "F19-sync", "sync", lambda n: _disk_full(sh, n), lambda n: gf.disk_lift(sh.sb, n),
                    hold_s=2 * sh.session_s + 1, max_gap=sh.session_s + 2 + LOADED_SLACK_S, during=named_full)
     # the sync said why it gave way (its last heartbeat), so the primary did not wait for the expiry
@@ -312,7 +312,10 @@ def test_f19_disk_full_on_sync_writes_go_on(shard: Shard):
     # the reason names the full disk: its own words, or the error of the first write it refused
     # (CI, 2026-12-05: "I cannot write its config: [Errno 122] Disk quota exceeded")
     full = ("disk is full", "Disk quota exceeded", "No space left on device")
-    assert gave and any(f in gave[0] for f in full), f"F19-sync: the primary never heard the sync give way: {gave}"
+    said = [ln[:300] for ln in sh.sitter_log(sh.node(sync))[sync0:].splitlines()
+            if any(k in ln for k in ("pg_", "heartbeat", "dataset_space"))][:30]  # the sync's side, for a failure
+    assert gave and any(f in gave[0] for f in full), \
+        f"F19-sync: the primary never heard the sync give way: {gave}; the sync logged: {said}"
     say(f"F19-sync: {gave[0][:300]}")
 
 
