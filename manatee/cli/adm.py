@@ -135,6 +135,13 @@ def _primary_reason(st: ClusterState) -> str:
     return body.get("reason") or "?" if code == 200 and isinstance(body, dict) else f"no answer ({body})"
 
 
+def _primary_waits(primary) -> str | None:
+    """Why the primary does not go on with a switchover yet (its decision primary.switchover_waiting)."""
+    code, body = http_json(f"{primary.status_url}/state", timeout=HTTP_TIMEOUT)
+    ok = code == 200 and isinstance(body, dict) and body.get("rule") == "primary.switchover_waiting"
+    return body.get("reason") if ok else None
+
+
 def cmd_switchover(args, zk: ZkReader) -> int:
     if args.cancel:
         new = withdraw_switchover(zk, args.shard)
@@ -148,12 +155,17 @@ def cmd_switchover(args, zk: ZkReader) -> int:
     _say(f"switchover requested: {old_primary.ip} -> {target.ip} (generation {gen0})")
     limit = t0 + args.wait
     seen_release = took = False
+    waits, asked = None, t0  # what the primary last said it waits for, when it was last asked
     try:
         while time.monotonic() < limit:
             zk.deadline = max(zk.deadline, time.monotonic() + args.timeout)
             st = store.state_or_none()
             if st is not None and not took:
                 if st.generation > gen0:
+                    if st.primary.id == old_primary.id:
+                        raise CliError(f"{old_primary.ip} named another sync in generation {st.generation} "
+                                       f"(was {target.ip}, gone or sick?): the switchover was dropped; "
+                                       f"see `manatee-adm show` and `manatee-adm history`")
                     if st.primary.id != target.id:
                         raise CliError(f"the shard moved on without the switchover: generation {st.generation} "
                                        f"has primary {st.primary.ip} (a failure in the meantime?)")
@@ -167,6 +179,11 @@ def cmd_switchover(args, zk: ZkReader) -> int:
                     seen_release = True
                     _say(f"{old_primary.ip} stopped at WAL {format_lsn(st.switchover.released_wal)} and released "
                          f"the primary role after {time.monotonic() - t0:.2f}s")
+                elif not seen_release and time.monotonic() - asked >= 1.0:
+                    asked, said = time.monotonic(), _primary_waits(old_primary)
+                    if said is not None and said != waits:  # e.g. its sync is sick: say so, once
+                        _say(f"{old_primary.ip} waits: {said}")
+                    waits = said
             if took and http_json(f"{target.status_url}/primary", timeout=0.5)[0] == 200:
                 _say(f"switchover done: {target.ip} is the writable primary "
                      f"({time.monotonic() - t0:.2f}s after the request); {old_primary.ip} rejoins as a standby")

@@ -68,6 +68,10 @@ class Observation:
       expiration time said it has received (absent: unknown). A primary that cannot serve
       steps down only to a sync that holds its WAL up to initWal (this, or
       sync_holds_init_wal): one that does not could not take over.
+    standby_sick: peer id -> why its PostgreSQL is not healthy, as the standby's last heartbeat
+      within the expiration time said (its sitter found it down, hung or not streaming and it
+      has not been healthy for long since; absent: healthy or unknown). A switchover waits for
+      a sync that says so (it would take over on a PostgreSQL that may hang again).
     one_node_write_mode: the operator allows a primary without a sync to take writes.
     expiry_passed: (suspended) the session-expiry deadline has passed (last heard from the
       server + negotiated timeout, ZKClient.session_expiry_deadline): it may have expired.
@@ -128,6 +132,7 @@ class Observation:
     gave_way: Mapping[str, str] = field(default_factory=dict)
     standby_free: Mapping[str, int] = field(default_factory=dict)
     standby_wal: Mapping[str, int] = field(default_factory=dict)
+    standby_sick: Mapping[str, str] = field(default_factory=dict)
     one_node_write_mode: bool = False
     expiry_passed: bool = False
     sync_streaming: bool = False

@@ -276,6 +276,23 @@ def _primary_step_down(v: View, sync: Peer | None, hb: bool | None, block: str |
                            f"write"), None
 
 
+def _switchover_not_ready(obs, sync: Peer, sync_gone: bool, block: str | None) -> str | None:
+    """Why a switchover to `sync` cannot go on now (None: it can)."""
+    if block is not None:
+        return block
+    if sync_gone:
+        return f"my sync {sync} is gone"
+    if latches.disk_full(free := obs.standby_free.get(sync.id)):
+        return f"my sync {sync}'s disk is full ({free} bytes free): it could not serve as the primary"
+    if (sick := obs.standby_sick.get(sync.id)) is not None:
+        return f"my sync {sync} says its PostgreSQL is not healthy ({sick}): it could not serve as the primary yet"
+    if not obs.running:
+        return "my PostgreSQL is not running"
+    if not obs.sync_streaming or not obs.sync_caught_up:
+        return f"my sync {sync} has not caught up with me"
+    return None
+
+
 def _primary_switchover(v: View, sync: Peer | None, sync_gone: bool, block: str | None,
                         tgt) -> tuple[Decision | None, str | None]:
     """A planned takeover by the sync (state.switchover), from the primary's side.
@@ -325,18 +342,7 @@ def _primary_switchover(v: View, sync: Peer | None, sync_gone: bool, block: str 
         return Decision(Target(UNASSIGNED), write_state=new, rule="primary.switchover_release",
                         reason=f"I stopped PostgreSQL at WAL {lsn_text(obs.switchover_stopped_wal)}, which my sync "
                                f"{sync} has flushed, so I release the primary role to it"), None
-    why = None
-    if block is not None:
-        why = block
-    elif sync_gone:
-        why = f"my sync {sync} is gone"
-    elif latches.disk_full(free := obs.standby_free.get(sync.id)):
-        why = f"my sync {sync}'s disk is full ({free} bytes free): it could not serve as the primary"
-    elif not obs.running:
-        why = "my PostgreSQL is not running"
-    elif not obs.sync_streaming or not obs.sync_caught_up:
-        why = f"my sync {sync} has not caught up with me"
-    if why is not None:
+    if (why := _switchover_not_ready(obs, sync, sync_gone, block)) is not None:
         return None, why
     if obs.read_only is not True:
         return Decision(tgt(sync, True), rule="primary.switchover_read_only",

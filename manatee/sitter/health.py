@@ -65,6 +65,7 @@ class PgHealth:
         self.sick_since: float | None = None
         self.healthy_since: float | None = None
         self.sick_why: str | None = None
+        self.hard_why: str | None = None  # the last hard fault (down, hung, unconfigurable) of this sickness
         self.cannot_serve: str | None = None
         self.hb_withheld = False
         self.judged_as_primary: bool | None = None  # the role the sickness clock above was kept for
@@ -103,6 +104,14 @@ class PgHealth:
             return pgs, False
         return await self.pg.status(sync_app), True
 
+    @property
+    def unwell(self) -> str | None:
+        """Why my PostgreSQL is not healthy, for my heartbeats: a hard fault (down, hung,
+        unconfigurable) seen since it was last stably healthy (latches.failing_since); None
+        when healthy, or only not streaming (the upstream sees that itself). A switchover to a
+        sync that says so waits: a PostgreSQL that hung a moment ago may hang again."""
+        return self.hard_why if self.sick_since is not None else None
+
     def _why_sick(self, pgs, as_primary: bool, target: Target | None) -> tuple[str | None, bool]:
         """(why my PostgreSQL does not serve its role or None, whether that is a hard failure)."""
         why = None
@@ -133,7 +142,7 @@ class PgHealth:
             # A new role starts a new clock: a sync that took over must not carry its "does not
             # stream from the dead primary" into its tenure (two slow write probes would then
             # make it step down at once: a second failover, seen in CI under load).
-            self.sick_since = self.healthy_since = self.sick_why = None
+            self.sick_since = self.healthy_since = self.sick_why = self.hard_why = None
             self.judged_as_primary = as_primary
         full = self._disk_full(pgs, now, as_primary=as_primary)
         if full is not None:
@@ -141,7 +150,7 @@ class PgHealth:
             return
         why, hard = self._why_sick(pgs, as_primary, target)
         if not (as_primary or role == STANDBY):
-            self.sick_since = self.healthy_since = self.cannot_serve = self.sick_why = None
+            self.sick_since = self.healthy_since = self.cannot_serve = self.sick_why = self.hard_why = None
             return
         if why is not None and pgs.crowded and self.pg.config_error is None:
             # clients hold every slot (F20): busy, not sick — neither clock moves, and no
@@ -154,6 +163,7 @@ class PgHealth:
             stable_s=max(self.primary_start_timeout / 2, 2 * self.interval))
         if why is not None:
             self.sick_why = why
+        self.hard_why = (why if hard else self.hard_why) if self.sick_since is not None else None
         if was is None and self.sick_since is not None:
             (self.log.warning if hard else self.log.info)("pg_unhealthy", why=why, role=role)
         elif was is not None and self.sick_since is None:

@@ -45,6 +45,7 @@ class Heartbeat:
     received: float  # time.monotonic()
     leaving: str | None = None  # the standby gives way (why): gone at once, not after the expiry
     free: int | None = None  # bytes free on the standby's dataset as its sitter last saw (None: unknown)
+    sick: str | None = None  # why the standby's PostgreSQL is not healthy (lately), as its sitter says
 
 
 @dataclass
@@ -112,6 +113,10 @@ class HeartbeatTable:
         did not say, or not lately: unknown)."""
         return {p: hb.free for p, hb in self._recent(peer_ids, now).items() if hb.free is not None}
 
+    def unwell(self, peer_ids, now: float | None = None) -> dict[str, str]:
+        """peer id -> why its PostgreSQL is not healthy, as its last recent heartbeat said."""
+        return {p: hb.sick for p, hb in self._recent(peer_ids, now).items() if hb.sick}
+
     def freshness(self, peer_ids, now: float | None = None) -> dict[str, bool]:
         return {p: self.fresh(p, now) for p in peer_ids}
 
@@ -127,9 +132,10 @@ class HeartbeatTable:
 
     def observed(self, peer_ids, now: float) -> dict:
         """What the decision core sees of my standbys' heartbeats (Observation.heartbeats,
-        gave_way, standby_free and standby_wal)."""
+        gave_way, standby_free, standby_wal and standby_sick)."""
         return {"heartbeats": self.freshness(peer_ids, now), "gave_way": self.gave_way(peer_ids, now),
-                "standby_free": self.room(peer_ids, now), "standby_wal": self.received_wal(peer_ids, now)}
+                "standby_free": self.room(peer_ids, now), "standby_wal": self.received_wal(peer_ids, now),
+                "standby_sick": self.unwell(peer_ids, now)}
 
     def reset(self, now: float | None = None) -> None:
         """Forget everything (our role changed): standbys get one period to find us again."""
@@ -161,22 +167,27 @@ def parse_heartbeat(body: object, is_member: Callable[[str], bool], now: float,
     free = body.get("free")
     if free is not None and (isinstance(free, bool) or not isinstance(free, int) or free < 0):
         raise ValueError("'free' must be a number of bytes (an integer >= 0) or null")
+    sick = body.get("sick")
+    if sick is not None and not isinstance(sick, str):
+        raise ValueError("'sick' must be a string (why the standby's PostgreSQL is not healthy) or null")
     if not is_member(peer_id):
         raise PermissionError(f"{peer_id} is not registered in this shard's election")
     claimed_ip = peer_id.split(":", 1)[0]
     if remote is not None and remote != claimed_ip:
         raise PermissionError(f"heartbeat for {peer_id} came from {remote}, not from {claimed_ip}")
     return Heartbeat(peer_id, pg_url, wal, streaming, now, leaving=leaving.strip()[:LEAVING_MAX] if leaving else None,
-                     free=free)
+                     free=free, sick=(sick.strip()[:LEAVING_MAX] or None) if sick else None)
 
 
-def beat_status(st, free: int | None = None, wal: int | None = None) -> dict:
+def beat_status(st, free: int | None = None, wal: int | None = None, sick: str | None = None) -> dict:
     """What my heartbeats tell my upstream: whether I stream (my last PostgreSQL status, None:
     none yet), the WAL position I may claim (`wal`: streamed from my configured upstream since
     my PostgreSQL started, latches.standby_wal; None: none), and the room on my dataset (None:
-    unknown). A primary that cannot serve steps down to me only if I hold its WAL up to
-    initWal and my disk is not full too."""
-    return {"wal": str(Lsn(wal)) if wal is not None else None, "streaming": bool(st and st.streaming), "free": free}
+    unknown), and why my PostgreSQL is not healthy lately (`sick`, None: it is). A primary that
+    cannot serve steps down to me only if I hold its WAL up to initWal and my disk is not full
+    too; a switchover to me waits while I say I am sick."""
+    return {"wal": str(Lsn(wal)) if wal is not None else None, "streaming": bool(st and st.streaming), "free": free,
+            "sick": sick}
 
 
 class HeartbeatSender:

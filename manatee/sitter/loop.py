@@ -57,12 +57,12 @@ class Sitter:
         self.wake = asyncio.Event()
         self.view = ZkView(session, store, self.me, cfg.zkCfg.session_timeout_s, log, self.clock, self.wake)
         self.memory = self.view.memory = StateMemory(dataset, log, self.clock)  # what my data belongs to
-        self.heartbeats = HeartbeatTable(expiration_s=cfg.heartbeatCfg.expiration_s,
-                                         started=self.clock.monotonic())
+        self.heartbeats = HeartbeatTable(expiration_s=cfg.heartbeatCfg.expiration_s, started=self.clock.monotonic())
         self.hb_sender = HeartbeatSender(
             me_id=self.me.id, pg_url=self.me.pg_url, interval_s=cfg.heartbeatCfg.interval_s,
             timeout_s=cfg.heartbeatCfg.request_timeout_s, log=log, source_ip=cfg.ip, secret=secret,
-            status=lambda: beat_status(self.last_pg, self.health.free, self.claimed_wal), ssl_context=tls_client)
+            status=lambda: beat_status(self.last_pg, self.health.free, self.claimed_wal, self.health.unwell),
+            ssl_context=tls_client)
         self.health = PgHealth(pg, log, self.clock, primary_start_timeout_s=self.primary_start_timeout,
                                interval_s=self.interval, hb_expiration_s=cfg.heartbeatCfg.expiration_s)
         self.steps = StepRunner(me=self.me, pg=pg, store=store, dataset=dataset, log=log, clock=self.clock,

@@ -265,6 +265,27 @@ def test_f18_pg_hung_on_standby_no_rebuild_writes_go_on(shard: Shard, role: str)
                    hold_s=2 * sh.session_s + 1, max_gap=max_gap)
 
 
+def test_a_switchover_to_a_sync_that_keeps_hanging_is_not_made(shard: Shard):
+    """Sandbox trial, 2026-12-05: `manatee-adm switchover` while the sync's PostgreSQL hangs
+    at every start (a stuck disk). Its sitter restarted it between hangs, the primary released
+    to it, it took over and hung again: 24 s without writes, two more generations. Now the
+    sync's heartbeats say its PostgreSQL is not healthy, the primary waits (adm says why) and
+    replaces the sick sync as for F18; the request is dropped, the primary never changes."""
+    sh = shard
+
+    def request(victim: str) -> None:
+        time.sleep(0.3)  # the hang has begun
+        r = adm(sh, "switchover", "--node", sh.node(victim).ip, "--wait", "20", limit=40)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0, f"a switchover to the hung sync {victim} went through: {out}"
+        assert "says its PostgreSQL is not healthy" in out, f"manatee-adm did not say why the primary waits: {out}"
+
+    _standby_fault(sh, "switchover-to-hung-sync", "sync",
+                   lambda n: gf.crash_loop(sh.sb, n, for_s=120, every_s=0.2, sig="STOP"),
+                   lambda n: (gf.crash_stop(sh.sb, n), gf.pg_resume(sh.sb, n)),
+                   hold_s=2 * sh.session_s + 1, max_gap=sh.session_s + 2 + LOADED_SLACK_S, during=request)
+
+
 # ---------------------------------------------------------------------------------- F19
 #: zfs-fuse aborts on a write into a full quota unless it runs with max_write=4096 (see
 #: grayfaults/diskfull.py); the harness starts it so. A daemon that another run started

@@ -98,6 +98,9 @@ def test_released_primary_waits_and_withdraws_if_its_sync_dies():
     (dict(sync_streaming=False), "has not caught up"),
     (dict(standby_free={B.id: 1 << 20}), "disk is full (1048576 bytes free): it could not serve"),
     (dict(standby_free={B.id: 1 << 20}, read_only=True), "disk is full"),  # found full once read-only
+    # its PostgreSQL hung a moment ago (sandbox trial: it took over and hung again, 24 s without writes)
+    (dict(standby_sick={B.id: "it did not answer its status query"}), "says its PostgreSQL is not healthy"),
+    (dict(standby_sick={B.id: "it is not running"}, read_only=True), "not healthy (it is not running)"),
 ])
 def test_primary_not_ready_keeps_serving_and_says_why(kw, why):
     d = decide(obs(A, state=SW, **{**READY, **kw}))

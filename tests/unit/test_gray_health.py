@@ -408,3 +408,28 @@ def test_a_sync_that_takes_over_starts_a_new_sickness_clock():
     clock.now = 13.5
     h.track(rw, as_primary=True, role="primary", target=None)
     assert h.cannot_serve is not None and "cannot commit" in h.cannot_serve  # its own bound still holds
+
+
+def test_a_standby_says_it_is_sick_from_a_hard_fault_until_it_is_stably_healthy():
+    """What its heartbeats say (PgHealth.unwell): a hard fault (here: hung, its status query
+    timed out) from when it is seen until the standby has been healthy for the stable time;
+    "does not stream" alone is not said (the upstream sees that itself)."""
+    from manatee.shard.state import STANDBY, Target
+    from tests.observations import A
+
+    tgt = Target(STANDBY, upstream=A)
+    serving = replace(RUNNING_PRIMARY, in_recovery=True, streaming=True)
+    hung = replace(serving, healthy=False, error="query timed out after 1.5s")
+    idle = replace(serving, streaming=False)
+    h, clock, _, _ = _health()
+    h.track(idle, as_primary=False, role=STANDBY, target=tgt)
+    assert h.sick_since is not None and h.unwell is None  # not streaming: not said
+    clock.now = 1.0
+    h.track(hung, as_primary=False, role=STANDBY, target=tgt)
+    assert h.unwell and "did not answer its status query" in h.unwell
+    clock.now = 2.0
+    h.track(serving, as_primary=False, role=STANDBY, target=tgt)
+    assert h.unwell is not None  # healthy once is not stably healthy
+    clock.now = 7.0  # stable for max(primaryStartTimeout / 2, 2 intervals) = 4 s
+    h.track(serving, as_primary=False, role=STANDBY, target=tgt)
+    assert h.sick_since is None and h.unwell is None

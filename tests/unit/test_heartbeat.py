@@ -39,7 +39,7 @@ def test_a_standby_tells_the_room_on_its_dataset_and_it_counts_only_while_fresh(
     from manatee.sitter.heartbeat import beat_status
     body = {"id": "127.0.0.12:5432:10002:5433", "pgUrl": "x", **beat_status(None, 1 << 20, 0x3000060)}
     assert body["free"] == 1 << 20 and body["wal"] == "0/3000060"
-    assert beat_status(None) == {"wal": None, "streaming": False, "free": None}
+    assert beat_status(None) == {"wal": None, "streaming": False, "free": None, "sick": None}
     t = HeartbeatTable(expiration_s=10, started=0.0)
     t.record(parse_heartbeat(body, member, 1.0))
     t.record(parse_heartbeat({"id": "c", "pgUrl": "x"}, lambda _p: True, 1.0))
@@ -48,9 +48,27 @@ def test_a_standby_tells_the_room_on_its_dataset_and_it_counts_only_while_fresh(
     seen = t.observed(["127.0.0.12:5432:10002:5433"], now=5.0)
     assert seen == {"heartbeats": {"127.0.0.12:5432:10002:5433": True}, "gave_way": {},
                     "standby_free": {"127.0.0.12:5432:10002:5433": 1 << 20},
-                    "standby_wal": {"127.0.0.12:5432:10002:5433": 0x3000060}}
+                    "standby_wal": {"127.0.0.12:5432:10002:5433": 0x3000060}, "standby_sick": {}}
     t.record(Heartbeat("c", "x", "not an LSN", True, 6.0))
     assert t.received_wal(["c"], now=6.0) == {}  # unknown, not an error
+
+
+def test_a_standby_says_its_postgresql_is_sick_and_it_counts_only_while_fresh():
+    """A switchover waits for a sync whose sitter says its PostgreSQL is not healthy lately
+    (sandbox trial 2026-12-05: a switchover to a sync whose PostgreSQL hung again and again
+    made the hung node primary, a 24 s write outage). Null, absent or blank says nothing."""
+    from manatee.sitter.heartbeat import beat_status
+    b = "127.0.0.12:5432:10002:5433"
+    t = HeartbeatTable(expiration_s=10, started=0.0)
+    t.record(parse_heartbeat({"id": b, "pgUrl": "x", **beat_status(None, sick="it did not answer  ")}, member, 1.0))
+    t.record(parse_heartbeat({"id": "c", "pgUrl": "x", "sick": "  "}, lambda _p: True, 1.0))
+    t.record(parse_heartbeat({"id": "d", "pgUrl": "x", "sick": None}, lambda _p: True, 1.0))
+    assert t.observed([b, "c", "d"], now=5.0)["standby_sick"] == {b: "it did not answer"}
+    assert t.unwell([b], now=11.5) == {}  # old news: unknown
+    t.record(parse_heartbeat({"id": b, "pgUrl": "x", **beat_status(None)}, member, 12.0))
+    assert t.unwell([b], now=12.0) == {}  # healthy again
+    with pytest.raises(ValueError, match="'sick' must be a string"):
+        parse_heartbeat({"id": b, "pgUrl": "x", "sick": 3}, member, 0)
 
 
 def test_forged_sender_refused():
