@@ -16,7 +16,7 @@ sitter's state, and the daisy-chain heartbeat endpoint standbys post to.
                    [within ?lag=]
   GET  /restore    progress of the last restore
   GET  /metrics    Prometheus exposition (see manatee/sitter/metrics.py), from cached observations
-  POST /heartbeat  {id, pgUrl, wal, streaming, free, leaving}: signed with the shard secret, from election members
+  POST /heartbeat  {id, pgUrl, wal, streaming, free, sick, leaving}: signed with the shard secret, from election members
   POST /rebuild    {force}: signed with the shard secret (manatee-adm rebuild), from members/this host
   POST /reload     {}: signed; re-read the config file as SIGHUP does (manatee-adm reload)
   POST /restart    {force}: signed; the sitter restarts its PostgreSQL in its current role in its
