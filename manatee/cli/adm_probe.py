@@ -128,13 +128,13 @@ def _probe(nodes: list[V.NodeView], timeout: float, *, pg: bool, sitters: bool) 
     for n in nodes:
         if sitters and n.peer.get("statusUrl"):
             jobs[f"s:{n.id}"] = (lambda u=n.peer["statusUrl"]: http_json(f"{u}/state", timeout=min(timeout, 2)))
-        if pg and n.role not in ("deposed", "unknown") and n.peer.get("pgUrl"):
+        if pg and n.role != "unknown" and n.peer.get("pgUrl"):  # a deposed one too: it may run on
             jobs[f"p:{n.id}"] = (lambda u=n.peer["pgUrl"]: probe_pg(u, timeout))
     res = _parallel(jobs, deadline)
     for n in nodes:
         s = res.get(f"s:{n.id}")
         n.sitter = s[1] if isinstance(s, tuple) and s[0] == 200 and isinstance(s[1], dict) else None
-        if pg and n.role not in ("deposed", "unknown"):
+        if pg and n.role != "unknown":
             n.pg = res.get(f"p:{n.id}") or {"up": False, "error": "no answer in time"}
             n.pg.setdefault("up", False)
     _link_replication(nodes)

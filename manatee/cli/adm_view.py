@@ -136,6 +136,13 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             out.append((W, f"{n.ip} is live but not in the shard state yet (joining?)"))
             continue
         if n.role == "deposed":
+            if n.pg and n.pg.get("up") and n.pg.get("recovery") is False and not n.pg.get("via"):
+                out.append((C, f"deposed {n.ip}: its PostgreSQL still runs as a primary"
+                            + ("" if n.live else " without its sitter")
+                            + ": clients that still use it read stale data and their commits never return "
+                              "(another node is the primary now); start its sitter (it rejoins as a standby) or stop "
+                              "that PostgreSQL"))
+                continue
             out.append((W, f"deposed {n.ip}: a former primary "
                        + ("waiting to rejoin the chain (rebuild it if it does not)" if n.live
                           else "that is down")))

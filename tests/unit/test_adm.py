@@ -64,6 +64,25 @@ def test_deposed_and_unknown_nodes_are_problems():
     assert any("not in the shard state" in p for p in problems(v))
 
 
+def test_a_deposed_primary_whose_postgresql_runs_on_without_its_sitter_is_critical():
+    """Sandbox trial, 2026-12-05: the primary's sitter restarted with a broken config (exit 2,
+    the key named) left its PostgreSQL running read-write; the sync took over. show said "a
+    former primary that is down" while that PostgreSQL answered reads with stale data and
+    held every commit forever."""
+    from manatee.cli.adm_view import assess
+    v = healthy(STATE.evolve(deposed=(D,)))
+    dep = next(n for n in v.nodes if n.role == "deposed")
+    assert not dep.live and any("that is down" in p for p in problems(v))
+    dep.pg = {"up": True, "recovery": False, "readOnly": False, "wal": "0/5000", "rows": []}
+    found = [(sev, p) for sev, p in assess(v) if p.startswith(f"deposed {D.ip}")]
+    assert len(found) == 1 and found[0][0] == "critical", found
+    assert "still runs as a primary without its sitter" in found[0][1] and "stop that PostgreSQL" in found[0][1]
+    dep.pg = {"up": True, "recovery": True, "readOnly": True, "wal": "0/5000", "rows": []}  # a standby: harmless
+    assert any("that is down" in p for p in problems(v))
+    dep.pg = {"up": False, "error": "connection refused"}
+    assert any("that is down" in p for p in problems(v))
+
+
 def test_no_state_and_unreadable_state():
     assert "not been set up" in problems(ShardView("1", None))[0]
     assert "cannot be read" in problems(ShardView("1", None, state_error="state.generation: missing"))[0]
