@@ -136,16 +136,7 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             out.append((W, f"{n.ip} is live but not in the shard state yet (joining?)"))
             continue
         if n.role == "deposed":
-            if n.pg and n.pg.get("up") and n.pg.get("recovery") is False and not n.pg.get("via"):
-                out.append((C, f"deposed {n.ip}: its PostgreSQL still runs as a primary"
-                            + ("" if n.live else " without its sitter")
-                            + ": clients that still use it read stale data and their commits never return "
-                              "(another node is the primary now); start its sitter (it rejoins as a standby) or stop "
-                              "that PostgreSQL"))
-                continue
-            out.append((W, f"deposed {n.ip}: a former primary "
-                       + ("waiting to rejoin the chain (rebuild it if it does not)" if n.live
-                          else "that is down")))
+            out.append(_deposed_problem(n))
             continue
         if not n.live:
             out.append((crit, f"{what} is not in the election (its sitter is down or cut off)"))
@@ -238,6 +229,18 @@ def insecurities(sitter: Any) -> list[str]:
         out.append("its sitter runs without ZooKeeper auth (no zkCfg.auth: anyone who reaches ZooKeeper can "
                    "change the shard)")
     return out
+
+
+def _deposed_problem(n: NodeView) -> tuple[str, str]:
+    """A former primary: waiting to rejoin, down, or — critical — its PostgreSQL still runs as
+    a primary (its sitter could not start, say): stale reads, commits that never return."""
+    if n.pg and n.pg.get("up") and n.pg.get("recovery") is False and not n.pg.get("via"):
+        return (CRITICAL, f"deposed {n.ip}: its PostgreSQL still runs as a primary"
+                + ("" if n.live else " without its sitter")
+                + ": clients that still use it read stale data and their commits never return (another node "
+                  "is the primary now); start its sitter (it rejoins as a standby) or stop that PostgreSQL")
+    return (WARNING, f"deposed {n.ip}: a former primary "
+            + ("waiting to rejoin the chain (rebuild it if it does not)" if n.live else "that is down"))
 
 
 def problems(v: ShardView) -> list[str]:
