@@ -160,13 +160,17 @@ def standby_gives_way(*, failing: bool, full: bool, hard: bool, sick_for: float,
                       health_timeout: float) -> tuple[bool, bool]:
     """(withhold my heartbeats, tell my upstream why) for a standby whose PostgreSQL is sick.
 
-    It withholds when it has failed for primaryStartTimeout (`failing`, e.g. no streaming), at
-    once when its disk is full (`full`: a fact), and after healthChkTimeout for a hard fault of
-    its own (`hard`: down, hung, unconfigurable). It tells its upstream only for a fault of its
-    own (hard or full): "does not stream" may be the upstream's fault, and a primary that hangs
-    must still find its sync to step down to (S9)."""
-    withhold = failing or full or (hard and sick_for >= health_timeout)
-    return withhold, withhold and (hard or full)
+    Only for a fault of its own, and then it says why: at once when its disk is full (`full`: a
+    fact), after healthChkTimeout for a hard fault (`hard`: down, hung, unconfigurable), or
+    when such a fault keeps coming back (`failing`: sick, without stable health, for
+    primaryStartTimeout: a crash loop). "Does not stream" alone never: it may be the
+    upstream's fault, and a primary that hangs must still find its sync heartbeating to step
+    down to (S9). (Until 2026-12-05 it withheld silently after primaryStartTimeout; in CI the
+    sync's clock had started with a blip before the primary hung, it fell silent first, and
+    the hung primary never stepped down.) A primary replaces a sync that does not flush by its
+    own stall rule (PgHealth.sync_stall_bound)."""
+    withhold = full or (hard and (failing or sick_for >= health_timeout))
+    return withhold, withhold
 
 
 def disk_full_recent(at: float | None, now: float, window_s: float) -> bool:

@@ -174,10 +174,10 @@ class PgHealth:
                    and now - self.sick_since >= self.primary_start_timeout)
         self.cannot_serve = (f"not healthy for {now - self.sick_since:.1f}s: {self.sick_why}"
                              if failing and as_primary else None)
-        # A standby whose PostgreSQL is down, hung or unconfigurable for healthChkTimeout (or
-        # has not streamed for primaryStartTimeout: an upstream's restart takes less) stops
-        # heartbeating its upstream, so that a primary replaces a sync that cannot acknowledge
-        # (and never steps down to it).
+        # A standby whose PostgreSQL is down, hung or unconfigurable for healthChkTimeout (or in
+        # a crash loop) stops heartbeating its upstream, so that a primary replaces a sync that
+        # cannot acknowledge (and never steps down to it); not streaming alone does not
+        # (latches.standby_gives_way).
         sick_for = now - self.sick_since if self.sick_since is not None and why is not None else 0.0
         # A standby whose disk is full cannot write the WAL it receives: no waiting, it is a fact
         # (its sync flush would block every commit on the primary until the expiry).

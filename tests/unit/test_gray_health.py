@@ -360,9 +360,11 @@ def test_a_config_write_that_fails_reads_the_room_every_interval():
     assert "cannot write its config" in h.sick_why and "disk is full" in h.sick_why
 
 
-def test_a_standby_that_stops_streaming_withholds_silently():
-    """"It does not stream" may be its upstream's fault (a hung primary must still find its
-    sync to step down to): withheld after primaryStartTimeout, without a leaving word."""
+def test_a_standby_that_only_stops_streaming_keeps_heartbeating():
+    """"It does not stream" may be its upstream's fault: a hung primary must still find its
+    sync heartbeating to step down to. CI, 2026-12-05 (F18-primary-sticky): the sync's
+    sickness clock had started with a blip before the primary hung; it fell silent after
+    primaryStartTimeout, before the primary could step down, and writes never resumed."""
     from manatee.shard.state import STANDBY, Target
     from manatee.sitter.heartbeat import HeartbeatSender
     from tests.observations import A
@@ -371,10 +373,10 @@ def test_a_standby_that_stops_streaming_withholds_silently():
     h, clock, _, _ = _health()
     hb = HeartbeatSender(me_id="me", pg_url="u", interval_s=1.0, timeout_s=1.0, status=dict, log=None)
     hb.upstream_url = "http://127.0.0.11:5433"
-    for t in (0.0, 3.0, 8.5):
+    for t in (0.0, 3.0, 8.5, 30.0):
         clock.now = t
         h.track(idle, as_primary=False, role=STANDBY, target=Target(STANDBY, upstream=A), sender=hb)
-    assert h.hb_withheld and hb.upstream_url is None and hb.take_leaving() is None
+    assert not h.hb_withheld and hb.upstream_url == "http://127.0.0.11:5433" and hb.take_leaving() is None
 
 
 def test_a_sync_that_takes_over_starts_a_new_sickness_clock():
