@@ -130,16 +130,21 @@ def cmd_set_primary(args, zk: ZkReader) -> int:
     return EXIT_OK
 
 
+def _sitter_state(peer) -> tuple[dict | None, object]:
+    """(its sitter's /state, or None when it did not answer; the answer as it came)."""
+    code, body = http_json(f"{peer.status_url}/state", timeout=HTTP_TIMEOUT)
+    return (body if code == 200 and isinstance(body, dict) else None), body
+
+
 def _primary_reason(st: ClusterState) -> str:
-    code, body = http_json(f"{st.primary.status_url}/state", timeout=HTTP_TIMEOUT)
-    return body.get("reason") or "?" if code == 200 and isinstance(body, dict) else f"no answer ({body})"
+    state, answer = _sitter_state(st.primary)
+    return state.get("reason") or "?" if state is not None else f"no answer ({answer})"
 
 
 def _primary_waits(primary) -> str | None:
     """Why the primary does not go on with a switchover yet (its decision primary.switchover_waiting)."""
-    code, body = http_json(f"{primary.status_url}/state", timeout=HTTP_TIMEOUT)
-    ok = code == 200 and isinstance(body, dict) and body.get("rule") == "primary.switchover_waiting"
-    return body.get("reason") if ok else None
+    state, _ = _sitter_state(primary)
+    return state.get("reason") if state is not None and state.get("rule") == "primary.switchover_waiting" else None
 
 
 def cmd_switchover(args, zk: ZkReader) -> int:
