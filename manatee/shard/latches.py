@@ -157,7 +157,8 @@ def space_low(free: int | None) -> bool:
 
 
 def standby_gives_way(*, failing: bool, full: bool, hard: bool, sick_for: float,
-                      health_timeout: float) -> tuple[bool, bool]:
+                      health_timeout: float, withheld: bool = False, relapsed: bool = False,
+                      hard_ago: float | None = None, hold_s: float = 0.0) -> tuple[bool, bool]:
     """(withhold my heartbeats, tell my upstream why) for a standby whose PostgreSQL is sick.
 
     Only for a fault of its own, and then it says why: at once when its disk is full (`full`: a
@@ -168,8 +169,18 @@ def standby_gives_way(*, failing: bool, full: bool, hard: bool, sick_for: float,
     down to (S9). (Until 2026-12-05 it withheld silently after primaryStartTimeout; in CI the
     sync's clock had started with a blip before the primary hung, it fell silent first, and
     the hung primary never stepped down.) A primary replaces a sync that does not flush by its
-    own stall rule (PgHealth.sync_stall_bound)."""
+    own stall rule (PgHealth.sync_stall_bound).
+
+    Once withheld, a crash loop's moments of health do not resume them (`relapsed`: a hard
+    fault came back after a moment of health, before it was stably healthy): it stays silent
+    while its last hard fault is less than `hold_s` (primaryStartTimeout) old. A first cure
+    (a full disk lifted) resumes them at once. Before, a standby killed every second stopped and
+    resumed its heartbeats with every crash, and its upstream logged a "gave way" each time
+    (sandbox, 2026-12-05: 10 of each in 10 s). The hold is bounded, so a standby whose own
+    PostgreSQL recovered but does not stream (its upstream hung) heartbeats again (S9)."""
     withhold = full or (hard and (failing or sick_for >= health_timeout))
+    if not withhold and withheld and relapsed and hard_ago is not None and hard_ago < hold_s:
+        return True, False
     return withhold, withhold
 
 

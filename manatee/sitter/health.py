@@ -66,6 +66,8 @@ class PgHealth:
         self.healthy_since: float | None = None
         self.sick_why: str | None = None
         self.hard_why: str | None = None  # the last hard fault (down, hung, unconfigurable) of this sickness
+        self.hard_at: float | None = None  # when it was last seen (monotonic)
+        self.relapsed = False  # a hard fault came back after a moment of health (a crash loop)
         self.cannot_serve: str | None = None
         self.hb_withheld = False
         self.judged_as_primary: bool | None = None  # the role the sickness clock above was kept for
@@ -142,7 +144,8 @@ class PgHealth:
             # A new role starts a new clock: a sync that took over must not carry its "does not
             # stream from the dead primary" into its tenure (two slow write probes would then
             # make it step down at once: a second failover, seen in CI under load).
-            self.sick_since = self.healthy_since = self.sick_why = self.hard_why = None
+            self.sick_since = self.healthy_since = self.sick_why = self.hard_why = self.hard_at = None
+            self.relapsed = False
             self.judged_as_primary = as_primary
         full = self._disk_full(pgs, now, as_primary=as_primary)
         if full is not None:
@@ -150,7 +153,9 @@ class PgHealth:
             return
         why, hard = self._why_sick(pgs, as_primary, target)
         if not (as_primary or role == STANDBY):
-            self.sick_since = self.healthy_since = self.cannot_serve = self.sick_why = self.hard_why = None
+            self.sick_since = self.healthy_since = self.cannot_serve = None
+            self.sick_why = self.hard_why = self.hard_at = None
+            self.relapsed = False
             return
         if why is not None and pgs.crowded and self.pg.config_error is None:
             # clients hold every slot (F20): busy, not sick — neither clock moves, and no
@@ -158,12 +163,16 @@ class PgHealth:
             self.cannot_serve = None
             return
         was = self.sick_since
+        # a hard fault after a moment of health within one sickness: a crash loop
+        relapse = hard and was is not None and self.healthy_since is not None
         self.sick_since, self.healthy_since = latches.failing_since(
             self.sick_since, self.healthy_since, healthy=why is None, now=now,
             stable_s=max(self.primary_start_timeout / 2, 2 * self.interval))
         if why is not None:
             self.sick_why = why
         self.hard_why = (why if hard else self.hard_why) if self.sick_since is not None else None
+        self.hard_at = (now if hard else self.hard_at) if self.sick_since is not None else None
+        self.relapsed = (self.relapsed or relapse) if self.sick_since is not None else False
         if was is None and self.sick_since is not None:
             (self.log.warning if hard else self.log.info)("pg_unhealthy", why=why, role=role)
         elif was is not None and self.sick_since is None:
@@ -188,9 +197,15 @@ class PgHealth:
         if full:
             self.sick_why = f"{why}, and {self.disk_full_why}"
         withhold, tell = (False, False) if as_primary else latches.standby_gives_way(
-            failing=failing, full=full, hard=hard, sick_for=sick_for, health_timeout=self.pg.health_timeout)
+            failing=failing, full=full, hard=hard, sick_for=sick_for, health_timeout=self.pg.health_timeout,
+            withheld=self.hb_withheld, hold_s=self.primary_start_timeout,
+            relapsed=self.relapsed,
+            hard_ago=None if self.hard_at is None else now - self.hard_at)
         if withhold != self.hb_withheld:
-            self.log.warning("heartbeats_withheld" if withhold else "heartbeats_resumed", why=self.sick_why)
+            if withhold:
+                self.log.warning("heartbeats_withheld", why=self.sick_why)
+            else:
+                self.log.warning("heartbeats_resumed", why=why or "my PostgreSQL serves again")
             self.hb_withheld = withhold
             if tell and sender is not None:  # the last word (the disk first: it is the fault)
                 sender.leave("my PostgreSQL cannot serve: "

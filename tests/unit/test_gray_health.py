@@ -379,6 +379,50 @@ def test_a_standby_that_only_stops_streaming_keeps_heartbeating():
     assert not h.hb_withheld and hb.upstream_url == "http://127.0.0.11:5433" and hb.take_leaving() is None
 
 
+def test_a_standby_in_a_crash_loop_stays_silent_between_its_crashes():
+    """Sandbox, 2026-12-05 (`crash-loop b`, killed every second): the standby stopped and
+    resumed its heartbeats with every crash, and its upstream logged a "gave way" each time.
+    Once it withholds in a crash loop, its moments of health between crashes keep it silent;
+    it heartbeats again once stably healthy, or (bounded, S9) once no fault of its own has
+    been seen for primaryStartTimeout although it does not stream."""
+    from manatee.shard.state import STANDBY, Target
+    from manatee.sitter.heartbeat import HeartbeatSender
+    from tests.observations import A
+
+    down = replace(RUNNING_PRIMARY, running=False, healthy=False, in_recovery=None, wal=None)
+    up = replace(RUNNING_PRIMARY, in_recovery=True, streaming=True)
+    idle = replace(RUNNING_PRIMARY, in_recovery=True, streaming=False)
+    tgt = Target(STANDBY, upstream=A)
+    h, clock, records, _ = _health()  # primaryStartTimeout 8 s, healthChkTimeout 2 s, stable 4 s
+    hb = HeartbeatSender(me_id="me", pg_url="u", interval_s=1.0, timeout_s=1.0, status=dict, log=None)
+    hb.upstream_url = "http://127.0.0.11:5433"
+
+    def at(t, pgs):
+        clock.now = t
+        h.track(pgs, as_primary=False, role=STANDBY, target=tgt, sender=hb)
+        return h.hb_withheld
+
+    seen = [at(t / 2, down if t % 2 == 0 else up) for t in range(0, 40)]  # 20 s: down, up, down, ...
+    # sick for healthChkTimeout (the fault came back after a moment of health: a loop): silent,
+    # and it stays silent through the loop's moments of health
+    assert seen[:5] == [False, False, False, False, True] and all(seen[4:]), seen
+    logged = [r[3] for r in records]
+    assert logged.count("heartbeats_withheld") == 1 and "heartbeats_resumed" not in logged
+    assert "not running" in hb.take_leaving()[1] and hb.take_leaving() is None  # one last word, not twenty
+    # the loop ends and it streams: heartbeats resume once it is stably healthy (4 s)
+    assert at(20.0, up) and at(23.0, up)
+    assert not at(24.0, up)
+    assert [r for r in records if r[3] == "heartbeats_resumed"][0][4]["why"] == "my PostgreSQL serves again"
+    # the loop ends, but it does not stream (its upstream hung): the hold is bounded by
+    # primaryStartTimeout since its last own fault, then it heartbeats again (S9)
+    h, clock, records, _ = _health()
+    seen = [at(t / 2, down if t % 2 == 0 else up) for t in range(0, 40)]
+    assert seen[-1] is True
+    assert at(20.0, idle) and at(26.5, idle)  # its last crash at 19.0 s
+    assert not at(27.0, idle)  # (the loop points its sender again in this cycle)
+    assert [r for r in records if r[3] == "heartbeats_resumed"][0][4]["why"] == "it does not stream from 10.0.0.1"
+
+
 def test_a_sync_that_takes_over_starts_a_new_sickness_clock():
     """CI, 2026-12-05 (test_rewind_shard, a loaded machine): the sync did not stream from the
     primary that had just died (a sickness, as a standby) and took over; 5 s later two write

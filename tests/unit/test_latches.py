@@ -186,3 +186,17 @@ def test_a_disk_full_crash_counts_once_per_new_line():
 def test_a_sick_standby_gives_way_and_says_why_only_for_its_own_fault(failing, full, hard, sick_for, expected):
     assert latches.standby_gives_way(failing=failing, full=full, hard=hard, sick_for=sick_for,
                                      health_timeout=2.0) == expected
+
+
+@pytest.mark.parametrize("withheld, relapsed, hard_ago, expected", [
+    (True, True, 3.0, (True, False)),     # a crash loop's moment of health: still silent, no new word
+    (True, True, 8.0, (False, False)),    # no fault of its own for primaryStartTimeout: heartbeats (S9)
+    (True, False, 1.0, (False, False)),   # a first cure (a full disk lifted): heartbeats at once
+    (False, True, 1.0, (False, False)),   # never silent: the hold does not start a silence
+    (True, True, None, (False, False)),   # no hard fault known: no hold
+])
+def test_a_crash_loop_keeps_a_standby_silent_between_its_crashes_for_a_bounded_time(
+        withheld, relapsed, hard_ago, expected):
+    assert latches.standby_gives_way(failing=False, full=False, hard=False, sick_for=0.0, health_timeout=2.0,
+                                     withheld=withheld, relapsed=relapsed, hard_ago=hard_ago,
+                                     hold_s=8.0) == expected
