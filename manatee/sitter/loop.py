@@ -324,6 +324,7 @@ class Sitter:
                                                        reason=dec.reason)
         self.heartbeats.follow(dec.target.role, dec.target.downstream.id if dec.target.downstream else None,
                                self.clock.monotonic())
+        self.hb_sender.follow(dec.target, self.health.hb_withheld)  # before a slow step (HeartbeatSender.follow)
         await self._reach(obs, dec)
         old = self.target
         self.role, self.target, self.last = dec.target.role, dec.target, dec
@@ -332,9 +333,7 @@ class Sitter:
         # role-change hook (in the background: never delays this cycle): my place, else my local role
         st = self.view.state
         self.hooks.fire((st.place_of(self.me.id) if st else None) or self.role)
-        self.hb_sender.upstream_url = (dec.target.upstream.status_url
-                                       if dec.target.role == STANDBY and dec.target.upstream
-                                       and not self.health.hb_withheld else None)
+        self.hb_sender.follow(dec.target, self.health.hb_withheld)
         if old is None or old != dec.target:
             await self._record_history(old, dec.target)
 

@@ -102,6 +102,7 @@ class FakePg:
 
     async def configure(self, spec, members) -> None:
         await self.world.pause_point(self.node)
+        await self.world.slow_disk(self.node, self.node.config_ticks)
         self.node.config_writes += 1
         if self.node.config_full and self.node.config_writes % 2:
             raise PgConfigError(f"cannot write PostgreSQL's config for the {spec.role} role: "

@@ -92,6 +92,9 @@ class Node:
     # dataset where ZFS frees a little now and then (the 2026-12-05 sandbox trial)
     config_full: bool = False
     config_writes: int = 0
+    # each write of PostgreSQL's config takes this many ticks (a loaded disk's fsync: 3.9 s in
+    # the 2026-12-05 soak)
+    config_ticks: int = 0
     pg_hung: bool = False
     zk_cut: bool = False
     peers_cut: bool = False
@@ -218,6 +221,11 @@ class Shard:
         """A cycle's first change to PostgreSQL may wait for the next tick."""
         if n.pause_wanted:
             n.pause_wanted = False
+            await _Park()
+
+    async def slow_disk(self, n: Node, ticks: int) -> None:
+        """A write that takes `ticks` ticks (the rest of the shard runs on meanwhile)."""
+        for _ in range(ticks):
             await _Park()
 
     def _run_sitter(self, n: Node) -> None:

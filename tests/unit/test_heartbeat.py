@@ -264,3 +264,28 @@ async def test_a_last_word_the_upstream_did_not_take_is_sent_again_at_the_next_i
         stop.set()
         await asyncio.wait_for(task, 5)
         await runner.cleanup()
+
+
+def test_a_standby_heartbeats_the_upstream_it_decided_to_follow_at_once():
+    """HeartbeatSender.follow: the loop points the sender before the transition's steps (a
+    slow config write must not make the primary judge its new sync gone); a new upstream is
+    heartbeaten at once, the same one is not woken again; nobody while it leads or withholds."""
+    from manatee.shard.state import PRIMARY, STANDBY, Target
+    from manatee.sitter.heartbeat import HeartbeatSender
+    from tests.observations import A, B
+
+    async def go():
+        s = HeartbeatSender(me_id="me", pg_url="u", interval_s=1.0, timeout_s=1.0, status=dict, log=None)
+        s.follow(Target(STANDBY, upstream=A), withheld=False)
+        assert s.upstream_url == A.status_url and s._wake.is_set()
+        s._wake.clear()
+        s.follow(Target(STANDBY, upstream=A), withheld=False)
+        assert s.upstream_url == A.status_url and not s._wake.is_set()
+        s.follow(Target(STANDBY, upstream=B), withheld=False)
+        assert s.upstream_url == B.status_url and s._wake.is_set()
+        s.follow(Target(STANDBY, upstream=B), withheld=True)
+        assert s.upstream_url is None
+        s.follow(Target(PRIMARY), withheld=False)
+        assert s.upstream_url is None
+
+    asyncio.run(go())

@@ -863,6 +863,28 @@ def test_sync_refused_by_its_primary_still_takes_over_when_the_primary_dies():
     assert not sh.lost_acknowledged() and acked_count_grows(sh)
 
 
+def test_a_new_sync_whose_config_write_is_slow_is_not_judged_gone():
+    """Soak, 2026-12-05 (T = 1 s, pgbench saturating 2 cores): the sync's PostgreSQL was killed
+    as hung and gave way; the primary named the async its sync, whose config write then took
+    3.9 s on the loaded disk. Its heartbeats went on to its old upstream until the cycle
+    ended, so the primary judged it gone after expirationTime and named the other, and back:
+    3 generations in 6 s and a 12 s write outage. A standby now heartbeats its new upstream
+    as soon as it has decided to follow it."""
+    sh = new_shard()
+    sh.run(3)
+    st = sh.zk.state()
+    g0, s, a = st.generation, sh.node(st.sync.id), sh.node(st.async_[0].id)
+    a.config_ticks = HB_TIMEOUT + 2
+    sh.pg_fault(s, "no_start")
+    sh.run(HUNG_TICKS + 4 * HB_TIMEOUT)
+    st = sh.zk.state()
+    assert st.sync.id == a.id and st.generation == g0 + 1, sh.describe()
+    a.config_ticks = 0
+    sh.pg_fault(s, None)
+    sh.settle()
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
 def test_every_disk_of_the_shard_full_does_not_flap_the_sync():
     """2026-12-05 sandbox trial: a bulk load filled every node's disk at once (they hold the
     same data). Both standbys gave way; the primary named one, then the other, 20 times a
