@@ -42,6 +42,7 @@ from typing import Any
 
 from failover import LOG_LINE, BenchError, Shard, dsn_of, loadavg, quiet_logs, run_on_shard, say
 from manatee_testbed.checks import fetch_ids, missing_acked
+from manatee_testbed.sandbox_config import timing
 from manatee_testbed.sandbox_state import NodeState
 from manatee_testbed.shardview import read_history
 from manatee_testbed.zfspool import ZPOOL
@@ -219,6 +220,7 @@ def soak(shard: Shard, args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"session_timeout_ms": T, "minutes": args.minutes, "clients": args.clients,
                            "read_clients": args.read_clients, "scale": args.scale}
     res["up_s"] = round(shard.up(), 1)
+    res["health_timeout_ms"] = shard.sb.st.health_timeout_ms or timing(T)["healthChkTimeout"]
     grow_pool(shard, args.pool_extra_gb)
     prim, asyn = role_nodes(shard)
     say(f"  shard healthy in {res['up_s']}s; primary {prim.name}, async {asyn.name if asyn else '-'}; "
@@ -296,7 +298,8 @@ def soak(shard: Shard, args: argparse.Namespace) -> dict[str, Any]:
 
 def report(res: dict[str, Any]) -> None:
     say("\n" + "=" * 100)
-    say(f"LOADED SOAK  T={res['session_timeout_ms']} ms, {res['seconds']}s, {platform.node()}, "
+    say(f"LOADED SOAK  T={res['session_timeout_ms']} ms, healthChkTimeout {res['health_timeout_ms']} ms, "
+        f"{res['seconds']}s, {platform.node()}, "
         f"{os.cpu_count()} cores, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     ld = res["load"]
     say(f"  load average (1 min) during the soak: min {ld['min']}, median {ld['median']}, max {ld['max']}")
@@ -336,6 +339,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--session-timeout-ms", type=int, default=1000, metavar="MS",
                    help="ZooKeeper session timeout T (default 1000)")
+    p.add_argument("--health-timeout-ms", type=int, metavar="MS",
+                   help="healthChkTimeout (default: the sandbox's, from T: 2000 at T = 1 s)")
     p.add_argument("--minutes", type=float, default=10.0, help="how long to load the shard (default 10)")
     p.add_argument("--clients", type=int, default=16, help="pgbench clients on the primary (default 16)")
     p.add_argument("--read-clients", type=int, default=4, help="pgbench -S clients on the async (default 4)")

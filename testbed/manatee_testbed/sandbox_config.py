@@ -46,8 +46,9 @@ def node_addresses(first_ip: str, n: int) -> tuple[str, list[str]]:
     return str(zk), [str(first + i) for i in range(n)]
 
 
-def timing(session_timeout_ms: int) -> dict[str, int]:
-    """Heartbeat and health-check periods derived from the session timeout."""
+def timing(session_timeout_ms: int, health_timeout_ms: int | None = None) -> dict[str, int]:
+    """Heartbeat and health-check periods derived from the session timeout (healthChkTimeout
+    as given, if it is)."""
     st = session_timeout_ms
     hb = max(200, min(1000, st // 8))
     return {
@@ -59,12 +60,12 @@ def timing(session_timeout_ms: int) -> dict[str, int]:
         "healthChkInterval": max(200, min(1000, st // 8)),
         # not below 2 s: at 1 s a loaded async's status query (0.5 s limit) went unanswered
         # for 1 s and the sitter killed PostgreSQL as hung (bench/loaded_soak.py, T = 1 s)
-        "healthChkTimeout": max(2000, min(5000, st // 2)),
+        "healthChkTimeout": health_timeout_ms or max(2000, min(5000, st // 2)),
     }
 
 
 def sitter_config(st: SandboxState, node: NodeState, nodes_total: int) -> dict[str, Any]:
-    t = timing(st.session_timeout_ms)
+    t = timing(st.session_timeout_ms, st.health_timeout_ms)
     auth: dict[str, Any] = {"method": st.auth_method, "user": REPLICATION_USER, "clientCidrs": []}
     admin: dict[str, Any] = {"user": "postgres", "method": st.auth_method, "cidrs": ["127.0.0.0/8"]}
     if st.auth_method in ("md5", "scram-sha-256"):

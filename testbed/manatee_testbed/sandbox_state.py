@@ -132,6 +132,8 @@ class SandboxState:
     tls: bool = False
     #: `up --zk-auth`: the shard's ZooKeeper digest credential 'user:password' ("": none)
     zk_auth: str = ""
+    #: `up --health-timeout`: healthChkTimeout in ms (None: derived from the session timeout)
+    health_timeout_ms: int | None = None
     created: float = field(default_factory=time.time)
     version: int = STATE_VERSION
 

@@ -70,6 +70,21 @@ def test_timings_fit_the_session_timeout(tmp_path, session):
         assert hb.requestTimeout < hb.expirationTime
 
 
+
+def test_up_health_timeout_overrides_the_derived_one(tmp_path):
+    """`up --health-timeout MS` (the loaded soak runs the product's 5 s at T = 1 s); by
+    default it is derived from T (2 s at T = 1 s, for the fault tests' quick hang verdicts)."""
+    from dataclasses import replace as dc_replace
+
+    st = make_state(tmp_path, session=1000)
+    node = st.nodes[0]
+    assert sandbox_config.node_configs(st, node)["sitter"]["postgresMgrCfg"]["healthChkTimeout"] == 2000
+    st = dc_replace(st, health_timeout_ms=5000)
+    cfg = validate(sandbox_config.node_configs(st, node)["sitter"], SitterConfig)
+    assert cfg.postgresMgrCfg.healthChkTimeout == 5000
+    sandbox_state.save_state(st)
+    assert sandbox_state.load_state(tmp_path).health_timeout_ms == 5000
+
 def test_a_drift_from_the_models_is_caught(tmp_path, monkeypatch):
     st = make_state(tmp_path)
     real = sandbox_config.snapshotter_config
