@@ -262,7 +262,8 @@ class SitterConfig(ConfigModel):
     primaryStartTimeout: int | None = Field(
         None, ge=1000, le=3600000,
         description="a primary whose PostgreSQL is not healthy for this long (hung, crash-looping, cannot start, "
-                    "cannot write its config) steps down to a healthy sync (ms; default 2 x zkCfg.sessionTimeout)")
+                    "cannot write its config) steps down to a healthy sync (ms; default 2 x zkCfg.sessionTimeout, at least "
+                    "postgresMgrCfg.healthChkTimeout)")
     zkCfg: ZkCfg
     heartbeatCfg: HeartbeatCfg = HeartbeatCfg()
     postgresMgrCfg: PostgresMgrCfg
@@ -314,8 +315,13 @@ class SitterConfig(ConfigModel):
 
     @property
     def primary_start_timeout_s(self) -> float:
-        """primaryStartTimeout in seconds; its default is twice the session timeout."""
-        return (self.primaryStartTimeout or 2 * self.zkCfg.sessionTimeout) / 1000
+        """primaryStartTimeout in seconds; its default is twice the session timeout, and at
+        least healthChkTimeout, as an explicit value must be: a primary whose PostgreSQL does
+        not answer is not judged unable to serve before it is judged hung. (Until 2026-12-05
+        the default was 2 s at T = 1 s with the 5 s healthChkTimeout: in a loaded soak the
+        primary's write probes timed out for 2.5 s in a storage stall and it stepped down.)"""
+        return (self.primaryStartTimeout
+                or max(2 * self.zkCfg.sessionTimeout, self.postgresMgrCfg.healthChkTimeout)) / 1000
 
     @property
     def status_port(self) -> int:

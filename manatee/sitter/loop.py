@@ -106,9 +106,10 @@ class Sitter:
 
     @property
     def primary_start_timeout(self) -> float:
-        """primaryStartTimeout (s); by default twice the (negotiated) session timeout."""
+        """primaryStartTimeout (s); by default twice the (negotiated) session timeout, and at
+        least healthChkTimeout (SitterConfig.primary_start_timeout_s)."""
         ms = getattr(self.cfg, "primaryStartTimeout", None)
-        return self.cfg.primary_start_timeout_s if ms else 2 * self.view.session_timeout
+        return self.cfg.primary_start_timeout_s if ms else max(2 * self.view.session_timeout, self.pg.health_timeout)
 
     def heartbeat_received(self, hb: Heartbeat) -> None:
         """POST /heartbeat: a standby's heartbeat (validated by the status server)."""

@@ -118,3 +118,19 @@ def test_sitter_needs_the_shard_secret_or_insecure():
     assert _sitter(secretFile=None, insecure=True).insecure is True
     with pytest.raises(ConfigError, match="backupSecret was replaced by secretFile"):
         _sitter(backupSecret="x" * 20)
+
+
+def test_primary_start_timeout_defaults_to_twice_t_but_never_below_the_hang_verdict():
+    """A primary whose PostgreSQL does not answer is not judged unable to serve before it is
+    judged hung: the default is 2 x T and at least healthChkTimeout, as an explicit value must
+    be (loaded soak at T = 1 s, 2026-12-05: 2 s against a 5 s healthChkTimeout, and the
+    primary stepped down in a storage stall)."""
+    assert _sitter(**{"zkCfg.sessionTimeout": 1000,
+                      "postgresMgrCfg.healthChkTimeout": 5000}).primary_start_timeout_s == 5.0
+    assert _sitter(**{"zkCfg.sessionTimeout": 4000,
+                      "postgresMgrCfg.healthChkTimeout": 5000}).primary_start_timeout_s == 8.0
+    assert _sitter(**{"zkCfg.sessionTimeout": 1000, "postgresMgrCfg.healthChkTimeout": 5000,
+                      "primaryStartTimeout": 6000}).primary_start_timeout_s == 6.0
+    with pytest.raises(ConfigError) as e:
+        _sitter(**{"postgresMgrCfg.healthChkTimeout": 5000, "primaryStartTimeout": 2000})
+    assert "must be at least postgresMgrCfg.healthChkTimeout" in str(e.value)
