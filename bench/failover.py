@@ -225,7 +225,8 @@ class Shard:
         t0 = time.monotonic()
         say(f"== T={self.T} ms: sandbox in {self.dir} (nodes on {self.first_ip}..)")
         self.sb.up(nodes=3, session_timeout_ms=self.T, first_ip=self.first_ip, timeout=self.args.healthy_timeout,
-                   health_timeout_ms=getattr(self.args, "health_timeout_ms", None))
+                   health_timeout_ms=getattr(self.args, "health_timeout_ms", None),
+                   expiration_ms=getattr(self.args, "expiration_ms", None))
         return time.monotonic() - t0
 
     def watch_election(self) -> None:

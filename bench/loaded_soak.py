@@ -221,6 +221,7 @@ def soak(shard: Shard, args: argparse.Namespace) -> dict[str, Any]:
                            "read_clients": args.read_clients, "scale": args.scale}
     res["up_s"] = round(shard.up(), 1)
     res["health_timeout_ms"] = shard.sb.st.health_timeout_ms or timing(T)["healthChkTimeout"]
+    res["expiration_ms"] = shard.sb.st.expiration_ms or timing(T)["expirationTime"]
     grow_pool(shard, args.pool_extra_gb)
     prim, asyn = role_nodes(shard)
     say(f"  shard healthy in {res['up_s']}s; primary {prim.name}, async {asyn.name if asyn else '-'}; "
@@ -299,6 +300,7 @@ def soak(shard: Shard, args: argparse.Namespace) -> dict[str, Any]:
 def report(res: dict[str, Any]) -> None:
     say("\n" + "=" * 100)
     say(f"LOADED SOAK  T={res['session_timeout_ms']} ms, healthChkTimeout {res['health_timeout_ms']} ms, "
+        f"expirationTime {res['expiration_ms']} ms, "
         f"{res['seconds']}s, {platform.node()}, "
         f"{os.cpu_count()} cores, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     ld = res["load"]
@@ -341,6 +343,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ZooKeeper session timeout T (default 1000)")
     p.add_argument("--health-timeout-ms", type=int, metavar="MS",
                    help="healthChkTimeout (default: the sandbox's, from T: 2000 at T = 1 s)")
+    p.add_argument("--expiration-ms", type=int, metavar="MS",
+                   help="heartbeat expirationTime (default: the sandbox's, from T: 2000 at T = 1 s)")
     p.add_argument("--minutes", type=float, default=10.0, help="how long to load the shard (default 10)")
     p.add_argument("--clients", type=int, default=16, help="pgbench clients on the primary (default 16)")
     p.add_argument("--read-clients", type=int, default=4, help="pgbench -S clients on the async (default 4)")

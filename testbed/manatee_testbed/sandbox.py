@@ -94,13 +94,15 @@ class Sandbox(TeardownOps, NodeFaultOps, HealthOps):
         tls: bool = False,
         zk_auth: bool = False,
         health_timeout_ms: int | None = None,
+        expiration_ms: int | None = None,
     ) -> dict[str, Any]:
         """create(), start every node, wait until healthy and writable; what `status` says.
         zk_servers=3: a ZooKeeper ensemble of three servers instead of one standalone.
         tls: HTTPS with client certificates everywhere; zk_auth: ZooKeeper digest auth + ACLs."""
         t0 = time.monotonic()
         self.create(nodes, session_timeout_ms, shard, first_ip, auth_method, zk_servers=zk_servers,
-                    tls=tls, zk_auth=zk_auth, health_timeout_ms=health_timeout_ms)
+                    tls=tls, zk_auth=zk_auth, health_timeout_ms=health_timeout_ms,
+                    expiration_ms=expiration_ms)
         began = time.monotonic()
         with dir_lock(self.dir):
             # One at a time, each once the previous one has its place in the election: the
@@ -131,6 +133,7 @@ class Sandbox(TeardownOps, NodeFaultOps, HealthOps):
         tls: bool = False,
         zk_auth: bool = False,
         health_timeout_ms: int | None = None,
+        expiration_ms: int | None = None,
     ) -> SandboxState:
         """Everything but the daemons: ZooKeeper running (one standalone server, or with
         zk_servers=3 an ensemble on the same address), pool, datasets, configs, cgroups."""
@@ -148,7 +151,7 @@ class Sandbox(TeardownOps, NodeFaultOps, HealthOps):
                 auth_method=auth_method, data_root=data_root, tls=tls,
                 zk_auth=f"manatee-{sid}:{secrets.token_urlsafe(18)}" if zk_auth else "",
                 cgroup=f"{CGROUP_PREFIX}-{sid}" if cgroups.available() else None,
-                health_timeout_ms=health_timeout_ms,
+                health_timeout_ms=health_timeout_ms, expiration_ms=expiration_ms,
             )
             self._st = st
             self.save()

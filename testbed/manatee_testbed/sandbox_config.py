@@ -46,16 +46,17 @@ def node_addresses(first_ip: str, n: int) -> tuple[str, list[str]]:
     return str(zk), [str(first + i) for i in range(n)]
 
 
-def timing(session_timeout_ms: int, health_timeout_ms: int | None = None) -> dict[str, int]:
+def timing(session_timeout_ms: int, health_timeout_ms: int | None = None,
+           expiration_ms: int | None = None) -> dict[str, int]:
     """Heartbeat and health-check periods derived from the session timeout (healthChkTimeout
-    as given, if it is)."""
+    and expirationTime as given, if they are)."""
     st = session_timeout_ms
     hb = max(200, min(1000, st // 8))
     return {
         "heartbeatInterval": hb,
         # not below 2 s: a new sync rebuilding its first copy sends no heartbeat (T = 1 s
         # replaced it twice before it had finished: docs/benchmarks.md, P1 at T = 1 s)
-        "expirationTime": max(2000, st),
+        "expirationTime": expiration_ms or max(2000, st),
         "requestTimeout": max(200, min(2000, 2 * hb)),
         "healthChkInterval": max(200, min(1000, st // 8)),
         # not below 2 s: at 1 s a loaded async's status query (0.5 s limit) went unanswered
@@ -65,7 +66,7 @@ def timing(session_timeout_ms: int, health_timeout_ms: int | None = None) -> dic
 
 
 def sitter_config(st: SandboxState, node: NodeState, nodes_total: int) -> dict[str, Any]:
-    t = timing(st.session_timeout_ms, st.health_timeout_ms)
+    t = timing(st.session_timeout_ms, st.health_timeout_ms, st.expiration_ms)
     auth: dict[str, Any] = {"method": st.auth_method, "user": REPLICATION_USER, "clientCidrs": []}
     admin: dict[str, Any] = {"user": "postgres", "method": st.auth_method, "cidrs": ["127.0.0.0/8"]}
     if st.auth_method in ("md5", "scram-sha-256"):

@@ -134,6 +134,8 @@ class SandboxState:
     zk_auth: str = ""
     #: `up --health-timeout`: healthChkTimeout in ms (None: derived from the session timeout)
     health_timeout_ms: int | None = None
+    #: `up --expiration`: heartbeatCfg.expirationTime in ms (None: derived from the session timeout)
+    expiration_ms: int | None = None
     created: float = field(default_factory=time.time)
     version: int = STATE_VERSION
 

@@ -79,9 +79,9 @@ def test_up_health_timeout_overrides_the_derived_one(tmp_path):
     st = make_state(tmp_path, session=1000)
     node = st.nodes[0]
     assert sandbox_config.node_configs(st, node)["sitter"]["postgresMgrCfg"]["healthChkTimeout"] == 2000
-    st = dc_replace(st, health_timeout_ms=5000)
+    st = dc_replace(st, health_timeout_ms=5000, expiration_ms=10000)
     cfg = validate(sandbox_config.node_configs(st, node)["sitter"], SitterConfig)
-    assert cfg.postgresMgrCfg.healthChkTimeout == 5000
+    assert cfg.postgresMgrCfg.healthChkTimeout == 5000 and cfg.heartbeatCfg.expirationTime == 10000
     sandbox_state.save_state(st)
     assert sandbox_state.load_state(tmp_path).health_timeout_ms == 5000
 

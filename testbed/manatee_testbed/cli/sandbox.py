@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "failover takes about this long)")
     up.add_argument("--health-timeout", type=int, metavar="MS",
                     help="healthChkTimeout in ms (default: from the session timeout, 2000-5000)")
+    up.add_argument("--expiration", type=int, metavar="MS",
+                    help="heartbeat expirationTime in ms (default: from the session timeout, at least 2000)")
     up.add_argument("--shard", default="1", help="shard name: ZooKeeper path /manatee/NAME (default 1)")
     up.add_argument("--first-ip", default=DEFAULT_FIRST_IP,
                     help=f"address of node a; ZooKeeper gets the one below (default {DEFAULT_FIRST_IP})")
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             info = sb.up(nodes=args.nodes, session_timeout_ms=args.session_timeout, shard=args.shard,
                          first_ip=args.first_ip, timeout=args.timeout, auth_method=args.auth,
                          zk_servers=args.zk_servers, tls=args.tls, zk_auth=args.zk_auth,
-                         health_timeout_ms=args.health_timeout)
+                         health_timeout_ms=args.health_timeout, expiration_ms=args.expiration)
             pgpass, env = write_tool_files(sb)
             _print_up(info, args)
             print("\nmanatee tools (PostgreSQL password in " + str(pgpass) + "):")
