@@ -220,8 +220,8 @@ def soak(shard: Shard, args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"session_timeout_ms": T, "minutes": args.minutes, "clients": args.clients,
                            "read_clients": args.read_clients, "scale": args.scale}
     res["up_s"] = round(shard.up(), 1)
-    res["health_timeout_ms"] = shard.sb.st.health_timeout_ms or timing(T)["healthChkTimeout"]
-    res["expiration_ms"] = shard.sb.st.expiration_ms or timing(T)["expirationTime"]
+    timers = timing(T, shard.sb.st.health_timeout_ms, shard.sb.st.expiration_ms)  # as the sandbox wrote them
+    res["health_timeout_ms"], res["expiration_ms"] = timers["healthChkTimeout"], timers["expirationTime"]
     grow_pool(shard, args.pool_extra_gb)
     prim, asyn = role_nodes(shard)
     say(f"  shard healthy in {res['up_s']}s; primary {prim.name}, async {asyn.name if asyn else '-'}; "

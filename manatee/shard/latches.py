@@ -184,6 +184,15 @@ def standby_gives_way(*, failing: bool, full: bool, hard: bool, sick_for: float,
     return withhold, withhold
 
 
+def primary_start_timeout(explicit_s: float | None, session_s: float, health_s: float) -> float:
+    """primaryStartTimeout (s): as configured, else twice the session timeout and at least
+    healthChkTimeout, as a configured value must be: a primary whose PostgreSQL does not
+    answer is not judged unable to serve before it is judged hung. (Until 2026-12-05 the
+    default was 2 x T alone, 2 s at T = 1 s against the 5 s healthChkTimeout: in a loaded soak
+    the primary's write probes timed out for 2.5 s in a storage stall and it stepped down.)"""
+    return explicit_s if explicit_s else max(2 * session_s, health_s)
+
+
 def disk_full_recent(at: float | None, now: float, window_s: float) -> bool:
     """Whether my disk was found full (a disk-full crash, or little room while PostgreSQL
     failed) less than `window_s` ago: a primary gives way to a healthy sync now rather than

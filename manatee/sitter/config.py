@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode, replaced_key, seconds
 from manatee.core.zkconfig import ZkCfg
+from manatee.shard.latches import primary_start_timeout
 from manatee.shard.layout import registrar_path, shard_path
 from manatee.shard.pgurl import PgUrl
 from manatee.core.tls import TlsCfg, scheme
@@ -315,13 +316,10 @@ class SitterConfig(ConfigModel):
 
     @property
     def primary_start_timeout_s(self) -> float:
-        """primaryStartTimeout in seconds; its default is twice the session timeout, and at
-        least healthChkTimeout, as an explicit value must be: a primary whose PostgreSQL does
-        not answer is not judged unable to serve before it is judged hung. (Until 2026-12-05
-        the default was 2 s at T = 1 s with the 5 s healthChkTimeout: in a loaded soak the
-        primary's write probes timed out for 2.5 s in a storage stall and it stepped down.)"""
-        return (self.primaryStartTimeout
-                or max(2 * self.zkCfg.sessionTimeout, self.postgresMgrCfg.healthChkTimeout)) / 1000
+        """primaryStartTimeout in seconds (latches.primary_start_timeout)."""
+        pst = self.primaryStartTimeout
+        return primary_start_timeout(pst / 1000 if pst else None, self.zkCfg.sessionTimeout / 1000,
+                                     self.postgresMgrCfg.healthChkTimeout / 1000)
 
     @property
     def status_port(self) -> int:

@@ -106,10 +106,10 @@ class Sitter:
 
     @property
     def primary_start_timeout(self) -> float:
-        """primaryStartTimeout (s); by default twice the (negotiated) session timeout, and at
-        least healthChkTimeout (SitterConfig.primary_start_timeout_s)."""
+        """primaryStartTimeout (s), from the negotiated session timeout (latches.primary_start_timeout)."""
         ms = getattr(self.cfg, "primaryStartTimeout", None)
-        return self.cfg.primary_start_timeout_s if ms else max(2 * self.view.session_timeout, self.pg.health_timeout)
+        return latches.primary_start_timeout(ms / 1000 if ms else None, self.view.session_timeout,
+                                             self.pg.health_timeout)
 
     def heartbeat_received(self, hb: Heartbeat) -> None:
         """POST /heartbeat: a standby's heartbeat (validated by the status server)."""

@@ -50,14 +50,7 @@ def mkpeer(i: int) -> Peer:
 def sitter_config(peer: Peer, onwm: bool, *, session_timeout: float = SESSION_TIMEOUT, interval: float = 1.0,
                   primary_start_timeout: float | None = PST_TICKS) -> SimpleNamespace:
     """The part of a SitterConfig the loop reads (durations in seconds here)."""
-    ns = SimpleNamespace
-    return _SimConfig(**vars(_sim_config(peer, onwm, ns, session_timeout, interval, primary_start_timeout)))
-
-
-class _SimConfig(SimpleNamespace):
-    @property
-    def primary_start_timeout_s(self) -> float:  # as SitterConfig's: it follows a reload
-        return (self.primaryStartTimeout or 2 * self.zkCfg.sessionTimeout) / 1000
+    return _sim_config(peer, onwm, SimpleNamespace, session_timeout, interval, primary_start_timeout)
 
 
 def _sim_config(peer, onwm, ns, session_timeout, interval, primary_start_timeout) -> SimpleNamespace:
