@@ -34,6 +34,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from manatee.shard import latches
 from manatee_testbed import grayfaults as gf
 from manatee_testbed import zfspool
 from manatee_testbed.grayfaults.pgfaults import pg_pids
@@ -73,13 +74,12 @@ def _zfs_fuse_survives(zfs_fuse, request) -> Iterator[None]:
 
 
 def primary_start_timeout_s(sh: Shard) -> float:
-    """The sitter's primaryStartTimeout (ms in its config) if it has one, else its
-    default: twice the session timeout."""
+    """The sitter's primaryStartTimeout (ms in its config) if it has one, else its default
+    (latches.primary_start_timeout)."""
     cfg = json.loads(sh.node("a").config_path("sitter").read_text())
-    for where in (cfg, cfg.get("postgresMgrCfg") or {}):
-        if isinstance(where.get("primaryStartTimeout"), (int, float)):
-            return where["primaryStartTimeout"] / 1000
-    return 2 * sh.session_s
+    explicit = next((w["primaryStartTimeout"] / 1000 for w in (cfg, cfg.get("postgresMgrCfg") or {})
+                     if isinstance(w.get("primaryStartTimeout"), (int, float))), None)
+    return latches.primary_start_timeout(explicit, sh.session_s, cfg["postgresMgrCfg"]["healthChkTimeout"] / 1000)
 
 
 def _marks(sh: Shard) -> dict[str, list[str]]:
@@ -265,6 +265,21 @@ def test_f18_pg_hung_on_standby_no_rebuild_writes_go_on(shard: Shard, role: str)
                    hold_s=2 * sh.session_s + 1, max_gap=max_gap)
 
 
+def _wait_no_sickness(sh: Shard, name: str, limit: float = 30.0) -> None:
+    """Until the node's sitter has no sickness clock running (/state pg.unhealthyFor null). On
+    the shared shard a node that an earlier test left sick (a rejoin that did not stream yet)
+    may still be within its stable time: a new hard fault then counts from that clock and the
+    sync gives way at once, before a switchover could wait on it (seen 2026-12-05 with the
+    F18/F22 tests run just before)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        pg = sh.sb.node_status(sh.node(name)).get("pg") or {}
+        if pg.get("known") and pg.get("unhealthyFor") is None:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{name}'s sitter still counts its PostgreSQL unhealthy after {limit:.0f}s: {pg}")
+
+
 def test_a_switchover_to_a_sync_that_keeps_hanging_is_not_made(shard: Shard):
     """Sandbox trial, 2026-12-05: `manatee-adm switchover` while the sync's PostgreSQL hangs
     at every start (a stuck disk). Its sitter restarted it between hangs, the primary released
@@ -281,7 +296,7 @@ def test_a_switchover_to_a_sync_that_keeps_hanging_is_not_made(shard: Shard):
         assert "says its PostgreSQL is not healthy" in out, f"manatee-adm did not say why the primary waits: {out}"
 
     _standby_fault(sh, "switchover-to-hung-sync", "sync",
-                   lambda n: gf.crash_loop(sh.sb, n, for_s=120, every_s=0.2, sig="STOP"),
+                   lambda n: (_wait_no_sickness(sh, n), gf.crash_loop(sh.sb, n, for_s=120, every_s=0.2, sig="STOP")),
                    lambda n: (gf.crash_stop(sh.sb, n), gf.pg_resume(sh.sb, n)),
                    hold_s=2 * sh.session_s + 1, max_gap=sh.session_s + 2 + LOADED_SLACK_S, during=request)
 
