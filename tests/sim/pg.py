@@ -177,6 +177,7 @@ class FakeDataset:
     async def restore(self, upstream, progress, also=()):
         await self.world.pause_point(self.node)
         n, src = self.node, self.world.node(upstream.id)
+        await self.world.slow_disk(n, n.restore_ticks)
         if not (self.world.reach(n, src) and src.has_data):
             raise RuntimeError(f"cannot restore from {upstream}")
         self.world.pg_stop(n)

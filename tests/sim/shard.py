@@ -88,6 +88,8 @@ class Node:
     # each write of PostgreSQL's config takes this many ticks (a loaded disk's fsync: 3.9 s in
     # the 2026-12-05 soak)
     config_ticks: int = 0
+    # a rebuild takes this many ticks before its copy lands (a full stream of a big dataset)
+    restore_ticks: int = 0
     pg_hung: bool = False
     zk_cut: bool = False
     peers_cut: bool = False

@@ -885,6 +885,41 @@ def test_a_new_sync_whose_config_write_is_slow_is_not_judged_gone():
     assert acked_count_grows(sh) and not sh.lost_acknowledged()
 
 
+def test_a_sync_named_while_it_must_rebuild_is_replaced_by_one_with_data():
+    """A standby heartbeats the upstream it decided to follow as soon as it has decided (the
+    slow config write above). A new sync that must first rebuild does not: a rebuild is not a
+    standby's target, so it heartbeats nobody (and its sitter withholds its heartbeats once
+    its PostgreSQL has been down for healthChkTimeout), and the primary names an async that
+    has the data after expirationTime instead of staying read-only through the rebuild.
+    Four nodes: the sync dies while the first async has just lost its data."""
+    sh = new_shard(n=4)
+    sh.run(3)
+    st = sh.zk.state()
+    g0 = st.generation
+    s, a1, a2 = sh.node(st.sync.id), sh.node(st.async_[0].id), sh.node(st.async_[1].id)
+    a1.restore_ticks = 10 * SESSION_TIMEOUT  # a full stream of a big dataset
+    sh.kill(s)
+    sh.destroy_data(a1)
+    named = None
+    for _ in range(3 * SESSION_TIMEOUT):
+        sh.tick()
+        st = sh.zk.state()
+        if named is None and st.sync.id == a1.id:
+            named = sh.now
+        if st.sync.id == a2.id:
+            break
+    assert named is not None and st.sync.id == a2.id, sh.describe()
+    assert sh.now - named <= HUNG_TICKS + HB_TIMEOUT + 2, (named, sh.now)  # not the rebuild's 60 ticks
+    assert st.generation == g0 + 2
+    why = [t for t in sh.trace if f"I name {a2.peer.ip} my new sync" in t]
+    assert why and f"my sync {a1.peer.ip} is gone (its heartbeats stopped)" in why[-1], why
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+    sh.run(a1.restore_ticks)
+    sh.start(s)
+    sh.settle()
+    assert a1.has_data and not sh.lost_acknowledged()
+
+
 def test_every_disk_of_the_shard_full_does_not_flap_the_sync():
     """2026-12-05 sandbox trial: a bulk load filled every node's disk at once (they hold the
     same data). Both standbys gave way; the primary named one, then the other, 20 times a
