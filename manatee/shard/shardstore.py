@@ -118,16 +118,27 @@ class ShardStore:
                     self.log.info("election_stale_node_removed", node=name)
                 except zkmod.NoNodeError:
                     pass
+        self.my_node = await self.zk.create(f"{self.election_path}/{me.id}-", self._election_data(me),
+                                            ephemeral=True, sequence=True)
+        self.log.info("election_joined", node=self.my_node)
+        return self.my_node
+
+    @staticmethod
+    def _election_data(me: Peer) -> dict:
         data = {"zoneId": me.zone_id, "ip": me.ip, "pgUrl": me.pg_url,
                 "backupUrl": me.backup_url, "statusUrl": me.status_url}
         if me.tags_json():
             data["tags"] = me.tags_json()  # nofailover / nosync / priority
         if me.remembers != UNKNOWN_MEMORY:
             data["remembers"] = me.remembers  # the generation my data belongs to (null: none)
-        self.my_node = await self.zk.create(f"{self.election_path}/{me.id}-", data,
-                                            ephemeral=True, sequence=True)
-        self.log.info("election_joined", node=self.my_node)
-        return self.my_node
+        return data
+
+    async def update_me(self, me: Peer) -> None:
+        """Rewrite my election node's data (what I remember now), keeping its place. Raises
+        NoNodeError when it is gone (deleted by hand, or my session with it)."""
+        if self.my_node is None:
+            raise zkmod.NoNodeError()
+        await self.zk.set(self.my_node, self._election_data(me))
 
     async def leave(self) -> None:
         """Leave the election at once (graceful stop: the sync need not wait for session expiry)."""

@@ -166,10 +166,10 @@ class Peer:
         )
 
     @classmethod
-    def from_election(cls, peer_id: str, data: Mapping[str, Any]) -> Peer:
+    def from_election(cls, peer_id: str, data: Mapping[str, Any], where: str | None = None) -> Peer:
         """From an election znode: its name gives the id, its data the rest (and what it
         remembers: absent is unknown, never "nothing")."""
-        where = f"election/{peer_id}"
+        where = where or f"election/{peer_id}"
         peer = cls.from_json({**data, "id": peer_id}, where=where)
         return replace(peer, remembers=_remembers(data, where))
 
@@ -424,7 +424,7 @@ def parse_election(children: Mapping[str, Any]) -> tuple[tuple[Peer, ...], tuple
             if not isinstance(data, Mapping):
                 raise StateError(f"election/{name}: expected a JSON object, got "
                                  f"{'nothing' if data is None else type(data).__name__}")
-            good.append((seq, Peer.from_json({**data, "id": pid}, where=f"election/{name}")))
+            good.append((seq, Peer.from_election(pid, data, where=f"election/{name}")))
         except StateError as e:
             bad.append((name, str(e)))
     good.sort(key=lambda sp: sp[0])

@@ -12,11 +12,26 @@ from typing import Callable
 
 from manatee.core import zk as zkmod
 from manatee.shard.shardstore import StateUnreadable
-from manatee.shard.state import CONNECTED, LOST, SUSPENDED, ClusterState, Peer
+from manatee.shard.state import CONNECTED, LOST, SUSPENDED, UNKNOWN_MEMORY, ClusterState, Peer
 from manatee.sitter.ports import Clock, Session, Store
 
 ZK_SAFETY_REFRESH_S = 5.0  # re-read ZooKeeper at least this often even without a watch
 _ZK_BADNESS = (CONNECTED, SUSPENDED, LOST)  # order for "the worse of two session states"
+
+
+SAID = object()  # to_say: the election node says it already
+
+
+def to_say(said: int | None | str, now: int | None | str) -> int | None | str | object:
+    """What my election node should say I remember (`remembers`), given what it says and what
+    I remember now: a newer generation, or anything known where it said UNKNOWN_MEMORY;
+    never less than it says (a generation is not taken back, and unknown says nothing new).
+    SAID: nothing to change."""
+    if now == said or now == UNKNOWN_MEMORY:
+        return SAID
+    if said == UNKNOWN_MEMORY or (isinstance(now, int) and (said is None or now > said)):
+        return now
+    return SAID
 
 
 def worse(a: str, b: str) -> str:
@@ -45,6 +60,7 @@ class ZkView:
         self.sessions = 0           # sessions lost so far: a new one starts after each
         self.state_session = -1     # `sessions` when `state` was last read from the znode
         self.memory = None  # the sitter's StateMemory: what my election node says I remember
+        self.said: int | None | str = None  # what my election node says I remember (remembers)
         self.on_change: Callable[[], object] = lambda: None  # the session's state changed: publish it
 
     @property
@@ -117,27 +133,58 @@ class ZkView:
             return
         self.note_session_timeout()  # a reconnect (to another server) may grant another one
         now = self.clock.monotonic()
-        if not self.dirty and not self.need_join and now - self.read_at < ZK_SAFETY_REFRESH_S:
+        if (not self.dirty and not self.need_join and now - self.read_at < ZK_SAFETY_REFRESH_S
+                and self.to_say() is SAID):
             return
         self.dirty = False  # cleared before reading: a change during the read marks it again
         self.read_at = now
         try:
             if self.need_join:
-                await self.store.ensure_paths()
-                await self.store.join(replace(self.me, remembers=self.memory.remembers(self.state) if self.memory
-                                                else None))
-                self.need_join = False
+                await self.join()
             self.election = await self.store.election()
+            if all(p.id != self.me.id for p in self.election):  # deleted or overwritten by hand
+                self.log.warning("election_node_gone", note="my election node is gone or unreadable while my "
+                                                            "session lives; I join the election again")
+                await self.join()
+                self.election = await self.store.election()
             try:
                 self.note_state(*await self.store.read_state())
                 self.state_unreadable = None
             except StateUnreadable as e:  # never "no state": keep the last one read, and hold
                 self.state_unreadable = str(e)
             self.error = await self.store.read_error()
+            await self.say_remembers()
             self.view_stale = False
         except (zkmod.ZKError, zkmod.ConnectionLoss, zkmod.SessionExpiredError, asyncio.TimeoutError) as e:
             self.dirty = True
             self.log.warning("zk_read_failed", error=str(e) or type(e).__name__)
+
+    async def join(self) -> None:
+        await self.store.ensure_paths()
+        self.said = self.memory.remembers(self.state) if self.memory else None
+        await self.store.join(replace(self.me, remembers=self.said))
+        self.need_join = False
+
+    def to_say(self) -> int | None | str:
+        """What my election node should say I remember now, or SAID when it says so already."""
+        return to_say(self.said, self.memory.remembers(self.state) if self.memory is not None else None)
+
+    async def say_remembers(self) -> None:
+        """My election node says what I remember now, not only what I knew when I joined: a
+        node that joined knowing nothing (a new one) and then read the state or received the
+        shard's data must not go on saying null (a peer heading the election would declare
+        generation 1 once the state is lost, and the tools would show it as empty); one whose
+        dataset's memory could not be read at its join says so once it can."""
+        now = self.to_say()
+        if now is SAID:
+            return
+        try:
+            await self.store.update_me(replace(self.me, remembers=now))
+        except zkmod.NoNodeError:  # gone since I read the election: the next read joins again
+            self.dirty = True
+            return
+        self.log.info("election_node_updated", remembers=now, was=self.said)
+        self.said = now
 
     def note_state(self, state: ClusterState | None, version: int) -> None:
         """The state znode as just read (or written). A missing znode does not erase the

@@ -157,6 +157,31 @@ def test_an_open_shard_gets_the_acl_when_auth_is_switched_on(zk_server):
         kz.close()
 
 
+def test_a_sitter_rewrites_what_its_election_node_remembers_in_place(zk_server):
+    """ShardStore.update_me on a real ZooKeeper, under the shard's ACL: the data changes, the
+    node keeps its name (its place in the election), and a deleted node says NoNodeError
+    (the sitter then joins again: tests/unit/test_state_lost.py)."""
+    from dataclasses import replace
+
+    from manatee.core import zk as zkmod
+
+    shard = f"/manatee/rem{uuid.uuid4().hex[:6]}"
+
+    async def run():
+        zk, store = await _shard(zk_server.connect_string, shard, _Log())
+        try:
+            node = store.my_node
+            await store.update_me(replace(_peer(1), remembers=7))
+            assert store.my_node == node and [p.remembers for p in await store.election()] == [7]
+            await zk.delete(node)
+            with pytest.raises(zkmod.NoNodeError):
+                await store.update_me(replace(_peer(1), remembers=8))
+        finally:
+            await zk.close()
+
+    asyncio.run(run())
+
+
 def test_a_writing_cli_needs_the_credential_file(zk_server, tmp_path):
     """manatee-adm freeze (a CAS write of the state) is refused without the credential and
     works with $MANATEE_ZK_AUTH_FILE naming a file that holds it."""

@@ -33,12 +33,25 @@ def _lost_everywhere(sh: Shard) -> bool:
     return all(s.get("stateLost") and s.get("zk") == "connected" for s in states)
 
 
+def _election_says(sh: Shard) -> dict[str, object]:
+    """{election node: its `remembers`} ("absent" when it does not say)."""
+    path = f"{sh.sb.st.shard_path}/election"
+    said = {}
+    for child in sh.zk.get_children(path):
+        data, _ = sh.zk.get(f"{path}/{child}")
+        said[child] = json.loads(data).get("remembers", "absent")
+    return said
+
+
 def test_a_deleted_state_znode_is_recreated_by_the_primary(shard: Shard):
     sh = shard
     assert adm(sh, "switchover", "--wait", "60").returncode == 0  # the head (a) is no longer the primary
     sh.wait_healthy(120)
     prev = sh.zk_state()
     p, s, a = names(sh.topology())
+    # each election node says the generation its sitter knows (they joined with null at bring-up)
+    sh.wait(lambda: set(_election_says(sh).values()) == {prev["generation"]}, 20,
+            f"every election node saying generation {prev['generation']}")
     head = sh.zk.get_children(f"{sh.sb.st.shard_path}/election")
     say(f"election {sorted(head, key=lambda x: x.rsplit('-', 1)[1])}, primary {p}")
     w = sh.writer("deleted").start()

@@ -219,6 +219,12 @@ class FakeStore:
         self.my_seq = self.zk.join(self.session.sid, me)
         return f"{self.election_path}/{me.id}-{self.my_seq:010d}"
 
+    async def update_me(self, me: Peer) -> None:
+        self.session.check()
+        if self.my_seq not in self.zk.election:
+            raise zkmod.NoNodeError()
+        self.zk.election[self.my_seq] = (me, self.zk.election[self.my_seq][1])
+
     async def leave(self) -> None:
         if self.my_seq is not None:
             self.zk.election.pop(self.my_seq, None)

@@ -21,6 +21,7 @@ import pytest
 from manatee.shard.decide import decide
 from manatee.shard.state import (
     PRIMARY, STANDBY, UNASSIGNED, UNKNOWN_MEMORY, ClusterState, Peer, StateError, Switchover,
+    parse_election_nodes,
 )
 from manatee.sitter.statememory import MEMORY_PROP, Memory, StateMemory
 from tests.observations import A, B, C, D, STATE, obs
@@ -94,6 +95,37 @@ def test_the_election_node_says_what_the_peer_remembers():
         with pytest.raises(StateError, match="remembers"):
             Peer.from_election("10.0.0.9:5432:1:2", {**data, "remembers": bad})
     assert "remembers" not in replace(A, remembers=4).to_json()  # never in the state's JSON
+
+
+def test_the_sitters_election_reader_keeps_what_each_node_remembers():
+    """The sitter reads the election with parse_election_nodes (a rogue node is quarantined,
+    the rest kept). It dropped `remembers` until 2026-12-05, so every peer read as holding
+    nothing and a new node heading the election declared generation 1 even while a live
+    peer held the shard's data (bootstrap.peers_remember never fired outside the sim)."""
+    import json
+
+    def raw(p, **extra):
+        return json.dumps({**{k: v for k, v in p.to_json().items() if k != "id"}, **extra}).encode()
+
+    raws = {f"{A.id}-0000000001": raw(A, remembers=None), f"{B.id}-0000000002": raw(B, remembers=7),
+            f"{C.id}-0000000003": raw(C), f"{D.id}-0000000004": raw(D, remembers="7")}
+    peers, bad = parse_election_nodes(raws)
+    assert [p.remembers for p in peers] == [None, 7, UNKNOWN_MEMORY]
+    assert [n for n, _ in bad] == [f"{D.id}-0000000004"] and "remembers" in bad[0][1]
+    d = decide(obs(A, state=None, state_version=-1, election=peers, wal=0x1000, running=False))
+    assert d.rule == "bootstrap.peers_remember" and d.write_state is None
+    assert "generation 7" in d.reason, d.reason
+
+
+@pytest.mark.parametrize("said,now,says", [
+    (None, 3, 3), (3, 4, 4), (UNKNOWN_MEMORY, None, None), (UNKNOWN_MEMORY, 2, 2),  # news
+    (3, 3, "same"), (None, None, "same"), (4, 3, "same"), (4, None, "same"),        # never less
+    (None, UNKNOWN_MEMORY, "same"), (4, UNKNOWN_MEMORY, "same"),                    # unknown is no news
+])
+def test_an_election_node_is_rewritten_only_with_news(said, now, says):
+    from manatee.sitter.zkview import SAID, to_say
+    got = to_say(said, now)
+    assert (got is SAID) if says == "same" else (got == says and got is not SAID)
 
 
 # ------------------------------------------------------------------ the dataset's memory
@@ -285,3 +317,40 @@ def test_sim_zookeeper_restored_from_an_older_copy_is_not_followed():
     sh.zk.set_raw(new.dumps())  # the operator writes the newest state back
     sh.settle()
     assert sh.zk.state().primary.id == new.primary.id and not sh.lost_acknowledged()
+
+
+# ------------------------------------------------------------------ what the election nodes say
+
+def test_sim_election_nodes_say_the_newest_generation_their_sitters_know():
+    """Every node of a new shard joins knowing nothing (`remembers: null`); once its sitter
+    has read the state its election node says that generation, and a failover's new one,
+    so that the tools (manatee-adm show, state-restore) and a peer heading the election
+    after the state is lost do not take a node that holds the shard's data for a new one."""
+    sh = _shard()
+    sh.run(3)
+    assert all(p.remembers == sh.zk.state().generation == 1 for p in sh.zk.peers()), sh.zk.peers()
+    sh.kill(sh.by_role("primary"))
+    sh.settle()
+    sh.run(3)
+    gen = sh.zk.state().generation
+    assert gen > 1 and [p.remembers for p in sh.zk.peers()] == [gen, gen], sh.zk.peers()
+    assert all(sh.events(n, "election_node_updated") for n in sh.nodes if n.alive)
+
+
+def test_sim_a_sitter_whose_election_node_was_deleted_joins_again():
+    """An election node deleted by hand (or overwritten with bytes that do not parse) while
+    its sitter's session lives: the primary counts that node gone, and with the sync's or the
+    async's node gone a failover could find no candidate. The sitter sees itself missing at
+    its next read of the election and joins again (at the tail)."""
+    sh = _shard()
+    sh.run(3)
+    victim = sh.node(sh.zk.state().async_[0].id)
+    seq = next(s for s, (p, _sid) in sh.zk.election.items() if p.id == victim.id)
+    del sh.zk.election[seq]
+    sh.zk.poke()
+    sh.run(3)
+    assert victim.id in {p.id for p in sh.zk.peers()}, sh.describe()
+    assert sh.events(victim, "election_node_gone")
+    sh.kill(sh.by_role("primary"))
+    sh.settle()
+    assert sh.zk.state().generation > 1 and not sh.lost_acknowledged() and acked_count_grows(sh)
