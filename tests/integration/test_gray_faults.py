@@ -426,6 +426,35 @@ def test_f21_rogue_election_node_ignored_failover_still_works(shard: Shard):
     sh.assert_checks(w, prev, expect_leader=s, since_gen=gen0)
 
 
+def test_f21_a_deleted_election_node_is_joined_again(shard: Shard):
+    """The sync's election node deleted by hand while its sitter's session lives: before, the
+    sitter stayed out of the election until its session ended (never, while it ran), and the
+    primary replaced it for good. Now it joins again at once (sandbox trial 2026-12-05: back
+    in 0.12 s, the primary read-only for 0.05 s, no new generation)."""
+    sh = shard
+    prev = sh.zk_state()
+    p, s, a = names(sh.topology())
+    election = f"{sh.sb.st.shard_path}/election"
+    w = sh.writer("f21d", commit_timeout=COMMIT_TIMEOUT_S).start()
+    try:
+        w.wait_for_acks(30, 60)
+        mine = next(c for c in sh.zk.get_children(election) if c.startswith(f"{sh.node(s).ip}:"))
+        t0 = time.monotonic()
+        sh.zk.delete(f"{election}/{mine}")
+        back = sh.wait(lambda: next((c for c in sh.zk.get_children(election)
+                                     if c.startswith(f"{sh.node(s).ip}:") and c != mine), None), 10,
+                       f"{s}'s sitter to join the election again")
+        say(f"F21-deleted election node: {s} back as {back} {time.monotonic() - t0:.2f} s after the delete")
+        assert "election_node_gone" in sh.sitter_log(sh.node(s))
+        w.wait_for_acks(30, 60)
+    finally:
+        w.stop()
+    gens = sh.zk_state()["generation"] - prev["generation"]
+    assert gens <= 1, f"F21: {gens} new generations for one deleted election node"
+    assert sh.topology()["primary"] == p
+    sh.assert_checks(w, prev)
+
+
 def test_f21_unparsable_state_znode_never_promotes_or_rebuilds(shard: Shard):
     sh = shard
     prev = sh.zk_state()
