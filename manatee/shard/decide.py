@@ -87,7 +87,8 @@ def _state_unreadable(v: View) -> Decision:
 
     The same holds when the znode is gone but I remember it (obs.state_lost: ZooKeeper lost
     its data, or someone deleted it), or holds an older generation than I remember
-    (obs.state_older: ZooKeeper restored from an old copy): a new generation 1 would let the election's head,
+    (obs.state_older: ZooKeeper restored from an old copy), or names other leaders at the
+    generation I remember (a state written by hand): a new generation 1 would let the election's head,
     perhaps a lagging async, lead and rebuild the others from its older data. One write is
     safe there: the remembered primary re-creating exactly the state it last read, when its
     session has not been lost since — nobody can have replaced it without a write to that
@@ -98,7 +99,7 @@ def _state_unreadable(v: View) -> Decision:
     elif obs.state_lost:
         rule, why = "state_lost", f"the shard state znode is missing ({obs.state_lost})"
     else:
-        rule, why = "state_older", f"the shard state znode is older than the state I remember ({obs.state_older})"
+        rule, why = "state_older", obs.state_older  # older, or other leaders at my generation
     lost = rule == "state_lost"
     place = st.place_of(obs.me.id) if st is not None else None
     if place == "primary":

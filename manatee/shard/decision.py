@@ -93,9 +93,11 @@ class Observation:
       could not be read. The text says which. Not "no state": no new generation 1 is
       declared; nobody writes, promotes or rebuilds, as with state_unreadable, except that
       the remembered primary re-creates the znode when `session_unbroken`.
-    state_older: the state znode holds an older generation than the one I remember (my last
-      state read, or my dataset's memory): ZooKeeper was restored from an older copy, or
-      someone wrote an old state back. `state` is then the remembered (newer) one, or None.
+    state_older: the state znode does not follow from the newest state I remember (my last
+      state read, or my dataset's memory): an older generation (ZooKeeper was restored from
+      an older copy, or someone wrote an old state back), or the same generation with another
+      primary or sync (written by hand: no sitter does that without a new generation; the
+      text says which, statememory.not_following). `state` is then the remembered one, or None.
       Held like state_lost, never re-created: following the older state could make a node
       that lacks the newer generations' writes lead.
     session_unbroken: my ZooKeeper session has not been lost since I read `state` (the

@@ -126,7 +126,7 @@ def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
         "zkAuth": cfg.zkCfg.auth is not None, "tls": getattr(cfg, "tls", None) is not None,
         "quarantined": list(s.quarantined), "stateUnreadable": s.state_unreadable,
         "stateLost": f"the shard state znode is gone; {s.state_lost}" if s.state_lost else None,
-        "stateOlder": f"the shard state znode is older than I remember: {s.state_older}" if s.state_older else None,
+        "stateOlder": s.state_older,  # older than I remember, or other leaders at my generation: why
         "remembers": s.remembers,
         "zkSessionTimeout": {"configured": cfg.zkCfg.session_timeout_s,
                              "negotiated": s.negotiated_session_timeout},

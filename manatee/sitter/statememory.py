@@ -83,6 +83,32 @@ class Memory:
         return cls(g, p, st)
 
 
+def not_following(state: ClusterState, mem: Memory) -> str | None:
+    """Why the state znode as read does not follow from the newest state I remember, or None:
+    an older generation (ZooKeeper restored from an old copy, an old state written back), or
+    the same generation with another primary or sync, which no sitter writes (every change of
+    either is a new generation): a state written by hand or pieced together, which could make
+    a node that lacks acknowledged writes lead. The text names both."""
+    def leaders(st: ClusterState | None, primary: str) -> str:
+        ip = primary.split(":", 1)[0]
+        if st is None:
+            return f"primary {ip}"
+        return f"primary {ip}, sync {st.sync.ip if st.sync else 'none'}"
+
+    held = f"it holds generation {state.generation} ({leaders(state, state.primary.id)})"
+    mine = f"I remember generation {mem.generation} ({leaders(mem.state, mem.primary)})"
+    if state.generation < mem.generation:
+        return f"the shard state znode is older than I remember: {held}; {mine}"
+    if state.generation > mem.generation:
+        return None
+    other_sync = mem.state is not None and (state.sync.id if state.sync else None) != (
+        mem.state.sync.id if mem.state.sync else None)
+    if state.primary.id != mem.primary or other_sync:
+        return (f"the shard state znode names other leaders than I remember for its generation, "
+                f"which no sitter writes: {held}; {mine}")
+    return None
+
+
 class StateMemory:
     """The shell's side: read the dataset's memory, save a newer one in the background once
     a cycle's steps are done, and say what the node remembers (for decide and the election

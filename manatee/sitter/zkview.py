@@ -14,6 +14,7 @@ from manatee.core import zk as zkmod
 from manatee.shard.shardstore import StateUnreadable
 from manatee.shard.state import CONNECTED, LOST, SUSPENDED, UNKNOWN_MEMORY, ClusterState, Peer
 from manatee.sitter.ports import Clock, Session, Store
+from manatee.sitter.statememory import not_following
 
 ZK_SAFETY_REFRESH_S = 5.0  # re-read ZooKeeper at least this often even without a watch
 _ZK_BADNESS = (CONNECTED, SUSPENDED, LOST)  # order for "the worse of two session states"
@@ -56,7 +57,7 @@ class ZkView:
         self.error: dict | None = None
         self.state_unreadable: str | None = None  # why the state znode cannot be used, or None
         self.state_missing = False  # the state znode does not exist (`state` is then the last one read)
-        self.state_older: str | None = None  # the znode's generation is older than I remember: why
+        self.state_older: str | None = None  # the znode does not follow from what I remember: why
         self.sessions = 0           # sessions lost so far: a new one starts after each
         self.state_session = -1     # `sessions` when `state` was last read from the znode
         self.memory = None  # the sitter's StateMemory: what my election node says I remember
@@ -192,11 +193,8 @@ class ZkView:
         self.state_missing = state is None
         self.state_version = version
         newest = self.memory.newest(self.state) if self.memory is not None else None
-        self.state_older = None
-        if state is not None and newest is not None and state.generation < newest.generation:
-            # an older generation than I know of: hold what I remember (never "unbroken")
-            self.state_older = (f"it holds generation {state.generation} (primary {state.primary}); "
-                                f"I remember {newest.describe()}")
+        self.state_older = not_following(state, newest) if state is not None and newest is not None else None
+        if self.state_older:  # older than I know of, or other leaders: hold what I remember (never "unbroken")
             self.state = newest.state
         elif state is not None:
             self.state, self.state_session = state, self.sessions

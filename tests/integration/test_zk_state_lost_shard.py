@@ -187,3 +187,38 @@ def test_an_older_state_written_back_is_held_not_followed(shard: Shard):
     assert st["generation"] == prev["generation"] and st["primary"]["id"] == prev["primary"]["id"]
     say(f"older state written back: longest write outage {w.longest_outage():.2f}s (the failover's included)")
     sh.assert_checks(w, prev)
+
+
+def test_a_state_naming_other_leaders_at_its_generation_is_held_not_followed(shard: Shard):
+    """A state written back by hand at its own generation but with the async as primary (the
+    leaders pieced together from another copy). Every change of primary or sync is a new
+    generation, so no sitter writes that; following it would promote the async, which may
+    lack acknowledged writes. Every sitter holds what it remembers (state_older.*), the
+    primary keeps taking writes, `verify` names it; writing the right state back resumes."""
+    sh = shard
+    sh.wait_healthy(120)
+    prev = sh.zk_state()
+    p, s, a = names(sh.topology())
+    forged = {**prev, "primary": prev["async"][0], "sync": prev["primary"], "async": [prev["sync"]]}
+    w = sh.writer("forged").start()
+    try:
+        w.wait_for_acks(20, 60)
+        sh.zk.set(sh.sb.st.layout.state, json.dumps(forged).encode())
+        sh.wait(lambda: all((sh.state_of(n) or {}).get("stateOlder") for n in sh.nodes), 30,
+                "every sitter holding the state it remembers")
+        n0 = len(w.acked)
+        sh.wait(lambda: len(w.acked) > n0 + 20, 60, f"the primary {p} keeps taking writes")
+        pg_a = (sh.state_of(sh.node(a)) or {}).get("pg") or {}
+        assert pg_a.get("inRecovery") is True, f"the async {a} left recovery: {pg_a}"
+        rules = {n.name: (sh.state_of(n) or {}).get("rule") for n in sh.nodes}
+        assert all(r and r.startswith("state_older.") for r in rules.values()), rules
+        r = adm(sh, "verify")
+        assert r.returncode == 2 and "names other leaders than I remember" in r.stdout, r.stdout
+        assert "written by hand" in r.stdout, r.stdout
+        sh.zk.set(sh.sb.st.layout.state, json.dumps(prev).encode())  # the right one back
+        sh.wait_healthy(120)
+        w.wait_for_acks(20, 60)
+    finally:
+        w.stop()
+    assert sh.zk_state()["generation"] == prev["generation"] and sh.topology()["primary"] == p
+    sh.assert_checks(w, prev)

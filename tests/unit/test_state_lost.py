@@ -288,14 +288,15 @@ def test_sim_zookeeper_wiped_and_every_sitter_restarted_the_datasets_remember():
 
 # ------------------------------------------------------------------ an older state written back
 
-OLDER = "it holds generation 2 (primary 10.0.0.2); I remember generation 3 (primary 10.0.0.1)"
+OLDER = ("the shard state znode is older than I remember: it holds generation 2 (primary 10.0.0.2); "
+         "I remember generation 3 (primary 10.0.0.1)")
 
 
 @pytest.mark.parametrize("me", [A, B, C])
 def test_an_older_state_is_held_never_followed_and_never_recreated(me):
     d = decide(obs(me, state_older=OLDER, session_unbroken=True, sync_caught_up=True))
     assert d.write_state is None and d.rule.startswith("state_older."), d.rule
-    assert d.target.role == (PRIMARY if me == A else STANDBY) and "older than the state I remember" in d.reason
+    assert d.target.role == (PRIMARY if me == A else STANDBY) and "older than I remember" in d.reason
 
 
 def test_sim_zookeeper_restored_from_an_older_copy_is_not_followed():
@@ -354,3 +355,48 @@ def test_sim_a_sitter_whose_election_node_was_deleted_joins_again():
     sh.kill(sh.by_role("primary"))
     sh.settle()
     assert sh.zk.state().generation > 1 and not sh.lost_acknowledged() and acked_count_grows(sh)
+
+
+# ------------------------------------------------------------------ other leaders at the same generation
+
+def test_a_state_follows_only_with_a_newer_generation_or_the_same_leaders():
+    from manatee.sitter.statememory import not_following
+    mem = Memory.of(STATE)
+    g = STATE.generation
+    assert not_following(STATE, mem) is None
+    assert not_following(STATE.evolve(async_=(), deposed=(STATE.async_[0],)), mem) is None  # the primary's own
+    assert not_following(STATE.evolve(generation=g + 1, primary=STATE.sync, sync=STATE.async_[0], async_=()), mem) is None
+    older = not_following(STATE.evolve(generation=g - 1), mem)
+    assert older.startswith("the shard state znode is older than I remember") and f"generation {g - 1}" in older
+    for other in (STATE.evolve(primary=STATE.async_[0], sync=STATE.primary, async_=(STATE.sync,)),  # the async
+                  STATE.evolve(sync=STATE.async_[0], async_=(STATE.sync,))):   # another sync
+        why = not_following(other, mem)
+        assert why and "names other leaders than I remember for its generation" in why, why
+        assert f"I remember generation {g} (primary {STATE.primary.ip}, sync {STATE.sync.ip})" in why
+    bare = Memory(g, STATE.primary.id)  # a memory too big to hold the whole state: the primary alone
+    assert not_following(STATE.evolve(sync=STATE.async_[0], async_=(STATE.sync,)), bare) is None
+    assert not_following(STATE.evolve(primary=STATE.sync, sync=STATE.primary), bare)
+
+
+def test_sim_a_state_written_by_hand_at_the_same_generation_is_not_followed():
+    """Someone writes the state back at its generation but with the async as primary (a copy
+    pieced together by hand). Before, everyone followed it: the async, which lacks the last
+    acknowledged writes, was promoted. Now every sitter holds what it remembers, the primary
+    keeps serving, and writing the right state back resumes the shard."""
+    sh = _shard()
+    sh.run(5)
+    st = sh.zk.state()
+    p, a = sh.node(st.primary.id), sh.node(st.async_[0].id)
+    a.peers_cut = True  # the async lags: it lacks writes the primary acknowledged since
+    sh.run(3)
+    assert acked_count_grows(sh)
+    promotions, writes = list(sh.promotions), len(sh.zk.writes)
+    sh.zk.set_raw(st.evolve(primary=st.async_[0], sync=st.primary, async_=(st.sync,)).dumps())
+    sh.run(2 * SESSION_TIMEOUT)
+    assert sh.promotions == promotions and len(sh.zk.writes) == writes, sh.describe()
+    assert all(n.last_decision.rule.startswith("state_older.") for n in sh.nodes), sh.describe()
+    assert sh.writable(p) and set(sh.acked) <= set(p.log)  # (lost_acknowledged asks the znode's primary)
+    sh.zk.set_raw(sh.node(p.id).sitter.view.state.dumps())  # the operator writes the right one back
+    a.peers_cut = False
+    sh.settle()
+    assert sh.zk.state().primary.id == p.id and acked_count_grows(sh) and not sh.lost_acknowledged()
