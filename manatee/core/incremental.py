@@ -157,6 +157,7 @@ class SourceOffer:
     common: Optional[CommonSnapshot] = None
     known: bool = True
     why_unknown: str = ""
+    silent: bool = False  # no answer at all (a timeout, a refused connection): not an old backupserver
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,26 @@ def choose_source(upstream: SourceOffer, others: Sequence[SourceOffer]) -> Sourc
          may send an increment or a full stream as before);
       2. the upstream shares none → the other member with the newest common snapshot
          (ties: the nearest), for an increment from it;
-      3. nobody shares one → the upstream, in full.
+      3. nobody shares one → the upstream, in full;
+      4. but an upstream that gave no answer at all (its backupserver hung or down: the
+         stream request would hang or fail the same way, again at every retry) is passed
+         over for a member ahead that did answer: an increment from it if it shares a
+         snapshot, else a full stream from it (sandbox trial 2026-12-05: an async's rebuild
+         retried a hung upstream for minutes while the primary could have sent it).
     """
+    if not upstream.known and upstream.silent:
+        answered = [o for o in others if o.known]
+        shares = [o for o in answered if o.common is not None]
+        if shares:
+            best = max(shares, key=lambda o: o.common.creation)  # max keeps the nearest of equals
+            return SourceChoice(best.name, f"from {best.name} at {best.common.name}: the upstream "
+                                           f"{upstream.name} does not answer ({upstream.why_unknown})",
+                                expects_incremental=True)
+        if answered:
+            return SourceChoice(answered[0].name, f"a full stream from {answered[0].name}: the upstream "
+                                                  f"{upstream.name} does not answer ({upstream.why_unknown}) "
+                                                  f"and {answered[0].name} shares no snapshot with this node",
+                                expects_incremental=False)
     if not upstream.known:
         return SourceChoice(upstream.name, f"could not ask the upstream {upstream.name} which snapshots it "
                                            f"shares ({upstream.why_unknown}): asking it for the stream",

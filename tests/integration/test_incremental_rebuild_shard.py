@@ -79,3 +79,29 @@ def test_rebuild_without_a_common_snapshot_is_full(shard: Shard):
     finally:
         w.stop()
     sh.assert_checks(w)
+
+
+def test_rebuild_with_a_hung_upstream_backupserver_streams_from_the_primary(shard: Shard):
+    """The async's upstream (the sync) keeps streaming WAL but its backupserver hangs
+    (SIGSTOP). Before, the rebuild asked the sync for the stream again every ~20 s, for as
+    long as it hung (sandbox trial 2026-12-05: 2 minutes, unfinished); the primary, which
+    answers, now sends it (the sitter's question to the sync times out after 5 s)."""
+    import os
+    import signal
+
+    sh = shard
+    p, s, a = names(sh.topology())
+    bs = sh.node(s).pids["backupserver"]
+    w = sh.writer("incrhung").start()
+    os.kill(bs, signal.SIGSTOP)
+    try:
+        restore = rebuild(sh, a)
+        say(f"rebuild of {a} with {s}'s backupserver hung: from {restore['source']}, {restore['path']} "
+            f"({restore['reason']})")
+        assert f"//{sh.node(p).ip}:" in (restore["source"] or ""), restore
+        assert f"the upstream {sh.node(s).ip} does not answer" in restore["reason"], restore
+        sh.wait(lambda: len(w.acked) > 40, 30, "the writer to commit after the rebuild")
+    finally:
+        os.kill(bs, signal.SIGCONT)
+        w.stop()
+    sh.assert_checks(w)

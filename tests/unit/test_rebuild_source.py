@@ -51,6 +51,23 @@ def test_an_unknown_upstream_is_still_asked_never_passed_over():
     assert "could not ask the upstream" in ch.reason and "HTTP 503" in ch.reason
 
 
+def test_an_upstream_that_does_not_answer_at_all_is_passed_over_for_one_that_does():
+    """Sandbox trial 2026-12-05: the sync's backupserver hung (SIGSTOP) and the async's
+    rebuild asked it again every ~20 s for minutes. No answer at all is not an old
+    backupserver: a member ahead that answers sends instead."""
+    silent = SourceOffer(UP, known=False, why_unknown="TimeoutError: ", silent=True)
+    ch = inc.choose_source(silent, [SourceOffer(PRIMARY, _c("200", 200))])
+    assert (ch.name, ch.expects_incremental) == (PRIMARY, True)
+    assert ch.reason == f"from {PRIMARY} at 200: the upstream {UP} does not answer (TimeoutError: )"
+    ch = inc.choose_source(silent, [SourceOffer("10.0.0.6", known=False, silent=True), SourceOffer(PRIMARY)])
+    assert (ch.name, ch.expects_incremental) == (PRIMARY, False)
+    assert ch.reason.startswith(f"a full stream from {PRIMARY}: the upstream {UP} does not answer")
+    # nobody else answers either: the upstream is asked for the stream, as before
+    ch = inc.choose_source(silent, [SourceOffer(PRIMARY, known=False, silent=True)])
+    assert ch.name == UP and "could not ask the upstream" in ch.reason
+    assert inc.choose_source(silent, []).name == UP
+
+
 def test_nobody_sharing_means_a_full_stream_from_the_upstream():
     ch = inc.choose_source(SourceOffer(UP), [SourceOffer(PRIMARY), SourceOffer("10.0.0.6", known=False)])
     assert (ch.name, ch.expects_incremental) == (UP, False)
@@ -214,6 +231,17 @@ async def test_an_unreachable_member_is_unknown():
         gone = source.Candidate("n9", "http://127.0.0.1:9")  # nothing listens on port 9
         ch = await source.choose(OURS, "p/b", up, [gone], secret=SECRET, listen_host="127.0.0.1")
         assert ch.source == up and ch.reason.startswith("no member shares a snapshot with this node (not known for n9)")
+    finally:
+        await _close(servers)
+
+
+async def test_an_upstream_that_does_not_answer_is_passed_over_for_the_member_ahead():
+    servers = await _servers(Holdings([(Snapshot("p/a", "100", 100), "11")]))
+    try:
+        (_, _, prim), = servers
+        gone = source.Candidate("n9", "http://127.0.0.1:9")  # the upstream's backupserver is down
+        ch = await source.choose(OURS, "p/b", gone, [prim], secret=SECRET, listen_host="127.0.0.1")
+        assert ch.source == prim and ch.reason.startswith("from n0 at 100: the upstream n9 does not answer")
     finally:
         await _close(servers)
 

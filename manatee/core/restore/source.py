@@ -8,7 +8,9 @@ the newest one it shares, and starts no send. The rule itself is pure
 (manatee.core.incremental.choose_source). Every question has a deadline; a failed or
 unparsable answer is *unknown*, never "shares nothing", and an unknown upstream is
 asked for the stream as before (an old backupserver answers 404 here and still serves
-a full stream, or an increment from the offer in the request itself).
+a full stream, or an increment from the offer in the request itself) — unless it gave
+no answer at all (a timeout, a refused connection) and a member ahead did: then that
+member sends.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ async def ask_common(http: aiohttp.ClientSession, who: Candidate, secret: Option
         if status != 200:
             return inc.SourceOffer(who.name, known=False, why_unknown=f"HTTP {status}: {brief(text, 200)}")
         return inc.SourceOffer(who.name, inc.common_from_json(json_object(text).get("common")))
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+    except ValueError as e:  # it answered, unreadably
         return inc.SourceOffer(who.name, known=False, why_unknown=f"{type(e).__name__}: {e}"[:300])
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:  # no answer at all
+        return inc.SourceOffer(who.name, known=False, why_unknown=f"{type(e).__name__}: {e}"[:300], silent=True)
 
 
 async def choose(zfs: Zfs, dataset: str, upstream: Candidate, others: Sequence[Candidate], *,
@@ -79,7 +83,7 @@ async def choose(zfs: Zfs, dataset: str, upstream: Candidate, others: Sequence[C
     async with job_session(listen_host, ssl_context) as http:
         up = await ask_common(http, upstream, secret, offer)
         rest = list(await asyncio.gather(*(ask_common(http, c, secret, offer) for c in others))) \
-            if up.known and up.common is None else []
+            if (up.known and up.common is None) or up.silent else []
     choice = inc.choose_source(up, rest)
     if log is not None:
         log.info("restore_source", source=choice.name, why=choice.reason,
