@@ -85,7 +85,8 @@ def test_rebuild_with_a_hung_upstream_backupserver_streams_from_the_primary(shar
     """The async's upstream (the sync) keeps streaming WAL but its backupserver hangs
     (SIGSTOP). Before, the rebuild asked the sync for the stream again every ~20 s, for as
     long as it hung (sandbox trial 2026-12-05: 2 minutes, unfinished); the primary, which
-    answers, now sends it (the sitter's question to the sync times out after 5 s)."""
+    answers, now sends it (the sitter's question to the sync times out after 5 s), also to
+    a node with no snapshot to offer."""
     import os
     import signal
 
@@ -100,6 +101,14 @@ def test_rebuild_with_a_hung_upstream_backupserver_streams_from_the_primary(shar
             f"({restore['reason']})")
         assert f"//{sh.node(p).ip}:" in (restore["source"] or ""), restore
         assert f"the upstream {sh.node(s).ip} does not answer" in restore["reason"], restore
+        # with no snapshot of its own to offer (a new node), the same
+        node = sh.node(a)
+        while snaps := zfs("list", "-H", "-t", "snapshot", "-o", "name", "-r", node.dataset).split():
+            for snap in snaps:
+                zfs("destroy", snap)
+        restore = rebuild(sh, a)
+        say(f"again with no snapshot to offer: from {restore['source']}, {restore['path']}")
+        assert f"//{sh.node(p).ip}:" in (restore["source"] or "") and restore["path"] == "full", restore
         sh.wait(lambda: len(w.acked) > 40, 30, "the writer to commit after the rebuild")
     finally:
         os.kill(bs, signal.SIGCONT)

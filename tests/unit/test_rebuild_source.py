@@ -246,12 +246,27 @@ async def test_an_upstream_that_does_not_answer_is_passed_over_for_the_member_ah
         await _close(servers)
 
 
-async def test_nothing_to_offer_or_no_alternative_asks_nobody():
-    assert await source.choose(OurZfs([]), "p/b", source.Candidate("u", "http://127.0.0.1:9"),
-                               [source.Candidate("p", "http://127.0.0.1:9")], secret=SECRET,
-                               listen_host="127.0.0.1") == source.Chosen(source.Candidate("u", "http://127.0.0.1:9"))
+async def test_no_alternative_asks_nobody():
     up = source.Candidate("u", "http://127.0.0.1:9")
     assert await source.choose(OURS, "p/b", up, [], secret=SECRET, listen_host="127.0.0.1") == source.Chosen(up)
+
+
+async def test_with_nothing_to_offer_only_a_silent_upstream_is_passed_over():
+    """A new node (no snapshot of its own) asks its upstream only whether it answers: it
+    streams from it when it does (the restore says why the stream is full), and from the
+    member ahead when it does not (its backupserver hung) and that one answers."""
+    servers = await _servers(Holdings([]), Holdings([]))
+    try:
+        (_, _, up), (_, _, prim) = servers
+        assert await source.choose(OurZfs([]), "p/b", up, [prim], secret=SECRET,
+                                   listen_host="127.0.0.1") == source.Chosen(up)
+        gone = source.Candidate("n9", "http://127.0.0.1:9")
+        ch = await source.choose(OurZfs([]), "p/b", gone, [prim], secret=SECRET, listen_host="127.0.0.1")
+        assert ch.source == prim and ch.reason.startswith("a full stream from n1: the upstream n9 does not answer")
+        ch = await source.choose(OurZfs([]), "p/b", gone, [gone], secret=SECRET, listen_host="127.0.0.1")
+        assert ch.source == gone and "could not ask the upstream n9" in ch.reason
+    finally:
+        await _close(servers)
 
 
 # ------------------------------------------------------------------ the sitter's alternatives

@@ -66,8 +66,9 @@ async def ask_common(http: aiohttp.ClientSession, who: Candidate, secret: Option
 async def choose(zfs: Zfs, dataset: str, upstream: Candidate, others: Sequence[Candidate], *,
                  secret: Optional[ShardSecret], listen_host: str, ssl_context: Any = None,
                  log: Any = None) -> Chosen:
-    """The member to take the stream from. Without `others`, or with nothing of ours to
-    offer, the upstream (the restore itself then says why the stream is full)."""
+    """The member to take the stream from. Without `others` the upstream, unasked; with
+    nothing of ours to offer, the upstream if it answers (the restore itself then says why
+    the stream is full), else a member ahead that answers."""
     if not others:
         return Chosen(upstream)
     try:
@@ -78,10 +79,11 @@ async def choose(zfs: Zfs, dataset: str, upstream: Candidate, others: Sequence[C
             log.warning("restore_source_listing_failed", error=str(e))
         return Chosen(upstream)
     offer = inc.offered(ours)
-    if not offer:
-        return Chosen(upstream)
     async with job_session(listen_host, ssl_context) as http:
+        # with nothing to offer the question only tells whether the upstream answers at all
         up = await ask_common(http, upstream, secret, offer)
+        if not offer and not up.silent:
+            return Chosen(upstream)
         rest = list(await asyncio.gather(*(ask_common(http, c, secret, offer) for c in others))) \
             if (up.known and up.common is None) or up.silent else []
     choice = inc.choose_source(up, rest)
