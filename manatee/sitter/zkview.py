@@ -62,6 +62,7 @@ class ZkView:
         self.state_session = -1     # `sessions` when `state` was last read from the znode
         self.memory = None  # the sitter's StateMemory: what my election node says I remember
         self.said: int | None | str = None  # what my election node says I remember (remembers)
+        self.say_retry_at = 0.0  # a failed rewrite of it is tried again from then
         self.on_change: Callable[[], object] = lambda: None  # the session's state changed: publish it
 
     @property
@@ -167,7 +168,10 @@ class ZkView:
         self.need_join = False
 
     def to_say(self) -> int | None | str:
-        """What my election node should say I remember now, or SAID when it says so already."""
+        """What my election node should say I remember now, or SAID when it says so already
+        (or a failed rewrite is less than ZK_SAFETY_REFRESH_S old)."""
+        if self.clock.monotonic() < self.say_retry_at:
+            return SAID
         return to_say(self.said, self.memory.remembers(self.state) if self.memory is not None else None)
 
     async def say_remembers(self) -> None:
@@ -183,6 +187,10 @@ class ZkView:
             await self.store.update_me(replace(self.me, remembers=now))
         except zkmod.NoNodeError:  # gone since I read the election: the next read joins again
             self.dirty = True
+            return
+        except Exception as e:  # noqa: BLE001 - never fatal to the refresh (an ACL changed by hand...)
+            self.say_retry_at = self.clock.monotonic() + ZK_SAFETY_REFRESH_S
+            self.log.warning("election_node_not_updated", remembers=now, error=f"{type(e).__name__}: {e}"[:300])
             return
         self.log.info("election_node_updated", remembers=now, was=self.said)
         self.said = now

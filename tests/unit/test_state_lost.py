@@ -400,3 +400,23 @@ def test_sim_a_state_written_by_hand_at_the_same_generation_is_not_followed():
     a.peers_cut = False
     sh.settle()
     assert sh.zk.state().primary.id == p.id and acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
+def test_sim_a_failed_election_node_rewrite_is_not_fatal_and_is_retried_later():
+    """A rewrite refused (say, the node's ACL changed by hand) must not fail every refresh,
+    which would stop the sitter's cycles: it is logged, retried after ZK_SAFETY_REFRESH_S,
+    and the shard goes on."""
+    from kazoo.exceptions import NoAuthError
+
+    sh = _shard()
+    n = sh.node(sh.zk.state().async_[0].id)
+
+    async def refused(me):
+        raise NoAuthError()
+
+    n.sitter.view.store.update_me = refused
+    n.sitter.view.said = None  # it has news to tell: the generation it read
+    sh.run(20)
+    tries = sh.events(n, "election_node_not_updated")
+    assert 2 <= len(tries) <= 20 // 5 + 1, tries
+    assert n.last_decision.rule == "async.follow" and acked_count_grows(sh) and not sh.lost_acknowledged()
