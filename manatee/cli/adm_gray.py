@@ -112,7 +112,14 @@ def heartbeat_problems(what: str, node_id: str, sitter: Any, up_ip: str, up_sitt
     than its expiration time (its /state `standbys.heard`): the link between them is cut, or
     the standby withholds its heartbeats to give way. PostgreSQL reports such a standby
     "streaming" until wal_sender_timeout (30 s), so without this `show` says "none" meanwhile.
-    Nothing when the upstream has no record of it (it just joined, or an older sitter)."""
+    Nothing when the upstream has no record of it (it just joined, or an older sitter), unless
+    the standby says its upstream refuses its heartbeats (its /state `heartbeatRefused`: HTTP
+    401/403, e.g. a shard secret that differs: sandbox trial 2026-12-05, `show` said "none")."""
+    refused = sitter.get("heartbeatRefused") if isinstance(sitter, Mapping) else None
+    if refused:  # it cannot have been heard: say why, not only that
+        return [(sev, f"{what}: its upstream {up_ip} refuses its heartbeats ({refused}): is its shard "
+                      f"secret the same as the other nodes'? It cannot be the sync while this lasts, and "
+                      f"its rebuild requests are refused the same way")]
     sb = _section(up_sitter, "standbys")
     exp, heard = sb.get("expirationS"), sb.get("heard")
     rec = heard.get(node_id) if isinstance(heard, Mapping) else None

@@ -207,6 +207,9 @@ class HeartbeatSender:
         self.upstream_url: str | None = None
         self.last_ok: float | None = None
         self._failures = 0
+        # why my upstream refuses my heartbeats (HTTP 401/403: a shard secret that differs, a
+        # source address it does not admit), until one is taken; for /state and manatee-adm
+        self.refused: str | None = None
         self._leaving: tuple[str, str] | None = None  # (upstream url, why): the last word, not yet sent
         self._leaving_tries = 0
         self._wake = asyncio.Event()
@@ -229,6 +232,7 @@ class HeartbeatSender:
                and not withheld else None)
         if url is not None and url != self.upstream_url:
             self._wake.set()
+            self.refused = None
         self.upstream_url = url
 
     def take_leaving(self) -> tuple[str, str] | None:
@@ -270,11 +274,15 @@ class HeartbeatSender:
         try:
             async with session.post(f"{url}/heartbeat", data=data, headers=headers) as resp:
                 if resp.status != 200:
-                    raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+                    text = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+                    if resp.status in (401, 403) and leaving is None:
+                        self.refused = f"{url}: {text}"
+                    raise RuntimeError(text)
             if leaving is not None:
                 self.log.info("heartbeat_leaving_sent", upstream=url, why=leaving)
                 return True
             self.last_ok = time.monotonic()
+            self.refused = None
             if self._failures:
                 self.log.info("heartbeat_restored", upstream=url, after_failures=self._failures)
             self._failures = 0

@@ -59,6 +59,7 @@ class SitterSnapshot:
     restore_tries: Any = None                # failed rebuilds in a row (latches.RestoreTries)
     standbys: tuple[Any, ...] = ()           # the last heartbeat of each standby (heartbeat.Heartbeat)
     hb_expiration_s: float = 0.0             # heartbeatCfg.expirationTime (s)
+    hb_refused: str | None = None            # why my upstream refuses my heartbeats (401/403), if it does
 
     @property
     def place(self) -> str | None:
@@ -97,7 +98,7 @@ def snapshot_of(sitter) -> SitterSnapshot:
         sync_flush_stall_bound=h.sync_stall_bound, start_failures=h.starts.failures,
         start_retry_at=h.starts.retry_at, restore_tries=sitter.steps.restore_tries,
         standbys=tuple(sitter.heartbeats.beats.values()),
-        hb_expiration_s=sitter.heartbeats.expiration_s)
+        hb_expiration_s=sitter.heartbeats.expiration_s, hb_refused=sitter.hb_sender.refused)
 
 
 def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
@@ -132,6 +133,7 @@ def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
                              "negotiated": s.negotiated_session_timeout},
         "pgObservedAgo": round(now - s.last_pg_at, 3) if pgs else None,
         "standbys": standbys(s, now),
+        "heartbeatRefused": s.hb_refused,
         **gray_latches(s, now),
     }
 

@@ -66,7 +66,8 @@ def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_a
         pg=SimpleNamespace(config_error=None, parameters_gen=0), steps=SimpleNamespace(restore_progress=None, restore_tries=restores),
         pg_restarts=0, restart_request=None, transitions={}, slots=None,
         session=SimpleNamespace(negotiated_session_timeout=4.0), started=0.0, diverged=False,
-        heartbeats=SimpleNamespace(beats={}, expiration_s=6.0))
+        heartbeats=SimpleNamespace(beats={}, expiration_s=6.0),
+        hb_sender=SimpleNamespace(refused=None))
 
 
 def test_snapshot_of_publishes_the_latches():

@@ -289,3 +289,52 @@ def test_a_standby_heartbeats_the_upstream_it_decided_to_follow_at_once():
         assert s.upstream_url is None
 
     asyncio.run(go())
+
+
+async def test_a_refused_heartbeat_is_remembered_until_one_is_taken():
+    """Sandbox trial 2026-12-05: a node started with another shard secret; its upstream
+    refused every heartbeat (401) and `manatee-adm show` said "problems: none". The sender
+    now keeps why (for /state `heartbeatRefused`) until a heartbeat is taken; a 503 (a busy
+    upstream) is no refusal."""
+    from aiohttp import web
+
+    answer = {"status": 401}
+
+    async def heartbeat(req):
+        if answer["status"] != 200:
+            return web.json_response({"code": "NotAuthorized", "message": "bad signature"}, status=answer["status"])
+        return web.json_response({})
+
+    runner, url, sender = await _upstream_and_sender(heartbeat, 0.05, [])
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        sender.upstream_url = url
+        for _ in range(100):
+            if sender.refused:
+                break
+            await asyncio.sleep(0.02)
+        assert sender.refused and sender.refused.startswith(f"{url}: HTTP 401") and "bad signature" in sender.refused
+        answer["status"] = 200
+        for _ in range(100):
+            if sender.refused is None:
+                break
+            await asyncio.sleep(0.02)
+        assert sender.refused is None
+        answer["status"] = 503
+        await asyncio.sleep(0.3)
+        assert sender.refused is None
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await runner.cleanup()
+
+
+def test_adm_names_a_standby_whose_heartbeats_are_refused():
+    from manatee.cli.adm_gray import heartbeat_problems
+
+    sitter = {"heartbeatRefused": "http://127.0.0.13:5433: HTTP 401: bad signature"}
+    (sev, line), = heartbeat_problems("async 127.0.0.12", "b", sitter, "127.0.0.13", {}, "warning")
+    assert sev == "warning" and "its upstream 127.0.0.13 refuses its heartbeats" in line
+    assert "shard secret" in line and "HTTP 401" in line
+    assert heartbeat_problems("async 127.0.0.12", "b", {"heartbeatRefused": None}, "127.0.0.13", {}, "w") == []
