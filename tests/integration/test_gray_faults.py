@@ -455,6 +455,28 @@ def test_f21_a_deleted_election_node_is_joined_again(shard: Shard):
     sh.assert_checks(w, prev)
 
 
+def test_an_alter_system_override_of_the_primarys_sync_is_reset(shard: Shard):
+    """`ALTER SYSTEM SET synchronous_standby_names = ''` and a reload on the primary: before,
+    it acknowledged commits its sync never received, unnoticed (sandbox trial 2026-12-06).
+    The sitter resets every ALTER SYSTEM override of a setting it manages at its next status
+    check and reloads (`pg_override_removed`)."""
+    from tests.shard_ops import sql
+
+    sh = shard
+    dsn = sh.find_primary()
+    assert dsn, "no writable primary"
+    p, s, _a = names(sh.topology())
+    want = sql(dsn, "show synchronous_standby_names")[0]
+    assert want, "the primary names no sync"
+    t0 = time.monotonic()
+    sql(dsn, "ALTER SYSTEM SET synchronous_standby_names = ''", "select pg_reload_conf()")
+    sh.wait(lambda: sql(dsn, "show synchronous_standby_names")[0] == want, 10,
+            "the primary to name its sync again")
+    say(f"ALTER SYSTEM override of synchronous_standby_names undone {time.monotonic() - t0:.2f} s later")
+    assert "pg_override_removed" in sh.sitter_log(sh.node(p))
+    assert sql(dsn, "select count(*) from pg_file_settings where sourcefile like '%/postgresql.auto.conf'")[0] == 0
+
+
 def test_f21_unparsable_state_znode_never_promotes_or_rebuilds(shard: Shard):
     sh = shard
     prev = sh.zk_state()

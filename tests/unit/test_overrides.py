@@ -1,0 +1,61 @@
+"""ALTER SYSTEM overrides of the settings manatee manages (manatee.sitter.overrides): which
+are reset, and that a failing check never fails the cycle. A real PostgreSQL runs the
+same check in tests/integration/test_pg_overrides.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+from manatee.core import pg as pgmod
+from manatee.sitter.overrides import drop_overrides, overridden
+
+
+def test_only_managed_settings_with_a_plain_name_are_reset():
+    rows = [{"name": "synchronous_standby_names"}, {"name": "work_mem"}, {"name": "Default_Transaction_Read_Only"},
+            {"name": "x; drop table t"}]
+    managed = {"synchronous_standby_names", "default_transaction_read_only", "x; drop table t", "port"}
+    assert overridden(rows, managed) == ["default_transaction_read_only", "synchronous_standby_names"]
+    assert overridden([], managed) == []
+
+
+class _Client:
+    def __init__(self, rows, fail=None):
+        self.rows, self.fail, self.sql = rows, fail, []
+
+    async def query(self, sql, params=None, *, timeout=None):
+        self.sql.append(sql)
+        if self.fail:
+            raise pgmod.PgError(self.fail)
+        return self.rows if "pg_file_settings" in sql else [{}]
+
+    async def execute(self, sql, params=None, *, timeout=None):
+        self.sql.append(sql)
+
+
+class _Log:
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, level):
+        return lambda ev, **kw: self.events.append((level, ev, kw))
+
+
+def test_an_override_is_reset_reloaded_and_said_loudly():
+    c, log, failed = _Client([{"name": "synchronous_standby_names"}]), _Log(), []
+    got = asyncio.run(drop_overrides(c, {"synchronous_standby_names"}, log, 1.0, failed))
+    assert got == ["synchronous_standby_names"]
+    assert c.sql[1:] == ["ALTER SYSTEM RESET synchronous_standby_names", "select pg_reload_conf()"]
+    assert [(lvl, ev) for lvl, ev, _ in log.events] == [("error", "pg_override_removed")]
+    c2 = _Client([{"name": "work_mem"}])
+    assert asyncio.run(drop_overrides(c2, {"synchronous_standby_names"}, log, 1.0, failed)) == []
+    assert len(c2.sql) == 1  # nothing managed: no reset, no reload
+
+
+def test_a_failing_check_is_logged_once_per_error_and_never_raises():
+    log, failed = _Log(), []
+    for _ in range(3):
+        assert asyncio.run(drop_overrides(_Client([], fail="too many clients"), {"port"}, log, 1.0, failed)) == []
+    assert [ev for _, ev, _ in log.events] == ["pg_override_check_failed"]
+    asyncio.run(drop_overrides(_Client([]), {"port"}, log, 1.0, failed))
+    asyncio.run(drop_overrides(_Client([], fail="too many clients"), {"port"}, log, 1.0, failed))
+    assert [ev for _, ev, _ in log.events] == ["pg_override_check_failed"] * 2
