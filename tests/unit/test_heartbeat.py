@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 
 import pytest
 
@@ -181,6 +182,20 @@ async def _upstream_and_sender(handler, interval_s: float, records: list):
     return runner, url, sender
 
 
+@contextlib.asynccontextmanager
+async def _sending(handler, interval_s: float, records: list):
+    """_upstream_and_sender with the sender running: (its upstream's URL, the sender)."""
+    runner, url, sender = await _upstream_and_sender(handler, interval_s, records)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        yield url, sender
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await runner.cleanup()
+
+
 async def test_the_sender_says_it_leaves_once_then_falls_silent():
     """A real HeartbeatSender against a real HTTP server on loopback: leave() sends one signed
     beat that says why at once (not after the interval), then nothing more."""
@@ -195,11 +210,8 @@ async def test_the_sender_says_it_leaves_once_then_falls_silent():
         return web.json_response({})
 
     records: list = []
-    runner, url, sender = await _upstream_and_sender(heartbeat, 30.0, records)
-    sender.upstream_url = url
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
+    async with _sending(heartbeat, 30.0, records) as (url, sender):
+        sender.upstream_url = url
         for _ in range(100):
             if got:
                 break
@@ -214,10 +226,6 @@ async def test_the_sender_says_it_leaves_once_then_falls_silent():
         assert sender.upstream_url is None and "heartbeat_leaving_sent" in [r[3] for r in records]
         await asyncio.sleep(0.2)
         assert len(got) == 2
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        await runner.cleanup()
 
 
 async def test_a_last_word_the_upstream_did_not_take_is_sent_again_at_the_next_intervals():
@@ -239,10 +247,7 @@ async def test_a_last_word_the_upstream_did_not_take_is_sent_again_at_the_next_i
             return web.json_response({"error": "busy"}, status=503)
         return web.json_response({})
 
-    runner, url, sender = await _upstream_and_sender(heartbeat, 0.05, [])
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
+    async with _sending(heartbeat, 0.05, []) as (url, sender):
         sender.upstream_url = url
         sender.leave("my PostgreSQL cannot serve: its disk is full")
         await asyncio.sleep(0.6)
@@ -260,10 +265,6 @@ async def test_a_last_word_the_upstream_did_not_take_is_sent_again_at_the_next_i
         sender.upstream_url = url
         await asyncio.sleep(0.3)
         assert len([b for b in got if b.get("leaving")]) <= 1 and any(not b.get("leaving") for b in got)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        await runner.cleanup()
 
 
 def test_a_standby_heartbeats_the_upstream_it_decided_to_follow_at_once():
@@ -305,10 +306,7 @@ async def test_a_refused_heartbeat_is_remembered_until_one_is_taken():
             return web.json_response({"code": "NotAuthorized", "message": "bad signature"}, status=answer["status"])
         return web.json_response({})
 
-    runner, url, sender = await _upstream_and_sender(heartbeat, 0.05, [])
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
+    async with _sending(heartbeat, 0.05, []) as (url, sender):
         sender.upstream_url = url
         for _ in range(100):
             if sender.refused:
@@ -324,10 +322,6 @@ async def test_a_refused_heartbeat_is_remembered_until_one_is_taken():
         answer["status"] = 503
         await asyncio.sleep(0.3)
         assert sender.refused is None
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        await runner.cleanup()
 
 
 def test_adm_names_a_standby_whose_heartbeats_are_refused():

@@ -1,6 +1,6 @@
 """ALTER SYSTEM overrides of the settings manatee manages (manatee.sitter.overrides): which
-are reset, and that a failing check never fails the cycle. A real PostgreSQL runs the
-same check in tests/integration/test_pg_overrides.py."""
+are reset, and that a failing check never fails the cycle. A real shard runs it in
+tests/integration/test_gray_faults.py::test_an_alter_system_override_of_the_primarys_sync_is_reset."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 
 from manatee.core import pg as pgmod
 from manatee.sitter.overrides import drop_overrides, overridden
+from tests.pgmanager_fakes import RecordingLog
 
 
 def test_only_managed_settings_with_a_plain_name_are_reset():
@@ -32,30 +33,22 @@ class _Client:
         self.sql.append(sql)
 
 
-class _Log:
-    def __init__(self):
-        self.events = []
-
-    def __getattr__(self, level):
-        return lambda ev, **kw: self.events.append((level, ev, kw))
-
-
 def test_an_override_is_reset_reloaded_and_said_loudly():
-    c, log, failed = _Client([{"name": "synchronous_standby_names"}]), _Log(), []
+    c, log, failed = _Client([{"name": "synchronous_standby_names"}]), RecordingLog(), []
     got = asyncio.run(drop_overrides(c, {"synchronous_standby_names"}, log, 1.0, failed))
     assert got == ["synchronous_standby_names"]
     assert c.sql[1:] == ["ALTER SYSTEM RESET synchronous_standby_names", "select pg_reload_conf()"]
-    assert [(lvl, ev) for lvl, ev, _ in log.events] == [("error", "pg_override_removed")]
+    assert [(lvl, ev) for lvl, ev, _ in log.lines] == [("error", "pg_override_removed")]
     c2 = _Client([{"name": "work_mem"}])
     assert asyncio.run(drop_overrides(c2, {"synchronous_standby_names"}, log, 1.0, failed)) == []
     assert len(c2.sql) == 1  # nothing managed: no reset, no reload
 
 
 def test_a_failing_check_is_logged_once_per_error_and_never_raises():
-    log, failed = _Log(), []
+    log, failed = RecordingLog(), []
     for _ in range(3):
         assert asyncio.run(drop_overrides(_Client([], fail="too many clients"), {"port"}, log, 1.0, failed)) == []
-    assert [ev for _, ev, _ in log.events] == ["pg_override_check_failed"]
+    assert [ev for _, ev, _ in log.lines] == ["pg_override_check_failed"]
     asyncio.run(drop_overrides(_Client([]), {"port"}, log, 1.0, failed))
     asyncio.run(drop_overrides(_Client([], fail="too many clients"), {"port"}, log, 1.0, failed))
-    assert [ev for _, ev, _ in log.events] == ["pg_override_check_failed"] * 2
+    assert [ev for _, ev, _ in log.lines] == ["pg_override_check_failed"] * 2
