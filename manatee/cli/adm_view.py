@@ -104,10 +104,8 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
     C, W = CRITICAL, WARNING
     if v.state_error:
         out.append((C, f"the shard state cannot be read: {v.state_error}"))
-    out += [(C, f"{n.ip}: {n.sitter['stateOlder']}: it holds that state and nobody can fail over; "
-                + ("ZooKeeper was restored from an older copy, or an old state written back" if " older " in
-                   n.sitter["stateOlder"] else "the state was written by hand")
-                + " (docs/operators-guide.md)")
+    out += [(C, f"{n.ip}: {n.sitter['stateOlder']}; it holds the state it remembers and nobody can fail over "
+                f"(docs/operators-guide.md)")
             for n in v.nodes if isinstance(n.sitter, Mapping) and n.sitter.get("stateOlder")]
     bad = {q for n in v.nodes if isinstance(n.sitter, Mapping) for q in n.sitter.get("quarantined") or ()}
     out += [(W, f"malformed znode ignored by the sitters (quarantined): {q}") for q in sorted(bad)]

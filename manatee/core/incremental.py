@@ -188,39 +188,39 @@ def choose_source(upstream: SourceOffer, others: Sequence[SourceOffer]) -> Sourc
          snapshot, else a full stream from it (sandbox trial 2026-12-05: an async's rebuild
          retried a hung upstream for minutes while the primary could have sent it).
     """
-    if not upstream.known and upstream.silent:
-        answered = [o for o in others if o.known]
-        shares = [o for o in answered if o.common is not None]
-        if shares:
-            best = max(shares, key=lambda o: o.common.creation)  # max keeps the nearest of equals
-            return SourceChoice(best.name, f"from {best.name} at {best.common.name}: the upstream "
-                                           f"{upstream.name} does not answer ({upstream.why_unknown})",
-                                expects_incremental=True)
-        if answered:
-            return SourceChoice(answered[0].name, f"a full stream from {answered[0].name}: the upstream "
-                                                  f"{upstream.name} does not answer ({upstream.why_unknown}) "
-                                                  f"and {answered[0].name} shares no snapshot with this node",
-                                expects_incremental=False)
-    if not upstream.known:
+    silent = not upstream.known and upstream.silent
+    answered = [o for o in others if o.known] if silent else []
+    if not upstream.known and not answered:
         return SourceChoice(upstream.name, f"could not ask the upstream {upstream.name} which snapshots it "
                                            f"shares ({upstream.why_unknown}): asking it for the stream",
                             expects_incremental=False)
     if upstream.common is not None:
         return SourceChoice(upstream.name, f"the upstream {upstream.name} shares snapshot "
                                            f"{upstream.common.name}", expects_incremental=True)
-    best: Optional[SourceOffer] = None
-    for o in others:
-        if o.known and o.common is not None and (best is None or o.common.creation > best.common.creation):
-            best = o
+    why = f"does not answer ({upstream.why_unknown})" if silent else "shares no snapshot"
+    best = _newest_common(others)
     if best is not None:
         assert best.common is not None
         return SourceChoice(best.name, f"from {best.name} at {best.common.name}: the upstream "
-                                       f"{upstream.name} shares no snapshot", expects_incremental=True)
+                                       f"{upstream.name} {why}", expects_incremental=True)
+    if answered:
+        return SourceChoice(answered[0].name, f"a full stream from {answered[0].name}: the upstream "
+                                              f"{upstream.name} {why} and {answered[0].name} shares no "
+                                              f"snapshot with this node", expects_incremental=False)
     unknown = [o.name for o in others if not o.known]
     tail = f" (not known for {', '.join(unknown)})" if unknown else ""
     return SourceChoice(upstream.name, f"no member shares a snapshot with this node{tail}: "
                                        f"a full stream from the upstream {upstream.name}",
                         expects_incremental=False)
+
+
+def _newest_common(others: Sequence[SourceOffer]) -> Optional[SourceOffer]:
+    """The member that shares the newest snapshot with us (ties: the nearest), or None."""
+    best: Optional[SourceOffer] = None
+    for o in others:
+        if o.known and o.common is not None and (best is None or o.common.creation > best.common.creation):
+            best = o
+    return best
 
 
 def common_to_json(common: Optional[tuple[Snapshot, str]]) -> Optional[dict[str, object]]:

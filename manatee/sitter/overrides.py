@@ -26,25 +26,32 @@ def overridden(rows: list[dict], managed: set[str]) -> list[str]:
     return sorted(n for n in names & {m.lower() for m in managed} if _NAME.match(n))
 
 
-async def drop_overrides(client, managed: set[str], log, timeout: float, failed: list[str]) -> list[str]:
-    """Reset the overrides of `managed` settings and reload; the names reset ([] if none).
-    `failed` holds the last check's error (logged once per new error, not every cycle)."""
-    try:
-        rows = await client.query("select distinct name from pg_file_settings where sourcefile like %s",
-                                  (f"%/{AUTO_CONF}",), timeout=timeout)
-        found = overridden(rows, managed)
-        for name in found:
-            await client.execute(f"ALTER SYSTEM RESET {name}", timeout=timeout)
+class OverrideGuard:
+    """Resets the overrides at each check; remembers the last failed check's error, so that
+    a failure is logged once per new error, not every cycle."""
+
+    def __init__(self, log):
+        self.log = log
+        self.last_error: str | None = None
+
+    async def drop(self, client, managed: set[str], timeout: float) -> list[str]:
+        """Reset the overrides of `managed` settings and reload; the names reset ([] if none)."""
+        try:
+            rows = await client.query("select distinct name from pg_file_settings where sourcefile like %s",
+                                      (f"%/{AUTO_CONF}",), timeout=timeout)
+            found = overridden(rows, managed)
+            for name in found:
+                await client.execute(f"ALTER SYSTEM RESET {name}", timeout=timeout)
+            if found:
+                await client.query("select pg_reload_conf()", timeout=timeout)
+        except pgmod.PgError as e:
+            if self.last_error != str(e):
+                self.log.warning("pg_override_check_failed", error=str(e)[:300])
+            self.last_error = str(e)
+            return []
+        self.last_error = None
         if found:
-            await client.query("select pg_reload_conf()", timeout=timeout)
-    except pgmod.PgError as e:
-        if failed != [str(e)]:
-            log.warning("pg_override_check_failed", error=str(e)[:300])
-        failed[:] = [str(e)]
-        return []
-    failed.clear()
-    if found:
-        log.error("pg_override_removed", settings=found,
-                  note=f"ALTER SYSTEM ({AUTO_CONF}) overrode settings manatee manages; they are reset and "
-                       f"PostgreSQL reloaded. Set parameters in postgresMgrCfg.parameters instead")
-    return found
+            self.log.error("pg_override_removed", settings=found,
+                           note=f"ALTER SYSTEM ({AUTO_CONF}) overrode settings manatee manages; they are reset "
+                                f"and PostgreSQL reloaded. Set parameters in postgresMgrCfg.parameters instead")
+        return found

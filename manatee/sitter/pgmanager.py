@@ -21,7 +21,7 @@ from manatee.core.pg.walpos import STANDBY_WAL_SQL
 from manatee.core.pgconfig import (
     RoleConfig, install_base_config, parameter_settings, role_settings, write_role_config,
 )
-from manatee.sitter.overrides import drop_overrides
+from manatee.sitter.overrides import OverrideGuard
 from manatee.sitter.pglog import CROWDED, LogFacts, disk_full_in, diverged_in, wal_gone_in
 
 ORPHAN_SCAN_TIMEOUT_S = 5.0  # the /proc scan for a PostgreSQL left by a sitter that died
@@ -120,7 +120,7 @@ class PgManager:
         # (apply_pending reloaded PG with them); a PgStatus carries the applied one it saw.
         self.parameters_gen = self._written_gen = self._applied_gen = 0
         self._reload_unseen: tuple[str, int] | None = None  # (load time before, gen before) a reload
-        self._override_error: list[str] = []  # the last failed ALTER SYSTEM check's error (overrides.py)
+        self.overrides = OverrideGuard(log)  # ALTER SYSTEM must not undo manatee.conf (overrides.py)
         if p.replicationAuth.user == p.dbUser:
             log.warning("pg_replication_as_superuser", user=p.dbUser,
                         hint="its password opens every database: see docs/security.md")
@@ -418,8 +418,7 @@ class PgManager:
         sender = (r["wr_host"], int(r["wr_port"])) if streaming and r["wr_host"] else None
         if self.spec is not None:  # ALTER SYSTEM must not undo what manatee.conf says (overrides.py)
             rc = self.role_config(self.spec)
-            await drop_overrides(self.client, {*role_settings(rc), *parameter_settings(rc)}, self.log,
-                                 self.status_timeout, self._override_error)
+            await self.overrides.drop(self.client, {*role_settings(rc), *parameter_settings(rc)}, self.status_timeout)
         facts = await self._log_facts()
         return PgStatus(True, True, in_rec, wal, streaming, in_rec and facts.diverged,
                         sync_flush, r["tli"], bool(r["ro"]), sender,

@@ -88,7 +88,7 @@ def not_following(state: ClusterState, mem: Memory) -> str | None:
     an older generation (ZooKeeper restored from an old copy, an old state written back), or
     the same generation with another primary or sync, which no sitter writes (every change of
     either is a new generation): a state written by hand or pieced together, which could make
-    a node that lacks acknowledged writes lead. The text names both."""
+    a node that lacks acknowledged writes lead. The text names both and the likely cause."""
     def leaders(st: ClusterState | None, primary: str) -> str:
         ip = primary.split(":", 1)[0]
         if st is None:
@@ -98,15 +98,31 @@ def not_following(state: ClusterState, mem: Memory) -> str | None:
     held = f"it holds generation {state.generation} ({leaders(state, state.primary.id)})"
     mine = f"I remember generation {mem.generation} ({leaders(mem.state, mem.primary)})"
     if state.generation < mem.generation:
-        return f"the shard state znode is older than I remember: {held}; {mine}"
+        return (f"the shard state znode is older than I remember: {held}; {mine}: ZooKeeper was "
+                f"restored from an older copy, or an old state written back")
     if state.generation > mem.generation:
         return None
     other_sync = mem.state is not None and (state.sync.id if state.sync else None) != (
         mem.state.sync.id if mem.state.sync else None)
     if state.primary.id != mem.primary or other_sync:
         return (f"the shard state znode names other leaders than I remember for its generation, "
-                f"which no sitter writes: {held}; {mine}")
+                f"which no sitter writes: {held}; {mine}: the state was written by hand")
     return None
+
+
+SAID = object()  # to_say: the election node says it already
+
+
+def to_say(said: int | None | str, now: int | None | str) -> int | None | str | object:
+    """What my election node should say I remember (`remembers`), given what it says and what
+    I remember now: a newer generation, or anything known where it said UNKNOWN_MEMORY;
+    never less than it says (a generation is not taken back, and unknown says nothing new).
+    SAID: nothing to change."""
+    if now == said or now == UNKNOWN_MEMORY:
+        return SAID
+    if said == UNKNOWN_MEMORY or (isinstance(now, int) and (said is None or now > said)):
+        return now
+    return SAID
 
 
 class StateMemory:

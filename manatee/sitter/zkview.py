@@ -12,27 +12,12 @@ from typing import Callable
 
 from manatee.core import zk as zkmod
 from manatee.shard.shardstore import StateUnreadable
-from manatee.shard.state import CONNECTED, LOST, SUSPENDED, UNKNOWN_MEMORY, ClusterState, Peer
+from manatee.shard.state import CONNECTED, LOST, SUSPENDED, ClusterState, Peer
 from manatee.sitter.ports import Clock, Session, Store
-from manatee.sitter.statememory import not_following
+from manatee.sitter.statememory import SAID, not_following, to_say
 
 ZK_SAFETY_REFRESH_S = 5.0  # re-read ZooKeeper at least this often even without a watch
 _ZK_BADNESS = (CONNECTED, SUSPENDED, LOST)  # order for "the worse of two session states"
-
-
-SAID = object()  # to_say: the election node says it already
-
-
-def to_say(said: int | None | str, now: int | None | str) -> int | None | str | object:
-    """What my election node should say I remember (`remembers`), given what it says and what
-    I remember now: a newer generation, or anything known where it said UNKNOWN_MEMORY;
-    never less than it says (a generation is not taken back, and unknown says nothing new).
-    SAID: nothing to change."""
-    if now == said or now == UNKNOWN_MEMORY:
-        return SAID
-    if said == UNKNOWN_MEMORY or (isinstance(now, int) and (said is None or now > said)):
-        return now
-    return SAID
 
 
 def worse(a: str, b: str) -> str:

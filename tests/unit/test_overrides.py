@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from manatee.core import pg as pgmod
-from manatee.sitter.overrides import drop_overrides, overridden
+from manatee.sitter.overrides import OverrideGuard, overridden
 from tests.pgmanager_fakes import RecordingLog
 
 
@@ -34,21 +34,23 @@ class _Client:
 
 
 def test_an_override_is_reset_reloaded_and_said_loudly():
-    c, log, failed = _Client([{"name": "synchronous_standby_names"}]), RecordingLog(), []
-    got = asyncio.run(drop_overrides(c, {"synchronous_standby_names"}, log, 1.0, failed))
+    c, log = _Client([{"name": "synchronous_standby_names"}]), RecordingLog()
+    guard = OverrideGuard(log)
+    got = asyncio.run(guard.drop(c, {"synchronous_standby_names"}, 1.0))
     assert got == ["synchronous_standby_names"]
     assert c.sql[1:] == ["ALTER SYSTEM RESET synchronous_standby_names", "select pg_reload_conf()"]
     assert [(lvl, ev) for lvl, ev, _ in log.lines] == [("error", "pg_override_removed")]
     c2 = _Client([{"name": "work_mem"}])
-    assert asyncio.run(drop_overrides(c2, {"synchronous_standby_names"}, log, 1.0, failed)) == []
+    assert asyncio.run(guard.drop(c2, {"synchronous_standby_names"}, 1.0)) == []
     assert len(c2.sql) == 1  # nothing managed: no reset, no reload
 
 
 def test_a_failing_check_is_logged_once_per_error_and_never_raises():
-    log, failed = RecordingLog(), []
+    log = RecordingLog()
+    guard = OverrideGuard(log)
     for _ in range(3):
-        assert asyncio.run(drop_overrides(_Client([], fail="too many clients"), {"port"}, log, 1.0, failed)) == []
+        assert asyncio.run(guard.drop(_Client([], fail="too many clients"), {"port"}, 1.0)) == []
     assert [ev for _, ev, _ in log.lines] == ["pg_override_check_failed"]
-    asyncio.run(drop_overrides(_Client([]), {"port"}, log, 1.0, failed))
-    asyncio.run(drop_overrides(_Client([], fail="too many clients"), {"port"}, log, 1.0, failed))
+    asyncio.run(guard.drop(_Client([]), {"port"}, 1.0))
+    asyncio.run(guard.drop(_Client([], fail="too many clients"), {"port"}, 1.0))
     assert [ev for _, ev, _ in log.lines] == ["pg_override_check_failed"] * 2

@@ -123,7 +123,7 @@ def test_the_sitters_election_reader_keeps_what_each_node_remembers():
     (None, UNKNOWN_MEMORY, "same"), (4, UNKNOWN_MEMORY, "same"),                    # unknown is no news
 ])
 def test_an_election_node_is_rewritten_only_with_news(said, now, says):
-    from manatee.sitter.zkview import SAID, to_say
+    from manatee.sitter.statememory import SAID, to_say
     got = to_say(said, now)
     assert (got is SAID) if says == "same" else (got == says and got is not SAID)
 
