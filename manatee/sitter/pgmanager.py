@@ -21,6 +21,7 @@ from manatee.core.pg.walpos import STANDBY_WAL_SQL
 from manatee.core.pgconfig import (
     RoleConfig, install_base_config, parameter_settings, role_settings, write_role_config,
 )
+from manatee.sitter import promotion
 from manatee.sitter.overrides import OverrideGuard
 from manatee.sitter.pglog import CROWDED, LogFacts, disk_full_in, diverged_in, wal_gone_in
 
@@ -282,19 +283,11 @@ class PgManager:
         return "unchanged"
 
     async def promote(self) -> None:
-        """Standby → primary, in place (no restart: the promoted node keeps its connections).
-        pg_promote(wait => true) checks only every 100 ms whether recovery has ended, which a
-        switchover's write gap would pay in full: ask without waiting, then look every
-        PROMOTE_POLL_S (the same deadline, ops_timeout)."""
-        deadline = time.monotonic() + self.ops_timeout
-        await self.client.promote(wait=False, timeout=self.ops_timeout)
-        while True:
-            rows = await self.client.query("select pg_is_in_recovery() as r", timeout=self.health_timeout)
-            if not rows[0]["r"]:
-                return
-            if time.monotonic() >= deadline:
-                raise pgmod.PgError(f"promotion did not finish within {self.ops_timeout}s")
-            await asyncio.sleep(PROMOTE_POLL_S)
+        """Standby → primary, in place (no restart: the promoted node keeps its connections);
+        asked every PROMOTE_POLL_S whether it is done, within opsTimeout. Queries on this node
+        that hold back the replay the promotion needs are ended (promotion.py)."""
+        await promotion.promote(self.client, self.log, deadline_s=self.ops_timeout, poll_s=PROMOTE_POLL_S,
+                                query_timeout=self.health_timeout)
 
     # ------------------------------------------------------------------ process
 

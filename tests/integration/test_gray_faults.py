@@ -477,6 +477,50 @@ def test_an_alter_system_override_of_the_primarys_sync_is_reset(shard: Shard):
     assert sql(dsn, "select count(*) from pg_file_settings where sourcefile like '%/postgresql.auto.conf'")[0] == 0
 
 
+def test_a_query_on_the_sync_that_holds_its_replay_does_not_hold_a_switchover(shard: Shard):
+    """Sandbox trial 2026-12-06: an open transaction on the sync that had read a table, an
+    ALTER TABLE of it on the primary (replayed as an AccessExclusiveLock the session blocks),
+    then the primary killed: the promotion waited out max_standby_streaming_delay (30 s), writes
+    out 24.8 s at T = 6 s. A promotion now ends the sessions that hold its replay
+    (`promotion_replay_unblocked`). Shown here by a switchover, which shares the promotion: the
+    old primary is read-only until the sync has promoted."""
+    import psycopg2
+
+    from tests.shard_ops import sql
+
+    sh = shard
+    prev = sh.zk_state()
+    p, s, _a = names(sh.topology())
+    dsn = sh.find_primary()
+    assert dsn, "no writable primary"
+    sql(dsn, "drop table if exists replay_held", "create table replay_held (id int)", "insert into replay_held values (1)")
+    sh.wait(lambda: sql(sh.dsn(sh.node(s)), "select count(*) from pg_class where relname = 'replay_held'")[0] == 1,
+            10, f"{s} to replay the table")
+    holder = psycopg2.connect(sh.dsn(sh.node(s)), connect_timeout=3, application_name="report")
+    w = sh.writer("replay-held").start()
+    try:
+        with holder.cursor() as cur:
+            cur.execute("select count(*) from replay_held")  # its transaction stays open
+        sql(dsn, "alter table replay_held add column v int")
+        w.wait_for_acks(20, 30)
+        log0 = len(sh.sitter_log(sh.node(s)))
+        t0 = time.monotonic()
+        r = adm(sh, "switchover", "--to", sh.node(s).ip, "--wait", "25", limit=40)
+        assert r.returncode == 0 and "switchover done" in r.stdout, r.stdout + r.stderr
+        w.wait_for_acks(20, 30)
+        gap = longest_ack_gap(w, t0, time.monotonic())
+        say(f"switchover with the sync's replay held by a query: done in {r.secs:.2f} s, write gap {gap:.2f} s")
+        assert gap < 10, f"the write gap {gap:.1f} s: the promotion waited for the query"
+        assert "promotion_replay_unblocked" in sh.sitter_log(sh.node(s))[log0:]
+        with pytest.raises(psycopg2.Error), holder.cursor() as cur:
+            cur.execute("select 1")
+    finally:
+        w.stop()
+        holder.close()
+    sh.assert_checks(w, prev, expect_leader=s, since_gen=prev["generation"])
+    sql(sh.find_primary(), "drop table replay_held")
+
+
 def test_f21_unparsable_state_znode_never_promotes_or_rebuilds(shard: Shard):
     sh = shard
     prev = sh.zk_state()

@@ -1,0 +1,86 @@
+"""A standby's promotion, and the queries on it that hold its replay back.
+
+A standby does not replay a WAL record that conflicts with a query running on it (a lock that
+an ALTER or a TRUNCATE needs, rows a VACUUM removed that a snapshot still sees, a pinned
+buffer) for up to `max_standby_streaming_delay` (30 s by default; -1 waits forever). A
+standby being promoted must replay everything it received before it leaves recovery, so one
+reporting query on the sync held a failover that long (sandbox trial 2026-12-06: an open
+transaction on the sync that had read a table, an `ALTER TABLE` of it on the primary, then
+the primary killed: writes were out for 24.8 s at T = 6 s, the promotion waiting out the
+30 s). A takeover does not wait for reads: while the node promotes and its startup process
+waits on such a conflict, the sessions with an open transaction are ended (manatee's own
+connections are not), and the sitter says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from manatee.core import pg as pgmod
+
+#: Asked each poll while a node promotes: still in recovery, and what its startup process waits on.
+PROMOTION_SQL = ("select pg_is_in_recovery() as r, (select wait_event_type || '/' || coalesce(wait_event, '')"
+                 " from pg_stat_activity where backend_type = 'startup' limit 1) as w")
+
+#: The waits of a startup process held by queries (PostgreSQL 15's wait event names).
+CONFLICT_EVENTS = frozenset({"IPC/RecoveryConflictSnapshot", "IPC/RecoveryConflictTablespace",
+                             "BufferPin/BufferPin"})
+
+#: The sessions that can hold a conflict: clients' with an open transaction, never manatee's.
+_END_SQL = ("select pid, application_name as app, pg_terminate_backend(pid) as ended from pg_stat_activity"
+            " where backend_type = 'client backend' and pid <> pg_backend_pid() and xact_start is not null"
+            " and application_name not like 'manatee%%'")
+
+
+def holds_replay(wait: str | None) -> bool:
+    """Whether a startup process's wait ('type/event' of pg_stat_activity) is a conflict with
+    queries: a lock wait (an AccessExclusiveLock that standby sessions hold) or one of
+    CONFLICT_EVENTS. Unknown (None, empty) is not a conflict."""
+    if not wait:
+        return False
+    return wait.startswith("Lock/") or wait in CONFLICT_EVENTS
+
+
+class ReplayUnblocker:
+    """Ends the sessions that hold a promoting node's replay; each session is named once."""
+
+    def __init__(self, log):
+        self.log = log
+        self.ended: set[int] = set()
+
+    async def unblock(self, client, wait: str, timeout: float) -> list[int]:
+        """End the client sessions with an open transaction; the pids newly ended. A query that
+        fails is logged: the promotion's own deadline bounds the wait."""
+        try:
+            rows = await client.query(_END_SQL, timeout=timeout)
+        except pgmod.PgError as e:
+            self.log.warning("promotion_unblock_failed", wait=wait, error=str(e)[:300])
+            return []
+        new = [r for r in rows if r.get("ended") and r.get("pid") not in self.ended]
+        self.ended.update(r["pid"] for r in new)
+        if new:
+            self.log.warning("promotion_replay_unblocked", wait=wait, sessions=len(new),
+                             pids=sorted(r["pid"] for r in new), apps=sorted({str(r.get("app") or "") for r in new}),
+                             note="queries on this node held back the replay that its promotion needs "
+                                  "(max_standby_streaming_delay); a takeover does not wait for reads: "
+                                  "their sessions are ended")
+        return [r["pid"] for r in new]
+
+
+async def promote(client, log, *, deadline_s: float, poll_s: float, query_timeout: float) -> None:
+    """pg_promote without waiting, then ask every `poll_s` whether recovery has ended (pg_promote's
+    own wait checks only every 100 ms, which a switchover's write gap would pay in full), ending
+    the sessions that hold the replay back; PgError once `deadline_s` has passed."""
+    deadline = time.monotonic() + deadline_s
+    await client.promote(wait=False, timeout=deadline_s)
+    unblocker = ReplayUnblocker(log)
+    while True:
+        rows = await client.query(PROMOTION_SQL, timeout=query_timeout)
+        if not rows[0]["r"]:
+            return
+        if holds_replay(rows[0].get("w")):
+            await unblocker.unblock(client, rows[0]["w"], timeout=query_timeout)
+        if time.monotonic() >= deadline:
+            raise pgmod.PgError(f"promotion did not finish within {deadline_s:g}s")
+        await asyncio.sleep(poll_s)
