@@ -86,7 +86,7 @@ def gray_notes(ip: str, pg: Mapping[str, Any] | None, sitter: Any) -> list[str]:
 def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: str) -> list[tuple[str, str]]:
     """(severity, line) for the latches that an operator should look at: a primary whose write
     probe fails, a sync flush stalled for half its bound or more, PostgreSQL that fails to start,
-    rebuilds that keep failing."""
+    a config its sitter cannot write, rebuilds that keep failing."""
     out = []
     wp, st, sb = (_section(sitter, k) for k in ("writeProbe", "syncFlushStall", "startBackoff"))
     if wp.get("failures") and role == "primary":
@@ -99,6 +99,11 @@ def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: st
     if sb.get("failures"):
         out.append((sev_crit if role in ("primary", "sync") else sev_warn,
                     f"{what}: PostgreSQL failed to start {sb['failures']} time(s) in a row"))
+    ce = _section(sitter, "pg").get("configError")
+    if ce:  # sandbox trial 2026-12-06: a read-only dataset showed only "PostgreSQL does not answer"
+        out.append((sev_crit if role in ("primary", "sync") else sev_warn,
+                    f"{what}: its sitter cannot write PostgreSQL's config ({str(ce).splitlines()[0][:200]}): "
+                    f"is its dataset full, read-only or not mounted?"))
     rb = _section(sitter, "restoreBackoff")
     if isinstance(rb.get("failures"), int) and rb["failures"] >= 2:  # one failure is retried at once
         out.append((sev_warn, f"{what}: its last {rb['failures']} rebuilds failed in a row "

@@ -102,6 +102,22 @@ def test_show_and_verify_name_the_latches_and_the_decision():
                                              "reason": "my PostgreSQL cannot serve: it cannot commit"}
 
 
+@pytest.mark.parametrize("i, severity", [(1, "critical"), (2, "warning")])
+def test_a_config_its_sitter_cannot_write_is_named(i, severity):
+    """Sandbox trial 2026-12-06: the dataset read-only under a standby; show said only that its
+    PostgreSQL does not answer. The sitter's /state has pg.configError: now it is a problem."""
+    v = healthy()
+    n = v.nodes[i]
+    n.sitter = sitter_state("standby", running=False, healthy_=False)
+    n.sitter["pg"]["configError"] = "[Errno 30] Read-only file system: '.manatee.conf.tmp'\nmore"
+    found = {p["message"]: p["severity"] for p in show_json(v)["problems"]}
+    line = (f"{n.role} {n.ip}: its sitter cannot write PostgreSQL's config ([Errno 30] Read-only file system: "
+            f"'.manatee.conf.tmp'): is its dataset full, read-only or not mounted?")
+    assert found.get(line) == severity, found
+    n.sitter["pg"]["configError"] = None
+    assert not any("cannot write" in m for m in (p["message"] for p in show_json(v)["problems"]))
+
+
 def test_a_short_stall_is_shown_but_is_no_problem():
     v = healthy()
     v.nodes[0].sitter = sitter_state(syncFlushStall={"seconds": 1.0, "bound": 8.0})
