@@ -223,9 +223,10 @@ class PgHealth:
         it stops streaming and withholds its heartbeats)."""
         if latches.new_disk_full_crash(self.disk_full_line, pgs.disk_full):
             self.disk_full_line, self.disk_full_at = pgs.disk_full, now
-            self.disk_full_why = f"it crashed because its disk is full ({pgs.disk_full})"
+            state = "is read-only" if "Read-only file system" in pgs.disk_full else "is full"
+            self.disk_full_why = f"it crashed because its disk {state} ({pgs.disk_full})"
             self.log.warning("pg_disk_full_crash", line=first_line(self.disk_full_line, 300), role="primary" if
-                             as_primary else None, reason="my PostgreSQL crashed because its disk is full"
+                             as_primary else None, reason=f"my PostgreSQL crashed because its disk {state}"
                              + (", so I give way to my sync" if as_primary else ""))
         if not (as_primary and latches.disk_full_recent(self.disk_full_at, now, self.primary_start_timeout)):
             return None

@@ -48,11 +48,15 @@ WAL_GONE_MIN_LINES = 3
 # dataset quota reached (EDQUOT) or a full pool (ENOSPC). It PANICs (the postmaster then
 # restarts it, and a restart that frees a little space makes it look healthy until the next
 # WAL segment), so the primary's sitter gives way to its sync (F19).
-DISK_FULL_PANIC = re.compile(r"PANIC:.*(?:No space left on device|Disk quota exceeded)")
+#: a PANIC because the disk takes no writes: full, or read-only (sandbox trial 2026-12-06: the
+#: primary's dataset set readonly=on; it PANICked at each restart and the primary gave way only
+#: after primaryStartTimeout, 12.5 s; a restart cures neither)
+DISK_FULL_PANIC = re.compile(r"PANIC:.*(?:No space left on device|Disk quota exceeded|Read-only file system)")
 
 
 def disk_full_in(text: str) -> str | None:
-    """The last line of PostgreSQL's log `text` that says it crashed for lack of space, or None."""
+    """The last line of PostgreSQL's log `text` that says it crashed because its disk takes no
+    writes (no space, or read-only), or None."""
     last = None
     for last in DISK_FULL_PANIC.finditer(text):
         pass

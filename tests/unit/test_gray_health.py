@@ -114,6 +114,22 @@ PANIC = ('2026-12-03 22:07:58.684 UTC [11211] PANIC:  could not write to log fil
          'at offset 917504, length 131072: Disk quota exceeded')
 
 
+def test_a_crash_on_a_read_only_disk_makes_the_primary_give_way_at_once():
+    """Sandbox trial 2026-12-06: the primary's dataset set readonly=on. PostgreSQL PANICked at
+    each restart; the primary gave way only after primaryStartTimeout (12.5 s). A restart cures
+    a read-only disk no more than a full one."""
+    h, clock, records, _ = _health()
+    rw = replace(RUNNING_PRIMARY, read_only=False)
+    h.track(rw, as_primary=True, role="primary", target=None)
+    clock.now = 3.0
+    ro = ('2026-12-06 01:56:01.231 UTC [6801] PANIC:  could not create file "pg_logical/replorigin_checkpoint.tmp": '
+          'Read-only file system')
+    h.track(replace(rw, disk_full=ro), as_primary=True, role="primary", target=None)
+    assert h.cannot_serve is not None and "disk is read-only" in h.cannot_serve, h.cannot_serve
+    crash = [r for r in records if r[3] == "pg_disk_full_crash"]
+    assert len(crash) == 1 and "read-only, so I give way" in str(crash[0]), crash
+
+
 def test_a_disk_full_crash_makes_the_primary_give_way_at_once_and_only_once():
     """F19: PostgreSQL PANICked for lack of space and the postmaster restarted it; it answers
     again, yet the primary gives way now (it will crash at its next WAL segment)."""

@@ -72,3 +72,16 @@ def test_disk_full_in_finds_the_newest_panic_for_lack_of_space_only():
     # an ERROR (a table that could not grow: the statement failed, PostgreSQL did not crash) is not one
     assert disk_full_in(log.split("\n")[0]) is None
     assert disk_full_in("PANIC:  could not locate a valid checkpoint record\n") is None
+
+
+def test_a_panic_on_a_read_only_disk_counts_as_a_disk_that_takes_no_writes():
+    """Sandbox trial 2026-12-06: the primary's dataset set readonly=on (these lines from its log)."""
+    log = ("2026-12-06 01:56:01.230 UTC [6801] LOG:  could not create file \"pg_replslot/s/state.tmp\": "
+           "Read-only file system\n"
+           "2026-12-06 01:56:01.231 UTC [6801] PANIC:  could not create file \"pg_logical/replorigin_checkpoint.tmp\": "
+           "Read-only file system\n"
+           "2026-12-06 01:56:01.457 UTC [8137] LOG:  could not remove cache file \"global/pg_internal.init\": "
+           "Read-only file system\n")
+    assert disk_full_in(log) == ("2026-12-06 01:56:01.231 UTC [6801] PANIC:  could not create file "
+                                 "\"pg_logical/replorigin_checkpoint.tmp\": Read-only file system")
+    assert disk_full_in(log.split("\n")[0]) is None  # a LOG line alone: it did not crash
