@@ -67,6 +67,7 @@ class PgHealth:
         self.sick_why: str | None = None
         self.hard_why: str | None = None  # the last hard fault (down, hung, unconfigurable) of this sickness
         self.hard_at: float | None = None  # when it was last seen (monotonic)
+        self.hard_since: float | None = None  # since when a hard fault has been seen at every check
         self.relapsed = False  # a hard fault came back after a moment of health (a crash loop)
         self.cannot_serve: str | None = None
         self.hb_withheld = False
@@ -145,6 +146,7 @@ class PgHealth:
             # stream from the dead primary" into its tenure (two slow write probes would then
             # make it step down at once: a second failover, seen in CI under load).
             self.sick_since = self.healthy_since = self.sick_why = self.hard_why = self.hard_at = None
+            self.hard_since = None
             self.relapsed = False
             self.judged_as_primary = as_primary
         full = self._disk_full(pgs, now, as_primary=as_primary)
@@ -154,7 +156,7 @@ class PgHealth:
         why, hard = self._why_sick(pgs, as_primary, target)
         if not (as_primary or role == STANDBY):
             self.sick_since = self.healthy_since = self.cannot_serve = None
-            self.sick_why = self.hard_why = self.hard_at = None
+            self.sick_why = self.hard_why = self.hard_at = self.hard_since = None
             self.relapsed = False
             return
         if why is not None and pgs.crowded and self.pg.config_error is None:
@@ -187,7 +189,7 @@ class PgHealth:
         # a crash loop) stops heartbeating its upstream, so that a primary replaces a sync that
         # cannot acknowledge (and never steps down to it); not streaming alone does not
         # (latches.standby_gives_way).
-        sick_for = now - self.sick_since if self.sick_since is not None and why is not None else 0.0
+        hard_for = self._hard_for(hard, now)
         # A standby whose disk is full cannot write the WAL it receives: no waiting, it is a fact
         # (its sync flush would block every commit on the primary until the expiry).
         if not as_primary and why is None:
@@ -197,7 +199,7 @@ class PgHealth:
         if full:
             self.sick_why = f"{why}, and {self.disk_full_why}"
         withhold, tell = (False, False) if as_primary else latches.standby_gives_way(
-            failing=failing, full=full, hard=hard, sick_for=sick_for, health_timeout=self.pg.health_timeout,
+            failing=hard_for >= self.primary_start_timeout, full=full, hard=hard, hard_for=hard_for, health_timeout=self.pg.health_timeout,
             withheld=self.hb_withheld, hold_s=self.primary_start_timeout,
             relapsed=self.relapsed,
             hard_ago=None if self.hard_at is None else now - self.hard_at)
@@ -213,6 +215,18 @@ class PgHealth:
         if withhold and sender is not None:  # at once: the cycle may then fail (PG cannot start) and
             sender.upstream_url = None       # never reach the end that points the sender (F19-sync)
 
+    def _hard_for(self, hard: bool, now: float) -> float:
+        """How long this sickness has been hard (since its first hard fault; a crash loop's
+        moments of health do not restart it), not how long it has lasted: a standby that did not
+        stream (its upstream died: not its fault), then missed one status query while it caught
+        up, was counted sick for 7 s and withheld its heartbeats at that first miss (sandbox
+        trial 2026-12-06). 0 while the fault is not hard."""
+        if self.sick_since is None:
+            self.hard_since = None
+        elif hard and self.hard_since is None:
+            self.hard_since = now
+        return now - self.hard_since if hard and self.hard_since is not None else 0.0
+
     def _disk_full(self, pgs, now: float, *, as_primary: bool) -> str | None:
         """Why my primary cannot serve because its disk is full, or None: its PostgreSQL
         PANICked for lack of space (its log says so) or failed while its dataset had less than
@@ -222,12 +236,15 @@ class PgHealth:
         healthy sync at once (F19). A standby's is only logged (its walreceiver cannot write:
         it stops streaming and withholds its heartbeats)."""
         if latches.new_disk_full_crash(self.disk_full_line, pgs.disk_full):
+            said = latches.disk_full_recent(self.disk_full_at, now, self.primary_start_timeout)
             self.disk_full_line, self.disk_full_at = pgs.disk_full, now
             state = "is read-only" if "Read-only file system" in pgs.disk_full else "is full"
-            self.disk_full_why = f"it crashed because its disk {state} ({pgs.disk_full})"
-            self.log.warning("pg_disk_full_crash", line=first_line(self.disk_full_line, 300), role="primary" if
-                             as_primary else None, reason=f"my PostgreSQL crashed because its disk {state}"
-                             + (", so I give way to my sync" if as_primary else ""))
+            what = "crashed" if "PANIC:" in pgs.disk_full else "cannot write its WAL"
+            self.disk_full_why = f"it {what} because its disk {state} ({pgs.disk_full})"
+            if not said:  # a walreceiver fails each second: one line per episode
+                self.log.warning("pg_disk_full_crash", line=first_line(self.disk_full_line, 300), role="primary"
+                                 if as_primary else None, reason=f"my PostgreSQL {what} because its disk {state}"
+                                 + (", so I give way to my sync" if as_primary else ""))
         if not (as_primary and latches.disk_full_recent(self.disk_full_at, now, self.primary_start_timeout)):
             return None
         return first_line(self.disk_full_why, 300)

@@ -52,14 +52,19 @@ WAL_GONE_MIN_LINES = 3
 #: primary's dataset set readonly=on; it PANICked at each restart and the primary gave way only
 #: after primaryStartTimeout, 12.5 s; a restart cures neither)
 DISK_FULL_PANIC = re.compile(r"PANIC:.*(?:No space left on device|Disk quota exceeded|Read-only file system)")
+#: a standby's walreceiver that cannot write the WAL it receives (it exits FATAL and is started
+#: again each second, the standby never crashing): the same fact for a standby. Sandbox trial
+#: 2026-12-06: the sync's dataset read-only; its sitter heartbeated on and the primary waited
+#: for its flush 12 s (the stall bound) before it named the async its sync
+WAL_WRITE_REFUSED = re.compile(
+    r"FATAL:.*\"pg_wal/[^\"]*\".*(?:No space left on device|Disk quota exceeded|Read-only file system)")
 
 
 def disk_full_in(text: str) -> str | None:
-    """The last line of PostgreSQL's log `text` that says it crashed because its disk takes no
-    writes (no space, or read-only), or None."""
-    last = None
-    for last in DISK_FULL_PANIC.finditer(text):
-        pass
+    """The last line of PostgreSQL's log `text` that says it crashed, or its walreceiver could
+    not write WAL, because its disk takes no writes (no space, or read-only), or None."""
+    last = max((m for rx in (DISK_FULL_PANIC, WAL_WRITE_REFUSED) for m in rx.finditer(text)),
+               key=lambda m: m.start(), default=None)
     if last is None:
         return None
     end = text.find("\n", last.end())

@@ -358,6 +358,31 @@ def test_a_standby_whose_walreceiver_cannot_write_gives_way_when_its_dataset_is_
         assert full.calls == 2
 
 
+def test_a_standby_whose_walreceiver_cannot_write_on_a_read_only_disk_gives_way_at_once():
+    """Sandbox trial 2026-12-06: the sync's dataset made read-only. Its walreceiver exited FATAL
+    each second (it could not create its WAL file), PostgreSQL never crashed and ZFS said there
+    was room, so its sitter heartbeated on and the primary waited 12 s for its flush. Its log
+    now says it cannot write its WAL: a fact, so it gives way at once, and says why, once."""
+    from manatee.shard.state import STANDBY, Target
+    from manatee.sitter.heartbeat import HeartbeatSender
+    from tests.observations import A
+
+    line = ('2026-12-06 02:00:50.033 UTC [12533] FATAL:  could not create file "pg_wal/xlogtemp.12533": '
+            'Read-only file system')
+    idle = replace(RUNNING_PRIMARY, in_recovery=True, streaming=False, disk_full=line)
+    h, clock, records, _ = _health()
+    hb = HeartbeatSender(me_id="me", pg_url="u", interval_s=1.0, timeout_s=1.0, status=dict, log=None)
+    hb.upstream_url = "http://127.0.0.11:5433"
+    h.track(idle, as_primary=False, role=STANDBY, target=Target(STANDBY, upstream=A), sender=hb)
+    assert h.hb_withheld and hb.upstream_url is None and h.cannot_serve is None
+    why = hb.take_leaving()[1]
+    assert "cannot write its WAL because its disk is read-only" in why, why
+    clock.now = 1.0  # the walreceiver fails again a second later: a new line, not a new episode
+    h.track(replace(idle, disk_full=line.replace("12533", "12540")), as_primary=False, role=STANDBY,
+            target=Target(STANDBY, upstream=A), sender=hb)
+    assert h.hb_withheld and [r[3] for r in records].count("pg_disk_full_crash") == 1
+
+
 def test_a_config_write_that_fails_reads_the_room_every_interval():
     """A config write refused (EDQUOT) is a failure: the room is read at once, and a full
     dataset is named as the reason, not only the refused write."""
@@ -437,6 +462,34 @@ def test_a_standby_in_a_crash_loop_stays_silent_between_its_crashes():
     assert at(20.0, idle) and at(26.5, idle)  # its last crash at 19.0 s
     assert not at(27.0, idle)  # (the loop points its sender again in this cycle)
     assert [r for r in records if r[3] == "heartbeats_resumed"][0][4]["why"] == "it does not stream from 10.0.0.1"
+
+
+def test_a_standby_that_did_not_stream_counts_a_hard_fault_from_its_first_sight():
+    """Sandbox trial 2026-12-06: the sync died, so the async (to be the next sync) did not stream
+    for 7 s; then one status query timed out while it caught up, and it withheld its heartbeats
+    at once, as though hung for 7 s: the primary lost its one healthy sync candidate. The hard
+    fault counts from its first sight; a hang that lasts healthChkTimeout (2 s) still withholds."""
+    from manatee.shard.state import STANDBY, Target
+    from manatee.sitter.heartbeat import HeartbeatSender
+    from tests.observations import A
+
+    idle = replace(RUNNING_PRIMARY, in_recovery=True, streaming=False)
+    slow = replace(RUNNING_PRIMARY, healthy=False, in_recovery=None, wal=None, error="timed out after 1.5s",
+                   timed_out=True)
+    h, clock, records, _ = _health()
+    hb = HeartbeatSender(me_id="me", pg_url="u", interval_s=1.0, timeout_s=1.0, status=dict, log=None)
+    hb.upstream_url = "http://127.0.0.11:5433"
+
+    def at(t, pgs):
+        clock.now = t
+        h.track(pgs, as_primary=False, role=STANDBY, target=Target(STANDBY, upstream=A), sender=hb)
+        return h.hb_withheld
+
+    # 9 s without streaming (its upstream's fault), longer than primaryStartTimeout (8 s) too
+    assert [at(float(t), idle) for t in range(10)] == [False] * 10
+    assert not at(10.0, slow) and not at(11.0, slow)               # a hang of 1 s: not yet
+    assert at(12.0, slow)                                          # healthChkTimeout of it
+    assert "did not answer its status query" in hb.take_leaving()[1]
 
 
 def test_a_sync_that_takes_over_starts_a_new_sickness_clock():

@@ -173,7 +173,7 @@ def test_a_disk_full_crash_counts_once_per_new_line():
     assert not latches.disk_full(16 << 20) and not latches.disk_full(None)  # unknown is not full
 
 
-@pytest.mark.parametrize("failing, full, hard, sick_for, expected", [
+@pytest.mark.parametrize("failing, full, hard, hard_for, expected", [
     (False, False, False, 0.0, (False, False)),   # healthy
     (False, False, True, 1.0, (False, False)),    # down for less than healthChkTimeout
     (False, False, True, 2.0, (True, True)),      # down, hung, unconfigurable: withhold and say why
@@ -183,8 +183,8 @@ def test_a_disk_full_crash_counts_once_per_new_line():
     (True, False, False, 9.0, (False, False)),
     (True, False, True, 9.0, (True, True)),       # a crash loop: its own fault
 ])
-def test_a_sick_standby_gives_way_and_says_why_only_for_its_own_fault(failing, full, hard, sick_for, expected):
-    assert latches.standby_gives_way(failing=failing, full=full, hard=hard, sick_for=sick_for,
+def test_a_sick_standby_gives_way_and_says_why_only_for_its_own_fault(failing, full, hard, hard_for, expected):
+    assert latches.standby_gives_way(failing=failing, full=full, hard=hard, hard_for=hard_for,
                                      health_timeout=2.0) == expected
 
 
@@ -197,6 +197,6 @@ def test_a_sick_standby_gives_way_and_says_why_only_for_its_own_fault(failing, f
 ])
 def test_a_crash_loop_keeps_a_standby_silent_between_its_crashes_for_a_bounded_time(
         withheld, relapsed, hard_ago, expected):
-    assert latches.standby_gives_way(failing=False, full=False, hard=False, sick_for=0.0, health_timeout=2.0,
+    assert latches.standby_gives_way(failing=False, full=False, hard=False, hard_for=0.0, health_timeout=2.0,
                                      withheld=withheld, relapsed=relapsed, hard_ago=hard_ago,
                                      hold_s=8.0) == expected

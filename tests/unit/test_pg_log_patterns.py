@@ -85,3 +85,17 @@ def test_a_panic_on_a_read_only_disk_counts_as_a_disk_that_takes_no_writes():
     assert disk_full_in(log) == ("2026-12-06 01:56:01.231 UTC [6801] PANIC:  could not create file "
                                  "\"pg_logical/replorigin_checkpoint.tmp\": Read-only file system")
     assert disk_full_in(log.split("\n")[0]) is None  # a LOG line alone: it did not crash
+
+
+def test_a_walreceiver_that_cannot_write_its_wal_counts_and_other_fatals_do_not():
+    """Sandbox trial 2026-12-06, the sync's dataset read-only (lines from its log)."""
+    fatal = ('2026-12-06 02:00:50.033 UTC [12533] FATAL:  could not create file "pg_wal/xlogtemp.12533": '
+             'Read-only file system')
+    log = ('2026-12-06 02:00:50.032 UTC [12533] LOG:  could not create archive status file '
+           '"pg_wal/archive_status/000000020000000000000008.done": Read-only file system\n' + fatal + "\n"
+           '2026-12-06 02:00:50.054 UTC [12526] LOG:  waiting for WAL to become available at 0/900018\n')
+    assert disk_full_in(log) == fatal
+    assert disk_full_in(fatal.replace("Read-only file system", "No space left on device")) is not None
+    # a FATAL about another file (a client's temporary file), or about the WAL for another reason, is not one
+    assert disk_full_in('[1] FATAL:  could not create file "base/pgsql_tmp/x": Read-only file system') is None
+    assert disk_full_in('[1] FATAL:  could not open file "pg_wal/0001": Permission denied') is None
