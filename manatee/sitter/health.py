@@ -67,7 +67,7 @@ class PgHealth:
         self.sick_why: str | None = None
         self.hard_why: str | None = None  # the last hard fault (down, hung, unconfigurable) of this sickness
         self.hard_at: float | None = None  # when it was last seen (monotonic)
-        self.hard_since: float | None = None  # since when a hard fault has been seen at every check
+        self.hard_since: float | None = None  # the first hard fault of this sickness (monotonic)
         self.relapsed = False  # a hard fault came back after a moment of health (a crash loop)
         self.cannot_serve: str | None = None
         self.hb_withheld = False
@@ -199,7 +199,8 @@ class PgHealth:
         if full:
             self.sick_why = f"{why}, and {self.disk_full_why}"
         withhold, tell = (False, False) if as_primary else latches.standby_gives_way(
-            failing=hard_for >= self.primary_start_timeout, full=full, hard=hard, hard_for=hard_for, health_timeout=self.pg.health_timeout,
+            failing=hard_for >= self.primary_start_timeout, full=full, hard=hard, hard_for=hard_for,
+            health_timeout=self.pg.health_timeout,
             withheld=self.hb_withheld, hold_s=self.primary_start_timeout,
             relapsed=self.relapsed,
             hard_ago=None if self.hard_at is None else now - self.hard_at)

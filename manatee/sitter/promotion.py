@@ -30,7 +30,8 @@ CONFLICT_EVENTS = frozenset({"IPC/RecoveryConflictSnapshot", "IPC/RecoveryConfli
 #: The sessions that can hold a conflict: clients' with an open transaction, never manatee's.
 _END_SQL = ("select pid, application_name as app, pg_terminate_backend(pid) as ended from pg_stat_activity"
             " where backend_type = 'client backend' and pid <> pg_backend_pid() and xact_start is not null"
-            " and application_name not like 'manatee%%'")
+            " and application_name not like %s")
+_MANATEES = ("manatee%",)
 
 
 def holds_replay(wait: str | None) -> bool:
@@ -53,7 +54,7 @@ class ReplayUnblocker:
         """End the client sessions with an open transaction; the pids newly ended. A query that
         fails is logged: the promotion's own deadline bounds the wait."""
         try:
-            rows = await client.query(_END_SQL, timeout=timeout)
+            rows = await client.query(_END_SQL, _MANATEES, timeout=timeout)
         except pgmod.PgError as e:
             self.log.warning("promotion_unblock_failed", wait=wait, error=str(e)[:300])
             return []
