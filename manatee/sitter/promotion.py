@@ -19,7 +19,10 @@ import time
 
 from manatee.core import pg as pgmod
 
-#: Asked each poll while a node promotes: still in recovery, and what its startup process waits on.
+#: Asked each poll while a node promotes: still in recovery?
+RECOVERY_SQL = "select pg_is_in_recovery() as r"
+#: ... and every CONFLICT_LOOK_S of a promotion that has not ended: what its startup process waits on.
+CONFLICT_LOOK_S = 0.1
 PROMOTION_SQL = ("select pg_is_in_recovery() as r, (select wait_event_type || '/' || coalesce(wait_event, '')"
                  " from pg_stat_activity where backend_type = 'startup' limit 1) as w")
 
@@ -71,17 +74,22 @@ class ReplayUnblocker:
 
 async def promote(client, log, *, deadline_s: float, poll_s: float, query_timeout: float) -> None:
     """pg_promote without waiting, then ask every `poll_s` whether recovery has ended (pg_promote's
-    own wait checks only every 100 ms, which a switchover's write gap would pay in full), ending
-    the sessions that hold the replay back; PgError once `deadline_s` has passed."""
+    own wait checks only every 100 ms, which a switchover's write gap would pay in full) and,
+    every CONFLICT_LOOK_S, whether queries hold the replay back (then their sessions are ended);
+    PgError once `deadline_s` has passed."""
     deadline = time.monotonic() + deadline_s
     await client.promote(wait=False, timeout=deadline_s)
     unblocker = ReplayUnblocker(log)
+    look_at = time.monotonic() + CONFLICT_LOOK_S  # a promotion that ends at once never reads pg_stat_activity
     while True:
-        rows = await client.query(PROMOTION_SQL, timeout=query_timeout)
+        look = time.monotonic() >= look_at
+        rows = await client.query(PROMOTION_SQL if look else RECOVERY_SQL, timeout=query_timeout)
         if not rows[0]["r"]:
             return
-        if holds_replay(rows[0].get("w")):
-            await unblocker.unblock(client, rows[0]["w"], timeout=query_timeout)
+        if look:
+            look_at = time.monotonic() + CONFLICT_LOOK_S
+            if holds_replay(rows[0].get("w")):
+                await unblocker.unblock(client, rows[0]["w"], timeout=query_timeout)
         if time.monotonic() >= deadline:
             raise pgmod.PgError(f"promotion did not finish within {deadline_s:g}s")
         await asyncio.sleep(poll_s)
