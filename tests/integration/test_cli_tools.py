@@ -21,6 +21,7 @@ from manatee_testbed.postgres import PgNode, replication_rows
 from manatee.shard.history import HistoryEvent
 from manatee.shard.shardstore import ShardStore
 from manatee.shard.state import ClusterState, Peer, error_record
+from tests.async_wait import eventually as _eventually
 from tests.factories import peer
 
 
@@ -232,14 +233,7 @@ def pg_peer(n: PgNode) -> Peer:
 
 
 async def eventually(fn, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await fn()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+    return await _eventually(fn, timeout, 0.2, what)
 
 
 async def test_stat_p_shows_each_nodes_replication_row_and_async_lag(zk_hosts, zkc, pg_node_factory):

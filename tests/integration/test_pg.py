@@ -30,22 +30,14 @@ from manatee_testbed.postgres import (
     wal_receiver,
 )
 
+from tests.async_wait import eventually as _eventually
+
 PG_UID = pwd.getpwnam("postgres").pw_uid
 
 
 async def eventually(fn, timeout=15.0, interval=0.1, what="condition"):
-    """Poll async `fn` until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = await fn()
-            if last:
-                return last
-        except PgError as e:
-            last = e
-        await asyncio.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+    """Poll async `fn` until it returns a truthy value (a PgError counts as not yet)."""
+    return await _eventually(fn, timeout, interval, what, tolerate=(PgError,))
 
 
 # --------------------------------------------------------------------------- single node

@@ -9,7 +9,6 @@ sessions that hold the replay — only those with an open transaction — and fi
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import psycopg2
@@ -18,19 +17,10 @@ import pytest
 from manatee.core.lsn import Lsn
 from manatee.sitter import promotion
 from manatee_testbed.postgres import PgNode, wal_position
+from tests.async_wait import eventually
 from tests.pgmanager_fakes import RecordingLog
 
 FOREVER = {"max_standby_streaming_delay": "-1", "max_standby_archive_delay": "-1"}
-
-
-async def _eventually(fn, what: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last = await fn()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
 async def _pair(pg_node_factory) -> tuple[PgNode, PgNode]:
@@ -43,7 +33,7 @@ async def _pair(pg_node_factory) -> tuple[PgNode, PgNode]:
     await s.clone_from(p, parameters=FOREVER)
     await s.start()
     target = await wal_position(p.client)
-    await _eventually(lambda: _replayed(s, target), "the standby replaying the table")
+    await eventually(lambda: _replayed(s, target), what="the standby replaying the table")
     return p, s
 
 
@@ -78,7 +68,7 @@ async def test_a_promotion_ends_the_sessions_that_hold_its_replay(pg_node_factor
         else:
             await p.execute("delete from t where id > 1000")
             await p.execute("vacuum t")  # its cleanup removes rows the holder's snapshot sees
-        wait = await _eventually(_startup_wait(s), f"the standby's replay held by the {conflict} conflict")
+        wait = await eventually(_startup_wait(s), what=f"the standby's replay held by the {conflict} conflict")
         log = RecordingLog()
         t0 = time.monotonic()
         await promotion.promote(s.client, log, deadline_s=20, poll_s=0.01, query_timeout=5)
