@@ -7,7 +7,8 @@ commits its sync never received, which a failover then loses (S1/S2; sandbox tri
 2026-12-06: the setting stayed empty, unnoticed). So the sitter resets every override of a
 setting it renders (manatee.conf's and postgresMgrCfg.parameters) and reloads, at each
 status check, and says so loudly; settings manatee does not manage are the operator's. It
-never fails a cycle: a query that fails is logged and tried again at the next check.
+never fails a cycle: a query that fails is logged and tried again at the next check; one
+that times out is raised, and the status check it belongs to reads as unknown (hung).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class OverrideGuard:
             if found:
                 await client.query("select pg_reload_conf()", timeout=timeout)
         except pgmod.PgError as e:
+            if e.timed_out:  # PostgreSQL stopped answering: the caller's status says so
+                raise
             if self.last_error != str(e):
                 self.log.warning("pg_override_check_failed", error=str(e)[:300])
             self.last_error = str(e)

@@ -382,11 +382,7 @@ class PgManager:
                 " (select string_agg(name, ',' order by name) from pg_settings where pending_restart) as pending",
                 timeout=self.status_timeout)
         except pgmod.PgError as e:
-            # Unknown, not "running as a primary": in_recovery, wal, read_only stay None.
-            self.log.debug("pg_status_failed", error=str(e), timed_out=e.timed_out)
-            facts = await self._log_facts()
-            return PgStatus(True, False, None, None, False, facts.diverged, None, None, error=str(e),
-                            timed_out=e.timed_out, crowded=bool(CROWDED.search(str(e))), disk_full=facts.disk_full)
+            return await self._unknown(e)
         r = rows[0]
         if self._reload_unseen is not None:
             if r.get("conf_t") == self._reload_unseen[0]:
@@ -406,18 +402,35 @@ class PgManager:
                     timeout=self.status_timeout)
                 if rep and rep[0]["flush"]:
                     sync_flush = Lsn.parse(rep[0]["flush"])
-            except pgmod.PgError:
+            except pgmod.PgError as e:
+                if e.timed_out:  # it stopped answering within this check: hung, not "flush unknown"
+                    return await self._unknown(e)
                 flush_failed = True
         sender = (r["wr_host"], int(r["wr_port"])) if streaming and r["wr_host"] else None
         if self.spec is not None:  # ALTER SYSTEM must not undo what manatee.conf says (overrides.py)
             rc = self.role_config(self.spec)
-            await self.overrides.drop(self.client, {*role_settings(rc), *parameter_settings(rc)}, self.status_timeout)
+            try:
+                await self.overrides.drop(self.client, {*role_settings(rc), *parameter_settings(rc)},
+                                          self.status_timeout)
+            except pgmod.PgError as e:  # timed out (others are logged there): as above
+                return await self._unknown(e)
         facts = await self._log_facts()
         return PgStatus(True, True, in_rec, wal, streaming, in_rec and facts.diverged,
                         sync_flush, r["tli"], bool(r["ro"]), sender,
                         pending_restart=tuple(r["pending"].split(",")) if r.get("pending") else (),
                         parameters_gen=gen, sync_flush_failed=flush_failed, disk_full=facts.disk_full,
                         wal_gone=facts.wal_gone if in_rec and not streaming else None)
+
+    async def _unknown(self, e: pgmod.PgError) -> PgStatus:
+        """A check whose query failed: unknown, not "running as a primary" (in_recovery, wal,
+        read_only stay None). A query that timed out after the status query had answered counts
+        the same: a PostgreSQL that hangs mid-check starts the hung clock at this check, not at
+        the next one (sandbox walk-through 2026-12-06: the override check, the write probe and a
+        reload timed out first, and the clock started 9 s after the hang; 15.9 s without writes)."""
+        self.log.debug("pg_status_failed", error=str(e), timed_out=e.timed_out)
+        facts = await self._log_facts()
+        return PgStatus(True, False, None, None, False, facts.diverged, None, None, error=str(e),
+                        timed_out=e.timed_out, crowded=bool(CROWDED.search(str(e))), disk_full=facts.disk_full)
 
     async def _log_facts(self) -> LogFacts:
         """What PostgreSQL's log says since it was last started: it cannot follow its

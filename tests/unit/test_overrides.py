@@ -54,3 +54,18 @@ def test_a_failing_check_is_logged_once_per_error_and_never_raises():
     asyncio.run(guard.drop(_Client([]), {"port"}, 1.0))
     asyncio.run(guard.drop(_Client([], fail="too many clients"), {"port"}, 1.0))
     assert [ev for _, ev, _ in log.lines] == ["pg_override_check_failed"] * 2
+
+
+def test_a_check_that_times_out_is_raised_for_the_status_to_read_as_unknown():
+    """A PostgreSQL that stops answering mid-check: the status check reads as unknown (hung),
+    see test_pg_status_timeouts.py; nothing is logged here."""
+    import pytest
+
+    class _Slow(_Client):
+        async def query(self, sql, params=None, *, timeout=None):
+            raise pgmod.PgError("query timed out after 1.5s", timed_out=True)
+
+    log = RecordingLog()
+    with pytest.raises(pgmod.PgError):
+        asyncio.run(OverrideGuard(log).drop(_Slow([]), {"port"}, 1.0))
+    assert log.lines == []

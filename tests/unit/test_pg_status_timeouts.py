@@ -1,0 +1,76 @@
+"""PgManager.status when PostgreSQL stops answering in the middle of a check: the status query
+answered, then a later query of the same check timed out (the sync's flush, the ALTER SYSTEM
+check). Sandbox walk-through 2026-12-06 (`pg-hang` on the primary): those timeouts did not
+count, the check read as healthy, the cycle went on to a write probe and a reload that timed out
+too, and the hung clock started only at the next check, 9 s after the hang (15.9 s without
+writes). Now such a check reads as unknown and timed out, as a failed status query does."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from manatee.core import pg as pgmod
+from manatee.sitter.overrides import OverrideGuard
+from manatee.sitter.pglog import LogFacts
+from tests.pgmanager_fakes import bare_pg_manager
+
+STATUS_ROW = {"conf_t": "t0", "rec": False, "cur": "0/3000060", "recv": None, "wr_status": None, "wr_host": None,
+              "wr_port": None, "ro": False, "tli": 1, "pending": None}
+
+
+class _Client:
+    """The status query answers; the query whose text contains `hangs_at` times out (or fails)."""
+
+    def __init__(self, hangs_at: str | None, timed_out: bool = True):
+        self.hangs_at, self.timed_out = hangs_at, timed_out
+
+    async def query(self, sql, params=None, *, timeout=None):
+        if self.hangs_at and self.hangs_at in sql:
+            raise pgmod.PgError(f"query timed out after {timeout}s: {sql[:40]}", timed_out=self.timed_out)
+        if "pg_conf_load_time" in sql:
+            return [dict(STATUS_ROW)]
+        if "pg_stat_replication" in sql:
+            return [{"flush": "0/3000060"}]
+        return []
+
+    async def execute(self, sql, params=None, *, timeout=None):
+        return None
+
+
+def _manager(monkeypatch, client):
+    m = bare_pg_manager(monkeypatch, write=lambda *a, **k: None)
+    m.proc = SimpleNamespace(running=True)
+    m.spec = SimpleNamespace(role="primary")
+    m.role_config = lambda spec: None
+    m.client, m.status_timeout, m._reload_unseen = client, 1.5, None
+    m.overrides = OverrideGuard(m.log)
+
+    async def facts():
+        return LogFacts()
+    m._log_facts = facts
+    monkeypatch.setattr("manatee.sitter.pgmanager.role_settings", lambda rc: {"synchronous_standby_names"})
+    monkeypatch.setattr("manatee.sitter.pgmanager.parameter_settings", lambda rc: set())
+    return m
+
+
+def test_a_check_that_answers_throughout_is_known(monkeypatch):
+    st = asyncio.run(_manager(monkeypatch, _Client(None)).status("sync-app"))
+    assert st.known and st.in_recovery is False and st.sync_flush is not None
+
+
+def test_a_check_whose_later_query_times_out_is_unknown_and_timed_out(monkeypatch):
+    for hangs_at in ("pg_stat_replication", "pg_file_settings"):
+        st = asyncio.run(_manager(monkeypatch, _Client(hangs_at)).status("sync-app"))
+        assert not st.known and st.timed_out and st.in_recovery is None and st.wal is None, (hangs_at, st)
+        assert "timed out" in st.error
+
+
+def test_a_later_query_that_fails_without_timing_out_keeps_the_check(monkeypatch):
+    """An error that is an answer (a refused query) says PostgreSQL answers: the check stands,
+    the sync's flush reads as unknown, the ALTER SYSTEM check is logged and tried later."""
+    st = asyncio.run(_manager(monkeypatch, _Client("pg_stat_replication", timed_out=False)).status("sync-app"))
+    assert st.known and st.sync_flush_failed
+    m = _manager(monkeypatch, _Client("pg_file_settings", timed_out=False))
+    st = asyncio.run(m.status("sync-app"))
+    assert st.known and [ev for _lvl, ev, _kw in m.log.lines] == ["pg_override_check_failed"]
