@@ -75,4 +75,22 @@ async def pg_node(pg_node_factory) -> PgNode:
     return node
 
 
-__all__ = ["pg_node", "pg_node_factory", "random_loopback_ip"]
+__all__ = ["pg_manager_for", "pg_node", "pg_node_factory", "random_loopback_ip"]
+
+
+def pg_manager_for(node: PgNode, health_chk_timeout_ms: int = 2000):
+    """The sitter's PgManager over a running test node (its postmaster adopted as the child)."""
+    from manatee.core.log import get_logger
+    from manatee.sitter.config import SitterConfig
+    from manatee.sitter.pgmanager import PgManager
+
+    cfg = SitterConfig.model_validate({
+        "ip": node.ip, "zoneId": node.name, "postgresPort": node.port, "insecure": True,
+        "zkCfg": {"connStr": "127.0.0.1:2181"},
+        "postgresMgrCfg": {"dataDir": str(node.data_dir), "socketDir": str(node.socket_dir),
+                           "healthChkTimeout": health_chk_timeout_ms,
+                           "replicationAuth": {"password": "not-used-by-these-tests"},
+                           "zfsClientCfg": {"dataset": "unused/ds"}}})
+    pm = PgManager(cfg, get_logger("test"))
+    pm.proc = node.proc  # the running postmaster is this manager's child for the test
+    return pm

@@ -86,7 +86,7 @@ def gray_notes(ip: str, pg: Mapping[str, Any] | None, sitter: Any) -> list[str]:
 def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: str) -> list[tuple[str, str]]:
     """(severity, line) for the latches that an operator should look at: a primary whose write
     probe fails, a sync flush stalled for half its bound or more, PostgreSQL that fails to start,
-    a config its sitter cannot write, rebuilds that keep failing."""
+    a config its sitter cannot write, a replay paused by hand, rebuilds that keep failing."""
     out = []
     wp, st, sb = (_section(sitter, k) for k in ("writeProbe", "syncFlushStall", "startBackoff"))
     if wp.get("failures") and role == "primary":
@@ -104,6 +104,12 @@ def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: st
         out.append((sev_crit if role in ("primary", "sync") else sev_warn,
                     f"{what}: its sitter cannot write PostgreSQL's config ({str(ce).splitlines()[0][:200]}): "
                     f"is its dataset full, read-only or not mounted?"))
+    paused = _section(sitter, "pg").get("replayPausedFor")
+    if isinstance(paused, (int, float)):  # sandbox trial 2026-12-06: "ok" with the sync's replay paused
+        out.append((sev_crit if role == "sync" else sev_warn,
+                    f"{what}: its WAL replay is paused (pg_wal_replay_pause()) for {paused:.0f}s: reads there are "
+                    f"stale, the WAL it receives piles up, and a takeover must first replay it all; resume it "
+                    f"with `select pg_wal_replay_resume()` (its sitter does on the sync, unless the shard is frozen)"))
     rb = _section(sitter, "restoreBackoff")
     if isinstance(rb.get("failures"), int) and rb["failures"] >= 2:  # one failure is retried at once
         out.append((sev_warn, f"{what}: its last {rb['failures']} rebuilds failed in a row "

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 from typing import Callable
 
-from manatee.sitter import slots
+from manatee.sitter import replaypause, slots
 from manatee.shard import history, latches, transitions as T
 from manatee.shard.decide import decide
 from manatee.shard.decision import Decision, Effect, Observation
@@ -88,6 +88,7 @@ class Sitter:
         self.started = self.clock.monotonic()
         self.transitions: dict[str, int] = dict.fromkeys(history.ACTIONS, 0)  # /metrics counter
         self.slots: tuple[slots.Slot, ...] | None = None  # replication slots as last observed (/metrics)
+        self.replay = replaypause.ReplayGuard(log, self.clock)  # a sync's replay paused by hand is resumed
         self.failures, self.failure_msg = 0, None  # consecutive failed cycles, the last error
         self.last_has_data: bool | None = None
         self.config_unknown = False  # the last transition failed half-way (see _reach)
@@ -329,7 +330,7 @@ class Sitter:
         await self._reach(obs, dec)
         old = self.target
         self.role, self.target, self.last = dec.target.role, dec.target, dec
-        await self._reconcile_slots(dec.target)
+        await self._tend_replication(dec.target)
         await self.memory.keep(None if self.view.state_missing else self.view.state, has_data=obs.has_data)
         # role-change hook (in the background: never delays this cycle): my place, else my local role
         st = self.view.state
@@ -409,12 +410,14 @@ class Sitter:
             await self.pg.configure(self.pg.spec, members)
             await self.pg.apply_pending()
 
-    async def _reconcile_slots(self, target: Target) -> None:
-        """Keep the slot of my downstream on my PostgreSQL, drop stale ones (never fails a cycle)."""
+    async def _tend_replication(self, target: Target) -> None:
+        """My downstream's slot kept, stale ones dropped, a sync's replay kept running (never fails)."""
         if target.role not in (PRIMARY, STANDBY) or not self.pg.running or not (self.last_pg and self.last_pg.healthy):
             self.slots = None
             return
         st = self.view.state
+        await self.replay.check(self.pg.client, self.last_pg.replay_paused, st.place_of(self.me.id) if st else None,
+                                bool(st and st.frozen), self.pg.status_timeout)
         self.slots = await slots.reconcile(self.pg.client, target.downstream.pg_url if target.downstream else None,
                                            self.me.pg_url, [p.pg_url for p in st.chain()] if st else [],
                                            [p.pg_url for p in st.deposed] if st else [], self.log)
@@ -450,18 +453,19 @@ class Sitter:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.session.close(), 5)
 
-    def _member_refusal(self, place: str | None, force: bool, *, sync_refused: bool) -> dict | None:
-        """Why an operator request is refused for a node in `place`, or None."""
+    def _member_refusal(self, force: bool, *, sync_refused: bool) -> tuple[str | None, dict | None]:
+        """My place in the shard state, and why an operator request is refused there (or None)."""
+        place = self.view.state.place_of(self.me.id) if self.view.state else None
         if place is None:
-            return {"code": "NotAMember", "message": f"{self.me.id} is not in the shard state"}
+            return place, {"code": "NotAMember", "message": f"{self.me.id} is not in the shard state"}
         if place == "primary" and (sync_refused or not force):
-            return {"code": "IsPrimary",
-                    "message": f"{self.me.id} is the primary: switch over first (manatee-adm switchover)"}
+            return place, {"code": "IsPrimary",
+                           "message": f"{self.me.id} is the primary: switch over first (manatee-adm switchover)"}
         if sync_refused and place == "sync" and not force:
-            return {"code": "IsSync",
-                    "message": f"{self.me.id} is the sync: the primary cannot take writes until it names "
-                               f"another sync; use --force to rebuild it anyway"}
-        return None
+            return place, {"code": "IsSync",
+                           "message": f"{self.me.id} is the sync: the primary cannot take writes until it names "
+                                      f"another sync; use --force to rebuild it anyway"}
+        return place, None
 
     def request_rebuild(self, force: bool = False) -> tuple[int, dict]:
         """An operator asks this node to restore its data from its upstream (manatee-adm
@@ -469,9 +473,7 @@ class Sitter:
         deposed node: once the primary moved it back into the chain); the restore clears the
         mark. Refused for the primary, for a node not in the state, and for the sync unless
         forced (the primary cannot take writes while its sync rebuilds)."""
-        st = self.view.state
-        place = st.place_of(self.me.id) if st else None
-        refused = self._member_refusal(place, force, sync_refused=True)
+        place, refused = self._member_refusal(force, sync_refused=True)
         if refused is not None:
             return 409, refused
         if self.role == REBUILD and (self.steps.restore_progress or {}).get("phase") not in ("done", "failed"):
@@ -491,9 +493,7 @@ class Sitter:
         """manatee-adm restart: restart PostgreSQL in this node's current role (its next cycle
         does it, so it never races a transition). Refused for the primary unless forced (writes
         stop while it restarts: switch over first) and for a node not in the shard state."""
-        st = self.view.state
-        place = st.place_of(self.me.id) if st else None
-        refused = self._member_refusal(place, force, sync_refused=False)
+        place, refused = self._member_refusal(force, sync_refused=False)
         if refused is not None:
             return 409, refused
         self.restart_request = force

@@ -122,6 +122,7 @@ class MetricsView:
     sync_flush_stall_bound_s: float | None = None
     pg_start_failures: int = 0
     pg_start_held_s: float = 0.0
+    replay_paused_s: float | None = None  # a standby's replay paused by hand for this long (None: not paused)
     rule: str | None = None      # the latest decision's rule (manatee/shard/decide.py)
 
 
@@ -270,6 +271,9 @@ def _gray_families(f: _Families, v: MetricsView) -> None:
                                    "start from 3 on).", v.pg_start_failures)
     g("manatee_pg_start_held_seconds", "Seconds until the next start of PostgreSQL may be attempted "
                                        "(0: not held back).", round(v.pg_start_held_s, 3))
+    g("manatee_pg_replay_paused_seconds", "How long this standby's WAL replay has been paused by hand "
+                                          "(pg_wal_replay_pause(); 0: not paused). A sync's is resumed by its "
+                                          "sitter unless the shard is frozen.", round(v.replay_paused_s or 0.0, 3))
     if v.rule:
         g("manatee_decision_info", "Constant 1, labelled with the rule of the sitter's latest decision "
                                    "(its reason: GET /state).", 1, rule=v.rule)
@@ -417,6 +421,7 @@ class MetricsCollector:
             write_probe_failures=s.write_probe_failures, sync_flush_stalled_s=s.sync_flush_stalled_s,
             sync_flush_stall_bound_s=s.sync_flush_stall_bound, pg_start_failures=s.start_failures,
             pg_start_held_s=start_held_s(s, time.monotonic()), rule=s.rule,
+            replay_paused_s=None if s.replay_paused_since is None else time.monotonic() - s.replay_paused_since,
         )
 
     async def render(self) -> bytes:

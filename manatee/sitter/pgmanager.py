@@ -57,6 +57,7 @@ class PgStatus:
     sync_flush_failed: bool = False          # primary: the sync's flush position could not be read (unknown)
     disk_full: str | None = None             # the newest PANIC for lack of space since the sitter started it
     wal_gone: str | None = None              # standby, not streaming: the segment my upstream removed (wal_gone_in)
+    replay_paused: bool | None = None        # standby: pg_wal_replay_pause() asked (replaypause.py); None: unknown
 
     @property
     def known(self) -> bool:
@@ -379,7 +380,8 @@ class PgManager:
                 " (select sender_port from pg_stat_wal_receiver limit 1) as wr_port,"
                 " current_setting('default_transaction_read_only') = 'on' as ro,"
                 " (select timeline_id from pg_control_checkpoint()) as tli,"
-                " (select string_agg(name, ',' order by name) from pg_settings where pending_restart) as pending",
+                " (select string_agg(name, ',' order by name) from pg_settings where pending_restart) as pending,"
+                " case when pg_is_in_recovery() then pg_is_wal_replay_paused() end as paused",
                 timeout=self.status_timeout)
         except pgmod.PgError as e:
             return await self._unknown(e)
@@ -419,7 +421,8 @@ class PgManager:
                         sync_flush, r["tli"], bool(r["ro"]), sender,
                         pending_restart=tuple(r["pending"].split(",")) if r.get("pending") else (),
                         parameters_gen=gen, sync_flush_failed=flush_failed, disk_full=facts.disk_full,
-                        wal_gone=facts.wal_gone if in_rec and not streaming else None)
+                        wal_gone=facts.wal_gone if in_rec and not streaming else None,
+                        replay_paused=bool(r.get("paused")) if in_rec else False)
 
     async def _unknown(self, e: pgmod.PgError) -> PgStatus:
         """A check whose query failed: unknown, not "running as a primary" (in_recovery, wal,

@@ -60,6 +60,7 @@ class SitterSnapshot:
     standbys: tuple[Any, ...] = ()           # the last heartbeat of each standby (heartbeat.Heartbeat)
     hb_expiration_s: float = 0.0             # heartbeatCfg.expirationTime (s)
     hb_refused: str | None = None            # why my upstream refuses my heartbeats (401/403), if it does
+    replay_paused_since: float | None = None  # my standby's replay paused by hand since (replaypause.py)
 
     @property
     def place(self) -> str | None:
@@ -98,7 +99,8 @@ def snapshot_of(sitter) -> SitterSnapshot:
         sync_flush_stall_bound=h.sync_stall_bound, start_failures=h.starts.failures,
         start_retry_at=h.starts.retry_at, restore_tries=sitter.steps.restore_tries,
         standbys=tuple(sitter.heartbeats.beats.values()),
-        hb_expiration_s=sitter.heartbeats.expiration_s, hb_refused=sitter.hb_sender.refused)
+        hb_expiration_s=sitter.heartbeats.expiration_s, hb_refused=sitter.hb_sender.refused,
+        replay_paused_since=sitter.replay.paused_since)
 
 
 def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
@@ -115,6 +117,7 @@ def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
             "diverged": pgs.diverged or s.diverged, "syncFlush": str(pgs.sync_flush) if pgs.sync_flush else None,
             "known": pgs.known, "error": pgs.error, "configError": s.pg_config_error,
             "unhealthyFor": round(now - s.sick_since, 1) if s.sick_since else None,
+            "replayPausedFor": round(now - s.replay_paused_since, 1) if s.replay_paused_since is not None else None,
             "unhealthyWhy": s.sick_why, "cannotServe": s.cannot_serve,
             "hungKills": s.hung_kills, "heartbeatsWithheld": s.heartbeats_withheld,
             "pendingRestart": list(pgs.pending_restart), "parametersPending": pgs.parameters_gen != s.pg_parameters_gen},

@@ -18,6 +18,7 @@ import pytest
 
 from manatee.core.pg import PgClient, PgError
 from manatee_testbed.postgres import PgNode, signal_all
+from tests.fixtures_pg import pg_manager_for
 
 MAX_CONNECTIONS = 6
 
@@ -127,25 +128,8 @@ async def test_the_connection_is_replaced_after_a_restart(small_pg: PgNode):
 # --------------------------------------------------------------------------- the sitter's PgManager
 
 
-def _manager(node: PgNode, health_chk_timeout_ms: int = 2000):
-    from manatee.core.log import get_logger
-    from manatee.sitter.config import SitterConfig
-    from manatee.sitter.pgmanager import PgManager
-
-    cfg = SitterConfig.model_validate({
-        "ip": node.ip, "zoneId": node.name, "postgresPort": node.port, "insecure": True,
-        "zkCfg": {"connStr": "127.0.0.1:2181"},
-        "postgresMgrCfg": {"dataDir": str(node.data_dir), "socketDir": str(node.socket_dir),
-                           "healthChkTimeout": health_chk_timeout_ms,
-                           "replicationAuth": {"password": "not-used-by-these-tests"},
-                           "zfsClientCfg": {"dataset": "unused/ds"}}})
-    pm = PgManager(cfg, get_logger("test"))
-    pm.proc = node.proc  # the running postmaster is this manager's child for the test
-    return pm
-
-
 async def test_pgmanager_status_of_a_hung_postgres_is_unknown_within_its_deadline(small_pg: PgNode):
-    pm = _manager(small_pg)
+    pm = pg_manager_for(small_pg)
     st = await pm.status()
     assert st.known and st.healthy and st.in_recovery is False and st.wal is not None
     signal_all(small_pg.proc, signal.SIGSTOP)
@@ -162,7 +146,7 @@ async def test_pgmanager_status_of_a_hung_postgres_is_unknown_within_its_deadlin
 
 
 async def test_pgmanager_status_works_and_a_crowd_is_told_apart_when_clients_take_every_slot(small_pg: PgNode):
-    pm = _manager(small_pg)
+    pm = pg_manager_for(small_pg)
     await pm.client.connect(timeout=5)
     hogs = _hog_every_slot(small_pg)
     try:
@@ -189,7 +173,7 @@ async def test_pgmanager_confirms_new_parameters_only_once_its_backend_has_read_
 
     from manatee.sitter.pgmanager import RoleSpec
 
-    pm = _manager(small_pg)
+    pm = pg_manager_for(small_pg)
     try:
         assert (await pm.status()).known
         pm.set_parameters({"shared_buffers": "40MB", "work_mem": "5MB"})
@@ -239,7 +223,7 @@ async def test_a_restarted_standby_claims_the_wal_it_holds_while_its_upstream_ha
     try:
         await s.stop()
         await s.start()
-        pm = _manager(s)
+        pm = pg_manager_for(s)
         try:
             seen = []
 

@@ -118,6 +118,22 @@ def test_a_config_its_sitter_cannot_write_is_named(i, severity):
     assert not any("cannot write" in m for m in (p["message"] for p in show_json(v)["problems"]))
 
 
+@pytest.mark.parametrize("i, severity", [(1, "critical"), (2, "warning")])
+def test_a_replay_paused_by_hand_is_named(i, severity):
+    """Sandbox trial 2026-12-06: the sync's replay paused for 20 s, and `verify` said "ok"."""
+    v = healthy()
+    n = v.nodes[i]
+    n.sitter = sitter_state("standby", streaming=True)
+    n.sitter["pg"]["replayPausedFor"] = 20.4
+    found = {p["message"]: p["severity"] for p in show_json(v)["problems"]}
+    line = next((m for m in found if "its WAL replay is paused" in m), None)
+    assert line is not None and found[line] == severity, found
+    assert line.startswith(f"{n.role} {n.ip}: its WAL replay is paused (pg_wal_replay_pause()) for 20s")
+    assert "select pg_wal_replay_resume()" in line
+    n.sitter["pg"]["replayPausedFor"] = None
+    assert not any("replay is paused" in m for m in (p["message"] for p in show_json(v)["problems"]))
+
+
 def test_a_short_stall_is_shown_but_is_no_problem():
     v = healthy()
     v.nodes[0].sitter = sitter_state(syncFlushStall={"seconds": 1.0, "bound": 8.0})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -53,7 +54,7 @@ def test_the_gray_gauges_carry_the_latches_and_the_decision_rule():
 # ---------------------------------------------------------------------------- the snapshot
 
 def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_at=100.0,
-          restores=latches.RestoreTries()):
+          restores=latches.RestoreTries(), paused_since=None):
     """A stand-in for the loop with the attributes snapshot_of reads."""
     health = SimpleNamespace(probe_failures=probe[0], probe_error=probe[1], stall=stall, sync_stall_bound=8.0,
                              starts=starts, sick_since=None, sick_why=None, cannot_serve=None, hung_kills=0,
@@ -67,7 +68,7 @@ def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_a
         pg_restarts=0, restart_request=None, transitions={}, slots=None,
         session=SimpleNamespace(negotiated_session_timeout=4.0), started=0.0, diverged=False,
         heartbeats=SimpleNamespace(beats={}, expiration_s=6.0),
-        hb_sender=SimpleNamespace(refused=None))
+        hb_sender=SimpleNamespace(refused=None), replay=SimpleNamespace(paused_since=paused_since))
 
 
 def test_snapshot_of_publishes_the_latches():
@@ -104,6 +105,16 @@ def test_state_shows_the_latches():
     body = debug_state(s, cfg, 110.0)
     assert body["writeProbe"] == got["writeProbe"] and body["startBackoff"]["nextTryIn"] == 2.0
     assert (body["rule"], body["reason"]) == ("primary.step_down", "it cannot commit")
+
+
+def test_state_shows_a_replay_paused_by_hand():
+    from manatee.sitter.pgmanager import PgStatus
+    s = snapshot_of(_loop(paused_since=90.0))
+    assert s.replay_paused_since == 90.0
+    s = dataclasses.replace(s, last_pg=PgStatus(True, True, True, None, True, False, None, 1, replay_paused=True))
+    cfg = SimpleNamespace(insecure=False, zkCfg=SimpleNamespace(auth=None, session_timeout_s=4.0))
+    assert debug_state(s, cfg, 110.0)["pg"]["replayPausedFor"] == 20.0
+    assert debug_state(dataclasses.replace(s, replay_paused_since=None), cfg, 110.0)["pg"]["replayPausedFor"] is None
 
 
 @pytest.mark.parametrize("retry_at, now, held", [(None, 5.0, 0.0), (4.0, 5.0, 0.0), (7.25, 5.0, 2.2)])
