@@ -58,9 +58,17 @@ _REPL_SQL = ("select application_name, client_addr::text as client_addr, state, 
              " extract(epoch from replay_lag)::float8 as lag_s"
              " from pg_stat_replication order by pid")
 
+# ALTER ROLE / ALTER DATABASE settings that make commits return before the sync has them
+# (S2 holds only for commits that waited): each row one scope and its setting
+_WEAK_COMMIT_SQL = ("select coalesce((select rolname from pg_roles where oid = s.setrole), '') as role,"
+                    " coalesce((select datname from pg_database where oid = s.setdatabase), '') as db, c as setting"
+                    " from pg_db_role_setting s, unnest(s.setconfig) c"
+                    " where c ~* '^synchronous_commit=(off|local|false|no|0)$' order by 1, 2")
+
 
 def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
-    """{up, recovery, readOnly, wal, rows: [pg_stat_replication rows]} or {up: False, error}."""
+    """{up, recovery, readOnly, wal, rows: [pg_stat_replication rows], weakCommit: [{role, db,
+    setting}] (a primary's)} or {up: False, error}."""
     import psycopg2
 
     try:
@@ -76,11 +84,16 @@ def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
             cur.execute(_REPL_SQL)
             cols = [c.name for c in cur.description]
             rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+            weak = []
+            if not recovery:
+                cur.execute(_WEAK_COMMIT_SQL)
+                weak = [{"role": r, "db": d, "setting": c} for r, d, c in cur.fetchall()]
     except psycopg2.Error as e:
         return {"up": False, **pg_failure(e)}
     finally:
         conn.close()
-    return {"up": True, "recovery": bool(recovery), "readOnly": bool(ro), "wal": wal, "rows": rows}
+    return {"up": True, "recovery": bool(recovery), "readOnly": bool(ro), "wal": wal, "rows": rows,
+            "weakCommit": weak}
 
 
 def _repl_row(rows: Sequence[Mapping[str, Any]], peer: Mapping[str, Any]) -> dict[str, Any] | None:

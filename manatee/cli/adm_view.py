@@ -157,6 +157,7 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
                 out.append((crit, f"{what}: PostgreSQL does not answer ({n.pg.get('error') or 'down'})"))
             continue
         if n.role == "primary":
+            out += [(W, f"{what}: {weak_commit_line(w)}") for w in (n.pg or {}).get("weakCommit") or ()]
             if n.pg and n.pg.get("recovery"):
                 out.append((crit, f"{what}: PostgreSQL is still in recovery (not promoted)"))
             elif n.pg and n.pg.get("readOnly") and st.get("sync") and not sw:
@@ -241,6 +242,15 @@ def _deposed_problem(n: NodeView) -> tuple[str, str]:
                   "is the primary now); start its sitter (it rejoins as a standby) or stop that PostgreSQL")
     return (WARNING, f"deposed {n.ip}: a former primary "
             + ("waiting to rejoin the chain (rebuild it if it does not)" if n.live else "that is down"))
+
+
+def weak_commit_line(w: Mapping[str, Any]) -> str:
+    """An ALTER ROLE / ALTER DATABASE setting of synchronous_commit that does not wait for the sync."""
+    role, db = w.get("role") or "", w.get("db") or ""
+    scope = (f"role {role} in database {db}" if role and db else f"role {role}" if role
+             else f"database {db}" if db else "every role in every database")
+    return (f"{w.get('setting')} is set for {scope} (ALTER ROLE/DATABASE): its commits return before the "
+            f"sync has them, and a failover loses those; reset it unless that is meant")
 
 
 def problems(v: ShardView) -> list[str]:

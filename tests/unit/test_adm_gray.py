@@ -134,6 +134,21 @@ def test_a_replay_paused_by_hand_is_named(i, severity):
     assert not any("replay is paused" in m for m in (p["message"] for p in show_json(v)["problems"]))
 
 
+def test_a_role_or_database_whose_commits_do_not_wait_for_the_sync_is_named():
+    v = healthy()
+    v.nodes[0].pg = {"up": True, "recovery": False, "readOnly": False, "wal": "0/A000", "rows": [],
+                     "weakCommit": [{"role": "app", "db": "", "setting": "synchronous_commit=off"},
+                                    {"role": "", "db": "orders", "setting": "synchronous_commit=local"},
+                                    {"role": "etl", "db": "orders", "setting": "synchronous_commit=local"}]}
+    found = {p["message"]: p["severity"] for p in show_json(v)["problems"]}
+    for scope in ("role app", "database orders", "role etl in database orders"):
+        line = next((m for m in found if f"is set for {scope} (ALTER ROLE/DATABASE)" in m), None)
+        assert line is not None and found[line] == "warning", (scope, found)
+        assert line.startswith(f"primary {v.nodes[0].ip}: synchronous_commit=") and "a failover loses" in line
+    v.nodes[0].pg["weakCommit"] = []
+    assert not any("ALTER ROLE/DATABASE" in m for m in (p["message"] for p in show_json(v)["problems"]))
+
+
 def test_a_short_stall_is_shown_but_is_no_problem():
     v = healthy()
     v.nodes[0].sitter = sitter_state(syncFlushStall={"seconds": 1.0, "bound": 8.0})
