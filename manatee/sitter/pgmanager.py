@@ -80,6 +80,15 @@ class PgConfigError(RuntimeError):
     ("I cannot configure my PostgreSQL"), not a crash."""
 
 
+ORPHAN_WHY = ("a PostgreSQL of my data directory ran that this sitter did not start (its previous process "
+              "died): I start it again myself")
+# sandbox trial 2026-12-06: an operator's `pg_ctl restart` on the primary; every start of the
+# sitter failed on the PostgreSQL it left ("already running") until the primary stepped down
+# after primaryStartTimeout (13.6 s without writes, a failover)
+FOREIGN_WHY = ("a PostgreSQL of my data directory ran that this sitter did not start (by hand, e.g. pg_ctl?): "
+               "I start it again myself, in my role (use manatee-adm restart, not pg_ctl)")
+
+
 class PgManager:
     def __init__(self, cfg, log, secret=None):
         """cfg: SitterConfig; secret: the shard secret (the rewind role's password derives from it)."""
@@ -301,6 +310,7 @@ class PgManager:
         seconds (default opsTimeout), after which PgError is raised and the process is left to
         the next cycle's health check (a primary's step-down budget bounds this wait)."""
         self.socket_dir.mkdir(parents=True, exist_ok=True)
+        await self.kill_orphan(why=FOREIGN_WHY)  # else this start fails on it ("already running")
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         self._upstream_log_from = 0
         self.proc = self._new_process()
@@ -331,19 +341,19 @@ class PgManager:
         self.proc = None
         self._started_at = None
 
-    async def kill_orphan(self, timeout: float = ORPHAN_SCAN_TIMEOUT_S) -> list[int]:
+    async def kill_orphan(self, timeout: float = ORPHAN_SCAN_TIMEOUT_S, why: str = ORPHAN_WHY) -> list[int]:
         """Kill a PostgreSQL of my data directory that this sitter did not start (the pids; []
-        if none): its previous process died and left it running. It is not my child, so I
-        could neither watch nor stop it, and every start would fail on it ("already
-        running"); its role may be stale. SIGKILL, as for a fenced primary: no shutdown
-        checkpoint (a primary's would fork its WAL). The caller starts it again in its role."""
-        if self.proc is not None:
+        if none): its previous process died and left it running, or (at each start) someone
+        started it by hand. It is not my child, so I could neither watch nor stop it, and
+        every start would fail on it ("already running"); its role may be stale. SIGKILL, as
+        for a fenced primary: no shutdown checkpoint (a primary's would fork its WAL). The
+        caller starts it again in its role."""
+        if self.running:
             return []
         try:
             pids = await asyncio.wait_for(asyncio.to_thread(self._new_process().processes), timeout)
             if pids:
-                self.log.warning("pg_orphan_killed", pids=pids, why="a PostgreSQL of my data directory ran that "
-                                 "this sitter did not start (its previous process died): I start it again myself")
+                self.log.warning("pg_orphan_killed", pids=pids, why=why)
                 await self._new_process().kill()
         except (asyncio.TimeoutError, pgmod.PgError) as e:  # the cycle's own kill paths remain
             self.log.error("pg_orphan_check_failed", error=str(e) or type(e).__name__)

@@ -70,3 +70,49 @@ def test_a_scan_that_does_not_finish_is_bounded():
     m = _manager(Slow([1]))
     assert asyncio.run(m.kill_orphan(timeout=0.05)) == []
     assert m.log.lines[-1][:2] == ("error", "pg_orphan_check_failed")
+
+
+def test_what_my_exited_child_left_running_is_killed():
+    leftover = _Proc([103])
+    m = _manager(leftover, mine=SimpleNamespace(running=False))
+    assert asyncio.run(m.kill_orphan()) == [103] and leftover.killed == 1
+
+
+def test_a_start_first_kills_a_postgres_started_by_hand(tmp_path):
+    """Sandbox trial 2026-12-06: `pg_ctl restart` on the primary left a PostgreSQL the sitter
+    did not start; each start failed on it ("already running") until the primary stepped down
+    after primaryStartTimeout (13.6 s without writes). Now the start kills it and starts its own."""
+    order = []
+
+    class Foreign(_Proc):
+        async def kill(self):
+            order.append("kill")
+            self.pids = []
+            await super().kill()
+
+        async def start(self):
+            if self.pids:
+                raise PgError("postgres already running")
+            order.append("start")
+
+        async def wait_ready(self, timeout):
+            pass
+
+        pid = 200
+        running = True
+
+    class _Client:
+        def close(self):
+            pass
+
+        async def connect(self, timeout):
+            order.append("connect")
+
+    foreign = Foreign([150, 151])
+    m = _manager(foreign)
+    m.socket_dir, m.log_file, m.client, m.spec = tmp_path / "sock", tmp_path / "pg.log", _Client(), None
+    m.ops_timeout = m.health_timeout = 1.0
+    asyncio.run(m.start())
+    assert order == ["kill", "start", "connect"] and foreign.killed == 1
+    killed = [kw for lv, ev, kw in m.log.lines if ev == "pg_orphan_killed"]
+    assert len(killed) == 1 and killed[0]["pids"] == [150, 151] and "pg_ctl" in killed[0]["why"]
