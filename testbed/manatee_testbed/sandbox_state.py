@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from manatee.shard.layout import ShardLayout
 from manatee.shard.pgurl import PgUrl
+from manatee_testbed.sockdirs import default_socket_dir
 from manatee_testbed.zfspool import flock
 
 STATE_FILE = "sandbox.json"
@@ -55,7 +56,7 @@ class NodeState:
     @property
     def socket_dir(self) -> str:
         # The sitter's default place (0700 under root's /run/manatee), not a guessable /tmp name.
-        return f"/run/manatee/{self.ip}-{self.pg_port}"
+        return default_socket_dir(self.ip, self.pg_port)
 
     @property
     def pg_url(self) -> str:

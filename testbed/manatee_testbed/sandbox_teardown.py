@@ -12,7 +12,7 @@ import subprocess
 import time
 
 from manatee.core.procs import pid_alive
-from manatee_testbed import cgroups, network
+from manatee_testbed import cgroups, network, sockdirs
 from manatee_testbed.proctable import mounts_under, postmaster_shm
 from manatee_testbed.sandbox_nodes import NodeOps
 from manatee_testbed.sandbox_pool import PoolOps
@@ -39,8 +39,7 @@ class TeardownOps(NodeOps, PoolOps, ZooKeeperOps):
             self._destroy_pool(problems)
             if st.cgroup and not cgroups.remove(st.cgroup):
                 problems.append(f"cgroup {st.cgroup} stays busy")
-            for n in st.nodes:
-                shutil.rmtree(n.socket_dir, ignore_errors=True)
+            self._remove_socket_dirs(problems)
             left = mounts_under(self.dir) + (mounts_under(st.data_root) if st.data_root else [])
             if left:  # never walk into a mounted (maybe hung) filesystem
                 problems.append(f"still mounted: {', '.join(left)}")
@@ -87,6 +86,15 @@ class TeardownOps(NodeOps, PoolOps, ZooKeeperOps):
             shm = postmaster_shm(n.data_dir)
             if shm is not None:
                 subprocess.run(["ipcrm", "-m", str(shm)], capture_output=True)
+
+    def _remove_socket_dirs(self, problems: list[str]) -> None:
+        """Each node's PostgreSQL socket dir (under /run/manatee: `down` of the sandbox's DIR
+        does not reach it), once no live PostgreSQL holds it: a killed one leaves its socket
+        and lock there. A dir still held is reported, not taken from a running server."""
+        for n in self.st.nodes:
+            why = sockdirs.remove_stale(n.socket_dir)
+            if why is not None:
+                problems.append(f"socket dir {n.socket_dir} of node {n.name} kept: {why}")
 
     def _remove_files(self, keep: bool) -> None:
         """The data root and DIR's contents (but the lock); keep=True: only the state file,

@@ -10,7 +10,9 @@ committed write of its own on the primary with the admin password from the doc's
 The "Stopping" block must then stop everything and remove the pool and DIR.
 
 Whatever happens, the test's own clean-up kills what the blocks started (the bash's process
-group, PostgreSQL by data directory, ZooKeeper by its pid file) and destroys the pool.
+group, PostgreSQL by data directory, ZooKeeper by its pid file), destroys the pool and removes
+the nodes' PostgreSQL socket dirs (/run/manatee/<ip>-<port>: the sitters keep them, as in
+production, and every run uses new addresses and ports).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import pytest
 
 from manatee.core.procs import pid_alive
 from manatee_testbed.proctable import postgres_pids
+from manatee_testbed.sockdirs import default_socket_dir, remove_stale
 from manatee_testbed.zfspool import ZfsPool, ensure_zfs_fuse, pool_names
 from tests.shard_fixture import NEEDS_SHARD, say
 
@@ -155,6 +158,7 @@ def test_by_hand_deployment_follows_the_guide(tmp_path):
         env.pop(k, None)
     log = tmp_path / "bash.log"
     data_dirs = [str(lab / ip / "pg" / "data") for ip in ips]
+    socket_dirs = [default_socket_dir(ip, pg_port) for ip in ips]  # the doc's configs set no socketDir
     handle = ensure_zfs_fuse()
     setup_proc = None
     try:
@@ -217,12 +221,13 @@ def test_by_hand_deployment_follows_the_guide(tmp_path):
     finally:
         for f in lab.glob("*/*.log"):  # kept for a failure's post-mortem
             shutil.copy(f, tmp_path / f"{f.parent.name}-{f.name}")
-        _clean_up(setup_proc, lab, pool, data_dirs)
+        _clean_up(setup_proc, lab, pool, data_dirs, socket_dirs)
         handle.release()
 
 
-def _clean_up(setup_proc, lab: Path, pool: str, data_dirs: list[str]) -> None:
-    """Kill whatever the blocks started and remove the pool and the lab (after a failure)."""
+def _clean_up(setup_proc, lab: Path, pool: str, data_dirs: list[str], socket_dirs: list[str]) -> None:
+    """Kill whatever the blocks started (after a failure), remove the pool and the lab (ditto),
+    and the nodes' socket dirs (always: the guide's Stopping block leaves them)."""
     if setup_proc is not None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(setup_proc.pid, signal.SIGKILL)
@@ -243,3 +248,5 @@ def _clean_up(setup_proc, lab: Path, pool: str, data_dirs: list[str]) -> None:
     for d in data_dirs:
         for pid in postgres_pids(d):
             assert not pid_alive(pid), f"PostgreSQL {pid} of {d} survived the clean-up"
+    kept = {d: why for d in socket_dirs if (why := remove_stale(d)) is not None}
+    assert not kept, f"socket dirs kept after the clean-up: {kept}"

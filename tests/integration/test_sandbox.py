@@ -1,7 +1,7 @@
 """The README's main flow, through the real command line in separate invocations:
 `up` 3 nodes → one primary, one sync, one async → `kill` the primary → the sync takes
 over and commits writes within a bounded time → `down` leaves no process, pool, mount,
-nftables table or cgroup behind."""
+nftables table, cgroup or PostgreSQL socket dir behind."""
 
 from __future__ import annotations
 
@@ -100,4 +100,6 @@ def test_up_kill_primary_failover_down(zfs_fuse, tmp_path):
     assert mounts_of_pool(st.pool) == []
     assert all(not network.partitioned(n.ip) for n in st.nodes)
     assert st.cgroup is None or not cgroups.exists(st.cgroup)
+    # the killed primary's socket dir (its stale socket and lock) and the others' too
+    assert [n.socket_dir for n in st.nodes if os.path.lexists(n.socket_dir)] == []
     assert not d.exists()
