@@ -156,16 +156,16 @@ def space_low(free: int | None) -> bool:
     return free is not None and free < SPACE_PROBE_BELOW
 
 
-def standby_gives_way(*, failing: bool, full: bool, hard: bool, hard_for: float,
+def standby_gives_way(*, full: bool, hard: bool, hard_for: float,
                       health_timeout: float, withheld: bool = False, relapsed: bool = False,
                       hard_ago: float | None = None, hold_s: float = 0.0) -> tuple[bool, bool]:
     """(withhold my heartbeats, tell my upstream why) for a standby whose PostgreSQL is sick.
 
     Only for a fault of its own, and then it says why: at once when its disk is full (`full`: a
     fact), after healthChkTimeout of a hard fault (`hard`: down, hung, unconfigurable; `hard_for`
-    counts from the first check that saw it, not from a sickness that began softer), or
-    when such a fault keeps coming back (`failing`: sick, without stable health, for
-    primaryStartTimeout: a crash loop). "Does not stream" alone never: it may be the
+    counts from the first check that saw it within the sickness, not from a sickness that
+    began softer, and a crash loop's moments of health do not restart it, so a fault that keeps
+    coming back counts too). "Does not stream" alone never: it may be the
     upstream's fault, and a primary that hangs must still find its sync heartbeating to step
     down to (S9). (Until 2026-12-05 it withheld silently after primaryStartTimeout; in CI the
     sync's clock had started with a blip before the primary hung, it fell silent first, and
@@ -179,7 +179,7 @@ def standby_gives_way(*, failing: bool, full: bool, hard: bool, hard_for: float,
     resumed its heartbeats with every crash, and its upstream logged a "gave way" each time
     (sandbox, 2026-12-05: 10 of each in 10 s). The hold is bounded, so a standby whose own
     PostgreSQL recovered but does not stream (its upstream hung) heartbeats again (S9)."""
-    withhold = full or (hard and (failing or hard_for >= health_timeout))
+    withhold = full or (hard and hard_for >= health_timeout)
     if not withhold and withheld and relapsed and hard_ago is not None and hard_ago < hold_s:
         return True, False
     return withhold, withhold

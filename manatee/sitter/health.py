@@ -199,7 +199,7 @@ class PgHealth:
         if full:
             self.sick_why = f"{why}, and {self.disk_full_why}"
         withhold, tell = (False, False) if as_primary else latches.standby_gives_way(
-            failing=hard_for >= self.primary_start_timeout, full=full, hard=hard, hard_for=hard_for,
+            full=full, hard=hard, hard_for=hard_for,
             health_timeout=self.pg.health_timeout,
             withheld=self.hb_withheld, hold_s=self.primary_start_timeout,
             relapsed=self.relapsed,

@@ -173,19 +173,18 @@ def test_a_disk_full_crash_counts_once_per_new_line():
     assert not latches.disk_full(16 << 20) and not latches.disk_full(None)  # unknown is not full
 
 
-@pytest.mark.parametrize("failing, full, hard, hard_for, expected", [
-    (False, False, False, 0.0, (False, False)),   # healthy
-    (False, False, True, 1.0, (False, False)),    # down for less than healthChkTimeout
-    (False, False, True, 2.0, (True, True)),      # down, hung, unconfigurable: withhold and say why
-    (False, True, True, 0.0, (True, True)),       # a full disk: at once
+@pytest.mark.parametrize("full, hard, hard_for, expected", [
+    (False, False, 0.0, (False, False)),   # healthy
+    (False, True, 1.0, (False, False)),    # down for less than healthChkTimeout
+    (False, True, 2.0, (True, True)),      # down, hung, unconfigurable: withhold and say why
+    (True, True, 0.0, (True, True)),       # a full disk: at once
     # only "does not stream", however long: no withholding, or a hung primary finds no sync
     # to step down to (CI 2026-12-05: F18-primary-sticky never stepped down) (S9)
-    (True, False, False, 9.0, (False, False)),
-    (True, False, True, 9.0, (True, True)),       # a crash loop: its own fault
+    (False, False, 9.0, (False, False)),
+    (False, True, 9.0, (True, True)),      # a crash loop (its hard-fault clock runs on): its own fault
 ])
-def test_a_sick_standby_gives_way_and_says_why_only_for_its_own_fault(failing, full, hard, hard_for, expected):
-    assert latches.standby_gives_way(failing=failing, full=full, hard=hard, hard_for=hard_for,
-                                     health_timeout=2.0) == expected
+def test_a_sick_standby_gives_way_and_says_why_only_for_its_own_fault(full, hard, hard_for, expected):
+    assert latches.standby_gives_way(full=full, hard=hard, hard_for=hard_for, health_timeout=2.0) == expected
 
 
 @pytest.mark.parametrize("withheld, relapsed, hard_ago, expected", [
@@ -197,6 +196,6 @@ def test_a_sick_standby_gives_way_and_says_why_only_for_its_own_fault(failing, f
 ])
 def test_a_crash_loop_keeps_a_standby_silent_between_its_crashes_for_a_bounded_time(
         withheld, relapsed, hard_ago, expected):
-    assert latches.standby_gives_way(failing=False, full=False, hard=False, hard_for=0.0, health_timeout=2.0,
+    assert latches.standby_gives_way(full=False, hard=False, hard_for=0.0, health_timeout=2.0,
                                      withheld=withheld, relapsed=relapsed, hard_ago=hard_ago,
                                      hold_s=8.0) == expected
