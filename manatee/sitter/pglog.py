@@ -25,6 +25,12 @@ DIVERGENCE_PATTERNS = re.compile(
     # is of no use to a standby; the core rebuilds it from its upstream, never a primary.
     r"|invalid primary checkpoint record"
     r"|could not locate a valid checkpoint record"
+    # ...or its pg_wal holds a segment of the new timeline cut short: an old primary that
+    # joined as a standby while its disk was still full, whose walreceiver PANICked writing
+    # that segment ("could not write to log segment 00000004...0A at offset 262144: Disk quota
+    # exceeded"). Every start after fails on it, the disk freed or not (nemesis 2026-12-06,
+    # seed 20261209: 23 failed starts in 4 minutes until an operator's rebuild).
+    r"|but previous recovered WAL file came from timeline"
 )
 # Two of those are a walsender's words ("requested starting point ..."): this node logs them
 # itself when it refuses one of ITS standbys (an old primary rejoining below it with a torn

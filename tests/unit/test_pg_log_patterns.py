@@ -15,6 +15,9 @@ from manatee.sitter.pglog import DIVERGENCE_PATTERNS, disk_full_in, diverged_in
     "LOG:  new timeline 2 forked off current database system timeline 1 before current recovery point 0/30000A0",
     "LOG:  invalid primary checkpoint record",
     "PANIC:  could not locate a valid checkpoint record",
+    # nemesis 2026-12-06 (seed 20261209): a segment of the new timeline cut short by a full disk
+    "FATAL:  according to history file, WAL location 0/A3FD88 belongs to timeline 3, but previous "
+    "recovered WAL file came from timeline 4",
 ])
 def test_unusable_data_is_recognised(line):
     assert DIVERGENCE_PATTERNS.search(line)
