@@ -75,7 +75,7 @@ async def pg_node(pg_node_factory) -> PgNode:
     return node
 
 
-__all__ = ["pg_manager_for", "pg_node", "pg_node_factory", "random_loopback_ip"]
+__all__ = ["pg_manager_for", "pg_node", "pg_node_factory", "primary_and_standby", "random_loopback_ip"]
 
 
 def pg_manager_for(node: PgNode, health_chk_timeout_ms: int = 2000):
@@ -94,3 +94,18 @@ def pg_manager_for(node: PgNode, health_chk_timeout_ms: int = 2000):
     pm = PgManager(cfg, get_logger("test"))
     pm.proc = node.proc  # the running postmaster is this manager's child for the test
     return pm
+
+
+async def primary_and_standby(pg_node_factory, *setup_sql: str, names=("primary", "standby"),
+                              standby_parameters: dict | None = None) -> tuple[PgNode, PgNode]:
+    """A started primary that ran `setup_sql`, and a started hot standby cloned from it
+    (streaming; not waited for: the caller waits for what it needs replayed)."""
+    p: PgNode = pg_node_factory(names[0])
+    s: PgNode = pg_node_factory(names[1])
+    await p.init()
+    await p.start()
+    for sql in setup_sql:
+        await p.execute(sql)
+    await s.clone_from(p, **({"parameters": standby_parameters} if standby_parameters else {}))
+    await s.start()
+    return p, s

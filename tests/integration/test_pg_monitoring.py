@@ -18,7 +18,7 @@ import pytest
 
 from manatee.core.pg import PgClient, PgError
 from manatee_testbed.postgres import PgNode, signal_all
-from tests.fixtures_pg import pg_manager_for
+from tests.fixtures_pg import pg_manager_for, primary_and_standby
 
 MAX_CONNECTIONS = 6
 
@@ -204,13 +204,8 @@ async def test_a_restarted_standby_claims_the_wal_it_holds_while_its_upstream_ha
     test_f18_pg_stays_hung_on_primary_sync_takes_over)."""
     from manatee.core.lsn import Lsn
 
-    p: PgNode = pg_node_factory("up")
-    s: PgNode = pg_node_factory("down")
-    await p.init()
-    await p.start()
-    await p.execute("create table t (id int primary key, pad text)")
-    await s.clone_from(p)
-    await s.start()
+    p, s = await primary_and_standby(pg_node_factory, "create table t (id int primary key, pad text)",
+                                     names=("up", "down"))
     # past a segment boundary and well inside the next segment
     await p.execute("insert into t select g, repeat('x', 200) from generate_series(1, 20000) g")
     held = Lsn.parse((await p.psql("select pg_current_wal_flush_lsn()::text as l"))[0]["l"])

@@ -18,20 +18,16 @@ from manatee.core.lsn import Lsn
 from manatee.sitter import promotion
 from manatee_testbed.postgres import PgNode, wal_position
 from tests.async_wait import eventually
+from tests.fixtures_pg import primary_and_standby
 from tests.pgmanager_fakes import RecordingLog
 
 FOREVER = {"max_standby_streaming_delay": "-1", "max_standby_archive_delay": "-1"}
 
 
 async def _pair(pg_node_factory) -> tuple[PgNode, PgNode]:
-    p: PgNode = pg_node_factory("primary")
-    s: PgNode = pg_node_factory("standby")
-    await p.init()
-    await p.start()
-    await p.execute("create table t (id int primary key, v int)")
-    await p.execute("insert into t select g, 0 from generate_series(1, 2000) g")
-    await s.clone_from(p, parameters=FOREVER)
-    await s.start()
+    p, s = await primary_and_standby(pg_node_factory, "create table t (id int primary key, v int)",
+                                     "insert into t select g, 0 from generate_series(1, 2000) g",
+                                     standby_parameters=FOREVER)
     target = await wal_position(p.client)
     await eventually(lambda: _replayed(s, target), what="the standby replaying the table")
     return p, s

@@ -13,7 +13,7 @@ from manatee.core.lsn import Lsn
 from manatee.sitter.replaypause import ReplayGuard
 from manatee_testbed.postgres import PgNode
 from tests.async_wait import eventually
-from tests.fixtures_pg import pg_manager_for
+from tests.fixtures_pg import pg_manager_for, primary_and_standby
 from tests.pgmanager_fakes import RecordingLog
 
 
@@ -30,13 +30,7 @@ async def _paused(s: PgNode) -> bool:
 
 
 async def test_a_paused_replay_is_seen_left_on_an_async_and_resumed_on_the_sync(pg_node_factory):
-    p: PgNode = pg_node_factory("primary")
-    s: PgNode = pg_node_factory("standby")
-    await p.init()
-    await p.start()
-    await p.execute("create table t (id int primary key)")
-    await s.clone_from(p)
-    await s.start()
+    p, s = await primary_and_standby(pg_node_factory, "create table t (id int primary key)")
     await s.psql("select pg_wal_replay_pause()")
     await eventually(lambda: _paused(s), what="the standby's replay paused")
     await p.execute("insert into t select generate_series(1, 1000)")

@@ -45,13 +45,17 @@ class _Client:
         return [{}]
 
 
+def _guard(fail=None):
+    log, clock = RecordingLog(), _Clock()
+    return log, clock, _Client(fail), ReplayGuard(log, clock)
+
+
 def _run(guard, client, paused, place, frozen=False):
     asyncio.run(guard.check(client, paused, place, frozen, 1.0))
 
 
 def test_the_sync_is_resumed_and_said_loudly():
-    log, clock, c = RecordingLog(), _Clock(), _Client()
-    g = ReplayGuard(log, clock)
+    log, clock, c, g = _guard()
     _run(g, c, True, "sync")
     assert c.sql == [RESUME_SQL]
     assert [(lvl, ev) for lvl, ev, _ in log.lines] == [("error", "pg_replay_resumed")]
@@ -60,8 +64,7 @@ def test_the_sync_is_resumed_and_said_loudly():
 
 
 def test_an_async_is_reported_once_per_episode_and_left_paused():
-    log, clock, c = RecordingLog(), _Clock(), _Client()
-    g = ReplayGuard(log, clock)
+    log, clock, c, g = _guard()
     _run(g, c, True, "async")
     clock.t += 5
     _run(g, c, True, "async")
@@ -76,16 +79,14 @@ def test_an_async_is_reported_once_per_episode_and_left_paused():
 
 
 def test_a_frozen_shard_keeps_its_syncs_replay_paused():
-    log, c = RecordingLog(), _Client()
-    g = ReplayGuard(log, _Clock())
+    log, _, c, g = _guard()
     _run(g, c, True, "sync", frozen=True)
     assert c.sql == [] and [ev for _, ev, _ in log.lines] == ["pg_replay_paused"]
     assert log.lines[0][2]["frozen"] is True
 
 
 def test_the_async_that_becomes_the_sync_is_resumed_then():
-    log, clock, c = RecordingLog(), _Clock(), _Client()
-    g = ReplayGuard(log, clock)
+    log, clock, c, g = _guard()
     _run(g, c, True, "async")
     clock.t += 30
     _run(g, c, True, "sync")
@@ -95,8 +96,7 @@ def test_the_async_that_becomes_the_sync_is_resumed_then():
 
 
 def test_a_resume_that_fails_is_logged_once_per_error_and_tried_again():
-    log, c = RecordingLog(), _Client(fail="connection lost")
-    g = ReplayGuard(log, _Clock())
+    log, _, c, g = _guard(fail="connection lost")
     for _ in range(3):
         _run(g, c, True, "sync")
     assert c.sql == [RESUME_SQL] * 3
