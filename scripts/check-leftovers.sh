@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # After the test suite: fail if it left anything of its own behind — test zpools and their
 # mounts, partition tables, postgres/zookeeper/zfs recv/manatee daemons, PostgreSQL socket
-# dirs under /run/manatee that no live PostgreSQL holds (scripts/stale-socket-dirs.sh). Started by
+# dirs under /run/manatee that no live PostgreSQL holds (manatee_testbed.sockdirs). Started by
 # scripts/test.sh; run it by hand after an interrupted run to see what to clean.
 #   scripts/check-leftovers.sh                 # everything of ours that is there now
 #   scripts/check-leftovers.sh --save FILE     # write what is there now to FILE (before a run)
@@ -36,7 +36,9 @@ current() {
         | grep -v -E 'grep|check-leftovers' | awk '{pid=$1; $1=""; $2=""; sub(/^ +/, ""); print "process: " pid " " $0}'
     # A node's dir whose PostgreSQL is gone (killed: stale socket and lock; stopped: empty).
     # A dir a live PostgreSQL holds is not one (nor one whose lock is being written).
-    "$(dirname "${BASH_SOURCE[0]}")/stale-socket-dirs.sh" | sed 's/^/socket dir: /'
+    local repo
+    repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    PYTHONPATH="$repo:$repo/testbed" python3 -m manatee_testbed.sockdirs | sed 's/^/socket dir: /'
     return 0
 }
 

@@ -10,7 +10,8 @@ A directory is stale (no live postmaster holds it) when it holds only PostgreSQL
 its first line, a pid that is gone, a zombie or another program than PostgreSQL (a reused
 pid); an empty directory is stale too. Anything else keeps it: a lock of a live PostgreSQL,
 a lock with no pid yet (being written), a socket without its lock, a file of someone else's.
-scripts/stale-socket-dirs.sh applies the same rule for scripts/check-leftovers.sh.
+scripts/check-leftovers.sh reports what that rule finds (`python3 -m manatee_testbed.sockdirs
+[ROOT]`: one stale directory a line, nothing removed).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -28,6 +30,7 @@ SOCKET_ROOT = "/run/manatee"
 _SOCKET = re.compile(r"\.s\.PGSQL\.[0-9]+")
 PID_LIMIT = 4194304  # the kernel's largest pid_max: a larger "pid" is not one
 _LOCK = re.compile(r"\.s\.PGSQL\.[0-9]+\.lock")
+_NODE_DIR = re.compile(r"[0-9A-Fa-f.:]+-[0-9]+")  # <ip>-<port>: the sitter's default name
 
 
 def default_socket_dir(ip: str, port: int) -> str:
@@ -121,5 +124,35 @@ def remove_stale(path: str | Path, holds: Callable[[int], bool] = live_postgres)
     return None
 
 
+def stale_dirs(root: str | Path = SOCKET_ROOT, holds: Callable[[int], bool] = live_postgres) -> list[str]:
+    """The node socket directories under `root` (named <ip>-<port>; symlinks not followed)
+    that are stale by why_kept's rule, sorted; nothing is removed. [] if `root` is not there."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        path = os.path.join(root, name)
+        if not _NODE_DIR.fullmatch(name) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            if why_kept(read_entries(path), holds) is None:
+                out.append(path)
+        except OSError:  # cannot be listed: not known to be stale
+            continue
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """`python3 -m manatee_testbed.sockdirs [ROOT]`: print the stale node socket dirs."""
+    for path in stale_dirs(argv[0] if argv else SOCKET_ROOT):
+        print(path)
+    return 0
+
+
 __all__ = ["SOCKET_ROOT", "default_socket_dir", "lock_pid", "live_postgres", "read_entries", "remove_stale",
-           "why_kept"]
+           "stale_dirs", "why_kept"]
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

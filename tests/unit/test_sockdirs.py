@@ -1,6 +1,7 @@
 """When a PostgreSQL socket dir (/run/manatee/<ip>-<port>) is stale — no live PostgreSQL holds
-it — for the test bed's teardown (manatee_testbed.sockdirs) and for scripts/check-leftovers.sh
-(scripts/stale-socket-dirs.sh): one table of cases, both implementations held to it."""
+it — for the test bed's teardown (manatee_testbed.sockdirs.remove_stale) and for
+scripts/check-leftovers.sh (`python3 -m manatee_testbed.sockdirs`, which reports only): one
+table of cases for both uses of the one rule."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ import pytest
 from manatee_testbed.sockdirs import default_socket_dir, lock_pid, remove_stale, why_kept
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "stale-socket-dirs.sh"
+# as scripts/check-leftovers.sh runs it: the system's python3, the repository on its path
+REPORT = ["python3", "-m", "manatee_testbed.sockdirs"]
+REPORT_ENV = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{ROOT / 'testbed'}"}
+
+
+def _report(root):
+    return subprocess.run([*REPORT, str(root)], capture_output=True, text=True, timeout=30, env=REPORT_ENV)
 SOCK, LOCK = ".s.PGSQL.5432", ".s.PGSQL.5432.lock"
 
 
@@ -95,24 +102,24 @@ def test_python_rule_and_removal(tmp_path, pids, case, files, stale):
 
 
 @pytest.mark.parametrize("case,files,stale", CASES, ids=[c[0] for c in CASES])
-def test_script_rule(tmp_path, pids, case, files, stale):
+def test_report_rule(tmp_path, pids, case, files, stale):
     d = make_dir(tmp_path, files, pids)
-    r = subprocess.run(["bash", str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=30)
+    r = _report(tmp_path)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.splitlines() == ([str(d)] if stale else [])
-    assert d.exists()  # the script only reports
+    assert d.exists()  # the report removes nothing
 
 
-def test_script_looks_only_at_node_dirs(tmp_path):
+def test_report_looks_only_at_node_dirs(tmp_path):
     """Only <ip>-<port> directories are the sitter's; other names and symlinks are not looked at."""
     for name in ("not-a-node", "127.0.0.1-5432.old", "x"):
         (tmp_path / name).mkdir()
     (tmp_path / "127.0.0.2-5432").symlink_to(tmp_path / "x")
     (tmp_path / "127.0.0.3-5432").write_text("")
     (tmp_path / "::1-5432").mkdir()
-    r = subprocess.run(["bash", str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=30)
+    r = _report(tmp_path)
     assert r.stdout.splitlines() == [str(tmp_path / "::1-5432")]
-    r = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "none")], capture_output=True, text=True, timeout=30)
+    r = _report(tmp_path / "none")
     assert (r.returncode, r.stdout) == (0, "")
 
 
