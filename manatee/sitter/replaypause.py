@@ -38,9 +38,6 @@ class ReplayGuard:
         self.paused_since: float | None = None  # monotonic; None: not paused (or never seen so)
         self.last_error: str | None = None
 
-    def paused_for(self, now: float) -> float | None:
-        return None if self.paused_since is None else max(0.0, now - self.paused_since)
-
     async def check(self, client, paused: bool | None, place: str | None, frozen: bool, timeout: float) -> None:
         """`paused`: PgStatus.replay_paused (None: unknown, which changes nothing)."""
         if paused is False:
