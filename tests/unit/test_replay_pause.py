@@ -12,6 +12,7 @@ import pytest
 from manatee.core.pg import PgError
 from manatee.sitter.replaypause import REPORT, RESUME, RESUME_SQL, ReplayGuard, replay_action
 from tests.pgmanager_fakes import RecordingLog
+from tests.sim.clock import FakeClock
 
 
 @pytest.mark.parametrize("paused, place, frozen", list(itertools.product(
@@ -26,14 +27,6 @@ def test_only_a_paused_sync_of_a_shard_not_frozen_is_resumed(paused, place, froz
         assert got == REPORT
 
 
-class _Clock:
-    def __init__(self):
-        self.t = 100.0
-
-    def monotonic(self):
-        return self.t
-
-
 class _Client:
     def __init__(self, fail=None):
         self.sql, self.fail = [], fail
@@ -46,7 +39,7 @@ class _Client:
 
 
 def _guard(fail=None):
-    log, clock = RecordingLog(), _Clock()
+    log, clock = RecordingLog(), FakeClock(100.0)
     return log, clock, _Client(fail), ReplayGuard(log, clock)
 
 
@@ -66,12 +59,12 @@ def test_the_sync_is_resumed_and_said_loudly():
 def test_an_async_is_reported_once_per_episode_and_left_paused():
     log, clock, c, g = _guard()
     _run(g, c, True, "async")
-    clock.t += 5
+    clock.now += 5
     _run(g, c, True, "async")
     assert c.sql == [] and [ev for _, ev, _ in log.lines] == ["pg_replay_paused"]
-    assert clock.t - g.paused_since == 5.0
+    assert clock.now - g.paused_since == 5.0
     _run(g, c, None, "async")  # unknown: the episode stands
-    assert clock.t - g.paused_since == 5.0
+    assert clock.now - g.paused_since == 5.0
     _run(g, c, False, "async")  # resumed by the operator: a new pause is a new episode
     assert g.paused_since is None
     _run(g, c, True, "async")
@@ -88,7 +81,7 @@ def test_a_frozen_shard_keeps_its_syncs_replay_paused():
 def test_the_async_that_becomes_the_sync_is_resumed_then():
     log, clock, c, g = _guard()
     _run(g, c, True, "async")
-    clock.t += 30
+    clock.now += 30
     _run(g, c, True, "sync")
     assert c.sql == [RESUME_SQL]
     assert [ev for _, ev, _ in log.lines] == ["pg_replay_paused", "pg_replay_resumed"]
