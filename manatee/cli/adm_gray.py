@@ -67,6 +67,9 @@ def gray_notes(ip: str, pg: Mapping[str, Any] | None, sitter: Any) -> list[str]:
     if wp.get("failures"):
         latched.append(f"write probe failed {wp['failures']} time(s) in a row (limit {wp.get('limit', '?')}; "
                        f"last: {wp.get('lastError') or '?'})")
+    if isinstance(wp.get("wraparoundFor"), (int, float)):
+        latched.append(f"PostgreSQL refuses new transaction IDs to avoid wraparound for "
+                       f"{float(wp['wraparoundFor']):.0f}s ({_line(wp.get('wraparoundError'))})")
     if st.get("seconds"):
         latched.append(f"its sync's flush has not advanced for {float(st['seconds']):.1f}s while WAL waits "
                        f"(the sync is replaced after {_secs(st.get('bound'))})")
@@ -92,6 +95,13 @@ def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: st
     if wp.get("failures") and role == "primary":
         out.append((sev_crit, f"{what}: its write probe failed {wp['failures']} time(s) in a row "
                               f"({wp.get('lastError') or 'no error recorded'}): it may not be able to commit"))
+    wrap = wp.get("wraparoundFor")
+    if isinstance(wrap, (int, float)) and role == "primary":  # no failover follows: it would not help
+        out.append((sev_crit, f"{what}: PostgreSQL refuses new transaction IDs to avoid wraparound for "
+                              f"{wrap:.0f}s ({_line(wp.get('wraparoundError'))}): no write commits; a "
+                              f"failover would not help (every standby has the same IDs), so none is made. End "
+                              f"what holds the oldest xmin (a long transaction, a prepared transaction, a "
+                              f"replication slot), then VACUUM (FREEZE) the database it names"))
     bound = st.get("bound")
     if st.get("seconds") and isinstance(bound, (int, float)) and float(st["seconds"]) >= bound / 2:
         out.append((sev_warn, f"{what}: its sync's flush has not advanced for {float(st['seconds']):.1f}s "
@@ -145,6 +155,11 @@ def heartbeat_problems(what: str, node_id: str, sitter: Any, up_ip: str, up_sitt
                "shown streaming until wal_sender_timeout)")
     return [(sev, f"{what}: its upstream {up_ip} has not heard its heartbeat for {age:.0f}s "
                   f"(expiration {exp:g}s): {why}")]
+
+
+def _line(v: Any) -> str:
+    """A message's first line, at most 200 characters ("?" for none)."""
+    return (str(v or "?").strip().splitlines() or ["?"])[0][:200]
 
 
 def _secs(v: Any) -> str:

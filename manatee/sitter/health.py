@@ -12,7 +12,7 @@ from __future__ import annotations
 from manatee.core import pg as pgmod
 from manatee.shard import latches
 from manatee.shard.state import PRIMARY, STANDBY, Target
-from manatee.sitter.pgmanager import CROWDED
+from manatee.sitter.pglog import CROWDED, wraparound_refusal
 from manatee.sitter.ports import Clock, Postgres
 
 # The write probe: a tiny transaction that must write and flush WAL locally to commit (a
@@ -54,6 +54,8 @@ class PgHealth:
         self.probe_failures = 0  # consecutive failed write probes (latches.write_probe)
         self.probe_error: str | None = None
         self.probe_at: float | None = None  # monotonic time of the last probe
+        self.wraparound_since: float | None = None  # my primary refuses new XIDs (wraparound) since
+        self.wraparound_error: str | None = None
         self.starts = latches.StartTries()
         self.disk_full_line: str | None = None  # latches.new_disk_full_crash: the last disk-full PANIC counted
         self.disk_full_at: float | None = None  # when my disk was last found full while PG failed
@@ -324,6 +326,8 @@ class PgHealth:
         now = self.clock.monotonic()
         if not (as_primary and pgs.running and pgs.known and pgs.in_recovery is False and pgs.read_only is False):
             self.probe_failures = latches.write_probe(self.probe_failures, ok=None)
+            if not as_primary:
+                self._wraparound(None, now)
             return
         if self.probe_at is not None and now - self.probe_at < self.interval:
             return
@@ -337,6 +341,10 @@ class PgHealth:
             if CROWDED.search(str(e)):  # clients hold every slot (F20): busy, not unable to commit
                 self.probe_failures = latches.write_probe(self.probe_failures, ok=None)
                 return
+            if wraparound_refusal(e.pgcode, str(e)):  # the shard's condition: a failover cannot help
+                self.probe_failures = latches.write_probe(self.probe_failures, ok=None)
+                self._wraparound(str(e), now)
+                return
             self.probe_failures = latches.write_probe(self.probe_failures, ok=False)
             self.probe_error = str(e)
             self.log.warning("pg_write_probe_failed", failures=self.probe_failures, error=first_line(str(e)))
@@ -344,6 +352,25 @@ class PgHealth:
         if self.probe_failures:
             self.log.info("pg_write_probe_ok_again", after_failures=self.probe_failures)
         self.probe_failures = latches.write_probe(self.probe_failures, ok=True)
+        self._wraparound(None, now)
+
+    def _wraparound(self, error: str | None, now: float) -> None:
+        """Keep the episode of my primary refusing new transaction IDs for wraparound (error:
+        the probe's error; None: it committed, or I am not the primary). It stays the primary:
+        its sync has the same transaction IDs, so a failover would only move the refusal and
+        cut the reads; the operator must let VACUUM freeze (docs/operators-guide.md)."""
+        if error is not None and self.wraparound_since is None:
+            self.wraparound_since = now
+            self.log.error("pg_xid_wraparound_refusal", error=first_line(error),
+                           why="PostgreSQL refuses new transaction IDs to avoid wraparound: no write can "
+                               "commit on this shard, and a failover would not help (every standby has the "
+                               "same transaction IDs), so I stay the primary; end what holds the oldest xmin "
+                               "and VACUUM (FREEZE)")
+        elif error is None and self.wraparound_since is not None:
+            self.log.info("pg_xid_wraparound_refusal_over", lasted_s=round(now - self.wraparound_since, 1))
+            self.wraparound_since = None
+        if error is not None:
+            self.wraparound_error = error
 
     def start_attempted(self) -> None:
         self.starts = latches.start_attempted(self.starts)

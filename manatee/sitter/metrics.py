@@ -118,6 +118,7 @@ class MetricsView:
     slots: tuple[Any, ...] = ()  # manatee's replication slots on this node (snapshot.slots: slots.Slot)
     # the gray-failure latches (snapshot.gray_latches; docs/operators-guide.md)
     write_probe_failures: int = 0
+    wraparound_refused_s: float | None = None  # the primary refuses new XIDs (wraparound) for this long
     sync_flush_stalled_s: float = 0.0
     sync_flush_stall_bound_s: float | None = None
     pg_start_failures: int = 0
@@ -261,6 +262,10 @@ def _gray_families(f: _Families, v: MetricsView) -> None:
     g("manatee_write_probe_failures", "The primary's write probes that failed in a row (0 on other nodes); "
                                       "from 2 on its PostgreSQL counts as unable to commit (step-down after "
                                       "primaryStartTimeout).", v.write_probe_failures)
+    g("manatee_pg_wraparound_refusal_seconds", "How long this primary's PostgreSQL has refused new transaction "
+                                               "IDs to avoid wraparound (0: it does not): no write commits, "
+                                               "and no failover follows (every standby has the same IDs).",
+      round(v.wraparound_refused_s or 0.0, 3))
     g("manatee_sync_flush_stalled_seconds", "On the primary: how long its sync's flush position has not advanced "
                                             "while WAL waits for it (0: not stalled).",
       round(v.sync_flush_stalled_s, 3))
@@ -418,7 +423,9 @@ class MetricsCollector:
             pg_observed_age_s=None if self._pg_at == -math.inf else time.monotonic() - self._pg_at,
             pg_pending_restart=len(pgs.pending_restart) if pg_up else None,
             slots=tuple(s.slots or ()) if pg_up else (),
-            write_probe_failures=s.write_probe_failures, sync_flush_stalled_s=s.sync_flush_stalled_s,
+            write_probe_failures=s.write_probe_failures,
+            wraparound_refused_s=None if s.wraparound_since is None else time.monotonic() - s.wraparound_since,
+            sync_flush_stalled_s=s.sync_flush_stalled_s,
             sync_flush_stall_bound_s=s.sync_flush_stall_bound, pg_start_failures=s.start_failures,
             pg_start_held_s=start_held_s(s, time.monotonic()), rule=s.rule,
             replay_paused_s=None if s.replay_paused_since is None else time.monotonic() - s.replay_paused_since,

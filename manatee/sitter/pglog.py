@@ -101,6 +101,19 @@ def wal_gone_in(text: str) -> str | None:
 # PostgreSQL refused a connection because clients hold every slot (F20): it is busy, not sick.
 CROWDED = re.compile(r"too many clients already|remaining connection slots are reserved")
 
+# PostgreSQL's wraparound protection: the oldest unfrozen transaction ID (or MultiXact) of some
+# database is within 3 million of wrapping, so it refuses every statement that needs a new one
+# (SQLSTATE 54000; PG 15: "database is not accepting commands to avoid wraparound data loss in
+# database ..."; PG 16 adds "that assign new transaction IDs", and MultiXacts say "that generate
+# new MultiXactIds"). Every standby replays the same counters and catalogs, so a failover would
+# hand the refusal to the next primary: the shard's condition, not this node's sickness.
+WRAPAROUND = re.compile(r"not accepting commands.*to avoid wraparound data loss", re.S)
+
+
+def wraparound_refusal(pgcode: str | None, message: str) -> bool:
+    """Whether an error is PostgreSQL's wraparound protection refusing a new transaction ID."""
+    return pgcode == "54000" and WRAPAROUND.search(message) is not None
+
 
 class LogFacts(NamedTuple):
     """What PostgreSQL's log says (PgManager._log_facts); the defaults: nothing known."""

@@ -52,6 +52,8 @@ class SitterSnapshot:
     # the gray-failure latches (manatee.shard.latches, kept by sitter.health.PgHealth)
     write_probe_failures: int = 0            # consecutive failed write probes of my primary
     write_probe_error: str | None = None     # the last failed probe's error (kept after a success)
+    wraparound_since: float | None = None    # my primary refuses new XIDs to avoid wraparound, since
+    wraparound_error: str | None = None      # ... PostgreSQL's words (kept after the episode)
     sync_flush_stalled_s: float = 0.0        # my sync's flush not advanced while my WAL waits, as of last_pg_at
     sync_flush_stall_bound: float | None = None  # ... after which the primary replaces its sync
     start_failures: int = 0                  # consecutive failed starts of my PostgreSQL
@@ -95,6 +97,7 @@ def snapshot_of(sitter) -> SitterSnapshot:
         sick_since=h.sick_since, sick_why=h.sick_why, cannot_serve=h.cannot_serve, hung_kills=h.hung_kills,
         heartbeats_withheld=h.hb_withheld, diverged=sitter.diverged,
         write_probe_failures=h.probe_failures, write_probe_error=h.probe_error,
+        wraparound_since=h.wraparound_since, wraparound_error=h.wraparound_error,
         sync_flush_stalled_s=max(0.0, sitter.last_pg_at - h.stall[2]) if h.stall else 0.0,
         sync_flush_stall_bound=h.sync_stall_bound, start_failures=h.starts.failures,
         start_retry_at=h.starts.retry_at, restore_tries=sitter.steps.restore_tries,
@@ -160,7 +163,10 @@ def gray_latches(s: SitterSnapshot, now: float) -> dict:
     of my failed rebuilds."""
     return {
         "writeProbe": {"failures": s.write_probe_failures, "limit": WRITE_PROBE_FAILURES,
-                       "lastError": s.write_probe_error},
+                       "lastError": s.write_probe_error,
+                       "wraparoundFor": (None if s.wraparound_since is None
+                                         else round(max(0.0, now - s.wraparound_since), 1)),
+                       "wraparoundError": s.wraparound_error},
         "syncFlushStall": {"seconds": round(s.sync_flush_stalled_s, 1), "bound": s.sync_flush_stall_bound},
         "startBackoff": {"failures": s.start_failures, "nextTryIn": start_held_s(s, now)},
         "restoreBackoff": restore_backoff(s.restore_tries, now),

@@ -31,7 +31,8 @@ class Conf:
 
 class FakeClient:
     """The sitter's own connection: replication slots are not simulated; the write probe
-    fails while the node's PostgreSQL cannot commit (pg_fault "no_commit")."""
+    fails while the node's PostgreSQL cannot commit (pg_fault "no_commit"), or refuses new
+    transaction IDs to avoid wraparound ("wraparound")."""
 
     def __init__(self, node=None):
         self.node = node
@@ -39,6 +40,9 @@ class FakeClient:
     async def query(self, sql, _params=None, timeout=None):
         if self.node is not None and self.node.pg_fault == "no_commit" and "manatee_write_probe" in sql:
             raise PgError("canceling statement due to statement timeout", timed_out=True)
+        if self.node is not None and self.node.pg_fault == "wraparound" and "manatee_write_probe" in sql:
+            raise PgError('ERROR:  database is not accepting commands to avoid wraparound data loss in '
+                          'database "app"', pgcode="54000")
         return []
 
 

@@ -74,7 +74,8 @@ class Node:
     hung: bool = False
     # PostgreSQL alone (issue 8): None | "hang" (this process hangs; a kill cures it) |
     # "hang_sticky" (every new process hangs too: stuck storage) | "no_start" (crash loop, full disk) |
-    # "no_commit" (answers, but no commit succeeds) | "stall" (a standby streams but flushes nothing
+    # "no_commit" (answers, but no commit succeeds) | "wraparound" (no commit either: it refuses new
+    # transaction IDs, as every node with the same data does) | "stall" (a standby streams but flushes nothing
     # more) | "slow" (a standby flushes one record every third tick: slower than the writes) |
     # "panicked_full" (it PANICked for lack of space and the postmaster restarted it: it serves
     # again, but its log since the sitter started it names the crash: `disk_full`)
@@ -352,7 +353,7 @@ class Shard:
 
     def writable(self, n: Node) -> bool:
         return (n.up() and n.running and not n.pg_hung and n.mode == "primary" and not n.applied.read_only
-                and n.pg_fault != "no_commit")
+                and n.pg_fault not in ("no_commit", "wraparound"))
 
     def sync_connected(self, n: Node) -> Node | None:
         """The node named in n's synchronous_standby_names if it is streaming from n now."""

@@ -134,6 +134,25 @@ def test_a_replay_paused_by_hand_is_named(i, severity):
     assert not any("replay is paused" in m for m in (p["message"] for p in show_json(v)["problems"]))
 
 
+def test_a_primary_refusing_new_xids_for_wraparound_is_critical_and_says_no_failover_follows():
+    v = healthy()
+    v.nodes[0].sitter = sitter_state(writeProbe={
+        "failures": 0, "limit": 2, "lastError": None, "wraparoundFor": 31.6,
+        "wraparoundError": 'query failed: ERROR:  database is not accepting commands to avoid wraparound data '
+                           'loss in database "app"\nHINT:  Stop the postmaster'})
+    found = {p["message"]: p["severity"] for p in show_json(v)["problems"]}
+    line = next((m for m in found if "refuses new transaction IDs" in m), None)
+    assert line is not None and found[line] == "critical", found
+    assert line.startswith(f"primary {A.ip}: PostgreSQL refuses new transaction IDs to avoid wraparound for 32s "
+                           f"(query failed: ERROR:  database is not accepting commands")
+    assert "HINT" not in line and "a failover would not help" in line and "VACUUM (FREEZE)" in line
+    assert (f"{A.ip}: PostgreSQL refuses new transaction IDs to avoid wraparound for 32s (query failed: ERROR:"
+            in render_show(v))
+    v.nodes[0].sitter["writeProbe"]["wraparoundFor"] = None  # over: the kept error alone is no problem
+    assert not any("wraparound" in p["message"] for p in show_json(v)["problems"])
+    assert "wraparound" not in render_show(v)
+
+
 def test_a_role_or_database_whose_commits_do_not_wait_for_the_sync_is_named():
     v = healthy()
     v.nodes[0].pg = {"up": True, "recovery": False, "readOnly": False, "wal": "0/A000", "rows": [],

@@ -94,6 +94,52 @@ def test_a_probe_refused_by_a_connection_storm_is_no_evidence():
     assert h.probe_failures == 0
 
 
+WRAPAROUND = ('query on 127.0.0.1 failed: select ...: ERROR:  database is not accepting commands to avoid '
+              'wraparound data loss in database "template1"\nHINT:  Stop the postmaster and vacuum that database')
+
+
+def test_a_primary_refusing_new_xids_for_wraparound_is_not_sick_and_the_episode_is_timed():
+    """Every standby has the same transaction IDs: a failover would move the refusal, so the
+    probe's wraparound error is no evidence against this node (no step-down), but it is kept."""
+    pg = ScriptedPg(health_timeout=2.0)
+    pg.client = ProbeClient()
+    h, clock, records, _ = _health(pg)
+    rw = replace(RUNNING_PRIMARY, read_only=False)
+    pgcode = ["54000"]
+
+    async def refused(sql, _params=None, timeout=None):
+        raise PgError(WRAPAROUND, pgcode=pgcode[0])
+    pg.client.query = refused
+    for t in range(20):  # far past primaryStartTimeout (8 s)
+        clock.now = float(t)
+        asyncio.run(h.probe_writes(rw, as_primary=True))
+        h.track(rw, as_primary=True, role="primary", target=None)
+    assert h.probe_failures == 0 and h.sick_since is None and h.cannot_serve is None
+    assert h.wraparound_since == 0.0 and "wraparound data loss" in h.wraparound_error
+    assert [r[3] for r in records].count("pg_xid_wraparound_refusal") == 1  # once per episode
+    # the same words with another SQLSTATE are an ordinary failed probe
+    h2, clock2, _, _ = _health(pg)
+    pgcode[0] = "XX000"
+    for t in range(2):
+        clock2.now = float(t)
+        asyncio.run(h2.probe_writes(rw, as_primary=True))
+    assert h2.probe_failures == 2 and h2.wraparound_since is None
+    # a commit ends the episode; the error is kept for /state
+    pg.client = ProbeClient()
+    clock.now = 30.0
+    asyncio.run(h.probe_writes(rw, as_primary=True))
+    assert h.wraparound_since is None and h.wraparound_error is not None
+    assert any(r[3] == "pg_xid_wraparound_refusal_over" for r in records)
+    # so does no longer being the primary
+    pg.client.query = refused
+    pgcode[0] = "54000"
+    clock.now = 40.0
+    asyncio.run(h.probe_writes(rw, as_primary=True))
+    assert h.wraparound_since == 40.0
+    asyncio.run(h.probe_writes(rw, as_primary=False))
+    assert h.wraparound_since is None
+
+
 def test_failed_starts_back_off_and_a_start_that_answers_ends_it():
     h, clock, records, _ = _health()
     down = replace(RUNNING_PRIMARY, running=False, healthy=False, in_recovery=None, wal=None)

@@ -22,7 +22,7 @@ from tests.observations import A
 from tests.metrics_fakes import parse, sitter, value
 
 GRAY_GAUGES = ("manatee_write_probe_failures", "manatee_sync_flush_stalled_seconds", "manatee_pg_start_failures",
-               "manatee_pg_start_held_seconds")
+               "manatee_pg_start_held_seconds", "manatee_pg_wraparound_refusal_seconds")
 
 
 def view(**kw) -> MetricsView:
@@ -41,24 +41,25 @@ def test_the_gray_gauges_are_there_and_zero_on_a_healthy_node():
 
 def test_the_gray_gauges_carry_the_latches_and_the_decision_rule():
     v = view(write_probe_failures=3, sync_flush_stalled_s=7.25, sync_flush_stall_bound_s=8.0,
-             pg_start_failures=4, pg_start_held_s=3.5, rule="primary.step_down")
+             pg_start_failures=4, pg_start_held_s=3.5, rule="primary.step_down", wraparound_refused_s=12.5)
     fams = parse(render_view(v, 0))
     assert value(fams, "manatee_write_probe_failures") == 3
     assert value(fams, "manatee_sync_flush_stalled_seconds") == 7.25
     assert value(fams, "manatee_sync_flush_stall_bound_seconds") == 8.0
     assert value(fams, "manatee_pg_start_failures") == 4
     assert value(fams, "manatee_pg_start_held_seconds") == 3.5
+    assert value(fams, "manatee_pg_wraparound_refusal_seconds") == 12.5
     assert value(fams, "manatee_decision_info", rule="primary.step_down") == 1
 
 
 # ---------------------------------------------------------------------------- the snapshot
 
 def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_at=100.0,
-          restores=latches.RestoreTries(), paused_since=None):
+          restores=latches.RestoreTries(), paused_since=None, wraparound=(None, None)):
     """A stand-in for the loop with the attributes snapshot_of reads."""
     health = SimpleNamespace(probe_failures=probe[0], probe_error=probe[1], stall=stall, sync_stall_bound=8.0,
                              starts=starts, sick_since=None, sick_why=None, cannot_serve=None, hung_kills=0,
-                             hb_withheld=False)
+                             hb_withheld=False, wraparound_since=wraparound[0], wraparound_error=wraparound[1])
     view_ = SimpleNamespace(state=None, error=None, election=(), zk_state="connected", quarantined=(),
                             state_unreadable=None, session_timeout=4.0, state_missing=False, state_older=None)
     return SimpleNamespace(memory=StateMemory(None, None, None),
@@ -81,6 +82,10 @@ def test_snapshot_of_publishes_the_latches():
     assert (s.start_failures, s.start_retry_at) == (4, 130.0)
     assert s.restore_tries == latches.RestoreTries(3, "ZfsError: out of space", 140.0)
     assert (s.rule, s.reason) == ("primary.replace_sync", "my sync has not flushed")
+    assert (s.wraparound_since, s.wraparound_error) == (None, None)
+    w = snapshot_of(_loop(wraparound=(90.0, "database is not accepting commands to avoid wraparound data loss")))
+    assert (w.wraparound_since, w.wraparound_error) == (90.0, "database is not accepting commands to avoid "
+                                                              "wraparound data loss")
 
 
 def test_a_stall_started_after_the_last_observation_counts_zero_not_negative():
@@ -97,7 +102,8 @@ def test_state_shows_the_latches():
                        restore_tries=latches.RestoreTries(2, "ZfsError: out of space", 112.5))
     got = gray_latches(s, now=110.0)
     assert got == {"writeProbe": {"failures": 2, "limit": latches.WRITE_PROBE_FAILURES,
-                                  "lastError": "FATAL: could not write"},
+                                  "lastError": "FATAL: could not write", "wraparoundFor": None,
+                                  "wraparoundError": None},
                    "syncFlushStall": {"seconds": 5.0, "bound": 8.0},
                    "startBackoff": {"failures": 3, "nextTryIn": 2.0},
                    "restoreBackoff": {"failures": 2, "nextTryIn": 2.5, "lastError": "ZfsError: out of space"}}
@@ -115,6 +121,15 @@ def test_state_shows_a_replay_paused_by_hand():
     cfg = SimpleNamespace(insecure=False, zkCfg=SimpleNamespace(auth=None, session_timeout_s=4.0))
     assert debug_state(s, cfg, 110.0)["pg"]["replayPausedFor"] == 20.0
     assert debug_state(dataclasses.replace(s, replay_paused_since=None), cfg, 110.0)["pg"]["replayPausedFor"] is None
+
+
+def test_state_shows_how_long_the_primary_refuses_new_xids():
+    s = SitterSnapshot(me=A, wraparound_since=95.0, wraparound_error="database is not accepting commands ...")
+    assert gray_latches(s, now=110.0)["writeProbe"] == {
+        "failures": 0, "limit": latches.WRITE_PROBE_FAILURES, "lastError": None, "wraparoundFor": 15.0,
+        "wraparoundError": "database is not accepting commands ..."}
+    over = dataclasses.replace(s, wraparound_since=None)  # over: the error is kept, the clock is not
+    assert gray_latches(over, now=110.0)["writeProbe"]["wraparoundFor"] is None
 
 
 @pytest.mark.parametrize("retry_at, now, held", [(None, 5.0, 0.0), (4.0, 5.0, 0.0), (7.25, 5.0, 2.2)])

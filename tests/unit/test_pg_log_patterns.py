@@ -6,7 +6,7 @@ line must not trigger that (a rebuild throws the node's data away)."""
 
 import pytest
 
-from manatee.sitter.pglog import DIVERGENCE_PATTERNS, disk_full_in, diverged_in
+from manatee.sitter.pglog import DIVERGENCE_PATTERNS, disk_full_in, diverged_in, wraparound_refusal
 
 
 @pytest.mark.parametrize("line", [
@@ -102,3 +102,20 @@ def test_a_walreceiver_that_cannot_write_its_wal_counts_and_other_fatals_do_not(
     # a FATAL about another file (a client's temporary file), or about the WAL for another reason, is not one
     assert disk_full_in('[1] FATAL:  could not create file "base/pgsql_tmp/x": Read-only file system') is None
     assert disk_full_in('[1] FATAL:  could not open file "pg_wal/0001": Permission denied') is None
+
+
+@pytest.mark.parametrize("pgcode, message, refusal", [
+    # PostgreSQL 15 (this machine's, seen on a real server), 16+, and the MultiXact form
+    ("54000", 'ERROR:  database is not accepting commands to avoid wraparound data loss in database "template1"\n'
+              "HINT:  Stop the postmaster and vacuum that database in single-user mode.", True),
+    ("54000", 'ERROR:  database is not accepting commands that assign new transaction IDs to avoid wraparound '
+              'data loss in database "app"', True),
+    ("54000", 'ERROR:  database is not accepting commands that generate new MultiXactIds to avoid wraparound '
+              'data loss in database "app"', True),
+    # the warnings before it, another program limit, and the words under another SQLSTATE: not it
+    ("01000", 'WARNING:  database "app" must be vacuumed within 2097867 transactions', False),
+    ("54000", "ERROR:  row is too big: size 9000, maximum size 8160", False),
+    (None, "database is not accepting commands to avoid wraparound data loss", False),
+])
+def test_the_wraparound_refusal_is_told_by_its_sqlstate_and_words(pgcode, message, refusal):
+    assert wraparound_refusal(pgcode, message) is refusal

@@ -161,6 +161,29 @@ def test_F18_F19_F22_primary_that_cannot_serve_steps_down_to_its_sync(fault):
 
 
 @pytest.mark.parametrize("seed", range(3))
+def test_a_shard_refusing_new_xids_for_wraparound_makes_no_failover(seed):
+    """PostgreSQL's wraparound protection refuses every new transaction ID on the primary, and
+    would on any node promoted in its place (they replay the same IDs): unlike no_commit, the
+    primary stays, nothing is killed or promoted, reads go on; writes return once VACUUM froze."""
+    sh = new_shard(seed=seed)
+    p, s, a = sh.nodes
+    for n in sh.nodes:
+        sh.pg_fault(n, "wraparound")
+    sh.run(3 * (PST_TICKS + HUNG_TICKS))
+    st = sh.zk.state()
+    assert st.primary.id == p.id and sh.promotions == [] and not st.deposed, sh.describe()
+    assert sh.events(p, "pg_xid_wraparound_refusal") and not sh.events(p, "pg_write_probe_failed")
+    assert p.sitter.health.cannot_serve is None and p.running and not p.applied.read_only
+    assert [n.id for n in st.chain()] == [p.id, s.id, a.id]
+    acked = len(sh.acked)
+    for n in sh.nodes:
+        sh.pg_fault(n, None)
+    sh.settle()
+    assert acked_count_grows(sh) and len(sh.acked) > acked and not sh.lost_acknowledged()
+    assert sh.events(p, "pg_xid_wraparound_refusal_over") and sh.promotions == []
+
+
+@pytest.mark.parametrize("seed", range(3))
 def test_F19_primary_that_panicked_for_lack_of_space_and_restarted_gives_way_at_once(seed):
     """F19 on the primary (issue 8): its PostgreSQL PANICked for lack of space and the
     postmaster restarted it; a restart that freed a little space makes it answer and commit
