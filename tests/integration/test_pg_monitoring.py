@@ -76,6 +76,30 @@ async def test_monitoring_connection_keeps_working_when_clients_take_every_slot(
         mon.close()
 
 
+async def test_an_operators_idle_session_timeout_does_not_end_the_monitoring_connection(small_pg: PgNode):
+    """idle_session_timeout (or idle_in_transaction_session_timeout) set for every session of
+    the superuser, e.g. for connection hygiene: it ended the sitter's kept connection between
+    two status queries, so in a connection storm the sitter could not get back in."""
+    await small_pg.execute("alter role postgres set idle_session_timeout = '200ms'")
+    await small_pg.execute("alter role postgres set idle_in_transaction_session_timeout = '200ms'")
+    mon = _monitor(small_pg)
+    await mon.connect(timeout=5)
+    hogs = []
+    try:
+        first = (await mon.query("select pg_backend_pid() as pid", timeout=2))[0]["pid"]
+        await asyncio.sleep(0.6)
+        hogs = _hog_every_slot(small_pg)  # a storm meanwhile: no new connection could be made
+        await asyncio.sleep(0.6)
+        rows = await mon.query("select pg_backend_pid() as pid, current_setting('idle_session_timeout') as ist",
+                               timeout=2)
+        assert rows[0]["pid"] == first and rows[0]["ist"] == "0"
+    finally:
+        for h in hogs:
+            h.close()
+        mon.close()
+        await small_pg.execute("alter role postgres reset all")
+
+
 async def test_concurrent_calls_share_the_connection_one_at_a_time(small_pg: PgNode):
     mon = _monitor(small_pg)
     try:

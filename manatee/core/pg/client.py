@@ -206,6 +206,13 @@ class PgClient:
             raise PgError(f"pg_promote on {self.where} did not finish within {timeout}s")
 
 
+# The persistent connection is kept for PostgreSQL's lifetime so that a connection storm cannot
+# lock the sitter out: an operator's idle_session_timeout or idle_in_transaction_session_timeout
+# (postgresql.conf, ALTER ROLE or DATABASE; the startup packet's settings win over those) must
+# not end it between two status queries.
+KEEP_ME = " -c idle_session_timeout=0 -c idle_in_transaction_session_timeout=0"
+
+
 def _blocking_query(dsn: str, sql: str, params: Any, fetch: bool, state: dict[str, Any]) -> list[dict[str, Any]]:
     conn = psycopg2.connect(dsn)
     try:
@@ -234,7 +241,7 @@ def _persistent_query(client: PgClient, dsn: str, sql: str, params: Any, fetch: 
             conn = client._conn
         fresh = conn is None or conn.closed
         if fresh:
-            conn = psycopg2.connect(dsn, options=f"-c statement_timeout={ms} -c lock_timeout={ms}")
+            conn = psycopg2.connect(dsn, options=f"-c statement_timeout={ms} -c lock_timeout={ms}{KEEP_ME}")
             conn.autocommit = True
             with client._conn_lock:
                 client._conn, client._conn_ms = conn, ms  # what the session's timeouts are now
