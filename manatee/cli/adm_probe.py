@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from manatee.cli import adm_view as V
 from manatee.cli.adm_gray import pg_via_sitter, repl_via_sitter
+from manatee.cli.adm_xid import XID_AGE_SQL, parse_row
 from manatee.cli.common import ZkReader, pg_conn_params, pg_failure
 from manatee.core.httpjson import http_json
 from manatee.core.pg.walpos import NODE_WAL_SQL
@@ -68,7 +69,7 @@ _WEAK_COMMIT_SQL = ("select coalesce((select rolname from pg_roles where oid = s
 
 def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
     """{up, recovery, readOnly, wal, rows: [pg_stat_replication rows], weakCommit: [{role, db,
-    setting}] (a primary's)} or {up: False, error}."""
+    setting}] and xidAge (adm_xid.parse_row; None: not known) (a primary's)} or {up: False, error}."""
     import psycopg2
 
     try:
@@ -84,16 +85,31 @@ def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
             cur.execute(_REPL_SQL)
             cols = [c.name for c in cur.description]
             rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-            weak = []
+            weak, xid = [], None
             if not recovery:
                 cur.execute(_WEAK_COMMIT_SQL)
                 weak = [{"role": r, "db": d, "setting": c} for r, d, c in cur.fetchall()]
+                xid = _xid_age(cur)
     except psycopg2.Error as e:
         return {"up": False, **pg_failure(e)}
     finally:
         conn.close()
     return {"up": True, "recovery": bool(recovery), "readOnly": bool(ro), "wal": wal, "rows": rows,
-            "weakCommit": weak}
+            "weakCommit": weak, "xidAge": xid}
+
+
+def _xid_age(cur) -> dict[str, Any] | None:
+    """The primary's wraparound risk (adm_xid); None when the query fails (unknown: show omits
+    the line, the rest of the probe stands)."""
+    import psycopg2
+
+    try:
+        cur.execute(XID_AGE_SQL)
+        cols = [c.name for c in cur.description]
+        row = cur.fetchone()
+    except psycopg2.Error:
+        return None
+    return parse_row(dict(zip(cols, row)) if row else None)
 
 
 def _repl_row(rows: Sequence[Mapping[str, Any]], peer: Mapping[str, Any]) -> dict[str, Any] | None:

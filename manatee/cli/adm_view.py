@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from manatee.cli.adm_gray import gray_json, gray_notes, gray_problems, heartbeat_problems
 from manatee.cli.adm_lost import lost_notes, lost_state_problem
+from manatee.cli.adm_xid import xid_problems
 from manatee.shard.latches import DISK_FULL_BELOW
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
@@ -158,6 +159,7 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             continue
         if n.role == "primary":
             out += [(W, f"{what}: {weak_commit_line(w)}") for w in (n.pg or {}).get("weakCommit") or ()]
+            out += xid_problems(what, (n.pg or {}).get("xidAge"))  # transaction-ID wraparound ahead
             if n.pg and n.pg.get("recovery"):
                 out.append((crit, f"{what}: PostgreSQL is still in recovery (not promoted)"))
             elif n.pg and n.pg.get("readOnly") and st.get("sync") and not sw:
@@ -404,6 +406,7 @@ def node_json(n: NodeView) -> dict[str, Any]:
             "sitter": None if n.sitter is None else (n.sitter.get("localRole") or n.sitter.get("role")),
             "pg": pg, "mode": None if mode == "-" else mode, "wal": (n.pg or {}).get("wal"),
             "pgError": (n.pg or {}).get("error"),
+            "xidAge": (n.pg or {}).get("xidAge"),  # the primary's {db, age, mxidDb, mxidAge, holder} (adm_xid)
             "repl": None if n.repl is None else r.get("state"), "replayLsn": r.get("replay_lsn"),
             "lagBytes": None if n.repl is None or n.role == "primary" else r.get("lag_bytes"),
             "lagSeconds": None if n.repl is None or n.role == "primary" else r.get("lag_s"),

@@ -124,6 +124,8 @@ class MetricsView:
     pg_start_failures: int = 0
     pg_start_held_s: float = 0.0
     replay_paused_s: float | None = None  # a standby's replay paused by hand for this long (None: not paused)
+    pg_xid_age: int | None = None         # largest age(datfrozenxid) over pg_database (None: not known)
+    pg_multixact_age: int | None = None   # largest mxid_age(datminmxid)
     rule: str | None = None      # the latest decision's rule (manatee/shard/decide.py)
 
 
@@ -251,6 +253,12 @@ def _restore_and_pg_families(f: _Families, v: MetricsView) -> None:
         g("manatee_pg_pending_restart", "Settings PostgreSQL has read but only a restart applies "
                                         "(pg_settings.pending_restart; they apply at its next restart).",
           v.pg_pending_restart)
+    if v.pg_xid_age is not None:
+        g("manatee_pg_xid_age", "Largest age(datfrozenxid) over the databases, in transactions: PostgreSQL "
+                                "refuses new transaction IDs 3 million short of 2^31 (wraparound).", v.pg_xid_age)
+    if v.pg_multixact_age is not None:
+        g("manatee_pg_multixact_age", "Largest mxid_age(datminmxid) over the databases: PostgreSQL refuses new "
+                                      "MultiXact IDs 3 million short of 2^31.", v.pg_multixact_age)
     if v.pg_observed_age_s is not None:
         g("manatee_pg_observation_age_seconds", "Age of the PostgreSQL answers these metrics show "
                                                 "(they are cached; see docs/observability.md).",
@@ -365,7 +373,10 @@ PG_SQL = (
     "  'sync_state', coalesce(sync_state, ''),"
     f"  'bytes', pg_wal_lsn_diff({NODE_WAL_SQL}, replay_lsn)::bigint,"
     "  'seconds', coalesce(extract(epoch from replay_lag), 0)::float8) order by application_name)"
-    "  from pg_stat_replication), '[]'::json) as replication")
+    "  from pg_stat_replication), '[]'::json) as replication,"
+    # transaction-ID and MultiXact wraparound ahead (manatee-adm verify names what holds it)
+    " (select max(age(datfrozenxid)) from pg_database)::bigint as xid_age,"
+    " (select max(mxid_age(datminmxid)) from pg_database)::bigint as multixact_age")
 
 
 class MetricsCollector:
@@ -379,6 +390,7 @@ class MetricsCollector:
         self.zfs = DatasetCache(sitter, log, cache_s=snapshot_cache_s)  # snapshots and space
         self._pg_at = -math.inf
         self._pg: tuple[int | None, float | None, tuple[ReplicationRow, ...]] = (None, None, ())
+        self._xid: tuple[int | None, int | None] = (None, None)  # xid_age, multixact_age
         self._inflight: asyncio.Task | None = None
         self.pg_queries = 0  # how many PostgreSQL queries the metrics made (tests, /state)
         self.registry = make_registry(self._families, {}, process=False)
@@ -407,6 +419,7 @@ class MetricsCollector:
         place = s.place
         pg_up = bool(pgs and pgs.running and pgs.healthy)
         standby_bytes, standby_secs, rows = self._pg if pg_up else (None, None, ())
+        xid_age, mxid_age = self._xid if pg_up else (None, None)
         if not (pg_up and pgs.in_recovery):
             standby_bytes = standby_secs = None
         return MetricsView(
@@ -429,6 +442,7 @@ class MetricsCollector:
             sync_flush_stall_bound_s=s.sync_flush_stall_bound, pg_start_failures=s.start_failures,
             pg_start_held_s=start_held_s(s, time.monotonic()), rule=s.rule,
             replay_paused_s=None if s.replay_paused_since is None else time.monotonic() - s.replay_paused_since,
+            pg_xid_age=xid_age, pg_multixact_age=mxid_age,
         )
 
     async def render(self) -> bytes:
@@ -443,6 +457,7 @@ class MetricsCollector:
     async def _refresh_pg(self) -> None:
         pgs = self.sitter.snapshot.last_pg
         result: tuple[int | None, float | None, tuple[ReplicationRow, ...]] = (None, None, ())
+        xid: tuple[int | None, int | None] = (None, None)
         if pgs and pgs.running and pgs.healthy:
             rows = await self._query(PG_SQL)
             if rows:
@@ -454,7 +469,9 @@ class MetricsCollector:
                 result = (None if r["standby_bytes"] is None else max(0, int(r["standby_bytes"])),
                           None if r["standby_seconds"] is None else max(0.0, float(r["standby_seconds"])),
                           repl)
-        self._pg = result
+                xa, ma = r.get("xid_age"), r.get("multixact_age")
+                xid = (None if xa is None else int(xa), None if ma is None else int(ma))
+        self._pg, self._xid = result, xid
         self._pg_at = time.monotonic()
 
     async def _query(self, sql: str) -> list[dict[str, Any]] | None:

@@ -100,6 +100,9 @@ def check_endpoints(sh: Shard, live: list[str]) -> dict[str, str]:
         if "manatee_last_snapshot_age_seconds" in fams:
             assert 0 <= one(fams, "manatee_last_snapshot_age_seconds") < 3600
         assert one(fams, "manatee_restore_in_progress") == 0
+        # wraparound far off on a young shard (a standby reads the primary's replicated catalog)
+        assert 0 < one(fams, "manatee_pg_xid_age") < 200_000_000
+        assert 0 <= one(fams, "manatee_pg_multixact_age") < 200_000_000
     return roles
 
 

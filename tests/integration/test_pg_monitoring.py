@@ -260,6 +260,7 @@ async def test_a_restarted_standby_claims_the_wal_it_holds_while_its_upstream_ha
             from manatee.sitter.slots import list_slots
             row = (await s.psql(PG_SQL))[0]
             assert row["standby_bytes"] is None and row["replication"] == [], row
+            assert row["xid_age"] > 0 and row["multixact_age"] >= 0, row  # readable in recovery too
             assert await list_slots(s.client) == ()
         finally:
             pm.client.close()

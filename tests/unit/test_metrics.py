@@ -4,10 +4,13 @@ from __future__ import annotations
 
 
 import time
+from dataclasses import replace
+
 import pytest
 
 from manatee.sitter.metrics import (
     ROLE_LABELS,
+    MetricsCollector,
     MetricsView,
     ReplicationRow,
     newest_epoch_ms,
@@ -18,7 +21,7 @@ from manatee.sitter.metrics import (
 from manatee.sitter.pgmanager import PgStatus
 from manatee.sitter.snapshot import SitterSnapshot
 from manatee.shard.state import PRIMARY, ROLES, STANDBY, Target
-from tests.metrics_fakes import parse, parser, value
+from tests.metrics_fakes import FakeClient, parse, parser, sitter, value
 
 
 NOW_MS = 1_700_000_100_000
@@ -65,6 +68,37 @@ def test_primary_metrics_parse_and_carry_the_values():
     tr = {lab["action"]: v for (n, lab, v) in fams["manatee_transitions"] if n == "manatee_transitions_total"}
     assert tr == {"AssumeLeader": 1, "NewLeader": 0, "NewStandby": 2, "ExpiredStandby": 0, "StepDown": 0}
     assert value(fams, "manatee_sitter_info", node="zone-a", shard="1") == 1
+    assert "manatee_pg_xid_age" not in fams and "manatee_pg_multixact_age" not in fams  # not known: absent
+
+
+def test_wraparound_ages_are_shown_as_read():
+    fams = parse(render_view(primary_view(pg_xid_age=2_145_000_000, pg_multixact_age=0), NOW_MS))
+    assert value(fams, "manatee_pg_xid_age") == 2_145_000_000
+    assert value(fams, "manatee_pg_multixact_age") == 0  # a known 0 is shown, not dropped
+
+
+async def test_wraparound_ages_come_from_the_one_query_and_only_while_postgres_answers():
+    s = sitter()
+    c = MetricsCollector(s, cache_s=0.0)
+    v = await c.observe()
+    assert (v.pg_xid_age, v.pg_multixact_age) == (1234, 56) and s.pg.client.calls == 1
+    s.pg.client = FakeClient(xid_age=None, multixact_age=None)  # e.g. an older query's row: absent
+    v = await c.observe()
+    assert (v.pg_xid_age, v.pg_multixact_age) == (None, None)
+
+    class Failing(FakeClient):
+        async def query(self, sql, params=None, *, timeout=None):
+            raise TimeoutError("statement timeout")
+    s.pg.client = FakeClient()
+    assert (await c.observe()).pg_xid_age == 1234
+    s.pg.client = Failing()
+    v = await c.observe()
+    assert (v.pg_xid_age, v.pg_multixact_age) == (None, None), "no answer: absent, not the last value or 0"
+    s.pg.client = FakeClient()
+    await c.observe()
+    s.snapshot = replace(s.snapshot, last_pg=PgStatus(False, False, None, None, False, False, None, 1))
+    fams = parse(render_view(await c.observe(), NOW_MS))
+    assert "manatee_pg_xid_age" not in fams and "manatee_pg_multixact_age" not in fams  # PostgreSQL down
 
 
 def test_no_series_is_rendered_twice():

@@ -1,0 +1,114 @@
+"""Transaction-ID wraparound ahead, made for real on PostgreSQL 15: a forgotten prepared
+transaction holds the oldest xmin (autovacuum cannot freeze past it) and pg_resetwal moves
+the next transaction ID far ahead — first to 1.2 billion (manatee-adm warns), then to 2^31
+less 2 segments of pg_xact, where PostgreSQL refuses every new transaction ID ("database is
+not accepting commands to avoid wraparound data loss"). manatee-adm show/verify name the
+database, the age and the prepared transaction; the sitter's /metrics show the age."""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+import pytest
+
+from manatee.cli import adm
+from manatee.cli.adm_probe import probe_pg
+from manatee.cli.adm_view import assess, render_show, verdict
+from manatee.cli.adm_xid import STOP_AGE
+from manatee.core.pg import PgError, run_as
+from manatee.sitter.metrics import MetricsCollector
+from manatee_testbed.postgres import PgNode
+from tests.metrics_fakes import parse, sitter, value
+from tests.observations import A, healthy
+
+#: slow (two clean restarts, 15-30 s): a fault the fast set (-m 'not slow') can skip
+pytestmark = pytest.mark.slow
+
+XACTS_PER_SEGMENT = 32 * 8192 * 4  # a pg_xact segment: 32 pages of 2 status bits per transaction
+STOPPED_X = 2**31 - 2 * XACTS_PER_SEGMENT  # past PostgreSQL's stop limit (3 million short of 2^31)
+WARN_X = 1_200_000_000
+
+
+@pytest.fixture
+async def held(pg_node_factory) -> PgNode:
+    """A primary whose prepared transaction 'old' holds the oldest xmin."""
+    node: PgNode = pg_node_factory("xid")
+    await node.init()
+    with open(node.data_dir / "postgresql.auto.conf", "a") as f:
+        f.write("max_prepared_transactions = 5\n")
+    await node.start()
+    await node.execute("create table t (i int)")
+    await node.execute("begin; insert into t values (1); prepare transaction 'old'")
+    return node
+
+
+async def _jump_to(node: PgNode, next_xid: int) -> None:
+    """Stop PostgreSQL cleanly, set its next transaction ID, give pg_xact the (all in
+    progress: zero) segment that ID falls in, start it again."""
+    await node.stop()
+    await run_as([node.bindir / "pg_resetwal", "-x", str(next_xid), "-D", node.data_dir], user=node.user)
+    seg = node.data_dir / "pg_xact" / f"{next_xid // XACTS_PER_SEGMENT:04X}"
+    seg.write_bytes(bytes(32 * 8192))
+    pw = pwd.getpwnam(node.user)
+    os.chown(seg, pw.pw_uid, pw.pw_gid)
+    await node.start()
+
+
+def _shard_with(probe: dict):
+    v = healthy()
+    assert v.nodes[0].peer["id"] == A.id
+    v.nodes[0].pg = probe
+    return v
+
+
+async def _metric_ages(node: PgNode) -> tuple[float, float]:
+    """manatee_pg_xid_age and manatee_pg_multixact_age as a sitter's /metrics shows them for `node`."""
+    s = sitter(A, "primary")
+    s.pg.client = node.client
+    page = (await MetricsCollector(s, cache_s=0.0).render()).decode()
+    fams = parse(page)
+    return value(fams, "manatee_pg_xid_age"), value(fams, "manatee_pg_multixact_age")
+
+
+async def test_wraparound_ahead_is_named_with_the_prepared_transaction_that_holds_it(held: PgNode, monkeypatch,
+                                                                                   capsys):
+    got = probe_pg(held.url, 5)
+    x = got["xidAge"]
+    assert x["age"] < 10_000 and x["mxidAge"] < 10_000, x
+    assert x["holder"]["kind"] == "prepared" and x["holder"]["name"] == "old", x
+    assert assess(_shard_with(got)) == []  # a young cluster: no line
+    xid_age, mxid_age = await _metric_ages(held)
+    assert xid_age == x["age"] and mxid_age == x["mxidAge"]
+
+    await _jump_to(held, WARN_X)
+    got = probe_pg(held.url, 5)
+    assert WARN_X - 10_000 < got["xidAge"]["age"] <= WARN_X, got["xidAge"]
+    found = assess(_shard_with(got))
+    assert verdict(found) == "warning", found
+    line = next(m for _, m in found)
+    assert f"primary {A.ip}: XID age 1.20 billion in database " in line
+    assert "PostgreSQL refuses writes in 0.94 billion more transactions" in line
+    assert "the oldest xmin is held by prepared transaction 'old' (age 1.20 billion): commit or roll it back" in line
+    await held.execute("insert into t values (2)")  # still takes writes
+
+    await _jump_to(held, STOPPED_X)
+    with pytest.raises(PgError, match="to avoid wraparound data loss"):
+        await held.execute("insert into t values (3)")
+    got = probe_pg(held.url, 5)  # a read-only probe still answers
+    age = got["xidAge"]["age"]
+    assert STOP_AGE < age <= STOPPED_X, got["xidAge"]
+    v = _shard_with(got)
+    monkeypatch.setattr(adm, "gather", lambda *a, **k: v)
+    assert adm.cmd_verify(type("Args", (), {"shard": "1", "timeout": 5, "json": False})(), None) == 2
+    out = capsys.readouterr().out
+    assert f"critical: primary {A.ip}: XID age 2.15 billion in database " in out, out
+    assert "PostgreSQL refuses writes now" in out
+    assert "held by prepared transaction 'old' (age 2.15 billion): commit or roll it back" in out
+    assert "XID age 2.15 billion" in render_show(v)
+    xid_age, _ = await _metric_ages(held)
+    assert STOP_AGE < xid_age <= STOPPED_X and xid_age >= age
+
+    await held.execute("rollback prepared 'old'")  # the holder is gone; the age stays until VACUUM (FREEZE)
+    line = next(m for _, m in assess(_shard_with(probe_pg(held.url, 5))) if "XID age" in m)
+    assert "nothing holds the oldest xmin back: run VACUUM (FREEZE)" in line, line
