@@ -17,10 +17,13 @@ from manatee.cli.adm_probe import probe_pg
 from manatee.cli.adm_view import assess, render_show, verdict
 from manatee.cli.adm_xid import STOP_AGE
 from manatee.core.pg import PgError, run_as
+from manatee.sitter.health import PgHealth
 from manatee.sitter.metrics import MetricsCollector
 from manatee_testbed.postgres import PgNode
+from tests.fixtures_pg import pg_manager_for
 from tests.metrics_fakes import parse, sitter, value
 from tests.observations import A, healthy
+from tests.sim.clock import FakeClock, SimLog
 
 #: slow (two clean restarts, 15-30 s): a fault the fast set (-m 'not slow') can skip
 pytestmark = pytest.mark.slow
@@ -112,3 +115,28 @@ async def test_wraparound_ahead_is_named_with_the_prepared_transaction_that_hold
     await held.execute("rollback prepared 'old'")  # the holder is gone; the age stays until VACUUM (FREEZE)
     line = next(m for _, m in assess(_shard_with(probe_pg(held.url, 5))) if "XID age" in m)
     assert "nothing holds the oldest xmin back: run VACUUM (FREEZE)" in line, line
+
+
+async def test_the_sitters_write_probe_sees_the_refusal_and_counts_no_failure(held: PgNode):
+    """The sitter's own PgManager and PgHealth on the same PostgreSQL, refusing new IDs: its
+    status query answers (out of recovery, read-write), the write probe fails with the
+    wraparound error, and that is no evidence against the node — no failed probe is counted
+    and it never turns sick, however long it lasts (a failover would only move the refusal:
+    the standbys replay the same IDs); the episode is kept with PostgreSQL's words."""
+    await _jump_to(held, STOPPED_X)
+    pm = pg_manager_for(held)
+    clock, records = FakeClock(), []
+    h = PgHealth(pm, SimLog(clock, held.ip, records), clock, primary_start_timeout_s=2.0, interval_s=1.0)
+    try:
+        for t in range(6):  # three times primaryStartTimeout
+            clock.now = float(t)
+            pgs = await pm.status()
+            assert pgs.known and pgs.in_recovery is False and pgs.read_only is False, pgs
+            await h.probe_writes(pgs, as_primary=True)
+            h.track(pgs, as_primary=True, role="primary", target=None)
+            assert h.probe_failures == 0 and h.sick_since is None and h.cannot_serve is None
+        assert h.wraparound_since == 0.0 and "to avoid wraparound data loss" in h.wraparound_error
+        assert [r[3] for r in records].count("pg_xid_wraparound_refusal") == 1
+        assert "pg_write_probe_failed" not in [r[3] for r in records]
+    finally:
+        pm.client.close()
