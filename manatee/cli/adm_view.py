@@ -151,7 +151,11 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             out.append((W, f"{what}: manatee-adm could not connect to its PostgreSQL ({n.pg.get('cliError')}); "
                            f"its sitter observes it running and answering (all connection slots taken?)"))
         if n.pg is not None and not n.pg.get("up"):
-            if n.pg.get("auth") == "failed":
+            locked = locked_out(n.pg.get("error"))
+            if locked:
+                out.append((crit, f"{what}: PostgreSQL refuses the login, its state is unknown "
+                                  f"({n.pg.get('error')}): {locked}"))
+            elif n.pg.get("auth") == "failed":
                 out.append((crit, f"{what}: auth failed: PostgreSQL refused the credentials, its state is "
                                   f"unknown ({n.pg.get('error')}; set PGPASSFILE or PGPASSWORD)"))
             else:
@@ -253,6 +257,22 @@ def weak_commit_line(w: Mapping[str, Any]) -> str:
              else f"database {db}" if db else "every role in every database")
     return (f"{w.get('setting')} is set for {scope} (ALTER ROLE/DATABASE): its commits return before the "
             f"sync has them, and a failover loses those; reset it unless that is meant")
+
+
+def locked_out(error: str | None) -> str | None:
+    """What to do when PostgreSQL refuses a login for what its catalog says, not for the
+    credentials: the same refusal meets the sitters (they connect as the same superuser to
+    the same database) whenever they open a new connection (sandbox trial 2026-12-06)."""
+    e = error or ""
+    if "is not permitted to log in" in e:
+        what = "the role may not log in (ALTER ROLE ... NOLOGIN)"
+    elif "is not currently accepting connections" in e:
+        what = "the database takes no connections (ALTER DATABASE ... ALLOW_CONNECTIONS false)"
+    else:
+        return None
+    return (f"{what}. The sitters connect the same way: the primary's sitter undoes it while its own session "
+            f"lasts (log pg_access_restored); if not, undo it as another superuser, and restrict logins in "
+            f"pg_hba.conf instead")
 
 
 def problems(v: ShardView) -> list[str]:

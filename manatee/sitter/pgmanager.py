@@ -22,7 +22,7 @@ from manatee.core.pgconfig import (
     RoleConfig, install_base_config, parameter_settings, role_settings, write_role_config,
 )
 from manatee.sitter import promotion
-from manatee.sitter.overrides import OverrideGuard
+from manatee.sitter.overrides import ACCESS_SQL, OverrideGuard
 from manatee.sitter.pglog import CROWDED, LogFacts, disk_full_in, diverged_in, wal_gone_in
 
 ORPHAN_SCAN_TIMEOUT_S = 5.0  # the /proc scan for a PostgreSQL left by a sitter that died
@@ -391,8 +391,8 @@ class PgManager:
                 " current_setting('default_transaction_read_only') = 'on' as ro,"
                 " (select timeline_id from pg_control_checkpoint()) as tli,"
                 " (select string_agg(name, ',' order by name) from pg_settings where pending_restart) as pending,"
-                " case when pg_is_in_recovery() then pg_is_wal_replay_paused() end as paused",
-                timeout=self.status_timeout)
+                " case when pg_is_in_recovery() then pg_is_wal_replay_paused() end as paused,"
+                f"{ACCESS_SQL}", timeout=self.status_timeout)
         except pgmod.PgError as e:
             return await self._unknown(e)
         r = rows[0]
@@ -424,6 +424,8 @@ class PgManager:
             try:
                 await self.overrides.drop(self.client, {*role_settings(rc), *parameter_settings(rc)},
                                           self.status_timeout)
+                if not in_rec and not r["ro"]:  # a read-write primary can commit the fix
+                    await self.overrides.keep_access(self.client, r, self.status_timeout)
             except pgmod.PgError as e:  # timed out (others are logged there): as above
                 return await self._unknown(e)
         facts = await self._log_facts()

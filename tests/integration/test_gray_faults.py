@@ -477,6 +477,49 @@ def test_an_alter_system_override_of_the_primarys_sync_is_reset(shard: Shard):
     assert sql(dsn, "select count(*) from pg_file_settings where sourcefile like '%/postgresql.auto.conf'")[0] == 0
 
 
+def test_an_operators_nologin_or_closed_database_for_the_sitters_is_undone(shard: Shard):
+    """`ALTER ROLE postgres NOLOGIN` (a hardening guide's advice) replicates to every node and
+    locked each sitter out at its next new connection: sandbox trial 2026-12-06, the primary's
+    PostgreSQL killed once, its sitter could not log in to the restarted server and stepped
+    down (13.3 s without writes). The primary's sitter now undoes it, and `ALLOW_CONNECTIONS
+    false` on its database, at its next status check (`pg_access_restored`)."""
+    import psycopg2
+
+    from tests.shard_ops import sql
+
+    sh = shard
+    dsn = sh.find_primary()
+    assert dsn, "no writable primary"
+    p, s, _a = names(sh.topology())
+    check = ("select r.rolcanlogin and d.datallowconn from pg_roles r, pg_database d"
+             " where r.rolname = current_user and d.datname = current_database()")
+
+    def open_to(d: str) -> bool:
+        try:
+            return sql(d, check)[0] is True
+        except psycopg2.Error:  # locked out, as the sitters would be
+            return False
+
+    # a session that outlives the lock-out, in another database (PostgreSQL refuses to close
+    # the database of the session that asks)
+    keep = psycopg2.connect(dsn + " dbname=template1", connect_timeout=3)
+    keep.autocommit = True
+    try:
+        for lock in ("ALTER ROLE CURRENT_USER NOLOGIN", "ALTER DATABASE postgres ALLOW_CONNECTIONS false"):
+            t0 = time.monotonic()
+            with keep.cursor() as cur:
+                cur.execute(lock)
+            assert not open_to(dsn), lock
+            sh.wait(lambda: open_to(dsn), 10, f"the primary's sitter to undo {lock}")
+            say(f"{lock} undone {time.monotonic() - t0:.2f} s later")
+        assert sh.sitter_log(sh.node(p)).count("pg_access_restored") >= 2
+        sh.wait(lambda: open_to(sh.dsn(sh.node(s))), 10, "the sync to replay the fix")
+    finally:
+        with keep.cursor() as cur:
+            cur.execute("ALTER ROLE CURRENT_USER LOGIN; ALTER DATABASE postgres ALLOW_CONNECTIONS true")
+        keep.close()
+
+
 def test_a_query_on_the_sync_that_holds_its_replay_does_not_hold_a_switchover(shard: Shard):
     """Sandbox trial 2026-12-06: an open transaction on the sync that had read a table, an
     ALTER TABLE of it on the primary (replayed as an AccessExclusiveLock the session blocks),

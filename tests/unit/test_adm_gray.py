@@ -224,3 +224,22 @@ def test_show_and_verify_name_rebuilds_that_keep_failing():
     assert show_json(v)["nodes"][2]["restoreBackoff"]["failures"] == 3
     v.nodes[2].sitter = sitter_state("standby", restoreBackoff={"failures": 1, "nextTryIn": 0.0, "lastError": err})
     assert not any("rebuilds failed" in p["message"] for p in show_json(v)["problems"])  # retried at once
+
+
+@pytest.mark.parametrize("error, words", [
+    ('connection to server at "127.0.0.11", port 5432 failed: FATAL:  role "postgres" is not permitted to log in',
+     "the role may not log in (ALTER ROLE ... NOLOGIN)"),
+    ('connection to server at "127.0.0.11", port 5432 failed: FATAL:  database "postgres" is not currently '
+     'accepting connections', "the database takes no connections (ALTER DATABASE ... ALLOW_CONNECTIONS false)"),
+])
+def test_a_login_refused_by_the_catalog_says_what_to_undo_not_to_set_a_password(error, words):
+    """Sandbox trial 2026-12-06: `ALTER ROLE postgres NOLOGIN` showed "auth failed ... set
+    PGPASSFILE or PGPASSWORD" on every node, which sends the operator after a password."""
+    v = healthy()
+    v.nodes[0].pg = {"up": False, "error": error, "auth": "failed"}
+    found = {p["message"]: p["severity"] for p in show_json(v)["problems"]}
+    line = next(m for m in found if m.startswith(f"primary {A.ip}: PostgreSQL refuses the login"))
+    assert found[line] == "critical" and words in line and "PGPASSFILE" not in line
+    assert "pg_access_restored" in line and "pg_hba.conf" in line
+    v.nodes[0].pg = {"up": False, "error": "password authentication failed for user \"postgres\"", "auth": "failed"}
+    assert any("set PGPASSFILE or PGPASSWORD" in p["message"] for p in show_json(v)["problems"])

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from manatee.core import pg as pgmod
-from manatee.sitter.overrides import OverrideGuard, overridden
+from manatee.sitter.overrides import OverrideGuard, access_fixes, overridden
 from tests.pgmanager_fakes import RecordingLog
 
 
@@ -59,8 +61,6 @@ def test_a_failing_check_is_logged_once_per_error_and_never_raises():
 def test_a_check_that_times_out_is_raised_for_the_status_to_read_as_unknown():
     """A PostgreSQL that stops answering mid-check: the status check reads as unknown (hung),
     see test_pg_status_timeouts.py; nothing is logged here."""
-    import pytest
-
     class _Slow(_Client):
         async def query(self, sql, params=None, *, timeout=None):
             raise pgmod.PgError("query timed out after 1.5s", timed_out=True)
@@ -69,3 +69,52 @@ def test_a_check_that_times_out_is_raised_for_the_status_to_read_as_unknown():
     with pytest.raises(pgmod.PgError):
         asyncio.run(OverrideGuard(log).drop(_Slow([]), {"port"}, 1.0))
     assert log.lines == []
+
+
+# ---------------------------------------------------------------------------- the sitter's own way in
+
+@pytest.mark.parametrize("row, undone, sql", [
+    ({"can_login": True, "allow_conn": True, "dbname": "postgres"}, [], []),
+    ({"can_login": None, "allow_conn": None, "dbname": None}, [], []),  # unknown: left alone
+    ({"can_login": False, "allow_conn": True, "dbname": "postgres"}, ["its role may not log in (NOLOGIN)"],
+     ["ALTER ROLE CURRENT_USER LOGIN"]),
+    ({"can_login": True, "allow_conn": False, "dbname": 'we"ird'},
+     ['database we"ird takes no connections (ALLOW_CONNECTIONS false)'],
+     ['ALTER DATABASE "we""ird" ALLOW_CONNECTIONS true']),
+    ({"can_login": False, "allow_conn": False, "dbname": "postgres"},
+     ["its role may not log in (NOLOGIN)", "database postgres takes no connections (ALLOW_CONNECTIONS false)"],
+     ["ALTER ROLE CURRENT_USER LOGIN", 'ALTER DATABASE "postgres" ALLOW_CONNECTIONS true']),
+])
+def test_what_locks_the_sitters_out_is_named_and_undone(row, undone, sql):
+    got = access_fixes(row)
+    assert [w for w, _ in got] == undone and [f for _, f in got] == sql
+
+
+def test_the_access_fix_commits_locally_in_one_transaction_and_says_so_loudly():
+    c, log = _Client([]), RecordingLog()
+    guard = OverrideGuard(log)
+    row = {"can_login": False, "allow_conn": True, "dbname": "postgres"}
+    assert asyncio.run(guard.keep_access(c, row, 1.0)) == ["its role may not log in (NOLOGIN)"]
+    assert c.sql == ["BEGIN; SET LOCAL synchronous_commit = local; ALTER ROLE CURRENT_USER LOGIN; COMMIT"]
+    assert [(lvl, ev) for lvl, ev, _ in log.lines] == [("error", "pg_access_restored")]
+    c2 = _Client([])
+    assert asyncio.run(guard.keep_access(c2, {"can_login": True, "allow_conn": True}, 1.0)) == [] and c2.sql == []
+
+
+def test_a_failed_access_fix_is_logged_once_and_a_timeout_is_raised():
+    class _Refusing(_Client):
+        def __init__(self, timed_out=False):
+            super().__init__([])
+            self.timed_out = timed_out
+
+        async def execute(self, sql, params=None, *, timeout=None):
+            raise pgmod.PgError("permission denied to alter role", timed_out=self.timed_out)
+
+    log = RecordingLog()
+    guard = OverrideGuard(log)
+    row = {"can_login": False}
+    for _ in range(3):
+        assert asyncio.run(guard.keep_access(_Refusing(), row, 1.0)) == []
+    assert [ev for _, ev, _ in log.lines] == ["pg_access_fix_failed"]
+    with pytest.raises(pgmod.PgError):
+        asyncio.run(guard.keep_access(_Refusing(timed_out=True), row, 1.0))
