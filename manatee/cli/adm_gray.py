@@ -47,11 +47,17 @@ def repl_via_sitter(sitter: Any) -> dict[str, Any] | None:
     return {"state": "streaming" if spg.get("streaming") else None, "via": "sitter"}
 
 
+#: a sitter's cycles that failed in a row from which show and verify name them (a cycle or
+#: two fail now and then, e.g. while ZooKeeper's leader changes)
+CYCLE_FAILURES_SHOWN = 3
+
+
 def gray_json(sitter: Any) -> dict[str, Any]:
     """The latches and the latest decision from the sitter's /state (None where it said nothing)."""
     s = sitter if isinstance(sitter, Mapping) else {}
     return {"writeProbe": s.get("writeProbe"), "syncFlushStall": s.get("syncFlushStall"),
             "startBackoff": s.get("startBackoff"), "restoreBackoff": s.get("restoreBackoff"),
+            "cycles": s.get("cycles"),
             "decision": {"rule": s.get("rule"), "reason": s.get("reason")} if s.get("rule") else None}
 
 
@@ -76,6 +82,9 @@ def gray_notes(ip: str, pg: Mapping[str, Any] | None, sitter: Any) -> list[str]:
     if sb.get("failures"):
         latched.append(f"PostgreSQL failed to start {sb['failures']} time(s) in a row"
                        + (f"; next try in {float(sb['nextTryIn']):.1f}s" if sb.get("nextTryIn") else ""))
+    cy = _section(sitter, "cycles")
+    if isinstance(cy.get("failedInARow"), int) and cy["failedInARow"] >= CYCLE_FAILURES_SHOWN:
+        latched.append(f"its last {cy['failedInARow']} cycles failed (last: {_line(cy.get('lastError'))})")
     rb = _section(sitter, "restoreBackoff")
     if rb.get("failures"):
         latched.append(f"its last {rb['failures']} rebuild(s) failed in a row (last: {rb.get('lastError') or '?'})"
@@ -120,6 +129,11 @@ def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: st
                     f"{what}: its WAL replay is paused (pg_wal_replay_pause()) for {paused:.0f}s: reads there are "
                     f"stale, the WAL it receives piles up, and a takeover must first replay it all; resume it "
                     f"with `select pg_wal_replay_resume()` (its sitter does on the sync, unless the shard is frozen)"))
+    cy = _section(sitter, "cycles")
+    if isinstance(cy.get("failedInARow"), int) and cy["failedInARow"] >= CYCLE_FAILURES_SHOWN:
+        out.append((sev_crit if role in ("primary", "sync") else sev_warn,
+                    f"{what}: its sitter's last {cy['failedInARow']} cycles failed ({_line(cy.get('lastError'))}): "
+                    f"it cannot carry out its decisions (a sync cannot take over) until that is fixed"))
     rb = _section(sitter, "restoreBackoff")
     if isinstance(rb.get("failures"), int) and rb["failures"] >= 2:  # one failure is retried at once
         out.append((sev_warn, f"{what}: its last {rb['failures']} rebuilds failed in a row "

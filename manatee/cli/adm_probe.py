@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from manatee.cli import adm_view as V
+from manatee.cli.adm_acl import acl_problems
 from manatee.cli.adm_gray import pg_via_sitter, repl_via_sitter
 from manatee.cli.adm_xid import XID_AGE_SQL, parse_row
 from manatee.cli.common import ZkReader, pg_conn_params, pg_failure
@@ -136,7 +137,8 @@ def gather(zk: ZkReader, shard: str, timeout: float, *, pg: bool = True, sitters
         for n in nodes:
             n.sitter = said.get(n.id)
         _link_replication(nodes)
-    return V.ShardView(shard, state, rec.error, nodes, rec.state_error, remembered=remembered)
+    return V.ShardView(shard, state, rec.error, nodes, rec.state_error, remembered=remembered,
+                       acl_problems=acl_problems(zk, shard))
 
 
 def remembered_state(nodes: list[V.NodeView]) -> dict | None:

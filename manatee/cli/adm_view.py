@@ -63,6 +63,7 @@ class ShardView:
     nodes: list[NodeView] = field(default_factory=list)
     state_error: str | None = None
     remembered: Mapping[str, Any] | None = None  # the znode is missing: the state the sitters hold
+    acl_problems: list[str] = field(default_factory=list)  # znodes the sitters may no longer write (adm_acl)
 
     @property
     def generation(self) -> Any:
@@ -105,6 +106,7 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
     C, W = CRITICAL, WARNING
     if v.state_error:
         out.append((C, f"the shard state cannot be read: {v.state_error}"))
+    out += [(C, line) for line in v.acl_problems]
     out += [(C, f"{n.ip}: {n.sitter['stateOlder']}; it holds the state it remembers and nobody can fail over "
                 f"(docs/operators-guide.md)")
             for n in v.nodes if isinstance(n.sitter, Mapping) and n.sitter.get("stateOlder")]

@@ -197,6 +197,10 @@ class ZkReader:
         pending = [(p, self._kz.get_children_async(p)) for p in paths]
         return {p: self._wait(f"listing {p}", r) for p, r in pending}
 
+    def acls_many(self, paths: Iterable[str]) -> dict[str, tuple[list, Any] | None]:
+        pending = [(p, self._kz.get_acls_async(p)) for p in paths]
+        return {p: self._wait(f"reading the ACL of {p}", r) for p, r in pending}
+
     def get(self, path: str) -> tuple[bytes, Any] | None:
         return self.get_many([path])[path]
 

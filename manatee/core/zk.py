@@ -398,33 +398,26 @@ class ZKClient:
         if self._state != CONNECTED:
             raise ConnectionLoss(f"not connected to ZooKeeper at {self.hosts} (state {self._state})")
         fut = self._bridge(fn(*args, **kw))
+        name = getattr(fn, "__name__", "operation").removesuffix("_async")
+        where = f" {args[0]}" if args and isinstance(args[0], str) else ""
         try:
             return await asyncio.wait_for(fut, self.op_timeout)
         except asyncio.TimeoutError:
-            name = getattr(fn, "__name__", "operation").removesuffix("_async")
-            where = f" {args[0]}" if args and isinstance(args[0], str) else ""
             raise ConnectionLoss(
                 f"ZooKeeper {name}{where}: no reply from {self.hosts} within {self.op_timeout:g}s"
             ) from None
+        except NoAuthError as e:  # kazoo's says nothing: name the znode and the likely cause
+            if e.args:
+                raise
+            raise NoAuthError(f"ZooKeeper {name}{where}: refused by the znode's ACL (NoAuth): its ACL no "
+                              f"longer admits this client's credential (zkCfg.auth), e.g. changed by "
+                              f"hand") from None
 
-    async def create(
-        self,
-        path: str,
-        value: Value = b"",
-        *,
-        ephemeral: bool = False,
-        sequence: bool = False,
-        makepath: bool = False,
-    ) -> str:
+    async def create(self, path: str, value: Value = b"", *, ephemeral: bool = False, sequence: bool = False,
+                     makepath: bool = False) -> str:
         """Create a znode; returns its path (with the sequence suffix if sequence=True)."""
-        return await self._op(
-            self._kz.create_async,
-            path,
-            encode_value(value),
-            ephemeral=ephemeral,
-            sequence=sequence,
-            makepath=makepath,
-        )
+        return await self._op(self._kz.create_async, path, encode_value(value), ephemeral=ephemeral,
+                              sequence=sequence, makepath=makepath)
 
     async def get(self, path: str) -> tuple[bytes, ZnodeStat]:
         return await self._op(self._kz.get_async, path)

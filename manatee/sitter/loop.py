@@ -290,10 +290,9 @@ class Sitter:
             self.log.debug("pg_config_write_failed", error=str(e))
             self._cycle_failed()
         except Exception as e:  # never crash-loop with PG in an unknown role: log, retry
-            if self._cycle_failed(str(e)):
-                self.log.exception("cycle_failed", error=str(e), failures=self.failures)
-            else:
-                self.log.debug("cycle_failed", error=str(e), failures=self.failures)
+            msg = str(e) or type(e).__name__  # kazoo's errors may carry no message at all
+            (self.log.exception if self._cycle_failed(msg) else self.log.debug)(
+                "cycle_failed", error=msg, failures=self.failures)
         finally:
             self.publish()
 

@@ -122,6 +122,7 @@ class MetricsView:
     sync_flush_stalled_s: float = 0.0
     sync_flush_stall_bound_s: float | None = None
     pg_start_failures: int = 0
+    cycle_failures: int = 0  # the sitter's cycles that failed in a row
     pg_start_held_s: float = 0.0
     replay_paused_s: float | None = None  # a standby's replay paused by hand for this long (None: not paused)
     pg_xid_age: int | None = None         # largest age(datfrozenxid) over pg_database (None: not known)
@@ -280,6 +281,8 @@ def _gray_families(f: _Families, v: MetricsView) -> None:
     if v.sync_flush_stall_bound_s is not None:
         g("manatee_sync_flush_stall_bound_seconds", "How long the sync's flush may stall before the primary "
                                                     "replaces its sync.", v.sync_flush_stall_bound_s)
+    g("manatee_cycle_failures", "The sitter's cycles that failed in a row (0: the last one completed); the last "
+                                "error is in GET /state cycles.lastError.", v.cycle_failures)
     g("manatee_pg_start_failures", "Failed starts of this node's PostgreSQL in a row (a back-off holds the next "
                                    "start from 3 on).", v.pg_start_failures)
     g("manatee_pg_start_held_seconds", "Seconds until the next start of PostgreSQL may be attempted "
@@ -440,6 +443,7 @@ class MetricsCollector:
             wraparound_refused_s=None if s.wraparound_since is None else time.monotonic() - s.wraparound_since,
             sync_flush_stalled_s=s.sync_flush_stalled_s,
             sync_flush_stall_bound_s=s.sync_flush_stall_bound, pg_start_failures=s.start_failures,
+            cycle_failures=s.cycle_failures,
             pg_start_held_s=start_held_s(s, time.monotonic()), rule=s.rule,
             replay_paused_s=None if s.replay_paused_since is None else time.monotonic() - s.replay_paused_since,
             pg_xid_age=xid_age, pg_multixact_age=mxid_age,

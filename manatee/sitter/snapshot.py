@@ -62,6 +62,8 @@ class SitterSnapshot:
     standbys: tuple[Any, ...] = ()           # the last heartbeat of each standby (heartbeat.Heartbeat)
     hb_expiration_s: float = 0.0             # heartbeatCfg.expirationTime (s)
     hb_refused: str | None = None            # why my upstream refuses my heartbeats (401/403), if it does
+    cycle_failures: int = 0                  # my cycles that failed in a row (loop.cycle_once)
+    cycle_error: str | None = None           # ... the last one's error
     replay_paused_since: float | None = None  # my standby's replay paused by hand since (replaypause.py)
 
     @property
@@ -103,7 +105,8 @@ def snapshot_of(sitter) -> SitterSnapshot:
         start_retry_at=h.starts.retry_at, restore_tries=sitter.steps.restore_tries,
         standbys=tuple(sitter.heartbeats.beats.values()),
         hb_expiration_s=sitter.heartbeats.expiration_s, hb_refused=sitter.hb_sender.refused,
-        replay_paused_since=sitter.replay.paused_since)
+        replay_paused_since=sitter.replay.paused_since, cycle_failures=sitter.failures,
+        cycle_error=sitter.failure_msg)
 
 
 def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
@@ -159,8 +162,8 @@ def standbys(s: SitterSnapshot, now: float) -> dict:
 
 def gray_latches(s: SitterSnapshot, now: float) -> dict:
     """The gray-failure latches as /state shows them (docs/operators-guide.md): the primary's
-    write probe, its sync's flush stall, the start back-off of my PostgreSQL, and the back-off
-    of my failed rebuilds."""
+    write probe, its sync's flush stall, the start back-off of my PostgreSQL, the back-off of
+    my failed rebuilds, and my cycles that fail in a row."""
     return {
         "writeProbe": {"failures": s.write_probe_failures, "limit": WRITE_PROBE_FAILURES,
                        "lastError": s.write_probe_error,
@@ -170,6 +173,7 @@ def gray_latches(s: SitterSnapshot, now: float) -> dict:
         "syncFlushStall": {"seconds": round(s.sync_flush_stalled_s, 1), "bound": s.sync_flush_stall_bound},
         "startBackoff": {"failures": s.start_failures, "nextTryIn": start_held_s(s, now)},
         "restoreBackoff": restore_backoff(s.restore_tries, now),
+        "cycles": {"failedInARow": s.cycle_failures, "lastError": s.cycle_error},
     }
 
 

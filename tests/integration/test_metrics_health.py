@@ -115,7 +115,7 @@ def test_metrics_and_health_endpoints_on_a_healthy_shard(shard: Shard):
     assert sorted(roles.values()) == ["async", "primary", "sync"], roles
     # the gray-failure latches (issue 8) are there on every node, all at rest on a healthy shard
     gray = ("manatee_write_probe_failures", "manatee_sync_flush_stalled_seconds", "manatee_pg_start_failures",
-            "manatee_pg_start_held_seconds", "manatee_pg_wraparound_refusal_seconds")
+            "manatee_pg_start_held_seconds", "manatee_pg_wraparound_refusal_seconds", "manatee_cycle_failures")
     for n in sh.nodes:
         fams = metrics(n)
         assert {g: one(fams, g) for g in gray} == dict.fromkeys(gray, 0), n.name

@@ -216,3 +216,76 @@ def test_a_writing_cli_needs_the_credential_file(zk_server, tmp_path):
     assert runs["with"].returncode == 0, runs["with"].stderr
     assert "frozen" in runs["with"].stdout
     assert "correct-horse" not in runs["without"].stderr + runs["with"].stderr
+
+
+def test_verify_names_a_shard_znode_whose_acl_no_longer_admits_the_credential(zk_server, tmp_path,
+                                                                              monkeypatch):
+    """Sandbox trial 2026-12-06: /manatee/1/state set to world:anyone:r by hand. While the
+    primary lived, `verify` said "ok"; the next failover could not be written. With the
+    credential, manatee-adm now reads the ACLs of the shard's znodes and says which no longer
+    admit it, and what that stops."""
+    import time
+
+    from kazoo.security import make_acl
+
+    from manatee.cli.adm_acl import acl_problems
+    from manatee.cli.common import ZkReader
+
+    hosts = zk_server.connect_string
+    shard = f"/manatee/acl{uuid.uuid4().hex[:6]}"
+    loop = asyncio.new_event_loop()
+    zk, store = loop.run_until_complete(_shard(hosts, shard, _Log()))
+    cred = tmp_path / "zk.auth"
+    cred.write_text(AUTH.credential + "\n")
+    monkeypatch.setenv("MANATEE_ZK_AUTH_FILE", str(cred))
+    owner = _kazoo(hosts, AUTH)
+    try:
+        with ZkReader(hosts, time.monotonic() + 10) as r:
+            assert acl_problems(r, shard) == []  # as the sitters set it
+        owner.set_acls(store.state_path, [make_acl("world", "anyone", read=True)])
+        owner.set_acls(store.history_path, [make_acl("world", "anyone", all=True)])  # open: still admits
+        with ZkReader(hosts, time.monotonic() + 10) as r:
+            got = acl_problems(r, shard)
+        assert got == [f"the ACL of {store.state_path} (world:anyone:r) no longer lets the shard's credential "
+                       f"write: no failover, switchover or membership change can be written. Set the sitters' "
+                       f"ACL back (world:anyone:r and the credential's digest with all rights) as a ZooKeeper "
+                       f"super user; or, with the shard's credential, delete it: the primary's sitter writes "
+                       f"it again with the sitters' ACL (else run 'manatee-adm state-restore')"], got
+        monkeypatch.delenv("MANATEE_ZK_AUTH_FILE")
+        with ZkReader(hosts, time.monotonic() + 10) as r:
+            assert acl_problems(r, shard) == []  # no credential: what the sitters use is unknown
+    finally:
+        owner.stop()
+        owner.close()
+        loop.run_until_complete(zk.close())
+        loop.close()
+
+
+def test_an_acl_changed_by_hand_is_named_in_the_sitters_error(zk_server):
+    """Sandbox trial 2026-12-06: the state znode's ACL set by hand to world:anyone:r, then the
+    primary killed. The sync's state writes failed with kazoo's NoAuthError, which carries no
+    message: the sitter logged `error=` and only at the 10th failure. ZKClient now names the
+    operation, the znode and the likely cause."""
+    from kazoo.security import make_acl
+
+    hosts = zk_server.connect_string
+    shard = f"/manatee/acl{uuid.uuid4().hex[:6]}"
+    loop = asyncio.new_event_loop()
+    zk, store = loop.run_until_complete(_shard(hosts, shard, _Log()))
+    owner = _kazoo(hosts, AUTH)
+    try:
+        owner.set_acls(store.state_path, [make_acl("world", "anyone", read=True)])
+
+        async def write():
+            st, v = await store.read_state()
+            with pytest.raises(NoAuthError) as e:
+                await store.cas_state(st.evolve(generation=2), v)
+            return str(e.value)
+        msg = loop.run_until_complete(write())
+        assert msg.startswith(f"ZooKeeper set {store.state_path}: refused by the znode's ACL (NoAuth)"), msg
+        assert "zkCfg.auth" in msg
+    finally:
+        owner.stop()
+        owner.close()
+        loop.run_until_complete(zk.close())
+        loop.close()

@@ -243,3 +243,23 @@ def test_a_login_refused_by_the_catalog_says_what_to_undo_not_to_set_a_password(
     assert "pg_access_restored" in line and "pg_hba.conf" in line
     v.nodes[0].pg = {"up": False, "error": "password authentication failed for user \"postgres\"", "auth": "failed"}
     assert any("set PGPASSFILE or PGPASSWORD" in p["message"] for p in show_json(v)["problems"])
+
+
+@pytest.mark.parametrize("i, severity", [(0, "critical"), (1, "critical"), (2, "warning")])
+def test_a_sitter_whose_cycles_keep_failing_is_named(i, severity):
+    """Sandbox trial 2026-12-06: the state znode's ACL changed by hand, then the primary
+    killed: the sync could not write the state (NoAuth), every cycle failed, and `show` named
+    nothing but the dead primary."""
+    v = healthy()
+    n = v.nodes[i]
+    n.sitter = sitter_state("primary" if i == 0 else "standby",
+                            cycles={"failedInARow": 12, "lastError": "ZooKeeper set /manatee/1/state: refused by "
+                                                                     "its ACL (NoAuth)\nmore"})
+    found = {p["message"]: p["severity"] for p in show_json(v)["problems"]}
+    line = f"{n.role} {n.ip}: its sitter's last 12 cycles failed (ZooKeeper set /manatee/1/state: refused by its ACL"
+    got = [m for m in found if m.startswith(line)]
+    assert len(got) == 1 and found[got[0]] == severity and "more" not in got[0], found
+    assert f"{n.ip}: its last 12 cycles failed (last: ZooKeeper set /manatee/1/state" in render_show(v)
+    n.sitter["cycles"] = {"failedInARow": 2, "lastError": "ConnectionLoss"}  # a blip: not named
+    assert not any("cycles failed" in p["message"] for p in show_json(v)["problems"])
+    assert "cycles failed" not in render_show(v)

@@ -22,7 +22,7 @@ from tests.observations import A
 from tests.metrics_fakes import parse, sitter, value
 
 GRAY_GAUGES = ("manatee_write_probe_failures", "manatee_sync_flush_stalled_seconds", "manatee_pg_start_failures",
-               "manatee_pg_start_held_seconds", "manatee_pg_wraparound_refusal_seconds")
+               "manatee_pg_start_held_seconds", "manatee_pg_wraparound_refusal_seconds", "manatee_cycle_failures")
 
 
 def view(**kw) -> MetricsView:
@@ -41,7 +41,8 @@ def test_the_gray_gauges_are_there_and_zero_on_a_healthy_node():
 
 def test_the_gray_gauges_carry_the_latches_and_the_decision_rule():
     v = view(write_probe_failures=3, sync_flush_stalled_s=7.25, sync_flush_stall_bound_s=8.0,
-             pg_start_failures=4, pg_start_held_s=3.5, rule="primary.step_down", wraparound_refused_s=12.5)
+             pg_start_failures=4, pg_start_held_s=3.5, rule="primary.step_down", wraparound_refused_s=12.5,
+             cycle_failures=7)
     fams = parse(render_view(v, 0))
     assert value(fams, "manatee_write_probe_failures") == 3
     assert value(fams, "manatee_sync_flush_stalled_seconds") == 7.25
@@ -49,13 +50,14 @@ def test_the_gray_gauges_carry_the_latches_and_the_decision_rule():
     assert value(fams, "manatee_pg_start_failures") == 4
     assert value(fams, "manatee_pg_start_held_seconds") == 3.5
     assert value(fams, "manatee_pg_wraparound_refusal_seconds") == 12.5
+    assert value(fams, "manatee_cycle_failures") == 7
     assert value(fams, "manatee_decision_info", rule="primary.step_down") == 1
 
 
 # ---------------------------------------------------------------------------- the snapshot
 
 def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_at=100.0,
-          restores=latches.RestoreTries(), paused_since=None, wraparound=(None, None)):
+          restores=latches.RestoreTries(), paused_since=None, wraparound=(None, None), cycles=(0, None)):
     """A stand-in for the loop with the attributes snapshot_of reads."""
     health = SimpleNamespace(probe_failures=probe[0], probe_error=probe[1], stall=stall, sync_stall_bound=8.0,
                              starts=starts, sick_since=None, sick_why=None, cannot_serve=None, hung_kills=0,
@@ -69,7 +71,8 @@ def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_a
         pg_restarts=0, restart_request=None, transitions={}, slots=None,
         session=SimpleNamespace(negotiated_session_timeout=4.0), started=0.0, diverged=False,
         heartbeats=SimpleNamespace(beats={}, expiration_s=6.0),
-        hb_sender=SimpleNamespace(refused=None), replay=SimpleNamespace(paused_since=paused_since))
+        hb_sender=SimpleNamespace(refused=None), replay=SimpleNamespace(paused_since=paused_since),
+        failures=cycles[0], failure_msg=cycles[1])
 
 
 def test_snapshot_of_publishes_the_latches():
@@ -83,6 +86,9 @@ def test_snapshot_of_publishes_the_latches():
     assert s.restore_tries == latches.RestoreTries(3, "ZfsError: out of space", 140.0)
     assert (s.rule, s.reason) == ("primary.replace_sync", "my sync has not flushed")
     assert (s.wraparound_since, s.wraparound_error) == (None, None)
+    assert (s.cycle_failures, s.cycle_error) == (0, None)
+    f = snapshot_of(_loop(cycles=(12, "NoAuthError")))
+    assert (f.cycle_failures, f.cycle_error) == (12, "NoAuthError")
     w = snapshot_of(_loop(wraparound=(90.0, "database is not accepting commands to avoid wraparound data loss")))
     assert (w.wraparound_since, w.wraparound_error) == (90.0, "database is not accepting commands to avoid "
                                                               "wraparound data loss")
@@ -106,7 +112,8 @@ def test_state_shows_the_latches():
                                   "wraparoundError": None},
                    "syncFlushStall": {"seconds": 5.0, "bound": 8.0},
                    "startBackoff": {"failures": 3, "nextTryIn": 2.0},
-                   "restoreBackoff": {"failures": 2, "nextTryIn": 2.5, "lastError": "ZfsError: out of space"}}
+                   "restoreBackoff": {"failures": 2, "nextTryIn": 2.5, "lastError": "ZfsError: out of space"},
+                   "cycles": {"failedInARow": 0, "lastError": None}}
     cfg = SimpleNamespace(insecure=False, zkCfg=SimpleNamespace(auth=None, session_timeout_s=4.0))
     body = debug_state(s, cfg, 110.0)
     assert body["writeProbe"] == got["writeProbe"] and body["startBackoff"]["nextTryIn"] == 2.0

@@ -105,3 +105,23 @@ def test_a_sick_standby_stops_its_heartbeats_in_the_cycle_that_decides_it():
     assert sender.take_leaving() is None
     h.track(down, as_primary=False, role=STANDBY, target=sync, sender=sender)
     assert sender.take_leaving() is None  # said once, not every cycle
+
+
+def test_an_error_without_a_message_is_named_by_its_type_and_logged_at_once():
+    """Sandbox trial 2026-12-06: kazoo's NoAuthError carries no message, so the sync's failed
+    state writes were logged as `error=` and only at the 10th failure (an empty error was
+    never "new"). /state's cycles section says the same."""
+    import asyncio
+
+    from kazoo.exceptions import NoAuthError
+
+    s = _sitter()
+
+    async def refused(_sync_app=None):
+        raise NoAuthError()
+
+    s.pg.status = refused
+    asyncio.run(s.cycle_once())
+    loud = [r for r in s.records if r[2] == "exception" and r[3] == "cycle_failed"]
+    assert len(loud) == 1 and loud[0][4]["error"] == "NoAuthError", loud
+    assert (s.failures, s.failure_msg) == (1, "NoAuthError")
