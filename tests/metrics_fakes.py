@@ -37,17 +37,19 @@ def value(fams, name, **labels):
 
 
 class FakeClient:
-    def __init__(self, lag_bytes=100, lag_s=0.5, xid_age=1234, multixact_age=56):
+    def __init__(self, lag_bytes=100, lag_s=0.5, xid_age=1234, multixact_age=56, checksum_failures=0):
         self.calls = 0
         self.lag_bytes, self.lag_s = lag_bytes, lag_s
         self.xid_age, self.multixact_age = xid_age, multixact_age
+        self.checksum_failures = checksum_failures
 
     async def query(self, sql, params=None, *, timeout=None):
         self.calls += 1
         await asyncio.sleep(0.05)  # a real round trip: concurrent scrapes overlap it
         return [{"standby_bytes": self.lag_bytes, "standby_seconds": self.lag_s,
                  "replication": [{"application_name": "x", "sync_state": "async", "bytes": 5, "seconds": 0.1}],
-                 "xid_age": self.xid_age, "multixact_age": self.multixact_age}]
+                 "xid_age": self.xid_age, "multixact_age": self.multixact_age,
+                 "checksum_failures": self.checksum_failures}]
 
 
 class FakeDataset:

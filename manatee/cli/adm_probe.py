@@ -68,9 +68,31 @@ _WEAK_COMMIT_SQL = ("select coalesce((select rolname from pg_roles where oid = s
                     " where c ~* '^synchronous_commit=(off|local|false|no|0)$' order by 1, 2")
 
 
+# data checksum failures PostgreSQL counted (pg_stat_database, since its statistics were last
+# reset): pages read back from this node's storage that are not what it wrote. Nothing else
+# shows them: the query that read the page failed with "invalid page in block", and the
+# status checks read no table.
+_CHECKSUM_SQL = ("select coalesce(sum(checksum_failures), 0)::bigint as n, max(checksum_last_failure)::text as last,"
+                 " string_agg(datname, ', ' order by datname) filter (where checksum_failures > 0) as dbs"
+                 " from pg_stat_database")
+
+
+def _checksum_failures(cur) -> dict[str, Any] | None:
+    """{failures, last, databases}; None when the query fails (unknown: no line)."""
+    import psycopg2
+
+    try:
+        cur.execute(_CHECKSUM_SQL)
+        n, last, dbs = cur.fetchone()
+    except psycopg2.Error:
+        return None
+    return {"failures": int(n or 0), "last": last, "databases": dbs}
+
+
 def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
     """{up, recovery, readOnly, wal, rows: [pg_stat_replication rows], weakCommit: [{role, db,
-    setting}] and xidAge (adm_xid.parse_row; None: not known) (a primary's)} or {up: False, error}."""
+    setting}] and xidAge (adm_xid.parse_row; None: not known) (a primary's), checksums: {failures,
+    last, databases} (None: not known)} or {up: False, error}."""
     import psycopg2
 
     try:
@@ -87,6 +109,7 @@ def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
             cols = [c.name for c in cur.description]
             rows = [dict(zip(cols, r)) for r in cur.fetchall()]
             weak, xid = [], None
+            checksums = _checksum_failures(cur)
             if not recovery:
                 cur.execute(_WEAK_COMMIT_SQL)
                 weak = [{"role": r, "db": d, "setting": c} for r, d, c in cur.fetchall()]
@@ -96,7 +119,7 @@ def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
     finally:
         conn.close()
     return {"up": True, "recovery": bool(recovery), "readOnly": bool(ro), "wal": wal, "rows": rows,
-            "weakCommit": weak, "xidAge": xid}
+            "weakCommit": weak, "xidAge": xid, "checksums": checksums}
 
 
 def _xid_age(cur) -> dict[str, Any] | None:

@@ -163,6 +163,7 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             else:
                 out.append((crit, f"{what}: PostgreSQL does not answer ({n.pg.get('error') or 'down'})"))
             continue
+        out += [(crit, f"{what}: {line}") for line in [checksum_line((n.pg or {}).get("checksums"))] if line]
         if n.role == "primary":
             out += [(W, f"{what}: {weak_commit_line(w)}") for w in (n.pg or {}).get("weakCommit") or ()]
             out += xid_problems(what, (n.pg or {}).get("xidAge"))  # transaction-ID wraparound ahead
@@ -259,6 +260,16 @@ def weak_commit_line(w: Mapping[str, Any]) -> str:
              else f"database {db}" if db else "every role in every database")
     return (f"{w.get('setting')} is set for {scope} (ALTER ROLE/DATABASE): its commits return before the "
             f"sync has them, and a failover loses those; reset it unless that is meant")
+
+
+def checksum_line(cs: Any) -> str | None:
+    """The data checksum failures PostgreSQL counted on a node, or None (none, or not known)."""
+    if not isinstance(cs, Mapping) or not isinstance(cs.get("failures"), int) or cs["failures"] <= 0:
+        return None
+    return (f"{cs['failures']} data checksum failure(s) (database {cs.get('databases') or '?'}, the last at "
+            f"{cs.get('last') or '?'}): its storage returned pages that are not what PostgreSQL wrote. Find them "
+            f"in its log ('invalid page in block'); rebuild this node from a healthy one (the primary: switch "
+            f"over first), then `select pg_stat_reset()` there")
 
 
 def locked_out(error: str | None) -> str | None:

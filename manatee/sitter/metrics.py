@@ -127,6 +127,7 @@ class MetricsView:
     replay_paused_s: float | None = None  # a standby's replay paused by hand for this long (None: not paused)
     pg_xid_age: int | None = None         # largest age(datfrozenxid) over pg_database (None: not known)
     pg_multixact_age: int | None = None   # largest mxid_age(datminmxid)
+    pg_checksum_failures: int | None = None  # data checksum failures counted (pg_stat_database)
     rule: str | None = None      # the latest decision's rule (manatee/shard/decide.py)
 
 
@@ -260,6 +261,10 @@ def _restore_and_pg_families(f: _Families, v: MetricsView) -> None:
     if v.pg_multixact_age is not None:
         g("manatee_pg_multixact_age", "Largest mxid_age(datminmxid) over the databases: PostgreSQL refuses new "
                                       "MultiXact IDs 3 million short of 2^31.", v.pg_multixact_age)
+    if v.pg_checksum_failures is not None:
+        g("manatee_pg_checksum_failures", "Data checksum failures PostgreSQL counted on this node since its "
+                                          "statistics were reset (pg_stat_database): pages its storage returned "
+                                          "that are not what it wrote.", v.pg_checksum_failures)
     if v.pg_observed_age_s is not None:
         g("manatee_pg_observation_age_seconds", "Age of the PostgreSQL answers these metrics show "
                                                 "(they are cached; see docs/observability.md).",
@@ -379,7 +384,8 @@ PG_SQL = (
     "  from pg_stat_replication), '[]'::json) as replication,"
     # transaction-ID and MultiXact wraparound ahead (manatee-adm verify names what holds it)
     " (select max(age(datfrozenxid)) from pg_database)::bigint as xid_age,"
-    " (select max(mxid_age(datminmxid)) from pg_database)::bigint as multixact_age")
+    " (select max(mxid_age(datminmxid)) from pg_database)::bigint as multixact_age,"
+    " (select coalesce(sum(checksum_failures), 0) from pg_stat_database)::bigint as checksum_failures")
 
 
 class MetricsCollector:
@@ -393,7 +399,7 @@ class MetricsCollector:
         self.zfs = DatasetCache(sitter, log, cache_s=snapshot_cache_s)  # snapshots and space
         self._pg_at = -math.inf
         self._pg: tuple[int | None, float | None, tuple[ReplicationRow, ...]] = (None, None, ())
-        self._xid: tuple[int | None, int | None] = (None, None)  # xid_age, multixact_age
+        self._ages: tuple[int | None, ...] = (None, None, None)  # xid_age, multixact_age, checksum_failures
         self._inflight: asyncio.Task | None = None
         self.pg_queries = 0  # how many PostgreSQL queries the metrics made (tests, /state)
         self.registry = make_registry(self._families, {}, process=False)
@@ -422,7 +428,7 @@ class MetricsCollector:
         place = s.place
         pg_up = bool(pgs and pgs.running and pgs.healthy)
         standby_bytes, standby_secs, rows = self._pg if pg_up else (None, None, ())
-        xid_age, mxid_age = self._xid if pg_up else (None, None)
+        xid_age, mxid_age, checksum_failures = self._ages if pg_up else (None, None, None)
         if not (pg_up and pgs.in_recovery):
             standby_bytes = standby_secs = None
         return MetricsView(
@@ -446,7 +452,7 @@ class MetricsCollector:
             cycle_failures=s.cycle_failures,
             pg_start_held_s=start_held_s(s, time.monotonic()), rule=s.rule,
             replay_paused_s=None if s.replay_paused_since is None else time.monotonic() - s.replay_paused_since,
-            pg_xid_age=xid_age, pg_multixact_age=mxid_age,
+            pg_xid_age=xid_age, pg_multixact_age=mxid_age, pg_checksum_failures=checksum_failures,
         )
 
     async def render(self) -> bytes:
@@ -461,7 +467,7 @@ class MetricsCollector:
     async def _refresh_pg(self) -> None:
         pgs = self.sitter.snapshot.last_pg
         result: tuple[int | None, float | None, tuple[ReplicationRow, ...]] = (None, None, ())
-        xid: tuple[int | None, int | None] = (None, None)
+        xid: tuple[int | None, ...] = (None, None, None)
         if pgs and pgs.running and pgs.healthy:
             rows = await self._query(PG_SQL)
             if rows:
@@ -473,9 +479,9 @@ class MetricsCollector:
                 result = (None if r["standby_bytes"] is None else max(0, int(r["standby_bytes"])),
                           None if r["standby_seconds"] is None else max(0.0, float(r["standby_seconds"])),
                           repl)
-                xa, ma = r.get("xid_age"), r.get("multixact_age")
-                xid = (None if xa is None else int(xa), None if ma is None else int(ma))
-        self._pg, self._xid = result, xid
+                xid = tuple(None if r.get(k) is None else int(r[k])
+                            for k in ("xid_age", "multixact_age", "checksum_failures"))
+        self._pg, self._ages = result, xid
         self._pg_at = time.monotonic()
 
     async def _query(self, sql: str) -> list[dict[str, Any]] | None:

@@ -263,3 +263,20 @@ def test_a_sitter_whose_cycles_keep_failing_is_named(i, severity):
     n.sitter["cycles"] = {"failedInARow": 2, "lastError": "ConnectionLoss"}  # a blip: not named
     assert not any("cycles failed" in p["message"] for p in show_json(v)["problems"])
     assert "cycles failed" not in render_show(v)
+
+
+@pytest.mark.parametrize("i, severity", [(0, "critical"), (1, "critical"), (2, "warning")])
+def test_data_checksum_failures_are_named_on_any_node(i, severity):
+    v = healthy()
+    n = v.nodes[i]
+    n.pg = {**(n.pg or {}), "up": True,
+            "checksums": {"failures": 2, "last": "2026-12-06 08:00:01+00", "databases": "app"}}
+    found = {p["message"]: p["severity"] for p in show_json(v)["problems"]}
+    line = next((m for m in found if "data checksum failure" in m), None)
+    assert line == (f"{n.role} {n.ip}: 2 data checksum failure(s) (database app, the last at 2026-12-06 "
+                    f"08:00:01+00): its storage returned pages that are not what PostgreSQL wrote. Find them in "
+                    f"its log ('invalid page in block'); rebuild this node from a healthy one (the primary: switch "
+                    f"over first), then `select pg_stat_reset()` there") and found[line] == severity, found
+    for none in ({"failures": 0, "last": None, "databases": None}, None):  # none, or not known
+        n.pg["checksums"] = none
+        assert not any("checksum" in p["message"] for p in show_json(v)["problems"])

@@ -82,6 +82,11 @@ async def test_wraparound_ages_come_from_the_one_query_and_only_while_postgres_a
     c = MetricsCollector(s, cache_s=0.0)
     v = await c.observe()
     assert (v.pg_xid_age, v.pg_multixact_age) == (1234, 56) and s.pg.client.calls == 1
+    assert v.pg_checksum_failures == 0  # known: shown as 0
+    s.pg.client = FakeClient(checksum_failures=3)
+    v = await c.observe()
+    assert v.pg_checksum_failures == 3
+    assert value(parse(render_view(v, NOW_MS)), "manatee_pg_checksum_failures") == 3
     s.pg.client = FakeClient(xid_age=None, multixact_age=None)  # e.g. an older query's row: absent
     v = await c.observe()
     assert (v.pg_xid_age, v.pg_multixact_age) == (None, None)
@@ -94,6 +99,7 @@ async def test_wraparound_ages_come_from_the_one_query_and_only_while_postgres_a
     s.pg.client = Failing()
     v = await c.observe()
     assert (v.pg_xid_age, v.pg_multixact_age) == (None, None), "no answer: absent, not the last value or 0"
+    assert v.pg_checksum_failures is None
     s.pg.client = FakeClient()
     await c.observe()
     s.snapshot = replace(s.snapshot, last_pg=PgStatus(False, False, None, None, False, False, None, 1))
