@@ -51,7 +51,10 @@ _NODE_SQL = ("select pg_is_in_recovery() as recovery,"
              " current_setting('default_transaction_read_only') = 'on' as ro,"
              # a standby: how far its WAL goes, received or (not streaming, e.g. in safe
              # mode or after a restart) replayed (manatee.core.pg.walpos)
-             f" ({NODE_WAL_SQL})::text as wal")
+             f" ({NODE_WAL_SQL})::text as wal,"
+             # fsync off (an operator's parameters): its flushes, which the sync acknowledges
+             # commits with, are not durable
+             " current_setting('fsync') = 'off' as no_fsync")
 _REPL_SQL = ("select application_name, client_addr::text as client_addr, state, sync_state,"
              " sent_lsn::text as sent_lsn, flush_lsn::text as flush_lsn, replay_lsn::text as replay_lsn,"
              # a cascading standby sends what it has replayed, which can pass what its
@@ -104,7 +107,7 @@ def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(_NODE_SQL)
-            recovery, ro, wal = cur.fetchone()
+            recovery, ro, wal, no_fsync = cur.fetchone()
             cur.execute(_REPL_SQL)
             cols = [c.name for c in cur.description]
             rows = [dict(zip(cols, r)) for r in cur.fetchall()]
@@ -119,7 +122,7 @@ def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
     finally:
         conn.close()
     return {"up": True, "recovery": bool(recovery), "readOnly": bool(ro), "wal": wal, "rows": rows,
-            "weakCommit": weak, "xidAge": xid, "checksums": checksums}
+            "weakCommit": weak, "xidAge": xid, "checksums": checksums, "noFsync": bool(no_fsync)}
 
 
 def _xid_age(cur) -> dict[str, Any] | None:

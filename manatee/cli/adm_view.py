@@ -164,6 +164,10 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
                 out.append((crit, f"{what}: PostgreSQL does not answer ({n.pg.get('error') or 'down'})"))
             continue
         out += [(crit, f"{what}: {line}") for line in [checksum_line((n.pg or {}).get("checksums"))] if line]
+        if (n.pg or {}).get("noFsync"):
+            out.append((crit, f"{what}: fsync is off: PostgreSQL does not make its WAL durable, so a crash of its "
+                              f"host can lose commits it wrote or, as the sync, acknowledged; remove fsync from "
+                              f"postgresMgrCfg.parameters"))
         if n.role == "primary":
             out += [(W, f"{what}: {weak_commit_line(w)}") for w in (n.pg or {}).get("weakCommit") or ()]
             out += xid_problems(what, (n.pg or {}).get("xidAge"))  # transaction-ID wraparound ahead

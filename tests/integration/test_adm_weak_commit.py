@@ -25,3 +25,12 @@ async def test_the_primarys_probe_lists_each_scope_that_does_not_wait_for_the_sy
         ("app", "", "synchronous_commit=off"),
         ("app", "postgres", "synchronous_commit=local"),
     ], got["weakCommit"]
+
+
+async def test_the_probe_says_when_fsync_is_off(pg_node: PgNode):
+    """fsync = off (an operator's postgresMgrCfg.parameters): the node's WAL is not durable."""
+    assert probe_pg(pg_node.url, 5)["noFsync"] is False
+    await pg_node.execute("alter system set fsync = off")
+    await pg_node.execute("select pg_reload_conf()")
+    got = probe_pg(pg_node.url, 5)
+    assert got["up"] and got["noFsync"] is True, got

@@ -280,3 +280,17 @@ def test_data_checksum_failures_are_named_on_any_node(i, severity):
     for none in ({"failures": 0, "last": None, "databases": None}, None):  # none, or not known
         n.pg["checksums"] = none
         assert not any("checksum" in p["message"] for p in show_json(v)["problems"])
+
+
+@pytest.mark.parametrize("i, severity", [(0, "critical"), (1, "critical"), (2, "warning")])
+def test_fsync_off_is_named(i, severity):
+    """fsync = off in a node's postgresMgrCfg.parameters: its WAL is not durable, and as the
+    sync it acknowledges commits with flushes that are not."""
+    v = healthy()
+    n = v.nodes[i]
+    n.pg = {**(n.pg or {}), "up": True, "noFsync": True}
+    found = {p["message"]: p["severity"] for p in show_json(v)["problems"]}
+    line = next((m for m in found if "fsync is off" in m), None)
+    assert line is not None and line.startswith(f"{n.role} {n.ip}: fsync is off") and found[line] == severity
+    n.pg["noFsync"] = False
+    assert not any("fsync" in p["message"] for p in show_json(v)["problems"])
