@@ -153,21 +153,9 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             out.append((W, f"{what}: manatee-adm could not connect to its PostgreSQL ({n.pg.get('cliError')}); "
                            f"its sitter observes it running and answering (all connection slots taken?)"))
         if n.pg is not None and not n.pg.get("up"):
-            locked = locked_out(n.pg.get("error"))
-            if locked:
-                out.append((crit, f"{what}: PostgreSQL refuses the login, its state is unknown "
-                                  f"({n.pg.get('error')}): {locked}"))
-            elif n.pg.get("auth") == "failed":
-                out.append((crit, f"{what}: auth failed: PostgreSQL refused the credentials, its state is "
-                                  f"unknown ({n.pg.get('error')}; set PGPASSFILE or PGPASSWORD)"))
-            else:
-                out.append((crit, f"{what}: PostgreSQL does not answer ({n.pg.get('error') or 'down'})"))
+            out.append((crit, f"{what}: {_pg_down(n.pg)}"))
             continue
-        out += [(crit, f"{what}: {line}") for line in [checksum_line((n.pg or {}).get("checksums"))] if line]
-        if (n.pg or {}).get("noFsync"):
-            out.append((crit, f"{what}: fsync is off: PostgreSQL does not make its WAL durable, so a crash of its "
-                              f"host can lose commits it wrote or, as the sync, acknowledged; remove fsync from "
-                              f"postgresMgrCfg.parameters"))
+        out += [(crit, f"{what}: {line}") for line in _storage_lines(n.pg or {})]
         if n.role == "primary":
             out += [(W, f"{what}: {weak_commit_line(w)}") for w in (n.pg or {}).get("weakCommit") or ()]
             out += xid_problems(what, (n.pg or {}).get("xidAge"))  # transaction-ID wraparound ahead
@@ -264,6 +252,26 @@ def weak_commit_line(w: Mapping[str, Any]) -> str:
              else f"database {db}" if db else "every role in every database")
     return (f"{w.get('setting')} is set for {scope} (ALTER ROLE/DATABASE): its commits return before the "
             f"sync has them, and a failover loses those; reset it unless that is meant")
+
+
+def _pg_down(pg: Mapping[str, Any]) -> str:
+    """Why the CLI got no answer from a node's PostgreSQL, and what to do when it is known."""
+    locked = locked_out(pg.get("error"))
+    if locked:
+        return f"PostgreSQL refuses the login, its state is unknown ({pg.get('error')}): {locked}"
+    if pg.get("auth") == "failed":
+        return (f"auth failed: PostgreSQL refused the credentials, its state is unknown ({pg.get('error')}; "
+                f"set PGPASSFILE or PGPASSWORD)")
+    return f"PostgreSQL does not answer ({pg.get('error') or 'down'})"
+
+
+def _storage_lines(pg: Mapping[str, Any]) -> list[str]:
+    """What a node's PostgreSQL says of its storage: checksum failures, fsync off."""
+    out = [line for line in [checksum_line(pg.get("checksums"))] if line]
+    if pg.get("noFsync"):
+        out.append("fsync is off: PostgreSQL does not make its WAL durable, so a crash of its host can lose "
+                   "commits it wrote or, as the sync, acknowledged; remove fsync from postgresMgrCfg.parameters")
+    return out
 
 
 def checksum_line(cs: Any) -> str | None:

@@ -489,7 +489,8 @@ class ZKClient:
             idx = results.index(err)
             op = ops[idx] if idx < len(ops) else None
             if not err.args and op is not None:
-                err.args = (f"transaction op {idx} {type(op).__name__} {op.path}",)
+                err.args = (f"transaction op {idx} {type(op).__name__} {op.path}: {type(err).__name__}"
+                            + (" (refused by the znode's ACL)" if isinstance(err, NoAuthError) else ""),)
             raise err
         return results
 

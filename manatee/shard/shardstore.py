@@ -15,6 +15,7 @@ from typing import Mapping
 
 from manatee.core import zk as zkmod
 from manatee.core.zkauth import OPEN_ACL_UNSAFE, same_acl
+from manatee.core.zkdata import Create, Delete
 from manatee.shard import history
 from manatee.shard.layout import ShardLayout
 from manatee.shard.state import (
@@ -192,6 +193,26 @@ class ShardStore:
         except (zkmod.BadVersionError, zkmod.NodeExistsError):
             self.log.info("state_write_lost_race", generation=new.generation, version=version)
             return False
+        except zkmod.NoAuthError:
+            if version < 0 or self.zk.acl is None:
+                raise
+            return await self._replace_refused_state(new, version)
+
+    async def _replace_refused_state(self, new: ClusterState, version: int) -> bool:
+        """The state's ACL no longer admits the shard's credential (set by hand: sandbox trial
+        2026-12-06, no takeover could be written, and nobody took over). The shard's root still
+        lets the credential delete and create its children, so the write is one transaction that
+        deletes the znode at the version read and creates it with the new state and the shard's
+        ACL: still a compare-and-set, and never a moment without a state."""
+        try:
+            await self.zk.transaction([Delete(self.state_path, version), Create(self.state_path, new.dumps())])
+        except (zkmod.BadVersionError, zkmod.NoNodeError, zkmod.NodeExistsError):
+            self.log.info("state_write_lost_race", generation=new.generation, version=version)
+            return False
+        self.log.error("zk_state_acl_restored", node=self.state_path, generation=new.generation,
+                       note="the state's ACL did not admit the shard's credential (changed by hand?); the state "
+                            "was written again with the shard's ACL")
+        return True
 
     # ------------------------------------------------------------------ safe mode
 

@@ -261,6 +261,39 @@ def test_verify_names_a_shard_znode_whose_acl_no_longer_admits_the_credential(zk
         loop.close()
 
 
+def test_a_state_write_refused_by_an_acl_changed_by_hand_is_made_with_the_shards_acl(zk_server):
+    """Sandbox trial 2026-12-06: /manatee/1/state set to world:anyone:r by hand, then the
+    primary killed: the sync could not write the takeover, and nobody took over. The shard's
+    root still lets the credential delete and create children: the write is now one
+    transaction (delete at the version read, create with the new state and the shard's ACL),
+    still a compare-and-set; a stale version loses the race as before."""
+    from kazoo.security import make_acl
+
+    hosts = zk_server.connect_string
+    shard = f"/manatee/acl{uuid.uuid4().hex[:6]}"
+    loop = asyncio.new_event_loop()
+    log = _Log()
+    zk, store = loop.run_until_complete(_shard(hosts, shard, log))
+    owner = _kazoo(hosts, AUTH)
+    try:
+        owner.set_acls(store.state_path, [make_acl("world", "anyone", read=True)])
+
+        async def writes():
+            st, v = await store.read_state()
+            assert not await store.cas_state(st.evolve(generation=5), v - 1)  # stale: lost, nothing written
+            assert await store.cas_state(st.evolve(generation=2), v)
+            return await store.read_state()
+        st, v = loop.run_until_complete(writes())
+        assert st.generation == 2 and "zk_state_acl_restored" in log.events
+        assert same_acl(owner.get_acls(store.state_path)[0], AUTH.acl())
+        assert log.events.count("zk_state_acl_restored") == 1
+    finally:
+        owner.stop()
+        owner.close()
+        loop.run_until_complete(zk.close())
+        loop.close()
+
+
 def test_an_acl_changed_by_hand_is_named_in_the_sitters_error(zk_server):
     """Sandbox trial 2026-12-06: the state znode's ACL set by hand to world:anyone:r, then the
     primary killed. The sync's state writes failed with kazoo's NoAuthError, which carries no
@@ -276,10 +309,9 @@ def test_an_acl_changed_by_hand_is_named_in_the_sitters_error(zk_server):
     try:
         owner.set_acls(store.state_path, [make_acl("world", "anyone", read=True)])
 
-        async def write():
-            st, v = await store.read_state()
+        async def write():  # ZKClient's own set (cas_state now works around the ACL: the test below)
             with pytest.raises(NoAuthError) as e:
-                await store.cas_state(st.evolve(generation=2), v)
+                await zk.set(store.state_path, b"{}")
             return str(e.value)
         msg = loop.run_until_complete(write())
         assert msg.startswith(f"ZooKeeper set {store.state_path}: refused by the znode's ACL (NoAuth)"), msg
