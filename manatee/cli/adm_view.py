@@ -281,7 +281,7 @@ def checksum_line(cs: Any) -> str | None:
     return (f"{cs['failures']} data checksum failure(s) (database {cs.get('databases') or '?'}, the last at "
             f"{cs.get('last') or '?'}): its storage returned pages that are not what PostgreSQL wrote. Find them "
             f"in its log ('invalid page in block'); rebuild this node from a healthy one (the primary: switch "
-            f"over first), then `select pg_stat_reset()` there")
+            f"over first), then `select pg_stat_reset()` in that database")
 
 
 def locked_out(error: str | None) -> str | None:

@@ -276,7 +276,7 @@ def test_data_checksum_failures_are_named_on_any_node(i, severity):
     assert line == (f"{n.role} {n.ip}: 2 data checksum failure(s) (database app, the last at 2026-12-06 "
                     f"08:00:01+00): its storage returned pages that are not what PostgreSQL wrote. Find them in "
                     f"its log ('invalid page in block'); rebuild this node from a healthy one (the primary: switch "
-                    f"over first), then `select pg_stat_reset()` there") and found[line] == severity, found
+                    f"over first), then `select pg_stat_reset()` in that database") and found[line] == severity, found
     for none in ({"failures": 0, "last": None, "databases": None}, None):  # none, or not known
         n.pg["checksums"] = none
         assert not any("checksum" in p["message"] for p in show_json(v)["problems"])
