@@ -123,6 +123,11 @@ def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: st
         out.append((sev_crit if role in ("primary", "sync") else sev_warn,
                     f"{what}: its sitter cannot write PostgreSQL's config ({str(ce).splitlines()[0][:200]}): "
                     f"is its dataset full, read-only or not mounted?"))
+    if _section(sitter, "pg").get("notSuperuser"):  # it cannot undo that itself: SUPERUSER takes a superuser
+        out.append((sev_crit if role in ("primary", "sync") else sev_warn,
+                    f"{what}: the role its sitter connects as is no longer a superuser (ALTER ROLE ... "
+                    f"NOSUPERUSER): it cannot promote, reload or reset settings, so a failover or switchover "
+                    f"would fail; give it back (ALTER ROLE ... SUPERUSER) as another superuser"))
     paused = _section(sitter, "pg").get("replayPausedFor")
     if isinstance(paused, (int, float)):  # sandbox trial 2026-12-06: "ok" with the sync's replay paused
         out.append((sev_crit if role == "sync" else sev_warn,

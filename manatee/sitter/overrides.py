@@ -35,6 +35,7 @@ def overridden(rows: list[dict], managed: set[str]) -> list[str]:
 # sitter could not log in to the restarted server and stepped down (13.3 s without writes),
 # and a shard whose sitters all restart would be blind, with no other superuser to undo it.
 ACCESS_SQL = (" (select rolcanlogin from pg_roles where rolname = current_user) as can_login,"
+              " (select rolsuper from pg_roles where rolname = current_user) as is_super,"
               " (select datallowconn from pg_database where datname = current_database()) as allow_conn,"
               " current_database() as dbname")
 

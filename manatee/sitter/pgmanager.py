@@ -58,6 +58,7 @@ class PgStatus:
     disk_full: str | None = None             # the newest PANIC for lack of space since the sitter started it
     wal_gone: str | None = None              # standby, not streaming: the segment my upstream removed (wal_gone_in)
     replay_paused: bool | None = None        # standby: pg_wal_replay_pause() asked (replaypause.py); None: unknown
+    not_superuser: bool = False              # my role lost SUPERUSER (ALTER ROLE ... NOSUPERUSER): promote, reload fail
 
     @property
     def known(self) -> bool:
@@ -131,6 +132,7 @@ class PgManager:
         # (apply_pending reloaded PG with them); a PgStatus carries the applied one it saw.
         self.parameters_gen = self._written_gen = self._applied_gen = 0
         self._reload_unseen: tuple[str, int] | None = None  # (load time before, gen before) a reload
+        self.not_superuser = False  # my role lost SUPERUSER, as the last status query said
         self.overrides = OverrideGuard(log)  # ALTER SYSTEM must not undo manatee.conf (overrides.py)
         if p.replicationAuth.user == p.dbUser:
             log.warning("pg_replication_as_superuser", user=p.dbUser,
@@ -428,13 +430,19 @@ class PgManager:
                     await self.overrides.keep_access(self.client, r, self.status_timeout)
             except pgmod.PgError as e:  # timed out (others are logged there): as above
                 return await self._unknown(e)
+        if (r.get("is_super") is False) != self.not_superuser:  # said once per change: nothing undoes it
+            self.not_superuser = not self.not_superuser
+            (self.log.error if self.not_superuser else self.log.info)(
+                "pg_role_not_superuser" if self.not_superuser else "pg_role_superuser_again",
+                note="the sitter's role must be a superuser to promote, reload and reset settings")
         facts = await self._log_facts()
         return PgStatus(True, True, in_rec, wal, streaming, in_rec and facts.diverged,
                         sync_flush, r["tli"], bool(r["ro"]), sender,
                         pending_restart=tuple(r["pending"].split(",")) if r.get("pending") else (),
                         parameters_gen=gen, sync_flush_failed=flush_failed, disk_full=facts.disk_full,
                         wal_gone=facts.wal_gone if in_rec and not streaming else None,
-                        replay_paused=bool(r.get("paused")) if in_rec else False)
+                        replay_paused=bool(r.get("paused")) if in_rec else False,
+                        not_superuser=r.get("is_super") is False)
 
     async def _unknown(self, e: pgmod.PgError) -> PgStatus:
         """A check whose query failed: unknown, not "running as a primary" (in_recovery, wal,

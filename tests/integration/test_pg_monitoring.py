@@ -187,6 +187,31 @@ async def test_pgmanager_status_works_and_a_crowd_is_told_apart_when_clients_tak
         pm.client.close()
 
 
+async def test_pgmanager_status_says_when_its_role_is_no_longer_a_superuser(small_pg: PgNode):
+    """`ALTER ROLE postgres NOSUPERUSER` (PostgreSQL 15 allows it for the bootstrap superuser):
+    the sitter could no longer promote, reload or reset settings, and cannot give itself the
+    right back. Its status query says so at once, on its kept connection."""
+    await small_pg.execute("create role admin2 superuser login")
+    admin = psycopg2.connect(host=str(small_pg.proc.socket_dir), port=small_pg.port, user="admin2",
+                             dbname="postgres", connect_timeout=3)
+    admin.autocommit = True
+    pm = pg_manager_for(small_pg)
+    try:
+        assert (await pm.status()).not_superuser is False
+        with admin.cursor() as cur:
+            cur.execute("alter role postgres nosuperuser")
+        st = await pm.status()
+        assert st.known and st.not_superuser is True and pm.not_superuser
+        with admin.cursor() as cur:
+            cur.execute("alter role postgres superuser")
+        assert (await pm.status()).not_superuser is False and not pm.not_superuser
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("alter role postgres superuser")
+        admin.close()
+        pm.client.close()
+
+
 async def test_pgmanager_confirms_new_parameters_only_once_its_backend_has_read_them(small_pg: PgNode):
     """A reload is asynchronous: until the backend answering the sitter's status queries has
     read the new files, a status is of the old settings (a restart-only one not yet pending),

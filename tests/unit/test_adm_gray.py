@@ -294,3 +294,16 @@ def test_fsync_off_is_named(i, severity):
     assert line is not None and line.startswith(f"{n.role} {n.ip}: fsync is off") and found[line] == severity
     n.pg["noFsync"] = False
     assert not any("fsync" in p["message"] for p in show_json(v)["problems"])
+
+
+@pytest.mark.parametrize("i, severity", [(0, "critical"), (1, "critical"), (2, "warning")])
+def test_a_sitter_role_that_is_no_longer_a_superuser_is_named(i, severity):
+    v = healthy()
+    n = v.nodes[i]
+    n.sitter = sitter_state("primary" if i == 0 else "standby", streaming=i > 0)
+    n.sitter["pg"]["notSuperuser"] = True
+    found = {p["message"]: p["severity"] for p in show_json(v)["problems"]}
+    line = next((m for m in found if "no longer a superuser" in m), None)
+    assert line is not None and found[line] == severity and "ALTER ROLE ... SUPERUSER" in line, found
+    n.sitter["pg"]["notSuperuser"] = False
+    assert not any("superuser" in p["message"] for p in show_json(v)["problems"])
