@@ -24,6 +24,7 @@ def bare_pg_manager(monkeypatch, write) -> PgManager:
     m.proc, m.spec, m.config_error = None, None, None
     m._restart_pending = m._reload_pending = False
     m.parameters_gen = m._written_gen = m._applied_gen = 0
+    m.not_superuser = False
     m.role_config = lambda spec: None
     monkeypatch.setattr(pgmanager, "write_role_config", write)
     return m

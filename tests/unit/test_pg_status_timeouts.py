@@ -3,7 +3,9 @@ answered, then a later query of the same check timed out (the sync's flush, the 
 check). Sandbox walk-through 2026-12-06 (`pg-hang` on the primary): those timeouts did not
 count, the check read as healthy, the cycle went on to a write probe and a reload that timed out
 too, and the hung clock started only at the next check, 9 s after the hang (15.9 s without
-writes). Now such a check reads as unknown and timed out, as a failed status query does."""
+writes). Now such a check reads as unknown and timed out, as a failed status query does.
+The same check also restores the sitters' way in (overrides.keep_access), on a read-write
+primary only."""
 
 from __future__ import annotations
 
@@ -74,3 +76,34 @@ def test_a_later_query_that_fails_without_timing_out_keeps_the_check(monkeypatch
     m = _manager(monkeypatch, _Client("pg_file_settings", timed_out=False))
     st = asyncio.run(m.status("sync-app"))
     assert st.known and [ev for _lvl, ev, _kw in m.log.lines] == ["pg_override_check_failed"]
+
+
+class _Locked(_Client):
+    """A status row that says the sitter's role may not log in, its database closed."""
+
+    def __init__(self, rec: bool, ro: bool):
+        super().__init__(None)
+        self.rec, self.ro, self.executed = rec, ro, []
+
+    async def query(self, sql, params=None, *, timeout=None):
+        if "pg_conf_load_time" in sql:
+            return [dict(STATUS_ROW, rec=self.rec, ro=self.ro, can_login=False, allow_conn=False,
+                         dbname="postgres", is_super=False)]
+        return await super().query(sql, params, timeout=timeout)
+
+    async def execute(self, sql, params=None, *, timeout=None):
+        self.executed.append(sql)
+
+
+def test_the_sitters_way_in_is_restored_on_a_read_write_primary_only(monkeypatch):
+    """Also in the status check (overrides.keep_access): a standby cannot write, and a
+    read-only primary must not grow its WAL (its sync and a switchover compare it)."""
+    done = {}
+    for rec, ro in ((False, False), (False, True), (True, True)):
+        c = _Locked(rec, ro)
+        st = asyncio.run(_manager(monkeypatch, c).status(None))
+        assert st.known and st.not_superuser is True
+        done[(rec, ro)] = c.executed
+    assert done[(False, True)] == done[(True, True)] == []
+    assert done[(False, False)] == ["BEGIN; SET LOCAL synchronous_commit = local; ALTER ROLE CURRENT_USER LOGIN; "
+                                    'ALTER DATABASE "postgres" ALLOW_CONNECTIONS true; COMMIT']
