@@ -100,6 +100,31 @@ async def test_an_operators_idle_session_timeout_does_not_end_the_monitoring_con
         await small_pg.execute("alter role postgres reset all")
 
 
+async def test_a_failed_statement_in_a_transaction_block_does_not_poison_the_kept_connection(small_pg: PgNode):
+    """Sandbox trial 2026-12-06: the primary started while PostgreSQL refused new transaction
+    IDs (wraparound); the sitter's `begin read write; ... GRANT ...; commit` failed half-way,
+    which leaves the block open and aborted, and every later status query on the kept
+    connection failed ("current transaction is aborted"): the sitter was blind. The block is
+    now ended after any failure, on the same connection."""
+    mon = _monitor(small_pg)
+    await mon.connect(timeout=5)
+    try:
+        pid = (await mon.query("select pg_backend_pid() as pid", timeout=2))[0]["pid"]
+        with pytest.raises(PgError, match="division by zero"):
+            await mon.execute("begin read write; select 1/0; commit", timeout=2)
+        rows = await mon.query("select pg_backend_pid() as pid, 1 as one", timeout=2)
+        assert rows[0]["one"] == 1 and rows[0]["pid"] == pid  # same connection, usable
+        with pytest.raises(PgError) as e:  # the server cancels at statement_timeout inside a block
+            await mon.execute("begin; select pg_sleep(3); commit", timeout=0.5)
+        assert e.value.timed_out
+        rows = await mon.query("select 1 as one", timeout=2)
+        assert rows[0]["one"] == 1
+        assert (await mon.query("select count(*) as n from pg_stat_activity where state like 'idle in%'",
+                                timeout=2))[0]["n"] == 0
+    finally:
+        mon.close()
+
+
 async def test_concurrent_calls_share_the_connection_one_at_a_time(small_pg: PgNode):
     mon = _monitor(small_pg)
     try:

@@ -263,13 +263,34 @@ def _persistent_query(client: PgClient, dsn: str, sql: str, params: Any, fetch: 
             broken = bool(conn.closed) or state["abandoned"]
             if broken or attempt == 2:
                 _close_broken(client, conn, state)
+            elif not broken:  # e.g. cancelled at statement_timeout inside a transaction block
+                _end_open_block(client, conn, state)
             if not broken or fresh or attempt == 2 or state["abandoned"]:
                 raise
         except BaseException:
             if state["abandoned"]:
                 _close_broken(client, conn, state)
+            else:
+                _end_open_block(client, conn, state)
             raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _end_open_block(client: PgClient, conn: Any, state: dict[str, Any]) -> None:
+    """A statement of an explicit transaction block failed ("begin; ...; commit" sent as one
+    string): PostgreSQL keeps the block open and aborted, and would refuse every later query
+    on this kept connection ("current transaction is aborted"; sandbox trial 2026-12-06, a
+    start during XID wraparound protection left the sitter blind). End it, or drop the
+    connection if that fails."""
+    from psycopg2 import extensions
+
+    try:
+        if conn.closed or conn.info.transaction_status == extensions.TRANSACTION_STATUS_IDLE:
+            return
+        with conn.cursor() as cur:
+            cur.execute("ROLLBACK")
+    except Exception:  # noqa: BLE001 - whatever it is, this connection is not reused
+        _close_broken(client, conn, state)
 
 
 def _close_broken(client: PgClient, conn: Any, state: dict[str, Any]) -> None:
