@@ -343,7 +343,8 @@ class PgHealth:
                 return
             if wraparound_refusal(e.pgcode, str(e)):  # the shard's condition: a failover cannot help
                 self.probe_failures = latches.write_probe(self.probe_failures, ok=None)
-                self._wraparound(str(e), now)
+                text = str(e)  # PostgreSQL's own words (they name the database), not the probe's SQL
+                self._wraparound(text[text.find("ERROR:"):] if "ERROR:" in text else text, now)
                 return
             self.probe_failures = latches.write_probe(self.probe_failures, ok=False)
             self.probe_error = str(e)

@@ -139,6 +139,7 @@ async def test_the_sitters_write_probe_sees_the_refusal_and_counts_no_failure(he
             h.track(pgs, as_primary=True, role="primary", target=None)
             assert h.probe_failures == 0 and h.sick_since is None and h.cannot_serve is None
         assert h.wraparound_since == 0.0 and "to avoid wraparound data loss" in h.wraparound_error
+        assert h.wraparound_error.startswith("ERROR:  database is not accepting commands"), h.wraparound_error
         assert [r[3] for r in records].count("pg_xid_wraparound_refusal") == 1
         assert "pg_write_probe_failed" not in [r[3] for r in records]
     finally:

@@ -116,6 +116,9 @@ def test_a_primary_refusing_new_xids_for_wraparound_is_not_sick_and_the_episode_
         h.track(rw, as_primary=True, role="primary", target=None)
     assert h.probe_failures == 0 and h.sick_since is None and h.cannot_serve is None
     assert h.wraparound_since == 0.0 and "wraparound data loss" in h.wraparound_error
+    # PostgreSQL's words, which name the database, not the probe's SQL first (the trial's line cut them off)
+    assert h.wraparound_error.startswith('ERROR:  database is not accepting commands to avoid wraparound data '
+                                         'loss in database "template1"')
     assert [r[3] for r in records].count("pg_xid_wraparound_refusal") == 1  # once per episode
     # the same words with another SQLSTATE are an ordinary failed probe
     h2, clock2, _, _ = _health(pg)
