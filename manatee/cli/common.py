@@ -109,6 +109,14 @@ def _decode(raw: bytes | None) -> Any:
         return raw.decode("utf-8", "replace")
 
 
+def zk_reason(e: BaseException) -> str:
+    """A ZooKeeper failure in words: kazoo's errors often carry no message (an exception is
+    always truthy, so `e or name` printed nothing: sandbox walk-through 2026-12-06)."""
+    if type(e).__name__ == "NoAuthError":
+        return "NoAuthError: refused by the znode's ACL (does $MANATEE_ZK_AUTH_FILE name the shard's credential?)"
+    return str(e) or type(e).__name__
+
+
 class ZkReader:
     """A kazoo session for one CLI run; every call honours the run's deadline.
 
@@ -183,7 +191,7 @@ class ZkReader:
         except NoNodeError:
             return None
         except Exception as e:  # noqa: BLE001 - every ZooKeeper failure becomes one line
-            reason = str(e) or type(e).__name__
+            reason = zk_reason(e)
             if type(e).__name__ in ("KazooTimeoutError", "TimeoutError"):
                 reason = "no answer before the deadline"
             raise CliError(f"ZooKeeper at {self.hosts}: {what}: {reason}") from None
@@ -223,7 +231,7 @@ class ZkReader:
         except BadVersionError:
             raise BadVersion(path) from None
         except Exception as e:  # noqa: BLE001
-            raise CliError(f"ZooKeeper at {self.hosts}: writing {path}: {e or type(e).__name__}") from None
+            raise CliError(f"ZooKeeper at {self.hosts}: writing {path}: {zk_reason(e)}") from None
 
     def create(self, path: str, data: bytes, *, sequence: bool = False, makepath: bool = False) -> str:
         """Create `path` (the shard's ACL when $MANATEE_ZK_AUTH_FILE gives a credential, else
@@ -236,7 +244,7 @@ class ZkReader:
         except NodeExistsError:
             raise NodeExists(path) from None
         except Exception as e:  # noqa: BLE001
-            raise CliError(f"ZooKeeper at {self.hosts}: creating {path}: {e or type(e).__name__}") from None
+            raise CliError(f"ZooKeeper at {self.hosts}: creating {path}: {zk_reason(e)}") from None
 
     def delete(self, path: str, version: int = -1) -> None:
         from kazoo.exceptions import BadVersionError, NoNodeError
@@ -248,7 +256,7 @@ class ZkReader:
         except BadVersionError:
             raise CliError(f"{path} changed while being removed; look again and retry") from None
         except Exception as e:  # noqa: BLE001
-            raise CliError(f"ZooKeeper at {self.hosts}: deleting {path}: {e or type(e).__name__}") from None
+            raise CliError(f"ZooKeeper at {self.hosts}: deleting {path}: {zk_reason(e)}") from None
 
 
 #: how libpq words a refused login (password or pg_hba): "auth failed", not "down"

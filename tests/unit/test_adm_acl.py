@@ -43,3 +43,16 @@ def test_a_missing_znode_is_no_acl_matter_and_the_line_is_critical():
     v = healthy()
     v.acl_problems = refusals(LAY, {LAY.state: (READ_ONLY, None)}, WANT)
     assert [s for s, m in assess(v) if m.startswith("the ACL of /manatee/1/state")] == ["critical"]
+
+
+def test_a_zookeeper_failure_without_a_message_is_still_named():
+    """Sandbox walk-through 2026-12-06: `manatee-adm switchover` under a state ACL changed by
+    hand printed "writing /manatee/1/state: " and nothing else (kazoo's NoAuthError has no
+    message, and an exception is always truthy, so `e or name` kept the empty text)."""
+    from kazoo.exceptions import ConnectionLoss, NoAuthError
+
+    from manatee.cli.common import zk_reason
+
+    assert zk_reason(NoAuthError()).startswith("NoAuthError: refused by the znode's ACL")
+    assert zk_reason(ConnectionLoss()) == "ConnectionLoss"
+    assert zk_reason(ConnectionLoss("lost it")) == "lost it"
