@@ -124,6 +124,7 @@ class ZKClient:
         self._last_connected: float | None = None
         self._disconnected_since: float | None = None
         self._last_heard: float | None = None
+        self._told_expired = False  # the server said our session expired (until a new one)
         self.connect_reply_timeout = connect_reply_timeout(self.session_timeout)
 
     def _new_kazoo(self) -> KazooClient:
@@ -149,13 +150,21 @@ class ZKClient:
         server (what fencing is computed from); a discarded attempt's client records nothing."""
         def connected(negotiated_ms: int) -> None:
             if kz is self._kz:
-                self._negotiated_ms, self._last_heard = negotiated_ms, time.monotonic()
+                self._connect_reply(negotiated_ms)
 
         def heard() -> None:
             if kz is self._kz:
                 self._last_heard = time.monotonic()
 
         hook_session_clock(kz, connected, heard)
+
+    def _connect_reply(self, negotiated_ms: int) -> None:
+        # A timeout of 0 is the server saying our session expired: no sign of life, so the
+        # expiry deadline is then passed, not moved on (it restarted a fenced primary: F7)
+        if negotiated_ms > 0:
+            self._negotiated_ms, self._last_heard, self._told_expired = negotiated_ms, time.monotonic(), False
+        else:
+            self._told_expired = True
 
     def _on_kazoo_state(self, state: str) -> None:  # kazoo connection thread: no blocking
         now = time.monotonic()
@@ -185,13 +194,8 @@ class ZKClient:
                 w._trigger.set()
         else:
             self._connected_evt.clear()
-        self._log.info(
-            "zk_state",
-            state=state,
-            hosts=self.hosts,
-            session_id=self.session_id_hex,
-            negotiated_timeout=self.negotiated_session_timeout,
-        )
+        self._log.info("zk_state", state=state, hosts=self.hosts, session_id=self.session_id_hex,
+                       negotiated_timeout=self.negotiated_session_timeout)
         for cb in list(self._listeners):
             try:
                 res = cb(state)
@@ -251,6 +255,8 @@ class ZKClient:
         our session (last heard + negotiated timeout). None while connected."""
         if self._state == CONNECTED or self._last_heard is None:
             return None
+        if self._told_expired:
+            return self._last_heard
         timeout = self.negotiated_session_timeout or self.session_timeout
         return self._last_heard + timeout
 

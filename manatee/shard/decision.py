@@ -75,6 +75,8 @@ class Observation:
     one_node_write_mode: the operator allows a primary without a sync to take writes.
     expiry_passed: (suspended) the session-expiry deadline has passed (last heard from the
       server + negotiated timeout, ZKClient.session_expiry_deadline): it may have expired.
+    fenced: my PostgreSQL is stopped because I fenced myself (the shell's role is FENCED): it
+      stays so until my session is connected, whatever a stale observation says.
     sync_streaming: (primary) the state's sync is connected to me as a walreceiver now.
     sync_flush: (primary) the flush position the state's sync reports to me now (None: not
       connected). A switchover stops PostgreSQL only once it has reached my WAL.
@@ -137,6 +139,7 @@ class Observation:
     standby_sick: Mapping[str, str] = field(default_factory=dict)
     one_node_write_mode: bool = False
     expiry_passed: bool = False
+    fenced: bool = False
     sync_streaming: bool = False
     sync_flush: int | None = None
     switchover_stopped_wal: int | None = None

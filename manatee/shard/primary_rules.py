@@ -21,6 +21,11 @@ def _fence(v: View) -> Decision | None:
             Target(FENCED), rule="primary.fence_lost",
             reason="my ZooKeeper session expired, so another node may already have been promoted: "
                    "I stop PostgreSQL at once so that I acknowledge nothing more")
+    if obs.fenced and obs.zk != CONNECTED:
+        return Decision(
+            Target(FENCED), rule="primary.fence_held",
+            reason="I fenced myself and have not reconnected to ZooKeeper since, so PostgreSQL stays "
+                   "stopped: only a connected session can tell me that nobody replaced me")
     # The sync's heartbeats stop at once when it is cut off from me or detaches to take
     # over; PostgreSQL notices a silent walreceiver only after wal_sender_timeout (F7).
     sync_silent = st.sync is not None and obs.heartbeats.get(st.sync.id) is False

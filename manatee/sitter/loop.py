@@ -33,7 +33,7 @@ from manatee.sitter.synclatch import SyncLatch
 from manatee.sitter.dataset import UpstreamNotReady
 from manatee.sitter.statememory import StateMemory
 from manatee.sitter.zkview import ZkView, worse
-from manatee.shard.state import CONNECTED, LOST, PRIMARY, REBUILD, STANDBY, UNASSIGNED, Peer, Target
+from manatee.shard.state import CONNECTED, FENCED, LOST, PRIMARY, REBUILD, STANDBY, UNASSIGNED, Peer, Target
 
 FOLLOW_UP_S = 0.01        # after a state write or a transition: look again at once (failures wait an interval)
 CATCH_UP_POLL_S = 0.02    # a read-only primary waiting for its sync polls this often (writes wait on it)
@@ -170,7 +170,7 @@ class Sitter:
             has_data=await self._has_data(),
             **self.heartbeats.observed(others, self.clock.monotonic()),
             one_node_write_mode=self.cfg.postgresMgrCfg.oneNodeWriteMode,
-            expiry_passed=view.expiry_passed(),
+            expiry_passed=view.expiry_passed(), fenced=self.role == FENCED,
             sync_streaming=pgs.sync_flush is not None,
             sync_flush=pgs.sync_flush.value if pgs.sync_flush and i_am_primary else None,
             switchover_stopped_wal=stopped_wal, switchover_expired=sw_expired,

@@ -381,8 +381,22 @@ async def test_lost_when_cut_off_past_session_timeout(zk_server_factory, tcp_pro
         assert t_gone >= deadline - 0.05, (t_gone - deadline)
         assert states[-1] == "SUSPENDED"  # the client cannot know yet
 
+        # On the heal the server answers "expired" (a timeout of 0): that is no sign of life,
+        # so until the new session the deadline stays passed (a fenced primary restarted: F7)
+        ahead: list[float] = []
+
+        async def sample_deadline() -> None:
+            while True:
+                d = c.session_expiry_deadline()
+                if d is not None:
+                    ahead.append(d - time.monotonic())
+                await asyncio.sleep(0.001)
+
+        sampler = asyncio.create_task(sample_deadline())
         proxy.unblock()
         await eventually(lambda: states[-2:] == ["LOST", "CONNECTED"], timeout=8, what="LOST then CONNECTED")
+        sampler.cancel()
+        assert ahead and max(ahead) <= 0, f"the expiry deadline moved {max(ahead):.2f} s ahead after 'expired'"
         assert c.session_id not in (None, old_sid)
         assert await c.exists(eph) is None
         await observer.create("/flag", b"up")

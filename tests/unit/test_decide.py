@@ -56,6 +56,19 @@ def test_primary_suspended_past_expiry_fences_when_its_sync_stops_heartbeating()
     assert d.target.role == PRIMARY  # only the async is silent: the sync still follows me
 
 
+@pytest.mark.parametrize("expiry_passed", [False, True])
+@pytest.mark.parametrize("sync_streaming", [False, True])
+def test_a_fenced_primary_stays_fenced_until_its_session_is_connected(expiry_passed, sync_streaming):
+    # F7, 2026-12-06: between the server's "session expired" reply and the LOST event, an
+    # observation said SUSPENDED with a fresh expiry deadline, and the fenced primary started
+    # PostgreSQL again as the primary of the stale state. Fenced is left only once connected.
+    d = decide(obs(A, zk=SUSPENDED, fenced=True, sync_caught_up=True, expiry_passed=expiry_passed,
+                   sync_streaming=sync_streaming))
+    assert d.target.role == FENCED and d.rule == "primary.fence_held" and d.write_state is None
+    d = decide(obs(A, zk=CONNECTED, fenced=True, sync_caught_up=True, sync_streaming=sync_streaming))
+    assert d.target.role == PRIMARY  # the state read in a connected session still names me
+
+
 def test_primary_suspended_in_one_node_write_mode_without_sync_is_fenced():
     st = ClusterState(generation=1, primary=A, one_node_write_mode=True)
     d = decide(obs(A, state=st, zk=SUSPENDED, one_node_write_mode=True, election=(A,)))

@@ -347,6 +347,27 @@ def test_F6_F7_hang_or_partition_primary_past_session_timeout(zk_only):
     assert sh.zk.state().primary.id == s.id
 
 
+def test_F7_a_fenced_primary_is_not_restarted_by_a_session_deadline_that_moves_on():
+    """2026-12-06 (CI): on the heal, ZooKeeper's "expired" reply moved the client's expiry
+    deadline a session ahead while it still said SUSPENDED; the fenced old primary decided
+    "my session may still be alive" and started PostgreSQL again as the primary. A fenced
+    primary now stays fenced until it is connected, whatever the deadline says."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    sh.run(3)
+    sh.partition(p)
+    sh.run(SESSION_TIMEOUT + 8)
+    assert sh.zk.state().primary.id == s.id and p.role == "fenced" and not p.running
+    for _ in range(6):  # still cut off, but its client's deadline is always a session ahead
+        p.session.last_heard = sh.now
+        sh.run(1)
+        assert not p.running and p.role == "fenced", p.last_decision.reason
+    assert p.last_decision.rule == "primary.fence_held"
+    sh.heal(p)
+    sh.settle()
+    assert sh.zk.state().primary.id == s.id and not sh.lost_acknowledged()
+
+
 def test_F8_partition_sync_gets_new_sync_and_rejoins_as_async():
     sh = new_shard()
     p, s, a = sh.nodes

@@ -53,3 +53,31 @@ def test_resuming_kazoo_caps_connect_wait_and_reconnect_backoff(monkeypatch):
     assert seen == [("Connect", 1.5), ("GetData", 6.0)]
     assert kz._conn_retry.max_delay == 2.0
     assert kz._conn_retry.max_tries == -1
+
+
+def test_a_connect_reply_saying_expired_passes_the_expiry_deadline_instead_of_moving_it(monkeypatch):
+    """F7, 2026-12-06: the server answers a reconnect of an expired session with a timeout of 0.
+    Taken as a sign of life, it moved the deadline a whole session on, and a fenced primary
+    (SUSPENDED until kazoo said LOST) saw its session 'not yet expired' and restarted."""
+    import time
+    from types import SimpleNamespace
+
+    replies = iter([5000, 0, 4000])
+
+    def fake_invoke(self, timeout, request, xid=None):
+        return SimpleNamespace(time_out=next(replies)), 0
+
+    monkeypatch.setattr(ConnectionHandler, "_invoke", fake_invoke)
+    c = ZKClient("127.0.0.1:1", session_timeout=5)
+    connect = Connect(0, 0, 5000, 0, b"\x00" * 16, False)
+    c._kz._connection._invoke(1.0, connect)  # the session is granted
+    c._state = "SUSPENDED"
+    c._last_heard -= 1.0  # last heard a second ago
+    before = c.session_expiry_deadline()
+    assert before is not None and before > time.monotonic() + 3.5
+    c._kz._connection._invoke(1.0, connect)  # "expired"
+    assert c.session_expiry_deadline() <= time.monotonic()
+    assert c.negotiated_session_timeout == 5.0  # the granted timeout is kept, not 0
+    c._kz._connection._invoke(1.0, connect)  # a new session: its own deadline again
+    assert c.session_expiry_deadline() > time.monotonic() + 3.5
+    assert c.negotiated_session_timeout == 4.0
