@@ -72,11 +72,7 @@ class OverrideGuard:
             if found:
                 await client.query("select pg_reload_conf()", timeout=timeout)
         except pgmod.PgError as e:
-            if e.timed_out:  # PostgreSQL stopped answering: the caller's status says so
-                raise
-            if self.last_error != str(e):
-                self.log.warning("pg_override_check_failed", error=str(e)[:300])
-            self.last_error = str(e)
+            self._failed("last_error", "pg_override_check_failed", e)
             return []
         self.last_error = None
         if found:
@@ -96,11 +92,7 @@ class OverrideGuard:
         try:
             await client.execute(sql, timeout=timeout)
         except pgmod.PgError as e:
-            if e.timed_out:
-                raise
-            if self.access_error != str(e):
-                self.log.warning("pg_access_fix_failed", error=str(e)[:300])
-            self.access_error = str(e)
+            self._failed("access_error", "pg_access_fix_failed", e)
             return []
         self.access_error = None
         found = [w for w, _ in fixes]
@@ -109,3 +101,13 @@ class OverrideGuard:
                             "after a restart of its PostgreSQL gives way or goes blind; restrict where it "
                             "logs in from in pg_hba.conf instead")
         return found
+
+    def _failed(self, key: str, event: str, e: pgmod.PgError) -> None:
+        """A check or fix that failed: a timeout is raised (PostgreSQL stopped answering: the
+        caller's status reads as unknown); any other error is logged under `event` once per new
+        error (`key`: the attribute that remembers it)."""
+        if e.timed_out:
+            raise e
+        if getattr(self, key) != str(e):
+            self.log.warning(event, error=str(e)[:300])
+        setattr(self, key, str(e))
