@@ -422,26 +422,23 @@ def test_f16_safe_mode_runbook_end_to_end(shard: Shard):
         hist = [json.loads(line) for line in cp.stdout.splitlines() if line.strip()]
         leaders = [r for r in hist if r.get("action") == "AssumeLeader"]
         assert leaders and leaders[-1]["ip"] == P.ip, f"manatee-history: last AssumeLeader {leaders[-1:]}"
-        # 2. Find the node with the most WAL: manatee-adm pg-status while the sitters still
-        #    run (safe mode keeps PostgreSQL up where it can run); a node whose PostgreSQL is
-        #    down is read by hand, its sitter stopped, as a standby that follows nobody.
+        # 2. Find the node with the most WAL: manatee-adm pg-status for a first view while the
+        #    sitters still run; then, the sitters stopped, each node's replay position read by
+        #    hand as a standby that follows nobody. Not pg-status's WAL column: a standby's
+        #    received position can run past its last complete record by the rest of a page, and
+        #    so made the async look ahead of the sync holding the very same records (CI,
+        #    2026-12-06: 0/1BD3A000 received against 0/1BD39CD8 replayed).
         live = [S, A]
         cp = _tool("adm", "pg-status", st0.shard, st0.zk_connect, env=env)
         assert cp.returncode == 0, cp.stderr
         lines = [ln.split() for ln in cp.stdout.splitlines() if ln.strip()]
         col = {h: i for i, h in enumerate(lines[0])}
         seen = {r[col["ADDRESS"]]: r for r in lines[1:]}
-        pos: dict[str, tuple[int, int | None]] = {}
-        for n in live:
-            r = seen.get(n.ip)
-            if r is not None and r[col["PG"]] == "up" and r[col["WAL"]] != "-":
-                pos[n.name] = (Lsn.parse(r[col["WAL"]]).value, None)
+        assert {n.ip for n in live} <= set(seen), cp.stdout
         for n in live:
             _stop_sitter(n)
-        for n in live:
-            if n.name not in pos:
-                pos[n.name] = _wal_position_by_hand(n)
-        say(f"F16 runbook: pg-status said {sorted(pos)}; read by hand: {[n.name for n in live if pos[n.name][1] is not None]}")
+        pos = {n.name: _wal_position_by_hand(n) for n in live}
+        say(f"F16 runbook: pg-status said {({n.name: seen[n.ip][col['WAL']] for n in live})}")
         best = max(live, key=lambda n: (pos[n.name][0], n is S))  # tie: the previous sync
         say(f"F16 runbook: WAL positions {({k: (str(Lsn(v[0])), v[1]) for k, v in pos.items()})}; "
              f"new primary {best.name}")
