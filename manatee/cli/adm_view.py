@@ -132,6 +132,7 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
     if not st.get("sync") and not st.get("oneNodeWriteMode"):
         out.append((C, "no sync: the primary takes no writes until a standby becomes its sync"))
     by_id = {n.id: n for n in v.nodes}
+    primary_live = any(n.live for n in v.nodes if n.role == "primary")
     for n in v.nodes:
         what = f"{n.role} {n.ip}"
         crit = C if n.role in ("primary", "sync") else W  # an async's trouble is no outage
@@ -148,6 +149,8 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
         out += [(W, f"{what}: {why}") for why in insecurities(n.sitter)]
         out += [(W, f"{what}: {why}") for why in leftovers(n.sitter)]
         out += gray_problems(what, n.role, n.sitter, C, W)
+        if n.role == "sync" and not primary_live and (held := _takeover_held(n.sitter)):
+            out.append((C, f"{what} does not take over from the primary that is down: {held}"))
         out += disk_problems(what, n.sitter, crit, W)
         if n.pg is not None and n.pg.get("via") == "sitter":
             out.append((W, f"{what}: manatee-adm could not connect to its PostgreSQL ({n.pg.get('cliError')}); "
@@ -166,6 +169,21 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             continue
         out += _standby_problems(n, by_id.get(n.upstream or ""), what, crit)
     return out
+
+
+#: the sync's decisions that hold back a takeover while its primary is gone (decide._as_sync)
+TAKEOVER_HELD = frozenset({"sync.no_wal", "sync.behind", "sync.behind_release", "sync.no_candidate",
+                           "sync.cannot_write", "sync.diverged_cannot_write", "sync.pg_unknown"})
+
+
+def _takeover_held(sitter: Any) -> str | None:
+    """Why the sync's sitter does not take over (its last decision), or None."""
+    if not isinstance(sitter, Mapping) or sitter.get("rule") not in TAKEOVER_HELD:
+        return None
+    why = str(sitter.get("reason") or sitter["rule"])
+    if sitter["rule"] == "sync.no_wal":
+        why += ("; bring the primary back, or see 'After a site-wide outage' in docs/operators-guide.md")
+    return why
 
 
 def _standby_problems(n: NodeView, up: NodeView | None, what: str, crit: str) -> list[tuple[str, str]]:

@@ -56,7 +56,8 @@ class Sitter:
         self.interval = p.health_interval_s
         self.wake = asyncio.Event()
         self.view = ZkView(session, store, self.me, cfg.zkCfg.session_timeout_s, log, self.clock, self.wake)
-        self.memory = self.view.memory = StateMemory(dataset, log, self.clock)  # what my data belongs to
+        self.memory = self.view.memory = StateMemory(dataset, log, self.clock,  # what my data belongs to
+                                                     flushed_acks=p.synchronousCommit != "remote_write")
         self.heartbeats = HeartbeatTable(expiration_s=cfg.heartbeatCfg.expiration_s, started=self.clock.monotonic())
         self.hb_sender = HeartbeatSender(
             me_id=self.me.id, pg_url=self.me.pg_url, interval_s=cfg.heartbeatCfg.interval_s,
@@ -68,10 +69,8 @@ class Sitter:
         self.steps = StepRunner(me=self.me, pg=pg, store=store, dataset=dataset, log=log, clock=self.clock,
                                 one_node_write_mode=p.oneNodeWriteMode, ttl=cfg.ttl, on_restored=self._restored)
         self.steps.start_budget = self.health.start_budget
-        self.steps.on_start = self.health.start_attempted
-        self.steps.on_progress = self.publish
-        self.next_delay = self.interval
-        self.role = UNASSIGNED
+        self.steps.on_start, self.steps.on_progress = self.health.start_attempted, self.publish
+        self.next_delay, self.role = self.interval, UNASSIGNED
         self.target: Target | None = None
         self.last: Decision | None = None
         self.last_decided: Decision | None = None  # set before its steps run (they may fail)
@@ -125,8 +124,7 @@ class Sitter:
     # ------------------------------------------------------------------ observation
 
     async def observe(self) -> Observation:
-        view = self.view
-        zk_at_read = view.zk_state
+        view, zk_at_read = self.view, self.view.zk_state
         await self.memory.load()  # before my first election node, which says what I remember
         await view.refresh()
         st = view.state
@@ -137,9 +135,10 @@ class Sitter:
         caught_up, holds_init_wal = self.sync_latch.observe(pgs, st, i_am_primary, self.log)
         wal = pgs.wal.value if pgs.wal else None
         up = self.steps.configured_upstream
-        claimed, self.wal_from = latches.standby_wal(
-            wal, streaming=pgs.streaming, sender_ip=pgs.sender[0] if pgs.sender else None,
-            upstream=up, wal_from=self.wal_from, in_recovery=pgs.in_recovery if pgs.running and pgs.known else None)
+        claimed, self.wal_from = latches.standby_wal(  # after a restart: what my dataset says I streamed
+            wal, streaming=pgs.streaming, sender_ip=pgs.sender[0] if pgs.sender else None, upstream=up,
+            wal_from=self.wal_from or self.memory.streamed_before(st if view.session_unbroken else None),
+            in_recovery=pgs.in_recovery if pgs.running and pgs.known else None)
         if pgs.in_recovery:
             wal = claimed
         self.claimed_wal = claimed if pgs.in_recovery else None
@@ -330,7 +329,9 @@ class Sitter:
         old = self.target
         self.role, self.target, self.last = dec.target.role, dec.target, dec
         await self._tend_replication(dec.target)
-        await self.memory.keep(None if self.view.state_missing else self.view.state, has_data=obs.has_data)
+        streamed = self.wal_from if obs.streaming and obs.upstream_id == self.wal_from else None
+        await self.memory.keep(None if self.view.state_missing else self.view.state, has_data=obs.has_data,
+                               streaming_from=streamed)  # with the upstream I stream from now (F12)
         # role-change hook (in the background: never delays this cycle): my place, else my local role
         st = self.view.state
         self.hooks.fire((st.place_of(self.me.id) if st else None) or self.role)

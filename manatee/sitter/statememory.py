@@ -41,9 +41,13 @@ class Memory:
     generation: int
     primary: str  # the primary's election id
     state: ClusterState | None = None  # the whole state (None: too big for a property, or an older record)
+    # the upstream my PostgreSQL was seen streaming from in this generation (its election id)
+    streamed: str | None = None
 
     def dumps(self) -> str:
-        d = {"generation": self.generation, "primary": self.primary}
+        d: dict = {"generation": self.generation, "primary": self.primary}
+        if self.streamed is not None:
+            d["streamed"] = self.streamed
         if self.state is not None:
             full = json.dumps({**d, "state": self.state.to_json()}, separators=(",", ":"))
             if len(full.encode()) <= MAX_VALUE:
@@ -54,8 +58,8 @@ class Memory:
         return f"generation {self.generation} (primary {self.primary.split(':', 1)[0]})"
 
     @classmethod
-    def of(cls, st: ClusterState) -> Memory:
-        return cls(st.generation, st.primary.id, st)
+    def of(cls, st: ClusterState, streamed: str | None = None) -> Memory:
+        return cls(st.generation, st.primary.id, st, streamed)
 
     @classmethod
     def parse(cls, value: str) -> Memory | None:
@@ -71,6 +75,9 @@ class Memory:
         g, p = (d.get("generation"), d.get("primary")) if isinstance(d, dict) else (None, None)
         if isinstance(g, bool) or not isinstance(g, int) or g < 1 or not isinstance(p, str) or not p:
             raise ValueError(f"{MEMORY_PROP} is not {{generation, primary[, state]}}: {value[:200]!r}")
+        streamed = d.get("streamed")
+        if streamed is not None and (not isinstance(streamed, str) or not streamed):
+            raise ValueError(f"{MEMORY_PROP}: streamed is not an election id: {streamed!r}")
         st = None
         if d.get("state") is not None:
             try:
@@ -80,7 +87,7 @@ class Memory:
             if (st.generation, st.primary.id) != (g, p):
                 raise ValueError(f"{MEMORY_PROP}: its state is generation {st.generation} (primary "
                                  f"{st.primary.id}), not {g} ({p})")
-        return cls(g, p, st)
+        return cls(g, p, st, streamed)
 
 
 def not_following(state: ClusterState, mem: Memory) -> str | None:
@@ -131,8 +138,11 @@ class StateMemory:
     node). Each zfs call has a deadline (MEMORY_TIMEOUT_S, SAVE_TIMEOUT_S) and a failed one
     is not tried again for RETRY_S, so a hung zfs costs a cycle little."""
 
-    def __init__(self, dataset, log, clock):
+    def __init__(self, dataset, log, clock, *, flushed_acks: bool = True):
         self.dataset, self.log, self.clock = dataset, log, clock
+        # the sync acknowledges a commit once it has flushed it (synchronous_commit on or
+        # remote_apply): only then is every acknowledged write on its disk after a restart
+        self.flushed_acks = flushed_acks
         self.saved: Memory | None = None  # what the dataset holds, as last read or written
         self.known = False                # `saved` was read (or written) successfully
         self.error: str | None = "not read yet"
@@ -140,6 +150,7 @@ class StateMemory:
         self.tried = False
         self.task: asyncio.Task | None = None  # a save in the background
         self.datasets = 0  # restores so far: a save that ends after one was for the old dataset
+        self.read_streamed: tuple[int, str] | None = None  # what the dataset said at start (once)
 
     async def load(self) -> None:
         """Read the dataset's memory if it is not known yet (at most every RETRY_S); on
@@ -151,22 +162,27 @@ class StateMemory:
             value = await self.dataset.read_memory(MEMORY_TIMEOUT_S)
             self.saved, self.known, self.error = Memory.parse(value) if value is not None else None, True, None
             if self.saved is not None:
-                self.log.info("state_memory_read", remembers=self.saved.describe())
+                self.log.info("state_memory_read", remembers=self.saved.describe(), streamed=self.saved.streamed)
+                if self.saved.streamed is not None:
+                    self.read_streamed = (self.saved.generation, self.saved.streamed)
         except _FAILED as e:
             self.error = str(e) or type(e).__name__
             self.retry_at = self.clock.monotonic() + RETRY_S
             self.log.warning("state_memory_unreadable", error=self.error,
                              note="until it is read, a missing state znode is not taken for a new shard")
 
-    async def keep(self, st: ClusterState | None, *, has_data: bool) -> None:
-        """Save `st` if my data belongs to it and the dataset does not hold it yet. In the
-        background when an event loop runs: a ZFS property write waits for a transaction
-        group to sync, and must not delay the cycle after a takeover or a switchover (the
-        simulation, which drives the loop by hand, saves inline)."""
+    async def keep(self, st: ClusterState | None, *, has_data: bool, streaming_from: str | None = None) -> None:
+        """Save `st` if my data belongs to it and the dataset does not hold it yet, with the
+        upstream my PostgreSQL streams from now (`streaming_from`; else the one the dataset
+        already names for this generation). In the background when an event loop runs: a ZFS
+        property write waits for a transaction group to sync, and must not delay the cycle
+        after a takeover or a switchover (the simulation, which drives the loop by hand, saves
+        inline)."""
         if (st is None or not has_data or not self.known or self.busy
                 or self.clock.monotonic() < self.retry_at):
             return
-        new = Memory.of(st)
+        kept = self.saved.streamed if self.saved is not None and self.saved.generation == st.generation else None
+        new = Memory.of(st, streaming_from or kept)
         if self.saved == new or (self.saved is not None and self.saved.generation > new.generation):
             return  # never moved back (a state re-created older is for an operator to sort out)
         try:
@@ -186,7 +202,7 @@ class StateMemory:
             await self.dataset.write_memory(new.dumps(), SAVE_TIMEOUT_S)
             if dataset == self.datasets:
                 self.saved, self.error = new, None
-                self.log.info("state_memory_saved", remembers=new.describe())
+                self.log.info("state_memory_saved", remembers=new.describe(), streamed=new.streamed)
         except _FAILED as e:
             self.retry_at = self.clock.monotonic() + RETRY_S
             self.log.warning("state_memory_not_saved", error=str(e) or type(e).__name__, remembers=new.describe())
@@ -202,9 +218,21 @@ class StateMemory:
         """The whole state my dataset remembers (after a restart, with the znode missing)."""
         return self.saved.state if self.saved is not None else None
 
+    def streamed_before(self, st: ClusterState | None) -> str | None:
+        """Once, after a restart: the upstream my dataset says my PostgreSQL streamed from in
+        the generation of `st`, the state read now (None: another generation, or none said).
+        The WAL on disk then came from that upstream, which cannot have forked within the
+        generation: a sync whose sitter restarted, its primary gone for good, can show that
+        it holds every acknowledged write without streaming again (F12)."""
+        if st is None:
+            return None
+        seen, self.read_streamed = (self.read_streamed if self.flushed_acks else None), None
+        return seen[1] if seen is not None and seen[0] == st.generation else None
+
     def dataset_replaced(self) -> None:
         """A restore put new data in place: it carries no memory until saved again."""
         self.saved, self.known, self.error, self.retry_at = None, True, None, 0.0
+        self.read_streamed = None
         self.datasets += 1
     def remembers(self, state: ClusterState | None) -> int | None | str:
         """For my election node: the newest generation I know this shard had (the state

@@ -19,6 +19,7 @@ session timeout, so it brings up its own shard, first, before the shared one exi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -29,7 +30,7 @@ import pytest
 
 from tests.shard_fixture import (NEEDS_SHARD, Shard, SharedShard, acks_on, first_ack_on, names, say,
                                  wall_to_mono)
-from tests.shard_ops import FAILOVER_SLACK_S, f1_primary_host_death
+from tests.shard_ops import FAILOVER_SLACK_S, f1_primary_host_death, zfs
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 
@@ -262,6 +263,47 @@ def test_f12_all_nodes_restart_in_every_order_async_never_leads(shard: Shard):
         assert not wrong, f"F12 {order}: the async {a} assumed leadership: {wrong}"
         sh.assert_checks(w, prev, expect_leader=None if new_p == p else new_p, since_gen=gen0)
     say("F12: " + "; ".join(f"{'/'.join(o)} -> {n} ({t:.0f}s)" for o, n, t in results))
+
+
+def _memory(node) -> dict:
+    """The node's manatee:state-memory (what its dataset says it belongs to and streamed from)."""
+    value = zfs("get", "-H", "-o", "value", "manatee:state-memory", node.dataset).strip()
+    return json.loads(value) if value not in ("", "-") else {}
+
+
+def test_f12_all_nodes_restart_and_the_primary_never_returns_the_sync_takes_over(shard: Shard):
+    """A site-wide restart after which the primary's host does not come back: the sync, whose
+    dataset says it streamed from this generation's primary, holds every acknowledged write on
+    its disk and takes over without streaming again (until 2026-12-06 the shard waited for the
+    primary for ever: the design's documented limit)."""
+    sh = shard
+    sh.ensure_healthy()
+    prev = sh.zk_state()
+    gen0 = prev["generation"]
+    p, s, a = names(sh.topology())
+    w = sh.writer("f12-gone").start()
+    try:
+        w.wait_for_acks(30, 60)
+        sh.wait(lambda: _memory(sh.node(s)).get("streamed") == prev["primary"]["id"]
+                and _memory(sh.node(s)).get("generation") == gen0, 30,
+                f"the sync {s}'s dataset to say it streamed from {p} in generation {gen0}")
+        for n in (p, s, a):
+            sh.sb.hang(n)
+        for n in (p, s, a):
+            sh.sb.kill(n)
+        t0 = time.monotonic()
+        say(f"F12: killed all; restarting the sync {s} and the async {a}; the primary {p} stays down")
+        sh.sb.start(s)
+        sh.sb.start(a)
+        first = sh.wait(lambda: first_ack_on(w, sh.node(s), t0), 120, f"a committed write on the sync {s}")
+        say(f"F12: the sync {s} took writes {first - t0:.1f}s after the restart began, {p} still down")
+        assert sh.zk_state()["primary"]["id"] != prev["primary"]["id"]
+        w.wait_for_acks(20, 60)
+    finally:
+        w.stop()
+    sh.sb.start(p)
+    sh.wait_healthy(240)
+    sh.assert_checks(w, prev, expect_leader=s, since_gen=gen0)
 
 
 # ---------------------------------------------------------------------------------- F14

@@ -145,7 +145,10 @@ class FakePg:
         n.disk_full = None  # the sitter reads PostgreSQL's log from this start on
         n.running, n.mode = True, ("standby" if n.conf.standby_signal else "primary")
         n.applied = replace(n.conf)
-        n.streamed, n.streaming, n.pending = None, False, []
+        n.streaming, n.pending = False, []
+        # a standby replays the WAL on its disk first: it reports that position before it
+        # streams (pg_last_wal_replay_lsn); a record torn off at the end is not replayed
+        n.streamed, n.torn = (len(n.log), 0) if n.mode == "standby" else (None, n.torn)
 
     async def stop(self, mode: str = "fast") -> None:
         await self.world.pause_point(self.node)

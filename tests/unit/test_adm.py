@@ -259,3 +259,21 @@ def test_no_heartbeat_record_is_no_problem(standbys):
     v = healthy()
     v.nodes[1].sitter["standbys"] = standbys
     assert problems(v) == []
+
+
+def test_a_sync_that_does_not_take_over_from_a_primary_that_is_down_says_why():
+    """F12 with the primary gone: the operator saw "primary ... not in the election" and not
+    why the sync waited (it could not show it held every acknowledged write)."""
+    from manatee.cli.adm_view import CRITICAL, assess
+
+    v = healthy()
+    why = ("the primary 10.0.0.1 is gone but I have not streamed any WAL from it since PostgreSQL started "
+           "and cannot show that I hold every acknowledged write, so I may not take over")
+    v.nodes[1].sitter.update(rule="sync.no_wal", reason=why)
+    assert not any("does not take over" in p for p in problems(v))  # its primary is up: nothing to say
+    v.nodes[0].live = False
+    found = [(s, p) for s, p in assess(v) if "does not take over" in p]
+    assert found == [(CRITICAL, f"sync {B.ip} does not take over from the primary that is down: {why}; bring the "
+                                "primary back, or see 'After a site-wide outage' in docs/operators-guide.md")]
+    v.nodes[1].sitter.update(rule="sync.detach", reason="taking over")
+    assert not any("does not take over" in p for p in problems(v))

@@ -22,6 +22,7 @@ import pytest
 
 from manatee.shard.latches import SPACE_WATCH_S
 from manatee.shard.state import PRIMARY, Freeze
+from manatee.sitter.statememory import Memory
 from tests.sim.shard import (
     HB_TIMEOUT, HUNG_TICKS, PST_TICKS, SESSION_TIMEOUT, SETTLE, Node, Shard, Violation, acked_count_grows,
     new_shard,
@@ -486,17 +487,49 @@ def test_F12_all_restart_one_never_returns(order, missing):
     st = sh.zk.state()
     assert st.primary.id in (old.primary.id, old.sync.id)
     if missing == 0:
-        # The sync restarted: it has not streamed since, so it cannot show it holds every
-        # acknowledged write, and nobody may take writes (the design's documented limit).
-        s = sh.nodes[1]
-        assert st.primary.id == old.primary.id and not sh.promotions
-        assert s.last_decision.rule == "sync.no_wal", s.last_decision
+        # The sync restarted and has not streamed since, but its dataset says it streamed from
+        # the primary in this generation: its WAL on disk holds every acknowledged write, so it
+        # takes over (until 2026-12-06 nobody could: the design's documented limit)
+        assert st.primary.id == old.sync.id and st.generation == old.generation + 1
+        assert not sh.lost_acknowledged() and sh.healthy(), sh.describe()
+        assert acked_count_grows(sh)
     else:
         live = [n for n in sh.nodes if n.alive]
         assert st.primary.id == old.primary.id
         assert {st.sync.id} | {x.id for x in st.async_} == {n.id for n in live} - {st.primary.id}
         assert sh.healthy(), sh.describe()
         assert acked_count_grows(sh)
+
+
+@pytest.mark.parametrize("memory", ["older generation", "no streamed"])
+def test_F12_the_primary_never_returns_and_the_syncs_dataset_cannot_show_it_streamed(memory):
+    """Without its dataset's word that it streamed from this generation's primary (an older
+    record, or one written before the sync streamed), a restarted sync does not take over."""
+    sh = new_shard()
+    sh.kill(sh.nodes[0])  # a failover first: generation 2, so that there is an older one
+    sh.settle()
+    sh.start(sh.nodes[0])
+    sh.settle()
+    old = sh.zk.state()
+    p, s = sh.node_at(old.primary.ip), sh.node_at(old.sync.ip)
+    assert old.generation >= 2
+    for n in sh.nodes:
+        sh.kill(n)
+    sh.tick()
+    m = Memory.parse(s.memory)
+    assert m is not None and m.streamed == p.id and m.generation == old.generation
+    s.memory = (Memory(old.generation - 1, p.id, None, p.id) if memory == "older generation"
+                else Memory.of(old)).dumps()
+    promotions = len(sh.promotions)
+    for n in sh.nodes:
+        if n is not p:
+            sh.start(n)
+    sh.run(3 * SESSION_TIMEOUT)
+    assert sh.zk.state().primary.id == p.id and len(sh.promotions) == promotions
+    assert s.last_decision.rule == "sync.no_wal", s.last_decision
+    sh.start(p)
+    sh.settle()
+    assert sh.zk.state().primary.id == p.id and not sh.lost_acknowledged()
 
 
 def test_F13_back_to_back_failovers_converge():

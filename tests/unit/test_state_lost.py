@@ -200,6 +200,38 @@ def test_the_memory_is_saved_once_per_generation_and_never_moves_back():
     assert len(ds.writes) == 2
 
 
+def test_the_upstream_streamed_from_is_kept_for_its_generation_and_read_back_once():
+    """F12 with the primary never returning: what a sync's dataset says it streamed from in
+    the current generation stands for streaming again after a restart (once, at start)."""
+    assert Memory.parse(Memory.of(STATE, A.id).dumps()) == Memory(3, A.id, STATE, A.id)
+    for bad in ('{"generation":3,"primary":"x","streamed":7}', '{"generation":3,"primary":"x","streamed":""}'):
+        with pytest.raises(ValueError, match="streamed"):
+            Memory.parse(bad)
+    ds = _Dataset()
+    m, _ = _memory(ds)
+    asyncio.run(m.load())
+    keep = _kept(m)
+    keep(STATE, has_data=True)
+    keep(STATE, has_data=True, streaming_from=A.id)
+    keep(STATE, has_data=True)  # not streaming now (e.g. the primary died): the proof is kept
+    assert [Memory.parse(w).streamed for w in ds.writes] == [None, A.id]
+    keep(replace(STATE, generation=4), has_data=True)  # a new generation: streamed in it, not before
+    assert Memory.parse(ds.writes[-1]) == Memory(4, A.id, replace(STATE, generation=4), None)
+
+    ds.value = Memory.of(STATE, A.id).dumps()  # a restarted sitter reads it
+    m, _ = _memory(ds)
+    asyncio.run(m.load())
+    assert m.streamed_before(None) is None  # no state read yet: not used up
+    assert m.streamed_before(replace(STATE, generation=4)) is None  # another generation: never
+    m, _ = _memory(ds)
+    asyncio.run(m.load())
+    assert m.streamed_before(STATE) == A.id and m.streamed_before(STATE) is None  # once
+    m, _ = _memory(ds)
+    asyncio.run(m.load())
+    m.dataset_replaced()  # restored from a peer: its WAL came from elsewhere
+    assert m.streamed_before(STATE) is None
+
+
 def test_an_unreadable_memory_counts_as_remembering_and_is_read_again_later():
     ds = _Dataset(fail=OSError("zfs hung"))
     m, clock = _memory(ds)
