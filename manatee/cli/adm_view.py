@@ -182,7 +182,10 @@ def _takeover_held(sitter: Any) -> str | None:
         return None
     why = str(sitter.get("reason") or sitter["rule"])
     if sitter["rule"] == "sync.no_wal":
-        why += ("; bring the primary back, or see 'After a site-wide outage' in docs/operators-guide.md")
+        rem = sitter.get("remembers")
+        unused = rem.get("streamedNotUsed") if isinstance(rem, Mapping) else None
+        why += ((f" ({unused})" if unused else "")
+                + "; bring the primary back, or see 'After a site-wide outage' in docs/operators-guide.md")
     return why
 
 

@@ -151,6 +151,8 @@ class StateMemory:
         self.task: asyncio.Task | None = None  # a save in the background
         self.datasets = 0  # restores so far: a save that ends after one was for the old dataset
         self.read_streamed: tuple[int, str] | None = None  # what the dataset said at start (once)
+        self.not_used: str | None = None  # why it could not stand for streaming (streamed_before)
+        self.answered = False  # streamed_before has answered (it does once)
 
     async def load(self) -> None:
         """Read the dataset's memory if it is not known yet (at most every RETRY_S); on
@@ -181,6 +183,8 @@ class StateMemory:
         if (st is None or not has_data or not self.known or self.busy
                 or self.clock.monotonic() < self.retry_at):
             return
+        if streaming_from is not None:
+            self.not_used = None  # streaming again: nothing needs to stand for it
         kept = self.saved.streamed if self.saved is not None and self.saved.generation == st.generation else None
         new = Memory.of(st, streaming_from or kept)
         if self.saved == new or (self.saved is not None and self.saved.generation > new.generation):
@@ -224,10 +228,20 @@ class StateMemory:
         The WAL on disk then came from that upstream, which cannot have forked within the
         generation: a sync whose sitter restarted, its primary gone for good, can show that
         it holds every acknowledged write without streaming again (F12)."""
-        if st is None:
+        if st is None or self.answered:
             return None
-        seen, self.read_streamed = (self.read_streamed if self.flushed_acks else None), None
-        return seen[1] if seen is not None and seen[0] == st.generation else None
+        seen, self.read_streamed, self.answered = self.read_streamed, None, True
+        if seen is None:
+            self.not_used = (f"my dataset does not say that I streamed in generation {st.generation} "
+                             f"(not yet, or restored since)")
+        elif not self.flushed_acks:
+            self.not_used = ("synchronousCommit is remote_write: a commit the sync acknowledged from its "
+                             "operating system's cache may not be on its disk")
+        elif seen[0] != st.generation:
+            self.not_used = f"my dataset says that I streamed in generation {seen[0]}, not {st.generation}"
+        else:
+            return seen[1]
+        return None
 
     def dataset_replaced(self) -> None:
         """A restore put new data in place: it carries no memory until saved again."""
@@ -258,4 +272,7 @@ class StateMemory:
     def as_json(self, state: ClusterState | None) -> dict | None:
         """GET /state `remembers`: the newer of the state I last read and my dataset's memory."""
         m = self.newest(state)
-        return None if m is None else {"generation": m.generation, "primary": m.primary}
+        if m is None:
+            return None
+        return {"generation": m.generation, "primary": m.primary,
+                **({"streamedNotUsed": self.not_used} if self.not_used else {})}

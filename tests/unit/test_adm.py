@@ -275,5 +275,9 @@ def test_a_sync_that_does_not_take_over_from_a_primary_that_is_down_says_why():
     found = [(s, p) for s, p in assess(v) if "does not take over" in p]
     assert found == [(CRITICAL, f"sync {B.ip} does not take over from the primary that is down: {why}; bring the "
                                 "primary back, or see 'After a site-wide outage' in docs/operators-guide.md")]
+    v.nodes[1].sitter["remembers"] = {"generation": 4, "primary": A.id, "streamedNotUsed": "synchronousCommit is "
+                                      "remote_write: a commit the sync acknowledged ... may not be on its disk"}
+    found = [p for s, p in assess(v) if "does not take over" in p]
+    assert found and "so I may not take over (synchronousCommit is remote_write: " in found[0], found
     v.nodes[1].sitter.update(rule="sync.detach", reason="taking over")
     assert not any("does not take over" in p for p in problems(v))

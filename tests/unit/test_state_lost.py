@@ -226,10 +226,26 @@ def test_the_upstream_streamed_from_is_kept_for_its_generation_and_read_back_onc
     m, _ = _memory(ds)
     asyncio.run(m.load())
     assert m.streamed_before(STATE) == A.id and m.streamed_before(STATE) is None  # once
+    assert m.not_used is None
     m, _ = _memory(ds)
     asyncio.run(m.load())
     m.dataset_replaced()  # restored from a peer: its WAL came from elsewhere
+    assert m.streamed_before(STATE) is None and "does not say that I streamed in generation 3" in m.not_used
+
+
+def test_why_the_record_of_streaming_was_not_used_is_said_until_streaming_again():
+    ds = _Dataset(Memory.of(STATE, A.id).dumps())
+    m, _ = _memory(ds)
+    m.flushed_acks = False  # synchronousCommit remote_write
+    asyncio.run(m.load())
     assert m.streamed_before(STATE) is None
+    assert "remote_write" in m.as_json(STATE)["streamedNotUsed"]
+    m, _ = _memory(ds)
+    asyncio.run(m.load())
+    assert m.streamed_before(replace(STATE, generation=4)) is None
+    assert m.not_used == "my dataset says that I streamed in generation 3, not 4"
+    _kept(m)(replace(STATE, generation=4), has_data=True, streaming_from=A.id)
+    assert m.not_used is None and "streamedNotUsed" not in m.as_json(STATE)
 
 
 def test_an_unreadable_memory_counts_as_remembering_and_is_read_again_later():
