@@ -240,7 +240,11 @@ class StateMemory:
         elif seen[0] != st.generation:
             self.not_used = f"my dataset says that I streamed in generation {seen[0]}, not {st.generation}"
         else:
+            self.log.info("streamed_record_used", upstream=seen[1], generation=seen[0],
+                          note="my dataset says I streamed from it in this generation: my WAL on disk counts "
+                               "as streamed from it (a takeover still needs it to reach initWal)")
             return seen[1]
+        self.log.info("streamed_record_not_used", why=self.not_used)
         return None
 
     def dataset_replaced(self) -> None:

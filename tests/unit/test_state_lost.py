@@ -224,8 +224,12 @@ def test_the_upstream_streamed_from_is_kept_for_its_generation_and_read_back_onc
     assert m.streamed_before(None) is None  # no state read yet: not used up
     assert m.streamed_before(replace(STATE, generation=4)) is None  # another generation: never
     m, _ = _memory(ds)
+    said = []
+    m.log = SimpleNamespace(info=lambda ev, **kw: said.append((ev, kw)), warning=lambda *a, **k: None)
     asyncio.run(m.load())
     assert m.streamed_before(STATE) == A.id and m.streamed_before(STATE) is None  # once
+    assert [ev for ev, _ in said] == ["state_memory_read", "streamed_record_used"]  # the log says why
+    assert said[1][1]["upstream"] == A.id and said[1][1]["generation"] == 3
     assert m.not_used is None
     m, _ = _memory(ds)
     asyncio.run(m.load())
