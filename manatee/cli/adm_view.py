@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from manatee.cli.adm_gray import gray_json, gray_notes, gray_problems, heartbeat_problems
 from manatee.cli.adm_lost import lost_notes, lost_state_problem
 from manatee.cli.adm_xid import xid_problems
+from manatee.shard.decide import TAKEOVER_HELD
 from manatee.shard.latches import DISK_FULL_BELOW
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
@@ -169,11 +170,6 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             continue
         out += _standby_problems(n, by_id.get(n.upstream or ""), what, crit)
     return out
-
-
-#: the sync's decisions that hold back a takeover while its primary is gone (decide._as_sync)
-TAKEOVER_HELD = frozenset({"sync.no_wal", "sync.behind", "sync.behind_release", "sync.no_candidate",
-                           "sync.cannot_write", "sync.diverged_cannot_write", "sync.pg_unknown"})
 
 
 def _takeover_held(sitter: Any) -> str | None:

@@ -38,7 +38,11 @@ from manatee.shard.state import (
     Target, error_record,
 )
 
-__all__ = ["decide"]
+__all__ = ["TAKEOVER_HELD", "decide"]
+
+#: the sync's rules that hold back a takeover while its primary is gone (manatee-adm names them)
+TAKEOVER_HELD = frozenset({"sync.no_wal", "sync.behind", "sync.behind_release", "sync.no_candidate",
+                           "sync.cannot_write", "sync.diverged_cannot_write", "sync.pg_unknown"})
 
 
 def decide(obs: Observation) -> Decision:
@@ -202,6 +206,7 @@ def _as_sync(v: View) -> Decision:
         gone = f"the primary {primary} is gone"
 
     def stay(rule: str, why: str) -> Decision:
+        assert rule in TAKEOVER_HELD, rule
         return Decision(Target(STANDBY, upstream=primary, downstream=down), rule=rule,
                         reason=f"{gone} but {why}, so I may not take over")
 

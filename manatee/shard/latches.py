@@ -55,6 +55,27 @@ def standby_wal(wal: int | None, *, streaming: bool, sender_ip: str | None,
     return (wal if valid else None), wal_from
 
 
+def streamed_record(record: tuple[int, str] | None, generation: int,
+                    flushed_acks: bool) -> tuple[str | None, str | None]:
+    """After a restart: (the upstream my WAL on disk counts as streamed from, why not).
+
+    record is (generation, upstream) from my dataset's memory: the upstream my PostgreSQL was
+    seen streaming from in that generation. Within one generation the primary's WAL does not
+    fork and a standby's WAL is a prefix of its upstream's; a sync that acknowledged a commit
+    only once flushed (synchronous_commit on or remote_apply) has every acknowledged write on
+    disk. So it stands for streaming only for the generation of the state read now, and not
+    with remote_write (F12)."""
+    if record is None:
+        return None, (f"my dataset does not say that I streamed in generation {generation} "
+                      f"(not yet, or restored since)")
+    if not flushed_acks:
+        return None, ("synchronousCommit is remote_write: a commit the sync acknowledged from its "
+                      "operating system's cache may not be on its disk")
+    if record[0] != generation:
+        return None, f"my dataset says that I streamed in generation {record[0]}, not {generation}"
+    return record[1], None
+
+
 def unanswered_since(since: float | None, *, running: bool, answered: bool, timed_out: bool,
                      now: float) -> float | None:
     """Since when my running PostgreSQL has not answered its status query in time, or None.

@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass
 
 from manatee.core.zfs import ZfsError
+from manatee.shard import latches
 from manatee.shard.state import UNKNOWN_MEMORY, ClusterState, StateError
 
 MEMORY_PROP = "manatee:state-memory"
@@ -231,21 +232,14 @@ class StateMemory:
         if st is None or self.answered:
             return None
         seen, self.read_streamed, self.answered = self.read_streamed, None, True
-        if seen is None:
-            self.not_used = (f"my dataset does not say that I streamed in generation {st.generation} "
-                             f"(not yet, or restored since)")
-        elif not self.flushed_acks:
-            self.not_used = ("synchronousCommit is remote_write: a commit the sync acknowledged from its "
-                             "operating system's cache may not be on its disk")
-        elif seen[0] != st.generation:
-            self.not_used = f"my dataset says that I streamed in generation {seen[0]}, not {st.generation}"
-        else:
-            self.log.info("streamed_record_used", upstream=seen[1], generation=seen[0],
+        upstream, self.not_used = latches.streamed_record(seen, st.generation, self.flushed_acks)
+        if upstream is not None:
+            self.log.info("streamed_record_used", upstream=upstream, generation=st.generation,
                           note="my dataset says I streamed from it in this generation: my WAL on disk counts "
                                "as streamed from it (a takeover still needs it to reach initWal)")
-            return seen[1]
-        self.log.info("streamed_record_not_used", why=self.not_used)
-        return None
+        else:
+            self.log.info("streamed_record_not_used", why=self.not_used)
+        return upstream
 
     def dataset_replaced(self) -> None:
         """A restore put new data in place: it carries no memory until saved again."""

@@ -472,3 +472,16 @@ def test_sim_a_failed_election_node_rewrite_is_not_fatal_and_is_retried_later():
     tries = sh.events(n, "election_node_not_updated")
     assert 2 <= len(tries) <= 20 // 5 + 1, tries
     assert n.last_decision.rule == "async.follow" and acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
+@pytest.mark.parametrize("record, generation, flushed, upstream, why", [
+    ((3, A.id), 3, True, A.id, None),
+    ((3, A.id), 3, False, None, "remote_write"),
+    ((2, A.id), 3, True, None, "generation 2, not 3"),
+    (None, 3, True, None, "does not say"),
+])
+def test_the_record_of_streaming_stands_for_streaming_only_in_its_generation(record, generation, flushed,
+                                                                               upstream, why):
+    from manatee.shard.latches import streamed_record
+    got, reason = streamed_record(record, generation, flushed)
+    assert got == upstream and (reason is None if why is None else why in reason)
