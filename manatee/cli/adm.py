@@ -10,13 +10,14 @@
     manatee-adm switchover [--node NODE] [--wait S] [--cancel]
                                                  planned takeover by the sync (write gap well under 1 s)
     manatee-adm rebuild    --node NODE [--force] [--wait S]
-    manatee-adm reload     [--wait S]        every sitter re-reads its config (PostgreSQL parameters)
                                                  restore a node from its upstream, with progress
+    manatee-adm reload     [--wait S]        every sitter re-reads its config (PostgreSQL parameters)
     manatee-adm set-primary --node NODE [--force]
                                                  safe-mode runbook step 3 (all sitters stopped)
     manatee-adm state-restore [--dry-run] [--yes] [--ignore-unreachable]
-                                                 re-create a missing state znode from what the
-                                                 live sitters remember (adm_staterestore.py)
+                                                 re-create a missing state znode, or replace an
+                                                 unreadable one, from what the live sitters
+                                                 remember (adm_staterestore.py)
 
 The shard and ZooKeeper, as for every tool: -z/--zk ZK -s/--shard SHARD, -c sitter.json, or
 $MANATEE_ZK / $MANATEE_SHARD; the original's positional `COMMAND SHARD ZK` still works. A node

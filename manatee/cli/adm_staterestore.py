@@ -1,8 +1,11 @@
-"""manatee-adm state-restore: re-create a shard's lost state znode from what its live sitters remember.
+"""manatee-adm state-restore: re-create a shard's lost state znode, or replace an unreadable one,
+from what its live sitters remember.
 
 When `<shardPath>/state` is gone (deleted, or ZooKeeper reinstalled empty) while sitters run,
 the sitters that remember the shard hold: the primary keeps serving, nobody fails over or
 joins, and (unless the primary re-creates the znode itself) an operator restores it with this.
+The same holds while the znode cannot be parsed (garbage written by hand or by a broken
+client): the sitters keep the last state they read and hold until the znode is fixed.
 
 Every live sitter (the election) is asked for its GET /state: `state` (the last state it
 read, the remembered one while the znode is lost) and `remembers` (the newest generation its
@@ -10,9 +13,11 @@ data belongs to). The candidate is the state of the highest generation shown. Re
 that might not be the shard's newest state: no sitter shows a state; two differ at that
 generation; a sitter does not answer, or its answer cannot be read (unless
 --ignore-unreachable: unknown is not a fact, it may remember a newer generation); a sitter
-remembers a newer generation than any shown (no override). The znode is then *created*
-(never overwritten: if it appeared meanwhile, nothing is written) with the JSON the sitters
-reported, and a StateRestored history record is added (best effort).
+remembers a newer generation than any shown (no override). A missing znode is then
+*created* (never overwritten: if it appeared meanwhile, nothing is written); an unreadable one
+is replaced by compare-and-set on the version read (if anyone wrote it meanwhile, nothing is
+written); a readable one is never touched. Either way with the JSON the sitters reported, and
+a StateRestored history record is added (best effort).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from manatee.shard.history import state_restored_event
 from manatee.shard.state import (
     ClusterState, Peer, StateError, decode_node, parse_election_name, parse_election_nodes, parse_state,
 )
-from manatee.shard.syncstore import NodeExists, SyncShardStore
+from manatee.shard.syncstore import BadVersion, NodeExists, SyncShardStore
 
 #: how long each sitter's GET /state may take (they are asked in parallel)
 STATUS_TIMEOUT_S = 2.0
@@ -177,26 +182,41 @@ def describe(st: ClusterState, vouchers: list[Answer], live: set[str]) -> list[s
     return out
 
 
-def _confirm(args, path: str, gen: int) -> None:
+def _confirm(args, path: str, gen: int, verb: str) -> None:
     if args.yes:
         return
     if not sys.stdin.isatty():
         raise CliError("nothing written: stdin is not a terminal; pass --yes to write it (or --dry-run to only look)")
     try:
-        reply = input(f"create {path} with generation {gen}? [y/N] ")
+        reply = input(f"{verb} {path} with generation {gen}? [y/N] ")
     except EOFError:
         reply = ""
     if reply.strip().lower() not in ("y", "yes"):
         raise CliError("nothing written (not confirmed)")
 
 
-def _record(store: SyncShardStore, st: ClusterState, vouchers: list[Answer]) -> None:
+def _record(store: SyncShardStore, st: ClusterState, vouchers: list[Answer], replaced: bool) -> None:
     """The StateRestored history record; a failure is a warning (the state is what matters)."""
-    detail = f"by {_who()} (manatee-adm state-restore), as shown by {_names(vouchers)}"
+    detail = (f"by {_who()} (manatee-adm state-restore{', replacing an unreadable state' if replaced else ''}), "
+              f"as shown by {_names(vouchers)}")
     try:
         store.add_history(state_restored_event(st.primary, st.sync, st.generation, detail, int(time.time() * 1000)))
     except Exception as e:  # noqa: BLE001 - best effort
         print(f"warning: the history record could not be written: {e}", file=sys.stderr)
+
+
+def _unreadable_version(zk: ZkReader, path: str) -> tuple[int | None, str]:
+    """(None, "... is missing") for a missing state znode, (its version, why) for an unreadable
+    one; CliError for a readable one, which this command never touches."""
+    got = zk.get(path)
+    if got is None:
+        return None, f"{path} is missing"
+    try:
+        gen = parse_state(got[0]).generation
+    except StateError as e:
+        return got[1].version, f"{path} cannot be read ({e})"
+    raise CliError(f"the shard has a state (generation {gen}); state-restore only re-creates a missing state "
+                   f"or replaces an unreadable one")
 
 
 def cmd_state_restore(args, zk: ZkReader) -> int:
@@ -204,31 +224,31 @@ def cmd_state_restore(args, zk: ZkReader) -> int:
 
     store = SyncShardStore(zk, args.shard)
     path = store.layout.state
-    got = zk.get(path)
-    if got is not None:
-        try:
-            gen = f"generation {parse_state(got[0]).generation}"
-        except StateError as e:
-            gen = f"an unreadable one: {e}"
-        raise CliError(f"the shard has a state ({gen}); state-restore only re-creates a missing one")
+    version, what = _unreadable_version(zk, path)
     answers = read_election(zk, store)
     if not answers:
-        raise CliError(f"{path} is missing and no sitter is in the election: nobody remembers the shard")
+        raise CliError(f"{what} and no sitter is in the election: nobody remembers the shard")
     ask(answers, args.timeout)
-    _say(f"{path} is missing; the live sitters say:\n{_sitters_table(answers)}\n")
+    _say(f"{what}; the live sitters say:\n{_sitters_table(answers)}\n")
     cand, vouchers = choose(answers, args.ignore_unreachable)
     _say("\n".join(describe(cand, vouchers, {a.peer.id for a in answers if a.peer is not None})))
     if args.dry_run:
         _say("dry run: nothing written")
         return 0
-    _confirm(args, path, cand.generation)
+    _confirm(args, path, cand.generation, "create" if version is None else "replace the unreadable")
     zk.deadline = max(zk.deadline, time.monotonic() + args.timeout)
     try:
-        store.create_state(cand)
+        if version is None:
+            store.create_state(cand)
+        else:
+            store.replace_state(cand, version)
     except NodeExists:
         raise CliError(f"{path} was created meanwhile (by a sitter or another operator): nothing written; "
                        f"see `manatee-adm show`") from None
-    _record(store, cand, vouchers)
+    except BadVersion:
+        raise CliError(f"{path} was written meanwhile (by a sitter or another operator): nothing written; "
+                       f"see `manatee-adm show`") from None
+    _record(store, cand, vouchers, replaced=version is not None)
     _say(f"wrote {path}: generation {cand.generation}, primary {cand.primary.ip}, sync "
          f"{cand.sync.ip if cand.sync else '-'}; the sitters read it within 5 s (see `manatee-adm show`)")
     return 0
@@ -236,8 +256,8 @@ def cmd_state_restore(args, zk: ZkReader) -> int:
 
 def add_parsers(add, positive) -> None:
     """The sub-command of this module, on manatee-adm's parser (`add` is its helper)."""
-    sp = add("state-restore", "re-create a missing shard state znode from what the live sitters remember "
-                              "(refuses when that might not be the newest state)")
+    sp = add("state-restore", "re-create a missing shard state znode, or replace an unreadable one, from what "
+                              "the live sitters remember (refuses when that might not be the newest state)")
     sp.add_argument("--yes", action="store_true", help="write without asking (required when stdin is not a terminal)")
     sp.add_argument("--dry-run", action="store_true", help="show what would be written; write nothing")
     sp.add_argument("--ignore-unreachable", action="store_true",

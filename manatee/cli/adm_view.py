@@ -106,7 +106,8 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     C, W = CRITICAL, WARNING
     if v.state_error:
-        out.append((C, f"the shard state cannot be read: {v.state_error}"))
+        out.append((C, f"the shard state cannot be read: {v.state_error}; nobody can fail over until it is "
+                       f"replaced: 'manatee-adm state-restore' writes back the state the sitters remember"))
     out += [(C, line) for line in v.acl_problems]
     out += [(C, f"{n.ip}: {n.sitter['stateOlder']}; it holds the state it remembers and nobody can fail over "
                 f"(docs/operators-guide.md)")

@@ -99,7 +99,8 @@ def _state_unreadable(v: View) -> Decision:
     znode, which this session would have seen (create fails if anyone re-created it)."""
     obs, st = v.obs, v.st
     if obs.state_unreadable:
-        rule, why = "state_unreadable", "the shard state znode cannot be parsed (an operator must fix it)"
+        rule = "state_unreadable"
+        why = "the shard state znode cannot be parsed (an operator must fix it: manatee-adm state-restore)"
     elif obs.state_lost:
         rule, why = "state_lost", f"the shard state znode is missing ({obs.state_lost})"
     else:

@@ -156,6 +156,11 @@ class SyncShardStore:
         Never overwrites: NodeExists when a state appeared since it was seen missing."""
         self.zk.create(self.layout.state, st.dumps())
 
+    def replace_state(self, st: ClusterState, version: int) -> None:
+        """Write `st` over the state znode by compare-and-set on `version` (the version of an
+        unreadable state the caller saw): BadVersion when anyone wrote it since."""
+        self.zk.set(self.layout.state, st.dumps(), version)
+
     def add_history(self, event: history.HistoryEvent) -> str:
         """Record `event` as a history znode (its parent made if missing); the path created."""
         return self.zk.create(self.layout.history_node(history.znode_prefix(event)), history.record_data(event),

@@ -565,6 +565,9 @@ def test_a_query_on_the_sync_that_holds_its_replay_does_not_hold_a_switchover(sh
 
 
 def test_f21_unparsable_state_znode_never_promotes_or_rebuilds(shard: Shard):
+    """While the state znode holds garbage the sitters hold (the primary serves, nobody is
+    promoted or rebuilt); `manatee-adm verify` names the fix and `manatee-adm state-restore`
+    writes back the state the sitters remember, by compare-and-set on the garbage's version."""
     sh = shard
     prev = sh.zk_state()
     gen0 = prev["generation"]
@@ -580,8 +583,12 @@ def test_f21_unparsable_state_znode_never_promotes_or_rebuilds(shard: Shard):
         while time.monotonic() - t0 < 3 * sh.session_s:
             seen.append(sh.roles())
             time.sleep(0.5)
-        done = gf.restore_state(sh.sb)
-        say(f"F21: {done}")
+        v = adm(sh, "verify")
+        assert v.returncode == 2 and "'manatee-adm state-restore' writes back" in v.stdout, v.stdout
+        r = adm(sh, "state-restore", "--yes")
+        assert r.returncode == 0 and "cannot be read" in r.stdout, r.stdout + r.stderr
+        restored = sh.zk_state()
+        assert restored == prev, f"F21: state-restore wrote {restored}, not the state before the garbage {prev}"
         sh.wait_healthy(REJOIN_S)
         w.wait_for_acks(20, 60)
         t2 = time.monotonic()

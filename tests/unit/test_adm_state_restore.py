@@ -84,7 +84,63 @@ def history(zk) -> list[dict]:
 def test_a_present_state_is_refused(sitters, capsys):
     zk = shard_zk(state=STATE)
     assert restore(zk, "--yes") == 1
-    assert "the shard has a state (generation 3); state-restore only re-creates a missing one" in capsys.readouterr().err
+    assert ("the shard has a state (generation 3); state-restore only re-creates a missing state or replaces an "
+            "unreadable one") in capsys.readouterr().err
+    assert zk.nodes[PATH] == (STATE.dumps(), 0)
+
+
+GARBAGE = b"{not json: written by hand"
+
+
+def unreadable_zk(**kw) -> DictZk:
+    """Shard 1 whose state znode holds garbage at version 7."""
+    zk = shard_zk(**kw)
+    zk.nodes[PATH] = (GARBAGE, 7)
+    return zk
+
+
+def test_an_unreadable_state_is_replaced_by_compare_and_set_and_recorded(sitters, capsys):
+    """A state znode that cannot be parsed (the sitters hold, nobody can fail over) is replaced
+    by the state the sitters show, at the version read (F21)."""
+    sitters.update({A.ip: lost(STATE), B.ip: lost(STATE), C.ip: lost(OLDER, remembers=2, primary=B)})
+    zk = unreadable_zk()
+    assert restore(zk, "--yes") == 0
+    assert zk.nodes[PATH] == (STATE.dumps(), 8)
+    out = capsys.readouterr().out
+    assert f"{PATH} cannot be read (state: not JSON" in out and "generation 3" in out
+    [rec] = history(zk)
+    assert rec["action"] == STATE_RESTORED and rec["generation"] == 3
+    assert "replacing an unreadable state" in rec["detail"] and f"as shown by {A.ip}, {B.ip}" in rec["detail"]
+
+
+def test_an_unreadable_state_written_meanwhile_is_not_overwritten(sitters, capsys):
+    sitters.update({A.ip: lost(), B.ip: lost(), C.ip: lost()})
+    zk = unreadable_zk()
+    zk.races = 1  # someone writes the znode between our read and our write
+    assert restore(zk, "--yes") == 1
+    assert "was written meanwhile" in capsys.readouterr().err
+    assert zk.nodes[PATH][0] == GARBAGE and history(zk) == []
+
+
+@pytest.mark.parametrize("answers, why", [
+    ({A.ip: lost(), B.ip: lost()}, f"cannot tell what {C.ip} remembers"),
+    ({A.ip: lost(), B.ip: lost(), C.ip: lost(None, remembers=4)}, "remembers generation 4, newer"),
+    ({A.ip: lost(), B.ip: lost(STATE.evolve(async_=(D,))), C.ip: lost()}, "disagree about generation 3"),
+])
+def test_an_unreadable_state_is_left_alone_when_the_newest_is_uncertain(sitters, capsys, answers, why):
+    sitters.update(answers)
+    zk = unreadable_zk()
+    assert restore(zk, "--yes") == 1
+    assert why in capsys.readouterr().err
+    assert zk.nodes[PATH] == (GARBAGE, 7) and history(zk) == []
+
+
+def test_verify_points_at_state_restore_for_an_unreadable_state(sitters, capsys):
+    sitters.update({A.ip: lost(), B.ip: lost(), C.ip: lost()})
+    code, out = _show(unreadable_zk(), capsys, "verify")
+    assert code == 2
+    assert "critical: the shard state cannot be read: state: not JSON" in out
+    assert "'manatee-adm state-restore' writes back the state the sitters remember" in out
 
 
 def test_the_highest_generation_is_restored_as_shown_and_recorded(sitters, capsys):
