@@ -21,12 +21,23 @@ def _section(sitter: Any, key: str) -> Mapping[str, Any]:
     return v if isinstance(v, Mapping) else {}
 
 
+#: connection errors that say PostgreSQL is not serving *now* (nothing listens, or it is
+#: starting or stopping): newer news than the sitter's observation, which then does not stand
+#: in (sandbox trial 2026-12-06: a crash-looping node shown "up*" with "Connection refused")
+NOT_SERVING_NOW = ("connection refused", "no such file or directory", "the database system is starting up",
+                   "the database system is shutting down", "not yet accepting connections",
+                   "the database system is in recovery mode")
+
+
 def pg_via_sitter(pg: Mapping[str, Any] | None, sitter: Any) -> Mapping[str, Any] | None:
     """The CLI's probe of a node's PostgreSQL, or — when the CLI could not connect (not a
-    refused login: that is the operator's credentials) and the node's sitter observed its
-    PostgreSQL running and answering at most SITTER_PG_FRESH_S ago — what the sitter saw,
-    marked {"via": "sitter", "cliError": ..., "observedAgo": ...}."""
+    refused login: that is the operator's credentials; not an error that says PostgreSQL is
+    not serving now: NOT_SERVING_NOW) and the node's sitter observed its PostgreSQL running
+    and answering at most SITTER_PG_FRESH_S ago — what the sitter saw, marked
+    {"via": "sitter", "cliError": ..., "observedAgo": ...}."""
     if pg is None or pg.get("up") or pg.get("auth") == "failed":
+        return pg
+    if any(m in str(pg.get("error") or "").lower() for m in NOT_SERVING_NOW):
         return pg
     spg, ago = _section(sitter, "pg"), (sitter or {}).get("pgObservedAgo") if isinstance(sitter, Mapping) else None
     if not (spg.get("running") and spg.get("healthy") and spg.get("known", True)

@@ -51,6 +51,12 @@ def test_a_storm_loaded_primary_shows_as_its_sitter_sees_it_not_down():
     ({"up": False, "error": "password authentication failed", "auth": "failed"}, sitter_state()),
     ({"up": True, "recovery": False, "readOnly": False, "wal": "0/1"}, sitter_state()),  # the CLI's own
     (None, sitter_state()),
+    # PostgreSQL is not serving now, whatever the sitter saw a moment ago (a crash loop)
+    ({"up": False, "error": 'connection to server at "10.0.0.1", port 5432 failed: Connection refused'},
+     sitter_state()),
+    ({"up": False, "error": "FATAL:  the database system is not yet accepting connections"}, sitter_state()),
+    ({"up": False, "error": "FATAL:  the database system is starting up"}, sitter_state()),
+    ({"up": False, "error": "FATAL:  the database system is shutting down"}, sitter_state()),
 ])
 def test_the_cli_probe_stands_when_the_sitter_cannot_vouch_or_it_answered(pg, sitter):
     assert pg_via_sitter(pg, sitter) is pg
