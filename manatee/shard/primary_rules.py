@@ -40,12 +40,43 @@ def _fence(v: View) -> Decision | None:
             Target(FENCED), rule="primary.fence_onwm",
             reason="I lost ZooKeeper while taking writes in one-node-write mode with no sync to "
                    "fence me, so I stop PostgreSQL at once")
-    if not obs.has_data and st.generation > 1:
-        return Decision(
-            Target(UNASSIGNED), rule="primary.no_data",
-            reason=f"the state of generation {st.generation} names me primary but my data directory "
-                   f"is empty, so I do not start an empty primary over the writes my standbys hold")
     return None
+
+
+def _data_lost(v: View) -> str | None:
+    """Why my empty data directory is data lost, not a new shard (None: a new shard's first
+    primary, which creates the database). At generation 1 the evidence is a peer whose
+    election node says it holds data of the shard (or does not say: unknown is not "none"):
+    it was built from mine."""
+    obs, st = v.obs, v.st
+    if obs.has_data:
+        return None
+    if st.generation > 1:
+        return f"the state of generation {st.generation} names me primary but my data directory is empty"
+    holders = [p for p in v.election if p.id != obs.me.id and p.remembers is not None]
+    if not holders:
+        return None
+    return (f"my data directory is empty although {', '.join(str(p) for p in holders)} "
+            f"{'holds' if len(holders) == 1 else 'hold'} data of this shard, built from mine")
+
+
+def _no_data(v: View, c: _Primary, lost: str) -> Decision:
+    """My data was lost (a destroyed, wiped or unmounted dataset) while the state names me
+    primary. An empty database (initdb) as primary would be followed by nobody — its system
+    differs — and my standbys would rebuild from it: every acknowledged write lost. So I step
+    down to my sync like a primary that cannot serve (S9), or hold, stopped, and say why;
+    never a target that starts PostgreSQL (the unassigned -> primary steps run initdb)."""
+    cannot = replace(v.obs, cannot_serve=f"{lost}: an empty database must not be the primary")
+    view = View(cannot)
+    sd_dec, sd_wait = _primary_step_down(view, c.sync, c.hb, c.block, c.tgt)
+    if sd_dec is not None:
+        return sd_dec
+    sw_dec, _ = _primary_switchover(view, c.sync, c.sync_gone, c.block, c.tgt)
+    if sw_dec is not None and sw_dec.target.role == UNASSIGNED:
+        return sw_dec  # released: I stay stopped while my sync takes over
+    return Decision(Target(UNASSIGNED), rule="primary.no_data",
+                    reason=f"{lost}, so I do not start an empty primary over the writes my standbys hold, "
+                           f"and I cannot step down in favour of my sync yet: {sd_wait or 'a step-down is pending'}")
 
 
 class _Primary:
@@ -93,6 +124,9 @@ def as_primary(v: View) -> Decision:
     if fenced is not None:
         return fenced
     c = _Primary(v)
+    lost = _data_lost(v)
+    if lost is not None:
+        return _no_data(v, c, lost)
     sd_dec, sd_wait = _primary_step_down(v, c.sync, c.hb, c.block, c.tgt)
     if sd_dec is not None:
         return sd_dec

@@ -281,6 +281,50 @@ def test_f15_standby_dataset_destroyed_restored_from_leader(shard: Shard):
     sh.assert_checks(w, prev)
 
 
+def test_f15_primary_dataset_destroyed_never_becomes_an_empty_primary(shard: Shard):
+    """The primary's dataset destroyed while the shard is frozen (so that the ordinary failover
+    after its old session expires cannot come first). Before 2026-12-06 its restarted sitter
+    ran initdb at generation 1 (the standbys would have rebuilt from the empty database) and
+    held for ever, stopped, at a later generation. Now it holds, stopped, without creating a
+    database (`primary.no_data`, the freeze named), and after unfreeze steps down to its sync;
+    then it is restored at the tail with every acknowledged row."""
+    from tests.shard_ops import adm
+
+    sh = shard
+    prev = sh.zk_state()
+    p, s, a = names(sh.topology())
+    P = sh.node(p)
+    w = sh.writer("f15p").start()
+    try:
+        w.wait_for_acks(30, 60)
+        assert adm(sh, "freeze", "-r", "f15 test: the primary's disk is replaced").returncode == 0
+        sh.sb.kill(p)
+        _destroy_dataset(P.dataset)
+        say(f"F15: destroyed {P.dataset} of the primary {p} (killed first) in generation {prev['generation']}")
+        sh.sb.start(p)
+        sh.wait(lambda: (sh.state_of(P) or {}).get("rule") == "primary.no_data", 60,
+                f"{p}'s sitter to hold as a primary with no data")
+        t_end = time.monotonic() + 2 * sh.session_s
+        while time.monotonic() < t_end:
+            assert not (Path(P.data_dir) / "PG_VERSION").exists(), f"F15: {p} created an empty database"
+            time.sleep(0.25)
+        why = sh.state_of(P)["reason"]
+        assert "so I do not start an empty primary" in why and "frozen" in why, why
+        t0 = time.monotonic()
+        assert adm(sh, "unfreeze").returncode == 0
+        sh.wait(lambda: sh.topology()["primary"] == s and sh.writable(sh.node(s)), 60,
+                f"the sync {s} to take over after {p} stepped down")
+        say(f"F15: {s} writable {time.monotonic() - t0:.2f}s after unfreeze ({p} stepped down: no data)")
+        sh.wait(lambda: sh.rejoined_at_tail(p), 240, f"{p} restored, at the tail and streaming")
+        w.wait_for_acks(20, 60)
+    finally:
+        w.stop()
+        if (sh.zk_state() or {}).get("freeze"):
+            adm(sh, "unfreeze")
+    assert "primary.step_down" in sh.sitter_log(P), f"F15: no step-down in {P.log_path('sitter')}"
+    sh.assert_checks(w, prev, expect_leader=s, since_gen=prev["generation"])
+
+
 # ---------------------------------------------------------------------------------- F16
 def _sql(node, q: str, params=None, autocommit: bool = True):
     """As postgres over the node's unix socket (the operator's psql)."""

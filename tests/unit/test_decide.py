@@ -9,7 +9,7 @@ from manatee.shard.decide import decide
 from manatee.shard.decision import Observation, lsn_text
 from manatee.shard.state import (
     CONNECTED, DEPOSED, FENCED, LOST, PRIMARY, REBUILD, SAFE_MODE, STANDBY, SUSPENDED, UNASSIGNED,
-    ClusterState, Freeze,
+    UNKNOWN_MEMORY, ClusterState, Freeze,
 )
 from tests.observations import A, B, C, D, E, INIT, STATE, obs
 
@@ -680,3 +680,76 @@ def test_standby_in_start_backoff_stays_out_of_the_chain_and_is_never_rebuilt(me
     if me == B:  # the primary gone: still out, no safe mode, no takeover
         d = decide(obs(me, election=(B, C), **down))
         assert d.target.role == UNASSIGNED and d.write_state is None and d.write_error is None
+
+
+# =============================================================== a primary whose data was lost
+NO_DATA = dict(has_data=False, running=False, in_recovery=None, wal=None, read_only=None)
+GEN1 = STATE.evolve(generation=1, init_wal=0)
+
+
+def test_a_new_shards_first_primary_with_no_data_creates_the_database():
+    """Generation 1 and no peer holding data of the shard: the unassigned -> primary steps run initdb."""
+    d = decide(obs(A, state=GEN1, **NO_DATA))
+    assert d.target.role == PRIMARY and d.write_state is None, d
+
+
+@pytest.mark.parametrize("state, holders", [
+    (GEN1, {B.id: 1}),                      # the sync was built from my data: it was wiped, or is not mounted
+    (GEN1, {C.id: 1}),
+    (GEN1, {B.id: UNKNOWN_MEMORY}),         # an election node that does not say: unknown is not "none"
+    (STATE, {}),                            # generation > 1: my data existed
+])
+def test_a_primary_whose_data_was_lost_steps_down_instead_of_creating_an_empty_database(state, holders):
+    """2026-12-06: at generation 1 a primary whose dataset was destroyed (or not mounted) ran
+    initdb and its standbys rebuilt from the empty database (the simulation lost every
+    acknowledged write); at generation > 1 it held for ever with the shard unwritable. Now it
+    steps down to its sync as a primary that cannot serve does (S9)."""
+    election = tuple(replace(p, remembers=holders.get(p.id)) for p in (A, B, C))
+    d = decide(obs(A, state=state, election=election, heartbeats={B.id: True}, sync_holds_init_wal=True, **NO_DATA))
+    assert d.rule == "primary.step_down" and d.target.role == UNASSIGNED, d
+    assert "data directory is empty" in d.reason and "an empty database must not be the primary" in d.reason
+    sw = d.write_state.switchover
+    assert sw.to == B.id and sw.released and d.write_state.generation == state.generation
+    # once released it stays stopped while its sync takes over
+    d = decide(obs(A, state=d.write_state, election=election, heartbeats={B.id: True}, sync_holds_init_wal=True,
+                   **NO_DATA))
+    assert d.target.role == UNASSIGNED and d.write_state is None, d
+
+
+def test_a_primary_whose_data_is_gone_but_postgres_still_runs_kills_it_first():
+    d = decide(obs(A, has_data=False, heartbeats={B.id: True}, sync_holds_init_wal=True))
+    assert d.rule == "primary.step_down_stop" and d.target.role == UNASSIGNED and d.write_state is None
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(heartbeats={}), f"my sync {B} is not heartbeating me"),
+    (dict(heartbeats={B.id: True}, election=(A, C)), f"my sync {B} is not in the election"),
+    (dict(heartbeats={B.id: True}, state=STATE.evolve(freeze=Freeze(reason="ops"))), "frozen"),
+    (dict(heartbeats={B.id: True}, zk=SUSPENDED), "suspended"),
+])
+def test_a_primary_whose_data_was_lost_holds_stopped_when_it_cannot_step_down(kw, why):
+    d = decide(obs(A, sync_holds_init_wal=True, **{**NO_DATA, **kw}))
+    assert d.target.role != PRIMARY, d  # never the steps that run initdb
+    assert d.write_state is None or d.write_state.switchover is None, d
+    if d.rule == "primary.no_data":
+        assert "so I do not start an empty primary" in d.reason and why in d.reason, d.reason
+
+
+def test_no_combination_starts_an_empty_primary_over_a_shard_with_data():
+    for combo in STEP_DOWN_COMBOS:
+        zk, s_live, a_live, hb, running, known, frozen, onwm, room, caught_up = combo
+        for gen, holder in ((1, 1), (1, UNKNOWN_MEMORY), (4, None)):
+            st = STATE.evolve(generation=gen, freeze=Freeze(reason="ops") if frozen else None,
+                              one_node_write_mode=onwm)
+            election = tuple(replace(p, remembers=holder if p.id == C.id else None)
+                             for p, up in ((A, True), (B, s_live), (C, True)) if up)
+            o = obs(A, election=election, state=st, zk=zk, has_data=False,
+                    heartbeats={} if hb is None else {B.id: hb}, running=running, pg_known=known,
+                    in_recovery=False if known else None, wal=0x9000 if known and running else None,
+                    read_only=True if known and running else None, one_node_write_mode=onwm,
+                    standby_free={} if room is None else {B.id: room}, sync_holds_init_wal=caught_up)
+            d = decide(o)
+            ctx = f"{combo} gen {gen} -> {d}"
+            assert d.target.role != PRIMARY, ctx
+            if d.write_state is not None and d.write_state.switchover is not None:
+                assert d.rule == "primary.step_down" and not running, ctx

@@ -562,6 +562,51 @@ def test_F14_fourth_node_joins_and_is_appended():
     assert d.log and p.log[:len(d.log)] == d.log
 
 
+def _primary_after(gen2: bool) -> tuple[Shard, Node]:
+    sh = new_shard()
+    if gen2:
+        sh.kill(sh.nodes[0])
+        sh.run(SESSION_TIMEOUT + 6)
+        sh.start(sh.nodes[0])
+        sh.settle()
+    sh.run(5)
+    return sh, sh.node(sh.zk.state().primary.id)
+
+
+@pytest.mark.parametrize("gen2", [False, True], ids=["generation-1", "generation-2"])
+def test_F15_primary_dataset_destroyed_steps_down_to_its_sync(gen2):
+    """The primary's dataset destroyed (or left unmounted) under it. Before 2026-12-06: at
+    generation 1 it ran initdb, its standbys rebuilt from the empty database and every
+    acknowledged write was lost; at generation 2 it held for ever, stopped, and the shard took
+    no writes. Now it steps down to its sync (S9), which takes over; it rebuilds from the chain."""
+    sh, p = _primary_after(gen2)
+    g0, promoted = sh.zk.state().generation, len(sh.promotions)
+    sh.destroy_data(p)
+    sh.run(3 * SESSION_TIMEOUT)
+    st = sh.zk.state()
+    assert st.primary.id != p.id and st.generation == g0 + 1, sh.describe()
+    assert any("rule=primary.step_down:" in t and "data directory is empty" in t for t in sh.trace)
+    sh.settle()
+    assert p.has_data and p.streaming and len(sh.promotions) == promoted + 1, sh.describe()
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
+def test_F15_primary_dataset_destroyed_while_its_sync_is_down_waits_for_it():
+    """With no sync to step down to it holds, stopped (`primary.no_data`), and never starts an
+    empty database; when the sync comes back it steps down to it."""
+    sh, p = _primary_after(False)
+    s = sh.node(sh.zk.state().sync.id)
+    sh.kill(s)
+    sh.destroy_data(p)
+    sh.run(2 * SESSION_TIMEOUT)
+    assert not p.has_data and not any(sh.writable(n) for n in sh.nodes), sh.describe()
+    assert p.last_decision.rule == "primary.no_data", sh.describe()
+    sh.start(s)
+    sh.settle()
+    assert sh.zk.state().primary.id == s.id and p.has_data, sh.describe()
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+
+
 def test_F15_standby_dataset_destroyed_is_restored():
     sh = new_shard()
     a = sh.nodes[2]
