@@ -43,29 +43,40 @@ def _fence(v: View) -> Decision | None:
     return None
 
 
-def _data_lost(v: View) -> str | None:
-    """Why my empty data directory is data lost, not a new shard (None: a new shard's first
-    primary, which creates the database). At generation 1 the evidence is a peer whose
-    election node says it holds data of the shard (or does not say: unknown is not "none"):
-    it was built from mine."""
+def _data_lost(v: View) -> tuple[str, str] | None:
+    """Why my empty data directory is not a new shard's (None: a new shard's first primary,
+    which creates the database): ("lost", why) — the generation is above 1, or a peer's
+    election node says it holds data of the shard (or does not say: unknown is not "none"),
+    built from mine; ("unknown", why) — at generation 1 a member the state names is not in
+    the election, so nobody can tell whether it holds data built from mine."""
     obs, st = v.obs, v.st
     if obs.has_data:
         return None
     if st.generation > 1:
-        return f"the state of generation {st.generation} names me primary but my data directory is empty"
+        return "lost", f"the state of generation {st.generation} names me primary but my data directory is empty"
     holders = [p for p in v.election if p.id != obs.me.id and p.remembers is not None]
-    if not holders:
-        return None
-    return (f"my data directory is empty although {', '.join(str(p) for p in holders)} "
-            f"{'holds' if len(holders) == 1 else 'hold'} data of this shard, built from mine")
+    if holders:
+        return "lost", (f"my data directory is empty although {', '.join(str(p) for p in holders)} "
+                        f"{'holds' if len(holders) == 1 else 'hold'} data of this shard, built from mine")
+    absent = [p for p in st.members() if p.id != obs.me.id and not v.alive(p)]
+    if absent:
+        return "unknown", (f"my data directory is empty and {', '.join(str(p) for p in absent)}, named in the "
+                           f"state, {'is' if len(absent) == 1 else 'are'} not in the election: "
+                           f"{'it' if len(absent) == 1 else 'they'} may hold data built from mine")
+    return None
 
 
-def _no_data(v: View, c: _Primary, lost: str) -> Decision:
+def _no_data(v: View, c: _Primary, kind: str, lost: str) -> Decision:
     """My data was lost (a destroyed, wiped or unmounted dataset) while the state names me
-    primary. An empty database (initdb) as primary would be followed by nobody — its system
-    differs — and my standbys would rebuild from it: every acknowledged write lost. So I step
-    down to my sync like a primary that cannot serve (S9), or hold, stopped, and say why;
-    never a target that starts PostgreSQL (the unassigned -> primary steps run initdb)."""
+    primary, or may have been (`kind` "unknown"). An empty database (initdb) as primary would
+    be followed by nobody — its system differs — and my standbys would rebuild from it: every
+    acknowledged write lost. So when it was lost I step down to my sync like a primary that
+    cannot serve (S9); otherwise, or until I can, I hold, stopped, and say why: never a target
+    that starts PostgreSQL (the unassigned -> primary steps run initdb)."""
+    if kind == "unknown":
+        return Decision(Target(UNASSIGNED), rule="primary.no_data_unknown",
+                        reason=f"{lost}, so I neither create a database nor step down, and wait for "
+                               f"{'it' if ' is not in' in lost else 'them'}")
     cannot = replace(v.obs, cannot_serve=f"{lost}: an empty database must not be the primary")
     view = View(cannot)
     sd_dec, sd_wait = _primary_step_down(view, c.sync, c.hb, c.block, c.tgt)
@@ -126,7 +137,7 @@ def as_primary(v: View) -> Decision:
     c = _Primary(v)
     lost = _data_lost(v)
     if lost is not None:
-        return _no_data(v, c, lost)
+        return _no_data(v, c, *lost)
     sd_dec, sd_wait = _primary_step_down(v, c.sync, c.hb, c.block, c.tgt)
     if sd_dec is not None:
         return sd_dec

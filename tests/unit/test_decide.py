@@ -753,3 +753,17 @@ def test_no_combination_starts_an_empty_primary_over_a_shard_with_data():
             assert d.target.role != PRIMARY, ctx
             if d.write_state is not None and d.write_state.switchover is not None:
                 assert d.rule == "primary.step_down" and not running, ctx
+
+
+def test_a_first_primary_with_no_data_and_a_member_out_of_the_election_cannot_tell_and_waits():
+    """Generation 1 and nobody in the election holds data, but the async named in the state is
+    not in the election: it may hold data built from mine (found by the random simulation: the
+    standbys restarting while the primary's dataset was gone). Unknown is not "a new shard":
+    no initdb, no step-down (a sync without data could not take over); it waits."""
+    d = decide(obs(A, state=GEN1, election=(A, B), **NO_DATA))
+    assert d.rule == "primary.no_data_unknown" and d.target.role == UNASSIGNED and d.write_state is None, d
+    assert f"{C}, named in the state, is not in the election" in d.reason, d.reason
+    d = decide(obs(A, state=GEN1, election=(A,), **NO_DATA))
+    assert d.rule == "primary.no_data_unknown" and f"{B}, {C}, named in the state, are not" in d.reason, d.reason
+    # back in the election, saying they hold nothing: a new shard after all
+    assert decide(obs(A, state=GEN1, **NO_DATA)).target.role == PRIMARY

@@ -671,7 +671,7 @@ def test_one_node_write_mode_single_node():
 
 FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "partition_peers", "heal",
           "zk_down", "zk_up", "kill_pg", "pg_hang", "pg_hang_sticky", "pg_no_start", "pg_cure",
-          "destroy_standby", "recycle_wal", "disk_low", "disk_room", "fork_standby")
+          "destroy_standby", "recycle_wal", "disk_low", "disk_room", "destroy_primary", "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
@@ -703,9 +703,15 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         sh.pg_fault(n, f[3:])
     elif f == "pg_cure":
         sh.pg_fault(n, None)
-    elif f == "destroy_standby":
+    elif f == "destroy_standby":  # not while the primary's data is gone too (a second loss)
         st = sh.zk.state()
-        if st is not None and st.primary.id != n.id and n.role != PRIMARY:
+        if st is not None and st.primary.id != n.id and n.role != PRIMARY and sh.node(st.primary.id).has_data:
+            sh.destroy_data(n)
+    elif f == "destroy_primary":  # a single fault: its sync streams from it and has its whole
+        st = sh.zk.state()         # WAL (else the sync cannot show that it holds every
+        s = sh.node(st.sync.id) if st is not None and st.sync is not None else None  # acknowledged write)
+        if (st is not None and st.primary.id == n.id and s is not None and s.has_data and s.streaming
+                and s.applied.upstream == n.id and n.log and s.log == n.log):
             sh.destroy_data(n)
     elif f == "recycle_wal":  # its upstream lost its slot and recycled the WAL it needs next
         if n.mode == "standby" and n.applied.upstream:
