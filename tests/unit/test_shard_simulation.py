@@ -21,7 +21,7 @@ import random
 import pytest
 
 from manatee.shard.latches import SPACE_WATCH_S
-from manatee.shard.state import PRIMARY, Freeze
+from manatee.shard.state import PRIMARY, Freeze, Switchover
 from manatee.sitter.statememory import Memory
 from tests.sim.shard import (
     HB_TIMEOUT, HUNG_TICKS, PST_TICKS, SESSION_TIMEOUT, SETTLE, Node, Shard, Violation, acked_count_grows,
@@ -671,7 +671,8 @@ def test_one_node_write_mode_single_node():
 
 FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "partition_peers", "heal",
           "zk_down", "zk_up", "kill_pg", "pg_hang", "pg_hang_sticky", "pg_no_start", "pg_cure",
-          "destroy_standby", "recycle_wal", "disk_low", "disk_room", "destroy_primary", "fork_standby")
+          "destroy_standby", "recycle_wal", "disk_low", "disk_room", "destroy_primary", "op_switchover",
+          "op_freeze", "op_unfreeze", "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
@@ -707,12 +708,15 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         st = sh.zk.state()
         if st is not None and st.primary.id != n.id and n.role != PRIMARY and sh.node(st.primary.id).has_data:
             sh.destroy_data(n)
-    elif f == "destroy_primary":  # a single fault: its sync streams from it and has its whole
-        st = sh.zk.state()         # WAL (else the sync cannot show that it holds every
-        s = sh.node(st.sync.id) if st is not None and st.sync is not None else None  # acknowledged write)
-        if (st is not None and st.primary.id == n.id and s is not None and s.has_data and s.streaming
-                and s.applied.upstream == n.id and n.log and s.log == n.log):
+    elif f == "destroy_primary":  # a single fault: its sync has its whole WAL and its sitter has
+        st = sh.zk.state()         # seen it streaming from it (else the sync cannot show that it
+        s = sh.node(st.sync.id) if st is not None and st.sync is not None else None  # holds every
+        if (st is not None and st.primary.id == n.id and s is not None and s.has_data  # acked write)
+                and s.sitter is not None and s.sitter.wal_from == n.id and n.log and s.log == n.log
+                and all(x.has_data for x in sh.nodes)):
             sh.destroy_data(n)
+    elif f.startswith("op_"):  # an operator's manatee-adm: one compare-and-set on the state
+        _operator(sh, f[3:])
     elif f == "recycle_wal":  # its upstream lost its slot and recycled the WAL it needs next
         if n.mode == "standby" and n.applied.upstream:
             sh.recycle_wal_for(n, n.applied.upstream)
@@ -720,9 +724,31 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         n.free = rng.choice((0, 1 << 20, 20 << 20))
     elif f == "disk_room":
         n.free = None
-    elif f == "fork_standby":
-        if n.running and n.mode == "standby":
+    elif f == "fork_standby":  # not while a primary's data is gone (its sync is the only copy)
+        st = sh.zk.state()
+        if n.running and n.mode == "standby" and (st is None or sh.node(st.primary.id).has_data):
             sh.fork(n)
+
+
+def _operator(sh: Shard, what: str) -> None:
+    """manatee-adm switchover / freeze / unfreeze as the CLI writes them (its checks first)."""
+    if not sh.zk.up:
+        return
+    try:
+        st = sh.zk.state()
+    except ValueError:
+        return
+    if st is None:
+        return
+    if what == "switchover" and st.sync is not None and st.switchover is None and not st.frozen:
+        new = st.evolve(switchover=Switchover(to=st.sync.id, requested=f"generation {st.generation}", by="op"))
+    elif what == "freeze" and not st.frozen:
+        new = st.evolve(freeze=Freeze(reason="random", by="op"))
+    elif what == "unfreeze" and st.frozen:
+        new = st.evolve(freeze=None)
+    else:
+        return
+    sh.zk.cas_state(new, sh.zk.version)
 
 
 @pytest.mark.parametrize("batch", range(8))
@@ -739,6 +765,7 @@ def test_random_fault_sequences(batch):
                     _random_fault(sh, rng, allow_fork=seed % 5 == 0)
                 sh.tick()
             sh.heal_all()
+            _operator(sh, "unfreeze")
             if sh.zk.error is None:
                 for _ in range(SETTLE):
                     if sh.healthy() or sh.zk.error is not None:
@@ -746,7 +773,9 @@ def test_random_fault_sequences(batch):
                     sh.tick()
             if sh.zk.error is None:
                 sh.settle()
-                assert acked_count_grows(sh, 5)
+                # a switchover's new primary takes writes at once with a sync that may still be
+                # catching up (commits wait for its flush): give it time to
+                assert acked_count_grows(sh, 30)
             else:
                 assert not any(sh.writable(x) for x in sh.nodes if x.role == "safe_mode")
         except (Violation, AssertionError) as e:
