@@ -535,6 +535,16 @@ STEP_DOWN_COMBOS = list(itertools.product((CONNECTED, SUSPENDED, LOST), (True, F
                                           (True, False), (None, 1 << 20, 1 << 30), (True, False)))
 
 
+def _step_down_obs(combo: tuple, st, election, **kw) -> Observation:
+    """The primary A's observation for one of STEP_DOWN_COMBOS."""
+    zk, _s_live, _a_live, hb, running, known, _frozen, onwm, room, caught_up = combo
+    return obs(A, election=election, state=st, zk=zk, heartbeats={} if hb is None else {B.id: hb},
+               running=running, pg_known=known, in_recovery=False if known else None,
+               wal=0x9000 if known and running else None, read_only=True if known and running else None,
+               one_node_write_mode=onwm, standby_free={} if room is None else {B.id: room},
+               sync_holds_init_wal=caught_up, **kw)
+
+
 def test_every_step_down_combination_is_safe():
     """place primary, cannot_serve set: × zk × sync live × async live × sync heartbeat
     (none/fresh/stale) × PG running × PG known × frozen × ONWM × the sync's room (unknown,
@@ -543,12 +553,7 @@ def test_every_step_down_combination_is_safe():
         zk, s_live, a_live, hb, running, known, frozen, onwm, room, caught_up = combo
         st = STATE.evolve(freeze=Freeze(reason="ops") if frozen else None, one_node_write_mode=onwm)
         election = tuple(p for p, up in ((A, True), (B, s_live), (C, a_live)) if up)
-        o = obs(A, election=election, state=st, zk=zk, cannot_serve="not healthy for 9.0s: it is not running",
-                heartbeats={} if hb is None else {B.id: hb}, running=running, pg_known=known,
-                in_recovery=False if known else None, wal=0x9000 if known and running else None,
-                read_only=True if known and running else None, one_node_write_mode=onwm,
-                standby_free={} if room is None else {B.id: room}, sync_holds_init_wal=caught_up)
-        d = decide(o)
+        d = decide(_step_down_obs(combo, st, election, cannot_serve="not healthy for 9.0s: it is not running"))
         ctx = f"{combo} -> {d}"
         assert d.reason and "\n" not in d.reason and ". " not in d.reason, ctx
         if d.rule.startswith("primary.step_down"):
@@ -743,12 +748,7 @@ def test_no_combination_starts_an_empty_primary_over_a_shard_with_data():
                               one_node_write_mode=onwm)
             election = tuple(replace(p, remembers=holder if p.id == C.id else None)
                              for p, up in ((A, True), (B, s_live), (C, True)) if up)
-            o = obs(A, election=election, state=st, zk=zk, has_data=False,
-                    heartbeats={} if hb is None else {B.id: hb}, running=running, pg_known=known,
-                    in_recovery=False if known else None, wal=0x9000 if known and running else None,
-                    read_only=True if known and running else None, one_node_write_mode=onwm,
-                    standby_free={} if room is None else {B.id: room}, sync_holds_init_wal=caught_up)
-            d = decide(o)
+            d = decide(_step_down_obs(combo, st, election, has_data=False))
             ctx = f"{combo} gen {gen} -> {d}"
             assert d.target.role != PRIMARY, ctx
             if d.write_state is not None and d.write_state.switchover is not None:
