@@ -209,7 +209,9 @@ async def test_backupserver_killed_mid_stream(env):
             env.zfs, dataset=ds_b, mountpoint=mnt_b, backup_url=url, listen_host=listen[0],
             listen_port=listen[1], poll_interval=0.05, timeout=60, progress=kill_when_streaming,
         )
-    assert killed_at and killed_at[0] < 150 << 20
+    # killed before the stream ended (it was 194 MB in once when the first poll saw it, on a
+    # loaded machine: the bound is the stream's end, with room for its overhead)
+    assert killed_at and killed_at[0] < 360 << 20
     assert time.monotonic() - started < 30
     msg = str(err.value)
     assert "zfs recv" in msg or "stopped answering" in msg, msg
@@ -228,7 +230,8 @@ async def test_backupserver_killed_mid_stream(env):
 
 async def test_restore_cancelled_mid_stream(env):
     ip_a, ip_b = random_loopback_ip(), random_loopback_ip()
-    ds_a, url, _server = await _big_source(env, ip_a)
+    # 400 MB: once a 150 MB stream ended before a poll saw a byte of it (CI, 2026-12-06)
+    ds_a, url, _server = await _big_source(env, ip_a, mb=400)
     ds_b, mnt_b = await _old_b(env)
     listen = (ip_b, free_port(ip_b))
     streaming = asyncio.Event()
