@@ -150,6 +150,10 @@ def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: st
         out.append((sev_crit if role in ("primary", "sync") else sev_warn,
                     f"{what}: its sitter's last {cy['failedInARow']} cycles failed ({_line(cy.get('lastError'))}): "
                     f"it cannot carry out its decisions (a sync cannot take over) until that is fixed"))
+    rule = sitter.get("rule") if isinstance(sitter, Mapping) else None
+    if role == "primary" and isinstance(rule, str) and rule.startswith("primary.no_data"):
+        out.append((sev_crit, f"{what}: its data directory is empty and its sitter keeps PostgreSQL stopped "
+                              f"(no empty database is created): {str(sitter.get('reason') or '?').splitlines()[0]}"))
     rb = _section(sitter, "restoreBackoff")
     if isinstance(rb.get("failures"), int) and rb["failures"] >= 2:  # one failure is retried at once
         out.append((sev_warn, f"{what}: its last {rb['failures']} rebuilds failed in a row "

@@ -310,6 +310,9 @@ def test_f15_primary_dataset_destroyed_never_becomes_an_empty_primary(shard: Sha
             time.sleep(0.25)
         why = sh.state_of(P)["reason"]
         assert "so I do not start an empty primary" in why and "frozen" in why, why
+        v = adm(sh, "verify")
+        assert v.returncode == 2 and "its data directory is empty and its sitter keeps PostgreSQL stopped" in v.stdout, \
+            v.stdout
         t0 = time.monotonic()
         assert adm(sh, "unfreeze").returncode == 0
         sh.wait(lambda: sh.topology()["primary"] == s and sh.writable(sh.node(s)), 60,

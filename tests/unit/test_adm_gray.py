@@ -313,3 +313,18 @@ def test_a_sitter_role_that_is_no_longer_a_superuser_is_named(i, severity):
     assert line is not None and found[line] == severity and "ALTER ROLE ... SUPERUSER" in line, found
     n.sitter["pg"]["notSuperuser"] = False
     assert not any("superuser" in p["message"] for p in show_json(v)["problems"])
+
+
+@pytest.mark.parametrize("rule", ["primary.no_data", "primary.no_data_unknown"])
+def test_a_primary_holding_without_data_is_critical_with_its_sitters_reason(rule):
+    """Its PostgreSQL is down on purpose: the sitter's reason says what it waits for (2026-12-06)."""
+    why = ("the state of generation 4 names me primary but my data directory is empty, so I do not start an "
+           "empty primary over the writes my standbys hold, and I cannot step down in favour of my sync yet: "
+           "my sync 10.0.0.2 is not heartbeating me")
+    v = healthy()
+    v.nodes[0].sitter = sitter_state(running=False, healthy_=False, rule=rule, reason=why)
+    probs = problems(v)
+    line = next(x for x in probs if "its data directory is empty" in x)
+    assert line.endswith(f"(no empty database is created): {why}"), line
+    v.nodes[0].sitter = sitter_state(rule="primary.steady", reason="I take writes")
+    assert not any("data directory is empty" in x for x in problems(v))
