@@ -75,14 +75,12 @@ def _no_data(v: View, c: _Primary, kind: str, lost: str) -> Decision:
     that starts PostgreSQL (the unassigned -> primary steps run initdb)."""
     if kind == "unknown":
         return Decision(Target(UNASSIGNED), rule="primary.no_data_unknown",
-                        reason=f"{lost}, so I neither create a database nor step down, and wait for "
-                               f"{'it' if ' is not in' in lost else 'them'}")
-    cannot = replace(v.obs, cannot_serve=f"{lost}: an empty database must not be the primary")
-    view = View(cannot)
-    sd_dec, sd_wait = _primary_step_down(view, c.sync, c.hb, c.block, c.tgt)
+                        reason=f"{lost}, so I neither create a database nor step down until it is known")
+    sd_dec, sd_wait = _primary_step_down(v, c.sync, c.hb, c.block, c.tgt,
+                                         cannot_serve=f"{lost}: an empty database must not be the primary")
     if sd_dec is not None:
         return sd_dec
-    sw_dec, _ = _primary_switchover(view, c.sync, c.sync_gone, c.block, c.tgt)
+    sw_dec, _ = _primary_switchover(v, c.sync, c.sync_gone, c.block, c.tgt)
     if sw_dec is not None and sw_dec.target.role == UNASSIGNED:
         return sw_dec  # released: I stay stopped while my sync takes over
     return Decision(Target(UNASSIGNED), rule="primary.no_data",
@@ -275,7 +273,7 @@ def _hold(c: _Primary, read_only: bool, sd_wait: str | None, sw_wait: str | None
 
 
 def _primary_step_down(v: View, sync: Peer | None, hb: bool | None, block: str | None,
-                       tgt) -> tuple[Decision | None, str | None]:
+                       tgt, cannot_serve: str | None = None) -> tuple[Decision | None, str | None]:
     """S9: a primary whose PostgreSQL cannot serve (obs.cannot_serve: unhealthy for longer than
     primaryStartTimeout, measured by the shell) hands the role to its sync.
 
@@ -293,9 +291,12 @@ def _primary_step_down(v: View, sync: Peer | None, hb: bool | None, block: str |
     config files alone. Once released, the switchover rules keep me stopped (or withdraw the
     release if the sync goes away).
 
+    `cannot_serve` overrides the shell's (my data directory is empty: `_no_data`).
+
     Returns (decision, None), or (None, why-I-cannot-step-down) or (None, None)."""
     obs, st = v.obs, v.st
-    if obs.cannot_serve is None or (st.switchover is not None and st.switchover.released):
+    cannot_serve = cannot_serve or obs.cannot_serve
+    if cannot_serve is None or (st.switchover is not None and st.switchover.released):
         return None, None
     why = None
     if block is not None:
@@ -316,12 +317,12 @@ def _primary_step_down(v: View, sync: Peer | None, hb: bool | None, block: str |
     assert sync is not None
     if obs.running:
         return Decision(Target(UNASSIGNED), rule="primary.step_down_stop", effects=(Effect.STOP_TO_STEP_DOWN,),
-                        reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) and my sync {sync} is healthy, "
+                        reason=f"my PostgreSQL cannot serve ({cannot_serve}) and my sync {sync} is healthy, "
                                f"so I stop PostgreSQL at once before I step down in its favour"), None
     new = st.evolve(switchover=Switchover(to=sync.id, requested=f"generation {st.generation}", by=STEP_DOWN_BY,
                                           released=True, released_wal=st.init_wal))
     return Decision(Target(UNASSIGNED), write_state=new, rule="primary.step_down", effects=(Effect.STEP_DOWN,),
-                    reason=f"my PostgreSQL cannot serve ({obs.cannot_serve}) and is stopped, so I step down: "
+                    reason=f"my PostgreSQL cannot serve ({cannot_serve}) and is stopped, so I step down: "
                            f"I release the primary role to my sync {sync}, which holds every acknowledged "
                            f"write"), None
 
