@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 from typing import Callable
 
-from manatee.sitter import replaypause, slots
+from manatee.sitter import slots, syncfollow
 from manatee.shard import history, latches, transitions as T
 from manatee.shard.decide import decide
 from manatee.shard.decision import Decision, Effect, Observation
@@ -87,7 +87,7 @@ class Sitter:
         self.started = self.clock.monotonic()
         self.transitions: dict[str, int] = dict.fromkeys(history.ACTIONS, 0)  # /metrics counter
         self.slots: tuple[slots.Slot, ...] | None = None  # replication slots as last observed (/metrics)
-        self.replay = replaypause.ReplayGuard(log, self.clock)  # a sync's replay paused by hand is resumed
+        self.replay = syncfollow.SyncReplay(log, self.clock)  # a sync's replay paused by hand or held by queries
         self.failures, self.failure_msg = 0, None  # consecutive failed cycles, the last error
         self.last_has_data: bool | None = None
         self.config_unknown = False  # the last transition failed half-way (see _reach)
@@ -411,13 +411,13 @@ class Sitter:
             await self.pg.apply_pending()
 
     async def _tend_replication(self, target: Target) -> None:
-        """My downstream's slot kept, stale ones dropped, a sync's replay kept running (never fails)."""
+        """My downstream's slot kept, stale ones dropped, a sync's replay kept moving (never fails)."""
         if target.role not in (PRIMARY, STANDBY) or not self.pg.running or not (self.last_pg and self.last_pg.healthy):
             self.slots = None
             return
         st = self.view.state
-        await self.replay.check(self.pg.client, self.last_pg.replay_paused, st.place_of(self.me.id) if st else None,
-                                bool(st and st.frozen), self.pg.status_timeout)
+        await self.replay.check(self.pg.client, self.last_pg, st.place_of(self.me.id) if st else None,
+                                bool(st and st.frozen), target.upstream, self.pg.status_timeout)
         self.slots = await slots.reconcile(self.pg.client, target.downstream.pg_url if target.downstream else None,
                                            self.me.pg_url, [p.pg_url for p in st.chain()] if st else [],
                                            [p.pg_url for p in st.deposed] if st else [], self.log)

@@ -23,8 +23,10 @@ from manatee.core import pg as pgmod
 RECOVERY_SQL = "select pg_is_in_recovery() as r"
 #: ... and every CONFLICT_LOOK_S of a promotion that has not ended: what its startup process waits on.
 CONFLICT_LOOK_S = 0.1
-PROMOTION_SQL = ("select pg_is_in_recovery() as r, (select wait_event_type || '/' || coalesce(wait_event, '')"
-                 " from pg_stat_activity where backend_type = 'startup' limit 1) as w")
+#: What the startup process waits on, as 'type/event' (None: no startup process, or no wait).
+STARTUP_WAIT_SQL = ("(select wait_event_type || '/' || coalesce(wait_event, '')"
+                    " from pg_stat_activity where backend_type = 'startup' limit 1)")
+PROMOTION_SQL = f"select pg_is_in_recovery() as r, {STARTUP_WAIT_SQL} as w"
 
 #: The waits of a startup process held by queries (PostgreSQL 15's wait event names).
 CONFLICT_EVENTS = frozenset({"IPC/RecoveryConflictSnapshot", "IPC/RecoveryConflictTablespace",
@@ -46,11 +48,16 @@ def holds_replay(wait: str | None) -> bool:
     return wait.startswith("Lock/") or wait in CONFLICT_EVENTS
 
 
-class ReplayUnblocker:
-    """Ends the sessions that hold a promoting node's replay; each session is named once."""
+PROMOTION_NOTE = ("queries on this node held back the replay that its promotion needs "
+                  "(max_standby_streaming_delay); a takeover does not wait for reads: their sessions are ended")
 
-    def __init__(self, log):
-        self.log = log
+
+class ReplayUnblocker:
+    """Ends the sessions that hold a node's replay; each session is named once. `what` names
+    the log events (`<what>_replay_unblocked`, `<what>_unblock_failed`), `note` says why."""
+
+    def __init__(self, log, what: str = "promotion", note: str = PROMOTION_NOTE):
+        self.log, self.what, self.note = log, what, note
         self.ended: set[int] = set()
 
     async def unblock(self, client, wait: str, timeout: float) -> list[int]:
@@ -59,16 +66,14 @@ class ReplayUnblocker:
         try:
             rows = await client.query(_END_SQL, _MANATEES, timeout=timeout)
         except pgmod.PgError as e:
-            self.log.warning("promotion_unblock_failed", wait=wait, error=str(e)[:300])
+            self.log.warning(f"{self.what}_unblock_failed", wait=wait, error=str(e)[:300])
             return []
         new = [r for r in rows if r.get("ended") and r.get("pid") not in self.ended]
         self.ended.update(r["pid"] for r in new)
         if new:
-            self.log.warning("promotion_replay_unblocked", wait=wait, sessions=len(new),
+            self.log.warning(f"{self.what}_replay_unblocked", wait=wait, sessions=len(new),
                              pids=sorted(r["pid"] for r in new), apps=sorted({str(r.get("app") or "") for r in new}),
-                             note="queries on this node held back the replay that its promotion needs "
-                                  "(max_standby_streaming_delay); a takeover does not wait for reads: "
-                                  "their sessions are ended")
+                             note=self.note)
         return [r["pid"] for r in new]
 
 

@@ -656,6 +656,11 @@ def _walreceivers(sh: Shard, name: str) -> list[int]:
     return [p for p in pg_pids(sh.sb.st.node(name)) if "walreceiver" in (cmdline(p) or "")]
 
 
+def _said(log: str, most: int = 40) -> list[str]:
+    """A sitter's newest informative log lines (not debug), for a failure's message."""
+    return [line for line in log.splitlines() if "[debug" not in line][-most:]
+
+
 def _signal(pids: list[int], sig: int) -> None:
     for p in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -673,6 +678,7 @@ def test_sync_that_heartbeats_but_does_not_flush_is_replaced_by_the_async(shard:
         w.wait_for_acks(30, 60)
         stopped = _walreceivers(sh, s)
         assert stopped, f"no walreceiver found on the sync {s}"
+        logs0 = {n: len(sh.sitter_log(sh.node(n))) for n in (p, a)}
         t0 = time.monotonic()
         _signal(stopped, signal.SIGSTOP)
         say(f"stall: walreceiver {stopped} of the sync {s} stopped; primary {p}, async {a}")
@@ -695,9 +701,62 @@ def test_sync_that_heartbeats_but_does_not_flush_is_replaced_by_the_async(shard:
         f"chain now {sh.topology()}")
     assert "still heartbeats but has not flushed my WAL" in log, "the primary's decision does not say why"
     assert sh.topology()["primary"] == p and not sh.leaders_after(gen0), "a failover for a stuck sync"
-    assert gap <= STALL_BOUND_S + sh.session_s + 2 + LOADED_SLACK_S, f"writes stopped for {gap:.1f}s"
+    assert gap <= STALL_BOUND_S + sh.session_s + 2 + LOADED_SLACK_S, (
+        f"writes stopped for {gap:.1f}s; what the sitters said meanwhile:\n"
+        + "\n".join(f"{n}: {line}" for n in (p, a) for line in _said(sh.sitter_log(sh.node(n))[logs0[n]:])))
     assert not sh.safe_mode()
     sh.assert_checks(w, prev)
+
+
+def test_a_query_that_holds_the_asyncs_replay_does_not_hold_writes_when_the_sync_dies(shard: Shard):
+    """Sandbox trial 2026-12-06 (T = 6 s): a report's open transaction on the async that had
+    read a table, an ALTER TABLE of it on the primary (replayed as an AccessExclusiveLock the
+    session blocks), then the sync killed. PostgreSQL starts a standby's walreceiver for a new
+    primary_conninfo only once its replay asks for more WAL: the async, named the new sync,
+    streamed from nobody, and the primary stayed read-only until max_standby_streaming_delay
+    (30 s) cancelled the report: 26 s without writes. As the sync, its sitter now ends the
+    sessions that hold its replay (`sync_replay_unblocked`)."""
+    import psycopg2
+
+    from tests.shard_ops import sql
+
+    sh = shard
+    prev = sh.zk_state()
+    p, s, a = names(sh.topology())
+    dsn = sh.find_primary()
+    assert dsn, "no writable primary"
+    sql(dsn, "drop table if exists async_report", "create table async_report (id int)",
+        "insert into async_report values (1)")
+    sh.wait(lambda: sql(sh.dsn(sh.node(a)), "select count(*) from pg_class where relname = 'async_report'")[0] == 1,
+            10, f"the async {a} to replay the table")
+    holder = psycopg2.connect(sh.dsn(sh.node(a)), connect_timeout=3, application_name="report")
+    startup_wait = "select wait_event_type from pg_stat_activity where backend_type = 'startup'"
+    w = sh.writer("async-report", commit_timeout=COMMIT_TIMEOUT_S).start()
+    try:
+        with holder.cursor() as cur:
+            cur.execute("select count(*) from async_report")  # its transaction stays open
+        sql(dsn, "alter table async_report add column v int")
+        sh.wait(lambda: sql(sh.dsn(sh.node(a)), startup_wait)[0] == "Lock", 10, f"the report to hold {a}'s replay")
+        w.wait_for_acks(20, 30)
+        log0 = len(sh.sitter_log(sh.node(a)))
+        t0 = time.monotonic()
+        sh.sb.kill(s)
+        say(f"report on the async {a} holds its replay; killed the sync {s}; primary {p}")
+        first = sh.wait(lambda: first_ack_on(w, sh.node(p), t0 + 0.5), 60, f"writes to resume on {p}")
+        say(f"first commit {first - t0:.2f} s after the kill (sync now {sh.topology()['sync']})")
+        assert sh.topology()["sync"] == a, f"the async {a} is not the sync"
+        assert "sync_replay_unblocked" in sh.sitter_log(sh.node(a))[log0:], "the sync did not end the report"
+        assert first - t0 <= sh.session_s + 2 + LOADED_SLACK_S, f"writes resumed {first - t0:.1f} s after the kill"
+        with pytest.raises(psycopg2.Error), holder.cursor() as cur:
+            cur.execute("select 1")
+        sh.sb.start(s)
+        sh.wait(lambda: sh.rejoined_at_tail(s), 150, f"the old sync {s} to rejoin at the tail and stream")
+        w.wait_for_acks(20, 60)
+    finally:
+        w.stop()
+        holder.close()
+    sh.assert_checks(w, prev)
+    sql(sh.find_primary(), "drop table async_report")
 
 
 # ------------------------------------------------------------------- a sitter that crashes

@@ -32,12 +32,26 @@ class Conf:
 class FakeClient:
     """The sitter's own connection: replication slots are not simulated; the write probe
     fails while the node's PostgreSQL cannot commit (pg_fault "no_commit"), or refuses new
-    transaction IDs to avoid wraparound ("wraparound")."""
+    transaction IDs to avoid wraparound ("wraparound"); a query that holds a standby's replay
+    ("replay_held") shows as its startup process's lock wait, and ending it lets the
+    walreceiver follow the upstream configured meanwhile (manatee.sitter.syncfollow)."""
 
     def __init__(self, node=None):
         self.node = node
 
     async def query(self, sql, _params=None, timeout=None):
+        held = self.node is not None and self.node.pg_fault == "replay_held"
+        if "backend_type = 'startup'" in sql:
+            return [{"r": True, "w": "Lock/relation" if held else "Activity/RecoveryWalStream"}]
+        if "pg_terminate_backend" in sql:
+            if not held:
+                return []
+            n = self.node
+            n.pg_fault = None
+            n.applied = replace(n.applied, upstream=n.conf.upstream)
+            n.streaming = False  # the walreceiver starts again, for the upstream configured
+            n.sessions_ended += 1
+            return [{"pid": 4242, "app": "report", "ended": True}]
         if self.node is not None and self.node.pg_fault == "no_commit" and "manatee_write_probe" in sql:
             raise PgError("canceling statement due to statement timeout", timed_out=True)
         if self.node is not None and self.node.pg_fault == "wraparound" and "manatee_write_probe" in sql:
@@ -128,6 +142,9 @@ class FakePg:
         if not n.running:
             return "not running"
         if n.mode == "standby" and n.conf.upstream != n.applied.upstream:
+            if n.pg_fault == "replay_held":  # the walreceiver restarts only once the replay asks for WAL
+                n.applied = replace(n.conf, upstream=n.applied.upstream)
+                return "reloaded"
             n.streaming = False  # the walreceiver reconnects to the new upstream
         n.applied = replace(n.conf)
         return "reloaded"
@@ -142,6 +159,8 @@ class FakePg:
         if n.pg_fault == "no_start":
             raise PgError("postgres exited with status 1 before accepting connections")
         n.pg_hung = n.pg_fault == "hang_sticky"
+        if n.pg_fault == "replay_held":  # a restart ends every session
+            n.pg_fault = None
         n.disk_full = None  # the sitter reads PostgreSQL's log from this start on
         n.running, n.mode = True, ("standby" if n.conf.standby_signal else "primary")
         n.applied = replace(n.conf)

@@ -79,8 +79,10 @@ class Node:
     # transaction IDs, as every node with the same data does) | "stall" (a standby streams but flushes nothing
     # more) | "slow" (a standby flushes one record every third tick: slower than the writes) |
     # "panicked_full" (it PANICked for lack of space and the postmaster restarted it: it serves
-    # again, but its log since the sitter started it names the crash: `disk_full`)
+    # again, but its log since the sitter started it names the crash: `disk_full`) | "replay_held" (a
+    # standby's query holds its replay: a new primary_conninfo takes effect only once its session ends)
     pg_fault: str | None = None
+    sessions_ended: int = 0  # sessions its sitter ended (pg_terminate_backend)
     disk_full: str | None = None
     free: int | None = None  # bytes free on its dataset (None: ZFS does not say)
     # PostgreSQL's config files cannot be written (ENOSPC) every other time, as on a real full

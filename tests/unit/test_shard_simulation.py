@@ -930,6 +930,34 @@ def test_sync_that_heartbeats_but_never_flushes_is_replaced_by_the_async(seed):
     assert not sh.lost_acknowledged()
 
 
+@pytest.mark.parametrize("fault", ["kill", "stall"])
+def test_a_query_that_holds_the_asyncs_replay_does_not_hold_writes_once_it_is_the_sync(fault):
+    """PostgreSQL restarts a standby's walreceiver for a new primary_conninfo only once its
+    replay asks for more WAL, and a query on the async held that replay: after the sync died
+    (sandbox trial 2026-12-06) or stalled, the async named the new sync streamed from nobody,
+    or from the stalled sync, and the primary stayed read-only until PostgreSQL's 30 s
+    max_standby_streaming_delay cancelled the query. As the sync, its sitter ends the session."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    sh.pg_fault(a, "replay_held")
+    sh.run(3)
+    assert a.pg_fault == "replay_held" and a.sessions_ended == 0, "an async's reads are ended"
+    if fault == "kill":
+        sh.kill(s)
+    else:
+        sh.pg_fault(s, "stall")
+    bound = (SESSION_TIMEOUT if fault == "kill" else STALL_BOUND) + 8
+    t0 = sh.now
+    while sh.now - t0 <= bound + 10:
+        sh.tick()
+        if sh.zk.state().sync.id == a.id and acked_count_grows(sh, 1):
+            break
+    assert sh.zk.state().sync.id == a.id and sh.now - t0 <= bound, sh.describe()
+    assert a.sessions_ended == 1 and a.pg_fault is None, sh.describe()
+    assert any("sync_replay_unblocked" in r for r in sh.trace), sh.describe()
+    assert acked_count_grows(sh) and not sh.lost_acknowledged() and not sh.promotions
+
+
 def test_sync_slower_than_the_writes_but_advancing_is_kept():
     sh = new_shard()
     p, s, a = sh.nodes
