@@ -45,16 +45,22 @@ def _fence(v: View) -> Decision | None:
 
 def _data_lost(v: View) -> tuple[str, str] | None:
     """Why my empty data directory is not a new shard's (None: a new shard's first primary,
-    which creates the database): ("lost", why) — the generation is above 1, or a peer's
-    election node says it holds data of the shard (or does not say: unknown is not "none"),
-    built from mine; ("unknown", why) — at generation 1 a member the state names is not in
-    the election, so nobody can tell whether it holds data built from mine."""
+    which creates the database): ("lost", why) — the generation is above 1, or a peer holds
+    data of the shard, built from mine: its election node says so (or does not say: unknown
+    is not "none"), or it streamed my WAL — its heartbeat claims a position, or as my sync it
+    has flushed my WAL up to initWal (the election I read may be seconds old, from before a
+    new shard's standbys said anything: the random simulation lost a write so); ("unknown",
+    why) — at generation 1 a member the state names is not in the election, so nobody can
+    tell whether it holds data built from mine."""
     obs, st = v.obs, v.st
     if obs.has_data:
         return None
     if st.generation > 1:
         return "lost", f"the state of generation {st.generation} names me primary but my data directory is empty"
-    holders = [p for p in v.election if p.id != obs.me.id and p.remembers is not None]
+    streamed = {p.id for p in v.election if obs.standby_wal.get(p.id) is not None}
+    if obs.sync_holds_init_wal and st.sync is not None:
+        streamed.add(st.sync.id)
+    holders = [p for p in v.election if p.id != obs.me.id and (p.remembers is not None or p.id in streamed)]
     if holders:
         return "lost", (f"my data directory is empty although {', '.join(str(p) for p in holders)} "
                         f"{'holds' if len(holders) == 1 else 'hold'} data of this shard, built from mine")

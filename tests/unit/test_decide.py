@@ -702,6 +702,7 @@ def test_a_new_shards_first_primary_with_no_data_creates_the_database():
     (GEN1, {B.id: 1}),                      # the sync was built from my data: it was wiped, or is not mounted
     (GEN1, {C.id: 1}),
     (GEN1, {B.id: UNKNOWN_MEMORY}),         # an election node that does not say: unknown is not "none"
+    (GEN1, {}),                             # none says yet, but my sync has flushed my WAL (the latch)
     (STATE, {}),                            # generation > 1: my data existed
 ])
 def test_a_primary_whose_data_was_lost_steps_down_instead_of_creating_an_empty_database(state, holders):
@@ -719,6 +720,17 @@ def test_a_primary_whose_data_was_lost_steps_down_instead_of_creating_an_empty_d
     d = decide(obs(A, state=d.write_state, election=election, heartbeats={B.id: True}, sync_holds_init_wal=True,
                    **NO_DATA))
     assert d.target.role == UNASSIGNED and d.write_state is None, d
+
+
+def test_a_first_primary_with_no_data_whose_standby_streamed_from_it_does_not_create_the_database():
+    """Random simulation, seed 100661: a new shard's primary acknowledged a write and its
+    dataset was destroyed a tick later; the election it had read was from before its standbys
+    said they held data, so it ran initdb and the write was lost. A heartbeat claiming a WAL
+    position (streamed from me) says it holds data as well as its election node would."""
+    d = decide(obs(A, state=GEN1, standby_wal={C.id: 0x3000000}, **NO_DATA))
+    assert d.target.role != PRIMARY and d.rule == "primary.no_data", d
+    assert f"although {C} holds data of this shard" in d.reason, d.reason
+    assert decide(obs(A, state=GEN1, standby_wal={C.id: None}, **NO_DATA)).target.role == PRIMARY
 
 
 def test_a_primary_whose_data_is_gone_but_postgres_still_runs_kills_it_first():
