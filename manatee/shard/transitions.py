@@ -24,7 +24,7 @@ from manatee.shard.state import (
 __all__ = [
     "STEPS", "STOP_PG", "INITDB_IF_EMPTY", "RESTORE_IF_EMPTY", "RESTORE_FROM_UPSTREAM",
     "CONFIGURE_PRIMARY", "CONFIGURE_STANDBY", "START_PG", "RELOAD_PG", "PROMOTE", "SET_SYNC",
-    "SET_READ_ONLY", "SET_READ_WRITE", "WRITE_REGISTRAR", "REMOVE_REGISTRAR",
+    "SET_READ_ONLY", "SET_READ_WRITE", "SAFE_READ_ONLY", "WRITE_REGISTRAR", "REMOVE_REGISTRAR",
     "CHANGES", "ANY", "SAME", "NEW_UPSTREAM", "NEW_DOWNSTREAM", "NEW_SYNC", "READ_ONLY_ON",
     "READ_ONLY_OFF", "NEW_SYNC_READ_ONLY_ON", "NEW_SYNC_READ_ONLY_OFF",
     "Transition", "TRANSITIONS", "IMPOSSIBLE", "ImpossibleTransition", "classify", "plan",
@@ -44,6 +44,7 @@ PROMOTE = "promote"
 SET_SYNC = "set_sync_standby"
 SET_READ_ONLY = "set_read_only"
 SET_READ_WRITE = "set_read_write"
+SAFE_READ_ONLY = "safe_read_only"
 WRITE_REGISTRAR = "write_registrar"
 REMOVE_REGISTRAR = "remove_registrar"
 
@@ -62,6 +63,9 @@ STEPS: dict[str, str] = {
     SET_SYNC: "set synchronous_standby_names to target.sync's application_name",
     SET_READ_ONLY: "set default_transaction_read_only = on",
     SET_READ_WRITE: "set default_transaction_read_only = off",
+    SAFE_READ_ONLY: "if PostgreSQL runs out of recovery (a primary, or a fork), make it take no writes: "
+                    "default_transaction_read_only = on, a sync that never connects, reload; one in recovery "
+                    "is a standby and stays as it is (a primary's config would remove its standby.signal)",
     WRITE_REGISTRAR: "publish the registrar node naming my pgUrl as the primary",
     REMOVE_REGISTRAR: "delete my registrar node if it exists",
 }
@@ -203,15 +207,17 @@ TRANSITIONS: list[Transition] = [
     _T(_F, _F, ANY, "I am fenced: make sure PostgreSQL is stopped", (STOP_PG,)),
     _T(_F, _F, SAME, "I am fenced: PostgreSQL stays stopped until I reconnect", ()),
     # ---- to safe mode ----
-    _T(_P, _M, ANY, "the shard is in safe mode: stop taking writes and keep serving reads",
-       (SET_READ_ONLY, RELOAD_PG)),
-    _T(_S, _M, ANY, "the shard is in safe mode: keep PostgreSQL as it is, a standby takes no writes", ()),
-    _T(_R, _M, ANY, "the shard is in safe mode: keep PostgreSQL as it is", ()),
-    _T(_U, _M, ANY, "the shard is in safe mode: keep PostgreSQL as it is, it takes no writes", ()),
+    _T(_P, _M, ANY, "the shard is in safe mode: stop taking writes and keep serving reads", (SAFE_READ_ONLY,)),
+    _T(_S, _M, ANY, "the shard is in safe mode: a standby takes no writes and stays as it is; one whose PostgreSQL "
+                    "runs out of recovery (a fork, a promotion cut short) is made read-only", (SAFE_READ_ONLY,)),
+    _T(_R, _M, ANY, "the shard is in safe mode: keep PostgreSQL as it is, read-only if it runs out of recovery",
+       (SAFE_READ_ONLY,)),
+    _T(_U, _M, ANY, "the shard is in safe mode: keep PostgreSQL as it is, read-only if it runs out of recovery",
+       (SAFE_READ_ONLY,)),
     _T(_D, _M, ANY, "the shard is in safe mode: PostgreSQL stays stopped", ()),
     _T(_F, _M, ANY, "the shard is in safe mode: PostgreSQL stays stopped", ()),
     _T(_M, _M, ANY, "the shard is in safe mode and I do not know my configuration: make sure PostgreSQL "
-                    "takes no writes", (SET_READ_ONLY, RELOAD_PG)),
+                    "takes no writes (a standby's configuration is kept)", (SAFE_READ_ONLY,)),
     _T(_M, _M, SAME, "the shard is still in safe mode: change nothing", ()),
 ]
 

@@ -90,6 +90,8 @@ class StepRunner:
                 await pg.start(ready_timeout=self.start_budget(target))
         elif step == T.RELOAD_PG:
             await pg.apply_pending()
+        elif step == T.SAFE_READ_ONLY:
+            await self._safe_read_only(target, members)
         elif step == T.PROMOTE:
             st = await pg.status() if pg.running else None
             if st is not None and not st.known:
@@ -104,6 +106,23 @@ class StepRunner:
                 await self.store.remove_registrar(self.me.pg_url)
         else:
             raise ValueError(f"unknown step {step!r}")
+
+    async def _safe_read_only(self, target: Target, members: tuple[str, ...]) -> None:
+        """Safe mode: a PostgreSQL out of recovery takes no writes (read-only, a sync that never
+        connects). One in recovery is a standby and keeps its configuration: a primary's would
+        remove its standby.signal, and its next start would fork it (the random simulation: a
+        sync forked as it detached for a switchover stayed read-write through safe mode)."""
+        pg = self.pg
+        if not pg.running:
+            return
+        st = await pg.status()
+        if not st.known:
+            raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): not making it "
+                               "read-only this cycle")
+        if st.in_recovery:
+            return
+        await pg.configure(self.primary_spec(target), members)
+        await pg.apply_pending()
 
     async def _configure_primary(self, target: Target, members: tuple[str, ...]) -> None:
         # A standby becomes primary by pg_promote (a new timeline, so that PostgreSQL

@@ -145,11 +145,16 @@ def test_standby_upstream_change_is_a_reload_not_a_restart():
     assert tr.steps == (T.CONFIGURE_STANDBY, T.RELOAD_PG)
 
 
-def test_safe_mode_takes_the_primary_read_only_and_touches_nothing_else():
-    assert T.plan(PRIMARY, Target(PRIMARY, sync=A, read_only=False), Target(SAFE_MODE)).steps == (
-        T.SET_READ_ONLY, T.RELOAD_PG)
-    for frm in (STANDBY, UNASSIGNED, DEPOSED, FENCED, REBUILD):
+def test_safe_mode_makes_whatever_runs_out_of_recovery_read_only_and_keeps_standbys_as_they_are():
+    """SAFE_READ_ONLY looks at PostgreSQL itself: a primary's config on a standby would remove its
+    standby.signal (a fork at its next start), and a standby's PostgreSQL may run out of recovery
+    (a fork, a promotion cut short) with writes on (test_steps.py covers the step)."""
+    assert T.plan(PRIMARY, Target(PRIMARY, sync=A, read_only=False), Target(SAFE_MODE)).steps == (T.SAFE_READ_ONLY,)
+    for frm in (STANDBY, UNASSIGNED, REBUILD, SAFE_MODE):
+        assert T.plan(frm, None, Target(SAFE_MODE)).steps == (T.SAFE_READ_ONLY,)
+    for frm in (DEPOSED, FENCED):  # PostgreSQL stopped
         assert T.plan(frm, None, Target(SAFE_MODE)).steps == ()
+    assert T.plan(SAFE_MODE, Target(SAFE_MODE), Target(SAFE_MODE)).steps == ()
 
 
 def test_render_table_lists_every_row():

@@ -1,0 +1,73 @@
+"""The safe-mode step (manatee.sitter.steps SAFE_READ_ONLY): what runs out of recovery is made
+read-only with a sync that never connects; a standby's configuration is never touched (a
+primary's would remove its standby.signal and fork it at its next start); unknown is no fact."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from manatee.shard import transitions as T
+from manatee.shard.state import SAFE_MODE, Target
+from manatee.sitter.steps import NO_SYNC_PLACEHOLDER, StepRunner
+from tests.factories import peer
+
+ME = peer("127.0.0.12")
+
+
+class Log:
+    def __getattr__(self, level):
+        return lambda event, **kw: None
+
+
+class Pg:
+    def __init__(self, running: bool, in_recovery: bool | None):
+        self.running = running
+        self.in_recovery = in_recovery
+        self.events: list[tuple] = []
+
+    async def status(self, sync_app=None):
+        known = self.in_recovery is not None
+        return SimpleNamespace(known=known, in_recovery=self.in_recovery, error=None if known else "timed out")
+
+    async def configure(self, spec, members):
+        self.events.append(("configure", spec))
+
+    async def apply_pending(self):
+        self.events.append(("reload",))
+        return "reloaded"
+
+
+def _step(pg: Pg, onwm: bool = False) -> None:
+    r = StepRunner(me=ME, pg=pg, store=None, dataset=None, log=Log(), clock=None,
+                   one_node_write_mode=onwm, ttl=30, on_restored=lambda: None)
+    asyncio.run(r.step(T.SAFE_READ_ONLY, Target(SAFE_MODE), ()))
+
+
+def test_a_postgres_out_of_recovery_is_made_read_only_with_a_sync_that_never_connects():
+    pg = Pg(True, False)  # the primary, or a standby that forked
+    _step(pg)
+    (kind, spec), reload = pg.events
+    assert kind == "configure" and reload == ("reload",)
+    assert spec.role == "primary" and spec.read_only is True and spec.sync_app_name == NO_SYNC_PLACEHOLDER
+
+
+def test_a_standby_in_recovery_keeps_its_configuration():
+    pg = Pg(True, True)
+    _step(pg)
+    assert pg.events == []
+
+
+def test_a_stopped_postgres_is_left_stopped():
+    pg = Pg(False, None)
+    _step(pg)
+    assert pg.events == []
+
+
+def test_an_unknown_status_changes_nothing_and_the_cycle_tries_again():
+    pg = Pg(True, None)
+    with pytest.raises(RuntimeError, match="cannot tell whether PostgreSQL is in recovery"):
+        _step(pg)
+    assert pg.events == []
