@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Coroutine
 
@@ -269,6 +269,9 @@ class Shard:
     def pg_fault(self, k, fault: str | None) -> None:
         """F18/F19/F22: the node's sitter runs on, its PostgreSQL is sick (None: cured)."""
         n = self.node(k)
+        if n.pg_fault == "replay_held" and fault != n.pg_fault and n.applied.upstream != n.conf.upstream:
+            n.applied = replace(n.applied, upstream=n.conf.upstream)  # the query ended: the walreceiver
+            n.streaming = False                                     # follows the upstream configured
         n.pg_fault = fault
         n.pg_hung = n.running and fault in ("hang", "hang_sticky")
         if fault == "no_start":  # it crashes (a full disk makes PostgreSQL PANIC) and cannot start again

@@ -20,6 +20,7 @@ import random
 
 import pytest
 
+from manatee.shard.decision import STEP_DOWN_BY
 from manatee.shard.latches import SPACE_WATCH_S
 from manatee.shard.state import PRIMARY, Freeze, Switchover
 from manatee.sitter.statememory import Memory
@@ -642,6 +643,27 @@ def test_F16_divergence_with_primary_gone_enters_safe_mode():
     assert sh.zk.state().primary.id == p.id
 
 
+def test_F16_a_sync_that_forks_as_it_detaches_for_a_switchover_takes_no_writes_in_safe_mode():
+    """Random simulation, seed 300745: the sync detached to take over a switchover (its config
+    already read-write for the promotion to come) and its PostgreSQL then ran out of recovery
+    (a fork). It put the shard in safe mode, whose transition kept a standby's PostgreSQL as it
+    was: read-write. Safe mode now makes whatever runs out of recovery read-only."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    _operator(sh, "switchover")
+    for _ in range(20):
+        sh.tick()
+        if getattr(s.sitter.last, "rule", None) == "sync.detach":
+            break
+    assert s.sitter.last.rule == "sync.detach" and not s.conf.read_only, sh.describe()
+    sh.fork(s)
+    sh.run(SESSION_TIMEOUT + 6)
+    assert sh.zk.error is not None and "diverged" in sh.zk.error["reason"], sh.describe()
+    assert s.running and s.mode == "primary" and s.role == "safe_mode", sh.describe()
+    assert not any(sh.writable(n) for n in sh.nodes), sh.describe()
+    assert s.conf.standby_signal is False and s.applied.read_only  # it runs as a primary: made read-only
+
+
 def test_freeze_stops_all_state_writes():
     sh = new_shard()
     p, s, a = sh.nodes
@@ -672,14 +694,17 @@ def test_one_node_write_mode_single_node():
 FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "partition_peers", "heal",
           "zk_down", "zk_up", "kill_pg", "pg_hang", "pg_hang_sticky", "pg_no_start", "pg_cure",
           "destroy_standby", "recycle_wal", "disk_low", "disk_room", "destroy_primary", "op_switchover",
-          "op_freeze", "op_unfreeze", "fork_standby")
+          "op_freeze", "op_unfreeze", "pg_replay_held", "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
     f = rng.choice(FAULTS if allow_fork else FAULTS[:-1])
     n = rng.choice(sh.nodes)
-    if f == "kill":
-        sh.kill(n)
+    if f == "kill":  # not the sync a step-down was released to (its restarted sitter could not show
+        st = sh.zk.state()  # that it holds every acknowledged write: a second fault, see design.md limits)
+        sw = st.switchover if st is not None else None
+        if not (sw is not None and sw.released and sw.by == STEP_DOWN_BY and sw.to == n.id):
+            sh.kill(n)
     elif f == "start":
         sh.start(n)
     elif f == "hang":
@@ -700,7 +725,7 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         sh.zk_up()
     elif f == "kill_pg":
         sh.kill_pg(n)
-    elif f in ("pg_hang", "pg_hang_sticky", "pg_no_start"):
+    elif f in ("pg_hang", "pg_hang_sticky", "pg_no_start", "pg_replay_held"):
         sh.pg_fault(n, f[3:])
     elif f == "pg_cure":
         sh.pg_fault(n, None)
