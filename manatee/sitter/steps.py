@@ -113,7 +113,9 @@ class StepRunner:
         remove its standby.signal, and its next start would fork it (the random simulation: a
         sync forked as it detached for a switchover stayed read-write through safe mode)."""
         pg = self.pg
-        if not pg.running:
+        if not pg.running:  # a stopped primary's files say read-only too, should anyone start it
+            if pg.has_data() and not pg.has_standby_signal():
+                await pg.configure(self.primary_spec(target), members)
             return
         st = await pg.status()
         if not st.known:

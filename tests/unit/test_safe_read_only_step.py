@@ -23,10 +23,17 @@ class Log:
 
 
 class Pg:
-    def __init__(self, running: bool, in_recovery: bool | None):
+    def __init__(self, running: bool, in_recovery: bool | None, signal: bool = False):
         self.running = running
         self.in_recovery = in_recovery
+        self.signal = signal
         self.events: list[tuple] = []
+
+    def has_data(self) -> bool:
+        return True
+
+    def has_standby_signal(self) -> bool:
+        return self.signal
 
     async def status(self, sync_app=None):
         known = self.in_recovery is not None
@@ -60,10 +67,14 @@ def test_a_standby_in_recovery_keeps_its_configuration():
     assert pg.events == []
 
 
-def test_a_stopped_postgres_is_left_stopped():
-    pg = Pg(False, None)
+def test_a_stopped_standby_is_untouched_and_a_stopped_primarys_files_say_read_only():
+    pg = Pg(False, None, signal=True)
     _step(pg)
     assert pg.events == []
+    pg = Pg(False, None)  # should anyone start it by hand, it takes no writes
+    _step(pg)
+    (kind, spec), = pg.events
+    assert kind == "configure" and spec.role == "primary" and spec.read_only is True
 
 
 def test_an_unknown_status_changes_nothing_and_the_cycle_tries_again():
