@@ -41,6 +41,7 @@ from typing import Any, Callable, Sequence
 from manatee.core.procs import pid_alive
 from manatee_testbed import grayfaults, network
 from manatee_testbed.grayfaults.diskfull import FaultNotApplied
+from manatee_testbed.grayfaults import replayhold
 from manatee_testbed.checks import (
     check_data,
     fetch_rows,
@@ -227,6 +228,21 @@ class Nemesis:
                     time.sleep(hold)
                 finally:
                     r.notes.append(f"state znode: {grayfaults.restore_state(self.sb)}")
+        elif p.kind == "report_sync_loss":  # a report holds the async's replay, then the sync dies
+            node = self.sb.st.node
+            rep, victim = t["async"][0], t["sync"]
+            r.target = f"{rep}(async, report)->{victim}(sync)"
+            report = inflict(f"hold {rep}'s replay with a report", replayhold.hold_replay,
+                             self.view.dsn(node(rep)), self.view.dsn(node(t["primary"])))
+            try:
+                inflict(f"kill {victim}", self.sb.kill, victim)
+                note = self._await_reaction(victim)
+                if note:
+                    r.notes.append(note)
+                self.sb.start(victim)
+            finally:
+                r.notes.append("the report " + ("outlived the fault" if replayhold.release_replay(report)
+                                                else "was ended"))
         elif p.kind == "double_failover":
             first, second = t["primary"], t["sync"]
             r.target = f"{first}(primary)->{second}(sync)"
