@@ -64,9 +64,9 @@ STEPS: dict[str, str] = {
     SET_READ_ONLY: "set default_transaction_read_only = on",
     SET_READ_WRITE: "set default_transaction_read_only = off",
     SAFE_READ_ONLY: "if PostgreSQL runs out of recovery (a primary, or a fork), make it take no writes: "
-                    "default_transaction_read_only = on, a sync that never connects, reload (a stopped one "
-                    "without standby.signal: its files only); one in recovery is a standby and stays as it "
-                    "is (a primary's config would remove its standby.signal)",
+                    "default_transaction_read_only = on, a sync that never connects, reload (a stopped one: "
+                    "its files only); one in recovery is a standby and stays as it is (a primary's config "
+                    "would remove its standby.signal); stopped or not answering: standby.signal says which",
     WRITE_REGISTRAR: "publish the registrar node naming my pgUrl as the primary",
     REMOVE_REGISTRAR: "delete my registrar node if it exists",
 }

@@ -113,18 +113,17 @@ class StepRunner:
         remove its standby.signal, and its next start would fork it (the random simulation: a
         sync forked as it detached for a switchover stayed read-write through safe mode)."""
         pg = self.pg
-        if not pg.running:  # a stopped primary's files say read-only too, should anyone start it
-            if pg.has_data() and not pg.has_standby_signal():
-                await pg.configure(self.primary_spec(target), members)
+        in_recovery = None
+        if pg.running:
+            st = await pg.status()
+            in_recovery = st.in_recovery if st.known else None
+        if in_recovery is None:  # stopped, or it did not answer (a storm): its files say what it runs as
+            in_recovery = pg.has_standby_signal() or not pg.has_data()
+        if in_recovery:
             return
-        st = await pg.status()
-        if not st.known:
-            raise RuntimeError(f"cannot tell whether PostgreSQL is in recovery ({st.error}): not making it "
-                               "read-only this cycle")
-        if st.in_recovery:
-            return
-        await pg.configure(self.primary_spec(target), members)
-        await pg.apply_pending()
+        await pg.configure(self.primary_spec(target), members)  # a stopped one's files, should anyone start it
+        if pg.running:
+            await pg.apply_pending()
 
     async def _configure_primary(self, target: Target, members: tuple[str, ...]) -> None:
         # A standby becomes primary by pg_promote (a new timeline, so that PostgreSQL
@@ -150,15 +149,22 @@ class StepRunner:
         reload; PostgreSQL ignores both until the promotion ends): the promoted node then waits
         for that sync from its first moment and, after a switchover, takes writes at once, with
         no reload between the promotion and the first commit. Usually the detach already
-        configured both (target.then) and nothing is reloaded here."""
-        st, _ver = await self.store.read_state()
-        if st is None or st.primary.id != self.me.id:
-            raise RuntimeError(f"not promoting: the state now names {st.primary.id if st else 'no'} primary")
+        configured both (target.then) and nothing is reloaded here. When something is, the state
+        is read again after the reload, right before the promotion: a sitter stopped during it (a
+        config write waiting on a slow disk) must not promote on a state read before it (the
+        random simulation: a node hung there promoted after the next two takeovers)."""
+        await self._still_primary()
         pg = self.pg
         if pg.spec is not None and pg.spec.role == "standby" and pg.spec.upstream is None:
             await pg.configure(self.standby_spec(Target(STANDBY, upstream=None, then=target)), members)
             await pg.apply_pending()  # a reload: synchronous_standby_names, default_transaction_read_only
+            await self._still_primary()
         await pg.promote()
+
+    async def _still_primary(self) -> None:
+        st, _ver = await self.store.read_state()
+        if st is None or st.primary.id != self.me.id:
+            raise RuntimeError(f"not promoting: the state now names {st.primary.id if st else 'no'} primary")
 
     async def restore(self, upstream: Peer | None) -> None:
         if upstream is None:

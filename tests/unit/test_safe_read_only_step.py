@@ -1,13 +1,12 @@
 """The safe-mode step (manatee.sitter.steps SAFE_READ_ONLY): what runs out of recovery is made
 read-only with a sync that never connects; a standby's configuration is never touched (a
-primary's would remove its standby.signal and fork it at its next start); unknown is no fact."""
+primary's would remove its standby.signal and fork it at its next start); with its status
+unknown, its files (standby.signal) say what it runs as."""
 
 from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
-
-import pytest
 
 from manatee.shard import transitions as T
 from manatee.shard.state import SAFE_MODE, Target
@@ -77,8 +76,11 @@ def test_a_stopped_standby_is_untouched_and_a_stopped_primarys_files_say_read_on
     assert kind == "configure" and spec.role == "primary" and spec.read_only is True
 
 
-def test_an_unknown_status_changes_nothing_and_the_cycle_tries_again():
-    pg = Pg(True, None)
-    with pytest.raises(RuntimeError, match="cannot tell whether PostgreSQL is in recovery"):
-        _step(pg)
+def test_an_unknown_status_goes_by_the_files_a_crowded_primary_is_still_made_read_only():
+    pg = Pg(True, None, signal=True)  # started as a standby: nothing to do
+    _step(pg)
     assert pg.events == []
+    pg = Pg(True, None)  # no standby.signal: it runs as a primary (all its connection slots taken, say)
+    _step(pg)
+    (kind, spec), reload = pg.events
+    assert kind == "configure" and spec.read_only is True and reload == ("reload",)

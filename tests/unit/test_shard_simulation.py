@@ -700,10 +700,12 @@ FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "parti
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
     f = rng.choice(FAULTS if allow_fork else FAULTS[:-1])
     n = rng.choice(sh.nodes)
-    if f == "kill":  # not the sync a step-down was released to (its restarted sitter could not show
-        st = sh.zk.state()  # that it holds every acknowledged write: a second fault, see design.md limits)
-        sw = st.switchover if st is not None else None
-        if not (sw is not None and sw.released and sw.by == STEP_DOWN_BY and sw.to == n.id):
+    if f == "kill":  # not the sync a step-down was released to, nor the sync of a primary whose data is
+        st = sh.zk.state()  # gone: its restarted sitter could not show that it holds every acknowledged
+        sw = st.switchover if st is not None else None  # write (a second fault, see design.md limits)
+        released = sw is not None and sw.released and sw.by == STEP_DOWN_BY and sw.to == n.id
+        orphaned = st is not None and st.sync is not None and st.sync.id == n.id and not sh.node(st.primary.id).has_data
+        if not (released or orphaned):
             sh.kill(n)
     elif f == "start":
         sh.start(n)

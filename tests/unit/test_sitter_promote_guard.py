@@ -53,3 +53,22 @@ def test_no_promotion_when_the_state_cannot_be_read():
     with pytest.raises(Exception, match="not connected"):
         asyncio.run(s.steps.promote_if_still_primary(TARGET, ()))
     assert s.pg.calls == []
+
+
+def test_no_promotion_when_another_took_over_while_the_sync_reloaded():
+    """Random simulation, seed 1200440: a sitter stopped during the reload before its
+    promotion (after its state read) promoted on resuming, two takeovers later. The state is
+    read again after a reload."""
+    new = STATE.evolve(generation=STATE.generation + 1, primary=B, sync=C, async_=(A,))
+    s = _sitter(B, new, RoleSpec("standby", upstream=None))
+    later = new.evolve(generation=new.generation + 1, primary=C, sync=A, async_=(B,))
+    apply_pending = s.pg.apply_pending
+
+    async def reload_while_another_takes_over():
+        s.store.zk.set_raw(later.dumps())
+        return await apply_pending()
+
+    s.pg.apply_pending = reload_while_another_takes_over
+    with pytest.raises(RuntimeError, match="not promoting"):
+        asyncio.run(s.steps.promote_if_still_primary(TARGET, ()))
+    assert [c[0] for c in s.pg.calls] == ["configure", "apply_pending"]
