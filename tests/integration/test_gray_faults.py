@@ -716,8 +716,7 @@ def test_a_query_that_holds_the_asyncs_replay_does_not_hold_writes_when_the_sync
     streamed from nobody, and the primary stayed read-only until max_standby_streaming_delay
     (30 s) cancelled the report: 26 s without writes. As the sync, its sitter now ends the
     sessions that hold its replay (`sync_replay_unblocked`)."""
-    import psycopg2
-
+    from manatee_testbed.grayfaults import replayhold
     from tests.shard_ops import sql
 
     sh = shard
@@ -725,18 +724,10 @@ def test_a_query_that_holds_the_asyncs_replay_does_not_hold_writes_when_the_sync
     p, s, a = names(sh.topology())
     dsn = sh.find_primary()
     assert dsn, "no writable primary"
-    sql(dsn, "drop table if exists async_report", "create table async_report (id int)",
-        "insert into async_report values (1)")
-    sh.wait(lambda: sql(sh.dsn(sh.node(a)), "select count(*) from pg_class where relname = 'async_report'")[0] == 1,
-            10, f"the async {a} to replay the table")
-    holder = psycopg2.connect(sh.dsn(sh.node(a)), connect_timeout=3, application_name="report")
-    startup_wait = "select wait_event_type from pg_stat_activity where backend_type = 'startup'"
     w = sh.writer("async-report", commit_timeout=COMMIT_TIMEOUT_S).start()
+    report = None
     try:
-        with holder.cursor() as cur:
-            cur.execute("select count(*) from async_report")  # its transaction stays open
-        sql(dsn, "alter table async_report add column v int")
-        sh.wait(lambda: sql(sh.dsn(sh.node(a)), startup_wait)[0] == "Lock", 10, f"the report to hold {a}'s replay")
+        report = replayhold.hold_replay(sh.dsn(sh.node(a)), dsn, timeout=10)
         w.wait_for_acks(20, 30)
         log0 = len(sh.sitter_log(sh.node(a)))
         t0 = time.monotonic()
@@ -747,16 +738,15 @@ def test_a_query_that_holds_the_asyncs_replay_does_not_hold_writes_when_the_sync
         assert sh.topology()["sync"] == a, f"the async {a} is not the sync"
         assert "sync_replay_unblocked" in sh.sitter_log(sh.node(a))[log0:], "the sync did not end the report"
         assert first - t0 <= sh.session_s + 2 + LOADED_SLACK_S, f"writes resumed {first - t0:.1f} s after the kill"
-        with pytest.raises(psycopg2.Error), holder.cursor() as cur:
-            cur.execute("select 1")
+        assert not replayhold.release_replay(report), "the report's session outlived the takeover"
         sh.sb.start(s)
         sh.wait(lambda: sh.rejoined_at_tail(s), 150, f"the old sync {s} to rejoin at the tail and stream")
         w.wait_for_acks(20, 60)
     finally:
         w.stop()
-        holder.close()
+        replayhold.release_replay(report)
     sh.assert_checks(w, prev)
-    sql(sh.find_primary(), "drop table async_report")
+    sql(sh.find_primary(), f"drop table {replayhold.TABLE}")
 
 
 # ------------------------------------------------------------------- a sitter that crashes

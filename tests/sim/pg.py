@@ -46,11 +46,8 @@ class FakeClient:
         if "pg_terminate_backend" in sql:
             if not held:
                 return []
-            n = self.node
-            n.pg_fault = None
-            n.applied = replace(n.applied, upstream=n.conf.upstream)
-            n.streaming = False  # the walreceiver starts again, for the upstream configured
-            n.sessions_ended += 1
+            self.node.replay_released()
+            self.node.sessions_ended += 1
             return [{"pid": 4242, "app": "report", "ended": True}]
         if self.node is not None and self.node.pg_fault == "no_commit" and "manatee_write_probe" in sql:
             raise PgError("canceling statement due to statement timeout", timed_out=True)

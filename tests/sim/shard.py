@@ -122,6 +122,14 @@ class Node:
     refused_by: str | None = None
     pending: list = field(default_factory=list)
 
+    def replay_released(self) -> None:
+        """The query that held the replay ended: the walreceiver starts again, for the upstream
+        configured meanwhile (if that changed)."""
+        self.pg_fault = None
+        if self.applied.upstream != self.conf.upstream:
+            self.applied = replace(self.applied, upstream=self.conf.upstream)
+            self.streaming = False
+
     @property
     def id(self) -> str:
         return self.peer.id
@@ -269,9 +277,8 @@ class Shard:
     def pg_fault(self, k, fault: str | None) -> None:
         """F18/F19/F22: the node's sitter runs on, its PostgreSQL is sick (None: cured)."""
         n = self.node(k)
-        if n.pg_fault == "replay_held" and fault != n.pg_fault and n.applied.upstream != n.conf.upstream:
-            n.applied = replace(n.applied, upstream=n.conf.upstream)  # the query ended: the walreceiver
-            n.streaming = False                                     # follows the upstream configured
+        if n.pg_fault == "replay_held" and fault != n.pg_fault:
+            n.replay_released()
         n.pg_fault = fault
         n.pg_hung = n.running and fault in ("hang", "hang_sticky")
         if fault == "no_start":  # it crashes (a full disk makes PostgreSQL PANIC) and cannot start again
