@@ -11,6 +11,9 @@ Shell conventions that keep the table small:
 - When PG is not running although the current role wants it running (PG crashed, F5),
   the shell passes current_role="unassigned": the plan then starts it from scratch.
 - A PG left running in role "unassigned" is never a writable primary (P→U stops it).
+- A primary's step-down stop (Effect.STOP_TO_STEP_DOWN) is planned from "primary" whatever
+  the current role: a takeover whose promotion never ran leaves role "standby", and S→U would
+  leave the PG running that the step-down waits to see stopped.
 """
 
 from __future__ import annotations

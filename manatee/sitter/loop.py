@@ -1,14 +1,13 @@
 """The sitter's imperative shell: observe, ask the pure core, carry out its answer.
 
-Each cycle: gather an Observation (ZooKeeper session, election, persisted state, error node,
-PostgreSQL status, heartbeats) → `decide()` → write the state by compare-and-set (on a lost
-race, observe again) → carry out the decision's effects → `plan()` the local transition from
-the declarative table → run its steps → record history → publish a frozen SitterSnapshot.
-Every cycle that changes something logs one plain sentence of what was decided and why (the
-decision's `reason`) and the transition's comment.
+Each cycle: gather an Observation (ZooKeeper session, election, persisted state, error node, PostgreSQL
+status, heartbeats) → `decide()` → write the state by compare-and-set (on a lost race, observe again) →
+carry out the decision's effects → `plan()` the local transition from the declarative table → run its
+steps → record history → publish a frozen SitterSnapshot. Every cycle that changes something logs one
+plain sentence of what was decided and why (the decision's `reason`) and the transition's comment.
 
-The loop builds none of its I/O: it is given its store, ZooKeeper session, PostgreSQL,
-dataset and clock (manatee.sitter.ports); main.py wires the real ones, tests/sim fakes.
+The loop builds none of its I/O: it is given its store, ZooKeeper session, PostgreSQL, dataset and clock
+(manatee.sitter.ports); main.py wires the real ones, tests/sim fakes.
 """
 
 from __future__ import annotations
@@ -366,6 +365,8 @@ class Sitter:
         if current in (PRIMARY, STANDBY) and not obs.running:
             current = UNASSIGNED  # PG died (or was never started by us): start it again
             (self.log.warning if not self.failures else self.log.debug)("pg_not_running", role=self.role)
+        elif Effect.STOP_TO_STEP_DOWN in dec.effects:
+            current = PRIMARY  # e.g. a promotion cut short (role standby): primary -> unassigned stops it
         known = self.target if current == self.role and not self.config_unknown else None
         tr = T.plan(current, known, dec.target)
         if tr.steps:
@@ -438,10 +439,9 @@ class Sitter:
     # ------------------------------------------------------------------ shutdown, operator requests
 
     async def shutdown(self) -> None:
-        """SIGTERM/SIGINT: a primary hands over fast. Leaving the election at once lets the sync
-        see us gone now instead of after the session timeout (F2); PG is stopped with a fast
-        shutdown only after that, so nothing is acknowledged that the sync lacks (its commits
-        wait for the sync) and the sync is already taking over."""
+        """SIGTERM/SIGINT: a primary hands over fast. Leaving the election at once lets the sync see us gone
+        now instead of after the session timeout (F2); PG is stopped with a fast shutdown only after that, so
+        nothing is acknowledged that the sync lacks (its commits wait for the sync) and it is taking over."""
         was_primary = self.role == PRIMARY
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.leave(), 3)

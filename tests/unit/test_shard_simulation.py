@@ -22,7 +22,7 @@ import pytest
 
 from manatee.shard.decision import STEP_DOWN_BY
 from manatee.shard.latches import SPACE_WATCH_S
-from manatee.shard.state import PRIMARY, Freeze, Switchover
+from manatee.shard.state import PRIMARY, ClusterState, Freeze, Switchover
 from manatee.sitter.statememory import Memory
 from tests.sim.shard import (
     HB_TIMEOUT, HUNG_TICKS, PST_TICKS, SESSION_TIMEOUT, SETTLE, Node, Shard, Violation, acked_count_grows,
@@ -283,6 +283,34 @@ def test_unparsable_state_znode_no_destructive_step(then):
     sh.heal_all()
     sh.settle()
     assert not sh.lost_acknowledged() and acked_count_grows(sh)
+
+
+def test_takeover_whose_promotion_an_unreadable_state_held_steps_down_after_the_restore():
+    """The sync writes its takeover; the state znode turns to garbage before its promotion, whose
+    guard then cannot read it (unknown: no promotion). When an operator restores the state, its
+    PostgreSQL has been in recovery for longer than the step-down bound: it must stop it and step
+    down to its own sync, although its sitter's role is still standby (a promotion cut short).
+    The random simulation found it stuck for ever: standby -> unassigned left PostgreSQL running,
+    and the step-down waits for a stopped PostgreSQL."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    guard = s.sitter.steps._still_primary
+
+    async def garbage_first():
+        if sh.zk.lost is None:  # the takeover is written; garbage lands before the promotion
+            sh.zk.lost = sh.zk.state()  # what the sitters read last: what state-restore writes back
+            sh.zk.set_raw(b'{"generation": "not a number"')
+        await guard()
+    s.sitter.steps._still_primary = garbage_first
+    sh.kill(p)
+    sh.run(SESSION_TIMEOUT + PST_TICKS + 10)
+    assert sh.zk.lost.primary.id == s.id and s.mode == "standby" and not sh.promotions, sh.describe()
+    assert s.last_decision.rule == "state_unreadable.primary.cannot_serve", sh.describe()
+    sh.zk.set_raw(sh.zk.lost.dumps())  # manatee-adm state-restore
+    sh.start(p)
+    sh.settle()
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
+    assert sh.events(s, "stepped_down") and sh.zk.state().primary.id == a.id, sh.describe()
 
 
 def test_primary_that_cannot_serve_without_a_healthy_sync_keeps_trying():
@@ -694,14 +722,15 @@ def test_one_node_write_mode_single_node():
 FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "partition_peers", "heal",
           "zk_down", "zk_up", "kill_pg", "pg_hang", "pg_hang_sticky", "pg_no_start", "pg_cure",
           "destroy_standby", "recycle_wal", "disk_low", "disk_room", "destroy_primary", "op_switchover",
-          "op_freeze", "op_unfreeze", "pg_replay_held", "fork_standby")
+          "op_freeze", "op_unfreeze", "pg_replay_held", "zk_garbage", "zk_delete", "zk_wipe", "zk_fix",
+          "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
     f = rng.choice(FAULTS if allow_fork else FAULTS[:-1])
     n = rng.choice(sh.nodes)
     if f == "kill":  # not the sync a step-down was released to, nor the sync of a primary whose data is
-        st = sh.zk.state()  # gone: its restarted sitter could not show that it holds every acknowledged
+        st = _readable_state(sh)  # gone: its restarted sitter could not show that it holds every acknowledged
         sw = st.switchover if st is not None else None  # write (a second fault, see design.md limits)
         released = sw is not None and sw.released and sw.by == STEP_DOWN_BY and sw.to == n.id
         orphaned = st is not None and st.sync is not None and st.sync.id == n.id and not sh.node(st.primary.id).has_data
@@ -732,11 +761,11 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
     elif f == "pg_cure":
         sh.pg_fault(n, None)
     elif f == "destroy_standby":  # not while the primary's data is gone too (a second loss)
-        st = sh.zk.state()
+        st = _readable_state(sh)
         if st is not None and st.primary.id != n.id and n.role != PRIMARY and sh.node(st.primary.id).has_data:
             sh.destroy_data(n)
     elif f == "destroy_primary":  # a single fault: its sync has its whole WAL and its sitter has
-        st = sh.zk.state()         # seen it streaming from it (else the sync cannot show that it
+        st = _readable_state(sh)         # seen it streaming from it (else the sync cannot show that it
         s = sh.node(st.sync.id) if st is not None and st.sync is not None else None  # holds every
         if (st is not None and st.primary.id == n.id and s is not None and s.has_data  # acked write)
                 and s.sitter is not None and s.sitter.wal_from == n.id and n.log and s.log == n.log
@@ -751,10 +780,34 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         n.free = rng.choice((0, 1 << 20, 20 << 20))
     elif f == "disk_room":
         n.free = None
+    elif f in ("zk_garbage", "zk_delete") and sh.zk.up and _readable_state(sh) is not None:
+        if f == "zk_garbage":  # F21: an unparsable state; the sitters remember the last good one
+            sh.zk.lost = _readable_state(sh)
+            sh.zk.set_raw(b'{"generation": "not a number"')
+        else:  # the state znode deleted by hand
+            sh.zk.delete_state()
+    elif f == "zk_wipe" and sh.zk.up and _readable_state(sh) is not None and rng.random() < 0.3:  # ZooKeeper reinstalled empty (rarer)
+        sh.zk.wipe()
+    elif f == "zk_fix":
+        _state_restore(sh)
     elif f == "fork_standby":  # not while a primary's data is gone (its sync is the only copy)
-        st = sh.zk.state()
+        st = _readable_state(sh)
         if n.running and n.mode == "standby" and (st is None or sh.node(st.primary.id).has_data):
             sh.fork(n)
+
+
+def _readable_state(sh: Shard) -> ClusterState | None:
+    try:
+        return sh.zk.state()
+    except ValueError:
+        return None
+
+
+def _state_restore(sh: Shard) -> None:
+    """manatee-adm state-restore: a missing or unparsable state znode gets the newest state the
+    sitters read back (nobody can write a newer one meanwhile: the simulation keeps it as lost)."""
+    if sh.zk.up and sh.zk.lost is not None and _readable_state(sh) is None:
+        sh.zk.set_raw(sh.zk.lost.dumps())
 
 
 def _operator(sh: Shard, what: str) -> None:
@@ -792,6 +845,7 @@ def test_random_fault_sequences(batch):
                     _random_fault(sh, rng, allow_fork=seed % 5 == 0)
                 sh.tick()
             sh.heal_all()
+            _state_restore(sh)
             _operator(sh, "unfreeze")
             if sh.zk.error is None:
                 for _ in range(SETTLE):
