@@ -81,6 +81,28 @@ def test_delay_proxy_delays_each_chunk_and_keeps_order():
     assert 0.2 <= took < 1.5
 
 
+def test_delay_proxy_whose_time_is_up_removes_its_redirects_before_it_stops_listening():
+    """`flaky --for S`: when the time is up the proxy's `expire` (the nft redirects removed) runs
+    while it still listens; redirects left to a closed port cut the node off from ZooKeeper
+    instead of making it flaky (a sandbox trial: the session expired and the shard failed over)."""
+
+    async def run() -> list[bool]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            lp = s.getsockname()[1]
+        listening: list[bool] = []
+
+        def expire() -> None:
+            with socket.socket() as c:
+                listening.append(c.connect_ex(("127.0.0.1", lp)) == 0)
+        await gf.DelayProxy([(lp, "127.0.0.1", 9, "127.0.0.1")], 0.01).serve(0.05, None, expire)
+        with socket.socket() as c:
+            listening.append(c.connect_ex(("127.0.0.1", lp)) == 0)
+        return listening
+
+    assert asyncio.run(run()) == [True, False]
+
+
 @pytest.mark.parametrize("argv,cmd", [
     (["pg-hang", "a"], "pg-hang"), (["pg-resume", "a"], "pg-resume"), (["disk-full", "b"], "disk-full"),
     (["disk-lift", "b"], "disk-lift"), (["storm", "c", "--for", "30"], "storm"), (["storm-release", "c"], "storm-release"),

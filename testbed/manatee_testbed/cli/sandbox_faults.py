@@ -65,7 +65,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     c.add_argument("--delay-ms", type=int, default=200, metavar="MS",
                    help="latency added to new connections to ZooKeeper and from the peers (default 200; 0: none)")
     c.add_argument("--for", dest="for_s", type=float, default=300.0, metavar="S",
-                   help="the latency proxy ends by itself after S seconds (default 300)")
+                   help="after S seconds the latency proxy ends and removes the loss and its redirects "
+                        "(default 300; with --delay-ms 0 only `steady` ends the loss)")
     node_cmd("steady", "undo `flaky`")
     c = node_cmd("sitter-crash", "SIGKILL the node's sitter alone (PostgreSQL runs on) and start a new one, as "
                                  "a supervisor would")

@@ -9,9 +9,10 @@ import asyncio
 import signal
 import sys
 
-from manatee_testbed.grayfaults.flakynet import DelayProxy, parse_routes
+from manatee_testbed.grayfaults.flakynet import DelayProxy, heal_flaky, parse_routes
 from manatee_testbed.grayfaults.pgfaults import hold_storm, run_crash_loop
-from manatee_testbed.grayfaults.record import ready_file
+from manatee_testbed.grayfaults.record import ready_file, update
+from manatee_testbed.sandbox import Sandbox
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "crashloop":
         return run_crash_loop(a.data_dir, a.for_s, a.every, a.signal)
     proxy = DelayProxy(parse_routes(a.routes), a.delay_ms / 1000)
-    asyncio.run(proxy.serve(a.for_s, ready_file(a.dir, a.key)))
+    sb = Sandbox(a.dir)
+
+    def expire() -> None:  # time is up: the network steady again, not redirected to a closed port
+        heal_flaky(sb, a.key.split(":", 1)[1])
+        update(sb, a.key, None)
+    asyncio.run(proxy.serve(a.for_s, ready_file(a.dir, a.key), expire))
     return 0
 
 

@@ -11,7 +11,7 @@ import contextlib
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from manatee.core.procs import free_port
 from manatee_testbed import cgroups, network
@@ -123,6 +123,14 @@ def flaky(sb: Sandbox, name: str, loss_pct: int = 30, delay_ms: int = 200, for_s
 
 
 def unflaky(sb: Sandbox, name: str) -> bool:
+    had = heal_flaky(sb, name)
+    return stop_helper(sb, f"flaky:{name}") or had
+
+
+def heal_flaky(sb: Sandbox, name: str) -> bool:
+    """The loss and the redirects to the latency proxy removed (the proxy is left running);
+    also what the proxy runs itself when its time is up, so no connection is sent to a closed
+    port (which would cut the node off from ZooKeeper instead of making it flaky)."""
     node = sb.st.node(name)
     had = False
     with contextlib.suppress(network.NftError, OSError):
@@ -133,7 +141,6 @@ def unflaky(sb: Sandbox, name: str) -> bool:
         if f"table ip {name_t}" in out:
             network._nft(["delete", "table", "ip", name_t])
             had = True
-    had = stop_helper(sb, f"flaky:{name}") or had
     update(sb, f"net:{name}", None)
     return had
 
@@ -188,12 +195,16 @@ class DelayProxy:
 
         return handle
 
-    async def serve(self, for_s: float, ready: Path | None) -> None:
+    async def serve(self, for_s: float, ready: Path | None, expire: Callable[[], object] | None = None) -> None:
+        """Forward for `for_s` seconds; then `expire()` (the redirects removed) before the
+        listening sockets close, so that reconnecting clients go straight to their server."""
         servers = [await asyncio.start_server(self._handler(t, p, s), "127.0.0.1", lp)
                    for lp, t, p, s in self.routes]
         if ready is not None:
             ready.write_text("ok")
         await asyncio.sleep(for_s)
+        if expire is not None:
+            expire()
         for s in servers:
             s.close()
 
