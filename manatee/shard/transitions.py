@@ -11,9 +11,12 @@ Shell conventions that keep the table small:
 - When PG is not running although the current role wants it running (PG crashed, F5),
   the shell passes current_role="unassigned": the plan then starts it from scratch.
 - A PG left running in role "unassigned" is never a writable primary (P→U stops it).
-- A primary's step-down stop (Effect.STOP_TO_STEP_DOWN) is planned from "primary" whatever
-  the current role: a takeover whose promotion never ran leaves role "standby", and S→U would
-  leave the PG running that the step-down waits to see stopped.
+- `plan_from` gives the role to plan from: besides the crashed PG above, a PG that runs out
+  of recovery is planned from "primary" when my role is standby or unassigned and the target
+  is not primary (a fork: S→S would only reload it, and it would go on taking writes), and so
+  is a primary's step-down stop (Effect.STOP_TO_STEP_DOWN) whatever the role (a takeover whose
+  promotion never ran is still a standby, and S→U would leave running the PG that the
+  step-down waits to see stopped).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ __all__ = [
     "SET_READ_ONLY", "SET_READ_WRITE", "SAFE_READ_ONLY", "WRITE_REGISTRAR", "REMOVE_REGISTRAR",
     "CHANGES", "ANY", "SAME", "NEW_UPSTREAM", "NEW_DOWNSTREAM", "NEW_SYNC", "READ_ONLY_ON",
     "READ_ONLY_OFF", "NEW_SYNC_READ_ONLY_ON", "NEW_SYNC_READ_ONLY_OFF",
-    "Transition", "TRANSITIONS", "IMPOSSIBLE", "ImpossibleTransition", "classify", "plan",
+    "Transition", "TRANSITIONS", "IMPOSSIBLE", "ImpossibleTransition", "classify", "plan", "plan_from",
     "render_table",
 ]
 
@@ -281,6 +284,16 @@ def plan(current_role: str, current_target: Target | None, new_target: Target) -
     if t is None:  # a narrower row is missing: fall back to the full transition
         t = _INDEX[(current_role, new_target.role, ANY)]
     return t
+
+
+def plan_from(role: str, target_role: str, *, running: bool, out_of_recovery: bool, step_down_stop: bool) -> str:
+    """The current role the shell passes to `plan` (the conventions in the module's docstring).
+    `out_of_recovery`: PostgreSQL said so this cycle (an unanswered query is not a fork)."""
+    if role in (PRIMARY, STANDBY) and not running:
+        return UNASSIGNED
+    if running and (step_down_stop or (out_of_recovery and target_role != PRIMARY and role in (STANDBY, UNASSIGNED))):
+        return PRIMARY
+    return role
 
 
 def render_table() -> str:

@@ -176,6 +176,8 @@ class FakePg:
 
     async def promote(self) -> None:
         await self.world.pause_point(self.node)
+        if not self.node.running:  # killed meanwhile: pg_promote and the polls after it fail
+            raise PgError("could not connect to server: Connection refused")
         self.world.promote(self.node)
 
 

@@ -692,6 +692,33 @@ def test_F16_a_sync_that_forks_as_it_detaches_for_a_switchover_takes_no_writes_i
     assert s.conf.standby_signal is False and s.applied.read_only  # it runs as a primary: made read-only
 
 
+def test_a_detached_sync_that_forks_while_it_may_not_take_over_is_stopped_not_reloaded():
+    """Random simulation, seed 103100: a sync detached for a switchover (configured to take
+    writes once promoted) ran out of recovery while it could not write the state (its ZooKeeper
+    session lost). Its rule holds it as a standby, and standby -> standby only reloaded the
+    configuration: the fork went on taking writes, which its async acknowledged. A PostgreSQL
+    out of recovery where the state makes me no primary is now stopped as a primary's is."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    _operator(sh, "switchover")
+    for _ in range(20):
+        sh.tick()
+        if getattr(s.sitter.last, "rule", None) == "sync.detach":
+            break
+    assert s.sitter.last.rule == "sync.detach" and not s.conf.read_only, sh.describe()
+    sh.kill(a)  # nobody streams from it yet: the fork acknowledges nothing before its sitter looks
+    sh.partition(s, zk=True, peers=False)
+    sh.fork(s)
+    sh.run(3)
+    assert not (s.running and s.mode == "primary"), sh.describe()
+    assert s.last_decision.rule == "sync.diverged_cannot_write", sh.describe()
+    sh.heal(s)
+    sh.start(a)
+    sh.run(SESSION_TIMEOUT + 6)  # then as F16 above: its primary released and it forked, safe mode
+    assert sh.zk.error is not None and "diverged" in sh.zk.error["reason"], sh.describe()
+    assert not any(sh.writable(n) for n in sh.nodes) and not sh.lost_acknowledged(), sh.describe()
+
+
 def test_freeze_stops_all_state_writes():
     sh = new_shard()
     p, s, a = sh.nodes
@@ -790,9 +817,10 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         sh.zk.wipe()
     elif f == "zk_fix":
         _state_restore(sh)
-    elif f == "fork_standby":  # not while a primary's data is gone (its sync is the only copy)
-        st = _readable_state(sh)
-        if n.running and n.mode == "standby" and (st is None or sh.node(st.primary.id).has_data):
+    elif f == "fork_standby":  # not while a primary's data is gone (its sync is the only copy), nor a
+        st = _readable_state(sh)  # sync detached to take over, configured to take writes once promoted:
+        ready = not n.conf.read_only and n.conf.sync is not None  # promoted by someone else, it acks at once
+        if n.running and n.mode == "standby" and not ready and (st is None or sh.node(st.primary.id).has_data):
             sh.fork(n)
 
 

@@ -162,3 +162,32 @@ def test_render_table_lists_every_row():
     assert table.count("\n") == len(T.TRANSITIONS) + len(T.IMPOSSIBLE) + 1
     for t in T.TRANSITIONS:
         assert t.comment in table
+
+
+# -- plan_from: the role the shell plans from ------------------------------------------------
+@pytest.mark.parametrize("role", [PRIMARY, STANDBY])
+def test_plan_from_a_crashed_pg_starts_from_scratch(role):
+    assert T.plan_from(role, role, running=False, out_of_recovery=False, step_down_stop=False) == UNASSIGNED
+
+
+@pytest.mark.parametrize("role", [STANDBY, UNASSIGNED])
+@pytest.mark.parametrize("target", [STANDBY, UNASSIGNED, REBUILD, DEPOSED, FENCED, SAFE_MODE])
+def test_plan_from_a_forked_standby_is_stopped_as_a_running_primary(role, target):
+    """A PG that runs out of recovery where the state makes me no primary takes writes if its
+    configuration lets it (a sync detached for a switchover): S→S would only reload it."""
+    frm = T.plan_from(role, target, running=True, out_of_recovery=True, step_down_stop=False)
+    assert frm == PRIMARY
+    steps = T.plan(frm, None, Target(target)).steps
+    assert (steps[:1] == (T.STOP_PG,)) if target != SAFE_MODE else steps == (T.SAFE_READ_ONLY,)
+
+
+@pytest.mark.parametrize("role,target,running,out,stop,want", [
+    (STANDBY, PRIMARY, True, True, False, STANDBY),       # my own promotion, cut short: promote on
+    (STANDBY, STANDBY, True, False, False, STANDBY),      # an ordinary standby
+    (SAFE_MODE, SAFE_MODE, True, True, False, SAFE_MODE),  # safe mode's own step looks at PG itself
+    (REBUILD, STANDBY, True, True, False, REBUILD),
+    (STANDBY, UNASSIGNED, True, False, True, PRIMARY),    # a step-down whose promotion never ran
+    (PRIMARY, UNASSIGNED, True, False, True, PRIMARY),
+])
+def test_plan_from_keeps_the_role_unless_a_convention_applies(role, target, running, out, stop, want):
+    assert T.plan_from(role, target, running=running, out_of_recovery=out, step_down_stop=stop) == want
