@@ -12,11 +12,12 @@ Shell conventions that keep the table small:
   the shell passes current_role="unassigned": the plan then starts it from scratch.
 - A PG left running in role "unassigned" is never a writable primary (P→U stops it).
 - `plan_from` gives the role to plan from: besides the crashed PG above, a PG that runs out
-  of recovery is planned from "primary" when my role is standby or unassigned and the target
-  is not primary (a fork: S→S would only reload it, and it would go on taking writes), and so
-  is a primary's step-down stop (Effect.STOP_TO_STEP_DOWN) whatever the role (a takeover whose
-  promotion never ran is still a standby, and S→U would leave running the PG that the
-  step-down waits to see stopped).
+  of recovery is planned from "primary" when my role is standby (I made it one) and the target
+  is not primary (a fork: S→S would only reload it, and it would go on taking writes; a fresh
+  sitter's "unassigned" says nothing about what PG was, so a primary's PG is never stopped
+  on a restart's first, perhaps ZooKeeper-less, cycle), and so is a primary's step-down stop
+  (Effect.STOP_TO_STEP_DOWN) whatever the role (a takeover whose promotion never ran is still
+  a standby, and S→U would leave running the PG that the step-down waits to see stopped).
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ def plan_from(role: str, target_role: str, *, running: bool, out_of_recovery: bo
     `out_of_recovery`: PostgreSQL said so this cycle (an unanswered query is not a fork)."""
     if role in (PRIMARY, STANDBY) and not running:
         return UNASSIGNED
-    if running and (step_down_stop or (out_of_recovery and target_role != PRIMARY and role in (STANDBY, UNASSIGNED))):
+    if running and (step_down_stop or (out_of_recovery and target_role != PRIMARY and role == STANDBY)):
         return PRIMARY
     return role
 

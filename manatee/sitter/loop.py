@@ -361,8 +361,9 @@ class Sitter:
 
     async def _reach(self, obs: Observation, dec: Decision) -> None:
         """Run the transition from my current role to the decision's target."""
-        current = T.plan_from(self.role, dec.target.role, running=obs.running, step_down_stop=Effect.STOP_TO_STEP_DOWN
-                              in dec.effects, out_of_recovery=obs.pg_known and obs.in_recovery is False)
+        stop = Effect.STOP_TO_STEP_DOWN in dec.effects
+        current = T.plan_from(self.role, dec.target.role, running=obs.running, step_down_stop=stop,
+                              out_of_recovery=obs.pg_known and obs.in_recovery is False)
         if current == UNASSIGNED != self.role:  # PG died (or was never started by us): start it again
             (self.log.warning if not self.failures else self.log.debug)("pg_not_running", role=self.role)
         known = self.target if current == self.role and not self.config_unknown else None

@@ -170,12 +170,11 @@ def test_plan_from_a_crashed_pg_starts_from_scratch(role):
     assert T.plan_from(role, role, running=False, out_of_recovery=False, step_down_stop=False) == UNASSIGNED
 
 
-@pytest.mark.parametrize("role", [STANDBY, UNASSIGNED])
 @pytest.mark.parametrize("target", [STANDBY, UNASSIGNED, REBUILD, DEPOSED, FENCED, SAFE_MODE])
-def test_plan_from_a_forked_standby_is_stopped_as_a_running_primary(role, target):
+def test_plan_from_a_forked_standby_is_stopped_as_a_running_primary(target):
     """A PG that runs out of recovery where the state makes me no primary takes writes if its
     configuration lets it (a sync detached for a switchover): S→S would only reload it."""
-    frm = T.plan_from(role, target, running=True, out_of_recovery=True, step_down_stop=False)
+    frm = T.plan_from(STANDBY, target, running=True, out_of_recovery=True, step_down_stop=False)
     assert frm == PRIMARY
     steps = T.plan(frm, None, Target(target)).steps
     assert (steps[:1] == (T.STOP_PG,)) if target != SAFE_MODE else steps == (T.SAFE_READ_ONLY,)
@@ -186,6 +185,8 @@ def test_plan_from_a_forked_standby_is_stopped_as_a_running_primary(role, target
     (STANDBY, STANDBY, True, False, False, STANDBY),      # an ordinary standby
     (SAFE_MODE, SAFE_MODE, True, True, False, SAFE_MODE),  # safe mode's own step looks at PG itself
     (REBUILD, STANDBY, True, True, False, REBUILD),
+    (UNASSIGNED, UNASSIGNED, True, True, False, UNASSIGNED),  # a fresh sitter: PG may be the primary's
+    (UNASSIGNED, STANDBY, True, True, False, UNASSIGNED),
     (STANDBY, UNASSIGNED, True, False, True, PRIMARY),    # a step-down whose promotion never ran
     (PRIMARY, UNASSIGNED, True, False, True, PRIMARY),
 ])
