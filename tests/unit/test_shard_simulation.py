@@ -671,19 +671,26 @@ def test_F16_divergence_with_primary_gone_enters_safe_mode():
     assert sh.zk.state().primary.id == p.id
 
 
-def test_F16_a_sync_that_forks_as_it_detaches_for_a_switchover_takes_no_writes_in_safe_mode():
-    """Random simulation, seed 300745: the sync detached to take over a switchover (its config
-    already read-write for the promotion to come) and its PostgreSQL then ran out of recovery
-    (a fork). It put the shard in safe mode, whose transition kept a standby's PostgreSQL as it
-    was: read-write. Safe mode now makes whatever runs out of recovery read-only."""
+def _detached_for_a_switchover() -> tuple[Shard, list[Node]]:
+    """A shard whose sync has detached to take over a switchover (configured to take writes
+    the moment it is promoted)."""
     sh = new_shard()
-    p, s, a = sh.nodes
+    s = sh.nodes[1]
     _operator(sh, "switchover")
     for _ in range(20):
         sh.tick()
         if getattr(s.sitter.last, "rule", None) == "sync.detach":
             break
     assert s.sitter.last.rule == "sync.detach" and not s.conf.read_only, sh.describe()
+    return sh, sh.nodes
+
+
+def test_F16_a_sync_that_forks_as_it_detaches_for_a_switchover_takes_no_writes_in_safe_mode():
+    """Random simulation, seed 300745: the sync detached to take over a switchover (its config
+    already read-write for the promotion to come) and its PostgreSQL then ran out of recovery
+    (a fork). It put the shard in safe mode, whose transition kept a standby's PostgreSQL as it
+    was: read-write. Safe mode now makes whatever runs out of recovery read-only."""
+    sh, (p, s, a) = _detached_for_a_switchover()
     sh.fork(s)
     sh.run(SESSION_TIMEOUT + 6)
     assert sh.zk.error is not None and "diverged" in sh.zk.error["reason"], sh.describe()
@@ -698,14 +705,7 @@ def test_a_detached_sync_that_forks_while_it_may_not_take_over_is_stopped_not_re
     session lost). Its rule holds it as a standby, and standby -> standby only reloaded the
     configuration: the fork went on taking writes, which its async acknowledged. A PostgreSQL
     out of recovery where the state makes me no primary is now stopped as a primary's is."""
-    sh = new_shard()
-    p, s, a = sh.nodes
-    _operator(sh, "switchover")
-    for _ in range(20):
-        sh.tick()
-        if getattr(s.sitter.last, "rule", None) == "sync.detach":
-            break
-    assert s.sitter.last.rule == "sync.detach" and not s.conf.read_only, sh.describe()
+    sh, (p, s, a) = _detached_for_a_switchover()
     sh.kill(a)  # nobody streams from it yet: the fork acknowledges nothing before its sitter looks
     sh.partition(s, zk=True, peers=False)
     sh.fork(s)
