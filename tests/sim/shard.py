@@ -274,6 +274,15 @@ class Shard:
     def kill_pg(self, k) -> None:
         self.pg_stop(self.node(k))
 
+    def sitter_crash(self, k) -> None:
+        """The sitter alone is killed (PostgreSQL runs on) and a new one starts at once, with a
+        new ZooKeeper session (`manatee-sandbox sitter-crash`; SMF restarting the service)."""
+        n = self.node(k)
+        if n.alive:
+            self._halt(n)
+            n.hung = False
+            self._boot(n)
+
     def pg_fault(self, k, fault: str | None) -> None:
         """F18/F19/F22: the node's sitter runs on, its PostgreSQL is sick (None: cured)."""
         n = self.node(k)

@@ -719,6 +719,24 @@ def test_a_detached_sync_that_forks_while_it_may_not_take_over_is_stopped_not_re
     assert not any(sh.writable(n) for n in sh.nodes) and not sh.lost_acknowledged(), sh.describe()
 
 
+@pytest.mark.parametrize("who", [0, 1])
+def test_a_sitter_restarted_while_zookeeper_is_down_leaves_the_primary_serving(who):
+    """F10 with a sitter crash (the primary's or the sync's): the new sitter starts in role
+    unassigned and, without ZooKeeper, holds (bootstrap.wait_zk); the primary's PostgreSQL runs
+    out of recovery, which in role unassigned is not a fork (plan_from): writes go on."""
+    sh = new_shard()
+    p = sh.nodes[0]
+    sh.run(3)
+    sh.zk_down()
+    sh.sitter_crash(sh.nodes[who])
+    before = len(sh.acked)
+    sh.run(4)
+    assert len(sh.acked) > before and p.running and p.mode == "primary", sh.describe()
+    sh.zk_up()
+    sh.settle()
+    assert sh.zk.state().primary.id == p.id and not sh.promotions and not sh.lost_acknowledged()
+
+
 def test_freeze_stops_all_state_writes():
     sh = new_shard()
     p, s, a = sh.nodes
@@ -750,19 +768,19 @@ FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "parti
           "zk_down", "zk_up", "kill_pg", "pg_hang", "pg_hang_sticky", "pg_no_start", "pg_cure",
           "destroy_standby", "recycle_wal", "disk_low", "disk_room", "destroy_primary", "op_switchover",
           "op_freeze", "op_unfreeze", "pg_replay_held", "zk_garbage", "zk_delete", "zk_wipe", "zk_fix",
-          "fork_standby")
+          "sitter_crash", "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
     f = rng.choice(FAULTS if allow_fork else FAULTS[:-1])
     n = rng.choice(sh.nodes)
-    if f == "kill":  # not the sync a step-down was released to, nor the sync of a primary whose data is
-        st = _readable_state(sh)  # gone: its restarted sitter could not show that it holds every acknowledged
-        sw = st.switchover if st is not None else None  # write (a second fault, see design.md limits)
+    if f in ("kill", "sitter_crash"):  # not the sync a step-down was released to, nor the sync of a primary
+        st = _readable_state(sh)  # whose data is gone: its restarted sitter could not show that it holds
+        sw = st.switchover if st is not None else None  # every acknowledged write (a second fault, design.md)
         released = sw is not None and sw.released and sw.by == STEP_DOWN_BY and sw.to == n.id
         orphaned = st is not None and st.sync is not None and st.sync.id == n.id and not sh.node(st.primary.id).has_data
         if not (released or orphaned):
-            sh.kill(n)
+            (sh.kill if f == "kill" else sh.sitter_crash)(n)
     elif f == "start":
         sh.start(n)
     elif f == "hang":
