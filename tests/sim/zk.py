@@ -98,6 +98,12 @@ class SimZK:
         self.version += 1
         self.poke()
 
+    def garble(self) -> None:
+        """The state znode overwritten with bytes that do not parse (F21). The state it held is
+        kept as `lost`: what the sitters remember and `manatee-adm state-restore` writes back."""
+        self.lost = self.state()
+        self.set_raw(b'{"generation": "not a number"')
+
     def delete_state(self) -> None:
         """The state znode is deleted (an operator's mistake, or ZooKeeper lost its data)."""
         self.lost = self.state() or self.lost

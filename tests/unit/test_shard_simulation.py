@@ -298,8 +298,7 @@ def test_takeover_whose_promotion_an_unreadable_state_held_steps_down_after_the_
 
     async def garbage_first():
         if sh.zk.lost is None:  # the takeover is written; garbage lands before the promotion
-            sh.zk.lost = sh.zk.state()  # what the sitters read last: what state-restore writes back
-            sh.zk.set_raw(b'{"generation": "not a number"')
+            sh.zk.garble()
         await guard()
     s.sitter.steps._still_primary = garbage_first
     sh.kill(p)
@@ -827,8 +826,7 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         n.free = None
     elif f in ("zk_garbage", "zk_delete") and sh.zk.up and _readable_state(sh) is not None:
         if f == "zk_garbage":  # F21: an unparsable state; the sitters remember the last good one
-            sh.zk.lost = _readable_state(sh)
-            sh.zk.set_raw(b'{"generation": "not a number"')
+            sh.zk.garble()
         else:  # the state znode deleted by hand
             sh.zk.delete_state()
     elif f == "zk_wipe" and sh.zk.up and _readable_state(sh) is not None and rng.random() < 0.3:  # ZooKeeper reinstalled empty (rarer)
