@@ -32,6 +32,10 @@ pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(900)]
 SHARD = SharedShard("rejoin", 5000, undo=undo_faults, before_down=finish_fork_story)
 COMMIT_TIMEOUT_S = 3.0  # the writer abandons a commit to the killed primary after this long
 REJOIN_S = 300
+#: a topology unchanged this long after the sync's rebuild is the one the fork runs on (CI 2026-12-06:
+#: the primary named the async its sync 0.1 s after the rebuilt sync streamed, and the fork then
+#: stalled a node that was no longer the sync)
+SETTLE_S = 3.0
 
 
 def _guids(dataset: str) -> dict[str, str]:
@@ -62,6 +66,10 @@ def _sync_shares_with_primary(sh: Shard) -> tuple[str, str, str]:
         say(f"rebuild of the sync {s}: {r['path']} ({r['reason']}), {r['completed']} bytes")
         sh.wait(lambda: sh.topology()["sync"] and sh.streaming(sh.node(sh.topology()["sync"])), 90,
                 "a streaming sync")
+        gen = sh.zk_state()["generation"]
+        time.sleep(SETTLE_S)  # the primary may still replace the sync it lost during the rebuild
+        if sh.zk_state()["generation"] != gen:
+            continue
         p2, s2, a2 = names(sh.topology())
         fresh = set(_guids(sh.node(p2).dataset)) - before
         if p2 == p and fresh & set(_guids(sh.node(s2).dataset)):
