@@ -24,7 +24,7 @@ import statistics
 import time
 
 from manatee.core.pg import rewind
-from manatee.core.pgconfig import slot_name
+from manatee.core.slotname import slot_name
 from manatee.core.procs import free_port
 from manatee_testbed.postgres import PgNode
 

@@ -52,7 +52,6 @@ Choices that differ from the original Manatee (§1.6), and why:
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
@@ -71,6 +70,7 @@ from manatee.core.pgparams import (
     parse_settings,
 )
 from manatee.core.pgquote import check_role, conf_quote, ident_quote, render_conninfo
+from manatee.core.slotname import slot_name
 
 MANATEE_CONF = "manatee.conf"
 INCLUDE_LINE = f"include_if_exists = '{MANATEE_CONF}'"
@@ -289,25 +289,6 @@ def role_settings(rc: RoleConfig) -> dict[str, str]:
 def parameter_settings(rc: RoleConfig) -> dict[str, str]:
     """The operator's parameters as name → quoted value, rendered after PARAMETERS_MARKER."""
     return {k: v if _is_bare(v) else conf_quote(v) for k, v in rc.parameters}
-
-
-#: Every replication slot manatee creates is named with this prefix; others are never touched.
-SLOT_PREFIX = "manatee_"
-#: NAMEDATALEN - 1: PostgreSQL's longest slot name.
-MAX_SLOT_NAME = 63
-
-
-def slot_name(app_name: str) -> str:
-    """The physical replication slot a node streams through, named from its application_name
-    (its pg_url): lowercase [a-z0-9_] only, at most 63 characters, the same on the standby
-    (primary_slot_name) and on its upstream (which creates it). A name too long is cut and
-    made unique again with a hash of the whole."""
-    mangled = re.sub(r"[^a-z0-9]+", "_", app_name.lower()).strip("_")
-    name = SLOT_PREFIX + mangled
-    if len(name) <= MAX_SLOT_NAME:
-        return name
-    digest = hashlib.sha256(app_name.encode()).hexdigest()[:12]
-    return name[:MAX_SLOT_NAME - len(digest) - 1] + "_" + digest
 
 
 def primary_conninfo(rc: RoleConfig) -> str:

@@ -1,6 +1,6 @@
 """Physical replication slots an upstream keeps for its downstream (issue 11).
 
-Each node streams through a slot named from its application_name (``pgconfig.slot_name``):
+Each node streams through a slot named from its application_name (``slotname.slot_name``):
 the standby names it in ``primary_slot_name``, its upstream (the primary for the sync, the
 sync for the async) creates it, so a lagging or stopped downstream keeps its WAL up to
 ``max_slot_wal_keep_size``.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from manatee.core.pg.walpos import NODE_WAL_SQL
-from manatee.core.pgconfig import SLOT_PREFIX, slot_name
+from manatee.core.slotname import SLOT_PREFIX, slot_name
 
 SLOTS_TIMEOUT_S = 2.0
 

@@ -16,7 +16,8 @@ from typing import Any
 from manatee.core import pgconfig, pgquote
 from manatee.core.pg import DEFAULT_BINDIR, PgClient, PgError, PostgresProcess, ensure_private_dir, initdb, run_as
 from manatee.core.lsn import Lsn
-from manatee.core.pgconfig import ConfigChange, RoleConfig, slot_name
+from manatee.core.pgconfig import ConfigChange, RoleConfig
+from manatee.core.slotname import slot_name
 from manatee.shard.pgurl import PgUrl
 
 #: The operator-editable base configuration shipped with manatee.

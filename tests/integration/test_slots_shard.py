@@ -14,7 +14,7 @@ import time
 import psycopg2
 import pytest
 
-from manatee.core.pgconfig import slot_name
+from manatee.core.slotname import slot_name
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
 from tests.shard_ops import adm, set_pg_parameters
 

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from manatee.core.pgconfig import MAX_SLOT_NAME, RoleConfig, render_manatee_conf, slot_name
+from manatee.core.pgconfig import RoleConfig, render_manatee_conf
+from manatee.core.slotname import MAX_SLOT_NAME, slot_name
 from manatee.core.pgparams import parse_settings
 from manatee.sitter import slots
 from manatee.sitter.metrics import MetricsView, render_view
