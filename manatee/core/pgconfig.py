@@ -291,6 +291,16 @@ def parameter_settings(rc: RoleConfig) -> dict[str, str]:
     return {k: v if _is_bare(v) else conf_quote(v) for k, v in rc.parameters}
 
 
+#: tcp_user_timeout (ms) of a standby's walreceiver. PostgreSQL's walreceiver connects
+#: asynchronously and ignores connect_timeout, so a SYN lost on a flaky link is retried on the
+#: kernel's back-off (here 1 s four times, then 2, 4, 8, 16 s...): after 20 s of lost SYNs it
+#: streamed again 15.7 s after the link was fine (sandbox, 2026-12-06), long enough for the
+#: primary to replace a sync for it. With this bound the connect fails after 5 s, and the
+#: walreceiver starts again wal_retrieve_retry_interval later with a fresh SYN. It also ends an
+#: established connection whose own sends (its feedback) go unacknowledged for 5 s.
+WALRECEIVER_TCP_USER_TIMEOUT_MS = 5000
+
+
 def primary_conninfo(rc: RoleConfig) -> str:
     """libpq connection string a standby streams with; application_name names it upstream."""
     assert rc.upstream is not None
@@ -303,6 +313,7 @@ def primary_conninfo(rc: RoleConfig) -> str:
             ("password", rc.replication_password),
             ("application_name", rc.application_name),
             ("connect_timeout", 5),
+            ("tcp_user_timeout", WALRECEIVER_TCP_USER_TIMEOUT_MS),
             *rc.replication_ssl,
         ]
     )

@@ -31,17 +31,18 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from manatee.shard import latches
 from manatee_testbed import grayfaults as gf
-from manatee_testbed import zfspool
+from manatee_testbed import network, zfspool
 from manatee_testbed.grayfaults.pgfaults import pg_pids
 from manatee_testbed.proctable import cmdline, postmaster_pid
 from manatee_testbed.writer import WriterError
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, first_ack_on, longest_ack_gap, names, say
-from tests.shard_ops import adm
+from tests.shard_ops import adm, sql
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
@@ -794,3 +795,48 @@ def test_sitter_crash_on_standby_restarted_streams_again(shard: Shard, role: str
     _standby_fault(sh, f"sitter-crash-{role}", role, lambda n: sh.sb.crash_sitter(n, 0.5), lambda n: None,
                    hold_s=4.0, max_gap=3.0)
     assert _orphans_killed(sh, victim) == killed0 + 1
+
+
+# --- F23's reconnect: PostgreSQL's walreceiver connects asynchronously and ignores connect_timeout, so
+# the SYNs of a connect begun on a lossy link are retried on the kernel's back-off (on this kernel 1 s
+# four times, then 2, 4, 8, 16 s): after 20 s of lost SYNs it streamed again 15.7 s after the link
+# was fine (sandbox, 2026-12-06). primary_conninfo's tcp_user_timeout (5 s) ends such a connect and
+# PostgreSQL starts a new one wal_retrieve_retry_interval (1 s) later: measured 0.15 s.
+SYN_LOSS_S = 20.0
+STREAMS_AGAIN_S = 8.0  # without the bound: 14 s here (the next SYN at 34 s), 11 s on a kernel without linear retries
+SYN_TABLE = "manatee_syndrop"
+
+
+def _drop_syns(src_ip: str, dst_ip: str, dst_port: int) -> None:
+    """Drop every SYN from `src_ip` (as it leaves, after the sandbox's source NAT) to the port."""
+    name = network.table_name(src_ip, SYN_TABLE)
+    network._nft(["-f", "-"], f"table inet {name} {{\n  chain out {{\n"
+                 "    type filter hook postrouting priority 200; policy accept;\n"
+                 f"    ip saddr {src_ip} ip daddr {dst_ip} tcp dport {dst_port} tcp flags & (syn|ack) == syn drop\n"
+                 "  }\n}\n")
+
+
+def test_a_walreceiver_whose_syns_were_lost_streams_again_soon_after_the_link_is_fine(shard: Shard):
+    sh = shard
+    _p, s, a = names(sh.topology())
+    up, me = sh.node(s), sh.node(a)
+    pg_log = Path(me.mountpoint) / "postgresql.log"
+    timed_out0 = pg_log.read_text(errors="replace").count("Connection timed out")
+    try:
+        _drop_syns(me.ip, up.ip, up.pg_port)
+        ended = sql(sh.dsn(up), f"select count(pg_terminate_backend(pid)) from pg_stat_replication "
+                                f"where client_addr = '{me.ip}'")
+        assert ended == (1,), f"the async {a}'s walsender on {s}: {ended}"
+        t0 = time.monotonic()
+        sh.wait(lambda: not sh.streaming(me), 10, f"the async {a} to stop streaming")
+        time.sleep(max(0.0, SYN_LOSS_S - (time.monotonic() - t0)))
+        assert not sh.streaming(me), f"{a} streamed while its SYNs to {s} were dropped: the test proves nothing"
+    finally:
+        network.heal(me.ip, SYN_TABLE)
+    t1 = time.monotonic()
+    sh.wait(lambda: sh.streaming(me), 60, f"the async {a} to stream again")
+    took = time.monotonic() - t1
+    say(f"walreceiver reconnect: {a} streams from {s} again {took:.1f} s after {SYN_LOSS_S:.0f} s of lost SYNs")
+    assert took < STREAMS_AGAIN_S, f"{a} streamed again {took:.1f} s after its SYNs got through again"
+    timed_out = pg_log.read_text(errors="replace").count("Connection timed out") - timed_out0
+    assert timed_out >= 2, f"{a}'s PostgreSQL logged {timed_out} connects that timed out in {SYN_LOSS_S:.0f} s"

@@ -91,7 +91,8 @@ def test_primary_read_write_without_sync_and_options():
 def test_standby_streams_from_upstream_and_is_read_only():
     s = parse_settings(render_manatee_conf(standby(read_only=False)))
     assert s["primary_conninfo"] == (
-        "'host=10.0.0.1 port=5432 user=postgres application_name=tcp://postgres@10.0.0.2:5432/postgres connect_timeout=5'"
+        "'host=10.0.0.1 port=5432 user=postgres application_name=tcp://postgres@10.0.0.2:5432/postgres connect_timeout=5 "
+        "tcp_user_timeout=5000'"
     )
     assert s["recovery_target_timeline"] == "'latest'"
     assert s["synchronous_standby_names"] == "''"
@@ -117,7 +118,7 @@ def test_conninfo_quoting():
     s = parse_settings(render_manatee_conf(standby(replication_password="it's a \\ secret", replication_user="repl")))
     assert s["primary_conninfo"] == (
         r"'host=10.0.0.1 port=5432 user=repl password=''it\\''s a \\\\ secret'' "
-        r"application_name=tcp://postgres@10.0.0.2:5432/postgres connect_timeout=5'"
+        r"application_name=tcp://postgres@10.0.0.2:5432/postgres connect_timeout=5 tcp_user_timeout=5000'"
     )
 
 
