@@ -263,3 +263,22 @@ def test_the_keeper_takes_back_freed_space_and_ends_when_stopped_or_its_file_is_
     path.unlink()
     said = diskfull.fill_pages(str(path), create=False, hold_s=30)
     assert "the filler went" in said and not path.exists()
+
+
+def test_delay_proxy_upstream_socket_carries_the_clients_connect_bound():
+    """The proxy completes the client's handshake itself; its upstream socket carries the bound a
+    walreceiver's primary_conninfo sets (tcp_user_timeout), and leaves from the route's source."""
+    from manatee.core.pgconfig import WALRECEIVER_TCP_USER_TIMEOUT_MS
+    from manatee_testbed.grayfaults import flakynet
+
+    async def run() -> tuple[int, str]:
+        srv = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        _r, w = await flakynet._connect_bounded("127.0.0.1", port, "127.0.0.1")
+        sock = w.get_extra_info("socket")
+        got = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), sock.getsockname()[0]
+        w.close()
+        srv.close()
+        return got
+
+    assert asyncio.run(run()) == (WALRECEIVER_TCP_USER_TIMEOUT_MS, "127.0.0.1")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from manatee.core.pgconfig import WALRECEIVER_TCP_USER_TIMEOUT_MS
 from manatee.core.procs import free_port
 from manatee_testbed import cgroups, network
 from manatee_testbed.grayfaults.record import spawn_helper, stop_helper, update, wait_ready
@@ -148,7 +150,13 @@ def heal_flaky(sb: Sandbox, name: str) -> bool:
 class DelayProxy:
     """Forwards each route's connections after `delay` seconds per chunk, keeping order and
     pipelining (a chunk read at t is written at t + delay); the upstream connection leaves
-    from the route's source address (pg_hba and the partition rules see the real client)."""
+    from the route's source address (pg_hba and the partition rules see the real client).
+
+    The proxy completes the client's TCP handshake itself, so the client's own bound on a
+    connect whose SYNs are lost (a walreceiver's `tcp_user_timeout` in primary_conninfo) cannot
+    act: the client would wait, connected, while the proxy's connect waits on the kernel's SYN
+    back-off (18 s seen). The upstream socket therefore carries that bound (UPSTREAM_USER_TIMEOUT_MS),
+    and the client's connection is closed when the upstream one fails, as its own would."""
 
     def __init__(self, routes: list[tuple[int, str, int, str]], delay_s: float):
         self.routes = routes
@@ -187,7 +195,7 @@ class DelayProxy:
     def _handler(self, target: str, port: int, source: str):
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                ur, uw = await asyncio.open_connection(target, port, local_addr=(source, 0))
+                ur, uw = await _connect_bounded(target, port, source)
             except OSError:
                 writer.close()
                 return
@@ -207,6 +215,24 @@ class DelayProxy:
             expire()
         for s in servers:
             s.close()
+
+
+#: The clients' bound on a connect and on unacknowledged sends, in ms (see DelayProxy).
+UPSTREAM_USER_TIMEOUT_MS = WALRECEIVER_TCP_USER_TIMEOUT_MS
+
+
+async def _connect_bounded(target: str, port: int, source: str):
+    """asyncio.open_connection from `source`, the socket bounded by TCP_USER_TIMEOUT."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UPSTREAM_USER_TIMEOUT_MS)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (target, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
 
 
 def parse_routes(spec: str) -> list[tuple[int, str, int, str]]:
