@@ -160,6 +160,7 @@ def test_idle_flood_and_scrape_storm_do_not_stop_observation(shard: Shard):
     sitter_pid = P.pids["sitter"]
     fds: list[int] = []
     ages: list[float] = []
+    base_fds = len(os.listdir(f"/proc/{sitter_pid}/fd"))  # its ZooKeeper, PostgreSQL, logs, ...
     t0 = time.monotonic()
     flooder.start()
     for t in scrapers:
@@ -181,11 +182,15 @@ def test_idle_flood_and_scrape_storm_do_not_stop_observation(shard: Shard):
     say(f"flood: {flood.get('opened')} idle connections opened in {flood.get('open_s', 0):.1f}s "
         f"({flood.get('failed', 0)} failed); {len(scrapes)} scrapes in {time.monotonic() - t0:.0f}s, "
         f"{len(ok)} answered 200, slowest {max(ok or [0]):.2f}s; observation age max {max(ages):.2f}s "
-        f"over {len(ages)} /state reads; sitter descriptors max {max(fds)}")
+        f"over {len(ages)} /state reads; sitter descriptors max {max(fds)} (before the flood {base_fds})")
     interval = 1.0  # the sandbox's healthChkInterval is at most 1 s
     assert max(ages) < 3 * interval + 1, ages
     assert len(ok) >= 0.9 * len(scrapes) and len(scrapes) >= 0.8 * SCRAPES_PER_S * 20, (len(ok), len(scrapes))
     # The server is bounded: the sitter never holds the flood (statusServerCfg.maxConnections = 256).
-    assert max(fds) < 256 + 150, fds
+    # On top of what it held before the flood: the pool, and connections in passing — an accepted
+    # one joins the pool a turn of the loop after its accept batch (the listen backlog, 256 // 4),
+    # and an evicted one's socket closes a turn after its eviction: up to three batches. (Measured:
+    # 347 over the base locally; 402 in CI 2026-12-07, where the bound was 256 + 150 counting the base.)
+    assert max(fds) < base_fds + 256 + 3 * (256 // 4), (base_fds, fds)
     assert shard.zk_state()["generation"] == gen0
     assert names(shard.topology()) == (p, s, a)
