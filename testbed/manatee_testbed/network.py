@@ -163,6 +163,20 @@ def source_nat(ip: str, cgroup: str, table_prefix: str = SNAT_PREFIX) -> str:
     return name
 
 
+def drop_syns(src_ip: str, dst_ip: str, dst_port: int, table_prefix: str) -> str:
+    """Drop every connection attempt (SYN) from `src_ip` to `dst_ip`:`dst_port`, matched as the
+    packet leaves (after `source_nat`); established connections pass. Undo with `heal(src_ip,
+    table_prefix)`. Returns the table name."""
+    src_ip, dst_ip = _check_ip(src_ip), _check_ip(dst_ip)
+    name = table_name(src_ip, table_prefix)
+    _nft(["-f", "-"], f"add table inet {name}\ndelete table inet {name}\n"
+         f"table inet {name} {{\n  chain out {{\n"
+         f"    type filter hook postrouting priority 200; policy accept;\n"
+         f"    ip saddr {src_ip} ip daddr {dst_ip} tcp dport {int(dst_port)} tcp flags & (syn|ack) == syn drop\n"
+         f"  }}\n}}\n")
+    return name
+
+
 def remove_source_nat(ip: str, table_prefix: str = SNAT_PREFIX) -> bool:
     return heal(ip, table_prefix)
 

@@ -807,15 +807,6 @@ STREAMS_AGAIN_S = 8.0  # without the bound: 14 s here (the next SYN at 34 s), 11
 SYN_TABLE = "manatee_syndrop"
 
 
-def _drop_syns(src_ip: str, dst_ip: str, dst_port: int) -> None:
-    """Drop every SYN from `src_ip` (as it leaves, after the sandbox's source NAT) to the port."""
-    name = network.table_name(src_ip, SYN_TABLE)
-    network._nft(["-f", "-"], f"table inet {name} {{\n  chain out {{\n"
-                 "    type filter hook postrouting priority 200; policy accept;\n"
-                 f"    ip saddr {src_ip} ip daddr {dst_ip} tcp dport {dst_port} tcp flags & (syn|ack) == syn drop\n"
-                 "  }\n}\n")
-
-
 def test_a_walreceiver_whose_syns_were_lost_streams_again_soon_after_the_link_is_fine(shard: Shard):
     sh = shard
     _p, s, a = names(sh.topology())
@@ -823,7 +814,7 @@ def test_a_walreceiver_whose_syns_were_lost_streams_again_soon_after_the_link_is
     pg_log = Path(me.mountpoint) / "postgresql.log"
     timed_out0 = pg_log.read_text(errors="replace").count("Connection timed out")
     try:
-        _drop_syns(me.ip, up.ip, up.pg_port)
+        network.drop_syns(me.ip, up.ip, up.pg_port, SYN_TABLE)
         ended = sql(sh.dsn(up), f"select count(pg_terminate_backend(pid)) from pg_stat_replication "
                                 f"where client_addr = '{me.ip}'")
         assert ended == (1,), f"the async {a}'s walsender on {s}: {ended}"

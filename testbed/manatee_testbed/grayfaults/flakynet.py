@@ -155,7 +155,7 @@ class DelayProxy:
     The proxy completes the client's TCP handshake itself, so the client's own bound on a
     connect whose SYNs are lost (a walreceiver's `tcp_user_timeout` in primary_conninfo) cannot
     act: the client would wait, connected, while the proxy's connect waits on the kernel's SYN
-    back-off (18 s seen). The upstream socket therefore carries that bound (UPSTREAM_USER_TIMEOUT_MS),
+    back-off (18 s seen). The upstream socket therefore carries that bound (WALRECEIVER_TCP_USER_TIMEOUT_MS),
     and the client's connection is closed when the upstream one fails, as its own would."""
 
     def __init__(self, routes: list[tuple[int, str, int, str]], delay_s: float):
@@ -217,15 +217,11 @@ class DelayProxy:
             s.close()
 
 
-#: The clients' bound on a connect and on unacknowledged sends, in ms (see DelayProxy).
-UPSTREAM_USER_TIMEOUT_MS = WALRECEIVER_TCP_USER_TIMEOUT_MS
-
-
 async def _connect_bounded(target: str, port: int, source: str):
     """asyncio.open_connection from `source`, the socket bounded by TCP_USER_TIMEOUT."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UPSTREAM_USER_TIMEOUT_MS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, WALRECEIVER_TCP_USER_TIMEOUT_MS)
         sock.bind((source, 0))
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (target, port))
