@@ -87,6 +87,15 @@ AuthMethod = Literal["trust", "md5", "scram-sha-256", "cert"]
 SyncCommit = Literal["on", "remote_write", "remote_apply", "local", "off"]
 
 
+#: Default tcp_user_timeout (ms) of a standby's walreceiver (postgresMgrCfg.replicationTcpUserTimeout).
+#: The walreceiver connects asynchronously and ignores connect_timeout, so a lost SYN waits on
+#: the kernel's back-off (1 s four times, then 2, 4, 8, 16 s): after 20 s of lost SYNs it
+#: streamed again 15.7 s after the link was fine (sandbox, 2026-12-06). With the bound a connect
+#: fails after 5 s and is retried wal_retrieve_retry_interval later with a fresh SYN. It also
+#: ends a stream whose own sends (its feedback) go unacknowledged that long. 0: not set.
+WALRECEIVER_TCP_USER_TIMEOUT_MS = 5000
+
+
 @dataclass(frozen=True)
 class RoleConfig:
     """Everything that decides the role-dependent PostgreSQL configuration of one node."""
@@ -119,6 +128,8 @@ class RoleConfig:
     extra_replication_users: tuple[str, ...] = ()
     #: sslmode/sslrootcert/sslcert/sslkey of the standby's replication connection (None: libpq default).
     replication_ssl: tuple[tuple[str, str], ...] = ()
+    #: tcp_user_timeout (ms) of the standby's replication connection; 0: the kernel's own.
+    replication_tcp_user_timeout_ms: int = WALRECEIVER_TCP_USER_TIMEOUT_MS
     #: Addresses (IPs or CIDRs) of shard members allowed to replicate from this node.
     members: tuple[str, ...] = ()
     #: Networks allowed ordinary client connections; None = 127.0.0.1/32 and the members.
@@ -168,6 +179,8 @@ class RoleConfig:
             raise ValueError(f"RoleConfig.role: expected 'primary' or 'standby', got {self.role!r}")
         if not 0 < int(self.port) < 65536:
             raise ValueError(f"RoleConfig.port: out of range: {self.port}")
+        if not 0 <= int(self.replication_tcp_user_timeout_ms) <= 2**31 - 1:
+            raise ValueError(f"RoleConfig.replication_tcp_user_timeout_ms: out of range: {self.replication_tcp_user_timeout_ms}")
         if not os.path.isabs(str(self.socket_dir)):
             raise ValueError(f"RoleConfig.socket_dir: must be absolute: {self.socket_dir}")
         _check_app_name("application_name", self.application_name)
@@ -291,16 +304,6 @@ def parameter_settings(rc: RoleConfig) -> dict[str, str]:
     return {k: v if _is_bare(v) else conf_quote(v) for k, v in rc.parameters}
 
 
-#: tcp_user_timeout (ms) of a standby's walreceiver. PostgreSQL's walreceiver connects
-#: asynchronously and ignores connect_timeout, so a SYN lost on a flaky link is retried on the
-#: kernel's back-off (here 1 s four times, then 2, 4, 8, 16 s...): after 20 s of lost SYNs it
-#: streamed again 15.7 s after the link was fine (sandbox, 2026-12-06), long enough for the
-#: primary to replace a sync for it. With this bound the connect fails after 5 s, and the
-#: walreceiver starts again wal_retrieve_retry_interval later with a fresh SYN. It also ends an
-#: established connection whose own sends (its feedback) go unacknowledged for 5 s.
-WALRECEIVER_TCP_USER_TIMEOUT_MS = 5000
-
-
 def primary_conninfo(rc: RoleConfig) -> str:
     """libpq connection string a standby streams with; application_name names it upstream."""
     assert rc.upstream is not None
@@ -313,7 +316,7 @@ def primary_conninfo(rc: RoleConfig) -> str:
             ("password", rc.replication_password),
             ("application_name", rc.application_name),
             ("connect_timeout", 5),
-            ("tcp_user_timeout", WALRECEIVER_TCP_USER_TIMEOUT_MS),
+            *([("tcp_user_timeout", rc.replication_tcp_user_timeout_ms)] if rc.replication_tcp_user_timeout_ms else []),
             *rc.replication_ssl,
         ]
     )

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from manatee.core.config import ConfigModel, HttpServerCfg, check_secret_file, check_secret_mode, replaced_key, seconds
+from manatee.core.pgconfig import WALRECEIVER_TCP_USER_TIMEOUT_MS
 from manatee.core.zkconfig import ZkCfg
 from manatee.shard.latches import primary_start_timeout
 from manatee.shard.layout import registrar_path, shard_path
@@ -132,10 +133,17 @@ class PostgresMgrCfg(ConfigModel):
     healthChkTimeout: int = Field(5000, ge=500, le=600000, description="PG unhealthy after this long without a good check (ms)")
     opsTimeout: int = Field(60000, ge=1000, le=3600000, description="timeout of PG start/stop/promote (ms)")
     replicationTimeout: int = Field(60000, ge=1000, le=3600000, description="how long a new sync may take to catch up before it is reported stuck (ms)")
+    replicationTcpUserTimeout: int = Field(
+        WALRECEIVER_TCP_USER_TIMEOUT_MS, ge=0, le=600000,
+        description="tcp_user_timeout of a standby's replication connection (ms): a connect whose SYNs are lost, or a "
+                    "stream whose feedback goes unacknowledged, fails after this long and is retried a second later "
+                    "(PostgreSQL's walreceiver ignores connect_timeout, so without it a connect waits on the kernel's "
+                    "SYN back-off, 15 s and more); raise it for a long lossy link; 0 leaves the kernel's own; else ≥ 1000")
     health_interval_s = seconds("healthChkInterval")
     health_timeout_s = seconds("healthChkTimeout")
     ops_timeout_s = seconds("opsTimeout")
     replication_timeout_s = seconds("replicationTimeout")
+    replication_tcp_user_timeout_s = seconds("replicationTcpUserTimeout")
     oneNodeWriteMode: bool = Field(False, description="let a primary without a sync take writes (no durability guarantee)")
     synchronousCommit: Literal["on", "remote_write", "remote_apply"] = Field(
         "on", description="synchronous_commit on the primary: 'on' waits for the sync's flush")
@@ -169,6 +177,14 @@ class PostgresMgrCfg(ConfigModel):
     replicationAuth: ReplicationAuth
     adminAuth: AdminAuth | None = Field(None, description="TCP access for an administrative role (absent: the superuser only by the local socket)")
     zfsClientCfg: ZfsClientCfg
+
+    @field_validator("replicationTcpUserTimeout")
+    @classmethod
+    def _tcp_user_timeout(cls, v):
+        if 0 < v < 1000:
+            raise ValueError("must be 0 (the kernel's own) or at least 1000 ms: a shorter one cuts healthy streams "
+                             "whose feedback waits on a retransmission")
+        return v
 
     @field_validator("postgresConf")
     @classmethod

@@ -213,6 +213,7 @@ class PgManager:
             replication_password=auth.password,
             extra_replication_users=tuple(auth.migrationUsers),
             replication_ssl=tuple((k, v) for k, v in ssl.items() if v is not None),
+            replication_tcp_user_timeout_ms=p.replicationTcpUserTimeout,
             # bare addresses: one host each, /32 for IPv4 and /128 for IPv6
             members=tuple([*self.members, *auth.replicationCidrs]),
             client_cidrs=(tuple(["127.0.0.1/32", *self.members, *auth.clientCidrs])),

@@ -134,3 +134,25 @@ def test_migration_users_accepted_for_replication():
 def test_default_socket_dir_is_private_under_run():
     m = manager(cfg(socketDir=None), ())
     assert str(m.socket_dir) == "/run/manatee/10.0.0.1-5432"
+
+
+def _conninfo(c: SitterConfig) -> str:
+    from manatee.core.pgconfig import primary_conninfo
+    return primary_conninfo(manager(c, ("10.0.0.9",)).role_config(RoleSpec("standby", upstream=("10.0.0.9", 5432))))
+
+
+def test_the_replication_connections_tcp_user_timeout_is_the_operators():
+    """postgresMgrCfg.replicationTcpUserTimeout bounds a walreceiver's connect (it ignores
+    connect_timeout): 5 s by default, longer for a long lossy link, 0 for the kernel's own."""
+    assert cfg().postgresMgrCfg.replicationTcpUserTimeout == 5000
+    assert " tcp_user_timeout=5000" in _conninfo(cfg())
+    assert " tcp_user_timeout=30000" in _conninfo(cfg(replicationTcpUserTimeout=30000))
+    assert "tcp_user_timeout" not in _conninfo(cfg(replicationTcpUserTimeout=0))
+    assert "connect_timeout=5" in _conninfo(cfg(replicationTcpUserTimeout=0))
+
+
+@pytest.mark.parametrize("value, msg", [(999, "at least 1000 ms"), (-1, ""), (600001, ""), (True, "true/false")])
+def test_a_bad_replication_tcp_user_timeout_names_the_key(value, msg):
+    with pytest.raises(ConfigError) as e:
+        cfg(replicationTcpUserTimeout=value)
+    assert e.value.key == "postgresMgrCfg.replicationTcpUserTimeout" and msg in str(e.value)

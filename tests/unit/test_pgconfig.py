@@ -412,3 +412,14 @@ def test_shipped_base_template_has_no_role_settings():
     s = parse_settings(tpl.read_text())
     managed = set(parse_settings(render_manatee_conf(primary(cluster_name="x"))))
     assert s and not (set(s) & managed), set(s) & managed
+
+
+def test_a_standbys_tcp_user_timeout_follows_its_role_config():
+    """The walreceiver's bound is rendered from the role config; 0 leaves it out (the kernel's)."""
+    def conninfo(**kw):
+        return parse_settings(render_manatee_conf(standby(**kw)))["primary_conninfo"]
+    assert "tcp_user_timeout=5000" in conninfo()
+    assert "tcp_user_timeout=12000'" in conninfo(replication_tcp_user_timeout_ms=12000)
+    assert "tcp_user_timeout" not in conninfo(replication_tcp_user_timeout_ms=0)
+    with pytest.raises(ValueError, match="replication_tcp_user_timeout_ms"):
+        standby(replication_tcp_user_timeout_ms=-5)
