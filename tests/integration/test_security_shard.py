@@ -191,9 +191,11 @@ def test_idle_flood_and_scrape_storm_do_not_stop_observation(shard: Shard):
     # accepts a batch (the listen backlog, 256 // 4) in one turn of the loop and makes each a task;
     # the task makes its transport the next turn, which calls connection_made (joins the pool,
     # evicting one) the turn after; an evicted transport's socket closes the turn after its close().
-    # So while the flood lasts, three batches are in passing: accepted, transport made, evicted.
-    # (Measured: 347 over the base locally; 402 in CI 2026-12-07, where the bound was 256 + 150
-    # counting the base.)
-    assert max(fds) < base_fds + 256 + 3 * (256 // 4), (base_fds, fds)
+    # So while the flood lasts, at most three batches are in passing: accepted, transport made,
+    # evicted (the kernel queues at most a backlog's worth). The sitter's own descriptors may move
+    # by a few meanwhile (a PostgreSQL or ZooKeeper connection renewed): 8 for those. (Measured:
+    # 347 over the base locally; 402 in CI 2026-12-07, where the bound was 256 + 150 counting the
+    # base.)
+    assert max(fds) <= base_fds + 256 + 3 * (256 // 4) + 8, (base_fds, fds)
     assert shard.zk_state()["generation"] == gen0
     assert names(shard.topology()) == (p, s, a)
