@@ -18,6 +18,8 @@
                                                  re-create a missing state znode, or replace an
                                                  unreadable one, from what the live sitters
                                                  remember (adm_staterestore.py)
+    manatee-adm reap       --node NODE           forget a deposed former primary gone for good
+                                                 (adm_reap.py)
 
 The shard and ZooKeeper, as for every tool: -z/--zk ZK -s/--shard SHARD, -c sitter.json, or
 $MANATEE_ZK / $MANATEE_SHARD; the original's positional `COMMAND SHARD ZK` still works. A node
@@ -47,7 +49,7 @@ import time
 from typing import Callable, Sequence
 
 from manatee import __version__ as VERSION
-from manatee.cli import adm_pgconf, adm_restart, adm_staterestore
+from manatee.cli import adm_pgconf, adm_reap, adm_restart, adm_staterestore
 from manatee.cli import adm_view as V
 from manatee.cli.adm_ops import find_peer, request_switchover, set_freeze, set_primary, withdraw_switchover
 from manatee.cli.adm_probe import gather
@@ -309,7 +311,7 @@ def _positive(name: str) -> Callable[[str], float]:
 
 def build_parser() -> ArgParser:
     p = ArgParser(prog=TOOL, description="Operate a manatee shard: show, verify, pg-status, history, "
-                                         "freeze/unfreeze, switchover, rebuild, state-restore.")
+                                         "freeze/unfreeze, switchover, rebuild, state-restore, reap.")
     p.add_argument("--version", action="version", version=f"%(prog)s (manatee) {VERSION}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=ArgParser)
     sub.required = True
@@ -355,6 +357,7 @@ def build_parser() -> ArgParser:
     adm_pgconf.add_parsers(add, _positive)
     adm_restart.add_parsers(add, _positive)
     adm_staterestore.add_parsers(add, _positive)
+    adm_reap.add_parsers(add, _positive)
     return p
 
 
@@ -362,7 +365,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, ZkReader], int]] = {
     "show": cmd_show, "verify": cmd_verify, "pg-status": cmd_pg_status, "history": cmd_history,
     "freeze": cmd_freeze, "unfreeze": cmd_unfreeze, "switchover": cmd_switchover, "rebuild": cmd_rebuild,
     "set-primary": cmd_set_primary, **adm_pgconf.COMMANDS, **adm_restart.COMMANDS,
-    **adm_staterestore.COMMANDS,
+    **adm_staterestore.COMMANDS, **adm_reap.COMMANDS,
 }
 
 
@@ -411,7 +414,7 @@ def _run(args: argparse.Namespace, watchdogs: list[threading.Timer]) -> int:
     if budget is not None:
         watchdogs.append(_start_watchdog(TOOL, budget))
     with ZkReader(hosts, time.monotonic() + args.timeout) as zk:
-        if args.cmd not in ("switchover", "rebuild", "freeze", "unfreeze", "set-primary"):
+        if args.cmd not in ("switchover", "rebuild", "freeze", "unfreeze", "set-primary", "reap"):
             SyncShardStore(zk, args.shard).require()
         zk.deadline = time.monotonic() + args.timeout + (getattr(args, "wait", 0) or 0)
         return COMMANDS[args.cmd](args, zk)

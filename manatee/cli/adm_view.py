@@ -260,7 +260,8 @@ def _deposed_problem(n: NodeView) -> tuple[str, str]:
                 + ": clients that still use it read stale data and their commits never return (another node "
                   "is the primary now); start its sitter (it rejoins as a standby) or stop that PostgreSQL")
     return (WARNING, f"deposed {n.ip}: a former primary "
-            + ("waiting to rejoin the chain (rebuild it if it does not)" if n.live else "that is down"))
+            + ("waiting to rejoin the chain (rebuild it if it does not)" if n.live
+               else f"that is down (if it is gone for good: manatee-adm reap --node {n.ip})"))
 
 
 def weak_commit_line(w: Mapping[str, Any]) -> str:

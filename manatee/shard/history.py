@@ -20,7 +20,7 @@ from manatee.shard.state import PRIMARY, REBUILD, STANDBY, Peer, Target
 
 __all__ = [
     "ASSUME_LEADER", "NEW_LEADER", "NEW_STANDBY", "EXPIRED_STANDBY", "STEP_DOWN", "ACTIONS", "LEADER",
-    "STATE_RESTORED", "OPERATOR_ACTIONS", "state_restored_event",
+    "STATE_RESTORED", "REAPED", "OPERATOR_ACTIONS", "state_restored_event", "reaped_event",
     "STANDBY_ROLE", "HistoryEvent", "events_for", "step_down_event", "record_json", "record_data",
     "znode_prefix", "parse_record", "sort_records", "FIELDS",
 ]
@@ -34,7 +34,9 @@ ACTIONS = (ASSUME_LEADER, NEW_LEADER, NEW_STANDBY, EXPIRED_STANDBY, STEP_DOWN)
 #: what an operator's tool records (not a sitter's flip, so not among the sitters' ACTIONS):
 #: StateRestored: `manatee-adm state-restore` re-created a lost state znode
 STATE_RESTORED = "StateRestored"
-OPERATOR_ACTIONS = (STATE_RESTORED,)
+#: Reaped: `manatee-adm reap` removed a deposed former primary that is gone for good
+REAPED = "Reaped"
+OPERATOR_ACTIONS = (STATE_RESTORED, REAPED)
 LEADER = "Leader"
 STANDBY_ROLE = "Standby"
 FIELDS = ("time", "date", "ip", "action", "role", "master", "slave", "zkSeq")
@@ -126,6 +128,13 @@ def state_restored_event(primary: Peer, sync: Peer | None, generation: int, deta
     primary `primary`: ip, sync: slave); `detail` says who and from which sitters."""
     return HistoryEvent(time=now_ms, ip=primary.ip, action=STATE_RESTORED, role=LEADER,
                         slave=sync.ip if sync is not None else "", generation=generation, detail=detail)
+
+
+def reaped_event(peer: Peer, primary: Peer, generation: int, detail: str, now_ms: int) -> HistoryEvent:
+    """Reaped: an operator removed the deposed `peer` (ip) from the state of `generation`, whose
+    primary is `primary` (master); `detail` says who."""
+    return HistoryEvent(time=now_ms, ip=peer.ip, action=REAPED, role=STANDBY_ROLE, master=primary.ip,
+                        generation=generation, detail=detail)
 
 
 def _date(ms: int) -> str:

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -124,6 +125,50 @@ def test_freeze_stops_failover_until_unfreeze(shard: Shard):
         w.stop()
         if (sh.zk_state() or {}).get("freeze"):
             adm(sh, "unfreeze")
+    sh.assert_checks(w, prev, expect_leader=s, since_gen=prev["generation"])
+
+
+# ---------------------------------------------------------------------------------- reap
+def test_reap_forgets_a_deposed_primary_that_is_gone_and_it_may_still_come_back(shard: Shard):
+    """A primary killed for good stays deposed, and verify warns about it, naming reap; reap
+    removes it (same generation, a Reaped record); started again after all, it rejoins as a
+    newcomer at the tail. Reap refuses a node that is not deposed."""
+    sh = shard
+    prev = sh.zk_state()
+    p, s, a = names(sh.topology())
+    ip = sh.node(p).ip
+    w = sh.writer("reap").start()
+    try:
+        w.wait_for_acks(20, 60)
+        sh.sb.kill(p)
+        sh.wait(lambda: sh.topology()["primary"] == s and sh.writable(sh.node(s))
+                and ip in [d["ip"] for d in sh.zk_state()["deposed"]], 60, f"{s} to take over, {p} deposed")
+        r = adm(sh, "verify")
+        assert r.returncode == 1 and f"deposed {ip}: a former primary that is down (if it is gone for good: " \
+            f"manatee-adm reap --node {ip})" in r.stdout, r.stdout
+        r = adm(sh, "reap", "--node", sh.node(s).ip)
+        assert r.returncode == 1 and "is the primary, not a deposed former primary" in r.stderr, r.stderr
+        hba = Path(sh.node(s).data_dir) / "pg_hba.conf"
+        assert f"{ip}/32" in hba.read_text()  # a deposed node may still replicate (it may rejoin)
+        before = sh.zk_state()
+        r = adm(sh, "reap", "--node", ip)
+        assert r.returncode == 0 and f"removed {ip}" in r.stdout, (r.stdout, r.stderr)
+        after = sh.zk_state()
+        assert after["deposed"] == [] and after["generation"] == before["generation"], after
+        assert after["primary"] == before["primary"] and after["sync"] == before["sync"], after
+        [rec] = [x for x in sh.history() if x["action"] == "Reaped"]
+        assert rec["ip"] == ip and rec["generation"] == after["generation"], rec
+        r = adm(sh, "verify")
+        assert f"deposed {ip}" not in r.stdout, r.stdout
+        sh.wait(lambda: f"{ip}/32" not in hba.read_text(), 30, f"the primary's pg_hba.conf to drop {ip}")
+        w.wait_for_acks(20, 60)
+        say(f"reap: {p} reaped at generation {after['generation']}; starting it again")
+        sh.sb.start(p)
+        sh.wait(lambda: p in sh.topology()["async"] and sh.streaming(sh.node(p)), 150,
+                f"{p} to rejoin as an async after its reap")
+        w.wait_for_acks(10, 60)
+    finally:
+        w.stop()
     sh.assert_checks(w, prev, expect_leader=s, since_gen=prev["generation"])
 
 

@@ -75,6 +75,32 @@ def test_F1_old_primary_with_unreplicated_wal_is_rebuilt():
     assert any("rebuild" in line for line in sh.trace), sh.describe()
 
 
+def test_a_reaped_old_primary_that_comes_back_after_all_is_a_newcomer_and_is_rebuilt():
+    """manatee-adm reap removes a dead deposed former primary from the state (no new
+    generation). If it comes back with its forked WAL, it joins the tail as a newcomer and is
+    rebuilt: it never leads, and every acknowledged write stays (S2, S4)."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    sh.partition(s, zk=False, peers=True)  # the sync stops receiving: the primary holds WAL nobody has
+    sh.tick()
+    assert p.pending
+    sh.heal(s)
+    sh.kill(p)
+    sh.run(SESSION_TIMEOUT + 6)
+    st = sh.zk.state()
+    assert st.primary.id == s.id and [d.id for d in st.deposed] == [p.id]
+    _operator(sh, "reap")
+    reaped = sh.zk.state()
+    assert reaped == st.evolve(deposed=()) and reaped.generation == st.generation
+    assert acked_count_grows(sh)
+    sh.start(p)
+    sh.settle()
+    st = sh.zk.state()
+    assert st.primary.id == s.id and st.async_[-1].id == p.id and not st.deposed
+    assert any("rebuild" in line for line in sh.trace), sh.describe()
+    assert p.streaming and sh.lost_acknowledged() == [] and acked_count_grows(sh)
+
+
 def test_F3_kill_sync_async_becomes_sync_old_sync_rejoins_at_tail():
     sh = new_shard()
     p, s, a = sh.nodes
@@ -767,7 +793,7 @@ FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "parti
           "zk_down", "zk_up", "kill_pg", "pg_hang", "pg_hang_sticky", "pg_no_start", "pg_cure",
           "destroy_standby", "recycle_wal", "disk_low", "disk_room", "destroy_primary", "op_switchover",
           "op_freeze", "op_unfreeze", "pg_replay_held", "zk_garbage", "zk_delete", "zk_wipe", "zk_fix",
-          "sitter_crash", "fork_standby")
+          "sitter_crash", "op_reap", "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
@@ -855,7 +881,7 @@ def _state_restore(sh: Shard) -> None:
 
 
 def _operator(sh: Shard, what: str) -> None:
-    """manatee-adm switchover / freeze / unfreeze as the CLI writes them (its checks first)."""
+    """manatee-adm switchover / freeze / unfreeze / reap as the CLI writes them (its checks first)."""
     if not sh.zk.up:
         return
     try:
@@ -870,6 +896,9 @@ def _operator(sh: Shard, what: str) -> None:
         new = st.evolve(freeze=Freeze(reason="random", by="op"))
     elif what == "unfreeze" and st.frozen:
         new = st.evolve(freeze=None)
+    elif what == "reap" and sh.zk.error is None and (gone := [p for p in st.deposed if p.id not in {
+            q.id for q, _sid in sh.zk.election.values()}]):  # a deposed node without an election node
+        new = st.evolve(deposed=tuple(p for p in st.deposed if p.id != gone[0].id))
     else:
         return
     sh.zk.cas_state(new, sh.zk.version)
