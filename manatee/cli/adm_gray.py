@@ -139,6 +139,11 @@ def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: st
                     f"{what}: the role its sitter connects as is no longer a superuser (ALTER ROLE ... "
                     f"NOSUPERUSER): it cannot promote, reload or reset settings, so a failover or switchover "
                     f"would fail; give it back (ALTER ROLE ... SUPERUSER) as another superuser"))
+    arch = _section(sitter, "pg").get("archiveFailing")
+    if arch:  # a failing archive_command keeps WAL until the disk is full
+        out.append((sev_warn, f"{what}: archiving WAL fails (archive_command; last failure: {_line(arch)}): "
+                              f"PostgreSQL keeps every segment not archived, so its disk fills until the archive "
+                              f"takes WAL again; its PostgreSQL log says why"))
     paused = _section(sitter, "pg").get("replayPausedFor")
     if isinstance(paused, (int, float)):  # sandbox trial 2026-12-06: "ok" with the sync's replay paused
         out.append((sev_crit if role == "sync" else sev_warn,

@@ -115,6 +115,7 @@ class MetricsView:
     dataset_space: Mapping[str, int | None] | None = None  # {available, used, quota} bytes (quota 0: none)
     pg_observed_age_s: float | None = None                 # age of the cached PostgreSQL answers
     pg_pending_restart: int | None = None                  # settings only a restart applies (None: unknown)
+    pg_archive_failing: int | None = None                  # 1: archive_command fails (None: unknown)
     slots: tuple[Any, ...] = ()  # manatee's replication slots on this node (snapshot.slots: slots.Slot)
     # the gray-failure latches (snapshot.gray_latches; docs/operators-guide.md)
     write_probe_failures: int = 0
@@ -255,6 +256,10 @@ def _restore_and_pg_families(f: _Families, v: MetricsView) -> None:
         g("manatee_pg_pending_restart", "Settings PostgreSQL has read but only a restart applies "
                                         "(pg_settings.pending_restart; they apply at its next restart).",
           v.pg_pending_restart)
+    if v.pg_archive_failing is not None:
+        g("manatee_pg_archive_failing", "1 while archive_command has failed since it last succeeded "
+                                        "(pg_stat_archiver): the WAL not archived stays in pg_wal.",
+          v.pg_archive_failing)
     if v.pg_xid_age is not None:
         g("manatee_pg_xid_age", "Largest age(datfrozenxid) over the databases, in transactions: PostgreSQL "
                                 "refuses new transaction IDs 3 million short of 2^31 (wraparound).", v.pg_xid_age)
@@ -444,6 +449,7 @@ class MetricsCollector:
             zk_quarantined=len(s.quarantined),
             pg_observed_age_s=None if self._pg_at == -math.inf else time.monotonic() - self._pg_at,
             pg_pending_restart=len(pgs.pending_restart) if pg_up else None,
+            pg_archive_failing=int(pgs.archive_failing is not None) if pg_up else None,
             slots=tuple(s.slots or ()) if pg_up else (),
             write_probe_failures=s.write_probe_failures,
             wraparound_refused_s=None if s.wraparound_since is None else time.monotonic() - s.wraparound_since,

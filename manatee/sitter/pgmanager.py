@@ -37,6 +37,12 @@ LOG_READ_MAX = 4 << 20  # the newest part of PostgreSQL's log read each cycle (b
 
 
 
+#: The WAL segment archive_command last failed for, and when, while it has not succeeded since
+#: (pg_stat_archiver; NULL when archiving is off or works): PostgreSQL keeps every segment
+#: not archived, so a failing archive fills the disk.
+ARCHIVE_FAILING_SQL = ("(select case when last_failed_time > coalesce(last_archived_time, '-infinity')"
+                       " then last_failed_wal || ' at ' || last_failed_time::text end from pg_stat_archiver)")
+
 @dataclass(frozen=True)
 class PgStatus:
     running: bool
@@ -59,6 +65,7 @@ class PgStatus:
     wal_gone: str | None = None              # standby, not streaming: the segment my upstream removed (wal_gone_in)
     replay_paused: bool | None = None        # standby: pg_wal_replay_pause() asked (replaypause.py); None: unknown
     not_superuser: bool = False              # my role lost SUPERUSER (ALTER ROLE ... NOSUPERUSER): promote, reload fail
+    archive_failing: str | None = None       # archive_command failed since its last success: "<wal> at <time>"
 
     @property
     def known(self) -> bool:
@@ -395,6 +402,7 @@ class PgManager:
                 " (select timeline_id from pg_control_checkpoint()) as tli,"
                 " (select string_agg(name, ',' order by name) from pg_settings where pending_restart) as pending,"
                 " case when pg_is_in_recovery() then pg_is_wal_replay_paused() end as paused,"
+                f" {ARCHIVE_FAILING_SQL} as archive_failing,"
                 f"{ACCESS_SQL}", timeout=self.status_timeout)
         except pgmod.PgError as e:
             return await self._unknown(e)
@@ -443,7 +451,7 @@ class PgManager:
                         parameters_gen=gen, sync_flush_failed=flush_failed, disk_full=facts.disk_full,
                         wal_gone=facts.wal_gone if in_rec and not streaming else None,
                         replay_paused=bool(r.get("paused")) if in_rec else False,
-                        not_superuser=r.get("is_super") is False)
+                        not_superuser=r.get("is_super") is False, archive_failing=r.get("archive_failing"))
 
     async def _unknown(self, e: pgmod.PgError) -> PgStatus:
         """A check whose query failed: unknown, not "running as a primary" (in_recovery, wal,

@@ -125,6 +125,7 @@ def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
             "unhealthyFor": round(now - s.sick_since, 1) if s.sick_since else None,
             "replayPausedFor": round(now - s.replay_paused_since, 1) if s.replay_paused_since is not None else None,
             "notSuperuser": pgs.not_superuser,
+            "archiveFailing": pgs.archive_failing,
             "unhealthyWhy": s.sick_why, "cannotServe": s.cannot_serve,
             "hungKills": s.hung_kills, "heartbeatsWithheld": s.heartbeats_withheld,
             "pendingRestart": list(pgs.pending_restart), "parametersPending": pgs.parameters_gen != s.pg_parameters_gen},

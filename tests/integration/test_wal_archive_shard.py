@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
@@ -92,6 +93,14 @@ def test_the_archive_alone_recovers_every_acknowledged_write_across_a_failover(s
                 [(seg,)] = query(sh, sh.node(p), "select pg_walfile_name(pg_switch_wal())")
                 held.append(seg)
             w.wait_for_acks(20, 60)
+            # its sitter says so (pg_stat_archiver), and so do /metrics and verify
+            sh.wait(lambda: held[0] in str(sh.state_of(sh.node(p))["pg"].get("archiveFailing")), 30,
+                    f"{p}'s sitter to see its archiver fail")
+            r = adm(sh, "verify")
+            assert r.returncode == 1 and f"{sh.node(p).ip}: archiving WAL fails" in r.stdout, r.stdout
+            metrics = subprocess.run(["curl", "-s", f"{sh.node(p).status_url}/metrics"], capture_output=True,
+                                     text=True, timeout=10).stdout
+            assert re.search(r"^manatee_pg_archive_failing\{[^}]*\} 1\.0$", metrics, re.M), metrics[:3000]
             sh.sb.kill(p)
             sh.wait(lambda: sh.topology()["primary"] == s and sh.writable(sh.node(s)), 60, f"{s} to take over")
             w.wait_for_acks(50, 60)
@@ -137,6 +146,7 @@ def test_the_archive_alone_recovers_every_acknowledged_write_across_a_failover(s
         for n in (sh.node(s), sh.node(a)):
             [(failed, last)] = query(sh, n, "select failed_count, last_failed_wal from pg_stat_archiver")
             assert failed == 0, f"{n.name}'s archiver failed {failed} times (last {last})"
+            assert sh.state_of(n)["pg"]["archiveFailing"] is None, n.name
     finally:
         if restored:
             as_postgres(str(bindir / "pg_ctl"), "-D", str(backup), "-m", "immediate", "-w", "stop")

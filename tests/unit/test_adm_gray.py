@@ -328,3 +328,19 @@ def test_a_primary_holding_without_data_is_critical_with_its_sitters_reason(rule
     assert line.endswith(f"(no empty database is created): {why}"), line
     v.nodes[0].sitter = sitter_state(rule="primary.steady", reason="I take writes")
     assert not any("data directory is empty" in x for x in problems(v))
+
+
+@pytest.mark.parametrize("i", [0, 1, 2])
+def test_a_failing_wal_archive_is_a_warning_that_says_the_disk_fills(i):
+    """archive_command failing since its last success (pg_stat_archiver, the sitter's
+    pg.archiveFailing): nothing breaks yet, but every segment not archived stays in pg_wal."""
+    v = healthy()
+    n = v.nodes[i]
+    n.sitter = sitter_state("primary" if i == 0 else "standby", streaming=i > 0)
+    n.sitter["pg"]["archiveFailing"] = "00000001000000000000000A at 2026-12-07 02:35:00+00"
+    found = {p["message"]: p["severity"] for p in show_json(v)["problems"]}
+    line = next((m for m in found if "archiving WAL fails" in m), None)
+    assert line is not None and found[line] == "warning", found
+    assert "00000001000000000000000A" in line and "disk fills" in line
+    n.sitter["pg"]["archiveFailing"] = None
+    assert not any("archiving" in p["message"] for p in show_json(v)["problems"])

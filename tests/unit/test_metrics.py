@@ -215,3 +215,9 @@ def test_an_observation_older_than_the_session_timeout_is_not_trusted():
     assert writable_primary(_snap(**prim, **stale)) is False
     assert streaming_replica(_snap(**repl, **fresh)) is True
     assert streaming_replica(_snap(**repl, **stale)) is False
+
+
+def test_a_failing_archive_is_a_gauge_only_while_postgres_answers():
+    assert "manatee_pg_archive_failing" not in parse(render_view(primary_view(), NOW_MS))  # unknown: absent
+    assert value(parse(render_view(primary_view(pg_archive_failing=0), NOW_MS)), "manatee_pg_archive_failing") == 0
+    assert value(parse(render_view(primary_view(pg_archive_failing=1), NOW_MS)), "manatee_pg_archive_failing") == 1

@@ -107,3 +107,24 @@ def test_the_sitters_way_in_is_restored_on_a_read_write_primary_only(monkeypatch
     assert done[(False, True)] == done[(True, True)] == []
     assert done[(False, False)] == ["BEGIN; SET LOCAL synchronous_commit = local; ALTER ROLE CURRENT_USER LOGIN; "
                                     'ALTER DATABASE "postgres" ALLOW_CONNECTIONS true; COMMIT']
+
+
+def test_a_failing_archive_is_read_from_the_status_query(monkeypatch):
+    """pg_stat_archiver's last failure since the last success comes with the status (its SQL:
+    ARCHIVE_FAILING_SQL, checked against a real PostgreSQL in test_wal_archive_shard.py)."""
+    from manatee.sitter.pgmanager import ARCHIVE_FAILING_SQL
+
+    class _Archive(_Client):
+        def __init__(self, failing):
+            super().__init__(None)
+            self.failing = failing
+
+        async def query(self, sql, params=None, *, timeout=None):
+            if "pg_conf_load_time" in sql:
+                assert ARCHIVE_FAILING_SQL in sql
+                return [dict(STATUS_ROW, archive_failing=self.failing)]
+            return await super().query(sql, params, timeout=timeout)
+
+    for failing in ("00000001000000000000000A at 2026-12-07 02:35:00+00", None):
+        st = asyncio.run(_manager(monkeypatch, _Archive(failing)).status(None))
+        assert st.known and st.archive_failing == failing
