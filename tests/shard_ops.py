@@ -134,6 +134,14 @@ def standby_streaming(sh: Shard, name: str, role: str | None = None) -> bool:
     return bool(s and s.get("role") == place and sh.streaming(sh.node(name)))
 
 
+def start_and_rejoin(sh: Shard, name: str, after: str = "", limit: float = 150) -> None:
+    """Start `name`'s daemons and wait until it streams as an async (where a stopped or killed
+    node comes back)."""
+    sh.sb.start(name)
+    sh.wait(lambda: name in sh.topology()["async"] and sh.streaming(sh.node(name)), limit,
+            f"{name} to rejoin as an async{after}")
+
+
 def drop_tables(sh: Shard, *tables: str) -> None:
     """At the module's end: its bulk out of the shard that the next module may take over (a full
     rebuild there would send it all again)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
-from tests.shard_ops import adm
+from tests.shard_ops import adm, start_and_rejoin
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(1200)]
 
@@ -117,9 +117,7 @@ def test_freeze_stops_failover_until_unfreeze(shard: Shard):
                 f"the sync {s} to take over after unfreeze")
         say(f"freeze: {s} writable {time.monotonic() - t0:.2f}s after unfreeze")
         w.wait_for_acks(20, 60)
-        sh.sb.start(p)
-        sh.wait(lambda: p in sh.topology()["async"] and sh.streaming(sh.node(p)), 150,
-                f"{p} to rejoin as an async")
+        start_and_rejoin(sh, p)
         w.wait_for_acks(10, 60)
     finally:
         w.stop()
@@ -163,9 +161,7 @@ def test_reap_forgets_a_deposed_primary_that_is_gone_and_it_may_still_come_back(
         sh.wait(lambda: f"{ip}/32" not in hba.read_text(), 30, f"the primary's pg_hba.conf to drop {ip}")
         w.wait_for_acks(20, 60)
         say(f"reap: {p} reaped at generation {after['generation']}; starting it again")
-        sh.sb.start(p)
-        sh.wait(lambda: p in sh.topology()["async"] and sh.streaming(sh.node(p)), 150,
-                f"{p} to rejoin as an async after its reap")
+        start_and_rejoin(sh, p, " after its reap")
         w.wait_for_acks(10, 60)
     finally:
         w.stop()

@@ -24,7 +24,7 @@ import psycopg2
 import pytest
 
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
-from tests.shard_ops import adm, pg_setting, set_pg_parameters
+from tests.shard_ops import adm, pg_setting, set_pg_parameters, start_and_rejoin
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
@@ -141,8 +141,7 @@ def test_the_archive_alone_recovers_every_acknowledged_write_across_a_failover(s
         say(f"archive: the restored copy holds {len(have)} rows; {len(missing)} acknowledged before the switch missing")
         assert not missing, f"{len(missing)} acknowledged writes not recovered from the archive: {missing[:20]}"
 
-        sh.sb.start(p)
-        sh.wait(lambda: p in sh.topology()["async"] and sh.streaming(sh.node(p)), 150, f"{p} to rejoin")
+        start_and_rejoin(sh, p)
         for n in (sh.node(s), sh.node(a)):
             [(failed, last)] = query(sh, n, "select failed_count, last_failed_wal from pg_stat_archiver")
             assert failed == 0, f"{n.name}'s archiver failed {failed} times (last {last})"
