@@ -180,7 +180,8 @@ class RoleConfig:
         if not 0 < int(self.port) < 65536:
             raise ValueError(f"RoleConfig.port: out of range: {self.port}")
         if not 0 <= int(self.replication_tcp_user_timeout_ms) <= 2**31 - 1:
-            raise ValueError(f"RoleConfig.replication_tcp_user_timeout_ms: out of range: {self.replication_tcp_user_timeout_ms}")
+            raise ValueError("RoleConfig.replication_tcp_user_timeout_ms: out of range: "
+                             f"{self.replication_tcp_user_timeout_ms}")
         if not os.path.isabs(str(self.socket_dir)):
             raise ValueError(f"RoleConfig.socket_dir: must be absolute: {self.socket_dir}")
         _check_app_name("application_name", self.application_name)
