@@ -36,12 +36,12 @@ WAL_SEGMENT_MB = 1
 LOG_READ_MAX = 4 << 20  # the newest part of PostgreSQL's log read each cycle (bytes)
 
 
-
 #: The WAL segment archive_command last failed for, and when, while it has not succeeded since
 #: (pg_stat_archiver; NULL when archiving is off or works): PostgreSQL keeps every segment
 #: not archived, so a failing archive fills the disk.
 ARCHIVE_FAILING_SQL = ("(select case when last_failed_time > coalesce(last_archived_time, '-infinity')"
                        " then last_failed_wal || ' at ' || last_failed_time::text end from pg_stat_archiver)")
+
 
 @dataclass(frozen=True)
 class PgStatus:
