@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any, Awaitable, Callable, Mapping, Optional
+from typing import Any, Awaitable, Callable, Collection, Mapping, Optional
 
 from manatee.core.auth import ShardSecret
 from manatee.core.bases import BASES_PROP, MARK_TIMEOUT_S, Held, Mark, StaleCheck, held, is_marked, questions, stale_marks
@@ -34,6 +34,7 @@ PARALLEL_QUESTIONS = 4
 Ask = Callable[[str, str, SnapshotRef], Awaitable[SourceOffer]]
 # the members' addresses -> their backupserver URLs (raises when the membership cannot be read)
 PeerUrls = Callable[[], Awaitable[Mapping[str, str]]]
+Reaped = Callable[[], Awaitable[Collection[str]]]  # the addresses an operator reaped (ShardMembership.reaped)
 
 
 def http_asker(listen_host: str, secret: Optional[ShardSecret], ssl_context: Any = None,
@@ -50,10 +51,11 @@ class BaseMarkCheck:
 
     def __init__(self, zfs: Any, dataset: str, *, peer_urls: PeerUrls, ask: Ask, lock: asyncio.Lock,
                  log: Any, zfs_timeout: float = ZFS_TIMEOUT_S, ask_timeout: float = ASK_TIMEOUT,
-                 write_timeout: float = MARK_TIMEOUT_S) -> None:
+                 write_timeout: float = MARK_TIMEOUT_S, reaped: Optional[Reaped] = None) -> None:
         self.zfs = zfs
         self.dataset = dataset
         self.peer_urls = peer_urls
+        self.reaped = reaped
         self.ask = ask
         self.lock = lock
         self.log = log
@@ -92,11 +94,12 @@ class BaseMarkCheck:
             self.log.debug("base_check", dataset=self.dataset, marks=0)
             return None
         urls = dict(await asyncio.wait_for(self.peer_urls(), MEMBERS_TIMEOUT_S))
+        reaped = set(await asyncio.wait_for(self.reaped(), MEMBERS_TIMEOUT_S)) if self.reaped else set()
         asked = questions(marks, urls)[:MAX_QUESTIONS]
         answers = await self._answers(asked, urls) if asked else {}
         async with asyncio.timeout(self.write_timeout), self.lock:
             fresh = await self.zfs.snapshot_bases(self.dataset)
-            result = stale_marks(fresh, urls, answers, self.absent)
+            result = stale_marks(fresh, urls, answers, self.absent, reaped)
             await self._write(result)
         self.absent = result.absent
         kept = Counter(result.kept.values())

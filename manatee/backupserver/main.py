@@ -95,7 +95,7 @@ def start_base_check(config: BackupServerConfig, zfs: Zfs, sender: ZfsSender,
         return None
     server_cfg = config.backupServerCfg
     check = BaseMarkCheck(
-        zfs, config.backupSenderCfg.dataset, peer_urls=membership.backup_urls,
+        zfs, config.backupSenderCfg.dataset, peer_urls=membership.backup_urls, reaped=membership.reaped,
         ask=http_asker(server_cfg.host, secret, config.tls.client_context() if config.tls else None),
         lock=sender.mark_lock, log=log)
     return asyncio.get_running_loop().create_task(

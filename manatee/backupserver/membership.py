@@ -14,6 +14,7 @@ import ipaddress
 from typing import Any, Iterable, Optional
 from urllib.parse import urlsplit
 
+from manatee.shard.history import reaped_addresses
 from manatee.shard.layout import ShardLayout
 from manatee.shard.state import Peer, parse_election_nodes
 
@@ -97,6 +98,17 @@ class ShardMembership:
                 if (ip := ip_from_election_name(child)):
                     ips.add(ip)
         return ips
+
+    async def reaped(self) -> set[str]:
+        """The addresses an operator reaped that have not come back (history.reaped_addresses
+        over the history's znode names; no history: none). A failed read raises."""
+        try:
+            names = await self.zk.get_children(self.layout.history)
+        except Exception as e:  # noqa: BLE001 - classify
+            if _is_no_node(e):
+                return set()
+            raise MembershipUnavailable(f"reading {self.layout.history}: {type(e).__name__}: {e}") from e
+        return {_canonical(a) for a in reaped_addresses(names)}
 
     async def backup_urls(self) -> dict[str, str]:
         """Each member's address -> the URL of its backupserver (`backup_urls`); no election

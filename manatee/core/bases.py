@@ -201,18 +201,20 @@ KEPT_WHY = {
     "absent_once": "the peer does not hold it; released if it says so again at the next check",
     "unknown": "the peer could not be asked (timeout, error, an old backupserver)",
     "not_member": "the address is not a member of the shard now (or its election node names no "
-                  "backupserver URL on that address)",
+                  "backupserver URL on that address), and no operator reaped it",
     "unreadable": "the value is not a list of addresses",
 }
 
 
 def stale_marks(marks: Mapping[str, str], members: Collection[str], answers: Mapping[Mark, Held],
-                absent_before: Collection[Mark]) -> StaleCheck:
+                absent_before: Collection[Mark], reaped: Collection[str] = ()) -> StaleCheck:
     """Which marks to release: those whose peer answered NO now and at the previous check
     (`absent_before`, that check's `absent`). `marks` is `Zfs.snapshot_bases`' {snapshot:
     value}, read again just before writing; `members` the addresses we could ask; a member's
     mark without an answer counts as unknown. Anything but two NOs in a row keeps the mark,
-    and a YES or an unknown in between starts the count again."""
+    and a YES or an unknown in between starts the count again. A non-member's mark stays,
+    unless an operator reaped that address (`reaped`: history.reaped_addresses) and it has not
+    come back: then it goes at once."""
     released: list[tuple[str, str, str]] = []
     writes: dict[str, Optional[str]] = {}
     absent: set[Mark] = set()
@@ -226,7 +228,11 @@ def stale_marks(marks: Mapping[str, str], members: Collection[str], answers: Map
         for peer in sorted(peers):
             mark = (snap, peer)
             answer = answers.get(mark, Held.UNKNOWN)
-            if peer not in members:
+            if peer not in members and peer in reaped:
+                gone.add(peer)
+                released.append((snap, peer, "an operator reaped this node (manatee-adm reap) and it has "
+                                             "not come back"))
+            elif peer not in members:
                 kept[mark] = "not_member"
             elif answer is Held.YES:
                 kept[mark] = "holds"

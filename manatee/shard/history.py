@@ -20,7 +20,7 @@ from manatee.shard.state import PRIMARY, REBUILD, STANDBY, Peer, Target
 
 __all__ = [
     "ASSUME_LEADER", "NEW_LEADER", "NEW_STANDBY", "EXPIRED_STANDBY", "STEP_DOWN", "ACTIONS", "LEADER",
-    "STATE_RESTORED", "REAPED", "OPERATOR_ACTIONS", "state_restored_event", "reaped_event",
+    "STATE_RESTORED", "REAPED", "OPERATOR_ACTIONS", "state_restored_event", "reaped_event", "reaped_addresses",
     "STANDBY_ROLE", "HistoryEvent", "events_for", "step_down_event", "record_json", "record_data",
     "znode_prefix", "parse_record", "sort_records", "FIELDS",
 ]
@@ -130,10 +130,11 @@ def state_restored_event(primary: Peer, sync: Peer | None, generation: int, deta
                         slave=sync.ip if sync is not None else "", generation=generation, detail=detail)
 
 
-def reaped_event(peer: Peer, primary: Peer, generation: int, detail: str, now_ms: int) -> HistoryEvent:
-    """Reaped: an operator removed the deposed `peer` (ip) from the state of `generation`, whose
-    primary is `primary` (master); `detail` says who."""
-    return HistoryEvent(time=now_ms, ip=peer.ip, action=REAPED, role=STANDBY_ROLE, master=primary.ip,
+def reaped_event(ip: str, primary: Peer, generation: int, detail: str, now_ms: int) -> HistoryEvent:
+    """Reaped: an operator said the node at `ip` is gone for good (removed from the deposed
+    list of `generation`, or not in the state any more); `primary` (master) was the primary;
+    `detail` says who and what."""
+    return HistoryEvent(time=now_ms, ip=ip, action=REAPED, role=STANDBY_ROLE, master=primary.ip,
                         generation=generation, detail=detail)
 
 
@@ -199,6 +200,24 @@ def parse_record(name: str, data: bytes | str | Mapping[str, Any] | None = None)
         if k in rec:
             out[k] = rec[k]
     return out
+
+
+def reaped_addresses(names: Iterable[str]) -> frozenset[str]:
+    """The addresses an operator reaped (`manatee-adm reap`) that no history record has named
+    since: their newest mention, as ip, master or slave, is their own Reaped record. A node that
+    came back records flips again (and its upstream names it), so it is not among them. Names
+    that do not parse are skipped."""
+    recs = []
+    for n in names:
+        try:
+            recs.append(parse_record(n))
+        except ValueError:
+            continue
+    latest: dict[str, bool] = {}
+    for rec in sort_records(recs):
+        for a in {rec["ip"], rec["master"], rec["slave"]} - {""}:
+            latest[a] = rec["action"] == REAPED and rec["ip"] == a
+    return frozenset(a for a, reaped in latest.items() if reaped)
 
 
 def sort_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -146,11 +146,13 @@ def test_reap_forgets_a_deposed_primary_that_is_gone_and_it_may_still_come_back(
             f"manatee-adm reap --node {ip})" in r.stdout, r.stdout
         r = adm(sh, "reap", "--node", sh.node(s).ip)
         assert r.returncode == 1 and "is the primary, not a deposed former primary" in r.stderr, r.stderr
+        r = adm(sh, "reap", "--node", sh.node(a).ip)
+        assert r.returncode == 1 and "is the sync, not a deposed former primary" in r.stderr, r.stderr
         hba = Path(sh.node(s).data_dir) / "pg_hba.conf"
         assert f"{ip}/32" in hba.read_text()  # a deposed node may still replicate (it may rejoin)
         before = sh.zk_state()
         r = adm(sh, "reap", "--node", ip)
-        assert r.returncode == 0 and f"removed {ip}" in r.stdout, (r.stdout, r.stderr)
+        assert r.returncode == 0 and f"{ip}: removed from the deposed list" in r.stdout, (r.stdout, r.stderr)
         after = sh.zk_state()
         assert after["deposed"] == [] and after["generation"] == before["generation"], after
         assert after["primary"] == before["primary"] and after["sync"] == before["sync"], after

@@ -123,3 +123,31 @@ async def test_the_backupserver_runs_the_check_every_base_check_interval(env):
     # the check before the release saw B without the snapshot once (and released nothing then)
     checks = [e for e in events if e.get("event") == "base_check" and e.get("dataset") == ds_a]
     assert any(e.get("kept_absent_once") == 1 and e["released"] == 0 for e in checks), checks
+
+
+async def test_a_reaped_non_members_mark_is_released_at_once_until_it_is_named_again(env):
+    """`manatee-adm reap` records Reaped in the history; the check reads the history's names
+    (ShardMembership.reaped) and releases that address's marks at once, while a member's mark
+    stays. A node named by a newer record (it came back) keeps its marks."""
+    ip_a, ip_b, ip_c, ds_a, _b = await _a_streamed_to_b_and_c(env)
+    own = (await env.zfs.snapshot(ds_a, "1700000000000")).full
+    other = (await env.zfs.snapshot(ds_a, "1700000000001")).full
+    await env.zfs.set(own, "manatee:bases", NOT_A_MEMBER)
+    await env.zfs.set(other, "manatee:bases", "127.0.0.251")
+    marks = await _marks_by_peer(env, ds_a)
+    history = f"{env.shard}/history"
+    await env.zk.create(f"{history}/1000-{NOT_A_MEMBER}-Reaped-Standby-{ip_a}--", b"", sequence=True, makepath=True)
+    await env.zk.create(f"{history}/1001-127.0.0.251-Reaped-Standby-{ip_a}--", b"", sequence=True)
+    await env.zk.create(f"{history}/1002-127.0.0.251-NewLeader-Standby-{ip_a}--", b"", sequence=True)  # back
+    members = ShardMembership(env.zk, env.shard)
+    assert await members.reaped() == {NOT_A_MEMBER}
+
+    log = Log()
+    check = BaseMarkCheck(env.zfs, ds_a, peer_urls=members.backup_urls, reaped=members.reaped,
+                          ask=http_asker(ip_a, env.secret), lock=asyncio.Lock(), log=log)
+    result = await check.check()
+    assert [(s, p) for s, p, _ in result.released] == [(own, NOT_A_MEMBER)], (result, env.server_log())
+    assert await env.zfs.get(own, "manatee:bases") == "-"
+    assert await _marks_by_peer(env, ds_a) == {ip_b: marks[ip_b], ip_c: marks[ip_c], "127.0.0.251": other}
+    [released] = log.named("base_released")
+    assert released["peer"] == NOT_A_MEMBER and "reaped" in released["why"]

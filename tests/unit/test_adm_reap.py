@@ -52,7 +52,7 @@ def test_a_deposed_node_that_is_gone_leaves_the_state_and_the_history_says_so(ca
     data, version = zk.nodes[PATH]
     assert version == 1 and parse_state(data) == STATE.evolve(deposed=())  # same generation, same chain
     out = capsys.readouterr().out
-    assert f"removed {A.ip}" in out and "generation 4" in out and "manatee:bases" in out
+    assert f"{A.ip}: removed from the deposed list (generation 4)" in out and "base snapshots" in out
     [rec] = history(zk)
     assert rec["action"] == REAPED and rec["ip"] == A.ip and rec["master"] == B.ip and rec["generation"] == 4
     assert "manatee-adm reap" in rec["detail"]
@@ -65,7 +65,8 @@ def test_a_deposed_node_that_is_gone_leaves_the_state_and_the_history_says_so(ca
     (dict(), D.ip, "is the async, not a deposed former primary"),
     (dict(), C.ip, "is the sync, not a deposed former primary"),
     (dict(), B.ip, "is the primary, not a deposed former primary"),
-    (dict(), "10.9.9.9", "no node '10.9.9.9' in the shard state"),
+    (dict(), "zone-9", "no node 'zone-9' in the shard state"),  # not an address: nothing to forget
+    (dict(extra_names=("10.9.9.9:5432:10002:5433-0000000011",)), "10.9.9.9", "is in the election"),
     (dict(error=True), A.ip, "is in safe mode"),
 ])
 def test_anything_else_is_refused_and_nothing_written(capsys, zk_kw, node, why):
@@ -73,6 +74,17 @@ def test_anything_else_is_refused_and_nothing_written(capsys, zk_kw, node, why):
     assert run(zk, node) == 1
     assert why in capsys.readouterr().err
     assert zk.nodes[PATH] == (STATE.dumps(), 0) and history(zk) == []
+
+
+def test_a_node_the_state_no_longer_lists_is_recorded_as_reaped_without_a_state_write(capsys):
+    """An async that left (its sitter stopped, the primary dropped it from the chain): no state
+    to change, but the Reaped record lets the backupservers release its base marks."""
+    zk = shard_zk()
+    assert run(zk, "10.9.9.9") == 0
+    assert zk.nodes[PATH] == (STATE.dumps(), 0)
+    assert "10.9.9.9: not in the shard state; recorded as gone for good" in capsys.readouterr().out
+    [rec] = history(zk)
+    assert rec["action"] == REAPED and rec["ip"] == "10.9.9.9" and "not in the shard state" in rec["detail"]
 
 
 def test_a_sitter_writing_in_between_is_read_again_and_kept():

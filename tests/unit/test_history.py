@@ -5,7 +5,8 @@ import json
 import pytest
 
 from manatee.shard.history import (
-    HistoryEvent, events_for, parse_record, record_data, record_json, sort_records, znode_prefix,
+    HistoryEvent, events_for, parse_record, reaped_addresses, record_data, record_json, sort_records,
+    znode_prefix,
 )
 from manatee.shard.state import DEPOSED, FENCED, PRIMARY, REBUILD, SAFE_MODE, STANDBY, UNASSIGNED, Peer, Target
 from tests import factories
@@ -116,3 +117,22 @@ def test_event_validation():
         HistoryEvent(time=1, ip="1.2.3.4", action="NewLeader", role="Primary")
     with pytest.raises(ValueError, match="may not contain"):
         HistoryEvent(time=1, ip="fe80-1", action="NewLeader", role="Standby")
+
+
+def test_reaped_addresses_are_those_whose_newest_mention_is_their_reaped_record():
+    """A node reaped and never named since is gone; one that came back (its own flips, or
+    its upstream naming it) is not; the primary named as master of a Reaped record is not."""
+    names = [
+        "1000-10.0.0.1-AssumeLeader-Leader---0000000001",
+        "1001-10.0.0.2-NewStandby-Leader--10.0.0.3-0000000002",
+        "1002-10.0.0.2-AssumeLeader-Leader---0000000003",
+        "1003-10.0.0.1-Reaped-Standby-10.0.0.2--0000000004",
+        "1004-10.0.0.3-Reaped-Standby-10.0.0.2--0000000005",
+        "1005-10.0.0.3-NewLeader-Standby-10.0.0.2--0000000006",  # 10.0.0.3 came back
+        "1006-10.0.0.4-Reaped-Standby-10.0.0.2--0000000007",
+        "1007-10.0.0.2-NewStandby-Leader--10.0.0.4-0000000008",  # its upstream names 10.0.0.4 again
+        "not-a-history-node",
+    ]
+    assert reaped_addresses(names) == {"10.0.0.1"}
+    assert reaped_addresses(reversed(names)) == {"10.0.0.1"}  # by zkSeq, not listing order
+    assert reaped_addresses([]) == frozenset()

@@ -160,3 +160,16 @@ G = "1234567890"
 ])
 def test_held_from_an_answer(answer, expected):
     assert held(answer, G) is expected
+
+
+def test_a_reaped_address_that_is_not_a_member_is_released_at_once_and_only_its_part():
+    """An operator's `manatee-adm reap` (history.reaped_addresses) is the one word that releases
+    a non-member's mark; a member (it came back) keeps its mark whatever the history says."""
+    marks = {S1: f"{GONE},{C}", S2: GONE, S3: B}
+    result = stale_marks(marks, MEMBERS, {(S1, C): YES, (S3, B): YES}, frozenset(), reaped={GONE, B})
+    assert sorted((s, p) for s, p, _ in result.released) == [(S1, GONE), (S2, GONE)]
+    assert all("reaped" in why for _s, _p, why in result.released)
+    assert result.writes == {S1: C, S2: None}
+    assert result.kept == {(S1, C): "holds", (S3, B): "holds"}
+    unreaped = stale_marks(marks, MEMBERS, {}, frozenset())
+    assert unreaped.released == () and unreaped.kept[(S2, GONE)] == "not_member"
