@@ -30,21 +30,36 @@ from manatee.shard.history import reaped_event
 from manatee.shard.state import ClusterState
 from manatee.shard.syncstore import SyncShardStore
 
-__all__ = ["reap", "cmd_reap", "add_parsers", "COMMANDS"]
+__all__ = ["forget", "reap", "cmd_reap", "add_parsers", "COMMANDS"]
 
 
-def _named_in_election(store: SyncShardStore, ip: str, peer_id: str | None) -> list[str]:
-    """The election znodes that may be this node's: its id, or its address with any ports,
-    parsable or not."""
-    names = store.zk.children(store.layout.election) or []
-    return [n for n in names if n.split("-")[0] == peer_id or n.startswith(f"{ip}:")]
-
-
-def _refuse_live(store: SyncShardStore, ip: str, peer_id: str | None) -> None:
-    live = _named_in_election(store, ip, peer_id)
+def _refuse_live(election: list[str], ip: str, peer_id: str | None) -> None:
+    """Refuse a node that an election znode may belong to: its id, or its address with any
+    ports, parsable or not."""
+    live = [n for n in election if n.split("-")[0] == peer_id or n.startswith(f"{ip}:")]
     if live:
         raise CliError(f"{ip} is in the election ({', '.join(live)}): its sitter runs, and the primary places it "
                        f"by itself; stop its sitter first if it leaves for good")
+
+
+def forget(st: ClusterState, node: str, election: list[str]) -> tuple[ClusterState | None, str]:
+    """Pure: (the state without the deposed `node`, or None when the state no longer lists it;
+    its address), given the election's znode names. CliError says why it is refused."""
+    try:
+        p = find_peer(st, node)
+    except CliError:
+        ip = peer_key(node)
+        if ip is None:
+            raise
+        _refuse_live(election, ip, None)  # not in the state: only the history says it was reaped
+        return None, ip
+    place = st.place_of(p.id)
+    if place != "deposed":
+        raise CliError(f"{p.ip} is the {place}, not a deposed former primary or a node that left: reap "
+                       f"forgets only those (the primary or sync is replaced by a failover; stop an async's "
+                       f"sitter first and it leaves the chain)")
+    _refuse_live(election, p.ip, p.id)
+    return st.evolve(deposed=tuple(x for x in st.deposed if x.id != p.id)), p.ip
 
 
 def reap(zk: ZkReader, shard: str, node: str) -> tuple[ClusterState, str, bool]:
@@ -56,26 +71,13 @@ def reap(zk: ZkReader, shard: str, node: str) -> tuple[ClusterState, str, bool]:
     if rec.error is not None:
         raise CliError(f"shard {shard!r} is in safe mode: follow the runbook (set-primary leaves no deposed "
                        f"node); nothing written")
+    election = list(zk.children(store.layout.election) or [])
     found: list[str] = []
 
     def change(st: ClusterState) -> ClusterState | None:
-        try:
-            p = find_peer(st, node)
-        except CliError:
-            ip = peer_key(node)
-            if ip is None:
-                raise
-            _refuse_live(store, ip, None)  # not in the state: only the history says it was reaped
-            found[:] = [ip]
-            return None
-        place = st.place_of(p.id)
-        if place != "deposed":
-            raise CliError(f"{p.ip} is the {place}, not a deposed former primary or a node that left: reap "
-                           f"forgets only those (the primary or sync is replaced by a failover; stop an async's "
-                           f"sitter first and it leaves the chain)")
-        _refuse_live(store, p.ip, p.id)
-        found[:] = [p.ip]
-        return st.evolve(deposed=tuple(x for x in st.deposed if x.id != p.id))
+        new, ip = forget(st, node, election)
+        found[:] = [ip]
+        return new
 
     old, new = cas_state(zk, shard, change)
     assert found

@@ -317,7 +317,7 @@ def primary_conninfo(rc: RoleConfig) -> str:
             ("password", rc.replication_password),
             ("application_name", rc.application_name),
             ("connect_timeout", 5),
-            *([("tcp_user_timeout", rc.replication_tcp_user_timeout_ms)] if rc.replication_tcp_user_timeout_ms else []),
+            ("tcp_user_timeout", rc.replication_tcp_user_timeout_ms or None),  # 0: left out (the kernel's)
             *rc.replication_ssl,
         ]
     )

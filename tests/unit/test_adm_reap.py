@@ -10,7 +10,7 @@ import pytest
 
 from manatee.cli import adm, adm_reap
 from manatee.cli.adm_view import WARNING, NodeView, _deposed_problem
-from manatee.cli.common import one_line_failures
+from manatee.cli.common import CliError, one_line_failures
 from manatee.shard.history import REAPED, parse_record
 from manatee.shard.state import ClusterState, parse_state
 from manatee.shard.syncstore import BadVersion
@@ -111,3 +111,12 @@ def test_show_names_reap_for_a_deposed_node_that_is_down_and_not_for_one_rejoini
                              f"manatee-adm reap --node {A.ip})")
     sev, msg = _deposed_problem(NodeView("deposed", A.to_json(), live=True))
     assert sev == WARNING and "waiting to rejoin" in msg and "reap" not in msg
+
+
+def test_forget_is_pure_and_decides_from_the_state_and_the_election_names():
+    assert adm_reap.forget(STATE, A.ip, []) == (STATE.evolve(deposed=()), A.ip)
+    assert adm_reap.forget(STATE, "10.9.9.9", []) == (None, "10.9.9.9")
+    with pytest.raises(CliError, match="is in the election"):
+        adm_reap.forget(STATE, A.ip, [f"{A.id}-0000000003"])
+    with pytest.raises(CliError, match="is the sync"):
+        adm_reap.forget(STATE, C.ip, [])
