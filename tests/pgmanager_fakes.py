@@ -1,12 +1,13 @@
 """A PgManager without its __init__ (no config, no PostgreSQL) for unit tests of its parts:
 the attributes configure() and the log reading use, a log that records (level, event, kw),
-and write_role_config replaced by `write` (a callable taking anything)."""
+and write_role_config (in its writer's thread) replaced by `write` (a callable taking anything)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from manatee.sitter import pgmanager
+from manatee.sitter import configwriter
+from manatee.sitter.configwriter import ConfigWriter
 from manatee.sitter.pgmanager import PgManager
 
 
@@ -26,5 +27,6 @@ def bare_pg_manager(monkeypatch, write) -> PgManager:
     m.parameters_gen = m._written_gen = m._applied_gen = 0
     m.not_superuser = False
     m.role_config = lambda spec: None
-    monkeypatch.setattr(pgmanager, "write_role_config", write)
+    m.writer, m.ops_timeout = ConfigWriter(), 5.0
+    monkeypatch.setattr(configwriter, "write_role_config", write)
     return m

@@ -131,7 +131,7 @@ class PostgresMgrCfg(ConfigModel):
     socketDir: str | None = Field(None, description="unix socket directory (default: /run/manatee/<ip>-<postgresPort>, made 0700 for dbUser)")
     healthChkInterval: int = Field(1000, ge=100, le=60000, description="PG health check period (ms)")
     healthChkTimeout: int = Field(5000, ge=500, le=600000, description="PG unhealthy after this long without a good check (ms)")
-    opsTimeout: int = Field(60000, ge=1000, le=3600000, description="timeout of PG start/stop/promote (ms)")
+    opsTimeout: int = Field(60000, ge=1000, le=3600000, description="timeout of PG start/stop/promote and of writing its config files (ms)")
     replicationTimeout: int = Field(60000, ge=1000, le=3600000, description="how long a new sync may take to catch up before it is reported stuck (ms)")
     replicationTcpUserTimeout: int = Field(
         WALRECEIVER_TCP_USER_TIMEOUT_MS, ge=0, le=600000,

@@ -19,9 +19,10 @@ from manatee.core.lsn import Lsn
 from manatee.core.pg import rewind
 from manatee.core.pg.walpos import STANDBY_WAL_SQL
 from manatee.core.pgconfig import (
-    RoleConfig, install_base_config, parameter_settings, role_settings, write_role_config,
+    RoleConfig, install_base_config, parameter_settings, role_settings,
 )
 from manatee.sitter import promotion
+from manatee.sitter.configwriter import ConfigWriter
 from manatee.sitter.overrides import ACCESS_SQL, OverrideGuard
 from manatee.sitter.pglog import CROWDED, LogFacts, disk_full_in, diverged_in, wal_gone_in
 
@@ -123,6 +124,7 @@ class PgManager:
                                      query_timeout=self.health_timeout, persistent=True,
                                      application_name="manatee-sitter")
         self.config_error: str | None = None  # the last config write failed: why
+        self.writer = ConfigWriter()  # the files' fsyncs in a thread, never on the event loop
         self.spec: RoleSpec | None = None
         self.members: tuple[str, ...] = ()
         self._started_at: float | None = None
@@ -255,9 +257,11 @@ class PgManager:
         """Write PG's files for `spec`; what it takes to apply them waits for apply_pending()
         (or the next start, which reads them anyway)."""
         self.members = tuple(sorted(set(members) | {self.cfg.ip}))
+        gen = self.parameters_gen  # (a reload may set newer ones while the files are written)
         try:
-            change = write_role_config(self.data_dir, self.role_config(spec), user=self.user)
-        except OSError as e:
+            change = await self.writer.write(self.data_dir, self.role_config(spec), user=self.user,
+                                             timeout=self.ops_timeout)
+        except OSError as e:  # TimeoutError too: the disk stalls
             first = self.config_error != str(e)
             self.config_error = str(e)
             if first:  # logged once per change, not every cycle
@@ -269,7 +273,7 @@ class PgManager:
         if self.spec is None or (self.spec.role, self.spec.upstream) != (spec.role, spec.upstream):
             self._upstream_log_from = None
         self.spec = spec
-        self._written_gen = self.parameters_gen
+        self._written_gen = gen
         if self.running:
             self._restart_pending |= change.restart_needed
             self._reload_pending |= change.reload_needed
