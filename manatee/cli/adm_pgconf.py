@@ -75,18 +75,39 @@ def cmd_reload(args, zk) -> int:
                 pending[p.ip] = pg.get("pendingRestart") or []
                 break
             if time.monotonic() > deadline:
-                pending[p.ip] = None
+                pending[p.ip] = unconfirmed_why(code, s)
                 break
             time.sleep(POLL_S)
     for ip, names in pending.items():
-        if names is None:
-            print(f"{ip}: PostgreSQL's settings not confirmed applied within {args.wait:g}s")
+        if isinstance(names, str):
+            print(f"{ip}: PostgreSQL's settings not confirmed applied within {args.wait:g}s: {names}")
             failed.append(ip)
         elif names:
             print(f"{ip}: pending restart: {', '.join(names)} (applies at its next PostgreSQL restart)")
         else:
             _say(f"{ip}: PostgreSQL settings applied")
     return 1 if failed else 0
+
+
+def unconfirmed_why(code: int, state) -> str:
+    """Why a node's /state (HTTP `code`, body `state`) does not yet confirm the new settings."""
+    if code != 200 or not isinstance(state, dict):
+        return f"its sitter's /state did not answer ({code or 'no answer'})"
+    pg = state.get("pg")
+    restore = state.get("restore") or {}
+    cycles = state.get("cycles") or {}
+    if restore.get("phase") not in (None, "done", "failed"):
+        return f"it is being rebuilt ({restore.get('phase')})"
+    if pg is None:
+        return "its sitter has not looked at PostgreSQL yet"
+    if pg.get("configError"):
+        return f"its sitter cannot write PostgreSQL's config: {pg['configError']}"
+    if pg.get("known") is False:
+        return f"its PostgreSQL's status is unknown: {pg.get('error') or 'no answer'}"
+    if cycles.get("failedInARow"):
+        return f"its sitter's last {cycles['failedInARow']} cycles failed: {cycles.get('lastError')}"
+    return (f"its sitter has not reloaded PostgreSQL with them yet (PostgreSQL last looked at "
+            f"{state.get('pgObservedAgo')}s ago); run reload again, or see its /state and log")
 
 
 def add_parsers(add, positive) -> None:

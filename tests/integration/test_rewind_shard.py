@@ -41,7 +41,9 @@ def test_diverged_old_primary_rejoins_by_pg_rewind(shard: Shard):
     # the rewind fails, is rolled back, and P streams — seen when P kept 16 MB too)
     # (min_wal_size: the recycled segments a source keeps ready are copied too)
     set_pg_parameters(sh, {"wal_keep_size": WAL_KEEP, "min_wal_size": "4MB"}, [sh.node(n) for n in (s, a)])
-    assert adm(sh, "reload", limit=120).returncode == 0
+    # (--wait 90: right after the bulk the nodes' disks are busiest; a CI run's async once took
+    # longer than reload's default 15 s to confirm, which is not what this test is about)
+    assert adm(sh, "reload", "--wait", "90", limit=120).returncode == 0
     # the bulk lies before the last checkpoint P and S share, as it would after checkpoint_timeout
     # in production: pg_rewind copies only what changed after that checkpoint
     sql(sh.wait(sh.find_primary, 60, "a writable primary"),
@@ -88,5 +90,5 @@ def test_diverged_old_primary_rejoins_by_pg_rewind(shard: Shard):
         if killed:
             sh.sb.start(p)
         set_pg_parameters(sh, {})
-        adm(sh, "reload", limit=120)
+        adm(sh, "reload", "--wait", "90", limit=120)
     sh.assert_checks(w, prev, expect_leader=s, since_gen=gen0)
