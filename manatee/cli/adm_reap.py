@@ -94,10 +94,11 @@ def cmd_reap(args, zk: ZkReader) -> int:
         SyncShardStore(zk, args.shard).add_history(reaped_event(ip, st.primary, st.generation, detail,
                                                                 int(time.time() * 1000)))
     except Exception as e:  # noqa: BLE001 - the state is written; the marks stay until it is
-        print(f"warning: the Reaped record could not be written ({e}): the base-snapshot marks kept for {ip} "
-              f"stay until it is; run reap again", file=sys.stderr)
+        print(f"warning: the Reaped record could not be written ({e}): the base-snapshot marks and the "
+              f"replication slot kept for {ip} stay until it is; run reap again", file=sys.stderr)
     _say(f"{ip}: {what} (generation {st.generation}). The backupservers release the base snapshots they keep "
-         f"for it at their next check (backupSenderCfg.baseCheckInterval). If it comes back with its data it "
+         f"for it at their next check (backupSenderCfg.baseCheckInterval), and its upstream's sitter drops the "
+         f"replication slot it kept for it within 10 s. If it comes back with its data it "
          f"joins the tail of the chain as a new node (rebuilt if its WAL forked)")
     return 0
 

@@ -237,6 +237,11 @@ class ShardStore:
 
     # ------------------------------------------------------------------ history, registrar
 
+    async def reaped(self) -> frozenset[str]:
+        """The addresses an operator reaped that have not come back (history.reaped_addresses
+        over the history's znode names). A failed read raises."""
+        return history.reaped_addresses(await self.zk.get_children(self.history_path))
+
     async def record(self, event: history.HistoryEvent) -> None:
         await self.zk.create(self.layout.history_node(history.znode_prefix(event)),
                              history.record_data(event), sequence=True)

@@ -86,6 +86,7 @@ class Sitter:
         self.started = self.clock.monotonic()
         self.transitions: dict[str, int] = dict.fromkeys(history.ACTIONS, 0)  # /metrics counter
         self.slots: tuple[slots.Slot, ...] | None = None  # replication slots as last observed (/metrics)
+        self.reaped = slots.ReapedAddresses(store.reaped, self.clock)  # slots of reaped nodes are dropped
         self.replay = syncfollow.SyncReplay(log, self.clock)  # a sync's replay paused by hand or held by queries
         self.failures, self.failure_msg = 0, None  # consecutive failed cycles, the last error
         self.last_has_data: bool | None = None
@@ -420,7 +421,7 @@ class Sitter:
                                 bool(st and st.frozen), target.upstream, self.pg.status_timeout)
         self.slots = await slots.reconcile(self.pg.client, target.downstream.pg_url if target.downstream else None,
                                            self.me.pg_url, [p.pg_url for p in st.chain()] if st else [],
-                                           [p.pg_url for p in st.deposed] if st else [], self.log)
+                                           [p.pg_url for p in st.deposed] if st else [], self.log, self.reaped)
 
     async def _record_history(self, old: Target | None, new: Target) -> None:
         st = self.view.state

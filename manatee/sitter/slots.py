@@ -14,22 +14,27 @@ What is dropped (only slots named with SLOT_PREFIX, never an active one):
   right behind me), of a deposed node (it is rebuilt before it streams again), and my own
   (copied in by a rebuild from my upstream's dataset);
 * a slot PostgreSQL has already given up on (wal_status 'lost': past the cap).
+* the slot of a node that has left the shard (not in the chain) and that an operator reaped
+  (`manatee-adm reap`: history.reaped_addresses), told by the address in its name.
 The slot of the node right behind me in the chain is kept even while it is down (it is not my
 live downstream then), and so is that of a node that has left the shard altogether (its sitter
-stopped, so the primary dropped it from the chain): that is the async stopped for a while,
-whose WAL the slot exists to keep; the cap bounds what it holds, and once past it the slot is
-lost and dropped.
+stopped, so the primary dropped it from the chain) until it is reaped: that is the async
+stopped for a while, whose WAL the slot exists to keep; the cap bounds what it holds, and once
+past it the slot is lost and dropped. The reaped addresses are read from the history only
+while such a slot exists, at most every REAPED_EVERY_S; a failed read drops nothing.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Awaitable, Callable, Collection, Iterable, Sequence
 
 from manatee.core.pg.walpos import NODE_WAL_SQL
 from manatee.core.slotname import SLOT_PREFIX, slot_name
 
 SLOTS_TIMEOUT_S = 2.0
+REAPED_EVERY_S = 10.0
 
 # '_' is a LIKE wildcard: escaped, so only names that really start with the prefix match.
 LIST_SQL = (
@@ -50,16 +55,26 @@ class Slot:
     retained_bytes: int | None = None   # WAL held back for it (None: it reserves none yet)
 
 
+def names_address(slot: str, ip: str) -> bool:
+    """Whether `slot` is named (slot_name) from a pg_url whose host is `ip`: the address,
+    mangled as slot_name mangles it, stands between two separators in the name."""
+    mangled = re.sub(r"[^a-z0-9]+", "_", ip.lower()).strip("_")
+    return bool(mangled) and f"_{mangled}_" in f"{slot}_"
+
+
 def plan(existing: Iterable[Slot], downstream_app: str | None, me_app: str,
-         chain_apps: Sequence[str] = (), deposed_apps: Iterable[str] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
+         chain_apps: Sequence[str] = (), deposed_apps: Iterable[str] = (),
+         reaped_ips: Collection[str] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(slots to create, slots to drop). Nodes by application_name: `downstream_app` my live
     downstream (None: none), `me_app` me, `chain_apps` the state's chain in replication order
-    (primary, sync, asyncs; empty: no state), `deposed_apps` its deposed nodes."""
+    (primary, sync, asyncs; empty: no state), `deposed_apps` its deposed nodes; `reaped_ips`
+    the addresses an operator reaped."""
     have = {s.name: s for s in existing if s.name.startswith(SLOT_PREFIX)}
     want = slot_name(downstream_app) if downstream_app else None
     chain = list(chain_apps)
     elsewhere = {slot_name(x) for i, x in enumerate(chain) if i == 0 or chain[i - 1] != me_app}
     elsewhere |= {slot_name(x) for x in deposed_apps} | {slot_name(me_app)}
+    elsewhere |= {n for n in have if any(names_address(n, ip) for ip in reaped_ips)} - {slot_name(x) for x in chain}
     elsewhere.discard(want)
     create = (want,) if want and want not in have else ()
     drop = tuple(sorted(n for n, s in have.items()
@@ -74,13 +89,48 @@ async def list_slots(client) -> tuple[Slot, ...]:
                  for r in rows)
 
 
+def strays(existing: Iterable[Slot], downstream_app: str | None, chain_apps: Sequence[str],
+           drop: Collection[str]) -> bool:
+    """Whether an inactive slot of a node outside the chain is kept (plan() without the
+    reaped addresses): only then are they worth reading."""
+    keep = {slot_name(x) for x in (*chain_apps, *([downstream_app] if downstream_app else []))}
+    return any(s.name.startswith(SLOT_PREFIX) and not s.active and s.name not in keep and s.name not in drop
+               for s in existing)
+
+
+class ReapedAddresses:
+    """history.reaped_addresses as `read` (ShardStore.reaped) gives it, read at most every
+    REAPED_EVERY_S; a failed read is logged once per error and counts as none reaped."""
+
+    def __init__(self, read: Callable[[], Awaitable[Collection[str]]], clock) -> None:
+        self.read, self.clock = read, clock
+        self.value: Collection[str] = ()
+        self.at: float | None = None
+        self.error: str | None = None
+
+    async def get(self, log) -> Collection[str]:
+        now = self.clock.monotonic()
+        if self.at is None or now - self.at >= REAPED_EVERY_S:
+            self.at = now
+            try:
+                self.value, self.error = await self.read(), None
+            except Exception as e:  # noqa: BLE001 - unknown: drop nothing on its account
+                self.value = ()
+                if str(e) != self.error:
+                    self.error = str(e)
+                    log.warning("reaped_addresses_unread", error=str(e) or type(e).__name__)
+        return self.value
+
+
 async def reconcile(client, downstream_app: str | None, me_app: str, chain_apps: Sequence[str],
-                    deposed_apps: Iterable[str], log) -> tuple[Slot, ...] | None:
+                    deposed_apps: Iterable[str], log, reaped: ReapedAddresses | None = None) -> tuple[Slot, ...] | None:
     """Create my downstream's slot, drop stale ones; the slots as observed (None: unknown).
     Never raises: an error is logged, and the next cycle tries again."""
     try:
         slots = await list_slots(client)
         create, drop = plan(slots, downstream_app, me_app, chain_apps, deposed_apps)
+        if reaped is not None and strays(slots, downstream_app, chain_apps, drop):
+            create, drop = plan(slots, downstream_app, me_app, chain_apps, deposed_apps, await reaped.get(log))
         for name in create:
             await client.query(CREATE_SQL, (name,), timeout=SLOTS_TIMEOUT_S)
             log.info("replication_slot_created", slot=name)

@@ -140,3 +140,37 @@ def test_async_whose_wal_is_gone_upstream_rebuilds_itself(shard: Shard):
         set_pg_parameters(sh, {})
         adm(sh, "reload")
         _sql(sh, p, "drop table if exists gone_t", fetch=False)
+
+
+def test_the_slot_of_an_async_that_left_goes_when_it_is_reaped(shard: Shard):
+    """An async that left (its sitter stopped) keeps its slot on the sync, for its return; once
+    an operator reaps it (manatee-adm reap --node), the sync's sitter drops that slot (it reads
+    the history's reaped addresses while it keeps such a slot). Started again, the node is a
+    newcomer and streams through a new slot."""
+    sh = shard
+    p, s, a = (sh.node(x) for x in names(sh.topology()))
+    a_slot = slot_name(a.pg_url)
+    sh.wait(lambda: _slot(sh, s, a_slot) == (True, "reserved"), 30, f"{a_slot} active on the sync")
+    log_from = len(sh.sitter_log(s))
+    started = False
+    sh.sb.stop(a.name)
+    try:
+        sh.wait(lambda: (st := sh.zk_state()) is not None and a.ip not in {x["ip"] for x in st.get("async", [])},
+                30, "the async out of the state")
+        time.sleep(3)  # several of the sync's cycles: a slot of a node that left is kept
+        assert _slot(sh, s, a_slot) == (False, "reserved"), "the sync dropped the slot of an async merely stopped"
+        r = adm(sh, "reap", "--node", a.ip)
+        assert r.returncode == 0 and "drops the replication slot" in r.stdout, (r.stdout, r.stderr)
+        t0 = time.monotonic()
+        sh.wait(lambda: _slot(sh, s, a_slot) is None, 30, f"the sync to drop {a_slot}")
+        say(f"the reaped async's slot dropped by the sync {time.monotonic() - t0:.1f}s after the reap")
+        dropped = [ln for ln in sh.sitter_log(s)[log_from:].splitlines() if "replication_slot_dropped" in ln]
+        assert dropped and a_slot in dropped[-1], dropped
+        assert _slot(sh, p, slot_name(s.pg_url)) == (True, "reserved"), "a member's slot was touched"
+        sh.sb.start(a.name)
+        started = True
+        sh.wait(lambda: sh.streaming(a), 90, "the reaped async streaming again, as a newcomer")
+        sh.wait(lambda: _slot(sh, s, a_slot) == (True, "reserved"), 30, "its slot back on the sync")
+    finally:
+        if not started:
+            sh.sb.start(a.name)

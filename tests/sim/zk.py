@@ -10,6 +10,7 @@ import itertools
 from typing import Callable
 
 from manatee.core import zk as zkmod
+from manatee.shard import history
 from manatee.shard.shardstore import Quarantine, StateUnreadable
 from manatee.shard.state import CONNECTED, LOST, SUSPENDED, ClusterState, Peer, StateError
 
@@ -269,6 +270,10 @@ class FakeStore:
     async def record(self, event) -> None:
         self.session.check()
         self.zk.history.append(event)
+
+    async def reaped(self) -> frozenset[str]:
+        self.session.check()
+        return history.reaped_addresses(f"{history.znode_prefix(e)}{i:010d}" for i, e in enumerate(self.zk.history))
 
     async def publish_registrar(self, pg_url: str, ttl: int) -> None:
         self.session.check()

@@ -186,3 +186,82 @@ def test_slot_gauges():
     no = {f.name for f in parser.text_string_to_metric_families(render_view(
         MetricsView(peer_id="p", zone_id="z", shard="s", role="primary", local_role="primary"), 0))}
     assert "manatee_replication_slot_retained_bytes" not in no
+
+
+# ------------------------------------------------------------------ reaped nodes (manatee-adm reap)
+
+
+def test_names_address_tells_a_slot_by_the_address_in_its_pg_url():
+    assert slots.names_address(slot_name("tcp://postgres@127.0.0.13:5432/postgres"), "127.0.0.13")
+    assert not slots.names_address(slot_name("tcp://postgres@127.0.0.13:5432/postgres"), "127.0.0.1")
+    assert not slots.names_address(slot_name("tcp://postgres@127.0.0.13:5432/postgres"), "27.0.0.13")
+    assert not slots.names_address(slot_name("tcp://postgres@127.0.0.130:5432/postgres"), "127.0.0.13")
+    assert slots.names_address(slot_name("tcp://postgres@[fd00::13]:5432/postgres"), "fd00::13")
+    assert not slots.names_address(slot_name("tcp://postgres@127.0.0.13:5432/postgres"), "")
+
+
+def test_plan_drops_the_slot_of_a_node_that_left_once_it_is_reaped():
+    a_ip = "10.0.0.3"  # A's host (the module's pg_urls)
+    assert a_ip in A
+    left = (Slot(slot_name(A), False, "extended"),)
+    assert plan(left, None, S, (P, S)) == ((), ())
+    assert plan(left, None, S, (P, S), reaped_ips={a_ip}) == ((), (slot_name(A),))
+    # never while it is active, my live downstream, or in the chain (reap refuses members anyway)
+    assert plan((Slot(slot_name(A), True),), None, S, (P, S), reaped_ips={a_ip}) == ((), ())
+    assert plan(left, A, S, (P, S, A), reaped_ips={a_ip}) == ((), ())
+    assert plan(left, None, P, (P, S, A), reaped_ips={a_ip}) == ((), (slot_name(A),))  # (behind S: not mine)
+    assert plan(left, None, S, (P, S, A), reaped_ips={a_ip}) == ((), ())
+
+
+def test_strays_are_inactive_slots_outside_the_chain_that_the_plan_keeps():
+    left = [Slot(slot_name(A), False, "extended")]
+    assert slots.strays(left, None, (P, S), ())
+    assert not slots.strays(left, None, (P, S), (slot_name(A),))  # dropped anyway
+    assert not slots.strays(left, None, (P, S, A), ())
+    assert not slots.strays([Slot(slot_name(A), True)], None, (P, S), ())
+    assert not slots.strays([Slot("pgbackrest", False)], None, (P, S), ())
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def monotonic(self):
+        return self.t
+
+
+def test_reaped_addresses_are_read_only_while_a_stray_slot_exists_and_at_most_every_10s():
+    a_ip, reads, clock = "10.0.0.3", [], Clock()
+
+    async def read():
+        reads.append(clock.t)
+        return frozenset({a_ip})
+
+    reaped = slots.ReapedAddresses(read, clock)
+    c, log = FakeClient([Slot(slot_name(S), True)]), Log()
+    asyncio.run(slots.reconcile(c, S, P, (P, S), (), log, reaped))
+    assert reads == []  # no stray slot: the history is not read
+    c = FakeClient([Slot(slot_name(A), False, "extended")])
+    got = asyncio.run(slots.reconcile(c, None, S, (P, S), (), log, reaped))
+    assert got == () and reads == [100.0] and "replication_slot_dropped" in log.events
+    c = FakeClient([Slot(slot_name(A), False, "extended")])
+    clock.t += slots.REAPED_EVERY_S / 2
+    asyncio.run(slots.reconcile(c, None, S, (P, S), (), log, reaped))
+    assert reads == [100.0] and not c.have  # the cached answer
+    clock.t += slots.REAPED_EVERY_S
+    asyncio.run(slots.reconcile(FakeClient([Slot(slot_name(A), False)]), None, S, (P, S), (), log, reaped))
+    assert reads == [100.0, 100.0 + 1.5 * slots.REAPED_EVERY_S]
+
+
+def test_a_failed_read_of_the_reaped_addresses_drops_nothing_and_is_logged_once():
+    clock, log = Clock(), Log()
+
+    async def read():
+        raise ConnectionError("zk down")
+
+    reaped = slots.ReapedAddresses(read, clock)
+    for _ in range(3):
+        c = FakeClient([Slot(slot_name(A), False, "extended")])
+        assert [s.name for s in asyncio.run(slots.reconcile(c, None, S, (P, S), (), log, reaped))] == [slot_name(A)]
+        clock.t += slots.REAPED_EVERY_S
+    assert log.events == ["reaped_addresses_unread"]
