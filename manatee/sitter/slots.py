@@ -26,12 +26,11 @@ while such a slot exists, at most every REAPED_EVERY_S; a failed read drops noth
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Collection, Iterable, Sequence
 
 from manatee.core.pg.walpos import NODE_WAL_SQL
-from manatee.core.slotname import SLOT_PREFIX, slot_name
+from manatee.core.slotname import SLOT_PREFIX, mangled, slot_name
 
 SLOTS_TIMEOUT_S = 2.0
 REAPED_EVERY_S = 10.0
@@ -58,8 +57,8 @@ class Slot:
 def names_address(slot: str, ip: str) -> bool:
     """Whether `slot` is named (slot_name) from a pg_url whose host is `ip`: the address,
     mangled as slot_name mangles it, stands between two separators in the name."""
-    mangled = re.sub(r"[^a-z0-9]+", "_", ip.lower()).strip("_")
-    return bool(mangled) and f"_{mangled}_" in f"{slot}_"
+    address = mangled(ip)
+    return bool(address) and f"_{address}_" in f"{slot}_"
 
 
 def plan(existing: Iterable[Slot], downstream_app: str | None, me_app: str,
