@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 from manatee.cli import adm_view as V
 from manatee.cli.adm_acl import acl_problems
 from manatee.cli.adm_gray import pg_via_sitter, repl_via_sitter
+from manatee.cli.adm_hotstandby import read_settings
 from manatee.cli.adm_xid import XID_AGE_SQL, parse_row
 from manatee.cli.common import ZkReader, pg_conn_params, pg_failure
 from manatee.core.httpjson import http_json
@@ -95,7 +96,8 @@ def _checksum_failures(cur) -> dict[str, Any] | None:
 def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
     """{up, recovery, readOnly, wal, rows: [pg_stat_replication rows], weakCommit: [{role, db,
     setting}] and xidAge (adm_xid.parse_row; None: not known) (a primary's), checksums: {failures,
-    last, databases} (None: not known)} or {up: False, error}."""
+    last, databases} (None: not known), hotStandby: {setting: value} (adm_hotstandby)} or {up:
+    False, error}."""
     import psycopg2
 
     try:
@@ -113,6 +115,7 @@ def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
             rows = [dict(zip(cols, r)) for r in cur.fetchall()]
             weak, xid = [], None
             checksums = _checksum_failures(cur)
+            hot = read_settings(cur)
             if not recovery:
                 cur.execute(_WEAK_COMMIT_SQL)
                 weak = [{"role": r, "db": d, "setting": c} for r, d, c in cur.fetchall()]
@@ -122,7 +125,8 @@ def probe_pg(pg_url: str, timeout: float) -> dict[str, Any]:
     finally:
         conn.close()
     return {"up": True, "recovery": bool(recovery), "readOnly": bool(ro), "wal": wal, "rows": rows,
-            "weakCommit": weak, "xidAge": xid, "checksums": checksums, "noFsync": bool(no_fsync)}
+            "weakCommit": weak, "xidAge": xid, "checksums": checksums, "noFsync": bool(no_fsync),
+            "hotStandby": hot}
 
 
 def _xid_age(cur) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 from manatee.cli.adm_gray import gray_json, gray_notes, gray_problems, heartbeat_problems
+from manatee.cli.adm_hotstandby import below_primary
 from manatee.cli.adm_lost import lost_notes, lost_state_problem
 from manatee.cli.adm_xid import xid_problems
 from manatee.shard.decide import TAKEOVER_HELD
@@ -135,6 +136,7 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
         out.append((C, "no sync: the primary takes no writes until a standby becomes its sync"))
     by_id = {n.id: n for n in v.nodes}
     primary_live = any(n.live for n in v.nodes if n.role == "primary")
+    primary = next((m for m in v.nodes if m.role == "primary" and m.pg), None)
     for n in v.nodes:
         what = f"{n.role} {n.ip}"
         crit = C if n.role in ("primary", "sync") else W  # an async's trouble is no outage
@@ -169,6 +171,8 @@ def assess(v: ShardView) -> list[tuple[str, str]]:
             elif n.pg and n.pg.get("readOnly") and st.get("sync") and not sw:
                 out.append((crit, f"{what} is read-only (waiting for its sync to catch up?)"))
             continue
+        low = below_primary((n.pg or {}).get("hotStandby"), primary.pg.get("hotStandby"), primary.ip) if primary else None
+        out += [(crit, f"{what}: {low}")] if low else []
         out += _standby_problems(n, by_id.get(n.upstream or ""), what, crit)
     return out
 
