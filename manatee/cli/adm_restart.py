@@ -8,7 +8,8 @@ again (its /replica answers 200).
 --pending restarts only the nodes whose /state shows a pending restart (PostgreSQL's
 pg_settings.pending_restart); a node whose /state cannot be read is unknown, and the command
 stops there rather than guess. --node N restarts one standby (the primary is refused: switch
-over first).
+over first), or with --in-place the primary where it is (writes stop until it serves again and
+its standbys stream: what lowering a setting a standby needs at the primary's value takes).
 """
 
 from __future__ import annotations
@@ -83,10 +84,21 @@ def _below(st: ClusterState, p) -> list:
     return chain[chain.index(p):] if p in chain else [p]
 
 
-def restart_node(p, place: str, secret, args, below) -> float:
-    """Ask p's sitter to restart its PostgreSQL; wait until it did and p streams again."""
+def _serves_since(status_url: str, since: float, timeout: float) -> bool:
+    """The node's sitter saw its PostgreSQL healthy and out of recovery (a primary) in an
+    observation made after `since` (as _streams_since)."""
+    asked = time.monotonic()
+    code, s = http_json(f"{status_url}/state", timeout=min(timeout, 2))
+    ago = s.get("pgObservedAgo") if code == 200 and isinstance(s, dict) else None
+    pg = (s.get("pg") or {}) if code == 200 and isinstance(s, dict) else {}
+    return ago is not None and asked - ago > since and bool(pg.get("healthy")) and pg.get("inRecovery") is False
+
+
+def restart_node(p, place: str, secret, args, below, in_place: bool = False) -> float:
+    """Ask p's sitter to restart its PostgreSQL; wait until it did and p streams again (the
+    primary, restarted in place: until it serves again and every standby below it streams)."""
     t0 = time.monotonic()
-    code, body = signed_post(secret, p.status_url, "/restart", {}, args.timeout)
+    code, body = signed_post(secret, p.status_url, "/restart", {"force": True} if in_place else {}, args.timeout)
     if code != 202:
         msg = body.get("message") if isinstance(body, dict) else body
         hint = " (pass --secret-file, or set MANATEE_SECRET_FILE, to the shard secret)" \
@@ -97,7 +109,12 @@ def restart_node(p, place: str, secret, args, below) -> float:
     while time.monotonic() < limit:  # the sitter restarts PostgreSQL in its next cycle
         code, s = http_json(f"{p.status_url}/state", timeout=args.timeout)
         if code == 200 and isinstance(s, dict) and (s.get("restartsDone") or 0) > before:
-            return _wait_streaming(below, args, t0, time.monotonic())
+            since = time.monotonic()
+            while in_place and not _serves_since(p.status_url, since, args.timeout):
+                if time.monotonic() > limit:
+                    raise CliError(f"{p.ip} (primary) did not serve again within {args.wait:g}s (see `manatee-adm show`)")
+                time.sleep(POLL_S)
+            return _wait_streaming(below[1:] if in_place else below, args, t0, since)
         time.sleep(POLL_S)
     raise CliError(f"{p.ip} ({place}) did not restart PostgreSQL within {args.wait:g}s: stopping here")
 
@@ -118,10 +135,14 @@ def cmd_restart(args, zk) -> int:
     st = shard_state(zk, args.shard, "restart")
     if args.node is not None:
         p = find_peer(st, args.node)
-        if st.place_of(p.id) == "primary":
-            raise CliError(f"{p.ip} is the primary: switch over first (manatee-adm switchover), "
-                           f"then restart it as a standby")
+        if st.place_of(p.id) == "primary" and not args.in_place:
+            raise CliError(f"{p.ip} is the primary: switch over first (manatee-adm switchover), then restart "
+                           f"it as a standby; or --in-place, which stops writes until it is back (seconds)")
+        if args.in_place and st.place_of(p.id) != "primary":
+            raise CliError(f"{p.ip} is not the primary: --in-place is for the primary only")
         steps = [("restart", p)]
+    elif args.in_place:
+        raise CliError("--in-place needs --node PRIMARY")
     else:
         steps = plan(st)
     secret = _secret(args)
@@ -160,8 +181,10 @@ def cmd_restart(args, zk) -> int:
                     record("skip", p, place, why="no restart pending")
                     continue
             say(f"{p.ip} ({place}): restarting PostgreSQL")
-            secs = restart_node(p, place, secret, args, _below(st, p))
-            say(f"{p.ip} ({place}): restarted; streams again after {secs:.2f}s")
+            in_place = args.in_place and place == "primary"
+            secs = restart_node(p, place, secret, args, _below(st, p), in_place=in_place)
+            say(f"{p.ip} ({place}): restarted; "
+                f"{'serves again and its standbys stream' if in_place else 'streams again'} after {secs:.2f}s")
             record("restart", p, place, secs)
     except CliError as e:
         if not args.json:
@@ -182,6 +205,9 @@ def add_parsers(add, positive) -> None:
                         "primary; each node streams again before the next", json_=True)
     sp.add_argument("--pending", action="store_true",
                     help="only the nodes with a pending restart (pg_settings.pending_restart)")
+    sp.add_argument("--in-place", action="store_true",
+                    help="with --node PRIMARY: restart the primary where it is, without a switchover (writes "
+                         "stop until it is back; e.g. to lower max_connections: docs/operators-guide.md)")
     sp.add_argument("--node", metavar="NODE", default=None,
                     help="only this standby (ip, id or zoneId); the primary is refused: switch over first")
     sp.add_argument("--wait", type=positive("--wait"), default=60.0, metavar="SECONDS",
