@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 from manatee.sitter import configwriter
 from manatee.sitter.configwriter import ConfigWriter
+from manatee.sitter.primaryfloors import PrimaryFloors
 from manatee.sitter.pgmanager import PgManager
 
 
@@ -27,6 +28,6 @@ def bare_pg_manager(monkeypatch, write) -> PgManager:
     m.parameters_gen = m._written_gen = m._applied_gen = 0
     m.not_superuser = False
     m.role_config = lambda spec: None
-    m.writer, m.ops_timeout = ConfigWriter(), 5.0
+    m.writer, m.ops_timeout, m.floors = ConfigWriter(), 5.0, PrimaryFloors()
     monkeypatch.setattr(configwriter, "write_role_config", write)
     return m

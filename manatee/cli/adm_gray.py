@@ -144,6 +144,7 @@ def gray_problems(what: str, role: str, sitter: Any, sev_crit: str, sev_warn: st
         out.append((sev_warn, f"{what}: archiving WAL fails (archive_command; last failure: {_line(arch)}): "
                               f"PostgreSQL keeps every segment not archived, so its disk fills until the archive "
                               f"takes WAL again; its PostgreSQL log says why"))
+    out += _primary_value_problems(what, role, _section(sitter, "pg"), sev_crit, sev_warn)
     paused = _section(sitter, "pg").get("replayPausedFor")
     if isinstance(paused, (int, float)):  # sandbox trial 2026-12-06: "ok" with the sync's replay paused
         out.append((sev_crit if role == "sync" else sev_warn,
@@ -194,6 +195,26 @@ def heartbeat_problems(what: str, node_id: str, sitter: Any, up_ip: str, up_sitt
                "shown streaming until wal_sender_timeout)")
     return [(sev, f"{what}: its upstream {up_ip} has not heard its heartbeat for {age:.0f}s "
                   f"(expiration {exp:g}s): {why}")]
+
+
+def _primary_value_problems(what: str, role: str, pg: Mapping[str, Any], sev_crit: str,
+                            sev_warn: str) -> list[tuple[str, str]]:
+    """A standby whose settings are below its primary's (manatee/sitter/primaryfloors.py):
+    paused by PostgreSQL until its sitter restarts it with them, or raised by its sitter above
+    what its own config says."""
+    out = []
+    if pg.get("belowPrimary"):
+        out.append((sev_crit if role == "sync" else sev_warn,
+                    f"{what}: PostgreSQL paused its replay: a setting is below the primary's value (its log: "
+                    f"'insufficient parameter settings'); it cannot be promoted until its sitter restarts it "
+                    f"with the primary's value"))
+    raised = pg.get("raisedToPrimary")
+    if isinstance(raised, Mapping) and raised:
+        values = ", ".join(f"{k} {v}" for k, v in sorted(raised.items()))
+        out.append((sev_warn, f"{what}: its sitter raised {values} to the primary's value (a standby needs at least "
+                              f"that; its postgresMgrCfg.parameters has less): set them in its config, as on the "
+                              f"primary (the raise lasts until its sitter restarts)"))
+    return out
 
 
 def _line(v: Any) -> str:

@@ -115,9 +115,28 @@ def wraparound_refusal(pgcode: str | None, message: str) -> bool:
     return pgcode == "54000" and WRAPAROUND.search(message) is not None
 
 
+# A standby's setting below the value its primary had when that primary last started (the
+# WAL's parameter-change record): PostgreSQL 15 pauses its replay ("hot standby is not
+# possible because of insufficient parameter settings"), cannot promote, and shuts down if
+# resumed; a start fails the same way until the setting is raised (checked by hand on
+# PostgreSQL 15, 2026-12-07). The names: max_connections, max_worker_processes,
+# max_wal_senders, max_prepared_transactions, max_locks_per_transaction.
+LOWER_THAN_PRIMARY = re.compile(r"(\w+) = (\d+) is a lower setting than on the primary server, where its value was (\d+)")
+
+
+def primary_values_in(text: str) -> tuple[tuple[str, int], ...]:
+    """The primary's values of the settings PostgreSQL's log `text` says this standby has too
+    little of (the highest per name, sorted by name)."""
+    need: dict[str, int] = {}
+    for m in LOWER_THAN_PRIMARY.finditer(text):
+        need[m.group(1)] = max(need.get(m.group(1), 0), int(m.group(3)))
+    return tuple(sorted(need.items()))
+
+
 class LogFacts(NamedTuple):
     """What PostgreSQL's log says (PgManager._log_facts); the defaults: nothing known."""
 
     diverged: bool = False
     disk_full: str | None = None
     wal_gone: str | None = None
+    primary_values: tuple[tuple[str, int], ...] = ()  # primary_values_in

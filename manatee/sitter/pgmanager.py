@@ -24,7 +24,8 @@ from manatee.core.pgconfig import (
 from manatee.sitter import promotion
 from manatee.sitter.configwriter import ConfigWriter
 from manatee.sitter.overrides import ACCESS_SQL, OverrideGuard
-from manatee.sitter.pglog import CROWDED, LogFacts, disk_full_in, diverged_in, wal_gone_in
+from manatee.sitter.pglog import CROWDED, LogFacts, disk_full_in, diverged_in, primary_values_in, wal_gone_in
+from manatee.sitter.primaryfloors import PrimaryFloors
 
 ORPHAN_SCAN_TIMEOUT_S = 5.0  # the /proc scan for a PostgreSQL left by a sitter that died
 PROMOTE_POLL_S = 0.01  # a promoting node is asked this often whether it has left recovery
@@ -67,6 +68,7 @@ class PgStatus:
     replay_paused: bool | None = None        # standby: pg_wal_replay_pause() asked (replaypause.py); None: unknown
     not_superuser: bool = False              # my role lost SUPERUSER (ALTER ROLE ... NOSUPERUSER): promote, reload fail
     archive_failing: str | None = None       # archive_command failed since its last success: "<wal> at <time>"
+    below_primary: bool = False              # standby: its log says a setting is below the primary's (primaryfloors.py)
 
     @property
     def known(self) -> bool:
@@ -125,6 +127,7 @@ class PgManager:
                                      application_name="manatee-sitter")
         self.config_error: str | None = None  # the last config write failed: why
         self.writer = ConfigWriter()  # the files' fsyncs in a thread, never on the event loop
+        self.floors = PrimaryFloors()  # settings raised to the primary's values (primaryfloors.py)
         self.spec: RoleSpec | None = None
         self.members: tuple[str, ...] = ()
         self._started_at: float | None = None
@@ -235,7 +238,7 @@ class PgManager:
             synchronous_commit=p.synchronousCommit,
             max_slot_wal_keep_size=p.maxSlotWalKeepSize,
             cluster_name=self.cfg.zoneId[:40],
-            parameters=tuple(self.parameters.items()),
+            parameters=tuple(self.floors.over(self.parameters).items()),
         )
 
     def set_parameters(self, parameters: dict[str, str]) -> bool:
@@ -247,6 +250,10 @@ class PgManager:
         self.parameters = dict(parameters)
         self.parameters_gen += 1
         return True
+
+    @property
+    def raised_to_primary(self) -> dict[str, int]:
+        return dict(self.floors.values)
 
     @property
     def parameters_dirty(self) -> bool:
@@ -274,8 +281,9 @@ class PgManager:
             self._upstream_log_from = None
         self.spec = spec
         self._written_gen = gen
+        floors_new = self.floors.written()  # (a stopped PostgreSQL reads them at its start)
         if self.running:
-            self._restart_pending |= change.restart_needed
+            self._restart_pending |= change.restart_needed or floors_new
             self._reload_pending |= change.reload_needed
         if spec.role == "primary" and self.running:
             await self.ensure_roles()  # (a stopped PostgreSQL gets its roles at start)
@@ -455,7 +463,8 @@ class PgManager:
                         parameters_gen=gen, sync_flush_failed=flush_failed, disk_full=facts.disk_full,
                         wal_gone=facts.wal_gone if in_rec and not streaming else None,
                         replay_paused=bool(r.get("paused")) if in_rec else False,
-                        not_superuser=r.get("is_super") is False, archive_failing=r.get("archive_failing"))
+                        not_superuser=r.get("is_super") is False, archive_failing=r.get("archive_failing"),
+                        below_primary=in_rec and bool(facts.primary_values))
 
     async def _unknown(self, e: pgmod.PgError) -> PgStatus:
         """A check whose query failed: unknown, not "running as a primary" (in_recovery, wal,
@@ -487,8 +496,12 @@ class PgManager:
         if self._upstream_log_from is None:  # primary_conninfo changed: count from here on
             self._upstream_log_from = start + len(data)
         text = data.decode("utf-8", "replace")
-        return LogFacts(diverged_in(text), disk_full_in(text) if self._started_at is not None else None,
-                        wal_gone_in(data[max(0, self._upstream_log_from - start):].decode("utf-8", "replace")))
+        facts = LogFacts(diverged_in(text), disk_full_in(text) if self._started_at is not None else None,
+                         wal_gone_in(data[max(0, self._upstream_log_from - start):].decode("utf-8", "replace")),
+                         primary_values_in(text))
+        if self.floors.note(facts.primary_values, self.log):
+            self.parameters_gen += 1  # the next cycle writes them (parameters_dirty) and restarts it
+        return facts
 
     def _log_since_start(self) -> tuple[int, bytes] | None:
         """PostgreSQL's log since it was last started (its newest 4 MB) and the offset it

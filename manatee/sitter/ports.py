@@ -9,7 +9,7 @@ production loop. The protocols name only what the loop calls.
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from manatee.shard.state import ClusterState, Peer
 
@@ -59,6 +59,7 @@ class Store(Protocol):
     async def read_error(self) -> dict | None: ...
     async def write_error(self, record: dict) -> None: ...
     async def record(self, event: Any) -> None: ...
+    async def reaped(self) -> frozenset[str]: ...
     async def publish_registrar(self, pg_url: str, ttl: int) -> None: ...
     async def remove_registrar(self, pg_url: str) -> None: ...
 
@@ -70,6 +71,7 @@ class Postgres(Protocol):
     members: tuple[str, ...]
     config_error: str | None
     parameters_gen: int
+    raised_to_primary: Mapping[str, int]  # settings raised to the primary's values (primaryfloors.py)
     ops_timeout: float
     health_timeout: float
     status_timeout: float  # the deadline of one status query (and of the write probe)

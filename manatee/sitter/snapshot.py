@@ -30,6 +30,7 @@ class SitterSnapshot:
     last_pg_at: float = 0.0                  # clock.monotonic() of last_pg (0.0: never)
     pg_config_error: str | None = None
     pg_parameters_gen: int = 0
+    pg_raised: Mapping[str, int] = field(default_factory=dict)  # PrimaryFloors.values
     restore_progress: Mapping[str, Any] | None = None
     restarts_done: int = 0
     restart_requested: bool = False
@@ -89,7 +90,7 @@ def snapshot_of(sitter) -> SitterSnapshot:
         me=sitter.me, role=sitter.role, target=sitter.target, reason=d.reason if d else None,
         rule=d.rule if d else None, state=v.state, error=v.error, election=v.election, zk_state=v.zk_state,
         last_pg=sitter.last_pg, last_pg_at=sitter.last_pg_at, pg_config_error=sitter.pg.config_error,
-        pg_parameters_gen=sitter.pg.parameters_gen, restore_progress=sitter.steps.restore_progress,
+        pg_parameters_gen=sitter.pg.parameters_gen, pg_raised=dict(sitter.pg.raised_to_primary), restore_progress=sitter.steps.restore_progress,
         restarts_done=sitter.pg_restarts, restart_requested=sitter.restart_request is not None,
         transitions=dict(sitter.transitions), slots=sitter.slots, quarantined=v.quarantined,
         state_unreadable=v.state_unreadable, session_timeout=v.session_timeout,
@@ -128,7 +129,8 @@ def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
             "archiveFailing": pgs.archive_failing,
             "unhealthyWhy": s.sick_why, "cannotServe": s.cannot_serve,
             "hungKills": s.hung_kills, "heartbeatsWithheld": s.heartbeats_withheld,
-            "pendingRestart": list(pgs.pending_restart), "parametersPending": pgs.parameters_gen != s.pg_parameters_gen},
+            "pendingRestart": list(pgs.pending_restart), "parametersPending": pgs.parameters_gen != s.pg_parameters_gen,
+            "raisedToPrimary": dict(s.pg_raised), "belowPrimary": pgs.below_primary},
         "readOnly": t.read_only if t else True,
         "state": st.to_json() if st else None, "error": s.error,
         "restore": s.restore_progress, "restartsDone": s.restarts_done,

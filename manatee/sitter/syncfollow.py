@@ -84,6 +84,8 @@ class SyncReplay:
 
     async def check(self, client, pgs, place: str | None, frozen: bool, upstream, timeout: float) -> None:
         """`pgs` my PostgreSQL's status (PgStatus), `upstream` the Peer my target streams from."""
-        await self.guard.check(client, pgs.replay_paused, place, frozen, timeout)
+        # paused by PostgreSQL for a setting below the primary's: a resume would shut it down
+        # (primaryfloors.py: its sitter restarts it with the primary's value instead)
+        await self.guard.check(client, None if pgs.below_primary else pgs.replay_paused, place, frozen, timeout)
         await self.follower.check(client, place, upstream.ip if upstream else None,
                                   pgs.sender[0] if pgs.sender else None, timeout)

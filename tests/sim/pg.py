@@ -62,6 +62,7 @@ class FakePg:
 
     config_error = None
     parameters_gen = 0
+    raised_to_primary: dict = {}  # (never raised here)
     parameters_dirty = False
     ops_timeout = 10.0
     status_timeout = 0.5

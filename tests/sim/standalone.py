@@ -21,6 +21,7 @@ class ScriptedPg:
 
     config_error = None
     parameters_gen = 0
+    raised_to_primary: dict = {}  # (never raised here)
     parameters_dirty = False
 
     def __init__(self, statuses=(RUNNING_PRIMARY,), *, spec=None, running=True, health_timeout=2.0,

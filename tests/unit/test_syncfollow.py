@@ -90,7 +90,19 @@ async def test_sync_replay_resumes_a_paused_sync_and_follows_its_upstream():
     clock = SimpleNamespace(monotonic=lambda: 5.0)
     r = SyncReplay(log, clock)
     client = _Client([], [{"w": "Lock/relation"}], ENDED)
-    pgs = SimpleNamespace(replay_paused=True, sender=(B, 5432))
+    pgs = SimpleNamespace(replay_paused=True, sender=(B, 5432), below_primary=False)
     await r.check(client, pgs, "sync", False, SimpleNamespace(ip=A), 1)
     assert client.asked[:2] == [RESUME_SQL, WAIT_SQL] and r.paused_since is None
     assert {ev for _lvl, ev, _kw in log.lines} == {"pg_replay_resumed", "sync_replay_unblocked"}
+
+
+async def test_a_sync_paused_by_postgresql_for_a_setting_below_the_primarys_is_not_resumed():
+    """PostgreSQL 15 shuts a standby down when its replay is resumed after it paused for
+    'insufficient parameter settings': its sitter restarts it with the primary's value instead
+    (primaryfloors.py)."""
+    log = RecordingLog()
+    r = SyncReplay(log, SimpleNamespace(monotonic=lambda: 5.0))
+    client = _Client([])
+    pgs = SimpleNamespace(replay_paused=True, sender=(A, 5432), below_primary=True)
+    await r.check(client, pgs, "sync", False, SimpleNamespace(ip=A), 1)
+    assert RESUME_SQL not in client.asked and not log.lines

@@ -1,0 +1,63 @@
+"""Settings a standby must hold at least at its primary's value, raised by the sitter itself.
+
+A hot standby needs max_connections, max_worker_processes, max_wal_senders,
+max_prepared_transactions and max_locks_per_transaction at least as high as its primary had
+them when that primary last started. Each node's postgresMgrCfg.parameters is its own file, so
+one node edited differently is enough, and so is a rolling restart that lowers one of them
+(the standbys restart first). With less, PostgreSQL 15 pauses the standby's replay, refuses to
+promote it (and shuts down when asked to, or when its replay is resumed), and then fails every
+start until the setting is raised: the shard's sync could not take over. Its log names the
+setting and the primary's value (pglog.primary_values_in).
+
+The sitter raises them, as Patroni does from pg_controldata: each value the log names is kept
+as a floor for the sitter's life and rendered over the configured value in every role (a
+standby promoted later runs with it anyway); a running PostgreSQL is restarted once for a new
+floor, and a stopped one reads it at its start. Never lowered: a higher value costs only
+memory. The operator is told (log `pg_settings_raised_to_primary`, /state
+`pg.raisedToPrimary`, `manatee-adm verify`) to raise the node's own config to match.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+class PrimaryFloors:
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+        self.unwritten = False  # a floor raised since the config files were last written
+
+    def note(self, found: Iterable[tuple[str, int]], log) -> bool:
+        """Keep the log's (name, primary's value) pairs as floors; True if one was raised."""
+        raised = {n: v for n, v in found if v > self.values.get(n, 0)}
+        if not raised:
+            return False
+        self.values.update(raised)
+        self.unwritten = True
+        log.warning("pg_settings_raised_to_primary", raised=raised,
+                    note="a standby needs at least its primary's value of these; PostgreSQL paused its replay "
+                         "and could not be promoted: restarting it with them (raise them in postgresMgrCfg.parameters)")
+        return True
+
+    def over(self, parameters: Mapping[str, str]) -> dict[str, str]:
+        """The operator's parameters, each floor rendered where it is higher than the
+        configured value or nothing is configured (the log said the value in use is lower)."""
+        out = dict(parameters)
+        for name, value in self.values.items():
+            configured = _int(out.get(name)) if name in out else None
+            if configured is None or configured < value:
+                out[name] = str(value)
+        return out
+
+    def written(self) -> bool:
+        """The config files now hold every floor: True if one was new (a running PostgreSQL
+        must restart to use it)."""
+        new, self.unwritten = self.unwritten, False
+        return new
