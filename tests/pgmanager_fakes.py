@@ -29,5 +29,6 @@ def bare_pg_manager(monkeypatch, write) -> PgManager:
     m.not_superuser = False
     m.role_config = lambda spec: None
     m.writer, m.ops_timeout, m.floors = ConfigWriter(), 5.0, PrimaryFloors()
+    m.started_once = True  # (its log is this sitter's)
     monkeypatch.setattr(configwriter, "write_role_config", write)
     return m

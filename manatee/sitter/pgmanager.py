@@ -131,7 +131,7 @@ class PgManager:
         self.spec: RoleSpec | None = None
         self.members: tuple[str, ...] = ()
         self._started_at: float | None = None
-        self._log_offset = 0
+        self._log_offset, self.started_once = 0, False
         # where in PostgreSQL's log the lines about my current upstream start (wal_gone_in):
         # None until the next read after primary_conninfo changed, which sets it to the log's end
         self._upstream_log_from: int | None = 0
@@ -334,7 +334,7 @@ class PgManager:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         await self.kill_orphan(why=FOREIGN_WHY)  # else this start fails on it ("already running")
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        self._upstream_log_from = 0
+        self._upstream_log_from, self.started_once = 0, True  # (the log is read from here on)
         self.proc = self._new_process()
         self.client.close()
         await self.proc.start()
@@ -480,8 +480,10 @@ class PgManager:
     async def _log_facts(self) -> LogFacts:
         """What PostgreSQL's log says since it was last started: it cannot follow its
         upstream, its newest PANIC for lack of space, the segment its upstream removed (since
-        that upstream was set). A disk-full line counts only once this sitter has started
-        PostgreSQL (before that the log is an earlier run's)."""
+        that upstream was set), a setting below the primary's. A disk-full line counts only while
+        PostgreSQL runs as this sitter started it, a setting once this sitter has started it at
+        all (before that the log is an earlier run's: a sandbox walk-through kept the primary's
+        old max_connections after it was lowered)."""
         # File reads go to a thread: if storage hangs, the event loop (and with it the status
         # server, which then reports unhealthy) keeps running, and the cycle waits at most
         # the status deadline: a log that cannot be read is no evidence of either.
@@ -498,7 +500,7 @@ class PgManager:
         text = data.decode("utf-8", "replace")
         facts = LogFacts(diverged_in(text), disk_full_in(text) if self._started_at is not None else None,
                          wal_gone_in(data[max(0, self._upstream_log_from - start):].decode("utf-8", "replace")),
-                         primary_values_in(text))
+                         primary_values_in(text) if self.started_once else ())
         if self.floors.note(facts.primary_values, self.log):
             self.parameters_gen += 1  # the next cycle writes them (parameters_dirty) and restarts it
         return facts

@@ -75,3 +75,19 @@ def test_verify_says_a_paused_standby_and_a_raised_one():
     (sev, line), = gray_problems("async 127.0.0.13", "async", raised, "critical", "warning")
     assert sev == "warning" and "its sitter raised max_connections 120 to the primary's value" in line
     assert gray_problems("async 127.0.0.13", "async", {"pg": {"raisedToPrimary": {}}}, "critical", "warning") == []
+
+
+def test_the_log_counts_only_once_this_sitter_has_started_postgresql(monkeypatch, tmp_path):
+    """A new sitter reads the log of an earlier run before its first start: an old 'lower
+    setting' line there is not today's (a sandbox walk-through kept a lowered max_connections
+    at the old primary value that way)."""
+    log = tmp_path / "postgresql.log"
+    log.write_text(PAUSED)
+    m = bare_pg_manager(monkeypatch, lambda *_a, **_k: ConfigChange())
+    m.log_file, m.status_timeout = log, 2.0
+    m._log_offset, m._upstream_log_from, m._started_at, m.started_once = 0, 0, None, False
+    gen = m.parameters_gen
+    assert asyncio.run(m._log_facts()).primary_values == () and m.floors.values == {}
+    m.started_once = True  # its own start failed with the same words: now they count
+    assert asyncio.run(m._log_facts()).primary_values == (("max_connections", 120),)
+    assert m.floors.values == {"max_connections": 120} and m.parameters_gen == gen + 1  # written next cycle
