@@ -1,23 +1,22 @@
 """The settings a standby must hold at least at its primary's values (manatee-adm show/verify).
 
-PostgreSQL records the primary's max_connections, max_prepared_transactions,
-max_locks_per_transaction, max_wal_senders and max_worker_processes in its WAL (and in every
-standby's pg_control). A hot standby whose own value is lower cannot replay that WAL: it logs
-"hot standby is not possible because of insufficient parameter settings" and pauses its
+PostgreSQL records the primary's values of pgparams.HOT_STANDBY_SETTINGS in its WAL (and in
+every standby's pg_control). A hot standby whose own value is lower cannot replay that WAL: it
+logs "hot standby is not possible because of insufficient parameter settings" and pauses its
 replay, cannot be promoted (it shuts down when asked to) and fails every start until it has
 enough (PostgreSQL 15, checked by hand 2026-12-07). Its sitter raises them itself when its log
-says so (manatee/sitter/primaryfloors.py); this check shows the gap before that. Each node's postgresMgrCfg.parameters is its own file, so one node edited
-differently is enough; so is a rolling restart that lowers one of them (the standbys restart
-first, below the primary that still runs with the old value).
+says so (manatee/sitter/primaryfloors.py); this check shows the gap before that. Each node's
+postgresMgrCfg.parameters is its own file, so one node edited differently is enough; so is a
+rolling restart that lowers one of them (the standbys restart first, below the primary that
+still runs with the old value).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-#: PostgreSQL 15's list (docs: "Hot Standby", administrator's overview).
-HOT_STANDBY_SETTINGS = ("max_connections", "max_prepared_transactions", "max_locks_per_transaction",
-                        "max_wal_senders", "max_worker_processes")
+from manatee.core.pgparams import HOT_STANDBY_SETTINGS
+
 
 HOT_STANDBY_SQL = ("select name, setting::bigint from pg_settings where name in ("
                    + ", ".join(f"'{n}'" for n in HOT_STANDBY_SETTINGS) + ") order by name")

@@ -49,18 +49,24 @@ def _pending(status_url: str, ip: str, timeout: float) -> list[str]:
     return list(pg.get("pendingRestart") or [])
 
 
-def _streams_since(status_url: str, since: float, timeout: float) -> bool:
-    """The node's sitter saw it streaming in an observation made after `since` (this process's
-    monotonic clock; the sitter says how old its observation is), and /replica agrees. An
-    older observation may predate the restart: it does not count."""
-    t = min(timeout, 2)
+def _fresh_pg(status_url: str, since: float, timeout: float) -> dict | None:
+    """The pg section of the node's /state if its sitter observed PostgreSQL after `since`
+    (this process's monotonic clock; the sitter says how old its observation is); None if
+    older (it may predate the restart) or unanswered."""
     asked = time.monotonic()
-    code, s = http_json(f"{status_url}/state", timeout=t)
+    code, s = http_json(f"{status_url}/state", timeout=min(timeout, 2))
     ago = s.get("pgObservedAgo") if code == 200 and isinstance(s, dict) else None
-    pg = (s.get("pg") or {}) if code == 200 and isinstance(s, dict) else {}
-    if ago is None or asked - ago <= since or not pg.get("streaming"):
+    if not isinstance(ago, (int, float)) or asked - ago <= since:
+        return None
+    return s.get("pg") or {}
+
+
+def _streams_since(status_url: str, since: float, timeout: float) -> bool:
+    """The node streams in an observation made after `since`, and /replica agrees."""
+    pg = _fresh_pg(status_url, since, timeout)
+    if not pg or not pg.get("streaming"):
         return False
-    return http_json(f"{status_url}/replica", timeout=t)[0] == 200
+    return http_json(f"{status_url}/replica", timeout=min(timeout, 2))[0] == 200
 
 
 def _wait_streaming(peers, args, t0: float, since: float) -> float:
@@ -85,13 +91,10 @@ def _below(st: ClusterState, p) -> list:
 
 
 def _serves_since(status_url: str, since: float, timeout: float) -> bool:
-    """The node's sitter saw its PostgreSQL healthy and out of recovery (a primary) in an
-    observation made after `since` (as _streams_since)."""
-    asked = time.monotonic()
-    code, s = http_json(f"{status_url}/state", timeout=min(timeout, 2))
-    ago = s.get("pgObservedAgo") if code == 200 and isinstance(s, dict) else None
-    pg = (s.get("pg") or {}) if code == 200 and isinstance(s, dict) else {}
-    return ago is not None and asked - ago > since and bool(pg.get("healthy")) and pg.get("inRecovery") is False
+    """The node's PostgreSQL healthy and out of recovery (a primary) in an observation made
+    after `since`."""
+    pg = _fresh_pg(status_url, since, timeout)
+    return bool(pg) and bool(pg.get("healthy")) and pg.get("inRecovery") is False
 
 
 def restart_node(p, place: str, secret, args, below, in_place: bool = False) -> float:

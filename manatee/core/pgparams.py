@@ -28,6 +28,12 @@ RESTART_SETTINGS = frozenset(
         "shared_buffers",
     }
 )
+#: The settings a hot standby must hold at least at its primary's values (PostgreSQL 15 docs,
+#: "Hot Standby", administrator's overview): the primary records them in its WAL, and a standby
+#: with less pauses its replay and cannot be promoted. Read by manatee-adm show/verify
+#: (adm_hotstandby) and raised by the sitter (sitter/primaryfloors.py).
+HOT_STANDBY_SETTINGS = ("max_connections", "max_prepared_transactions", "max_locks_per_transaction",
+                        "max_wal_senders", "max_worker_processes")
 #: Settings that take effect on SIGHUP (context sighup/user/superuser).
 #: primary_conninfo is reloadable since PostgreSQL 13.
 RELOADABLE_SETTINGS = frozenset(

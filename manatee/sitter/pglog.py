@@ -119,8 +119,7 @@ def wraparound_refusal(pgcode: str | None, message: str) -> bool:
 # WAL's parameter-change record): PostgreSQL 15 pauses its replay ("hot standby is not
 # possible because of insufficient parameter settings"), cannot promote, and shuts down if
 # resumed; a start fails the same way until the setting is raised (checked by hand on
-# PostgreSQL 15, 2026-12-07). The names: max_connections, max_worker_processes,
-# max_wal_senders, max_prepared_transactions, max_locks_per_transaction.
+# PostgreSQL 15, 2026-12-07). The names: pgparams.HOT_STANDBY_SETTINGS.
 LOWER_THAN_PRIMARY = re.compile(r"(\w+) = (\d+) is a lower setting than on the primary server, where its value was (\d+)")
 
 

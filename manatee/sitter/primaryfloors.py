@@ -1,8 +1,7 @@
 """Settings a standby must hold at least at its primary's value, raised by the sitter itself.
 
-A hot standby needs max_connections, max_worker_processes, max_wal_senders,
-max_prepared_transactions and max_locks_per_transaction at least as high as its primary had
-them when that primary last started. Each node's postgresMgrCfg.parameters is its own file, so
+A hot standby needs pgparams.HOT_STANDBY_SETTINGS at least as high as its primary had them
+when that primary last started. Each node's postgresMgrCfg.parameters is its own file, so
 one node edited differently is enough, and so is a rolling restart that lowers one of them
 (the standbys restart first). With less, PostgreSQL 15 pauses the standby's replay, refuses to
 promote it (and shuts down when asked to, or when its replay is resumed), and then fails every
@@ -21,6 +20,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from manatee.core.pgparams import HOT_STANDBY_SETTINGS
+
 
 def _int(value: object) -> int | None:
     try:
@@ -35,8 +36,9 @@ class PrimaryFloors:
         self.unwritten = False  # a floor raised since the config files were last written
 
     def note(self, found: Iterable[tuple[str, int]], log) -> bool:
-        """Keep the log's (name, primary's value) pairs as floors; True if one was raised."""
-        raised = {n: v for n, v in found if v > self.values.get(n, 0)}
+        """Keep the log's (name, primary's value) pairs as floors (only HOT_STANDBY_SETTINGS:
+        no other name is rendered over the operator's config); True if one was raised."""
+        raised = {n: v for n, v in found if n in HOT_STANDBY_SETTINGS and v > self.values.get(n, 0)}
         if not raised:
             return False
         self.values.update(raised)

@@ -81,3 +81,30 @@ async def test_post_restart_needs_the_secret_and_a_good_body(restart_server):
     assert (await _post(sitter, "/restart", {}))[0] == 202
     assert (await _post(sitter, "/restart", {"force": True}))[0] == 202
     assert sitter.restarts == [False, True]
+
+
+@pytest.mark.parametrize("answer, streams, serves", [
+    ((200, {"pgObservedAgo": 0.1, "pg": {"streaming": True, "healthy": True, "inRecovery": True}}), True, False),
+    ((200, {"pgObservedAgo": 0.1, "pg": {"healthy": True, "inRecovery": False}}), False, True),
+    # observed before the restart began: it may predate it, so it does not count
+    ((200, {"pgObservedAgo": 50.0, "pg": {"streaming": True, "healthy": True, "inRecovery": False}}), False, False),
+    ((200, {"pg": {"streaming": True, "healthy": True, "inRecovery": False}}), False, False),  # age unknown
+    ((200, {"pgObservedAgo": 0.1, "pg": {"healthy": True, "inRecovery": None}}), False, False),  # unknown
+    ((0, None), False, False),  # no answer
+])
+def test_a_restarted_node_counts_only_on_an_observation_made_after_the_restart(monkeypatch, answer, streams, serves):
+    import time
+
+    from manatee.cli import adm_restart
+
+    asked = []
+
+    def http_json(url, timeout):
+        asked.append(url)
+        return (200, {}) if url.endswith("/replica") else answer
+
+    monkeypatch.setattr(adm_restart, "http_json", http_json)
+    since = time.monotonic() - 10
+    assert adm_restart._streams_since("http://127.0.0.11:5433", since, 5) is streams
+    assert adm_restart._serves_since("http://127.0.0.11:5433", since, 5) is serves
+    assert ("http://127.0.0.11:5433/replica" in asked) is streams  # /replica only asked once /state says streaming
