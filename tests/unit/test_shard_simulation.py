@@ -799,9 +799,12 @@ FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "parti
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
     f = rng.choice(FAULTS if allow_fork else FAULTS[:-1])
     n = rng.choice(sh.nodes)
-    if f in ("kill", "sitter_crash"):  # not the sync a step-down was released to, nor the sync of a primary
-        st = _readable_state(sh)  # whose data is gone: its restarted sitter could not show that it holds
-        sw = st.switchover if st is not None else None  # every acknowledged write (a second fault, design.md)
+    # not the sync a step-down was released to, nor the sync of a primary whose data is gone: its
+    # restarted sitter could not show that it holds every acknowledged write (a second fault,
+    # design.md). While the state znode is missing or unparsable, by the state the sitters remember.
+    if f in ("kill", "sitter_crash"):
+        st = _readable_state(sh) or sh.zk.lost
+        sw = st.switchover if st is not None else None
         released = sw is not None and sw.released and sw.by == STEP_DOWN_BY and sw.to == n.id
         orphaned = st is not None and st.sync is not None and st.sync.id == n.id and not sh.node(st.primary.id).has_data
         if not (released or orphaned):
