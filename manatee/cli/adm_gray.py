@@ -213,7 +213,7 @@ def _primary_value_problems(what: str, role: str, pg: Mapping[str, Any], sev_cri
         values = ", ".join(f"{k} {v}" for k, v in sorted(raised.items()))
         out.append((sev_warn, f"{what}: its sitter raised {values} to the primary's value (a standby needs at least "
                               f"that; its postgresMgrCfg.parameters has less): set them in its config, as on the "
-                              f"primary (the raise lasts until its sitter restarts)"))
+                              f"primary, then manatee-adm reload (the raise lasts until its sitter restarts)"))
     return out
 
 

@@ -253,7 +253,7 @@ class PgManager:
 
     @property
     def raised_to_primary(self) -> dict[str, int]:
-        return dict(self.floors.values)
+        return self.floors.above(self.parameters)
 
     @property
     def parameters_dirty(self) -> bool:

@@ -48,15 +48,20 @@ class PrimaryFloors:
                          "and could not be promoted: restarting it with them (raise them in postgresMgrCfg.parameters)")
         return True
 
-    def over(self, parameters: Mapping[str, str]) -> dict[str, str]:
-        """The operator's parameters, each floor rendered where it is higher than the
-        configured value or nothing is configured (the log said the value in use is lower)."""
-        out = dict(parameters)
+    def above(self, parameters: Mapping[str, str]) -> dict[str, int]:
+        """The floors higher than the configured value, or where nothing (or no number) is
+        configured (the log said the value in use is lower): what the sitter overrides, and
+        what the operator is told to set. A config raised to the floor since is not named."""
+        out = {}
         for name, value in self.values.items():
-            configured = _int(out.get(name)) if name in out else None
+            configured = _int(parameters.get(name)) if name in parameters else None
             if configured is None or configured < value:
-                out[name] = str(value)
+                out[name] = value
         return out
+
+    def over(self, parameters: Mapping[str, str]) -> dict[str, str]:
+        """The operator's parameters with each floor in `above` rendered over them."""
+        return {**parameters, **{n: str(v) for n, v in self.above(parameters).items()}}
 
     def written(self) -> bool:
         """The config files now hold every floor: True if one was new (a running PostgreSQL

@@ -39,6 +39,8 @@ def test_floors_only_rise_and_are_rendered_over_a_lower_or_missing_configured_va
     assert f.over({"max_connections": 200}) == {"max_connections": 200}  # higher: the operator's stays
     assert f.over({"max_connections": "lots"}) == {"max_connections": "120"}
     assert f.written() and not f.written()  # a new floor asks for one restart, once
+    assert f.above({"max_connections": "100"}) == {"max_connections": 120}
+    assert f.above({"max_connections": "120"}) == {}  # the operator's config holds it now: not named
     # only the settings a hot standby needs at the primary's value are ever rendered over the config
     assert not f.note((("shared_buffers", 999999),), log)
     assert "shared_buffers" not in f.over({})
