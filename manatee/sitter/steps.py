@@ -235,12 +235,20 @@ class StepRunner:
     async def restart_in_role(self, target: Target, force: bool) -> bool:
         """The requested restart (manatee-adm restart): a fast stop, then a start with the
         files of the role it has (standby.signal stays for a standby). A node that became the
-        primary since the request is not restarted unless it was forced. True if restarted."""
+        primary since the request is not restarted unless it was forced. True if restarted:
+        stopped, and started or its start failed (e.g. a standby below its primary's settings:
+        the next cycle starts it as any stopped PostgreSQL, primaryfloors.py raises them, and
+        manatee-adm restart waits for it to stream)."""
         if target.role == PRIMARY and not force:
             self.log.warning("restart_dropped", reason="this node is the primary now")
             return False
         t0 = self.clock.monotonic()
         await self.pg.stop(mode="fast")
-        await self.pg.start()
+        try:
+            await self.pg.start()
+        except Exception as e:  # noqa: BLE001 - the next cycle's start is the supervision's
+            self.log.error("pg_restart_start_failed", role=target.role, error=str(e)[:2000],
+                           note="stopped for the requested restart, but its start failed: the next cycle starts it again")
+            return True
         self.log.info("pg_restarted", role=target.role, seconds=round(self.clock.monotonic() - t0, 3))
         return True

@@ -46,6 +46,25 @@ async def test_the_cycle_restarts_once_in_its_role_and_counts_it():
     assert s.pg.calls == [("stop:fast",), ("start",)] and s.pg_restarts == 1 and s.restart_request is None
 
 
+async def test_a_restart_whose_start_fails_counts_as_done_and_leaves_the_start_to_the_next_cycle():
+    """A standby below its primary's settings fails its start (PostgreSQL 15: 'recovery aborted
+    because of insufficient parameter settings'); its sitter raises them in the next cycle. The
+    restart was done: manatee-adm restart, which waits for restartsDone to move and then for the
+    node to stream, must not report it as never done (sandbox, 2026-12-07: 'did not restart
+    PostgreSQL within 60s' while the node streamed again 1 s after)."""
+    s = _sitter(B)
+    s.request_restart()
+
+    async def failing_start(ready_timeout=None):
+        s.pg.calls.append(("start",))
+        raise RuntimeError("postgres exited with status 1 before accepting connections")
+
+    s.pg.start = failing_start
+    await s._restart_pg(SimpleNamespace(role=STANDBY))
+    assert s.pg.calls == [("stop:fast",), ("start",)] and s.pg_restarts == 1 and s.restart_request is None
+    assert [r[3] for r in s.records if r[2] == "error"] == ["pg_restart_start_failed"]
+
+
 async def test_a_node_that_became_primary_since_the_request_is_not_restarted():
     s = _sitter(B)
     s.request_restart()
