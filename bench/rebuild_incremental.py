@@ -143,7 +143,7 @@ def report(m: dict, bench: Bench, args: argparse.Namespace) -> str:
     lines = [
         report_header(f", load average {load:.1f}; "
         f"database: pgbench scale {args.scale}, {bench.db_bytes / 1e6:.0f} MB (dataset {med['size'] / 1e6:.0f} MB); "
-        f"recordsize {args.recordsize or '128K (default)'}; between rebuilds pgbench -c 4 for {args.work}s; "
+        f"recordsize {args.recordsize or '128K (default)'}; compression {getattr(args, 'compression', None) or 'off'}; between rebuilds pgbench -c 4 for {args.work}s; "
         f"median of {len(runs)}"),
         "",
         "| rebuild | seconds (median) | MB streamed (median) | runs (s) |",
@@ -167,6 +167,8 @@ def cli(argv: list[str] | None, doc: str, bench: type, report_fn, work: int) -> 
     p.add_argument("--pool-size", default="24G", help="sparse pool file size")
     p.add_argument("--recordsize", default=None,
                    help="recordsize of A's dataset (default: the pool's 128K; 8k matches PostgreSQL's pages)")
+    p.add_argument("--compression", default=None,
+                   help="compression of the pool's root, inherited by every dataset (e.g. lzjb; default off)")
     p.add_argument("-v", "--verbose", action="store_true", help="print when each restore phase began")
     args = p.parse_args(argv)
     _QuietLog.verbose = args.verbose
