@@ -25,7 +25,7 @@ from manatee.core.pg import DEFAULT_BINDIR, run_as
 from manatee.core.procs import free_port, terminate, wait_port_async
 from manatee.core.zfs import Zfs
 from manatee_testbed.postgres import PgNode
-from manatee_testbed.zfspool import ZFS, ZfsPool, ensure_zfs_fuse
+from manatee_testbed.zfspool import ZfsPool, ensure_zfs_fuse
 
 BACKUPSERVER = str(Path(sys.executable).with_name("manatee-backupserver"))
 NEEDS_ROOT = "needs root (zfs-fuse, PostgreSQL as postgres)"
@@ -121,7 +121,7 @@ class SourceBench:
         self.fuse = ensure_zfs_fuse()
         self.pool.create()
         if getattr(self.args, "compression", None):  # on the pool's root: every dataset inherits it
-            subprocess.run([ZFS, "set", f"compression={self.args.compression}", self.pool.name], check=True)
+            await self.zfs.set(self.pool.name, "compression", self.args.compression)
         self.ds_a = self.pool.create_dataset("a", self.base / "a", props)
         self.pg = PgNode("a", self.ip_a, free_port(self.ip_a), data_dir=self.base / "a", work_dir=self.base / "a-work")
         await self.pg.init()

@@ -143,7 +143,7 @@ def report(m: dict, bench: Bench, args: argparse.Namespace) -> str:
     lines = [
         report_header(f", load average {load:.1f}; "
         f"database: pgbench scale {args.scale}, {bench.db_bytes / 1e6:.0f} MB (dataset {med['size'] / 1e6:.0f} MB); "
-        f"recordsize {args.recordsize or '128K (default)'}; compression {getattr(args, 'compression', None) or 'off'}; between rebuilds pgbench -c 4 for {args.work}s; "
+        f"recordsize {args.recordsize or '128K (default)'}; compression {args.compression or 'off'}; between rebuilds pgbench -c 4 for {args.work}s; "
         f"median of {len(runs)}"),
         "",
         "| rebuild | seconds (median) | MB streamed (median) | runs (s) |",

@@ -4,10 +4,12 @@ needs the shard secret's proof and a well-formed body."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
 
+from manatee.cli import adm_restart
 from manatee.cli.adm_restart import _below, plan
 from manatee.shard.state import PRIMARY, STANDBY, ClusterState
 from manatee.sitter.status import StatusServer
@@ -112,10 +114,6 @@ async def test_post_restart_needs_the_secret_and_a_good_body(restart_server):
     ((0, None), False, False),  # no answer
 ])
 def test_a_restarted_node_counts_only_on_an_observation_made_after_the_restart(monkeypatch, answer, streams, serves):
-    import time
-
-    from manatee.cli import adm_restart
-
     asked = []
 
     def http_json(url, timeout):
