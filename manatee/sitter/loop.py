@@ -287,7 +287,7 @@ class Sitter:
             self.log.info("waiting_for_upstream", reason=str(e))
         except PgConfigError as e:  # an observation (logged once per change), not a crash loop
             self.log.debug("pg_config_write_failed", error=str(e))
-            self._cycle_failed()
+            self._cycle_failed(str(e))  # /state cycles.lastError says why (verify: "last: ...")
         except Exception as e:  # never crash-loop with PG in an unknown role: log, retry
             msg = str(e) or type(e).__name__  # kazoo's errors may carry no message at all
             (self.log.exception if self._cycle_failed(msg) else self.log.debug)(

@@ -10,9 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from manatee.shard.state import ClusterState
 from manatee.sitter.pglog import CROWDED
 from manatee.sitter.pgmanager import PgConfigError, RoleSpec
+from tests.observations import A, B, C
 from tests.pgmanager_fakes import bare_pg_manager
+from tests.sim.standalone import ScriptedPg, standalone_sitter
 
 
 def _manager(monkeypatch, outcomes):
@@ -47,3 +50,16 @@ def test_a_config_write_failure_is_reported_once_and_cleared_when_it_works(monke
 ])
 def test_a_full_house_is_told_from_other_failures(msg, crowded):
     assert bool(CROWDED.search(msg)) is crowded
+
+
+async def test_a_cycle_that_cannot_write_postgresqls_config_says_why_in_its_failures():
+    """verify's "its last N cycles failed (last: ...)" names the config error (a full disk),
+    not "?" (sandbox, 2026-12-07: disk-full on the sync)."""
+    s = standalone_sitter(B, pg=ScriptedPg(), state=ClusterState(generation=3, primary=A, sync=B, async_=(C,)))
+
+    async def cycle():
+        raise PgConfigError("[Errno 122] Disk quota exceeded: '.manatee.conf.tmp'")
+
+    s.cycle = cycle
+    await s.cycle_once()
+    assert s.failures == 1 and "Disk quota exceeded" in s.failure_msg
