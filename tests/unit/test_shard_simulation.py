@@ -862,9 +862,12 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         sh.zk.wipe()
     elif f == "zk_fix":
         _state_restore(sh)
-    elif f == "fork_standby":  # not while a primary's data is gone (its sync is the only copy), nor a
-        st = _readable_state(sh)  # sync detached to take over, configured to take writes once promoted:
-        ready = not n.conf.read_only and n.conf.sync is not None  # promoted by someone else, it acks at once
+    elif f == "fork_standby":
+        # Not while a primary's data is gone (its sync is the only copy; judged by the state the
+        # sitters remember while the znode is missing or unparsable), nor a sync detached to take
+        # over, configured to take writes once promoted (promoted by someone else, it acks at once).
+        st = _readable_state(sh) or sh.zk.lost
+        ready = not n.conf.read_only and n.conf.sync is not None
         if n.running and n.mode == "standby" and not ready and (st is None or sh.node(st.primary.id).has_data):
             sh.fork(n)
 
