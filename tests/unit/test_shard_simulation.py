@@ -793,7 +793,7 @@ FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "parti
           "zk_down", "zk_up", "kill_pg", "pg_hang", "pg_hang_sticky", "pg_no_start", "pg_cure",
           "destroy_standby", "recycle_wal", "disk_low", "disk_room", "destroy_primary", "op_switchover",
           "op_freeze", "op_unfreeze", "pg_replay_held", "zk_garbage", "zk_delete", "zk_wipe", "zk_fix",
-          "sitter_crash", "op_reap", "fork_standby")
+          "sitter_crash", "op_reap", "pg_panicked_full", "tear_wal", "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
@@ -862,6 +862,12 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         sh.zk.wipe()
     elif f == "zk_fix":
         _state_restore(sh)
+    elif f == "pg_panicked_full":  # its PostgreSQL PANICked for lack of space and was restarted; ZFS says full
+        n.free = 0
+        sh.pg_fault(n, "panicked_full")
+    elif f == "tear_wal":  # its upstream's last WAL write failed half-way through a record it received
+        if n.running and n.mode == "standby" and n.streaming:
+            sh.tear_wal(n, rng.randint(1, 3))
     elif f == "fork_standby":
         # Not while a primary's data is gone (its sync is the only copy; judged by the state the
         # sitters remember while the znode is missing or unparsable), nor a sync detached to take
