@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Coroutine
 
-from manatee.shard.state import UNASSIGNED, Peer
+from manatee.shard.state import CONNECTED, UNASSIGNED, Peer
 from manatee.sitter.heartbeat import Heartbeat
 from manatee.sitter.loop import Sitter
 from tests.sim.clock import FakeClock, SimLog, format_record
@@ -101,6 +101,9 @@ class Node:
     sitter: Sitter | None = None
     session: FakeSession | None = None
     cycle: Coroutine | None = None  # the sitter's cycle in progress (parked at a pause)
+    # a new sitter process waits for its first ZooKeeper session before anything else
+    # (`Sitter.run`: view.connect, then kill_orphan, then the cycles)
+    connecting: bool = True
     pause_wanted: bool = False
     # postgres
     has_data: bool = False
@@ -216,6 +219,7 @@ class Shard:
                           clock=self.clock)
         n.sitter.view.listen()
         n.sitter.view.watch()
+        n.connecting = True
 
     def _halt(self, n: Node) -> None:
         if n.cycle is not None:
@@ -239,6 +243,13 @@ class Shard:
         """One slice of the sitter's loop: a new cycle, or the rest of a parked one. The fakes
         answer at once, so the coroutine is driven by hand (no event loop, no real time)."""
         n.session.poll(self.clock.now)
+        if n.connecting:  # as `Sitter.run`: no cycle before the first session; then the
+            if n.session.state != CONNECTED:  # PostgreSQL a dead sitter left is killed
+                return
+            n.connecting = False
+            if n.running:
+                self.pg_stop(n)
+                n.sitter.log.warning("pg_orphan_killed", why="simulated: left running by a sitter that died")
         if n.cycle is None:
             n.pause_wanted = self.rng.random() < 0.5
             n.cycle = n.sitter.cycle_once()

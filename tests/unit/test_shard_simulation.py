@@ -746,9 +746,10 @@ def test_a_detached_sync_that_forks_while_it_may_not_take_over_is_stopped_not_re
 
 @pytest.mark.parametrize("who", [0, 1])
 def test_a_sitter_restarted_while_zookeeper_is_down_leaves_the_primary_serving(who):
-    """F10 with a sitter crash (the primary's or the sync's): the new sitter starts in role
-    unassigned and, without ZooKeeper, holds (bootstrap.wait_zk); the primary's PostgreSQL runs
-    out of recovery, which in role unassigned is not a fork (plan_from): writes go on."""
+    """F10 with a sitter crash (the primary's or the sync's): the new sitter waits for its first
+    ZooKeeper session before any cycle (`Sitter.run`), so the PostgreSQL it finds runs on
+    meanwhile and writes go on; once ZooKeeper answers it kills that PostgreSQL and starts it
+    again in its role, same generation."""
     sh = new_shard()
     p = sh.nodes[0]
     sh.run(3)
