@@ -60,6 +60,7 @@ from manatee.cli.common import (
 from manatee.cli.history import read_history, records
 from manatee.core.httpjson import http_json
 from manatee.core.lsn import format_lsn
+from manatee.shard.rebuildpath import cannot_restore_from
 from manatee.shard.state import ClusterState
 from manatee.shard.syncstore import SyncShardStore
 
@@ -225,11 +226,41 @@ def restore_progress_line(r: dict) -> str:
     return line
 
 
+def upstream_cannot_serve(st: ClusterState, p) -> str | None:
+    """Why a rebuild of `p` would only wait for its upstream (None: it can start, or the node's
+    sitter will refuse or place it itself: the primary, a deposed node). The sitter restores
+    from the nearest member ahead of it, once that one's PostgreSQL runs and answers; asked
+    while none can serve, the request would hold a sound node (perhaps the sync, the only copy
+    that can take over when its primary's data is gone) waiting for it."""
+    chain = [q.id for q in st.chain()]
+    if p.id not in chain[1:]:
+        return None
+    ahead = list(reversed(st.chain()[:chain.index(p.id)]))
+    for q in ahead:
+        state, _answer = _sitter_state(q)
+        if state is None:  # its sitter does not answer: not the upstream (look further ahead)
+            continue
+        why = cannot_restore_from(state)
+        if why is None:
+            return None
+        msg = (f"{p.ip} would restore from {q.ip} ({st.place_of(q.id)}), but {why} "
+               f"(its sitter says: {state.get('reason') or '?'})")
+        if st.place_of(p.id) == "sync":
+            msg += (f"; {p.ip} is the sync, the one node that can take over: rebuild it once {q.ip} "
+                    "serves, or see the safe-mode runbook")
+        return msg + ". Nothing requested"
+    return (f"no member ahead of {p.ip} answers ({', '.join(q.ip for q in ahead)}): cannot tell whether "
+            "its rebuild could start. Nothing requested")
+
+
 def cmd_rebuild(args, zk: ZkReader) -> int:
     st, _version = SyncShardStore(zk, args.shard).state("rebuild")
     p = find_peer(st, args.node)
     if not p.status_url:
         raise CliError(f"{p.ip} has no statusUrl in the state: cannot reach its sitter")
+    why = upstream_cannot_serve(st, p)
+    if why is not None:
+        raise CliError(why)
     from manatee.core.auth import SecretError, load_secret_file, sign_request
 
     secret_file = args.secret_file or os.environ.get("MANATEE_SECRET_FILE")

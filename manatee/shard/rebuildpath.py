@@ -35,6 +35,17 @@ CAUSE_REQUESTED = "requested"  # manatee-adm rebuild
 CAUSE_WAL_GONE = "wal_gone"  # my upstream removed the WAL I need next (my WAL did not diverge)
 
 
+def cannot_restore_from(sitter_state: object) -> str | None:
+    """Why a member cannot be restored from, by its sitter's `/state` (None: it can). Its
+    PostgreSQL must run and answer: a snapshot taken while it is being created (initdb) or
+    restored, or of a dataset whose data is gone, is not a database. An answer that does not
+    say counts as cannot (unknown is not a fact)."""
+    pg = sitter_state.get("pg") if isinstance(sitter_state, dict) else None
+    if isinstance(pg, dict) and pg.get("running") and pg.get("healthy"):
+        return None
+    return "it has no running, healthy PostgreSQL"
+
+
 @dataclass(frozen=True)
 class Choice:
     path: str  # REWIND or STREAM

@@ -15,6 +15,7 @@ from manatee.core.restore import restore as restore_dataset
 from manatee.core.restore.source import Candidate
 from manatee.core.restore.source import choose as choose_source
 from manatee.core.zfs import Zfs, ZfsError
+from manatee.shard.rebuildpath import cannot_restore_from
 from manatee.shard.state import Peer
 from manatee.sitter.rewinder import Rewinder
 from manatee.sitter.statememory import MEMORY_PROP
@@ -106,8 +107,7 @@ class ZfsDataset:
                     body = await resp.json()
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
             raise UpstreamNotReady(f"cannot ask {upstream.status_url} whether it can be restored from: {e}") from None
-        pg = body.get("pg") or {}
-        if not (pg.get("running") and pg.get("healthy")):
+        if cannot_restore_from(body) is not None:
             raise UpstreamNotReady(f"upstream {upstream.id} has no running, healthy PostgreSQL yet: "
                                    "waiting before restoring from it")
 

@@ -1,0 +1,80 @@
+"""manatee-adm rebuild asks a node's sitter for a rebuild only when the member it would restore
+from can serve: asked while none can, the request would hold a sound node waiting (the random
+simulation found a forced rebuild of the sync of a primary whose data was gone, the one node
+that could take over, waiting for ever). The rule is the sitter's own (`cannot_restore_from`,
+also used by its restore's check of the upstream)."""
+
+from __future__ import annotations
+
+import pytest
+
+from manatee.cli import adm
+from manatee.shard.rebuildpath import cannot_restore_from
+from manatee.shard.state import ClusterState
+from tests.factories import peer
+
+P, S, A1, A2 = (peer(f"127.0.0.{i}", f"zone-{i}") for i in (21, 22, 23, 24))
+STATE = ClusterState(generation=4, primary=P, sync=S, async_=(A1, A2), deposed=(peer("127.0.0.25", "z5"),))
+SERVING = {"pg": {"running": True, "healthy": True}, "reason": "I am the primary and take writes"}
+NO_DATA = {"pg": {"running": False, "healthy": False},
+           "reason": "my data directory is empty although 127.0.0.22 holds data of this shard"}
+
+
+@pytest.mark.parametrize("body, can", [
+    (SERVING, True),
+    (NO_DATA, False),
+    ({"pg": {"running": True, "healthy": False}}, False),
+    ({"pg": {"running": True}}, False),  # does not say: unknown is not a fact
+    ({"pg": None}, False),
+    ({}, False),
+    ([], False),
+    ("502 Bad Gateway", False),
+])
+def test_a_member_can_be_restored_from_only_while_its_postgresql_runs_and_answers(body, can):
+    assert (cannot_restore_from(body) is None) is can
+
+
+def _answers(monkeypatch, by_ip: dict):
+    asked = []
+
+    def fake_http_json(url, *a, **k):
+        ip = url.split("//")[1].split(":")[0]
+        asked.append(ip)
+        body = by_ip.get(ip)
+        return (200, body) if body is not None else (0, "connection refused")
+
+    monkeypatch.setattr(adm, "http_json", fake_http_json)
+    return asked
+
+
+def test_the_sync_of_a_primary_that_cannot_serve_is_not_asked_to_rebuild(monkeypatch):
+    asked = _answers(monkeypatch, {P.ip: NO_DATA})
+    why = adm.upstream_cannot_serve(STATE, S)
+    assert why.startswith(f"{S.ip} would restore from {P.ip} (primary), but it has no running, healthy PostgreSQL")
+    assert "my data directory is empty" in why  # what the upstream's sitter says
+    assert "the one node that can take over" in why and why.endswith("Nothing requested")
+    assert asked == [P.ip]
+
+
+def test_an_async_restores_from_the_nearest_member_ahead_whose_sitter_answers(monkeypatch):
+    asked = _answers(monkeypatch, {P.ip: SERVING})  # the sync's sitter is down: its async looks further
+    assert adm.upstream_cannot_serve(STATE, A1) is None
+    assert asked == [S.ip, P.ip]
+    asked = _answers(monkeypatch, {S.ip: {"pg": {"running": False}, "reason": "restoring"}, P.ip: SERVING})
+    why = adm.upstream_cannot_serve(STATE, A2)
+    assert why.startswith(f"{A2.ip} would restore from {S.ip} (sync)") and "the one node" not in why
+    assert asked == [A1.ip, S.ip]  # A1 does not answer; S answers and cannot serve: no further
+
+
+def test_nobody_ahead_answering_is_a_refusal_not_a_guess(monkeypatch):
+    _answers(monkeypatch, {})
+    why = adm.upstream_cannot_serve(STATE, A1)
+    assert why == (f"no member ahead of {A1.ip} answers ({S.ip}, {P.ip}): cannot tell whether its rebuild "
+                   "could start. Nothing requested")
+
+
+def test_the_primary_and_a_deposed_node_are_left_to_their_sitters(monkeypatch):
+    asked = _answers(monkeypatch, {})
+    assert adm.upstream_cannot_serve(STATE, P) is None  # its sitter refuses: switch over first
+    assert adm.upstream_cannot_serve(STATE, STATE.deposed[0]) is None  # rebuilt once back in the chain
+    assert asked == []
