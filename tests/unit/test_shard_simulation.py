@@ -794,7 +794,8 @@ FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "parti
           "zk_down", "zk_up", "kill_pg", "pg_hang", "pg_hang_sticky", "pg_no_start", "pg_cure",
           "destroy_standby", "recycle_wal", "disk_low", "disk_room", "destroy_primary", "op_switchover",
           "op_freeze", "op_unfreeze", "pg_replay_held", "zk_garbage", "zk_delete", "zk_wipe", "zk_fix",
-          "sitter_crash", "op_reap", "pg_panicked_full", "tear_wal", "fork_standby")
+          "sitter_crash", "op_reap", "pg_panicked_full", "tear_wal", "op_rebuild", "op_restart",
+          "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
@@ -845,6 +846,16 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
                 and s.sitter is not None and s.sitter.wal_from == n.id and n.log and s.log == n.log
                 and all(x.has_data for x in sh.nodes)):
             sh.destroy_data(n)
+    elif f in ("op_rebuild", "op_restart"):
+        # manatee-adm rebuild / restart --node: the request its sitter receives. A rebuild without
+        # --force (its sitter refuses the sync's): a forced one of the sync while its primary cannot
+        # serve is refused by the CLI (upstream_cannot_serve), which the simulation does not run.
+        force = rng.random() < 0.3
+        if n.sitter is not None and n.alive and not n.hung:
+            if f == "op_rebuild":
+                n.sitter.request_rebuild(force=False)
+            else:
+                n.sitter.request_restart(force=force)
     elif f.startswith("op_"):  # an operator's manatee-adm: one compare-and-set on the state
         _operator(sh, f[3:])
     elif f == "recycle_wal":  # its upstream lost its slot and recycled the WAL it needs next
