@@ -281,6 +281,7 @@ def cmd_rebuild(args, zk: ZkReader) -> int:
     t0 = time.monotonic()
     last = None
     started = False
+    done_at = None  # when this process first saw the restore done: a later look is after it
     while time.monotonic() - t0 < args.wait:
         code, s = http_json(f"{p.status_url}/state", timeout=2)
         if code == 200 and isinstance(s, dict):
@@ -291,7 +292,10 @@ def cmd_rebuild(args, zk: ZkReader) -> int:
                 _say(f"[{time.monotonic() - t0:6.1f}s] {line}")
                 last = line
             started = started or s.get("localRole") == "rebuild" or phase not in (None, "requested")
-            if started and phase == "done" and http_json(f"{p.status_url}/replica", timeout=1)[0] == 200:
+            if started and phase == "done":
+                done_at = done_at or time.monotonic()
+            # streaming in an observation made before the restore ended (the old copy's) is no answer
+            if done_at is not None and adm_restart.streams_since(p.status_url, done_at, args.timeout):
                 _say(f"rebuild of {p.ip} done in {time.monotonic() - t0:.1f}s: it streams from its upstream")
                 return EXIT_OK
         time.sleep(0.5)

@@ -61,7 +61,7 @@ def _fresh_pg(status_url: str, since: float, timeout: float) -> dict | None:
     return s.get("pg") or {}
 
 
-def _streams_since(status_url: str, since: float, timeout: float) -> bool:
+def streams_since(status_url: str, since: float, timeout: float) -> bool:
     """The node streams in an observation made after `since`, and /replica agrees."""
     pg = _fresh_pg(status_url, since, timeout)
     if not pg or not pg.get("streaming"):
@@ -76,7 +76,7 @@ def _wait_streaming(peers, args, t0: float, since: float) -> float:
     limit = t0 + args.wait
     waiting = list(peers)
     while time.monotonic() < limit:
-        waiting = [p for p in waiting if not _streams_since(p.status_url, since, args.timeout)]
+        waiting = [p for p in waiting if not streams_since(p.status_url, since, args.timeout)]
         if not waiting:
             return time.monotonic() - t0
         time.sleep(POLL_S)

@@ -78,3 +78,56 @@ def test_the_primary_and_a_deposed_node_are_left_to_their_sitters(monkeypatch):
     assert adm.upstream_cannot_serve(STATE, P) is None  # its sitter refuses: switch over first
     assert adm.upstream_cannot_serve(STATE, STATE.deposed[0]) is None  # rebuilt once back in the chain
     assert asked == []
+
+
+def test_the_rebuild_is_done_only_on_an_observation_made_after_the_restore_ended(monkeypatch):
+    """Sandbox, 2026-12-07: a forced rebuild of the sync while its primary's PostgreSQL hung
+    said "done in 0.5s: it streams from its upstream": /replica still answered from the
+    sitter's observation made before the restore (the old copy streaming)."""
+    import argparse
+    import time as time_mod
+
+    from manatee.cli import adm_restart
+
+    class Store:
+        def __init__(self, *_a):
+            pass
+
+        def state(self, _why):
+            return STATE, 7
+
+    answers = iter([
+        {"restore": {"phase": "requested"}, "localRole": "standby"},
+        # done, but the last look at PostgreSQL is 30 s old: before the restore ended
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 30.0, "pg": {"streaming": True}},
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 30.0, "pg": {"streaming": True}},
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": False}},
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": False}},
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": True}},
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": True}},
+    ])
+    polls = []
+
+    def http_json(url, body=None, timeout=None, headers=None):
+        if url.endswith("/rebuild"):
+            return 202, {"rebuild": "requested"}
+        if url.endswith("/replica"):
+            return 200, {}  # as the sitter's stale observation said
+        if url.startswith(P.status_url):
+            return 200, SERVING  # the upstream of the async A1 (its sync S answers nothing)
+        if url.startswith(S.status_url):
+            return 0, "connection refused"
+        assert url == f"{A1.status_url}/state", url
+        polls.append(url)
+        return 200, next(answers)
+
+    clock = [1000.0]
+    monkeypatch.setattr(adm, "SyncShardStore", Store)
+    monkeypatch.setattr(adm, "http_json", http_json)
+    monkeypatch.setattr(adm_restart, "http_json", http_json)
+    monkeypatch.setattr(time_mod, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time_mod, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    args = argparse.Namespace(shard="1", node=A1.ip, force=False, secret_file=None, timeout=5, wait=60)
+    assert adm.cmd_rebuild(args, zk=None) == 0
+    # two looks at the stale observation and one at a fresh one that does not stream yet did not end it
+    assert len(polls) == 7

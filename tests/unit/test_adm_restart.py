@@ -122,6 +122,6 @@ def test_a_restarted_node_counts_only_on_an_observation_made_after_the_restart(m
 
     monkeypatch.setattr(adm_restart, "http_json", http_json)
     since = time.monotonic() - 10
-    assert adm_restart._streams_since("http://127.0.0.11:5433", since, 5) is streams
+    assert adm_restart.streams_since("http://127.0.0.11:5433", since, 5) is streams
     assert adm_restart._serves_since("http://127.0.0.11:5433", since, 5) is serves
     assert ("http://127.0.0.11:5433/replica" in asked) is streams  # /replica only asked once /state says streaming
