@@ -232,10 +232,11 @@ def upstream_cannot_serve(st: ClusterState, p) -> str | None:
     from the nearest member ahead of it, once that one's PostgreSQL runs and answers; asked
     while none can serve, the request would hold a sound node (perhaps the sync, the only copy
     that can take over when its primary's data is gone) waiting for it."""
-    chain = [q.id for q in st.chain()]
-    if p.id not in chain[1:]:
+    chain = st.chain()
+    ids = [q.id for q in chain]
+    if p.id not in ids[1:]:
         return None
-    ahead = list(reversed(st.chain()[:chain.index(p.id)]))
+    ahead = list(reversed(chain[:ids.index(p.id)]))
     for q in ahead:
         state, _answer = _sitter_state(q)
         if state is None:  # its sitter does not answer: not the upstream (look further ahead)

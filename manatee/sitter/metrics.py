@@ -63,9 +63,10 @@ def _target_and_fresh_pg(snap, role: str):
     """The last PostgreSQL observation when the target has `role`, PG ran, and that
     observation is younger than the session timeout. A node resumed after a hang longer
     than that answers from its pre-hang view until its first cycle: not to be trusted
-    (meanwhile another node may have been promoted)."""
+    (meanwhile another node may have been promoted). Nor is one of a PostgreSQL the sitter has
+    killed or stopped since (a rebuild kills it at its start and observes nothing until its end)."""
     t, pgs = snap.target, snap.last_pg
-    if t is None or t.role != role or pgs is None or not pgs.running:
+    if t is None or t.role != role or pgs is None or not pgs.running or snap.pg_running is False:
         return None
     if time.monotonic() - snap.last_pg_at > snap.session_timeout:
         return None

@@ -28,6 +28,7 @@ class SitterSnapshot:
     zk_state: str = "lost"
     last_pg: Any = None                      # PgStatus as last observed, or None
     last_pg_at: float = 0.0                  # clock.monotonic() of last_pg (0.0: never)
+    pg_running: bool | None = None           # my PostgreSQL child runs as of this snapshot (None: not said)
     pg_config_error: str | None = None
     pg_parameters_gen: int = 0
     pg_raised: Mapping[str, int] = field(default_factory=dict)  # PrimaryFloors.values
@@ -80,7 +81,8 @@ class SitterSnapshot:
     def pg_serving(self) -> bool:
         """PostgreSQL runs, answers and holds a database (not restoring, not rebuilding)."""
         pgs = self.last_pg
-        return bool(pgs and pgs.running and pgs.healthy) and not self.restoring and self.role != REBUILD
+        return (bool(pgs and pgs.running and pgs.healthy) and self.pg_running is not False
+                and not self.restoring and self.role != REBUILD)
 
 
 def snapshot_of(sitter) -> SitterSnapshot:
@@ -89,7 +91,8 @@ def snapshot_of(sitter) -> SitterSnapshot:
     return SitterSnapshot(
         me=sitter.me, role=sitter.role, target=sitter.target, reason=d.reason if d else None,
         rule=d.rule if d else None, state=v.state, error=v.error, election=v.election, zk_state=v.zk_state,
-        last_pg=sitter.last_pg, last_pg_at=sitter.last_pg_at, pg_config_error=sitter.pg.config_error,
+        last_pg=sitter.last_pg, last_pg_at=sitter.last_pg_at, pg_running=sitter.pg.running,
+        pg_config_error=sitter.pg.config_error,
         pg_parameters_gen=sitter.pg.parameters_gen, pg_raised=dict(sitter.pg.raised_to_primary), restore_progress=sitter.steps.restore_progress,
         restarts_done=sitter.pg_restarts, restart_requested=sitter.restart_request is not None,
         transitions=dict(sitter.transitions), slots=sitter.slots, quarantined=v.quarantined,

@@ -189,6 +189,7 @@ class StepRunner:
     async def _restore(self, upstream: Peer) -> None:
         also = await self._ahead_of(upstream)
         await self.pg.kill()
+        self.on_progress()  # publish it: /replica and /primary stop answering from the look before
         self.log.info("restore_starting", source=upstream.backup_url, also=[p.backup_url for p in also])
 
         def progress(p):

@@ -102,8 +102,8 @@ class Node:
     session: FakeSession | None = None
     cycle: Coroutine | None = None  # the sitter's cycle in progress (parked at a pause)
     # a new sitter process waits for its first ZooKeeper session before anything else
-    # (`Sitter.run`: view.connect, then kill_orphan, then the cycles)
-    connecting: bool = True
+    # (`Sitter.run`: view.connect, then kill_orphan, then the cycles); set by _boot
+    connecting: bool = False
     pause_wanted: bool = False
     # postgres
     has_data: bool = False

@@ -67,7 +67,7 @@ def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_a
     return SimpleNamespace(memory=StateMemory(None, None, None),
         view=view_, health=health, last=SimpleNamespace(reason="my sync has not flushed", rule="primary.replace_sync"),
         me=A, role="primary", target=None, last_pg=None, last_pg_at=last_pg_at,
-        pg=SimpleNamespace(config_error=None, parameters_gen=0, raised_to_primary={}), steps=SimpleNamespace(restore_progress=None, restore_tries=restores),
+        pg=SimpleNamespace(config_error=None, parameters_gen=0, raised_to_primary={}, running=True), steps=SimpleNamespace(restore_progress=None, restore_tries=restores),
         pg_restarts=0, restart_request=None, transitions={}, slots=None,
         session=SimpleNamespace(negotiated_session_timeout=4.0), started=0.0, diverged=False,
         heartbeats=SimpleNamespace(beats={}, expiration_s=6.0),

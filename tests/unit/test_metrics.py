@@ -217,6 +217,19 @@ def test_an_observation_older_than_the_session_timeout_is_not_trusted():
     assert streaming_replica(_snap(**repl, **stale)) is False
 
 
+def test_an_observation_of_a_postgres_killed_since_is_not_trusted():
+    """A rebuild kills PostgreSQL at its start and observes nothing until its end (minutes on a
+    large dataset): /replica, /primary and /ping must not answer from the look before the kill."""
+    prim = dict(target=Target(PRIMARY, read_only=False), last_pg=_pg())
+    repl = dict(target=Target(STANDBY), last_pg=_pg(in_recovery=True, streaming=True, read_only=True))
+    assert writable_primary(_snap(**prim, pg_running=True)) is True
+    assert writable_primary(_snap(**prim, pg_running=False)) is False
+    assert streaming_replica(_snap(**repl, pg_running=True)) is True
+    assert streaming_replica(_snap(**repl, pg_running=False)) is False
+    assert _snap(**repl, pg_running=True).pg_serving is True
+    assert _snap(**repl, pg_running=False).pg_serving is False
+
+
 def test_a_failing_archive_is_a_gauge_only_while_postgres_answers():
     assert "manatee_pg_archive_failing" not in parse(render_view(primary_view(), NOW_MS))  # unknown: absent
     assert value(parse(render_view(primary_view(pg_archive_failing=0), NOW_MS)), "manatee_pg_archive_failing") == 0

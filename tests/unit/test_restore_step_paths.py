@@ -79,6 +79,23 @@ def test_a_rewind_that_ran_is_the_restore():
     assert done["path"] == "rewind" and done["why"] == "copies 5 MB of 900 MB"
 
 
+def test_the_kill_at_a_restores_start_is_published_before_anything_else_runs():
+    """The loop publishes only at a cycle's end, and a restore runs inside one cycle: the kill
+    must be published at once, or /replica answers 200 from the look before it (stop 40)."""
+    seen = []
+
+    class Slow(Dataset):
+        async def rewind(self, upstream, cause, progress, ahead=()):
+            seen.append(("rewind", r.pg.killed, published[:]))
+            return "not diverged"
+
+    published = []
+    r, _log, _restored = _runner(Slow(None))
+    r.on_progress = lambda: published.append(r.pg.killed)
+    asyncio.run(r.restore(peer("10.0.0.1")))
+    assert seen == [("rewind", 1, [1])]
+
+
 def test_no_rewind_streams_and_says_why():
     ds = Dataset("an operator asked for this rebuild")
     r, log, restored = _runner(ds)
