@@ -41,6 +41,10 @@ class UpstreamNotReady(RuntimeError):
     """The node to restore from cannot serve a usable copy yet; the next cycle tries again."""
 
 
+class UpstreamUnknown(UpstreamNotReady):
+    """Whether the node to restore from can serve is not known: its sitter did not answer."""
+
+
 class ZfsDataset:
     def __init__(self, cfg, log, *, secret=None, ssl_context=None):
         """cfg: SitterConfig."""
@@ -106,10 +110,11 @@ class ZfsDataset:
                 async with http.get(f"{upstream.status_url}/state", ssl=self.ssl_context or True) as resp:
                     body = await resp.json()
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
-            raise UpstreamNotReady(f"cannot ask {upstream.status_url} whether it can be restored from: {e}") from None
-        if cannot_restore_from(body) is not None:
-            raise UpstreamNotReady(f"upstream {upstream.id} has no running, healthy PostgreSQL yet: "
-                                   "waiting before restoring from it")
+            raise UpstreamUnknown(f"cannot ask {upstream.status_url} whether it can be restored from: {e}") from None
+        why = cannot_restore_from(body)
+        if why is not None:
+            said = body.get("reason") if isinstance(body, dict) else None
+            raise UpstreamNotReady(f"upstream {upstream.id}: {why} (its sitter says: {said or '?'})")
 
     async def restore(self, upstream: Peer, progress: Callable, also: Sequence[Peer] = ()) -> object:
         """Receive the upstream's dataset (manatee.core.restore); returns its RestoreResult.

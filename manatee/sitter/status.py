@@ -261,8 +261,35 @@ class StatusServer:
         force, bad = _force_of(raw)
         if bad is not None:
             return bad
+        refused = await self._upstream_refusal()
+        if refused is not None:
+            self.log.warning("rebuild_refused", remote=req.remote, why=refused)
+            return _json(409, {"code": "UpstreamCannotServe", "message": refused})
         code, out = self.sitter.request_rebuild(force)
         return _json(code, out)
+
+    async def _upstream_refusal(self) -> str | None:
+        """Why a rebuild asked now would only hold this node waiting (None: it may be asked).
+        The restore starts once my upstream's PostgreSQL runs and answers; asked while it says
+        it cannot, the request keeps a sound node out of service, and for the sync, the one
+        node that can take over when its primary's data is gone, even from taking over. The
+        sync is also refused while its upstream's sitter does not answer; the others are not
+        (an async's upstream may be replaced meanwhile). manatee-adm rebuild asks the same
+        before it sends the request; this is for a request sent without it."""
+        from manatee.sitter.dataset import UpstreamNotReady, UpstreamUnknown
+
+        s = self.sitter.snapshot
+        up = s.target.upstream if s.target is not None else None
+        if up is None or s.restoring or getattr(self.sitter, "dataset", None) is None:
+            return None  # the primary, a deposed node: the sitter answers for itself
+        sync = "; this node is the sync, the one node that can take over" if s.place == "sync" else ""
+        try:
+            await self.sitter.dataset.check_upstream(up)
+        except UpstreamUnknown as e:
+            return f"{e}{sync}. Nothing requested" if sync else None
+        except UpstreamNotReady as e:
+            return f"this node would restore from {e}{sync}. Nothing requested"
+        return None
 
     async def restart(self, req: web.Request):
         """manatee-adm restart: restart this node's PostgreSQL in its current role. The sitter
