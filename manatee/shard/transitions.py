@@ -15,7 +15,10 @@ Shell conventions that keep the table small:
   of recovery is planned from "primary" when my role is standby (I made it one) and the target
   is not primary (a fork: S→S would only reload it, and it would go on taking writes; a fresh
   sitter's "unassigned" says nothing about what PG was, so a primary's PG is never stopped
-  on a restart's first, perhaps ZooKeeper-less, cycle), and so is a primary's step-down stop
+  on a cycle that holds, its target unassigned), or when my role is unassigned and the state
+  makes me a standby (U→S would configure it and skip the start of a running PG, which would
+  go on taking writes: only a sitter whose start could not kill the PostgreSQL that the dead
+  sitter left meets one), and so is a primary's step-down stop
   (Effect.STOP_TO_STEP_DOWN) whatever the role (a takeover whose promotion never ran is still
   a standby, and S→U would leave running the PG that the step-down waits to see stopped).
 """
@@ -292,7 +295,9 @@ def plan_from(role: str, target_role: str, *, running: bool, out_of_recovery: bo
     `out_of_recovery`: PostgreSQL said so this cycle (an unanswered query is not a fork)."""
     if role in (PRIMARY, STANDBY) and not running:
         return UNASSIGNED
-    if running and (step_down_stop or (out_of_recovery and target_role != PRIMARY and role == STANDBY)):
+    forked = out_of_recovery and target_role != PRIMARY and (
+        role == STANDBY or (role == UNASSIGNED and target_role == STANDBY))
+    if running and (step_down_stop or forked):
         return PRIMARY
     return role
 

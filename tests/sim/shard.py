@@ -104,6 +104,7 @@ class Node:
     # a new sitter process waits for its first ZooKeeper session before anything else
     # (`Sitter.run`: view.connect, then kill_orphan, then the cycles); set by _boot
     connecting: bool = False
+    orphan_survives: bool = False  # the new sitter's kill of that PostgreSQL fails (pg_orphan_check_failed)
     pause_wanted: bool = False
     # postgres
     has_data: bool = False
@@ -247,9 +248,12 @@ class Shard:
             if n.session.state != CONNECTED:  # PostgreSQL a dead sitter left is killed
                 return
             n.connecting = False
-            if n.running:
+            if n.running and n.orphan_survives:
+                n.sitter.log.error("pg_orphan_check_failed", error="simulated: the kill failed")
+            elif n.running:
                 self.pg_stop(n)
                 n.sitter.log.warning("pg_orphan_killed", why="simulated: left running by a sitter that died")
+            n.orphan_survives = False
         if n.cycle is None:
             n.pause_wanted = self.rng.random() < 0.5
             n.cycle = n.sitter.cycle_once()
@@ -285,14 +289,16 @@ class Shard:
     def kill_pg(self, k) -> None:
         self.pg_stop(self.node(k))
 
-    def sitter_crash(self, k) -> None:
+    def sitter_crash(self, k, orphan_survives: bool = False) -> None:
         """The sitter alone is killed (PostgreSQL runs on) and a new one starts at once, with a
-        new ZooKeeper session (`manatee-sandbox sitter-crash`; SMF restarting the service)."""
+        new ZooKeeper session (`manatee-sandbox sitter-crash`; SMF restarting the service).
+        `orphan_survives`: the new sitter's kill of the PostgreSQL left running fails."""
         n = self.node(k)
         if n.alive:
             self._halt(n)
             n.hung = False
             self._boot(n)
+            n.orphan_survives = orphan_survives
 
     def pg_fault(self, k, fault: str | None) -> None:
         """F18/F19/F22: the node's sitter runs on, its PostgreSQL is sick (None: cured)."""

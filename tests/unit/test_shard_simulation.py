@@ -744,6 +744,28 @@ def test_a_detached_sync_that_forks_while_it_may_not_take_over_is_stopped_not_re
     assert not any(sh.writable(n) for n in sh.nodes) and not sh.lost_acknowledged(), sh.describe()
 
 
+def test_a_forked_postgres_a_new_sitter_could_not_kill_is_stopped_in_its_first_cycle():
+    """A standby forked by hand (F16) whose sitter then died, and whose new sitter's kill of the
+    PostgreSQL left running failed (`pg_orphan_check_failed`): the new sitter starts unassigned
+    with a PG that runs out of recovery. Its first cycle must not leave that PG taking writes
+    (here the core sees the fork and rebuilds the sync; where it holds the node as a standby,
+    `plan_from` plans from primary, so that the PG is stopped: test_transitions)."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    sh.run(3)
+    sh.fork(s)
+    sh.sitter_crash(s, orphan_survives=True)
+    for _ in range(12):
+        sh.tick()
+        if s.sitter.last is not None and s.cycle is None:
+            break
+    assert s.sitter.last is not None and s.cycle is None, sh.describe()
+    assert any(r[3] == "pg_orphan_check_failed" for r in sh.records), sh.describe()
+    assert not (s.running and s.mode == "primary"), sh.describe()
+    sh.settle()
+    assert not sh.zk.error and not sh.lost_acknowledged() and s.streaming, sh.describe()
+
+
 @pytest.mark.parametrize("who", [0, 1])
 def test_a_sitter_restarted_while_zookeeper_is_down_leaves_the_primary_serving(who):
     """F10 with a sitter crash (the primary's or the sync's): the new sitter waits for its first
@@ -795,7 +817,7 @@ FAULTS = ("kill", "start", "hang", "resume", "partition", "partition_zk", "parti
           "destroy_standby", "recycle_wal", "disk_low", "disk_room", "destroy_primary", "op_switchover",
           "op_freeze", "op_unfreeze", "pg_replay_held", "zk_garbage", "zk_delete", "zk_wipe", "zk_fix",
           "sitter_crash", "op_reap", "pg_panicked_full", "tear_wal", "op_rebuild", "op_restart",
-          "fork_standby")
+          "sitter_crash_orphan", "fork_standby")
 
 
 def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
@@ -804,13 +826,16 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
     # not the sync a step-down was released to, nor the sync of a primary whose data is gone: its
     # restarted sitter could not show that it holds every acknowledged write (a second fault,
     # design.md). While the state znode is missing or unparsable, by the state the sitters remember.
-    if f in ("kill", "sitter_crash"):
+    if f in ("kill", "sitter_crash", "sitter_crash_orphan"):
         st = _readable_state(sh) or sh.zk.lost
         sw = st.switchover if st is not None else None
         released = sw is not None and sw.released and sw.by == STEP_DOWN_BY and sw.to == n.id
         orphaned = st is not None and st.sync is not None and st.sync.id == n.id and not sh.node(st.primary.id).has_data
         if not (released or orphaned):
-            (sh.kill if f == "kill" else sh.sitter_crash)(n)
+            if f == "kill":
+                sh.kill(n)
+            else:  # sitter_crash_orphan: the new sitter's kill of the PostgreSQL left running fails
+                sh.sitter_crash(n, orphan_survives=f == "sitter_crash_orphan")
     elif f == "start":
         sh.start(n)
     elif f == "hang":
