@@ -32,7 +32,9 @@ class StepRunner:
         self.configured_upstream: Peer | None = None  # what primary_conninfo names now
         self.restore_progress: dict | None = None
         self.start_budget: Callable[[Target], float | None] = lambda _t: None
-        self.on_progress: Callable[[], None] = lambda: None  # a restore moved on: publish it
+        # publish now, not at the cycle's end: a restore moved on, or PostgreSQL was stopped
+        # for a step that runs on (/replica must not answer from the look before the stop)
+        self.on_progress: Callable[[], None] = lambda: None
         self.on_start: Callable[[], None] = lambda: None  # a start of PostgreSQL is attempted
         # why the next rebuild is needed (manatee.shard.rebuildpath CAUSE_*; None: missing data
         # or not known): only a WAL divergence may be rewound. Set by the loop, cleared by a restore.
@@ -245,6 +247,7 @@ class StepRunner:
             return False
         t0 = self.clock.monotonic()
         await self.pg.stop(mode="fast")
+        self.on_progress()
         try:
             await self.pg.start()
         except Exception as e:  # noqa: BLE001 - the next cycle's start is the supervision's

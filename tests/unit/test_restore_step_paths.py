@@ -164,3 +164,25 @@ def test_restore_back_off_schedule(failures, wait):
         t = latches.restore_failed(t, "boom", now=10.0)
     assert t.failures == failures and t.last_error == "boom"
     assert latches.restore_held_s(t, 10.0) == wait and latches.restore_held_s(t, 10.0 + (wait or 0)) is None
+
+
+def test_a_requested_restart_publishes_its_stop_before_the_start():
+    """manatee-adm restart stops PostgreSQL and starts it again inside one cycle (the start may
+    take opsTimeout): the stop is published at once, so /replica does not say 200 meanwhile."""
+    events = []
+
+    class RestartPg(Pg):
+        async def stop(self, mode):
+            events.append(("stop", mode))
+
+        async def start(self):
+            events.append("start")
+
+    r, log, _restored = _runner(Dataset(None))
+    r.pg = RestartPg()
+    r.on_progress = lambda: events.append("published")
+    from manatee.shard.state import STANDBY, Target
+
+    assert asyncio.run(r.restart_in_role(Target(STANDBY, upstream=peer("10.0.0.1")), force=False)) is True
+    assert events == [("stop", "fast"), "published", "start"]
+    assert "pg_restarted" in dict(log.lines)
