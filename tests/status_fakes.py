@@ -4,6 +4,7 @@ authentication, TLS and operator requests), and a signed POST to it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from types import SimpleNamespace
 
@@ -46,6 +47,19 @@ class FakeSitter:
     def request_rebuild(self, force=False):
         self.rebuilds.append(force)
         return 200, {"ok": True}
+
+
+@contextlib.asynccontextmanager
+async def served(sitter):
+    """A real StatusServer in front of `sitter`, started and stopped around the block."""
+    from manatee.sitter.status import StatusServer
+
+    srv = StatusServer(sitter, Log())
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
 
 
 async def _post(sitter, path, body, secret=S, headers=None):

@@ -12,10 +12,9 @@ import pytest
 from manatee.cli import adm_restart
 from manatee.cli.adm_restart import _below, plan
 from manatee.shard.state import PRIMARY, STANDBY, ClusterState
-from manatee.sitter.status import StatusServer
 from tests.sim.standalone import ScriptedPg, standalone_sitter
 from tests.observations import A, B, C, D
-from tests.status_fakes import FakeSitter, Log, S, _post
+from tests.status_fakes import FakeSitter, S, _post, served
 
 
 def test_plan_restarts_asyncs_deepest_first_then_sync_then_switches_over_then_old_primary():
@@ -87,10 +86,8 @@ class RestartSitter(FakeSitter):
 @pytest.fixture
 async def restart_server():
     sitter = RestartSitter(secret=S)
-    srv = StatusServer(sitter, Log())
-    await srv.start()
-    yield sitter
-    await srv.stop()
+    async with served(sitter):
+        yield sitter
 
 
 async def test_post_restart_needs_the_secret_and_a_good_body(restart_server):

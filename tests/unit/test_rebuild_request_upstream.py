@@ -10,9 +10,8 @@ import pytest
 from manatee.shard.state import STANDBY, Target
 from manatee.sitter.dataset import UpstreamNotReady, UpstreamUnknown
 from manatee.sitter.snapshot import SitterSnapshot
-from manatee.sitter.status import StatusServer
 from tests.observations import A, B, C, STATE
-from tests.status_fakes import S, FakeSitter, Log, _post
+from tests.status_fakes import S, FakeSitter, _post, served
 
 
 class Dataset:
@@ -32,10 +31,8 @@ UNKNOWN = UpstreamUnknown("cannot ask http://10.0.0.1:5433/state whether it can 
 @pytest.fixture
 async def server():
     sitter = FakeSitter(secret=S)
-    srv = StatusServer(sitter, Log())
-    await srv.start()
-    yield sitter
-    await srv.stop()
+    async with served(sitter):
+        yield sitter
 
 
 def _as(sitter, me, upstream, error, **kw):

@@ -11,18 +11,15 @@ import aiohttp
 import pytest
 
 from manatee.core.auth import ShardSecret
-from manatee.sitter.status import StatusServer
-from tests.status_fakes import IP, S, FakeSitter, Log, _post
+from tests.status_fakes import IP, S, FakeSitter, _post, served
 
 @pytest.fixture
 async def server(request):
     kw = getattr(request, "param", {})
     sitter = FakeSitter(secret=kw.get("secret", S), insecure=kw.get("insecure", False),
                         max_connections=kw.get("max_connections", 256), idle_ms=kw.get("idle_ms", 10000))
-    srv = StatusServer(sitter, Log())
-    await srv.start()
-    yield sitter, srv
-    await srv.stop()
+    async with served(sitter) as srv:
+        yield sitter, srv
 
 
 def _hb(sitter):
