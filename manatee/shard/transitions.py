@@ -17,8 +17,9 @@ Shell conventions that keep the table small:
   sitter's "unassigned" says nothing about what PG was, so a primary's PG is never stopped
   on a cycle that holds, its target unassigned), or when my role is unassigned and the state
   makes me a standby (U→S would configure it and skip the start of a running PG, which would
-  go on taking writes: only a sitter whose start could not kill the PostgreSQL that the dead
-  sitter left meets one), and so is a primary's step-down stop
+  go on taking writes for a cycle: a plan to primary that failed after its promotion leaves
+  my role unassigned; a PostgreSQL I did not start is never "running" to me, PgManager.running),
+  and so is a primary's step-down stop
   (Effect.STOP_TO_STEP_DOWN) whatever the role (a takeover whose promotion never ran is still
   a standby, and S→U would leave running the PG that the step-down waits to see stopped).
 """

@@ -75,7 +75,7 @@ class FakePg:
 
     @property
     def running(self) -> bool:
-        return self.node.running
+        return self.node.running and not self.node.orphan  # as PgManager: its own child only
 
     def has_data(self) -> bool:
         return self.node.has_data
@@ -91,7 +91,7 @@ class FakePg:
 
     async def status(self, sync_app_name: str | None = None) -> PgStatus:
         n = self.node
-        if not n.running:
+        if not n.running or n.orphan:
             return PgStatus(False, False, None, None, False, n.diverged, None, None)
         if n.pg_hung:
             return PgStatus(True, False, None, None, False, n.diverged, None, None,
@@ -150,6 +150,8 @@ class FakePg:
     async def start(self, ready_timeout: float | None = None) -> None:
         await self.world.pause_point(self.node)
         n = self.node
+        if n.orphan:  # PgManager.start kills a PostgreSQL of the data directory it did not start
+            self.world.pg_stop(n)
         if n.running:
             return
         if not n.has_data:

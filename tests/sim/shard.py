@@ -105,6 +105,10 @@ class Node:
     # (`Sitter.run`: view.connect, then kill_orphan, then the cycles); set by _boot
     connecting: bool = False
     orphan_survives: bool = False  # the new sitter's kill of that PostgreSQL fails (pg_orphan_check_failed)
+    # PostgreSQL runs but is not the sitter's child (its kill at the sitter's start failed): the
+    # sitter sees it as not running (PgManager.running: its own child only), and its next start
+    # or kill kills every process of the data directory first
+    orphan: bool = False
     pause_wanted: bool = False
     # postgres
     has_data: bool = False
@@ -249,6 +253,7 @@ class Shard:
                 return
             n.connecting = False
             if n.running and n.orphan_survives:
+                n.orphan = True
                 n.sitter.log.error("pg_orphan_check_failed", error="simulated: the kill failed")
             elif n.running:
                 self.pg_stop(n)
@@ -369,7 +374,7 @@ class Shard:
 
     # -- postgres -------------------------------------------------------------------------
     def pg_stop(self, n: Node) -> None:
-        n.running = n.pg_hung = False
+        n.running = n.pg_hung = n.orphan = False
         n.streaming = False
         n.streamed = None
         n.pending = []

@@ -746,10 +746,11 @@ def test_a_detached_sync_that_forks_while_it_may_not_take_over_is_stopped_not_re
 
 def test_a_forked_postgres_a_new_sitter_could_not_kill_is_stopped_in_its_first_cycle():
     """A standby forked by hand (F16) whose sitter then died, and whose new sitter's kill of the
-    PostgreSQL left running failed (`pg_orphan_check_failed`): the new sitter starts unassigned
-    with a PG that runs out of recovery. Its first cycle must not leave that PG taking writes
-    (here the core sees the fork and rebuilds the sync; where it holds the node as a standby,
-    `plan_from` plans from primary, so that the PG is stopped: test_transitions)."""
+    PostgreSQL left running failed (`pg_orphan_check_failed`). As PgManager, the new sitter sees
+    a PostgreSQL it did not start as not running, and its first start or kill kills every
+    process of the data directory first: after its first cycle the fork does not run
+    read-write. (Random simulation, seed 498020: a simulated sitter that adopted such a
+    PostgreSQL as its own took its forked WAL for streamed WAL and promoted it.)"""
     sh = new_shard()
     p, s, a = sh.nodes
     sh.run(3)

@@ -187,7 +187,7 @@ def test_plan_from_a_forked_standby_is_stopped_as_a_running_primary(target):
     (REBUILD, STANDBY, True, True, False, REBUILD),
     (UNASSIGNED, UNASSIGNED, True, True, False, UNASSIGNED),  # a fresh sitter: PG may be the primary's
     (UNASSIGNED, STANDBY, True, False, False, UNASSIGNED),   # a standby left running: reconfigured
-    (UNASSIGNED, STANDBY, True, True, False, PRIMARY),    # a read-write PG left running (its kill failed)
+    (UNASSIGNED, STANDBY, True, True, False, PRIMARY),    # promoted by a plan to primary that then failed
     (UNASSIGNED, STANDBY, True, True, True, PRIMARY),
     (UNASSIGNED, DEPOSED, True, True, False, UNASSIGNED),  # U→D stops it anyway
     (STANDBY, UNASSIGNED, True, False, True, PRIMARY),    # a step-down whose promotion never ran
