@@ -308,7 +308,7 @@ async def test_only_shard_members_may_ask(zk_hosts, tmp_path):
     """Real ZooKeeper election children decide who may request and receive a backup."""
     member, other, target_ok, target_bad = (random_loopback_ip() for _ in range(4))
     shard = f"/manatee/{uuid.uuid4().hex[:6]}"
-    port = free_port(member)
+    port = free_port("0.0.0.0")  # the server binds every address: free on all of them, not on one
     secret_file, secret = make_secret_file(tmp_path)
     config = BackupServerConfig.model_validate(
         {
