@@ -91,7 +91,7 @@ class FakePg:
 
     async def status(self, sync_app_name: str | None = None) -> PgStatus:
         n = self.node
-        if not n.running or n.orphan:
+        if not self.running:
             return PgStatus(False, False, None, None, False, n.diverged, None, None)
         if n.pg_hung:
             return PgStatus(True, False, None, None, False, n.diverged, None, None,
