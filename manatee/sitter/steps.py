@@ -71,6 +71,7 @@ class StepRunner:
         if step == T.STOP_PG:
             await pg.kill()
             self.configured_upstream = None
+            self.on_progress()  # a step-down's start (or restore) may take long: /primary says 503 now
         elif step == T.INITDB_IF_EMPTY:
             await self.dataset.ensure()
             if not pg.has_data():

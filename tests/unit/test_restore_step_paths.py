@@ -186,3 +186,22 @@ def test_a_requested_restart_publishes_its_stop_before_the_start():
     assert asyncio.run(r.restart_in_role(Target(STANDBY, upstream=peer("10.0.0.1")), force=False)) is True
     assert events == [("stop", "fast"), "published", "start"]
     assert "pg_restarted" in dict(log.lines)
+
+
+def test_the_stop_step_is_published_before_the_steps_after_it():
+    """A step-down (or any plan that stops PostgreSQL) runs its start or restore in the same
+    cycle: the stop is published at once, so /primary and /replica do not say 200 meanwhile."""
+    from manatee.shard import transitions as T
+    from manatee.shard.state import STANDBY, Target
+
+    events = []
+
+    class StopPg(Pg):
+        async def kill(self):
+            events.append("kill")
+
+    r, _log, _restored = _runner(Dataset(None))
+    r.pg, r.configured_upstream = StopPg(), peer("10.0.0.1")
+    r.on_progress = lambda: events.append("published")
+    asyncio.run(r.step(T.STOP_PG, Target(STANDBY, upstream=peer("10.0.0.1")), ()))
+    assert events == ["kill", "published"] and r.configured_upstream is None
