@@ -46,6 +46,20 @@ def cannot_restore_from(sitter_state: object) -> str | None:
     return "it has no running, healthy PostgreSQL"
 
 
+def rebuild_request_refusal(place: str | None, upstream_unready: str | None, *, known: bool) -> str | None:
+    """Why a sitter refuses an operator's rebuild request now (None: it takes it).
+    `upstream_unready`: why its upstream cannot be restored from now, or (not `known`) why
+    its upstream's sitter could not be asked; None: it can. The restore starts only once its
+    upstream serves, so a request asked while it cannot holds a sound node out of service,
+    and the sync, the one node that can take over when its primary's data is gone, even from
+    taking over. Not known refuses the sync only: an async's upstream may be replaced meanwhile."""
+    sync = "; this node is the sync, the one node that can take over" if place == "sync" else ""
+    if upstream_unready is None or (not known and not sync):
+        return None
+    said = upstream_unready if not known else f"this node would restore from {upstream_unready}"
+    return f"{said}{sync}. Nothing requested"
+
+
 @dataclass(frozen=True)
 class Choice:
     path: str  # REWIND or STREAM

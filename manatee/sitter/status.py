@@ -46,6 +46,7 @@ from manatee.sitter.metrics import (
     CONTENT_TYPE, MetricsCollector, lag_within, parse_lag, streaming_replica, writable_primary,
 )
 from manatee.sitter.snapshot import debug_state
+from manatee.shard.rebuildpath import rebuild_request_refusal
 from manatee.shard.state import CONNECTED
 
 MAX_BODY = 4096
@@ -269,26 +270,21 @@ class StatusServer:
         return _json(code, out)
 
     async def _upstream_refusal(self) -> str | None:
-        """Why a rebuild asked now would only hold this node waiting (None: it may be asked).
-        The restore starts once my upstream's PostgreSQL runs and answers; asked while it says
-        it cannot, the request keeps a sound node out of service, and for the sync, the one
-        node that can take over when its primary's data is gone, even from taking over. The
-        sync is also refused while its upstream's sitter does not answer; the others are not
-        (an async's upstream may be replaced meanwhile). manatee-adm rebuild asks the same
-        before it sends the request; this is for a request sent without it."""
+        """Why a rebuild asked now would only hold this node waiting (None: it may be asked):
+        my upstream's answer, judged by `rebuildpath.rebuild_request_refusal`. manatee-adm
+        rebuild asks the same before it sends the request; this is for a request sent without it."""
         from manatee.sitter.dataset import UpstreamNotReady, UpstreamUnknown
 
         s = self.sitter.snapshot
         up = s.target.upstream if s.target is not None else None
         if up is None or s.restoring or getattr(self.sitter, "dataset", None) is None:
             return None  # the primary, a deposed node: the sitter answers for itself
-        sync = "; this node is the sync, the one node that can take over" if s.place == "sync" else ""
         try:
             await self.sitter.dataset.check_upstream(up)
         except UpstreamUnknown as e:
-            return f"{e}{sync}. Nothing requested" if sync else None
+            return rebuild_request_refusal(s.place, str(e), known=False)
         except UpstreamNotReady as e:
-            return f"this node would restore from {e}{sync}. Nothing requested"
+            return rebuild_request_refusal(s.place, str(e), known=True)
         return None
 
     async def restart(self, req: web.Request):

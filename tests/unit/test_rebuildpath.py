@@ -83,3 +83,20 @@ def test_the_share_is_a_setting():
     assert rp.choose_by_cost(1001, 2000, True, max_share=0.5).path == rp.STREAM
     assert rp.choose_by_cost(1, 2000, True, max_share=0.0).path == rp.STREAM
     assert rp.choose_by_cost(0, 2000, True, max_share=0.0).path == rp.REWIND
+
+
+@pytest.mark.parametrize("place,unready,known,refused", [
+    ("sync", None, True, None),
+    ("async", None, True, None),
+    ("sync", "up: it has no running, healthy PostgreSQL", True,
+     "this node would restore from up: it has no running, healthy PostgreSQL; this node is the sync, "
+     "the one node that can take over. Nothing requested"),
+    ("async", "up: it has no running, healthy PostgreSQL", True,
+     "this node would restore from up: it has no running, healthy PostgreSQL. Nothing requested"),
+    ("sync", "cannot ask up", False,
+     "cannot ask up; this node is the sync, the one node that can take over. Nothing requested"),
+    ("async", "cannot ask up", False, None),
+    (None, "cannot ask up", False, None),
+])
+def test_rebuild_request_refusal_by_place_and_the_upstreams_answer(place, unready, known, refused):
+    assert rp.rebuild_request_refusal(place, unready, known=known) == refused
