@@ -19,6 +19,9 @@ from manatee.sitter.dataset import UpstreamNotReady
 from manatee.sitter.pgmanager import PgConfigError, PgStatus
 
 BASE = 0x1000000  # the WAL position of an empty log
+# Node.orphan: a PostgreSQL left running by a sitter that died, whose new sitter's kill will
+# fail (KILL_FAILS) or failed (ORPHAN: it runs, but is not the sitter's child)
+KILL_FAILS, ORPHAN = "kill_fails", "orphan"
 
 
 @dataclass
@@ -75,7 +78,7 @@ class FakePg:
 
     @property
     def running(self) -> bool:
-        return self.node.running and not self.node.orphan  # as PgManager: its own child only
+        return self.node.running and self.node.orphan != ORPHAN  # as PgManager: its own child only
 
     def has_data(self) -> bool:
         return self.node.has_data
@@ -150,7 +153,7 @@ class FakePg:
     async def start(self, ready_timeout: float | None = None) -> None:
         await self.world.pause_point(self.node)
         n = self.node
-        if n.orphan:  # PgManager.start kills a PostgreSQL of the data directory it did not start
+        if n.orphan == ORPHAN:  # PgManager.start kills a PostgreSQL of the data directory it did not start
             self.world.pg_stop(n)
         if n.running:
             return

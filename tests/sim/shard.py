@@ -27,7 +27,7 @@ from manatee.shard.state import CONNECTED, UNASSIGNED, Peer
 from manatee.sitter.heartbeat import Heartbeat
 from manatee.sitter.loop import Sitter
 from tests.sim.clock import FakeClock, SimLog, format_record
-from tests.sim.pg import Conf, FakeDataset, FakePg
+from tests.sim.pg import KILL_FAILS, ORPHAN, Conf, FakeDataset, FakePg
 from tests.sim.zk import FakeSession, FakeStore, SimZK, Violation
 
 SESSION_TIMEOUT = 6
@@ -104,11 +104,12 @@ class Node:
     # a new sitter process waits for its first ZooKeeper session before anything else
     # (`Sitter.run`: view.connect, then kill_orphan, then the cycles); set by _boot
     connecting: bool = False
-    orphan_survives: bool = False  # the new sitter's kill of that PostgreSQL fails (pg_orphan_check_failed)
-    # PostgreSQL runs but is not the sitter's child (its kill at the sitter's start failed): the
-    # sitter sees it as not running (PgManager.running: its own child only), and its next start
-    # or kill kills every process of the data directory first
-    orphan: bool = False
+    # a PostgreSQL left running by a sitter that died, as the new sitter sees it: None (its own
+    # child, or none runs); KILL_FAILS (the new sitter's kill of it will fail at its start:
+    # pg_orphan_check_failed); ORPHAN (that kill failed: it runs but is not the sitter's child,
+    # so the sitter sees it as not running, PgManager.running, and its next start or kill kills
+    # every process of the data directory first)
+    orphan: str | None = None
     pause_wanted: bool = False
     # postgres
     has_data: bool = False
@@ -252,13 +253,12 @@ class Shard:
             if n.session.state != CONNECTED:  # PostgreSQL a dead sitter left is killed
                 return
             n.connecting = False
-            if n.running and n.orphan_survives:
-                n.orphan = True
+            if n.running and n.orphan == KILL_FAILS:
+                n.orphan = ORPHAN
                 n.sitter.log.error("pg_orphan_check_failed", error="simulated: the kill failed")
             elif n.running:
                 self.pg_stop(n)
                 n.sitter.log.warning("pg_orphan_killed", why="simulated: left running by a sitter that died")
-            n.orphan_survives = False
         if n.cycle is None:
             n.pause_wanted = self.rng.random() < 0.5
             n.cycle = n.sitter.cycle_once()
@@ -303,7 +303,7 @@ class Shard:
             self._halt(n)
             n.hung = False
             self._boot(n)
-            n.orphan_survives = orphan_survives
+            n.orphan = KILL_FAILS if orphan_survives and n.running else None
 
     def pg_fault(self, k, fault: str | None) -> None:
         """F18/F19/F22: the node's sitter runs on, its PostgreSQL is sick (None: cured)."""
@@ -374,7 +374,8 @@ class Shard:
 
     # -- postgres -------------------------------------------------------------------------
     def pg_stop(self, n: Node) -> None:
-        n.running = n.pg_hung = n.orphan = False
+        n.running = n.pg_hung = False
+        n.orphan = None
         n.streaming = False
         n.streamed = None
         n.pending = []
