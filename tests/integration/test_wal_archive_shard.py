@@ -6,7 +6,9 @@ succeeds for a segment already there only when it is identical (standbys archive
 they receive, the primary those it writes). A base backup is taken, the primary's host is
 killed, the sync takes over, and after its WAL switch the archive alone recovers a copy of
 the database that holds every write acknowledged before that switch — across the timeline
-change — and no node's archiver failed."""
+change — and no node's archiver failed. The same holds for a copy recovered from a clone of
+a ZFS snapshot of the primary's dataset taken with the base backup (crash-consistent: pg_wal
+is in the same dataset), the other base the operator's guide names."""
 
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say
-from tests.shard_ops import adm, pg_setting, set_pg_parameters, start_and_rejoin
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say, wait_for
+from manatee_testbed.sandbox_config import ZFS_BIN
+from tests.shard_ops import adm, pg_setting, set_pg_parameters, start_and_rejoin, zfs
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
 
@@ -52,6 +55,38 @@ def query(sh: Shard, node, sql: str):
         return cur.fetchall()
 
 
+def recover(bindir: Path, copy: Path, archive: Path, sock: Path, port: int, log: Path) -> str:
+    """Start a copy of the data directory as the operator's guide says: recovery.signal, and
+    appended to postgresql.auto.conf the archive's restore_command, the latest timeline, no
+    archiving, no sync, its own socket and port. Returns its DSN once it took writes (the
+    end of the archive). A snapshot's copy also drops what the running node left: its
+    postmaster.pid and standby.signal."""
+    (copy / "postmaster.pid").unlink(missing_ok=True)
+    (copy / "standby.signal").unlink(missing_ok=True)
+    (copy / "recovery.signal").touch()
+    with open(copy / "postgresql.auto.conf", "a") as f:
+        f.write(f"\nrestore_command = 'cp {archive}/%f %p'\nrecovery_target_timeline = 'latest'\n"
+                f"archive_mode = off\nlisten_addresses = ''\nport = {port}\n"
+                f"unix_socket_directories = '{sock}'\nprimary_conninfo = ''\n"
+                f"synchronous_standby_names = ''\nhot_standby = on\n")
+    r = as_postgres(str(bindir / "pg_ctl"), "-D", str(copy), "-l", str(log), "-w", "-t", "120", "start")
+    assert r.returncode == 0, r.stderr + log.read_text()[-3000:]
+    dsn = f"host={sock} port={port} user=postgres dbname=postgres"
+
+    def promoted() -> bool:
+        with psycopg2.connect(dsn, connect_timeout=3) as c, c.cursor() as cur:
+            cur.execute("select not pg_is_in_recovery()")
+            return cur.fetchone()[0]
+    wait_for(promoted, 120, f"the copy in {copy} to reach the end of the archive")
+    return dsn
+
+
+def rows(dsn: str, table: str) -> set:
+    with psycopg2.connect(dsn, connect_timeout=3) as c, c.cursor() as cur:
+        cur.execute(f"select id from {table}")
+        return {row[0] for row in cur.fetchall()}
+
+
 def test_the_archive_alone_recovers_every_acknowledged_write_across_a_failover(shard: Shard):
     sh = shard
     prev = sh.zk_state()
@@ -64,7 +99,8 @@ def test_the_archive_alone_recovers_every_acknowledged_write_across_a_failover(s
     for d in (work, archive, sock):
         os.chown(d, pg.pw_uid, pg.pw_gid)
     bindir = Path(json.loads(sh.node(p).config_path("sitter").read_text())["postgresMgrCfg"]["pgBinDir"])
-    restored = False
+    started: list[Path] = []
+    snap = None
     try:
         for n in sh.nodes:
             set_pg_parameters(sh, {"archive_mode": "always", "archive_command": archive_command(archive, n.name)},
@@ -84,6 +120,9 @@ def test_the_archive_alone_recovers_every_acknowledged_write_across_a_failover(s
             r = as_postgres(str(bindir / "pg_basebackup"), "-h", sh.node(p).socket_dir, "-p",
                             str(sh.node(p).pg_port), "-U", "postgres", "-D", str(backup), "-X", "none", "-c", "fast")
             assert r.returncode == 0, r.stderr
+            # and a ZFS snapshot of the primary's dataset, the other base (crash-consistent)
+            zfs("snapshot", f"{sh.node(p).dataset}@pitr-test")
+            snap = f"{sh.node(p).dataset}@pitr-test"
             # the primary cannot reach the archive: the segments it completes now are archived by
             # the standbys that received them (archive_mode = always), or by nobody
             (archive / f".hold-{p}").touch()
@@ -116,30 +155,29 @@ def test_the_archive_alone_recovers_every_acknowledged_write_across_a_failover(s
         assert wal.startswith("00000002") or int(wal[:8], 16) > 1, wal  # the new primary's timeline
 
         # recover a copy from the base backup and the archive alone, on its own socket
-        (backup / "recovery.signal").touch()
-        with open(backup / "postgresql.auto.conf", "a") as f:
-            f.write(f"\nrestore_command = 'cp {archive}/%f %p'\nrecovery_target_timeline = 'latest'\n"
-                    f"archive_mode = off\nlisten_addresses = ''\nport = 5499\n"
-                    f"unix_socket_directories = '{sock}'\nprimary_conninfo = ''\n"
-                    f"synchronous_standby_names = ''\nhot_standby = on\n")
-        (backup / "standby.signal").unlink(missing_ok=True)
-        r = as_postgres(str(bindir / "pg_ctl"), "-D", str(backup), "-l", str(work / "restore.log"), "-w", "-t",
-                        "120", "start")
-        assert r.returncode == 0, r.stderr + (work / "restore.log").read_text()[-3000:]
-        restored = True
-        dsn = f"host={sock} port=5499 user=postgres dbname=postgres"
-
-        def promoted() -> bool:
-            with psycopg2.connect(dsn, connect_timeout=3) as c, c.cursor() as cur:
-                cur.execute("select not pg_is_in_recovery()")
-                return cur.fetchone()[0]
-        sh.wait(promoted, 120, "the restored copy to reach the end of the archive")
-        with psycopg2.connect(dsn, connect_timeout=3) as c, c.cursor() as cur:
-            cur.execute(f"select id from {w.table}")
-            have = {row[0] for row in cur.fetchall()}
+        started.append(backup)
+        have = rows(recover(bindir, backup, archive, sock, 5499, work / "restore.log"), w.table)
         missing = sorted(acked - have)
         say(f"archive: the restored copy holds {len(have)} rows; {len(missing)} acknowledged before the switch missing")
         assert not missing, f"{len(missing)} acknowledged writes not recovered from the archive: {missing[:20]}"
+
+        # and one from a clone of the snapshot (the killed primary's dataset is still there)
+        clone = f"{sh.node(p).dataset}-pitr"
+        zfs("clone", "-o", f"mountpoint={work / 'clone'}", snap, clone)
+        started.append(work / "clone" / "data")
+        have = rows(recover(bindir, work / "clone" / "data", archive, sock, 5498, work / "clone.log"), w.table)
+        missing = sorted(acked - have)
+        say(f"archive: the copy from the snapshot's clone holds {len(have)} rows; {len(missing)} acknowledged "
+            "before the switch missing")
+        assert not missing, f"{len(missing)} acknowledged writes not recovered from the clone: {missing[:20]}"
+        for d in started:
+            as_postgres(str(bindir / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w", "stop")
+        started = []
+        for what in (clone, snap):  # before the old primary rejoins: its rebuild sets its dataset aside
+            # (zfs-fuse says "dataset is busy" for a moment after the last process left it)
+            wait_for(lambda: subprocess.run([ZFS_BIN, "destroy", what], capture_output=True,  # noqa: B023
+                                            timeout=60).returncode == 0, 30, f"zfs destroy {what}", interval=0.5)
+        snap = None
 
         start_and_rejoin(sh, p)
         for n in (sh.node(s), sh.node(a)):
@@ -147,8 +185,10 @@ def test_the_archive_alone_recovers_every_acknowledged_write_across_a_failover(s
             assert failed == 0, f"{n.name}'s archiver failed {failed} times (last {last})"
             assert sh.state_of(n)["pg"]["archiveFailing"] is None, n.name
     finally:
-        if restored:
-            as_postgres(str(bindir / "pg_ctl"), "-D", str(backup), "-m", "immediate", "-w", "stop")
+        for d in started:
+            as_postgres(str(bindir / "pg_ctl"), "-D", str(d), "-m", "immediate", "-w", "stop")
+        if snap is not None:  # and the clone made of it
+            subprocess.run([ZFS_BIN, "destroy", "-R", snap], capture_output=True, timeout=60)
         shutil.rmtree(work, ignore_errors=True)
         set_pg_parameters(sh, {})
         adm(sh, "reload", limit=120)
