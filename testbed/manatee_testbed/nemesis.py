@@ -56,6 +56,7 @@ from manatee_testbed.nemesis_plan import (
     Planned,
     RoundResult,
     Summary,
+    gray_reaction,
     longest_gap,
     schedule,
     topo_line,
@@ -169,6 +170,22 @@ class Nemesis:
             return f"{name} still in the topology {bound:.0f}s after the fault"
         return None
 
+    def _await_gray_reaction(self, name: str, hold: float, hung: Sequence[int] = ()) -> str:
+        """After a gray failure of the primary `name`: until another node takes over or its
+        sitter kills the hung postmaster (`hung[0]`), bounded; then at least `hold` seconds
+        from the fault. A note either way: how the shard answered, and when."""
+        t0 = time.monotonic()
+        bound = 3 * self.session_s + 30
+        how = self._wait(lambda: gray_reaction(self.view.topology(), name,
+                                               bool(hung) and not pid_alive(hung[0])), bound, interval=0.1)
+        took = time.monotonic() - t0
+        left = hold - took
+        if left > 0:
+            time.sleep(left)
+        if not how:
+            return f"{name} still the primary, its PostgreSQL not killed, {bound:.0f}s after the fault"
+        return f"after {took:.1f}s: {how}"
+
     # faults --------------------------------------------------------------------------------
     def _node_for(self, role: str, t: dict[str, Any]) -> str:
         if role == "async":
@@ -264,20 +281,21 @@ class Nemesis:
 
     def _apply_gray(self, kind: str, name: str, role: str) -> str | None:
         """A gray failure on `name`, held for a while, then undone. A primary that cannot
-        serve (PostgreSQL hung, disk full) is held until the shard moves away from it (or a
-        bound); a sick standby, a storm or a flaky network for a few session timeouts."""
+        serve (PostgreSQL hung, disk full) is held until the shard answers (another node takes
+        over, or its sitter kills the hung PostgreSQL; bounded) and at least a few session
+        timeouts; a sick standby, a storm or a flaky network for a few session timeouts."""
         hold = 2 * self.session_s + 1
         note = None
         if kind == "pg_hang":
             try:
-                inflict(f"hang {name}'s PostgreSQL", grayfaults.pg_hang, self.sb, name)
-                note = self._await_reaction(name, at_least=hold) if role == "primary" else time.sleep(hold)
+                hung = inflict(f"hang {name}'s PostgreSQL", grayfaults.pg_hang, self.sb, name)
+                note = self._await_gray_reaction(name, hold, hung) if role == "primary" else time.sleep(hold)
             finally:
                 grayfaults.pg_resume(self.sb, name)
         elif kind == "disk_full":  # quota, then a burst fills it (grayfaults/diskfull.py)
             try:
                 inflict(f"fill {name}'s disk", grayfaults.disk_full, self.sb, name)
-                note = self._await_reaction(name, at_least=hold) if role == "primary" else time.sleep(hold)
+                note = self._await_gray_reaction(name, hold) if role == "primary" else time.sleep(hold)
             finally:
                 grayfaults.disk_lift(self.sb, name)
         elif kind == "storm":

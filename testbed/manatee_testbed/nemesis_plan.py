@@ -201,3 +201,15 @@ def format_summary(s: Summary) -> str:
 def topo_line(t: dict[str, Any]) -> str:
     return (f"p={t.get('primary') or '-'} s={t.get('sync') or '-'} "
             f"as={','.join(x or '?' for x in t.get('async') or []) or '-'} g={t.get('generation')}")
+
+
+def gray_reaction(t: dict[str, Any], name: str, hung_postmaster_gone: bool) -> str | None:
+    """How the shard answered a gray failure (hung PostgreSQL, full disk) of its primary
+    `name`, given ZooKeeper's topology `t`: another node took over, or the sitter killed the
+    hung postmaster (to start it again in place). None while neither has happened; a
+    topology that is not known yet is not an answer."""
+    if t.get("generation") is not None and t.get("primary") not in (None, name):
+        return f"{t['primary']} took over (generation {t['generation']})"
+    if hung_postmaster_gone:
+        return f"{name}'s hung PostgreSQL was killed, to start in place"
+    return None

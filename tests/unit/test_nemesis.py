@@ -18,6 +18,7 @@ from manatee_testbed.nemesis_plan import (
     Summary,
     format_faults,
     format_summary,
+    gray_reaction,
     parse_faults,
     round_outage,
     schedule,
@@ -222,3 +223,16 @@ def test_inflict_turns_any_failure_to_break_a_node_into_fault_not_applied():
         inflict("kill a", boom, "a")
     with pytest.raises(FaultNotApplied, match="^as it was$"):
         inflict("x", lambda: (_ for _ in ()).throw(FaultNotApplied("as it was")))
+
+
+@pytest.mark.parametrize("t, gone, expect", [
+    ({"generation": 3, "primary": "a"}, False, None),  # still the primary, PostgreSQL not killed
+    ({"generation": 3, "primary": "a"}, True, "a's hung PostgreSQL was killed, to start in place"),
+    ({"generation": 4, "primary": "b"}, False, "b took over (generation 4)"),
+    ({"generation": 4, "primary": "b"}, True, "b took over (generation 4)"),  # the takeover is the answer
+    ({"generation": None, "primary": None}, False, None),  # no state known: not an answer
+    ({}, False, None),
+    ({"generation": 4, "primary": None}, False, None),
+])
+def test_gray_reaction_is_a_takeover_or_the_hung_postmaster_killed(t, gone, expect):
+    assert gray_reaction(t, "a", gone) == expect
