@@ -7,11 +7,12 @@ they receive, the primary those it writes). A base backup is taken, the primary'
 killed, the sync takes over, and after its WAL switch the archive alone recovers a copy of
 the database that holds every write acknowledged before that switch — across the timeline
 change — and no node's archiver failed. The same holds for a copy recovered from a clone of
-a ZFS snapshot of the primary's dataset taken with the base backup (crash-consistent: pg_wal
-is in the same dataset), the other base the operator's guide names."""
+a snapshot of the primary's dataset that its snapshotter took with the base backup
+(crash-consistent: pg_wal is in the same dataset), the other base the operator's guide names."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -25,6 +26,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+import structlog
+
+from manatee.core.zfs import Zfs
+from manatee.snapshotter.config import SnapshotterConfig
+from manatee.snapshotter.snapshotter import Snapshotter
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say, wait_for
 from manatee_testbed.sandbox_config import ZFS_BIN
 from tests.shard_ops import adm, pg_setting, set_pg_parameters, start_and_rejoin, zfs
@@ -81,6 +87,18 @@ def recover(bindir: Path, copy: Path, archive: Path, sock: Path, port: int, log:
     return dsn
 
 
+def snapshotter_poll(sh: Shard, name: str) -> str:
+    """One poll of the node's snapshotter, as its daemon makes one every pollInterval: its config
+    file, its code (the health check aside: the node is the shard's healthy primary). Returns
+    the snapshot it took, DATASET@<epoch-ms>."""
+    cfg = SnapshotterConfig.model_validate(json.loads(sh.node(name).config_path("snapshotter").read_text()))
+    poll = Snapshotter(Zfs(zfs_path=cfg.zfsPath), cfg.dataset, interval_s=cfg.poll_interval_s,
+                       keep=cfg.snapshotNumber, logger=structlog.get_logger("test"), min_free_pct=cfg.minFreePercent)
+    result = asyncio.run(poll.run_once())
+    assert result.snapshot is not None and not result.errors, result
+    return result.snapshot.full
+
+
 def rows(dsn: str, table: str) -> set:
     with psycopg2.connect(dsn, connect_timeout=3) as c, c.cursor() as cur:
         cur.execute(f"select id from {table}")
@@ -120,9 +138,8 @@ def test_the_archive_alone_recovers_every_acknowledged_write_across_a_failover(s
             r = as_postgres(str(bindir / "pg_basebackup"), "-h", sh.node(p).socket_dir, "-p",
                             str(sh.node(p).pg_port), "-U", "postgres", "-D", str(backup), "-X", "none", "-c", "fast")
             assert r.returncode == 0, r.stderr
-            # and a ZFS snapshot of the primary's dataset, the other base (crash-consistent)
-            zfs("snapshot", f"{sh.node(p).dataset}@pitr-test")
-            snap = f"{sh.node(p).dataset}@pitr-test"
+            # and a snapshot of the primary's dataset by its snapshotter, the other base (crash-consistent)
+            snap = snapshotter_poll(sh, p)
             # the primary cannot reach the archive: the segments it completes now are archived by
             # the standbys that received them (archive_mode = always), or by nobody
             (archive / f".hold-{p}").touch()
@@ -161,7 +178,7 @@ def test_the_archive_alone_recovers_every_acknowledged_write_across_a_failover(s
         say(f"archive: the restored copy holds {len(have)} rows; {len(missing)} acknowledged before the switch missing")
         assert not missing, f"{len(missing)} acknowledged writes not recovered from the archive: {missing[:20]}"
 
-        # and one from a clone of the snapshot (the killed primary's dataset is still there)
+        # and one from a clone of the snapshotter's snapshot (the killed primary's dataset is still there)
         clone = f"{sh.node(p).dataset}-pitr"
         zfs("clone", "-o", f"mountpoint={work / 'clone'}", snap, clone)
         started.append(work / "clone" / "data")
