@@ -157,31 +157,29 @@ class Nemesis:
             return False
         return name not in [t["primary"], t["sync"], *t["async"]]
 
+    def _await(self, pred: Callable[[], Any], at_least: float) -> tuple[Any, float, float]:
+        """`pred()` until it holds, bounded by 3 × T + 30 s, then at least `at_least` seconds
+        from the start: (its last value, the seconds it took, the bound)."""
+        t0 = time.monotonic()
+        bound = 3 * self.session_s + 30
+        got = self._wait(pred, bound, interval=0.1)
+        took = time.monotonic() - t0
+        if at_least > took:
+            time.sleep(at_least - took)
+        return got, took, bound
+
     def _await_reaction(self, name: str, at_least: float = 0.0) -> str | None:
         """After a fault on `name`: until the shard drops it from the topology (bounded),
         and at least `at_least` seconds. A note if it never did."""
-        t0 = time.monotonic()
-        bound = 3 * self.session_s + 30
-        reacted = self._wait(lambda: self._left_topology(name), bound)
-        left = at_least - (time.monotonic() - t0)
-        if left > 0:
-            time.sleep(left)
-        if not reacted:
-            return f"{name} still in the topology {bound:.0f}s after the fault"
-        return None
+        reacted, _, bound = self._await(lambda: self._left_topology(name), at_least)
+        return None if reacted else f"{name} still in the topology {bound:.0f}s after the fault"
 
     def _await_gray_reaction(self, name: str, hold: float, hung: Sequence[int] = ()) -> str:
         """After a gray failure of the primary `name`: until another node takes over or its
         sitter kills the hung postmaster (`hung[0]`), bounded; then at least `hold` seconds
         from the fault. A note either way: how the shard answered, and when."""
-        t0 = time.monotonic()
-        bound = 3 * self.session_s + 30
-        how = self._wait(lambda: gray_reaction(self.view.topology(), name,
-                                               bool(hung) and not pid_alive(hung[0])), bound, interval=0.1)
-        took = time.monotonic() - t0
-        left = hold - took
-        if left > 0:
-            time.sleep(left)
+        how, took, bound = self._await(
+            lambda: gray_reaction(self.view.topology(), name, bool(hung) and not pid_alive(hung[0])), hold)
         if not how:
             return f"{name} still the primary, its PostgreSQL not killed, {bound:.0f}s after the fault"
         return f"after {took:.1f}s: {how}"
