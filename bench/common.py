@@ -126,6 +126,10 @@ class SourceBench:
         self.pg = PgNode("a", self.ip_a, free_port(self.ip_a), data_dir=self.base / "a", work_dir=self.base / "a-work")
         await self.pg.init()
         await self.pg.start()
+        for name, value in getattr(self.args, "pg_set", None) or []:  # --pg-set NAME=VALUE
+            await self.pg.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+            await self.pg.execute("SELECT pg_reload_conf()")
+            print(f"  PostgreSQL setting {name} = {value} (reloaded)", flush=True)
         print(f"building database: pgbench -i -s {self.args.scale} ...", flush=True)
         self.t_build = time.monotonic()
         await self.pgbench("-i", "-q", "-s", str(self.args.scale), timeout=init_timeout)

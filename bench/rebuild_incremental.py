@@ -159,6 +159,14 @@ def report(m: dict, bench: Bench, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def pg_setting(text: str) -> tuple[str, str]:
+    """NAME=VALUE of --pg-set: a PostgreSQL parameter name and a value without quotes."""
+    name, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*", name) or "'" in value or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (a PostgreSQL parameter), not {text!r}")
+    return name, value
+
+
 def cli(argv: list[str] | None, doc: str, bench: type, report_fn, work: int) -> int:
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--scale", type=int, default=150, help="pgbench scale (x ~15 MB; default 150 ≈ 2.2 GB)")
@@ -169,6 +177,9 @@ def cli(argv: list[str] | None, doc: str, bench: type, report_fn, work: int) -> 
                    help="recordsize of A's dataset (default: the pool's 128K; 8k matches PostgreSQL's pages)")
     p.add_argument("--compression", default=None,
                    help="compression of the pool's root, inherited by every dataset (e.g. lzjb; default off)")
+    p.add_argument("--pg-set", action="append", type=pg_setting, default=[], metavar="NAME=VALUE",
+                   help="a PostgreSQL setting for A, applied by ALTER SYSTEM and a reload before the database "
+                        "is built (repeatable; e.g. full_page_writes=off)")
     p.add_argument("-v", "--verbose", action="store_true", help="print when each restore phase began")
     args = p.parse_args(argv)
     _QuietLog.verbose = args.verbose
