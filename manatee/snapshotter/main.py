@@ -25,21 +25,34 @@ def http_health_check(url: str, session: aiohttp.ClientSession):
     return check
 
 
-async def run(config: SnapshotterConfig, log, stop: asyncio.Event) -> int:
-    zfs = Zfs(zfs_path=config.zfsPath, logger=log)  # the Snapshotter bounds each call (zfs_timeout)
+def health_session(config: SnapshotterConfig) -> aiohttp.ClientSession | None:
+    """The HTTP session for the health check (TLS when the config has it), or None without
+    a healthUrl. Must be made and closed inside the running event loop."""
+    if not config.healthUrl:
+        return None
     ssl = config.tls.client_context() if config.tls else True
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl)) if config.healthUrl else None
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl))
+
+
+def snapshotter_for(config: SnapshotterConfig, log, session: aiohttp.ClientSession | None) -> Snapshotter:
+    """The daemon's Snapshotter for `config`: every poll asks healthUrl through `session`
+    (when given) before it snapshots."""
+    zfs = Zfs(zfs_path=config.zfsPath, logger=log)  # the Snapshotter bounds each call (zfs_timeout)
+    return Snapshotter(
+        zfs,
+        config.dataset,
+        interval_s=config.poll_interval_s,
+        keep=config.snapshotNumber,
+        logger=log,
+        health_check=http_health_check(config.healthUrl, session) if session and config.healthUrl else None,
+        min_free_pct=config.minFreePercent,
+    )
+
+
+async def run(config: SnapshotterConfig, log, stop: asyncio.Event) -> int:
+    session = health_session(config)
     try:
-        snapshotter = Snapshotter(
-            zfs,
-            config.dataset,
-            interval_s=config.poll_interval_s,
-            keep=config.snapshotNumber,
-            logger=log,
-            health_check=http_health_check(config.healthUrl, session) if session else None,
-            min_free_pct=config.minFreePercent,
-        )
-        await snapshotter.run(stop)
+        await snapshotter_for(config, log, session).run(stop)
     finally:
         if session is not None:
             await session.close()

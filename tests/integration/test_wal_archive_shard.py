@@ -28,9 +28,8 @@ import pytest
 
 import structlog
 
-from manatee.core.zfs import Zfs
 from manatee.snapshotter.config import SnapshotterConfig
-from manatee.snapshotter.snapshotter import Snapshotter
+from manatee.snapshotter.main import health_session, snapshotter_for
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say, wait_for
 from manatee_testbed.sandbox_config import ZFS_BIN
 from tests.shard_ops import adm, pg_setting, set_pg_parameters, start_and_rejoin, zfs
@@ -89,13 +88,20 @@ def recover(bindir: Path, copy: Path, archive: Path, sock: Path, port: int, log:
 
 def snapshotter_poll(sh: Shard, name: str) -> str:
     """One poll of the node's snapshotter, as its daemon makes one every pollInterval: its config
-    file, its code (the health check aside: the node is the shard's healthy primary). Returns
-    the snapshot it took, DATASET@<epoch-ms>."""
+    file, the daemon's Snapshotter, its health check of the sitter included. Returns the
+    snapshot it took, DATASET@<epoch-ms>."""
     cfg = SnapshotterConfig.model_validate(json.loads(sh.node(name).config_path("snapshotter").read_text()))
-    poll = Snapshotter(Zfs(zfs_path=cfg.zfsPath), cfg.dataset, interval_s=cfg.poll_interval_s,
-                       keep=cfg.snapshotNumber, logger=structlog.get_logger("test"), min_free_pct=cfg.minFreePercent)
-    result = asyncio.run(poll.run_once())
-    assert result.snapshot is not None and not result.errors, result
+    assert cfg.healthUrl, "the sandbox's snapshotters ask their sitter's /ping"
+
+    async def poll():
+        session = health_session(cfg)
+        try:
+            return await snapshotter_for(cfg, structlog.get_logger("test"), session).run_once()
+        finally:
+            if session is not None:
+                await session.close()
+    result = asyncio.run(poll())
+    assert result.snapshot is not None and not result.errors and not result.unhealthy, result
     return result.snapshot.full
 
 
