@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from typing import AsyncIterator
 
 import aiohttp
 
@@ -25,37 +27,30 @@ def http_health_check(url: str, session: aiohttp.ClientSession):
     return check
 
 
-def health_session(config: SnapshotterConfig) -> aiohttp.ClientSession | None:
-    """The HTTP session for the health check (TLS when the config has it), or None without
-    a healthUrl. Must be made and closed inside the running event loop."""
-    if not config.healthUrl:
-        return None
+@contextlib.asynccontextmanager
+async def open_snapshotter(config: SnapshotterConfig, log) -> AsyncIterator[Snapshotter]:
+    """The daemon's Snapshotter for `config`; with a healthUrl every poll asks it first,
+    through an HTTP session (TLS when the config has it) closed on the way out."""
     ssl = config.tls.client_context() if config.tls else True
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl))
-
-
-def snapshotter_for(config: SnapshotterConfig, log, session: aiohttp.ClientSession | None) -> Snapshotter:
-    """The daemon's Snapshotter for `config`: every poll asks healthUrl through `session`
-    (when given) before it snapshots."""
-    zfs = Zfs(zfs_path=config.zfsPath, logger=log)  # the Snapshotter bounds each call (zfs_timeout)
-    return Snapshotter(
-        zfs,
-        config.dataset,
-        interval_s=config.poll_interval_s,
-        keep=config.snapshotNumber,
-        logger=log,
-        health_check=http_health_check(config.healthUrl, session) if session and config.healthUrl else None,
-        min_free_pct=config.minFreePercent,
-    )
-
-
-async def run(config: SnapshotterConfig, log, stop: asyncio.Event) -> int:
-    session = health_session(config)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl)) if config.healthUrl else None
     try:
-        await snapshotter_for(config, log, session).run(stop)
+        yield Snapshotter(
+            Zfs(zfs_path=config.zfsPath, logger=log),  # the Snapshotter bounds each call (zfs_timeout)
+            config.dataset,
+            interval_s=config.poll_interval_s,
+            keep=config.snapshotNumber,
+            logger=log,
+            health_check=http_health_check(config.healthUrl, session) if session else None,
+            min_free_pct=config.minFreePercent,
+        )
     finally:
         if session is not None:
             await session.close()
+
+
+async def run(config: SnapshotterConfig, log, stop: asyncio.Event) -> int:
+    async with open_snapshotter(config, log) as snapshotter:
+        await snapshotter.run(stop)
     return 0
 
 

@@ -29,7 +29,7 @@ import pytest
 import structlog
 
 from manatee.snapshotter.config import SnapshotterConfig
-from manatee.snapshotter.main import health_session, snapshotter_for
+from manatee.snapshotter.main import open_snapshotter
 from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, names, say, wait_for
 from manatee_testbed.sandbox_config import ZFS_BIN
 from tests.shard_ops import adm, pg_setting, set_pg_parameters, start_and_rejoin, zfs
@@ -94,12 +94,8 @@ def snapshotter_poll(sh: Shard, name: str) -> str:
     assert cfg.healthUrl, "the sandbox's snapshotters ask their sitter's /ping"
 
     async def poll():
-        session = health_session(cfg)
-        try:
-            return await snapshotter_for(cfg, structlog.get_logger("test"), session).run_once()
-        finally:
-            if session is not None:
-                await session.close()
+        async with open_snapshotter(cfg, structlog.get_logger("test")) as snapshotter:
+            return await snapshotter.run_once()
     result = asyncio.run(poll())
     assert result.snapshot is not None and not result.errors and not result.unhealthy, result
     return result.snapshot.full
