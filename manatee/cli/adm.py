@@ -60,7 +60,7 @@ from manatee.cli.common import (
 from manatee.cli.history import read_history, records
 from manatee.core.httpjson import http_json
 from manatee.core.lsn import format_lsn
-from manatee.shard.rebuildpath import cannot_restore_from
+from manatee.shard.rebuildpath import PHASE_REQUESTED, PHASE_WITHDRAWN, cannot_restore_from
 from manatee.shard.state import ClusterState
 from manatee.shard.syncstore import SyncShardStore
 
@@ -292,7 +292,9 @@ def cmd_rebuild(args, zk: ZkReader) -> int:
             if line != last:
                 _say(f"[{time.monotonic() - t0:6.1f}s] {line}")
                 last = line
-            started = started or s.get("localRole") == "rebuild" or phase not in (None, "requested")
+            if phase == PHASE_WITHDRAWN:  # set only after this request was accepted: its own answer
+                raise CliError(f"the rebuild of {p.ip} was withdrawn: {r.get('reason')}")
+            started = started or s.get("localRole") == "rebuild" or phase not in (None, PHASE_REQUESTED)
             if started and phase == "done":
                 done_at = done_at or time.monotonic()
             # streaming in an observation made before the restore ended (the old copy's) is no answer

@@ -14,6 +14,7 @@ import time
 
 from manatee.cli.common import CliError
 from manatee.core.httpjson import http_json
+from manatee.shard.rebuildpath import RESTORE_FINISHED
 from manatee.shard.state import ClusterState
 from manatee.shard.syncstore import SyncShardStore
 
@@ -96,7 +97,7 @@ def unconfirmed_why(code: int, state) -> str:
     pg = state.get("pg")
     restore = state.get("restore") or {}
     cycles = state.get("cycles") or {}
-    if restore.get("phase") not in (None, "done", "failed"):
+    if restore.get("phase") not in (None, *RESTORE_FINISHED):
         return f"it is being rebuilt ({restore.get('phase')})"
     if pg is None:
         return "its sitter has not looked at PostgreSQL yet"

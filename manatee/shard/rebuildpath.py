@@ -145,3 +145,29 @@ def choose_by_cost(copy_mb: int | None, source_mb: int | None, needed: bool | No
     if increment_mb is not None and increment_mb < copy_mb:
         return Choice(STREAM, f"a ZFS increment ({increment_mb} MB) is smaller than pg_rewind's copy ({copy_mb} MB)")
     return Choice(REWIND, f"my WAL diverged and pg_rewind copies {copy_mb} MB of {source_mb} MB")
+
+
+#: the restore phase of an operator's rebuild that has been accepted but not yet begun (no
+#: attempt has passed its upstream's readiness check: the data is as it was)
+PHASE_REQUESTED = "requested"
+#: the phase of a request that lapsed before it began (withdrawn_request says why)
+PHASE_WITHDRAWN = "withdrawn"
+#: restore phases after which nothing more happens until the next need or request
+RESTORE_FINISHED = ("done", "failed", PHASE_WITHDRAWN)
+
+
+def withdrawn_request(forced: bool | None, place: str | None, phase: str | None) -> str | None:
+    """Why an operator's rebuild request lapses now (None: it stands). `forced`: the
+    request's --force, or None when no request is pending or my WAL has since been seen to
+    diverge (then the rebuild is needed whoever asked); `place`: mine in the shard state;
+    `phase`: my restore's. A sync's rebuild needs --force, because the primary cannot take
+    writes while its sync rebuilds and no other node can take over from it: an async that
+    accepted the request unforced and is named the sync before its restore began keeps its
+    data and serves as the sync (the random simulation, seed 560392: such a sync waited for a
+    primary whose data was gone, which waited for its sync's heartbeats, until an operator
+    acted). A restore that has begun is not withdrawn."""
+    if forced is None or forced or place != "sync" or phase != PHASE_REQUESTED:
+        return None
+    return ("I was named the sync before the rebuild I was asked for began, and it was not forced: the primary "
+            "cannot take writes while its sync rebuilds, so I keep my data and serve as the sync "
+            "(ask again with --force to rebuild the sync)")

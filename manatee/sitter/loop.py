@@ -26,13 +26,14 @@ from manatee.sitter.hooks import RoleHooks
 from manatee.sitter.pgmanager import PgConfigError, PgStatus
 from manatee.sitter.ports import Clock, Dataset, Postgres, Session, Store, SystemClock
 from manatee.sitter.snapshot import SitterSnapshot, snapshot_of
-from manatee.shard.rebuildpath import CAUSE_REQUESTED, next_cause
+from manatee.shard.rebuildpath import next_cause
+from manatee.sitter.operator_requests import OperatorRequests
 from manatee.sitter.steps import RestoreHeld, StepRunner
 from manatee.sitter.synclatch import SyncLatch
 from manatee.sitter.dataset import UpstreamNotReady
 from manatee.sitter.statememory import StateMemory
 from manatee.sitter.zkview import ZkView, worse
-from manatee.shard.state import CONNECTED, FENCED, LOST, PRIMARY, REBUILD, STANDBY, UNASSIGNED, Peer, Target
+from manatee.shard.state import CONNECTED, FENCED, LOST, PRIMARY, STANDBY, UNASSIGNED, Peer, Target
 
 FOLLOW_UP_S = 0.01        # after a state write or a transition: look again at once (failures wait an interval)
 CATCH_UP_POLL_S = 0.02    # a read-only primary waiting for its sync polls this often (writes wait on it)
@@ -41,7 +42,7 @@ FILE_CHECK_TIMEOUT_S = 2.0  # a stat of the data directory in the cycle
 MAX_FAILURE_BACKOFF_S = 5.0  # repeated cycle failures back off up to this (and half the session timeout)
 
 
-class Sitter:
+class Sitter(OperatorRequests):
     def __init__(self, cfg, log, *, store: Store, session: Session, pg: Postgres, dataset: Dataset,
                  clock: Clock | None = None, secret=None, tls_client=None):
         self.cfg, self.log = cfg, log
@@ -203,6 +204,7 @@ class Sitter:
         self.diverged = self.diverged or pgs.diverged or forked
         self.steps.rebuild_cause = next_cause(self.steps.rebuild_cause, diverged=pgs.diverged or forked,
                                               wal_gone=pgs.wal_gone is not None, streaming=pgs.streaming)
+        self._withdraw_unforced_rebuild(st, pgs.diverged or forked)
         if pgs.running:
             self.switchover_stopped = None
         self.publish()
@@ -237,7 +239,7 @@ class Sitter:
         return self.last_has_data
 
     def _restored(self) -> None:
-        self.diverged = False
+        self.diverged, self.rebuild_forced = False, None
         self.wal_from = None
         self.memory.dataset_replaced()
 
@@ -436,7 +438,7 @@ class Sitter:
             except Exception as e:  # history must not block failover; it is retried never
                 self.log.warning("history_write_failed", action=ev.action, error=str(e))
 
-    # ------------------------------------------------------------------ shutdown, operator requests
+    # ------------------------------------------------------------------ shutdown (operator requests: the mixin)
 
     async def shutdown(self) -> None:
         """SIGTERM/SIGINT: a primary hands over fast. Leaving the election at once lets the sync see us gone
@@ -452,63 +454,6 @@ class Sitter:
             await self.pg.kill() if was_primary else await self.pg.stop(mode="fast")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.session.close(), 5)
-
-    def _member_refusal(self, force: bool, *, sync_refused: bool) -> tuple[str | None, dict | None]:
-        """My place in the shard state, and why an operator request is refused there (or None)."""
-        place = self.view.state.place_of(self.me.id) if self.view.state else None
-        if place is None:
-            return place, {"code": "NotAMember", "message": f"{self.me.id} is not in the shard state"}
-        if place == "primary" and (sync_refused or not force):
-            return place, {"code": "IsPrimary",
-                           "message": f"{self.me.id} is the primary: switch over first (manatee-adm switchover)"}
-        if sync_refused and place == "sync" and not force:
-            return place, {"code": "IsSync",
-                           "message": f"{self.me.id} is the sync: the primary cannot take writes until it names "
-                                      f"another sync; use --force to rebuild it anyway"}
-        return place, None
-
-    def request_rebuild(self, force: bool = False) -> tuple[int, dict]:
-        """An operator asks this node to restore its data from its upstream (manatee-adm
-        rebuild). It is marked as diverged, so the core rebuilds it from its upstream (a
-        deposed node: once the primary moved it back into the chain); the restore clears the
-        mark. Refused for the primary, for a node not in the state, and for the sync unless
-        forced (the primary cannot take writes while its sync rebuilds)."""
-        place, refused = self._member_refusal(force, sync_refused=True)
-        if refused is not None:
-            return 409, refused
-        if self.role == REBUILD and (self.steps.restore_progress or {}).get("phase") not in ("done", "failed"):
-            return 202, {"rebuild": "running", "restore": self.steps.restore_progress}
-        # (a restore that has just finished, its node not yet out of the rebuild role, is not a
-        # rebuild running: this request asks for another one, not for the last one's result)
-        self.diverged = True
-        self.steps.rebuild_cause = CAUSE_REQUESTED  # perhaps for damage: a stream, never a rewind
-        self.steps.restore_tries = latches.RestoreTries()  # the operator's request waits for no back-off
-        self.steps.restore_progress = {"phase": "requested", "completed": 0, "size": 0, "source": None}
-        self.log.info("rebuild_requested", place=place)
-        self.publish()
-        self.wake.set()
-        return 202, {"rebuild": "requested", "place": place}
-
-    def request_restart(self, force: bool = False) -> tuple[int, dict]:
-        """manatee-adm restart: restart PostgreSQL in this node's current role (its next cycle
-        does it, so it never races a transition). Refused for the primary unless forced (writes
-        stop while it restarts: switch over first) and for a node not in the shard state."""
-        place, refused = self._member_refusal(force, sync_refused=False)
-        if refused is not None:
-            return 409, refused
-        self.restart_request = force
-        self.publish()
-        self.wake.set()
-        return 202, {"restart": "requested", "place": place, "restartsDone": self.pg_restarts}
-
-    def reload_config(self, new) -> tuple[str, ...]:
-        """The daemon's reload hook (SIGHUP, POST /reload): apply what can change at run time
-        — postgresMgrCfg.parameters, written and reloaded by the next cycle — and say which
-        config keys were applied (the rest need a sitter restart)."""
-        if self.pg.set_parameters(new.postgresMgrCfg.parameters):
-            self.publish()  # /state says "parametersPending" from now until a cycle has applied them
-            self.wake.set()
-        return ("postgresMgrCfg.parameters",)
 
 
 async def _first(*aws) -> None:

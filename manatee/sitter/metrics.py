@@ -34,6 +34,7 @@ from prometheus_client.exposition import generate_latest
 from manatee.core.pg.walpos import NODE_WAL_SQL
 from manatee.shard.history import ACTIONS
 from manatee.shard.layout import shard_name
+from manatee.shard.rebuildpath import RESTORE_FINISHED
 from manatee.shard.state import CONNECTED, PRIMARY, ROLES, STANDBY
 from manatee.sitter.snapshot import start_held_s
 from manatee.sitter.zfsview import SLOW_CACHE_S, DatasetCache, newest_epoch_ms, parse_space  # noqa: F401
@@ -44,7 +45,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: the shard-level role label values: a node's place in the persisted state, else its local role
 PLACES = ("primary", "sync", "async", "deposed")
 ROLE_LABELS = PLACES + tuple(r for r in ROLES if r not in PLACES)
-RESTORE_FINISHED = ("done", "failed")
 CACHE_S = 1.0               # PostgreSQL is asked at most once per this, however many scrapes
 SNAPSHOT_CACHE_S = SLOW_CACHE_S
 LAG_QUERY_TIMEOUT_S = 2.0

@@ -10,9 +10,8 @@ from typing import Any, Mapping
 
 from manatee.shard import latches
 from manatee.shard.latches import WRITE_PROBE_FAILURES
+from manatee.shard.rebuildpath import RESTORE_FINISHED
 from manatee.shard.state import REBUILD, ClusterState, Peer, Target
-
-RESTORE_FINISHED = ("done", "failed")
 
 
 @dataclass(frozen=True)

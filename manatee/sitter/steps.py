@@ -191,6 +191,8 @@ class StepRunner:
 
     async def _restore(self, upstream: Peer) -> None:
         also = await self._ahead_of(upstream)
+        # begun (an operator's request no longer lapses: rebuildpath.withdrawn_request)
+        self.restore_progress = {"phase": "starting", "completed": 0, "size": 0, "source": upstream.backup_url}
         await self.pg.kill()
         self.on_progress()  # publish it: /replica and /primary stop answering from the look before
         self.log.info("restore_starting", source=upstream.backup_url, also=[p.backup_url for p in also])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from manatee.cli import adm
+from manatee.cli.common import CliError
 from manatee.shard.rebuildpath import cannot_restore_from
 from manatee.shard.state import ClusterState
 from tests.factories import peer
@@ -80,10 +81,9 @@ def test_the_primary_and_a_deposed_node_are_left_to_their_sitters(monkeypatch):
     assert asked == []
 
 
-def test_the_rebuild_is_done_only_on_an_observation_made_after_the_restore_ended(monkeypatch):
-    """Sandbox, 2026-12-07: a forced rebuild of the sync while its primary's PostgreSQL hung
-    said "done in 0.5s: it streams from its upstream": /replica still answered from the
-    sitter's observation made before the restore (the old copy streaming)."""
+def _cmd_rebuild(monkeypatch, answers) -> list[str]:
+    """manatee-adm rebuild of the async A1, its sitter's /state answering `answers` in turn
+    (a fake clock: its waits take no time). The URLs of the polls of /state."""
     import argparse
     import time as time_mod
 
@@ -96,16 +96,7 @@ def test_the_rebuild_is_done_only_on_an_observation_made_after_the_restore_ended
         def state(self, _why):
             return STATE, 7
 
-    answers = iter([
-        {"restore": {"phase": "requested"}, "localRole": "standby"},
-        # done, but the last look at PostgreSQL is 30 s old: before the restore ended
-        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 30.0, "pg": {"streaming": True}},
-        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 30.0, "pg": {"streaming": True}},
-        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": False}},
-        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": False}},
-        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": True}},
-        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": True}},
-    ])
+    answers = iter(answers)
     polls = []
 
     def http_json(url, body=None, timeout=None, headers=None):
@@ -129,5 +120,35 @@ def test_the_rebuild_is_done_only_on_an_observation_made_after_the_restore_ended
     monkeypatch.setattr(time_mod, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
     args = argparse.Namespace(shard="1", node=A1.ip, force=False, secret_file=None, timeout=5, wait=60)
     assert adm.cmd_rebuild(args, zk=None) == 0
+    return polls
+
+
+def test_the_rebuild_is_done_only_on_an_observation_made_after_the_restore_ended(monkeypatch):
+    """Sandbox, 2026-12-07: a forced rebuild of the sync while its primary's PostgreSQL hung
+    said "done in 0.5s: it streams from its upstream": /replica still answered from the
+    sitter's observation made before the restore (the old copy streaming)."""
+    polls = _cmd_rebuild(monkeypatch, [
+        {"restore": {"phase": "requested"}, "localRole": "standby"},
+        # done, but the last look at PostgreSQL is 30 s old: before the restore ended
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 30.0, "pg": {"streaming": True}},
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 30.0, "pg": {"streaming": True}},
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": False}},
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": False}},
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": True}},
+        {"restore": {"phase": "done"}, "localRole": "standby", "pgObservedAgo": 0.0, "pg": {"streaming": True}},
+    ])
     # two looks at the stale observation and one at a fresh one that does not stream yet did not end it
     assert len(polls) == 7
+
+
+def test_a_withdrawn_rebuild_ends_the_command_with_its_reason(monkeypatch):
+    """An async that accepted the request unforced and was named the sync before its restore
+    began keeps its data (rebuildpath.withdrawn_request): the command says so at once, not
+    after --wait."""
+    why = "I was named the sync before the rebuild I was asked for began, and it was not forced: ..."
+    with pytest.raises(CliError, match="the rebuild of 127.0.0.23 was withdrawn: I was named the sync") as e:
+        _cmd_rebuild(monkeypatch, [
+            {"restore": {"phase": "requested"}, "localRole": "rebuild"},
+            {"restore": {"phase": "withdrawn", "reason": why}, "localRole": "standby"},
+        ])
+    assert "not forced" in str(e.value)

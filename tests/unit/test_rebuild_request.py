@@ -29,3 +29,89 @@ def test_a_finished_rebuild_does_not_swallow_the_next_request():
     code, body = s.request_rebuild()
     assert (code, body["rebuild"]) == (202, "requested") and s.diverged
     assert s.snapshot.restore_progress["phase"] == "requested"
+
+
+# ---- an unforced request lapses if its async is named the sync before the restore began
+
+import pytest  # noqa: E402
+
+from manatee.core.lsn import Lsn  # noqa: E402
+from manatee.shard.rebuildpath import PHASE_REQUESTED, withdrawn_request  # noqa: E402
+from manatee.sitter.pgmanager import PgStatus  # noqa: E402
+from tests.sim.standalone import run_now  # noqa: E402
+
+NAMED_SYNC = ClusterState(generation=4, primary=A, sync=C, async_=())  # B gone: the async C named the sync
+
+
+@pytest.mark.parametrize("forced, place, phase, lapses", [
+    (False, "sync", "requested", True),
+    (True, "sync", "requested", False),      # the operator forced it: a sync may be rebuilt
+    (None, "sync", "requested", False),      # no request pending, or my WAL was seen to diverge
+    (False, "async", "requested", False),    # still an async: the rebuild goes on
+    (False, None, "requested", False),       # not in the state (or it cannot be read): not a fact
+    (False, "sync", "starting", False),      # begun: the data may be going
+    (False, "sync", "receiving", False),
+    (False, "sync", None, False),
+])
+def test_which_requests_lapse(forced, place, phase, lapses):
+    why = withdrawn_request(forced, place, phase)
+    assert (why is not None) is lapses
+    if lapses:
+        assert "--force" in why and "keep my data" in why
+
+
+def _standby(*, diverged=False) -> PgStatus:
+    return PgStatus(True, True, True, Lsn(0x5000), False, diverged, None, 1, False)
+
+
+def _asked(force: bool, statuses):
+    s = standalone_sitter(C, pg=ScriptedPg(statuses), state=STATE)
+    code, body = s.request_rebuild(force)
+    assert (code, body["rebuild"]) == (202, "requested") and s.diverged
+    return s
+
+
+def _named_sync(s) -> None:
+    s.store.zk.set_raw(NAMED_SYNC.dumps())
+    run_now(s.view.refresh())
+    run_now(s.observe())
+
+
+def test_an_unforced_request_lapses_when_its_async_is_named_the_sync_before_the_restore():
+    """Random simulation, seed 560392 (4 nodes): the async 13 accepted an unforced rebuild,
+    the primary's data was then destroyed, so the restore waited for it; the primary named 13
+    its sync, which then decided to rebuild every cycle and sent no heartbeats, while the
+    primary waited for its sync's heartbeats to step down to it. Now the request lapses: the
+    sync keeps its data (every acknowledged write) and serves."""
+    s = _asked(False, lambda _app: _standby())
+    run_now(s.observe())  # still the async: the request stands
+    assert s.diverged and s.steps.restore_progress["phase"] == PHASE_REQUESTED and s.snapshot.restoring
+    _named_sync(s)
+    assert not s.diverged and s.steps.rebuild_cause is None and s.rebuild_forced is None
+    r = s.snapshot.restore_progress
+    assert r["phase"] == "withdrawn" and "--force" in r["reason"], r
+    assert [kw["reason"] for _t, _w, _lv, ev, kw in s.records if ev == "rebuild_request_withdrawn"] == [r["reason"]]
+    assert not s.snapshot.restoring  # /state and /metrics: no rebuild in progress
+
+
+def test_a_forced_request_stands_when_its_node_is_named_the_sync():
+    s = _asked(True, lambda _app: _standby())
+    _named_sync(s)
+    assert s.diverged and s.steps.restore_progress["phase"] == PHASE_REQUESTED
+
+
+@pytest.mark.parametrize("seen", ["before", "after"])
+def test_a_divergence_postgresql_reported_is_never_withdrawn(seen):
+    """The request is only an operator's: a WAL divergence PostgreSQL reported, before the
+    request or after it, must be rebuilt whatever the node's place."""
+    statuses = iter([_standby(diverged=True), _standby(), _standby()])
+    if seen == "before":
+        s = standalone_sitter(C, pg=ScriptedPg(lambda _app: next(statuses)), state=STATE)
+        run_now(s.observe())
+        assert s.diverged
+        assert s.request_rebuild(False)[0] == 202
+    else:
+        s = _asked(False, lambda _app: next(statuses))
+        run_now(s.observe())
+    _named_sync(s)
+    assert s.diverged and s.steps.restore_progress["phase"] == PHASE_REQUESTED
