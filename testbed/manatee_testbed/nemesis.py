@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from manatee.core.procs import pid_alive
-from manatee_testbed import grayfaults, network
+from manatee_testbed import grayfaults, nemesis_adm, network
 from manatee_testbed.grayfaults.diskfull import FaultNotApplied
 from manatee_testbed.grayfaults import replayhold
 from manatee_testbed.checks import (
@@ -258,6 +258,8 @@ class Nemesis:
             finally:
                 r.notes.append("the report " + ("outlived the fault" if replayhold.release_replay(report)
                                                 else "was ended"))
+        elif p.kind in nemesis_adm.ADM_KINDS:  # an operator's manatee-adm under load (nemesis_adm.py)
+            r.notes.append(getattr(nemesis_adm, p.kind)(self, r, t))
         elif p.kind == "double_failover":
             first, second = t["primary"], t["sync"]
             r.target = f"{first}(primary)->{second}(sync)"

@@ -11,7 +11,8 @@ from typing import Any, Iterable, Sequence
 
 #: Every fault kind, in the order the summary lists them.
 FAULT_KINDS = ("kill", "stop", "hang", "partition", "zk_restart", "double_failover",
-               "pg_hang", "disk_full", "storm", "bad_znode", "flaky_net", "report_sync_loss")
+               "pg_hang", "disk_full", "storm", "bad_znode", "flaky_net", "report_sync_loss",
+               "switchover", "rebuild_kill")
 #: Faults aimed at one node, chosen by the role it holds when the round starts.
 TARGETED = ("kill", "stop", "hang", "partition", "pg_hang", "disk_full", "storm", "flaky_net")
 #: The gray failures among them: the node lives on, sick (testbed/manatee_testbed/grayfaults.py).

@@ -3,7 +3,8 @@ under continuous writes, then the data checks; one summary line at the end.
 
     manatee-nemesis [--rounds 5] [--seed N] [--session-timeout 5000]
                     [--faults kill,stop,hang,partition,zk_restart,double_failover,
-                              pg_hang,disk_full,storm,bad_znode,flaky_net]
+                              pg_hang,disk_full,storm,bad_znode,flaky_net,report_sync_loss,
+                              switchover,rebuild_kill]
                     [--dir DIR] [--keep] [--json FILE]
 
 Exit status: 0 PASS (lost=0, forks=0, history ok, no operator round, no other check
