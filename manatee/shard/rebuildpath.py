@@ -161,9 +161,9 @@ def withdrawn_request(forced: bool | None, place: str | None, phase: str | None)
     request's --force, or None when no request is pending or my WAL has since been seen to
     diverge (then the rebuild is needed whoever asked); `place`: mine in the shard state;
     `phase`: my restore's. A sync's rebuild needs --force, because the primary cannot take
-    writes while its sync rebuilds and no other node can take over from it: an async that
-    accepted the request unforced and is named the sync before its restore began keeps its
-    data and serves as the sync (the random simulation, seed 560392: such a sync waited for a
+    writes while its sync rebuilds and no other node can take over from it: a node that
+    accepted the request unforced (an async, or a deposed node) and is named the sync before
+    its restore began keeps its data and serves as the sync (the random simulation, seed 560392: such a sync waited for a
     primary whose data was gone, which waited for its sync's heartbeats, until an operator
     acted). A restore that has begun is not withdrawn."""
     if forced is None or forced or place != "sync" or phase != PHASE_REQUESTED:
