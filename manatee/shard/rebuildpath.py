@@ -157,9 +157,10 @@ RESTORE_FINISHED = ("done", "failed", PHASE_WITHDRAWN)
 
 
 def withdrawn_request(forced: bool | None, place: str | None, phase: str | None) -> str | None:
-    """Why an operator's rebuild request lapses now (None: it stands). `forced`: the
-    request's --force, or None when no request is pending or my WAL has since been seen to
-    diverge (then the rebuild is needed whoever asked); `place`: mine in the shard state;
+    """Why an operator's rebuild request lapses now (None: it stands). `forced`: whether
+    it was the sync's rebuild, forced (--force on an async or a deposed node forces nothing),
+    or None when no request is pending or my WAL has since been seen to diverge (then the
+    rebuild is needed whoever asked); `place`: mine in the shard state;
     `phase`: my restore's. A sync's rebuild needs --force, because the primary cannot take
     writes while its sync rebuilds and no other node can take over from it: a node that
     accepted the request unforced (an async, or a deposed node) and is named the sync before

@@ -17,7 +17,7 @@ from manatee.shard.state import REBUILD
 class OperatorRequests:
     """The Sitter's request_* methods (and reload_config), and the lapse of an unforced rebuild."""
 
-    rebuild_forced: bool | None = None  # a pending rebuild request's --force (withdrawn_request)
+    rebuild_forced: bool | None = None  # a pending rebuild request forced the sync's (withdrawn_request)
 
     def _member_refusal(self, force: bool, *, sync_refused: bool) -> tuple[str | None, dict | None]:
         """My place in the shard state, and why an operator request is refused there (or None)."""
@@ -46,8 +46,9 @@ class OperatorRequests:
             return 202, {"rebuild": "running", "restore": self.steps.restore_progress}
         # (a restore that has just finished, its node not yet out of the rebuild role, is not a
         # rebuild running: this request asks for another one, not for the last one's result)
-        # the request's --force, unless my WAL was already seen to diverge (then it is needed anyway)
-        self.rebuild_forced = None if self.diverged else force
+        # whether it forced the sync's rebuild (--force means nothing for an async or a deposed
+        # node), unless my WAL was already seen to diverge: then it is needed anyway
+        self.rebuild_forced = None if self.diverged else (force and place == "sync")
         self.diverged = True
         self.steps.rebuild_cause = CAUSE_REQUESTED  # perhaps for damage: a stream, never a rewind
         self.steps.restore_tries = latches.RestoreTries()  # the operator's request waits for no back-off

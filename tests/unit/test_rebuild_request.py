@@ -94,10 +94,20 @@ def test_an_unforced_request_lapses_when_its_async_is_named_the_sync_before_the_
     assert not s.snapshot.restoring  # /state and /metrics: no rebuild in progress
 
 
-def test_a_forced_request_stands_when_its_node_is_named_the_sync():
-    s = _asked(True, lambda _app: _standby())
-    _named_sync(s)
+def test_a_forced_rebuild_of_the_sync_stands():
+    s = standalone_sitter(B, pg=ScriptedPg(lambda _app: _standby()), state=STATE)
+    assert s.request_rebuild(True)[0] == 202 and s.rebuild_forced is True
+    run_now(s.observe())
     assert s.diverged and s.steps.restore_progress["phase"] == PHASE_REQUESTED
+
+
+def test_force_on_an_asyncs_request_forces_nothing_it_lapses_too():
+    """--force overrides only the sync's refusal: an async's request given it is no forced
+    rebuild of a sync, and lapses like any other when the async is named the sync."""
+    s = _asked(True, lambda _app: _standby())
+    assert s.rebuild_forced is False
+    _named_sync(s)
+    assert not s.diverged and s.steps.restore_progress["phase"] == "withdrawn"
 
 
 @pytest.mark.parametrize("seen", ["before", "after"])

@@ -873,13 +873,16 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
                 and all(x.has_data for x in sh.nodes)):
             sh.destroy_data(n)
     elif f in ("op_rebuild", "op_restart"):
-        # manatee-adm rebuild / restart --node: the request its sitter receives. A rebuild without
-        # --force (its sitter refuses the sync's): a forced one of the sync while its primary cannot
-        # serve is refused by the CLI (upstream_cannot_serve), which the simulation does not run.
+        # manatee-adm rebuild / restart --node: the request its sitter receives. A forced rebuild
+        # of the sync only while its primary serves: manatee-adm (upstream_cannot_serve) and the
+        # sitter's POST /rebuild refuse it otherwise (the simulation runs neither).
         force = rng.random() < 0.3
         if n.sitter is not None and n.alive and not n.hung:
             if f == "op_rebuild":
-                n.sitter.request_rebuild(force=False)
+                st = _readable_state(sh)
+                up = sh.node(st.primary.id) if st is not None and st.sync is not None and st.sync.id == n.id else None
+                n.sitter.request_rebuild(force=force and (up is None or (up.up() and up.running and not up.pg_hung
+                                                                         and up.has_data)))
             else:
                 n.sitter.request_restart(force=force)
     elif f.startswith("op_"):  # an operator's manatee-adm: one compare-and-set on the state
