@@ -10,6 +10,7 @@ from typing import Callable
 from manatee.shard import latches
 from manatee.shard import transitions as T
 from manatee.shard.pgurl import PgUrl
+from manatee.shard.rebuildpath import RESTORE_FINISHED
 from manatee.shard.state import PRIMARY, STANDBY, Peer, Target
 from manatee.sitter.dataset import UpstreamNotReady
 from manatee.sitter.pgmanager import RoleSpec
@@ -183,6 +184,8 @@ class StepRunner:
         except Exception as e:
             self.restore_tries = t = latches.restore_failed(t, f"{type(e).__name__}: {e}"[:300],
                                                             self.clock.monotonic())
+            if (self.restore_progress or {}).get("phase") not in RESTORE_FINISHED:  # not left "starting"
+                self.restore_progress = {**(self.restore_progress or {}), "phase": "failed", "reason": t.last_error}
             if t.retry_at is not None:
                 self.log.warning("restore_held", failures=t.failures, wait_s=round(t.retry_at - self.clock.monotonic(), 1),
                                  error=t.last_error)

@@ -119,6 +119,25 @@ def test_a_failed_stream_keeps_the_cause():
     except RuntimeError:
         pass
     assert r.rebuild_cause == rp.CAUSE_DIVERGED and restored == []
+    # no progress came from the stream: /state says the attempt failed and why, not "starting"
+    assert r.restore_progress["phase"] == "failed" and "the upstream went away" in r.restore_progress["reason"]
+
+
+def test_an_attempt_that_passed_the_upstreams_check_is_marked_begun_before_the_kill():
+    """Phase "starting" from then on: an operator's request no longer lapses
+    (rebuildpath.withdrawn_request), as the data may be going."""
+    seen = []
+
+    class Watching(Dataset):
+        async def rewind(self, upstream, cause, progress, ahead=()):
+            seen.append(dict(r.restore_progress))
+            return "not diverged"
+
+    r, _log, _restored = _runner(Watching(None))
+    r.restore_progress = {"phase": rp.PHASE_REQUESTED, "completed": 0, "size": 0, "source": None}
+    asyncio.run(r.restore(peer("10.0.0.1")))
+    assert seen[0]["phase"] == "starting" and r.pg.killed == 1
+    assert rp.withdrawn_request(False, "sync", seen[0]["phase"]) is None
 
 
 def test_failed_rebuilds_back_off_and_a_success_starts_over():
