@@ -118,6 +118,11 @@ class StepRunner:
         sync forked as it detached for a switchover stayed read-write through safe mode)."""
         pg = self.pg
         in_recovery = None
+        if not pg.running:
+            # one this sitter did not start (its predecessor's, whose kill failed: pg_orphan_check_failed)
+            # runs with whatever configuration it had, perhaps read-write: every process of the data
+            # directory is killed, as its next start would (the random simulation, seed 608855)
+            await pg.kill()
         if pg.running:
             st = await pg.status()
             in_recovery = st.in_recovery if st.known else None
