@@ -187,7 +187,7 @@ def _as_sync(v: View) -> Decision:
     diverged = obs.diverged or v.forked
     sw = st.switchover
     released = sw is not None and sw.released and sw.to == obs.me.id
-    if (held := _start_held(v, "sync", diverged)) is not None:
+    if (held := _start_held(v, "sync", diverged or obs.rebuild_requested)) is not None:
         return held
     if v.alive(primary) and not released:
         if (why := _cannot_follow(obs, diverged, primary)) is not None:
@@ -300,11 +300,14 @@ def _as_async(v: View) -> Decision:
 # -- a standby whose PostgreSQL keeps failing to start ---------------------------------------
 def _cannot_follow(obs: Observation, diverged: bool, upstream: Peer) -> str | None:
     """Why I must rebuild from `upstream` instead of following it (the sentence's middle,
-    completed by "... {upstream}"), or None: my WAL diverged, I have no data, or the upstream
-    my primary_conninfo names told my walreceiver that the WAL I need is gone. About another
-    upstream (mine is about to change) the last says nothing."""
+    completed by "... {upstream}"), or None: my WAL diverged, an operator asked for it (my
+    data is intact: not a divergence, should the primary be gone), I have no data, or the
+    upstream my primary_conninfo names told my walreceiver that the WAL I need is gone. About
+    another upstream (mine is about to change) the last says nothing."""
     if diverged:
         return "my WAL has diverged from"
+    if obs.rebuild_requested:
+        return "an operator asked me to rebuild (manatee-adm rebuild) from"
     if not obs.has_data:
         return "I have no data to follow"
     if obs.wal_gone is not None and obs.upstream_id == upstream.id:

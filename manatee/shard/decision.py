@@ -44,6 +44,9 @@ class Observation:
       (None when detached or not a standby).
     read_only: default_transaction_read_only as my running primary reports it (None: unknown).
     diverged: PG refused to follow its upstream (timeline fork, "not a child" ...).
+    rebuild_requested: an operator asked for my rebuild (manatee-adm rebuild) and no
+      restore has begun: I rebuild from a live upstream, but my data is as it was, so this
+      is no divergence (a sync in this state may still take over from a primary that is gone).
     wal_gone: (standby, running, not streaming) the WAL segment my upstream (the one
       upstream_id names) refused to send because it has removed it (no slot held it, or its
       slot passed max_slot_wal_keep_size), as my walreceiver was told repeatedly since that
@@ -128,6 +131,7 @@ class Observation:
     upstream_id: str | None = None
     read_only: bool | None = None
     diverged: bool = False
+    rebuild_requested: bool = False
     wal_gone: str | None = None
     sync_caught_up: bool = False
     sync_holds_init_wal: bool = False

@@ -156,19 +156,36 @@ PHASE_WITHDRAWN = "withdrawn"
 RESTORE_FINISHED = ("done", "failed", PHASE_WITHDRAWN)
 
 
-def withdrawn_request(forced: bool | None, place: str | None, phase: str | None) -> str | None:
+def withdrawn_request(forced: bool | None, place: str | None, phase: str | None,
+                      upstream_unready: str | None = None) -> str | None:
     """Why an operator's rebuild request lapses now (None: it stands). `forced`: whether
     it was the sync's rebuild, forced (--force on an async or a deposed node forces nothing),
     or None when no request is pending or my WAL has since been seen to diverge (then the
-    rebuild is needed whoever asked); `place`: mine in the shard state;
-    `phase`: my restore's. A sync's rebuild needs --force, because the primary cannot take
-    writes while its sync rebuilds and no other node can take over from it: a node that
-    accepted the request unforced (an async, or a deposed node) and is named the sync before
-    its restore began keeps its data and serves as the sync (the random simulation, seed 560392: such a sync waited for a
-    primary whose data was gone, which waited for its sync's heartbeats, until an operator
-    acted). A restore that has begun is not withdrawn."""
-    if forced is None or forced or place != "sync" or phase != PHASE_REQUESTED:
+    rebuild is needed whoever asked); `place`: mine in the shard state; `phase`: my restore's;
+    `upstream_unready`: why my last attempt found my upstream unable to serve (known, not a
+    timeout), else None. Only a request whose restore has not begun lapses (my data is as it
+    was). A sync's rebuild needs --force, because the primary cannot take writes while its
+    sync rebuilds and no other node can take over from it:
+    - a node that accepted the request unforced (an async, or a deposed node) and is named
+      the sync keeps its data and serves as the sync (the random simulation, seed 560392:
+      such a sync waited for a primary whose data was gone, which waited for its sync's
+      heartbeats, until an operator acted);
+    - a sync whose primary cannot serve (the request is refused in that case; seed 602738:
+      the primary fenced and lost its data after a forced request was taken) keeps its data
+      and serves, so that the primary can give way to it;
+    - a node that has become the primary (its primary died first: the request is no
+      divergence, so it took over) is never rebuilt."""
+    if forced is None or phase != PHASE_REQUESTED:
         return None
-    return ("I was named the sync before the rebuild I was asked for began, and it was not forced: the primary "
-            "cannot take writes while its sync rebuilds, so I keep my data and serve as the sync "
-            "(ask again with --force to rebuild the sync)")
+    before = "before the rebuild I was asked for began"
+    if place == "primary":
+        return f"I became the primary {before}: a primary is never rebuilt (switch over first, then ask again)"
+    if place != "sync":
+        return None
+    if not forced:
+        return (f"I was named the sync {before}, and it was not forced: the primary cannot take writes while its "
+                "sync rebuilds, so I keep my data and serve as the sync (ask again with --force to rebuild the sync)")
+    if upstream_unready is not None:
+        return (f"my primary cannot be restored from ({upstream_unready}) {before}: I keep my data and serve as "
+                "its sync, so that it can give way to me (ask again once it serves)")
+    return None

@@ -30,7 +30,7 @@ from manatee.shard.rebuildpath import next_cause
 from manatee.sitter.operator_requests import OperatorRequests
 from manatee.sitter.steps import RestoreHeld, StepRunner
 from manatee.sitter.synclatch import SyncLatch
-from manatee.sitter.dataset import UpstreamNotReady
+from manatee.sitter.dataset import UpstreamNotReady, UpstreamUnknown
 from manatee.sitter.statememory import StateMemory
 from manatee.sitter.zkview import ZkView, worse
 from manatee.shard.state import CONNECTED, FENCED, LOST, PRIMARY, STANDBY, UNASSIGNED, Peer, Target
@@ -165,7 +165,8 @@ class Sitter(OperatorRequests):
             pg_known=pgs.known, wal=wal, streaming=pgs.streaming,
             upstream_id=(up.id if pgs.in_recovery and up else None),
             read_only=pgs.read_only if pgs.running and not pgs.in_recovery else None,
-            diverged=self.diverged, wal_gone=pgs.wal_gone, sync_caught_up=caught_up,
+            diverged=self.diverged and not self.rebuild_pending(), rebuild_requested=self.rebuild_pending(),
+            wal_gone=pgs.wal_gone, sync_caught_up=caught_up,
             sync_holds_init_wal=holds_init_wal,
             has_data=await self._has_data(),
             **self.heartbeats.observed(others, self.clock.monotonic()),
@@ -204,7 +205,7 @@ class Sitter(OperatorRequests):
         self.diverged = self.diverged or pgs.diverged or forked
         self.steps.rebuild_cause = next_cause(self.steps.rebuild_cause, diverged=pgs.diverged or forked,
                                               wal_gone=pgs.wal_gone is not None, streaming=pgs.streaming)
-        self._withdraw_unforced_rebuild(st, pgs.diverged or forked)
+        self._withdraw_lapsed_rebuild(st, pgs.diverged or forked)
         if pgs.running:
             self.switchover_stopped = None
         self.publish()
@@ -287,6 +288,7 @@ class Sitter(OperatorRequests):
             pass
         except UpstreamNotReady as e:
             self.log.info("waiting_for_upstream", reason=str(e))
+            self.upstream_unready = None if isinstance(e, UpstreamUnknown) else str(e)  # unknown is not a fact
         except PgConfigError as e:  # an observation (logged once per change), not a crash loop
             self.log.debug("pg_config_write_failed", error=str(e))
             self._cycle_failed(str(e))  # /state cycles.lastError says why (verify: "last: ...")

@@ -3,8 +3,10 @@ restart, reload): each request is checked against the node's place in the shard 
 recorded for the loop's next cycle, and the loop woken. The loop's own state is changed
 only here and by the loop itself (a mixin of manatee.sitter.loop.Sitter).
 
-A rebuild request marks the node diverged until its restore succeeds; an unforced one lapses
-if the node is named the sync before the restore began (rebuildpath.withdrawn_request)."""
+A rebuild request marks the node for a rebuild until its restore succeeds (not as diverged
+while no restore has begun: its data is as it was). Before the restore begins it lapses if
+the node is named the sync unforced, if its primary cannot serve it, or if the node has become
+the primary (rebuildpath.withdrawn_request)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ class OperatorRequests:
     """The Sitter's request_* methods (and reload_config), and the lapse of an unforced rebuild."""
 
     rebuild_forced: bool | None = None  # a pending rebuild request forced the sync's (withdrawn_request)
+    upstream_unready: str | None = None  # why my upstream could not be restored from (known), last cycle
 
     def _member_refusal(self, force: bool, *, sync_refused: bool) -> tuple[str | None, dict | None]:
         """My place in the shard state, and why an operator request is refused there (or None)."""
@@ -79,13 +82,21 @@ class OperatorRequests:
             self.wake.set()
         return ("postgresMgrCfg.parameters",)
 
-    def _withdraw_unforced_rebuild(self, st, observed: bool) -> None:
+    def rebuild_pending(self) -> bool:
+        """An operator's rebuild request that no restore has begun, with no divergence seen
+        since: my data is as it was (Observation.rebuild_requested, not .diverged)."""
+        return self.rebuild_forced is not None and (self.steps.restore_progress or {}).get("phase") == PHASE_REQUESTED
+
+    def _withdraw_lapsed_rebuild(self, st, observed: bool) -> None:
         """After an observation of my PostgreSQL (`observed`: it said my WAL diverged, or it
-        forked): drop an unforced rebuild request that lapsed (rebuildpath.withdrawn_request)."""
+        forked): drop a rebuild request that lapsed (rebuildpath.withdrawn_request), given my
+        place and what my last restore attempt heard from my upstream (`upstream_unready`,
+        set by the loop; taken here)."""
         if observed:
             self.rebuild_forced = None  # a divergence seen: the rebuild is needed, asked for or not
+        unready, self.upstream_unready = self.upstream_unready, None
         why = withdrawn_request(self.rebuild_forced, st.place_of(self.me.id) if st is not None else None,
-                                (self.steps.restore_progress or {}).get("phase"))
+                                (self.steps.restore_progress or {}).get("phase"), unready)
         if why is None:
             return
         self.rebuild_forced = None

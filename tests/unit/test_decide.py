@@ -263,6 +263,23 @@ def test_diverged_sync_with_the_primary_gone_enters_safe_mode():
     assert d.write_error["reason"] == d.reason and "diverged" in d.reason
 
 
+def test_an_operators_rebuild_request_rebuilds_from_a_live_upstream_but_is_no_divergence():
+    """manatee-adm rebuild, its restore not begun: the data is as it was. With the primary
+    alive the sync rebuilds from it (and an async from its upstream); with the primary gone
+    the sync takes over as any sync holding every acknowledged write would (before: it put the
+    shard in safe mode, "my WAL has diverged", with its data intact)."""
+    d = decide(obs(B, rebuild_requested=True))
+    assert d.target.role == REBUILD and d.target.upstream == A and d.rule == "sync.rebuild"
+    assert "an operator asked me to rebuild (manatee-adm rebuild) from the primary 10.0.0.1" in d.reason
+    a = decide(obs(C, rebuild_requested=True))
+    assert a.target.role == REBUILD and a.rule == "async.rebuild"
+    gone = dict(election=(B, C), streaming=False, upstream_id=None, wal=0x6000)
+    detached = decide(obs(B, **gone, rebuild_requested=True))
+    assert detached.target.role != SAFE_MODE and detached.write_error is None
+    assert detached.write_state is not None and detached.write_state.primary == B, detached.reason
+    assert decide(obs(B, **gone, diverged=True)).target.role == SAFE_MODE  # a real divergence still does
+
+
 def test_frozen_sync_does_not_take_over():
     st = STATE.evolve(freeze=Freeze(reason="upgrade"))
     d = decide(obs(B, state=st, election=(B, C), streaming=False, upstream_id=None))

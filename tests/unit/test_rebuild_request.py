@@ -43,21 +43,24 @@ from tests.sim.standalone import run_now  # noqa: E402
 NAMED_SYNC = ClusterState(generation=4, primary=A, sync=C, async_=())  # B gone: the async C named the sync
 
 
-@pytest.mark.parametrize("forced, place, phase, lapses", [
-    (False, "sync", "requested", True),
-    (True, "sync", "requested", False),      # the operator forced it: a sync may be rebuilt
-    (None, "sync", "requested", False),      # no request pending, or my WAL was seen to diverge
-    (False, "async", "requested", False),    # still an async: the rebuild goes on
-    (False, None, "requested", False),       # not in the state (or it cannot be read): not a fact
-    (False, "sync", "starting", False),      # begun: the data may be going
-    (False, "sync", "receiving", False),
-    (False, "sync", None, False),
+UNREADY = "upstream 10.0.0.1 has no running, healthy PostgreSQL"
+
+
+@pytest.mark.parametrize("forced, place, phase, unready, lapses", [
+    (False, "sync", "requested", None, "--force"),
+    (True, "sync", "requested", None, None),        # the operator forced it: a sync may be rebuilt
+    (True, "sync", "requested", UNREADY, "my primary cannot be restored from"),  # ... but not from nothing
+    (None, "sync", "requested", UNREADY, None),     # no request pending, or my WAL was seen to diverge
+    (False, "async", "requested", UNREADY, None),   # still an async: the rebuild goes on (or moves upstream)
+    (False, None, "requested", None, None),         # not in the state (or it cannot be read): not a fact
+    (True, "primary", "requested", None, "a primary is never rebuilt"),  # took over first (no divergence)
+    (False, "sync", "starting", UNREADY, None),     # begun: the data may be going
+    (True, "primary", "receiving", None, None),
+    (False, "sync", None, None, None),
 ])
-def test_which_requests_lapse(forced, place, phase, lapses):
-    why = withdrawn_request(forced, place, phase)
-    assert (why is not None) is lapses
-    if lapses:
-        assert "--force" in why and "keep my data" in why
+def test_which_requests_lapse(forced, place, phase, unready, lapses):
+    why = withdrawn_request(forced, place, phase, unready)
+    assert (why is None) if lapses is None else (lapses in why), why
 
 
 def _standby(*, diverged=False) -> PgStatus:
@@ -101,6 +104,23 @@ def test_a_forced_rebuild_of_the_sync_stands():
     assert s.diverged and s.steps.restore_progress["phase"] == PHASE_REQUESTED
 
 
+def test_a_forced_rebuild_of_the_sync_lapses_once_its_primary_cannot_serve():
+    """Random simulation, seed 602738: a forced rebuild of the sync was taken while the primary
+    served; the primary then fenced and lost its data before the restore began. Its restore
+    waited for the primary, which waited for its sync's heartbeats to give way to it. Now the
+    attempt that finds the primary unable to serve withdraws the request (a timeout of the
+    primary's sitter does not: unknown is not a fact)."""
+    s = standalone_sitter(B, pg=ScriptedPg(lambda _app: _standby()), state=STATE)
+    assert s.request_rebuild(True)[0] == 202
+    o = run_now(s.observe())
+    assert o.rebuild_requested and not o.diverged  # the data is as it was: no divergence
+    s.upstream_unready = "upstream 10.0.0.1 has no running, healthy PostgreSQL"  # the cycle's restore attempt
+    o = run_now(s.observe())
+    assert not o.rebuild_requested and not o.diverged and s.upstream_unready is None
+    r = s.snapshot.restore_progress
+    assert r["phase"] == "withdrawn" and "no running, healthy PostgreSQL" in r["reason"], r
+
+
 def test_force_on_an_asyncs_request_forces_nothing_it_lapses_too():
     """--force overrides only the sync's refusal: an async's request given it is no forced
     rebuild of a sync, and lapses like any other when the async is named the sync."""
@@ -125,3 +145,22 @@ def test_a_divergence_postgresql_reported_is_never_withdrawn(seen):
         run_now(s.observe())
     _named_sync(s)
     assert s.diverged and s.steps.restore_progress["phase"] == PHASE_REQUESTED
+
+
+@pytest.mark.parametrize("unknown", [False, True])
+def test_the_cycle_notes_an_upstream_that_cannot_serve_but_not_one_that_does_not_answer(unknown):
+    from manatee.sitter.dataset import UpstreamNotReady, UpstreamUnknown
+
+    class Dataset:
+        async def check_upstream(self, upstream):
+            if unknown:
+                raise UpstreamUnknown(f"cannot ask {upstream.status_url} whether it can be restored from: timeout")
+            raise UpstreamNotReady(f"upstream {upstream.id}: its PostgreSQL does not run")
+
+    s = standalone_sitter(C, pg=ScriptedPg(lambda _app: _standby()), state=STATE, election=(A, B, C))
+    assert s.request_rebuild(False)[0] == 202
+    s.dataset = s.steps.dataset = Dataset()
+    run_now(s.cycle_once())
+    assert s.last_decided.rule == "async.rebuild", s.last_decided
+    assert s.upstream_unready == (None if unknown else f"upstream {B.id}: its PostgreSQL does not run")
+    assert s.steps.restore_progress["phase"] == PHASE_REQUESTED  # nothing begun

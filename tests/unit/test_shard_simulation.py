@@ -879,10 +879,12 @@ def _random_fault(sh: Shard, rng: random.Random, allow_fork: bool) -> None:
         force = rng.random() < 0.3
         if n.sitter is not None and n.alive and not n.hung:
             if f == "op_rebuild":
+                # (with no readable state manatee-adm finds no node, and the sitter's own check
+                # asks the primary its state names)
                 st = _readable_state(sh)
                 up = sh.node(st.primary.id) if st is not None and st.sync is not None and st.sync.id == n.id else None
-                n.sitter.request_rebuild(force=force and (up is None or (up.up() and up.running and not up.pg_hung
-                                                                         and up.has_data)))
+                n.sitter.request_rebuild(force=force and st is not None and (
+                    up is None or (up.up() and up.running and not up.pg_hung and up.has_data)))
             else:
                 n.sitter.request_restart(force=force)
     elif f.startswith("op_"):  # an operator's manatee-adm: one compare-and-set on the state
@@ -998,11 +1000,34 @@ def test_random_fault_sequences(batch):
 
 @pytest.mark.parametrize("seed", [
     560392,  # an unforced rebuild of an async named the sync before it began (rebuildpath.withdrawn_request)
+    602738,  # a forced rebuild of the sync, then its primary fenced and lost its data before it began
+    608855,  # safe mode with a PostgreSQL left read-write by a dead sitter (its kill failed)
 ])
 def test_random_seeds_that_once_failed(seed):
     """Seeds of the wider random runs (12,000 at a time, by hand) that found a fault, kept
     here after the fix."""
     _random_run(seed)
+
+
+def test_a_forced_rebuild_of_the_sync_whose_primary_dies_before_it_began_takes_over_not_safe_mode():
+    """manatee-adm rebuild --force of the sync, and its primary killed at once: the request is
+    no divergence (the sync's data is as it was), so the sync takes over as from any dead
+    primary, and the request lapses (its primary cannot serve; a primary is never rebuilt). Before, the sync took the
+    request for a divergence and put the shard in safe mode."""
+    sh = new_shard()
+    p, s, a = sh.nodes
+    sh.run(5)
+    assert sh.zk.state().sync.id == s.id
+    s.sitter.request_rebuild(force=True)
+    sh.kill(p)
+    sh.run(SESSION_TIMEOUT + 10)
+    st = sh.zk.state()
+    assert sh.zk.error is None and st.primary.id == s.id, sh.describe()
+    assert s.sitter.steps.restore_progress["phase"] == "withdrawn", s.sitter.steps.restore_progress
+    assert not s.sitter.diverged  # (its first attempt found the primary dead, or it took over first)
+    sh.start(p)
+    sh.settle()
+    assert acked_count_grows(sh) and not sh.lost_acknowledged()
 
 
 # =======================================================================================
