@@ -150,6 +150,8 @@ def choose_by_cost(copy_mb: int | None, source_mb: int | None, needed: bool | No
 #: the restore phase of an operator's rebuild that has been accepted but not yet begun (no
 #: attempt has passed its upstream's readiness check: the data is as it was)
 PHASE_REQUESTED = "requested"
+#: the phase from a restore attempt's passing its upstream's check: it has begun
+PHASE_STARTING = "starting"
 #: the phase of a request that lapsed before it began (withdrawn_request says why)
 PHASE_WITHDRAWN = "withdrawn"
 #: restore phases after which nothing more happens until the next need or request

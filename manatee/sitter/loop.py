@@ -158,6 +158,7 @@ class Sitter(OperatorRequests):
         await self.health.probe_writes(pgs, as_primary=serving)
         await self.health.check_space(self.dataset, pgs, as_primary=serving, target=self.target)
         self.health.track(pgs, as_primary=serving, role=self.role, target=self.target, sender=self.hb_sender)
+        pending = self.rebuild_pending()  # an operator's request not begun: no divergence (yet)
         return Observation(
             me=self.me, zk=zk, election=view.election, state=st,
             state_version=view.state_version, error=view.error, running=pgs.running,
@@ -165,7 +166,7 @@ class Sitter(OperatorRequests):
             pg_known=pgs.known, wal=wal, streaming=pgs.streaming,
             upstream_id=(up.id if pgs.in_recovery and up else None),
             read_only=pgs.read_only if pgs.running and not pgs.in_recovery else None,
-            diverged=self.diverged and not self.rebuild_pending(), rebuild_requested=self.rebuild_pending(),
+            diverged=self.diverged and not pending, rebuild_requested=pending,
             wal_gone=pgs.wal_gone, sync_caught_up=caught_up,
             sync_holds_init_wal=holds_init_wal,
             has_data=await self._has_data(),

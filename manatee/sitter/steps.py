@@ -10,7 +10,7 @@ from typing import Callable
 from manatee.shard import latches
 from manatee.shard import transitions as T
 from manatee.shard.pgurl import PgUrl
-from manatee.shard.rebuildpath import RESTORE_FINISHED
+from manatee.shard.rebuildpath import PHASE_STARTING, RESTORE_FINISHED
 from manatee.shard.state import PRIMARY, STANDBY, Peer, Target
 from manatee.sitter.dataset import UpstreamNotReady
 from manatee.sitter.pgmanager import RoleSpec
@@ -200,7 +200,7 @@ class StepRunner:
     async def _restore(self, upstream: Peer) -> None:
         also = await self._ahead_of(upstream)
         # begun (an operator's request no longer lapses: rebuildpath.withdrawn_request)
-        self.restore_progress = {"phase": "starting", "completed": 0, "size": 0, "source": upstream.backup_url}
+        self.restore_progress = {"phase": PHASE_STARTING, "completed": 0, "size": 0, "source": upstream.backup_url}
         await self.pg.kill()
         self.on_progress()  # publish it: /replica and /primary stop answering from the look before
         self.log.info("restore_starting", source=upstream.backup_url, also=[p.backup_url for p in also])
