@@ -50,6 +50,7 @@ class SitterSnapshot:
     hung_kills: int = 0
     heartbeats_withheld: bool = False
     diverged: bool = False                   # latched until a restore succeeds: my WAL cannot follow
+    rebuild_requested: bool = False          # an operator's rebuild not begun: no divergence (yet)
     # the gray-failure latches (manatee.shard.latches, kept by sitter.health.PgHealth)
     write_probe_failures: int = 0            # consecutive failed write probes of my primary
     write_probe_error: str | None = None     # the last failed probe's error (kept after a success)
@@ -87,6 +88,7 @@ class SitterSnapshot:
 def snapshot_of(sitter) -> SitterSnapshot:
     """What the loop (manatee.sitter.loop.Sitter) publishes now."""
     v, h, d = sitter.view, sitter.health, sitter.last
+    pending = sitter.rebuild_pending()  # a request not begun is no divergence (Observation.rebuild_requested)
     return SitterSnapshot(
         me=sitter.me, role=sitter.role, target=sitter.target, reason=d.reason if d else None,
         rule=d.rule if d else None, state=v.state, error=v.error, election=v.election, zk_state=v.zk_state,
@@ -100,7 +102,8 @@ def snapshot_of(sitter) -> SitterSnapshot:
         remembers=sitter.memory.as_json(v.state),
         negotiated_session_timeout=sitter.session.negotiated_session_timeout, started=sitter.started,
         sick_since=h.sick_since, sick_why=h.sick_why, cannot_serve=h.cannot_serve, hung_kills=h.hung_kills,
-        heartbeats_withheld=h.hb_withheld, diverged=sitter.diverged,
+        heartbeats_withheld=h.hb_withheld, diverged=sitter.diverged and not pending,
+        rebuild_requested=pending,
         write_probe_failures=h.probe_failures, write_probe_error=h.probe_error,
         wraparound_since=h.wraparound_since, wraparound_error=h.wraparound_error,
         sync_flush_stalled_s=max(0.0, sitter.last_pg_at - h.stall[2]) if h.stall else 0.0,
@@ -123,7 +126,8 @@ def debug_state(s: SitterSnapshot, cfg, now: float) -> dict:
         "pg": None if pgs is None else {
             "running": pgs.running, "healthy": pgs.healthy, "inRecovery": pgs.in_recovery,
             "wal": str(pgs.wal) if pgs.wal else None, "streaming": pgs.streaming,
-            "diverged": pgs.diverged or s.diverged, "syncFlush": str(pgs.sync_flush) if pgs.sync_flush else None,
+            "diverged": pgs.diverged or s.diverged, "rebuildRequested": s.rebuild_requested,
+            "syncFlush": str(pgs.sync_flush) if pgs.sync_flush else None,
             "known": pgs.known, "error": pgs.error, "configError": s.pg_config_error,
             "unhealthyFor": round(now - s.sick_since, 1) if s.sick_since else None,
             "replayPausedFor": round(now - s.replay_paused_since, 1) if s.replay_paused_since is not None else None,

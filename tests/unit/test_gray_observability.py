@@ -57,7 +57,8 @@ def test_the_gray_gauges_carry_the_latches_and_the_decision_rule():
 # ---------------------------------------------------------------------------- the snapshot
 
 def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_at=100.0,
-          restores=latches.RestoreTries(), paused_since=None, wraparound=(None, None), cycles=(0, None)):
+          restores=latches.RestoreTries(), paused_since=None, wraparound=(None, None), cycles=(0, None),
+          diverged=False, pending=False):
     """A stand-in for the loop with the attributes snapshot_of reads."""
     health = SimpleNamespace(probe_failures=probe[0], probe_error=probe[1], stall=stall, sync_stall_bound=8.0,
                              starts=starts, sick_since=None, sick_why=None, cannot_serve=None, hung_kills=0,
@@ -69,7 +70,8 @@ def _loop(*, stall=None, probe=(0, None), starts=latches.StartTries(), last_pg_a
         me=A, role="primary", target=None, last_pg=None, last_pg_at=last_pg_at,
         pg=SimpleNamespace(config_error=None, parameters_gen=0, raised_to_primary={}, running=True), steps=SimpleNamespace(restore_progress=None, restore_tries=restores),
         pg_restarts=0, restart_request=None, transitions={}, slots=None,
-        session=SimpleNamespace(negotiated_session_timeout=4.0), started=0.0, diverged=False,
+        session=SimpleNamespace(negotiated_session_timeout=4.0), started=0.0, diverged=diverged,
+        rebuild_pending=lambda: pending,
         heartbeats=SimpleNamespace(beats={}, expiration_s=6.0),
         hb_sender=SimpleNamespace(refused=None), replay=SimpleNamespace(paused_since=paused_since),
         failures=cycles[0], failure_msg=cycles[1])
@@ -118,6 +120,22 @@ def test_state_shows_the_latches():
     body = debug_state(s, cfg, 110.0)
     assert body["writeProbe"] == got["writeProbe"] and body["startBackoff"]["nextTryIn"] == 2.0
     assert (body["rule"], body["reason"]) == ("primary.step_down", "it cannot commit")
+
+
+def test_state_says_a_rebuild_only_requested_is_no_divergence():
+    """manatee-adm rebuild marks the node (Sitter.diverged) but, until a restore begins, its data
+    is as it was: /state says requested, not diverged (the core sees Observation.rebuild_requested)."""
+    cfg = SimpleNamespace(insecure=False, zkCfg=SimpleNamespace(auth=None, session_timeout_s=4.0))
+    from manatee.sitter.pgmanager import PgStatus
+    pg = PgStatus(True, True, True, None, True, False, None, 1)
+    for diverged, pending, shown in ((True, True, (False, True)), (True, False, (True, False)),
+                                     (False, False, (False, False))):
+        s = dataclasses.replace(snapshot_of(_loop(diverged=diverged, pending=pending)), last_pg=pg)
+        body = debug_state(s, cfg, 110.0)["pg"]
+        assert (body["diverged"], body["rebuildRequested"]) == shown, (diverged, pending, body)
+    seen = PgStatus(True, True, True, None, False, True, None, 1)  # PostgreSQL itself says so: always shown
+    s = dataclasses.replace(snapshot_of(_loop(diverged=True, pending=True)), last_pg=seen)
+    assert debug_state(s, cfg, 110.0)["pg"]["diverged"] is True
 
 
 def test_state_shows_a_replay_paused_by_hand():
