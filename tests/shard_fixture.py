@@ -320,13 +320,17 @@ class Shard(ShardView):
     def sitter_log(self, node: NodeState) -> str:
         """The node's sitter log since this module took the shard (all of it on a new shard)."""
         path = node.log_path("sitter")
-        start = self.logs_from.get(str(path), 0)
-        try:
-            with open(path, "rb") as f:
-                f.seek(start if start <= os.fstat(f.fileno()).st_size else 0)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return log_since(path, self.logs_from.get(str(path), 0))
+
+
+def log_since(path: Path, start: int) -> str:
+    """What a log file holds from byte `start` (all of it if it is shorter now: rotated); '' if gone."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start if start <= os.fstat(f.fileno()).st_size else 0)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _size(path: Path) -> int:

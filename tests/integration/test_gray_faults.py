@@ -41,7 +41,7 @@ from manatee_testbed import network, zfspool
 from manatee_testbed.grayfaults.pgfaults import pg_pids
 from manatee_testbed.proctable import cmdline, postmaster_pid
 from manatee_testbed.writer import WriterError
-from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, first_ack_on, longest_ack_gap, names, say
+from tests.shard_fixture import NEEDS_SHARD, Shard, SharedShard, first_ack_on, log_since, longest_ack_gap, names, say
 from tests.shard_ops import adm, sql
 
 pytestmark = [*NEEDS_SHARD, pytest.mark.timeout(600)]
@@ -776,6 +776,8 @@ def test_sitter_crash_on_primary_restarted_no_failover(shard: Shard):
         sql(sh.dsn(sh.node(p)), "CHECKPOINT")
         log_from = len(sh.sitter_log(sh.node(p)))
         sync_log_from = len(sh.sitter_log(sh.node(s)))
+        sync_pg_log = Path(sh.node(s).mountpoint) / "postgresql.log"
+        sync_pg_from = sync_pg_log.stat().st_size if sync_pg_log.exists() else 0
         t0 = time.monotonic()
         old, new = sh.sb.crash_sitter(p, 0.5)
         say(f"sitter crash: the primary {p}'s sitter {old} killed, {new} started 0.5 s later")
@@ -793,9 +795,12 @@ def test_sitter_crash_on_primary_restarted_no_failover(shard: Shard):
     # up nor was replaced for 8 s; the sync's side was not kept: it is, from now on)
     sync_lines = [ln for ln in sh.sitter_log(sh.node(s))[sync_log_from:].splitlines()
                   if any(k in ln for k in (" pg_", "transition", "decision", "heartbeat", "cycle_failed"))]
+    # (and the sync's PostgreSQL: its walreceiver starts again only once its replay asks for more WAL)
+    sync_pg = log_since(sync_pg_log, sync_pg_from).splitlines()
     assert gap < sh.session_s, (f"writes stopped for {gap:.1f}s, as long as a failover (T = {sh.session_s}s); "
                                 f"its new sitter's PostgreSQL steps:\n" + "\n".join(pg_lines[:20])
-                                + f"\nits sync {s}'s sitter meanwhile:\n" + "\n".join(sync_lines[:30]))
+                                + f"\nits sync {s}'s sitter meanwhile:\n" + "\n".join(sync_lines[:30])
+                                + f"\nits sync {s}'s PostgreSQL log meanwhile:\n" + "\n".join(sync_pg[:40]))
     _assert_no_rebuild_or_safe_mode(sh, marks, "sitter crash on the primary")
     sh.assert_checks(w, prev)
 
