@@ -198,8 +198,12 @@ class FakeDataset:
         pass
 
     async def check_upstream(self, upstream) -> None:
+        # as Dataset.check_upstream, by what the upstream's sitter says of its own PostgreSQL: one
+        # that a dead sitter left running (its kill failed) is not its child, so not running
+        # (seed 914551 of the long runs: an async restored from a deposed primary's orphan,
+        # streamed from it as its old sync and so let it acknowledge writes on its fork)
         src = self.world.node(upstream.id)
-        if not (self.world.reach(self.node, src) and src.running and not src.pg_hung):
+        if not (self.world.reach(self.node, src) and src.running and src.orphan != ORPHAN and not src.pg_hung):
             raise UpstreamNotReady(f"upstream {upstream.id} has no running, healthy PostgreSQL")
 
     async def rewind(self, upstream, cause, progress, ahead=()):
